@@ -1,0 +1,1 @@
+"""data_platform: load payments CSVs into Postgres, model them with dbt, alert on balance moves."""

@@ -1,0 +1,163 @@
+"""Test database: a real Postgres, found in this order.
+
+1. TEST_DATABASE_URL: an explicit superuser URL (e.g. postgresql://postgres:pw@localhost:5432/postgres).
+2. testcontainers, when a Docker engine answers.
+3. An embedded server from the `pgserver` package (no set-up needed).
+
+Each test module that needs a database asks `make_database()` for a fresh one with init.sql
+applied, so roles, schemas and grants are exactly those of the container.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+ROLE_PASSWORDS = {"transformer": "transformer", "alerter": "alerter"}
+
+
+def _docker_answers() -> bool:
+    try:
+        import docker
+
+        docker.from_env(timeout=3).ping()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session")
+def admin_conninfo() -> Iterator[str]:
+    """A superuser conninfo for a running Postgres server."""
+    explicit = os.environ.get("TEST_DATABASE_URL")
+    if explicit:
+        yield explicit
+        return
+    if _docker_answers():
+        from testcontainers.postgres import PostgresContainer
+
+        with PostgresContainer("postgres:16", driver=None) as container:
+            yield container.get_connection_url()
+        return
+    import pgserver
+
+    data_dir = Path(tempfile.mkdtemp(prefix="data_platform_pg_"))
+    server = pgserver.get_server(data_dir, cleanup_mode="delete")
+    try:
+        yield server.get_uri()
+    finally:
+        server.cleanup()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def psql_binary() -> str:
+    """psql from PATH, else the one bundled with pgserver."""
+    found = shutil.which("psql")
+    if found:
+        return found
+    import pgserver
+
+    return str(Path(pgserver.__file__).parent / "pginstall" / "bin" / "psql")
+
+
+@dataclass(frozen=True)
+class Database:
+    """A fresh database on the test server, bootstrapped with init.sql."""
+
+    name: str
+    admin_conninfo: str
+
+    def conninfo(self, role: str = "transformer") -> str:
+        params = conninfo_to_dict(self.admin_conninfo)
+        params["dbname"] = self.name
+        if role != "admin":
+            params["user"] = role
+            params["password"] = ROLE_PASSWORDS[role]
+        return make_conninfo(**params)
+
+    def env(self, role: str = "transformer") -> dict[str, str]:
+        """os.environ plus the libpq variables that point at this database as `role`."""
+        params = conninfo_to_dict(self.conninfo(role))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        env.update(
+            PGHOST=str(params.get("host", "localhost")),
+            PGPORT=str(params.get("port", "5432")),
+            PGUSER=str(params["user"]),
+            PGPASSWORD=str(params.get("password") or ""),
+            PGDATABASE=self.name,
+        )
+        return env
+
+    def connect(self, role: str = "transformer", **kwargs) -> psycopg.Connection:
+        return psycopg.connect(self.conninfo(role), **kwargs)
+
+    def query(self, statement: str, params=None, role: str = "admin") -> list[tuple]:
+        with self.connect(role, autocommit=True) as conn:
+            return conn.execute(statement, params).fetchall()
+
+
+def apply_init_sql(conninfo: str) -> None:
+    env = {**os.environ, **{f"{r.upper()}_PASSWORD": p for r, p in ROLE_PASSWORDS.items()}}
+    subprocess.run(
+        [psql_binary(), "--no-psqlrc", "--quiet", "-d", conninfo, "-f", str(PROJECT_ROOT / "init.sql")],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+
+
+_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def make_database(admin_conninfo: str):
+    """Factory: a new, empty, bootstrapped database each call; dropped at session end."""
+    created: list[str] = []
+
+    def factory() -> Database:
+        name = f"dp_test_{next(_counter)}_{uuid.uuid4().hex[:6]}"
+        with psycopg.connect(admin_conninfo, autocommit=True) as conn:
+            conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+        created.append(name)
+        database = Database(name, admin_conninfo)
+        apply_init_sql(database.conninfo("admin"))
+        return database
+
+    yield factory
+    with psycopg.connect(admin_conninfo, autocommit=True) as conn:
+        for name in created:
+            conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
+
+
+def run_pipeline(database: Database, csv_dir: Path, **extra_env: str) -> subprocess.CompletedProcess:
+    """Run init.sh, the one pipeline runner, against `database` (as the container would)."""
+    env = database.env("transformer")
+    env.update(
+        CSV_DIR=str(csv_dir),
+        SERVE_DOCS="false",
+        ALERTER_USER="alerter",
+        ALERTER_PASSWORD=ROLE_PASSWORDS["alerter"],
+        **extra_env,
+    )
+    return subprocess.run(
+        ["bash", str(PROJECT_ROOT / "init.sh")],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
