@@ -7,7 +7,11 @@ on the target without a config file of their own.
 
 from __future__ import annotations
 
+import argparse
+import getpass
 import os
+import sys
+import time
 
 import psycopg
 
@@ -22,7 +26,7 @@ def describe_target() -> str:
     """The connection target as user@host:port/database, never with the password."""
     host = os.environ.get("PGHOST", "localhost")
     port = os.environ.get("PGPORT", "5432")
-    user = os.environ.get("PGUSER", os.environ.get("USER", "?"))
+    user = os.environ.get("PGUSER") or getpass.getuser()
     database = os.environ.get("PGDATABASE", user)
     return f"{user}@{host}:{port}/{database}"
 
@@ -36,3 +40,39 @@ def connect(**kwargs) -> psycopg.Connection:
             f"cannot connect to {describe_target()}: {str(error).strip()}\n"
             "Check PGHOST, PGPORT, PGUSER, PGPASSWORD and PGDATABASE."
         ) from error
+
+
+def wait_until_ready(timeout_seconds: float, interval_seconds: float = 1.0) -> None:
+    """Block until the database accepts connections, or raise DatabaseUnavailable after the timeout."""
+    deadline = time.monotonic() + timeout_seconds
+    while True:
+        try:
+            with connect(connect_timeout=max(1, int(interval_seconds * 3))) as conn:
+                conn.execute("select 1")
+            return
+        except DatabaseUnavailable as error:
+            if time.monotonic() >= deadline:
+                raise DatabaseUnavailable(
+                    f"the database did not accept connections within {timeout_seconds:g}s.\n{error}"
+                ) from error
+            time.sleep(interval_seconds)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m data_platform.db", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    wait = commands.add_parser("wait", help="wait until the database accepts connections")
+    wait.add_argument("--timeout", type=float, default=60.0, help="seconds to wait (default 60)")
+    args = parser.parse_args(argv)
+
+    try:
+        wait_until_ready(args.timeout)
+    except DatabaseUnavailable as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"database {describe_target()} is ready")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

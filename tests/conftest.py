@@ -14,6 +14,7 @@ import itertools
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -24,6 +25,8 @@ import psycopg
 import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from data_platform import bootstrap
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 ROLE_PASSWORDS = {"transformer": "transformer", "alerter": "alerter"}
@@ -61,16 +64,6 @@ def admin_conninfo() -> Iterator[str]:
     finally:
         server.cleanup()
         shutil.rmtree(data_dir, ignore_errors=True)
-
-
-def psql_binary() -> str:
-    """psql from PATH, else the one bundled with pgserver."""
-    found = shutil.which("psql")
-    if found:
-        return found
-    import pgserver
-
-    return str(Path(pgserver.__file__).parent / "pginstall" / "bin" / "psql")
 
 
 @dataclass(frozen=True)
@@ -111,13 +104,7 @@ class Database:
 
 def apply_init_sql(conninfo: str) -> None:
     env = {**os.environ, **{f"{r.upper()}_PASSWORD": p for r, p in ROLE_PASSWORDS.items()}}
-    subprocess.run(
-        [psql_binary(), "--no-psqlrc", "--quiet", "-d", conninfo, "-f", str(PROJECT_ROOT / "init.sql")],
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    )
+    bootstrap.apply_init_sql(conninfo, env)
 
 
 _counter = itertools.count()
@@ -143,21 +130,46 @@ def make_database(admin_conninfo: str):
             conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
 
 
-def run_pipeline(database: Database, csv_dir: Path, **extra_env: str) -> subprocess.CompletedProcess:
+def run_pipeline(
+    database: Database, csv_dir: Path, project_root: Path = PROJECT_ROOT, **extra_env: str
+) -> subprocess.CompletedProcess:
     """Run init.sh, the one pipeline runner, against `database` (as the container would)."""
-    env = database.env("transformer")
-    env.update(
-        CSV_DIR=str(csv_dir),
-        SERVE_DOCS="false",
-        ALERTER_USER="alerter",
-        ALERTER_PASSWORD=ROLE_PASSWORDS["alerter"],
-        **extra_env,
-    )
+    env = pipeline_env(database, csv_dir, **extra_env)
     return subprocess.run(
-        ["bash", str(PROJECT_ROOT / "init.sh")],
-        cwd=PROJECT_ROOT,
+        ["bash", str(project_root / "init.sh")],
+        cwd=project_root,
         env=env,
         capture_output=True,
         text=True,
         timeout=1800,
     )
+
+
+def pipeline_env(database: Database, csv_dir: Path, **extra_env: str) -> dict[str, str]:
+    """The environment init.sh gets in the container, pointed at the test database."""
+    env = database.env("transformer")
+    # dbt and python from this interpreter's environment; dbt output away from the checkout
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    build_dir = Path(tempfile.mkdtemp(prefix="dbt_build_"))
+    env.update(
+        CSV_DIR=str(csv_dir),
+        SERVE_DOCS="false",
+        ALERTER_USER="alerter",
+        ALERTER_PASSWORD=ROLE_PASSWORDS["alerter"],
+        DBT_TARGET_PATH=str(build_dir / "target"),
+        DBT_LOG_PATH=str(build_dir / "logs"),
+        DBT_SEND_ANONYMOUS_USAGE_STATS="false",
+    )
+    env.pop("SLACK_WEBHOOK_URL", None)
+    env.update(extra_env)
+    return env
+
+
+def copy_project(destination: Path) -> Path:
+    """A private copy of the pipeline (code, dbt project, scripts) that a test may edit."""
+    ignore = shutil.ignore_patterns(".venv", ".git", "target", "logs", "__pycache__", ".pgdata", "bench")
+    for name in ("init.sh", "alert_script.py", "init.sql"):
+        shutil.copy2(PROJECT_ROOT / name, destination / name)
+    for name in ("data_platform", "dbt", ".dbt", "csv_data"):
+        shutil.copytree(PROJECT_ROOT / name, destination / name, ignore=ignore)
+    return destination

@@ -1,0 +1,95 @@
+"""Database bootstrap for runs outside Docker: apply init.sql, or start an embedded Postgres.
+
+The postgres container applies init.sql itself at first start. The no-Docker demo and the tests
+use these helpers to do the same against any server, so all three share one bootstrap script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+INIT_SQL = PROJECT_ROOT / "init.sql"
+
+
+def psql_binary() -> str:
+    """psql from PATH, else the one bundled with the pgserver package."""
+    found = shutil.which("psql")
+    if found:
+        return found
+    import pgserver
+
+    return str(Path(pgserver.__file__).parent / "pginstall" / "bin" / "psql")
+
+
+def apply_init_sql(conninfo: str, env: dict[str, str] | None = None) -> None:
+    """Run init.sql with psql (it uses psql meta-commands) as a superuser; raise with psql's message."""
+    result = subprocess.run(
+        [psql_binary(), "--no-psqlrc", "--quiet", "-d", conninfo, "-f", str(INIT_SQL)],
+        env=env if env is not None else dict(os.environ),
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"init.sql failed (it needs a superuser connection):\n{result.stderr.strip()}")
+
+
+def start_embedded_server(data_dir: Path, database: str) -> dict[str, str]:
+    """Start (or reuse) a pgserver Postgres in `data_dir`; create `database`; return its PG* variables.
+
+    The server keeps running after this process exits, so the pipeline and the docs server can use it.
+    """
+    import pgserver
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = pgserver.get_server(data_dir, cleanup_mode=None)
+    admin_uri = server.get_uri()
+    with psycopg.connect(admin_uri, autocommit=True) as conn:
+        exists = conn.execute("select 1 from pg_database where datname = %s", (database,)).fetchone()
+        if not exists:
+            conn.execute(sql.SQL("create database {}").format(sql.Identifier(database)))
+    params = conninfo_to_dict(admin_uri)
+    return {
+        "PGHOST": str(params["host"]),
+        "PGPORT": str(params.get("port", "5432")),
+        "PGUSER": str(params.get("user", "postgres")),
+        "PGDATABASE": database,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m data_platform.bootstrap", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    embedded = commands.add_parser(
+        "embedded", help="start an embedded Postgres and print its PG* variables as shell exports"
+    )
+    embedded.add_argument("--data-dir", type=Path, default=PROJECT_ROOT / ".pgdata")
+    embedded.add_argument("--database", default="warehouse")
+    commands.add_parser("init-sql", help="apply init.sql to the database named by the PG* variables")
+    args = parser.parse_args(argv)
+
+    try:
+        if args.command == "embedded":
+            variables = start_embedded_server(args.data_dir, args.database)
+            for name, value in variables.items():
+                print(f"export {name}={shlex.quote(value)}")
+        else:
+            apply_init_sql("")
+    except (RuntimeError, psycopg.Error) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The demo without Docker: same pipeline (init.sh) as the container, then the docs on :8080.
+#
+# Database: the one named by the PG* variables when PGHOST or PGDATABASE is set (a superuser:
+# init.sql creates the roles), otherwise an embedded Postgres (pgserver) kept in ./.pgdata.
+# Stop the docs server with Ctrl-C; the embedded database keeps its data for the next run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/bootstrap.sh
+
+if [ -z "${PGHOST:-}" ] && [ -z "${PGDATABASE:-}" ]; then
+    echo "==> starting the embedded Postgres in .pgdata"
+    eval "$(.venv/bin/python -m data_platform.bootstrap embedded --data-dir .pgdata --database warehouse)"
+fi
+
+echo "==> applying init.sql to ${PGUSER:-$USER}@${PGHOST:-localhost}/${PGDATABASE:-}"
+.venv/bin/python -m data_platform.bootstrap init-sql
+
+# From here on the pipeline runs as the transformer role, exactly as in the container.
+export PGUSER=transformer
+export PGPASSWORD="${TRANSFORMER_PASSWORD:-transformer}"
+export SERVE_DOCS="${SERVE_DOCS:-true}"
+export DOCS_HOST="${DOCS_HOST:-127.0.0.1}"
+exec ./init.sh

