@@ -167,6 +167,7 @@ def pipeline_env(database: Database, csv_dir: Path, **extra_env: str) -> dict[st
 
 def copy_project(destination: Path) -> Path:
     """A private copy of the pipeline (code, dbt project, scripts) that a test may edit."""
+    destination.mkdir(parents=True, exist_ok=True)
     ignore = shutil.ignore_patterns(".venv", ".git", "target", "logs", "__pycache__", ".pgdata", "bench")
     for name in ("init.sh", "alert_script.py", "init.sql"):
         shutil.copy2(PROJECT_ROOT / name, destination / name)

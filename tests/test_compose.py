@@ -108,11 +108,12 @@ def test_mounts_are_relative_and_exist_in_the_repo(raw_compose, config):
 def variables_read_by_the_pipeline() -> set[str]:
     """Every environment variable the dbt profile, init.sh and the Python code read."""
     names = set(re.findall(r"env_var\(\s*'(\w+)'", (PROJECT_ROOT / ".dbt" / "profiles.yml").read_text()))
-    names |= set(re.findall(r"\$\{(\w+)(?::?-[^}]*)?\}", (PROJECT_ROOT / "init.sh").read_text()))
+    # init.sh reads its settings as ${NAME:-default}
+    names |= set(re.findall(r"\$\{([A-Z][A-Z0-9_]*):-", (PROJECT_ROOT / "init.sh").read_text()))
     for path in [PROJECT_ROOT / "alert_script.py", *(PROJECT_ROOT / "data_platform").rglob("*.py")]:
         text = path.read_text()
-        names |= set(re.findall(r"os\.environ(?:\.get)?[\[(]\s*[\"'](\w+)[\"']", text))
-        names |= set(re.findall(r"os\.getenv\(\s*[\"'](\w+)[\"']", text))
+        # settings are read under these prefixes, directly or through small helpers
+        names |= set(re.findall(r"[\"']((?:PG|ALERT_|SLACK_|DBT_)[A-Z_]+|CSV_DIR)[\"']", text))
     # the shell's own variables, and what only the dev tools read
     return names - {"BASH_SOURCE", "PWD", "PATH", "HOME", "USER"}
 

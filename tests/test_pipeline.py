@@ -141,9 +141,12 @@ def test_dim_organizations_covers_both_files(fixture_pipeline):
 def test_pipeline_alerts_on_the_latest_day(fixture_pipeline):
     # latest day 2023-01-06: org 2 moved exactly +50% (-60 -> -30); the orphan moved from zero (skipped)
     _, result = fixture_pipeline
-    alert_lines = [line for line in result.stdout.splitlines() if "2023-01-06" in line]
-    assert any("2" in line.split() or "org 2" in line or "organization 2" in line for line in alert_lines)
-    assert not any("9223372036854775807" in line and "ALERT" in line.upper() for line in alert_lines)
+    alerts = [line for line in result.stdout.splitlines() if line.startswith("[balance alert]")]
+    assert alerts == [
+        "[balance alert] 2023-01-06 organization 2: -$60.00 -> -$30.00 (+50.00%); "
+        "1 active contract, first payment none, last payment none"
+    ]
+    assert "1 skipped-from-zero" in result.stdout
 
 
 def test_rerunning_the_pipeline_is_safe(fixture_pipeline, tmp_path):

@@ -1,0 +1,145 @@
+"""Command-line flags and environment variables, validated into one Settings object."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date
+from decimal import Decimal, InvalidOperation
+from urllib.parse import urlsplit
+
+DEFAULT_THRESHOLD = Decimal("0.5")
+
+
+class ConfigError(ValueError):
+    """The flags or environment cannot work; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    """How hard to try one webhook message before leaving it for the next run."""
+
+    timeout: float = 10.0  # seconds per HTTP attempt
+    retries: int = 3  # retries after the first attempt (429, 5xx, connection errors, timeouts)
+    backoff: float = 0.5  # exponential backoff factor for 5xx / connection errors, in seconds
+    max_retry_after: float = 60.0  # longest Retry-After (429) honoured within a run
+
+
+@dataclass(frozen=True)
+class Settings:
+    threshold: Decimal = DEFAULT_THRESHOLD
+    include_from_zero: bool = False
+    date: date | None = None
+    since: date | None = None
+    dry_run: bool = False
+    webhook_url: str | None = None
+    http: HttpSettings = HttpSettings()
+    lock_timeout: float = 30.0  # seconds to wait for another run to finish
+
+
+def _iso_date(value: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a date as YYYY-MM-DD, got {value!r}") from None
+
+
+def _threshold(value: str) -> Decimal:
+    # Decimal, not float: the rule compares against Postgres numeric, and 0.5 must mean exactly 0.5
+    try:
+        parsed = Decimal(value)
+    except InvalidOperation:
+        raise argparse.ArgumentTypeError(f"expected a number such as 0.5, got {value!r}") from None
+    if not parsed.is_finite() or parsed <= 0:
+        raise argparse.ArgumentTypeError(f"the threshold must be a positive ratio (0.5 = 50%), got {value!r}")
+    return parsed
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="alert_script.py",
+        description=(
+            "Alert when an organization's balance moved by the threshold or more day over day. "
+            "Reads marts.fct_organization_daily_financials; keeps its watermark and alert history "
+            "in the ops schema; posts to SLACK_WEBHOOK_URL or prints to stdout."
+        ),
+        epilog=(
+            "Exit codes: 0 all alerts delivered, 1 some delivery failed (retried on the next run), "
+            "2 configuration or database error. Connection from PGHOST, PGPORT, PGUSER, PGPASSWORD, "
+            "PGDATABASE."
+        ),
+    )
+    parser.add_argument(
+        "--threshold",
+        type=_threshold,
+        default=DEFAULT_THRESHOLD,
+        help="alert when abs(balance change ratio) >= this (default 0.5 = 50%%)",
+    )
+    parser.add_argument(
+        "--include-from-zero",
+        action="store_true",
+        help="also alert when the previous balance was 0 ('new balance' alerts); otherwise only counted",
+    )
+    days = parser.add_mutually_exclusive_group()
+    days.add_argument("--date", type=_iso_date, metavar="YYYY-MM-DD", help="process exactly this day")
+    days.add_argument(
+        "--since",
+        type=_iso_date,
+        metavar="YYYY-MM-DD",
+        help="backfill: process this day up to the latest day",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print what would be sent; change nothing (no history rows, no watermark move, no HTTP)",
+    )
+    return parser
+
+
+def _env_number(env: Mapping[str, str], name: str, default: float, *, minimum: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if not math.isfinite(value) or value < minimum:
+        raise ConfigError(f"{name} must be a number >= {minimum}, got {raw!r}")
+    return value
+
+
+def _webhook_url(env: Mapping[str, str]) -> str | None:
+    url = env.get("SLACK_WEBHOOK_URL", "").strip()
+    if not url:
+        return None
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        # never echo the value: it is a secret
+        raise ConfigError("SLACK_WEBHOOK_URL is set but is not an http(s) URL; unset it to print to stdout")
+    return url
+
+
+def load(argv: Sequence[str] | None, env: Mapping[str, str]) -> Settings:
+    """Parse flags (argparse exits 2 on bad usage) and the ALERT_* / SLACK_* environment."""
+    args = build_parser().parse_args(argv)
+    http = HttpSettings(
+        timeout=_env_number(env, "ALERT_HTTP_TIMEOUT", HttpSettings.timeout, minimum=0.01),
+        retries=int(_env_number(env, "ALERT_HTTP_RETRIES", HttpSettings.retries, minimum=0)),
+        backoff=_env_number(env, "ALERT_HTTP_BACKOFF", HttpSettings.backoff, minimum=0),
+        max_retry_after=_env_number(
+            env, "ALERT_HTTP_MAX_RETRY_AFTER", HttpSettings.max_retry_after, minimum=0
+        ),
+    )
+    return Settings(
+        threshold=args.threshold,
+        include_from_zero=args.include_from_zero,
+        date=args.date,
+        since=args.since,
+        dry_run=args.dry_run,
+        webhook_url=_webhook_url(env),
+        http=http,
+        lock_timeout=_env_number(env, "ALERT_LOCK_TIMEOUT", Settings.lock_timeout, minimum=0),
+    )

@@ -1,0 +1,53 @@
+-- One row per invoice, with its balance rule and its contribution to the organization's balance.
+
+with
+
+invoices as (
+
+    select * from {{ ref('int_invoices_enriched') }}
+
+),
+
+final as (
+
+    select
+
+        ----------  ids
+        invoice_id,
+        parent_invoice_id,
+        transaction_id,
+        organization_id,
+        invoice_type,
+
+        ---------- text
+        status,
+        currency,
+        payment_currency,
+        payment_method,
+
+        ---------- numerics
+        amount,
+        payment_amount,
+        fx_rate,
+        fx_rate_payment,
+        amount_usd,
+        payment_amount_usd,
+
+        ---------- timestamps
+        created_at,
+        created_date,
+
+        ---------- balance rule and contribution
+        status_description,
+        is_final,
+        invoiced_coefficient,
+        paid_coefficient,
+        invoiced_amount_usd,
+        paid_amount_usd,
+        balance_contribution_usd
+
+    from invoices
+
+)
+
+select * from final

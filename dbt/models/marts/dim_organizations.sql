@@ -1,0 +1,107 @@
+-- One row per organization seen in either file: organizations.csv, the invoices, or both.
+
+with
+
+organizations as (
+
+    select * from {{ ref('stg_payments__organizations') }}
+
+),
+
+daily_balance_changes as (
+
+    select * from {{ ref('int_organization_daily_balance_changes') }}
+
+),
+
+invoices as (
+
+    select * from {{ ref('int_invoices_enriched') }}
+
+),
+
+invoice_totals as (
+
+    select
+        organization_id,
+        sum(invoice_count)::bigint as invoice_count,
+        sum(invoiced_amount_usd) as invoiced_amount_usd,
+        sum(paid_amount_usd) as paid_amount_usd,
+        sum(balance_change_usd) as balance_usd,
+        min(created_date) as first_invoice_date,
+        max(created_date) as last_invoice_date
+
+    from daily_balance_changes
+    group by organization_id
+
+),
+
+status_counts as (
+
+    select
+        organization_id,
+        status,
+        count(*) as invoice_count
+
+    from invoices
+    group by organization_id, status
+
+),
+
+invoice_counts_by_status as (
+
+    -- keys are the statuses present in the data, so the object follows seed and data changes
+    select
+        organization_id,
+        jsonb_object_agg(status, invoice_count) as invoice_count_by_status
+
+    from status_counts
+    group by organization_id
+
+),
+
+invoice_summaries as (
+
+    select
+        invoice_totals.*,
+        invoice_counts_by_status.invoice_count_by_status
+
+    from invoice_totals
+    inner join invoice_counts_by_status
+        on invoice_totals.organization_id = invoice_counts_by_status.organization_id
+
+),
+
+final as (
+
+    select
+
+        ----------  ids
+        coalesce(organizations.organization_id, invoice_summaries.organization_id) as organization_id,
+
+        ---------- booleans
+        organizations.organization_id is null as is_missing_from_organizations_file,
+
+        ---------- from organizations.csv
+        organizations.first_payment_date,
+        organizations.last_payment_date,
+        organizations.legal_entity_country_code,
+        organizations.count_total_contracts_active,
+        organizations.organization_created_at,
+
+        ---------- from the invoices (zero when the organization has none)
+        coalesce(invoice_summaries.invoice_count, 0) as invoice_count,
+        coalesce(invoice_summaries.invoice_count_by_status, '{}'::jsonb) as invoice_count_by_status,
+        coalesce(invoice_summaries.invoiced_amount_usd, 0) as invoiced_amount_usd,
+        coalesce(invoice_summaries.paid_amount_usd, 0) as paid_amount_usd,
+        coalesce(invoice_summaries.balance_usd, 0) as balance_usd,
+        invoice_summaries.first_invoice_date,
+        invoice_summaries.last_invoice_date
+
+    from organizations
+    full outer join invoice_summaries
+        on organizations.organization_id = invoice_summaries.organization_id
+
+)
+
+select * from final

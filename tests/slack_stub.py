@@ -1,0 +1,127 @@
+"""A local HTTP server standing in for Slack's incoming webhook.
+
+It records every request and answers from a script: 200, 429 with Retry-After, 5xx, a delay, or a
+hang (no answer until the test ends). The URL carries a fake secret so tests can prove it never
+leaks into output or the database.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+SECRET = "XOXB-not-a-real-secret-7f3a9c"
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int = 200
+    body: str = "ok"
+    retry_after: int | None = None
+    delay: float = 0.0  # seconds before answering; longer than the client's timeout = a hang
+
+
+OK = Reply()
+
+
+def rate_limited(retry_after: int = 1) -> Reply:
+    return Reply(429, "rate_limited", retry_after=retry_after)
+
+
+def server_error(status: int = 500) -> Reply:
+    return Reply(status, "internal_error")
+
+
+def hang(seconds: float = 30.0) -> Reply:
+    return Reply(delay=seconds)
+
+
+@dataclass
+class Received:
+    path: str
+    body: dict[str, Any]
+    status: int  # what the stub answered (or meant to, for a hang)
+    at: float = field(default_factory=time.monotonic)
+
+
+class SlackStub:
+    """Start with `with SlackStub() as slack:`; point SLACK_WEBHOOK_URL at `slack.url`."""
+
+    def __init__(self) -> None:
+        self.requests: list[Received] = []
+        self._script: deque[Reply] = deque()
+        self._default = OK
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}/services/T0STUB/B0STUB/{SECRET}"
+
+    def answer(self, *replies: Reply, then: Reply | None = None) -> None:
+        """Answer the next requests with `replies` in order, then `then` (default: keep the default)."""
+        with self._lock:
+            self._script.extend(replies)
+            if then is not None:
+                self._default = then
+
+    def always(self, reply: Reply) -> None:
+        with self._lock:
+            self._script.clear()
+            self._default = reply
+
+    @property
+    def delivered(self) -> list[dict[str, Any]]:
+        """Bodies of the requests answered 200: what actually reached the channel."""
+        return [r.body for r in self.requests if r.status == 200]
+
+    def _next_reply(self) -> Reply:
+        with self._lock:
+            return self._script.popleft() if self._script else self._default
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                reply = stub._next_reply()
+                with stub._lock:
+                    stub.requests.append(Received(self.path, json.loads(raw or b"{}"), reply.status))
+                if reply.delay and stub._stopping.wait(reply.delay):
+                    return  # the test is over: drop the connection
+                payload = reply.body.encode()
+                try:
+                    self.send_response(reply.status)
+                    self.send_header("Content-Type", "text/plain")
+                    self.send_header("Content-Length", str(len(payload)))
+                    if reply.retry_after is not None:
+                        self.send_header("Retry-After", str(reply.retry_after))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up waiting (a hang test)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # keep test output quiet
+
+        return Handler
+
+    def __enter__(self) -> SlackStub:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stopping.set()
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)

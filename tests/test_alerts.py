@@ -1,0 +1,547 @@
+"""alert_script.py end to end: a real Postgres, the real command, a real HTTP server for Slack.
+
+The marts tables are created here by hand (as the transformer, with the contract's columns) so the
+alert behaviour is tested independently of the dbt project; the pipeline's end-to-end test runs the
+script on real dbt output.
+
+`run_alerts` runs `python alert_script.py` as a subprocess with the alerter's PG* variables (the way
+init.sh and cron do); `run_inline` calls the same entry point, cli.main(), in this process with the
+same environment, for the rule and day-selection tests where a process start per run only costs time.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from datetime import date, timedelta
+from decimal import Decimal
+
+import pytest
+from conftest import PROJECT_ROOT, Database
+from slack_stub import OK, SECRET, Reply, SlackStub, hang, rate_limited, server_error
+
+from data_platform.alerts import cli, store
+
+FACT_DDL = """
+create table marts.fct_organization_daily_financials (
+    organization_id bigint not null,
+    balance_date date not null,
+    invoice_count bigint not null,
+    invoiced_amount_usd numeric not null,
+    paid_amount_usd numeric not null,
+    balance_change_usd numeric not null,
+    balance_usd numeric not null,
+    previous_balance_usd numeric not null,
+    balance_change_ratio numeric
+)
+"""
+
+DIM_DDL = """
+create table marts.dim_organizations (
+    organization_id bigint not null,
+    is_missing_from_organizations_file boolean not null,
+    first_payment_date date,
+    last_payment_date date,
+    legal_entity_country_code bigint,
+    count_total_contracts_active integer,
+    organization_created_at timestamptz,
+    invoice_count bigint,
+    invoice_count_by_status jsonb,
+    invoiced_amount_usd numeric,
+    paid_amount_usd numeric,
+    balance_usd numeric,
+    first_invoice_date date,
+    last_invoice_date date
+)
+"""
+
+PROXY_VARIABLES = ("http_proxy", "https_proxy")
+
+DAY = [date(2024, 3, 1) + timedelta(days=i) for i in range(6)]  # DAY[0] .. DAY[5]
+
+
+# --- fixtures and helpers ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def warehouse(make_database) -> Database:
+    database = make_database()
+    with database.connect("transformer", autocommit=True) as conn:
+        conn.execute(FACT_DDL)
+        conn.execute(DIM_DDL)
+    return database
+
+
+@pytest.fixture
+def db(warehouse: Database) -> Database:
+    """The module's database with empty marts tables and no alert state."""
+    with warehouse.connect("transformer", autocommit=True) as conn:
+        conn.execute("truncate marts.fct_organization_daily_financials, marts.dim_organizations")
+    with warehouse.connect("alerter", autocommit=True) as conn:
+        conn.execute("drop table if exists ops.alert_history, ops.alert_watermark")
+    return warehouse
+
+
+@pytest.fixture
+def slack():
+    with SlackStub() as stub:
+        yield stub
+
+
+def add_moves(db: Database, *moves: tuple[int, date, str, str]) -> None:
+    """Fact rows from (organization_id, day, previous balance, balance), derived columns as dbt does."""
+    rows = []
+    for organization_id, day, previous_text, balance_text in moves:
+        previous, balance = Decimal(previous_text), Decimal(balance_text)
+        change = balance - previous
+        ratio = change / abs(previous) if previous != 0 else None
+        invoiced, paid = max(change, 0), max(-change, 0)
+        rows.append((organization_id, day, 1, invoiced, paid, change, balance, previous, ratio))
+    with db.connect("transformer") as conn, conn.cursor() as cur:
+        cur.executemany(
+            "insert into marts.fct_organization_daily_financials values (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            rows,
+        )
+
+
+def add_organization(
+    db: Database,
+    organization_id: int,
+    *,
+    missing: bool = False,
+    contracts: int | None = 3,
+    first: date | None = date(2023, 1, 2),
+    last: date | None = date(2024, 2, 28),
+) -> None:
+    with db.connect("transformer") as conn:
+        conn.execute(
+            """
+            insert into marts.dim_organizations (
+                organization_id, is_missing_from_organizations_file,
+                first_payment_date, last_payment_date, count_total_contracts_active
+            ) values (%s, %s, %s, %s, %s)
+            """,
+            (organization_id, missing, None if missing else first, None if missing else last, contracts),
+        )
+
+
+def alerter_env(db: Database, webhook: str | None = None, **extra: str) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in db.env("alerter").items()
+        # no proxy: slack-sdk would send even 127.0.0.1 through one (it ignores NO_PROXY)
+        if not k.startswith(("ALERT_", "SLACK_")) and k.lower() not in PROXY_VARIABLES
+    }
+    # small HTTP budgets keep the suite fast; the behaviour is the same with the defaults
+    env.update(
+        ALERT_HTTP_TIMEOUT="2", ALERT_HTTP_RETRIES="2", ALERT_HTTP_BACKOFF="0.01", ALERT_LOCK_TIMEOUT="20"
+    )
+    if webhook:
+        env["SLACK_WEBHOOK_URL"] = webhook
+    env.update(extra)
+    return env
+
+
+def command(*args: str) -> list[str]:
+    return [sys.executable, str(PROJECT_ROOT / "alert_script.py"), *args]
+
+
+def run_alerts(
+    db: Database, *args: str, webhook: str | None = None, **extra: str
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        command(*args),
+        cwd=PROJECT_ROOT,
+        env=alerter_env(db, webhook, **extra),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.fixture
+def run_inline(monkeypatch, capsys):
+    """Like run_alerts, but cli.main() in this process (environment patched, output captured)."""
+
+    def run(
+        db: Database, *args: str, webhook: str | None = None, **extra: str
+    ) -> subprocess.CompletedProcess:
+        ours = ("PG", "ALERT_", "SLACK_")
+        for key in [key for key in os.environ if key.startswith(ours) or key.lower() in PROXY_VARIABLES]:
+            monkeypatch.delenv(key)
+        for key, value in alerter_env(db, webhook, **extra).items():
+            if key.startswith(ours):
+                monkeypatch.setenv(key, value)
+        capsys.readouterr()
+        try:
+            code = cli.main(list(args))
+        except SystemExit as error:  # argparse usage errors
+            code = error.code
+        captured = capsys.readouterr()
+        return subprocess.CompletedProcess(list(args), code, captured.out, captured.err)
+
+    return run
+
+
+def history(db: Database) -> dict[tuple[int, date], tuple[str, int]]:
+    rows = db.query("select organization_id, balance_date, status, attempts from ops.alert_history")
+    return {(org, day): (status, attempts) for org, day, status, attempts in rows}
+
+
+def watermark(db: Database) -> date | None:
+    rows = db.query("select last_processed_date from ops.alert_watermark")
+    return rows[0][0] if rows else None
+
+
+def ops_tables(db: Database) -> set[str]:
+    return {r[0] for r in db.query("select tablename from pg_tables where schemaname = 'ops'")}
+
+
+def alert_lines(stdout: str) -> list[str]:
+    return [line for line in stdout.splitlines() if line.startswith(("[balance alert]", "[new balance]"))]
+
+
+def organizations_in(bodies: list[dict]) -> list[int]:
+    """Organization ids of the Slack messages, from their header block."""
+    ids = []
+    for body in bodies:
+        header = body["blocks"][0]["text"]["text"]
+        ids.append(int(re.fullmatch(r"Balance alert: organization (\d+)", header).group(1)))
+    return sorted(ids)
+
+
+def assert_no_secret(*texts: str) -> None:
+    for text in texts:
+        assert SECRET not in text
+        assert "/services/T0STUB" not in text
+
+
+# --- the rule ------------------------------------------------------------------------------------
+
+
+def test_threshold_boundary_directions_and_negative_balances(db):
+    add_moves(
+        db,
+        (1, DAY[1], "1000", "1500"),  # +50.00%: exactly the threshold, alerts
+        (2, DAY[1], "1000", "1499.90"),  # +49.99%: just under, silent
+        (3, DAY[1], "1000", "500"),  # -50.00%: decreases alert too
+        (4, DAY[1], "1000", "500.10"),  # -49.99%: silent
+        (5, DAY[1], "-1000", "-1500"),  # negative balance, 50% further down
+        (6, DAY[1], "-1000", "-600"),  # negative balance, 40% back up: silent
+        (7, DAY[1], "-200", "300"),  # crosses zero: +250%
+        (8, DAY[1], "0", "250"),  # from zero: no ratio, counted not alerted
+        (9, DAY[1], "0", "0"),  # nothing moved: neither alerted nor counted
+    )
+    result = run_alerts(db)
+
+    assert result.returncode == 0, result.stderr
+    lines = alert_lines(result.stdout)
+    assert [int(re.search(r"organization (\d+)", line).group(1)) for line in lines] == [1, 3, 5, 7]
+    assert "organization 1: $1,000.00 -> $1,500.00 (+50.00%)" in lines[0]
+    assert "organization 3: $1,000.00 -> $500.00 (-50.00%)" in lines[1]
+    assert "organization 5: -$1,000.00 -> -$1,500.00 (-50.00%)" in lines[2]
+    assert "organization 7: -$200.00 -> $300.00 (+250.00%)" in lines[3]
+    assert result.stdout.splitlines()[-1] == (
+        "Summary: 1 day processed (2024-03-02), 4 alerts sent, 0 failed, "
+        "1 skipped-from-zero (--include-from-zero alerts them); watermark 2024-03-02."
+    )
+
+
+def test_custom_threshold(db, run_inline):
+    add_moves(db, (1, DAY[1], "1000", "1300"), (2, DAY[1], "1000", "1250"))
+    result = run_inline(db, "--threshold", "0.3")
+    assert result.returncode == 0, result.stderr
+    assert [line.split(":")[0] for line in alert_lines(result.stdout)] == [
+        "[balance alert] 2024-03-02 organization 1"
+    ]
+
+
+def test_moves_from_zero_alert_only_with_include_from_zero(db, run_inline):
+    add_moves(db, (1, DAY[0], "0", "250"), (2, DAY[0], "0", "0"), (3, DAY[0], "100", "400"))
+
+    result = run_inline(db, "--include-from-zero")
+
+    assert result.returncode == 0, result.stderr
+    assert alert_lines(result.stdout) == [
+        "[new balance] 2024-03-01 organization 1: $0.00 -> $250.00 (new balance); not in dim_organizations",
+        "[balance alert] 2024-03-01 organization 3: $100.00 -> $400.00 (+300.00%); not in dim_organizations",
+    ]
+    assert "0 skipped-from-zero" in result.stdout
+    assert history(db) == {(1, DAY[0]): ("sent", 1), (3, DAY[0]): ("sent", 1)}
+
+
+# --- which days ----------------------------------------------------------------------------------
+
+
+def test_first_run_latest_day_then_nothing_then_only_new_days(db, slack):
+    add_moves(db, *[(1, day, "100", "200") for day in DAY[:3]])
+
+    first = run_alerts(db, webhook=slack.url)
+    assert first.returncode == 0, first.stderr
+    assert history(db) == {(1, DAY[2]): ("sent", 1)}  # not all of history
+    assert watermark(db) == DAY[2]
+    assert "1 day processed (2024-03-03), 1 alert sent" in first.stdout
+
+    again = run_alerts(db, webhook=slack.url)
+    assert again.returncode == 0, again.stderr
+    assert "0 days processed, 0 alerts sent" in again.stdout
+    assert len(slack.requests) == 1
+
+    add_moves(db, (1, DAY[3], "200", "400"), (2, DAY[3], "10", "10"), (1, DAY[4], "400", "100"))
+    later = run_alerts(db, webhook=slack.url)
+    assert later.returncode == 0, later.stderr
+    assert "2 days processed (2024-03-04..2024-03-05), 2 alerts sent" in later.stdout
+    assert set(history(db)) == {(1, DAY[2]), (1, DAY[3]), (1, DAY[4])}
+    assert watermark(db) == DAY[4]
+    # one message per organization: both new days of organization 1 together
+    assert len(slack.requests) == 2
+    assert "2024-03-04" in slack.requests[1].body["text"] and "2024-03-05" in slack.requests[1].body["text"]
+
+
+def test_date_and_since(db, run_inline):
+    add_moves(db, *[(1, day, "100", "200") for day in DAY[:5]])
+
+    one_day = run_inline(db, "--date", "2024-03-02")
+    assert one_day.returncode == 0, one_day.stderr
+    assert set(history(db)) == {(1, DAY[1])}
+    assert watermark(db) is None  # an old day on its own must not set where the next run starts
+
+    backfill = run_inline(db, "--since", "2024-03-03")
+    assert backfill.returncode == 0, backfill.stderr
+    assert "3 days processed (2024-03-03..2024-03-05), 3 alerts sent" in backfill.stdout
+    assert set(history(db)) == {(1, day) for day in DAY[1:5]}
+    assert watermark(db) == DAY[4]
+
+    repeat = run_inline(db, "--date", "2024-03-02")
+    assert repeat.returncode == 0, repeat.stderr
+    assert alert_lines(repeat.stdout) == []  # already sent: never again
+    assert "1 day processed (2024-03-02), 0 alerts sent" in repeat.stdout
+    assert watermark(db) == DAY[4]  # never backwards
+
+    assert run_inline(db, "--date", "2024-03-32").returncode == 2  # argparse: not a date
+    conflicting = run_inline(db, "--date", "2024-03-02", "--since", "2024-03-01")
+    assert conflicting.returncode == 2 and "not allowed with" in conflicting.stderr
+
+
+# --- delivery ------------------------------------------------------------------------------------
+
+
+def test_slack_message_content_one_per_organization(db, slack, run_inline):
+    add_organization(db, 1, contracts=12)
+    add_organization(db, 2, missing=True, contracts=None)
+    add_moves(db, (1, DAY[0], "1234567.891", "2469135.78"), (2, DAY[0], "-5000", "-1000"))
+
+    result = run_inline(db, webhook=slack.url)
+
+    assert result.returncode == 0, result.stderr
+    assert organizations_in(slack.delivered) == [1, 2]
+    first, second = slack.delivered
+    assert first["text"] == (
+        "Balance alert for organization 1: 2024-03-01 $1,234,567.89 -> $2,469,135.78 (+100.00%). "
+        "12 active contracts, first payment 2023-01-02, last payment 2024-02-28."
+    )
+    assert [block["type"] for block in first["blocks"]] == ["header", "section", "context"]
+    assert "$1,234,567.89 → $2,469,135.78" in first["blocks"][1]["text"]["text"]
+    assert "*+100.00%*" in first["blocks"][1]["text"]["text"]
+    assert "-$5,000.00 -> -$1,000.00 (+80.00%)" in second["text"]
+    assert second["blocks"][2]["elements"][0]["text"] == ":warning: missing from organizations.csv"
+    assert alert_lines(result.stdout) == []  # Slack replaces the console lines
+
+
+def test_console_lines_without_webhook(db):
+    add_organization(db, 1)
+    add_organization(db, 2, missing=True)
+    add_moves(db, (1, DAY[0], "1000", "2500.5"), (2, DAY[0], "800", "100"))
+
+    result = run_alerts(db)
+
+    assert result.returncode == 0, result.stderr
+    assert alert_lines(result.stdout) == [
+        "[balance alert] 2024-03-01 organization 1: $1,000.00 -> $2,500.50 (+150.05%); "
+        "3 active contracts, first payment 2023-01-02, last payment 2024-02-28",
+        "[balance alert] 2024-03-01 organization 2: $800.00 -> $100.00 (-87.50%); "
+        "missing from organizations.csv",
+    ]
+    rows = db.query("select delivered_via, status from ops.alert_history")
+    assert rows == [("stdout", "sent"), ("stdout", "sent")]
+
+
+def test_rate_limited_then_ok_is_delivered_once(db, slack):
+    add_moves(db, (1, DAY[0], "100", "300"))
+    slack.answer(rate_limited(retry_after=1))
+
+    result = run_alerts(db, webhook=slack.url)
+
+    assert result.returncode == 0, result.stderr
+    assert [r.status for r in slack.requests] == [429, 200]
+    assert slack.requests[1].at - slack.requests[0].at >= 1.0  # Retry-After honoured
+    assert organizations_in(slack.delivered) == [1]
+    assert history(db) == {(1, DAY[0]): ("sent", 1)}
+
+
+def test_down_server_fails_then_next_run_delivers_without_duplicates(db, slack):
+    add_moves(db, (1, DAY[0], "100", "300"), (2, DAY[0], "100", "10"), (3, DAY[0], "100", "50"))
+    slack.always(server_error(500))
+
+    failed = run_alerts(db, webhook=slack.url)
+
+    assert failed.returncode == 1
+    assert "0 alerts sent, 3 failed" in failed.stdout
+    # organization 1 tried 1 + 2 retries; the others are left for the next run once Slack is down
+    assert [r.status for r in slack.requests] == [500, 500, 500]
+    assert history(db) == {(1, DAY[0]): ("failed", 1), (2, DAY[0]): ("failed", 0), (3, DAY[0]): ("failed", 0)}
+    errors = [r[0] for r in db.query("select last_error from ops.alert_history order by organization_id")]
+    assert errors[0] == "HTTP 500: internal_error"
+    assert errors[1].startswith("not attempted: slack failing earlier in the run")
+    # the watermark moved past the day: failed alerts come back from the history, not the watermark
+    assert watermark(db) == DAY[0]
+
+    slack.answer(server_error(503), then=OK)
+    recovered = run_alerts(db, webhook=slack.url)
+
+    assert recovered.returncode == 0, recovered.stderr
+    assert "0 days processed, 3 alerts sent (3 retried from earlier runs), 0 failed" in recovered.stdout
+    assert organizations_in(slack.delivered) == [1, 2, 3]
+    assert {status for status, _ in history(db).values()} == {"sent"}
+
+    third = run_alerts(db, webhook=slack.url)
+    assert third.returncode == 0 and "0 alerts sent" in third.stdout
+    assert organizations_in(slack.delivered) == [1, 2, 3]  # no duplicates
+    assert_no_secret(failed.stdout, failed.stderr, recovered.stdout, recovered.stderr, *errors)
+
+
+def test_hanging_server_times_out_and_is_bounded(db, slack):
+    add_moves(db, (1, DAY[0], "100", "300"), (2, DAY[0], "100", "10"))
+    slack.always(hang())
+
+    started = time.monotonic()
+    result = run_alerts(db, webhook=slack.url, ALERT_HTTP_TIMEOUT="0.3", ALERT_HTTP_RETRIES="1")
+
+    assert result.returncode == 1
+    assert time.monotonic() - started < 10
+    assert len(slack.requests) == 2  # organization 1: first try + 1 retry; organization 2 not attempted
+    assert "no answer within 0.3 s" in result.stderr
+    assert {status for status, _ in history(db).values()} == {"failed"}
+    assert_no_secret(result.stdout, result.stderr)
+
+
+def test_unreachable_webhook_never_leaks_the_url(db):
+    add_moves(db, (1, DAY[0], "100", "300"))
+    with SlackStub() as gone:
+        url = gone.url  # a port nobody listens on once the stub stops
+
+    result = run_alerts(db, webhook=url)
+
+    assert result.returncode == 1
+    assert "cannot reach Slack" in result.stderr
+    stored = db.query("select last_error from ops.alert_history")[0][0]
+    assert_no_secret(result.stdout, result.stderr, stored)
+
+
+def test_invalid_webhook_url_is_a_config_error_without_echo(db):
+    add_moves(db, (1, DAY[0], "100", "300"))
+    result = run_alerts(db, webhook=f"hooks.slack.com/services/{SECRET}")
+    assert result.returncode == 2
+    assert "SLACK_WEBHOOK_URL is set but is not an http(s) URL" in result.stderr
+    assert_no_secret(result.stdout, result.stderr)
+
+
+# --- dry run, locking, errors --------------------------------------------------------------------
+
+
+def test_dry_run_changes_nothing(db, slack, run_inline):
+    add_moves(db, (1, DAY[0], "100", "300"))
+    never_run = run_inline(db, "--dry-run", webhook=slack.url)
+    assert never_run.returncode == 0, never_run.stderr
+    assert "[dry-run, would go to Slack] [balance alert] 2024-03-01 organization 1" in never_run.stdout
+    assert ops_tables(db) == set()  # not even the tables
+    assert slack.requests == []
+
+    slack.always(server_error(500))
+    assert run_inline(db, webhook=slack.url).returncode == 1
+    add_moves(db, (2, DAY[1], "100", "300"))
+    before = (history(db), watermark(db), db.query("select * from ops.alert_history"))
+    requests_before = len(slack.requests)
+
+    dry = run_inline(db, "--dry-run", webhook=slack.url)
+
+    assert dry.returncode == 0, dry.stderr
+    assert [line.split(":")[0] for line in dry.stdout.splitlines()[:-1]] == [
+        "[dry-run, would go to Slack] [balance alert] 2024-03-01 organization 1",  # the retry
+        "[dry-run, would go to Slack] [balance alert] 2024-03-02 organization 2",  # the new day
+    ]
+    assert dry.stdout.splitlines()[-1] == (
+        "Summary (dry run, nothing changed): 1 day processed (2024-03-02), 2 alerts would be sent "
+        "(1 retried from earlier runs), 0 failed, 0 skipped-from-zero; watermark would move to 2024-03-02."
+    )
+    assert (history(db), watermark(db), db.query("select * from ops.alert_history")) == before
+    assert len(slack.requests) == requests_before
+
+
+def test_concurrent_runs_never_double_send(db, slack):
+    add_moves(db, *[(org, DAY[0], "100", "300") for org in (1, 2, 3)])
+    slack.always(Reply(delay=0.3))  # slow answers widen the race window
+    env = alerter_env(db, slack.url)
+
+    runs = [
+        subprocess.Popen(command(), cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outputs = [run.communicate(timeout=60)[0] for run in runs]
+
+    assert [run.returncode for run in runs] == [0, 0]
+    assert organizations_in(slack.delivered) == [1, 2, 3]
+    assert len(slack.requests) == 3
+    assert sorted("3 alerts sent" in out for out in outputs) == [False, True]
+
+
+def test_lock_held_by_another_run_stops_with_exit_2(db, slack):
+    add_moves(db, (1, DAY[0], "100", "300"))
+    with db.connect("alerter", autocommit=True) as other:
+        other.execute("select pg_advisory_lock(%s)", (store.LOCK_KEY,))
+        blocked = run_alerts(db, webhook=slack.url, ALERT_LOCK_TIMEOUT="0.5")
+    assert blocked.returncode == 2
+    assert "another alert run still holds the lock after 0.5 s; nothing was sent" in blocked.stderr
+    assert slack.requests == []
+
+    assert run_alerts(db, webhook=slack.url).returncode == 0  # the lock went with the other session
+    assert organizations_in(slack.delivered) == [1]
+
+
+def test_missing_fact_table_exit_2_with_clear_message(make_database):
+    empty = make_database()
+    result = run_alerts(empty)
+    assert result.returncode == 2
+    assert "marts.fct_organization_daily_financials, marts.dim_organizations does not exist" in result.stderr
+    assert "run the pipeline first (init.sh)" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cannot_connect_names_the_target_not_the_password(db):
+    password = "pw-that-must-not-leak-91"
+    result = run_alerts(db, PGDATABASE="no_such_database", PGPASSWORD=password)
+    env = alerter_env(db)
+    target = f"alerter@{env['PGHOST']}:{env['PGPORT']}/no_such_database"
+    assert result.returncode == 2
+    assert f"cannot connect to {target}" in result.stderr
+    assert password not in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_wrong_role_gets_a_hint(db):
+    add_moves(db, (1, DAY[0], "100", "300"))
+    result = run_alerts(db, PGUSER="transformer", PGPASSWORD="transformer")  # may not write ops
+    assert result.returncode == 2
+    assert "permission denied for schema ops" in result.stderr
+    assert "Run as the alerter role (PGUSER=alerter)" in result.stderr
+
+
+def test_empty_fact_is_a_quiet_success(db, run_inline):
+    result = run_inline(db)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == (
+        "Summary: 0 days processed, 0 alerts sent, 0 failed, 0 skipped-from-zero; watermark not set."
+    )

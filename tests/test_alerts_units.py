@@ -1,0 +1,179 @@
+"""Alert pieces without a database: day planning (the watermark rule), message text, settings."""
+
+from __future__ import annotations
+
+import re
+from datetime import date, timedelta
+from decimal import Decimal
+
+import pytest
+
+from data_platform.alerts import config, messages
+from data_platform.alerts.detect import BALANCE_CHANGE, NEW_BALANCE, Plan, plan_days
+from data_platform.alerts.store import Alert, Batch, Organization
+
+D = [date(2024, 3, 1) + timedelta(days=i) for i in range(10)]  # D[0] .. D[9]
+
+
+# --- which days, and where the watermark goes --------------------------------------------------------
+
+
+# case: (watermark, latest day in the fact, --date, --since) -> (start, end, watermark afterwards)
+PLANS = {
+    "empty fact": ((None, None, None, None), (None, None, None)),
+    "first run: latest day only": ((None, D[5], None, None), (D[5], D[5], D[5])),
+    "new days after the watermark": ((D[2], D[5], None, None), (D[3], D[5], D[5])),
+    "nothing new": ((D[5], D[5], None, None), (D[6], D[5], D[5])),
+    "data shrank: never backwards": ((D[7], D[5], None, None), (D[8], D[5], D[7])),
+    "--date old day, no watermark": ((None, D[5], D[1], None), (D[1], D[1], None)),
+    "--date latest day, no watermark": ((None, D[5], D[5], None), (D[5], D[5], D[5])),
+    "--date right after watermark": ((D[2], D[5], D[3], None), (D[3], D[3], D[3])),
+    "--date past a gap": ((D[2], D[5], D[4], None), (D[4], D[4], D[2])),
+    "--date already covered": ((D[4], D[5], D[1], None), (D[1], D[1], D[4])),
+    "--date beyond the data": ((D[2], D[5], D[9], None), (D[9], D[9], D[2])),
+    "--since, no watermark": ((None, D[5], None, D[1]), (D[1], D[5], D[5])),
+    "--since before watermark": ((D[3], D[5], None, D[1]), (D[1], D[5], D[5])),
+    "--since right after watermark": ((D[3], D[5], None, D[4]), (D[4], D[5], D[5])),
+    "--since past a gap": ((D[1], D[5], None, D[4]), (D[4], D[5], D[1])),
+    "--since beyond the data": ((D[1], D[5], None, D[8]), (D[8], D[5], D[1])),
+}
+
+
+@pytest.mark.parametrize(("given", "expected"), PLANS.values(), ids=PLANS.keys())
+def test_plan_days(given, expected):
+    watermark, latest, only_date, since = given
+    assert plan_days(watermark=watermark, latest=latest, only_date=only_date, since=since) == Plan(*expected)
+
+
+def test_plan_is_empty():
+    assert plan_days(watermark=D[5], latest=D[5]).is_empty
+    assert plan_days(watermark=None, latest=None).is_empty
+    assert not plan_days(watermark=None, latest=D[5]).is_empty
+
+
+# --- message text --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("amount", "text"),
+    [
+        ("0", "$0.00"),
+        ("1234567.891", "$1,234,567.89"),
+        ("999.995", "$1,000.00"),
+        ("-1500", "-$1,500.00"),
+        ("-0.004", "$0.00"),
+        ("-0.005", "-$0.01"),
+    ],
+)
+def test_usd(amount, text):
+    assert messages.usd(Decimal(amount)) == text
+
+
+@pytest.mark.parametrize(
+    ("ratio", "text"),
+    [("0.5", "+50.00%"), ("-0.5", "-50.00%"), ("-0.4999", "-49.99%"), ("12.345678", "+1,234.57%")],
+)
+def test_signed_percent(ratio, text):
+    assert messages.signed_percent(Decimal(ratio)) == text
+
+
+def alert(previous: str, balance: str, day: date = D[0], kind: str = BALANCE_CHANGE) -> Alert:
+    prev, bal = Decimal(previous), Decimal(balance)
+    ratio = (bal - prev) / abs(prev) if prev else None
+    return Alert(7, day, NEW_BALANCE if not prev else kind, prev, bal, ratio)
+
+
+KNOWN = Organization(7, True, False, 1, date(2023, 1, 2), None)
+
+
+def test_context_phrases():
+    assert messages.context(KNOWN) == "1 active contract, first payment 2023-01-02, last payment none"
+    assert messages.context(Organization(7, True, True)) == "missing from organizations.csv"
+    assert messages.context(Organization(7, False)) == "not in dim_organizations"
+    many = Organization(7, True, False, 1200, date(2023, 1, 2), date(2024, 2, 1))
+    assert messages.context(many).startswith("1,200 active contracts")
+
+
+def test_console_lines():
+    assert messages.console_line(KNOWN, alert("-1000", "-1500")) == (
+        "[balance alert] 2024-03-01 organization 7: -$1,000.00 -> -$1,500.00 (-50.00%); "
+        "1 active contract, first payment 2023-01-02, last payment none"
+    )
+    assert messages.console_line(KNOWN, alert("0", "250")).startswith(
+        "[new balance] 2024-03-01 organization 7: $0.00 -> $250.00 (new balance); "
+    )
+
+
+def test_slack_message_blocks_and_fallback():
+    batch = Batch(Organization(7, True, True), (alert("100", "300", D[0]), alert("300", "30", D[1])))
+    text, blocks = messages.slack_message(batch)
+    assert text == (
+        "Balance alert for organization 7: 2024-03-01 $100.00 -> $300.00 (+200.00%); "
+        "2024-03-02 $300.00 -> $30.00 (-90.00%). missing from organizations.csv."
+    )
+    assert blocks[0] == {
+        "type": "header",
+        "text": {"type": "plain_text", "text": "Balance alert: organization 7"},
+    }
+    assert blocks[1]["text"]["text"].splitlines() == [
+        ":chart_with_upwards_trend: *2024-03-01*  $100.00 → $300.00  *+200.00%*",
+        ":chart_with_downwards_trend: *2024-03-02*  $300.00 → $30.00  *-90.00%*",
+    ]
+    assert blocks[2] == {
+        "type": "context",
+        "elements": [{"type": "mrkdwn", "text": ":warning: missing from organizations.csv"}],
+    }
+
+
+# --- settings ------------------------------------------------------------------------------------
+
+
+def test_defaults():
+    settings = config.load([], {})
+    assert settings.threshold == Decimal("0.5")
+    assert settings.webhook_url is None
+    assert not settings.dry_run and not settings.include_from_zero
+    assert settings.http == config.HttpSettings()
+
+
+def test_flags_and_environment():
+    env = {
+        "SLACK_WEBHOOK_URL": " https://hooks.example.com/services/T/B/x ",
+        "ALERT_HTTP_TIMEOUT": "0.5",
+        "ALERT_HTTP_RETRIES": "1",
+        "ALERT_LOCK_TIMEOUT": "3",
+    }
+    settings = config.load(["--threshold", "0.25", "--since", "2024-03-01", "--include-from-zero"], env)
+    assert settings.threshold == Decimal("0.25")
+    assert settings.since == date(2024, 3, 1)
+    assert settings.include_from_zero
+    assert settings.webhook_url == "https://hooks.example.com/services/T/B/x"
+    assert (settings.http.timeout, settings.http.retries, settings.lock_timeout) == (0.5, 1, 3.0)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--threshold", "0"], ["--threshold", "-0.5"], ["--threshold", "half"], ["--date", "2024-02-30"]],
+)
+def test_bad_flags_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        config.load(argv, {})
+    assert exit_info.value.code == 2
+    assert "error:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"ALERT_HTTP_TIMEOUT": "soon"}, "ALERT_HTTP_TIMEOUT must be a number"),
+        ({"ALERT_HTTP_RETRIES": "-1"}, "ALERT_HTTP_RETRIES must be a number >= 0"),
+        (
+            {"SLACK_WEBHOOK_URL": "ftp://secret-host/abc"},
+            "SLACK_WEBHOOK_URL is set but is not an http(s) URL",
+        ),
+    ],
+)
+def test_bad_environment(env, message):
+    with pytest.raises(config.ConfigError, match=re.escape(message)) as error:
+        config.load([], env)
+    assert "secret-host" not in str(error.value)

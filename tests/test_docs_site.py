@@ -1,0 +1,179 @@
+"""The docs site, end to end: init.sh with SERVE_DOCS on (as in the container) and the no-Docker demo
+command, each checked in headless Chromium.
+
+The rendered page is read back from Chromium (the dbt docs site is a JavaScript app, so the served
+HTML alone proves nothing) and a screenshot is kept in test-artifacts/ for people to look at.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import time
+import urllib.request
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import PROJECT_ROOT, pipeline_env
+from test_pipeline import write_fixture
+
+ARTIFACTS = PROJECT_ROOT / "test-artifacts"
+FACT = "fct_organization_daily_financials"
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+needs_chromium = pytest.mark.skipif(
+    chromium is None and not os.environ.get("CI"), reason="chromium is not installed (.ci/run installs it)"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving(command: list[str], env: dict[str, str], port: int, timeout: float = 600) -> Iterator[str]:
+    """Start `command`, wait until http://127.0.0.1:port answers, yield the URL, then stop it."""
+    log = ARTIFACTS / f"server-{port}.log"
+    ARTIFACTS.mkdir(exist_ok=True)
+    with log.open("w") as output:
+        process = subprocess.Popen(
+            command,
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        url = f"http://127.0.0.1:{port}/"
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                if process.poll() is not None:
+                    pytest.fail(f"exited with {process.returncode} before serving docs:\n{log.read_text()}")
+                with contextlib.suppress(OSError):
+                    urllib.request.urlopen(url, timeout=2).close()
+                    break
+                if time.monotonic() > deadline:
+                    pytest.fail(f"docs did not answer within {timeout}s:\n{log.read_text()}")
+                time.sleep(1)
+            yield url
+        finally:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+def run_chromium(*args: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    assert chromium, "chromium is required for this test"
+    profile = tmp_path / "chromium-profile"
+    return subprocess.run(
+        [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=20000", *args],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+def png_distinct_bytes(path: Path) -> int:
+    """How many distinct byte values the decompressed image data holds (a blank page has very few)."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    position, compressed = 8, b""
+    while position < len(data):
+        (length,) = struct.unpack(">I", data[position : position + 4])
+        kind = data[position + 4 : position + 8]
+        if kind == b"IDAT":
+            compressed += data[position + 8 : position + 8 + length]
+        position += 12 + length
+    return len(set(zlib.decompress(compressed)))
+
+
+def fact_columns_documented() -> dict[str, str]:
+    models = yaml.safe_load((PROJECT_ROOT / "dbt" / "models" / "marts" / "_marts__models.yml").read_text())
+    fact = next(model for model in models["models"] if model["name"] == FACT)
+    return {column["name"]: column.get("description", "") for column in fact["columns"]}
+
+
+def assert_docs_render_the_fact(url: str, tmp_path: Path, screenshot_name: str) -> None:
+    page = f"{url}#!/model/model.data_platform.{FACT}"
+    dom = run_chromium("--dump-dom", page, tmp_path=tmp_path)
+    assert dom.returncode == 0, dom.stderr
+    html = dom.stdout
+    assert FACT in html
+    for column in fact_columns_documented():
+        assert column in html, f"column {column} is not on the rendered model page"
+
+    screenshot = ARTIFACTS / screenshot_name
+    screenshot.unlink(missing_ok=True)
+    shot = run_chromium(f"--screenshot={screenshot}", "--window-size=1400,1000", page, tmp_path=tmp_path)
+    assert shot.returncode == 0, shot.stderr
+    assert screenshot.exists() and screenshot.stat().st_size > 10_000
+    assert png_distinct_bytes(screenshot) > 32, "the docs screenshot is blank"
+
+
+def test_blank_png_detection_can_fail(tmp_path):
+    # proves the non-blank check has teeth: a one-colour image fails it
+    raw = b"".join(b"\x00" + b"\xff\xff\xff" * 20 for _ in range(20))
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    blank = tmp_path / "blank.png"
+    header = struct.pack(">IIBBBBB", 20, 20, 8, 2, 0, 0, 0)
+    blank.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
+    assert png_distinct_bytes(blank) <= 32
+
+
+@needs_chromium
+def test_init_sh_serves_docs_that_render_the_fact(make_database, tmp_path):
+    database = make_database()
+    port = free_port()
+    env = pipeline_env(
+        database,
+        write_fixture(tmp_path / "csv"),
+        SERVE_DOCS="true",
+        DOCS_HOST="127.0.0.1",
+        DOCS_PORT=str(port),
+    )
+    with serving(["bash", "init.sh"], env, port) as url:
+        assert_docs_render_the_fact(url, tmp_path, "docs-init-sh.png")
+
+
+@needs_chromium
+def test_demo_command_serves_the_docs(make_database, tmp_path):
+    database = make_database()
+    port = free_port()
+    env = database.env("admin")
+    env.update(
+        DOCS_PORT=str(port), DBT_TARGET_PATH=str(tmp_path / "target"), DBT_LOG_PATH=str(tmp_path / "logs")
+    )
+    with serving(["bash", "scripts/demo.sh"], env, port) as url:
+        assert_docs_render_the_fact(url, tmp_path, "docs-demo.png")
