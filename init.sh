@@ -8,6 +8,7 @@
 # (the transformer role). Settings, with defaults:
 #   CSV_DIR=csv_data       folder holding invoices.csv and organizations.csv
 #   DB_WAIT_SECONDS=60     how long to wait for the database to accept connections
+#   FULL_REFRESH=false     rebuild the incremental models from scratch (dbt build --full-refresh)
 #   RUN_ALERTS=true        run alert_script.py once after a successful build
 #   ALERTER_USER=alerter   role the alert script connects as (password: ALERTER_PASSWORD)
 #   SERVE_DOCS=false       serve the dbt docs site after the build (the container turns it on)
@@ -23,6 +24,7 @@ fi
 
 CSV_DIR="${CSV_DIR:-csv_data}"
 DB_WAIT_SECONDS="${DB_WAIT_SECONDS:-60}"
+FULL_REFRESH="${FULL_REFRESH:-false}"
 RUN_ALERTS="${RUN_ALERTS:-true}"
 SERVE_DOCS="${SERVE_DOCS:-false}"
 DOCS_HOST="${DOCS_HOST:-0.0.0.0}"
@@ -46,10 +48,20 @@ step "loading raw CSVs from ${CSV_DIR}"
 python -m data_platform.loader --csv-dir "$CSV_DIR"
 
 step "dbt seed: balance rules"
+rules_before="$(python -m data_platform.rules fingerprint)"
 dbt seed "${DBT_ARGS[@]}"
+rules_after="$(python -m data_platform.rules fingerprint)"
 
-step "dbt build: models and tests"
-dbt build "${DBT_ARGS[@]}"
+BUILD_ARGS=()
+if is_on "$FULL_REFRESH"; then
+    BUILD_ARGS+=(--full-refresh)
+elif [ "$rules_before" != "$rules_after" ]; then
+    # incremental models only recompute recent days; new rules change every day's balance
+    echo "the balance rules changed (or were seeded for the first time): rebuilding from scratch"
+    BUILD_ARGS+=(--full-refresh)
+fi
+step "dbt build: models and tests ${BUILD_ARGS[*]}"
+dbt build "${DBT_ARGS[@]}" "${BUILD_ARGS[@]}"
 
 step "dbt docs generate"
 dbt docs generate "${DBT_ARGS[@]}"

@@ -38,14 +38,11 @@ from datetime import date, timedelta
 from itertools import cycle, islice
 from pathlib import Path
 
-INVOICES_HEADER = (
-    "INVOICE_ID,PARENT_INVOICE_ID,TRANSACTION_ID,ORGANIZATION_ID,TYPE,STATUS,CURRENCY,"
-    "PAYMENT_CURRENCY,PAYMENT_METHOD,AMOUNT,PAYMENT_AMOUNT,FX_RATE,FX_RATE_PAYMENT,CREATED_AT"
-)
-ORGANIZATIONS_HEADER = (
-    "ORGANIZATION_ID,FIRST_PAYMENT_DATE,LAST_PAYMENT_DATE,LEGAL_ENTITY_COUNTRY_CODE,"
-    "COUNT_TOTAL_CONTRACTS_ACTIVE,CREATED_DATE"
-)
+from data_platform.raw_tables import INVOICES, ORGANIZATIONS
+
+# The headers the loader checks, from the one place that defines the raw columns.
+INVOICES_HEADER = INVOICES.csv_header
+ORGANIZATIONS_HEADER = ORGANIZATIONS.csv_header
 SENTINEL = "8817975702393619368"  # hash of the empty value: null parent / transaction
 
 DEFAULT_END_DATE = date(2024, 6, 28)

@@ -1,17 +1,33 @@
 """Load the raw CSV files into Postgres: streamed COPY into a new table, swapped in atomically.
 
-    python -m data_platform.loader [--csv-dir DIR] [--only invoices|organizations]
+    python -m data_platform.loader [--csv-dir DIR] [--only invoices|organizations] [--allow-empty]
 
 For each file the loader checks the header itself, then streams the rest of the file in binary
 blocks into `copy raw.<table>__loading from stdin (format csv)`: the file is never held in memory
 and Postgres does all the parsing. When every file has loaded, the same transaction drops the old
 raw tables (cascade: dependent staging views go too; `dbt build` recreates them) and renames the
-new ones into place. Any failure, including Ctrl-C, rolls the whole transaction back, so the
-previous raw tables stay exactly as they were and no half-loaded table is ever visible.
+new ones into place. Any failure, including Ctrl-C or a killed process, rolls the whole transaction
+back (the __loading tables included), so the previous raw tables stay exactly as they were and no
+half-loaded table is ever visible. A file with a header but no data rows is refused unless
+--allow-empty is given: an empty export must not silently empty the warehouse.
 
 Bad input becomes a `LoadError` naming the file, the 1-based line (the header is line 1), the
 column and the value. Exit codes: 0 loaded, 1 bad input or load failure, 2 database unreachable,
 130 interrupted.
+
+What Postgres still accepts. The types reject anything that is not a value of the type, and CHECK
+constraints (raw_tables.py) reject the special values NaN, Infinity, -Infinity (numeric) and
+infinity, -infinity (date, timestamptz). Postgres also reads some other spellings:
+- numbers: scientific notation (`1.5e2`), a leading `+`, surrounding spaces, and since Postgres 16
+  underscores (`1_000`) and `0x` / `0o` / `0b` integer prefixes;
+- dates and timestamps: other formats (`Jul 17 2023`, `20230717`, an explicit offset such as `+02`,
+  converted to UTC) and the keywords `epoch`, `now`, `today`, `tomorrow`, `yesterday`.
+That is acceptable: every one of them becomes an exact, finite value (numeric parses scientific
+notation exactly, never through a float), so sums, divisions and comparisons downstream stay
+correct, unlike NaN, which compares greater than every number and passes an `amount > 0` test. The
+keywords give a plausible but invented date; an export never writes them, and rejecting them would
+mean copying into text columns and casting with a pattern check per value, a large cost on 12.7M
+rows for input that does not occur.
 """
 
 from __future__ import annotations
@@ -84,7 +100,8 @@ class LoadResult:
     path: Path
     rows: int
     seconds: float
-    dropped_views: tuple[str, ...] = ()
+    # what `drop ... cascade` of the old table also dropped, as Postgres names it: "view staging.x"
+    dropped_dependents: tuple[str, ...] = ()
 
     @property
     def rows_per_second(self) -> float:
@@ -120,7 +137,7 @@ def check_header(spec: TableSpec, path: Path) -> int:
     except OSError as error:
         raise LoadError(path, f"cannot read file: {error.strerror}") from None
 
-    expected = ",".join(spec.header)
+    expected = spec.csv_header
     if not raw:
         raise LoadError(path, f"file is empty (0 bytes): expected at least the header line {expected}")
     text = raw.removeprefix(UTF8_BOM).removesuffix(b"\n").removesuffix(b"\r")
@@ -187,6 +204,8 @@ def _copy_error(error: psycopg.Error, spec: TableSpec, path: Path) -> LoadError 
         return None
     # Postgres counts the lines of the data it received, which starts after the header line.
     line = int(match.group(1)) + 1
+    if isinstance(error, psycopg.errors.CheckViolation):
+        return _check_error(spec, path, line, diag.constraint_name)
     column_name = match.group(2) or diag.column_name
     column = spec.column(column_name) if column_name else None
     shown = match.group(3) or ""
@@ -209,6 +228,26 @@ def _copy_error(error: psycopg.Error, spec: TableSpec, path: Path) -> LoadError 
     if column:
         reason = f"{reason} (expected {column.expected})"
     return LoadError(path, reason, line=line, column=column.header if column else None, value=value)
+
+
+def _check_error(spec: TableSpec, path: Path, line: int, constraint: str | None) -> LoadError | None:
+    """A value the type accepts but the column's CHECK rejects: NaN, Infinity, infinity."""
+    column = spec.checked_column(constraint or "")
+    if column is None:
+        return None
+    # the error only shows the whole row as Postgres parsed it: take the value from the file
+    this = _read_line(path, line)
+    values = this.values if this else None
+    index = spec.columns.index(column)
+    value = values[index] if values and index < len(values) else None
+    special = "NaN, Infinity and -Infinity" if column.sql_type == "numeric" else "infinity and -infinity"
+    return LoadError(
+        path,
+        f"{special} are not accepted (expected {column.expected})",
+        line=line,
+        column=column.header,
+        value=value,
+    )
 
 
 def _shape_error(spec: TableSpec, path: Path, line: int, message: str) -> LoadError | None:
@@ -255,10 +294,14 @@ class _Line:
         return self.head.decode("utf-8", "replace")
 
     @property
+    def values(self) -> list[str] | None:
+        """The line's CSV fields, when we have the whole line."""
+        return next(csv.reader([self.text]), []) if self.complete else None
+
+    @property
     def fields(self) -> int:
-        if self.complete:  # honour CSV quoting when we have the whole line
-            return len(next(csv.reader([self.text])))
-        return self.commas + 1
+        values = self.values  # honour CSV quoting when we have the whole line
+        return len(values) if values is not None else self.commas + 1
 
 
 def _line_ending(chunk: bytes) -> str:
@@ -309,11 +352,6 @@ def _table(name: str) -> sql.Identifier:
     return sql.Identifier(RAW_SCHEMA, name)
 
 
-def _exists(conn: psycopg.Connection, name: str) -> bool:
-    found = conn.execute("select to_regclass(%s)", [f"{RAW_SCHEMA}.{name}"]).fetchone()
-    return bool(found and found[0])
-
-
 def _prepare(conn: psycopg.Connection) -> None:
     """Inside the load transaction: one loader at a time, UTC, and a raw schema to load into."""
     locked = conn.execute("select pg_try_advisory_xact_lock(hashtext(%s))", [ADVISORY_LOCK_KEY]).fetchone()
@@ -323,6 +361,8 @@ def _prepare(conn: psycopg.Connection) -> None:
     # YMD makes day/month-ambiguous dates such as 02/03/2022 an error instead of a guess.
     conn.execute("set local timezone to 'UTC'")
     conn.execute("set local datestyle to 'ISO, YMD'")
+    # _swap learns what `drop ... cascade` dropped from its NOTICEs: make sure they are sent
+    conn.execute("set local client_min_messages to notice")
     schema = conn.execute("select 1 from pg_namespace where nspname = %s", [RAW_SCHEMA]).fetchone()
     if schema:
         return
@@ -349,9 +389,7 @@ def _stage(
     """Create raw.<table>__loading and COPY the file into it; return (rows, seconds)."""
     started = time.perf_counter()
     loading = _table(spec.loading_name)
-    if _exists(conn, spec.loading_name):
-        print(f"note: dropping {RAW_SCHEMA}.{spec.loading_name} left by an interrupted run", file=sys.stderr)
-        conn.execute(sql.SQL("drop table {} cascade").format(loading))
+    # No leftover __loading table can exist: it is created, filled and renamed in one transaction.
     conn.execute(spec.create_statement(spec.loading_name))
     columns = sql.SQL(", ").join(sql.Identifier(column.name) for column in spec.columns)
     # freeze: the table is new in this transaction, so rows can be written already frozen
@@ -383,43 +421,35 @@ def _stage(
     return rows, time.perf_counter() - started
 
 
-def _dependent_views(conn: psycopg.Connection, name: str) -> list[str]:
-    """Views (also views on views) that `drop ... cascade` of raw.<name> would drop."""
-    query = """
-        with recursive dependents(oid) as (
-            select rewrite.ev_class
-            from pg_depend as dep
-            join pg_rewrite as rewrite on rewrite.oid = dep.objid
-            where dep.classid = 'pg_rewrite'::regclass
-              and dep.refclassid = 'pg_class'::regclass
-              and dep.refobjid = to_regclass(%s)
-              and rewrite.ev_class <> dep.refobjid
-            union
-            select rewrite.ev_class
-            from dependents
-            join pg_depend as dep on dep.refobjid = dependents.oid
-            join pg_rewrite as rewrite on rewrite.oid = dep.objid
-            where dep.classid = 'pg_rewrite'::regclass
-              and dep.refclassid = 'pg_class'::regclass
-              and rewrite.ev_class <> dep.refobjid
-        )
-        select format('%%I.%%I', ns.nspname, cls.relname) as view_name
-        from dependents
-        join pg_class as cls on cls.oid = dependents.oid
-        join pg_namespace as ns on ns.oid = cls.relnamespace
-        order by view_name
-    """
-    return [row[0] for row in conn.execute(query, [f"{RAW_SCHEMA}.{name}"])]
+# How Postgres names each object a cascade drops, one per line of the notice (English messages;
+# with a translated server the note is just missing, the load is the same).
+CASCADE_PREFIX = "drop cascades to "
 
 
 def _swap(conn: psycopg.Connection, spec: TableSpec) -> tuple[str, ...]:
-    """Replace raw.<table> by raw.<table>__loading; return the dependent views dropped with it."""
-    views = tuple(_dependent_views(conn, spec.name))
-    conn.execute(sql.SQL("drop table if exists {} cascade").format(_table(spec.name)))
+    """Replace raw.<table> by raw.<table>__loading; return the dependents dropped with the old one.
+
+    Postgres reports them in a NOTICE: "drop cascades to view staging.x", or for several
+    "drop cascades to 2 other objects" with one such line each in the detail. Other notices
+    ("table ... does not exist, skipping" on a first load) are ignored.
+    """
+    dropped: list[str] = []
+
+    def collect(notice: psycopg.errors.Diagnostic) -> None:
+        # the Diagnostic is only valid during the callback: keep strings
+        for line in (notice.message_detail or notice.message_primary or "").splitlines():
+            if line.startswith(CASCADE_PREFIX):
+                dropped.append(line.removeprefix(CASCADE_PREFIX))
+
+    conn.add_notice_handler(collect)
+    try:
+        conn.execute(sql.SQL("drop table if exists {} cascade").format(_table(spec.name)))
+    finally:
+        conn.remove_notice_handler(collect)
     conn.execute(
         sql.SQL("alter table {} rename to {}").format(_table(spec.loading_name), sql.Identifier(spec.name))
     )
-    return views
+    return tuple(dropped)
 
 
 def load_table(
@@ -429,9 +459,24 @@ def load_table(
     *,
     block_size: int = BLOCK_SIZE,
     progress: Progress | None = None,
+    allow_empty: bool = False,
 ) -> LoadResult:
     """Load one CSV file into raw.<spec.name>, replacing the table in a single transaction."""
-    return load_files(conn, [(spec, Path(path))], block_size=block_size, progress=progress)[0]
+    return load_files(
+        conn, [(spec, Path(path))], block_size=block_size, progress=progress, allow_empty=allow_empty
+    )[0]
+
+
+def _check_file(spec: TableSpec, path: Path, allow_empty: bool) -> int:
+    """check_header, and refuse a header-only file unless allow_empty; return the header's bytes."""
+    header_bytes = check_header(spec, path)
+    if not allow_empty and path.stat().st_size == header_bytes:
+        raise LoadError(
+            path,
+            f"no data rows, only the header: refusing to replace {RAW_SCHEMA}.{spec.name} with an empty "
+            "table (pass --allow-empty if that is intended)",
+        )
+    return header_bytes
 
 
 def load_files(
@@ -440,15 +485,17 @@ def load_files(
     *,
     block_size: int = BLOCK_SIZE,
     progress: Progress | None = None,
+    allow_empty: bool = False,
 ) -> list[LoadResult]:
     """Load several files in ONE transaction: all tables are replaced, or none is.
 
     The swaps happen after every COPY, so the old tables stay readable during the long part.
     Commits when `conn` has no transaction open (autocommit or idle); inside the caller's
-    transaction it is a savepoint, and the caller commits.
+    transaction it is a savepoint, and the caller commits. A file with no data rows is a
+    LoadError unless allow_empty.
     """
-    # every header is checked before any COPY starts: a bad invoices header fails in milliseconds
-    checked = [(spec, Path(path), check_header(spec, Path(path))) for spec, path in files]
+    # every file is checked before any COPY starts: a bad invoices header fails in milliseconds
+    checked = [(spec, Path(path), _check_file(spec, Path(path), allow_empty)) for spec, path in files]
     staged: list[tuple[TableSpec, Path, int, float]] = []
     with conn.transaction():
         _prepare(conn)
@@ -480,9 +527,12 @@ def load_all(
     only: str | None = None,
     block_size: int = BLOCK_SIZE,
     progress: Progress | None = None,
+    allow_empty: bool = False,
 ) -> list[LoadResult]:
     """Load organizations.csv and invoices.csv (or just `only`) from csv_dir, atomically."""
-    return load_files(conn, select_files(csv_dir, only), block_size=block_size, progress=progress)
+    return load_files(
+        conn, select_files(csv_dir, only), block_size=block_size, progress=progress, allow_empty=allow_empty
+    )
 
 
 # --- command line -----------------------------------------------------------------------------
@@ -524,14 +574,17 @@ def main(argv: list[str] | None = None) -> int:
         help="directory holding the CSV files (default: $CSV_DIR or csv_data)",
     )
     parser.add_argument("--only", choices=list(TABLES), help="load just this table")
+    parser.add_argument(
+        "--allow-empty",
+        action="store_true",
+        help="load a file that has a header but no data rows (else an error: it would empty the table)",
+    )
     args = parser.parse_args(argv)
 
     try:
         files = select_files(args.csv_dir, args.only)
-        for spec, path in files:
-            check_header(spec, path)  # bad files fail before touching the database
         with connect() as conn:
-            results = load_files(conn, files, progress=ProgressReporter())
+            results = load_files(conn, files, progress=ProgressReporter(), allow_empty=args.allow_empty)
     except DatabaseUnavailable as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -549,14 +602,14 @@ def main(argv: list[str] | None = None) -> int:
 
     for result in results:
         print(result.summary())
-        if result.rows == 0:
+        if result.rows == 0:  # only with --allow-empty
             print(
                 f"warning: {result.path} has a header but no rows: {result.table} is empty", file=sys.stderr
             )
-        if result.dropped_views:
+        if result.dropped_dependents:
             print(
-                f"note: dropped views depending on {result.table}: {', '.join(result.dropped_views)} "
-                "(dbt build recreates them)",
+                f"note: replacing {result.table} dropped what depended on it: "
+                f"{', '.join(result.dropped_dependents)} (dbt build recreates the dbt views)",
                 file=sys.stderr,
             )
     return 0

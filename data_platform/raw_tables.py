@@ -3,6 +3,11 @@
 Column names are the lowercased CSV headers. Types follow the raw contract exactly: every *_ID
 and TYPE is a signed 64-bit hash (bigint, never float), amounts are exact numerics, and currency
 codes are text because `USDC` has four letters. Sentinels stay raw: staging turns them into nulls.
+
+Every numeric, date and timestamp column also gets a CHECK constraint `<column>_is_finite`: Postgres
+parses `NaN`, `Infinity` and `-Infinity` (numeric) and `infinity`, `-infinity` (date, timestamptz) as
+valid values, and NaN would even pass a downstream `amount > 0` test. The loader maps a violation back
+to the file's line, column and value.
 """
 
 from __future__ import annotations
@@ -38,6 +43,25 @@ class Column:
     def expected(self) -> str:
         return EXPECTED[self.sql_type]
 
+    @property
+    def check_name(self) -> str:
+        return f"{self.name}_is_finite"
+
+    def check(self) -> sql.Composable | None:
+        """`constraint <name> check (...)` rejecting the infinite and NaN values, or None.
+
+        A CHECK that evaluates to null passes, so empty (null) values stay allowed where the column
+        is nullable. NaN sorts above Infinity in Postgres, so `< 'Infinity'` rejects it too.
+        """
+        column = sql.Identifier(self.name)
+        if self.sql_type == "numeric":
+            condition = sql.SQL("{} < 'Infinity' and {} > '-Infinity'").format(column, column)
+        elif self.sql_type in ("date", "timestamptz"):
+            condition = sql.SQL("isfinite({})").format(column)
+        else:
+            return None
+        return sql.SQL("constraint {} check ({})").format(sql.Identifier(self.check_name), condition)
+
 
 @dataclass(frozen=True)
 class TableSpec:
@@ -57,17 +81,29 @@ class TableSpec:
     def column(self, name: str) -> Column | None:
         return next((column for column in self.columns if column.name == name), None)
 
+    def checked_column(self, constraint_name: str) -> Column | None:
+        """The column whose CHECK constraint is named `constraint_name`."""
+        return next((column for column in self.columns if column.check_name == constraint_name), None)
+
     def create_statement(self, table: str) -> sql.Composed:
-        """`create table raw.<table> (...)` with the contract's columns."""
-        columns = sql.SQL(", ").join(
+        """`create table raw.<table> (...)` with the contract's columns and CHECK constraints."""
+        columns = [
             sql.SQL("{} {}{}").format(
                 sql.Identifier(column.name),
                 sql.SQL(column.sql_type),
                 sql.SQL(" not null" if column.not_null else ""),
             )
             for column in self.columns
+        ]
+        checks = [check for column in self.columns if (check := column.check()) is not None]
+        return sql.SQL("create table {} ({})").format(
+            sql.Identifier(RAW_SCHEMA, table), sql.SQL(", ").join(columns + checks)
         )
-        return sql.SQL("create table {} ({})").format(sql.Identifier(RAW_SCHEMA, table), columns)
+
+    @property
+    def csv_header(self) -> str:
+        """The header line of the CSV file, without line ending."""
+        return ",".join(self.header)
 
 
 INVOICES = TableSpec(

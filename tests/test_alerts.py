@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -23,7 +24,7 @@ import pytest
 from conftest import PROJECT_ROOT, Database
 from slack_stub import OK, SECRET, Reply, SlackStub, hang, rate_limited, server_error
 
-from data_platform.alerts import cli, store
+from data_platform.alerts import cli, detect, store
 
 FACT_DDL = """
 create table marts.fct_organization_daily_financials (
@@ -198,6 +199,13 @@ def watermark(db: Database) -> date | None:
 
 def ops_tables(db: Database) -> set[str]:
     return {r[0] for r in db.query("select tablename from pg_tables where schemaname = 'ops'")}
+
+
+def wait_until(condition, what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
 
 
 def alert_lines(stdout: str) -> list[str]:
@@ -545,3 +553,184 @@ def test_empty_fact_is_a_quiet_success(db, run_inline):
     assert result.stdout.strip() == (
         "Summary: 0 days processed, 0 alerts sent, 0 failed, 0 skipped-from-zero; watermark not set."
     )
+
+
+def test_bad_pgconnect_timeout_is_a_configuration_error(db):
+    result = run_alerts(db, PGCONNECT_TIMEOUT="abc")
+    assert result.returncode == 2
+    assert "cannot connect to" in result.stderr
+    assert "bad value for connect_timeout: 'abc'" in result.stderr
+    assert "PGCONNECT_TIMEOUT" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_pgconnect_timeout_set_or_empty_connects(db, run_inline):
+    add_moves(db, (1, DAY[0], "100", "300"))
+    assert run_inline(db, PGCONNECT_TIMEOUT="3").returncode == 0
+    # empty counts as unset (psycopg would reject '' for connect_timeout): the default applies
+    assert run_inline(db, PGCONNECT_TIMEOUT="").returncode == 0
+
+
+def test_day_after_the_data_is_a_clear_error(db, run_inline):
+    no_data = run_inline(db, "--date", "2024-03-01")
+    assert no_data.returncode == 2
+    assert no_data.stderr == (
+        "alert_script.py: error: --date 2024-03-01: marts.fct_organization_daily_financials has no rows "
+        "yet: run the pipeline first (init.sh).\n"
+    )
+    add_moves(db, (1, DAY[0], "100", "300"), (1, DAY[1], "300", "100"))
+    for flag in ("--date", "--since"):
+        result = run_inline(db, flag, "2024-03-03")
+        assert result.returncode == 2
+        assert result.stderr == (
+            f"alert_script.py: error: {flag} 2024-03-03 is after the latest day in "
+            "marts.fct_organization_daily_financials (2024-03-02): nothing to process. "
+            "Load and build newer data first, or pick an earlier day.\n"
+        )
+    assert ops_tables(db) == set()  # stopped before recording anything, not even the tables
+    assert run_inline(db, "--date", "2024-03-02").returncode == 0  # the latest day itself is fine
+
+
+def test_not_a_number_in_the_fact_is_shown_not_a_crash(db, run_inline):
+    with db.connect("transformer") as conn:
+        conn.execute(
+            "insert into marts.fct_organization_daily_financials "
+            "values (1, %s, 1, 0, 0, 'NaN', 'NaN', 100, 'NaN')",
+            (DAY[0],),
+        )
+    result = run_inline(db)
+    assert result.returncode == 0, result.stderr
+    assert alert_lines(result.stdout) == [
+        "[balance alert] 2024-03-01 organization 1: $100.00 -> NaN (NaN%); not in dim_organizations"
+    ]
+
+
+def test_interrupt_exits_130_and_keeps_what_was_committed(db, slack):
+    add_moves(db, (1, DAY[0], "100", "300"), (2, DAY[0], "100", "10"))
+    slack.answer(OK, then=hang())
+    env = alerter_env(db, slack.url, ALERT_HTTP_TIMEOUT="30")
+    run = subprocess.Popen(
+        command(), cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        wait_until(lambda: len(slack.requests) == 2, "organization 2's message in flight")
+        run.send_signal(signal.SIGINT)  # Ctrl-C
+        _, stderr = run.communicate(timeout=30)
+    finally:
+        run.kill()
+        run.wait()
+
+    assert run.returncode == 130
+    assert stderr.decode() == (
+        "alert_script.py: interrupted. Alerts recorded as sent stay sent; "
+        "the rest are retried on the next run.\n"
+    )
+    assert history(db) == {(1, DAY[0]): ("sent", 1), (2, DAY[0]): ("pending", 0)}
+    assert watermark(db) == DAY[0]
+
+    slack.always(OK)
+    again = run_alerts(db, webhook=slack.url)
+    assert again.returncode == 0, again.stderr
+    # only organization 2 again (its first request never got an answer); organization 1 not twice
+    assert organizations_in([request.body for request in slack.requests[2:]]) == [2]
+    assert {status for status, _ in history(db).values()} == {"sent"}
+
+
+def test_closed_stdout_in_console_mode_is_not_a_crash(db):
+    add_moves(db, (1, DAY[0], "100", "300"), (2, DAY[0], "100", "10"))
+
+    def run_with_closed_stdout() -> subprocess.CompletedProcess:
+        # like `alert_script.py | head -0`: the reader is gone before the first line is written
+        read_end, write_end = os.pipe()
+        os.close(read_end)
+        try:
+            return subprocess.run(
+                command(),
+                cwd=PROJECT_ROOT,
+                env=alerter_env(db),
+                stdout=write_end,
+                stderr=subprocess.PIPE,
+                text=True,
+                timeout=60,
+            )
+        finally:
+            os.close(write_end)
+
+    closed = run_with_closed_stdout()
+    assert closed.returncode == 1
+    assert closed.stderr == (
+        "alert_script.py: stdout was closed before every alert was printed; "
+        "the rest are retried on the next run.\n"
+    )
+    assert history(db) == {(1, DAY[0]): ("pending", 0), (2, DAY[0]): ("pending", 0)}
+
+    printed = run_alerts(db)
+    assert printed.returncode == 0 and len(alert_lines(printed.stdout)) == 2
+
+    nothing_to_print = run_with_closed_stdout()  # only the summary line is lost: all was delivered
+    assert (nothing_to_print.returncode, nothing_to_print.stderr) == (0, "")
+
+
+def test_plan_and_record_see_one_version_of_the_fact(db, run_inline, monkeypatch):
+    add_moves(db, (1, DAY[0], "100", "300"), (1, DAY[1], "300", "900"))
+    latest_day = detect.latest_day
+    isolation = []
+
+    def latest_day_then_a_build_commits(conn):
+        latest = latest_day(conn)
+        isolation.append(conn.exec_driver_sql("show transaction_isolation").scalar_one())
+        # an incremental dbt build commits between planning and recording: it rewrites the planned
+        # day (organization 1 now moves less than 50%) and adds organizations on it
+        with db.connect("transformer") as build:
+            build.execute(
+                "delete from marts.fct_organization_daily_financials where balance_date = %s", (DAY[1],)
+            )
+        add_moves(db, (1, DAY[1], "300", "310"), (2, DAY[1], "100", "300"), (3, DAY[1], "0", "50"))
+        return latest
+
+    monkeypatch.setattr(detect, "latest_day", latest_day_then_a_build_commits)
+    result = run_inline(db)
+
+    assert result.returncode == 0, result.stderr
+    assert isolation == ["repeatable read"]
+    # everything from the version the plan saw: one alert on the latest day, nothing from zero
+    assert history(db) == {(1, DAY[1]): ("sent", 1)}
+    assert "1 day processed (2024-03-02), 1 alert sent, 0 failed, 0 skipped-from-zero" in result.stdout
+
+
+def test_full_refresh_swapping_the_fact_mid_run_is_seen_whole(db):
+    add_moves(db, (1, DAY[0], "100", "300"))
+    with db.connect("transformer") as build:  # dbt's table materialization, caught before its commit
+        build.execute("alter table marts.fct_organization_daily_financials rename to fct_backup")
+        build.execute("create table marts.fct_organization_daily_financials (like marts.fct_backup)")
+        build.execute(
+            "insert into marts.fct_organization_daily_financials select * from marts.fct_backup "
+            "union all select 2, %s, 1, 200, 0, 200, 300, 100, 2",
+            (DAY[1],),
+        )
+        run = subprocess.Popen(
+            command(),
+            cwd=PROJECT_ROOT,
+            env=alerter_env(db),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        waiting = (
+            "select count(*) from pg_stat_activity "
+            "where datname = current_database() and usename = 'alerter' and wait_event_type = 'Lock'"
+        )
+        try:
+            wait_until(lambda: db.query(waiting)[0][0] == 1, "the alert run to wait for the swap")
+        except AssertionError:
+            run.kill()
+            raise
+        build.commit()
+    with db.connect("transformer", autocommit=True) as build:
+        build.execute("drop table marts.fct_backup")
+    stdout, stderr = run.communicate(timeout=60)
+
+    assert run.returncode == 0, stderr
+    # the new table whole, not the empty table an older snapshot would see
+    assert "1 day processed (2024-03-02), 1 alert sent" in stdout
+    assert history(db) == {(2, DAY[1]): ("sent", 1)}

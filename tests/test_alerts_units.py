@@ -13,6 +13,7 @@ from data_platform.alerts.detect import BALANCE_CHANGE, NEW_BALANCE, Plan, plan_
 from data_platform.alerts.store import Alert, Batch, Organization
 
 D = [date(2024, 3, 1) + timedelta(days=i) for i in range(10)]  # D[0] .. D[9]
+MAX = date.max  # a garbage 9999-12-31 in the data must not overflow the planning
 
 
 # --- which days, and where the watermark goes --------------------------------------------------------
@@ -23,8 +24,11 @@ PLANS = {
     "empty fact": ((None, None, None, None), (None, None, None)),
     "first run: latest day only": ((None, D[5], None, None), (D[5], D[5], D[5])),
     "new days after the watermark": ((D[2], D[5], None, None), (D[3], D[5], D[5])),
-    "nothing new": ((D[5], D[5], None, None), (D[6], D[5], D[5])),
-    "data shrank: never backwards": ((D[7], D[5], None, None), (D[8], D[5], D[7])),
+    "nothing new": ((D[5], D[5], None, None), (None, None, D[5])),
+    "data shrank: never backwards": ((D[7], D[5], None, None), (None, None, D[7])),
+    "watermark on the last date Python has": ((MAX, MAX, None, None), (None, None, MAX)),
+    "--date with the watermark on the last date": ((MAX, MAX, D[1], None), (D[1], D[1], MAX)),
+    "--since up to the last date": ((D[1], MAX, None, D[2]), (D[2], MAX, MAX)),
     "--date old day, no watermark": ((None, D[5], D[1], None), (D[1], D[1], None)),
     "--date latest day, no watermark": ((None, D[5], D[5], None), (D[5], D[5], D[5])),
     "--date right after watermark": ((D[2], D[5], D[3], None), (D[3], D[3], D[3])),
@@ -104,6 +108,19 @@ def test_console_lines():
     )
 
 
+def test_numbers_that_are_not_finite_are_shown_not_raised():
+    # Postgres numeric allows NaN and Infinity; Decimal raises when rounding or comparing them, and an
+    # alert that cannot be formatted would stop delivery on every run
+    nan = Alert(7, D[0], BALANCE_CHANGE, Decimal("100"), Decimal("NaN"), Decimal("NaN"))
+    assert messages.console_line(KNOWN, nan).startswith(
+        "[balance alert] 2024-03-01 organization 7: $100.00 -> NaN (NaN%); "
+    )
+    _, blocks = messages.slack_message(Batch(KNOWN, (nan,)))
+    assert blocks[1]["text"]["text"] == ":warning: *2024-03-01*  $100.00 → NaN  *NaN%*"
+    assert messages.usd(Decimal("-Infinity")) == "-Infinity"
+    assert messages.signed_percent(Decimal("Infinity")) == "+Infinity%"
+
+
 def test_slack_message_blocks_and_fallback():
     batch = Batch(Organization(7, True, True), (alert("100", "300", D[0]), alert("300", "30", D[1])))
     text, blocks = messages.slack_message(batch)
@@ -152,25 +169,58 @@ def test_flags_and_environment():
 
 
 @pytest.mark.parametrize(
-    "argv",
-    [["--threshold", "0"], ["--threshold", "-0.5"], ["--threshold", "half"], ["--date", "2024-02-30"]],
+    ("argv", "message"),
+    [
+        (["--threshold", "0"], "the threshold must be a positive ratio up to 1000000"),
+        (["--threshold", "-0.5"], "the threshold must be a positive ratio"),
+        (["--threshold", "half"], "expected a number such as 0.5"),
+        (["--threshold", "nan"], "the threshold must be a positive ratio"),
+        (["--threshold", "Infinity"], "the threshold must be a positive ratio"),
+        # beyond what Postgres numeric holds: would fail later as a database error
+        (["--threshold", "1e1000000"], "the threshold must be a positive ratio up to 1000000"),
+        (["--threshold", "1000000.01"], "the threshold must be a positive ratio up to 1000000"),
+        (["--threshold", "1e-20000"], "the threshold takes at most 12 decimal places"),
+        (["--threshold", "0.0000000000001"], "the threshold takes at most 12 decimal places"),
+        (["--date", "2024-02-30"], "expected a date as YYYY-MM-DD"),
+        (["--since", "+002024-03-01"], "expected a date as YYYY-MM-DD"),
+        (["--date", "10000-01-01"], "expected a date as YYYY-MM-DD"),
+    ],
 )
-def test_bad_flags_exit_2(argv, capsys):
+def test_bad_flags_exit_2(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         config.load(argv, {})
     assert exit_info.value.code == 2
-    assert "error:" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("threshold", ["1000000", "0.000000000001", "0.50000000000000000000", "5E-1"])
+def test_threshold_bounds_are_inclusive(threshold):
+    assert config.load(["--threshold", threshold], {}).threshold == Decimal(threshold)
 
 
 @pytest.mark.parametrize(
     ("env", "message"),
     [
         ({"ALERT_HTTP_TIMEOUT": "soon"}, "ALERT_HTTP_TIMEOUT must be a number"),
-        ({"ALERT_HTTP_RETRIES": "-1"}, "ALERT_HTTP_RETRIES must be a number >= 0"),
-        (
-            {"SLACK_WEBHOOK_URL": "ftp://secret-host/abc"},
-            "SLACK_WEBHOOK_URL is set but is not an http(s) URL",
-        ),
+        ({"ALERT_HTTP_RETRIES": "-1"}, "ALERT_HTTP_RETRIES must be a number from 0 to 10"),
+        # too large for the socket / sleep calls: would fail every delivery instead of the config
+        ({"ALERT_HTTP_TIMEOUT": "1e300"}, "ALERT_HTTP_TIMEOUT must be a number from 0.01 to 300"),
+        ({"ALERT_HTTP_BACKOFF": "inf"}, "ALERT_HTTP_BACKOFF must be a number from 0 to 60"),
+        ({"ALERT_HTTP_MAX_RETRY_AFTER": "1e9"}, "ALERT_HTTP_MAX_RETRY_AFTER must be a number from 0 to 3600"),
+        ({"ALERT_LOCK_TIMEOUT": "nan"}, "ALERT_LOCK_TIMEOUT must be a number from 0 to 86400"),
+        ({"ALERT_HTTP_RETRIES": "1000000"}, "ALERT_HTTP_RETRIES must be a number from 0 to 10"),
+        ({"ALERT_HTTP_RETRIES": "1.5"}, "ALERT_HTTP_RETRIES must be a whole number, got '1.5'"),
+        *[
+            ({"SLACK_WEBHOOK_URL": url}, "SLACK_WEBHOOK_URL is set but is not an http(s) URL")
+            for url in (
+                "ftp://secret-host/abc",
+                "https://secret-host:99999/abc",
+                "https://secret-host:port/abc",
+                "https://:443/secret-host",
+                "https://hooks.example.com/secret-host abc",
+                "https://hooks.example.com/secret-host\x07",
+            )
+        ],
     ],
 )
 def test_bad_environment(env, message):

@@ -124,6 +124,27 @@ def test_columns_have_the_contract_types(conn, baseline):
     assert rows == CONTRACT_COLUMNS
 
 
+def test_numeric_and_time_columns_reject_nan_and_infinity_on_the_final_tables_too(conn, baseline):
+    rows = conn.execute(
+        """
+        select conrelid::regclass::text, conname
+        from pg_constraint
+        where connamespace = 'raw'::regnamespace and contype = 'c'
+        order by 1, 2
+        """
+    ).fetchall()
+    assert rows == [
+        ("raw.invoices", "amount_is_finite"),
+        ("raw.invoices", "created_at_is_finite"),
+        ("raw.invoices", "fx_rate_is_finite"),
+        ("raw.invoices", "fx_rate_payment_is_finite"),
+        ("raw.invoices", "payment_amount_is_finite"),
+        ("raw.organizations", "created_date_is_finite"),
+        ("raw.organizations", "first_payment_date_is_finite"),
+        ("raw.organizations", "last_payment_date_is_finite"),
+    ]
+
+
 def test_invoices_load_exact_values(conn, baseline):
     rows = conn.execute(
         "select invoice_id, parent_invoice_id, transaction_id, organization_id, type, status, currency,"
@@ -189,9 +210,26 @@ def test_line_endings_final_newline_and_bom(conn, tmp_path, newline, final_newli
     assert last.fetchone() == (datetime(2023, 12, 31, 23, 59, 59, 999999, tzinfo=UTC), "paid")
 
 
-def test_header_only_file_loads_zero_rows(conn, tmp_path, baseline):
+@pytest.mark.parametrize("final_newline", [True, False], ids=["final-newline", "no-final-newline"])
+@pytest.mark.parametrize("table", ["invoices", "organizations"])
+def test_header_only_file_is_refused_and_loads_nothing(conn, tmp_path, baseline, table, final_newline):
+    directory = write_dir(tmp_path / "files")
+    path = directory / f"{table}.csv"
+    write(
+        path, {"invoices": INVOICE_LINES, "organizations": ORG_LINES}[table][:1], final_newline=final_newline
+    )
+    with pytest.raises(LoadError) as raised:
+        load_all(conn, directory)
+    assert raised.value.path == path
+    assert f"no data rows, only the header: refusing to replace raw.{table} with an empty table" in str(
+        raised.value
+    )
+    assert snapshot(conn) == baseline
+
+
+def test_header_only_file_loads_zero_rows_with_allow_empty(conn, tmp_path, baseline):
     path = write(tmp_path / "invoices.csv", INVOICE_LINES[:1], final_newline=False)
-    assert load_table(conn, INVOICES, path).rows == 0
+    assert load_table(conn, INVOICES, path, allow_empty=True).rows == 0
     assert conn.execute("select count(*) from raw.invoices").fetchone() == (0,)
 
 
@@ -206,26 +244,23 @@ def test_rerun_is_safe_and_replaces_the_content(conn, tmp_path, baseline):
     assert conn.execute("select count(*) from raw.invoices").fetchone() == (1,)
 
 
-def test_stale_loading_table_from_a_killed_run_is_dropped(conn, tmp_path, baseline):
-    with conn.transaction():
-        conn.execute("create table raw.invoices__loading (junk int)")
-    load_all(conn, write_dir(tmp_path / "files"))
-    assert snapshot(conn) == baseline  # no __loading table left, content loaded
-
-
 def test_dependent_views_are_dropped_and_reported(conn, tmp_path, baseline):
     with conn.transaction():
         conn.execute("create view staging.v_invoices as select invoice_id from raw.invoices")
         conn.execute("create view staging.v_on_view as select * from staging.v_invoices")
         conn.execute("create view staging.v_orgs as select organization_id from raw.organizations")
-    results = load_all(conn, write_dir(tmp_path / "files"))
-    dropped = {result.table: result.dropped_views for result in results}
+    directory = write_dir(tmp_path / "files")
+    results = load_all(conn, directory)
+    dropped = {result.table: sorted(result.dropped_dependents) for result in results}
     assert dropped == {
-        "raw.organizations": ("staging.v_orgs",),
-        "raw.invoices": ("staging.v_invoices", "staging.v_on_view"),
+        "raw.organizations": ["view staging.v_orgs"],  # one object: named in the notice itself
+        "raw.invoices": ["view staging.v_invoices", "view staging.v_on_view"],  # several: in its detail
     }
     remaining = conn.execute("select count(*) from information_schema.views where table_schema = 'staging'")
     assert remaining.fetchone() == (0,)
+    # nothing depends on the tables now; a first load's "does not exist, skipping" is no dependent
+    conn.execute("drop table raw.invoices")
+    assert [result.dropped_dependents for result in load_all(conn, directory)] == [(), ()]
 
 
 def test_interrupted_load_leaves_previous_tables_untouched(conn, tmp_path, baseline):
@@ -316,6 +351,29 @@ BAD_INVOICES = {
     "blank line": Bad([*INVOICE_LINES[:3], "", INVOICE_LINES[3]], 4, None, None, "blank line"),
     "end-of-data marker": Bad([*INVOICE_LINES[:3], "\\.", INVOICE_LINES[3]], 4, None, "\\.", "end the data"),
     "invalid utf-8": Bad(replace(INVOICE_LINES, 3, "open", "op\udcffen"), 3, None, None, "UTF8"),
+    # accepted by numeric / timestamptz input, rejected by the tables' CHECK constraints
+    "NaN amount": Bad(
+        replace(INVOICE_LINES, 3, "12.34", "NaN"), 3, "AMOUNT", "NaN", "NaN, Infinity and -Infinity"
+    ),
+    "nan in a nullable column": Bad(
+        replace(INVOICE_LINES, 2, ",100,", ",nan,"), 2, "PAYMENT_AMOUNT", "nan", "are not accepted"
+    ),
+    "Infinity fx rate": Bad(
+        replace(INVOICE_LINES, 4, ",0.91234567,0.91234567,", ",Infinity,0.91234567,"),
+        4, "FX_RATE", "Infinity", "are not accepted (expected a decimal number",
+    ),
+    "-inf payment fx rate": Bad(
+        replace(INVOICE_LINES, 4, ",0.91234567,2023", ",-inf,2023"),
+        4, "FX_RATE_PAYMENT", "-inf", "not accepted",
+    ),
+    "value after a quoted comma": Bad(  # the value comes from the file's CSV fields, quoting honoured
+        replace(INVOICE_LINES, 2, "card,100.00,", '"card,visa",-Infinity,'),
+        2, "AMOUNT", "-Infinity", "not accepted",
+    ),
+    "infinite timestamp": Bad(
+        replace(INVOICE_LINES, 2, "2023-07-17T04:00:40.096Z", "infinity"),
+        2, "CREATED_AT", "infinity", "infinity and -infinity are not accepted (expected an ISO-8601",
+    ),
 }  # fmt: skip
 
 
@@ -360,6 +418,13 @@ BAD_ORGANIZATIONS = {
     "bad created date": Bad(
         replace(ORG_LINES, 8, "38.445423Z", "38.445423Q"),
         8, "CREATED_DATE", "2021-03-08T17:35:38.445423Q", "timestamp",
+    ),
+    "infinite date": Bad(
+        replace(ORG_LINES, 4, "2022-01-31", "-infinity"), 4, "LAST_PAYMENT_DATE", "-infinity", "not accepted"
+    ),
+    "infinite created date": Bad(
+        replace(ORG_LINES, 3, "2021-03-08T17:35:39.4Z", "Infinity"),
+        3, "CREATED_DATE", "Infinity", "not accepted",
     ),
 }  # fmt: skip
 
@@ -442,20 +507,29 @@ def test_cli_loads_both_files_from_csv_dir_env_and_names_dropped_views(database,
     assert "raw.organizations: 7 rows from" in result.stdout
     assert "raw.invoices: 3 rows from" in result.stdout
     assert result.stdout.count("rows/s") == 2
-    assert "note: dropped views depending on raw.invoices: staging.stg_cli (dbt build recreates them)" in (
-        result.stderr
-    )
+    assert "note: replacing raw.invoices dropped what depended on it: view staging.stg_cli" in result.stderr
     assert "MiB" not in result.stderr  # no progress lines for a small file
     assert database.query("select count(*) from raw.invoices") == [(3,)]
 
 
-def test_cli_header_only_warns_and_only_loads_one_table(database, tmp_path):
+def test_cli_header_only_fails_unless_allow_empty_and_only_loads_one_table(database, tmp_path):
+    with database.connect("transformer") as conn:
+        load_all(conn, write_dir(tmp_path / "baseline"))
     directory = write_dir(tmp_path / "files", organizations=ORG_LINES[:1])
     (directory / "invoices.csv").unlink()  # not needed with --only organizations
-    result = run_cli(database.env("transformer"), "--csv-dir", str(directory), "--only", "organizations")
+    args = ("--csv-dir", str(directory), "--only", "organizations")
+
+    refused = run_cli(database.env("transformer"), *args)
+    assert refused.returncode == 1
+    assert "organizations.csv: no data rows" in refused.stderr and "--allow-empty" in refused.stderr
+    assert database.query("select count(*) from raw.organizations") == [(7,)]
+
+    result = run_cli(database.env("transformer"), *args, "--allow-empty")
     assert result.returncode == 0, result.stderr
     assert "raw.organizations: 0 rows" in result.stdout
     assert "warning:" in result.stderr and "has a header but no rows" in result.stderr
+    assert database.query("select count(*) from raw.organizations") == [(0,)]
+    assert database.query("select count(*) from raw.invoices") == [(3,)]
 
 
 def test_cli_bad_input_exits_1_with_the_location(database, tmp_path):
@@ -474,20 +548,30 @@ def test_cli_cannot_connect_exits_2(database, tmp_path):
     assert "cannot connect to" in result.stderr
 
 
-def test_cli_ctrl_c_mid_copy_rolls_back(database, tmp_path):
-    """A real SIGINT while COPY streams: exit 130, previous table intact, no leftovers."""
-    with database.connect("transformer") as conn:
-        load_all(conn, write_dir(tmp_path / "baseline"))
-        before = snapshot(conn)
-    # big enough that COPY is still running when the signal lands (~60 MB)
-    directory = write_dir(tmp_path / "big")
+@pytest.fixture(scope="module")
+def big_csv_dir(tmp_path_factory) -> Path:
+    """Big enough that COPY is still running when a signal lands (~60 MB)."""
+    directory = write_dir(tmp_path_factory.mktemp("big"))
     row = ",1,1,1,1,paid,USD,USD,card,1.00,1.00,1.00000000,1.00000000,2023-01-01T00:00:00Z\n"
     with (directory / "invoices.csv").open("w") as file:
         file.write(INVOICE_LINES[0] + "\n")
         for start in range(0, 600_000, 100_000):
             file.write("".join(f"{i}{row}" for i in range(start, start + 100_000)))
+    return directory
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "killed"])
+def test_cli_interrupted_or_killed_mid_copy_rolls_back(database, tmp_path, big_csv_dir, signum):
+    """A real signal while COPY streams: previous tables intact, no __loading table left behind.
+
+    A killed loader runs no cleanup at all: the server rolls the transaction back when the
+    connection drops, and the next run loads normally.
+    """
+    with database.connect("transformer") as conn:
+        load_all(conn, write_dir(tmp_path / "baseline"))
+        before = snapshot(conn)
     process = subprocess.Popen(
-        [sys.executable, "-m", "data_platform.loader", "--csv-dir", str(directory)],
+        [sys.executable, "-m", "data_platform.loader", "--csv-dir", str(big_csv_dir)],
         cwd=PROJECT_ROOT,
         env=database.env("transformer"),
         stdout=subprocess.PIPE,
@@ -498,9 +582,15 @@ def test_cli_ctrl_c_mid_copy_rolls_back(database, tmp_path):
     copying = "select count(*) from pg_stat_activity where query like 'copy %invoices__loading%'"
     while database.query(copying) == [(0,)] and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signum)
     _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 130, stderr
-    assert "interrupted" in stderr
+    if signum == signal.SIGINT:
+        assert process.returncode == 130, stderr
+        assert "interrupted" in stderr
+    else:
+        assert process.returncode == -signal.SIGKILL
+    while database.query(copying) != [(0,)] and time.monotonic() < deadline:
+        time.sleep(0.01)  # the server notices the dropped connection and rolls back
     with database.connect("transformer") as conn:
         assert snapshot(conn) == before
+        assert [result.rows for result in load_all(conn, write_dir(tmp_path / "next"))] == [7, 3]

@@ -11,6 +11,9 @@ from decimal import Decimal, InvalidOperation
 from urllib.parse import urlsplit
 
 DEFAULT_THRESHOLD = Decimal("0.5")
+# Postgres numeric overflows long before Decimal does; no useful threshold comes near these bounds
+MAX_THRESHOLD = Decimal(1_000_000)  # a 100,000,000% move
+MAX_THRESHOLD_DECIMALS = 12
 
 
 class ConfigError(ValueError):
@@ -52,8 +55,15 @@ def _threshold(value: str) -> Decimal:
         parsed = Decimal(value)
     except InvalidOperation:
         raise argparse.ArgumentTypeError(f"expected a number such as 0.5, got {value!r}") from None
-    if not parsed.is_finite() or parsed <= 0:
-        raise argparse.ArgumentTypeError(f"the threshold must be a positive ratio (0.5 = 50%), got {value!r}")
+    if not parsed.is_finite() or not 0 < parsed <= MAX_THRESHOLD:
+        raise argparse.ArgumentTypeError(
+            f"the threshold must be a positive ratio up to {MAX_THRESHOLD} (0.5 = 50%), got {value!r}"
+        )
+    exponent = parsed.normalize().as_tuple().exponent  # an int for a finite number
+    if isinstance(exponent, int) and -exponent > MAX_THRESHOLD_DECIMALS:
+        raise argparse.ArgumentTypeError(
+            f"the threshold takes at most {MAX_THRESHOLD_DECIMALS} decimal places, got {value!r}"
+        )
     return parsed
 
 
@@ -67,8 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         epilog=(
             "Exit codes: 0 all alerts delivered, 1 some delivery failed (retried on the next run), "
-            "2 configuration or database error. Connection from PGHOST, PGPORT, PGUSER, PGPASSWORD, "
-            "PGDATABASE."
+            "2 configuration or database error, 130 interrupted. Connection from PGHOST, PGPORT, PGUSER, "
+            "PGPASSWORD, PGDATABASE (and PGCONNECT_TIMEOUT, default 10 s)."
         ),
     )
     parser.add_argument(
@@ -98,7 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _env_number(env: Mapping[str, str], name: str, default: float, *, minimum: float) -> float:
+def _env_number(
+    env: Mapping[str, str], name: str, default: float, *, minimum: float, maximum: float
+) -> float:
+    # bounded above too: a huge timeout or backoff overflows the socket / sleep call mid-run, and
+    # the issue wants delivery retries bounded
     raw = env.get(name, "").strip()
     if not raw:
         return default
@@ -106,19 +120,33 @@ def _env_number(env: Mapping[str, str], name: str, default: float, *, minimum: f
         value = float(raw)
     except ValueError:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from None
-    if not math.isfinite(value) or value < minimum:
-        raise ConfigError(f"{name} must be a number >= {minimum}, got {raw!r}")
+    if not math.isfinite(value) or not minimum <= value <= maximum:
+        raise ConfigError(f"{name} must be a number from {minimum:g} to {maximum:g}, got {raw!r}")
     return value
+
+
+def _env_count(env: Mapping[str, str], name: str, default: int, *, maximum: int) -> int:
+    value = _env_number(env, name, default, minimum=0, maximum=maximum)
+    if not float(value).is_integer():
+        raise ConfigError(f"{name} must be a whole number, got {env[name].strip()!r}")
+    return int(value)
 
 
 def _webhook_url(env: Mapping[str, str]) -> str | None:
     url = env.get("SLACK_WEBHOOK_URL", "").strip()
     if not url:
         return None
+    # never echo the value: it is a secret
+    invalid = ConfigError("SLACK_WEBHOOK_URL is set but is not an http(s) URL; unset it to print to stdout")
     parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        # never echo the value: it is a secret
-        raise ConfigError("SLACK_WEBHOOK_URL is set but is not an http(s) URL; unset it to print to stdout")
+    try:
+        port_ok = parts.port is None or parts.port > 0  # ValueError: not a number up to 65535
+    except ValueError:
+        port_ok = False
+    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
+        raise invalid
+    if any(c.isspace() or not c.isprintable() for c in url):  # urllib refuses these at send time
+        raise invalid
     return url
 
 
@@ -126,11 +154,11 @@ def load(argv: Sequence[str] | None, env: Mapping[str, str]) -> Settings:
     """Parse flags (argparse exits 2 on bad usage) and the ALERT_* / SLACK_* environment."""
     args = build_parser().parse_args(argv)
     http = HttpSettings(
-        timeout=_env_number(env, "ALERT_HTTP_TIMEOUT", HttpSettings.timeout, minimum=0.01),
-        retries=int(_env_number(env, "ALERT_HTTP_RETRIES", HttpSettings.retries, minimum=0)),
-        backoff=_env_number(env, "ALERT_HTTP_BACKOFF", HttpSettings.backoff, minimum=0),
+        timeout=_env_number(env, "ALERT_HTTP_TIMEOUT", HttpSettings.timeout, minimum=0.01, maximum=300),
+        retries=_env_count(env, "ALERT_HTTP_RETRIES", HttpSettings.retries, maximum=10),
+        backoff=_env_number(env, "ALERT_HTTP_BACKOFF", HttpSettings.backoff, minimum=0, maximum=60),
         max_retry_after=_env_number(
-            env, "ALERT_HTTP_MAX_RETRY_AFTER", HttpSettings.max_retry_after, minimum=0
+            env, "ALERT_HTTP_MAX_RETRY_AFTER", HttpSettings.max_retry_after, minimum=0, maximum=3600
         ),
     )
     return Settings(
@@ -141,5 +169,5 @@ def load(argv: Sequence[str] | None, env: Mapping[str, str]) -> Settings:
         dry_run=args.dry_run,
         webhook_url=_webhook_url(env),
         http=http,
-        lock_timeout=_env_number(env, "ALERT_LOCK_TIMEOUT", Settings.lock_timeout, minimum=0),
+        lock_timeout=_env_number(env, "ALERT_LOCK_TIMEOUT", Settings.lock_timeout, minimum=0, maximum=86_400),
     )

@@ -28,6 +28,7 @@ from sqlalchemy import (
     literal,
     or_,
     select,
+    text,
 )
 
 marts = MetaData(schema="marts")
@@ -95,6 +96,8 @@ def plan_days(
         start, end = since, latest
     elif watermark is None:
         start = end = latest
+    elif watermark >= latest:  # nothing new (also spares watermark + 1 day when it is date.max)
+        return Plan(None, None, watermark)
     else:
         start, end = watermark + timedelta(days=1), latest
 
@@ -106,7 +109,7 @@ def plan_days(
         # --date must not make the next run backfill everything after it)
         moves = covered_to == latest
     else:
-        moves = start <= watermark + timedelta(days=1) and covered_to > watermark
+        moves = (start - watermark).days <= 1 and covered_to > watermark
     return Plan(start, end, covered_to if moves else watermark)
 
 
@@ -114,6 +117,23 @@ def missing_tables(conn: Connection) -> list[str]:
     """The marts tables the alerts need that do not exist (yet)."""
     found = conn.execute(select(*(func.to_regclass(name) for name in REQUIRED_TABLES))).one()
     return [name for name, oid in zip(REQUIRED_TABLES, found, strict=True) if oid is None]
+
+
+def begin_consistent_read(conn: Connection) -> None:
+    """Start a REPEATABLE READ transaction that sees one committed version of the fact.
+
+    dbt may rebuild the fact during a run: an incremental run deletes and re-inserts a window of
+    days, a full refresh swaps in a new table. Planning (the latest day) and recording the alerts
+    must not straddle such a commit, so they share one snapshot. The table is locked first because
+    LOCK TABLE takes no snapshot: a swap committed after the snapshot but before our first read
+    would leave us a new table whose rows that snapshot cannot see (an empty fact). The lock is the
+    ACCESS SHARE any select takes: it only makes a swap wait until we commit.
+    """
+    if conn.in_transaction():
+        raise RuntimeError("begin_consistent_read() must start its own transaction")
+    conn.execute(text("set transaction isolation level repeatable read"))
+    table = conn.dialect.identifier_preparer.format_table(fact)
+    conn.execute(text(f"lock table {table} in access share mode"))
 
 
 def latest_day(conn: Connection) -> date | None:

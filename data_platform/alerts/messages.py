@@ -15,8 +15,16 @@ from data_platform.alerts.store import Alert, Batch, Organization
 CENT = Decimal("0.01")
 
 
+def _not_finite(value: Decimal) -> str:
+    # Postgres numeric allows NaN and +-Infinity: shown as they are (Decimal would raise on them),
+    # because a message that cannot be formatted would block delivery on every run
+    return f"{value:+}" if Decimal(value).is_infinite() else str(value)
+
+
 def usd(amount: Decimal) -> str:
     """-1234.5 -> '-$1,234.50' (thousands separators, 2 decimals, half-up like an accountant)."""
+    if not Decimal(amount).is_finite():
+        return _not_finite(amount)
     rounded = Decimal(amount).quantize(CENT, rounding=ROUND_HALF_UP)
     sign = "-" if rounded < 0 else ""
     return f"{sign}${abs(rounded):,.2f}"
@@ -24,6 +32,8 @@ def usd(amount: Decimal) -> str:
 
 def signed_percent(ratio: Decimal) -> str:
     """0.5 -> '+50.00%', -0.75 -> '-75.00%'."""
+    if not Decimal(ratio).is_finite():
+        return f"{_not_finite(ratio)}%"
     percent = (Decimal(ratio) * 100).quantize(CENT, rounding=ROUND_HALF_UP)
     return f"{percent:+,.2f}%"
 
@@ -62,6 +72,8 @@ def console_line(organization: Organization, alert: Alert) -> str:
 
 
 def _arrow(alert: Alert) -> str:
+    if alert.balance_usd.is_nan() or alert.previous_balance_usd.is_nan():
+        return ":warning:"
     if alert.balance_usd >= alert.previous_balance_usd:
         return ":chart_with_upwards_trend:"
     return ":chart_with_downwards_trend:"

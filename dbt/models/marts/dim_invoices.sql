@@ -1,10 +1,23 @@
 -- One row per invoice, with its balance rule and its contribution to the organization's balance.
+-- Incremental: a run recomputes the invoices of the trailing window (macros/incremental_window.sql).
+{{
+    config(
+        materialized='incremental',
+        incremental_strategy='replace_window',
+        window_column='created_date',
+        on_schema_change='fail',
+        indexes=[{'columns': ['created_date']}],
+    )
+}}
 
 with
 
 invoices as (
 
     select * from {{ ref('int_invoices_enriched') }}
+    {% if is_incremental() %}
+        where created_date >= {{ incremental_window_start('created_date') }}
+    {% endif %}
 
 ),
 

@@ -8,67 +8,44 @@ organizations as (
 
 ),
 
-daily_balance_changes as (
+status_totals as (
 
-    select * from {{ ref('int_organization_daily_balance_changes') }}
-
-),
-
-invoices as (
-
-    select * from {{ ref('int_invoices_enriched') }}
+    select * from {{ ref('int_organization_daily_status_totals') }}
 
 ),
 
-invoice_totals as (
-
-    select
-        organization_id,
-        sum(invoice_count)::bigint as invoice_count,
-        sum(invoiced_amount_usd) as invoiced_amount_usd,
-        sum(paid_amount_usd) as paid_amount_usd,
-        sum(balance_change_usd) as balance_usd,
-        min(created_date) as first_invoice_date,
-        max(created_date) as last_invoice_date
-
-    from daily_balance_changes
-    group by organization_id
-
-),
-
-status_counts as (
+totals_by_status as (
 
     select
         organization_id,
         status,
-        count(*) as invoice_count
+        sum(invoice_count) as invoice_count,
+        sum(invoiced_amount_usd) as invoiced_amount_usd,
+        sum(paid_amount_usd) as paid_amount_usd,
+        sum(balance_change_usd) as balance_change_usd,
+        min(created_date) as first_invoice_date,
+        max(created_date) as last_invoice_date
 
-    from invoices
+    from status_totals
     group by organization_id, status
-
-),
-
-invoice_counts_by_status as (
-
-    -- keys are the statuses present in the data, so the object follows seed and data changes
-    select
-        organization_id,
-        jsonb_object_agg(status, invoice_count) as invoice_count_by_status
-
-    from status_counts
-    group by organization_id
 
 ),
 
 invoice_summaries as (
 
     select
-        invoice_totals.*,
-        invoice_counts_by_status.invoice_count_by_status
+        organization_id,
+        sum(invoice_count)::bigint as invoice_count,
+        -- keys are the statuses present in the data, so the object follows seed and data changes
+        jsonb_object_agg(status, invoice_count::bigint) as invoice_count_by_status,
+        sum(invoiced_amount_usd) as invoiced_amount_usd,
+        sum(paid_amount_usd) as paid_amount_usd,
+        sum(balance_change_usd) as balance_usd,
+        min(first_invoice_date) as first_invoice_date,
+        max(last_invoice_date) as last_invoice_date
 
-    from invoice_totals
-    inner join invoice_counts_by_status
-        on invoice_totals.organization_id = invoice_counts_by_status.organization_id
+    from totals_by_status
+    group by organization_id
 
 ),
 

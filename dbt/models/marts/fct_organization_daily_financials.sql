@@ -1,31 +1,91 @@
--- One row per organization per day on which it had invoices: the day's totals, the balance at the end of
--- the day and the change versus the end of the previous calendar day.
+-- One row per organization per day with invoices: the day's totals, the balance at the end of the day
+-- and the change versus the end of the previous calendar day.
 -- Windows run over the daily aggregate (one row per organization-day), never over the raw invoices.
+-- Incremental: a run recomputes the trailing window (macros/incremental_window.sql), and each
+-- organization's running balance resumes from its last stored balance before the window, so the rows
+-- are identical to a full refresh.
+{{
+    config(
+        materialized='incremental',
+        incremental_strategy='replace_window',
+        window_column='balance_date',
+        on_schema_change='fail',
+        indexes=[
+            {'columns': ['organization_id', 'balance_date'], 'unique': True},
+            {'columns': ['balance_date']},
+        ],
+    )
+}}
 
 with
 
-daily_balance_changes as (
+status_totals as (
 
-    select * from {{ ref('int_organization_daily_balance_changes') }}
+    select * from {{ ref('int_organization_daily_status_totals') }}
+    {% if is_incremental() %}
+        where created_date >= {{ incremental_window_start('balance_date') }}
+    {% endif %}
+
+),
+
+daily_totals as (
+
+    select
+        organization_id,
+        created_date as balance_date,
+        sum(invoice_count) as invoice_count,
+        sum(invoiced_amount_usd) as invoiced_amount_usd,
+        sum(paid_amount_usd) as paid_amount_usd,
+        sum(balance_change_usd) as balance_change_usd
+
+    from status_totals
+    group by organization_id, created_date
+
+),
+
+opening_balances as (
+
+    {% if is_incremental() %}
+        -- each organization's balance at the end of its last stored day before the window
+        select
+            window_organizations.organization_id,
+            last_stored.balance_usd as opening_balance_usd
+
+        from (select distinct organization_id from daily_totals) as window_organizations
+        cross join lateral (
+            select stored_rows.balance_usd
+            from {{ this }} as stored_rows
+            where
+                stored_rows.organization_id = window_organizations.organization_id
+                and stored_rows.balance_date < {{ incremental_window_start('balance_date') }}
+            order by stored_rows.balance_date desc
+            limit 1
+        ) as last_stored
+    {% else %}
+        -- a full build starts every organization from zero
+        select
+            organization_id,
+            0::numeric as opening_balance_usd
+        from daily_totals
+        where false
+    {% endif %}
 
 ),
 
 running_balances as (
 
     select
-        organization_id,
-        created_date as balance_date,
-        invoice_count,
-        invoiced_amount_usd,
-        paid_amount_usd,
-        balance_change_usd,
-        sum(balance_change_usd) over (
-            partition by organization_id
-            order by created_date
+        daily_totals.*,
+        coalesce(opening_balances.opening_balance_usd, 0) as opening_balance_usd,
+        coalesce(opening_balances.opening_balance_usd, 0) + sum(daily_totals.balance_change_usd) over (
+            partition by daily_totals.organization_id
+            order by daily_totals.balance_date
             rows between unbounded preceding and current row
         ) as balance_usd
 
-    from daily_balance_changes
+    from daily_totals
+    left join opening_balances
+        on daily_totals.organization_id = opening_balances.organization_id
 
 ),
 
@@ -34,10 +94,10 @@ with_previous_balances as (
     select
         *,
         -- the balance is flat between activity days, so the previous activity day's closing balance is
-        -- the balance at the end of the previous calendar day; 0 before the first invoice
+        -- the balance at the end of the previous calendar day; before the first row, the opening balance
         coalesce(
             lag(balance_usd) over (partition by organization_id order by balance_date),
-            0
+            opening_balance_usd
         ) as previous_balance_usd
 
     from running_balances
@@ -49,7 +109,7 @@ final as (
     select
         organization_id,
         balance_date,
-        invoice_count,
+        invoice_count::bigint as invoice_count,
         invoiced_amount_usd,
         paid_amount_usd,
         balance_change_usd,
