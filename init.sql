@@ -8,26 +8,39 @@
 
 \set ON_ERROR_STOP on
 
+-- A password given in the environment is (re)applied; without one, a new role gets the demo default
+-- and an existing role keeps its password.
 \getenv transformer_password TRANSFORMER_PASSWORD
 \if :{?transformer_password}
+  \set set_transformer_password true
 \else
+  \set set_transformer_password false
   \set transformer_password transformer
 \endif
 \getenv alerter_password ALERTER_PASSWORD
 \if :{?alerter_password}
+  \set set_alerter_password true
 \else
+  \set set_alerter_password false
   \set alerter_password alerter
 \endif
 
--- roles are cluster-wide: create them once, keep passwords in step with the environment
+-- roles are cluster-wide: create them once
 select format('create role transformer login password %L', :'transformer_password')
 where not exists (select from pg_roles where rolname = 'transformer') \gexec
 select format('create role alerter login password %L', :'alerter_password')
 where not exists (select from pg_roles where rolname = 'alerter') \gexec
+\if :set_transformer_password
 alter role transformer password :'transformer_password';
+\endif
+\if :set_alerter_password
 alter role alerter password :'alerter_password';
+\endif
 
-select format('grant connect, temporary on database %I to transformer, alerter', current_database()) \gexec
+-- only the two roles (and superusers) may connect; dbt's incremental models need temporary tables
+select format('revoke all on database %I from public', current_database()) \gexec
+select format('grant connect, temporary on database %I to transformer', current_database()) \gexec
+select format('grant connect on database %I to alerter', current_database()) \gexec
 
 -- nobody but the owners may create objects in public
 revoke create on schema public from public;

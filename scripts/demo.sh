@@ -2,7 +2,8 @@
 # The demo without Docker: same pipeline (init.sh) as the container, then the docs on :8080.
 #
 # Database: the one named by the PG* variables when PGHOST or PGDATABASE is set (a superuser:
-# init.sql creates the roles), otherwise an embedded Postgres (pgserver) kept in ./.pgdata.
+# init.sql creates the roles), otherwise an embedded Postgres (pgserver) kept in ./.pgdata
+# (DEMO_PGDATA overrides the folder).
 # Stop the docs server with Ctrl-C; the embedded database keeps its data for the next run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,8 +11,11 @@ cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
 
 if [ -z "${PGHOST:-}" ] && [ -z "${PGDATABASE:-}" ]; then
-    echo "==> starting the embedded Postgres in .pgdata"
-    eval "$(.venv/bin/python -m data_platform.bootstrap embedded --data-dir .pgdata --database warehouse)"
+    DEMO_PGDATA="${DEMO_PGDATA:-.pgdata}"
+    echo "==> starting the embedded Postgres in ${DEMO_PGDATA}"
+    # assign first: a failure inside "eval $(...)" would not stop the script
+    exports="$(.venv/bin/python -m data_platform.bootstrap embedded --data-dir "$DEMO_PGDATA" --database warehouse)"
+    eval "$exports"
 fi
 
 echo "==> applying init.sql to ${PGUSER:-$USER}@${PGHOST:-localhost}/${PGDATABASE:-}"

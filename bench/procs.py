@@ -1,0 +1,167 @@
+"""Running the measured commands: the connection each runs as, wall time, peak memory and a log.
+
+Every command runs as a subprocess with its output in a log file, so a failure can show its tail
+and a success stays quiet. Wall time is measured around the process only.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+from psycopg.conninfo import make_conninfo
+
+ROOT = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+DBT = str(Path(sys.executable).parent / "dbt")
+RSS_POLL_SECONDS = 0.05
+# init.sh announces each step with a line starting with this
+STEP_MARKER = "==> "
+LOG_TAIL_LINES = 40
+# libpq variable -> conninfo keyword, for the ones that say who connects where
+_CONNINFO_KEYS = {"PGHOST": "host", "PGPORT": "port", "PGUSER": "user", "PGPASSWORD": "password"}
+
+
+class StepFailed(Exception):
+    """A benchmark step could not run (a command failed, a check did not hold)."""
+
+
+@dataclass(frozen=True)
+class Server:
+    """A Postgres server, as the libpq variables of a superuser connection (PGDATABASE aside)."""
+
+    admin: dict[str, str]
+    passwords: dict[str, str]  # role -> password, for transformer and alerter
+
+    def env_vars(self, role: str, database: str) -> dict[str, str]:
+        """The PG* variables that connect to `database` as `role` ('admin' = the superuser)."""
+        variables = {**self.admin, "PGDATABASE": database}
+        if role != "admin":
+            variables.update(PGUSER=role, PGPASSWORD=self.passwords[role])
+        return variables
+
+    def env(self, role: str, database: str, **extra: str) -> dict[str, str]:
+        """A subprocess environment: ours without PG* variables, plus those of `role`."""
+        env = {name: value for name, value in os.environ.items() if not name.startswith("PG")}
+        env.update(self.env_vars(role, database))
+        env.update(extra)
+        return env
+
+    def conninfo(self, role: str, database: str) -> str:
+        variables = self.env_vars(role, database)
+        params = {key: variables[name] for name, key in _CONNINFO_KEYS.items() if variables.get(name)}
+        return make_conninfo(dbname=database, **params)
+
+
+@dataclass
+class Timed:
+    """What one command cost."""
+
+    seconds: float
+    # peak resident memory: sampled with psutil every RSS_POLL_SECONDS, and the kernel's exact
+    # figure for the process (wait4's ru_maxrss); None when not sampled
+    peak_rss_bytes: int | None = None
+    kernel_max_rss_bytes: int | None = None
+    # (seconds since start, line) for each init.sh step line
+    markers: list[tuple[float, str]] = field(default_factory=list)
+    output: str = ""
+
+    @property
+    def peak_rss_mb(self) -> float | None:
+        peaks = [value for value in (self.peak_rss_bytes, self.kernel_max_rss_bytes) if value is not None]
+        return max(peaks) / 1024 / 1024 if peaks else None
+
+
+class _RssSampler(threading.Thread):
+    """Polls one process's RSS until stopped and keeps the maximum."""
+
+    def __init__(self, pid: int):
+        super().__init__(daemon=True)
+        self.process = psutil.Process(pid)
+        self.peak = 0
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                self.peak = max(self.peak, self.process.memory_info().rss)
+            except psutil.Error:  # gone (or a zombie): the kernel's figure covers the end
+                return
+            self.stopped.wait(RSS_POLL_SECONDS)
+
+
+def run(
+    command: Sequence[str],
+    *,
+    env: dict[str, str],
+    log: Path,
+    sample_rss: bool = False,
+    cwd: Path = ROOT,
+) -> Timed:
+    """Run `command`, output to `log`; raise StepFailed (with the log's tail) unless it exits 0."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    markers: list[tuple[float, str]] = []
+    with log.open("w", encoding="utf-8") as out:
+        out.write(f"$ {' '.join(command)}\n")
+        out.flush()
+        started = time.perf_counter()
+        process = subprocess.Popen(
+            command,
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+        )
+        sampler = _RssSampler(process.pid) if sample_rss else None
+        if sampler:
+            sampler.start()
+        assert process.stdout is not None
+        for line in process.stdout:
+            if line.startswith(STEP_MARKER):
+                markers.append((time.perf_counter() - started, line[len(STEP_MARKER) :].strip()))
+            out.write(line)
+        # wait4 rather than Popen.wait: it also returns the child's own resource usage
+        _, status, usage = os.wait4(process.pid, 0)
+        seconds = time.perf_counter() - started
+        process.returncode = os.waitstatus_to_exitcode(status)
+        process.stdout.close()
+        if sampler:
+            sampler.stopped.set()
+            sampler.join()
+    output = log.read_text(encoding="utf-8", errors="replace")
+    if process.returncode != 0:
+        tail = "\n".join(output.splitlines()[-LOG_TAIL_LINES:])
+        raise StepFailed(
+            f"command failed with exit code {process.returncode}: {' '.join(command)}\n"
+            f"(full output in {log})\n{tail}"
+        )
+    return Timed(
+        seconds=seconds,
+        peak_rss_bytes=sampler.peak if sampler else None,
+        # Linux reports ru_maxrss in KiB
+        kernel_max_rss_bytes=usage.ru_maxrss * 1024 if sample_rss else None,
+        markers=markers,
+        output=output,
+    )
+
+
+def loader_command(csv_dir: Path) -> list[str]:
+    return [PYTHON, "-m", "data_platform.loader", "--csv-dir", str(csv_dir)]
+
+
+def dbt_command(*arguments: str) -> list[str]:
+    """dbt from this environment, run from the repository root like init.sh does."""
+    return [DBT, *arguments, "--project-dir", "dbt", "--profiles-dir", ".dbt"]
+
+
+def psql_command(psql: str, *arguments: str) -> list[str]:
+    return [psql, "--no-psqlrc", "-v", "ON_ERROR_STOP=1", *arguments]
