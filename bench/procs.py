@@ -7,6 +7,7 @@ and a success stays quiet. Wall time is measured around the process only.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -39,6 +40,7 @@ class Server:
 
     admin: dict[str, str]
     passwords: dict[str, str]  # role -> password, for transformer and alerter
+    maintenance_database: str = "postgres"  # where `create database` runs
 
     def env_vars(self, role: str, database: str) -> dict[str, str]:
         """The PG* variables that connect to `database` as `role` ('admin' = the superuser)."""
@@ -65,22 +67,23 @@ class Timed:
     """What one command cost."""
 
     seconds: float
-    # peak resident memory: sampled with psutil every RSS_POLL_SECONDS, and the kernel's exact
-    # figure for the process (wait4's ru_maxrss); None when not sampled
+    # peak resident memory of the process, polled every RSS_POLL_SECONDS; None when not sampled
     peak_rss_bytes: int | None = None
-    kernel_max_rss_bytes: int | None = None
     # (seconds since start, line) for each init.sh step line
     markers: list[tuple[float, str]] = field(default_factory=list)
     output: str = ""
 
     @property
     def peak_rss_mb(self) -> float | None:
-        peaks = [value for value in (self.peak_rss_bytes, self.kernel_max_rss_bytes) if value is not None]
-        return max(peaks) / 1024 / 1024 if peaks else None
+        return None if self.peak_rss_bytes is None else self.peak_rss_bytes / 1024 / 1024
 
 
 class _RssSampler(threading.Thread):
-    """Polls one process's RSS until stopped and keeps the maximum."""
+    """Polls one process's RSS until stopped and keeps the maximum.
+
+    On Linux it also reads the kernel's high-water mark (VmHWM), so a peak between two polls still
+    counts. (Not wait4's ru_maxrss: for a fresh child it includes the forking parent's memory.)
+    """
 
     def __init__(self, pid: int):
         super().__init__(daemon=True)
@@ -91,10 +94,20 @@ class _RssSampler(threading.Thread):
     def run(self) -> None:
         while not self.stopped.is_set():
             try:
-                self.peak = max(self.peak, self.process.memory_info().rss)
-            except psutil.Error:  # gone (or a zombie): the kernel's figure covers the end
+                self.peak = max(self.peak, self.process.memory_info().rss, _high_water_mark(self.process.pid))
+            except (psutil.Error, OSError):  # the process is gone (or a zombie)
                 return
             self.stopped.wait(RSS_POLL_SECONDS)
+
+
+def _high_water_mark(pid: int) -> int:
+    """VmHWM of /proc/<pid>/status in bytes, 0 where there is no such file."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return 0
+    match = re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)
+    return int(match.group(1)) * 1024 if match else 0
 
 
 def run(
@@ -129,10 +142,8 @@ def run(
             if line.startswith(STEP_MARKER):
                 markers.append((time.perf_counter() - started, line[len(STEP_MARKER) :].strip()))
             out.write(line)
-        # wait4 rather than Popen.wait: it also returns the child's own resource usage
-        _, status, usage = os.wait4(process.pid, 0)
+        process.wait()
         seconds = time.perf_counter() - started
-        process.returncode = os.waitstatus_to_exitcode(status)
         process.stdout.close()
         if sampler:
             sampler.stopped.set()
@@ -147,8 +158,6 @@ def run(
     return Timed(
         seconds=seconds,
         peak_rss_bytes=sampler.peak if sampler else None,
-        # Linux reports ru_maxrss in KiB
-        kernel_max_rss_bytes=usage.ru_maxrss * 1024 if sample_rss else None,
         markers=markers,
         output=output,
     )

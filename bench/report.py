@@ -95,7 +95,11 @@ def _rate(rows_per_second: float) -> str:
 
 
 def _met(targets: dict[str, dict[str, Any]], key: str) -> str:
-    return "yes" if targets[key]["met"] else "**no**"
+    return _yes(targets[key]["met"])
+
+
+def _yes(value: bool) -> str:
+    return "yes" if value else "**no**"
 
 
 def _ratio(value: float | None) -> str:
@@ -176,10 +180,10 @@ def _summary_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str
         ),
         (
             "Incremental rows == full rebuild rows",
-            f"fact: {inc['fact_match']}, dim_organizations: {inc['dim_organizations_match']}",
+            f"fact: {_yes(inc['fact_match'])}, dim_organizations: {_yes(inc['dim_organizations_match'])}",
             "must match",
             "",
-            "yes" if inc["results_match"] else "**no**",
+            _yes(inc["results_match"]),
         ),
         (
             f"Alert query on the latest day (median of {alert['repeat']})",
@@ -215,7 +219,9 @@ def markdown(results: dict[str, Any]) -> str:
         f"Postgres {pg['version']} ({pg['server']}); Python {versions['python']}, "
         f"dbt-core {versions['dbt-core']}, dbt-postgres {versions['dbt-postgres']}.",
         "",
-        "Postgres settings: " + ", ".join(f"`{name}={value}`" for name, value in pg["settings"].items()) + ".",
+        "Postgres settings: "
+        + ", ".join(f"`{name}={value}`" for name, value in pg["settings"].items())
+        + ".",
         "",
         f"Command: `{results['command']}`",
         "",

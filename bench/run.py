@@ -43,7 +43,6 @@ import psycopg
 import report
 from procs import ROOT, Server, StepFailed, Timed, dbt_command, loader_command, psql_command, run
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
 from sqlalchemy import create_engine
 from sqlalchemy.pool import NullPool
 
@@ -64,6 +63,11 @@ SETTINGS = (
     "effective_cache_size",
     "synchronous_commit",
 )
+# the daily fact's columns, as bench/floor_daily_fact.sql computes them
+FACT_COLUMNS = (
+    "organization_id, balance_date, invoice_count, invoiced_amount_usd, paid_amount_usd, "
+    "balance_change_usd, balance_usd, previous_balance_usd, balance_change_ratio"
+)
 # (mart, copy of it after the incremental build) compared with the full rebuild
 COMPARED = {
     "fact": ("marts.fct_organization_daily_financials", "bench_floor.fact_incremental"),
@@ -81,11 +85,13 @@ def progress(message: str) -> None:
 
 def open_server(data_dir: Path) -> tuple[Server, str]:
     """The server to benchmark on, and a word on where it came from."""
-    passwords = {role: os.environ.get(f"{role.upper()}_PASSWORD", role) for role in ("transformer", "alerter")}
+    passwords = {
+        role: os.environ.get(f"{role.upper()}_PASSWORD", role) for role in ("transformer", "alerter")
+    }
     if os.environ.get("PGHOST") or os.environ.get("PGDATABASE"):
         admin = {name: value for name, value in os.environ.items() if name.startswith("PG")}
-        admin.pop("PGDATABASE", None)
-        return Server(admin, passwords), "external (PG* variables)"
+        maintenance = admin.pop("PGDATABASE", None) or "postgres"
+        return Server(admin, passwords, maintenance), "external (PG* variables)"
     progress(f"starting the embedded Postgres in {data_dir / 'pgdata'}")
     variables = bootstrap.start_embedded_server(data_dir / "pgdata", "postgres")
     variables.pop("PGDATABASE")
@@ -146,18 +152,24 @@ def node_timings(run_results: Path) -> list[dict[str, Any]]:
 
 def create_database(server: Server) -> str:
     name = f"bench_{datetime.now():%Y%m%d_%H%M%S}"
-    with psycopg.connect(server.conninfo("admin", "postgres"), autocommit=True) as conn:
+    with psycopg.connect(server.conninfo("admin", server.maintenance_database), autocommit=True) as conn:
         conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
-    # init.sql sets the roles' passwords from these variables (cluster-wide roles)
-    env = {**os.environ, **{f"{r.upper()}_PASSWORD": p for r, p in server.passwords.items()}}
-    bootstrap.apply_init_sql(server.conninfo("admin", name), env)
-    with psycopg.connect(server.conninfo("admin", name), autocommit=True) as conn:
-        conn.execute(sql.SQL("create schema {} authorization transformer").format(sql.Identifier(FLOOR_SCHEMA)))
+    try:
+        # init.sql sets the roles' passwords from these variables (cluster-wide roles)
+        env = {**os.environ, **{f"{r.upper()}_PASSWORD": p for r, p in server.passwords.items()}}
+        bootstrap.apply_init_sql(server.conninfo("admin", name), env)
+        with psycopg.connect(server.conninfo("admin", name), autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("create schema {} authorization transformer").format(sql.Identifier(FLOOR_SCHEMA))
+            )
+    except BaseException:
+        drop_database(server, name)
+        raise
     return name
 
 
 def drop_database(server: Server, name: str) -> None:
-    with psycopg.connect(server.conninfo("admin", "postgres"), autocommit=True) as conn:
+    with psycopg.connect(server.conninfo("admin", server.maintenance_database), autocommit=True) as conn:
         conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
 
 
@@ -176,7 +188,9 @@ def environment(bench: Bench, server_kind: str) -> dict[str, Any]:
         "postgres": {"version": pg_version, "server": server_kind, "settings": settings},
         "versions": {
             "python": platform.python_version(),
-            **{package: version(package) for package in ("dbt-core", "dbt-postgres", "psycopg", "sqlalchemy")},
+            **{
+                package: version(package) for package in ("dbt-core", "dbt-postgres", "psycopg", "sqlalchemy")
+            },
         },
     }
 
@@ -185,7 +199,7 @@ def environment(bench: Bench, server_kind: str) -> dict[str, Any]:
 
 
 def floor_copy(bench: Bench, dataset: files.Dataset, name: str) -> Timed:
-    """`psql \\copy` of both files into fresh tables shaped like the raw ones (not timed: their creation)."""
+    """`psql \\copy` of both files into fresh tables shaped like the raw ones (only the copy is timed)."""
     commands = []
     for file_name in files.FILES:
         table = file_name.removesuffix(".csv")
@@ -195,6 +209,10 @@ def floor_copy(bench: Bench, dataset: files.Dataset, name: str) -> Timed:
         path = str(dataset.path[file_name]).replace("'", "''")
         commands += ["-c", f"\\copy {FLOOR_SCHEMA}.{table} from '{path}' with (format csv, header true)"]
     timed = run(psql_command(bench.psql, *commands), env=bench.env(), log=bench.log(name))
+    # dropped at once, so their autovacuum does not run during the next measurement
+    bench.query(
+        sql.SQL("drop table {}.invoices, {}.organizations").format(*[sql.Identifier(FLOOR_SCHEMA)] * 2)
+    )
     copied = sum(int(rows) for rows in re.findall(r"^COPY (\d+)$", timed.output, re.MULTILINE))
     if copied != dataset.total_rows:
         raise StepFailed(f"psql \\copy reported {copied:,} rows, the files hold {dataset.total_rows:,}")
@@ -212,7 +230,6 @@ def measure_loader(bench: Bench, base: files.Dataset) -> tuple[dict[str, Any], d
         floor_runs.append(floor_copy(bench, base, f"floor-copy-{attempt}"))
         progress(f"loader, run {attempt} of 2")
         loader_runs.append(bench.load(base, f"load-{attempt}"))
-    bench.query(sql.SQL("drop table {}.invoices, {}.organizations").format(*[sql.Identifier(FLOOR_SCHEMA)] * 2))
 
     rows = base.total_rows
     loader_best = min(r.seconds for r in loader_runs)
@@ -233,25 +250,18 @@ def measure_loader(bench: Bench, base: files.Dataset) -> tuple[dict[str, Any], d
             "rows": base.rows("invoices.csv"),
             "bytes": base.marker["files"]["invoices.csv"]["bytes"],
             "peak_rss_mb": round(full_peak, 1),
-            "runs": [_rss(r) for r in loader_runs],
+            "runs_mb": [round(r.peak_rss_mb or 0, 1) for r in loader_runs],
         },
         "head": {
             "rows": head.rows("invoices.csv"),
             "bytes": head.marker["files"]["invoices.csv"]["bytes"],
             "peak_rss_mb": round(head_run.peak_rss_mb or 0, 1),
-            "runs": [_rss(head_run)],
+            "runs_mb": [round(head_run.peak_rss_mb or 0, 1)],
         },
         "peak_rss_mb": round(max(full_peak, head_run.peak_rss_mb or 0), 1),
         "growth_ratio": round(full_peak / head_run.peak_rss_mb, 3) if head_run.peak_rss_mb else None,
     }
     return loader, rss
-
-
-def _rss(timed: Timed) -> dict[str, float | None]:
-    def mb(value: int | None) -> float | None:
-        return None if value is None else round(value / 1024**2, 1)
-
-    return {"polled_mb": mb(timed.peak_rss_bytes), "kernel_max_rss_mb": mb(timed.kernel_max_rss_bytes)}
 
 
 def _step_name(marker: str) -> str:
@@ -266,15 +276,21 @@ def measure_pipeline(bench: Bench, base: files.Dataset, floor_copy_seconds: floa
     timed = run(["bash", str(ROOT / "init.sh")], env=env, log=bench.log("pipeline"))
     # each step lasts until the next step's line (the last one until the end)
     ends = [at for at, _ in timed.markers[1:]] + [timed.seconds]
-    steps = {_step_name(text): round(end - at, 3) for (at, text), end in zip(timed.markers, ends, strict=True)}
+    steps = {
+        _step_name(text): round(end - at, 3) for (at, text), end in zip(timed.markers, ends, strict=True)
+    }
     docs_start = next((at for at, text in timed.markers if text.startswith("dbt docs generate")), None)
     pipeline_seconds = docs_start if docs_start is not None else timed.seconds
     docs_seconds = steps.get("dbt docs generate")
 
     progress("floor: one hand-written create table as for the daily fact")
     bench.query(sql.SQL("drop table if exists {}.daily_fact").format(sql.Identifier(FLOOR_SCHEMA)))
-    floor_fact = run(psql_command(bench.psql, "-f", str(FLOOR_SQL)), env=bench.env(), log=bench.log("floor-fact"))
-    different = _differences(bench, "marts.fct_organization_daily_financials", "bench_floor.daily_fact")
+    floor_fact = run(
+        psql_command(bench.psql, "-f", str(FLOOR_SQL)), env=bench.env(), log=bench.log("floor-fact")
+    )
+    different = _differences(
+        bench, "marts.fct_organization_daily_financials", "bench_floor.daily_fact", FACT_COLUMNS
+    )
     floor_seconds = floor_copy_seconds + floor_fact.seconds
     return {
         "pipeline_seconds": round(pipeline_seconds, 3),
@@ -289,13 +305,14 @@ def measure_pipeline(bench: Bench, base: files.Dataset, floor_copy_seconds: floa
     }
 
 
-def _differences(bench: Bench, left: str, right: str) -> list[int]:
+def _differences(bench: Bench, left: str, right: str, columns: str = "*") -> list[int]:
     """[rows of left not in right, rows of right not in left] (both 0: same rows)."""
+    left_rows, right_rows = f"select {columns} from {left}", f"select {columns} from {right}"
     counts = bench.query(
         f"""
         select
-            (select count(*) from (select * from {left} except all select * from {right}) as only_left),
-            (select count(*) from (select * from {right} except all select * from {left}) as only_right)
+            (select count(*) from ({left_rows} except all {right_rows}) as only_left),
+            (select count(*) from ({right_rows} except all {left_rows}) as only_right)
         """
     )[0]
     return [int(count) for count in counts]
@@ -337,7 +354,9 @@ def measure_alert_query(bench: Bench, repeat: int) -> dict[str, Any]:
     """Measure 4: the alert script's query on the latest day, as the alerter, through SQLAlchemy."""
     progress(f"alert query latency ({repeat} runs after a warm-up)")
     conninfo = bench.server.conninfo("alerter", bench.database)
-    engine = create_engine("postgresql+psycopg://", creator=lambda: psycopg.connect(conninfo), poolclass=NullPool)
+    engine = create_engine(
+        "postgresql+psycopg://", creator=lambda: psycopg.connect(conninfo), poolclass=NullPool
+    )
     timings, rows = [], 0
     with engine.connect() as conn:
         latest = latest_day(conn)
@@ -368,8 +387,8 @@ def method_notes(results: dict[str, Any]) -> list[str]:
         "Loader vs floor: `python -m data_platform.loader` (wall time, includes its ANALYZE) against "
         "`psql \\copy ... (format csv, header true)` of the same two files into unindexed tables created "
         "`like raw.*` (no CHECK constraints). Each runs twice, alternating, and the best of two counts.",
-        "Loader RSS: the loader process's resident memory, polled every 50 ms with psutil, and the "
-        f"kernel's own peak (wait4 ru_maxrss); the larger counts. Full file vs its first "
+        "Loader RSS: the loader process's peak resident memory, polled every 50 ms (psutil RSS and the "
+        "kernel's high-water mark VmHWM), on the full file (both runs) and on its first "
         f"{HEAD_FRACTION:.0%} of invoices.",
         "Full pipeline: `init.sh` with FULL_REFRESH=true, RUN_ALERTS=false, up to the start of "
         "`dbt docs generate` (timed separately). Floor: the best `\\copy` time above plus "
@@ -443,7 +462,9 @@ def measure(bench: Bench, args: argparse.Namespace, server_kind: str) -> dict[st
     measures["loader_vs_copy"], measures["loader_rss"] = measure_loader(bench, base)
     floor_copy_seconds = measures["loader_vs_copy"]["floor_best_seconds"]
     measures["pipeline_vs_floor"] = measure_pipeline(bench, base, floor_copy_seconds)
-    measures["incremental"], results["model_timings"] = measure_incremental(bench, appended, args.append_invoices)
+    measures["incremental"], results["model_timings"] = measure_incremental(
+        bench, appended, args.append_invoices
+    )
     measures["alert_query"] = measure_alert_query(bench, args.repeat_alert_query)
     results["measures"] = measures
     results["targets"] = report.evaluate(measures)

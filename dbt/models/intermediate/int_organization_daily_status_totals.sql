@@ -5,9 +5,7 @@
 {{
     config(
         materialized='incremental',
-        incremental_strategy='replace_window',
         window_column='created_date',
-        on_schema_change='fail',
         indexes=[
             {'columns': ['organization_id', 'created_date', 'status'], 'unique': True},
             {'columns': ['created_date']},

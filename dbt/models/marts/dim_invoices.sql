@@ -3,9 +3,7 @@
 {{
     config(
         materialized='incremental',
-        incremental_strategy='replace_window',
         window_column='created_date',
-        on_schema_change='fail',
         indexes=[{'columns': ['created_date']}],
     )
 }}

@@ -7,9 +7,7 @@
 {{
     config(
         materialized='incremental',
-        incremental_strategy='replace_window',
         window_column='balance_date',
-        on_schema_change='fail',
         indexes=[
             {'columns': ['organization_id', 'balance_date'], 'unique': True},
             {'columns': ['balance_date']},
