@@ -31,11 +31,18 @@ DOCS_HOST="${DOCS_HOST:-0.0.0.0}"
 DOCS_PORT="${DOCS_PORT:-8080}"
 DBT_ARGS=(--project-dir dbt --profiles-dir .dbt)
 
+BOOLEAN_SWITCHES=(FULL_REFRESH RUN_ALERTS SERVE_DOCS)
+for name in "${BOOLEAN_SWITCHES[@]}"; do
+    case "${!name,,}" in
+        1 | true | yes | on | 0 | false | no | off | "") ;;
+        *) echo "init.sh: ${name} must be true or false, got '${!name}'" >&2; exit 2 ;;
+    esac
+done
+
 is_on() {
     case "${1,,}" in
         1 | true | yes | on) return 0 ;;
-        0 | false | no | off | "") return 1 ;;
-        *) echo "init.sh: expected true/false, got '$1'" >&2; exit 2 ;;
+        *) return 1 ;;
     esac
 }
 
@@ -48,18 +55,25 @@ step "loading raw CSVs from ${CSV_DIR}"
 python -m data_platform.loader --csv-dir "$CSV_DIR"
 
 step "dbt seed: balance rules"
-rules_before="$(python -m data_platform.rules fingerprint)"
+rules_before="$(python -m data_platform.refresh rules-fingerprint)"
 dbt seed "${DBT_ARGS[@]}"
-rules_after="$(python -m data_platform.rules fingerprint)"
+rules_after="$(python -m data_platform.refresh rules-fingerprint)"
 
+# Incremental models recompute only recent days; rebuild everything when older days changed.
 BUILD_ARGS=()
 if is_on "$FULL_REFRESH"; then
     BUILD_ARGS+=(--full-refresh)
 elif [ "$rules_before" != "$rules_after" ]; then
-    # incremental models only recompute recent days; new rules change every day's balance
     echo "the balance rules changed (or were seeded for the first time): rebuilding from scratch"
     BUILD_ARGS+=(--full-refresh)
+else
+    drift="$(python -m data_platform.refresh history-drift)"
+    if [ -n "$drift" ]; then
+        echo "${drift}: rebuilding from scratch"
+        BUILD_ARGS+=(--full-refresh)
+    fi
 fi
+
 step "dbt build: models and tests ${BUILD_ARGS[*]}"
 dbt build "${DBT_ARGS[@]}" "${BUILD_ARGS[@]}"
 

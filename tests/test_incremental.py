@@ -120,3 +120,33 @@ def test_changed_rules_rebuild_history_outside_the_window(make_database, tmp_pat
         "where organization_id = 1 and balance_date = '2022-11-01'"
     )
     assert early == [(Decimal(0),)]
+
+
+def test_changes_before_the_window_trigger_a_full_rebuild(make_database, tmp_path):
+    database = make_database()
+    history = [*EARLY_ROWS, *INVOICE_ROWS]
+    assert_succeeded(run_pipeline(database, write_fixture(tmp_path / "day1", history), RUN_ALERTS="false"))
+
+    # an invoice for 2022-11-01 arrives two months late, far outside the 7-day window
+    very_late = f"405,{SENTINEL},{SENTINEL},1,-7,open,USD,,,8.00,,1.00000000,,2022-11-01T12:00:00.000Z"
+    result = run_pipeline(
+        database, write_fixture(tmp_path / "day2", [*history, very_late]), RUN_ALERTS="false"
+    )
+    assert_succeeded(result)
+    assert "the invoices changed before the incremental window (1 day/status groups differ" in result.stdout
+    assert "--full-refresh" in result.stdout
+    early = database.query(
+        "select balance_usd from marts.fct_organization_daily_financials "
+        "where organization_id = 1 and balance_date = '2022-11-01'"
+    )
+    assert early == [(Decimal(48),)]
+
+
+def test_an_unchanged_history_keeps_the_build_incremental(make_database, tmp_path):
+    database = make_database()
+    csv_dir = write_fixture(tmp_path, [*EARLY_ROWS, *INVOICE_ROWS])
+    assert_succeeded(run_pipeline(database, csv_dir, RUN_ALERTS="false"))
+    result = run_pipeline(database, csv_dir, RUN_ALERTS="false")
+    assert_succeeded(result)
+    assert "rebuilding from scratch" not in result.stdout
+    assert "--full-refresh" not in result.stdout
