@@ -23,9 +23,13 @@
 {%- set new_rows = arg_dict['temp_relation'] -%}
 {%- set window_column = config.require('window_column') -%}
 {%- set columns = get_quoted_csv(arg_dict['dest_columns'] | map(attribute='name')) -%}
+{#- a literal (not the subquery) lets the planner use the index on the window column for the delete;
+    the target is unchanged since the new rows were computed, so both see the same window start -#}
+{%- set window_query = 'select ' ~ incremental_window_start(window_column) -%}
+{%- set window_start = run_query(window_query).columns[0].values()[0] -%}
 
 delete from {{ target }}
-where {{ window_column }} >= {{ incremental_window_start(window_column) }};
+where {{ window_column }} >= '{{ window_start }}'::date;
 
 insert into {{ target }} ({{ columns }})
 select {{ columns }}
