@@ -6,8 +6,15 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
-from conftest import copy_project, run_pipeline
-from test_pipeline import INVOICE_ROWS, SENTINEL, assert_succeeded, write_fixture
+from conftest import run_pipeline
+from test_pipeline import (
+    INVOICE_ROWS,
+    SENTINEL,
+    assert_succeeded,
+    balance_on,
+    project_with_zero_rule,
+    write_fixture,
+)
 
 # History well before the lookback window (7 days before the latest day), so an incremental run
 # has rows it must leave alone.
@@ -101,25 +108,13 @@ def test_changed_rules_rebuild_history_outside_the_window(make_database, tmp_pat
     csv_dir = write_fixture(tmp_path / "csv", [*EARLY_ROWS, *INVOICE_ROWS])
     assert_succeeded(run_pipeline(database, csv_dir, RUN_ALERTS="false"))
 
-    project = copy_project(tmp_path / "project")
-    seed = project / "dbt" / "seeds" / "invoice_enrichment.csv"
-    seed.write_text(
-        "\n".join(
-            ",".join([*line.split(",")[:-2], "0", "0"]) if line.startswith("open,") else line
-            for line in seed.read_text().splitlines()
-        )
-        + "\n"
-    )
+    project = project_with_zero_rule(tmp_path / "project", "open")
     result = run_pipeline(database, csv_dir, project_root=project, RUN_ALERTS="false")
     assert_succeeded(result)
     assert "balance rules changed" in result.stdout
 
     # the 2022-11-01 open invoice (40) no longer counts, although that day is far outside the window
-    early = database.query(
-        "select balance_usd from marts.fct_organization_daily_financials "
-        "where organization_id = 1 and balance_date = '2022-11-01'"
-    )
-    assert early == [(Decimal(0),)]
+    assert balance_on(database, 1, "2022-11-01") == [(Decimal(0),)]
 
 
 def test_changes_before_the_window_trigger_a_full_rebuild(make_database, tmp_path):
@@ -135,11 +130,7 @@ def test_changes_before_the_window_trigger_a_full_rebuild(make_database, tmp_pat
     assert_succeeded(result)
     assert "the invoices changed before the incremental window (1 day/status groups differ" in result.stdout
     assert "--full-refresh" in result.stdout
-    early = database.query(
-        "select balance_usd from marts.fct_organization_daily_financials "
-        "where organization_id = 1 and balance_date = '2022-11-01'"
-    )
-    assert early == [(Decimal(48),)]
+    assert balance_on(database, 1, "2022-11-01") == [(Decimal(48),)]
 
 
 def test_an_unchanged_history_keeps_the_build_incremental(make_database, tmp_path):

@@ -156,14 +156,30 @@ def test_rerunning_the_pipeline_is_safe(fixture_pipeline, tmp_path):
     assert fact_rows(database) == EXPECTED_FACT
 
 
-def test_editing_the_rules_seed_changes_balances(make_database, tmp_path):
-    project = copy_project(tmp_path / "project")
+def project_with_zero_rule(destination: Path, status: str) -> Path:
+    """A copy of the project whose rules seed sets `status` to 0,0 (it no longer counts)."""
+    project = copy_project(destination)
     seed = project / "dbt" / "seeds" / "invoice_enrichment.csv"
     lines = seed.read_text().splitlines()
-    edited = [_zero_coefficients(line) if line.startswith("open,") else line for line in lines]
-    assert edited != lines
+    edited = [
+        ",".join([*line.split(",")[:-2], "0", "0"]) if line.startswith(f"{status},") else line
+        for line in lines
+    ]
+    assert edited != lines, f"no rule for {status} in the seed"
     seed.write_text("\n".join(edited) + "\n")
+    return project
 
+
+def balance_on(database, organization_id: int, day: str) -> list[tuple]:
+    return database.query(
+        "select balance_usd from marts.fct_organization_daily_financials "
+        "where organization_id = %s and balance_date = %s",
+        (organization_id, day),
+    )
+
+
+def test_editing_the_rules_seed_changes_balances(make_database, tmp_path):
+    project = project_with_zero_rule(tmp_path / "project", "open")
     database = make_database()
     assert_succeeded(run_pipeline(database, write_fixture(tmp_path / "csv"), project_root=project))
     balances = dict(database.query("select organization_id, balance_usd from marts.dim_organizations"))
@@ -171,11 +187,6 @@ def test_editing_the_rules_seed_changes_balances(make_database, tmp_path):
     assert rounded(balances[1]) == D(175)
     assert rounded(balances[2]) == D(-60)
     assert rounded(balances[9223372036854775807]) == D(10)
-
-
-def _zero_coefficients(seed_line: str) -> str:
-    fields = seed_line.split(",")
-    return ",".join([*fields[:-2], "0", "0"])
 
 
 def test_unknown_status_fails_the_build(make_database, tmp_path):
