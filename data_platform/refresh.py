@@ -7,7 +7,8 @@ their latest stored day. Two things change older days, and then only a full rebu
   compare `rules-fingerprint` before and after `dbt seed`;
 - the invoices before the window changed: a late or deleted invoice, a status change, or a different
   file altogether; `history-drift` compares invoice counts per UTC day and status in raw.invoices with
-  what the incremental aggregate stored.
+  what the incremental aggregate stored. Counts only: a corrected amount, FX rate or organization on
+  an old invoice goes unnoticed (FULL_REFRESH=true init.sh after such a correction).
 
     python -m data_platform.refresh rules-fingerprint   # an md5, or "none" before the first seed
     python -m data_platform.refresh history-drift       # empty when none, else a one-line reason
@@ -89,7 +90,11 @@ def history_drift(conn: psycopg.Connection, lookback: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m data_platform.refresh", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m data_platform.refresh",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("check", choices=["rules-fingerprint", "history-drift"])
     args = parser.parse_args(argv)
     try:
