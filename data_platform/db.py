@@ -22,11 +22,19 @@ class DatabaseUnavailable(RuntimeError):
     """The database named by the PG* variables could not be reached."""
 
 
+def _os_user() -> str:
+    """libpq's default user: the OS user name (a bare container may have none)."""
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):
+        return "?"
+
+
 def describe_target() -> str:
     """The connection target as user@host:port/database, never with the password."""
     host = os.environ.get("PGHOST", "localhost")
     port = os.environ.get("PGPORT", "5432")
-    user = os.environ.get("PGUSER") or getpass.getuser()
+    user = os.environ.get("PGUSER") or _os_user()
     database = os.environ.get("PGDATABASE", user)
     return f"{user}@{host}:{port}/{database}"
 

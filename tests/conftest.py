@@ -30,6 +30,8 @@ from data_platform import bootstrap
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 ROLE_PASSWORDS = {"transformer": "transformer", "alerter": "alerter"}
+# as init.sql reads them (psql \getenv)
+ROLE_PASSWORD_ENV = {f"{role.upper()}_PASSWORD": password for role, password in ROLE_PASSWORDS.items()}
 
 
 def _docker_answers() -> bool:
@@ -83,16 +85,7 @@ class Database:
 
     def env(self, role: str = "transformer") -> dict[str, str]:
         """os.environ plus the libpq variables that point at this database as `role`."""
-        params = conninfo_to_dict(self.conninfo(role))
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-        env.update(
-            PGHOST=str(params.get("host", "localhost")),
-            PGPORT=str(params.get("port", "5432")),
-            PGUSER=str(params["user"]),
-            PGPASSWORD=str(params.get("password") or ""),
-            PGDATABASE=self.name,
-        )
-        return env
+        return libpq_env(self.conninfo(role))
 
     def connect(self, role: str = "transformer", **kwargs) -> psycopg.Connection:
         return psycopg.connect(self.conninfo(role), **kwargs)
@@ -102,9 +95,22 @@ class Database:
             return conn.execute(statement, params).fetchall()
 
 
+def libpq_env(conninfo: str) -> dict[str, str]:
+    """os.environ without its PG* variables, plus those that name `conninfo`'s connection."""
+    params = conninfo_to_dict(conninfo)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env.update(
+        PGHOST=str(params.get("host", "localhost")),
+        PGPORT=str(params.get("port", "5432")),
+        PGUSER=str(params.get("user", "postgres")),
+        PGPASSWORD=str(params.get("password") or ""),
+        PGDATABASE=str(params.get("dbname", "postgres")),
+    )
+    return env
+
+
 def apply_init_sql(conninfo: str) -> None:
-    env = {**os.environ, **{f"{r.upper()}_PASSWORD": p for r, p in ROLE_PASSWORDS.items()}}
-    bootstrap.apply_init_sql(conninfo, env)
+    bootstrap.apply_init_sql(conninfo, {**os.environ, **ROLE_PASSWORD_ENV})
 
 
 _counter = itertools.count()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg.conninfo import conninfo_to_dict
+from conftest import ROLE_PASSWORD_ENV, libpq_env
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 MEASURES = {"generation", "loader_vs_copy", "loader_rss", "pipeline_vs_floor", "incremental", "alert_query"}
@@ -29,19 +29,7 @@ TARGETS = {
 
 def server_env(admin_conninfo: str) -> dict[str, str]:
     """Our environment with the PG* variables of the test server's superuser (no second server)."""
-    params = conninfo_to_dict(admin_conninfo)
-    env = {name: value for name, value in os.environ.items() if not name.startswith("PG")}
-    env.update(
-        PGHOST=str(params.get("host", "localhost")),
-        PGPORT=str(params.get("port", "5432")),
-        PGUSER=str(params.get("user", "postgres")),
-        PGPASSWORD=str(params.get("password") or ""),
-        PGDATABASE=str(params.get("dbname", "postgres")),
-        # the passwords the test fixtures give the roles
-        TRANSFORMER_PASSWORD="transformer",
-        ALERTER_PASSWORD="alerter",
-    )
-    return env
+    return {**libpq_env(admin_conninfo), **ROLE_PASSWORD_ENV}
 
 
 @pytest.fixture(scope="module")

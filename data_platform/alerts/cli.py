@@ -92,19 +92,12 @@ def _db_message(error: DBAPIError) -> str:
     return " ".join(str(error.orig).split()) if error.orig is not None else type(error).__name__
 
 
-def _target() -> str:
-    try:
-        return describe_target()
-    except (OSError, KeyError):  # getpass: no PGUSER and no user name for this uid (bare containers)
-        return "the database named by PGHOST, PGPORT, PGUSER and PGDATABASE"
-
-
 def _connect(engine: Engine) -> Connection:
     try:
         return engine.connect()
     except DBAPIError as error:  # refused, bad password, or a bad PG* value (e.g. PGCONNECT_TIMEOUT=abc)
         raise AlertError(
-            f"cannot connect to {_target()}: {_db_message(error)}. "
+            f"cannot connect to {describe_target()}: {_db_message(error)}. "
             "Check PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE and PGCONNECT_TIMEOUT."
         ) from error
 
@@ -124,7 +117,7 @@ def run(settings: Settings, channel: Channel | None = None, engine: Engine | Non
         missing = detect.missing_tables(conn)
         conn.rollback()
         if missing:
-            raise AlertError(f"{', '.join(missing)} does not exist in {_target()}: {PIPELINE_HINT}.")
+            raise AlertError(f"{', '.join(missing)} does not exist in {describe_target()}: {PIPELINE_HINT}.")
         try:
             with store.run_lock(conn, settings.lock_timeout):
                 return _locked_run(conn, settings, channel)
@@ -232,7 +225,7 @@ def _deliver(
 
 def _database_error(error: DBAPIError) -> str:
     sqlstate = getattr(error.orig, "sqlstate", None)
-    message = f"database error on {_target()}: {_db_message(error)}"
+    message = f"database error on {describe_target()}: {_db_message(error)}"
     if sqlstate == "42P01":  # undefined table: dropped between our check and the query
         return f"{message}: {PIPELINE_HINT}."
     if sqlstate == "42501":  # insufficient privilege

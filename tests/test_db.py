@@ -1,0 +1,24 @@
+"""data_platform.db: how a connection target is described in error messages."""
+
+import getpass
+
+from data_platform import db
+
+
+def test_describe_target_never_shows_the_password(monkeypatch):
+    for name, value in dict(PGHOST="db", PGPORT="6543", PGUSER="alerter", PGDATABASE="warehouse").items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("PGPASSWORD", "s3cret")
+    assert db.describe_target() == "alerter@db:6543/warehouse"
+
+
+def test_describe_target_without_pguser_or_os_user_name(monkeypatch):
+    # a bare container: no PGUSER and no passwd entry for the uid (getpass raises)
+    for name in ("PGHOST", "PGPORT", "PGUSER", "PGDATABASE"):
+        monkeypatch.delenv(name, raising=False)
+
+    def no_user_name():
+        raise KeyError("getpwuid(): uid not found: 10001")
+
+    monkeypatch.setattr(getpass, "getuser", no_user_name)
+    assert db.describe_target() == "?@localhost:5432/?"
