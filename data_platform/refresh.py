@@ -1,68 +1,103 @@
-"""Does the next dbt build need --full-refresh? init.sh asks before every build.
+"""Does the next dbt build rebuild everything, or only the days of the exports not built yet?
 
-The incremental models recompute only the last `incremental_lookback_days` (dbt_project.yml) before
-their latest stored day. Two things change older days, and then only a full rebuild is correct:
+The ledger books an export's entries on days after the previous export (changes on the export's own
+day, new invoices on their created day, late ones on the export's day), so once a build has covered an
+export, every day up to it is final. An incremental build therefore recomputes only the days after the
+newest export the last successful build covered: the LEDGER_WINDOW_START environment variable that dbt
+reads (dbt/macros/incremental_window.sql).
 
-- the balance rules (`seeds.invoice_enrichment`) changed: every invoice's contribution may differ;
-  compare `rules-fingerprint` before and after `dbt seed`;
-- the invoices before the window changed: a late or deleted invoice, a status change, or a different
-  file altogether; `history-drift` compares invoice counts per UTC day and status in raw.invoices with
-  what the incremental aggregate stored. Counts only: a corrected amount, FX rate or organization on
-  an old invoice goes unnoticed (FULL_REFRESH=true init.sh after such a correction).
+That holds only while nothing the stored days were computed from has changed since that build:
 
-    python -m data_platform.refresh rules-fingerprint   # an md5, or "none" before the first seed
-    python -m data_platform.refresh history-drift       # empty when none, else a one-line reason
+- the balance rules (`seeds.invoice_enrichment`, read after `dbt seed`);
+- the dbt project's SQL (models, macros, dbt_project.yml);
+- the exports that build covered (`raw.load_log`: a reset or reloaded warehouse).
+
+`raw.build_state` records them, written only after a `dbt build` succeeded. A failed, stopped or killed
+build leaves the previous record, so the next run sees the difference and rebuilds from scratch: a rules
+change can never be half applied.
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
+import datetime as dt
+import hashlib
+import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
-import yaml
 
-from data_platform.db import DatabaseUnavailable, connect
-
+DBT_PROJECT_DIR = Path(__file__).resolve().parents[1] / "dbt"
+BUILD_STATE = "raw.build_state"
+WINDOW_VARIABLE = "LEDGER_WINDOW_START"
 RULES_TABLE = "seeds.invoice_enrichment"
-DAILY_TOTALS = "intermediate.int_organization_daily_status_totals"
-DBT_PROJECT = Path(__file__).resolve().parents[1] / "dbt" / "dbt_project.yml"
+LOAD_LOG = "raw.load_log"
+# What the stored days are computed by: a change here changes history, so it forces a full rebuild.
+PROJECT_FILES = ("models/**/*.sql", "macros/**/*.sql", "dbt_project.yml")
+
+CREATE_BUILD_STATE = f"""
+    create table if not exists {BUILD_STATE} (
+        singleton boolean primary key default true check (singleton),
+        rules_fingerprint text not null,
+        project_fingerprint text not null,
+        exports_fingerprint text not null,
+        last_export_date date,
+        built_at timestamptz not null default now()
+    )
+"""
 
 RULES_FINGERPRINT_SQL = f"""
     select md5(coalesce(string_agg(rules::text, '|' order by rules.status), ''))
     from {RULES_TABLE} as rules
 """
 
-# created_date is the UTC date of created_at, exactly as in stg_payments__invoices (the staging
-# views do not exist between a load and the next build, so this reads raw directly).
-HISTORY_DRIFT_SQL = f"""
-    with window_start as (
-        select max(created_date) - %(lookback_days)s as first_day from {DAILY_TOTALS}
-    ),
-    stored as (
-        select created_date, status, sum(invoice_count) as invoice_count
-        from {DAILY_TOTALS}
-        group by created_date, status
-    ),
-    source as (
-        select (created_at at time zone 'utc')::date as created_date, status, count(*) as invoice_count
-        from raw.invoices
-        group by 1, 2
-    )
-    select count(*), min(coalesce(stored.created_date, source.created_date))
-    from stored
-    full outer join source
-        on stored.created_date = source.created_date and stored.status = source.status
-    cross join window_start
-    where
-        coalesce(stored.created_date, source.created_date) < window_start.first_day
-        and stored.invoice_count is distinct from source.invoice_count
+# The exports up to a date, in order, with their checksums: any reload or reset changes it.
+EXPORTS_FINGERPRINT_SQL = f"""
+    select md5(coalesce(string_agg(
+        concat_ws(':', export_date, invoices_sha256, organizations_sha256), '|' order by export_date
+    ), ''))
+    from {LOAD_LOG}
+    where export_date <= %(up_to)s
 """
 
 
-def lookback_days(project_file: Path = DBT_PROJECT) -> int:
-    return int(yaml.safe_load(project_file.read_text())["vars"]["incremental_lookback_days"])
+@dataclass(frozen=True)
+class BuildState:
+    """What a build was computed from."""
+
+    rules_fingerprint: str
+    project_fingerprint: str
+    exports_fingerprint: str
+    last_export_date: dt.date | None
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """The next build: full, or incremental from `window_start`; `current` is recorded after success."""
+
+    full_refresh: bool
+    reason: str
+    window_start: dt.date | None
+    current: BuildState
+
+    def dbt_args(self) -> list[str]:
+        return ["--full-refresh"] if self.full_refresh else []
+
+    def dbt_environment(self) -> dict[str, str]:
+        """os.environ for dbt: LEDGER_WINDOW_START set for an incremental build, unset for a full one."""
+        env = {name: value for name, value in os.environ.items() if name != WINDOW_VARIABLE}
+        if not self.full_refresh:
+            env[WINDOW_VARIABLE] = self.window_start.isoformat()
+        return env
+
+
+def project_fingerprint(project_dir: Path = DBT_PROJECT_DIR) -> str:
+    """sha256 over the dbt project's SQL and settings, by relative path."""
+    digest = hashlib.sha256()
+    paths = sorted({path for pattern in PROJECT_FILES for path in project_dir.glob(pattern)})
+    for path in paths:
+        digest.update(str(path.relative_to(project_dir)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
 
 
 def _exists(conn: psycopg.Connection, table: str) -> bool:
@@ -76,38 +111,82 @@ def rules_fingerprint(conn: psycopg.Connection) -> str:
     return conn.execute(RULES_FINGERPRINT_SQL).fetchone()[0]
 
 
-def history_drift(conn: psycopg.Connection, lookback: int) -> str:
-    """Why the stored history no longer matches raw.invoices before the window; empty if it does."""
-    if not _exists(conn, DAILY_TOTALS):
-        return ""  # nothing stored yet: the build is a full one anyway
-    groups, first_day = conn.execute(HISTORY_DRIFT_SQL, {"lookback_days": lookback}).fetchone()
-    if not groups:
-        return ""
-    return (
-        f"the invoices changed before the incremental window ({groups} day/status groups differ, "
-        f"the first on {first_day})"
+def _exports(conn: psycopg.Connection, up_to: dt.date | None) -> str:
+    if up_to is None or not _exists(conn, LOAD_LOG):
+        return "none"
+    return conn.execute(EXPORTS_FINGERPRINT_SQL, {"up_to": up_to}).fetchone()[0]
+
+
+def latest_export(conn: psycopg.Connection) -> dt.date | None:
+    if not _exists(conn, LOAD_LOG):
+        return None
+    return conn.execute(f"select max(export_date) from {LOAD_LOG}").fetchone()[0]
+
+
+def current_state(conn: psycopg.Connection, project_dir: Path = DBT_PROJECT_DIR) -> BuildState:
+    last_export = latest_export(conn)
+    return BuildState(
+        rules_fingerprint=rules_fingerprint(conn),
+        project_fingerprint=project_fingerprint(project_dir),
+        exports_fingerprint=_exports(conn, last_export),
+        last_export_date=last_export,
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m data_platform.refresh",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+def recorded_state(conn: psycopg.Connection) -> BuildState | None:
+    """The state of the last successful build, or None when there was none."""
+    if not _exists(conn, BUILD_STATE):
+        return None
+    row = conn.execute(
+        f"select rules_fingerprint, project_fingerprint, exports_fingerprint, last_export_date "
+        f"from {BUILD_STATE}"
+    ).fetchone()
+    return BuildState(*row) if row else None
+
+
+def plan_build(
+    conn: psycopg.Connection, *, force_full: bool = False, project_dir: Path = DBT_PROJECT_DIR
+) -> BuildPlan:
+    """Decide the next build from the warehouse's state (call it after `dbt seed`)."""
+    current = current_state(conn, project_dir)
+    last = recorded_state(conn)
+
+    def full(reason: str) -> BuildPlan:
+        return BuildPlan(True, reason, None, current)
+
+    if force_full:
+        return full("FULL_REFRESH is on")
+    if last is None or last.last_export_date is None:
+        return full("no successful build is recorded yet")
+    if last.rules_fingerprint != current.rules_fingerprint:
+        return full("the balance rules changed since the last successful build")
+    if last.project_fingerprint != current.project_fingerprint:
+        return full("the dbt project's SQL changed since the last successful build")
+    if _exports(conn, last.last_export_date) != last.exports_fingerprint:
+        return full("the exports the last successful build covered were reloaded or changed")
+    window_start = last.last_export_date + dt.timedelta(days=1)
+    return BuildPlan(False, f"exports after {last.last_export_date}", window_start, current)
+
+
+def record_build(conn: psycopg.Connection, state: BuildState) -> None:
+    """Remember what a successful build was computed from (the plan's state, taken before the build)."""
+    conn.execute(CREATE_BUILD_STATE)
+    conn.execute(
+        f"""
+        insert into {BUILD_STATE} as state
+            (rules_fingerprint, project_fingerprint, exports_fingerprint, last_export_date)
+        values (%s, %s, %s, %s)
+        on conflict (singleton) do update set
+            rules_fingerprint = excluded.rules_fingerprint,
+            project_fingerprint = excluded.project_fingerprint,
+            exports_fingerprint = excluded.exports_fingerprint,
+            last_export_date = excluded.last_export_date,
+            built_at = now()
+        """,
+        (
+            state.rules_fingerprint,
+            state.project_fingerprint,
+            state.exports_fingerprint,
+            state.last_export_date,
+        ),
     )
-    parser.add_argument("check", choices=["rules-fingerprint", "history-drift"])
-    args = parser.parse_args(argv)
-    try:
-        with connect() as conn:
-            if args.check == "rules-fingerprint":
-                print(rules_fingerprint(conn))
-            else:
-                print(history_drift(conn, lookback_days()))
-    except DatabaseUnavailable as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,4 +1,4 @@
-"""Test database: a real Postgres, found in this order.
+"""Test database: a real Postgres, found in this order (the run's header line says which one and why).
 
 1. TEST_DATABASE_URL: an explicit superuser URL (e.g. postgresql://postgres:pw@localhost:5432/postgres).
 2. testcontainers, when a Docker engine answers.
@@ -6,6 +6,9 @@
 
 Each test module that needs a database asks `make_database()` for a fresh one with init.sql
 applied, so roles, schemas and grants are exactly those of the container.
+
+Tests that run the whole pipeline (init.sh and dbt, several seconds each) are marked `slow`:
+`scripts/test.sh -m "not slow"` is the quick set for development; CI runs everything.
 """
 
 from __future__ import annotations
@@ -34,24 +37,59 @@ ROLE_PASSWORDS = {"transformer": "transformer", "alerter": "alerter"}
 ROLE_PASSWORD_ENV = {f"{role.upper()}_PASSWORD": password for role, password in ROLE_PASSWORDS.items()}
 
 
-def _docker_answers() -> bool:
-    try:
-        import docker
+def _docker_unavailable() -> str | None:
+    """Why no Docker engine can run the test database, or None when one answers."""
+    import docker
+    import requests
 
+    try:
         docker.from_env(timeout=3).ping()
-        return True
-    except Exception:
-        return False
+    except (docker.errors.DockerException, requests.RequestException) as error:
+        return f"no Docker engine answers: {type(error).__name__}"
+    return None
+
+
+def database_source() -> tuple[str, str]:
+    """Which test database the run uses ("url", "testcontainers" or "pgserver") and a line saying why."""
+    if os.environ.get("TEST_DATABASE_URL"):
+        return "url", "test database: TEST_DATABASE_URL"
+    reason = _docker_unavailable()
+    if reason is None:
+        return "testcontainers", "test database: a postgres:16 container (testcontainers; Docker answers)"
+    return (
+        "pgserver",
+        f"test database: embedded Postgres from pgserver ({reason}; set TEST_DATABASE_URL to choose)",
+    )
+
+
+_SOURCE: tuple[str, str] | None = None
+
+
+def _source() -> tuple[str, str]:
+    global _SOURCE
+    if _SOURCE is None:
+        _SOURCE = database_source()
+    return _SOURCE
+
+
+def pytest_report_header(config) -> str:
+    return _source()[1]
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line(
+        "markers", "slow: runs the whole pipeline (init.sh, dbt); skip with -m 'not slow'"
+    )
 
 
 @pytest.fixture(scope="session")
 def admin_conninfo() -> Iterator[str]:
     """A superuser conninfo for a running Postgres server."""
-    explicit = os.environ.get("TEST_DATABASE_URL")
-    if explicit:
-        yield explicit
+    kind, _ = _source()
+    if kind == "url":
+        yield os.environ["TEST_DATABASE_URL"]
         return
-    if _docker_answers():
+    if kind == "testcontainers":
         from testcontainers.postgres import PostgresContainer
 
         with PostgresContainer("postgres:16", driver=None) as container:

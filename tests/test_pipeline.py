@@ -1,7 +1,8 @@
 """The whole pipeline (init.sh: load -> seed -> build + tests -> docs -> alerts) on a real Postgres.
 
 The hand-made fixture below is small enough to compute every balance by hand; the expected
-rows are written out literally, not computed by the code under test.
+rows are written out literally, not computed by the code under test. It is one export (the single-file
+layout): the ledger then gives exactly the balances of the invoices as they are in the file.
 """
 
 from __future__ import annotations
@@ -10,8 +11,11 @@ import re
 from decimal import Decimal
 from pathlib import Path
 
+import psycopg
 import pytest
 from conftest import PROJECT_ROOT, copy_project, run_pipeline
+
+pytestmark = pytest.mark.slow
 
 ORGANIZATIONS_CSV = """\
 ORGANIZATION_ID,FIRST_PAYMENT_DATE,LAST_PAYMENT_DATE,LEGAL_ENTITY_COUNTRY_CODE,COUNT_TOTAL_CONTRACTS_ACTIVE,CREATED_DATE
@@ -189,13 +193,35 @@ def test_editing_the_rules_seed_changes_balances(make_database, tmp_path):
     assert rounded(balances[9223372036854775807]) == D(10)
 
 
-def test_unknown_status_fails_the_build(make_database, tmp_path):
-    rows = [*INVOICE_ROWS, INVOICE_ROWS[0].replace("101,", "999,", 1).replace(",open,", ",disputed,")]
-    database = make_database()
-    result = run_pipeline(database, write_fixture(tmp_path, rows))
-    assert result.returncode != 0
-    assert "invoice_enrichment" in result.stdout + result.stderr
+def test_unknown_status_fails_the_build_and_names_it(fixture_pipeline, tmp_path):
+    database, _ = fixture_pipeline
+    before = fact_rows(database)
+    unknown = f"999,{SENTINEL},{SENTINEL},1,-7,disputed,USD,,,5.00,,1.00000000,,2023-01-07T10:00:00.000Z"
+    result = run_pipeline(database, write_fixture(tmp_path, [*INVOICE_ROWS, unknown]))
+    assert result.returncode == 1
+    output = result.stdout + result.stderr
+    # the failing test, and the offending value read back from its stored failures
+    assert (
+        "failed test relationships_stg_payments__invoice_versions_status__status__ref_invoice_enrichment_"
+        in output
+    )
+    assert "from_field='disputed'" in output
     assert "pipeline finished" not in result.stdout
+    # the marts still hold the last good build
+    assert fact_rows(database) == before
+
+
+def test_a_second_run_waits_for_the_first_then_says_why_it_stops(make_database, tmp_path):
+    database = make_database()
+    with database.connect("transformer", autocommit=True) as holder:
+        holder.execute("select pg_advisory_lock(hashtext('data_platform.pipeline'))")
+        result = run_pipeline(database, write_fixture(tmp_path), PIPELINE_LOCK_TIMEOUT="1")
+    assert result.returncode == 2
+    assert "another pipeline run is in progress: waiting up to 1s" in result.stdout
+    assert "another pipeline run holds the lock" in result.stderr
+    assert "loading the exports" not in result.stdout
+    with pytest.raises(psycopg.errors.UndefinedTable):
+        database.query("select 1 from raw.invoices")
 
 
 def test_bad_input_stops_the_pipeline_before_dbt(make_database, tmp_path):

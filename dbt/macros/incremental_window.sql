@@ -1,20 +1,17 @@
 {#
-    Incremental models here rebuild a trailing window instead of merging keys: every row whose date is
-    on or after the window start is deleted and recomputed from the sources. Unlike delete+insert on a
-    unique key, this also removes rows whose source invoices changed day or status, so an incremental
-    run and a full refresh give identical tables for any change inside the window.
+    Incremental models here rebuild a window of days instead of merging keys: every row whose date is on
+    or after the window start is deleted and recomputed from the ledger. Unlike delete+insert on a unique
+    key, this also removes rows that no longer exist, so an incremental run equals a full refresh.
 
-    The window starts `incremental_lookback_days` (dbt_project.yml) before the latest date already in
-    the model, so invoices that arrive up to that many days late are still counted. Older corrections
-    need `dbt build --full-refresh`.
+    The window start is the LEDGER_WINDOW_START environment variable: the pipeline (data_platform/refresh.py)
+    sets it to the day after the newest export the last successful build covered. The ledger books nothing
+    from a newer export before that day, so the days before it are final. Unset (a hand-run `dbt build`),
+    the window starts at -infinity: everything is recomputed, slower but always exact. An environment
+    variable rather than a dbt var: a changed var makes dbt re-parse the whole project on every run.
 #}
 
-{% macro incremental_window_start(date_column) -%}
-    (
-        select coalesce(max({{ date_column }}), '-infinity'::date)
-            - {{ var('incremental_lookback_days') | int }}
-        from {{ this }}
-    )
+{% macro ledger_window_start() -%}
+    '{{ env_var("LEDGER_WINDOW_START", "-infinity") }}'::date
 {%- endmacro %}
 
 
@@ -23,13 +20,9 @@
 {%- set new_rows = arg_dict['temp_relation'] -%}
 {%- set window_column = config.require('window_column') -%}
 {%- set columns = get_quoted_csv(arg_dict['dest_columns'] | map(attribute='name')) -%}
-{#- a literal (not the subquery) lets the planner use the index on the window column for the delete;
-    the target is unchanged since the new rows were computed, so both see the same window start -#}
-{%- set window_query = 'select ' ~ incremental_window_start(window_column) -%}
-{%- set window_start = run_query(window_query).columns[0].values()[0] -%}
 
 delete from {{ target }}
-where {{ window_column }} >= '{{ window_start }}'::date;
+where {{ window_column }} >= {{ ledger_window_start() }};
 
 insert into {{ target }} ({{ columns }})
 select {{ columns }}

@@ -1,25 +1,27 @@
--- One row per organization, UTC day and invoice status: the invoice count and the summed USD amounts.
--- The one aggregate over the invoices: the daily fact sums it per day, dim_organizations per
--- organization and status. Incremental: a run recomputes only the trailing window
--- (macros/incremental_window.sql).
+-- One row per organization, booking day and invoice status: the ledger entries summed. The one aggregate
+-- over the ledger: the daily fact sums it per day, dim_organizations per organization and status.
+-- Incremental: a run recomputes the days from the ledger window start on (macros/incremental_window.sql);
+-- every entry booked on those days comes from an export seen on or after it.
 {{
     config(
         materialized='incremental',
-        window_column='created_date',
+        window_column='balance_date',
         indexes=[
-            {'columns': ['organization_id', 'created_date', 'status'], 'unique': True},
-            {'columns': ['created_date']},
+            {'columns': ['organization_id', 'balance_date', 'status'], 'unique': True},
+            {'columns': ['balance_date']},
         ],
     )
 }}
 
 with
 
-invoices as (
+entries as (
 
-    select * from {{ ref('int_invoices_enriched') }}
+    select * from {{ ref('int_invoice_ledger_entries') }}
     {% if is_incremental() %}
-        where created_date >= {{ incremental_window_start('created_date') }}
+        where
+            seen_on >= {{ ledger_window_start() }}
+            and booking_date >= {{ ledger_window_start() }}
     {% endif %}
 
 ),
@@ -28,15 +30,18 @@ totals as (
 
     select
         organization_id,
-        created_date,
+        booking_date as balance_date,
         status,
-        count(*) as invoice_count,
+        sum(invoice_count)::bigint as net_invoice_count,
+        count(*) filter (where version = 1) as new_invoice_count,
+        count(*) filter (where version > 1 and entry_kind = 'booking') as changed_invoice_count,
         sum(invoiced_amount_usd) as invoiced_amount_usd,
         sum(paid_amount_usd) as paid_amount_usd,
-        sum(balance_contribution_usd) as balance_change_usd
+        sum(balance_change_usd) as balance_change_usd,
+        coalesce(sum(balance_change_usd) filter (where version > 1), 0) as status_change_usd
 
-    from invoices
-    group by organization_id, created_date, status
+    from entries
+    group by organization_id, booking_date, status
 
 )
 

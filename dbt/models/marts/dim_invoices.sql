@@ -1,21 +1,50 @@
--- One row per invoice, with its balance rule and its contribution to the organization's balance.
--- Incremental: a run recomputes the invoices of the trailing window (macros/incremental_window.sql).
+-- One row per invoice, in its current version, with its balance rule and its contribution to the
+-- organization's balance. Incremental: a run replaces the invoices that a newer export added or changed.
+-- The unique index enforces the key in the database, so no full-table unique test is needed.
 {{
     config(
         materialized='incremental',
-        window_column='created_date',
-        indexes=[{'columns': ['created_date']}],
+        incremental_strategy='delete+insert',
+        unique_key='invoice_id',
+        indexes=[
+            {'columns': ['invoice_id'], 'unique': True},
+            {'columns': ['created_date']},
+            {'columns': ['version_seen_on']},
+        ],
     )
 }}
 
 with
 
+current_versions as (
+
+    select * from {{ ref('stg_payments__invoices') }}
+    {% if is_incremental() %}
+        where current_version_seen_on >= {{ ledger_window_start() }}
+    {% endif %}
+
+),
+
+versions as (
+
+    select * from {{ ref('int_invoice_versions_enriched') }}
+    {% if is_incremental() %}
+        where seen_on >= {{ ledger_window_start() }}
+    {% endif %}
+
+),
+
 invoices as (
 
-    select * from {{ ref('int_invoices_enriched') }}
-    {% if is_incremental() %}
-        where created_date >= {{ incremental_window_start('created_date') }}
-    {% endif %}
+    select
+        versions.*,
+        current_versions.first_seen_on
+
+    from versions
+    inner join current_versions
+        on
+            versions.invoice_id = current_versions.invoice_id
+            and versions.version = current_versions.current_version
 
 ),
 
@@ -47,6 +76,11 @@ final as (
         ---------- timestamps
         created_at,
         created_date,
+
+        ---------- ledger
+        version,
+        first_seen_on,
+        seen_on as version_seen_on,
 
         ---------- balance rule and contribution
         status_description,

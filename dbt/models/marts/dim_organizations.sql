@@ -19,12 +19,13 @@ totals_by_status as (
     select
         organization_id,
         status,
-        sum(invoice_count) as invoice_count,
+        -- net of the ledger's reversals: the invoices whose current version has this status
+        sum(net_invoice_count) as invoice_count,
         sum(invoiced_amount_usd) as invoiced_amount_usd,
         sum(paid_amount_usd) as paid_amount_usd,
         sum(balance_change_usd) as balance_change_usd,
-        min(created_date) as first_invoice_date,
-        max(created_date) as last_invoice_date
+        min(balance_date) filter (where new_invoice_count > 0) as first_invoice_date,
+        max(balance_date) filter (where new_invoice_count > 0) as last_invoice_date
 
     from status_totals
     group by organization_id, status
@@ -37,7 +38,9 @@ invoice_summaries as (
         organization_id,
         sum(invoice_count)::bigint as invoice_count,
         -- keys are the statuses present in the data, so the object follows seed and data changes
-        jsonb_object_agg(status, invoice_count::bigint) as invoice_count_by_status,
+        coalesce(
+            jsonb_object_agg(status, invoice_count::bigint) filter (where invoice_count <> 0), '{}'::jsonb
+        ) as invoice_count_by_status,
         sum(invoiced_amount_usd) as invoiced_amount_usd,
         sum(paid_amount_usd) as paid_amount_usd,
         sum(balance_change_usd) as balance_usd,

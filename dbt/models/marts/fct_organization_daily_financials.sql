@@ -1,9 +1,10 @@
--- One row per organization per day with invoices: the day's totals, the balance at the end of the day
--- and the change versus the end of the previous calendar day.
+-- One row per organization per day with ledger entries (new invoices, or changes to older invoices seen
+-- in that day's export): the day's totals, the balance at the end of the day and the change versus the
+-- end of the previous calendar day.
 -- Windows run over the daily aggregate (one row per organization-day), never over the raw invoices.
--- Incremental: a run recomputes the trailing window (macros/incremental_window.sql), and each
--- organization's running balance resumes from its last stored balance before the window, so the rows
--- are identical to a full refresh.
+-- Incremental: a run recomputes the days from the ledger window start (macros/incremental_window.sql),
+-- and each organization's running balance resumes from its last stored balance before the window, so
+-- the rows are identical to a full refresh.
 {{
     config(
         materialized='incremental',
@@ -21,7 +22,7 @@ status_totals as (
 
     select * from {{ ref('int_organization_daily_status_totals') }}
     {% if is_incremental() %}
-        where created_date >= {{ incremental_window_start('balance_date') }}
+        where balance_date >= {{ ledger_window_start() }}
     {% endif %}
 
 ),
@@ -30,14 +31,16 @@ daily_totals as (
 
     select
         organization_id,
-        created_date as balance_date,
-        sum(invoice_count) as invoice_count,
+        balance_date,
+        sum(new_invoice_count) as invoice_count,
+        sum(changed_invoice_count) as changed_invoice_count,
         sum(invoiced_amount_usd) as invoiced_amount_usd,
         sum(paid_amount_usd) as paid_amount_usd,
-        sum(balance_change_usd) as balance_change_usd
+        sum(balance_change_usd) as balance_change_usd,
+        sum(status_change_usd) as status_change_usd
 
     from status_totals
-    group by organization_id, created_date
+    group by organization_id, balance_date
 
 ),
 
@@ -55,7 +58,7 @@ opening_balances as (
             from {{ this }} as stored_rows
             where
                 stored_rows.organization_id = window_organizations.organization_id
-                and stored_rows.balance_date < {{ incremental_window_start('balance_date') }}
+                and stored_rows.balance_date < {{ ledger_window_start() }}
             order by stored_rows.balance_date desc
             limit 1
         ) as last_stored
@@ -108,9 +111,11 @@ final as (
         organization_id,
         balance_date,
         invoice_count::bigint as invoice_count,
+        changed_invoice_count::bigint as changed_invoice_count,
         invoiced_amount_usd,
         paid_amount_usd,
         balance_change_usd,
+        status_change_usd,
         balance_usd,
         previous_balance_usd,
         -- relative to the size of the previous balance, whatever its sign; undefined from zero

@@ -1,3 +1,6 @@
+-- The current state's bookkeeping: which version of each invoice is current, and since when.
+-- The invoice's values are those of that version in stg_payments__invoice_versions.
+
 with
 
 source as (
@@ -9,32 +12,10 @@ source as (
 renamed as (
 
     select
-
-        ----------  ids
         invoice_id,
-        {{ empty_hash_to_null('parent_invoice_id') }} as parent_invoice_id,
-        {{ empty_hash_to_null('transaction_id') }} as transaction_id,
-        organization_id,
-        type as invoice_type,
-
-        ---------- text
-        status,
-        currency,
-        payment_currency,
-        payment_method,
-
-        ---------- numerics
-        amount,
-        payment_amount,
-        fx_rate,
-        fx_rate_payment,
-        -- fx rates are units of currency per 1 usd; payment_amount is in the invoice's currency
-        amount / fx_rate as amount_usd,
-        payment_amount / fx_rate as payment_amount_usd,
-
-        ---------- timestamps
-        created_at,
-        (created_at at time zone 'utc')::date as created_date
+        version as current_version,
+        first_seen_on,
+        seen_on as current_version_seen_on
 
     from source
 

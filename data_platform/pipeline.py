@@ -1,0 +1,343 @@
+"""The pipeline's steps, in one place for every runner (init.sh, the container, the tests).
+
+    wait for the database -> load the pending exports -> dbt seed -> plan the build (refresh.py)
+    -> dbt build (models + tests) -> record the build -> dbt docs generate -> one alert run
+
+`python -m data_platform.pipeline` runs them in order and stops at the first failure with its exit code;
+init.sh execs it. Settings come from the environment (see `Settings`), connections from the libpq
+variables (the transformer role).
+
+One run at a time: the run holds a Postgres advisory lock for its whole length, so a second run waits
+(PIPELINE_LOCK_TIMEOUT seconds) and then stops with a clear message instead of dropping tables under a
+running build. Each step runs as a child process in its own process group; SIGTERM or SIGINT to the
+pipeline is passed on to the running step as SIGINT (dbt then cancels its queries, the loader rolls back),
+waited for, and the run ends with 128 + the signal number. The build is recorded in the warehouse only
+after `dbt build` succeeded, so an interrupted run is rebuilt in full by the next one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+
+from data_platform import refresh
+from data_platform.db import DatabaseUnavailable, connect, describe_target, wait_until_ready
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DBT_ARGS = ("--project-dir", str(PROJECT_ROOT / "dbt"), "--profiles-dir", str(PROJECT_ROOT / ".dbt"))
+LOCK_KEY = "data_platform.pipeline"
+# How long a step may take to stop after the pipeline was asked to stop, before it is killed.
+STOP_GRACE_SECONDS = 60
+FAILED_ROWS_SHOWN = 5
+EXIT_CONFIG = 2
+EXIT_ALERTS_UNDELIVERED = 1
+
+
+class PipelineError(Exception):
+    """A step failed or the run could not start; `exit_code` is what the pipeline exits with."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class Stopped(Exception):
+    """SIGTERM or SIGINT arrived."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+BOOLEAN_WORDS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False}
+BOOLEAN_WORDS |= {"no": False, "off": False, "": False}
+
+
+def _boolean(environ: dict[str, str], name: str, default: bool) -> bool:
+    raw = environ.get(name)
+    if raw is None:
+        return default
+    try:
+        return BOOLEAN_WORDS[raw.strip().lower()]
+    except KeyError:
+        raise PipelineError(f"{name} must be true or false, got {raw!r}", EXIT_CONFIG) from None
+
+
+def _number(environ: dict[str, str], name: str, default: float) -> float:
+    raw = environ.get(name, "")
+    if not raw.strip():
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if value < 0:
+        raise PipelineError(f"{name} must be a number of seconds >= 0, got {raw!r}", EXIT_CONFIG)
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The pipeline's switches (environment variables), with their defaults."""
+
+    csv_dir: str = "csv_data"
+    db_wait_seconds: float = 60
+    lock_timeout_seconds: float = 600
+    full_refresh: bool = False
+    run_alerts: bool = True
+    alerter_user: str = "alerter"
+    alerter_password: str = "alerter"
+    serve_docs: bool = False
+    docs_host: str = "0.0.0.0"
+    docs_port: str = "8080"
+
+    @classmethod
+    def from_environment(cls, environ: dict[str, str] | None = None) -> Settings:
+        env = dict(os.environ if environ is None else environ)
+        return cls(
+            csv_dir=env.get("CSV_DIR") or cls.csv_dir,
+            db_wait_seconds=_number(env, "DB_WAIT_SECONDS", cls.db_wait_seconds),
+            lock_timeout_seconds=_number(env, "PIPELINE_LOCK_TIMEOUT", cls.lock_timeout_seconds),
+            full_refresh=_boolean(env, "FULL_REFRESH", cls.full_refresh),
+            run_alerts=_boolean(env, "RUN_ALERTS", cls.run_alerts),
+            alerter_user=env.get("ALERTER_USER") or cls.alerter_user,
+            alerter_password=env.get("ALERTER_PASSWORD") or cls.alerter_password,
+            serve_docs=_boolean(env, "SERVE_DOCS", cls.serve_docs),
+            docs_host=env.get("DOCS_HOST") or cls.docs_host,
+            docs_port=env.get("DOCS_PORT") or cls.docs_port,
+        )
+
+
+def step(title: str) -> None:
+    print(f"\n==> {title}", flush=True)
+
+
+def _raise_stopped(signum: int, _frame) -> None:
+    raise Stopped(signum)
+
+
+def run_child(argv: Sequence[str], env: dict[str, str] | None = None) -> int:
+    """Run one step and return its exit code; a stop request is passed on to it as SIGINT."""
+    child = subprocess.Popen(list(argv), cwd=PROJECT_ROOT, env=env, start_new_session=True)
+    try:
+        return child.wait()
+    except Stopped:
+        child.send_signal(signal.SIGINT)
+        try:
+            child.wait(timeout=STOP_GRACE_SECONDS)
+        except (subprocess.TimeoutExpired, Stopped):
+            child.kill()
+            child.wait()
+        raise
+
+
+def _dbt() -> str:
+    dbt = shutil.which("dbt")
+    if dbt is None:
+        raise PipelineError("the dbt command is not on PATH (run scripts/bootstrap.sh)", EXIT_CONFIG)
+    return dbt
+
+
+def dbt(*args: str, env: dict[str, str] | None = None) -> int:
+    return run_child([_dbt(), *args, *DBT_ARGS], env=env)
+
+
+class PipelineLock:
+    """A session advisory lock held for the run; a second run waits up to `timeout` seconds."""
+
+    def __init__(self, timeout: float):
+        self.timeout = timeout
+        self.conn: psycopg.Connection | None = None
+
+    def __enter__(self) -> PipelineLock:
+        self.conn = connect(autocommit=True, application_name="data_platform pipeline lock")
+        deadline = time.monotonic() + self.timeout
+        said = False
+        while not self.conn.execute("select pg_try_advisory_lock(hashtext(%s))", (LOCK_KEY,)).fetchone()[0]:
+            if time.monotonic() >= deadline:
+                self.conn.close()
+                raise PipelineError(
+                    f"another pipeline run holds the lock on {describe_target()} "
+                    f"(waited {self.timeout:g}s; PIPELINE_LOCK_TIMEOUT sets how long). "
+                    "Let it finish, then run again.",
+                    EXIT_CONFIG,
+                )
+            if not said:
+                print(f"another pipeline run is in progress: waiting up to {self.timeout:g}s", flush=True)
+                said = True
+            time.sleep(1)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self.conn is not None:
+            self.conn.close()  # ends the session, which releases the lock
+
+
+def show_failed_tests(target_dir: Path, limit: int = FAILED_ROWS_SHOWN) -> None:
+    """Print, for each failed dbt test, the first rows it stored in the audit schema."""
+    try:
+        results = json.loads((target_dir / "run_results.json").read_text())["results"]
+    except (OSError, ValueError, KeyError):
+        return
+    failed = [
+        result
+        for result in results
+        if result.get("unique_id", "").startswith("test.") and result.get("status") in ("fail", "error")
+    ]
+    if not failed:
+        return
+    with connect() as conn:
+        for result in failed:
+            relation = result.get("relation_name")
+            name = result["unique_id"].split(".")[2]
+            print(f"\nfailed test {name}: {result.get('message') or result.get('status')}")
+            if not relation:
+                continue
+            try:
+                cursor = conn.execute(f"select * from {relation} limit {int(limit)}")
+            except psycopg.Error as error:
+                conn.rollback()
+                print(f"  (its failing rows could not be read: {str(error).strip()})")
+                continue
+            columns = [column.name for column in cursor.description]
+            print(f"  first failing rows (all of them: select * from {relation}):")
+            for row in cursor.fetchall():
+                print(
+                    "  "
+                    + ", ".join(f"{column}={value!r}" for column, value in zip(columns, row, strict=True))
+                )
+
+
+def _target_dir() -> Path:
+    return Path(os.environ.get("DBT_TARGET_PATH") or PROJECT_ROOT / "dbt" / "target")
+
+
+def wait_for_database(settings: Settings) -> None:
+    step(f"waiting for the database (up to {settings.db_wait_seconds:g}s)")
+    wait_until_ready(settings.db_wait_seconds)
+    print(f"database {describe_target()} is ready")
+
+
+def load_exports(settings: Settings) -> None:
+    step(f"loading the exports in {settings.csv_dir}")
+    code = run_child([sys.executable, "-m", "data_platform.loader", "--csv-dir", settings.csv_dir])
+    if code:
+        raise PipelineError("the load failed; the warehouse is unchanged (see the error above)", code)
+
+
+def seed() -> None:
+    step("dbt seed: balance rules")
+    code = dbt("seed")
+    if code:
+        raise PipelineError("dbt seed failed", code)
+
+
+def plan(settings: Settings) -> refresh.BuildPlan:
+    with connect() as conn:
+        return refresh.plan_build(conn, force_full=settings.full_refresh)
+
+
+def build(build_plan: refresh.BuildPlan) -> None:
+    if build_plan.full_refresh:
+        step(f"dbt build: models and tests, rebuilt from scratch ({build_plan.reason})")
+    else:
+        step(f"dbt build: models and tests, days from {build_plan.window_start} ({build_plan.reason})")
+    code = dbt("build", *build_plan.dbt_args(), env=build_plan.dbt_environment())
+    if code:
+        show_failed_tests(_target_dir())
+        raise PipelineError("dbt build failed; the next run rebuilds from scratch", code)
+    with connect() as conn:
+        refresh.record_build(conn, build_plan.current)
+
+
+def generate_docs(build_plan: refresh.BuildPlan) -> None:
+    step("dbt docs generate")
+    # the build's environment, so dbt reuses the build's parse instead of parsing again
+    code = dbt("docs", "generate", env=build_plan.dbt_environment())
+    if code:
+        raise PipelineError("dbt docs generate failed", code)
+
+
+def run_alerts(settings: Settings) -> None:
+    step("alerts")
+    env = {**os.environ, "PGUSER": settings.alerter_user, "PGPASSWORD": settings.alerter_password}
+    code = run_child([sys.executable, str(PROJECT_ROOT / "alert_script.py")], env=env)
+    if code == EXIT_ALERTS_UNDELIVERED:
+        # undelivered alerts are kept and retried by the next alert run; the warehouse is fine
+        print(
+            "pipeline: some alerts could not be delivered; the next alert run retries them.", file=sys.stderr
+        )
+    elif code:
+        raise PipelineError(f"the alert run failed (exit {code})", code)
+
+
+def run(settings: Settings) -> None:
+    """Every step, in order, under the pipeline lock."""
+    wait_for_database(settings)
+    with PipelineLock(settings.lock_timeout_seconds):
+        load_exports(settings)
+        seed()
+        build_plan = plan(settings)
+        build(build_plan)
+        generate_docs(build_plan)
+        if settings.run_alerts:
+            run_alerts(settings)
+    step("pipeline finished")
+
+
+def serve_docs(settings: Settings) -> None:
+    """Replace this process with the docs server (it then receives the container's signals)."""
+    step(f"serving the dbt docs on http://{settings.docs_host}:{settings.docs_port}")
+    sys.stdout.flush()
+    dbt_path = _dbt()
+    os.execv(
+        dbt_path,
+        [
+            dbt_path,
+            "docs",
+            "serve",
+            *DBT_ARGS,
+            "--host",
+            settings.docs_host,
+            "--port",
+            settings.docs_port,
+            "--no-browser",
+        ],
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    if argv:
+        print(f"usage: python -m data_platform.pipeline (settings come from the environment)\n{__doc__}")
+        return EXIT_CONFIG
+    signal.signal(signal.SIGTERM, _raise_stopped)
+    signal.signal(signal.SIGINT, _raise_stopped)
+    try:
+        settings = Settings.from_environment()
+        run(settings)
+    except PipelineError as error:
+        print(f"pipeline: {error}", file=sys.stderr)
+        return error.exit_code
+    except DatabaseUnavailable as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    except Stopped as stop:
+        print(f"pipeline: stopped by {stop}; the warehouse keeps its last committed state.", file=sys.stderr)
+        return 128 + stop.signum
+    if settings.serve_docs:
+        serve_docs(settings)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

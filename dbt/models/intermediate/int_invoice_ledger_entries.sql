@@ -1,0 +1,80 @@
+-- The ledger: what each invoice version adds to its organization's balance, and on which day.
+-- A version books its own contribution (entry_kind 'booking'); a version after the first also takes back
+-- the previous version's contribution on the same day (entry_kind 'reversal'), so an old invoice paid
+-- today moves today's balance and leaves the days already reported untouched.
+-- A first version books on its created day, unless an earlier export had already closed that day (the
+-- invoice arrived late): then it books on the day of the export that first saw it.
+
+with
+
+versions as (
+
+    select * from {{ ref('int_invoice_versions_enriched') }}
+
+),
+
+exports as (
+
+    select * from {{ ref('stg_payments__exports') }}
+
+),
+
+bookings as (
+
+    select
+        versions.invoice_id,
+        versions.version,
+        'booking' as entry_kind,
+        versions.organization_id,
+        versions.status,
+        versions.seen_on,
+        case
+            when
+                versions.version = 1
+                and (exports.previous_export_date is null or versions.created_date > exports.previous_export_date)
+                then versions.created_date
+            else versions.seen_on
+        end as booking_date,
+        1 as invoice_count,
+        versions.invoiced_amount_usd,
+        versions.paid_amount_usd,
+        versions.balance_contribution_usd as balance_change_usd
+
+    from versions
+    left join exports
+        on versions.seen_on = exports.export_date
+
+),
+
+reversals as (
+
+    select
+        newer.invoice_id,
+        newer.version,
+        'reversal' as entry_kind,
+        older.organization_id,
+        older.status,
+        newer.seen_on,
+        newer.seen_on as booking_date,
+        -1 as invoice_count,
+        -older.invoiced_amount_usd as invoiced_amount_usd,
+        -older.paid_amount_usd as paid_amount_usd,
+        -older.balance_contribution_usd as balance_change_usd
+
+    from versions as newer
+    inner join versions as older
+        on
+            newer.invoice_id = older.invoice_id
+            and newer.version = older.version + 1
+
+),
+
+final as (
+
+    select * from bookings
+    union all
+    select * from reversals
+
+)
+
+select * from final

@@ -1,0 +1,45 @@
+with
+
+source as (
+
+    select * from {{ source('payments', 'invoice_versions') }}
+
+),
+
+renamed as (
+
+    select
+
+        ----------  ids
+        invoice_id,
+        version,
+        {{ empty_hash_to_null('parent_invoice_id') }} as parent_invoice_id,
+        {{ empty_hash_to_null('transaction_id') }} as transaction_id,
+        organization_id,
+        type as invoice_type,
+
+        ---------- text
+        status,
+        currency,
+        payment_currency,
+        payment_method,
+
+        ---------- numerics
+        amount,
+        payment_amount,
+        fx_rate,
+        fx_rate_payment,
+        -- fx rates are units of currency per 1 usd; payment_amount is in the invoice's currency
+        amount / fx_rate as amount_usd,
+        payment_amount / fx_rate as payment_amount_usd,
+
+        ---------- dates
+        created_at,
+        (created_at at time zone 'utc')::date as created_date,
+        seen_on
+
+    from source
+
+)
+
+select * from renamed

@@ -1,0 +1,237 @@
+"""The ledger, end to end through init.sh: exports that arrive over time, changes to older invoices booked
+on the day their export saw them, incremental builds that equal a full rebuild, and rebuild decisions that
+survive an interrupted run.
+
+The base export is test_pipeline's hand-computed fixture plus two early invoices (single-file layout, export
+date 2023-01-06); the next exports are dated folders holding only new and changed rows. Every expected
+number below is computed by hand in the comments.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from decimal import Decimal
+from pathlib import Path
+
+import psutil
+import pytest
+from conftest import pipeline_env, run_pipeline
+from test_pipeline import (
+    HEADER,
+    INVOICE_ROWS,
+    SENTINEL,
+    assert_succeeded,
+    fact_rows,
+    project_with_zero_rule,
+    write_fixture,
+)
+
+pytestmark = pytest.mark.slow
+
+D = Decimal
+EARLY_ROWS = [
+    f"11,{SENTINEL},{SENTINEL},1,-7,open,USD,,,40.00,,1.00000000,,2022-11-01T10:00:00.000Z",
+    f"21,{SENTINEL},{SENTINEL},2,-7,open,USD,,,60.00,,1.00000000,,2022-11-02T10:00:00.000Z",
+]
+BASE_ROWS = [*EARLY_ROWS, *INVOICE_ROWS]
+# Export 2023-01-07 (only new and changed rows):
+#   org 1: 105 pending 165 -> paid in full (-165); 101 open 100 -> cancelled (-100); 401 new credit (-75);
+#          404 created 01-03 but first seen now, after 01-03 was exported: booked on 01-07 (+12.50)
+#          balance 315 -> -12.50, change -327.50, ratio -327.5 / 315, 2 changed invoices (-265)
+#   org 2: 402 new, 90 EUR at 0.9 per USD (+100): 30 -> 130, ratio +3.333...
+#   org 3: 403 new (+5), from zero
+DAY_2 = "2023-01-07"
+DAY_2_ROWS = [
+    "105,{s},{s},1,-7,paid,USD,USD,card,165.00,165,1.00000000,1.00000000,2023-01-05T00:00:00.000Z",
+    "101,{s},{s},1,-7,cancelled,USD,,,100.00,,1.00000000,,2023-01-01T08:00:00.000Z",
+    "401,{s},{s},1,-7,credited,USD,,,75.00,,1.00000000,,2023-01-07T09:00:00.000Z",
+    "404,{s},{s},1,-7,open,USD,,,12.50,,1.00000000,,2023-01-03T15:00:00.000Z",
+    "402,{s},{s},2,-7,open,EUR,,,90.00,,0.90000000,,2023-01-07T10:00:00.000Z",
+    "403,{s},{s},3,-7,pending,USD,,,5.00,,1.00000000,,2023-01-07T11:00:00.000Z",
+]
+# Export 2023-01-08:
+#   org 2: 402 paid (-100); 206 (open 30) moves to organization 3 (-30): 130 -> 0
+#   org 3: 206 arrives (+30): 5 -> 35; 202 repeated unchanged (no version, no entry)
+DAY_3 = "2023-01-08"
+DAY_3_ROWS = [
+    "402,{s},{s},2,-7,paid,EUR,EUR,card,90.00,90,0.90000000,0.90000000,2023-01-07T10:00:00.000Z",
+    "206,{s},{s},3,-7,open,USD,,,30.00,,1.00000000,,2023-01-06T02:00:00.000Z",
+    "202,{s},{s},2,-7,refunded,USD,,,10.00,,1.00000000,,2023-01-04T12:00:00.000Z",
+]
+TABLES = {
+    "marts.fct_organization_daily_financials": "organization_id, balance_date",
+    "marts.dim_invoices": "invoice_id",
+    "marts.dim_organizations": "organization_id",
+    "intermediate.int_organization_daily_status_totals": "organization_id, balance_date, status",
+}
+
+
+def write_export(csv_dir: Path, day: str, rows: list[str]) -> Path:
+    """A dated export folder with only an invoices.csv (organizations.csv is optional in exports)."""
+    folder = csv_dir / "exports" / day
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "invoices.csv").write_text("\n".join([HEADER, *(r.format(s=SENTINEL) for r in rows)]) + "\n")
+    return csv_dir
+
+
+def snapshot(database) -> dict[str, list[tuple]]:
+    return {table: database.query(f"select * from {table} order by {key}") for table, key in TABLES.items()}
+
+
+def fact_row(database, organization_id: int, day: str) -> tuple:
+    [row] = database.query(
+        """
+        select invoice_count, changed_invoice_count, balance_change_usd, status_change_usd,
+               previous_balance_usd, balance_usd, round(balance_change_ratio, 9)
+        from marts.fct_organization_daily_financials where organization_id = %s and balance_date = %s
+        """,
+        (organization_id, day),
+    )
+    return row
+
+
+@pytest.fixture(scope="module")
+def ledger(make_database, tmp_path_factory):
+    """Three exports built one run at a time, then the same exports rebuilt from scratch."""
+    csv_dir = write_fixture(tmp_path_factory.mktemp("exports"), BASE_ROWS)
+    database = make_database()
+    runs = {"base": run_pipeline(database, csv_dir)}
+    before = fact_rows(database)
+    xmin_before = database.query("select xmin::text from marts.fct_organization_daily_financials order by 1")
+
+    runs["day2"] = run_pipeline(database, write_export(csv_dir, DAY_2, DAY_2_ROWS))
+    after_day2 = fact_rows(database)
+    xmin_after = database.query(
+        "select xmin::text from marts.fct_organization_daily_financials where balance_date <= '2023-01-06' "
+        "order by 1"
+    )
+    runs["day3"] = run_pipeline(database, write_export(csv_dir, DAY_3, DAY_3_ROWS), RUN_ALERTS="false")
+    incremental = snapshot(database)
+    runs["again"] = run_pipeline(database, csv_dir, RUN_ALERTS="false")
+    again = snapshot(database)
+    runs["full"] = run_pipeline(database, csv_dir, FULL_REFRESH="true", RUN_ALERTS="false")
+    for result in runs.values():
+        assert_succeeded(result)
+    return {
+        "database": database,
+        "runs": runs,
+        "before": before,
+        "after_day2": after_day2,
+        "xmin": (xmin_before, xmin_after),
+        "incremental": incremental,
+        "again": again,
+        "full": snapshot(database),
+    }
+
+
+def test_a_payment_of_an_old_invoice_moves_the_balance_on_the_export_day(ledger):
+    database = ledger["database"]
+    # invoice_count (new), changed, change, status_change, previous, balance, ratio
+    assert fact_row(database, 1, DAY_2) == (
+        2,
+        2,
+        D("-327.50"),
+        D("-265.00"),
+        D(315),
+        D("-12.50"),
+        D("-1.039682540"),
+    )
+    assert fact_row(database, 2, DAY_2) == (1, 0, D(100), D(0), D(30), D(130), D("3.333333333"))
+    assert fact_row(database, 3, DAY_2) == (1, 0, D(5), D(0), D(0), D(5), None)
+
+
+def test_days_before_the_export_are_untouched(ledger):
+    before = [row for row in ledger["before"] if str(row[1]) <= "2023-01-06"]
+    after = [row for row in ledger["after_day2"] if str(row[1]) <= "2023-01-06"]
+    assert after == before
+    xmin_before, xmin_after = ledger["xmin"]
+    assert xmin_after == xmin_before, "the incremental build rewrote days it had already reported"
+
+
+def test_an_invoice_moving_organization_leaves_one_and_joins_the_other(ledger):
+    database = ledger["database"]
+    assert fact_row(database, 2, DAY_3)[2:6] == (D(-130), D(-130), D(130), D(0))
+    assert fact_row(database, 3, DAY_3)[1:6] == (1, D(30), D(30), D(5), D(35))
+    current = database.query(
+        "select organization_id, version, status from marts.dim_invoices where invoice_id = 206"
+    )
+    assert current == [(3, 2, "open")]
+
+
+def test_the_alert_run_alerts_the_day_old_invoices_were_paid(ledger):
+    alerts = [
+        line for line in ledger["runs"]["day2"].stdout.splitlines() if line.startswith("[balance alert]")
+    ]
+    assert [line.split(":")[0] for line in alerts] == [
+        "[balance alert] 2023-01-07 organization 1",
+        "[balance alert] 2023-01-07 organization 2",
+    ]
+    assert "$315.00 -> -$12.50 (-103.97%)" in alerts[0]
+
+
+def test_incremental_builds_equal_a_full_rebuild(ledger):
+    for table in TABLES:
+        assert ledger["incremental"][table] == ledger["full"][table], f"{table} differs from a full rebuild"
+
+
+def test_the_same_exports_again_change_nothing(ledger):
+    assert ledger["again"] == ledger["incremental"]
+    assert "already loaded" in ledger["runs"]["again"].stdout
+
+
+def test_each_build_says_what_it_rebuilds(ledger):
+    runs = ledger["runs"]
+    assert "rebuilt from scratch (no successful build is recorded yet)" in runs["base"].stdout
+    assert f"days from {DAY_2} (exports after 2023-01-06)" in runs["day2"].stdout
+    assert "rebuilt from scratch (FULL_REFRESH is on)" in runs["full"].stdout
+
+
+def test_an_interrupted_rules_change_is_rebuilt_in_full_next_time(make_database, tmp_path):
+    csv_dir = write_fixture(tmp_path / "csv", BASE_ROWS)
+    database = make_database()
+    assert_succeeded(run_pipeline(database, csv_dir, RUN_ALERTS="false"))
+
+    # the rules change, and the run that would apply them is stopped during dbt build
+    project = project_with_zero_rule(tmp_path / "project", "open")
+    env = pipeline_env(database, csv_dir, RUN_ALERTS="false")
+    process = subprocess.Popen(
+        ["bash", str(project / "init.sh")],
+        cwd=project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    output = []
+    for line in process.stdout:
+        output.append(line)
+        if line.startswith("==> dbt build"):
+            break
+    time.sleep(1)  # dbt is parsing the project: its children exist now
+    steps = psutil.Process(process.pid).children(recursive=True)
+    assert steps, "no running step to forward the signal to"
+    process.send_signal(signal.SIGTERM)
+    output.append(process.stdout.read())
+    assert process.wait(timeout=120) == 128 + signal.SIGTERM, "".join(output)
+    assert "stopped by SIGTERM" in "".join(output)
+    time.sleep(0.5)
+    assert not [step for step in steps if step.is_running() and step.status() != psutil.STATUS_ZOMBIE], (
+        "a step outlived the pipeline"
+    )
+
+    # the next run notices the rules differ from the last successful build's and rebuilds everything
+    result = run_pipeline(database, csv_dir, project_root=project, RUN_ALERTS="false")
+    assert_succeeded(result)
+    assert "rebuilt from scratch (the balance rules changed since the last successful build)" in result.stdout
+    rebuilt = fact_rows(database)
+    assert_succeeded(
+        run_pipeline(database, csv_dir, project_root=project, FULL_REFRESH="true", RUN_ALERTS="false")
+    )
+    assert rebuilt == fact_rows(database)
+    # the 2022-11-01 open invoice (40) no longer counts, although nothing else changed that day
+    assert database.query(
+        "select balance_usd from marts.fct_organization_daily_financials "
+        "where organization_id = 1 and balance_date = '2022-11-01'"
+    ) == [(D(0),)]
