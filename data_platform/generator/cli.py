@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from datetime import date, timedelta
 from pathlib import Path
 
+from data_platform.generator.exports import write_exports
 from data_platform.generator.invoices import append_day, generate
 from data_platform.generator.values import DEFAULT_DAYS, DEFAULT_END_DATE
 
@@ -38,12 +40,58 @@ def _parser() -> argparse.ArgumentParser:
         help="instead: append --invoices rows dated K days (default 1) after --end-date to OUT/invoices.csv; "
         "give the other options as for the original run",
     )
+    exports = parser.add_argument_group(
+        "dated exports",
+        "--next-days N reads OUT/invoices.csv (the base export; give the options of the run that "
+        "wrote it) and writes EXPORTS_DIR/<YYYY-MM-DD>/invoices.csv for the N days after --end-date: "
+        "each day's new invoices plus status changes of older invoices (open -> paid, cancelled, "
+        "credited, ...): only new and changed rows. With the scenario, the first day also pays and "
+        "cancels invoices of scenario organizations.",
+    )
+    exports.add_argument("--next-days", type=int, metavar="N", help="instead: write N dated exports")
+    exports.add_argument(
+        "--new-invoices", type=int, metavar="K", help="new invoices per export (default --invoices / --days)"
+    )
+    exports.add_argument(
+        "--changed-invoices",
+        type=int,
+        metavar="M",
+        help="older invoices whose status changes, per export (default twice --new-invoices)",
+    )
+    exports.add_argument("--exports-dir", type=Path, help="where the dated folders go (default OUT/exports)")
     return parser
 
 
+def _write_exports(args: argparse.Namespace) -> str:
+    new = args.new_invoices if args.new_invoices is not None else round(args.invoices / max(1, args.days))
+    started = time.perf_counter()
+    written = write_exports(
+        args.out,
+        args.exports_dir or args.out / "exports",
+        next_days=args.next_days,
+        new_invoices=new,
+        changed_invoices=args.changed_invoices if args.changed_invoices is not None else 2 * new,
+        organizations=args.organizations,
+        seed=args.seed,
+        end_date=args.end_date,
+        days=args.days,
+        scenario=args.scenario,
+    )
+    lines = [f"wrote {e.path}: {e.new:,} new and {e.changed:,} changed invoices" for e in written]
+    return "\n".join(lines) + f"\nin {time.perf_counter() - started:.1f}s"
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.next_days is not None and args.append_day is not None:
+        parser.error("give --next-days or --append-day, not both")
+    if args.next_days is None and (args.new_invoices, args.changed_invoices, args.exports_dir) != (None,) * 3:
+        parser.error("--new-invoices, --changed-invoices and --exports-dir go with --next-days")
     try:
+        if args.next_days is not None:
+            print(_write_exports(args), file=sys.stderr)
+            return 0
         if args.append_day is not None:
             stats = append_day(
                 args.out,

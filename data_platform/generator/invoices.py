@@ -362,6 +362,29 @@ def generate(
     return GenerationStats(invoices, org_count, time.perf_counter() - started)
 
 
+def later_day_chunks(
+    seed: int, organizations: list[Organization], invoices: int, end_date: date, days: int, day_offset: int
+) -> Iterator[str]:
+    """`invoices` random invoice lines dated end_date + day_offset, as chunks of at most BATCH_ROWS lines.
+
+    Ids are numbered from day_offset << 40, so they never collide with the base file's (numbered
+    0 .. N-1) nor with another later day's. The same day always gets the same rows, whether appended
+    (--append-day) or written as a dated export (--next-days).
+    """
+    if not 1 <= day_offset < 1 << 20:
+        raise ValueError("day_offset must be between 1 and 2**20 - 1")
+    day = days - 1 + day_offset
+    rates = next(r for index, r in enumerate(fx_rates(seed, day + 1)) if index == day)
+    rows = InvoiceRows(seed, organizations)
+    rng = random.Random(f"append:{seed}:{day_offset}")
+    day_prefix = f"{(end_date + timedelta(days=day_offset)).isoformat()}T"
+    fx = rows.day_fx(rates)
+    counter = day_offset << APPEND_DAY_SHIFT
+    for start in range(0, invoices, BATCH_ROWS):
+        size = min(BATCH_ROWS, invoices - start)
+        yield "\n".join(rows.batch(rng, counter + start, size, day, day_prefix, fx)) + "\n"
+
+
 def append_day(
     out_dir: Path,
     *,
@@ -375,8 +398,7 @@ def append_day(
     """Append `invoices` random rows dated end_date + day_offset to out_dir/invoices.csv.
 
     Pass the arguments the file was generated with, so the rows reference the same organizations
-    and continue the FX history. Ids are numbered from day_offset << 40, so they never collide with
-    the main file's (numbered 0 .. N-1) nor with another appended day's; appending the same day_offset
+    and continue the FX history (see later_day_chunks for the ids); appending the same day_offset
     twice repeats its rows, ids included. organizations.csv is untouched.
     """
     if not 1 <= day_offset < 1 << 20:
@@ -389,17 +411,12 @@ def append_day(
         existing.seek(-1, 2)
         needs_newline = existing.read(1) != b"\n"  # real files may end without one
     started = time.perf_counter()
-    day = days - 1 + day_offset
-    rates = next(r for index, r in enumerate(fx_rates(seed, day + 1)) if index == day)
-    rows = InvoiceRows(seed, build_organizations(seed, organizations, days))
-    rng = random.Random(f"append:{seed}:{day_offset}")
-    day_prefix = f"{(end_date + timedelta(days=day_offset)).isoformat()}T"
-    fx = rows.day_fx(rates)
-    counter = day_offset << APPEND_DAY_SHIFT
+    chunks = later_day_chunks(
+        seed, build_organizations(seed, organizations, days), invoices, end_date, days, day_offset
+    )
     with open(path, "a", encoding="utf-8", newline="", buffering=1 << 20) as out:
         if needs_newline:
             out.write("\n")
-        for start in range(0, invoices, BATCH_ROWS):
-            size = min(BATCH_ROWS, invoices - start)
-            out.write("\n".join(rows.batch(rng, counter + start, size, day, day_prefix, fx)) + "\n")
+        for chunk in chunks:
+            out.write(chunk)
     return GenerationStats(invoices, 0, time.perf_counter() - started)

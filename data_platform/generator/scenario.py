@@ -126,6 +126,51 @@ SCENARIO: tuple[ScenarioOrganization, ...] = (
 SCENARIO_ROWS = sum(len(org.invoices) for org in SCENARIO)
 
 
+@dataclass(frozen=True)
+class ScenarioChange:
+    """A new status for one SCENARIO invoice, in the first dated export after the base files."""
+
+    organization: str  # a SCENARIO organization's name
+    invoice: ScenarioInvoice  # which of its invoices, as SCENARIO writes it
+    new_status: str
+    with_payment_amount: bool  # PAYMENT_AMOUNT = AMOUNT in the new version (else empty)
+    expectation: str  # what the export day shows (default rules, ledger semantics)
+
+
+def _change(
+    organization: str, days: int, status: str, amount: str, new_status: str, paid: bool, expectation: str
+) -> ScenarioChange:
+    by_name = {org.name: org for org in SCENARIO}
+    (invoice,) = [
+        i
+        for i in by_name[organization].invoices
+        if (i.days_before_end, i.status, i.amount) == (days, status, amount)
+    ]
+    return ScenarioChange(organization, invoice, new_status, paid, expectation)
+
+
+# Only older invoices change, and these organizations never get new invoices: whatever moves their
+# balance on the export day is a payment, a cancellation or a status without balance effect.
+NEXT_DAY_SCENARIO: tuple[ScenarioChange, ...] = (
+    _change(
+        "settled_today", 12, "open", "2000.00", "paid", True,
+        "2000 -> 0: its only open invoice paid, -100%, alert",
+    ),
+    _change(
+        "exactly_half", 15, "pending", "2000.00", "cancelled", False,
+        "3000 -> 1000: an older invoice cancelled, -66.67%, alert",
+    ),
+    _change(
+        "small_rise", 0, "open", "1000.00", "paid", True,
+        "11000 -> 10000: yesterday's invoice paid, -9.09%, no alert",
+    ),
+    _change(
+        "just_below_half", 9, "open", "1000.00", "processing", False,
+        "1499.99 -> 1499.99: payment in flight without an amount yet, a change that moves nothing, no alert",
+    ),
+)  # fmt: skip
+
+
 def scenario_organization_ids(seed: int) -> dict[str, int]:
     """Organization id of each scenario organization for `seed` (stable across sizes)."""
     ids = IdMaker(seed)
