@@ -268,6 +268,12 @@ def test_export_options_are_checked(tmp_path: Path, capsys) -> None:
     assert "go with --next-days" in capsys.readouterr().err
     assert main(["--out", str(tmp_path), "--next-days", "1"]) == 2
     assert "invoices.csv not found" in capsys.readouterr().err
+    (tmp_path / "invoices.csv").write_text("INVOICE_ID,STATUS\n")
+    assert main(["--out", str(tmp_path), "--next-days", "1", "--no-scenario"]) == 2
+    assert "line 1: expected the invoices.csv header" in capsys.readouterr().err
+    (tmp_path / "invoices.csv").write_text(f"{INVOICES_HEADER}\n1,2,3\n")
+    assert main(["--out", str(tmp_path), "--next-days", "1", "--no-scenario"]) == 2
+    assert "invoice row 1 has fewer than 14 fields: b'1,2,3'" in capsys.readouterr().err
 
 
 def _export_peak_bytes(base_dir: Path, exports_dir: Path) -> int:

@@ -156,8 +156,8 @@ def _current_lines(base: Path, later: dict[bytes, bytes]) -> Iterator[bytes]:
     yield from later.values()
 
 
-def _write_atomically(path: Path, changed: list[str], new_chunks: Iterator[str]) -> list[str]:
-    """Write the export; a reader never sees a half-written invoices.csv. Returns the new lines."""
+def _write_atomically(path: Path, changed: list[str], new_chunks: Iterator[str], keep: bool) -> list[str]:
+    """Write the export; a reader never sees a half-written invoices.csv. Returns the new lines if `keep`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")
     new_lines: list[str] = []
@@ -166,7 +166,8 @@ def _write_atomically(path: Path, changed: list[str], new_chunks: Iterator[str])
         out.writelines(line + "\n" for line in changed)
         for chunk in new_chunks:
             out.write(chunk)
-            new_lines.extend(chunk.splitlines())
+            if keep:
+                new_lines.extend(chunk.splitlines())
     os.replace(partial, path)
     return new_lines
 
@@ -230,8 +231,9 @@ def write_exports(
             changed.append(_changed_line(fields, new_status, with_payment, rates, rng, transaction))
         new_chunks = later_day_chunks(seed, orgs, new_invoices, end_date, days, offset)
         path = exports_dir / day.isoformat() / "invoices.csv"
-        new_lines = _write_atomically(path, changed, new_chunks)
-        if offset < next_days:  # the next day must see these versions
+        more_days = offset < next_days
+        new_lines = _write_atomically(path, changed, new_chunks, keep=more_days)
+        if more_days:  # the next day must see these versions
             for line in (*changed, *new_lines):
                 later[line[: line.index(",")].encode()] = line.encode()
         results.append(ExportStats(day, path, new_invoices, len(changed)))
@@ -250,7 +252,10 @@ def _pick_changes(
     sampler = _ChangeSampler(size, _sample_key(seed, day))
     found: list[tuple[int, bytes, ScenarioChange]] = []
     for position, line in enumerate(lines):
-        invoice_id, _, _, organization, _, status, _ = line.split(b",", 6)
+        try:
+            invoice_id, _, _, organization, _, status, _ = line.split(b",", 6)
+        except ValueError:
+            raise ValueError(f"invoice row {position + 1} has fewer than 14 fields: {line[:200]!r}") from None
         if organization in scenario_orgs:
             if targets:
                 fields = line.decode().split(",")
@@ -259,7 +264,12 @@ def _pick_changes(
                     found.append((position, line, targets.pop(key)))
             continue  # their balances stay exactly as the scenario writes them
         if status in _CHANGING:
-            sampler.offer(position, invoice_id, line)
+            try:
+                sampler.offer(position, invoice_id, line)
+            except ValueError:
+                raise ValueError(
+                    f"invoice row {position + 1}: INVOICE_ID is not an integer: {line[:200]!r}"
+                ) from None
     picked = [(position, line, None) for position, line in sampler.entries()] + found
     return [
         (line.decode().split(","), change) for _, line, change in sorted(picked, key=lambda item: item[0])
