@@ -16,7 +16,8 @@ from data_platform.generator.values import DEFAULT_DAYS, DEFAULT_END_DATE
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="data-platform-generate",
-        description="Write deterministic demo invoices.csv and organizations.csv in the production format.",
+        description="Write deterministic demo invoices.csv, organizations.csv and dated exports in the "
+        "production format.",
     )
     parser.add_argument("--out", type=Path, required=True, help="output directory")
     parser.add_argument("--invoices", type=int, default=25_000, help="invoice rows (default 25000)")
@@ -29,7 +30,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--days", type=int, default=DEFAULT_DAYS, help="days of history ending at --end-date")
     parser.add_argument(
-        "--no-scenario", dest="scenario", action="store_false", help="skip the latest-day scenario"
+        "--no-scenario",
+        dest="scenario",
+        action="store_false",
+        help="skip the scenario: its organizations in the base files, its changes in the first export",
     )
     parser.add_argument(
         "--append-day",
@@ -56,7 +60,8 @@ def _parser() -> argparse.ArgumentParser:
         "--changed-invoices",
         type=int,
         metavar="M",
-        help="older invoices whose status changes, per export (default twice --new-invoices)",
+        help="random older invoices whose status changes, per export (default twice --new-invoices; "
+        "the scenario adds its own on the first day)",
     )
     exports.add_argument("--exports-dir", type=Path, help="where the dated folders go (default OUT/exports)")
     return parser
