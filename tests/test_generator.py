@@ -344,7 +344,7 @@ def _peak_bytes(invoices: int) -> int:
     tracemalloc.start()
     try:
         for chunk in invoice_chunks(invoices=invoices, organizations=50, seed=1, days=4, scenario=False):
-            assert chunk.count("\n") <= generator.BATCH_ROWS and chunk.endswith("\n")
+            assert chunk.count("\n") <= generator.invoices.BATCH_ROWS and chunk.endswith("\n")
         return tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -353,6 +353,6 @@ def _peak_bytes(invoices: int) -> int:
 def test_memory_stays_flat_as_rows_grow(monkeypatch) -> None:
     # 4 days of 1k vs 10k rows: with batches of 1k rows both hold one batch at a time (holding a whole
     # day would nearly triple the peak, holding everything would grow it tenfold)
-    monkeypatch.setattr(generator, "BATCH_ROWS", 1000)
+    monkeypatch.setattr(generator.invoices, "BATCH_ROWS", 1000)
     small_peak, large_peak = _peak_bytes(4_000), _peak_bytes(40_000)
     assert large_peak < 1.25 * small_peak, (small_peak, large_peak)

@@ -1,0 +1,5 @@
+import sys
+
+from data_platform.generator.cli import main
+
+sys.exit(main())
