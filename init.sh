@@ -22,6 +22,12 @@ if [ -x .venv/bin/python ]; then
     PATH="$PWD/.venv/bin:$PATH"
 fi
 
+# Docker secrets: PGPASSWORD_FILE, ALERTER_PASSWORD_FILE, SLACK_WEBHOOK_URL_FILE name files holding the
+# values (data_platform/secrets.py). Assign first: a failure inside "eval $(...)" would not stop the script.
+secret_exports="$(python -m data_platform.secrets shell-exports)"
+eval "$secret_exports"
+unset secret_exports
+
 CSV_DIR="${CSV_DIR:-csv_data}"
 DB_WAIT_SECONDS="${DB_WAIT_SECONDS:-60}"
 FULL_REFRESH="${FULL_REFRESH:-false}"
