@@ -83,8 +83,10 @@ def wait_until_ready(timeout_seconds: float, interval_seconds: float = 1.0) -> N
             # ask the server itself: the login may also have failed because it went away meanwhile
             status = ping(connect_timeout)
             if status in (pq.Ping.OK, pq.Ping.NO_ATTEMPT):
-                reason = "is up and refused this login" if status == pq.Ping.OK else "settings are invalid"
-                raise DatabaseRefused(f"{error}\nThe server {reason}: waiting cannot help.") from error
+                reason = "The server is up and refused this login"
+                if status == pq.Ping.NO_ATTEMPT:
+                    reason = "The connection settings are invalid"
+                raise DatabaseRefused(f"{error}\n{reason}: waiting cannot help.") from error
             if time.monotonic() >= deadline:
                 raise DatabaseUnavailable(
                     f"the database did not accept connections within {timeout_seconds:g}s.\n{error}"
