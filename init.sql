@@ -10,18 +10,20 @@
 -- Each role's password: TRANSFORMER_PASSWORD / ALERTER_PASSWORD, or the file named by
 -- TRANSFORMER_PASSWORD_FILE / ALERTER_PASSWORD_FILE (Docker secrets; one trailing newline removed).
 -- An empty variable counts as unset. A password given is (re)applied; without one, a new role gets the
--- demo default and an existing role keeps its password. psql runs `backticks` in a shell and, from
--- version 16, reports a failed one in SHELL_ERROR.
+-- demo default and an existing role keeps its password. psql (15+) runs `backticks` in a shell and
+-- removes one trailing newline from their output; a failing one would go unnoticed, hence the checks.
 \set transformer_password_given `[ -n "$TRANSFORMER_PASSWORD" ] && echo true || echo false`
 \set transformer_password_file_given `[ -n "$TRANSFORMER_PASSWORD_FILE" ] && echo true || echo false`
 \if :transformer_password_file_given
   \if :transformer_password_given
     do $$ begin raise exception 'TRANSFORMER_PASSWORD and TRANSFORMER_PASSWORD_FILE are both set: set only one'; end $$;
   \endif
-  \set transformer_password `cat -- "$TRANSFORMER_PASSWORD_FILE"`
-  \if :SHELL_ERROR
+  \set transformer_password_file_readable `cat -- "$TRANSFORMER_PASSWORD_FILE" > /dev/null && echo true || echo false`
+  \if :transformer_password_file_readable
+  \else
     do $$ begin raise exception 'TRANSFORMER_PASSWORD_FILE: cannot read the file (the reason is above)'; end $$;
   \endif
+  \set transformer_password `cat -- "$TRANSFORMER_PASSWORD_FILE"`
   \set transformer_password_given true
 \elif :transformer_password_given
   \getenv transformer_password TRANSFORMER_PASSWORD
@@ -35,10 +37,12 @@
   \if :alerter_password_given
     do $$ begin raise exception 'ALERTER_PASSWORD and ALERTER_PASSWORD_FILE are both set: set only one'; end $$;
   \endif
-  \set alerter_password `cat -- "$ALERTER_PASSWORD_FILE"`
-  \if :SHELL_ERROR
+  \set alerter_password_file_readable `cat -- "$ALERTER_PASSWORD_FILE" > /dev/null && echo true || echo false`
+  \if :alerter_password_file_readable
+  \else
     do $$ begin raise exception 'ALERTER_PASSWORD_FILE: cannot read the file (the reason is above)'; end $$;
   \endif
+  \set alerter_password `cat -- "$ALERTER_PASSWORD_FILE"`
   \set alerter_password_given true
 \elif :alerter_password_given
   \getenv alerter_password ALERTER_PASSWORD
