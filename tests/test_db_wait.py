@@ -1,4 +1,5 @@
-"""`python -m data_platform.db wait`: waits while the server is unreachable, fails at once when it refuses.
+"""`python -m data_platform.db wait` fails at once when the server is up and refuses the login
+(waiting while it is unreachable is tested through init.sh in test_init_sh.py).
 
 A wrong password, a missing role or a missing database cannot fix themselves: waiting the whole
 DB_WAIT_SECONDS for them only hides the error.
@@ -70,19 +71,3 @@ def test_a_missing_database_or_role_fails_at_once(admin_conninfo, setting, value
     assert server_says in result.stderr
     assert "refused this login: waiting cannot help" in result.stderr
     assert "did not accept connections within" not in result.stderr
-
-
-def test_an_unreachable_server_is_waited_for(tmp_path):
-    # a socket directory where no server listens: waited for until the timeout, then a clear message
-    env = env_with({"PGHOST": str(tmp_path), "PGUSER": "transformer", "PGDATABASE": "warehouse"})
-    result = subprocess.run(
-        [sys.executable, "-m", "data_platform.db", "wait", "--timeout", "2"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 2
-    assert "did not accept connections within 2s" in result.stderr
-    assert "No such file or directory" in result.stderr
-    assert "waiting cannot help" not in result.stderr

@@ -31,6 +31,7 @@ def test_gives_up_waiting_for_the_database_with_a_clear_message(tmp_path):
     assert result.returncode == 2
     assert "did not accept connections within 3s" in result.stderr
     assert f"transformer@{tmp_path}:5432/warehouse" in result.stderr
+    assert "waiting cannot help" not in result.stderr
     assert 3 <= elapsed < 60
     assert "loading raw CSVs" not in result.stdout
 
