@@ -186,8 +186,8 @@ def variables_read_by_the_pipeline() -> set[str]:
         text = path.read_text()
         # settings are read under these prefixes, directly or through small helpers
         names |= set(re.findall(r"[\"']((?:PG|ALERT_|SLACK_|DBT_)[A-Z_]+|CSV_DIR)[\"']", text))
-    # the shell's own variables, and what only the dev tools read
-    return names - {"BASH_SOURCE", "PWD", "PATH", "HOME", "USER"}
+    # the shell's own variables, and dbt's own output paths (the pipeline honours them, defaults are fine)
+    return names - {"BASH_SOURCE", "PWD", "PATH", "HOME", "USER", "DBT_TARGET_PATH", "DBT_LOG_PATH"}
 
 
 def test_every_variable_the_pipeline_reads_is_provided_by_compose(config):
@@ -216,7 +216,8 @@ def test_env_example_values_override_the_defaults(tmp_path):
 def test_secrets_and_build_output_stay_out_of_git_and_the_image():
     gitignore = (PROJECT_ROOT / ".gitignore").read_text().split()
     dockerignore = (PROJECT_ROOT / ".dockerignore").read_text().split()
-    for pattern in (".env", ".venv/", "dbt/target/", "dbt/logs/"):
+    # ".venv" without a slash also ignores a .venv that is a symlink (a worktree sharing a venv)
+    for pattern in (".env", ".venv", "dbt/target/", "dbt/logs/"):
         assert pattern in gitignore
     for pattern in (".env", ".venv", "dbt/target", "dbt/logs", ".git"):
         assert pattern in dockerignore
