@@ -357,9 +357,17 @@ def test_date_and_since(db, run_inline):
     assert "1 day processed (2024-03-02), 0 alerts sent" in repeat.stdout
     assert watermark(db) == DAY[4]  # never backwards
 
-    assert run_inline(db, "--date", "2024-03-32").returncode == 2  # argparse: not a date
+    state = (history(db), watermark(db))
+    not_a_date = run_inline(db, "--date", "2024-03-32")  # argparse
+    assert not_a_date.returncode == 2
+    assert not_a_date.stderr.endswith(
+        "alert_script.py: error: argument --date: expected a date as YYYY-MM-DD, got '2024-03-32'\n"
+    )
     conflicting = run_inline(db, "--date", "2024-03-02", "--since", "2024-03-01")
-    assert conflicting.returncode == 2 and "not allowed with" in conflicting.stderr
+    assert conflicting.returncode == 2
+    assert "argument --since: not allowed with argument --date" in conflicting.stderr
+    assert not_a_date.stdout == conflicting.stdout == ""
+    assert (history(db), watermark(db)) == state
 
 
 # --- delivery ------------------------------------------------------------------------------------
@@ -516,20 +524,18 @@ def test_unreachable_webhook_never_leaks_the_url(db):
 
 def test_invalid_webhook_url_is_a_config_error_without_echo(db):
     add_moves(db, (1, DAY[0], "100", "300"))
+    https_only = "it must start with https:// (plain http only to localhost)"
     for url, problem in (
-        (f"hooks.slack.com/services/{SECRET}", "it must start with https://"),
+        (f"hooks.slack.com/services/{SECRET}", https_only),
         # urllib raised on this one at send time: exit 1 and "retried next run", on every run
         (f"https://[hooks.slack.com/services/T0STUB/{SECRET}", "it does not parse as a URL"),
-        (f"http://hooks.slack.com/services/T0STUB/{SECRET}", "it must start with https://"),
+        (f"http://hooks.slack.com/services/T0STUB/{SECRET}", https_only),
     ):
         result = run_alerts(db, webhook=url)
         assert result.returncode == 2
         assert result.stderr == (
-            f"alert_script.py: error: SLACK_WEBHOOK_URL is set but is not a valid webhook URL: {problem} "
-            "(plain http only to localhost). Fix it, or unset it to print to stdout.\n"
-            if "https://" in problem
-            else f"alert_script.py: error: SLACK_WEBHOOK_URL is set but is not a valid webhook URL: {problem}. "
-            "Fix it, or unset it to print to stdout.\n"
+            "alert_script.py: error: SLACK_WEBHOOK_URL is set but is not a valid webhook URL: "
+            f"{problem}. Fix it, or unset it to print to stdout.\n"
         )
         assert result.stdout == ""
         assert_no_secret(result.stdout, result.stderr)
@@ -695,11 +701,18 @@ def test_bad_pgconnect_timeout_is_a_configuration_error(db):
     assert "Traceback" not in result.stderr
 
 
-def test_pgconnect_timeout_set_or_empty_connects(db, run_inline):
+def test_pgconnect_timeout_set_or_empty_connects(db, run_inline, monkeypatch):
     add_moves(db, (1, DAY[0], "100", "300"))
-    assert run_inline(db, PGCONNECT_TIMEOUT="3").returncode == 0
+    timeout_set = run_inline(db, PGCONNECT_TIMEOUT="3")
+    assert (timeout_set.returncode, timeout_set.stderr) == (0, "")
+    assert "1 day processed (2024-03-01), 1 alert sent" in timeout_set.stdout
+    add_moves(db, (2, DAY[1], "100", "300"))
     # empty counts as unset (psycopg would reject '' for connect_timeout): the default applies
-    assert run_inline(db, PGCONNECT_TIMEOUT="").returncode == 0
+    timeout_empty = run_inline(db, PGCONNECT_TIMEOUT="")
+    assert (timeout_empty.returncode, timeout_empty.stderr) == (0, "")
+    assert "1 day processed (2024-03-02), 1 alert sent" in timeout_empty.stdout
+    monkeypatch.delenv("PGCONNECT_TIMEOUT")  # the test's own connections, like psycopg, refuse ''
+    assert history(db) == {(1, DAY[0]): ("sent", 1), (2, DAY[1]): ("sent", 1)}
 
 
 def test_day_after_the_data_is_a_clear_error(db, run_inline):
@@ -719,7 +732,10 @@ def test_day_after_the_data_is_a_clear_error(db, run_inline):
             "Load and build newer data first, or pick an earlier day.\n"
         )
     assert ops_tables(db) == set()  # stopped before recording anything, not even the tables
-    assert run_inline(db, "--date", "2024-03-02").returncode == 0  # the latest day itself is fine
+    latest = run_inline(db, "--date", "2024-03-02")  # the latest day itself is fine
+    assert latest.returncode == 0, latest.stderr
+    assert "1 day processed (2024-03-02), 1 alert sent" in latest.stdout
+    assert history(db) == {(1, DAY[1]): ("sent", 1)}
 
 
 def test_not_a_number_in_the_fact_is_shown_not_a_crash(db, run_inline):

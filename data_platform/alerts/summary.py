@@ -64,7 +64,8 @@ class Summary:
         if self.unanswered:
             notes.append(
                 f"{_plural(self.unanswered, 'alert')} got no answer from Slack and may have arrived: "
-                f"sent again by a later run, at most {MAX_UNCONFIRMED_ATTEMPTS} times in all."
+                f"a later run sends it again, as long as it was sent fewer than {MAX_UNCONFIRMED_ATTEMPTS} "
+                "times."
             )
         if self.given_up:
             notes.append(
