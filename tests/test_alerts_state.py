@@ -91,6 +91,11 @@ def test_webhook_configured_later_starts_at_the_latest_day(db, slack):  # noqa: 
     assert organizations_in(slack.delivered) == [2, 3]
     assert history(db, "console") == {(1, DAY[0]): ("sent", 1), (2, DAY[1]): ("sent", 1)}
 
+    backfill = run_alerts(db, "--since", "2024-03-01", webhook=slack.url)  # the printed-only day
+    assert backfill.returncode == 0, backfill.stderr
+    assert "3 days processed (2024-03-01..2024-03-03), 1 alert sent" in backfill.stdout
+    assert organizations_in(slack.delivered) == [1, 2, 3]
+
 
 # --- ops tables of the older layout ------------------------------------------------------------------
 

@@ -133,7 +133,7 @@ def _locked_run(
     store.ensure_tables(ops)
     summary.watermark_before = store.read_watermark(ops, destination)
     waiting = store.undelivered_organizations(ops, destination)
-    # every marts read happens here, before anything is written to ops
+    # every marts read happens here, before anything is committed to ops
     view = _read_marts(reader, settings, summary, waiting, today)
     summary.new_alerts = store.record_alerts(ops, destination, view.alerts)
     new_watermark = view.plan.new_watermark

@@ -25,7 +25,7 @@ class HttpSettings:
     """How hard to try one webhook message before leaving it for the next run."""
 
     timeout: float = 10.0  # seconds per HTTP attempt
-    retries: int = 3  # retries after the first attempt (429, 5xx, connection errors, timeouts)
+    retries: int = 3  # retries after the first attempt (429, 5xx, connection errors; never a timeout)
     backoff: float = 0.5  # exponential backoff factor for 5xx / connection errors, in seconds
     max_retry_after: float = 60.0  # longest Retry-After (429) honoured within a run
 
@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Alert when an organization's balance moved by the threshold or more day over day. "
             "Reads marts.fct_organization_daily_financials; keeps its watermark and alert history "
-            "in the ops schema; posts to SLACK_WEBHOOK_URL or prints to stdout."
+            "in the ops schema; posts to SLACK_WEBHOOK_URL (or the URL in the file SLACK_WEBHOOK_URL_FILE "
+            "names) or prints to stdout."
         ),
         epilog=(
             "Exit codes: 0 all alerts delivered, 1 some delivery failed (retried on the next run), "
