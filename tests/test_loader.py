@@ -287,7 +287,8 @@ def test_cli_prints_one_line_per_export_and_already_loaded(database, conn, tmp_p
         "7 organizations (7 new, 0 changed) in "
     )
     assert dated.startswith(
-        f"export 2024-01-02 ({directory / 'exports' / '2024-01-02'}): 2 invoices (1 new, 1 changed, 0 unchanged) in "
+        f"export 2024-01-02 ({directory / 'exports' / '2024-01-02'}): "
+        "2 invoices (1 new, 1 changed, 0 unchanged) in "
     )
     assert len(result.stdout.splitlines()) == 2 and result.stdout.count("rows/s") == 2
     assert "MiB" not in result.stderr  # no progress lines for a small file
@@ -296,7 +297,8 @@ def test_cli_prints_one_line_per_export_and_already_loaded(database, conn, tmp_p
     assert again.returncode == 0, again.stderr
     assert again.stdout.splitlines() == [
         f"export {BASE_DATE} ({directory}): already loaded (same checksums), skipped",
-        f"export 2024-01-02 ({directory / 'exports' / '2024-01-02'}): already loaded (same checksums), skipped",
+        f"export 2024-01-02 ({directory / 'exports' / '2024-01-02'}): "
+        "already loaded (same checksums), skipped",
     ]
 
 
