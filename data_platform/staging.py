@@ -166,7 +166,6 @@ def _cast(conn: psycopg.Connection, staged: Staged) -> None:
             conn.execute(statement)
     except (psycopg.errors.DataError, psycopg.errors.RaiseException) as error:
         raise _invalid_value(conn, staged) or error from error
-    conn.execute(sql.SQL("analyze {}").format(typed_table(spec)))
 
 
 REFUSED_FUNCTION = """
