@@ -14,7 +14,14 @@ import psycopg
 from psycopg import sql
 
 from data_platform.load_errors import LoadError
-from data_platform.raw_tables import INVOICES, ORGANIZATIONS, RAW_SCHEMA, TableSpec, create_statements
+from data_platform.raw_tables import (
+    INVOICES,
+    LEDGER_RELATIONS,
+    ORGANIZATIONS,
+    RAW_SCHEMA,
+    TableSpec,
+    create_statements,
+)
 from data_platform.staging import REFUSED_FUNCTION, Staged, text_table, typed_table
 
 
@@ -54,8 +61,13 @@ def ensure_tables(conn: psycopg.Connection) -> None:
             f"keeps history in new tables: drop the old ones once (drop table {RAW_SCHEMA}.invoices, "
             f"{RAW_SCHEMA}.organizations cascade) and load again",
         )
-    for statement in create_statements():
-        conn.execute(statement)
+    (missing,) = conn.execute(
+        "select count(*) filter (where to_regclass(name) is null) from unnest(%s::text[]) as name",
+        [[f"{RAW_SCHEMA}.{name}" for name in LEDGER_RELATIONS]],
+    ).fetchone()
+    if missing:  # `if not exists` would also lock the tables and notify about each one
+        for statement in create_statements():
+            conn.execute(statement)
     conn.execute(REFUSED_FUNCTION)
 
 

@@ -124,12 +124,16 @@ def _already_loaded(export: Export, export_date: date, logged: ledger.LoggedExpo
 
 
 def _altered(export: Export, export_date: date, logged: ledger.LoggedExport, invoices: str) -> LoadError:
-    which = "invoices" if invoices != logged.invoices_sha256 else "organizations"
-    checksum = logged.invoices_sha256 if which == "invoices" else logged.organizations_sha256
+    if invoices != logged.invoices_sha256:
+        was = f"invoices checksum {logged.invoices_sha256}"
+    elif logged.organizations_sha256 is None:
+        was = "it had no organizations file"
+    else:
+        was = f"organizations checksum {logged.organizations_sha256}"
     return LoadError(
         export.source,
-        f"export {export_date} was already loaded from a different file ({which} checksum {checksum}, "
-        f"from {logged.source}); exports are immutable: put corrections in a new dated export",
+        f"export {export_date} was already loaded from a different file ({was}, from {logged.source}); "
+        "exports are immutable: put corrections in a new dated export",
     )
 
 
@@ -233,6 +237,8 @@ def load_exports(
     Each export commits on its own: when a later one fails, the earlier ones stay loaded.
     `report` is called with each ExportResult as soon as it is done.
     """
+    if not conn.autocommit:
+        raise ValueError("load_exports needs an autocommit connection: each export commits on its own")
     exports = discover(csv_dir, as_of)
     locked = conn.execute("select pg_try_advisory_lock(hashtext(%s))", [ADVISORY_LOCK_KEY]).fetchone()[0]
     if not locked:

@@ -189,6 +189,10 @@ def _columns(spec: TableSpec) -> list[sql.Composable]:
     return [column.definition() for column in spec.columns]
 
 
+# every relation create_statements() makes, tables and index
+LEDGER_RELATIONS = ("invoices", "invoice_versions", "invoice_versions_seen_on", "organizations", "load_log")
+
+
 def create_statements() -> list[sql.Composable]:
     """The raw ledger's DDL, every statement idempotent: nothing is ever dropped or replaced."""
     invoices = sql.SQL(", ").join(
