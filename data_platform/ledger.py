@@ -22,7 +22,7 @@ from data_platform.raw_tables import (
     TableSpec,
     create_statements,
 )
-from data_platform.staging import REFUSED_FUNCTION, Staged, text_table, typed_table
+from data_platform.staging import Staged, text_table, typed_table
 
 
 def raw(name: str) -> sql.Identifier:
@@ -68,7 +68,6 @@ def ensure_tables(conn: psycopg.Connection) -> None:
     if missing:  # `if not exists` would also lock the tables and notify about each one
         for statement in create_statements():
             conn.execute(statement)
-    conn.execute(REFUSED_FUNCTION)
 
 
 @dataclass(frozen=True)

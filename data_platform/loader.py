@@ -35,7 +35,7 @@ from data_platform.db import DatabaseUnavailable, connect
 from data_platform.exports import Export, discover, parse_date
 from data_platform.load_errors import LoadError, printable
 from data_platform.raw_tables import INVOICES, ORGANIZATIONS
-from data_platform.staging import stage
+from data_platform.staging import discard, stage
 
 PROGRESS_INTERVAL_SECONDS = 5.0
 # Serialises concurrent loader runs (held for the whole run, on the loader's session).
@@ -191,6 +191,8 @@ def load_export(
         counts = ledger.apply_invoices(conn, invoices.rows, export_date)
         organizations = staged.get(ORGANIZATIONS.name)
         org_new, org_changed = ledger.apply_organizations(conn, export_date) if organizations else (0, 0)
+        for spec, _path, _header in files:
+            discard(conn, spec)
         seconds = time.perf_counter() - started
         ledger.log_export(
             conn,
