@@ -1,12 +1,12 @@
-"""One CSV file into a typed temporary table, every value checked, bad input named by line.
+"""One CSV file into a typed staging table, every value checked, bad input named by line.
 
-1. COPY streams the file into a temporary table of text columns (plus `record`, the row's order
-   in the file): Postgres parses the CSV, the loader never holds the file.
+1. COPY streams the file into a staging table of text columns (plus `record`, the row's order in
+   the file): Postgres parses the CSV, the loader never holds the file.
 2. The loader's own record count must equal the rows COPY stored: nothing ends a load early.
 3. One SQL pass checks every value against the export's exact format (raw_tables.py) and casts it
-   into a typed temporary table. The fast path only learns that some value failed; the error path
+   into a typed staging table. The fast path only learns that some value failed; the error path
    then finds the first bad record and column with a check that never raises, and maps the record
-   back to its line in the file.
+   back to its line in the file (re-reading the file only when it holds quotes).
 """
 
 from __future__ import annotations
