@@ -58,7 +58,7 @@ class ExportResult:
     seconds: float = 0.0
 
     def summary(self) -> str:
-        head = f"export {self.export_date} ({self.export.source})"
+        head = f"export {self.export_date} ({printable(str(self.export.source))})"
         if self.skipped:
             return f"{head}: already loaded (same checksums), skipped"
         rows = self.invoice_rows + self.organization_rows
@@ -280,8 +280,8 @@ class ProgressReporter:
         self.next_report = now + self.interval
         mib, elapsed = 1024 * 1024, max(now - self.started, 1e-6)
         print(
-            f"  {path.name}: {done / mib:,.0f} / {total / mib:,.0f} MiB ({100 * done / max(total, 1):.0f}%), "
-            f"{done / mib / elapsed:,.0f} MiB/s",
+            f"  {printable(path.name)}: {done / mib:,.0f} / {total / mib:,.0f} MiB "
+            f"({100 * done / max(total, 1):.0f}%), {done / mib / elapsed:,.0f} MiB/s",
             file=sys.stderr,
             flush=True,
         )
