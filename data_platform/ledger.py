@@ -42,17 +42,14 @@ def ensure_tables(conn: psycopg.Connection) -> None:
                 f"schema {RAW_SCHEMA} does not exist and {conn.info.user} may not create it: "
                 "apply init.sql to this database first (psql -f init.sql)",
             ) from None
+    # the catalog, not information_schema: that one hides tables the loader may not read
     legacy = conn.execute(
         """
-        select 1 from information_schema.tables t
-        where t.table_schema = %s and t.table_name = 'invoices'
-          and not exists (
-              select from information_schema.columns c
-              where (c.table_schema, c.table_name) = (t.table_schema, t.table_name)
-                and c.column_name = 'version'
-          )
+        select 1 from pg_attribute
+        where attrelid = to_regclass(%s) and attnum > 0 and not attisdropped
+        having count(*) filter (where attname = 'version') = 0 and count(*) > 0
         """,
-        [RAW_SCHEMA],
+        [f"{RAW_SCHEMA}.invoices"],
     ).fetchone()
     if legacy:
         raise LoadError(

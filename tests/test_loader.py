@@ -393,3 +393,18 @@ def test_error_is_psycopg_free(conn, tmp_path, baseline):
     finally:
         conn.execute("grant insert on raw.load_log to transformer")
     assert snapshot(conn) == baseline
+
+
+def test_the_old_snapshot_layout_is_named_not_mixed_in(database, conn, tmp_path, baseline):
+    with database.connect("admin", autocommit=True) as admin:
+        admin.execute("alter table raw.invoices rename to invoices_ledger")
+        admin.execute("create table raw.invoices (invoice_id bigint not null)")
+        try:
+            with pytest.raises(
+                LoadError, match=r"raw\.invoices has the old snapshot layout \(no version column\)"
+            ):
+                load_exports(conn, write_dir(tmp_path / "files"))
+        finally:
+            admin.execute("drop table raw.invoices")
+            admin.execute("alter table raw.invoices_ledger rename to invoices")
+    assert snapshot(conn) == baseline
