@@ -16,6 +16,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from conftest import PROJECT_ROOT, copy_project, pipeline_env, run_pipeline
+from slack_stub import SlackStub, server_error
 
 pytestmark = pytest.mark.slow
 
@@ -188,6 +189,27 @@ def balance_on(database, organization_id: int, day: str) -> list[tuple]:
     )
 
 
+def test_undelivered_alerts_let_the_pipeline_finish_but_a_broken_alert_setup_stops_it(
+    fixture_pipeline, tmp_path
+):
+    database, _, _ = fixture_pipeline
+    csv_dir = write_fixture(tmp_path / "csv")
+    with SlackStub() as slack:
+        slack.always(server_error(500))
+        undelivered = run_pipeline(database, csv_dir, SLACK_WEBHOOK_URL=slack.url, ALERT_HTTP_RETRIES="0")
+    # exit 1 from the alert run: the alerts are kept for the next run, the warehouse is fine
+    assert_succeeded(undelivered)
+    assert len(slack.requests) == 1
+    assert "some alerts could not be delivered; the next alert run retries them" in undelivered.stderr
+    assert "pipeline finished" in undelivered.stdout
+
+    # exit 2 (a configuration error): the pipeline fails with it
+    broken = run_pipeline(database, csv_dir, SLACK_WEBHOOK_URL="https://[hooks.example/x")
+    assert broken.returncode == 2
+    assert "the alert run failed (exit 2)" in broken.stderr
+    assert "pipeline finished" not in broken.stdout
+
+
 def test_editing_the_rules_seed_changes_balances(make_database, tmp_path):
     project = project_with_zero_rule(tmp_path / "project", "open")
     database = make_database()
@@ -301,7 +323,7 @@ def test_bad_input_stops_the_pipeline_before_dbt(make_database, tmp_path):
     result = run_pipeline(database, write_fixture(tmp_path, rows))
     assert result.returncode != 0
     assert "invoices.csv" in result.stderr and "1O0.00" in result.stderr
-    assert "dbt seed" not in result.stdout
+    assert "==> dbt build" not in result.stdout
 
 
 def test_demo_data_builds_every_model(make_database):
