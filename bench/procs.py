@@ -176,9 +176,13 @@ def step_name(text: str) -> str:
 
 
 def step_seconds(timed: Timed) -> dict[str, float]:
-    """Each step's duration: from its line to the next step's line (the last one: to the end)."""
+    """Each step's duration: from its line to the next step's line (the last one: to the end); the
+    time before the first step line (the interpreter starting) is `start-up`, so they sum to the total."""
     ends = [at for at, _ in timed.markers[1:]] + [timed.seconds]
-    return {step_name(text): round(end - at, 3) for (at, text), end in zip(timed.markers, ends, strict=True)}
+    steps = {"start-up": round(timed.markers[0][0] if timed.markers else timed.seconds, 3)}
+    for (at, text), end in zip(timed.markers, ends, strict=True):
+        steps[step_name(text)] = round(end - at, 3)
+    return steps
 
 
 def pipeline_command() -> list[str]:

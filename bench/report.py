@@ -147,7 +147,7 @@ def _summary_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str
             "Loader peak RSS, first 10% of the file",
             f"{rss['head']['peak_rss_mb']:,.0f} MB ({rss['head']['rows']:,} invoices)",
             "growth to the full file <= 30 MB",
-            f"+{rss['growth_mb']:,.1f} MB",
+            f"{rss['growth_mb']:+,.1f} MB",
             _met(t, "loader_rss_growth_mb"),
         ),
         (
