@@ -178,6 +178,15 @@ class Bench:
             raise StepFailed(f"psql \\copy reported {copied:,} rows, the files hold {dataset.total_rows:,}")
         return timed
 
+    def settle(self, database: str | None = None) -> float:
+        """`vacuum (analyze)` the whole database, as autovacuum would in the day between two exports
+        (right after a bulk load it would still be running, or the first reads would set hint bits);
+        returns its seconds, which are reported but count in no measure."""
+        started = time.perf_counter()
+        with self.connect("admin", database) as conn:
+            conn.execute("vacuum (analyze)")
+        return round(time.perf_counter() - started, 3)
+
     def psql_file(self, path: Path, name: str) -> Timed:
         return run(psql_command(self.psql, "-f", str(path)), env=self.env(), log=self.log(name))
 
