@@ -1,8 +1,16 @@
-"""The benchmark's CSV files: generated once per size and reused, plus an appended day and a 10% head.
+"""The benchmark's CSV files: generated once per size and reused, then laid out as CSV directories.
 
-A folder's `dataset.json` marker is written last, after a successful generation, with the parameters
-and the files' sizes: a folder whose marker matches is reused, anything else is generated again.
-The cached files are never modified: the appended day goes into a copy in a sibling folder.
+- the base export: invoices.csv + organizations.csv (the generator's single-file layout);
+- the next day: a folder holding the base files (hard links) and `exports/<day>/invoices.csv`, the
+  generator's next-day export (new and changed invoices only): what a user's CSV_DIR holds the day after;
+- the full-snapshot next day: `exports/<day>/` holding every invoice (the base rows with the day's changes
+  applied, plus the day's new ones) and organizations.csv, as a system that can only export everything
+  would send it;
+- the first 10% of the base invoices, for the loader's memory on a smaller file.
+
+A folder's `dataset.json` marker is written last, after a successful generation, with the parameters and
+the files' sizes: a folder whose marker matches is reused, anything else is generated again. Cached
+files are never modified.
 """
 
 from __future__ import annotations
@@ -12,33 +20,41 @@ import os
 import shutil
 import time
 from dataclasses import dataclass
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
 from procs import PYTHON, Timed, run
 
 MARKER = "dataset.json"
-FILES = ("invoices.csv", "organizations.csv")
+INVOICES, ORGANIZATIONS = "invoices.csv", "organizations.csv"
+FILES = (INVOICES, ORGANIZATIONS)
 END_DATE = "2024-06-28"
+NEXT_DAY = (date.fromisoformat(END_DATE) + timedelta(days=1)).isoformat()
 DAYS = 1096
 BLOCK = 1 << 20
 
 
 @dataclass(frozen=True)
 class Dataset:
+    """A folder and the files the marker lists (paths relative to the folder), with rows and bytes."""
+
     directory: Path
     marker: dict[str, Any]
 
     def rows(self, file_name: str) -> int:
         return int(self.marker["files"][file_name]["rows"])
 
+    def bytes(self, file_name: str) -> int:
+        return int(self.marker["files"][file_name]["bytes"])
+
     @property
     def total_rows(self) -> int:
-        return sum(self.rows(name) for name in FILES)
+        return sum(facts["rows"] for facts in self.marker["files"].values())
 
     @property
     def path(self) -> dict[str, Path]:
-        return {name: self.directory / name for name in FILES}
+        return {name: self.directory / name for name in self.marker["files"]}
 
 
 def count_rows(path: Path) -> int:
@@ -51,10 +67,10 @@ def count_rows(path: Path) -> int:
     return lines + (last != b"\n") - 1
 
 
-def _describe(directory: Path) -> dict[str, dict[str, int]]:
+def _describe(directory: Path, names: tuple[str, ...]) -> dict[str, dict[str, int]]:
     return {
         name: {"bytes": (directory / name).stat().st_size, "rows": count_rows(directory / name)}
-        for name in FILES
+        for name in names
     }
 
 
@@ -73,19 +89,35 @@ def _cached(directory: Path, parameters: dict[str, Any]) -> Dataset | None:
     return Dataset(directory, marker)
 
 
-def _write_marker(directory: Path, parameters: dict[str, Any], timed: Timed, rows: int) -> Dataset:
-    marker = {
-        "parameters": parameters,
-        "files": _describe(directory),
-        "generation": {
+def _write_marker(
+    directory: Path, parameters: dict[str, Any], names: tuple[str, ...], timed: Timed | None, rows: int
+) -> Dataset:
+    marker: dict[str, Any] = {"parameters": parameters, "files": _describe(directory, names)}
+    if timed is not None:
+        marker["generation"] = {
             "seconds": round(timed.seconds, 3),
             "rows": rows,
             "rows_per_second": round(rows / timed.seconds),
             "generated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        },
-    }
+        }
     (directory / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
     return Dataset(directory, marker)
+
+
+def _fresh(directory: Path) -> None:
+    """An empty `directory` (a half-written earlier attempt is removed)."""
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+
+
+def _link(source: Path, target: Path) -> None:
+    """A hard link (the base files are large and never modified), or a copy across file systems."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.unlink(missing_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
 
 
 def generator_arguments(invoices: int, organizations: int, seed: int) -> list[str]:
@@ -98,7 +130,7 @@ def generator_arguments(invoices: int, organizations: int, seed: int) -> list[st
 def base_dataset(
     data_dir: Path, invoices: int, organizations: int, seed: int, logs: Path
 ) -> tuple[Dataset, bool]:
-    """The generated files for these parameters, and whether they were reused from the cache."""
+    """The generated base files for these parameters, and whether they were reused from the cache."""
     parameters = {
         "invoices": invoices,
         "organizations": organizations,
@@ -110,7 +142,7 @@ def base_dataset(
     cached = _cached(directory, parameters)
     if cached:
         return cached, True
-    (directory / MARKER).unlink(missing_ok=True)
+    _fresh(directory)
     timed = run(
         [
             PYTHON,
@@ -123,41 +155,65 @@ def base_dataset(
         env=dict(os.environ),
         log=logs / "generate.log",
     )
-    return _write_marker(directory, parameters, timed, invoices), False
+    return _write_marker(directory, parameters, FILES, timed, invoices), False
 
 
-def appended_dataset(base: Dataset, append_invoices: int, logs: Path) -> Dataset:
-    """A copy of `base` with one more day of `append_invoices` invoices (the day after END_DATE)."""
-    parameters = {
-        **base.marker["parameters"],
-        "append_day": 1,
-        "append_invoices": append_invoices,
-        "base_files": base.marker["files"],
-    }
-    directory = base.directory.with_name(f"{base.directory.name}_append{append_invoices}")
+def next_day_dataset(base: Dataset, new: int, changed: int, logs: Path) -> Dataset:
+    """A CSV directory: the base files (linked) and the generator's export for NEXT_DAY.
+
+    The export holds `new` new invoices and `changed` older invoices whose status changed (the
+    generator's scenario adds a few changes of its own on the first day).
+    """
+    parameters = {**base.marker["parameters"], "base_files": base.marker["files"]}
+    parameters |= {"next_day": NEXT_DAY, "new_invoices": new, "changed_invoices": changed}
+    directory = base.directory.with_name(f"{base.directory.name}_next{new}_{changed}")
     cached = _cached(directory, parameters)
     if cached:
         return cached
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / MARKER).unlink(missing_ok=True)
-    for name in FILES:  # real copies: appending must not touch the cached base file
-        shutil.copyfile(base.directory / name, directory / name)
+    _fresh(directory)
     p = base.marker["parameters"]
     timed = run(
         [
-            PYTHON,
-            "-m",
-            "data_platform.generator",
-            "--out",
-            str(directory),
-            *generator_arguments(append_invoices, p["organizations"], p["seed"]),
-            "--append-day",
-            "1",
+            *(PYTHON, "-m", "data_platform.generator", "--out", str(base.directory)),
+            *generator_arguments(p["invoices"], p["organizations"], p["seed"]),
+            *("--next-days", "1", "--new-invoices", str(new), "--changed-invoices", str(changed)),
+            *("--exports-dir", str(directory / "exports")),
         ],
         env=dict(os.environ),
-        log=logs / "generate-append.log",
+        log=logs / "generate-next-day.log",
     )
-    return _write_marker(directory, parameters, timed, append_invoices)
+    for name in FILES:
+        _link(base.directory / name, directory / name)
+    day_file = f"exports/{NEXT_DAY}/{INVOICES}"
+    return _write_marker(directory, parameters, (*FILES, day_file), timed, new + changed)
+
+
+def snapshot_dataset(base: Dataset, next_day: Dataset) -> Dataset:
+    """A CSV directory holding one dated export for NEXT_DAY with every invoice: the full snapshot.
+
+    Its invoices are the base file's rows, each replaced by its next-day version when the day changed
+    it, then the day's new invoices; its organizations.csv is the base one. Streamed: memory holds only
+    the day's rows. (INVOICE_ID is the first column, a plain integer.)
+    """
+    parameters = {"base_files": base.marker["files"], "next_day_files": next_day.marker["files"]}
+    directory = next_day.directory.with_name(next_day.directory.name.replace("_next", "_snapshot", 1))
+    cached = _cached(directory, parameters)
+    if cached:
+        return cached
+    _fresh(directory)
+    export = directory / "exports" / NEXT_DAY
+    export.mkdir(parents=True)
+    with (next_day.directory / f"exports/{NEXT_DAY}/{INVOICES}").open("rb") as day:
+        day.readline()
+        day_rows = {line.split(b",", 1)[0]: line for line in day}
+    with (base.directory / INVOICES).open("rb") as source, (export / INVOICES).open("wb") as target:
+        target.write(source.readline())
+        for line in source:
+            target.write(day_rows.pop(line.split(b",", 1)[0], line))
+        target.writelines(day_rows.values())  # the new invoices, in the export's order
+    _link(base.directory / ORGANIZATIONS, export / ORGANIZATIONS)
+    names = (f"exports/{NEXT_DAY}/{INVOICES}", f"exports/{NEXT_DAY}/{ORGANIZATIONS}")
+    return _write_marker(directory, parameters, names, None, 0)
 
 
 def head_dataset(base: Dataset, fraction: float, directory: Path) -> Dataset:
@@ -166,17 +222,9 @@ def head_dataset(base: Dataset, fraction: float, directory: Path) -> Dataset:
     organizations.csv is linked (or copied) unchanged.
     """
     directory.mkdir(parents=True, exist_ok=True)
-    keep = max(1, int(base.rows("invoices.csv") * fraction))
-    with (
-        (base.directory / "invoices.csv").open("rb") as source,
-        (directory / "invoices.csv").open("wb") as target,
-    ):
+    keep = max(1, int(base.rows(INVOICES) * fraction))
+    with (base.directory / INVOICES).open("rb") as source, (directory / INVOICES).open("wb") as target:
         for _ in range(keep + 1):  # + the header
             target.write(source.readline())
-    organizations = directory / "organizations.csv"
-    organizations.unlink(missing_ok=True)
-    try:
-        os.link(base.directory / "organizations.csv", organizations)
-    except OSError:
-        shutil.copyfile(base.directory / "organizations.csv", organizations)
-    return Dataset(directory, {"files": _describe(directory)})
+    _link(base.directory / ORGANIZATIONS, directory / ORGANIZATIONS)
+    return Dataset(directory, {"files": _describe(directory, FILES)})

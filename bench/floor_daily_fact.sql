@@ -1,8 +1,10 @@
--- The floor for the daily fact: marts.fct_organization_daily_financials computed in one hand-written
--- statement straight from the raw invoices and the rules seed, with no staging, no intermediate
--- tables, no indexes and no tests. bench/run.py times it and checks it gives the mart's rows.
--- Same expressions as the dbt models (amount / fx_rate per invoice, then the coefficients), so the
--- numeric results are identical, not just close.
+-- The floor for the daily fact: marts.fct_organization_daily_financials of a single export, computed
+-- in one hand-written statement straight from the invoices as `psql \copy` loaded them
+-- (bench_floor.invoices) and the rules seed, with no ledger, no staging, no intermediate tables, no
+-- indexes and no tests. bench/run.py times it and checks it gives the mart's rows.
+-- With one export every invoice is a first version booked on its created day, so the day's changes of
+-- older invoices are zero. Same expressions as the dbt models (amount / fx_rate per invoice, then the
+-- coefficients), so the numeric results are identical, not just close.
 
 create table bench_floor.daily_fact as
 
@@ -18,7 +20,7 @@ daily_totals as (
         sum(rules.paid_coefficient * coalesce(invoices.payment_amount / invoices.fx_rate, 0))
             as paid_amount_usd
 
-    from raw.invoices as invoices
+    from bench_floor.invoices as invoices
     left join seeds.invoice_enrichment as rules
         on invoices.status = rules.status
     group by 1, 2
@@ -56,9 +58,11 @@ select
     organization_id,
     balance_date,
     invoice_count,
+    0::bigint as changed_invoice_count,
     invoiced_amount_usd,
     paid_amount_usd,
     balance_change_usd,
+    0::numeric as status_change_usd,
     balance_usd,
     previous_balance_usd,
     (balance_usd - previous_balance_usd) / nullif(abs(previous_balance_usd), 0) as balance_change_ratio

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 DBT = str(Path(sys.executable).parent / "dbt")
 RSS_POLL_SECONDS = 0.05
-# init.sh announces each step with a line starting with this
+# the pipeline announces each step with a line starting with this
 STEP_MARKER = "==> "
 LOG_TAIL_LINES = 40
 # libpq variable -> conninfo keyword, for the ones that say who connects where
@@ -117,8 +117,12 @@ def run(
     log: Path,
     sample_rss: bool = False,
     cwd: Path = ROOT,
+    on_step: Callable[[str], None] | None = None,
 ) -> Timed:
-    """Run `command`, output to `log`; raise StepFailed (with the log's tail) unless it exits 0."""
+    """Run `command`, output to `log`; raise StepFailed (with the log's tail) unless it exits 0.
+
+    `on_step` is called with each step line's text as soon as it is read, before the step's own output.
+    """
     log.parent.mkdir(parents=True, exist_ok=True)
     markers: list[tuple[float, str]] = []
     with log.open("w", encoding="utf-8") as out:
@@ -140,7 +144,10 @@ def run(
         assert process.stdout is not None
         for line in process.stdout:
             if line.startswith(STEP_MARKER):
-                markers.append((time.perf_counter() - started, line[len(STEP_MARKER) :].strip()))
+                text = line[len(STEP_MARKER) :].strip()
+                markers.append((time.perf_counter() - started, text))
+                if on_step:
+                    on_step(text)
             out.write(line)
         process.wait()
         seconds = time.perf_counter() - started
@@ -161,6 +168,25 @@ def run(
         markers=markers,
         output=output,
     )
+
+
+def step_name(text: str) -> str:
+    """'loading the exports in DIR' -> 'loading the exports'; 'dbt build: models ...' -> 'dbt build'."""
+    return re.split(r":| in | from | \(", text, maxsplit=1)[0].strip()
+
+
+def step_seconds(timed: Timed) -> dict[str, float]:
+    """Each step's duration: from its line to the next step's line (the last one: to the end); the
+    time before the first step line (the interpreter starting) is `start-up`, so they sum to the total."""
+    ends = [at for at, _ in timed.markers[1:]] + [timed.seconds]
+    steps = {"start-up": round(timed.markers[0][0] if timed.markers else timed.seconds, 3)}
+    for (at, text), end in zip(timed.markers, ends, strict=True):
+        steps[step_name(text)] = round(end - at, 3)
+    return steps
+
+
+def pipeline_command() -> list[str]:
+    return ["bash", str(ROOT / "init.sh")]
 
 
 def loader_command(csv_dir: Path) -> list[str]:
