@@ -24,5 +24,11 @@ if [ -x .venv/bin/python ]; then
     PATH="$PWD/.venv/bin:$PATH"
 fi
 
+# Docker secrets: PGPASSWORD_FILE, ALERTER_PASSWORD_FILE, SLACK_WEBHOOK_URL_FILE name files holding the
+# values (data_platform/secrets.py). Assign first: a failure inside "eval $(...)" would not stop the script.
+secret_exports="$(python -m data_platform.secrets shell-exports)"
+eval "$secret_exports"
+unset secret_exports
+
 # exec: the pipeline receives the signals sent to this script (docker stop, Ctrl-C) and passes them on
 exec python -m data_platform.pipeline

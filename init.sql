@@ -1,27 +1,52 @@
 -- Database bootstrap: schemas, roles and grants. Run once per database as a superuser
 -- (the postgres image runs it from /docker-entrypoint-initdb.d; the tests apply it with psql).
--- Idempotent: safe to apply again. Passwords come from the environment through psql's \getenv,
--- with demo defaults when unset.
+-- Idempotent: safe to apply again. Passwords come from the environment (see below), with demo defaults.
 --
---   transformer: owns raw/seeds/staging/intermediate/marts; runs the loader and dbt.
+--   transformer: owns raw/seeds/staging/intermediate/marts/audit; runs the loader and dbt.
 --   alerter:     reads marts, owns ops (alert watermark and history); runs alert_script.py.
 
 \set ON_ERROR_STOP on
 
--- A password given in the environment is (re)applied; without one, a new role gets the demo default
--- and an existing role keeps its password.
-\getenv transformer_password TRANSFORMER_PASSWORD
-\if :{?transformer_password}
-  \set set_transformer_password true
+-- Each role's password: TRANSFORMER_PASSWORD / ALERTER_PASSWORD, or the file named by
+-- TRANSFORMER_PASSWORD_FILE / ALERTER_PASSWORD_FILE (Docker secrets; one trailing newline removed).
+-- An empty variable counts as unset. A password given is (re)applied; without one, a new role gets the
+-- demo default and an existing role keeps its password. psql (15+) runs `backticks` in a shell and
+-- removes one trailing newline from their output; a failing one would go unnoticed, hence the checks.
+\set transformer_password_given `[ -n "$TRANSFORMER_PASSWORD" ] && echo true || echo false`
+\set transformer_password_file_given `[ -n "$TRANSFORMER_PASSWORD_FILE" ] && echo true || echo false`
+\if :transformer_password_file_given
+  \if :transformer_password_given
+    do $$ begin raise exception 'TRANSFORMER_PASSWORD and TRANSFORMER_PASSWORD_FILE are both set: set only one'; end $$;
+  \endif
+  \set transformer_password_file_readable `cat -- "$TRANSFORMER_PASSWORD_FILE" > /dev/null && echo true || echo false`
+  \if :transformer_password_file_readable
+  \else
+    do $$ begin raise exception 'TRANSFORMER_PASSWORD_FILE: cannot read the file (the reason is above)'; end $$;
+  \endif
+  \set transformer_password `cat -- "$TRANSFORMER_PASSWORD_FILE"`
+  \set transformer_password_given true
+\elif :transformer_password_given
+  \getenv transformer_password TRANSFORMER_PASSWORD
 \else
-  \set set_transformer_password false
   \set transformer_password transformer
 \endif
-\getenv alerter_password ALERTER_PASSWORD
-\if :{?alerter_password}
-  \set set_alerter_password true
+
+\set alerter_password_given `[ -n "$ALERTER_PASSWORD" ] && echo true || echo false`
+\set alerter_password_file_given `[ -n "$ALERTER_PASSWORD_FILE" ] && echo true || echo false`
+\if :alerter_password_file_given
+  \if :alerter_password_given
+    do $$ begin raise exception 'ALERTER_PASSWORD and ALERTER_PASSWORD_FILE are both set: set only one'; end $$;
+  \endif
+  \set alerter_password_file_readable `cat -- "$ALERTER_PASSWORD_FILE" > /dev/null && echo true || echo false`
+  \if :alerter_password_file_readable
+  \else
+    do $$ begin raise exception 'ALERTER_PASSWORD_FILE: cannot read the file (the reason is above)'; end $$;
+  \endif
+  \set alerter_password `cat -- "$ALERTER_PASSWORD_FILE"`
+  \set alerter_password_given true
+\elif :alerter_password_given
+  \getenv alerter_password ALERTER_PASSWORD
 \else
-  \set set_alerter_password false
   \set alerter_password alerter
 \endif
 
@@ -30,10 +55,10 @@ select format('create role transformer login password %L', :'transformer_passwor
 where not exists (select from pg_roles where rolname = 'transformer') \gexec
 select format('create role alerter login password %L', :'alerter_password')
 where not exists (select from pg_roles where rolname = 'alerter') \gexec
-\if :set_transformer_password
+\if :transformer_password_given
 alter role transformer password :'transformer_password';
 \endif
-\if :set_alerter_password
+\if :alerter_password_given
 alter role alerter password :'alerter_password';
 \endif
 
@@ -51,6 +76,8 @@ create schema if not exists seeds authorization transformer;
 create schema if not exists staging authorization transformer;
 create schema if not exists intermediate authorization transformer;
 create schema if not exists marts authorization transformer;
+-- views of the rows each failing dbt test found (store_failures)
+create schema if not exists audit authorization transformer;
 -- the alerter's own state
 create schema if not exists ops authorization alerter;
 

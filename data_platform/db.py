@@ -14,6 +14,8 @@ import sys
 import time
 
 import psycopg
+from psycopg import pq
+from psycopg.conninfo import make_conninfo
 
 LIBPQ_VARIABLES = ("PGHOST", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE")
 
@@ -50,15 +52,41 @@ def connect(**kwargs) -> psycopg.Connection:
         ) from error
 
 
+class DatabaseRefused(DatabaseUnavailable):
+    """The server answers but refuses the connection (password, role, database, pg_hba): never retried."""
+
+
+def ping(connect_timeout: int) -> pq.Ping:
+    """The server's state as pg_isready sees it (libpq's PQping), without logging in.
+
+    OK once the server answers a login attempt with anything but "not now", so a wrong password or a
+    missing database still counts as up; REJECT while it starts, stops or recovers; NO_RESPONSE while
+    nothing listens; NO_ATTEMPT when the connection settings cannot be parsed.
+    """
+    return pq.Ping(pq.PGconn.ping(make_conninfo("", connect_timeout=connect_timeout).encode()))
+
+
 def wait_until_ready(timeout_seconds: float, interval_seconds: float = 1.0) -> None:
-    """Block until the database accepts connections, or raise DatabaseUnavailable after the timeout."""
+    """Block until the database accepts connections; raise DatabaseUnavailable after the timeout.
+
+    Waits only while the server is unreachable or not ready yet. A server that is up and refuses the
+    login (wrong password, missing role or database) raises DatabaseRefused at once: waiting cannot fix it.
+    """
     deadline = time.monotonic() + timeout_seconds
+    connect_timeout = max(1, int(interval_seconds * 3))
     while True:
         try:
-            with connect(connect_timeout=max(1, int(interval_seconds * 3))) as conn:
+            with connect(connect_timeout=connect_timeout) as conn:
                 conn.execute("select 1")
             return
         except DatabaseUnavailable as error:
+            # ask the server itself: the login may also have failed because it went away meanwhile
+            status = ping(connect_timeout)
+            if status in (pq.Ping.OK, pq.Ping.NO_ATTEMPT):
+                reason = "The server is up and refused this login"
+                if status == pq.Ping.NO_ATTEMPT:
+                    reason = "The connection settings are invalid"
+                raise DatabaseRefused(f"{error}\n{reason}: waiting cannot help.") from error
             if time.monotonic() >= deadline:
                 raise DatabaseUnavailable(
                     f"the database did not accept connections within {timeout_seconds:g}s.\n{error}"

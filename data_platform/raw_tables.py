@@ -1,13 +1,22 @@
-"""The raw tables: one spec per CSV file, the single source of their header and column types.
+"""The raw layer: the CSV files' columns and exact formats, and the ledger tables they land in.
 
-Column names are the lowercased CSV headers. Types follow the raw contract exactly: every *_ID
-and TYPE is a signed 64-bit hash (bigint, never float), amounts are exact numerics, and currency
-codes are text because `USDC` has four letters. Sentinels stay raw: staging turns them into nulls.
+This module is the single source of the CSV headers, the column types and what a value must look
+like. Column names are the lowercased CSV headers. Every *_ID and TYPE is a signed 64-bit hash
+(bigint, never float), amounts and rates are exact numerics with the places the export writes,
+currency codes are text because `USDC` has four letters. Sentinels stay raw: staging turns them
+into nulls.
 
-Every numeric, date and timestamp column also gets a CHECK constraint `<column>_is_finite`: Postgres
-parses `NaN`, `Infinity` and `-Infinity` (numeric) and `infinity`, `-infinity` (date, timestamptz) as
-valid values, and NaN would even pass a downstream `amount > 0` test. The loader maps a violation back
-to the file's line, column and value.
+Each format is an SQL test over the value as text. It accepts exactly what the exports write and
+refuses what Postgres would otherwise read into a plausible value: `now`, `epoch`, `1e100000`,
+`+5`, `0x10`, `1_000`, `NaN`, `Infinity`, timestamps with an offset other than Z, cut-off values
+such as `2024-06-2`. Most tests are round trips (the value cast to its type and written back must
+be the text itself), which cost far less than a regular expression per value.
+
+The tables (schema raw) are a ledger, created here if missing and never dropped:
+- raw.invoices: the current state, one row per invoice;
+- raw.invoice_versions: every version of every invoice, append-only;
+- raw.organizations: the current state of the organizations;
+- raw.load_log: one row per loaded export.
 """
 
 from __future__ import annotations
@@ -18,21 +27,74 @@ from psycopg import sql
 
 RAW_SCHEMA = "raw"
 
-# What a value of each type must look like: appended to COPY errors so the user knows the fix.
-EXPECTED = {
-    "bigint": "a signed 64-bit integer",
-    "integer": "a 32-bit integer",
-    "numeric": "a decimal number such as 12.50",
-    "text": "text",
-    "date": "a date YYYY-MM-DD",
-    "timestamptz": "an ISO-8601 UTC timestamp such as 2023-07-17T04:00:40.096Z",
-}
+
+@dataclass(frozen=True)
+class Format:
+    """What a column's text must look like, as SQL over the placeholder {v}."""
+
+    sql_type: str  # the column's type in the raw tables
+    expected: str  # for error messages: what a value must look like
+    check: str  # true when {v} is in the export's exact format; may raise on garbage
+    cast_type: str | None = None  # the type `check` casts to (None: it never raises)
+
+    def check_sql(self, value: sql.Composable) -> sql.Composable:
+        # joined, not sql.SQL.format: the regular expressions hold braces
+        parts = self.check.split("{v}")
+        composed: list[sql.Composable] = [sql.SQL(parts[0])]
+        for part in parts[1:]:
+            composed += [value, sql.SQL(part)]
+        return sql.Composed(composed)
+
+    def safe_check_sql(self, value: sql.Composable) -> sql.Composable:
+        """`check` that never raises: for finding the offending value after a failed load."""
+        if self.cast_type is None:
+            return self.check_sql(value)
+        return sql.SQL("case when pg_input_is_valid({}, {}) then {} else false end").format(
+            value, sql.Literal(self.cast_type), self.check_sql(value)
+        )
+
+
+def _decimal(places: str, scale_test: str, integer_digits: int, example: str) -> Format:
+    return Format(
+        "numeric",
+        f"a decimal with {places} such as {example}, at most {integer_digits} digits before the point",
+        f"{{v}}::numeric::text = {{v}} and scale({{v}}::numeric) {scale_test} "
+        f"and abs({{v}}::numeric) < 1e{integer_digits}",
+        "numeric",
+    )
+
+
+INT64 = Format(
+    "bigint",
+    "a signed 64-bit integer in plain digits, such as -4611686018427387905",
+    "{v}::bigint::text = {v}",
+    "bigint",
+)
+INT32 = Format("integer", "an integer in plain digits, such as 12", "{v}::integer::text = {v}", "integer")
+# numeric(18,2)-sized amounts and numeric(18,8)-sized rates: refused, never rounded
+AMOUNT = _decimal("exactly 2 places", "= 2", 16, "12.50")
+PAYMENT_AMOUNT = _decimal("0 to 2 places", "<= 2", 16, "100, 100.5 or 100.25")
+RATE = _decimal("exactly 8 places", "= 8", 10, "1.00000000")
+DATE = Format("date", "a date YYYY-MM-DD", "length({v}) = 10 and {v}::date::text = {v}", "date")
+# the text up to the seconds must be the timestamp's own UTC rendering (the load sets timezone UTC
+# and datestyle ISO): no offset, no keyword, no cut-off; then an optional fraction and a Z
+TIMESTAMP = Format(
+    "timestamptz",
+    "an ISO-8601 UTC timestamp such as 2023-07-17T04:00:40.096Z (0 to 6 fractional digits, then Z)",
+    "substr({v}, 11, 1) = 'T' and right({v}, 1) = 'Z' "
+    "and (length({v}) = 20 or (substr({v}, 20, 1) = '.' and length({v}) between 22 and 27)) "
+    "and left({v}::timestamptz::text, 19) = replace(left({v}, 19), 'T', ' ')",
+    "timestamptz",
+)
+CURRENCY = Format("text", "3 or 4 capital letters such as USD or USDC", "{v} ~ '^[A-Z]{3,4}$'")
+STATUS = Format("text", "a lowercase status such as paid or open", "{v} ~ '^[a-z][a-z_]*$'")
+TEXT = Format("text", "text", "true")
 
 
 @dataclass(frozen=True)
 class Column:
     name: str
-    sql_type: str
+    format: Format
     not_null: bool = False
 
     @property
@@ -40,27 +102,17 @@ class Column:
         return self.name.upper()
 
     @property
-    def expected(self) -> str:
-        return EXPECTED[self.sql_type]
+    def sql_type(self) -> str:
+        return self.format.sql_type
 
     @property
-    def check_name(self) -> str:
-        return f"{self.name}_is_finite"
+    def expected(self) -> str:
+        return self.format.expected
 
-    def check(self) -> sql.Composable | None:
-        """`constraint <name> check (...)` rejecting the infinite and NaN values, or None.
-
-        A CHECK that evaluates to null passes, so empty (null) values stay allowed where the column
-        is nullable. NaN sorts above Infinity in Postgres, so `< 'Infinity'` rejects it too.
-        """
-        column = sql.Identifier(self.name)
-        if self.sql_type == "numeric":
-            condition = sql.SQL("{} < 'Infinity' and {} > '-Infinity'").format(column, column)
-        elif self.sql_type in ("date", "timestamptz"):
-            condition = sql.SQL("isfinite({})").format(column)
-        else:
-            return None
-        return sql.SQL("constraint {} check ({})").format(sql.Identifier(self.check_name), condition)
+    def definition(self) -> sql.Composable:
+        return sql.SQL("{} {}{}").format(
+            sql.Identifier(self.name), sql.SQL(self.sql_type), sql.SQL(" not null" if self.not_null else "")
+        )
 
 
 @dataclass(frozen=True)
@@ -74,56 +126,42 @@ class TableSpec:
         return tuple(column.header for column in self.columns)
 
     @property
-    def loading_name(self) -> str:
-        """The table the load fills before it is swapped in under `name`."""
-        return f"{self.name}__loading"
+    def csv_header(self) -> str:
+        """The header line of the CSV file, without line ending."""
+        return ",".join(self.header)
+
+    @property
+    def key(self) -> Column:
+        return self.columns[0]
 
     def column(self, name: str) -> Column | None:
         return next((column for column in self.columns if column.name == name), None)
 
-    def checked_column(self, constraint_name: str) -> Column | None:
-        """The column whose CHECK constraint is named `constraint_name`."""
-        return next((column for column in self.columns if column.check_name == constraint_name), None)
-
-    def create_statement(self, table: str) -> sql.Composed:
-        """`create table raw.<table> (...)` with the contract's columns and CHECK constraints."""
-        columns = [
-            sql.SQL("{} {}{}").format(
-                sql.Identifier(column.name),
-                sql.SQL(column.sql_type),
-                sql.SQL(" not null" if column.not_null else ""),
-            )
-            for column in self.columns
-        ]
-        checks = [check for column in self.columns if (check := column.check()) is not None]
-        return sql.SQL("create table {} ({})").format(
-            sql.Identifier(RAW_SCHEMA, table), sql.SQL(", ").join(columns + checks)
-        )
-
-    @property
-    def csv_header(self) -> str:
-        """The header line of the CSV file, without line ending."""
-        return ",".join(self.header)
+    def names(self, prefix: str | None = None) -> sql.Composable:
+        """The CSV columns as an SQL list, optionally qualified: `prefix.invoice_id, ...`."""
+        if prefix is None:
+            return sql.SQL(", ").join(sql.Identifier(column.name) for column in self.columns)
+        return sql.SQL(", ").join(sql.Identifier(prefix, column.name) for column in self.columns)
 
 
 INVOICES = TableSpec(
     name="invoices",
     file_name="invoices.csv",
     columns=(
-        Column("invoice_id", "bigint", not_null=True),
-        Column("parent_invoice_id", "bigint"),
-        Column("transaction_id", "bigint"),
-        Column("organization_id", "bigint", not_null=True),
-        Column("type", "bigint"),
-        Column("status", "text", not_null=True),
-        Column("currency", "text", not_null=True),
-        Column("payment_currency", "text"),
-        Column("payment_method", "text"),
-        Column("amount", "numeric", not_null=True),
-        Column("payment_amount", "numeric"),
-        Column("fx_rate", "numeric", not_null=True),
-        Column("fx_rate_payment", "numeric"),
-        Column("created_at", "timestamptz", not_null=True),
+        Column("invoice_id", INT64, not_null=True),
+        Column("parent_invoice_id", INT64),
+        Column("transaction_id", INT64),
+        Column("organization_id", INT64, not_null=True),
+        Column("type", INT64),
+        Column("status", STATUS, not_null=True),
+        Column("currency", CURRENCY, not_null=True),
+        Column("payment_currency", CURRENCY),
+        Column("payment_method", TEXT),
+        Column("amount", AMOUNT, not_null=True),
+        Column("payment_amount", PAYMENT_AMOUNT),
+        Column("fx_rate", RATE, not_null=True),
+        Column("fx_rate_payment", RATE),
+        Column("created_at", TIMESTAMP, not_null=True),
     ),
 )
 
@@ -131,14 +169,70 @@ ORGANIZATIONS = TableSpec(
     name="organizations",
     file_name="organizations.csv",
     columns=(
-        Column("organization_id", "bigint", not_null=True),
-        Column("first_payment_date", "date"),
-        Column("last_payment_date", "date"),
-        Column("legal_entity_country_code", "bigint"),
-        Column("count_total_contracts_active", "integer"),
-        Column("created_date", "timestamptz"),
+        Column("organization_id", INT64, not_null=True),
+        Column("first_payment_date", DATE),
+        Column("last_payment_date", DATE),
+        Column("legal_entity_country_code", INT64),
+        Column("count_total_contracts_active", INT32),
+        Column("created_date", TIMESTAMP),
     ),
 )
 
-# Load order: organizations first (small), so a bad invoices file fails after the quick part.
 TABLES: dict[str, TableSpec] = {spec.name: spec for spec in (ORGANIZATIONS, INVOICES)}
+
+
+def _table(name: str) -> sql.Identifier:
+    return sql.Identifier(RAW_SCHEMA, name)
+
+
+def _columns(spec: TableSpec) -> list[sql.Composable]:
+    return [column.definition() for column in spec.columns]
+
+
+def create_statements() -> list[sql.Composable]:
+    """The raw ledger's DDL, every statement idempotent: nothing is ever dropped or replaced."""
+    invoices = sql.SQL(", ").join(
+        [
+            *_columns(INVOICES),
+            sql.SQL("version integer not null"),
+            sql.SQL("first_seen_on date not null"),
+            sql.SQL("seen_on date not null"),
+            sql.SQL("primary key (invoice_id)"),
+        ]
+    )
+    versions = sql.SQL(", ").join(
+        [
+            *_columns(INVOICES),
+            sql.SQL("version integer not null"),
+            sql.SQL("seen_on date not null"),
+            sql.SQL("primary key (invoice_id, version)"),
+        ]
+    )
+    organizations = sql.SQL(", ").join(
+        [*_columns(ORGANIZATIONS), sql.SQL("seen_on date not null"), sql.SQL("primary key (organization_id)")]
+    )
+    return [
+        sql.SQL("create table if not exists {} ({})").format(_table("invoices"), invoices),
+        sql.SQL("create table if not exists {} ({})").format(_table("invoice_versions"), versions),
+        sql.SQL("create index if not exists invoice_versions_seen_on on {} (seen_on)").format(
+            _table("invoice_versions")
+        ),
+        sql.SQL("create table if not exists {} ({})").format(_table("organizations"), organizations),
+        sql.SQL(
+            """create table if not exists {} (
+                export_date date primary key,
+                source text not null,
+                invoices_sha256 text not null,
+                organizations_sha256 text,
+                invoice_rows bigint not null,
+                invoices_new bigint not null,
+                invoices_changed bigint not null,
+                invoices_unchanged bigint not null,
+                organization_rows bigint not null,
+                organizations_new bigint not null,
+                organizations_changed bigint not null,
+                loaded_at timestamptz not null default now(),
+                duration_seconds numeric not null
+            )"""
+        ).format(_table("load_log")),
+    ]

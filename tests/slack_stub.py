@@ -1,8 +1,8 @@
 """A local HTTP server standing in for Slack's incoming webhook.
 
-It records every request and answers from a script: 200, 429 with Retry-After, 5xx, a delay, or a
-hang (no answer until the test ends). The URL carries a fake secret so tests can prove it never
-leaks into output or the database.
+It records every request and answers from a script: 200, 429 with Retry-After, 5xx, a slow answer
+(accepted, answered late), or a hang (not accepted, no answer until the test ends). The URL carries
+a fake secret in its path and query so tests can prove it never leaks into output or the database.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 SECRET = "XOXB-not-a-real-secret-7f3a9c"
+QUERY_SECRET = "qs-token-not-real-5d2e"
 
 
 @dataclass(frozen=True)
@@ -23,7 +24,8 @@ class Reply:
     status: int = 200
     body: str = "ok"
     retry_after: int | None = None
-    delay: float = 0.0  # seconds before answering; longer than the client's timeout = a hang
+    delay: float = 0.0  # seconds before answering; longer than the client's timeout = no answer
+    accepted: bool = True  # whether a 200 means the message reached the channel (False: a hang)
 
 
 OK = Reply()
@@ -38,7 +40,18 @@ def server_error(status: int = 500) -> Reply:
 
 
 def hang(seconds: float = 30.0) -> Reply:
+    """The message is lost and no answer comes."""
+    return Reply(delay=seconds, accepted=False)
+
+
+def slow(seconds: float = 30.0) -> Reply:
+    """The message reaches the channel; the answer comes too late for the client."""
     return Reply(delay=seconds)
+
+
+def echoing_path(status: int = 404) -> Reply:
+    """An error page that quotes the requested path and query, as many proxies do."""
+    return Reply(status, "no such hook: {path}")
 
 
 @dataclass
@@ -46,13 +59,15 @@ class Received:
     path: str
     body: dict[str, Any]
     status: int  # what the stub answered (or meant to, for a hang)
+    accepted: bool = True  # the message reached the channel (a 200 that was not a hang)
     at: float = field(default_factory=time.monotonic)
 
 
 class SlackStub:
     """Start with `with SlackStub() as slack:`; point SLACK_WEBHOOK_URL at `slack.url`."""
 
-    def __init__(self) -> None:
+    def __init__(self, query: str = "") -> None:
+        self._query = query
         self.requests: list[Received] = []
         self._script: deque[Reply] = deque()
         self._default = OK
@@ -65,7 +80,8 @@ class SlackStub:
     @property
     def url(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}/services/T0STUB/B0STUB/{SECRET}"
+        query = f"?{self._query}" if self._query else ""
+        return f"http://{host}:{port}/services/T0STUB/B0STUB/{SECRET}{query}"
 
     def answer(self, *replies: Reply, then: Reply | None = None) -> None:
         """Answer the next requests with `replies` in order, then `then` (default: keep the default)."""
@@ -81,8 +97,8 @@ class SlackStub:
 
     @property
     def delivered(self) -> list[dict[str, Any]]:
-        """Bodies of the requests answered 200: what actually reached the channel."""
-        return [r.body for r in self.requests if r.status == 200]
+        """Bodies of the accepted requests (200, not a hang): what actually reached the channel."""
+        return [r.body for r in self.requests if r.accepted]
 
     def _next_reply(self) -> Reply:
         with self._lock:
@@ -96,10 +112,13 @@ class SlackStub:
                 raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 reply = stub._next_reply()
                 with stub._lock:
-                    stub.requests.append(Received(self.path, json.loads(raw or b"{}"), reply.status))
+                    accepted = reply.status == 200 and reply.accepted
+                    stub.requests.append(
+                        Received(self.path, json.loads(raw or b"{}"), reply.status, accepted)
+                    )
                 if reply.delay and stub._stopping.wait(reply.delay):
                     return  # the test is over: drop the connection
-                payload = reply.body.encode()
+                payload = reply.body.replace("{path}", self.path).encode()
                 try:
                     self.send_response(reply.status)
                     self.send_header("Content-Type", "text/plain")

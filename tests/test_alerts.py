@@ -22,7 +22,18 @@ from decimal import Decimal
 
 import pytest
 from conftest import PROJECT_ROOT, Database
-from slack_stub import OK, SECRET, Reply, SlackStub, hang, rate_limited, server_error
+from slack_stub import (
+    OK,
+    QUERY_SECRET,
+    SECRET,
+    Reply,
+    SlackStub,
+    echoing_path,
+    hang,
+    rate_limited,
+    server_error,
+    slow,
+)
 
 from data_platform.alerts import cli, detect, store
 
@@ -187,14 +198,31 @@ def run_inline(monkeypatch, capsys):
     return run
 
 
-def history(db: Database) -> dict[tuple[int, date], tuple[str, int]]:
-    rows = db.query("select organization_id, balance_date, status, attempts from ops.alert_history")
-    return {(org, day): (status, attempts) for org, day, status, attempts in rows}
+def history(db: Database, destination: str | None = None) -> dict[tuple[int, date], tuple[str, int]]:
+    """(status, attempts) per organization-day, for one destination (the only one, by default)."""
+    rows = db.query(
+        "select destination, organization_id, balance_date, status, attempts from ops.alert_history"
+    )
+    if destination is None:
+        assert len({row[0] for row in rows}) <= 1, "rows for several destinations: name one"
+    return {
+        (org, day): (status, attempts)
+        for dest, org, day, status, attempts in rows
+        if dest == destination or destination is None
+    }
 
 
-def watermark(db: Database) -> date | None:
-    rows = db.query("select last_processed_date from ops.alert_watermark")
-    return rows[0][0] if rows else None
+def execute(db: Database, statement: str, params=None, role: str = "admin") -> None:
+    with db.connect(role, autocommit=True) as conn:
+        conn.execute(statement, params)
+
+
+def watermark(db: Database, destination: str | None = None) -> date | None:
+    rows = db.query("select destination, last_processed_date from ops.alert_watermark")
+    if destination is None:
+        assert len(rows) <= 1, "watermarks for several destinations: name one"
+    found = [day for dest, day in rows if dest == destination or destination is None]
+    return found[0] if found else None
 
 
 def ops_tables(db: Database) -> set[str]:
@@ -329,9 +357,17 @@ def test_date_and_since(db, run_inline):
     assert "1 day processed (2024-03-02), 0 alerts sent" in repeat.stdout
     assert watermark(db) == DAY[4]  # never backwards
 
-    assert run_inline(db, "--date", "2024-03-32").returncode == 2  # argparse: not a date
+    state = (history(db), watermark(db))
+    not_a_date = run_inline(db, "--date", "2024-03-32")  # argparse
+    assert not_a_date.returncode == 2
+    assert not_a_date.stderr.endswith(
+        "alert_script.py: error: argument --date: expected a date as YYYY-MM-DD, got '2024-03-32'\n"
+    )
     conflicting = run_inline(db, "--date", "2024-03-02", "--since", "2024-03-01")
-    assert conflicting.returncode == 2 and "not allowed with" in conflicting.stderr
+    assert conflicting.returncode == 2
+    assert "argument --since: not allowed with argument --date" in conflicting.stderr
+    assert not_a_date.stdout == conflicting.stdout == ""
+    assert (history(db), watermark(db)) == state
 
 
 # --- delivery ------------------------------------------------------------------------------------
@@ -373,8 +409,8 @@ def test_console_lines_without_webhook(db):
         "[balance alert] 2024-03-01 organization 2: $800.00 -> $100.00 (-87.50%); "
         "missing from organizations.csv",
     ]
-    rows = db.query("select delivered_via, status from ops.alert_history")
-    assert rows == [("stdout", "sent"), ("stdout", "sent")]
+    rows = db.query("select destination, status from ops.alert_history")
+    assert rows == [("console", "sent"), ("console", "sent")]
 
 
 def test_rate_limited_then_ok_is_delivered_once(db, slack):
@@ -421,19 +457,56 @@ def test_down_server_fails_then_next_run_delivers_without_duplicates(db, slack):
     assert_no_secret(failed.stdout, failed.stderr, recovered.stdout, recovered.stderr, *errors)
 
 
-def test_hanging_server_times_out_and_is_bounded(db, slack):
+def test_hanging_server_times_out_then_the_next_run_delivers_each_once(db, slack):
     add_moves(db, (1, DAY[0], "100", "300"), (2, DAY[0], "100", "10"))
-    slack.always(hang())
+    slack.always(hang())  # the request is lost and no answer comes
 
-    started = time.monotonic()
-    result = run_alerts(db, webhook=slack.url, ALERT_HTTP_TIMEOUT="0.3", ALERT_HTTP_RETRIES="1")
+    hung = run_alerts(db, webhook=slack.url, ALERT_HTTP_TIMEOUT="0.3", ALERT_HTTP_RETRIES="1")
 
-    assert result.returncode == 1
-    assert time.monotonic() - started < 10
-    assert len(slack.requests) == 2  # organization 1: first try + 1 retry; organization 2 not attempted
-    assert "no answer within 0.3 s" in result.stderr
-    assert {status for status, _ in history(db).values()} == {"failed"}
-    assert_no_secret(result.stdout, result.stderr)
+    assert hung.returncode == 1
+    # organization 1 once (no answer may mean accepted: never retried in the run); 2 not attempted
+    assert len(slack.requests) == 1
+    assert "no answer within 0.3 s (the message may have arrived)" in hung.stderr
+    assert history(db) == {(1, DAY[0]): ("unknown", 1), (2, DAY[0]): ("failed", 0)}
+    assert "1 alert got no answer from Slack and may have arrived" in hung.stdout
+    assert slack.delivered == []
+
+    slack.always(OK)
+    retry = run_alerts(db, webhook=slack.url)
+
+    assert retry.returncode == 0, retry.stderr
+    assert "2 alerts sent (2 retried from earlier runs), 0 failed" in retry.stdout
+    assert organizations_in(slack.delivered) == [1, 2]  # each arrived exactly once
+    assert history(db) == {(1, DAY[0]): ("sent", 2), (2, DAY[0]): ("sent", 1)}
+    assert run_alerts(db, webhook=slack.url).returncode == 0
+    assert organizations_in(slack.delivered) == [1, 2]
+    assert_no_secret(hung.stdout, hung.stderr, retry.stdout, retry.stderr)
+
+
+def test_slow_slack_that_accepts_gets_a_message_at_most_twice(db, slack):
+    add_moves(db, (1, DAY[0], "100", "300"))
+    slack.always(slow())  # accepts every post, answers after the client gave up
+
+    first = run_alerts(db, webhook=slack.url, ALERT_HTTP_TIMEOUT="0.3")
+    assert first.returncode == 1
+    assert len(slack.delivered) == 1  # not retried within the run
+    assert history(db) == {(1, DAY[0]): ("unknown", 1)}
+
+    second = run_alerts(db, webhook=slack.url, ALERT_HTTP_TIMEOUT="0.3")
+    assert second.returncode == 1
+    assert "1 alert sent (1 retried" not in second.stdout
+    assert len(slack.delivered) == 2  # retried once by a later run
+    assert "1 alert never confirmed after 2 unanswered attempts: not sent again" in second.stdout
+
+    slack.always(OK)
+    third = run_alerts(db, webhook=slack.url)
+    assert third.returncode == 0, third.stderr
+    assert len(slack.requests) == 2  # never a third copy
+    assert history(db) == {(1, DAY[0]): ("unknown", 2)}
+    assert third.stdout.startswith("Summary: 0 days processed, 0 alerts sent, 0 failed")
+    assert "1 alert never confirmed after 2 unanswered attempts" in third.stdout
+    stored = db.query("select last_error, unanswered_attempts from ops.alert_history")
+    assert stored == [("no answer within 0.3 s (the message may have arrived)", 2)]
 
 
 def test_unreachable_webhook_never_leaks_the_url(db):
@@ -451,10 +524,55 @@ def test_unreachable_webhook_never_leaks_the_url(db):
 
 def test_invalid_webhook_url_is_a_config_error_without_echo(db):
     add_moves(db, (1, DAY[0], "100", "300"))
-    result = run_alerts(db, webhook=f"hooks.slack.com/services/{SECRET}")
-    assert result.returncode == 2
-    assert "SLACK_WEBHOOK_URL is set but is not an http(s) URL" in result.stderr
-    assert_no_secret(result.stdout, result.stderr)
+    https_only = "it must start with https:// (plain http only to localhost)"
+    for url, problem in (
+        (f"hooks.slack.com/services/{SECRET}", https_only),
+        # urllib raised on this one at send time: exit 1 and "retried next run", on every run
+        (f"https://[hooks.slack.com/services/T0STUB/{SECRET}", "it does not parse as a URL"),
+        (f"http://hooks.slack.com/services/T0STUB/{SECRET}", https_only),
+    ):
+        result = run_alerts(db, webhook=url)
+        assert result.returncode == 2
+        assert result.stderr == (
+            "alert_script.py: error: SLACK_WEBHOOK_URL is set but is not a valid webhook URL: "
+            f"{problem}. Fix it, or unset it to print to stdout.\n"
+        )
+        assert result.stdout == ""
+        assert_no_secret(result.stdout, result.stderr)
+    assert ops_tables(db) == set()  # refused before touching anything
+
+
+def test_webhook_from_a_secrets_file(db, slack, tmp_path):
+    add_moves(db, (1, DAY[0], "100", "300"))
+    secret_file = tmp_path / "slack_webhook_url"
+    secret_file.write_text(slack.url + "\n")
+
+    result = run_alerts(db, SLACK_WEBHOOK_URL_FILE=str(secret_file))
+
+    assert result.returncode == 0, result.stderr
+    assert organizations_in(slack.delivered) == [1]
+    assert history(db, "slack") == {(1, DAY[0]): ("sent", 1)}
+
+    secret_file.write_text(f"https://[hooks/{SECRET}")
+    broken = run_alerts(db, SLACK_WEBHOOK_URL_FILE=str(secret_file))
+    assert broken.returncode == 2
+    assert f"the file SLACK_WEBHOOK_URL_FILE names ({secret_file}) is set but is not a valid" in broken.stderr
+    assert_no_secret(broken.stdout, broken.stderr)
+
+
+def test_secret_in_the_query_string_is_never_printed_or_stored(db):
+    add_moves(db, (1, DAY[0], "100", "300"))
+    with SlackStub(query=f"token={QUERY_SECRET}") as slack:
+        slack.always(echoing_path(404))  # an error page quoting the requested URL
+        result = run_alerts(db, webhook=slack.url)
+
+    assert result.returncode == 1
+    [stored] = [row[0] for row in db.query("select last_error from ops.alert_history")]
+    assert stored == "HTTP 404: no such hook: <SLACK_WEBHOOK_URL>"
+    assert "organization 1: HTTP 404: no such hook: <SLACK_WEBHOOK_URL>" in result.stderr
+    for text in (result.stdout, result.stderr, stored):
+        assert QUERY_SECRET not in text
+    assert_no_secret(result.stdout, result.stderr, stored)
 
 
 # --- dry run, locking, errors --------------------------------------------------------------------
@@ -544,7 +662,26 @@ def test_wrong_role_gets_a_hint(db):
     result = run_alerts(db, PGUSER="transformer", PGPASSWORD="transformer")  # may not write ops
     assert result.returncode == 2
     assert "permission denied for schema ops" in result.stderr
-    assert "Run as the alerter role (PGUSER=alerter)" in result.stderr
+    assert (
+        "Role transformer may not write the alerts' state: run as the role that owns the ops schema "
+        "(the alerter; ALERTER_USER in init.sh)."
+    ) in result.stderr
+
+
+def test_marts_not_granted_names_the_role_and_the_grant(db):
+    add_moves(db, (1, DAY[0], "100", "300"))
+    execute(db, "revoke select on all tables in schema marts from alerter")
+    try:
+        result = run_alerts(db)
+    finally:
+        execute(db, "grant select on all tables in schema marts to alerter")
+    assert result.returncode == 2
+    assert "permission denied for table fct_organization_daily_financials" in result.stderr
+    assert (
+        "Role alerter may not read the marts: dbt grants select on them to ALERTER_USER "
+        "(+grants in dbt/dbt_project.yml); rebuild with ALERTER_USER=alerter"
+    ) in result.stderr
+    assert ops_tables(db) == set() or history(db) == {}
 
 
 def test_empty_fact_is_a_quiet_success(db, run_inline):
@@ -564,11 +701,18 @@ def test_bad_pgconnect_timeout_is_a_configuration_error(db):
     assert "Traceback" not in result.stderr
 
 
-def test_pgconnect_timeout_set_or_empty_connects(db, run_inline):
+def test_pgconnect_timeout_set_or_empty_connects(db, run_inline, monkeypatch):
     add_moves(db, (1, DAY[0], "100", "300"))
-    assert run_inline(db, PGCONNECT_TIMEOUT="3").returncode == 0
+    timeout_set = run_inline(db, PGCONNECT_TIMEOUT="3")
+    assert (timeout_set.returncode, timeout_set.stderr) == (0, "")
+    assert "1 day processed (2024-03-01), 1 alert sent" in timeout_set.stdout
+    add_moves(db, (2, DAY[1], "100", "300"))
     # empty counts as unset (psycopg would reject '' for connect_timeout): the default applies
-    assert run_inline(db, PGCONNECT_TIMEOUT="").returncode == 0
+    timeout_empty = run_inline(db, PGCONNECT_TIMEOUT="")
+    assert (timeout_empty.returncode, timeout_empty.stderr) == (0, "")
+    assert "1 day processed (2024-03-02), 1 alert sent" in timeout_empty.stdout
+    monkeypatch.delenv("PGCONNECT_TIMEOUT")  # the test's own connections, like psycopg, refuse ''
+    assert history(db) == {(1, DAY[0]): ("sent", 1), (2, DAY[1]): ("sent", 1)}
 
 
 def test_day_after_the_data_is_a_clear_error(db, run_inline):
@@ -588,7 +732,10 @@ def test_day_after_the_data_is_a_clear_error(db, run_inline):
             "Load and build newer data first, or pick an earlier day.\n"
         )
     assert ops_tables(db) == set()  # stopped before recording anything, not even the tables
-    assert run_inline(db, "--date", "2024-03-02").returncode == 0  # the latest day itself is fine
+    latest = run_inline(db, "--date", "2024-03-02")  # the latest day itself is fine
+    assert latest.returncode == 0, latest.stderr
+    assert "1 day processed (2024-03-02), 1 alert sent" in latest.stdout
+    assert history(db) == {(1, DAY[1]): ("sent", 1)}
 
 
 def test_not_a_number_in_the_fact_is_shown_not_a_crash(db, run_inline):
@@ -625,7 +772,8 @@ def test_interrupt_exits_130_and_keeps_what_was_committed(db, slack):
         "alert_script.py: interrupted. Alerts recorded as sent stay sent; "
         "the rest are retried on the next run.\n"
     )
-    assert history(db) == {(1, DAY[0]): ("sent", 1), (2, DAY[0]): ("pending", 0)}
+    # organization 2's message left before the interrupt: it may have arrived, and is counted so
+    assert history(db) == {(1, DAY[0]): ("sent", 1), (2, DAY[0]): ("unknown", 1)}
     assert watermark(db) == DAY[0]
 
     slack.always(OK)
@@ -676,9 +824,10 @@ def test_plan_and_record_see_one_version_of_the_fact(db, run_inline, monkeypatch
     latest_day = detect.latest_day
     isolation = []
 
-    def latest_day_then_a_build_commits(conn):
-        latest = latest_day(conn)
+    def latest_day_then_a_build_commits(conn, up_to=None):
+        latest = latest_day(conn, up_to)
         isolation.append(conn.exec_driver_sql("show transaction_isolation").scalar_one())
+        isolation.append(conn.exec_driver_sql("show transaction_read_only").scalar_one())
         # an incremental dbt build commits between planning and recording: it rewrites the planned
         # day (organization 1 now moves less than 50%) and adds organizations on it
         with db.connect("transformer") as build:
@@ -692,7 +841,7 @@ def test_plan_and_record_see_one_version_of_the_fact(db, run_inline, monkeypatch
     result = run_inline(db)
 
     assert result.returncode == 0, result.stderr
-    assert isolation == ["repeatable read"]
+    assert isolation == ["repeatable read", "on"]
     # everything from the version the plan saw: one alert on the latest day, nothing from zero
     assert history(db) == {(1, DAY[1]): ("sent", 1)}
     assert "1 day processed (2024-03-02), 1 alert sent, 0 failed, 0 skipped-from-zero" in result.stdout

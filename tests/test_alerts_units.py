@@ -9,8 +9,8 @@ from decimal import Decimal
 import pytest
 
 from data_platform.alerts import config, messages
-from data_platform.alerts.detect import BALANCE_CHANGE, NEW_BALANCE, Plan, plan_days
-from data_platform.alerts.store import Alert, Batch, Organization
+from data_platform.alerts.plan import Plan, plan_days
+from data_platform.alerts.records import BALANCE_CHANGE, NEW_BALANCE, Alert, Batch, Organization
 
 D = [date(2024, 3, 1) + timedelta(days=i) for i in range(10)]  # D[0] .. D[9]
 MAX = date.max  # a garbage 9999-12-31 in the data must not overflow the planning
@@ -211,19 +211,76 @@ def test_threshold_bounds_are_inclusive(threshold):
         ({"ALERT_HTTP_RETRIES": "1000000"}, "ALERT_HTTP_RETRIES must be a number from 0 to 10"),
         ({"ALERT_HTTP_RETRIES": "1.5"}, "ALERT_HTTP_RETRIES must be a whole number, got '1.5'"),
         *[
-            ({"SLACK_WEBHOOK_URL": url}, "SLACK_WEBHOOK_URL is set but is not an http(s) URL")
-            for url in (
-                "ftp://secret-host/abc",
-                "https://secret-host:99999/abc",
-                "https://secret-host:port/abc",
-                "https://:443/secret-host",
-                "https://hooks.example.com/secret-host abc",
-                "https://hooks.example.com/secret-host\x07",
+            ({"SLACK_WEBHOOK_URL": url}, f"SLACK_WEBHOOK_URL is set but is not a valid webhook URL: {why}")
+            for url, why in (
+                ("ftp://secret-host/abc", "it must start with https://"),
+                ("https://secret-host:99999/abc", "it does not parse"),
+                ("https://secret-host:port/abc", "it does not parse"),
+                ("https://:443/secret-host", "it has no host"),
+                ("https://hooks.example.com/secret-host abc", "it contains spaces"),
+                ("https://hooks.example.com/secret-host\x07", "it contains spaces"),
+                ("https://hooks.example.com/secret-host\u00e9", "it contains spaces, control or non-ASCII"),
+                # urllib raised on these at send time: exit 1, "retried next run", forever
+                ("https://[hooks.slack.com/services/secret-host", "it does not parse as a URL"),
+                ("https://hooks.slack.com]/services/secret-host", "it does not parse as a URL"),
+                # the secret would cross the network in clear text
+                ("http://hooks.slack.com/services/secret-host", "it must start with https://"),
+                ("http://127.0.0.1.secret-host.example/x", "it must start with https://"),
             )
         ],
+        (
+            {"SLACK_WEBHOOK_URL": "https://a/secret-host", "SLACK_WEBHOOK_URL_FILE": "/run/secrets/x"},
+            "SLACK_WEBHOOK_URL and SLACK_WEBHOOK_URL_FILE are both set: set only one",
+        ),
     ],
 )
 def test_bad_environment(env, message):
     with pytest.raises(config.ConfigError, match=re.escape(message)) as error:
         config.load([], env)
     assert "secret-host" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "url", ["https://hooks.slack.com/services/T/B/x?token=y", "http://127.0.0.1:8080/x", "http://localhost/x"]
+)
+def test_good_webhook_urls(url):
+    assert config.load([], {"SLACK_WEBHOOK_URL": url}).webhook_url == url
+
+
+def test_webhook_url_from_a_secrets_file(tmp_path):
+    secret = tmp_path / "slack_webhook_url"
+    secret.write_text("https://hooks.slack.com/services/T/B/secret-host\n")
+    settings = config.load([], {"SLACK_WEBHOOK_URL_FILE": str(secret), "SLACK_WEBHOOK_URL": " "})
+    assert settings.webhook_url == "https://hooks.slack.com/services/T/B/secret-host"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "cannot be read: No such file or directory"),
+        (b"", "is empty: put the webhook URL in it"),
+        (b"\xff\xfesecret-host", "cannot be read: not UTF-8 text"),
+        (
+            b"https://[secret-host/services",
+            "is set but is not a valid webhook URL: it does not parse as a URL",
+        ),
+        (b"secret-host", "is set but is not a valid webhook URL: it must start with https://"),
+    ],
+)
+def test_bad_secrets_file_is_a_configuration_error(tmp_path, content, message):
+    path = tmp_path / "slack_webhook_url"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(config.ConfigError, match=re.escape(message)) as error:
+        config.load([], {"SLACK_WEBHOOK_URL_FILE": str(path)})
+    assert str(path) in str(error.value)  # the file is named; what it holds is not
+    assert "secret-host" not in str(error.value)
+
+
+def test_future_days_are_never_planned():
+    today = D[4]
+    # the fact's latest day is after today: the run stops at today and the watermark never passes it
+    assert plan_days(watermark=D[2], latest=D[9], today=today) == Plan(D[3], D[4], D[4])
+    assert plan_days(watermark=None, latest=D[9], today=today) == Plan(D[4], D[4], D[4])
+    assert plan_days(watermark=D[2], latest=D[9], since=D[3], today=today) == Plan(D[3], D[4], D[4])
+    assert plan_days(watermark=D[2], latest=D[9], only_date=D[6], today=today).is_empty

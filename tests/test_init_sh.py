@@ -1,4 +1,4 @@
-"""init.sh's own behaviour, apart from the pipeline steps: waiting for the database, bad switches."""
+"""init.sh's own behaviour, apart from the pipeline steps: secrets, waiting for the database, bad switches."""
 
 from __future__ import annotations
 
@@ -8,14 +8,17 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from conftest import PROJECT_ROOT
+from pg_auth import PROBE_PASSWORD, password_checked_login
 
 
 def run_init_sh(tmp_path: Path, **env_vars: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG") and not k.endswith("_FILE")}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    # a socket directory where no server listens
-    env.update(PGHOST=str(tmp_path), PGUSER="transformer", PGDATABASE="warehouse", **env_vars)
+    # by default a socket directory where no server listens
+    env.update(PGHOST=str(tmp_path), PGUSER="transformer", PGDATABASE="warehouse")
+    env.update(env_vars)
     return subprocess.run(
         ["bash", str(PROJECT_ROOT / "init.sh")], env=env, capture_output=True, text=True, timeout=120
     )
@@ -28,6 +31,7 @@ def test_gives_up_waiting_for_the_database_with_a_clear_message(tmp_path):
     assert result.returncode == 2
     assert "did not accept connections within 3s" in result.stderr
     assert f"transformer@{tmp_path}:5432/warehouse" in result.stderr
+    assert "waiting cannot help" not in result.stderr
     assert 3 <= elapsed < 60
     assert "loading raw CSVs" not in result.stdout
 
@@ -36,3 +40,54 @@ def test_rejects_a_switch_that_is_not_a_boolean(tmp_path):
     result = run_init_sh(tmp_path, SERVE_DOCS="maybe", DB_WAIT_SECONDS="1")
     assert result.returncode == 2
     assert "SERVE_DOCS must be true or false, got 'maybe'" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def login(admin_conninfo):
+    """PG* variables for a role whose password the server checks (PROBE_PASSWORD)."""
+    with password_checked_login(admin_conninfo) as variables:
+        yield variables
+
+
+def test_a_wrong_password_fails_at_once(tmp_path, login):
+    # DB_WAIT_SECONDS is far longer than the run may take: a run that waited fails the assertions
+    result = run_init_sh(
+        tmp_path, **login, PGPASSWORD="not-the-password", DB_WAIT_SECONDS="60", CSV_DIR=str(tmp_path)
+    )
+    assert result.returncode == 2
+    assert "password authentication failed" in result.stderr
+    assert "refused this login: waiting cannot help" in result.stderr
+    assert "did not accept connections within" not in result.stderr
+    assert "not-the-password" not in result.stdout + result.stderr
+    assert "loading raw CSVs" not in result.stdout
+
+
+@pytest.mark.parametrize(("content", "accepted"), [(PROBE_PASSWORD + "\n", True), ("wrong\n", False)])
+def test_the_password_can_come_from_a_file(tmp_path, login, content, accepted):
+    (tmp_path / "password").write_text(content)
+    result = run_init_sh(
+        tmp_path,
+        **login,
+        PGPASSWORD="",  # empty counts as unset, as compose leaves it
+        PGPASSWORD_FILE=str(tmp_path / "password"),
+        DB_WAIT_SECONDS="60",
+        CSV_DIR=str(tmp_path / "no-csv-here"),  # the run stops at the load: only the login matters here
+    )
+    target = f"{login['PGUSER']}@{login['PGHOST']}:{login['PGPORT']}/{login['PGDATABASE']}"
+    assert (f"database {target} is ready" in result.stdout) is accepted, result.stderr
+    assert ("password authentication failed" in result.stderr) is not accepted
+    assert result.returncode != 0  # the load has no files
+
+
+def test_a_secret_file_problem_stops_before_anything_runs(tmp_path):
+    (tmp_path / "webhook").write_text("https://hooks.example.invalid/T/B/secret-token\n")
+    result = run_init_sh(
+        tmp_path,
+        SLACK_WEBHOOK_URL="https://hooks.example.invalid/plain-token",
+        SLACK_WEBHOOK_URL_FILE=str(tmp_path / "webhook"),
+        DB_WAIT_SECONDS="1",
+    )
+    assert result.returncode == 2
+    assert "SLACK_WEBHOOK_URL and SLACK_WEBHOOK_URL_FILE are both set: set only one" in result.stderr
+    assert "token" not in result.stdout + result.stderr
+    assert "waiting for the database" not in result.stdout

@@ -4,7 +4,8 @@ import os
 
 import psycopg
 import pytest
-from conftest import apply_init_sql
+from conftest import ROLE_PASSWORD_ENV, ROLE_PASSWORDS, apply_init_sql
+from pg_auth import scram_password_matches
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from data_platform import bootstrap
@@ -20,10 +21,41 @@ def database(make_database):
     return db
 
 
+SCHEMA_OWNERS = {
+    "raw": "transformer",
+    "seeds": "transformer",
+    "staging": "transformer",
+    "intermediate": "transformer",
+    "marts": "transformer",
+    "ops": "alerter",
+}
+# owners and privileges that init.sql sets: schemas, default privileges, the database
+PRIVILEGES = r"""
+    select format('schema %s', nspname), pg_get_userbyid(nspowner), coalesce(nspacl::text, '')
+    from pg_namespace where nspname !~ '^(pg_|information_schema)'
+    union all
+    select format('default %s in %s', defaclobjtype, defaclnamespace::regnamespace),
+           pg_get_userbyid(defaclrole), defaclacl::text
+    from pg_default_acl
+    union all
+    select 'database', pg_get_userbyid(datdba), coalesce(datacl::text, '')
+    from pg_database where datname = current_database()
+"""
+
+
+def privileges(database) -> dict[str, tuple[str, str]]:
+    return {name: (owner, acl) for name, owner, acl in database.query(PRIVILEGES)}
+
+
 def test_init_sql_is_idempotent(database):
+    before = privileges(database)
+    assert {name: before[f"schema {name}"][0] for name in SCHEMA_OWNERS} == SCHEMA_OWNERS
+    assert "alerter=r/transformer" in before["default r in marts"][1]
     apply_init_sql(database.conninfo("admin"))
-    schemas = {r[0] for r in database.query("select nspname from pg_namespace")}
-    assert {"raw", "seeds", "staging", "intermediate", "marts", "ops"} <= schemas
+    assert privileges(database) == before
+    # the data already built survives, and the alerter still reads it
+    with database.connect("alerter") as conn:
+        assert conn.execute("select id from marts.report").fetchall() == [(1,)]
 
 
 def test_alerter_reads_marts_created_after_bootstrap(database):
@@ -90,3 +122,54 @@ def test_reapplying_without_passwords_keeps_existing_ones(database):
     finally:
         with database.connect("admin", autocommit=True) as conn:
             conn.execute("alter role alerter password 'alerter'")
+
+
+def role_password_matches(database, role: str, password: str) -> bool:
+    (verifier,) = database.query("select rolpassword from pg_authid where rolname = %s", (role,))[0]
+    return scram_password_matches(verifier, password)
+
+
+def init_sql_env(**variables: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if "_PASSWORD" not in k}
+    return {**env, **ROLE_PASSWORD_ENV, **variables}
+
+
+def test_passwords_can_come_from_files(database, tmp_path):
+    # Docker secrets: one trailing newline removed, an empty plain variable gives way to the file
+    (tmp_path / "transformer").write_text("from-a-file\n")
+    (tmp_path / "alerter").write_text("alerter-file")
+    env = init_sql_env(
+        TRANSFORMER_PASSWORD="",
+        TRANSFORMER_PASSWORD_FILE=str(tmp_path / "transformer"),
+        ALERTER_PASSWORD="",
+        ALERTER_PASSWORD_FILE=str(tmp_path / "alerter"),
+    )
+    try:
+        bootstrap.apply_init_sql(database.conninfo("admin"), env)
+        assert role_password_matches(database, "transformer", "from-a-file")
+        assert role_password_matches(database, "alerter", "alerter-file")
+    finally:
+        apply_init_sql(database.conninfo("admin"))
+    assert role_password_matches(database, "transformer", ROLE_PASSWORDS["transformer"])
+
+
+def test_a_password_and_its_file_together_are_refused(database, tmp_path):
+    (tmp_path / "secret").write_text("file-content\n")
+    env = init_sql_env(TRANSFORMER_PASSWORD_FILE=str(tmp_path / "secret"))  # TRANSFORMER_PASSWORD is set too
+    with pytest.raises(RuntimeError) as raised:
+        bootstrap.apply_init_sql(database.conninfo("admin"), env)
+    message = str(raised.value)
+    assert "TRANSFORMER_PASSWORD and TRANSFORMER_PASSWORD_FILE are both set: set only one" in message
+    assert "file-content" not in message and ROLE_PASSWORDS["transformer"] not in message
+    assert role_password_matches(database, "transformer", ROLE_PASSWORDS["transformer"])
+
+
+def test_an_unreadable_password_file_is_refused_by_name(database, tmp_path):
+    missing = tmp_path / "missing"
+    env = init_sql_env(ALERTER_PASSWORD="", ALERTER_PASSWORD_FILE=str(missing))
+    with pytest.raises(RuntimeError) as raised:
+        bootstrap.apply_init_sql(database.conninfo("admin"), env)
+    message = str(raised.value)
+    assert f"{missing}: No such file or directory" in message
+    assert "ALERTER_PASSWORD_FILE: cannot read the file" in message
+    assert role_password_matches(database, "alerter", ROLE_PASSWORDS["alerter"])

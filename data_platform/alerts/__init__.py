@@ -1,10 +1,14 @@
 """Day-over-day balance alerts: read the warehouse fact, remember what was sent, tell Slack.
 
 Modules, one job each:
+    records   the records (Alert, Batch, Organization) and the vocabulary of states: no database code
     config    command-line flags and environment -> Settings
-    detect    which days to process and which organization-days alert (SQLAlchemy Core, marts)
-    store     the alerter's own state in the ops schema: watermark, alert history, advisory lock
-    messages  Slack Block Kit, plain-text fallback and console lines
-    delivery  Slack incoming webhook (slack-sdk retry handlers) or stdout
-    cli       the run: lock -> detect -> record -> deliver -> summary, and exit codes
+    plan      which days a run looks at and where the watermark goes (pure date logic)
+    detect    the marts queries, run in read-only transactions (SQLAlchemy Core)
+    store     the alerter's own state in the ops schema, per destination; the advisory lock
+    ops_migration  upgrades ops tables created by an older alerter
+    messages  Slack Block Kit, plain-text fallback and console lines (records only)
+    delivery  Slack incoming webhook (slack-sdk retry handlers) or stdout (records only)
+    summary   the run's closing line
+    cli       the run: lock -> read marts -> record -> deliver -> summary, and exit codes
 """

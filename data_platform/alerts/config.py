@@ -25,7 +25,7 @@ class HttpSettings:
     """How hard to try one webhook message before leaving it for the next run."""
 
     timeout: float = 10.0  # seconds per HTTP attempt
-    retries: int = 3  # retries after the first attempt (429, 5xx, connection errors, timeouts)
+    retries: int = 3  # retries after the first attempt (429, 5xx, connection errors; never a timeout)
     backoff: float = 0.5  # exponential backoff factor for 5xx / connection errors, in seconds
     max_retry_after: float = 60.0  # longest Retry-After (429) honoured within a run
 
@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Alert when an organization's balance moved by the threshold or more day over day. "
             "Reads marts.fct_organization_daily_financials; keeps its watermark and alert history "
-            "in the ops schema; posts to SLACK_WEBHOOK_URL or prints to stdout."
+            "in the ops schema; posts to SLACK_WEBHOOK_URL (or the URL in the file SLACK_WEBHOOK_URL_FILE "
+            "names) or prints to stdout."
         ),
         epilog=(
             "Exit codes: 0 all alerts delivered, 1 some delivery failed (retried on the next run), "
@@ -132,21 +133,65 @@ def _env_count(env: Mapping[str, str], name: str, default: int, *, maximum: int)
     return int(value)
 
 
-def _webhook_url(env: Mapping[str, str]) -> str | None:
-    url = env.get("SLACK_WEBHOOK_URL", "").strip()
-    if not url:
-        return None
-    # never echo the value: it is a secret
-    invalid = ConfigError("SLACK_WEBHOOK_URL is set but is not an http(s) URL; unset it to print to stdout")
-    parts = urlsplit(url)
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
+def _url_problem(url: str) -> str | None:
+    """Why `url` cannot be a webhook, in words that never repeat it (it is a secret); None if fine."""
+    if not url.isascii() or any(c.isspace() or not c.isprintable() for c in url):
+        return "it contains spaces, control or non-ASCII characters"
     try:
-        port_ok = parts.port is None or parts.port > 0  # ValueError: not a number up to 65535
+        parts = urlsplit(url)
+        port = parts.port  # ValueError: not a number up to 65535
     except ValueError:
-        port_ok = False
-    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
-        raise invalid
-    if any(c.isspace() or not c.isprintable() for c in url):  # urllib refuses these at send time
-        raise invalid
+        return "it does not parse as a URL"
+    https_only = "it must start with https:// (plain http only to localhost)"
+    if parts.scheme not in ("https", "http"):
+        return https_only
+    if not parts.hostname:
+        return "it has no host"
+    if port == 0:
+        return "its port is 0"
+    if parts.scheme == "http" and parts.hostname not in LOOPBACK_HOSTS:
+        return https_only  # the secret would cross the network in clear text
+    return None  # https, or a stand-in on this machine (tests, a local relay)
+
+
+def _read_secret_file(path: str, name: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as file:
+            return file.read().strip()
+    except (OSError, UnicodeDecodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else "not UTF-8 text"
+        raise ConfigError(f"{name}={path!r} cannot be read: {reason}") from None
+
+
+def _webhook_url(env: Mapping[str, str]) -> str | None:
+    """SLACK_WEBHOOK_URL, or the contents of the file SLACK_WEBHOOK_URL_FILE names (Docker secrets)."""
+    direct = env.get("SLACK_WEBHOOK_URL", "").strip()
+    path = env.get("SLACK_WEBHOOK_URL_FILE", "").strip()
+    if direct and path:
+        raise ConfigError("SLACK_WEBHOOK_URL and SLACK_WEBHOOK_URL_FILE are both set: set only one")
+    if path:
+        url, source = (
+            _read_secret_file(path, "SLACK_WEBHOOK_URL_FILE"),
+            f"the file SLACK_WEBHOOK_URL_FILE names ({path})",
+        )
+        if not url:
+            raise ConfigError(
+                f"{source} is empty: put the webhook URL in it, or unset SLACK_WEBHOOK_URL_FILE"
+            )
+    elif direct:
+        url, source = direct, "SLACK_WEBHOOK_URL"
+    else:
+        return None
+    problem = _url_problem(url)
+    if problem:
+        # the value is never echoed: it is a secret
+        raise ConfigError(
+            f"{source} is set but is not a valid webhook URL: {problem}. Fix it, or unset it to print "
+            "to stdout."
+        )
     return url
 
 

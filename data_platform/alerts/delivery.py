@@ -1,8 +1,12 @@
 """Where alerts go: the Slack incoming webhook, or stdout when no webhook is configured.
 
-Retries are slack-sdk's retry handlers, bounded: 429 honours Retry-After (up to a cap), 5xx and
-connection errors / timeouts back off exponentially. The webhook URL is a secret: it is never
-logged, printed or stored, and error texts are scrubbed of it before anyone sees them.
+Retries are slack-sdk's retry handlers, bounded, and only where Slack accepted nothing: 429
+honours Retry-After (up to a cap), 5xx answers and connection errors back off exponentially. A
+request that went out and got no answer (a read timeout, a dropped connection) may have been
+accepted: it is never retried within the run, and reported as unanswered instead.
+
+The webhook URL is a secret: it is never logged, printed or stored, and error texts are scrubbed
+of it (and of each of its parts) before anyone sees them.
 """
 
 from __future__ import annotations
@@ -11,10 +15,10 @@ import logging
 import random
 import sys
 from dataclasses import dataclass
-from http.client import RemoteDisconnected
+from http.client import HTTPException
 from typing import Protocol, TextIO
 from urllib.error import URLError
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from slack_sdk.http_retry import (
     BackoffRetryIntervalCalculator,
@@ -31,7 +35,7 @@ from slack_sdk.webhook import WebhookClient
 
 from data_platform.alerts import messages
 from data_platform.alerts.config import HttpSettings
-from data_platform.alerts.store import Batch
+from data_platform.alerts.records import CONSOLE, SLACK, Batch
 
 
 @dataclass(frozen=True)
@@ -40,10 +44,15 @@ class Outcome:
     error: str | None = None
     # the service itself is failing (429/5xx/network): don't spend the run on the remaining messages
     service_unavailable: bool = False
+    # the request went out and no answer came back: it may have been accepted
+    unanswered: bool = False
 
 
 class Channel(Protocol):
-    name: str
+    name: str  # the destination whose delivery state it keeps
+    # True when a send can end without knowing whether it arrived (a network request): the run
+    # records the attempt before sending, so a crash in flight is counted too
+    may_go_unanswered: bool
 
     def send(self, batch: Batch) -> Outcome: ...
 
@@ -51,7 +60,8 @@ class Channel(Protocol):
 class ConsoleChannel:
     """One readable line per alert on stdout (no webhook configured, or --dry-run)."""
 
-    name = "stdout"
+    name = CONSOLE
+    may_go_unanswered = False
 
     def __init__(self, out: TextIO | None = None, prefix: str = "") -> None:
         self._out = out
@@ -127,8 +137,10 @@ def retry_handlers(http: HttpSettings) -> list[RetryHandler]:
         ConnectionErrorRetryHandler(
             max_retry_count=http.retries,
             interval_calculator=backoff,
-            # a read timeout surfaces as TimeoutError, not URLError: retry it too
-            error_types=[URLError, ConnectionError, RemoteDisconnected, TimeoutError],
+            # urllib wraps what fails while connecting and sending in URLError; what fails while
+            # waiting for the answer (TimeoutError, RemoteDisconnected, a reset) comes unwrapped and
+            # may follow an accepted request: never retried
+            error_types=[URLError],
         ),
     ]
 
@@ -143,28 +155,51 @@ def _silent_logger() -> logging.Logger:
     return logger
 
 
+REDACTED = "<SLACK_WEBHOOK_URL>"
+_SHORTEST_SECRET_PART = 4  # shorter path segments or query values ("T0", "v1") would mangle texts
+
+
+def _secret_parts(url: str) -> list[str]:
+    """The whole URL and every part of it that could carry its secret, longest first."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return [url]
+    after_host = url.split(parts.netloc, 1)[-1] if parts.netloc else url
+    candidates = {url, after_host, parts.path, parts.query, parts.fragment, password or ""}
+    candidates.update(segment for segment in parts.path.split("/"))
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        candidates.update((f"{name}={value}", value))
+    secrets = {part for part in candidates if len(part) >= _SHORTEST_SECRET_PART}
+    return sorted(secrets, key=len, reverse=True)
+
+
 def redact(message: str, url: str) -> str:
-    """Remove the webhook URL (and its secret path) from any text."""
-    parts = urlsplit(url)
-    for secret in (url, f"{parts.netloc}{parts.path}", parts.path):
-        if secret and secret != "/":
-            message = message.replace(secret, "<SLACK_WEBHOOK_URL>")
+    """Remove the webhook URL, and each part of it that could carry the secret, from any text."""
+    for secret in _secret_parts(url):
+        message = message.replace(secret, REDACTED)
     return message
 
 
-def _describe(error: Exception, timeout: float) -> str:
-    reason = error.reason if isinstance(error, URLError) else error
-    if isinstance(reason, TimeoutError):
-        return f"no answer within {timeout:g} s"
-    if isinstance(error, URLError):
-        return f"cannot reach Slack: {error.reason}"
-    return f"{type(error).__name__}: {error}"
+def _describe(error: Exception, timeout: float) -> tuple[str, bool]:
+    """(what happened, whether the request may have been accepted)."""
+    if isinstance(error, URLError):  # failed while connecting or sending: nothing accepted
+        if isinstance(error.reason, TimeoutError):
+            return f"cannot reach Slack: no connection within {timeout:g} s", False
+        return f"cannot reach Slack: {error.reason}", False
+    if isinstance(error, TimeoutError):
+        return f"no answer within {timeout:g} s (the message may have arrived)", True
+    if isinstance(error, (OSError, HTTPException)):  # dropped or garbled while waiting for the answer
+        return f"no answer: {type(error).__name__}: {error} (the message may have arrived)", True
+    return f"{type(error).__name__}: {error}", False
 
 
 class SlackChannel:
     """One Block Kit message (with a text fallback) per organization via the incoming webhook."""
 
-    name = "slack"
+    name = SLACK
+    may_go_unanswered = True
 
     def __init__(self, url: str, http: HttpSettings) -> None:
         self._url = url
@@ -178,8 +213,10 @@ class SlackChannel:
         try:
             response = self._client.send(text=text, blocks=blocks, unfurl_links=False, unfurl_media=False)
         except Exception as error:  # network errors once retries are spent; never let one kill the run
-            message = redact(_describe(error, self._timeout), self._url)
-            return Outcome(False, message, service_unavailable=True)
+            description, unanswered = _describe(error, self._timeout)
+            return Outcome(
+                False, redact(description, self._url), service_unavailable=True, unanswered=unanswered
+            )
         if 200 <= response.status_code < 300:
             return Outcome(delivered=True)
         body = " ".join(str(response.body or "").split())[:200]

@@ -1,13 +1,18 @@
-"""What to look at: the days to process and the organization-days that alert.
+"""The marts queries: the days to process, the organization-days that alert, their context.
 
 Reads the marts with SQLAlchemy Core (bound parameters only). The tables are declared here with
 just the columns the alerts use; dbt owns them, so nothing here creates or reflects them.
+
+The marts belong to the transformer, who could put a view or function there that writes as
+whoever reads it. Everything here runs inside read_only_snapshot(): a READ ONLY transaction with
+search_path pinned to pg_catalog, separate from the alerter's own writes to ops.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date
 from decimal import Decimal
 
 from sqlalchemy import (
@@ -30,6 +35,8 @@ from sqlalchemy import (
     select,
     text,
 )
+
+from data_platform.alerts.records import BALANCE_CHANGE, NEW_BALANCE, Alert, Organization
 
 marts = MetaData(schema="marts")
 
@@ -55,63 +62,6 @@ organizations = Table(
 
 REQUIRED_TABLES = ("marts.fct_organization_daily_financials", "marts.dim_organizations")
 
-BALANCE_CHANGE = "balance_change"
-NEW_BALANCE = "new_balance"
-
-
-@dataclass(frozen=True)
-class Plan:
-    """The days a run looks at, and where the watermark stands afterwards.
-
-    start..end are calendar bounds; the days processed are the fact's days inside them.
-    """
-
-    start: date | None
-    end: date | None
-    new_watermark: date | None
-
-    @property
-    def is_empty(self) -> bool:
-        return self.start is None or self.end is None or self.start > self.end
-
-
-def plan_days(
-    *, watermark: date | None, latest: date | None, only_date: date | None = None, since: date | None = None
-) -> Plan:
-    """Choose the days to process from the data's dates (never the wall clock).
-
-    - default: every day after the watermark up to the latest day; with no watermark only the latest
-      day, so a first run does not flood the channel with all of history;
-    - --date D: exactly D; --since S: S up to the latest day.
-
-    The watermark only moves forward, and only over days this run covered without a gap, so it never
-    skips a day that was not looked at. (It may move over days whose alerts failed to deliver: those
-    are recorded in the alert history first and retried from there, not from the watermark.)
-    """
-    if latest is None:  # empty fact: nothing to do, nothing learned
-        return Plan(None, None, watermark)
-    if only_date is not None:
-        start = end = only_date
-    elif since is not None:
-        start, end = since, latest
-    elif watermark is None:
-        start = end = latest
-    elif watermark >= latest:  # nothing new (also spares watermark + 1 day when it is date.max)
-        return Plan(None, None, watermark)
-    else:
-        start, end = watermark + timedelta(days=1), latest
-
-    covered_to = min(end, latest)  # never move the watermark past the data
-    if start > covered_to:
-        moves = False
-    elif watermark is None:
-        # only a run that reaches the latest day may set the first watermark (a one-off old
-        # --date must not make the next run backfill everything after it)
-        moves = covered_to == latest
-    else:
-        moves = (start - watermark).days <= 1 and covered_to > watermark
-    return Plan(start, end, covered_to if moves else watermark)
-
 
 def missing_tables(conn: Connection) -> list[str]:
     """The marts tables the alerts need that do not exist (yet)."""
@@ -119,8 +69,21 @@ def missing_tables(conn: Connection) -> list[str]:
     return [name for name, oid in zip(REQUIRED_TABLES, found, strict=True) if oid is None]
 
 
-def begin_consistent_read(conn: Connection) -> None:
-    """Start a REPEATABLE READ transaction that sees one committed version of the fact.
+def read_only(conn: Connection, isolation: str = "read committed") -> None:
+    """Start a READ ONLY transaction with search_path pinned to pg_catalog (pg_temp last).
+
+    A function the transformer hides behind a marts view runs as the alerter, and could otherwise
+    write the alerter's ops tables: here any write fails. No unqualified name can resolve to an
+    object in marts.
+    """
+    if conn.in_transaction():
+        raise RuntimeError("read_only() must start its own transaction")
+    conn.execute(text(f"set transaction isolation level {isolation}, read only"))
+    conn.execute(text("set local search_path = pg_catalog, pg_temp"))
+
+
+def read_only_snapshot(conn: Connection) -> None:
+    """Start a read_only() REPEATABLE READ transaction that sees one committed version of the fact.
 
     dbt may rebuild the fact during a run: an incremental run deletes and re-inserts a window of
     days, a full refresh swaps in a new table. Planning (the latest day) and recording the alerts
@@ -129,15 +92,27 @@ def begin_consistent_read(conn: Connection) -> None:
     would leave us a new table whose rows that snapshot cannot see (an empty fact). The lock is the
     ACCESS SHARE any select takes: it only makes a swap wait until we commit.
     """
-    if conn.in_transaction():
-        raise RuntimeError("begin_consistent_read() must start its own transaction")
-    conn.execute(text("set transaction isolation level repeatable read"))
+    read_only(conn, "repeatable read")
     table = conn.dialect.identifier_preparer.format_table(fact)
     conn.execute(text(f"lock table {table} in access share mode"))
 
 
-def latest_day(conn: Connection) -> date | None:
-    return conn.execute(select(func.max(fact.c.balance_date))).scalar_one()
+def latest_day(conn: Connection, up_to: date | None = None) -> date | None:
+    """The fact's latest day, or its latest day on or before `up_to`."""
+    query = select(func.max(fact.c.balance_date))
+    if up_to is not None:
+        query = query.where(fact.c.balance_date <= up_to)
+    return conn.execute(query).scalar_one()
+
+
+def days_after(conn: Connection, day: date) -> tuple[int, date | None]:
+    """How many distinct days the fact has after `day`, and the last of them."""
+    row = conn.execute(
+        select(func.count(distinct(fact.c.balance_date)), func.max(fact.c.balance_date)).where(
+            fact.c.balance_date > day
+        )
+    ).one()
+    return row[0], row[1]
 
 
 @dataclass(frozen=True)
@@ -186,3 +161,46 @@ def alerts_query(start: date, end: date, threshold: Decimal, include_from_zero: 
         .where(fact.c.balance_date.between(start, end), rule)
         .order_by(fact.c.balance_date, fact.c.organization_id)
     )
+
+
+def fetch_alerts(conn: Connection, query: Select) -> list[Alert]:
+    """The rows of alerts_query() as records (only the alerting rows ever reach Python)."""
+    return [
+        Alert(
+            organization_id=row.organization_id,
+            balance_date=row.balance_date,
+            alert_kind=row.alert_kind,
+            previous_balance_usd=row.previous_balance_usd,
+            balance_usd=row.balance_usd,
+            balance_change_ratio=row.balance_change_ratio,
+        )
+        for row in conn.execute(query)
+    ]
+
+
+def organization_context(conn: Connection, organization_ids: Iterable[int]) -> dict[int, Organization]:
+    """dim_organizations' row for each organization that has one."""
+    ids = sorted(set(organization_ids))
+    if not ids:
+        return {}
+    dim = organizations
+    rows = conn.execute(
+        select(
+            dim.c.organization_id,
+            dim.c.is_missing_from_organizations_file,
+            dim.c.count_total_contracts_active,
+            dim.c.first_payment_date,
+            dim.c.last_payment_date,
+        ).where(dim.c.organization_id.in_(ids))
+    )
+    return {
+        row.organization_id: Organization(
+            organization_id=row.organization_id,
+            in_warehouse=True,
+            is_missing_from_organizations_file=row.is_missing_from_organizations_file,
+            count_total_contracts_active=row.count_total_contracts_active,
+            first_payment_date=row.first_payment_date,
+            last_payment_date=row.last_payment_date,
+        )
+        for row in rows
+    }

@@ -9,8 +9,7 @@ from __future__ import annotations
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from data_platform.alerts.detect import NEW_BALANCE
-from data_platform.alerts.store import Alert, Batch, Organization
+from data_platform.alerts.records import NEW_BALANCE, Alert, Batch, Organization
 
 CENT = Decimal("0.01")
 

@@ -1,17 +1,17 @@
-"""The alerter's own state in the ops schema: watermark, alert history, and the run lock.
+"""The alerter's own state in the ops schema: watermark and delivery history per destination, and
+the run lock.
 
 The ops schema exists from init.sql and belongs to the alerter role; the tables are created on the
 first run (create table if not exists), under the advisory lock so two first runs cannot race.
+Nothing here reads the marts: the marts are read in a separate read-only transaction (detect).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import date
-from decimal import Decimal
 
 from sqlalchemy import (
     BigInteger,
@@ -25,9 +25,9 @@ from sqlalchemy import (
     MetaData,
     Numeric,
     PrimaryKeyConstraint,
-    Select,
     Table,
     Text,
+    and_,
     func,
     select,
     text,
@@ -37,29 +37,48 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.schema import CreateIndex, CreateTable
 
-from data_platform.alerts import detect
+from data_platform.alerts import ops_migration
+from data_platform.alerts.records import (
+    BALANCE_CHANGE,
+    DESTINATIONS,
+    FAILED,
+    MAX_UNCONFIRMED_ATTEMPTS,
+    NEW_BALANCE,
+    PENDING,
+    SENT,
+    STATUSES,
+    UNKNOWN,
+    Alert,
+)
 
 # One run at a time per database: session-level advisory lock on this key ("dp_alert" in ASCII).
 LOCK_KEY = 0x64705F616C657274
 WATERMARK_NAME = "organization_balance_change"
 
-PENDING, SENT, FAILED = "pending", "sent", "failed"
-
 ops = MetaData(schema="ops")
 
-# per alert: the last day of data processed (the data's dates, never the clock)
+
+def _one_of(column: str, values: Sequence[str]) -> str:
+    return f"{column} in ({', '.join(repr(value) for value in values)})"
+
+
+# per alert and destination: the last day of data processed (the data's dates, capped at today)
 watermark = Table(
     "alert_watermark",
     ops,
-    Column("alert_name", Text, primary_key=True),
+    Column("alert_name", Text, nullable=False),
+    Column("destination", Text, nullable=False),
     Column("last_processed_date", Date, nullable=False),  # last balance_date fully processed
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("alert_name", "destination", name="alert_watermark_pkey"),
+    CheckConstraint(_one_of("destination", DESTINATIONS), name="alert_watermark_destination_check"),
 )
 
-# one row per alerting organization and day; a sent row is never sent again
+# one row per destination, alerting organization and day; a sent row is never sent again
 history = Table(
     "alert_history",
     ops,
+    Column("destination", Text, nullable=False),
     Column("organization_id", BigInteger, nullable=False),
     Column("balance_date", Date, nullable=False),
     Column("alert_kind", Text, nullable=False),
@@ -68,28 +87,35 @@ history = Table(
     Column("balance_change_ratio", Numeric),
     Column("status", Text, nullable=False, server_default=PENDING),
     Column("attempts", Integer, nullable=False, server_default=text("0")),
+    # attempts that got no answer (timeout, crash in flight): each may have been accepted
+    Column("unanswered_attempts", Integer, nullable=False, server_default=text("0")),
     Column("detected_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("last_attempt_at", DateTime(timezone=True)),
     Column("sent_at", DateTime(timezone=True)),
-    Column("delivered_via", Text),  # slack or stdout
     Column("last_error", Text),
-    PrimaryKeyConstraint("organization_id", "balance_date", name="alert_history_pkey"),
-    CheckConstraint(f"status in ('{PENDING}', '{SENT}', '{FAILED}')", name="alert_history_status_check"),
-    CheckConstraint(
-        f"alert_kind in ('{detect.BALANCE_CHANGE}', '{detect.NEW_BALANCE}')", name="alert_history_kind_check"
-    ),
+    PrimaryKeyConstraint("destination", "organization_id", "balance_date", name="alert_history_pkey"),
+    CheckConstraint(_one_of("destination", DESTINATIONS), name="alert_history_destination_check"),
+    CheckConstraint(_one_of("status", STATUSES), name="alert_history_status_check"),
+    CheckConstraint(_one_of("alert_kind", (BALANCE_CHANGE, NEW_BALANCE)), name="alert_history_kind_check"),
 )
 
 # the undelivered rows are the ones each run reads; sent history only grows
 undelivered_index = Index(
-    "alert_history_undelivered_idx", history.c.status, postgresql_where=history.c.status != SENT
+    "alert_history_undelivered_idx",
+    history.c.destination,
+    history.c.status,
+    postgresql_where=history.c.status != SENT,
 )
+
+# may still be sent: never sent, and fewer unanswered attempts than the at-most-twice promise allows
+_deliverable = and_(history.c.status != SENT, history.c.unanswered_attempts < MAX_UNCONFIRMED_ATTEMPTS)
 
 
 def ensure_tables(conn: Connection) -> None:
-    """create table / index if not exists: the first run sets up ops, later runs change nothing."""
+    """Create the tables on the first run; bring tables of an older layout up to date."""
     conn.execute(CreateTable(watermark, if_not_exists=True))
     conn.execute(CreateTable(history, if_not_exists=True))
+    ops_migration.upgrade(conn)
     conn.execute(CreateIndex(undelivered_index, if_not_exists=True))
 
 
@@ -123,77 +149,61 @@ def run_lock(conn: Connection, timeout: float, poll: float = 0.2) -> Iterator[No
             pass  # connection broken: closing it releases the lock anyway; keep the original error
 
 
-def read_watermark(conn: Connection) -> date | None:
+def pin_search_path(conn: Connection) -> None:
+    """Only pg_catalog resolves unqualified names in this transaction: every ops name is qualified."""
+    conn.execute(text("set local search_path = pg_catalog, pg_temp"))
+
+
+def read_watermark(conn: Connection, destination: str) -> date | None:
     return conn.execute(
-        select(watermark.c.last_processed_date).where(watermark.c.alert_name == WATERMARK_NAME)
+        select(watermark.c.last_processed_date).where(
+            watermark.c.alert_name == WATERMARK_NAME, watermark.c.destination == destination
+        )
     ).scalar_one_or_none()
 
 
-def write_watermark(conn: Connection, day: date) -> None:
-    """Move the watermark to `day`; never backwards."""
-    statement = pg_insert(watermark).values(alert_name=WATERMARK_NAME, last_processed_date=day)
+def write_watermark(conn: Connection, destination: str, day: date) -> None:
+    """Move the destination's watermark to `day`; never backwards."""
+    statement = pg_insert(watermark).values(
+        alert_name=WATERMARK_NAME, destination=destination, last_processed_date=day
+    )
     newer = func.greatest(watermark.c.last_processed_date, statement.excluded.last_processed_date)
     statement = statement.on_conflict_do_update(
-        index_elements=[watermark.c.alert_name],
-        set_={
-            "last_processed_date": newer,
-            "updated_at": func.now(),
-        },
+        index_elements=[watermark.c.alert_name, watermark.c.destination],
+        set_={"last_processed_date": newer, "updated_at": func.now()},
     )
     conn.execute(statement)
 
 
-def record_alerts(conn: Connection, alerts: Select) -> int:
-    """Insert the detected alerts as pending; ones already recorded (any status) are left alone.
-
-    Returns how many are new. Runs in Postgres (insert ... select): a backfill never pulls the fact
-    into Python.
-    """
-    columns = ["organization_id", "balance_date", "alert_kind", "previous_balance_usd", "balance_usd"]
-    columns.append("balance_change_ratio")
-    statement = (
-        pg_insert(history)
-        .from_select(columns, alerts)
-        .on_conflict_do_nothing(index_elements=[history.c.organization_id, history.c.balance_date])
-    )
-    return conn.execute(statement).rowcount
-
-
-@dataclass(frozen=True)
-class Organization:
-    """Context from marts.dim_organizations; None fields when unknown."""
-
-    organization_id: int
-    in_warehouse: bool  # False when dim_organizations has no row at all
-    is_missing_from_organizations_file: bool | None = None
-    count_total_contracts_active: int | None = None
-    first_payment_date: date | None = None
-    last_payment_date: date | None = None
-
-
-@dataclass(frozen=True)
-class Alert:
-    organization_id: int
-    balance_date: date
-    alert_kind: str
-    previous_balance_usd: Decimal
-    balance_usd: Decimal
-    balance_change_ratio: Decimal | None
-    status: str = PENDING
-    attempts: int = 0
+def record_alerts(conn: Connection, destination: str, alerts: Sequence[Alert], chunk: int = 1000) -> int:
+    """Insert the detected alerts as pending for `destination`; ones already recorded (any status)
+    are left alone, so a rebuilt fact never re-sends a day. Returns how many are new."""
+    new = 0
+    for offset in range(0, len(alerts), chunk):
+        rows = [
+            {
+                "destination": destination,
+                "organization_id": alert.organization_id,
+                "balance_date": alert.balance_date,
+                "alert_kind": alert.alert_kind,
+                "previous_balance_usd": alert.previous_balance_usd,
+                "balance_usd": alert.balance_usd,
+                "balance_change_ratio": alert.balance_change_ratio,
+            }
+            for alert in alerts[offset : offset + chunk]
+        ]
+        statement = (
+            pg_insert(history)
+            .values(rows)
+            .on_conflict_do_nothing(constraint="alert_history_pkey")
+            .returning(history.c.organization_id)
+        )
+        new += len(conn.execute(statement).all())
+    return new
 
 
-@dataclass(frozen=True)
-class Batch:
-    """The alerts of one organization delivered as one message."""
-
-    organization: Organization
-    alerts: tuple[Alert, ...]
-
-
-def undelivered(conn: Connection, max_days_per_message: int = 20) -> list[Batch]:
-    """Every alert not yet sent (new, or failed on an earlier run), grouped per organization."""
-    dim = detect.organizations
+def undelivered(conn: Connection, destination: str) -> list[Alert]:
+    """Every alert the destination may still be sent, by organization and day."""
     rows = conn.execute(
         select(
             history.c.organization_id,
@@ -204,76 +214,97 @@ def undelivered(conn: Connection, max_days_per_message: int = 20) -> list[Batch]
             history.c.balance_change_ratio,
             history.c.status,
             history.c.attempts,
-            (dim.c.organization_id.is_not(None)).label("in_warehouse"),
-            dim.c.is_missing_from_organizations_file,
-            dim.c.count_total_contracts_active,
-            dim.c.first_payment_date,
-            dim.c.last_payment_date,
         )
-        .select_from(history.outerjoin(dim, dim.c.organization_id == history.c.organization_id))
-        .where(history.c.status != SENT)
+        .where(history.c.destination == destination, _deliverable)
         .order_by(history.c.organization_id, history.c.balance_date)
-    ).all()
+    )
+    return [Alert(**row._mapping) for row in rows]
 
-    batches: list[Batch] = []
-    current: list[Alert] = []
-    organization: Organization | None = None
-    for row in rows:
-        if (
-            organization is None
-            or organization.organization_id != row.organization_id
-            or (len(current) >= max_days_per_message)
-        ):
-            if organization is not None:
-                batches.append(Batch(organization, tuple(current)))
-            organization = Organization(
-                organization_id=row.organization_id,
-                in_warehouse=row.in_warehouse,
-                is_missing_from_organizations_file=row.is_missing_from_organizations_file,
-                count_total_contracts_active=row.count_total_contracts_active,
-                first_payment_date=row.first_payment_date,
-                last_payment_date=row.last_payment_date,
-            )
-            current = []
-        current.append(
-            Alert(
-                organization_id=row.organization_id,
-                balance_date=row.balance_date,
-                alert_kind=row.alert_kind,
-                previous_balance_usd=row.previous_balance_usd,
-                balance_usd=row.balance_usd,
-                balance_change_ratio=row.balance_change_ratio,
-                status=row.status,
-                attempts=row.attempts,
-            )
+
+def undelivered_organizations(conn: Connection, destination: str) -> set[int]:
+    return set(
+        conn.execute(
+            select(history.c.organization_id)
+            .distinct()
+            .where(history.c.destination == destination, _deliverable)
+        ).scalars()
+    )
+
+
+def undelivered_count(conn: Connection, destination: str) -> int:
+    return conn.execute(
+        select(func.count()).where(history.c.destination == destination, _deliverable)
+    ).scalar_one()
+
+
+def given_up_count(conn: Connection, destination: str) -> int:
+    """Alerts never confirmed and not sent again: every allowed attempt went unanswered."""
+    return conn.execute(
+        select(func.count()).where(
+            history.c.destination == destination,
+            history.c.status != SENT,
+            history.c.unanswered_attempts >= MAX_UNCONFIRMED_ATTEMPTS,
         )
-    if organization is not None:
-        batches.append(Batch(organization, tuple(current)))
-    return batches
+    ).scalar_one()
 
 
-def record_outcome(
-    conn: Connection, batch: Batch, *, delivered: bool, via: str, error: str | None, attempted: bool = True
-) -> None:
-    """Mark one message's alerts sent (never to be sent again) or failed (retried next run).
+def _rows(destination: str, alerts: Sequence[Alert]):
+    organization_id = alerts[0].organization_id
+    return (
+        history.c.destination == destination,
+        history.c.organization_id == organization_id,
+        history.c.balance_date.in_([alert.balance_date for alert in alerts]),
+        history.c.status != SENT,
+    )
 
-    attempted=False: the run gave up on the channel before reaching this message; it is marked
-    failed with the reason, without counting an attempt.
+
+def record_attempt(conn: Connection, destination: str, alerts: Sequence[Alert]) -> None:
+    """Before a request that may be accepted without an answer: count it as unanswered until it is.
+
+    Committed before the request, so a run that dies in flight leaves the alert `unknown` and a
+    later run knows it may already have arrived.
     """
-    days = [alert.balance_date for alert in batch.alerts]
-    values: dict[str, object] = {}
-    if attempted:
-        values.update(attempts=history.c.attempts + 1, last_attempt_at=func.clock_timestamp())
-    if delivered:
-        values.update(status=SENT, sent_at=func.clock_timestamp(), delivered_via=via, last_error=None)
-    else:
-        values.update(status=FAILED, last_error=error)
     conn.execute(
         update(history)
-        .where(
-            history.c.organization_id == batch.organization.organization_id,
-            history.c.balance_date.in_(days),
-            history.c.status != SENT,
+        .where(*_rows(destination, alerts))
+        .values(
+            status=UNKNOWN,
+            attempts=history.c.attempts + 1,
+            unanswered_attempts=history.c.unanswered_attempts + 1,
+            last_attempt_at=func.clock_timestamp(),
         )
-        .values(**values)
     )
+
+
+def record_delivered(
+    conn: Connection, destination: str, alerts: Sequence[Alert], *, attempt_recorded: bool
+) -> None:
+    values: dict[str, object] = {"status": SENT, "sent_at": func.clock_timestamp(), "last_error": None}
+    values.update(_answered(attempt_recorded))
+    conn.execute(update(history).where(*_rows(destination, alerts)).values(**values))
+
+
+def record_failed(
+    conn: Connection, destination: str, alerts: Sequence[Alert], error: str, *, attempt_recorded: bool
+) -> None:
+    """The destination answered no (or was never reached): nothing was accepted, retry next run."""
+    values: dict[str, object] = {"status": FAILED, "last_error": error}
+    values.update(_answered(attempt_recorded))
+    conn.execute(update(history).where(*_rows(destination, alerts)).values(**values))
+
+
+def record_unanswered(conn: Connection, destination: str, alerts: Sequence[Alert], error: str) -> None:
+    """The request went out and no answer came: it stays `unknown`, counted as possibly delivered."""
+    conn.execute(update(history).where(*_rows(destination, alerts)).values(status=UNKNOWN, last_error=error))
+
+
+def record_not_attempted(conn: Connection, destination: str, alerts: Sequence[Alert], reason: str) -> None:
+    """The run gave up on the destination before this message: keep its state, note why."""
+    status = func.coalesce(func.nullif(history.c.status, PENDING), FAILED)
+    conn.execute(update(history).where(*_rows(destination, alerts)).values(status=status, last_error=reason))
+
+
+def _answered(attempt_recorded: bool) -> dict[str, object]:
+    if attempt_recorded:  # record_attempt counted it as unanswered: it was answered after all
+        return {"unanswered_attempts": history.c.unanswered_attempts - 1}
+    return {"attempts": history.c.attempts + 1, "last_attempt_at": func.clock_timestamp()}

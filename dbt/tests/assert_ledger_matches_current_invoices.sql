@@ -16,28 +16,28 @@ window_organizations as (
 booked as (
 
     select
-        organization_id,
-        status,
-        sum(net_invoice_count) as invoice_count,
-        sum(balance_change_usd) as balance_usd
+        totals.organization_id,
+        totals.status,
+        sum(totals.net_invoice_count) as invoice_count,
+        sum(totals.balance_change_usd) as balance_usd
 
-    from {{ ref('int_organization_daily_status_totals') }}
-    where organization_id in (select organization_id from window_organizations)
-    group by organization_id, status
+    from {{ ref('int_organization_daily_status_totals') }} as totals
+    where totals.organization_id in (select window_organizations.organization_id from window_organizations)
+    group by totals.organization_id, totals.status
 
 ),
 
 current_invoices as (
 
     select
-        organization_id,
-        status,
+        invoices.organization_id,
+        invoices.status,
         count(*) as invoice_count,
-        sum(balance_contribution_usd) as balance_usd
+        sum(invoices.balance_contribution_usd) as balance_usd
 
-    from {{ ref('dim_invoices') }}
-    where organization_id in (select organization_id from window_organizations)
-    group by organization_id, status
+    from {{ ref('dim_invoices') }} as invoices
+    where invoices.organization_id in (select window_organizations.organization_id from window_organizations)
+    group by invoices.organization_id, invoices.status
 
 )
 

@@ -31,7 +31,10 @@ bookings as (
         case
             when
                 versions.version = 1
-                and (exports.previous_export_date is null or versions.created_date > exports.previous_export_date)
+                and (
+                    exports.previous_export_date is null
+                    or versions.created_date > exports.previous_export_date
+                )
                 then versions.created_date
             else versions.seen_on
         end as booking_date,

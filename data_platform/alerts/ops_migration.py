@@ -1,0 +1,73 @@
+"""Bring ops tables created by an older alerter up to the per-destination layout.
+
+The older layout kept one watermark and one delivery state per organization-day, whatever the
+channel. Deployed databases have it, so the upgrade runs on every run, in the run's transaction
+and under its lock, and does nothing once the tables have a `destination` column.
+
+Older rows are assigned as follows: an alert sent goes to where it went (`stdout` -> console);
+one Slack already tried (attempts or an error recorded) stays Slack's; one never tried could have
+been either's, so it becomes pending for both, and nothing waiting is lost. The old watermark
+becomes the watermark of both destinations, so neither replays days the old alerter covered.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Connection, text
+
+_HAS_DESTINATION = """
+select exists (
+    select from information_schema.columns
+    where table_schema = 'ops' and table_name = :table_name and column_name = 'destination'
+)
+"""
+
+_UPGRADE_WATERMARK = """
+alter table ops.alert_watermark drop constraint alert_watermark_pkey;
+alter table ops.alert_watermark add column destination text;
+insert into ops.alert_watermark (alert_name, destination, last_processed_date, updated_at)
+    select alert_name, 'console', last_processed_date, updated_at
+    from ops.alert_watermark where destination is null;
+update ops.alert_watermark set destination = 'slack' where destination is null;
+alter table ops.alert_watermark alter column destination set not null;
+alter table ops.alert_watermark add constraint alert_watermark_pkey primary key (alert_name, destination);
+alter table ops.alert_watermark add constraint alert_watermark_destination_check
+    check (destination in ('slack', 'console'));
+"""
+
+_UPGRADE_HISTORY = """
+drop index if exists ops.alert_history_undelivered_idx;
+alter table ops.alert_history drop constraint alert_history_pkey;
+alter table ops.alert_history drop constraint alert_history_status_check;
+alter table ops.alert_history add column destination text;
+alter table ops.alert_history add column unanswered_attempts integer not null default 0;
+update ops.alert_history
+    set destination = case when delivered_via = 'stdout' then 'console' else 'slack' end
+    where status = 'sent';
+update ops.alert_history set destination = 'slack'
+    where destination is null and (attempts > 0 or last_error is not null or delivered_via = 'slack');
+insert into ops.alert_history (
+    destination, organization_id, balance_date, alert_kind, previous_balance_usd, balance_usd,
+    balance_change_ratio, status, attempts, detected_at
+)
+    select 'console', organization_id, balance_date, alert_kind, previous_balance_usd, balance_usd,
+        balance_change_ratio, status, attempts, detected_at
+    from ops.alert_history where destination is null;
+update ops.alert_history set destination = 'slack' where destination is null;
+alter table ops.alert_history drop column delivered_via;
+alter table ops.alert_history alter column destination set not null;
+alter table ops.alert_history
+    add constraint alert_history_pkey primary key (destination, organization_id, balance_date);
+alter table ops.alert_history add constraint alert_history_destination_check
+    check (destination in ('slack', 'console'));
+alter table ops.alert_history add constraint alert_history_status_check
+    check (status in ('pending', 'sent', 'failed', 'unknown'));
+"""
+
+
+def upgrade(conn: Connection) -> None:
+    """Upgrade each ops table still in the older layout (idempotent)."""
+    for table_name, script in (("alert_watermark", _UPGRADE_WATERMARK), ("alert_history", _UPGRADE_HISTORY)):
+        if not conn.execute(text(_HAS_DESTINATION), {"table_name": table_name}).scalar_one():
+            for statement in script.split(";"):
+                if statement.strip():
+                    conn.execute(text(statement))

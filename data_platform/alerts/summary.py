@@ -1,0 +1,81 @@
+"""The one-line account of a run that the alert command prints last."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+
+from data_platform.alerts.records import MAX_UNCONFIRMED_ATTEMPTS
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+@dataclass
+class Summary:
+    dry_run: bool = False
+    days_processed: int = 0
+    first_day: date | None = None
+    last_day: date | None = None
+    new_alerts: int = 0
+    retried: int = 0  # alerts attempted on an earlier run and attempted again
+    sent: int = 0
+    failed: int = 0  # not confirmed this run, unanswered ones included
+    unanswered: int = 0  # sent, but no answer came back: they may have arrived
+    skipped_from_zero: int = 0
+    watermark_before: date | None = None
+    watermark: date | None = None
+    today: date | None = None
+    future_days: int = 0  # days in the fact after today: never processed
+    last_future_day: date | None = None
+    given_up: int = 0  # never confirmed after every allowed unanswered attempt: not sent again
+    waiting_for_slack: int = 0  # console runs: Slack alerts still undelivered
+
+    def line(self) -> str:
+        days = f"{self.days_processed} day{'' if self.days_processed == 1 else 's'} processed"
+        if self.first_day and self.last_day:
+            span = self.first_day.isoformat()
+            if self.last_day != self.first_day:
+                span += f"..{self.last_day.isoformat()}"
+            days += f" ({span})"
+        verb = "would be sent" if self.dry_run else "sent"
+        sent = f"{_plural(self.sent, 'alert')} {verb}"
+        if self.retried:
+            sent += f" ({self.retried} retried from earlier runs)"
+        skipped = f"{self.skipped_from_zero} skipped-from-zero"
+        if self.skipped_from_zero:
+            skipped += " (--include-from-zero alerts them)"
+        watermark = f"watermark {self.watermark.isoformat() if self.watermark else 'not set'}"
+        if self.dry_run and self.watermark != self.watermark_before:
+            watermark = f"watermark would move to {self.watermark}"
+        prefix = "Summary (dry run, nothing changed)" if self.dry_run else "Summary"
+        line = f"{prefix}: {days}, {sent}, {self.failed} failed, {skipped}; {watermark}."
+        return " ".join([line, *self.notes()])
+
+    def notes(self) -> list[str]:
+        """What needs a human's eye, one sentence each."""
+        notes = []
+        if self.future_days:
+            notes.append(
+                f"{_plural(self.future_days, 'day')} after today ({self.today}) in the fact "
+                f"(up to {self.last_future_day}) not processed: check the export's dates."
+            )
+        if self.unanswered:
+            notes.append(
+                f"{_plural(self.unanswered, 'alert')} got no answer from Slack and may have arrived: "
+                f"a later run sends it again, as long as it was sent fewer than {MAX_UNCONFIRMED_ATTEMPTS} "
+                "times."
+            )
+        if self.given_up:
+            notes.append(
+                f"{_plural(self.given_up, 'alert')} never confirmed after {MAX_UNCONFIRMED_ATTEMPTS} "
+                "unanswered attempts: not sent again; check the channel (status 'unknown' in "
+                "ops.alert_history)."
+            )
+        if self.waiting_for_slack:
+            notes.append(
+                f"{_plural(self.waiting_for_slack, 'Slack alert')} still undelivered: printing is not "
+                "delivering, they wait for a run with SLACK_WEBHOOK_URL set."
+            )
+        return notes

@@ -1,0 +1,272 @@
+"""The CSV files as bytes: header check, streaming into COPY, and finding a record's line again.
+
+Streaming never holds a file in memory: blocks are read into one reusable buffer, handed to
+COPY, hashed (sha256) and their records counted. Counting is what makes a silent early end of
+COPY impossible: Postgres ends CSV data at a line holding only `\\.` and reports success, so the
+loader compares Postgres's row count with its own. The exports never quote, so a block without
+`"` is counted with one bytes.count; with quotes the count follows COPY's rule exactly (every `"`
+toggles quoting, a newline inside quotes is data).
+
+The error path (never the fast path) may re-scan a file line by line to turn a record number into
+its physical line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+
+from data_platform.load_errors import LoadError, shape_error
+from data_platform.raw_tables import TableSpec
+
+BLOCK_SIZE = 1024 * 1024
+# Longest header we accept; read with a limit so a file without newlines is never slurped.
+MAX_HEADER_BYTES = 64 * 1024
+# How much of a line the error path keeps.
+LINE_HEAD_BYTES = 4096
+UTF8_BOM = b"\xef\xbb\xbf"
+
+# Called after every block with (path, bytes done, file size).
+Progress = Callable[[Path, int, int], None]
+
+
+def check_header(spec: TableSpec, path: Path) -> int:
+    """Validate the file's first line against the spec; return the header's length in bytes.
+
+    Tolerates a UTF-8 byte order mark and CRLF. Raises LoadError for a missing, unreadable or
+    empty file and for any header other than the exact expected one.
+    """
+    try:
+        with path.open("rb") as file:
+            raw = file.readline(MAX_HEADER_BYTES)
+    except FileNotFoundError:
+        raise LoadError(path, f"file not found (expected the {spec.name} CSV file here)") from None
+    except IsADirectoryError:
+        raise LoadError(path, "is a directory, expected a CSV file") from None
+    except OSError as error:
+        raise LoadError(path, f"cannot read file: {error.strerror}") from None
+
+    expected = spec.csv_header
+    if not raw:
+        raise LoadError(path, f"file is empty (0 bytes): expected at least the header line {expected}")
+    text = raw.removeprefix(UTF8_BOM).removesuffix(b"\n").removesuffix(b"\r")
+    try:
+        found = text.decode("utf-8")
+    except UnicodeDecodeError:
+        raise LoadError(path, "header is not valid UTF-8", line=1) from None
+    if found != expected:
+        raise _header_error(path, spec.header, found)
+    return len(raw)
+
+
+def _header_error(path: Path, expected: tuple[str, ...], found: str) -> LoadError:
+    """Point at the first header column that differs, and show the whole expected header."""
+    names = found.split(",")
+    must_be = f"the header must be exactly {','.join(expected)} ({len(expected)} columns, found {len(names)})"
+    for want, got in zip(expected, names, strict=False):
+        if want != got:
+            return LoadError(
+                path, f"wrong header: expected {want} here; {must_be}", line=1, column=want, value=got
+            )
+    return LoadError(path, f"wrong header: {must_be}", line=1, value=found)
+
+
+def sha256_of(path: Path, block_size: int = BLOCK_SIZE) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb", buffering=0) as file:
+        buffer = bytearray(block_size)
+        view = memoryview(buffer)
+        while count := file.readinto(buffer):
+            digest.update(view[:count])
+    return digest.hexdigest()
+
+
+class _RecordCounter:
+    """Counts CSV records as COPY does: every `"` toggles quoting; a newline in quotes is data."""
+
+    def __init__(self) -> None:
+        self.records = 0
+        self.in_quotes = False
+        self.quoted = False
+        self.last_byte = b"\n"
+
+    def feed(self, buffer: bytearray, count: int) -> None:
+        self.last_byte = bytes(buffer[count - 1 : count])
+        if not self.in_quotes and buffer.find(b'"', 0, count) < 0:
+            self.records += buffer.count(b"\n", 0, count)
+            return
+        self.quoted = True
+        parts = bytes(buffer[:count]).split(b'"')
+        for index, part in enumerate(parts):
+            if self.in_quotes == (index % 2 == 0):
+                continue  # inside quotes
+            self.records += part.count(b"\n")
+        self.in_quotes ^= len(parts) % 2 == 0
+
+    def total(self, data_bytes: int) -> int:
+        # a last line without a final newline is a record too
+        return self.records + (1 if data_bytes and self.last_byte != b"\n" else 0)
+
+
+class FileStream:
+    """One file streamed into COPY: hashed (sha256) and its records counted on the way.
+
+    After a failed COPY, `quoted` still tells whether any block sent so far held a quote.
+    """
+
+    def __init__(self, path: Path, header_bytes: int, *, block_size: int = BLOCK_SIZE):
+        self.path = path
+        self.header_bytes = header_bytes
+        self.block_size = block_size
+        self.digest = hashlib.sha256()
+        self.counter = _RecordCounter()
+        self.data_bytes = 0
+
+    @property
+    def quoted(self) -> bool:
+        return self.counter.quoted
+
+    @property
+    def records(self) -> int:
+        """CSV records after the header, counted as COPY counts them."""
+        return self.counter.total(self.data_bytes)
+
+    @property
+    def sha256(self) -> str:
+        return self.digest.hexdigest()
+
+    def send(self, copy: psycopg.Copy, progress: Progress | None = None) -> None:
+        """Send everything after the header to COPY in binary blocks."""
+        total = self.path.stat().st_size
+        buffer = bytearray(self.block_size)
+        view = memoryview(buffer)
+        with self.path.open("rb", buffering=0) as file:
+            self.digest.update(file.read(self.header_bytes))
+            while count := file.readinto(buffer):
+                # LibpqWriter hands the bytes to libpq before returning, so the buffer is reusable.
+                copy.write(view[:count])
+                self.digest.update(view[:count])
+                self.counter.feed(buffer, count)
+                self.data_bytes += count
+                if progress:
+                    progress(self.path, self.header_bytes + self.data_bytes, total)
+
+
+# --- the error path: records back to lines ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Record:
+    number: int  # 1-based, after the header
+    line: int  # physical line where it starts (the header is line 1)
+    text: bytes  # its first line, at most LINE_HEAD_BYTES, without line ending
+
+
+def _lines(path: Path, header_bytes: int) -> Iterator[tuple[int, bytes, bool]]:
+    """(line number, head of the line, whole line had an odd number of quotes) after the header."""
+    with path.open("rb") as file:
+        file.seek(header_bytes)
+        number = 1
+        while head := file.readline(LINE_HEAD_BYTES):
+            quotes = head.count(b'"')
+            last = head
+            while not last.endswith(b"\n"):  # a very long line: read on, keeping little
+                last = file.readline(BLOCK_SIZE)
+                if not last:
+                    break
+                quotes += last.count(b'"')
+            number += 1
+            yield number, head.rstrip(b"\r\n"), quotes % 2 == 1
+
+
+def find_record(path: Path, header_bytes: int, number: int, quoted: bool) -> Record | None:
+    """Record `number` and the line it starts on; None past the end of the file."""
+    if not quoted:  # one record per line
+        line = read_line(path, number + 1)
+        return Record(number, number + 1, line.head) if line else None
+    record, in_quotes = 0, False
+    for line, head, odd in _lines(path, header_bytes):
+        if not in_quotes:
+            record += 1
+            if record == number:
+                return Record(number, line, head)
+        in_quotes ^= odd
+    return None
+
+
+def unterminated_quote_line(path: Path, header_bytes: int) -> int | None:
+    """The line where a quote opened and never closed, or None."""
+    opened, in_quotes = None, False
+    for line, _head, odd in _lines(path, header_bytes):
+        if odd and not in_quotes:
+            opened = line
+        in_quotes ^= odd
+    return opened if in_quotes else None
+
+
+@dataclass(frozen=True)
+class Line:
+    """One physical line of a file, as much of it as an error message needs."""
+
+    head: bytes  # the start of the line (at most LINE_HEAD_BYTES), without its ending
+    ending: str  # LF, CRLF, CR or none (a last line without final newline)
+    commas: int  # in the whole line
+    complete: bool  # head is the whole line
+
+    @property
+    def text(self) -> str:
+        return self.head.decode("utf-8", "backslashreplace")
+
+
+def _line_ending(chunk: bytes) -> str:
+    if chunk.endswith(b"\r\n"):
+        return "CRLF"
+    if chunk.endswith(b"\n"):
+        return "LF"
+    return "CR" if chunk.endswith(b"\r") else "none"
+
+
+def read_line(path: Path, number: int) -> Line | None:
+    """Physical line `number` (1-based) of the file; streams it, for the error path only."""
+    with path.open("rb") as file:
+        # find where the line starts by counting newlines block by block (fast on GBs)
+        to_skip, offset = number - 1, 0
+        while to_skip:
+            block = file.read(BLOCK_SIZE)
+            if not block:
+                return None
+            newlines = block.count(b"\n")
+            if newlines < to_skip:
+                to_skip -= newlines
+                offset += len(block)
+                continue
+            position = -1
+            for _ in range(to_skip):
+                position = block.index(b"\n", position + 1)
+            offset += position + 1
+            to_skip = 0
+        file.seek(offset)
+        head = last = file.readline(LINE_HEAD_BYTES)
+        if not head:
+            return None
+        commas = head.count(b",")
+        while not last.endswith(b"\n"):
+            chunk = file.readline(BLOCK_SIZE)
+            if not chunk:
+                break
+            commas += chunk.count(b",")
+            last = chunk
+    return Line(head.rstrip(b"\r\n"), _line_ending(last), commas, complete=last is head)
+
+
+def diagnose_shape(spec: TableSpec, path: Path, line_number: int, message: str) -> LoadError | None:
+    """A LoadError if physical line `line_number` is malformed: line endings, blank, column count."""
+    this = read_line(path, line_number)
+    if this is None:
+        return None
+    first = read_line(path, 2)
+    return shape_error(spec, path, line_number, this, first.ending if first else "none", message)

@@ -1,0 +1,103 @@
+"""Finding the exports under the CSV directory.
+
+Two layouts, usable together:
+- the single-file (base) export: invoices.csv + organizations.csv directly in the directory; its
+  export date is --as-of, or else the latest UTC day of CREATED_AT in the file (known only once the
+  file is read, so without --as-of the base export is loaded first);
+- dated exports: exports/<YYYY-MM-DD>/invoices.csv and, optionally, organizations.csv.
+Any other entry in exports/ is an error naming it (dotfiles are ignored).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+from data_platform.load_errors import LoadError
+from data_platform.raw_tables import INVOICES, ORGANIZATIONS
+
+EXPORTS_FOLDER = "exports"
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+@dataclass(frozen=True)
+class Export:
+    source: Path  # the directory holding the export's files, as given
+    invoices: Path
+    organizations: Path | None
+    date: date | None  # None: the base export without --as-of, dated by its content
+
+    @property
+    def label(self) -> str:
+        return f"export {self.date.isoformat() if self.date else '(dated by its content)'} ({self.source})"
+
+
+def parse_date(text: str) -> date | None:
+    """A strict YYYY-MM-DD date, or None."""
+    if not _DATE.fullmatch(text):
+        return None
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        return None
+
+
+def _base_export(csv_dir: Path, as_of: date | None) -> Export | None:
+    invoices, organizations = csv_dir / INVOICES.file_name, csv_dir / ORGANIZATIONS.file_name
+    if not invoices.exists() and not organizations.exists():
+        return None
+    for path in (invoices, organizations):
+        if not path.exists():
+            other = organizations if path == invoices else invoices
+            raise LoadError(path, f"file not found: the single-file export needs it beside {other.name}")
+    return Export(csv_dir, invoices, organizations, as_of)
+
+
+def _dated_exports(csv_dir: Path) -> list[Export]:
+    folder = csv_dir / EXPORTS_FOLDER
+    if not folder.is_dir():
+        return []
+    found = []
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        day = parse_date(entry.name)
+        if not entry.is_dir() or day is None:
+            raise LoadError(
+                entry,
+                f"unexpected entry in {folder}: expected only folders named YYYY-MM-DD holding invoices.csv",
+            )
+        invoices = entry / INVOICES.file_name
+        if not invoices.is_file():
+            raise LoadError(invoices, "file not found: every dated export folder must hold invoices.csv")
+        organizations = entry / ORGANIZATIONS.file_name
+        found.append(Export(entry, invoices, organizations if organizations.exists() else None, day))
+    return found
+
+
+def discover(csv_dir: Path | str, as_of: date | None = None) -> list[Export]:
+    """Every export under csv_dir in load order: by export date, the undated base one first."""
+    csv_dir = Path(csv_dir)
+    if not csv_dir.is_dir():
+        raise LoadError(csv_dir, "CSV directory not found (set --csv-dir or CSV_DIR)")
+    base = _base_export(csv_dir, as_of)
+    if as_of is not None and base is None:
+        raise LoadError(csv_dir, "--as-of dates the single-file export, but there is no invoices.csv here")
+    dated = _dated_exports(csv_dir)
+    if base is None and not dated:
+        raise LoadError(
+            csv_dir,
+            f"no export found: expected {INVOICES.file_name} and {ORGANIZATIONS.file_name} here, "
+            f"or {EXPORTS_FOLDER}/<YYYY-MM-DD>/{INVOICES.file_name}",
+        )
+    if base is not None and base.date is not None:
+        clash = next((export for export in dated if export.date == base.date), None)
+        if clash:
+            raise LoadError(
+                clash.source, f"two exports for {base.date}: this folder and --as-of for {csv_dir}"
+            )
+    exports = [base] if base else []
+    exports += dated
+    return sorted(exports, key=lambda export: (export.date is not None, export.date or date.min))

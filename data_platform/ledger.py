@@ -1,0 +1,260 @@
+"""The raw ledger's writes: one staged export becomes new versions, current state and a log row.
+
+All of it runs inside the export's transaction, after staging.py has checked and typed the rows
+into temporary tables. Cost is proportional to the export: the diff finds each incoming invoice by
+its primary key, only new and changed rows are written, unchanged rows cost one lookup.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, timedelta
+
+import psycopg
+from psycopg import sql
+
+from data_platform.load_errors import LoadError
+from data_platform.raw_tables import INVOICES, ORGANIZATIONS, RAW_SCHEMA, TableSpec, create_statements
+from data_platform.staging import REFUSED_FUNCTION, Staged, text_table, typed_table
+
+
+def raw(name: str) -> sql.Identifier:
+    return sql.Identifier(RAW_SCHEMA, name)
+
+
+def ensure_tables(conn: psycopg.Connection) -> None:
+    """Create the raw schema's ledger tables if missing (in the caller's transaction)."""
+    schema = conn.execute("select 1 from pg_namespace where nspname = %s", [RAW_SCHEMA]).fetchone()
+    if not schema:
+        try:
+            with conn.transaction():
+                conn.execute(sql.SQL("create schema {}").format(sql.Identifier(RAW_SCHEMA)))
+        except psycopg.errors.InsufficientPrivilege:
+            raise LoadError(
+                None,
+                f"schema {RAW_SCHEMA} does not exist and {conn.info.user} may not create it: "
+                "apply init.sql to this database first (psql -f init.sql)",
+            ) from None
+    legacy = conn.execute(
+        """
+        select 1 from information_schema.tables t
+        where t.table_schema = %s and t.table_name = 'invoices'
+          and not exists (
+              select from information_schema.columns c
+              where (c.table_schema, c.table_name) = (t.table_schema, t.table_name)
+                and c.column_name = 'version'
+          )
+        """,
+        [RAW_SCHEMA],
+    ).fetchone()
+    if legacy:
+        raise LoadError(
+            None,
+            f"{RAW_SCHEMA}.invoices has the old snapshot layout (no version column); the ledger "
+            f"keeps history in new tables: drop the old ones once (drop table {RAW_SCHEMA}.invoices, "
+            f"{RAW_SCHEMA}.organizations cascade) and load again",
+        )
+    for statement in create_statements():
+        conn.execute(statement)
+    conn.execute(REFUSED_FUNCTION)
+
+
+@dataclass(frozen=True)
+class LoggedExport:
+    export_date: date
+    invoices_sha256: str
+    organizations_sha256: str | None
+    source: str
+
+
+def logged(conn: psycopg.Connection, export_date: date) -> LoggedExport | None:
+    row = conn.execute(
+        sql.SQL(
+            "select export_date, invoices_sha256, organizations_sha256, source from {} where export_date = %s"
+        ).format(raw("load_log")),
+        [export_date],
+    ).fetchone()
+    return LoggedExport(*row) if row else None
+
+
+def logged_by_checksums(
+    conn: psycopg.Connection, invoices: str, organizations: str | None
+) -> LoggedExport | None:
+    row = conn.execute(
+        sql.SQL(
+            "select export_date, invoices_sha256, organizations_sha256, source from {}"
+            " where invoices_sha256 = %s and organizations_sha256 is not distinct from %s"
+        ).format(raw("load_log")),
+        [invoices, organizations],
+    ).fetchone()
+    return LoggedExport(*row) if row else None
+
+
+def latest_export(conn: psycopg.Connection) -> date | None:
+    return conn.execute(sql.SQL("select max(export_date) from {}").format(raw("load_log"))).fetchone()[0]
+
+
+# --- checks on the staged invoices --------------------------------------------------------------
+
+
+def latest_day(conn: psycopg.Connection) -> date | None:
+    """The latest UTC day of CREATED_AT among the staged invoices (the load runs in UTC)."""
+    return conn.execute(
+        sql.SQL("select max(created_at)::date from {}").format(typed_table(INVOICES))
+    ).fetchone()[0]
+
+
+def refuse_future_invoices(conn: psycopg.Connection, staged: Staged, export_date: date) -> None:
+    """Invoices created after their export's date would move every watermark into the future."""
+    count, first = conn.execute(
+        sql.SQL("select count(*), min(record) from {} where created_at >= %s").format(typed_table(INVOICES)),
+        [export_date + timedelta(days=1)],
+    ).fetchone()
+    if not count:
+        return
+    (value,) = conn.execute(
+        sql.SQL("select created_at from {} where record = %s").format(text_table(INVOICES)), [first]
+    ).fetchone()
+    raise LoadError(
+        staged.path,
+        f"{count:,} invoice(s) created after the export date {export_date} (the first is shown): an export "
+        "cannot hold invoices from its future; fix the export or its date",
+        line=staged.line_of(first),
+        column="CREATED_AT",
+        value=value,
+    )
+
+
+def refuse_duplicates(conn: psycopg.Connection, staged: Staged) -> None:
+    spec = staged.spec
+    found = conn.execute(
+        sql.SQL(
+            """
+            select {key}::text, array_agg(record order by record)
+            from {table}
+            group by {key}
+            having count(*) > 1
+            order by min(record)
+            limit 1
+            """
+        ).format(key=sql.Identifier(spec.key.name), table=typed_table(spec))
+    ).fetchone()
+    if found is None:
+        return
+    key, records = found
+    lines = [staged.line_of(record) for record in records[:5]]
+    more = f" and {len(records) - 5} more" if len(records) > 5 else ""
+    raise LoadError(
+        staged.path,
+        f"{spec.key.header} {key} appears {len(records)} times in this export, on lines "
+        f"{', '.join(str(line) for line in lines)}{more}: an export holds each one once",
+        line=lines[0],
+        column=spec.key.header,
+        value=key,
+    )
+
+
+# --- the writes -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InvoiceCounts:
+    new: int
+    changed: int
+    unchanged: int
+
+
+def _differs(spec: TableSpec, left: str, right: str) -> sql.Composable:
+    return sql.SQL("({}) is distinct from ({})").format(spec.names(left), spec.names(right))
+
+
+def apply_invoices(conn: psycopg.Connection, rows: int, export_date: date) -> InvoiceCounts:
+    """New invoices become version 1, changed ones their next version; unchanged ones cost nothing."""
+    columns = INVOICES.names()
+    # sorted by key: the primary-key indexes then grow in order instead of at random pages
+    conn.execute(
+        sql.SQL(
+            """
+            create temp table invoice_changes on commit drop as
+            select {incoming}, coalesce(current.version, 0) + 1 as version
+            from {typed} as incoming
+            left join {invoices} as current on current.invoice_id = incoming.invoice_id
+            where current.invoice_id is null or {differs}
+            order by incoming.invoice_id
+            """
+        ).format(
+            incoming=INVOICES.names("incoming"),
+            typed=typed_table(INVOICES),
+            invoices=raw("invoices"),
+            differs=_differs(INVOICES, "incoming", "current"),
+        )
+    )
+    day = sql.Literal(export_date)
+    conn.execute(
+        sql.SQL("insert into {} ({}, version, seen_on) select {}, version, {} from invoice_changes").format(
+            raw("invoice_versions"), columns, columns, day
+        )
+    )
+    conn.execute(
+        sql.SQL(
+            "insert into {} ({}, version, first_seen_on, seen_on)"
+            " select {}, version, {}, {} from invoice_changes where version = 1"
+        ).format(raw("invoices"), columns, columns, day, day)
+    )
+    conn.execute(
+        sql.SQL(
+            """
+            update {invoices} as current
+            set ({columns}, version, seen_on) = ({changed}, changed.version, {day})
+            from invoice_changes as changed
+            where changed.version > 1 and current.invoice_id = changed.invoice_id
+            """
+        ).format(invoices=raw("invoices"), columns=columns, changed=INVOICES.names("changed"), day=day)
+    )
+    new, changed = conn.execute(
+        "select count(*) filter (where version = 1), count(*) filter (where version > 1) from invoice_changes"
+    ).fetchone()
+    return InvoiceCounts(new, changed, rows - new - changed)
+
+
+def apply_organizations(conn: psycopg.Connection, export_date: date) -> tuple[int, int]:
+    """Upsert the export's organizations; (new, changed). Absent ones are kept."""
+    columns = ORGANIZATIONS.names()
+    updates = sql.SQL(", ").join(
+        sql.SQL("{} = excluded.{}").format(sql.Identifier(c.name), sql.Identifier(c.name))
+        for c in ORGANIZATIONS.columns[1:]
+    )
+    new, changed = conn.execute(
+        sql.SQL(
+            """
+            with upserted as (
+                insert into {organizations} as current ({columns}, seen_on)
+                select {columns}, {day} from {typed}
+                on conflict (organization_id) do update set {updates}, seen_on = excluded.seen_on
+                where {differs}
+                returning xmax = 0 as inserted
+            )
+            select count(*) filter (where inserted), count(*) filter (where not inserted) from upserted
+            """
+        ).format(
+            organizations=raw("organizations"),
+            columns=columns,
+            day=sql.Literal(export_date),
+            typed=typed_table(ORGANIZATIONS),
+            updates=updates,
+            differs=_differs(ORGANIZATIONS, "current", "excluded"),
+        )
+    ).fetchone()
+    return new, changed
+
+
+def log_export(conn: psycopg.Connection, values: dict) -> None:
+    names = list(values)
+    conn.execute(
+        sql.SQL("insert into {} ({}) values ({})").format(
+            raw("load_log"),
+            sql.SQL(", ").join(map(sql.Identifier, names)),
+            sql.SQL(", ").join(sql.Placeholder(name) for name in names),
+        ),
+        values,
+    )

@@ -1,0 +1,100 @@
+"""LoadError: bad input or a refused export, with where it happened, safe to print.
+
+Everything in a message that can come from a file (values, lines, even file names) is data, not
+terminal output: control characters, ANSI escapes, bidirectional overrides and backslashes are
+escaped the way Python's repr escapes them, so a file cannot rewrite a log or a terminal.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+from data_platform.raw_tables import TableSpec
+
+# How much of an offending value or line an error message shows.
+MAX_VALUE_CHARS = 200
+
+
+def printable(text: str) -> str:
+    """`text` with every non-printable character and backslash escaped (\\x1b, \\n, \\u202e, \\\\)."""
+    if text.isprintable() and "\\" not in text:
+        return text
+    return "".join(ch if ch.isprintable() and ch != "\\" else repr(ch)[1:-1] for ch in text)
+
+
+def _shorten(text: str, limit: int = MAX_VALUE_CHARS) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class LoadError(Exception):
+    """Bad input, a refused export or a failed load, with where it happened in the CSV file."""
+
+    def __init__(
+        self,
+        path: Path | str | None,
+        reason: str,
+        *,
+        line: int | None = None,
+        column: str | None = None,
+        value: str | None = None,
+    ):
+        self.path = Path(path) if path is not None else None
+        self.reason = reason
+        self.line = line
+        self.column = column
+        self.value = value
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = [printable(str(self.path))] if self.path is not None else []
+        if self.line is not None:
+            where.append(f"line {self.line}")
+        if self.column is not None:
+            where.append(f"column {printable(self.column)}")
+        if self.value is not None:
+            where.append(f'value "{printable(_shorten(self.value))}"')
+        reason = printable(self.reason)
+        return f"{', '.join(where)}: {reason}" if where else reason
+
+
+class LineLike(Protocol):
+    head: bytes
+    ending: str
+    commas: int
+    complete: bool
+
+    @property
+    def text(self) -> str: ...
+
+
+def _fields(line: LineLike) -> int:
+    # exports never quote: a line's fields are its commas + 1
+    return line.commas + 1
+
+
+def shape_error(
+    spec: TableSpec, path: Path, number: int, line: LineLike, first_ending: str, message: str
+) -> LoadError | None:
+    """A LoadError if the line itself is malformed: line endings, blank, column count."""
+    if b"\r" in line.head or line.ending == "CR":
+        return LoadError(
+            path, f"stray carriage return (CR) in the line ({message})", line=number, value=line.text
+        )
+    if first_ending != "none" and line.ending not in ("none", first_ending):
+        return LoadError(
+            path,
+            f"mixed line endings: this line ends with {line.ending} but line 2 ends with {first_ending}; "
+            "use LF or CRLF throughout",
+            line=number,
+        )
+    if not line.text.strip():
+        return LoadError(path, f"blank line (expected {len(spec.columns)} columns)", line=number)
+    if b'"' not in line.head and _fields(line) != len(spec.columns):
+        return LoadError(
+            path,
+            f"wrong number of columns: expected {len(spec.columns)}, found {_fields(line)}",
+            line=number,
+            value=line.text,
+        )
+    return None

@@ -1,0 +1,98 @@
+"""Secrets from files (Docker secrets): NAME_FILE names a file holding NAME's value.
+
+Compose mounts each secret as a file under /run/secrets, so `docker compose config` and `docker inspect`
+show only its path. init.sh calls
+
+    python -m data_platform.secrets shell-exports
+
+and evaluates the `export NAME=...` lines it prints, so dbt, the loader and the alert script read the
+plain variables as before. A file's content is the value with one trailing newline (LF or CRLF) removed.
+An empty variable counts as unset, as in the postgres image's own POSTGRES_PASSWORD_FILE.
+Errors name the variable and the file, never the content.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+# What the pipeline container reads: the transformer's and the alerter's passwords, the Slack webhook.
+SECRET_VARIABLES = ("PGPASSWORD", "ALERTER_PASSWORD", "SLACK_WEBHOOK_URL")
+
+
+class SecretError(ValueError):
+    """A NAME_FILE variable cannot be used; the message says which one and why."""
+
+
+def file_variable(name: str) -> str:
+    return f"{name}_FILE"
+
+
+def read_secret_file(name: str, path: str) -> str:
+    """The value of `name` stored in `path`, without one trailing newline."""
+    source = f"{file_variable(name)}={path}"
+    try:
+        data = Path(path).read_bytes()
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        message = f"{source}: cannot read the file ({reason}); mount it readable or unset the variable"
+        raise SecretError(message) from None
+    try:
+        value = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SecretError(f"{source}: the file is not UTF-8 text") from None
+    if "\0" in value:
+        raise SecretError(f"{source}: the file contains a NUL byte, which no environment variable can hold")
+    for line_end in ("\r\n", "\n"):
+        if value.endswith(line_end):
+            return value[: -len(line_end)]
+    return value
+
+
+def resolve(environ: Mapping[str, str], names: Iterable[str] = SECRET_VARIABLES) -> dict[str, str]:
+    """{NAME: value} for every NAME whose NAME_FILE is set; raise SecretError when one cannot be used."""
+    resolved = {}
+    for name in names:
+        path = environ.get(file_variable(name), "")
+        if not path:
+            continue
+        if environ.get(name, ""):
+            raise SecretError(
+                f"{name} and {file_variable(name)} are both set: set only one "
+                f"({file_variable(name)} for a secrets file, {name} for a plain value)"
+            )
+        resolved[name] = read_secret_file(name, path)
+    return resolved
+
+
+def shell_exports(values: Mapping[str, str]) -> str:
+    """`export NAME=value` lines, quoted for a POSIX shell's eval."""
+    return "".join(f"export {name}={shlex.quote(value)}\n" for name, value in values.items())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m data_platform.secrets", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    exports = commands.add_parser(
+        "shell-exports", help="print `export NAME=...` for every NAME whose NAME_FILE is set"
+    )
+    exports.add_argument(
+        "names", nargs="*", default=list(SECRET_VARIABLES), help=f"default: {' '.join(SECRET_VARIABLES)}"
+    )
+    args = parser.parse_args(argv)
+
+    try:
+        values = resolve(os.environ, args.names)
+    except SecretError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    sys.stdout.write(shell_exports(values))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

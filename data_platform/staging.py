@@ -1,0 +1,226 @@
+"""One CSV file into a typed temporary table, every value checked, bad input named by line.
+
+1. COPY streams the file into a temporary table of text columns (plus `record`, the row's order
+   in the file): Postgres parses the CSV, the loader never holds the file.
+2. The loader's own record count must equal the rows COPY stored: nothing ends a load early.
+3. One SQL pass checks every value against the export's exact format (raw_tables.py) and casts it
+   into a typed temporary table. The fast path only learns that some value failed; the error path
+   then finds the first bad record and column with a check that never raises, and maps the record
+   back to its line in the file.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from data_platform.csv_files import (
+    FileStream,
+    Progress,
+    diagnose_shape,
+    find_record,
+    unterminated_quote_line,
+)
+from data_platform.load_errors import LoadError
+from data_platform.raw_tables import TableSpec
+
+END_OF_DATA_MARKER = b"\\."
+
+
+def text_table(spec: TableSpec) -> sql.Identifier:
+    return sql.Identifier(f"incoming_{spec.name}_text")
+
+
+def typed_table(spec: TableSpec) -> sql.Identifier:
+    """The checked, typed rows of the file: what the diff reads."""
+    return sql.Identifier(f"incoming_{spec.name}")
+
+
+@dataclass(frozen=True)
+class Staged:
+    spec: TableSpec
+    path: Path
+    header_bytes: int
+    rows: int
+    quoted: bool
+    sha256: str
+
+    def record(self, number: int):
+        return find_record(self.path, self.header_bytes, number, self.quoted)
+
+    def line_of(self, record: int) -> int | None:
+        found = self.record(record)
+        return found.line if found else None
+
+
+def stage(
+    conn: psycopg.Connection,
+    spec: TableSpec,
+    path: Path,
+    header_bytes: int,
+    *,
+    block_size: int,
+    progress: Progress | None,
+) -> Staged:
+    """COPY the file into a text table, check the row count, then check and cast every value."""
+    columns = [sql.SQL("{} text").format(sql.Identifier(column.name)) for column in spec.columns]
+    conn.execute(
+        sql.SQL(
+            "create temp table {} (record bigint generated always as identity, {}) on commit drop"
+        ).format(text_table(spec), sql.SQL(", ").join(columns))
+    )
+    stream = FileStream(path, header_bytes, block_size=block_size)
+    statement = sql.SQL("copy {} ({}) from stdin with (format csv, encoding 'UTF8')").format(
+        text_table(spec), spec.names()
+    )
+    with conn.cursor() as cursor:
+        try:
+            with cursor.copy(statement) as copy:
+                stream.send(copy, progress)
+        except psycopg.Error as error:
+            load_error = _copy_error(error, spec, stream)
+            if load_error is None:
+                raise
+            raise load_error from error
+        rows = cursor.rowcount
+    staged = Staged(spec, path, header_bytes, rows, stream.quoted, stream.sha256)
+    if rows != stream.records:
+        raise _lost_rows(staged, stream.records)
+    _cast(conn, staged)
+    return staged
+
+
+def _lost_rows(staged: Staged, records: int) -> LoadError:
+    """COPY stored fewer rows than the file holds: say where and why it stopped."""
+    path, rows = staged.path, staged.rows
+    stopped = staged.record(rows + 1) if rows < records else None
+    if stopped is not None and stopped.text == END_OF_DATA_MARKER:
+        return LoadError(
+            path,
+            f"a line holding only \\. ends the data for Postgres (its end-of-data marker): {rows:,} of "
+            f"{records:,} rows would have loaded; remove the line",
+            line=stopped.line,
+            value="\\.",
+        )
+    return LoadError(
+        path,
+        f"Postgres read {rows:,} rows but the file holds {records:,} CSV records; nothing was loaded",
+        line=stopped.line if stopped else None,
+    )
+
+
+_COPY_CONTEXT = re.compile(r"COPY \S+, line (\d+)(?:, column (\w+))?")
+
+
+def _copy_error(error: psycopg.Error, spec: TableSpec, stream: FileStream) -> LoadError | None:
+    """Turn a COPY data error into a LoadError at the file's own line, else None."""
+    if not isinstance(error, psycopg.errors.DataError):
+        return None  # e.g. a cancelled COPY (Ctrl-C) is not bad input
+    path = stream.path
+    message = error.diag.message_primary or str(error).strip()
+    if "unterminated CSV quoted field" in message:
+        opened = unterminated_quote_line(path, stream.header_bytes)
+        return LoadError(
+            path, "a quote opens here and is never closed (unterminated quoted field)", line=opened
+        )
+    match = _COPY_CONTEXT.search(error.diag.context or "")
+    if not match:
+        return None
+    # text columns: what remains is the shape of a record (column count, line ends, encoding)
+    record = find_record(path, stream.header_bytes, int(match.group(1)), stream.quoted)
+    line = record.line if record else None
+    if line is not None:
+        shape_error = diagnose_shape(spec, path, line, message)
+        if shape_error:
+            return shape_error
+    if isinstance(error, psycopg.errors.CharacterNotInRepertoire):
+        return LoadError(path, f"{message} (the file must be UTF-8)", line=line)
+    column = spec.column(match.group(2)) if match.group(2) else None
+    return LoadError(path, message, line=line, column=column.header if column else None)
+
+
+def _cast(conn: psycopg.Connection, staged: Staged) -> None:
+    """Create the typed table from the text one; any value not in its exact format is refused."""
+    spec = staged.spec
+    casts = []
+    for column in spec.columns:
+        value = sql.Identifier(column.name)
+        if_null = sql.SQL("pg_temp.refused()") if column.not_null else sql.NULL
+        casts.append(
+            sql.SQL(
+                "case when {v} is null then {if_null}::{t} when {check} then {v}::{t}"
+                " else pg_temp.refused()::{t} end as {v}"
+            ).format(
+                v=value, if_null=if_null, t=sql.SQL(column.sql_type), check=column.format.check_sql(value)
+            )
+        )
+    statement = sql.SQL("create temp table {} on commit drop as select record, {} from {}").format(
+        typed_table(spec), sql.SQL(", ").join(casts), text_table(spec)
+    )
+    try:
+        with conn.transaction():  # a savepoint: the diagnosis below still runs in the load transaction
+            conn.execute(statement)
+    except (psycopg.errors.DataError, psycopg.errors.RaiseException) as error:
+        raise _invalid_value(conn, staged) or error from error
+    conn.execute(sql.SQL("analyze {}").format(typed_table(spec)))
+
+
+REFUSED_FUNCTION = """
+create or replace function pg_temp.refused() returns text language plpgsql as $$
+begin
+    raise exception 'a value is not in the export''s format';
+end $$
+"""
+
+
+def _invalid_value(conn: psycopg.Connection, staged: Staged) -> LoadError | None:
+    """The first record holding a value the cast refused, as a LoadError at its line."""
+    spec = staged.spec
+    oks = []
+    for index, column in enumerate(spec.columns):
+        value = sql.Identifier("t", column.name)
+        oks.append(
+            sql.SQL("({}, case when {} is null then {} else {} end)").format(
+                sql.Literal(index),
+                value,
+                sql.Literal(not column.not_null),
+                column.format.safe_check_sql(value),
+            )
+        )
+    found = conn.execute(
+        sql.SQL(
+            """
+            select t.record, bad.n
+            from {} as t
+            cross join lateral (
+                select n from (values {}) as checks (n, ok) where not ok order by n limit 1
+            ) as bad
+            order by t.record
+            limit 1
+            """
+        ).format(text_table(spec), sql.SQL(", ").join(oks))
+    ).fetchone()
+    if found is None:
+        return None
+    record, index = found
+    column = spec.columns[index]
+    (value,) = conn.execute(
+        sql.SQL("select {} from {} where record = %s").format(sql.Identifier(column.name), text_table(spec)),
+        [record],
+    ).fetchone()
+    line = staged.line_of(record)
+    if value is None:
+        return LoadError(
+            staged.path, "empty value, but this column is required", line=line, column=column.header, value=""
+        )
+    return LoadError(
+        staged.path,
+        f"not in the export's format: expected {column.expected}",
+        line=line,
+        column=column.header,
+        value=value,
+    )

@@ -1,0 +1,299 @@
+"""alert_script.py's state end to end: per-destination delivery, the ops upgrade, what the marts may
+do to the alerter, the clock, backfill splitting and rebuilt facts. Same harness as test_alerts.py."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+from slack_stub import OK, server_error
+from test_alerts import (  # noqa: F401  (db, slack, warehouse and run_inline are fixtures)
+    DAY,
+    add_moves,
+    add_organization,
+    alert_lines,
+    db,
+    execute,
+    history,
+    ops_tables,
+    organizations_in,
+    run_alerts,
+    run_inline,
+    slack,
+    warehouse,
+    watermark,
+)
+
+from data_platform.alerts import cli
+
+WAITING_FOR_SLACK = (
+    "1 Slack alert still undelivered: printing is not delivering, they wait for a run with "
+    "SLACK_WEBHOOK_URL set."
+)
+
+# --- destinations ---------------------------------------------------------------------------------
+
+
+def test_console_run_is_a_view_and_consumes_nothing_of_slack(db, slack):  # noqa: F811
+    add_moves(db, (1, DAY[0], "100", "300"))
+    slack.always(server_error(500))
+    assert run_alerts(db, webhook=slack.url).returncode == 1
+    add_moves(db, (2, DAY[1], "100", "300"))
+
+    by_hand = run_alerts(db)  # no SLACK_WEBHOOK_URL: a person looking, not a delivery
+
+    assert by_hand.returncode == 0, by_hand.stderr
+    # its own first run: the latest day only; Slack's failed alert is not printed as if delivered
+    assert alert_lines(by_hand.stdout) == [
+        "[balance alert] 2024-03-02 organization 2: $100.00 -> $300.00 (+200.00%); not in dim_organizations"
+    ]
+    assert by_hand.stdout.splitlines()[-1] == (
+        "Summary: 1 day processed (2024-03-02), 1 alert sent, 0 failed, 0 skipped-from-zero; "
+        f"watermark 2024-03-02. {WAITING_FOR_SLACK}"
+    )
+    assert history(db, "slack") == {(1, DAY[0]): ("failed", 1)}
+    assert history(db, "console") == {(2, DAY[1]): ("sent", 1)}
+    assert (watermark(db, "slack"), watermark(db, "console")) == (DAY[0], DAY[1])
+
+    slack.always(OK)
+    delivered = run_alerts(db, webhook=slack.url)
+
+    assert delivered.returncode == 0, delivered.stderr
+    # the failed alert and the day the console run printed both reach Slack
+    assert "1 day processed (2024-03-02), 2 alerts sent (1 retried from earlier runs), 0 failed" in (
+        delivered.stdout
+    )
+    assert organizations_in(slack.delivered) == [1, 2]
+    assert history(db, "slack") == {(1, DAY[0]): ("sent", 2), (2, DAY[1]): ("sent", 1)}
+
+    quiet = run_alerts(db)
+    assert quiet.stdout == (
+        "Summary: 0 days processed, 0 alerts sent, 0 failed, 0 skipped-from-zero; watermark 2024-03-02.\n"
+    )
+
+
+def test_webhook_configured_later_starts_at_the_latest_day(db, slack):  # noqa: F811
+    add_moves(db, (1, DAY[0], "100", "300"))
+    assert len(alert_lines(run_alerts(db).stdout)) == 1
+    add_moves(db, (2, DAY[1], "100", "300"))
+    assert len(alert_lines(run_alerts(db).stdout)) == 1
+
+    first_slack_run = run_alerts(db, webhook=slack.url)
+
+    assert first_slack_run.returncode == 0, first_slack_run.stderr
+    # Slack's first run, like any first run, takes the latest day only: the printed history is
+    # not replayed into the channel, the latest day is sent even though it was printed
+    assert "1 day processed (2024-03-02), 1 alert sent" in first_slack_run.stdout
+    assert organizations_in(slack.delivered) == [2]
+    assert history(db, "slack") == {(2, DAY[1]): ("sent", 1)}
+
+    add_moves(db, (3, DAY[2], "100", "300"))
+    assert run_alerts(db, webhook=slack.url).returncode == 0
+    assert organizations_in(slack.delivered) == [2, 3]
+    assert history(db, "console") == {(1, DAY[0]): ("sent", 1), (2, DAY[1]): ("sent", 1)}
+
+    backfill = run_alerts(db, "--since", "2024-03-01", webhook=slack.url)  # the printed-only day
+    assert backfill.returncode == 0, backfill.stderr
+    assert "3 days processed (2024-03-01..2024-03-03), 1 alert sent" in backfill.stdout
+    assert organizations_in(slack.delivered) == [1, 2, 3]
+
+
+# --- ops tables of the older layout ------------------------------------------------------------------
+
+OLD_OPS_DDL = """
+create table ops.alert_watermark (
+    alert_name text not null,
+    last_processed_date date not null,
+    updated_at timestamp with time zone default now() not null,
+    primary key (alert_name)
+);
+create table ops.alert_history (
+    organization_id bigint not null,
+    balance_date date not null,
+    alert_kind text not null,
+    previous_balance_usd numeric not null,
+    balance_usd numeric not null,
+    balance_change_ratio numeric,
+    status text default 'pending' not null,
+    attempts integer default 0 not null,
+    detected_at timestamp with time zone default now() not null,
+    last_attempt_at timestamp with time zone,
+    sent_at timestamp with time zone,
+    delivered_via text,
+    last_error text,
+    constraint alert_history_pkey primary key (organization_id, balance_date),
+    constraint alert_history_status_check check (status in ('pending', 'sent', 'failed')),
+    constraint alert_history_kind_check check (alert_kind in ('balance_change', 'new_balance'))
+);
+create index alert_history_undelivered_idx on ops.alert_history (status) where status != 'sent';
+insert into ops.alert_watermark (alert_name, last_processed_date)
+    values ('organization_balance_change', '2024-03-02');
+insert into ops.alert_history (
+    organization_id, balance_date, alert_kind, previous_balance_usd, balance_usd, balance_change_ratio,
+    status, attempts, delivered_via, last_error
+) values
+    (1, '2024-03-01', 'balance_change', 100, 300, 2, 'sent', 1, 'stdout', null),
+    (2, '2024-03-01', 'balance_change', 100, 300, 2, 'sent', 1, 'slack', null),
+    (3, '2024-03-01', 'balance_change', 100, 300, 2, 'failed', 1, null, 'HTTP 500: internal_error'),
+    (4, '2024-03-02', 'balance_change', 100, 300, 2, 'pending', 0, null, null);
+"""
+
+
+def test_ops_tables_of_the_older_layout_are_upgraded_in_place(db, slack):  # noqa: F811
+    add_moves(db, *[(org, DAY[0], "100", "300") for org in (1, 2, 3)], (4, DAY[1], "100", "300"))
+    execute(db, OLD_OPS_DDL, role="alerter")
+
+    upgraded = run_alerts(db, webhook=slack.url)
+
+    assert upgraded.returncode == 0, upgraded.stderr
+    # the failed Slack alert and the never-tried one go to Slack; nothing sent is sent again
+    assert "0 days processed, 2 alerts sent (1 retried from earlier runs), 0 failed" in upgraded.stdout
+    assert organizations_in(slack.delivered) == [3, 4]
+    assert history(db, "slack") == {
+        (2, DAY[0]): ("sent", 1),
+        (3, DAY[0]): ("sent", 2),
+        (4, DAY[1]): ("sent", 1),
+    }
+    # printed before (stdout); never tried, so it may have been meant for the console too
+    assert history(db, "console") == {(1, DAY[0]): ("sent", 1), (4, DAY[1]): ("pending", 0)}
+    assert (watermark(db, "slack"), watermark(db, "console")) == (DAY[1], DAY[1])
+
+    again = run_alerts(db, webhook=slack.url)  # the upgrade is done once
+    assert again.returncode == 0, again.stderr
+    assert "0 alerts sent" in again.stdout and len(slack.requests) == 2
+    printed = run_alerts(db)
+    assert alert_lines(printed.stdout) == [
+        "[balance alert] 2024-03-02 organization 4: $100.00 -> $300.00 (+200.00%); not in dim_organizations"
+    ]
+    columns = db.query(
+        "select column_name from information_schema.columns "
+        "where table_schema = 'ops' and table_name = 'alert_history' order by ordinal_position"
+    )
+    assert ("delivered_via",) not in columns and ("destination",) in columns
+
+
+# --- what the marts may do to the alerter ----------------------------------------------------------
+
+ATTACK = """
+create function marts.move_watermark() returns boolean language plpgsql as $$
+begin
+    update ops.alert_watermark set last_processed_date = '2999-12-31';
+    return true;
+end $$;
+alter table marts.dim_organizations rename to dim_organizations_built;
+create view marts.dim_organizations as
+    select built.* from marts.dim_organizations_built as built, (select marts.move_watermark()) as attack;
+"""
+
+UNDO_ATTACK = """
+drop view marts.dim_organizations;
+drop function marts.move_watermark();
+alter table marts.dim_organizations_built rename to dim_organizations;
+"""
+
+
+def test_a_marts_view_that_writes_cannot_move_the_watermark(db, slack):  # noqa: F811
+    add_organization(db, 1)
+    add_organization(db, 2)
+    add_moves(db, (1, DAY[0], "100", "300"))
+    assert run_alerts(db, webhook=slack.url).returncode == 0
+    assert watermark(db) == DAY[0]
+    add_moves(db, (2, DAY[1], "100", "300"))
+    execute(db, ATTACK, role="transformer")
+    try:
+        _attack_is_stopped(db, slack)
+    finally:
+        execute(db, UNDO_ATTACK, role="transformer")
+
+
+def _attack_is_stopped(db, slack) -> None:  # noqa: F811
+    # the attack works on an ordinary read as the alerter, so this test can fail
+    with db.connect("alerter") as probe:
+        probe.execute("select count(*) from marts.dim_organizations")
+        assert probe.execute("select last_processed_date from ops.alert_watermark").fetchone() == (
+            date(2999, 12, 31),
+        )
+        probe.rollback()
+
+    result = run_alerts(db, webhook=slack.url)
+
+    assert result.returncode == 2
+    assert "cannot execute UPDATE in a read-only transaction" in result.stderr
+    assert "something in marts tried to write while the alerter read it" in result.stderr
+    assert watermark(db) == DAY[0]  # neither 2999-12-31 nor moved by the run
+    assert history(db) == {(1, DAY[0]): ("sent", 1)}  # nothing recorded from that snapshot
+    assert organizations_in(slack.delivered) == [1]
+
+
+# --- the clock -----------------------------------------------------------------------------------
+
+
+def test_days_after_today_are_never_processed(db, run_inline, monkeypatch):  # noqa: F811
+    monkeypatch.setattr(cli, "today_utc", lambda: DAY[2])
+    add_moves(db, (1, DAY[1], "100", "300"), (2, DAY[4], "100", "300"), (3, DAY[5], "100", "300"))
+
+    first = run_inline(db)
+
+    assert first.returncode == 0, first.stderr
+    assert [line.split(":")[0] for line in alert_lines(first.stdout)] == [
+        "[balance alert] 2024-03-02 organization 1"
+    ]
+    assert first.stdout.splitlines()[-1] == (
+        "Summary: 1 day processed (2024-03-02), 1 alert sent, 0 failed, 0 skipped-from-zero; "
+        "watermark 2024-03-02. 2 days after today (2024-03-03) in the fact (up to 2024-03-06) not "
+        "processed: check the export's dates."
+    )
+    assert watermark(db) == DAY[1]
+
+    add_moves(db, (1, DAY[2], "300", "900"))
+    second = run_inline(db, "--since", "2024-03-01")
+    assert second.returncode == 0, second.stderr
+    assert "2 days processed (2024-03-02..2024-03-03), 1 alert sent" in second.stdout
+    assert watermark(db) == DAY[2]  # today at most, whatever the fact holds
+    assert set(history(db)) == {(1, DAY[1]), (1, DAY[2])}
+
+    future = run_inline(db, "--date", "2024-03-05")
+    assert future.returncode == 2
+    assert future.stderr == (
+        "alert_script.py: error: --date 2024-03-05 is after today (2024-03-03, UTC): future days are "
+        "never processed.\n"
+    )
+    assert (watermark(db), set(history(db))) == (DAY[2], {(1, DAY[1]), (1, DAY[2])})
+
+
+# --- backfills and rebuilt facts ------------------------------------------------------------------
+
+
+def test_backfill_is_split_every_20_days(db, slack):  # noqa: F811
+    days = [date(2024, 1, 1) + timedelta(days=i) for i in range(45)]
+    add_moves(db, *[(1, day, "100", "200") for day in days])
+
+    result = run_alerts(db, "--since", "2024-01-01", webhook=slack.url)
+
+    assert result.returncode == 0, result.stderr
+    assert "45 days processed (2024-01-01..2024-02-14), 45 alerts sent, 0 failed" in result.stdout
+    day_lines = [body["blocks"][1]["text"]["text"].splitlines() for body in slack.delivered]
+    assert [len(lines) for lines in day_lines] == [20, 20, 5]
+    sent_days = [line.split("*")[1] for lines in day_lines for line in lines]
+    assert sent_days == [day.isoformat() for day in days]  # in order, each once
+    assert organizations_in(slack.delivered) == [1, 1, 1]
+    assert set(history(db).values()) == {("sent", 1)}
+
+
+def test_sent_alerts_are_not_sent_again_after_the_fact_is_rebuilt(db, slack):  # noqa: F811
+    add_moves(db, (1, DAY[0], "100", "300"), (2, DAY[0], "100", "110"))
+    assert run_alerts(db, webhook=slack.url).returncode == 0
+    # a rebuild with other rules: organization 1's move changes size, organization 2 now alerts
+    execute(
+        db,
+        "update marts.fct_organization_daily_financials set balance_usd = balance_usd * 3, "
+        "balance_change_ratio = (balance_usd * 3 - previous_balance_usd) / previous_balance_usd",
+    )
+
+    again = run_alerts(db, "--date", "2024-03-01", webhook=slack.url)
+
+    assert again.returncode == 0, again.stderr
+    assert "1 day processed (2024-03-01), 1 alert sent, 0 failed" in again.stdout
+    assert organizations_in(slack.delivered) == [1, 2]  # organization 1 not a second time
+    stored = db.query("select organization_id, balance_usd from ops.alert_history order by 1")
+    assert stored == [(1, 300), (2, 330)]  # what was sent, as it was sent
+    assert ops_tables(db) == {"alert_history", "alert_watermark"}

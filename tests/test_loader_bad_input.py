@@ -1,0 +1,345 @@
+"""Bad input: refused with file, line, column and value, and nothing loaded. No silent failure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+from loader_files import INVOICE_LINES, ORG_LINES, invoice, reset_raw, snapshot, write, write_dir, write_export
+
+from data_platform.loader import LoadError, load_exports
+from data_platform.load_errors import printable
+
+
+@pytest.fixture(scope="module")
+def database(make_database):
+    return make_database()
+
+
+@pytest.fixture
+def conn(database):
+    with database.connect("transformer", autocommit=True) as connection:
+        reset_raw(connection)
+        yield connection
+
+
+@pytest.fixture
+def baseline(conn, tmp_path) -> dict:
+    load_exports(conn, write_dir(tmp_path / "baseline"))
+    return snapshot(conn)
+
+
+def replace(lines: list[str], line: int, old: str, new: str) -> list[str]:
+    """Copy of `lines` with `old` -> `new` on physical line `line` (1-based, header = 1)."""
+    changed = list(lines)
+    assert old in changed[line - 1]
+    changed[line - 1] = changed[line - 1].replace(old, new, 1)
+    return changed
+
+
+@dataclass(frozen=True)
+class Bad:
+    """A bad file and where its error must point: physical line (header = 1), column, value."""
+
+    lines: list[str]
+    line: int
+    column: str | None
+    value: str | None
+    reason: str  # words the message must contain
+
+
+def _value(column: str, old: str, new: str, line: int = 3, value: str | None = None) -> Bad:
+    """`old` -> `new` on `line`: refused as not in the column's format."""
+    shown = value if value is not None else new.strip(",")
+    return Bad(replace(INVOICE_LINES, line, old, new), line, column, shown, "not in the export's format")
+
+
+TIMESTAMP_LINE_2 = "2023-07-17T04:00:40.096Z"
+
+BAD_INVOICES = {
+    "misspelt header": Bad(
+        replace(INVOICE_LINES, 1, "AMOUNT,", "AMOUNTS,"), 1, "AMOUNT", "AMOUNTS", "wrong header"
+    ),
+    "short header": Bad(replace(INVOICE_LINES, 1, ",CREATED_AT", ""), 1, None, None, "14 columns, found 13"),
+    "lowercase header": Bad(
+        [INVOICE_LINES[0].lower(), *INVOICE_LINES[1:]], 1, "INVOICE_ID", "invoice_id", "wrong header"
+    ),
+    "bad number": _value("AMOUNT", "12.34", "12.3x"),
+    "id out of int64": Bad(
+        replace(INVOICE_LINES, 4, "9223372036854775807,", "9223372036854775808,"),
+        4, "INVOICE_ID", "9223372036854775808", "a signed 64-bit integer",
+    ),
+    "id as a float": _value("TRANSACTION_ID", ",-7,", ",-7.0,"),
+    "id with a plus": _value("TRANSACTION_ID", ",-7,", ",+7,"),
+    "id in hex": _value("TRANSACTION_ID", ",-7,", ",0x10,"),
+    "id with underscores": _value("TRANSACTION_ID", ",-7,", ",1_000,"),
+    "id with a space": _value("TRANSACTION_ID", ",-7,", ", 7,"),
+    "id in scientific notation": _value("TRANSACTION_ID", ",-7,", ",1e3,"),
+    "huge amount": _value("AMOUNT", "12.34", "1e100000"),
+    "amount in scientific notation": _value("AMOUNT", "12.34", "1.5e2"),
+    "amount past numeric(18,2)": _value("AMOUNT", "12.34", "12345678901234567.00"),
+    "amount with 3 places (never rounded)": _value("AMOUNT", "12.34", "12.345"),
+    "amount with a plus": _value("AMOUNT", "12.34", "+12.34"),
+    "amount with 1 place": _value("AMOUNT", "12.34", "12.3"),
+    "NaN amount": _value("AMOUNT", "12.34", "NaN"),
+    "Infinity amount": _value("AMOUNT", "12.34", "Infinity"),
+    "nan payment amount": _value("PAYMENT_AMOUNT", ",100,", ",nan,", line=2),
+    "payment amount with 3 places": _value("PAYMENT_AMOUNT", ",100,", ",100.001,", line=2),
+    "rate with 9 places": _value("FX_RATE", "1.00010000", "1.000100001"),
+    "rate past numeric(18,8)": _value("FX_RATE", "1.00010000", "12345678901.00000000"),
+    "-inf payment rate": _value("FX_RATE_PAYMENT", ",0.91234567,2023", ",-inf,2023", line=4, value="-inf"),
+    "lowercase currency": _value("CURRENCY", ",USDC,", ",usdc,"),
+    "five-letter currency": _value("CURRENCY", ",USDC,", ",USDCX,"),
+    "status with a capital": _value("STATUS", ",open,", ",Open,"),
+    "empty required status": Bad(replace(INVOICE_LINES, 3, ",open,", ",,"), 3, "STATUS", "", "required"),
+    "impossible timestamp": _value("CREATED_AT", TIMESTAMP_LINE_2, "2023-02-30T04:00:40.096Z", line=2),
+    "garbage timestamp": _value("CREATED_AT", TIMESTAMP_LINE_2, "soon", line=2),
+    "timestamp keyword now": _value("CREATED_AT", TIMESTAMP_LINE_2, "now", line=2),
+    "timestamp keyword epoch": _value("CREATED_AT", TIMESTAMP_LINE_2, "epoch", line=2),
+    "infinite timestamp": _value("CREATED_AT", TIMESTAMP_LINE_2, "infinity", line=2),
+    "timestamp with an offset": _value("CREATED_AT", TIMESTAMP_LINE_2, "2023-07-17T04:00:40+02:00", line=2),
+    "timestamp with +00": _value("CREATED_AT", TIMESTAMP_LINE_2, "2023-07-17T04:00:40+00", line=2),
+    "timestamp without zone": _value("CREATED_AT", TIMESTAMP_LINE_2, "2023-07-17T04:00:40", line=2),
+    "timestamp with a space": _value("CREATED_AT", TIMESTAMP_LINE_2, "2023-07-17 04:00:40Z", line=2),
+    "timestamp with 7 digits": _value("CREATED_AT", TIMESTAMP_LINE_2, "2023-07-17T04:00:40.1234567Z", line=2),
+    "date only": _value("CREATED_AT", TIMESTAMP_LINE_2, "2023-07-17", line=2),
+    "too few columns": Bad(
+        replace(INVOICE_LINES, 3, ",USDC,", ","),
+        3, None, INVOICE_LINES[2].replace(",USDC,", ","), "expected 14, found 13",
+    ),
+    "too many columns": Bad(
+        replace(INVOICE_LINES, 2, "card,", "card,extra,"), 2, None, None, "expected 14, found 15"
+    ),
+    "blank line": Bad([*INVOICE_LINES[:3], "", INVOICE_LINES[3]], 4, None, None, "blank line"),
+    "end-of-data marker": Bad([*INVOICE_LINES[:3], "\\.", INVOICE_LINES[3]], 4, None, "\\.", "end-of-data marker"),
+    "invalid utf-8": Bad(replace(INVOICE_LINES, 3, "open", "op\udcffen"), 3, None, None, "UTF8"),
+    "unterminated quote": Bad(replace(INVOICE_LINES, 2, ",card,", ',"card,'), 2, None, None, "never closed"),
+    # a file still being written: no final newline and a cut-off last value
+    "cut-off date": Bad(
+        [*INVOICE_LINES[:3], INVOICE_LINES[3].replace("2023-12-31T23:59:59.999999Z", "2023-12-3")],
+        4, "CREATED_AT", "2023-12-3", "not in the export's format",
+    ),
+    "cut-off time": Bad(
+        [*INVOICE_LINES[:3], INVOICE_LINES[3].replace("2023-12-31T23:59:59.999999Z", "2023-12-31T23:5")],
+        4, "CREATED_AT", "2023-12-31T23:5", "not in the export's format",
+    ),
+}  # fmt: skip
+
+
+def encode(lines: list[str], final_newline: bool = True) -> bytes:
+    return ("\n".join(lines) + ("\n" if final_newline else "")).encode("utf-8", "surrogateescape")
+
+
+@pytest.mark.parametrize("case", BAD_INVOICES, ids=list(BAD_INVOICES))
+def test_bad_invoices_name_file_line_column_value_and_load_nothing(conn, tmp_path, baseline, case):
+    bad = BAD_INVOICES[case]
+    # a valid organizations file in the same export must not be loaded either
+    directory = write_export(tmp_path / "csv", "2024-01-02", [], ORG_LINES[1:2])
+    path = directory / "invoices.csv"
+    path.write_bytes(encode(bad.lines, final_newline=not case.startswith("cut-off")))
+
+    with pytest.raises(LoadError) as raised:
+        load_exports(conn, tmp_path / "csv")
+
+    error = raised.value
+    message = str(error)
+    assert (error.path, error.line) == (path, bad.line), message
+    assert message.startswith(f"{path}, line {bad.line}")
+    if bad.column is not None:
+        assert error.column == bad.column and f"column {bad.column}" in message
+    if bad.value is not None:
+        assert error.value == bad.value and f'value "{printable(bad.value)}"' in message
+    assert bad.reason in message
+    assert "\n" not in message
+    assert snapshot(conn) == baseline
+
+
+BAD_ORGANIZATIONS = {
+    "bad date": Bad(
+        replace(ORG_LINES, 4, "2022-01-31", "2022-01-32"), 4, "LAST_PAYMENT_DATE", "2022-01-32", "YYYY-MM-DD"
+    ),
+    "ambiguous date": Bad(  # Feb 3 or Mar 2? never guessed, whatever the server's datestyle
+        replace(ORG_LINES, 5, "2022-01-01", "02/03/2022"), 5, "FIRST_PAYMENT_DATE", "02/03/2022", "date"
+    ),
+    "date keyword": Bad(replace(ORG_LINES, 5, "2022-01-01", "today"), 5, "FIRST_PAYMENT_DATE", "today", "date"),
+    "bad integer": Bad(
+        replace(ORG_LINES, 2, ",3,", ",3.5,"), 2, "COUNT_TOTAL_CONTRACTS_ACTIVE", "3.5", "integer"
+    ),
+    "bad created date": Bad(
+        replace(ORG_LINES, 8, "38.445423Z", "38.445423Q"),
+        8, "CREATED_DATE", "2021-03-08T17:35:38.445423Q", "ISO-8601",
+    ),
+    "infinite date": Bad(
+        replace(ORG_LINES, 4, "2022-01-31", "-infinity"), 4, "LAST_PAYMENT_DATE", "-infinity", "YYYY-MM-DD"
+    ),
+    "infinite created date": Bad(
+        replace(ORG_LINES, 3, "2021-03-08T17:35:39.4Z", "Infinity"), 3, "CREATED_DATE", "Infinity", "ISO-8601"
+    ),
+    "duplicate organization": Bad([*ORG_LINES, ORG_LINES[3]], 4, "ORGANIZATION_ID", "42", "lines 4, 9"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", BAD_ORGANIZATIONS, ids=list(BAD_ORGANIZATIONS))
+def test_bad_organizations_name_file_line_column_value_and_load_nothing(conn, tmp_path, baseline, case):
+    bad = BAD_ORGANIZATIONS[case]
+    directory = write_export(tmp_path / "csv", "2024-01-02", [invoice(1)], bad.lines[1:])
+    with pytest.raises(LoadError) as raised:
+        load_exports(conn, tmp_path / "csv")
+    message = str(raised.value)
+    path = directory / "organizations.csv"
+    assert message.startswith(f'{path}, line {bad.line}, column {bad.column}, value "{bad.value}"'), message
+    assert bad.reason in message
+    assert snapshot(conn) == baseline
+
+
+def test_mixed_line_endings_are_named(conn, tmp_path, baseline):
+    path = write_dir(tmp_path / "files") / "invoices.csv"
+    # CRLF on the first data line, LF on the second
+    path.write_bytes("\r\n".join(INVOICE_LINES[:3]).encode() + b"\n" + INVOICE_LINES[3].encode())
+    with pytest.raises(
+        LoadError, match=r"line 3: mixed line endings: this line ends with LF but line 2 ends with CRLF"
+    ):
+        load_exports(conn, path.parent)
+    assert snapshot(conn) == baseline
+
+
+def test_error_on_a_very_long_line_is_shortened(conn, tmp_path, baseline):
+    path = write_dir(tmp_path / "files") / "invoices.csv"
+    path.write_bytes(encode(replace(INVOICE_LINES, 3, "USDC,,,", "USDC," + "x" * 100_000 + ",")))
+    with pytest.raises(LoadError, match="expected 14, found 13") as raised:
+        load_exports(conn, path.parent)
+    assert len(str(raised.value)) < 600
+    assert snapshot(conn) == baseline
+
+
+def test_empty_file_and_missing_files(conn, tmp_path, baseline):
+    directory = write_dir(tmp_path / "files")
+    (directory / "invoices.csv").write_bytes(b"")
+    with pytest.raises(LoadError, match=r"invoices\.csv: file is empty \(0 bytes\): expected at least the header"):
+        load_exports(conn, directory)
+    (directory / "organizations.csv").unlink()
+    (directory / "invoices.csv").write_bytes(encode(INVOICE_LINES))
+    with pytest.raises(LoadError, match=r"organizations\.csv: file not found: the single-file export needs it"):
+        load_exports(conn, directory)
+    with pytest.raises(LoadError, match="CSV directory not found"):
+        load_exports(conn, tmp_path / "nowhere")
+    with pytest.raises(LoadError, match=r"no export found: expected invoices\.csv and organizations\.csv here"):
+        load_exports(conn, tmp_path)
+    assert snapshot(conn) == baseline
+
+
+@pytest.mark.parametrize("entry", ["2024-13-01", "latest", "2024-01-02.zip", "20240102"])
+def test_unexpected_entries_in_exports_are_named(conn, tmp_path, baseline, entry):
+    write_export(tmp_path / "csv", "2024-01-02", [invoice(1)])
+    odd = tmp_path / "csv" / "exports" / entry
+    odd.mkdir() if entry != "2024-01-02.zip" else odd.write_bytes(b"")
+    (tmp_path / "csv" / "exports" / ".DS_Store").write_bytes(b"")  # dotfiles are ignored
+    with pytest.raises(LoadError, match="unexpected entry in .*: expected only folders named YYYY-MM-DD") as raised:
+        load_exports(conn, tmp_path / "csv")
+    assert raised.value.path == odd
+    odd.rmdir() if odd.is_dir() else odd.unlink()
+    (tmp_path / "csv" / "exports" / "2024-01-03").mkdir()
+    with pytest.raises(LoadError, match="every dated export folder must hold invoices.csv"):
+        load_exports(conn, tmp_path / "csv")
+    assert snapshot(conn) == baseline
+
+
+# --- silent failures: each of these once ended in exit 0 with wrong data -----------------------
+
+
+def _numbered(count: int) -> list[str]:
+    return [invoice(1000 + i, f"2024-01-02T10:00:{i % 60:02d}Z") for i in range(count)]
+
+
+def test_quoted_newline_then_end_of_data_marker_is_refused_at_its_line(conn, tmp_path, baseline):
+    """COPY ends CSV data at a line holding only `\\.`; after a quoted newline the line is not rows + 2."""
+    rows = _numbered(300)
+    rows[48] = rows[48].replace(",USD,,,", ',USD,,"card\nx",')  # file lines 50 and 51
+    rows.insert(149, "\\.")  # file line 152 (one line more after the quoted newline)
+    directory = write_export(tmp_path / "csv", "2024-01-02", rows)
+    with pytest.raises(LoadError) as raised:
+        load_exports(conn, tmp_path / "csv")
+    assert (raised.value.line, raised.value.value) == (152, "\\.")
+    assert "149 of 301 rows would have loaded" in str(raised.value)
+    assert snapshot(conn) == baseline
+    # without the marker every record loads, the quoted newline kept as data
+    rows.pop(149)
+    write(directory / "invoices.csv", [INVOICE_LINES[0], *rows])
+    (result,) = [r for r in load_exports(conn, tmp_path / "csv") if not r.skipped]
+    assert result.invoice_rows == 300
+    assert conn.execute("select payment_method from raw.invoices where invoice_id = 1048").fetchone() == ("card\nx",)
+
+
+def test_an_error_after_a_quoted_newline_names_the_physical_line(conn, tmp_path, baseline):
+    rows = _numbered(10)
+    rows[2] = rows[2].replace(",USD,,,", ',USD,,"two\nlines",')  # lines 4-5
+    rows[5] = rows[5].replace(",10.00,", ",10.0x,")  # line 8 (record 6)
+    write_export(tmp_path / "csv", "2024-01-02", rows)
+    with pytest.raises(LoadError) as raised:
+        load_exports(conn, tmp_path / "csv")
+    assert (raised.value.line, raised.value.column, raised.value.value) == (8, "AMOUNT", "10.0x")
+
+
+def test_unterminated_quote_names_the_line_where_it_opened(conn, tmp_path, baseline):
+    rows = _numbered(20)
+    rows[4] = rows[4].replace(",USD,,,", ',USD,,"card,')  # line 6: the quote never closes
+    write_export(tmp_path / "csv", "2024-01-02", rows)
+    with pytest.raises(LoadError, match="a quote opens here and is never closed") as raised:
+        load_exports(conn, tmp_path / "csv")
+    assert raised.value.line == 6
+    assert snapshot(conn) == baseline
+
+
+def test_control_characters_from_the_file_are_escaped_in_messages(conn, tmp_path, baseline):
+    rows = _numbered(3)
+    rows[1] = rows[1].replace(",open,", ",\x1b[2J\x1b[31mpaid\u202e\x07,")
+    write_export(tmp_path / "csv", "2024-01-02", rows)
+    with pytest.raises(LoadError) as raised:
+        load_exports(conn, tmp_path / "csv")
+    message = str(raised.value)
+    assert raised.value.column == "STATUS" and raised.value.line == 3
+    assert 'value "\\x1b[2J\\x1b[31mpaid\\u202e\\x07"' in message
+    assert not any(ch in message for ch in "\x1b\x07\u202e")
+
+
+def test_escaping_is_unambiguous():
+    assert printable("plain text, ok") == "plain text, ok"
+    assert printable("a\\x1b") == "a\\\\x1b"  # a literal backslash is not mistaken for an escape
+    assert printable("tab\there\nnewline\r") == "tab\\there\\nnewline\\r"
+    assert printable("\x9b31m") == "\\x9b31m"  # the one-byte CSI
+
+
+def test_invoices_after_the_export_date_are_refused_counted_and_the_first_named(conn, tmp_path, baseline):
+    rows = _numbered(5)
+    rows[1] = invoice(2001, "2099-01-01T00:00:00Z")
+    rows[3] = invoice(2002, "2024-01-03T00:00:00.000Z")  # one day after the export's date
+    write_export(tmp_path / "csv", "2024-01-02", rows)
+    with pytest.raises(LoadError) as raised:
+        load_exports(conn, tmp_path / "csv")
+    assert (raised.value.line, raised.value.column, raised.value.value) == (3, "CREATED_AT", "2099-01-01T00:00:00Z")
+    assert "2 invoice(s) created after the export date 2024-01-02" in str(raised.value)
+    assert snapshot(conn) == baseline
+
+
+def test_as_of_before_the_latest_invoice_is_refused(conn, tmp_path):
+    with pytest.raises(LoadError, match="1 invoice.s. created after the export date 2023-12-30") as raised:
+        load_exports(conn, write_dir(tmp_path / "files"), as_of=__import__("datetime").date(2023, 12, 30))
+    assert raised.value.line == 4
+    assert conn.execute("select count(*) from raw.load_log").fetchone() == (0,)
+
+
+def test_an_export_from_the_future_is_refused(conn, tmp_path, baseline):
+    write_export(tmp_path / "csv", "2999-01-01", [invoice(1)])
+    with pytest.raises(LoadError, match=r"export date 2999-01-01 is after today \(.*UTC\): an export cannot come"):
+        load_exports(conn, tmp_path / "csv")
+    assert snapshot(conn) == baseline
+
+
+def test_the_same_invoice_twice_is_refused_naming_id_and_lines(conn, tmp_path, baseline):
+    rows = _numbered(6)
+    rows[4] = invoice(1001, status="paid")  # 1001 is also on line 3
+    write_export(tmp_path / "csv", "2024-01-02", rows)
+    with pytest.raises(LoadError, match="INVOICE_ID 1001 appears 2 times in this export, on lines 3, 6") as raised:
+        load_exports(conn, tmp_path / "csv")
+    assert raised.value.line == 3
+    assert snapshot(conn) == baseline

@@ -1,0 +1,119 @@
+"""data_platform.secrets: NAME_FILE (Docker secrets) resolved into NAME; errors never show a value."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import PROJECT_ROOT
+
+from data_platform import secrets
+
+SECRET = "s3cret-value"
+
+
+def write(tmp_path, content: bytes, name: str = "secret"):
+    path = tmp_path / name
+    path.write_bytes(content)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("content", "value"),
+    [
+        (b"s3cret\n", "s3cret"),  # what `echo pw > file` writes
+        (b"s3cret", "s3cret"),
+        (b"s3cret\r\n", "s3cret"),
+        (b"s3cret\n\n", "s3cret\n"),  # one newline only: the rest is part of the value
+        (b"  spaced pass \n", "  spaced pass "),
+        ("pässwörd\n".encode(), "pässwörd"),
+    ],
+)
+def test_a_file_gives_its_content_minus_one_trailing_newline(tmp_path, content, value):
+    env = {"PGPASSWORD_FILE": write(tmp_path, content)}
+    assert secrets.resolve(env) == {"PGPASSWORD": value}
+
+
+def test_only_names_with_a_file_are_resolved(tmp_path):
+    env = {
+        "PGPASSWORD": "plain",
+        "SLACK_WEBHOOK_URL_FILE": write(tmp_path, b"https://hooks.example.invalid/T/B/x\n"),
+        "ALERTER_PASSWORD_FILE": "",  # empty counts as unset
+    }
+    assert secrets.resolve(env) == {"SLACK_WEBHOOK_URL": "https://hooks.example.invalid/T/B/x"}
+
+
+def test_an_empty_plain_variable_gives_way_to_its_file(tmp_path):
+    # compose files often set NAME: "" by default
+    env = {"PGPASSWORD": "", "PGPASSWORD_FILE": write(tmp_path, b"from-file\n")}
+    assert secrets.resolve(env) == {"PGPASSWORD": "from-file"}
+
+
+def test_both_set_is_an_error_naming_both_and_neither_value(tmp_path):
+    env = {"ALERTER_PASSWORD": "plain-value", "ALERTER_PASSWORD_FILE": write(tmp_path, SECRET.encode())}
+    with pytest.raises(secrets.SecretError) as raised:
+        secrets.resolve(env)
+    message = str(raised.value)
+    assert "ALERTER_PASSWORD and ALERTER_PASSWORD_FILE are both set: set only one" in message
+    assert "plain-value" not in message and SECRET not in message
+
+
+@pytest.mark.parametrize(
+    ("make_path", "reason"),
+    [
+        (lambda tmp_path: str(tmp_path / "missing"), "No such file or directory"),
+        (lambda tmp_path: str(tmp_path), "Is a directory"),
+    ],
+)
+def test_an_unreadable_file_is_an_error_naming_the_variable_and_path(tmp_path, make_path, reason):
+    path = make_path(tmp_path)
+    with pytest.raises(secrets.SecretError) as raised:
+        secrets.resolve({"PGPASSWORD_FILE": path})
+    assert str(raised.value).startswith(f"PGPASSWORD_FILE={path}: cannot read the file ({reason})")
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [(b"\xffs3cret\xfe", "is not UTF-8 text"), (b"s3c\0ret", "contains a NUL byte")],
+)
+def test_content_no_variable_can_hold_is_refused_without_showing_it(tmp_path, content, problem):
+    with pytest.raises(secrets.SecretError) as raised:
+        secrets.resolve({"SLACK_WEBHOOK_URL_FILE": write(tmp_path, content)})
+    message = str(raised.value)
+    assert problem in message
+    assert "s3c" not in message and "\\xff" not in message and "0xff" not in message
+
+
+def test_the_shell_exports_give_back_the_exact_values(tmp_path):
+    # quotes, $, backslashes, spaces and newlines survive eval in bash
+    tricky = "a'b\"c $HOME `x` \\n\nsecond line "
+    env = {
+        **os.environ,
+        "PGPASSWORD": "",
+        "PGPASSWORD_FILE": write(tmp_path, tricky.encode() + b"\n"),
+        "SLACK_WEBHOOK_URL_FILE": write(tmp_path, b"https://hooks.example.invalid/x?token=t\n", "hook"),
+    }
+    script = (
+        f'exports="$("{sys.executable}" -m data_platform.secrets shell-exports)"; eval "$exports"; '
+        'printf "%s\\0%s" "$PGPASSWORD" "$SLACK_WEBHOOK_URL"'
+    )
+    result = subprocess.run(["bash", "-c", script], env=env, capture_output=True, cwd=PROJECT_ROOT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.decode().split("\0") == [tricky, "https://hooks.example.invalid/x?token=t"]
+
+
+def test_the_command_fails_with_exit_2_and_prints_no_exports(tmp_path):
+    env = {**os.environ, "PGPASSWORD": SECRET, "PGPASSWORD_FILE": write(tmp_path, b"other")}
+    result = subprocess.run(
+        [sys.executable, "-m", "data_platform.secrets", "shell-exports"],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=PROJECT_ROOT,
+    )
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.startswith("error: PGPASSWORD and PGPASSWORD_FILE are both set")
+    assert SECRET not in result.stderr
