@@ -1,7 +1,6 @@
 """The assets: the raw tables (the loader), every dbt model and seed (tests as asset checks), the docs
 and the balance alerts. Each one calls the step of `data_platform.pipeline` that init.sh runs."""
 
-
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager

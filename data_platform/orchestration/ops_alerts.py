@@ -6,10 +6,10 @@ cursor records whether the last alert said stale or fresh, and a tick sends only
 (and moves the cursor only once the message was delivered, so a failed delivery is retried).
 """
 
-
 import datetime as dt
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -50,7 +50,10 @@ def failure_message(context: RunFailureSensorContext, base_url: str) -> OpsMessa
     failures = context.get_step_failure_events()
     steps = ", ".join(sorted({event.step_key for event in failures if event.step_key})) or "the run itself"
     if failures and failures[0].step_failure_data.error is not None:
-        error = failures[0].step_failure_data.error.message
+        error_info = failures[0].step_failure_data.error
+        # "dagster._core.definitions.events.Failure: <description>": the description is what helps
+        qualified_class = re.match(rf"[\w.]*\b{re.escape(error_info.cls_name or '?')}: ", error_info.message)
+        error = error_info.message[qualified_class.end() if qualified_class else 0 :]
     else:
         error = context.failure_event.message or "no error message"
     return OpsMessage(

@@ -4,7 +4,6 @@ The cursor is the newest folder seen. Several folders landing together start one
 loads every pending export); an unchanged set of folders starts none.
 """
 
-
 import datetime as dt
 from pathlib import Path
 
