@@ -73,7 +73,7 @@ def test_the_daily_schedule_defaults_to_six_utc_and_reads_pipeline_schedule(defs
     schedule = defs.get_schedule_def("daily_pipeline_schedule")
     assert (schedule.cron_schedule, schedule.execution_timezone) == ("0 6 * * *", "UTC")
     assert schedules.daily_schedule({"PIPELINE_SCHEDULE": "30 5 * * 1-5"}).cron_schedule == "30 5 * * 1-5"
-    with pytest.raises(ValueError, match="PIPELINE_SCHEDULE .*'every day'"):
+    with pytest.raises(ValueError, match=r"PIPELINE_SCHEDULE .*'every day'"):
         schedules.daily_schedule({"PIPELINE_SCHEDULE": "every day"})
 
 
@@ -205,7 +205,8 @@ def test_the_daily_services_are_wired_to_postgres_and_dagster_storage():
         assert service["build"]["dockerfile"] == "Dockerfile.daily"
         assert service["depends_on"]["dagster-db-init"]["condition"] == "service_completed_successfully"
         assert (
-            service["environment"]["DAGSTER_PG_URL"] == "postgresql://dagster:dagster@postgres:5432/dagster"
+            service["environment"]["DAGSTER_PG_URL"]
+            == "postgresql+psycopg2://dagster:dagster@postgres:5432/dagster"
         )
         assert service["environment"]["PIPELINE_SCHEDULE"] == "0 6 * * *"
         assert service["healthcheck"]["test"]

@@ -1,16 +1,29 @@
-"""The daily job, run in-process against the test Postgres: every asset and check materialises, the
-fact equals what init.sh builds from the same files, and a failing dbt test sends one failure alert."""
+"""The daily job, run in-process against the test Postgres with Dagster's storage configured by
+dagster_home/dagster.yaml (the dagster role and database init.sql creates): every asset and check
+materialises, the fact equals what init.sh builds from the same files, the Dagster UI shows the asset
+graph of that run in headless Chromium, and a failing dbt test sends one failure alert."""
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import sys
+import urllib.request
+from pathlib import Path
+from urllib.parse import quote
+
+import psycopg
 import pytest
-from conftest import pipeline_env, run_pipeline
+from conftest import PROJECT_ROOT, pipeline_env, run_pipeline
 from dagster import AssetCheckSeverity, DagsterInstance, build_sensor_context
 from orchestration_support import TARGET, dagster_env, environment, load_definitions
 from slack_stub import SlackStub
+from test_docs_site import ARTIFACTS, free_port, needs_chromium, png_distinct_bytes, run_chromium, serving
 from test_pipeline import EXPECTED_FACT, INVOICE_ROWS, SENTINEL, assert_succeeded, fact_rows, write_fixture
 
 pytestmark = pytest.mark.slow
+LAYERS = ("raw", "seeds", "staging", "intermediate", "marts")
 
 
 def run_env(database, csv_dir, **extra: str) -> dict[str, str]:
@@ -25,15 +38,35 @@ def defs():
     return load_definitions()
 
 
+def dagster_storage_url(database) -> str:
+    """DAGSTER_PG_URL for the dagster role's database on the test server (host may be a socket folder)."""
+    params = psycopg.conninfo.conninfo_to_dict(database.conninfo("admin"))
+    host, port = params.get("host", "localhost"), params.get("port", "5432")
+    return f"postgresql+psycopg2://dagster:dagster@/dagster?host={quote(str(host), safe='')}&port={port}"
+
+
 @pytest.fixture(scope="module")
-def instance(tmp_path_factory):
-    with DagsterInstance.local_temp(str(tmp_path_factory.mktemp("dagster_home"))) as instance:
+def dagster_home(tmp_path_factory) -> Path:
+    home = tmp_path_factory.mktemp("dagster_home")
+    shutil.copy(PROJECT_ROOT / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
+    return home
+
+
+@pytest.fixture(scope="module")
+def database(make_database):
+    return make_database()
+
+
+@pytest.fixture(scope="module")
+def instance(dagster_home, database):
+    with environment({**os.environ, "DAGSTER_PG_URL": dagster_storage_url(database)}):
+        instance = DagsterInstance.from_config(str(dagster_home))
+    with instance:
         yield instance
 
 
 @pytest.fixture(scope="module")
-def daily_run(defs, instance, make_database, tmp_path_factory):
-    database = make_database()
+def daily_run(defs, instance, database, tmp_path_factory):
     csv_dir = write_fixture(tmp_path_factory.mktemp("dagster_csv"))
     with environment(run_env(database, csv_dir)):
         result = defs.resolve_job_def("daily_pipeline").execute_in_process(
@@ -70,6 +103,53 @@ def test_the_run_records_the_build_and_alerts_like_init_sh(daily_run):
     # the build state is written only after a successful build: the next plan is incremental
     assert database.query("select last_export_date from raw.build_state") != []
     assert database.query("select count(*) from ops.alert_history")[0][0] >= 1
+
+
+@needs_chromium
+def test_the_dagster_ui_shows_the_asset_graph_of_the_run(daily_run, dagster_home, database, tmp_path):
+    run_id = daily_run[2].run_id
+    port = free_port()
+    env = dagster_env(DAGSTER_HOME=str(dagster_home), DAGSTER_PG_URL=dagster_storage_url(database))
+    webserver = [
+        str(Path(sys.executable).parent / "dagster-webserver"),
+        *("--host", "127.0.0.1", "--port", str(port)),
+        *("-m", "data_platform.orchestration.definitions"),
+    ]
+    with serving(webserver, env, port, timeout=300) as url:
+        # the UI's first-visit community dialog would cover the graph: record it as seen, as its button does
+        seen = urllib.request.urlopen(
+            urllib.request.Request(
+                f"{url}graphql",
+                data=json.dumps({"query": "mutation { setNuxSeen }"}).encode(),
+                headers={"Content-Type": "application/json"},
+            ),
+            timeout=30,
+        )
+        assert json.loads(seen.read()) == {"data": {"setNuxSeen": True}}
+        pages = {
+            # every asset, grouped by layer
+            "dagster-asset-graph.png": (f"{url}asset-groups", [*LAYERS, "alerts", "docs"]),
+            # every asset the docs are built from, one node each, with the run's materialisations
+            "dagster-asset-lineage.png": (
+                f"{url}assets/dbt_docs?view=lineage&lineageScope=upstream&lineageDepth=10",
+                ["dbt_docs", "invoice_enrichment", "load_log"],
+            ),
+            # the run itself: its steps, and that it succeeded
+            "dagster-run.png": (
+                f"{url}runs/{run_id}",
+                ["raw_tables", "dbt_build", "balance_alerts", "Success"],
+            ),
+        }
+        ARTIFACTS.mkdir(exist_ok=True)
+        for name, (page, expected) in pages.items():
+            dom = run_chromium("--dump-dom", page, tmp_path=tmp_path).stdout
+            missing = [text for text in expected if text not in dom]
+            assert missing == [], f"{missing} not on {page}"
+            shot = run_chromium(
+                f"--screenshot={ARTIFACTS / name}", "--window-size=1600,1000", page, tmp_path=tmp_path
+            )
+            assert shot.returncode == 0, shot.stderr
+            assert png_distinct_bytes(ARTIFACTS / name) > 50
 
 
 def test_a_failing_dbt_test_sends_one_failure_alert_naming_the_step(defs, instance, daily_run, tmp_path):

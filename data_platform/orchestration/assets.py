@@ -5,6 +5,7 @@ import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from dagster import (
     AssetExecutionContext,
@@ -17,6 +18,7 @@ from dagster import (
     multi_asset,
 )
 from dagster_dbt import (
+    DagsterDbtTranslator,
     DbtCliResource,
     dbt_assets,
     get_asset_key_for_model,
@@ -59,7 +61,23 @@ def process_environment(env: Mapping[str, str]) -> Iterator[None]:
         os.environ.update(saved)
 
 
-@dbt_assets(manifest=dbt_project.manifest_path, project=dbt_project, name="dbt_build")
+class LayerGroups(DagsterDbtTranslator):
+    """Group each dbt node by its warehouse layer (its schema: seeds, staging, intermediate, marts)."""
+
+    def get_group_name(self, dbt_resource_props: Mapping[str, Any]) -> str | None:
+        if dbt_resource_props.get("resource_type") == "source":
+            return "raw"
+        return dbt_resource_props.get("config", {}).get("schema") or super().get_group_name(
+            dbt_resource_props
+        )
+
+
+@dbt_assets(
+    manifest=dbt_project.manifest_path,
+    project=dbt_project,
+    name="dbt_build",
+    dagster_dbt_translator=LayerGroups(),
+)
 def dbt_models(context: AssetExecutionContext, dbt: DbtCliResource):
     """dbt seed, plan (full or incremental), dbt build with every test; records the build on success."""
     with pipeline_step():
