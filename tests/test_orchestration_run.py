@@ -128,9 +128,9 @@ def test_the_dagster_ui_shows_the_asset_graph_of_the_run(daily_run, dagster_home
         assert json.loads(seen.read()) == {"data": {"setNuxSeen": True}}
         pages = {
             # every asset, grouped by layer
-            "dagster-asset-graph.png": (f"{url}asset-groups", [*LAYERS, "alerts", "docs"]),
+            "dagster-asset-groups.png": (f"{url}asset-groups", [*LAYERS, "alerts", "docs"]),
             # every asset the docs are built from, one node each, with the run's materialisations
-            "dagster-asset-lineage.png": (
+            "dagster-asset-graph.png": (
                 f"{url}assets/dbt_docs?view=lineage&lineageScope=upstream&lineageDepth=10",
                 ["dbt_docs", "invoice_enrichment", "load_log"],
             ),
