@@ -35,7 +35,7 @@ from data_platform.db import DatabaseUnavailable, connect
 from data_platform.exports import Export, discover, parse_date
 from data_platform.load_errors import LoadError, printable
 from data_platform.raw_tables import INVOICES, ORGANIZATIONS
-from data_platform.staging import stage
+from data_platform.staging import discard, stage
 
 PROGRESS_INTERVAL_SECONDS = 5.0
 # Serialises concurrent loader runs (held for the whole run, on the loader's session).
@@ -58,7 +58,7 @@ class ExportResult:
     seconds: float = 0.0
 
     def summary(self) -> str:
-        head = f"export {self.export_date} ({self.export.source})"
+        head = f"export {self.export_date} ({printable(str(self.export.source))})"
         if self.skipped:
             return f"{head}: already loaded (same checksums), skipped"
         rows = self.invoice_rows + self.organization_rows
@@ -124,12 +124,16 @@ def _already_loaded(export: Export, export_date: date, logged: ledger.LoggedExpo
 
 
 def _altered(export: Export, export_date: date, logged: ledger.LoggedExport, invoices: str) -> LoadError:
-    which = "invoices" if invoices != logged.invoices_sha256 else "organizations"
-    checksum = logged.invoices_sha256 if which == "invoices" else logged.organizations_sha256
+    if invoices != logged.invoices_sha256:
+        was = f"invoices checksum {logged.invoices_sha256}"
+    elif logged.organizations_sha256 is None:
+        was = "it had no organizations file"
+    else:
+        was = f"organizations checksum {logged.organizations_sha256}"
     return LoadError(
         export.source,
-        f"export {export_date} was already loaded from a different file ({which} checksum {checksum}, "
-        f"from {logged.source}); exports are immutable: put corrections in a new dated export",
+        f"export {export_date} was already loaded from a different file ({was}, from {logged.source}); "
+        "exports are immutable: put corrections in a new dated export",
     )
 
 
@@ -187,6 +191,8 @@ def load_export(
         counts = ledger.apply_invoices(conn, invoices.rows, export_date)
         organizations = staged.get(ORGANIZATIONS.name)
         org_new, org_changed = ledger.apply_organizations(conn, export_date) if organizations else (0, 0)
+        for spec, _path, _header in files:
+            discard(conn, spec)
         seconds = time.perf_counter() - started
         ledger.log_export(
             conn,
@@ -233,6 +239,8 @@ def load_exports(
     Each export commits on its own: when a later one fails, the earlier ones stay loaded.
     `report` is called with each ExportResult as soon as it is done.
     """
+    if not conn.autocommit:
+        raise ValueError("load_exports needs an autocommit connection: each export commits on its own")
     exports = discover(csv_dir, as_of)
     locked = conn.execute("select pg_try_advisory_lock(hashtext(%s))", [ADVISORY_LOCK_KEY]).fetchone()[0]
     if not locked:
@@ -272,8 +280,8 @@ class ProgressReporter:
         self.next_report = now + self.interval
         mib, elapsed = 1024 * 1024, max(now - self.started, 1e-6)
         print(
-            f"  {path.name}: {done / mib:,.0f} / {total / mib:,.0f} MiB ({100 * done / max(total, 1):.0f}%), "
-            f"{done / mib / elapsed:,.0f} MiB/s",
+            f"  {printable(path.name)}: {done / mib:,.0f} / {total / mib:,.0f} MiB "
+            f"({100 * done / max(total, 1):.0f}%), {done / mib / elapsed:,.0f} MiB/s",
             file=sys.stderr,
             flush=True,
         )

@@ -1,7 +1,7 @@
 """The pipeline's steps, in one place for every runner (init.sh, the container, the tests).
 
-    wait for the database -> load the pending exports -> dbt seed -> plan the build (refresh.py)
-    -> dbt build (models + tests) -> record the build -> dbt docs generate -> one alert run
+    wait for the database -> load the pending exports -> plan the build (refresh.py)
+    -> dbt build (the rules seed, models, tests) -> record the build -> dbt docs generate -> one alert run
 
 `python -m data_platform.pipeline` runs them in order and stops at the first failure with its exit code;
 init.sh execs it. Settings come from the environment (see `Settings`), connections from the libpq
@@ -243,13 +243,6 @@ def load_exports(settings: Settings) -> None:
         raise PipelineError("the load failed; the warehouse is unchanged (see the error above)", code)
 
 
-def seed() -> None:
-    step("dbt seed: balance rules")
-    code = dbt("seed")
-    if code:
-        raise PipelineError("dbt seed failed", code)
-
-
 def plan(settings: Settings) -> refresh.BuildPlan:
     with connect() as conn:
         return refresh.plan_build(conn, force_full=settings.full_refresh)
@@ -257,9 +250,9 @@ def plan(settings: Settings) -> refresh.BuildPlan:
 
 def build(build_plan: refresh.BuildPlan) -> None:
     if build_plan.full_refresh:
-        step(f"dbt build: models and tests, rebuilt from scratch ({build_plan.reason})")
+        step(f"dbt build: rules, models and tests, rebuilt from scratch ({build_plan.reason})")
     else:
-        step(f"dbt build: models and tests, days from {build_plan.window_start} ({build_plan.reason})")
+        step(f"dbt build: rules, models and tests, days from {build_plan.window_start} ({build_plan.reason})")
     code = dbt("build", *build_plan.dbt_args(), env=build_plan.dbt_environment())
     if code:
         show_failed_tests(_target_dir())
@@ -299,7 +292,6 @@ def run(settings: Settings) -> None:
     wait_for_database(settings)
     with PipelineLock(settings.lock_timeout_seconds):
         load_exports(settings)
-        seed()
         build_plan = plan(settings)
         build(build_plan)
         generate_docs(build_plan)

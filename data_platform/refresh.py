@@ -8,7 +8,7 @@ reads (dbt/macros/incremental_window.sql).
 
 That holds only while nothing the stored days were computed from has changed since that build:
 
-- the balance rules (`seeds.invoice_enrichment`, read after `dbt seed`);
+- the balance rules (dbt/seeds/invoice_enrichment.csv, which `dbt build` seeds first);
 - the dbt project's SQL (models, macros, dbt_project.yml);
 - the exports that build covered (`raw.load_log`: a reset or reloaded warehouse).
 
@@ -30,10 +30,10 @@ import psycopg
 DBT_PROJECT_DIR = Path(__file__).resolve().parents[1] / "dbt"
 BUILD_STATE = "raw.build_state"
 WINDOW_VARIABLE = "LEDGER_WINDOW_START"
-RULES_TABLE = "seeds.invoice_enrichment"
 LOAD_LOG = "raw.load_log"
 # What the stored days are computed by: a change here changes history, so it forces a full rebuild.
 PROJECT_FILES = ("models/**/*.sql", "macros/**/*.sql", "dbt_project.yml")
+RULES_FILES = ("seeds/invoice_enrichment.csv",)
 
 CREATE_BUILD_STATE = f"""
     create table if not exists {BUILD_STATE} (
@@ -44,11 +44,6 @@ CREATE_BUILD_STATE = f"""
         last_export_date date,
         built_at timestamptz not null default now()
     )
-"""
-
-RULES_FINGERPRINT_SQL = f"""
-    select md5(coalesce(string_agg(rules::text, '|' order by rules.status), ''))
-    from {RULES_TABLE} as rules
 """
 
 # The exports up to a date, in order, with their checksums: any reload or reset changes it.
@@ -91,10 +86,10 @@ class BuildPlan:
         return env
 
 
-def project_fingerprint(project_dir: Path = DBT_PROJECT_DIR) -> str:
-    """sha256 over the dbt project's SQL and settings, by relative path."""
+def files_fingerprint(project_dir: Path, patterns: tuple[str, ...]) -> str:
+    """sha256 over the files matching `patterns` under the dbt project, by relative path."""
     digest = hashlib.sha256()
-    paths = sorted({path for pattern in PROJECT_FILES for path in project_dir.glob(pattern)})
+    paths = sorted({path for pattern in patterns for path in project_dir.glob(pattern)})
     for path in paths:
         digest.update(str(path.relative_to(project_dir)).encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
@@ -102,13 +97,6 @@ def project_fingerprint(project_dir: Path = DBT_PROJECT_DIR) -> str:
 
 def _exists(conn: psycopg.Connection, table: str) -> bool:
     return conn.execute("select to_regclass(%s)", (table,)).fetchone()[0] is not None
-
-
-def rules_fingerprint(conn: psycopg.Connection) -> str:
-    """md5 of the rules in status order, or "none" when the seed was never loaded."""
-    if not _exists(conn, RULES_TABLE):
-        return "none"
-    return conn.execute(RULES_FINGERPRINT_SQL).fetchone()[0]
 
 
 def _exports(conn: psycopg.Connection, up_to: dt.date | None) -> str:
@@ -126,8 +114,8 @@ def latest_export(conn: psycopg.Connection) -> dt.date | None:
 def current_state(conn: psycopg.Connection, project_dir: Path = DBT_PROJECT_DIR) -> BuildState:
     last_export = latest_export(conn)
     return BuildState(
-        rules_fingerprint=rules_fingerprint(conn),
-        project_fingerprint=project_fingerprint(project_dir),
+        rules_fingerprint=files_fingerprint(project_dir, RULES_FILES),
+        project_fingerprint=files_fingerprint(project_dir, PROJECT_FILES),
         exports_fingerprint=_exports(conn, last_export),
         last_export_date=last_export,
     )
@@ -147,7 +135,7 @@ def recorded_state(conn: psycopg.Connection) -> BuildState | None:
 def plan_build(
     conn: psycopg.Connection, *, force_full: bool = False, project_dir: Path = DBT_PROJECT_DIR
 ) -> BuildPlan:
-    """Decide the next build from the warehouse's state (call it after `dbt seed`)."""
+    """Decide the next build from the project's files and the warehouse's state."""
     current = current_state(conn, project_dir)
     last = recorded_state(conn)
 

@@ -60,7 +60,7 @@ def resolve(environ: Mapping[str, str], names: Iterable[str] = SECRET_VARIABLES)
         path = environ.get(file_variable(name), "")
         if not path:
             continue
-        if environ.get(name, ""):
+        if environ.get(name, "").strip():
             raise SecretError(
                 f"{name} and {file_variable(name)} are both set: set only one "
                 f"({file_variable(name)} for a secrets file, {name} for a plain value)"
@@ -70,8 +70,11 @@ def resolve(environ: Mapping[str, str], names: Iterable[str] = SECRET_VARIABLES)
 
 
 def shell_exports(values: Mapping[str, str]) -> str:
-    """`export NAME=value` lines, quoted for a POSIX shell's eval."""
-    return "".join(f"export {name}={shlex.quote(value)}\n" for name, value in values.items())
+    """`export NAME=value` lines, quoted for a POSIX shell's eval, each unsetting its NAME_FILE: what runs
+    next sees one source of the value, never both."""
+    return "".join(
+        f"export {name}={shlex.quote(value)}\nunset {file_variable(name)}\n" for name, value in values.items()
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,12 +1,12 @@
-"""One CSV file into a typed temporary table, every value checked, bad input named by line.
+"""One CSV file into a typed staging table, every value checked, bad input named by line.
 
-1. COPY streams the file into a temporary table of text columns (plus `record`, the row's order
-   in the file): Postgres parses the CSV, the loader never holds the file.
+1. COPY streams the file into a staging table of text columns (plus `record`, the row's order in
+   the file): Postgres parses the CSV, the loader never holds the file.
 2. The loader's own record count must equal the rows COPY stored: nothing ends a load early.
 3. One SQL pass checks every value against the export's exact format (raw_tables.py) and casts it
-   into a typed temporary table. The fast path only learns that some value failed; the error path
+   into a typed staging table. The fast path only learns that some value failed; the error path
    then finds the first bad record and column with a check that never raises, and maps the record
-   back to its line in the file.
+   back to its line in the file (re-reading the file only when it holds quotes).
 """
 
 from __future__ import annotations
@@ -26,18 +26,24 @@ from data_platform.csv_files import (
     unterminated_quote_line,
 )
 from data_platform.load_errors import LoadError
-from data_platform.raw_tables import TableSpec
+from data_platform.raw_tables import RAW_SCHEMA, TableSpec
 
 END_OF_DATA_MARKER = b"\\."
 
 
+# The staging tables are unlogged, not temporary, so that parallel workers can scan them (the
+# checks are the costly part of a load). Created and dropped inside the load transaction, no other
+# session ever sees them, and a killed load leaves none behind.
+
+
 def text_table(spec: TableSpec) -> sql.Identifier:
-    return sql.Identifier(f"incoming_{spec.name}_text")
+    """The file's rows as text, numbered in file order."""
+    return sql.Identifier(RAW_SCHEMA, f"incoming_{spec.name}_text")
 
 
 def typed_table(spec: TableSpec) -> sql.Identifier:
     """The checked, typed rows of the file: what the diff reads."""
-    return sql.Identifier(f"incoming_{spec.name}")
+    return sql.Identifier(RAW_SCHEMA, f"incoming_{spec.name}")
 
 
 @dataclass(frozen=True)
@@ -69,12 +75,13 @@ def stage(
     """COPY the file into a text table, check the row count, then check and cast every value."""
     columns = [sql.SQL("{} text").format(sql.Identifier(column.name)) for column in spec.columns]
     conn.execute(
-        sql.SQL(
-            "create temp table {} (record bigint generated always as identity, {}) on commit drop"
-        ).format(text_table(spec), sql.SQL(", ").join(columns))
+        sql.SQL("create unlogged table {} (record bigint generated always as identity, {})").format(
+            text_table(spec), sql.SQL(", ").join(columns)
+        )
     )
     stream = FileStream(path, header_bytes, block_size=block_size)
-    statement = sql.SQL("copy {} ({}) from stdin with (format csv, encoding 'UTF8')").format(
+    # freeze: the table is new in this transaction, rows are written already frozen
+    statement = sql.SQL("copy {} ({}) from stdin with (format csv, freeze, encoding 'UTF8')").format(
         text_table(spec), spec.names()
     )
     with conn.cursor() as cursor:
@@ -92,6 +99,11 @@ def stage(
         raise _lost_rows(staged, stream.records)
     _cast(conn, staged)
     return staged
+
+
+def discard(conn: psycopg.Connection, spec: TableSpec) -> None:
+    """Drop the staging tables at the end of the load transaction."""
+    conn.execute(sql.SQL("drop table {}, {}").format(text_table(spec), typed_table(spec)))
 
 
 def _lost_rows(staged: Staged, records: int) -> LoadError:
@@ -149,32 +161,29 @@ def _cast(conn: psycopg.Connection, staged: Staged) -> None:
     casts = []
     for column in spec.columns:
         value = sql.Identifier(column.name)
-        if_null = sql.SQL("pg_temp.refused()") if column.not_null else sql.NULL
+        # a refused value raises through a cast that always fails: built in, so parallel safe
+        refuse = sql.SQL("(('refused ' || coalesce({}, ''))::bigint)::text::{}").format(
+            value, sql.SQL(column.sql_type)
+        )
         casts.append(
             sql.SQL(
-                "case when {v} is null then {if_null}::{t} when {check} then {v}::{t}"
-                " else pg_temp.refused()::{t} end as {v}"
+                "case when {v} is null then {if_null} when {check} then {v}::{t} else {refuse} end as {v}"
             ).format(
-                v=value, if_null=if_null, t=sql.SQL(column.sql_type), check=column.format.check_sql(value)
+                v=value,
+                if_null=refuse if column.not_null else sql.NULL,
+                t=sql.SQL(column.sql_type),
+                check=column.format.check_sql(value),
+                refuse=refuse,
             )
         )
-    statement = sql.SQL("create temp table {} on commit drop as select record, {} from {}").format(
+    statement = sql.SQL("create unlogged table {} as select record, {} from {}").format(
         typed_table(spec), sql.SQL(", ").join(casts), text_table(spec)
     )
     try:
         with conn.transaction():  # a savepoint: the diagnosis below still runs in the load transaction
             conn.execute(statement)
-    except (psycopg.errors.DataError, psycopg.errors.RaiseException) as error:
+    except psycopg.errors.DataError as error:
         raise _invalid_value(conn, staged) or error from error
-    conn.execute(sql.SQL("analyze {}").format(typed_table(spec)))
-
-
-REFUSED_FUNCTION = """
-create or replace function pg_temp.refused() returns text language plpgsql as $$
-begin
-    raise exception 'a value is not in the export''s format';
-end $$
-"""
 
 
 def _invalid_value(conn: psycopg.Connection, staged: Staged) -> LoadError | None:

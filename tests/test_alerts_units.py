@@ -257,9 +257,9 @@ def test_webhook_url_from_a_secrets_file(tmp_path):
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        (None, "cannot be read: No such file or directory"),
+        (None, "cannot read the file (No such file or directory)"),
         (b"", "is empty: put the webhook URL in it"),
-        (b"\xff\xfesecret-host", "cannot be read: not UTF-8 text"),
+        (b"\xff\xfesecret-host", "the file is not UTF-8 text"),
         (
             b"https://[secret-host/services",
             "is set but is not a valid webhook URL: it does not parse as a URL",

@@ -192,7 +192,8 @@ def variables_read_by_the_pipeline() -> set[str]:
 
 def test_every_variable_the_pipeline_reads_is_provided_by_compose(config):
     provided = set(config["services"]["dbt"]["environment"])
-    needed = variables_read_by_the_pipeline()
+    # *_FILE variables come from the optional secrets override (README), tested below
+    needed = {name for name in variables_read_by_the_pipeline() if not name.endswith("_FILE")}
     assert {"PGHOST", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE", "SLACK_WEBHOOK_URL"} <= needed
     assert needed - provided == set()
 

@@ -287,7 +287,8 @@ def test_cli_prints_one_line_per_export_and_already_loaded(database, conn, tmp_p
         "7 organizations (7 new, 0 changed) in "
     )
     assert dated.startswith(
-        f"export 2024-01-02 ({directory / 'exports' / '2024-01-02'}): 2 invoices (1 new, 1 changed, 0 unchanged) in "
+        f"export 2024-01-02 ({directory / 'exports' / '2024-01-02'}): "
+        "2 invoices (1 new, 1 changed, 0 unchanged) in "
     )
     assert len(result.stdout.splitlines()) == 2 and result.stdout.count("rows/s") == 2
     assert "MiB" not in result.stderr  # no progress lines for a small file
@@ -296,7 +297,8 @@ def test_cli_prints_one_line_per_export_and_already_loaded(database, conn, tmp_p
     assert again.returncode == 0, again.stderr
     assert again.stdout.splitlines() == [
         f"export {BASE_DATE} ({directory}): already loaded (same checksums), skipped",
-        f"export 2024-01-02 ({directory / 'exports' / '2024-01-02'}): already loaded (same checksums), skipped",
+        f"export 2024-01-02 ({directory / 'exports' / '2024-01-02'}): "
+        "already loaded (same checksums), skipped",
     ]
 
 
@@ -390,4 +392,19 @@ def test_error_is_psycopg_free(conn, tmp_path, baseline):
             load_exports(conn, tmp_path / "csv")
     finally:
         conn.execute("grant insert on raw.load_log to transformer")
+    assert snapshot(conn) == baseline
+
+
+def test_the_old_snapshot_layout_is_named_not_mixed_in(database, conn, tmp_path, baseline):
+    with database.connect("admin", autocommit=True) as admin:
+        admin.execute("alter table raw.invoices rename to invoices_ledger")
+        admin.execute("create table raw.invoices (invoice_id bigint not null)")
+        try:
+            with pytest.raises(
+                LoadError, match=r"raw\.invoices has the old snapshot layout \(no version column\)"
+            ):
+                load_exports(conn, write_dir(tmp_path / "files"))
+        finally:
+            admin.execute("drop table raw.invoices")
+            admin.execute("alter table raw.invoices_ledger rename to invoices")
     assert snapshot(conn) == baseline

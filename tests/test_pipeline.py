@@ -7,13 +7,16 @@ layout): the ledger then gives exactly the balances of the invoices as they are 
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
 from decimal import Decimal
 from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import PROJECT_ROOT, copy_project, run_pipeline
+from conftest import PROJECT_ROOT, copy_project, pipeline_env, run_pipeline
+from slack_stub import SlackStub, server_error
 
 pytestmark = pytest.mark.slow
 
@@ -95,9 +98,13 @@ def fact_rows(database) -> list[tuple]:
 
 @pytest.fixture(scope="module")
 def fixture_pipeline(make_database, tmp_path_factory):
+    """One database built from the fixture. Tests that change it come last in this file."""
     database = make_database()
-    result = run_pipeline(database, write_fixture(tmp_path_factory.mktemp("fixture_csv")))
-    return database, result
+    target = tmp_path_factory.mktemp("fixture_dbt") / "target"
+    result = run_pipeline(
+        database, write_fixture(tmp_path_factory.mktemp("fixture_csv")), DBT_TARGET_PATH=str(target)
+    )
+    return database, result, target
 
 
 def test_fixture_pipeline_succeeds(fixture_pipeline):
@@ -105,12 +112,12 @@ def test_fixture_pipeline_succeeds(fixture_pipeline):
 
 
 def test_daily_financials_match_hand_computed_balances(fixture_pipeline):
-    database, _ = fixture_pipeline
+    database, _, _ = fixture_pipeline
     assert fact_rows(database) == EXPECTED_FACT
 
 
 def test_dim_invoices_keeps_ids_exact_and_nulls_the_sentinel(fixture_pipeline):
-    database, _ = fixture_pipeline
+    database, _, _ = fixture_pipeline
     row = database.query(
         """
         select invoice_id, parent_invoice_id, transaction_id, amount_usd, payment_amount_usd,
@@ -127,7 +134,7 @@ def test_dim_invoices_keeps_ids_exact_and_nulls_the_sentinel(fixture_pipeline):
 
 
 def test_dim_organizations_covers_both_files(fixture_pipeline):
-    database, _ = fixture_pipeline
+    database, _, _ = fixture_pipeline
     rows = database.query(
         """
         select organization_id, is_missing_from_organizations_file, invoice_count, balance_usd,
@@ -145,7 +152,7 @@ def test_dim_organizations_covers_both_files(fixture_pipeline):
 
 def test_pipeline_alerts_on_the_latest_day(fixture_pipeline):
     # latest day 2023-01-06: org 2 moved exactly +50% (-60 -> -30); the orphan moved from zero (skipped)
-    _, result = fixture_pipeline
+    _, result, _ = fixture_pipeline
     alerts = [line for line in result.stdout.splitlines() if line.startswith("[balance alert]")]
     assert alerts == [
         "[balance alert] 2023-01-06 organization 2: -$60.00 -> -$30.00 (+50.00%); "
@@ -155,7 +162,7 @@ def test_pipeline_alerts_on_the_latest_day(fixture_pipeline):
 
 
 def test_rerunning_the_pipeline_is_safe(fixture_pipeline, tmp_path):
-    database, _ = fixture_pipeline
+    database, _, _ = fixture_pipeline
     assert_succeeded(run_pipeline(database, write_fixture(tmp_path / "again")))
     assert fact_rows(database) == EXPECTED_FACT
 
@@ -182,6 +189,27 @@ def balance_on(database, organization_id: int, day: str) -> list[tuple]:
     )
 
 
+def test_undelivered_alerts_let_the_pipeline_finish_but_a_broken_alert_setup_stops_it(
+    fixture_pipeline, tmp_path
+):
+    database, _, _ = fixture_pipeline
+    csv_dir = write_fixture(tmp_path / "csv")
+    with SlackStub() as slack:
+        slack.always(server_error(500))
+        undelivered = run_pipeline(database, csv_dir, SLACK_WEBHOOK_URL=slack.url, ALERT_HTTP_RETRIES="0")
+    # exit 1 from the alert run: the alerts are kept for the next run, the warehouse is fine
+    assert_succeeded(undelivered)
+    assert len(slack.requests) == 1
+    assert "some alerts could not be delivered; the next alert run retries them" in undelivered.stderr
+    assert "pipeline finished" in undelivered.stdout
+
+    # exit 2 (a configuration error): the pipeline fails with it
+    broken = run_pipeline(database, csv_dir, SLACK_WEBHOOK_URL="https://[hooks.example/x")
+    assert broken.returncode == 2
+    assert "the alert run failed (exit 2)" in broken.stderr
+    assert "pipeline finished" not in broken.stdout
+
+
 def test_editing_the_rules_seed_changes_balances(make_database, tmp_path):
     project = project_with_zero_rule(tmp_path / "project", "open")
     database = make_database()
@@ -193,8 +221,73 @@ def test_editing_the_rules_seed_changes_balances(make_database, tmp_path):
     assert rounded(balances[9223372036854775807]) == D(10)
 
 
+def test_every_model_and_column_in_the_catalog_is_documented(fixture_pipeline):
+    _, _, target = fixture_pipeline
+    catalog = json.loads((target / "catalog.json").read_text())
+    manifest = json.loads((target / "manifest.json").read_text())
+    documented = {**manifest["nodes"], **manifest["sources"]}
+    built = {**catalog["nodes"], **catalog["sources"]}
+    assert {key.split(".")[2] for key in built} >= {"fct_organization_daily_financials", "invoice_versions"}
+    missing = []
+    for key, entry in built.items():
+        node = documented[key]
+        if node["resource_type"] not in ("model", "source", "seed"):
+            continue
+        if not node["description"].strip():
+            missing.append(key)
+        described = {name.lower(): column["description"] for name, column in node["columns"].items()}
+        missing += [
+            f"{key}.{name}" for name in entry["columns"] if not described.get(name.lower(), "").strip()
+        ]
+    assert missing == []
+
+
+def dbt_test(fixture_pipeline, select: str) -> subprocess.CompletedProcess:
+    database, _, target = fixture_pipeline
+    env = pipeline_env(database, PROJECT_ROOT / "csv_data", DBT_TARGET_PATH=str(target))
+    return subprocess.run(
+        ["dbt", "test", "--select", select, "--project-dir", "dbt", "--profiles-dir", ".dbt"],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_the_positive_test_fails_on_a_zero_amount(fixture_pipeline):
+    database, _, _ = fixture_pipeline
+    database.query(
+        "update raw.invoice_versions set amount = 0 where invoice_id = 105 returning 1", role="transformer"
+    )
+    try:
+        result = dbt_test(fixture_pipeline, "test_name:positive,stg_payments__invoice_versions")
+    finally:
+        database.query(
+            "update raw.invoice_versions set amount = 165 where invoice_id = 105 returning 1",
+            role="transformer",
+        )
+    assert result.returncode == 1, result.stdout
+    assert re.search(r"FAIL 1 positive_stg_payments__invoice_versions_amount", result.stdout), result.stdout
+    assert "PASS positive_stg_payments__invoice_versions_fx_rate" in result.stdout
+
+
+def test_the_accepted_values_test_fails_on_a_fractional_rule(fixture_pipeline):
+    database, _, _ = fixture_pipeline
+    set_open = (
+        "update seeds.invoice_enrichment set invoiced_coefficient = %s where status = 'open' returning 1"
+    )
+    database.query(set_open, (D("0.5"),), role="transformer")
+    try:
+        result = dbt_test(fixture_pipeline, "test_name:accepted_values,invoice_enrichment")
+    finally:
+        database.query(set_open, (1,), role="transformer")
+    assert result.returncode == 1, result.stdout
+    assert re.search(r"FAIL 1 accepted_values_invoice_enrich_\w+", result.stdout), result.stdout
+
+
 def test_unknown_status_fails_the_build_and_names_it(fixture_pipeline, tmp_path):
-    database, _ = fixture_pipeline
+    database, _, _ = fixture_pipeline
     before = fact_rows(database)
     unknown = f"999,{SENTINEL},{SENTINEL},1,-7,disputed,USD,,,5.00,,1.00000000,,2023-01-07T10:00:00.000Z"
     result = run_pipeline(database, write_fixture(tmp_path, [*INVOICE_ROWS, unknown]))
@@ -230,7 +323,7 @@ def test_bad_input_stops_the_pipeline_before_dbt(make_database, tmp_path):
     result = run_pipeline(database, write_fixture(tmp_path, rows))
     assert result.returncode != 0
     assert "invoices.csv" in result.stderr and "1O0.00" in result.stderr
-    assert "dbt seed" not in result.stdout
+    assert "==> dbt build" not in result.stdout
 
 
 def test_demo_data_builds_every_model(make_database):

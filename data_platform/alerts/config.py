@@ -10,6 +10,8 @@ from datetime import date
 from decimal import Decimal, InvalidOperation
 from urllib.parse import urlsplit
 
+from data_platform import secrets
+
 DEFAULT_THRESHOLD = Decimal("0.5")
 # Postgres numeric overflows long before Decimal does; no useful threshold comes near these bounds
 MAX_THRESHOLD = Decimal(1_000_000)  # a 100,000,000% move
@@ -157,26 +159,17 @@ def _url_problem(url: str) -> str | None:
     return None  # https, or a stand-in on this machine (tests, a local relay)
 
 
-def _read_secret_file(path: str, name: str) -> str:
-    try:
-        with open(path, encoding="utf-8") as file:
-            return file.read().strip()
-    except (OSError, UnicodeDecodeError) as error:
-        reason = error.strerror if isinstance(error, OSError) and error.strerror else "not UTF-8 text"
-        raise ConfigError(f"{name}={path!r} cannot be read: {reason}") from None
-
-
 def _webhook_url(env: Mapping[str, str]) -> str | None:
     """SLACK_WEBHOOK_URL, or the contents of the file SLACK_WEBHOOK_URL_FILE names (Docker secrets)."""
     direct = env.get("SLACK_WEBHOOK_URL", "").strip()
     path = env.get("SLACK_WEBHOOK_URL_FILE", "").strip()
-    if direct and path:
-        raise ConfigError("SLACK_WEBHOOK_URL and SLACK_WEBHOOK_URL_FILE are both set: set only one")
+    try:
+        from_file = secrets.resolve(env, ["SLACK_WEBHOOK_URL"])
+    except secrets.SecretError as error:
+        raise ConfigError(str(error)) from None
     if path:
-        url, source = (
-            _read_secret_file(path, "SLACK_WEBHOOK_URL_FILE"),
-            f"the file SLACK_WEBHOOK_URL_FILE names ({path})",
-        )
+        url = from_file["SLACK_WEBHOOK_URL"].strip()
+        source = f"the file SLACK_WEBHOOK_URL_FILE names ({path})"
         if not url:
             raise ConfigError(
                 f"{source} is empty: put the webhook URL in it, or unset SLACK_WEBHOOK_URL_FILE"

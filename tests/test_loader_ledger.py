@@ -1,0 +1,240 @@
+"""The raw ledger across exports: versions, skips, refusals, readers, and flat memory."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from conftest import PROJECT_ROOT
+from loader_files import (
+    BASE_DATE,
+    BIG,
+    INVOICE_LINES,
+    ORG_LINES,
+    generate,
+    invoice,
+    reset_raw,
+    snapshot,
+    write,
+    write_dir,
+    write_export,
+)
+
+from data_platform.loader import LoadError, load_exports
+
+
+@pytest.fixture(scope="module")
+def database(make_database):
+    return make_database()
+
+
+@pytest.fixture
+def conn(database):
+    with database.connect("transformer", autocommit=True) as connection:
+        reset_raw(connection)
+        yield connection
+
+
+@pytest.fixture
+def csv_dir(conn, tmp_path) -> Path:
+    """The base export, loaded."""
+    directory = write_dir(tmp_path / "csv")
+    load_exports(conn, directory)
+    return directory
+
+
+PAID = INVOICE_LINES[2].replace(
+    ",open,USDC,,,12.34,,1.00010000,,", ",paid,USDC,USDC,card,12.34,12.34,1.00010000,1.00010000,"
+)
+
+
+def versions(conn) -> list[tuple]:
+    return conn.execute(
+        "select invoice_id, version, status, seen_on::text from raw.invoice_versions"
+        " order by invoice_id, version"
+    ).fetchall()
+
+
+def test_the_same_export_twice_is_a_no_op(conn, csv_dir):
+    write_export(csv_dir, "2024-01-02", [PAID, invoice(1)], ORG_LINES[1:3])
+    first = load_exports(conn, csv_dir)
+    after_first = snapshot(conn)
+    second = load_exports(conn, csv_dir)
+    assert [r.skipped for r in first] == [True, False]
+    assert [(r.export_date, r.skipped) for r in second] == [
+        (date.fromisoformat(BASE_DATE), True),
+        (date(2024, 1, 2), True),
+    ]
+    assert snapshot(conn) == after_first
+
+
+def test_a_changed_invoice_gets_version_2_seen_on_the_later_export(conn, csv_dir):
+    write_export(csv_dir, "2024-01-02", [PAID, INVOICE_LINES[1], invoice(1)])  # changed, unchanged, new
+    (_, result) = load_exports(conn, csv_dir)
+    assert (result.invoices.new, result.invoices.changed, result.invoices.unchanged) == (1, 1, 1)
+    assert versions(conn) == [
+        (-(2**63), 1, "open", BASE_DATE),
+        (-(2**63), 2, "paid", "2024-01-02"),
+        (1, 1, "open", "2024-01-02"),
+        (BIG, 1, "paid", BASE_DATE),
+        (2**63 - 1, 1, "paid", BASE_DATE),
+    ]
+    current = conn.execute(
+        "select status, payment_amount, version, first_seen_on::text, seen_on::text from raw.invoices"
+        " where invoice_id = %s",
+        [-(2**63)],
+    ).fetchone()
+    assert current == ("paid", Decimal("12.34"), 2, BASE_DATE, "2024-01-02")
+    logged = conn.execute(
+        "select invoice_rows, invoices_new, invoices_changed, invoices_unchanged from raw.load_log"
+        " where export_date = '2024-01-02'"
+    ).fetchone()
+    assert logged == (3, 1, 1, 1)
+
+
+def test_a_partial_export_keeps_absent_invoices_and_organizations(conn, csv_dir):
+    before = {row[0]: row for row in conn.execute("select * from raw.invoices").fetchall()}
+    changed_org = ORG_LINES[3].replace(",12,", ",13,")  # organization 42
+    write_export(csv_dir, "2024-01-02", [invoice(1)], [changed_org, "99,,,7,1,2024-01-01T00:00:00Z"])
+    (_, result) = load_exports(conn, csv_dir)
+    assert (result.organizations_new, result.organizations_changed) == (1, 1)
+    after = {row[0]: row for row in conn.execute("select * from raw.invoices").fetchall()}
+    assert set(after) == {*before, 1}
+    assert all(after[key] == row for key, row in before.items())
+    organizations = {
+        row[0]: row[1:]
+        for row in conn.execute(
+            "select organization_id, count_total_contracts_active, seen_on::text from raw.organizations"
+        )
+    }
+    assert len(organizations) == 8
+    assert organizations[42] == (13, "2024-01-02")
+    assert organizations[43] == (1, BASE_DATE)  # absent from the export: kept, not re-dated
+
+
+def test_changes_over_several_exports_build_the_version_history(conn, csv_dir):
+    write_export(csv_dir, "2024-01-02", [PAID])
+    write_export(csv_dir, "2024-01-03", [PAID])  # unchanged: no version
+    write_export(csv_dir, "2024-01-05", [PAID.replace(",paid,", ",refunded,")])
+    results = load_exports(conn, csv_dir)
+    assert [r.invoices.changed for r in results] == [0, 1, 0, 1]
+    assert [v for v in versions(conn) if v[0] == -(2**63)] == [
+        (-(2**63), 1, "open", BASE_DATE),
+        (-(2**63), 2, "paid", "2024-01-02"),
+        (-(2**63), 3, "refunded", "2024-01-05"),
+    ]
+
+
+def test_an_older_export_is_refused(conn, csv_dir):
+    write_export(csv_dir, "2024-01-05", [invoice(1)])
+    load_exports(conn, csv_dir)
+    before = snapshot(conn)
+    write_export(csv_dir, "2024-01-03", [invoice(2)])
+    with pytest.raises(
+        LoadError,
+        match="export 2024-01-03 is older than the latest loaded export 2024-01-05: exports load in date",
+    ):
+        load_exports(conn, csv_dir)
+    assert snapshot(conn) == before
+
+
+def test_an_altered_export_is_refused(conn, csv_dir):
+    folder = write_export(csv_dir, "2024-01-02", [invoice(1)])
+    load_exports(conn, csv_dir)
+    logged = conn.execute(
+        "select invoices_sha256 from raw.load_log where export_date = '2024-01-02'"
+    ).fetchone()[0]
+    before = snapshot(conn)
+    write(folder / "invoices.csv", [INVOICE_LINES[0], invoice(1, status="paid")])
+    with pytest.raises(LoadError) as raised:
+        load_exports(conn, csv_dir)
+    assert str(raised.value) == (
+        f"{folder}: export 2024-01-02 was already loaded from a different file (invoices checksum {logged}, "
+        f"from {folder}); exports are immutable: put corrections in a new dated export"
+    )
+    assert snapshot(conn) == before
+
+
+def test_an_altered_base_export_is_refused(conn, csv_dir):
+    before = snapshot(conn)
+    write(csv_dir / "invoices.csv", [*INVOICE_LINES, invoice(5, "2023-12-31T08:00:00Z")])
+    with pytest.raises(LoadError, match=f"export {BASE_DATE} was already loaded from a different file"):
+        load_exports(conn, csv_dir)
+    assert snapshot(conn) == before
+
+
+def test_a_view_on_the_raw_tables_survives_a_load(database, conn, csv_dir):
+    with database.connect("admin", autocommit=True) as admin:
+        admin.execute("create view public.invoice_count as select count(*) as n from raw.invoices")
+        admin.execute("grant select on public.invoice_count to transformer")
+    write_export(csv_dir, "2024-01-02", [invoice(1)])
+    load_exports(conn, csv_dir)
+    assert database.query("select n from public.invoice_count") == [(4,)]
+
+
+def test_a_reader_holding_a_snapshot_is_not_blocked_and_sees_the_old_state(database, conn, csv_dir):
+    with database.connect("transformer") as reader:
+        reader.execute("begin isolation level repeatable read")
+        assert reader.execute("select count(*) from raw.invoices").fetchone() == (3,)
+        write_export(csv_dir, "2024-01-02", [invoice(1)])
+        load_exports(conn, csv_dir)  # a drop or swap would wait for the reader's lock here
+        assert reader.execute("select count(*) from raw.invoices").fetchone() == (3,)
+        reader.rollback()
+    assert conn.execute("select count(*) from raw.invoices").fetchone() == (4,)
+
+
+def test_a_later_failure_keeps_the_exports_before_it(conn, csv_dir):
+    write_export(csv_dir, "2024-01-02", [invoice(1)])
+    write_export(csv_dir, "2024-01-03", [invoice(2, amount="2.5")])
+    with pytest.raises(LoadError, match="line 2, column AMOUNT"):
+        load_exports(conn, csv_dir)
+    logged = conn.execute("select export_date::text from raw.load_log order by 1").fetchall()
+    assert logged == [(BASE_DATE,), ("2024-01-02",)]
+
+
+# --- memory: never the whole file -----------------------------------------------------------------
+
+MEASURE_RSS = """
+import resource, sys
+from data_platform.loader import main
+status = main(sys.argv[1:])
+print("peak_rss_kb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
+sys.exit(status)
+"""
+
+
+def _peak_rss_mb(database, csv_dir: Path) -> float:
+    result = subprocess.run(
+        [sys.executable, "-c", MEASURE_RSS, "--csv-dir", str(csv_dir)],
+        cwd=PROJECT_ROOT,
+        env=database.env("transformer"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("peak_rss_kb")]
+    return int(line.split()[1]) / 1024
+
+
+def test_memory_does_not_grow_with_the_file(database, conn, tmp_path):
+    small = generate(tmp_path / "small", 30_000)
+    large = generate(tmp_path / "large", 300_000)
+    assert (large / "invoices.csv").stat().st_size > 9 * (small / "invoices.csv").stat().st_size
+    small_mb = _peak_rss_mb(database, small)
+    reset_raw(conn)
+    large_mb = _peak_rss_mb(database, large)
+    assert conn.execute("select count(*) from raw.invoices").fetchone() == (300_000,)
+    assert large_mb - small_mb < 30, (small_mb, large_mb)
+
+
+def test_generated_export_dates_by_its_latest_invoice(conn, tmp_path):
+    directory = generate(tmp_path / "gen", 2_000, end_date="2024-03-31")
+    (result,) = load_exports(conn, directory)
+    assert result.export_date == date(2024, 3, 31)
+    latest = conn.execute("select max(created_at) from raw.invoices").fetchone()[0]
+    assert datetime(2024, 3, 31, tzinfo=UTC) <= latest < datetime(2024, 4, 1, tzinfo=UTC)
