@@ -79,11 +79,10 @@ class LayerGroups(DagsterDbtTranslator):
     dagster_dbt_translator=LayerGroups(),
 )
 def dbt_models(context: AssetExecutionContext, dbt: DbtCliResource):
-    """dbt seed, plan (full or incremental), dbt build with every test; records the build on success."""
+    """Plan (full or incremental), then dbt build: rules seed, models, every test; recorded on success."""
     with pipeline_step():
         settings = pipeline.Settings.from_environment()
         with pipeline.PipelineLock(settings.lock_timeout_seconds):
-            pipeline.seed()
             build_plan = pipeline.plan(settings)
             context.log.info(
                 "full rebuild: " + build_plan.reason

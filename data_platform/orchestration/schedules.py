@@ -17,7 +17,7 @@ DEFAULT_SCHEDULE = "0 6 * * *"
 daily_job = define_asset_job(
     "daily_pipeline",
     selection=AssetSelection.all(),
-    description="load the pending exports -> dbt seed -> dbt build with tests -> docs -> balance alerts",
+    description="load the pending exports -> dbt build (rules, models, tests) -> docs -> balance alerts",
 )
 
 
