@@ -85,3 +85,23 @@ create schema if not exists ops authorization alerter;
 grant usage on schema marts to alerter;
 grant select on all tables in schema marts to alerter;
 alter default privileges for role transformer in schema marts grant select on tables to alerter;
+
+-- Dagster (the daily profile, `docker compose --profile daily up`): its own role and its own database
+-- for run history, event logs and schedule/sensor state. The role gets nothing in the warehouse.
+-- Password: DAGSTER_PG_PASSWORD when set (and then re-applied), else the demo default for a new role.
+\set dagster_password_given `[ -n "$DAGSTER_PG_PASSWORD" ] && echo true || echo false`
+\if :dagster_password_given
+  \getenv dagster_password DAGSTER_PG_PASSWORD
+\else
+  \set dagster_password dagster
+\endif
+select format('create role dagster login password %L', :'dagster_password')
+where not exists (select from pg_roles where rolname = 'dagster') \gexec
+\if :dagster_password_given
+alter role dagster password :'dagster_password';
+\endif
+-- a database is cluster-wide: created once, whichever database this file is applied to
+select 'create database dagster owner dagster'
+where not exists (select from pg_database where datname = 'dagster') \gexec
+revoke all on database dagster from public;
+grant connect, temporary on database dagster to dagster;

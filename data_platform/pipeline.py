@@ -183,39 +183,47 @@ class PipelineLock:
             self.conn.close()  # ends the session, which releases the lock
 
 
-def show_failed_tests(target_dir: Path, limit: int = FAILED_ROWS_SHOWN) -> None:
-    """Print, for each failed dbt test, the first rows it stored in the audit schema."""
+def failed_tests_report(target_dir: Path, limit: int = FAILED_ROWS_SHOWN) -> list[str]:
+    """For each failed dbt test in the last run's results, its message and the first rows it stored."""
     try:
         results = json.loads((target_dir / "run_results.json").read_text())["results"]
     except (OSError, ValueError, KeyError):
-        return
+        return []
     failed = [
         result
         for result in results
         if result.get("unique_id", "").startswith("test.") and result.get("status") in ("fail", "error")
     ]
     if not failed:
-        return
+        return []
+    lines: list[str] = []
     with connect() as conn:
         for result in failed:
             relation = result.get("relation_name")
             name = result["unique_id"].split(".")[2]
-            print(f"\nfailed test {name}: {result.get('message') or result.get('status')}")
+            lines.append(f"failed test {name}: {result.get('message') or result.get('status')}")
             if not relation:
                 continue
             try:
                 cursor = conn.execute(f"select * from {relation} limit {int(limit)}")
             except psycopg.Error as error:
                 conn.rollback()
-                print(f"  (its failing rows could not be read: {str(error).strip()})")
+                lines.append(f"  (its failing rows could not be read: {str(error).strip()})")
                 continue
             columns = [column.name for column in cursor.description]
-            print(f"  first failing rows (all of them: select * from {relation}):")
+            lines.append(f"  first failing rows (all of them: select * from {relation}):")
             for row in cursor.fetchall():
-                print(
+                lines.append(
                     "  "
                     + ", ".join(f"{column}={value!r}" for column, value in zip(columns, row, strict=True))
                 )
+    return lines
+
+
+def show_failed_tests(target_dir: Path, limit: int = FAILED_ROWS_SHOWN) -> None:
+    """Print, for each failed dbt test, the first rows it stored in the audit schema."""
+    for line in failed_tests_report(target_dir, limit):
+        print(("" if line.startswith(" ") else "\n") + line)
 
 
 def _target_dir() -> Path:
@@ -249,6 +257,11 @@ def build(build_plan: refresh.BuildPlan) -> None:
     if code:
         show_failed_tests(_target_dir())
         raise PipelineError("dbt build failed; the next run rebuilds from scratch", code)
+    record_build(build_plan)
+
+
+def record_build(build_plan: refresh.BuildPlan) -> None:
+    """Remember the plan's state; call it only after its `dbt build` succeeded."""
     with connect() as conn:
         refresh.record_build(conn, build_plan.current)
 

@@ -1,0 +1,13 @@
+"""Daily operation on Dagster: the same pipeline steps as init.sh, run by a schedule and an export sensor.
+
+Modules, one job each:
+    project      the dbt project and its manifest (parsed when the code location loads)
+    assets       raw tables (the loader), every dbt model with its tests as checks, the docs, the alerts
+    schedules    the daily job and its schedule (PIPELINE_SCHEDULE)
+    sensors      a new export folder starts one run
+    notify       operations messages through the balance alerts' destinations (Slack webhook or stdout)
+    ops_alerts   run failure and freshness alerts, recorded so a tick never repeats one
+    definitions  the one `Definitions` object (`dagster dev -m data_platform.orchestration.definitions`)
+
+Every step calls `data_platform.pipeline`; nothing here implements a step a second time.
+"""

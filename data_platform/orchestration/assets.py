@@ -1,0 +1,153 @@
+"""The assets: the raw tables (the loader), every dbt model and seed (tests as asset checks), the docs
+and the balance alerts. Each one calls the step of `data_platform.pipeline` that init.sh runs."""
+
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from dagster import (
+    AssetExecutionContext,
+    AssetSpec,
+    Backoff,
+    Failure,
+    MetadataValue,
+    RetryPolicy,
+    asset,
+    multi_asset,
+)
+from dagster_dbt import (
+    DagsterDbtTranslator,
+    DbtCliResource,
+    dbt_assets,
+    get_asset_key_for_model,
+    get_asset_keys_by_output_name_for_source,
+)
+
+from data_platform import pipeline
+from data_platform.db import DatabaseUnavailable
+from data_platform.orchestration.project import dbt_project
+
+RAW_SOURCE = "payments"
+DAILY_FACT = "fct_organization_daily_financials"
+MARTS = ("dim_invoices", "dim_organizations", DAILY_FACT)
+# a fixed folder under the dbt target: one set of artifacts (and dbt's partial parse) reused by every run
+BUILD_TARGET = "dagster-build"
+# the alert run only reads the warehouse and keeps its own state, so a retry is always safe
+ALERT_RETRY_POLICY = RetryPolicy(max_retries=3, delay=60, backoff=Backoff.EXPONENTIAL)
+
+
+@contextmanager
+def pipeline_step() -> Iterator[None]:
+    """A failed step becomes a Dagster failure whose description is the pipeline's own message."""
+    try:
+        yield
+    except (pipeline.PipelineError, DatabaseUnavailable) as error:
+        raise Failure(description=str(error)) from error
+
+
+@contextmanager
+def process_environment(env: Mapping[str, str]) -> Iterator[None]:
+    """os.environ replaced by `env` for the block: DbtCliResource hands dbt the process environment,
+    and the build plan's (LEDGER_WINDOW_START) must reach it. The step runs alone in its process."""
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+class LayerGroups(DagsterDbtTranslator):
+    """Group each dbt node by its warehouse layer (its schema: seeds, staging, intermediate, marts)."""
+
+    def get_group_name(self, dbt_resource_props: Mapping[str, Any]) -> str | None:
+        if dbt_resource_props.get("resource_type") == "source":
+            return "raw"
+        return dbt_resource_props.get("config", {}).get("schema") or super().get_group_name(
+            dbt_resource_props
+        )
+
+
+@dbt_assets(
+    manifest=dbt_project.manifest_path,
+    project=dbt_project,
+    name="dbt_build",
+    dagster_dbt_translator=LayerGroups(),
+)
+def dbt_models(context: AssetExecutionContext, dbt: DbtCliResource):
+    """Plan (full or incremental), then dbt build: rules seed, models, every test; recorded on success."""
+    with pipeline_step():
+        settings = pipeline.Settings.from_environment()
+        with pipeline.PipelineLock(settings.lock_timeout_seconds):
+            build_plan = pipeline.plan(settings)
+            context.log.info(
+                "full rebuild: " + build_plan.reason
+                if build_plan.full_refresh
+                else f"incremental build from {build_plan.window_start}: {build_plan.reason}"
+            )
+            with process_environment(build_plan.dbt_environment()):
+                invocation = dbt.cli(
+                    ["build", *build_plan.dbt_args()],
+                    context=context,
+                    raise_on_error=False,
+                    target_path=Path(dbt_project.target_path) / BUILD_TARGET,
+                )
+            yield from invocation.stream()
+            if not invocation.is_successful():
+                report = pipeline.failed_tests_report(invocation.target_path)
+                raise Failure(
+                    description="\n".join(["dbt build failed; the next run rebuilds from scratch", *report]),
+                    metadata={"failed tests": MetadataValue.text("\n".join(report) or "none")},
+                )
+            # a partial build must not move the incremental window of the models it skipped
+            if not context.is_subset:
+                pipeline.record_build(build_plan)
+
+
+RAW_TABLE_KEYS = get_asset_keys_by_output_name_for_source([dbt_models], RAW_SOURCE)
+
+
+@multi_asset(
+    name="raw_tables",
+    specs=[
+        AssetSpec(key, group_name="raw", description=f"raw.{key.path[-1]}, written by the loader")
+        for key in RAW_TABLE_KEYS.values()
+    ],
+)
+def raw_tables():
+    """Wait for the database, then load every pending export in CSV_DIR (data_platform.loader)."""
+    with pipeline_step():
+        settings = pipeline.Settings.from_environment()
+        pipeline.wait_for_database(settings)
+        with pipeline.PipelineLock(settings.lock_timeout_seconds):
+            pipeline.load_exports(settings)
+
+
+@asset(
+    group_name="docs",
+    deps=[get_asset_key_for_model([dbt_models], model) for model in MARTS],
+    description="The dbt docs site (dbt docs generate into the dbt target folder).",
+)
+def dbt_docs() -> None:
+    with pipeline_step():
+        settings = pipeline.Settings.from_environment()
+        pipeline.generate_docs(pipeline.plan(settings))
+
+
+@asset(
+    group_name="alerts",
+    deps=[get_asset_key_for_model([dbt_models], DAILY_FACT)],
+    retry_policy=ALERT_RETRY_POLICY,
+    description="One run of alert_script.py over the daily fact (RUN_ALERTS=false skips it).",
+)
+def balance_alerts(context: AssetExecutionContext) -> None:
+    with pipeline_step():
+        settings = pipeline.Settings.from_environment()
+        if not settings.run_alerts:
+            context.log.info("RUN_ALERTS is off: no alert run")
+            return
+        pipeline.run_alerts(settings)

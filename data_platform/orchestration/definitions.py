@@ -1,0 +1,19 @@
+"""The one Dagster `Definitions` object: `dagster dev -m data_platform.orchestration.definitions`."""
+
+from __future__ import annotations
+
+from dagster import Definitions
+
+from data_platform.orchestration.assets import balance_alerts, dbt_docs, dbt_models, raw_tables
+from data_platform.orchestration.ops_alerts import freshness_alerts, run_failure_alerts
+from data_platform.orchestration.project import dbt_resource
+from data_platform.orchestration.schedules import daily_job, daily_schedule
+from data_platform.orchestration.sensors import new_export_sensor
+
+defs = Definitions(
+    assets=[raw_tables, dbt_models, dbt_docs, balance_alerts],
+    jobs=[daily_job],
+    schedules=[daily_schedule()],
+    sensors=[new_export_sensor, run_failure_alerts, freshness_alerts],
+    resources={"dbt": dbt_resource},
+)

@@ -1,0 +1,120 @@
+"""Operations messages (a run failed, data went stale or recovered) to the balance alerts' destination.
+
+The destination and the HTTP policy are the balance alerts' own: `alerts.config.load` reads
+SLACK_WEBHOOK_URL and ALERT_HTTP_* exactly as alert_script.py does, and a Slack message goes through
+`alerts.delivery.retry_handlers` (bounded retries on 429/5xx/network errors) with every error text
+scrubbed by `alerts.delivery.redact`; the result is an `alerts.delivery.Outcome`. The balance alert
+channels format an organization's balance alerts, so an operations message has its own two channels
+of the same shape (`name`, `send() -> Outcome`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol, TextIO
+
+from slack_sdk.webhook import WebhookClient
+
+from data_platform.alerts import config, delivery
+
+# first lines of an error shown in a message: enough to act on, short enough for Slack
+ERROR_LINES_SHOWN = 8
+
+
+@dataclass(frozen=True)
+class OpsMessage:
+    """One operations message: a title line, detail lines, and an optional link."""
+
+    title: str
+    details: tuple[str, ...] = ()
+    link: str | None = None
+
+    def text(self) -> str:
+        return "\n".join([self.title, *self.details, *([self.link] if self.link else [])])
+
+    def blocks(self) -> list[dict[str, Any]]:
+        blocks: list[dict[str, Any]] = [
+            {"type": "header", "text": {"type": "plain_text", "text": self.title[:150]}}
+        ]
+        if self.details:
+            body = "\n".join(self.details)[:2900]
+            blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": f"```{body}```"}})
+        if self.link:
+            blocks.append(
+                {"type": "section", "text": {"type": "mrkdwn", "text": f"<{self.link}|Open in Dagster>"}}
+            )
+        return blocks
+
+
+def first_lines(text: str, limit: int = ERROR_LINES_SHOWN) -> tuple[str, ...]:
+    lines = [line.rstrip() for line in text.strip().splitlines() if line.strip()]
+    return tuple(lines[:limit]) + (("...",) if len(lines) > limit else ())
+
+
+class OpsChannel(Protocol):
+    name: str
+
+    def send(self, message: OpsMessage) -> delivery.Outcome: ...
+
+
+class ConsoleOpsChannel:
+    """The message on stdout (no webhook configured): in the daemon's log."""
+
+    name = "stdout"
+
+    def __init__(self, out: TextIO | None = None) -> None:
+        self._out = out
+
+    def send(self, message: OpsMessage) -> delivery.Outcome:
+        print(f"[ops alert] {message.text()}", file=self._out or sys.stdout, flush=True)
+        return delivery.Outcome(delivered=True)
+
+
+def _quiet_logger() -> logging.Logger:
+    # slack-sdk logs request URLs, and the URL is a secret
+    logger = logging.getLogger("data_platform.orchestration.slack_sdk")
+    logger.setLevel(logging.CRITICAL)
+    logger.propagate = False
+    return logger
+
+
+class SlackOpsChannel:
+    """One Block Kit message (with its text fallback) through the incoming webhook."""
+
+    name = "slack"
+
+    def __init__(self, url: str, http: config.HttpSettings) -> None:
+        self._url = url
+        self._client = WebhookClient(
+            url, timeout=http.timeout, logger=_quiet_logger(), retry_handlers=delivery.retry_handlers(http)
+        )  # type: ignore[arg-type]  # slack-sdk annotates timeout as int; urllib takes a float
+
+    def send(self, message: OpsMessage) -> delivery.Outcome:
+        try:
+            response = self._client.send(
+                text=message.text(), blocks=message.blocks(), unfurl_links=False, unfurl_media=False
+            )
+        except Exception as error:  # network errors once retries are spent: report, never crash a tick
+            text = delivery.redact(f"{type(error).__name__}: {error}", self._url)
+            return delivery.Outcome(False, text, service_unavailable=True)
+        if 200 <= response.status_code < 300:
+            return delivery.Outcome(delivered=True)
+        body = " ".join(str(response.body or "").split())[:200]
+        return delivery.Outcome(False, delivery.redact(f"HTTP {response.status_code}: {body}", self._url))
+
+
+def channel_from_environment(environ: Mapping[str, str] | None = None) -> OpsChannel:
+    """Slack when SLACK_WEBHOOK_URL is set, else stdout: the balance alerts' rule and settings."""
+    settings = config.load([], os.environ if environ is None else environ)
+    if settings.webhook_url:
+        return SlackOpsChannel(settings.webhook_url, settings.http)
+    return ConsoleOpsChannel()
+
+
+def dagster_base_url(environ: Mapping[str, str] | None = None) -> str:
+    env = os.environ if environ is None else environ
+    return (env.get("DAGSTER_BASE_URL") or "http://localhost:3000").rstrip("/")

@@ -1,0 +1,52 @@
+"""Loading the Dagster definitions in a test process.
+
+The definitions parse the dbt project when first imported (into DBT_TARGET_PATH), and Python keeps
+the module, so every test of the session shares one target folder. Steps and sensors read the
+environment when they run: `environment()` swaps os.environ for the block, like a daemon's process.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+TARGET = Path(tempfile.gettempdir()) / f"dp_dagster_target_{os.getpid()}"
+# the profile's env_var() calls must resolve to parse; nothing connects at parse time
+PARSE_ENV = {"PGHOST": "localhost", "PGUSER": "parse", "PGPASSWORD": "parse", "PGDATABASE": "parse"}
+
+
+def dagster_env(base: Mapping[str, str] | None = None, **extra: str) -> dict[str, str]:
+    """`base` (default os.environ) with dbt on PATH, the shared target folder, and `extra`."""
+    env = {**PARSE_ENV, **(os.environ if base is None else base)}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.update(
+        DBT_TARGET_PATH=str(TARGET),
+        DBT_LOG_PATH=str(TARGET / "logs"),
+        DBT_SEND_ANONYMOUS_USAGE_STATS="false",
+    )
+    env.pop("SLACK_WEBHOOK_URL", None)
+    env.update(extra)
+    return env
+
+
+@contextmanager
+def environment(env: Mapping[str, str]) -> Iterator[None]:
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def load_definitions():
+    """The `Definitions` object (parses the dbt project on first use)."""
+    with environment(dagster_env()):
+        from data_platform.orchestration.definitions import defs
+    return defs

