@@ -211,6 +211,7 @@ def load_export(
                 "duration_seconds": round(seconds, 3),
             },
         )
+        ledger.refresh_statistics(conn)
     return ExportResult(
         export,
         export_date,
