@@ -76,7 +76,9 @@ class BuildPlan:
     current: BuildState
 
     def dbt_args(self) -> list[str]:
-        return ["--full-refresh"] if self.full_refresh else []
+        """`dbt build`'s arguments. Unit tests check the SQL, not the data: they run in the test suite
+        (CI), not in every daily build."""
+        return ["--exclude-resource-type", "unit_test", *(["--full-refresh"] if self.full_refresh else [])]
 
     def dbt_environment(self) -> dict[str, str]:
         """os.environ for dbt: LEDGER_WINDOW_START set for an incremental build, unset for a full one."""

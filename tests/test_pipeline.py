@@ -15,6 +15,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import yaml
 from conftest import PROJECT_ROOT, copy_project, pipeline_env, run_pipeline
 from slack_stub import SlackStub, server_error
 
@@ -253,6 +254,19 @@ def dbt_test(fixture_pipeline, select: str) -> subprocess.CompletedProcess:
         text=True,
         timeout=300,
     )
+
+
+def test_the_dbt_unit_tests_pass(fixture_pipeline):
+    # the pipeline's builds leave them out (they test the SQL, not the data): they run here
+    declared = sum(
+        len(yaml.safe_load(path.read_text()).get("unit_tests", []))
+        for path in (PROJECT_ROOT / "dbt" / "models").rglob("*.yml")
+    )
+    result = dbt_test(fixture_pipeline, "test_type:unit")
+    assert result.returncode == 0, result.stdout
+    assert declared >= 7
+    assert re.search(rf"Done\. PASS={declared} WARN=0 ERROR=0 SKIP=0", result.stdout), result.stdout[-2000:]
+    assert "unit_test" not in fixture_pipeline[1].stdout
 
 
 def test_the_positive_test_fails_on_a_zero_amount(fixture_pipeline):

@@ -5,9 +5,25 @@
 -- A first version books on its created day, unless an earlier export had already closed that day (the
 -- invoice arrived late): then it books on the day of the export that first saw it.
 
+-- Each CTE reads the versions once: Postgres then inlines it and pushes an incremental build's filter
+-- on seen_on down to the index (a CTE read twice is materialised whole, every version of every invoice).
+
 with
 
 versions as (
+
+    select * from {{ ref('int_invoice_versions_enriched') }}
+
+),
+
+changed_versions as (
+
+    select * from {{ ref('int_invoice_versions_enriched') }}
+    where version > 1
+
+),
+
+previous_versions as (
 
     select * from {{ ref('int_invoice_versions_enriched') }}
 
@@ -64,8 +80,8 @@ reversals as (
         -older.paid_amount_usd as paid_amount_usd,
         -older.balance_contribution_usd as balance_change_usd
 
-    from versions as newer
-    inner join versions as older
+    from changed_versions as newer
+    inner join previous_versions as older
         on
             newer.invoice_id = older.invoice_id
             and newer.version = older.version + 1
