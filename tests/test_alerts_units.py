@@ -100,11 +100,11 @@ def test_context_phrases():
 
 def test_console_lines():
     assert messages.console_line(KNOWN, alert("-1000", "-1500")) == (
-        "[balance alert] 2024-03-01 organization 7: -$1,000.00 -> -$1,500.00 (-50.00%); "
+        "[balance alert] 2024-03-01 organization 7: -$1,000.00 -> -$1,500.00 (-50.00%), warning; "
         "1 active contract, first payment 2023-01-02, last payment none"
     )
     assert messages.console_line(KNOWN, alert("0", "250")).startswith(
-        "[new balance] 2024-03-01 organization 7: $0.00 -> $250.00 (new balance); "
+        "[new balance] 2024-03-01 organization 7: $0.00 -> $250.00 (new balance), warning; "
     )
 
 
@@ -113,10 +113,10 @@ def test_numbers_that_are_not_finite_are_shown_not_raised():
     # alert that cannot be formatted would stop delivery on every run
     nan = Alert(7, D[0], BALANCE_CHANGE, Decimal("100"), Decimal("NaN"), Decimal("NaN"))
     assert messages.console_line(KNOWN, nan).startswith(
-        "[balance alert] 2024-03-01 organization 7: $100.00 -> NaN (NaN%); "
+        "[balance alert] 2024-03-01 organization 7: $100.00 -> NaN (NaN%), warning; "
     )
     _, blocks = messages.slack_message(Batch(KNOWN, (nan,)))
-    assert blocks[1]["text"]["text"] == ":warning: *2024-03-01*  $100.00 → NaN  *NaN%*"
+    assert blocks[1]["text"]["text"] == ":warning: *2024-03-01*  $100.00 → NaN  *NaN%*  warning"
     assert messages.usd(Decimal("-Infinity")) == "-Infinity"
     assert messages.signed_percent(Decimal("Infinity")) == "+Infinity%"
 
@@ -125,16 +125,16 @@ def test_slack_message_blocks_and_fallback():
     batch = Batch(Organization(7, True, True), (alert("100", "300", D[0]), alert("300", "30", D[1])))
     text, blocks = messages.slack_message(batch)
     assert text == (
-        "Balance alert for organization 7: 2024-03-01 $100.00 -> $300.00 (+200.00%); "
-        "2024-03-02 $300.00 -> $30.00 (-90.00%). missing from organizations.csv."
+        "Balance alert for organization 7: 2024-03-01 $100.00 -> $300.00 (+200.00%), warning; "
+        "2024-03-02 $300.00 -> $30.00 (-90.00%), warning. missing from organizations.csv."
     )
     assert blocks[0] == {
         "type": "header",
         "text": {"type": "plain_text", "text": "Balance alert: organization 7"},
     }
     assert blocks[1]["text"]["text"].splitlines() == [
-        ":chart_with_upwards_trend: *2024-03-01*  $100.00 → $300.00  *+200.00%*",
-        ":chart_with_downwards_trend: *2024-03-02*  $300.00 → $30.00  *-90.00%*",
+        ":chart_with_upwards_trend: *2024-03-01*  $100.00 → $300.00  *+200.00%*  warning",
+        ":chart_with_downwards_trend: *2024-03-02*  $300.00 → $30.00  *-90.00%*  warning",
     ]
     assert blocks[2] == {
         "type": "context",
