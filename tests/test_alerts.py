@@ -99,7 +99,10 @@ create table marts.dim_alert_routes (
 """
 
 # the alert_routing seed as shipped: every alert to SLACK_WEBHOOK_URL (or stdout when unset)
-DEFAULT_ROUTE = "insert into marts.dim_alert_routes values (100, 'default', null, null, null, null, 'SLACK_WEBHOOK_URL', 'slack', null, true)"
+DEFAULT_ROUTE = (
+    "insert into marts.dim_alert_routes "
+    "values (100, 'default', null, null, null, null, 'SLACK_WEBHOOK_URL', 'slack', null, true)"
+)
 
 PROXY_VARIABLES = ("http_proxy", "https_proxy")
 
@@ -342,8 +345,10 @@ def test_moves_from_zero_alert_only_with_include_from_zero(db, run_inline):
 
     assert result.returncode == 0, result.stderr
     assert alert_lines(result.stdout) == [
-        "[new balance] 2024-03-01 organization 1: $0.00 -> $250.00 (new balance), warning; not in dim_organizations",
-        "[balance alert] 2024-03-01 organization 3: $100.00 -> $400.00 (+300.00%), critical; not in dim_organizations",
+        "[new balance] 2024-03-01 organization 1: $0.00 -> $250.00 (new balance), warning; "
+        "not in dim_organizations",
+        "[balance alert] 2024-03-01 organization 3: $100.00 -> $400.00 (+300.00%), critical; "
+        "not in dim_organizations",
     ]
     assert "0 skipped-from-zero" in result.stdout
     assert history(db) == {(1, DAY[0]): ("sent", 1), (3, DAY[0]): ("sent", 1)}

@@ -25,14 +25,14 @@ from data_platform.alerts.records import BALANCE_CHANGE, CRITICAL, WARNING, Aler
 NO_FLOOR = {"ALERT_MIN_CHANGE_USD": "0"}
 
 
-def add_drivers(db, organization_id, day, *drivers) -> None:
+def add_drivers(db, organization_id, day, *drivers) -> None:  # noqa: F811
     """Driver rows as dbt builds them: (kind, count, USD, [(invoice_id, status, USD), ...])."""
     with db.connect("transformer") as conn:
         for kind, count, amount, top in drivers:
             invoices = [{"invoice_id": i, "status": s, "balance_change_usd": float(u)} for i, s, u in top]
             conn.execute(
-                "insert into marts.fct_organization_daily_drivers "
-                "(organization_id, balance_date, driver_kind, invoice_count, balance_change_usd, top_invoices) "
+                "insert into marts.fct_organization_daily_drivers (organization_id, balance_date, "
+                "driver_kind, invoice_count, balance_change_usd, top_invoices) "
                 "values (%s, %s, %s, %s, %s, %s::jsonb)",
                 (organization_id, day, kind, count, amount, json.dumps(invoices)),
             )
@@ -41,7 +41,7 @@ def add_drivers(db, organization_id, day, *drivers) -> None:
 # --- why it moved ----------------------------------------------------------------------------------
 
 
-def a_day_with_new_invoices_a_payment_and_a_credit(db) -> None:
+def a_day_with_new_invoices_a_payment_and_a_credit(db) -> None:  # noqa: F811
     # 10,000 -> 11,300: two new invoices +3,000, a payment of an older invoice -1,500, a credit -200
     add_organization(db, 1, contracts=4)
     add_moves(db, (1, DAY[1], "2000", "3300"))
@@ -55,7 +55,7 @@ def a_day_with_new_invoices_a_payment_and_a_credit(db) -> None:
     )
 
 
-def test_drivers_in_the_console_line(db, run_inline):
+def test_drivers_in_the_console_line(db, run_inline):  # noqa: F811
     a_day_with_new_invoices_a_payment_and_a_credit(db)
 
     result = run_inline(db)
@@ -69,7 +69,7 @@ def test_drivers_in_the_console_line(db, run_inline):
     ]
 
 
-def test_drivers_in_the_slack_message(db, slack):
+def test_drivers_in_the_slack_message(db, slack):  # noqa: F811
     a_day_with_new_invoices_a_payment_and_a_credit(db)
 
     result = run_alerts(db, webhook=slack.url, **NO_FLOOR)
@@ -91,7 +91,7 @@ def test_drivers_in_the_slack_message(db, slack):
 # --- noise controls, each on its own --------------------------------------------------------------
 
 
-def test_usd_floor_holds_back_small_moves_and_counts_them(db, run_inline):
+def test_usd_floor_holds_back_small_moves_and_counts_them(db, run_inline):  # noqa: F811
     # all three move by 60% or more; only the one moving by $1,000 or more passes the default floor
     add_moves(db, (1, DAY[0], "1000", "1600"), (2, DAY[0], "2000", "3200"), (3, DAY[0], "-1000", "-2000"))
 
@@ -111,7 +111,7 @@ def test_usd_floor_holds_back_small_moves_and_counts_them(db, run_inline):
     ]
 
 
-def test_severity_warning_critical_by_ratio_and_by_usd(db, run_inline):
+def test_severity_warning_critical_by_ratio_and_by_usd(db, run_inline):  # noqa: F811
     add_moves(
         db,
         (1, DAY[0], "20000", "30000"),  # +50%, $10,000: warning
@@ -133,7 +133,7 @@ def test_severity_warning_critical_by_ratio_and_by_usd(db, run_inline):
     assert rows == [(1, WARNING), (2, CRITICAL), (3, CRITICAL), (4, WARNING)]
 
 
-def test_suppression_holds_back_repeats_and_lets_a_higher_severity_through(db, run_inline):
+def test_suppression_holds_back_repeats_and_lets_a_higher_severity_through(db, run_inline):  # noqa: F811
     add_moves(
         db,
         (1, DAY[0], "2000", "3000"),  # warning: alerted
@@ -164,7 +164,7 @@ def test_suppression_holds_back_repeats_and_lets_a_higher_severity_through(db, r
     assert "2 suppressed (--suppress-days" in result.stdout
 
 
-def test_suppression_across_runs_uses_the_history(db, run_inline):
+def test_suppression_across_runs_uses_the_history(db, run_inline):  # noqa: F811
     add_moves(db, (1, DAY[0], "2000", "3000"))
     assert run_inline(db, ALERT_SUPPRESS_DAYS="3").returncode == 0
     add_moves(db, (1, DAY[1], "3000", "4500"))
@@ -175,7 +175,7 @@ def test_suppression_across_runs_uses_the_history(db, run_inline):
     assert history(db)[(1, DAY[1])] == ("suppressed", 0)
 
 
-def test_suppression_off_by_default(db, run_inline):
+def test_suppression_off_by_default(db, run_inline):  # noqa: F811
     add_moves(db, (1, DAY[0], "2000", "3000"), (1, DAY[1], "3000", "4500"))
     result = run_inline(db, "--since", DAY[0].isoformat())
     assert len(alert_lines(result.stdout)) == 2
@@ -193,15 +193,15 @@ def test_suppressed_pure_rule():
 # --- digest --------------------------------------------------------------------------------------
 
 
-def test_digest_replaces_25_messages_with_one(db):
+def test_digest_replaces_25_messages_with_one(db):  # noqa: F811
     moves = [(i, DAY[0], "10000", "20000" if i <= 3 else "16000") for i in range(1, 26)]  # 3 critical
     add_moves(db, *moves)
 
-    with SlackStub() as slack:
-        result = run_alerts(db, webhook=slack.url, **NO_FLOOR)
+    with SlackStub() as stub:
+        result = run_alerts(db, webhook=stub.url, **NO_FLOOR)
 
     assert result.returncode == 0, result.stderr
-    (body,) = slack.delivered
+    (body,) = stub.delivered
     assert body["text"] == "Balance alerts digest: 25 alerts (3 critical, 22 warning), 2024-03-01."
     top = body["blocks"][2]["text"]["text"].splitlines()
     assert top[0] == "*The 10 largest by USD change*"
@@ -211,7 +211,7 @@ def test_digest_replaces_25_messages_with_one(db):
     assert set(history(db).values()) == {("sent", 1)} and len(history(db)) == 25
 
 
-def test_digest_threshold_is_a_flag(db, run_inline):
+def test_digest_threshold_is_a_flag(db, run_inline):  # noqa: F811
     add_moves(db, *[(i, DAY[0], "10000", "16000") for i in range(1, 4)])
     result = run_inline(db, "--digest-over", "2")
     assert result.stdout.splitlines()[0] == (

@@ -27,7 +27,7 @@ from data_platform.alerts.records import BALANCE_CHANGE, CRITICAL, Alert, Batch,
 NO_FLOOR = {"ALERT_MIN_CHANGE_USD": "0"}
 
 
-def set_routes(db, *rows) -> None:
+def set_routes(db, *rows) -> None:  # noqa: F811
     """Replace the routes: (priority, name, organization_id, country, min, max, env, sink, mention)."""
     execute(db, "truncate marts.dim_alert_routes", role="transformer")
     for row in rows:
@@ -39,7 +39,7 @@ def set_routes(db, *rows) -> None:
         )
 
 
-def set_country(db, organization_id: int, country: int) -> None:
+def set_country(db, organization_id: int, country: int) -> None:  # noqa: F811
     execute(
         db,
         "insert into marts.dim_organizations (organization_id, is_missing_from_organizations_file, "
@@ -57,7 +57,7 @@ ROUTES = (
 )
 
 
-def test_each_route_receives_exactly_its_organizations(db):
+def test_each_route_receives_exactly_its_organizations(db):  # noqa: F811
     set_routes(db, *ROUTES)
     set_country(db, 1, 44)  # organization 1 is in the UK too: its own route comes first
     set_country(db, 2, 44)
@@ -102,7 +102,7 @@ def test_each_route_receives_exactly_its_organizations(db):
     assert watermarks == [("UK_WEBHOOK", DAY[0]), ("VIP_WEBHOOK", DAY[0]), ("slack", DAY[0])]
 
 
-def test_a_route_whose_variable_is_unset_stops_the_run_before_anything_is_sent(db):
+def test_a_route_whose_variable_is_unset_stops_the_run_before_anything_is_sent(db):  # noqa: F811
     set_routes(db, *ROUTES)
     add_moves(db, (3, DAY[0], "100", "300"))
 
@@ -117,7 +117,7 @@ def test_a_route_whose_variable_is_unset_stops_the_run_before_anything_is_sent(d
     assert db.query("select count(*) from pg_tables where schemaname = 'ops'") == [(0,)] or history(db) == {}
 
 
-def test_no_route_variable_set_prints_everything(db):
+def test_no_route_variable_set_prints_everything(db):  # noqa: F811
     set_routes(db, *ROUTES)
     add_moves(db, (1, DAY[0], "100", "300"), (3, DAY[0], "100", "300"))
     result = run_alerts(db, **NO_FLOOR)
@@ -126,7 +126,7 @@ def test_no_route_variable_set_prints_everything(db):
     assert {row[0] for row in db.query("select destination from ops.alert_history")} == {"console"}
 
 
-def test_no_default_route_is_a_configuration_error(db):
+def test_no_default_route_is_a_configuration_error(db):  # noqa: F811
     set_routes(db, ROUTES[0])
     add_moves(db, (1, DAY[0], "100", "300"))
     result = run_alerts(db, **NO_FLOOR)
@@ -134,7 +134,7 @@ def test_no_default_route_is_a_configuration_error(db):
     assert "marts.dim_alert_routes has no default route" in result.stderr
 
 
-def test_a_url_in_the_routes_is_refused_without_echoing_it(db):
+def test_a_url_in_the_routes_is_refused_without_echoing_it(db):  # noqa: F811
     set_routes(
         db, (100, "default", None, None, None, None, "https://hooks.example/T/B/secret-x", "slack", None)
     )
@@ -146,7 +146,7 @@ def test_a_url_in_the_routes_is_refused_without_echoing_it(db):
 # --- Slack's rate limit ------------------------------------------------------------------------------
 
 
-def test_slack_answering_429_to_a_burst_gets_every_message_once_spaced_as_asked(db):
+def test_slack_answering_429_to_a_burst_gets_every_message_once_spaced_as_asked(db):  # noqa: F811
     add_moves(db, *[(i, DAY[0], "100", "300") for i in range(1, 4)])
 
     with SlackStub() as slack:
@@ -180,8 +180,8 @@ BATCH = Batch(Organization(42, True, False, 3, None, None), (ALERT,), mention="<
 
 @pytest.fixture
 def receiver():
-    with SlackStub() as stub:
-        yield stub
+    with SlackStub() as slack:
+        yield slack
 
 
 def test_json_payload_version_1(receiver):

@@ -44,7 +44,8 @@ def test_console_run_is_a_view_and_consumes_nothing_of_slack(db, slack):  # noqa
     assert by_hand.returncode == 0, by_hand.stderr
     # its own first run: the latest day only; Slack's failed alert is not printed as if delivered
     assert alert_lines(by_hand.stdout) == [
-        "[balance alert] 2024-03-02 organization 2: $100.00 -> $300.00 (+200.00%), critical; not in dim_organizations"
+        "[balance alert] 2024-03-02 organization 2: $100.00 -> $300.00 (+200.00%), critical; "
+        "not in dim_organizations"
     ]
     assert by_hand.stdout.splitlines()[-1] == (
         "Summary: 1 day processed (2024-03-02), 1 alert sent, 0 failed, 0 skipped-from-zero; "
@@ -162,7 +163,8 @@ def test_ops_tables_of_the_older_layout_are_upgraded_in_place(db, slack):  # noq
     assert "0 alerts sent" in again.stdout and len(slack.requests) == 2
     printed = run_alerts(db)
     assert alert_lines(printed.stdout) == [
-        "[balance alert] 2024-03-02 organization 4: $100.00 -> $300.00 (+200.00%), warning; not in dim_organizations"
+        "[balance alert] 2024-03-02 organization 4: $100.00 -> $300.00 (+200.00%), warning; "
+        "not in dim_organizations"
     ]
     columns = db.query(
         "select column_name from information_schema.columns "

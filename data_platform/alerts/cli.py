@@ -29,6 +29,7 @@ from sqlalchemy.pool import NullPool
 from data_platform.alerts import detect, noise, records, routing, store
 from data_platform.alerts.config import ConfigError, Settings, load
 from data_platform.alerts.delivery import Channel, ConsoleChannel, SlackChannel
+from data_platform.alerts.errors import PIPELINE_HINT, database_error, db_message
 from data_platform.alerts.json_sink import JsonWebhookChannel
 from data_platform.alerts.plan import Plan, plan_days
 from data_platform.alerts.records import (
@@ -49,7 +50,6 @@ from data_platform.db import describe_target
 
 EXIT_OK, EXIT_DELIVERY_FAILED, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 DEFAULT_CONNECT_TIMEOUT = 10  # seconds; psycopg's own default is over two minutes
-PIPELINE_HINT = "run the pipeline first (init.sh)"
 
 
 class AlertError(RuntimeError):
@@ -69,17 +69,12 @@ def make_engine() -> Engine:
     return create_engine("postgresql+psycopg://", poolclass=NullPool, connect_args=connect_args)
 
 
-def _db_message(error: DBAPIError) -> str:
-    # the driver's own message (never the SQL or parameters SQLAlchemy would append)
-    return " ".join(str(error.orig).split()) if error.orig is not None else type(error).__name__
-
-
 def _connect(engine: Engine) -> Connection:
     try:
         conn = engine.connect()
     except DBAPIError as error:  # refused, bad password, or a bad PG* value (e.g. PGCONNECT_TIMEOUT=abc)
         raise AlertError(
-            f"cannot connect to {describe_target()}: {_db_message(error)}. "
+            f"cannot connect to {describe_target()}: {db_message(error)}. "
             "Check PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE and PGCONNECT_TIMEOUT."
         ) from error
     # for the whole session: no unqualified name may resolve to an object someone else created
@@ -356,38 +351,6 @@ def _deliver(
         )
 
 
-def _role() -> str:
-    return describe_target().split("@", 1)[0]
-
-
-def _database_error(error: DBAPIError) -> str:
-    sqlstate = getattr(error.orig, "sqlstate", None)
-    message = f"database error on {describe_target()}: {_db_message(error)}"
-    if sqlstate == "42P01":  # undefined table: dropped between our check and the query
-        return f"{message}: {PIPELINE_HINT}."
-    if sqlstate == "42501":  # insufficient privilege: say which side is missing, for which role
-        role = _role()
-        if " schema ops" in message or " table alert_" in message:
-            return (
-                f"{message}. Role {role} may not write the alerts' state: run as the role that owns the "
-                "ops schema (the alerter; ALERTER_USER in init.sh)."
-            )
-        if " schema marts" in message or " table " in message or " view " in message:
-            return (
-                f"{message}. Role {role} may not read the marts: dbt grants select on them to "
-                f"ALERTER_USER (+grants in dbt/dbt_project.yml); rebuild with ALERTER_USER={role}, or "
-                "run as the role they were granted to."
-            )
-        return f"{message}. Role {role} lacks a privilege the alert run needs."
-    if sqlstate == "25006":  # a write inside the read-only marts transaction
-        return (
-            f"{message}: something in marts tried to write while the alerter read it, and was stopped; "
-            "nothing was recorded. The marts are not what dbt built: check who changed them, then "
-            "rebuild (FULL_REFRESH=true ./init.sh)."
-        )
-    return message
-
-
 def _tell(message: str) -> None:
     with suppress(OSError):  # stderr closed too (e.g. 2>&1 | head): the exit code still says it
         print(f"alert_script.py: {message}", file=sys.stderr, flush=True)
@@ -412,7 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _tell(f"error: {error}")
         return EXIT_ERROR
     except DBAPIError as error:
-        _tell(f"error: {_database_error(error)}")
+        _tell(f"error: {database_error(error)}")
         return EXIT_ERROR
     except KeyboardInterrupt:
         # open transactions were rolled back on the way out; what was committed stays
