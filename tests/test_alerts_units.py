@@ -284,3 +284,63 @@ def test_future_days_are_never_planned():
     assert plan_days(watermark=None, latest=D[9], today=today) == Plan(D[4], D[4], D[4])
     assert plan_days(watermark=D[2], latest=D[9], since=D[3], today=today) == Plan(D[3], D[4], D[4])
     assert plan_days(watermark=D[2], latest=D[9], only_date=D[6], today=today).is_empty
+
+
+# --- noise settings, routes, pacing -----------------------------------------------------------------
+
+
+def test_noise_defaults_environment_and_flags():
+    from data_platform.alerts.noise import NoiseSettings
+
+    assert config.load([], {}).noise == NoiseSettings() and config.load([], {}).digest_over == 20
+    env = {"ALERT_MIN_CHANGE_USD": "250", "ALERT_SUPPRESS_DAYS": "3", "ALERT_CRITICAL_USD": "5,000"}
+    settings = config.load(["--suppress-days", "0", "--critical-threshold", "2"], env)
+    assert settings.noise == NoiseSettings(Decimal(250), Decimal(2), Decimal(5000), 0)  # the flag wins
+    assert "environment" not in repr(settings)  # the webhooks in it are secrets
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"ALERT_MIN_CHANGE_USD": "a lot"}, "ALERT_MIN_CHANGE_USD: expected an amount in USD"),
+        ({"ALERT_DIGEST_OVER": "-1"}, "ALERT_DIGEST_OVER: expected a whole number from 0"),
+        ({"ALERT_CRITICAL_THRESHOLD": "0"}, "ALERT_CRITICAL_THRESHOLD: the threshold must be a positive"),
+    ],
+)
+def test_bad_noise_environment(env, message):
+    with pytest.raises(config.ConfigError, match=re.escape(message)):
+        config.load([], env)
+
+
+def test_routes_match_in_priority_order():
+    from data_platform.alerts.records import Route, route_for
+
+    routes = [
+        Route(10, "vip", "VIP", organization_id=7),
+        Route(20, "uk", "UK", legal_entity_country_code=44),
+        Route(30, "band", "BAND", min_balance_usd=Decimal(1000), max_balance_usd=Decimal(5000)),
+        Route(100, "default", "SLACK_WEBHOOK_URL"),
+    ]
+    uk = Organization(8, True, False, legal_entity_country_code=44)
+    assert (
+        route_for(routes, Organization(7, True, False, legal_entity_country_code=44), alert("1", "2")).name
+        == "vip"
+    )
+    assert route_for(routes, uk, alert("1", "2")).name == "uk"
+    assert route_for(routes, Organization(9, False), alert("1", "1000")).name == "band"
+    assert route_for(routes, Organization(9, False), alert("1", "5000")).name == "default"  # max excluded
+    assert routes[3].destination == "slack" and routes[0].destination == "VIP"
+
+
+def test_pacer_spaces_messages():
+    from data_platform.alerts.delivery import Pacer
+
+    now, slept = [100.0], []
+    pacer = Pacer(
+        1.0, clock=lambda: now[0], sleep=lambda s: (slept.append(s), now.__setitem__(0, now[0] + s))
+    )
+    pacer.wait()  # the first message goes at once
+    pacer.sent()
+    now[0] += 0.25
+    pacer.wait()
+    assert slept == [0.75]
