@@ -218,3 +218,36 @@ def test_digest_threshold_is_a_flag(db, run_inline):  # noqa: F811
         "[balance digest] 3 alerts (0 critical, 3 warning), 2024-03-01; the 3 largest by USD change:"
     )
     assert len(alert_lines(result.stdout)) == 3
+
+
+def test_digest_json_payload_and_console_lines():
+    from datetime import date
+    from decimal import Decimal
+
+    from data_platform.alerts import messages, payload
+    from data_platform.alerts.records import Digest
+
+    alerts = tuple(
+        Alert(
+            i,
+            date(2024, 3, 1),
+            BALANCE_CHANGE,
+            Decimal(1000),
+            Decimal(1000 + 100 * i),
+            Decimal(i) / 10,
+            severity=CRITICAL if i >= 10 else WARNING,
+        )
+        for i in range(1, 13)
+    )
+    digest = Digest("OPS_WEBHOOK", alerts, {}, mention="<!here>")
+    document = payload.json_payload(digest)
+    assert (document["type"], document["alert_count"], document["counts"]) == (
+        "digest",
+        12,
+        {"warning": 9, "critical": 3},
+    )
+    assert [item["organization_id"] for item in document["top"]] == [str(i) for i in range(12, 2, -1)]
+    assert document["top"][0]["organization"]["context"] == "not in dim_organizations"
+    assert "where destination = 'OPS_WEBHOOK'" in document["list_the_rest"]
+    lines = messages.digest_lines(digest)
+    assert len(lines) == 12 and lines[-1].startswith("[balance digest] all 12: select ")

@@ -249,3 +249,43 @@ def test_json_sink_unreachable_is_not_unanswered():
     outcome = JsonWebhookChannel(url, FAST).send(BATCH)
     assert not outcome.delivered and not outcome.unanswered
     assert "XOXB" not in (outcome.error or "")
+
+
+# --- ops tables from before routing ------------------------------------------------------------------
+
+BEFORE_ROUTING = """
+alter table ops.alert_history drop constraint alert_history_severity_check;
+alter table ops.alert_history drop column severity;
+alter table ops.alert_history drop constraint alert_history_status_check;
+alter table ops.alert_history add constraint alert_history_status_check
+    check (status in ('pending', 'sent', 'failed', 'unknown'));
+alter table ops.alert_history drop constraint alert_history_destination_check;
+alter table ops.alert_history add constraint alert_history_destination_check
+    check (destination in ('slack', 'console'));
+alter table ops.alert_watermark drop constraint alert_watermark_destination_check;
+alter table ops.alert_watermark add constraint alert_watermark_destination_check
+    check (destination in ('slack', 'console'));
+"""
+
+
+def test_ops_tables_from_before_routing_are_upgraded_in_place(db):  # noqa: F811
+    add_moves(db, (3, DAY[0], "100", "300"))
+    with SlackStub() as slack:
+        slack.always(server_error(500))
+        assert run_alerts(db, webhook=slack.url, **NO_FLOOR).returncode == 1  # a failed Slack alert waits
+    for statement in BEFORE_ROUTING.split(";"):
+        if statement.strip():
+            execute(db, statement, role="alerter")
+    set_routes(db, ROUTES[0], ROUTES[3])
+    add_moves(db, (1, DAY[1], "100", "300"))
+
+    with SlackStub() as vip, SlackStub() as slack:
+        result = run_alerts(
+            db, webhook=slack.url, VIP_WEBHOOK=vip.url, ALERT_SLACK_MIN_INTERVAL="0", **NO_FLOOR
+        )
+
+    assert result.returncode == 0, result.stderr
+    assert organizations_in(slack.delivered) == [3]  # the waiting alert, kept through the upgrade
+    assert vip.delivered[0]["organization"]["organization_id"] == "1"
+    rows = db.query("select destination, organization_id, severity, status from ops.alert_history order by 2")
+    assert rows == [("VIP_WEBHOOK", 1, "critical", "sent"), ("slack", 3, "warning", "sent")]
