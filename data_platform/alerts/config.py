@@ -137,10 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="alert_script.py",
         description=(
-            "Alert when an organization's balance moved by the threshold or more day over day. "
-            "Reads marts.fct_organization_daily_financials; keeps its watermark and alert history "
-            "in the ops schema; posts to SLACK_WEBHOOK_URL (or the URL in the file SLACK_WEBHOOK_URL_FILE "
-            "names) or prints to stdout."
+            "Alert when an organization's balance moved by the threshold and the USD floor or more day over "
+            "day, with why it moved. Reads marts.fct_organization_daily_financials and the drivers, "
+            "organizations and routes marts; keeps its watermarks and alert history in the ops schema; "
+            "posts to each route's webhook (the alert_routing seed; by default SLACK_WEBHOOK_URL, or the URL "
+            "in the file SLACK_WEBHOOK_URL_FILE names), or prints to stdout when no route's webhook is set."
         ),
         epilog=(
             "Exit codes: 0 all alerts delivered, 1 some delivery failed (retried on the next run), "
