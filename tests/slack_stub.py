@@ -71,6 +71,8 @@ class SlackStub:
         self.requests: list[Received] = []
         self._script: deque[Reply] = deque()
         self._default = OK
+        self._rate_limit: tuple[float, int] | None = None  # (min seconds between messages, Retry-After)
+        self._last_accepted: float | None = None
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
@@ -89,6 +91,17 @@ class SlackStub:
             self._script.extend(replies)
             if then is not None:
                 self._default = then
+
+    def limit_rate(self, min_interval: float, retry_after: int) -> None:
+        """Answer 429 with Retry-After to a message arriving sooner than `min_interval` seconds after
+        the last accepted one, as Slack does to a burst (the scripted replies apply to the rest)."""
+        with self._lock:
+            self._rate_limit = (min_interval, retry_after)
+
+    def _too_soon(self, now: float) -> bool:
+        if self._rate_limit is None or self._last_accepted is None:
+            return False
+        return now - self._last_accepted < self._rate_limit[0]
 
     def always(self, reply: Reply) -> None:
         with self._lock:
@@ -110,11 +123,20 @@ class SlackStub:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                reply = stub._next_reply()
+                now = time.monotonic()
+                with stub._lock:
+                    too_soon = stub._too_soon(now)
+                if too_soon:
+                    assert stub._rate_limit is not None
+                    reply = rate_limited(stub._rate_limit[1])
+                else:
+                    reply = stub._next_reply()
                 with stub._lock:
                     accepted = reply.status == 200 and reply.accepted
+                    if accepted:
+                        stub._last_accepted = now
                     stub.requests.append(
-                        Received(self.path, json.loads(raw or b"{}"), reply.status, accepted)
+                        Received(self.path, json.loads(raw or b"{}"), reply.status, accepted, at=now)
                     )
                 if reply.delay and stub._stopping.wait(reply.delay):
                     return  # the test is over: drop the connection

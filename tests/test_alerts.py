@@ -70,6 +70,40 @@ create table marts.dim_organizations (
 )
 """
 
+DRIVERS_DDL = """
+create table marts.fct_organization_daily_drivers (
+    organization_id bigint not null,
+    balance_date date not null,
+    driver_kind text not null,
+    invoice_count bigint not null,
+    invoiced_amount_usd numeric,
+    paid_amount_usd numeric,
+    balance_change_usd numeric not null,
+    top_invoices jsonb not null
+)
+"""
+
+ROUTES_DDL = """
+create table marts.dim_alert_routes (
+    priority integer not null,
+    route_name text not null,
+    organization_id bigint,
+    legal_entity_country_code bigint,
+    min_balance_usd numeric,
+    max_balance_usd numeric,
+    webhook_env text not null,
+    sink text not null,
+    mention text,
+    is_default boolean
+)
+"""
+
+# the alert_routing seed as shipped: every alert to SLACK_WEBHOOK_URL (or stdout when unset)
+DEFAULT_ROUTE = (
+    "insert into marts.dim_alert_routes "
+    "values (100, 'default', null, null, null, null, 'SLACK_WEBHOOK_URL', 'slack', null, true)"
+)
+
 PROXY_VARIABLES = ("http_proxy", "https_proxy")
 
 DAY = [date(2024, 3, 1) + timedelta(days=i) for i in range(6)]  # DAY[0] .. DAY[5]
@@ -84,6 +118,8 @@ def warehouse(make_database) -> Database:
     with database.connect("transformer", autocommit=True) as conn:
         conn.execute(FACT_DDL)
         conn.execute(DIM_DDL)
+        conn.execute(DRIVERS_DDL)
+        conn.execute(ROUTES_DDL)
     return database
 
 
@@ -91,7 +127,11 @@ def warehouse(make_database) -> Database:
 def db(warehouse: Database) -> Database:
     """The module's database with empty marts tables and no alert state."""
     with warehouse.connect("transformer", autocommit=True) as conn:
-        conn.execute("truncate marts.fct_organization_daily_financials, marts.dim_organizations")
+        conn.execute(
+            "truncate marts.fct_organization_daily_financials, marts.dim_organizations, "
+            "marts.fct_organization_daily_drivers, marts.dim_alert_routes"
+        )
+        conn.execute(DEFAULT_ROUTE)
     with warehouse.connect("alerter", autocommit=True) as conn:
         conn.execute("drop table if exists ops.alert_history, ops.alert_watermark")
     return warehouse
@@ -151,6 +191,9 @@ def alerter_env(db: Database, webhook: str | None = None, **extra: str) -> dict[
     env.update(
         ALERT_HTTP_TIMEOUT="2", ALERT_HTTP_RETRIES="2", ALERT_HTTP_BACKOFF="0.01", ALERT_LOCK_TIMEOUT="20"
     )
+    # the tests of the ratio rule, state and delivery use small amounts and few messages: no USD floor,
+    # no pacing (test_alerts_noise.py and test_alerts_routing.py test those with their defaults)
+    env.update(ALERT_MIN_CHANGE_USD="0", ALERT_SLACK_MIN_INTERVAL="0")
     if webhook:
         env["SLACK_WEBHOOK_URL"] = webhook
     env.update(extra)
@@ -302,8 +345,10 @@ def test_moves_from_zero_alert_only_with_include_from_zero(db, run_inline):
 
     assert result.returncode == 0, result.stderr
     assert alert_lines(result.stdout) == [
-        "[new balance] 2024-03-01 organization 1: $0.00 -> $250.00 (new balance); not in dim_organizations",
-        "[balance alert] 2024-03-01 organization 3: $100.00 -> $400.00 (+300.00%); not in dim_organizations",
+        "[new balance] 2024-03-01 organization 1: $0.00 -> $250.00 (new balance), warning; "
+        "not in dim_organizations",
+        "[balance alert] 2024-03-01 organization 3: $100.00 -> $400.00 (+300.00%), critical; "
+        "not in dim_organizations",
     ]
     assert "0 skipped-from-zero" in result.stdout
     assert history(db) == {(1, DAY[0]): ("sent", 1), (3, DAY[0]): ("sent", 1)}
@@ -384,7 +429,7 @@ def test_slack_message_content_one_per_organization(db, slack, run_inline):
     assert organizations_in(slack.delivered) == [1, 2]
     first, second = slack.delivered
     assert first["text"] == (
-        "Balance alert for organization 1: 2024-03-01 $1,234,567.89 -> $2,469,135.78 (+100.00%). "
+        "Balance alert for organization 1: 2024-03-01 $1,234,567.89 -> $2,469,135.78 (+100.00%), critical. "
         "12 active contracts, first payment 2023-01-02, last payment 2024-02-28."
     )
     assert [block["type"] for block in first["blocks"]] == ["header", "section", "context"]
@@ -404,9 +449,9 @@ def test_console_lines_without_webhook(db):
 
     assert result.returncode == 0, result.stderr
     assert alert_lines(result.stdout) == [
-        "[balance alert] 2024-03-01 organization 1: $1,000.00 -> $2,500.50 (+150.05%); "
+        "[balance alert] 2024-03-01 organization 1: $1,000.00 -> $2,500.50 (+150.05%), critical; "
         "3 active contracts, first payment 2023-01-02, last payment 2024-02-28",
-        "[balance alert] 2024-03-01 organization 2: $800.00 -> $100.00 (-87.50%); "
+        "[balance alert] 2024-03-01 organization 2: $800.00 -> $100.00 (-87.50%), warning; "
         "missing from organizations.csv",
     ]
     rows = db.query("select destination, status from ops.alert_history")
@@ -641,7 +686,10 @@ def test_missing_fact_table_exit_2_with_clear_message(make_database):
     empty = make_database()
     result = run_alerts(empty)
     assert result.returncode == 2
-    assert "marts.fct_organization_daily_financials, marts.dim_organizations does not exist" in result.stderr
+    assert (
+        "marts.fct_organization_daily_financials, marts.dim_organizations, "
+        "marts.fct_organization_daily_drivers, marts.dim_alert_routes does not exist"
+    ) in result.stderr
     assert "run the pipeline first (init.sh)" in result.stderr
     assert "Traceback" not in result.stderr
 
@@ -676,7 +724,7 @@ def test_marts_not_granted_names_the_role_and_the_grant(db):
     finally:
         execute(db, "grant select on all tables in schema marts to alerter")
     assert result.returncode == 2
-    assert "permission denied for table fct_organization_daily_financials" in result.stderr
+    assert "permission denied for table dim_alert_routes" in result.stderr  # the first marts read
     assert (
         "Role alerter may not read the marts: dbt grants select on them to ALERTER_USER "
         "(+grants in dbt/dbt_project.yml); rebuild with ALERTER_USER=alerter"
@@ -748,7 +796,7 @@ def test_not_a_number_in_the_fact_is_shown_not_a_crash(db, run_inline):
     result = run_inline(db)
     assert result.returncode == 0, result.stderr
     assert alert_lines(result.stdout) == [
-        "[balance alert] 2024-03-01 organization 1: $100.00 -> NaN (NaN%); not in dim_organizations"
+        "[balance alert] 2024-03-01 organization 1: $100.00 -> NaN (NaN%), warning; not in dim_organizations"
     ]
 
 

@@ -44,7 +44,8 @@ def test_console_run_is_a_view_and_consumes_nothing_of_slack(db, slack):  # noqa
     assert by_hand.returncode == 0, by_hand.stderr
     # its own first run: the latest day only; Slack's failed alert is not printed as if delivered
     assert alert_lines(by_hand.stdout) == [
-        "[balance alert] 2024-03-02 organization 2: $100.00 -> $300.00 (+200.00%); not in dim_organizations"
+        "[balance alert] 2024-03-02 organization 2: $100.00 -> $300.00 (+200.00%), critical; "
+        "not in dim_organizations"
     ]
     assert by_hand.stdout.splitlines()[-1] == (
         "Summary: 1 day processed (2024-03-02), 1 alert sent, 0 failed, 0 skipped-from-zero; "
@@ -162,13 +163,14 @@ def test_ops_tables_of_the_older_layout_are_upgraded_in_place(db, slack):  # noq
     assert "0 alerts sent" in again.stdout and len(slack.requests) == 2
     printed = run_alerts(db)
     assert alert_lines(printed.stdout) == [
-        "[balance alert] 2024-03-02 organization 4: $100.00 -> $300.00 (+200.00%); not in dim_organizations"
+        "[balance alert] 2024-03-02 organization 4: $100.00 -> $300.00 (+200.00%), warning; "
+        "not in dim_organizations"
     ]
     columns = db.query(
         "select column_name from information_schema.columns "
         "where table_schema = 'ops' and table_name = 'alert_history' order by ordinal_position"
     )
-    assert ("delivered_via",) not in columns and ("destination",) in columns
+    assert ("delivered_via",) not in columns and ("destination",) in columns and ("severity",) in columns
 
 
 # --- what the marts may do to the alerter ----------------------------------------------------------
@@ -267,7 +269,9 @@ def test_backfill_is_split_every_20_days(db, slack):  # noqa: F811
     days = [date(2024, 1, 1) + timedelta(days=i) for i in range(45)]
     add_moves(db, *[(1, day, "100", "200") for day in days])
 
-    result = run_alerts(db, "--since", "2024-01-01", webhook=slack.url)
+    result = run_alerts(
+        db, "--since", "2024-01-01", webhook=slack.url, ALERT_DIGEST_OVER="100"
+    )  # not a digest
 
     assert result.returncode == 0, result.stderr
     assert "45 days processed (2024-01-01..2024-02-14), 45 alerts sent, 0 failed" in result.stdout

@@ -100,11 +100,11 @@ def test_context_phrases():
 
 def test_console_lines():
     assert messages.console_line(KNOWN, alert("-1000", "-1500")) == (
-        "[balance alert] 2024-03-01 organization 7: -$1,000.00 -> -$1,500.00 (-50.00%); "
+        "[balance alert] 2024-03-01 organization 7: -$1,000.00 -> -$1,500.00 (-50.00%), warning; "
         "1 active contract, first payment 2023-01-02, last payment none"
     )
     assert messages.console_line(KNOWN, alert("0", "250")).startswith(
-        "[new balance] 2024-03-01 organization 7: $0.00 -> $250.00 (new balance); "
+        "[new balance] 2024-03-01 organization 7: $0.00 -> $250.00 (new balance), warning; "
     )
 
 
@@ -113,10 +113,10 @@ def test_numbers_that_are_not_finite_are_shown_not_raised():
     # alert that cannot be formatted would stop delivery on every run
     nan = Alert(7, D[0], BALANCE_CHANGE, Decimal("100"), Decimal("NaN"), Decimal("NaN"))
     assert messages.console_line(KNOWN, nan).startswith(
-        "[balance alert] 2024-03-01 organization 7: $100.00 -> NaN (NaN%); "
+        "[balance alert] 2024-03-01 organization 7: $100.00 -> NaN (NaN%), warning; "
     )
     _, blocks = messages.slack_message(Batch(KNOWN, (nan,)))
-    assert blocks[1]["text"]["text"] == ":warning: *2024-03-01*  $100.00 → NaN  *NaN%*"
+    assert blocks[1]["text"]["text"] == ":warning: *2024-03-01*  $100.00 → NaN  *NaN%*  warning"
     assert messages.usd(Decimal("-Infinity")) == "-Infinity"
     assert messages.signed_percent(Decimal("Infinity")) == "+Infinity%"
 
@@ -125,16 +125,16 @@ def test_slack_message_blocks_and_fallback():
     batch = Batch(Organization(7, True, True), (alert("100", "300", D[0]), alert("300", "30", D[1])))
     text, blocks = messages.slack_message(batch)
     assert text == (
-        "Balance alert for organization 7: 2024-03-01 $100.00 -> $300.00 (+200.00%); "
-        "2024-03-02 $300.00 -> $30.00 (-90.00%). missing from organizations.csv."
+        "Balance alert for organization 7: 2024-03-01 $100.00 -> $300.00 (+200.00%), warning; "
+        "2024-03-02 $300.00 -> $30.00 (-90.00%), warning. missing from organizations.csv."
     )
     assert blocks[0] == {
         "type": "header",
         "text": {"type": "plain_text", "text": "Balance alert: organization 7"},
     }
     assert blocks[1]["text"]["text"].splitlines() == [
-        ":chart_with_upwards_trend: *2024-03-01*  $100.00 → $300.00  *+200.00%*",
-        ":chart_with_downwards_trend: *2024-03-02*  $300.00 → $30.00  *-90.00%*",
+        ":chart_with_upwards_trend: *2024-03-01*  $100.00 → $300.00  *+200.00%*  warning",
+        ":chart_with_downwards_trend: *2024-03-02*  $300.00 → $30.00  *-90.00%*  warning",
     ]
     assert blocks[2] == {
         "type": "context",
@@ -284,3 +284,63 @@ def test_future_days_are_never_planned():
     assert plan_days(watermark=None, latest=D[9], today=today) == Plan(D[4], D[4], D[4])
     assert plan_days(watermark=D[2], latest=D[9], since=D[3], today=today) == Plan(D[3], D[4], D[4])
     assert plan_days(watermark=D[2], latest=D[9], only_date=D[6], today=today).is_empty
+
+
+# --- noise settings, routes, pacing -----------------------------------------------------------------
+
+
+def test_noise_defaults_environment_and_flags():
+    from data_platform.alerts.noise import NoiseSettings
+
+    assert config.load([], {}).noise == NoiseSettings() and config.load([], {}).digest_over == 20
+    env = {"ALERT_MIN_CHANGE_USD": "250", "ALERT_SUPPRESS_DAYS": "3", "ALERT_CRITICAL_USD": "5,000"}
+    settings = config.load(["--suppress-days", "0", "--critical-threshold", "2"], env)
+    assert settings.noise == NoiseSettings(Decimal(250), Decimal(2), Decimal(5000), 0)  # the flag wins
+    assert "environment" not in repr(settings)  # the webhooks in it are secrets
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"ALERT_MIN_CHANGE_USD": "a lot"}, "ALERT_MIN_CHANGE_USD: expected an amount in USD"),
+        ({"ALERT_DIGEST_OVER": "-1"}, "ALERT_DIGEST_OVER: expected a whole number from 0"),
+        ({"ALERT_CRITICAL_THRESHOLD": "0"}, "ALERT_CRITICAL_THRESHOLD: the threshold must be a positive"),
+    ],
+)
+def test_bad_noise_environment(env, message):
+    with pytest.raises(config.ConfigError, match=re.escape(message)):
+        config.load([], env)
+
+
+def test_routes_match_in_priority_order():
+    from data_platform.alerts.records import Route, route_for
+
+    routes = [
+        Route(10, "vip", "VIP", organization_id=7),
+        Route(20, "uk", "UK", legal_entity_country_code=44),
+        Route(30, "band", "BAND", min_balance_usd=Decimal(1000), max_balance_usd=Decimal(5000)),
+        Route(100, "default", "SLACK_WEBHOOK_URL"),
+    ]
+    uk = Organization(8, True, False, legal_entity_country_code=44)
+    assert (
+        route_for(routes, Organization(7, True, False, legal_entity_country_code=44), alert("1", "2")).name
+        == "vip"
+    )
+    assert route_for(routes, uk, alert("1", "2")).name == "uk"
+    assert route_for(routes, Organization(9, False), alert("1", "1000")).name == "band"
+    assert route_for(routes, Organization(9, False), alert("1", "5000")).name == "default"  # max excluded
+    assert routes[3].destination == "slack" and routes[0].destination == "VIP"
+
+
+def test_pacer_spaces_messages():
+    from data_platform.alerts.delivery import Pacer
+
+    now, slept = [100.0], []
+    pacer = Pacer(
+        1.0, clock=lambda: now[0], sleep=lambda s: (slept.append(s), now.__setitem__(0, now[0] + s))
+    )
+    pacer.wait()  # the first message goes at once
+    pacer.sent()
+    now[0] += 0.25
+    pacer.wait()
+    assert slept == [0.75]

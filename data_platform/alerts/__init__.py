@@ -4,11 +4,16 @@ Modules, one job each:
     records   the records (Alert, Batch, Organization) and the vocabulary of states: no database code
     config    command-line flags and environment -> Settings
     plan      which days a run looks at and where the watermark goes (pure date logic)
+    noise     the USD floor, severity and suppression (records only)
+    routing   the alert_routing seed's routes checked against the environment; alert -> destination
     detect    the marts queries, run in read-only transactions (SQLAlchemy Core)
     store     the alerter's own state in the ops schema, per destination; the advisory lock
     ops_migration  upgrades ops tables created by an older alerter
     messages  Slack Block Kit, plain-text fallback and console lines (records only)
-    delivery  Slack incoming webhook (slack-sdk retry handlers) or stdout (records only)
+    payload   the versioned JSON webhook payload (records only)
+    delivery  Slack incoming webhook (slack-sdk retry handlers, paced) or stdout (records only)
+    json_sink the JSON webhook (requests + urllib3 Retry)
+    errors    database errors in words a person can act on
     summary   the run's closing line
     cli       the run: lock -> read marts -> record -> deliver -> summary, and exit codes
 """

@@ -19,24 +19,37 @@ import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import suppress
-from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from dataclasses import dataclass, field, replace
+from datetime import UTC, date, datetime, timedelta
 
 from sqlalchemy import Connection, Engine, create_engine, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
-from data_platform.alerts import detect, records, store
+from data_platform.alerts import detect, noise, records, routing, store
 from data_platform.alerts.config import ConfigError, Settings, load
 from data_platform.alerts.delivery import Channel, ConsoleChannel, SlackChannel
+from data_platform.alerts.errors import PIPELINE_HINT, database_error, db_message
+from data_platform.alerts.json_sink import JsonWebhookChannel
 from data_platform.alerts.plan import Plan, plan_days
-from data_platform.alerts.records import CONSOLE, FAILED, SLACK, UNKNOWN, Alert, Organization
+from data_platform.alerts.records import (
+    CONSOLE,
+    DEFAULT_WEBHOOK_ENV,
+    FAILED,
+    JSON_SINK,
+    SLACK,
+    UNKNOWN,
+    Alert,
+    Organization,
+    Route,
+    Why,
+)
+from data_platform.alerts.routing import Destination
 from data_platform.alerts.summary import Summary
 from data_platform.db import describe_target
 
 EXIT_OK, EXIT_DELIVERY_FAILED, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 DEFAULT_CONNECT_TIMEOUT = 10  # seconds; psycopg's own default is over two minutes
-PIPELINE_HINT = "run the pipeline first (init.sh)"
 
 
 class AlertError(RuntimeError):
@@ -56,17 +69,12 @@ def make_engine() -> Engine:
     return create_engine("postgresql+psycopg://", poolclass=NullPool, connect_args=connect_args)
 
 
-def _db_message(error: DBAPIError) -> str:
-    # the driver's own message (never the SQL or parameters SQLAlchemy would append)
-    return " ".join(str(error.orig).split()) if error.orig is not None else type(error).__name__
-
-
 def _connect(engine: Engine) -> Connection:
     try:
         conn = engine.connect()
     except DBAPIError as error:  # refused, bad password, or a bad PG* value (e.g. PGCONNECT_TIMEOUT=abc)
         raise AlertError(
-            f"cannot connect to {describe_target()}: {_db_message(error)}. "
+            f"cannot connect to {describe_target()}: {db_message(error)}. "
             "Check PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE and PGCONNECT_TIMEOUT."
         ) from error
     # for the whole session: no unqualified name may resolve to an object someone else created
@@ -75,13 +83,18 @@ def _connect(engine: Engine) -> Connection:
     return conn
 
 
-def choose_channel(settings: Settings) -> Channel:
+def choose_channel(settings: Settings, destination: Destination | None = None) -> Channel:
+    destination = destination or Destination(
+        SLACK if settings.webhook_url else CONSOLE, url=settings.webhook_url
+    )
     if settings.dry_run:
-        target = "Slack" if settings.webhook_url else "stdout"
+        target = {SLACK: "Slack", CONSOLE: "stdout"}.get(destination.name, destination.label)
         return ConsoleChannel(prefix=f"[dry-run, would go to {target}] ")
-    if settings.webhook_url:
-        return SlackChannel(settings.webhook_url, settings.http)
-    return ConsoleChannel()
+    if destination.url is None:
+        return ConsoleChannel()
+    if destination.route is not None and destination.route.sink == JSON_SINK:
+        return JsonWebhookChannel(destination.url, settings.http, name=destination.label)
+    return SlackChannel(destination.url, settings.http)
 
 
 def today_utc() -> date:
@@ -95,60 +108,81 @@ def run(
     today: date | None = None,
 ) -> Summary:
     """Two connections: `reader` only ever holds read-only transactions on the marts; `ops` holds
-    the run lock and writes the alerter's own tables, and never reads the marts."""
-    channel = channel or choose_channel(settings)
+    the run lock and writes the alerter's own tables, and never reads the marts.
+
+    `channel`, when given, replaces every destination's channel (tests)."""
     engine = engine or make_engine()
     with _connect(engine) as reader:
         detect.read_only(reader)
         missing = detect.missing_tables(reader)
+        routes = [] if missing else detect.alert_routes(reader)
         reader.rollback()
         if missing:
             raise AlertError(f"{', '.join(missing)} does not exist in {describe_target()}: {PIPELINE_HINT}.")
+        # a route without its webhook stops the run here, before anything is recorded or sent
+        found = routing.destinations(
+            routes, settings.environment, {DEFAULT_WEBHOOK_ENV: settings.webhook_url}
+        )
+        channels = {name: channel or choose_channel(settings, dest) for name, dest in found.items()}
         with _connect(engine) as ops:
             try:
                 with store.run_lock(ops, settings.lock_timeout):
-                    return _locked_run(reader, ops, settings, channel, today or today_utc())
+                    return _locked_run(
+                        reader, ops, settings, Routing(routes, found, channels), today or today_utc()
+                    )
             except store.LockBusy as error:
                 raise AlertError(f"{error}; nothing was sent. Try again when it has finished.") from error
+
+
+@dataclass(frozen=True)
+class Routing:
+    routes: list[Route]
+    destinations: dict[str, Destination]
+    channels: dict[str, Channel]
 
 
 @dataclass
 class MartsView:
     """What one read-only snapshot of the marts says about this run."""
 
-    plan: Plan
+    plans: dict[str, Plan]  # per destination
     alerts: list[Alert] = field(default_factory=list)
     organizations: dict[int, Organization] = field(default_factory=dict)
+    why: dict[tuple[int, date], Why] = field(default_factory=dict)
 
 
 def _locked_run(
-    reader: Connection, ops: Connection, settings: Settings, channel: Channel, today: date
+    reader: Connection, ops: Connection, settings: Settings, routing_: Routing, today: date
 ) -> Summary:
-    # a console run keeps its own delivery state: printing never counts as delivering to Slack
-    destination = SLACK if settings.webhook_url else CONSOLE
+    names = list(routing_.destinations)
     # --dry-run runs the very same statements in one transaction and rolls it back at the end
     commit: Callable[[], None] = (lambda: None) if settings.dry_run else ops.commit
     summary = Summary(dry_run=settings.dry_run, today=today)
 
     store.ensure_tables(ops)
-    summary.watermark_before = store.read_watermark(ops, destination)
-    waiting = store.undelivered_organizations(ops, destination)
+    watermarks = {name: store.read_watermark(ops, name) for name in names}
+    summary.watermark_before = _earliest(watermarks.values())
+    waiting = store.undelivered_organization_days(ops, names)
     # every marts read happens here, before anything is committed to ops
-    view = _read_marts(reader, settings, summary, waiting, today)
-    summary.new_alerts = store.record_alerts(ops, destination, view.alerts)
-    new_watermark = view.plan.new_watermark
-    if new_watermark is not None and new_watermark != summary.watermark_before:
-        store.write_watermark(ops, destination, new_watermark)
-    summary.watermark = new_watermark
+    view = _read_marts(reader, settings, summary, watermarks, waiting, today)
+    for name, alerts in _by_destination(view, routing_).items():
+        held = noise.suppressed(alerts, _recent(ops, name, alerts, settings), settings.noise.suppress_days)
+        summary.suppressed += len(held)
+        summary.new_alerts += store.record_alerts(ops, name, alerts, suppressed=held)
+    for name, plan in view.plans.items():
+        if plan.new_watermark is not None and plan.new_watermark != watermarks[name]:
+            store.write_watermark(ops, name, plan.new_watermark)
+    summary.watermark = _earliest(plan.new_watermark for plan in view.plans.values())
     # The alerts are durable before anything is sent, so the watermark may move past their days:
     # whatever is not delivered below is retried from ops.alert_history, not from the watermark.
     commit()
 
-    batches = records.batches(store.undelivered(ops, destination), view.organizations)
-    commit()
-    _deliver(ops, destination, batches, channel, summary, commit)
-    summary.given_up = store.given_up_count(ops, destination)
-    if destination == CONSOLE:
+    for name, destination in routing_.destinations.items():
+        outgoing = _messages(store.undelivered(ops, name), view, destination, settings.digest_over)
+        commit()
+        _deliver(ops, name, outgoing, routing_.channels[name], summary, commit)
+        summary.given_up += store.given_up_count(ops, name)
+    if names == [CONSOLE]:
         summary.waiting_for_slack = store.undelivered_count(ops, SLACK)
     commit()
     if settings.dry_run:
@@ -156,36 +190,86 @@ def _locked_run(
     return summary
 
 
+def _earliest(days: Iterable[date | None]) -> date | None:
+    known = [day for day in days if day is not None]
+    return min(known) if known else None
+
+
+def _by_destination(view: MartsView, routing_: Routing) -> dict[str, list[Alert]]:
+    """Each new alert under its route's destination, if that destination's plan covers its day."""
+    grouped: dict[str, list[Alert]] = {}
+    for alert in view.alerts:
+        name = routing.destination_of(alert, routing_.routes, view.organizations, routing_.destinations)
+        plan = view.plans[name]
+        if not plan.is_empty and plan.start <= alert.balance_date <= plan.end:  # type: ignore[operator]
+            grouped.setdefault(name, []).append(alert)
+    return grouped
+
+
+def _recent(ops: Connection, destination: str, alerts: list[Alert], settings: Settings):
+    days = settings.noise.suppress_days
+    if not days or not alerts:
+        return {}
+    since = min(alert.balance_date for alert in alerts) - timedelta(days=days)
+    return store.recent_alerts(ops, destination, [alert.organization_id for alert in alerts], since)
+
+
+def _messages(
+    alerts: list[Alert], view: MartsView, destination: Destination, digest_over: int
+) -> list[records.Message]:
+    """One message per organization, or one digest when the destination has more than `digest_over`."""
+    alerts = [
+        replace(alert, why=view.why.get((alert.organization_id, alert.balance_date), Why()))
+        for alert in alerts
+    ]
+    mention = destination.route.mention if destination.route else None
+    if len(alerts) > digest_over:
+        return [records.Digest(destination.name, tuple(alerts), view.organizations, mention)]
+    return list(records.batches(alerts, view.organizations, mention=mention))
+
+
 def _read_marts(
-    reader: Connection, settings: Settings, summary: Summary, waiting: Iterable[int], today: date
+    reader: Connection,
+    settings: Settings,
+    summary: Summary,
+    watermarks: dict[str, date | None],
+    waiting: Iterable[tuple[int, date]],
+    today: date,
 ) -> MartsView:
-    """One read-only snapshot: plan the days, find their alerts and every organization's context."""
+    """One read-only snapshot: plan each destination's days, find their alerts, every organization's
+    context and every alert's drivers."""
     detect.read_only_snapshot(reader)
     try:
         latest = detect.latest_day(reader, up_to=today)
         summary.future_days, summary.last_future_day = detect.days_after(reader, today)
         _check_requested_day(settings, latest, today)
-        plan = plan_days(
-            watermark=summary.watermark_before,
-            latest=latest,
-            only_date=settings.date,
-            since=settings.since,
-            today=today,
-        )
-        view = MartsView(plan)
-        if not plan.is_empty:
-            assert plan.start is not None and plan.end is not None
-            stats = detect.range_stats(reader, plan.start, plan.end)
+        plans = {
+            name: plan_days(
+                watermark=watermark, latest=latest, only_date=settings.date, since=settings.since, today=today
+            )
+            for name, watermark in watermarks.items()
+        }
+        view = MartsView(plans)
+        planned = [plan for plan in plans.values() if not plan.is_empty]
+        if planned:
+            start = min(plan.start for plan in planned)  # type: ignore[type-var]
+            end = max(plan.end for plan in planned)  # type: ignore[type-var]
+            stats = detect.range_stats(reader, start, end)
             summary.days_processed, summary.first_day, summary.last_day = (
                 stats.days_processed,
                 stats.first_day,
                 stats.last_day,
             )
             summary.skipped_from_zero = 0 if settings.include_from_zero else stats.moves_from_zero
-            query = detect.alerts_query(plan.start, plan.end, settings.threshold, settings.include_from_zero)
-            view.alerts = detect.fetch_alerts(reader, query)
-        wanted = {*waiting, *(alert.organization_id for alert in view.alerts)}
+            query = detect.alerts_query(start, end, settings.threshold, settings.include_from_zero)
+            filtered = noise.apply_floor_and_severity(detect.fetch_alerts(reader, query), settings.noise)
+            view.alerts, summary.held_back = filtered.alerts, filtered.held_back
+        waiting = set(waiting)
+        wanted = {organization_id for organization_id, _ in waiting} | {
+            a.organization_id for a in view.alerts
+        }
         view.organizations = detect.organization_context(reader, wanted)
+        view.why = detect.why(reader, waiting | {(a.organization_id, a.balance_date) for a in view.alerts})
         return view
     finally:
         reader.rollback()  # read only: nothing to keep
@@ -212,14 +296,16 @@ def _check_requested_day(settings: Settings, latest: date | None, today: date) -
 def _deliver(
     ops: Connection,
     destination: str,
-    batches: list[records.Batch],
+    outgoing: list[records.Message],
     channel: Channel,
     summary: Summary,
     commit: Callable[[], None],
 ) -> None:
     service_down: str | None = None
-    for batch in batches:
-        alerts, count = batch.alerts, len(batch.alerts)
+    for message in outgoing:
+        alerts, count = message.alerts, len(message.alerts)
+        if isinstance(message, records.Digest):
+            summary.digests += 1
         summary.retried += sum(1 for alert in alerts if alert.status in (FAILED, UNKNOWN))
         if service_down:
             # Slack is rate limiting or down even after retries: leave the rest for the next run
@@ -233,7 +319,7 @@ def _deliver(
         if recorded:
             store.record_attempt(ops, destination, alerts)
             commit()  # before the request: a run that dies in flight still counts it
-        outcome = channel.send(batch)
+        outcome = channel.send(message)
         if outcome.delivered:
             store.record_delivered(ops, destination, alerts, attempt_recorded=recorded)
         elif outcome.unanswered:
@@ -249,10 +335,13 @@ def _deliver(
         summary.failed += count
         summary.unanswered += count if outcome.unanswered else 0
         service_down = outcome.error if outcome.service_unavailable else None
+        what = (
+            f"the digest of {count} alerts"
+            if isinstance(message, records.Digest)
+            else f"organization {message.organization.organization_id}"
+        )
         print(
-            f"alert_script.py: delivery failed for organization {batch.organization.organization_id}: "
-            f"{outcome.error}",
-            file=sys.stderr,
+            f"alert_script.py: delivery to {destination} failed for {what}: {outcome.error}", file=sys.stderr
         )
     if summary.failed:
         print(
@@ -260,38 +349,6 @@ def _deliver(
             "and are retried on the next run.",
             file=sys.stderr,
         )
-
-
-def _role() -> str:
-    return describe_target().split("@", 1)[0]
-
-
-def _database_error(error: DBAPIError) -> str:
-    sqlstate = getattr(error.orig, "sqlstate", None)
-    message = f"database error on {describe_target()}: {_db_message(error)}"
-    if sqlstate == "42P01":  # undefined table: dropped between our check and the query
-        return f"{message}: {PIPELINE_HINT}."
-    if sqlstate == "42501":  # insufficient privilege: say which side is missing, for which role
-        role = _role()
-        if " schema ops" in message or " table alert_" in message:
-            return (
-                f"{message}. Role {role} may not write the alerts' state: run as the role that owns the "
-                "ops schema (the alerter; ALERTER_USER in init.sh)."
-            )
-        if " schema marts" in message or " table " in message or " view " in message:
-            return (
-                f"{message}. Role {role} may not read the marts: dbt grants select on them to "
-                f"ALERTER_USER (+grants in dbt/dbt_project.yml); rebuild with ALERTER_USER={role}, or "
-                "run as the role they were granted to."
-            )
-        return f"{message}. Role {role} lacks a privilege the alert run needs."
-    if sqlstate == "25006":  # a write inside the read-only marts transaction
-        return (
-            f"{message}: something in marts tried to write while the alerter read it, and was stopped; "
-            "nothing was recorded. The marts are not what dbt built: check who changed them, then "
-            "rebuild (FULL_REFRESH=true ./init.sh)."
-        )
-    return message
 
 
 def _tell(message: str) -> None:
@@ -318,7 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _tell(f"error: {error}")
         return EXIT_ERROR
     except DBAPIError as error:
-        _tell(f"error: {_database_error(error)}")
+        _tell(f"error: {database_error(error)}")
         return EXIT_ERROR
     except KeyboardInterrupt:
         # open transactions were rolled back on the way out; what was committed stays

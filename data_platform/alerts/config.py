@@ -5,17 +5,21 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal, InvalidOperation
 from urllib.parse import urlsplit
 
 from data_platform import secrets
+from data_platform.alerts.noise import NoiseSettings
 
 DEFAULT_THRESHOLD = Decimal("0.5")
 # Postgres numeric overflows long before Decimal does; no useful threshold comes near these bounds
 MAX_THRESHOLD = Decimal(1_000_000)  # a 100,000,000% move
 MAX_THRESHOLD_DECIMALS = 12
+MAX_USD = Decimal(10) ** 15
+MAX_SUPPRESS_DAYS = 366
+MAX_DIGEST_OVER = 100_000
 
 
 class ConfigError(ValueError):
@@ -30,6 +34,7 @@ class HttpSettings:
     retries: int = 3  # retries after the first attempt (429, 5xx, connection errors; never a timeout)
     backoff: float = 0.5  # exponential backoff factor for 5xx / connection errors, in seconds
     max_retry_after: float = 60.0  # longest Retry-After (429) honoured within a run
+    slack_min_interval: float = 1.0  # seconds between two messages to one Slack webhook (its rate limit)
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,10 @@ class Settings:
     webhook_url: str | None = None
     http: HttpSettings = HttpSettings()
     lock_timeout: float = 30.0  # seconds to wait for another run to finish
+    noise: NoiseSettings = field(default_factory=NoiseSettings)
+    digest_over: int = 20  # more alerts than this for one destination in a run: one digest instead
+    # the environment the routes' webhook variables are read from (routing.destinations); never shown
+    environment: Mapping[str, str] = field(default_factory=dict, repr=False)
 
 
 def _iso_date(value: str) -> date:
@@ -69,14 +78,70 @@ def _threshold(value: str) -> Decimal:
     return parsed
 
 
+def _usd(value: str) -> Decimal:
+    try:
+        parsed = Decimal(value.replace(",", "").replace("_", ""))
+    except InvalidOperation:
+        raise argparse.ArgumentTypeError(f"expected an amount in USD such as 1000, got {value!r}") from None
+    if not parsed.is_finite() or not 0 <= parsed <= MAX_USD:
+        raise argparse.ArgumentTypeError(f"expected an amount in USD from 0 to {MAX_USD:,}, got {value!r}")
+    return parsed
+
+
+def _whole(maximum: int):
+    def parse(value: str) -> int:
+        try:
+            parsed = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+        if not 0 <= parsed <= maximum:
+            raise argparse.ArgumentTypeError(f"expected a whole number from 0 to {maximum}, got {value!r}")
+        return parsed
+
+    return parse
+
+
+# flag -> (environment variable, parser, default): each noise control is both
+NOISE_OPTIONS = {
+    "--min-change-usd": ("ALERT_MIN_CHANGE_USD", _usd, NoiseSettings.min_change_usd),
+    "--critical-threshold": ("ALERT_CRITICAL_THRESHOLD", _threshold, NoiseSettings.critical_threshold),
+    "--critical-usd": ("ALERT_CRITICAL_USD", _usd, NoiseSettings.critical_usd),
+    "--suppress-days": ("ALERT_SUPPRESS_DAYS", _whole(MAX_SUPPRESS_DAYS), NoiseSettings.suppress_days),
+    "--digest-over": ("ALERT_DIGEST_OVER", _whole(MAX_DIGEST_OVER), 20),
+}
+NOISE_HELP = {
+    "--min-change-usd": "alert only when abs(balance - previous) is at least this many USD (default 1000)",
+    "--critical-threshold": "severity critical when abs(balance change ratio) >= this (default 1 = 100%%)",
+    "--critical-usd": "severity critical when abs(balance - previous) is above this in USD (default 100000)",
+    "--suppress-days": (
+        "do not alert an organization alerted in the last N days again unless its severity rises "
+        "(default 0 = off); suppressed alerts are recorded"
+    ),
+    "--digest-over": "more alerts than this for one destination in a run: one digest message (default 20)",
+}
+
+
+def _noise_defaults(env: Mapping[str, str]) -> dict[str, object]:
+    """The environment's values for the noise flags (a flag given on the command line wins)."""
+    defaults: dict[str, object] = {}
+    for flag, (name, parse, default) in NOISE_OPTIONS.items():
+        raw = env.get(name, "").strip()
+        try:
+            defaults[flag[2:].replace("-", "_")] = parse(raw) if raw else default
+        except argparse.ArgumentTypeError as error:
+            raise ConfigError(f"{name}: {error}") from None
+    return defaults
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="alert_script.py",
         description=(
-            "Alert when an organization's balance moved by the threshold or more day over day. "
-            "Reads marts.fct_organization_daily_financials; keeps its watermark and alert history "
-            "in the ops schema; posts to SLACK_WEBHOOK_URL (or the URL in the file SLACK_WEBHOOK_URL_FILE "
-            "names) or prints to stdout."
+            "Alert when an organization's balance moved by the threshold and the USD floor or more day over "
+            "day, with why it moved. Reads marts.fct_organization_daily_financials and the drivers, "
+            "organizations and routes marts; keeps its watermarks and alert history in the ops schema; "
+            "posts to each route's webhook (the alert_routing seed; by default SLACK_WEBHOOK_URL, or the URL "
+            "in the file SLACK_WEBHOOK_URL_FILE names), or prints to stdout when no route's webhook is set."
         ),
         epilog=(
             "Exit codes: 0 all alerts delivered, 1 some delivery failed (retried on the next run), "
@@ -108,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print what would be sent; change nothing (no history rows, no watermark move, no HTTP)",
     )
+    for flag, (name, parse, _) in NOISE_OPTIONS.items():
+        parser.add_argument(flag, type=parse, help=f"{NOISE_HELP[flag]}; environment {name}")
     return parser
 
 
@@ -159,23 +226,21 @@ def _url_problem(url: str) -> str | None:
     return None  # https, or a stand-in on this machine (tests, a local relay)
 
 
-def _webhook_url(env: Mapping[str, str]) -> str | None:
-    """SLACK_WEBHOOK_URL, or the contents of the file SLACK_WEBHOOK_URL_FILE names (Docker secrets)."""
-    direct = env.get("SLACK_WEBHOOK_URL", "").strip()
-    path = env.get("SLACK_WEBHOOK_URL_FILE", "").strip()
+def webhook_url(env: Mapping[str, str], name: str = "SLACK_WEBHOOK_URL") -> str | None:
+    """The URL in the variable `name`, or in the file `name`_FILE names (Docker secrets); None if unset."""
+    direct = env.get(name, "").strip()
+    path = env.get(f"{name}_FILE", "").strip()
     try:
-        from_file = secrets.resolve(env, ["SLACK_WEBHOOK_URL"])
+        from_file = secrets.resolve(env, [name])
     except secrets.SecretError as error:
         raise ConfigError(str(error)) from None
     if path:
-        url = from_file["SLACK_WEBHOOK_URL"].strip()
-        source = f"the file SLACK_WEBHOOK_URL_FILE names ({path})"
+        url = from_file[name].strip()
+        source = f"the file {name}_FILE names ({path})"
         if not url:
-            raise ConfigError(
-                f"{source} is empty: put the webhook URL in it, or unset SLACK_WEBHOOK_URL_FILE"
-            )
+            raise ConfigError(f"{source} is empty: put the webhook URL in it, or unset {name}_FILE")
     elif direct:
-        url, source = direct, "SLACK_WEBHOOK_URL"
+        url, source = direct, name
     else:
         return None
     problem = _url_problem(url)
@@ -190,7 +255,9 @@ def _webhook_url(env: Mapping[str, str]) -> str | None:
 
 def load(argv: Sequence[str] | None, env: Mapping[str, str]) -> Settings:
     """Parse flags (argparse exits 2 on bad usage) and the ALERT_* / SLACK_* environment."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    parser.set_defaults(**_noise_defaults(env))
+    args = parser.parse_args(argv)
     http = HttpSettings(
         timeout=_env_number(env, "ALERT_HTTP_TIMEOUT", HttpSettings.timeout, minimum=0.01, maximum=300),
         retries=_env_count(env, "ALERT_HTTP_RETRIES", HttpSettings.retries, maximum=10),
@@ -198,6 +265,15 @@ def load(argv: Sequence[str] | None, env: Mapping[str, str]) -> Settings:
         max_retry_after=_env_number(
             env, "ALERT_HTTP_MAX_RETRY_AFTER", HttpSettings.max_retry_after, minimum=0, maximum=3600
         ),
+        slack_min_interval=_env_number(
+            env, "ALERT_SLACK_MIN_INTERVAL", HttpSettings.slack_min_interval, minimum=0, maximum=60
+        ),
+    )
+    noise = NoiseSettings(
+        min_change_usd=args.min_change_usd,
+        critical_threshold=args.critical_threshold,
+        critical_usd=args.critical_usd,
+        suppress_days=args.suppress_days,
     )
     return Settings(
         threshold=args.threshold,
@@ -205,7 +281,10 @@ def load(argv: Sequence[str] | None, env: Mapping[str, str]) -> Settings:
         date=args.date,
         since=args.since,
         dry_run=args.dry_run,
-        webhook_url=_webhook_url(env),
+        webhook_url=webhook_url(env),
         http=http,
         lock_timeout=_env_number(env, "ALERT_LOCK_TIMEOUT", Settings.lock_timeout, minimum=0, maximum=86_400),
+        noise=noise,
+        digest_over=args.digest_over,
+        environment=dict(env),
     )

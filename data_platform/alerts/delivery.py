@@ -1,4 +1,7 @@
-"""Where alerts go: the Slack incoming webhook, or stdout when no webhook is configured.
+"""Where alerts go: a Slack incoming webhook, or stdout when no webhook is configured (the JSON
+webhook is in json_sink).
+
+Messages to one Slack webhook are spaced `ALERT_SLACK_MIN_INTERVAL` seconds apart (Pacer).
 
 Retries are slack-sdk's retry handlers, bounded, and only where Slack accepted nothing: 429
 honours Retry-After (up to a cap), 5xx answers and connection errors back off exponentially. A
@@ -14,6 +17,8 @@ from __future__ import annotations
 import logging
 import random
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.client import HTTPException
 from typing import Protocol, TextIO
@@ -35,7 +40,7 @@ from slack_sdk.webhook import WebhookClient
 
 from data_platform.alerts import messages
 from data_platform.alerts.config import HttpSettings
-from data_platform.alerts.records import CONSOLE, SLACK, Batch
+from data_platform.alerts.records import CONSOLE, SLACK, Digest, Message
 
 
 @dataclass(frozen=True)
@@ -54,7 +59,7 @@ class Channel(Protocol):
     # records the attempt before sending, so a crash in flight is counted too
     may_go_unanswered: bool
 
-    def send(self, batch: Batch) -> Outcome: ...
+    def send(self, message: Message) -> Outcome: ...
 
 
 class ConsoleChannel:
@@ -67,11 +72,40 @@ class ConsoleChannel:
         self._out = out
         self._prefix = prefix
 
-    def send(self, batch: Batch) -> Outcome:
+    def send(self, message: Message) -> Outcome:
         out = self._out or sys.stdout
-        for alert in batch.alerts:
-            print(f"{self._prefix}{messages.console_line(batch.organization, alert)}", file=out, flush=True)
+        if isinstance(message, Digest):
+            lines = messages.digest_lines(message)
+        else:
+            lines = [messages.console_line(message.organization, alert) for alert in message.alerts]
+        for line in lines:
+            print(f"{self._prefix}{line}", file=out, flush=True)
         return Outcome(delivered=True)
+
+
+class Pacer:
+    """Spaces the messages to one webhook at least `interval` seconds apart (Slack accepts about one
+    message per second per webhook and answers a burst with 429)."""
+
+    def __init__(
+        self,
+        interval: float,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._interval = interval
+        self._clock = clock
+        self._sleep = sleep
+        self._next: float | None = None
+
+    def wait(self) -> None:
+        if self._next is not None:
+            delay = self._next - self._clock()
+            if delay > 0:
+                self._sleep(delay)
+
+    def sent(self) -> None:
+        self._next = self._clock() + self._interval
 
 
 class EqualJitter(Jitter):
@@ -204,12 +238,14 @@ class SlackChannel:
     def __init__(self, url: str, http: HttpSettings) -> None:
         self._url = url
         self._timeout = http.timeout
+        self._pacer = Pacer(http.slack_min_interval)
         self._client = WebhookClient(
             url, timeout=http.timeout, logger=_silent_logger(), retry_handlers=retry_handlers(http)
         )  # type: ignore[arg-type]  # slack-sdk annotates timeout as int; urllib takes a float
 
-    def send(self, batch: Batch) -> Outcome:
-        text, blocks = messages.slack_message(batch)
+    def send(self, message: Message) -> Outcome:
+        text, blocks = messages.slack_message(message)
+        self._pacer.wait()
         try:
             response = self._client.send(text=text, blocks=blocks, unfurl_links=False, unfurl_media=False)
         except Exception as error:  # network errors once retries are spent; never let one kill the run
@@ -217,6 +253,8 @@ class SlackChannel:
             return Outcome(
                 False, redact(description, self._url), service_unavailable=True, unanswered=unanswered
             )
+        finally:
+            self._pacer.sent()
         if 200 <= response.status_code < 300:
             return Outcome(delivered=True)
         body = " ".join(str(response.body or "").split())[:200]

@@ -10,6 +10,8 @@ search_path pinned to pg_catalog, separate from the alerter's own writes to ops.
 
 from __future__ import annotations
 
+import json
+from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date
@@ -26,6 +28,7 @@ from sqlalchemy import (
     Numeric,
     Select,
     Table,
+    Text,
     and_,
     case,
     distinct,
@@ -34,9 +37,19 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    tuple_,
 )
 
-from data_platform.alerts.records import BALANCE_CHANGE, NEW_BALANCE, Alert, Organization
+from data_platform.alerts.records import (
+    BALANCE_CHANGE,
+    NEW_BALANCE,
+    Alert,
+    Driver,
+    Organization,
+    Route,
+    TopInvoice,
+    Why,
+)
 
 marts = MetaData(schema="marts")
 
@@ -58,9 +71,41 @@ organizations = Table(
     Column("first_payment_date", Date),
     Column("last_payment_date", Date),
     Column("count_total_contracts_active", Integer),
+    Column("legal_entity_country_code", BigInteger),
 )
 
-REQUIRED_TABLES = ("marts.fct_organization_daily_financials", "marts.dim_organizations")
+drivers = Table(
+    "fct_organization_daily_drivers",
+    marts,
+    Column("organization_id", BigInteger),
+    Column("balance_date", Date),
+    Column("driver_kind", Text),
+    Column("invoice_count", BigInteger),
+    Column("balance_change_usd", Numeric),
+    Column("top_invoices", Text),  # jsonb, read as text so amounts parse as Decimal
+)
+
+routes = Table(
+    "dim_alert_routes",
+    marts,
+    Column("priority", Integer),
+    Column("route_name", Text),
+    Column("organization_id", BigInteger),
+    Column("legal_entity_country_code", BigInteger),
+    Column("min_balance_usd", Numeric),
+    Column("max_balance_usd", Numeric),
+    Column("webhook_env", Text),
+    Column("sink", Text),
+    Column("mention", Text),
+)
+
+REQUIRED_TABLES = (
+    "marts.fct_organization_daily_financials",
+    "marts.dim_organizations",
+    "marts.fct_organization_daily_drivers",
+    "marts.dim_alert_routes",
+)
+TOP_INVOICES = 3  # invoices shown per alert
 
 
 def missing_tables(conn: Connection) -> list[str]:
@@ -191,6 +236,7 @@ def organization_context(conn: Connection, organization_ids: Iterable[int]) -> d
             dim.c.count_total_contracts_active,
             dim.c.first_payment_date,
             dim.c.last_payment_date,
+            dim.c.legal_entity_country_code,
         ).where(dim.c.organization_id.in_(ids))
     )
     return {
@@ -201,6 +247,64 @@ def organization_context(conn: Connection, organization_ids: Iterable[int]) -> d
             count_total_contracts_active=row.count_total_contracts_active,
             first_payment_date=row.first_payment_date,
             last_payment_date=row.last_payment_date,
+            legal_entity_country_code=row.legal_entity_country_code,
         )
         for row in rows
     }
+
+
+def alert_routes(conn: Connection) -> list[Route]:
+    """The routing rules, in the order they are tried."""
+    rows = conn.execute(select(routes).order_by(routes.c.priority, routes.c.route_name))
+    return [
+        Route(
+            priority=row.priority,
+            name=row.route_name,
+            webhook_env=row.webhook_env,
+            sink=row.sink,
+            mention=row.mention,
+            organization_id=row.organization_id,
+            legal_entity_country_code=row.legal_entity_country_code,
+            min_balance_usd=row.min_balance_usd,
+            max_balance_usd=row.max_balance_usd,
+        )
+        for row in rows
+    ]
+
+
+def why(
+    conn: Connection, organization_days: Iterable[tuple[int, date]], chunk: int = 1000
+) -> dict[tuple[int, date], Why]:
+    """Each organization-day's drivers (largest effect first) and its top invoices by absolute effect:
+    the largest of its driver kinds' top invoices, which include the day's largest overall."""
+    wanted = sorted(set(organization_days))
+    found: dict[tuple[int, date], list] = defaultdict(list)
+    key = tuple_(drivers.c.organization_id, drivers.c.balance_date)
+    for offset in range(0, len(wanted), chunk):
+        rows = conn.execute(
+            select(
+                drivers.c.organization_id,
+                drivers.c.balance_date,
+                drivers.c.driver_kind,
+                drivers.c.invoice_count,
+                drivers.c.balance_change_usd,
+                drivers.c.top_invoices.cast(Text).label("top_invoices"),
+            ).where(key.in_(wanted[offset : offset + chunk]))
+        )
+        for row in rows:
+            found[(row.organization_id, row.balance_date)].append(row)
+    return {day: _why(rows) for day, rows in found.items()}
+
+
+def _why(rows: list) -> Why:
+    driver_list = sorted(
+        (Driver(row.driver_kind, row.invoice_count, row.balance_change_usd) for row in rows),
+        key=lambda driver: (-abs(driver.balance_change_usd), driver.kind),
+    )
+    invoices = [
+        TopInvoice(int(item["invoice_id"]), str(item["status"]), item["balance_change_usd"])
+        for row in rows
+        for item in json.loads(row.top_invoices or "[]", parse_float=Decimal, parse_int=Decimal)
+    ]
+    invoices.sort(key=lambda invoice: (-abs(invoice.balance_change_usd), invoice.invoice_id))
+    return Why(tuple(driver_list), tuple(invoices[:TOP_INVOICES]))

@@ -9,7 +9,18 @@ from __future__ import annotations
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from data_platform.alerts.records import NEW_BALANCE, Alert, Batch, Organization
+from data_platform.alerts.records import (
+    CRITICAL,
+    NEW_BALANCE,
+    SEVERITIES,
+    Alert,
+    Digest,
+    Driver,
+    Message,
+    Organization,
+    Why,
+    organization_of,
+)
 
 CENT = Decimal("0.01")
 
@@ -61,13 +72,86 @@ def context(organization: Organization) -> str:
     return f"{contracts_text}, first payment {first}, last payment {last}"
 
 
+def signed_usd(amount: Decimal) -> str:
+    """+1500 -> '+$1,500.00', -40 -> '-$40.00'."""
+    text = usd(amount)
+    return text if text.startswith(("-", "+")) or not Decimal(amount).is_finite() else f"+{text}"
+
+
+DRIVER_NOUNS = {
+    "new_invoices": ("new invoice", "new invoices"),
+    "payments": ("payment", "payments"),
+    "credits": ("credit", "credits"),
+    "cancellations": ("cancellation", "cancellations"),
+    "other_changes": ("other change", "other changes"),
+}
+
+
+def _driver_noun(kind: str, count: int) -> str:
+    singular, plural = DRIVER_NOUNS.get(kind, (kind, kind))
+    return singular if count == 1 else plural
+
+
+def _driver_text(driver: Driver) -> str:
+    """'2 new invoices +$300.00'."""
+    noun = _driver_noun(driver.kind, driver.invoice_count)
+    return f"{driver.invoice_count:,} {noun} {signed_usd(driver.balance_change_usd)}"
+
+
+def drivers_text(why: Why) -> str:
+    """'1 payment -$2,000.00, 2 new invoices +$300.00' (largest effect first)."""
+    return ", ".join(_driver_text(driver) for driver in why.drivers)
+
+
+def top_invoices_text(why: Why) -> str:
+    """'993340845701069171 paid -$2,000.00, ...'."""
+    return ", ".join(
+        f"{i.invoice_id} {i.status} {signed_usd(i.balance_change_usd)}" for i in why.top_invoices
+    )
+
+
+def why_phrase(why: Why) -> str:
+    """'; why: ...; top invoices: ...', or nothing when the marts have no drivers for the day."""
+    phrase = f"; why: {drivers_text(why)}" if why.drivers else ""
+    if why.top_invoices:
+        phrase += f"; top invoices: {top_invoices_text(why)}"
+    return phrase
+
+
 def console_line(organization: Organization, alert: Alert) -> str:
     """One readable line per alert for stdout."""
     label = "new balance" if alert.alert_kind == NEW_BALANCE else "balance alert"
     return (
         f"[{label}] {alert.balance_date.isoformat()} organization {alert.organization_id}: "
-        f"{change(alert)}; {context(organization)}"
+        f"{change(alert)}, {alert.severity}; {context(organization)}{why_phrase(alert.why)}"
     )
+
+
+def counts_text(digest: Digest) -> str:
+    """'25 alerts (3 critical, 22 warning), 2024-03-01..2024-03-05'."""
+    by_severity = ", ".join(f"{digest.count(level)} {level}" for level in reversed(SEVERITIES))
+    span = digest.first_day.isoformat()
+    if digest.last_day != digest.first_day:
+        span += f"..{digest.last_day.isoformat()}"
+    return f"{len(digest.alerts)} alerts ({by_severity}), {span}"
+
+
+def list_the_rest(digest: Digest) -> str:
+    """The query that lists every alert the digest stands for."""
+    return (
+        "select organization_id, balance_date, severity, previous_balance_usd, balance_usd, status "
+        f"from ops.alert_history where destination = '{digest.destination}' and balance_date between "
+        f"'{digest.first_day.isoformat()}' and '{digest.last_day.isoformat()}' and status <> 'suppressed' "
+        "order by abs(balance_usd - previous_balance_usd) desc"
+    )
+
+
+def digest_lines(digest: Digest) -> list[str]:
+    """The digest on stdout: a heading, the top alerts' lines, how to list them all."""
+    lines = [f"[balance digest] {counts_text(digest)}; the {len(digest.top)} largest by USD change:"]
+    lines += [console_line(organization_of(digest.organizations, a.organization_id), a) for a in digest.top]
+    lines.append(f"[balance digest] all {len(digest.alerts)}: {list_the_rest(digest)}")
+    return lines
 
 
 def _arrow(alert: Alert) -> str:
@@ -78,30 +162,93 @@ def _arrow(alert: Alert) -> str:
     return ":chart_with_downwards_trend:"
 
 
+def _severity_mark(alert: Alert) -> str:
+    return ":rotating_light: critical" if alert.severity == CRITICAL else alert.severity
+
+
 def _slack_line(alert: Alert) -> str:
     moved = f"{usd(alert.previous_balance_usd)} → {usd(alert.balance_usd)}"
     if alert.alert_kind == NEW_BALANCE or alert.balance_change_ratio is None:
         size = "new balance"
     else:
         size = signed_percent(alert.balance_change_ratio)
-    return f"{_arrow(alert)} *{alert.balance_date.isoformat()}*  {moved}  *{size}*"
+    return f"{_arrow(alert)} *{alert.balance_date.isoformat()}*  {moved}  *{size}*  {_severity_mark(alert)}"
 
 
-def slack_message(batch: Batch) -> tuple[str, list[dict[str, Any]]]:
-    """(text fallback, Block Kit blocks) for one organization's alerts."""
+MAX_FIELDS = 10  # Block Kit's limit per section
+
+
+def _why_block(alert: Alert) -> dict[str, Any] | None:
+    """A section with one field per driver and one for the top invoices."""
+    why = alert.why
+    fields = [
+        {"type": "mrkdwn", "text": f"*{_driver_noun(d.kind, 2).capitalize()}*\n{_driver_text(d)}"}
+        for d in why.drivers
+    ][: MAX_FIELDS - 1]
+    if why.top_invoices:
+        top = "\n".join(
+            f"`{i.invoice_id}` {i.status} {signed_usd(i.balance_change_usd)}" for i in why.top_invoices
+        )
+        fields.append({"type": "mrkdwn", "text": f"*Top invoices*\n{top}"})
+    if not fields:
+        return None
+    heading = f"*Why it moved on {alert.balance_date.isoformat()}*"
+    return {"type": "section", "text": {"type": "mrkdwn", "text": heading}, "fields": fields}
+
+
+def _mention_block(mention: str | None) -> list[dict[str, Any]]:
+    return [{"type": "section", "text": {"type": "mrkdwn", "text": mention}}] if mention else []
+
+
+def slack_message(message: Message) -> tuple[str, list[dict[str, Any]]]:
+    """(text fallback, Block Kit blocks) for one organization's alerts, or for a digest."""
+    if isinstance(message, Digest):
+        return _slack_digest(message)
+    batch = message
     organization = batch.organization
     org_id = organization.organization_id
-    fallback_days = "; ".join(f"{a.balance_date.isoformat()} {change(a)}" for a in batch.alerts)
+    fallback_days = "; ".join(
+        f"{a.balance_date.isoformat()} {change(a)}, {a.severity}{why_phrase(a.why)}" for a in batch.alerts
+    )
     text = f"Balance alert for organization {org_id}: {fallback_days}. {context(organization)}."
+    if batch.mention:
+        text = f"{batch.mention} {text}"
     about = context(organization)
     if organization.is_missing_from_organizations_file or not organization.in_warehouse:
         about = f":warning: {about}"
+    why_blocks = [block for block in map(_why_block, batch.alerts) if block]
     blocks: list[dict[str, Any]] = [
         {"type": "header", "text": {"type": "plain_text", "text": f"Balance alert: organization {org_id}"}},
+        *_mention_block(batch.mention),
         {
             "type": "section",
             "text": {"type": "mrkdwn", "text": "\n".join(_slack_line(a) for a in batch.alerts)},
         },
+        *why_blocks,
         {"type": "context", "elements": [{"type": "mrkdwn", "text": about}]},
+    ]
+    return text, blocks
+
+
+def _slack_digest(digest: Digest) -> tuple[str, list[dict[str, Any]]]:
+    top = "\n".join(f"organization `{a.organization_id}` {_slack_line(a)}" for a in digest.top)
+    text = f"Balance alerts digest: {counts_text(digest)}."
+    if digest.mention:
+        text = f"{digest.mention} {text}"
+    blocks: list[dict[str, Any]] = [
+        {
+            "type": "header",
+            "text": {"type": "plain_text", "text": f"Balance alerts: {len(digest.alerts)} alerts"},
+        },
+        *_mention_block(digest.mention),
+        {"type": "section", "text": {"type": "mrkdwn", "text": f"*{counts_text(digest)}*"}},
+        {
+            "type": "section",
+            "text": {"type": "mrkdwn", "text": f"*The {len(digest.top)} largest by USD change*\n{top}"},
+        },
+        {
+            "type": "context",
+            "elements": [{"type": "mrkdwn", "text": f"All of them: `{list_the_rest(digest)}`"}],
+        },
     ]
     return text, blocks

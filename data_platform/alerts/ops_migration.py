@@ -8,6 +8,9 @@ Older rows are assigned as follows: an alert sent goes to where it went (`stdout
 one Slack already tried (attempts or an error recorded) stays Slack's; one never tried could have
 been either's, so it becomes pending for both, and nothing waiting is lost. The old watermark
 becomes the watermark of both destinations, so neither replays days the old alerter covered.
+
+Then routing: destinations become any route's webhook variable, alerts may be `suppressed`, and
+every alert gets a severity (`warning` for the older rows: there was no other).
 """
 
 from __future__ import annotations
@@ -64,10 +67,43 @@ alter table ops.alert_history add constraint alert_history_status_check
 """
 
 
-def upgrade(conn: Connection) -> None:
-    """Upgrade each ops table still in the older layout (idempotent)."""
+# Routing and suppression: a destination may be any route's webhook variable, an alert may be
+# `suppressed`, and every alert has a severity (older ones were all warnings: there was no other).
+_HAS_SEVERITY = """
+select exists (
+    select from information_schema.columns
+    where table_schema = 'ops' and table_name = 'alert_history' and column_name = 'severity'
+)
+"""
+
+_UPGRADE_ROUTES = """
+alter table ops.alert_history add column severity text not null default 'warning';
+alter table ops.alert_history add constraint alert_history_severity_check
+    check (severity in ('warning', 'critical'));
+alter table ops.alert_history drop constraint alert_history_status_check;
+alter table ops.alert_history add constraint alert_history_status_check check ({status_check});
+alter table ops.alert_history drop constraint alert_history_destination_check;
+alter table ops.alert_history add constraint alert_history_destination_check check ({destination_check});
+alter table ops.alert_watermark drop constraint alert_watermark_destination_check;
+alter table ops.alert_watermark add constraint alert_watermark_destination_check check ({destination_check});
+drop index if exists ops.alert_history_undelivered_idx;
+"""
+
+
+def _run(conn: Connection, script: str) -> None:
+    for statement in script.split(";"):
+        if statement.strip():
+            conn.execute(text(statement))
+
+
+def upgrade(conn: Connection, status_check: str, destination_check: str) -> None:
+    """Upgrade each ops table still in an older layout (idempotent). The new checks come from the
+    table definitions (store), so the upgraded tables match freshly created ones."""
     for table_name, script in (("alert_watermark", _UPGRADE_WATERMARK), ("alert_history", _UPGRADE_HISTORY)):
         if not conn.execute(text(_HAS_DESTINATION), {"table_name": table_name}).scalar_one():
-            for statement in script.split(";"):
-                if statement.strip():
-                    conn.execute(text(statement))
+            _run(conn, script)
+    if not conn.execute(text(_HAS_SEVERITY)).scalar_one():
+        _run(
+            conn,
+            _UPGRADE_ROUTES.format(status_check=status_check, destination_check=destination_check),
+        )

@@ -6,7 +6,7 @@ Messages and delivery depend on these records only; the queries (detect) and the
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
@@ -20,13 +20,34 @@ PENDING = "pending"  # recorded, never tried
 SENT = "sent"  # the destination confirmed it: never sent again
 FAILED = "failed"  # the destination refused it or could not be reached: nothing was accepted
 UNKNOWN = "unknown"  # a request went out and no answer came back: it may have been accepted
-STATUSES = (PENDING, SENT, FAILED, UNKNOWN)
+SUPPRESSED = "suppressed"  # held back by --suppress-days: recorded, never sent
+STATUSES = (PENDING, SENT, FAILED, UNKNOWN, SUPPRESSED)
+
+# how loud an alert is; a higher rank lets an alert through a suppression
+WARNING = "warning"
+CRITICAL = "critical"
+SEVERITIES = (WARNING, CRITICAL)  # in rising order
 
 # Where alerts go. Each destination keeps its own watermark and delivery state, so printing to
-# the console never counts as a delivery to Slack.
+# the console never counts as a delivery to Slack. A route of the alert_routing seed is a destination
+# named after its webhook's environment variable; SLACK_WEBHOOK_URL keeps the name `slack` it had
+# before routing existed, so its state carries over.
 SLACK = "slack"
 CONSOLE = "console"
 DESTINATIONS = (SLACK, CONSOLE)
+DEFAULT_WEBHOOK_ENV = "SLACK_WEBHOOK_URL"
+DESTINATION_PATTERN = "^(console|slack|[A-Z_][A-Z0-9_]*)$"  # what ops accepts as a destination
+
+
+def destination_for(webhook_env: str) -> str:
+    """The delivery-state name of the route whose webhook is in `webhook_env`."""
+    return SLACK if webhook_env == DEFAULT_WEBHOOK_ENV else webhook_env
+
+
+# sinks: how a route's messages are written
+SLACK_SINK = "slack"  # Block Kit
+JSON_SINK = "json"  # the versioned JSON payload (messages.json_payload)
+SINKS = (SLACK_SINK, JSON_SINK)
 
 # A message may reach the destination at most this many times: an attempt whose outcome is unknown
 # counts as possibly delivered, and after this many such attempts the alert is not sent again.
@@ -45,6 +66,31 @@ class Organization:
     count_total_contracts_active: int | None = None
     first_payment_date: date | None = None
     last_payment_date: date | None = None
+    legal_entity_country_code: int | None = None  # routes may match on it
+
+
+@dataclass(frozen=True)
+class Driver:
+    """One kind of movement behind a day's change (marts.fct_organization_daily_drivers)."""
+
+    kind: str  # new_invoices, payments, credits, cancellations, other_changes
+    invoice_count: int
+    balance_change_usd: Decimal
+
+
+@dataclass(frozen=True)
+class TopInvoice:
+    invoice_id: int
+    status: str
+    balance_change_usd: Decimal
+
+
+@dataclass(frozen=True)
+class Why:
+    """Why a balance moved on a day: its drivers (largest first) and the invoices that moved it most."""
+
+    drivers: tuple[Driver, ...] = ()
+    top_invoices: tuple[TopInvoice, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -57,6 +103,58 @@ class Alert:
     balance_change_ratio: Decimal | None
     status: str = PENDING
     attempts: int = 0
+    severity: str = WARNING
+    why: Why = Why()
+
+    @property
+    def change_usd(self) -> Decimal:
+        return self.balance_usd - self.previous_balance_usd
+
+
+@dataclass(frozen=True)
+class Route:
+    """One row of marts.dim_alert_routes: which organizations it takes and where they go."""
+
+    priority: int
+    name: str
+    webhook_env: str
+    sink: str = SLACK_SINK
+    mention: str | None = None
+    organization_id: int | None = None
+    legal_entity_country_code: int | None = None
+    min_balance_usd: Decimal | None = None
+    max_balance_usd: Decimal | None = None
+
+    @property
+    def is_default(self) -> bool:
+        criteria = (
+            self.organization_id,
+            self.legal_entity_country_code,
+            self.min_balance_usd,
+            self.max_balance_usd,
+        )
+        return all(value is None for value in criteria)
+
+    @property
+    def destination(self) -> str:
+        return destination_for(self.webhook_env)
+
+    def matches(self, organization: Organization, alert: Alert) -> bool:
+        if self.organization_id is not None and organization.organization_id != self.organization_id:
+            return False
+        if (
+            self.legal_entity_country_code is not None
+            and organization.legal_entity_country_code != self.legal_entity_country_code
+        ):
+            return False
+        if self.min_balance_usd is not None and not alert.balance_usd >= self.min_balance_usd:
+            return False
+        return self.max_balance_usd is None or alert.balance_usd < self.max_balance_usd
+
+
+def route_for(routes: Sequence[Route], organization: Organization, alert: Alert) -> Route | None:
+    """The first route (by priority) that matches; None only when there is no default route."""
+    return next((route for route in routes if route.matches(organization, alert)), None)
 
 
 @dataclass(frozen=True)
@@ -65,12 +163,47 @@ class Batch:
 
     organization: Organization
     alerts: tuple[Alert, ...]
+    mention: str | None = None
+
+
+DIGEST_TOP = 10  # alerts a digest shows by name
+
+
+@dataclass(frozen=True)
+class Digest:
+    """One message standing for many alerts of one destination (more than --digest-over in a run)."""
+
+    destination: str
+    alerts: tuple[Alert, ...]  # every alert it stands for: all are marked by its outcome
+    organizations: Mapping[int, Organization]
+    mention: str | None = None
+
+    def count(self, severity: str) -> int:
+        return sum(1 for alert in self.alerts if alert.severity == severity)
+
+    @property
+    def top(self) -> tuple[Alert, ...]:
+        """The DIGEST_TOP alerts with the largest absolute USD change."""
+        ranked = sorted(self.alerts, key=lambda a: (-abs(a.change_usd), a.organization_id, a.balance_date))
+        return tuple(ranked[:DIGEST_TOP])
+
+    @property
+    def first_day(self) -> date:
+        return min(alert.balance_date for alert in self.alerts)
+
+    @property
+    def last_day(self) -> date:
+        return max(alert.balance_date for alert in self.alerts)
+
+
+Message = Batch | Digest
 
 
 def batches(
     alerts: Iterable[Alert],
     organizations: Mapping[int, Organization],
     max_days_per_message: int = MAX_DAYS_PER_MESSAGE,
+    mention: str | None = None,
 ) -> list[Batch]:
     """Group alerts (ordered by organization, then day) into one message per organization,
     split every `max_days_per_message` days."""
@@ -80,15 +213,17 @@ def batches(
         if current and (
             current[0].organization_id != alert.organization_id or len(current) >= max_days_per_message
         ):
-            grouped.append(_batch(current, organizations))
+            grouped.append(_batch(current, organizations, mention))
             current = []
         current.append(alert)
     if current:
-        grouped.append(_batch(current, organizations))
+        grouped.append(_batch(current, organizations, mention))
     return grouped
 
 
-def _batch(alerts: list[Alert], organizations: Mapping[int, Organization]) -> Batch:
-    organization_id = alerts[0].organization_id
-    organization = organizations.get(organization_id) or Organization(organization_id, in_warehouse=False)
-    return Batch(organization, tuple(alerts))
+def organization_of(organizations: Mapping[int, Organization], organization_id: int) -> Organization:
+    return organizations.get(organization_id) or Organization(organization_id, in_warehouse=False)
+
+
+def _batch(alerts: list[Alert], organizations: Mapping[int, Organization], mention: str | None) -> Batch:
+    return Batch(organization_of(organizations, alerts[0].organization_id), tuple(alerts), mention)

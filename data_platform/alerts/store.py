@@ -31,6 +31,7 @@ from sqlalchemy import (
     func,
     select,
     text,
+    tuple_,
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -40,14 +41,17 @@ from sqlalchemy.schema import CreateIndex, CreateTable
 from data_platform.alerts import ops_migration
 from data_platform.alerts.records import (
     BALANCE_CHANGE,
-    DESTINATIONS,
+    DESTINATION_PATTERN,
     FAILED,
     MAX_UNCONFIRMED_ATTEMPTS,
     NEW_BALANCE,
     PENDING,
     SENT,
+    SEVERITIES,
     STATUSES,
+    SUPPRESSED,
     UNKNOWN,
+    WARNING,
     Alert,
 )
 
@@ -62,6 +66,10 @@ def _one_of(column: str, values: Sequence[str]) -> str:
     return f"{column} in ({', '.join(repr(value) for value in values)})"
 
 
+# a destination is `console`, `slack` or a route's webhook variable (records.destination_for)
+DESTINATION_CHECK = f"destination ~ '{DESTINATION_PATTERN}'"
+
+
 # per alert and destination: the last day of data processed (the data's dates, capped at today)
 watermark = Table(
     "alert_watermark",
@@ -71,7 +79,7 @@ watermark = Table(
     Column("last_processed_date", Date, nullable=False),  # last balance_date fully processed
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     PrimaryKeyConstraint("alert_name", "destination", name="alert_watermark_pkey"),
-    CheckConstraint(_one_of("destination", DESTINATIONS), name="alert_watermark_destination_check"),
+    CheckConstraint(DESTINATION_CHECK, name="alert_watermark_destination_check"),
 )
 
 # one row per destination, alerting organization and day; a sent row is never sent again
@@ -86,6 +94,7 @@ history = Table(
     Column("balance_usd", Numeric, nullable=False),
     Column("balance_change_ratio", Numeric),
     Column("status", Text, nullable=False, server_default=PENDING),
+    Column("severity", Text, nullable=False, server_default=WARNING),
     Column("attempts", Integer, nullable=False, server_default=text("0")),
     # attempts that got no answer (timeout, crash in flight): each may have been accepted
     Column("unanswered_attempts", Integer, nullable=False, server_default=text("0")),
@@ -94,8 +103,9 @@ history = Table(
     Column("sent_at", DateTime(timezone=True)),
     Column("last_error", Text),
     PrimaryKeyConstraint("destination", "organization_id", "balance_date", name="alert_history_pkey"),
-    CheckConstraint(_one_of("destination", DESTINATIONS), name="alert_history_destination_check"),
+    CheckConstraint(DESTINATION_CHECK, name="alert_history_destination_check"),
     CheckConstraint(_one_of("status", STATUSES), name="alert_history_status_check"),
+    CheckConstraint(_one_of("severity", SEVERITIES), name="alert_history_severity_check"),
     CheckConstraint(_one_of("alert_kind", (BALANCE_CHANGE, NEW_BALANCE)), name="alert_history_kind_check"),
 )
 
@@ -104,18 +114,21 @@ undelivered_index = Index(
     "alert_history_undelivered_idx",
     history.c.destination,
     history.c.status,
-    postgresql_where=history.c.status != SENT,
+    postgresql_where=history.c.status.not_in([SENT, SUPPRESSED]),
 )
 
+_CLOSED = (SENT, SUPPRESSED)  # never sent (again)
 # may still be sent: never sent, and fewer unanswered attempts than the at-most-twice promise allows
-_deliverable = and_(history.c.status != SENT, history.c.unanswered_attempts < MAX_UNCONFIRMED_ATTEMPTS)
+_deliverable = and_(
+    history.c.status.not_in(_CLOSED), history.c.unanswered_attempts < MAX_UNCONFIRMED_ATTEMPTS
+)
 
 
 def ensure_tables(conn: Connection) -> None:
     """Create the tables on the first run; bring tables of an older layout up to date."""
     conn.execute(CreateTable(watermark, if_not_exists=True))
     conn.execute(CreateTable(history, if_not_exists=True))
-    ops_migration.upgrade(conn)
+    ops_migration.upgrade(conn, _one_of("status", STATUSES), DESTINATION_CHECK)
     conn.execute(CreateIndex(undelivered_index, if_not_exists=True))
 
 
@@ -175,9 +188,16 @@ def write_watermark(conn: Connection, destination: str, day: date) -> None:
     conn.execute(statement)
 
 
-def record_alerts(conn: Connection, destination: str, alerts: Sequence[Alert], chunk: int = 1000) -> int:
-    """Insert the detected alerts as pending for `destination`; ones already recorded (any status)
-    are left alone, so a rebuilt fact never re-sends a day. Returns how many are new."""
+def record_alerts(
+    conn: Connection,
+    destination: str,
+    alerts: Sequence[Alert],
+    chunk: int = 1000,
+    suppressed: frozenset[tuple[int, date]] | set[tuple[int, date]] = frozenset(),
+) -> int:
+    """Insert the detected alerts as pending for `destination` (`suppressed` for the organization-days
+    given); ones already recorded (any status) are left alone, so a rebuilt fact never re-sends a
+    day. Returns how many are new."""
     new = 0
     for offset in range(0, len(alerts), chunk):
         rows = [
@@ -189,6 +209,10 @@ def record_alerts(conn: Connection, destination: str, alerts: Sequence[Alert], c
                 "previous_balance_usd": alert.previous_balance_usd,
                 "balance_usd": alert.balance_usd,
                 "balance_change_ratio": alert.balance_change_ratio,
+                "severity": alert.severity,
+                "status": SUPPRESSED
+                if (alert.organization_id, alert.balance_date) in suppressed
+                else PENDING,
             }
             for alert in alerts[offset : offset + chunk]
         ]
@@ -214,11 +238,52 @@ def undelivered(conn: Connection, destination: str) -> list[Alert]:
             history.c.balance_change_ratio,
             history.c.status,
             history.c.attempts,
+            history.c.severity,
         )
         .where(history.c.destination == destination, _deliverable)
         .order_by(history.c.organization_id, history.c.balance_date)
     )
     return [Alert(**row._mapping) for row in rows]
+
+
+def undelivered_organization_days(conn: Connection, destinations: Sequence[str]) -> set[tuple[int, date]]:
+    """The organization-days still waiting for any of `destinations`."""
+    return {
+        (row.organization_id, row.balance_date)
+        for row in conn.execute(
+            select(history.c.organization_id, history.c.balance_date)
+            .distinct()
+            .where(history.c.destination.in_(destinations), _deliverable)
+        )
+    }
+
+
+def recent_alerts(
+    conn: Connection, destination: str, organization_ids: Sequence[int], since: date
+) -> dict[int, list[tuple[date, str]]]:
+    """(day, severity) of each organization's alerts from `since` on that were not suppressed."""
+    found: dict[int, list[tuple[date, str]]] = {}
+    rows = conn.execute(
+        select(history.c.organization_id, history.c.balance_date, history.c.severity).where(
+            history.c.destination == destination,
+            history.c.organization_id.in_(sorted(set(organization_ids))),
+            history.c.balance_date >= since,
+            history.c.status != SUPPRESSED,
+        )
+    )
+    for row in rows:
+        found.setdefault(row.organization_id, []).append((row.balance_date, row.severity))
+    return found
+
+
+def suppressed_count(conn: Connection, destination: str, start: date, end: date) -> int:
+    return conn.execute(
+        select(func.count()).where(
+            history.c.destination == destination,
+            history.c.status == SUPPRESSED,
+            history.c.balance_date.between(start, end),
+        )
+    ).scalar_one()
 
 
 def undelivered_organizations(conn: Connection, destination: str) -> set[int]:
@@ -242,19 +307,19 @@ def given_up_count(conn: Connection, destination: str) -> int:
     return conn.execute(
         select(func.count()).where(
             history.c.destination == destination,
-            history.c.status != SENT,
+            history.c.status.not_in(_CLOSED),
             history.c.unanswered_attempts >= MAX_UNCONFIRMED_ATTEMPTS,
         )
     ).scalar_one()
 
 
 def _rows(destination: str, alerts: Sequence[Alert]):
-    organization_id = alerts[0].organization_id
+    """The alerts' rows (one message's: one organization's days, or a digest's many organizations)."""
+    keys = sorted({(alert.organization_id, alert.balance_date) for alert in alerts})
     return (
         history.c.destination == destination,
-        history.c.organization_id == organization_id,
-        history.c.balance_date.in_([alert.balance_date for alert in alerts]),
-        history.c.status != SENT,
+        tuple_(history.c.organization_id, history.c.balance_date).in_(keys),
+        history.c.status.not_in(_CLOSED),
     )
 
 

@@ -31,6 +31,9 @@ class Summary:
     last_future_day: date | None = None
     given_up: int = 0  # never confirmed after every allowed unanswered attempt: not sent again
     waiting_for_slack: int = 0  # console runs: Slack alerts still undelivered
+    held_back: int = 0  # passed the ratio rule, below --min-change-usd: not recorded
+    suppressed: int = 0  # recorded as suppressed (--suppress-days), never sent
+    digests: int = 0  # digest messages sent in place of one message per organization
 
     def line(self) -> str:
         days = f"{self.days_processed} day{'' if self.days_processed == 1 else 's'} processed"
@@ -43,9 +46,16 @@ class Summary:
         sent = f"{_plural(self.sent, 'alert')} {verb}"
         if self.retried:
             sent += f" ({self.retried} retried from earlier runs)"
+        if self.digests:
+            sent += f" (in {_plural(self.digests, 'digest')})"
         skipped = f"{self.skipped_from_zero} skipped-from-zero"
         if self.skipped_from_zero:
             skipped += " (--include-from-zero alerts them)"
+        # the noise controls say what they held back only when they did
+        if self.held_back:
+            skipped += f", {self.held_back} below --min-change-usd"
+        if self.suppressed:
+            skipped += f", {self.suppressed} suppressed (--suppress-days; recorded in ops.alert_history)"
         watermark = f"watermark {self.watermark.isoformat() if self.watermark else 'not set'}"
         if self.dry_run and self.watermark != self.watermark_before:
             watermark = f"watermark would move to {self.watermark}"

@@ -1,0 +1,105 @@
+"""The generic JSON webhook: the versioned payload (payload.py) POSTed with requests.
+
+Retries are urllib3's Retry, bounded, and only where the receiver accepted nothing: 429 and 5xx
+answers (Retry-After honoured up to ALERT_HTTP_MAX_RETRY_AFTER) and failed connections. A request
+that went out and got no answer (a read timeout, a dropped connection) may have been accepted: it
+is never retried within the run (read=False re-raises it) and reported as unanswered.
+"""
+
+from __future__ import annotations
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.exceptions import MaxRetryError, ResponseError
+from urllib3.util.retry import Retry
+
+from data_platform.alerts import payload
+from data_platform.alerts.config import HttpSettings
+from data_platform.alerts.delivery import Outcome, redact
+from data_platform.alerts.records import Message
+
+RETRY_STATUSES = frozenset({429, *range(500, 600)})
+
+
+class BoundedRetry(Retry):
+    """Retry, except that a 429 asking to wait longer than `max_retry_after` is left for the next run."""
+
+    max_retry_after: float = 60.0
+
+    def new(self, **kwargs) -> BoundedRetry:
+        retry = super().new(**kwargs)
+        retry.max_retry_after = self.max_retry_after
+        return retry
+
+    def increment(self, method=None, url=None, response=None, error=None, _pool=None, _stacktrace=None):
+        if response is not None and response.status == 429:
+            try:
+                wait = self.get_retry_after(response)
+            except Exception:  # unreadable Retry-After: nothing says when to come back
+                wait = self.max_retry_after + 1
+            if wait is not None and wait > self.max_retry_after:
+                # with raise_on_status=False the caller gets the 429 answer back
+                raise MaxRetryError(_pool, url, ResponseError(f"Retry-After {wait:g} s is too long"))
+        return super().increment(method, url, response, error, _pool, _stacktrace)
+
+
+def retry_policy(http: HttpSettings) -> Retry:
+    retry = BoundedRetry(
+        total=http.retries,
+        connect=http.retries,
+        read=False,  # an unanswered request may have been accepted: never sent twice in a run
+        status=http.retries,
+        other=0,
+        redirect=0,
+        allowed_methods=frozenset({"POST"}),
+        status_forcelist=RETRY_STATUSES,
+        backoff_factor=http.backoff,
+        respect_retry_after_header=True,
+        raise_on_status=False,
+    )
+    retry.max_retry_after = http.max_retry_after
+    return retry
+
+
+class JsonWebhookChannel:
+    """One JSON document (payload version 1) per message, POSTed to the route's webhook."""
+
+    may_go_unanswered = True
+
+    def __init__(self, url: str, http: HttpSettings, name: str = "JSON webhook") -> None:
+        self.name = name
+        self._url = url
+        self._timeout = http.timeout
+        self._session = requests.Session()
+        self._session.mount("http://", HTTPAdapter(max_retries=retry_policy(http)))
+        self._session.mount("https://", HTTPAdapter(max_retries=retry_policy(http)))
+
+    def send(self, message: Message) -> Outcome:
+        try:
+            response = self._session.post(
+                self._url, json=payload.json_payload(message), timeout=self._timeout, allow_redirects=False
+            )
+        except requests.RequestException as error:
+            description, unanswered = _describe(error, self._timeout)
+            return Outcome(
+                False, redact(description, self._url), service_unavailable=True, unanswered=unanswered
+            )
+        if 200 <= response.status_code < 300:
+            return Outcome(delivered=True)
+        body = " ".join(response.text.split())[:200]
+        unavailable = response.status_code == 429 or response.status_code >= 500
+        return Outcome(False, redact(f"HTTP {response.status_code}: {body}", self._url), unavailable)
+
+
+def _describe(error: requests.RequestException, timeout: float) -> tuple[str, bool]:
+    """(what happened, whether the request may have been accepted)."""
+    if isinstance(error, requests.ConnectTimeout):
+        return f"cannot reach the webhook: no connection within {timeout:g} s", False
+    if isinstance(error, requests.ReadTimeout):
+        return f"no answer within {timeout:g} s (the message may have arrived)", True
+    if isinstance(error, requests.ConnectionError):
+        cause = error.args[0] if error.args else None
+        if isinstance(cause, MaxRetryError):  # connecting failed on every attempt: nothing was sent
+            return f"cannot reach the webhook: {cause.reason}", False
+        return f"no answer: {cause or error} (the message may have arrived)", True
+    return f"{type(error).__name__}: {error}", False

@@ -1,0 +1,101 @@
+"""Where each alert goes: the routes of the alert_routing seed (read from marts.dim_alert_routes)
+checked against the environment, and each alert matched to its route.
+
+A route names the environment variable holding its webhook. When none of the routes' variables is
+set, every alert is printed to the console (a fresh checkout, the demo). Otherwise every route's
+variable must be set: a route left without a webhook is a configuration error before anything is
+sent or recorded, never a silently lost alert.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from data_platform.alerts.config import ConfigError, webhook_url
+from data_platform.alerts.records import (
+    CONSOLE,
+    SINKS,
+    Alert,
+    Organization,
+    Route,
+    organization_of,
+    route_for,
+)
+
+SEED = "dbt/seeds/alert_routing.csv"
+_VARIABLE = re.compile(r"[A-Z_][A-Z0-9_]*")
+
+
+@dataclass(frozen=True)
+class Destination:
+    """A delivery state and where it goes: a route's webhook, or the console."""
+
+    name: str  # the destination in ops (records.destination_for), or `console`
+    route: Route | None = None  # None: the console
+    url: str | None = None
+
+    @property
+    def label(self) -> str:
+        return self.route.webhook_env if self.route else "stdout"
+
+
+def check_routes(routes: Sequence[Route]) -> None:
+    """The seed's rows can work: a default route, known sinks, variable names (never URLs)."""
+    if not any(route.is_default for route in routes):
+        raise ConfigError(
+            f"marts.dim_alert_routes has no default route: add a row with no organization_id, "
+            f"legal_entity_country_code or balance band to {SEED} and rerun init.sh"
+        )
+    for route in routes:
+        where = f"route {route.name!r} (priority {route.priority}) in {SEED}"
+        if not _VARIABLE.fullmatch(route.webhook_env or ""):
+            # not echoed: a URL pasted here by mistake is a secret
+            raise ConfigError(
+                f"{where}: webhook_env must name an environment variable (A-Z, 0-9, _), not hold a URL"
+            )
+        if route.sink not in SINKS:
+            raise ConfigError(f"{where}: sink must be one of {', '.join(SINKS)}, got {route.sink!r}")
+
+
+def destinations(
+    routes: Sequence[Route], env: Mapping[str, str], known: Mapping[str, str | None] | None = None
+) -> dict[str, Destination]:
+    """One destination per webhook variable, in priority order; only the console when none is set.
+    `known`: URLs already read and checked (SLACK_WEBHOOK_URL, by config.load)."""
+    check_routes(routes)
+    ordered = sorted(routes, key=lambda route: route.priority)
+    known = known or {}
+    urls = {
+        route.webhook_env: known.get(route.webhook_env) or webhook_url(env, route.webhook_env)
+        for route in ordered
+    }
+    if not any(urls.values()):
+        return {CONSOLE: Destination(CONSOLE)}
+    unset = [route for route in ordered if not urls[route.webhook_env]]
+    if unset:
+        names = "; ".join(f"route {r.name!r} needs {r.webhook_env} (or {r.webhook_env}_FILE)" for r in unset)
+        raise ConfigError(
+            f"{names}: not set, so its alerts could not be delivered. Set it, or remove the route from "
+            f"{SEED}. Nothing was sent."
+        )
+    found: dict[str, Destination] = {}
+    for route in ordered:  # the first route naming a variable decides its sink and mention
+        found.setdefault(route.destination, Destination(route.destination, route, urls[route.webhook_env]))
+    return found
+
+
+def destination_of(
+    alert: Alert,
+    routes: Sequence[Route],
+    organizations: Mapping[int, Organization],
+    found: Mapping[str, Destination],
+) -> str:
+    """The destination an alert goes to: the console when nothing is configured, else its first route."""
+    if CONSOLE in found:
+        return CONSOLE
+    ordered = sorted(routes, key=lambda route: route.priority)
+    route = route_for(ordered, organization_of(organizations, alert.organization_id), alert)
+    assert route is not None  # check_routes: there is a default route
+    return route.destination

@@ -1,0 +1,121 @@
+-- Why each organization's balance moved on a day: one row per organization, day and driver kind, with the
+-- kind's invoices, their effect on the balance and the kind's three invoices of largest absolute effect.
+-- The drivers of a day sum to the fact's balance_change_usd for that organization and day.
+-- A driver is classified by the invoice's version booked that day and its status's rule: a first
+-- version is a new invoice (a credit note when it credits); a later version is a payment (paid_coefficient
+-- 1), a credit (invoiced_coefficient -1), a cancellation (invoiced_coefficient 0) or another change to an
+-- older invoice. So an old invoice paid today is today's payment driver.
+-- Incremental like the fact: a run recomputes the days from the ledger window start only.
+{{
+    config(
+        materialized='incremental',
+        window_column='balance_date',
+        indexes=[
+            {'columns': ['organization_id', 'balance_date', 'driver_kind'], 'unique': True},
+            {'columns': ['balance_date']},
+        ],
+    )
+}}
+
+with
+
+entries as (
+
+    select * from {{ ref('int_invoice_ledger_entries') }}
+    {% if is_incremental() %}
+        where
+            seen_on >= {{ ledger_window_start() }}
+            and booking_date >= {{ ledger_window_start() }}
+    {% endif %}
+
+),
+
+rules as (
+
+    select * from {{ ref('invoice_enrichment') }}
+
+),
+
+-- an invoice's entries of one organization and day: its booking and, for a changed invoice, the reversal
+-- of its previous version (an invoice that moved leaves only the reversal in its old organization)
+invoice_days as (
+
+    select
+        organization_id,
+        booking_date as balance_date,
+        invoice_id,
+        bool_or(version = 1) as is_new_invoice,
+        coalesce(
+            max(status) filter (where entry_kind = 'booking'),
+            max(status)
+        ) as status,
+        sum(invoiced_amount_usd) as invoiced_amount_usd,
+        sum(paid_amount_usd) as paid_amount_usd,
+        sum(balance_change_usd) as balance_change_usd
+
+    from entries
+    group by organization_id, booking_date, invoice_id
+
+),
+
+classified as (
+
+    select
+        invoice_days.*,
+        case
+            when invoice_days.is_new_invoice and rules.invoiced_coefficient < 0 then 'credits'
+            when invoice_days.is_new_invoice then 'new_invoices'
+            when rules.paid_coefficient > 0 then 'payments'
+            when rules.invoiced_coefficient < 0 then 'credits'
+            when rules.invoiced_coefficient = 0 then 'cancellations'
+            else 'other_changes'
+        end as driver_kind
+
+    from invoice_days
+    left join rules
+        on invoice_days.status = rules.status
+
+),
+
+ranked as (
+
+    select
+        *,
+        row_number() over (
+            partition by organization_id, balance_date, driver_kind
+            order by abs(balance_change_usd) desc, invoice_id
+        ) as impact_rank
+
+    from classified
+
+),
+
+drivers as (
+
+    select
+        organization_id,
+        balance_date,
+        driver_kind,
+        count(*) as invoice_count,
+        sum(invoiced_amount_usd) as invoiced_amount_usd,
+        sum(paid_amount_usd) as paid_amount_usd,
+        sum(balance_change_usd) as balance_change_usd,
+        -- invoices that did not move the balance (a new invoice paid the same day) explain nothing
+        coalesce(
+            jsonb_agg(
+                jsonb_build_object(
+                    'invoice_id', invoice_id,
+                    'status', status,
+                    'balance_change_usd', balance_change_usd
+                )
+                order by impact_rank
+            ) filter (where impact_rank <= 3 and balance_change_usd <> 0),
+            '[]'::jsonb
+        ) as top_invoices
+
+    from ranked
+    group by organization_id, balance_date, driver_kind
+
+)
+
+select * from drivers

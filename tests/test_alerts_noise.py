@@ -1,0 +1,253 @@
+"""Why it moved, and the noise controls, end to end (same harness as test_alerts.py): the drivers in
+the console line and the Slack message, the USD floor, severity, suppression and the digest."""
+
+from __future__ import annotations
+
+import json
+
+from slack_stub import SlackStub
+from test_alerts import (  # noqa: F401  (db, slack, warehouse and run_inline are fixtures)
+    DAY,
+    add_moves,
+    add_organization,
+    alert_lines,
+    db,
+    history,
+    run_alerts,
+    run_inline,
+    slack,
+    warehouse,
+)
+
+from data_platform.alerts import noise
+from data_platform.alerts.records import BALANCE_CHANGE, CRITICAL, WARNING, Alert
+
+NO_FLOOR = {"ALERT_MIN_CHANGE_USD": "0"}
+
+
+def add_drivers(db, organization_id, day, *drivers) -> None:  # noqa: F811
+    """Driver rows as dbt builds them: (kind, count, USD, [(invoice_id, status, USD), ...])."""
+    with db.connect("transformer") as conn:
+        for kind, count, amount, top in drivers:
+            invoices = [{"invoice_id": i, "status": s, "balance_change_usd": float(u)} for i, s, u in top]
+            conn.execute(
+                "insert into marts.fct_organization_daily_drivers (organization_id, balance_date, "
+                "driver_kind, invoice_count, balance_change_usd, top_invoices) "
+                "values (%s, %s, %s, %s, %s, %s::jsonb)",
+                (organization_id, day, kind, count, amount, json.dumps(invoices)),
+            )
+
+
+# --- why it moved ----------------------------------------------------------------------------------
+
+
+def a_day_with_new_invoices_a_payment_and_a_credit(db) -> None:  # noqa: F811
+    # 10,000 -> 11,300: two new invoices +3,000, a payment of an older invoice -1,500, a credit -200
+    add_organization(db, 1, contracts=4)
+    add_moves(db, (1, DAY[1], "2000", "3300"))
+    add_drivers(
+        db,
+        1,
+        DAY[1],
+        ("new_invoices", 2, "3000", [(501, "open", "2500"), (502, "open", "500")]),
+        ("payments", 1, "-1500", [(-77, "paid", "-1500")]),
+        ("credits", 1, "-200", [(503, "credited", "-200")]),
+    )
+
+
+def test_drivers_in_the_console_line(db, run_inline):  # noqa: F811
+    a_day_with_new_invoices_a_payment_and_a_credit(db)
+
+    result = run_inline(db)
+
+    assert result.returncode == 0, result.stderr
+    assert alert_lines(result.stdout) == [
+        "[balance alert] 2024-03-02 organization 1: $2,000.00 -> $3,300.00 (+65.00%), warning; "
+        "4 active contracts, first payment 2023-01-02, last payment 2024-02-28; "
+        "why: 2 new invoices +$3,000.00, 1 payment -$1,500.00, 1 credit -$200.00; "
+        "top invoices: 501 open +$2,500.00, -77 paid -$1,500.00, 502 open +$500.00"
+    ]
+
+
+def test_drivers_in_the_slack_message(db, slack):  # noqa: F811
+    a_day_with_new_invoices_a_payment_and_a_credit(db)
+
+    result = run_alerts(db, webhook=slack.url, **NO_FLOOR)
+
+    assert result.returncode == 0, result.stderr
+    (body,) = slack.delivered
+    assert [block["type"] for block in body["blocks"]] == ["header", "section", "section", "context"]
+    why = body["blocks"][2]
+    assert why["text"]["text"] == "*Why it moved on 2024-03-02*"
+    assert [field["text"] for field in why["fields"]] == [
+        "*New invoices*\n2 new invoices +$3,000.00",
+        "*Payments*\n1 payment -$1,500.00",
+        "*Credits*\n1 credit -$200.00",
+        "*Top invoices*\n`501` open +$2,500.00\n`-77` paid -$1,500.00\n`502` open +$500.00",
+    ]
+    assert "why: 2 new invoices +$3,000.00, 1 payment -$1,500.00, 1 credit -$200.00" in body["text"]
+
+
+# --- noise controls, each on its own --------------------------------------------------------------
+
+
+def test_usd_floor_holds_back_small_moves_and_counts_them(db, run_inline):  # noqa: F811
+    # all three move by 60% or more; only the one moving by $1,000 or more passes the default floor
+    add_moves(db, (1, DAY[0], "1000", "1600"), (2, DAY[0], "2000", "3200"), (3, DAY[0], "-1000", "-2000"))
+
+    result = run_inline(db, ALERT_MIN_CHANGE_USD="")  # unset: the default, 1,000
+
+    assert result.returncode == 0, result.stderr
+    assert [line.split(":")[0] for line in alert_lines(result.stdout)] == [
+        "[balance alert] 2024-03-01 organization 2",
+        "[balance alert] 2024-03-01 organization 3",
+    ]
+    assert "1 below --min-change-usd;" in result.stdout
+    assert set(history(db)) == {(2, DAY[0]), (3, DAY[0])}  # held back: not recorded
+
+    lower = run_inline(db, "--date", DAY[0].isoformat(), "--min-change-usd", "500")
+    assert [line.split(":")[0] for line in alert_lines(lower.stdout)] == [
+        "[balance alert] 2024-03-01 organization 1"
+    ]
+
+
+def test_severity_warning_critical_by_ratio_and_by_usd(db, run_inline):  # noqa: F811
+    add_moves(
+        db,
+        (1, DAY[0], "20000", "30000"),  # +50%, $10,000: warning
+        (2, DAY[0], "2000", "4000"),  # +100%: critical (--critical-threshold 1)
+        (3, DAY[0], "200000", "320000"),  # +60%, $120,000: critical (above --critical-usd 100,000)
+        (4, DAY[0], "-2000", "-1000"),  # +50%: warning
+    )
+
+    result = run_inline(db)
+
+    severities = [line.split("), ")[1].split(";")[0] for line in alert_lines(result.stdout)]
+    assert severities == [WARNING, CRITICAL, CRITICAL, WARNING]
+
+    again = run_inline(
+        db, "--date", DAY[0].isoformat(), "--critical-threshold", "3", ALERT_CRITICAL_USD="1000000"
+    )
+    assert alert_lines(again.stdout) == []  # already sent to the console: the rows keep their severity
+    rows = db.query("select organization_id, severity from ops.alert_history order by 1")
+    assert rows == [(1, WARNING), (2, CRITICAL), (3, CRITICAL), (4, WARNING)]
+
+
+def test_suppression_holds_back_repeats_and_lets_a_higher_severity_through(db, run_inline):  # noqa: F811
+    add_moves(
+        db,
+        (1, DAY[0], "2000", "3000"),  # warning: alerted
+        (1, DAY[1], "3000", "4500"),  # warning within 2 days: suppressed
+        (1, DAY[2], "4500", "9000"),  # critical: severity rose, alerted
+        (1, DAY[3], "9000", "18000"),  # critical within 2 days of a critical: suppressed
+        (1, DAY[5], "18000", "27000"),  # warning, 3 days after the last alert: alerted
+        (2, DAY[1], "2000", "3000"),  # another organization is not affected
+    )
+
+    result = run_inline(db, "--since", DAY[0].isoformat(), "--suppress-days", "2")
+
+    assert result.returncode == 0, result.stderr
+    assert [line.split(":")[0] for line in alert_lines(result.stdout)] == [
+        "[balance alert] 2024-03-01 organization 1",
+        "[balance alert] 2024-03-03 organization 1",
+        "[balance alert] 2024-03-06 organization 1",
+        "[balance alert] 2024-03-02 organization 2",
+    ]
+    assert history(db) == {
+        (1, DAY[0]): ("sent", 1),
+        (1, DAY[1]): ("suppressed", 0),
+        (1, DAY[2]): ("sent", 1),
+        (1, DAY[3]): ("suppressed", 0),
+        (1, DAY[5]): ("sent", 1),
+        (2, DAY[1]): ("sent", 1),
+    }
+    assert "2 suppressed (--suppress-days" in result.stdout
+
+
+def test_suppression_across_runs_uses_the_history(db, run_inline):  # noqa: F811
+    add_moves(db, (1, DAY[0], "2000", "3000"))
+    assert run_inline(db, ALERT_SUPPRESS_DAYS="3").returncode == 0
+    add_moves(db, (1, DAY[1], "3000", "4500"))
+
+    second = run_inline(db, ALERT_SUPPRESS_DAYS="3")
+
+    assert alert_lines(second.stdout) == []
+    assert history(db)[(1, DAY[1])] == ("suppressed", 0)
+
+
+def test_suppression_off_by_default(db, run_inline):  # noqa: F811
+    add_moves(db, (1, DAY[0], "2000", "3000"), (1, DAY[1], "3000", "4500"))
+    result = run_inline(db, "--since", DAY[0].isoformat())
+    assert len(alert_lines(result.stdout)) == 2
+
+
+def test_suppressed_pure_rule():
+    def alert(day, severity):
+        return Alert(1, DAY[day], BALANCE_CHANGE, 0, 0, None, severity=severity)
+
+    alerts = [alert(1, WARNING), alert(2, CRITICAL), alert(4, WARNING)]
+    assert noise.suppressed(alerts, {1: [(DAY[0], WARNING)]}, 1) == {(1, DAY[1])}
+    assert noise.suppressed(alerts, {}, 0) == set()
+
+
+# --- digest --------------------------------------------------------------------------------------
+
+
+def test_digest_replaces_25_messages_with_one(db):  # noqa: F811
+    moves = [(i, DAY[0], "10000", "20000" if i <= 3 else "16000") for i in range(1, 26)]  # 3 critical
+    add_moves(db, *moves)
+
+    with SlackStub() as stub:
+        result = run_alerts(db, webhook=stub.url, **NO_FLOOR)
+
+    assert result.returncode == 0, result.stderr
+    (body,) = stub.delivered
+    assert body["text"] == "Balance alerts digest: 25 alerts (3 critical, 22 warning), 2024-03-01."
+    top = body["blocks"][2]["text"]["text"].splitlines()
+    assert top[0] == "*The 10 largest by USD change*"
+    assert [line.split("`")[1] for line in top[1:]] == ["1", "2", "3", "4", "5", "6", "7", "8", "9", "10"]
+    assert "from ops.alert_history where destination = 'slack'" in body["blocks"][3]["elements"][0]["text"]
+    assert "25 alerts sent (in 1 digest)" in result.stdout
+    assert set(history(db).values()) == {("sent", 1)} and len(history(db)) == 25
+
+
+def test_digest_threshold_is_a_flag(db, run_inline):  # noqa: F811
+    add_moves(db, *[(i, DAY[0], "10000", "16000") for i in range(1, 4)])
+    result = run_inline(db, "--digest-over", "2")
+    assert result.stdout.splitlines()[0] == (
+        "[balance digest] 3 alerts (0 critical, 3 warning), 2024-03-01; the 3 largest by USD change:"
+    )
+    assert len(alert_lines(result.stdout)) == 3
+
+
+def test_digest_json_payload_and_console_lines():
+    from datetime import date
+    from decimal import Decimal
+
+    from data_platform.alerts import messages, payload
+    from data_platform.alerts.records import Digest
+
+    alerts = tuple(
+        Alert(
+            i,
+            date(2024, 3, 1),
+            BALANCE_CHANGE,
+            Decimal(1000),
+            Decimal(1000 + 100 * i),
+            Decimal(i) / 10,
+            severity=CRITICAL if i >= 10 else WARNING,
+        )
+        for i in range(1, 13)
+    )
+    digest = Digest("OPS_WEBHOOK", alerts, {}, mention="<!here>")
+    document = payload.json_payload(digest)
+    assert (document["type"], document["alert_count"], document["counts"]) == (
+        "digest",
+        12,
+        {"warning": 9, "critical": 3},
+    )
+    assert [item["organization_id"] for item in document["top"]] == [str(i) for i in range(12, 2, -1)]
+    assert document["top"][0]["organization"]["context"] == "not in dim_organizations"
+    assert "where destination = 'OPS_WEBHOOK'" in document["list_the_rest"]
+    lines = messages.digest_lines(digest)
+    assert len(lines) == 12 and lines[-1].startswith("[balance digest] all 12: select ")

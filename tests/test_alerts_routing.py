@@ -1,0 +1,291 @@
+"""Routing from the alert_routing seed (as marts.dim_alert_routes), the JSON webhook sink and Slack's
+rate limit, end to end with local webhook stubs (same harness as test_alerts.py)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+from slack_stub import SlackStub, rate_limited, server_error
+from test_alerts import (  # noqa: F401  (db, warehouse are fixtures)
+    DAY,
+    add_moves,
+    alert_lines,
+    db,
+    execute,
+    history,
+    organizations_in,
+    run_alerts,
+    warehouse,
+)
+
+from data_platform.alerts import payload
+from data_platform.alerts.config import HttpSettings
+from data_platform.alerts.json_sink import JsonWebhookChannel
+from data_platform.alerts.records import BALANCE_CHANGE, CRITICAL, Alert, Batch, Organization
+
+NO_FLOOR = {"ALERT_MIN_CHANGE_USD": "0"}
+
+
+def set_routes(db, *rows) -> None:  # noqa: F811
+    """Replace the routes: (priority, name, organization_id, country, min, max, env, sink, mention)."""
+    execute(db, "truncate marts.dim_alert_routes", role="transformer")
+    for row in rows:
+        execute(
+            db,
+            "insert into marts.dim_alert_routes values (%s, %s, %s, %s, %s, %s, %s, %s, %s, false)",
+            row,
+            role="transformer",
+        )
+
+
+def set_country(db, organization_id: int, country: int) -> None:  # noqa: F811
+    execute(
+        db,
+        "insert into marts.dim_organizations (organization_id, is_missing_from_organizations_file, "
+        "legal_entity_country_code) values (%s, false, %s)",
+        (organization_id, country),
+        role="transformer",
+    )
+
+
+ROUTES = (
+    (10, "vip", 1, None, None, None, "VIP_WEBHOOK", "json", "<!here>"),
+    (20, "uk", None, 44, None, None, "UK_WEBHOOK", "slack", "<!subteam^S0UK>"),
+    (30, "big", None, None, 50000, None, "UK_WEBHOOK", "slack", None),  # same webhook, another rule
+    (100, "default", None, None, None, None, "SLACK_WEBHOOK_URL", "slack", None),
+)
+
+
+def test_each_route_receives_exactly_its_organizations(db):  # noqa: F811
+    set_routes(db, *ROUTES)
+    set_country(db, 1, 44)  # organization 1 is in the UK too: its own route comes first
+    set_country(db, 2, 44)
+    set_country(db, 3, 49)
+    add_moves(
+        db,
+        (1, DAY[0], "100", "300"),
+        (2, DAY[0], "100", "300"),
+        (3, DAY[0], "100", "300"),  # default
+        (4, DAY[0], "40000", "60000"),  # not in dim_organizations, balance 60,000: the "big" rule
+        (5, DAY[0], "100", "10"),  # default
+    )
+
+    with SlackStub() as vip, SlackStub() as uk, SlackStub() as default:
+        result = run_alerts(
+            db,
+            webhook=default.url,
+            VIP_WEBHOOK=vip.url,
+            UK_WEBHOOK=uk.url,
+            ALERT_SLACK_MIN_INTERVAL="0",
+            **NO_FLOOR,
+        )
+
+    assert result.returncode == 0, result.stderr
+    (document,) = vip.delivered
+    assert document["schema"] == payload.PAYLOAD_SCHEMA and document["version"] == 1
+    assert document["type"] == "alerts" and document["mention"] == "<!here>"
+    assert document["organization"]["organization_id"] == "1"
+    assert organizations_in(uk.delivered) == [2, 4]
+    assert uk.delivered[0]["blocks"][1]["text"]["text"] == "<!subteam^S0UK>"
+    assert organizations_in(default.delivered) == [3, 5]
+    # delivery state per route: the default keeps the name `slack`, the others their variable
+    rows = db.query("select destination, organization_id, status from ops.alert_history order by 2")
+    assert rows == [
+        ("VIP_WEBHOOK", 1, "sent"),
+        ("UK_WEBHOOK", 2, "sent"),
+        ("slack", 3, "sent"),
+        ("UK_WEBHOOK", 4, "sent"),
+        ("slack", 5, "sent"),
+    ]
+    watermarks = db.query("select destination, last_processed_date from ops.alert_watermark order by 1")
+    assert watermarks == [("UK_WEBHOOK", DAY[0]), ("VIP_WEBHOOK", DAY[0]), ("slack", DAY[0])]
+
+
+def test_a_route_whose_variable_is_unset_stops_the_run_before_anything_is_sent(db):  # noqa: F811
+    set_routes(db, *ROUTES)
+    add_moves(db, (3, DAY[0], "100", "300"))
+
+    with SlackStub() as vip, SlackStub() as default:
+        result = run_alerts(db, webhook=default.url, VIP_WEBHOOK=vip.url, **NO_FLOOR)
+
+    assert result.returncode == 2
+    assert "route 'uk' needs UK_WEBHOOK (or UK_WEBHOOK_FILE)" in result.stderr
+    assert "route 'big' needs UK_WEBHOOK" in result.stderr
+    assert "Nothing was sent." in result.stderr
+    assert vip.requests == [] and default.requests == []
+    assert db.query("select count(*) from pg_tables where schemaname = 'ops'") == [(0,)] or history(db) == {}
+
+
+def test_no_route_variable_set_prints_everything(db):  # noqa: F811
+    set_routes(db, *ROUTES)
+    add_moves(db, (1, DAY[0], "100", "300"), (3, DAY[0], "100", "300"))
+    result = run_alerts(db, **NO_FLOOR)
+    assert result.returncode == 0, result.stderr
+    assert len(alert_lines(result.stdout)) == 2
+    assert {row[0] for row in db.query("select destination from ops.alert_history")} == {"console"}
+
+
+def test_no_default_route_is_a_configuration_error(db):  # noqa: F811
+    set_routes(db, ROUTES[0])
+    add_moves(db, (1, DAY[0], "100", "300"))
+    result = run_alerts(db, **NO_FLOOR)
+    assert result.returncode == 2
+    assert "marts.dim_alert_routes has no default route" in result.stderr
+
+
+def test_a_url_in_the_routes_is_refused_without_echoing_it(db):  # noqa: F811
+    set_routes(
+        db, (100, "default", None, None, None, None, "https://hooks.example/T/B/secret-x", "slack", None)
+    )
+    result = run_alerts(db, **NO_FLOOR)
+    assert result.returncode == 2
+    assert "must name an environment variable" in result.stderr and "secret-x" not in result.stderr
+
+
+# --- Slack's rate limit ------------------------------------------------------------------------------
+
+
+def test_slack_answering_429_to_a_burst_gets_every_message_once_spaced_as_asked(db):  # noqa: F811
+    add_moves(db, *[(i, DAY[0], "100", "300") for i in range(1, 4)])
+
+    with SlackStub() as slack:
+        # Slack's limit: a message within 1.5 s of the previous one gets 429 "come back in 2 s"
+        slack.limit_rate(min_interval=1.5, retry_after=2)
+        result = run_alerts(
+            db, webhook=slack.url, ALERT_SLACK_MIN_INTERVAL="1", ALERT_HTTP_RETRIES="3", **NO_FLOOR
+        )
+
+    assert result.returncode == 0, result.stderr
+    assert organizations_in(slack.delivered) == [1, 2, 3]  # each exactly once
+    requests = slack.requests
+    assert [r.status for r in requests] == [200, 429, 200, 429, 200]
+    for limited, retried in ((requests[1], requests[2]), (requests[3], requests[4])):
+        assert retried.at - limited.at >= 2  # Retry-After honoured
+    first, *others = [r for r in requests if r.accepted]
+    # paced: never two messages within a second, even before Slack complains
+    assert requests[1].at - requests[0].at >= 1
+    assert all(later.at - earlier.at >= 1.5 for earlier, later in zip([first, *others], others, strict=False))
+    assert set(history(db).values()) == {("sent", 1)}
+
+
+# --- the JSON sink on its own ------------------------------------------------------------------------
+
+FAST = HttpSettings(timeout=0.5, retries=2, backoff=0.01, max_retry_after=5)
+ALERT = Alert(
+    42, DAY[0], BALANCE_CHANGE, Decimal("1000"), Decimal("3000.125"), Decimal("2.000125"), severity=CRITICAL
+)
+BATCH = Batch(Organization(42, True, False, 3, None, None), (ALERT,), mention="<!here>")
+
+
+@pytest.fixture
+def receiver():
+    with SlackStub() as slack:
+        yield slack
+
+
+def test_json_payload_version_1(receiver):
+    assert JsonWebhookChannel(receiver.url, FAST).send(BATCH).delivered
+    (document,) = receiver.delivered
+    assert document == {
+        "schema": "data_platform.balance_alerts",
+        "version": 1,
+        "type": "alerts",
+        "mention": "<!here>",
+        "text": document["text"],
+        "organization": {
+            "organization_id": "42",
+            "in_warehouse": True,
+            "missing_from_organizations_file": False,
+            "active_contracts": 3,
+            "first_payment_date": None,
+            "last_payment_date": None,
+            "context": "3 active contracts, first payment none, last payment none",
+        },
+        "alerts": [
+            {
+                "organization_id": "42",
+                "balance_date": "2024-03-01",
+                "alert_kind": "balance_change",
+                "severity": "critical",
+                "previous_balance_usd": "1000.00",
+                "balance_usd": "3000.13",
+                "change_usd": "2000.13",
+                "change_ratio": "2.000125",
+                "drivers": [],
+                "top_invoices": [],
+            }
+        ],
+    }
+
+
+def test_json_sink_retries_429_and_5xx_with_urllib3(receiver):
+    receiver.answer(rate_limited(retry_after=1), server_error(503))
+    outcome = JsonWebhookChannel(receiver.url, FAST).send(BATCH)
+    assert outcome.delivered
+    assert [r.status for r in receiver.requests] == [429, 503, 200]
+    assert receiver.requests[1].at - receiver.requests[0].at >= 1
+
+
+def test_json_sink_leaves_a_long_retry_after_for_the_next_run(receiver):
+    receiver.answer(rate_limited(retry_after=30))
+    outcome = JsonWebhookChannel(receiver.url, FAST).send(BATCH)
+    assert not outcome.delivered and outcome.service_unavailable and not outcome.unanswered
+    assert len(receiver.requests) == 1 and "HTTP 429" in (outcome.error or "")
+
+
+def test_json_sink_no_answer_is_never_retried_within_the_run(receiver):
+    from slack_stub import hang
+
+    receiver.answer(hang(5))
+    outcome = JsonWebhookChannel(receiver.url, FAST).send(BATCH)
+    assert not outcome.delivered and outcome.unanswered
+    assert len(receiver.requests) == 1
+
+
+def test_json_sink_unreachable_is_not_unanswered():
+    with SlackStub() as gone:
+        url = gone.url
+    outcome = JsonWebhookChannel(url, FAST).send(BATCH)
+    assert not outcome.delivered and not outcome.unanswered
+    assert "XOXB" not in (outcome.error or "")
+
+
+# --- ops tables from before routing ------------------------------------------------------------------
+
+BEFORE_ROUTING = """
+alter table ops.alert_history drop constraint alert_history_severity_check;
+alter table ops.alert_history drop column severity;
+alter table ops.alert_history drop constraint alert_history_status_check;
+alter table ops.alert_history add constraint alert_history_status_check
+    check (status in ('pending', 'sent', 'failed', 'unknown'));
+alter table ops.alert_history drop constraint alert_history_destination_check;
+alter table ops.alert_history add constraint alert_history_destination_check
+    check (destination in ('slack', 'console'));
+alter table ops.alert_watermark drop constraint alert_watermark_destination_check;
+alter table ops.alert_watermark add constraint alert_watermark_destination_check
+    check (destination in ('slack', 'console'));
+"""
+
+
+def test_ops_tables_from_before_routing_are_upgraded_in_place(db):  # noqa: F811
+    add_moves(db, (3, DAY[0], "100", "300"))
+    with SlackStub() as slack:
+        slack.always(server_error(500))
+        assert run_alerts(db, webhook=slack.url, **NO_FLOOR).returncode == 1  # a failed Slack alert waits
+    for statement in BEFORE_ROUTING.split(";"):
+        if statement.strip():
+            execute(db, statement, role="alerter")
+    set_routes(db, ROUTES[0], ROUTES[3])
+    add_moves(db, (1, DAY[1], "100", "300"))
+
+    with SlackStub() as vip, SlackStub() as slack:
+        result = run_alerts(
+            db, webhook=slack.url, VIP_WEBHOOK=vip.url, ALERT_SLACK_MIN_INTERVAL="0", **NO_FLOOR
+        )
+
+    assert result.returncode == 0, result.stderr
+    assert organizations_in(slack.delivered) == [3]  # the waiting alert, kept through the upgrade
+    assert vip.delivered[0]["organization"]["organization_id"] == "1"
+    rows = db.query("select destination, organization_id, severity, status from ops.alert_history order by 2")
+    assert rows == [("VIP_WEBHOOK", 1, "critical", "sent"), ("slack", 3, "warning", "sent")]
