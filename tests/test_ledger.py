@@ -101,7 +101,7 @@ def ledger(make_database, tmp_path_factory):
     before = fact_rows(database)
     xmin_before = database.query("select xmin::text from marts.fct_organization_daily_financials order by 1")
 
-    runs["day2"] = run_pipeline(database, write_export(csv_dir, DAY_2, DAY_2_ROWS))
+    runs["day2"] = run_pipeline(database, write_export(csv_dir, DAY_2, DAY_2_ROWS), ALERT_MIN_CHANGE_USD="0")
     after_day2 = fact_rows(database)
     xmin_after = database.query(
         "select xmin::text from marts.fct_organization_daily_financials where balance_date <= '2023-01-06' "
@@ -168,7 +168,12 @@ def test_the_alert_run_alerts_the_day_old_invoices_were_paid(ledger):
         "[balance alert] 2023-01-07 organization 1",
         "[balance alert] 2023-01-07 organization 2",
     ]
-    assert "$315.00 -> -$12.50 (-103.97%)" in alerts[0]
+    # why it moved: the ledger's entries for the day, each hand-computed above
+    assert alerts[0].endswith(
+        "$315.00 -> -$12.50 (-103.97%), critical; 3 active contracts, first payment 2023-01-02, "
+        "last payment 2023-01-05; why: 1 payment -$165.00, 1 cancellation -$100.00, 1 credit -$75.00, "
+        "1 new invoice +$12.50; top invoices: 105 paid -$165.00, 101 cancelled -$100.00, 401 credited -$75.00"
+    )
 
 
 def test_incremental_builds_equal_a_full_rebuild(ledger):

@@ -102,8 +102,12 @@ def fixture_pipeline(make_database, tmp_path_factory):
     """One database built from the fixture. Tests that change it come last in this file."""
     database = make_database()
     target = tmp_path_factory.mktemp("fixture_dbt") / "target"
+    # the fixture's moves are tens of dollars: no floor on the alerted change
     result = run_pipeline(
-        database, write_fixture(tmp_path_factory.mktemp("fixture_csv")), DBT_TARGET_PATH=str(target)
+        database,
+        write_fixture(tmp_path_factory.mktemp("fixture_csv")),
+        DBT_TARGET_PATH=str(target),
+        ALERT_MIN_CHANGE_USD="0",
     )
     return database, result, target
 
@@ -156,8 +160,9 @@ def test_pipeline_alerts_on_the_latest_day(fixture_pipeline):
     _, result, _ = fixture_pipeline
     alerts = [line for line in result.stdout.splitlines() if line.startswith("[balance alert]")]
     assert alerts == [
-        "[balance alert] 2023-01-06 organization 2: -$60.00 -> -$30.00 (+50.00%); "
-        "1 active contract, first payment none, last payment none"
+        "[balance alert] 2023-01-06 organization 2: -$60.00 -> -$30.00 (+50.00%), warning; "
+        "1 active contract, first payment none, last payment none; "
+        "why: 1 new invoice +$30.00; top invoices: 206 open +$30.00"
     ]
     assert "1 skipped-from-zero" in result.stdout
 
@@ -197,7 +202,9 @@ def test_undelivered_alerts_let_the_pipeline_finish_but_a_broken_alert_setup_sto
     csv_dir = write_fixture(tmp_path / "csv")
     with SlackStub() as slack:
         slack.always(server_error(500))
-        undelivered = run_pipeline(database, csv_dir, SLACK_WEBHOOK_URL=slack.url, ALERT_HTTP_RETRIES="0")
+        undelivered = run_pipeline(
+            database, csv_dir, SLACK_WEBHOOK_URL=slack.url, ALERT_HTTP_RETRIES="0", ALERT_MIN_CHANGE_USD="0"
+        )
     # exit 1 from the alert run: the alerts are kept for the next run, the warehouse is fine
     assert_succeeded(undelivered)
     assert len(slack.requests) == 1
