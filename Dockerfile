@@ -18,6 +18,8 @@ COPY data_platform ./data_platform
 COPY alert_script.py init.sh ./
 COPY .dbt ./.dbt
 COPY --chown=app:app dbt ./dbt
+# dbt's output (the docs site): a compose volume is created from it, so it must exist, owned by the user
+RUN mkdir -p dbt/target && chown app:app dbt/target
 COPY csv_data ./csv_data
 
 USER app

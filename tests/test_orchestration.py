@@ -245,3 +245,16 @@ def test_dagster_definitions_validate():
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Validation successful" in result.stdout + result.stderr
+
+
+def test_daily_runs_regenerate_the_docs_the_demo_serves():
+    config = compose_config("--profile", "daily")
+    mounts = {
+        name: {volume["target"]: volume.get("source") for volume in service["volumes"]}
+        for name, service in config["services"].items()
+        if name in ("dbt", "dagster-webserver", "dagster-daemon")
+    }
+    assert {service_mounts.get("/app/dbt/target") for service_mounts in mounts.values()} == {"dbt_target"}
+    for dockerfile in ("Dockerfile", "Dockerfile.daily"):
+        # the volume takes the image folder's owner: it must exist and belong to the app user
+        assert "mkdir -p dbt/target && chown app:app dbt/target" in (PROJECT_ROOT / dockerfile).read_text()
