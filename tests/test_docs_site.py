@@ -163,6 +163,7 @@ def test_blank_png_detection_can_fail(tmp_path):
     assert png_distinct_bytes(blank) <= 32
 
 
+@pytest.mark.slow
 @needs_chromium
 def test_init_sh_serves_docs_that_render_the_fact(make_database, tmp_path):
     database = make_database()
@@ -178,6 +179,7 @@ def test_init_sh_serves_docs_that_render_the_fact(make_database, tmp_path):
         assert_docs_render_the_fact(url, tmp_path, "docs-init-sh.png", Path(env["DBT_TARGET_PATH"]))
 
 
+@pytest.mark.slow
 @needs_chromium
 def test_demo_command_starts_an_embedded_database_and_serves_the_docs(tmp_path):
     import pgserver
