@@ -178,7 +178,7 @@ def run_pipeline(
     database: Database, csv_dir: Path, project_root: Path = PROJECT_ROOT, **extra_env: str
 ) -> subprocess.CompletedProcess:
     """Run init.sh, the one pipeline runner, against `database` (as the container would)."""
-    env = pipeline_env(database, csv_dir, **extra_env)
+    env = pipeline_env(database, csv_dir, project_root, **extra_env)
     return subprocess.run(
         ["bash", str(project_root / "init.sh")],
         cwd=project_root,
@@ -189,12 +189,19 @@ def run_pipeline(
     )
 
 
-def pipeline_env(database: Database, csv_dir: Path, **extra_env: str) -> dict[str, str]:
+_BUILD_DIRS: dict[str, Path] = {}
+
+
+def pipeline_env(
+    database: Database, csv_dir: Path, project_root: Path = PROJECT_ROOT, **extra_env: str
+) -> dict[str, str]:
     """The environment init.sh gets in the container, pointed at the test database."""
     env = database.env("transformer")
     # dbt and python from this interpreter's environment; dbt output away from the checkout
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    build_dir = Path(tempfile.mkdtemp(prefix="dbt_build_"))
+    # one dbt output folder per database and project: dbt's partial parsing carries over between runs
+    key = f"{database.name}:{project_root}"
+    build_dir = _BUILD_DIRS.setdefault(key, Path(tempfile.mkdtemp(prefix="dbt_build_")))
     env.update(
         CSV_DIR=str(csv_dir),
         SERVE_DOCS="false",

@@ -200,7 +200,7 @@ def test_an_interrupted_rules_change_is_rebuilt_in_full_next_time(make_database,
 
     # the rules change, and the run that would apply them is stopped during dbt build
     project = project_with_zero_rule(tmp_path / "project", "open")
-    env = pipeline_env(database, csv_dir, RUN_ALERTS="false")
+    env = pipeline_env(database, csv_dir, project, RUN_ALERTS="false")
     process = subprocess.Popen(
         ["bash", str(project / "init.sh")],
         cwd=project,
