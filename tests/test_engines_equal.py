@@ -141,6 +141,23 @@ def rules_edit(make_database, tmp_path_factory):
     return database, project
 
 
+def test_postgres_keeps_its_only_configs(demo_postgres):
+    # grants, column comments and indexes are configured for Postgres alone (macros/engines, dbt_project.yml)
+    [(comment, column_comment, indexes, alerter_reads)] = demo_postgres.query(
+        """
+        select obj_description('marts.fct_organization_daily_financials'::regclass),
+               col_description('marts.fct_organization_daily_financials'::regclass, 1),
+               (select count(*) from pg_indexes where schemaname = 'marts'
+                  and tablename = 'fct_organization_daily_financials'),
+               has_table_privilege('alerter', 'marts.fct_organization_daily_financials', 'select')
+        """
+    )
+    assert comment.startswith("One row per organization per UTC day")
+    assert column_comment
+    assert indexes == 2
+    assert alerter_reads
+
+
 def test_duckdb_equals_postgres_on_the_demo_data(demo_postgres, tmp_path):
     build_on("duckdb", PROJECT_ROOT, DEMO_CSV, tmp_path)
     assert_same_marts(demo_postgres, lambda table: duckdb_rows(tmp_path, table))
