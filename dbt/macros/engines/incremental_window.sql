@@ -27,7 +27,9 @@
 {#-
     The incremental strategy of the day-window models. Postgres and DuckDB delete the window's rows and
     insert the recomputed ones (replace_window, below). Spark's Parquet tables cannot delete rows: they
-    are partitioned by day and insert_overwrite replaces the window's partitions.
+    are partitioned by day and insert_overwrite replaces the window's partitions. That equals
+    replace_window for the pipeline's window (no day after the newest built export is stored yet); a
+    hand-picked earlier window would keep a day whose rows all vanished.
 -#}
 {% macro ledger_window_strategy() -%}
     {{ return(adapter.dispatch('ledger_window_strategy', 'data_platform')()) }}
