@@ -34,7 +34,12 @@ from data_platform import refresh
 from data_platform.db import DatabaseUnavailable, connect, describe_target, wait_until_ready
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-DBT_ARGS = ("--project-dir", str(PROJECT_ROOT / "dbt"), "--profiles-dir", str(PROJECT_ROOT / ".dbt"))
+# --target dev: the pipeline loads and builds Postgres whatever DBT_TARGET says (the other engines'
+# raw layer comes from data_platform.engines, see the README's "Other engines")
+DBT_ARGS = (
+    *("--project-dir", str(PROJECT_ROOT / "dbt"), "--profiles-dir", str(PROJECT_ROOT / ".dbt")),
+    *("--target", "dev"),
+)
 LOCK_KEY = "data_platform.pipeline"
 # How long a step may take to stop after the pipeline was asked to stop, before it is killed.
 STOP_GRACE_SECONDS = 60

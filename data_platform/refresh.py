@@ -4,7 +4,7 @@ The ledger books an export's entries on days after the previous export (changes 
 day, new invoices on their created day, late ones on the export's day), so once a build has covered an
 export, every day up to it is final. An incremental build therefore recomputes only the days after the
 newest export the last successful build covered: the LEDGER_WINDOW_START environment variable that dbt
-reads (dbt/macros/incremental_window.sql).
+reads (dbt/macros/engines/incremental_window.sql).
 
 That holds only while nothing the stored days were computed from has changed since that build:
 

@@ -59,5 +59,5 @@ compared as (
 
 select * from compared
 where
-    sum_of_changes_usd <> final_balance_usd
-    or dim_balance_usd is distinct from sum_of_changes_usd
+    {{ usd_differs('sum_of_changes_usd', 'final_balance_usd') }}
+    or {{ usd_differs('dim_balance_usd', 'sum_of_changes_usd') }}

@@ -56,4 +56,4 @@ full outer join current_invoices
         and booked.status = current_invoices.status
 where
     coalesce(booked.invoice_count, 0) <> coalesce(current_invoices.invoice_count, 0)
-    or coalesce(booked.balance_usd, 0) <> coalesce(current_invoices.balance_usd, 0)
+    or {{ usd_differs('coalesce(booked.balance_usd, 0)', 'coalesce(current_invoices.balance_usd, 0)') }}

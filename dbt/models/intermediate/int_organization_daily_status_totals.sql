@@ -1,15 +1,18 @@
 -- One row per organization, booking day and invoice status: the ledger entries summed. The one aggregate
 -- over the ledger: the daily fact sums it per day, dim_organizations per organization and status.
--- Incremental: a run recomputes the days from the ledger window start on (macros/incremental_window.sql);
--- every entry booked on those days comes from an export seen on or after it.
+-- Incremental: a run recomputes the days from the ledger window start on
+-- (macros/engines/incremental_window.sql); every entry booked on those days comes from an export seen on
+-- or after it.
 {{
     config(
         materialized='incremental',
+        incremental_strategy=ledger_window_strategy(),
         window_column='balance_date',
-        indexes=[
+        partition_by=ledger_window_partition('balance_date'),
+        indexes=postgres_indexes([
             {'columns': ['organization_id', 'balance_date', 'status'], 'unique': True},
             {'columns': ['balance_date']},
-        ],
+        ]),
     )
 }}
 
@@ -32,7 +35,7 @@ totals as (
         organization_id,
         booking_date as balance_date,
         status,
-        sum(invoice_count)::bigint as net_invoice_count,
+        cast(sum(invoice_count) as bigint) as net_invoice_count,
         count(*) filter (where version = 1) as new_invoice_count,
         count(*) filter (where version > 1 and entry_kind = 'booking') as changed_invoice_count,
         sum(invoiced_amount_usd) as invoiced_amount_usd,

@@ -1,16 +1,17 @@
 -- One row per invoice, in its current version, with its balance rule and its contribution to the
--- organization's balance. Incremental: a run replaces the invoices that a newer export added or changed.
+-- organization's balance. Incremental: a run replaces the invoices that a newer export added or changed
+-- (on Spark, a table rebuilt each run: macros/engines/incremental_window.sql).
 -- The unique index enforces the key in the database, so no full-table unique test is needed.
 {{
     config(
-        materialized='incremental',
+        materialized=keyed_replace_materialization(),
         incremental_strategy='delete+insert',
         unique_key='invoice_id',
-        indexes=[
+        indexes=postgres_indexes([
             {'columns': ['invoice_id'], 'unique': True},
             {'columns': ['created_date']},
             {'columns': ['version_seen_on']},
-        ],
+        ]),
     )
 }}
 

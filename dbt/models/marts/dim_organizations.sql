@@ -36,11 +36,10 @@ invoice_summaries as (
 
     select
         organization_id,
-        sum(invoice_count)::bigint as invoice_count,
+        cast(sum(invoice_count) as bigint) as invoice_count,
         -- keys are the statuses present in the data, so the object follows seed and data changes
-        coalesce(
-            jsonb_object_agg(status, invoice_count::bigint) filter (where invoice_count <> 0), '{}'::jsonb
-        ) as invoice_count_by_status,
+        {{ status_counts_object('status', 'cast(invoice_count as bigint)', 'invoice_count <> 0') }}
+            as invoice_count_by_status,
         sum(invoiced_amount_usd) as invoiced_amount_usd,
         sum(paid_amount_usd) as paid_amount_usd,
         sum(balance_change_usd) as balance_usd,
@@ -71,7 +70,9 @@ final as (
 
         ---------- from the invoices (zero when the organization has none)
         coalesce(invoice_summaries.invoice_count, 0) as invoice_count,
-        coalesce(invoice_summaries.invoice_count_by_status, '{}'::jsonb) as invoice_count_by_status,
+        coalesce(
+            invoice_summaries.invoice_count_by_status, {{ empty_status_counts() }}
+        ) as invoice_count_by_status,
         coalesce(invoice_summaries.invoiced_amount_usd, 0) as invoiced_amount_usd,
         coalesce(invoice_summaries.paid_amount_usd, 0) as paid_amount_usd,
         coalesce(invoice_summaries.balance_usd, 0) as balance_usd,

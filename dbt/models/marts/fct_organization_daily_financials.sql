@@ -2,17 +2,20 @@
 -- in that day's export): the day's totals, the balance at the end of the day and the change versus the
 -- end of the previous calendar day.
 -- Windows run over the daily aggregate (one row per organization-day), never over the raw invoices.
--- Incremental: a run recomputes the days from the ledger window start (macros/incremental_window.sql),
--- and each organization's running balance resumes from its last stored balance before the window, so
--- the rows are identical to a full refresh.
+-- Incremental: a run recomputes the days from the ledger window start
+-- (macros/engines/incremental_window.sql), and each organization's running balance resumes from its last
+-- stored balance before the window (macros/engines/opening_balances.sql), so the rows are identical to a
+-- full refresh.
 {{
     config(
         materialized='incremental',
+        incremental_strategy=ledger_window_strategy(),
         window_column='balance_date',
-        indexes=[
+        partition_by=ledger_window_partition('balance_date'),
+        indexes=postgres_indexes([
             {'columns': ['organization_id', 'balance_date'], 'unique': True},
             {'columns': ['balance_date']},
-        ],
+        ]),
     )
 }}
 
@@ -48,25 +51,12 @@ opening_balances as (
 
     {% if is_incremental() %}
         -- each organization's balance at the end of its last stored day before the window
-        select
-            window_organizations.organization_id,
-            last_stored.balance_usd as opening_balance_usd
-
-        from (select distinct organization_id from daily_totals) as window_organizations
-        cross join lateral (
-            select stored_rows.balance_usd
-            from {{ this }} as stored_rows
-            where
-                stored_rows.organization_id = window_organizations.organization_id
-                and stored_rows.balance_date < {{ ledger_window_start() }}
-            order by stored_rows.balance_date desc
-            limit 1
-        ) as last_stored
+        {{ opening_balances(this, 'daily_totals') }}
     {% else %}
         -- a full build starts every organization from zero
         select
             organization_id,
-            0::numeric as opening_balance_usd
+            cast(0 as {{ usd_type() }}) as opening_balance_usd
         from daily_totals
         where false
     {% endif %}
@@ -110,8 +100,8 @@ final as (
     select
         organization_id,
         balance_date,
-        invoice_count::bigint as invoice_count,
-        changed_invoice_count::bigint as changed_invoice_count,
+        cast(invoice_count as bigint) as invoice_count,
+        cast(changed_invoice_count as bigint) as changed_invoice_count,
         invoiced_amount_usd,
         paid_amount_usd,
         balance_change_usd,

@@ -30,12 +30,12 @@ renamed as (
         fx_rate,
         fx_rate_payment,
         -- fx rates are units of currency per 1 usd; payment_amount is in the invoice's currency
-        amount / fx_rate as amount_usd,
-        payment_amount / fx_rate as payment_amount_usd,
+        {{ to_usd('amount', 'fx_rate') }} as amount_usd,
+        {{ to_usd('payment_amount', 'fx_rate') }} as payment_amount_usd,
 
         ---------- dates
         created_at,
-        (created_at at time zone 'utc')::date as created_date,
+        {{ utc_date('created_at') }} as created_date,
         seen_on
 
     from source

@@ -1,0 +1,65 @@
+"""Build the warehouse on another engine: its raw ledger, the rules seed, then every model and test.
+
+    python -m data_platform.engines.build duckdb        # or spark; --csv-dir (default $CSV_DIR, csv_data)
+
+The Postgres pipeline (init.sh) decides between incremental and full builds from its build record;
+here every `dbt build` is a full refresh, which is exact. A hand-run incremental build is
+`LEDGER_WINDOW_START=<first day to recompute> dbt build --target <engine>` after loading new exports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+DBT_ARGS = ("--project-dir", str(PROJECT_ROOT / "dbt"), "--profiles-dir", str(PROJECT_ROOT / ".dbt"))
+ENGINES = ("duckdb", "spark")
+# where each engine keeps its warehouse (the dbt profile reads the same variables), made absolute so
+# that the raw builder and dbt, which runs from the project root, open the same files
+LOCATIONS = {
+    "duckdb": {"DUCKDB_PATH": "warehouse.duckdb"},
+    "spark": {"SPARK_WAREHOUSE_DIR": "spark-warehouse", "SPARK_METASTORE_DIR": "spark-metastore"},
+}
+
+
+def environment(engine: str) -> dict[str, str]:
+    env = dict(os.environ)
+    for name, default in LOCATIONS[engine].items():
+        env[name] = str(Path(env.get(name) or default).resolve())
+    return env
+
+
+def run(engine: str, csv_dir: str) -> int:
+    env = environment(engine)
+    # the raw builder in its own process: Spark's metastore is an embedded Derby database that one JVM
+    # holds at a time, and dbt's session is another JVM
+    raw = [sys.executable, "-m", f"data_platform.engines.{engine}_raw", "--csv-dir", csv_dir]
+    code = subprocess.call(raw, env=env)
+    if code != 0:
+        print(f"error: the {engine} raw ledger was not built (exit {code})", file=sys.stderr)
+        return code
+    dbt = shutil.which("dbt") or str(Path(sys.executable).parent / "dbt")
+    for command in ("seed", "build"):
+        code = subprocess.call(
+            [dbt, command, "--full-refresh", *DBT_ARGS, "--target", engine], cwd=PROJECT_ROOT, env=env
+        )
+        if code != 0:
+            print(f"error: dbt {command} on {engine} failed (exit {code})", file=sys.stderr)
+            return code
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("engine", choices=ENGINES)
+    parser.add_argument("--csv-dir", default=os.environ.get("CSV_DIR") or "csv_data")
+    return run(**vars(parser.parse_args(argv)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

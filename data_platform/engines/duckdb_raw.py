@@ -1,0 +1,247 @@
+"""The raw ledger in a DuckDB file, from the same CSV exports: `python -m data_platform.engines.duckdb_raw`.
+
+DuckDB's read_csv reads each file with the raw layer's column types (raw_types.DUCKDB); the export's
+rows are then diffed against the current state in SQL, as the Postgres loader does, inside one
+transaction per export: raw.invoices (current), raw.invoice_versions (a version per changed invoice,
+with seen_on), raw.organizations (upserted) and raw.load_log. Then `DBT_TARGET=duckdb dbt build`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from data_platform import exports as export_discovery
+from data_platform.csv_files import check_header
+from data_platform.engines.export_log import Checksums, needs_load
+from data_platform.engines.raw_types import DUCKDB, column_types
+from data_platform.exports import Export
+from data_platform.load_errors import LoadError
+from data_platform.raw_tables import INVOICES, ORGANIZATIONS, RAW_SCHEMA, TableSpec
+
+# duckdb.DuckDBPyConnection; duckdb is imported where used: an optional dependency (the `engines` group)
+Connection = Any
+
+DEFAULT_DATABASE = "warehouse.duckdb"
+
+
+def _definitions(spec: TableSpec, *extra: str) -> str:
+    columns = [f"{name} {sql_type}" for name, sql_type in column_types(spec, DUCKDB).items()]
+    return ", ".join([*columns, *extra])
+
+
+def _create_tables(conn: Connection) -> None:
+    conn.execute(f"create schema if not exists {RAW_SCHEMA}")
+    invoice_columns = _definitions(INVOICES, "version integer not null")
+    conn.execute(
+        f"create table if not exists {RAW_SCHEMA}.invoices "
+        f"({invoice_columns}, first_seen_on date not null, seen_on date not null)"
+    )
+    conn.execute(
+        f"create table if not exists {RAW_SCHEMA}.invoice_versions ({invoice_columns}, seen_on date not null)"
+    )
+    conn.execute(
+        f"create table if not exists {RAW_SCHEMA}.organizations "
+        f"({_definitions(ORGANIZATIONS, 'seen_on date not null')})"
+    )
+    conn.execute(
+        f"""create table if not exists {RAW_SCHEMA}.load_log (
+            export_date date not null,
+            source varchar not null,
+            invoices_sha256 varchar not null,
+            organizations_sha256 varchar,
+            invoice_rows bigint not null,
+            invoices_new bigint not null,
+            invoices_changed bigint not null,
+            invoices_unchanged bigint not null,
+            organization_rows bigint not null,
+            organizations_new bigint not null,
+            organizations_changed bigint not null,
+            loaded_at timestamptz not null default current_timestamp,
+            duration_seconds double not null
+        )"""
+    )
+
+
+def _logged(conn: Connection) -> dict[date, Checksums]:
+    rows = conn.execute(
+        f"select export_date, invoices_sha256, organizations_sha256 from {RAW_SCHEMA}.load_log"
+    ).fetchall()
+    return {day: Checksums(invoices, organizations) for day, invoices, organizations in rows}
+
+
+def _read(conn: Connection, spec: TableSpec, path: Path, table: str) -> int:
+    """The file's rows, typed, into a temporary table; returns the row count."""
+    import duckdb
+
+    check_header(spec, path)
+    types = ", ".join(f"'{name}': '{sql_type}'" for name, sql_type in column_types(spec, DUCKDB).items())
+    try:
+        conn.execute(
+            f"""create or replace temp table {table} as
+            select * from read_csv(?, header = true, auto_detect = false, delim = ',', quote = '"',
+                                   escape = '"', columns = {{{types}}})""",
+            [str(path)],
+        )
+    except duckdb.Error as error:
+        raise LoadError(path, f"DuckDB cannot read it with the raw column types: {error}") from None
+    duplicate = conn.execute(
+        f"select {spec.key.name}, count(*) from {table} group by all having count(*) > 1 limit 1"
+    ).fetchone()
+    if duplicate:
+        raise LoadError(
+            path,
+            f"{spec.key.header} {duplicate[0]} appears {duplicate[1]} times: an export holds each one once",
+            column=spec.key.header,
+        )
+    return conn.execute(f"select count(*) from {table}").fetchone()[0]
+
+
+def _differs(spec: TableSpec, left: str, right: str) -> str:
+    return " or ".join(f"{left}.{c.name} is distinct from {right}.{c.name}" for c in spec.columns)
+
+
+def _apply_invoices(conn: Connection, export_date: date) -> tuple[int, int]:
+    names = ", ".join(c.name for c in INVOICES.columns)
+    incoming = ", ".join(f"incoming.{c.name}" for c in INVOICES.columns)
+    conn.execute(
+        f"""create or replace temp table invoice_changes as
+        select {incoming}, coalesce(current.version, 0) + 1 as version
+        from incoming_invoices as incoming
+        left join {RAW_SCHEMA}.invoices as current on current.invoice_id = incoming.invoice_id
+        where current.invoice_id is null or {_differs(INVOICES, "incoming", "current")}"""
+    )
+    day = [export_date]
+    conn.execute(
+        f"insert into {RAW_SCHEMA}.invoice_versions ({names}, version, seen_on) "
+        f"select {names}, version, ? from invoice_changes",
+        day,
+    )
+    # the current state: changed invoices leave, then every new version comes in
+    conn.execute(
+        f"""create or replace temp table replaced as
+        select current.invoice_id, current.first_seen_on
+        from {RAW_SCHEMA}.invoices as current
+        inner join invoice_changes as changed on changed.invoice_id = current.invoice_id"""
+    )
+    conn.execute(f"delete from {RAW_SCHEMA}.invoices where invoice_id in (select invoice_id from replaced)")
+    conn.execute(
+        f"""insert into {RAW_SCHEMA}.invoices ({names}, version, first_seen_on, seen_on)
+        select {", ".join(f"changed.{c.name}" for c in INVOICES.columns)}, changed.version,
+               coalesce(replaced.first_seen_on, ?), ?
+        from invoice_changes as changed
+        left join replaced on replaced.invoice_id = changed.invoice_id""",
+        [export_date, export_date],
+    )
+    return conn.execute(
+        "select count(*) filter (where version = 1), count(*) filter (where version > 1) from invoice_changes"
+    ).fetchone()
+
+
+def _apply_organizations(conn: Connection, export_date: date) -> tuple[int, int]:
+    names = ", ".join(c.name for c in ORGANIZATIONS.columns)
+    conn.execute(
+        f"""create or replace temp table organization_changes as
+        select incoming.*, current.organization_id is null as is_new
+        from incoming_organizations as incoming
+        left join {RAW_SCHEMA}.organizations as current on current.organization_id = incoming.organization_id
+        where current.organization_id is null or {_differs(ORGANIZATIONS, "incoming", "current")}"""
+    )
+    conn.execute(
+        f"delete from {RAW_SCHEMA}.organizations "
+        "where organization_id in (select organization_id from organization_changes)"
+    )
+    conn.execute(
+        f"insert into {RAW_SCHEMA}.organizations ({names}, seen_on) "
+        f"select {names}, ? from organization_changes",
+        [export_date],
+    )
+    return conn.execute(
+        "select count(*) filter (where is_new), count(*) filter (where not is_new) from organization_changes"
+    ).fetchone()
+
+
+def load_export(conn: Connection, export: Export) -> date | None:
+    """Load one export in one transaction; its date, or None when it was loaded already."""
+    started = time.monotonic()
+    conn.execute("begin")
+    try:
+        invoice_rows = _read(conn, INVOICES, export.invoices, "incoming_invoices")
+        export_date = (
+            export.date
+            or conn.execute("select cast(max(created_at) as date) from incoming_invoices").fetchone()[0]
+        )
+        checksums = Checksums.of(export)
+        if export_date is None or not needs_load(export, export_date, checksums, _logged(conn)):
+            conn.execute("rollback")
+            return None
+        organization_rows = 0
+        organizations = (0, 0)
+        if export.organizations:
+            organization_rows = _read(conn, ORGANIZATIONS, export.organizations, "incoming_organizations")
+            organizations = _apply_organizations(conn, export_date)
+        new, changed = _apply_invoices(conn, export_date)
+        conn.execute(
+            f"""insert into {RAW_SCHEMA}.load_log (export_date, source, invoices_sha256, organizations_sha256,
+                invoice_rows, invoices_new, invoices_changed, invoices_unchanged, organization_rows,
+                organizations_new, organizations_changed, duration_seconds)
+            values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+            [
+                export_date,
+                str(export.source),
+                checksums.invoices,
+                checksums.organizations,
+                invoice_rows,
+                new,
+                changed,
+                invoice_rows - new - changed,
+                organization_rows,
+                *organizations,
+                time.monotonic() - started,
+            ],
+        )
+        conn.execute("commit")
+    except BaseException:
+        conn.execute("rollback")
+        raise
+    return export_date
+
+
+def build_raw(database: Path | str, csv_dir: Path | str) -> list[date]:
+    """Load every pending export under csv_dir into the DuckDB file; the dates loaded."""
+    import duckdb
+
+    with duckdb.connect(str(database)) as conn:
+        # the UTC day of a timestamp, as in Postgres's load
+        conn.execute("set timezone = 'UTC'")
+        _create_tables(conn)
+        loaded = []
+        for export in export_discovery.discover(csv_dir):
+            export_date = load_export(conn, export)
+            if export_date is not None:
+                loaded.append(export_date)
+        return loaded
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--csv-dir", default=os.environ.get("CSV_DIR") or "csv_data")
+    parser.add_argument("--database", default=os.environ.get("DUCKDB_PATH") or DEFAULT_DATABASE)
+    args = parser.parse_args(argv)
+    try:
+        loaded = build_raw(args.database, args.csv_dir)
+    except LoadError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    days = ", ".join(day.isoformat() for day in loaded) or "none (all loaded already)"
+    print(f"{args.database}: exports loaded: {days}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

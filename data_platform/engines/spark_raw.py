@@ -1,0 +1,229 @@
+"""The raw ledger as Spark (Parquet) tables from the CSV exports: `python -m data_platform.engines.spark_raw`.
+
+Spark's CSV reader reads each file with the raw layer's column types (raw_types.SPARK, FAILFAST: a value
+the type cannot hold stops the load). The pending exports are applied in date order to the current
+state in memory, as the Postgres loader applies them in SQL, and the four raw tables are then written:
+raw.invoice_versions and raw.load_log appended, raw.invoices and raw.organizations rewritten. Parquet
+tables have no transactions: a failed write can leave a partial ledger, to be rebuilt from scratch
+(delete SPARK_WAREHOUSE_DIR and SPARK_METASTORE_DIR). Then `DBT_TARGET=spark dbt build`.
+
+The session matches the `spark` target of .dbt/profiles.yml (local mode, UTC, the same warehouse and
+metastore directories), so dbt sees these tables. One process at a time: the metastore is an embedded
+Derby database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+from data_platform import exports as export_discovery
+from data_platform.csv_files import check_header
+from data_platform.engines.export_log import Checksums, needs_load
+from data_platform.engines.raw_types import SPARK, column_types
+from data_platform.exports import Export
+from data_platform.load_errors import LoadError
+from data_platform.raw_tables import INVOICES, ORGANIZATIONS, RAW_SCHEMA, TableSpec
+
+LOAD_LOG_SCHEMA = (
+    "export_date date, source string, invoices_sha256 string, organizations_sha256 string, "
+    "invoice_rows bigint, invoices_new bigint, invoices_changed bigint, invoices_unchanged bigint, "
+    "organization_rows bigint, organizations_new bigint, organizations_changed bigint, "
+    "loaded_at timestamp, duration_seconds double"
+)
+
+
+def directories() -> tuple[Path, Path]:
+    """The warehouse and metastore directories, as the dbt profile's spark target reads them."""
+    warehouse = Path(os.environ.get("SPARK_WAREHOUSE_DIR") or "spark-warehouse").resolve()
+    metastore = Path(os.environ.get("SPARK_METASTORE_DIR") or "spark-metastore").resolve()
+    return warehouse, metastore
+
+
+def session():
+    from pyspark.sql import SparkSession
+
+    warehouse, metastore = directories()
+    return (
+        SparkSession.builder.master(f"local[{os.environ.get('DBT_THREADS', '2')}]")
+        .appName("data_platform raw ledger")
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.sql.warehouse.dir", str(warehouse))
+        .config("spark.driver.extraJavaOptions", f"-Dderby.system.home={metastore}")
+        .config("spark.ui.enabled", "false")
+        .enableHiveSupport()
+        .getOrCreate()
+    )
+
+
+def _table(name: str) -> str:
+    return f"{RAW_SCHEMA}.{name}"
+
+
+def _read(spark, spec: TableSpec, path: Path):
+    check_header(spec, path)
+    schema = ", ".join(f"{name} {sql_type}" for name, sql_type in column_types(spec, SPARK).items())
+    frame = spark.read.csv(str(path), schema=schema, header=True, mode="FAILFAST", nullValue="")
+    try:
+        frame = frame.localCheckpoint()
+    except Exception as error:  # py4j or pyspark errors: the reader's message says which value
+        first_line = str(error).strip().splitlines()[0]
+        raise LoadError(path, f"Spark cannot read it with the raw column types: {first_line}") from None
+    from pyspark.sql import functions as F
+
+    duplicate = frame.groupBy(spec.key.name).count().where(F.col("count") > 1).first()
+    if duplicate:
+        raise LoadError(
+            path,
+            f"{spec.key.header} {duplicate[0]} appears {duplicate[1]} times: an export holds each one once",
+            column=spec.key.header,
+        )
+    return frame
+
+
+def _changes(incoming, current, spec: TableSpec):
+    """The incoming rows that are new or differ from the current ones, with the current row's columns
+    prefixed `current_` (null for a new row)."""
+    from pyspark.sql import functions as F
+
+    key = spec.key.name
+    renamed = current.select([F.col(name).alias(f"current_{name}") for name in current.columns])
+    joined = incoming.join(renamed, incoming[key] == renamed[f"current_{key}"], "left")
+    differs = F.lit(False)
+    for column in spec.columns:
+        differs = differs | ~F.col(column.name).eqNullSafe(F.col(f"current_{column.name}"))
+    return joined.where(F.col(f"current_{key}").isNull() | differs).localCheckpoint()
+
+
+class SparkLedger:
+    """The raw tables' current state in memory, with the exports applied since it was read."""
+
+    def __init__(self, spark):
+        from pyspark.sql import functions as F
+
+        self.spark = spark
+        self.F = F
+        spark.sql(f"create database if not exists {RAW_SCHEMA}")
+        self.invoices = self._current("invoices", INVOICES, "version int, first_seen_on date, seen_on date")
+        self.organizations = self._current("organizations", ORGANIZATIONS, "seen_on date")
+        self.new_versions = []
+        self.log_rows = []
+        self.logged = {}
+        if spark.catalog.tableExists(_table("load_log")):
+            for row in spark.table(_table("load_log")).collect():
+                self.logged[row.export_date] = Checksums(row.invoices_sha256, row.organizations_sha256)
+
+    def _current(self, name: str, spec: TableSpec, extra: str):
+        if self.spark.catalog.tableExists(_table(name)):
+            return self.spark.table(_table(name)).localCheckpoint()
+        columns = ", ".join(f"{n} {t}" for n, t in column_types(spec, SPARK).items())
+        return self.spark.createDataFrame([], f"{columns}, {extra}")
+
+    def apply(self, export: Export) -> date | None:
+        F = self.F
+        started = time.monotonic()
+        incoming = _read(self.spark, INVOICES, export.invoices)
+        export_date = export.date or incoming.select(F.max(F.to_date("created_at"))).first()[0]
+        checksums = Checksums.of(export)
+        if export_date is None or not needs_load(export, export_date, checksums, self.logged):
+            return None
+        day = F.lit(export_date)
+        names = [column.name for column in INVOICES.columns]
+
+        changes = _changes(incoming, self.invoices, INVOICES)
+        version = (F.coalesce(F.col("current_version"), F.lit(0)) + 1).cast("int")
+        self.new_versions.append(changes.select(*names, version.alias("version"), day.alias("seen_on")))
+        replaced = changes.select(
+            *names,
+            version.alias("version"),
+            F.coalesce(F.col("current_first_seen_on"), day).alias("first_seen_on"),
+            day.alias("seen_on"),
+        )
+        kept = self.invoices.join(changes.select("invoice_id"), "invoice_id", "left_anti")
+        self.invoices = kept.unionByName(replaced).localCheckpoint()
+        new, changed = changes.select(
+            F.count(F.when(F.col("current_invoice_id").isNull(), 1)),
+            F.count(F.when(F.col("current_invoice_id").isNotNull(), 1)),
+        ).first()
+
+        organization_rows, organizations_new, organizations_changed = 0, 0, 0
+        if export.organizations:
+            incoming_organizations = _read(self.spark, ORGANIZATIONS, export.organizations)
+            organization_rows = incoming_organizations.count()
+            org_changes = _changes(incoming_organizations, self.organizations, ORGANIZATIONS)
+            organizations_new, organizations_changed = org_changes.select(
+                F.count(F.when(F.col("current_organization_id").isNull(), 1)),
+                F.count(F.when(F.col("current_organization_id").isNotNull(), 1)),
+            ).first()
+            org_names = [column.name for column in ORGANIZATIONS.columns]
+            kept = self.organizations.join(
+                org_changes.select("organization_id"), "organization_id", "left_anti"
+            )
+            self.organizations = kept.unionByName(
+                org_changes.select(*org_names, day.alias("seen_on"))
+            ).localCheckpoint()
+
+        invoice_rows = incoming.count()
+        self.logged[export_date] = checksums
+        self.log_rows.append(
+            (
+                export_date,
+                str(export.source),
+                checksums.invoices,
+                checksums.organizations,
+                invoice_rows,
+                new,
+                changed,
+                invoice_rows - new - changed,
+                organization_rows,
+                organizations_new,
+                organizations_changed,
+                datetime.now(UTC).replace(tzinfo=None),
+                time.monotonic() - started,
+            )
+        )
+        return export_date
+
+    def write(self) -> None:
+        """Append the new versions and log rows; rewrite the current state (held in checkpoints)."""
+        for frame in self.new_versions:
+            frame.write.format("parquet").mode("append").saveAsTable(_table("invoice_versions"))
+        self.invoices.write.format("parquet").mode("overwrite").saveAsTable(_table("invoices"))
+        self.organizations.write.format("parquet").mode("overwrite").saveAsTable(_table("organizations"))
+        log = self.spark.createDataFrame(self.log_rows, LOAD_LOG_SCHEMA)
+        log.write.format("parquet").mode("append").saveAsTable(_table("load_log"))
+
+
+def build_raw(csv_dir: Path | str) -> list[date]:
+    """Load every pending export under csv_dir into the Spark raw tables; the dates loaded."""
+    spark = session()
+    try:
+        ledger = SparkLedger(spark)
+        loaded = [day for export in export_discovery.discover(csv_dir) if (day := ledger.apply(export))]
+        if loaded:
+            ledger.write()
+        return loaded
+    finally:
+        spark.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--csv-dir", default=os.environ.get("CSV_DIR") or "csv_data")
+    args = parser.parse_args(argv)
+    try:
+        loaded = build_raw(args.csv_dir)
+    except LoadError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    warehouse, _ = directories()
+    print(f"{warehouse}: exports loaded: {', '.join(map(str, loaded)) or 'none (all loaded already)'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+{#-
+    dim_organizations.invoice_count_by_status: a JSON object {status: invoice count} over the rows
+    where `condition` holds, `{}` when none does. Postgres: jsonb; DuckDB: json; Spark: JSON text.
+-#}
+{% macro status_counts_object(status, invoice_count, condition) -%}
+    {{ return(adapter.dispatch('status_counts_object', 'data_platform')(status, invoice_count, condition)) }}
+{%- endmacro %}
+
+{% macro default__status_counts_object(status, invoice_count, condition) -%}
+    coalesce(jsonb_object_agg({{ status }}, {{ invoice_count }}) filter (where {{ condition }}), '{}'::jsonb)
+{%- endmacro %}
+
+{#- DuckDB's json_group_object takes no filter: a map of the filtered entries, as JSON; keys in status
+    order, so the same counts always give the same text -#}
+{% macro duckdb__status_counts_object(status, invoice_count, condition) -%}
+    coalesce(
+        to_json(map_from_entries(list({'k': {{ status }}, 'v': {{ invoice_count }}} order by {{ status }}) filter (where {{ condition }}))),
+        '{}'::json
+    )
+{%- endmacro %}
+
+{#- collect_list skips the nulls of the case, so no matching row gives an empty map: `{}`; sorted by
+    status, so the same counts always give the same text -#}
+{% macro spark__status_counts_object(status, invoice_count, condition) -%}
+    to_json(map_from_entries(array_sort(collect_list(
+        case when {{ condition }} then struct({{ status }}, {{ invoice_count }}) end
+    ))))
+{%- endmacro %}
+
+
+{#- The empty object, for an organization without invoices. -#}
+{% macro empty_status_counts() -%}
+    {{ return(adapter.dispatch('empty_status_counts', 'data_platform')()) }}
+{%- endmacro %}
+
+{% macro default__empty_status_counts() -%}
+    '{}'::jsonb
+{%- endmacro %}
+
+{% macro duckdb__empty_status_counts() -%}
+    '{}'::json
+{%- endmacro %}
+
+{% macro spark__empty_status_counts() -%}
+    '{}'
+{%- endmacro %}

@@ -1,0 +1,102 @@
+{#-
+    Engine-specific SQL for dates, ids and numbers, behind adapter.dispatch: models call the plain
+    macro, dbt picks `<adapter>__<name>` and falls back to `default__<name>`. Postgres keeps exact
+    numerics; DuckDB and Spark cap decimals at 38 digits and round a decimal division to a few places
+    (Spark: 6), so a USD amount computed by division is a double there: 15-16 significant digits, exact
+    to the cent far beyond any balance, and its ratios agree with Postgres's to 1e-9.
+-#}
+
+{#- The UTC calendar date of a timestamp with time zone. -#}
+{% macro utc_date(column_name) -%}
+    {{ return(adapter.dispatch('utc_date', 'data_platform')(column_name)) }}
+{%- endmacro %}
+
+{% macro default__utc_date(column_name) -%}
+    cast(timezone('UTC', {{ column_name }}) as date)
+{%- endmacro %}
+
+{% macro postgres__utc_date(column_name) -%}
+    ({{ column_name }} at time zone 'utc')::date
+{%- endmacro %}
+
+{#- Spark timestamps are instants rendered in the session time zone, which the profile sets to UTC. -#}
+{% macro spark__utc_date(column_name) -%}
+    to_date({{ column_name }})
+{%- endmacro %}
+
+
+{#-
+    The raw id columns hold the hash of an empty value (var empty_hash_sentinel, set in
+    dbt_project.yml) where the source had no id. Return the column with that sentinel turned into null.
+-#}
+{% macro empty_hash_to_null(column_name) -%}
+    {{ return(adapter.dispatch('empty_hash_to_null', 'data_platform')(column_name)) }}
+{%- endmacro %}
+
+{% macro default__empty_hash_to_null(column_name) -%}
+    nullif({{ column_name }}, cast({{ var('empty_hash_sentinel') }} as bigint))
+{%- endmacro %}
+
+{% macro postgres__empty_hash_to_null(column_name) -%}
+    nullif({{ column_name }}, {{ var('empty_hash_sentinel') }})
+{%- endmacro %}
+
+
+{#- An amount in a currency converted to USD: fx rates are units of the currency per 1 USD. -#}
+{% macro to_usd(amount, fx_rate) -%}
+    {{ return(adapter.dispatch('to_usd', 'data_platform')(amount, fx_rate)) }}
+{%- endmacro %}
+
+{% macro default__to_usd(amount, fx_rate) -%}
+    cast({{ amount }} as {{ usd_type() }}) / cast({{ fx_rate }} as {{ usd_type() }})
+{%- endmacro %}
+
+{% macro postgres__to_usd(amount, fx_rate) -%}
+    {{ amount }} / {{ fx_rate }}
+{%- endmacro %}
+
+
+{#- The type of USD amounts computed by the models (to_usd and the sums of it). -#}
+{% macro usd_type() -%}
+    {{ return(adapter.dispatch('usd_type', 'data_platform')()) }}
+{%- endmacro %}
+
+{% macro default__usd_type() -%}
+    double
+{%- endmacro %}
+
+{% macro postgres__usd_type() -%}
+    numeric
+{%- endmacro %}
+
+
+
+{#- True when a number is above zero and finite. Postgres numerics can hold NaN (greater than every
+    number there) and Infinity; the other engines' decimals cannot. -#}
+{% macro is_positive_number(column_name) -%}
+    {{ return(adapter.dispatch('is_positive_number', 'data_platform')(column_name)) }}
+{%- endmacro %}
+
+{% macro default__is_positive_number(column_name) -%}
+    {{ column_name }} > 0
+{%- endmacro %}
+
+{% macro postgres__is_positive_number(column_name) -%}
+    {{ column_name }} > 0 and {{ column_name }} < 'Infinity'
+{%- endmacro %}
+
+
+{#- True when two USD amounts differ (nulls compare as values). Postgres sums numerics exactly; the
+    other engines sum doubles, whose last bits depend on the order of the sum: a millionth of a dollar
+    apart is the same amount there. -#}
+{% macro usd_differs(left, right) -%}
+    {{ return(adapter.dispatch('usd_differs', 'data_platform')(left, right)) }}
+{%- endmacro %}
+
+{% macro default__usd_differs(left, right) -%}
+    coalesce(abs(({{ left }}) - ({{ right }})) > 0.000001, (({{ left }}) is null) <> (({{ right }}) is null))
+{%- endmacro %}
+
+{% macro postgres__usd_differs(left, right) -%}
+    ({{ left }}) is distinct from ({{ right }})
+{%- endmacro %}
