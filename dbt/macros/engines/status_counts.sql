@@ -44,3 +44,57 @@
 {% macro spark__empty_status_counts() -%}
     '{}'
 {%- endmacro %}
+
+
+{#-
+    fct_organization_daily_drivers.top_invoices: a JSON array of {invoice_id, status, balance_change_usd}
+    objects, in `order_by` order, over the rows where `condition` holds; `[]` when none does.
+    Postgres: jsonb; DuckDB: json; Spark: JSON text.
+-#}
+{% macro top_invoices_array(invoice_id, status, balance_change_usd, order_by, condition) -%}
+    {{ return(adapter.dispatch('top_invoices_array', 'data_platform')(
+        invoice_id, status, balance_change_usd, order_by, condition
+    )) }}
+{%- endmacro %}
+
+{% macro default__top_invoices_array(invoice_id, status, balance_change_usd, order_by, condition) -%}
+    coalesce(
+        jsonb_agg(
+            jsonb_build_object(
+                'invoice_id', {{ invoice_id }},
+                'status', {{ status }},
+                'balance_change_usd', {{ balance_change_usd }}
+            )
+            order by {{ order_by }}
+        ) filter (where {{ condition }}),
+        '[]'::jsonb
+    )
+{%- endmacro %}
+
+{% macro duckdb__top_invoices_array(invoice_id, status, balance_change_usd, order_by, condition) -%}
+    coalesce(
+        to_json(list({
+            'invoice_id': {{ invoice_id }},
+            'status': {{ status }},
+            'balance_change_usd': {{ balance_change_usd }}
+        } order by {{ order_by }}) filter (where {{ condition }})),
+        '[]'::json
+    )
+{%- endmacro %}
+
+{#- collect_list skips the case's nulls; sorting the structs by their first field keeps `order_by` order -#}
+{% macro spark__top_invoices_array(invoice_id, status, balance_change_usd, order_by, condition) -%}
+    to_json(transform(
+        array_sort(collect_list(case when {{ condition }} then struct(
+            {{ order_by }} as sort_key,
+            {{ invoice_id }} as invoice_id,
+            {{ status }} as status,
+            {{ balance_change_usd }} as balance_change_usd
+        ) end)),
+        entry -> named_struct(
+            'invoice_id', entry.invoice_id,
+            'status', entry.status,
+            'balance_change_usd', entry.balance_change_usd
+        )
+    ))
+{%- endmacro %}

@@ -9,11 +9,13 @@
 {{
     config(
         materialized='incremental',
+        incremental_strategy=ledger_window_strategy(),
         window_column='balance_date',
-        indexes=[
+        partition_by=ledger_window_partition('balance_date'),
+        indexes=postgres_indexes([
             {'columns': ['organization_id', 'balance_date', 'driver_kind'], 'unique': True},
             {'columns': ['balance_date']},
-        ],
+        ]),
     )
 }}
 
@@ -101,17 +103,8 @@ drivers as (
         sum(paid_amount_usd) as paid_amount_usd,
         sum(balance_change_usd) as balance_change_usd,
         -- invoices that did not move the balance (a new invoice paid the same day) explain nothing
-        coalesce(
-            jsonb_agg(
-                jsonb_build_object(
-                    'invoice_id', invoice_id,
-                    'status', status,
-                    'balance_change_usd', balance_change_usd
-                )
-                order by impact_rank
-            ) filter (where impact_rank <= 3 and balance_change_usd <> 0),
-            '[]'::jsonb
-        ) as top_invoices
+        {{ top_invoices_array('invoice_id', 'status', 'balance_change_usd', 'impact_rank',
+            'impact_rank <= 3 and balance_change_usd <> 0') }} as top_invoices
 
     from ranked
     group by organization_id, balance_date, driver_kind
