@@ -30,6 +30,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from data_platform import bootstrap
+from data_platform.loader import load_exports
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 ROLE_PASSWORDS = {"transformer": "transformer", "alerter": "alerter"}
@@ -225,3 +226,32 @@ def copy_project(destination: Path) -> Path:
     for name in ("data_platform", "dbt", ".dbt", "csv_data"):
         shutil.copytree(PROJECT_ROOT / name, destination / name, ignore=ignore)
     return destination
+
+
+# The loader's tests share these: a module's own database, an empty raw layer per test, the base export.
+
+
+@pytest.fixture(scope="module")
+def database(make_database) -> Database:
+    """A fresh database for the test module (a module with its own set-up defines its own)."""
+    return make_database()
+
+
+@pytest.fixture
+def conn(database: Database) -> Iterator[psycopg.Connection]:
+    """The transformer's connection on empty raw tables; autocommit, as in the loader's command line,
+    where every export is its own top-level transaction."""
+    from loader_files import reset_raw  # here: loader_files imports this module
+
+    with database.connect("transformer", autocommit=True) as connection:
+        reset_raw(connection)
+        yield connection
+
+
+@pytest.fixture
+def baseline(conn: psycopg.Connection, tmp_path: Path) -> dict:
+    """The good base export loaded: what a failed load must leave exactly as it is."""
+    from loader_files import snapshot, write_dir  # here: loader_files imports this module
+
+    load_exports(conn, write_dir(tmp_path / "baseline"))
+    return snapshot(conn)

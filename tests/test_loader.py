@@ -21,7 +21,6 @@ from loader_files import (
     SENTINEL,
     generate,
     invoice,
-    reset_raw,
     snapshot,
     write,
     write_dir,
@@ -29,27 +28,6 @@ from loader_files import (
 )
 
 from data_platform.loader import LoadError, ProgressReporter, load_exports
-
-
-@pytest.fixture(scope="module")
-def database(make_database):
-    return make_database()
-
-
-@pytest.fixture
-def conn(database):
-    # autocommit, as in the CLI: every export is its own top-level transaction
-    with database.connect("transformer", autocommit=True) as connection:
-        reset_raw(connection)
-        yield connection
-
-
-@pytest.fixture
-def baseline(conn, tmp_path) -> dict:
-    """The good base export loaded: what a failed load must leave exactly as it is."""
-    load_exports(conn, write_dir(tmp_path / "baseline"))
-    return snapshot(conn)
-
 
 # --- the schema -------------------------------------------------------------------------------
 

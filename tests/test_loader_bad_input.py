@@ -10,7 +10,6 @@ from loader_files import (
     INVOICE_LINES,
     ORG_LINES,
     invoice,
-    reset_raw,
     snapshot,
     write,
     write_dir,
@@ -19,24 +18,6 @@ from loader_files import (
 
 from data_platform.load_errors import printable
 from data_platform.loader import LoadError, load_exports
-
-
-@pytest.fixture(scope="module")
-def database(make_database):
-    return make_database()
-
-
-@pytest.fixture
-def conn(database):
-    with database.connect("transformer", autocommit=True) as connection:
-        reset_raw(connection)
-        yield connection
-
-
-@pytest.fixture
-def baseline(conn, tmp_path) -> dict:
-    load_exports(conn, write_dir(tmp_path / "baseline"))
-    return snapshot(conn)
 
 
 def replace(lines: list[str], line: int, old: str, new: str) -> list[str]:

@@ -27,18 +27,6 @@ from loader_files import (
 from data_platform.loader import LoadError, load_exports
 
 
-@pytest.fixture(scope="module")
-def database(make_database):
-    return make_database()
-
-
-@pytest.fixture
-def conn(database):
-    with database.connect("transformer", autocommit=True) as connection:
-        reset_raw(connection)
-        yield connection
-
-
 @pytest.fixture
 def csv_dir(conn, tmp_path) -> Path:
     """The base export, loaded."""
