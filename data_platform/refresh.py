@@ -27,10 +27,13 @@ from pathlib import Path
 
 import psycopg
 
+from data_platform import ledger
+from data_platform.raw_tables import RAW_SCHEMA
+
 DBT_PROJECT_DIR = Path(__file__).resolve().parents[1] / "dbt"
 BUILD_STATE = "raw.build_state"
 WINDOW_VARIABLE = "LEDGER_WINDOW_START"
-LOAD_LOG = "raw.load_log"
+LOAD_LOG = f"{RAW_SCHEMA}.load_log"
 # What the stored days are computed by: a change here changes history, so it forces a full rebuild.
 PROJECT_FILES = ("models/**/*.sql", "macros/**/*.sql", "dbt_project.yml")
 RULES_FILES = ("seeds/invoice_enrichment.csv",)
@@ -108,9 +111,7 @@ def _exports(conn: psycopg.Connection, up_to: dt.date | None) -> str:
 
 
 def latest_export(conn: psycopg.Connection) -> dt.date | None:
-    if not _exists(conn, LOAD_LOG):
-        return None
-    return conn.execute(f"select max(export_date) from {LOAD_LOG}").fetchone()[0]
+    return ledger.latest_export(conn) if _exists(conn, LOAD_LOG) else None
 
 
 def current_state(conn: psycopg.Connection, project_dir: Path = DBT_PROJECT_DIR) -> BuildState:

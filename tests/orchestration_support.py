@@ -2,7 +2,8 @@
 
 The definitions parse the dbt project when first imported (into DBT_TARGET_PATH), and Python keeps
 the module, so every test of the session shares one target folder. Steps and sensors read the
-environment when they run: `environment()` swaps os.environ for the block, like a daemon's process.
+environment when they run: `environment()` (the assets' own `process_environment`) swaps os.environ for
+the block, like a daemon's process.
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
+
+from data_platform.orchestration.environment import process_environment as environment
 
 TARGET = Path(tempfile.gettempdir()) / f"dp_dagster_target_{os.getpid()}"
 # the profile's env_var() calls must resolve to parse; nothing connects at parse time
@@ -31,18 +33,6 @@ def dagster_env(base: Mapping[str, str] | None = None, **extra: str) -> dict[str
     env.pop("SLACK_WEBHOOK_URL", None)
     env.update(extra)
     return env
-
-
-@contextmanager
-def environment(env: Mapping[str, str]) -> Iterator[None]:
-    saved = dict(os.environ)
-    os.environ.clear()
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
 
 
 def load_definitions():

@@ -2,6 +2,7 @@
 
 Modules, one job each:
     project      the dbt project and its manifest (parsed when the code location loads)
+    environment  os.environ swapped for a step (how the build plan's variables reach dagster-dbt)
     assets       raw tables (the loader), every dbt model with its tests as checks, the docs, the alerts
     schedules    the daily job and its schedule (PIPELINE_SCHEDULE)
     sensors      a new export folder starts one run

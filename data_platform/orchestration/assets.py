@@ -1,7 +1,6 @@
 """The assets: the raw tables (the loader), every dbt model and seed (tests as asset checks), the docs
 and the balance alerts. Each one calls the step of `data_platform.pipeline` that init.sh runs."""
 
-import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,6 +26,7 @@ from dagster_dbt import (
 
 from data_platform import pipeline
 from data_platform.db import DatabaseUnavailable
+from data_platform.orchestration.environment import process_environment
 from data_platform.orchestration.project import dbt_project
 
 RAW_SOURCE = "payments"
@@ -45,20 +45,6 @@ def pipeline_step() -> Iterator[None]:
         yield
     except (pipeline.PipelineError, DatabaseUnavailable) as error:
         raise Failure(description=str(error)) from error
-
-
-@contextmanager
-def process_environment(env: Mapping[str, str]) -> Iterator[None]:
-    """os.environ replaced by `env` for the block: DbtCliResource hands dbt the process environment,
-    and the build plan's (LEDGER_WINDOW_START) must reach it. The step runs alone in its process."""
-    saved = dict(os.environ)
-    os.environ.clear()
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
 
 
 class LayerGroups(DagsterDbtTranslator):
