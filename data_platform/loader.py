@@ -211,7 +211,7 @@ def load_export(
                 "duration_seconds": round(seconds, 3),
             },
         )
-        ledger.refresh_statistics(conn)
+        ledger.refresh_statistics(conn, counts.new + counts.changed)
     return ExportResult(
         export,
         export_date,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import pipeline_env, run_pipeline
+from conftest import PROJECT_ROOT, pipeline_env, run_pipeline
 from test_pipeline import (
     HEADER,
     INVOICE_ROWS,
@@ -60,11 +60,18 @@ DAY_3_ROWS = [
     "206,{s},{s},3,-7,open,USD,,,30.00,,1.00000000,,2023-01-06T02:00:00.000Z",
     "202,{s},{s},2,-7,refunded,USD,,,10.00,,1.00000000,,2023-01-04T12:00:00.000Z",
 ]
+# table -> (columns compared, order); summed_through_date says when a row was last added to, which
+# differs between incremental runs and one full build by design
 TABLES = {
-    "marts.fct_organization_daily_financials": "organization_id, balance_date",
-    "marts.dim_invoices": "invoice_id",
-    "marts.dim_organizations": "organization_id",
-    "intermediate.int_organization_daily_status_totals": "organization_id, balance_date, status",
+    "marts.fct_organization_daily_financials": ("*", "organization_id, balance_date"),
+    "marts.dim_invoices": ("*", "invoice_id"),
+    "marts.dim_organizations": ("*", "organization_id"),
+    "intermediate.int_organization_daily_status_totals": ("*", "organization_id, balance_date, status"),
+    "intermediate.int_organization_status_totals": (
+        "organization_id, status, invoice_count, invoiced_amount_usd, paid_amount_usd, balance_usd, "
+        "first_invoice_date, last_invoice_date",
+        "organization_id, status",
+    ),
 }
 
 
@@ -77,7 +84,10 @@ def write_export(csv_dir: Path, day: str, rows: list[str]) -> Path:
 
 
 def snapshot(database) -> dict[str, list[tuple]]:
-    return {table: database.query(f"select * from {table} order by {key}") for table, key in TABLES.items()}
+    return {
+        table: database.query(f"select {columns} from {table} order by {key}")
+        for table, (columns, key) in TABLES.items()
+    }
 
 
 def fact_row(database, organization_id: int, day: str) -> tuple:
@@ -191,6 +201,64 @@ def test_each_build_says_what_it_rebuilds(ledger):
     assert "rebuilt from scratch (no successful build is recorded yet)" in runs["base"].stdout
     assert f"days from {DAY_2} (exports after 2023-01-06)" in runs["day2"].stdout
     assert "rebuilt from scratch (FULL_REFRESH is on)" in runs["full"].stdout
+
+
+def dbt_test(database, select: str, **env: str) -> subprocess.CompletedProcess:
+    """`dbt test --select` on the built warehouse, as the pipeline's build would run it."""
+    return subprocess.run(
+        ["dbt", "test", "--select", select, "--project-dir", "dbt", "--profiles-dir", ".dbt"],
+        cwd=PROJECT_ROOT,
+        env=pipeline_env(database, PROJECT_ROOT / "csv_data", **env),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.fixture
+def corrupted(ledger):
+    """Change one stored value for a test, then put it back."""
+    database = ledger["database"]
+    restores = []
+
+    def corrupt(table: str, column: str, where: str) -> None:
+        database.query(
+            f"update {table} set {column} = {column} + 1 where {where} returning 1", role="transformer"
+        )
+        restores.append(f"update {table} set {column} = {column} - 1 where {where} returning 1")
+
+    yield corrupt
+    for statement in restores:
+        database.query(statement, role="transformer")
+
+
+def test_the_ledger_check_fails_when_a_window_day_was_booked_wrong(ledger, corrupted):
+    database = ledger["database"]
+    corrupted(
+        "intermediate.int_organization_daily_status_totals",
+        "balance_change_usd",
+        f"organization_id = 3 and balance_date = '{DAY_3}' and status = 'open'",
+    )
+    for window in ({"LEDGER_WINDOW_START": DAY_3}, {}):  # an incremental build's window, and a full one
+        result = dbt_test(database, "assert_ledger_matches_current_invoices", **window)
+        assert result.returncode == 1, result.stdout
+        assert "Failure in test assert_ledger_matches_current_invoices" in result.stdout
+    # an incremental build checks its window only: a day it did not rebuild is not read again
+    assert (
+        dbt_test(
+            database, "assert_ledger_matches_current_invoices", LEDGER_WINDOW_START="2023-01-09"
+        ).returncode
+        == 0
+    )
+
+
+def test_the_balance_check_fails_when_an_organization_disagrees_with_its_days(ledger, corrupted):
+    database = ledger["database"]
+    corrupted("marts.dim_organizations", "balance_usd", "organization_id = 3")
+    for window in ({"LEDGER_WINDOW_START": DAY_3}, {}):
+        result = dbt_test(database, "assert_balance_changes_sum_to_final_balance", **window)
+        assert result.returncode == 1, result.stdout
+        assert "Got 1 result" in result.stdout, result.stdout
 
 
 def test_an_interrupted_rules_change_is_rebuilt_in_full_next_time(make_database, tmp_path):

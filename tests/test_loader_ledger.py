@@ -236,3 +236,22 @@ def test_a_load_leaves_fresh_planner_statistics(conn, csv_dir):
             "select reltuples from pg_class where oid = %s::regclass", [table]
         ).fetchone()[0]
         assert rows > 0 and estimated == rows, table
+
+
+def test_a_daily_export_leaves_statistics_that_know_its_day(conn, tmp_path):
+    # a small export (under a tenth of the ledger) refreshes only the export-day statistics; the build's
+    # incremental queries select the day's versions by them, and an estimate of one row made them scan
+    # the whole ledger once per version
+    csv_dir = generate(tmp_path / "csv", 200)
+    load_exports(conn, csv_dir)
+    write_export(csv_dir, "2024-06-29", [invoice(i, "2024-06-29T10:00:00Z") for i in range(1, 6)])
+    load_exports(conn, csv_dir)
+    for table in ("raw.invoices", "raw.invoice_versions"):
+        [[plan]] = conn.execute(
+            f"explain (format json) select * from {table} where seen_on >= '2024-06-29'"
+        ).fetchone()
+        assert plan["Plan"]["Plan Rows"] == 5, table
+        estimated = conn.execute(
+            "select reltuples from pg_class where oid = %s::regclass", [table]
+        ).fetchone()
+        assert estimated == (205,), table

@@ -1,59 +1,103 @@
--- The ledger adds up to the current state: per organization and status, the net invoice count and the
--- balance booked in int_organization_daily_status_totals equal those of the invoices' current versions in
--- dim_invoices. A mismatch means a version was lost or booked twice. Incremental builds check the
--- organizations with entries in the window (a full refresh checks all). Returns the differing groups.
+-- The ledger adds up to the current state: per organization and status, the invoice count and balance
+-- booked on the window's days (int_organization_daily_status_totals) equal what the window changed in the
+-- invoices' current versions: the current versions first seen in the window (dim_invoices), minus, for
+-- invoices that existed before it, the version that was current then. A full build's window holds every
+-- day, so it compares the whole ledger with every current invoice; an incremental build reads only the
+-- window's rows. A mismatch means a version was lost or booked twice. Returns the differing groups.
 
 with
-
-window_organizations as (
-
-    select distinct organization_id
-    from {{ ref('int_organization_daily_status_totals') }}
-    where balance_date >= {{ ledger_window_start() }}
-
-),
 
 booked as (
 
     select
-        totals.organization_id,
-        totals.status,
-        sum(totals.net_invoice_count) as invoice_count,
-        sum(totals.balance_change_usd) as balance_usd
+        organization_id,
+        status,
+        sum(net_invoice_count) as invoice_count,
+        sum(balance_change_usd) as balance_usd
 
-    from {{ ref('int_organization_daily_status_totals') }} as totals
-    where totals.organization_id in (select window_organizations.organization_id from window_organizations)
-    group by totals.organization_id, totals.status
+    from {{ ref('int_organization_daily_status_totals') }}
+    where balance_date >= {{ ledger_window_start() }}
+    group by organization_id, status
 
 ),
 
-current_invoices as (
+changed_invoices as (
 
     select
-        invoices.organization_id,
-        invoices.status,
-        count(*) as invoice_count,
-        sum(invoices.balance_contribution_usd) as balance_usd
+        invoice_id,
+        organization_id,
+        status,
+        balance_contribution_usd
 
-    from {{ ref('dim_invoices') }} as invoices
-    where invoices.organization_id in (select window_organizations.organization_id from window_organizations)
-    group by invoices.organization_id, invoices.status
+    from {{ ref('dim_invoices') }}
+    where version_seen_on >= {{ ledger_window_start() }}
+
+),
+
+-- each changed invoice's version that was current before the window (none for a new invoice)
+versions_before_window as (
+
+    select
+        versions.invoice_id,
+        versions.organization_id,
+        versions.status,
+        versions.balance_contribution_usd,
+        row_number() over (partition by versions.invoice_id order by versions.version desc) as recency
+
+    from {{ ref('int_invoice_versions_enriched') }} as versions
+    where
+        versions.seen_on < {{ ledger_window_start() }}
+        and versions.invoice_id in (select changed_invoices.invoice_id from changed_invoices)
+
+),
+
+changes as (
+
+    select
+        organization_id,
+        status,
+        1 as invoice_count,
+        balance_contribution_usd as balance_usd
+    from changed_invoices
+
+    union all
+
+    select
+        organization_id,
+        status,
+        -1 as invoice_count,
+        -balance_contribution_usd as balance_usd
+    from versions_before_window
+    where recency = 1
+
+),
+
+current_changes as (
+
+    select
+        organization_id,
+        status,
+        sum(invoice_count) as invoice_count,
+        sum(balance_usd) as balance_usd
+
+    from changes
+    group by organization_id, status
 
 )
 
 select
-    coalesce(booked.organization_id, current_invoices.organization_id) as organization_id,
-    coalesce(booked.status, current_invoices.status) as status,
+    coalesce(booked.organization_id, current_changes.organization_id) as organization_id,
+    coalesce(booked.status, current_changes.status) as status,
     booked.invoice_count as booked_invoice_count,
-    current_invoices.invoice_count as current_invoice_count,
+    current_changes.invoice_count as current_invoice_count_change,
     booked.balance_usd as booked_balance_usd,
-    current_invoices.balance_usd as current_balance_usd
+    current_changes.balance_usd as current_balance_usd_change
 
 from booked
-full outer join current_invoices
+full outer join current_changes
     on
-        booked.organization_id = current_invoices.organization_id
-        and booked.status = current_invoices.status
+        booked.organization_id = current_changes.organization_id
+        and booked.status = current_changes.status
 where
-    coalesce(booked.invoice_count, 0) <> coalesce(current_invoices.invoice_count, 0)
-    or {{ usd_differs('coalesce(booked.balance_usd, 0)', 'coalesce(current_invoices.balance_usd, 0)') }}
+    coalesce(booked.invoice_count, 0) <> coalesce(current_changes.invoice_count, 0)
+    or {{ usd_differs('coalesce(booked.balance_usd, 0)', 'coalesce(current_changes.balance_usd, 0)') }}

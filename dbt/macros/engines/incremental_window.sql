@@ -104,3 +104,10 @@ from {{ new_rows }};
 {% macro spark__keyed_replace_materialization() -%}
     {{ return('table') }}
 {%- endmacro %}
+
+
+{#- Whether the pipeline set a ledger window; unset (a hand-run `dbt build`), incremental models recompute
+    everything. -#}
+{% macro ledger_window_is_set() -%}
+    {{ return(env_var('LEDGER_WINDOW_START', '') != '') }}
+{%- endmacro %}

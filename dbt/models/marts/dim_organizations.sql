@@ -8,27 +8,9 @@ organizations as (
 
 ),
 
-status_totals as (
-
-    select * from {{ ref('int_organization_daily_status_totals') }}
-
-),
-
 totals_by_status as (
 
-    select
-        organization_id,
-        status,
-        -- net of the ledger's reversals: the invoices whose current version has this status
-        sum(net_invoice_count) as invoice_count,
-        sum(invoiced_amount_usd) as invoiced_amount_usd,
-        sum(paid_amount_usd) as paid_amount_usd,
-        sum(balance_change_usd) as balance_change_usd,
-        min(balance_date) filter (where new_invoice_count > 0) as first_invoice_date,
-        max(balance_date) filter (where new_invoice_count > 0) as last_invoice_date
-
-    from status_totals
-    group by organization_id, status
+    select * from {{ ref('int_organization_status_totals') }}
 
 ),
 
@@ -38,11 +20,11 @@ invoice_summaries as (
         organization_id,
         cast(sum(invoice_count) as bigint) as invoice_count,
         -- keys are the statuses present in the data, so the object follows seed and data changes
-        {{ status_counts_object('status', 'cast(invoice_count as bigint)', 'invoice_count <> 0') }}
+        {{ status_counts_object('status', 'invoice_count', 'invoice_count <> 0') }}
             as invoice_count_by_status,
         sum(invoiced_amount_usd) as invoiced_amount_usd,
         sum(paid_amount_usd) as paid_amount_usd,
-        sum(balance_change_usd) as balance_usd,
+        sum(balance_usd) as balance_usd,
         min(first_invoice_date) as first_invoice_date,
         max(last_invoice_date) as last_invoice_date
 
