@@ -190,7 +190,14 @@ def _columns(spec: TableSpec) -> list[sql.Composable]:
 
 
 # every relation create_statements() makes, tables and index
-LEDGER_RELATIONS = ("invoices", "invoice_versions", "invoice_versions_seen_on", "organizations", "load_log")
+LEDGER_RELATIONS = (
+    "invoices",
+    "invoices_seen_on",
+    "invoice_versions",
+    "invoice_versions_seen_on",
+    "organizations",
+    "load_log",
+)
 
 
 def create_statements() -> list[sql.Composable]:
@@ -216,11 +223,12 @@ def create_statements() -> list[sql.Composable]:
         [*_columns(ORGANIZATIONS), sql.SQL("seen_on date not null"), sql.SQL("primary key (organization_id)")]
     )
     return [
-        # room on each page for a changed invoice's new row: status changes stay HOT updates,
-        # which leave the primary-key index untouched
+        # room on each page for a changed invoice's new row, next to the old one
         sql.SQL("create table if not exists {} ({}) with (fillfactor = 90)").format(
             _table("invoices"), invoices
         ),
+        # an incremental build reads the invoices a new export changed, not the whole current state
+        sql.SQL("create index if not exists invoices_seen_on on {} (seen_on)").format(_table("invoices")),
         sql.SQL("create table if not exists {} ({})").format(_table("invoice_versions"), versions),
         sql.SQL("create index if not exists invoice_versions_seen_on on {} (seen_on)").format(
             _table("invoice_versions")
