@@ -245,7 +245,8 @@ _counter = itertools.count()
 
 @pytest.fixture(scope="session")
 def make_database(admin_conninfo: str):
-    """Factory: a new, empty, bootstrapped database each call; dropped at session end."""
+    """Factory: a new, empty, bootstrapped database each call; dropped at session end (with
+    TEST_DATABASE_URL; a pgserver or container is removed whole)."""
     created: list[str] = []
 
     def factory() -> Database:
@@ -258,6 +259,10 @@ def make_database(admin_conninfo: str):
         return database
 
     yield factory
+    if _source()[0] != "url":
+        # the pgserver data folder or the container goes whole; each drop would force a checkpoint
+        # (seconds each, a minute for a session's databases)
+        return
     with psycopg.connect(admin_conninfo, autocommit=True) as conn:
         for name in created:
             conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
