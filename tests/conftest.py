@@ -9,6 +9,12 @@ applied, so roles, schemas and grants are exactly those of the container.
 
 Tests that run the whole pipeline (init.sh and dbt, several seconds each) are marked `slow`:
 `scripts/test.sh -m "not slow"` is the quick set for development; CI runs everything.
+
+Under pytest-xdist (scripts/test.sh runs `-n auto`) every worker is its own pytest session: with
+pgserver or testcontainers each worker starts its own server, so roles, the `dagster` database and the
+advisory locks are never shared. With TEST_DATABASE_URL the workers share one server: init.sql runs one
+at a time, and a test marked `server_wide` (it changes the cluster-wide roles) runs while no other test
+does. Tests are handed out a module at a time (`--dist loadfile`), so module fixtures are built once.
 """
 
 from __future__ import annotations
@@ -16,11 +22,13 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,6 +72,7 @@ def database_source() -> tuple[str, str]:
 
 
 _SOURCE: tuple[str, str] | None = None
+_SOURCE_KEY = "data_platform_database_source"
 
 
 def _source() -> tuple[str, str]:
@@ -73,14 +82,93 @@ def _source() -> tuple[str, str]:
     return _SOURCE
 
 
+def _worker_count(config) -> int:
+    """How many pytest-xdist workers run the session (0: no xdist, tests run in this process)."""
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None:
+        return int(workerinput["workercount"])
+    return len(getattr(config.option, "tx", None) or [])  # the controller: one entry per worker
+
+
 def pytest_report_header(config) -> str:
-    return _source()[1]
+    kind, line = _source()
+    if _worker_count(config) > 1:
+        shared = kind == "url"
+        line += "; the xdist workers share it" if shared else "; one server per xdist worker"
+    return line
 
 
 def pytest_configure(config) -> None:
     config.addinivalue_line(
         "markers", "slow: runs the whole pipeline (init.sh, dbt); skip with -m 'not slow'"
     )
+    # an xdist worker takes the source its controller chose and named in the header
+    global _SOURCE
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None and _SOURCE_KEY in workerinput:
+        _SOURCE = tuple(workerinput[_SOURCE_KEY])
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node) -> None:
+    """pytest-xdist's controller, before starting a worker: hand it the database source."""
+    node.workerinput[_SOURCE_KEY] = list(_source())
+
+
+def _shared_server() -> bool:
+    """Whether other xdist workers use this worker's Postgres server (TEST_DATABASE_URL)."""
+    return _source()[0] == "url" and int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1
+
+
+# Advisory locks the workers take on a shared server. Advisory locks belong to one database, so every
+# worker takes them in the URL's own database.
+SERVER_WIDE_LOCK = 0x64_70_01  # shared by each test; exclusive for a `server_wide` test
+INIT_SQL_LOCK = 0x64_70_02  # init.sql creates and alters cluster-wide roles: one run at a time
+
+
+@contextmanager
+def _server_lock(key: int, shared: bool = False) -> Iterator[None]:
+    if not _shared_server():
+        yield
+        return
+    with psycopg.connect(os.environ["TEST_DATABASE_URL"], autocommit=True) as conn:
+        lock = "select pg_advisory_lock_shared(%s)" if shared else "select pg_advisory_lock(%s)"
+        conn.execute(lock, [key])
+        yield  # closing the connection releases the lock
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items) -> None:
+    """Under xdist (`--dist loadfile`) a module is one unit of work, run by one worker in its order, so
+    its module fixtures (a database, a pipeline run) are built once. The units that take longest start
+    first, Spark's, then those with the most whole-pipeline tests, so that no worker starts a long one
+    near the end; inside a unit the Spark tests come first, so that its worker, which asks for more
+    work when two of its tests are left, asks only near its end."""
+    if getattr(config, "workerinput", None) is None:
+        return
+
+    def rank(item) -> int:
+        return 0 if item.get_closest_marker("spark") else 1 if item.get_closest_marker("slow") else 2
+
+    modules: dict[str, list] = {}
+    for item in items:
+        modules.setdefault(item.nodeid.split("::")[0], []).append(item)
+
+    def longest_first(module: str) -> tuple[int, int]:
+        ranks = [rank(item) for item in modules[module]]
+        return min(ranks), -sum(r < 2 for r in ranks)
+
+    # stable sorts: otherwise as collected (every worker must list the same order)
+    order = sorted(modules, key=longest_first)
+    items[:] = [item for module in order for item in sorted(modules[module], key=lambda i: rank(i) > 0)]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    # around set-up, call and teardown: module fixtures are built and dropped inside them
+    alone = item.get_closest_marker("server_wide") is not None
+    with _server_lock(SERVER_WIDE_LOCK, shared=not alone):
+        return (yield)
 
 
 @pytest.fixture(scope="session")
@@ -103,8 +191,24 @@ def admin_conninfo() -> Iterator[str]:
     try:
         yield server.get_uri()
     finally:
+        _stop_at_once(server.get_pid())
         server.cleanup()
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def _stop_at_once(pid: int | None) -> None:
+    """Stop a postmaster whose data folder is deleted next: an immediate shutdown (SIGQUIT) skips the
+    shutdown checkpoint, which writes out every database the session built (tens of seconds)."""
+    import psutil
+
+    if pid is None:
+        return
+    try:
+        postmaster = psutil.Process(pid)
+        postmaster.send_signal(signal.SIGQUIT)
+        postmaster.wait(timeout=30)
+    except psutil.NoSuchProcess:
+        pass
 
 
 @dataclass(frozen=True)
@@ -149,7 +253,8 @@ def libpq_env(conninfo: str) -> dict[str, str]:
 
 
 def apply_init_sql(conninfo: str) -> None:
-    bootstrap.apply_init_sql(conninfo, {**os.environ, **ROLE_PASSWORD_ENV})
+    with _server_lock(INIT_SQL_LOCK):
+        bootstrap.apply_init_sql(conninfo, {**os.environ, **ROLE_PASSWORD_ENV})
 
 
 _counter = itertools.count()
@@ -157,7 +262,8 @@ _counter = itertools.count()
 
 @pytest.fixture(scope="session")
 def make_database(admin_conninfo: str):
-    """Factory: a new, empty, bootstrapped database each call; dropped at session end."""
+    """Factory: a new, empty, bootstrapped database each call; dropped at session end (with
+    TEST_DATABASE_URL; a pgserver or container is removed whole)."""
     created: list[str] = []
 
     def factory() -> Database:
@@ -170,6 +276,10 @@ def make_database(admin_conninfo: str):
         return database
 
     yield factory
+    if _source()[0] != "url":
+        # the pgserver data folder or the container goes whole; each drop would force a checkpoint
+        # (seconds each, a minute for a session's databases)
+        return
     with psycopg.connect(admin_conninfo, autocommit=True) as conn:
         for name in created:
             conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import os
 import shutil
 import tempfile
 import time
@@ -21,7 +22,8 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-PROBE_ROLE = "dp_password_probe"
+# roles are cluster-wide: xdist workers sharing one server (TEST_DATABASE_URL) each create their own
+PROBE_ROLE = "_".join(filter(None, ["dp_password_probe", os.environ.get("PYTEST_XDIST_WORKER")]))
 PROBE_PASSWORD = "the-right-password"
 
 

@@ -88,6 +88,7 @@ EXPECTED_TARGETS = {
 COMPARE = {">=": operator.ge, "<=": operator.le}
 
 
+# the benchmark applies init.sql to the test server itself: its tests are marked server_wide
 @pytest.fixture(scope="module")
 def bench_run(admin_conninfo, tmp_path_factory):
     data_dir, results_dir = tmp_path_factory.mktemp("bench_data"), tmp_path_factory.mktemp("bench_results")
@@ -110,6 +111,7 @@ def bench_run(admin_conninfo, tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.server_wide
 def test_every_measure_and_target_is_reported(bench_run):
     _, results, _ = bench_run
     assert set(results["measures"]) == MEASURES
@@ -124,6 +126,7 @@ def test_every_measure_and_target_is_reported(bench_run):
 
 
 @pytest.mark.slow
+@pytest.mark.server_wide
 def test_met_is_the_comparison_of_value_and_threshold(bench_run):
     _, results, _ = bench_run
     measures = results["measures"]
@@ -137,6 +140,7 @@ def test_met_is_the_comparison_of_value_and_threshold(bench_run):
 
 
 @pytest.mark.slow
+@pytest.mark.server_wide
 def test_pipeline_times_exclude_the_docs_step(bench_run):
     _, results, _ = bench_run
     for measure, total_key in (("pipeline_vs_floor", "pipeline_seconds"), ("next_day", "seconds")):
@@ -150,6 +154,7 @@ def test_pipeline_times_exclude_the_docs_step(bench_run):
 
 
 @pytest.mark.slow
+@pytest.mark.server_wide
 def test_next_day_is_incremental_and_equals_a_full_rebuild(bench_run):
     _, results, _ = bench_run
     day = results["measures"]["next_day"]
@@ -168,6 +173,7 @@ def test_next_day_is_incremental_and_equals_a_full_rebuild(bench_run):
 
 
 @pytest.mark.slow
+@pytest.mark.server_wide
 def test_snapshot_day_loads_every_invoice_and_writes_only_the_changes(bench_run):
     _, results, _ = bench_run
     snapshot, day = results["measures"]["snapshot_day"], results["measures"]["next_day"]
@@ -180,6 +186,7 @@ def test_snapshot_day_loads_every_invoice_and_writes_only_the_changes(bench_run)
 
 
 @pytest.mark.slow
+@pytest.mark.server_wide
 def test_loader_memory_stays_flat(bench_run):
     _, results, _ = bench_run
     rss = results["measures"]["loader_rss"]
@@ -190,6 +197,7 @@ def test_loader_memory_stays_flat(bench_run):
 
 
 @pytest.mark.slow
+@pytest.mark.server_wide
 def test_markdown_is_written_and_every_database_dropped(bench_run, admin_conninfo):
     result, results, results_dir = bench_run
     [md_path] = results_dir.glob(f"*-{INVOICES}-invoices.md")

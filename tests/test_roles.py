@@ -107,6 +107,8 @@ def test_other_roles_cannot_connect(database):
         psycopg.connect(make_conninfo(**params)).close()
 
 
+# server_wide: these run init.sql with other passwords, or none, on the cluster-wide roles
+@pytest.mark.server_wide
 def test_reapplying_without_passwords_keeps_existing_ones(database):
     # compare the stored password hash: the test server may trust local connections
     password_hash = "select rolpassword from pg_authid where rolname = 'alerter'"
@@ -134,6 +136,7 @@ def init_sql_env(**variables: str) -> dict[str, str]:
     return {**env, **ROLE_PASSWORD_ENV, **variables}
 
 
+@pytest.mark.server_wide
 def test_passwords_can_come_from_files(database, tmp_path):
     # Docker secrets: one trailing newline removed, an empty plain variable gives way to the file
     (tmp_path / "transformer").write_text("from-a-file\n")
@@ -153,6 +156,7 @@ def test_passwords_can_come_from_files(database, tmp_path):
     assert role_password_matches(database, "transformer", ROLE_PASSWORDS["transformer"])
 
 
+@pytest.mark.server_wide
 def test_a_password_and_its_file_together_are_refused(database, tmp_path):
     (tmp_path / "secret").write_text("file-content\n")
     env = init_sql_env(TRANSFORMER_PASSWORD_FILE=str(tmp_path / "secret"))  # TRANSFORMER_PASSWORD is set too
@@ -164,6 +168,7 @@ def test_a_password_and_its_file_together_are_refused(database, tmp_path):
     assert role_password_matches(database, "transformer", ROLE_PASSWORDS["transformer"])
 
 
+@pytest.mark.server_wide
 def test_an_unreadable_password_file_is_refused_by_name(database, tmp_path):
     missing = tmp_path / "missing"
     env = init_sql_env(ALERTER_PASSWORD="", ALERTER_PASSWORD_FILE=str(missing))
