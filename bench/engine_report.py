@@ -1,7 +1,14 @@
-"""bench/engines.py's results as JSON and as markdown: the engines side by side."""
+"""bench/engines.py's results as JSON and as markdown: the engines side by side.
+
+    .venv/bin/python bench/engine_report.py RESULTS.json [--notes NOTES.md]
+
+writes the markdown beside a results JSON again (after a change to this report), with the Notes section
+taken from NOTES.md (what the numbers show, written by hand), or else from the markdown it replaces.
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 from typing import Any
@@ -15,8 +22,9 @@ NOTES_PLACEHOLDER = "(to fill in by hand: what the numbers show, and what a miss
 def method_notes() -> list[str]:
     return [
         "One run: the engines build the same generated files one after the other, each from scratch "
-        "(a fresh database, a fresh DuckDB file, fresh Spark warehouse and metastore folders), with dbt's "
-        "default of 2 threads (Spark: local[2]).",
+        "(a fresh database, a fresh DuckDB file, fresh Spark warehouse and metastore folders), with the "
+        "profile's threads: 2 dbt threads on Postgres and DuckDB; on Spark one node at a time (its "
+        "session target's `threads: 1`) on `local[2]`, two cores for each node's tasks.",
         "Postgres: `init.sh` with FULL_REFRESH=true, RUN_ALERTS=false, SERVE_DOCS=false, as the pipeline "
         "runs it (wait, the loader, `dbt build` with the rules seed, every model and test); its "
         "`dbt docs generate` step is not counted. The server was already running: its start is not "
@@ -123,6 +131,12 @@ def _side_by_side(results: dict[str, Any]) -> list[str]:
         raw = r.get("disk_bytes_by_part", {}).get("raw")
         return _bytes(r["disk_bytes"]) + (f" (raw layer {_bytes(raw)})" if raw is not None else "")
 
+    def cpu_time(r: dict[str, Any]) -> str:
+        cpu = r.get("cpu")
+        if not cpu:
+            return "n/a"
+        return f"{cpu['cpu_seconds'] + cpu['server_cpu_seconds']:,.0f} CPU-s"
+
     def cores(r: dict[str, Any]) -> str:
         cpu = r.get("cpu")
         if not cpu:
@@ -155,6 +169,7 @@ def _side_by_side(results: dict[str, Any]) -> list[str]:
         _row("peak memory of the Postgres server (PSS)", cells(server)),
         _row("result on disk", cells(disk)),
         _row("load average (1 min) at start -> end", cells(load)),
+        _row("CPU time of the build (its processes, Postgres's server)", cells(cpu_time)),
         _row("cores busy on average: this build / other work on the machine", cells(cores)),
         _row("dbt nodes run", cells(nodes)),
     ]
@@ -208,7 +223,7 @@ def _nodes(result: dict[str, Any]) -> list[str]:
     return lines
 
 
-def markdown(results: dict[str, Any]) -> str:
+def markdown(results: dict[str, Any], notes: str | None = None) -> str:
     p, machine, versions = results["parameters"], results["machine"], results["versions"]
     load = " / ".join(f"{value:.2f}" for value in machine["load_average_at_start"])
     postgres = results["engines"].get("postgres", {})
@@ -267,5 +282,24 @@ def markdown(results: dict[str, Any]) -> str:
     for name, result in results["engines"].items():
         lines += ["", f"## {TITLES.get(name, name)}: slowest dbt nodes", "", *_nodes(result)]
     lines += ["", "## Method", "", *(f"- {note}" for note in results["method"])]
-    lines += ["", "## Notes", "", NOTES_PLACEHOLDER, ""]
+    lines += ["", "## Notes", "", (notes or NOTES_PLACEHOLDER).strip(), ""]
     return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench/engine_report.py", description=__doc__.splitlines()[0])
+    parser.add_argument("results", type=Path, help="a <date>-<invoices>-invoices-engines.json")
+    parser.add_argument("--notes", type=Path, help="the Notes section's text (markdown)")
+    args = parser.parse_args(argv)
+    md_path = args.results.with_suffix(".md")
+    notes = args.notes.read_text() if args.notes else None
+    if notes is None and md_path.exists():
+        _, found, kept = md_path.read_text().partition("\n## Notes\n")
+        notes = kept if found else None
+    md_path.write_text(markdown(json.loads(args.results.read_text()), notes))
+    print(md_path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
