@@ -1,6 +1,7 @@
 """Build the warehouse on another engine: its raw ledger, the rules seed, then every model and test.
 
     python -m data_platform.engines.build duckdb        # or spark; --csv-dir (default $CSV_DIR, csv_data)
+        [--no-unit-tests]                               # the daily pipeline's build: data tests only
 
 The Postgres pipeline (init.sh) decides between incremental and full builds from its build record;
 here every `dbt build` is a full refresh, which is exact. A hand-run incremental build is
@@ -16,9 +17,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+from data_platform.pipeline import step
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DBT_ARGS = ("--project-dir", str(PROJECT_ROOT / "dbt"), "--profiles-dir", str(PROJECT_ROOT / ".dbt"))
 ENGINES = ("duckdb", "spark")
+# what the daily Postgres build leaves out (refresh.BuildPlan.dbt_args): unit tests check the SQL, not
+# the data, so a build that should do the pipeline's work (a benchmark) can leave them out too
+UNIT_TESTS_EXCLUDED = ("--exclude-resource-type", "unit_test")
 # where each engine keeps its warehouse (the dbt profile reads the same variables), made absolute so
 # that the raw builder and dbt, which runs from the project root, open the same files
 LOCATIONS = {
@@ -34,19 +40,24 @@ def environment(engine: str) -> dict[str, str]:
     return env
 
 
-def run(engine: str, csv_dir: str) -> int:
+def run(engine: str, csv_dir: str, unit_tests: bool = True) -> int:
     env = environment(engine)
     # the raw builder in its own process: Spark's metastore is an embedded Derby database that one JVM
     # holds at a time, and dbt's session is another JVM
     raw = [sys.executable, "-m", f"data_platform.engines.{engine}_raw", "--csv-dir", csv_dir]
+    # the same step lines as the pipeline's, so a caller (bench/engines.py) can time each step
+    step(f"raw ledger: {engine} from {csv_dir}")
     code = subprocess.call(raw, env=env)
     if code != 0:
         print(f"error: the {engine} raw ledger was not built (exit {code})", file=sys.stderr)
         return code
     dbt = shutil.which("dbt") or str(Path(sys.executable).parent / "dbt")
-    for command in ("seed", "build"):
+    for command, *options in (("seed",), ("build", *([] if unit_tests else UNIT_TESTS_EXCLUDED))):
+        step(f"dbt {command}: {engine}, full refresh")
         code = subprocess.call(
-            [dbt, command, "--full-refresh", *DBT_ARGS, "--target", engine], cwd=PROJECT_ROOT, env=env
+            [dbt, command, "--full-refresh", *options, *DBT_ARGS, "--target", engine],
+            cwd=PROJECT_ROOT,
+            env=env,
         )
         if code != 0:
             print(f"error: dbt {command} on {engine} failed (exit {code})", file=sys.stderr)
@@ -58,6 +69,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("engine", choices=ENGINES)
     parser.add_argument("--csv-dir", default=os.environ.get("CSV_DIR") or "csv_data")
+    parser.add_argument(
+        "--no-unit-tests",
+        dest="unit_tests",
+        action="store_false",
+        help="build as the daily pipeline does: models and data tests, no dbt unit tests",
+    )
     return run(**vars(parser.parse_args(argv)))
 
 

@@ -1,0 +1,122 @@
+"""The engines benchmark (bench/engines.py): DuckDB end to end at a tiny size, and the parts that decide
+what it reports: the marts comparison and the deadline.
+
+Postgres and Spark are left out here: the harness runs the same code for each engine, Postgres's build
+is the pipeline's own (tested elsewhere), Spark's takes minutes. Timings are never asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT_ROOT / "bench"))
+
+import engine_run  # noqa: E402  (bench/ is a folder of scripts, not a package)
+import engines  # noqa: E402
+
+INVOICES = 2_000
+
+
+@pytest.fixture(scope="module")
+def duckdb_run(tmp_path_factory):
+    pytest.importorskip("duckdb")
+    data_dir, results_dir = tmp_path_factory.mktemp("engines_data"), tmp_path_factory.mktemp("engines_out")
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(PROJECT_ROOT / "bench" / "engines.py"),
+            *("--invoices", str(INVOICES), "--organizations", "100", "--engines", "duckdb"),
+            *("--data-dir", str(data_dir), "--results-dir", str(results_dir)),
+        ],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, f"stdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-5000:]}"
+    [json_path] = results_dir.glob(f"*-{INVOICES}-invoices-engines.json")
+    return json.loads(json_path.read_text()), results_dir, data_dir
+
+
+@pytest.mark.slow
+def test_duckdb_build_is_timed_in_parts_and_its_marts_summarised(duckdb_run):
+    results, results_dir, data_dir = duckdb_run
+    duckdb = results["engines"]["duckdb"]
+    assert duckdb["status"] == "ok"
+    assert duckdb["raw_layer_seconds"] > 0 and duckdb["dbt_seconds"] > 0
+    assert set(duckdb["steps_seconds"]) == {"start-up", "raw ledger", "dbt seed", "dbt build"}
+    assert duckdb["seconds"] == pytest.approx(
+        duckdb["raw_layer_seconds"] + duckdb["dbt_seconds"] + duckdb["other_seconds"], abs=0.01
+    )
+    assert duckdb["peak_pss_mb"] > 0 and duckdb["disk_bytes"] > 0
+    # the daily build's nodes: models, seeds and data tests, no unit tests
+    assert duckdb["dbt_nodes_by_type"]["model"] > 0 and duckdb["dbt_nodes_by_type"]["test"] > 0
+    assert "unit_test" not in duckdb["dbt_nodes_by_type"]
+    marts = duckdb["marts"]
+    assert marts["dim_invoices_rows"] == INVOICES
+    assert marts["fact_rows"] >= marts["latest_day_rows"] > 0
+    assert results["checks"] == {"every_engine_finished": True, "marts_equal": True}
+    assert results["machine"]["cpu_count"] >= 1 and results["versions"]["duckdb"]
+    markdown = next(results_dir.glob(f"*-{INVOICES}-invoices-engines.md")).read_text()
+    assert "| | DuckDB |" in markdown and "## The marts agree" in markdown
+    # a successful run leaves only the cached data behind
+    assert not list(data_dir.glob("engines_*"))
+
+
+def _summary(**changes):
+    summary = {
+        "fact_rows": 1000,
+        "latest_day": "2024-06-28",
+        "latest_day_rows": 10,
+        "latest_day_balance_usd": "1000.00",
+        "all_days_balance_usd": "50000.00",
+        "dim_organizations_rows": 10,
+        "dim_invoices_rows": 100,
+    }
+    return summary | changes
+
+
+def test_marts_comparison_allows_half_a_cent_per_row_and_no_count_difference():
+    comparison = engines.compare_marts(
+        {
+            "postgres": _summary(),
+            "duckdb": _summary(latest_day_balance_usd="1000.05", all_days_balance_usd="49995.00"),
+            "spark": _summary(latest_day_balance_usd="1000.06"),
+            "other": _summary(dim_invoices_rows=99),
+        },
+        "postgres",
+    )
+    verdicts = {name: result["equal"] for name, result in comparison["engines"].items()}
+    assert verdicts == {"postgres": True, "duckdb": True, "spark": False, "other": False}
+    assert comparison["engines"]["spark"]["differing"] == ["latest_day_balance_usd"]
+    assert comparison["engines"]["other"]["differing"] == ["dim_invoices_rows"]
+    assert comparison["all_equal"] is False
+
+
+def test_a_build_past_its_deadline_is_killed_with_its_children(tmp_path):
+    script = (
+        "import subprocess, sys, time\n"
+        "print('==> raw ledger: a step that never ends', flush=True)\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+        "print(child.pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    started = time.monotonic()
+    run = engine_run.run_tree(
+        [sys.executable, "-c", script], env={}, log=tmp_path / "run.log", cwd=tmp_path, timeout=2
+    )
+    assert time.monotonic() - started < 30
+    assert run.status == "timeout" and run.returncode != 0
+    assert set(run.step_seconds()) == {"start-up", "raw ledger"}
+    [child] = [int(line) for line in run.log.read_text().splitlines() if line.isdigit()]
+    time.sleep(0.5)
+    assert not psutil.pid_exists(child) or psutil.Process(child).status() == psutil.STATUS_ZOMBIE
+    assert "killed after the 2 s timeout" in run.tail()
