@@ -62,7 +62,9 @@ def build_on(engine: str, project: Path, csv_dir: Path, work: Path) -> None:
         env=engine_env(engine, work),
         capture_output=True,
         text=True,
-        timeout=900,
+        # a guard against a hang, not a speed limit: a Spark build takes about 3 minutes alone, but
+        # shares the cores with the other xdist worker and took over 15 on a busy 2-core machine
+        timeout=1800 if engine == "spark" else 900,
     )
     assert result.returncode == 0, f"{engine} build failed\n{result.stdout[-6000:]}\n{result.stderr[-4000:]}"
 
