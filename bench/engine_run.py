@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -27,6 +28,7 @@ import psutil
 from procs import STEP_MARKER, step_name
 
 SAMPLE_SECONDS = 0.2
+ANSI_CODE = re.compile(r"\x1b\[[0-9;]*m")
 START_UP = "start-up"
 
 
@@ -144,9 +146,12 @@ class TreeRun:
         return steps
 
     def tail(self, lines: int = 40) -> str:
+        """The log's last lines, without dbt's colour codes and Spark's progress bars."""
         if self.log is None or not self.log.exists():
             return ""
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        text = ANSI_CODE.sub("", self.log.read_text(errors="replace"))
+        kept = [line for line in text.splitlines() if not line.lstrip("\r").startswith("[Stage ")]
+        return "\n".join(kept[-lines:])
 
 
 def run_tree(
