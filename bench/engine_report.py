@@ -13,6 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import report
+
 # How many dbt nodes each engine's table in the markdown shows (the JSON has them all).
 TOP_NODES = 10
 TITLES = {"postgres": "Postgres", "duckdb": "DuckDB", "spark": "Spark (local)"}
@@ -53,12 +55,7 @@ def method_notes() -> list[str]:
 
 def write(results: dict[str, Any], results_dir: Path) -> tuple[Path, Path]:
     """<results-dir>/<date>-<invoices>-invoices-engines.json and .md; return both paths."""
-    results_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"{results['date']}-{results['parameters']['invoices']}-invoices-engines"
-    json_path, md_path = results_dir / f"{stem}.json", results_dir / f"{stem}.md"
-    json_path.write_text(json.dumps(results, indent=2, default=str) + "\n")
-    md_path.write_text(markdown(results))
-    return json_path, md_path
+    return report.write(results, results_dir, "invoices-engines", markdown)
 
 
 # --- markdown -----------------------------------------------------------------------------------

@@ -83,13 +83,16 @@ def evaluate(measures: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return evaluated
 
 
-def write(results: dict[str, Any], results_dir: Path) -> tuple[Path, Path]:
-    """bench/results/<date>-<invoices>-invoices.json and .md; return both paths."""
+def write(
+    results: dict[str, Any], results_dir: Path, kind: str = "invoices", render=None
+) -> tuple[Path, Path]:
+    """<results-dir>/<date>-<invoices>-<kind>.json and .md (rendered by `render`, default this module's
+    markdown); return both paths."""
     results_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"{results['date']}-{results['parameters']['invoices']}-invoices"
+    stem = f"{results['date']}-{results['parameters']['invoices']}-{kind}"
     json_path, md_path = results_dir / f"{stem}.json", results_dir / f"{stem}.md"
     json_path.write_text(json.dumps(results, indent=2, default=str) + "\n")
-    md_path.write_text(markdown(results))
+    md_path.write_text((render or markdown)(results))
     return json_path, md_path
 
 
