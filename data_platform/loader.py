@@ -29,8 +29,8 @@ from pathlib import Path
 
 import psycopg
 
-from data_platform import ledger
-from data_platform.csv_files import BLOCK_SIZE, Progress, check_header, sha256_of
+from data_platform import file_checksums, ledger
+from data_platform.csv_files import BLOCK_SIZE, Progress, check_header
 from data_platform.db import DatabaseUnavailable, connect
 from data_platform.exports import Export, discover, parse_date
 from data_platform.load_errors import LoadError, printable
@@ -114,10 +114,17 @@ def _refuse_date(conn: psycopg.Connection, export: Export, export_date: date, to
         )
 
 
-def _already_loaded(export: Export, export_date: date, logged: ledger.LoggedExport) -> bool:
+def _checksums(conn: psycopg.Connection, export: Export) -> tuple[str, str | None]:
+    """The sha256 of the export's invoices and organizations files (None: no organizations file)."""
+    organizations = file_checksums.checksum(conn, export.organizations) if export.organizations else None
+    return file_checksums.checksum(conn, export.invoices), organizations
+
+
+def _already_loaded(
+    conn: psycopg.Connection, export: Export, export_date: date, logged: ledger.LoggedExport
+) -> bool:
     """True if the logged export has the same content; a LoadError if it differs."""
-    invoices = sha256_of(export.invoices)
-    organizations = sha256_of(export.organizations) if export.organizations else None
+    invoices, organizations = _checksums(conn, export)
     if (invoices, organizations) == (logged.invoices_sha256, logged.organizations_sha256):
         return True
     raise _altered(export, export_date, logged, invoices)
@@ -157,22 +164,20 @@ def load_export(
         ledger.ensure_tables(conn)
         if export.date is not None:
             logged = ledger.logged(conn, export.date)
-            if logged and _already_loaded(export, export.date, logged):
+            if logged and _already_loaded(conn, export, export.date, logged):
                 return ExportResult(export, export.date, skipped=True)
             _refuse_date(conn, export, export.date, today)
-        else:  # the base export, dated by its content: was this very file loaded before?
-            checksums = (
-                sha256_of(export.invoices),
-                sha256_of(export.organizations) if export.organizations else None,
-            )
-            logged = ledger.logged_by_checksums(conn, *checksums)
-            if logged:
+        elif ledger.latest_export(conn) is not None:  # the base export, dated by its content
+            logged = ledger.logged_by_checksums(conn, *_checksums(conn, export))
+            if logged:  # this very file was loaded before
                 return ExportResult(export, logged.export_date, skipped=True)
 
-        staged = {
-            spec.name: stage(conn, spec, path, header, block_size=block_size, progress=progress)
-            for spec, path, header in files
-        }
+        staged = {}
+        for spec, path, header in files:
+            before = path.stat()
+            staged[spec.name] = stage(conn, spec, path, header, block_size=block_size, progress=progress)
+            # the next run asks whether this export was loaded: it need not read the file again
+            file_checksums.remember(conn, path, before, staged[spec.name].sha256)
         invoices = staged[INVOICES.name]
         export_date = export.date or ledger.latest_day(conn)
         if export_date is None:

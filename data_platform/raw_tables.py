@@ -16,7 +16,8 @@ The tables (schema raw) are a ledger, created here if missing and never dropped:
 - raw.invoices: the current state, one row per invoice;
 - raw.invoice_versions: every version of every invoice, append-only;
 - raw.organizations: the current state of the organizations;
-- raw.load_log: one row per loaded export.
+- raw.load_log: one row per loaded export;
+- raw.file_checksums: the export files' checksums by path, size and modification time (file_checksums.py).
 """
 
 from __future__ import annotations
@@ -197,6 +198,7 @@ LEDGER_RELATIONS = (
     "invoice_versions_seen_on",
     "organizations",
     "load_log",
+    "file_checksums",
 )
 
 
@@ -251,4 +253,12 @@ def create_statements() -> list[sql.Composable]:
                 duration_seconds numeric not null
             )"""
         ).format(_table("load_log")),
+        sql.SQL(
+            """create table if not exists {} (
+                path text primary key,
+                size_bytes bigint not null,
+                modified_ns bigint not null,
+                sha256 text not null
+            )"""
+        ).format(_table("file_checksums")),
     ]

@@ -79,6 +79,12 @@ CONTRACT_COLUMNS = {  # the shared contract, written out (not derived from the s
         ("loaded_at", "timestamp with time zone", "NO"),
         ("duration_seconds", "numeric", "NO"),
     ],
+    "file_checksums": [
+        ("path", "text", "NO"),
+        ("size_bytes", "bigint", "NO"),
+        ("modified_ns", "bigint", "NO"),
+        ("sha256", "text", "NO"),
+    ],
 }
 
 
@@ -102,6 +108,7 @@ def test_tables_have_the_contract_columns_keys_and_index(conn, baseline):
         """
     ).fetchall()
     assert keys == [
+        ("raw.file_checksums", "PRIMARY KEY (path)"),
         ("raw.invoice_versions", "PRIMARY KEY (invoice_id, version)"),
         ("raw.invoices", "PRIMARY KEY (invoice_id)"),
         ("raw.load_log", "PRIMARY KEY (export_date)"),

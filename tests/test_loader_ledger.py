@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -24,6 +26,7 @@ from loader_files import (
     write_export,
 )
 
+from data_platform import file_checksums
 from data_platform.loader import LoadError, load_exports
 
 
@@ -153,6 +156,74 @@ def test_an_altered_base_export_is_refused(conn, csv_dir):
     with pytest.raises(LoadError, match=f"export {BASE_DATE} was already loaded from a different file"):
         load_exports(conn, csv_dir)
     assert snapshot(conn) == before
+
+
+# --- a loaded file is not read again to learn that it was loaded ----------------------------------
+
+
+@pytest.fixture
+def hashed(monkeypatch) -> list[str]:
+    """The names of the files whose checksum is computed by reading them, in order."""
+    names: list[str] = []
+    read = file_checksums.sha256_of
+
+    def recording(path: Path, *args, **kwargs) -> str:
+        names.append(f"{path.parent.name}/{path.name}")
+        return read(path, *args, **kwargs)
+
+    monkeypatch.setattr(file_checksums, "sha256_of", recording)
+    return names
+
+
+def settle(*paths: Path) -> None:
+    """Date the files an hour back, as exports written well before the run."""
+    an_hour_ago = time.time() - 3600
+    for path in paths:
+        os.utime(path, (an_hour_ago, an_hour_ago))
+
+
+def test_a_loaded_export_is_skipped_without_reading_its_files(conn, tmp_path, hashed):
+    directory = write_dir(tmp_path / "csv")
+    folder = write_export(directory, "2024-01-02", [invoice(1)], ORG_LINES[1:2])
+    settle(*directory.glob("*.csv"), *folder.glob("*.csv"))
+    load_exports(conn, directory)
+    assert hashed == []  # an empty ledger: each file is read once, as it is loaded
+    before = snapshot(conn)
+    assert [r.skipped for r in load_exports(conn, directory)] == [True, True]
+    assert hashed == []
+    (folder / "invoices.csv").touch()  # same content, modified now: read once more, then known again
+    assert [r.skipped for r in load_exports(conn, directory)] == [True, True]
+    assert hashed == ["2024-01-02/invoices.csv"]
+    settle(folder / "invoices.csv")
+    assert [r.skipped for r in load_exports(conn, directory)] == [True, True]
+    assert hashed == ["2024-01-02/invoices.csv", "2024-01-02/invoices.csv"]
+    assert load_exports(conn, directory)[1].skipped and len(hashed) == 2
+    assert snapshot(conn) == before
+
+
+def test_a_loaded_file_rewritten_with_the_same_size_is_read_and_refused(conn, tmp_path):
+    directory = write_dir(tmp_path / "csv")
+    folder = write_export(directory, "2024-01-02", [invoice(1)])
+    settle(*directory.glob("*.csv"), folder / "invoices.csv")
+    load_exports(conn, directory)
+    path = folder / "invoices.csv"
+    size = path.stat().st_size
+    write(path, [INVOICE_LINES[0], invoice(2)])
+    assert path.stat().st_size == size
+    with pytest.raises(LoadError, match="export 2024-01-02 was already loaded from a different file"):
+        load_exports(conn, directory)
+
+
+def test_a_file_modified_just_before_its_load_is_not_remembered(conn, csv_dir):
+    # a file system with a coarse clock: rewritten in the same tick, same size and time
+    path = write_export(csv_dir, "2024-01-02", [invoice(1)]) / "invoices.csv"
+    written = path.stat()
+    load_exports(conn, csv_dir)
+    write(path, [INVOICE_LINES[0], invoice(2)])
+    os.utime(path, ns=(written.st_atime_ns, written.st_mtime_ns))
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (written.st_size, written.st_mtime_ns)
+    with pytest.raises(LoadError, match="export 2024-01-02 was already loaded from a different file"):
+        load_exports(conn, csv_dir)
 
 
 def test_a_view_on_the_raw_tables_survives_a_load(database, conn, csv_dir):

@@ -1,0 +1,63 @@
+"""Export files' checksums, remembered by path, size and modification time.
+
+Whether an export was loaded before is decided by the checksums of its files. The base export is
+one file of the whole history (2.4 GB at 12.7M invoices): hashing it again on every daily run would
+cost more than loading the day's export. So, as make and rsync do, a file with the same path, size
+and modification time (to the nanosecond) as when it was hashed is taken to be the same file.
+
+A checksum is remembered only when the file did not change while it was read, and was last modified
+at least SETTLED_SECONDS before: on a file system with a coarse clock, a file written again within
+the same tick could keep its size and time. `touch` (or any write) makes the next run hash it again.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from data_platform.csv_files import sha256_of
+from data_platform.raw_tables import RAW_SCHEMA
+
+SETTLED_SECONDS = 2
+TABLE = sql.Identifier(RAW_SCHEMA, "file_checksums")
+
+
+def _identity(path: Path, stat: os.stat_result) -> tuple[str, int, int]:
+    return str(path.resolve()), stat.st_size, stat.st_mtime_ns
+
+
+def checksum(conn: psycopg.Connection, path: Path) -> str:
+    """The file's sha256: remembered if this very file was hashed before, else read and remembered."""
+    before = path.stat()
+    row = conn.execute(
+        sql.SQL("select sha256 from {} where path = %s and size_bytes = %s and modified_ns = %s").format(
+            TABLE
+        ),
+        _identity(path, before),
+    ).fetchone()
+    if row:
+        return row[0]
+    digest = sha256_of(path)
+    remember(conn, path, before, digest)
+    return digest
+
+
+def remember(conn: psycopg.Connection, path: Path, before: os.stat_result, digest: str) -> None:
+    """Remember the checksum of a file read since `before` (its stat then), if it was settled."""
+    after = path.stat()
+    unchanged = (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    settled = time.time_ns() - after.st_mtime_ns >= SETTLED_SECONDS * 1_000_000_000
+    if not (unchanged and settled):
+        return
+    conn.execute(
+        sql.SQL(
+            "insert into {} (path, size_bytes, modified_ns, sha256) values (%s, %s, %s, %s)"
+            " on conflict (path) do update set size_bytes = excluded.size_bytes,"
+            " modified_ns = excluded.modified_ns, sha256 = excluded.sha256"
+        ).format(TABLE),
+        [*_identity(path, before), digest],
+    )
