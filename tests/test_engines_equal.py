@@ -4,8 +4,9 @@ Postgres is built by init.sh (tests/conftest.py), the other engine by data_platf
 own raw ledger from the same CSV exports, the same seed, `dbt build` with every test. Compared: the daily
 fact and dim_organizations, money to the cent, ratios to 1e-9, the status counts as JSON objects, every
 other column exactly. Cases: the demo data (a single-file export, then the 2024-06-29 export that changes
-older invoices) and, on DuckDB, the rules edit (open -> 0,0) on it. DuckDB also builds incrementally: the base export
-first, then the next one with only its days recomputed, which must equal Postgres's full build.
+older invoices) and, on DuckDB, the rules edit (open -> 0,0) on it. DuckDB also builds incrementally:
+the base export first, then the next one with only its days recomputed, which must equal Postgres's full
+build.
 
 Spark's tables are read back from the Parquet files it wrote (with DuckDB: no second JVM in the test
 process). Spark in local mode takes minutes here: those tests are also marked `spark`.
