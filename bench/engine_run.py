@@ -17,7 +17,6 @@ import contextlib
 import os
 import re
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -25,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
-from procs import STEP_MARKER, step_name
+from procs import copy_output, start_logged, step_name
 
 SAMPLE_SECONDS = 0.2
 ANSI_CODE = re.compile(r"\x1b\[[0-9;]*m")
@@ -175,19 +174,9 @@ def run_tree(
     markers: list[tuple[float, str]] = []
     timed_out = threading.Event()
     with log.open("w", encoding="utf-8") as out:
-        out.write(f"$ {' '.join(command)}\n")
-        out.flush()
         started = time.perf_counter()
-        process = subprocess.Popen(
-            command,
-            cwd=cwd,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            errors="replace",
-            start_new_session=True,  # its own process group, killed whole at the deadline
-        )
+        # its own process group, killed whole at the deadline
+        process = start_logged(command, cwd=cwd, env=env, out=out, start_new_session=True)
         sampler = _TreeSampler(process.pid, server_pid)
         sampler.start()
 
@@ -198,16 +187,14 @@ def run_tree(
         watchdog = threading.Timer(timeout, expire) if timeout else None
         if watchdog:
             watchdog.start()
-        assert process.stdout is not None
+
+        def note_step(text: str) -> None:
+            sampler.step = step_name(text)
+            if on_step:
+                on_step(text)
+
         try:
-            for line in process.stdout:
-                if line.startswith(STEP_MARKER):
-                    text = line[len(STEP_MARKER) :].strip()
-                    markers.append((time.perf_counter() - started, text))
-                    sampler.step = step_name(text)
-                    if on_step:
-                        on_step(text)
-                out.write(line)
+            copy_output(process, out, started, markers, note_step)
             process.wait()
         finally:
             seconds = time.perf_counter() - started

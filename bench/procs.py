@@ -110,6 +110,40 @@ def _high_water_mark(pid: int) -> int:
     return int(match.group(1)) * 1024 if match else 0
 
 
+def start_logged(command: Sequence[str], *, cwd: Path, env: dict[str, str], out, **popen) -> subprocess.Popen:
+    """Write the command line to the log `out`, then start it with its output (stderr too) piped as text."""
+    out.write(f"$ {' '.join(command)}\n")
+    out.flush()
+    return subprocess.Popen(
+        command,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        **popen,
+    )
+
+
+def copy_output(
+    process: subprocess.Popen,
+    out,
+    started: float,
+    markers: list[tuple[float, str]],
+    on_step: Callable[[str], None] | None,
+) -> None:
+    """Copy the output to `out` as it comes, noting each step line's time since `started` in `markers`."""
+    assert process.stdout is not None
+    for line in process.stdout:
+        if line.startswith(STEP_MARKER):
+            text = line[len(STEP_MARKER) :].strip()
+            markers.append((time.perf_counter() - started, text))
+            if on_step:
+                on_step(text)
+        out.write(line)
+
+
 def run(
     command: Sequence[str],
     *,
@@ -126,29 +160,12 @@ def run(
     log.parent.mkdir(parents=True, exist_ok=True)
     markers: list[tuple[float, str]] = []
     with log.open("w", encoding="utf-8") as out:
-        out.write(f"$ {' '.join(command)}\n")
-        out.flush()
         started = time.perf_counter()
-        process = subprocess.Popen(
-            command,
-            cwd=cwd,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            errors="replace",
-        )
+        process = start_logged(command, cwd=cwd, env=env, out=out)
         sampler = _RssSampler(process.pid) if sample_rss else None
         if sampler:
             sampler.start()
-        assert process.stdout is not None
-        for line in process.stdout:
-            if line.startswith(STEP_MARKER):
-                text = line[len(STEP_MARKER) :].strip()
-                markers.append((time.perf_counter() - started, text))
-                if on_step:
-                    on_step(text)
-            out.write(line)
+        copy_output(process, out, started, markers, on_step)
         process.wait()
         seconds = time.perf_counter() - started
         process.stdout.close()
