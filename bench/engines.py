@@ -56,7 +56,6 @@ from data_platform import bootstrap
 
 ENGINES = ("postgres", "duckdb", "spark")
 BUILD_COMMAND = (PYTHON, "-m", "data_platform.engines.build")
-REAL_INVOICES = 12_700_000
 DEFAULT_TIMEOUT_SECONDS = 3600.0
 # the step lines (procs.step_name) that make up each part of a build
 RAW_STEPS = ("loading the exports", "raw ledger")
@@ -503,9 +502,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="bench/engines.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--invoices", type=int, default=REAL_INVOICES)
-    parser.add_argument("--organizations", type=int, default=21_806)
-    parser.add_argument("--seed", type=int, default=1)
+    files.add_dataset_arguments(parser)
     parser.add_argument("--engines", type=_engines, default=list(ENGINES), help="default: all three")
     parser.add_argument(
         "--timeout",
@@ -514,12 +511,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=_timeouts(""),
         help=f"seconds per engine (default {DEFAULT_TIMEOUT_SECONDS:g}), e.g. 1800 or 1800,spark=2700",
     )
-    parser.add_argument("--data-dir", type=Path, default=ROOT / "bench" / "data", help="generated files")
-    parser.add_argument("--results-dir", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--keep", action="store_true", help="keep each engine's result and the work folder")
     args = parser.parse_args(argv)
-    if min(args.invoices, args.organizations) < 1:
-        parser.error("--invoices and --organizations must be at least 1")
     args.data_dir, args.results_dir = args.data_dir.resolve(), args.results_dir.resolve()
     return args
 

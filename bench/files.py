@@ -15,6 +15,7 @@ files are never modified.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -24,7 +25,26 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
-from procs import PYTHON, Timed, run
+from procs import PYTHON, ROOT, Timed, run
+
+REAL_INVOICES = 12_700_000  # the real export's size, every benchmark's default
+
+
+def _at_least_one(text: str) -> int:
+    number = int(text)
+    if number < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return number
+
+
+def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every benchmark shares: which generated data, where it and the results go."""
+    parser.add_argument("--invoices", type=_at_least_one, default=REAL_INVOICES)
+    parser.add_argument("--organizations", type=_at_least_one, default=21_806)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--data-dir", type=Path, default=ROOT / "bench" / "data", help="generated files")
+    parser.add_argument("--results-dir", type=Path, default=ROOT / "bench" / "results")
+
 
 MARKER = "dataset.json"
 INVOICES, ORGANIZATIONS = "invoices.csv", "organizations.csv"
