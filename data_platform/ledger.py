@@ -19,6 +19,7 @@ from data_platform.raw_tables import (
     LEDGER_RELATIONS,
     ORGANIZATIONS,
     RAW_SCHEMA,
+    LoadLogRow,
     TableSpec,
     create_statements,
 )
@@ -276,15 +277,14 @@ def apply_organizations(conn: psycopg.Connection, export_date: date) -> tuple[in
     return new, changed
 
 
-def log_export(conn: psycopg.Connection, values: dict) -> None:
-    names = list(values)
+def log_export(conn: psycopg.Connection, row: LoadLogRow) -> None:
     conn.execute(
         sql.SQL("insert into {} ({}) values ({})").format(
             raw("load_log"),
-            sql.SQL(", ").join(map(sql.Identifier, names)),
-            sql.SQL(", ").join(sql.Placeholder(name) for name in names),
+            sql.SQL(", ").join(map(sql.Identifier, row.names())),
+            sql.SQL(", ").join(sql.Placeholder() for _ in row.names()),
         ),
-        values,
+        row.values(),
     )
 
 

@@ -34,7 +34,7 @@ from data_platform.csv_files import BLOCK_SIZE, Progress, check_header
 from data_platform.db import DatabaseUnavailable, connect
 from data_platform.exports import Export, discover, parse_date
 from data_platform.load_errors import LoadError, printable
-from data_platform.raw_tables import INVOICES, ORGANIZATIONS
+from data_platform.raw_tables import INVOICES, ORGANIZATIONS, LoadLogRow
 from data_platform.staging import discard, stage
 
 PROGRESS_INTERVAL_SECONDS = 5.0
@@ -201,20 +201,21 @@ def load_export(
         seconds = time.perf_counter() - started
         ledger.log_export(
             conn,
-            {
-                "export_date": export_date,
-                "source": str(export.source),
-                "invoices_sha256": invoices.sha256,
-                "organizations_sha256": organizations.sha256 if organizations else None,
-                "invoice_rows": invoices.rows,
-                "invoices_new": counts.new,
-                "invoices_changed": counts.changed,
-                "invoices_unchanged": counts.unchanged,
-                "organization_rows": organizations.rows if organizations else 0,
-                "organizations_new": org_new,
-                "organizations_changed": org_changed,
-                "duration_seconds": round(seconds, 3),
-            },
+            LoadLogRow(
+                export_date=export_date,
+                source=str(export.source),
+                invoices_sha256=invoices.sha256,
+                organizations_sha256=organizations.sha256 if organizations else None,
+                invoice_rows=invoices.rows,
+                invoices_new=counts.new,
+                invoices_changed=counts.changed,
+                invoices_unchanged=counts.unchanged,
+                organization_rows=organizations.rows if organizations else 0,
+                organizations_new=org_new,
+                organizations_changed=org_changed,
+                loaded_at=datetime.now(UTC),
+                duration_seconds=round(seconds, 3),
+            ),
         )
         ledger.refresh_statistics(conn, counts.new + counts.changed)
     return ExportResult(

@@ -22,7 +22,9 @@ The tables (schema raw) are a ledger, created here if missing and never dropped:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import typing
+from dataclasses import astuple, dataclass, fields
+from datetime import date, datetime
 
 from psycopg import sql
 
@@ -190,6 +192,47 @@ def _columns(spec: TableSpec) -> list[sql.Composable]:
     return [column.definition() for column in spec.columns]
 
 
+@dataclass(frozen=True)
+class LoadLogRow:
+    """One row of raw.load_log, a loaded export: every engine's ledger logs these columns, in this order."""
+
+    export_date: date
+    source: str
+    invoices_sha256: str
+    organizations_sha256: str | None  # None: the export has no organizations file
+    invoice_rows: int
+    invoices_new: int
+    invoices_changed: int
+    invoices_unchanged: int
+    organization_rows: int
+    organizations_new: int
+    organizations_changed: int
+    loaded_at: datetime
+    duration_seconds: float
+
+    @staticmethod
+    def names() -> list[str]:
+        return [field.name for field in fields(LoadLogRow)]
+
+    def values(self) -> tuple:
+        return astuple(self)
+
+
+def load_log_columns(types: dict[type, str], *, not_null: bool = True) -> list[str]:
+    """raw.load_log's column definitions from an engine's types for date, str, int, datetime, float;
+    every column but organizations_sha256 `not null` unless not_null=False."""
+    definitions = []
+    for name, hint in typing.get_type_hints(LoadLogRow).items():
+        optional = typing.get_args(hint)  # (str, NoneType) for `str | None`, () for a plain type
+        python_type = optional[0] if optional else hint
+        constraint = " not null" if not_null and not optional else ""
+        definitions.append(f"{name} {types[python_type]}{constraint}")
+    return definitions
+
+
+POSTGRES_LOG_TYPES = {date: "date", str: "text", int: "bigint", datetime: "timestamptz", float: "numeric"}
+
+
 # every relation create_statements() makes, tables and index
 LEDGER_RELATIONS = (
     "invoices",
@@ -236,23 +279,9 @@ def create_statements() -> list[sql.Composable]:
             _table("invoice_versions")
         ),
         sql.SQL("create table if not exists {} ({})").format(_table("organizations"), organizations),
-        sql.SQL(
-            """create table if not exists {} (
-                export_date date primary key,
-                source text not null,
-                invoices_sha256 text not null,
-                organizations_sha256 text,
-                invoice_rows bigint not null,
-                invoices_new bigint not null,
-                invoices_changed bigint not null,
-                invoices_unchanged bigint not null,
-                organization_rows bigint not null,
-                organizations_new bigint not null,
-                organizations_changed bigint not null,
-                loaded_at timestamptz not null default now(),
-                duration_seconds numeric not null
-            )"""
-        ).format(_table("load_log")),
+        sql.SQL("create table if not exists {} ({}, primary key (export_date))").format(
+            _table("load_log"), sql.SQL(", ").join(map(sql.SQL, load_log_columns(POSTGRES_LOG_TYPES)))
+        ),
         sql.SQL(
             """create table if not exists {} (
                 path text primary key,

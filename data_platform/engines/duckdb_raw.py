@@ -18,11 +18,11 @@ from typing import Any
 
 from data_platform import exports as export_discovery
 from data_platform.csv_files import check_header
-from data_platform.engines.export_log import Checksums, needs_load
-from data_platform.engines.raw_types import DUCKDB, column_types
+from data_platform.engines.export_log import Checksums, log_row, needs_load
+from data_platform.engines.raw_types import DUCKDB, DUCKDB_LOG_TYPES, column_types
 from data_platform.exports import Export
 from data_platform.load_errors import LoadError
-from data_platform.raw_tables import INVOICES, ORGANIZATIONS, RAW_SCHEMA, TableSpec
+from data_platform.raw_tables import INVOICES, ORGANIZATIONS, RAW_SCHEMA, TableSpec, load_log_columns
 
 # duckdb.DuckDBPyConnection; duckdb is imported where used: an optional dependency (the `engines` group)
 Connection = Any
@@ -50,21 +50,7 @@ def _create_tables(conn: Connection) -> None:
         f"({_definitions(ORGANIZATIONS, 'seen_on date not null')})"
     )
     conn.execute(
-        f"""create table if not exists {RAW_SCHEMA}.load_log (
-            export_date date not null,
-            source varchar not null,
-            invoices_sha256 varchar not null,
-            organizations_sha256 varchar,
-            invoice_rows bigint not null,
-            invoices_new bigint not null,
-            invoices_changed bigint not null,
-            invoices_unchanged bigint not null,
-            organization_rows bigint not null,
-            organizations_new bigint not null,
-            organizations_changed bigint not null,
-            loaded_at timestamptz not null default current_timestamp,
-            duration_seconds double not null
-        )"""
+        f"create table if not exists {RAW_SCHEMA}.load_log ({', '.join(load_log_columns(DUCKDB_LOG_TYPES))})"
     )
 
 
@@ -186,24 +172,20 @@ def load_export(conn: Connection, export: Export) -> date | None:
             organization_rows = _read(conn, ORGANIZATIONS, export.organizations, "incoming_organizations")
             organizations = _apply_organizations(conn, export_date)
         new, changed = _apply_invoices(conn, export_date)
+        log = log_row(
+            export,
+            export_date,
+            checksums,
+            invoice_rows=invoice_rows,
+            invoices=(new, changed),
+            organization_rows=organization_rows,
+            organizations=organizations,
+            started=started,
+        )
         conn.execute(
-            f"""insert into {RAW_SCHEMA}.load_log (export_date, source, invoices_sha256, organizations_sha256,
-                invoice_rows, invoices_new, invoices_changed, invoices_unchanged, organization_rows,
-                organizations_new, organizations_changed, duration_seconds)
-            values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-            [
-                export_date,
-                str(export.source),
-                checksums.invoices,
-                checksums.organizations,
-                invoice_rows,
-                new,
-                changed,
-                invoice_rows - new - changed,
-                organization_rows,
-                *organizations,
-                time.monotonic() - started,
-            ],
+            f"insert into {RAW_SCHEMA}.load_log ({', '.join(log.names())}) "
+            f"values ({', '.join('?' for _ in log.names())})",
+            list(log.values()),
         )
         conn.execute("commit")
     except BaseException:

@@ -7,12 +7,14 @@ days already booked).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime
 
 from data_platform.csv_files import sha256_of
 from data_platform.exports import Export
 from data_platform.load_errors import LoadError
+from data_platform.raw_tables import LoadLogRow
 
 
 @dataclass(frozen=True)
@@ -47,3 +49,34 @@ def needs_load(
             "date order; rebuild the raw layer from scratch to insert it",
         )
     return True
+
+
+def log_row(
+    export: Export,
+    export_date: date,
+    checksums: Checksums,
+    *,
+    invoice_rows: int,
+    invoices: tuple[int, int],
+    organization_rows: int,
+    organizations: tuple[int, int],
+    started: float,
+) -> LoadLogRow:
+    """The load log's row for an export; `invoices`, `organizations`: (new, changed) rows, `started`: its
+    time.monotonic() when the load began."""
+    new, changed = invoices
+    return LoadLogRow(
+        export_date=export_date,
+        source=str(export.source),
+        invoices_sha256=checksums.invoices,
+        organizations_sha256=checksums.organizations,
+        invoice_rows=invoice_rows,
+        invoices_new=new,
+        invoices_changed=changed,
+        invoices_unchanged=invoice_rows - new - changed,
+        organization_rows=organization_rows,
+        organizations_new=organizations[0],
+        organizations_changed=organizations[1],
+        loaded_at=datetime.now(UTC),
+        duration_seconds=time.monotonic() - started,
+    )

@@ -6,6 +6,8 @@ allow 16 and 10 integer digits), ids are 64-bit integers, timestamps are instant
 
 from __future__ import annotations
 
+from datetime import date, datetime
+
 from data_platform.raw_tables import (
     AMOUNT,
     CURRENCY,
@@ -46,6 +48,11 @@ SPARK: dict[Format, str] = {
     STATUS: "string",
     TEXT: "string",
 }
+
+
+# raw.load_log's columns by their Python type (raw_tables.load_log_columns)
+DUCKDB_LOG_TYPES = {date: "DATE", str: "VARCHAR", int: "BIGINT", datetime: "TIMESTAMPTZ", float: "DOUBLE"}
+SPARK_LOG_TYPES = {date: "date", str: "string", int: "bigint", datetime: "timestamp", float: "double"}
 
 
 def column_types(spec: TableSpec, types: dict[Format, str]) -> dict[str, str]:

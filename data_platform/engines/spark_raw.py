@@ -18,23 +18,18 @@ import argparse
 import os
 import sys
 import time
-from datetime import UTC, date, datetime
+from datetime import date
 from pathlib import Path
 
 from data_platform import exports as export_discovery
 from data_platform.csv_files import check_header
-from data_platform.engines.export_log import Checksums, needs_load
-from data_platform.engines.raw_types import SPARK, column_types
+from data_platform.engines.export_log import Checksums, log_row, needs_load
+from data_platform.engines.raw_types import SPARK, SPARK_LOG_TYPES, column_types
 from data_platform.exports import Export
 from data_platform.load_errors import LoadError
-from data_platform.raw_tables import INVOICES, ORGANIZATIONS, RAW_SCHEMA, TableSpec
+from data_platform.raw_tables import INVOICES, ORGANIZATIONS, RAW_SCHEMA, TableSpec, load_log_columns
 
-LOAD_LOG_SCHEMA = (
-    "export_date date, source string, invoices_sha256 string, organizations_sha256 string, "
-    "invoice_rows bigint, invoices_new bigint, invoices_changed bigint, invoices_unchanged bigint, "
-    "organization_rows bigint, organizations_new bigint, organizations_changed bigint, "
-    "loaded_at timestamp, duration_seconds double"
-)
+LOAD_LOG_SCHEMA = ", ".join(load_log_columns(SPARK_LOG_TYPES, not_null=False))
 
 
 def directories() -> tuple[Path, Path]:
@@ -170,21 +165,16 @@ class SparkLedger:
         invoice_rows = incoming.count()
         self.logged[export_date] = checksums
         self.log_rows.append(
-            (
+            log_row(
+                export,
                 export_date,
-                str(export.source),
-                checksums.invoices,
-                checksums.organizations,
-                invoice_rows,
-                new,
-                changed,
-                invoice_rows - new - changed,
-                organization_rows,
-                organizations_new,
-                organizations_changed,
-                datetime.now(UTC).replace(tzinfo=None),
-                time.monotonic() - started,
-            )
+                checksums,
+                invoice_rows=invoice_rows,
+                invoices=(new, changed),
+                organization_rows=organization_rows,
+                organizations=(organizations_new, organizations_changed),
+                started=started,
+            ).values()
         )
         return export_date
 
