@@ -50,7 +50,7 @@ import files
 from engine_run import TreeRun, run_tree
 from measures import node_timings
 from procs import PYTHON, ROOT, pipeline_command
-from workspace import PIPELINE_SETTINGS, Bench, create_database, drop_database, open_server, progress
+from workspace import PIPELINE_SETTINGS, Bench, create_database, drop_database, open_server, progress, publish
 
 from data_platform import bootstrap
 
@@ -335,25 +335,33 @@ def build_postgres(context: Run) -> dict[str, Any]:
             drop_database(server, database)
 
 
+def _engines_build(context: Run, engine: str, work: Path, **env: str) -> tuple[dict[str, Any], TreeRun]:
+    """data_platform.engines.build of `engine` in `work` as the daily pipeline builds (no unit tests):
+    the result's header and timings, and the run."""
+    options = ("--no-unit-tests",)
+    result: dict[str, Any] = {
+        "engine": engine,
+        "command": f"python -m data_platform.engines.build {engine} {' '.join(options)}",
+        "load_average_at_start": _load_average(),
+    }
+    run = run_tree(
+        [*BUILD_COMMAND, engine, "--csv-dir", str(context.base.directory), *options],
+        env=_engine_env(work, **env),
+        log=work / "build.log",
+        cwd=ROOT,
+        timeout=context.timeout(engine),
+    )
+    result |= _measure(run, None, _nodes(work / "target" / "run_results.json"))
+    return result, run
+
+
 def build_duckdb(context: Run) -> dict[str, Any]:
     import duckdb
 
     work = context.work / "duckdb"
     path = work / "warehouse.duckdb"
-    result: dict[str, Any] = {
-        "engine": "duckdb",
-        "command": "python -m data_platform.engines.build duckdb --no-unit-tests",
-        "load_average_at_start": _load_average(),
-    }
     progress(f"duckdb: data_platform.engines.build on the fresh file {path}")
-    run = run_tree(
-        [*BUILD_COMMAND, "duckdb", "--csv-dir", str(context.base.directory), "--no-unit-tests"],
-        env=_engine_env(work, DUCKDB_PATH=str(path)),
-        log=work / "build.log",
-        cwd=ROOT,
-        timeout=context.timeout("duckdb"),
-    )
-    result |= _measure(run, None, _nodes(work / "target" / "run_results.json"))
+    result, run = _engines_build(context, "duckdb", work, DUCKDB_PATH=str(path))
     if run.status == "ok":
         with duckdb.connect(str(path), read_only=True) as conn:
             row = conn.execute(
@@ -374,26 +382,16 @@ def build_spark(context: Run) -> dict[str, Any]:
     work = context.work / "spark"
     warehouse, metastore, scratch = work / "warehouse", work / "metastore", work / "scratch"
     scratch.mkdir(parents=True, exist_ok=True)
-    result: dict[str, Any] = {
-        "engine": "spark",
-        "command": "python -m data_platform.engines.build spark --no-unit-tests",
-        "load_average_at_start": _load_average(),
-    }
     progress(f"spark: data_platform.engines.build in {work} (local mode)")
-    run = run_tree(
-        [*BUILD_COMMAND, "spark", "--csv-dir", str(context.base.directory), "--no-unit-tests"],
-        env=_engine_env(
-            work,
-            SPARK_WAREHOUSE_DIR=str(warehouse),
-            SPARK_METASTORE_DIR=str(metastore),
-            # Spark's shuffle and spill files: with the run's files, not in /tmp (a killed run leaves them)
-            SPARK_LOCAL_DIRS=str(scratch),
-        ),
-        log=work / "build.log",
-        cwd=ROOT,
-        timeout=context.timeout("spark"),
+    result, run = _engines_build(
+        context,
+        "spark",
+        work,
+        SPARK_WAREHOUSE_DIR=str(warehouse),
+        SPARK_METASTORE_DIR=str(metastore),
+        # Spark's shuffle and spill files: with the run's files, not in /tmp (a killed run leaves them)
+        SPARK_LOCAL_DIRS=str(scratch),
     )
-    result |= _measure(run, None, _nodes(work / "target" / "run_results.json"))
     if run.status == "ok":
         # read back from the Parquet files with DuckDB: no second JVM, and the same SQL as the others
         def table(name: str) -> str:
@@ -571,10 +569,7 @@ def main(argv: list[str] | None = None) -> int:
     work = args.data_dir / f"engines_{datetime.now():%Y%m%d_%H%M%S}"
     progress(f"engines {', '.join(args.engines)}; work folder {work}")
     results = measure(args, work)
-    json_path, md_path = engine_report.write(results, args.results_dir)
-    print(md_path.read_text())
-    progress(f"results: {json_path} and {md_path}")
-    failed = [name for name, ok in results["checks"].items() if not ok]
+    failed = publish(results, engine_report.write(results, args.results_dir))
     if failed:
         progress(f"FAILED checks: {', '.join(failed)}; logs kept in {work}")
     elif not args.keep:

@@ -43,7 +43,7 @@ import files
 import measures
 import report
 from procs import StepFailed
-from workspace import Bench, create_database, drop_database, new_database_name, open_server, progress
+from workspace import Bench, create_database, drop_database, new_database_name, open_server, progress, publish
 
 from data_platform import bootstrap
 
@@ -231,10 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     succeeded = False
     try:
         results = measure(bench, args, server_kind)
-        json_path, md_path = report.write(results, args.results_dir)
-        print(md_path.read_text())
-        progress(f"results: {json_path} and {md_path}")
-        failed = [name for name, ok in results["checks"].items() if not ok]
+        failed = publish(results, report.write(results, args.results_dir))
         if failed:
             progress(f"FAILED checks: {', '.join(failed)} (see the JSON for the details)")
         succeeded = not failed

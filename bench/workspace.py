@@ -54,6 +54,14 @@ def progress(message: str) -> None:
     print(f"[bench {time.monotonic() - _started:7.1f}s] {message}", file=sys.stderr, flush=True)
 
 
+def publish(results: dict, paths: tuple[Path, Path]) -> list[str]:
+    """Print the written markdown report and say where both files are; the names of the failed checks."""
+    json_path, md_path = paths
+    print(md_path.read_text())
+    progress(f"results: {json_path} and {md_path}")
+    return [name for name, ok in results["checks"].items() if not ok]
+
+
 def open_server(data_dir: Path) -> tuple[Server, str]:
     """The server to benchmark on, and a word on where it came from."""
     passwords = {
