@@ -24,11 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
-from procs import copy_output, start_logged, step_name
+from procs import START_UP, copy_output, start_logged, step_name, step_seconds
 
 SAMPLE_SECONDS = 0.2
 ANSI_CODE = re.compile(r"\x1b\[[0-9;]*m")
-START_UP = "start-up"
 
 
 def tree_pss(root: psutil.Process) -> int:
@@ -133,16 +132,8 @@ class TreeRun:
         }
 
     def step_seconds(self, end: float | None = None) -> dict[str, float]:
-        """Each step's seconds, from its line to the next one (the last: to `end`, default the run's end);
-        the time before the first line is `start-up`."""
-        end = self.seconds if end is None else end
-        markers = [(at, text) for at, text in self.markers if at < end]
-        times = [at for at, _ in markers] + [end]
-        steps = {START_UP: round(times[0], 3)}
-        for (at, text), following in zip(markers, times[1:], strict=True):
-            name = step_name(text)
-            steps[name] = round(steps.get(name, 0.0) + following - at, 3)
-        return steps
+        """Each step's seconds (procs.step_seconds), up to `end`, default the run's end."""
+        return step_seconds(self.markers, self.seconds if end is None else end)
 
     def tail(self, lines: int = 40) -> str:
         """The log's last lines, without dbt's colour codes and Spark's progress bars."""

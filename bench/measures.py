@@ -180,7 +180,7 @@ def _pipeline(bench: Bench, csv_dir: Path, name: str, **settings: str) -> tuple[
     """init.sh on `csv_dir`: its timing, each step's seconds, and the build's dbt nodes."""
     timings = BuildTimings(bench, name)
     timed = bench.pipeline(csv_dir, name, on_step=timings.on_step, **settings)
-    return timed, step_seconds(timed), timings.nodes()
+    return timed, step_seconds(timed.markers, timed.seconds), timings.nodes()
 
 
 def _build_step(timed: Timed) -> str:

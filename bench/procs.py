@@ -192,13 +192,19 @@ def step_name(text: str) -> str:
     return re.split(r":| in | from | \(", text, maxsplit=1)[0].strip()
 
 
-def step_seconds(timed: Timed) -> dict[str, float]:
-    """Each step's duration: from its line to the next step's line (the last one: to the end); the
-    time before the first step line (the interpreter starting) is `start-up`, so they sum to the total."""
-    ends = [at for at, _ in timed.markers[1:]] + [timed.seconds]
-    steps = {"start-up": round(timed.markers[0][0] if timed.markers else timed.seconds, 3)}
-    for (at, text), end in zip(timed.markers, ends, strict=True):
-        steps[step_name(text)] = round(end - at, 3)
+START_UP = "start-up"
+
+
+def step_seconds(markers: Sequence[tuple[float, str]], end: float) -> dict[str, float]:
+    """Each step's seconds, from its line to the next one (the last: to `end`; lines after it are left
+    out); the time before the first line (the interpreter starting) is `start-up`, so they sum to `end`.
+    A step named twice gets both durations."""
+    markers = [(at, text) for at, text in markers if at < end]
+    times = [at for at, _ in markers] + [end]
+    steps = {START_UP: round(times[0], 3)}
+    for (at, text), following in zip(markers, times[1:], strict=True):
+        name = step_name(text)
+        steps[name] = round(steps.get(name, 0.0) + following - at, 3)
     return steps
 
 
