@@ -63,7 +63,7 @@ def build_on(engine: str, project: Path, csv_dir: Path, work: Path) -> None:
         env=engine_env(engine, work),
         capture_output=True,
         text=True,
-        # a guard against a hang, not a speed limit: a Spark build takes about 3 minutes alone, but
+        # a guard against a hang, not a speed limit: a Spark build takes about 4.5 minutes alone, but
         # shares the cores with the other xdist worker and took over 15 on a busy 2-core machine
         timeout=1800 if engine == "spark" else 900,
     )
