@@ -2,7 +2,9 @@
 
 - the base export: invoices.csv + organizations.csv (the generator's single-file layout);
 - the next day: a folder holding the base files (hard links) and `exports/<day>/invoices.csv`, the
-  generator's next-day export (new and changed invoices only): what a user's CSV_DIR holds the day after;
+  generator's next-day export (new and changed invoices only): what a user's CSV_DIR holds the day after
+  (the pipeline and the next day run on a landing folder in the run's work folder, to which that export
+  is added: the same paths on both days, as in daily operation);
 - the full-snapshot next day: `exports/<day>/` holding every invoice (the base rows with the day's changes
   applied, plus the day's new ones) and organizations.csv, as a system that can only export everything
   would send it;
@@ -234,6 +236,24 @@ def snapshot_dataset(base: Dataset, next_day: Dataset) -> Dataset:
     _link(base.directory / ORGANIZATIONS, export / ORGANIZATIONS)
     names = (f"exports/{NEXT_DAY}/{INVOICES}", f"exports/{NEXT_DAY}/{ORGANIZATIONS}")
     return _write_marker(directory, parameters, names, None, 0)
+
+
+def landing_folder(base: Dataset, directory: Path) -> Dataset:
+    """A CSV_DIR for the pipeline and the days after it, as csv_data/ in daily operation: the base files
+    linked in, each next day's export folder added beside them (`add_export`). The loader then finds the
+    base files by the same paths every run, so it skips them by their remembered checksums instead of
+    reading them again, as it does every day in production."""
+    _fresh(directory)
+    for name in FILES:
+        _link(base.directory / name, directory / name)
+    return Dataset(directory, {"files": base.marker["files"]})
+
+
+def add_export(landing: Dataset, day: Dataset) -> None:
+    """Link `day`'s dated export folders into the landing folder (a day arriving)."""
+    for name in day.marker["files"]:
+        if name.startswith("exports/"):
+            _link(day.directory / name, landing.directory / name)
 
 
 def head_dataset(base: Dataset, fraction: float, directory: Path) -> Dataset:
