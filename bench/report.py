@@ -83,13 +83,28 @@ def evaluate(measures: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return evaluated
 
 
+def _free_stem(results_dir: Path, stem: str) -> str:
+    """`stem`, or `stem`-run<N> with the first N free: a later run of the same day never overwrites the
+    results of an earlier one (committed or not). An unnumbered file counts as run 1."""
+
+    def taken(name: str) -> bool:
+        return any((results_dir / f"{name}{suffix}").exists() for suffix in (".json", ".md"))
+
+    if not taken(stem) and not taken(f"{stem}-run1"):
+        return stem
+    number = 2
+    while taken(f"{stem}-run{number}"):
+        number += 1
+    return f"{stem}-run{number}"
+
+
 def write(
     results: dict[str, Any], results_dir: Path, kind: str = "invoices", render=None
 ) -> tuple[Path, Path]:
     """<results-dir>/<date>-<invoices>-<kind>.json and .md (rendered by `render`, default this module's
-    markdown); return both paths."""
+    markdown), or -run2, -run3, ... when that day's run already wrote there; return both paths."""
     results_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"{results['date']}-{results['parameters']['invoices']}-{kind}"
+    stem = _free_stem(results_dir, f"{results['date']}-{results['parameters']['invoices']}-{kind}")
     json_path, md_path = results_dir / f"{stem}.json", results_dir / f"{stem}.md"
     json_path.write_text(json.dumps(results, indent=2, default=str) + "\n")
     md_path.write_text((render or markdown)(results))

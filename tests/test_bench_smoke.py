@@ -238,3 +238,15 @@ def _measures(**changes: float) -> dict:
 def test_evaluate_compares_each_value_with_its_threshold(key, met_value, missed_value):
     assert report.evaluate(_measures(**{key: met_value}))[key]["met"] is True
     assert report.evaluate(_measures(**{key: missed_value}))[key]["met"] is False
+
+
+def test_a_second_run_of_the_day_never_overwrites_the_first(tmp_path):
+    results = {"date": "2026-12-01", "parameters": {"invoices": 100}}
+    first, _ = report.write(results, tmp_path, render=lambda r: "first\n")
+    second, second_md = report.write(results, tmp_path, render=lambda r: "second\n")
+    (tmp_path / "2026-12-01-100-invoices-run3.md").write_text("a run renamed by hand\n")
+    fourth, _ = report.write(results, tmp_path, render=lambda r: "fourth\n")
+    assert first.name == "2026-12-01-100-invoices.json"
+    assert first.with_suffix(".md").read_text() == "first\n"
+    assert (second.name, second_md.read_text()) == ("2026-12-01-100-invoices-run2.json", "second\n")
+    assert fourth.name == "2026-12-01-100-invoices-run4.json"
