@@ -206,12 +206,12 @@ def test_duckdb_equals_postgres_after_a_rules_edit(rules_edit, demo_postgres, tm
     assert_same_marts(database, lambda table: duckdb_rows(tmp_path, table))
 
 
-@pytest.fixture
-def spark_work(tmp_path):
+@pytest.fixture(scope="module")
+def spark_available() -> None:
+    """Skips without pyspark or Java; module-wide, so that it runs before short_history's build."""
     pytest.importorskip("pyspark")
     if shutil.which("java") is None:
         pytest.skip("Spark needs a Java runtime (java on PATH)")
-    return tmp_path
 
 
 # The generator's exports, as the demo's, over 60 days instead of 1,096: Spark writes a partition per day
@@ -221,8 +221,8 @@ SHORT_HISTORY = shlex.split("--invoices 3000 --organizations 60 --seed 7 --end-d
 
 
 @pytest.fixture(scope="module")
-def short_history(make_database, tmp_path_factory):
-    """Postgres built by init.sh from a short generated history; its CSV folder."""
+def short_history(spark_available, make_database, tmp_path_factory):
+    """Postgres built by init.sh from a short generated history, for the Spark comparison; its CSV folder."""
     from data_platform.generator import main as generate
 
     csv_dir = tmp_path_factory.mktemp("short_history")
@@ -236,8 +236,8 @@ def short_history(make_database, tmp_path_factory):
 # Only one build: engines.build always builds in full, so on Spark a rules edit would run the same code
 # with other seed values (the rules edit is compared on DuckDB).
 @pytest.mark.spark
-def test_spark_equals_postgres_on_a_generated_history(short_history, spark_work):
+def test_spark_equals_postgres_on_a_generated_history(short_history, tmp_path):
     database, csv_dir = short_history
     assert len(database.query("select distinct export_date from raw.load_log")) == 3
-    build_on("spark", PROJECT_ROOT, csv_dir, spark_work)
-    assert_same_marts(database, lambda table: spark_rows(spark_work, table))
+    build_on("spark", PROJECT_ROOT, csv_dir, tmp_path)
+    assert_same_marts(database, lambda table: spark_rows(tmp_path, table))
