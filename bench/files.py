@@ -32,7 +32,8 @@ from procs import PYTHON, ROOT, Timed, run
 REAL_INVOICES = 12_700_000  # the real export's size, every benchmark's default
 
 
-def _at_least_one(text: str) -> int:
+def at_least_one(text: str) -> int:
+    """argparse type: a whole number of at least 1."""
     number = int(text)
     if number < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
@@ -41,8 +42,8 @@ def _at_least_one(text: str) -> int:
 
 def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
     """The options every benchmark shares: which generated data, where it and the results go."""
-    parser.add_argument("--invoices", type=_at_least_one, default=REAL_INVOICES)
-    parser.add_argument("--organizations", type=_at_least_one, default=21_806)
+    parser.add_argument("--invoices", type=at_least_one, default=REAL_INVOICES)
+    parser.add_argument("--organizations", type=at_least_one, default=21_806)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--data-dir", type=Path, default=ROOT / "bench" / "data", help="generated files")
     parser.add_argument("--results-dir", type=Path, default=ROOT / "bench" / "results")

@@ -135,23 +135,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     files.add_dataset_arguments(parser)
     parser.add_argument(
         "--new-invoices",
-        type=int,
+        type=files.at_least_one,
         help=f"new invoices in the next day's export (default {REAL_NEW_INVOICES:,} x --invoices / 12.7M)",
     )
     parser.add_argument(
         "--changed-invoices",
-        type=int,
+        type=files.at_least_one,
         help=f"changed older invoices in it (default {REAL_CHANGED_INVOICES:,} scaled the same way)",
     )
-    parser.add_argument("--repeat-alert-query", type=int, default=7, help="timed runs of the alert query")
+    parser.add_argument(
+        "--repeat-alert-query", type=files.at_least_one, default=7, help="timed runs of the alert query"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the main database and the work folder")
     args = parser.parse_args(argv)
     if args.new_invoices is None:
         args.new_invoices = _scaled(REAL_NEW_INVOICES, args.invoices)
     if args.changed_invoices is None:
         args.changed_invoices = _scaled(REAL_CHANGED_INVOICES, args.invoices)
-    if min(args.repeat_alert_query, args.new_invoices, args.changed_invoices) < 1:
-        parser.error("--new-invoices, --changed-invoices, --repeat-alert-query must be at least 1")
     args.data_dir, args.results_dir = args.data_dir.resolve(), args.results_dir.resolve()
     return args
 

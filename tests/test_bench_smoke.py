@@ -250,3 +250,16 @@ def test_a_second_run_of_the_day_never_overwrites_the_first(tmp_path):
     assert first.with_suffix(".md").read_text() == "first\n"
     assert (second.name, second_md.read_text()) == ("2026-12-01-100-invoices-run2.json", "second\n")
     assert fourth.name == "2026-12-01-100-invoices-run4.json"
+
+
+@pytest.mark.parametrize(
+    "option",
+    ["--invoices", "--organizations", "--new-invoices", "--changed-invoices", "--repeat-alert-query"],
+)
+def test_every_count_option_must_be_at_least_one(option, capsys):
+    import run
+
+    with pytest.raises(SystemExit) as stopped:
+        run.parse_args([option, "0"])
+    assert stopped.value.code == 2
+    assert f"argument {option}: must be at least 1" in capsys.readouterr().err
