@@ -99,8 +99,9 @@ def method_notes(results: dict[str, Any]) -> list[str]:
         f"Full-snapshot next day: on a fresh database holding the base export, the loader loads one dated "
         f"export ({files.NEXT_DAY}) with every invoice (the base rows with the day's changes applied, plus "
         "the new ones) and organizations.csv; `psql \\copy` of the same files into empty tables on that "
-        "database. One run each. Between the two loads, an untimed `vacuum (analyze)` stands for the day "
-        "in which autovacuum would have processed the first load.",
+        "database. One run each. Between the two loads, an untimed `vacuum (analyze)` and `checkpoint` "
+        "stand for the day in which autovacuum and the timed checkpoints would have processed the first "
+        "load.",
         "Full pipeline: `init.sh` with FULL_REFRESH=true, RUN_ALERTS=false (wait, load, seed, build with "
         "tests) on a landing folder holding the base files, as csv_data/ would, without its "
         "`dbt docs generate` step (timed apart). Floor: the best `\\copy` time above "
@@ -111,9 +112,10 @@ def method_notes(results: dict[str, Any]) -> list[str]:
         "landing folder (the base files keep their paths, so the loader skips them by their remembered "
         "checksums, as every day in production), through `init.sh` with its defaults (the pipeline "
         "decides incremental; alerts to the console), "
-        "without its docs step; before it, an untimed `vacuum (analyze)` stands for the day between "
-        "(autovacuum's work on the freshly built tables). The fact, dim_invoices and dim_organizations "
-        "are then compared with `dbt run --full-refresh` over the same raw tables (EXCEPT ALL both ways).",
+        "without its docs step; before it, an untimed `vacuum (analyze)` and `checkpoint` stand for the "
+        "day between (autovacuum's work on the freshly built tables, the timed checkpoints' writes). "
+        "The fact, dim_invoices and dim_organizations are then compared with `dbt run --full-refresh` "
+        "over the same raw tables (EXCEPT ALL both ways).",
         f"Alert query: `alerts_query(latest, latest, 0.5)` executed and fetched through SQLAlchemy as the "
         f"alerter after the next day, median of {p['repeat_alert_query']} runs after one warm-up run.",
         "Per-model timings: `execution_time` of each node in dbt's run_results.json of the pipeline's "

@@ -263,3 +263,44 @@ def test_every_count_option_must_be_at_least_one(option, capsys):
         run.parse_args([option, "0"])
     assert stopped.value.code == 2
     assert f"argument {option}: must be at least 1" in capsys.readouterr().err
+
+
+def test_the_settings_are_read_from_compose_postgres_command(tmp_path):
+    import workspace
+
+    assert workspace.compose_postgres_settings()["max_wal_size"] == "4GB"  # the project's compose.yaml
+    compose = tmp_path / "compose.yaml"
+    compose.write_text(
+        "services:\n  postgres:\n    command: postgres -c max_wal_size=2GB -c work_mem=64MB -p 5433\n"
+    )
+    assert workspace.compose_postgres_settings(compose) == {"max_wal_size": "2GB", "work_mem": "64MB"}
+    compose.write_text("services:\n  postgres:\n    image: postgres:16\n")
+    assert workspace.compose_postgres_settings(compose) == {}
+
+
+@pytest.mark.server_wide
+def test_settings_are_applied_to_the_server_and_a_restart_only_one_is_refused(admin_conninfo):
+    import workspace
+    from procs import StepFailed
+
+    def current(name):
+        with psycopg.connect(admin_conninfo, autocommit=True) as conn:
+            return conn.execute("select current_setting(%s)", [name]).fetchone()[0]
+
+    def reset(name):
+        with psycopg.connect(admin_conninfo, autocommit=True) as conn:
+            conn.execute(f"alter system reset {name}")
+            conn.execute("select pg_reload_conf()")
+
+    before = current("max_wal_size")
+    other = "3GB" if before != "3GB" else "2GB"
+    try:
+        workspace.apply_settings(admin_conninfo, {"max_wal_size": other})
+        assert current("max_wal_size") == other
+    finally:
+        reset("max_wal_size")
+    try:
+        with pytest.raises(StepFailed, match="need a server restart to apply: shared_buffers"):
+            workspace.apply_settings(admin_conninfo, {"shared_buffers": "129MB"})
+    finally:
+        reset("shared_buffers")

@@ -250,6 +250,27 @@ def test_every_model_and_column_in_the_catalog_is_documented(fixture_pipeline):
     assert missing == []
 
 
+def test_every_generic_test_on_an_incremental_model_checks_only_the_ledger_window(fixture_pipeline):
+    """A test over the whole history of an incremental table reads every day on every next day: at 12.7M
+    invoices that is most of a day's build. Generic tests on incremental models say `where:` with the
+    window (their full-history version runs on a full refresh, when the window is unset)."""
+    _, _, target = fixture_pipeline
+    manifest = json.loads((target / "manifest.json").read_text())
+    nodes = manifest["nodes"]
+    incremental = {key for key, node in nodes.items() if node["config"].get("materialized") == "incremental"}
+    names = {key.split(".")[-1] for key in incremental}
+    assert names >= {"fct_organization_daily_financials", "dim_invoices"}
+    unwindowed = [
+        key.split(".")[2]
+        for key, node in nodes.items()
+        if node["resource_type"] == "test"
+        and node.get("test_metadata")  # generic: the singular ones filter by the window themselves
+        and node.get("attached_node") in incremental
+        and "__ledger_window_start__" not in (node["config"].get("where") or "")
+    ]
+    assert unwindowed == []
+
+
 def dbt_test(fixture_pipeline, select: str) -> subprocess.CompletedProcess:
     database, _, target = fixture_pipeline
     env = pipeline_env(database, PROJECT_ROOT / "csv_data", DBT_TARGET_PATH=str(target))
