@@ -77,19 +77,42 @@ def compose_postgres_settings(compose_file: Path = ROOT / "compose.yaml") -> dic
     return settings
 
 
+# how long a reload may take to reach new sessions (the postmaster handles the signal asynchronously)
+RELOAD_WAIT_SECONDS = 5.0
+
+
 def apply_settings(conninfo: str, settings: dict[str, str]) -> None:
-    """Set `settings` on the server (ALTER SYSTEM, then a reload); one that needs a restart is refused."""
+    """Set `settings` on the running server (ALTER SYSTEM, then a reload) and wait until new sessions
+    see them. A setting that only a restart applies is refused before anything is changed."""
+    if not settings:
+        return
+    names = list(settings)
     with psycopg.connect(conninfo, autocommit=True) as conn:
+        known = dict(
+            conn.execute("select name, context from pg_settings where name = any(%s)", [names]).fetchall()
+        )
+        unknown = [name for name in names if name not in known]
+        restart = [name for name in names if known.get(name) == "postmaster"]
+        if unknown or restart:
+            raise StepFailed(
+                "compose.yaml's Postgres settings cannot be applied to the running benchmark server: "
+                + "; ".join(
+                    [f"unknown: {', '.join(unknown)}"] * bool(unknown)
+                    + [f"need a restart: {', '.join(restart)}"] * bool(restart)
+                )
+            )
         for name, value in settings.items():
             conn.execute(sql.SQL("alter system set {} = {}").format(sql.Identifier(name), sql.Literal(value)))
         conn.execute("select pg_reload_conf()")
-        time.sleep(0.2)  # the reload is signalled: give the postmaster a moment to read the file
-        pending = conn.execute(
-            "select array_agg(name::text) from pg_settings where name = any(%s) and pending_restart",
-            [list(settings)],
-        ).fetchone()[0]
-    if pending:
-        raise StepFailed(f"these compose.yaml settings need a server restart to apply: {', '.join(pending)}")
+    deadline = time.monotonic() + RELOAD_WAIT_SECONDS
+    while True:
+        with psycopg.connect(conninfo, autocommit=True) as conn:  # a new session: it has the reload or not
+            seen = {name: conn.execute("select current_setting(%s)", [name]).fetchone()[0] for name in names}
+        if seen == settings:
+            return
+        if time.monotonic() > deadline:
+            raise StepFailed(f"the server did not take compose.yaml's settings {settings} (it shows {seen})")
+        time.sleep(0.05)
 
 
 def open_server(data_dir: Path) -> tuple[Server, str]:

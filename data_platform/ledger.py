@@ -196,8 +196,46 @@ def _look_up_by_key_if_small(conn: psycopg.Connection, rows: int) -> None:
         conn.execute("set local enable_mergejoin to off")
 
 
-def apply_invoices(conn: psycopg.Connection, rows: int, export_date: date) -> InvoiceCounts:
-    """New invoices become version 1, changed ones their next version; unchanged ones cost nothing."""
+def apply_invoices(conn: psycopg.Connection, staged: Staged, export_date: date) -> InvoiceCounts:
+    """New invoices become version 1, changed ones their next version; unchanged ones cost nothing.
+    An INVOICE_ID the export holds twice is refused."""
+    (empty,) = conn.execute(
+        sql.SQL("select not exists (select from {}) and not exists (select from {})").format(
+            raw("invoices"), raw("invoice_versions")
+        )
+    ).fetchone()
+    if empty:
+        return _insert_first_versions(conn, staged, export_date)
+    refuse_duplicates(conn, staged)
+    return _apply_changes(conn, staged.rows, export_date)
+
+
+def _insert_first_versions(conn: psycopg.Connection, staged: Staged, export_date: date) -> InvoiceCounts:
+    """Into an empty ledger every invoice is new: nothing to diff, and no separate duplicate check, since
+    a repeated INVOICE_ID breaks the versions' primary key (then named at its lines). The versions are
+    written in key order (their key index grows in order) and the current state is copied from them."""
+    columns, day = INVOICES.names(), sql.Literal(export_date)
+    try:
+        with conn.transaction():  # a savepoint: the diagnosis below runs in the load transaction
+            conn.execute(
+                sql.SQL(
+                    "insert into {} ({}, version, seen_on) select {}, 1, {} from {} order by invoice_id"
+                ).format(raw("invoice_versions"), columns, columns, day, typed_table(INVOICES))
+            )
+            conn.execute(
+                sql.SQL(
+                    "insert into {} ({}, version, first_seen_on, seen_on)"
+                    " select {}, version, seen_on, seen_on from {}"
+                ).format(raw("invoices"), columns, columns, raw("invoice_versions"))
+            )
+    except psycopg.errors.UniqueViolation:
+        refuse_duplicates(conn, staged)
+        raise
+    return InvoiceCounts(staged.rows, 0, 0)
+
+
+def _apply_changes(conn: psycopg.Connection, rows: int, export_date: date) -> InvoiceCounts:
+    """The diff of the export against the current state, by key; only new and changed rows are written."""
     columns = INVOICES.names()
     _look_up_by_key_if_small(conn, rows)
     # sorted by key: the primary-key indexes then grow in order instead of at random pages

@@ -190,11 +190,11 @@ def load_export(
                 raise _altered(export, export_date, logged, invoices.sha256)
             _refuse_date(conn, export, export_date, today)
         ledger.refuse_future_invoices(conn, invoices, export_date)
-        for one in staged.values():
-            ledger.refuse_duplicates(conn, one)
-
-        counts = ledger.apply_invoices(conn, invoices.rows, export_date)
         organizations = staged.get(ORGANIZATIONS.name)
+        if organizations:
+            ledger.refuse_duplicates(conn, organizations)
+
+        counts = ledger.apply_invoices(conn, invoices, export_date)
         org_new, org_changed = ledger.apply_organizations(conn, export_date) if organizations else (0, 0)
         for spec, _path, _header in files:
             discard(conn, spec)

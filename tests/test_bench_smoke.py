@@ -279,7 +279,7 @@ def test_the_settings_are_read_from_compose_postgres_command(tmp_path):
 
 
 @pytest.mark.server_wide
-def test_settings_are_applied_to_the_server_and_a_restart_only_one_is_refused(admin_conninfo):
+def test_settings_are_applied_to_the_server_and_a_restart_only_or_unknown_one_is_refused(admin_conninfo):
     import workspace
     from procs import StepFailed
 
@@ -294,13 +294,18 @@ def test_settings_are_applied_to_the_server_and_a_restart_only_one_is_refused(ad
 
     before = current("max_wal_size")
     other = "3GB" if before != "3GB" else "2GB"
+    with pytest.raises(StepFailed, match=r"need a restart: shared_buffers$"):
+        workspace.apply_settings(admin_conninfo, {"shared_buffers": "129MB", "max_wal_size": other})
+    with pytest.raises(StepFailed, match=r"unknown: no_such_setting$"):
+        workspace.apply_settings(admin_conninfo, {"no_such_setting": "1", "max_wal_size": other})
+    with psycopg.connect(admin_conninfo, autocommit=True) as conn:  # refused before anything changed
+        altered = conn.execute(
+            "select count(*) from pg_file_settings where sourcefile like '%postgresql.auto.conf'"
+            " and name in ('max_wal_size', 'shared_buffers', 'no_such_setting')"
+        ).fetchone()[0]
+    assert altered == 0
     try:
-        workspace.apply_settings(admin_conninfo, {"max_wal_size": other})
+        workspace.apply_settings(admin_conninfo, {"max_wal_size": other})  # returns once sessions see it
         assert current("max_wal_size") == other
     finally:
         reset("max_wal_size")
-    try:
-        with pytest.raises(StepFailed, match="need a server restart to apply: shared_buffers"):
-            workspace.apply_settings(admin_conninfo, {"shared_buffers": "129MB"})
-    finally:
-        reset("shared_buffers")
