@@ -21,7 +21,7 @@ from datetime import date, timedelta
 from decimal import Decimal
 
 import pytest
-from conftest import PROJECT_ROOT, Database
+from conftest import PROJECT_ROOT, Database, default_sigint
 from slack_stub import (
     OK,
     QUERY_SECRET,
@@ -805,7 +805,12 @@ def test_interrupt_exits_130_and_keeps_what_was_committed(db, slack):
     slack.answer(OK, then=hang())
     env = alerter_env(db, slack.url, ALERT_HTTP_TIMEOUT="30")
     run = subprocess.Popen(
-        command(), cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        command(),
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=default_sigint,  # whatever the test run inherited (`nohup ... &` ignores Ctrl-C)
     )
     try:
         wait_until(lambda: len(slack.requests) == 2, "organization 2's message in flight")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import PROJECT_ROOT
+from conftest import PROJECT_ROOT, default_sigint
 from loader_files import (
     BASE_DATE,
     BIG,
@@ -354,6 +354,7 @@ def test_cli_interrupted_or_killed_mid_copy_changes_nothing(database, conn, tmp_
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=default_sigint,  # whatever the test run inherited (`nohup ... &` ignores Ctrl-C)
     )
     deadline = time.monotonic() + 30
     copying = "select count(*) from pg_stat_activity where query like 'copy %incoming_invoices_text%'"

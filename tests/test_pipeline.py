@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
+import sys
 from decimal import Decimal
 from pathlib import Path
 
@@ -415,3 +417,18 @@ def test_demo_data_builds_every_model(make_database):
         """
     )
     assert paid_only == [(4,)]
+
+
+def test_a_step_gets_the_stop_request_even_when_the_pipeline_was_started_ignoring_ctrl_c():
+    """Started with SIGINT ignored (`nohup init.sh &`), the steps would inherit that and ignore the
+    SIGINT the pipeline passes on to stop them."""
+    from data_platform import pipeline
+
+    python_default = (
+        "import signal, sys; sys.exit(signal.getsignal(signal.SIGINT) is not signal.default_int_handler)"
+    )
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        assert pipeline.run_child([sys.executable, "-c", python_default]) == 0
+    finally:
+        signal.signal(signal.SIGINT, previous)
