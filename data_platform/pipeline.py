@@ -131,16 +131,17 @@ def _raise_stopped(signum: int, _frame) -> None:
     raise Stopped(signum)
 
 
-def _default_sigint() -> None:
-    # A process started with SIGINT ignored (`nohup ... &`, some supervisors) passes that on through exec:
-    # the step would then ignore the stop request below and only be killed after the grace period.
+def default_sigint() -> None:
+    """A child's preexec_fn: Ctrl-C (SIGINT) at its default. A process started with SIGINT ignored
+    (`nohup ... &`, some supervisors) passes that on through exec: a step would then ignore the stop
+    request below and only be killed after the grace period."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def run_child(argv: Sequence[str], env: dict[str, str] | None = None) -> int:
     """Run one step and return its exit code; a stop request is passed on to it as SIGINT."""
     child = subprocess.Popen(
-        list(argv), cwd=PROJECT_ROOT, env=env, start_new_session=True, preexec_fn=_default_sigint
+        list(argv), cwd=PROJECT_ROOT, env=env, start_new_session=True, preexec_fn=default_sigint
     )
     try:
         return child.wait()

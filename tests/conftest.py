@@ -238,12 +238,6 @@ class Database:
             return conn.execute(statement, params).fetchall()
 
 
-def default_sigint() -> None:
-    """A child's preexec_fn: Ctrl-C (SIGINT) at its default, also when this test run was started with it
-    ignored (`nohup ... &`), which every child would otherwise inherit."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 def libpq_env(conninfo: str) -> dict[str, str]:
     """os.environ without its PG* variables, plus those that name `conninfo`'s connection."""
     params = conninfo_to_dict(conninfo)

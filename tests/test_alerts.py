@@ -21,7 +21,7 @@ from datetime import date, timedelta
 from decimal import Decimal
 
 import pytest
-from conftest import PROJECT_ROOT, Database, default_sigint
+from conftest import PROJECT_ROOT, Database
 from slack_stub import (
     OK,
     QUERY_SECRET,
@@ -36,6 +36,7 @@ from slack_stub import (
 )
 
 from data_platform.alerts import cli, detect, store
+from data_platform.pipeline import default_sigint
 
 FACT_DDL = """
 create table marts.fct_organization_daily_financials (

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import PROJECT_ROOT, default_sigint
+from conftest import PROJECT_ROOT
 from loader_files import (
     BASE_DATE,
     BIG,
@@ -28,6 +28,7 @@ from loader_files import (
 )
 
 from data_platform.loader import LoadError, ProgressReporter, load_exports
+from data_platform.pipeline import default_sigint
 
 # --- the schema -------------------------------------------------------------------------------
 
