@@ -52,6 +52,7 @@ SETTINGS = (
     "work_mem",
     "maintenance_work_mem",
     "max_wal_size",
+    "effective_io_concurrency",
     "wal_level",
     "max_parallel_workers_per_gather",
     "effective_cache_size",

@@ -177,25 +177,6 @@ def _differs(spec: TableSpec, left: str, right: str) -> sql.Composable:
     return sql.SQL("({}) is distinct from ({})").format(spec.names(left), spec.names(right))
 
 
-# Fewest rows a page of raw.invoices holds (about 200 bytes a row): a low estimate of its rows.
-MIN_ROWS_PER_PAGE = 30
-
-
-def _look_up_by_key_if_small(conn: psycopg.Connection, rows: int) -> None:
-    """Make the diff one primary-key lookup per incoming row when the export is small.
-
-    The table's statistics lag behind loads (autovacuum analyzes later), and with stale ones the
-    planner hashes the whole ledger to diff 30,000 rows. The file size is always current.
-    """
-    (ledger_rows,) = conn.execute(
-        "select pg_relation_size(%s::regclass) / current_setting('block_size')::int * %s",
-        [f"{RAW_SCHEMA}.invoices", MIN_ROWS_PER_PAGE],
-    ).fetchone()
-    if rows * 10 < ledger_rows:
-        conn.execute("set local enable_hashjoin to off")
-        conn.execute("set local enable_mergejoin to off")
-
-
 def apply_invoices(conn: psycopg.Connection, staged: Staged, export_date: date) -> InvoiceCounts:
     """New invoices become version 1, changed ones their next version; unchanged ones cost nothing.
     An INVOICE_ID the export holds twice is refused."""
@@ -234,10 +215,50 @@ def _insert_first_versions(conn: psycopg.Connection, staged: Staged, export_date
     return InvoiceCounts(staged.rows, 0, 0)
 
 
+# Fewest rows a page of raw.invoices holds (about 200 bytes a row): a low estimate of its rows.
+MIN_ROWS_PER_PAGE = 30
+
+
+def _is_small(conn: psycopg.Connection, rows: int) -> bool:
+    """Whether the export is small beside the ledger: then its invoices are looked up by key.
+
+    The file size decides, not the table's statistics: those lag behind loads (autovacuum analyzes
+    later), and with stale ones the planner hashes the whole ledger to diff 30,000 rows.
+    """
+    (ledger_rows,) = conn.execute(
+        "select pg_relation_size(%s::regclass) / current_setting('block_size')::int * %s",
+        [f"{RAW_SCHEMA}.invoices", MIN_ROWS_PER_PAGE],
+    ).fetchone()
+    return rows * 10 < ledger_rows
+
+
+def _current_rows_of_export(conn: psycopg.Connection) -> sql.Composable:
+    """The current rows of a small export's invoices, copied into a temporary table by one bitmap scan.
+
+    The invoices sit one per page, scattered over the whole ledger. Probed by key one at a time, each
+    probe waits for its page; a bitmap scan requests its pages ahead (the server's
+    effective_io_concurrency, compose.yaml): from a cold cache 0.6 s instead of 3.4 s for 30,000
+    invoices of a 12.7M-invoice ledger, and the update below then finds those pages cached.
+    """
+    conn.execute("set local enable_indexscan to off")
+    conn.execute(
+        sql.SQL(
+            """
+            create temp table current_invoices on commit drop as
+            select {columns}, version from {invoices}
+            where invoice_id = any(array(select invoice_id from {typed}))
+            """
+        ).format(columns=INVOICES.names(), invoices=raw("invoices"), typed=typed_table(INVOICES))
+    )
+    conn.execute("set local enable_indexscan to default")
+    return sql.Identifier("current_invoices")
+
+
 def _apply_changes(conn: psycopg.Connection, rows: int, export_date: date) -> InvoiceCounts:
     """The diff of the export against the current state, by key; only new and changed rows are written."""
     columns = INVOICES.names()
-    _look_up_by_key_if_small(conn, rows)
+    small = _is_small(conn, rows)
+    current = _current_rows_of_export(conn) if small else raw("invoices")
     # sorted by key: the primary-key indexes then grow in order instead of at random pages
     conn.execute(
         sql.SQL(
@@ -245,17 +266,20 @@ def _apply_changes(conn: psycopg.Connection, rows: int, export_date: date) -> In
             create temp table invoice_changes on commit drop as
             select {incoming}, coalesce(current.version, 0) + 1 as version
             from {typed} as incoming
-            left join {invoices} as current on current.invoice_id = incoming.invoice_id
+            left join {current} as current on current.invoice_id = incoming.invoice_id
             where current.invoice_id is null or {differs}
             order by incoming.invoice_id
             """
         ).format(
             incoming=INVOICES.names("incoming"),
             typed=typed_table(INVOICES),
-            invoices=raw("invoices"),
+            current=current,
             differs=_differs(INVOICES, "incoming", "current"),
         )
     )
+    if small:  # the update below finds each changed invoice by key (its page is cached by now)
+        conn.execute("set local enable_hashjoin to off")
+        conn.execute("set local enable_mergejoin to off")
     day = sql.Literal(export_date)
     conn.execute(
         sql.SQL("insert into {} ({}, version, seen_on) select {}, version, {} from invoice_changes").format(

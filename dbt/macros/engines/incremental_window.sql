@@ -106,6 +106,47 @@ from {{ new_rows }};
 {%- endmacro %}
 
 
+{#-
+    How a keyed incremental model replaces the rows of the keys a run recomputed. Postgres: replace_keys
+    (below); elsewhere dbt's delete+insert.
+-#}
+{% macro keyed_replace_strategy() -%}
+    {{ return(adapter.dispatch('keyed_replace_strategy', 'data_platform')()) }}
+{%- endmacro %}
+
+{% macro default__keyed_replace_strategy() -%}
+    {{ return('delete+insert') }}
+{%- endmacro %}
+
+{% macro postgres__keyed_replace_strategy() -%}
+    {{ return('replace_keys') }}
+{%- endmacro %}
+
+
+{#-
+    delete+insert on a single-column key, with the delete as one bitmap scan over all the keys. A day's
+    keys are scattered one per page over a table of millions of rows; probed one by one, each probe waits
+    for its page, while a bitmap scan asks for its pages ahead (the server's effective_io_concurrency,
+    compose.yaml): 1 s instead of 4-5 s for 30,000 invoices of a 12.7M-row table from a cold cache.
+-#}
+{% macro get_incremental_replace_keys_sql(arg_dict) %}
+{%- set target = arg_dict['target_relation'] -%}
+{%- set new_rows = arg_dict['temp_relation'] -%}
+{%- set key = arg_dict['unique_key'] -%}
+{%- set _ = key is string or exceptions.raise_compiler_error("replace_keys needs a one-column unique_key") -%}
+{%- set columns = get_quoted_csv(arg_dict['dest_columns'] | map(attribute='name')) -%}
+
+set local enable_indexscan to off;
+delete from {{ target }}
+where {{ key }} = any(array(select {{ key }} from {{ new_rows }}));
+set local enable_indexscan to default;
+
+insert into {{ target }} ({{ columns }})
+select {{ columns }}
+from {{ new_rows }};
+{% endmacro %}
+
+
 {#- Whether the pipeline set a ledger window; unset (a hand-run `dbt build`), incremental models recompute
     everything. -#}
 {% macro ledger_window_is_set() -%}

@@ -5,7 +5,7 @@
 {{
     config(
         materialized=keyed_replace_materialization(),
-        incremental_strategy='delete+insert',
+        incremental_strategy=keyed_replace_strategy(),
         unique_key='invoice_id',
         indexes=postgres_indexes([
             {'columns': ['invoice_id'], 'unique': True},
