@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import astuple
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -26,7 +27,7 @@ from loader_files import (
     write_export,
 )
 
-from data_platform import file_checksums
+from data_platform import file_checksums, ledger
 from data_platform.loader import LoadError, load_exports
 
 
@@ -118,6 +119,26 @@ def test_changes_over_several_exports_build_the_version_history(conn, csv_dir):
         (-(2**63), 2, "paid", "2024-01-02"),
         (-(2**63), 3, "refunded", "2024-01-05"),
     ]
+
+
+def test_a_small_export_looked_up_by_key_writes_what_a_large_one_hashed_writes(conn, csv_dir, monkeypatch):
+    """Small exports fetch their invoices' current rows by key, large ones hash the whole current state:
+    either way the same versions, current state and counts."""
+    write_export(csv_dir, "2024-01-02", [PAID, INVOICE_LINES[1], invoice(1)])  # changed, unchanged, new
+    write_export(csv_dir, "2024-01-03", [PAID.replace(",paid,", ",refunded,"), invoice(1), invoice(2)])
+    outcomes = {}
+    for small in (True, False):
+        monkeypatch.setattr(ledger, "_is_small", lambda _conn, _rows, small=small: small)
+        reset_raw(conn)
+        counts = [astuple(result.invoices) for result in load_exports(conn, csv_dir)]
+        outcomes[small] = (
+            counts,
+            conn.execute("select * from raw.invoices order by invoice_id").fetchall(),
+            conn.execute("select * from raw.invoice_versions order by invoice_id, version").fetchall(),
+        )
+    assert outcomes[True] == outcomes[False]
+    base = len(INVOICE_LINES) - 1
+    assert outcomes[True][0] == [(base, 0, 0), (1, 1, 1), (1, 1, 1)]
 
 
 def test_an_older_export_is_refused(conn, csv_dir):

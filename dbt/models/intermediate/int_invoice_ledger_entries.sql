@@ -23,12 +23,6 @@ changed_versions as (
 
 ),
 
-previous_versions as (
-
-    select * from {{ ref('int_invoice_versions_enriched') }}
-
-),
-
 exports as (
 
     select * from {{ ref('stg_payments__exports') }}
@@ -65,26 +59,23 @@ bookings as (
 
 ),
 
+-- the previous version's contribution, taken back (int_invoice_versions_enriched carries it)
 reversals as (
 
     select
-        newer.invoice_id,
-        newer.version,
+        invoice_id,
+        version,
         'reversal' as entry_kind,
-        older.organization_id,
-        older.status,
-        newer.seen_on,
-        newer.seen_on as booking_date,
+        previous_organization_id as organization_id,
+        previous_status as status,
+        seen_on,
+        seen_on as booking_date,
         -1 as invoice_count,
-        -older.invoiced_amount_usd as invoiced_amount_usd,
-        -older.paid_amount_usd as paid_amount_usd,
-        -older.balance_contribution_usd as balance_change_usd
+        -previous_invoiced_amount_usd as invoiced_amount_usd,
+        -previous_paid_amount_usd as paid_amount_usd,
+        -previous_balance_contribution_usd as balance_change_usd
 
-    from changed_versions as newer
-    inner join previous_versions as older
-        on
-            newer.invoice_id = older.invoice_id
-            and newer.version = older.version + 1
+    from changed_versions
 
 ),
 
