@@ -140,6 +140,33 @@ def test_dim_invoices_keeps_ids_exact_and_nulls_the_sentinel(fixture_pipeline):
     assert database.query("select count(*) from marts.dim_invoices")[0][0] == len(INVOICE_ROWS)
 
 
+def test_a_join_looks_a_version_up_by_key_through_the_staging_view(fixture_pipeline):
+    """The predecessor lookup of int_invoice_versions_enriched: at 12.7M invoices it must probe the
+    versions' primary key, not scan every version. Postgres plans a view with a WITH clause apart from
+    its reader (a subquery scan that no join condition reaches), so the staging view must stay one plain
+    select. Hash and merge joins are off here so that only a lookup by key can serve the join."""
+    database, _, _ = fixture_pipeline
+    with database.connect("transformer") as conn:
+        conn.execute("set enable_hashjoin to off")
+        conn.execute("set enable_mergejoin to off")
+        conn.execute("set enable_seqscan to off")
+        plan = "\n".join(
+            row[0]
+            for row in conn.execute(
+                """
+                explain
+                select later.invoice_id, earlier.status
+                from staging.stg_payments__invoice_versions as later
+                inner join staging.stg_payments__invoice_versions as earlier
+                    on later.invoice_id = earlier.invoice_id and earlier.version = later.version - 1
+                where later.version > 1
+                """
+            )
+        )
+    assert "Subquery Scan" not in plan, plan
+    assert re.search(r"Index Cond: \(\(invoice_id = \w+\.invoice_id\) AND \(version = ", plan), plan
+
+
 def test_dim_organizations_covers_both_files(fixture_pipeline):
     database, _, _ = fixture_pipeline
     rows = database.query(
