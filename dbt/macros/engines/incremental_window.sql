@@ -89,9 +89,10 @@ from {{ new_rows }};
 
 
 {#-
-    dim_invoices replaces the invoices a newer export changed (delete+insert on invoice_id). Spark's
-    Parquet tables cannot replace single rows (merge needs Delta or Iceberg), so there it is a table,
-    rebuilt from every version on each run: a scan, which is what Spark is for.
+    dim_invoices replaces the invoices a newer export changed (by invoice_id, keyed_replace_strategy
+    below), int_organization_status_totals the organizations and statuses a run touched. Spark's Parquet
+    tables cannot replace single rows (merge needs Delta or Iceberg), so there they are tables rebuilt on
+    each run: a scan, which is what Spark is for.
 -#}
 {% macro keyed_replace_materialization() -%}
     {{ return(adapter.dispatch('keyed_replace_materialization', 'data_platform')()) }}
