@@ -8,6 +8,7 @@ layout): the ledger then gives exactly the balances of the invoices as they are 
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -459,3 +460,41 @@ def test_a_step_gets_the_stop_request_even_when_the_pipeline_was_started_ignorin
         assert pipeline.run_child([sys.executable, "-c", python_default]) == 0
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_warm_dbt_runs_its_command_in_the_environment_sent_after_it_parsed(make_database, tmp_path, capfd):
+    """The build's window is known only after the load, while dbt parsed the project during it."""
+    from data_platform import pipeline
+
+    env = pipeline_env(make_database(), tmp_path)
+    env.pop("LEDGER_WINDOW_START", None)
+    with pipeline.WarmDbt(env) as warm:
+        code = warm.run(
+            "compile",
+            "--select",
+            "assert_ledger_matches_current_invoices",
+            env={**env, "LEDGER_WINDOW_START": "2030-01-02"},
+        )
+    assert code == 0
+    assert "'2030-01-02'::date" in capfd.readouterr().out
+
+
+def dbt_output_in(directory: Path) -> dict[str, str]:
+    return {**os.environ, "DBT_TARGET_PATH": str(directory), "DBT_LOG_PATH": str(directory / "logs")}
+
+
+def test_warm_dbt_exits_with_the_dbt_command_lines_code(tmp_path):
+    from data_platform import pipeline
+
+    with pipeline.WarmDbt(dbt_output_in(tmp_path)) as warm:
+        assert warm.run("compile", "--no-such-option", env=dict(os.environ)) == 2
+
+
+def test_warm_dbt_left_without_a_command_exits_having_run_nothing(tmp_path):
+    """The load failed or the run was stopped: the parsed project is dropped, no dbt command runs."""
+    from data_platform import pipeline
+
+    with pytest.raises(pipeline.Stopped), pipeline.WarmDbt(dbt_output_in(tmp_path)) as warm:
+        raise pipeline.Stopped(signal.SIGTERM)
+    assert warm.child.returncode == 0
+    assert (tmp_path / "manifest.json").exists() and not (tmp_path / "run_results.json").exists()
