@@ -33,7 +33,7 @@ from pathlib import Path
 
 import psycopg
 
-from data_platform import refresh
+from data_platform import refresh, warm_dbt
 from data_platform.db import DatabaseUnavailable, connect, describe_target, wait_until_ready
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -187,7 +187,7 @@ class WarmDbt:
 
     def __enter__(self) -> WarmDbt:
         self.child = start_child(
-            [sys.executable, "-m", "data_platform.warm_dbt", *DBT_ARGS],
+            warm_dbt.command(list(DBT_ARGS)),
             env=self.env,
             stdin=subprocess.PIPE,
             text=True,
@@ -310,12 +310,12 @@ def plan(settings: Settings) -> refresh.BuildPlan:
         return refresh.plan_build(conn, force_full=settings.full_refresh)
 
 
-def build(build_plan: refresh.BuildPlan, warm_dbt: WarmDbt) -> None:
+def build(build_plan: refresh.BuildPlan, warm: WarmDbt) -> None:
     if build_plan.full_refresh:
         step(f"dbt build: rules, models and tests, rebuilt from scratch ({build_plan.reason})")
     else:
         step(f"dbt build: rules, models and tests, days from {build_plan.window_start} ({build_plan.reason})")
-    code = warm_dbt.run("build", *build_plan.dbt_args(), env=build_plan.dbt_environment())
+    code = warm.run("build", *build_plan.dbt_args(), env=build_plan.dbt_environment())
     if code:
         show_failed_tests(_target_dir())
         raise PipelineError("dbt build failed; the next run rebuilds from scratch", code)
@@ -353,10 +353,10 @@ def run(settings: Settings) -> None:
     """Every step, in order, under the pipeline lock."""
     wait_for_database(settings)
     with PipelineLock(settings.lock_timeout_seconds):
-        with WarmDbt() as warm_dbt:
+        with WarmDbt() as warm:
             load_exports(settings)
             build_plan = plan(settings)
-            build(build_plan, warm_dbt)
+            build(build_plan, warm)
         generate_docs(build_plan)
         if settings.run_alerts:
             run_alerts(settings)

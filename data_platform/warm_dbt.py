@@ -16,11 +16,20 @@ failed). A project that does not parse is parsed again by the command, which the
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 
 EXIT_SUCCESS, EXIT_FAILURE, EXIT_ERROR = 0, 1, 2
 EXIT_INTERRUPTED = 130
+# exit_now skips the finalizers of dbt's two multiprocessing locks; Python's resource tracker (a helper
+# process, which gets this interpreter's -W options) then releases them itself, and would say so.
+QUIET_RESOURCE_TRACKER = "ignore:resource_tracker:UserWarning"
+
+
+def command(project_args: list[str]) -> list[str]:
+    """The command line that starts this process."""
+    return [sys.executable, "-W", QUIET_RESOURCE_TRACKER, "-m", "data_platform.warm_dbt", *project_args]
 
 
 def exit_code(result) -> int:
@@ -50,5 +59,15 @@ def main(project_args: list[str]) -> int:
     return exit_code(dbtRunner(manifest=manifest).invoke(command["args"]))
 
 
+def exit_now(code: int) -> None:
+    """Exit without the interpreter's teardown: freeing dbt's parsed project object by object takes
+    about 0.6 s, which the pipeline would wait for. The logs are flushed first; nothing else is left
+    (dbt closed its connections when the command ended)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))
+    exit_now(main(sys.argv[1:]))
