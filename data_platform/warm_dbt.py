@@ -10,7 +10,8 @@ parses the project while the loader works, then waits for one line on stdin,
 and runs that dbt command in the given environment (the build's LEDGER_WINDOW_START is only known after
 the load) with the manifest it parsed. It exits with the `dbt` command's exit code: 0 success, 1 a model
 or test failed, 2 dbt itself failed; 0 without running anything when stdin closes first (the load
-failed). A project that does not parse is parsed again by the command, which then reports the error.
+failed). A project that does not parse is parsed again by the command, which then reports the error
+once, in the build's output.
 """
 
 from __future__ import annotations
@@ -46,17 +47,20 @@ def main(project_args: list[str]) -> int:
         except ImportError as error:
             print(f"warm_dbt: dbt is not installed ({error}); run scripts/bootstrap.sh", file=sys.stderr)
             return EXIT_ERROR
-        parsed = dbtRunner().invoke(["parse", "--quiet", *project_args])
+        # nothing on the console while the loader reports (a parse error is reported by the command,
+        # which parses again); the log file keeps everything
+        silent = ["--log-level", "none", "--log-level-file", "debug"]
+        parsed = dbtRunner().invoke(["parse", *silent, *project_args])
         manifest = parsed.result if parsed.success else None
         line = sys.stdin.readline()
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     if not line:
         return EXIT_SUCCESS
-    command = json.loads(line)
+    request = json.loads(line)
     os.environ.clear()
-    os.environ.update(command["env"])
-    return exit_code(dbtRunner(manifest=manifest).invoke(command["args"]))
+    os.environ.update(request["env"])
+    return exit_code(dbtRunner(manifest=manifest).invoke(request["args"]))
 
 
 def exit_now(code: int) -> None:

@@ -498,3 +498,16 @@ def test_warm_dbt_left_without_a_command_exits_having_run_nothing(tmp_path):
         raise pipeline.Stopped(signal.SIGTERM)
     assert warm.child.returncode == 0
     assert (tmp_path / "manifest.json").exists() and not (tmp_path / "run_results.json").exists()
+
+
+def test_a_project_that_does_not_parse_fails_the_build_with_dbts_error_once(make_database, tmp_path):
+    """dbt parses while the loader runs, silently: the error is the build's, reported after the load."""
+    project = copy_project(tmp_path / "project")
+    model = project / "dbt" / "models" / "marts" / "dim_organizations.sql"
+    model.write_text(model.read_text() + "\n{{ ref('no_such_model') }}\n")
+    result = run_pipeline(make_database(), write_fixture(tmp_path / "csv"), project_root=project)
+    assert result.returncode == 2, result.stdout + result.stderr
+    output = result.stdout + result.stderr
+    assert output.count("no_such_model") == 1, output
+    assert output.index("==> dbt build") < output.index("no_such_model")
+    assert "export 2023-01-06" in result.stdout  # the load ran first and committed
