@@ -66,6 +66,7 @@ TABLES = {
     "marts.fct_organization_daily_financials": ("*", "organization_id, balance_date"),
     "marts.dim_invoices": ("*", "invoice_id"),
     "marts.dim_organizations": ("*", "organization_id"),
+    "marts.fct_organization_daily_drivers": ("*", "organization_id, balance_date, driver_kind"),
     "intermediate.int_organization_daily_status_totals": ("*", "organization_id, balance_date, status"),
     "intermediate.int_organization_status_totals": (
         "organization_id, status, invoice_count, invoiced_amount_usd, paid_amount_usd, balance_usd, "

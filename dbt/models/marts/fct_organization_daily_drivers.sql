@@ -21,14 +21,30 @@
 
 with
 
-entries as (
+-- a first version's one entry is its invoice's only entry on its day (a later version books and takes it
+-- back on the later version's own export day), so only the changes' entries need grouping per invoice:
+-- at 12.7M invoices that grouping was a third of this model's full build
+first_entries as (
 
     select * from {{ ref('int_invoice_ledger_entries') }}
-    {% if is_incremental() %}
-        where
-            seen_on >= {{ ledger_window_start() }}
+    where
+        version = 1
+        {% if is_incremental() %}
+            and seen_on >= {{ ledger_window_start() }}
             and booking_date >= {{ ledger_window_start() }}
-    {% endif %}
+        {% endif %}
+
+),
+
+change_entries as (
+
+    select * from {{ ref('int_invoice_ledger_entries') }}
+    where
+        version > 1
+        {% if is_incremental() %}
+            and seen_on >= {{ ledger_window_start() }}
+            and booking_date >= {{ ledger_window_start() }}
+        {% endif %}
 
 ),
 
@@ -38,15 +54,29 @@ rules as (
 
 ),
 
--- an invoice's entries of one organization and day: its booking and, for a changed invoice, the reversal
--- of its previous version (an invoice that moved leaves only the reversal in its old organization)
 invoice_days as (
 
     select
         organization_id,
         booking_date as balance_date,
         invoice_id,
-        bool_or(version = 1) as is_new_invoice,
+        true as is_new_invoice,
+        status,
+        invoiced_amount_usd,
+        paid_amount_usd,
+        balance_change_usd
+
+    from first_entries
+
+    union all
+
+    -- a changed invoice's entries of one organization and day: its booking and the reversal of its
+    -- previous version (an invoice that moved leaves only the reversal in its old organization)
+    select
+        organization_id,
+        booking_date as balance_date,
+        invoice_id,
+        false as is_new_invoice,
         coalesce(
             max(status) filter (where entry_kind = 'booking'),
             max(status)
@@ -55,7 +85,7 @@ invoice_days as (
         sum(paid_amount_usd) as paid_amount_usd,
         sum(balance_change_usd) as balance_change_usd
 
-    from entries
+    from change_entries
     group by organization_id, booking_date, invoice_id
 
 ),
