@@ -20,6 +20,7 @@ after `dbt build` succeeded, so an interrupted run is rebuilt in full by the nex
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -203,11 +204,14 @@ class WarmDbt:
             pass  # it stopped early and printed why; its exit code says the rest
         return wait_child(self.child)
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, exc_type, exc, traceback) -> None:
         if self.child.poll() is not None:
             return
-        try:
+        if exc_type is not None:  # the load failed or a stop request came: no parse is worth waiting for
+            self.child.send_signal(signal.SIGINT)
+        with contextlib.suppress(BrokenPipeError):  # a command left in the buffer, for a stopped process
             self.child.stdin.close()
+        try:
             self.child.wait(timeout=STOP_GRACE_SECONDS)
         except (subprocess.TimeoutExpired, Stopped):
             self.child.kill()
@@ -305,9 +309,9 @@ def load_exports(settings: Settings) -> None:
         raise PipelineError("the load failed; the warehouse is unchanged (see the error above)", code)
 
 
-def plan(settings: Settings) -> refresh.BuildPlan:
+def plan(settings: Settings, project: str) -> refresh.BuildPlan:
     with connect() as conn:
-        return refresh.plan_build(conn, force_full=settings.full_refresh)
+        return refresh.plan_build(conn, force_full=settings.full_refresh, project=project)
 
 
 def build(build_plan: refresh.BuildPlan, warm: WarmDbt) -> None:
@@ -353,9 +357,10 @@ def run(settings: Settings) -> None:
     """Every step, in order, under the pipeline lock."""
     wait_for_database(settings)
     with PipelineLock(settings.lock_timeout_seconds):
+        project = refresh.project_fingerprint()  # before the warm process parses the project
         with WarmDbt() as warm:
             load_exports(settings)
-            build_plan = plan(settings)
+            build_plan = plan(settings, project)
             build(build_plan, warm)
         generate_docs(build_plan)
         if settings.run_alerts:

@@ -114,11 +114,21 @@ def latest_export(conn: psycopg.Connection) -> dt.date | None:
     return ledger.latest_export(conn) if _exists(conn, LOAD_LOG) else None
 
 
-def current_state(conn: psycopg.Connection, project_dir: Path = DBT_PROJECT_DIR) -> BuildState:
+def project_fingerprint(project_dir: Path = DBT_PROJECT_DIR) -> str:
+    """The fingerprint of the project's SQL; take it before dbt parses, so that a file edited in between
+    makes the next run rebuild (the other order would record SQL the build never ran)."""
+    return files_fingerprint(project_dir, PROJECT_FILES)
+
+
+def current_state(
+    conn: psycopg.Connection, project_dir: Path = DBT_PROJECT_DIR, project: str | None = None
+) -> BuildState:
+    """The state a build now would be computed from; `project`: the project's fingerprint taken before
+    dbt parsed it, when the parse came first (default: the files now)."""
     last_export = latest_export(conn)
     return BuildState(
         rules_fingerprint=files_fingerprint(project_dir, RULES_FILES),
-        project_fingerprint=files_fingerprint(project_dir, PROJECT_FILES),
+        project_fingerprint=project or project_fingerprint(project_dir),
         exports_fingerprint=_exports(conn, last_export),
         last_export_date=last_export,
     )
@@ -136,10 +146,15 @@ def recorded_state(conn: psycopg.Connection) -> BuildState | None:
 
 
 def plan_build(
-    conn: psycopg.Connection, *, force_full: bool = False, project_dir: Path = DBT_PROJECT_DIR
+    conn: psycopg.Connection,
+    *,
+    force_full: bool = False,
+    project_dir: Path = DBT_PROJECT_DIR,
+    project: str | None = None,
 ) -> BuildPlan:
-    """Decide the next build from the project's files and the warehouse's state."""
-    current = current_state(conn, project_dir)
+    """Decide the next build from the project's files and the warehouse's state (`project`: as in
+    current_state)."""
+    current = current_state(conn, project_dir, project)
     last = recorded_state(conn)
 
     def full(reason: str) -> BuildPlan:

@@ -9,9 +9,12 @@ parses the project while the loader works, then waits for one line on stdin,
 
 and runs that dbt command in the given environment (the build's LEDGER_WINDOW_START is only known after
 the load) with the manifest it parsed. It exits with the `dbt` command's exit code: 0 success, 1 a model
-or test failed, 2 dbt itself failed; 0 without running anything when stdin closes first (the load
-failed). A project that does not parse is parsed again by the command, which then reports the error
-once, in the build's output.
+or test failed, 2 dbt itself failed, 130 stopped by SIGINT (the pipeline passes its stop requests on, and
+sends one when it leaves without a command: the load failed); 0 without running anything when stdin
+closes first. A project that does not parse is parsed again by the command, which then reports the error
+once, in the build's output. What the parse itself reads from the environment (env_var() in
+dbt_project.yml, such as the grants' ALERTER_USER) comes from the environment this process started in,
+not the one sent: the pipeline starts it with its own, the one it then sends with the window added.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ def exit_code(result) -> int:
     """The `dbt` command line's exit code for a dbtRunner result."""
     if result.success:
         return EXIT_SUCCESS
+    if isinstance(result.exception, KeyboardInterrupt):
+        return EXIT_INTERRUPTED
     return EXIT_ERROR if result.exception is not None else EXIT_FAILURE
 
 
@@ -51,6 +56,8 @@ def main(project_args: list[str]) -> int:
         # which parses again); the log file keeps everything
         silent = ["--log-level", "none", "--log-level-file", "debug"]
         parsed = dbtRunner().invoke(["parse", *silent, *project_args])
+        if isinstance(parsed.exception, KeyboardInterrupt):  # dbtRunner returns Ctrl-C as a failed result
+            return EXIT_INTERRUPTED
         manifest = parsed.result if parsed.success else None
         line = sys.stdin.readline()
     except KeyboardInterrupt:

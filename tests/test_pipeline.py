@@ -13,6 +13,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from decimal import Decimal
 from pathlib import Path
 
@@ -491,13 +492,78 @@ def test_warm_dbt_exits_with_the_dbt_command_lines_code(tmp_path):
 
 
 def test_warm_dbt_left_without_a_command_exits_having_run_nothing(tmp_path):
-    """The load failed or the run was stopped: the parsed project is dropped, no dbt command runs."""
+    """Stdin closed without a command: the process parses, then exits without running dbt."""
+    from data_platform import pipeline
+
+    with pipeline.WarmDbt(dbt_output_in(tmp_path)) as warm:
+        pass
+    assert warm.child.returncode == 0
+    assert (tmp_path / "manifest.json").exists() and not (tmp_path / "run_results.json").exists()
+
+
+def test_warm_dbt_left_by_a_failed_load_or_a_stop_request_stops_parsing(tmp_path):
+    """Nothing will be built, so the parse is not waited for (a stop request has seconds, not minutes)."""
     from data_platform import pipeline
 
     with pytest.raises(pipeline.Stopped), pipeline.WarmDbt(dbt_output_in(tmp_path)) as warm:
         raise pipeline.Stopped(signal.SIGTERM)
-    assert warm.child.returncode == 0
-    assert (tmp_path / "manifest.json").exists() and not (tmp_path / "run_results.json").exists()
+    # stopped by the SIGINT: in Python (130), or before Python had set up its Ctrl-C handler
+    assert warm.child.returncode in (130, -signal.SIGINT)
+    assert not (tmp_path / "manifest.json").exists(), "the parse ran to its end"
+
+
+def test_warm_dbt_stopped_while_parsing_does_not_run_the_command_it_was_sent(tmp_path):
+    """dbt's runner returns Ctrl-C during the parse as a failed parse; the command sent meanwhile must
+    not run after it (a build started by a stop request would be killed mid-statement)."""
+    from data_platform import pipeline
+
+    with pipeline.WarmDbt(dbt_output_in(tmp_path)) as warm:
+        # a command that exits 2 at once if it runs
+        request = {"args": ["compile", "--no-such-option", *pipeline.DBT_ARGS], "env": dict(os.environ)}
+        warm.child.stdin.write(json.dumps(request) + "\n")
+        warm.child.stdin.flush()
+        log = tmp_path / "logs" / "dbt.log"
+        deadline = time.monotonic() + 60
+        while not (log.exists() and "Running with dbt" in log.read_text()):  # the parse has begun
+            assert time.monotonic() < deadline and warm.child.poll() is None, "the parse did not start"
+            time.sleep(0.05)
+        warm.child.send_signal(signal.SIGINT)
+        assert warm.child.wait(timeout=60) == 130
+    assert not (tmp_path / "manifest.json").exists(), "the parse ended before the SIGINT: no test"
+
+
+def test_a_model_edited_during_the_load_makes_the_next_run_rebuild(make_database, tmp_path):
+    """dbt parses the project while the loader runs: the build state must name the files as they were
+    before the parse, or an edit during the load would be recorded as built and never rebuilt."""
+    project = copy_project(tmp_path / "project")
+    model = project / "dbt" / "models" / "marts" / "dim_organizations.sql"
+    edited_once = tmp_path / "edited"
+    loader = project / "data_platform" / "loader.py"
+    # this copy's loader edits the model once, as it starts (a comment: the SQL stays the same)
+    edit_once = f"""
+def _edit_the_model_once():
+    import pathlib
+    marker = pathlib.Path({str(edited_once)!r})
+    if not marker.exists():
+        marker.touch()
+        model = pathlib.Path({str(model)!r})
+        model.write_text(model.read_text() + "\\n-- edited during the load\\n")
+
+
+_edit_the_model_once()
+
+
+def main("""
+    loader.write_text(loader.read_text().replace("\ndef main(", edit_once, 1))
+    database, csv_dir = make_database(), write_fixture(tmp_path / "csv")
+    first = run_pipeline(database, csv_dir, project_root=project)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert edited_once.exists() and "edited during the load" in model.read_text()
+    second = run_pipeline(database, csv_dir, project_root=project)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "rebuilt from scratch (the dbt project's SQL changed since the last successful build)" in (
+        second.stdout
+    )
 
 
 def test_a_project_that_does_not_parse_fails_the_build_with_dbts_error_once(make_database, tmp_path):
