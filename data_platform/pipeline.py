@@ -309,7 +309,9 @@ def load_exports(settings: Settings) -> None:
         raise PipelineError("the load failed; the warehouse is unchanged (see the error above)", code)
 
 
-def plan(settings: Settings, project: str) -> refresh.BuildPlan:
+def plan(settings: Settings, project: str | None = None) -> refresh.BuildPlan:
+    """The next build; `project`: the project's fingerprint taken before a dbt that parsed ahead of this
+    plan (the warm process), else the files now (a dbt started after the plan parses them then)."""
     with connect() as conn:
         return refresh.plan_build(conn, force_full=settings.full_refresh, project=project)
 
