@@ -40,9 +40,16 @@ def exit_code(result) -> int:
     """The `dbt` command line's exit code for a dbtRunner result."""
     if result.success:
         return EXIT_SUCCESS
-    if isinstance(result.exception, KeyboardInterrupt):
-        return EXIT_INTERRUPTED
     return EXIT_ERROR if result.exception is not None else EXIT_FAILURE
+
+
+def invoke(runner, args: list[str]):
+    """runner.invoke(args), with Ctrl-C raised again: dbtRunner returns it as a failed result, after
+    which the process would go on to its next step."""
+    result = runner.invoke(args)
+    if isinstance(result.exception, KeyboardInterrupt):
+        raise result.exception
+    return result
 
 
 def main(project_args: list[str]) -> int:
@@ -55,19 +62,17 @@ def main(project_args: list[str]) -> int:
         # nothing on the console while the loader reports (a parse error is reported by the command,
         # which parses again); the log file keeps everything
         silent = ["--log-level", "none", "--log-level-file", "debug"]
-        parsed = dbtRunner().invoke(["parse", *silent, *project_args])
-        if isinstance(parsed.exception, KeyboardInterrupt):  # dbtRunner returns Ctrl-C as a failed result
-            return EXIT_INTERRUPTED
+        parsed = invoke(dbtRunner(), ["parse", *silent, *project_args])
         manifest = parsed.result if parsed.success else None
         line = sys.stdin.readline()
+        if not line:
+            return EXIT_SUCCESS
+        request = json.loads(line)
+        os.environ.clear()
+        os.environ.update(request["env"])
+        return exit_code(invoke(dbtRunner(manifest=manifest), request["args"]))
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
-    if not line:
-        return EXIT_SUCCESS
-    request = json.loads(line)
-    os.environ.clear()
-    os.environ.update(request["env"])
-    return exit_code(dbtRunner(manifest=manifest).invoke(request["args"]))
 
 
 def exit_now(code: int) -> None:

@@ -23,7 +23,8 @@ with
 
 -- a first version's one entry is its invoice's only entry on its day (a later version books and takes it
 -- back on the later version's own export day), so only the changes' entries need grouping per invoice:
--- at 12.7M invoices that grouping was a third of this model's full build
+-- at 12.7M invoices that grouping was a third of this model's full build. Each CTE reads the ledger view
+-- itself: Postgres materialises a CTE read twice, whole, before any filter reaches it.
 first_entries as (
 
     select * from {{ ref('int_invoice_ledger_entries') }}
