@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 
 EXIT_SUCCESS, EXIT_FAILURE, EXIT_ERROR = 0, 1, 2
@@ -43,16 +44,29 @@ def exit_code(result) -> int:
     return EXIT_ERROR if result.exception is not None else EXIT_FAILURE
 
 
+class CtrlC:
+    """Remembers a SIGINT as well as raising KeyboardInterrupt: dbtRunner returns a KeyboardInterrupt
+    as a failed result, and some of dbt's parsing code swallows it, after which this process would go on
+    to run the command it was sent."""
+
+    seen = False
+
+    @classmethod
+    def handle(cls, signum, frame) -> None:
+        cls.seen = True
+        raise KeyboardInterrupt
+
+
 def invoke(runner, args: list[str]):
-    """runner.invoke(args), with Ctrl-C raised again: dbtRunner returns it as a failed result, after
-    which the process would go on to its next step."""
+    """runner.invoke(args), with a Ctrl-C during it raised again when it is over."""
     result = runner.invoke(args)
-    if isinstance(result.exception, KeyboardInterrupt):
-        raise result.exception
+    if CtrlC.seen or isinstance(result.exception, KeyboardInterrupt):
+        raise KeyboardInterrupt
     return result
 
 
 def main(project_args: list[str]) -> int:
+    signal.signal(signal.SIGINT, CtrlC.handle)
     try:
         try:
             from dbt.cli.main import dbtRunner
