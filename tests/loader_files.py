@@ -73,6 +73,19 @@ def write_export(
 RAW_TABLES = ("invoices", "invoice_versions", "organizations", "load_log", "file_checksums")
 
 
+def ledger_indexes(conn: psycopg.Connection) -> list[tuple]:
+    """Every index and key of the raw tables, by table, name and definition."""
+    return conn.execute(
+        """
+        select tablename::text, indexname::text, indexdef from pg_indexes where schemaname = 'raw'
+        union all
+        select conrelid::regclass::text, conname::text, pg_get_constraintdef(oid) from pg_constraint
+        where connamespace = 'raw'::regnamespace
+        order by 1, 2, 3
+        """
+    ).fetchall()
+
+
 def snapshot(conn: psycopg.Connection) -> dict:
     """The ledger: a failed load must leave it exactly as it was, a skipped export too.
 
@@ -85,7 +98,7 @@ def snapshot(conn: psycopg.Connection) -> dict:
             " where table_schema = 'raw' and table_name <> 'file_checksums' order by 1"
         ).fetchall()
     ]
-    state: dict = {"tables": tables}
+    state: dict = {"tables": tables, "indexes": ledger_indexes(conn)}
     for table in tables:
         state[table] = conn.execute(f"select * from raw.{table} order by 1, 2").fetchall()
     return state

@@ -11,6 +11,7 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
 
+import psycopg
 import pytest
 from conftest import PROJECT_ROOT
 from loader_files import (
@@ -20,6 +21,7 @@ from loader_files import (
     ORG_LINES,
     generate,
     invoice,
+    ledger_indexes,
     reset_raw,
     snapshot,
     write,
@@ -254,6 +256,45 @@ def test_a_view_on_the_raw_tables_survives_a_load(database, conn, csv_dir):
     write_export(csv_dir, "2024-01-02", [invoice(1)])
     load_exports(conn, csv_dir)
     assert database.query("select n from public.invoice_count") == [(4,)]
+
+
+def index_oids(conn) -> list[tuple]:
+    return conn.execute(
+        "select indexrelid::regclass::text, indexrelid from pg_index"
+        " where indrelid in ('raw.invoices'::regclass, 'raw.invoice_versions'::regclass) order by 1"
+    ).fetchall()
+
+
+def test_a_first_load_builds_every_index_and_key_again_after_its_rows(conn, tmp_path):
+    ledger.ensure_tables(conn)
+    before, oids = ledger_indexes(conn), index_oids(conn)
+    names = [name for name, _ in oids]
+    assert names == [
+        "raw.invoice_versions_pkey",
+        "raw.invoice_versions_seen_on",
+        "raw.invoices_pkey",
+        "raw.invoices_seen_on",
+    ]
+    load_exports(conn, write_dir(tmp_path / "csv"))
+    assert ledger_indexes(conn) == before
+    rebuilt = index_oids(conn)
+    assert [name for name, _ in rebuilt] == names
+    assert all(new != old for (_, new), (_, old) in zip(rebuilt, oids, strict=True))
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        conn.execute("insert into raw.invoices select * from raw.invoices limit 1")
+
+
+def test_a_first_load_beside_a_reader_keeps_the_indexes_instead_of_waiting(database, conn, tmp_path):
+    ledger.ensure_tables(conn)
+    before, oids = ledger_indexes(conn), index_oids(conn)
+    conn.execute("set statement_timeout to '20s'")  # waiting for the reader would fail the load
+    with database.connect("transformer") as reader:
+        reader.execute("begin isolation level repeatable read")
+        assert reader.execute("select count(*) from raw.invoices").fetchone() == (0,)
+        load_exports(conn, write_dir(tmp_path / "csv"))
+        reader.rollback()
+    assert conn.execute("select count(*) from raw.invoices").fetchone() == (3,)
+    assert (ledger_indexes(conn), index_oids(conn)) == (before, oids)
 
 
 def test_a_reader_holding_a_snapshot_is_not_blocked_and_sees_the_old_state(database, conn, csv_dir):

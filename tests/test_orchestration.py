@@ -27,7 +27,7 @@ def defs():
 
 @pytest.fixture(scope="module")
 def manifest(defs) -> dict:
-    return json.loads((TARGET / "manifest.json").read_text())
+    return json.loads((TARGET / "dagster-definitions" / "manifest.json").read_text())
 
 
 @pytest.fixture
@@ -226,8 +226,10 @@ def test_the_daily_image_shares_the_pipeline_image_base():
 
 
 @pytest.mark.slow
-def test_dagster_definitions_validate():
-    env = dagster_env(DAGSTER_HOME="")
+def test_dagster_definitions_validate_parsing_only_into_their_own_folder(tmp_path):
+    # a target folder of its own, so the definitions parse: the pipeline parses into the folder itself
+    target = tmp_path / "target"
+    env = dagster_env(DAGSTER_HOME="", DBT_TARGET_PATH=str(target), DBT_LOG_PATH=str(tmp_path / "logs"))
     env.pop("DAGSTER_HOME")
     result = subprocess.run(
         [
@@ -245,6 +247,8 @@ def test_dagster_definitions_validate():
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Validation successful" in result.stdout + result.stderr
+    assert [path.name for path in target.iterdir()] == ["dagster-definitions"]
+    assert (target / "dagster-definitions" / "manifest.json").is_file()
 
 
 def test_daily_runs_regenerate_the_docs_the_demo_serves():

@@ -16,11 +16,13 @@ from urllib.parse import quote
 import psycopg
 import pytest
 from conftest import PROJECT_ROOT, pipeline_env
-from dagster import AssetCheckSeverity, DagsterInstance, build_sensor_context
+from dagster import AssetCheckSeverity, AssetKey, DagsterInstance, build_sensor_context
 from orchestration_support import TARGET, dagster_env, environment, load_definitions
 from slack_stub import SlackStub
 from test_docs_site import ARTIFACTS, free_port, needs_chromium, png_distinct_bytes, run_chromium, serving
 from test_pipeline import EXPECTED_FACT, INVOICE_ROWS, SENTINEL, fact_rows, write_fixture
+
+from data_platform import pipeline
 
 pytestmark = pytest.mark.slow
 LAYERS = ("raw", "seeds", "staging", "intermediate", "marts")
@@ -151,6 +153,19 @@ def test_the_dagster_ui_shows_the_asset_graph_of_the_run(daily_run, dagster_home
             )
             assert shot.returncode == 0, shot.stderr
             assert png_distinct_bytes(ARTIFACTS / name) > 50
+
+
+def test_the_docs_step_waits_for_a_pipeline_run_like_the_other_steps(defs, instance, daily_run):
+    # the docs are generated into the target folder a pipeline run (init.sh) parses and builds into
+    database, csv_dir, _ = daily_run
+    with environment(run_env(database, csv_dir, PIPELINE_LOCK_TIMEOUT="1")), pipeline.PipelineLock(timeout=0):
+        result = defs.resolve_job_def("daily_pipeline").execute_in_process(
+            instance=instance, asset_selection=[AssetKey("dbt_docs")], raise_on_error=False
+        )
+    assert not result.success
+    failures = [event for event in result.all_events if event.is_step_failure]
+    assert [event.step_key for event in failures] == ["dbt_docs"]
+    assert "another pipeline run holds the lock" in failures[0].step_failure_data.error.message
 
 
 def test_a_failing_dbt_test_sends_one_failure_alert_naming_the_step(defs, instance, daily_run, tmp_path):

@@ -3,7 +3,6 @@ and the balance alerts. Each one calls the step of `data_platform.pipeline` that
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from dagster import (
@@ -27,13 +26,11 @@ from dagster_dbt import (
 from data_platform import pipeline
 from data_platform.db import DatabaseUnavailable
 from data_platform.orchestration.environment import process_environment
-from data_platform.orchestration.project import dbt_project
+from data_platform.orchestration.project import BUILD_TARGET_PATH, dbt_project
 
 RAW_SOURCE = "payments"
 DAILY_FACT = "fct_organization_daily_financials"
 MARTS = ("dim_invoices", "dim_organizations", DAILY_FACT)
-# a fixed folder under the dbt target: one set of artifacts (and dbt's partial parse) reused by every run
-BUILD_TARGET = "dagster-build"
 # the alert run only reads the warehouse and keeps its own state, so a retry is always safe
 ALERT_RETRY_POLICY = RetryPolicy(max_retries=3, delay=60, backoff=Backoff.EXPONENTIAL)
 
@@ -80,7 +77,7 @@ def dbt_models(context: AssetExecutionContext, dbt: DbtCliResource):
                     ["build", *build_plan.dbt_args()],
                     context=context,
                     raise_on_error=False,
-                    target_path=Path(dbt_project.target_path) / BUILD_TARGET,
+                    target_path=BUILD_TARGET_PATH,
                 )
             yield from invocation.stream()
             if not invocation.is_successful():
@@ -121,7 +118,9 @@ def raw_tables():
 def dbt_docs() -> None:
     with pipeline_step():
         settings = pipeline.Settings.from_environment()
-        pipeline.generate_docs(pipeline.plan(settings))
+        # under the lock: the docs are generated into the target folder a pipeline run parses into
+        with pipeline.PipelineLock(settings.lock_timeout_seconds):
+            pipeline.generate_docs(pipeline.plan(settings))
 
 
 @asset(

@@ -1,8 +1,12 @@
 """The dbt project as Dagster sees it: its manifest, parsed when the code location loads.
 
-The manifest is written by `dbt parse` into the same target folder the pipeline uses (DBT_TARGET_PATH,
-default dbt/target), and parsed again only when a file of the dbt project is newer than it, so every
-run's step processes (which load the code location again) reuse it instead of parsing each time.
+The manifest is written by `dbt parse` into a folder of its own under the pipeline's target folder
+(DBT_TARGET_PATH, default dbt/target), and parsed again only when a file of the dbt project is newer
+than it, so every run's step processes (which load the code location again) reuse it instead of
+parsing each time. Its own folder, because the code location loads whenever a Dagster process starts,
+without the pipeline lock: a parse into the target folder itself could rewrite the files a pipeline
+run (init.sh, in the dbt service) is parsing into at that moment. Dagster's own processes take turns
+at this folder (a file lock of dagster-dbt's).
 """
 
 from __future__ import annotations
@@ -24,6 +28,12 @@ def _target_path() -> Path:
     return Path(os.environ.get("DBT_TARGET_PATH") or DBT_PROJECT_DIR / "target")
 
 
+# the folders under the target folder that only Dagster writes: the code location's parse, and the
+# daily job's builds (one set of artifacts, and dbt's partial parse, reused by every run)
+DEFINITIONS_TARGET_PATH = _target_path() / "dagster-definitions"
+BUILD_TARGET_PATH = _target_path() / "dagster-build"
+
+
 def _manifest_is_stale(project: DbtProject) -> bool:
     manifest = project.manifest_path
     if not manifest.exists():
@@ -40,7 +50,7 @@ def _manifest_is_stale(project: DbtProject) -> bool:
 def load_project() -> DbtProject:
     """The dbt project with an up-to-date manifest.json (runs `dbt parse` when it is missing or stale)."""
     project = DbtProject(
-        project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROFILES_DIR, target_path=_target_path()
+        project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROFILES_DIR, target_path=DEFINITIONS_TARGET_PATH
     )
     if _manifest_is_stale(project):
         project.preparer.prepare(project)
