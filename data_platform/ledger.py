@@ -7,8 +7,6 @@ its primary key, only new and changed rows are written, unchanged rows cost one 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, timedelta
 
@@ -32,8 +30,9 @@ def raw(name: str) -> sql.Identifier:
     return sql.Identifier(RAW_SCHEMA, name)
 
 
-def ensure_tables(conn: psycopg.Connection) -> None:
-    """Create the raw schema's ledger tables if missing (in the caller's transaction)."""
+def ensure_tables(conn: psycopg.Connection) -> bool:
+    """Create the raw schema's ledger tables if missing (in the caller's transaction); whether the two
+    invoice tables are new, and so seen by no other session until that transaction commits."""
     schema = conn.execute("select 1 from pg_namespace where nspname = %s", [RAW_SCHEMA]).fetchone()
     if not schema:
         try:
@@ -61,13 +60,17 @@ def ensure_tables(conn: psycopg.Connection) -> None:
             f"keeps history in new tables: drop the old ones once (drop table {RAW_SCHEMA}.invoices, "
             f"{RAW_SCHEMA}.organizations cascade) and load again",
         )
-    (missing,) = conn.execute(
-        "select count(*) filter (where to_regclass(name) is null) from unnest(%s::text[]) as name",
-        [[f"{RAW_SCHEMA}.{name}" for name in LEDGER_RELATIONS]],
-    ).fetchone()
+    missing = {
+        name
+        for (name,) in conn.execute(
+            "select name from unnest(%s::text[]) as name where to_regclass(%s || '.' || name) is null",
+            [list(LEDGER_RELATIONS), RAW_SCHEMA],
+        )
+    }
     if missing:  # `if not exists` would also lock the tables and notify about each one
         for statement in create_statements():
             conn.execute(statement)
+    return {"invoices", "invoice_versions"} <= missing
 
 
 @dataclass(frozen=True)
@@ -179,56 +182,64 @@ def _differs(spec: TableSpec, left: str, right: str) -> sql.Composable:
     return sql.SQL("({}) is distinct from ({})").format(spec.names(left), spec.names(right))
 
 
-def apply_invoices(conn: psycopg.Connection, staged: Staged, export_date: date) -> InvoiceCounts:
+def apply_invoices(
+    conn: psycopg.Connection, staged: Staged, export_date: date, *, new_tables: bool = False
+) -> InvoiceCounts:
     """New invoices become version 1, changed ones their next version; unchanged ones cost nothing.
-    An INVOICE_ID the export holds twice is refused."""
+    An INVOICE_ID the export holds twice is refused. new_tables: the invoice tables were created in
+    this transaction (ensure_tables)."""
     (empty,) = conn.execute(
         sql.SQL("select not exists (select from {}) and not exists (select from {})").format(
             raw("invoices"), raw("invoice_versions")
         )
     ).fetchone()
     if empty:
-        return _insert_first_versions(conn, staged, export_date)
+        return _insert_first_versions(conn, staged, export_date, new_tables)
     refuse_duplicates(conn, staged)
     return _apply_changes(conn, staged.rows, export_date)
 
 
-def _insert_first_versions(conn: psycopg.Connection, staged: Staged, export_date: date) -> InvoiceCounts:
+def _insert_first_versions(
+    conn: psycopg.Connection, staged: Staged, export_date: date, new_tables: bool
+) -> InvoiceCounts:
     """Into an empty ledger every invoice is new: nothing to diff, and no separate duplicate check, since
-    a repeated INVOICE_ID breaks the primary keys (then named at its lines). Both tables are written
-    without their indexes, which are built afterwards (see _indexes_built_after)."""
+    a repeated INVOICE_ID breaks the primary keys (then named at its lines).
+
+    Tables created by this very load (its first export) are filled without their indexes, which are
+    then built from their own definitions, each in one sorted pass: maintaining four indexes row by row,
+    each change logged, made a 12.7M-row first load's writes half as long again. No other session can
+    see those tables yet, so none waits for them, depends on their indexes or sees them without one.
+    Tables that already exist (emptied by hand) keep their indexes and get the rows in key order, so
+    that the key indexes grow in order.
+    """
     columns, day = INVOICES.names(), sql.Literal(export_date)
-    typed = typed_table(INVOICES)
+    tables = [raw("invoice_versions"), raw("invoices")]
+    order = sql.SQL("" if new_tables else "order by invoice_id")
     try:
-        # a savepoint: the diagnosis below runs in the load transaction
-        with conn.transaction(), _indexes_built_after(conn, [raw("invoice_versions"), raw("invoices")]):
+        with conn.transaction():  # a savepoint: the diagnosis below runs in the load transaction
+            indexes = _drop_indexes(conn, tables) if new_tables else []
             conn.execute(
-                sql.SQL("insert into {} ({}, version, seen_on) select {}, 1, {} from {}").format(
-                    raw("invoice_versions"), columns, columns, day, typed
+                sql.SQL("insert into {} ({}, version, seen_on) select {}, 1, {} from {} {}").format(
+                    raw("invoice_versions"), columns, columns, day, typed_table(INVOICES), order
                 )
             )
             conn.execute(
                 sql.SQL(
-                    "insert into {} ({}, version, first_seen_on, seen_on) select {}, 1, {}, {} from {}"
-                ).format(raw("invoices"), columns, columns, day, day, typed)
+                    "insert into {} ({}, version, first_seen_on, seen_on)"
+                    " select {}, version, seen_on, seen_on from {}"
+                ).format(raw("invoices"), columns, columns, raw("invoice_versions"))
             )
+            for statement in indexes:
+                conn.execute(statement)
     except psycopg.errors.UniqueViolation:
         refuse_duplicates(conn, staged)
         raise
     return InvoiceCounts(staged.rows, 0, 0)
 
 
-@contextmanager
-def _indexes_built_after(conn: psycopg.Connection, tables: list[sql.Identifier]) -> Iterator[None]:
-    """Drop the tables' indexes (keys included) for the block, then build each again from its own
-    definition in the catalog.
-
-    Maintaining four indexes row by row, each change logged, took a 12.7M-row first load a third longer
-    than writing the rows and then building each index in one sorted pass. The indexes are dropped in
-    the load's transaction, so a failed load keeps them. Dropping one locks its table against readers
-    until the load commits; a table another session is reading keeps its indexes (no waiting), and so
-    does an index another object depends on (a foreign key from a table of the user's).
-    """
+def _drop_indexes(conn: psycopg.Connection, tables: list[sql.Identifier]) -> list[sql.Composable]:
+    """Drop the tables' indexes, keys included; the statements that build them again, as the catalog
+    defines them."""
     found = conn.execute(
         sql.SQL(
             """
@@ -242,32 +253,21 @@ def _indexes_built_after(conn: psycopg.Connection, tables: list[sql.Identifier])
             """
         ).format(sql.SQL(", ").join(sql.Literal(table.as_string(conn)) for table in tables))
     ).fetchall()
-    try:
-        with conn.transaction():
-            conn.execute(
-                sql.SQL("lock table {} in access exclusive mode nowait").format(sql.SQL(", ").join(tables))
-            )
-            for table, index, _, key, _ in found:
-                if key:
-                    conn.execute(
-                        sql.SQL("alter table {} drop constraint {}").format(
-                            sql.SQL(table), sql.Identifier(key)
-                        )
-                    )
-                else:
-                    conn.execute(sql.SQL("drop index {}").format(sql.SQL(index)))
-    except (psycopg.errors.LockNotAvailable, psycopg.errors.DependentObjectsStillExist):
-        found = []  # the savepoint kept every index
-    yield
-    for table, _, definition, key, key_definition in found:
+    builds = []
+    for table, index, definition, key, key_definition in found:
         if key:
             conn.execute(
+                sql.SQL("alter table {} drop constraint {}").format(sql.SQL(table), sql.Identifier(key))
+            )
+            builds.append(
                 sql.SQL("alter table {} add constraint {} {}").format(
                     sql.SQL(table), sql.Identifier(key), sql.SQL(key_definition)
                 )
             )
         else:
-            conn.execute(sql.SQL(definition))
+            conn.execute(sql.SQL("drop index {}").format(sql.SQL(index)))
+            builds.append(sql.SQL(definition))
+    return builds
 
 
 # Fewest rows a page of raw.invoices holds (about 200 bytes a row): a low estimate of its rows.

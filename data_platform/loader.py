@@ -161,7 +161,7 @@ def load_export(
         # Timestamps without an offset do not pass the format checks anyway; UTC makes days UTC days.
         conn.execute("set local timezone to 'UTC'")
         conn.execute("set local datestyle to 'ISO, YMD'")
-        ledger.ensure_tables(conn)
+        new_tables = ledger.ensure_tables(conn)
         if export.date is not None:
             logged = ledger.logged(conn, export.date)
             if logged and _already_loaded(conn, export, export.date, logged):
@@ -194,7 +194,7 @@ def load_export(
         if organizations:
             ledger.refuse_duplicates(conn, organizations)
 
-        counts = ledger.apply_invoices(conn, invoices, export_date)
+        counts = ledger.apply_invoices(conn, invoices, export_date, new_tables=new_tables)
         org_new, org_changed = ledger.apply_organizations(conn, export_date) if organizations else (0, 0)
         for spec, _path, _header in files:
             discard(conn, spec)

@@ -77,7 +77,7 @@ def ledger_indexes(conn: psycopg.Connection) -> list[tuple]:
     """Every index and key of the raw tables, by table, name and definition."""
     return conn.execute(
         """
-        select tablename::text, indexname::text, indexdef from pg_indexes where schemaname = 'raw'
+        select 'raw.' || tablename, indexname::text, indexdef from pg_indexes where schemaname = 'raw'
         union all
         select conrelid::regclass::text, conname::text, pg_get_constraintdef(oid) from pg_constraint
         where connamespace = 'raw'::regnamespace
@@ -102,6 +102,11 @@ def snapshot(conn: psycopg.Connection) -> dict:
     for table in tables:
         state[table] = conn.execute(f"select * from raw.{table} order by 1, 2").fetchall()
     return state
+
+
+def drop_ledger(conn: psycopg.Connection) -> None:
+    """No ledger tables: the next load creates them, as a new warehouse's first load does."""
+    conn.execute(f"drop table if exists {', '.join(f'raw.{table}' for table in RAW_TABLES)} cascade")
 
 
 def reset_raw(conn: psycopg.Connection) -> None:

@@ -9,6 +9,7 @@ import pytest
 from loader_files import (
     INVOICE_LINES,
     ORG_LINES,
+    drop_ledger,
     invoice,
     snapshot,
     write,
@@ -16,6 +17,7 @@ from loader_files import (
     write_export,
 )
 
+from data_platform.ledger import ensure_tables
 from data_platform.load_errors import printable
 from data_platform.loader import LoadError, load_exports
 
@@ -347,14 +349,20 @@ def test_an_export_from_the_future_is_refused(conn, tmp_path, baseline):
 
 
 @pytest.mark.parametrize("second", ["changed", "identical"])
-@pytest.mark.parametrize("ledger", ["empty", "holding the base export"])
+@pytest.mark.parametrize("ledger", ["new", "empty", "holding the base export"])
 def test_the_same_invoice_twice_is_refused_naming_id_and_lines(conn, tmp_path, request, ledger, second):
     """Into an empty ledger the loader inserts without its separate duplicate check (the versions' key
-    refuses the second row); into a loaded one it checks first. The message is the same."""
-    if ledger != "empty":
+    refuses the second row, or building it does when the load creates the tables); into a loaded one it
+    checks first. The message is the same."""
+    if ledger == "new":
+        drop_ledger(conn)
+    elif ledger == "empty":
+        ensure_tables(conn)
+    else:
         request.getfixturevalue("baseline")
     before = snapshot(conn)
-    assert (before.get("invoices", []) == []) == (ledger == "empty")
+    assert (before.get("invoices", []) == []) == (ledger != "holding the base export")
+    assert ("invoices" in before["tables"]) == (ledger != "new")
     rows = _numbered(6)
     rows[4] = invoice(1001, status="paid") if second == "changed" else rows[1]  # 1001 is also on line 3
     write_export(tmp_path / "csv", "2024-01-02", rows)

@@ -19,6 +19,8 @@ from loader_files import (
     BIG,
     INVOICE_LINES,
     ORG_LINES,
+    RAW_TABLES,
+    drop_ledger,
     generate,
     invoice,
     ledger_indexes,
@@ -265,26 +267,38 @@ def index_oids(conn) -> list[tuple]:
     ).fetchall()
 
 
-def test_a_first_load_builds_every_index_and_key_again_after_its_rows(conn, tmp_path):
-    ledger.ensure_tables(conn)
-    before, oids = ledger_indexes(conn), index_oids(conn)
-    names = [name for name, _ in oids]
-    assert names == [
-        "raw.invoice_versions_pkey",
-        "raw.invoice_versions_seen_on",
-        "raw.invoices_pkey",
-        "raw.invoices_seen_on",
+def test_a_first_load_into_new_tables_builds_their_indexes_and_keys_after_the_rows(conn, tmp_path):
+    with conn.transaction(force_rollback=True):
+        drop_ledger(conn)
+        ledger.ensure_tables(conn)
+        created = ledger_indexes(conn)
+    assert [
+        (table, name) for table, name, _ in created if table in ("raw.invoices", "raw.invoice_versions")
+    ] == [
+        ("raw.invoice_versions", "invoice_versions_pkey"),  # the key
+        ("raw.invoice_versions", "invoice_versions_pkey"),  # and its index
+        ("raw.invoice_versions", "invoice_versions_seen_on"),
+        ("raw.invoices", "invoices_pkey"),
+        ("raw.invoices", "invoices_pkey"),
+        ("raw.invoices", "invoices_seen_on"),
     ]
+    drop_ledger(conn)
     load_exports(conn, write_dir(tmp_path / "csv"))
-    assert ledger_indexes(conn) == before
-    rebuilt = index_oids(conn)
-    assert [name for name, _ in rebuilt] == names
-    assert all(new != old for (_, new), (_, old) in zip(rebuilt, oids, strict=True))
+    assert ledger_indexes(conn) == created
+    # built after the rows: every index is newer (a higher OID) than every table the load created
+    newest_table, oldest_index = conn.execute(
+        "select (select max(oid) from pg_class where oid = any(%s::regclass[])),"
+        " (select min(indexrelid) from pg_index where indrelid = any(%s::regclass[]))",
+        [[f"raw.{table}" for table in RAW_TABLES], ["raw.invoices", "raw.invoice_versions"]],
+    ).fetchone()
+    assert oldest_index > newest_table
     with pytest.raises(psycopg.errors.UniqueViolation):
         conn.execute("insert into raw.invoices select * from raw.invoices limit 1")
 
 
-def test_a_first_load_beside_a_reader_keeps_the_indexes_instead_of_waiting(database, conn, tmp_path):
+def test_a_first_load_into_existing_empty_tables_keeps_their_indexes_and_waits_for_no_reader(
+    database, conn, tmp_path
+):
     ledger.ensure_tables(conn)
     before, oids = ledger_indexes(conn), index_oids(conn)
     conn.execute("set statement_timeout to '20s'")  # waiting for the reader would fail the load

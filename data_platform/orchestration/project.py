@@ -5,8 +5,9 @@ The manifest is written by `dbt parse` into a folder of its own under the pipeli
 than it, so every run's step processes (which load the code location again) reuse it instead of
 parsing each time. Its own folder, because the code location loads whenever a Dagster process starts,
 without the pipeline lock: a parse into the target folder itself could rewrite the files a pipeline
-run (init.sh, in the dbt service) is parsing into at that moment. Dagster's own processes take turns
-at this folder (a file lock of dagster-dbt's).
+run (init.sh, in the dbt service) is parsing into at that moment (dagster-dbt only copies the pipeline's
+partial-parse file from there as a head start; dbt parses in full if the copy is unreadable). Dagster's
+own processes parse one at a time (a file lock of dagster-dbt's).
 """
 
 from __future__ import annotations
