@@ -242,7 +242,8 @@ def next_day(
     seconds = _seconds(timed.seconds - docs_seconds)
     build_step = _build_step(timed)
     loaded = bench.query(
-        "select invoice_rows, invoices_new, invoices_changed from raw.load_log where export_date = %s",
+        "select invoice_rows, invoices_new, invoices_changed, duration_seconds from raw.load_log"
+        " where export_date = %s",
         [files.NEXT_DAY],
     )
     for mart in COMPARED_MARTS:
@@ -257,12 +258,15 @@ def next_day(
     }
     for mart in COMPARED_MARTS:
         bench.query(f"drop table {FLOOR_SCHEMA}.{mart}_incremental")
-    rows, new, changed = (int(value) for value in loaded[0]) if loaded else (0, 0, 0)
+    if not loaded:
+        raise StepFailed(f"the loader logged no export for {files.NEXT_DAY} (see its log)")
+    rows, new, changed, load_seconds = loaded[0]
     measure = {
         "day": files.NEXT_DAY,
-        "export_invoice_rows": rows,
-        "invoices_new": new,
-        "invoices_changed": changed,
+        "export_invoice_rows": int(rows),
+        "invoices_new": int(new),
+        "invoices_changed": int(changed),
+        "export_load_seconds": _seconds(float(load_seconds)),
         "seconds": seconds,
         "docs_generate_seconds": _seconds(docs_seconds),
         "steps_seconds": steps,

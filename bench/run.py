@@ -116,7 +116,8 @@ def method_notes(results: dict[str, Any]) -> list[str]:
         "without its docs step; before it, an untimed `vacuum (analyze)` and `checkpoint` stand for the "
         "day between (autovacuum's work on the freshly built tables, the timed checkpoints' writes). "
         "The fact, dim_invoices and dim_organizations are then compared with `dbt run --full-refresh` "
-        "over the same raw tables (EXCEPT ALL both ways).",
+        "over the same raw tables (EXCEPT ALL both ways). The export's load: its `duration_seconds` in "
+        "raw.load_log (the loader's time for it up to the commit).",
         f"Alert query: `alerts_query(latest, latest, 0.5)` executed and fetched through SQLAlchemy as the "
         f"alerter after the next day, median of {p['repeat_alert_query']} runs after one warm-up run.",
         "Per-model timings: `execution_time` of each node in dbt's run_results.json of the pipeline's "

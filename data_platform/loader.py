@@ -198,6 +198,8 @@ def load_export(
         org_new, org_changed = ledger.apply_organizations(conn, export_date) if organizations else (0, 0)
         for spec, _path, _header in files:
             discard(conn, spec)
+        ledger.refresh_statistics(conn, counts.new + counts.changed)
+        # the logged time covers all of the load's work; only the commit comes after it
         seconds = time.perf_counter() - started
         ledger.log_export(
             conn,
@@ -217,7 +219,6 @@ def load_export(
                 duration_seconds=round(seconds, 3),
             ),
         )
-        ledger.refresh_statistics(conn, counts.new + counts.changed)
     return ExportResult(
         export,
         export_date,
