@@ -18,12 +18,12 @@
 
 with
 
+-- Unfiltered: an incremental run finds its invoices through the window's versions and looks each one
+-- up here by key. The current state has no index on its export day, so that a day's status changes
+-- rewrite rows in place (HOT) instead of writing every index of raw.invoices.
 current_versions as (
 
     select * from {{ ref('stg_payments__invoices') }}
-    {% if is_incremental() %}
-        where current_version_seen_on >= {{ ledger_window_start() }}
-    {% endif %}
 
 ),
 
