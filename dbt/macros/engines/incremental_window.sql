@@ -148,25 +148,6 @@ from {{ new_rows }};
 {% endmacro %}
 
 
-{#-
-    A condition keeping the rows whose `column` is among the keys `keys_sql` (a query of one column)
-    selects. Postgres: `= any(array(...))`, which it plans as lookups by the column's index whatever the
-    number of keys; as a semi-join, a day's 30,000 keys of a 12.7M-row table are estimated near enough
-    to the table's size that it hashes the whole table instead. Elsewhere `in (...)`.
--#}
-{% macro keys_among(column, keys_sql) -%}
-    {{ return(adapter.dispatch('keys_among', 'data_platform')(column, keys_sql)) }}
-{%- endmacro %}
-
-{% macro default__keys_among(column, keys_sql) -%}
-    {{ column }} in ({{ keys_sql }})
-{%- endmacro %}
-
-{% macro postgres__keys_among(column, keys_sql) -%}
-    {{ column }} = any(array({{ keys_sql }}))
-{%- endmacro %}
-
-
 {#- Whether the pipeline set a ledger window; unset (a hand-run `dbt build`), incremental models recompute
     everything. -#}
 {% macro ledger_window_is_set() -%}

@@ -18,22 +18,20 @@
 
 with
 
+-- Unfiltered: an incremental run finds its invoices through the window's versions and looks each one
+-- up here by key (the staging view is flat for that). The current state has no index on its export day,
+-- so that a day's status changes rewrite rows in place (HOT) instead of writing every index of it.
+current_versions as (
+
+    select * from {{ ref('stg_payments__invoices') }}
+
+),
+
 versions as (
 
     select * from {{ ref('int_invoice_versions_enriched') }}
     {% if is_incremental() %}
         where seen_on >= {{ ledger_window_start() }}
-    {% endif %}
-
-),
-
--- An incremental run looks the window's invoices up by key: the current state has no index on its
--- export day, so that a day's status changes rewrite their rows in place (HOT updates).
-current_versions as (
-
-    select * from {{ ref('stg_payments__invoices') }}
-    {% if is_incremental() %}
-        where {{ keys_among('invoice_id', 'select invoice_id from versions') }}
     {% endif %}
 
 ),
