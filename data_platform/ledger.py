@@ -20,6 +20,7 @@ from data_platform.raw_tables import (
     ORGANIZATIONS,
     RAW_SCHEMA,
     RETIRED_INDEXES,
+    VERSIONS_KEY,
     LoadLogRow,
     TableSpec,
     create_statements,
@@ -71,12 +72,48 @@ def ensure_tables(conn: psycopg.Connection) -> bool:
     if missing:  # `if not exists` would also lock the tables and notify about each one
         for statement in create_statements():
             conn.execute(statement)
+    _key_versions_by_day(conn)
     for (index,) in conn.execute(
         "select name from unnest(%s::text[]) as name where to_regclass(%s || '.' || name) is not null",
         [list(RETIRED_INDEXES), RAW_SCHEMA],
     ).fetchall():
         conn.execute(sql.SQL("drop index {}").format(sql.Identifier(RAW_SCHEMA, index)))
     return {"invoices", "invoice_versions"} <= missing
+
+
+def _key_versions_by_day(conn: psycopg.Connection) -> None:
+    """Give a history written by an earlier release, keyed by (invoice_id, version), its previous_seen_on
+    and today's key (VERSIONS_KEY). Once, in the load's transaction; the key's build reads every version."""
+    (has_column,) = conn.execute(
+        "select exists (select from pg_attribute where attrelid = %s::regclass"
+        " and attname = 'previous_seen_on' and not attisdropped)",
+        [f"{RAW_SCHEMA}.invoice_versions"],
+    ).fetchone()
+    if has_column:
+        return
+    versions = raw("invoice_versions")
+    conn.execute(sql.SQL("alter table {} add column previous_seen_on date").format(versions))
+    conn.execute(
+        sql.SQL(
+            """
+            update {versions} as later
+            set previous_seen_on = earlier.seen_on
+            from {versions} as earlier
+            where
+                later.version > 1
+                and earlier.invoice_id = later.invoice_id and earlier.version = later.version - 1
+            """
+        ).format(versions=versions)
+    )
+    (old_key,) = conn.execute(
+        "select conname from pg_constraint where conrelid = %s::regclass and contype = 'p'",
+        [f"{RAW_SCHEMA}.invoice_versions"],
+    ).fetchone()
+    conn.execute(
+        sql.SQL("alter table {} drop constraint {}, add {}").format(
+            versions, sql.Identifier(old_key), sql.SQL(VERSIONS_KEY)
+        )
+    )
 
 
 @dataclass(frozen=True)
@@ -212,7 +249,7 @@ def _insert_first_versions(
     a repeated INVOICE_ID breaks the primary keys (then named at its lines).
 
     Tables created by this very load (its first export) are filled without their indexes, which are
-    then built from their own definitions, each in one sorted pass: maintaining four indexes row by row,
+    then built from their own definitions, each in one sorted pass: maintaining the indexes row by row,
     each change logged, made a 12.7M-row first load's writes half as long again. No other session can
     see those tables yet, so none waits for them, depends on their indexes or sees them without one.
     Tables that already exist (emptied by hand) keep their indexes and get the rows in key order, so
@@ -306,7 +343,7 @@ def _current_rows_of_export(conn: psycopg.Connection) -> sql.Composable:
         sql.SQL(
             """
             create temp table current_invoices on commit drop as
-            select {columns}, version from {invoices}
+            select {columns}, version, seen_on from {invoices}
             where invoice_id = any(array(select invoice_id from {typed}))
             """
         ).format(columns=INVOICES.names(), invoices=raw("invoices"), typed=typed_table(INVOICES))
@@ -325,7 +362,10 @@ def _apply_changes(conn: psycopg.Connection, rows: int, export_date: date) -> In
         sql.SQL(
             """
             create temp table invoice_changes on commit drop as
-            select {incoming}, coalesce(current.version, 0) + 1 as version
+            select
+                {incoming},
+                coalesce(current.version, 0) + 1 as version,
+                current.seen_on as previous_seen_on
             from {typed} as incoming
             left join {current} as current on current.invoice_id = incoming.invoice_id
             where current.invoice_id is null or {differs}
@@ -343,9 +383,10 @@ def _apply_changes(conn: psycopg.Connection, rows: int, export_date: date) -> In
         conn.execute("set local enable_mergejoin to off")
     day = sql.Literal(export_date)
     conn.execute(
-        sql.SQL("insert into {} ({}, version, seen_on) select {}, version, {} from invoice_changes").format(
-            raw("invoice_versions"), columns, columns, day
-        )
+        sql.SQL(
+            "insert into {} ({}, version, seen_on, previous_seen_on)"
+            " select {}, version, {}, previous_seen_on from invoice_changes"
+        ).format(raw("invoice_versions"), columns, columns, day)
     )
     conn.execute(
         sql.SQL(

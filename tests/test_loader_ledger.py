@@ -277,7 +277,6 @@ def test_a_first_load_into_new_tables_builds_their_indexes_and_keys_after_the_ro
     ] == [
         ("raw.invoice_versions", "invoice_versions_pkey"),  # the key
         ("raw.invoice_versions", "invoice_versions_pkey"),  # and its index
-        ("raw.invoice_versions", "invoice_versions_seen_on"),
         ("raw.invoices", "invoices_pkey"),
         ("raw.invoices", "invoices_pkey"),
     ]
@@ -329,6 +328,57 @@ def test_a_warehouse_from_an_earlier_release_loses_the_retired_index_on_its_next
     load_exports(conn, csv_dir)
     assert conn.execute("select to_regclass('raw.invoices_seen_on')").fetchone() == (None,)
     assert versions(conn)[:2] == [(-(2**63), 1, "open", BASE_DATE), (-(2**63), 2, "paid", "2024-01-02")]
+
+
+def previous_days(conn) -> list[tuple]:
+    return conn.execute(
+        "select invoice_id, version, seen_on::text, previous_seen_on::text from raw.invoice_versions"
+        " where invoice_id = %s order by version",
+        [-(2**63)],
+    ).fetchall()
+
+
+def test_a_new_version_names_the_export_day_of_the_version_it_replaced(conn, csv_dir):
+    write_export(csv_dir, "2024-01-02", [PAID])
+    write_export(csv_dir, "2024-01-04", [PAID.replace(",paid,", ",refunded,")])
+    load_exports(conn, csv_dir)
+    assert previous_days(conn) == [
+        (-(2**63), 1, BASE_DATE, None),
+        (-(2**63), 2, "2024-01-02", BASE_DATE),
+        (-(2**63), 3, "2024-01-04", "2024-01-02"),
+    ]
+
+
+def test_a_history_from_an_earlier_release_is_keyed_by_day_on_its_next_load(conn, csv_dir):
+    """Earlier releases keyed the history by (invoice_id, version), indexed seen_on apart and had no
+    previous_seen_on: the next load fills it in for every version and replaces the key and the index."""
+    write_export(csv_dir, "2024-01-02", [PAID])
+    load_exports(conn, csv_dir)
+    conn.execute(
+        "alter table raw.invoice_versions drop constraint invoice_versions_pkey,"
+        " drop column previous_seen_on, add primary key (invoice_id, version)"
+    )
+    conn.execute("create index invoice_versions_seen_on on raw.invoice_versions (seen_on)")
+    write_export(csv_dir, "2024-01-04", [PAID.replace(",paid,", ",refunded,")])
+    load_exports(conn, csv_dir)
+    assert previous_days(conn) == [
+        (-(2**63), 1, BASE_DATE, None),
+        (-(2**63), 2, "2024-01-02", BASE_DATE),
+        (-(2**63), 3, "2024-01-04", "2024-01-02"),
+    ]
+    assert conn.execute(
+        "select count(*) from raw.invoice_versions where version = 1 and previous_seen_on is not null"
+    ).fetchone() == (0,)
+    assert conn.execute(
+        "select indexrelid::regclass::text, pg_get_indexdef(indexrelid) from pg_index"
+        " where indrelid = 'raw.invoice_versions'::regclass"
+    ).fetchall() == [
+        (
+            "raw.invoice_versions_pkey",
+            "CREATE UNIQUE INDEX invoice_versions_pkey ON raw.invoice_versions"
+            " USING btree (seen_on, invoice_id)",
+        )
+    ]
 
 
 def test_a_reader_holding_a_snapshot_is_not_blocked_and_sees_the_old_state(database, conn, csv_dir):

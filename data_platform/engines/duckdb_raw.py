@@ -43,14 +43,35 @@ def _create_tables(conn: Connection) -> None:
         f"({invoice_columns}, first_seen_on date not null, seen_on date not null)"
     )
     conn.execute(
-        f"create table if not exists {RAW_SCHEMA}.invoice_versions ({invoice_columns}, seen_on date not null)"
+        f"create table if not exists {RAW_SCHEMA}.invoice_versions "
+        f"({invoice_columns}, seen_on date not null, previous_seen_on date)"
     )
+    _add_previous_seen_on(conn)
     conn.execute(
         f"create table if not exists {RAW_SCHEMA}.organizations "
         f"({_definitions(ORGANIZATIONS, 'seen_on date not null')})"
     )
     conn.execute(
         f"create table if not exists {RAW_SCHEMA}.load_log ({', '.join(load_log_columns(DUCKDB_LOG_TYPES))})"
+    )
+
+
+def _add_previous_seen_on(conn: Connection) -> None:
+    """A history written by an earlier release gets each version's previous_seen_on, once."""
+    (has_column,) = conn.execute(
+        "select count(*) > 0 from duckdb_columns() where schema_name = ? and table_name = 'invoice_versions'"
+        " and column_name = 'previous_seen_on'",
+        [RAW_SCHEMA],
+    ).fetchone()
+    if has_column:
+        return
+    conn.execute(f"alter table {RAW_SCHEMA}.invoice_versions add column previous_seen_on date")
+    conn.execute(
+        f"""update {RAW_SCHEMA}.invoice_versions as later
+        set previous_seen_on = earlier.seen_on
+        from {RAW_SCHEMA}.invoice_versions as earlier
+        where later.version > 1
+            and earlier.invoice_id = later.invoice_id and earlier.version = later.version - 1"""
     )
 
 
@@ -97,15 +118,15 @@ def _apply_invoices(conn: Connection, export_date: date) -> tuple[int, int]:
     incoming = ", ".join(f"incoming.{c.name}" for c in INVOICES.columns)
     conn.execute(
         f"""create or replace temp table invoice_changes as
-        select {incoming}, coalesce(current.version, 0) + 1 as version
+        select {incoming}, coalesce(current.version, 0) + 1 as version, current.seen_on as previous_seen_on
         from incoming_invoices as incoming
         left join {RAW_SCHEMA}.invoices as current on current.invoice_id = incoming.invoice_id
         where current.invoice_id is null or {_differs(INVOICES, "incoming", "current")}"""
     )
     day = [export_date]
     conn.execute(
-        f"insert into {RAW_SCHEMA}.invoice_versions ({names}, version, seen_on) "
-        f"select {names}, version, ? from invoice_changes",
+        f"insert into {RAW_SCHEMA}.invoice_versions ({names}, version, seen_on, previous_seen_on) "
+        f"select {names}, version, ?, previous_seen_on from invoice_changes",
         day,
     )
     # the current state: changed invoices leave, then every new version comes in

@@ -105,6 +105,7 @@ class SparkLedger:
         spark.sql(f"create database if not exists {RAW_SCHEMA}")
         self.invoices = self._current("invoices", INVOICES, "version int, first_seen_on date, seen_on date")
         self.organizations = self._current("organizations", ORGANIZATIONS, "seen_on date")
+        self._add_previous_seen_on()
         self.new_versions = []
         self.log_rows = []
         self.logged = {}
@@ -117,6 +118,20 @@ class SparkLedger:
             return self.spark.table(_table(name)).localCheckpoint()
         columns = ", ".join(f"{n} {t}" for n, t in column_types(spec, SPARK).items())
         return self.spark.createDataFrame([], f"{columns}, {extra}")
+
+    def _add_previous_seen_on(self) -> None:
+        """A history written by an earlier release gets each version's previous_seen_on, once."""
+        from pyspark.sql import Window
+
+        F, table = self.F, _table("invoice_versions")
+        if not self.spark.catalog.tableExists(table):
+            return
+        versions = self.spark.table(table)
+        if "previous_seen_on" in versions.columns:
+            return
+        earlier = F.lag("seen_on").over(Window.partitionBy("invoice_id").orderBy("version"))
+        rewritten = versions.withColumn("previous_seen_on", earlier).localCheckpoint()
+        rewritten.write.format("parquet").mode("overwrite").saveAsTable(table)
 
     def apply(self, export: Export) -> date | None:
         F = self.F
@@ -131,7 +146,14 @@ class SparkLedger:
 
         changes = _changes(incoming, self.invoices, INVOICES)
         version = (F.coalesce(F.col("current_version"), F.lit(0)) + 1).cast("int")
-        self.new_versions.append(changes.select(*names, version.alias("version"), day.alias("seen_on")))
+        self.new_versions.append(
+            changes.select(
+                *names,
+                version.alias("version"),
+                day.alias("seen_on"),
+                F.col("current_seen_on").alias("previous_seen_on"),
+            )
+        )
         replaced = changes.select(
             *names,
             version.alias("version"),

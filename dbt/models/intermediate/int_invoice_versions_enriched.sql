@@ -29,7 +29,8 @@ versions as (
 
 ),
 
--- each changed version's previous version, in the window or before it (found by the versions' primary key)
+-- each changed version's previous version, in the window or before it (found by the versions' primary key,
+-- seen_on + invoice_id)
 previous_versions as (
 
     select
@@ -43,10 +44,10 @@ previous_versions as (
     from {{ ref('stg_payments__invoice_versions') }} as later
     inner join {{ ref('stg_payments__invoice_versions') }} as earlier
         on
-            later.invoice_id = earlier.invoice_id
-            and earlier.version = later.version - 1
+            later.previous_seen_on = earlier.seen_on
+            and later.invoice_id = earlier.invoice_id
     where
-        later.version > 1
+        later.previous_seen_on is not null
         {% if is_incremental() %}
             and later.seen_on >= {{ ledger_window_start() }}
         {% endif %}
