@@ -22,8 +22,8 @@ from data_platform.engines.duckdb_raw import build_raw  # noqa: E402
 INVOICE_COLUMNS = ", ".join(column.name for column in INVOICES.columns)
 QUERIES = {
     "invoices": f"select {INVOICE_COLUMNS}, version, first_seen_on, seen_on from raw.invoices order by 1",
-    "invoice_versions": f"select {INVOICE_COLUMNS}, version, seen_on from raw.invoice_versions "
-    "order by 1, 15",
+    "invoice_versions": f"select {INVOICE_COLUMNS}, version, seen_on, previous_seen_on "
+    "from raw.invoice_versions order by 1, 15",
     "organizations": f"select {', '.join(c.name for c in ORGANIZATIONS.columns)}, seen_on "
     "from raw.organizations order by 1",
     "load_log": "select export_date, invoices_sha256, organizations_sha256, invoice_rows, invoices_new, "
@@ -62,6 +62,19 @@ def test_the_duckdb_ledger_equals_the_postgres_loaders(postgres_tables, exports,
     versions = {(row[0], row[14]): row[3] for row in tables["invoice_versions"]}
     assert versions[(206, 1)] == 2 and versions[(206, 2)] == 3
     assert (202, 2) not in versions
+    days = {(row[0], row[14]): (row[15], row[16]) for row in tables["invoice_versions"]}
+    assert days[(206, 1)][1] is None and days[(206, 2)][1] == days[(206, 1)][0]
+
+
+def test_a_history_from_an_earlier_release_gets_previous_seen_on_on_the_next_build(
+    postgres_tables, exports, tmp_path
+):
+    database = tmp_path / "warehouse.duckdb"
+    build_raw(database, exports)
+    with duckdb.connect(str(database)) as conn:
+        conn.execute("alter table raw.invoice_versions drop column previous_seen_on")
+    assert build_raw(database, exports) == []
+    assert duckdb_tables(database)["invoice_versions"] == postgres_tables["invoice_versions"]
 
 
 def test_loading_the_same_exports_again_changes_nothing(exports, tmp_path):

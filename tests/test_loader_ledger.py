@@ -349,36 +349,60 @@ def test_a_new_version_names_the_export_day_of_the_version_it_replaced(conn, csv
     ]
 
 
+def versions_layout(conn) -> tuple[bool, list[tuple]]:
+    """Whether raw.invoice_versions has previous_seen_on, and its indexes."""
+    (column,) = conn.execute(
+        "select count(*) = 1 from pg_attribute where attrelid = 'raw.invoice_versions'::regclass"
+        " and attname = 'previous_seen_on' and not attisdropped"
+    ).fetchone()
+    indexes = conn.execute(
+        "select indexrelid::regclass::text, pg_get_indexdef(indexrelid) from pg_index"
+        " where indrelid = 'raw.invoice_versions'::regclass order by 1"
+    ).fetchall()
+    return column, indexes
+
+
 def test_a_history_from_an_earlier_release_is_keyed_by_day_on_its_next_load(conn, csv_dir):
     """Earlier releases keyed the history by (invoice_id, version), indexed seen_on apart and had no
-    previous_seen_on: the next load fills it in for every version and replaces the key and the index."""
+    previous_seen_on: the next load fills it in for every version and replaces the key and the index. A
+    load that fails leaves the old layout."""
     write_export(csv_dir, "2024-01-02", [PAID])
+    write_export(csv_dir, "2024-01-04", [PAID.replace(",paid,", ",refunded,")])
     load_exports(conn, csv_dir)
     conn.execute(
         "alter table raw.invoice_versions drop constraint invoice_versions_pkey,"
         " drop column previous_seen_on, add primary key (invoice_id, version)"
     )
     conn.execute("create index invoice_versions_seen_on on raw.invoice_versions (seen_on)")
-    write_export(csv_dir, "2024-01-04", [PAID.replace(",paid,", ",refunded,")])
+    earlier_release = versions_layout(conn)
+    assert earlier_release[0] is False and len(earlier_release[1]) == 2
+    base = (csv_dir / "invoices.csv").read_bytes()
+    write(csv_dir / "invoices.csv", [*INVOICE_LINES, invoice(5, "2023-12-31T08:00:00Z")])
+    with pytest.raises(LoadError, match="already loaded from a different file"):  # the first export
+        load_exports(conn, csv_dir)
+    assert versions_layout(conn) == earlier_release
+    (csv_dir / "invoices.csv").write_bytes(base)
+    write_export(csv_dir, "2024-01-06", [PAID.replace(",paid,", ",credited,")])
     load_exports(conn, csv_dir)
     assert previous_days(conn) == [
         (-(2**63), 1, BASE_DATE, None),
         (-(2**63), 2, "2024-01-02", BASE_DATE),
         (-(2**63), 3, "2024-01-04", "2024-01-02"),
+        (-(2**63), 4, "2024-01-06", "2024-01-04"),
     ]
     assert conn.execute(
         "select count(*) from raw.invoice_versions where version = 1 and previous_seen_on is not null"
     ).fetchone() == (0,)
-    assert conn.execute(
-        "select indexrelid::regclass::text, pg_get_indexdef(indexrelid) from pg_index"
-        " where indrelid = 'raw.invoice_versions'::regclass"
-    ).fetchall() == [
-        (
-            "raw.invoice_versions_pkey",
-            "CREATE UNIQUE INDEX invoice_versions_pkey ON raw.invoice_versions"
-            " USING btree (seen_on, invoice_id)",
-        )
-    ]
+    assert versions_layout(conn) == (
+        True,
+        [
+            (
+                "raw.invoice_versions_pkey",
+                "CREATE UNIQUE INDEX invoice_versions_pkey ON raw.invoice_versions"
+                " USING btree (seen_on, invoice_id)",
+            )
+        ],
+    )
 
 
 def test_a_reader_holding_a_snapshot_is_not_blocked_and_sees_the_old_state(database, conn, csv_dir):

@@ -3,7 +3,8 @@
 DuckDB's read_csv reads each file with the raw layer's column types (raw_types.DUCKDB); the export's
 rows are then diffed against the current state in SQL, as the Postgres loader does, inside one
 transaction per export: raw.invoices (current), raw.invoice_versions (a version per changed invoice,
-with seen_on), raw.organizations (upserted) and raw.load_log. Then `DBT_TARGET=duckdb dbt build`.
+with seen_on and previous_seen_on), raw.organizations (upserted) and raw.load_log. Then
+`DBT_TARGET=duckdb dbt build`.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ def _add_previous_seen_on(conn: Connection) -> None:
     ).fetchone()
     if has_column:
         return
+    conn.begin()  # the column comes filled or not at all
     conn.execute(f"alter table {RAW_SCHEMA}.invoice_versions add column previous_seen_on date")
     conn.execute(
         f"""update {RAW_SCHEMA}.invoice_versions as later
@@ -73,6 +75,7 @@ def _add_previous_seen_on(conn: Connection) -> None:
         where later.version > 1
             and earlier.invoice_id = later.invoice_id and earlier.version = later.version - 1"""
     )
+    conn.commit()
 
 
 def _logged(conn: Connection) -> dict[date, Checksums]:
