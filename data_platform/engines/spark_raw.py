@@ -120,7 +120,8 @@ class SparkLedger:
         return self.spark.createDataFrame([], f"{columns}, {extra}")
 
     def _add_previous_seen_on(self) -> None:
-        """A history written by an earlier release gets each version's previous_seen_on, once."""
+        """A history written by an earlier release gets each version's previous_seen_on, once. Like every
+        write here, the rewrite is not atomic (see the module's docstring)."""
         from pyspark.sql import Window
 
         F, table = self.F, _table("invoice_versions")
