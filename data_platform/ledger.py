@@ -15,6 +15,7 @@ from psycopg import sql
 
 from data_platform.load_errors import LoadError
 from data_platform.raw_tables import (
+    FILL_PREVIOUS_SEEN_ON,
     INVOICES,
     LEDGER_RELATIONS,
     ORGANIZATIONS,
@@ -73,12 +74,12 @@ def ensure_tables(conn: psycopg.Connection) -> bool:
     if missing:  # `if not exists` would also lock the tables and notify about each one
         for statement in create_statements():
             conn.execute(statement)
-    _key_versions_by_day(conn)
     for (index,) in conn.execute(
         "select name from unnest(%s::text[]) as name where to_regclass(%s || '.' || name) is not null",
         [list(RETIRED_INDEXES), RAW_SCHEMA],
     ).fetchall():
         conn.execute(sql.SQL("drop index {}").format(sql.Identifier(RAW_SCHEMA, index)))
+    _key_versions_by_day(conn)
     return {"invoices", "invoice_versions"} <= missing
 
 
@@ -86,8 +87,8 @@ def _key_versions_by_day(conn: psycopg.Connection) -> None:
     """Give a history written by an earlier release, keyed by (invoice_id, version), its previous_seen_on
     and today's key (VERSIONS_KEY): once, in the load's transaction, so a failed load leaves the old
     layout. The table is locked until that commit (the key's build reads every version: tens of seconds
-    at 12.7M invoices), so readers wait for this one load. Every index goes first, so that the rows the
-    backfill rewrites update none."""
+    at 12.7M invoices), so readers wait for this one load. The old key goes first (its seen_on index is
+    retired before this runs), so that the rows the backfill rewrites update no index."""
     (has_column,) = conn.execute(
         "select exists (select from pg_attribute where attrelid = %s::regclass"
         " and attname = 'previous_seen_on' and not attisdropped)",
@@ -105,20 +106,8 @@ def _key_versions_by_day(conn: psycopg.Connection) -> None:
             versions, sql.Identifier(old_key)
         )
     )
-    conn.execute(sql.SQL("drop index if exists {}").format(raw("invoice_versions_seen_on")))
     # the predecessor found by a hash join: the old key is gone
-    conn.execute(
-        sql.SQL(
-            """
-            update {versions} as later
-            set previous_seen_on = earlier.seen_on
-            from {versions} as earlier
-            where
-                later.version > 1
-                and earlier.invoice_id = later.invoice_id and earlier.version = later.version - 1
-            """
-        ).format(versions=versions)
-    )
+    conn.execute(sql.SQL(FILL_PREVIOUS_SEEN_ON).format(versions=versions))
     conn.execute(sql.SQL("alter table {} add {}").format(versions, sql.SQL(VERSIONS_KEY)))
 
 

@@ -255,6 +255,16 @@ RETIRED_INDEXES = ("invoices_seen_on", "invoice_versions_seen_on")
 # seen on its previous_seen_on.
 VERSIONS_KEY = "primary key (seen_on, invoice_id)"
 
+# For a history written before previous_seen_on existed (Postgres and DuckDB; {versions}: the table).
+FILL_PREVIOUS_SEEN_ON = """
+    update {versions} as later
+    set previous_seen_on = earlier.seen_on
+    from {versions} as earlier
+    where
+        later.version > 1
+        and earlier.invoice_id = later.invoice_id and earlier.version = later.version - 1
+"""
+
 
 def create_statements() -> list[sql.Composable]:
     """The raw ledger's DDL, every statement idempotent: nothing is ever dropped or replaced."""

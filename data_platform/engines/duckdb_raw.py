@@ -23,7 +23,14 @@ from data_platform.engines.export_log import Checksums, log_row, needs_load
 from data_platform.engines.raw_types import DUCKDB, DUCKDB_LOG_TYPES, column_types
 from data_platform.exports import Export
 from data_platform.load_errors import LoadError
-from data_platform.raw_tables import INVOICES, ORGANIZATIONS, RAW_SCHEMA, TableSpec, load_log_columns
+from data_platform.raw_tables import (
+    FILL_PREVIOUS_SEEN_ON,
+    INVOICES,
+    ORGANIZATIONS,
+    RAW_SCHEMA,
+    TableSpec,
+    load_log_columns,
+)
 
 # duckdb.DuckDBPyConnection; duckdb is imported where used: an optional dependency (the `engines` group)
 Connection = Any
@@ -68,13 +75,7 @@ def _add_previous_seen_on(conn: Connection) -> None:
         return
     conn.begin()  # the column comes filled or not at all
     conn.execute(f"alter table {RAW_SCHEMA}.invoice_versions add column previous_seen_on date")
-    conn.execute(
-        f"""update {RAW_SCHEMA}.invoice_versions as later
-        set previous_seen_on = earlier.seen_on
-        from {RAW_SCHEMA}.invoice_versions as earlier
-        where later.version > 1
-            and earlier.invoice_id = later.invoice_id and earlier.version = later.version - 1"""
-    )
+    conn.execute(FILL_PREVIOUS_SEEN_ON.format(versions=f"{RAW_SCHEMA}.invoice_versions"))
     conn.commit()
 
 
