@@ -142,6 +142,16 @@ def test_dim_invoices_keeps_ids_exact_and_nulls_the_sentinel(fixture_pipeline):
     assert database.query("select count(*) from marts.dim_invoices")[0][0] == len(INVOICE_ROWS)
 
 
+def lookup_plan(database, query: str) -> str:
+    """The query's plan with hash joins, merge joins and sequential scans off: only a lookup by key can
+    serve its join, if the views let a join condition reach the key."""
+    with database.connect("transformer") as conn:
+        conn.execute("set enable_hashjoin to off")
+        conn.execute("set enable_mergejoin to off")
+        conn.execute("set enable_seqscan to off")
+        return "\n".join(row[0] for row in conn.execute(f"explain {query}"))
+
+
 def test_a_join_looks_a_version_up_by_key_through_the_staging_view(fixture_pipeline):
     """The predecessor lookup of int_invoice_versions_enriched: at 12.7M invoices it must probe the
     versions' primary key (seen_on, invoice_id) with a changed version's previous_seen_on and invoice_id,
@@ -149,24 +159,16 @@ def test_a_join_looks_a_version_up_by_key_through_the_staging_view(fixture_pipel
     scan that no join condition reaches), so the staging view must stay one plain select. Hash and merge
     joins are off here so that only a lookup by key can serve the join; the changed versions are a
     VALUES list, so that the view can only be the probed side."""
-    database, _, _ = fixture_pipeline
-    with database.connect("transformer") as conn:
-        conn.execute("set enable_hashjoin to off")
-        conn.execute("set enable_mergejoin to off")
-        conn.execute("set enable_seqscan to off")
-        plan = "\n".join(
-            row[0]
-            for row in conn.execute(
-                """
-                explain
-                select later.invoice_id, earlier.status
-                from (values (date '2024-01-01', 1::bigint), (date '2024-01-02', 2::bigint))
-                    as later (previous_seen_on, invoice_id)
-                inner join staging.stg_payments__invoice_versions as earlier
-                    on later.previous_seen_on = earlier.seen_on and later.invoice_id = earlier.invoice_id
-                """
-            )
-        )
+    plan = lookup_plan(
+        fixture_pipeline[0],
+        """
+        select later.invoice_id, earlier.status
+        from (values (date '2024-01-01', 1::bigint), (date '2024-01-02', 2::bigint))
+            as later (previous_seen_on, invoice_id)
+        inner join staging.stg_payments__invoice_versions as earlier
+            on later.previous_seen_on = earlier.seen_on and later.invoice_id = earlier.invoice_id
+        """,
+    )
     assert "Subquery Scan" not in plan, plan
     probe = r"Index Cond: \(\(seen_on = \S+\.column1\) AND \(invoice_id = \S+\.column2\)\)"
     assert re.search(probe, plan), plan
@@ -176,26 +178,18 @@ def test_a_join_looks_a_current_invoice_up_by_key_through_the_staging_view(fixtu
     """dim_invoices' incremental join: a day's versions look their current rows up by the current state's
     primary key. With a WITH clause in stg_payments__invoices the join scanned all 12.7M current rows for
     a day's 30,000 versions (5.8 s). Hash and merge joins are off so that only a lookup can serve it."""
-    database, _, _ = fixture_pipeline
-    with database.connect("transformer") as conn:
-        conn.execute("set enable_hashjoin to off")
-        conn.execute("set enable_mergejoin to off")
-        conn.execute("set enable_seqscan to off")
-        plan = "\n".join(
-            row[0]
-            for row in conn.execute(
-                """
-                explain
-                select versions.invoice_id, current_versions.first_seen_on
-                from intermediate.int_invoice_versions_enriched as versions
-                inner join staging.stg_payments__invoices as current_versions
-                    on
-                        versions.invoice_id = current_versions.invoice_id
-                        and versions.version = current_versions.current_version
-                where versions.seen_on >= '2024-01-01'
-                """
-            )
-        )
+    plan = lookup_plan(
+        fixture_pipeline[0],
+        """
+        select versions.invoice_id, current_versions.first_seen_on
+        from intermediate.int_invoice_versions_enriched as versions
+        inner join staging.stg_payments__invoices as current_versions
+            on
+                versions.invoice_id = current_versions.invoice_id
+                and versions.version = current_versions.current_version
+        where versions.seen_on >= '2024-01-01'
+        """,
+    )
     assert "Subquery Scan" not in plan, plan
     assert re.search(
         r"Index Scan using invoices_pkey on invoices\s.*\n\s+Index Cond: \(invoice_id = ", plan
