@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
@@ -44,6 +45,35 @@ def checksum(conn: psycopg.Connection, path: Path) -> str:
     digest = sha256_of(path)
     remember(conn, path, before, digest)
     return digest
+
+
+@dataclass(frozen=True)
+class KnownFile:
+    """A file whose checksum was remembered, by the size and modification time it had then."""
+
+    path: Path
+    size_bytes: int
+    modified_ns: int
+
+    def unchanged(self) -> bool:
+        """Whether it still is the file that was hashed."""
+        try:
+            stat = self.path.stat()
+        except OSError:
+            return False
+        return (stat.st_size, stat.st_mtime_ns) == (self.size_bytes, self.modified_ns)
+
+
+def file_with(conn: psycopg.Connection, digest: str) -> KnownFile | None:
+    """A file remembered with this checksum that is still that file."""
+    for path, size, modified in conn.execute(
+        sql.SQL("select path, size_bytes, modified_ns from {} where sha256 = %s order by path").format(TABLE),
+        [digest],
+    ).fetchall():
+        known = KnownFile(Path(path), size, modified)
+        if known.unchanged():
+            return known
+    return None
 
 
 def remember(conn: psycopg.Connection, path: Path, before: os.stat_result, digest: str) -> None:

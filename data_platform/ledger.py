@@ -13,6 +13,7 @@ from datetime import date, timedelta
 import psycopg
 from psycopg import sql
 
+from data_platform import file_checksums
 from data_platform.load_errors import LoadError
 from data_platform.raw_tables import (
     FILL_PREVIOUS_SEEN_ON,
@@ -142,6 +143,17 @@ def logged_by_checksums(
     return LoggedExport(*row) if row else None
 
 
+def latest_invoices_file(conn: psycopg.Connection) -> file_checksums.KnownFile | None:
+    """The file the latest export's invoices were loaded from, if it is still that very file
+    (file_checksums) and the ledger holds invoices: a snapshot export is read against it."""
+    row = conn.execute(
+        sql.SQL(
+            "select invoices_sha256 from {} where exists (select from {}) order by export_date desc limit 1"
+        ).format(raw("load_log"), raw("invoices"))
+    ).fetchone()
+    return file_checksums.file_with(conn, row[0]) if row else None
+
+
 def latest_export(conn: psycopg.Connection) -> date | None:
     return conn.execute(sql.SQL("select max(export_date) from {}").format(raw("load_log"))).fetchone()[0]
 
@@ -234,7 +246,7 @@ def apply_invoices(
     if empty:
         return _insert_first_versions(conn, staged, export_date, new_tables)
     refuse_duplicates(conn, staged)
-    return _apply_changes(conn, staged.rows, export_date)
+    return _apply_changes(conn, staged, export_date)
 
 
 def _insert_first_versions(
@@ -347,10 +359,11 @@ def _current_rows_of_export(conn: psycopg.Connection) -> sql.Composable:
     return sql.Identifier("current_invoices")
 
 
-def _apply_changes(conn: psycopg.Connection, rows: int, export_date: date) -> InvoiceCounts:
-    """The diff of the export against the current state, by key; only new and changed rows are written."""
+def _apply_changes(conn: psycopg.Connection, staged: Staged, export_date: date) -> InvoiceCounts:
+    """The diff of the export against the current state, by key; only new and changed rows are written.
+    Records not staged (snapshot_diff.py) are unchanged."""
     columns = INVOICES.names()
-    small = _is_small(conn, rows)
+    small = _is_small(conn, staged.staged_rows)
     current = _current_rows_of_export(conn) if small else raw("invoices")
     # sorted by key: the primary-key indexes then grow in order instead of at random pages
     conn.execute(
@@ -402,7 +415,7 @@ def _apply_changes(conn: psycopg.Connection, rows: int, export_date: date) -> In
     new, changed = conn.execute(
         "select count(*) filter (where version = 1), count(*) filter (where version > 1) from invoice_changes"
     ).fetchone()
-    return InvoiceCounts(new, changed, rows - new - changed)
+    return InvoiceCounts(new, changed, staged.rows - new - changed)
 
 
 def apply_organizations(conn: psycopg.Connection, export_date: date) -> tuple[int, int]:

@@ -35,6 +35,7 @@ from data_platform.db import DatabaseUnavailable, connect
 from data_platform.exports import Export, discover, parse_date
 from data_platform.load_errors import LoadError, printable
 from data_platform.raw_tables import INVOICES, ORGANIZATIONS, LoadLogRow
+from data_platform.snapshot_diff import worth_reading
 from data_platform.staging import discard, stage
 
 PROGRESS_INTERVAL_SECONDS = 5.0
@@ -172,10 +173,16 @@ def load_export(
             if logged:  # this very file was loaded before
                 return ExportResult(export, logged.export_date, skipped=True)
 
+        # a dated snapshot is read against the latest export's file (an undated one is dated by all of
+        # its records, so every one is staged)
+        previous = ledger.latest_invoices_file(conn) if export.date is not None else None
         staged = {}
         for spec, path, header in files:
             before = path.stat()
-            staged[spec.name] = stage(conn, spec, path, header, block_size=block_size, progress=progress)
+            against = previous if spec is INVOICES and previous and worth_reading(path, previous) else None
+            staged[spec.name] = stage(
+                conn, spec, path, header, block_size=block_size, progress=progress, previous=against
+            )
             # the next run asks whether this export was loaded: it need not read the file again
             file_checksums.remember(conn, path, before, staged[spec.name].sha256)
         invoices = staged[INVOICES.name]

@@ -1,0 +1,230 @@
+"""A full-snapshot export read against the previous export's file: only the records that differ are staged.
+
+A daily full snapshot repeats almost every record of the day before, byte for byte (12.7M records,
+of which some 30,000 are new or changed). Checking, casting and diffing every one of them costs
+three times a COPY of the file. The latest loaded export's file, when it is still on disk and still
+the file that was loaded (file_checksums: same path, size and modification time as when it was
+hashed to the checksum in the load log), tells which records cannot have changed: both files are
+streamed side by side and only the records that differ from it are sent to COPY, each with its
+record number, so that errors still name the line in the file.
+
+Why a record equal to one of the previous file is unchanged: that file was the latest export, so
+after its load the current state of each of its invoices is exactly its record, and the record
+passed every check then. Each previous record stands for at most one new record (its INVOICE_ID was
+unique in that file). A record that differs may still repeat an INVOICE_ID that an equal record
+also holds (a duplicate the export must be refused for): that cannot happen when the previous
+record of that invoice was left unmatched, which staging.py checks for every differing record of a
+known invoice (`replaced_ids`). When it cannot tell, or the files are not alike (quotes, which may
+hide a line break in a field; too many differences; records out of step), the file is staged
+whole, as any other export.
+
+Memory stays bounded: two read buffers, the unmatched previous records (those of the changed
+invoices, capped at MAX_UNMATCHED) and a look-ahead of LOOKAHEAD records.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from data_platform.csv_files import BLOCK_SIZE, Progress
+from data_platform.file_checksums import KnownFile
+
+# Below this size the whole file stages in seconds: reading the previous one would not pay.
+MIN_SNAPSHOT_BYTES = 64 * 1024 * 1024
+# Compared in chunks of this size while the files agree.
+CHUNK_BYTES = 64 * 1024
+# How many previous records a record is looked for among, beyond the one in step with it.
+LOOKAHEAD = 64
+# Previous records left unmatched (the changed invoices' old versions) kept at most.
+MAX_UNMATCHED = 500_000
+# Give up once more than this share of the records differ (plus a margin for a busy day's start).
+MAX_DIFFERING_SHARE = 0.1
+DIFFERING_MARGIN = 20_000
+# Records sent to COPY in batches of about this many bytes.
+SEND_BYTES = 256 * 1024
+
+
+class NotAlike(Exception):
+    """The files are not alike enough to stage only the differences: stage the whole file."""
+
+
+@dataclass(frozen=True)
+class Differences:
+    records: int  # records in the new file
+    differing: int  # records sent to COPY
+    sha256: str  # of the whole new file
+    replaced_ids: list[int]  # INVOICE_IDs of the previous records no new record repeats
+
+
+def worth_reading(new: Path, previous: KnownFile) -> bool:
+    """Whether the new file is a snapshot big enough, and near enough the previous one's size."""
+    new_size, previous_size = new.stat().st_size, previous.size_bytes
+    return min(new_size, previous_size) >= MIN_SNAPSHOT_BYTES and 2 * min(new_size, previous_size) >= max(
+        new_size, previous_size
+    )
+
+
+class _Side:
+    """A file after its header, read block by block into a buffer that slides along it."""
+
+    def __init__(self, file, block_size: int, on_block: Callable[[bytes], None]):
+        self.file = file
+        self.block_size = block_size
+        self.on_block = on_block
+        self.buffer = b""
+        self.position = 0
+        self.ended = False
+        self.newlines = 0  # before `position`
+
+    def available(self) -> int:
+        return len(self.buffer) - self.position
+
+    def fill(self, wanted: int) -> None:
+        """At least `wanted` bytes after the position, unless the file ends first."""
+        while self.available() < wanted and not self.ended:
+            block = self.file.read(self.block_size)
+            if not block:
+                self.ended = True
+                return
+            if b'"' in block:
+                raise NotAlike("a quote: a field may hold a line break")
+            self.on_block(block)
+            self.buffer = self.buffer[self.position :] + block
+            self.position = 0
+
+    def peek(self, size: int) -> bytes:
+        self.fill(size)
+        return self.buffer[self.position : self.position + size]
+
+    def line(self) -> bytes | None:
+        """The next line, its newline included (the last one may have none); not consumed."""
+        while True:
+            end = self.buffer.find(b"\n", self.position)
+            if end >= 0:
+                return self.buffer[self.position : end + 1]
+            if self.ended:
+                return self.buffer[self.position :] or None
+            self.fill(self.available() + self.block_size)
+
+    def advance(self, size: int) -> None:
+        self.newlines += self.buffer.count(b"\n", self.position, self.position + size)
+        self.position += size
+
+
+def _common_prefix(a: bytes, b: bytes) -> int:
+    """Length of the longest common prefix of a and b."""
+    low, high = 0, min(len(a), len(b))
+    if a[:high] == b[:high]:
+        return high
+    while high - low > 32:  # a[:low] == b[:low] and a[:high] != b[:high]
+        middle = (low + high) // 2
+        if a[low:middle] == b[low:middle]:
+            low = middle
+        else:
+            high = middle
+    while a[low] == b[low]:
+        low += 1
+    return low
+
+
+def _skip_equal(new: _Side, previous: _Side) -> None:
+    """Advance both sides over whole lines that are the same in both, chunk by chunk."""
+    while True:
+        a, b = new.peek(CHUNK_BYTES), previous.peek(CHUNK_BYTES)
+        common = _common_prefix(a, b)
+        cut = a.rfind(b"\n", 0, common) + 1  # where the last common whole line ends
+        if cut:
+            new.advance(cut)
+            previous.advance(cut)
+        if not cut or common < CHUNK_BYTES:
+            return
+
+
+def _key(line: bytes) -> bytes:
+    return line.split(b",", 1)[0]
+
+
+def send_differences(
+    write: Callable[[bytes], None],
+    new_path: Path,
+    new_header_bytes: int,
+    previous: KnownFile,
+    previous_header_bytes: int,
+    *,
+    block_size: int = BLOCK_SIZE,
+    progress: Progress | None = None,
+) -> Differences:
+    """Send each record of the new file that is not in the previous one to `write`, as CSV prefixed
+    with its record number (1-based, after the header); NotAlike when the files are not alike."""
+    digest = hashlib.sha256()
+    total, done = new_path.stat().st_size, new_header_bytes
+
+    def read_new(block: bytes) -> None:
+        nonlocal done
+        digest.update(block)
+        done += len(block)
+        if progress:
+            progress(new_path, done, total)
+
+    unmatched: set[bytes] = set()
+    batch = bytearray()
+    differing = 0
+    with new_path.open("rb", buffering=0) as new_file, previous.path.open("rb", buffering=0) as previous_file:
+        if not previous.unchanged():  # checked again once read: it was that file all along
+            raise NotAlike("the previous file changed since it was hashed")
+        digest.update(new_file.read(new_header_bytes))
+        previous_file.seek(previous_header_bytes)
+        new = _Side(new_file, block_size, read_new)
+        earlier = _Side(previous_file, block_size, lambda block: None)
+        while (line := new.line()) is not None:
+            if line in unmatched:  # a record further back in the previous file
+                unmatched.remove(line)
+                new.advance(len(line))
+                continue
+            _skip_equal(new, earlier)
+            line = new.line()
+            if line is None:
+                break
+            old = earlier.line()
+            if old == line:  # the last line, without a newline in one of the files
+                new.advance(len(line))
+                earlier.advance(len(old))
+                continue
+            if line in unmatched:
+                continue
+            found = False
+            if old is not None and _key(old) == _key(line):  # changed where it stood
+                unmatched.add(old)
+                earlier.advance(len(old))
+            else:  # inserted here, or moved: look further on in the previous file
+                for _ in range(LOOKAHEAD):
+                    old = earlier.line()
+                    if old is None:
+                        break
+                    earlier.advance(len(old))
+                    if old == line:
+                        found = True
+                        break
+                    unmatched.add(old)
+            if not found:
+                differing += 1
+                batch += b"%d," % (new.newlines + 1)
+                batch += line if line.endswith(b"\n") else line + b"\n"
+                if len(batch) >= SEND_BYTES:
+                    write(bytes(batch))
+                    batch.clear()
+            new.advance(len(line))
+            if len(unmatched) > MAX_UNMATCHED:
+                raise NotAlike(f"more than {MAX_UNMATCHED:,} records of the previous file are out of step")
+            if differing > DIFFERING_MARGIN + MAX_DIFFERING_SHARE * new.newlines:
+                raise NotAlike(f"{differing:,} of the first {new.newlines + 1:,} records differ")
+        if batch:
+            write(bytes(batch))
+        ends_open = new.buffer[-1:] not in (b"", b"\n")
+        records = new.newlines + (1 if ends_open else 0)
+    if not previous.unchanged():
+        raise NotAlike("the previous file changed while it was read")
+    return Differences(records, differing, digest.hexdigest(), sorted(int(_key(old)) for old in unmatched))

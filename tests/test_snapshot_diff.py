@@ -1,0 +1,233 @@
+"""A dated full snapshot read against the previous export's file: only what differs is staged, and the
+ledger ends exactly as when the whole file is staged."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from loader_files import INVOICE_LINES, generate, invoice, write
+
+from data_platform import snapshot_diff, staging
+from data_platform.file_checksums import KnownFile
+from data_platform.loader import LoadError, load_exports
+
+DAY = "2024-06-29"
+
+
+# --- the diff on its own ----------------------------------------------------------------------------
+
+
+def diff(tmp_path: Path, previous: list[str], new: list[str], **kwargs) -> tuple[list[bytes], object]:
+    header = "A,B\n"
+    old_path = write(tmp_path / "old.csv", [header.strip(), *previous])
+    new_path = write(tmp_path / "new.csv", [header.strip(), *new], **kwargs)
+    sent: list[bytes] = []
+    stat = old_path.stat()
+    previous = KnownFile(old_path, stat.st_size, stat.st_mtime_ns)
+    found = snapshot_diff.send_differences(
+        sent.append, new_path, len(header), previous, len(header), block_size=64
+    )
+    return b"".join(sent).decode().splitlines(), found
+
+
+ROWS = [f"{n},value {n}" for n in range(1, 400)]
+
+
+def test_records_equal_to_the_previous_files_are_not_sent_and_each_other_is_sent_with_its_number(tmp_path):
+    new = list(ROWS)
+    new[10] = "11,changed"  # changed where it stood
+    new.insert(200, "9001,new in the middle")
+    del new[300]  # absent from the new file
+    new.append("9002,new at the end")
+    sent, found = diff(tmp_path, ROWS, new)
+    assert sent == ["11,11,changed", "201,9001,new in the middle", "400,9002,new at the end"]
+    assert (found.records, found.differing) == (len(new), 3)
+    assert found.replaced_ids == [11, 300]  # the changed one's and the absent one's previous records
+    assert found.sha256 == snapshot_diff.hashlib.sha256((tmp_path / "new.csv").read_bytes()).hexdigest()
+
+
+def test_a_record_moved_further_on_is_found_and_a_repeated_one_is_sent(tmp_path):
+    new = list(ROWS)
+    moved = new.pop(5)
+    new.insert(40, moved)  # within the look-ahead
+    new.insert(100, ROWS[99])  # the same record twice: the second cannot match
+    sent, found = diff(tmp_path, ROWS, new)
+    assert sent == [f"101,{ROWS[99]}"]  # record 101, the second of the two
+    assert found.replaced_ids == []
+
+
+def test_a_last_line_without_newline_still_counts(tmp_path):
+    sent, found = diff(tmp_path, ROWS, [*ROWS, "9003,last"], final_newline=False)
+    assert sent == ["400,9003,last"]
+    assert found.records == 400
+
+
+@pytest.mark.parametrize(
+    "new",
+    [
+        pytest.param([f"{n},other {n}" for n in range(1, 400)], id="every record differs"),
+        pytest.param([*ROWS[:10], '11,"quoted"', *ROWS[11:]], id="a quote"),
+    ],
+)
+def test_files_not_alike_are_given_up(tmp_path, new, monkeypatch):
+    monkeypatch.setattr(snapshot_diff, "DIFFERING_MARGIN", 10)
+    with pytest.raises(snapshot_diff.NotAlike):
+        diff(tmp_path, ROWS, new)
+
+
+# --- through the loader, against Postgres -------------------------------------------------------------
+
+
+@pytest.fixture
+def staged_by_difference(monkeypatch) -> list:
+    """Every snapshot is read against the previous file; what each attempt staged (None: gave up)."""
+    monkeypatch.setattr(snapshot_diff, "MIN_SNAPSHOT_BYTES", 0)
+    attempts: list = []
+    original = staging._stage_differences
+
+    def recorded(*args):
+        attempts.append(original(*args))
+        return attempts[-1]
+
+    monkeypatch.setattr(staging, "_stage_differences", recorded)
+    return attempts
+
+
+def settled(*paths: Path) -> None:
+    """Written an hour ago, so that their checksums are remembered."""
+    an_hour_ago = time.time() - 3600
+    for path in paths:
+        os.utime(path, (an_hour_ago, an_hour_ago))
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory) -> Path:
+    return generate(tmp_path_factory.mktemp("base"), 3000)
+
+
+def landing(directory: Path, base_dir: Path | None, snapshot: list[str] | None = None) -> Path:
+    """A landing folder: the base export and a dated snapshot (a header and `snapshot`'s records)."""
+    directory.mkdir(parents=True)
+    if base_dir is not None:
+        for name in ("invoices.csv", "organizations.csv"):
+            shutil.copy(base_dir / name, directory / name)
+    if snapshot is not None:
+        write(directory / "exports" / DAY / "invoices.csv", [INVOICE_LINES[0], *snapshot])
+    settled(*directory.rglob("*.csv"))
+    return directory
+
+
+def base_records(base_dir: Path) -> list[str]:
+    return (base_dir / "invoices.csv").read_text().splitlines()[1:]
+
+
+def day_of_changes(base_dir: Path) -> list[str]:
+    records = base_records(base_dir)
+    changed = [n for n, record in enumerate(records) if ",open," in record][:40]
+    for n in changed:
+        records[n] = records[n].replace(",open,", ",cancelled,")
+    records.insert(1500, invoice(1, f"{DAY}T08:00:00Z"))
+    records.append(invoice(2, f"{DAY}T09:00:00Z"))
+    del records[2000]
+    return records
+
+
+def ledger_state(conn) -> dict:
+    return {
+        "invoices": conn.execute("select * from raw.invoices order by invoice_id").fetchall(),
+        "versions": conn.execute(
+            "select * from raw.invoice_versions order by seen_on, invoice_id"
+        ).fetchall(),
+        "log": conn.execute(
+            "select export_date, invoices_sha256, invoice_rows, invoices_new, invoices_changed,"
+            " invoices_unchanged from raw.load_log order by export_date"
+        ).fetchall(),
+    }
+
+
+def load_whole_and_by_difference(conn, tmp_path, base_dir, snapshot, staged_by_difference, monkeypatch):
+    """The ledger after the base and the snapshot, staged whole and read against the base file."""
+    states = []
+    for by_difference in (False, True):
+        conn.execute(
+            "drop table if exists raw.invoices, raw.invoice_versions, raw.load_log, raw.file_checksums"
+        )
+        monkeypatch.setattr(snapshot_diff, "MIN_SNAPSHOT_BYTES", 0 if by_difference else 2**62)
+        load_exports(conn, landing(tmp_path / str(by_difference), base_dir, snapshot))
+        states.append(ledger_state(conn))
+    return states
+
+
+def test_a_snapshot_read_against_the_previous_file_writes_what_the_whole_file_writes(
+    conn, tmp_path, base_dir, staged_by_difference, monkeypatch
+):
+    snapshot = day_of_changes(base_dir)
+    whole, by_difference = load_whole_and_by_difference(
+        conn, tmp_path, base_dir, snapshot, staged_by_difference, monkeypatch
+    )
+    assert [attempt.differing for attempt in staged_by_difference] == [42]  # 40 changed, 2 new
+    assert by_difference == whole
+    assert whole["log"][-1][2:] == (3001, 2, 40, 2959)
+
+
+def test_an_unchanged_record_repeated_in_a_snapshot_is_refused_at_its_lines(
+    conn, tmp_path, base_dir, staged_by_difference
+):
+    snapshot = day_of_changes(base_dir)
+    snapshot.insert(2500, snapshot[10])
+    with pytest.raises(LoadError, match=r"appears 2 times in this export, on lines 12, 2502") as error:
+        load_exports(conn, landing(tmp_path / "csv", base_dir, snapshot))
+    assert staged_by_difference == [None]  # given up: the whole file named the lines
+    assert error.value.line == 12
+
+
+def test_a_changed_record_beside_its_unchanged_one_is_refused(conn, tmp_path, base_dir, staged_by_difference):
+    snapshot = day_of_changes(base_dir)
+    unchanged = next(record for record in snapshot[100:] if ",paid," in record)
+    snapshot.append(unchanged.replace(",paid,", ",refunded,"))
+    with pytest.raises(LoadError, match=r"appears 2 times in this export"):
+        load_exports(conn, landing(tmp_path / "csv", base_dir, snapshot))
+    assert staged_by_difference == [None]
+
+
+def test_a_bad_value_in_a_differing_record_is_named_at_its_line(
+    conn, tmp_path, base_dir, staged_by_difference
+):
+    snapshot = day_of_changes(base_dir)
+    fields = snapshot[700].split(",")
+    fields[5] = fields[5].capitalize()  # STATUS
+    snapshot[700] = ",".join(fields)
+    with pytest.raises(LoadError, match="not in the export's format") as error:
+        load_exports(conn, landing(tmp_path / "csv", base_dir, snapshot))
+    assert (error.value.line, error.value.column) == (702, "STATUS")
+
+
+@pytest.mark.parametrize("since", ["changed", "gone"])
+def test_a_previous_file_changed_or_gone_since_its_load_is_not_read(
+    conn, tmp_path, base_dir, staged_by_difference, since
+):
+    first = landing(tmp_path / "first", base_dir)
+    load_exports(conn, first)
+    previous = first / "invoices.csv"
+    if since == "gone":
+        previous.unlink()
+    else:  # the file the ledger was loaded from is no longer that file
+        records = previous.read_text().splitlines()
+        write(previous, [*records[:5], records[5].replace(",20", ",19", 1), *records[6:]])
+        settled(previous)
+    snapshot = day_of_changes(base_dir)
+    (result,) = load_exports(conn, landing(tmp_path / "second", None, snapshot))
+    assert staged_by_difference == []
+    assert (result.invoices.new, result.invoices.changed) == (2, 40)
+
+
+def test_a_previous_file_that_is_no_longer_the_hashed_one_is_not_read(tmp_path):
+    path = write(tmp_path / "old.csv", ["A,B", *ROWS])
+    stat = path.stat()
+    changed = KnownFile(path, stat.st_size, stat.st_mtime_ns - 1)
+    with pytest.raises(snapshot_diff.NotAlike, match="changed since it was hashed"):
+        snapshot_diff.send_differences(lambda data: None, path, 4, changed, 4)
