@@ -40,9 +40,10 @@ CHUNK_BYTES = 64 * 1024
 LOOKAHEAD = 64
 # Previous records left unmatched (the changed invoices' old versions) kept at most.
 MAX_UNMATCHED = 500_000
-# Give up once more than this share of the records differ (plus a margin for a busy day's start).
+# Give up once the records that differ add up to this share of the new file's bytes.
 MAX_DIFFERING_SHARE = 0.1
-DIFFERING_MARGIN = 20_000
+# A line longer than this is not an export's record: the whole file's load names it.
+MAX_LINE_BYTES = 1024 * 1024
 # Records sent to COPY in batches of about this many bytes.
 SEND_BYTES = 256 * 1024
 
@@ -99,15 +100,30 @@ class _Side:
         self.fill(size)
         return self.buffer[self.position : self.position + size]
 
-    def line(self) -> bytes | None:
-        """The next line, its newline included (the last one may have none); not consumed."""
+    def line(self, skip: int = 0) -> bytes | None:
+        """The line starting `skip` bytes ahead, its newline included (the last one may have none);
+        not consumed."""
         while True:
-            end = self.buffer.find(b"\n", self.position)
+            start = self.position + skip
+            end = self.buffer.find(b"\n", start)
             if end >= 0:
-                return self.buffer[self.position : end + 1]
+                return self.buffer[start : end + 1]
             if self.ended:
-                return self.buffer[self.position :] or None
+                return self.buffer[start:] or None
+            if self.available() - skip > MAX_LINE_BYTES:
+                raise NotAlike(f"a line longer than {MAX_LINE_BYTES:,} bytes")
             self.fill(self.available() + self.block_size)
+
+    def find(self, line: bytes, within: int) -> list[bytes] | None:
+        """The lines before `line` if it is one of the next `within` lines, else None; not consumed."""
+        before: list[bytes] = []
+        skip = 0
+        while len(before) < within and (candidate := self.line(skip)) is not None:
+            if candidate == line:
+                return before
+            before.append(candidate)
+            skip += len(candidate)
+        return None
 
     def advance(self, size: int) -> None:
         self.newlines += self.buffer.count(b"\n", self.position, self.position + size)
@@ -171,8 +187,12 @@ def send_differences(
 
     unmatched: set[bytes] = set()
     batch = bytearray()
-    differing = 0
-    with new_path.open("rb", buffering=0) as new_file, previous.path.open("rb", buffering=0) as previous_file:
+    differing = differing_bytes = 0
+    try:
+        previous_file = previous.path.open("rb", buffering=0)
+    except OSError as error:
+        raise NotAlike(f"the previous file cannot be read: {error.strerror}") from None
+    with new_path.open("rb", buffering=0) as new_file, previous_file:
         if not previous.unchanged():  # checked again once read: it was that file all along
             raise NotAlike("the previous file changed since it was hashed")
         digest.update(new_file.read(new_header_bytes))
@@ -189,7 +209,7 @@ def send_differences(
             if line is None:
                 break
             old = earlier.line()
-            if old == line:  # the last line, without a newline in one of the files
+            if old == line:  # equal but not skipped: longer than a chunk, or the last one
                 new.advance(len(line))
                 earlier.advance(len(old))
                 continue
@@ -199,18 +219,15 @@ def send_differences(
             if old is not None and _key(old) == _key(line):  # changed where it stood
                 unmatched.add(old)
                 earlier.advance(len(old))
-            else:  # inserted here, or moved: look further on in the previous file
-                for _ in range(LOOKAHEAD):
-                    old = earlier.line()
-                    if old is None:
-                        break
-                    earlier.advance(len(old))
-                    if old == line:
-                        found = True
-                        break
+            elif (passed := earlier.find(line, LOOKAHEAD)) is not None:  # moved, or records removed
+                for old in passed:
                     unmatched.add(old)
-            if not found:
+                    earlier.advance(len(old))
+                earlier.advance(len(line))
+                found = True
+            if not found:  # new, changed, or moved from further on
                 differing += 1
+                differing_bytes += len(line)
                 batch += b"%d," % (new.newlines + 1)
                 batch += line if line.endswith(b"\n") else line + b"\n"
                 if len(batch) >= SEND_BYTES:
@@ -219,8 +236,8 @@ def send_differences(
             new.advance(len(line))
             if len(unmatched) > MAX_UNMATCHED:
                 raise NotAlike(f"more than {MAX_UNMATCHED:,} records of the previous file are out of step")
-            if differing > DIFFERING_MARGIN + MAX_DIFFERING_SHARE * new.newlines:
-                raise NotAlike(f"{differing:,} of the first {new.newlines + 1:,} records differ")
+            if differing_bytes > MAX_DIFFERING_SHARE * total:
+                raise NotAlike(f"{differing:,} records of the first {new.newlines + 1:,} differ")
         if batch:
             write(bytes(batch))
         ends_open = new.buffer[-1:] not in (b"", b"\n")

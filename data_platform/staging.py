@@ -136,6 +136,10 @@ def _stage_differences(
     """Stage only the records that differ from the previous file; None (nothing staged) when the files
     are not alike, or a differing record may repeat an unchanged one's key. A value refused by the
     checks is a LoadError at its line, as when the whole file is staged."""
+    try:
+        previous_header_bytes = check_header(spec, previous.path)
+    except LoadError:  # gone or changed since it was found: its checksum no longer vouches for it
+        return None
     statement = sql.SQL("copy {} (record, {}) from stdin with (format csv, freeze, encoding 'UTF8')").format(
         text_table(spec), spec.names()
     )
@@ -149,7 +153,7 @@ def _stage_differences(
                         path,
                         header_bytes,
                         previous,
-                        check_header(spec, previous.path),
+                        previous_header_bytes,
                         block_size=block_size,
                         progress=progress,
                     )

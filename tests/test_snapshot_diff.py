@@ -21,16 +21,21 @@ DAY = "2024-06-29"
 # --- the diff on its own ----------------------------------------------------------------------------
 
 
-def diff(tmp_path: Path, previous: list[str], new: list[str], **kwargs) -> tuple[list[bytes], object]:
+def diff(
+    tmp_path: Path, previous: list[str], new: list[str], *, share: float = 1.0, **kwargs
+) -> tuple[list[str], snapshot_diff.Differences]:
+    """The lines sent for `new` against `previous`; by default any share of these tiny files may differ."""
     header = "A,B\n"
     old_path = write(tmp_path / "old.csv", [header.strip(), *previous])
     new_path = write(tmp_path / "new.csv", [header.strip(), *new], **kwargs)
     sent: list[bytes] = []
     stat = old_path.stat()
-    previous = KnownFile(old_path, stat.st_size, stat.st_mtime_ns)
-    found = snapshot_diff.send_differences(
-        sent.append, new_path, len(header), previous, len(header), block_size=64
-    )
+    previous_file = KnownFile(old_path, stat.st_size, stat.st_mtime_ns)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(snapshot_diff, "MAX_DIFFERING_SHARE", share)
+        found = snapshot_diff.send_differences(
+            sent.append, new_path, len(header), previous_file, len(header), block_size=64
+        )
     return b"".join(sent).decode().splitlines(), found
 
 
@@ -60,6 +65,21 @@ def test_a_record_moved_further_on_is_found_and_a_repeated_one_is_sent(tmp_path)
     assert found.replaced_ids == []
 
 
+def test_records_put_first_are_sent_without_losing_step(tmp_path):
+    first = [f"{9000 + n},new" for n in range(100)]  # more than the look-ahead
+    sent, found = diff(tmp_path, ROWS, [*first, *ROWS])
+    assert sent == [f"{n + 1},{record}" for n, record in enumerate(first)]
+    assert found.replaced_ids == []
+
+
+def test_a_record_moved_back_further_than_the_look_ahead_is_sent_and_its_old_place_left_unmatched(tmp_path):
+    new = list(ROWS)
+    new.insert(3, new.pop(300))
+    sent, found = diff(tmp_path, ROWS, new)
+    assert sent == [f"4,{ROWS[300]}"]
+    assert found.replaced_ids == [301]
+
+
 def test_a_last_line_without_newline_still_counts(tmp_path):
     sent, found = diff(tmp_path, ROWS, [*ROWS, "9003,last"], final_newline=False)
     assert sent == ["400,9003,last"]
@@ -67,16 +87,25 @@ def test_a_last_line_without_newline_still_counts(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "new",
+    ("new", "reason"),
     [
-        pytest.param([f"{n},other {n}" for n in range(1, 400)], id="every record differs"),
-        pytest.param([*ROWS[:10], '11,"quoted"', *ROWS[11:]], id="a quote"),
+        pytest.param([*ROWS[:10], '11,"quoted"', *ROWS[11:]], "a quote", id="a quote"),
+        pytest.param([*ROWS[:10], "11," + "x" * 300_000, *ROWS[11:]], "a line longer", id="a long line"),
     ],
 )
-def test_files_not_alike_are_given_up(tmp_path, new, monkeypatch):
-    monkeypatch.setattr(snapshot_diff, "DIFFERING_MARGIN", 10)
-    with pytest.raises(snapshot_diff.NotAlike):
+def test_files_not_alike_are_given_up(tmp_path, new, reason, monkeypatch):
+    monkeypatch.setattr(snapshot_diff, "MAX_LINE_BYTES", 100_000)
+    with pytest.raises(snapshot_diff.NotAlike, match=reason):
         diff(tmp_path, ROWS, new)
+
+
+def test_files_whose_differing_records_exceed_a_share_of_the_new_one_are_given_up(tmp_path):
+    new = list(ROWS)
+    new[200:235] = [f"{n},other {n}" for n in range(201, 236)]
+    assert diff(tmp_path, ROWS, new, share=0.1)[1].differing == 35  # under a tenth of the file's bytes
+    new[235:250] = [f"{n},other {n}" for n in range(236, 251)]
+    with pytest.raises(snapshot_diff.NotAlike, match="records of the first"):
+        diff(tmp_path, ROWS, new, share=0.1)
 
 
 # --- through the loader, against Postgres -------------------------------------------------------------
@@ -130,6 +159,7 @@ def day_of_changes(base_dir: Path) -> list[str]:
     changed = [n for n, record in enumerate(records) if ",open," in record][:40]
     for n in changed:
         records[n] = records[n].replace(",open,", ",cancelled,")
+    records.insert(50, records.pop(2500))  # moved further than the look-ahead: sent, found unchanged
     records.insert(1500, invoice(1, f"{DAY}T08:00:00Z"))
     records.append(invoice(2, f"{DAY}T09:00:00Z"))
     del records[2000]
@@ -169,7 +199,7 @@ def test_a_snapshot_read_against_the_previous_file_writes_what_the_whole_file_wr
     whole, by_difference = load_whole_and_by_difference(
         conn, tmp_path, base_dir, snapshot, staged_by_difference, monkeypatch
     )
-    assert [attempt.differing for attempt in staged_by_difference] == [42]  # 40 changed, 2 new
+    assert [attempt.differing for attempt in staged_by_difference] == [43]  # 40 changed, 2 new, 1 moved
     assert by_difference == whole
     assert whole["log"][-1][2:] == (3001, 2, 40, 2959)
 
@@ -183,6 +213,17 @@ def test_an_unchanged_record_repeated_in_a_snapshot_is_refused_at_its_lines(
         load_exports(conn, landing(tmp_path / "csv", base_dir, snapshot))
     assert staged_by_difference == [None]  # given up: the whole file named the lines
     assert error.value.line == 12
+
+
+def test_a_new_invoice_twice_is_refused_at_both_lines_of_the_file(
+    conn, tmp_path, base_dir, staged_by_difference
+):
+    snapshot = day_of_changes(base_dir)
+    snapshot.insert(2800, invoice(7, f"{DAY}T10:00:00Z"))
+    snapshot.insert(100, invoice(7, f"{DAY}T11:00:00Z"))
+    with pytest.raises(LoadError, match=r"INVOICE_ID 7 appears 2 times in this export, on lines 102, 2803"):
+        load_exports(conn, landing(tmp_path / "csv", base_dir, snapshot))
+    assert [attempt.differing for attempt in staged_by_difference] == [45]  # read against the base file
 
 
 def test_a_changed_record_beside_its_unchanged_one_is_refused(conn, tmp_path, base_dir, staged_by_difference):
@@ -231,3 +272,6 @@ def test_a_previous_file_that_is_no_longer_the_hashed_one_is_not_read(tmp_path):
     changed = KnownFile(path, stat.st_size, stat.st_mtime_ns - 1)
     with pytest.raises(snapshot_diff.NotAlike, match="changed since it was hashed"):
         snapshot_diff.send_differences(lambda data: None, path, 4, changed, 4)
+    gone = KnownFile(tmp_path / "gone.csv", stat.st_size, stat.st_mtime_ns)
+    with pytest.raises(snapshot_diff.NotAlike, match="cannot be read"):
+        snapshot_diff.send_differences(lambda data: None, path, 4, gone, 4)
