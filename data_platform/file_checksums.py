@@ -49,11 +49,12 @@ def checksum(conn: psycopg.Connection, path: Path) -> str:
 
 @dataclass(frozen=True)
 class KnownFile:
-    """A file whose checksum was remembered, by the size and modification time it had then."""
+    """A file whose checksum was remembered, with the size and modification time it had then."""
 
     path: Path
     size_bytes: int
     modified_ns: int
+    sha256: str
 
     def unchanged(self) -> bool:
         """Whether it still is the file that was hashed."""
@@ -70,7 +71,7 @@ def file_with(conn: psycopg.Connection, digest: str) -> KnownFile | None:
         sql.SQL("select path, size_bytes, modified_ns from {} where sha256 = %s order by path").format(TABLE),
         [digest],
     ).fetchall():
-        known = KnownFile(Path(path), size, modified)
+        known = KnownFile(Path(path), size, modified, digest)
         if known.unchanged():
             return known
     return None

@@ -3,7 +3,8 @@
     python -m data_platform.loader [--csv-dir DIR] [--as-of YYYY-MM-DD] [--allow-empty]
 
 Exports (exports.py) load in export-date order, each in its own transaction: stream the files into
-temporary tables and check every value (staging.py), then write new and changed invoices as
+temporary tables and check every value (staging.py; a dated snapshot only the records not in the
+latest export's file, snapshot_diff.py), then write new and changed invoices as
 versions and the current state, upsert the organizations and log the export (ledger.py). A
 failure, Ctrl-C or a killed process rolls the export back: the raw tables stay exactly as they
 were. Tables are only ever written, never dropped: readers and running dbt builds keep working.

@@ -2,30 +2,35 @@
 
 A daily full snapshot repeats almost every record of the day before, byte for byte (12.7M records,
 of which some 30,000 are new or changed). Checking, casting and diffing every one of them costs
-three times a COPY of the file. The latest loaded export's file, when it is still on disk and still
-the file that was loaded (file_checksums: same path, size and modification time as when it was
-hashed to the checksum in the load log), tells which records cannot have changed: both files are
+three times a COPY of the file. The latest loaded export's file, when it is still on disk (found by
+its remembered checksum, file_checksums), tells which records cannot have changed: both files are
 streamed side by side and only the records that differ from it are sent to COPY, each with its
-record number, so that errors still name the line in the file.
+record number, so that errors still name the line in the file. The previous file is read to its end
+and hashed on the way: unless it is still the file that was loaded, nothing is taken from it.
 
 Why a record equal to one of the previous file is unchanged: that file was the latest export, so
 after its load the current state of each of its invoices is exactly its record, and the record
-passed every check then. Each previous record stands for at most one new record (its INVOICE_ID was
+passed the checks then. Each previous record stands for at most one new record (its INVOICE_ID was
 unique in that file). A record that differs may still repeat an INVOICE_ID that an equal record
 also holds (a duplicate the export must be refused for): that cannot happen when the previous
 record of that invoice was left unmatched, which staging.py checks for every differing record of a
-known invoice (`replaced_ids`). When it cannot tell, or the files are not alike (quotes, which may
-hide a line break in a field; too many differences; records out of step), the file is staged
-whole, as any other export.
+known invoice (`replaced_ids`). When it cannot tell, or the files are not alike (a quote, which may
+hide a line break in a field; other line endings; differing records adding up to a tenth of the
+file; more than MAX_UNMATCHED previous records out of step), the file is staged whole, as any other
+export.
 
-Memory stays bounded: two read buffers, the unmatched previous records (those of the changed
-invoices, capped at MAX_UNMATCHED) and a look-ahead of LOOKAHEAD records.
+The two files are compared a chunk at a time while they agree. Where they differ, a record is looked
+for among the next LOOKAHEAD previous records (the previous records before it are gone from here),
+and the previous record in step among the next LOOKAHEAD new ones (if absent, it is gone from here;
+if present, this record is new or moved here). Memory stays bounded: two read buffers and the
+unmatched previous records, as digests and keys.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,10 +41,11 @@ from data_platform.file_checksums import KnownFile
 MIN_SNAPSHOT_BYTES = 64 * 1024 * 1024
 # Compared in chunks of this size while the files agree.
 CHUNK_BYTES = 64 * 1024
-# How many previous records a record is looked for among, beyond the one in step with it.
+# How many records ahead (the one in step included) a record is looked for, in either file.
 LOOKAHEAD = 64
-# Previous records left unmatched (the changed invoices' old versions) kept at most.
-MAX_UNMATCHED = 500_000
+# Previous records left unmatched (changed, gone or further on) kept at most: 16-byte digests and
+# keys, about 100 bytes each.
+MAX_UNMATCHED = 250_000
 # Give up once the records that differ add up to this share of the new file's bytes.
 MAX_DIFFERING_SHARE = 0.1
 # A line longer than this is not an export's record: the whole file's load names it.
@@ -57,7 +63,8 @@ class Differences:
     records: int  # records in the new file
     differing: int  # records sent to COPY
     sha256: str  # of the whole new file
-    replaced_ids: list[int]  # INVOICE_IDs of the previous records no new record repeats
+    # INVOICE_IDs of the previous file's records that no record of the new file repeats byte for byte
+    replaced_ids: list[int]
 
 
 def worth_reading(new: Path, previous: KnownFile) -> bool:
@@ -101,7 +108,7 @@ class _Side:
         return self.buffer[self.position : self.position + size]
 
     def line(self, skip: int = 0) -> bytes | None:
-        """The line starting `skip` bytes ahead, its newline included (the last one may have none);
+        """The line starting `skip` bytes ahead, its line ending included (the last one may have none);
         not consumed."""
         while True:
             start = self.position + skip
@@ -163,6 +170,37 @@ def _key(line: bytes) -> bytes:
     return line.split(b",", 1)[0]
 
 
+def _ending(line: bytes) -> bytes:
+    if line.endswith(b"\r\n"):
+        return b"\r\n"
+    return b"\n" if line.endswith(b"\n") else b""
+
+
+def _digest(line: bytes) -> bytes:
+    return hashlib.blake2b(line, digest_size=16).digest()
+
+
+class _Unmatched:
+    """The previous file's records passed without a match, by digest: a later record may still match one."""
+
+    def __init__(self) -> None:
+        self.keys: dict[bytes, bytes] = {}
+
+    def add(self, line: bytes) -> None:
+        self.keys[_digest(line)] = _key(line)
+        if len(self.keys) > MAX_UNMATCHED:
+            raise NotAlike(f"more than {MAX_UNMATCHED:,} records of the previous file are out of step")
+
+    def match(self, line: bytes) -> bool:
+        return self.keys.pop(_digest(line), None) is not None
+
+    def ids(self) -> list[int]:
+        try:
+            return sorted(int(key) for key in self.keys.values())
+        except ValueError:
+            raise NotAlike("a record of the previous file without an INVOICE_ID") from None
+
+
 def send_differences(
     write: Callable[[bytes], None],
     new_path: Path,
@@ -174,8 +212,11 @@ def send_differences(
     progress: Progress | None = None,
 ) -> Differences:
     """Send each record of the new file that is not in the previous one to `write`, as CSV prefixed
-    with its record number (1-based, after the header); NotAlike when the files are not alike."""
-    digest = hashlib.sha256()
+    with its record number (1-based, after the header); NotAlike when the files are not alike.
+
+    The previous file is read to its end and hashed: unless it hashes to its remembered checksum, the
+    records sent are not enough (NotAlike)."""
+    digest, previous_digest = hashlib.sha256(), hashlib.sha256()
     total, done = new_path.stat().st_size, new_header_bytes
 
     def read_new(block: bytes) -> None:
@@ -185,23 +226,25 @@ def send_differences(
         if progress:
             progress(new_path, done, total)
 
-    unmatched: set[bytes] = set()
+    unmatched = _Unmatched()
     batch = bytearray()
     differing = differing_bytes = 0
-    try:
-        previous_file = previous.path.open("rb", buffering=0)
-    except OSError as error:
-        raise NotAlike(f"the previous file cannot be read: {error.strerror}") from None
-    with new_path.open("rb", buffering=0) as new_file, previous_file:
-        if not previous.unchanged():  # checked again once read: it was that file all along
-            raise NotAlike("the previous file changed since it was hashed")
+    with ExitStack() as files:
+        try:
+            previous_file = files.enter_context(previous.path.open("rb", buffering=0))
+        except OSError as error:
+            raise NotAlike(f"the previous file cannot be read: {error.strerror}") from None
+        new_file = files.enter_context(new_path.open("rb", buffering=0))
         digest.update(new_file.read(new_header_bytes))
-        previous_file.seek(previous_header_bytes)
+        previous_digest.update(previous_file.read(previous_header_bytes))
         new = _Side(new_file, block_size, read_new)
-        earlier = _Side(previous_file, block_size, lambda block: None)
+        earlier = _Side(previous_file, block_size, previous_digest.update)
+        # COPY takes the line ending of the first line it reads; the whole file's is its first record's
+        ending = _ending(new.line() or b"\n") or b"\n"
+        if _ending(earlier.line() or ending) not in (ending, b""):
+            raise NotAlike("the files end their lines differently")
         while (line := new.line()) is not None:
-            if line in unmatched:  # a record further back in the previous file
-                unmatched.remove(line)
+            if unmatched.match(line):  # a record further back in the previous file
                 new.advance(len(line))
                 continue
             _skip_equal(new, earlier)
@@ -213,35 +256,43 @@ def send_differences(
                 new.advance(len(line))
                 earlier.advance(len(old))
                 continue
-            if line in unmatched:
+            if unmatched.match(line):
+                new.advance(len(line))
                 continue
-            found = False
+            send = True
             if old is not None and _key(old) == _key(line):  # changed where it stood
                 unmatched.add(old)
                 earlier.advance(len(old))
-            elif (passed := earlier.find(line, LOOKAHEAD)) is not None:  # moved, or records removed
-                for old in passed:
-                    unmatched.add(old)
-                    earlier.advance(len(old))
+            elif (passed := earlier.find(line, LOOKAHEAD)) is not None:  # previous records gone from here
+                for gone in passed:
+                    unmatched.add(gone)
+                    earlier.advance(len(gone))
                 earlier.advance(len(line))
-                found = True
-            if not found:  # new, changed, or moved from further on
+                send = False
+            elif old is not None and new.find(old, LOOKAHEAD) is None:  # nor is the previous one near
+                unmatched.add(old)
+                earlier.advance(len(old))
+                continue  # this record is looked at again, against the next previous one
+            if send:  # new, changed, or moved from further on
+                if _ending(line) not in (ending, b"") or line.endswith(b"\r"):
+                    raise NotAlike("mixed line endings")  # which the whole file's load names
                 differing += 1
                 differing_bytes += len(line)
                 batch += b"%d," % (new.newlines + 1)
-                batch += line if line.endswith(b"\n") else line + b"\n"
+                batch += line if _ending(line) else line + ending
                 if len(batch) >= SEND_BYTES:
                     write(bytes(batch))
                     batch.clear()
+                if differing_bytes > MAX_DIFFERING_SHARE * total:
+                    raise NotAlike(f"{differing:,} records of the first {new.newlines + 1:,} differ")
             new.advance(len(line))
-            if len(unmatched) > MAX_UNMATCHED:
-                raise NotAlike(f"more than {MAX_UNMATCHED:,} records of the previous file are out of step")
-            if differing_bytes > MAX_DIFFERING_SHARE * total:
-                raise NotAlike(f"{differing:,} records of the first {new.newlines + 1:,} differ")
         if batch:
             write(bytes(batch))
         ends_open = new.buffer[-1:] not in (b"", b"\n")
         records = new.newlines + (1 if ends_open else 0)
-    if not previous.unchanged():
-        raise NotAlike("the previous file changed while it was read")
-    return Differences(records, differing, digest.hexdigest(), sorted(int(_key(old)) for old in unmatched))
+        while (old := earlier.line()) is not None:  # the previous file's records after the last match
+            unmatched.add(old)
+            earlier.advance(len(old))
+    if previous_digest.hexdigest() != previous.sha256:
+        raise NotAlike("the previous file is no longer the file that was loaded")
+    return Differences(records, differing, digest.hexdigest(), unmatched.ids())

@@ -7,6 +7,10 @@
    into a typed staging table. The fast path only learns that some value failed; the error path
    then finds the first bad record and column with a check that never raises, and maps the record
    back to its line in the file (re-reading the file only when it holds quotes).
+
+A dated snapshot much like the latest export's file stages only the records that differ from it, each
+with its record number (snapshot_diff.py); the records left out are unchanged and were checked when
+that export loaded.
 """
 
 from __future__ import annotations
@@ -85,7 +89,7 @@ def stage(
 ) -> Staged:
     """COPY the file into a text table, check the row count, then check and cast every value.
 
-    previous: the latest export's file of the same kind; when the file is a snapshot alike it, only the
+    previous: the latest export's file of the same kind; when the file is a snapshot much like it, only the
     records that differ from it are staged (snapshot_diff.py).
     """
     if previous is not None:
@@ -169,8 +173,9 @@ def _stage_differences(
 
 
 def _may_repeat_unchanged(conn: psycopg.Connection, spec: TableSpec, replaced: list[int]) -> bool:
-    """Whether a staged record's key is in the ledger while its record in the previous file was matched
-    by another record of the new one: that would be a key twice in the export."""
+    """Whether a staged record's key is in the ledger but not among the previous file's unmatched records:
+    then an unchanged record of the new file may hold that key too (a key twice in the export), or the
+    invoice was absent from the previous file. Either way the whole file is staged, and checked."""
     key = sql.Identifier(spec.key.name)
     (found,) = conn.execute(
         sql.SQL(

@@ -3,6 +3,7 @@ ledger ends exactly as when the whole file is staged."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import time
@@ -22,37 +23,55 @@ DAY = "2024-06-29"
 
 
 def diff(
-    tmp_path: Path, previous: list[str], new: list[str], *, share: float = 1.0, **kwargs
+    tmp_path: Path,
+    previous: list[str],
+    new: list[str],
+    *,
+    share: float = 1.0,
+    chunk: int = 16,
+    newline: str = "\n",
+    final_newline: bool = True,
 ) -> tuple[list[str], snapshot_diff.Differences]:
-    """The lines sent for `new` against `previous`; by default any share of these tiny files may differ."""
-    header = "A,B\n"
-    old_path = write(tmp_path / "old.csv", [header.strip(), *previous])
-    new_path = write(tmp_path / "new.csv", [header.strip(), *new], **kwargs)
+    """The lines sent for `new` against `previous` (with header A,B). Small chunks, so that the files
+    are compared over many; by default any share of these tiny files may differ."""
+    header = "A,B" + newline
+    old_path = write(tmp_path / "old.csv", ["A,B", *previous], newline=newline)
+    new_path = write(tmp_path / "new.csv", ["A,B", *new], newline=newline, final_newline=final_newline)
     sent: list[bytes] = []
-    stat = old_path.stat()
-    previous_file = KnownFile(old_path, stat.st_size, stat.st_mtime_ns)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(snapshot_diff, "MAX_DIFFERING_SHARE", share)
+        patch.setattr(snapshot_diff, "CHUNK_BYTES", chunk)
         found = snapshot_diff.send_differences(
-            sent.append, new_path, len(header), previous_file, len(header), block_size=64
+            sent.append, new_path, len(header), known(old_path), len(header), block_size=64
         )
     return b"".join(sent).decode().splitlines(), found
+
+
+def known(path: Path, sha256: str | None = None) -> KnownFile:
+    stat = path.stat()
+    return KnownFile(
+        path, stat.st_size, stat.st_mtime_ns, sha256 or hashlib.sha256(path.read_bytes()).hexdigest()
+    )
 
 
 ROWS = [f"{n},value {n}" for n in range(1, 400)]
 
 
-def test_records_equal_to_the_previous_files_are_not_sent_and_each_other_is_sent_with_its_number(tmp_path):
+@pytest.mark.parametrize("chunk", [16, 64 * 1024])
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+def test_records_equal_to_the_previous_files_are_not_sent_and_each_other_is_sent_with_its_number(
+    tmp_path, chunk, newline
+):
     new = list(ROWS)
     new[10] = "11,changed"  # changed where it stood
     new.insert(200, "9001,new in the middle")
     del new[300]  # absent from the new file
     new.append("9002,new at the end")
-    sent, found = diff(tmp_path, ROWS, new)
+    sent, found = diff(tmp_path, ROWS, new, chunk=chunk, newline=newline)
     assert sent == ["11,11,changed", "201,9001,new in the middle", "400,9002,new at the end"]
     assert (found.records, found.differing) == (len(new), 3)
     assert found.replaced_ids == [11, 300]  # the changed one's and the absent one's previous records
-    assert found.sha256 == snapshot_diff.hashlib.sha256((tmp_path / "new.csv").read_bytes()).hexdigest()
+    assert found.sha256 == hashlib.sha256((tmp_path / "new.csv").read_bytes()).hexdigest()
 
 
 def test_a_record_moved_further_on_is_found_and_a_repeated_one_is_sent(tmp_path):
@@ -72,6 +91,13 @@ def test_records_put_first_are_sent_without_losing_step(tmp_path):
     assert found.replaced_ids == []
 
 
+def test_previous_records_gone_for_longer_than_the_look_ahead_do_not_lose_step(tmp_path):
+    new = [*ROWS[:100], *ROWS[250:]]  # 150 records gone
+    sent, found = diff(tmp_path, ROWS, new)
+    assert sent == []
+    assert found.replaced_ids == list(range(101, 251))
+
+
 def test_a_record_moved_back_further_than_the_look_ahead_is_sent_and_its_old_place_left_unmatched(tmp_path):
     new = list(ROWS)
     new.insert(3, new.pop(300))
@@ -80,23 +106,59 @@ def test_a_record_moved_back_further_than_the_look_ahead_is_sent_and_its_old_pla
     assert found.replaced_ids == [301]
 
 
+def test_previous_records_after_the_new_files_end_are_unmatched(tmp_path):
+    sent, found = diff(tmp_path, ROWS, ROWS[:390])
+    assert sent == []
+    assert found.replaced_ids == list(range(391, 400))
+
+
 def test_a_last_line_without_newline_still_counts(tmp_path):
     sent, found = diff(tmp_path, ROWS, [*ROWS, "9003,last"], final_newline=False)
     assert sent == ["400,9003,last"]
     assert found.records == 400
 
 
+def test_a_last_line_without_newline_is_sent_with_the_files_line_ending(tmp_path):
+    sent: list[bytes] = []
+    old_path = write(tmp_path / "old.csv", ["A,B", *ROWS], newline="\r\n")
+    new_path = write(tmp_path / "new.csv", ["A,B", *ROWS, "9003,last"], newline="\r\n", final_newline=False)
+    snapshot_diff.send_differences(sent.append, new_path, 5, known(old_path), 5)
+    assert sent == [b"400,9003,last\r\n"]
+
+
 @pytest.mark.parametrize(
-    ("new", "reason"),
+    ("previous", "new", "reason"),
     [
-        pytest.param([*ROWS[:10], '11,"quoted"', *ROWS[11:]], "a quote", id="a quote"),
-        pytest.param([*ROWS[:10], "11," + "x" * 300_000, *ROWS[11:]], "a line longer", id="a long line"),
+        pytest.param(ROWS, [*ROWS[:10], '11,"quoted"', *ROWS[11:]], "a quote", id="a quote"),
+        pytest.param(
+            [*ROWS[:10], '11,"quoted"', *ROWS[11:]], ROWS, "a quote", id="a quote in the previous file"
+        ),
+        pytest.param(
+            ROWS, [*ROWS[:10], "11,changed\r", *ROWS[11:]], "mixed line endings", id="CRLF among LF"
+        ),
+        pytest.param(
+            ROWS, [*ROWS[:10], "11," + "x" * 300_000, *ROWS[11:]], "a line longer", id="a long line"
+        ),
     ],
 )
-def test_files_not_alike_are_given_up(tmp_path, new, reason, monkeypatch):
+def test_files_not_alike_are_given_up(tmp_path, previous, new, reason, monkeypatch):
     monkeypatch.setattr(snapshot_diff, "MAX_LINE_BYTES", 100_000)
     with pytest.raises(snapshot_diff.NotAlike, match=reason):
-        diff(tmp_path, ROWS, new)
+        diff(tmp_path, previous, new)
+
+
+def test_a_differing_last_line_ending_in_a_carriage_return_is_given_up(tmp_path):
+    with pytest.raises(snapshot_diff.NotAlike, match="mixed line endings"):
+        diff(tmp_path, ROWS, [*ROWS, "9003,last\r"], final_newline=False)
+
+
+def test_files_that_end_their_lines_differently_are_given_up_at_once(tmp_path):
+    old_path = write(tmp_path / "old.csv", ["A,B", *ROWS], newline="\r\n")
+    new_path = write(tmp_path / "new.csv", ["A,B", *ROWS])
+    sent: list[bytes] = []
+    with pytest.raises(snapshot_diff.NotAlike, match="end their lines differently"):
+        snapshot_diff.send_differences(sent.append, new_path, 4, known(old_path), 5)
+    assert sent == []
 
 
 def test_files_whose_differing_records_exceed_a_share_of_the_new_one_are_given_up(tmp_path):
@@ -108,18 +170,40 @@ def test_files_whose_differing_records_exceed_a_share_of_the_new_one_are_given_u
         diff(tmp_path, ROWS, new, share=0.1)
 
 
+def test_more_previous_records_out_of_step_than_kept_are_given_up(tmp_path, monkeypatch):
+    monkeypatch.setattr(snapshot_diff, "MAX_UNMATCHED", 100)
+    assert diff(tmp_path, ROWS, ROWS[100:])[1].replaced_ids == list(range(1, 101))
+    with pytest.raises(snapshot_diff.NotAlike, match="more than 100 records"):
+        diff(tmp_path, ROWS, ROWS[101:])
+
+
+def test_a_previous_file_that_is_no_longer_the_loaded_one_is_not_taken(tmp_path):
+    path = write(tmp_path / "old.csv", ["A,B", *ROWS])
+    loaded = known(path, sha256="0" * 64)  # rewritten since, with its size and modification time kept
+    with pytest.raises(snapshot_diff.NotAlike, match="no longer the file that was loaded"):
+        snapshot_diff.send_differences(lambda data: None, path, 4, loaded, 4)
+    gone = KnownFile(tmp_path / "gone.csv", loaded.size_bytes, loaded.modified_ns, loaded.sha256)
+    with pytest.raises(snapshot_diff.NotAlike, match="cannot be read"):
+        snapshot_diff.send_differences(lambda data: None, path, 4, gone, 4)
+
+
 # --- through the loader, against Postgres -------------------------------------------------------------
 
 
 @pytest.fixture
 def staged_by_difference(monkeypatch) -> list:
-    """Every snapshot is read against the previous file; what each attempt staged (None: gave up)."""
+    """Every snapshot is read against the previous file; what each attempt staged (None: gave up), or
+    the error it raised."""
     monkeypatch.setattr(snapshot_diff, "MIN_SNAPSHOT_BYTES", 0)
     attempts: list = []
     original = staging._stage_differences
 
     def recorded(*args):
-        attempts.append(original(*args))
+        try:
+            attempts.append(original(*args))
+        except Exception as error:
+            attempts.append(error)
+            raise
         return attempts[-1]
 
     monkeypatch.setattr(staging, "_stage_differences", recorded)
@@ -245,33 +329,38 @@ def test_a_bad_value_in_a_differing_record_is_named_at_its_line(
     with pytest.raises(LoadError, match="not in the export's format") as error:
         load_exports(conn, landing(tmp_path / "csv", base_dir, snapshot))
     assert (error.value.line, error.value.column) == (702, "STATUS")
+    assert staged_by_difference == [error.value]  # named by the differing records' check
 
 
-@pytest.mark.parametrize("since", ["changed", "gone"])
-def test_a_previous_file_changed_or_gone_since_its_load_is_not_read(
+def test_a_differing_record_copy_refuses_is_named_by_the_whole_files_load(
+    conn, tmp_path, base_dir, staged_by_difference
+):
+    snapshot = day_of_changes(base_dir)
+    snapshot[900] = snapshot[900].rsplit(",", 1)[0]  # a column short
+    with pytest.raises(LoadError, match="wrong number of columns: expected 14, found 13") as error:
+        load_exports(conn, landing(tmp_path / "csv", base_dir, snapshot))
+    assert error.value.line == 902
+    assert staged_by_difference == [None]
+
+
+@pytest.mark.parametrize("since", ["changed", "rewritten keeping its size and time", "gone"])
+def test_a_previous_file_changed_or_gone_since_its_load_is_not_taken(
     conn, tmp_path, base_dir, staged_by_difference, since
 ):
     first = landing(tmp_path / "first", base_dir)
     load_exports(conn, first)
     previous = first / "invoices.csv"
+    loaded = previous.stat()
     if since == "gone":
         previous.unlink()
     else:  # the file the ledger was loaded from is no longer that file
         records = previous.read_text().splitlines()
         write(previous, [*records[:5], records[5].replace(",20", ",19", 1), *records[6:]])
         settled(previous)
+        if since.startswith("rewritten"):
+            assert previous.stat().st_size == loaded.st_size
+            os.utime(previous, ns=(loaded.st_atime_ns, loaded.st_mtime_ns))
     snapshot = day_of_changes(base_dir)
     (result,) = load_exports(conn, landing(tmp_path / "second", None, snapshot))
-    assert staged_by_difference == []
+    assert staged_by_difference == ([None] if since.startswith("rewritten") else [])
     assert (result.invoices.new, result.invoices.changed) == (2, 40)
-
-
-def test_a_previous_file_that_is_no_longer_the_hashed_one_is_not_read(tmp_path):
-    path = write(tmp_path / "old.csv", ["A,B", *ROWS])
-    stat = path.stat()
-    changed = KnownFile(path, stat.st_size, stat.st_mtime_ns - 1)
-    with pytest.raises(snapshot_diff.NotAlike, match="changed since it was hashed"):
-        snapshot_diff.send_differences(lambda data: None, path, 4, changed, 4)
-    gone = KnownFile(tmp_path / "gone.csv", stat.st_size, stat.st_mtime_ns)
-    with pytest.raises(snapshot_diff.NotAlike, match="cannot be read"):
-        snapshot_diff.send_differences(lambda data: None, path, 4, gone, 4)
