@@ -244,6 +244,8 @@ def apply_invoices(
         )
     ).fetchone()
     if empty:
+        if staged.differing is not None:  # only what differs from a file the ledger no longer holds
+            raise LoadError(staged.path, "an empty ledger cannot take a snapshot's differences: load again")
         return _insert_first_versions(conn, staged, export_date, new_tables)
     refuse_duplicates(conn, staged)
     return _apply_changes(conn, staged, export_date)

@@ -15,21 +15,26 @@ unique in that file). A record that differs may still repeat an INVOICE_ID that 
 also holds (a duplicate the export must be refused for): that cannot happen when the previous
 record of that invoice was left unmatched, which staging.py checks for every differing record of a
 known invoice (`replaced_ids`). When it cannot tell, or the files are not alike (a quote, which may
-hide a line break in a field; other line endings; differing records adding up to a tenth of the
-file; more than MAX_UNMATCHED previous records out of step), the file is staged whole, as any other
-export.
+hide a line break in a field; other line endings; a line over MAX_LINE_BYTES; differing records adding
+up to a tenth of the file; more than MAX_UNMATCHED previous records out of step; records too far out of
+step to find), or COPY refuses a differing record, or the previous file does not hash to its checksum,
+the file is staged whole, as any other export (the time spent reading is then lost).
 
-The two files are compared a chunk at a time while they agree. Where they differ, a record is looked
-for among the next LOOKAHEAD previous records (the previous records before it are gone from here),
-and the previous record in step among the next LOOKAHEAD new ones (if absent, it is gone from here;
-if present, this record is new or moved here). Memory stays bounded: two read buffers and the
-unmatched previous records, as digests and keys.
+This trusts that the raw tables are written by the loader only: a record deleted from raw.invoices by
+hand would not come back from a snapshot that holds it unchanged, as it would when staged whole.
+
+The two files are compared a chunk at a time while they agree. Where they differ, a record changed in
+place (same INVOICE_ID) is sent; otherwise the new record is searched for in the previous file and the
+previous record in the new one, SEARCH_BYTES ahead (C-speed byte searches, widening): found in the
+previous file, the records before it there are gone from here; found in the new one, the records before
+it there are new here; neither, the new record replaces the previous one. Memory stays bounded: two
+read buffers (up to the widest search) and the unmatched previous records, as digests and keys.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,8 +46,10 @@ from data_platform.file_checksums import KnownFile
 MIN_SNAPSHOT_BYTES = 64 * 1024 * 1024
 # Compared in chunks of this size while the files agree.
 CHUNK_BYTES = 64 * 1024
-# How many records ahead (the one in step included) a record is looked for, in either file.
-LOOKAHEAD = 64
+# Where the files differ, a record is looked for this many bytes ahead in the other file, then further.
+SEARCH_BYTES = (4 * 1024, 64 * 1024, 1024 * 1024, 8 * 1024 * 1024)
+# Give up once the searches have gone over this many times the new file's bytes.
+MAX_SEARCHED_SHARE = 4
 # Previous records left unmatched (changed, gone or further on) kept at most: 16-byte digests and
 # keys, about 100 bytes each.
 MAX_UNMATCHED = 250_000
@@ -78,10 +85,11 @@ def worth_reading(new: Path, previous: KnownFile) -> bool:
 class _Side:
     """A file after its header, read block by block into a buffer that slides along it."""
 
-    def __init__(self, file, block_size: int, on_block: Callable[[bytes], None]):
+    def __init__(self, file, block_size: int, on_block: Callable[[bytes], None], *, previous: bool = False):
         self.file = file
         self.block_size = block_size
         self.on_block = on_block
+        self.previous = previous
         self.buffer = b""
         self.position = 0
         self.ended = False
@@ -93,7 +101,12 @@ class _Side:
     def fill(self, wanted: int) -> None:
         """At least `wanted` bytes after the position, unless the file ends first."""
         while self.available() < wanted and not self.ended:
-            block = self.file.read(self.block_size)
+            try:
+                block = self.file.read(self.block_size)
+            except OSError as error:
+                if not self.previous:
+                    raise
+                raise NotAlike(f"the previous file cannot be read: {error.strerror}") from None
             if not block:
                 self.ended = True
                 return
@@ -107,34 +120,37 @@ class _Side:
         self.fill(size)
         return self.buffer[self.position : self.position + size]
 
-    def line(self, skip: int = 0) -> bytes | None:
-        """The line starting `skip` bytes ahead, its line ending included (the last one may have none);
-        not consumed."""
+    def line(self) -> bytes | None:
+        """The next line, its line ending included (the last one may have none); not consumed."""
         while True:
-            start = self.position + skip
-            end = self.buffer.find(b"\n", start)
+            end = self.buffer.find(b"\n", self.position)
             if end >= 0:
-                return self.buffer[start : end + 1]
+                return self.buffer[self.position : end + 1]
             if self.ended:
-                return self.buffer[start:] or None
-            if self.available() - skip > MAX_LINE_BYTES:
+                return self.buffer[self.position :] or None
+            if self.available() > MAX_LINE_BYTES:
                 raise NotAlike(f"a line longer than {MAX_LINE_BYTES:,} bytes")
             self.fill(self.available() + self.block_size)
 
-    def find(self, line: bytes, within: int) -> list[bytes] | None:
-        """The lines before `line` if it is one of the next `within` lines, else None; not consumed."""
-        before: list[bytes] = []
-        skip = 0
-        while len(before) < within and (candidate := self.line(skip)) is not None:
-            if candidate == line:
-                return before
-            before.append(candidate)
-            skip += len(candidate)
-        return None
+    def find(self, line: bytes, within: int) -> int | None:
+        """How many bytes ahead the next whole line equal to `line` starts, if it starts within `within`
+        bytes after the line at the position (which is not looked at); not consumed."""
+        if not line.endswith(b"\n"):
+            return None  # a last line: found only where it stands
+        self.fill(within + len(line))
+        at = self.buffer.find(b"\n" + line, self.position, self.position + within + len(line))
+        return None if at < 0 else at + 1 - self.position
 
     def advance(self, size: int) -> None:
         self.newlines += self.buffer.count(b"\n", self.position, self.position + size)
         self.position += size
+
+    def lines_within(self, size: int) -> Iterator[bytes]:
+        """The lines of the next `size` bytes, each consumed once the caller has taken it."""
+        while size > 0 and (line := self.line()) is not None:
+            yield line
+            self.advance(len(line))
+            size -= len(line)
 
 
 def _common_prefix(a: bytes, b: bytes) -> int:
@@ -238,11 +254,44 @@ def send_differences(
         digest.update(new_file.read(new_header_bytes))
         previous_digest.update(previous_file.read(previous_header_bytes))
         new = _Side(new_file, block_size, read_new)
-        earlier = _Side(previous_file, block_size, previous_digest.update)
+        earlier = _Side(previous_file, block_size, previous_digest.update, previous=True)
         # COPY takes the line ending of the first line it reads; the whole file's is its first record's
         ending = _ending(new.line() or b"\n") or b"\n"
         if _ending(earlier.line() or ending) not in (ending, b""):
             raise NotAlike("the files end their lines differently")
+        searched = 0
+
+        def send(line: bytes) -> None:
+            nonlocal differing, differing_bytes
+            if _ending(line) not in (ending, b"") or line.endswith(b"\r"):
+                raise NotAlike("mixed line endings")  # which the whole file's load names
+            differing += 1
+            differing_bytes += len(line)
+            batch.extend(b"%d," % (new.newlines + 1))
+            batch.extend(line if _ending(line) else line + ending)
+            if len(batch) >= SEND_BYTES:
+                write(bytes(batch))
+                batch.clear()
+            if differing_bytes > MAX_DIFFERING_SHARE * total:
+                raise NotAlike(f"{differing:,} records of the first {new.newlines + 1:,} differ")
+
+        def search(line: bytes, old: bytes) -> tuple[int | None, int | None]:
+            """(bytes of previous records gone before `line`, bytes of new records before `old`):
+            whichever is found first, nearest first."""
+            nonlocal searched
+            for within in SEARCH_BYTES:
+                if searched > MAX_SEARCHED_SHARE * total:
+                    raise NotAlike("the records are too far out of step")
+                gone = earlier.find(line, within)
+                searched += within if gone is None else gone
+                if gone is not None:
+                    return gone, None
+                added = new.find(old, within)
+                searched += within if added is None else added
+                if added is not None:
+                    return None, added
+            return None, None
+
         while (line := new.line()) is not None:
             if unmatched.match(line):  # a record further back in the previous file
                 new.advance(len(line))
@@ -259,32 +308,30 @@ def send_differences(
             if unmatched.match(line):
                 new.advance(len(line))
                 continue
-            send = True
-            if old is not None and _key(old) == _key(line):  # changed where it stood
+            if old is None:  # the previous file has ended: new records
+                send(line)
+                new.advance(len(line))
+                continue
+            if _key(old) == _key(line):  # changed where it stood
                 unmatched.add(old)
                 earlier.advance(len(old))
-            elif (passed := earlier.find(line, LOOKAHEAD)) is not None:  # previous records gone from here
-                for gone in passed:
-                    unmatched.add(gone)
-                    earlier.advance(len(gone))
-                earlier.advance(len(line))
-                send = False
-            elif old is not None and new.find(old, LOOKAHEAD) is None:  # nor is the previous one near
-                unmatched.add(old)
-                earlier.advance(len(old))
-                continue  # this record is looked at again, against the next previous one
-            if send:  # new, changed, or moved from further on
-                if _ending(line) not in (ending, b"") or line.endswith(b"\r"):
-                    raise NotAlike("mixed line endings")  # which the whole file's load names
-                differing += 1
-                differing_bytes += len(line)
-                batch += b"%d," % (new.newlines + 1)
-                batch += line if _ending(line) else line + ending
-                if len(batch) >= SEND_BYTES:
-                    write(bytes(batch))
-                    batch.clear()
-                if differing_bytes > MAX_DIFFERING_SHARE * total:
-                    raise NotAlike(f"{differing:,} records of the first {new.newlines + 1:,} differ")
+                send(line)
+                new.advance(len(line))
+                continue
+            gone, added = search(line, old)
+            if gone is not None:  # previous records gone from here (or further on)
+                for passed in earlier.lines_within(gone):
+                    unmatched.add(passed)
+                continue  # the record now stands in step
+            if added is not None:  # new records here (or moved from further on)
+                for inserted in new.lines_within(added):
+                    if not unmatched.match(inserted):
+                        send(inserted)
+                continue
+            # neither is near: this record replaces that one
+            unmatched.add(old)
+            earlier.advance(len(old))
+            send(line)
             new.advance(len(line))
         if batch:
             write(bytes(batch))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import shutil
 import time
 from pathlib import Path
@@ -77,28 +78,47 @@ def test_records_equal_to_the_previous_files_are_not_sent_and_each_other_is_sent
 def test_a_record_moved_further_on_is_found_and_a_repeated_one_is_sent(tmp_path):
     new = list(ROWS)
     moved = new.pop(5)
-    new.insert(40, moved)  # within the look-ahead
+    new.insert(40, moved)
     new.insert(100, ROWS[99])  # the same record twice: the second cannot match
     sent, found = diff(tmp_path, ROWS, new)
     assert sent == [f"101,{ROWS[99]}"]  # record 101, the second of the two
     assert found.replaced_ids == []
 
 
-def test_records_put_first_are_sent_without_losing_step(tmp_path):
-    first = [f"{9000 + n},new" for n in range(100)]  # more than the look-ahead
-    sent, found = diff(tmp_path, ROWS, [*first, *ROWS])
-    assert sent == [f"{n + 1},{record}" for n, record in enumerate(first)]
+@pytest.mark.parametrize("at", [0, 150])
+def test_a_run_of_new_records_is_sent_without_losing_step(tmp_path, monkeypatch, at):
+    added = [f"{9000 + n},new" for n in range(100)]  # as a newest-first export puts a day's invoices
+    monkeypatch.setattr(snapshot_diff, "MAX_UNMATCHED", 10)  # fewer than the records after the run
+    sent, found = diff(tmp_path, ROWS, [*ROWS[:at], *added, *ROWS[at:]])
+    assert sent == [f"{at + n + 1},{record}" for n, record in enumerate(added)]
     assert found.replaced_ids == []
 
 
-def test_previous_records_gone_for_longer_than_the_look_ahead_do_not_lose_step(tmp_path):
+def test_swapped_blocks_are_found_in_either_file(tmp_path):
+    new = [*ROWS[:50], *ROWS[200:300], *ROWS[50:200], *ROWS[300:]]
+    sent, found = diff(tmp_path, ROWS, new)
+    assert (sent, found.replaced_ids) == ([], [])
+
+
+def test_records_too_far_out_of_step_to_find_are_given_up(tmp_path, monkeypatch):
+    monkeypatch.setattr(snapshot_diff, "SEARCH_BYTES", (64,))
+    shuffled = list(ROWS)
+    random.Random(1).shuffle(shuffled)
+    with pytest.raises(snapshot_diff.NotAlike, match="too far out of step"):
+        diff(tmp_path, ROWS, shuffled)
+
+
+def test_a_run_of_gone_previous_records_does_not_lose_step(tmp_path):
     new = [*ROWS[:100], *ROWS[250:]]  # 150 records gone
     sent, found = diff(tmp_path, ROWS, new)
     assert sent == []
     assert found.replaced_ids == list(range(101, 251))
 
 
-def test_a_record_moved_back_further_than_the_look_ahead_is_sent_and_its_old_place_left_unmatched(tmp_path):
+def test_a_record_moved_back_further_than_a_search_is_sent_and_its_old_place_left_unmatched(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr(snapshot_diff, "SEARCH_BYTES", (256,))
     new = list(ROWS)
     new.insert(3, new.pop(300))
     sent, found = diff(tmp_path, ROWS, new)
@@ -243,7 +263,7 @@ def day_of_changes(base_dir: Path) -> list[str]:
     changed = [n for n, record in enumerate(records) if ",open," in record][:40]
     for n in changed:
         records[n] = records[n].replace(",open,", ",cancelled,")
-    records.insert(50, records.pop(2500))  # moved further than the look-ahead: sent, found unchanged
+    records.insert(50, records.pop(2500))  # moved back: sent, found unchanged
     records.insert(1500, invoice(1, f"{DAY}T08:00:00Z"))
     records.append(invoice(2, f"{DAY}T09:00:00Z"))
     del records[2000]
@@ -364,3 +384,11 @@ def test_a_previous_file_changed_or_gone_since_its_load_is_not_taken(
     (result,) = load_exports(conn, landing(tmp_path / "second", None, snapshot))
     assert staged_by_difference == ([None] if since.startswith("rewritten") else [])
     assert (result.invoices.new, result.invoices.changed) == (2, 40)
+
+
+def test_a_ledger_emptied_by_hand_takes_the_whole_snapshot(conn, tmp_path, base_dir, staged_by_difference):
+    load_exports(conn, landing(tmp_path / "first", base_dir))
+    conn.execute("truncate raw.invoices, raw.invoice_versions")  # the load log and checksums kept
+    (result,) = load_exports(conn, landing(tmp_path / "second", None, day_of_changes(base_dir)))
+    assert staged_by_difference == []
+    assert (result.invoices.new, result.invoices.changed) == (3001, 0)
