@@ -58,6 +58,7 @@ class ExportResult:
     organizations_new: int = 0
     organizations_changed: int = 0
     seconds: float = 0.0
+    note: str | None = None  # how the invoices were read against the previous export's file
 
     def summary(self) -> str:
         head = f"export {self.export_date} ({printable(str(self.export.source))})"
@@ -72,9 +73,11 @@ class ExportResult:
             else ""
         )
         counts = self.invoices
+        note = f"; invoices {self.note}" if self.note else ""
         return (
             f"{head}: {self.invoice_rows:,} invoices ({counts.new:,} new, {counts.changed:,} changed, "
             f"{counts.unchanged:,} unchanged){organizations} in {self.seconds:.1f} s ({rate:,.0f} rows/s)"
+            f"{note}"
         )
 
 
@@ -236,6 +239,7 @@ def load_export(
         organizations_new=org_new,
         organizations_changed=org_changed,
         seconds=time.perf_counter() - started,
+        note=invoices.note,
     )
 
 

@@ -31,7 +31,7 @@ from data_platform.csv_files import (
     unterminated_quote_line,
 )
 from data_platform.file_checksums import KnownFile
-from data_platform.load_errors import LoadError
+from data_platform.load_errors import LoadError, printable
 from data_platform.raw_tables import RAW_SCHEMA, TableSpec
 from data_platform.snapshot_diff import NotAlike, send_differences
 
@@ -64,6 +64,7 @@ class Staged:
     # records staged because they differ from the previous export's file (snapshot_diff.py);
     # None: every record is staged
     differing: int | None = None
+    note: str | None = None  # how the file was read against the previous export's, for the load's summary
 
     @property
     def staged_rows(self) -> int:
@@ -92,10 +93,12 @@ def stage(
     previous: the latest export's file of the same kind; when the file is a snapshot much like it, only the
     records that differ from it are staged (snapshot_diff.py).
     """
+    note = None
     if previous is not None:
-        staged = _stage_differences(conn, spec, path, header_bytes, previous, block_size, progress)
-        if staged is not None:
-            return staged
+        outcome = _stage_differences(conn, spec, path, header_bytes, previous, block_size, progress)
+        if isinstance(outcome, Staged):
+            return outcome
+        note = f"read against {printable(str(previous.path))}, then staged whole: {outcome}"
     _create_text_table(conn, spec)
     stream = FileStream(path, header_bytes, block_size=block_size)
     # freeze: the table is new in this transaction, rows are written already frozen
@@ -112,7 +115,7 @@ def stage(
                 raise
             raise load_error from error
         rows = cursor.rowcount
-    staged = Staged(spec, path, header_bytes, rows, stream.quoted, stream.sha256)
+    staged = Staged(spec, path, header_bytes, rows, stream.quoted, stream.sha256, note=note)
     if rows != stream.records:
         raise _lost_rows(staged, stream.records)
     _cast(conn, staged)
@@ -136,14 +139,15 @@ def _stage_differences(
     previous: KnownFile,
     block_size: int,
     progress: Progress | None,
-) -> Staged | None:
-    """Stage only the records that differ from the previous file; None (nothing staged) when the files
-    are not alike, or a differing record may repeat an unchanged one's key. A value refused by the
-    checks is a LoadError at its line, as when the whole file is staged."""
+) -> Staged | str:
+    """Stage only the records that differ from the previous file; else, with nothing staged, why not:
+    the files are not alike, the previous file's header is gone, COPY refused a differing record, or a
+    differing record may repeat an unchanged one's key. A value refused by the checks is a LoadError at
+    its line, as when the whole file is staged."""
     try:
         previous_header_bytes = check_header(spec, previous.path)
-    except LoadError:  # gone or changed since it was found: its checksum no longer vouches for it
-        return None
+    except LoadError as error:  # gone or changed since it was found: its checksum no longer vouches for it
+        return str(error)
     statement = sql.SQL("copy {} (record, {}) from stdin with (format csv, freeze, encoding 'UTF8')").format(
         text_table(spec), spec.names()
     )
@@ -163,13 +167,18 @@ def _stage_differences(
                     )
                 if cursor.rowcount != found.differing:
                     raise NotAlike("COPY stored another number of records than were sent")
-            staged = Staged(spec, path, header_bytes, found.records, False, found.sha256, found.differing)
+            note = f"read against {printable(str(previous.path))}: {found.differing:,} records differ"
+            staged = Staged(
+                spec, path, header_bytes, found.records, False, found.sha256, found.differing, note
+            )
             _cast(conn, staged)
             if _may_repeat_unchanged(conn, spec, found.replaced_ids):
-                raise NotAlike("a differing record may repeat an unchanged record's key")
+                raise NotAlike("a differing record's INVOICE_ID may also be in an unchanged one")
             return staged
-    except (NotAlike, psycopg.errors.DataError):  # COPY's own errors are named by the whole file's load
-        return None
+    except NotAlike as reason:
+        return str(reason)
+    except psycopg.errors.DataError:  # named at its line by the whole file's load
+        return "COPY refused a differing record"
 
 
 def _may_repeat_unchanged(conn: psycopg.Connection, spec: TableSpec, replaced: list[int]) -> bool:

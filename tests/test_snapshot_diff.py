@@ -212,8 +212,8 @@ def test_a_previous_file_that_is_no_longer_the_loaded_one_is_not_taken(tmp_path)
 
 @pytest.fixture
 def staged_by_difference(monkeypatch) -> list:
-    """Every snapshot is read against the previous file; what each attempt staged (None: gave up), or
-    the error it raised."""
+    """Every snapshot is read against the previous file; what each attempt staged, why it gave up, or the
+    error it raised."""
     monkeypatch.setattr(snapshot_diff, "MIN_SNAPSHOT_BYTES", 0)
     attempts: list = []
     original = staging._stage_differences
@@ -305,6 +305,7 @@ def test_a_snapshot_read_against_the_previous_file_writes_what_the_whole_file_wr
     )
     assert [attempt.differing for attempt in staged_by_difference] == [43]  # 40 changed, 2 new, 1 moved
     assert by_difference == whole
+    assert staged_by_difference[0].note.endswith("/True/invoices.csv: 43 records differ")
     assert whole["log"][-1][2:] == (3001, 2, 40, 2959)
 
 
@@ -315,7 +316,8 @@ def test_an_unchanged_record_repeated_in_a_snapshot_is_refused_at_its_lines(
     snapshot.insert(2500, snapshot[10])
     with pytest.raises(LoadError, match=r"appears 2 times in this export, on lines 12, 2502") as error:
         load_exports(conn, landing(tmp_path / "csv", base_dir, snapshot))
-    assert staged_by_difference == [None]  # given up: the whole file named the lines
+    # given up, and the whole file's check named the lines
+    assert staged_by_difference == ["a differing record's INVOICE_ID may also be in an unchanged one"]
     assert error.value.line == 12
 
 
@@ -336,7 +338,7 @@ def test_a_changed_record_beside_its_unchanged_one_is_refused(conn, tmp_path, ba
     snapshot.append(unchanged.replace(",paid,", ",refunded,"))
     with pytest.raises(LoadError, match=r"appears 2 times in this export"):
         load_exports(conn, landing(tmp_path / "csv", base_dir, snapshot))
-    assert staged_by_difference == [None]
+    assert staged_by_difference == ["a differing record's INVOICE_ID may also be in an unchanged one"]
 
 
 def test_a_bad_value_in_a_differing_record_is_named_at_its_line(
@@ -360,7 +362,7 @@ def test_a_differing_record_copy_refuses_is_named_by_the_whole_files_load(
     with pytest.raises(LoadError, match="wrong number of columns: expected 14, found 13") as error:
         load_exports(conn, landing(tmp_path / "csv", base_dir, snapshot))
     assert error.value.line == 902
-    assert staged_by_difference == [None]
+    assert staged_by_difference == ["COPY refused a differing record"]
 
 
 @pytest.mark.parametrize("since", ["changed", "rewritten keeping its size and time", "gone"])
@@ -382,8 +384,15 @@ def test_a_previous_file_changed_or_gone_since_its_load_is_not_taken(
             os.utime(previous, ns=(loaded.st_atime_ns, loaded.st_mtime_ns))
     snapshot = day_of_changes(base_dir)
     (result,) = load_exports(conn, landing(tmp_path / "second", None, snapshot))
-    assert staged_by_difference == ([None] if since.startswith("rewritten") else [])
+    assert staged_by_difference == (
+        ["the previous file is no longer the file that was loaded"] if since.startswith("rewritten") else []
+    )
     assert (result.invoices.new, result.invoices.changed) == (2, 40)
+    if since.startswith("rewritten"):
+        assert result.summary().endswith(
+            f"; invoices read against {previous}, then staged whole: the previous file is no longer the file"
+            " that was loaded"
+        )
 
 
 def test_a_ledger_emptied_by_hand_takes_the_whole_snapshot(conn, tmp_path, base_dir, staged_by_difference):
