@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from loader_files import INVOICE_LINES, generate, invoice, write
+from loader_files import INVOICE_LINES, generate, invoice, snapshot, write
 
 from data_platform import snapshot_diff, staging
 from data_platform.file_checksums import KnownFile
@@ -401,3 +401,44 @@ def test_a_ledger_emptied_by_hand_takes_the_whole_snapshot(conn, tmp_path, base_
     (result,) = load_exports(conn, landing(tmp_path / "second", None, day_of_changes(base_dir)))
     assert staged_by_difference == []
     assert (result.invoices.new, result.invoices.changed) == (3001, 0)
+
+
+def test_a_snapshot_interrupted_while_read_against_the_previous_file_leaves_the_ledger_as_it_was(
+    conn, tmp_path, base_dir, staged_by_difference, monkeypatch
+):
+    directory = landing(tmp_path / "csv", base_dir, day_of_changes(base_dir))
+    dated = directory / "exports"
+    shutil.move(dated, tmp_path / "later")  # the base export alone first
+    load_exports(conn, directory)
+    shutil.move(tmp_path / "later", dated)
+    before = snapshot(conn)
+    original = snapshot_diff.send_differences
+
+    def interrupted(write, *args, **kwargs):
+        def write_then_stop(data: bytes) -> None:
+            write(data)
+            raise KeyboardInterrupt  # Ctrl-C in the middle of the COPY
+
+        return original(write_then_stop, *args, **kwargs)
+
+    monkeypatch.setattr(staging, "send_differences", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        load_exports(conn, directory)
+    assert snapshot(conn) == before
+    monkeypatch.setattr(staging, "send_differences", original)
+    assert [result.skipped for result in load_exports(conn, directory)] == [True, False]
+    assert [attempt.differing for attempt in staged_by_difference] == [43]  # the interrupted one raised
+
+
+@pytest.mark.parametrize(
+    ("new_mib", "previous_mib", "worth"),
+    [(64, 64, True), (64, 128, True), (64, 129, False), (130, 64, False), (63, 63, False)],
+)
+def test_only_a_big_file_near_the_previous_ones_size_is_read_against_it(
+    tmp_path, new_mib, previous_mib, worth
+):
+    new = tmp_path / "new.csv"
+    with new.open("wb") as file:
+        file.truncate(new_mib * 1024 * 1024)  # sparse: no disk written
+    previous = KnownFile(tmp_path / "old.csv", previous_mib * 1024 * 1024, 0, "")
+    assert snapshot_diff.worth_reading(new, previous) is worth
