@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psycopg
@@ -48,6 +50,14 @@ def write(path: Path, lines: list[str], *, newline: str = "\n", final_newline: b
         (newline.join(lines) + (newline if final_newline else "")).encode("utf-8", "surrogateescape")
     )
     return path
+
+
+def settle(*paths: Path) -> None:
+    """Date the files an hour back, as exports written well before the run: their checksums are
+    remembered (file_checksums)."""
+    an_hour_ago = time.time() - 3600
+    for path in paths:
+        os.utime(path, (an_hour_ago, an_hour_ago))
 
 
 def write_dir(

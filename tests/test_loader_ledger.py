@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from dataclasses import astuple
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -25,6 +24,7 @@ from loader_files import (
     invoice,
     ledger_indexes,
     reset_raw,
+    settle,
     snapshot,
     write,
     write_dir,
@@ -198,13 +198,6 @@ def hashed(monkeypatch) -> list[str]:
 
     monkeypatch.setattr(file_checksums, "sha256_of", recording)
     return names
-
-
-def settle(*paths: Path) -> None:
-    """Date the files an hour back, as exports written well before the run."""
-    an_hour_ago = time.time() - 3600
-    for path in paths:
-        os.utime(path, (an_hour_ago, an_hour_ago))
 
 
 def test_a_loaded_export_is_skipped_without_reading_its_files(conn, tmp_path, hashed):

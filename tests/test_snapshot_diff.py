@@ -7,11 +7,10 @@ import hashlib
 import os
 import random
 import shutil
-import time
 from pathlib import Path
 
 import pytest
-from loader_files import INVOICE_LINES, generate, invoice, snapshot, write
+from loader_files import INVOICE_LINES, generate, invoice, settle, snapshot, write
 
 from data_platform import snapshot_diff, staging
 from data_platform.file_checksums import KnownFile
@@ -230,13 +229,6 @@ def staged_by_difference(monkeypatch) -> list:
     return attempts
 
 
-def settled(*paths: Path) -> None:
-    """Written an hour ago, so that their checksums are remembered."""
-    an_hour_ago = time.time() - 3600
-    for path in paths:
-        os.utime(path, (an_hour_ago, an_hour_ago))
-
-
 @pytest.fixture(scope="module")
 def base_dir(tmp_path_factory) -> Path:
     return generate(tmp_path_factory.mktemp("base"), 3000)
@@ -250,7 +242,7 @@ def landing(directory: Path, base_dir: Path | None, snapshot: list[str] | None =
             shutil.copy(base_dir / name, directory / name)
     if snapshot is not None:
         write(directory / "exports" / DAY / "invoices.csv", [INVOICE_LINES[0], *snapshot])
-    settled(*directory.rglob("*.csv"))
+    settle(*directory.rglob("*.csv"))
     return directory
 
 
@@ -378,7 +370,7 @@ def test_a_previous_file_changed_or_gone_since_its_load_is_not_taken(
     else:  # the file the ledger was loaded from is no longer that file
         records = previous.read_text().splitlines()
         write(previous, [*records[:5], records[5].replace(",20", ",19", 1), *records[6:]])
-        settled(previous)
+        settle(previous)
         if since.startswith("rewritten"):
             assert previous.stat().st_size == loaded.st_size
             os.utime(previous, ns=(loaded.st_atime_ns, loaded.st_mtime_ns))
