@@ -169,8 +169,9 @@ def _common_prefix(a: bytes, b: bytes) -> int:
     return low
 
 
-def _skip_equal(new: _Side, previous: _Side) -> None:
-    """Advance both sides over whole lines that are the same in both, chunk by chunk."""
+def _skip_equal(new: _Side, previous: _Side) -> bool:
+    """Advance both sides over whole lines that are the same in both, chunk by chunk; whether any were."""
+    skipped = False
     while True:
         a, b = new.peek(CHUNK_BYTES), previous.peek(CHUNK_BYTES)
         common = _common_prefix(a, b)
@@ -178,8 +179,9 @@ def _skip_equal(new: _Side, previous: _Side) -> None:
         if cut:
             new.advance(cut)
             previous.advance(cut)
+            skipped = True
         if not cut or common < CHUNK_BYTES:
-            return
+            return skipped
 
 
 def _key(line: bytes) -> bytes:
@@ -296,17 +298,12 @@ def send_differences(
             if unmatched.match(line):  # a record further back in the previous file
                 new.advance(len(line))
                 continue
-            _skip_equal(new, earlier)
-            line = new.line()
-            if line is None:
-                break
+            if _skip_equal(new, earlier):
+                continue  # the next line is looked at afresh
             old = earlier.line()
             if old == line:  # equal but not skipped: longer than a chunk, or the last one
                 new.advance(len(line))
                 earlier.advance(len(old))
-                continue
-            if unmatched.match(line):
-                new.advance(len(line))
                 continue
             if old is None:  # the previous file has ended: new records
                 send(line)

@@ -101,13 +101,9 @@ def stage(
         note = f"read against {printable(str(previous.path))}, then staged whole: {outcome}"
     _create_text_table(conn, spec)
     stream = FileStream(path, header_bytes, block_size=block_size)
-    # freeze: the table is new in this transaction, rows are written already frozen
-    statement = sql.SQL("copy {} ({}) from stdin with (format csv, freeze, encoding 'UTF8')").format(
-        text_table(spec), spec.names()
-    )
     with conn.cursor() as cursor:
         try:
-            with cursor.copy(statement) as copy:
+            with cursor.copy(_copy_statement(spec)) as copy:
                 stream.send(copy, progress)
         except psycopg.Error as error:
             load_error = _copy_error(error, spec, stream)
@@ -120,6 +116,15 @@ def stage(
         raise _lost_rows(staged, stream.records)
     _cast(conn, staged)
     return staged
+
+
+def _copy_statement(spec: TableSpec, *, numbered: bool = False) -> sql.Composable:
+    """COPY into the text table; numbered: each record comes with its record number first."""
+    columns = sql.SQL("record, {}").format(spec.names()) if numbered else spec.names()
+    # freeze: the table is new in this transaction, rows are written already frozen
+    return sql.SQL("copy {} ({}) from stdin with (format csv, freeze, encoding 'UTF8')").format(
+        text_table(spec), columns
+    )
 
 
 def _create_text_table(conn: psycopg.Connection, spec: TableSpec) -> None:
@@ -148,14 +153,11 @@ def _stage_differences(
         previous_header_bytes = check_header(spec, previous.path)
     except LoadError as error:  # gone or changed since it was found: its checksum no longer vouches for it
         return str(error)
-    statement = sql.SQL("copy {} (record, {}) from stdin with (format csv, freeze, encoding 'UTF8')").format(
-        text_table(spec), spec.names()
-    )
     try:
         with conn.transaction():  # a savepoint: what is not alike is staged whole instead
             _create_text_table(conn, spec)
             with conn.cursor() as cursor:
-                with cursor.copy(statement) as copy:
+                with cursor.copy(_copy_statement(spec, numbered=True)) as copy:
                     found = send_differences(
                         copy.write,
                         path,
