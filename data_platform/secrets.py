@@ -6,9 +6,12 @@ show only its path. init.sh calls
     python -m data_platform.secrets shell-exports
 
 and evaluates the `export NAME=...` lines it prints, so dbt, the loader and the alert script read the
-plain variables as before. A file's content is the value with one trailing newline (LF or CRLF) removed.
-An empty variable counts as unset, as in the postgres image's own POSTGRES_PASSWORD_FILE.
-Errors name the variable and the file, never the content.
+plain variables as before. The daily profile's Dagster processes never run init.sh: loading their
+definitions calls `apply_to_environ()`, which does the same to their own environment.
+
+A file's content is the value with one trailing newline (LF or CRLF) removed. An empty variable counts
+as unset, as in the postgres image's own POSTGRES_PASSWORD_FILE. Errors name the variable and the file,
+never the content.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import argparse
 import os
 import shlex
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from pathlib import Path
 
 # What the pipeline container reads: the transformer's and the alerter's passwords, the Slack webhook.
@@ -75,6 +78,15 @@ def shell_exports(values: Mapping[str, str]) -> str:
     return "".join(
         f"export {name}={shlex.quote(value)}\nunset {file_variable(name)}\n" for name, value in values.items()
     )
+
+
+def apply_to_environ(environ: MutableMapping[str, str] | None = None) -> None:
+    """Resolve every NAME_FILE into NAME in `environ` (default os.environ) and unset NAME_FILE, as
+    init.sh's eval of shell_exports() does for its own process and children."""
+    environ = os.environ if environ is None else environ
+    for name, value in resolve(environ).items():
+        environ[name] = value
+        del environ[file_variable(name)]
 
 
 def main(argv: list[str] | None = None) -> int:

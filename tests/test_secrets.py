@@ -117,3 +117,50 @@ def test_the_command_fails_with_exit_2_and_prints_no_exports(tmp_path):
     assert result.stdout == ""
     assert result.stderr.startswith("error: PGPASSWORD and PGPASSWORD_FILE are both set")
     assert SECRET not in result.stderr
+
+
+def test_apply_to_environ_resolves_into_the_environment_and_unsets_the_file_variables(tmp_path):
+    environ = {
+        "PGPASSWORD_FILE": write(tmp_path, b"from-file\n"),
+        "SLACK_WEBHOOK_URL": "https://hooks.example.invalid/plain",
+        "OTHER": "kept",
+    }
+    secrets.apply_to_environ(environ)
+    assert environ == {
+        "PGPASSWORD": "from-file",
+        "SLACK_WEBHOOK_URL": "https://hooks.example.invalid/plain",
+        "OTHER": "kept",
+    }
+
+
+def test_apply_to_environ_changes_nothing_when_a_file_cannot_be_used(tmp_path):
+    environ = {
+        "PGPASSWORD_FILE": write(tmp_path, b"fine\n"),
+        "ALERTER_PASSWORD_FILE": str(tmp_path / "missing"),
+    }
+    before = dict(environ)
+    with pytest.raises(secrets.SecretError, match="ALERTER_PASSWORD_FILE"):
+        secrets.apply_to_environ(environ)
+    assert environ == before
+
+
+@pytest.mark.slow  # imports Dagster and parses the dbt project (about 10 s)
+def test_the_dagster_processes_resolve_the_secret_files_when_they_load_their_definitions(tmp_path):
+    # the daily profile's webserver, daemon and run workers never run init.sh
+    from orchestration_support import dagster_env
+
+    env = dagster_env(
+        PGPASSWORD="",
+        PGPASSWORD_FILE=write(tmp_path, b"pw-from-file\n"),
+        DBT_TARGET_PATH=str(tmp_path / "target"),
+        DBT_LOG_PATH=str(tmp_path / "logs"),
+    )
+    code = (
+        "import os, data_platform.orchestration.definitions; "
+        "print(os.environ['PGPASSWORD'], 'PGPASSWORD_FILE' in os.environ)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["pw-from-file", "False"]

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from dagster import Definitions
 
+from data_platform import secrets
 from data_platform.orchestration.assets import balance_alerts, dbt_docs, dbt_models, raw_tables
 from data_platform.orchestration.ops_alerts import freshness_alerts, run_failure_alerts
 from data_platform.orchestration.project import dbt_resource
 from data_platform.orchestration.schedules import daily_job, daily_schedule
 from data_platform.orchestration.sensors import new_export_sensor
+
+# Every Dagster process (webserver, daemon, code server, run worker) loads this module; with Docker
+# secrets its environment holds NAME_FILE paths, which init.sh would have resolved (README).
+secrets.apply_to_environ()
 
 defs = Definitions(
     assets=[raw_tables, dbt_models, dbt_docs, balance_alerts],
