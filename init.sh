@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The one pipeline runner. The dbt container, the no-Docker demo and the tests all run this script.
+# The pipeline runner of the dbt container, the no-Docker demo and the tests. The daily profile's
+# Dagster assets do not run it: they call the same steps of data_platform/pipeline.py directly.
 #
-#   wait for the database -> load the pending exports -> dbt seed -> dbt build (models + tests)
+#   wait for the database -> load the pending exports -> plan the build (full or incremental)
+#   -> dbt build (the seeds, models and tests, in one command) -> record the build
 #   -> dbt docs generate -> one alert run -> serve the docs (when SERVE_DOCS is on)
 #
 # The steps live in data_platform/pipeline.py; this script only finds Python and hands over to it.

@@ -3,11 +3,12 @@
     python -m data_platform.loader [--csv-dir DIR] [--as-of YYYY-MM-DD] [--allow-empty]
 
 Exports (exports.py) load in export-date order, each in its own transaction: stream the files into
-temporary tables and check every value (staging.py; a dated snapshot only the records not in the
-latest export's file, snapshot_diff.py), then write new and changed invoices as
-versions and the current state, upsert the organizations and log the export (ledger.py). A
-failure, Ctrl-C or a killed process rolls the export back: the raw tables stay exactly as they
-were. Tables are only ever written, never dropped: readers and running dbt builds keep working.
+staging tables (unlogged, created and dropped inside that transaction, so no other session sees
+them) and check every value (staging.py; a dated snapshot only the records not in the latest
+export's file, snapshot_diff.py), then write new and changed invoices as versions and the current
+state, upsert the organizations and log the export (ledger.py). A failure, Ctrl-C or a killed
+process rolls the export back: the raw tables stay exactly as they were. The ledger's tables are
+only ever written, never dropped: readers and running dbt builds keep working.
 
 Already loaded (same date, same checksums) -> skipped. Same date with other content, a date before
 the latest loaded export, a date after today (UTC), invoices created after their export's date, or

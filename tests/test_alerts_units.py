@@ -312,6 +312,16 @@ def test_bad_noise_environment(env, message):
         config.load([], env)
 
 
+def test_a_noise_flag_wins_over_its_malformed_variable_and_help_ignores_them(capsys):
+    env = {"ALERT_MIN_CHANGE_USD": "a lot", "ALERT_DIGEST_OVER": "-1"}
+    settings = config.load(["--min-change-usd", "10", "--digest-over", "5"], env)
+    assert (settings.noise.min_change_usd, settings.digest_over) == (Decimal(10), 5)
+    with pytest.raises(SystemExit) as exit_info:
+        config.load(["--help"], env)
+    assert exit_info.value.code == 0
+    assert "--min-change-usd" in capsys.readouterr().out
+
+
 def test_routes_match_in_priority_order():
     from data_platform.alerts.records import Route, route_for
 

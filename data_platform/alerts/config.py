@@ -121,16 +121,18 @@ NOISE_HELP = {
 }
 
 
-def _noise_defaults(env: Mapping[str, str]) -> dict[str, object]:
-    """The environment's values for the noise flags (a flag given on the command line wins)."""
-    defaults: dict[str, object] = {}
+def _apply_noise_environment(args: argparse.Namespace, env: Mapping[str, str]) -> None:
+    """Fill each noise flag not given on the command line from its variable, else its default. Read
+    after parsing: a flag wins even over a malformed variable, and --help works whatever the variables."""
     for flag, (name, parse, default) in NOISE_OPTIONS.items():
+        attribute = flag[2:].replace("-", "_")
+        if getattr(args, attribute) is not None:
+            continue
         raw = env.get(name, "").strip()
         try:
-            defaults[flag[2:].replace("-", "_")] = parse(raw) if raw else default
+            setattr(args, attribute, parse(raw) if raw else default)
         except argparse.ArgumentTypeError as error:
             raise ConfigError(f"{name}: {error}") from None
-    return defaults
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -255,9 +257,8 @@ def webhook_url(env: Mapping[str, str], name: str = "SLACK_WEBHOOK_URL") -> str 
 
 def load(argv: Sequence[str] | None, env: Mapping[str, str]) -> Settings:
     """Parse flags (argparse exits 2 on bad usage) and the ALERT_* / SLACK_* environment."""
-    parser = build_parser()
-    parser.set_defaults(**_noise_defaults(env))
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
+    _apply_noise_environment(args, env)
     http = HttpSettings(
         timeout=_env_number(env, "ALERT_HTTP_TIMEOUT", HttpSettings.timeout, minimum=0.01, maximum=300),
         retries=_env_count(env, "ALERT_HTTP_RETRIES", HttpSettings.retries, maximum=10),
