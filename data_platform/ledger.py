@@ -1,8 +1,9 @@
 """The raw ledger's writes: one staged export becomes new versions, current state and a log row.
 
 All of it runs inside the export's transaction, after staging.py has checked and typed the rows
-into staging tables (unlogged, dropped with the transaction). Cost is proportional to the export: the diff finds each incoming invoice by
-its primary key, only new and changed rows are written, unchanged rows cost one lookup.
+into staging tables (unlogged, dropped with the transaction). Cost is proportional to the export:
+the diff finds each incoming invoice by its primary key, only new and changed rows are written,
+unchanged rows cost one lookup.
 """
 
 from __future__ import annotations

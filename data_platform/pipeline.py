@@ -38,11 +38,12 @@ from data_platform import refresh, warm_dbt
 from data_platform.db import DatabaseUnavailable, connect, describe_target, wait_until_ready
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-# --target dev: the pipeline loads and builds Postgres whatever DBT_TARGET says (the other engines'
-# raw layer comes from data_platform.engines, see the README's "Other engines")
+# the pipeline loads and builds Postgres whatever DBT_TARGET says (the other engines' raw layer comes
+# from data_platform.engines, see the README's "Other engines"); Dagster's dbt resource uses it too
+DBT_PROFILE_TARGET = "dev"
 DBT_ARGS = (
     *("--project-dir", str(PROJECT_ROOT / "dbt"), "--profiles-dir", str(PROJECT_ROOT / ".dbt")),
-    *("--target", "dev"),
+    *("--target", DBT_PROFILE_TARGET),
 )
 LOCK_KEY = "data_platform.pipeline"
 # How long a step may take to stop after the pipeline was asked to stop, before it is killed.
@@ -155,14 +156,18 @@ def run_child(argv: Sequence[str], env: dict[str, str] | None = None) -> int:
 
 
 def wait_child(child: subprocess.Popen) -> int:
-    """The step's exit code; a stop request meanwhile is passed on to it as SIGINT."""
+    """The step's exit code; a stop request meanwhile is passed on to it as SIGINT.
+
+    Any interruption counts, not only the pipeline's own signals: Dagster stops a step with
+    KeyboardInterrupt or DagsterExecutionInterruptedError (a BaseException), and the child, in its own
+    session, would otherwise go on writing after the step (and its lock) ended."""
     try:
         return child.wait()
-    except Stopped:
+    except BaseException:
         child.send_signal(signal.SIGINT)
         try:
             child.wait(timeout=STOP_GRACE_SECONDS)
-        except (subprocess.TimeoutExpired, Stopped):
+        except BaseException:  # the grace period ran out, or a second stop request came
             child.kill()
             child.wait()
         raise
@@ -213,7 +218,7 @@ class WarmDbt:
             self.child.stdin.close()
         try:
             self.child.wait(timeout=STOP_GRACE_SECONDS)
-        except (subprocess.TimeoutExpired, Stopped):
+        except BaseException:  # the grace period ran out, or a second stop request came
             self.child.kill()
             self.child.wait()
 
@@ -342,17 +347,20 @@ def generate_docs(build_plan: refresh.BuildPlan) -> None:
         raise PipelineError("dbt docs generate failed", code)
 
 
-def run_alerts(settings: Settings) -> None:
+def run_alerts(settings: Settings) -> bool:
+    """One alert run; False when some alerts could not be delivered (they are kept, and the next alert
+    run retries them), so the caller decides whether that fails its step."""
     step("alerts")
     env = {**os.environ, "PGUSER": settings.alerter_user, "PGPASSWORD": settings.alerter_password}
     code = run_child([sys.executable, str(PROJECT_ROOT / "alert_script.py")], env=env)
     if code == EXIT_ALERTS_UNDELIVERED:
-        # undelivered alerts are kept and retried by the next alert run; the warehouse is fine
         print(
             "pipeline: some alerts could not be delivered; the next alert run retries them.", file=sys.stderr
         )
-    elif code:
+        return False
+    if code:
         raise PipelineError(f"the alert run failed (exit {code})", code)
+    return True
 
 
 def run(settings: Settings) -> None:
@@ -366,6 +374,7 @@ def run(settings: Settings) -> None:
             build(build_plan, warm)
         generate_docs(build_plan)
         if settings.run_alerts:
+            # the warehouse is fine; the undelivered alerts wait for the next alert run
             run_alerts(settings)
     step("pipeline finished")
 

@@ -18,7 +18,7 @@ import pytest
 from conftest import PROJECT_ROOT, pipeline_env
 from dagster import AssetCheckSeverity, AssetKey, DagsterInstance, build_sensor_context
 from orchestration_support import TARGET, dagster_env, environment, load_definitions
-from slack_stub import SlackStub
+from slack_stub import OK, SlackStub, server_error
 from test_docs_site import ARTIFACTS, free_port, needs_chromium, png_distinct_bytes, run_chromium, serving
 from test_pipeline import EXPECTED_FACT, INVOICE_ROWS, SENTINEL, fact_rows, write_fixture
 
@@ -195,3 +195,46 @@ def test_a_failing_dbt_test_sends_one_failure_alert_naming_the_step(defs, instan
     assert "\ndbt build failed; the next run rebuilds from scratch\nfailed test relationships_" in text
     assert "from_field='disputed'" in text  # the failing test's rows, from the error's first lines
     assert f"http://dagster.test/runs/{result.run_id}" in text
+
+
+def test_undelivered_balance_alerts_fail_their_step_so_it_is_retried(daily_run):
+    # a run that could not deliver its alerts must not end green: the step fails, so its retry policy
+    # sends them again, and a run that still cannot is reported as failed
+    from dagster import Failure, build_asset_context
+
+    from data_platform.orchestration.assets import balance_alerts
+
+    database, csv_dir, _ = daily_run
+    with SlackStub() as slack:
+        slack.always(server_error(500))
+        env = run_env(database, csv_dir, SLACK_WEBHOOK_URL=slack.url, ALERT_HTTP_RETRIES="0")
+        with environment(env):
+            with pytest.raises(Failure, match="could not be delivered"):
+                balance_alerts(build_asset_context())
+            assert slack.requests and not slack.delivered
+            slack.always(OK)
+            balance_alerts(build_asset_context())  # the retry
+        assert slack.delivered, "the retry sent nothing"
+
+
+def test_the_alert_step_waits_for_a_pipeline_run_like_the_other_steps(daily_run):
+    # init.sh alerts under the lock; a pipeline run may be rebuilding the marts the alerter reads
+    from dagster import Failure, build_asset_context
+
+    from data_platform.orchestration.assets import balance_alerts
+
+    database, csv_dir, _ = daily_run
+    with (
+        environment(run_env(database, csv_dir, PIPELINE_LOCK_TIMEOUT="1")),
+        pipeline.PipelineLock(timeout=0),
+        pytest.raises(Failure, match="another pipeline run holds the lock"),
+    ):
+        balance_alerts(build_asset_context())
+
+
+def test_the_daily_build_uses_the_pipelines_dbt_target_whatever_dbt_target_says(defs):
+    # DBT_TARGET picks another engine for a hand-run dbt; init.sh passes --target dev, so must Dagster
+    from data_platform.orchestration.project import dbt_project, dbt_resource
+
+    assert dbt_resource.target == pipeline.DBT_PROFILE_TARGET == "dev"
+    assert dbt_project.target == pipeline.DBT_PROFILE_TARGET

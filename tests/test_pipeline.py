@@ -490,6 +490,36 @@ def test_a_step_gets_the_stop_request_even_when_the_pipeline_was_started_ignorin
         signal.signal(signal.SIGINT, previous)
 
 
+@pytest.mark.parametrize("interruption", [KeyboardInterrupt, "DagsterExecutionInterruptedError"])
+def test_a_step_interrupted_by_anything_stops_its_child_before_it_ends(interruption):
+    """Dagster stops a step with KeyboardInterrupt or its own BaseException, not the pipeline's signals;
+    the child runs in its own session and would go on writing after its step and lock ended."""
+    from data_platform import pipeline
+
+    if isinstance(interruption, str):
+        from dagster._core.errors import DagsterExecutionInterruptedError as interruption
+    child = pipeline.start_child([sys.executable, "-c", "import time; time.sleep(60)"])
+    wait = child.wait
+    interrupted = []
+
+    def interrupted_once(timeout=None):
+        if not interrupted:
+            interrupted.append(True)
+            raise interruption()
+        return wait(timeout=timeout)
+
+    child.wait = interrupted_once
+    try:
+        with pytest.raises(interruption):
+            pipeline.wait_child(child)
+        assert child.poll() is not None, "the step's child outlived it"
+        assert child.returncode != 0
+    finally:
+        if child.poll() is None:
+            child.kill()
+            wait()
+
+
 def test_warm_dbt_runs_its_command_in_the_environment_sent_after_it_parsed(make_database, tmp_path, capfd):
     """The build's window is known only after the load, while dbt parsed the project during it."""
     from data_platform import pipeline

@@ -31,7 +31,8 @@ from data_platform.orchestration.project import BUILD_TARGET_PATH, dbt_project
 RAW_SOURCE = "payments"
 DAILY_FACT = "fct_organization_daily_financials"
 MARTS = ("dim_invoices", "dim_organizations", DAILY_FACT)
-# the alert run only reads the warehouse and keeps its own state, so a retry is always safe
+# the alert run only reads the warehouse and keeps its own state (a delivered alert is never sent
+# again), so a retry is always safe: it sends what the last attempt could not deliver
 ALERT_RETRY_POLICY = RetryPolicy(max_retries=3, delay=60, backoff=Backoff.EXPONENTIAL)
 
 
@@ -135,4 +136,10 @@ def balance_alerts(context: AssetExecutionContext) -> None:
         if not settings.run_alerts:
             context.log.info("RUN_ALERTS is off: no alert run")
             return
-        pipeline.run_alerts(settings)
+        # under the lock, as in init.sh: a pipeline run may be rebuilding the marts it reads
+        with pipeline.PipelineLock(settings.lock_timeout_seconds):
+            delivered = pipeline.run_alerts(settings)
+        if not delivered:
+            # a failure, so the retry policy sends them again soon, and a run that still cannot
+            # deliver them fails and is reported instead of ending green
+            raise Failure(description="some balance alerts could not be delivered (see the step's log)")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from dagster_dbt import DbtCliResource, DbtProject
 
-from data_platform.pipeline import PROJECT_ROOT
+from data_platform.pipeline import DBT_PROFILE_TARGET, PROJECT_ROOT
 
 DBT_PROJECT_DIR = PROJECT_ROOT / "dbt"
 DBT_PROFILES_DIR = PROJECT_ROOT / ".dbt"
@@ -51,7 +51,10 @@ def _manifest_is_stale(project: DbtProject) -> bool:
 def load_project() -> DbtProject:
     """The dbt project with an up-to-date manifest.json (runs `dbt parse` when it is missing or stale)."""
     project = DbtProject(
-        project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROFILES_DIR, target_path=DEFINITIONS_TARGET_PATH
+        project_dir=DBT_PROJECT_DIR,
+        profiles_dir=DBT_PROFILES_DIR,
+        target=DBT_PROFILE_TARGET,
+        target_path=DEFINITIONS_TARGET_PATH,
     )
     if _manifest_is_stale(project):
         project.preparer.prepare(project)
@@ -59,4 +62,8 @@ def load_project() -> DbtProject:
 
 
 dbt_project = load_project()
-dbt_resource = DbtCliResource(project_dir=dbt_project, profiles_dir=str(DBT_PROFILES_DIR))
+# the pipeline's target, as init.sh passes it: DBT_TARGET in the environment (another engine) must not
+# send the daily build elsewhere while the build state is recorded for Postgres
+dbt_resource = DbtCliResource(
+    project_dir=dbt_project, profiles_dir=str(DBT_PROFILES_DIR), target=DBT_PROFILE_TARGET
+)
