@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import psycopg
 import pytest
@@ -80,8 +81,14 @@ def test_the_daily_schedule_defaults_to_six_utc_and_reads_pipeline_schedule(defs
 def test_a_new_export_folder_starts_exactly_one_run(defs, instance, tmp_path):
     sensor = defs.get_sensor_def("new_export_sensor")
     exports = tmp_path / "exports"
-    (exports / "2024-06-29").mkdir(parents=True)
-    (exports / "not-a-day").mkdir()
+    (exports / "not-a-day").mkdir(parents=True)
+
+    def land(day):
+        invoices = exports / day / "invoices.csv"
+        invoices.parent.mkdir()
+        invoices.write_text("ID\n1\n")
+        copied = time.time() - 60  # a finished copy (tests/test_orchestration_sensors.py: unfinished ones)
+        os.utime(invoices, (copied, copied))
 
     def tick(cursor):
         with environment(dagster_env(CSV_DIR=str(tmp_path))):
@@ -89,15 +96,18 @@ def test_a_new_export_folder_starts_exactly_one_run(defs, instance, tmp_path):
                 build_sensor_context(instance=instance, cursor=cursor, definitions=defs)
             )
 
-    first = tick(None)
+    land("2024-06-29")
+    # a folder starts a run at the first tick that finds it as the tick before did
+    seen = tick(None)
+    assert seen.run_requests == []
+    first = tick(seen.cursor)
     assert [r.run_key for r in first.run_requests] == ["export-2024-06-29"]
-    assert first.cursor == "2024-06-29"
     unchanged = tick(first.cursor)
     assert unchanged.run_requests == [] and unchanged.cursor in (None, first.cursor)
     # two days landing together: one run (the loader loads every pending export)
-    (exports / "2024-06-30").mkdir()
-    (exports / "2024-07-01").mkdir()
-    second = tick(first.cursor)
+    land("2024-06-30")
+    land("2024-07-01")
+    second = tick(tick(first.cursor).cursor)
     assert [r.run_key for r in second.run_requests] == ["export-2024-07-01"]
     assert [r.job_name or "daily_pipeline" for r in second.run_requests] == ["daily_pipeline"]
     assert tick(second.cursor).run_requests == []

@@ -255,11 +255,9 @@ def webhook_url(env: Mapping[str, str], name: str = "SLACK_WEBHOOK_URL") -> str 
     return url
 
 
-def load(argv: Sequence[str] | None, env: Mapping[str, str]) -> Settings:
-    """Parse flags (argparse exits 2 on bad usage) and the ALERT_* / SLACK_* environment."""
-    args = build_parser().parse_args(argv)
-    _apply_noise_environment(args, env)
-    http = HttpSettings(
+def http_settings(env: Mapping[str, str]) -> HttpSettings:
+    """The ALERT_HTTP_* and ALERT_SLACK_MIN_INTERVAL settings (ConfigError when one is invalid)."""
+    return HttpSettings(
         timeout=_env_number(env, "ALERT_HTTP_TIMEOUT", HttpSettings.timeout, minimum=0.01, maximum=300),
         retries=_env_count(env, "ALERT_HTTP_RETRIES", HttpSettings.retries, maximum=10),
         backoff=_env_number(env, "ALERT_HTTP_BACKOFF", HttpSettings.backoff, minimum=0, maximum=60),
@@ -270,6 +268,13 @@ def load(argv: Sequence[str] | None, env: Mapping[str, str]) -> Settings:
             env, "ALERT_SLACK_MIN_INTERVAL", HttpSettings.slack_min_interval, minimum=0, maximum=60
         ),
     )
+
+
+def load(argv: Sequence[str] | None, env: Mapping[str, str]) -> Settings:
+    """Parse flags (argparse exits 2 on bad usage) and the ALERT_* / SLACK_* environment."""
+    args = build_parser().parse_args(argv)
+    _apply_noise_environment(args, env)
+    http = http_settings(env)
     noise = NoiseSettings(
         min_change_usd=args.min_change_usd,
         critical_threshold=args.critical_threshold,

@@ -5,10 +5,11 @@ Modules, one job each:
     environment  os.environ swapped for a step (how the build plan's variables reach dagster-dbt)
     assets       raw tables (the loader), every dbt model with its tests as checks, the docs, the alerts
     schedules    the daily job and its schedule (PIPELINE_SCHEDULE)
-    sensors      a new export folder starts one run
+    sensors      a new export folder, once complete and unchanged, starts one run
     notify       operations messages through the balance alerts' destinations (Slack webhook or stdout)
     ops_alerts   run failure and freshness alerts, recorded so a tick never repeats one
     definitions  the one `Definitions` object (`dagster dev -m data_platform.orchestration.definitions`)
+    startup      before the daemon starts: fail the runs a previous daemon container left in progress
 
 Every step calls `data_platform.pipeline`; nothing here implements a step a second time.
 """

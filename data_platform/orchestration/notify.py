@@ -1,11 +1,13 @@
 """Operations messages (a run failed, data went stale or recovered) to the balance alerts' destination.
 
-The destination and the HTTP policy are the balance alerts' own: `alerts.config.load` reads
-SLACK_WEBHOOK_URL and ALERT_HTTP_* exactly as alert_script.py does, and a Slack message goes through
-`alerts.delivery.retry_handlers` (bounded retries on 429/5xx/network errors) with every error text
-scrubbed by `alerts.delivery.redact`; the result is an `alerts.delivery.Outcome`. The balance alert
-channels format an organization's balance alerts, so an operations message has its own two channels
-of the same shape (`name`, `send() -> Outcome`).
+The destination and the HTTP policy are the balance alerts' own: SLACK_WEBHOOK_URL (or the file
+SLACK_WEBHOOK_URL_FILE names) and ALERT_HTTP_*, read by the same `alerts.config` functions as
+alert_script.py. Only those: a typo in one of the balance alerts' other settings (ALERT_MIN_CHANGE_USD...)
+fails their run, and the alert about that failure must still go out; an invalid webhook or HTTP setting
+sends the message to stdout, with why. A Slack message goes through `alerts.delivery.retry_handlers`
+(bounded retries on 429/5xx/network errors) with every error text scrubbed by `alerts.delivery.redact`;
+the result is an `alerts.delivery.Outcome`. The balance alert channels format an organization's balance
+alerts, so an operations message has its own two channels of the same shape (`name`, `send() -> Outcome`).
 """
 
 from __future__ import annotations
@@ -62,15 +64,19 @@ class OpsChannel(Protocol):
 
 
 class ConsoleOpsChannel:
-    """The message on stdout (no webhook configured): in the daemon's log."""
+    """The message on stdout (no webhook configured, or `why` Slack cannot be used): in the daemon's log."""
 
     name = "stdout"
 
-    def __init__(self, out: TextIO | None = None) -> None:
+    def __init__(self, out: TextIO | None = None, why: str | None = None) -> None:
         self._out = out
+        self._why = why
 
     def send(self, message: OpsMessage) -> delivery.Outcome:
-        print(f"[ops alert] {message.text()}", file=self._out or sys.stdout, flush=True)
+        out = self._out or sys.stdout
+        if self._why:
+            print(f"[ops alert] not sent to Slack: {self._why}", file=out)
+        print(f"[ops alert] {message.text()}", file=out, flush=True)
         return delivery.Outcome(delivered=True)
 
 
@@ -108,11 +114,14 @@ class SlackOpsChannel:
 
 
 def channel_from_environment(environ: Mapping[str, str] | None = None) -> OpsChannel:
-    """Slack when SLACK_WEBHOOK_URL is set, else stdout: the balance alerts' rule and settings."""
-    settings = config.load([], os.environ if environ is None else environ)
-    if settings.webhook_url:
-        return SlackOpsChannel(settings.webhook_url, settings.http)
-    return ConsoleOpsChannel()
+    """Slack when SLACK_WEBHOOK_URL is set, else stdout: the balance alerts' rule and settings. An
+    invalid webhook or HTTP setting prints the message, with why, rather than losing it."""
+    env = os.environ if environ is None else environ
+    try:
+        url = config.webhook_url(env)
+        return SlackOpsChannel(url, config.http_settings(env)) if url else ConsoleOpsChannel()
+    except config.ConfigError as error:  # its text never repeats the URL
+        return ConsoleOpsChannel(why=str(error))
 
 
 def dagster_base_url(environ: Mapping[str, str] | None = None) -> str:

@@ -1,9 +1,18 @@
 """Operations alerts: a run failed, or the data went stale (and recovered).
 
-Each alert is sent once. A failed run: Dagster's run-failure sensor keeps its own cursor of the run
-events it has handled, so a later tick never sees the same failure again. Freshness: the sensor's
-cursor records whether the last alert said stale or fresh, and a tick sends only when that changes
-(and moves the cursor only once the message was delivered, so a failed delivery is retried).
+Each alert is sent once, and one whose delivery failed is sent again on a later tick:
+
+- A failed run: each tick reads the instance's run failure events after the last one its cursor
+  records, and the cursor keeps the runs whose alert is not delivered yet; a run leaves it only once
+  its alert was delivered. Every run of this code location's jobs (the daily job, or assets
+  materialized alone) is watched, however it was started: by the schedule or a sensor, in the UI, or by
+  hand (`dagster job execute`, `dagster asset materialize`). The first tick starts from the newest
+  failure, so runs that failed before the sensor ever ran are not alerted.
+- Freshness (stale: no new export folder for EXPORT_MAX_AGE_HOURS, or exports loaded that no successful
+  build covered): the cursor records whether the last alert said stale or fresh, and a tick sends only
+  when that changes (and moves that record only once the message was delivered). It also keeps what the
+  last tick found, so that while the daily job runs, when the fact lags the exports it is loading, the
+  last verdict about the fact stands instead of a new one.
 """
 
 import datetime as dt
@@ -14,16 +23,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from dagster import (
+    DagsterEventType,
+    DagsterInstance,
+    DagsterRun,
     DagsterRunStatus,
     DefaultSensorStatus,
-    RunFailureSensorContext,
     RunsFilter,
+    RunStatusChangeRecordsFilter,
     SensorEvaluationContext,
     SkipReason,
-    run_failure_sensor,
     sensor,
 )
 
+from data_platform import refresh
 from data_platform.db import connect
 from data_platform.orchestration.notify import (
     OpsMessage,
@@ -35,19 +47,21 @@ from data_platform.orchestration.schedules import daily_job
 from data_platform.orchestration.sensors import export_folders, exports_dir
 
 DEFAULT_EXPORT_MAX_AGE_HOURS = 26.0
-# the ledger books an export's changes on its own day; one quiet day in the fact is normal
-FACT_MAX_LAG_DAYS = 1
 FACT = "marts.fct_organization_daily_financials"
 IN_PROGRESS = [DagsterRunStatus.QUEUED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]
+FAILURE_EVENTS_READ = 100  # a tick reads up to this many new failures; the next tick the rest
+# a backlog is sent a few messages a tick, so that a tick ends well within the daemon's time limit
+FAILURE_ALERTS_PER_TICK = 5
 
 
-class AlertNotDelivered(RuntimeError):
-    """The operations message could not be sent (the text is already scrubbed of the webhook URL)."""
-
-
-def failure_message(context: RunFailureSensorContext, base_url: str) -> OpsMessage:
-    run = context.dagster_run
-    failures = context.get_step_failure_events()
+def failure_message(instance: DagsterInstance, run: DagsterRun, base_url: str) -> OpsMessage:
+    entries = [
+        record.event_log_entry
+        for record in instance.get_records_for_run(
+            run.run_id, of_type={DagsterEventType.STEP_FAILURE, DagsterEventType.RUN_FAILURE}
+        ).records
+    ]
+    failures = [e.dagster_event for e in entries if e.dagster_event_type == DagsterEventType.STEP_FAILURE]
     steps = ", ".join(sorted({event.step_key for event in failures if event.step_key})) or "the run itself"
     if failures and failures[0].step_failure_data.error is not None:
         error_info = failures[0].step_failure_data.error
@@ -55,7 +69,8 @@ def failure_message(context: RunFailureSensorContext, base_url: str) -> OpsMessa
         qualified_class = re.match(rf"[\w.]*\b{re.escape(error_info.cls_name or '?')}: ", error_info.message)
         error = error_info.message[qualified_class.end() if qualified_class else 0 :]
     else:
-        error = context.failure_event.message or "no error message"
+        run_failure = [e.message for e in entries if e.dagster_event_type == DagsterEventType.RUN_FAILURE]
+        error = next(filter(None, run_failure), "no error message")
     return OpsMessage(
         title=f"Pipeline run failed: {run.job_name}, step {steps}",
         details=first_lines(error),
@@ -63,16 +78,68 @@ def failure_message(context: RunFailureSensorContext, base_url: str) -> OpsMessa
     )
 
 
-@run_failure_sensor(name="run_failure_alerts", default_status=DefaultSensorStatus.RUNNING)
-def run_failure_alerts(context: RunFailureSensorContext) -> None:
-    outcome = channel_from_environment().send(failure_message(context, dagster_base_url()))
-    if not outcome.delivered:
-        raise AlertNotDelivered(f"the run failure alert could not be delivered: {outcome.error}")
+def _failure_cursor(cursor: str | None) -> tuple[int, list[str]] | None:
+    """(the storage id of the last failure event read, the runs whose alert is not delivered yet), or
+    None before the first tick (or from a cursor of another kind)."""
+    try:
+        state = json.loads(cursor or "")
+        return int(state["after"]), [str(run_id) for run_id in state["pending"]]
+    except (ValueError, TypeError, KeyError):
+        return None
+
+
+@sensor(name="run_failure_alerts", minimum_interval_seconds=30, default_status=DefaultSensorStatus.RUNNING)
+def run_failure_alerts(context: SensorEvaluationContext):
+    instance = context.instance
+    recorded = _failure_cursor(context.cursor)
+    if recorded is None:
+        newest = instance.fetch_run_status_changes(DagsterEventType.RUN_FAILURE, limit=1).records
+        after = newest[0].storage_id if newest else -1
+        context.update_cursor(json.dumps({"after": after, "pending": []}))
+        return SkipReason("started: runs that fail from now on are alerted")
+    after, pending = recorded
+    # a run's alert is queued once, from its failure event: storage ids only grow
+    events = instance.fetch_run_status_changes(
+        RunStatusChangeRecordsFilter(DagsterEventType.RUN_FAILURE, after_storage_id=after),
+        limit=FAILURE_EVENTS_READ,
+        ascending=True,
+    ).records
+    # the code location's jobs: the daily job, and Dagster's own for assets materialized alone
+    jobs = set(context.repository_def.job_names) if context.repository_def else {daily_job.name}
+    for record in events:
+        entry = record.event_log_entry
+        if entry.job_name in jobs and entry.run_id not in pending:
+            pending.append(entry.run_id)
+    after = events[-1].storage_id if events else after
+
+    channel, base_url, sent, error = channel_from_environment(), dagster_base_url(), 0, None
+    for run_id in pending[:FAILURE_ALERTS_PER_TICK]:
+        run = instance.get_run_by_id(run_id)
+        if run is not None:  # None: deleted since, nothing left to alert about
+            outcome = channel.send(failure_message(instance, run, base_url))
+            if not outcome.delivered:
+                error = outcome.error
+                break  # the destination fails: the rest wait with this one
+            sent += 1
+        pending.remove(run_id)
+    context.update_cursor(json.dumps({"after": after, "pending": pending}))
+    if error:
+        return SkipReason(
+            f"a run failure alert could not be delivered ({error}); {len(pending)} wait for the next tick"
+        )
+    if not sent and not pending:
+        return SkipReason("no failed run to alert about")
+    return SkipReason(f"sent {sent} run failure alert(s)" + (f"; {len(pending)} wait" if pending else ""))
 
 
 @dataclass(frozen=True)
 class Freshness:
-    problems: tuple[str, ...]
+    exports: tuple[str, ...] = ()  # about the export folders
+    fact: tuple[str, ...] = ()  # about the daily fact: loaded exports no successful build covered
+
+    @property
+    def problems(self) -> tuple[str, ...]:
+        return self.exports + self.fact
 
     @property
     def stale(self) -> bool:
@@ -92,74 +159,75 @@ def export_max_age_hours(environ: Mapping[str, str] | None = None) -> float:
     return value
 
 
-def _fact_lag() -> str | None:
-    """Why the daily fact is older than the exports loaded, or None when it is not."""
-    with connect() as conn:
-        loaded = conn.execute("select to_regclass('raw.load_log')").fetchone()[0]
-        newest_export = (
-            conn.execute("select max(export_date) from raw.load_log").fetchone()[0] if loaded else None
-        )
-        if newest_export is None:
-            return None
-        if conn.execute("select to_regclass(%s)", (FACT,)).fetchone()[0] is None:
-            return f"{FACT} does not exist, but exports up to {newest_export} are loaded"
-        latest_day = conn.execute(f"select max(balance_date) from {FACT}").fetchone()[0]
-    expected = newest_export - dt.timedelta(days=FACT_MAX_LAG_DAYS)
-    if latest_day is None or latest_day < expected:
-        return (
-            f"{FACT} ends on {latest_day or 'no day'}, but exports up to {newest_export} are loaded "
-            f"(expected {expected} or later)"
-        )
-    return None
-
-
-def check_freshness(now: dt.datetime, max_age_hours: float, check_fact: bool = True) -> Freshness:
-    problems: list[str] = []
+def _export_problems(now: dt.datetime, max_age_hours: float) -> tuple[str, ...]:
     directory = exports_dir()
     folders = export_folders(directory)
     if not folders:
-        problems.append(f"no export folder (YYYY-MM-DD) in {directory}")
-    else:
-        newest = folders[-1]
-        landed = dt.datetime.fromtimestamp(newest.stat().st_mtime, dt.UTC)
-        age_hours = (now - landed).total_seconds() / 3600
-        if age_hours > max_age_hours:
-            problems.append(
-                f"no new export for {age_hours:.1f} h: the newest, {newest.name}, landed "
-                f"{landed:%Y-%m-%d %H:%M} UTC (EXPORT_MAX_AGE_HOURS={max_age_hours:g})"
-            )
-    if check_fact:
-        lag = _fact_lag()
-        if lag:
-            problems.append(lag)
-    return Freshness(tuple(problems))
+        return (f"no export folder (YYYY-MM-DD) in {directory}",)
+    newest = folders[-1]
+    landed = dt.datetime.fromtimestamp(newest.stat().st_mtime, dt.UTC)
+    age_hours = (now - landed).total_seconds() / 3600
+    if age_hours > max_age_hours:
+        return (
+            f"no new export for {age_hours:.1f} h: the newest, {newest.name}, landed "
+            f"{landed:%Y-%m-%d %H:%M} UTC (EXPORT_MAX_AGE_HOURS={max_age_hours:g})",
+        )
+    return ()
 
 
-def _recorded(cursor: str | None) -> Freshness:
+def _fact_problems() -> tuple[str, ...]:
+    """Loaded exports that no successful build has covered. Not the fact's last day: the fact has rows
+    only for days with ledger entries, so exports without new or changed invoices add none."""
+    with connect() as conn:
+        newest = refresh.latest_export(conn)
+        build = refresh.recorded_state(conn) if newest else None
+    covered = build.last_export_date if build else None
+    if newest is None or (covered is not None and covered >= newest):
+        return ()
+    built = (
+        f"the last successful build covered up to {covered}"
+        if covered
+        else "but no successful build is recorded"
+    )
+    return (f"{FACT} is behind: exports up to {newest} are loaded, {built}",)
+
+
+def check_freshness(now: dt.datetime, max_age_hours: float, fact: tuple[str, ...] | None = None) -> Freshness:
+    """The export folders judged at `now`; the fact judged too, unless `fact` gives the verdict to keep."""
+    return Freshness(_export_problems(now, max_age_hours), _fact_problems() if fact is None else fact)
+
+
+def _recorded(cursor: str | None) -> tuple[bool, Freshness]:
+    """(whether the last alert said stale, the problems the last tick found)."""
     if not cursor:
-        return Freshness(())  # nothing said yet: assume fresh, so the first stale tick alerts
-    return Freshness(tuple(json.loads(cursor).get("problems", [])))
+        return False, Freshness()  # nothing said yet: assume fresh, so the first stale tick alerts
+    state = json.loads(cursor)
+    return state["stale"], Freshness(tuple(state.get("exports", ())), tuple(state.get("fact", ())))
+
+
+def _cursor(said_stale: bool, found: Freshness) -> str:
+    return json.dumps({"stale": said_stale, "exports": list(found.exports), "fact": list(found.fact)})
 
 
 @sensor(name="freshness_alerts", minimum_interval_seconds=300, default_status=DefaultSensorStatus.RUNNING)
 def freshness_alerts(context: SensorEvaluationContext):
-    # while the daily job runs, the fact may lag the exports it is loading: judge it after the run
+    said_stale, last = _recorded(context.cursor)
+    # while the daily job runs, the fact lags the exports it is loading: keep the last verdict about
+    # it (stale stays stale, fresh stays fresh) until a tick after the run judges it again
     running = context.instance.get_run_records(
         filters=RunsFilter(job_name=daily_job.name, statuses=IN_PROGRESS), limit=1
     )
     now = dt.datetime.now(dt.UTC)
-    current = check_freshness(now, export_max_age_hours(), check_fact=not running)
-    recorded = _recorded(context.cursor)
-    if current.stale == recorded.stale:
+    current = check_freshness(now, export_max_age_hours(), fact=last.fact if running else None)
+    if current.stale == said_stale:
+        context.update_cursor(_cursor(said_stale, current))  # for the next tick during a run
         return SkipReason("stale: " + "; ".join(current.problems) if current.stale else "fresh")
     if current.stale:
         message = OpsMessage("Data is stale", details=current.problems, link=f"{dagster_base_url()}/assets")
     else:
-        message = OpsMessage(
-            "Data is fresh again", details=tuple(f"resolved: {p}" for p in recorded.problems)
-        )
+        message = OpsMessage("Data is fresh again", details=tuple(f"resolved: {p}" for p in last.problems))
     outcome = channel_from_environment().send(message)
     if not outcome.delivered:
         return SkipReason(f"the freshness alert could not be delivered ({outcome.error}); next tick retries")
-    context.update_cursor(json.dumps({"stale": current.stale, "problems": list(current.problems)}))
+    context.update_cursor(_cursor(current.stale, current))
     return SkipReason(f"sent: {message.title}")

@@ -1,18 +1,35 @@
-"""A new export folder, csv_data/exports/<YYYY-MM-DD>/ (CSV_DIR), starts one run of the daily job.
+"""New export folders, csv_data/exports/<YYYY-MM-DD>/ (CSV_DIR), start one run of the daily job once
+they are complete.
 
-The cursor is the newest folder seen. Several folders landing together start one run (the loader
-loads every pending export); an unchanged set of folders starts none.
+A tick may see a folder while it is still being copied, and the loader loads what is there: an export
+loaded in part is final (exports are immutable), and one without its invoices fails the run. So a
+run is requested only when every pending folder (newer than the last one a run was requested for)
+holds invoices.csv, their files (names, sizes, modification times) are the same as at the previous
+tick, and the newest of them is at least SETTLE_SECONDS old. Several folders landing together start
+one run (the loader loads every pending export); an unchanged set of folders starts none. An export
+copied into a dot-named folder (ignored here and by the loader) and renamed into place is complete
+when it appears.
+
+The cursor: {"requested": the newest day a run was requested for, "pending": a digest of the pending
+folders' files at the last tick}. A bare date, the cursor of earlier versions, is the requested day.
 """
 
 import datetime as dt
+import hashlib
+import json
+import os
+import time
 from pathlib import Path
 
 from dagster import DefaultSensorStatus, RunRequest, SensorEvaluationContext, SensorResult, SkipReason, sensor
 
 from data_platform.orchestration.schedules import daily_job
 from data_platform.pipeline import PROJECT_ROOT, Settings
+from data_platform.raw_tables import INVOICES
 
 EXPORTS_FOLDER = "exports"
+# a file written this recently may still be written to, even if the previous tick saw it the same
+SETTLE_SECONDS = 10
 
 
 def exports_dir(settings: Settings | None = None) -> Path:
@@ -35,16 +52,55 @@ def export_folders(directory: Path) -> list[Path]:
     return sorted(path for path in directory.iterdir() if path.is_dir() and _is_day(path.name))
 
 
+def _read_cursor(cursor: str | None) -> tuple[str | None, str | None]:
+    """(the newest day a run was requested for, the pending folders' digest at the last tick)."""
+    if not cursor:
+        return None, None
+    if not cursor.startswith("{"):
+        return cursor, None
+    state = json.loads(cursor)
+    return state.get("requested"), state.get("pending")
+
+
+def _files(folders: list[Path]) -> list[tuple[str, str, int, int]]:
+    """Every entry of the folders (dotfiles too: a copy's temporary files) as (folder, name, size, mtime)."""
+    return sorted(
+        (folder.name, entry.name, stat.st_size, stat.st_mtime_ns)
+        for folder in folders
+        for entry in os.scandir(folder)
+        for stat in [entry.stat()]
+    )
+
+
+def _waiting(reason: str, requested: str | None, pending: str) -> SensorResult:
+    cursor = json.dumps({"requested": requested, "pending": pending})
+    return SensorResult(skip_reason=f"{reason}; checked again next tick", cursor=cursor)
+
+
 @sensor(job=daily_job, minimum_interval_seconds=60, default_status=DefaultSensorStatus.RUNNING)
 def new_export_sensor(context: SensorEvaluationContext):
     directory = exports_dir()
     folders = export_folders(directory)
     if not folders:
         return SkipReason(f"no export folder (YYYY-MM-DD) in {directory}")
-    newest = folders[-1].name
-    if context.cursor and newest <= context.cursor:
-        return SkipReason(f"no export newer than {context.cursor} in {directory}")
+    requested, last_seen = _read_cursor(context.cursor)
+    pending = [folder for folder in folders if requested is None or folder.name > requested]
+    if not pending:
+        return SkipReason(f"no export newer than {requested} in {directory}")
+    newest = pending[-1].name
+    try:
+        files = _files(pending)
+    except FileNotFoundError:  # an entry went away while listed: a copy or a rename is under way
+        return SkipReason(f"the exports up to {newest} are changing; checked again next tick")
+    digest = hashlib.sha256(json.dumps(files).encode()).hexdigest()
+    without_invoices = [f.name for f in pending if not (f / INVOICES.file_name).is_file()]
+    if without_invoices:
+        return _waiting(f"no {INVOICES.file_name} yet in {', '.join(without_invoices)}", requested, digest)
+    if digest != last_seen:
+        return _waiting(f"the exports up to {newest} changed since the last tick", requested, digest)
+    if time.time_ns() - max(mtime for *_, mtime in files) < SETTLE_SECONDS * 1_000_000_000:
+        return _waiting(f"the exports up to {newest} were written to in the last seconds", requested, digest)
     return SensorResult(
         run_requests=[RunRequest(run_key=f"export-{newest}", tags={"data_platform/export_day": newest})],
-        cursor=newest,
+        cursor=json.dumps({"requested": newest}),
     )

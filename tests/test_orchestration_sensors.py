@@ -1,0 +1,274 @@
+"""Daily operation that keeps going on its own: the export sensor waits for a complete export, a run cut
+off by the daemon container's restart ends failed (so it alerts and frees the queue), and every service
+the daily profile needs comes back after a host or Docker restart."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from dagster import DagsterInstance, DagsterRunStatus, build_sensor_context
+from dagster._core.remote_origin import RegisteredCodeLocationOrigin, RemoteRepositoryOrigin
+from dagster._core.test_utils import create_run_for_test
+from orchestration_support import dagster_env, environment
+from test_compose import PROJECT_ROOT, run_compose_config
+
+from data_platform.orchestration.schedules import daily_job
+from data_platform.orchestration.sensors import new_export_sensor
+
+DAEMON_COMMAND = ["dagster-daemon", "run", "-m", "data_platform.orchestration.definitions"]
+
+
+# --- the export sensor -------------------------------------------------------------------------------
+
+
+def write(path: Path, text: str, age_seconds: float = 60) -> None:
+    """A file as a finished copy leaves it: written `age_seconds` ago."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    written = time.time() - age_seconds
+    os.utime(path, (written, written))
+
+
+@pytest.fixture
+def exports(tmp_path) -> Path:
+    return tmp_path / "csv" / "exports"
+
+
+@pytest.fixture
+def tick(exports, tmp_path):
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    with DagsterInstance.local_temp(str(home)) as instance:
+
+        def evaluate(cursor: str | None):
+            with environment(dagster_env(CSV_DIR=str(exports.parent))):
+                return new_export_sensor.evaluate_tick(build_sensor_context(instance=instance, cursor=cursor))
+
+        yield evaluate
+
+
+def run_keys(result) -> list[str]:
+    return [request.run_key for request in result.run_requests]
+
+
+def test_an_empty_export_folder_starts_no_run(exports, tick):
+    (exports / "2024-07-02").mkdir(parents=True)
+    first = tick(None)
+    assert run_keys(first) == []
+    assert run_keys(tick(first.cursor)) == []
+
+
+def test_a_complete_folder_starts_one_run_once_it_stopped_changing(exports, tick):
+    day = exports / "2024-07-02"
+    write(day / "invoices.csv", "ID\n1\n")
+    seen = tick(None)
+    assert run_keys(seen) == [], "first sight: it may still be being copied"
+    # the copy goes on: organizations.csv arrives after invoices.csv
+    write(day / "organizations.csv", "ID\n1\n")
+    changed = tick(seen.cursor)
+    assert run_keys(changed) == []
+    # a file still growing: its size changes
+    write(day / "organizations.csv", "ID\n1\n2\n")
+    grown = tick(changed.cursor)
+    assert run_keys(grown) == []
+    settled = tick(grown.cursor)
+    assert run_keys(settled) == ["export-2024-07-02"]
+    assert settled.run_requests[0].tags["data_platform/export_day"] == "2024-07-02"
+    # requested once: the next ticks, unchanged or not, start nothing for it
+    assert run_keys(tick(settled.cursor)) == []
+    write(day / "organizations.csv", "ID\n1\n2\n3\n")
+    assert run_keys(tick(settled.cursor)) == []
+
+
+def test_a_folder_without_invoices_never_starts_a_run(exports, tick):
+    write(exports / "2024-07-02" / "organizations.csv", "ID\n1\n")
+    first = tick(None)
+    assert run_keys(first) == []
+    second = tick(first.cursor)
+    assert run_keys(second) == [] and "invoices.csv" in (second.skip_message or "")
+
+
+def test_a_file_written_seconds_ago_is_not_settled_yet(exports, tick):
+    write(exports / "2024-07-02" / "invoices.csv", "ID\n1\n", age_seconds=0)
+    first = tick(None)
+    second = tick(first.cursor)
+    assert run_keys(first) == run_keys(second) == []
+    assert "in the last seconds" in second.skip_message
+
+
+def test_a_partly_copied_older_folder_holds_the_run_back(exports, tick):
+    # the run loads every pending folder, not only the newest
+    write(exports / "2024-07-02" / "invoices.csv", "ID\n1\n")
+    (exports / "2024-07-01").mkdir()
+    first = tick(None)
+    second = tick(first.cursor)
+    assert run_keys(second) == []
+    write(exports / "2024-07-01" / "invoices.csv", "ID\n1\n")
+    third = tick(second.cursor)
+    assert run_keys(third) == []
+    assert run_keys(tick(third.cursor)) == ["export-2024-07-02"]
+
+
+def test_a_cursor_of_the_earlier_format_a_bare_date_still_works(exports, tick):
+    write(exports / "2024-06-29" / "invoices.csv", "ID\n1\n")
+    assert run_keys(tick("2024-06-29")) == []
+    write(exports / "2024-06-30" / "invoices.csv", "ID\n1\n")
+    first = tick("2024-06-29")
+    assert run_keys(first) == []
+    second = tick(first.cursor)
+    assert run_keys(second) == ["export-2024-06-30"]
+    assert run_keys(tick(second.cursor)) == []
+
+
+def test_folders_being_renamed_into_place_are_not_exports_yet(exports, tick):
+    # the README's way to land an export: copy into a dot-named folder, then mv it into place
+    write(exports / ".2024-07-02" / "invoices.csv", "ID\n1\n")
+    first = tick(None)
+    assert run_keys(tick(first.cursor)) == []
+    (exports / ".2024-07-02").rename(exports / "2024-07-02")
+    renamed = tick(first.cursor)
+    assert run_keys(tick(renamed.cursor)) == ["export-2024-07-02"]
+
+
+# --- runs cut off by a restart of the daemon container ----------------------------------------------
+
+
+def daily_home(tmp_path: Path) -> Path:
+    """dagster_home/dagster.yaml as the daily profile reads it, with its storage a temporary sqlite."""
+    config = yaml.safe_load((PROJECT_ROOT / "dagster_home" / "dagster.yaml").read_text())
+    config["storage"] = {"sqlite": {"base_dir": str(tmp_path / "storage")}}
+    home = tmp_path / "daily_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text(yaml.safe_dump(config))
+    return home
+
+
+@pytest.fixture
+def daily_instance(tmp_path):
+    with DagsterInstance.from_config(str(daily_home(tmp_path))) as instance:
+        yield instance
+
+
+def test_run_monitoring_fails_runs_that_never_start_or_never_end(daily_instance):
+    assert daily_instance.run_monitoring_enabled
+    # a run worker imports Dagster and the definitions (parsing the dbt project when it changed)
+    assert daily_instance.run_monitoring_start_timeout_seconds == 300
+    # a whole run takes up to ~10 minutes at 12.7M invoices: 4 hours is far from a slow run
+    assert daily_instance.run_monitoring_max_runtime_seconds == 4 * 3600
+    # the default run launcher can neither check a run worker's health nor resume a run
+    assert not daily_instance.run_launcher.supports_check_run_worker_health
+    assert daily_instance.run_monitoring_max_resume_run_attempts == 0
+    assert "MONITORING" in daily_instance.get_required_daemon_types()
+    assert daily_instance.run_coordinator.get_run_queue_config().max_concurrent_runs == 1
+
+
+def make_runs(instance: DagsterInstance) -> dict[DagsterRunStatus, str]:
+    """One run of the daily job in each status the sweep must tell apart."""
+    # a queued run must name its code location (the daemon launches it from there)
+    location = RegisteredCodeLocationOrigin("data_platform.orchestration.definitions")
+    origin = RemoteRepositoryOrigin(location, "__repository__").get_job_origin(daily_job.name)
+    statuses = [
+        DagsterRunStatus.STARTING,
+        DagsterRunStatus.STARTED,
+        DagsterRunStatus.QUEUED,
+        DagsterRunStatus.SUCCESS,
+        DagsterRunStatus.FAILURE,
+    ]
+    return {
+        status: create_run_for_test(
+            instance, job_name=daily_job.name, status=status, remote_job_origin=origin
+        ).run_id
+        for status in statuses
+    }
+
+
+def statuses(
+    instance: DagsterInstance, runs: dict[DagsterRunStatus, str]
+) -> dict[DagsterRunStatus, DagsterRunStatus]:
+    return {before: instance.get_run_by_id(run_id).status for before, run_id in runs.items()}
+
+
+def test_the_start_up_sweep_fails_the_runs_a_previous_container_left_in_progress(daily_instance):
+    from data_platform.orchestration.startup import fail_interrupted_runs
+
+    runs = make_runs(daily_instance)
+    failed = fail_interrupted_runs(daily_instance)
+    assert sorted(failed) == sorted([runs[DagsterRunStatus.STARTING], runs[DagsterRunStatus.STARTED]])
+    assert statuses(daily_instance, runs) == {
+        DagsterRunStatus.STARTING: DagsterRunStatus.FAILURE,
+        DagsterRunStatus.STARTED: DagsterRunStatus.FAILURE,
+        # a queued run is launched by the new daemon; a finished one is history
+        DagsterRunStatus.QUEUED: DagsterRunStatus.QUEUED,
+        DagsterRunStatus.SUCCESS: DagsterRunStatus.SUCCESS,
+        DagsterRunStatus.FAILURE: DagsterRunStatus.FAILURE,
+    }
+    # a run failure event, as the run-failure alert sensor reads them, saying what happened
+    failure = daily_instance.all_logs(runs[DagsterRunStatus.STARTED])[-1]
+    assert failure.dagster_event.event_type_value == "PIPELINE_FAILURE"
+    assert "dagster-daemon" in failure.dagster_event.message
+    assert fail_interrupted_runs(daily_instance) == []
+
+
+def test_the_daemon_container_runs_the_sweep_before_the_daemon(tmp_path):
+    result = run_compose_config("--format", "json", profile="daily")
+    assert result.returncode == 0, result.stderr
+    command = json.loads(result.stdout)["services"]["dagster-daemon"]["command"]
+    home = daily_home(tmp_path)
+    with DagsterInstance.from_config(str(home)) as instance:
+        runs = make_runs(instance)
+    # the container's command, with a stand-in for dagster-daemon that records its arguments
+    stub = tmp_path / "bin" / "dagster-daemon"
+    stub.parent.mkdir()
+    stub.write_text('#!/bin/sh\nprintf "%s\\n" "$@" > "$STUB_OUT"\n')
+    stub.chmod(0o755)
+    env = {
+        **os.environ,
+        "PATH": f"{stub.parent}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}/usr/bin:/bin",
+        "DAGSTER_HOME": str(home),
+        "STUB_OUT": str(tmp_path / "daemon-args"),
+    }
+    done = subprocess.run(
+        [part.replace("$$", "$") for part in command],
+        env=env,
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (tmp_path / "daemon-args").read_text().split() == DAEMON_COMMAND[1:]
+    with DagsterInstance.from_config(str(home)) as instance:
+        after = statuses(instance, runs)
+    assert after[DagsterRunStatus.STARTED] == after[DagsterRunStatus.STARTING] == DagsterRunStatus.FAILURE
+    assert after[DagsterRunStatus.QUEUED] == DagsterRunStatus.QUEUED
+
+
+# --- restarts ----------------------------------------------------------------------------------------
+
+
+def test_every_service_the_daily_profile_needs_comes_back_after_a_restart():
+    result = run_compose_config("--format", "json", profile="daily")
+    assert result.returncode == 0, result.stderr
+    services = json.loads(result.stdout)["services"]
+    # the long-running services and, transitively, what they depend on
+    needed, one_shots, todo = set(), set(), ["dagster-webserver", "dagster-daemon"]
+    while todo:
+        name = todo.pop()
+        needed.add(name)
+        for dependency, how in services[name].get("depends_on", {}).items():
+            if how["condition"] == "service_completed_successfully":
+                one_shots.add(dependency)
+            todo.append(dependency)
+    assert {"postgres", "dagster-db-init"} <= needed
+    for name in needed - one_shots:
+        assert services[name].get("restart") == "unless-stopped", name
+    # a one-shot step must not run again on every restart; the demo run (and its docs server) neither
+    for name in one_shots | {"dbt"}:
+        assert services[name].get("restart") == "no", name
