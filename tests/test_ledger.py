@@ -223,14 +223,13 @@ def corrupted(ledger):
     restores = []
 
     def corrupt(table: str, column: str, where: str) -> None:
-        database.query(
-            f"update {table} set {column} = {column} + 1 where {where} returning 1", role="transformer"
-        )
+        changed = database.query(f"update {table} set {column} = {column} + 1 where {where} returning 1")
+        assert len(changed) == 1, f"{len(changed)} rows of {table} match {where}"
         restores.append(f"update {table} set {column} = {column} - 1 where {where} returning 1")
 
     yield corrupt
     for statement in restores:
-        database.query(statement, role="transformer")
+        database.query(statement)
 
 
 def test_the_ledger_check_fails_when_a_window_day_was_booked_wrong(ledger, corrupted):
@@ -251,6 +250,23 @@ def test_the_ledger_check_fails_when_a_window_day_was_booked_wrong(ledger, corru
         ).returncode
         == 0
     )
+
+
+def test_the_version_chain_check_fails_when_a_version_does_not_follow_its_predecessor(ledger, corrupted):
+    database = ledger["database"]
+    changed_on_day_3 = database.query(
+        f"select min(invoice_id) from raw.invoice_versions where seen_on = '{DAY_3}' and version > 1"
+    )[0][0]
+    assert changed_on_day_3 is not None
+    corrupted("raw.invoice_versions", "version", f"seen_on = '{DAY_3}' and invoice_id = {changed_on_day_3}")
+    check = "assert_invoice_versions_follow_their_predecessor"
+    for window in ({"LEDGER_WINDOW_START": DAY_3}, {}):
+        result = dbt_test(database, check, **window)
+        assert result.returncode == 1, result.stdout
+        assert "Got 1 result" in result.stdout, result.stdout
+    # an incremental build checks its window's versions only
+    late = dbt_test(database, check, LEDGER_WINDOW_START="2023-01-09")
+    assert late.returncode == 0, late.stdout
 
 
 def test_the_balance_check_fails_when_an_organization_disagrees_with_its_days(ledger, corrupted):

@@ -34,20 +34,34 @@ changed_invoices as (
 
 ),
 
--- each changed invoice's version that was current before the window (none for a new invoice)
+-- each changed invoice's version that was current before the window (none for a new invoice): the
+-- predecessor of its first version in the window, looked up by the versions' key (seen_on, invoice_id),
+-- so an incremental build reads the window's versions and one row per changed invoice, not the history
+first_versions_in_window as (
+
+    select
+        invoice_id,
+        previous_seen_on
+
+    from {{ ref('stg_payments__invoice_versions') }}
+    where
+        seen_on >= {{ ledger_window_start() }}
+        and previous_seen_on < {{ ledger_window_start() }}
+
+),
+
 versions_before_window as (
 
     select
-        versions.invoice_id,
         versions.organization_id,
         versions.status,
-        versions.balance_contribution_usd,
-        row_number() over (partition by versions.invoice_id order by versions.version desc) as recency
+        versions.balance_contribution_usd
 
-    from {{ ref('int_invoice_versions_enriched') }} as versions
-    where
-        versions.seen_on < {{ ledger_window_start() }}
-        and versions.invoice_id in (select changed_invoices.invoice_id from changed_invoices)
+    from first_versions_in_window
+    inner join {{ ref('int_invoice_versions_enriched') }} as versions
+        on
+            first_versions_in_window.previous_seen_on = versions.seen_on
+            and first_versions_in_window.invoice_id = versions.invoice_id
 
 ),
 
@@ -68,7 +82,6 @@ changes as (
         -1 as invoice_count,
         -balance_contribution_usd as balance_usd
     from versions_before_window
-    where recency = 1
 
 ),
 
