@@ -7,7 +7,9 @@ show only its path. init.sh calls
 
 and evaluates the `export NAME=...` lines it prints, so dbt, the loader and the alert script read the
 plain variables as before. The daily profile's Dagster processes never run init.sh: loading their
-definitions calls `apply_to_environ()`, which does the same to their own environment.
+definitions calls `apply_to_environ()`, which does the same to their own environment, and each step of
+a run checks again: a secret file that cannot be used fails the run with its error, as it fails init.sh,
+while the schedule and the sensors (the failure alerts among them) keep running.
 
 A file's content is the value with one trailing newline (LF or CRLF) removed. An empty variable counts
 as unset, as in the postgres image's own POSTGRES_PASSWORD_FILE. Errors name the variable and the file,
@@ -80,13 +82,23 @@ def shell_exports(values: Mapping[str, str]) -> str:
     )
 
 
-def apply_to_environ(environ: MutableMapping[str, str] | None = None) -> None:
-    """Resolve every NAME_FILE into NAME in `environ` (default os.environ) and unset NAME_FILE, as
-    init.sh's eval of shell_exports() does for its own process and children."""
+def apply_to_environ(environ: MutableMapping[str, str] | None = None) -> list[SecretError]:
+    """Resolve every usable NAME_FILE into NAME in `environ` (default os.environ) and unset NAME_FILE, as
+    init.sh's eval of shell_exports() does for its own process and children. A NAME_FILE that cannot be
+    used is left as it is and its error returned: a long-running process (the Dagster daemon) must keep
+    working, and whatever needs that value later resolves it again and fails with the same error."""
     environ = os.environ if environ is None else environ
-    for name, value in resolve(environ).items():
-        environ[name] = value
-        del environ[file_variable(name)]
+    errors = []
+    for name in SECRET_VARIABLES:
+        try:
+            values = resolve(environ, [name])
+        except SecretError as error:
+            errors.append(error)
+            continue
+        for resolved_name, value in values.items():
+            environ[resolved_name] = value
+            del environ[file_variable(resolved_name)]
+    return errors
 
 
 def main(argv: list[str] | None = None) -> int:

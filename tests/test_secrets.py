@@ -133,15 +133,26 @@ def test_apply_to_environ_resolves_into_the_environment_and_unsets_the_file_vari
     }
 
 
-def test_apply_to_environ_changes_nothing_when_a_file_cannot_be_used(tmp_path):
+def test_apply_to_environ_resolves_the_usable_files_and_returns_the_errors_of_the_others(tmp_path):
+    # a long-running process must keep working; what needs the value resolves it again and fails
     environ = {
         "PGPASSWORD_FILE": write(tmp_path, b"fine\n"),
         "ALERTER_PASSWORD_FILE": str(tmp_path / "missing"),
+        "SLACK_WEBHOOK_URL": "https://hooks.example.invalid/plain",
+        "SLACK_WEBHOOK_URL_FILE": write(tmp_path, b"https://hooks.example.invalid/file\n", "webhook"),
     }
-    before = dict(environ)
+    broken = {
+        name: environ[name]
+        for name in ("ALERTER_PASSWORD_FILE", "SLACK_WEBHOOK_URL", "SLACK_WEBHOOK_URL_FILE")
+    }
+    errors = secrets.apply_to_environ(environ)
+    assert [str(error).split(":")[0].split(" ")[0] for error in errors] == [
+        f"ALERTER_PASSWORD_FILE={tmp_path / 'missing'}",
+        "SLACK_WEBHOOK_URL",
+    ]
+    assert environ == {"PGPASSWORD": "fine", **broken}
     with pytest.raises(secrets.SecretError, match="ALERTER_PASSWORD_FILE"):
-        secrets.apply_to_environ(environ)
-    assert environ == before
+        secrets.resolve(environ)
 
 
 @pytest.mark.slow  # imports Dagster and parses the dbt project (about 10 s)
@@ -164,3 +175,38 @@ def test_the_dagster_processes_resolve_the_secret_files_when_they_load_their_def
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["pw-from-file", "False"]
+
+
+@pytest.mark.slow  # imports Dagster and parses the dbt project (about 10 s)
+def test_an_unusable_secret_file_fails_every_step_but_not_the_definitions(tmp_path):
+    # the definitions hold the schedule and the sensors, the failure alerts among them: they must load
+    from orchestration_support import dagster_env
+
+    env = dagster_env(
+        PGPASSWORD="",
+        PGPASSWORD_FILE=write(tmp_path, b"pw-from-file\n"),
+        SLACK_WEBHOOK_URL_FILE=str(tmp_path / "missing"),
+        DBT_TARGET_PATH=str(tmp_path / "target"),
+        DBT_LOG_PATH=str(tmp_path / "logs"),
+    )
+    code = """
+import os
+from dagster import Failure, build_asset_context
+from data_platform.orchestration import definitions
+from data_platform.orchestration.assets import raw_tables
+print(len(definitions.defs.resolve_all_job_defs()), os.environ["PGPASSWORD"])
+try:
+    raw_tables(build_asset_context())
+except Failure as failure:
+    print("step failed:", failure.description)
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    missing = f"SLACK_WEBHOOK_URL_FILE={tmp_path / 'missing'}: cannot read the file"
+    assert f"error: {missing}" in result.stderr
+    loaded, outcome = result.stdout.strip().split("\n", 1)
+    jobs, password = loaded.split()
+    assert int(jobs) >= 1 and password == "pw-from-file"
+    assert outcome.startswith(f"step failed: {missing}"), result.stdout

@@ -23,7 +23,7 @@ from dagster_dbt import (
     get_asset_keys_by_output_name_for_source,
 )
 
-from data_platform import pipeline
+from data_platform import pipeline, secrets
 from data_platform.db import DatabaseUnavailable
 from data_platform.orchestration.environment import process_environment
 from data_platform.orchestration.project import BUILD_TARGET_PATH, dbt_project
@@ -38,7 +38,11 @@ ALERT_RETRY_POLICY = RetryPolicy(max_retries=3, delay=60, backoff=Backoff.EXPONE
 
 @contextmanager
 def pipeline_step() -> Iterator[None]:
-    """A failed step becomes a Dagster failure whose description is the pipeline's own message."""
+    """A failed step becomes a Dagster failure whose description is the pipeline's own message. A secret
+    file that cannot be used fails every step, as it fails init.sh before its first step."""
+    unusable_secrets = secrets.apply_to_environ()
+    if unusable_secrets:
+        raise Failure(description="\n".join(str(error) for error in unusable_secrets))
     try:
         yield
     except (pipeline.PipelineError, DatabaseUnavailable) as error:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from dagster import Definitions
 
 from data_platform import secrets
@@ -12,8 +14,11 @@ from data_platform.orchestration.schedules import daily_job, daily_schedule
 from data_platform.orchestration.sensors import new_export_sensor
 
 # Every Dagster process (webserver, daemon, code server, run worker) loads this module; with Docker
-# secrets its environment holds NAME_FILE paths, which init.sh would have resolved (README).
-secrets.apply_to_environ()
+# secrets its environment holds NAME_FILE paths, which init.sh would have resolved (README). One that
+# cannot be used must not stop the definitions from loading (no schedule, no sensor, no failure alert):
+# it is reported here, and every run's steps fail with it (assets.pipeline_step).
+for problem in secrets.apply_to_environ():
+    print(f"error: {problem}", file=sys.stderr)
 
 defs = Definitions(
     assets=[raw_tables, dbt_models, dbt_docs, balance_alerts],
