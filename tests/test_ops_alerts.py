@@ -1,16 +1,19 @@
 """The operations alerts (data_platform/orchestration/ops_alerts.py, notify.py): a failed run is alerted
-once, retried until delivered; a typo in a balance alert setting does not silence them; the freshness
-alerts judge the fact by what the last successful build covered, and keep that verdict while a run is in
-progress. Sensor ticks are evaluated directly, as the daemon would, against a temporary instance."""
+once, retried until delivered, and what a tick sent stays sent whatever happens later in that tick; a
+typo in a balance alert setting does not silence them; the freshness alerts judge the fact by what the
+last successful build covered, and keep that verdict while a run is in progress. Sensor ticks are
+evaluated directly, as the daemon would, against a temporary instance."""
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import uuid
 
 import pytest
 from dagster import (
+    DagsterEventType,
     DagsterInstance,
     DagsterRun,
     DagsterRunStatus,
@@ -19,12 +22,14 @@ from dagster import (
     job,
     op,
 )
+from dagster._core.definitions.run_status_sensor_definition import RunStatusSensorCursor
 from orchestration_support import dagster_env, environment, load_definitions
-from slack_stub import OK, SECRET, SlackStub, server_error
+from slack_stub import OK, SECRET, SlackStub, rate_limited, server_error
 
-from data_platform import refresh
-from data_platform.orchestration import notify
+from data_platform import ledger, pipeline, refresh
+from data_platform.orchestration import notify, ops_alerts
 from data_platform.orchestration.ops_alerts import FACT, check_freshness
+from data_platform.raw_tables import LoadLogRow
 
 EXPORTS = [dt.date(2024, 7, 1), dt.date(2024, 7, 2), dt.date(2024, 7, 3)]
 
@@ -68,10 +73,20 @@ def fail(instance, failing_job=failing_daily_job):
     return result.run_id
 
 
+def alerted_runs(slack) -> list[str]:
+    return [message["text"].splitlines()[-1].rsplit("/", 1)[-1] for message in slack.delivered]
+
+
+def pending_runs(cursor: str) -> list[str]:
+    return json.loads(cursor)["pending"]
+
+
 # --- run failure alerts --------------------------------------------------------------------------
 
 
-def test_a_failure_alert_that_could_not_be_delivered_is_sent_on_a_later_tick_once(defs, instance):
+def test_a_failure_alert_that_could_not_be_delivered_is_logged_and_sent_on_a_later_tick_once(
+    defs, instance, capfd
+):
     with SlackStub() as slack:
         slack.always(server_error())  # every attempt, retries included
         env = dagster_env(
@@ -80,8 +95,14 @@ def test_a_failure_alert_that_could_not_be_delivered_is_sent_on_a_later_tick_onc
         with environment(env):
             started = tick(defs, instance, "run_failure_alerts", None)
             run_id = fail(instance)
+            capfd.readouterr()
             undelivered = tick(defs, instance, "run_failure_alerts", started.cursor)
             assert slack.requests and slack.delivered == []
+            # in the daemon's log, not only in the tick's skip reason
+            log = capfd.readouterr().err
+            assert (
+                f"the failure alert of run {run_id} (daily_pipeline) could not be delivered: HTTP 500" in log
+            )
             slack.always(OK)
             delivered = tick(defs, instance, "run_failure_alerts", undelivered.cursor)
             assert len(slack.delivered) == 1
@@ -104,8 +125,111 @@ def test_runs_that_failed_before_the_first_tick_or_in_other_jobs_are_not_alerted
             second = fail(instance)
             after = tick(defs, instance, "run_failure_alerts", started.cursor)
             tick(defs, instance, "run_failure_alerts", after.cursor)
-        links = [message["text"].splitlines()[-1] for message in slack.delivered]
-    assert [link.rsplit("/", 1)[-1] for link in links] == [first, second]
+        assert alerted_runs(slack) == [first, second]
+
+
+@pytest.mark.parametrize("broken", ["message", "run lookup"])
+def test_an_error_on_the_second_alert_of_a_tick_keeps_the_first_sent(
+    broken, defs, instance, monkeypatch, capfd
+):
+    # the cursor is saved only when a tick returns: an error escaping it would send the first again
+    with SlackStub() as slack:
+        with environment(dagster_env(SLACK_WEBHOOK_URL=slack.url)):
+            started = tick(defs, instance, "run_failure_alerts", None)
+            first, second = fail(instance), fail(instance)
+            with monkeypatch.context() as patch:
+                if broken == "message":
+                    build = ops_alerts.failure_message
+
+                    def failing_message(instance, run, base_url):
+                        if run.run_id == second:
+                            raise KeyError("step_failure_data")
+                        return build(instance, run, base_url)
+
+                    patch.setattr(ops_alerts, "failure_message", failing_message)
+                else:
+                    lookup = instance.get_run_by_id
+
+                    def failing_lookup(run_id):
+                        if run_id == second:
+                            raise ConnectionError("the run storage went away")
+                        return lookup(run_id)
+
+                    patch.setattr(instance, "get_run_by_id", failing_lookup)
+                capfd.readouterr()
+                broken_tick = tick(defs, instance, "run_failure_alerts", started.cursor)
+            assert alerted_runs(slack) == [first]
+            assert pending_runs(broken_tick.cursor) == [second]
+            assert f"the failure alert of run {second} could not be sent" in capfd.readouterr().err
+            tick(defs, instance, "run_failure_alerts", broken_tick.cursor)
+        assert alerted_runs(slack) == [first, second]
+
+
+def test_a_run_whose_alert_cannot_be_built_does_not_hold_back_the_others(defs, instance, monkeypatch):
+    with SlackStub() as slack:
+        with environment(dagster_env(SLACK_WEBHOOK_URL=slack.url)):
+            started = tick(defs, instance, "run_failure_alerts", None)
+            unbuildable, other = fail(instance), fail(instance)
+            build = ops_alerts.failure_message
+
+            def failing_message(instance, run, base_url):
+                if run.run_id == unbuildable:
+                    raise KeyError("step_failure_data")
+                return build(instance, run, base_url)
+
+            monkeypatch.setattr(ops_alerts, "failure_message", failing_message)
+            first = tick(defs, instance, "run_failure_alerts", started.cursor)
+            second = tick(defs, instance, "run_failure_alerts", first.cursor)
+        assert alerted_runs(slack) == [other]
+        assert pending_runs(second.cursor) == [unbuildable]
+
+
+def test_a_tick_starts_no_send_once_its_time_is_spent(defs, instance):
+    # a tick the daemon gives up on keeps its old cursor: what it sent after that would be sent again
+    with SlackStub() as slack:
+        with environment(dagster_env(SLACK_WEBHOOK_URL=slack.url)):
+            started = tick(defs, instance, "run_failure_alerts", None)
+            runs = [fail(instance) for _ in range(3)]
+            context = build_sensor_context(instance=instance, cursor=started.cursor, definitions=defs)
+            # each message takes 15 s of this clock: the second starts at 15 s, the third would at 30 s
+            result = ops_alerts.alert_failed_runs(
+                context, budget_seconds=20, clock=lambda: 15.0 * len(slack.requests)
+            )
+            assert alerted_runs(slack) == runs[:2]
+            assert pending_runs(context.cursor) == runs[2:]
+            assert "20 s are spent" in result.skip_message
+            tick(defs, instance, "run_failure_alerts", context.cursor)
+        assert alerted_runs(slack) == runs
+
+
+def test_undelivered_alerts_beyond_the_limit_are_dropped_oldest_first_and_logged(defs, instance, capfd):
+    with SlackStub() as slack:
+        slack.always(server_error())
+        with environment(dagster_env(SLACK_WEBHOOK_URL=slack.url, ALERT_HTTP_RETRIES="0")):
+            started = tick(defs, instance, "run_failure_alerts", None)
+            runs = [fail(instance) for _ in range(3)]
+            context = build_sensor_context(instance=instance, cursor=started.cursor, definitions=defs)
+            capfd.readouterr()
+            ops_alerts.alert_failed_runs(context, max_pending=2)
+    assert pending_runs(context.cursor) == runs[1:]
+    log = capfd.readouterr().err
+    assert f"1 run failure alert(s) dropped undelivered, more than 2 were waiting; runs: {runs[0]}" in log
+
+
+def test_failures_after_the_previous_run_failure_sensors_cursor_are_alerted_on_the_first_tick(defs, instance):
+    fail(instance)  # the previous sensor (Dagster's run_failure_sensor) alerted this one
+    handled = instance.fetch_run_status_changes(DagsterEventType.RUN_FAILURE, limit=1).records[0]
+    handled_at = dt.datetime.fromtimestamp(handled.timestamp, dt.UTC).isoformat()
+    previous_cursor = RunStatusSensorCursor(
+        record_id=handled.storage_id, record_timestamp=handled_at
+    ).to_json()
+    assert json.loads(previous_cursor)["__class__"] == "RunStatusSensorCursor"
+    failed_during_upgrade = fail(instance)
+    with SlackStub() as slack:
+        with environment(dagster_env(SLACK_WEBHOOK_URL=slack.url)):
+            upgraded = tick(defs, instance, "run_failure_alerts", previous_cursor)
+            tick(defs, instance, "run_failure_alerts", upgraded.cursor)
+        assert alerted_runs(slack) == [failed_during_upgrade]
 
 
 # --- the channel ---------------------------------------------------------------------------------
@@ -123,6 +247,16 @@ def test_a_typo_in_a_balance_alert_setting_does_not_silence_the_ops_alerts(
             tick(defs, instance, "freshness_alerts", None)
         assert len(slack.delivered) == 1
         assert "no export folder" in slack.delivered[0]["text"]
+
+
+def test_a_long_slack_retry_after_leaves_the_ops_alert_to_a_later_tick_instead_of_waiting():
+    # a tick that waits out a long Retry-After outlives Dagster's limit, and its sends are repeated
+    with SlackStub() as slack:
+        slack.always(rate_limited(retry_after=30))
+        channel = notify.channel_from_environment({"SLACK_WEBHOOK_URL": slack.url})
+        outcome = channel.send(notify.OpsMessage("Pipeline run failed: daily_pipeline"))
+        assert not outcome.delivered
+        assert len(slack.requests) == 1
 
 
 @pytest.mark.parametrize(
@@ -146,33 +280,53 @@ def test_an_unusable_webhook_setting_prints_the_ops_alert_and_says_why(setting, 
 # --- freshness -----------------------------------------------------------------------------------
 
 
-def make_warehouse(database, covered: dt.date | None, fact_ends: dt.date) -> None:
-    """raw.load_log with EXPORTS, a build record covering up to `covered` (None: no build yet), and a
-    fact whose last day is `fact_ends` (the fact has rows only for days with ledger entries)."""
+def load(database, *exports: dt.date) -> None:
+    """Log `exports` as loaded, in the loader's own tables (created as the loader creates them)."""
     with database.connect("transformer", autocommit=True) as conn:
-        conn.execute("create table raw.load_log (export_date date not null)")
-        conn.cursor().executemany("insert into raw.load_log values (%s)", [(day,) for day in EXPORTS])
-        conn.execute(f"create table {FACT} (balance_date date not null)")
-        conn.execute(f"insert into {FACT} values (%s)", (fact_ends,))
-        if covered is not None:
-            refresh.record_build(conn, refresh.BuildState("rules", "project", "exports", covered))
+        ledger.ensure_tables(conn)
+        for day in exports:
+            ledger.log_export(
+                conn,
+                LoadLogRow(
+                    export_date=day,
+                    source=f"exports/{day}",
+                    invoices_sha256=f"sha-{day}",
+                    organizations_sha256=None,
+                    invoice_rows=0,
+                    invoices_new=0,
+                    invoices_changed=0,
+                    invoices_unchanged=0,
+                    organization_rows=0,
+                    organizations_new=0,
+                    organizations_changed=0,
+                    loaded_at=dt.datetime.now(dt.UTC),
+                    duration_seconds=0.1,
+                ),
+            )
 
 
 def cover(database, covered: dt.date) -> None:
+    """Record a successful build covering the exports up to `covered`."""
     with database.connect("transformer", autocommit=True) as conn:
         refresh.record_build(conn, refresh.BuildState("rules", "project", "exports", covered))
 
 
-def fresh_export_folder(tmp_path) -> None:
-    (tmp_path / "exports" / EXPORTS[-1].isoformat()).mkdir(parents=True)
+def fresh_export_folder(tmp_path, day: dt.date = EXPORTS[-1]) -> None:
+    (tmp_path / "exports" / day.isoformat()).mkdir(parents=True)
 
 
-def test_quiet_export_days_are_fresh_when_the_last_build_covered_every_loaded_export(
+def in_progress(instance, job_name: str) -> DagsterRun:
+    run = DagsterRun(job_name=job_name, run_id=str(uuid.uuid4()), status=DagsterRunStatus.STARTED)
+    instance.add_run(run)
+    return run
+
+
+def test_the_fact_is_fresh_while_the_last_build_covered_every_loaded_export(
     defs, instance, make_database, tmp_path
 ):
     database = make_database()
-    # two exports without a ledger entry: the fact ends two days before the newest export
-    make_warehouse(database, covered=EXPORTS[-1], fact_ends=EXPORTS[0])
+    load(database, *EXPORTS)
+    cover(database, EXPORTS[-1])
     fresh_export_folder(tmp_path)
     with SlackStub() as slack:
         env = dagster_env(database.env(), CSV_DIR=str(tmp_path), SLACK_WEBHOOK_URL=slack.url)
@@ -191,7 +345,7 @@ def test_quiet_export_days_are_fresh_when_the_last_build_covered_every_loaded_ex
 
 def test_loaded_exports_without_a_successful_build_are_stale(make_database, tmp_path):
     database = make_database()
-    make_warehouse(database, covered=None, fact_ends=EXPORTS[-1])
+    load(database, *EXPORTS)
     fresh_export_folder(tmp_path)
     with environment(dagster_env(database.env(), CSV_DIR=str(tmp_path))):
         freshness = check_freshness(dt.datetime.now(dt.UTC), max_age_hours=26)
@@ -204,17 +358,15 @@ def test_a_run_starting_while_the_fact_is_stale_sends_no_recovery_until_a_build_
     defs, instance, make_database, tmp_path
 ):
     database = make_database()
-    make_warehouse(database, covered=EXPORTS[0], fact_ends=EXPORTS[0])
+    load(database, *EXPORTS)
+    cover(database, EXPORTS[0])
     fresh_export_folder(tmp_path)
     with SlackStub() as slack:
         env = dagster_env(database.env(), CSV_DIR=str(tmp_path), SLACK_WEBHOOK_URL=slack.url)
         with environment(env):
             stale = tick(defs, instance, "freshness_alerts", None)
             assert [m["text"].splitlines()[0] for m in slack.delivered] == ["Data is stale"]
-            run = DagsterRun(
-                job_name="daily_pipeline", run_id=str(uuid.uuid4()), status=DagsterRunStatus.STARTED
-            )
-            instance.add_run(run)
+            run = in_progress(instance, "__ASSET_JOB")  # "Materialize all", not the daily job
             during = tick(defs, instance, "freshness_alerts", stale.cursor)
             assert len(slack.delivered) == 1, slack.delivered[-1]["text"]
             cover(database, EXPORTS[-1])  # the run's build succeeds
@@ -226,11 +378,55 @@ def test_a_run_starting_while_the_fact_is_stale_sends_no_recovery_until_a_build_
         assert slack.delivered[1]["text"].startswith(f"Data is fresh again\nresolved: {FACT} is behind")
 
 
+def test_while_init_sh_holds_the_pipeline_lock_a_lagging_fact_keeps_the_last_verdict(
+    defs, instance, make_database, tmp_path
+):
+    database = make_database()
+    load(database, *EXPORTS)
+    cover(database, EXPORTS[-1])
+    fresh_export_folder(tmp_path)
+    with SlackStub() as slack:
+        env = dagster_env(database.env(), CSV_DIR=str(tmp_path), SLACK_WEBHOOK_URL=slack.url)
+        with environment(env):
+            cursor = tick(defs, instance, "freshness_alerts", None).cursor
+            with pipeline.PipelineLock(timeout=0):  # the dbt container's run, outside Dagster
+                load(database, dt.date(2024, 7, 4))  # loaded, not built yet
+                cursor = tick(defs, instance, "freshness_alerts", cursor).cursor
+                assert slack.requests == []
+            tick(defs, instance, "freshness_alerts", cursor)  # its build failed: now it counts
+        assert [m["text"].splitlines()[0] for m in slack.delivered] == ["Data is stale"]
+
+
+def test_the_previous_releases_cursor_keeps_its_problems_as_the_facts_verdict(
+    defs, instance, make_database, tmp_path
+):
+    database = make_database()
+    load(database, *EXPORTS)
+    cover(database, EXPORTS[1])
+    fresh_export_folder(tmp_path)
+    behind = (
+        f"{FACT} is behind: exports up to 2024-07-03 are loaded, "
+        "the last successful build covered up to 2024-07-02"
+    )
+    previous_cursor = json.dumps({"stale": True, "problems": [behind]})
+    with SlackStub() as slack:
+        env = dagster_env(database.env(), CSV_DIR=str(tmp_path), SLACK_WEBHOOK_URL=slack.url)
+        with environment(env):
+            run = in_progress(instance, "daily_pipeline")
+            cover(database, EXPORTS[-1])  # the run has built, and is still running
+            cursor = tick(defs, instance, "freshness_alerts", previous_cursor).cursor
+            assert slack.requests == []  # still stale until the run is over
+            instance.delete_run(run.run_id)
+            tick(defs, instance, "freshness_alerts", cursor)
+        assert [m["text"] for m in slack.delivered] == [f"Data is fresh again\nresolved: {behind}"]
+
+
 def test_a_fact_gone_stale_after_the_stale_alert_still_counts_while_a_run_is_in_progress(
     defs, instance, make_database, tmp_path
 ):
     database = make_database()
-    make_warehouse(database, covered=EXPORTS[-1], fact_ends=EXPORTS[-1])
+    load(database, *EXPORTS)
+    cover(database, EXPORTS[-1])
     old = tmp_path / "exports" / EXPORTS[-1].isoformat()
     old.mkdir(parents=True)
     landed = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=30)).timestamp()
@@ -241,11 +437,7 @@ def test_a_fact_gone_stale_after_the_stale_alert_still_counts_while_a_run_is_in_
             cursor = tick(defs, instance, "freshness_alerts", None).cursor  # stale: no new export
             cover(database, EXPORTS[1])  # then a build fails: still stale, nothing new to say
             cursor = tick(defs, instance, "freshness_alerts", cursor).cursor
-            instance.add_run(
-                DagsterRun(
-                    job_name="daily_pipeline", run_id=str(uuid.uuid4()), status=DagsterRunStatus.STARTED
-                )
-            )
+            in_progress(instance, "daily_pipeline")
             (tmp_path / "exports" / "2024-07-04").mkdir()  # a new export: its run is in progress
             tick(defs, instance, "freshness_alerts", cursor)
         assert [m["text"].splitlines()[0] for m in slack.delivered] == ["Data is stale"]

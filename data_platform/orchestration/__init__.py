@@ -7,7 +7,7 @@ Modules, one job each:
     schedules    the daily job and its schedule (PIPELINE_SCHEDULE)
     sensors      a new export folder, once complete and unchanged, starts one run
     notify       operations messages through the balance alerts' destinations (Slack webhook or stdout)
-    ops_alerts   run failure and freshness alerts, recorded so a tick never repeats one
+    ops_alerts   run failure and freshness alerts, each kept in the sensor's cursor until delivered
     definitions  the one `Definitions` object (`dagster dev -m data_platform.orchestration.definitions`)
     startup      before the daemon starts: fail the runs a previous daemon container left in progress
 

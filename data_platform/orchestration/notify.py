@@ -5,13 +5,15 @@ SLACK_WEBHOOK_URL_FILE names) and ALERT_HTTP_*, read by the same `alerts.config`
 alert_script.py. Only those: a typo in one of the balance alerts' other settings (ALERT_MIN_CHANGE_USD...)
 fails their run, and the alert about that failure must still go out; an invalid webhook or HTTP setting
 sends the message to stdout, with why. A Slack message goes through `alerts.delivery.retry_handlers`
-(bounded retries on 429/5xx/network errors) with every error text scrubbed by `alerts.delivery.redact`;
+(bounded retries on 429/5xx/network errors; a Retry-After over OPS_MAX_RETRY_AFTER_SECONDS is not waited
+for) with every error text scrubbed by `alerts.delivery.redact`;
 the result is an `alerts.delivery.Outcome`. The balance alert channels format an organization's balance
 alerts, so an operations message has its own two channels of the same shape (`name`, `send() -> Outcome`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
@@ -25,6 +27,9 @@ from data_platform.alerts import config, delivery
 
 # first lines of an error shown in a message: enough to act on, short enough for Slack
 ERROR_LINES_SHOWN = 8
+# A sensor tick sends these, and Dagster gives up on a tick after 60 s while its sends go on: a longer
+# Slack Retry-After leaves the message to a later tick instead of being waited out.
+OPS_MAX_RETRY_AFTER_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -119,7 +124,11 @@ def channel_from_environment(environ: Mapping[str, str] | None = None) -> OpsCha
     env = os.environ if environ is None else environ
     try:
         url = config.webhook_url(env)
-        return SlackOpsChannel(url, config.http_settings(env)) if url else ConsoleOpsChannel()
+        if not url:
+            return ConsoleOpsChannel()
+        http = config.http_settings(env)
+        max_retry_after = min(http.max_retry_after, OPS_MAX_RETRY_AFTER_SECONDS)
+        return SlackOpsChannel(url, dataclasses.replace(http, max_retry_after=max_retry_after))
     except config.ConfigError as error:  # its text never repeats the URL
         return ConsoleOpsChannel(why=str(error))
 

@@ -1,27 +1,34 @@
 """Operations alerts: a run failed, or the data went stale (and recovered).
 
-Each alert is sent once, and one whose delivery failed is sent again on a later tick:
+An alert whose delivery failed is sent again on a later tick:
 
 - A failed run: each tick reads the instance's run failure events after the last one its cursor
-  records, and the cursor keeps the runs whose alert is not delivered yet; a run leaves it only once
-  its alert was delivered. Every run of this code location's jobs (the daily job, or assets
-  materialized alone) is watched, however it was started: by the schedule or a sensor, in the UI, or by
-  hand (`dagster job execute`, `dagster asset materialize`). The first tick starts from the newest
-  failure, so runs that failed before the sensor ever ran are not alerted.
+  records, and the cursor keeps the runs whose alert is not delivered yet; a run leaves it once its alert
+  was delivered. The cursor is saved even when a run's alert could not be built (that run waits for the
+  next tick), and a tick starts no send after FAILURE_TICK_BUDGET_SECONDS, so that a tick Dagster gives
+  up on does not leave sent alerts out of the cursor. A run counts by its job's name: the jobs of this
+  code location (the daily job, or assets materialized alone), however it was started: by the schedule
+  or a sensor, in the UI, or by hand (`dagster job execute`, `dagster asset materialize`); a job of the
+  same name in another code location of the instance would count too. The first tick starts from the
+  newest failure, so runs that failed before the sensor ever ran are not alerted; the cursor of the
+  run failure sensor this one replaced is carried on from the last event it read.
 - Freshness (stale: no new export folder for EXPORT_MAX_AGE_HOURS, or exports loaded that no successful
   build covered): the cursor records whether the last alert said stale or fresh, and a tick sends only
   when that changes (and moves that record only once the message was delivered). It also keeps what the
-  last tick found, so that while the daily job runs, when the fact lags the exports it is loading, the
-  last verdict about the fact stands instead of a new one.
+  last tick found, so that while a run is in progress (a Dagster run of any job, or init.sh's run, which
+  holds the pipeline lock), when the fact lags the exports it is loading, the last verdict about the fact
+  stands instead of a new one.
 """
 
 import datetime as dt
 import json
 import os
 import re
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+import psycopg
 from dagster import (
     DagsterEventType,
     DagsterInstance,
@@ -45,6 +52,7 @@ from data_platform.orchestration.notify import (
 )
 from data_platform.orchestration.schedules import daily_job
 from data_platform.orchestration.sensors import export_folders, exports_dir
+from data_platform.pipeline import LOCK_KEY as PIPELINE_LOCK_KEY
 
 DEFAULT_EXPORT_MAX_AGE_HOURS = 26.0
 FACT = "marts.fct_organization_daily_financials"
@@ -52,6 +60,16 @@ IN_PROGRESS = [DagsterRunStatus.QUEUED, DagsterRunStatus.STARTING, DagsterRunSta
 FAILURE_EVENTS_READ = 100  # a tick reads up to this many new failures; the next tick the rest
 # a backlog is sent a few messages a tick, so that a tick ends well within the daemon's time limit
 FAILURE_ALERTS_PER_TICK = 5
+# Dagster gives up on a tick after DAGSTER_SENSOR_GRPC_TIMEOUT_SECONDS (60 by default) and keeps its old
+# cursor while the code server goes on sending, so the next tick would send those alerts again: a tick
+# starts no send after this many seconds, leaving the rest of the minute to the send under way (an HTTP
+# attempt gives up after ALERT_HTTP_TIMEOUT, 10 s by default, and a Retry-After over
+# notify.OPS_MAX_RETRY_AFTER_SECONDS is not waited for).
+FAILURE_TICK_BUDGET_SECONDS = 20.0
+# a destination down for days must not grow the cursor without end: beyond this, the oldest are dropped
+MAX_PENDING_FAILURE_ALERTS = 300
+# what Dagster's run status sensors (run_failure_sensor) name their cursor in its serialized form
+RUN_STATUS_SENSOR_CURSORS = ("RunStatusSensorCursor", "PipelineSensorCursor")
 
 
 def failure_message(instance: DagsterInstance, run: DagsterRun, base_url: str) -> OpsMessage:
@@ -80,16 +98,27 @@ def failure_message(instance: DagsterInstance, run: DagsterRun, base_url: str) -
 
 def _failure_cursor(cursor: str | None) -> tuple[int, list[str]] | None:
     """(the storage id of the last failure event read, the runs whose alert is not delivered yet), or
-    None before the first tick (or from a cursor of another kind)."""
+    None before the first tick (or from a cursor of another kind). The run failure sensor this one
+    replaced recorded the storage id of the last run status event it handled (`record_id`, the ids
+    fetch_run_status_changes reads after): it goes on from there, so no failure is lost on the upgrade."""
     try:
         state = json.loads(cursor or "")
+        if state.get("__class__") in RUN_STATUS_SENSOR_CURSORS:
+            return int(state["record_id"]), []
         return int(state["after"]), [str(run_id) for run_id in state["pending"]]
-    except (ValueError, TypeError, KeyError):
+    except (ValueError, TypeError, KeyError, AttributeError):
         return None
 
 
-@sensor(name="run_failure_alerts", minimum_interval_seconds=30, default_status=DefaultSensorStatus.RUNNING)
-def run_failure_alerts(context: SensorEvaluationContext):
+def alert_failed_runs(
+    context: SensorEvaluationContext,
+    *,
+    budget_seconds: float = FAILURE_TICK_BUDGET_SECONDS,
+    max_pending: int = MAX_PENDING_FAILURE_ALERTS,
+    clock: Callable[[], float] = time.monotonic,
+) -> SkipReason:
+    """One tick of run_failure_alerts; the cursor is saved however the sends went."""
+    started = clock()
     instance = context.instance
     recorded = _failure_cursor(context.cursor)
     if recorded is None:
@@ -111,25 +140,52 @@ def run_failure_alerts(context: SensorEvaluationContext):
         if entry.job_name in jobs and entry.run_id not in pending:
             pending.append(entry.run_id)
     after = events[-1].storage_id if events else after
+    if len(pending) > max_pending:
+        dropped, pending = pending[:-max_pending], pending[-max_pending:]
+        context.log.error(
+            f"{len(dropped)} run failure alert(s) dropped undelivered, more than {max_pending} were "
+            f"waiting; runs: {', '.join(dropped)}"
+        )
 
-    channel, base_url, sent, error = channel_from_environment(), dagster_base_url(), 0, None
+    channel, base_url, sent, problem = channel_from_environment(), dagster_base_url(), 0, None
     for run_id in pending[:FAILURE_ALERTS_PER_TICK]:
-        run = instance.get_run_by_id(run_id)
-        if run is not None:  # None: deleted since, nothing left to alert about
-            outcome = channel.send(failure_message(instance, run, base_url))
+        if clock() - started >= budget_seconds:
+            problem = f"this tick's {budget_seconds:g} s are spent"
+            break
+        try:
+            run = instance.get_run_by_id(run_id)
+            # None: deleted since, nothing left to alert about
+            outcome = channel.send(failure_message(instance, run, base_url)) if run is not None else None
+        except Exception as error:
+            context.log.exception(f"the failure alert of run {run_id} could not be sent; retried next tick")
+            # last in line, so that a run whose alert cannot be built does not hold back the others
+            pending.remove(run_id)
+            pending.append(run_id)
+            problem = f"the failure alert of run {run_id} could not be sent ({type(error).__name__})"
+            break
+        if outcome is not None:
             if not outcome.delivered:
-                error = outcome.error
+                context.log.error(
+                    f"the failure alert of run {run_id} ({run.job_name}) could not be delivered: "
+                    f"{outcome.error}; retried next tick"
+                )
+                problem = f"a run failure alert could not be delivered ({outcome.error})"
                 break  # the destination fails: the rest wait with this one
             sent += 1
         pending.remove(run_id)
     context.update_cursor(json.dumps({"after": after, "pending": pending}))
-    if error:
+    if problem:
         return SkipReason(
-            f"a run failure alert could not be delivered ({error}); {len(pending)} wait for the next tick"
+            f"sent {sent} run failure alert(s); {problem}; {len(pending)} wait for the next tick"
         )
     if not sent and not pending:
         return SkipReason("no failed run to alert about")
     return SkipReason(f"sent {sent} run failure alert(s)" + (f"; {len(pending)} wait" if pending else ""))
+
+
+@sensor(name="run_failure_alerts", minimum_interval_seconds=30, default_status=DefaultSensorStatus.RUNNING)
+def run_failure_alerts(context: SensorEvaluationContext):
+    return alert_failed_runs(context)
 
 
 @dataclass(frozen=True)
@@ -192,6 +248,34 @@ def _fact_problems() -> tuple[str, ...]:
     return (f"{FACT} is behind: exports up to {newest} are loaded, {built}",)
 
 
+# A session's lock on a bigint key, as PipelineLock takes it (pg_try_advisory_lock(hashtext(key)), the
+# int4 hash widened to bigint), shows in pg_locks as classid (its high 32 bits), objid (its low 32 bits)
+# and objsubid 1.
+PIPELINE_LOCK_HELD_SQL = """
+    select exists (
+        select from pg_locks
+        where locktype = 'advisory' and granted and objsubid = 1
+            and database = (select oid from pg_database where datname = current_database())
+            and ((classid::bigint << 32) | objid::bigint) = hashtext(%s)::bigint
+    )
+"""
+
+
+def pipeline_lock_held(conn: psycopg.Connection) -> bool:
+    """Whether a session holds the pipeline's lock (data_platform.pipeline.PipelineLock): init.sh's run,
+    or a Dagster step that takes it."""
+    return conn.execute(PIPELINE_LOCK_HELD_SQL, (PIPELINE_LOCK_KEY,)).fetchone()[0]
+
+
+def run_in_progress(instance: DagsterInstance) -> bool:
+    """A Dagster run of any job (the daily job, "Materialize all", `dagster asset materialize`...) or
+    init.sh's run (the dbt container, outside Dagster: it holds the pipeline lock)."""
+    if instance.get_run_records(filters=RunsFilter(statuses=IN_PROGRESS), limit=1):
+        return True
+    with connect() as conn:
+        return pipeline_lock_held(conn)
+
+
 def check_freshness(now: dt.datetime, max_age_hours: float, fact: tuple[str, ...] | None = None) -> Freshness:
     """The export folders judged at `now`; the fact judged too, unless `fact` gives the verdict to keep."""
     return Freshness(_export_problems(now, max_age_hours), _fact_problems() if fact is None else fact)
@@ -202,6 +286,10 @@ def _recorded(cursor: str | None) -> tuple[bool, Freshness]:
     if not cursor:
         return False, Freshness()  # nothing said yet: assume fresh, so the first stale tick alerts
     state = json.loads(cursor)
+    if "problems" in state:
+        # an earlier release's cursor, before the fact's verdict was kept apart: its problems stand for
+        # that verdict, so a tick during a run keeps them and "fresh again" names them as resolved
+        return state["stale"], Freshness(fact=tuple(state["problems"]))
     return state["stale"], Freshness(tuple(state.get("exports", ())), tuple(state.get("fact", ())))
 
 
@@ -212,11 +300,9 @@ def _cursor(said_stale: bool, found: Freshness) -> str:
 @sensor(name="freshness_alerts", minimum_interval_seconds=300, default_status=DefaultSensorStatus.RUNNING)
 def freshness_alerts(context: SensorEvaluationContext):
     said_stale, last = _recorded(context.cursor)
-    # while the daily job runs, the fact lags the exports it is loading: keep the last verdict about
+    # while a run is in progress, the fact lags the exports it is loading: keep the last verdict about
     # it (stale stays stale, fresh stays fresh) until a tick after the run judges it again
-    running = context.instance.get_run_records(
-        filters=RunsFilter(job_name=daily_job.name, statuses=IN_PROGRESS), limit=1
-    )
+    running = run_in_progress(context.instance)
     now = dt.datetime.now(dt.UTC)
     current = check_freshness(now, export_max_age_hours(), fact=last.fact if running else None)
     if current.stale == said_stale:
