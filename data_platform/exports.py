@@ -55,7 +55,7 @@ def _base_export(csv_dir: Path, as_of: date | None) -> Export | None:
     return Export(csv_dir, invoices, organizations, as_of)
 
 
-def _dated_exports(csv_dir: Path) -> list[Export]:
+def _dated_exports(csv_dir: Path, through: date | None) -> list[Export]:
     folder = csv_dir / EXPORTS_FOLDER
     if not folder.is_dir():
         return []
@@ -69,6 +69,8 @@ def _dated_exports(csv_dir: Path) -> list[Export]:
                 entry,
                 f"unexpected entry in {folder}: expected only folders named YYYY-MM-DD holding invoices.csv",
             )
+        if through is not None and day > through:
+            continue  # left for a later run, which may find it complete
         invoices = entry / INVOICES.file_name
         if not invoices.is_file():
             raise LoadError(invoices, "file not found: every dated export folder must hold invoices.csv")
@@ -77,15 +79,16 @@ def _dated_exports(csv_dir: Path) -> list[Export]:
     return found
 
 
-def discover(csv_dir: Path | str, as_of: date | None = None) -> list[Export]:
-    """Every export under csv_dir in load order: by export date, the undated base one first."""
+def discover(csv_dir: Path | str, as_of: date | None = None, through: date | None = None) -> list[Export]:
+    """Every export under csv_dir in load order: by export date, the undated base one first; with
+    `through`, the dated folders after that day are left out (not even looked into)."""
     csv_dir = Path(csv_dir)
     if not csv_dir.is_dir():
         raise LoadError(csv_dir, "CSV directory not found (set --csv-dir or CSV_DIR)")
     base = _base_export(csv_dir, as_of)
     if as_of is not None and base is None:
         raise LoadError(csv_dir, "--as-of dates the single-file export, but there is no invoices.csv here")
-    dated = _dated_exports(csv_dir)
+    dated = _dated_exports(csv_dir, through)
     if base is None and not dated:
         raise LoadError(
             csv_dir,

@@ -249,6 +249,7 @@ def load_exports(
     csv_dir: Path | str,
     *,
     as_of: date | None = None,
+    through: date | None = None,
     allow_empty: bool = False,
     block_size: int = BLOCK_SIZE,
     progress: Progress | None = None,
@@ -262,7 +263,7 @@ def load_exports(
     """
     if not conn.autocommit:
         raise ValueError("load_exports needs an autocommit connection: each export commits on its own")
-    exports = discover(csv_dir, as_of)
+    exports = discover(csv_dir, as_of, through)
     locked = conn.execute("select pg_try_advisory_lock(hashtext(%s))", [ADVISORY_LOCK_KEY]).fetchone()[0]
     if not locked:
         raise LoadError(None, "another loader run is in progress on this database; retry when it ends")
@@ -333,6 +334,12 @@ def main(argv: list[str] | None = None) -> int:
         help="export date of the single-file export (default: the latest CREATED_AT day in it)",
     )
     parser.add_argument(
+        "--through",
+        type=_as_of,
+        help="load the dated export folders up to this day only, leaving later ones for a later run "
+        "(the daily profile's export sensor judged the folders up to this day complete)",
+    )
+    parser.add_argument(
         "--allow-empty",
         action="store_true",
         help="load an export whose files have a header but no data rows (else an error)",
@@ -348,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
                 conn,
                 args.csv_dir,
                 as_of=args.as_of,
+                through=args.through,
                 allow_empty=args.allow_empty,
                 progress=ProgressReporter(),
                 report=report,

@@ -307,9 +307,11 @@ def wait_for_database(settings: Settings) -> None:
     print(f"database {describe_target()} is ready")
 
 
-def load_exports(settings: Settings) -> None:
-    step(f"loading the exports in {settings.csv_dir}")
-    code = run_child([sys.executable, "-m", "data_platform.loader", "--csv-dir", settings.csv_dir])
+def load_exports(settings: Settings, through: str | None = None) -> None:
+    """Load every pending export; `through` (YYYY-MM-DD): only the dated folders up to that day."""
+    step(f"loading the exports in {settings.csv_dir}" + (f" up to {through}" if through else ""))
+    command = [sys.executable, "-m", "data_platform.loader", "--csv-dir", settings.csv_dir]
+    code = run_child(command + (["--through", through] if through else []))
     if code:
         raise PipelineError("the load failed; the warehouse is unchanged (see the error above)", code)
 

@@ -490,3 +490,19 @@ def test_a_daily_export_leaves_statistics_that_know_its_day(conn, tmp_path):
         "select reltuples from pg_class where oid = 'raw.invoice_versions'::regclass"
     ).fetchone()
     assert estimated == (205,)
+
+
+def test_through_loads_the_folders_up_to_that_day_and_leaves_later_ones_for_a_later_run(conn, csv_dir):
+    # the export sensor's run loads what it judged complete; a later folder may still be being copied
+    write_export(csv_dir, "2024-01-02", [PAID])
+    being_copied = csv_dir / "exports" / "2024-01-03"
+    being_copied.mkdir()  # no invoices.csv yet: an error for a run that looks into it
+    loaded = load_exports(conn, csv_dir, through=date(2024, 1, 2))
+    assert [(r.export_date, r.skipped) for r in loaded] == [
+        (date.fromisoformat(BASE_DATE), True),
+        (date(2024, 1, 2), False),
+    ]
+    with pytest.raises(LoadError, match=r"must hold invoices\.csv"):
+        load_exports(conn, csv_dir)
+    write(being_copied / "invoices.csv", [INVOICE_LINES[0], invoice(1)])
+    assert [r.export_date for r in load_exports(conn, csv_dir) if not r.skipped] == [date(2024, 1, 3)]

@@ -19,8 +19,9 @@ from dagster._core.test_utils import create_run_for_test
 from orchestration_support import dagster_env, environment
 from test_compose import PROJECT_ROOT, run_compose_config
 
+from data_platform.orchestration import sensors
 from data_platform.orchestration.schedules import daily_job
-from data_platform.orchestration.sensors import new_export_sensor
+from data_platform.orchestration.sensors import EXPORT_DAY_TAG, new_export_sensor
 
 DAEMON_COMMAND = ["dagster-daemon", "run", "-m", "data_platform.orchestration.definitions"]
 
@@ -80,7 +81,7 @@ def test_a_complete_folder_starts_one_run_once_it_stopped_changing(exports, tick
     assert run_keys(grown) == []
     settled = tick(grown.cursor)
     assert run_keys(settled) == ["export-2024-07-02"]
-    assert settled.run_requests[0].tags["data_platform/export_day"] == "2024-07-02"
+    assert settled.run_requests[0].tags[EXPORT_DAY_TAG] == "2024-07-02"
     # requested once: the next ticks, unchanged or not, start nothing for it
     assert run_keys(tick(settled.cursor)) == []
     write(day / "organizations.csv", "ID\n1\n2\n3\n")
@@ -95,8 +96,10 @@ def test_a_folder_without_invoices_never_starts_a_run(exports, tick):
     assert run_keys(second) == [] and "invoices.csv" in (second.skip_message or "")
 
 
-def test_a_file_written_seconds_ago_is_not_settled_yet(exports, tick):
+def test_a_file_written_seconds_ago_is_not_settled_yet(exports, tick, monkeypatch):
     write(exports / "2024-07-02" / "invoices.csv", "ID\n1\n", age_seconds=0)
+    # however slow the machine, the two ticks come within the settling time
+    monkeypatch.setattr(sensors, "SETTLE_SECONDS", 3600)
     first = tick(None)
     second = tick(first.cursor)
     assert run_keys(first) == run_keys(second) == []
@@ -156,7 +159,9 @@ def daily_instance(tmp_path):
         yield instance
 
 
-def test_run_monitoring_fails_runs_that_never_start_or_never_end(daily_instance):
+def test_the_daily_instance_monitors_runs_that_never_start_or_never_end(daily_instance):
+    # the settings only: Dagster's monitoring daemon then fails such a run (a run failure event, which
+    # run_failure_alerts reads), also past its max runtime (it cancels, then marks the run failed)
     assert daily_instance.run_monitoring_enabled
     # a run worker imports Dagster and the definitions (parsing the dbt project when it changed)
     assert daily_instance.run_monitoring_start_timeout_seconds == 300

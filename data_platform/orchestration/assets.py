@@ -27,6 +27,7 @@ from data_platform import pipeline, secrets
 from data_platform.db import DatabaseUnavailable
 from data_platform.orchestration.environment import process_environment
 from data_platform.orchestration.project import BUILD_TARGET_PATH, dbt_project
+from data_platform.orchestration.sensors import EXPORT_DAY_TAG
 
 RAW_SOURCE = "payments"
 DAILY_FACT = "fct_organization_daily_financials"
@@ -106,13 +107,14 @@ RAW_TABLE_KEYS = get_asset_keys_by_output_name_for_source([dbt_models], RAW_SOUR
         for key in RAW_TABLE_KEYS.values()
     ],
 )
-def raw_tables():
-    """Wait for the database, then load every pending export in CSV_DIR (data_platform.loader)."""
+def raw_tables(context: AssetExecutionContext):
+    """Wait for the database, then load every pending export in CSV_DIR (data_platform.loader): up to
+    the export day of the sensor's run, else all."""
     with pipeline_step():
         settings = pipeline.Settings.from_environment()
         pipeline.wait_for_database(settings)
         with pipeline.PipelineLock(settings.lock_timeout_seconds):
-            pipeline.load_exports(settings)
+            pipeline.load_exports(settings, through=context.run.tags.get(EXPORT_DAY_TAG))
 
 
 @asset(

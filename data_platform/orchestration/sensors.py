@@ -6,7 +6,8 @@ loaded in part is final (exports are immutable), and one without its invoices fa
 run is requested only when every pending folder (newer than the last one a run was requested for)
 holds invoices.csv, their files (names, sizes, modification times) are the same as at the previous
 tick, and the newest of them is at least SETTLE_SECONDS old. Several folders landing together start
-one run (the loader loads every pending export); an unchanged set of folders starts none. An export
+one run; an unchanged set of folders starts none. The run loads the folders up to the newest day the
+sensor judged complete (its EXPORT_DAY_TAG), not one that lands while it waits in the queue. An export
 copied into a dot-named folder (ignored here and by the loader) and renamed into place is complete
 when it appears.
 
@@ -30,6 +31,9 @@ from data_platform.raw_tables import INVOICES
 EXPORTS_FOLDER = "exports"
 # a file written this recently may still be written to, even if the previous tick saw it the same
 SETTLE_SECONDS = 10
+# A run this sensor starts carries the newest export day it judged complete, and loads up to that day
+# only: a folder that lands while the run waits in the queue may still be being copied.
+EXPORT_DAY_TAG = "data_platform/export_day"
 
 
 def exports_dir(settings: Settings | None = None) -> Path:
@@ -101,6 +105,6 @@ def new_export_sensor(context: SensorEvaluationContext):
     if time.time_ns() - max(mtime for *_, mtime in files) < SETTLE_SECONDS * 1_000_000_000:
         return _waiting(f"the exports up to {newest} were written to in the last seconds", requested, digest)
     return SensorResult(
-        run_requests=[RunRequest(run_key=f"export-{newest}", tags={"data_platform/export_day": newest})],
+        run_requests=[RunRequest(run_key=f"export-{newest}", tags={EXPORT_DAY_TAG: newest})],
         cursor=json.dumps({"requested": newest}),
     )
