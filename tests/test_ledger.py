@@ -254,11 +254,13 @@ def test_the_ledger_check_fails_when_a_window_day_was_booked_wrong(ledger, corru
 
 def test_the_version_chain_check_fails_when_a_version_does_not_follow_its_predecessor(ledger, corrupted):
     database = ledger["database"]
+    versions = "intermediate.int_invoice_versions_enriched"
     changed_on_day_3 = database.query(
-        f"select min(invoice_id) from raw.invoice_versions where seen_on = '{DAY_3}' and version > 1"
+        f"select min(invoice_id) from {versions} where seen_on = '{DAY_3}' and version > 1"
     )[0][0]
     assert changed_on_day_3 is not None
-    corrupted("raw.invoice_versions", "version", f"seen_on = '{DAY_3}' and invoice_id = {changed_on_day_3}")
+    # the predecessor found is not the previous version
+    corrupted(versions, "previous_version", f"seen_on = '{DAY_3}' and invoice_id = {changed_on_day_3}")
     check = "assert_invoice_versions_follow_their_predecessor"
     for window in ({"LEDGER_WINDOW_START": DAY_3}, {}):
         result = dbt_test(database, check, **window)

@@ -36,6 +36,7 @@ previous_versions as (
     select
         later.invoice_id,
         later.version,
+        earlier.version as previous_version,
         earlier.organization_id,
         earlier.status,
         earlier.amount_usd,
@@ -87,6 +88,8 @@ enriched as (
         rules.invoiced_coefficient,
         rules.paid_coefficient,
         {{ rule_amounts('rules', 'versions') }},
+        versions.previous_seen_on,
+        previous_versions.previous_version,
         previous_versions.organization_id as previous_organization_id,
         previous_versions.status as previous_status,
         {{ rule_amounts('previous_rules', 'previous_versions', 'previous_') }}
