@@ -165,12 +165,17 @@ def wait_child(child: subprocess.Popen) -> int:
         return child.wait()
     except BaseException:
         child.send_signal(signal.SIGINT)
-        try:
-            child.wait(timeout=STOP_GRACE_SECONDS)
-        except BaseException:  # the grace period ran out, or a second stop request came
-            child.kill()
-            child.wait()
+        wait_or_kill(child)
         raise
+
+
+def wait_or_kill(child: subprocess.Popen) -> None:
+    """Give the child STOP_GRACE_SECONDS to end, then kill it; so does a second stop request."""
+    try:
+        child.wait(timeout=STOP_GRACE_SECONDS)
+    except BaseException:
+        child.kill()
+        child.wait()
 
 
 def _dbt() -> str:
@@ -216,15 +221,22 @@ class WarmDbt:
             self.child.send_signal(signal.SIGINT)
         with contextlib.suppress(BrokenPipeError):  # a command left in the buffer, for a stopped process
             self.child.stdin.close()
-        try:
-            self.child.wait(timeout=STOP_GRACE_SECONDS)
-        except BaseException:  # the grace period ran out, or a second stop request came
-            self.child.kill()
-            self.child.wait()
+        wait_or_kill(self.child)
 
 
 class PipelineLock:
     """A session advisory lock held for the run; a second run waits up to `timeout` seconds."""
+
+    # pg_locks shows a session's lock on a bigint key (hashtext's int4, widened) as classid (its high
+    # 32 bits), objid (its low 32 bits) and objsubid 1
+    HELD_SQL = """
+        select exists (
+            select from pg_locks
+            where locktype = 'advisory' and granted and objsubid = 1
+                and database = (select oid from pg_database where datname = current_database())
+                and ((classid::bigint << 32) | objid::bigint) = hashtext(%s)::bigint
+        )
+    """
 
     def __init__(self, timeout: float):
         self.timeout = timeout
@@ -252,6 +264,11 @@ class PipelineLock:
     def __exit__(self, *exc_info) -> None:
         if self.conn is not None:
             self.conn.close()  # ends the session, which releases the lock
+
+    @staticmethod
+    def held(conn: psycopg.Connection) -> bool:
+        """Whether some session holds the lock (init.sh's run, or a Dagster step), seen from `conn`."""
+        return conn.execute(PipelineLock.HELD_SQL, (LOCK_KEY,)).fetchone()[0]
 
 
 def failed_tests_report(target_dir: Path, limit: int = FAILED_ROWS_SHOWN) -> list[str]:

@@ -95,9 +95,9 @@ def apply_to_environ(environ: MutableMapping[str, str] | None = None) -> list[Se
         except SecretError as error:
             errors.append(error)
             continue
-        for resolved_name, value in values.items():
-            environ[resolved_name] = value
-            del environ[file_variable(resolved_name)]
+        if name in values:
+            environ[name] = values[name]
+            del environ[file_variable(name)]
     return errors
 
 

@@ -6,9 +6,9 @@ alert_script.py. Only those: a typo in one of the balance alerts' other settings
 fails their run, and the alert about that failure must still go out; an invalid webhook or HTTP setting
 sends the message to stdout, with why. A Slack message goes through `alerts.delivery.retry_handlers`
 (bounded retries on 429/5xx/network errors; a Retry-After over OPS_MAX_RETRY_AFTER_SECONDS is not waited
-for) with every error text scrubbed by `alerts.delivery.redact`;
-the result is an `alerts.delivery.Outcome`. The balance alert channels format an organization's balance
-alerts, so an operations message has its own two channels of the same shape (`name`, `send() -> Outcome`).
+for) with every error text scrubbed by `alerts.delivery.redact`; the result is an `alerts.delivery.Outcome`.
+The balance alert channels format an organization's balance alerts, so an operations message has its own
+two channels of the same shape (`name`, `send() -> Outcome`).
 """
 
 from __future__ import annotations

@@ -28,7 +28,6 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-import psycopg
 from dagster import (
     DagsterEventType,
     DagsterInstance,
@@ -52,7 +51,7 @@ from data_platform.orchestration.notify import (
 )
 from data_platform.orchestration.schedules import daily_job
 from data_platform.orchestration.sensors import export_folders, exports_dir
-from data_platform.pipeline import LOCK_KEY as PIPELINE_LOCK_KEY
+from data_platform.pipeline import PipelineLock
 
 DEFAULT_EXPORT_MAX_AGE_HOURS = 26.0
 FACT = "marts.fct_organization_daily_financials"
@@ -248,32 +247,13 @@ def _fact_problems() -> tuple[str, ...]:
     return (f"{FACT} is behind: exports up to {newest} are loaded, {built}",)
 
 
-# A session's lock on a bigint key, as PipelineLock takes it (pg_try_advisory_lock(hashtext(key)), the
-# int4 hash widened to bigint), shows in pg_locks as classid (its high 32 bits), objid (its low 32 bits)
-# and objsubid 1.
-PIPELINE_LOCK_HELD_SQL = """
-    select exists (
-        select from pg_locks
-        where locktype = 'advisory' and granted and objsubid = 1
-            and database = (select oid from pg_database where datname = current_database())
-            and ((classid::bigint << 32) | objid::bigint) = hashtext(%s)::bigint
-    )
-"""
-
-
-def pipeline_lock_held(conn: psycopg.Connection) -> bool:
-    """Whether a session holds the pipeline's lock (data_platform.pipeline.PipelineLock): init.sh's run,
-    or a Dagster step that takes it."""
-    return conn.execute(PIPELINE_LOCK_HELD_SQL, (PIPELINE_LOCK_KEY,)).fetchone()[0]
-
-
 def run_in_progress(instance: DagsterInstance) -> bool:
     """A Dagster run of any job (the daily job, "Materialize all", `dagster asset materialize`...) or
     init.sh's run (the dbt container, outside Dagster: it holds the pipeline lock)."""
     if instance.get_run_records(filters=RunsFilter(statuses=IN_PROGRESS), limit=1):
         return True
     with connect() as conn:
-        return pipeline_lock_held(conn)
+        return PipelineLock.held(conn)
 
 
 def check_freshness(now: dt.datetime, max_age_hours: float, fact: tuple[str, ...] | None = None) -> Freshness:
