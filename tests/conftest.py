@@ -341,6 +341,18 @@ def copy_project(destination: Path) -> Path:
 # The loader's tests share these: a module's own database, an empty raw layer per test, the base export.
 
 
+@pytest.fixture
+def instance(tmp_path):
+    """A Dagster instance with its storage in a temporary folder; a module that needs the daily profile's
+    Postgres storage defines its own."""
+    from dagster import DagsterInstance  # only the orchestration tests import Dagster
+
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    with DagsterInstance.local_temp(str(home)) as instance:
+        yield instance
+
+
 @pytest.fixture(scope="module")
 def database(make_database) -> Database:
     """A fresh database for the test module (a module with its own set-up defines its own)."""

@@ -10,11 +10,12 @@ import datetime as dt
 import json
 import os
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from dagster import (
     DagsterEventType,
-    DagsterInstance,
     DagsterRun,
     DagsterRunStatus,
     Failure,
@@ -37,14 +38,6 @@ EXPORTS = [dt.date(2024, 7, 1), dt.date(2024, 7, 2), dt.date(2024, 7, 3)]
 @pytest.fixture(scope="module")
 def defs():
     return load_definitions()
-
-
-@pytest.fixture
-def instance(tmp_path):
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    with DagsterInstance.local_temp(str(home)) as instance:
-        yield instance
 
 
 @op
@@ -238,15 +231,10 @@ def test_failures_after_the_previous_run_failure_sensors_cursor_are_alerted_on_t
 def test_a_typo_in_a_balance_alert_setting_does_not_silence_the_ops_alerts(
     defs, instance, make_database, tmp_path
 ):
-    database = make_database()
-    with SlackStub() as slack:
-        env = dagster_env(
-            database.env(), CSV_DIR=str(tmp_path), SLACK_WEBHOOK_URL=slack.url, ALERT_MIN_CHANGE_USD="abc"
-        )
-        with environment(env):
-            tick(defs, instance, "freshness_alerts", None)
-        assert len(slack.delivered) == 1
-        assert "no export folder" in slack.delivered[0]["text"]
+    with ops_slack(make_database(), tmp_path, ALERT_MIN_CHANGE_USD="abc") as slack:
+        tick(defs, instance, "freshness_alerts", None)
+    assert len(slack.delivered) == 1
+    assert "no export folder" in slack.delivered[0]["text"]
 
 
 def test_a_long_slack_retry_after_leaves_the_ops_alert_to_a_later_tick_instead_of_waiting():
@@ -315,6 +303,25 @@ def fresh_export_folder(tmp_path, day: dt.date = EXPORTS[-1]) -> None:
     (tmp_path / "exports" / day.isoformat()).mkdir(parents=True)
 
 
+def loaded_warehouse(make_database, covered: dt.date | None = None):
+    """A new database with EXPORTS loaded and, with `covered`, a successful build up to that day."""
+    database = make_database()
+    load(database, *EXPORTS)
+    if covered is not None:
+        cover(database, covered)
+    return database
+
+
+@contextmanager
+def ops_slack(database, csv_dir, **extra: str) -> Iterator[SlackStub]:
+    """The sensors' environment: `database`, exports under `csv_dir`, ops alerts to a Slack stub."""
+    with (
+        SlackStub() as slack,
+        environment(dagster_env(database.env(), CSV_DIR=str(csv_dir), SLACK_WEBHOOK_URL=slack.url, **extra)),
+    ):
+        yield slack
+
+
 def in_progress(instance, job_name: str) -> DagsterRun:
     run = DagsterRun(job_name=job_name, run_id=str(uuid.uuid4()), status=DagsterRunStatus.STARTED)
     instance.add_run(run)
@@ -324,28 +331,23 @@ def in_progress(instance, job_name: str) -> DagsterRun:
 def test_the_fact_is_fresh_while_the_last_build_covered_every_loaded_export(
     defs, instance, make_database, tmp_path
 ):
-    database = make_database()
-    load(database, *EXPORTS)
-    cover(database, EXPORTS[-1])
+    database = loaded_warehouse(make_database, covered=EXPORTS[-1])
     fresh_export_folder(tmp_path)
-    with SlackStub() as slack:
-        env = dagster_env(database.env(), CSV_DIR=str(tmp_path), SLACK_WEBHOOK_URL=slack.url)
-        with environment(env):
-            cursor = tick(defs, instance, "freshness_alerts", None).cursor
-            assert slack.requests == []
-            cover(database, EXPORTS[1])  # the build of the newest export failed
-            tick(defs, instance, "freshness_alerts", cursor)
-        assert len(slack.delivered) == 1
-        assert slack.delivered[0]["text"].startswith(
-            "Data is stale\n"
-            f"{FACT} is behind: exports up to 2024-07-03 are loaded, "
-            "the last successful build covered up to 2024-07-02"
-        )
+    with ops_slack(database, tmp_path) as slack:
+        cursor = tick(defs, instance, "freshness_alerts", None).cursor
+        assert slack.requests == []
+        cover(database, EXPORTS[1])  # the build of the newest export failed
+        tick(defs, instance, "freshness_alerts", cursor)
+    assert len(slack.delivered) == 1
+    assert slack.delivered[0]["text"].startswith(
+        "Data is stale\n"
+        f"{FACT} is behind: exports up to 2024-07-03 are loaded, "
+        "the last successful build covered up to 2024-07-02"
+    )
 
 
 def test_loaded_exports_without_a_successful_build_are_stale(make_database, tmp_path):
-    database = make_database()
-    load(database, *EXPORTS)
+    database = loaded_warehouse(make_database)
     fresh_export_folder(tmp_path)
     with environment(dagster_env(database.env(), CSV_DIR=str(tmp_path))):
         freshness = check_freshness(dt.datetime.now(dt.UTC), max_age_hours=26)
@@ -357,87 +359,71 @@ def test_loaded_exports_without_a_successful_build_are_stale(make_database, tmp_
 def test_a_run_starting_while_the_fact_is_stale_sends_no_recovery_until_a_build_covers_it(
     defs, instance, make_database, tmp_path
 ):
-    database = make_database()
-    load(database, *EXPORTS)
-    cover(database, EXPORTS[0])
+    database = loaded_warehouse(make_database, covered=EXPORTS[0])
     fresh_export_folder(tmp_path)
-    with SlackStub() as slack:
-        env = dagster_env(database.env(), CSV_DIR=str(tmp_path), SLACK_WEBHOOK_URL=slack.url)
-        with environment(env):
-            stale = tick(defs, instance, "freshness_alerts", None)
-            assert [m["text"].splitlines()[0] for m in slack.delivered] == ["Data is stale"]
-            run = in_progress(instance, "__ASSET_JOB")  # "Materialize all", not the daily job
-            during = tick(defs, instance, "freshness_alerts", stale.cursor)
-            assert len(slack.delivered) == 1, slack.delivered[-1]["text"]
-            cover(database, EXPORTS[-1])  # the run's build succeeds
-            during = tick(defs, instance, "freshness_alerts", during.cursor)
-            assert len(slack.delivered) == 1  # judged only once the run is over
-            instance.delete_run(run.run_id)
-            tick(defs, instance, "freshness_alerts", during.cursor)
-        assert len(slack.delivered) == 2
-        assert slack.delivered[1]["text"].startswith(f"Data is fresh again\nresolved: {FACT} is behind")
+    with ops_slack(database, tmp_path) as slack:
+        stale = tick(defs, instance, "freshness_alerts", None)
+        assert [m["text"].splitlines()[0] for m in slack.delivered] == ["Data is stale"]
+        run = in_progress(instance, "__ASSET_JOB")  # "Materialize all", not the daily job
+        during = tick(defs, instance, "freshness_alerts", stale.cursor)
+        assert len(slack.delivered) == 1, slack.delivered[-1]["text"]
+        cover(database, EXPORTS[-1])  # the run's build succeeds
+        during = tick(defs, instance, "freshness_alerts", during.cursor)
+        assert len(slack.delivered) == 1  # judged only once the run is over
+        instance.delete_run(run.run_id)
+        tick(defs, instance, "freshness_alerts", during.cursor)
+    assert len(slack.delivered) == 2
+    assert slack.delivered[1]["text"].startswith(f"Data is fresh again\nresolved: {FACT} is behind")
 
 
 def test_while_init_sh_holds_the_pipeline_lock_a_lagging_fact_keeps_the_last_verdict(
     defs, instance, make_database, tmp_path
 ):
-    database = make_database()
-    load(database, *EXPORTS)
-    cover(database, EXPORTS[-1])
+    database = loaded_warehouse(make_database, covered=EXPORTS[-1])
     fresh_export_folder(tmp_path)
-    with SlackStub() as slack:
-        env = dagster_env(database.env(), CSV_DIR=str(tmp_path), SLACK_WEBHOOK_URL=slack.url)
-        with environment(env):
-            cursor = tick(defs, instance, "freshness_alerts", None).cursor
-            with pipeline.PipelineLock(timeout=0):  # the dbt container's run, outside Dagster
-                load(database, dt.date(2024, 7, 4))  # loaded, not built yet
-                cursor = tick(defs, instance, "freshness_alerts", cursor).cursor
-                assert slack.requests == []
-            tick(defs, instance, "freshness_alerts", cursor)  # its build failed: now it counts
-        assert [m["text"].splitlines()[0] for m in slack.delivered] == ["Data is stale"]
+    with ops_slack(database, tmp_path) as slack:
+        cursor = tick(defs, instance, "freshness_alerts", None).cursor
+        with pipeline.PipelineLock(timeout=0):  # the dbt container's run, outside Dagster
+            load(database, dt.date(2024, 7, 4))  # loaded, not built yet
+            cursor = tick(defs, instance, "freshness_alerts", cursor).cursor
+            assert slack.requests == []
+        tick(defs, instance, "freshness_alerts", cursor)  # its build failed: now it counts
+    assert [m["text"].splitlines()[0] for m in slack.delivered] == ["Data is stale"]
 
 
 def test_the_previous_releases_cursor_keeps_its_problems_as_the_facts_verdict(
     defs, instance, make_database, tmp_path
 ):
-    database = make_database()
-    load(database, *EXPORTS)
-    cover(database, EXPORTS[1])
+    database = loaded_warehouse(make_database, covered=EXPORTS[1])
     fresh_export_folder(tmp_path)
     behind = (
         f"{FACT} is behind: exports up to 2024-07-03 are loaded, "
         "the last successful build covered up to 2024-07-02"
     )
     previous_cursor = json.dumps({"stale": True, "problems": [behind]})
-    with SlackStub() as slack:
-        env = dagster_env(database.env(), CSV_DIR=str(tmp_path), SLACK_WEBHOOK_URL=slack.url)
-        with environment(env):
-            run = in_progress(instance, "daily_pipeline")
-            cover(database, EXPORTS[-1])  # the run has built, and is still running
-            cursor = tick(defs, instance, "freshness_alerts", previous_cursor).cursor
-            assert slack.requests == []  # still stale until the run is over
-            instance.delete_run(run.run_id)
-            tick(defs, instance, "freshness_alerts", cursor)
-        assert [m["text"] for m in slack.delivered] == [f"Data is fresh again\nresolved: {behind}"]
+    with ops_slack(database, tmp_path) as slack:
+        run = in_progress(instance, "daily_pipeline")
+        cover(database, EXPORTS[-1])  # the run has built, and is still running
+        cursor = tick(defs, instance, "freshness_alerts", previous_cursor).cursor
+        assert slack.requests == []  # still stale until the run is over
+        instance.delete_run(run.run_id)
+        tick(defs, instance, "freshness_alerts", cursor)
+    assert [m["text"] for m in slack.delivered] == [f"Data is fresh again\nresolved: {behind}"]
 
 
 def test_a_fact_gone_stale_after_the_stale_alert_still_counts_while_a_run_is_in_progress(
     defs, instance, make_database, tmp_path
 ):
-    database = make_database()
-    load(database, *EXPORTS)
-    cover(database, EXPORTS[-1])
+    database = loaded_warehouse(make_database, covered=EXPORTS[-1])
     old = tmp_path / "exports" / EXPORTS[-1].isoformat()
     old.mkdir(parents=True)
     landed = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=30)).timestamp()
     os.utime(old, (landed, landed))
-    with SlackStub() as slack:
-        env = dagster_env(database.env(), CSV_DIR=str(tmp_path), SLACK_WEBHOOK_URL=slack.url)
-        with environment(env):
-            cursor = tick(defs, instance, "freshness_alerts", None).cursor  # stale: no new export
-            cover(database, EXPORTS[1])  # then a build fails: still stale, nothing new to say
-            cursor = tick(defs, instance, "freshness_alerts", cursor).cursor
-            in_progress(instance, "daily_pipeline")
-            (tmp_path / "exports" / "2024-07-04").mkdir()  # a new export: its run is in progress
-            tick(defs, instance, "freshness_alerts", cursor)
-        assert [m["text"].splitlines()[0] for m in slack.delivered] == ["Data is stale"]
+    with ops_slack(database, tmp_path) as slack:
+        cursor = tick(defs, instance, "freshness_alerts", None).cursor  # stale: no new export
+        cover(database, EXPORTS[1])  # then a build fails: still stale, nothing new to say
+        cursor = tick(defs, instance, "freshness_alerts", cursor).cursor
+        in_progress(instance, "daily_pipeline")
+        (tmp_path / "exports" / "2024-07-04").mkdir()  # a new export: its run is in progress
+        tick(defs, instance, "freshness_alerts", cursor)
+    assert [m["text"].splitlines()[0] for m in slack.delivered] == ["Data is stale"]

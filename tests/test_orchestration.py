@@ -13,7 +13,7 @@ import time
 
 import psycopg
 import pytest
-from dagster import AssetKey, DagsterInstance, build_sensor_context
+from dagster import AssetKey, build_sensor_context
 from orchestration_support import TARGET, dagster_env, environment, load_definitions
 from slack_stub import SlackStub
 from test_compose import PROJECT_ROOT, compose_binary
@@ -29,14 +29,6 @@ def defs():
 @pytest.fixture(scope="module")
 def manifest(defs) -> dict:
     return json.loads((TARGET / "dagster-definitions" / "manifest.json").read_text())
-
-
-@pytest.fixture
-def instance(tmp_path):
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    with DagsterInstance.local_temp(str(home)) as instance:
-        yield instance
 
 
 def test_every_dbt_model_and_seed_is_an_asset_with_its_tests_as_checks(defs, manifest):

@@ -155,9 +155,8 @@ def test_apply_to_environ_resolves_the_usable_files_and_returns_the_errors_of_th
         secrets.resolve(environ)
 
 
-@pytest.mark.slow  # imports Dagster and parses the dbt project (about 10 s)
-def test_the_dagster_processes_resolve_the_secret_files_when_they_load_their_definitions(tmp_path):
-    # the daily profile's webserver, daemon and run workers never run init.sh
+def run_dagster_process(tmp_path, code: str, **extra: str) -> subprocess.CompletedProcess:
+    """`code` in a new Python process with a Dagster process's environment, PGPASSWORD in a secret file."""
     from orchestration_support import dagster_env
 
     env = dagster_env(
@@ -165,14 +164,21 @@ def test_the_dagster_processes_resolve_the_secret_files_when_they_load_their_def
         PGPASSWORD_FILE=write(tmp_path, b"pw-from-file\n"),
         DBT_TARGET_PATH=str(tmp_path / "target"),
         DBT_LOG_PATH=str(tmp_path / "logs"),
+        **extra,
     )
+    return subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=300
+    )
+
+
+@pytest.mark.slow  # imports Dagster and parses the dbt project (about 10 s)
+def test_the_dagster_processes_resolve_the_secret_files_when_they_load_their_definitions(tmp_path):
+    # the daily profile's webserver, daemon and run workers never run init.sh
     code = (
         "import os, data_platform.orchestration.definitions; "
         "print(os.environ['PGPASSWORD'], 'PGPASSWORD_FILE' in os.environ)"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=300
-    )
+    result = run_dagster_process(tmp_path, code)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["pw-from-file", "False"]
 
@@ -180,15 +186,6 @@ def test_the_dagster_processes_resolve_the_secret_files_when_they_load_their_def
 @pytest.mark.slow  # imports Dagster and parses the dbt project (about 10 s)
 def test_an_unusable_secret_file_fails_every_step_but_not_the_definitions(tmp_path):
     # the definitions hold the schedule and the sensors, the failure alerts among them: they must load
-    from orchestration_support import dagster_env
-
-    env = dagster_env(
-        PGPASSWORD="",
-        PGPASSWORD_FILE=write(tmp_path, b"pw-from-file\n"),
-        SLACK_WEBHOOK_URL_FILE=str(tmp_path / "missing"),
-        DBT_TARGET_PATH=str(tmp_path / "target"),
-        DBT_LOG_PATH=str(tmp_path / "logs"),
-    )
     code = """
 import os
 from dagster import Failure, build_asset_context
@@ -200,9 +197,7 @@ try:
 except Failure as failure:
     print("step failed:", failure.description)
 """
-    result = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=300
-    )
+    result = run_dagster_process(tmp_path, code, SLACK_WEBHOOK_URL_FILE=str(tmp_path / "missing"))
     assert result.returncode == 0, result.stderr
     missing = f"SLACK_WEBHOOK_URL_FILE={tmp_path / 'missing'}: cannot read the file"
     assert f"error: {missing}" in result.stderr
