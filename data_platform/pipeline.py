@@ -217,8 +217,12 @@ class WarmDbt:
     def __exit__(self, exc_type, exc, traceback) -> None:
         if self.child.poll() is not None:
             return
-        if exc_type is not None:  # the load failed or a stop request came: no parse is worth waiting for
-            self.child.send_signal(signal.SIGINT)
+        if exc_type is not None:
+            # The load failed or a stop request came before any command: no parse is worth waiting for,
+            # and nothing it holds needs cleaning up (it has no database connection). SIGTERM ends it at
+            # any point; a SIGINT in its first milliseconds is swallowed by Python's start-up (its -W
+            # option's `import warnings`), and the parse would then run to its end.
+            self.child.terminate()
         with contextlib.suppress(BrokenPipeError):  # a command left in the buffer, for a stopped process
             self.child.stdin.close()
         wait_or_kill(self.child)

@@ -9,10 +9,11 @@ parses the project while the loader works, then waits for one line on stdin,
 
 and runs that dbt command in the given environment (the build's LEDGER_WINDOW_START is only known after
 the load) with the manifest it parsed. It exits with the `dbt` command's exit code: 0 success, 1 a model
-or test failed, 2 dbt itself failed, 130 stopped by SIGINT (the pipeline passes its stop requests on, and
-sends one when it leaves without a command: the load failed); 0 without running anything when stdin
-closes first. A project that does not parse is parsed again by the command, which then reports the error
-once, in the build's output. What the parse itself reads from the environment (env_var() in
+or test failed, 2 dbt itself failed, 130 stopped by SIGINT (the pipeline passes its stop requests on once
+it has sent the command); 0 without running anything when stdin closes first. When the pipeline leaves
+without a command (the load failed, or a stop request came), it ends this process with SIGTERM. A
+project that does not parse is parsed again by the command, which then reports the error once, in the
+build's output. What the parse itself reads from the environment (env_var() in
 dbt_project.yml, such as the grants' ALERTER_USER) comes from the environment this process started in,
 not the one sent: the pipeline starts it with its own, the one it then sends with the window added.
 """
