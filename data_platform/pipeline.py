@@ -349,11 +349,18 @@ def build(build_plan: refresh.BuildPlan, warm: WarmDbt) -> None:
         step(f"dbt build: rules, models and tests, rebuilt from scratch ({build_plan.reason})")
     else:
         step(f"dbt build: rules, models and tests, days from {build_plan.window_start} ({build_plan.reason})")
+    mark_build_started(build_plan)
     code = warm.run("build", *build_plan.dbt_args(), env=build_plan.dbt_environment())
     if code:
         show_failed_tests(_target_dir())
-        raise PipelineError("dbt build failed; the next run rebuilds from scratch", code)
+        raise PipelineError(f"dbt build failed; {build_plan.after_failure()}", code)
     record_build(build_plan)
+
+
+def mark_build_started(build_plan: refresh.BuildPlan) -> None:
+    """Call it just before the plan's `dbt build` (a full rebuild must be redone if it does not finish)."""
+    with connect() as conn:
+        refresh.mark_build_started(conn, build_plan)
 
 
 def record_build(build_plan: refresh.BuildPlan) -> None:

@@ -14,7 +14,10 @@ That holds only while nothing the stored days were computed from has changed sin
 
 `raw.build_state` records them, written only after a `dbt build` succeeded. A failed, stopped or killed
 build leaves the previous record, so the next run sees the difference and rebuilds from scratch: a rules
-change can never be half applied.
+change can never be half applied. A full rebuild also marks the record before it starts, and only its
+success clears the mark: one that did not finish may have replaced tables with other rules' or SQL's
+numbers, so the next build is full even when the files are back as the record says (an edit undone after
+a stopped run). A failed incremental build needs no mark: it changed only days its retry recomputes.
 """
 
 from __future__ import annotations
@@ -45,9 +48,12 @@ CREATE_BUILD_STATE = f"""
         project_fingerprint text not null,
         exports_fingerprint text not null,
         last_export_date date,
-        built_at timestamptz not null default now()
+        built_at timestamptz not null default now(),
+        full_build_started_at timestamptz
     )
 """
+# a record written before that column existed
+ADD_FULL_BUILD_MARK = f"alter table {BUILD_STATE} add column if not exists full_build_started_at timestamptz"
 
 # The exports up to a date, in order, with their checksums: any reload or reset changes it.
 EXPORTS_FINGERPRINT_SQL = f"""
@@ -82,6 +88,12 @@ class BuildPlan:
         """`dbt build`'s arguments. Unit tests check the SQL, not the data: they run in the test suite
         (CI), not in every daily build."""
         return ["--exclude-resource-type", "unit_test", *(["--full-refresh"] if self.full_refresh else [])]
+
+    def after_failure(self) -> str:
+        """What the next run does when this build fails."""
+        if self.full_refresh:
+            return "the next run rebuilds from scratch"
+        return f"the next run builds the days from {self.window_start} again"
 
     def dbt_environment(self) -> dict[str, str]:
         """os.environ for dbt: LEDGER_WINDOW_START set for an incremental build, unset for a full one."""
@@ -145,6 +157,17 @@ def recorded_state(conn: psycopg.Connection) -> BuildState | None:
     return BuildState(*row) if row else None
 
 
+def full_build_unfinished(conn: psycopg.Connection) -> bool:
+    """Whether a full rebuild started after the last successful build and did not succeed."""
+    if not _exists(conn, BUILD_STATE):
+        return False
+    # read through to_jsonb: a record from before the mark's column has no such column
+    row = conn.execute(
+        f"select to_jsonb(state) ->> 'full_build_started_at' from {BUILD_STATE} state"
+    ).fetchone()
+    return row is not None and row[0] is not None
+
+
 def plan_build(
     conn: psycopg.Connection,
     *,
@@ -168,15 +191,25 @@ def plan_build(
         return full("the balance rules changed since the last successful build")
     if last.project_fingerprint != current.project_fingerprint:
         return full("the dbt project's SQL changed since the last successful build")
+    if full_build_unfinished(conn):
+        return full("the last full rebuild did not finish, and may have left tables computed otherwise")
     if _exports(conn, last.last_export_date) != last.exports_fingerprint:
         return full("the exports the last successful build covered were reloaded or changed")
     window_start = last.last_export_date + dt.timedelta(days=1)
     return BuildPlan(False, f"exports after {last.last_export_date}", window_start, current)
 
 
+def mark_build_started(conn: psycopg.Connection, plan: BuildPlan) -> None:
+    """Before a full rebuild: mark the record (if any; without one the next build is full anyway)."""
+    if plan.full_refresh and _exists(conn, BUILD_STATE):
+        conn.execute(ADD_FULL_BUILD_MARK)
+        conn.execute(f"update {BUILD_STATE} set full_build_started_at = now()")
+
+
 def record_build(conn: psycopg.Connection, state: BuildState) -> None:
     """Remember what a successful build was computed from (the plan's state, taken before the build)."""
     conn.execute(CREATE_BUILD_STATE)
+    conn.execute(ADD_FULL_BUILD_MARK)
     conn.execute(
         f"""
         insert into {BUILD_STATE} as state
@@ -187,7 +220,8 @@ def record_build(conn: psycopg.Connection, state: BuildState) -> None:
             project_fingerprint = excluded.project_fingerprint,
             exports_fingerprint = excluded.exports_fingerprint,
             last_export_date = excluded.last_export_date,
-            built_at = now()
+            built_at = now(),
+            full_build_started_at = null
         """,
         (
             state.rules_fingerprint,

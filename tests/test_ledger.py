@@ -280,13 +280,9 @@ def test_the_balance_check_fails_when_an_organization_disagrees_with_its_days(le
         assert "Got 1 result" in result.stdout, result.stdout
 
 
-def test_an_interrupted_rules_change_is_rebuilt_in_full_next_time(make_database, tmp_path):
-    csv_dir = write_fixture(tmp_path / "csv", BASE_ROWS)
-    database = make_database()
-    assert_succeeded(run_pipeline(database, csv_dir, RUN_ALERTS="false"))
-
-    # the rules change, and the run that would apply them is stopped during dbt build
-    project = project_with_zero_rule(tmp_path / "project", "open")
+def stop_the_pipeline(database, csv_dir: Path, project: Path, when: str) -> str:
+    """Run the project's init.sh and stop it with SIGTERM after the first output line holding `when`;
+    its output. Checks that it stopped, and that no step outlived it."""
     env = pipeline_env(database, csv_dir, project, RUN_ALERTS="false")
     process = subprocess.Popen(
         ["bash", str(project / "init.sh")],
@@ -299,9 +295,9 @@ def test_an_interrupted_rules_change_is_rebuilt_in_full_next_time(make_database,
     output = []
     for line in process.stdout:
         output.append(line)
-        if line.startswith("==> dbt build"):
+        if when in line:
             break
-    time.sleep(1)  # dbt is parsing the project: its children exist now
+    time.sleep(1)  # dbt is parsing the project or building: its children exist now
     steps = psutil.Process(process.pid).children(recursive=True)
     assert steps, "no running step to forward the signal to"
     process.send_signal(signal.SIGTERM)
@@ -312,6 +308,17 @@ def test_an_interrupted_rules_change_is_rebuilt_in_full_next_time(make_database,
     assert not [step for step in steps if step.is_running() and step.status() != psutil.STATUS_ZOMBIE], (
         "a step outlived the pipeline"
     )
+    return "".join(output)
+
+
+def test_an_interrupted_rules_change_is_rebuilt_in_full_next_time(make_database, tmp_path):
+    csv_dir = write_fixture(tmp_path / "csv", BASE_ROWS)
+    database = make_database()
+    assert_succeeded(run_pipeline(database, csv_dir, RUN_ALERTS="false"))
+
+    # the rules change, and the run that would apply them is stopped during dbt build
+    project = project_with_zero_rule(tmp_path / "project", "open")
+    stop_the_pipeline(database, csv_dir, project, when="==> dbt build")
 
     # the next run notices the rules differ from the last successful build's and rebuilds everything
     result = run_pipeline(database, csv_dir, project_root=project, RUN_ALERTS="false")
@@ -327,3 +334,32 @@ def test_an_interrupted_rules_change_is_rebuilt_in_full_next_time(make_database,
         "select balance_usd from marts.fct_organization_daily_financials "
         "where organization_id = 1 and balance_date = '2022-11-01'"
     ) == [(D(0),)]
+
+
+def test_a_stopped_rules_change_then_undone_is_rebuilt_in_full_next_time(make_database, tmp_path):
+    """The stopped build had replaced some tables with the edited rules' numbers: putting the rules back
+    as the last successful build had them must not make the next build incremental."""
+    csv_dir = write_fixture(tmp_path / "csv", BASE_ROWS)
+    database = make_database()
+    assert_succeeded(run_pipeline(database, csv_dir, RUN_ALERTS="false"))
+    built = snapshot(database)
+
+    project = project_with_zero_rule(tmp_path / "project", "open")
+    output = stop_the_pipeline(
+        database, csv_dir, project, when="OK created sql incremental model marts.dim_invoices"
+    )
+    assert "rebuilt from scratch (the balance rules changed" in output
+    # dim_invoices holds the edited rules' numbers now (the 40.00 open invoice counts 0)
+    assert database.query(
+        "select balance_contribution_usd from marts.dim_invoices where invoice_id = 11"
+    ) == [(D(0),)]
+
+    # the edit is undone: the files are as the last successful build recorded them
+    result = run_pipeline(database, csv_dir, RUN_ALERTS="false")
+    assert_succeeded(result)
+    assert "rebuilt from scratch (the last full rebuild did not finish" in result.stdout
+    assert snapshot(database) == built
+    # and the build after it is incremental again
+    again = run_pipeline(database, csv_dir, RUN_ALERTS="false")
+    assert_succeeded(again)
+    assert "days from 2023-01-07" in again.stdout

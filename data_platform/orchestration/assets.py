@@ -78,6 +78,7 @@ def dbt_models(context: AssetExecutionContext, dbt: DbtCliResource):
                 if build_plan.full_refresh
                 else f"incremental build from {build_plan.window_start}: {build_plan.reason}"
             )
+            pipeline.mark_build_started(build_plan)
             with process_environment(build_plan.dbt_environment()):
                 invocation = dbt.cli(
                     ["build", *build_plan.dbt_args()],
@@ -89,7 +90,7 @@ def dbt_models(context: AssetExecutionContext, dbt: DbtCliResource):
             if not invocation.is_successful():
                 report = pipeline.failed_tests_report(invocation.target_path)
                 raise Failure(
-                    description="\n".join(["dbt build failed; the next run rebuilds from scratch", *report]),
+                    description="\n".join([f"dbt build failed; {build_plan.after_failure()}", *report]),
                     metadata={"failed tests": MetadataValue.text("\n".join(report) or "none")},
                 )
             # a partial build must not move the incremental window of the models it skipped
