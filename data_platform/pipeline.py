@@ -21,6 +21,7 @@ after `dbt build` succeeded, so an interrupted run is rebuilt in full by the nex
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import shutil
@@ -136,17 +137,41 @@ def _raise_stopped(signum: int, _frame) -> None:
     raise Stopped(signum)
 
 
+# Linux's prctl(PR_SET_PDEATHSIG): a signal the kernel sends a process when its parent dies
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+PR_SET_PDEATHSIG = 1
+
+
 def default_sigint() -> None:
-    """A child's preexec_fn: Ctrl-C (SIGINT) at its default. A process started with SIGINT ignored
-    (`nohup ... &`, some supervisors) passes that on through exec: a step would then ignore the stop
-    request below and only be killed after the grace period."""
+    """Ctrl-C (SIGINT) at its default, for a child. A process started with SIGINT ignored (`nohup ... &`,
+    some supervisors) passes that on through exec: a step would then ignore the stop request below and
+    only be killed after the grace period."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def _child_setup(parent: int) -> None:
+    """A step's preexec_fn: SIGINT at its default, and killed when the pipeline dies. The pipeline lock is
+    held by the pipeline's own session, so a step left running after a `kill -9` (or the OOM killer) would
+    go on writing while the next run, which got the lock, loads and builds. Its open transaction rolls
+    back, as for any killed step."""
+    default_sigint()
+    if _LIBC is not None:
+        _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # it died before prctl took effect
+            os._exit(1)
+
+
 def start_child(argv: Sequence[str], env: dict[str, str] | None = None, **popen) -> subprocess.Popen:
-    """A step in its own process group, so that Ctrl-C reaches it only through `wait_child`."""
+    """A step in its own process group, so that Ctrl-C reaches it only through `wait_child`, and bound to
+    this process's life. Wait for it in the thread that started it (the kernel ties it to that thread)."""
+    parent = os.getpid()
     return subprocess.Popen(
-        list(argv), cwd=PROJECT_ROOT, env=env, start_new_session=True, preexec_fn=default_sigint, **popen
+        list(argv),
+        cwd=PROJECT_ROOT,
+        env=env,
+        start_new_session=True,
+        preexec_fn=lambda: _child_setup(parent),
+        **popen,
     )
 
 

@@ -17,6 +17,7 @@ import time
 from decimal import Decimal
 from pathlib import Path
 
+import psutil
 import psycopg
 import pytest
 import yaml
@@ -488,6 +489,30 @@ def test_a_step_gets_the_stop_request_even_when_the_pipeline_was_started_ignorin
         assert pipeline.run_child([sys.executable, "-c", python_default]) == 0
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_a_step_dies_with_a_pipeline_killed_outright(tmp_path):
+    """SIGKILL (or the OOM killer) gives the pipeline no chance to stop its steps, and releases its lock:
+    a step left running would write beside the next run."""
+    step_pid = tmp_path / "step.pid"
+    pipeline_like = (
+        "import sys, time; from data_platform import pipeline; "
+        "child = pipeline.start_child([sys.executable, '-c', 'import time; time.sleep(120)']); "
+        f"open({str(step_pid)!r}, 'w').write(str(child.pid)); child.wait()"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", pipeline_like], cwd=PROJECT_ROOT)
+    deadline = time.monotonic() + 30
+    while not (step_pid.exists() and step_pid.read_text()):
+        assert time.monotonic() < deadline and parent.poll() is None, "the step did not start"
+        time.sleep(0.05)
+    step = psutil.Process(int(step_pid.read_text()))
+    parent.kill()
+    parent.wait()
+    try:
+        step.wait(timeout=10)
+    except psutil.TimeoutExpired:
+        step.kill()
+        pytest.fail("the step outlived the pipeline that was killed")
 
 
 @pytest.mark.parametrize("interruption", [KeyboardInterrupt, "DagsterExecutionInterruptedError"])
