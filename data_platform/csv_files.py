@@ -54,6 +54,8 @@ def check_header(spec: TableSpec, path: Path) -> int:
     if not raw:
         raise LoadError(path, f"file is empty (0 bytes): expected at least the header line {expected}")
     text = raw.removeprefix(UTF8_BOM).removesuffix(b"\n").removesuffix(b"\r")
+    if b"\r" in text:  # the first LF is far away, or absent: the whole start of the file looks like a header
+        raise LoadError(path, "lines end with CR alone (old Mac style): the file must use LF or CRLF", line=1)
     try:
         found = text.decode("utf-8")
     except UnicodeDecodeError:

@@ -83,6 +83,14 @@ def discover(csv_dir: Path | str, as_of: date | None = None, through: date | Non
     """Every export under csv_dir in load order: by export date, the undated base one first; with
     `through`, the dated folders after that day are left out (not even looked into)."""
     csv_dir = Path(csv_dir)
+    try:
+        return _discover(csv_dir, as_of, through)
+    except OSError as error:  # a folder or file this process may not read
+        where = Path(error.filename) if error.filename else csv_dir
+        raise LoadError(where, f"cannot look into it: {error.strerror}") from None
+
+
+def _discover(csv_dir: Path, as_of: date | None, through: date | None) -> list[Export]:
     if not csv_dir.is_dir():
         raise LoadError(csv_dir, "CSV directory not found (set --csv-dir or CSV_DIR)")
     base = _base_export(csv_dir, as_of)

@@ -13,7 +13,7 @@ only ever written, never dropped: readers and running dbt builds keep working.
 Already loaded (same date, same checksums) -> skipped. Same date with other content, a date before
 the latest loaded export, a date after today (UTC), invoices created after their export's date, or
 the same INVOICE_ID twice -> refused. An export with a header but no rows is refused unless
---allow-empty.
+--allow-empty. A server older than PostgreSQL 16 -> refused before anything is read.
 
 Exit codes: 0 loaded (or nothing new), 1 bad input or load failure, 2 database unreachable,
 130 interrupted.
@@ -41,6 +41,8 @@ from data_platform.snapshot_diff import worth_reading
 from data_platform.staging import discard, stage
 
 PROGRESS_INTERVAL_SECONDS = 5.0
+# pg_input_is_valid (PostgreSQL 16) lets the checks name a bad value's line and column
+MINIMUM_SERVER_VERSION = 160000
 # Serialises concurrent loader runs (held for the whole run, on the loader's session).
 ADVISORY_LOCK_KEY = "data_platform.loader"
 
@@ -263,6 +265,12 @@ def load_exports(
     """
     if not conn.autocommit:
         raise ValueError("load_exports needs an autocommit connection: each export commits on its own")
+    if conn.info.server_version < MINIMUM_SERVER_VERSION:
+        raise LoadError(
+            None,
+            f"the loader needs PostgreSQL {MINIMUM_SERVER_VERSION // 10000} or later; "
+            f"this server runs {conn.execute('show server_version').fetchone()[0]}",
+        )
     exports = discover(csv_dir, as_of, through)
     locked = conn.execute("select pg_try_advisory_lock(hashtext(%s))", [ADVISORY_LOCK_KEY]).fetchone()[0]
     if not locked:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from datetime import date
+from pathlib import Path
 
 import pytest
 from loader_files import (
@@ -17,6 +21,7 @@ from loader_files import (
     write_export,
 )
 
+from data_platform.exports import discover
 from data_platform.ledger import ensure_tables
 from data_platform.load_errors import printable
 from data_platform.loader import LoadError, load_exports
@@ -372,3 +377,57 @@ def test_the_same_invoice_twice_is_refused_naming_id_and_lines(conn, tmp_path, r
         load_exports(conn, tmp_path / "csv")
     assert raised.value.line == 3
     assert snapshot(conn) == before
+
+
+def test_cr_only_line_endings_are_named_not_taken_for_a_wrong_header(conn, tmp_path, baseline):
+    path = write_dir(tmp_path / "files") / "invoices.csv"
+    path.write_bytes("\r".join(INVOICE_LINES).encode() + b"\r")
+    with pytest.raises(LoadError, match=r"line 1: lines end with CR alone \(old Mac style\)"):
+        load_exports(conn, path.parent)
+    assert snapshot(conn) == baseline
+
+
+def test_an_export_folder_the_loader_may_not_read_is_named(conn, tmp_path, baseline):
+    """A permission error while looking for the exports is a load error naming the folder, not a
+    traceback. Root reads everything, so the lookup runs in a child that has dropped to `nobody`."""
+    csv_dir = Path(tempfile.mkdtemp()) / "csv"  # pytest's folders are root's only
+    csv_dir.parent.chmod(0o755)
+    write_export(csv_dir, "2024-01-02", [invoice(1)])
+    folder = csv_dir / "exports" / "2024-01-02"
+    folder.chmod(0)
+    read, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover (the child reports through the pipe)
+        try:
+            if os.geteuid() == 0:
+                os.setgid(65534)
+                os.setuid(65534)
+            try:
+                discover(csv_dir)
+                outcome = "no error"
+            except LoadError as error:
+                outcome = f"LoadError: {error}"
+            except BaseException as error:
+                outcome = f"{type(error).__name__}: {error}"
+            os.write(write_end, outcome.encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read) as pipe:
+        outcome = pipe.read()
+    os.waitpid(child, 0)
+    folder.chmod(0o755)
+    shutil.rmtree(csv_dir.parent)
+    assert outcome.startswith(f"LoadError: {folder}"), outcome
+    assert "cannot look into it: Permission denied" in outcome
+
+
+def test_a_server_older_than_the_loader_needs_is_refused_by_name(conn, tmp_path, baseline, monkeypatch):
+    """The checks that name a bad value's line and column need pg_input_is_valid (PostgreSQL 16): on an
+    older server good data would load and bad data fail with an SQL error naming neither."""
+    from data_platform import loader
+
+    monkeypatch.setattr(loader, "MINIMUM_SERVER_VERSION", conn.info.server_version + 1)
+    with pytest.raises(LoadError, match=r"the loader needs PostgreSQL \d+ or later; this server runs \d"):
+        load_exports(conn, write_dir(tmp_path / "files"))
+    assert snapshot(conn) == baseline
