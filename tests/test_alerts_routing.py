@@ -102,6 +102,25 @@ def test_each_route_receives_exactly_its_organizations(db):  # noqa: F811
     assert watermarks == [("UK_WEBHOOK", DAY[0]), ("VIP_WEBHOOK", DAY[0]), ("slack", DAY[0])]
 
 
+def test_the_undelivered_count_is_told_once_per_run_not_once_per_destination(db):  # noqa: F811
+    set_routes(db, ROUTES[0], ROUTES[3])
+    add_moves(db, (1, DAY[0], "100", "300"), (3, DAY[0], "100", "300"))
+
+    with SlackStub() as vip, SlackStub() as default:
+        vip.always(server_error(500))
+        result = run_alerts(db, webhook=default.url, VIP_WEBHOOK=vip.url, ALERT_HTTP_RETRIES="0", **NO_FLOOR)
+
+    assert result.returncode == 1
+    assert organizations_in(default.delivered) == [3]
+    # one line with the run's count, not one after each destination (the second after one that
+    # delivered everything)
+    told = [line for line in result.stderr.splitlines() if "not delivered" in line]
+    assert told == [
+        "alert_script.py: 1 alert(s) not delivered; they stay in ops.alert_history and are retried on "
+        "the next run."
+    ]
+
+
 def test_a_route_whose_variable_is_unset_stops_the_run_before_anything_is_sent(db):  # noqa: F811
     set_routes(db, *ROUTES)
     add_moves(db, (3, DAY[0], "100", "300"))

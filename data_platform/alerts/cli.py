@@ -182,6 +182,7 @@ def _locked_run(
         commit()
         _deliver(ops, name, outgoing, routing_.channels[name], summary, commit)
         summary.given_up += store.given_up_count(ops, name)
+    _tell_undelivered(summary)
     if names == [CONSOLE]:
         summary.waiting_for_slack = store.undelivered_count(ops, SLACK)
     commit()
@@ -343,6 +344,10 @@ def _deliver(
         print(
             f"alert_script.py: delivery to {destination} failed for {what}: {outcome.error}", file=sys.stderr
         )
+
+
+def _tell_undelivered(summary: Summary) -> None:
+    """Once per run, after every destination: the run's count, not a running total per destination."""
     if summary.failed:
         print(
             f"alert_script.py: {summary.failed} alert(s) not delivered; they stay in ops.alert_history "
