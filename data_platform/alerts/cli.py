@@ -4,6 +4,10 @@ Exit codes:
     0    every alert delivered (or nothing to send).
     1    some delivery failed, or stdout was closed before every alert was printed: the undelivered
          alerts stay in ops.alert_history and are retried on the next run.
+    3    this run gave up on some alert: its last allowed attempt (MAX_UNCONFIRMED_ATTEMPTS) went
+         unanswered, so it is never sent again and may never have arrived; someone must check the
+         channel. Wins over 1: the other undelivered alerts are still retried on the next run. Later
+         runs do not give up on it again, so they do not exit 3 for it (their summary still notes it).
     2    configuration or database error, with a message saying what to fix. Configuration errors
          (flags, environment, connection settings, another run holding the lock, a day after the
          data) stop the run before anything is sent. A database error can also stop a run during
@@ -37,6 +41,7 @@ from data_platform.alerts.records import (
     DEFAULT_WEBHOOK_ENV,
     FAILED,
     JSON_SINK,
+    MAX_UNCONFIRMED_ATTEMPTS,
     SLACK,
     UNKNOWN,
     Alert,
@@ -48,7 +53,7 @@ from data_platform.alerts.routing import Destination
 from data_platform.alerts.summary import Summary
 from data_platform.db import describe_target
 
-EXIT_OK, EXIT_DELIVERY_FAILED, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_DELIVERY_FAILED, EXIT_ERROR, EXIT_GIVEN_UP, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 DEFAULT_CONNECT_TIMEOUT = 10  # seconds; psycopg's own default is over two minutes
 
 
@@ -180,8 +185,11 @@ def _locked_run(
     for name, destination in routing_.destinations.items():
         outgoing = _messages(store.undelivered(ops, name), view, destination, settings.digest_over)
         commit()
+        given_up_before = store.given_up_count(ops, name)
         _deliver(ops, name, outgoing, routing_.channels[name], summary, commit)
-        summary.given_up += store.given_up_count(ops, name)
+        given_up = store.given_up_count(ops, name)
+        summary.given_up += given_up
+        summary.given_up_now += given_up - given_up_before
     _tell_undelivered(summary)
     if names == [CONSOLE]:
         summary.waiting_for_slack = store.undelivered_count(ops, SLACK)
@@ -348,10 +356,18 @@ def _deliver(
 
 def _tell_undelivered(summary: Summary) -> None:
     """Once per run, after every destination: the run's count, not a running total per destination."""
-    if summary.failed:
+    retried = summary.failed - summary.given_up_now
+    if retried:
         print(
-            f"alert_script.py: {summary.failed} alert(s) not delivered; they stay in ops.alert_history "
+            f"alert_script.py: {retried} alert(s) not delivered; they stay in ops.alert_history "
             "and are retried on the next run.",
+            file=sys.stderr,
+        )
+    if summary.given_up_now:
+        print(
+            f"alert_script.py: {summary.given_up_now} alert(s) never confirmed after "
+            f"{MAX_UNCONFIRMED_ATTEMPTS} unanswered attempts: not sent again; check the channel (status "
+            "'unknown' in ops.alert_history).",
             file=sys.stderr,
         )
 
@@ -391,4 +407,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if summary is None:  # an alert line could not be printed: that alert was not delivered
             _tell("stdout was closed before every alert was printed; the rest are retried on the next run.")
             return EXIT_DELIVERY_FAILED
+    if summary.given_up_now:
+        return EXIT_GIVEN_UP
     return EXIT_DELIVERY_FAILED if summary.failed else EXIT_OK

@@ -30,6 +30,7 @@ class Summary:
     future_days: int = 0  # days in the fact after today: never processed
     last_future_day: date | None = None
     given_up: int = 0  # never confirmed after every allowed unanswered attempt: not sent again
+    given_up_now: int = 0  # of those, given up in this run (its last allowed attempt went unanswered)
     waiting_for_slack: int = 0  # console runs: Slack alerts still undelivered
     held_back: int = 0  # passed the ratio rule, below --min-change-usd: not recorded
     suppressed: int = 0  # recorded as suppressed (--suppress-days), never sent

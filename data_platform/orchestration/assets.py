@@ -33,7 +33,8 @@ RAW_SOURCE = "payments"
 DAILY_FACT = "fct_organization_daily_financials"
 MARTS = ("dim_invoices", "dim_organizations", DAILY_FACT)
 # the alert run only reads the warehouse and keeps its own state (a delivered alert is never sent
-# again), so a retry is always safe: it sends what the last attempt could not deliver
+# again), so a retry is always safe: it sends what the last attempt could not deliver. Not after an
+# attempt gave up on an alert: see balance_alerts.
 ALERT_RETRY_POLICY = RetryPolicy(max_retries=3, delay=60, backoff=Backoff.EXPONENTIAL)
 
 
@@ -144,8 +145,12 @@ def balance_alerts(context: AssetExecutionContext) -> None:
             return
         # under the lock, as in init.sh: a pipeline run may be rebuilding the marts it reads
         with pipeline.PipelineLock(settings.lock_timeout_seconds):
-            delivered = pipeline.run_alerts(settings)
-        if not delivered:
+            outcome = pipeline.run_alerts(settings)
+        if outcome is pipeline.AlertRun.GIVEN_UP:
+            # a retry would find nothing left to send and end green: the run fails now, and its failure
+            # alert tells the operators to check the channel
+            raise Failure(description=f"{outcome.value} (see the step's log)", allow_retries=False)
+        if outcome is pipeline.AlertRun.UNDELIVERED:
             # a failure, so the retry policy sends them again soon, and a run that still cannot
             # deliver them fails and is reported instead of ending green
             raise Failure(description="some balance alerts could not be delivered (see the step's log)")
