@@ -23,8 +23,9 @@ from dagster_dbt import (
     get_asset_keys_by_output_name_for_source,
 )
 
-from data_platform import pipeline, secrets
+from data_platform import pipeline
 from data_platform.db import DatabaseUnavailable
+from data_platform.orchestration import configuration
 from data_platform.orchestration.environment import process_environment
 from data_platform.orchestration.project import BUILD_TARGET_PATH, dbt_project
 from data_platform.orchestration.sensors import EXPORT_DAY_TAG
@@ -40,11 +41,12 @@ ALERT_RETRY_POLICY = RetryPolicy(max_retries=3, delay=60, backoff=Backoff.EXPONE
 
 @contextmanager
 def pipeline_step() -> Iterator[None]:
-    """A failed step becomes a Dagster failure whose description is the pipeline's own message. A secret
-    file that cannot be used fails every step, as it fails init.sh before its first step."""
-    unusable_secrets = secrets.apply_to_environ()
-    if unusable_secrets:
-        raise Failure(description="\n".join(str(error) for error in unusable_secrets))
+    """A failed step becomes a Dagster failure whose description is the pipeline's own message. A setting
+    that cannot be used (a secret file, as it fails init.sh before its first step, or PIPELINE_SCHEDULE)
+    fails every step: configuration.problems."""
+    unusable = configuration.problems()
+    if unusable:
+        raise Failure(description="\n".join(str(error) for error in unusable))
     try:
         yield
     except (pipeline.PipelineError, DatabaseUnavailable) as error:
