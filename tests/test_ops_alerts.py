@@ -356,6 +356,30 @@ def test_loaded_exports_without_a_successful_build_are_stale(make_database, tmp_
     )
 
 
+@pytest.mark.parametrize("value", ["nan", "1e309", "100000", "abc"])
+def test_an_unusable_export_max_age_is_reported_stale_and_the_default_stands_in(
+    defs, instance, make_database, tmp_path, value
+):
+    # nan and inf never compare greater, so they switched the check off; "abc" made every tick raise,
+    # seen only in the tick list; a wait of years means nothing
+    database = loaded_warehouse(make_database, covered=EXPORTS[-1])
+    old = tmp_path / "exports" / EXPORTS[-1].isoformat()
+    old.mkdir(parents=True)
+    landed = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=30)).timestamp()
+    os.utime(old, (landed, landed))
+    with ops_slack(database, tmp_path, EXPORT_MAX_AGE_HOURS=value) as slack:
+        tick(defs, instance, "freshness_alerts", None)
+    (message,) = [m["text"].splitlines() for m in slack.delivered]
+    assert message[:2] == [
+        "Data is stale",
+        f"EXPORT_MAX_AGE_HOURS must be a number of hours > 0 and at most 8784 (a year), got {value!r}; "
+        "the exports are checked against the default, 26 h",
+    ]
+    assert message[2].startswith("no new export for 30.0 h") and message[2].endswith(
+        "(EXPORT_MAX_AGE_HOURS=26)"
+    )
+
+
 def test_a_run_starting_while_the_fact_is_stale_sends_no_recovery_until_a_build_covers_it(
     defs, instance, make_database, tmp_path
 ):
