@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,7 +26,7 @@ from dagster import (
 )
 from dagster._core.definitions.run_status_sensor_definition import RunStatusSensorCursor
 from orchestration_support import dagster_env, environment, load_definitions
-from slack_stub import OK, SECRET, SlackStub, rate_limited, server_error
+from slack_stub import OK, SECRET, Reply, SlackStub, hang, rate_limited, server_error
 
 from data_platform import ledger, pipeline, refresh
 from data_platform.orchestration import notify, ops_alerts
@@ -193,6 +194,36 @@ def test_a_tick_starts_no_send_once_its_time_is_spent(defs, instance):
             assert "20 s are spent" in result.skip_message
             tick(defs, instance, "run_failure_alerts", context.cursor)
         assert alerted_runs(slack) == runs
+
+
+def test_a_slow_failing_send_keeps_the_tick_well_within_dagsters_limit(defs, instance):
+    # the budget only stops new sends: a send with long retries (ALERT_HTTP_TIMEOUT up to 300 s, 5xx
+    # retried) outlived Dagster's 60 s, which then kept the old cursor and the sent alert went again
+    slow_error = Reply(503, "unavailable", delay=2)
+    with SlackStub() as slack:
+        env = dagster_env(
+            SLACK_WEBHOOK_URL=slack.url,
+            ALERT_HTTP_TIMEOUT="300",
+            ALERT_HTTP_RETRIES="10",
+            ALERT_HTTP_BACKOFF="0",
+        )
+        with environment(env):
+            started = tick(defs, instance, "run_failure_alerts", None)
+            runs = [fail(instance) for _ in range(2)]
+            slack.answer(OK, slow_error, hang(seconds=40))
+            context = build_sensor_context(instance=instance, cursor=started.cursor, definitions=defs)
+            began = time.monotonic()
+            ops_alerts.alert_failed_runs(context)
+            failing = time.monotonic() - began
+            assert alerted_runs(slack) == runs[:1]
+            assert len(slack.requests) == 2  # one attempt for the failing one: its next try is the next tick
+            assert pending_runs(context.cursor) == runs[1:]
+            began = time.monotonic()
+            ops_alerts.alert_failed_runs(context)  # no answer at all: the attempt gives up early
+            hanging = time.monotonic() - began
+    assert failing < 10, failing
+    assert hanging < notify.OPS_HTTP_TIMEOUT_SECONDS + 5, hanging
+    assert alerted_runs(slack) == runs[:1] and pending_runs(context.cursor) == runs[1:]
 
 
 def test_undelivered_alerts_beyond_the_limit_are_dropped_oldest_first_and_logged(defs, instance, capfd):
