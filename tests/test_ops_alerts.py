@@ -279,6 +279,22 @@ def test_a_long_slack_retry_after_leaves_the_ops_alert_to_a_later_tick_instead_o
 
 
 @pytest.mark.parametrize(
+    ("environ", "base_url"),
+    [
+        ({}, "http://localhost:3000"),
+        ({"DAGSTER_PORT": "3001"}, "http://localhost:3001"),  # the README's default, without compose
+        ({"DAGSTER_BASE_URL": "  ", "DAGSTER_PORT": " "}, "http://localhost:3000"),  # spaces: unset
+        (
+            {"DAGSTER_BASE_URL": " https://dagster.example/ ", "DAGSTER_PORT": "3001"},
+            "https://dagster.example",
+        ),
+    ],
+)
+def test_the_link_in_failure_alerts_follows_dagster_port_unless_dagster_base_url_is_set(environ, base_url):
+    assert notify.dagster_base_url(environ) == base_url
+
+
+@pytest.mark.parametrize(
     ("setting", "why"),
     [
         ({"ALERT_HTTP_TIMEOUT": "soon"}, "ALERT_HTTP_TIMEOUT must be a number, got 'soon'"),

@@ -136,5 +136,8 @@ def channel_from_environment(environ: Mapping[str, str] | None = None) -> OpsCha
 
 
 def dagster_base_url(environ: Mapping[str, str] | None = None) -> str:
+    """DAGSTER_BASE_URL, else the UI on this host at DAGSTER_PORT (3000 when unset); a value of only
+    whitespace counts as unset (compose's ${NAME:-default} replaces only an empty one)."""
     env = os.environ if environ is None else environ
-    return (env.get("DAGSTER_BASE_URL") or "http://localhost:3000").rstrip("/")
+    port = (env.get("DAGSTER_PORT") or "").strip() or "3000"
+    return ((env.get("DAGSTER_BASE_URL") or "").strip() or f"http://localhost:{port}").rstrip("/")
