@@ -3,7 +3,8 @@
 Exit codes:
     0    every alert delivered (or nothing to send).
     1    some delivery failed, or stdout was closed before every alert was printed: the undelivered
-         alerts stay in ops.alert_history and are retried on the next run.
+         alerts stay in ops.alert_history and are retried on the next run. Also while undelivered
+         alerts wait for a destination no route names any more (never delivered until one does).
     3    this run gave up on some alert: its last allowed attempt (MAX_UNCONFIRMED_ATTEMPTS) went
          unanswered, so it is never sent again and may never have arrived; someone must check the
          channel. Wins over 1: the other undelivered alerts are still retried on the next run. Later
@@ -190,9 +191,13 @@ def _locked_run(
         given_up = store.given_up_count(ops, name)
         summary.given_up += given_up
         summary.given_up_now += given_up - given_up_before
-    _tell_undelivered(summary)
     if names == [CONSOLE]:
         summary.waiting_for_slack = store.undelivered_count(ops, SLACK)
+    else:
+        # an alert stays with the destination it was recorded for: one whose route is gone is never
+        # delivered, so every run that delivers says so
+        summary.unrouted = store.undelivered_elsewhere(ops, names)
+    _tell_undelivered(summary)
     commit()
     if settings.dry_run:
         ops.rollback()
@@ -363,6 +368,8 @@ def _tell_undelivered(summary: Summary) -> None:
             "and are retried on the next run.",
             file=sys.stderr,
         )
+    if summary.unrouted:
+        print(f"alert_script.py: {summary.unrouted_note()}", file=sys.stderr)
     if summary.given_up_now:
         print(
             f"alert_script.py: {summary.given_up_now} alert(s) never confirmed after "
@@ -409,4 +416,4 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_DELIVERY_FAILED
     if summary.given_up_now:
         return EXIT_GIVEN_UP
-    return EXIT_DELIVERY_FAILED if summary.failed else EXIT_OK
+    return EXIT_DELIVERY_FAILED if summary.failed or summary.unrouted else EXIT_OK

@@ -41,6 +41,7 @@ from sqlalchemy.schema import CreateIndex, CreateTable
 from data_platform.alerts import ops_migration
 from data_platform.alerts.records import (
     BALANCE_CHANGE,
+    CONSOLE,
     DESTINATION_PATTERN,
     FAILED,
     MAX_UNCONFIRMED_ATTEMPTS,
@@ -300,6 +301,18 @@ def undelivered_count(conn: Connection, destination: str) -> int:
     return conn.execute(
         select(func.count()).where(history.c.destination == destination, _deliverable)
     ).scalar_one()
+
+
+def undelivered_elsewhere(conn: Connection, destinations: Sequence[str]) -> dict[str, int]:
+    """{destination: alerts it may still be sent} for each destination not among `destinations`: a route
+    removed or renamed since they were recorded. Console rows aside: printing is a view, not a delivery."""
+    rows = conn.execute(
+        select(history.c.destination, func.count())
+        .where(history.c.destination.not_in([*destinations, CONSOLE]), _deliverable)
+        .group_by(history.c.destination)
+        .order_by(history.c.destination)
+    )
+    return {destination: count for destination, count in rows}
 
 
 def given_up_count(conn: Connection, destination: str) -> int:
