@@ -155,6 +155,8 @@ class MartsView:
     alerts: list[Alert] = field(default_factory=list)
     organizations: dict[int, Organization] = field(default_factory=dict)
     why: dict[tuple[int, date], Why] = field(default_factory=dict)
+    # every waiting or new alert's fact row as it is now, and whether it meets the rule
+    fact_now: dict[tuple[int, date], tuple[Alert, bool]] = field(default_factory=dict)
 
 
 def _locked_run(
@@ -184,7 +186,8 @@ def _locked_run(
     commit()
 
     for name, destination in routing_.destinations.items():
-        outgoing = _messages(store.undelivered(ops, name), view, destination, settings.digest_over)
+        waiting = _as_the_fact_is_now(ops, name, store.undelivered(ops, name), view, settings, summary)
+        outgoing = _messages(waiting, view, destination, settings.digest_over)
         commit()
         given_up_before = store.given_up_count(ops, name)
         _deliver(ops, name, outgoing, routing_.channels[name], summary, commit)
@@ -226,6 +229,39 @@ def _recent(ops: Connection, destination: str, alerts: list[Alert], settings: Se
         return {}
     since = min(alert.balance_date for alert in alerts) - timedelta(days=days)
     return store.recent_alerts(ops, destination, [alert.organization_id for alert in alerts], since)
+
+
+def _numbers(alert: Alert) -> tuple:
+    return alert.alert_kind, alert.previous_balance_usd, alert.balance_usd, alert.balance_change_ratio
+
+
+def _as_the_fact_is_now(
+    ops: Connection,
+    destination: str,
+    alerts: list[Alert],
+    view: MartsView,
+    settings: Settings,
+    summary: Summary,
+) -> list[Alert]:
+    """The destination's undelivered alerts, each sent with the drivers the fact has now: one whose day a
+    rebuild changed since it was recorded takes the current numbers, which those drivers explain, or,
+    when the day no longer alerts, is superseded and never sent. An unchanged day is sent as recorded."""
+    kept, superseded = [], []
+    for alert in alerts:
+        row, alerts_now = view.fact_now.get((alert.organization_id, alert.balance_date), (None, False))
+        if row is not None and _numbers(row) == _numbers(alert):
+            kept.append(alert)
+            continue
+        current = noise.apply_floor_and_severity([row] if alerts_now else [], settings.noise).alerts
+        if not current:
+            superseded.append(alert)
+            continue
+        store.record_current_numbers(ops, destination, current[0])
+        kept.append(replace(current[0], status=alert.status, attempts=alert.attempts))
+    if superseded:
+        store.record_superseded(ops, destination, superseded)
+        summary.superseded += len(superseded)
+    return kept
 
 
 def _messages(
@@ -283,7 +319,9 @@ def _read_marts(
             a.organization_id for a in view.alerts
         }
         view.organizations = detect.organization_context(reader, wanted)
-        view.why = detect.why(reader, waiting | {(a.organization_id, a.balance_date) for a in view.alerts})
+        keys = waiting | {(a.organization_id, a.balance_date) for a in view.alerts}
+        view.why = detect.why(reader, keys)
+        view.fact_now = detect.fact_now(reader, keys, settings.threshold, settings.include_from_zero)
         return view
     finally:
         reader.rollback()  # read only: nothing to keep

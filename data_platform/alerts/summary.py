@@ -36,6 +36,7 @@ class Summary:
     unrouted: dict[str, int] = field(default_factory=dict)
     held_back: int = 0  # passed the ratio rule, below --min-change-usd: not recorded
     suppressed: int = 0  # recorded as suppressed (--suppress-days), never sent
+    superseded: int = 0  # waiting alerts whose day a rebuild changed so that it no longer alerts
     digests: int = 0  # digest messages sent in place of one message per organization
 
     def line(self) -> str:
@@ -92,6 +93,12 @@ class Summary:
             notes.append(
                 f"{_plural(self.given_up, 'alert')} never confirmed after {MAX_UNCONFIRMED_ATTEMPTS} "
                 "unanswered attempts: not sent again; check the channel (status 'unknown' in "
+                "ops.alert_history)."
+            )
+        if self.superseded:
+            notes.append(
+                f"{_plural(self.superseded, 'waiting alert')} superseded: the fact changed since "
+                "they were recorded and their day no longer alerts; not sent (status 'superseded' in "
                 "ops.alert_history)."
             )
         if self.unrouted:
