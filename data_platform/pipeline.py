@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import enum
 import json
 import os
 import shutil
@@ -51,7 +52,9 @@ LOCK_KEY = "data_platform.pipeline"
 STOP_GRACE_SECONDS = 60
 FAILED_ROWS_SHOWN = 5
 EXIT_CONFIG = 2
+# alert_script.py's exit codes for a run that went to its end (data_platform/alerts/cli.py)
 EXIT_ALERTS_UNDELIVERED = 1
+EXIT_ALERTS_GIVEN_UP = 3
 
 
 class PipelineError(Exception):
@@ -60,6 +63,18 @@ class PipelineError(Exception):
     def __init__(self, message: str, exit_code: int = 1):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class AlertRun(enum.Enum):
+    """How an alert run that went to its end left the alerts: what the caller reports, and whether a
+    retry can still help (the undelivered ones), or not (given up: the channel needs a human's eye)."""
+
+    DELIVERED = "every alert delivered"
+    UNDELIVERED = "some alerts could not be delivered; the next alert run retries them"
+    GIVEN_UP = (
+        "some balance alerts got no answer for the last allowed time and are not sent again (status "
+        "'unknown' in ops.alert_history): check the channel they go to"
+    )
 
 
 class Stopped(Exception):
@@ -402,20 +417,22 @@ def generate_docs(build_plan: refresh.BuildPlan) -> None:
         raise PipelineError("dbt docs generate failed", code)
 
 
-def run_alerts(settings: Settings) -> bool:
-    """One alert run; False when some alerts could not be delivered (they are kept, and the next alert
-    run retries them), so the caller decides whether that fails its step."""
+def run_alerts(settings: Settings) -> AlertRun:
+    """One alert run; undelivered or given-up alerts are reported here and returned, so the caller
+    decides whether that fails its step. Any other failure raises PipelineError."""
     step("alerts")
     env = {**os.environ, "PGUSER": settings.alerter_user, "PGPASSWORD": settings.alerter_password}
     code = run_child([sys.executable, str(PROJECT_ROOT / "alert_script.py")], env=env)
-    if code == EXIT_ALERTS_UNDELIVERED:
-        print(
-            "pipeline: some alerts could not be delivered; the next alert run retries them.", file=sys.stderr
-        )
-        return False
-    if code:
+    outcomes = {
+        0: AlertRun.DELIVERED,
+        EXIT_ALERTS_UNDELIVERED: AlertRun.UNDELIVERED,
+        EXIT_ALERTS_GIVEN_UP: AlertRun.GIVEN_UP,
+    }
+    if code not in outcomes:
         raise PipelineError(f"the alert run failed (exit {code})", code)
-    return True
+    if outcomes[code] is not AlertRun.DELIVERED:
+        print(f"pipeline: {outcomes[code].value}.", file=sys.stderr)
+    return outcomes[code]
 
 
 def run(settings: Settings) -> None:
@@ -429,7 +446,8 @@ def run(settings: Settings) -> None:
             build(build_plan, warm)
         generate_docs(build_plan)
         if settings.run_alerts:
-            # the warehouse is fine; the undelivered alerts wait for the next alert run
+            # the warehouse is fine; the undelivered alerts wait for the next alert run, and a given-up
+            # one was reported by the alert run and here
             run_alerts(settings)
     step("pipeline finished")
 

@@ -102,6 +102,51 @@ def test_each_route_receives_exactly_its_organizations(db):  # noqa: F811
     assert watermarks == [("UK_WEBHOOK", DAY[0]), ("VIP_WEBHOOK", DAY[0]), ("slack", DAY[0])]
 
 
+def test_the_undelivered_count_is_told_once_per_run_not_once_per_destination(db):  # noqa: F811
+    set_routes(db, ROUTES[0], ROUTES[3])
+    add_moves(db, (1, DAY[0], "100", "300"), (3, DAY[0], "100", "300"))
+
+    with SlackStub() as vip, SlackStub() as default:
+        vip.always(server_error(500))
+        result = run_alerts(db, webhook=default.url, VIP_WEBHOOK=vip.url, ALERT_HTTP_RETRIES="0", **NO_FLOOR)
+
+    assert result.returncode == 1
+    assert organizations_in(default.delivered) == [3]
+    # one line with the run's count, not one after each destination (the second after one that
+    # delivered everything)
+    told = [line for line in result.stderr.splitlines() if "not delivered" in line]
+    assert told == [
+        "alert_script.py: 1 alert(s) not delivered; they stay in ops.alert_history and are retried on "
+        "the next run."
+    ]
+
+
+def test_undelivered_alerts_of_a_removed_route_are_reported_by_every_run(db):  # noqa: F811
+    # they stay with their destination, which no run delivers to any more: never silently
+    set_routes(db, ROUTES[0], ROUTES[3])
+    add_moves(db, (1, DAY[0], "100", "300"))
+    with SlackStub() as vip, SlackStub() as default:
+        vip.always(server_error(500))
+        env = {"ALERT_HTTP_RETRIES": "0", **NO_FLOOR}
+        assert run_alerts(db, webhook=default.url, VIP_WEBHOOK=vip.url, **env).returncode == 1
+        set_routes(db, ROUTES[3])  # the VIP route is removed
+        add_moves(db, (3, DAY[1], "100", "300"))
+        runs = [run_alerts(db, webhook=default.url, **env) for _ in range(2)]
+        # a console run (no webhook set: the demo) is a view: it does not report them
+        printed = run_alerts(db, **NO_FLOOR)
+
+    assert organizations_in(default.delivered) == [3]
+    note = (
+        "1 alert undelivered for destinations no route names any more (VIP_WEBHOOK 1): never sent until a "
+        "route names that variable again (or the rows are deleted from ops.alert_history)."
+    )
+    for result in runs:
+        assert result.returncode == 1, result.stderr
+        assert note in result.stdout and f"alert_script.py: {note}" in result.stderr
+    assert printed.returncode == 0 and "VIP_WEBHOOK" not in printed.stdout + printed.stderr
+    assert history(db, "VIP_WEBHOOK") == {(1, DAY[0]): ("failed", 1)}
+
+
 def test_a_route_whose_variable_is_unset_stops_the_run_before_anything_is_sent(db):  # noqa: F811
     set_routes(db, *ROUTES)
     add_moves(db, (3, DAY[0], "100", "300"))

@@ -173,6 +173,29 @@ def test_ops_tables_of_the_older_layout_are_upgraded_in_place(db, slack):  # noq
     assert ("delivered_via",) not in columns and ("destination",) in columns and ("severity",) in columns
 
 
+def test_ops_tables_from_before_superseded_alerts_allow_them(db, slack):  # noqa: F811
+    add_moves(db, (1, DAY[0], "100", "300"))
+    slack.always(server_error(500))
+    assert run_alerts(db, webhook=slack.url, ALERT_HTTP_RETRIES="0").returncode == 1
+    # the status check of the release before `superseded`
+    execute(
+        db,
+        "alter table ops.alert_history drop constraint alert_history_status_check;"
+        "alter table ops.alert_history add constraint alert_history_status_check "
+        "check (status in ('pending', 'sent', 'failed', 'unknown', 'suppressed'))",
+        role="alerter",
+    )
+    execute(
+        db, "update marts.fct_organization_daily_financials set balance_usd = 110, balance_change_ratio = 0.1"
+    )
+    slack.always(OK)
+
+    result = run_alerts(db, webhook=slack.url)
+
+    assert result.returncode == 0, result.stderr
+    assert history(db) == {(1, DAY[0]): ("superseded", 1)} and slack.delivered == []
+
+
 # --- what the marts may do to the alerter ----------------------------------------------------------
 
 ATTACK = """

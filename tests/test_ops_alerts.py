@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,7 +26,7 @@ from dagster import (
 )
 from dagster._core.definitions.run_status_sensor_definition import RunStatusSensorCursor
 from orchestration_support import dagster_env, environment, load_definitions
-from slack_stub import OK, SECRET, SlackStub, rate_limited, server_error
+from slack_stub import OK, SECRET, Reply, SlackStub, hang, rate_limited, server_error
 
 from data_platform import ledger, pipeline, refresh
 from data_platform.orchestration import notify, ops_alerts
@@ -195,6 +196,36 @@ def test_a_tick_starts_no_send_once_its_time_is_spent(defs, instance):
         assert alerted_runs(slack) == runs
 
 
+def test_a_slow_failing_send_keeps_the_tick_well_within_dagsters_limit(defs, instance):
+    # the budget only stops new sends: a send with long retries (ALERT_HTTP_TIMEOUT up to 300 s, 5xx
+    # retried) outlived Dagster's 60 s, which then kept the old cursor and the sent alert went again
+    slow_error = Reply(503, "unavailable", delay=2)
+    with SlackStub() as slack:
+        env = dagster_env(
+            SLACK_WEBHOOK_URL=slack.url,
+            ALERT_HTTP_TIMEOUT="300",
+            ALERT_HTTP_RETRIES="10",
+            ALERT_HTTP_BACKOFF="0",
+        )
+        with environment(env):
+            started = tick(defs, instance, "run_failure_alerts", None)
+            runs = [fail(instance) for _ in range(2)]
+            slack.answer(OK, slow_error, hang(seconds=40))
+            context = build_sensor_context(instance=instance, cursor=started.cursor, definitions=defs)
+            began = time.monotonic()
+            ops_alerts.alert_failed_runs(context)
+            failing = time.monotonic() - began
+            assert alerted_runs(slack) == runs[:1]
+            assert len(slack.requests) == 2  # one attempt for the failing one: its next try is the next tick
+            assert pending_runs(context.cursor) == runs[1:]
+            began = time.monotonic()
+            ops_alerts.alert_failed_runs(context)  # no answer at all: the attempt gives up early
+            hanging = time.monotonic() - began
+    assert failing < 10, failing
+    assert hanging < notify.OPS_HTTP_TIMEOUT_SECONDS + 5, hanging
+    assert alerted_runs(slack) == runs[:1] and pending_runs(context.cursor) == runs[1:]
+
+
 def test_undelivered_alerts_beyond_the_limit_are_dropped_oldest_first_and_logged(defs, instance, capfd):
     with SlackStub() as slack:
         slack.always(server_error())
@@ -245,6 +276,22 @@ def test_a_long_slack_retry_after_leaves_the_ops_alert_to_a_later_tick_instead_o
         outcome = channel.send(notify.OpsMessage("Pipeline run failed: daily_pipeline"))
         assert not outcome.delivered
         assert len(slack.requests) == 1
+
+
+@pytest.mark.parametrize(
+    ("environ", "base_url"),
+    [
+        ({}, "http://localhost:3000"),
+        ({"DAGSTER_PORT": "3001"}, "http://localhost:3001"),  # the README's default, without compose
+        ({"DAGSTER_BASE_URL": "  ", "DAGSTER_PORT": " "}, "http://localhost:3000"),  # spaces: unset
+        (
+            {"DAGSTER_BASE_URL": " https://dagster.example/ ", "DAGSTER_PORT": "3001"},
+            "https://dagster.example",
+        ),
+    ],
+)
+def test_the_link_in_failure_alerts_follows_dagster_port_unless_dagster_base_url_is_set(environ, base_url):
+    assert notify.dagster_base_url(environ) == base_url
 
 
 @pytest.mark.parametrize(
@@ -353,6 +400,30 @@ def test_loaded_exports_without_a_successful_build_are_stale(make_database, tmp_
         freshness = check_freshness(dt.datetime.now(dt.UTC), max_age_hours=26)
     assert freshness.problems == (
         f"{FACT} is behind: exports up to 2024-07-03 are loaded, but no successful build is recorded",
+    )
+
+
+@pytest.mark.parametrize("value", ["nan", "1e309", "100000", "abc"])
+def test_an_unusable_export_max_age_is_reported_stale_and_the_default_stands_in(
+    defs, instance, make_database, tmp_path, value
+):
+    # nan and inf never compare greater, so they switched the check off; "abc" made every tick raise,
+    # seen only in the tick list; a wait of years means nothing
+    database = loaded_warehouse(make_database, covered=EXPORTS[-1])
+    old = tmp_path / "exports" / EXPORTS[-1].isoformat()
+    old.mkdir(parents=True)
+    landed = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=30)).timestamp()
+    os.utime(old, (landed, landed))
+    with ops_slack(database, tmp_path, EXPORT_MAX_AGE_HOURS=value) as slack:
+        tick(defs, instance, "freshness_alerts", None)
+    (message,) = [m["text"].splitlines() for m in slack.delivered]
+    assert message[:2] == [
+        "Data is stale",
+        f"EXPORT_MAX_AGE_HOURS must be a number of hours > 0 and at most 8784 (a year), got {value!r}; "
+        "the exports are checked against the default, 26 h",
+    ]
+    assert message[2].startswith("no new export for 30.0 h") and message[2].endswith(
+        "(EXPORT_MAX_AGE_HOURS=26)"
     )
 
 

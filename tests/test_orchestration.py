@@ -17,8 +17,9 @@ from dagster import AssetKey, build_sensor_context
 from orchestration_support import TARGET, dagster_env, environment, load_definitions
 from slack_stub import SlackStub
 from test_compose import PROJECT_ROOT, compose_binary
+from test_secrets import run_dagster_process
 
-from data_platform.orchestration import schedules
+from data_platform.orchestration import configuration, schedules
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +67,44 @@ def test_the_daily_schedule_defaults_to_six_utc_and_reads_pipeline_schedule(defs
     schedule = defs.get_schedule_def("daily_pipeline_schedule")
     assert (schedule.cron_schedule, schedule.execution_timezone) == ("0 6 * * *", "UTC")
     assert schedules.daily_schedule({"PIPELINE_SCHEDULE": "30 5 * * 1-5"}).cron_schedule == "30 5 * * 1-5"
-    with pytest.raises(ValueError, match=r"PIPELINE_SCHEDULE .*'every day'"):
-        schedules.daily_schedule({"PIPELINE_SCHEDULE": "every day"})
+    # compose's ${PIPELINE_SCHEDULE:-...} replaces only an empty value: whitespace counts as unset here
+    assert schedules.daily_schedule({"PIPELINE_SCHEDULE": " \t"}).cron_schedule == "0 6 * * *"
+    assert configuration.problems({"PIPELINE_SCHEDULE": " "}) == []
+
+
+@pytest.mark.parametrize("value", ["every day", "0 6 * *", "0 25 * * *"])
+def test_an_invalid_pipeline_schedule_keeps_the_default_and_is_a_configuration_problem(value):
+    # raising would stop the definitions from loading: no schedule, no sensor, no failure alert
+    assert schedules.daily_schedule({"PIPELINE_SCHEDULE": value}).cron_schedule == "0 6 * * *"
+    (problem,) = configuration.problems({"PIPELINE_SCHEDULE": value})
+    assert f"PIPELINE_SCHEDULE must be a cron expression such as '0 6 * * *' (UTC), got {value!r}" in str(
+        problem
+    )
+
+
+@pytest.mark.slow  # imports Dagster and parses the dbt project (about 10 s)
+def test_an_invalid_pipeline_schedule_fails_every_step_but_not_the_definitions(tmp_path):
+    # the definitions hold the sensors, the failure alerts among them: they must load, and the runs the
+    # default schedule still starts fail with the problem, so that the failure alert names it
+    code = """
+from dagster import Failure, build_asset_context
+from data_platform.orchestration import definitions
+from data_platform.orchestration.assets import raw_tables
+print(definitions.defs.get_schedule_def("daily_pipeline_schedule").cron_schedule)
+print(sorted(sensor.name for sensor in definitions.defs.sensors))
+try:
+    raw_tables(build_asset_context())
+except Failure as failure:
+    print("step failed:", failure.description)
+"""
+    result = run_dagster_process(tmp_path, code, PIPELINE_SCHEDULE="0 6 * *")
+    assert result.returncode == 0, result.stderr
+    problem = "PIPELINE_SCHEDULE must be a cron expression such as '0 6 * * *' (UTC), got '0 6 * *'"
+    assert f"error: {problem}" in result.stderr
+    cron, sensors, outcome = result.stdout.strip().split("\n", 2)
+    assert cron == "0 6 * * *"
+    assert sensors == str(["freshness_alerts", "new_export_sensor", "run_failure_alerts"])
+    assert outcome.startswith(f"step failed: {problem}"), result.stdout
 
 
 def test_a_new_export_folder_starts_exactly_one_run(defs, instance, tmp_path):
@@ -141,7 +178,7 @@ def test_a_failed_freshness_delivery_is_retried_on_the_next_tick(defs, instance,
     sensor = defs.get_sensor_def("freshness_alerts")
     database = make_database()
     with SlackStub() as slack:
-        slack.answer(*[server_error()] * 4)  # the first message and its three retries
+        slack.answer(server_error())  # one attempt a tick: the sensor's next tick is the retry
         env = dagster_env(
             database.env(), CSV_DIR=str(tmp_path), SLACK_WEBHOOK_URL=slack.url, ALERT_HTTP_BACKOFF="0"
         )

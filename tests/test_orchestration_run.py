@@ -18,7 +18,7 @@ import pytest
 from conftest import PROJECT_ROOT, pipeline_env
 from dagster import AssetCheckSeverity, AssetKey, DagsterInstance, build_sensor_context
 from orchestration_support import TARGET, dagster_env, environment, load_definitions
-from slack_stub import OK, SlackStub, server_error
+from slack_stub import OK, SlackStub, server_error, slow
 from test_docs_site import ARTIFACTS, free_port, needs_chromium, png_distinct_bytes, run_chromium, serving
 from test_pipeline import EXPECTED_FACT, HEADER, INVOICE_ROWS, SENTINEL, fact_rows, write_fixture
 
@@ -218,6 +218,38 @@ def test_undelivered_balance_alerts_fail_their_step_so_it_is_retried(daily_run):
             slack.always(OK)
             balance_alerts(build_asset_context())  # the retry
         assert slack.delivered, "the retry sent nothing"
+
+
+def test_a_balance_alert_given_up_fails_the_step_without_a_retry_that_would_end_green(daily_run):
+    # a retry after the attempt that gave up would find nothing left to send and end the run green:
+    # no failure alert, although the alert may never have arrived
+    from dagster import Failure, build_asset_context
+
+    from data_platform.orchestration.assets import balance_alerts
+
+    database, csv_dir, _ = daily_run
+
+    def forget_slack() -> None:
+        with database.connect("admin", autocommit=True) as conn:
+            conn.execute("delete from ops.alert_history where destination = 'slack'")
+            conn.execute("delete from ops.alert_watermark where destination = 'slack'")
+
+    forget_slack()  # Slack's first run: the latest day's alerts
+    try:
+        with SlackStub() as slack:
+            slack.always(slow())  # each message arrives, its answer after the client gave up
+            env = run_env(database, csv_dir, SLACK_WEBHOOK_URL=slack.url, ALERT_HTTP_TIMEOUT="0.3")
+            with environment(env):
+                with pytest.raises(Failure, match="could not be delivered") as first:
+                    balance_alerts(build_asset_context())
+                assert first.value.allow_retries  # its first unanswered attempt: a retry may confirm it
+                with pytest.raises(Failure, match="not sent again") as retry:
+                    balance_alerts(build_asset_context())
+            assert not retry.value.allow_retries, "the step would be retried into green"
+            assert "check the channel" in retry.value.description
+            assert len(slack.requests) == 2  # one alert, sent twice, never confirmed
+    finally:
+        forget_slack()  # the other tests' Slack starts afresh too
 
 
 def test_the_alert_step_waits_for_a_pipeline_run_like_the_other_steps(daily_run):

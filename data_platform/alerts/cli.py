@@ -3,7 +3,12 @@
 Exit codes:
     0    every alert delivered (or nothing to send).
     1    some delivery failed, or stdout was closed before every alert was printed: the undelivered
-         alerts stay in ops.alert_history and are retried on the next run.
+         alerts stay in ops.alert_history and are retried on the next run. Also while undelivered
+         alerts wait for a destination no route names any more (never delivered until one does).
+    3    this run gave up on some alert: its last allowed attempt (MAX_UNCONFIRMED_ATTEMPTS) went
+         unanswered, so it is never sent again and may never have arrived; someone must check the
+         channel. Wins over 1: the other undelivered alerts are still retried on the next run. Later
+         runs do not give up on it again, so they do not exit 3 for it (their summary still notes it).
     2    configuration or database error, with a message saying what to fix. Configuration errors
          (flags, environment, connection settings, another run holding the lock, a day after the
          data) stop the run before anything is sent. A database error can also stop a run during
@@ -37,6 +42,7 @@ from data_platform.alerts.records import (
     DEFAULT_WEBHOOK_ENV,
     FAILED,
     JSON_SINK,
+    MAX_UNCONFIRMED_ATTEMPTS,
     SLACK,
     UNKNOWN,
     Alert,
@@ -48,7 +54,7 @@ from data_platform.alerts.routing import Destination
 from data_platform.alerts.summary import Summary
 from data_platform.db import describe_target
 
-EXIT_OK, EXIT_DELIVERY_FAILED, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_DELIVERY_FAILED, EXIT_ERROR, EXIT_GIVEN_UP, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 DEFAULT_CONNECT_TIMEOUT = 10  # seconds; psycopg's own default is over two minutes
 
 
@@ -149,6 +155,8 @@ class MartsView:
     alerts: list[Alert] = field(default_factory=list)
     organizations: dict[int, Organization] = field(default_factory=dict)
     why: dict[tuple[int, date], Why] = field(default_factory=dict)
+    # every waiting or new alert's fact row as it is now, and whether it meets the rule
+    fact_now: dict[tuple[int, date], tuple[Alert, bool]] = field(default_factory=dict)
 
 
 def _locked_run(
@@ -178,12 +186,21 @@ def _locked_run(
     commit()
 
     for name, destination in routing_.destinations.items():
-        outgoing = _messages(store.undelivered(ops, name), view, destination, settings.digest_over)
+        waiting = _as_the_fact_is_now(ops, name, store.undelivered(ops, name), view, settings, summary)
+        outgoing = _messages(waiting, view, destination, settings.digest_over)
         commit()
+        given_up_before = store.given_up_count(ops, name)
         _deliver(ops, name, outgoing, routing_.channels[name], summary, commit)
-        summary.given_up += store.given_up_count(ops, name)
+        given_up = store.given_up_count(ops, name)
+        summary.given_up += given_up
+        summary.given_up_now += given_up - given_up_before
     if names == [CONSOLE]:
         summary.waiting_for_slack = store.undelivered_count(ops, SLACK)
+    else:
+        # an alert stays with the destination it was recorded for: one whose route is gone is never
+        # delivered, so every run that delivers says so
+        summary.unrouted = store.undelivered_elsewhere(ops, names)
+    _tell_undelivered(summary)
     commit()
     if settings.dry_run:
         ops.rollback()
@@ -212,6 +229,39 @@ def _recent(ops: Connection, destination: str, alerts: list[Alert], settings: Se
         return {}
     since = min(alert.balance_date for alert in alerts) - timedelta(days=days)
     return store.recent_alerts(ops, destination, [alert.organization_id for alert in alerts], since)
+
+
+def _numbers(alert: Alert) -> tuple:
+    return alert.alert_kind, alert.previous_balance_usd, alert.balance_usd, alert.balance_change_ratio
+
+
+def _as_the_fact_is_now(
+    ops: Connection,
+    destination: str,
+    alerts: list[Alert],
+    view: MartsView,
+    settings: Settings,
+    summary: Summary,
+) -> list[Alert]:
+    """The destination's undelivered alerts, each sent with the drivers the fact has now: one whose day a
+    rebuild changed since it was recorded takes the current numbers, which those drivers explain, or,
+    when the day no longer alerts, is superseded and never sent. An unchanged day is sent as recorded."""
+    kept, superseded = [], []
+    for alert in alerts:
+        row, alerts_now = view.fact_now.get((alert.organization_id, alert.balance_date), (None, False))
+        if row is not None and _numbers(row) == _numbers(alert):
+            kept.append(alert)
+            continue
+        current = noise.apply_floor_and_severity([row] if alerts_now else [], settings.noise).alerts
+        if not current:
+            superseded.append(alert)
+            continue
+        store.record_current_numbers(ops, destination, current[0])
+        kept.append(replace(current[0], status=alert.status, attempts=alert.attempts))
+    if superseded:
+        store.record_superseded(ops, destination, superseded)
+        summary.superseded += len(superseded)
+    return kept
 
 
 def _messages(
@@ -269,7 +319,9 @@ def _read_marts(
             a.organization_id for a in view.alerts
         }
         view.organizations = detect.organization_context(reader, wanted)
-        view.why = detect.why(reader, waiting | {(a.organization_id, a.balance_date) for a in view.alerts})
+        keys = waiting | {(a.organization_id, a.balance_date) for a in view.alerts}
+        view.why = detect.why(reader, keys)
+        view.fact_now = detect.fact_now(reader, keys, settings.threshold, settings.include_from_zero)
         return view
     finally:
         reader.rollback()  # read only: nothing to keep
@@ -343,10 +395,24 @@ def _deliver(
         print(
             f"alert_script.py: delivery to {destination} failed for {what}: {outcome.error}", file=sys.stderr
         )
-    if summary.failed:
+
+
+def _tell_undelivered(summary: Summary) -> None:
+    """Once per run, after every destination: the run's count, not a running total per destination."""
+    retried = summary.failed - summary.given_up_now
+    if retried:
         print(
-            f"alert_script.py: {summary.failed} alert(s) not delivered; they stay in ops.alert_history "
+            f"alert_script.py: {retried} alert(s) not delivered; they stay in ops.alert_history "
             "and are retried on the next run.",
+            file=sys.stderr,
+        )
+    if summary.unrouted:
+        print(f"alert_script.py: {summary.unrouted_note()}", file=sys.stderr)
+    if summary.given_up_now:
+        print(
+            f"alert_script.py: {summary.given_up_now} alert(s) never confirmed after "
+            f"{MAX_UNCONFIRMED_ATTEMPTS} unanswered attempts: not sent again; check the channel (status "
+            "'unknown' in ops.alert_history).",
             file=sys.stderr,
         )
 
@@ -386,4 +452,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if summary is None:  # an alert line could not be printed: that alert was not delivered
             _tell("stdout was closed before every alert was printed; the rest are retried on the next run.")
             return EXIT_DELIVERY_FAILED
-    return EXIT_DELIVERY_FAILED if summary.failed else EXIT_OK
+    if summary.given_up_now:
+        return EXIT_GIVEN_UP
+    return EXIT_DELIVERY_FAILED if summary.failed or summary.unrouted else EXIT_OK

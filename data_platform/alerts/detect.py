@@ -181,31 +181,64 @@ def range_stats(conn: Connection, start: date, end: date) -> RangeStats:
     return RangeStats(days_processed=row[0], first_day=row[1], last_day=row[2], moves_from_zero=row[3])
 
 
-def alerts_query(start: date, end: date, threshold: Decimal, include_from_zero: bool) -> Select:
-    """One row per alerting organization-day in start..end (bound parameters throughout).
-
-    Rule: previous_balance_usd <> 0 and abs(balance_change_ratio) >= threshold; with
-    include_from_zero also previous = 0 and a new balance that is not 0 ("new balance").
-    """
+def _rule(threshold: Decimal, include_from_zero: bool):
+    """Rule: previous_balance_usd <> 0 and abs(balance_change_ratio) >= threshold; with
+    include_from_zero also previous = 0 and a new balance that is not 0 ("new balance")."""
     by_ratio = and_(
         fact.c.previous_balance_usd != 0,
         func.abs(fact.c.balance_change_ratio) >= literal(threshold, Numeric),
     )
     from_zero = and_(fact.c.previous_balance_usd == 0, fact.c.balance_usd != fact.c.previous_balance_usd)
-    rule = or_(by_ratio, from_zero) if include_from_zero else by_ratio
+    return or_(by_ratio, from_zero) if include_from_zero else by_ratio
+
+
+def _alert_columns() -> tuple:
     kind = case((fact.c.previous_balance_usd == 0, NEW_BALANCE), else_=BALANCE_CHANGE)
     return (
-        select(
-            fact.c.organization_id,
-            fact.c.balance_date,
-            kind.label("alert_kind"),
-            fact.c.previous_balance_usd,
-            fact.c.balance_usd,
-            fact.c.balance_change_ratio,
-        )
-        .where(fact.c.balance_date.between(start, end), rule)
+        fact.c.organization_id,
+        fact.c.balance_date,
+        kind.label("alert_kind"),
+        fact.c.previous_balance_usd,
+        fact.c.balance_usd,
+        fact.c.balance_change_ratio,
+    )
+
+
+def alerts_query(start: date, end: date, threshold: Decimal, include_from_zero: bool) -> Select:
+    """One row per alerting organization-day in start..end (bound parameters throughout)."""
+    return (
+        select(*_alert_columns())
+        .where(fact.c.balance_date.between(start, end), _rule(threshold, include_from_zero))
         .order_by(fact.c.balance_date, fact.c.organization_id)
     )
+
+
+def fact_now(
+    conn: Connection,
+    organization_days: Iterable[tuple[int, date]],
+    threshold: Decimal,
+    include_from_zero: bool,
+    chunk: int = 1000,
+) -> dict[tuple[int, date], tuple[Alert, bool]]:
+    """Each organization-day's fact row as it is now (as an Alert) and whether it meets the rule; a day
+    without a row is left out."""
+    wanted = sorted(set(organization_days))
+    key = tuple_(fact.c.organization_id, fact.c.balance_date)
+    rule = _rule(threshold, include_from_zero).label("alerts")
+    found: dict[tuple[int, date], tuple[Alert, bool]] = {}
+    for offset in range(0, len(wanted), chunk):
+        query = select(*_alert_columns(), rule).where(key.in_(wanted[offset : offset + chunk]))
+        for row in conn.execute(query):
+            alert = Alert(
+                organization_id=row.organization_id,
+                balance_date=row.balance_date,
+                alert_kind=row.alert_kind,
+                previous_balance_usd=row.previous_balance_usd,
+                balance_usd=row.balance_usd,
+                balance_change_ratio=row.balance_change_ratio,
+            )
+            found[(row.organization_id, row.balance_date)] = (alert, row.alerts)
+    return found
 
 
 def fetch_alerts(conn: Connection, query: Select) -> list[Alert]:

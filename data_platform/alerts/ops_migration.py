@@ -10,10 +10,13 @@ been either's, so it becomes pending for both, and nothing waiting is lost. The 
 becomes the watermark of both destinations, so neither replays days the old alerter covered.
 
 Then routing: destinations become any route's webhook variable, alerts may be `suppressed`, and
-every alert gets a severity (`warning` for the older rows: there was no other).
+every alert gets a severity (`warning` for the older rows: there was no other). Then a status added
+later (`superseded`) is allowed by the status check.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from sqlalchemy import Connection, text
 
@@ -90,13 +93,24 @@ drop index if exists ops.alert_history_undelivered_idx;
 """
 
 
+_STATUS_CHECK = """
+select pg_get_constraintdef(oid) from pg_constraint
+where conrelid = 'ops.alert_history'::regclass and conname = 'alert_history_status_check'
+"""
+
+_UPGRADE_STATUSES = """
+alter table ops.alert_history drop constraint alert_history_status_check;
+alter table ops.alert_history add constraint alert_history_status_check check ({status_check});
+"""
+
+
 def _run(conn: Connection, script: str) -> None:
     for statement in script.split(";"):
         if statement.strip():
             conn.execute(text(statement))
 
 
-def upgrade(conn: Connection, status_check: str, destination_check: str) -> None:
+def upgrade(conn: Connection, status_check: str, destination_check: str, statuses: Sequence[str]) -> None:
     """Upgrade each ops table still in an older layout (idempotent). The new checks come from the
     table definitions (store), so the upgraded tables match freshly created ones."""
     for table_name, script in (("alert_watermark", _UPGRADE_WATERMARK), ("alert_history", _UPGRADE_HISTORY)):
@@ -107,3 +121,6 @@ def upgrade(conn: Connection, status_check: str, destination_check: str) -> None
             conn,
             _UPGRADE_ROUTES.format(status_check=status_check, destination_check=destination_check),
         )
+    allowed = conn.execute(text(_STATUS_CHECK)).scalar_one()
+    if any(f"'{status}'" not in allowed for status in statuses):
+        _run(conn, _UPGRADE_STATUSES.format(status_check=status_check))

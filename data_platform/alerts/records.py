@@ -21,7 +21,9 @@ SENT = "sent"  # the destination confirmed it: never sent again
 FAILED = "failed"  # the destination refused it or could not be reached: nothing was accepted
 UNKNOWN = "unknown"  # a request went out and no answer came back: it may have been accepted
 SUPPRESSED = "suppressed"  # held back by --suppress-days: recorded, never sent
-STATUSES = (PENDING, SENT, FAILED, UNKNOWN, SUPPRESSED)
+# not delivered before a rebuild changed its day so that it no longer alerts: never sent
+SUPERSEDED = "superseded"
+STATUSES = (PENDING, SENT, FAILED, UNKNOWN, SUPPRESSED, SUPERSEDED)
 
 # how loud an alert is; a higher rank lets an alert through a suppression
 WARNING = "warning"

@@ -41,6 +41,7 @@ from sqlalchemy.schema import CreateIndex, CreateTable
 from data_platform.alerts import ops_migration
 from data_platform.alerts.records import (
     BALANCE_CHANGE,
+    CONSOLE,
     DESTINATION_PATTERN,
     FAILED,
     MAX_UNCONFIRMED_ATTEMPTS,
@@ -49,6 +50,7 @@ from data_platform.alerts.records import (
     SENT,
     SEVERITIES,
     STATUSES,
+    SUPERSEDED,
     SUPPRESSED,
     UNKNOWN,
     WARNING,
@@ -117,7 +119,7 @@ undelivered_index = Index(
     postgresql_where=history.c.status.not_in([SENT, SUPPRESSED]),
 )
 
-_CLOSED = (SENT, SUPPRESSED)  # never sent (again)
+_CLOSED = (SENT, SUPPRESSED, SUPERSEDED)  # never sent (again)
 # may still be sent: never sent, and fewer unanswered attempts than the at-most-twice promise allows
 _deliverable = and_(
     history.c.status.not_in(_CLOSED), history.c.unanswered_attempts < MAX_UNCONFIRMED_ATTEMPTS
@@ -128,7 +130,7 @@ def ensure_tables(conn: Connection) -> None:
     """Create the tables on the first run; bring tables of an older layout up to date."""
     conn.execute(CreateTable(watermark, if_not_exists=True))
     conn.execute(CreateTable(history, if_not_exists=True))
-    ops_migration.upgrade(conn, _one_of("status", STATUSES), DESTINATION_CHECK)
+    ops_migration.upgrade(conn, _one_of("status", STATUSES), DESTINATION_CHECK, STATUSES)
     conn.execute(CreateIndex(undelivered_index, if_not_exists=True))
 
 
@@ -268,7 +270,7 @@ def recent_alerts(
             history.c.destination == destination,
             history.c.organization_id.in_(sorted(set(organization_ids))),
             history.c.balance_date >= since,
-            history.c.status != SUPPRESSED,
+            history.c.status.not_in([SUPPRESSED, SUPERSEDED]),
         )
     )
     for row in rows:
@@ -302,6 +304,18 @@ def undelivered_count(conn: Connection, destination: str) -> int:
     ).scalar_one()
 
 
+def undelivered_elsewhere(conn: Connection, destinations: Sequence[str]) -> dict[str, int]:
+    """{destination: alerts it may still be sent} for each destination not among `destinations`: a route
+    removed or renamed since they were recorded. Console rows aside: printing is a view, not a delivery."""
+    rows = conn.execute(
+        select(history.c.destination, func.count())
+        .where(history.c.destination.not_in([*destinations, CONSOLE]), _deliverable)
+        .group_by(history.c.destination)
+        .order_by(history.c.destination)
+    )
+    return {destination: count for destination, count in rows}
+
+
 def given_up_count(conn: Connection, destination: str) -> int:
     """Alerts never confirmed and not sent again: every allowed attempt went unanswered."""
     return conn.execute(
@@ -320,6 +334,30 @@ def _rows(destination: str, alerts: Sequence[Alert]):
         history.c.destination == destination,
         tuple_(history.c.organization_id, history.c.balance_date).in_(keys),
         history.c.status.not_in(_CLOSED),
+    )
+
+
+def record_current_numbers(conn: Connection, destination: str, alert: Alert) -> None:
+    """A waiting alert whose day a rebuild changed: the row takes the fact's current numbers, the ones
+    the drivers sent with it explain."""
+    conn.execute(
+        update(history)
+        .where(*_rows(destination, [alert]))
+        .values(
+            alert_kind=alert.alert_kind,
+            previous_balance_usd=alert.previous_balance_usd,
+            balance_usd=alert.balance_usd,
+            balance_change_ratio=alert.balance_change_ratio,
+            severity=alert.severity,
+        )
+    )
+
+
+def record_superseded(conn: Connection, destination: str, alerts: Sequence[Alert]) -> None:
+    """Waiting alerts whose day no longer alerts since a rebuild: closed, never sent."""
+    reason = "superseded: the fact changed since it was recorded and the day no longer alerts"
+    conn.execute(
+        update(history).where(*_rows(destination, alerts)).values(status=SUPERSEDED, last_error=reason)
     )
 
 

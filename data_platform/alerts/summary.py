@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 
 from data_platform.alerts.records import MAX_UNCONFIRMED_ATTEMPTS
@@ -30,9 +30,13 @@ class Summary:
     future_days: int = 0  # days in the fact after today: never processed
     last_future_day: date | None = None
     given_up: int = 0  # never confirmed after every allowed unanswered attempt: not sent again
+    given_up_now: int = 0  # of those, given up in this run (its last allowed attempt went unanswered)
     waiting_for_slack: int = 0  # console runs: Slack alerts still undelivered
+    # runs that deliver: undelivered alerts per destination no route names any more
+    unrouted: dict[str, int] = field(default_factory=dict)
     held_back: int = 0  # passed the ratio rule, below --min-change-usd: not recorded
     suppressed: int = 0  # recorded as suppressed (--suppress-days), never sent
+    superseded: int = 0  # waiting alerts whose day a rebuild changed so that it no longer alerts
     digests: int = 0  # digest messages sent in place of one message per organization
 
     def line(self) -> str:
@@ -63,6 +67,14 @@ class Summary:
         line = f"{prefix}: {days}, {sent}, {self.failed} failed, {skipped}; {watermark}."
         return " ".join([line, *self.notes()])
 
+    def unrouted_note(self) -> str:
+        where = ", ".join(f"{destination} {count}" for destination, count in self.unrouted.items())
+        return (
+            f"{_plural(sum(self.unrouted.values()), 'alert')} undelivered for destinations no route names "
+            f"any more ({where}): never sent until a route names that variable again (or the rows are "
+            "deleted from ops.alert_history)."
+        )
+
     def notes(self) -> list[str]:
         """What needs a human's eye, one sentence each."""
         notes = []
@@ -83,6 +95,14 @@ class Summary:
                 "unanswered attempts: not sent again; check the channel (status 'unknown' in "
                 "ops.alert_history)."
             )
+        if self.superseded:
+            notes.append(
+                f"{_plural(self.superseded, 'waiting alert')} superseded: the fact changed since "
+                "they were recorded and their day no longer alerts; not sent (status 'superseded' in "
+                "ops.alert_history)."
+            )
+        if self.unrouted:
+            notes.append(self.unrouted_note())
         if self.waiting_for_slack:
             notes.append(
                 f"{_plural(self.waiting_for_slack, 'Slack alert')} still undelivered: printing is not "

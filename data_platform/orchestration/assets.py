@@ -23,8 +23,9 @@ from dagster_dbt import (
     get_asset_keys_by_output_name_for_source,
 )
 
-from data_platform import pipeline, secrets
+from data_platform import pipeline
 from data_platform.db import DatabaseUnavailable
+from data_platform.orchestration import configuration
 from data_platform.orchestration.environment import process_environment
 from data_platform.orchestration.project import BUILD_TARGET_PATH, dbt_project
 from data_platform.orchestration.sensors import EXPORT_DAY_TAG
@@ -33,17 +34,19 @@ RAW_SOURCE = "payments"
 DAILY_FACT = "fct_organization_daily_financials"
 MARTS = ("dim_invoices", "dim_organizations", DAILY_FACT)
 # the alert run only reads the warehouse and keeps its own state (a delivered alert is never sent
-# again), so a retry is always safe: it sends what the last attempt could not deliver
+# again), so a retry is always safe: it sends what the last attempt could not deliver. Not after an
+# attempt gave up on an alert: see balance_alerts.
 ALERT_RETRY_POLICY = RetryPolicy(max_retries=3, delay=60, backoff=Backoff.EXPONENTIAL)
 
 
 @contextmanager
 def pipeline_step() -> Iterator[None]:
-    """A failed step becomes a Dagster failure whose description is the pipeline's own message. A secret
-    file that cannot be used fails every step, as it fails init.sh before its first step."""
-    unusable_secrets = secrets.apply_to_environ()
-    if unusable_secrets:
-        raise Failure(description="\n".join(str(error) for error in unusable_secrets))
+    """A failed step becomes a Dagster failure whose description is the pipeline's own message. A setting
+    that cannot be used (a secret file, as it fails init.sh before its first step, or PIPELINE_SCHEDULE)
+    fails every step: configuration.problems."""
+    unusable = configuration.problems()
+    if unusable:
+        raise Failure(description="\n".join(str(error) for error in unusable))
     try:
         yield
     except (pipeline.PipelineError, DatabaseUnavailable) as error:
@@ -145,8 +148,12 @@ def balance_alerts(context: AssetExecutionContext) -> None:
             return
         # under the lock, as in init.sh: a pipeline run may be rebuilding the marts it reads
         with pipeline.PipelineLock(settings.lock_timeout_seconds):
-            delivered = pipeline.run_alerts(settings)
-        if not delivered:
+            outcome = pipeline.run_alerts(settings)
+        if outcome is pipeline.AlertRun.GIVEN_UP:
+            # a retry would find nothing left to send and end green: the run fails now, and its failure
+            # alert tells the operators to check the channel
+            raise Failure(description=f"{outcome.value} (see the step's log)", allow_retries=False)
+        if outcome is pipeline.AlertRun.UNDELIVERED:
             # a failure, so the retry policy sends them again soon, and a run that still cannot
             # deliver them fails and is reported instead of ending green
             raise Failure(description="some balance alerts could not be delivered (see the step's log)")

@@ -6,7 +6,7 @@ import sys
 
 from dagster import Definitions
 
-from data_platform import secrets
+from data_platform.orchestration import configuration
 from data_platform.orchestration.assets import balance_alerts, dbt_docs, dbt_models, raw_tables
 from data_platform.orchestration.ops_alerts import freshness_alerts, run_failure_alerts
 from data_platform.orchestration.project import dbt_resource
@@ -14,10 +14,11 @@ from data_platform.orchestration.schedules import daily_job, daily_schedule
 from data_platform.orchestration.sensors import new_export_sensor
 
 # Every Dagster process (webserver, daemon, code server, run worker) loads this module; with Docker
-# secrets its environment holds NAME_FILE paths, which init.sh would have resolved (README). One that
-# cannot be used must not stop the definitions from loading (no schedule, no sensor, no failure alert):
-# it is reported here, and every run's steps fail with it (assets.pipeline_step).
-for problem in secrets.apply_to_environ():
+# secrets its environment holds NAME_FILE paths, which init.sh would have resolved (README). A secret
+# file or a PIPELINE_SCHEDULE that cannot be used must not stop the definitions from loading (no
+# schedule, no sensor, no failure alert): it is reported here, and every run's steps fail with it
+# (configuration.problems, assets.pipeline_step).
+for problem in configuration.problems():
     print(f"error: {problem}", file=sys.stderr)
 
 defs = Definitions(

@@ -4,9 +4,9 @@ The destination and the HTTP policy are the balance alerts' own: SLACK_WEBHOOK_U
 SLACK_WEBHOOK_URL_FILE names) and ALERT_HTTP_*, read by the same `alerts.config` functions as
 alert_script.py. Only those: a typo in one of the balance alerts' other settings (ALERT_MIN_CHANGE_USD...)
 fails their run, and the alert about that failure must still go out; an invalid webhook or HTTP setting
-sends the message to stdout, with why. A Slack message goes through `alerts.delivery.retry_handlers`
-(bounded retries on 429/5xx/network errors; a Retry-After over OPS_MAX_RETRY_AFTER_SECONDS is not waited
-for) with every error text scrubbed by `alerts.delivery.redact`; the result is an `alerts.delivery.Outcome`.
+sends the message to stdout, with why. A Slack message is one attempt of at most OPS_HTTP_TIMEOUT_SECONDS
+(no retries: a sensor's next tick is the retry) with every error text scrubbed by
+`alerts.delivery.redact`; the result is an `alerts.delivery.Outcome`.
 The balance alert channels format an organization's balance alerts, so an operations message has its own
 two channels of the same shape (`name`, `send() -> Outcome`).
 """
@@ -27,9 +27,11 @@ from data_platform.alerts import config, delivery
 
 # first lines of an error shown in a message: enough to act on, short enough for Slack
 ERROR_LINES_SHOWN = 8
-# A sensor tick sends these, and Dagster gives up on a tick after 60 s while its sends go on: a longer
-# Slack Retry-After leaves the message to a later tick instead of being waited out.
-OPS_MAX_RETRY_AFTER_SECONDS = 5.0
+# A sensor tick sends these, and Dagster gives up on a tick after 60 s while its sends go on (keeping the
+# tick's old cursor, so what it sent goes again): one attempt per message, of at most this many seconds
+# (less when ALERT_HTTP_TIMEOUT says so), never retried within the tick (no 429 Retry-After or 5xx
+# backoff waited out): the sensor's next tick sends it again.
+OPS_HTTP_TIMEOUT_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -127,12 +129,15 @@ def channel_from_environment(environ: Mapping[str, str] | None = None) -> OpsCha
         if not url:
             return ConsoleOpsChannel()
         http = config.http_settings(env)
-        max_retry_after = min(http.max_retry_after, OPS_MAX_RETRY_AFTER_SECONDS)
-        return SlackOpsChannel(url, dataclasses.replace(http, max_retry_after=max_retry_after))
+        timeout = min(http.timeout, OPS_HTTP_TIMEOUT_SECONDS)
+        return SlackOpsChannel(url, dataclasses.replace(http, timeout=timeout, retries=0))
     except config.ConfigError as error:  # its text never repeats the URL
         return ConsoleOpsChannel(why=str(error))
 
 
 def dagster_base_url(environ: Mapping[str, str] | None = None) -> str:
+    """DAGSTER_BASE_URL, else the UI on this host at DAGSTER_PORT (3000 when unset); a value of only
+    whitespace counts as unset (compose's ${NAME:-default} replaces only an empty one)."""
     env = os.environ if environ is None else environ
-    return (env.get("DAGSTER_BASE_URL") or "http://localhost:3000").rstrip("/")
+    port = (env.get("DAGSTER_PORT") or "").strip() or "3000"
+    return ((env.get("DAGSTER_BASE_URL") or "").strip() or f"http://localhost:{port}").rstrip("/")

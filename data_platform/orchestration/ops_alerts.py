@@ -22,6 +22,7 @@ An alert whose delivery failed is sent again on a later tick:
 
 import datetime as dt
 import json
+import math
 import os
 import re
 import time
@@ -54,6 +55,8 @@ from data_platform.orchestration.sensors import export_folders, exports_dir
 from data_platform.pipeline import PipelineLock
 
 DEFAULT_EXPORT_MAX_AGE_HOURS = 26.0
+# a longer wait means nothing (and nan or inf would switch the check off): such a value is an error
+MAX_EXPORT_MAX_AGE_HOURS = 24 * 366
 FACT = "marts.fct_organization_daily_financials"
 IN_PROGRESS = [DagsterRunStatus.QUEUED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]
 FAILURE_EVENTS_READ = 100  # a tick reads up to this many new failures; the next tick the rest
@@ -61,9 +64,8 @@ FAILURE_EVENTS_READ = 100  # a tick reads up to this many new failures; the next
 FAILURE_ALERTS_PER_TICK = 5
 # Dagster gives up on a tick after DAGSTER_SENSOR_GRPC_TIMEOUT_SECONDS (60 by default) and keeps its old
 # cursor while the code server goes on sending, so the next tick would send those alerts again: a tick
-# starts no send after this many seconds, leaving the rest of the minute to the send under way (an HTTP
-# attempt gives up after ALERT_HTTP_TIMEOUT, 10 s by default, and a Retry-After over
-# notify.OPS_MAX_RETRY_AFTER_SECONDS is not waited for).
+# starts no send after this many seconds, leaving the rest of the minute to the send under way (one
+# attempt of at most notify.OPS_HTTP_TIMEOUT_SECONDS, never retried within the tick).
 FAILURE_TICK_BUDGET_SECONDS = 20.0
 # a destination down for days must not grow the cursor without end: beyond this, the oldest are dropped
 MAX_PENDING_FAILURE_ALERTS = 300
@@ -208,9 +210,12 @@ def export_max_age_hours(environ: Mapping[str, str] | None = None) -> float:
     try:
         value = float(raw)
     except ValueError:
-        value = -1.0
-    if value <= 0:
-        raise ValueError(f"EXPORT_MAX_AGE_HOURS must be a number of hours > 0, got {raw!r}")
+        value = math.nan
+    if not 0 < value <= MAX_EXPORT_MAX_AGE_HOURS:  # nan compares false
+        raise ValueError(
+            f"EXPORT_MAX_AGE_HOURS must be a number of hours > 0 and at most {MAX_EXPORT_MAX_AGE_HOURS} "
+            f"(a year), got {raw!r}"
+        )
     return value
 
 
@@ -256,9 +261,22 @@ def run_in_progress(instance: DagsterInstance) -> bool:
         return PipelineLock.held(conn)
 
 
-def check_freshness(now: dt.datetime, max_age_hours: float, fact: tuple[str, ...] | None = None) -> Freshness:
-    """The export folders judged at `now`; the fact judged too, unless `fact` gives the verdict to keep."""
-    return Freshness(_export_problems(now, max_age_hours), _fact_problems() if fact is None else fact)
+def check_freshness(
+    now: dt.datetime, max_age_hours: float | None = None, fact: tuple[str, ...] | None = None
+) -> Freshness:
+    """The export folders judged at `now` against `max_age_hours` (default: EXPORT_MAX_AGE_HOURS); the
+    fact judged too, unless `fact` gives the verdict to keep. An EXPORT_MAX_AGE_HOURS that cannot be used
+    is a problem of its own, reported like the others, and the default stands in for it meanwhile: a
+    sensor that raised on every tick would tell nobody."""
+    setting: tuple[str, ...] = ()
+    if max_age_hours is None:
+        try:
+            max_age_hours = export_max_age_hours()
+        except ValueError as error:
+            max_age_hours = DEFAULT_EXPORT_MAX_AGE_HOURS
+            setting = (f"{error}; the exports are checked against the default, {max_age_hours:g} h",)
+    exports = setting + _export_problems(now, max_age_hours)
+    return Freshness(exports, _fact_problems() if fact is None else fact)
 
 
 def _recorded(cursor: str | None) -> tuple[bool, Freshness]:
@@ -284,7 +302,7 @@ def freshness_alerts(context: SensorEvaluationContext):
     # it (stale stays stale, fresh stays fresh) until a tick after the run judges it again
     running = run_in_progress(context.instance)
     now = dt.datetime.now(dt.UTC)
-    current = check_freshness(now, export_max_age_hours(), fact=last.fact if running else None)
+    current = check_freshness(now, fact=last.fact if running else None)
     if current.stale == said_stale:
         context.update_cursor(_cursor(said_stale, current))  # for the next tick during a run
         return SkipReason("stale: " + "; ".join(current.problems) if current.stale else "fresh")

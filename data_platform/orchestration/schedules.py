@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 from dagster import (
     AssetSelection,
@@ -21,17 +22,35 @@ daily_job = define_asset_job(
 )
 
 
-def daily_schedule(environ: dict[str, str] | None = None) -> ScheduleDefinition:
-    cron = ((os.environ if environ is None else environ).get("PIPELINE_SCHEDULE") or DEFAULT_SCHEDULE).strip()
+def _schedule(cron: str) -> ScheduleDefinition:
+    return ScheduleDefinition(
+        name="daily_pipeline_schedule",
+        job=daily_job,
+        cron_schedule=cron,
+        execution_timezone="UTC",
+        default_status=DefaultScheduleStatus.RUNNING,
+    )
+
+
+def pipeline_schedule(environ: Mapping[str, str] | None = None) -> str:
+    """PIPELINE_SCHEDULE's cron expression (unset, empty or only whitespace: the default); ValueError
+    when it is not one."""
+    raw = (os.environ if environ is None else environ).get("PIPELINE_SCHEDULE") or ""
+    cron = raw.strip() or DEFAULT_SCHEDULE
     try:
-        return ScheduleDefinition(
-            name="daily_pipeline_schedule",
-            job=daily_job,
-            cron_schedule=cron,
-            execution_timezone="UTC",
-            default_status=DefaultScheduleStatus.RUNNING,
-        )
+        _schedule(cron)
     except DagsterInvalidDefinitionError:
         raise ValueError(
-            f"PIPELINE_SCHEDULE must be a cron expression such as {DEFAULT_SCHEDULE!r} (UTC), got {cron!r}"
+            f"PIPELINE_SCHEDULE must be a cron expression such as {DEFAULT_SCHEDULE!r} (UTC), got {raw!r}; "
+            f"the daily run keeps the default schedule, {DEFAULT_SCHEDULE!r}, until it is fixed"
         ) from None
+    return cron
+
+
+def daily_schedule(environ: Mapping[str, str] | None = None) -> ScheduleDefinition:
+    """The daily job at PIPELINE_SCHEDULE, or at the default when that value cannot be used: it must
+    not stop the definitions from loading (configuration.problems reports it)."""
+    try:
+        return _schedule(pipeline_schedule(environ))
+    except ValueError:
+        return _schedule(DEFAULT_SCHEDULE)
