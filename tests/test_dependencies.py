@@ -10,9 +10,11 @@ which only the daily image (the `daily` group, requirements-daily.lock) loads.
 from __future__ import annotations
 
 import ast
+import multiprocessing
 import re
 import sys
 import tomllib
+from concurrent.futures import ProcessPoolExecutor
 from importlib.metadata import packages_distributions
 
 from conftest import PROJECT_ROOT
@@ -37,7 +39,16 @@ def declared() -> tuple[set[str], set[str]]:
 
 
 def third_party_imports() -> dict[str, list[tuple[str, bool]]]:
-    """{top-level module: [(file:line, imported inside a function)]} for every non-stdlib import."""
+    """{top-level module: [(file:line, imported inside a function)]} for every non-stdlib import.
+
+    Parsed in a fresh interpreter: in a test worker that has run other tests, CPython 3.11's ast.parse
+    can fail with "AST constructor recursion depth mismatch" (its recursion counter left off by earlier
+    code), which says nothing about the files."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_third_party_imports).result(timeout=120)
+
+
+def _third_party_imports() -> dict[str, list[tuple[str, bool]]]:
     found: dict[str, list[tuple[str, bool]]] = {}
     for path in sorted(PACKAGE.rglob("*.py")):
         tree = ast.parse(path.read_text(), filename=str(path))
