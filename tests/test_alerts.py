@@ -531,6 +531,47 @@ def test_a_waiting_alert_whose_day_was_rebuilt_is_sent_as_the_fact_is_now_or_sup
     assert organizations_in(slack.delivered) == [2, 3]
 
 
+def test_a_superseded_waiting_alert_does_not_hold_back_the_alert_that_replaces_it(db, slack):
+    # a rebuild moved the move to the next day (a payment date corrected): the waiting alert of the old
+    # day is superseded, and must not first suppress the new day's alert through --suppress-days
+    add_moves(db, (1, DAY[0], "100", "300"))
+    slack.always(server_error(500))
+    assert run_alerts(db, webhook=slack.url, ALERT_HTTP_RETRIES="0", ALERT_SUPPRESS_DAYS="3").returncode == 1
+    execute(db, "delete from marts.fct_organization_daily_financials")
+    add_moves(db, (1, DAY[0], "100", "100"), (1, DAY[1], "100", "300"))
+    slack.always(OK)
+
+    retry = run_alerts(db, webhook=slack.url, ALERT_SUPPRESS_DAYS="3")
+
+    assert retry.returncode == 0, retry.stderr
+    assert organizations_in(slack.delivered) == [1]
+    assert "2024-03-02 $100.00 -> $300.00" in slack.delivered[0]["text"]
+    assert history(db) == {(1, DAY[0]): ("superseded", 1), (1, DAY[1]): ("sent", 1)}
+
+
+def test_a_superseded_day_that_alerts_again_is_reopened_and_sent(db, slack):
+    # superseded means never sent: when a corrected rebuild makes the day alert again, a run that
+    # processes it (here --date) sends it, and its attempts still count toward the at-most-twice bound
+    add_moves(db, (1, DAY[0], "100", "300"))
+    slack.always(server_error(500))
+    assert run_alerts(db, webhook=slack.url, ALERT_HTTP_RETRIES="0").returncode == 1
+    moved = "update marts.fct_organization_daily_financials set balance_usd = {}, balance_change_ratio = {}"
+    execute(db, moved.format(110, 0.1))
+    slack.always(OK)
+    assert run_alerts(db, webhook=slack.url).returncode == 0
+    assert history(db) == {(1, DAY[0]): ("superseded", 1)} and slack.delivered == []
+    execute(db, moved.format(300, 2))
+
+    rerun = run_alerts(db, "--date", DAY[0].isoformat(), webhook=slack.url)
+
+    assert rerun.returncode == 0, rerun.stderr
+    assert "1 alert sent" in rerun.stdout
+    assert organizations_in(slack.delivered) == [1]
+    assert history(db) == {(1, DAY[0]): ("sent", 2)}
+    stored = db.query("select balance_usd, last_error from ops.alert_history")
+    assert stored == [(Decimal("300"), None)]
+
+
 def test_hanging_server_times_out_then_the_next_run_delivers_each_once(db, slack):
     add_moves(db, (1, DAY[0], "100", "300"), (2, DAY[0], "100", "10"))
     slack.always(hang())  # the request is lost and no answer comes
@@ -587,6 +628,37 @@ def test_slow_slack_that_accepts_gets_a_message_at_most_twice(db, slack):
     assert "1 alert never confirmed after 2 unanswered attempts" in third.stdout
     stored = db.query("select last_error, unanswered_attempts from ops.alert_history")
     assert stored == [("no answer within 0.3 s (the message may have arrived)", 2)]
+
+
+def test_a_run_that_dies_during_an_alerts_last_attempt_leaves_exit_3_to_the_next_run(db, slack):
+    # the give-up is counted before the request: a run stopped while it waits never reports it, and a
+    # later run that only noted it would end green (Dagster's retry of a crashed step, for one)
+    add_moves(db, (1, DAY[0], "100", "300"))
+    slack.always(slow(5))
+    assert run_alerts(db, webhook=slack.url, ALERT_HTTP_TIMEOUT="0.3").returncode == 1
+    slack.always(hang(30))
+    stopped = subprocess.Popen(
+        command(),
+        cwd=PROJECT_ROOT,
+        env=alerter_env(db, slack.url, ALERT_HTTP_TIMEOUT="20"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=default_sigint,
+    )
+    deadline = time.monotonic() + 30
+    while len(slack.requests) < 2:  # the last allowed attempt is in flight
+        assert time.monotonic() < deadline and stopped.poll() is None, "the second attempt was not sent"
+        time.sleep(0.05)
+    stopped.send_signal(signal.SIGINT)
+    assert stopped.wait(timeout=30) == 130
+    assert history(db) == {(1, DAY[0]): ("unknown", 2)}
+
+    reported = run_alerts(db, webhook=slack.url)
+    assert reported.returncode == 3, reported.stderr
+    assert "1 alert(s) never confirmed after 2 unanswered attempts: not sent again" in reported.stderr
+    assert len(slack.requests) == 2  # not sent a third time
+    assert run_alerts(db, webhook=slack.url).returncode == 0  # reported once
 
 
 def test_unreachable_webhook_never_leaks_the_url(db):

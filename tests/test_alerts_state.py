@@ -196,6 +196,25 @@ def test_ops_tables_from_before_superseded_alerts_allow_them(db, slack):  # noqa
     assert history(db) == {(1, DAY[0]): ("superseded", 1)} and slack.delivered == []
 
 
+def test_alerts_given_up_before_the_report_column_are_not_reported_again(db, slack):  # noqa: F811
+    # their runs' summaries said so; an upgrade must not make the next run exit 3 for them
+    add_moves(db, (1, DAY[0], "100", "300"))
+    slack.always(OK)
+    assert run_alerts(db, webhook=slack.url).returncode == 0
+    execute(
+        db,
+        "update ops.alert_history set status = 'unknown', unanswered_attempts = 2;"
+        "alter table ops.alert_history drop column given_up_reported_at",
+        role="alerter",
+    )
+
+    upgraded = run_alerts(db, webhook=slack.url)
+
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert "1 alert never confirmed after 2 unanswered attempts" in upgraded.stdout  # still noted
+    assert db.query("select given_up_reported_at is not null from ops.alert_history") == [(True,)]
+
+
 # --- what the marts may do to the alerter ----------------------------------------------------------
 
 ATTACK = """

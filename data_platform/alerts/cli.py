@@ -7,8 +7,9 @@ Exit codes:
          alerts wait for a destination no route names any more (never delivered until one does).
     3    this run gave up on some alert: its last allowed attempt (MAX_UNCONFIRMED_ATTEMPTS) went
          unanswered, so it is never sent again and may never have arrived; someone must check the
-         channel. Wins over 1: the other undelivered alerts are still retried on the next run. Later
-         runs do not give up on it again, so they do not exit 3 for it (their summary still notes it).
+         channel. Or it found one given up that no run had reported (that run died first). Wins over
+         1: the other undelivered alerts are still retried on the next run. Each give-up is reported
+         once (given_up_reported_at); later runs' summaries still note it.
     2    configuration or database error, with a message saying what to fix. Configuration errors
          (flags, environment, connection settings, another run holding the lock, a day after the
          data) stop the run before anything is sent. A database error can also stop a run during
@@ -173,6 +174,10 @@ def _locked_run(
     waiting = store.undelivered_organization_days(ops, names)
     # every marts read happens here, before anything is committed to ops
     view = _read_marts(reader, settings, summary, watermarks, waiting, today)
+    # the waiting alerts take the fact as it is now first: one superseded must not hold back (through
+    # --suppress-days) the alert that replaces it, recorded below
+    for name in names:
+        _as_the_fact_is_now(ops, name, store.undelivered(ops, name), view, settings, summary)
     for name, alerts in _by_destination(view, routing_).items():
         held = noise.suppressed(alerts, _recent(ops, name, alerts, settings), settings.noise.suppress_days)
         summary.suppressed += len(held)
@@ -186,14 +191,12 @@ def _locked_run(
     commit()
 
     for name, destination in routing_.destinations.items():
-        waiting = _as_the_fact_is_now(ops, name, store.undelivered(ops, name), view, settings, summary)
-        outgoing = _messages(waiting, view, destination, settings.digest_over)
+        outgoing = _messages(store.undelivered(ops, name), view, destination, settings.digest_over)
         commit()
-        given_up_before = store.given_up_count(ops, name)
         _deliver(ops, name, outgoing, routing_.channels[name], summary, commit)
-        given_up = store.given_up_count(ops, name)
-        summary.given_up += given_up
-        summary.given_up_now += given_up - given_up_before
+        summary.given_up += store.given_up_count(ops, name)
+        # committed below with the run's end: a run that dies first leaves the report to the next
+        summary.given_up_now += store.report_given_up(ops, name)
     if names == [CONSOLE]:
         summary.waiting_for_slack = store.undelivered_count(ops, SLACK)
     else:
@@ -242,26 +245,23 @@ def _as_the_fact_is_now(
     view: MartsView,
     settings: Settings,
     summary: Summary,
-) -> list[Alert]:
-    """The destination's undelivered alerts, each sent with the drivers the fact has now: one whose day a
+) -> None:
+    """The destination's undelivered alerts are sent with the drivers the fact has now: one whose day a
     rebuild changed since it was recorded takes the current numbers, which those drivers explain, or,
-    when the day no longer alerts, is superseded and never sent. An unchanged day is sent as recorded."""
-    kept, superseded = [], []
+    when the day no longer alerts, is superseded and not sent. An unchanged day is sent as recorded."""
+    superseded = []
     for alert in alerts:
         row, alerts_now = view.fact_now.get((alert.organization_id, alert.balance_date), (None, False))
         if row is not None and _numbers(row) == _numbers(alert):
-            kept.append(alert)
             continue
         current = noise.apply_floor_and_severity([row] if alerts_now else [], settings.noise).alerts
-        if not current:
+        if current:
+            store.record_current_numbers(ops, destination, current[0])
+        else:
             superseded.append(alert)
-            continue
-        store.record_current_numbers(ops, destination, current[0])
-        kept.append(replace(current[0], status=alert.status, attempts=alert.attempts))
     if superseded:
         store.record_superseded(ops, destination, superseded)
         summary.superseded += len(superseded)
-    return kept
 
 
 def _messages(

@@ -11,7 +11,8 @@ becomes the watermark of both destinations, so neither replays days the old aler
 
 Then routing: destinations become any route's webhook variable, alerts may be `suppressed`, and
 every alert gets a severity (`warning` for the older rows: there was no other). Then a status added
-later (`superseded`) is allowed by the status check.
+later (`superseded`) is allowed by the status check, and given-up alerts get the time a run reported
+them (the older ones count as reported).
 """
 
 from __future__ import annotations
@@ -104,13 +105,36 @@ alter table ops.alert_history add constraint alert_history_status_check check ({
 """
 
 
+# Given-up alerts are reported once, by a run's exit code: the ones given up before that are taken as
+# reported (their runs' summaries said so), so an upgrade does not report them again.
+_HAS_GIVEN_UP_REPORTED = """
+select exists (
+    select from information_schema.columns
+    where table_schema = 'ops' and table_name = 'alert_history' and column_name = 'given_up_reported_at'
+)
+"""
+
+_UPGRADE_GIVEN_UP_REPORTED = """
+alter table ops.alert_history add column given_up_reported_at timestamptz;
+update ops.alert_history set given_up_reported_at = now()
+    where status not in ({closed}) and unanswered_attempts >= {max_unanswered};
+"""
+
+
 def _run(conn: Connection, script: str) -> None:
     for statement in script.split(";"):
         if statement.strip():
             conn.execute(text(statement))
 
 
-def upgrade(conn: Connection, status_check: str, destination_check: str, statuses: Sequence[str]) -> None:
+def upgrade(
+    conn: Connection,
+    status_check: str,
+    destination_check: str,
+    statuses: Sequence[str],
+    closed: Sequence[str],
+    max_unanswered: int,
+) -> None:
     """Upgrade each ops table still in an older layout (idempotent). The new checks come from the
     table definitions (store), so the upgraded tables match freshly created ones."""
     for table_name, script in (("alert_watermark", _UPGRADE_WATERMARK), ("alert_history", _UPGRADE_HISTORY)):
@@ -124,3 +148,6 @@ def upgrade(conn: Connection, status_check: str, destination_check: str, statuse
     allowed = conn.execute(text(_STATUS_CHECK)).scalar_one()
     if any(f"'{status}'" not in allowed for status in statuses):
         _run(conn, _UPGRADE_STATUSES.format(status_check=status_check))
+    if not conn.execute(text(_HAS_GIVEN_UP_REPORTED)).scalar_one():
+        closed_list = ", ".join(f"'{status}'" for status in closed)
+        _run(conn, _UPGRADE_GIVEN_UP_REPORTED.format(closed=closed_list, max_unanswered=max_unanswered))

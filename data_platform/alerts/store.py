@@ -104,6 +104,8 @@ history = Table(
     Column("last_attempt_at", DateTime(timezone=True)),
     Column("sent_at", DateTime(timezone=True)),
     Column("last_error", Text),
+    # when a run reported that this alert was given up (its exit code 3); null while not yet reported
+    Column("given_up_reported_at", DateTime(timezone=True)),
     PrimaryKeyConstraint("destination", "organization_id", "balance_date", name="alert_history_pkey"),
     CheckConstraint(DESTINATION_CHECK, name="alert_history_destination_check"),
     CheckConstraint(_one_of("status", STATUSES), name="alert_history_status_check"),
@@ -130,7 +132,9 @@ def ensure_tables(conn: Connection) -> None:
     """Create the tables on the first run; bring tables of an older layout up to date."""
     conn.execute(CreateTable(watermark, if_not_exists=True))
     conn.execute(CreateTable(history, if_not_exists=True))
-    ops_migration.upgrade(conn, _one_of("status", STATUSES), DESTINATION_CHECK, STATUSES)
+    ops_migration.upgrade(
+        conn, _one_of("status", STATUSES), DESTINATION_CHECK, STATUSES, _CLOSED, MAX_UNCONFIRMED_ATTEMPTS
+    )
     conn.execute(CreateIndex(undelivered_index, if_not_exists=True))
 
 
@@ -198,8 +202,10 @@ def record_alerts(
     suppressed: frozenset[tuple[int, date]] | set[tuple[int, date]] = frozenset(),
 ) -> int:
     """Insert the detected alerts as pending for `destination` (`suppressed` for the organization-days
-    given); ones already recorded (any status) are left alone, so a rebuilt fact never re-sends a
-    day. Returns how many are new."""
+    given); ones already recorded are left alone, so a rebuilt fact never re-sends a day, except a
+    `superseded` one, which was never sent: its day alerts again, so it is reopened with the new
+    numbers (its attempts kept, so it is still sent at most twice). Returns how many are new or
+    reopened."""
     new = 0
     for offset in range(0, len(alerts), chunk):
         rows = [
@@ -218,12 +224,24 @@ def record_alerts(
             }
             for alert in alerts[offset : offset + chunk]
         ]
-        statement = (
-            pg_insert(history)
-            .values(rows)
-            .on_conflict_do_nothing(constraint="alert_history_pkey")
-            .returning(history.c.organization_id)
-        )
+        insert = pg_insert(history).values(rows)
+        reopen = {
+            column: insert.excluded[column]
+            for column in (
+                "alert_kind",
+                "previous_balance_usd",
+                "balance_usd",
+                "balance_change_ratio",
+                "severity",
+                "status",
+                "detected_at",
+            )
+        }
+        statement = insert.on_conflict_do_update(
+            constraint="alert_history_pkey",
+            set_={**reopen, "last_error": None},
+            where=history.c.status == SUPERSEDED,
+        ).returning(history.c.organization_id)
         new += len(conn.execute(statement).all())
     return new
 
@@ -316,15 +334,28 @@ def undelivered_elsewhere(conn: Connection, destinations: Sequence[str]) -> dict
     return {destination: count for destination, count in rows}
 
 
+_given_up = and_(history.c.status.not_in(_CLOSED), history.c.unanswered_attempts >= MAX_UNCONFIRMED_ATTEMPTS)
+
+
 def given_up_count(conn: Connection, destination: str) -> int:
     """Alerts never confirmed and not sent again: every allowed attempt went unanswered."""
     return conn.execute(
-        select(func.count()).where(
-            history.c.destination == destination,
-            history.c.status.not_in(_CLOSED),
-            history.c.unanswered_attempts >= MAX_UNCONFIRMED_ATTEMPTS,
-        )
+        select(func.count()).where(history.c.destination == destination, _given_up)
     ).scalar_one()
+
+
+def report_given_up(conn: Connection, destination: str) -> int:
+    """Mark the given-up alerts no run has reported yet as reported now; how many. The run that
+    commits this says so with its exit code, so a run that died during an alert's last attempt leaves
+    the report to the next run."""
+    return len(
+        conn.execute(
+            update(history)
+            .where(history.c.destination == destination, _given_up, history.c.given_up_reported_at.is_(None))
+            .values(given_up_reported_at=func.now())
+            .returning(history.c.organization_id)
+        ).all()
+    )
 
 
 def _rows(destination: str, alerts: Sequence[Alert]):
