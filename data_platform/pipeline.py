@@ -70,7 +70,7 @@ class AlertRun(enum.Enum):
     retry can still help (the undelivered ones), or not (given up: the channel needs a human's eye)."""
 
     DELIVERED = "every alert delivered"
-    UNDELIVERED = "some alerts could not be delivered; the next alert run retries them"
+    UNDELIVERED = "some alerts are still undelivered (the alert run said which, and why, above)"
     GIVEN_UP = (
         "some balance alerts got no answer for the last allowed time and are not sent again (status "
         "'unknown' in ops.alert_history): check the channel they go to"

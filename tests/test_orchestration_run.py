@@ -252,6 +252,30 @@ def test_a_balance_alert_given_up_fails_the_step_without_a_retry_that_would_end_
         forget_slack()  # the other tests' Slack starts afresh too
 
 
+def test_after_giving_up_on_an_alert_the_step_still_retries_the_others_then_fails(daily_run, monkeypatch):
+    # a give-up fails the run without Dagster's retries, but the alerts still waiting in that run get
+    # theirs from the step (the real alert runs behind these outcomes: the test above and test_alerts)
+    from dagster import Failure, build_asset_context
+
+    from data_platform import pipeline
+    from data_platform.orchestration import assets
+
+    database, csv_dir, _ = daily_run
+    outcomes = [pipeline.AlertRun.GIVEN_UP, pipeline.AlertRun.UNDELIVERED, pipeline.AlertRun.DELIVERED]
+    runs = []
+
+    def scripted_alert_run(settings):
+        runs.append(settings)
+        return outcomes[len(runs) - 1]
+
+    monkeypatch.setattr(assets, "_alert_run", scripted_alert_run)
+    monkeypatch.setattr(assets, "GIVEN_UP_RETRY_DELAYS_SECONDS", (0, 0, 0, 0))
+    with environment(run_env(database, csv_dir)), pytest.raises(Failure, match="check the channel") as failed:
+        assets.balance_alerts(build_asset_context())
+    assert len(runs) == 3, "the alerts still waiting were not retried until delivered"
+    assert not failed.value.allow_retries
+
+
 def test_the_alert_step_waits_for_a_pipeline_run_like_the_other_steps(daily_run):
     # init.sh alerts under the lock; a pipeline run may be rebuilding the marts the alerter reads
     from dagster import Failure, build_asset_context

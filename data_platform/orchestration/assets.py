@@ -1,6 +1,7 @@
 """The assets: the raw tables (the loader), every dbt model and seed (tests as asset checks), the docs
 and the balance alerts. Each one calls the step of `data_platform.pipeline` that init.sh runs."""
 
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -37,6 +38,9 @@ MARTS = ("dim_invoices", "dim_organizations", DAILY_FACT)
 # again), so a retry is always safe: it sends what the last attempt could not deliver. Not after an
 # attempt gave up on an alert: see balance_alerts.
 ALERT_RETRY_POLICY = RetryPolicy(max_retries=3, delay=60, backoff=Backoff.EXPONENTIAL)
+# the same retries, by the step itself, after an attempt that gave up (the first one at once: usually
+# nothing else is waiting)
+GIVEN_UP_RETRY_DELAYS_SECONDS = (0, 60, 120, 240)
 
 
 @contextmanager
@@ -134,6 +138,12 @@ def dbt_docs() -> None:
             pipeline.generate_docs(pipeline.plan(settings))
 
 
+def _alert_run(settings: pipeline.Settings) -> pipeline.AlertRun:
+    # under the lock, as in init.sh: a pipeline run may be rebuilding the marts it reads
+    with pipeline.PipelineLock(settings.lock_timeout_seconds):
+        return pipeline.run_alerts(settings)
+
+
 @asset(
     group_name="alerts",
     deps=[get_asset_key_for_model([dbt_models], DAILY_FACT)],
@@ -146,12 +156,15 @@ def balance_alerts(context: AssetExecutionContext) -> None:
         if not settings.run_alerts:
             context.log.info("RUN_ALERTS is off: no alert run")
             return
-        # under the lock, as in init.sh: a pipeline run may be rebuilding the marts it reads
-        with pipeline.PipelineLock(settings.lock_timeout_seconds):
-            outcome = pipeline.run_alerts(settings)
+        outcome = _alert_run(settings)
         if outcome is pipeline.AlertRun.GIVEN_UP:
-            # a retry would find nothing left to send and end green: the run fails now, and its failure
-            # alert tells the operators to check the channel
+            # The run must fail, so that its failure alert tells the operators to check the channel: a
+            # retry of the step would find that alert given up, and end green once the rest is sent.
+            # The step gives the run's other undelivered alerts their retries itself instead.
+            for delay in GIVEN_UP_RETRY_DELAYS_SECONDS:
+                time.sleep(delay)
+                if _alert_run(settings) is pipeline.AlertRun.DELIVERED:
+                    break
             raise Failure(description=f"{outcome.value} (see the step's log)", allow_retries=False)
         if outcome is pipeline.AlertRun.UNDELIVERED:
             # a failure, so the retry policy sends them again soon, and a run that still cannot
