@@ -9,6 +9,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -224,6 +226,32 @@ def test_a_slow_failing_send_keeps_the_tick_well_within_dagsters_limit(defs, ins
     assert failing < 10, failing
     assert hanging < notify.OPS_HTTP_TIMEOUT_SECONDS + 5, hanging
     assert alerted_runs(slack) == runs[:1] and pending_runs(context.cursor) == runs[1:]
+
+
+def test_an_ops_send_answered_byte_by_byte_is_given_up_after_its_timeout_in_all():
+    # the HTTP client's timeout bounds each socket read: a server trickling its answer (a proxy, a
+    # broken balancer) kept one send alive for 29 s with ALERT_HTTP_TIMEOUT=1
+    server = socket.create_server(("127.0.0.1", 0))
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+
+    def trickle() -> None:
+        connection, _ = server.accept()
+        with connection:
+            connection.recv(65536)
+            for byte in answer:
+                connection.send(bytes([byte]))
+                time.sleep(0.5)
+
+    threading.Thread(target=trickle, daemon=True).start()
+    url = f"http://127.0.0.1:{server.getsockname()[1]}/services/T000/B000/{SECRET}"
+    channel = notify.channel_from_environment({"SLACK_WEBHOOK_URL": url, "ALERT_HTTP_TIMEOUT": "1"})
+    began = time.monotonic()
+    outcome = channel.send(notify.OpsMessage("Data is stale", details=("x",), link="http://x"))
+    took = time.monotonic() - began
+    server.close()
+    assert took < 3, took
+    assert not outcome.delivered and outcome.service_unavailable
+    assert outcome.error == "no answer within 1 s (the message may have arrived)"
 
 
 def test_undelivered_alerts_beyond_the_limit_are_dropped_oldest_first_and_logged(defs, instance, capfd):

@@ -17,6 +17,7 @@ import dataclasses
 import logging
 import os
 import sys
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, TextIO
@@ -102,17 +103,36 @@ class SlackOpsChannel:
 
     def __init__(self, url: str, http: config.HttpSettings) -> None:
         self._url = url
+        self._deadline = http.timeout
         self._client = WebhookClient(
             url, timeout=http.timeout, logger=_quiet_logger(), retry_handlers=delivery.retry_handlers(http)
         )  # type: ignore[arg-type]  # slack-sdk annotates timeout as int; urllib takes a float
 
     def send(self, message: OpsMessage) -> delivery.Outcome:
-        try:
-            response = self._client.send(
-                text=message.text(), blocks=message.blocks(), unfurl_links=False, unfurl_media=False
-            )
-        except Exception as error:  # network errors once retries are spent: report, never crash a tick
-            text = delivery.redact(f"{type(error).__name__}: {error}", self._url)
+        """The send, given up after the HTTP timeout in all: the client's timeout bounds each socket
+        operation only, and a server that answers byte by byte would hold the tick past its minute. A
+        send given up on goes on in the background; it may arrive, as a lost answer's may."""
+        done: list[Any] = []
+
+        def post() -> None:
+            try:
+                done.append(
+                    self._client.send(
+                        text=message.text(), blocks=message.blocks(), unfurl_links=False, unfurl_media=False
+                    )
+                )
+            except Exception as error:  # network errors: report, never crash a tick
+                done.append(error)
+
+        sender = threading.Thread(target=post, name="ops-alert-send", daemon=True)
+        sender.start()
+        sender.join(self._deadline)
+        if not done:
+            why = f"no answer within {self._deadline:g} s (the message may have arrived)"
+            return delivery.Outcome(False, why, service_unavailable=True)
+        response = done[0]
+        if isinstance(response, Exception):
+            text = delivery.redact(f"{type(response).__name__}: {response}", self._url)
             return delivery.Outcome(False, text, service_unavailable=True)
         if 200 <= response.status_code < 300:
             return delivery.Outcome(delivered=True)
