@@ -661,6 +661,22 @@ def test_a_run_that_dies_during_an_alerts_last_attempt_leaves_exit_3_to_the_next
     assert run_alerts(db, webhook=slack.url).returncode == 0  # reported once
 
 
+def test_a_give_up_found_from_an_earlier_run_leaves_this_runs_undelivered_count_alone(db, slack):
+    add_moves(db, (1, DAY[0], "100", "300"))
+    slack.always(slow(5))
+    assert run_alerts(db, webhook=slack.url, ALERT_HTTP_TIMEOUT="0.3").returncode == 1
+    # what a run stopped during the alert's last attempt leaves (the test above)
+    execute(db, "update ops.alert_history set status = 'unknown', attempts = 2, unanswered_attempts = 2")
+    add_moves(db, (2, DAY[1], "100", "300"))
+    slack.always(server_error(500))
+
+    result = run_alerts(db, webhook=slack.url, ALERT_HTTP_RETRIES="0")
+
+    assert result.returncode == 3, result.stderr
+    assert "alert_script.py: 1 alert(s) not delivered; they stay in ops.alert_history" in result.stderr
+    assert "alert_script.py: 1 alert(s) never confirmed after 2 unanswered attempts" in result.stderr
+
+
 def test_unreachable_webhook_never_leaks_the_url(db):
     add_moves(db, (1, DAY[0], "100", "300"))
     with SlackStub() as gone:

@@ -3,14 +3,20 @@ rate limit, end to end with local webhook stubs (same harness as test_alerts.py)
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import time
 from decimal import Decimal
 
 import pytest
-from slack_stub import SlackStub, rate_limited, server_error
+from conftest import PROJECT_ROOT
+from slack_stub import OK, SlackStub, hang, rate_limited, server_error, slow
 from test_alerts import (  # noqa: F401  (db, warehouse are fixtures)
     DAY,
     add_moves,
     alert_lines,
+    alerter_env,
+    command,
     db,
     execute,
     history,
@@ -23,6 +29,7 @@ from data_platform.alerts import payload
 from data_platform.alerts.config import HttpSettings
 from data_platform.alerts.json_sink import JsonWebhookChannel
 from data_platform.alerts.records import BALANCE_CHANGE, CRITICAL, Alert, Batch, Organization
+from data_platform.pipeline import default_sigint
 
 NO_FLOOR = {"ALERT_MIN_CHANGE_USD": "0"}
 
@@ -334,3 +341,37 @@ def test_ops_tables_from_before_routing_are_upgraded_in_place(db):  # noqa: F811
     assert vip.delivered[0]["organization"]["organization_id"] == "1"
     rows = db.query("select destination, organization_id, severity, status from ops.alert_history order by 2")
     assert rows == [("VIP_WEBHOOK", 1, "critical", "sent"), ("slack", 3, "warning", "sent")]
+
+
+def test_a_give_up_is_reported_by_a_run_that_ends_not_by_one_that_dies_on_a_later_destination(db):  # noqa: F811
+    # the later destination's commits must not save the earlier one's report: the run died before it
+    # could exit 3, so the next run must
+    set_routes(db, ROUTES[0], ROUTES[3])  # VIP (priority 10) is delivered before the default route
+    add_moves(db, (1, DAY[0], "100", "300"), (3, DAY[0], "100", "300"))
+    with SlackStub() as vip, SlackStub() as default:
+        vip.always(slow(5))  # arrives, answered too late
+        assert (
+            run_alerts(db, webhook=default.url, VIP_WEBHOOK=vip.url, ALERT_HTTP_TIMEOUT="0.3").returncode == 1
+        )
+        add_moves(db, (3, DAY[1], "100", "300"))  # a new alert for the default route
+        default.always(hang(30))
+        stopped = subprocess.Popen(
+            command(),
+            cwd=PROJECT_ROOT,
+            env=alerter_env(db, default.url, VIP_WEBHOOK=vip.url, ALERT_HTTP_TIMEOUT="3"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=default_sigint,
+        )
+        deadline = time.monotonic() + 30
+        while len(default.requests) < 2:  # VIP's last attempt given up; the default's send in flight
+            assert time.monotonic() < deadline and stopped.poll() is None, "the run did not get there"
+            time.sleep(0.05)
+        stopped.send_signal(signal.SIGINT)
+        assert stopped.wait(timeout=30) == 130
+        vip.always(OK)
+        default.always(OK)
+        after = run_alerts(db, webhook=default.url, VIP_WEBHOOK=vip.url)
+    assert after.returncode == 3, after.stderr
+    assert "1 alert(s) never confirmed after 2 unanswered attempts" in after.stderr

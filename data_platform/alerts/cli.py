@@ -193,10 +193,14 @@ def _locked_run(
     for name, destination in routing_.destinations.items():
         outgoing = _messages(store.undelivered(ops, name), view, destination, settings.digest_over)
         commit()
+        given_up_before = store.given_up_count(ops, name)
         _deliver(ops, name, outgoing, routing_.channels[name], summary, commit)
-        summary.given_up += store.given_up_count(ops, name)
-        # committed below with the run's end: a run that dies first leaves the report to the next
-        summary.given_up_now += store.report_given_up(ops, name)
+        given_up = store.given_up_count(ops, name)
+        summary.given_up += given_up
+        summary.gave_up += given_up - given_up_before
+    # Reported after every destination's deliveries, whose commits would save the mark early: only
+    # the run's last commit, below, saves it, so a run that dies first leaves the report to the next.
+    summary.given_up_reported = sum(store.report_given_up(ops, name) for name in names)
     if names == [CONSOLE]:
         summary.waiting_for_slack = store.undelivered_count(ops, SLACK)
     else:
@@ -399,7 +403,7 @@ def _deliver(
 
 def _tell_undelivered(summary: Summary) -> None:
     """Once per run, after every destination: the run's count, not a running total per destination."""
-    retried = summary.failed - summary.given_up_now
+    retried = summary.failed - summary.gave_up
     if retried:
         print(
             f"alert_script.py: {retried} alert(s) not delivered; they stay in ops.alert_history "
@@ -408,9 +412,9 @@ def _tell_undelivered(summary: Summary) -> None:
         )
     if summary.unrouted:
         print(f"alert_script.py: {summary.unrouted_note()}", file=sys.stderr)
-    if summary.given_up_now:
+    if summary.given_up_reported:
         print(
-            f"alert_script.py: {summary.given_up_now} alert(s) never confirmed after "
+            f"alert_script.py: {summary.given_up_reported} alert(s) never confirmed after "
             f"{MAX_UNCONFIRMED_ATTEMPTS} unanswered attempts: not sent again; check the channel (status "
             "'unknown' in ops.alert_history).",
             file=sys.stderr,
@@ -452,6 +456,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if summary is None:  # an alert line could not be printed: that alert was not delivered
             _tell("stdout was closed before every alert was printed; the rest are retried on the next run.")
             return EXIT_DELIVERY_FAILED
-    if summary.given_up_now:
+    if summary.given_up_reported:
         return EXIT_GIVEN_UP
     return EXIT_DELIVERY_FAILED if summary.failed or summary.unrouted else EXIT_OK

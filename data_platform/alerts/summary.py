@@ -30,7 +30,9 @@ class Summary:
     future_days: int = 0  # days in the fact after today: never processed
     last_future_day: date | None = None
     given_up: int = 0  # never confirmed after every allowed unanswered attempt: not sent again
-    given_up_now: int = 0  # of those, given up in this run (its last allowed attempt went unanswered)
+    gave_up: int = 0  # of those, given up in this run (its last allowed attempt went unanswered)
+    # of those, reported by this run (exit 3): this run's, or an earlier run's that died first
+    given_up_reported: int = 0
     waiting_for_slack: int = 0  # console runs: Slack alerts still undelivered
     # runs that deliver: undelivered alerts per destination no route names any more
     unrouted: dict[str, int] = field(default_factory=dict)
