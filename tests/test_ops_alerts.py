@@ -249,9 +249,9 @@ def test_an_ops_send_answered_byte_by_byte_is_given_up_after_its_timeout_in_all(
     outcome = channel.send(notify.OpsMessage("Data is stale", details=("x",), link="http://x"))
     took = time.monotonic() - began
     server.close()
-    assert took < 3, took
+    assert took < 4, took
     assert not outcome.delivered and outcome.service_unavailable
-    assert outcome.error == "no answer within 1 s (the message may have arrived)"
+    assert outcome.error == "no answer within 2 s (the message may have arrived)"
 
 
 def test_undelivered_alerts_beyond_the_limit_are_dropped_oldest_first_and_logged(defs, instance, capfd):

@@ -261,18 +261,24 @@ def test_after_giving_up_on_an_alert_the_step_still_retries_the_others_then_fail
     from data_platform.orchestration import assets
 
     database, csv_dir, _ = daily_run
-    outcomes = [pipeline.AlertRun.GIVEN_UP, pipeline.AlertRun.UNDELIVERED, pipeline.AlertRun.DELIVERED]
+    # an error in the step's own retries (say the pipeline lock is busy) must not end it retryable either:
+    # Dagster's retry would find the give-up reported and end green
+    busy = pipeline.PipelineError("another pipeline run holds the lock", pipeline.EXIT_CONFIG)
+    outcomes = [pipeline.AlertRun.GIVEN_UP, busy, pipeline.AlertRun.UNDELIVERED, pipeline.AlertRun.DELIVERED]
     runs = []
 
     def scripted_alert_run(settings):
         runs.append(settings)
-        return outcomes[len(runs) - 1]
+        outcome = outcomes[len(runs) - 1]
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
 
     monkeypatch.setattr(assets, "_alert_run", scripted_alert_run)
     monkeypatch.setattr(assets, "GIVEN_UP_RETRY_DELAYS_SECONDS", (0, 0, 0, 0))
     with environment(run_env(database, csv_dir)), pytest.raises(Failure, match="check the channel") as failed:
         assets.balance_alerts(build_asset_context())
-    assert len(runs) == 3, "the alerts still waiting were not retried until delivered"
+    assert len(runs) == 4, "the alerts still waiting were not retried until delivered"
     assert not failed.value.allow_retries
 
 

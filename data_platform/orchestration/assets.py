@@ -161,10 +161,15 @@ def balance_alerts(context: AssetExecutionContext) -> None:
             # The run must fail, so that its failure alert tells the operators to check the channel: a
             # retry of the step would find that alert given up, and end green once the rest is sent.
             # The step gives the run's other undelivered alerts their retries itself instead.
+            # An error in these retries must not fail the step with a retryable error either: Dagster's
+            # retry would find the give-up reported and end green.
             for delay in GIVEN_UP_RETRY_DELAYS_SECONDS:
                 time.sleep(delay)
-                if _alert_run(settings) is pipeline.AlertRun.DELIVERED:
-                    break
+                try:
+                    if _alert_run(settings) is pipeline.AlertRun.DELIVERED:
+                        break
+                except (pipeline.PipelineError, DatabaseUnavailable) as error:
+                    context.log.error(f"retrying the other undelivered alerts failed: {error}")
             raise Failure(description=f"{outcome.value} (see the step's log)", allow_retries=False)
         if outcome is pipeline.AlertRun.UNDELIVERED:
             # a failure, so the retry policy sends them again soon, and a run that still cannot

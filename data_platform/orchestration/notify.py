@@ -4,9 +4,10 @@ The destination and the HTTP policy are the balance alerts' own: SLACK_WEBHOOK_U
 SLACK_WEBHOOK_URL_FILE names) and ALERT_HTTP_*, read by the same `alerts.config` functions as
 alert_script.py. Only those: a typo in one of the balance alerts' other settings (ALERT_MIN_CHANGE_USD...)
 fails their run, and the alert about that failure must still go out; an invalid webhook or HTTP setting
-sends the message to stdout, with why. A Slack message is one attempt of at most OPS_HTTP_TIMEOUT_SECONDS
-(no retries: a sensor's next tick is the retry) with every error text scrubbed by
-`alerts.delivery.redact`; the result is an `alerts.delivery.Outcome`.
+sends the message to stdout, with why. A Slack message is one attempt whose socket operations time out
+after at most OPS_HTTP_TIMEOUT_SECONDS, and the whole send after twice that (no retries: a sensor's next
+tick is the retry), with every error text scrubbed by `alerts.delivery.redact`; the result is an
+`alerts.delivery.Outcome`.
 The balance alert channels format an organization's balance alerts, so an operations message has its own
 two channels of the same shape (`name`, `send() -> Outcome`).
 """
@@ -29,9 +30,9 @@ from data_platform.alerts import config, delivery
 # first lines of an error shown in a message: enough to act on, short enough for Slack
 ERROR_LINES_SHOWN = 8
 # A sensor tick sends these, and Dagster gives up on a tick after 60 s while its sends go on (keeping the
-# tick's old cursor, so what it sent goes again): one attempt per message, of at most this many seconds
-# (less when ALERT_HTTP_TIMEOUT says so), never retried within the tick (no 429 Retry-After or 5xx
-# backoff waited out): the sensor's next tick sends it again.
+# tick's old cursor, so what it sent goes again): one attempt per message, each socket operation of at
+# most this many seconds (less when ALERT_HTTP_TIMEOUT says so) and the send of twice that, never
+# retried within the tick (no 429 Retry-After or 5xx backoff waited out): the next tick sends it again.
 OPS_HTTP_TIMEOUT_SECONDS = 10.0
 
 
@@ -103,15 +104,16 @@ class SlackOpsChannel:
 
     def __init__(self, url: str, http: config.HttpSettings) -> None:
         self._url = url
-        self._deadline = http.timeout
+        # the timeout bounds each socket operation, and a send makes a few: twice it is plenty
+        self._deadline = 2 * http.timeout
         self._client = WebhookClient(
             url, timeout=http.timeout, logger=_quiet_logger(), retry_handlers=delivery.retry_handlers(http)
         )  # type: ignore[arg-type]  # slack-sdk annotates timeout as int; urllib takes a float
 
     def send(self, message: OpsMessage) -> delivery.Outcome:
-        """The send, given up after the HTTP timeout in all: the client's timeout bounds each socket
-        operation only, and a server that answers byte by byte would hold the tick past its minute. A
-        send given up on goes on in the background; it may arrive, as a lost answer's may."""
+        """The send, given up after twice the HTTP timeout in all: the client's timeout bounds each
+        socket operation only, and a server that answers byte by byte would hold the tick past its
+        minute. A send given up on goes on in the background; it may arrive, as a lost answer's may."""
         done: list[Any] = []
 
         def post() -> None:
