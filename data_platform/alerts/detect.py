@@ -229,31 +229,25 @@ def fact_now(
     for offset in range(0, len(wanted), chunk):
         query = select(*_alert_columns(), rule).where(key.in_(wanted[offset : offset + chunk]))
         for row in conn.execute(query):
-            alert = Alert(
-                organization_id=row.organization_id,
-                balance_date=row.balance_date,
-                alert_kind=row.alert_kind,
-                previous_balance_usd=row.previous_balance_usd,
-                balance_usd=row.balance_usd,
-                balance_change_ratio=row.balance_change_ratio,
-            )
-            found[(row.organization_id, row.balance_date)] = (alert, row.alerts)
+            found[(row.organization_id, row.balance_date)] = (_alert(row), row.alerts)
     return found
+
+
+def _alert(row) -> Alert:
+    """A row of _alert_columns() as a record."""
+    return Alert(
+        organization_id=row.organization_id,
+        balance_date=row.balance_date,
+        alert_kind=row.alert_kind,
+        previous_balance_usd=row.previous_balance_usd,
+        balance_usd=row.balance_usd,
+        balance_change_ratio=row.balance_change_ratio,
+    )
 
 
 def fetch_alerts(conn: Connection, query: Select) -> list[Alert]:
     """The rows of alerts_query() as records (only the alerting rows ever reach Python)."""
-    return [
-        Alert(
-            organization_id=row.organization_id,
-            balance_date=row.balance_date,
-            alert_kind=row.alert_kind,
-            previous_balance_usd=row.previous_balance_usd,
-            balance_usd=row.balance_usd,
-            balance_change_ratio=row.balance_change_ratio,
-        )
-        for row in conn.execute(query)
-    ]
+    return [_alert(row) for row in conn.execute(query)]
 
 
 def organization_context(conn: Connection, organization_ids: Iterable[int]) -> dict[int, Organization]:

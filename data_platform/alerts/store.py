@@ -194,6 +194,14 @@ def write_watermark(conn: Connection, destination: str, day: date) -> None:
     conn.execute(statement)
 
 
+# what an alert says, from the fact and the noise settings: recorded, updated after a rebuild, reopened
+_NUMBERS = ("alert_kind", "previous_balance_usd", "balance_usd", "balance_change_ratio", "severity")
+
+
+def _numbers(alert: Alert) -> dict[str, object]:
+    return {column: getattr(alert, column) for column in _NUMBERS}
+
+
 def record_alerts(
     conn: Connection,
     destination: str,
@@ -213,11 +221,7 @@ def record_alerts(
                 "destination": destination,
                 "organization_id": alert.organization_id,
                 "balance_date": alert.balance_date,
-                "alert_kind": alert.alert_kind,
-                "previous_balance_usd": alert.previous_balance_usd,
-                "balance_usd": alert.balance_usd,
-                "balance_change_ratio": alert.balance_change_ratio,
-                "severity": alert.severity,
+                **_numbers(alert),
                 "status": SUPPRESSED
                 if (alert.organization_id, alert.balance_date) in suppressed
                 else PENDING,
@@ -225,18 +229,7 @@ def record_alerts(
             for alert in alerts[offset : offset + chunk]
         ]
         insert = pg_insert(history).values(rows)
-        reopen = {
-            column: insert.excluded[column]
-            for column in (
-                "alert_kind",
-                "previous_balance_usd",
-                "balance_usd",
-                "balance_change_ratio",
-                "severity",
-                "status",
-                "detected_at",
-            )
-        }
+        reopen = {column: insert.excluded[column] for column in (*_NUMBERS, "status", "detected_at")}
         statement = insert.on_conflict_do_update(
             constraint="alert_history_pkey",
             set_={**reopen, "last_error": None},
@@ -371,17 +364,7 @@ def _rows(destination: str, alerts: Sequence[Alert]):
 def record_current_numbers(conn: Connection, destination: str, alert: Alert) -> None:
     """A waiting alert whose day a rebuild changed: the row takes the fact's current numbers, the ones
     the drivers sent with it explain."""
-    conn.execute(
-        update(history)
-        .where(*_rows(destination, [alert]))
-        .values(
-            alert_kind=alert.alert_kind,
-            previous_balance_usd=alert.previous_balance_usd,
-            balance_usd=alert.balance_usd,
-            balance_change_ratio=alert.balance_change_ratio,
-            severity=alert.severity,
-        )
-    )
+    conn.execute(update(history).where(*_rows(destination, [alert])).values(**_numbers(alert)))
 
 
 def record_superseded(conn: Connection, destination: str, alerts: Sequence[Alert]) -> None:
