@@ -3,8 +3,8 @@
 -- (bench_floor.invoices) and the rules seed, with no ledger, no staging, no intermediate tables, no
 -- indexes and no tests. bench/run.py times it and checks it gives the mart's rows.
 -- With one export every invoice is a first version booked on its created day, so the day's changes of
--- older invoices are zero. Same expressions as the dbt models (amount / fx_rate per invoice, then the
--- coefficients), so the numeric results are identical, not just close.
+-- older invoices are zero. Same expressions as the dbt models (round(amount / fx_rate, 2) per invoice,
+-- then the coefficients), so the numeric results are identical, not just close.
 
 create table bench_floor.daily_fact as
 
@@ -16,8 +16,8 @@ daily_totals as (
         invoices.organization_id,
         (invoices.created_at at time zone 'utc')::date as balance_date,
         count(*) as invoice_count,
-        sum(rules.invoiced_coefficient * (invoices.amount / invoices.fx_rate)) as invoiced_amount_usd,
-        sum(rules.paid_coefficient * coalesce(invoices.payment_amount / invoices.fx_rate, 0))
+        sum(rules.invoiced_coefficient * round(invoices.amount / invoices.fx_rate, 2)) as invoiced_amount_usd,
+        sum(rules.paid_coefficient * coalesce(round(invoices.payment_amount / invoices.fx_rate, 2), 0))
             as paid_amount_usd
 
     from bench_floor.invoices as invoices

@@ -52,13 +52,18 @@ DAY_2_ROWS = [
     "403,{s},{s},3,-7,pending,USD,,,5.00,,1.00000000,,2023-01-07T11:00:00.000Z",
 ]
 # Export 2023-01-08:
-#   org 2: 402 paid (-100); 206 (open 30) moves to organization 3 (-30): 130 -> 0
+#   org 2: 402 paid (-100); 206 (open 30) moves to organization 3 (-30): 130 -> 0, 2 changed invoices
 #   org 3: 206 arrives (+30): 5 -> 35; 202 repeated unchanged (no version, no entry)
+#   org 4: two invoices of 50 EUR at 0.92 per USD (54.35 each, to the cent) and a credit note for the
+#          whole 100 EUR (-108.70): exactly 0, not the remainder of dividing each amount exactly
 DAY_3 = "2023-01-08"
 DAY_3_ROWS = [
     "402,{s},{s},2,-7,paid,EUR,EUR,card,90.00,90,0.90000000,0.90000000,2023-01-07T10:00:00.000Z",
     "206,{s},{s},3,-7,open,USD,,,30.00,,1.00000000,,2023-01-06T02:00:00.000Z",
     "202,{s},{s},2,-7,refunded,USD,,,10.00,,1.00000000,,2023-01-04T12:00:00.000Z",
+    "501,{s},{s},4,-7,open,EUR,,,50.00,,0.92000000,,2023-01-08T01:00:00.000Z",
+    "502,{s},{s},4,-7,open,EUR,,,50.00,,0.92000000,,2023-01-08T02:00:00.000Z",
+    "503,{s},{s},4,-7,credited,EUR,,,100.00,,0.92000000,,2023-01-08T03:00:00.000Z",
 ]
 # table -> (columns compared, order); summed_through_date says when a row was last added to, which
 # differs between incremental runs and one full build by design
@@ -163,12 +168,23 @@ def test_days_before_the_export_are_untouched(ledger):
 
 def test_an_invoice_moving_organization_leaves_one_and_joins_the_other(ledger):
     database = ledger["database"]
-    assert fact_row(database, 2, DAY_3)[2:6] == (D(-130), D(-130), D(130), D(0))
+    # the invoice that left counts as changed where it left, as in the day's drivers
+    assert fact_row(database, 2, DAY_3)[1:6] == (2, D(-130), D(-130), D(130), D(0))
     assert fact_row(database, 3, DAY_3)[1:6] == (1, D(30), D(30), D(5), D(35))
     current = database.query(
         "select organization_id, version, status from marts.dim_invoices where invoice_id = 206"
     )
     assert current == [(3, 2, "open")]
+
+
+def test_amounts_that_cancel_out_in_their_currency_leave_a_zero_balance(ledger):
+    database = ledger["database"]
+    amounts = database.query(
+        "select amount_usd from marts.dim_invoices where invoice_id in (501, 502, 503) order by invoice_id"
+    )
+    assert amounts == [(D("54.35"),), (D("54.35"),), (D("108.70"),)]
+    # a remainder like -1e-16 would make the next day's move a 10^19 % alert, not one from zero
+    assert fact_row(database, 4, DAY_3) == (3, 0, D(0), D(0), D(0), D(0), None)
 
 
 def test_the_alert_run_alerts_the_day_old_invoices_were_paid(ledger):
@@ -311,6 +327,16 @@ def stop_the_pipeline(database, csv_dir: Path, project: Path, when: str) -> str:
     return "".join(output)
 
 
+def hold_the_build_after(project: Path, model: str) -> None:
+    """Add a model to the project that waits 10 minutes after `model` is built, so that a stop after
+    `model` always lands before the build can succeed."""
+    held = project / "dbt" / "models" / "marts" / "held_build.sql"
+    held.write_text(
+        "{{ config(materialized='table') }}\n"
+        f"select 1 as held from {{{{ ref('{model}') }}}} cross join pg_sleep(600) limit 1\n"
+    )
+
+
 def test_an_interrupted_rules_change_is_rebuilt_in_full_next_time(make_database, tmp_path):
     csv_dir = write_fixture(tmp_path / "csv", BASE_ROWS)
     database = make_database()
@@ -345,8 +371,14 @@ def test_a_stopped_rules_change_then_undone_is_rebuilt_in_full_next_time(make_da
     built = snapshot(database)
 
     project = project_with_zero_rule(tmp_path / "project", "open")
+    hold_the_build_after(project, "dim_invoices")
     output = stop_the_pipeline(
         database, csv_dir, project, when="OK created sql incremental model marts.dim_invoices"
+    )
+    # the held model's query outlives its client until its sleep ends; it would hold dim_invoices
+    database.query(
+        "select pg_terminate_backend(pid) from pg_stat_activity "
+        "where query like '%pg_sleep(600)%' and pid <> pg_backend_pid()"
     )
     assert "rebuilt from scratch (the balance rules changed" in output
     # dim_invoices holds the edited rules' numbers now (the 40.00 open invoice counts 0)

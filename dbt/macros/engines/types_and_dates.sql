@@ -42,17 +42,20 @@
 {%- endmacro %}
 
 
-{#- An amount in a currency converted to USD: fx rates are units of the currency per 1 USD. -#}
+{#- An amount in a currency converted to USD: fx rates are units of the currency per 1 USD. Rounded to
+    the cent, so that amounts which cancel out in their currency (two halves and a credit note for the
+    whole) cancel out exactly in USD: a balance left at -1e-16 would turn the next move into a ratio of
+    10^19 instead of a move from zero. -#}
 {% macro to_usd(amount, fx_rate) -%}
     {{ return(adapter.dispatch('to_usd', 'data_platform')(amount, fx_rate)) }}
 {%- endmacro %}
 
 {% macro default__to_usd(amount, fx_rate) -%}
-    cast({{ amount }} as {{ usd_type() }}) / cast({{ fx_rate }} as {{ usd_type() }})
+    round(cast({{ amount }} as {{ usd_type() }}) / cast({{ fx_rate }} as {{ usd_type() }}), 2)
 {%- endmacro %}
 
 {% macro postgres__to_usd(amount, fx_rate) -%}
-    {{ amount }} / {{ fx_rate }}
+    round({{ amount }} / {{ fx_rate }}, 2)
 {%- endmacro %}
 
 
@@ -69,6 +72,23 @@
     numeric
 {%- endmacro %}
 
+
+
+{#- A running sum of USD amounts, to the cent. Every amount is in cents (to_usd), so Postgres's exact
+    numeric sum needs nothing; the other engines' double sums drift in their last bits, and a balance
+    that should be zero (or a few cents) must be exactly that before the day-over-day ratio divides by
+    it: 1e-13 instead of 0 is a ratio of 10^15, not "no ratio from zero". -#}
+{% macro usd_balance(running_sum) -%}
+    {{ return(adapter.dispatch('usd_balance', 'data_platform')(running_sum)) }}
+{%- endmacro %}
+
+{% macro default__usd_balance(running_sum) -%}
+    round({{ running_sum }}, 2)
+{%- endmacro %}
+
+{% macro postgres__usd_balance(running_sum) -%}
+    {{ running_sum }}
+{%- endmacro %}
 
 
 {#- True when a number is above zero and finite. Postgres numerics can hold NaN (greater than every

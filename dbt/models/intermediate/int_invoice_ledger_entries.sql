@@ -49,6 +49,7 @@ bookings as (
             else versions.seen_on
         end as booking_date,
         1 as invoice_count,
+        case when versions.version > 1 then 1 else 0 end as changed_invoice_count,
         versions.invoiced_amount_usd,
         versions.paid_amount_usd,
         versions.balance_contribution_usd as balance_change_usd
@@ -71,6 +72,8 @@ reversals as (
         seen_on,
         seen_on as booking_date,
         -1 as invoice_count,
+        -- an invoice that moved to another organization also changed for the one it left
+        case when previous_organization_id <> organization_id then 1 else 0 end as changed_invoice_count,
         -previous_invoiced_amount_usd as invoiced_amount_usd,
         -previous_paid_amount_usd as paid_amount_usd,
         -previous_balance_contribution_usd as balance_change_usd

@@ -37,7 +37,7 @@ totals as (
         status,
         cast(sum(invoice_count) as bigint) as net_invoice_count,
         count(*) filter (where version = 1) as new_invoice_count,
-        count(*) filter (where version > 1 and entry_kind = 'booking') as changed_invoice_count,
+        cast(sum(changed_invoice_count) as bigint) as changed_invoice_count,
         sum(invoiced_amount_usd) as invoiced_amount_usd,
         sum(paid_amount_usd) as paid_amount_usd,
         sum(balance_change_usd) as balance_change_usd,

@@ -68,11 +68,13 @@ running_balances as (
     select
         daily_totals.*,
         coalesce(opening_balances.opening_balance_usd, 0) as opening_balance_usd,
-        coalesce(opening_balances.opening_balance_usd, 0) + sum(daily_totals.balance_change_usd) over (
-            partition by daily_totals.organization_id
-            order by daily_totals.balance_date
-            rows between unbounded preceding and current row
-        ) as balance_usd
+        {{ usd_balance(
+            'coalesce(opening_balances.opening_balance_usd, 0) + sum(daily_totals.balance_change_usd) over (
+                partition by daily_totals.organization_id
+                order by daily_totals.balance_date
+                rows between unbounded preceding and current row
+            )'
+        ) }} as balance_usd
 
     from daily_totals
     left join opening_balances
