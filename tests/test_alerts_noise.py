@@ -175,6 +175,18 @@ def test_suppression_across_runs_uses_the_history(db, run_inline):  # noqa: F811
     assert history(db)[(1, DAY[1])] == ("suppressed", 0)
 
 
+def test_a_rerun_counts_only_the_alerts_it_suppressed(db, run_inline):  # noqa: F811
+    add_moves(db, (1, DAY[0], "2000", "3000"), (1, DAY[1], "3000", "4500"))
+    assert run_inline(db, "--since", DAY[0].isoformat()).returncode == 0
+
+    # the rule would hold DAY[1] back now, but that alert was sent already: nothing is suppressed
+    rerun = run_inline(db, "--date", DAY[1].isoformat(), "--suppress-days", "2")
+
+    assert rerun.returncode == 0, rerun.stderr
+    assert history(db)[(1, DAY[1])] == ("sent", 1)
+    assert "suppressed" not in rerun.stdout
+
+
 def test_suppression_off_by_default(db, run_inline):  # noqa: F811
     add_moves(db, (1, DAY[0], "2000", "3000"), (1, DAY[1], "3000", "4500"))
     result = run_inline(db, "--since", DAY[0].isoformat())

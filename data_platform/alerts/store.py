@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import date
 
 from sqlalchemy import (
@@ -202,19 +203,27 @@ def _numbers(alert: Alert) -> dict[str, object]:
     return {column: getattr(alert, column) for column in _NUMBERS}
 
 
+@dataclass
+class Recorded:
+    """What record_alerts wrote: rows new or reopened, and how many of them are suppressed (an alert
+    recorded before keeps its status, whatever the suppression rule says now)."""
+
+    new: int = 0
+    suppressed: int = 0
+
+
 def record_alerts(
     conn: Connection,
     destination: str,
     alerts: Sequence[Alert],
     chunk: int = 1000,
     suppressed: frozenset[tuple[int, date]] | set[tuple[int, date]] = frozenset(),
-) -> int:
+) -> Recorded:
     """Insert the detected alerts as pending for `destination` (`suppressed` for the organization-days
     given); ones already recorded are left alone, so a rebuilt fact never re-sends a day, except a
     `superseded` one, which was never sent: its day alerts again, so it is reopened with the new
-    numbers (its attempts kept, so it is still sent at most twice). Returns how many are new or
-    reopened."""
-    new = 0
+    numbers (its attempts kept, so it is still sent at most twice). Counts the rows new or reopened."""
+    recorded = Recorded()
     for offset in range(0, len(alerts), chunk):
         rows = [
             {
@@ -234,9 +243,11 @@ def record_alerts(
             constraint="alert_history_pkey",
             set_={**reopen, "last_error": None},
             where=history.c.status == SUPERSEDED,
-        ).returning(history.c.organization_id)
-        new += len(conn.execute(statement).all())
-    return new
+        ).returning(history.c.status)
+        statuses = conn.execute(statement).scalars().all()
+        recorded.new += len(statuses)
+        recorded.suppressed += statuses.count(SUPPRESSED)
+    return recorded
 
 
 def undelivered(conn: Connection, destination: str) -> list[Alert]:
