@@ -20,7 +20,7 @@ COPY .dbt ./.dbt
 COPY --chown=app:app dbt ./dbt
 # dbt's output (the docs site): a compose volume is created from it, so it must exist, owned by the user
 RUN mkdir -p dbt/target && chown app:app dbt/target
-COPY csv_data ./csv_data
+# no exports in the image: compose bind-mounts the checkout's csv_data/ at /app/csv_data
 
 USER app
 EXPOSE 8080
