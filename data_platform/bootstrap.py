@@ -67,6 +67,18 @@ def start_embedded_server(data_dir: Path, database: str) -> dict[str, str]:
     }
 
 
+def stop_embedded_server(data_dir: Path) -> bool:
+    """Stop the pgserver Postgres in `data_dir` (pgserver's own shutdown, as the OS user it runs as: not
+    root); False when none runs there."""
+    if not (data_dir / "postmaster.pid").exists():
+        return False
+    import pgserver
+
+    # a handle that stops the server when it closes, and is the only one: `embedded` keeps none open
+    pgserver.get_server(data_dir, cleanup_mode="stop").cleanup()
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m data_platform.bootstrap", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -75,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     embedded.add_argument("--data-dir", type=Path, default=PROJECT_ROOT / ".pgdata")
     embedded.add_argument("--database", default="warehouse")
+    stop = commands.add_parser("stop", help="stop the embedded Postgres (its data stays)")
+    stop.add_argument("--data-dir", type=Path, default=PROJECT_ROOT / ".pgdata")
     commands.add_parser("init-sql", help="apply init.sql to the database named by the PG* variables")
     args = parser.parse_args(argv)
 
@@ -83,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
             variables = start_embedded_server(args.data_dir, args.database)
             for name, value in variables.items():
                 print(f"export {name}={shlex.quote(value)}")
+        elif args.command == "stop":
+            stopped = stop_embedded_server(args.data_dir)
+            print(f"{'stopped' if stopped else 'no embedded Postgres runs in'} {args.data_dir}")
         else:
             apply_init_sql("")
     except (RuntimeError, psycopg.Error) as error:

@@ -4,7 +4,8 @@
 # Database: the one named by the PG* variables when PGHOST or PGDATABASE is set (a superuser:
 # init.sql creates the roles), otherwise an embedded Postgres (pgserver) kept in ./.pgdata
 # (DEMO_PGDATA overrides the folder).
-# Stop the docs server with Ctrl-C; the embedded database keeps its data for the next run.
+# Stop the docs server with Ctrl-C; the embedded database keeps running, and its data, for the next run
+# (stop it: .venv/bin/python -m data_platform.bootstrap stop --data-dir "$DEMO_PGDATA").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -17,12 +17,14 @@ import signal
 import socket
 import struct
 import subprocess
+import sys
 import time
 import urllib.request
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 from conftest import PROJECT_ROOT, pipeline_env
 from test_pipeline import write_fixture
@@ -182,8 +184,6 @@ def test_init_sh_serves_docs_that_render_the_fact(make_database, tmp_path):
 @pytest.mark.slow
 @needs_chromium
 def test_demo_command_starts_an_embedded_database_and_serves_the_docs(tmp_path):
-    import pgserver
-
     port = free_port()
     data_dir = tmp_path / "pgdata"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
@@ -197,5 +197,11 @@ def test_demo_command_starts_an_embedded_database_and_serves_the_docs(tmp_path):
         with serving(["bash", "scripts/demo.sh"], env, port) as url:
             assert_docs_render_the_fact(url, tmp_path, "docs-demo.png", tmp_path / "target")
     finally:
-        if data_dir.exists():  # the demo leaves its server running on purpose: stop it here
-            pgserver.get_server(data_dir, cleanup_mode="stop").cleanup()
+        # the demo leaves its server running on purpose; the README's command stops it
+        stop = [sys.executable, "-m", "data_platform.bootstrap", "stop", "--data-dir", str(data_dir)]
+        stopped = subprocess.run(stop, capture_output=True, text=True, timeout=60, cwd=PROJECT_ROOT)
+    assert stopped.stdout.strip() == f"stopped {data_dir}", stopped.stderr
+    assert not (data_dir / "postmaster.pid").exists()
+    assert not [
+        p for p in psutil.process_iter(["cmdline"]) if str(data_dir) in " ".join(p.info["cmdline"] or [])
+    ]

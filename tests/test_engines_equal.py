@@ -28,6 +28,8 @@ import pytest
 from conftest import PROJECT_ROOT, run_pipeline
 from test_pipeline import assert_succeeded, project_with_zero_rule
 
+from data_platform.engines import build as engines_build
+
 duckdb = pytest.importorskip("duckdb")
 
 pytestmark = pytest.mark.slow
@@ -143,6 +145,17 @@ def rules_edit(make_database, tmp_path_factory):
     database = make_database()
     assert_succeeded(run_pipeline(database, DEMO_CSV, project_root=project, RUN_ALERTS="false"))
     return database, project
+
+
+def test_an_engine_build_writes_dbt_output_beside_the_postgres_builds(monkeypatch):
+    # dbt/target is the Postgres build's: its manifest and the docs site the pipeline serves
+    monkeypatch.delenv("DBT_TARGET_PATH", raising=False)
+    for engine in engines_build.ENGINES:
+        assert engines_build.environment(engine)["DBT_TARGET_PATH"] == str(
+            PROJECT_ROOT / "dbt" / f"target-{engine}"
+        )
+    monkeypatch.setenv("DBT_TARGET_PATH", "/elsewhere")
+    assert engines_build.environment("duckdb")["DBT_TARGET_PATH"] == "/elsewhere"
 
 
 def test_postgres_keeps_its_only_configs(demo_postgres):

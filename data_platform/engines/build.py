@@ -37,6 +37,9 @@ def environment(engine: str) -> dict[str, str]:
     env = dict(os.environ)
     for name, default in LOCATIONS[engine].items():
         env[name] = str(Path(env.get(name) or default).resolve())
+    # dbt's output in a folder of the engine's own: dbt/target holds the Postgres build's manifest and the
+    # docs site the pipeline serves, which another engine's build would replace
+    env.setdefault("DBT_TARGET_PATH", str(PROJECT_ROOT / "dbt" / f"target-{engine}"))
     return env
 
 
