@@ -24,6 +24,7 @@ import contextlib
 import ctypes
 import enum
 import json
+import math
 import os
 import shutil
 import signal
@@ -109,6 +110,8 @@ def _number(environ: dict[str, str], name: str, default: float) -> float:
         value = -1.0
     if value < 0:
         raise PipelineError(f"{name} must be a number of seconds >= 0, got {raw!r}", EXIT_CONFIG)
+    if not math.isfinite(value):  # nan or inf: the wait would never end
+        raise PipelineError(f"{name} must be a finite number of seconds, got {raw!r}", EXIT_CONFIG)
     return value
 
 

@@ -42,6 +42,17 @@ def test_rejects_a_switch_that_is_not_a_boolean(tmp_path):
     assert "SERVE_DOCS must be true or false, got 'maybe'" in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("DB_WAIT_SECONDS", "nan"), ("DB_WAIT_SECONDS", "inf"), ("PIPELINE_LOCK_TIMEOUT", "nan")],
+)
+def test_rejects_a_wait_that_would_never_end(tmp_path, name, value):
+    result = run_init_sh(tmp_path, **{"DB_WAIT_SECONDS": "1", name: value})
+    assert result.returncode == 2
+    assert f"{name} must be a finite number of seconds, got {value!r}" in result.stderr
+    assert "waiting for the database" not in result.stdout
+
+
 @pytest.fixture(scope="module")
 def login(admin_conninfo):
     """PG* variables for a role whose password the server checks (PROBE_PASSWORD)."""
