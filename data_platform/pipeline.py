@@ -31,7 +31,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,6 +86,7 @@ class Stopped(Exception):
         self.signum = signum
 
 
+DEFAULT_CSV_DIR = PROJECT_ROOT / "csv_data"
 BOOLEAN_WORDS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False}
 BOOLEAN_WORDS |= {"no": False, "off": False, "": False}
 
@@ -115,11 +116,19 @@ def _number(environ: dict[str, str], name: str, default: float) -> float:
     return value
 
 
+def csv_dir_from_environment(environ: Mapping[str, str] | None = None) -> Path:
+    """CSV_DIR, the exports' folder. The export sensor and the freshness check read it here, not through
+    Settings: another setting that cannot be used must fail the runs, not stop them watching the exports.
+    A relative one is taken from the project's folder, where the loader runs."""
+    raw = (os.environ if environ is None else environ).get("CSV_DIR")
+    return PROJECT_ROOT / raw if raw else DEFAULT_CSV_DIR
+
+
 @dataclass(frozen=True)
 class Settings:
     """The pipeline's switches (environment variables), with their defaults."""
 
-    csv_dir: str = "csv_data"
+    csv_dir: Path = DEFAULT_CSV_DIR
     db_wait_seconds: float = 60
     lock_timeout_seconds: float = 600
     full_refresh: bool = False
@@ -131,10 +140,10 @@ class Settings:
     docs_port: str = "8080"
 
     @classmethod
-    def from_environment(cls, environ: dict[str, str] | None = None) -> Settings:
+    def from_environment(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = dict(os.environ if environ is None else environ)
         return cls(
-            csv_dir=env.get("CSV_DIR") or cls.csv_dir,
+            csv_dir=csv_dir_from_environment(env),
             db_wait_seconds=_number(env, "DB_WAIT_SECONDS", cls.db_wait_seconds),
             lock_timeout_seconds=_number(env, "PIPELINE_LOCK_TIMEOUT", cls.lock_timeout_seconds),
             full_refresh=_boolean(env, "FULL_REFRESH", cls.full_refresh),
@@ -374,7 +383,7 @@ def wait_for_database(settings: Settings) -> None:
 def load_exports(settings: Settings, through: str | None = None) -> None:
     """Load every pending export; `through` (YYYY-MM-DD): only the dated folders up to that day."""
     step(f"loading the exports in {settings.csv_dir}" + (f" up to {through}" if through else ""))
-    command = [sys.executable, "-m", "data_platform.loader", "--csv-dir", settings.csv_dir]
+    command = [sys.executable, "-m", "data_platform.loader", "--csv-dir", str(settings.csv_dir)]
     code = run_child(command + (["--through", through] if through else []))
     if code:
         raise PipelineError("the load failed; the warehouse is unchanged (see the error above)", code)
