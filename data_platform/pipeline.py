@@ -117,11 +117,12 @@ def _number(environ: dict[str, str], name: str, default: float) -> float:
 
 
 def csv_dir_from_environment(environ: Mapping[str, str] | None = None) -> Path:
-    """CSV_DIR, the exports' folder. The export sensor and the freshness check read it here, not through
-    Settings: another setting that cannot be used must fail the runs, not stop them watching the exports.
-    A relative one is taken from the project's folder, where the loader runs."""
+    """CSV_DIR, the exports' folder, absolute. The export sensor and the freshness check read it here, not
+    through Settings: another setting that cannot be used must fail the runs, not stop them watching the
+    exports. A relative one is taken from the working directory, as the loader's --csv-dir is: the steps
+    run in the project's folder."""
     raw = (os.environ if environ is None else environ).get("CSV_DIR")
-    return PROJECT_ROOT / raw if raw else DEFAULT_CSV_DIR
+    return Path(raw).absolute() if raw else DEFAULT_CSV_DIR
 
 
 @dataclass(frozen=True)

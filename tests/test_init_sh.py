@@ -13,14 +13,14 @@ from conftest import PROJECT_ROOT
 from pg_auth import PROBE_PASSWORD, password_checked_login
 
 
-def run_init_sh(tmp_path: Path, **env_vars: str) -> subprocess.CompletedProcess:
+def run_init_sh(tmp_path: Path, cwd: Path | None = None, **env_vars: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG") and not k.endswith("_FILE")}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     # by default a socket directory where no server listens
     env.update(PGHOST=str(tmp_path), PGUSER="transformer", PGDATABASE="warehouse")
     env.update(env_vars)
     return subprocess.run(
-        ["bash", str(PROJECT_ROOT / "init.sh")], env=env, capture_output=True, text=True, timeout=120
+        ["bash", str(PROJECT_ROOT / "init.sh")], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
     )
 
 
@@ -88,6 +88,25 @@ def test_the_password_can_come_from_a_file(tmp_path, login, content, accepted):
     assert (f"database {target} is ready" in result.stdout) is accepted, result.stderr
     assert ("password authentication failed" in result.stderr) is not accepted
     assert result.returncode != 0  # the load has no files
+
+
+def test_relative_paths_are_taken_from_the_callers_directory(tmp_path, login):
+    # as `python -m data_platform.loader --csv-dir mydata` takes them, though init.sh runs in its own folder
+    caller = tmp_path / "caller"
+    (caller / "secrets").mkdir(parents=True)
+    (caller / "secrets" / "password").write_text(PROBE_PASSWORD + "\n")
+    result = run_init_sh(
+        tmp_path,
+        cwd=caller,
+        **login,
+        PGPASSWORD="",
+        PGPASSWORD_FILE="secrets/password",
+        CSV_DIR="mydata",
+        DB_WAIT_SECONDS="60",
+    )
+    assert "is ready" in result.stdout, result.stderr
+    # no export there: the load stops, naming the folder it looked in
+    assert f"{caller / 'mydata'}: CSV directory not found" in result.stderr
 
 
 def test_a_secret_file_problem_stops_before_anything_runs(tmp_path):
