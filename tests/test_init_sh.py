@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -51,6 +52,68 @@ def test_rejects_a_wait_that_would_never_end(tmp_path, name, value):
     assert result.returncode == 2
     assert f"{name} must be a finite number of seconds, got {value!r}" in result.stderr
     assert "waiting for the database" not in result.stdout
+
+
+@pytest.fixture
+def taken_port() -> int:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        yield server.getsockname()[1]
+
+
+def test_a_docs_port_in_use_stops_the_run_before_it_starts(tmp_path, taken_port):
+    result = run_init_sh(
+        tmp_path, SERVE_DOCS="true", DOCS_HOST="127.0.0.1", DOCS_PORT=str(taken_port), DB_WAIT_SECONDS="1"
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith(
+        f"pipeline: the docs cannot be served on DOCS_HOST=127.0.0.1 DOCS_PORT={taken_port}: "
+    ), result.stderr
+    assert "waiting for the database" not in result.stdout
+
+
+@pytest.mark.parametrize("value", ["http", "0", "65536", "-1"])
+def test_rejects_a_docs_port_that_is_not_one(tmp_path, value):
+    result = run_init_sh(tmp_path, DOCS_PORT=value, DB_WAIT_SECONDS="1")
+    assert result.returncode == 2
+    assert f"DOCS_PORT must be a port number from 1 to 65535, got {value!r}" in result.stderr
+    assert "waiting for the database" not in result.stdout
+
+
+def test_a_docs_port_taken_while_the_pipeline_ran_ends_it_with_one_line(tmp_path):
+    # the port is free when the run starts; the pipeline's work is replaced by something taking it, a
+    # socket kept open (inheritable) across an exec of the docs server
+    code = """
+import socket, sys
+from data_platform import pipeline
+
+def run(settings):
+    global taken
+    taken = socket.create_server(("127.0.0.1", int(settings.docs_port)))
+    taken.set_inheritable(True)
+
+pipeline.run = run
+sys.exit(pipeline.main([]))
+"""
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        port = probe.getsockname()[1]
+    (tmp_path / "target").mkdir()
+    env = {
+        **os.environ,
+        **{"PGHOST": "localhost", "PGUSER": "docs", "PGPASSWORD": "docs", "PGDATABASE": "docs"},
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "DBT_TARGET_PATH": str(tmp_path / "target"),
+        "DBT_LOG_PATH": str(tmp_path / "logs"),
+        "SERVE_DOCS": "true",
+        "DOCS_HOST": "127.0.0.1",
+        "DOCS_PORT": str(port),
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stdout + result.stderr
+    where = f"DOCS_HOST=127.0.0.1 DOCS_PORT={port}"
+    assert result.stderr == f"pipeline: the docs cannot be served on {where}: Address already in use\n"
 
 
 @pytest.fixture(scope="module")
