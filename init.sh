@@ -9,7 +9,8 @@
 # The steps live in data_platform/pipeline.py; this script only finds Python and hands over to it.
 # The database comes from the libpq variables PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE
 # (the transformer role). Settings, with defaults:
-#   CSV_DIR=csv_data            folder holding the exports (invoices.csv + organizations.csv, exports/<day>/)
+#   CSV_DIR=csv_data            folder holding the exports (invoices.csv + organizations.csv, exports/<day>/);
+#                               unset: the project's csv_data, relative: from the caller's directory
 #   DB_WAIT_SECONDS=60          how long to wait for the database to accept connections
 #   PIPELINE_LOCK_TIMEOUT=600   how long to wait for another pipeline run to finish
 #   FULL_REFRESH=false          rebuild the incremental models from scratch
@@ -19,6 +20,17 @@
 #   DOCS_HOST=0.0.0.0 DOCS_PORT=8080
 # Any failure stops the pipeline with a non-zero exit code.
 set -euo pipefail
+
+# A relative path in a setting is the caller's, as for the loader's --csv-dir, though the script runs in
+# its own folder: made absolute before the cd. The paths: CSV_DIR and every NAME_FILE (the secrets below,
+# an alert route's webhook).
+for setting in $(compgen -e); do
+    path="${!setting:-}"
+    if [[ ($setting == CSV_DIR || $setting == *_FILE) && -n $path && $path != /* ]]; then
+        export "$setting=$PWD/$path"
+    fi
+done
+unset setting path
 
 cd "$(dirname "${BASH_SOURCE[0]}")"
 # Use the project's virtual environment when there is one (local runs); the image installs globally.

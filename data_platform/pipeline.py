@@ -24,13 +24,15 @@ import contextlib
 import ctypes
 import enum
 import json
+import math
 import os
 import shutil
 import signal
+import socketserver
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,6 +87,7 @@ class Stopped(Exception):
         self.signum = signum
 
 
+DEFAULT_CSV_DIR = PROJECT_ROOT / "csv_data"
 BOOLEAN_WORDS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False}
 BOOLEAN_WORDS |= {"no": False, "off": False, "": False}
 
@@ -109,14 +112,35 @@ def _number(environ: dict[str, str], name: str, default: float) -> float:
         value = -1.0
     if value < 0:
         raise PipelineError(f"{name} must be a number of seconds >= 0, got {raw!r}", EXIT_CONFIG)
+    if not math.isfinite(value):  # nan or inf: the wait would never end
+        raise PipelineError(f"{name} must be a finite number of seconds, got {raw!r}", EXIT_CONFIG)
     return value
+
+
+def _port(environ: Mapping[str, str], name: str, default: int) -> int:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    value = int(raw) if raw.isascii() and raw.isdigit() else 0
+    if not 1 <= value <= 65535:
+        raise PipelineError(f"{name} must be a port number from 1 to 65535, got {raw!r}", EXIT_CONFIG)
+    return value
+
+
+def csv_dir_from_environment(environ: Mapping[str, str] | None = None) -> Path:
+    """CSV_DIR, the exports' folder, absolute. The export sensor and the freshness check read it here, not
+    through Settings: another setting that cannot be used must fail the runs, not stop them watching the
+    exports. A relative one is taken from the working directory, as the loader's --csv-dir is: the steps
+    run in the project's folder."""
+    raw = (os.environ if environ is None else environ).get("CSV_DIR")
+    return Path(raw).absolute() if raw else DEFAULT_CSV_DIR
 
 
 @dataclass(frozen=True)
 class Settings:
     """The pipeline's switches (environment variables), with their defaults."""
 
-    csv_dir: str = "csv_data"
+    csv_dir: Path = DEFAULT_CSV_DIR
     db_wait_seconds: float = 60
     lock_timeout_seconds: float = 600
     full_refresh: bool = False
@@ -125,13 +149,13 @@ class Settings:
     alerter_password: str = "alerter"
     serve_docs: bool = False
     docs_host: str = "0.0.0.0"
-    docs_port: str = "8080"
+    docs_port: int = 8080
 
     @classmethod
-    def from_environment(cls, environ: dict[str, str] | None = None) -> Settings:
+    def from_environment(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = dict(os.environ if environ is None else environ)
         return cls(
-            csv_dir=env.get("CSV_DIR") or cls.csv_dir,
+            csv_dir=csv_dir_from_environment(env),
             db_wait_seconds=_number(env, "DB_WAIT_SECONDS", cls.db_wait_seconds),
             lock_timeout_seconds=_number(env, "PIPELINE_LOCK_TIMEOUT", cls.lock_timeout_seconds),
             full_refresh=_boolean(env, "FULL_REFRESH", cls.full_refresh),
@@ -140,7 +164,7 @@ class Settings:
             alerter_password=env.get("ALERTER_PASSWORD") or cls.alerter_password,
             serve_docs=_boolean(env, "SERVE_DOCS", cls.serve_docs),
             docs_host=env.get("DOCS_HOST") or cls.docs_host,
-            docs_port=env.get("DOCS_PORT") or cls.docs_port,
+            docs_port=_port(env, "DOCS_PORT", cls.docs_port),
         )
 
 
@@ -371,7 +395,7 @@ def wait_for_database(settings: Settings) -> None:
 def load_exports(settings: Settings, through: str | None = None) -> None:
     """Load every pending export; `through` (YYYY-MM-DD): only the dated folders up to that day."""
     step(f"loading the exports in {settings.csv_dir}" + (f" up to {through}" if through else ""))
-    command = [sys.executable, "-m", "data_platform.loader", "--csv-dir", settings.csv_dir]
+    command = [sys.executable, "-m", "data_platform.loader", "--csv-dir", str(settings.csv_dir)]
     code = run_child(command + (["--through", through] if through else []))
     if code:
         raise PipelineError("the load failed; the warehouse is unchanged (see the error above)", code)
@@ -452,8 +476,26 @@ def run(settings: Settings) -> None:
     step("pipeline finished")
 
 
+def check_docs_address(settings: Settings) -> None:
+    """Bind DOCS_HOST and DOCS_PORT as `dbt docs serve` does, and let go: a port in use (or a host that
+    is not this machine's) is a PipelineError naming them, not dbt's traceback."""
+    try:
+        with socketserver.TCPServer(
+            (settings.docs_host, settings.docs_port), socketserver.BaseRequestHandler
+        ):
+            pass
+    except OSError as error:
+        raise PipelineError(
+            f"the docs cannot be served on DOCS_HOST={settings.docs_host} DOCS_PORT={settings.docs_port}: "
+            f"{error.strerror or error}",
+            EXIT_CONFIG,
+        ) from None
+
+
 def serve_docs(settings: Settings) -> None:
     """Replace this process with the docs server (it then receives the container's signals)."""
+    # again: the port may have been taken while the pipeline ran (dbt binds it a moment after this check)
+    check_docs_address(settings)
     step(f"serving the dbt docs on http://{settings.docs_host}:{settings.docs_port}")
     sys.stdout.flush()
     dbt_path = _dbt()
@@ -467,7 +509,7 @@ def serve_docs(settings: Settings) -> None:
             "--host",
             settings.docs_host,
             "--port",
-            settings.docs_port,
+            str(settings.docs_port),
             "--no-browser",
         ],
     )
@@ -481,7 +523,11 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, _raise_stopped)
     try:
         settings = Settings.from_environment()
+        if settings.serve_docs:
+            check_docs_address(settings)  # before any work, not after the whole run
         run(settings)
+        if settings.serve_docs:
+            serve_docs(settings)
     except PipelineError as error:
         print(f"pipeline: {error}", file=sys.stderr)
         return error.exit_code
@@ -491,8 +537,6 @@ def main(argv: list[str] | None = None) -> int:
     except Stopped as stop:
         print(f"pipeline: stopped by {stop}; the warehouse keeps its last committed state.", file=sys.stderr)
         return 128 + stop.signum
-    if settings.serve_docs:
-        serve_docs(settings)
     return 0
 
 

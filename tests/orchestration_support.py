@@ -19,6 +19,14 @@ from data_platform.orchestration.environment import process_environment as envir
 TARGET = Path(tempfile.gettempdir()) / f"dp_dagster_target_{os.getpid()}"
 # the profile's env_var() calls must resolve to parse; nothing connects at parse time
 PARSE_ENV = {"PGHOST": "localhost", "PGUSER": "parse", "PGPASSWORD": "parse", "PGDATABASE": "parse"}
+# Settings only the pipeline's steps use: a value they cannot use fails the runs, naming it
+# (configuration.problems), and never the sensors' ticks
+UNUSABLE_PIPELINE_SETTINGS = [
+    {"FULL_REFRESH": "sometimes"},
+    {"RUN_ALERTS": "maybe"},
+    {"DB_WAIT_SECONDS": "soon"},
+    {"PIPELINE_LOCK_TIMEOUT": "-1"},
+]
 
 
 def dagster_env(base: Mapping[str, str] | None = None, **extra: str) -> dict[str, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -13,14 +14,14 @@ from conftest import PROJECT_ROOT
 from pg_auth import PROBE_PASSWORD, password_checked_login
 
 
-def run_init_sh(tmp_path: Path, **env_vars: str) -> subprocess.CompletedProcess:
+def run_init_sh(tmp_path: Path, cwd: Path | None = None, **env_vars: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG") and not k.endswith("_FILE")}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     # by default a socket directory where no server listens
     env.update(PGHOST=str(tmp_path), PGUSER="transformer", PGDATABASE="warehouse")
     env.update(env_vars)
     return subprocess.run(
-        ["bash", str(PROJECT_ROOT / "init.sh")], env=env, capture_output=True, text=True, timeout=120
+        ["bash", str(PROJECT_ROOT / "init.sh")], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
     )
 
 
@@ -40,6 +41,79 @@ def test_rejects_a_switch_that_is_not_a_boolean(tmp_path):
     result = run_init_sh(tmp_path, SERVE_DOCS="maybe", DB_WAIT_SECONDS="1")
     assert result.returncode == 2
     assert "SERVE_DOCS must be true or false, got 'maybe'" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("DB_WAIT_SECONDS", "nan"), ("DB_WAIT_SECONDS", "inf"), ("PIPELINE_LOCK_TIMEOUT", "nan")],
+)
+def test_rejects_a_wait_that_would_never_end(tmp_path, name, value):
+    result = run_init_sh(tmp_path, **{"DB_WAIT_SECONDS": "1", name: value})
+    assert result.returncode == 2
+    assert f"{name} must be a finite number of seconds, got {value!r}" in result.stderr
+    assert "waiting for the database" not in result.stdout
+
+
+@pytest.fixture
+def taken_port() -> int:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        yield server.getsockname()[1]
+
+
+def test_a_docs_port_in_use_stops_the_run_before_it_starts(tmp_path, taken_port):
+    result = run_init_sh(
+        tmp_path, SERVE_DOCS="true", DOCS_HOST="127.0.0.1", DOCS_PORT=str(taken_port), DB_WAIT_SECONDS="1"
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith(
+        f"pipeline: the docs cannot be served on DOCS_HOST=127.0.0.1 DOCS_PORT={taken_port}: "
+    ), result.stderr
+    assert "waiting for the database" not in result.stdout
+
+
+@pytest.mark.parametrize("value", ["http", "0", "65536", "-1"])
+def test_rejects_a_docs_port_that_is_not_one(tmp_path, value):
+    result = run_init_sh(tmp_path, DOCS_PORT=value, DB_WAIT_SECONDS="1")
+    assert result.returncode == 2
+    assert f"DOCS_PORT must be a port number from 1 to 65535, got {value!r}" in result.stderr
+    assert "waiting for the database" not in result.stdout
+
+
+def test_a_docs_port_taken_while_the_pipeline_ran_ends_it_with_one_line(tmp_path):
+    # the port is free when the run starts; the pipeline's work is replaced by something taking it, a
+    # socket kept open (inheritable) across an exec of the docs server
+    code = """
+import socket, sys
+from data_platform import pipeline
+
+def run(settings):
+    global taken
+    taken = socket.create_server(("127.0.0.1", int(settings.docs_port)))
+    taken.set_inheritable(True)
+
+pipeline.run = run
+sys.exit(pipeline.main([]))
+"""
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        port = probe.getsockname()[1]
+    (tmp_path / "target").mkdir()
+    env = {
+        **os.environ,
+        **{"PGHOST": "localhost", "PGUSER": "docs", "PGPASSWORD": "docs", "PGDATABASE": "docs"},
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "DBT_TARGET_PATH": str(tmp_path / "target"),
+        "DBT_LOG_PATH": str(tmp_path / "logs"),
+        "SERVE_DOCS": "true",
+        "DOCS_HOST": "127.0.0.1",
+        "DOCS_PORT": str(port),
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stdout + result.stderr
+    where = f"DOCS_HOST=127.0.0.1 DOCS_PORT={port}"
+    assert result.stderr == f"pipeline: the docs cannot be served on {where}: Address already in use\n"
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +151,25 @@ def test_the_password_can_come_from_a_file(tmp_path, login, content, accepted):
     assert (f"database {target} is ready" in result.stdout) is accepted, result.stderr
     assert ("password authentication failed" in result.stderr) is not accepted
     assert result.returncode != 0  # the load has no files
+
+
+def test_relative_paths_are_taken_from_the_callers_directory(tmp_path, login):
+    # as `python -m data_platform.loader --csv-dir mydata` takes them, though init.sh runs in its own folder
+    caller = tmp_path / "caller"
+    (caller / "secrets").mkdir(parents=True)
+    (caller / "secrets" / "password").write_text(PROBE_PASSWORD + "\n")
+    result = run_init_sh(
+        tmp_path,
+        cwd=caller,
+        **login,
+        PGPASSWORD="",
+        PGPASSWORD_FILE="secrets/password",
+        CSV_DIR="mydata",
+        DB_WAIT_SECONDS="60",
+    )
+    assert "is ready" in result.stdout, result.stderr
+    # no export there: the load stops, naming the folder it looked in
+    assert f"{caller / 'mydata'}: CSV directory not found" in result.stderr
 
 
 def test_a_secret_file_problem_stops_before_anything_runs(tmp_path):

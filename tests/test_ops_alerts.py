@@ -27,7 +27,7 @@ from dagster import (
     op,
 )
 from dagster._core.definitions.run_status_sensor_definition import RunStatusSensorCursor
-from orchestration_support import dagster_env, environment, load_definitions
+from orchestration_support import UNUSABLE_PIPELINE_SETTINGS, dagster_env, environment, load_definitions
 from slack_stub import OK, SECRET, Reply, SlackStub, hang, rate_limited, server_error
 
 from data_platform import ledger, pipeline, refresh
@@ -291,6 +291,16 @@ def test_a_typo_in_a_balance_alert_setting_does_not_silence_the_ops_alerts(
     defs, instance, make_database, tmp_path
 ):
     with ops_slack(make_database(), tmp_path, ALERT_MIN_CHANGE_USD="abc") as slack:
+        tick(defs, instance, "freshness_alerts", None)
+    assert len(slack.delivered) == 1
+    assert "no export folder" in slack.delivered[0]["text"]
+
+
+@pytest.mark.parametrize("setting", UNUSABLE_PIPELINE_SETTINGS)
+def test_an_unusable_pipeline_setting_does_not_silence_the_freshness_alerts(
+    defs, instance, make_database, tmp_path, setting
+):
+    with ops_slack(make_database(), tmp_path, **setting) as slack:
         tick(defs, instance, "freshness_alerts", None)
     assert len(slack.delivered) == 1
     assert "no export folder" in slack.delivered[0]["text"]

@@ -14,7 +14,13 @@ import time
 import psycopg
 import pytest
 from dagster import AssetKey, build_sensor_context
-from orchestration_support import TARGET, dagster_env, environment, load_definitions
+from orchestration_support import (
+    TARGET,
+    UNUSABLE_PIPELINE_SETTINGS,
+    dagster_env,
+    environment,
+    load_definitions,
+)
 from slack_stub import SlackStub
 from test_compose import PROJECT_ROOT, compose_binary
 from test_secrets import run_dagster_process
@@ -80,6 +86,13 @@ def test_an_invalid_pipeline_schedule_keeps_the_default_and_is_a_configuration_p
     assert f"PIPELINE_SCHEDULE must be a cron expression such as '0 6 * * *' (UTC), got {value!r}" in str(
         problem
     )
+
+
+@pytest.mark.parametrize("setting", UNUSABLE_PIPELINE_SETTINGS)
+def test_an_unusable_pipeline_setting_is_a_configuration_problem(setting):
+    ((name, value),) = setting.items()
+    (problem,) = configuration.problems(dict(setting))
+    assert str(problem).startswith(f"{name} must be ") and str(problem).endswith(f"got {value!r}")
 
 
 @pytest.mark.slow  # imports Dagster and parses the dbt project (about 10 s)

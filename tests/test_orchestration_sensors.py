@@ -16,7 +16,7 @@ import yaml
 from dagster import DagsterInstance, DagsterRunStatus, build_sensor_context
 from dagster._core.remote_origin import RegisteredCodeLocationOrigin, RemoteRepositoryOrigin
 from dagster._core.test_utils import create_run_for_test
-from orchestration_support import dagster_env, environment
+from orchestration_support import UNUSABLE_PIPELINE_SETTINGS, dagster_env, environment
 from test_compose import PROJECT_ROOT, run_compose_config
 
 from data_platform.orchestration import sensors
@@ -48,8 +48,8 @@ def tick(exports, tmp_path):
     home.mkdir()
     with DagsterInstance.local_temp(str(home)) as instance:
 
-        def evaluate(cursor: str | None):
-            with environment(dagster_env(CSV_DIR=str(exports.parent))):
+        def evaluate(cursor: str | None, **settings: str):
+            with environment(dagster_env(**{"CSV_DIR": str(exports.parent), **settings})):
                 return new_export_sensor.evaluate_tick(build_sensor_context(instance=instance, cursor=cursor))
 
         yield evaluate
@@ -138,6 +138,22 @@ def test_folders_being_renamed_into_place_are_not_exports_yet(exports, tick):
     (exports / ".2024-07-02").rename(exports / "2024-07-02")
     renamed = tick(first.cursor)
     assert run_keys(tick(renamed.cursor)) == ["export-2024-07-02"]
+
+
+def test_a_relative_csv_dir_is_taken_from_the_working_directory_as_the_steps_take_it(
+    exports, tick, tmp_path, monkeypatch
+):
+    write(exports / "2024-07-02" / "invoices.csv", "ID\n1\n")
+    monkeypatch.chdir(tmp_path)
+    first = tick(None, CSV_DIR=exports.parent.name)
+    assert run_keys(tick(first.cursor, CSV_DIR=exports.parent.name)) == ["export-2024-07-02"]
+
+
+@pytest.mark.parametrize("setting", UNUSABLE_PIPELINE_SETTINGS)
+def test_an_unusable_pipeline_setting_does_not_stop_the_sensor(exports, tick, setting):
+    write(exports / "2024-07-02" / "invoices.csv", "ID\n1\n")
+    first = tick(None, **setting)
+    assert run_keys(tick(first.cursor, **setting)) == ["export-2024-07-02"]
 
 
 # --- runs cut off by a restart of the daemon container ----------------------------------------------

@@ -46,8 +46,8 @@ GIVEN_UP_RETRY_DELAYS_SECONDS = (0, 60, 120, 240)
 @contextmanager
 def pipeline_step() -> Iterator[None]:
     """A failed step becomes a Dagster failure whose description is the pipeline's own message. A setting
-    that cannot be used (a secret file, as it fails init.sh before its first step, or PIPELINE_SCHEDULE)
-    fails every step: configuration.problems."""
+    that cannot be used (a secret file, as it fails init.sh before its first step, PIPELINE_SCHEDULE, or
+    one of the pipeline's own such as FULL_REFRESH) fails every step: configuration.problems."""
     unusable = configuration.problems()
     if unusable:
         raise Failure(description="\n".join(str(error) for error in unusable))

@@ -3,9 +3,10 @@
 Every Dagster process (webserver, daemon, code server, run worker) loads the definitions, and a value
 that cannot be used must not stop them from loading: without them there is no schedule, no sensor and
 no failure alert, while the daemon still reports healthy. So each such value falls back (a secret file
-stays unresolved, PIPELINE_SCHEDULE takes its default), definitions.py prints the problems when it
-loads, and every step of every run fails with them (assets.pipeline_step), so that the run failure
-alert names them.
+stays unresolved, PIPELINE_SCHEDULE takes its default) or is read only by the steps (the pipeline's own
+settings, FULL_REFRESH and the like; the sensors read CSV_DIR alone), definitions.py prints the problems
+when it loads, and every step of every run fails with them (assets.pipeline_step), so that the run
+failure alert names them.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import MutableMapping
 
-from data_platform import secrets
+from data_platform import pipeline, secrets
 from data_platform.orchestration.schedules import pipeline_schedule
 
 
@@ -25,5 +26,9 @@ def problems(environ: MutableMapping[str, str] | None = None) -> list[Exception]
     try:
         pipeline_schedule(environ)
     except ValueError as error:
+        found.append(error)
+    try:
+        pipeline.Settings.from_environment(environ)
+    except pipeline.PipelineError as error:  # the first one only, as init.sh reports it
         found.append(error)
     return found

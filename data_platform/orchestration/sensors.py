@@ -25,7 +25,7 @@ from pathlib import Path
 from dagster import DefaultSensorStatus, RunRequest, SensorEvaluationContext, SensorResult, SkipReason, sensor
 
 from data_platform.orchestration.schedules import daily_job
-from data_platform.pipeline import PROJECT_ROOT, Settings
+from data_platform.pipeline import csv_dir_from_environment
 from data_platform.raw_tables import INVOICES
 
 EXPORTS_FOLDER = "exports"
@@ -36,10 +36,8 @@ SETTLE_SECONDS = 10
 EXPORT_DAY_TAG = "data_platform/export_day"
 
 
-def exports_dir(settings: Settings | None = None) -> Path:
-    csv_dir = Path((settings or Settings.from_environment()).csv_dir)
-    # relative to the project, as the loader (run from the project root) reads it
-    return (csv_dir if csv_dir.is_absolute() else PROJECT_ROOT / csv_dir) / EXPORTS_FOLDER
+def exports_dir() -> Path:
+    return csv_dir_from_environment() / EXPORTS_FOLDER
 
 
 def _is_day(name: str) -> bool:
