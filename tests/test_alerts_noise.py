@@ -234,6 +234,22 @@ def test_digest_threshold_is_a_flag(db, run_inline):  # noqa: F811
     assert len(alert_lines(result.stdout)) == 3
 
 
+def test_a_dry_run_names_no_rows_it_did_not_record(db, run_inline):  # noqa: F811
+    # organization 1's second day is suppressed; the other four alerts make one digest (over 2)
+    moves = [(i, DAY[1], "10000", "16000") for i in (2, 3, 4)]
+    add_moves(db, (1, DAY[0], "2000", "3000"), (1, DAY[1], "3000", "4500"), *moves)
+
+    result = run_inline(
+        db, "--dry-run", "--since", DAY[0].isoformat(), "--suppress-days", "2", "--digest-over", "2"
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert "4 alerts would be sent (in 1 digest)" in result.stdout
+    assert "1 would be suppressed (--suppress-days)" in result.stdout
+    assert "[balance digest] all 4: not listed (a dry run records nothing" in result.stdout
+    assert "ops.alert_history" not in result.stdout  # it has no rows of this run
+
+
 def test_digest_json_payload_and_console_lines():
     from datetime import date
     from decimal import Decimal

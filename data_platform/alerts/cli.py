@@ -96,7 +96,7 @@ def choose_channel(settings: Settings, destination: Destination | None = None) -
     )
     if settings.dry_run:
         target = {SLACK: "Slack", CONSOLE: "stdout"}.get(destination.name, destination.label)
-        return ConsoleChannel(prefix=f"[dry-run, would go to {target}] ")
+        return ConsoleChannel(prefix=f"[dry-run, would go to {target}] ", dry_run=True)
     if destination.url is None:
         return ConsoleChannel()
     if destination.route is not None and destination.route.sink == JSON_SINK:
