@@ -531,6 +531,23 @@ def test_a_waiting_alert_whose_day_was_rebuilt_is_sent_as_the_fact_is_now_or_sup
     assert organizations_in(slack.delivered) == [2, 3]
 
 
+def test_a_dry_run_says_a_waiting_alert_would_be_superseded(db, slack):
+    add_moves(db, (1, DAY[0], "100", "300"))
+    slack.always(server_error(500))
+    assert run_alerts(db, webhook=slack.url, ALERT_HTTP_RETRIES="0").returncode == 1
+    # a rebuild: the day no longer alerts
+    execute(
+        db, "update marts.fct_organization_daily_financials set balance_usd = 110, balance_change_ratio = .1"
+    )
+
+    dry = run_alerts(db, "--dry-run", webhook=slack.url)
+
+    assert dry.returncode == 0, dry.stderr
+    assert "1 waiting alert would be superseded: the fact changed" in dry.stdout
+    assert "ops.alert_history" not in dry.stdout  # the row is still 'failed' there
+    assert history(db) == {(1, DAY[0]): ("failed", 1)}
+
+
 def test_a_superseded_waiting_alert_does_not_hold_back_the_alert_that_replaces_it(db, slack):
     # a rebuild moved the move to the next day (a payment date corrected): the waiting alert of the old
     # day is superseded, and must not first suppress the new day's alert through --suppress-days

@@ -111,6 +111,20 @@ def test_usd_floor_holds_back_small_moves_and_counts_them(db, run_inline):  # no
     ]
 
 
+def test_moves_from_zero_under_the_floor_count_as_below_it_with_or_without_the_flag(db, run_inline):  # noqa: F811
+    # from zero by $250 (under the default $1,000 floor) and by -$1,500; a +60% move by $600
+    add_moves(db, (1, DAY[0], "0", "250"), (2, DAY[0], "0", "-1500"), (3, DAY[0], "1000", "1600"))
+
+    without = run_inline(db, "--dry-run", ALERT_MIN_CHANGE_USD="")
+    flagged = run_inline(db, "--dry-run", "--include-from-zero", ALERT_MIN_CHANGE_USD="")
+
+    # skipped-from-zero counts only what --include-from-zero would alert
+    assert "1 skipped-from-zero (--include-from-zero alerts them), 2 below --min-change-usd" in without.stdout
+    assert "0 skipped-from-zero, 2 below --min-change-usd;" in flagged.stdout
+    assert "1 alert would be sent" in flagged.stdout
+    assert "[new balance] 2024-03-01 organization 2: $0.00 -> -$1,500.00" in flagged.stdout
+
+
 def test_severity_warning_critical_by_ratio_and_by_usd(db, run_inline):  # noqa: F811
     add_moves(
         db,
@@ -230,6 +244,22 @@ def test_digest_threshold_is_a_flag(db, run_inline):  # noqa: F811
         "[balance digest] 3 alerts (0 critical, 3 warning), 2024-03-01; the 3 largest by USD change:"
     )
     assert len(alert_lines(result.stdout)) == 3
+
+
+def test_a_dry_run_names_no_rows_it_did_not_record(db, run_inline):  # noqa: F811
+    # organization 1's second day is suppressed; the other four alerts make one digest (over 2)
+    moves = [(i, DAY[1], "10000", "16000") for i in (2, 3, 4)]
+    add_moves(db, (1, DAY[0], "2000", "3000"), (1, DAY[1], "3000", "4500"), *moves)
+
+    result = run_inline(
+        db, "--dry-run", "--since", DAY[0].isoformat(), "--suppress-days", "2", "--digest-over", "2"
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert "4 alerts would be sent (in 1 digest)" in result.stdout
+    assert "1 would be suppressed (--suppress-days)" in result.stdout
+    assert "[balance digest] all 4: not listed (a dry run records nothing" in result.stdout
+    assert "ops.alert_history" not in result.stdout  # it has no rows of this run
 
 
 def test_digest_json_payload_and_console_lines():

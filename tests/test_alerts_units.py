@@ -322,6 +322,19 @@ def test_a_noise_flag_wins_over_its_malformed_variable_and_help_ignores_them(cap
     assert "--min-change-usd" in capsys.readouterr().out
 
 
+def test_help_names_every_exit_code_the_command_returns(capsys):
+    from data_platform.alerts import cli
+
+    with pytest.raises(SystemExit):
+        config.load(["--help"], {})
+    text = " ".join(capsys.readouterr().out.split())
+    exit_codes = text.split("Exit codes: ")[1].split(". Connection from")[0]
+    named = [int(code) for code in re.findall(r"(?:^|[;,] )(\d+) ", exit_codes)]
+    exits = {cli.EXIT_OK, cli.EXIT_DELIVERY_FAILED, cli.EXIT_ERROR, cli.EXIT_GIVEN_UP, cli.EXIT_INTERRUPTED}
+    assert named == sorted(exits)
+    assert "no route names" in exit_codes  # exit 1 for alerts stranded by a route change too
+
+
 def test_routes_match_in_priority_order():
     from data_platform.alerts.records import Route, route_for
 

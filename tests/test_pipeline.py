@@ -458,7 +458,8 @@ def test_demo_data_builds_every_model(make_database):
     assert "export 2024-06-28 (" in result.stdout
     assert "73 invoices (23 new, 50 changed, 0 unchanged)" in result.stdout
     # the demo's latest day, 2024-06-29, is engineered (csv_data/README.md): 4 organizations move by >= 50%,
-    # each only because older invoices were paid or cancelled, and 1 moves from a zero balance
+    # each only because older invoices were paid or cancelled, and 1 moves from a zero balance by less than
+    # the USD floor
     alerts = [line.split(":")[0] for line in result.stdout.splitlines() if line.startswith("[balance alert]")]
     assert alerts == [
         "[balance alert] 2024-06-29 organization -9212363505880321737",
@@ -466,7 +467,7 @@ def test_demo_data_builds_every_model(make_database):
         "[balance alert] 2024-06-29 organization 3559126079453424785",
         "[balance alert] 2024-06-29 organization 7712602226129735873",
     ]
-    assert "4 alerts sent, 0 failed, 1 skipped-from-zero" in result.stdout
+    assert "4 alerts sent, 0 failed, 0 skipped-from-zero, 1 below --min-change-usd" in result.stdout
     paid_only = database.query(
         """
         select count(*) from marts.fct_organization_daily_financials

@@ -96,7 +96,7 @@ def choose_channel(settings: Settings, destination: Destination | None = None) -
     )
     if settings.dry_run:
         target = {SLACK: "Slack", CONSOLE: "stdout"}.get(destination.name, destination.label)
-        return ConsoleChannel(prefix=f"[dry-run, would go to {target}] ")
+        return ConsoleChannel(prefix=f"[dry-run, would go to {target}] ", dry_run=True)
     if destination.url is None:
         return ConsoleChannel()
     if destination.route is not None and destination.route.sink == JSON_SINK:
@@ -309,16 +309,19 @@ def _read_marts(
         if planned:
             start = min(plan.start for plan in planned)  # type: ignore[type-var]
             end = max(plan.end for plan in planned)  # type: ignore[type-var]
-            stats = detect.range_stats(reader, start, end)
+            stats = detect.range_stats(reader, start, end, settings.noise.min_change_usd)
             summary.days_processed, summary.first_day, summary.last_day = (
                 stats.days_processed,
                 stats.first_day,
                 stats.last_day,
             )
-            summary.skipped_from_zero = 0 if settings.include_from_zero else stats.moves_from_zero
             query = detect.alerts_query(start, end, settings.threshold, settings.include_from_zero)
             filtered = noise.apply_floor_and_severity(detect.fetch_alerts(reader, query), settings.noise)
             view.alerts, summary.held_back = filtered.alerts, filtered.held_back
+            if not settings.include_from_zero:
+                # counted as the flag would judge them: "skipped" are only those it would alert
+                summary.skipped_from_zero = stats.moves_from_zero
+                summary.held_back += stats.from_zero_below_floor
         waiting = set(waiting)
         wanted = {organization_id for organization_id, _ in waiting} | {
             a.organization_id for a in view.alerts

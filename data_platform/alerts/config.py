@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 from data_platform import secrets
 from data_platform.alerts.noise import NoiseSettings
+from data_platform.alerts.records import MAX_UNCONFIRMED_ATTEMPTS
 
 DEFAULT_THRESHOLD = Decimal("0.5")
 # Postgres numeric overflows long before Decimal does; no useful threshold comes near these bounds
@@ -145,10 +146,14 @@ def build_parser() -> argparse.ArgumentParser:
             "posts to each route's webhook (the alert_routing seed; by default SLACK_WEBHOOK_URL, or the URL "
             "in the file SLACK_WEBHOOK_URL_FILE names), or prints to stdout when no route's webhook is set."
         ),
+        # the exit codes as data_platform/alerts/cli.py returns them (its docstring has the detail)
         epilog=(
-            "Exit codes: 0 all alerts delivered, 1 some delivery failed (retried on the next run), "
-            "2 configuration or database error, 130 interrupted. Connection from PGHOST, PGPORT, PGUSER, "
-            "PGPASSWORD, PGDATABASE (and PGCONNECT_TIMEOUT, default 10 s)."
+            "Exit codes: 0 all alerts delivered (or nothing to send); 1 some delivery failed or went "
+            "unanswered (retried on the next run), or alerts wait undelivered for a destination no route "
+            "names any more; 2 configuration or database error; 3 an alert given up after "
+            f"{MAX_UNCONFIRMED_ATTEMPTS} unanswered attempts (not sent again: check the channel; wins "
+            "over 1); 130 interrupted. Connection from PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE "
+            "(and PGCONNECT_TIMEOUT, default 10 s)."
         ),
     )
     parser.add_argument(

@@ -68,14 +68,15 @@ class ConsoleChannel:
     name = CONSOLE
     may_go_unanswered = False
 
-    def __init__(self, out: TextIO | None = None, prefix: str = "") -> None:
+    def __init__(self, out: TextIO | None = None, prefix: str = "", dry_run: bool = False) -> None:
         self._out = out
         self._prefix = prefix
+        self._dry_run = dry_run
 
     def send(self, message: Message) -> Outcome:
         out = self._out or sys.stdout
         if isinstance(message, Digest):
-            lines = messages.digest_lines(message)
+            lines = messages.digest_lines(message, recorded=not self._dry_run)
         else:
             lines = [messages.console_line(message.organization, alert) for alert in message.alerts]
         for line in lines:

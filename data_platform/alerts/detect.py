@@ -34,6 +34,7 @@ from sqlalchemy import (
     distinct,
     func,
     literal,
+    not_,
     or_,
     select,
     text,
@@ -165,20 +166,31 @@ class RangeStats:
     days_processed: int  # days of the fact inside the range
     first_day: date | None
     last_day: date | None
-    moves_from_zero: int  # previous balance 0, new balance not 0: no ratio, so no percentage rule
+    moves_from_zero: int  # previous balance 0, new not 0 (no ratio), moved by the USD floor or more
+    from_zero_below_floor: int  # the same, moved by less: held back even with --include-from-zero
 
 
-def range_stats(conn: Connection, start: date, end: date) -> RangeStats:
+def range_stats(conn: Connection, start: date, end: date, min_change_usd: Decimal) -> RangeStats:
     from_zero = and_(fact.c.previous_balance_usd == 0, fact.c.balance_usd != fact.c.previous_balance_usd)
+    # noise.below_floor in SQL (NaN and infinities sort above every number: never below the floor)
+    floor = literal(min_change_usd, Numeric)
+    below_floor = func.abs(fact.c.balance_usd - fact.c.previous_balance_usd) < floor
     row = conn.execute(
         select(
             func.count(distinct(fact.c.balance_date)),
             func.min(fact.c.balance_date),
             func.max(fact.c.balance_date),
-            func.count().filter(from_zero),
+            func.count().filter(and_(from_zero, not_(below_floor))),
+            func.count().filter(and_(from_zero, below_floor)),
         ).where(fact.c.balance_date.between(start, end))
     ).one()
-    return RangeStats(days_processed=row[0], first_day=row[1], last_day=row[2], moves_from_zero=row[3])
+    return RangeStats(
+        days_processed=row[0],
+        first_day=row[1],
+        last_day=row[2],
+        moves_from_zero=row[3],
+        from_zero_below_floor=row[4],
+    )
 
 
 def _rule(threshold: Decimal, include_from_zero: bool):

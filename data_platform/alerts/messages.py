@@ -146,11 +146,13 @@ def list_the_rest(digest: Digest) -> str:
     )
 
 
-def digest_lines(digest: Digest) -> list[str]:
-    """The digest on stdout: a heading, the top alerts' lines, how to list them all."""
+def digest_lines(digest: Digest, recorded: bool = True) -> list[str]:
+    """The digest on stdout: a heading, the top alerts' lines, how to list them all (`recorded` False:
+    a dry run, whose alerts no query finds)."""
     lines = [f"[balance digest] {counts_text(digest)}; the {len(digest.top)} largest by USD change:"]
     lines += [console_line(organization_of(digest.organizations, a.organization_id), a) for a in digest.top]
-    lines.append(f"[balance digest] all {len(digest.alerts)}: {list_the_rest(digest)}")
+    the_rest = list_the_rest(digest) if recorded else "not listed (a dry run records nothing)"
+    lines.append(f"[balance digest] all {len(digest.alerts)}: {the_rest}")
     return lines
 
 

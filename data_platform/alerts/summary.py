@@ -60,7 +60,9 @@ class Summary:
         # the noise controls say what they held back only when they did
         if self.held_back:
             skipped += f", {self.held_back} below --min-change-usd"
-        if self.suppressed:
+        if self.suppressed and self.dry_run:  # records nothing
+            skipped += f", {self.suppressed} would be suppressed (--suppress-days)"
+        elif self.suppressed:
             skipped += f", {self.suppressed} suppressed (--suppress-days; recorded in ops.alert_history)"
         watermark = f"watermark {self.watermark.isoformat() if self.watermark else 'not set'}"
         if self.dry_run and self.watermark != self.watermark_before:
@@ -98,11 +100,14 @@ class Summary:
                 "ops.alert_history)."
             )
         if self.superseded:
-            notes.append(
-                f"{_plural(self.superseded, 'waiting alert')} superseded: the fact changed since "
-                "they were recorded and their day no longer alerts; not sent (status 'superseded' in "
-                "ops.alert_history)."
-            )
+            waiting = _plural(self.superseded, "waiting alert")
+            why = "the fact changed since they were recorded and their day no longer alerts"
+            if self.dry_run:  # records nothing: the rows keep their status
+                notes.append(f"{waiting} would be superseded: {why}.")
+            else:
+                notes.append(
+                    f"{waiting} superseded: {why}; not sent (status 'superseded' in ops.alert_history)."
+                )
         if self.unrouted:
             notes.append(self.unrouted_note())
         if self.waiting_for_slack:
