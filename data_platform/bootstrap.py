@@ -67,10 +67,23 @@ def start_embedded_server(data_dir: Path, database: str) -> dict[str, str]:
     }
 
 
+def _postmaster_alive(pid_file: Path) -> bool:
+    """Whether the server whose pid file this is runs: a file left by a reboot or a kill -9 names a
+    process that is gone (pgserver would start the server only to stop it)."""
+    try:
+        pid = int(pid_file.read_text().split("\n", 1)[0])
+        os.kill(pid, 0)
+    except (FileNotFoundError, ValueError, ProcessLookupError):
+        return False
+    except PermissionError:  # another user's process: it runs
+        return True
+    return True
+
+
 def stop_embedded_server(data_dir: Path) -> bool:
     """Stop the pgserver Postgres in `data_dir` (pgserver's own shutdown, as the OS user it runs as: not
     root); False when none runs there."""
-    if not (data_dir / "postmaster.pid").exists():
+    if not _postmaster_alive(data_dir / "postmaster.pid"):
         return False
     import pgserver
 

@@ -154,6 +154,7 @@ class Settings:
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = dict(os.environ if environ is None else environ)
+        serve_docs = _boolean(env, "SERVE_DOCS", cls.serve_docs)
         return cls(
             csv_dir=csv_dir_from_environment(env),
             db_wait_seconds=_number(env, "DB_WAIT_SECONDS", cls.db_wait_seconds),
@@ -162,9 +163,10 @@ class Settings:
             run_alerts=_boolean(env, "RUN_ALERTS", cls.run_alerts),
             alerter_user=env.get("ALERTER_USER") or cls.alerter_user,
             alerter_password=env.get("ALERTER_PASSWORD") or cls.alerter_password,
-            serve_docs=_boolean(env, "SERVE_DOCS", cls.serve_docs),
+            serve_docs=serve_docs,
             docs_host=env.get("DOCS_HOST") or cls.docs_host,
-            docs_port=_port(env, "DOCS_PORT", cls.docs_port),
+            # read only by the docs server: a run that serves none does not fail on it
+            docs_port=_port(env, "DOCS_PORT", cls.docs_port) if serve_docs else cls.docs_port,
         )
 
 

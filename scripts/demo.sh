@@ -5,7 +5,7 @@
 # init.sql creates the roles), otherwise an embedded Postgres (pgserver) kept in ./.pgdata
 # (DEMO_PGDATA overrides the folder).
 # Stop the docs server with Ctrl-C; the embedded database keeps running, and its data, for the next run
-# (stop it: .venv/bin/python -m data_platform.bootstrap stop --data-dir "$DEMO_PGDATA").
+# (stop it: .venv/bin/python -m data_platform.bootstrap stop, plus --data-dir if DEMO_PGDATA moved it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -1,8 +1,11 @@
-"""data_platform.db: how a connection target is described in error messages."""
+"""data_platform.db: how a connection target is described in error messages; bootstrap's stop of the
+embedded server."""
 
 import getpass
+import subprocess
+import sys
 
-from data_platform import db
+from data_platform import bootstrap, db
 
 
 def test_describe_target_never_shows_the_password(monkeypatch):
@@ -22,3 +25,12 @@ def test_describe_target_without_pguser_or_os_user_name(monkeypatch):
 
     monkeypatch.setattr(getpass, "getuser", no_user_name)
     assert db.describe_target() == "?@localhost:5432/?"
+
+
+def test_stopping_an_embedded_server_that_died_starts_nothing(tmp_path):
+    # the pid file a reboot or kill -9 leaves behind names a process that is gone
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / "postmaster.pid").write_text(f"{dead.pid}\n{tmp_path}\n")
+    assert bootstrap.stop_embedded_server(tmp_path) is False
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["postmaster.pid"]

@@ -28,8 +28,6 @@ import pytest
 from conftest import PROJECT_ROOT, run_pipeline
 from test_pipeline import assert_succeeded, project_with_zero_rule
 
-from data_platform.engines import build as engines_build
-
 duckdb = pytest.importorskip("duckdb")
 
 pytestmark = pytest.mark.slow
@@ -147,15 +145,37 @@ def rules_edit(make_database, tmp_path_factory):
     return database, project
 
 
-def test_an_engine_build_writes_dbt_output_beside_the_postgres_builds(monkeypatch):
-    # dbt/target is the Postgres build's: its manifest and the docs site the pipeline serves
-    monkeypatch.delenv("DBT_TARGET_PATH", raising=False)
-    for engine in engines_build.ENGINES:
-        assert engines_build.environment(engine)["DBT_TARGET_PATH"] == str(
-            PROJECT_ROOT / "dbt" / f"target-{engine}"
-        )
-    monkeypatch.setenv("DBT_TARGET_PATH", "/elsewhere")
-    assert engines_build.environment("duckdb")["DBT_TARGET_PATH"] == "/elsewhere"
+def test_duckdb_rounds_an_exact_half_cent_away_from_zero_as_postgres_does(tmp_path):
+    # in doubles 0.09 / 0.4 is 0.22499999999999998: rounded as it is, 0.22 where Postgres says 0.23
+    amounts = {
+        "up": ("0.09", "0.23"),
+        "down": ("-0.09", "-0.23"),
+        "tie": ("0.07", "0.18"),
+        "plain": ("0.10", "0.25"),
+    }
+    select = ", ".join(
+        f"{{{{ to_usd('cast({amount} as decimal(18, 2))', 'cast(0.4 as decimal(18, 8))') }}}} as {name}"
+        for name, (amount, _) in amounts.items()
+    )
+    command = [str(Path(sys.executable).parent / "dbt"), "show", "--inline", f"select {select}"]
+    command += ["--project-dir", str(PROJECT_ROOT / "dbt"), "--profiles-dir", str(PROJECT_ROOT / ".dbt")]
+    command += ["--target", "duckdb", "--output", "json", "--log-format", "json"]
+    result = subprocess.run(
+        command,
+        env=engine_env("duckdb", tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:]
+    shown = next(
+        json.loads(json.loads(line)["data"]["preview"])
+        for line in result.stdout.splitlines()
+        if '"preview"' in line
+    )
+    assert {name: Decimal(str(value)) for name, value in shown[0].items()} == {
+        name: Decimal(usd) for name, (_, usd) in amounts.items()
+    }
 
 
 def test_postgres_keeps_its_only_configs(demo_postgres):

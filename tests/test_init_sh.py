@@ -73,10 +73,14 @@ def test_a_docs_port_in_use_stops_the_run_before_it_starts(tmp_path, taken_port)
 
 @pytest.mark.parametrize("value", ["http", "0", "65536", "-1"])
 def test_rejects_a_docs_port_that_is_not_one(tmp_path, value):
-    result = run_init_sh(tmp_path, DOCS_PORT=value, DB_WAIT_SECONDS="1")
+    result = run_init_sh(tmp_path, SERVE_DOCS="true", DOCS_PORT=value, DB_WAIT_SECONDS="1")
     assert result.returncode == 2
     assert f"DOCS_PORT must be a port number from 1 to 65535, got {value!r}" in result.stderr
     assert "waiting for the database" not in result.stdout
+    # a run that serves no docs does not read it: it goes on to wait for the database
+    without_docs = run_init_sh(tmp_path, SERVE_DOCS="false", DOCS_PORT=value, DB_WAIT_SECONDS="1")
+    assert "DOCS_PORT" not in without_docs.stderr
+    assert "waiting for the database" in without_docs.stdout
 
 
 def test_a_docs_port_taken_while_the_pipeline_ran_ends_it_with_one_line(tmp_path):

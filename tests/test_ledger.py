@@ -378,7 +378,7 @@ def test_a_stopped_rules_change_then_undone_is_rebuilt_in_full_next_time(make_da
     # the held model's query outlives its client until its sleep ends; it would hold dim_invoices
     database.query(
         "select pg_terminate_backend(pid) from pg_stat_activity "
-        "where query like '%pg_sleep(600)%' and pid <> pg_backend_pid()"
+        "where query like '%pg_sleep(600)%' and datname = current_database() and pid <> pg_backend_pid()"
     )
     assert "rebuilt from scratch (the balance rules changed" in output
     # dim_invoices holds the edited rules' numbers now (the 40.00 open invoice counts 0)

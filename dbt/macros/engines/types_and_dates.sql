@@ -43,15 +43,22 @@
 
 
 {#- An amount in a currency converted to USD: fx rates are units of the currency per 1 USD. Rounded to
-    the cent, so that amounts which cancel out in their currency (two halves and a credit note for the
-    whole) cancel out exactly in USD: a balance left at -1e-16 would turn the next move into a ratio of
-    10^19 instead of a move from zero. -#}
+    the cent (half away from zero), once per amount, as a ledger books it: every balance is then a sum
+    of cents, exact on every engine and in every incremental run, and the day-over-day ratio divides by
+    the balance the alert shows. Unrounded, amounts that cancel out in their currency left remainders
+    like -1e-16 USD, shown as $0.00 but turning the next move into a 10^19 % alert. -#}
 {% macro to_usd(amount, fx_rate) -%}
     {{ return(adapter.dispatch('to_usd', 'data_platform')(amount, fx_rate)) }}
 {%- endmacro %}
 
+{#- In doubles an exact half cent (0.09 / 0.4 = 0.225) comes out just below it (0.22499999999999998)
+    and would round down where Postgres rounds up: the quotient's rounding error is below 4e-16 of it,
+    so a nudge of 1e-15 of it away from zero puts every exact half cent above, and moves no other
+    amount across one unless it lies within 1e-15 of it. -#}
 {% macro default__to_usd(amount, fx_rate) -%}
-    round(cast({{ amount }} as {{ usd_type() }}) / cast({{ fx_rate }} as {{ usd_type() }}), 2)
+    round(
+        cast({{ amount }} as {{ usd_type() }}) / cast({{ fx_rate }} as {{ usd_type() }}) * 1.000000000000001, 2
+    )
 {%- endmacro %}
 
 {% macro postgres__to_usd(amount, fx_rate) -%}
