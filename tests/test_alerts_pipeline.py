@@ -46,6 +46,9 @@ def test_demo_next_day_alerts_show_their_drivers_and_the_mart_is_incremental(mak
     )
     assert "why: 1 payment -$18,733.33;" in by_organization["3559126079453424785"]
     assert "4 alerts sent, 0 failed" in next_day.stdout
+    # the README shows the demo's alerts as they come out
+    readme = (PROJECT_ROOT / "README.md").read_text().splitlines()
+    assert [line for line in readme if line.startswith("[balance alert] 2024-06-29 ")] == alerts
 
     incremental = database.query(DRIVERS)
     rebuilt = run_pipeline(database, csv, FULL_REFRESH="true", RUN_ALERTS="false")
