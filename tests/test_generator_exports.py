@@ -14,7 +14,7 @@ import tracemalloc
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import date
-from decimal import Decimal, localcontext
+from decimal import ROUND_HALF_UP, Decimal, localcontext
 from pathlib import Path
 
 import pytest
@@ -46,10 +46,15 @@ KEPT = (
 )
 
 
+def usd(amount: str, fx: Decimal) -> Decimal:
+    """As the warehouse books it: to the cent, half away from zero."""
+    return (Decimal(amount or "0") / fx).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
+
+
 def contribution(row: dict[str, str]) -> Decimal:
     invoiced, paid = RULES[row["STATUS"]]
     fx = Decimal(row["FX_RATE"])
-    return invoiced * Decimal(row["AMOUNT"]) / fx - paid * Decimal(row["PAYMENT_AMOUNT"] or "0") / fx
+    return invoiced * usd(row["AMOUNT"], fx) - paid * usd(row["PAYMENT_AMOUNT"], fx)
 
 
 @dataclass
