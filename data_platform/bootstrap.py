@@ -67,25 +67,17 @@ def start_embedded_server(data_dir: Path, database: str) -> dict[str, str]:
     }
 
 
-def _postmaster_alive(pid_file: Path) -> bool:
-    """Whether the server whose pid file this is runs: a file left by a reboot or a kill -9 names a
-    process that is gone (pgserver would start the server only to stop it)."""
-    try:
-        pid = int(pid_file.read_text().split("\n", 1)[0])
-        os.kill(pid, 0)
-    except (FileNotFoundError, ValueError, ProcessLookupError):
-        return False
-    except PermissionError:  # another user's process: it runs
-        return True
-    return True
-
-
 def stop_embedded_server(data_dir: Path) -> bool:
     """Stop the pgserver Postgres in `data_dir` (pgserver's own shutdown, as the OS user it runs as: not
     root); False when none runs there."""
-    if not _postmaster_alive(data_dir / "postmaster.pid"):
-        return False
     import pgserver
+    from pgserver.utils import PostmasterInfo
+
+    # pgserver's reading of postmaster.pid: one left by a reboot or a kill -9 names a process that is
+    # gone, and get_server would start the server only to stop it
+    running = PostmasterInfo.read_from_pgdata(data_dir)
+    if running is None or not running.is_running():
+        return False
 
     # a handle that stops the server when it closes, and is the only one: `embedded` keeps none open
     pgserver.get_server(data_dir, cleanup_mode="stop").cleanup()

@@ -31,6 +31,8 @@ def test_stopping_an_embedded_server_that_died_starts_nothing(tmp_path):
     # the pid file a reboot or kill -9 leaves behind names a process that is gone
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    (tmp_path / "postmaster.pid").write_text(f"{dead.pid}\n{tmp_path}\n")
+    # as Postgres writes it: pid, data folder, start time, port, socket folder, host, shared memory, status
+    lines = [str(dead.pid), str(tmp_path), "1712346200", "5432", str(tmp_path), "", "0 0", "ready"]
+    (tmp_path / "postmaster.pid").write_text("\n".join(lines) + "\n")
     assert bootstrap.stop_embedded_server(tmp_path) is False
     assert sorted(path.name for path in tmp_path.iterdir()) == ["postmaster.pid"]
