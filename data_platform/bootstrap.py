@@ -71,12 +71,14 @@ def stop_embedded_server(data_dir: Path) -> bool:
     """Stop the pgserver Postgres in `data_dir` (pgserver's own shutdown, as the OS user it runs as: not
     root); False when none runs there."""
     import pgserver
+    import psutil  # pgserver's own dependency
     from pgserver.utils import PostmasterInfo
 
     # pgserver's reading of postmaster.pid: one left by a reboot or a kill -9 names a process that is
-    # gone, and get_server would start the server only to stop it
+    # gone, or a zombie nobody reaped (its pid still answers), and get_server would then fail to stop it
+    # with a traceback, or start the server only to stop it
     running = PostmasterInfo.read_from_pgdata(data_dir)
-    if running is None or not running.is_running():
+    if running is None or not running.is_running() or running.process.status() == psutil.STATUS_ZOMBIE:
         return False
 
     # a handle that stops the server when it closes, and is the only one: `embedded` keeps none open

@@ -4,6 +4,10 @@ embedded server."""
 import getpass
 import subprocess
 import sys
+import time
+from pathlib import Path
+
+import psutil
 
 from data_platform import bootstrap, db
 
@@ -27,12 +31,30 @@ def test_describe_target_without_pguser_or_os_user_name(monkeypatch):
     assert db.describe_target() == "?@localhost:5432/?"
 
 
+def write_postmaster_pid(data_dir: Path, pid: int) -> None:
+    # as Postgres writes it: pid, data folder, start time, port, socket folder, host, shared memory, status
+    lines = [str(pid), str(data_dir), "1712346200", "5432", str(data_dir), "", "0 0", "ready"]
+    (data_dir / "postmaster.pid").write_text("\n".join(lines) + "\n")
+
+
 def test_stopping_an_embedded_server_that_died_starts_nothing(tmp_path):
     # the pid file a reboot or kill -9 leaves behind names a process that is gone
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    # as Postgres writes it: pid, data folder, start time, port, socket folder, host, shared memory, status
-    lines = [str(dead.pid), str(tmp_path), "1712346200", "5432", str(tmp_path), "", "0 0", "ready"]
-    (tmp_path / "postmaster.pid").write_text("\n".join(lines) + "\n")
+    write_postmaster_pid(tmp_path, dead.pid)
     assert bootstrap.stop_embedded_server(tmp_path) is False
     assert sorted(path.name for path in tmp_path.iterdir()) == ["postmaster.pid"]
+
+
+def test_stopping_an_embedded_server_killed_but_not_reaped_starts_nothing(tmp_path):
+    # a postmaster killed with -9 stays a zombie until its parent reaps it (in a container whose first
+    # process reaps nothing, for good): its pid answers, but no server runs
+    killed = subprocess.Popen([sys.executable, "-c", "pass"])
+    while psutil.Process(killed.pid).status() != psutil.STATUS_ZOMBIE:
+        time.sleep(0.01)
+    try:
+        write_postmaster_pid(tmp_path, killed.pid)
+        assert bootstrap.stop_embedded_server(tmp_path) is False
+        assert sorted(path.name for path in tmp_path.iterdir()) == ["postmaster.pid"]
+    finally:
+        killed.wait()
