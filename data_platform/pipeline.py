@@ -15,7 +15,8 @@ One run at a time: the run holds a Postgres advisory lock for its whole length, 
 running build. Each step runs as a child process in its own process group; SIGTERM or SIGINT to the
 pipeline is passed on to the running step as SIGINT (dbt then cancels its queries, the loader rolls back),
 waited for, and the run ends with 128 + the signal number. The build is recorded in the warehouse only
-after `dbt build` succeeded, so an interrupted run is rebuilt in full by the next one.
+after `dbt build` succeeded, so the next run builds again what an interrupted run left unfinished (the
+same window, or in full when the rules or the project changed; refresh.py).
 """
 
 from __future__ import annotations
@@ -400,7 +401,13 @@ def load_exports(settings: Settings, through: str | None = None) -> None:
     command = [sys.executable, "-m", "data_platform.loader", "--csv-dir", str(settings.csv_dir)]
     code = run_child(command + (["--through", through] if through else []))
     if code:
-        raise PipelineError("the load failed; the warehouse is unchanged (see the error above)", code)
+        # each export commits on its own: the ones before the failing export stay loaded
+        raise PipelineError(
+            "the load failed (see the error above) and nothing was built: exports the loader reported "
+            "loaded stay loaded; the failing export and the later ones were not: fix or remove it, "
+            "and the next run loads and builds the rest",
+            code,
+        )
 
 
 def plan(settings: Settings, project: str | None = None) -> refresh.BuildPlan:

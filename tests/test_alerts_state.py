@@ -343,3 +343,14 @@ def test_sent_alerts_are_not_sent_again_after_the_fact_is_rebuilt(db, slack):  #
     stored = db.query("select organization_id, balance_usd from ops.alert_history order by 1")
     assert stored == [(1, 300), (2, 330)]  # what was sent, as it was sent
     assert ops_tables(db) == {"alert_history", "alert_watermark"}
+
+
+def test_a_digest_of_more_alerts_than_a_statement_takes_parameters_is_delivered(db, run_inline):  # noqa: F811
+    # two bound values an alert were 66,000 parameters: the server takes at most 65,535
+    organizations = range(1, 33_001)
+    add_moves(db, *((organization, DAY[0], "10000", "30000") for organization in organizations))
+
+    result = run_inline(db)
+
+    assert result.returncode == 0, result.stderr
+    assert history(db, "console") == {(organization, DAY[0]): ("sent", 1) for organization in organizations}

@@ -51,6 +51,7 @@ from data_platform.alerts.records import (
     TopInvoice,
     Why,
 )
+from data_platform.alerts.store import organization_ids_in
 
 marts = MetaData(schema="marts")
 
@@ -276,7 +277,7 @@ def organization_context(conn: Connection, organization_ids: Iterable[int]) -> d
             dim.c.first_payment_date,
             dim.c.last_payment_date,
             dim.c.legal_entity_country_code,
-        ).where(dim.c.organization_id.in_(ids))
+        ).where(organization_ids_in(dim.c.organization_id, ids))
     )
     return {
         row.organization_id: Organization(
