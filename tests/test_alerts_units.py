@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import pytest
 
-from data_platform.alerts import config, messages
+from data_platform.alerts import config, messages, payload
 from data_platform.alerts.plan import Plan, plan_days
 from data_platform.alerts.records import BALANCE_CHANGE, NEW_BALANCE, Alert, Batch, Organization
 
@@ -67,6 +67,9 @@ def test_plan_is_empty():
         ("-1500", "-$1,500.00"),
         ("-0.004", "$0.00"),
         ("-0.005", "-$0.01"),
+        # more digits than Decimal's default 28: exact, never an error that blocks delivery
+        ("123456789012345678901234567.125", "$123,456,789,012,345,678,901,234,567.13"),
+        ("-1E+24", "-$1,000,000,000,000,000,000,000,000.00"),
     ],
 )
 def test_usd(amount, text):
@@ -75,7 +78,14 @@ def test_usd(amount, text):
 
 @pytest.mark.parametrize(
     ("ratio", "text"),
-    [("0.5", "+50.00%"), ("-0.5", "-50.00%"), ("-0.4999", "-49.99%"), ("12.345678", "+1,234.57%")],
+    [
+        ("0.5", "+50.00%"),
+        ("-0.5", "-50.00%"),
+        ("-0.4999", "-49.99%"),
+        ("12.345678", "+1,234.57%"),
+        ("1E+25", "+1,000,000,000,000,000,000,000,000,000.00%"),
+        ("1234567890123456789012345678.12345", "+123,456,789,012,345,678,901,234,567,812.35%"),
+    ],
 )
 def test_signed_percent(ratio, text):
     assert messages.signed_percent(Decimal(ratio)) == text
@@ -367,3 +377,17 @@ def test_pacer_spaces_messages():
     now[0] += 0.25
     pacer.wait()
     assert slept == [0.75]
+
+
+def test_a_balance_beyond_28_digits_formats_in_every_message():
+    # amounts up to 1e16 at an FX rate of 1e-8 make ~1e24 USD; over a cent the ratio is far larger
+    huge = alert("0.01", "1000000000000000000000000.01")
+    batch = Batch(KNOWN, (huge,))
+
+    text, _ = messages.slack_message(batch)
+    document = payload.json_payload(batch)
+
+    assert (
+        "$0.01 -> $1,000,000,000,000,000,000,000,000.01 (+10,000,000,000,000,000,000,000,000,000.00%)" in text
+    )
+    assert document["alerts"][0]["change_ratio"] == "100000000000000000000000000.000000"

@@ -6,7 +6,7 @@ Slack, on stdout and in --dry-run.
 
 from __future__ import annotations
 
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import ROUND_HALF_UP, Context, Decimal
 from typing import Any
 
 from data_platform.alerts.records import (
@@ -25,6 +25,15 @@ from data_platform.alerts.records import (
 CENT = Decimal("0.01")
 
 
+def half_up(value: Decimal, step: Decimal, *, scale: int = 0) -> Decimal:
+    """value x 10**scale rounded to step, half up, exactly whatever its size: the default context keeps 28
+    digits, and a quantize that needs more raises (a balance may be ~1e24 USD, its ratio larger still)."""
+    value = Decimal(value)
+    digits = max(value.adjusted() + scale, 0) - step.as_tuple().exponent + len(value.as_tuple().digits) + 2
+    wide = Context(prec=max(digits, 28))
+    return value.scaleb(scale, context=wide).quantize(step, rounding=ROUND_HALF_UP, context=wide)
+
+
 def _not_finite(value: Decimal) -> str:
     # Postgres numeric allows NaN and +-Infinity: shown as they are (Decimal would raise on them),
     # because a message that cannot be formatted would block delivery on every run
@@ -35,16 +44,16 @@ def usd(amount: Decimal) -> str:
     """-1234.5 -> '-$1,234.50' (thousands separators, 2 decimals, half-up like an accountant)."""
     if not Decimal(amount).is_finite():
         return _not_finite(amount)
-    rounded = Decimal(amount).quantize(CENT, rounding=ROUND_HALF_UP)
+    rounded = half_up(amount, CENT)
     sign = "-" if rounded < 0 else ""
-    return f"{sign}${abs(rounded):,.2f}"
+    return f"{sign}${rounded.copy_abs():,.2f}"
 
 
 def signed_percent(ratio: Decimal) -> str:
     """0.5 -> '+50.00%', -0.75 -> '-75.00%'."""
     if not Decimal(ratio).is_finite():
         return f"{_not_finite(ratio)}%"
-    percent = (Decimal(ratio) * 100).quantize(CENT, rounding=ROUND_HALF_UP)
+    percent = half_up(ratio, CENT, scale=2)
     return f"{percent:+,.2f}%"
 
 

@@ -8,7 +8,7 @@ which JSON numbers in many receivers (JavaScript among them) would round.
 
 from __future__ import annotations
 
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 from typing import Any
 
 from data_platform.alerts import messages
@@ -33,7 +33,7 @@ def _decimal(value: Decimal | None, step: Decimal = _CENT) -> str | None:
         return None
     if not Decimal(value).is_finite():
         return str(value)
-    return str(Decimal(value).quantize(step, rounding=ROUND_HALF_UP))
+    return str(messages.half_up(value, step))
 
 
 def _organization(organization: Organization) -> dict[str, Any]:
