@@ -29,8 +29,10 @@ def half_up(value: Decimal, step: Decimal, *, scale: int = 0) -> Decimal:
     """value x 10**scale rounded to step, half up, exactly whatever its size: the default context keeps 28
     digits, and a quantize that needs more raises (a balance may be ~1e24 USD, its ratio larger still)."""
     value = Decimal(value)
-    digits = max(value.adjusted() + scale, 0) - step.as_tuple().exponent + len(value.as_tuple().digits) + 2
-    wide = Context(prec=max(digits, 28))
+    kept = len(value.as_tuple().digits)  # scaleb keeps every digit of the value
+    # the result's digits: before the point, the step's places, one more for a carry (999.995 -> 1000.00)
+    result = value.adjusted() + scale + 1 - step.as_tuple().exponent + 1
+    wide = Context(prec=max(kept, result, 28))
     return value.scaleb(scale, context=wide).quantize(step, rounding=ROUND_HALF_UP, context=wide)
 
 

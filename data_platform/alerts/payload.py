@@ -24,11 +24,10 @@ from data_platform.alerts.records import (
 
 PAYLOAD_SCHEMA = "data_platform.balance_alerts"
 PAYLOAD_VERSION = 1
-_CENT = Decimal("0.01")
 _RATIO = Decimal("0.000001")
 
 
-def _decimal(value: Decimal | None, step: Decimal = _CENT) -> str | None:
+def _decimal(value: Decimal | None, step: Decimal = messages.CENT) -> str | None:
     if value is None:
         return None
     if not Decimal(value).is_finite():
