@@ -417,29 +417,31 @@ def plan(settings: Settings, project: str | None = None) -> refresh.BuildPlan:
         return refresh.plan_build(conn, force_full=settings.full_refresh, project=project)
 
 
-def build(build_plan: refresh.BuildPlan, warm: WarmDbt) -> None:
+def build(build_plan: refresh.BuildPlan, warm: WarmDbt, settings: Settings) -> None:
     if build_plan.full_refresh:
         step(f"dbt build: rules, models and tests, rebuilt from scratch ({build_plan.reason})")
     else:
         step(f"dbt build: rules, models and tests, days from {build_plan.window_start} ({build_plan.reason})")
-    mark_build_started(build_plan)
+    mark_build_started(build_plan, settings)
     code = warm.run("build", *build_plan.dbt_args(), env=build_plan.dbt_environment())
     if code:
         show_failed_tests(_target_dir())
         raise PipelineError(f"dbt build failed; {build_plan.after_failure()}", code)
-    record_build(build_plan)
+    record_build(build_plan, settings)
 
 
-def mark_build_started(build_plan: refresh.BuildPlan) -> None:
-    """Call it just before the plan's `dbt build` (a full rebuild must be redone if it does not finish)."""
+def mark_build_started(build_plan: refresh.BuildPlan, settings: Settings) -> None:
+    """Call it just before the plan's `dbt build` (a full rebuild must be redone if it does not finish;
+    meanwhile the alerter reads no day)."""
     with connect() as conn:
-        refresh.mark_build_started(conn, build_plan)
+        refresh.mark_build_started(conn, build_plan, reader=settings.alerter_user)
 
 
-def record_build(build_plan: refresh.BuildPlan) -> None:
-    """Remember the plan's state; call it only after its `dbt build` succeeded."""
+def record_build(build_plan: refresh.BuildPlan, settings: Settings) -> None:
+    """Remember the plan's state; call it only after its `dbt build` succeeded (the alerter reads the
+    days up to its newest export from then on)."""
     with connect() as conn:
-        refresh.record_build(conn, build_plan.current)
+        refresh.record_build(conn, build_plan.current, reader=settings.alerter_user)
 
 
 def generate_docs(build_plan: refresh.BuildPlan) -> None:
@@ -476,7 +478,7 @@ def run(settings: Settings) -> None:
         with WarmDbt() as warm:
             load_exports(settings)
             build_plan = plan(settings, project)
-            build(build_plan, warm)
+            build(build_plan, warm, settings)
         generate_docs(build_plan)
         if settings.run_alerts:
             # the warehouse is fine; the undelivered alerts wait for the next alert run, and a given-up

@@ -18,6 +18,11 @@ change can never be half applied. A full rebuild also marks the record before it
 success clears the mark: one that did not finish may have replaced tables with other rules' or SQL's
 numbers, so the next build is full even when the files are back as the record says (an edit undone after
 a stopped run). A failed incremental build needs no mark: it changed only days its retry recomputes.
+
+The alerter reads the same record (BUILD_STATUS_SQL): an alert run, even one started by hand during a
+build or after a failed one, looks only at days up to the newest export the last successful build
+covered, and at none while a full rebuild is marked. The record is created, and granted to the alerter,
+before the first build starts, so a warehouse without it was never built by the pipeline.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
+from psycopg import sql
 
 from data_platform import ledger
 from data_platform.raw_tables import RAW_SCHEMA
@@ -54,6 +60,15 @@ CREATE_BUILD_STATE = f"""
 """
 # a record written before that column existed
 ADD_FULL_BUILD_MARK = f"alter table {BUILD_STATE} add column if not exists full_build_started_at timestamptz"
+
+# What a reader needs: one row per successful build record, or none before the first success. Read
+# through to_jsonb: a record written before full_build_started_at existed has no such column.
+BUILD_STATUS_SQL = f"""
+    select
+        (to_jsonb(state) ->> 'last_export_date')::date as last_export_date,
+        (to_jsonb(state) ->> 'full_build_started_at')::timestamptz as full_build_started_at
+    from {BUILD_STATE} state
+"""
 
 # The exports up to a date, in order, with their checksums: any reload or reset changes it.
 EXPORTS_FINGERPRINT_SQL = f"""
@@ -161,11 +176,8 @@ def full_build_unfinished(conn: psycopg.Connection) -> bool:
     """Whether a full rebuild started after the last successful build and did not succeed."""
     if not _exists(conn, BUILD_STATE):
         return False
-    # read through to_jsonb: a record from before the mark's column has no such column
-    row = conn.execute(
-        f"select to_jsonb(state) ->> 'full_build_started_at' from {BUILD_STATE} state"
-    ).fetchone()
-    return row is not None and row[0] is not None
+    row = conn.execute(BUILD_STATUS_SQL).fetchone()
+    return row is not None and row[1] is not None
 
 
 def plan_build(
@@ -199,17 +211,34 @@ def plan_build(
     return BuildPlan(False, f"exports after {last.last_export_date}", window_start, current)
 
 
-def mark_build_started(conn: psycopg.Connection, plan: BuildPlan) -> None:
-    """Before a full rebuild: mark the record (if any; without one the next build is full anyway)."""
-    if plan.full_refresh and _exists(conn, BUILD_STATE):
-        conn.execute(ADD_FULL_BUILD_MARK)
+def _ensure_build_state(conn: psycopg.Connection, reader: str) -> None:
+    """The record's table, readable by `reader` (the alerter's role, when it exists)."""
+    conn.execute(CREATE_BUILD_STATE)
+    conn.execute(ADD_FULL_BUILD_MARK)
+    granted = conn.execute(
+        "select has_schema_privilege(rolname, %s, 'usage') and has_table_privilege(rolname, %s, 'select') "
+        "from pg_roles where rolname = %s",
+        (RAW_SCHEMA, BUILD_STATE, reader),
+    ).fetchone()
+    if granted is None or granted[0]:  # no such role, or nothing to do (a grant writes the catalog)
+        return
+    role = sql.Identifier(reader)
+    conn.execute(sql.SQL("grant usage on schema {} to {}").format(sql.Identifier(RAW_SCHEMA), role))
+    conn.execute(sql.SQL("grant select on {} to {}").format(sql.SQL(BUILD_STATE), role))
+
+
+def mark_build_started(conn: psycopg.Connection, plan: BuildPlan, reader: str) -> None:
+    """Before a full rebuild: mark the record. Before the first build there is no record: the table is
+    created empty, which readers take as "no build has succeeded yet"."""
+    if plan.full_refresh:
+        _ensure_build_state(conn, reader)
         conn.execute(f"update {BUILD_STATE} set full_build_started_at = now()")
 
 
-def record_build(conn: psycopg.Connection, state: BuildState) -> None:
-    """Remember what a successful build was computed from (the plan's state, taken before the build)."""
-    conn.execute(CREATE_BUILD_STATE)
-    conn.execute(ADD_FULL_BUILD_MARK)
+def record_build(conn: psycopg.Connection, state: BuildState, reader: str) -> None:
+    """Remember what a successful build was computed from (the plan's state, taken before the build);
+    `reader`: the role that reads the record (the alerter)."""
+    _ensure_build_state(conn, reader)
     conn.execute(
         f"""
         insert into {BUILD_STATE} as state

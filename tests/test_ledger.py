@@ -18,6 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 from conftest import PROJECT_ROOT, pipeline_env, run_pipeline
+from test_alerts import run_alerts
 from test_pipeline import (
     HEADER,
     INVOICE_ROWS,
@@ -385,6 +386,10 @@ def test_a_stopped_rules_change_then_undone_is_rebuilt_in_full_next_time(make_da
     assert database.query(
         "select balance_contribution_usd from marts.dim_invoices where invoice_id = 11"
     ) == [(D(0),)]
+    # an alert run by hand now reads nothing of marts that mix both rules' numbers
+    hand_run = run_alerts(database)
+    assert hand_run.returncode == 2, hand_run.stdout
+    assert "a full rebuild of the marts started at" in hand_run.stderr
 
     # the edit is undone: the files are as the last successful build recorded them
     result = run_pipeline(database, csv_dir, RUN_ALERTS="false")

@@ -381,7 +381,8 @@ def load(database, *exports: dt.date) -> None:
 def cover(database, covered: dt.date) -> None:
     """Record a successful build covering the exports up to `covered`."""
     with database.connect("transformer", autocommit=True) as conn:
-        refresh.record_build(conn, refresh.BuildState("rules", "project", "exports", covered))
+        state = refresh.BuildState("rules", "project", "exports", covered)
+        refresh.record_build(conn, state, reader="alerter")
 
 
 def fresh_export_folder(tmp_path, day: dt.date = EXPORTS[-1]) -> None:

@@ -6,7 +6,9 @@ Modules, one job each:
     plan      which days a run looks at and where the watermark goes (pure date logic)
     noise     the USD floor, severity and suppression (records only)
     routing   the alert_routing seed's routes checked against the environment; alert -> destination
-    detect    the marts queries, run in read-only transactions (SQLAlchemy Core)
+    detect    the marts queries, run in read-only transactions (SQLAlchemy Core), and how far the
+              pipeline's last successful build lets them read
+    keys      many keys in one statement, bound as arrays (the server's bind-parameter limit)
     store     the alerter's own state in the ops schema, per destination; the advisory lock
     ops_migration  upgrades ops tables created by an older alerter
     messages  Slack Block Kit, plain-text fallback and console lines (records only)

@@ -12,10 +12,10 @@ Exit codes:
          once (given_up_reported_at); later runs' summaries still note it.
     2    configuration or database error, with a message saying what to fix. Configuration errors
          (flags, environment, connection settings, another run holding the lock, a day after the
-         data) stop the run before anything is sent. A database error can also stop a run during
-         delivery: messages already recorded as sent stay sent and the rest are retried on the next
-         run; the one message in flight was recorded `unknown` before it left, so it is sent at
-         most once more.
+         data, a full rebuild of the marts that has not succeeded) stop the run before anything is
+         sent. A database error can also stop a run during delivery: messages already recorded as
+         sent stay sent and the rest are retried on the next run; the one message in flight was
+         recorded `unknown` before it left, so it is sent at most once more.
     130  interrupted (Ctrl-C): as for a database error, what was committed stays, the rest is retried.
 """
 
@@ -295,9 +295,19 @@ def _read_marts(
     context and every alert's drivers."""
     detect.read_only_snapshot(reader)
     try:
-        latest = detect.latest_day(reader, up_to=today)
+        try:
+            built = detect.built_through(reader)
+        except detect.MartsNotReady as error:
+            raise AlertError(
+                f"{error}; nothing was read or sent. Alerts run after a build succeeds."
+            ) from None
+        up_to = today if built is None else min(today, built)
+        latest = detect.latest_day(reader, up_to=up_to)
         summary.future_days, summary.last_future_day = detect.days_after(reader, today)
-        _check_requested_day(settings, latest, today)
+        if up_to < today:
+            summary.built_through = up_to
+            summary.unbuilt_days, summary.last_unbuilt_day = detect.days_after(reader, up_to, through=today)
+        _check_requested_day(settings, latest, today, built)
         plans = {
             name: plan_days(
                 watermark=watermark, latest=latest, only_date=settings.date, since=settings.since, today=today
@@ -335,7 +345,7 @@ def _read_marts(
         reader.rollback()  # read only: nothing to keep
 
 
-def _check_requested_day(settings: Settings, latest: date | None, today: date) -> None:
+def _check_requested_day(settings: Settings, latest: date | None, today: date, built: date | None) -> None:
     """--date / --since after the data's latest day is a mistake (or data not loaded yet), not a no-op."""
     requested = settings.date or settings.since
     if requested is None or (latest is not None and requested <= latest):
@@ -344,6 +354,11 @@ def _check_requested_day(settings: Settings, latest: date | None, today: date) -
     if requested > today:
         raise AlertError(
             f"{flag} {requested} is after today ({today}, UTC): future days are never processed."
+        )
+    if built is not None and requested > built:
+        raise AlertError(
+            f"{flag} {requested} is after {built}, the newest export the last successful pipeline build "
+            "covered: later days wait for a build to succeed."
         )
     if latest is None:
         raise AlertError(f"{flag} {requested}: {detect.REQUIRED_TABLES[0]} has no rows yet: {PIPELINE_HINT}.")

@@ -38,9 +38,9 @@ from sqlalchemy import (
     or_,
     select,
     text,
-    tuple_,
 )
 
+from data_platform.alerts.keys import organization_days_in, organization_ids_in
 from data_platform.alerts.records import (
     BALANCE_CHANGE,
     NEW_BALANCE,
@@ -51,7 +51,7 @@ from data_platform.alerts.records import (
     TopInvoice,
     Why,
 )
-from data_platform.alerts.store import organization_ids_in
+from data_platform.refresh import BUILD_STATE, BUILD_STATUS_SQL
 
 marts = MetaData(schema="marts")
 
@@ -116,6 +116,47 @@ def missing_tables(conn: Connection) -> list[str]:
     return [name for name, oid in zip(REQUIRED_TABLES, found, strict=True) if oid is None]
 
 
+class MartsNotReady(RuntimeError):
+    """The pipeline's record says no day of the marts can be trusted now."""
+
+
+def built_through(conn: Connection) -> date | None:
+    """The last day the marts hold as a successful build left it: the newest export the pipeline's last
+    successful build covered. A build after it rewrites only later days (a running one, or one that
+    failed, may have written some of them), so a run reads none after it. None: the warehouse has no
+    such record (the marts were built without the pipeline: dbt by hand, the tests), every day counts.
+
+    Raises MartsNotReady when no day can be trusted: no build has succeeded yet, or a full rebuild
+    started after the last successful one and has not succeeded (it may have replaced any table)."""
+    schema, table = BUILD_STATE.split(".")
+    readable = conn.execute(
+        text(
+            "select pg_catalog.has_schema_privilege(n.oid, 'usage') "
+            "and pg_catalog.has_table_privilege(c.oid, 'select') "
+            "from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace "
+            "where n.nspname = :schema and c.relname = :table"
+        ),
+        {"schema": schema, "table": table},
+    ).scalar()
+    if readable is None:
+        return None
+    if not readable:
+        raise MartsNotReady(
+            f"this role cannot read {BUILD_STATE}, the record of the pipeline's successful builds "
+            "(the pipeline grants it to ALERTER_USER on its next build)"
+        )
+    row = conn.execute(text(BUILD_STATUS_SQL)).one_or_none()
+    if row is None:
+        raise MartsNotReady("no pipeline build has succeeded yet: the marts may be half built")
+    if row.full_build_started_at is not None:
+        raise MartsNotReady(
+            f"a full rebuild of the marts started at {row.full_build_started_at:%Y-%m-%d %H:%M:%S %Z} "
+            "and has not succeeded (it is running, or it failed or was stopped): the marts may mix "
+            "old and new numbers until it succeeds"
+        )
+    return row.last_export_date or date.min
+
+
 def read_only(conn: Connection, isolation: str = "read committed") -> None:
     """Start a READ ONLY transaction with search_path pinned to pg_catalog (pg_temp last).
 
@@ -152,13 +193,14 @@ def latest_day(conn: Connection, up_to: date | None = None) -> date | None:
     return conn.execute(query).scalar_one()
 
 
-def days_after(conn: Connection, day: date) -> tuple[int, date | None]:
-    """How many distinct days the fact has after `day`, and the last of them."""
-    row = conn.execute(
-        select(func.count(distinct(fact.c.balance_date)), func.max(fact.c.balance_date)).where(
-            fact.c.balance_date > day
-        )
-    ).one()
+def days_after(conn: Connection, day: date, through: date | None = None) -> tuple[int, date | None]:
+    """How many distinct days the fact has after `day` (up to `through`), and the last of them."""
+    query = select(func.count(distinct(fact.c.balance_date)), func.max(fact.c.balance_date)).where(
+        fact.c.balance_date > day
+    )
+    if through is not None:
+        query = query.where(fact.c.balance_date <= through)
+    row = conn.execute(query).one()
     return row[0], row[1]
 
 
@@ -231,19 +273,17 @@ def fact_now(
     organization_days: Iterable[tuple[int, date]],
     threshold: Decimal,
     include_from_zero: bool,
-    chunk: int = 1000,
 ) -> dict[tuple[int, date], tuple[Alert, bool]]:
     """Each organization-day's fact row as it is now (as an Alert) and whether it meets the rule; a day
     without a row is left out."""
-    wanted = sorted(set(organization_days))
-    key = tuple_(fact.c.organization_id, fact.c.balance_date)
+    wanted = set(organization_days)
+    if not wanted:
+        return {}
     rule = _rule(threshold, include_from_zero).label("alerts")
-    found: dict[tuple[int, date], tuple[Alert, bool]] = {}
-    for offset in range(0, len(wanted), chunk):
-        query = select(*_alert_columns(), rule).where(key.in_(wanted[offset : offset + chunk]))
-        for row in conn.execute(query):
-            found[(row.organization_id, row.balance_date)] = (_alert(row), row.alerts)
-    return found
+    query = select(*_alert_columns(), rule).where(
+        organization_days_in(fact.c.organization_id, fact.c.balance_date, wanted)
+    )
+    return {(row.organization_id, row.balance_date): (_alert(row), row.alerts) for row in conn.execute(query)}
 
 
 def _alert(row) -> Alert:
@@ -312,27 +352,25 @@ def alert_routes(conn: Connection) -> list[Route]:
     ]
 
 
-def why(
-    conn: Connection, organization_days: Iterable[tuple[int, date]], chunk: int = 1000
-) -> dict[tuple[int, date], Why]:
+def why(conn: Connection, organization_days: Iterable[tuple[int, date]]) -> dict[tuple[int, date], Why]:
     """Each organization-day's drivers (largest effect first) and its top invoices by absolute effect:
     the largest of its driver kinds' top invoices, which include the day's largest overall."""
-    wanted = sorted(set(organization_days))
+    wanted = set(organization_days)
+    if not wanted:
+        return {}
     found: dict[tuple[int, date], list] = defaultdict(list)
-    key = tuple_(drivers.c.organization_id, drivers.c.balance_date)
-    for offset in range(0, len(wanted), chunk):
-        rows = conn.execute(
-            select(
-                drivers.c.organization_id,
-                drivers.c.balance_date,
-                drivers.c.driver_kind,
-                drivers.c.invoice_count,
-                drivers.c.balance_change_usd,
-                drivers.c.top_invoices.cast(Text).label("top_invoices"),
-            ).where(key.in_(wanted[offset : offset + chunk]))
-        )
-        for row in rows:
-            found[(row.organization_id, row.balance_date)].append(row)
+    rows = conn.execute(
+        select(
+            drivers.c.organization_id,
+            drivers.c.balance_date,
+            drivers.c.driver_kind,
+            drivers.c.invoice_count,
+            drivers.c.balance_change_usd,
+            drivers.c.top_invoices.cast(Text).label("top_invoices"),
+        ).where(organization_days_in(drivers.c.organization_id, drivers.c.balance_date, wanted))
+    )
+    for row in rows:
+        found[(row.organization_id, row.balance_date)].append(row)
     return {day: _why(rows) for day, rows in found.items()}
 
 

@@ -9,7 +9,7 @@ Nothing here reads the marts: the marts are read in a separate read-only transac
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
@@ -30,18 +30,16 @@ from sqlalchemy import (
     Text,
     and_,
     func,
-    literal,
     select,
     text,
-    tuple_,
     update,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.schema import CreateIndex, CreateTable
 
 from data_platform.alerts import ops_migration
+from data_platform.alerts.keys import organization_days_in, organization_ids_in
 from data_platform.alerts.records import (
     BALANCE_CHANGE,
     CONSOLE,
@@ -364,23 +362,15 @@ def report_given_up(conn: Connection, destination: str) -> int:
     )
 
 
-def organization_ids_in(column, organization_ids: Iterable[int]):
-    """column = any(one array parameter): an IN list binds one parameter a value, and a server takes at
-    most 65,535 (a backfill's or a long outage's digest can hold more organizations)."""
-    return column == func.any(literal(sorted(set(organization_ids)), ARRAY(BigInteger)))
-
-
 def _rows(destination: str, alerts: Sequence[Alert]):
-    """The alerts' rows (one message's: one organization's days, or a digest's many organizations), their
-    keys bound as two arrays whatever their number (see organization_ids_in)."""
-    keys = sorted({(alert.organization_id, alert.balance_date) for alert in alerts})
-    pairs = select(
-        func.unnest(literal([key[0] for key in keys], ARRAY(BigInteger))),
-        func.unnest(literal([key[1] for key in keys], ARRAY(Date))),
-    )
+    """The alerts' rows (one message's: one organization's days, or a digest's many organizations)."""
     return (
         history.c.destination == destination,
-        tuple_(history.c.organization_id, history.c.balance_date).in_(pairs),
+        organization_days_in(
+            history.c.organization_id,
+            history.c.balance_date,
+            ((alert.organization_id, alert.balance_date) for alert in alerts),
+        ),
         history.c.status.not_in(_CLOSED),
     )
 

@@ -29,6 +29,10 @@ class Summary:
     today: date | None = None
     future_days: int = 0  # days in the fact after today: never processed
     last_future_day: date | None = None
+    # the last successful build's newest export, when it is before today: later days are not processed
+    built_through: date | None = None
+    unbuilt_days: int = 0  # days in the fact after it, up to today
+    last_unbuilt_day: date | None = None
     given_up: int = 0  # never confirmed after every allowed unanswered attempt: not sent again
     gave_up: int = 0  # of those, given up in this run (its last allowed attempt went unanswered)
     # of those, reported by this run (exit 3): this run's, or an earlier run's that died first
@@ -86,6 +90,13 @@ class Summary:
             notes.append(
                 f"{_plural(self.future_days, 'day')} after today ({self.today}) in the fact "
                 f"(up to {self.last_future_day}) not processed: check the export's dates."
+            )
+        if self.unbuilt_days:
+            notes.append(
+                f"{_plural(self.unbuilt_days, 'day')} after {self.built_through} in the fact (up to "
+                f"{self.last_unbuilt_day}) not processed: no successful pipeline build covers them yet (one "
+                "is running, or the last one failed); the alert run after the next successful build sends "
+                "their alerts."
             )
         if self.unanswered:
             notes.append(
