@@ -195,6 +195,78 @@ def test_a_url_in_the_routes_is_refused_without_echoing_it(db):  # noqa: F811
     assert "must name an environment variable" in result.stderr and "secret-x" not in result.stderr
 
 
+# --- routes added while days wait to be processed ----------------------------------------------------
+
+VIP = (10, "vip", 1, None, None, None, "VIP_WEBHOOK", "json", None)
+DEFAULT = ROUTES[3]
+
+
+def alerted_days(documents: list[dict]) -> list[tuple[str, str]]:
+    """(organization_id, balance_date) of every alert in the JSON sink's documents."""
+    return sorted((a["organization_id"], a["balance_date"]) for d in documents for a in d["alerts"])
+
+
+def test_a_route_added_during_a_catch_up_gets_its_alerts_of_the_days_caught_up(db):  # noqa: F811
+    # The pipeline stopped after DAY[0]; meanwhile a route claims organization 1. The new destination
+    # has no watermark (on its own it would start at the latest day), but the days its alerts fall on
+    # are still owed by the default destination: they go where the route says, never nowhere.
+    set_routes(db, DEFAULT)
+    add_moves(db, (3, DAY[0], "100", "300"))
+    with SlackStub() as default:
+        assert run_alerts(db, webhook=default.url).returncode == 0
+    add_moves(
+        db,
+        (1, DAY[1], "100", "300"),  # a day of the catch-up: the new route's
+        (3, DAY[2], "300", "100"),
+        (1, DAY[3], "300", "900"),  # the latest day
+    )
+    set_routes(db, VIP, DEFAULT)
+
+    with SlackStub() as vip, SlackStub() as default:
+        result = run_alerts(db, webhook=default.url, VIP_WEBHOOK=vip.url, **NO_FLOOR)
+
+    assert result.returncode == 0, result.stderr
+    assert alerted_days(vip.delivered) == [("1", "2024-03-02"), ("1", "2024-03-04")]
+    assert organizations_in(default.delivered) == [3]
+    assert history(db, "VIP_WEBHOOK") == {(1, DAY[1]): ("sent", 1), (1, DAY[3]): ("sent", 1)}
+    assert history(db, "slack") == {(3, DAY[0]): ("sent", 1), (3, DAY[2]): ("sent", 1)}
+    assert "3 days processed (2024-03-02..2024-03-04), 3 alerts sent, 0 failed" in result.stdout
+    watermarks = db.query("select destination, last_processed_date from ops.alert_watermark order by 1")
+    assert watermarks == [("VIP_WEBHOOK", DAY[3]), ("slack", DAY[3])]
+
+
+def test_a_destination_ahead_of_the_catch_up_gets_only_what_it_never_got(db):  # noqa: F811
+    # VIP's first run was a --date run of the latest day, which set its watermark there while the
+    # default's stayed behind (a --date run moves no watermark over a gap). The next run catches the
+    # default up: VIP gets its alert of the day in between, and not again the one it was sent.
+    set_routes(db, DEFAULT)
+    add_moves(db, (3, DAY[0], "100", "300"))
+    with SlackStub() as default:
+        assert run_alerts(db, webhook=default.url).returncode == 0
+    add_moves(db, (1, DAY[1], "100", "300"), (3, DAY[1], "300", "100"), (1, DAY[2], "300", "900"))
+    set_routes(db, VIP, DEFAULT)
+
+    with SlackStub() as vip, SlackStub() as default:
+        env = {"webhook": default.url, "VIP_WEBHOOK": vip.url, **NO_FLOOR}
+        one_day = run_alerts(db, "--date", DAY[2].isoformat(), **env)
+        assert one_day.returncode == 0, one_day.stderr
+        assert alerted_days(vip.delivered) == [("1", "2024-03-03")]
+        assert default.delivered == []
+        watermarks = db.query("select destination, last_processed_date from ops.alert_watermark order by 1")
+        assert watermarks == [("VIP_WEBHOOK", DAY[2]), ("slack", DAY[0])]
+
+        catch_up = run_alerts(db, **env)
+
+    assert catch_up.returncode == 0, catch_up.stderr
+    assert alerted_days(vip.delivered) == [("1", "2024-03-02"), ("1", "2024-03-03")]  # each once
+    assert organizations_in(default.delivered) == [3]
+    assert history(db, "VIP_WEBHOOK") == {(1, DAY[1]): ("sent", 1), (1, DAY[2]): ("sent", 1)}
+    assert history(db, "slack") == {(3, DAY[0]): ("sent", 1), (3, DAY[1]): ("sent", 1)}
+    assert "2 days processed (2024-03-02..2024-03-03), 2 alerts sent" in catch_up.stdout
+    watermarks = db.query("select destination, last_processed_date from ops.alert_watermark order by 1")
+    assert watermarks == [("VIP_WEBHOOK", DAY[2]), ("slack", DAY[2])]
+
+
 # --- Slack's rate limit ------------------------------------------------------------------------------
 
 

@@ -221,13 +221,20 @@ def _earliest(days: Iterable[date | None]) -> date | None:
 
 
 def _by_destination(view: MartsView, routing_: Routing) -> dict[str, list[Alert]]:
-    """Each new alert under its route's destination, if that destination's plan covers its day."""
+    """Each new alert under the destination its route names now, even on a day before that
+    destination's own plan starts.
+
+    The run reads the alerts of the union of the plans (each a run of days, all ending on the same
+    day), so every alert is on a day some destination's plan covers. Kept only where its own
+    destination's plan covers it, an alert the routes now send to a destination whose plan starts
+    later (a route added during a catch-up: a first run plans the latest day only) would be recorded
+    nowhere while the catching-up destination's watermark moves past its day: lost. An alert its
+    destination already has is not recorded again (ops.alert_history's key; store.record_alerts), so a
+    destination whose watermark is past the day is not sent it twice."""
     grouped: dict[str, list[Alert]] = {}
     for alert in view.alerts:
         name = routing.destination_of(alert, routing_.routes, view.organizations, routing_.destinations)
-        plan = view.plans[name]
-        if not plan.is_empty and plan.start <= alert.balance_date <= plan.end:  # type: ignore[operator]
-            grouped.setdefault(name, []).append(alert)
+        grouped.setdefault(name, []).append(alert)
     return grouped
 
 
