@@ -12,6 +12,7 @@ from test_alerts import (  # noqa: F401  (db, slack, warehouse and run_inline ar
     add_organization,
     alert_lines,
     db,
+    execute,
     history,
     run_alerts,
     run_inline,
@@ -235,6 +236,23 @@ def test_digest_replaces_25_messages_with_one(db):  # noqa: F811
     assert "from ops.alert_history where destination = 'slack'" in body["blocks"][3]["elements"][0]["text"]
     assert "25 alerts sent (in 1 digest)" in result.stdout
     assert set(history(db).values()) == {("sent", 1)} and len(history(db)) == 25
+
+
+def test_a_digests_query_lists_exactly_its_alerts(db, run_inline):  # noqa: F811
+    # organization 1's alert of DAY[0] went out on its own first; a later run sends three others of the
+    # same day in a digest: its query must not list organization 1 (nor any other destination's rows)
+    add_moves(db, (1, DAY[0], "10000", "16000"))
+    assert run_inline(db).returncode == 0
+    add_moves(db, *[(i, DAY[0], "10000", "16000") for i in (2, 3, 4)])
+    execute(db, "alter table ops.alert_history drop column digest_id", role="alerter")  # an older alerter's
+
+    result = run_inline(db, "--date", DAY[0].isoformat(), "--digest-over", "2")
+
+    assert result.returncode == 0, result.stderr
+    query = result.stdout.splitlines()[4].removeprefix("[balance digest] all 3: ")
+    assert query.startswith("select ")
+    listed = db.query(query, role="alerter")
+    assert sorted(row[0] for row in listed) == [2, 3, 4]
 
 
 def test_digest_threshold_is_a_flag(db, run_inline):  # noqa: F811

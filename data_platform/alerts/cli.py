@@ -193,6 +193,8 @@ def _locked_run(
 
     for name, destination in routing_.destinations.items():
         outgoing = _messages(store.undelivered(ops, name), view, destination, settings.digest_over)
+        for digest in (message for message in outgoing if isinstance(message, records.Digest)):
+            store.record_digest(ops, name, digest)
         commit()
         given_up_before = store.given_up_count(ops, name)
         _deliver(ops, name, outgoing, routing_.channels[name], summary, commit)

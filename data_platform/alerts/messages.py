@@ -148,12 +148,11 @@ def counts_text(digest: Digest) -> str:
 
 
 def list_the_rest(digest: Digest) -> str:
-    """The query that lists every alert the digest stands for."""
+    """The query that lists every alert the digest stands for, and no other."""
     return (
         "select organization_id, balance_date, severity, previous_balance_usd, balance_usd, status "
-        f"from ops.alert_history where destination = '{digest.destination}' and balance_date between "
-        f"'{digest.first_day.isoformat()}' and '{digest.last_day.isoformat()}' and status <> 'suppressed' "
-        "order by abs(balance_usd - previous_balance_usd) desc"
+        f"from ops.alert_history where destination = '{digest.destination}' and digest_id = "
+        f"'{digest.digest_id}' order by abs(balance_usd - previous_balance_usd) desc"
     )
 
 

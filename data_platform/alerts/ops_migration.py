@@ -12,7 +12,7 @@ becomes the watermark of both destinations, so neither replays days the old aler
 Then routing: destinations become any route's webhook variable, alerts may be `suppressed`, and
 every alert gets a severity (`warning` for the older rows: there was no other). Then a status added
 later (`superseded`) is allowed by the status check, and given-up alerts get the time a run reported
-them (the older ones count as reported).
+them (the older ones count as reported), and alerts get the digest they were sent in.
 """
 
 from __future__ import annotations
@@ -121,6 +121,17 @@ update ops.alert_history set given_up_reported_at = now()
 """
 
 
+# A digest's alerts carry its id, so the query in the message lists exactly them.
+_HAS_DIGEST_ID = """
+select exists (
+    select from information_schema.columns
+    where table_schema = 'ops' and table_name = 'alert_history' and column_name = 'digest_id'
+)
+"""
+
+_UPGRADE_DIGEST_ID = "alter table ops.alert_history add column digest_id text"
+
+
 def _run(conn: Connection, script: str) -> None:
     for statement in script.split(";"):
         if statement.strip():
@@ -151,3 +162,5 @@ def upgrade(
     if not conn.execute(text(_HAS_GIVEN_UP_REPORTED)).scalar_one():
         closed_list = ", ".join(f"'{status}'" for status in closed)
         _run(conn, _UPGRADE_GIVEN_UP_REPORTED.format(closed=closed_list, max_unanswered=max_unanswered))
+    if not conn.execute(text(_HAS_DIGEST_ID)).scalar_one():
+        _run(conn, _UPGRADE_DIGEST_ID)

@@ -6,8 +6,9 @@ Messages and delivery depend on these records only; the queries (detect) and the
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
 
@@ -179,6 +180,8 @@ class Digest:
     alerts: tuple[Alert, ...]  # every alert it stands for: all are marked by its outcome
     organizations: Mapping[int, Organization]
     mention: str | None = None
+    # names its alerts' rows in ops.alert_history (digest_id), so its query lists exactly them
+    digest_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def count(self, severity: str) -> int:
         return sum(1 for alert in self.alerts if alert.severity == severity)

@@ -56,6 +56,7 @@ from data_platform.alerts.records import (
     UNKNOWN,
     WARNING,
     Alert,
+    Digest,
 )
 
 # One run at a time per database: session-level advisory lock on this key ("dp_alert" in ASCII).
@@ -107,6 +108,8 @@ history = Table(
     Column("last_error", Text),
     # when a run reported that this alert was given up (its exit code 3); null while not yet reported
     Column("given_up_reported_at", DateTime(timezone=True)),
+    # the digest message it was last sent in (records.Digest.digest_id); null: its organization's own
+    Column("digest_id", Text),
     PrimaryKeyConstraint("destination", "organization_id", "balance_date", name="alert_history_pkey"),
     CheckConstraint(DESTINATION_CHECK, name="alert_history_destination_check"),
     CheckConstraint(_one_of("status", STATUSES), name="alert_history_status_check"),
@@ -373,6 +376,11 @@ def _rows(destination: str, alerts: Sequence[Alert]):
         ),
         history.c.status.not_in(_CLOSED),
     )
+
+
+def record_digest(conn: Connection, destination: str, digest: Digest) -> None:
+    """Name the digest's alerts with its id before it is sent: the query in the message finds them."""
+    conn.execute(update(history).where(*_rows(destination, digest.alerts)).values(digest_id=digest.digest_id))
 
 
 def record_current_numbers(conn: Connection, destination: str, alert: Alert) -> None:
