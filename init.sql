@@ -23,6 +23,12 @@
   \else
     do $$ begin raise exception 'TRANSFORMER_PASSWORD_FILE: cannot read the file (the reason is above)'; end $$;
   \endif
+  -- an empty password would clear the role's password, not set one
+  \set transformer_password_file_filled `grep -q '[^[:space:]]' -- "$TRANSFORMER_PASSWORD_FILE" && echo true || echo false`
+  \if :transformer_password_file_filled
+  \else
+    do $$ begin raise exception 'TRANSFORMER_PASSWORD_FILE: the file is empty; put the password in it or unset the variable'; end $$;
+  \endif
   \set transformer_password `cat -- "$TRANSFORMER_PASSWORD_FILE"`
   \set transformer_password_given true
 \elif :transformer_password_given
@@ -41,6 +47,12 @@
   \if :alerter_password_file_readable
   \else
     do $$ begin raise exception 'ALERTER_PASSWORD_FILE: cannot read the file (the reason is above)'; end $$;
+  \endif
+  -- an empty password would clear the role's password, not set one
+  \set alerter_password_file_filled `grep -q '[^[:space:]]' -- "$ALERTER_PASSWORD_FILE" && echo true || echo false`
+  \if :alerter_password_file_filled
+  \else
+    do $$ begin raise exception 'ALERTER_PASSWORD_FILE: the file is empty; put the password in it or unset the variable'; end $$;
   \endif
   \set alerter_password `cat -- "$ALERTER_PASSWORD_FILE"`
   \set alerter_password_given true

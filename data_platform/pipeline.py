@@ -90,12 +90,13 @@ class Stopped(Exception):
 
 DEFAULT_CSV_DIR = PROJECT_ROOT / "csv_data"
 BOOLEAN_WORDS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False}
-BOOLEAN_WORDS |= {"no": False, "off": False, "": False}
+BOOLEAN_WORDS |= {"no": False, "off": False}
 
 
 def _boolean(environ: dict[str, str], name: str, default: bool) -> bool:
-    raw = environ.get(name)
-    if raw is None:
+    """An empty or blank value is unset, as for every other setting (and compose's ${NAME:-default})."""
+    raw = environ.get(name, "")
+    if not raw.strip():
         return default
     try:
         return BOOLEAN_WORDS[raw.strip().lower()]
@@ -162,7 +163,7 @@ class Settings:
             lock_timeout_seconds=_number(env, "PIPELINE_LOCK_TIMEOUT", cls.lock_timeout_seconds),
             full_refresh=_boolean(env, "FULL_REFRESH", cls.full_refresh),
             run_alerts=_boolean(env, "RUN_ALERTS", cls.run_alerts),
-            alerter_user=env.get("ALERTER_USER") or cls.alerter_user,
+            alerter_user=env.get("ALERTER_USER", "").strip() or cls.alerter_user,
             alerter_password=env.get("ALERTER_PASSWORD") or cls.alerter_password,
             serve_docs=serve_docs,
             docs_host=env.get("DOCS_HOST") or cls.docs_host,

@@ -11,9 +11,9 @@ definitions calls `apply_to_environ()`, which does the same to their own environ
 a run checks again: a secret file that cannot be used fails the run with its error, as it fails init.sh,
 while the schedule and the sensors (the failure alerts among them) keep running.
 
-A file's content is the value with one trailing newline (LF or CRLF) removed. An empty variable counts
-as unset, as in the postgres image's own POSTGRES_PASSWORD_FILE. Errors name the variable and the file,
-never the content.
+A file's content is the value with one trailing newline (LF or CRLF) removed; an empty or blank file is
+an error. An empty variable counts as unset, as in the postgres image's own POSTGRES_PASSWORD_FILE.
+Errors name the variable and the file, never the content.
 """
 
 from __future__ import annotations
@@ -54,7 +54,11 @@ def read_secret_file(name: str, path: str) -> str:
         raise SecretError(f"{source}: the file contains a NUL byte, which no environment variable can hold")
     for line_end in ("\r\n", "\n"):
         if value.endswith(line_end):
-            return value[: -len(line_end)]
+            value = value[: -len(line_end)]
+            break
+    if not value.strip():
+        # an empty secret would pass as unset: the demo's password, or no webhook at all
+        raise SecretError(f"{source}: the file is empty; put the value in it or unset the variable")
     return value
 
 

@@ -13,6 +13,8 @@ import pytest
 from conftest import PROJECT_ROOT
 from pg_auth import PROBE_PASSWORD, password_checked_login
 
+from data_platform.pipeline import Settings
+
 
 def run_init_sh(tmp_path: Path, cwd: Path | None = None, **env_vars: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG") and not k.endswith("_FILE")}
@@ -41,6 +43,12 @@ def test_rejects_a_switch_that_is_not_a_boolean(tmp_path):
     result = run_init_sh(tmp_path, SERVE_DOCS="maybe", DB_WAIT_SECONDS="1")
     assert result.returncode == 2
     assert "SERVE_DOCS must be true or false, got 'maybe'" in result.stderr
+
+
+def test_a_blank_setting_is_unset():
+    names = ("FULL_REFRESH", "RUN_ALERTS", "SERVE_DOCS", "ALERTER_USER", "DB_WAIT_SECONDS")
+    blank = Settings.from_environment(dict.fromkeys(names, " "))
+    assert blank == Settings.from_environment({})
 
 
 @pytest.mark.parametrize(

@@ -178,3 +178,17 @@ def test_an_unreadable_password_file_is_refused_by_name(database, tmp_path):
     assert f"{missing}: No such file or directory" in message
     assert "ALERTER_PASSWORD_FILE: cannot read the file" in message
     assert role_password_matches(database, "alerter", ROLE_PASSWORDS["alerter"])
+
+
+@pytest.mark.server_wide
+@pytest.mark.parametrize("content", ["", "\n", "  \n"])
+def test_an_empty_password_file_is_refused_by_name(database, tmp_path, content):
+    # psql would take it as the password '' and clear the role's password
+    (tmp_path / "empty").write_text(content)
+    env = init_sql_env(ALERTER_PASSWORD="", ALERTER_PASSWORD_FILE=str(tmp_path / "empty"))
+    with pytest.raises(RuntimeError) as raised:
+        bootstrap.apply_init_sql(database.conninfo("admin"), env)
+    assert "ALERTER_PASSWORD_FILE: the file is empty; put the password in it or unset the variable" in str(
+        raised.value
+    )
+    assert role_password_matches(database, "alerter", ROLE_PASSWORDS["alerter"])

@@ -86,6 +86,17 @@ def test_content_no_variable_can_hold_is_refused_without_showing_it(tmp_path, co
     assert "s3c" not in message and "\\xff" not in message and "0xff" not in message
 
 
+@pytest.mark.parametrize("content", [b"", b"\n", b"\r\n", b"  \n", b"\t"])
+def test_an_empty_or_blank_file_is_an_error_not_an_unset_value(tmp_path, content):
+    # taken as unset, it gave the demo password or no webhook at all, without a word
+    path = write(tmp_path, content)
+    with pytest.raises(secrets.SecretError) as raised:
+        secrets.resolve({"SLACK_WEBHOOK_URL_FILE": path})
+    assert str(raised.value) == (
+        f"SLACK_WEBHOOK_URL_FILE={path}: the file is empty; put the value in it or unset the variable"
+    )
+
+
 def test_the_shell_exports_give_back_the_exact_values(tmp_path):
     # quotes, $, backslashes, spaces and newlines survive eval in bash
     tricky = "a'b\"c $HOME `x` \\n\nsecond line "
