@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import psutil
 import psycopg
 import pytest
 from dagster import AssetKey, build_sensor_context
@@ -67,6 +68,35 @@ def test_the_loader_alerts_and_docs_sit_around_the_dbt_graph(defs):
     assert retry is not None and retry.max_retries >= 1
     job = defs.resolve_job_def("daily_pipeline")
     assert set(job.asset_layer.executable_asset_keys) == set(graph.get_all_asset_keys())
+
+
+def test_the_build_steps_dbt_dies_with_the_step_killed_outright(defs, tmp_path):
+    """dagster-dbt starts dbt with a plain Popen: without the bound-dbt wrapper, a step killed outright
+    (kill -9, the OOM killer) released the pipeline lock and left dbt building beside the next run."""
+    from data_platform.orchestration.project import BOUND_DBT
+
+    assert defs.resources["dbt"].dbt_executable == str(BOUND_DBT)
+    # a dbt that runs until it is killed, first on PATH
+    fake = tmp_path / "bin" / "dbt"
+    fake.parent.mkdir()
+    fake.write_text(f"#!/bin/sh\necho $$ > {tmp_path / 'dbt.pid'}\nexec sleep 120\n")
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake.parent}{os.pathsep}{os.environ['PATH']}"}
+    step_like = f"import subprocess; subprocess.Popen([{str(BOUND_DBT)!r}, 'build']).wait()"
+    step = subprocess.Popen([sys.executable, "-c", step_like], env=env)
+    pid_file = tmp_path / "dbt.pid"
+    deadline = time.monotonic() + 30
+    while not (pid_file.exists() and pid_file.read_text().strip()):
+        assert time.monotonic() < deadline and step.poll() is None, "dbt did not start"
+        time.sleep(0.05)
+    dbt = psutil.Process(int(pid_file.read_text()))
+    step.kill()
+    step.wait()
+    try:
+        dbt.wait(timeout=10)
+    except psutil.TimeoutExpired:
+        dbt.kill()
+        pytest.fail("dbt outlived the step that was killed")
 
 
 def test_the_daily_schedule_defaults_to_six_utc_and_reads_pipeline_schedule(defs):

@@ -21,6 +21,8 @@ from data_platform.pipeline import DBT_PROFILE_TARGET, PROJECT_ROOT
 
 DBT_PROJECT_DIR = PROJECT_ROOT / "dbt"
 DBT_PROFILES_DIR = PROJECT_ROOT / ".dbt"
+# the build step's dbt, killed with the step's process (see the script)
+BOUND_DBT = Path(__file__).with_name("bound-dbt")
 # what the manifest is parsed from: a newer file means the manifest is stale
 PROJECT_SOURCES = ("dbt_project.yml", "models/**/*", "macros/**/*", "seeds/**/*", "tests/**/*")
 
@@ -65,5 +67,8 @@ dbt_project = load_project()
 # the pipeline's target, as init.sh passes it: DBT_TARGET in the environment (another engine) must not
 # send the daily build elsewhere while the build state is recorded for Postgres
 dbt_resource = DbtCliResource(
-    project_dir=dbt_project, profiles_dir=str(DBT_PROFILES_DIR), target=DBT_PROFILE_TARGET
+    project_dir=dbt_project,
+    profiles_dir=str(DBT_PROFILES_DIR),
+    target=DBT_PROFILE_TARGET,
+    dbt_executable=str(BOUND_DBT),
 )
