@@ -129,6 +129,14 @@ def _port(environ: Mapping[str, str], name: str, default: int) -> int:
     return value
 
 
+def _check_threads(environ: Mapping[str, str]) -> None:
+    """DBT_THREADS, which dbt's profiles read (blank: their default), is a whole number from 1: checked
+    before the load, not found by dbt after it (0 was a traceback, a word a compilation error)."""
+    raw = environ.get("DBT_THREADS", "").strip()
+    if raw and not (raw.isascii() and raw.isdigit() and int(raw) >= 1):
+        raise PipelineError(f"DBT_THREADS must be a whole number from 1, got {raw!r}", EXIT_CONFIG)
+
+
 def csv_dir_from_environment(environ: Mapping[str, str] | None = None) -> Path:
     """CSV_DIR, the exports' folder, absolute. The export sensor and the freshness check read it here, not
     through Settings: another setting that cannot be used must fail the runs, not stop them watching the
@@ -157,6 +165,7 @@ class Settings:
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = dict(os.environ if environ is None else environ)
         serve_docs = _boolean(env, "SERVE_DOCS", cls.serve_docs)
+        _check_threads(env)
         return cls(
             csv_dir=csv_dir_from_environment(env),
             db_wait_seconds=_number(env, "DB_WAIT_SECONDS", cls.db_wait_seconds),

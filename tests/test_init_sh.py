@@ -46,9 +46,17 @@ def test_rejects_a_switch_that_is_not_a_boolean(tmp_path):
 
 
 def test_a_blank_setting_is_unset():
-    names = ("FULL_REFRESH", "RUN_ALERTS", "SERVE_DOCS", "ALERTER_USER", "DB_WAIT_SECONDS")
+    names = ("FULL_REFRESH", "RUN_ALERTS", "SERVE_DOCS", "ALERTER_USER", "DB_WAIT_SECONDS", "DBT_THREADS")
     blank = Settings.from_environment(dict.fromkeys(names, " "))
     assert blank == Settings.from_environment({})
+
+
+@pytest.mark.parametrize("value", ["0", "abc", "-1", "2.5"])
+def test_rejects_a_dbt_thread_count_that_is_not_one(tmp_path, value):
+    result = run_init_sh(tmp_path, DBT_THREADS=value, DB_WAIT_SECONDS="1")
+    assert result.returncode == 2
+    assert f"DBT_THREADS must be a whole number from 1, got {value!r}" in result.stderr
+    assert "waiting for the database" not in result.stdout
 
 
 @pytest.mark.parametrize(

@@ -44,7 +44,7 @@ def session():
 
     warehouse, metastore = directories()
     return (
-        SparkSession.builder.master(f"local[{os.environ.get('DBT_THREADS', '2')}]")
+        SparkSession.builder.master(f"local[{os.environ.get('DBT_THREADS', '').strip() or '2'}]")
         .appName("data_platform raw ledger")
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.sql.warehouse.dir", str(warehouse))
