@@ -7,12 +7,18 @@
 # Stop the docs server with Ctrl-C; the embedded database keeps running, and its data, for the next run
 # (stop it: .venv/bin/python -m data_platform.bootstrap stop, plus --data-dir if DEMO_PGDATA moved it).
 set -euo pipefail
+# relative paths given by the caller (DEMO_PGDATA, and CSV_DIR and *_FILE for init.sh) are the caller's
+if [ -n "${DEMO_PGDATA:-}" ] && [[ $DEMO_PGDATA != /* ]]; then
+    DEMO_PGDATA="$PWD/$DEMO_PGDATA"
+fi
+caller="$PWD"
 cd "$(dirname "$0")/.."
+project="$PWD"
 
 scripts/bootstrap.sh
 
 if [ -z "${PGHOST:-}" ] && [ -z "${PGDATABASE:-}" ]; then
-    DEMO_PGDATA="${DEMO_PGDATA:-.pgdata}"
+    DEMO_PGDATA="${DEMO_PGDATA:-$project/.pgdata}"
     echo "==> starting the embedded Postgres in ${DEMO_PGDATA}"
     # assign first: a failure inside "eval $(...)" would not stop the script
     exports="$(.venv/bin/python -m data_platform.bootstrap embedded --data-dir "$DEMO_PGDATA" --database warehouse)"
@@ -27,4 +33,5 @@ export PGUSER=transformer
 export PGPASSWORD="${TRANSFORMER_PASSWORD:-transformer}"
 export SERVE_DOCS="${SERVE_DOCS:-true}"
 export DOCS_HOST="${DOCS_HOST:-127.0.0.1}"
-exec ./init.sh
+cd "$caller"
+exec "$project/init.sh"

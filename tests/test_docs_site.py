@@ -55,14 +55,16 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serving(command: list[str], env: dict[str, str], port: int, timeout: float = 600) -> Iterator[str]:
+def serving(
+    command: list[str], env: dict[str, str], port: int, timeout: float = 600, cwd: Path = PROJECT_ROOT
+) -> Iterator[str]:
     """Start `command`, wait until http://127.0.0.1:port answers, yield the URL, then stop it."""
     log = ARTIFACTS / f"server-{port}.log"
     ARTIFACTS.mkdir(exist_ok=True)
     with log.open("w") as output:
         process = subprocess.Popen(
             command,
-            cwd=PROJECT_ROOT,
+            cwd=cwd,
             env=env,
             stdout=output,
             stderr=subprocess.STDOUT,
@@ -188,19 +190,19 @@ def test_demo_command_starts_an_embedded_database_and_serves_the_docs(tmp_path):
     data_dir = tmp_path / "pgdata"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
     env.update(
-        DEMO_PGDATA=str(data_dir),
+        DEMO_PGDATA="pgdata",  # relative: the caller's folder, as for `bootstrap stop --data-dir` below
         DOCS_PORT=str(port),
         DBT_TARGET_PATH=str(tmp_path / "target"),
         DBT_LOG_PATH=str(tmp_path / "logs"),
     )
     try:
-        with serving(["bash", "scripts/demo.sh"], env, port) as url:
+        with serving(["bash", str(PROJECT_ROOT / "scripts" / "demo.sh")], env, port, cwd=tmp_path) as url:
             assert_docs_render_the_fact(url, tmp_path, "docs-demo.png", tmp_path / "target")
     finally:
         # the demo leaves its server running on purpose; the README's command stops it
-        stop = [sys.executable, "-m", "data_platform.bootstrap", "stop", "--data-dir", str(data_dir)]
-        stopped = subprocess.run(stop, capture_output=True, text=True, timeout=60, cwd=PROJECT_ROOT)
-    assert stopped.stdout.strip() == f"stopped {data_dir}", stopped.stderr
+        stop = [sys.executable, "-m", "data_platform.bootstrap", "stop", "--data-dir", "pgdata"]
+        stopped = subprocess.run(stop, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert stopped.stdout.strip() == "stopped pgdata", stopped.stderr
     assert not (data_dir / "postmaster.pid").exists()
     assert not [
         p for p in psutil.process_iter(["cmdline"]) if str(data_dir) in " ".join(p.info["cmdline"] or [])
