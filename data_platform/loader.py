@@ -13,7 +13,8 @@ only ever written, never dropped: readers and running dbt builds keep working.
 Already loaded (same date, same checksums) -> skipped. Same date with other content, a date before
 the latest loaded export, a date after today (UTC), invoices created after their export's date, or
 the same INVOICE_ID twice -> refused. An export with a header but no rows is refused unless
---allow-empty. A server older than PostgreSQL 16 -> refused before anything is read.
+--allow-empty; once loaded, it is skipped like any other (later runs need no --allow-empty). A
+server older than PostgreSQL 16 -> refused before anything is read.
 
 Exit codes: 0 loaded (or nothing new), 1 bad input or load failure, 2 database unreachable,
 130 interrupted.
@@ -88,22 +89,21 @@ def _today() -> date:
     return datetime.now(UTC).date()
 
 
-def _checked_files(export: Export, allow_empty: bool) -> list[tuple]:
-    """(spec, path, header bytes) of the export's files; header-only files refused unless allow_empty."""
+def _checked_files(export: Export) -> list[tuple]:
+    """(spec, path, header bytes) of the export's files, each header checked."""
     files = [(ORGANIZATIONS, export.organizations), (INVOICES, export.invoices)]
-    checked = []
-    for spec, path in files:
-        if path is None:
-            continue
-        header_bytes = check_header(spec, path)
-        if not allow_empty and path.stat().st_size == header_bytes:
+    return [(spec, path, check_header(spec, path)) for spec, path in files if path is not None]
+
+
+def _refuse_empty(files: list[tuple]) -> None:
+    """Refuse a file with a header but no data rows (unless --allow-empty)."""
+    for spec, path, header_bytes in files:
+        if path.stat().st_size == header_bytes:
             raise LoadError(
                 path,
                 f"no data rows, only the header (pass --allow-empty if an export without {spec.name} "
                 "is intended)",
             )
-        checked.append((spec, path, header_bytes))
-    return checked
 
 
 def _refuse_date(conn: psycopg.Connection, export: Export, export_date: date, today: date) -> None:
@@ -163,7 +163,7 @@ def load_export(
 ) -> ExportResult:
     """Load one export in one transaction, or skip it if it is already loaded."""
     today = today or _today()
-    files = _checked_files(export, allow_empty)
+    files = _checked_files(export)
     started = time.perf_counter()
     with conn.transaction():
         # Timestamps without an offset do not pass the format checks anyway; UTC makes days UTC days.
@@ -179,6 +179,10 @@ def load_export(
             logged = ledger.logged_by_checksums(conn, *_checksums(conn, export))
             if logged:  # this very file was loaded before
                 return ExportResult(export, logged.export_date, skipped=True)
+        # only once it is known not to be loaded yet: an export loaded with --allow-empty is skipped by
+        # the runs after it, which never pass it
+        if not allow_empty:
+            _refuse_empty(files)
 
         # a dated snapshot is read against the latest export's file (an undated one is dated by all of
         # its records, so every one is staged)
