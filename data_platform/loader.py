@@ -12,9 +12,12 @@ only ever written, never dropped: readers and running dbt builds keep working.
 
 Already loaded (same date, same checksums) -> skipped. Same date with other content, a date before
 the latest loaded export, a date after today (UTC), invoices created after their export's date, or
-the same INVOICE_ID twice -> refused. An export with a header but no rows is refused unless
---allow-empty; once loaded, it is skipped like any other (later runs need no --allow-empty). A
-server older than PostgreSQL 16 -> refused before anything is read.
+the same INVOICE_ID twice -> refused. Files already loaded as an earlier export -> refused unless that
+export is the latest one (nothing would change) or the invoices file has no rows: the base export again
+under a new --as-of, or an old folder copied to a new date, would undo the exports since. An export
+with a header but no rows is refused unless --allow-empty; once loaded, it is skipped like any other
+(later runs need no --allow-empty). A server older than PostgreSQL 16 -> refused before anything is
+read.
 
 Exit codes: 0 loaded (or nothing new), 1 bad input or load failure, 2 database unreachable,
 130 interrupted.
@@ -39,7 +42,7 @@ from data_platform.exports import Export, discover, parse_date
 from data_platform.load_errors import LoadError, printable
 from data_platform.raw_tables import INVOICES, ORGANIZATIONS, LoadLogRow
 from data_platform.snapshot_diff import worth_reading
-from data_platform.staging import discard, stage
+from data_platform.staging import Staged, discard, stage
 
 PROGRESS_INTERVAL_SECONDS = 5.0
 # pg_input_is_valid (PostgreSQL 16) lets the checks name a bad value's line and column
@@ -152,6 +155,25 @@ def _altered(export: Export, export_date: date, logged: ledger.LoggedExport, inv
     )
 
 
+def _refuse_reloaded(
+    conn: psycopg.Connection, export: Export, export_date: date, invoices: Staged, organizations: str | None
+) -> None:
+    """Refuse files already loaded as an earlier export that is not the latest one: loaded again under a
+    new date, their rows would become the current state again, undoing the changes of the exports since.
+    After the latest export they change nothing, and header-only files are alike whatever their day."""
+    if invoices.rows == 0:
+        return
+    earlier = ledger.logged_by_checksums(conn, invoices.sha256, organizations)
+    if earlier is None or earlier.export_date in (export_date, ledger.latest_export(conn)):
+        return
+    raise LoadError(
+        export.source,
+        f"these files were already loaded as export {earlier.export_date} (from {earlier.source}): loaded "
+        f"again as export {export_date} they would undo what the exports since changed; an export loads "
+        "once (put corrections in a new dated export)",
+    )
+
+
 def load_export(
     conn: psycopg.Connection,
     export: Export,
@@ -207,8 +229,12 @@ def load_export(
             if logged:
                 raise _altered(export, export_date, logged, invoices.sha256)
             _refuse_date(conn, export, export_date, today)
-        ledger.refuse_future_invoices(conn, invoices, export_date)
         organizations = staged.get(ORGANIZATIONS.name)
+        if export.date is not None:  # the undated base export was looked up by its checksums above
+            _refuse_reloaded(
+                conn, export, export_date, invoices, organizations.sha256 if organizations else None
+            )
+        ledger.refuse_future_invoices(conn, invoices, export_date)
         if organizations:
             ledger.refuse_duplicates(conn, organizations)
 
