@@ -236,6 +236,30 @@ def test_empty_file_and_missing_files(conn, tmp_path, baseline):
     assert snapshot(conn) == baseline
 
 
+@pytest.mark.parametrize("link", ["dangling", "looping"])
+def test_a_broken_organizations_link_is_named_not_taken_for_no_file(conn, tmp_path, baseline, link):
+    """A link to a file gone (an unmounted share) or to itself is an organizations file the loader cannot
+    read, not an export without one: loaded without it, the export could never be corrected."""
+    folder = write_export(tmp_path / "csv", "2024-01-02", [invoice(1)])
+    path = folder / "organizations.csv"
+    path.symlink_to(tmp_path / "gone.csv" if link == "dangling" else path)
+    reason = "file not found" if link == "dangling" else "cannot read file: Too many levels of symbolic links"
+    with pytest.raises(LoadError) as raised:
+        load_exports(conn, tmp_path / "csv")
+    assert (raised.value.path, raised.value.reason.startswith(reason)) == (path, True), str(raised.value)
+    assert snapshot(conn) == baseline
+
+
+def test_broken_links_for_the_single_file_export_are_named_not_taken_for_no_export(conn, tmp_path, baseline):
+    write_export(tmp_path / "csv", "2024-01-02", [invoice(1)])
+    for name in ("invoices.csv", "organizations.csv"):
+        (tmp_path / "csv" / name).symlink_to(tmp_path / "gone" / name)
+    with pytest.raises(LoadError, match=r"organizations\.csv: file not found") as raised:
+        load_exports(conn, tmp_path / "csv")
+    assert raised.value.path == tmp_path / "csv" / "organizations.csv"
+    assert snapshot(conn) == baseline
+
+
 @pytest.mark.parametrize("entry", ["2024-13-01", "latest", "2024-01-02.zip", "20240102"])
 def test_unexpected_entries_in_exports_are_named(conn, tmp_path, baseline, entry):
     write_export(tmp_path / "csv", "2024-01-02", [invoice(1)])
