@@ -5,9 +5,10 @@ Two layouts, usable together:
   export date is --as-of, or else the latest UTC day of CREATED_AT in the file (known only once the
   file is read, so without --as-of the base export is loaded first);
 - dated exports: exports/<YYYY-MM-DD>/invoices.csv and, optionally, organizations.csv.
-Any other entry in exports/ is an error naming it (dotfiles are ignored). A link to a missing file (an
-unmounted share) counts as the file, which the loader then names as not found: an export is never
-loaded as if it had no organizations file.
+Any other entry in exports/ is an error naming it (dotfiles are ignored), and so is an `exports` that is
+not a folder (a file, a link to a share that is not mounted); no `exports` at all is the single-file
+layout. A link to a missing file (an unmounted share) counts as the file, which the loader then names
+as not found: an export is never loaded as if it had no organizations file.
 """
 
 from __future__ import annotations
@@ -67,6 +68,12 @@ def _base_export(csv_dir: Path, as_of: date | None) -> Export | None:
 def _dated_exports(csv_dir: Path, through: date | None) -> list[Export]:
     folder = csv_dir / EXPORTS_FOLDER
     if not folder.is_dir():
+        if _present(folder):  # a file, or a link to a share that is not mounted: never "no exports"
+            raise LoadError(
+                folder,
+                f"not a folder (or a link to a missing one): the dated exports go in "
+                f"{EXPORTS_FOLDER}/<YYYY-MM-DD>/; is the landing folder mounted?",
+            )
         return []
     found = []
     for entry in sorted(folder.iterdir()):

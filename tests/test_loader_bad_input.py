@@ -260,6 +260,21 @@ def test_broken_links_for_the_single_file_export_are_named_not_taken_for_no_expo
     assert snapshot(conn) == baseline
 
 
+@pytest.mark.parametrize("entry", ["a file", "a link to a missing folder"])
+def test_an_exports_entry_that_is_not_a_folder_is_named(conn, tmp_path, baseline, entry):
+    """An unmounted landing share must not look like a day without exports: only the base would load."""
+    directory = write_dir(tmp_path / "csv")
+    exports = directory / "exports"
+    if entry == "a file":
+        exports.write_bytes(b"")
+    else:
+        exports.symlink_to(tmp_path / "unmounted" / "exports")
+    with pytest.raises(LoadError, match="not a folder") as raised:
+        load_exports(conn, directory)
+    assert raised.value.path == exports
+    assert snapshot(conn) == baseline
+
+
 @pytest.mark.parametrize("entry", ["2024-13-01", "latest", "2024-01-02.zip", "20240102"])
 def test_unexpected_entries_in_exports_are_named(conn, tmp_path, baseline, entry):
     write_export(tmp_path / "csv", "2024-01-02", [invoice(1)])
