@@ -101,6 +101,26 @@ BAD_INVOICES = {
     "timestamp with a space": _value("CREATED_AT", TIMESTAMP_LINE_2, "2023-07-17 04:00:40Z", line=2),
     "timestamp with 7 digits": _value("CREATED_AT", TIMESTAMP_LINE_2, "2023-07-17T04:00:40.1234567Z", line=2),
     "date only": _value("CREATED_AT", TIMESTAMP_LINE_2, "2023-07-17", line=2),
+    # the cast reads these, but the fraction must be 1 to 6 ASCII digits (December dates: on a July one
+    # the cast reads some of them an hour off, which the comparison of the seconds refuses anyway)
+    "timestamp with letters in the fraction": _value(
+        "CREATED_AT", TIMESTAMP_LINE_2, "2023-12-17T04:00:40.Zx0Z", line=2
+    ),
+    "timestamp with a space before Z": _value(
+        "CREATED_AT", TIMESTAMP_LINE_2, "2023-07-17T04:00:40.5 Z", line=2
+    ),
+    "timestamp with an exponent": _value(
+        "CREATED_AT", TIMESTAMP_LINE_2, "2023-12-17T04:00:40.0e0Z", line=2
+    ),
+    "timestamp with a space in the fraction": _value(
+        "CREATED_AT", TIMESTAMP_LINE_2, "2023-12-17T04:00:40. Z0Z", line=2
+    ),
+    "timestamp with a point and no digits": _value(
+        "CREATED_AT", TIMESTAMP_LINE_2, "2023-07-17T04:00:40.Z", line=2
+    ),
+    "timestamp with non-ASCII digits": _value(
+        "CREATED_AT", TIMESTAMP_LINE_2, "2023-07-17T04:00:40.\u0661Z", line=2
+    ),
     "too few columns": Bad(
         replace(INVOICE_LINES, 3, ",USDC,", ","),
         3, None, INVOICE_LINES[2].replace(",USDC,", ","), "expected 14, found 13",
@@ -170,6 +190,14 @@ BAD_ORGANIZATIONS = {
     "bad created date": Bad(
         replace(ORG_LINES, 8, "38.445423Z", "38.445423Q"),
         8, "CREATED_DATE", "2021-03-08T17:35:38.445423Q", "ISO-8601",
+    ),
+    "created date with junk in the fraction": Bad(
+        replace(ORG_LINES, 8, "38.445423Z", "38.4 Z"),
+        8, "CREATED_DATE", "2021-03-08T17:35:38.4 Z", "ISO-8601",
+    ),
+    "created date with letters in the fraction": Bad(
+        replace(ORG_LINES, 8, "38.445423Z", "38.Zx0Z"),
+        8, "CREATED_DATE", "2021-03-08T17:35:38.Zx0Z", "ISO-8601",
     ),
     "infinite date": Bad(
         replace(ORG_LINES, 4, "2022-01-31", "-infinity"), 4, "LAST_PAYMENT_DATE", "-infinity", "YYYY-MM-DD"
