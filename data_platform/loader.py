@@ -14,7 +14,8 @@ Already loaded (same date, same checksums) -> skipped. Same date with other cont
 the latest loaded export, a date after today (UTC), invoices created after their export's date, or
 the same INVOICE_ID twice -> refused. Files already loaded as an earlier export -> refused unless that
 export is the latest one (nothing would change) or the invoices file has no rows: the base export again
-under a new --as-of, or an old folder copied to a new date, would undo the exports since. An export
+under a new --as-of, or an old folder copied to a new date, would undo the exports since. A file that
+changes while it is read (appended to, replaced) -> refused, so the next run loads it whole. An export
 with a header but no rows is refused unless --allow-empty; once loaded, it is skipped like any other
 (later runs need no --allow-empty). A server older than PostgreSQL 16 -> refused before anything is
 read.
@@ -40,7 +41,7 @@ from data_platform.csv_files import BLOCK_SIZE, Progress, check_header
 from data_platform.db import DatabaseUnavailable, connect
 from data_platform.exports import Export, discover, parse_date
 from data_platform.load_errors import LoadError, printable
-from data_platform.raw_tables import INVOICES, ORGANIZATIONS, LoadLogRow
+from data_platform.raw_tables import INVOICES, ORGANIZATIONS, LoadLogRow, TableSpec
 from data_platform.snapshot_diff import worth_reading
 from data_platform.staging import Staged, discard, stage
 
@@ -92,19 +93,58 @@ def _today() -> date:
     return datetime.now(UTC).date()
 
 
-def _checked_files(export: Export) -> list[tuple]:
-    """(spec, path, header bytes) of the export's files, each header checked."""
-    files = [(ORGANIZATIONS, export.organizations), (INVOICES, export.invoices)]
-    return [(spec, path, check_header(spec, path)) for spec, path in files if path is not None]
+@dataclass(frozen=True)
+class _File:
+    spec: TableSpec
+    path: Path
+    header_bytes: int
+    before: os.stat_result  # taken before its header was read
+
+    def refuse_changed(self) -> None:
+        """Refuse the file if it is no longer the one whose header was read: a load must be of one whole
+        file, and the next run, finding another one, would refuse the export as altered."""
+        try:
+            after = self.path.stat()
+        except OSError:  # removed, or replaced by what cannot be read
+            raise _changed(self.path) from None
+        if _identity(after) != _identity(self.before):
+            raise _changed(self.path)
 
 
-def _refuse_empty(files: list[tuple]) -> None:
+def _identity(stat: os.stat_result) -> tuple[int, int, int, int]:
+    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
+def _changed(path: Path) -> LoadError:
+    return LoadError(
+        path, "changed while it was read: land an export in one step (copy into a dot-named folder, then mv)"
+    )
+
+
+def _checked_files(export: Export) -> list[_File]:
+    """The export's files, each header checked."""
+    checked = []
+    for spec, path in ((ORGANIZATIONS, export.organizations), (INVOICES, export.invoices)):
+        if path is None:
+            continue
+        try:
+            before = path.stat()
+        except OSError:
+            before = None  # the header check names a missing or unreadable file
+        header_bytes = check_header(spec, path)
+        if before is None:  # it appeared while its header was read
+            raise _changed(path)
+        checked.append(_File(spec, path, header_bytes, before))
+    return checked
+
+
+def _refuse_empty(files: list[_File]) -> None:
     """Refuse a file with a header but no data rows (unless --allow-empty)."""
-    for spec, path, header_bytes in files:
-        if path.stat().st_size == header_bytes:
+    for file in files:
+        if file.before.st_size == file.header_bytes:
             raise LoadError(
-                path,
-                f"no data rows, only the header (pass --allow-empty if an export without {spec.name} "
+                file.path,
+                f"no data rows, only the header (pass --allow-empty if an export without {file.spec.name} "
                 "is intended)",
             )
 
@@ -210,14 +250,20 @@ def load_export(
         # its records, so every one is staged)
         previous = ledger.latest_invoices_file(conn) if export.date is not None else None
         staged = {}
-        for spec, path, header in files:
-            before = path.stat()
+        for file in files:
+            spec, path, header = file.spec, file.path, file.header_bytes
             against = previous if spec is INVOICES and previous and worth_reading(path, previous) else None
-            staged[spec.name] = stage(
-                conn, spec, path, header, block_size=block_size, progress=progress, previous=against
-            )
+            # a bad value may be the cut-off last line of a file still being copied: the copy is the cause
+            try:
+                staged[spec.name] = stage(
+                    conn, spec, path, header, block_size=block_size, progress=progress, previous=against
+                )
+            except LoadError:
+                file.refuse_changed()
+                raise
+            file.refuse_changed()
             # the next run asks whether this export was loaded: it need not read the file again
-            file_checksums.remember(conn, path, before, staged[spec.name].sha256)
+            file_checksums.remember(conn, path, file.before, staged[spec.name].sha256)
         invoices = staged[INVOICES.name]
         export_date = export.date or ledger.latest_day(conn)
         if export_date is None:
@@ -240,8 +286,8 @@ def load_export(
 
         counts = ledger.apply_invoices(conn, invoices, export_date, new_tables=new_tables)
         org_new, org_changed = ledger.apply_organizations(conn, export_date) if organizations else (0, 0)
-        for spec, _path, _header in files:
-            discard(conn, spec)
+        for file in files:
+            discard(conn, file.spec)
         ledger.refresh_statistics(conn, counts.new + counts.changed)
         # the logged time covers all of the load's work; only the commit comes after it
         seconds = time.perf_counter() - started

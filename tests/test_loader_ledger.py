@@ -285,6 +285,35 @@ def test_a_file_modified_just_before_its_load_is_not_remembered(conn, csv_dir):
         load_exports(conn, csv_dir)
 
 
+@pytest.mark.parametrize("change", ["appended to", "replaced", "cut off, then replaced"])
+def test_a_file_that_changes_while_it_is_read_is_refused_and_loads_whole_next_time(conn, csv_dir, change):
+    """An export still being copied into place: what was read is not the file the next run finds, and
+    that run would refuse it as already loaded from a different file. Read cut off, it is named as
+    changed, not by the cut-off value."""
+    rows = [invoice(i) for i in range(1, 31)]
+    path = write_export(csv_dir, "2024-01-02", rows[:20]) / "invoices.csv"
+    if change.startswith("cut off"):
+        write(path, [INVOICE_LINES[0], *rows[:20], rows[20][:-12]], final_newline=False)
+    before = snapshot(conn)
+
+    def copying(file: Path, done: int, total: int) -> None:
+        if file != path or done > 512:
+            return  # once, after the first block
+        if change == "appended to":
+            with path.open("a") as rest:
+                rest.write("\n".join(rows[20:]) + "\n")
+        else:
+            os.replace(write(csv_dir.parent / "whole.csv", [INVOICE_LINES[0], *rows]), path)
+
+    with pytest.raises(LoadError) as raised:
+        load_exports(conn, csv_dir, block_size=256, progress=copying)
+    assert raised.value.path == path
+    assert "changed while it was read: land an export in one step" in str(raised.value)
+    assert snapshot(conn) == before
+    (_, result) = load_exports(conn, csv_dir)
+    assert (result.skipped, result.invoice_rows) == (False, 30)
+
+
 def test_a_view_on_the_raw_tables_survives_a_load(database, conn, csv_dir):
     with database.connect("admin", autocommit=True) as admin:
         admin.execute("create view public.invoice_count as select count(*) as n from raw.invoices")
