@@ -31,6 +31,12 @@ from psycopg import sql
 RAW_SCHEMA = "raw"
 
 
+# Longer than any value a format with a cast accepts (a timestamp with 6 fractional digits: 27 bytes).
+# A cast that refuses a value names it whole in its error: a longer value is refused before any cast, so
+# a value of hundreds of MiB never travels to the loader inside an error message.
+LONGEST_CAST_INPUT_BYTES = 64
+
+
 @dataclass(frozen=True)
 class Format:
     """What a column's text must look like, as SQL over the placeholder {v}."""
@@ -46,7 +52,12 @@ class Format:
         composed: list[sql.Composable] = [sql.SQL(parts[0])]
         for part in parts[1:]:
             composed += [value, sql.SQL(part)]
-        return sql.Composed(composed)
+        if self.cast_type is None:
+            return sql.Composed(composed)
+        # a CASE, not an AND: only it fixes the order of evaluation
+        return sql.SQL("case when octet_length({}) > {} then false else {} end").format(
+            value, sql.Literal(LONGEST_CAST_INPUT_BYTES), sql.Composed(composed)
+        )
 
     def safe_check_sql(self, value: sql.Composable) -> sql.Composable:
         """`check` that never raises: for finding the offending value after a failed load."""

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
+import psycopg
 import pytest
 from loader_files import (
     INVOICE_LINES,
@@ -239,6 +240,45 @@ def test_error_on_a_very_long_line_is_shortened(conn, tmp_path, baseline):
     with pytest.raises(LoadError, match="expected 14, found 13") as raised:
         load_exports(conn, path.parent)
     assert len(str(raised.value)) < 600
+    assert snapshot(conn) == baseline
+
+
+LONG_VALUES = {  # column: (what line 3 holds, the bad value), each a few MiB
+    "CURRENCY": (",USDC,", "X" * 4_000_000),  # a pattern check: the cast that refuses it raises
+    "AMOUNT": ("12.34", "1x" * 2_000_000),  # a round trip: the check's own cast raises
+    "CREATED_AT": ("2023-07-18T00:00:00Z", "2023-07-18T00:00:00." + "0" * 4_000_000 + "Z"),
+}
+
+
+@pytest.mark.parametrize("column", LONG_VALUES)
+def test_a_very_long_bad_value_is_never_fetched_whole(conn, tmp_path, baseline, monkeypatch, column):
+    """Only the start of a bad value (and its length) leaves the server, in the failed check's error and in
+    the diagnosis: a 200 MiB value held several times over took 1.7 GB to refuse."""
+    old, value = LONG_VALUES[column]
+    new = f",{value}," if old.startswith(",") else value
+    path = write_dir(tmp_path / "files", invoices=replace(INVOICE_LINES, 3, old, new)) / "invoices.csv"
+    fetched: list[int] = []  # the length of every value the loader fetched
+
+    def recording(method):
+        def fetch(self, *args):
+            result = method(self, *args)
+            rows = result if isinstance(result, list) else [result] if result is not None else []
+            fetched.extend(len(str(field)) for row in rows for field in row)
+            return result
+
+        return fetch
+
+    for name in ("fetchone", "fetchmany", "fetchall"):
+        monkeypatch.setattr(psycopg.Cursor, name, recording(getattr(psycopg.Cursor, name)))
+    with pytest.raises(LoadError) as raised:
+        load_exports(conn, path.parent)
+    error = raised.value
+    assert max(fetched) <= 200
+    assert len(str(error.__cause__)) < 1000  # the failed check's error, from the server
+    assert len(error.value) <= 200
+    assert str(error).startswith(
+        f'{path}, line 3, column {column}, value "{value[:197]}..." ({len(value):,} characters): not in the'
+    )
     assert snapshot(conn) == baseline
 
 
