@@ -5,11 +5,15 @@ Two layouts, usable together:
   export date is --as-of, or else the latest UTC day of CREATED_AT in the file (known only once the
   file is read, so without --as-of the base export is loaded first);
 - dated exports: exports/<YYYY-MM-DD>/invoices.csv and, optionally, organizations.csv.
-Any other entry in exports/ is an error naming it (dotfiles are ignored).
+Any other entry in exports/ is an error naming it (dotfiles are ignored), and so is an `exports` that is
+not a folder (a file, a link to a share that is not mounted); no `exports` at all is the single-file
+layout. A link to a missing file (an unmounted share) counts as the file, which the loader then names
+as not found: an export is never loaded as if it had no organizations file.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from datetime import date
@@ -44,12 +48,18 @@ def parse_date(text: str) -> date | None:
         return None
 
 
+def _present(path: Path) -> bool:
+    """Whether the directory holds an entry of that name: a link to a missing file (an unmounted share) or
+    to itself is a file the loader then names as unreadable, never taken for no file."""
+    return os.path.lexists(path)
+
+
 def _base_export(csv_dir: Path, as_of: date | None) -> Export | None:
     invoices, organizations = csv_dir / INVOICES.file_name, csv_dir / ORGANIZATIONS.file_name
-    if not invoices.exists() and not organizations.exists():
+    if not _present(invoices) and not _present(organizations):
         return None
     for path in (invoices, organizations):
-        if not path.exists():
+        if not _present(path):
             other = organizations if path == invoices else invoices
             raise LoadError(path, f"file not found: the single-file export needs it beside {other.name}")
     return Export(csv_dir, invoices, organizations, as_of)
@@ -58,6 +68,12 @@ def _base_export(csv_dir: Path, as_of: date | None) -> Export | None:
 def _dated_exports(csv_dir: Path, through: date | None) -> list[Export]:
     folder = csv_dir / EXPORTS_FOLDER
     if not folder.is_dir():
+        if _present(folder):  # a file, or a link to a share that is not mounted: never "no exports"
+            raise LoadError(
+                folder,
+                f"not a folder (or a link to a missing one): the dated exports go in "
+                f"{EXPORTS_FOLDER}/<YYYY-MM-DD>/; is the landing folder mounted?",
+            )
         return []
     found = []
     for entry in sorted(folder.iterdir()):
@@ -75,7 +91,7 @@ def _dated_exports(csv_dir: Path, through: date | None) -> list[Export]:
         if not invoices.is_file():
             raise LoadError(invoices, "file not found: every dated export folder must hold invoices.csv")
         organizations = entry / ORGANIZATIONS.file_name
-        found.append(Export(entry, invoices, organizations if organizations.exists() else None, day))
+        found.append(Export(entry, invoices, organizations if _present(organizations) else None, day))
     return found
 
 

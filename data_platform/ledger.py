@@ -134,10 +134,12 @@ def logged(conn: psycopg.Connection, export_date: date) -> LoggedExport | None:
 def logged_by_checksums(
     conn: psycopg.Connection, invoices: str, organizations: str | None
 ) -> LoggedExport | None:
+    """The latest export loaded from files with these checksums."""
     row = conn.execute(
         sql.SQL(
             "select export_date, invoices_sha256, organizations_sha256, source from {}"
             " where invoices_sha256 = %s and organizations_sha256 is not distinct from %s"
+            " order by export_date desc limit 1"
         ).format(raw("load_log")),
         [invoices, organizations],
     ).fetchone()

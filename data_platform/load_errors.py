@@ -23,10 +23,6 @@ def printable(text: str) -> str:
     return "".join(ch if ch.isprintable() and ch != "\\" else repr(ch)[1:-1] for ch in text)
 
 
-def _shorten(text: str, limit: int = MAX_VALUE_CHARS) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 class LoadError(Exception):
     """Bad input, a refused export or a failed load, with where it happened in the CSV file."""
 
@@ -38,12 +34,18 @@ class LoadError(Exception):
         line: int | None = None,
         column: str | None = None,
         value: str | None = None,
+        value_length: int | None = None,
     ):
+        """value: the offending value or its start; value_length: the whole value's length in characters
+        when value is only its start (it is then shown in the message)."""
         self.path = Path(path) if path is not None else None
         self.reason = reason
         self.line = line
         self.column = column
-        self.value = value
+        # only what a message shows: an error may be kept (a traceback, a log) long after it is raised
+        self.value = value[:MAX_VALUE_CHARS] if value is not None else None
+        self.shortened = value is not None and max(len(value), value_length or 0) > MAX_VALUE_CHARS
+        self.value_length = value_length
         super().__init__(str(self))
 
     def __str__(self) -> str:
@@ -53,7 +55,9 @@ class LoadError(Exception):
         if self.column is not None:
             where.append(f"column {printable(self.column)}")
         if self.value is not None:
-            where.append(f'value "{printable(_shorten(self.value))}"')
+            shown = self.value[: MAX_VALUE_CHARS - 3] + "..." if self.shortened else self.value
+            length = f" ({self.value_length:,} characters)" if self.shortened and self.value_length else ""
+            where.append(f'value "{printable(shown)}"{length}')
         reason = printable(self.reason)
         return f"{', '.join(where)}: {reason}" if where else reason
 

@@ -12,8 +12,13 @@ only ever written, never dropped: readers and running dbt builds keep working.
 
 Already loaded (same date, same checksums) -> skipped. Same date with other content, a date before
 the latest loaded export, a date after today (UTC), invoices created after their export's date, or
-the same INVOICE_ID twice -> refused. An export with a header but no rows is refused unless
---allow-empty. A server older than PostgreSQL 16 -> refused before anything is read.
+the same INVOICE_ID twice -> refused. Files already loaded as an earlier export -> refused unless that
+export is the latest one (nothing would change) or the invoices file has no rows: the base export again
+under a new --as-of, or an old folder copied to a new date, would undo the exports since. A file that
+changes while it is read (appended to, replaced) -> refused, so the next run loads it whole. An export
+with a header but no rows is refused unless --allow-empty; once loaded, it is skipped like any other
+(later runs need no --allow-empty). A server older than PostgreSQL 16 -> refused before anything is
+read.
 
 Exit codes: 0 loaded (or nothing new), 1 bad input or load failure, 2 database unreachable,
 130 interrupted.
@@ -36,9 +41,9 @@ from data_platform.csv_files import BLOCK_SIZE, Progress, check_header
 from data_platform.db import DatabaseUnavailable, connect
 from data_platform.exports import Export, discover, parse_date
 from data_platform.load_errors import LoadError, printable
-from data_platform.raw_tables import INVOICES, ORGANIZATIONS, LoadLogRow
+from data_platform.raw_tables import INVOICES, ORGANIZATIONS, LoadLogRow, TableSpec
 from data_platform.snapshot_diff import worth_reading
-from data_platform.staging import discard, stage
+from data_platform.staging import Staged, discard, stage
 
 PROGRESS_INTERVAL_SECONDS = 5.0
 # pg_input_is_valid (PostgreSQL 16) lets the checks name a bad value's line and column
@@ -88,22 +93,60 @@ def _today() -> date:
     return datetime.now(UTC).date()
 
 
-def _checked_files(export: Export, allow_empty: bool) -> list[tuple]:
-    """(spec, path, header bytes) of the export's files; header-only files refused unless allow_empty."""
-    files = [(ORGANIZATIONS, export.organizations), (INVOICES, export.invoices)]
+@dataclass(frozen=True)
+class _File:
+    spec: TableSpec
+    path: Path
+    header_bytes: int
+    before: os.stat_result  # taken before its header was read
+
+    def refuse_changed(self) -> None:
+        """Refuse the file if it is no longer the one whose header was read: a load must be of one whole
+        file, and the next run, finding another one, would refuse the export as altered."""
+        try:
+            after = self.path.stat()
+        except OSError:  # removed, or replaced by what cannot be read
+            raise _changed(self.path) from None
+        if _identity(after) != _identity(self.before):
+            raise _changed(self.path)
+
+
+def _identity(stat: os.stat_result) -> tuple[int, int, int, int]:
+    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
+def _changed(path: Path) -> LoadError:
+    return LoadError(
+        path, "changed while it was read: land an export in one step (copy into a dot-named folder, then mv)"
+    )
+
+
+def _checked_files(export: Export) -> list[_File]:
+    """The export's files, each header checked."""
     checked = []
-    for spec, path in files:
+    for spec, path in ((ORGANIZATIONS, export.organizations), (INVOICES, export.invoices)):
         if path is None:
             continue
+        try:
+            before = path.stat()
+        except OSError:
+            before = None  # the header check names a missing or unreadable file
         header_bytes = check_header(spec, path)
-        if not allow_empty and path.stat().st_size == header_bytes:
+        if before is None:  # it appeared while its header was read
+            raise _changed(path)
+        checked.append(_File(spec, path, header_bytes, before))
+    return checked
+
+
+def _refuse_empty(files: list[_File]) -> None:
+    """Refuse a file with a header but no data rows (unless --allow-empty)."""
+    for file in files:
+        if file.before.st_size == file.header_bytes:
             raise LoadError(
-                path,
-                f"no data rows, only the header (pass --allow-empty if an export without {spec.name} "
+                file.path,
+                f"no data rows, only the header (pass --allow-empty if an export without {file.spec.name} "
                 "is intended)",
             )
-        checked.append((spec, path, header_bytes))
-    return checked
 
 
 def _refuse_date(conn: psycopg.Connection, export: Export, export_date: date, today: date) -> None:
@@ -152,6 +195,25 @@ def _altered(export: Export, export_date: date, logged: ledger.LoggedExport, inv
     )
 
 
+def _refuse_reloaded(
+    conn: psycopg.Connection, export: Export, export_date: date, invoices: Staged, organizations: str | None
+) -> None:
+    """Refuse files already loaded as an earlier export that is not the latest one: loaded again under a
+    new date, their rows would become the current state again, undoing the changes of the exports since.
+    After the latest export they change nothing, and header-only files are alike whatever their day."""
+    if invoices.rows == 0:
+        return
+    earlier = ledger.logged_by_checksums(conn, invoices.sha256, organizations)
+    if earlier is None or earlier.export_date in (export_date, ledger.latest_export(conn)):
+        return
+    raise LoadError(
+        export.source,
+        f"these files were already loaded as export {earlier.export_date} (from {earlier.source}): loaded "
+        f"again as export {export_date} they would undo what the exports since changed; an export loads "
+        "once (put corrections in a new dated export)",
+    )
+
+
 def load_export(
     conn: psycopg.Connection,
     export: Export,
@@ -163,7 +225,7 @@ def load_export(
 ) -> ExportResult:
     """Load one export in one transaction, or skip it if it is already loaded."""
     today = today or _today()
-    files = _checked_files(export, allow_empty)
+    files = _checked_files(export)
     started = time.perf_counter()
     with conn.transaction():
         # Timestamps without an offset do not pass the format checks anyway; UTC makes days UTC days.
@@ -179,19 +241,29 @@ def load_export(
             logged = ledger.logged_by_checksums(conn, *_checksums(conn, export))
             if logged:  # this very file was loaded before
                 return ExportResult(export, logged.export_date, skipped=True)
+        # only once it is known not to be loaded yet: an export loaded with --allow-empty is skipped by
+        # the runs after it, which never pass it
+        if not allow_empty:
+            _refuse_empty(files)
 
         # a dated snapshot is read against the latest export's file (an undated one is dated by all of
         # its records, so every one is staged)
         previous = ledger.latest_invoices_file(conn) if export.date is not None else None
         staged = {}
-        for spec, path, header in files:
-            before = path.stat()
+        for file in files:
+            spec, path, header = file.spec, file.path, file.header_bytes
             against = previous if spec is INVOICES and previous and worth_reading(path, previous) else None
-            staged[spec.name] = stage(
-                conn, spec, path, header, block_size=block_size, progress=progress, previous=against
-            )
+            # a bad value may be the cut-off last line of a file still being copied: the copy is the cause
+            try:
+                staged[spec.name] = stage(
+                    conn, spec, path, header, block_size=block_size, progress=progress, previous=against
+                )
+            except LoadError:
+                file.refuse_changed()
+                raise
+            file.refuse_changed()
             # the next run asks whether this export was loaded: it need not read the file again
-            file_checksums.remember(conn, path, before, staged[spec.name].sha256)
+            file_checksums.remember(conn, path, file.before, staged[spec.name].sha256)
         invoices = staged[INVOICES.name]
         export_date = export.date or ledger.latest_day(conn)
         if export_date is None:
@@ -203,15 +275,19 @@ def load_export(
             if logged:
                 raise _altered(export, export_date, logged, invoices.sha256)
             _refuse_date(conn, export, export_date, today)
-        ledger.refuse_future_invoices(conn, invoices, export_date)
         organizations = staged.get(ORGANIZATIONS.name)
+        if export.date is not None:  # the undated base export was looked up by its checksums above
+            _refuse_reloaded(
+                conn, export, export_date, invoices, organizations.sha256 if organizations else None
+            )
+        ledger.refuse_future_invoices(conn, invoices, export_date)
         if organizations:
             ledger.refuse_duplicates(conn, organizations)
 
         counts = ledger.apply_invoices(conn, invoices, export_date, new_tables=new_tables)
         org_new, org_changed = ledger.apply_organizations(conn, export_date) if organizations else (0, 0)
-        for spec, _path, _header in files:
-            discard(conn, spec)
+        for file in files:
+            discard(conn, file.spec)
         ledger.refresh_statistics(conn, counts.new + counts.changed)
         # the logged time covers all of the load's work; only the commit comes after it
         seconds = time.perf_counter() - started

@@ -31,7 +31,7 @@ from data_platform.csv_files import (
     unterminated_quote_line,
 )
 from data_platform.file_checksums import KnownFile
-from data_platform.load_errors import LoadError, printable
+from data_platform.load_errors import MAX_VALUE_CHARS, LoadError, printable
 from data_platform.raw_tables import RAW_SCHEMA, TableSpec
 from data_platform.snapshot_diff import NotAlike, send_differences
 
@@ -263,9 +263,10 @@ def _cast(conn: psycopg.Connection, staged: Staged) -> None:
     casts = []
     for column in spec.columns:
         value = sql.Identifier(column.name)
-        # a refused value raises through a cast that always fails: built in, so parallel safe
-        refuse = sql.SQL("(('refused ' || coalesce({}, ''))::bigint)::text::{}").format(
-            value, sql.SQL(column.sql_type)
+        # a refused value raises through a cast that always fails: built in, so parallel safe. The error
+        # names only the value's start (the diagnosis finds it), however long the value
+        refuse = sql.SQL("(('refused ' || left(coalesce({}, ''), {}))::bigint)::text::{}").format(
+            value, sql.Literal(MAX_VALUE_CHARS), sql.SQL(column.sql_type)
         )
         casts.append(
             sql.SQL(
@@ -319,8 +320,11 @@ def _invalid_value(conn: psycopg.Connection, staged: Staged) -> LoadError | None
         return None
     record, index = found
     column = spec.columns[index]
-    (value,) = conn.execute(
-        sql.SQL("select {} from {} where record = %s").format(sql.Identifier(column.name), text_table(spec)),
+    # its start and length only: what the message shows of a value of any length
+    value, length = conn.execute(
+        sql.SQL("select left({0}, {1}), char_length({0}) from {2} where record = %s").format(
+            sql.Identifier(column.name), sql.Literal(MAX_VALUE_CHARS), text_table(spec)
+        ),
         [record],
     ).fetchone()
     line = staged.line_of(record)
@@ -334,4 +338,5 @@ def _invalid_value(conn: psycopg.Connection, staged: Staged) -> LoadError | None
         line=line,
         column=column.header,
         value=value,
+        value_length=length,
     )

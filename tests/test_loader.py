@@ -232,6 +232,26 @@ def test_header_only_export_loads_with_allow_empty(conn, tmp_path, baseline):
     assert conn.execute("select count(*) from raw.invoices").fetchone() == (3,)  # nothing emptied
 
 
+@pytest.mark.parametrize("table", ["invoices", "organizations"])
+def test_a_header_only_export_loaded_with_allow_empty_is_skipped_by_later_runs(
+    conn, tmp_path, baseline, table
+):
+    # the daily runs never pass --allow-empty: the export loaded once must not stop the ones after it
+    rows = {"invoices": [], "organizations": [invoice(1)]}[table]
+    write_export(tmp_path / "csv", "2024-01-02", rows, [] if table == "organizations" else None)
+    assert [r.skipped for r in load_exports(conn, tmp_path / "csv", allow_empty=True)] == [False]
+    write_export(tmp_path / "csv", "2024-01-03", [invoice(2, "2024-01-03T10:00:00Z")])
+    results = load_exports(conn, tmp_path / "csv")
+    assert [(r.export_date, r.skipped) for r in results] == [
+        (date(2024, 1, 2), True),
+        (date(2024, 1, 3), False),
+    ]
+    # a header-only export not loaded yet is still refused
+    write_export(tmp_path / "csv", "2024-01-04", [])
+    with pytest.raises(LoadError, match="no data rows, only the header"):
+        load_exports(conn, tmp_path / "csv")
+
+
 def test_progress_reports_file_mib_and_percent(tmp_path, capsys):
     report = ProgressReporter(interval=0.0)
     report(tmp_path / "invoices.csv", 3 * 1024 * 1024, 4 * 1024 * 1024)

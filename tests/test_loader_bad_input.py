@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
+import psycopg
 import pytest
 from loader_files import (
     INVOICE_LINES,
@@ -101,6 +102,26 @@ BAD_INVOICES = {
     "timestamp with a space": _value("CREATED_AT", TIMESTAMP_LINE_2, "2023-07-17 04:00:40Z", line=2),
     "timestamp with 7 digits": _value("CREATED_AT", TIMESTAMP_LINE_2, "2023-07-17T04:00:40.1234567Z", line=2),
     "date only": _value("CREATED_AT", TIMESTAMP_LINE_2, "2023-07-17", line=2),
+    # the cast reads these, but the fraction must be 1 to 6 ASCII digits (December dates: on a July one
+    # the cast reads some of them an hour off, which the comparison of the seconds refuses anyway)
+    "timestamp with letters in the fraction": _value(
+        "CREATED_AT", TIMESTAMP_LINE_2, "2023-12-17T04:00:40.Zx0Z", line=2
+    ),
+    "timestamp with a space before Z": _value(
+        "CREATED_AT", TIMESTAMP_LINE_2, "2023-07-17T04:00:40.5 Z", line=2
+    ),
+    "timestamp with an exponent": _value(
+        "CREATED_AT", TIMESTAMP_LINE_2, "2023-12-17T04:00:40.0e0Z", line=2
+    ),
+    "timestamp with a space in the fraction": _value(
+        "CREATED_AT", TIMESTAMP_LINE_2, "2023-12-17T04:00:40. Z0Z", line=2
+    ),
+    "timestamp with a point and no digits": _value(
+        "CREATED_AT", TIMESTAMP_LINE_2, "2023-07-17T04:00:40.Z", line=2
+    ),
+    "timestamp with non-ASCII digits": _value(
+        "CREATED_AT", TIMESTAMP_LINE_2, "2023-07-17T04:00:40.\u0661Z", line=2
+    ),
     "too few columns": Bad(
         replace(INVOICE_LINES, 3, ",USDC,", ","),
         3, None, INVOICE_LINES[2].replace(",USDC,", ","), "expected 14, found 13",
@@ -171,6 +192,14 @@ BAD_ORGANIZATIONS = {
         replace(ORG_LINES, 8, "38.445423Z", "38.445423Q"),
         8, "CREATED_DATE", "2021-03-08T17:35:38.445423Q", "ISO-8601",
     ),
+    "created date with junk in the fraction": Bad(
+        replace(ORG_LINES, 8, "38.445423Z", "38.4 Z"),
+        8, "CREATED_DATE", "2021-03-08T17:35:38.4 Z", "ISO-8601",
+    ),
+    "created date with letters in the fraction": Bad(
+        replace(ORG_LINES, 8, "38.445423Z", "38.Zx0Z"),
+        8, "CREATED_DATE", "2021-03-08T17:35:38.Zx0Z", "ISO-8601",
+    ),
     "infinite date": Bad(
         replace(ORG_LINES, 4, "2022-01-31", "-infinity"), 4, "LAST_PAYMENT_DATE", "-infinity", "YYYY-MM-DD"
     ),
@@ -214,6 +243,45 @@ def test_error_on_a_very_long_line_is_shortened(conn, tmp_path, baseline):
     assert snapshot(conn) == baseline
 
 
+LONG_VALUES = {  # column: (what line 3 holds, the bad value), each a few MiB
+    "CURRENCY": (",USDC,", "X" * 4_000_000),  # a pattern check: the cast that refuses it raises
+    "AMOUNT": ("12.34", "1x" * 2_000_000),  # a round trip: the check's own cast raises
+    "CREATED_AT": ("2023-07-18T00:00:00Z", "2023-07-18T00:00:00." + "0" * 4_000_000 + "Z"),
+}
+
+
+@pytest.mark.parametrize("column", LONG_VALUES)
+def test_a_very_long_bad_value_is_never_fetched_whole(conn, tmp_path, baseline, monkeypatch, column):
+    """Only the start of a bad value (and its length) leaves the server, in the failed check's error and in
+    the diagnosis: a 200 MiB value held several times over took 1.7 GB to refuse."""
+    old, value = LONG_VALUES[column]
+    new = f",{value}," if old.startswith(",") else value
+    path = write_dir(tmp_path / "files", invoices=replace(INVOICE_LINES, 3, old, new)) / "invoices.csv"
+    fetched: list[int] = []  # the length of every value the loader fetched
+
+    def recording(method):
+        def fetch(self, *args):
+            result = method(self, *args)
+            rows = result if isinstance(result, list) else [result] if result is not None else []
+            fetched.extend(len(str(field)) for row in rows for field in row)
+            return result
+
+        return fetch
+
+    for name in ("fetchone", "fetchmany", "fetchall"):
+        monkeypatch.setattr(psycopg.Cursor, name, recording(getattr(psycopg.Cursor, name)))
+    with pytest.raises(LoadError) as raised:
+        load_exports(conn, path.parent)
+    error = raised.value
+    assert max(fetched) <= 200
+    assert len(str(error.__cause__)) < 1000  # the failed check's error, from the server
+    assert len(error.value) <= 200
+    assert str(error).startswith(
+        f'{path}, line 3, column {column}, value "{value[:197]}..." ({len(value):,} characters): not in the'
+    )
+    assert snapshot(conn) == baseline
+
+
 def test_empty_file_and_missing_files(conn, tmp_path, baseline):
     directory = write_dir(tmp_path / "files")
     (directory / "invoices.csv").write_bytes(b"")
@@ -233,6 +301,45 @@ def test_empty_file_and_missing_files(conn, tmp_path, baseline):
         LoadError, match=r"no export found: expected invoices\.csv and organizations\.csv here"
     ):
         load_exports(conn, tmp_path)
+    assert snapshot(conn) == baseline
+
+
+@pytest.mark.parametrize("link", ["dangling", "looping"])
+def test_a_broken_organizations_link_is_named_not_taken_for_no_file(conn, tmp_path, baseline, link):
+    """A link to a file gone (an unmounted share) or to itself is an organizations file the loader cannot
+    read, not an export without one: loaded without it, the export could never be corrected."""
+    folder = write_export(tmp_path / "csv", "2024-01-02", [invoice(1)])
+    path = folder / "organizations.csv"
+    path.symlink_to(tmp_path / "gone.csv" if link == "dangling" else path)
+    reason = "file not found" if link == "dangling" else "cannot read file: Too many levels of symbolic links"
+    with pytest.raises(LoadError) as raised:
+        load_exports(conn, tmp_path / "csv")
+    assert (raised.value.path, raised.value.reason.startswith(reason)) == (path, True), str(raised.value)
+    assert snapshot(conn) == baseline
+
+
+def test_broken_links_for_the_single_file_export_are_named_not_taken_for_no_export(conn, tmp_path, baseline):
+    write_export(tmp_path / "csv", "2024-01-02", [invoice(1)])
+    for name in ("invoices.csv", "organizations.csv"):
+        (tmp_path / "csv" / name).symlink_to(tmp_path / "gone" / name)
+    with pytest.raises(LoadError, match=r"organizations\.csv: file not found") as raised:
+        load_exports(conn, tmp_path / "csv")
+    assert raised.value.path == tmp_path / "csv" / "organizations.csv"
+    assert snapshot(conn) == baseline
+
+
+@pytest.mark.parametrize("entry", ["a file", "a link to a missing folder"])
+def test_an_exports_entry_that_is_not_a_folder_is_named(conn, tmp_path, baseline, entry):
+    """An unmounted landing share must not look like a day without exports: only the base would load."""
+    directory = write_dir(tmp_path / "csv")
+    exports = directory / "exports"
+    if entry == "a file":
+        exports.write_bytes(b"")
+    else:
+        exports.symlink_to(tmp_path / "unmounted" / "exports")
+    with pytest.raises(LoadError, match="not a folder") as raised:
+        load_exports(conn, directory)
+    assert raised.value.path == exports
     assert snapshot(conn) == baseline
 
 

@@ -183,6 +183,47 @@ def test_an_altered_base_export_is_refused(conn, csv_dir):
     assert snapshot(conn) == before
 
 
+def test_the_base_export_is_not_loaded_again_under_a_later_date(conn, csv_dir):
+    """--as-of dates the base export: its files, loaded before as another export, would undo the changes
+    of the exports since (invoice -2**63 back to open)."""
+    write_export(csv_dir, "2024-01-02", [PAID])
+    load_exports(conn, csv_dir)
+    before = snapshot(conn)
+    with pytest.raises(LoadError) as raised:
+        load_exports(conn, csv_dir, as_of=date(2024, 1, 5))
+    assert str(raised.value) == (
+        f"{csv_dir}: these files were already loaded as export {BASE_DATE} (from {csv_dir}): loaded again "
+        "as export 2024-01-05 they would undo what the exports since changed; an export loads once "
+        "(put corrections in a new dated export)"
+    )
+    assert snapshot(conn) == before
+    # nor a copy of them in a dated folder
+    copy = csv_dir / "exports" / "2024-01-05"
+    copy.mkdir()
+    for name in ("invoices.csv", "organizations.csv"):
+        (copy / name).write_bytes((csv_dir / name).read_bytes())
+    with pytest.raises(LoadError, match=f"already loaded as export {BASE_DATE} "):
+        load_exports(conn, csv_dir)
+    assert snapshot(conn) == before
+
+
+def test_a_copy_of_the_latest_export_or_a_header_only_export_loads_under_a_later_date(conn, csv_dir):
+    """Loaded again after the latest export, its files change nothing; header-only exports are all alike."""
+    latest = write_export(csv_dir, "2024-01-02", [PAID], ORG_LINES[1:3])
+    load_exports(conn, csv_dir)
+    copy = csv_dir / "exports" / "2024-01-03"
+    copy.mkdir()
+    for name in ("invoices.csv", "organizations.csv"):
+        (copy / name).write_bytes((latest / name).read_bytes())
+    (result,) = [r for r in load_exports(conn, csv_dir) if not r.skipped]
+    assert (result.export_date, astuple(result.invoices)) == (date(2024, 1, 3), (0, 0, 1))
+    write_export(csv_dir, "2024-01-04", [])
+    write_export(csv_dir, "2024-01-05", [invoice(1, "2024-01-05T10:00:00Z")])
+    write_export(csv_dir, "2024-01-06", [])
+    loaded = [r.export_date for r in load_exports(conn, csv_dir, allow_empty=True) if not r.skipped]
+    assert loaded == [date(2024, 1, 4), date(2024, 1, 5), date(2024, 1, 6)]
+
+
 # --- a loaded file is not read again to learn that it was loaded ----------------------------------
 
 
@@ -242,6 +283,35 @@ def test_a_file_modified_just_before_its_load_is_not_remembered(conn, csv_dir):
     assert (path.stat().st_size, path.stat().st_mtime_ns) == (written.st_size, written.st_mtime_ns)
     with pytest.raises(LoadError, match="export 2024-01-02 was already loaded from a different file"):
         load_exports(conn, csv_dir)
+
+
+@pytest.mark.parametrize("change", ["appended to", "replaced", "cut off, then replaced"])
+def test_a_file_that_changes_while_it_is_read_is_refused_and_loads_whole_next_time(conn, csv_dir, change):
+    """An export still being copied into place: what was read is not the file the next run finds, and
+    that run would refuse it as already loaded from a different file. Read cut off, it is named as
+    changed, not by the cut-off value."""
+    rows = [invoice(i) for i in range(1, 31)]
+    path = write_export(csv_dir, "2024-01-02", rows[:20]) / "invoices.csv"
+    if change.startswith("cut off"):
+        write(path, [INVOICE_LINES[0], *rows[:20], rows[20][:-12]], final_newline=False)
+    before = snapshot(conn)
+
+    def copying(file: Path, done: int, total: int) -> None:
+        if file != path or done > 512:
+            return  # once, after the first block
+        if change == "appended to":
+            with path.open("a") as rest:
+                rest.write("\n".join(rows[20:]) + "\n")
+        else:
+            os.replace(write(csv_dir.parent / "whole.csv", [INVOICE_LINES[0], *rows]), path)
+
+    with pytest.raises(LoadError) as raised:
+        load_exports(conn, csv_dir, block_size=256, progress=copying)
+    assert raised.value.path == path
+    assert "changed while it was read: land an export in one step" in str(raised.value)
+    assert snapshot(conn) == before
+    (_, result) = load_exports(conn, csv_dir)
+    assert (result.skipped, result.invoice_rows) == (False, 30)
 
 
 def test_a_view_on_the_raw_tables_survives_a_load(database, conn, csv_dir):
