@@ -24,11 +24,11 @@ from pathlib import Path
 
 from dagster import DefaultSensorStatus, RunRequest, SensorEvaluationContext, SensorResult, SkipReason, sensor
 
+from data_platform.exports import EXPORTS_FOLDER
 from data_platform.orchestration.schedules import daily_job
 from data_platform.pipeline import csv_dir_from_environment
 from data_platform.raw_tables import INVOICES
 
-EXPORTS_FOLDER = "exports"
 # a file written this recently may still be written to, even if the previous tick saw it the same
 SETTLE_SECONDS = 10
 # A run this sensor starts carries the newest export day it judged complete, and loads up to that day
