@@ -21,7 +21,7 @@ with a header but no rows is refused unless --allow-empty; once loaded, it is sk
 read.
 
 Exit codes: 0 loaded (or nothing new), 1 bad input or load failure, 2 database unreachable,
-130 interrupted.
+3 another loader run held the lock past --wait (nothing was loaded), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -50,6 +50,11 @@ PROGRESS_INTERVAL_SECONDS = 5.0
 MINIMUM_SERVER_VERSION = 160000
 # Serialises concurrent loader runs (held for the whole run, on the loader's session).
 ADVISORY_LOCK_KEY = "data_platform.loader"
+EXIT_BUSY = 3
+
+
+class LoaderBusy(Exception):
+    """Another loader run held the lock for longer than this one would wait: nothing was loaded."""
 
 
 NO_INVOICES = ledger.InvoiceCounts(0, 0, 0)
@@ -333,11 +338,13 @@ def load_exports(
     progress: Progress | None = None,
     today: date | None = None,
     report=None,
+    wait: float = 0.0,
 ) -> list[ExportResult]:
     """Load every export under csv_dir in date order; `conn` must be in autocommit mode.
 
     Each export commits on its own: when a later one fails, the earlier ones stay loaded.
-    `report` is called with each ExportResult as soon as it is done.
+    `report` is called with each ExportResult as soon as it is done. Another loader run holding the
+    lock is waited for up to `wait` seconds, then LoaderBusy.
     """
     if not conn.autocommit:
         raise ValueError("load_exports needs an autocommit connection: each export commits on its own")
@@ -348,9 +355,7 @@ def load_exports(
             f"this server runs {conn.execute('show server_version').fetchone()[0]}",
         )
     exports = discover(csv_dir, as_of, through)
-    locked = conn.execute("select pg_try_advisory_lock(hashtext(%s))", [ADVISORY_LOCK_KEY]).fetchone()[0]
-    if not locked:
-        raise LoadError(None, "another loader run is in progress on this database; retry when it ends")
+    _take_lock(conn, wait)
     try:
         results = []
         for export in exports:
@@ -364,6 +369,21 @@ def load_exports(
     finally:
         if not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
             conn.execute("select pg_advisory_unlock(hashtext(%s))", [ADVISORY_LOCK_KEY])
+
+
+def _take_lock(conn: psycopg.Connection, wait: float) -> None:
+    deadline = time.monotonic() + wait
+    said = False
+    while not conn.execute("select pg_try_advisory_lock(hashtext(%s))", [ADVISORY_LOCK_KEY]).fetchone()[0]:
+        if time.monotonic() >= deadline:
+            raise LoaderBusy(
+                f"another loader run is in progress on this database (waited {wait:g}s): nothing was "
+                "loaded; run again when it has finished"
+            )
+        if not said:
+            print(f"another loader run is in progress: waiting up to {wait:g}s", file=sys.stderr, flush=True)
+            said = True
+        time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
 
 
 # --- command line -----------------------------------------------------------------------------
@@ -391,6 +411,16 @@ class ProgressReporter:
             file=sys.stderr,
             flush=True,
         )
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not (0 <= value < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}")
+    return value
 
 
 def _as_of(text: str) -> date:
@@ -428,6 +458,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="load an export whose files have a header but no data rows (else an error)",
     )
+    parser.add_argument(
+        "--wait",
+        type=_seconds,
+        default=0.0,
+        metavar="SECONDS",
+        help=f"wait this long for another loader run to finish (default 0: exit {EXIT_BUSY} at once)",
+    )
     args = parser.parse_args(argv)
 
     def report(result: ExportResult) -> None:
@@ -443,10 +480,14 @@ def main(argv: list[str] | None = None) -> int:
                 allow_empty=args.allow_empty,
                 progress=ProgressReporter(),
                 report=report,
+                wait=args.wait,
             )
     except DatabaseUnavailable as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except LoaderBusy as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BUSY
     except LoadError as error:
         print(f"error: {error}", file=sys.stderr)
         print("this export was not loaded: the raw tables are as before it", file=sys.stderr)

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import psycopg
 
-from data_platform import refresh, warm_dbt
+from data_platform import loader, refresh, warm_dbt
 from data_platform.db import DatabaseUnavailable, connect, describe_target, wait_until_ready
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -409,7 +409,15 @@ def load_exports(settings: Settings, through: str | None = None) -> None:
     """Load every pending export; `through` (YYYY-MM-DD): only the dated folders up to that day."""
     step(f"loading the exports in {settings.csv_dir}" + (f" up to {through}" if through else ""))
     command = [sys.executable, "-m", "data_platform.loader", "--csv-dir", str(settings.csv_dir)]
+    # a loader started by hand is waited for as another pipeline run is
+    command += ["--wait", f"{settings.lock_timeout_seconds:g}"]
     code = run_child(command + (["--through", through] if through else []))
+    if code == loader.EXIT_BUSY:
+        raise PipelineError(
+            "another loader run (one started by hand?) held the loader's lock for longer than "
+            "PIPELINE_LOCK_TIMEOUT: nothing was loaded or built; run again when it has finished",
+            code,
+        )
     if code:
         # each export commits on its own: the ones before the failing export stay loaded
         raise PipelineError(

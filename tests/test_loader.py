@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import threading
 import time
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -27,7 +28,7 @@ from loader_files import (
     write_export,
 )
 
-from data_platform.loader import LoadError, ProgressReporter, load_exports
+from data_platform.loader import LoaderBusy, LoadError, ProgressReporter, load_exports
 from data_platform.pipeline import default_sigint
 
 # --- the schema -------------------------------------------------------------------------------
@@ -274,9 +275,24 @@ def test_missing_raw_schema_tells_to_apply_init_sql(database, conn, tmp_path):
 def test_a_second_loader_is_refused_while_one_runs(database, conn, tmp_path):
     with database.connect("transformer", autocommit=True) as other:
         other.execute("select pg_advisory_lock(hashtext('data_platform.loader'))")
-        with pytest.raises(LoadError, match="another loader run is in progress"):
+        busy = r"another loader run is in progress on this database \(waited 0s\)"
+        with pytest.raises(LoaderBusy, match=busy):
             load_exports(conn, write_dir(tmp_path / "files"))
     assert conn.execute("select count(*) from raw.load_log").fetchone() == (0,)
+
+
+def test_a_loader_told_to_wait_loads_once_the_other_run_ends(database, conn, tmp_path, capsys):
+    other = database.connect("transformer", autocommit=True)
+    other.execute("select pg_advisory_lock(hashtext('data_platform.loader'))")
+    release = threading.Timer(1.0, other.close)  # the other run ends: its session, and lock, go
+    release.start()
+    try:
+        results = load_exports(conn, write_dir(tmp_path / "files"), wait=30)
+    finally:
+        release.cancel()
+        other.close()
+    assert [result.skipped for result in results] == [False]
+    assert "another loader run is in progress: waiting up to 30s" in capsys.readouterr().err
 
 
 # --- the command line ------------------------------------------------------------------------

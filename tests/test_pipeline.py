@@ -419,6 +419,18 @@ def test_a_second_run_waits_for_the_first_then_says_why_it_stops(make_database, 
         database.query("select 1 from raw.invoices")
 
 
+def test_a_loader_run_by_hand_is_waited_for_then_named(make_database, tmp_path):
+    database = make_database()
+    with database.connect("transformer", autocommit=True) as by_hand:
+        by_hand.execute("select pg_advisory_lock(hashtext('data_platform.loader'))")
+        result = run_pipeline(database, write_fixture(tmp_path), PIPELINE_LOCK_TIMEOUT="1")
+    assert result.returncode == 3
+    assert "another loader run is in progress: waiting up to 1s" in result.stderr
+    assert "another loader run (one started by hand?) held the loader's lock" in result.stderr
+    assert "fix or remove" not in result.stderr  # the export is fine
+    assert "==> dbt build" not in result.stdout
+
+
 def test_bad_input_stops_the_pipeline_before_dbt(make_database, tmp_path):
     rows = [INVOICE_ROWS[0].replace("100.00", "1O0.00")]
     database = make_database()
