@@ -23,6 +23,14 @@ def printable(text: str) -> str:
     return "".join(ch if ch.isprintable() and ch != "\\" else repr(ch)[1:-1] for ch in text)
 
 
+# the loader's exit code when another loader run holds its lock past --wait (the pipeline tells it apart)
+EXIT_BUSY = 3
+
+
+class LoaderBusy(Exception):
+    """Another loader run held the lock for longer than this one would wait: nothing was loaded."""
+
+
 class LoadError(Exception):
     """Bad input, a refused export or a failed load, with where it happened in the CSV file."""
 

@@ -40,7 +40,7 @@ from data_platform import file_checksums, ledger
 from data_platform.csv_files import BLOCK_SIZE, Progress, check_header
 from data_platform.db import DatabaseUnavailable, connect
 from data_platform.exports import Export, discover, parse_date
-from data_platform.load_errors import LoadError, printable
+from data_platform.load_errors import EXIT_BUSY, LoaderBusy, LoadError, printable
 from data_platform.raw_tables import INVOICES, ORGANIZATIONS, LoadLogRow, TableSpec
 from data_platform.snapshot_diff import worth_reading
 from data_platform.staging import Staged, discard, stage
@@ -50,11 +50,6 @@ PROGRESS_INTERVAL_SECONDS = 5.0
 MINIMUM_SERVER_VERSION = 160000
 # Serialises concurrent loader runs (held for the whole run, on the loader's session).
 ADVISORY_LOCK_KEY = "data_platform.loader"
-EXIT_BUSY = 3
-
-
-class LoaderBusy(Exception):
-    """Another loader run held the lock for longer than this one would wait: nothing was loaded."""
 
 
 NO_INVOICES = ledger.InvoiceCounts(0, 0, 0)

@@ -39,8 +39,9 @@ from pathlib import Path
 
 import psycopg
 
-from data_platform import loader, refresh, warm_dbt
+from data_platform import refresh, warm_dbt
 from data_platform.db import DatabaseUnavailable, connect, describe_target, wait_until_ready
+from data_platform.load_errors import EXIT_BUSY as EXIT_LOADER_BUSY
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # the pipeline loads and builds Postgres whatever DBT_TARGET says (the other engines' raw layer comes
@@ -412,7 +413,7 @@ def load_exports(settings: Settings, through: str | None = None) -> None:
     # a loader started by hand is waited for as another pipeline run is
     command += ["--wait", f"{settings.lock_timeout_seconds:g}"]
     code = run_child(command + (["--through", through] if through else []))
-    if code == loader.EXIT_BUSY:
+    if code == EXIT_LOADER_BUSY:
         raise PipelineError(
             "another loader run (one started by hand?) held the loader's lock for longer than "
             "PIPELINE_LOCK_TIMEOUT: nothing was loaded or built; run again when it has finished",

@@ -268,7 +268,8 @@ def test_webhook_url_from_a_secrets_file(tmp_path):
     ("content", "message"),
     [
         (None, "cannot read the file (No such file or directory)"),
-        (b"", "is empty: put the webhook URL in it"),
+        (b"", "the file is empty; put the value in it or unset the variable"),
+        (b" \n", "the file is empty; put the value in it or unset the variable"),
         (b"\xff\xfesecret-host", "the file is not UTF-8 text"),
         (
             b"https://[secret-host/services",

@@ -241,11 +241,9 @@ def webhook_url(env: Mapping[str, str], name: str = "SLACK_WEBHOOK_URL") -> str 
         from_file = secrets.resolve(env, [name])
     except secrets.SecretError as error:
         raise ConfigError(str(error)) from None
-    if path:
+    if path:  # never empty: secrets refuses an empty or blank file
         url = from_file[name].strip()
         source = f"the file {name}_FILE names ({path})"
-        if not url:
-            raise ConfigError(f"{source} is empty: put the webhook URL in it, or unset {name}_FILE")
     elif direct:
         url, source = direct, name
     else:
