@@ -6,6 +6,7 @@ payments, a cancellation, an invoice moving organization and an invoice repeated
 
 from __future__ import annotations
 
+import shutil
 from datetime import date
 
 import pytest
@@ -96,3 +97,86 @@ def test_an_altered_or_older_export_is_refused(exports, tmp_path):
     write_export(write_fixture(older, BASE_ROWS), "2023-01-05", DAY_3_ROWS)
     with pytest.raises(LoadError, match="older than the newest loaded export"):
         build_raw(database, older)
+
+
+def test_a_file_that_changes_while_it_is_read_is_refused_and_nothing_of_it_kept(monkeypatch, tmp_path):
+    """A copy finishing while DuckDB reads the file: loaded in part, it would be skipped ever after."""
+    from data_platform.engines import duckdb_raw
+
+    csv_dir = write_fixture(tmp_path / "exports", BASE_ROWS)
+    invoices = csv_dir / "invoices.csv"
+    whole = invoices.read_text()
+    invoices.write_text("".join(whole.splitlines(keepends=True)[:-1]))  # the copy is not done yet
+    read = duckdb_raw._read
+
+    def read_then_the_copy_finishes(conn, spec, path, table):
+        rows = read(conn, spec, path, table)
+        if path == invoices:
+            invoices.write_text(whole)
+        return rows
+
+    monkeypatch.setattr(duckdb_raw, "_read", read_then_the_copy_finishes)
+    database = tmp_path / "warehouse.duckdb"
+    with pytest.raises(LoadError, match="changed while it was read") as refused:
+        build_raw(database, csv_dir)
+    assert refused.value.path == invoices
+    assert all(rows == [] for rows in duckdb_tables(database).values())
+    monkeypatch.undo()
+    assert build_raw(database, csv_dir) == [date(2023, 1, 6)]
+    assert len(duckdb_tables(database)["invoices"]) == len(BASE_ROWS)
+
+
+def test_files_loaded_as_an_earlier_export_are_refused_unless_it_is_the_latest(exports, tmp_path):
+    database = tmp_path / "warehouse.duckdb"
+    build_raw(database, exports)
+    before = duckdb_tables(database)
+    copied = tmp_path / "copied"
+    shutil.copytree(exports, copied)
+    again = copied / "exports" / "2023-01-09"
+    again.mkdir()
+    for name in ("invoices.csv", "organizations.csv"):
+        shutil.copy(copied / name, again / name)  # the base export, copied to a new date
+    with pytest.raises(LoadError, match="already loaded as export 2023-01-06"):
+        build_raw(database, copied)
+    assert duckdb_tables(database) == before
+    # the latest export's file again changes nothing: loaded under its new date
+    (again / "organizations.csv").unlink()
+    shutil.copy(copied / "exports" / DAY_3 / "invoices.csv", again / "invoices.csv")
+    assert build_raw(database, copied) == [date(2023, 1, 9)]
+
+
+def test_an_invoice_created_after_its_exports_date_is_refused(exports, tmp_path):
+    database = tmp_path / "warehouse.duckdb"
+    future = tmp_path / "future"
+    shutil.copytree(exports, future)
+    write_export(
+        future, "2023-01-09", ["601,{s},{s},4,-7,open,USD,,,5.00,,1.00000000,,2023-01-10T00:00:00.000Z"]
+    )
+    with pytest.raises(LoadError, match="1 invoice\\(s\\) created after the export date 2023-01-09"):
+        build_raw(database, future)
+    assert [row[0] for row in duckdb_tables(database)["load_log"]] == [
+        date(2023, 1, 6),
+        date(2023, 1, 7),
+        date(2023, 1, 8),
+    ]
+
+
+def test_header_only_files_are_refused_unless_allowed(exports, tmp_path):
+    from test_pipeline import HEADER
+
+    empty_base = write_fixture(tmp_path / "empty_base", [])
+    with pytest.raises(LoadError, match="no data rows, only the header") as refused:
+        build_raw(tmp_path / "base.duckdb", empty_base)
+    assert refused.value.path == empty_base / "invoices.csv"
+    with pytest.raises(LoadError, match="cannot date an export without invoices"):
+        build_raw(tmp_path / "base.duckdb", empty_base, allow_empty=True)
+
+    database = tmp_path / "warehouse.duckdb"
+    empty_day = tmp_path / "empty_day"
+    shutil.copytree(exports, empty_day)
+    write_export(empty_day, "2023-01-09", [])
+    assert (empty_day / "exports" / "2023-01-09" / "invoices.csv").read_text() == HEADER + "\n"
+    with pytest.raises(LoadError, match="no data rows, only the header"):
+        build_raw(database, empty_day)
+    assert build_raw(database, empty_day, allow_empty=True) == [date(2023, 1, 9)]
+    assert build_raw(database, empty_day) == []  # loaded: skipped without --allow-empty

@@ -13,13 +13,21 @@ import argparse
 import os
 import sys
 import time
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
 from data_platform import exports as export_discovery
 from data_platform.csv_files import check_header
-from data_platform.engines.export_log import Checksums, log_row, needs_load
+from data_platform.engines.export_log import (
+    Checksums,
+    Stamps,
+    log_row,
+    needs_load,
+    refuse_empty,
+    refuse_future_invoices,
+    refuse_undated,
+)
 from data_platform.engines.raw_types import DUCKDB, DUCKDB_LOG_TYPES, column_types
 from data_platform.exports import Export
 from data_platform.load_errors import LoadError
@@ -84,6 +92,10 @@ def _logged(conn: Connection) -> dict[date, Checksums]:
         f"select export_date, invoices_sha256, organizations_sha256 from {RAW_SCHEMA}.load_log"
     ).fetchall()
     return {day: Checksums(invoices, organizations) for day, invoices, organizations in rows}
+
+
+def _sources(conn: Connection) -> dict[date, str]:
+    return dict(conn.execute(f"select export_date, source from {RAW_SCHEMA}.load_log").fetchall())
 
 
 def _read(conn: Connection, spec: TableSpec, path: Path, table: str) -> int:
@@ -177,24 +189,35 @@ def _apply_organizations(conn: Connection, export_date: date) -> tuple[int, int]
     ).fetchone()
 
 
-def load_export(conn: Connection, export: Export) -> date | None:
-    """Load one export in one transaction; its date, or None when it was loaded already."""
+def load_export(conn: Connection, export: Export, *, allow_empty: bool = False) -> date | None:
+    """Load one export in one transaction; its date, or None when it was loaded already. allow_empty: load
+    header-only files (the Postgres loader's --allow-empty)."""
     started = time.monotonic()
+    stamps = Stamps.of(export)  # before any file is read
     conn.execute("begin")
     try:
-        invoice_rows = _read(conn, INVOICES, export.invoices, "incoming_invoices")
+        invoice_rows = _read_whole(conn, stamps, INVOICES, export.invoices, "incoming_invoices")
         export_date = (
             export.date
             or conn.execute("select cast(max(created_at) as date) from incoming_invoices").fetchone()[0]
         )
         checksums = Checksums.of(export)
-        if export_date is None or not needs_load(export, export_date, checksums, _logged(conn)):
+        stamps.refuse_changed()  # the checksums are of the rows read
+        if export_date is not None and not needs_load(
+            export, export_date, checksums, _logged(conn), invoice_rows=invoice_rows, sources=_sources(conn)
+        ):
             conn.execute("rollback")
             return None
+        refuse_empty(export.invoices, invoice_rows, INVOICES.name, allow_empty=allow_empty)
+        export_date = refuse_undated(export, export_date)
+        _refuse_future_invoices(conn, export, export_date)
         organization_rows = 0
         organizations = (0, 0)
         if export.organizations:
-            organization_rows = _read(conn, ORGANIZATIONS, export.organizations, "incoming_organizations")
+            organization_rows = _read_whole(
+                conn, stamps, ORGANIZATIONS, export.organizations, "incoming_organizations"
+            )
+            refuse_empty(export.organizations, organization_rows, ORGANIZATIONS.name, allow_empty=allow_empty)
             organizations = _apply_organizations(conn, export_date)
         new, changed = _apply_invoices(conn, export_date)
         log = log_row(
@@ -212,6 +235,7 @@ def load_export(conn: Connection, export: Export) -> date | None:
             f"values ({', '.join('?' for _ in log.names())})",
             list(log.values()),
         )
+        stamps.refuse_changed()
         conn.execute("commit")
     except BaseException:
         conn.execute("rollback")
@@ -219,8 +243,32 @@ def load_export(conn: Connection, export: Export) -> date | None:
     return export_date
 
 
-def build_raw(database: Path | str, csv_dir: Path | str) -> list[date]:
-    """Load every pending export under csv_dir into the DuckDB file; the dates loaded."""
+def _read_whole(conn: Connection, stamps: Stamps, spec: TableSpec, path: Path, table: str) -> int:
+    """_read, refusing a file that changed while it was read; a bad value may be the cut-off last line of
+    a file still being copied: the copy is the cause."""
+    try:
+        rows = _read(conn, spec, path, table)
+    except LoadError:
+        stamps.refuse_changed()
+        raise
+    stamps.refuse_changed()
+    return rows
+
+
+def _refuse_future_invoices(conn: Connection, export: Export, export_date: date) -> None:
+    after = [export_date + timedelta(days=1)]
+    (count,) = conn.execute("select count(*) from incoming_invoices where created_at >= ?", after).fetchone()
+    first = conn.execute(
+        "select invoice_id, cast(created_at as varchar) from incoming_invoices where created_at >= ? "
+        "order by created_at, invoice_id limit 1",
+        after,
+    ).fetchone()
+    refuse_future_invoices(export, export_date, count, first)
+
+
+def build_raw(database: Path | str, csv_dir: Path | str, *, allow_empty: bool = False) -> list[date]:
+    """Load every pending export under csv_dir into the DuckDB file; the dates loaded. allow_empty: load
+    header-only files (else refused, as by the Postgres loader)."""
     import duckdb
 
     with duckdb.connect(str(database)) as conn:
@@ -229,7 +277,7 @@ def build_raw(database: Path | str, csv_dir: Path | str) -> list[date]:
         _create_tables(conn)
         loaded = []
         for export in export_discovery.discover(csv_dir):
-            export_date = load_export(conn, export)
+            export_date = load_export(conn, export, allow_empty=allow_empty)
             if export_date is not None:
                 loaded.append(export_date)
         return loaded
@@ -239,9 +287,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--csv-dir", default=os.environ.get("CSV_DIR") or "csv_data")
     parser.add_argument("--database", default=os.environ.get("DUCKDB_PATH") or DEFAULT_DATABASE)
+    parser.add_argument(
+        "--allow-empty",
+        action="store_true",
+        help="load an export whose files have a header but no data rows (else an error)",
+    )
     args = parser.parse_args(argv)
     try:
-        loaded = build_raw(args.database, args.csv_dir)
+        loaded = build_raw(args.database, args.csv_dir, allow_empty=args.allow_empty)
     except LoadError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

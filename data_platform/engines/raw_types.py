@@ -1,7 +1,13 @@
 """The raw columns' types in each engine, keyed by the column formats of data_platform.raw_tables.
 
-Decimals keep the places the exports write (numeric(18,2) amounts, numeric(18,8) rates: the formats
-allow 16 and 10 integer digits), ids are 64-bit integers, timestamps are instants read as UTC.
+Decimals have the places of the Postgres raw columns (numeric(18,2) amounts, numeric(18,8) rates: the
+formats allow 16 and 10 integer digits), ids are 64-bit integers, timestamps are instants in UTC.
+
+These are only the types the engines' CSV readers cast to, not the loader's format checks (raw_tables'
+Format.check): a value the cast accepts is loaded even where the Postgres loader refuses it. DuckDB rounds
+extra decimal places (12.345 -> 12.35, 1.000000005 -> 1.00000001), reads `1e3` as the id 1000, a
+cut-off or time-less CREATED_AT (`2024-06-2`) as midnight UTC of that day, and converts other offsets
+(`-02:00`) to UTC; Spark's reader is lenient in its own ways (not catalogued here).
 """
 
 from __future__ import annotations

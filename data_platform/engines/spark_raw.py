@@ -23,7 +23,14 @@ from pathlib import Path
 
 from data_platform import exports as export_discovery
 from data_platform.csv_files import check_header
-from data_platform.engines.export_log import Checksums, log_row, needs_load
+from data_platform.engines.export_log import (
+    Checksums,
+    Stamps,
+    log_row,
+    needs_load,
+    refuse_empty,
+    refuse_undated,
+)
 from data_platform.engines.raw_types import SPARK, SPARK_LOG_TYPES, column_types
 from data_platform.exports import Export
 from data_platform.load_errors import LoadError
@@ -80,6 +87,18 @@ def _read(spark, spec: TableSpec, path: Path):
     return frame
 
 
+def _read_whole(spark, stamps: Stamps, spec: TableSpec, path: Path):
+    """_read (which reads the file once, into a checkpoint), refusing a file that changed while it was
+    read; a bad value may be the cut-off last line of a file still being copied: the copy is the cause."""
+    try:
+        frame = _read(spark, spec, path)
+    except LoadError:
+        stamps.refuse_changed()
+        raise
+    stamps.refuse_changed()
+    return frame
+
+
 def _changes(incoming, current, spec: TableSpec):
     """The incoming rows that are new or differ from the current ones, with the current row's columns
     prefixed `current_` (null for a new row)."""
@@ -109,9 +128,11 @@ class SparkLedger:
         self.new_versions = []
         self.log_rows = []
         self.logged = {}
+        self.sources = {}
         if spark.catalog.tableExists(_table("load_log")):
             for row in spark.table(_table("load_log")).collect():
                 self.logged[row.export_date] = Checksums(row.invoices_sha256, row.organizations_sha256)
+                self.sources[row.export_date] = row.source
 
     def _current(self, name: str, spec: TableSpec, extra: str):
         if self.spark.catalog.tableExists(_table(name)):
@@ -134,14 +155,21 @@ class SparkLedger:
         rewritten = versions.withColumn("previous_seen_on", earlier).localCheckpoint()
         rewritten.write.format("parquet").mode("overwrite").saveAsTable(table)
 
-    def apply(self, export: Export) -> date | None:
+    def apply(self, export: Export, *, allow_empty: bool = False) -> date | None:
         F = self.F
         started = time.monotonic()
-        incoming = _read(self.spark, INVOICES, export.invoices)
+        stamps = Stamps.of(export)  # before any file is read
+        incoming = _read_whole(self.spark, stamps, INVOICES, export.invoices)
         export_date = export.date or incoming.select(F.max(F.to_date("created_at"))).first()[0]
         checksums = Checksums.of(export)
-        if export_date is None or not needs_load(export, export_date, checksums, self.logged):
+        stamps.refuse_changed()  # the checksums are of the rows read
+        invoice_rows = incoming.count()
+        if export_date is not None and not needs_load(
+            export, export_date, checksums, self.logged, invoice_rows=invoice_rows, sources=self.sources
+        ):
             return None
+        refuse_empty(export.invoices, invoice_rows, INVOICES.name, allow_empty=allow_empty)
+        export_date = refuse_undated(export, export_date)
         day = F.lit(export_date)
         names = [column.name for column in INVOICES.columns]
 
@@ -170,8 +198,9 @@ class SparkLedger:
 
         organization_rows, organizations_new, organizations_changed = 0, 0, 0
         if export.organizations:
-            incoming_organizations = _read(self.spark, ORGANIZATIONS, export.organizations)
+            incoming_organizations = _read_whole(self.spark, stamps, ORGANIZATIONS, export.organizations)
             organization_rows = incoming_organizations.count()
+            refuse_empty(export.organizations, organization_rows, ORGANIZATIONS.name, allow_empty=allow_empty)
             org_changes = _changes(incoming_organizations, self.organizations, ORGANIZATIONS)
             organizations_new, organizations_changed = org_changes.select(
                 F.count(F.when(F.col("current_organization_id").isNull(), 1)),
@@ -185,8 +214,8 @@ class SparkLedger:
                 org_changes.select(*org_names, day.alias("seen_on"))
             ).localCheckpoint()
 
-        invoice_rows = incoming.count()
         self.logged[export_date] = checksums
+        self.sources[export_date] = str(export.source)
         self.log_rows.append(
             log_row(
                 export,
@@ -211,12 +240,17 @@ class SparkLedger:
         log.write.format("parquet").mode("append").saveAsTable(_table("load_log"))
 
 
-def build_raw(csv_dir: Path | str) -> list[date]:
-    """Load every pending export under csv_dir into the Spark raw tables; the dates loaded."""
+def build_raw(csv_dir: Path | str, *, allow_empty: bool = False) -> list[date]:
+    """Load every pending export under csv_dir into the Spark raw tables; the dates loaded. allow_empty:
+    load header-only files (else refused, as by the Postgres loader)."""
     spark = session()
     try:
         ledger = SparkLedger(spark)
-        loaded = [day for export in export_discovery.discover(csv_dir) if (day := ledger.apply(export))]
+        loaded = [
+            day
+            for export in export_discovery.discover(csv_dir)
+            if (day := ledger.apply(export, allow_empty=allow_empty))
+        ]
         if loaded:
             ledger.write()
         return loaded
@@ -227,9 +261,14 @@ def build_raw(csv_dir: Path | str) -> list[date]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--csv-dir", default=os.environ.get("CSV_DIR") or "csv_data")
+    parser.add_argument(
+        "--allow-empty",
+        action="store_true",
+        help="load an export whose files have a header but no data rows (else an error)",
+    )
     args = parser.parse_args(argv)
     try:
-        loaded = build_raw(args.csv_dir)
+        loaded = build_raw(args.csv_dir, allow_empty=args.allow_empty)
     except LoadError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
