@@ -356,3 +356,41 @@ def test_memory_stays_flat_as_rows_grow(monkeypatch) -> None:
     monkeypatch.setattr(generator.invoices, "BATCH_ROWS", 1000)
     small_peak, large_peak = _peak_bytes(4_000), _peak_bytes(40_000)
     assert large_peak < 1.25 * small_peak, (small_peak, large_peak)
+
+
+# --- failed and refused runs -------------------------------------------------------------------
+
+
+def test_a_failed_run_leaves_the_previous_base_files_intact(tmp_path: Path, monkeypatch) -> None:
+    small(tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    chunks = generator.invoices._invoice_chunks
+
+    def interrupted(*args, **kwargs):
+        yield next(chunks(*args, **kwargs))
+        raise KeyboardInterrupt  # Ctrl-C while invoices.csv is half written
+
+    monkeypatch.setattr(generator.invoices, "_invoice_chunks", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        small(tmp_path, seed=8)
+    # the old pair, byte for byte, and no temporary left beside it
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+@pytest.mark.parametrize(
+    "dates",
+    [
+        ["--days", "10000000"],
+        ["--end-date", "0001-01-05", "--days", "10"],
+        ["--end-date", "9999-12-31", "--days", "10"],
+        ["--end-date", "9999-12-20", "--days", "10", "--append-day", "30"],
+        ["--end-date", "9999-12-20", "--days", "10", "--next-days", "30"],
+    ],
+)
+def test_dates_out_of_range_are_a_clear_error_and_write_nothing(tmp_path: Path, capsys, dates) -> None:
+    out = tmp_path / "out"
+    assert main(["--out", str(out), "--invoices", "100", "--no-scenario", *dates]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("data-platform-generate: ") and "Traceback" not in err
+    assert "between 0002-02-05 and 9998-11-26" in err
+    assert not out.exists()

@@ -303,3 +303,57 @@ def test_export_memory_stays_flat_as_the_base_grows(tmp_path: Path) -> None:
         peaks.append(_export_peak_bytes(base, base / "exports"))
     small_peak, large_peak = peaks
     assert large_peak < 1.25 * small_peak, (small_peak, large_peak)
+
+
+# --- refused and failed runs -------------------------------------------------------------------
+
+
+def test_an_existing_export_folder_is_refused_and_kept(tmp_path: Path, capsys) -> None:
+    cli = ["--out", str(tmp_path), "--invoices", "3000", "--organizations", "60", "--seed", "7"]
+    cli += ["--end-date", "2023-03-31", "--days", "120"]
+    assert main([*cli, "--next-days", "1"]) == 2  # no base yet
+    assert main(cli) == 0
+    assert main([*cli, "--next-days", "1"]) == 0
+    day = tmp_path / "exports" / "2023-04-01"
+    written = (day / "invoices.csv").read_bytes()
+    capsys.readouterr()
+    # another run over the same day (a loaded export would then be refused as changed) writes nothing
+    assert main([*cli, "--next-days", "2", "--changed-invoices", "5"]) == 2
+    err = capsys.readouterr().err
+    assert f"{day} already exists" in err and "Traceback" not in err
+    assert (day / "invoices.csv").read_bytes() == written
+    assert [p.name for p in (tmp_path / "exports").iterdir()] == ["2023-04-01"]
+
+
+def test_base_files_that_no_longer_match_the_exports_beside_them_are_refused(tmp_path: Path, capsys) -> None:
+    cli = ["--out", str(tmp_path), "--invoices", "3000", "--organizations", "60"]
+    cli += ["--end-date", "2023-03-31", "--days", "120"]
+    assert main([*cli, "--seed", "7"]) == 0
+    assert main([*cli, "--seed", "7", "--next-days", "1"]) == 0
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    capsys.readouterr()
+    assert main([*cli, "--seed", "8"]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'exports'} holds dated exports" in err and "Traceback" not in err
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+    # the same base again (the demo's regeneration) is fine
+    assert main([*cli, "--seed", "7"]) == 0
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+
+
+def test_a_dated_export_appears_only_once_complete(tmp_path: Path, monkeypatch) -> None:
+    options = small_base(tmp_path / "base")
+    chunks = generator.exports.later_day_chunks
+
+    def interrupted(*args, **kwargs):
+        yield next(chunks(*args, **kwargs))
+        raise KeyboardInterrupt  # Ctrl-C while the day's invoices.csv is half written
+
+    monkeypatch.setattr(generator.exports, "later_day_chunks", interrupted)
+    exports_dir = tmp_path / "exports"
+    with pytest.raises(KeyboardInterrupt):
+        write_exports(
+            tmp_path / "base", exports_dir, next_days=1, new_invoices=40, changed_invoices=60, **options
+        )
+    # a loader or the sensor sees no folder (dot names are ignored), and no temporary is left
+    assert not exports_dir.exists() or list(exports_dir.iterdir()) == []

@@ -14,13 +14,13 @@ the base file. Scenario organizations (SCENARIO) change only as NEXT_DAY_SCENARI
 from __future__ import annotations
 
 import heapq
-import os
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 
+from data_platform.generator.files import staged, write_chunks
 from data_platform.generator.invoices import later_day_chunks
 from data_platform.generator.organizations import build_organizations
 from data_platform.generator.scenario import NEXT_DAY_SCENARIO, ScenarioChange, scenario_organization_ids
@@ -31,6 +31,7 @@ from data_platform.generator.values import (
     SENTINEL,
     IdMaker,
     amount_strings,
+    check_dates,
     fx_rates,
     payment_method,
 )
@@ -156,19 +157,18 @@ def _current_lines(base: Path, later: dict[bytes, bytes]) -> Iterator[bytes]:
     yield from later.values()
 
 
-def _write_atomically(path: Path, changed: list[str], new_chunks: Iterator[str], keep: bool) -> list[str]:
-    """Write the export; a reader never sees a half-written invoices.csv. Returns the new lines if `keep`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
+def _write_export(path: Path, changed: list[str], new_chunks: Iterator[str], keep: bool) -> list[str]:
+    """Write one day's invoices.csv; returns its new lines if `keep`."""
     new_lines: list[str] = []
-    with open(partial, "w", encoding="utf-8", newline="", buffering=1 << 20) as out:
-        out.write(INVOICES_HEADER + "\n")
-        out.writelines(line + "\n" for line in changed)
+
+    def chunks() -> Iterator[str]:
+        yield "".join(line + "\n" for line in changed)
         for chunk in new_chunks:
-            out.write(chunk)
             if keep:
                 new_lines.extend(chunk.splitlines())
-    os.replace(partial, path)
+            yield chunk
+
+    write_chunks(path, INVOICES_HEADER, chunks())
     return new_lines
 
 
@@ -190,10 +190,24 @@ def write_exports(
     base_dir/invoices.csv is the base export: pass the options it was generated with, so new invoices
     go to the same organizations and continue the FX history. Each export lists the changed older
     invoices first (in the order of the base file), then the day's new invoices.
+
+    A day folder that already exists is refused (it may have been loaded: the loader refuses an export
+    that changed). The days are written into dot-named folders, which the loader and the export sensor
+    ignore, and renamed into place once all are complete: a failed run leaves no day folder behind.
     """
     if next_days < 1 or new_invoices < 0 or changed_invoices < 0:
         raise ValueError("need --next-days >= 1, --new-invoices >= 0 and --changed-invoices >= 0")
+    check_dates(end_date, days, later_days=next_days)
     base = base_dir / "invoices.csv"
+    day_folders = [
+        exports_dir / (end_date + timedelta(days=offset)).isoformat() for offset in range(1, next_days + 1)
+    ]
+    for folder in day_folders:
+        if folder.exists() or folder.is_symlink():
+            raise ValueError(
+                f"{folder} already exists: nothing was written. A dated export is written once; remove "
+                "the folder to write it again (if it was loaded, the loader will refuse the changed file)"
+            )
     if not base.is_file():
         raise ValueError(f"{base} not found: --next-days writes the exports that follow a base invoices.csv")
     orgs = build_organizations(seed, organizations, days)
@@ -202,41 +216,46 @@ def write_exports(
     all_rates = list(fx_rates(seed, days + next_days))
     later: dict[bytes, bytes] = {}  # id -> line, of the rows of the exports written so far
     results = []
-    for offset in range(1, next_days + 1):
-        day = end_date + timedelta(days=offset)
-        targets = _scenario_targets(seed, end_date, days) if scenario and offset == 1 else {}
-        picked = _pick_changes(
-            _current_lines(base, later), changed_invoices, seed, day, scenario_orgs, targets
-        )
-        if targets:
-            missing = ", ".join(
-                f"{c.organization} ({c.invoice.status} {c.invoice.amount})" for c in targets.values()
+    exports_dir.mkdir(parents=True, exist_ok=True)
+    with staged(day_folders) as temporary_folders:
+        for offset in range(1, next_days + 1):
+            day = end_date + timedelta(days=offset)
+            targets = _scenario_targets(seed, end_date, days) if scenario and offset == 1 else {}
+            picked = _pick_changes(
+                _current_lines(base, later), changed_invoices, seed, day, scenario_orgs, targets
             )
-            raise ValueError(
-                f"{base} has no scenario invoice for {missing}: was it generated with --no-scenario or "
-                "with other options? Give the options of the original run, or pass --no-scenario"
+            if targets:
+                missing = ", ".join(
+                    f"{c.organization} ({c.invoice.status} {c.invoice.amount})" for c in targets.values()
+                )
+                raise ValueError(
+                    f"{base} has no scenario invoice for {missing}: was it generated with --no-scenario or "
+                    "with other options? Give the options of the original run, or pass --no-scenario"
+                )
+            rng = random.Random(f"change-rows:{seed}:{day}")
+            rates = all_rates[days - 1 + offset]
+            first_transaction = NS_TRANSACTION | offset << APPEND_DAY_SHIFT | _CHANGE_TRANSACTIONS
+            transactions = ids.strings(first_transaction, len(picked))
+            changed = []
+            for transaction, (fields, change) in zip(transactions, picked, strict=True):
+                if change is None:
+                    options = TRANSITIONS[fields[_STATUS]]
+                    new_status = rng.choices(list(options), list(options.values()))[0]
+                    with_payment = new_status in WITH_PAYMENT
+                else:
+                    new_status, with_payment = change.new_status, change.with_payment_amount
+                changed.append(_changed_line(fields, new_status, with_payment, rates, rng, transaction))
+            new_chunks = later_day_chunks(seed, orgs, new_invoices, end_date, days, offset)
+            folder = temporary_folders[offset - 1]
+            folder.mkdir()
+            more_days = offset < next_days
+            new_lines = _write_export(folder / "invoices.csv", changed, new_chunks, keep=more_days)
+            if more_days:  # the next day must see these versions
+                for line in (*changed, *new_lines):
+                    later[line[: line.index(",")].encode()] = line.encode()
+            results.append(
+                ExportStats(day, day_folders[offset - 1] / "invoices.csv", new_invoices, len(changed))
             )
-        rng = random.Random(f"change-rows:{seed}:{day}")
-        rates = all_rates[days - 1 + offset]
-        first_transaction = NS_TRANSACTION | offset << APPEND_DAY_SHIFT | _CHANGE_TRANSACTIONS
-        transactions = ids.strings(first_transaction, len(picked))
-        changed = []
-        for transaction, (fields, change) in zip(transactions, picked, strict=True):
-            if change is None:
-                options = TRANSITIONS[fields[_STATUS]]
-                new_status = rng.choices(list(options), list(options.values()))[0]
-                with_payment = new_status in WITH_PAYMENT
-            else:
-                new_status, with_payment = change.new_status, change.with_payment_amount
-            changed.append(_changed_line(fields, new_status, with_payment, rates, rng, transaction))
-        new_chunks = later_day_chunks(seed, orgs, new_invoices, end_date, days, offset)
-        path = exports_dir / day.isoformat() / "invoices.csv"
-        more_days = offset < next_days
-        new_lines = _write_atomically(path, changed, new_chunks, keep=more_days)
-        if more_days:  # the next day must see these versions
-            for line in (*changed, *new_lines):
-                later[line[: line.index(",")].encode()] = line.encode()
-        results.append(ExportStats(day, path, new_invoices, len(changed)))
     return results
 
 

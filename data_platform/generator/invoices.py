@@ -7,15 +7,17 @@ rows exist at a time.
 
 from __future__ import annotations
 
+import filecmp
 import math
 import random
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, timedelta
-from itertools import cycle, islice
+from itertools import chain, cycle, islice
 from pathlib import Path
 
+from data_platform.generator.files import staged, write_chunks
 from data_platform.generator.organizations import (
     Organization,
     OrganizationPicker,
@@ -45,6 +47,7 @@ from data_platform.generator.values import (
     Currency,
     IdMaker,
     amount_strings,
+    check_dates,
     fx_rates,
     name_hash,
     payment_method,
@@ -289,6 +292,7 @@ def invoice_chunks(
 ) -> Iterator[str]:
     """The invoices.csv body as text chunks of at most BATCH_ROWS lines, each ending with a newline."""
     check_sizes(invoices, organizations, days, scenario)
+    check_dates(end_date, days)
     orgs = build_organizations(seed, organizations, days)
     return _invoice_chunks(seed, orgs, invoices=invoices, end_date=end_date, days=days, scenario=scenario)
 
@@ -339,27 +343,46 @@ def generate(
     days: int = DEFAULT_DAYS,
     scenario: bool = True,
 ) -> GenerationStats:
-    """Write out_dir/organizations.csv and out_dir/invoices.csv."""
+    """Write out_dir/organizations.csv and out_dir/invoices.csv.
+
+    Both are written under temporary names and renamed into place once both are complete, so a failed or
+    interrupted run leaves the previous pair as it was. If out_dir/exports holds dated exports, the run is
+    refused unless it rewrites the same bytes (the same options): those exports follow the old base.
+    """
     check_sizes(invoices, organizations, days, scenario)
+    check_dates(end_date, days)
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     first_day = end_date - timedelta(days=days - 1)
     orgs = build_organizations(seed, organizations, days)
-    with open(out_dir / "organizations.csv", "w", encoding="utf-8", newline="") as out:
-        out.write(ORGANIZATIONS_HEADER + "\n")
-        for line in organization_rows(seed, orgs, first_day, end_date):
-            out.write(line + "\n")
+    finals = [out_dir / "organizations.csv", out_dir / "invoices.csv"]
+    with staged(finals) as (organizations_path, invoices_path):
+        organization_lines = organization_rows(seed, orgs, first_day, end_date)
         if scenario:
-            for line in scenario_organization_rows(seed, first_day, days):
-                out.write(line + "\n")
-    with open(out_dir / "invoices.csv", "w", encoding="utf-8", newline="", buffering=1 << 20) as out:
-        out.write(INVOICES_HEADER + "\n")
-        for chunk in _invoice_chunks(
-            seed, orgs, invoices=invoices, end_date=end_date, days=days, scenario=scenario
-        ):
-            out.write(chunk)
+            organization_lines = chain(organization_lines, scenario_organization_rows(seed, first_day, days))
+        write_chunks(organizations_path, ORGANIZATIONS_HEADER, (line + "\n" for line in organization_lines))
+        write_chunks(
+            invoices_path,
+            INVOICES_HEADER,
+            _invoice_chunks(seed, orgs, invoices=invoices, end_date=end_date, days=days, scenario=scenario),
+        )
+        _check_exports_still_match(out_dir, finals, [organizations_path, invoices_path])
     org_count = organizations + (sum(o.in_file for o in SCENARIO) if scenario else 0)
     return GenerationStats(invoices, org_count, time.perf_counter() - started)
+
+
+def _check_exports_still_match(out_dir: Path, finals: list[Path], written: list[Path]) -> None:
+    """Refuse new base files beside dated exports written after other ones (another --seed, say)."""
+    exports = out_dir / "exports"
+    if not exports.is_dir() or not any(not entry.name.startswith(".") for entry in exports.iterdir()):
+        return
+    for final, new in zip(finals, written, strict=True):
+        if not final.is_file() or not filecmp.cmp(final, new, shallow=False):
+            raise ValueError(
+                f"{exports} holds dated exports that follow the base files already in {out_dir}; these "
+                f"options write other base files, which those exports would no longer match. Nothing was "
+                f"written: remove {exports} (or write to another --out) first"
+            )
 
 
 def later_day_chunks(
@@ -404,6 +427,7 @@ def append_day(
     if not 1 <= day_offset < 1 << 20:
         raise ValueError("day_offset must be between 1 and 2**20 - 1")
     check_sizes(invoices, organizations, days, scenario=False)
+    check_dates(end_date, days, later_days=day_offset)
     path = out_dir / "invoices.csv"
     with open(path, "rb") as existing:
         if existing.readline().rstrip(b"\r\n").decode() != INVOICES_HEADER:

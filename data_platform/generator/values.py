@@ -8,7 +8,7 @@ import random
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 
 from data_platform.raw_tables import INVOICES, ORGANIZATIONS
 
@@ -19,6 +19,27 @@ SENTINEL = "8817975702393619368"  # hash of the empty value: null parent / trans
 
 DEFAULT_END_DATE = date(2024, 6, 28)
 DEFAULT_DAYS = 1096  # three years
+# Organizations are created up to 400 days before the first day, and dates are computed a few days past
+# the last one: this margin keeps every date the generator computes inside Python's years 1-9999.
+_DATE_MARGIN = timedelta(days=400)
+FIRST_DAY_MIN = date.min + _DATE_MARGIN
+LAST_DAY_MAX = date.max - _DATE_MARGIN
+
+
+def check_dates(end_date: date, days: int, later_days: int = 0) -> None:
+    """Refuse, before anything is written, the days --end-date, --days and the later days imply when a
+    date of the run would fall outside the calendar (OverflowError midway otherwise)."""
+    first = end_date.toordinal() - (days - 1)
+    last = end_date.toordinal() + max(0, later_days)
+    if first < FIRST_DAY_MIN.toordinal() or last > LAST_DAY_MAX.toordinal():
+        described = f"--end-date {end_date} with --days {days}" + (
+            f" and {later_days} later days" if later_days > 0 else ""
+        )
+        raise ValueError(
+            f"{described} goes past the dates the generator can write: its days must lie between "
+            f"{FIRST_DAY_MIN} and {LAST_DAY_MAX}"
+        )
+
 
 # Share of each status among random invoices (sums to 1).
 STATUS_MIX: dict[str, float] = {

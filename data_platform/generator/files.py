@@ -1,0 +1,53 @@
+"""Writing the generator's output so that a reader never sees a run's files half-written or mixed.
+
+Each file or folder is written under a dot name beside its final path (the loader and the export sensor
+ignore dot names) and renamed into place only once all of the run's outputs are complete; a failure,
+Ctrl-C included, removes the temporaries and leaves what was there before untouched.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def temporary_path(final: Path) -> Path:
+    return final.with_name(f".{final.name}.partial")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+@contextmanager
+def staged(finals: Sequence[Path]) -> Iterator[list[Path]]:
+    """The temporary paths to write `finals` under; each is renamed onto its final path on success.
+
+    Renames are atomic on one file system, hence the temporaries beside the final paths. A temporary left
+    by a killed run is removed first.
+    """
+    temporaries = [temporary_path(final) for final in finals]
+    for temporary in temporaries:
+        _remove(temporary)
+    try:
+        yield temporaries
+        for temporary, final in zip(temporaries, finals, strict=True):
+            os.replace(temporary, final)
+    except BaseException:
+        for temporary in temporaries:
+            _remove(temporary)
+        raise
+
+
+def write_chunks(path: Path, header: str, chunks: Iterable[str]) -> None:
+    """A CSV file: the header line, then the chunks (text ending with a newline)."""
+    with open(path, "w", encoding="utf-8", newline="", buffering=1 << 20) as out:
+        out.write(header + "\n")
+        for chunk in chunks:
+            out.write(chunk)
