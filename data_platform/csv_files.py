@@ -14,13 +14,15 @@ its physical line.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
 
-from data_platform.load_errors import LoadError, shape_error
+from data_platform.load_errors import LoadError, changed_while_read, shape_error
 from data_platform.raw_tables import TableSpec
 
 BLOCK_SIZE = 1024 * 1024
@@ -32,6 +34,49 @@ UTF8_BOM = b"\xef\xbb\xbf"
 
 # Called after every block with (path, bytes done, file size).
 Progress = Callable[[Path, int, int], None]
+
+
+FileIdentity = tuple[int, int, int, int]  # device, inode, size, modification time
+
+
+def identity(stat: os.stat_result) -> FileIdentity:
+    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
+def file_identity(path: Path) -> FileIdentity | None:
+    """The file's identity now; None when it cannot be stat'ed (its reader names why)."""
+    try:
+        return identity(path.stat())
+    except OSError:
+        return None
+
+
+@dataclass(frozen=True)
+class Unchanged:
+    """Files as they were before they were read, to refuse one that changed while it was read (appended to,
+    replaced): loaded in part, an export would be refused as altered by every later run."""
+
+    before: Mapping[Path, FileIdentity | None]
+
+    @classmethod
+    def now(cls, paths: Iterable[Path]) -> Unchanged:
+        return cls({path: file_identity(path) for path in paths})
+
+    def check(self) -> None:
+        for path, before in self.before.items():
+            if file_identity(path) != before:
+                raise changed_while_read(path)
+
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        """Around a read of the files: a bad value in a file that changed (the cut-off last line of a copy
+        still under way) is reported as the change, its cause."""
+        try:
+            yield
+        except LoadError:
+            self.check()
+            raise
+        self.check()
 
 
 def check_header(spec: TableSpec, path: Path) -> int:

@@ -34,6 +34,11 @@ class Export:
     date: date | None  # None: the base export without --as-of, dated by its content
 
     @property
+    def files(self) -> list[Path]:
+        """Its files: organizations.csv (when there is one), then invoices.csv."""
+        return [path for path in (self.organizations, self.invoices) if path is not None]
+
+    @property
     def label(self) -> str:
         return f"export {self.date.isoformat() if self.date else '(dated by its content)'} ({self.source})"
 

@@ -15,7 +15,7 @@ import psycopg
 from psycopg import sql
 
 from data_platform import file_checksums
-from data_platform.load_errors import LoadError
+from data_platform.load_errors import LoadError, future_invoices
 from data_platform.raw_tables import (
     FILL_PREVIOUS_SEEN_ON,
     INVOICES,
@@ -182,14 +182,7 @@ def refuse_future_invoices(conn: psycopg.Connection, staged: Staged, export_date
     (value,) = conn.execute(
         sql.SQL("select created_at from {} where record = %s").format(text_table(INVOICES)), [first]
     ).fetchone()
-    raise LoadError(
-        staged.path,
-        f"{count:,} invoice(s) created after the export date {export_date} (the first is shown): an export "
-        "cannot hold invoices from its future; fix the export or its date",
-        line=staged.line_of(first),
-        column="CREATED_AT",
-        value=value,
-    )
+    raise future_invoices(staged.path, count, export_date, value=value, line=staged.line_of(first))
 
 
 def refuse_duplicates(conn: psycopg.Connection, staged: Staged) -> None:

@@ -7,6 +7,7 @@ escaped the way Python's repr escapes them, so a file cannot rewrite a log or a 
 
 from __future__ import annotations
 
+from datetime import date
 from pathlib import Path
 from typing import Protocol
 
@@ -83,6 +84,60 @@ class LineLike(Protocol):
 def _fields(line: LineLike) -> int:
     # exports never quote: a line's fields are its commas + 1
     return line.commas + 1
+
+
+# The refusals of a whole export that the Postgres loader and the other engines' raw builders share.
+
+
+def changed_while_read(path: Path) -> LoadError:
+    return LoadError(
+        path, "changed while it was read: land an export in one step (copy into a dot-named folder, then mv)"
+    )
+
+
+def header_only(path: Path, table_name: str) -> LoadError:
+    return LoadError(
+        path,
+        f"no data rows, only the header (pass --allow-empty if an export without {table_name} is intended)",
+    )
+
+
+def undatable(invoices: Path) -> LoadError:
+    return LoadError(invoices, "cannot date an export without invoices: pass --as-of YYYY-MM-DD")
+
+
+def reloaded(source: Path, earlier: date, earlier_source: str | None, export_date: date) -> LoadError:
+    """Files already loaded as an earlier export that is not the latest one: loaded again under a new date,
+    their rows would become the current state again, undoing the changes of the exports since."""
+    where = f" (from {earlier_source})" if earlier_source else ""
+    return LoadError(
+        source,
+        f"these files were already loaded as export {earlier}{where}: loaded again as export {export_date} "
+        "they would undo what the exports since changed; an export loads once (put corrections in a new "
+        "dated export)",
+    )
+
+
+def future_invoices(
+    invoices: Path,
+    count: int,
+    export_date: date,
+    *,
+    value: str | None,
+    line: int | None = None,
+    invoice_id: int | None = None,
+) -> LoadError:
+    """Invoices created after their export's date would move every watermark into the future; `value`
+    (and `line` or `invoice_id`): the first one's CREATED_AT."""
+    shown = "the first is shown" + (f", INVOICE_ID {invoice_id}" if invoice_id is not None else "")
+    return LoadError(
+        invoices,
+        f"{count:,} invoice(s) created after the export date {export_date} ({shown}): an export cannot hold "
+        "invoices from its future; fix the export or its date",
+        line=line,
+        column="CREATED_AT",
+        value=value,
+    )
 
 
 def shape_error(

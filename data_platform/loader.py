@@ -37,10 +37,19 @@ from pathlib import Path
 import psycopg
 
 from data_platform import file_checksums, ledger
-from data_platform.csv_files import BLOCK_SIZE, Progress, check_header
+from data_platform.csv_files import BLOCK_SIZE, Progress, Unchanged, check_header, identity
 from data_platform.db import DatabaseUnavailable, connect
 from data_platform.exports import Export, discover, parse_date
-from data_platform.load_errors import EXIT_BUSY, LoaderBusy, LoadError, printable
+from data_platform.load_errors import (
+    EXIT_BUSY,
+    LoaderBusy,
+    LoadError,
+    changed_while_read,
+    header_only,
+    printable,
+    reloaded,
+    undatable,
+)
 from data_platform.raw_tables import INVOICES, ORGANIZATIONS, LoadLogRow, TableSpec
 from data_platform.snapshot_diff import worth_reading
 from data_platform.staging import Staged, discard, stage
@@ -100,25 +109,10 @@ class _File:
     header_bytes: int
     before: os.stat_result  # taken before its header was read
 
-    def refuse_changed(self) -> None:
-        """Refuse the file if it is no longer the one whose header was read: a load must be of one whole
-        file, and the next run, finding another one, would refuse the export as altered."""
-        try:
-            after = self.path.stat()
-        except OSError:  # removed, or replaced by what cannot be read
-            raise _changed(self.path) from None
-        if _identity(after) != _identity(self.before):
-            raise _changed(self.path)
-
-
-def _identity(stat: os.stat_result) -> tuple[int, int, int, int]:
-    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
-
-
-def _changed(path: Path) -> LoadError:
-    return LoadError(
-        path, "changed while it was read: land an export in one step (copy into a dot-named folder, then mv)"
-    )
+    @property
+    def unchanged(self) -> Unchanged:
+        """A load must be of one whole file: the next run, finding another one, would refuse the export."""
+        return Unchanged({self.path: identity(self.before)})
 
 
 def _checked_files(export: Export) -> list[_File]:
@@ -133,7 +127,7 @@ def _checked_files(export: Export) -> list[_File]:
             before = None  # the header check names a missing or unreadable file
         header_bytes = check_header(spec, path)
         if before is None:  # it appeared while its header was read
-            raise _changed(path)
+            raise changed_while_read(path)
         checked.append(_File(spec, path, header_bytes, before))
     return checked
 
@@ -142,11 +136,7 @@ def _refuse_empty(files: list[_File]) -> None:
     """Refuse a file with a header but no data rows (unless --allow-empty)."""
     for file in files:
         if file.before.st_size == file.header_bytes:
-            raise LoadError(
-                file.path,
-                f"no data rows, only the header (pass --allow-empty if an export without {file.spec.name} "
-                "is intended)",
-            )
+            raise header_only(file.path, file.spec.name)
 
 
 def _refuse_date(conn: psycopg.Connection, export: Export, export_date: date, today: date) -> None:
@@ -206,12 +196,7 @@ def _refuse_reloaded(
     earlier = ledger.logged_by_checksums(conn, invoices.sha256, organizations)
     if earlier is None or earlier.export_date in (export_date, ledger.latest_export(conn)):
         return
-    raise LoadError(
-        export.source,
-        f"these files were already loaded as export {earlier.export_date} (from {earlier.source}): loaded "
-        f"again as export {export_date} they would undo what the exports since changed; an export loads "
-        "once (put corrections in a new dated export)",
-    )
+    raise reloaded(export.source, earlier.export_date, earlier.source, export_date)
 
 
 def load_export(
@@ -253,23 +238,16 @@ def load_export(
         for file in files:
             spec, path, header = file.spec, file.path, file.header_bytes
             against = previous if spec is INVOICES and previous and worth_reading(path, previous) else None
-            # a bad value may be the cut-off last line of a file still being copied: the copy is the cause
-            try:
+            with file.unchanged.reading():
                 staged[spec.name] = stage(
                     conn, spec, path, header, block_size=block_size, progress=progress, previous=against
                 )
-            except LoadError:
-                file.refuse_changed()
-                raise
-            file.refuse_changed()
             # the next run asks whether this export was loaded: it need not read the file again
             file_checksums.remember(conn, path, file.before, staged[spec.name].sha256)
         invoices = staged[INVOICES.name]
         export_date = export.date or ledger.latest_day(conn)
         if export_date is None:
-            raise LoadError(
-                export.invoices, "cannot date an export without invoices: pass --as-of YYYY-MM-DD"
-            )
+            raise undatable(export.invoices)
         if export.date is None:
             logged = ledger.logged(conn, export_date)
             if logged:

@@ -18,19 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from data_platform import exports as export_discovery
-from data_platform.csv_files import check_header
-from data_platform.engines.export_log import (
-    Checksums,
-    Stamps,
-    log_row,
-    needs_load,
-    refuse_empty,
-    refuse_future_invoices,
-    refuse_undated,
-)
+from data_platform.csv_files import Unchanged, check_header
+from data_platform.engines.export_log import Checksums, log_row, needs_load, refuse_empty, refuse_undated
 from data_platform.engines.raw_types import DUCKDB, DUCKDB_LOG_TYPES, column_types
 from data_platform.exports import Export
-from data_platform.load_errors import LoadError
+from data_platform.load_errors import LoadError, future_invoices
 from data_platform.raw_tables import (
     FILL_PREVIOUS_SEEN_ON,
     INVOICES,
@@ -193,16 +185,17 @@ def load_export(conn: Connection, export: Export, *, allow_empty: bool = False) 
     """Load one export in one transaction; its date, or None when it was loaded already. allow_empty: load
     header-only files (the Postgres loader's --allow-empty)."""
     started = time.monotonic()
-    stamps = Stamps.of(export)  # before any file is read
+    unchanged = Unchanged.now(export.files)  # before any file is read
     conn.execute("begin")
     try:
-        invoice_rows = _read_whole(conn, stamps, INVOICES, export.invoices, "incoming_invoices")
+        with unchanged.reading():
+            invoice_rows = _read(conn, INVOICES, export.invoices, "incoming_invoices")
         export_date = (
             export.date
             or conn.execute("select cast(max(created_at) as date) from incoming_invoices").fetchone()[0]
         )
         checksums = Checksums.of(export)
-        stamps.refuse_changed()  # the checksums are of the rows read
+        unchanged.check()  # the checksums are of the rows read
         if export_date is not None and not needs_load(
             export, export_date, checksums, _logged(conn), invoice_rows=invoice_rows, sources=_sources(conn)
         ):
@@ -214,9 +207,8 @@ def load_export(conn: Connection, export: Export, *, allow_empty: bool = False) 
         organization_rows = 0
         organizations = (0, 0)
         if export.organizations:
-            organization_rows = _read_whole(
-                conn, stamps, ORGANIZATIONS, export.organizations, "incoming_organizations"
-            )
+            with unchanged.reading():
+                organization_rows = _read(conn, ORGANIZATIONS, export.organizations, "incoming_organizations")
             refuse_empty(export.organizations, organization_rows, ORGANIZATIONS.name, allow_empty=allow_empty)
             organizations = _apply_organizations(conn, export_date)
         new, changed = _apply_invoices(conn, export_date)
@@ -235,24 +227,12 @@ def load_export(conn: Connection, export: Export, *, allow_empty: bool = False) 
             f"values ({', '.join('?' for _ in log.names())})",
             list(log.values()),
         )
-        stamps.refuse_changed()
+        unchanged.check()
         conn.execute("commit")
     except BaseException:
         conn.execute("rollback")
         raise
     return export_date
-
-
-def _read_whole(conn: Connection, stamps: Stamps, spec: TableSpec, path: Path, table: str) -> int:
-    """_read, refusing a file that changed while it was read; a bad value may be the cut-off last line of
-    a file still being copied: the copy is the cause."""
-    try:
-        rows = _read(conn, spec, path, table)
-    except LoadError:
-        stamps.refuse_changed()
-        raise
-    stamps.refuse_changed()
-    return rows
 
 
 def _refuse_future_invoices(conn: Connection, export: Export, export_date: date) -> None:
@@ -263,7 +243,9 @@ def _refuse_future_invoices(conn: Connection, export: Export, export_date: date)
         "order by created_at, invoice_id limit 1",
         after,
     ).fetchone()
-    refuse_future_invoices(export, export_date, count, first)
+    if count:
+        invoice_id, created_at = first
+        raise future_invoices(export.invoices, count, export_date, value=created_at, invoice_id=invoice_id)
 
 
 def build_raw(database: Path | str, csv_dir: Path | str, *, allow_empty: bool = False) -> list[date]:

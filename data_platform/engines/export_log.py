@@ -17,7 +17,7 @@ from pathlib import Path
 
 from data_platform.csv_files import sha256_of
 from data_platform.exports import Export
-from data_platform.load_errors import LoadError
+from data_platform.load_errors import LoadError, header_only, reloaded, undatable
 from data_platform.raw_tables import LoadLogRow
 
 
@@ -33,68 +33,16 @@ class Checksums:
         )
 
 
-@dataclass(frozen=True)
-class Stamps:
-    """The export's files as they were before they were read (None: missing), to refuse one that changed
-    while it was read (appended to, replaced) as the Postgres loader does: loaded in part, the export would
-    be skipped by every later run."""
-
-    before: dict[Path, tuple[int, int, int, int] | None]
-
-    @classmethod
-    def of(cls, export: Export) -> Stamps:
-        paths = [path for path in (export.organizations, export.invoices) if path is not None]
-        return cls({path: _identity(path) for path in paths})
-
-    def refuse_changed(self) -> None:
-        for path, before in self.before.items():
-            if _identity(path) != before:
-                raise LoadError(
-                    path,
-                    "changed while it was read: land an export in one step (copy into a dot-named folder, "
-                    "then mv)",
-                )
-
-
-def _identity(path: Path) -> tuple[int, int, int, int] | None:
-    try:
-        stat = path.stat()
-    except OSError:  # missing or unreadable: its reader names it
-        return None
-    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
-
-
 def refuse_empty(path: Path, rows: int, name: str, *, allow_empty: bool) -> None:
     """Refuse a file with a header but no data rows unless allowed (the loader's --allow-empty)."""
     if rows == 0 and not allow_empty:
-        raise LoadError(
-            path,
-            f"no data rows, only the header (pass --allow-empty if an export without {name} is intended)",
-        )
+        raise header_only(path, name)
 
 
 def refuse_undated(export: Export, export_date: date | None) -> date:
     if export_date is None:
-        raise LoadError(export.invoices, "cannot date an export without invoices: pass --as-of YYYY-MM-DD")
+        raise undatable(export.invoices)
     return export_date
-
-
-def refuse_future_invoices(
-    export: Export, export_date: date, count: int, first: tuple[int, str] | None
-) -> None:
-    """Invoices created after their export's date would move every watermark into the future; `count` of
-    them, `first`: (INVOICE_ID, CREATED_AT) of one."""
-    if not count:
-        return
-    invoice_id, created_at = first or (None, None)
-    raise LoadError(
-        export.invoices,
-        f"{count:,} invoice(s) created after the export date {export_date} (the first is shown, "
-        f"INVOICE_ID {invoice_id}): an export cannot hold invoices from its future; fix the export or its "
-        "date",
-        column="CREATED_AT",
-        value=created_at,
-    )
 
 
 def needs_load(
@@ -127,13 +75,7 @@ def needs_load(
         (day for day, logged_checksums in logged.items() if logged_checksums == checksums), default=None
     )
     if invoice_rows and earlier is not None and earlier != newest:
-        source = (sources or {}).get(earlier)
-        raise LoadError(
-            export.source,
-            f"these files were already loaded as export {earlier}{f' (from {source})' if source else ''}: "
-            f"loaded again as export {export_date} they would undo what the exports since changed; an export "
-            "loads once (put corrections in a new dated export)",
-        )
+        raise reloaded(export.source, earlier, (sources or {}).get(earlier), export_date)
     return True
 
 

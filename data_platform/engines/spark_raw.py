@@ -22,15 +22,8 @@ from datetime import date
 from pathlib import Path
 
 from data_platform import exports as export_discovery
-from data_platform.csv_files import check_header
-from data_platform.engines.export_log import (
-    Checksums,
-    Stamps,
-    log_row,
-    needs_load,
-    refuse_empty,
-    refuse_undated,
-)
+from data_platform.csv_files import Unchanged, check_header
+from data_platform.engines.export_log import Checksums, log_row, needs_load, refuse_empty, refuse_undated
 from data_platform.engines.raw_types import SPARK, SPARK_LOG_TYPES, column_types
 from data_platform.exports import Export
 from data_platform.load_errors import LoadError
@@ -84,18 +77,6 @@ def _read(spark, spec: TableSpec, path: Path):
             f"{spec.key.header} {duplicate[0]} appears {duplicate[1]} times: an export holds each one once",
             column=spec.key.header,
         )
-    return frame
-
-
-def _read_whole(spark, stamps: Stamps, spec: TableSpec, path: Path):
-    """_read (which reads the file once, into a checkpoint), refusing a file that changed while it was
-    read; a bad value may be the cut-off last line of a file still being copied: the copy is the cause."""
-    try:
-        frame = _read(spark, spec, path)
-    except LoadError:
-        stamps.refuse_changed()
-        raise
-    stamps.refuse_changed()
     return frame
 
 
@@ -158,11 +139,12 @@ class SparkLedger:
     def apply(self, export: Export, *, allow_empty: bool = False) -> date | None:
         F = self.F
         started = time.monotonic()
-        stamps = Stamps.of(export)  # before any file is read
-        incoming = _read_whole(self.spark, stamps, INVOICES, export.invoices)
+        unchanged = Unchanged.now(export.files)  # before any file is read
+        with unchanged.reading():
+            incoming = _read(self.spark, INVOICES, export.invoices)
         export_date = export.date or incoming.select(F.max(F.to_date("created_at"))).first()[0]
         checksums = Checksums.of(export)
-        stamps.refuse_changed()  # the checksums are of the rows read
+        unchanged.check()  # the checksums are of the rows read
         invoice_rows = incoming.count()
         if export_date is not None and not needs_load(
             export, export_date, checksums, self.logged, invoice_rows=invoice_rows, sources=self.sources
@@ -198,7 +180,8 @@ class SparkLedger:
 
         organization_rows, organizations_new, organizations_changed = 0, 0, 0
         if export.organizations:
-            incoming_organizations = _read_whole(self.spark, stamps, ORGANIZATIONS, export.organizations)
+            with unchanged.reading():
+                incoming_organizations = _read(self.spark, ORGANIZATIONS, export.organizations)
             organization_rows = incoming_organizations.count()
             refuse_empty(export.organizations, organization_rows, ORGANIZATIONS.name, allow_empty=allow_empty)
             org_changes = _changes(incoming_organizations, self.organizations, ORGANIZATIONS)
