@@ -12,6 +12,7 @@ import getpass
 import os
 import sys
 import time
+from collections.abc import Callable
 
 import psycopg
 from psycopg import pq
@@ -92,6 +93,23 @@ def wait_until_ready(timeout_seconds: float, interval_seconds: float = 1.0) -> N
                     f"the database did not accept connections within {timeout_seconds:g}s.\n{error}"
                 ) from error
             time.sleep(interval_seconds)
+
+
+def take_advisory_lock(
+    conn: psycopg.Connection, key: str, timeout: float, on_wait: Callable[[], None]
+) -> bool:
+    """Take the session advisory lock on hashtext(key), trying each second for up to `timeout` seconds;
+    `on_wait` is called once, when the first try finds another session holding it. False: still held."""
+    deadline = time.monotonic() + timeout
+    waited = False
+    while not conn.execute("select pg_try_advisory_lock(hashtext(%s))", (key,)).fetchone()[0]:
+        if time.monotonic() >= deadline:
+            return False
+        if not waited:
+            on_wait()
+            waited = True
+        time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:

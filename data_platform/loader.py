@@ -38,7 +38,7 @@ import psycopg
 
 from data_platform import file_checksums, ledger
 from data_platform.csv_files import BLOCK_SIZE, Progress, Unchanged, check_header, identity
-from data_platform.db import DatabaseUnavailable, connect
+from data_platform.db import DatabaseUnavailable, connect, take_advisory_lock
 from data_platform.exports import Export, discover, parse_date
 from data_platform.load_errors import (
     EXIT_BUSY,
@@ -345,18 +345,14 @@ def load_exports(
 
 
 def _take_lock(conn: psycopg.Connection, wait: float) -> None:
-    deadline = time.monotonic() + wait
-    said = False
-    while not conn.execute("select pg_try_advisory_lock(hashtext(%s))", [ADVISORY_LOCK_KEY]).fetchone()[0]:
-        if time.monotonic() >= deadline:
-            raise LoaderBusy(
-                f"another loader run is in progress on this database (waited {wait:g}s): nothing was "
-                "loaded; run again when it has finished"
-            )
-        if not said:
-            print(f"another loader run is in progress: waiting up to {wait:g}s", file=sys.stderr, flush=True)
-            said = True
-        time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+    def say() -> None:
+        print(f"another loader run is in progress: waiting up to {wait:g}s", file=sys.stderr, flush=True)
+
+    if not take_advisory_lock(conn, ADVISORY_LOCK_KEY, wait, say):
+        raise LoaderBusy(
+            f"another loader run is in progress on this database (waited {wait:g}s): nothing was "
+            "loaded; run again when it has finished"
+        )
 
 
 # --- command line -----------------------------------------------------------------------------

@@ -32,7 +32,6 @@ import signal
 import socketserver
 import subprocess
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +39,13 @@ from pathlib import Path
 import psycopg
 
 from data_platform import refresh, warm_dbt
-from data_platform.db import DatabaseUnavailable, connect, describe_target, wait_until_ready
+from data_platform.db import (
+    DatabaseUnavailable,
+    connect,
+    describe_target,
+    take_advisory_lock,
+    wait_until_ready,
+)
 from data_platform.load_errors import EXIT_BUSY as EXIT_LOADER_BUSY
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -326,21 +331,18 @@ class PipelineLock:
 
     def __enter__(self) -> PipelineLock:
         self.conn = connect(autocommit=True, application_name="data_platform pipeline lock")
-        deadline = time.monotonic() + self.timeout
-        said = False
-        while not self.conn.execute("select pg_try_advisory_lock(hashtext(%s))", (LOCK_KEY,)).fetchone()[0]:
-            if time.monotonic() >= deadline:
-                self.conn.close()
-                raise PipelineError(
-                    f"another pipeline run holds the lock on {describe_target()} "
-                    f"(waited {self.timeout:g}s; PIPELINE_LOCK_TIMEOUT sets how long). "
-                    "Let it finish, then run again.",
-                    EXIT_CONFIG,
-                )
-            if not said:
-                print(f"another pipeline run is in progress: waiting up to {self.timeout:g}s", flush=True)
-                said = True
-            time.sleep(1)
+
+        def say() -> None:
+            print(f"another pipeline run is in progress: waiting up to {self.timeout:g}s", flush=True)
+
+        if not take_advisory_lock(self.conn, LOCK_KEY, self.timeout, say):
+            self.conn.close()
+            raise PipelineError(
+                f"another pipeline run holds the lock on {describe_target()} "
+                f"(waited {self.timeout:g}s; PIPELINE_LOCK_TIMEOUT sets how long). "
+                "Let it finish, then run again.",
+                EXIT_CONFIG,
+            )
         return self
 
     def __exit__(self, *exc_info) -> None:
