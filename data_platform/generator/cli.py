@@ -8,6 +8,7 @@ import time
 from datetime import date, timedelta
 from pathlib import Path
 
+from data_platform.exports import EXPORTS_FOLDER
 from data_platform.generator.exports import write_exports
 from data_platform.generator.invoices import append_day, generate
 from data_platform.generator.values import DEFAULT_DAYS, DEFAULT_END_DATE
@@ -72,7 +73,7 @@ def _write_exports(args: argparse.Namespace) -> str:
     started = time.perf_counter()
     written = write_exports(
         args.out,
-        args.exports_dir or args.out / "exports",
+        args.exports_dir or args.out / EXPORTS_FOLDER,
         next_days=args.next_days,
         new_invoices=new,
         changed_invoices=args.changed_invoices if args.changed_invoices is not None else 2 * new,

@@ -17,6 +17,7 @@ from datetime import date, timedelta
 from itertools import chain, cycle, islice
 from pathlib import Path
 
+from data_platform.exports import EXPORTS_FOLDER
 from data_platform.generator.files import staged, write_chunks
 from data_platform.generator.organizations import (
     Organization,
@@ -373,7 +374,7 @@ def generate(
 
 def _check_exports_still_match(out_dir: Path, finals: list[Path], written: list[Path]) -> None:
     """Refuse new base files beside dated exports written after other ones (another --seed, say)."""
-    exports = out_dir / "exports"
+    exports = out_dir / EXPORTS_FOLDER
     if not exports.is_dir() or not any(not entry.name.startswith(".") for entry in exports.iterdir()):
         return
     for final, new in zip(finals, written, strict=True):
