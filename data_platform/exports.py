@@ -70,10 +70,12 @@ def _base_export(csv_dir: Path, as_of: date | None) -> Export | None:
     return Export(csv_dir, invoices, organizations, as_of)
 
 
-def _dated_exports(csv_dir: Path, through: date | None) -> list[Export]:
-    folder = csv_dir / EXPORTS_FOLDER
+def day_folders(folder: Path) -> list[tuple[date, Path]]:
+    """The dated export folders in `folder` (csv_dir/exports), oldest first, as the loader takes them; none
+    when it does not exist. Dot names (a copy renamed into place when complete) are skipped. LoadError
+    for a `folder` that is not one and for any other entry: never silently "no exports"."""
     if not folder.is_dir():
-        if _present(folder):  # a file, or a link to a share that is not mounted: never "no exports"
+        if _present(folder):  # a file, or a link to a share that is not mounted
             raise LoadError(
                 folder,
                 f"not a folder (or a link to a missing one): the dated exports go in "
@@ -90,6 +92,13 @@ def _dated_exports(csv_dir: Path, through: date | None) -> list[Export]:
                 entry,
                 f"unexpected entry in {folder}: expected only folders named YYYY-MM-DD holding invoices.csv",
             )
+        found.append((day, entry))
+    return found
+
+
+def _dated_exports(csv_dir: Path, through: date | None) -> list[Export]:
+    found = []
+    for day, entry in day_folders(csv_dir / EXPORTS_FOLDER):
         if through is not None and day > through:
             continue  # left for a later run, which may find it complete
         invoices = entry / INVOICES.file_name

@@ -442,6 +442,18 @@ def test_loaded_exports_without_a_successful_build_are_stale(make_database, tmp_
     )
 
 
+def test_an_exports_entry_that_is_not_a_folder_is_reported_stale_in_the_loaders_words(
+    defs, instance, make_database, tmp_path
+):
+    # a link to an unmounted share: "no export folder" would send the reader looking for a late export
+    (tmp_path / "exports").symlink_to(tmp_path / "unmounted")
+    with ops_slack(make_database(), tmp_path) as slack:
+        tick(defs, instance, "freshness_alerts", None)
+    assert len(slack.delivered) == 1
+    text = slack.delivered[0]["text"]
+    assert "not a folder (or a link to a missing one)" in text and "no export folder" not in text
+
+
 @pytest.mark.parametrize("value", ["nan", "1e309", "100000", "abc"])
 def test_an_unusable_export_max_age_is_reported_stale_and_the_default_stands_in(
     defs, instance, make_database, tmp_path, value

@@ -149,6 +149,27 @@ def test_a_relative_csv_dir_is_taken_from_the_working_directory_as_the_steps_tak
     assert run_keys(tick(first.cursor, CSV_DIR=exports.parent.name)) == ["export-2024-07-02"]
 
 
+@pytest.mark.parametrize(
+    "landing",
+    [
+        pytest.param(lambda exports: write(exports, "not a folder"), id="exports-is-a-file"),
+        pytest.param(lambda exports: exports.symlink_to(exports.parent / "unmounted"), id="dangling-link"),
+        pytest.param(lambda exports: write(exports / "2024-7-02" / "invoices.csv", "ID\n1\n"), id="misnamed"),
+        pytest.param(lambda exports: write(exports / "notes.txt", "x"), id="stray-file"),
+    ],
+)
+def test_a_landing_folder_the_loader_would_refuse_is_named_not_taken_for_no_exports(exports, tick, landing):
+    exports.parent.mkdir(parents=True, exist_ok=True)
+    landing(exports)
+    write(exports.parent / "exports-ok" / "2024-07-02" / "invoices.csv", "ID\n1\n")  # not looked at
+    first = tick(None)
+    second = tick(first.cursor)
+    assert run_keys(first) == run_keys(second) == []
+    # the loader's own words, so the sensor, the freshness check and the failing run agree
+    assert "no export folder" not in second.skip_message
+    assert "not a folder" in second.skip_message or "unexpected entry" in second.skip_message
+
+
 @pytest.mark.parametrize("setting", UNUSABLE_PIPELINE_SETTINGS)
 def test_an_unusable_pipeline_setting_does_not_stop_the_sensor(exports, tick, setting):
     write(exports / "2024-07-02" / "invoices.csv", "ID\n1\n")

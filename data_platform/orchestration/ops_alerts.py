@@ -44,6 +44,7 @@ from dagster import (
 
 from data_platform import refresh
 from data_platform.db import connect
+from data_platform.load_errors import LoadError
 from data_platform.orchestration.notify import (
     OpsMessage,
     channel_from_environment,
@@ -221,7 +222,10 @@ def export_max_age_hours(environ: Mapping[str, str] | None = None) -> float:
 
 def _export_problems(now: dt.datetime, max_age_hours: float) -> tuple[str, ...]:
     directory = exports_dir()
-    folders = export_folders(directory)
+    try:
+        folders = export_folders(directory)
+    except LoadError as error:
+        return (str(error),)
     if not folders:
         return (f"no export folder (YYYY-MM-DD) in {directory}",)
     newest = folders[-1]

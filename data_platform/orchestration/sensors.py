@@ -15,7 +15,6 @@ The cursor: {"requested": the newest day a run was requested for, "pending": a d
 folders' files at the last tick}. A bare date, the cursor of earlier versions, is the requested day.
 """
 
-import datetime as dt
 import hashlib
 import json
 import os
@@ -24,7 +23,8 @@ from pathlib import Path
 
 from dagster import DefaultSensorStatus, RunRequest, SensorEvaluationContext, SensorResult, SkipReason, sensor
 
-from data_platform.exports import EXPORTS_FOLDER
+from data_platform.exports import EXPORTS_FOLDER, day_folders
+from data_platform.load_errors import LoadError
 from data_platform.orchestration.schedules import daily_job
 from data_platform.pipeline import csv_dir_from_environment
 from data_platform.raw_tables import INVOICES
@@ -40,18 +40,11 @@ def exports_dir() -> Path:
     return csv_dir_from_environment() / EXPORTS_FOLDER
 
 
-def _is_day(name: str) -> bool:
-    try:
-        return dt.date.fromisoformat(name).isoformat() == name
-    except ValueError:
-        return False
-
-
 def export_folders(directory: Path) -> list[Path]:
-    """The dated export folders, oldest first (other names are ignored)."""
-    if not directory.is_dir():
-        return []
-    return sorted(path for path in directory.iterdir() if path.is_dir() and _is_day(path.name))
+    """The dated export folders, oldest first, exactly as the loader takes them; LoadError with the
+    loader's words for a landing folder it would refuse (a file or a dangling link in place of the folder,
+    an entry that is not a YYYY-MM-DD folder)."""
+    return [folder for _, folder in day_folders(directory)]
 
 
 def _read_cursor(cursor: str | None) -> tuple[str | None, str | None]:
@@ -82,7 +75,10 @@ def _waiting(reason: str, requested: str | None, pending: str) -> SensorResult:
 @sensor(job=daily_job, minimum_interval_seconds=60, default_status=DefaultSensorStatus.RUNNING)
 def new_export_sensor(context: SensorEvaluationContext):
     directory = exports_dir()
-    folders = export_folders(directory)
+    try:
+        folders = export_folders(directory)
+    except LoadError as error:  # the scheduled run fails on it and the freshness check reports it
+        return SkipReason(f"{error}; checked again next tick")
     if not folders:
         return SkipReason(f"no export folder (YYYY-MM-DD) in {directory}")
     requested, last_seen = _read_cursor(context.cursor)
