@@ -377,6 +377,17 @@ def test_a_failed_run_leaves_the_previous_base_files_intact(tmp_path: Path, monk
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
+def test_a_failed_first_run_leaves_no_new_folder(tmp_path: Path, monkeypatch) -> None:
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+        yield
+
+    monkeypatch.setattr(generator.invoices, "_invoice_chunks", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        small(tmp_path / "new" / "out")
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize(
     "dates",
     [

@@ -341,7 +341,8 @@ def test_base_files_that_no_longer_match_the_exports_beside_them_are_refused(tmp
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
 
 
-def test_a_dated_export_appears_only_once_complete(tmp_path: Path, monkeypatch) -> None:
+@pytest.mark.parametrize("existed", [False, True])
+def test_a_dated_export_appears_only_once_complete(tmp_path: Path, monkeypatch, existed) -> None:
     options = small_base(tmp_path / "base")
     chunks = generator.exports.later_day_chunks
 
@@ -350,10 +351,16 @@ def test_a_dated_export_appears_only_once_complete(tmp_path: Path, monkeypatch) 
         raise KeyboardInterrupt  # Ctrl-C while the day's invoices.csv is half written
 
     monkeypatch.setattr(generator.exports, "later_day_chunks", interrupted)
-    exports_dir = tmp_path / "exports"
+    exports_dir = tmp_path / "landing" / "exports"
+    if existed:
+        exports_dir.mkdir(parents=True)
     with pytest.raises(KeyboardInterrupt):
         write_exports(
             tmp_path / "base", exports_dir, next_days=1, new_invoices=40, changed_invoices=60, **options
         )
-    # a loader or the sensor sees no folder (dot names are ignored), and no temporary is left
-    assert not exports_dir.exists() or list(exports_dir.iterdir()) == []
+    # a loader or the sensor sees no folder (dot names are ignored), and no temporary is left; the folders
+    # the run made are gone, one that was there before stays
+    if existed:
+        assert list(exports_dir.iterdir()) == []
+    else:
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["base"]

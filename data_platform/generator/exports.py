@@ -193,7 +193,8 @@ def write_exports(
 
     A day folder that already exists is refused (it may have been loaded: the loader refuses an export
     that changed). The days are written into dot-named folders, which the loader and the export sensor
-    ignore, and renamed into place once all are complete: a failed run leaves no day folder behind.
+    ignore, and renamed into place once all are complete: a failed run leaves no day folder behind, nor
+    an exports_dir (or parent) that it made.
     """
     if next_days < 1 or new_invoices < 0 or changed_invoices < 0:
         raise ValueError("need --next-days >= 1, --new-invoices >= 0 and --changed-invoices >= 0")
@@ -216,7 +217,6 @@ def write_exports(
     all_rates = list(fx_rates(seed, days + next_days))
     later: dict[bytes, bytes] = {}  # id -> line, of the rows of the exports written so far
     results = []
-    exports_dir.mkdir(parents=True, exist_ok=True)
     with staged(day_folders) as temporary_folders:
         for offset in range(1, next_days + 1):
             day = end_date + timedelta(days=offset)

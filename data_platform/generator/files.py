@@ -2,7 +2,8 @@
 
 Each file or folder is written under a dot name beside its final path (the loader and the export sensor
 ignore dot names) and renamed into place only once all of the run's outputs are complete; a failure,
-Ctrl-C included, removes the temporaries and leaves what was there before untouched.
+Ctrl-C included, removes the temporaries and the folders the run made, and leaves what was there before
+untouched.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 
@@ -25,23 +26,46 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
+def _make_folders(folder: Path, made: list[Path]) -> None:
+    """`mkdir -p folder`, adding each folder it creates to `made`, outermost first."""
+    missing = []
+    while not folder.is_dir():
+        missing.append(folder)
+        folder = folder.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            if not folder.is_dir():
+                raise
+            continue  # another process made it: not ours to remove
+        made.append(folder)
+
+
 @contextmanager
 def staged(finals: Sequence[Path]) -> Iterator[list[Path]]:
     """The temporary paths to write `finals` under; each is renamed onto its final path on success.
 
-    Renames are atomic on one file system, hence the temporaries beside the final paths. A temporary left
-    by a killed run is removed first.
+    Renames are atomic on one file system, hence the temporaries beside the final paths. Missing parent
+    folders are made; on failure the temporaries go, and so do those folders unless something else was put
+    in them since. A temporary left by a killed run is removed first.
     """
     temporaries = [temporary_path(final) for final in finals]
-    for temporary in temporaries:
-        _remove(temporary)
+    made: list[Path] = []
     try:
+        for folder in dict.fromkeys(final.parent for final in finals):
+            _make_folders(folder, made)
+        for temporary in temporaries:
+            _remove(temporary)
         yield temporaries
         for temporary, final in zip(temporaries, finals, strict=True):
             os.replace(temporary, final)
     except BaseException:
         for temporary in temporaries:
             _remove(temporary)
+        for folder in reversed(made):
+            with suppress(OSError):  # no longer empty: keep what others wrote there
+                folder.rmdir()
         raise
 
 

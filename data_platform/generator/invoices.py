@@ -347,12 +347,12 @@ def generate(
     """Write out_dir/organizations.csv and out_dir/invoices.csv.
 
     Both are written under temporary names and renamed into place once both are complete, so a failed or
-    interrupted run leaves the previous pair as it was. If out_dir/exports holds dated exports, the run is
-    refused unless it rewrites the same bytes (the same options): those exports follow the old base.
+    interrupted run leaves the previous pair as it was (and no out_dir it made). If out_dir/exports holds
+    dated exports, the run is refused unless it rewrites the same bytes (the same options): those exports
+    follow the old base.
     """
     check_sizes(invoices, organizations, days, scenario)
     check_dates(end_date, days)
-    out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     first_day = end_date - timedelta(days=days - 1)
     orgs = build_organizations(seed, organizations, days)
