@@ -330,6 +330,26 @@ def test_append_day_adds_one_fresh_day(tmp_path: Path) -> None:
         str(org.id) for org in generator.build_organizations(7, 60, 120)
     }
     assert {row["ORGANIZATION_ID"] for row in old} & {row["ORGANIZATION_ID"] for row in day1}
+    assert sorted(p.name for p in out.iterdir()) == ["invoices.csv", "organizations.csv"]  # no temporary
+
+
+def test_append_day_keeps_the_file_mode_and_memory_flat_as_the_file_grows(tmp_path: Path) -> None:
+    # a 20x larger file (0.6 -> 12 MB) must not raise the peak: the old rows are copied as a stream
+    options = {"organizations": 50, "seed": 1, "end_date": date(2024, 6, 28), "days": 4}
+    peaks = []
+    for invoices in (4_000, 80_000):
+        out = tmp_path / str(invoices)
+        generate(out, invoices=invoices, scenario=False, **options)
+        (out / "invoices.csv").chmod(0o640)
+        tracemalloc.start()
+        try:
+            append_day(out, invoices=100, **options)
+            peaks.append(tracemalloc.get_traced_memory()[1])
+        finally:
+            tracemalloc.stop()
+        assert (out / "invoices.csv").stat().st_mode & 0o777 == 0o640
+    small_peak, large_peak = peaks
+    assert large_peak < 1.25 * small_peak, (small_peak, large_peak)
 
 
 def test_scenario_needs_room_and_can_be_switched_off(tmp_path: Path, capsys) -> None:
@@ -386,6 +406,25 @@ def test_a_failed_first_run_leaves_no_new_folder(tmp_path: Path, monkeypatch) ->
     with pytest.raises(KeyboardInterrupt):
         small(tmp_path / "new" / "out")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_append_leaves_the_file_as_it_was(tmp_path: Path, monkeypatch) -> None:
+    out = small(tmp_path, scenario=False)
+    # without a final newline, so a failed append must not leave the one it adds either
+    (out / "invoices.csv").write_bytes((out / "invoices.csv").read_bytes().removesuffix(b"\n"))
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    monkeypatch.setattr(generator.invoices, "BATCH_ROWS", 100)
+    chunks = generator.invoices.later_day_chunks
+
+    def interrupted(*args, **kwargs):
+        yield next(chunks(*args, **kwargs))
+        raise KeyboardInterrupt  # Ctrl-C after 100 of the 800 rows
+
+    monkeypatch.setattr(generator.invoices, "later_day_chunks", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        append_day(out, invoices=800, organizations=60, seed=7, end_date=date(2023, 3, 31), days=120)
+    # the old file, byte for byte, and no temporary left beside it
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,7 @@
 Each file or folder is written under a dot name beside its final path (the loader and the export sensor
 ignore dot names) and renamed into place only once all of the run's outputs are complete; a failure,
 Ctrl-C included, removes the temporaries and the folders the run made, and leaves what was there before
-untouched.
+untouched. A file that grows (--append-day) is copied to its temporary and appended there.
 """
 
 from __future__ import annotations

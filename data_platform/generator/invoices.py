@@ -10,6 +10,7 @@ from __future__ import annotations
 import filecmp
 import math
 import random
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -424,6 +425,10 @@ def append_day(
     Pass the arguments the file was generated with, so the rows reference the same organizations
     and continue the FX history (see later_day_chunks for the ids); appending the same day_offset
     twice repeats its rows, ids included. organizations.csv is untouched.
+
+    The rows go to a copy of the file (.invoices.csv.partial, beside it), renamed over it once complete:
+    a failed or interrupted run leaves the file byte for byte as it was. The copy needs as much free disk
+    as the file; other hard links to the old file keep the old contents.
     """
     if not 1 <= day_offset < 1 << 20:
         raise ValueError("day_offset must be between 1 and 2**20 - 1")
@@ -439,9 +444,12 @@ def append_day(
     chunks = later_day_chunks(
         seed, build_organizations(seed, organizations, days), invoices, end_date, days, day_offset
     )
-    with open(path, "a", encoding="utf-8", newline="", buffering=1 << 20) as out:
-        if needs_newline:
-            out.write("\n")
-        for chunk in chunks:
-            out.write(chunk)
+    with staged([path]) as (temporary,):
+        shutil.copyfile(path, temporary)  # streamed by the kernel: real files are gigabytes
+        with open(temporary, "a", encoding="utf-8", newline="", buffering=1 << 20) as out:
+            if needs_newline:
+                out.write("\n")
+            for chunk in chunks:
+                out.write(chunk)
+        shutil.copymode(path, temporary)
     return GenerationStats(invoices, 0, time.perf_counter() - started)
