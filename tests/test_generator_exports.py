@@ -271,6 +271,9 @@ def test_export_options_are_checked(tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit):
         main(["--out", str(tmp_path), "--new-invoices", "5"])
     assert "go with --next-days" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path), "--append-day", "1", "--exports-dir", str(tmp_path / "x")])
+    assert "--exports-dir" in capsys.readouterr().err
     assert main(["--out", str(tmp_path), "--next-days", "1"]) == 2
     assert "invoices.csv not found" in capsys.readouterr().err
     (tmp_path / "invoices.csv").write_text("INVOICE_ID,STATUS\n")
@@ -325,20 +328,27 @@ def test_an_existing_export_folder_is_refused_and_kept(tmp_path: Path, capsys) -
     assert [p.name for p in (tmp_path / "exports").iterdir()] == ["2023-04-01"]
 
 
-def test_base_files_that_no_longer_match_the_exports_beside_them_are_refused(tmp_path: Path, capsys) -> None:
-    cli = ["--out", str(tmp_path), "--invoices", "3000", "--organizations", "60"]
+@pytest.mark.parametrize("exports_dir", [None, "landing/exports"])
+def test_base_files_that_no_longer_match_their_exports_are_refused(
+    tmp_path: Path, capsys, exports_dir: str | None
+) -> None:
+    out = tmp_path / "out"
+    exports = tmp_path / exports_dir if exports_dir else out / "exports"
+    where = ["--exports-dir", str(exports)] if exports_dir else []  # the base run is told where they are
+    cli = ["--out", str(out), "--invoices", "3000", "--organizations", "60"]
     cli += ["--end-date", "2023-03-31", "--days", "120"]
     assert main([*cli, "--seed", "7"]) == 0
-    assert main([*cli, "--seed", "7", "--next-days", "1"]) == 0
-    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    assert main([*cli, "--seed", "7", "--next-days", "1", *where]) == 0
+    assert [p.name for p in exports.iterdir()] == ["2023-04-01"]
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     capsys.readouterr()
-    assert main([*cli, "--seed", "8"]) == 2
+    assert main([*cli, "--seed", "8", *where]) == 2
     err = capsys.readouterr().err
-    assert f"{tmp_path / 'exports'} holds dated exports" in err and "Traceback" not in err
-    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+    assert f"{exports} holds dated exports" in err and "Traceback" not in err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
     # the same base again (the demo's regeneration) is fine
-    assert main([*cli, "--seed", "7"]) == 0
-    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+    assert main([*cli, "--seed", "7", *where]) == 0
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
 
 
 @pytest.mark.parametrize("existed", [False, True])

@@ -64,7 +64,12 @@ def _parser() -> argparse.ArgumentParser:
         help="random older invoices whose status changes, per export (default twice --new-invoices; "
         "the scenario adds its own on the first day)",
     )
-    exports.add_argument("--exports-dir", type=Path, help="where the dated folders go (default OUT/exports)")
+    exports.add_argument(
+        "--exports-dir",
+        type=Path,
+        help="where the dated folders go (default OUT/exports); also for the base files' run, whose new base "
+        "files are refused while this folder holds dated exports that follow other ones",
+    )
     return parser
 
 
@@ -92,8 +97,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.next_days is not None and args.append_day is not None:
         parser.error("give --next-days or --append-day, not both")
-    if args.next_days is None and (args.new_invoices, args.changed_invoices, args.exports_dir) != (None,) * 3:
-        parser.error("--new-invoices, --changed-invoices and --exports-dir go with --next-days")
+    if args.next_days is None and (args.new_invoices, args.changed_invoices) != (None, None):
+        parser.error("--new-invoices and --changed-invoices go with --next-days")
+    if args.append_day is not None and args.exports_dir is not None:
+        parser.error(
+            "--exports-dir goes with --next-days or a run that writes the base files, not --append-day"
+        )
     try:
         if args.next_days is not None:
             print(_write_exports(args), file=sys.stderr)
@@ -117,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
                 end_date=args.end_date,
                 days=args.days,
                 scenario=args.scenario,
+                exports_dir=args.exports_dir,
             )
     except (ValueError, OSError) as error:
         print(f"data-platform-generate: {error}", file=sys.stderr)

@@ -344,13 +344,14 @@ def generate(
     end_date: date = DEFAULT_END_DATE,
     days: int = DEFAULT_DAYS,
     scenario: bool = True,
+    exports_dir: Path | None = None,
 ) -> GenerationStats:
     """Write out_dir/organizations.csv and out_dir/invoices.csv.
 
     Both are written under temporary names and renamed into place once both are complete, so a failed or
-    interrupted run leaves the previous pair as it was (and no out_dir it made). If out_dir/exports holds
-    dated exports, the run is refused unless it rewrites the same bytes (the same options): those exports
-    follow the old base.
+    interrupted run leaves the previous pair as it was (and no out_dir it made). If exports_dir (default
+    out_dir/exports) holds dated exports, the run is refused unless it rewrites the same bytes (the same
+    options): those exports follow the old base.
     """
     check_sizes(invoices, organizations, days, scenario)
     check_dates(end_date, days)
@@ -368,14 +369,14 @@ def generate(
             INVOICES_HEADER,
             _invoice_chunks(seed, orgs, invoices=invoices, end_date=end_date, days=days, scenario=scenario),
         )
-        _check_exports_still_match(out_dir, finals, [organizations_path, invoices_path])
+        exports = exports_dir if exports_dir is not None else out_dir / EXPORTS_FOLDER
+        _check_exports_still_match(exports, out_dir, finals, [organizations_path, invoices_path])
     org_count = organizations + (sum(o.in_file for o in SCENARIO) if scenario else 0)
     return GenerationStats(invoices, org_count, time.perf_counter() - started)
 
 
-def _check_exports_still_match(out_dir: Path, finals: list[Path], written: list[Path]) -> None:
-    """Refuse new base files beside dated exports written after other ones (another --seed, say)."""
-    exports = out_dir / EXPORTS_FOLDER
+def _check_exports_still_match(exports: Path, out_dir: Path, finals: list[Path], written: list[Path]) -> None:
+    """Refuse new base files while `exports` holds dated exports written after other ones (another --seed)."""
     if not exports.is_dir() or not any(not entry.name.startswith(".") for entry in exports.iterdir()):
         return
     for final, new in zip(finals, written, strict=True):
