@@ -7,7 +7,7 @@ escaped the way Python's repr escapes them, so a file cannot rewrite a log or a 
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -104,6 +104,18 @@ def header_only(path: Path, table_name: str) -> LoadError:
 
 def undatable(invoices: Path) -> LoadError:
     return LoadError(invoices, "cannot date an export without invoices: pass --as-of YYYY-MM-DD")
+
+
+def utc_today() -> date:
+    """The day no export's date may be after: exports are dated in UTC days."""
+    return datetime.now(UTC).date()
+
+
+def future_export(source: Path, export_date: date, today: date) -> LoadError:
+    return LoadError(
+        source,
+        f"export date {export_date} is after today ({today}, UTC): an export cannot come from the future",
+    )
 
 
 def reloaded(source: Path, earlier: date, earlier_source: str | None, export_date: date) -> LoadError:

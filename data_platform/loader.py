@@ -45,10 +45,12 @@ from data_platform.load_errors import (
     LoaderBusy,
     LoadError,
     changed_while_read,
+    future_export,
     header_only,
     printable,
     reloaded,
     undatable,
+    utc_today,
 )
 from data_platform.raw_tables import INVOICES, ORGANIZATIONS, LoadLogRow, TableSpec
 from data_platform.snapshot_diff import worth_reading
@@ -98,10 +100,6 @@ class ExportResult:
         )
 
 
-def _today() -> date:
-    return datetime.now(UTC).date()
-
-
 @dataclass(frozen=True)
 class _File:
     spec: TableSpec
@@ -142,10 +140,7 @@ def _refuse_empty(files: list[_File]) -> None:
 def _refuse_date(conn: psycopg.Connection, export: Export, export_date: date, today: date) -> None:
     """Refuse an export from the future or older than the latest loaded one."""
     if export_date > today:
-        raise LoadError(
-            export.source,
-            f"export date {export_date} is after today ({today}, UTC): an export cannot come from the future",
-        )
+        raise future_export(export.source, export_date, today)
     latest = ledger.latest_export(conn)
     if latest is not None and export_date < latest:
         raise LoadError(
@@ -209,7 +204,7 @@ def load_export(
     today: date | None = None,
 ) -> ExportResult:
     """Load one export in one transaction, or skip it if it is already loaded."""
-    today = today or _today()
+    today = today or utc_today()
     files = _checked_files(export)
     started = time.perf_counter()
     with conn.transaction():

@@ -180,3 +180,32 @@ def test_header_only_files_are_refused_unless_allowed(exports, tmp_path):
         build_raw(database, empty_day)
     assert build_raw(database, empty_day, allow_empty=True) == [date(2023, 1, 9)]
     assert build_raw(database, empty_day) == []  # loaded: skipped without --allow-empty
+
+
+# the Postgres loader's message (test_loader_bad_input.py)
+FROM_THE_FUTURE = r"export date {} is after today \({}, UTC\): an export cannot come from the future"
+
+
+def test_an_export_dated_after_today_is_refused(exports, tmp_path):
+    database = tmp_path / "warehouse.duckdb"
+    with pytest.raises(LoadError, match=FROM_THE_FUTURE.format(DAY_3, DAY_2)) as refused:
+        build_raw(database, exports, today=date(2023, 1, 7))
+    assert refused.value.path == exports / "exports" / DAY_3
+    # each export commits on its own, as in the loader: the ones up to today stay loaded
+    assert [row[0] for row in duckdb_tables(database)["load_log"]] == [date(2023, 1, 6), date(2023, 1, 7)]
+    assert build_raw(database, exports, today=date(2023, 1, 8)) == [date(2023, 1, 8)]
+    # by default today is the UTC date
+    ahead = tmp_path / "ahead"
+    shutil.copytree(exports, ahead)
+    write_export(
+        ahead, "2999-01-01", ["601,{s},{s},4,-7,open,USD,,,5.00,,1.00000000,,2023-01-10T00:00:00.000Z"]
+    )
+    with pytest.raises(LoadError, match=FROM_THE_FUTURE.format("2999-01-01", ".*")):
+        build_raw(database, ahead)
+
+
+def test_a_base_export_dated_by_invoices_after_today_is_refused(tmp_path):
+    csv_dir = write_fixture(tmp_path / "exports", BASE_ROWS)
+    with pytest.raises(LoadError, match=FROM_THE_FUTURE.format("2023-01-06", "2023-01-05")):
+        build_raw(tmp_path / "warehouse.duckdb", csv_dir, today=date(2023, 1, 5))
+    assert all(rows == [] for rows in duckdb_tables(tmp_path / "warehouse.duckdb").values())

@@ -22,7 +22,7 @@ from data_platform.csv_files import Unchanged, check_header
 from data_platform.engines.export_log import Checksums, log_row, needs_load, refuse_empty, refuse_undated
 from data_platform.engines.raw_types import DUCKDB, DUCKDB_LOG_TYPES, column_types
 from data_platform.exports import Export
-from data_platform.load_errors import LoadError, future_invoices
+from data_platform.load_errors import LoadError, future_invoices, utc_today
 from data_platform.raw_tables import (
     FILL_PREVIOUS_SEEN_ON,
     INVOICES,
@@ -181,9 +181,13 @@ def _apply_organizations(conn: Connection, export_date: date) -> tuple[int, int]
     ).fetchone()
 
 
-def load_export(conn: Connection, export: Export, *, allow_empty: bool = False) -> date | None:
+def load_export(
+    conn: Connection, export: Export, *, allow_empty: bool = False, today: date | None = None
+) -> date | None:
     """Load one export in one transaction; its date, or None when it was loaded already. allow_empty: load
-    header-only files (the Postgres loader's --allow-empty)."""
+    header-only files (the Postgres loader's --allow-empty); today: the UTC date no export may be after
+    (default: today's)."""
+    today = today or utc_today()
     started = time.monotonic()
     unchanged = Unchanged.now(export.files)  # before any file is read
     conn.execute("begin")
@@ -197,7 +201,13 @@ def load_export(conn: Connection, export: Export, *, allow_empty: bool = False) 
         checksums = Checksums.of(export)
         unchanged.check()  # the checksums are of the rows read
         if export_date is not None and not needs_load(
-            export, export_date, checksums, _logged(conn), invoice_rows=invoice_rows, sources=_sources(conn)
+            export,
+            export_date,
+            checksums,
+            _logged(conn),
+            invoice_rows=invoice_rows,
+            today=today,
+            sources=_sources(conn),
         ):
             conn.execute("rollback")
             return None
@@ -248,9 +258,11 @@ def _refuse_future_invoices(conn: Connection, export: Export, export_date: date)
         raise future_invoices(export.invoices, count, export_date, value=created_at, invoice_id=invoice_id)
 
 
-def build_raw(database: Path | str, csv_dir: Path | str, *, allow_empty: bool = False) -> list[date]:
+def build_raw(
+    database: Path | str, csv_dir: Path | str, *, allow_empty: bool = False, today: date | None = None
+) -> list[date]:
     """Load every pending export under csv_dir into the DuckDB file; the dates loaded. allow_empty: load
-    header-only files (else refused, as by the Postgres loader)."""
+    header-only files (else refused, as by the Postgres loader); today: as in load_export."""
     import duckdb
 
     with duckdb.connect(str(database)) as conn:
@@ -259,7 +271,7 @@ def build_raw(database: Path | str, csv_dir: Path | str, *, allow_empty: bool = 
         _create_tables(conn)
         loaded = []
         for export in export_discovery.discover(csv_dir):
-            export_date = load_export(conn, export, allow_empty=allow_empty)
+            export_date = load_export(conn, export, allow_empty=allow_empty, today=today)
             if export_date is not None:
                 loaded.append(export_date)
         return loaded

@@ -1,11 +1,11 @@
 """Which exports an engine's raw ledger still needs, from its load log: the loader's rules, engine-free.
 
 An export is loaded once: the same date with the same files again is a no-op, the same date with other
-files is refused, and so is an export older than the newest one loaded (its changes would land before
-days already booked), and files already loaded as an earlier export that is not the newest one (loaded
-again they would undo the exports since; header-only invoices are alike whatever their day). A file that
-changes while it is read, a header-only file (unless allowed) and invoices created after their export's
-date are refused as by the Postgres loader (data_platform/loader.py).
+files is refused, and so is an export dated after today (UTC), an export older than the newest one
+loaded (its changes would land before days already booked), and files already loaded as an earlier export
+that is not the newest one (loaded again they would undo the exports since; header-only invoices are alike
+whatever their day). A file that changes while it is read, a header-only file (unless allowed) and
+invoices created after their export's date are refused as by the Postgres loader (data_platform/loader.py).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from data_platform.csv_files import sha256_of
 from data_platform.exports import Export
-from data_platform.load_errors import LoadError, header_only, reloaded, undatable
+from data_platform.load_errors import LoadError, future_export, header_only, reloaded, undatable
 from data_platform.raw_tables import LoadLogRow
 
 
@@ -52,10 +52,11 @@ def needs_load(
     logged: dict[date, Checksums],
     *,
     invoice_rows: int,
+    today: date,
     sources: dict[date, str] | None = None,
 ) -> bool:
     """True when the export is new; False when it was loaded with these files; LoadError otherwise.
-    `sources`: each logged export's source, for the messages."""
+    `today`: the UTC date no export may be after; `sources`: each logged export's source, for the messages."""
     if export_date in logged:
         if logged[export_date] == checksums:
             return False
@@ -64,6 +65,8 @@ def needs_load(
             f"export {export_date} was loaded before from other files (checksums differ): "
             "a loaded export never changes; rebuild the raw layer from scratch to replace it",
         )
+    if export_date > today:
+        raise future_export(export.source, export_date, today)
     newest = max(logged, default=None)
     if newest is not None and export_date < newest:
         raise LoadError(

@@ -26,7 +26,7 @@ from data_platform.csv_files import Unchanged, check_header
 from data_platform.engines.export_log import Checksums, log_row, needs_load, refuse_empty, refuse_undated
 from data_platform.engines.raw_types import SPARK, SPARK_LOG_TYPES, column_types
 from data_platform.exports import Export
-from data_platform.load_errors import LoadError
+from data_platform.load_errors import LoadError, utc_today
 from data_platform.raw_tables import INVOICES, ORGANIZATIONS, RAW_SCHEMA, TableSpec, load_log_columns
 
 LOAD_LOG_SCHEMA = ", ".join(load_log_columns(SPARK_LOG_TYPES, not_null=False))
@@ -136,8 +136,11 @@ class SparkLedger:
         rewritten = versions.withColumn("previous_seen_on", earlier).localCheckpoint()
         rewritten.write.format("parquet").mode("overwrite").saveAsTable(table)
 
-    def apply(self, export: Export, *, allow_empty: bool = False) -> date | None:
+    def apply(self, export: Export, *, allow_empty: bool = False, today: date | None = None) -> date | None:
+        """Apply one export to the state in memory; its date, or None when it was loaded already. today: the
+        UTC date no export may be after (default: today's)."""
         F = self.F
+        today = today or utc_today()
         started = time.monotonic()
         unchanged = Unchanged.now(export.files)  # before any file is read
         with unchanged.reading():
@@ -147,7 +150,13 @@ class SparkLedger:
         unchanged.check()  # the checksums are of the rows read
         invoice_rows = incoming.count()
         if export_date is not None and not needs_load(
-            export, export_date, checksums, self.logged, invoice_rows=invoice_rows, sources=self.sources
+            export,
+            export_date,
+            checksums,
+            self.logged,
+            invoice_rows=invoice_rows,
+            today=today,
+            sources=self.sources,
         ):
             return None
         refuse_empty(export.invoices, invoice_rows, INVOICES.name, allow_empty=allow_empty)
@@ -223,16 +232,16 @@ class SparkLedger:
         log.write.format("parquet").mode("append").saveAsTable(_table("load_log"))
 
 
-def build_raw(csv_dir: Path | str, *, allow_empty: bool = False) -> list[date]:
+def build_raw(csv_dir: Path | str, *, allow_empty: bool = False, today: date | None = None) -> list[date]:
     """Load every pending export under csv_dir into the Spark raw tables; the dates loaded. allow_empty:
-    load header-only files (else refused, as by the Postgres loader)."""
+    load header-only files (else refused, as by the Postgres loader); today: as in SparkLedger.apply."""
     spark = session()
     try:
         ledger = SparkLedger(spark)
         loaded = [
             day
             for export in export_discovery.discover(csv_dir)
-            if (day := ledger.apply(export, allow_empty=allow_empty))
+            if (day := ledger.apply(export, allow_empty=allow_empty, today=today))
         ]
         if loaded:
             ledger.write()
