@@ -1,7 +1,9 @@
-"""The Spark raw ledger (data_platform/engines/spark_raw.py) on a history written by an earlier release.
+"""The Spark raw ledger (data_platform/engines/spark_raw.py): an earlier release's history, refused exports.
 
 Its equality with the Postgres ledger is proven through the marts (test_engines_equal.py); here, the one
-step only an existing Spark warehouse takes: versions written without previous_seen_on get it.
+step only an existing Spark warehouse takes (versions written without previous_seen_on get it) and the
+refusals of whole exports that test_duckdb_raw.py checks on DuckDB (exports dated after today, invoices
+created after their export's date).
 """
 
 from __future__ import annotations
@@ -10,11 +12,14 @@ import os
 import shutil
 import subprocess
 import sys
+from datetime import date
 
 import pytest
 from conftest import PROJECT_ROOT
 from test_ledger import BASE_ROWS, DAY_2, DAY_2_ROWS, DAY_3, DAY_3_ROWS, write_export
 from test_pipeline import write_fixture
+
+from data_platform.load_errors import future_export, utc_today
 
 pytestmark = [pytest.mark.slow, pytest.mark.spark]
 
@@ -61,3 +66,68 @@ def test_a_history_from_an_earlier_release_gets_previous_seen_on(tmp_path):
     # the rebuilt column equals what the loader wrote, and the fixture has changed versions to check
     assert (same, distinct) == ("True", "True")
     assert int(with_previous) > 0
+
+
+# Each build in its own csv folder, all in one warehouse: a refused build writes nothing.
+REFUSALS_SCRIPT = """
+import sys
+from datetime import date
+from data_platform.engines.spark_raw import build_raw, session
+from data_platform.load_errors import LoadError
+
+future_invoices, dated_2999, base = sys.argv[1:]
+for csv_dir, today in ((future_invoices, None), (dated_2999, None), (base, date(2023, 1, 5))):
+    try:
+        print("loaded:", build_raw(csv_dir, **({"today": today} if today else {})))
+    except LoadError as error:
+        print("refused:", error)
+print("written:", session().catalog.tableExists("raw.load_log"))
+"""
+
+
+def test_exports_from_the_future_and_invoices_after_their_exports_date_are_refused(tmp_path):
+    pytest.importorskip("pyspark")
+    if shutil.which("java") is None:
+        pytest.skip("Spark needs a Java runtime (java on PATH)")
+    late_invoice = ["601,{s},{s},4,-7,open,USD,,,5.00,,1.00000000,,2023-01-10T00:00:00.000Z"]
+    future_invoices = write_fixture(tmp_path / "future_invoices", BASE_ROWS)
+    for day, rows in ((DAY_2, DAY_2_ROWS), (DAY_3, DAY_3_ROWS), ("2023-01-09", late_invoice)):
+        write_export(future_invoices, day, rows)
+    dated_2999 = write_export(write_fixture(tmp_path / "dated_2999", BASE_ROWS), "2999-01-01", late_invoice)
+    base = write_fixture(tmp_path / "base", BASE_ROWS)  # dated 2023-01-06 by its invoices
+    started_on = utc_today()
+    env = {
+        **os.environ,
+        "SPARK_WAREHOUSE_DIR": str(tmp_path / "spark-warehouse"),
+        "SPARK_METASTORE_DIR": str(tmp_path / "spark-metastore"),
+        "PYTHONPATH": str(PROJECT_ROOT),
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", REFUSALS_SCRIPT, str(future_invoices), str(dated_2999), str(base)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    lines = [
+        line for line in result.stdout.splitlines() if line.startswith(("loaded:", "refused:", "written:"))
+    ]
+    assert len(lines) == 4, result.stdout[-3000:]
+    # the messages of the Postgres loader and the DuckDB builder (test_duckdb_raw.py)
+    late = future_invoices / "exports" / "2023-01-09" / "invoices.csv"
+    assert lines[0].startswith(f'refused: {late}, column CREATED_AT, value "2023-01-10 00:00:00')
+    assert lines[0].endswith(
+        ": 1 invoice(s) created after the export date 2023-01-09 (the first is shown, INVOICE_ID 601): "
+        "an export cannot hold invoices from its future; fix the export or its date"
+    )
+    # by default today is the UTC date (read from the message: the day may turn during the build)
+    today = date.fromisoformat(lines[1].partition("after today (")[2][:10])
+    assert today in (started_on, utc_today())
+    assert (
+        lines[1]
+        == f"refused: {future_export(dated_2999 / 'exports' / '2999-01-01', date(2999, 1, 1), today)}"
+    )
+    assert lines[2] == f"refused: {future_export(base, date(2023, 1, 6), date(2023, 1, 5))}"
+    assert lines[3] == "written: False"

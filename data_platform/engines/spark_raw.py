@@ -18,7 +18,7 @@ import argparse
 import os
 import sys
 import time
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 from data_platform import exports as export_discovery
@@ -26,7 +26,7 @@ from data_platform.csv_files import Unchanged, check_header
 from data_platform.engines.export_log import Checksums, log_row, needs_load, refuse_empty, refuse_undated
 from data_platform.engines.raw_types import SPARK, SPARK_LOG_TYPES, column_types
 from data_platform.exports import Export
-from data_platform.load_errors import LoadError, utc_today
+from data_platform.load_errors import LoadError, future_invoices, utc_today
 from data_platform.raw_tables import INVOICES, ORGANIZATIONS, RAW_SCHEMA, TableSpec, load_log_columns
 
 LOAD_LOG_SCHEMA = ", ".join(load_log_columns(SPARK_LOG_TYPES, not_null=False))
@@ -161,6 +161,7 @@ class SparkLedger:
             return None
         refuse_empty(export.invoices, invoice_rows, INVOICES.name, allow_empty=allow_empty)
         export_date = refuse_undated(export, export_date)
+        _refuse_future_invoices(incoming, export, export_date)
         day = F.lit(export_date)
         names = [column.name for column in INVOICES.columns]
 
@@ -230,6 +231,20 @@ class SparkLedger:
         self.organizations.write.format("parquet").mode("overwrite").saveAsTable(_table("organizations"))
         log = self.spark.createDataFrame(self.log_rows, LOAD_LOG_SCHEMA)
         log.write.format("parquet").mode("append").saveAsTable(_table("load_log"))
+
+
+def _refuse_future_invoices(incoming, export: Export, export_date: date) -> None:
+    from pyspark.sql import functions as F
+
+    future = incoming.where(F.col("created_at") >= F.lit(export_date + timedelta(days=1)))
+    count = future.count()
+    if count:
+        invoice_id, created_at = (
+            future.orderBy("created_at", "invoice_id")
+            .select("invoice_id", F.col("created_at").cast("string"))
+            .first()
+        )
+        raise future_invoices(export.invoices, count, export_date, value=created_at, invoice_id=invoice_id)
 
 
 def build_raw(csv_dir: Path | str, *, allow_empty: bool = False, today: date | None = None) -> list[date]:
