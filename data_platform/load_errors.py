@@ -95,6 +95,10 @@ def changed_while_read(path: Path) -> LoadError:
     )
 
 
+# the help of --allow-empty, an option of the loader, the raw builders and engines.build
+ALLOW_EMPTY_HELP = "load an export whose files have a header but no data rows (else an error)"
+
+
 def header_only(path: Path, table_name: str) -> LoadError:
     return LoadError(
         path,

@@ -41,6 +41,7 @@ from data_platform.csv_files import BLOCK_SIZE, Progress, Unchanged, check_heade
 from data_platform.db import DatabaseUnavailable, connect, take_advisory_lock
 from data_platform.exports import Export, discover, parse_date
 from data_platform.load_errors import (
+    ALLOW_EMPTY_HELP,
     EXIT_BUSY,
     LoaderBusy,
     LoadError,
@@ -420,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--allow-empty",
         action="store_true",
-        help="load an export whose files have a header but no data rows (else an error)",
+        help=ALLOW_EMPTY_HELP,
     )
     parser.add_argument(
         "--wait",

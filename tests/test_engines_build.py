@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
+from datetime import date
+
+import pytest
 from conftest import PROJECT_ROOT
+from test_ledger import BASE_ROWS, DAY_2, write_export
+from test_pipeline import write_fixture
 
 from data_platform.engines import build
 
@@ -14,3 +20,27 @@ def test_an_engine_build_writes_dbt_output_beside_the_postgres_builds(monkeypatc
         assert build.environment(engine)["DBT_TARGET_PATH"] == str(PROJECT_ROOT / "dbt" / f"target-{engine}")
     monkeypatch.setenv("DBT_TARGET_PATH", "/elsewhere")
     assert build.environment("duckdb")["DBT_TARGET_PATH"] == "/elsewhere"
+
+
+def test_allow_empty_builds_a_header_only_export(monkeypatch, tmp_path, capfd):
+    """As with the loader's --allow-empty; the raw builder runs for real, dbt (test_engines_equal's) not."""
+    duckdb = pytest.importorskip("duckdb")
+    csv_dir = write_export(write_fixture(tmp_path / "csv", BASE_ROWS), DAY_2, [])
+    monkeypatch.setenv("DUCKDB_PATH", str(tmp_path / "warehouse.duckdb"))
+    call, dbt_commands = subprocess.call, []
+
+    def raw_builder_only(command, **kwargs):
+        if "data_platform.engines.duckdb_raw" in command:
+            return call(command, **kwargs)
+        dbt_commands.append(command[1])
+        return 0
+
+    monkeypatch.setattr(subprocess, "call", raw_builder_only)
+    assert build.main(["duckdb", "--csv-dir", str(csv_dir)]) == 1
+    assert "no data rows, only the header (pass --allow-empty" in capfd.readouterr().err
+    assert dbt_commands == []
+    assert build.main(["duckdb", "--csv-dir", str(csv_dir), "--allow-empty"]) == 0
+    assert dbt_commands == ["seed", "build"]
+    with duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True) as conn:
+        days = [day for (day,) in conn.execute("select export_date from raw.load_log order by 1").fetchall()]
+    assert days == [date(2023, 1, 6), date(2023, 1, 7)]

@@ -2,6 +2,7 @@
 
     python -m data_platform.engines.build duckdb        # or spark; --csv-dir (default $CSV_DIR, csv_data)
         [--no-unit-tests]                               # the daily pipeline's build: data tests only
+        [--allow-empty]                                 # header-only files, as the loader's --allow-empty
 
 The Postgres pipeline (init.sh) decides between incremental and full builds from its build record;
 here every `dbt build` is a full refresh, which is exact. A hand-run incremental build is
@@ -17,6 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from data_platform.load_errors import ALLOW_EMPTY_HELP
 from data_platform.pipeline import step
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -43,11 +45,13 @@ def environment(engine: str) -> dict[str, str]:
     return env
 
 
-def run(engine: str, csv_dir: str, unit_tests: bool = True) -> int:
+def run(engine: str, csv_dir: str, unit_tests: bool = True, allow_empty: bool = False) -> int:
     env = environment(engine)
     # the raw builder in its own process: Spark's metastore is an embedded Derby database that one JVM
     # holds at a time, and dbt's session is another JVM
     raw = [sys.executable, "-m", f"data_platform.engines.{engine}_raw", "--csv-dir", csv_dir]
+    if allow_empty:
+        raw.append("--allow-empty")
     # the same step lines as the pipeline's, so a caller (bench/engines.py) can time each step
     step(f"raw ledger: {engine} from {csv_dir}")
     code = subprocess.call(raw, env=env)
@@ -78,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_false",
         help="build as the daily pipeline does: models and data tests, no dbt unit tests",
     )
+    parser.add_argument("--allow-empty", action="store_true", help=ALLOW_EMPTY_HELP)
     return run(**vars(parser.parse_args(argv)))
 
 

@@ -22,7 +22,7 @@ from data_platform.csv_files import Unchanged, check_header
 from data_platform.engines.export_log import Checksums, log_row, needs_load, refuse_empty, refuse_undated
 from data_platform.engines.raw_types import DUCKDB, DUCKDB_LOG_TYPES, column_types
 from data_platform.exports import Export
-from data_platform.load_errors import LoadError, future_invoices, utc_today
+from data_platform.load_errors import ALLOW_EMPTY_HELP, LoadError, future_invoices, utc_today
 from data_platform.raw_tables import (
     FILL_PREVIOUS_SEEN_ON,
     INVOICES,
@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--allow-empty",
         action="store_true",
-        help="load an export whose files have a header but no data rows (else an error)",
+        help=ALLOW_EMPTY_HELP,
     )
     args = parser.parse_args(argv)
     try:

@@ -26,7 +26,7 @@ from data_platform.csv_files import Unchanged, check_header
 from data_platform.engines.export_log import Checksums, log_row, needs_load, refuse_empty, refuse_undated
 from data_platform.engines.raw_types import SPARK, SPARK_LOG_TYPES, column_types
 from data_platform.exports import Export
-from data_platform.load_errors import LoadError, future_invoices, utc_today
+from data_platform.load_errors import ALLOW_EMPTY_HELP, LoadError, future_invoices, utc_today
 from data_platform.raw_tables import INVOICES, ORGANIZATIONS, RAW_SCHEMA, TableSpec, load_log_columns
 
 LOAD_LOG_SCHEMA = ", ".join(load_log_columns(SPARK_LOG_TYPES, not_null=False))
@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--allow-empty",
         action="store_true",
-        help="load an export whose files have a header but no data rows (else an error)",
+        help=ALLOW_EMPTY_HELP,
     )
     args = parser.parse_args(argv)
     try:
