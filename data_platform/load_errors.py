@@ -106,8 +106,9 @@ def header_only(path: Path, table_name: str) -> LoadError:
     )
 
 
-def undatable(invoices: Path) -> LoadError:
-    return LoadError(invoices, "cannot date an export without invoices: pass --as-of YYYY-MM-DD")
+def undatable(invoices: Path, remedy: str = "pass --as-of YYYY-MM-DD") -> LoadError:
+    """`remedy`: how the caller's user gives the date (the raw builders have no --as-of)."""
+    return LoadError(invoices, f"cannot date an export without invoices: {remedy}")
 
 
 def utc_today() -> date:

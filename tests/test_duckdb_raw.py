@@ -168,8 +168,10 @@ def test_header_only_files_are_refused_unless_allowed(exports, tmp_path):
     with pytest.raises(LoadError, match="no data rows, only the header") as refused:
         build_raw(tmp_path / "base.duckdb", empty_base)
     assert refused.value.path == empty_base / "invoices.csv"
-    with pytest.raises(LoadError, match="cannot date an export without invoices"):
+    with pytest.raises(LoadError, match="cannot date an export without invoices") as undated:
         build_raw(tmp_path / "base.duckdb", empty_base, allow_empty=True)
+    # the builders have no --as-of: the way to date one is its folder's name
+    assert "--as-of" not in str(undated.value) and "exports/YYYY-MM-DD/" in str(undated.value)
 
     database = tmp_path / "warehouse.duckdb"
     empty_day = tmp_path / "empty_day"

@@ -16,7 +16,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 from data_platform.csv_files import sha256_of
-from data_platform.exports import Export
+from data_platform.exports import EXPORTS_FOLDER, Export
 from data_platform.load_errors import LoadError, future_export, header_only, reloaded, undatable
 from data_platform.raw_tables import LoadLogRow
 
@@ -41,7 +41,7 @@ def refuse_empty(path: Path, rows: int, name: str, *, allow_empty: bool) -> None
 
 def refuse_undated(export: Export, export_date: date | None) -> date:
     if export_date is None:
-        raise undatable(export.invoices)
+        raise undatable(export.invoices, f"put its files in {EXPORTS_FOLDER}/YYYY-MM-DD/ to date it")
     return export_date
 
 
