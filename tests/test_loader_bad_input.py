@@ -460,6 +460,15 @@ def test_an_export_from_the_future_is_refused(conn, tmp_path, baseline):
     assert snapshot(conn) == baseline
 
 
+def test_an_export_dated_tomorrow_is_refused_and_one_dated_today_loads(conn, tmp_path, baseline):
+    write_export(tmp_path / "csv", "2024-01-03", [invoice(1)])
+    with pytest.raises(LoadError, match=r"export date 2024-01-03 is after today \(2024-01-02, UTC\)"):
+        load_exports(conn, tmp_path / "csv", today=date(2024, 1, 2))
+    assert snapshot(conn) == baseline
+    loaded = load_exports(conn, tmp_path / "csv", today=date(2024, 1, 3))
+    assert [r.export_date for r in loaded if not r.skipped] == [date(2024, 1, 3)]
+
+
 @pytest.mark.parametrize("second", ["changed", "identical"])
 @pytest.mark.parametrize("ledger", ["new", "empty", "holding the base export"])
 def test_the_same_invoice_twice_is_refused_naming_id_and_lines(conn, tmp_path, request, ledger, second):

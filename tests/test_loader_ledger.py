@@ -175,6 +175,24 @@ def test_an_altered_export_is_refused(conn, csv_dir):
     assert snapshot(conn) == before
 
 
+def test_an_export_with_only_its_organizations_file_altered_is_refused(conn, csv_dir):
+    folder = write_export(csv_dir, "2024-01-02", [invoice(1)], [ORG_LINES[3]])
+    load_exports(conn, csv_dir)
+    before = snapshot(conn)
+    write(folder / "organizations.csv", [ORG_LINES[0], ORG_LINES[3].replace(",12,", ",13,")])
+    with pytest.raises(LoadError, match=r"already loaded from a different file \(organizations checksum"):
+        load_exports(conn, csv_dir)
+    assert snapshot(conn) == before
+
+
+def test_an_organization_repeated_unchanged_is_neither_counted_changed_nor_seen_again(conn, csv_dir):
+    seen = conn.execute("select seen_on from raw.organizations where organization_id = 42").fetchone()
+    write_export(csv_dir, "2024-01-02", [invoice(1)], [ORG_LINES[3]])  # organization 42 as the base has it
+    (_, result) = load_exports(conn, csv_dir)
+    assert (result.organizations_new, result.organizations_changed) == (0, 0)
+    assert conn.execute("select seen_on from raw.organizations where organization_id = 42").fetchone() == seen
+
+
 def test_an_altered_base_export_is_refused(conn, csv_dir):
     before = snapshot(conn)
     write(csv_dir / "invoices.csv", [*INVOICE_LINES, invoice(5, "2023-12-31T08:00:00Z")])
@@ -211,17 +229,21 @@ def test_a_copy_of_the_latest_export_or_a_header_only_export_loads_under_a_later
     """Loaded again after the latest export, its files change nothing; header-only exports are all alike."""
     latest = write_export(csv_dir, "2024-01-02", [PAID], ORG_LINES[1:3])
     load_exports(conn, csv_dir)
-    copy = csv_dir / "exports" / "2024-01-03"
-    copy.mkdir()
-    for name in ("invoices.csv", "organizations.csv"):
-        (copy / name).write_bytes((latest / name).read_bytes())
-    (result,) = [r for r in load_exports(conn, csv_dir) if not r.skipped]
-    assert (result.export_date, astuple(result.invoices)) == (date(2024, 1, 3), (0, 0, 1))
-    write_export(csv_dir, "2024-01-04", [])
-    write_export(csv_dir, "2024-01-05", [invoice(1, "2024-01-05T10:00:00Z")])
-    write_export(csv_dir, "2024-01-06", [])
+    for day in ("2024-01-03", "2024-01-04"):  # the second copy's earlier load is then the latest one
+        copy = csv_dir / "exports" / day
+        copy.mkdir()
+        for name in ("invoices.csv", "organizations.csv"):
+            (copy / name).write_bytes((latest / name).read_bytes())
+    loaded = [r for r in load_exports(conn, csv_dir) if not r.skipped]
+    assert [(r.export_date, astuple(r.invoices)) for r in loaded] == [
+        (date(2024, 1, 3), (0, 0, 1)),
+        (date(2024, 1, 4), (0, 0, 1)),
+    ]
+    write_export(csv_dir, "2024-01-05", [])
+    write_export(csv_dir, "2024-01-06", [invoice(1, "2024-01-06T10:00:00Z")])
+    write_export(csv_dir, "2024-01-07", [])
     loaded = [r.export_date for r in load_exports(conn, csv_dir, allow_empty=True) if not r.skipped]
-    assert loaded == [date(2024, 1, 4), date(2024, 1, 5), date(2024, 1, 6)]
+    assert loaded == [date(2024, 1, 5), date(2024, 1, 6), date(2024, 1, 7)]
 
 
 # --- a loaded file is not read again to learn that it was loaded ----------------------------------
