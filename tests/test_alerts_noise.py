@@ -113,16 +113,23 @@ def test_usd_floor_holds_back_small_moves_and_counts_them(db, run_inline):  # no
 
 
 def test_moves_from_zero_under_the_floor_count_as_below_it_with_or_without_the_flag(db, run_inline):  # noqa: F811
-    # from zero by $250 (under the default $1,000 floor) and by -$1,500; a +60% move by $600
-    add_moves(db, (1, DAY[0], "0", "250"), (2, DAY[0], "0", "-1500"), (3, DAY[0], "1000", "1600"))
+    # from zero by $250 (under the default $1,000 floor), by -$1,500 and by exactly the floor; a +60% move
+    # by $600
+    add_moves(
+        db,
+        (1, DAY[0], "0", "250"),
+        (2, DAY[0], "0", "-1500"),
+        (3, DAY[0], "1000", "1600"),
+        (4, DAY[0], "0", "1000"),
+    )
 
     without = run_inline(db, "--dry-run", ALERT_MIN_CHANGE_USD="")
     flagged = run_inline(db, "--dry-run", "--include-from-zero", ALERT_MIN_CHANGE_USD="")
 
     # skipped-from-zero counts only what --include-from-zero would alert
-    assert "1 skipped-from-zero (--include-from-zero alerts them), 2 below --min-change-usd" in without.stdout
+    assert "2 skipped-from-zero (--include-from-zero alerts them), 2 below --min-change-usd" in without.stdout
     assert "0 skipped-from-zero, 2 below --min-change-usd;" in flagged.stdout
-    assert "1 alert would be sent" in flagged.stdout
+    assert "2 alerts would be sent" in flagged.stdout
     assert "[new balance] 2024-03-01 organization 2: $0.00 -> -$1,500.00" in flagged.stdout
 
 
@@ -133,19 +140,20 @@ def test_severity_warning_critical_by_ratio_and_by_usd(db, run_inline):  # noqa:
         (2, DAY[0], "2000", "4000"),  # +100%: critical (--critical-threshold 1)
         (3, DAY[0], "200000", "320000"),  # +60%, $120,000: critical (above --critical-usd 100,000)
         (4, DAY[0], "-2000", "-1000"),  # +50%: warning
+        (5, DAY[0], "200000", "300000"),  # +50%, exactly $100,000: warning (not above --critical-usd)
     )
 
     result = run_inline(db)
 
     severities = [line.split("), ")[1].split(";")[0] for line in alert_lines(result.stdout)]
-    assert severities == [WARNING, CRITICAL, CRITICAL, WARNING]
+    assert severities == [WARNING, CRITICAL, CRITICAL, WARNING, WARNING]
 
     again = run_inline(
         db, "--date", DAY[0].isoformat(), "--critical-threshold", "3", ALERT_CRITICAL_USD="1000000"
     )
     assert alert_lines(again.stdout) == []  # already sent to the console: the rows keep their severity
     rows = db.query("select organization_id, severity from ops.alert_history order by 1")
-    assert rows == [(1, WARNING), (2, CRITICAL), (3, CRITICAL), (4, WARNING)]
+    assert rows == [(1, WARNING), (2, CRITICAL), (3, CRITICAL), (4, WARNING), (5, WARNING)]
 
 
 def test_suppression_holds_back_repeats_and_lets_a_higher_severity_through(db, run_inline):  # noqa: F811
@@ -182,12 +190,12 @@ def test_suppression_holds_back_repeats_and_lets_a_higher_severity_through(db, r
 def test_suppression_across_runs_uses_the_history(db, run_inline):  # noqa: F811
     add_moves(db, (1, DAY[0], "2000", "3000"))
     assert run_inline(db, ALERT_SUPPRESS_DAYS="3").returncode == 0
-    add_moves(db, (1, DAY[1], "3000", "4500"))
+    add_moves(db, (1, DAY[3], "3000", "4500"))  # exactly ALERT_SUPPRESS_DAYS later: still held back
 
     second = run_inline(db, ALERT_SUPPRESS_DAYS="3")
 
     assert alert_lines(second.stdout) == []
-    assert history(db)[(1, DAY[1])] == ("suppressed", 0)
+    assert history(db)[(1, DAY[3])] == ("suppressed", 0)
 
 
 def test_a_rerun_counts_only_the_alerts_it_suppressed(db, run_inline):  # noqa: F811
