@@ -1,0 +1,74 @@
+"""The rebuild decision (data_platform/refresh.py) from the warehouse's build record, without dbt: which
+changes force a full rebuild and which leave the next build incremental. The pipeline tests run the same
+decisions through real builds (test_ledger.py, test_pipeline.py)."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import date, timedelta
+from pathlib import Path
+
+import psycopg
+import pytest
+from loader_files import BASE_DATE, invoice, write_dir, write_export
+
+from data_platform import refresh
+from data_platform.loader import load_exports
+
+READER = "alerter"
+
+
+@pytest.fixture
+def loaded(conn: psycopg.Connection, tmp_path: Path) -> Path:
+    """The base export loaded, and no build recorded yet."""
+    conn.execute(f"drop table if exists {refresh.BUILD_STATE}")
+    directory = write_dir(tmp_path / "csv")
+    load_exports(conn, directory)
+    return directory
+
+
+def build(conn: psycopg.Connection) -> refresh.BuildPlan:
+    """Plan a build and record it as successful, as the pipeline does after dbt succeeded."""
+    plan = refresh.plan_build(conn)
+    refresh.record_build(conn, plan.current, reader=READER)
+    return plan
+
+
+def test_exports_after_the_last_build_are_built_incrementally_and_a_changed_covered_one_in_full(conn, loaded):
+    assert build(conn).reason == "no successful build is recorded yet"
+    write_export(loaded, "2024-01-02", [invoice(1)])
+    load_exports(conn, loaded)
+    plan = refresh.plan_build(conn)
+    day_after_base = date.fromisoformat(BASE_DATE) + timedelta(days=1)
+    assert (plan.full_refresh, plan.window_start) == (False, day_after_base)
+
+    build(conn)
+    # the newest export the build covered, reloaded from other files (a reset warehouse, say)
+    conn.execute(
+        "update raw.load_log set invoices_sha256 = md5(invoices_sha256) where export_date = '2024-01-02'"
+    )
+    plan = refresh.plan_build(conn)
+    assert (plan.full_refresh, plan.reason) == (
+        True,
+        "the exports the last successful build covered were reloaded or changed",
+    )
+
+
+def copy_project(target: Path) -> Path:
+    for folder in ("models", "macros"):
+        shutil.copytree(refresh.DBT_PROJECT_DIR / folder, target / folder)
+    shutil.copy(refresh.DBT_PROJECT_DIR / "dbt_project.yml", target / "dbt_project.yml")
+    return target
+
+
+def test_a_macro_edit_or_a_renamed_model_changes_the_project_fingerprint(tmp_path):
+    project = copy_project(tmp_path / "dbt")
+    before = refresh.project_fingerprint(project)
+    macro = project / "macros" / "balance_rules.sql"
+    assert "- {{ rules }}.paid" in macro.read_text()
+    macro.write_text(macro.read_text().replace("- {{ rules }}.paid", "+ {{ rules }}.paid"))
+    edited = refresh.project_fingerprint(project)
+    assert edited != before
+    model = project / "models" / "marts" / "dim_invoices.sql"
+    model.rename(model.with_name("dim_invoices_v2.sql"))
+    assert refresh.project_fingerprint(project) != edited
