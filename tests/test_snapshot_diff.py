@@ -84,6 +84,14 @@ def test_a_record_moved_further_on_is_found_and_a_repeated_one_is_sent(tmp_path)
     assert found.replaced_ids == []
 
 
+def test_a_record_passed_over_then_met_among_new_ones_is_matched_not_sent(tmp_path):
+    # record 1 is passed over (taken as gone) at record 2, then met again after a new record
+    new = [ROWS[1], "9001,new", ROWS[0], *ROWS[2:]]
+    sent, found = diff(tmp_path, ROWS, new)
+    assert sent == ["2,9001,new"]
+    assert found.replaced_ids == []
+
+
 @pytest.mark.parametrize("at", [0, 150])
 def test_a_run_of_new_records_is_sent_without_losing_step(tmp_path, monkeypatch, at):
     added = [f"{9000 + n},new" for n in range(100)]  # as a newest-first export puts a day's invoices
