@@ -12,6 +12,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
+from datetime import date
 from decimal import Decimal
 from pathlib import Path
 
@@ -43,6 +44,8 @@ BASE_ROWS = [*EARLY_ROWS, *INVOICE_ROWS]
 #          balance 315 -> -12.50, change -327.50, ratio -327.5 / 315, 2 changed invoices (-265)
 #   org 2: 402 new, 90 EUR at 0.9 per USD (+100): 30 -> 130, ratio +3.333...
 #   org 3: 403 new (+5), from zero
+#   org 5: 601 created 01-06 23:00, on the day the base export covers, but first seen now: booked on 01-07
+#          (+20), from zero; 01-06 was reported already
 DAY_2 = "2023-01-07"
 DAY_2_ROWS = [
     "105,{s},{s},1,-7,paid,USD,USD,card,165.00,165,1.00000000,1.00000000,2023-01-05T00:00:00.000Z",
@@ -51,6 +54,7 @@ DAY_2_ROWS = [
     "404,{s},{s},1,-7,open,USD,,,12.50,,1.00000000,,2023-01-03T15:00:00.000Z",
     "402,{s},{s},2,-7,open,EUR,,,90.00,,0.90000000,,2023-01-07T10:00:00.000Z",
     "403,{s},{s},3,-7,pending,USD,,,5.00,,1.00000000,,2023-01-07T11:00:00.000Z",
+    "601,{s},{s},5,-7,open,USD,,,20.00,,1.00000000,,2023-01-06T23:00:00.000Z",
 ]
 # Export 2023-01-08:
 #   org 2: 402 paid (-100); 206 (open 30) moves to organization 3 (-30): 130 -> 0, 2 changed invoices
@@ -157,6 +161,14 @@ def test_a_payment_of_an_old_invoice_moves_the_balance_on_the_export_day(ledger)
     )
     assert fact_row(database, 2, DAY_2) == (1, 0, D(100), D(0), D(30), D(130), D("3.333333333"))
     assert fact_row(database, 3, DAY_2) == (1, 0, D(5), D(0), D(0), D(5), None)
+
+
+def test_an_invoice_first_seen_after_the_export_of_its_created_day_is_booked_on_the_day_seen(ledger):
+    database = ledger["database"]
+    assert fact_row(database, 5, DAY_2) == (1, 0, D(20), D(0), D(0), D(20), None)
+    assert database.query(
+        "select balance_date from marts.fct_organization_daily_financials where organization_id = 5"
+    ) == [(date.fromisoformat(DAY_2),)]
 
 
 def test_days_before_the_export_are_untouched(ledger):
