@@ -869,7 +869,7 @@ def test_marts_not_granted_names_the_role_and_the_grant(db):
         "Role alerter may not read the marts: dbt grants select on them to ALERTER_USER "
         "(+grants in dbt/dbt_project.yml); rebuild with ALERTER_USER=alerter"
     ) in result.stderr
-    assert ops_tables(db) == set() or history(db) == {}
+    assert "alert_history" not in ops_tables(db)  # the run stopped before recording anything
 
 
 def test_empty_fact_is_a_quiet_success(db, run_inline):
