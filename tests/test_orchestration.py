@@ -153,11 +153,10 @@ except Failure as failure:
 def test_a_new_export_folder_starts_exactly_one_run(defs, instance, tmp_path):
     sensor = defs.get_sensor_def("new_export_sensor")
     exports = tmp_path / "exports"
-    (exports / "not-a-day").mkdir(parents=True)
 
     def land(day):
         invoices = exports / day / "invoices.csv"
-        invoices.parent.mkdir()
+        invoices.parent.mkdir(parents=True)
         invoices.write_text("ID\n1\n")
         copied = time.time() - 60  # a finished copy (tests/test_orchestration_sensors.py: unfinished ones)
         os.utime(invoices, (copied, copied))
