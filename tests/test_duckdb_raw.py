@@ -182,6 +182,13 @@ def test_header_only_files_are_refused_unless_allowed(exports, tmp_path):
         build_raw(database, empty_day)
     assert build_raw(database, empty_day, allow_empty=True) == [date(2023, 1, 9)]
     assert build_raw(database, empty_day) == []  # loaded: skipped without --allow-empty
+    # header-only invoices files are alike whatever their day: one equal to an earlier export's (not the
+    # latest) is a new empty export, not those files loaded again
+    write_export(
+        empty_day, "2023-01-10", ["601,{s},{s},4,-7,open,USD,,,5.00,,1.00000000,,2023-01-10T00:00:00.000Z"]
+    )
+    write_export(empty_day, "2023-01-11", [])
+    assert build_raw(database, empty_day, allow_empty=True) == [date(2023, 1, 10), date(2023, 1, 11)]
 
 
 # the Postgres loader's message (test_loader_bad_input.py)

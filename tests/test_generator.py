@@ -444,3 +444,12 @@ def test_dates_out_of_range_are_a_clear_error_and_write_nothing(tmp_path: Path, 
     assert err.startswith("data-platform-generate: ") and "Traceback" not in err
     assert "between 0002-02-05 and 9998-11-26" in err
     assert not out.exists()
+
+
+def test_an_output_folder_that_cannot_be_made_is_a_clear_error(tmp_path: Path, capsys) -> None:
+    (tmp_path / "file").write_text("")
+    out = tmp_path / "file" / "out"  # under a file: cannot be made
+    cli = ["--out", str(out), "--invoices", "100", "--organizations", "10", "--days", "5", "--no-scenario"]
+    assert main(cli) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("data-platform-generate: ") and "Traceback" not in err

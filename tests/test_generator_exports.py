@@ -21,6 +21,7 @@ import pytest
 from test_generator import CSV_DATA, DEMO_ARGS, RULES, assert_invoice_format, read_table
 
 from data_platform import generator
+from data_platform.exports import day_folders
 from data_platform.generator import INVOICES_HEADER, append_day, generate, main, scenario_organization_ids
 from data_platform.generator.exports import FINAL_STATUSES, TRANSITIONS, write_exports
 
@@ -374,3 +375,58 @@ def test_a_dated_export_appears_only_once_complete(tmp_path: Path, monkeypatch, 
         assert list(exports_dir.iterdir()) == []
     else:
         assert sorted(p.name for p in tmp_path.iterdir()) == ["base"]
+
+
+def test_a_dated_export_being_written_is_invisible_to_the_loader(tmp_path: Path, monkeypatch) -> None:
+    """While a day is written, the loader and the export sensor (both through day_folders) see neither
+    an export nor an entry they would refuse as not named YYYY-MM-DD."""
+    options = small_base(tmp_path / "base")
+    exports_dir = tmp_path / "landing" / "exports"
+    seen = []
+    chunks = generator.exports.later_day_chunks
+
+    def looking(*args, **kwargs):
+        seen.append(day_folders(exports_dir))  # raises LoadError on an unexpected entry
+        yield from chunks(*args, **kwargs)
+
+    monkeypatch.setattr(generator.exports, "later_day_chunks", looking)
+    write_exports(
+        tmp_path / "base", exports_dir, next_days=2, new_invoices=40, changed_invoices=60, **options
+    )
+    assert seen == [[], []]
+    assert [day.isoformat() for day, _ in day_folders(exports_dir)] == ["2023-04-01", "2023-04-02"]
+
+
+def test_a_temporary_left_by_a_killed_run_is_not_renamed_into_place(tmp_path: Path) -> None:
+    # a run killed with SIGKILL cannot clean up: its half-written files must not end up in the export
+    options = small_base(tmp_path / "base")
+    exports_dir = tmp_path / "exports"
+    stale = exports_dir / ".2023-04-01.partial"
+    stale.mkdir(parents=True)
+    (stale / "organizations.csv").write_text("half a file")
+    write_exports(
+        tmp_path / "base", exports_dir, next_days=1, new_invoices=40, changed_invoices=60, **options
+    )
+    assert sorted(p.name for p in exports_dir.iterdir()) == ["2023-04-01"]
+    assert sorted(p.name for p in (exports_dir / "2023-04-01").iterdir()) == ["invoices.csv"]
+
+
+def test_a_link_in_a_day_folders_place_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    # a link to an unmounted share does not exist() but is there: writing through it would fail half way
+    options = small_base(tmp_path / "base")
+    exports_dir = tmp_path / "exports"
+    exports_dir.mkdir()
+    (exports_dir / "2023-04-01").symlink_to(tmp_path / "unmounted")
+    with pytest.raises(ValueError, match="2023-04-01 already exists: nothing was written"):
+        write_exports(
+            tmp_path / "base", exports_dir, next_days=1, new_invoices=40, changed_invoices=60, **options
+        )
+    assert sorted(p.name for p in exports_dir.iterdir()) == ["2023-04-01"]
+
+
+def test_new_base_files_are_allowed_beside_an_exports_folder_holding_only_dot_entries(tmp_path: Path) -> None:
+    # a temporary or a dotfile is no export the new base files could contradict
+    small_base(tmp_path / "base")
+    (tmp_path / "base" / "exports" / ".2023-04-01.partial").mkdir(parents=True)
+    (tmp_path / "base" / "exports" / ".DS_Store").write_bytes(b"")
+    small_base(tmp_path / "base", seed=8)  # other options: other base files

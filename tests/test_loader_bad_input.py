@@ -22,10 +22,12 @@ from loader_files import (
     write_export,
 )
 
+from data_platform.csv_files import Line
 from data_platform.exports import discover
 from data_platform.ledger import ensure_tables
-from data_platform.load_errors import printable
+from data_platform.load_errors import MAX_VALUE_CHARS, printable, shape_error
 from data_platform.loader import LoadError, load_exports
+from data_platform.raw_tables import INVOICES
 
 
 def replace(lines: list[str], line: int, old: str, new: str) -> list[str]:
@@ -169,8 +171,13 @@ def test_bad_invoices_name_file_line_column_value_and_load_nothing(conn, tmp_pat
     if bad.column is not None:
         assert error.column == bad.column and f"column {bad.column}" in message
     if bad.value is not None:
-        assert error.value == bad.value and f'value "{printable(bad.value)}"' in message
-    assert bad.reason in message
+        assert error.value == bad.value
+    assert bad.reason in error.reason
+    # the whole message: a short value is shown as it is, with no length after it
+    where = [str(path), f"line {bad.line}"]
+    where += [f"column {bad.column}"] if bad.column is not None else []
+    where += [f'value "{printable(error.value)}"'] if error.value is not None else []
+    assert message == f"{', '.join(where)}: {printable(error.reason)}"
     assert "\n" not in message
     assert snapshot(conn) == baseline
 
@@ -234,6 +241,16 @@ def test_mixed_line_endings_are_named(conn, tmp_path, baseline):
     assert snapshot(conn) == baseline
 
 
+def test_a_last_line_without_a_final_newline_is_not_a_mixed_line_ending():
+    # a last line cut short ends with nothing: its error is the value's, not a line ending
+    fields = len(INVOICES.columns)
+    last = Line(b",".join([b"x"] * fields), "none", fields - 1, True)
+    assert shape_error(INVOICES, Path("invoices.csv"), 3, last, "LF", "bad value") is None
+    crlf = Line(b",".join([b"x"] * fields), "CRLF", fields - 1, True)
+    error = shape_error(INVOICES, Path("invoices.csv"), 3, crlf, "LF", "bad value")
+    assert "mixed line endings" in str(error)
+
+
 def test_error_on_a_very_long_line_is_shortened(conn, tmp_path, baseline):
     path = write_dir(tmp_path / "files") / "invoices.csv"
     path.write_bytes(encode(replace(INVOICE_LINES, 3, "USDC,,,", "USDC," + "x" * 100_000 + ",")))
@@ -276,8 +293,10 @@ def test_a_very_long_bad_value_is_never_fetched_whole(conn, tmp_path, baseline, 
     assert max(fetched) <= 200
     assert len(str(error.__cause__)) < 1000  # the failed check's error, from the server
     assert len(error.value) <= 200
-    assert str(error).startswith(
-        f'{path}, line 3, column {column}, value "{value[:197]}..." ({len(value):,} characters): not in the'
+    expected = INVOICES.column(column.lower()).expected
+    assert str(error) == (
+        f'{path}, line 3, column {column}, value "{value[:197]}..." ({len(value):,} characters): '
+        f"not in the export's format: expected {printable(expected)}"
     )
     assert snapshot(conn) == baseline
 
@@ -361,6 +380,32 @@ def test_unexpected_entries_in_exports_are_named(conn, tmp_path, baseline, entry
     assert snapshot(conn) == baseline
 
 
+def test_as_of_naming_the_day_of_a_dated_export_is_refused(conn, tmp_path, baseline):
+    """Two exports for one day: one of them would be loaded as the other's correction."""
+    directory = write_dir(tmp_path / "csv")
+    folder = write_export(directory, "2024-01-02", [invoice(1)])
+    with pytest.raises(LoadError) as raised:
+        load_exports(conn, directory, as_of=date(2024, 1, 2))
+    assert (
+        str(raised.value) == f"{folder}: two exports for 2024-01-02: this folder and --as-of for {directory}"
+    )
+    assert snapshot(conn) == baseline
+    # another day is fine: the base export first
+    loaded = load_exports(conn, directory, as_of=date(2024, 1, 1))
+    assert [r.export_date for r in loaded] == [date(2024, 1, 1), date(2024, 1, 2)]
+
+
+def test_as_of_without_a_single_file_export_is_refused(conn, tmp_path, baseline):
+    # ignored, --as-of would leave the user believing some export was dated by it
+    write_export(tmp_path / "csv", "2024-01-02", [invoice(1)])
+    with pytest.raises(LoadError) as raised:
+        load_exports(conn, tmp_path / "csv", as_of=date(2024, 1, 3))
+    assert str(raised.value) == (
+        f"{tmp_path / 'csv'}: --as-of dates the single-file export, but there is no invoices.csv here"
+    )
+    assert snapshot(conn) == baseline
+
+
 # --- silent failures: each of these once ended in exit 0 with wrong data -----------------------
 
 
@@ -426,6 +471,29 @@ def test_escaping_is_unambiguous():
     assert printable("a\\x1b") == "a\\\\x1b"  # a literal backslash is not mistaken for an escape
     assert printable("tab\there\nnewline\r") == "tab\\there\\nnewline\\r"
     assert printable("\x9b31m") == "\\x9b31m"  # the one-byte CSI
+
+
+def test_a_value_of_exactly_the_limit_is_shown_whole():
+    value = "v" * MAX_VALUE_CHARS
+    assert str(LoadError("f.csv", "bad", value=value)) == f'f.csv, value "{value}": bad'
+    longer = LoadError("f.csv", "bad", value=value + "w")
+    assert str(longer) == f'f.csv, value "{"v" * (MAX_VALUE_CHARS - 3)}...": bad'
+
+
+def test_the_whole_length_is_shown_only_for_a_shortened_value():
+    assert str(LoadError("f.csv", "bad", value="abc", value_length=3)) == 'f.csv, value "abc": bad'
+    start = "s" * MAX_VALUE_CHARS  # what the server sends back of a 5,000-character value
+    assert str(LoadError("f.csv", "bad", value=start, value_length=5000)) == (
+        f'f.csv, value "{"s" * (MAX_VALUE_CHARS - 3)}..." (5,000 characters): bad'
+    )
+
+
+def test_the_path_column_and_reason_are_escaped_too():
+    # a file or folder name is data too, and a reason may quote one
+    error = LoadError(Path("ex\x1b[2Jports/x.csv"), "entry \u202eodd\n", column="C\x07")
+    text = str(error)
+    assert not any(ch in text for ch in "\x1b\x07\u202e\n")
+    assert text == "ex\\x1b[2Jports/x.csv, column C\\x07: entry \\u202eodd\\n"
 
 
 def test_invoices_after_the_export_date_are_refused_counted_and_the_first_named(conn, tmp_path, baseline):

@@ -32,6 +32,8 @@ from loader_files import (
 )
 
 from data_platform import file_checksums, ledger
+from data_platform.csv_files import Unchanged
+from data_platform.load_errors import changed_while_read
 from data_platform.loader import LoadError, load_exports
 
 
@@ -334,6 +336,32 @@ def test_a_file_that_changes_while_it_is_read_is_refused_and_loads_whole_next_ti
     assert snapshot(conn) == before
     (_, result) = load_exports(conn, csv_dir)
     assert (result.skipped, result.invoice_rows) == (False, 30)
+
+
+def test_a_file_rewritten_in_place_to_the_same_size_counts_as_changed(tmp_path):
+    path = write(tmp_path / "invoices.csv", [INVOICE_LINES[0], invoice(1)])
+    before = path.stat().st_mtime_ns
+    unchanged = Unchanged.now([path])
+    with path.open("r+") as file:  # same inode, same size: only the time tells
+        file.write(INVOICE_LINES[0] + "\n" + invoice(2))
+    os.utime(path, ns=(before + 10**9, before + 10**9))
+    with pytest.raises(LoadError) as raised:
+        unchanged.check()
+    assert str(raised.value) == str(changed_while_read(path))
+
+
+def test_a_file_appended_to_with_its_mtime_kept_counts_as_changed(tmp_path):
+    # cp -p and rsync -t put the time back: only the size tells
+    path = write(tmp_path / "invoices.csv", [INVOICE_LINES[0], invoice(1)])
+    stat = path.stat()
+    unchanged = Unchanged.now([path])
+    with path.open("a") as file:
+        file.write(invoice(2) + "\n")
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    with pytest.raises(LoadError) as raised:
+        unchanged.check()
+    assert str(raised.value) == str(changed_while_read(path))
+    Unchanged.now([path]).check()  # nothing changed since: no error
 
 
 def test_a_view_on_the_raw_tables_survives_a_load(database, conn, csv_dir):
