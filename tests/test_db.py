@@ -1,5 +1,5 @@
-"""data_platform.db: how a connection target is described in error messages; bootstrap's stop of the
-embedded server."""
+"""data_platform.db: how a connection target is described in error messages; waiting for an advisory
+lock; bootstrap's stop of the embedded server."""
 
 import getpass
 import subprocess
@@ -29,6 +29,21 @@ def test_describe_target_without_pguser_or_os_user_name(monkeypatch):
 
     monkeypatch.setattr(getpass, "getuser", no_user_name)
     assert db.describe_target() == "?@localhost:5432/?"
+
+
+def test_a_held_lock_is_announced_once_and_given_up_at_the_timeout(make_database):
+    # the pipeline prints "another pipeline run is in progress" once, however long the other run holds it
+    database = make_database()
+    said = []
+    with database.connect(autocommit=True) as holder, database.connect(autocommit=True) as waiter:
+        holder.execute("select pg_advisory_lock(hashtext('test.lock'))")
+        started = time.monotonic()
+        assert db.take_advisory_lock(waiter, "test.lock", 2.5, lambda: said.append(1)) is False
+        assert 2.5 <= time.monotonic() - started < 4.5
+        assert said == [1]
+        holder.execute("select pg_advisory_unlock(hashtext('test.lock'))")
+        assert db.take_advisory_lock(waiter, "test.lock", 2.5, lambda: said.append(1)) is True
+        assert said == [1]
 
 
 def write_postmaster_pid(data_dir: Path, pid: int) -> None:

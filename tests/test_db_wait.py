@@ -1,7 +1,8 @@
-"""`python -m data_platform.db wait` fails at once when the server is up and refuses the login
-(waiting while it is unreachable is tested through init.sh in test_init_sh.py).
+"""`python -m data_platform.db wait` fails at once when the server is up and refuses the login or the
+connection settings cannot be parsed, and gives up at its timeout while nothing answers (waiting while
+the server is unreachable is also tested through init.sh in test_init_sh.py).
 
-A wrong password, a missing role or a missing database cannot fix themselves: waiting the whole
+A wrong password, a missing role or database, or a bad setting cannot fix themselves: waiting the whole
 DB_WAIT_SECONDS for them only hides the error.
 """
 
@@ -10,10 +11,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 from conftest import libpq_env
 from pg_auth import PROBE_PASSWORD, password_checked_login
+
+from data_platform import db
 
 WAIT_SECONDS = "60"  # longer than any of these calls may take: a call that waited fails its assertions
 
@@ -71,3 +75,21 @@ def test_a_missing_database_or_role_fails_at_once(admin_conninfo, setting, value
     assert server_says in result.stderr
     assert "refused this login: waiting cannot help" in result.stderr
     assert "did not accept connections within" not in result.stderr
+
+
+def test_connection_settings_that_cannot_be_parsed_fail_at_once(tmp_path):
+    result = run_wait(env_with({"PGHOST": str(tmp_path), "PGSSLMODE": "bogus", "PGUSER": "x"}))
+    assert result.returncode == 2
+    assert "The connection settings are invalid: waiting cannot help." in result.stderr
+    assert "did not accept connections within" not in result.stderr
+
+
+def test_the_wait_for_an_unreachable_server_ends_at_its_timeout(tmp_path, monkeypatch):
+    for name in ("PGPORT", "PGPASSWORD", "PGSERVICE", "PGSSLMODE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PGHOST", str(tmp_path))  # a socket folder where no server listens
+    monkeypatch.setenv("PGUSER", "nobody")
+    started = time.monotonic()
+    with pytest.raises(db.DatabaseUnavailable, match="did not accept connections within 2s"):
+        db.wait_until_ready(2, interval_seconds=0.2)
+    assert 2 <= time.monotonic() - started < 3.5

@@ -45,9 +45,11 @@ def test_only_names_with_a_file_are_resolved(tmp_path):
     assert secrets.resolve(env) == {"SLACK_WEBHOOK_URL": "https://hooks.example.invalid/T/B/x"}
 
 
-def test_an_empty_plain_variable_gives_way_to_its_file(tmp_path):
-    # compose files often set NAME: "" by default
-    env = {"PGPASSWORD": "", "PGPASSWORD_FILE": write(tmp_path, b"from-file\n")}
+@pytest.mark.parametrize("plain", ["", " \t"])
+def test_an_empty_or_blank_plain_variable_gives_way_to_its_file(tmp_path, plain):
+    # compose files often set NAME: "" by default; only spaces counts as unset too, as in every other
+    # setting, so the file's value is used rather than "both set"
+    env = {"PGPASSWORD": plain, "PGPASSWORD_FILE": write(tmp_path, b"from-file\n")}
     assert secrets.resolve(env) == {"PGPASSWORD": "from-file"}
 
 
@@ -97,8 +99,9 @@ def test_an_empty_or_blank_file_is_an_error_not_an_unset_value(tmp_path, content
     )
 
 
-def test_the_shell_exports_give_back_the_exact_values(tmp_path):
-    # quotes, $, backslashes, spaces and newlines survive eval in bash
+def test_the_shell_exports_give_back_the_exact_values_and_unset_the_file_variables(tmp_path):
+    # quotes, $, backslashes, spaces and newlines survive eval in bash; what init.sh runs next must see
+    # one source of each value, or a child that resolves the secrets again fails with "both set"
     tricky = "a'b\"c $HOME `x` \\n\nsecond line "
     env = {
         **os.environ,
@@ -108,11 +111,17 @@ def test_the_shell_exports_give_back_the_exact_values(tmp_path):
     }
     script = (
         f'exports="$("{sys.executable}" -m data_platform.secrets shell-exports)"; eval "$exports"; '
-        'printf "%s\\0%s" "$PGPASSWORD" "$SLACK_WEBHOOK_URL"'
+        'printf "%s\\0%s\\0%s\\0%s" "$PGPASSWORD" "$SLACK_WEBHOOK_URL" '
+        '"${PGPASSWORD_FILE-unset}" "${SLACK_WEBHOOK_URL_FILE-unset}"'
     )
     result = subprocess.run(["bash", "-c", script], env=env, capture_output=True, cwd=PROJECT_ROOT)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.decode().split("\0") == [tricky, "https://hooks.example.invalid/x?token=t"]
+    assert result.stdout.decode().split("\0") == [
+        tricky,
+        "https://hooks.example.invalid/x?token=t",
+        "unset",
+        "unset",
+    ]
 
 
 def test_the_command_fails_with_exit_2_and_prints_no_exports(tmp_path):
