@@ -51,6 +51,12 @@ def test_a_blank_setting_is_unset():
     assert blank == Settings.from_environment({})
 
 
+def test_a_switch_is_read_whatever_its_case_and_spaces():
+    # compose files and shells write True, YES, Off...
+    settings = Settings.from_environment({"FULL_REFRESH": " TRUE ", "RUN_ALERTS": "Off", "SERVE_DOCS": "Yes"})
+    assert (settings.full_refresh, settings.run_alerts, settings.serve_docs) == (True, False, True)
+
+
 @pytest.mark.parametrize("value", ["0", "abc", "-1", "2.5"])
 def test_rejects_a_dbt_thread_count_that_is_not_one(tmp_path, value):
     result = run_init_sh(tmp_path, DBT_THREADS=value, DB_WAIT_SECONDS="1")
@@ -170,7 +176,8 @@ def test_the_password_can_come_from_a_file(tmp_path, login, content, accepted):
     target = f"{login['PGUSER']}@{login['PGHOST']}:{login['PGPORT']}/{login['PGDATABASE']}"
     assert (f"database {target} is ready" in result.stdout) is accepted, result.stderr
     assert ("password authentication failed" in result.stderr) is not accepted
-    assert result.returncode != 0  # the load has no files
+    # accepted: the loader finds no files and fails (1); refused: the login fails at once (2)
+    assert result.returncode == (1 if accepted else 2)
 
 
 def test_relative_paths_are_taken_from_the_callers_directory(tmp_path, login):
