@@ -96,8 +96,29 @@ def test_a_folder_without_invoices_never_starts_a_run(exports, tick):
     assert run_keys(second) == [] and "invoices.csv" in (second.skip_message or "")
 
 
-def test_a_file_written_seconds_ago_is_not_settled_yet(exports, tick, monkeypatch):
-    write(exports / "2024-07-02" / "invoices.csv", "ID\n1\n", age_seconds=0)
+@pytest.mark.parametrize(
+    "days",
+    [
+        pytest.param(["2024-07-02"], id="one-folder"),
+        pytest.param(["2024-07-01", "2024-07-02"], id="folders-landing-together"),
+    ],
+)
+def test_a_requested_export_is_not_requested_again_however_many_ticks_follow(exports, tick, days):
+    for day in days:
+        write(exports / day / "invoices.csv", "ID\n1\n")
+    settled = tick(tick(None).cursor)
+    assert run_keys(settled) == [f"export-{days[-1]}"]
+    # each tick carries on from the one before, as the daemon chains them
+    cursor = settled.cursor
+    for _ in range(3):
+        later = tick(cursor)
+        assert run_keys(later) == []
+        cursor = later.cursor or cursor
+
+
+def test_a_file_written_seconds_ago_holds_back_its_folder_however_old_the_others(exports, tick, monkeypatch):
+    write(exports / "2024-07-02" / "invoices.csv", "ID\n1\n", age_seconds=7200)
+    write(exports / "2024-07-02" / "organizations.csv", "ID\n1\n", age_seconds=0)
     # however slow the machine, the two ticks come within the settling time
     monkeypatch.setattr(sensors, "SETTLE_SECONDS", 3600)
     first = tick(None)
@@ -140,6 +161,19 @@ def test_folders_being_renamed_into_place_are_not_exports_yet(exports, tick):
     assert run_keys(tick(renamed.cursor)) == ["export-2024-07-02"]
 
 
+def test_a_temporary_file_still_growing_beside_the_invoices_holds_the_run_back(exports, tick):
+    # a copy's temporary file (rsync's .organizations.csv.XXXXXX) in a folder that already holds
+    # invoices.csv: the folder is not complete while it grows
+    day = exports / "2024-07-02"
+    write(day / "invoices.csv", "ID\n1\n")
+    write(day / ".organizations.csv.partial", "ID\n")
+    first = tick(None)
+    write(day / ".organizations.csv.partial", "ID\n1\n")
+    second = tick(first.cursor)
+    assert run_keys(second) == []
+    assert "changed since the last tick" in second.skip_message
+
+
 def test_a_relative_csv_dir_is_taken_from_the_working_directory_as_the_steps_take_it(
     exports, tick, tmp_path, monkeypatch
 ):
@@ -149,16 +183,28 @@ def test_a_relative_csv_dir_is_taken_from_the_working_directory_as_the_steps_tak
     assert run_keys(tick(first.cursor, CSV_DIR=exports.parent.name)) == ["export-2024-07-02"]
 
 
+NOT_A_FOLDER = "not a folder (or a link to a missing one)"
+UNEXPECTED_ENTRY = "unexpected entry in"
+
+
 @pytest.mark.parametrize(
-    "landing",
+    ("landing", "refusal"),
     [
-        pytest.param(lambda exports: write(exports, "not a folder"), id="exports-is-a-file"),
-        pytest.param(lambda exports: exports.symlink_to(exports.parent / "unmounted"), id="dangling-link"),
-        pytest.param(lambda exports: write(exports / "2024-7-02" / "invoices.csv", "ID\n1\n"), id="misnamed"),
-        pytest.param(lambda exports: write(exports / "notes.txt", "x"), id="stray-file"),
+        pytest.param(lambda exports: write(exports, "not a folder"), NOT_A_FOLDER, id="exports-is-a-file"),
+        pytest.param(
+            lambda exports: exports.symlink_to(exports.parent / "unmounted"), NOT_A_FOLDER, id="dangling-link"
+        ),
+        pytest.param(
+            lambda exports: write(exports / "2024-7-02" / "invoices.csv", "ID\n1\n"),
+            UNEXPECTED_ENTRY,
+            id="misnamed",
+        ),
+        pytest.param(lambda exports: write(exports / "notes.txt", "x"), UNEXPECTED_ENTRY, id="stray-file"),
     ],
 )
-def test_a_landing_folder_the_loader_would_refuse_is_named_not_taken_for_no_exports(exports, tick, landing):
+def test_a_landing_folder_the_loader_would_refuse_is_named_not_taken_for_no_exports(
+    exports, tick, landing, refusal
+):
     exports.parent.mkdir(parents=True, exist_ok=True)
     landing(exports)
     write(exports.parent / "exports-ok" / "2024-07-02" / "invoices.csv", "ID\n1\n")  # not looked at
@@ -167,7 +213,7 @@ def test_a_landing_folder_the_loader_would_refuse_is_named_not_taken_for_no_expo
     assert run_keys(first) == run_keys(second) == []
     # the loader's own words, so the sensor, the freshness check and the failing run agree
     assert "no export folder" not in second.skip_message
-    assert "not a folder" in second.skip_message or "unexpected entry" in second.skip_message
+    assert refusal in second.skip_message
 
 
 @pytest.mark.parametrize("setting", UNUSABLE_PIPELINE_SETTINGS)
