@@ -174,13 +174,16 @@ def test_a_new_export_folder_starts_exactly_one_run(defs, instance, tmp_path):
     first = tick(seen.cursor)
     assert [r.run_key for r in first.run_requests] == ["export-2024-06-29"]
     unchanged = tick(first.cursor)
-    assert unchanged.run_requests == [] and unchanged.cursor in (None, first.cursor)
+    assert unchanged.run_requests == [] and unchanged.cursor == first.cursor
+    assert unchanged.skip_message.startswith("no export newer than 2024-06-29 in ")
     # two days landing together: one run (the loader loads every pending export)
     land("2024-06-30")
     land("2024-07-01")
     second = tick(tick(first.cursor).cursor)
     assert [r.run_key for r in second.run_requests] == ["export-2024-07-01"]
-    assert [r.job_name or "daily_pipeline" for r in second.run_requests] == ["daily_pipeline"]
+    # a request that names no job starts the sensor's own: the daily pipeline
+    assert [r.job_name for r in second.run_requests] == [None]
+    assert sensor.job_name == "daily_pipeline"
     assert tick(second.cursor).run_requests == []
 
 
