@@ -254,6 +254,19 @@ def test_an_ops_send_answered_byte_by_byte_is_given_up_after_its_timeout_in_all(
     assert outcome.error == "no answer within 2 s (the message may have arrived)"
 
 
+def test_an_undelivered_alert_holds_back_the_rest_of_the_tick_in_order(defs, instance):
+    # a failing destination gets one attempt per tick; the other runs wait behind the undelivered one
+    with SlackStub() as slack:
+        slack.always(server_error())
+        with environment(dagster_env(SLACK_WEBHOOK_URL=slack.url)):
+            started = tick(defs, instance, "run_failure_alerts", None)
+            runs = [fail(instance) for _ in range(3)]
+            context = build_sensor_context(instance=instance, cursor=started.cursor, definitions=defs)
+            ops_alerts.alert_failed_runs(context)
+        assert len(slack.requests) == 1
+    assert pending_runs(context.cursor) == runs
+
+
 def test_undelivered_alerts_beyond_the_limit_are_dropped_oldest_first_and_logged(defs, instance, capfd):
     with SlackStub() as slack:
         slack.always(server_error())
@@ -270,13 +283,16 @@ def test_undelivered_alerts_beyond_the_limit_are_dropped_oldest_first_and_logged
 
 def test_failures_after_the_previous_run_failure_sensors_cursor_are_alerted_on_the_first_tick(defs, instance):
     fail(instance)  # the previous sensor (Dagster's run_failure_sensor) alerted this one
-    handled = instance.fetch_run_status_changes(DagsterEventType.RUN_FAILURE, limit=1).records[0]
-    handled_at = dt.datetime.fromtimestamp(handled.timestamp, dt.UTC).isoformat()
+    failed_during_upgrade = fail(instance)
+    failure = instance.fetch_run_status_changes(DagsterEventType.RUN_FAILURE, limit=1).records[0]
+    assert failure.event_log_entry.run_id == failed_during_upgrade
+    failed_at = dt.datetime.fromtimestamp(failure.timestamp, dt.UTC).isoformat()
+    # its record_id is the last event it handled: here the one just before this failure, which the
+    # first tick must still alert
     previous_cursor = RunStatusSensorCursor(
-        record_id=handled.storage_id, record_timestamp=handled_at
+        record_id=failure.storage_id - 1, record_timestamp=failed_at
     ).to_json()
     assert json.loads(previous_cursor)["__class__"] == "RunStatusSensorCursor"
-    failed_during_upgrade = fail(instance)
     with SlackStub() as slack:
         with environment(dagster_env(SLACK_WEBHOOK_URL=slack.url)):
             upgraded = tick(defs, instance, "run_failure_alerts", previous_cursor)
@@ -314,6 +330,38 @@ def test_a_long_slack_retry_after_leaves_the_ops_alert_to_a_later_tick_instead_o
         outcome = channel.send(notify.OpsMessage("Pipeline run failed: daily_pipeline"))
         assert not outcome.delivered
         assert len(slack.requests) == 1
+
+
+def test_an_error_of_exactly_the_shown_lines_gets_no_ellipsis():
+    lines = [f"line {n}" for n in range(1, notify.ERROR_LINES_SHOWN + 2)]
+    shown = lines[: notify.ERROR_LINES_SHOWN]
+    assert notify.first_lines("\n".join(shown)) == tuple(shown)
+    assert notify.first_lines("\n".join(lines)) == (*shown, "...")
+
+
+def test_a_long_title_and_long_details_fit_slacks_block_limits():
+    # Slack refuses a header over 150 characters and a section over 3000: a long job and step list or
+    # error would make the alert undeliverable
+    message = notify.OpsMessage(
+        "Pipeline run failed: " + "x" * 300, details=("y" * 5000,), link="https://d/x"
+    )
+    header, body, _link = message.blocks()
+    assert len(header["text"]["text"]) <= 150
+    assert len(body["text"]["text"]) <= 3000
+    assert message.text().startswith("Pipeline run failed: " + "x" * 300)  # the fallback text is whole
+
+
+def test_an_error_naming_the_webhook_url_is_reported_without_it(monkeypatch):
+    url = f"https://hooks.example.invalid/services/T000/B000/{SECRET}"
+    channel = notify.channel_from_environment({"SLACK_WEBHOOK_URL": url})
+
+    def failing(**_):
+        raise ValueError(f"cannot post to {url}")
+
+    monkeypatch.setattr(channel._client, "send", failing)
+    outcome = channel.send(notify.OpsMessage("Data is stale"))
+    assert not outcome.delivered and outcome.error.startswith("ValueError: cannot post to ")
+    assert SECRET not in outcome.error
 
 
 @pytest.mark.parametrize(
@@ -452,6 +500,16 @@ def test_an_exports_entry_that_is_not_a_folder_is_reported_stale_in_the_loaders_
     assert len(slack.delivered) == 1
     text = slack.delivered[0]["text"]
     assert "not a folder (or a link to a missing one)" in text and "no export folder" not in text
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "0.0"])
+def test_an_export_max_age_of_zero_or_less_is_refused_and_a_year_is_allowed(value):
+    # a max age of 0 h would call every export stale
+    with pytest.raises(
+        ValueError, match=rf"EXPORT_MAX_AGE_HOURS must be a number of hours > 0 .* got '{value}'"
+    ):
+        ops_alerts.export_max_age_hours({"EXPORT_MAX_AGE_HOURS": value})
+    assert ops_alerts.export_max_age_hours({"EXPORT_MAX_AGE_HOURS": " 8784 "}) == 8784
 
 
 @pytest.mark.parametrize("value", ["nan", "1e309", "100000", "abc"])
