@@ -6,6 +6,8 @@ committed demo is checked independently of the warehouse that will later compute
 
 from __future__ import annotations
 
+import fcntl
+import os
 import re
 import tracemalloc
 from collections import Counter, defaultdict
@@ -453,3 +455,27 @@ def test_an_output_folder_that_cannot_be_made_is_a_clear_error(tmp_path: Path, c
     assert main(cli) == 2
     err = capsys.readouterr().err
     assert err.startswith("data-platform-generate: ") and "Traceback" not in err
+
+
+def test_a_second_run_into_the_same_folder_is_refused_and_leaves_the_first_ones_files(
+    tmp_path: Path, capsys
+) -> None:
+    # another run (here: its lock on the folder) is writing .invoices.csv.partial: taken for a killed run's
+    # leftover, it was removed, and the first run then renamed the second's half-written file into place
+    out = tmp_path / "out"
+    out.mkdir()
+    in_progress = out / ".invoices.csv.partial"
+    in_progress.write_text("the first run's rows so far\n")
+    folder = os.open(out, os.O_RDONLY)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        cli = ["--out", str(out), "--invoices", "100", "--organizations", "10", "--days", "5"]
+        assert main([*cli, "--no-scenario"]) == 2
+    finally:
+        os.close(folder)
+    err = capsys.readouterr().err
+    assert err == f"data-platform-generate: another generator run is writing to {out}; wait for it to end\n"
+    assert in_progress.read_text() == "the first run's rows so far\n"
+    assert sorted(p.name for p in out.iterdir()) == [".invoices.csv.partial"]
+    # once it ended, a run goes ahead
+    assert main([*cli, "--no-scenario"]) == 0

@@ -3,15 +3,18 @@
 Each file or folder is written under a dot name beside its final path (the loader and the export sensor
 ignore dot names) and renamed into place only once all of the run's outputs are complete; a failure,
 Ctrl-C included, removes the temporaries and the folders the run made, and leaves what was there before
-untouched. A file that grows (--append-day) is copied to its temporary and appended there.
+untouched. A file that grows (--append-day) is copied to its temporary and appended there. A run holds an
+exclusive lock on each folder it writes into, so a second run into the same folder is refused instead of
+taking the first one's temporaries for a killed run's and removing them.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 
 
@@ -43,30 +46,56 @@ def _make_folders(folder: Path, made: list[Path]) -> None:
 
 
 @contextmanager
+def _writing_into(folder: Path) -> Iterator[None]:
+    """Hold the folder's lock (flock on the folder itself: no lock file left behind) for the run."""
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(f"another generator run is writing to {folder}; wait for it to end") from None
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock
+
+
+@contextmanager
 def staged(finals: Sequence[Path]) -> Iterator[list[Path]]:
     """The temporary paths to write `finals` under; each is renamed onto its final path on success.
 
     Renames are atomic on one file system, hence the temporaries beside the final paths. Missing parent
     folders are made; on failure the temporaries go, and so do those folders unless something else was put
-    in them since. A temporary left by a killed run is removed first.
+    in them since. A temporary left by a killed run is removed first; ValueError while another run writes
+    into one of the folders.
     """
     temporaries = [temporary_path(final) for final in finals]
     made: list[Path] = []
-    try:
-        for folder in dict.fromkeys(final.parent for final in finals):
-            _make_folders(folder, made)
-        for temporary in temporaries:
-            _remove(temporary)
-        yield temporaries
-        for temporary, final in zip(temporaries, finals, strict=True):
-            os.replace(temporary, final)
-    except BaseException:
-        for temporary in temporaries:
-            _remove(temporary)
-        for folder in reversed(made):
-            with suppress(OSError):  # no longer empty: keep what others wrote there
-                folder.rmdir()
-        raise
+    with ExitStack() as locks:
+        try:
+            for folder in dict.fromkeys(final.parent for final in finals):
+                _make_folders(folder, made)
+                locks.enter_context(_writing_into(folder))
+        except BaseException:  # refused: the temporaries there are another run's
+            _remove_empty(made)
+            raise
+        try:
+            for temporary in temporaries:
+                _remove(temporary)
+            yield temporaries
+            for temporary, final in zip(temporaries, finals, strict=True):
+                os.replace(temporary, final)
+        except BaseException:
+            for temporary in temporaries:
+                _remove(temporary)
+            _remove_empty(made)
+            raise
+
+
+def _remove_empty(made: list[Path]) -> None:
+    """The folders a run made, innermost first, unless something else was put in them since."""
+    for folder in reversed(made):
+        with suppress(OSError):
+            folder.rmdir()
 
 
 def write_chunks(path: Path, header: str, chunks: Iterable[str]) -> None:
