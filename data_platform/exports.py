@@ -5,10 +5,10 @@ Two layouts, usable together:
   export date is --as-of, or else the latest UTC day of CREATED_AT in the file (known only once the
   file is read, so without --as-of the base export is loaded first);
 - dated exports: exports/<YYYY-MM-DD>/invoices.csv and, optionally, organizations.csv.
-Any other entry in exports/ is an error naming it (dotfiles are ignored), and so is an `exports` that is
-not a folder (a file, a link to a share that is not mounted); no `exports` at all is the single-file
-layout. A link to a missing file (an unmounted share) counts as the file, which the loader then names
-as not found: an export is never loaded as if it had no organizations file.
+Any other entry in exports/ or in a dated folder is an error naming it (dotfiles are ignored), and so
+is an `exports` that is not a folder (a file, a link to a share that is not mounted); no `exports` at all
+is the single-file layout. A link to a missing file (an unmounted share) counts as the file, which the
+loader then names as not found: an export is never loaded as if it had no organizations file.
 """
 
 from __future__ import annotations
@@ -101,12 +101,27 @@ def _dated_exports(csv_dir: Path, through: date | None) -> list[Export]:
     for day, entry in day_folders(csv_dir / EXPORTS_FOLDER):
         if through is not None and day > through:
             continue  # left for a later run, which may find it complete
+        _refuse_other_files(entry)  # first: it also names a folder this process may not read
         invoices = entry / INVOICES.file_name
-        if not invoices.is_file():
+        if not _present(invoices):
             raise LoadError(invoices, "file not found: every dated export folder must hold invoices.csv")
         organizations = entry / ORGANIZATIONS.file_name
         found.append(Export(entry, invoices, organizations if _present(organizations) else None, day))
     return found
+
+
+def _refuse_other_files(folder: Path) -> None:
+    """A misspelt organizations file (organisations.csv, Organizations.csv) left out would load the export
+    without its organizations for good: a loaded export is never corrected. Dot names (a copy's
+    temporary files) are skipped."""
+    expected = (INVOICES.file_name, ORGANIZATIONS.file_name)
+    for entry in sorted(folder.iterdir()):
+        if not entry.name.startswith(".") and entry.name not in expected:
+            raise LoadError(
+                entry,
+                f"unexpected entry in {folder}: a dated export folder holds only {INVOICES.file_name} and, "
+                f"optionally, {ORGANIZATIONS.file_name}; rename or remove it",
+            )
 
 
 def discover(csv_dir: Path | str, as_of: date | None = None, through: date | None = None) -> list[Export]:

@@ -337,6 +337,31 @@ def test_a_broken_organizations_link_is_named_not_taken_for_no_file(conn, tmp_pa
     assert snapshot(conn) == baseline
 
 
+@pytest.mark.parametrize(
+    "name", ["Organizations.csv", "organisations.csv", "organizations.csv.txt", "organizations (1).csv"]
+)
+def test_another_file_in_a_dated_export_is_named_not_left_out(conn, tmp_path, baseline, name):
+    """A misspelt organizations file left out would load the export without its organizations, and a
+    loaded export can never be corrected."""
+    folder = write_export(tmp_path / "csv", "2024-01-02", [invoice(1)])
+    write(folder / name, ORG_LINES)
+    write(folder / ".organizations.csv.partial", ORG_LINES[:1])  # a copy's temporary file: ignored
+    with pytest.raises(LoadError) as raised:
+        load_exports(conn, tmp_path / "csv")
+    assert raised.value.path == folder / name, str(raised.value)
+    assert "holds only invoices.csv and, optionally, organizations.csv" in raised.value.reason
+    assert snapshot(conn) == baseline
+
+
+def test_an_invoices_folder_in_a_dated_export_is_named_a_folder_not_missing(conn, tmp_path, baseline):
+    path = tmp_path / "csv" / "exports" / "2024-01-02" / "invoices.csv"
+    path.mkdir(parents=True)
+    with pytest.raises(LoadError) as raised:
+        load_exports(conn, tmp_path / "csv")
+    assert (raised.value.path, raised.value.reason) == (path, "is a directory, expected a CSV file")
+    assert snapshot(conn) == baseline
+
+
 def test_broken_links_for_the_single_file_export_are_named_not_taken_for_no_export(conn, tmp_path, baseline):
     write_export(tmp_path / "csv", "2024-01-02", [invoice(1)])
     for name in ("invoices.csv", "organizations.csv"):
