@@ -31,6 +31,12 @@ MAX_HEADER_BYTES = 64 * 1024
 # How much of a line the error path keeps.
 LINE_HEAD_BYTES = 4096
 UTF8_BOM = b"\xef\xbb\xbf"
+# Files in another form than UTF-8 text, named as such rather than as a header that is not UTF-8.
+OTHER_FORMS = {
+    b"\x1f\x8b": "gzip-compressed: decompress it first",
+    b"\xff\xfe": "UTF-16 (it starts with a UTF-16 byte order mark): save it as UTF-8",
+    b"\xfe\xff": "UTF-16 (it starts with a UTF-16 byte order mark): save it as UTF-8",
+}
 
 # Called after every block with (path, bytes done, file size).
 Progress = Callable[[Path, int, int], None]
@@ -98,6 +104,9 @@ def check_header(spec: TableSpec, path: Path) -> int:
     expected = spec.csv_header
     if not raw:
         raise LoadError(path, f"file is empty (0 bytes): expected at least the header line {expected}")
+    for start, form in OTHER_FORMS.items():
+        if raw.startswith(start):
+            raise LoadError(path, f"the file is {form}; the loader reads UTF-8 CSV text", line=1)
     text = raw.removeprefix(UTF8_BOM).removesuffix(b"\n").removesuffix(b"\r")
     if b"\r" in text:  # the first LF is far away, or absent: the whole start of the file looks like a header
         raise LoadError(path, "lines end with CR alone (old Mac style): the file must use LF or CRLF", line=1)

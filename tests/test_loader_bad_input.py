@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 import shutil
 import tempfile
@@ -593,6 +594,26 @@ def test_cr_only_line_endings_are_named_not_taken_for_a_wrong_header(conn, tmp_p
     path.write_bytes("\r".join(INVOICE_LINES).encode() + b"\r")
     with pytest.raises(LoadError, match=r"line 1: lines end with CR alone \(old Mac style\)"):
         load_exports(conn, path.parent)
+    assert snapshot(conn) == baseline
+
+
+ENCODED = {
+    "gzip": (lambda text: gzip.compress(text.encode()), "gzip-compressed: decompress it"),
+    "utf-16": (lambda text: text.encode("utf-16"), "UTF-16 (it starts with a UTF-16 byte order mark)"),
+    "utf-16-be": (lambda text: b"\xfe\xff" + text.encode("utf-16-be"), "UTF-16"),
+}
+
+
+@pytest.mark.parametrize("kind", ENCODED)
+def test_a_compressed_or_utf16_file_is_named_as_such(conn, tmp_path, baseline, kind):
+    """Not "header is not valid UTF-8": the file is fine, only in another form, which the message names."""
+    encoded, reason = ENCODED[kind]
+    path = write_dir(tmp_path / "files") / "invoices.csv"
+    path.write_bytes(encoded("\n".join(INVOICE_LINES) + "\n"))
+    with pytest.raises(LoadError) as raised:
+        load_exports(conn, path.parent)
+    assert (raised.value.path, raised.value.line) == (path, 1)
+    assert reason in raised.value.reason and "UTF-8" in raised.value.reason, str(raised.value)
     assert snapshot(conn) == baseline
 
 
