@@ -252,6 +252,12 @@ def _copy_error(error: psycopg.Error, spec: TableSpec, stream: FileStream) -> Lo
         if shape_error:
             return shape_error
     if isinstance(error, psycopg.errors.CharacterNotInRepertoire):
+        if message.endswith(": 0x00"):  # valid UTF-8, but no text value may hold it
+            return LoadError(
+                path,
+                "a NUL byte (0x00): no CSV value may hold one (is the file binary, or UTF-16?)",
+                line=line,
+            )
         return LoadError(path, f"{message} (the file must be UTF-8)", line=line)
     column = spec.column(match.group(2)) if match.group(2) else None
     return LoadError(path, message, line=line, column=column.header if column else None)
@@ -328,9 +334,18 @@ def _invalid_value(conn: psycopg.Connection, staged: Staged) -> LoadError | None
         [record],
     ).fetchone()
     line = staged.line_of(record)
-    if value is None:
+    if value is None or (value == "" and column.not_null):
         return LoadError(
             staged.path, "empty value, but this column is required", line=line, column=column.header, value=""
+        )
+    if value == "":  # CSV reads "" as an empty text, an empty field as no value
+        return LoadError(
+            staged.path,
+            f'a quoted empty value ("") is an empty text, not a missing one: leave the field empty, without '
+            f"quotes, for no value (a value is {column.expected})",
+            line=line,
+            column=column.header,
+            value="",
         )
     return LoadError(
         staged.path,

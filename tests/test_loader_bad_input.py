@@ -137,6 +137,13 @@ BAD_INVOICES = {
         [*INVOICE_LINES[:3], "\\.", INVOICE_LINES[3]], 4, None, "\\.", "end-of-data marker"
     ),
     "invalid utf-8": Bad(replace(INVOICE_LINES, 3, "open", "op\udcffen"), 3, None, None, "UTF8"),
+    "NUL byte": Bad(replace(INVOICE_LINES, 3, "open", "op\x00en"), 3, None, None, "a NUL byte (0x00)"),
+    "quoted empty optional value": Bad(
+        replace(INVOICE_LINES, 3, ",USDC,,", ',USDC,"",'), 3, "PAYMENT_CURRENCY", "", "a quoted empty value"
+    ),
+    "quoted empty required value": Bad(
+        replace(INVOICE_LINES, 3, ",USDC,", ',"",'), 3, "CURRENCY", "", "required"
+    ),
     "unterminated quote": Bad(replace(INVOICE_LINES, 2, ",card,", ',"card,'), 2, None, None, "never closed"),
     # a file still being written: no final newline and a cut-off last value
     "cut-off date": Bad(
