@@ -332,6 +332,21 @@ def test_a_long_slack_retry_after_leaves_the_ops_alert_to_a_later_tick_instead_o
         assert len(slack.requests) == 1
 
 
+@pytest.mark.parametrize(
+    ("reply", "delivered"),
+    [(OK, True), (Reply(204, ""), True), (Reply(302, "moved"), False), (Reply(400, "invalid_blocks"), False)],
+    ids=["200", "204", "302", "400"],
+)
+def test_only_a_2xx_answer_counts_an_ops_alert_as_delivered(reply, delivered):
+    # a refused message never reached the channel: counted as sent, the alert would never be sent again
+    with SlackStub() as slack:
+        slack.always(reply)
+        channel = notify.channel_from_environment({"SLACK_WEBHOOK_URL": slack.url})
+        outcome = channel.send(notify.OpsMessage("Pipeline run failed: daily_pipeline"))
+    assert outcome.delivered is delivered
+    assert outcome.error == (None if delivered else f"HTTP {reply.status}: {reply.body}")
+
+
 def test_an_error_of_exactly_the_shown_lines_gets_no_ellipsis():
     lines = [f"line {n}" for n in range(1, notify.ERROR_LINES_SHOWN + 2)]
     shown = lines[: notify.ERROR_LINES_SHOWN]
