@@ -1,6 +1,7 @@
 """init.sql: least-privilege roles, proven against a real Postgres."""
 
 import os
+import subprocess
 
 import psycopg
 import pytest
@@ -9,6 +10,7 @@ from pg_auth import scram_password_matches
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from data_platform import bootstrap
+from data_platform.pipeline import Settings
 
 
 @pytest.fixture(scope="module")
@@ -124,6 +126,30 @@ def test_reapplying_without_passwords_keeps_existing_ones(database):
     finally:
         with database.connect("admin", autocommit=True) as conn:
             conn.execute("alter role alerter password 'alerter'")
+
+
+def test_a_new_alerter_role_gets_the_password_the_pipeline_uses_by_default(database, tmp_path):
+    # the no-Docker demo sets no ALERTER_PASSWORD: init.sql's demo default and the pipeline's must agree,
+    # or its alert run cannot log in. Only init.sql's choice of passwords runs (the roles exist already).
+    choice, marker, _ = bootstrap.INIT_SQL.read_text().partition("-- roles are cluster-wide")
+    assert marker, "init.sql's role creation moved"
+    (tmp_path / "choice.sql").write_text(choice + "\\echo :alerter_password\n")
+    env = {k: v for k, v in os.environ.items() if "_PASSWORD" not in k}
+    result = subprocess.run(
+        [
+            bootstrap.psql_binary(),
+            "--no-psqlrc",
+            "-d",
+            database.conninfo("admin"),
+            "-f",
+            tmp_path / "choice.sql",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert result.stdout.strip() == Settings().alerter_password
 
 
 def role_password_matches(database, role: str, password: str) -> bool:
