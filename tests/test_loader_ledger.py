@@ -364,6 +364,20 @@ def test_a_file_appended_to_with_its_mtime_kept_counts_as_changed(tmp_path):
     Unchanged.now([path]).check()  # nothing changed since: no error
 
 
+def test_a_file_replaced_by_one_of_its_size_and_mtime_counts_as_changed(tmp_path):
+    # a copy landed by rename with cp -p or rsync -t: only the inode tells
+    path = write(tmp_path / "invoices.csv", [INVOICE_LINES[0], invoice(1)])
+    stat = path.stat()
+    unchanged = Unchanged.now([path])
+    other = write(tmp_path / "other.csv", [INVOICE_LINES[0], invoice(2)])
+    os.utime(other, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert (other.stat().st_size, other.stat().st_mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+    os.replace(other, path)
+    with pytest.raises(LoadError) as raised:
+        unchanged.check()
+    assert str(raised.value) == str(changed_while_read(path))
+
+
 def test_a_view_on_the_raw_tables_survives_a_load(database, conn, csv_dir):
     with database.connect("admin", autocommit=True) as admin:
         admin.execute("create view public.invoice_count as select count(*) as n from raw.invoices")
