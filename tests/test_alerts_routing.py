@@ -10,7 +10,7 @@ from decimal import Decimal
 
 import pytest
 from conftest import PROJECT_ROOT
-from slack_stub import OK, SlackStub, hang, rate_limited, server_error, slow
+from slack_stub import OK, Reply, SlackStub, hang, rate_limited, server_error, slow
 from test_alerts import (  # noqa: F401  (db, warehouse are fixtures)
     DAY,
     add_moves,
@@ -350,6 +350,21 @@ def test_json_sink_retries_429_and_5xx_with_urllib3(receiver):
     assert outcome.delivered
     assert [r.status for r in receiver.requests] == [429, 503, 200]
     assert receiver.requests[1].at - receiver.requests[0].at >= 1
+
+
+@pytest.mark.parametrize(
+    ("reply", "delivered"),
+    [(Reply(204, ""), True), (Reply(302, "moved"), False), (Reply(404, "no such hook"), False)],
+    ids=["204", "302", "404"],
+)
+def test_json_sink_counts_only_a_2xx_answer_as_delivered(receiver, reply, delivered):
+    # a refused alert recorded as sent would never be sent again
+    receiver.always(reply)
+    outcome = JsonWebhookChannel(receiver.url, FAST).send(BATCH)
+    assert outcome.delivered is delivered
+    if not delivered:
+        assert outcome.error == f"HTTP {reply.status}: {reply.body}" and not outcome.service_unavailable
+    assert len(receiver.requests) == 1  # neither retried nor followed
 
 
 def test_json_sink_leaves_a_long_retry_after_for_the_next_run(receiver):
