@@ -1,8 +1,9 @@
 """A local HTTP server standing in for Slack's incoming webhook.
 
-It records every request and answers from a script: 200, 429 with Retry-After, 5xx, a slow answer
-(accepted, answered late), or a hang (not accepted, no answer until the test ends). The URL carries
-a fake secret in its path and query so tests can prove it never leaks into output or the database.
+It records every request and answers from a script: 200, 429 with Retry-After, 5xx, a redirect to a
+page, a slow answer (accepted, answered late), or a hang (not accepted, no answer until the test ends).
+The URL carries a fake secret in its path and query so tests can prove it never leaks into output or
+the database.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class Reply:
     retry_after: int | None = None
     delay: float = 0.0  # seconds before answering; longer than the client's timeout = no answer
     accepted: bool = True  # whether a 200 means the message reached the channel (False: a hang)
+    location: str | None = None  # a redirect's Location header
 
 
 OK = Reply()
@@ -47,6 +49,11 @@ def hang(seconds: float = 30.0) -> Reply:
 def slow(seconds: float = 30.0) -> Reply:
     """The message reaches the channel; the answer comes too late for the client."""
     return Reply(delay=seconds)
+
+
+def redirect(status: int = 302) -> Reply:
+    """The webhook moved: a client following it asks for a page (GET, answered 200) without the message."""
+    return Reply(status, "moved", location="/moved")
 
 
 def echoing_path(status: int = 404) -> Reply:
@@ -147,10 +154,19 @@ class SlackStub:
                     self.send_header("Content-Length", str(len(payload)))
                     if reply.retry_after is not None:
                         self.send_header("Retry-After", str(reply.retry_after))
+                    if reply.location is not None:
+                        self.send_header("Location", reply.location)
                     self.end_headers()
                     self.wfile.write(payload)
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up waiting (a hang test)
+
+            def do_GET(self) -> None:
+                payload = b"a page, not the webhook"
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass  # keep test output quiet

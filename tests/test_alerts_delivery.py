@@ -17,6 +17,7 @@ from slack_stub import (
     echoing_path,
     hang,
     rate_limited,
+    redirect,
     server_error,
     slow,
 )
@@ -109,6 +110,17 @@ def test_client_errors_are_not_retried(slack):
 
     assert not outcome.delivered and not outcome.service_unavailable
     assert outcome.error == "HTTP 400: invalid_blocks"
+    assert len(slack.requests) == 1
+
+
+def test_a_redirect_is_an_undelivered_answer_not_followed(slack):
+    # followed, the message would be dropped (the POST becomes a GET) and the page's 200 count as sent
+    slack.always(redirect())
+
+    outcome = SlackChannel(slack.url, FAST).send(BATCH)
+
+    assert not outcome.delivered and not outcome.service_unavailable
+    assert outcome.error == "HTTP 302: moved"
     assert len(slack.requests) == 1
 
 

@@ -10,7 +10,7 @@ from decimal import Decimal
 
 import pytest
 from conftest import PROJECT_ROOT
-from slack_stub import OK, Reply, SlackStub, hang, rate_limited, server_error, slow
+from slack_stub import OK, Reply, SlackStub, hang, rate_limited, redirect, server_error, slow
 from test_alerts import (  # noqa: F401  (db, warehouse are fixtures)
     DAY,
     add_moves,
@@ -354,7 +354,7 @@ def test_json_sink_retries_429_and_5xx_with_urllib3(receiver):
 
 @pytest.mark.parametrize(
     ("reply", "delivered"),
-    [(Reply(204, ""), True), (Reply(302, "moved"), False), (Reply(404, "no such hook"), False)],
+    [(Reply(204, ""), True), (redirect(), False), (Reply(404, "no such hook"), False)],
     ids=["204", "302", "404"],
 )
 def test_json_sink_counts_only_a_2xx_answer_as_delivered(receiver, reply, delivered):

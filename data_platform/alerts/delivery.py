@@ -24,6 +24,14 @@ from http.client import HTTPException
 from typing import Protocol, TextIO
 from urllib.error import URLError
 from urllib.parse import parse_qsl, urlsplit
+from urllib.request import (
+    BaseHandler,
+    HTTPRedirectHandler,
+    HTTPSHandler,
+    ProxyHandler,
+    Request,
+    build_opener,
+)
 
 from slack_sdk.http_retry import (
     BackoffRetryIntervalCalculator,
@@ -36,7 +44,7 @@ from slack_sdk.http_retry import (
     RetryState,
 )
 from slack_sdk.http_retry.builtin_handlers import ServerErrorRetryHandler
-from slack_sdk.webhook import WebhookClient
+from slack_sdk.webhook import WebhookClient, WebhookResponse
 
 from data_platform.alerts import messages
 from data_platform.alerts.config import HttpSettings
@@ -180,6 +188,26 @@ def retry_handlers(http: HttpSettings) -> list[RetryHandler]:
     ]
 
 
+class _AnswerRedirects(HTTPRedirectHandler):
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None  # urllib then raises the 3xx, which slack-sdk turns into the answer
+
+
+class UnredirectedWebhookClient(WebhookClient):
+    """slack-sdk's client, except that a redirect is the answer: urllib would follow it with a GET that
+    drops the message, and the 200 of whatever page it lands on would count as delivered."""
+
+    def _perform_http_request_internal(self, url: str, req: Request) -> WebhookResponse:
+        if not url.lower().startswith("http"):
+            raise ValueError("the webhook URL must be http(s)")  # as slack-sdk's: no file:// and the like
+        handlers: list[BaseHandler] = [_AnswerRedirects(), HTTPSHandler(context=self.ssl)]
+        if self.proxy:
+            handlers.append(ProxyHandler({"http": self.proxy, "https": self.proxy}))
+        with build_opener(*handlers).open(req, timeout=self.timeout) as answer:
+            body = answer.read().decode(answer.headers.get_content_charset() or "utf-8")
+        return WebhookResponse(url=url, status_code=answer.status, body=body, headers=answer.headers)
+
+
 def _silent_logger() -> logging.Logger:
     # slack-sdk logs request URLs at debug/info level: keep its records away from any handler
     logger = logging.getLogger("data_platform.alerts.slack_sdk")
@@ -240,7 +268,7 @@ class SlackChannel:
         self._url = url
         self._timeout = http.timeout
         self._pacer = Pacer(http.slack_min_interval)
-        self._client = WebhookClient(
+        self._client = UnredirectedWebhookClient(
             url, timeout=http.timeout, logger=_silent_logger(), retry_handlers=retry_handlers(http)
         )  # type: ignore[arg-type]  # slack-sdk annotates timeout as int; urllib takes a float
 

@@ -23,8 +23,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, TextIO
 
-from slack_sdk.webhook import WebhookClient
-
 from data_platform.alerts import config, delivery
 
 # first lines of an error shown in a message: enough to act on, short enough for Slack
@@ -106,7 +104,7 @@ class SlackOpsChannel:
         self._url = url
         # the timeout bounds each socket operation, and a send makes a few: twice it is plenty
         self._deadline = 2 * http.timeout
-        self._client = WebhookClient(
+        self._client = delivery.UnredirectedWebhookClient(
             url, timeout=http.timeout, logger=_quiet_logger(), retry_handlers=delivery.retry_handlers(http)
         )  # type: ignore[arg-type]  # slack-sdk annotates timeout as int; urllib takes a float
 
