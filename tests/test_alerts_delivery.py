@@ -113,6 +113,13 @@ def test_client_errors_are_not_retried(slack):
     assert len(slack.requests) == 1
 
 
+def test_any_2xx_answer_counts_as_delivered(slack):
+    # a relay answering 204 took the message: failed, it would be sent again by every run
+    slack.always(Reply(204, ""))
+
+    assert SlackChannel(slack.url, FAST).send(BATCH).delivered
+
+
 def test_a_redirect_is_an_undelivered_answer_not_followed(slack):
     # followed, the message would be dropped (the POST becomes a GET) and the page's 200 count as sent
     slack.always(redirect())
