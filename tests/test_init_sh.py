@@ -57,6 +57,11 @@ def test_a_switch_is_read_whatever_its_case_and_spaces():
     assert (settings.full_refresh, settings.run_alerts, settings.serve_docs) == (True, False, True)
 
 
+def test_a_wait_of_0_seconds_means_try_once():
+    settings = Settings.from_environment({"DB_WAIT_SECONDS": "0", "PIPELINE_LOCK_TIMEOUT": "0"})
+    assert (settings.db_wait_seconds, settings.lock_timeout_seconds) == (0, 0)
+
+
 @pytest.mark.parametrize("value", ["0", "abc", "-1", "2.5"])
 def test_rejects_a_dbt_thread_count_that_is_not_one(tmp_path, value):
     result = run_init_sh(tmp_path, DBT_THREADS=value, DB_WAIT_SECONDS="1")
