@@ -39,6 +39,7 @@ from pathlib import Path
 import psycopg
 
 from data_platform import refresh, warm_dbt
+from data_platform.alerts import exit_codes as alert_exit_codes
 from data_platform.db import (
     DatabaseUnavailable,
     connect,
@@ -61,9 +62,6 @@ LOCK_KEY = "data_platform.pipeline"
 STOP_GRACE_SECONDS = 60
 FAILED_ROWS_SHOWN = 5
 EXIT_CONFIG = 2
-# alert_script.py's exit codes for a run that went to its end (data_platform/alerts/cli.py)
-EXIT_ALERTS_UNDELIVERED = 1
-EXIT_ALERTS_GIVEN_UP = 3
 
 
 class PipelineError(Exception):
@@ -480,9 +478,9 @@ def run_alerts(settings: Settings) -> AlertRun:
     env = {**os.environ, "PGUSER": settings.alerter_user, "PGPASSWORD": settings.alerter_password}
     code = run_child([sys.executable, str(PROJECT_ROOT / "alert_script.py")], env=env)
     outcomes = {
-        0: AlertRun.DELIVERED,
-        EXIT_ALERTS_UNDELIVERED: AlertRun.UNDELIVERED,
-        EXIT_ALERTS_GIVEN_UP: AlertRun.GIVEN_UP,
+        alert_exit_codes.OK: AlertRun.DELIVERED,
+        alert_exit_codes.DELIVERY_FAILED: AlertRun.UNDELIVERED,
+        alert_exit_codes.GIVEN_UP: AlertRun.GIVEN_UP,
     }
     if code not in outcomes:
         raise PipelineError(f"the alert run failed (exit {code})", code)

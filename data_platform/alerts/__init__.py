@@ -17,5 +17,6 @@ Modules, one job each:
     json_sink the JSON webhook (requests + urllib3 Retry)
     errors    database errors in words a person can act on
     summary   the run's closing line
-    cli       the run: lock -> read marts -> record -> deliver -> summary, and exit codes
+    cli       the run: lock -> read marts -> record -> deliver -> summary
+    exit_codes  the run's exit codes, which the pipeline reads too
 """

@@ -32,7 +32,7 @@ from sqlalchemy import Connection, Engine, create_engine, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
-from data_platform.alerts import detect, noise, records, routing, store
+from data_platform.alerts import detect, exit_codes, noise, records, routing, store
 from data_platform.alerts.config import ConfigError, Settings, load
 from data_platform.alerts.delivery import Channel, ConsoleChannel, SlackChannel
 from data_platform.alerts.errors import PIPELINE_HINT, database_error, db_message
@@ -55,7 +55,6 @@ from data_platform.alerts.routing import Destination
 from data_platform.alerts.summary import Summary
 from data_platform.db import describe_target
 
-EXIT_OK, EXIT_DELIVERY_FAILED, EXIT_ERROR, EXIT_GIVEN_UP, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 DEFAULT_CONNECT_TIMEOUT = 10  # seconds; psycopg's own default is over two minutes
 
 
@@ -471,19 +470,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(summary.line(), flush=True)
     except (ConfigError, AlertError) as error:
         _tell(f"error: {error}")
-        return EXIT_ERROR
+        return exit_codes.ERROR
     except DBAPIError as error:
         _tell(f"error: {database_error(error)}")
-        return EXIT_ERROR
+        return exit_codes.ERROR
     except KeyboardInterrupt:
         # open transactions were rolled back on the way out; what was committed stays
         _tell("interrupted. Alerts recorded as sent stay sent; the rest are retried on the next run.")
-        return EXIT_INTERRUPTED
+        return exit_codes.INTERRUPTED
     except BrokenPipeError:  # stdout closed early, e.g. `alert_script.py | head -1`
         _discard_stdout()
         if summary is None:  # an alert line could not be printed: that alert was not delivered
             _tell("stdout was closed before every alert was printed; the rest are retried on the next run.")
-            return EXIT_DELIVERY_FAILED
+            return exit_codes.DELIVERY_FAILED
     if summary.given_up_reported:
-        return EXIT_GIVEN_UP
-    return EXIT_DELIVERY_FAILED if summary.failed or summary.unrouted else EXIT_OK
+        return exit_codes.GIVEN_UP
+    return exit_codes.DELIVERY_FAILED if summary.failed or summary.unrouted else exit_codes.OK

@@ -1,0 +1,7 @@
+"""alert_script.py's exit codes: the alert run returns them and the pipeline reads them."""
+
+OK = 0
+DELIVERY_FAILED = 1  # some alerts are still undelivered (or unrouted): the next run retries them
+ERROR = 2  # bad settings or a database error: nothing was delivered by this run
+GIVEN_UP = 3  # the run gave up on an alert after its retries (reported)
+INTERRUPTED = 130
