@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import psutil
 import psycopg
@@ -310,11 +311,16 @@ def test_the_daily_image_shares_the_pipeline_image_base():
 
 
 @pytest.mark.slow
-def test_dagster_definitions_validate_parsing_only_into_their_own_folder(tmp_path):
+@pytest.mark.parametrize("venv", ["activated", "not activated"])
+def test_dagster_definitions_validate_parsing_only_into_their_own_folder(tmp_path, venv):
     # a target folder of its own, so the definitions parse: the pipeline parses into the folder itself
     target = tmp_path / "target"
     env = dagster_env(DAGSTER_HOME="", DBT_TARGET_PATH=str(target), DBT_LOG_PATH=str(tmp_path / "logs"))
     env.pop("DAGSTER_HOME")
+    if venv == "not activated":  # `.venv/bin/dagster dev` from a plain shell: dbt is not on PATH
+        env["PATH"] = os.pathsep.join(
+            d for d in env["PATH"].split(os.pathsep) if d and not (Path(d) / "dbt").exists()
+        )
     result = subprocess.run(
         [
             str(os.path.join(os.path.dirname(sys.executable), "dagster")),

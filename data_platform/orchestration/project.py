@@ -13,6 +13,7 @@ own processes parse one at a time (a file lock of dagster-dbt's).
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from dagster_dbt import DbtCliResource, DbtProject
@@ -25,6 +26,19 @@ DBT_PROFILES_DIR = PROJECT_ROOT / ".dbt"
 BOUND_DBT = Path(__file__).with_name("bound-dbt")
 # what the manifest is parsed from: a newer file means the manifest is stale
 PROJECT_SOURCES = ("dbt_project.yml", "models/**/*", "macros/**/*", "seeds/**/*", "tests/**/*")
+
+
+def _put_interpreter_scripts_on_path() -> None:
+    """dbt, which every step and the project's parse run by name, is installed beside this interpreter:
+    `.venv/bin/dagster dev` from a shell without the virtualenv activated must find it, as init.sh puts
+    .venv/bin first. The code location's and the runs' processes all import this module."""
+    scripts = str(Path(sys.executable).parent)
+    path = os.environ.get("PATH", "")
+    if scripts not in path.split(os.pathsep):
+        os.environ["PATH"] = f"{scripts}{os.pathsep}{path}" if path else scripts
+
+
+_put_interpreter_scripts_on_path()
 
 
 def _target_path() -> Path:
