@@ -176,7 +176,7 @@ def test_a_new_export_folder_starts_exactly_one_run(defs, instance, tmp_path):
     assert [r.run_key for r in first.run_requests] == ["export-2024-06-29"]
     unchanged = tick(first.cursor)
     assert unchanged.run_requests == [] and unchanged.cursor == first.cursor
-    assert unchanged.skip_message.startswith("no export newer than 2024-06-29 in ")
+    assert unchanged.skip_message.startswith("no export newer than 2024-06-29, the newest requested, in ")
     # two days landing together: one run (the loader loads every pending export)
     land("2024-06-30")
     land("2024-07-01")

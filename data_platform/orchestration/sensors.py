@@ -84,7 +84,11 @@ def new_export_sensor(context: SensorEvaluationContext):
     requested, last_seen = _read_cursor(context.cursor)
     pending = [folder for folder in folders if requested is None or folder.name > requested]
     if not pending:
-        return SkipReason(f"no export newer than {requested} in {directory}")
+        # a requested day is never requested again: one its run refused is loaded by the next run started
+        return SkipReason(
+            f"no export newer than {requested}, the newest requested, in {directory} (if its run failed, "
+            "the next scheduled run, or one started by hand, loads it)"
+        )
     newest = pending[-1].name
     try:
         files = _files(pending)
