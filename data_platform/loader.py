@@ -42,6 +42,7 @@ from data_platform.db import DatabaseUnavailable, connect, take_advisory_lock
 from data_platform.exports import Export, discover, parse_date
 from data_platform.load_errors import (
     ALLOW_EMPTY_HELP,
+    ERROR_PREFIX,
     EXIT_BUSY,
     LoaderBusy,
     LoadError,
@@ -448,17 +449,18 @@ def main(argv: list[str] | None = None) -> int:
                 wait=args.wait,
             )
     except DatabaseUnavailable as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"{ERROR_PREFIX}{error}", file=sys.stderr)
         return 2
     except LoaderBusy as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"{ERROR_PREFIX}{error}", file=sys.stderr)
         return EXIT_BUSY
     except LoadError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"{ERROR_PREFIX}{error}", file=sys.stderr)
         print("this export was not loaded: the raw tables are as before it", file=sys.stderr)
         return 1
     except psycopg.Error as error:
-        print(f"error: the load failed in the database: {printable(str(error).strip())}", file=sys.stderr)
+        message = f"the load failed in the database: {printable(str(error).strip())}"
+        print(f"{ERROR_PREFIX}{message}", file=sys.stderr)
         print("this export was not loaded: the raw tables are as before it", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -21,9 +21,11 @@ same window, or in full when the rules or the project changed; refresh.py).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import enum
+import io
 import json
 import math
 import os
@@ -32,9 +34,11 @@ import signal
 import socketserver
 import subprocess
 import sys
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import psycopg
 
@@ -47,6 +51,7 @@ from data_platform.db import (
     take_advisory_lock,
     wait_until_ready,
 )
+from data_platform.load_errors import ERROR_PREFIX as LOADER_ERROR_PREFIX
 from data_platform.load_errors import EXIT_BUSY as EXIT_LOADER_BUSY
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -62,6 +67,12 @@ LOCK_KEY = "data_platform.pipeline"
 STOP_GRACE_SECONDS = 60
 FAILED_ROWS_SHOWN = 5
 EXIT_CONFIG = 2
+# A failed load's error quotes the loader's last lines of stderr: at most this many, each shortened to
+# MAX_QUOTED_LINE_CHARS (a line may hold a value from a file, or be anything a crash printed).
+LOADER_LINES_KEPT = 5
+MAX_QUOTED_LINE_CHARS = 1000
+# How long a step's last output is waited for once it ended (something it started may hold the pipe).
+STDERR_DRAIN_SECONDS = 5
 
 
 class PipelineError(Exception):
@@ -236,6 +247,51 @@ def run_child(argv: Sequence[str], env: dict[str, str] | None = None) -> int:
     return wait_child(start_child(argv, env))
 
 
+class StderrTail:
+    """A step's stderr (a pipe) passed on to this process's stderr line by line as it comes, keeping only
+    its last `keep` lines, each shortened to MAX_QUOTED_LINE_CHARS: memory stays bounded whatever the
+    step prints. A daemon thread reads the pipe until the step (and anything it started) closes it, so it
+    never holds up this process's exit."""
+
+    def __init__(self, pipe: IO[bytes], keep: int):
+        self._lines: collections.deque[str] = collections.deque(maxlen=keep)
+        self._thread = threading.Thread(target=self._pass_on, args=(pipe,), name="step stderr", daemon=True)
+        self._thread.start()
+
+    def _pass_on(self, pipe: IO[bytes]) -> None:
+        continued = False  # the last chunk read ended inside a line longer than a chunk
+        with io.TextIOWrapper(pipe, errors="backslashreplace", newline="\n") as text:
+            while chunk := text.readline(MAX_QUOTED_LINE_CHARS):
+                # a closed stderr here must not stop the reading: the step would block on a full pipe
+                with contextlib.suppress(OSError, ValueError):
+                    sys.stderr.write(chunk)
+                    sys.stderr.flush()
+                if not continued:
+                    line = chunk.rstrip("\r\n")
+                    if len(line) >= MAX_QUOTED_LINE_CHARS:
+                        line = line[: MAX_QUOTED_LINE_CHARS - 3] + "..."
+                    self._lines.append(line)
+                continued = not chunk.endswith("\n")
+
+    def last_lines(self) -> list[str]:
+        """Once the step ended: its last lines (after waiting a moment for what is still in the pipe)."""
+        self._thread.join(STDERR_DRAIN_SECONDS)
+        return list(self._lines)
+
+
+def run_child_keeping_stderr(
+    argv: Sequence[str], keep: int, env: dict[str, str] | None = None
+) -> tuple[int, list[str]]:
+    """As `run_child`, its stderr still shown as it comes: (its exit code, its last `keep` lines)."""
+    child = start_child(argv, env, stderr=subprocess.PIPE)
+    tail = StderrTail(child.stderr, keep)
+    try:
+        code = wait_child(child)
+    finally:
+        lines = tail.last_lines()  # on a stop request too: its last words are shown before the run's
+    return code, lines
+
+
 def wait_child(child: subprocess.Popen) -> int:
     """The step's exit code; a stop request meanwhile is passed on to it as SIGINT.
 
@@ -406,13 +462,28 @@ def wait_for_database(settings: Settings) -> None:
     print(f"database {describe_target()} is ready")
 
 
+def loader_error(stderr: Sequence[str]) -> str:
+    """Why the loader stopped, from its last lines of stderr: from its last error line on, without the
+    prefix (the error, then what it left loaded); else all of them (the end of a traceback)."""
+    starts = [number for number, line in enumerate(stderr) if line.startswith(LOADER_ERROR_PREFIX)]
+    said = list(stderr[starts[-1] :] if starts else stderr)
+    if starts:
+        said[0] = said[0].removeprefix(LOADER_ERROR_PREFIX)
+    return "\n".join(said)
+
+
 def load_exports(settings: Settings, through: str | None = None) -> None:
-    """Load every pending export; `through` (YYYY-MM-DD): only the dated folders up to that day."""
+    """Load every pending export; `through` (YYYY-MM-DD): only the dated folders up to that day.
+
+    A failed load's PipelineError quotes the loader's error: a Dagster step's failure alert quotes that
+    error, and has no "above" to point to."""
     step(f"loading the exports in {settings.csv_dir}" + (f" up to {through}" if through else ""))
     command = [sys.executable, "-m", "data_platform.loader", "--csv-dir", str(settings.csv_dir)]
     # a loader started by hand is waited for as another pipeline run is
     command += ["--wait", f"{settings.lock_timeout_seconds:g}"]
-    code = run_child(command + (["--through", through] if through else []))
+    code, stderr = run_child_keeping_stderr(
+        command + (["--through", through] if through else []), LOADER_LINES_KEPT
+    )
     if code == EXIT_LOADER_BUSY:
         raise PipelineError(
             "another loader run (one started by hand?) held the loader's lock for longer than "
@@ -421,10 +492,11 @@ def load_exports(settings: Settings, through: str | None = None) -> None:
         )
     if code:
         # each export commits on its own: the ones before the failing export stay loaded
+        said = loader_error(stderr) or f"the loader exited with {code} and printed no error"
         raise PipelineError(
-            "the load failed (see the error above) and nothing was built: exports the loader reported "
-            "loaded stay loaded; the failing export and the later ones were not: fix or remove it, "
-            "and the next run loads and builds the rest",
+            f"the load failed: {said}\nnothing was built: exports the loader reported loaded stay loaded; "
+            "the failing export and the later ones were not: fix or remove it, and the next run loads "
+            "and builds the rest",
             code,
         )
 

@@ -21,7 +21,15 @@ from dagster import AssetCheckSeverity, AssetKey, DagsterInstance, build_sensor_
 from orchestration_support import TARGET, dagster_env, environment, load_definitions
 from slack_stub import OK, SlackStub, server_error, slow
 from test_docs_site import ARTIFACTS, free_port, needs_chromium, png_distinct_bytes, run_chromium, serving
-from test_pipeline import EXPECTED_FACT, HEADER, INVOICE_ROWS, SENTINEL, fact_rows, write_fixture
+from test_pipeline import (
+    EXPECTED_FACT,
+    HEADER,
+    INVOICE_ROWS,
+    SENTINEL,
+    fact_rows,
+    write_bad_export,
+    write_fixture,
+)
 
 from data_platform import pipeline
 
@@ -200,13 +208,12 @@ def test_the_docs_step_waits_for_a_pipeline_run_like_the_other_steps(defs, insta
     assert "another pipeline run holds the lock" in failures[0].step_failure_data.error.message
 
 
-def test_a_failing_dbt_test_sends_one_failure_alert_naming_the_step(defs, instance, daily_run, tmp_path):
-    database, _, _ = daily_run
+def failed_daily_run_alert(defs, instance, database, csv_dir: Path) -> tuple[str, str]:
+    """Run the daily job on `csv_dir`, which must fail it, and tick the failure sensor around it: (the
+    one failure alert Slack got, the run's id)."""
     sensor = defs.get_sensor_def("run_failure_alerts")
-    unknown = f"999,{SENTINEL},{SENTINEL},1,-7,disputed,USD,,,5.00,,1.00000000,,2023-01-07T10:00:00.000Z"
-    broken = write_fixture(tmp_path / "broken", [*INVOICE_ROWS, unknown])
     with SlackStub() as slack:
-        env = run_env(database, broken, SLACK_WEBHOOK_URL=slack.url, DAGSTER_BASE_URL="http://dagster.test")
+        env = run_env(database, csv_dir, SLACK_WEBHOOK_URL=slack.url, DAGSTER_BASE_URL="http://dagster.test")
         with environment(env):
             # the first tick starts the sensor's cursor (it never alerts about runs from before it)
             first = sensor.evaluate_tick(build_sensor_context(instance=instance, definitions=defs))
@@ -222,12 +229,29 @@ def test_a_failing_dbt_test_sends_one_failure_alert_naming_the_step(defs, instan
             )
         assert third.cursor == second.cursor
         assert len(slack.delivered) == 1, slack.requests
-        text = slack.delivered[0]["text"]
+        return slack.delivered[0]["text"], result.run_id
+
+
+def test_a_failing_dbt_test_sends_one_failure_alert_naming_the_step(defs, instance, daily_run, tmp_path):
+    database, _, _ = daily_run
+    unknown = f"999,{SENTINEL},{SENTINEL},1,-7,disputed,USD,,,5.00,,1.00000000,,2023-01-07T10:00:00.000Z"
+    broken = write_fixture(tmp_path / "broken", [*INVOICE_ROWS, unknown])
+    text, run_id = failed_daily_run_alert(defs, instance, database, broken)
     assert "step dbt_build" in text
     # the build was incremental: the next run retries its days
     assert "\ndbt build failed; the next run builds the days from 2023-01-07 again\nfailed test " in text
     assert "from_field='disputed'" in text  # the failing test's rows, from the error's first lines
-    assert f"http://dagster.test/runs/{result.run_id}" in text
+    assert f"http://dagster.test/runs/{run_id}" in text
+
+
+def test_a_bad_export_sends_a_failure_alert_with_the_loaders_error(defs, instance, make_database, tmp_path):
+    # the alert says what is wrong with which file, line, column and value, without opening the run's logs
+    csv_dir = write_fixture(tmp_path / "csv")
+    loader_error = write_bad_export(csv_dir)
+    text, _ = failed_daily_run_alert(defs, instance, make_database(), csv_dir)
+    assert "step raw_tables" in text
+    assert f"\nthe load failed: {loader_error}\n" in text
+    assert "nothing was built" in text
 
 
 def test_undelivered_balance_alerts_fail_their_step_so_it_is_retried(daily_run):

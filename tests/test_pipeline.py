@@ -431,15 +431,36 @@ def test_a_loader_run_by_hand_is_waited_for_then_named(make_database, tmp_path):
     assert "==> dbt build" not in result.stdout
 
 
-def test_bad_input_stops_the_pipeline_before_dbt(make_database, tmp_path):
-    rows = [INVOICE_ROWS[0].replace("100.00", "1O0.00")]
+def write_bad_export(csv_dir: Path) -> str:
+    """A dated export after the fixture whose second invoice's AMOUNT has 3 places; the loader's error."""
+    rows = [
+        f"106,{SENTINEL},{SENTINEL},1,-7,open,USD,,,10.00,,1.00000000,,2023-01-07T08:00:00.000Z",
+        f"107,{SENTINEL},{SENTINEL},1,-7,open,USD,,,175.505,,1.00000000,,2023-01-07T09:00:00.000Z",
+    ]
+    invoices = csv_dir / "exports" / "2023-01-07" / "invoices.csv"
+    invoices.parent.mkdir(parents=True)
+    invoices.write_text("\n".join([HEADER, *rows]) + "\n")
+    return (
+        f'{invoices}, line 3, column AMOUNT, value "175.505": not in the export\'s format: expected a '
+        "decimal with exactly 2 places such as 12.50, at most 16 digits before the point"
+    )
+
+
+def test_bad_input_stops_the_pipeline_before_dbt_and_its_error_quotes_the_loader(make_database, tmp_path):
+    csv_dir = write_fixture(tmp_path)
+    loader_error = write_bad_export(csv_dir)
     database = make_database()
-    result = run_pipeline(database, write_fixture(tmp_path, rows))
+    result = run_pipeline(database, csv_dir)
     assert result.returncode == 1  # the loader's exit code for an export it refused, passed on
-    assert "invoices.csv" in result.stderr and "1O0.00" in result.stderr
     assert "==> dbt build" not in result.stdout
+    # the pipeline's own error (what a Dagster step's failure alert quotes) says what is wrong, not only
+    # the loader's output before it
+    error = result.stderr[result.stderr.rindex("pipeline: ") :]
+    assert error.startswith(f"pipeline: the load failed: {loader_error}\n"), result.stderr
     # exports before a failing one commit on their own: the warehouse need not be unchanged
-    assert "nothing was built" in result.stderr and "unchanged" not in result.stderr
+    assert "nothing was built" in error and "unchanged" not in error
+    loaded = database.query("select export_date::text from raw.load_log")
+    assert loaded == [("2023-01-06",)]
 
 
 def test_demo_data_builds_every_model(make_database):
@@ -529,6 +550,23 @@ def test_a_step_dies_with_a_pipeline_killed_outright(tmp_path):
     except psutil.TimeoutExpired:
         step.kill()
         pytest.fail("the step outlived the pipeline that was killed")
+
+
+def test_a_steps_stderr_passes_through_whole_and_only_its_last_lines_are_kept_shortened(capfd):
+    """A failed load quotes the loader's last lines; whatever a step prints, that tail stays small."""
+    from data_platform import pipeline
+
+    noisy = (
+        "import sys; [print(f'line {n}', file=sys.stderr) for n in range(10_000)]; "
+        "print('x' * 1_000_000, file=sys.stderr); print('last', file=sys.stderr, end='')"
+    )
+    code, lines = pipeline.run_child_keeping_stderr([sys.executable, "-c", noisy], keep=3)
+    assert code == 0
+    limit = pipeline.MAX_QUOTED_LINE_CHARS
+    assert lines == ["line 9999", "x" * (limit - 3) + "...", "last"]
+    assert capfd.readouterr().err == "".join(f"line {n}\n" for n in range(10_000)) + "x" * 1_000_000 + "\nlast"
+    # a step that prints nothing ends as any other
+    assert pipeline.run_child_keeping_stderr([sys.executable, "-c", "exit(4)"], keep=3) == (4, [])
 
 
 @pytest.mark.parametrize("interruption", [KeyboardInterrupt, "DagsterExecutionInterruptedError"])
