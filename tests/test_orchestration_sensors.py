@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -82,9 +83,7 @@ def test_a_complete_folder_starts_one_run_once_it_stopped_changing(exports, tick
     settled = tick(grown.cursor)
     assert run_keys(settled) == ["export-2024-07-02"]
     assert settled.run_requests[0].tags[EXPORT_DAY_TAG] == "2024-07-02"
-    # requested once: the next ticks, unchanged or not, start nothing for it
-    assert run_keys(tick(settled.cursor)) == []
-    write(day / "organizations.csv", "ID\n1\n2\n3\n")
+    # requested once: the next ticks start nothing for it while its files stay as they were
     assert run_keys(tick(settled.cursor)) == []
 
 
@@ -114,6 +113,105 @@ def test_a_requested_export_is_not_requested_again_however_many_ticks_follow(exp
         later = tick(cursor)
         assert run_keys(later) == []
         cursor = later.cursor or cursor
+
+
+def settled_request(tick, cursor: str | None = None):
+    """The ticks up to the one that requests a run for the folders now in place (each tick carrying
+    on from the one before, as the daemon chains them)."""
+    for _ in range(3):
+        result = tick(cursor)
+        if result.run_requests:
+            return result
+        cursor = result.cursor or cursor
+    raise AssertionError(f"no run requested: {result.skip_message}")
+
+
+def reland(folder: Path, invoices: str) -> None:
+    """The README's way to land an export again: copy into a dot-named folder, then mv it into place."""
+    staged = folder.with_name(f".{folder.name}")
+    write(staged / "invoices.csv", invoices)
+    shutil.rmtree(folder)
+    staged.rename(folder)
+
+
+@pytest.mark.parametrize(
+    "fix",
+    [
+        pytest.param(lambda day: write(day / "invoices.csv", "ID\n1\n2\n"), id="replaced-in-place"),
+        pytest.param(lambda day: reland(day, "ID\n1\n2\n"), id="landed-again"),
+    ],
+)
+def test_a_requested_folder_fixed_after_its_run_starts_one_new_run_once_settled(exports, tick, fix):
+    day = exports / "2024-07-02"
+    write(day / "invoices.csv", "ID\n1\n")
+    first = settled_request(tick)
+    assert run_keys(first) == ["export-2024-07-02"]
+    unchanged = tick(first.cursor)
+    assert run_keys(unchanged) == []
+    # its run failed on a bad value; the operator fixes the export
+    fix(day)
+    seen = tick(unchanged.cursor or first.cursor)
+    assert run_keys(seen) == [], "first sight of the fix: it may still be being copied"
+    again = tick(seen.cursor)
+    [key] = run_keys(again)
+    # Dagster never launches a run key twice
+    assert key != "export-2024-07-02" and key.startswith("export-2024-07-02-")
+    assert again.run_requests[0].tags[EXPORT_DAY_TAG] == "2024-07-02"
+    # requested once again, then left alone while unchanged
+    cursor = again.cursor
+    for _ in range(3):
+        later = tick(cursor)
+        assert run_keys(later) == []
+        cursor = later.cursor or cursor
+
+
+def test_a_fix_in_progress_holds_the_new_run_back_as_a_new_landing_would(exports, tick, monkeypatch):
+    day = exports / "2024-07-02"
+    write(day / "invoices.csv", "ID\n1\n")
+    first = settled_request(tick)
+    # the fixed folder copied in place: invoices.csv removed, not there yet
+    (day / "invoices.csv").unlink()
+    write(day / "organizations.csv", "ID\n1\n")
+    missing = tick(tick(first.cursor).cursor)
+    assert run_keys(missing) == [] and "invoices.csv" in missing.skip_message
+    # then written, seconds ago
+    write(day / "invoices.csv", "ID\n1\n2\n", age_seconds=0)
+    monkeypatch.setattr(sensors, "SETTLE_SECONDS", 3600)
+    fresh = tick(tick(missing.cursor).cursor)
+    assert run_keys(fresh) == [] and "in the last seconds" in fresh.skip_message
+    monkeypatch.setattr(sensors, "SETTLE_SECONDS", 0)
+    assert len(run_keys(tick(fresh.cursor))) == 1
+
+
+def test_an_older_folder_of_the_requested_run_fixed_starts_a_new_run(exports, tick):
+    # two folders landing together start one run, which loads both: a bad value in the older one fails it
+    write(exports / "2024-07-01" / "invoices.csv", "ID\n1\n")
+    write(exports / "2024-07-02" / "invoices.csv", "ID\n1\n")
+    first = settled_request(tick)
+    write(exports / "2024-07-01" / "invoices.csv", "ID\n1\n2\n")
+    again = settled_request(tick, first.cursor)
+    [key] = run_keys(again)
+    assert key.startswith("export-2024-07-02-")
+    assert again.run_requests[0].tags[EXPORT_DAY_TAG] == "2024-07-02"
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        pytest.param("2024-07-02", id="bare-date"),
+        pytest.param(json.dumps({"requested": "2024-07-02"}), id="json-without-the-requested-files"),
+    ],
+)
+def test_a_cursor_of_an_earlier_version_notices_a_fix_from_its_first_tick_on(exports, tick, cursor):
+    # such a cursor does not say what the folders held when the run was requested: the first tick
+    # records it, and a change from then on starts a run
+    write(exports / "2024-07-02" / "invoices.csv", "ID\n1\n")
+    for _ in range(3):
+        later = tick(cursor)
+        assert run_keys(later) == []
+        cursor = later.cursor or cursor
+    write(exports / "2024-07-02" / "invoices.csv", "ID\n1\n2\n")
+    assert run_keys(settled_request(tick, cursor))[0].startswith("export-2024-07-02-")
 
 
 def test_a_file_written_seconds_ago_holds_back_its_folder_however_old_the_others(exports, tick, monkeypatch):

@@ -1,18 +1,26 @@
 """New export folders, csv_data/exports/<YYYY-MM-DD>/ (CSV_DIR), start one run of the daily job once
-they are complete.
+they are complete, and so does a change to the folders a run was requested for (a bad export fixed).
 
 A tick may see a folder while it is still being copied, and the loader loads what is there: an export
 loaded in part is final (exports are immutable), and one without its invoices fails the run. So a
-run is requested only when every pending folder (newer than the last one a run was requested for)
-holds invoices.csv, their files (names, sizes, modification times) are the same as at the previous
-tick, and the newest of them is at least SETTLE_SECONDS old. Several folders landing together start
-one run; an unchanged set of folders starts none. The run loads the folders up to the newest day the
-sensor judged complete (its EXPORT_DAY_TAG), not one that lands while it waits in the queue. An export
-copied into a dot-named folder (ignored here and by the loader) and renamed into place is complete
-when it appears.
+run is requested only when every export folder holds invoices.csv, their files (names, sizes,
+modification times) are the same as at the previous tick, and the newest of them is at least
+SETTLE_SECONDS old. Several folders landing together start one run; an unchanged set of folders starts
+none. The run loads the folders up to the newest day the sensor judged complete (its EXPORT_DAY_TAG),
+not one that lands while it waits in the queue. An export copied into a dot-named folder (ignored here
+and by the loader) and renamed into place is complete when it appears.
 
-The cursor: {"requested": the newest day a run was requested for, "pending": a digest of the pending
-folders' files at the last tick}. A bare date, the cursor of earlier versions, is the requested day.
+With no folder newer than the requested day, every folder is one that run read (the loader looks into
+each folder up to its day, loading the new ones and checking the loaded ones are unchanged). When their
+files differ from when it was requested (an export replaced after its run refused it, or re-landed),
+the folders are waited for as a new landing is, then a run is requested again for that day, under a run
+key naming the files (Dagster launches a run key once). A loaded export changed is refused by that run
+(its failure alert says so), and one only touched loads nothing.
+
+The cursor: {"requested": the newest day a run was requested for, "requested_files": a digest of the
+folders' files when it was, "pending": a digest of the folders' files at the last tick while a run
+waits to be requested}. A bare date, the cursor of earlier versions, is the requested day; without
+"requested_files", the first tick records the folders as they are.
 """
 
 import hashlib
@@ -47,14 +55,23 @@ def export_folders(directory: Path) -> list[Path]:
     return [folder for _, folder in day_folders(directory)]
 
 
-def _read_cursor(cursor: str | None) -> tuple[str | None, str | None]:
-    """(the newest day a run was requested for, the pending folders' digest at the last tick)."""
+def _read_cursor(cursor: str | None) -> tuple[str | None, str | None, str | None]:
+    """(the newest day a run was requested for, the folders' digest when it was, the folders' digest at
+    the last tick)."""
     if not cursor:
-        return None, None
+        return None, None, None
     if not cursor.startswith("{"):
-        return cursor, None
+        return cursor, None, None
     state = json.loads(cursor)
-    return state.get("requested"), state.get("pending")
+    return state.get("requested"), state.get("requested_files"), state.get("pending")
+
+
+def _cursor(requested: str | None, requested_files: str | None, pending: str | None = None) -> str:
+    return json.dumps({"requested": requested, "requested_files": requested_files, "pending": pending})
+
+
+def _waiting(reason: str, cursor: str) -> SensorResult:
+    return SensorResult(skip_reason=f"{reason}; checked again next tick", cursor=cursor)
 
 
 def _files(folders: list[Path]) -> list[tuple[str, str, int, int]]:
@@ -67,11 +84,6 @@ def _files(folders: list[Path]) -> list[tuple[str, str, int, int]]:
     )
 
 
-def _waiting(reason: str, requested: str | None, pending: str) -> SensorResult:
-    cursor = json.dumps({"requested": requested, "pending": pending})
-    return SensorResult(skip_reason=f"{reason}; checked again next tick", cursor=cursor)
-
-
 @sensor(job=daily_job, minimum_interval_seconds=60, default_status=DefaultSensorStatus.RUNNING)
 def new_export_sensor(context: SensorEvaluationContext):
     directory = exports_dir()
@@ -81,28 +93,37 @@ def new_export_sensor(context: SensorEvaluationContext):
         return SkipReason(f"{error}; checked again next tick")
     if not folders:
         return SkipReason(f"no export folder (YYYY-MM-DD) in {directory}")
-    requested, last_seen = _read_cursor(context.cursor)
-    pending = [folder for folder in folders if requested is None or folder.name > requested]
-    if not pending:
-        # a requested day is never requested again: one its run refused is loaded by the next run started
-        return SkipReason(
-            f"no export newer than {requested}, the newest requested, in {directory} (if its run failed, "
-            "the next scheduled run, or one started by hand, loads it)"
-        )
-    newest = pending[-1].name
+    requested, requested_files, last_seen = _read_cursor(context.cursor)
+    # Every folder counts, not only the pending ones: the run loads up to its day reading each folder
+    # (so one still changing fails it), and a fix to a folder a failed run refused must start a run.
+    renewed = requested is not None and folders[-1].name <= requested
+    newest = requested if renewed else folders[-1].name
     try:
-        files = _files(pending)
+        files = _files(folders)
     except FileNotFoundError:  # an entry went away while listed: a copy or a rename is under way
         return SkipReason(f"the exports up to {newest} are changing; checked again next tick")
     digest = hashlib.sha256(json.dumps(files).encode()).hexdigest()
-    without_invoices = [f.name for f in pending if not (f / INVOICES.file_name).is_file()]
+    if renewed and requested_files is None:  # a cursor of an earlier version: from now on, as they are
+        requested_files = digest
+    if renewed and digest == requested_files:
+        return SensorResult(
+            skip_reason=(
+                f"no export newer than {requested}, the newest requested, in {directory}, and the folders "
+                "are as when its run was requested (if it failed on a bad export, fixing or re-landing the "
+                "folder starts a new run once it is complete)"
+            ),
+            cursor=_cursor(requested, requested_files),
+        )
+    without_invoices = [f.name for f in folders if not (f / INVOICES.file_name).is_file()]
+    seen = _cursor(requested, requested_files, digest)
     if without_invoices:
-        return _waiting(f"no {INVOICES.file_name} yet in {', '.join(without_invoices)}", requested, digest)
+        return _waiting(f"no {INVOICES.file_name} yet in {', '.join(without_invoices)}", seen)
     if digest != last_seen:
-        return _waiting(f"the exports up to {newest} changed since the last tick", requested, digest)
+        return _waiting(f"the exports up to {newest} changed since the last tick", seen)
     if time.time_ns() - max(mtime for *_, mtime in files) < SETTLE_SECONDS * 1_000_000_000:
-        return _waiting(f"the exports up to {newest} were written to in the last seconds", requested, digest)
+        return _waiting(f"the exports up to {newest} were written to in the last seconds", seen)
+    run_key = f"export-{newest}-{digest[:12]}" if renewed else f"export-{newest}"
     return SensorResult(
-        run_requests=[RunRequest(run_key=f"export-{newest}", tags={EXPORT_DAY_TAG: newest})],
-        cursor=json.dumps({"requested": newest}),
+        run_requests=[RunRequest(run_key=run_key, tags={EXPORT_DAY_TAG: newest})],
+        cursor=_cursor(newest, digest),
     )
