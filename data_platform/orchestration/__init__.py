@@ -6,7 +6,7 @@ Modules, one job each:
     assets       raw tables (the loader), every dbt model with its tests as checks, the docs, the alerts
     schedules    the daily job and its schedule (PIPELINE_SCHEDULE)
     configuration  the settings the Dagster processes read that cannot be used: reported, never fatal
-    sensors      a new export folder, once complete and unchanged, starts one run; a fixed one another
+    sensors      a new export folder, once complete and unchanged, starts one run, and so does a fixed one
     notify       operations messages through the balance alerts' destinations (Slack webhook or stdout)
     ops_alerts   run failure and freshness alerts, each kept in the sensor's cursor until delivered
     definitions  the one `Definitions` object (`dagster dev -m data_platform.orchestration.definitions`)
