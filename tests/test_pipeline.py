@@ -564,7 +564,8 @@ def test_a_steps_stderr_passes_through_whole_and_only_its_last_lines_are_kept_sh
     assert code == 0
     limit = pipeline.MAX_QUOTED_LINE_CHARS
     assert lines == ["line 9999", "x" * (limit - 3) + "...", "last"]
-    assert capfd.readouterr().err == "".join(f"line {n}\n" for n in range(10_000)) + "x" * 1_000_000 + "\nlast"
+    passed_on = "".join(f"line {n}\n" for n in range(10_000)) + "x" * 1_000_000 + "\nlast"
+    assert capfd.readouterr().err == passed_on
     # a step that prints nothing ends as any other
     assert pipeline.run_child_keeping_stderr([sys.executable, "-c", "exit(4)"], keep=3) == (4, [])
 
