@@ -26,6 +26,8 @@ def printable(text: str) -> str:
 
 # the loader's exit code when another loader run holds its lock past --wait (the pipeline tells it apart)
 EXIT_BUSY = 3
+# and when it could not connect: nothing was tried
+EXIT_DATABASE_UNAVAILABLE = 2
 # how the loader's command line starts the line saying why it stopped: a failed load's pipeline error
 # quotes its output from there on
 ERROR_PREFIX = "error: "

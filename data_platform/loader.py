@@ -44,6 +44,7 @@ from data_platform.load_errors import (
     ALLOW_EMPTY_HELP,
     ERROR_PREFIX,
     EXIT_BUSY,
+    EXIT_DATABASE_UNAVAILABLE,
     LoaderBusy,
     LoadError,
     changed_while_read,
@@ -450,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
             )
     except DatabaseUnavailable as error:
         print(f"{ERROR_PREFIX}{error}", file=sys.stderr)
-        return 2
+        return EXIT_DATABASE_UNAVAILABLE
     except LoaderBusy as error:
         print(f"{ERROR_PREFIX}{error}", file=sys.stderr)
         return EXIT_BUSY

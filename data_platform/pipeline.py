@@ -53,6 +53,7 @@ from data_platform.db import (
 )
 from data_platform.load_errors import ERROR_PREFIX as LOADER_ERROR_PREFIX
 from data_platform.load_errors import EXIT_BUSY as EXIT_LOADER_BUSY
+from data_platform.load_errors import EXIT_DATABASE_UNAVAILABLE as EXIT_LOADER_UNAVAILABLE
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # the pipeline loads and builds Postgres whatever DBT_TARGET says (the other engines' raw layer comes
@@ -67,9 +68,10 @@ LOCK_KEY = "data_platform.pipeline"
 STOP_GRACE_SECONDS = 60
 FAILED_ROWS_SHOWN = 5
 EXIT_CONFIG = 2
-# A failed load's error quotes the loader's last lines of stderr: at most this many, each shortened to
-# MAX_QUOTED_LINE_CHARS (a line may hold a value from a file, or be anything a crash printed).
-LOADER_LINES_KEPT = 5
+# A failed load's error quotes the loader's stderr from its last error line on, or else its last lines:
+# at most this many lines, each shortened to MAX_QUOTED_LINE_CHARS, its start and end kept (a line may
+# hold a value from a file, or be anything a crash printed).
+LOADER_LINES_KEPT = 20
 MAX_QUOTED_LINE_CHARS = 1000
 # How long a step's last output is waited for once it ended (something it started may hold the pipe).
 STDERR_DRAIN_SECONDS = 5
@@ -247,48 +249,78 @@ def run_child(argv: Sequence[str], env: dict[str, str] | None = None) -> int:
     return wait_child(start_child(argv, env))
 
 
-class StderrTail:
-    """A step's stderr (a pipe) passed on to this process's stderr line by line as it comes, keeping only
-    its last `keep` lines, each shortened to MAX_QUOTED_LINE_CHARS: memory stays bounded whatever the
-    step prints. A daemon thread reads the pipe until the step (and anything it started) closes it, so it
-    never holds up this process's exit."""
+def _shortened(head: str, end: str) -> str:
+    """A line read as its first chunk and the last characters after it, at most MAX_QUOTED_LINE_CHARS
+    long: its start and its end kept (an error message ends with its reason)."""
+    line = (head + end).rstrip("\r\n")
+    if not end or len(line) <= MAX_QUOTED_LINE_CHARS:
+        return line
+    half = (MAX_QUOTED_LINE_CHARS - 3) // 2
+    return line[:half] + "..." + line[-(MAX_QUOTED_LINE_CHARS - 3 - half) :]
 
-    def __init__(self, pipe: IO[bytes], keep: int):
-        self._lines: collections.deque[str] = collections.deque(maxlen=keep)
-        self._thread = threading.Thread(target=self._pass_on, args=(pipe,), name="step stderr", daemon=True)
+
+def _echo_to_stderr(chunk: str) -> None:
+    # neither a closed nor a missing stderr may stop the reading: the step would block on a full pipe
+    stream = sys.stderr
+    if stream is not None:
+        with contextlib.suppress(Exception):
+            stream.write(chunk)
+            stream.flush()
+
+
+class StderrTail:
+    """A step's stderr (a pipe) passed on to this process's stderr line by line as it comes, keeping its
+    lines from the last one starting with `mark` (at most `keep`), or else its last `keep` lines, each
+    shortened: memory stays bounded whatever the step prints. A daemon thread reads the pipe until the
+    step (and anything it started) closes it, so it never holds up this process's exit."""
+
+    def __init__(self, pipe: IO[bytes], keep: int, mark: str):
+        self._keep, self._mark = keep, mark
+        self._last: collections.deque[str] = collections.deque(maxlen=keep)
+        self._marked: list[str] | None = None
+        self._thread = threading.Thread(target=self._read, args=(pipe,), name="step stderr", daemon=True)
         self._thread.start()
 
-    def _pass_on(self, pipe: IO[bytes]) -> None:
-        continued = False  # the last chunk read ended inside a line longer than a chunk
+    def _read(self, pipe: IO[bytes]) -> None:
+        head: str | None = None  # the first chunk of the line being read, and what came after it
+        end = ""
         with io.TextIOWrapper(pipe, errors="backslashreplace", newline="\n") as text:
             while chunk := text.readline(MAX_QUOTED_LINE_CHARS):
-                # a closed stderr here must not stop the reading: the step would block on a full pipe
-                with contextlib.suppress(OSError, ValueError):
-                    sys.stderr.write(chunk)
-                    sys.stderr.flush()
-                if not continued:
-                    line = chunk.rstrip("\r\n")
-                    if len(line) >= MAX_QUOTED_LINE_CHARS:
-                        line = line[: MAX_QUOTED_LINE_CHARS - 3] + "..."
-                    self._lines.append(line)
-                continued = not chunk.endswith("\n")
+                _echo_to_stderr(chunk)
+                if head is None:
+                    head, end = chunk, ""
+                else:
+                    end = (end + chunk)[-MAX_QUOTED_LINE_CHARS:]
+                if chunk.endswith("\n"):
+                    self._add(_shortened(head, end))
+                    head = None
+            if head is not None:
+                self._add(_shortened(head, end))
 
-    def last_lines(self) -> list[str]:
-        """Once the step ended: its last lines (after waiting a moment for what is still in the pipe)."""
+    def _add(self, line: str) -> None:
+        self._last.append(line)
+        if line.startswith(self._mark):
+            self._marked = [line]
+        elif self._marked is not None and len(self._marked) < self._keep:
+            self._marked.append(line)
+
+    def quoted(self) -> list[str]:
+        """Once the step ended (after waiting a moment for what is still in the pipe): its lines from the
+        last one starting with `mark`, or else its last lines."""
         self._thread.join(STDERR_DRAIN_SECONDS)
-        return list(self._lines)
+        return list(self._marked if self._marked is not None else self._last)
 
 
-def run_child_keeping_stderr(
-    argv: Sequence[str], keep: int, env: dict[str, str] | None = None
+def run_child_quoting_stderr(
+    argv: Sequence[str], keep: int, mark: str, env: dict[str, str] | None = None
 ) -> tuple[int, list[str]]:
-    """As `run_child`, its stderr still shown as it comes: (its exit code, its last `keep` lines)."""
+    """As `run_child`, its stderr still shown as it comes: (its exit code, what StderrTail quotes)."""
     child = start_child(argv, env, stderr=subprocess.PIPE)
-    tail = StderrTail(child.stderr, keep)
+    tail = StderrTail(child.stderr, keep, mark)
     try:
         code = wait_child(child)
     finally:
-        lines = tail.last_lines()  # on a stop request too: its last words are shown before the run's
+        lines = tail.quoted()  # on a stop request too: its last words are shown before the run's
     return code, lines
 
 
@@ -462,14 +494,11 @@ def wait_for_database(settings: Settings) -> None:
     print(f"database {describe_target()} is ready")
 
 
-def loader_error(stderr: Sequence[str]) -> str:
-    """Why the loader stopped, from its last lines of stderr: from its last error line on, without the
-    prefix (the error, then what it left loaded); else all of them (the end of a traceback)."""
-    starts = [number for number, line in enumerate(stderr) if line.startswith(LOADER_ERROR_PREFIX)]
-    said = list(stderr[starts[-1] :] if starts else stderr)
-    if starts:
-        said[0] = said[0].removeprefix(LOADER_ERROR_PREFIX)
-    return "\n".join(said)
+def loader_error(quoted: Sequence[str]) -> str:
+    """Why the loader stopped: its quoted stderr, the error line without its prefix."""
+    return "\n".join(
+        line.removeprefix(LOADER_ERROR_PREFIX) if n == 0 else line for n, line in enumerate(quoted)
+    )
 
 
 def load_exports(settings: Settings, through: str | None = None) -> None:
@@ -481,9 +510,12 @@ def load_exports(settings: Settings, through: str | None = None) -> None:
     command = [sys.executable, "-m", "data_platform.loader", "--csv-dir", str(settings.csv_dir)]
     # a loader started by hand is waited for as another pipeline run is
     command += ["--wait", f"{settings.lock_timeout_seconds:g}"]
-    code, stderr = run_child_keeping_stderr(
-        command + (["--through", through] if through else []), LOADER_LINES_KEPT
+    code, stderr = run_child_quoting_stderr(
+        command + (["--through", through] if through else []), LOADER_LINES_KEPT, LOADER_ERROR_PREFIX
     )
+    said = loader_error(stderr) or f"the loader exited with {code} and printed no error"
+    if code == EXIT_LOADER_UNAVAILABLE:
+        raise PipelineError(f"the load could not start: {said}\nnothing was loaded or built", code)
     if code == EXIT_LOADER_BUSY:
         raise PipelineError(
             "another loader run (one started by hand?) held the loader's lock for longer than "
@@ -492,7 +524,6 @@ def load_exports(settings: Settings, through: str | None = None) -> None:
         )
     if code:
         # each export commits on its own: the ones before the failing export stay loaded
-        said = loader_error(stderr) or f"the loader exited with {code} and printed no error"
         raise PipelineError(
             f"the load failed: {said}\nnothing was built: exports the loader reported loaded stay loaded; "
             "the failing export and the later ones were not: fix or remove it, and the next run loads "

@@ -553,21 +553,68 @@ def test_a_step_dies_with_a_pipeline_killed_outright(tmp_path):
 
 
 def test_a_steps_stderr_passes_through_whole_and_only_its_last_lines_are_kept_shortened(capfd):
-    """A failed load quotes the loader's last lines; whatever a step prints, that tail stays small."""
+    """A failed load quotes the loader's last lines; whatever a step prints, that tail stays small, and a
+    long line keeps its start and its end (where an error's reason is)."""
     from data_platform import pipeline
 
     noisy = (
         "import sys; [print(f'line {n}', file=sys.stderr) for n in range(10_000)]; "
-        "print('x' * 1_000_000, file=sys.stderr); print('last', file=sys.stderr, end='')"
+        "print('a' * 600 + 'x' * 1_000_000 + 'z' * 600, file=sys.stderr); "
+        "print('last', file=sys.stderr, end='')"
     )
-    code, lines = pipeline.run_child_keeping_stderr([sys.executable, "-c", noisy], keep=3)
+    code, lines = pipeline.run_child_quoting_stderr([sys.executable, "-c", noisy], keep=3, mark="error: ")
     assert code == 0
     limit = pipeline.MAX_QUOTED_LINE_CHARS
-    assert lines == ["line 9999", "x" * (limit - 3) + "...", "last"]
-    passed_on = "".join(f"line {n}\n" for n in range(10_000)) + "x" * 1_000_000 + "\nlast"
-    assert capfd.readouterr().err == passed_on
+    half = (limit - 3) // 2
+    assert lines == ["line 9999", "a" * half + "..." + "z" * (limit - 3 - half), "last"]
+    passed_on = "".join(f"line {n}\n" for n in range(10_000)) + "a" * 600 + "x" * 1_000_000 + "z" * 600
+    assert capfd.readouterr().err == passed_on + "\nlast"
     # a step that prints nothing ends as any other
-    assert pipeline.run_child_keeping_stderr([sys.executable, "-c", "exit(4)"], keep=3) == (4, [])
+    assert pipeline.run_child_quoting_stderr([sys.executable, "-c", "exit(4)"], 3, "error: ") == (4, [])
+
+
+def test_the_quote_starts_at_the_last_error_line_however_many_lines_follow_it():
+    """A connection error lists every host tried: its first line must not scroll out of the quote."""
+    from data_platform import pipeline
+
+    loud = (
+        "import sys; print('error: an earlier one', file=sys.stderr); print('noise', file=sys.stderr); "
+        "print('error: cannot connect', file=sys.stderr); "
+        "[print(f'  host {n}', file=sys.stderr) for n in range(30)]; exit(2)"
+    )
+    code, lines = pipeline.run_child_quoting_stderr([sys.executable, "-c", loud], keep=5, mark="error: ")
+    assert (code, lines) == (2, ["error: cannot connect", "  host 0", "  host 1", "  host 2", "  host 3"])
+    assert pipeline.loader_error(lines).startswith("cannot connect\n  host 0\n")
+
+
+def test_a_step_whose_stderr_cannot_be_shown_still_runs_to_its_end():
+    """With the pipeline's stderr closed (2>&-), the step's lines are still read, so it never meets a
+    broken pipe: a load that would succeed succeeds."""
+    step = "import sys; [print(f'progress {n}', file=sys.stderr) for n in range(100_000)]"
+    script = (
+        "import sys; sys.stderr = None; from data_platform import pipeline; "
+        f"print(pipeline.run_child_quoting_stderr([sys.executable, '-c', {step!r}], 2, 'error: '))"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "(0, ['progress 99998', 'progress 99999'])", result.stdout + result.stderr
+
+
+def test_a_load_that_cannot_reach_the_database_says_so_not_to_fix_an_export(tmp_path, monkeypatch):
+    from data_platform import pipeline
+
+    csv_dir = write_fixture(tmp_path)
+    monkeypatch.setenv("PGHOST", "127.0.0.1")
+    monkeypatch.setenv("PGPORT", "1")  # nothing listens there: refused at once
+    settings = pipeline.Settings(csv_dir=csv_dir, lock_timeout_seconds=0)
+    with pytest.raises(pipeline.PipelineError) as failed:
+        pipeline.load_exports(settings)
+    assert failed.value.exit_code == 2
+    message = str(failed.value)
+    assert message.startswith("the load could not start: cannot connect to "), message
+    assert message.endswith(
+        "Check PGHOST, PGPORT, PGUSER, PGPASSWORD and PGDATABASE.\nnothing was loaded or built"
+    )
+    assert "fix or remove" not in message
 
 
 @pytest.mark.parametrize("interruption", [KeyboardInterrupt, "DagsterExecutionInterruptedError"])
