@@ -31,11 +31,19 @@ MAX_HEADER_BYTES = 64 * 1024
 # How much of a line the error path keeps.
 LINE_HEAD_BYTES = 4096
 UTF8_BOM = b"\xef\xbb\xbf"
-# Files in another form than UTF-8 text, named as such rather than as a header that is not UTF-8.
+# Files in another form than UTF-8 text, by their first bytes, named as such rather than as a header that
+# is not UTF-8 (the first match counts: UTF-32's marks start like UTF-16's)
+_SAVE_AS_UTF8 = "byte order mark): save it as UTF-8"
 OTHER_FORMS = {
     b"\x1f\x8b": "gzip-compressed: decompress it first",
-    b"\xff\xfe": "UTF-16 (it starts with a UTF-16 byte order mark): save it as UTF-8",
-    b"\xfe\xff": "UTF-16 (it starts with a UTF-16 byte order mark): save it as UTF-8",
+    b"BZh": "bzip2-compressed: decompress it first",
+    b"\xfd7zXZ\x00": "xz-compressed: decompress it first",
+    b"\x28\xb5\x2f\xfd": "zstd-compressed: decompress it first",
+    b"PK\x03\x04": "a zip archive (an Excel workbook is one): unzip it, or save the sheet as CSV (UTF-8)",
+    b"\xff\xfe\x00\x00": f"UTF-32 (it starts with a UTF-32 {_SAVE_AS_UTF8}",
+    b"\x00\x00\xfe\xff": f"UTF-32 (it starts with a UTF-32 {_SAVE_AS_UTF8}",
+    b"\xff\xfe": f"UTF-16 (it starts with a UTF-16 {_SAVE_AS_UTF8}",
+    b"\xfe\xff": f"UTF-16 (it starts with a UTF-16 {_SAVE_AS_UTF8}",
 }
 
 # Called after every block with (path, bytes done, file size).
@@ -107,6 +115,13 @@ def check_header(spec: TableSpec, path: Path) -> int:
     for start, form in OTHER_FORMS.items():
         if raw.startswith(start):
             raise LoadError(path, f"the file is {form}; the loader reads UTF-8 CSV text", line=1)
+    if b"\x00" in raw:  # no CSV header holds one: text in two or four bytes a character, or not text
+        raise LoadError(
+            path,
+            "the header holds NUL bytes: UTF-16 or UTF-32 without a byte order mark, or not text at all; "
+            "the loader reads UTF-8 CSV text",
+            line=1,
+        )
     text = raw.removeprefix(UTF8_BOM).removesuffix(b"\n").removesuffix(b"\r")
     if b"\r" in text:  # the first LF is far away, or absent: the whole start of the file looks like a header
         raise LoadError(path, "lines end with CR alone (old Mac style): the file must use LF or CRLF", line=1)

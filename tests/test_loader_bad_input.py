@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import bz2
 import gzip
+import lzma
 import os
 import shutil
 import tempfile
@@ -608,11 +610,16 @@ ENCODED = {
     "gzip": (lambda text: gzip.compress(text.encode()), "gzip-compressed: decompress it"),
     "utf-16": (lambda text: text.encode("utf-16"), "UTF-16 (it starts with a UTF-16 byte order mark)"),
     "utf-16-be": (lambda text: b"\xfe\xff" + text.encode("utf-16-be"), "UTF-16"),
+    "utf-32": (lambda text: text.encode("utf-32"), "UTF-32 (it starts with a UTF-32 byte order mark)"),
+    "utf-16 without a mark": (lambda text: text.encode("utf-16-le"), "UTF-16 or UTF-32 without a byte order"),
+    "zip": (lambda text: b"PK\x03\x04" + text.encode(), "a zip archive (an Excel workbook is one)"),
+    "bzip2": (lambda text: bz2.compress(text.encode()), "bzip2-compressed: decompress it"),
+    "xz": (lambda text: lzma.compress(text.encode()), "xz-compressed: decompress it"),
 }
 
 
 @pytest.mark.parametrize("kind", ENCODED)
-def test_a_compressed_or_utf16_file_is_named_as_such(conn, tmp_path, baseline, kind):
+def test_a_file_in_another_form_than_utf8_text_is_named_as_such(conn, tmp_path, baseline, kind):
     """Not "header is not valid UTF-8": the file is fine, only in another form, which the message names."""
     encoded, reason = ENCODED[kind]
     path = write_dir(tmp_path / "files") / "invoices.csv"

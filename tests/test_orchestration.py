@@ -352,3 +352,12 @@ def test_daily_runs_regenerate_the_docs_the_demo_serves():
     for dockerfile in ("Dockerfile", "Dockerfile.daily"):
         # the volume takes the image folder's owner: it must exist and belong to the app user
         assert "mkdir -p dbt/target && chown app:app dbt/target" in (PROJECT_ROOT / dockerfile).read_text()
+
+
+def test_without_a_path_the_definitions_search_the_interpreters_scripts_then_the_default(defs, monkeypatch):
+    """PATH unset: dbt is found beside the interpreter, and sh and the rest where a shell would look."""
+    from data_platform.orchestration import project
+
+    monkeypatch.delenv("PATH")
+    project._put_interpreter_scripts_on_path()
+    assert os.environ["PATH"] == f"{Path(sys.executable).parent}{os.pathsep}{os.defpath}"

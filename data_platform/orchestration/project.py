@@ -33,9 +33,9 @@ def _put_interpreter_scripts_on_path() -> None:
     `.venv/bin/dagster dev` from a shell without the virtualenv activated must find it, as init.sh puts
     .venv/bin first. The code location's and the runs' processes all import this module."""
     scripts = str(Path(sys.executable).parent)
-    path = os.environ.get("PATH", "")
+    path = os.environ.get("PATH") or os.defpath  # unset: what a shell would search, sh and all
     if scripts not in path.split(os.pathsep):
-        os.environ["PATH"] = f"{scripts}{os.pathsep}{path}" if path else scripts
+        os.environ["PATH"] = f"{scripts}{os.pathsep}{path}"
 
 
 _put_interpreter_scripts_on_path()
