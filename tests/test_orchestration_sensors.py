@@ -165,6 +165,43 @@ def test_a_requested_folder_fixed_after_its_run_starts_one_new_run_once_settled(
         cursor = later.cursor or cursor
 
 
+def replace_keeping_times(path: Path, text: str) -> None:
+    """A file landed again as `cp -p` or `rsync -a` lands it: new content, the old file's times."""
+    before = path.stat()
+    staged = path.with_name(f".{path.name}.tmp")
+    staged.write_text(text)
+    os.utime(staged, ns=(before.st_atime_ns, before.st_mtime_ns))
+    staged.replace(path)
+
+
+def test_a_fix_of_the_same_size_and_times_starts_a_new_run(exports, tick):
+    day = exports / "2024-07-02"
+    write(day / "invoices.csv", "ID\n1\n")
+    first = settled_request(tick)
+    replace_keeping_times(day / "invoices.csv", "ID\n2\n")
+    again = settled_request(tick, first.cursor)
+    [key] = run_keys(again)
+    assert key.startswith("export-2024-07-02-")
+
+
+def test_a_change_reverted_then_made_again_starts_a_run_under_a_new_key_each_time(exports, tick):
+    # Dagster never launches a run key twice: a key met again would start nothing
+    invoices = exports / "2024-07-02" / "invoices.csv"
+    first, second = time.time_ns() - 120 * 10**9, time.time_ns() - 60 * 10**9
+    write(invoices, "ID\n1\n")
+    os.utime(invoices, ns=(first, first))
+    cursor = settled_request(tick).cursor
+    keys = []
+    # the revert brings back the first file's size and times (`cp -p` of a kept copy)
+    for text, written in [("ID\n1\n2\n", second), ("ID\n1\n", first), ("ID\n1\n2\n", second)]:
+        write(invoices, text)
+        os.utime(invoices, ns=(written, written))
+        again = settled_request(tick, cursor)
+        keys += run_keys(again)
+        cursor = again.cursor
+    assert len(keys) == len(set(keys)) == 3, keys
+
+
 def test_a_fix_in_progress_holds_the_new_run_back_as_a_new_landing_would(exports, tick, monkeypatch):
     day = exports / "2024-07-02"
     write(day / "invoices.csv", "ID\n1\n")
@@ -200,6 +237,11 @@ def test_an_older_folder_of_the_requested_run_fixed_starts_a_new_run(exports, ti
     [
         pytest.param("2024-07-02", id="bare-date"),
         pytest.param(json.dumps({"requested": "2024-07-02"}), id="json-without-the-requested-files"),
+        # an earlier version's digest of the same files is another digest
+        pytest.param(
+            json.dumps({"requested": "2024-07-02", "requested_files": "0" * 64, "pending": None}),
+            id="digest-of-an-earlier-version",
+        ),
     ],
 )
 def test_a_cursor_of_an_earlier_version_notices_a_fix_from_its_first_tick_on(exports, tick, cursor):

@@ -1,26 +1,28 @@
-"""New export folders, csv_data/exports/<YYYY-MM-DD>/ (CSV_DIR), start one run of the daily job once
-they are complete, and so does a change to the folders a run was requested for (a bad export fixed).
+"""New export folders, csv_data/exports/<YYYY-MM-DD>/ (CSV_DIR), start one run of the daily job once they are
+complete, and so does a change to the folders a run was requested for (a bad export fixed).
 
-A tick may see a folder while it is still being copied, and the loader loads what is there: an export
-loaded in part is final (exports are immutable), and one without its invoices fails the run. So a
-run is requested only when every export folder holds invoices.csv, their files (names, sizes,
-modification times) are the same as at the previous tick, and the newest of them is at least
-SETTLE_SECONDS old. Several folders landing together start one run; an unchanged set of folders starts
-none. The run loads the folders up to the newest day the sensor judged complete (its EXPORT_DAY_TAG),
-not one that lands while it waits in the queue. An export copied into a dot-named folder (ignored here
-and by the loader) and renamed into place is complete when it appears.
+A tick may see a folder while it is still being copied, and the loader loads what is there: an export loaded
+in part is final (exports are immutable), and one without its invoices fails the run. So a run is requested
+only when every export folder holds invoices.csv, their files (names, sizes, modification and change times)
+are the same as at the previous tick, and the newest of them was last modified at least SETTLE_SECONDS ago.
+Several folders landing together start one run; an unchanged set of folders starts none. The run loads the
+folders up to the newest day the sensor judged complete (its EXPORT_DAY_TAG), not one that lands while it
+waits in the queue. An export copied into a dot-named folder (ignored here and by the loader) and renamed into
+place is complete when it appears.
 
-With no folder newer than the requested day, every folder is one that run read (the loader looks into
-each folder up to its day, loading the new ones and checking the loaded ones are unchanged). When their
-files differ from when it was requested (an export replaced after its run refused it, or re-landed),
-the folders are waited for as a new landing is, then a run is requested again for that day, under a run
-key naming the files (Dagster launches a run key once). A loaded export changed is refused by that run
-(its failure alert says so), and one only touched loads nothing.
+With no folder newer than the requested day, every folder is one that run read (the loader looks into each
+folder up to its day, loading the new ones and checking the loaded ones are unchanged). When their files
+differ from when it was requested (an export replaced after its run refused it, or re-landed, even with its
+old size and modification time, as `cp -p` lands it: its change time is new), the folders are waited for as a
+new landing is, then a run is requested again for that day, under a run key naming the files (Dagster launches
+a run key once). A loaded export changed is refused by that run (its failure alert says so), and one only
+touched or landed again unchanged loads nothing.
 
-The cursor: {"requested": the newest day a run was requested for, "requested_files": a digest of the
-folders' files when it was, "pending": a digest of the folders' files at the last tick while a run
-waits to be requested}. A bare date, the cursor of earlier versions, is the requested day; without
-"requested_files", the first tick records the folders as they are.
+The cursor: {"requested": the newest day a run was requested for, "requested_files": a digest of the folders'
+files when it was, "pending": a digest of the folders' files at the last tick while a run waits to be
+requested, "digests": DIGESTS, what the digests are of}. A bare date, the cursor of earlier versions, is the
+requested day; without "requested_files", or with digests of another kind, the first tick records the folders
+as they are.
 """
 
 import hashlib
@@ -42,6 +44,9 @@ SETTLE_SECONDS = 10
 # A run this sensor starts carries the newest export day it judged complete, and loads up to that day
 # only: a folder that lands while the run waits in the queue may still be being copied.
 EXPORT_DAY_TAG = "data_platform/export_day"
+# what the cursor's digests are of: raised whenever _files changes, so that a digest of an earlier
+# version is not taken for a change to the folders
+DIGESTS = 2
 
 
 def exports_dir() -> Path:
@@ -57,27 +62,33 @@ def export_folders(directory: Path) -> list[Path]:
 
 def _read_cursor(cursor: str | None) -> tuple[str | None, str | None, str | None]:
     """(the newest day a run was requested for, the folders' digest when it was, the folders' digest at
-    the last tick)."""
+    the last tick); the digests only if made as _files makes them now."""
     if not cursor:
         return None, None, None
     if not cursor.startswith("{"):
         return cursor, None, None
     state = json.loads(cursor)
+    if state.get("digests") != DIGESTS:  # another version's digest would differ for unchanged folders
+        return state.get("requested"), None, None
     return state.get("requested"), state.get("requested_files"), state.get("pending")
 
 
 def _cursor(requested: str | None, requested_files: str | None, pending: str | None = None) -> str:
-    return json.dumps({"requested": requested, "requested_files": requested_files, "pending": pending})
+    return json.dumps(
+        {"requested": requested, "requested_files": requested_files, "pending": pending, "digests": DIGESTS}
+    )
 
 
 def _waiting(reason: str, cursor: str) -> SensorResult:
     return SensorResult(skip_reason=f"{reason}; checked again next tick", cursor=cursor)
 
 
-def _files(folders: list[Path]) -> list[tuple[str, str, int, int]]:
-    """Every entry of the folders (dotfiles too: a copy's temporary files) as (folder, name, size, mtime)."""
+def _files(folders: list[Path]) -> list[tuple[str, str, int, int, int]]:
+    """Every entry of the folders (dotfiles too: a copy's temporary files) as (folder, name, size, mtime,
+    ctime). The ctime tells apart a file landed again with its old size and times (`cp -p`, `rsync -a`):
+    any write or replacement sets it to now, nothing sets it back, so a digest never comes back."""
     return sorted(
-        (folder.name, entry.name, stat.st_size, stat.st_mtime_ns)
+        (folder.name, entry.name, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
         for folder in folders
         for entry in os.scandir(folder)
         for stat in [entry.stat()]
@@ -120,7 +131,7 @@ def new_export_sensor(context: SensorEvaluationContext):
         return _waiting(f"no {INVOICES.file_name} yet in {', '.join(without_invoices)}", seen)
     if digest != last_seen:
         return _waiting(f"the exports up to {newest} changed since the last tick", seen)
-    if time.time_ns() - max(mtime for *_, mtime in files) < SETTLE_SECONDS * 1_000_000_000:
+    if time.time_ns() - max(mtime for _, _, _, mtime, _ in files) < SETTLE_SECONDS * 1_000_000_000:
         return _waiting(f"the exports up to {newest} were written to in the last seconds", seen)
     run_key = f"export-{newest}-{digest[:12]}" if renewed else f"export-{newest}"
     return SensorResult(
