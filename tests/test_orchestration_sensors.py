@@ -20,9 +20,13 @@ from dagster._core.test_utils import create_run_for_test
 from orchestration_support import UNUSABLE_PIPELINE_SETTINGS, dagster_env, environment
 from test_compose import PROJECT_ROOT, run_compose_config
 
+from data_platform.csv_files import check_header
+from data_platform.exports import discover
+from data_platform.load_errors import LoadError
 from data_platform.orchestration import sensors
 from data_platform.orchestration.schedules import daily_job
 from data_platform.orchestration.sensors import EXPORT_DAY_TAG, new_export_sensor
+from data_platform.raw_tables import INVOICES, ORGANIZATIONS
 
 DAEMON_COMMAND = ["dagster-daemon", "run", "-m", "data_platform.orchestration.definitions"]
 
@@ -278,6 +282,38 @@ def test_a_partly_copied_older_folder_holds_the_run_back(exports, tick):
     third = tick(second.cursor)
     assert run_keys(third) == []
     assert run_keys(tick(third.cursor)) == ["export-2024-07-02"]
+
+
+@pytest.mark.parametrize("name", ["organizations.csv", "invoices.csv"])
+def test_a_dangling_link_in_a_loaded_folder_does_not_hold_back_the_next_export(exports, tick, name):
+    write(exports / "2024-07-01" / "invoices.csv", "ID\n1\n")
+    cursor = settled_request(tick).cursor
+    # a file of the loaded export replaced by a link into a share that is not mounted
+    link = exports / "2024-07-01" / name
+    link.unlink(missing_ok=True)
+    link.symlink_to(exports.parent / "unmounted" / name)
+    made = time.time() - 60
+    os.utime(link, (made, made), follow_symlinks=False)
+    write(exports / "2024-07-02" / "invoices.csv", "ID\n1\n")
+    assert "export-2024-07-02" in run_keys(settled_request(tick, cursor))
+    # the run's loader names the link
+    [loaded, _] = discover(exports.parent)
+    assert link in loaded.files
+    with pytest.raises(LoadError) as refused:
+        check_header(INVOICES if name == "invoices.csv" else ORGANIZATIONS, link)
+    assert refused.value.path == link
+
+
+def test_a_file_gone_between_listing_and_reading_holds_the_run_back(exports, tick, monkeypatch):
+    # a rename under way: the folder was listed with the file, which is gone when looked at
+    day = exports / "2024-07-02"
+    write(day / "invoices.csv", "ID\n1\n")
+    write(day / ".invoices.csv.tmp", "ID\n1\n")
+    listed = list(os.scandir(day))
+    (day / ".invoices.csv.tmp").unlink()
+    monkeypatch.setattr(sensors.os, "scandir", lambda folder: iter(listed))
+    changing = tick(tick(None).cursor)
+    assert run_keys(changing) == [] and "are changing" in changing.skip_message
 
 
 def test_a_cursor_of_the_earlier_format_a_bare_date_still_works(exports, tick):

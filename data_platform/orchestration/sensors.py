@@ -8,7 +8,9 @@ are the same as at the previous tick, and the newest of them was last modified a
 Several folders landing together start one run; an unchanged set of folders starts none. The run loads the
 folders up to the newest day the sensor judged complete (its EXPORT_DAY_TAG), not one that lands while it
 waits in the queue. An export copied into a dot-named folder (ignored here and by the loader) and renamed into
-place is complete when it appears.
+place is complete when it appears. A link to a missing file (an unmounted share) counts as the link itself, as
+the loader takes it: not waited for, as that would hold back every export after it, but left to the runs,
+which fail naming it until it is fixed.
 
 With no folder newer than the requested day, every folder is one that run read (the loader looks into each
 folder up to its day, loading the new ones and checking the loaded ones are unchanged). When their files
@@ -86,13 +88,23 @@ def _waiting(reason: str, cursor: str) -> SensorResult:
 def _files(folders: list[Path]) -> list[tuple[str, str, int, int, int]]:
     """Every entry of the folders (dotfiles too: a copy's temporary files) as (folder, name, size, mtime,
     ctime). The ctime tells apart a file landed again with its old size and times (`cp -p`, `rsync -a`):
-    any write or replacement sets it to now, nothing sets it back, so a digest never comes back."""
+    any write or replacement sets it to now, nothing sets it back, so a digest never comes back.
+    FileNotFoundError for an entry gone since it was listed (a rename under way)."""
     return sorted(
         (folder.name, entry.name, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
         for folder in folders
         for entry in os.scandir(folder)
-        for stat in [entry.stat()]
+        for stat in [_stat(entry)]
     )
+
+
+def _stat(entry: os.DirEntry) -> os.stat_result:
+    try:
+        return entry.stat()
+    except OSError:
+        # a link to a missing file (an unmounted share) is the link itself: the run's loader names it,
+        # while waiting for it would hold back every export after it
+        return entry.stat(follow_symlinks=False)
 
 
 @sensor(job=daily_job, minimum_interval_seconds=60, default_status=DefaultSensorStatus.RUNNING)
@@ -125,7 +137,8 @@ def new_export_sensor(context: SensorEvaluationContext):
             ),
             cursor=_cursor(requested, requested_files),
         )
-    without_invoices = [f.name for f in folders if not (f / INVOICES.file_name).is_file()]
+    # as the loader takes it: a link to a missing file is there, and the loader names it
+    without_invoices = [f.name for f in folders if not os.path.lexists(f / INVOICES.file_name)]
     seen = _cursor(requested, requested_files, digest)
     if without_invoices:
         return _waiting(f"no {INVOICES.file_name} yet in {', '.join(without_invoices)}", seen)
