@@ -206,6 +206,36 @@ def test_a_change_reverted_then_made_again_starts_a_run_under_a_new_key_each_tim
     assert len(keys) == len(set(keys)) == 3, keys
 
 
+def test_a_dot_file_appearing_in_a_requested_folder_starts_no_run(exports, tick):
+    # the loader ignores dotfiles: a Finder's .DS_Store or an editor's swap file changes nothing it loads
+    day = exports / "2024-07-02"
+    write(day / "invoices.csv", "ID\n1\n")
+    cursor = settled_request(tick).cursor
+    write(day / ".DS_Store", "x")
+    write(day / ".invoices.csv.swp", "x")
+    for _ in range(4):
+        later = tick(cursor)
+        assert run_keys(later) == [], later.skip_message
+        cursor = later.cursor or cursor
+    # a real change still starts one
+    write(day / "invoices.csv", "ID\n1\n2\n")
+    assert run_keys(settled_request(tick, cursor))[0].startswith("export-2024-07-02-")
+
+
+def test_a_temporary_file_still_growing_holds_a_fix_back(exports, tick):
+    day = exports / "2024-07-02"
+    write(day / "invoices.csv", "ID\n1\n")
+    first = settled_request(tick)
+    write(day / "invoices.csv", "ID\n1\n2\n")
+    write(day / ".organizations.csv.partial", "ID\n")
+    seen = tick(first.cursor)
+    write(day / ".organizations.csv.partial", "ID\n1\n")
+    grown = tick(seen.cursor)
+    assert run_keys(seen) == run_keys(grown) == []
+    assert "changed since the last tick" in grown.skip_message
+    assert len(run_keys(tick(grown.cursor))) == 1
+
+
 def test_a_fix_in_progress_holds_the_new_run_back_as_a_new_landing_would(exports, tick, monkeypatch):
     day = exports / "2024-07-02"
     write(day / "invoices.csv", "ID\n1\n")

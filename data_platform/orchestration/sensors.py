@@ -13,18 +13,19 @@ the loader takes it: not waited for, as that would hold back every export after 
 which fail naming it until it is fixed.
 
 With no folder newer than the requested day, every folder is one that run read (the loader looks into each
-folder up to its day, loading the new ones and checking the loaded ones are unchanged). When their files
-differ from when it was requested (an export replaced after its run refused it, or re-landed, even with its
-old size and modification time, as `cp -p` lands it: its change time is new), the folders are waited for as a
-new landing is, then a run is requested again for that day, under a run key naming the files (Dagster launches
-a run key once). A loaded export changed is refused by that run (its failure alert says so), and one only
-touched or landed again unchanged loads nothing.
+folder up to its day, loading the new ones and checking the loaded ones are unchanged). When their files other
+than dotfiles, which the loader ignores (a .DS_Store, an editor's swap file), differ from when it was
+requested (an export replaced after its run refused it, or re-landed, even with its old size and modification
+time, as `cp -p` lands it: its change time is new), the folders are waited for as a new landing is, then a run
+is requested again for that day, under a run key naming the files (Dagster launches a run key once). A loaded
+export changed is refused by that run (its failure alert says so), and one only touched or landed again
+unchanged loads nothing.
 
 The cursor: {"requested": the newest day a run was requested for, "requested_files": a digest of the folders'
-files when it was, "pending": a digest of the folders' files at the last tick while a run waits to be
-requested, "digests": DIGESTS, what the digests are of}. A bare date, the cursor of earlier versions, is the
-requested day; without "requested_files", or with digests of another kind, the first tick records the folders
-as they are.
+files but dotfiles when it was, "pending": a digest of the folders' files, dotfiles too, at the last tick
+while a run waits to be requested, "digests": DIGESTS, what the digests are of}. A bare date, the cursor of
+earlier versions, is the requested day; without "requested_files", or with digests of another kind, the first
+tick records the folders as they are.
 """
 
 import hashlib
@@ -46,9 +47,9 @@ SETTLE_SECONDS = 10
 # A run this sensor starts carries the newest export day it judged complete, and loads up to that day
 # only: a folder that lands while the run waits in the queue may still be being copied.
 EXPORT_DAY_TAG = "data_platform/export_day"
-# what the cursor's digests are of: raised whenever _files changes, so that a digest of an earlier
+# what the cursor's digests are of: raised whenever that changes, so that a digest of an earlier
 # version is not taken for a change to the folders
-DIGESTS = 2
+DIGESTS = 3
 
 
 def exports_dir() -> Path:
@@ -98,6 +99,10 @@ def _files(folders: list[Path]) -> list[tuple[str, str, int, int, int]]:
     )
 
 
+def _digest(files: list[tuple[str, str, int, int, int]]) -> str:
+    return hashlib.sha256(json.dumps(files).encode()).hexdigest()
+
+
 def _stat(entry: os.DirEntry) -> os.stat_result:
     try:
         return entry.stat()
@@ -125,10 +130,13 @@ def new_export_sensor(context: SensorEvaluationContext):
         files = _files(folders)
     except FileNotFoundError:  # an entry went away while listed: a copy or a rename is under way
         return SkipReason(f"the exports up to {newest} are changing; checked again next tick")
-    digest = hashlib.sha256(json.dumps(files).encode()).hexdigest()
+    digest = _digest(files)
+    # what the run loads: the loader ignores dotfiles, so one appearing (.DS_Store, a swap file) in a
+    # loaded folder is no change to it, while the wait below still counts a copy's temporary ones
+    loaded = _digest([file for file in files if not file[1].startswith(".")])
     if renewed and requested_files is None:  # a cursor of an earlier version: from now on, as they are
-        requested_files = digest
-    if renewed and digest == requested_files:
+        requested_files = loaded
+    if renewed and loaded == requested_files:
         return SensorResult(
             skip_reason=(
                 f"no export newer than {requested}, the newest requested, in {directory}, and the folders "
@@ -146,8 +154,8 @@ def new_export_sensor(context: SensorEvaluationContext):
         return _waiting(f"the exports up to {newest} changed since the last tick", seen)
     if time.time_ns() - max(mtime for _, _, _, mtime, _ in files) < SETTLE_SECONDS * 1_000_000_000:
         return _waiting(f"the exports up to {newest} were written to in the last seconds", seen)
-    run_key = f"export-{newest}-{digest[:12]}" if renewed else f"export-{newest}"
+    run_key = f"export-{newest}-{loaded[:12]}" if renewed else f"export-{newest}"
     return SensorResult(
         run_requests=[RunRequest(run_key=run_key, tags={EXPORT_DAY_TAG: newest})],
-        cursor=_cursor(newest, digest),
+        cursor=_cursor(newest, loaded),
     )
