@@ -53,7 +53,7 @@ def parse_date(text: str) -> date | None:
         return None
 
 
-def _present(path: Path) -> bool:
+def present(path: Path) -> bool:
     """Whether the directory holds an entry of that name: a link to a missing file (an unmounted share) or
     to itself is a file the loader then names as unreadable, never taken for no file."""
     return os.path.lexists(path)
@@ -61,10 +61,10 @@ def _present(path: Path) -> bool:
 
 def _base_export(csv_dir: Path, as_of: date | None) -> Export | None:
     invoices, organizations = csv_dir / INVOICES.file_name, csv_dir / ORGANIZATIONS.file_name
-    if not _present(invoices) and not _present(organizations):
+    if not present(invoices) and not present(organizations):
         return None
     for path in (invoices, organizations):
-        if not _present(path):
+        if not present(path):
             other = organizations if path == invoices else invoices
             raise LoadError(path, f"file not found: the single-file export needs it beside {other.name}")
     return Export(csv_dir, invoices, organizations, as_of)
@@ -75,7 +75,7 @@ def day_folders(folder: Path) -> list[tuple[date, Path]]:
     when it does not exist. Dot names (a copy renamed into place when complete) are skipped. LoadError
     for a `folder` that is not one and for any other entry: never silently "no exports"."""
     if not folder.is_dir():
-        if _present(folder):  # a file, or a link to a share that is not mounted
+        if present(folder):  # a file, or a link to a share that is not mounted
             raise LoadError(
                 folder,
                 f"not a folder (or a link to a missing one): the dated exports go in "
@@ -103,10 +103,10 @@ def _dated_exports(csv_dir: Path, through: date | None) -> list[Export]:
             continue  # left for a later run, which may find it complete
         _refuse_other_files(entry)  # first: it also names a folder this process may not read
         invoices = entry / INVOICES.file_name
-        if not _present(invoices):
+        if not present(invoices):
             raise LoadError(invoices, "file not found: every dated export folder must hold invoices.csv")
         organizations = entry / ORGANIZATIONS.file_name
-        found.append(Export(entry, invoices, organizations if _present(organizations) else None, day))
+        found.append(Export(entry, invoices, organizations if present(organizations) else None, day))
     return found
 
 

@@ -513,6 +513,8 @@ def load_exports(settings: Settings, through: str | None = None) -> None:
     code, stderr = run_child_quoting_stderr(
         command + (["--through", through] if through else []), LOADER_LINES_KEPT, LOADER_ERROR_PREFIX
     )
+    if not code:
+        return
     said = loader_error(stderr) or f"the loader exited with {code} and printed no error"
     if code == EXIT_LOADER_UNAVAILABLE:
         raise PipelineError(f"the load could not start: {said}\nnothing was loaded or built", code)
@@ -522,14 +524,13 @@ def load_exports(settings: Settings, through: str | None = None) -> None:
             "PIPELINE_LOCK_TIMEOUT: nothing was loaded or built; run again when it has finished",
             code,
         )
-    if code:
-        # each export commits on its own: the ones before the failing export stay loaded
-        raise PipelineError(
-            f"the load failed: {said}\nnothing was built: exports the loader reported loaded stay loaded; "
-            "the failing export and the later ones were not: fix or remove it, and the next run loads "
-            "and builds the rest",
-            code,
-        )
+    # each export commits on its own: the ones before the failing export stay loaded
+    raise PipelineError(
+        f"the load failed: {said}\nnothing was built: exports the loader reported loaded stay loaded; "
+        "the failing export and the later ones were not: fix or remove it, and the next run loads "
+        "and builds the rest",
+        code,
+    )
 
 
 def plan(settings: Settings, project: str | None = None) -> refresh.BuildPlan:

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from dagster import DefaultSensorStatus, RunRequest, SensorEvaluationContext, SensorResult, SkipReason, sensor
 
-from data_platform.exports import EXPORTS_FOLDER, day_folders
+from data_platform.exports import EXPORTS_FOLDER, day_folders, present
 from data_platform.load_errors import LoadError
 from data_platform.orchestration.schedules import daily_job
 from data_platform.pipeline import csv_dir_from_environment
@@ -146,7 +146,7 @@ def new_export_sensor(context: SensorEvaluationContext):
             cursor=_cursor(requested, requested_files),
         )
     # as the loader takes it: a link to a missing file is there, and the loader names it
-    without_invoices = [f.name for f in folders if not os.path.lexists(f / INVOICES.file_name)]
+    without_invoices = [f.name for f in folders if not present(f / INVOICES.file_name)]
     seen = _cursor(requested, requested_files, digest)
     if without_invoices:
         return _waiting(f"no {INVOICES.file_name} yet in {', '.join(without_invoices)}", seen)
