@@ -7,8 +7,9 @@ dbt imports itself and parses the project while the loader runs (WarmDbt, warm_d
 export that start-up would otherwise be a quarter of the run.
 
 `python -m data_platform.pipeline` runs them in order and stops at the first failure with its exit code;
-init.sh execs it. Settings come from the environment (see `Settings`), connections from the libpq
-variables (the transformer role).
+init.sh execs it. A run that went to its end exits 0, or 4 (5) when the alert run left alerts undelivered
+(gave up on some), unless the docs are then served. Settings come from the environment (see
+`Settings`), connections from the libpq variables (the transformer role).
 
 One run at a time: the run holds a Postgres advisory lock for its whole length, so a second run waits
 (PIPELINE_LOCK_TIMEOUT seconds) and then stops with a clear message instead of dropping tables under a
@@ -68,6 +69,10 @@ LOCK_KEY = "data_platform.pipeline"
 STOP_GRACE_SECONDS = 60
 FAILED_ROWS_SHOWN = 5
 EXIT_CONFIG = 2
+# The run went to its end and the warehouse is built, but not every alert was delivered: a run from cron
+# must not end green then. Not used while the docs are served: the server runs on, the message is printed.
+EXIT_ALERTS_UNDELIVERED = 4  # they wait for the next alert run
+EXIT_ALERTS_GIVEN_UP = 5  # some were given up on: check the channel
 # A failed load's error quotes the loader's stderr from its last error line on, or else its last lines:
 # at most this many lines, each shortened to MAX_QUOTED_LINE_CHARS, its start and end kept (a line may
 # hold a value from a file, or be anything a crash printed).
@@ -593,8 +598,8 @@ def run_alerts(settings: Settings) -> AlertRun:
     return outcomes[code]
 
 
-def run(settings: Settings) -> None:
-    """Every step, in order, under the pipeline lock."""
+def run(settings: Settings) -> AlertRun | None:
+    """Every step, in order, under the pipeline lock; how the alert run left the alerts (None: none ran)."""
     wait_for_database(settings)
     with PipelineLock(settings.lock_timeout_seconds):
         project = refresh.project_fingerprint()  # before the warm process parses the project
@@ -603,11 +608,11 @@ def run(settings: Settings) -> None:
             build_plan = plan(settings, project)
             build(build_plan, warm, settings)
         generate_docs(build_plan)
-        if settings.run_alerts:
-            # the warehouse is fine; the undelivered alerts wait for the next alert run, and a given-up
-            # one was reported by the alert run and here
-            run_alerts(settings)
+        # the warehouse is fine whatever the alerts' fate: undelivered ones wait for the next alert run, a
+        # given-up one was reported by the alert run and here
+        alerts = run_alerts(settings) if settings.run_alerts else None
     step("pipeline finished")
+    return alerts
 
 
 def check_docs_address(settings: Settings) -> None:
@@ -659,9 +664,13 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings.from_environment()
         if settings.serve_docs:
             check_docs_address(settings)  # before any work, not after the whole run
-        run(settings)
+        alerts = run(settings)
         if settings.serve_docs:
             serve_docs(settings)
+        if alerts is AlertRun.UNDELIVERED:
+            return EXIT_ALERTS_UNDELIVERED
+        if alerts is AlertRun.GIVEN_UP:
+            return EXIT_ALERTS_GIVEN_UP
     except PipelineError as error:
         print(f"pipeline: {error}", file=sys.stderr)
         return error.exit_code

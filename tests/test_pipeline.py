@@ -264,18 +264,34 @@ def test_undelivered_alerts_let_the_pipeline_finish_but_a_broken_alert_setup_sto
         undelivered = run_pipeline(
             database, csv_dir, SLACK_WEBHOOK_URL=slack.url, ALERT_HTTP_RETRIES="0", ALERT_MIN_CHANGE_USD="0"
         )
-    # exit 1 from the alert run: the alerts are kept for the next run, the warehouse is fine
-    assert_succeeded(undelivered)
+    # exit 1 from the alert run: the alerts are kept for the next run, the warehouse is fine, but the
+    # run does not end green: a run from cron must say that alerts wait
+    assert undelivered.returncode == 4, undelivered.stderr
     assert len(slack.requests) == 1
     still_undelivered = "pipeline: some alerts are still undelivered (the alert run said which, and why"
     assert still_undelivered in undelivered.stderr
     assert "pipeline finished" in undelivered.stdout
+    assert database.query("select count(*) from ops.alert_history where status = 'failed'") != [(0,)]
 
     # exit 2 (a configuration error): the pipeline fails with it
     broken = run_pipeline(database, csv_dir, SLACK_WEBHOOK_URL="https://[hooks.example/x")
     assert broken.returncode == 2
     assert "the alert run failed (exit 2)" in broken.stderr
     assert "pipeline finished" not in broken.stdout
+
+
+@pytest.mark.parametrize(
+    ("alerts", "code"), [(None, 0), ("DELIVERED", 0), ("UNDELIVERED", 4), ("GIVEN_UP", 5)]
+)
+def test_a_finished_run_exits_with_how_its_alert_run_left_the_alerts(monkeypatch, alerts, code):
+    """The alert run's outcome is the exit code of a run that built the warehouse (the steps are the
+    integration tests' business: here the run is replaced by its outcome)."""
+    from data_platform import pipeline
+
+    monkeypatch.setenv("SERVE_DOCS", "false")
+    monkeypatch.setattr(pipeline.signal, "signal", lambda signum, handler: None)  # keep pytest's handlers
+    monkeypatch.setattr(pipeline, "run", lambda settings: alerts and pipeline.AlertRun[alerts])
+    assert pipeline.main([]) == code
 
 
 def test_editing_the_rules_seed_changes_balances(make_database, tmp_path):
