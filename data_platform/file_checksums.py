@@ -1,9 +1,12 @@
-"""Export files' checksums, remembered by path, size and modification time.
+"""Export files' checksums, remembered by path, size, modification time and change time.
 
 Whether an export was loaded before is decided by the checksums of its files. The base export is
 one file of the whole history (2.4 GB at 12.7M invoices): hashing it again on every daily run would
-cost more than loading the day's export. So, as make and rsync do, a file with the same path, size
-and modification time (to the nanosecond) as when it was hashed is taken to be the same file.
+cost more than loading the day's export. So a file with the same path, size, modification time and
+change time (ctime, to the nanosecond) as when it was hashed is taken to be the same file. Unlike make
+and rsync, not the size and modification time alone: `cp -p`, `rsync -a` and `touch -r` set those back,
+and a different file landed so with the old size would be taken for the one loaded. Nothing sets the
+change time back; a chmod or a restore from a backup changes it too, and only costs one more read.
 
 A checksum is remembered only when the file did not change while it was read, and was last modified
 at least SETTLED_SECONDS before: on a file system with a coarse clock, a file written again within
@@ -27,17 +30,23 @@ SETTLED_SECONDS = 2
 TABLE = sql.Identifier(RAW_SCHEMA, "file_checksums")
 
 
-def _identity(path: Path, stat: os.stat_result) -> tuple[str, int, int]:
-    return str(path.resolve()), stat.st_size, stat.st_mtime_ns
+def _identity(path: Path, stat: os.stat_result) -> tuple[str, int, int, int]:
+    return str(path.resolve()), *_times(stat)
+
+
+def _times(stat: os.stat_result) -> tuple[int, int, int]:
+    """What tells a file from its replacement: size, modification time, change time."""
+    return stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns
 
 
 def checksum(conn: psycopg.Connection, path: Path) -> str:
     """The file's sha256: remembered if this very file was hashed before, else read and remembered."""
     before = path.stat()
     row = conn.execute(
-        sql.SQL("select sha256 from {} where path = %s and size_bytes = %s and modified_ns = %s").format(
-            TABLE
-        ),
+        sql.SQL(
+            "select sha256 from {}"
+            " where path = %s and size_bytes = %s and modified_ns = %s and changed_ns = %s"
+        ).format(TABLE),
         _identity(path, before),
     ).fetchone()
     if row:
@@ -49,11 +58,12 @@ def checksum(conn: psycopg.Connection, path: Path) -> str:
 
 @dataclass(frozen=True)
 class KnownFile:
-    """A file whose checksum was remembered, with the size and modification time it had then."""
+    """A file whose checksum was remembered, with the size and times it had then."""
 
     path: Path
     size_bytes: int
     modified_ns: int
+    changed_ns: int
     sha256: str
 
     def unchanged(self) -> bool:
@@ -62,16 +72,18 @@ class KnownFile:
             stat = self.path.stat()
         except OSError:
             return False
-        return (stat.st_size, stat.st_mtime_ns) == (self.size_bytes, self.modified_ns)
+        return _times(stat) == (self.size_bytes, self.modified_ns, self.changed_ns)
 
 
 def file_with(conn: psycopg.Connection, digest: str) -> KnownFile | None:
     """A file remembered with this checksum that is still that file."""
-    for path, size, modified in conn.execute(
-        sql.SQL("select path, size_bytes, modified_ns from {} where sha256 = %s order by path").format(TABLE),
+    for path, size, modified, changed in conn.execute(
+        sql.SQL(
+            "select path, size_bytes, modified_ns, changed_ns from {} where sha256 = %s order by path"
+        ).format(TABLE),
         [digest],
     ).fetchall():
-        known = KnownFile(Path(path), size, modified, digest)
+        known = KnownFile(Path(path), size, modified, changed, digest)
         if known.unchanged():
             return known
     return None
@@ -80,15 +92,15 @@ def file_with(conn: psycopg.Connection, digest: str) -> KnownFile | None:
 def remember(conn: psycopg.Connection, path: Path, before: os.stat_result, digest: str) -> None:
     """Remember the checksum of a file read since `before` (its stat then), if it was settled."""
     after = path.stat()
-    unchanged = (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    unchanged = _times(after) == _times(before)
     settled = time.time_ns() - after.st_mtime_ns >= SETTLED_SECONDS * 1_000_000_000
     if not (unchanged and settled):
         return
     conn.execute(
         sql.SQL(
-            "insert into {} (path, size_bytes, modified_ns, sha256) values (%s, %s, %s, %s)"
+            "insert into {} (path, size_bytes, modified_ns, changed_ns, sha256) values (%s, %s, %s, %s, %s)"
             " on conflict (path) do update set size_bytes = excluded.size_bytes,"
-            " modified_ns = excluded.modified_ns, sha256 = excluded.sha256"
+            " modified_ns = excluded.modified_ns, changed_ns = excluded.changed_ns, sha256 = excluded.sha256"
         ).format(TABLE),
         [*_identity(path, before), digest],
     )

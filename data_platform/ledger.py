@@ -82,7 +82,23 @@ def ensure_tables(conn: psycopg.Connection) -> bool:
     ).fetchall():
         conn.execute(sql.SQL("drop index {}").format(sql.Identifier(RAW_SCHEMA, index)))
     _key_versions_by_day(conn)
+    _remember_change_times(conn)
     return {"invoices", "invoice_versions"} <= missing
+
+
+def _remember_change_times(conn: psycopg.Connection) -> None:
+    """Give raw.file_checksums of an earlier release its change time column. Its rows, remembered without
+    one, are forgotten: the checksums are a cache, and each file is read once more on its next load."""
+    (has_column,) = conn.execute(
+        "select exists (select from pg_attribute where attrelid = %s::regclass"
+        " and attname = 'changed_ns' and not attisdropped)",
+        [f"{RAW_SCHEMA}.file_checksums"],
+    ).fetchone()
+    if has_column:
+        return
+    checksums = raw("file_checksums")
+    conn.execute(sql.SQL("delete from {}").format(checksums))
+    conn.execute(sql.SQL("alter table {} add column changed_ns bigint not null").format(checksums))
 
 
 def _key_versions_by_day(conn: psycopg.Connection) -> None:

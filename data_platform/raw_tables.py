@@ -17,7 +17,7 @@ The tables (schema raw) are a ledger, created here if missing and never dropped:
 - raw.invoice_versions: every version of every invoice, append-only;
 - raw.organizations: the current state of the organizations;
 - raw.load_log: one row per loaded export;
-- raw.file_checksums: the export files' checksums by path, size and modification time (file_checksums.py).
+- raw.file_checksums: the export files' checksums by path, size and times (file_checksums.py).
 """
 
 from __future__ import annotations
@@ -320,6 +320,7 @@ def create_statements() -> list[sql.Composable]:
                 path text primary key,
                 size_bytes bigint not null,
                 modified_ns bigint not null,
+                changed_ns bigint not null,
                 sha256 text not null
             )"""
         ).format(_table("file_checksums")),

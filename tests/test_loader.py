@@ -90,6 +90,7 @@ CONTRACT_COLUMNS = {  # the shared contract, written out (not derived from the s
         ("path", "text", "NO"),
         ("size_bytes", "bigint", "NO"),
         ("modified_ns", "bigint", "NO"),
+        ("changed_ns", "bigint", "NO"),
         ("sha256", "text", "NO"),
     ],
 }

@@ -297,6 +297,25 @@ def test_a_loaded_file_rewritten_with_the_same_size_is_read_and_refused(conn, tm
         load_exports(conn, directory)
 
 
+@pytest.mark.parametrize("how", ["rewritten in place", "replaced by a copy"])
+def test_a_loaded_file_replaced_with_its_size_and_mtime_kept_is_read_and_refused(conn, tmp_path, how):
+    # cp -p, rsync -a, touch -r: the size and modification time say nothing; the change time does
+    directory = write_dir(tmp_path / "csv")
+    folder = write_export(directory, "2024-01-02", [invoice(1)])
+    path = folder / "invoices.csv"
+    settle(*directory.glob("*.csv"), path)
+    load_exports(conn, directory)
+    loaded = path.stat()
+    if how == "rewritten in place":
+        write(path, [INVOICE_LINES[0], invoice(2)])
+    else:
+        os.replace(write(tmp_path / "copy.csv", [INVOICE_LINES[0], invoice(2)]), path)
+    os.utime(path, ns=(loaded.st_atime_ns, loaded.st_mtime_ns))
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (loaded.st_size, loaded.st_mtime_ns)
+    with pytest.raises(LoadError, match="export 2024-01-02 was already loaded from a different file"):
+        load_exports(conn, directory)
+
+
 def test_a_file_modified_just_before_its_load_is_not_remembered(conn, csv_dir):
     # a file system with a coarse clock: rewritten in the same tick, same size and time
     path = write_export(csv_dir, "2024-01-02", [invoice(1)]) / "invoices.csv"
@@ -530,6 +549,21 @@ def test_a_history_from_an_earlier_release_is_keyed_by_day_on_its_next_load(conn
             )
         ],
     )
+
+
+def test_checksums_from_an_earlier_release_are_forgotten_and_the_files_read_again(conn, csv_dir):
+    """Earlier releases remembered a file by its size and modification time only: such a row cannot tell
+    a file landed again with `cp -p`, so the next load drops them all and reads its files once more."""
+    folder = write_export(csv_dir, "2024-01-02", [invoice(1)])
+    settle(*csv_dir.glob("*.csv"), folder / "invoices.csv")
+    load_exports(conn, csv_dir)
+    conn.execute("alter table raw.file_checksums drop column changed_ns")
+    conn.execute("update raw.file_checksums set sha256 = 'from an earlier release'")
+    assert [r.skipped for r in load_exports(conn, csv_dir)] == [True, True]  # read again, hashed right
+    assert conn.execute(
+        "select count(*), count(*) filter (where sha256 = 'from an earlier release')"
+        " from raw.file_checksums where changed_ns is not null"
+    ).fetchone() == (3, 0)
 
 
 def test_a_reader_holding_a_snapshot_is_not_blocked_and_sees_the_old_state(database, conn, csv_dir):
