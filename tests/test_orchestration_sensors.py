@@ -206,6 +206,22 @@ def test_a_change_reverted_then_made_again_starts_a_run_under_a_new_key_each_tim
     assert len(keys) == len(set(keys)) == 3, keys
 
 
+def test_a_stray_file_added_and_removed_twice_starts_a_run_under_a_new_key_each_time(exports, tick):
+    # each removal brings the folder back to the files of the first request, unchanged since
+    day = exports / "2024-07-02"
+    write(day / "invoices.csv", "ID\n1\n")
+    cursor = settled_request(tick).cursor
+    keys = []
+    for _ in range(2):
+        write(day / "_SUCCESS", "")
+        added = settled_request(tick, cursor)
+        (day / "_SUCCESS").unlink()
+        removed = settled_request(tick, added.cursor)
+        keys += run_keys(added) + run_keys(removed)
+        cursor = removed.cursor
+    assert len(keys) == len(set(keys)) == 4, keys
+
+
 def test_a_dot_file_appearing_in_a_requested_folder_starts_no_run(exports, tick):
     # the loader ignores dotfiles: a Finder's .DS_Store or an editor's swap file changes nothing it loads
     day = exports / "2024-07-02"

@@ -17,13 +17,12 @@ folder up to its day, loading the new ones and checking the loaded ones are unch
 than dotfiles, which the loader ignores (a .DS_Store, an editor's swap file), differ from when it was
 requested (an export replaced after its run refused it, or re-landed, even with its old size and modification
 time, as `cp -p` lands it: its change time is new), the folders are waited for as a new landing is, then a run
-is requested again for that day, under a run key naming the files (Dagster launches a run key once). A loaded
-export changed is refused by that run (its failure alert says so), and one only touched or landed again
+is requested again for that day, under a run key naming the files and counting such runs (Dagster launches a
+run key once, and a folder can come back to an earlier request's files: a stray file added, then removed). A
+loaded export changed is refused by that run (its failure alert says so), and one only touched or landed again
 unchanged loads nothing.
 
-The cursor: {"requested": the newest day a run was requested for, "requested_files": a digest of the folders'
-files but dotfiles when it was, "pending": a digest of the folders' files, dotfiles too, at the last tick
-while a run waits to be requested, "digests": DIGESTS, what the digests are of}. A bare date, the cursor of
+The cursor: a _Cursor as JSON, with "digests": DIGESTS, what its digests are of. A bare date, the cursor of
 earlier versions, is the requested day; without "requested_files", or with digests of another kind, the first
 tick records the folders as they are.
 """
@@ -32,6 +31,7 @@ import hashlib
 import json
 import os
 import time
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from dagster import DefaultSensorStatus, RunRequest, SensorEvaluationContext, SensorResult, SkipReason, sensor
@@ -63,23 +63,28 @@ def export_folders(directory: Path) -> list[Path]:
     return [folder for _, folder in day_folders(directory)]
 
 
-def _read_cursor(cursor: str | None) -> tuple[str | None, str | None, str | None]:
-    """(the newest day a run was requested for, the folders' digest when it was, the folders' digest at
-    the last tick); the digests only if made as _files makes them now."""
-    if not cursor:
-        return None, None, None
-    if not cursor.startswith("{"):
-        return cursor, None, None
-    state = json.loads(cursor)
-    if state.get("digests") != DIGESTS:  # another version's digest would differ for unchanged folders
-        return state.get("requested"), None, None
-    return state.get("requested"), state.get("requested_files"), state.get("pending")
+@dataclass(frozen=True)
+class _Cursor:
+    requested: str | None = None  # the newest day a run was requested for
+    requested_files: str | None = None  # the folders' digest when it was (dotfiles left out)
+    pending: str | None = None  # the folders' digest at the last tick (dotfiles too)
+    renewals: int = 0  # runs requested again for changed folders: part of their run keys
 
+    @classmethod
+    def read(cls, cursor: str | None) -> "_Cursor":
+        """The digests only if made as _files makes them now."""
+        if not cursor:
+            return cls()
+        if not cursor.startswith("{"):
+            return cls(requested=cursor)
+        state = json.loads(cursor)
+        renewals = state.get("renewals", 0)
+        if state.get("digests") != DIGESTS:  # another version's digest would differ for unchanged folders
+            return cls(requested=state.get("requested"), renewals=renewals)
+        return cls(state.get("requested"), state.get("requested_files"), state.get("pending"), renewals)
 
-def _cursor(requested: str | None, requested_files: str | None, pending: str | None = None) -> str:
-    return json.dumps(
-        {"requested": requested, "requested_files": requested_files, "pending": pending, "digests": DIGESTS}
-    )
+    def write(self) -> str:
+        return json.dumps({**asdict(self), "digests": DIGESTS})
 
 
 def _waiting(reason: str, cursor: str) -> SensorResult:
@@ -121,7 +126,8 @@ def new_export_sensor(context: SensorEvaluationContext):
         return SkipReason(f"{error}; checked again next tick")
     if not folders:
         return SkipReason(f"no export folder (YYYY-MM-DD) in {directory}")
-    requested, requested_files, last_seen = _read_cursor(context.cursor)
+    cursor = _Cursor.read(context.cursor)
+    requested, requested_files = cursor.requested, cursor.requested_files
     # Every folder counts, not only the pending ones: the run loads up to its day reading each folder
     # (so one still changing fails it), and a fix to a folder a failed run refused must start a run.
     renewed = requested is not None and folders[-1].name <= requested
@@ -143,19 +149,20 @@ def new_export_sensor(context: SensorEvaluationContext):
                 "are as when its run was requested (if it failed on a bad export, fixing or re-landing the "
                 "folder starts a new run once it is complete)"
             ),
-            cursor=_cursor(requested, requested_files),
+            cursor=replace(cursor, requested_files=requested_files, pending=None).write(),
         )
     # as the loader takes it: a link to a missing file is there, and the loader names it
     without_invoices = [f.name for f in folders if not present(f / INVOICES.file_name)]
-    seen = _cursor(requested, requested_files, digest)
+    seen = replace(cursor, requested_files=requested_files, pending=digest).write()
     if without_invoices:
         return _waiting(f"no {INVOICES.file_name} yet in {', '.join(without_invoices)}", seen)
-    if digest != last_seen:
+    if digest != cursor.pending:
         return _waiting(f"the exports up to {newest} changed since the last tick", seen)
     if time.time_ns() - max(mtime for _, _, _, mtime, _ in files) < SETTLE_SECONDS * 1_000_000_000:
         return _waiting(f"the exports up to {newest} were written to in the last seconds", seen)
-    run_key = f"export-{newest}-{loaded[:12]}" if renewed else f"export-{newest}"
+    renewals = cursor.renewals + 1 if renewed else cursor.renewals
+    run_key = f"export-{newest}-{loaded[:12]}-{renewals}" if renewed else f"export-{newest}"
     return SensorResult(
         run_requests=[RunRequest(run_key=run_key, tags={EXPORT_DAY_TAG: newest})],
-        cursor=_cursor(newest, loaded),
+        cursor=_Cursor(newest, loaded, None, renewals).write(),
     )
