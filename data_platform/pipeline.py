@@ -632,26 +632,24 @@ def check_docs_address(settings: Settings) -> None:
 
 
 def serve_docs(settings: Settings) -> None:
-    """Replace this process with the docs server (it then receives the container's signals)."""
+    """Serve the docs in this process until SIGINT or SIGTERM (the container's signals) ends it."""
     # again: the port may have been taken while the pipeline ran (dbt binds it a moment after this check)
     check_docs_address(settings)
     step(f"serving the dbt docs on http://{settings.docs_host}:{settings.docs_port}")
+    from dbt.cli.main import dbtRunner
+
+    # dbt turns Ctrl-C into a traceback and exit 2: stopping the server is its normal end, said in words
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _stop_serving)
+    args = ["docs", "serve", *DBT_ARGS, "--host", settings.docs_host, "--port", str(settings.docs_port)]
+    result = dbtRunner().invoke([*args, "--no-browser"])
+    raise PipelineError(f"dbt docs serve ended: {result.exception or 'see its output above'}")
+
+
+def _stop_serving(signum: int, _frame: object) -> None:
+    print(f"pipeline: the docs server stopped ({signal.Signals(signum).name}).", file=sys.stderr, flush=True)
     sys.stdout.flush()
-    dbt_path = _dbt()
-    os.execv(
-        dbt_path,
-        [
-            dbt_path,
-            "docs",
-            "serve",
-            *DBT_ARGS,
-            "--host",
-            settings.docs_host,
-            "--port",
-            str(settings.docs_port),
-            "--no-browser",
-        ],
-    )
+    os._exit(128 + signum)  # nothing to clean up: the server only reads files
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,6 +22,7 @@ import time
 import urllib.request
 import zlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -54,12 +55,24 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@dataclass
+class Served:
+    url: str
+    returncode: int | None = None  # once stopped
+
+
 @contextlib.contextmanager
 def serving(
-    command: list[str], env: dict[str, str], port: int, timeout: float = 600, cwd: Path = PROJECT_ROOT
-) -> Iterator[str]:
-    """Start `command`, wait until http://127.0.0.1:port answers, yield the URL, then stop it."""
-    log = ARTIFACTS / f"server-{port}.log"
+    command: list[str],
+    env: dict[str, str],
+    port: int,
+    timeout: float = 600,
+    cwd: Path = PROJECT_ROOT,
+    stop_signal: int = signal.SIGTERM,
+) -> Iterator[Served]:
+    """Start `command`, wait until http://127.0.0.1:port answers, yield it, then stop it with `stop_signal`
+    (its output: server_log(port), its exit code: the Served's returncode)."""
+    log = server_log(port)
     ARTIFACTS.mkdir(exist_ok=True)
     with log.open("w") as output:
         process = subprocess.Popen(
@@ -70,7 +83,8 @@ def serving(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        url = f"http://127.0.0.1:{port}/"
+        served = Served(f"http://127.0.0.1:{port}/")
+        url = served.url
         try:
             deadline = time.monotonic() + timeout
             while True:
@@ -82,14 +96,19 @@ def serving(
                 if time.monotonic() > deadline:
                     pytest.fail(f"docs did not answer within {timeout}s:\n{log.read_text()}")
                 time.sleep(1)
-            yield url
+            yield served
         finally:
-            os.killpg(process.pid, signal.SIGTERM)
+            os.killpg(process.pid, stop_signal)
             try:
                 process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+            served.returncode = process.returncode
+
+
+def server_log(port: int) -> Path:
+    return ARTIFACTS / f"server-{port}.log"
 
 
 def run_chromium(*args: str, tmp_path: Path) -> subprocess.CompletedProcess:
@@ -179,8 +198,30 @@ def test_init_sh_serves_docs_that_render_the_fact(make_database, tmp_path):
         DOCS_HOST="127.0.0.1",
         DOCS_PORT=str(port),
     )
-    with serving(["bash", "init.sh"], env, port) as url:
-        assert_docs_render_the_fact(url, tmp_path, "docs-init-sh.png", Path(env["DBT_TARGET_PATH"]))
+    with serving(["bash", "init.sh"], env, port) as served:
+        assert_docs_render_the_fact(served.url, tmp_path, "docs-init-sh.png", Path(env["DBT_TARGET_PATH"]))
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "docker-stop"])
+def test_the_docs_server_stops_in_words_with_128_plus_the_signal(make_database, tmp_path, stop):
+    port = free_port()
+    env = pipeline_env(
+        make_database(),
+        write_fixture(tmp_path / "csv"),
+        SERVE_DOCS="true",
+        DOCS_HOST="127.0.0.1",
+        DOCS_PORT=str(port),
+    )
+    env["RUN_ALERTS"] = "false"
+    with serving(["bash", "init.sh"], env, port, stop_signal=stop) as served:
+        page = urllib.request.urlopen(served.url, timeout=10)
+        assert b"dbt" in page.read()
+        page.close()
+    output = server_log(port).read_text()
+    assert f"pipeline: the docs server stopped ({signal.Signals(stop).name})." in output
+    # (a traceback of a request whose client hung up, such as the readiness probe's, is the server's own)
+    assert "KeyboardInterrupt" not in output and "Encountered an error" not in output
+    assert served.returncode == 128 + stop
 
 
 @pytest.mark.slow
@@ -196,8 +237,8 @@ def test_demo_command_starts_an_embedded_database_and_serves_the_docs(tmp_path):
         DBT_LOG_PATH=str(tmp_path / "logs"),
     )
     try:
-        with serving(["bash", str(PROJECT_ROOT / "scripts" / "demo.sh")], env, port, cwd=tmp_path) as url:
-            assert_docs_render_the_fact(url, tmp_path, "docs-demo.png", tmp_path / "target")
+        with serving(["bash", str(PROJECT_ROOT / "scripts" / "demo.sh")], env, port, cwd=tmp_path) as served:
+            assert_docs_render_the_fact(served.url, tmp_path, "docs-demo.png", tmp_path / "target")
     finally:
         # the demo leaves its server running on purpose; the README's command stops it
         stop = [sys.executable, "-m", "data_platform.bootstrap", "stop", "--data-dir", "pgdata"]
