@@ -50,11 +50,12 @@ OTHER_FORMS = {
 Progress = Callable[[Path, int, int], None]
 
 
-FileIdentity = tuple[int, int, int, int]  # device, inode, size, modification time
+FileIdentity = tuple[int, int, int, int, int]  # device, inode, size, modification and change time
 
 
 def identity(stat: os.stat_result) -> FileIdentity:
-    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
+    # the change time too: `cp -p` over the file keeps its inode, and puts its size and mtime back
+    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns
 
 
 def file_identity(path: Path) -> FileIdentity | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -284,6 +285,30 @@ def test_a_loaded_export_is_skipped_without_reading_its_files(conn, tmp_path, ha
     assert snapshot(conn) == before
 
 
+def test_a_loaded_file_whose_change_time_alone_moved_is_read_again_and_says_why(
+    conn, tmp_path, monkeypatch, capsys
+):
+    directory = write_dir(tmp_path / "csv")
+    settle(*directory.glob("*.csv"))
+    load_exports(conn, directory)
+    hashed = []
+    monkeypatch.setattr(
+        file_checksums,
+        "sha256_of",
+        lambda path: hashed.append(path.name) or hashlib.sha256(path.read_bytes()).hexdigest(),
+    )
+    capsys.readouterr()
+    (directory / "invoices.csv").chmod(0o600)  # size and modification time as they were
+    assert load_exports(conn, directory)[0].skipped
+    assert hashed == ["invoices.csv"]
+    assert (
+        f"{directory / 'invoices.csv'}: read again for its checksum: its change time moved since it was read"
+        in capsys.readouterr().err
+    )
+    assert load_exports(conn, directory)[0].skipped and hashed == ["invoices.csv"]  # remembered again
+    assert "read again" not in capsys.readouterr().err
+
+
 def test_a_loaded_file_rewritten_with_the_same_size_is_read_and_refused(conn, tmp_path):
     directory = write_dir(tmp_path / "csv")
     folder = write_export(directory, "2024-01-02", [invoice(1)])
@@ -381,6 +406,24 @@ def test_a_file_appended_to_with_its_mtime_kept_counts_as_changed(tmp_path):
         unchanged.check()
     assert str(raised.value) == str(changed_while_read(path))
     Unchanged.now([path]).check()  # nothing changed since: no error
+
+
+def test_a_file_rewritten_in_place_with_its_size_and_mtime_kept_counts_as_changed(tmp_path):
+    # cp -p over the file: same inode, size and modification time; only the change time tells
+    path = write(tmp_path / "invoices.csv", [INVOICE_LINES[0], invoice(1)])
+    stat = path.stat()
+    unchanged = Unchanged.now([path])
+    with path.open("r+") as file:
+        file.write(INVOICE_LINES[0] + "\n" + invoice(2))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert (path.stat().st_ino, path.stat().st_size, path.stat().st_mtime_ns) == (
+        stat.st_ino,
+        stat.st_size,
+        stat.st_mtime_ns,
+    )
+    with pytest.raises(LoadError) as raised:
+        unchanged.check()
+    assert str(raised.value) == str(changed_while_read(path))
 
 
 def test_a_file_replaced_by_one_of_its_size_and_mtime_counts_as_changed(tmp_path):

@@ -94,7 +94,8 @@ def _waiting(reason: str, cursor: str) -> SensorResult:
 def _files(folders: list[Path]) -> list[tuple[str, str, int, int, int]]:
     """Every entry of the folders (dotfiles too: a copy's temporary files) as (folder, name, size, mtime,
     ctime). The ctime tells apart a file landed again with its old size and times (`cp -p`, `rsync -a`):
-    any write or replacement sets it to now, nothing sets it back, so a digest never comes back.
+    any write or replacement sets it to now and nothing sets it back, so a file's entry never comes back
+    (a folder's set of entries can: a stray file added, then removed).
     FileNotFoundError for an entry gone since it was listed (a rename under way)."""
     return sorted(
         (folder.name, entry.name, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
