@@ -352,6 +352,19 @@ def test_help_names_every_exit_code_the_command_returns(capsys):
     assert "no route names" in documented  # exit 1 for alerts stranded by a route change too
 
 
+def test_an_unexpected_error_exits_2_with_its_traceback_not_1_for_undelivered(monkeypatch, capsys):
+    from data_platform.alerts import cli, exit_codes
+
+    def broken(settings):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(cli, "run", broken)
+    assert cli.main([]) == exit_codes.ERROR == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "ZeroDivisionError: a bug" in err
+    assert "alert_script.py: error: the run stopped on an unexpected error (above)" in err
+
+
 def test_routes_match_in_priority_order():
     from data_platform.alerts.records import Route, route_for
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import sys
+import traceback
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field, replace
@@ -483,6 +484,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if summary is None:  # an alert line could not be printed: that alert was not delivered
             _tell("stdout was closed before every alert was printed; the rest are retried on the next run.")
             return exit_codes.DELIVERY_FAILED
+    except Exception:  # a bug: Python would exit 1, which says "undelivered, retried", not "broken"
+        with suppress(OSError):
+            traceback.print_exc()
+        _tell(
+            "error: the run stopped on an unexpected error (above). Alerts recorded as sent stay sent; the "
+            "rest are retried on the next run."
+        )
+        return exit_codes.ERROR
     if summary.given_up_reported:
         return exit_codes.GIVEN_UP
     return exit_codes.DELIVERY_FAILED if summary.failed or summary.unrouted else exit_codes.OK

@@ -2,6 +2,6 @@
 
 OK = 0
 DELIVERY_FAILED = 1  # some alerts are still undelivered (or unrouted): the next run retries them
-ERROR = 2  # bad settings or a database error: nothing was delivered by this run
+ERROR = 2  # bad settings, a database error or an unexpected one: the run stopped
 GIVEN_UP = 3  # the run gave up on an alert after its retries (reported)
 INTERRUPTED = 130
