@@ -633,23 +633,29 @@ def check_docs_address(settings: Settings) -> None:
 
 def serve_docs(settings: Settings) -> None:
     """Serve the docs in this process until SIGINT or SIGTERM (the container's signals) ends it."""
+    # dbt turns Ctrl-C into a traceback and exit 2: stopping the server is its normal end, said in words
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _stop_serving)
     # again: the port may have been taken while the pipeline ran (dbt binds it a moment after this check)
     check_docs_address(settings)
     step(f"serving the dbt docs on http://{settings.docs_host}:{settings.docs_port}")
     from dbt.cli.main import dbtRunner
 
-    # dbt turns Ctrl-C into a traceback and exit 2: stopping the server is its normal end, said in words
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, _stop_serving)
     args = ["docs", "serve", *DBT_ARGS, "--host", settings.docs_host, "--port", str(settings.docs_port)]
     result = dbtRunner().invoke([*args, "--no-browser"])
+    if isinstance(result.exception, OSError):  # taken between the check and dbt's bind
+        raise PipelineError(f"the docs cannot be served: {result.exception}", EXIT_CONFIG)
     raise PipelineError(f"dbt docs serve ended: {result.exception or 'see its output above'}")
 
 
 def _stop_serving(signum: int, _frame: object) -> None:
-    print(f"pipeline: the docs server stopped ({signal.Signals(signum).name}).", file=sys.stderr, flush=True)
-    sys.stdout.flush()
-    os._exit(128 + signum)  # nothing to clean up: the server only reads files
+    # os.write, not print: a print interrupted here, or to a closed pipe, would raise and keep it serving
+    try:
+        os.write(2, f"pipeline: the docs server stopped ({signal.Signals(signum).name}).\n".encode())
+    except OSError:
+        pass
+    finally:
+        os._exit(128 + signum)  # nothing to clean up: the run's work is committed, the server keeps no state
 
 
 def main(argv: list[str] | None = None) -> int:

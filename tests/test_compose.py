@@ -104,7 +104,8 @@ def test_postgres_is_healthy_only_once_it_listens_on_tcp(config):
 
 
 def test_the_pipeline_container_stops_on_sigterm(config):
-    # `dbt docs serve` and bash ignore SIGTERM as process 1; an init passes it on to them
+    # process 1 ignores a signal it set no handler for (bash, Python before its handlers); an init passes
+    # it on to the pipeline
     dbt = config["services"]["dbt"]
     assert dbt.get("init") is True
     assert dbt.get("stop_signal", "SIGTERM") == "SIGTERM"

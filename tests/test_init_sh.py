@@ -112,7 +112,7 @@ def test_rejects_a_docs_port_that_is_not_one(tmp_path, value):
 
 def test_a_docs_port_taken_while_the_pipeline_ran_ends_it_with_one_line(tmp_path):
     # the port is free when the run starts; the pipeline's work is replaced by something taking it, a
-    # socket kept open (inheritable) across an exec of the docs server
+    # socket kept open while the docs server starts
     code = """
 import socket, sys
 from data_platform import pipeline
@@ -120,7 +120,6 @@ from data_platform import pipeline
 def run(settings):
     global taken
     taken = socket.create_server(("127.0.0.1", int(settings.docs_port)))
-    taken.set_inheritable(True)
 
 pipeline.run = run
 sys.exit(pipeline.main([]))
