@@ -48,6 +48,7 @@ PIPELINE_SETTINGS = (
     "SERVE_DOCS",
     "LEDGER_WINDOW_START",
     "SLACK_WEBHOOK_URL",
+    "SLACK_WEBHOOK_URL_FILE",
 )
 _started = time.monotonic()
 
