@@ -160,7 +160,8 @@ def test_the_dagster_ui_shows_the_asset_graph_of_the_run(daily_run, dagster_home
         *("--host", "127.0.0.1", "--port", str(port)),
         *("-m", "data_platform.orchestration.definitions"),
     ]
-    with serving(webserver, env, port, timeout=300) as url:
+    with serving(webserver, env, port, timeout=300) as served:
+        url = served.url
         # the UI's first-visit community dialog would cover the graph: record it as seen, as its button does
         assert graphql(url, "mutation { setNuxSeen }") == {"data": {"setNuxSeen": True}}
         # the port answers before the code location has loaded; a page opened meanwhile shows no assets
