@@ -12,6 +12,8 @@ import shlex
 import shutil
 import subprocess
 import sys
+import types
+import warnings
 from pathlib import Path
 
 import psycopg
@@ -22,14 +24,21 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 INIT_SQL = PROJECT_ROOT / "init.sql"
 
 
+def _pgserver() -> types.ModuleType:
+    """The pgserver package, imported without platformdirs' warning that XDG_RUNTIME_DIR is unset (a shell
+    without a login session, a container): pgserver then keeps its lock file under /tmp, which is fine."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+        import pgserver
+    return pgserver
+
+
 def psql_binary() -> str:
     """psql from PATH, else the one bundled with the pgserver package."""
     found = shutil.which("psql")
     if found:
         return found
-    import pgserver
-
-    return str(Path(pgserver.__file__).parent / "pginstall" / "bin" / "psql")
+    return str(Path(_pgserver().__file__).parent / "pginstall" / "bin" / "psql")
 
 
 def apply_init_sql(conninfo: str, env: dict[str, str] | None = None) -> None:
@@ -49,8 +58,7 @@ def start_embedded_server(data_dir: Path, database: str) -> dict[str, str]:
 
     The server keeps running after this process exits, so the pipeline and the docs server can use it.
     """
-    import pgserver
-
+    pgserver = _pgserver()
     data_dir.mkdir(parents=True, exist_ok=True)
     server = pgserver.get_server(data_dir, cleanup_mode=None)
     admin_uri = server.get_uri()
@@ -70,7 +78,7 @@ def start_embedded_server(data_dir: Path, database: str) -> dict[str, str]:
 def stop_embedded_server(data_dir: Path) -> bool:
     """Stop the pgserver Postgres in `data_dir` (pgserver's own shutdown, as the OS user it runs as: not
     root); False when none runs there."""
-    import pgserver
+    pgserver = _pgserver()
     import psutil  # pgserver's own dependency
     from pgserver.utils import PostmasterInfo
 

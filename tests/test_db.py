@@ -2,6 +2,7 @@
 lock; bootstrap's stop of the embedded server."""
 
 import getpass
+import os
 import subprocess
 import sys
 import time
@@ -73,3 +74,12 @@ def test_stopping_an_embedded_server_killed_but_not_reaped_starts_nothing(tmp_pa
         assert sorted(path.name for path in tmp_path.iterdir()) == ["postmaster.pid"]
     finally:
         killed.wait()
+
+
+def test_the_embedded_server_commands_say_nothing_about_an_unset_xdg_runtime_dir(tmp_path):
+    # a shell without a login session, or a container: platformdirs warns, pgserver falls back to /tmp
+    env = {name: value for name, value in os.environ.items() if name != "XDG_RUNTIME_DIR"}
+    stop = [sys.executable, "-m", "data_platform.bootstrap", "stop", "--data-dir", str(tmp_path / "none")]
+    result = subprocess.run(stop, env=env, capture_output=True, text=True, timeout=60)
+    expected = (f"no embedded Postgres runs in {tmp_path / 'none'}", "")
+    assert (result.stdout.strip(), result.stderr) == expected, result
