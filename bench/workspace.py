@@ -36,7 +36,7 @@ from procs import (
 )
 from psycopg import sql
 
-from data_platform import bootstrap
+from data_platform import bootstrap, secrets
 from data_platform.raw_tables import TABLES
 
 FLOOR_SCHEMA = "bench_floor"
@@ -48,7 +48,9 @@ PIPELINE_SETTINGS = (
     "SERVE_DOCS",
     "LEDGER_WINDOW_START",
     "SLACK_WEBHOOK_URL",
-    "SLACK_WEBHOOK_URL_FILE",
+    # a secret's NAME_FILE: it would send the bench's alerts to a real channel, or clash with a value the
+    # bench sets (ALERTER_PASSWORD)
+    *map(secrets.file_variable, secrets.SECRET_VARIABLES),
 )
 _started = time.monotonic()
 

@@ -7,6 +7,7 @@ use these helpers to do the same against any server, so all three share one boot
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shlex
 import shutil
@@ -26,9 +27,12 @@ INIT_SQL = PROJECT_ROOT / "init.sql"
 
 def _pgserver() -> types.ModuleType:
     """The pgserver package, imported without platformdirs' warning that XDG_RUNTIME_DIR is unset (a shell
-    without a login session, a container): pgserver then keeps its lock file under /tmp, which is fine."""
+    without a login session, a container): pgserver's lock file then goes under /tmp, which does as well."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+        with contextlib.suppress(ImportError):  # versions without the warning
+            from platformdirs import RuntimeDirWarning
+
+            warnings.simplefilter("ignore", RuntimeDirWarning)
         import pgserver
     return pgserver
 

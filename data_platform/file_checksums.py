@@ -26,14 +26,19 @@ import psycopg
 from psycopg import sql
 
 from data_platform.csv_files import sha256_of
+from data_platform.load_errors import printable
 from data_platform.raw_tables import RAW_SCHEMA
 
 SETTLED_SECONDS = 2
 TABLE = sql.Identifier(RAW_SCHEMA, "file_checksums")
 
 
+def _key(path: Path) -> str:
+    return str(path.resolve())
+
+
 def _identity(path: Path, stat: os.stat_result) -> tuple[str, int, int, int]:
-    return str(path.resolve()), *_times(stat)
+    return _key(path), *_times(stat)
 
 
 def _times(stat: os.stat_result) -> tuple[int, int, int]:
@@ -46,15 +51,15 @@ def checksum(conn: psycopg.Connection, path: Path) -> str:
     before = path.stat()
     row = conn.execute(
         sql.SQL("select size_bytes, modified_ns, changed_ns, sha256 from {} where path = %s").format(TABLE),
-        [str(path.resolve())],
+        [_key(path)],
     ).fetchone()
     if row and tuple(row[:3]) == _times(before):
         return row[3]
     if row and tuple(row[:2]) == _times(before)[:2]:
         # a large file read again every day would go unexplained: say why
         print(
-            f"{path}: read again for its checksum: its change time moved since it was read (a chmod or "
-            "chown, a hard link made or removed, or a copy that kept its size and times)",
+            f"{printable(str(path))}: read again for its checksum: its change time moved since it was read "
+            "(a chmod or chown, a hard link made or removed, or a copy that kept its size and times)",
             file=sys.stderr,
             flush=True,
         )

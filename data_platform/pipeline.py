@@ -26,6 +26,7 @@ import collections
 import contextlib
 import ctypes
 import enum
+import errno
 import io
 import json
 import math
@@ -624,28 +625,33 @@ def check_docs_address(settings: Settings) -> None:
         ):
             pass
     except OSError as error:
-        raise PipelineError(
-            f"the docs cannot be served on DOCS_HOST={settings.docs_host} DOCS_PORT={settings.docs_port}: "
-            f"{error.strerror or error}",
-            EXIT_CONFIG,
-        ) from None
+        raise _unservable(settings, error) from None
+
+
+def _unservable(settings: Settings, error: OSError) -> PipelineError:
+    return PipelineError(
+        f"the docs cannot be served on DOCS_HOST={settings.docs_host} DOCS_PORT={settings.docs_port}: "
+        f"{error.strerror or error}",
+        EXIT_CONFIG,
+    )
 
 
 def serve_docs(settings: Settings) -> None:
     """Serve the docs in this process until SIGINT or SIGTERM (the container's signals) ends it."""
-    # dbt turns Ctrl-C into a traceback and exit 2: stopping the server is its normal end, said in words
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, _stop_serving)
     # again: the port may have been taken while the pipeline ran (dbt binds it a moment after this check)
     check_docs_address(settings)
     step(f"serving the dbt docs on http://{settings.docs_host}:{settings.docs_port}")
+    # dbt turns Ctrl-C into a traceback and exit 2: stopping the server is its normal end, said in words
+    # (set before dbt's import, which takes seconds)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _stop_serving)
     from dbt.cli.main import dbtRunner
 
     args = ["docs", "serve", *DBT_ARGS, "--host", settings.docs_host, "--port", str(settings.docs_port)]
-    result = dbtRunner().invoke([*args, "--no-browser"])
-    if isinstance(result.exception, OSError):  # taken between the check and dbt's bind
-        raise PipelineError(f"the docs cannot be served: {result.exception}", EXIT_CONFIG)
-    raise PipelineError(f"dbt docs serve ended: {result.exception or 'see its output above'}")
+    error = dbtRunner().invoke([*args, "--no-browser"]).exception
+    if isinstance(error, OSError) and error.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL):
+        raise _unservable(settings, error)  # taken between the check and dbt's bind
+    raise PipelineError(f"dbt docs serve ended: {error or 'see its output above'}")
 
 
 def _stop_serving(signum: int, _frame: object) -> None:

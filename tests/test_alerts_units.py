@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import re
 from datetime import date, timedelta
 from decimal import Decimal
@@ -363,6 +364,21 @@ def test_an_unexpected_error_exits_2_with_its_traceback_not_1_for_undelivered(mo
     err = capsys.readouterr().err
     assert "Traceback" in err and "ZeroDivisionError: a bug" in err
     assert "alert_script.py: error: the run stopped on an unexpected error (above)" in err
+
+
+def test_alerts_that_could_not_be_printed_are_undelivered_not_a_bug(monkeypatch, capsys):
+    from data_platform.alerts import cli, exit_codes
+
+    def disk_full(settings):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(cli, "run", disk_full)
+    assert cli.main([]) == exit_codes.DELIVERY_FAILED == 1
+    err = capsys.readouterr().err
+    assert err == (
+        "alert_script.py: error: [Errno 28] No space left on device; alerts not printed are retried on the"
+        " next run.\n"
+    )
 
 
 def test_routes_match_in_priority_order():
