@@ -7,7 +7,6 @@ use these helpers to do the same against any server, so all three share one boot
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import shlex
 import shutil
@@ -29,10 +28,8 @@ def _pgserver() -> types.ModuleType:
     """The pgserver package, imported without platformdirs' warning that XDG_RUNTIME_DIR is unset (a shell
     without a login session, a container): pgserver's lock file then goes under /tmp, which does as well."""
     with warnings.catch_warnings():
-        with contextlib.suppress(ImportError):  # versions without the warning
-            from platformdirs import RuntimeDirWarning
-
-            warnings.simplefilter("ignore", RuntimeDirWarning)
+        # by the module that warns, not by the wording: platformdirs is pgserver's, not ours
+        warnings.filterwarnings("ignore", module=r"platformdirs(\.|$)")
         import pgserver
     return pgserver
 
