@@ -86,15 +86,20 @@ def ensure_tables(conn: psycopg.Connection) -> bool:
     return {"invoices", "invoice_versions"} <= missing
 
 
+def _has_column(conn: psycopg.Connection, table: str, column: str) -> bool:
+    """Whether the raw table has the column (the catalog: an earlier release's table may lack it)."""
+    (found,) = conn.execute(
+        "select exists (select from pg_attribute where attrelid = %s::regclass"
+        " and attname = %s and not attisdropped)",
+        [f"{RAW_SCHEMA}.{table}", column],
+    ).fetchone()
+    return found
+
+
 def _remember_change_times(conn: psycopg.Connection) -> None:
     """Give raw.file_checksums of an earlier release its change time column. Its rows, remembered without
     one, are forgotten: the checksums are a cache, and each file is read once more on its next load."""
-    (has_column,) = conn.execute(
-        "select exists (select from pg_attribute where attrelid = %s::regclass"
-        " and attname = 'changed_ns' and not attisdropped)",
-        [f"{RAW_SCHEMA}.file_checksums"],
-    ).fetchone()
-    if has_column:
+    if _has_column(conn, "file_checksums", "changed_ns"):
         return
     checksums = raw("file_checksums")
     conn.execute(sql.SQL("delete from {}").format(checksums))
@@ -107,12 +112,7 @@ def _key_versions_by_day(conn: psycopg.Connection) -> None:
     layout. The table is locked until that commit (the key's build reads every version: tens of seconds
     at 12.7M invoices), so readers wait for this one load. The old key goes first (its seen_on index is
     retired before this runs), so that the rows the backfill rewrites update no index."""
-    (has_column,) = conn.execute(
-        "select exists (select from pg_attribute where attrelid = %s::regclass"
-        " and attname = 'previous_seen_on' and not attisdropped)",
-        [f"{RAW_SCHEMA}.invoice_versions"],
-    ).fetchone()
-    if has_column:
+    if _has_column(conn, "invoice_versions", "previous_seen_on"):
         return
     versions = raw("invoice_versions")
     (old_key,) = conn.execute(
