@@ -130,6 +130,17 @@ def settled_request(tick, cursor: str | None = None):
     raise AssertionError(f"no run requested: {result.skip_message}")
 
 
+def run_keys_after_each(tick, cursor: str, changes) -> list[str]:
+    """The run keys requested after each change to the folders, once settled, the ticks chained."""
+    keys = []
+    for change in changes:
+        change()
+        again = settled_request(tick, cursor)
+        keys += run_keys(again)
+        cursor = again.cursor
+    return keys
+
+
 def reland(folder: Path, invoices: str) -> None:
     """The README's way to land an export again: copy into a dot-named folder, then mv it into place."""
     staged = folder.with_name(f".{folder.name}")
@@ -194,15 +205,17 @@ def test_a_change_reverted_then_made_again_starts_a_run_under_a_new_key_each_tim
     first, second = time.time_ns() - 120 * 10**9, time.time_ns() - 60 * 10**9
     write(invoices, "ID\n1\n")
     os.utime(invoices, ns=(first, first))
-    cursor = settled_request(tick).cursor
-    keys = []
+
+    def landed(text: str, written: int):
+        def land() -> None:
+            write(invoices, text)
+            os.utime(invoices, ns=(written, written))
+
+        return land
+
     # the revert brings back the first file's size and times (`cp -p` of a kept copy)
-    for text, written in [("ID\n1\n2\n", second), ("ID\n1\n", first), ("ID\n1\n2\n", second)]:
-        write(invoices, text)
-        os.utime(invoices, ns=(written, written))
-        again = settled_request(tick, cursor)
-        keys += run_keys(again)
-        cursor = again.cursor
+    changes = [landed("ID\n1\n2\n", second), landed("ID\n1\n", first), landed("ID\n1\n2\n", second)]
+    keys = run_keys_after_each(tick, settled_request(tick).cursor, changes)
     assert len(keys) == len(set(keys)) == 3, keys
 
 
@@ -210,15 +223,9 @@ def test_a_stray_file_added_and_removed_twice_starts_a_run_under_a_new_key_each_
     # each removal brings the folder back to the files of the first request, unchanged since
     day = exports / "2024-07-02"
     write(day / "invoices.csv", "ID\n1\n")
-    cursor = settled_request(tick).cursor
-    keys = []
-    for _ in range(2):
-        write(day / "_SUCCESS", "")
-        added = settled_request(tick, cursor)
-        (day / "_SUCCESS").unlink()
-        removed = settled_request(tick, added.cursor)
-        keys += run_keys(added) + run_keys(removed)
-        cursor = removed.cursor
+    stray = day / "_SUCCESS"
+    changes = [lambda: write(stray, ""), stray.unlink] * 2
+    keys = run_keys_after_each(tick, settled_request(tick).cursor, changes)
     assert len(keys) == len(set(keys)) == 4, keys
 
 
