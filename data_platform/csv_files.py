@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -101,14 +102,24 @@ def check_header(spec: TableSpec, path: Path) -> int:
     empty file and for any header other than the exact expected one.
     """
     try:
-        with path.open("rb") as file:
-            raw = file.readline(MAX_HEADER_BYTES)
+        # non-blocking: opening a named pipe would wait for a writer, holding the loader's lock meanwhile
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
         raise LoadError(path, f"file not found (expected the {spec.name} CSV file here)") from None
-    except IsADirectoryError:
-        raise LoadError(path, "is a directory, expected a CSV file") from None
     except OSError as error:
         raise LoadError(path, f"cannot read file: {error.strerror}") from None
+    try:
+        mode = os.fstat(descriptor).st_mode
+        if stat.S_ISDIR(mode):
+            raise LoadError(path, "is a directory, expected a CSV file")
+        if not stat.S_ISREG(mode):
+            raise LoadError(path, "not a regular file (a named pipe, a socket, a device), expected CSV")
+        with os.fdopen(descriptor, "rb", closefd=False) as file:
+            raw = file.readline(MAX_HEADER_BYTES)
+    except OSError as error:
+        raise LoadError(path, f"cannot read file: {error.strerror}") from None
+    finally:
+        os.close(descriptor)
 
     expected = spec.csv_header
     if not raw:

@@ -147,6 +147,16 @@ def logged(conn: psycopg.Connection, export_date: date) -> LoggedExport | None:
     return LoggedExport(*row) if row else None
 
 
+def logged_exports(conn: psycopg.Connection) -> list[LoggedExport]:
+    """Every export loaded, oldest first (one row a day: small)."""
+    rows = conn.execute(
+        sql.SQL(
+            "select export_date, invoices_sha256, organizations_sha256, source from {} order by export_date"
+        ).format(raw("load_log"))
+    ).fetchall()
+    return [LoggedExport(*row) for row in rows]
+
+
 def logged_by_checksums(
     conn: psycopg.Connection, invoices: str, organizations: str | None
 ) -> LoggedExport | None:

@@ -128,15 +128,15 @@ def future_export(source: Path, export_date: date, today: date) -> LoadError:
     )
 
 
-def reloaded(source: Path, earlier: date, earlier_source: str | None, export_date: date) -> LoadError:
-    """Files already loaded as an earlier export that is not the latest one: loaded again under a new date,
-    their rows would become the current state again, undoing the changes of the exports since."""
+def reloaded(path: Path, earlier: date, earlier_source: str | None, export_date: date) -> LoadError:
+    """A file already loaded by an earlier export, after which another file of its kind was loaded: loaded
+    again under a new date, its rows would become the current state again, undoing the exports since."""
     where = f" (from {earlier_source})" if earlier_source else ""
     return LoadError(
-        source,
-        f"these files were already loaded as export {earlier}{where}: loaded again as export {export_date} "
-        "they would undo what the exports since changed; an export loads once (put corrections in a new "
-        "dated export)",
+        path,
+        f"this file was already loaded as export {earlier}{where}: loaded again as export {export_date} it "
+        "would undo what the exports since changed; an export loads once (put corrections in a new dated "
+        "export)",
     )
 
 

@@ -12,9 +12,10 @@ only ever written, never dropped: readers and running dbt builds keep working.
 
 Already loaded (same date, same checksums) -> skipped. Same date with other content, a date before
 the latest loaded export, a date after today (UTC), invoices created after their export's date, or
-the same INVOICE_ID twice -> refused. Files already loaded as an earlier export -> refused unless that
-export is the latest one (nothing would change) or the invoices file has no rows: the base export again
-under a new --as-of, or an old folder copied to a new date, would undo the exports since. A file that
+the same INVOICE_ID twice -> refused. A file already loaded by an earlier export -> refused when a later
+export loaded another file of its kind (after the latest one it changes nothing; header-only files are
+alike): the base export again under a new --as-of, an old folder copied to a new date, or an old
+invoices.csv beside a new organizations.csv would undo the exports since. A file that
 changes while it is read (appended to, replaced) -> refused, so the next run loads it whole. An export
 with a header but no rows is refused unless --allow-empty; once loaded, it is skipped like any other
 (later runs need no --allow-empty). A server older than PostgreSQL 16 -> refused before anything is
@@ -39,6 +40,7 @@ import psycopg
 from data_platform import file_checksums, ledger
 from data_platform.csv_files import BLOCK_SIZE, Progress, Unchanged, check_header, identity
 from data_platform.db import DatabaseUnavailable, connect, take_advisory_lock
+from data_platform.engines.export_log import refuse_reloaded
 from data_platform.exports import Export, discover, parse_date
 from data_platform.load_errors import (
     ALLOW_EMPTY_HELP,
@@ -51,7 +53,6 @@ from data_platform.load_errors import (
     future_export,
     header_only,
     printable,
-    reloaded,
     undatable,
     utc_today,
 )
@@ -183,18 +184,17 @@ def _altered(export: Export, export_date: date, logged: ledger.LoggedExport, inv
     )
 
 
-def _refuse_reloaded(
-    conn: psycopg.Connection, export: Export, export_date: date, invoices: Staged, organizations: str | None
-) -> None:
-    """Refuse files already loaded as an earlier export that is not the latest one: loaded again under a
-    new date, their rows would become the current state again, undoing the changes of the exports since.
-    After the latest export they change nothing, and header-only files are alike whatever their day."""
-    if invoices.rows == 0:
-        return
-    earlier = ledger.logged_by_checksums(conn, invoices.sha256, organizations)
-    if earlier is None or earlier.export_date in (export_date, ledger.latest_export(conn)):
-        return
-    raise reloaded(export.source, earlier.export_date, earlier.source, export_date)
+def _refuse_reloaded(conn: psycopg.Connection, export_date: date, staged: dict[str, Staged]) -> None:
+    """Refuse a file an earlier export loaded when a later export loaded another file of its kind
+    (export_log.refuse_reloaded: the engines' builders apply the same rule)."""
+    logged = ledger.logged_exports(conn)
+    sources = {export.export_date: export.source for export in logged}
+    loaded = {
+        INVOICES.name: {export.export_date: export.invoices_sha256 for export in logged},
+        ORGANIZATIONS.name: {export.export_date: export.organizations_sha256 for export in logged},
+    }
+    for name, file in staged.items():
+        refuse_reloaded(file.path, file.sha256, file.rows, export_date, loaded[name], sources)
 
 
 def load_export(
@@ -252,10 +252,7 @@ def load_export(
                 raise _altered(export, export_date, logged, invoices.sha256)
             _refuse_date(conn, export, export_date, today)
         organizations = staged.get(ORGANIZATIONS.name)
-        if export.date is not None:  # the undated base export was looked up by its checksums above
-            _refuse_reloaded(
-                conn, export, export_date, invoices, organizations.sha256 if organizations else None
-            )
+        _refuse_reloaded(conn, export_date, staged)
         ledger.refuse_future_invoices(conn, invoices, export_date)
         if organizations:
             ledger.refuse_duplicates(conn, organizations)

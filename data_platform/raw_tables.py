@@ -106,7 +106,8 @@ TIMESTAMP = Format(
 )
 CURRENCY = Format("text", "3 or 4 capital letters such as USD or USDC", "{v} ~ '^[A-Z]{3,4}$'")
 STATUS = Format("text", "a lowercase status such as paid or open", "{v} ~ '^[a-z][a-z_]*$'")
-TEXT = Format("text", "text", "true")
+# "" is an empty text to CSV, no value an empty field: a quoted empty value would be a version of its own
+TEXT = Format("text", "text that is not empty", "{v} <> ''")
 
 
 @dataclass(frozen=True)

@@ -145,6 +145,28 @@ def test_files_loaded_as_an_earlier_export_are_refused_unless_it_is_the_latest(e
     assert build_raw(database, copied) == [date(2023, 1, 9)]
 
 
+def test_an_earlier_exports_organizations_beside_new_invoices_are_refused(exports, tmp_path):
+    database = tmp_path / "warehouse.duckdb"
+    copied = tmp_path / "copied"
+    shutil.copytree(exports, copied)
+    latest_invoices = copied / "exports" / DAY_3 / "invoices.csv"
+    base_organizations = (copied / "organizations.csv").read_text().splitlines(keepends=True)
+    fewer = copied / "exports" / "2023-01-09"  # another organizations file (absent rows are kept)
+    fewer.mkdir()
+    shutil.copy(latest_invoices, fewer / "invoices.csv")
+    (fewer / "organizations.csv").write_text("".join(base_organizations[:-1]))
+    assert build_raw(database, copied)[-1] == date(2023, 1, 9)
+    before = duckdb_tables(database)
+    again = copied / "exports" / "2023-01-10"
+    again.mkdir()
+    shutil.copy(latest_invoices, again / "invoices.csv")
+    shutil.copy(copied / "organizations.csv", again / "organizations.csv")
+    with pytest.raises(LoadError, match="already loaded as export 2023-01-06") as refused:
+        build_raw(database, copied)
+    assert refused.value.path == again / "organizations.csv"
+    assert duckdb_tables(database) == before
+
+
 def test_an_invoice_created_after_its_exports_date_is_refused(exports, tmp_path):
     database = tmp_path / "warehouse.duckdb"
     future = tmp_path / "future"

@@ -7,6 +7,7 @@ import gzip
 import lzma
 import os
 import shutil
+import signal
 import tempfile
 from dataclasses import dataclass
 from datetime import date
@@ -142,6 +143,9 @@ BAD_INVOICES = {
     "NUL byte": Bad(replace(INVOICE_LINES, 3, "open", "op\x00en"), 3, None, None, "a NUL byte (0x00)"),
     "quoted empty optional value": Bad(
         replace(INVOICE_LINES, 3, ",USDC,,", ',USDC,"",'), 3, "PAYMENT_CURRENCY", "", "a quoted empty value"
+    ),
+    "quoted empty free text": Bad(
+        replace(INVOICE_LINES, 3, ",USDC,,,", ',USDC,,"",'), 3, "PAYMENT_METHOD", "", "a quoted empty value"
     ),
     "quoted empty required value": Bad(
         replace(INVOICE_LINES, 3, ",USDC,", ',"",'), 3, "CURRENCY", "", "required"
@@ -369,6 +373,29 @@ def test_an_invoices_folder_in_a_dated_export_is_named_a_folder_not_missing(conn
     with pytest.raises(LoadError) as raised:
         load_exports(conn, tmp_path / "csv")
     assert (raised.value.path, raised.value.reason) == (path, "is a directory, expected a CSV file")
+    assert snapshot(conn) == baseline
+
+
+def test_a_named_pipe_in_a_dated_export_is_refused_not_waited_on(conn, tmp_path, baseline):
+    """Opening a pipe waits for a writer: the loader would hang, holding the lock every run waits for."""
+    folder = write_export(tmp_path / "csv", "2024-01-02", [invoice(1)])
+    os.mkfifo(folder / "organizations.csv")
+
+    def waited(*_):
+        raise TimeoutError("the loader waited for a writer to the pipe")
+
+    previous = signal.signal(signal.SIGALRM, waited)
+    signal.alarm(30)
+    try:
+        with pytest.raises(LoadError) as raised:
+            load_exports(conn, tmp_path / "csv")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert (raised.value.path, raised.value.reason) == (
+        folder / "organizations.csv",
+        "not a regular file (a named pipe, a socket, a device), expected CSV",
+    )
     assert snapshot(conn) == baseline
 
 

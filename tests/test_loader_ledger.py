@@ -214,9 +214,9 @@ def test_the_base_export_is_not_loaded_again_under_a_later_date(conn, csv_dir):
     with pytest.raises(LoadError) as raised:
         load_exports(conn, csv_dir, as_of=date(2024, 1, 5))
     assert str(raised.value) == (
-        f"{csv_dir}: these files were already loaded as export {BASE_DATE} (from {csv_dir}): loaded again "
-        "as export 2024-01-05 they would undo what the exports since changed; an export loads once "
-        "(put corrections in a new dated export)"
+        f"{csv_dir / 'invoices.csv'}: this file was already loaded as export {BASE_DATE} (from {csv_dir}): "
+        "loaded again as export 2024-01-05 it would undo what the exports since changed; an export loads "
+        "once (put corrections in a new dated export)"
     )
     assert snapshot(conn) == before
     # nor a copy of them in a dated folder
@@ -227,6 +227,33 @@ def test_the_base_export_is_not_loaded_again_under_a_later_date(conn, csv_dir):
     with pytest.raises(LoadError, match=f"already loaded as export {BASE_DATE} "):
         load_exports(conn, csv_dir)
     assert snapshot(conn) == before
+
+
+def test_an_earlier_exports_file_is_refused_whatever_file_it_comes_with(conn, csv_dir):
+    """Each kind of file on its own: an earlier export's invoices without its organizations, or its
+    organizations beside new invoices, would undo what the exports since changed."""
+    renamed = ORG_LINES[3].replace(",7,12,", ",8,12,")  # organization 42 moved to another country
+    write_export(csv_dir, "2024-01-02", [PAID], [renamed])
+    load_exports(conn, csv_dir)
+    before = snapshot(conn)
+    old_invoices = write_export(csv_dir, "2024-01-03", INVOICE_LINES[1:]) / "invoices.csv"
+    with pytest.raises(LoadError, match=f"this file was already loaded as export {BASE_DATE} ") as raised:
+        load_exports(conn, csv_dir)
+    assert raised.value.path == old_invoices
+    assert snapshot(conn) == before
+    old_organizations = write_export(csv_dir, "2024-01-03", [invoice(7)], ORG_LINES[1:]) / "organizations.csv"
+    with pytest.raises(LoadError, match=f"already loaded as export {BASE_DATE} ") as raised:
+        load_exports(conn, csv_dir)
+    assert raised.value.path == old_organizations
+    assert snapshot(conn) == before
+    # the latest export's organizations file beside new invoices changes nothing of theirs: loaded
+    write_export(csv_dir, "2024-01-03", [invoice(7)], [renamed])
+    (result,) = [r for r in load_exports(conn, csv_dir) if not r.skipped]
+    assert (result.export_date, astuple(result.invoices), result.organizations_changed) == (
+        date(2024, 1, 3),
+        (1, 0, 0),
+        0,
+    )
 
 
 def test_a_copy_of_the_latest_export_or_a_header_only_export_loads_under_a_later_date(conn, csv_dir):

@@ -19,7 +19,14 @@ from typing import Any
 
 from data_platform import exports as export_discovery
 from data_platform.csv_files import Unchanged, check_header
-from data_platform.engines.export_log import Checksums, log_row, needs_load, refuse_empty, refuse_undated
+from data_platform.engines.export_log import (
+    Checksums,
+    log_row,
+    needs_load,
+    refuse_empty,
+    refuse_reloaded,
+    refuse_undated,
+)
 from data_platform.engines.raw_types import DUCKDB, DUCKDB_LOG_TYPES, column_types
 from data_platform.exports import Export
 from data_platform.load_errors import ALLOW_EMPTY_HELP, LoadError, future_invoices, utc_today
@@ -220,6 +227,14 @@ def load_export(
             with unchanged.reading():
                 organization_rows = _read(conn, ORGANIZATIONS, export.organizations, "incoming_organizations")
             refuse_empty(export.organizations, organization_rows, ORGANIZATIONS.name, allow_empty=allow_empty)
+            refuse_reloaded(
+                export.organizations,
+                checksums.organizations,
+                organization_rows,
+                export_date,
+                {day: logged.organizations for day, logged in _logged(conn).items()},
+                _sources(conn),
+            )
             organizations = _apply_organizations(conn, export_date)
         new, changed = _apply_invoices(conn, export_date)
         log = log_row(

@@ -2,10 +2,11 @@
 
 An export is loaded once: the same date with the same files again is a no-op, the same date with other
 files is refused, and so is an export dated after today (UTC), an export older than the newest one
-loaded (its changes would land before days already booked), and files already loaded as an earlier export
-that is not the newest one (loaded again they would undo the exports since; header-only invoices are alike
-whatever their day). A file that changes while it is read, a header-only file (unless allowed) and
-invoices created after their export's date are refused as by the Postgres loader (data_platform/loader.py).
+loaded (its changes would land before days already booked), and a file already loaded by an earlier export
+when a later one loaded another file of its kind (loaded again it would undo the exports since; header-only
+files are alike whatever their day). A file that changes while it is read, a header-only file (unless
+allowed) and invoices created after their export's date are refused as by the Postgres loader
+(data_platform/loader.py), which applies refuse_reloaded too.
 """
 
 from __future__ import annotations
@@ -74,12 +75,37 @@ def needs_load(
             f"export {export_date} is older than the newest loaded export {newest}: exports load in "
             "date order; rebuild the raw layer from scratch to insert it",
         )
-    earlier = max(
-        (day for day, logged_checksums in logged.items() if logged_checksums == checksums), default=None
+    refuse_reloaded(
+        export.invoices,
+        checksums.invoices,
+        invoice_rows,
+        export_date,
+        {day: logged_checksums.invoices for day, logged_checksums in logged.items()},
+        sources or {},
     )
-    if invoice_rows and earlier is not None and earlier != newest:
-        raise reloaded(export.source, earlier, (sources or {}).get(earlier), export_date)
     return True
+
+
+def refuse_reloaded(
+    path: Path,
+    checksum: str | None,
+    rows: int,
+    export_date: date,
+    loaded: dict[date, str | None],
+    sources: dict[date, str],
+) -> None:
+    """Refuse a file an earlier export loaded when a later export loaded another file of its kind: loaded
+    again, its rows would become the current state again and undo that export's changes. Each kind of file
+    on its own: an old invoices file beside a new organizations file undoes as much. Loaded after the latest
+    file of its kind it changes nothing, and header-only files are alike whatever their day.
+    loaded: each logged export's checksum of its file of this kind (None: it had none)."""
+    if rows == 0 or checksum is None:
+        return
+    earlier = max((day for day, logged in loaded.items() if logged == checksum), default=None)
+    if earlier is None:
+        return
+    if any(day > earlier and logged not in (None, checksum) for day, logged in loaded.items()):
+        raise reloaded(path, earlier, sources.get(earlier), export_date)
 
 
 def log_row(

@@ -23,7 +23,14 @@ from pathlib import Path
 
 from data_platform import exports as export_discovery
 from data_platform.csv_files import Unchanged, check_header
-from data_platform.engines.export_log import Checksums, log_row, needs_load, refuse_empty, refuse_undated
+from data_platform.engines.export_log import (
+    Checksums,
+    log_row,
+    needs_load,
+    refuse_empty,
+    refuse_reloaded,
+    refuse_undated,
+)
 from data_platform.engines.raw_types import SPARK, SPARK_LOG_TYPES, column_types
 from data_platform.exports import Export
 from data_platform.load_errors import ALLOW_EMPTY_HELP, LoadError, future_invoices, utc_today
@@ -194,6 +201,14 @@ class SparkLedger:
                 incoming_organizations = _read(self.spark, ORGANIZATIONS, export.organizations)
             organization_rows = incoming_organizations.count()
             refuse_empty(export.organizations, organization_rows, ORGANIZATIONS.name, allow_empty=allow_empty)
+            refuse_reloaded(
+                export.organizations,
+                checksums.organizations,
+                organization_rows,
+                export_date,
+                {day: logged.organizations for day, logged in self.logged.items()},
+                self.sources,
+            )
             org_changes = _changes(incoming_organizations, self.organizations, ORGANIZATIONS)
             organizations_new, organizations_changed = org_changes.select(
                 F.count(F.when(F.col("current_organization_id").isNull(), 1)),
