@@ -17,7 +17,9 @@ build leaves the previous record, so the next run sees the difference and rebuil
 change can never be half applied. A full rebuild also marks the record before it starts, and only its
 success clears the mark: one that did not finish may have replaced tables with other rules' or SQL's
 numbers, so the next build is full even when the files are back as the record says (an edit undone after
-a stopped run). A failed incremental build needs no mark: it changed only days its retry recomputes.
+a stopped run). A failed incremental build needs no mark: it changed only days its retry recomputes. A
+`dbt run` or `dbt build` by hand that recomputes days the record covers sets the mark itself (the project's
+on-run-start hook, dbt/macros/build_state.sql): it records nothing, and may have run other rules or SQL.
 
 The alerter reads the same record (BUILD_STATUS_SQL): an alert run, even one started by hand during a
 build or after a failed one, looks only at days up to the newest export the last successful build
@@ -204,7 +206,10 @@ def plan_build(
     if last.project_fingerprint != current.project_fingerprint:
         return full("the dbt project's SQL changed since the last successful build")
     if full_build_unfinished(conn):
-        return full("the last full rebuild did not finish, and may have left tables computed otherwise")
+        return full(
+            "the last full rebuild did not finish, or a build by hand recomputed built days: either may "
+            "have left tables computed otherwise"
+        )
     if _exports(conn, last.last_export_date) != last.exports_fingerprint:
         return full("the exports the last successful build covered were reloaded or changed")
     window_start = last.last_export_date + dt.timedelta(days=1)

@@ -406,9 +406,52 @@ def test_a_stopped_rules_change_then_undone_is_rebuilt_in_full_next_time(make_da
     # the edit is undone: the files are as the last successful build recorded them
     result = run_pipeline(database, csv_dir, RUN_ALERTS="false")
     assert_succeeded(result)
-    assert "rebuilt from scratch (the last full rebuild did not finish" in result.stdout
+    assert "rebuilt from scratch (the last full rebuild did not finish, or a build by hand" in result.stdout
     assert snapshot(database) == built
     # and the build after it is incremental again
     again = run_pipeline(database, csv_dir, RUN_ALERTS="false")
     assert_succeeded(again)
     assert "days from 2023-01-07" in again.stdout
+
+
+def dbt_by_hand(database, csv_dir: Path, project: Path, *command: str, **env: str) -> None:
+    ran = subprocess.run(
+        ["dbt", *command, "--project-dir", "dbt", "--profiles-dir", ".dbt"],
+        cwd=project,
+        env=pipeline_env(database, csv_dir, project, **env),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+
+
+def test_a_hand_build_with_other_rules_then_undone_is_rebuilt_in_full_next_time(make_database, tmp_path):
+    """A `dbt build` by hand recomputes every day with the rules in its files and records nothing: once those
+    files are put back as the last successful build had them, the pipeline must not keep its days."""
+    csv_dir = write_fixture(tmp_path / "csv", BASE_ROWS)
+    database = make_database()
+    assert_succeeded(run_pipeline(database, csv_dir, RUN_ALERTS="false"))
+    built = snapshot(database)
+    # tests by hand, and a build of the days after the recorded ones (the pipeline's window), mark nothing
+    dbt_by_hand(database, csv_dir, PROJECT_ROOT, "test", "--exclude-resource-type", "unit_test")
+    dbt_by_hand(database, csv_dir, PROJECT_ROOT, "build", "--exclude-resource-type", "unit_test",
+                LEDGER_WINDOW_START="2023-01-07")  # fmt: skip
+    result = run_pipeline(database, csv_dir, RUN_ALERTS="false")
+    assert_succeeded(result)
+    assert "days from 2023-01-07" in result.stdout
+
+    project = project_with_zero_rule(tmp_path / "project", "open")
+    dbt_by_hand(database, csv_dir, project, "build", "--exclude-resource-type", "unit_test")
+    assert database.query(
+        "select balance_contribution_usd from marts.dim_invoices where invoice_id = 11"
+    ) == [(D(0),)]
+    hand_run = run_alerts(database)
+    assert hand_run.returncode == 2, hand_run.stdout
+    assert "or it was a build by hand" in hand_run.stderr
+
+    # the rules as the last successful build recorded them: the files alone would say "incremental"
+    result = run_pipeline(database, csv_dir, RUN_ALERTS="false")
+    assert_succeeded(result)
+    assert "rebuilt from scratch (the last full rebuild did not finish, or a build by hand" in result.stdout
+    assert snapshot(database) == built

@@ -151,8 +151,9 @@ def built_through(conn: Connection) -> date | None:
     if row.full_build_started_at is not None:
         raise MartsNotReady(
             f"a full rebuild of the marts started at {row.full_build_started_at:%Y-%m-%d %H:%M:%S %Z} "
-            "and has not succeeded (it is running, or it failed or was stopped): the marts may mix "
-            "old and new numbers until it succeeds"
+            "and has not succeeded (it is running, or it failed or was stopped, or it was a build by hand, "
+            "which the pipeline does not record): the marts may mix old and new numbers until the "
+            "pipeline's next build succeeds"
         )
     return row.last_export_date or date.min
 
