@@ -404,7 +404,13 @@ class WarmDbt:
 
 
 class PipelineLock:
-    """A session advisory lock held for the run; a second run waits up to `timeout` seconds."""
+    """A session advisory lock held for the run; a second run waits up to `timeout` seconds.
+
+    The lock lives as long as its session, which sits idle for the whole run: nothing may end it
+    unnoticed. The session turns off idle_session_timeout and keeps its TCP connection alive (a NAT or
+    proxy drops a silent one), and `check` tells a run whose session ended anyway (pg_terminate_backend, a
+    dropped connection) before it starts or records a build, when another run may be building beside it.
+    """
 
     # pg_locks shows a session's lock on a bigint key (hashtext's int4, widened) as classid (its high
     # 32 bits), objid (its low 32 bits) and objsubid 1
@@ -414,6 +420,7 @@ class PipelineLock:
             where locktype = 'advisory' and granted and objsubid = 1
                 and database = (select oid from pg_database where datname = current_database())
                 and ((classid::bigint << 32) | objid::bigint) = hashtext(%s)::bigint
+                and (pid = pg_backend_pid() or not %s)
         )
     """
 
@@ -422,7 +429,15 @@ class PipelineLock:
         self.conn: psycopg.Connection | None = None
 
     def __enter__(self) -> PipelineLock:
-        self.conn = connect(autocommit=True, application_name="data_platform pipeline lock")
+        self.conn = connect(
+            autocommit=True,
+            application_name="data_platform pipeline lock",
+            keepalives=1,
+            keepalives_idle=60,
+            keepalives_interval=10,
+            keepalives_count=6,
+        )
+        self.conn.execute("set idle_session_timeout = 0")
 
         def say() -> None:
             print(f"another pipeline run is in progress: waiting up to {self.timeout:g}s", flush=True)
@@ -441,10 +456,22 @@ class PipelineLock:
         if self.conn is not None:
             self.conn.close()  # ends the session, which releases the lock
 
+    def check(self) -> None:
+        """PipelineError when this run no longer holds the lock: its session ended."""
+        try:
+            held = self.conn is not None and self.conn.execute(self.HELD_SQL, (LOCK_KEY, True)).fetchone()[0]
+        except psycopg.Error:
+            held = False
+        if not held:
+            raise PipelineError(
+                "this run lost the pipeline lock: its database session ended (terminated, or its connection "
+                "dropped), so another run may have started beside it"
+            )
+
     @staticmethod
     def held(conn: psycopg.Connection) -> bool:
         """Whether some session holds the lock (init.sh's run, or a Dagster step), seen from `conn`."""
-        return conn.execute(PipelineLock.HELD_SQL, (LOCK_KEY,)).fetchone()[0]
+        return conn.execute(PipelineLock.HELD_SQL, (LOCK_KEY, False)).fetchone()[0]
 
 
 def failed_tests_report(target_dir: Path, limit: int = FAILED_ROWS_SHOWN) -> list[str]:
@@ -546,29 +573,38 @@ def plan(settings: Settings, project: str | None = None) -> refresh.BuildPlan:
         return refresh.plan_build(conn, force_full=settings.full_refresh, project=project)
 
 
-def build(build_plan: refresh.BuildPlan, warm: WarmDbt, settings: Settings) -> None:
+def build(build_plan: refresh.BuildPlan, warm: WarmDbt, settings: Settings, lock: PipelineLock) -> None:
     if build_plan.full_refresh:
         step(f"dbt build: rules, models and tests, rebuilt from scratch ({build_plan.reason})")
     else:
         step(f"dbt build: rules, models and tests, days from {build_plan.window_start} ({build_plan.reason})")
-    mark_build_started(build_plan, settings)
+    mark_build_started(build_plan, settings, lock)
     code = warm.run("build", *build_plan.dbt_args(), env=build_plan.dbt_environment())
     if code:
         show_failed_tests(_target_dir())
         raise PipelineError(f"dbt build failed; {build_plan.after_failure()}", code)
-    record_build(build_plan, settings)
+    record_build(build_plan, settings, lock)
 
 
-def mark_build_started(build_plan: refresh.BuildPlan, settings: Settings) -> None:
-    """Call it just before the plan's `dbt build` (a full rebuild must be redone if it does not finish;
-    meanwhile the alerter reads no day)."""
+def mark_build_started(build_plan: refresh.BuildPlan, settings: Settings, lock: PipelineLock) -> None:
+    """Call it just before the plan's `dbt build`, under `lock` (a full rebuild must be redone if it does
+    not finish; meanwhile the alerter reads no day)."""
+    lock.check()
     with connect() as conn:
         refresh.mark_build_started(conn, build_plan, reader=settings.alerter_user)
 
 
-def record_build(build_plan: refresh.BuildPlan, settings: Settings) -> None:
-    """Remember the plan's state; call it only after its `dbt build` succeeded (the alerter reads the
-    days up to its newest export from then on)."""
+def record_build(build_plan: refresh.BuildPlan, settings: Settings, lock: PipelineLock) -> None:
+    """Remember the plan's state; call it only after its `dbt build` succeeded, under `lock` (the alerter
+    reads the days up to its newest export from then on). A build that lost the lock meanwhile may have
+    run beside another one: it is not recorded, and the next build is a full one."""
+    try:
+        lock.check()
+    except PipelineError as error:
+        with connect() as conn:
+            refresh.mark_rebuild_needed(conn)
+        message = f"{error}; its build is not recorded, and the next run rebuilds from scratch"
+        raise PipelineError(message) from None
     with connect() as conn:
         refresh.record_build(conn, build_plan.current, reader=settings.alerter_user)
 
@@ -602,12 +638,12 @@ def run_alerts(settings: Settings) -> AlertRun:
 def run(settings: Settings) -> AlertRun | None:
     """Every step, in order, under the pipeline lock; how the alert run left the alerts (None: none ran)."""
     wait_for_database(settings)
-    with PipelineLock(settings.lock_timeout_seconds):
+    with PipelineLock(settings.lock_timeout_seconds) as lock:
         project = refresh.project_fingerprint()  # before the warm process parses the project
         with WarmDbt() as warm:
             load_exports(settings)
             build_plan = plan(settings, project)
-            build(build_plan, warm, settings)
+            build(build_plan, warm, settings, lock)
         generate_docs(build_plan)
         # the warehouse is fine whatever the alerts' fate: undelivered ones wait for the next alert run, a
         # given-up one was reported by the alert run and here

@@ -240,6 +240,12 @@ def mark_build_started(conn: psycopg.Connection, plan: BuildPlan, reader: str) -
         conn.execute(f"update {BUILD_STATE} set full_build_started_at = now()")
 
 
+def mark_rebuild_needed(conn: psycopg.Connection) -> None:
+    """A build that may have run beside another one (it lost the pipeline lock): the next build is full."""
+    if _exists(conn, BUILD_STATE):
+        conn.execute(f"update {BUILD_STATE} set full_build_started_at = now()")
+
+
 def record_build(conn: psycopg.Connection, state: BuildState, reader: str) -> None:
     """Remember what a successful build was computed from (the plan's state, taken before the build);
     `reader`: the role that reads the record (the alerter)."""
