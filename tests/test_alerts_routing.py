@@ -10,7 +10,7 @@ from decimal import Decimal
 
 import pytest
 from conftest import PROJECT_ROOT
-from slack_stub import OK, Reply, SlackStub, hang, rate_limited, redirect, server_error, slow
+from slack_stub import OK, Reply, SlackStub, cut_short, hang, rate_limited, redirect, server_error, slow
 from test_alerts import (  # noqa: F401  (db, warehouse are fixtures)
     DAY,
     add_moves,
@@ -383,12 +383,45 @@ def test_json_sink_no_answer_is_never_retried_within_the_run(receiver):
     assert len(receiver.requests) == 1
 
 
+def test_json_sink_answer_cut_short_may_have_arrived(receiver):
+    # the receiver took the message and its answer broke off: sending it again may be a second copy
+    receiver.always(cut_short())
+    outcome = JsonWebhookChannel(receiver.url, FAST).send(BATCH)
+    assert not outcome.delivered and outcome.unanswered
+    assert (outcome.error or "").endswith("(the message may have arrived)")
+    assert len(receiver.requests) == 1
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["hooks.example/T0/B0/x", "ftp://hooks.example/T0/B0/x", "http://"],
+    ids=["no scheme", "ftp", "no host"],
+)
+def test_json_sink_request_refused_before_sending_is_not_unanswered(url):
+    outcome = JsonWebhookChannel(url, FAST).send(BATCH)
+    assert not outcome.delivered and not outcome.unanswered
+
+
 def test_json_sink_unreachable_is_not_unanswered():
     with SlackStub() as gone:
         url = gone.url
     outcome = JsonWebhookChannel(url, FAST).send(BATCH)
     assert not outcome.delivered and not outcome.unanswered
     assert "XOXB" not in (outcome.error or "")
+
+
+def test_a_json_answer_cut_short_every_time_is_sent_at_most_twice(db):  # noqa: F811
+    set_routes(db, VIP, DEFAULT)
+    add_moves(db, (1, DAY[0], "100", "300"))
+    with SlackStub() as vip, SlackStub() as default:
+        vip.always(cut_short())
+        env = {"webhook": default.url, "VIP_WEBHOOK": vip.url, **NO_FLOOR}
+        runs = [run_alerts(db, **env) for _ in range(3)]
+
+    assert [run.returncode for run in runs] == [1, 3, 0], runs[-1].stderr
+    assert len(vip.requests) == 2  # each arrived: a third copy would be one too many
+    assert history(db, "VIP_WEBHOOK") == {(1, DAY[0]): ("unknown", 2)}
+    assert "never confirmed after 2 unanswered attempts: not sent again" in runs[2].stdout
 
 
 # --- ops tables from before routing ------------------------------------------------------------------

@@ -2,8 +2,9 @@
 
 Retries are urllib3's Retry, bounded, and only where the receiver accepted nothing: 429 and 5xx
 answers (Retry-After honoured up to ALERT_HTTP_MAX_RETRY_AFTER) and failed connections. A request
-that went out and got no answer (a read timeout, a dropped connection) may have been accepted: it
-is never retried within the run (read=False re-raises it) and reported as unanswered.
+that went out and got no full answer (a read timeout, a dropped connection, an answer cut short) may
+have been accepted: it is never retried within the run (read=False re-raises it) and reported as
+unanswered.
 """
 
 from __future__ import annotations
@@ -91,15 +92,34 @@ class JsonWebhookChannel:
         return Outcome(False, redact(f"HTTP {response.status_code}: {body}", self._url), unavailable)
 
 
+# requests raises these while preparing the request, before anything goes out
+_REFUSED_BEFORE_SENDING = (
+    requests.exceptions.InvalidURL,  # InvalidProxyURL too
+    requests.exceptions.MissingSchema,
+    requests.exceptions.InvalidSchema,
+    requests.exceptions.InvalidHeader,
+    requests.exceptions.URLRequired,
+    requests.exceptions.InvalidJSONError,
+)
+
+
 def _describe(error: requests.RequestException, timeout: float) -> tuple[str, bool]:
-    """(what happened, whether the request may have been accepted)."""
+    """(what happened, whether the request may have been accepted).
+
+    Only errors known to come before the request went out mean nothing was accepted; any other (an
+    answer cut short, a body that cannot be decoded, ...) may follow an accepted message, which must
+    then count towards its two attempts rather than be sent again by every run."""
     if isinstance(error, requests.ConnectTimeout):
         return f"cannot reach the webhook: no connection within {timeout:g} s", False
     if isinstance(error, requests.ReadTimeout):
         return f"no answer within {timeout:g} s (the message may have arrived)", True
+    if isinstance(error, _REFUSED_BEFORE_SENDING):
+        return f"{type(error).__name__}: {error}", False
+    cause = error.args[0] if error.args else None
+    if isinstance(error, requests.ConnectionError) and isinstance(cause, MaxRetryError):
+        # connecting (or the TLS handshake, or the proxy) failed on every attempt: nothing was sent;
+        # read errors are never wrapped in MaxRetryError (read=False re-raises them)
+        return f"cannot reach the webhook: {cause.reason}", False
     if isinstance(error, requests.ConnectionError):
-        cause = error.args[0] if error.args else None
-        if isinstance(cause, MaxRetryError):  # connecting failed on every attempt: nothing was sent
-            return f"cannot reach the webhook: {cause.reason}", False
         return f"no answer: {cause or error} (the message may have arrived)", True
-    return f"{type(error).__name__}: {error}", False
+    return f"{type(error).__name__}: {error} (the message may have arrived)", True
