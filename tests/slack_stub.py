@@ -25,7 +25,7 @@ QUERY_SECRET = "qs-token-not-real-5d2e"
 class Reply:
     status: int = 200
     body: str = "ok"
-    retry_after: int | None = None
+    retry_after: int | str | None = None  # a str: any header value, readable or not
     delay: float = 0.0  # seconds before answering; longer than the client's timeout = no answer
     accepted: bool = True  # whether a 200 means the message reached the channel (False: a hang)
     location: str | None = None  # a redirect's Location header

@@ -374,6 +374,19 @@ def test_json_sink_leaves_a_long_retry_after_for_the_next_run(receiver):
     assert len(receiver.requests) == 1 and "HTTP 429" in (outcome.error or "")
 
 
+@pytest.mark.parametrize(("status", "retry_after"), [(503, 30), (500, 30), (503, "soon")])
+def test_json_sink_leaves_a_long_retry_after_on_5xx_for_the_next_run(receiver, status, retry_after):
+    # urllib3 waits for any retried answer's Retry-After, not only a 429's: uncapped, one message could
+    # hold the run (and the locks it holds) for as long as the receiver asks
+    receiver.always(Reply(status, "busy", retry_after=retry_after))
+    started = time.monotonic()
+    outcome = JsonWebhookChannel(receiver.url, FAST).send(BATCH)
+    assert time.monotonic() - started < 2
+    assert not outcome.delivered and outcome.service_unavailable and not outcome.unanswered
+    assert outcome.error == f"HTTP {status}: busy"
+    assert len(receiver.requests) == 1
+
+
 def test_json_sink_no_answer_is_never_retried_within_the_run(receiver):
     from slack_stub import hang
 

@@ -1,7 +1,7 @@
 """The generic JSON webhook: the versioned payload (payload.py) POSTed with requests.
 
 Retries are urllib3's Retry, bounded, and only where the receiver accepted nothing: 429 and 5xx
-answers (Retry-After honoured up to ALERT_HTTP_MAX_RETRY_AFTER) and failed connections. A request
+answers (any Retry-After honoured up to ALERT_HTTP_MAX_RETRY_AFTER) and failed connections. A request
 that went out and got no full answer (a read timeout, a dropped connection, an answer cut short) may
 have been accepted: it is never retried within the run (read=False re-raises it) and reported as
 unanswered.
@@ -23,7 +23,10 @@ RETRY_STATUSES = frozenset({429, *range(500, 600)})
 
 
 class BoundedRetry(Retry):
-    """Retry, except that a 429 asking to wait longer than `max_retry_after` is left for the next run."""
+    """Retry, except that an answer asking to wait longer than `max_retry_after` is left for the next run.
+
+    urllib3 sleeps for the Retry-After of any answer it retries (a 503 or a 500 too, not only a 429),
+    all the while holding the run's locks."""
 
     max_retry_after: float = 60.0
 
@@ -33,7 +36,7 @@ class BoundedRetry(Retry):
         return retry
 
     def increment(self, method=None, url=None, response=None, error=None, _pool=None, _stacktrace=None):
-        if response is not None and response.status == 429:
+        if response is not None:  # a retried answer; errors have no Retry-After
             try:
                 wait = self.get_retry_after(response)
             except Exception:  # unreadable Retry-After: nothing says when to come back
