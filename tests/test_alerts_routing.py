@@ -140,7 +140,7 @@ def test_undelivered_alerts_of_a_removed_route_are_reported_by_every_run(db):  #
         set_routes(db, ROUTES[3])  # the VIP route is removed
         add_moves(db, (3, DAY[1], "100", "300"))
         runs = [run_alerts(db, webhook=default.url, **env) for _ in range(2)]
-        # a console run (no webhook set: the demo) is a view: it does not report them
+        # a console run (no webhook set: the demo) delivers nothing, and reports them as well
         printed = run_alerts(db, **NO_FLOOR)
 
     assert organizations_in(default.delivered) == [3]
@@ -148,11 +148,33 @@ def test_undelivered_alerts_of_a_removed_route_are_reported_by_every_run(db):  #
         "1 alert undelivered for destinations no route names any more (VIP_WEBHOOK 1): never sent until a "
         "route names that variable again (or the rows are deleted from ops.alert_history)."
     )
-    for result in runs:
+    for result in [*runs, printed]:
         assert result.returncode == 1, result.stderr
         assert note in result.stdout and f"alert_script.py: {note}" in result.stderr
-    assert printed.returncode == 0 and "VIP_WEBHOOK" not in printed.stdout + printed.stderr
     assert history(db, "VIP_WEBHOOK") == {(1, DAY[0]): ("failed", 1)}
+
+
+def test_a_console_run_names_every_route_with_waiting_alerts_and_exits_1(db):  # noqa: F811
+    # the webhooks' variables are gone (an .env lost): the run can only print, and printing delivers
+    # nothing, so the alerts still waiting for each route must not go unmentioned behind exit 0
+    set_routes(db, ROUTES[0], ROUTES[3])
+    add_moves(db, (1, DAY[0], "100", "300"), (3, DAY[0], "100", "300"))
+    with SlackStub() as vip, SlackStub() as default:
+        vip.always(server_error(500))
+        default.always(server_error(500))
+        env = {"ALERT_HTTP_RETRIES": "0", **NO_FLOOR}
+        assert run_alerts(db, webhook=default.url, VIP_WEBHOOK=vip.url, **env).returncode == 1
+
+    printed = run_alerts(db, **NO_FLOOR)
+
+    assert printed.returncode == 1, printed.stderr
+    note = (
+        "2 alerts still undelivered (SLACK_WEBHOOK_URL 1, VIP_WEBHOOK 1): printing is not delivering; a run "
+        "with those variables set sends them."
+    )
+    assert note in printed.stdout and f"alert_script.py: {note}" in printed.stderr
+    assert history(db, "VIP_WEBHOOK") == {(1, DAY[0]): ("failed", 1)}
+    assert history(db, "slack") == {(3, DAY[0]): ("failed", 1)}
 
 
 def test_a_route_whose_variable_is_unset_stops_the_run_before_anything_is_sent(db):  # noqa: F811

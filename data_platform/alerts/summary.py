@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import date
 
-from data_platform.alerts.records import MAX_UNCONFIRMED_ATTEMPTS
+from data_platform.alerts.records import MAX_UNCONFIRMED_ATTEMPTS, webhook_env_of
 
 
 def _plural(count: int, word: str) -> str:
@@ -37,8 +37,9 @@ class Summary:
     gave_up: int = 0  # of those, given up in this run (its last allowed attempt went unanswered)
     # of those, reported by this run (exit 3): this run's, or an earlier run's that died first
     given_up_reported: int = 0
-    waiting_for_slack: int = 0  # console runs: Slack alerts still undelivered
-    # runs that deliver: undelivered alerts per destination no route names any more
+    # console runs: undelivered alerts per destination a route names (its webhook not set in this run)
+    waiting_for_webhook: dict[str, int] = field(default_factory=dict)
+    # undelivered alerts per destination no route names any more
     unrouted: dict[str, int] = field(default_factory=dict)
     held_back: int = 0  # passed the ratio rule, below --min-change-usd: not recorded
     suppressed: int = 0  # recorded as suppressed (--suppress-days), never sent
@@ -74,6 +75,21 @@ class Summary:
         prefix = "Summary (dry run, nothing changed)" if self.dry_run else "Summary"
         line = f"{prefix}: {days}, {sent}, {self.failed} failed, {skipped}; {watermark}."
         return " ".join([line, *self.notes()])
+
+    @property
+    def still_undelivered(self) -> bool:
+        """Some alert is left undelivered: this run's failures, or alerts it could not send at all."""
+        return bool(self.failed or self.waiting_for_webhook or self.unrouted)
+
+    def waiting_for_webhook_note(self) -> str:
+        waiting = {webhook_env_of(name): count for name, count in self.waiting_for_webhook.items()}
+        total = sum(waiting.values())
+        where = ", ".join(f"{variable} {count}" for variable, count in sorted(waiting.items()))
+        variables = "that variable" if len(waiting) == 1 else "those variables"
+        return (
+            f"{_plural(total, 'alert')} still undelivered ({where}): printing is not delivering; a run with "
+            f"{variables} set sends {'it' if total == 1 else 'them'}."
+        )
 
     def unrouted_note(self) -> str:
         where = ", ".join(f"{destination} {count}" for destination, count in self.unrouted.items())
@@ -119,11 +135,8 @@ class Summary:
                 notes.append(
                     f"{waiting} superseded: {why}; not sent (status 'superseded' in ops.alert_history)."
                 )
+        if self.waiting_for_webhook:
+            notes.append(self.waiting_for_webhook_note())
         if self.unrouted:
             notes.append(self.unrouted_note())
-        if self.waiting_for_slack:
-            notes.append(
-                f"{_plural(self.waiting_for_slack, 'Slack alert')} still undelivered: printing is not "
-                "delivering, they wait for a run with SLACK_WEBHOOK_URL set."
-            )
         return notes
