@@ -10,7 +10,18 @@ from decimal import Decimal
 
 import pytest
 from conftest import PROJECT_ROOT
-from slack_stub import OK, Reply, SlackStub, cut_short, hang, rate_limited, redirect, server_error, slow
+from slack_stub import (
+    OK,
+    SECRET,
+    Reply,
+    SlackStub,
+    cut_short,
+    hang,
+    rate_limited,
+    redirect,
+    server_error,
+    slow,
+)
 from test_alerts import (  # noqa: F401  (db, warehouse are fixtures)
     DAY,
     add_moves,
@@ -216,6 +227,48 @@ def test_a_url_in_the_routes_is_refused_without_echoing_it(db):  # noqa: F811
     result = run_alerts(db, **NO_FLOOR)
     assert result.returncode == 2
     assert "must name an environment variable" in result.stderr and "secret-x" not in result.stderr
+
+
+def test_each_routes_errors_and_notes_name_that_route_not_slack(db):  # noqa: F811
+    set_routes(
+        db,
+        (10, "vip", 1, None, None, None, "VIP_WEBHOOK", "json", None),
+        (20, "finance", None, None, 50000, None, "FINANCE_SLACK_WEBHOOK", "slack", None),
+        DEFAULT,
+    )
+    add_moves(
+        db,
+        (1, DAY[0], "100", "300"),
+        (2, DAY[0], "40000", "60000"),
+        (3, DAY[0], "40000", "70000"),
+        (4, DAY[0], "100", "300"),
+    )
+    with SlackStub() as vip, SlackStub() as finance, SlackStub() as default:
+        vip.always(hang(5))
+        finance.always(Reply(503, "no such hook: {path}"))  # an error page quoting the webhook's path
+        result = run_alerts(
+            db,
+            webhook=default.url,
+            VIP_WEBHOOK=vip.url,
+            FINANCE_SLACK_WEBHOOK=finance.url,
+            ALERT_HTTP_RETRIES="0",
+            ALERT_HTTP_TIMEOUT="0.3",
+            **NO_FLOOR,
+        )
+
+    assert result.returncode == 1, result.stderr
+    assert organizations_in(default.delivered) == [4]
+    assert "1 alert got no answer from the VIP_WEBHOOK webhook and may have arrived" in result.stdout
+    errors = dict(
+        db.query("select organization_id, last_error from ops.alert_history where organization_id in (2, 3)")
+    )
+    refused = "HTTP 503: no such hook: <FINANCE_SLACK_WEBHOOK>"
+    assert errors == {
+        2: refused,
+        3: f"not attempted: the FINANCE_SLACK_WEBHOOK webhook failed earlier in the run ({refused})",
+    }
+    assert f"organization 2: {refused}" in result.stderr
+    assert SECRET not in result.stdout + result.stderr
 
 
 # --- routes added while days wait to be processed ----------------------------------------------------

@@ -102,7 +102,7 @@ def choose_channel(settings: Settings, destination: Destination | None = None) -
         return ConsoleChannel()
     if destination.route is not None and destination.route.sink == JSON_SINK:
         return JsonWebhookChannel(destination.url, settings.http, name=destination.label)
-    return SlackChannel(destination.url, settings.http)
+    return SlackChannel(destination.url, settings.http, name=destination.label)
 
 
 def today_utc() -> date:
@@ -393,9 +393,9 @@ def _deliver(
             summary.digests += 1
         summary.retried += sum(1 for alert in alerts if alert.status in (FAILED, UNKNOWN))
         if service_down:
-            # Slack is rate limiting or down even after retries: leave the rest for the next run
+            # the webhook is rate limiting or down even after retries: leave the rest for the next run
             # rather than spending the whole retry budget on every message
-            reason = f"not attempted: {channel.name} failing earlier in the run ({service_down})"
+            reason = f"not attempted: the {channel.name} webhook failed earlier in the run ({service_down})"
             store.record_not_attempted(ops, destination, alerts, reason)
             commit()
             summary.failed += count
@@ -418,7 +418,8 @@ def _deliver(
             summary.sent += count
             continue
         summary.failed += count
-        summary.unanswered += count if outcome.unanswered else 0
+        if outcome.unanswered:
+            summary.unanswered[destination] = summary.unanswered.get(destination, 0) + count
         service_down = outcome.error if outcome.service_unavailable else None
         what = (
             f"the digest of {count} alerts"

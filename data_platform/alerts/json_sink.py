@@ -85,14 +85,15 @@ class JsonWebhookChannel:
             )
         except requests.RequestException as error:
             description, unanswered = _describe(error, self._timeout)
-            return Outcome(
-                False, redact(description, self._url), service_unavailable=True, unanswered=unanswered
-            )
+            return Outcome(False, self._redact(description), service_unavailable=True, unanswered=unanswered)
         if 200 <= response.status_code < 300:
             return Outcome(delivered=True)
         body = " ".join(response.text.split())[:200]
         unavailable = response.status_code == 429 or response.status_code >= 500
-        return Outcome(False, redact(f"HTTP {response.status_code}: {body}", self._url), unavailable)
+        return Outcome(False, self._redact(f"HTTP {response.status_code}: {body}"), unavailable)
+
+    def _redact(self, text: str) -> str:
+        return redact(text, self._url, f"<{self.name}>")
 
 
 # requests raises these while preparing the request, before anything goes out

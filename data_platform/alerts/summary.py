@@ -12,6 +12,12 @@ def _plural(count: int, word: str) -> str:
     return f"{count} {word}{'' if count == 1 else 's'}"
 
 
+def _by_variable(counts: dict[str, int]) -> str:
+    """Alerts per destination, each by its webhook variable: `KEY_ACCOUNTS_WEBHOOK 1, SLACK_WEBHOOK_URL 2`."""
+    by_variable = {webhook_env_of(destination): count for destination, count in counts.items()}
+    return ", ".join(f"{variable} {count}" for variable, count in sorted(by_variable.items()))
+
+
 @dataclass
 class Summary:
     dry_run: bool = False
@@ -22,7 +28,8 @@ class Summary:
     retried: int = 0  # alerts attempted on an earlier run and attempted again
     sent: int = 0
     failed: int = 0  # not confirmed this run, unanswered ones included
-    unanswered: int = 0  # sent, but no answer came back: they may have arrived
+    # sent, but no answer came back: they may have arrived; per destination
+    unanswered: dict[str, int] = field(default_factory=dict)
     skipped_from_zero: int = 0
     watermark_before: date | None = None
     watermark: date | None = None
@@ -82,21 +89,19 @@ class Summary:
         return bool(self.failed or self.waiting_for_webhook or self.unrouted)
 
     def waiting_for_webhook_note(self) -> str:
-        waiting = {webhook_env_of(name): count for name, count in self.waiting_for_webhook.items()}
+        waiting = self.waiting_for_webhook
         total = sum(waiting.values())
-        where = ", ".join(f"{variable} {count}" for variable, count in sorted(waiting.items()))
         variables = "that variable" if len(waiting) == 1 else "those variables"
         return (
-            f"{_plural(total, 'alert')} still undelivered ({where}): printing is not delivering; a run with "
-            f"{variables} set sends {'it' if total == 1 else 'them'}."
+            f"{_plural(total, 'alert')} still undelivered ({_by_variable(waiting)}): printing is not "
+            f"delivering; a run with {variables} set sends {'it' if total == 1 else 'them'}."
         )
 
     def unrouted_note(self) -> str:
-        where = ", ".join(f"{destination} {count}" for destination, count in self.unrouted.items())
         return (
             f"{_plural(sum(self.unrouted.values()), 'alert')} undelivered for destinations no route names "
-            f"any more ({where}): never sent until a route names that variable again (or the rows are "
-            "deleted from ops.alert_history)."
+            f"any more ({_by_variable(self.unrouted)}): never sent until a route names that variable again "
+            "(or the rows are deleted from ops.alert_history)."
         )
 
     def notes(self) -> list[str]:
@@ -115,10 +120,14 @@ class Summary:
                 "their alerts."
             )
         if self.unanswered:
+            if len(self.unanswered) == 1:
+                where = f"the {webhook_env_of(next(iter(self.unanswered)))} webhook"
+            else:
+                where = f"their webhooks ({_by_variable(self.unanswered)})"
             notes.append(
-                f"{_plural(self.unanswered, 'alert')} got no answer from Slack and may have arrived: "
-                f"a later run sends it again, as long as it was sent fewer than {MAX_UNCONFIRMED_ATTEMPTS} "
-                "times."
+                f"{_plural(sum(self.unanswered.values()), 'alert')} got no answer from {where} and may have "
+                f"arrived: a later run sends it again, as long as it was sent fewer than "
+                f"{MAX_UNCONFIRMED_ATTEMPTS} times."
             )
         if self.given_up:
             notes.append(
