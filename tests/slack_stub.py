@@ -1,7 +1,8 @@
 """A local HTTP server standing in for Slack's incoming webhook.
 
 It records every request and answers from a script: 200, 429 with Retry-After, 5xx, a redirect to a
-page, a slow answer (accepted, answered late), or a hang (not accepted, no answer until the test ends).
+page, a slow answer (accepted, answered late), a hang (not accepted, no answer until the test ends), or
+a 200 whose body is cut short (accepted, the connection dropped mid-answer).
 The URL carries a fake secret in its path and query so tests can prove it never leaks into output or
 the database.
 """
@@ -24,10 +25,11 @@ QUERY_SECRET = "qs-token-not-real-5d2e"
 class Reply:
     status: int = 200
     body: str = "ok"
-    retry_after: int | None = None
+    retry_after: int | str | None = None  # a str: any header value, readable or not
     delay: float = 0.0  # seconds before answering; longer than the client's timeout = no answer
     accepted: bool = True  # whether a 200 means the message reached the channel (False: a hang)
     location: str | None = None  # a redirect's Location header
+    cut_short: bool = False  # announce a chunked body, send part of it and drop the connection
 
 
 OK = Reply()
@@ -49,6 +51,11 @@ def hang(seconds: float = 30.0) -> Reply:
 def slow(seconds: float = 30.0) -> Reply:
     """The message reaches the channel; the answer comes too late for the client."""
     return Reply(delay=seconds)
+
+
+def cut_short(status: int = 200) -> Reply:
+    """The message reaches the channel; the answer's body breaks off (a proxy or server dying)."""
+    return Reply(status, "ok", cut_short=True)
 
 
 def redirect(status: int = 302) -> Reply:
@@ -148,6 +155,12 @@ class SlackStub:
                 if reply.delay and stub._stopping.wait(reply.delay):
                     return  # the test is over: drop the connection
                 payload = reply.body.replace("{path}", self.path).encode()
+                if reply.cut_short:
+                    # a chunk announced as 10 bytes, 2 sent, then the connection closes
+                    head = f"HTTP/1.1 {reply.status} OK\r\nTransfer-Encoding: chunked\r\n\r\na\r\n"
+                    self.wfile.write(head.encode() + payload)
+                    self.close_connection = True
+                    return
                 try:
                     self.send_response(reply.status)
                     self.send_header("Content-Type", "text/plain")

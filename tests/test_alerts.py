@@ -485,7 +485,8 @@ def test_down_server_fails_then_next_run_delivers_without_duplicates(db, slack):
     assert history(db) == {(1, DAY[0]): ("failed", 1), (2, DAY[0]): ("failed", 0), (3, DAY[0]): ("failed", 0)}
     errors = [r[0] for r in db.query("select last_error from ops.alert_history order by organization_id")]
     assert errors[0] == "HTTP 500: internal_error"
-    assert errors[1].startswith("not attempted: slack failing earlier in the run")
+    not_attempted = "not attempted: the SLACK_WEBHOOK_URL webhook failed earlier in the run"
+    assert errors[1] == f"{not_attempted} (HTTP 500: internal_error)"
     # the watermark moved past the day: failed alerts come back from the history, not the watermark
     assert watermark(db) == DAY[0]
 
@@ -600,7 +601,7 @@ def test_hanging_server_times_out_then_the_next_run_delivers_each_once(db, slack
     assert len(slack.requests) == 1
     assert "no answer within 0.3 s (the message may have arrived)" in hung.stderr
     assert history(db) == {(1, DAY[0]): ("unknown", 1), (2, DAY[0]): ("failed", 0)}
-    assert "1 alert got no answer from Slack and may have arrived" in hung.stdout
+    assert "1 alert got no answer from the SLACK_WEBHOOK_URL webhook and may have arrived" in hung.stdout
     assert slack.delivered == []
 
     slack.always(OK)

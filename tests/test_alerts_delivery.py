@@ -86,6 +86,15 @@ def test_server_errors_back_off_and_retry(slack, status):
     assert [r.status for r in slack.requests] == [status, 200]
 
 
+def test_server_errors_back_off_whatever_retry_after_they_carry(slack):
+    # slack-sdk's server-error handler waits its own backoff, never the answer's Retry-After
+    slack.answer(Reply(503, "busy", retry_after=3600))
+    started = time.monotonic()
+    assert SlackChannel(slack.url, FAST).send(BATCH).delivered
+    assert [r.status for r in slack.requests] == [503, 200]
+    assert time.monotonic() - started < 2
+
+
 def test_retries_are_bounded(slack):
     slack.always(server_error(500))
 

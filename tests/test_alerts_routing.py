@@ -10,7 +10,18 @@ from decimal import Decimal
 
 import pytest
 from conftest import PROJECT_ROOT
-from slack_stub import OK, Reply, SlackStub, hang, rate_limited, redirect, server_error, slow
+from slack_stub import (
+    OK,
+    SECRET,
+    Reply,
+    SlackStub,
+    cut_short,
+    hang,
+    rate_limited,
+    redirect,
+    server_error,
+    slow,
+)
 from test_alerts import (  # noqa: F401  (db, warehouse are fixtures)
     DAY,
     add_moves,
@@ -140,7 +151,7 @@ def test_undelivered_alerts_of_a_removed_route_are_reported_by_every_run(db):  #
         set_routes(db, ROUTES[3])  # the VIP route is removed
         add_moves(db, (3, DAY[1], "100", "300"))
         runs = [run_alerts(db, webhook=default.url, **env) for _ in range(2)]
-        # a console run (no webhook set: the demo) is a view: it does not report them
+        # a console run (no webhook set: the demo) delivers nothing, and reports them as well
         printed = run_alerts(db, **NO_FLOOR)
 
     assert organizations_in(default.delivered) == [3]
@@ -148,11 +159,33 @@ def test_undelivered_alerts_of_a_removed_route_are_reported_by_every_run(db):  #
         "1 alert undelivered for destinations no route names any more (VIP_WEBHOOK 1): never sent until a "
         "route names that variable again (or the rows are deleted from ops.alert_history)."
     )
-    for result in runs:
+    for result in [*runs, printed]:
         assert result.returncode == 1, result.stderr
         assert note in result.stdout and f"alert_script.py: {note}" in result.stderr
-    assert printed.returncode == 0 and "VIP_WEBHOOK" not in printed.stdout + printed.stderr
     assert history(db, "VIP_WEBHOOK") == {(1, DAY[0]): ("failed", 1)}
+
+
+def test_a_console_run_names_every_route_with_waiting_alerts_and_exits_1(db):  # noqa: F811
+    # the webhooks' variables are gone (an .env lost): the run can only print, and printing delivers
+    # nothing, so the alerts still waiting for each route must not go unmentioned behind exit 0
+    set_routes(db, ROUTES[0], ROUTES[3])
+    add_moves(db, (1, DAY[0], "100", "300"), (3, DAY[0], "100", "300"))
+    with SlackStub() as vip, SlackStub() as default:
+        vip.always(server_error(500))
+        default.always(server_error(500))
+        env = {"ALERT_HTTP_RETRIES": "0", **NO_FLOOR}
+        assert run_alerts(db, webhook=default.url, VIP_WEBHOOK=vip.url, **env).returncode == 1
+
+    printed = run_alerts(db, **NO_FLOOR)
+
+    assert printed.returncode == 1, printed.stderr
+    note = (
+        "2 alerts still undelivered (SLACK_WEBHOOK_URL 1, VIP_WEBHOOK 1): printing is not delivering; a run "
+        "with those variables set sends them."
+    )
+    assert note in printed.stdout and f"alert_script.py: {note}" in printed.stderr
+    assert history(db, "VIP_WEBHOOK") == {(1, DAY[0]): ("failed", 1)}
+    assert history(db, "slack") == {(3, DAY[0]): ("failed", 1)}
 
 
 def test_a_route_whose_variable_is_unset_stops_the_run_before_anything_is_sent(db):  # noqa: F811
@@ -194,6 +227,48 @@ def test_a_url_in_the_routes_is_refused_without_echoing_it(db):  # noqa: F811
     result = run_alerts(db, **NO_FLOOR)
     assert result.returncode == 2
     assert "must name an environment variable" in result.stderr and "secret-x" not in result.stderr
+
+
+def test_each_routes_errors_and_notes_name_that_route_not_slack(db):  # noqa: F811
+    set_routes(
+        db,
+        (10, "vip", 1, None, None, None, "VIP_WEBHOOK", "json", None),
+        (20, "finance", None, None, 50000, None, "FINANCE_SLACK_WEBHOOK", "slack", None),
+        DEFAULT,
+    )
+    add_moves(
+        db,
+        (1, DAY[0], "100", "300"),
+        (2, DAY[0], "40000", "60000"),
+        (3, DAY[0], "40000", "70000"),
+        (4, DAY[0], "100", "300"),
+    )
+    with SlackStub() as vip, SlackStub() as finance, SlackStub() as default:
+        vip.always(hang(5))
+        finance.always(Reply(503, "no such hook: {path}"))  # an error page quoting the webhook's path
+        result = run_alerts(
+            db,
+            webhook=default.url,
+            VIP_WEBHOOK=vip.url,
+            FINANCE_SLACK_WEBHOOK=finance.url,
+            ALERT_HTTP_RETRIES="0",
+            ALERT_HTTP_TIMEOUT="0.3",
+            **NO_FLOOR,
+        )
+
+    assert result.returncode == 1, result.stderr
+    assert organizations_in(default.delivered) == [4]
+    assert "1 alert got no answer from the VIP_WEBHOOK webhook and may have arrived" in result.stdout
+    errors = dict(
+        db.query("select organization_id, last_error from ops.alert_history where organization_id in (2, 3)")
+    )
+    refused = "HTTP 503: no such hook: <FINANCE_SLACK_WEBHOOK>"
+    assert errors == {
+        2: refused,
+        3: f"not attempted: the FINANCE_SLACK_WEBHOOK webhook failed earlier in the run ({refused})",
+    }
+    assert f"organization 2: {refused}" in result.stderr
+    assert SECRET not in result.stdout + result.stderr
 
 
 # --- routes added while days wait to be processed ----------------------------------------------------
@@ -374,6 +449,19 @@ def test_json_sink_leaves_a_long_retry_after_for_the_next_run(receiver):
     assert len(receiver.requests) == 1 and "HTTP 429" in (outcome.error or "")
 
 
+@pytest.mark.parametrize(("status", "retry_after"), [(503, 30), (500, 30), (503, "soon")])
+def test_json_sink_leaves_a_long_retry_after_on_5xx_for_the_next_run(receiver, status, retry_after):
+    # urllib3 waits for any retried answer's Retry-After, not only a 429's: uncapped, one message could
+    # hold the run (and the locks it holds) for as long as the receiver asks
+    receiver.always(Reply(status, "busy", retry_after=retry_after))
+    started = time.monotonic()
+    outcome = JsonWebhookChannel(receiver.url, FAST).send(BATCH)
+    assert time.monotonic() - started < 2
+    assert not outcome.delivered and outcome.service_unavailable and not outcome.unanswered
+    assert outcome.error == f"HTTP {status}: busy"
+    assert len(receiver.requests) == 1
+
+
 def test_json_sink_no_answer_is_never_retried_within_the_run(receiver):
     from slack_stub import hang
 
@@ -383,12 +471,45 @@ def test_json_sink_no_answer_is_never_retried_within_the_run(receiver):
     assert len(receiver.requests) == 1
 
 
+def test_json_sink_answer_cut_short_may_have_arrived(receiver):
+    # the receiver took the message and its answer broke off: sending it again may be a second copy
+    receiver.always(cut_short())
+    outcome = JsonWebhookChannel(receiver.url, FAST).send(BATCH)
+    assert not outcome.delivered and outcome.unanswered
+    assert (outcome.error or "").endswith("(the message may have arrived)")
+    assert len(receiver.requests) == 1
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["hooks.example/T0/B0/x", "ftp://hooks.example/T0/B0/x", "http://"],
+    ids=["no scheme", "ftp", "no host"],
+)
+def test_json_sink_request_refused_before_sending_is_not_unanswered(url):
+    outcome = JsonWebhookChannel(url, FAST).send(BATCH)
+    assert not outcome.delivered and not outcome.unanswered
+
+
 def test_json_sink_unreachable_is_not_unanswered():
     with SlackStub() as gone:
         url = gone.url
     outcome = JsonWebhookChannel(url, FAST).send(BATCH)
     assert not outcome.delivered and not outcome.unanswered
     assert "XOXB" not in (outcome.error or "")
+
+
+def test_a_json_answer_cut_short_every_time_is_sent_at_most_twice(db):  # noqa: F811
+    set_routes(db, VIP, DEFAULT)
+    add_moves(db, (1, DAY[0], "100", "300"))
+    with SlackStub() as vip, SlackStub() as default:
+        vip.always(cut_short())
+        env = {"webhook": default.url, "VIP_WEBHOOK": vip.url, **NO_FLOOR}
+        runs = [run_alerts(db, **env) for _ in range(3)]
+
+    assert [run.returncode for run in runs] == [1, 3, 0], runs[-1].stderr
+    assert len(vip.requests) == 2  # each arrived: a third copy would be one too many
+    assert history(db, "VIP_WEBHOOK") == {(1, DAY[0]): ("unknown", 2)}
+    assert "never confirmed after 2 unanswered attempts: not sent again" in runs[2].stdout
 
 
 # --- ops tables from before routing ------------------------------------------------------------------

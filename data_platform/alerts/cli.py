@@ -4,7 +4,8 @@ Exit codes:
     0    every alert delivered (or nothing to send).
     1    some delivery failed, or stdout was closed before every alert was printed: the undelivered
          alerts stay in ops.alert_history and are retried on the next run. Also while undelivered
-         alerts wait for a destination no route names any more (never delivered until one does).
+         alerts wait for a destination no route names any more (never delivered until one does), or,
+         in a console run, for any route's webhook (delivered by a run with it set).
     3    this run gave up on some alert: its last allowed attempt (MAX_UNCONFIRMED_ATTEMPTS) went
          unanswered, so it is never sent again and may never have arrived; someone must check the
          channel. Or it found one given up that no run had reported (that run died first). Wins over
@@ -101,7 +102,7 @@ def choose_channel(settings: Settings, destination: Destination | None = None) -
         return ConsoleChannel()
     if destination.route is not None and destination.route.sink == JSON_SINK:
         return JsonWebhookChannel(destination.url, settings.http, name=destination.label)
-    return SlackChannel(destination.url, settings.http)
+    return SlackChannel(destination.url, settings.http, name=destination.label)
 
 
 def today_utc() -> date:
@@ -204,12 +205,12 @@ def _locked_run(
     # Reported after every destination's deliveries, whose commits would save the mark early: only
     # the run's last commit, below, saves it, so a run that dies first leaves the report to the next.
     summary.given_up_reported = sum(store.report_given_up(ops, name) for name in names)
-    if names == [CONSOLE]:
-        summary.waiting_for_slack = store.undelivered_count(ops, SLACK)
-    else:
-        # an alert stays with the destination it was recorded for: one whose route is gone is never
-        # delivered, so every run that delivers says so
-        summary.unrouted = store.undelivered_elsewhere(ops, names)
+    # An alert stays with the destination it was recorded for. Every run names those waiting for one it
+    # does not deliver to: a console run (printing is not delivering: the webhooks may have been lost
+    # with an .env) those of every route, any run those of destinations no route names any more.
+    named = {route.destination for route in routing_.routes}
+    for name, count in store.undelivered_elsewhere(ops, names).items():
+        (summary.waiting_for_webhook if name in named else summary.unrouted)[name] = count
     _tell_undelivered(summary)
     commit()
     if settings.dry_run:
@@ -392,9 +393,9 @@ def _deliver(
             summary.digests += 1
         summary.retried += sum(1 for alert in alerts if alert.status in (FAILED, UNKNOWN))
         if service_down:
-            # Slack is rate limiting or down even after retries: leave the rest for the next run
+            # the webhook is rate limiting or down even after retries: leave the rest for the next run
             # rather than spending the whole retry budget on every message
-            reason = f"not attempted: {channel.name} failing earlier in the run ({service_down})"
+            reason = f"not attempted: the {channel.name} webhook failed earlier in the run ({service_down})"
             store.record_not_attempted(ops, destination, alerts, reason)
             commit()
             summary.failed += count
@@ -417,7 +418,8 @@ def _deliver(
             summary.sent += count
             continue
         summary.failed += count
-        summary.unanswered += count if outcome.unanswered else 0
+        if outcome.unanswered:
+            summary.unanswered[destination] = summary.unanswered.get(destination, 0) + count
         service_down = outcome.error if outcome.service_unavailable else None
         what = (
             f"the digest of {count} alerts"
@@ -438,6 +440,8 @@ def _tell_undelivered(summary: Summary) -> None:
             "and are retried on the next run.",
             file=sys.stderr,
         )
+    if summary.waiting_for_webhook:
+        print(f"alert_script.py: {summary.waiting_for_webhook_note()}", file=sys.stderr)
     if summary.unrouted:
         print(f"alert_script.py: {summary.unrouted_note()}", file=sys.stderr)
     if summary.given_up_reported:
@@ -497,4 +501,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exit_codes.ERROR
     if summary.given_up_reported:
         return exit_codes.GIVEN_UP
-    return exit_codes.DELIVERY_FAILED if summary.failed or summary.unrouted else exit_codes.OK
+    return exit_codes.DELIVERY_FAILED if summary.still_undelivered else exit_codes.OK

@@ -48,7 +48,7 @@ from slack_sdk.webhook import WebhookClient, WebhookResponse
 
 from data_platform.alerts import messages
 from data_platform.alerts.config import HttpSettings
-from data_platform.alerts.records import CONSOLE, SLACK, Digest, Message
+from data_platform.alerts.records import CONSOLE, DEFAULT_WEBHOOK_ENV, Digest, Message
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,9 @@ class Outcome:
 
 
 class Channel(Protocol):
-    name: str  # the destination whose delivery state it keeps
+    # what errors and notes call it: the route's webhook variable (or `console`). Only a label: the
+    # run keeps each destination's delivery state under the destination's own name
+    name: str
     # True when a send can end without knowing whether it arrived (a network request): the run
     # records the attempt before sending, so a crash in flight is counted too
     may_go_unanswered: bool
@@ -218,7 +220,7 @@ def _silent_logger() -> logging.Logger:
     return logger
 
 
-REDACTED = "<SLACK_WEBHOOK_URL>"
+REDACTED = f"<{DEFAULT_WEBHOOK_ENV}>"
 _SHORTEST_SECRET_PART = 4  # shorter path segments or query values ("T0", "v1") would mangle texts
 
 
@@ -238,10 +240,11 @@ def _secret_parts(url: str) -> list[str]:
     return sorted(secrets, key=len, reverse=True)
 
 
-def redact(message: str, url: str) -> str:
-    """Remove the webhook URL, and each part of it that could carry the secret, from any text."""
+def redact(message: str, url: str, placeholder: str = REDACTED) -> str:
+    """Remove the webhook URL, and each part of it that could carry the secret, from any text;
+    `placeholder` (the variable it came from, say) takes its place."""
     for secret in _secret_parts(url):
-        message = message.replace(secret, REDACTED)
+        message = message.replace(secret, placeholder)
     return message
 
 
@@ -261,10 +264,10 @@ def _describe(error: Exception, timeout: float) -> tuple[str, bool]:
 class SlackChannel:
     """One Block Kit message (with a text fallback) per organization via the incoming webhook."""
 
-    name = SLACK
     may_go_unanswered = True
 
-    def __init__(self, url: str, http: HttpSettings) -> None:
+    def __init__(self, url: str, http: HttpSettings, name: str = DEFAULT_WEBHOOK_ENV) -> None:
+        self.name = name
         self._url = url
         self._timeout = http.timeout
         self._pacer = Pacer(http.slack_min_interval)
@@ -279,13 +282,14 @@ class SlackChannel:
             response = self._client.send(text=text, blocks=blocks, unfurl_links=False, unfurl_media=False)
         except Exception as error:  # network errors once retries are spent; never let one kill the run
             description, unanswered = _describe(error, self._timeout)
-            return Outcome(
-                False, redact(description, self._url), service_unavailable=True, unanswered=unanswered
-            )
+            return Outcome(False, self._redact(description), service_unavailable=True, unanswered=unanswered)
         finally:
             self._pacer.sent()
         if 200 <= response.status_code < 300:
             return Outcome(delivered=True)
         body = " ".join(str(response.body or "").split())[:200]
         unavailable = response.status_code == 429 or response.status_code >= 500
-        return Outcome(False, redact(f"HTTP {response.status_code}: {body}", self._url), unavailable)
+        return Outcome(False, self._redact(f"HTTP {response.status_code}: {body}"), unavailable)
+
+    def _redact(self, text: str) -> str:
+        return redact(text, self._url, f"<{self.name}>")

@@ -1,9 +1,10 @@
 """The generic JSON webhook: the versioned payload (payload.py) POSTed with requests.
 
 Retries are urllib3's Retry, bounded, and only where the receiver accepted nothing: 429 and 5xx
-answers (Retry-After honoured up to ALERT_HTTP_MAX_RETRY_AFTER) and failed connections. A request
-that went out and got no answer (a read timeout, a dropped connection) may have been accepted: it
-is never retried within the run (read=False re-raises it) and reported as unanswered.
+answers (any Retry-After honoured up to ALERT_HTTP_MAX_RETRY_AFTER) and failed connections. A request
+that went out and got no full answer (a read timeout, a dropped connection, an answer cut short) may
+have been accepted: it is never retried within the run (read=False re-raises it) and reported as
+unanswered.
 """
 
 from __future__ import annotations
@@ -22,7 +23,10 @@ RETRY_STATUSES = frozenset({429, *range(500, 600)})
 
 
 class BoundedRetry(Retry):
-    """Retry, except that a 429 asking to wait longer than `max_retry_after` is left for the next run."""
+    """Retry, except that an answer asking to wait longer than `max_retry_after` is left for the next run.
+
+    urllib3 sleeps for the Retry-After of any answer it retries (a 503 or a 500 too, not only a 429),
+    all the while holding the run's locks."""
 
     max_retry_after: float = 60.0
 
@@ -32,7 +36,7 @@ class BoundedRetry(Retry):
         return retry
 
     def increment(self, method=None, url=None, response=None, error=None, _pool=None, _stacktrace=None):
-        if response is not None and response.status == 429:
+        if response is not None:  # a retried answer; errors have no Retry-After
             try:
                 wait = self.get_retry_after(response)
             except Exception:  # unreadable Retry-After: nothing says when to come back
@@ -81,25 +85,45 @@ class JsonWebhookChannel:
             )
         except requests.RequestException as error:
             description, unanswered = _describe(error, self._timeout)
-            return Outcome(
-                False, redact(description, self._url), service_unavailable=True, unanswered=unanswered
-            )
+            return Outcome(False, self._redact(description), service_unavailable=True, unanswered=unanswered)
         if 200 <= response.status_code < 300:
             return Outcome(delivered=True)
         body = " ".join(response.text.split())[:200]
         unavailable = response.status_code == 429 or response.status_code >= 500
-        return Outcome(False, redact(f"HTTP {response.status_code}: {body}", self._url), unavailable)
+        return Outcome(False, self._redact(f"HTTP {response.status_code}: {body}"), unavailable)
+
+    def _redact(self, text: str) -> str:
+        return redact(text, self._url, f"<{self.name}>")
+
+
+# requests raises these while preparing the request, before anything goes out
+_REFUSED_BEFORE_SENDING = (
+    requests.exceptions.InvalidURL,  # InvalidProxyURL too
+    requests.exceptions.MissingSchema,
+    requests.exceptions.InvalidSchema,
+    requests.exceptions.InvalidHeader,
+    requests.exceptions.URLRequired,
+    requests.exceptions.InvalidJSONError,
+)
 
 
 def _describe(error: requests.RequestException, timeout: float) -> tuple[str, bool]:
-    """(what happened, whether the request may have been accepted)."""
+    """(what happened, whether the request may have been accepted).
+
+    Only errors known to come before the request went out mean nothing was accepted; any other (an
+    answer cut short, a body that cannot be decoded, ...) may follow an accepted message, which must
+    then count towards its two attempts rather than be sent again by every run."""
     if isinstance(error, requests.ConnectTimeout):
         return f"cannot reach the webhook: no connection within {timeout:g} s", False
     if isinstance(error, requests.ReadTimeout):
         return f"no answer within {timeout:g} s (the message may have arrived)", True
+    if isinstance(error, _REFUSED_BEFORE_SENDING):
+        return f"{type(error).__name__}: {error}", False
+    cause = error.args[0] if error.args else None
+    if isinstance(error, requests.ConnectionError) and isinstance(cause, MaxRetryError):
+        # connecting (or the TLS handshake, or the proxy) failed on every attempt: nothing was sent;
+        # read errors are never wrapped in MaxRetryError (read=False re-raises them)
+        return f"cannot reach the webhook: {cause.reason}", False
     if isinstance(error, requests.ConnectionError):
-        cause = error.args[0] if error.args else None
-        if isinstance(cause, MaxRetryError):  # connecting failed on every attempt: nothing was sent
-            return f"cannot reach the webhook: {cause.reason}", False
         return f"no answer: {cause or error} (the message may have arrived)", True
-    return f"{type(error).__name__}: {error}", False
+    return f"{type(error).__name__}: {error} (the message may have arrived)", True

@@ -47,6 +47,11 @@ def destination_for(webhook_env: str) -> str:
     return SLACK if webhook_env == DEFAULT_WEBHOOK_ENV else webhook_env
 
 
+def webhook_env_of(destination: str) -> str:
+    """The environment variable holding a destination's webhook (destination_for the other way)."""
+    return DEFAULT_WEBHOOK_ENV if destination == SLACK else destination
+
+
 # sinks: how a route's messages are written
 SLACK_SINK = "slack"  # Block Kit
 JSON_SINK = "json"  # the versioned JSON payload (messages.json_payload)

@@ -323,12 +323,6 @@ def undelivered_organizations(conn: Connection, destination: str) -> set[int]:
     )
 
 
-def undelivered_count(conn: Connection, destination: str) -> int:
-    return conn.execute(
-        select(func.count()).where(history.c.destination == destination, _deliverable)
-    ).scalar_one()
-
-
 def undelivered_elsewhere(conn: Connection, destinations: Sequence[str]) -> dict[str, int]:
     """{destination: alerts it may still be sent} for each destination not among `destinations`: a route
     removed or renamed since they were recorded. Console rows aside: printing is a view, not a delivery."""

@@ -5,11 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import date
 
-from data_platform.alerts.records import MAX_UNCONFIRMED_ATTEMPTS
+from data_platform.alerts.records import MAX_UNCONFIRMED_ATTEMPTS, webhook_env_of
 
 
 def _plural(count: int, word: str) -> str:
     return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def _by_variable(counts: dict[str, int]) -> str:
+    """Alerts per destination, each by its webhook variable: `KEY_ACCOUNTS_WEBHOOK 1, SLACK_WEBHOOK_URL 2`."""
+    by_variable = {webhook_env_of(destination): count for destination, count in counts.items()}
+    return ", ".join(f"{variable} {count}" for variable, count in sorted(by_variable.items()))
 
 
 @dataclass
@@ -22,7 +28,8 @@ class Summary:
     retried: int = 0  # alerts attempted on an earlier run and attempted again
     sent: int = 0
     failed: int = 0  # not confirmed this run, unanswered ones included
-    unanswered: int = 0  # sent, but no answer came back: they may have arrived
+    # sent, but no answer came back: they may have arrived; per destination
+    unanswered: dict[str, int] = field(default_factory=dict)
     skipped_from_zero: int = 0
     watermark_before: date | None = None
     watermark: date | None = None
@@ -37,8 +44,9 @@ class Summary:
     gave_up: int = 0  # of those, given up in this run (its last allowed attempt went unanswered)
     # of those, reported by this run (exit 3): this run's, or an earlier run's that died first
     given_up_reported: int = 0
-    waiting_for_slack: int = 0  # console runs: Slack alerts still undelivered
-    # runs that deliver: undelivered alerts per destination no route names any more
+    # console runs: undelivered alerts per destination a route names (its webhook not set in this run)
+    waiting_for_webhook: dict[str, int] = field(default_factory=dict)
+    # undelivered alerts per destination no route names any more
     unrouted: dict[str, int] = field(default_factory=dict)
     held_back: int = 0  # passed the ratio rule, below --min-change-usd: not recorded
     suppressed: int = 0  # recorded as suppressed (--suppress-days), never sent
@@ -75,12 +83,25 @@ class Summary:
         line = f"{prefix}: {days}, {sent}, {self.failed} failed, {skipped}; {watermark}."
         return " ".join([line, *self.notes()])
 
+    @property
+    def still_undelivered(self) -> bool:
+        """Some alert is left undelivered: this run's failures, or alerts it could not send at all."""
+        return bool(self.failed or self.waiting_for_webhook or self.unrouted)
+
+    def waiting_for_webhook_note(self) -> str:
+        waiting = self.waiting_for_webhook
+        total = sum(waiting.values())
+        variables = "that variable" if len(waiting) == 1 else "those variables"
+        return (
+            f"{_plural(total, 'alert')} still undelivered ({_by_variable(waiting)}): printing is not "
+            f"delivering; a run with {variables} set sends {'it' if total == 1 else 'them'}."
+        )
+
     def unrouted_note(self) -> str:
-        where = ", ".join(f"{destination} {count}" for destination, count in self.unrouted.items())
         return (
             f"{_plural(sum(self.unrouted.values()), 'alert')} undelivered for destinations no route names "
-            f"any more ({where}): never sent until a route names that variable again (or the rows are "
-            "deleted from ops.alert_history)."
+            f"any more ({_by_variable(self.unrouted)}): never sent until a route names that variable again "
+            "(or the rows are deleted from ops.alert_history)."
         )
 
     def notes(self) -> list[str]:
@@ -99,10 +120,14 @@ class Summary:
                 "their alerts."
             )
         if self.unanswered:
+            if len(self.unanswered) == 1:
+                where = f"the {webhook_env_of(next(iter(self.unanswered)))} webhook"
+            else:
+                where = f"their webhooks ({_by_variable(self.unanswered)})"
             notes.append(
-                f"{_plural(self.unanswered, 'alert')} got no answer from Slack and may have arrived: "
-                f"a later run sends it again, as long as it was sent fewer than {MAX_UNCONFIRMED_ATTEMPTS} "
-                "times."
+                f"{_plural(sum(self.unanswered.values()), 'alert')} got no answer from {where} and may have "
+                f"arrived: a later run sends it again, as long as it was sent fewer than "
+                f"{MAX_UNCONFIRMED_ATTEMPTS} times."
             )
         if self.given_up:
             notes.append(
@@ -119,11 +144,8 @@ class Summary:
                 notes.append(
                     f"{waiting} superseded: {why}; not sent (status 'superseded' in ops.alert_history)."
                 )
+        if self.waiting_for_webhook:
+            notes.append(self.waiting_for_webhook_note())
         if self.unrouted:
             notes.append(self.unrouted_note())
-        if self.waiting_for_slack:
-            notes.append(
-                f"{_plural(self.waiting_for_slack, 'Slack alert')} still undelivered: printing is not "
-                "delivering, they wait for a run with SLACK_WEBHOOK_URL set."
-            )
         return notes
