@@ -181,7 +181,7 @@ def test_a_console_run_names_every_route_with_waiting_alerts_and_exits_1(db):  #
     assert printed.returncode == 1, printed.stderr
     note = (
         "2 alerts still undelivered (SLACK_WEBHOOK_URL 1, VIP_WEBHOOK 1): printing is not delivering; a run "
-        "with those variables set sends them."
+        "with those variables set sends them (or delete their rows from ops.alert_history to drop them)."
     )
     assert note in printed.stdout and f"alert_script.py: {note}" in printed.stderr
     assert history(db, "VIP_WEBHOOK") == {(1, DAY[0]): ("failed", 1)}

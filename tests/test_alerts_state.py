@@ -27,7 +27,7 @@ from data_platform.alerts import cli
 
 WAITING_FOR_SLACK = (
     "1 alert still undelivered (SLACK_WEBHOOK_URL 1): printing is not delivering; a run with that variable "
-    "set sends it."
+    "set sends it (or delete its row from ops.alert_history to drop it)."
 )
 
 # --- destinations ---------------------------------------------------------------------------------

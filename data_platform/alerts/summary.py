@@ -92,9 +92,11 @@ class Summary:
         waiting = self.waiting_for_webhook
         total = sum(waiting.values())
         variables = "that variable" if len(waiting) == 1 else "those variables"
+        them, rows = ("it", "its row") if total == 1 else ("them", "their rows")
         return (
             f"{_plural(total, 'alert')} still undelivered ({_by_variable(waiting)}): printing is not "
-            f"delivering; a run with {variables} set sends {'it' if total == 1 else 'them'}."
+            f"delivering; a run with {variables} set sends {them} (or delete {rows} from "
+            f"ops.alert_history to drop {them})."
         )
 
     def unrouted_note(self) -> str:
