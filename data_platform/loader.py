@@ -12,10 +12,10 @@ only ever written, never dropped: readers and running dbt builds keep working.
 
 Already loaded (same date, same checksums) -> skipped. Same date with other content, a date before
 the latest loaded export, a date after today (UTC), invoices created after their export's date, or
-the same INVOICE_ID twice -> refused. A file already loaded by an earlier export -> refused when a later
-export loaded another file of its kind (after the latest one it changes nothing; header-only files are
-alike): the base export again under a new --as-of, an old folder copied to a new date, or an old
-invoices.csv beside a new organizations.csv would undo the exports since. A file that
+the same INVOICE_ID twice -> refused. A file an earlier export loaded that changes rows loaded again ->
+refused: the base export again under a new --as-of, an old folder copied to a new date, or an old
+invoices.csv beside a new organizations.csv would undo what the exports since changed (loaded again
+without changing anything, as the latest export's files, it loads). A file that
 changes while it is read (appended to, replaced) -> refused, so the next run loads it whole. An export
 with a header but no rows is refused unless --allow-empty; once loaded, it is skipped like any other
 (later runs need no --allow-empty). A server older than PostgreSQL 16 -> refused before anything is
@@ -184,17 +184,16 @@ def _altered(export: Export, export_date: date, logged: ledger.LoggedExport, inv
     )
 
 
-def _refuse_reloaded(conn: psycopg.Connection, export_date: date, staged: dict[str, Staged]) -> None:
-    """Refuse a file an earlier export loaded when a later export loaded another file of its kind
-    (export_log.refuse_reloaded: the engines' builders apply the same rule)."""
+def _refuse_reloaded(conn: psycopg.Connection, export_date: date, file: Staged, changed: int) -> None:
+    """Refuse a file an earlier export loaded that changes rows loaded again: it would undo what the exports
+    since changed (export_log.refuse_reloaded: the engines' builders apply the same rule)."""
+    if not changed:
+        return
     logged = ledger.logged_exports(conn)
+    column = "invoices_sha256" if file.spec is INVOICES else "organizations_sha256"
+    loaded = {export.export_date: getattr(export, column) for export in logged}
     sources = {export.export_date: export.source for export in logged}
-    loaded = {
-        INVOICES.name: {export.export_date: export.invoices_sha256 for export in logged},
-        ORGANIZATIONS.name: {export.export_date: export.organizations_sha256 for export in logged},
-    }
-    for name, file in staged.items():
-        refuse_reloaded(file.path, file.sha256, file.rows, export_date, loaded[name], sources)
+    refuse_reloaded(file.path, file.sha256, changed, export_date, loaded, sources)
 
 
 def load_export(
@@ -252,13 +251,15 @@ def load_export(
                 raise _altered(export, export_date, logged, invoices.sha256)
             _refuse_date(conn, export, export_date, today)
         organizations = staged.get(ORGANIZATIONS.name)
-        _refuse_reloaded(conn, export_date, staged)
         ledger.refuse_future_invoices(conn, invoices, export_date)
         if organizations:
             ledger.refuse_duplicates(conn, organizations)
 
         counts = ledger.apply_invoices(conn, invoices, export_date, new_tables=new_tables)
+        _refuse_reloaded(conn, export_date, invoices, counts.changed)
         org_new, org_changed = ledger.apply_organizations(conn, export_date) if organizations else (0, 0)
+        if organizations:
+            _refuse_reloaded(conn, export_date, organizations, org_changed)
         for file in files:
             discard(conn, file.spec)
         ledger.refresh_statistics(conn, counts.new + counts.changed)

@@ -232,12 +232,14 @@ def _ensure_build_state(conn: psycopg.Connection, reader: str) -> None:
     conn.execute(sql.SQL("grant select on {} to {}").format(sql.SQL(BUILD_STATE), role))
 
 
-def mark_build_started(conn: psycopg.Connection, plan: BuildPlan, reader: str) -> None:
-    """Before a full rebuild: mark the record. Before the first build there is no record: the table is
-    created empty, which readers take as "no build has succeeded yet"."""
+def mark_build_started(conn: psycopg.Connection, plan: BuildPlan, reader: str) -> dt.datetime:
+    """Just before a build; when it started, by the database's clock (record_build keeps a mark set after
+    it). A full rebuild marks the record. Before the first build there is no record: the table is created
+    empty, which readers take as "no build has succeeded yet"."""
     if plan.full_refresh:
         _ensure_build_state(conn, reader)
         conn.execute(f"update {BUILD_STATE} set full_build_started_at = now()")
+    return conn.execute("select now()").fetchone()[0]
 
 
 def mark_rebuild_needed(conn: psycopg.Connection) -> None:
@@ -246,9 +248,12 @@ def mark_rebuild_needed(conn: psycopg.Connection) -> None:
         conn.execute(f"update {BUILD_STATE} set full_build_started_at = now()")
 
 
-def record_build(conn: psycopg.Connection, state: BuildState, reader: str) -> None:
+def record_build(
+    conn: psycopg.Connection, state: BuildState, reader: str, started_at: dt.datetime | None = None
+) -> None:
     """Remember what a successful build was computed from (the plan's state, taken before the build);
-    `reader`: the role that reads the record (the alerter)."""
+    `reader`: the role that reads the record (the alerter). A mark set after `started_at` (a build by hand
+    meanwhile, a run that lost the pipeline lock) stays: this build may not have covered what it changed."""
     _ensure_build_state(conn, reader)
     conn.execute(
         f"""
@@ -261,12 +266,15 @@ def record_build(conn: psycopg.Connection, state: BuildState, reader: str) -> No
             exports_fingerprint = excluded.exports_fingerprint,
             last_export_date = excluded.last_export_date,
             built_at = now(),
-            full_build_started_at = null
+            full_build_started_at = case
+                when state.full_build_started_at > %s then state.full_build_started_at
+            end
         """,
         (
             state.rules_fingerprint,
             state.project_fingerprint,
             state.exports_fingerprint,
             state.last_export_date,
+            started_at,
         ),
     )

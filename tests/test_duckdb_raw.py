@@ -145,26 +145,33 @@ def test_files_loaded_as_an_earlier_export_are_refused_unless_it_is_the_latest(e
     assert build_raw(database, copied) == [date(2023, 1, 9)]
 
 
-def test_an_earlier_exports_organizations_beside_new_invoices_are_refused(exports, tmp_path):
+def test_an_earlier_exports_organizations_are_refused_only_when_they_would_undo_a_change(exports, tmp_path):
     database = tmp_path / "warehouse.duckdb"
     copied = tmp_path / "copied"
     shutil.copytree(exports, copied)
     latest_invoices = copied / "exports" / DAY_3 / "invoices.csv"
-    base_organizations = (copied / "organizations.csv").read_text().splitlines(keepends=True)
-    fewer = copied / "exports" / "2023-01-09"  # another organizations file (absent rows are kept)
-    fewer.mkdir()
-    shutil.copy(latest_invoices, fewer / "invoices.csv")
-    (fewer / "organizations.csv").write_text("".join(base_organizations[:-1]))
-    assert build_raw(database, copied)[-1] == date(2023, 1, 9)
+    header, first, second = (copied / "organizations.csv").read_text().splitlines(keepends=True)
+    files = {
+        "2023-01-09": header + second.replace(",12345,", ",54321,"),  # organization 2 moves country
+        "2023-01-10": header + first,  # organization 1, unchanged
+    }
+    for day, text in files.items():
+        (copied / "exports" / day).mkdir()
+        shutil.copy(latest_invoices, copied / "exports" / day / "invoices.csv")
+        (copied / "exports" / day / "organizations.csv").write_text(text)
+    assert build_raw(database, copied)[-2:] == [date(2023, 1, 9), date(2023, 1, 10)]
     before = duckdb_tables(database)
-    again = copied / "exports" / "2023-01-10"
+    again = copied / "exports" / "2023-01-11"
     again.mkdir()
     shutil.copy(latest_invoices, again / "invoices.csv")
-    shutil.copy(copied / "organizations.csv", again / "organizations.csv")
+    shutil.copy(copied / "organizations.csv", again / "organizations.csv")  # organization 2 back
     with pytest.raises(LoadError, match="already loaded as export 2023-01-06") as refused:
         build_raw(database, copied)
     assert refused.value.path == again / "organizations.csv"
     assert duckdb_tables(database) == before
+    # 2023-01-09's file again has nothing to undo (a day's unchanged organizations): it loads
+    (again / "organizations.csv").write_text(files["2023-01-09"])
+    assert build_raw(database, copied) == [date(2023, 1, 11)]
 
 
 def test_an_invoice_created_after_its_exports_date_is_refused(exports, tmp_path):

@@ -426,6 +426,44 @@ def dbt_by_hand(database, csv_dir: Path, project: Path, *command: str, **env: st
     assert ran.returncode == 0, ran.stdout + ran.stderr
 
 
+def marked(database) -> bool:
+    """Whether the build record is marked as a full rebuild that has not succeeded (then unmarks it)."""
+    (mark,) = database.query(
+        "update raw.build_state set full_build_started_at = null "
+        "returning (select full_build_started_at is not null from raw.build_state)"
+    )
+    return mark[0]
+
+
+def test_a_hand_build_marks_the_record_only_when_it_recomputes_recorded_days(make_database, tmp_path):
+    csv_dir = write_fixture(tmp_path / "csv", BASE_ROWS)
+    database = make_database()
+    assert_succeeded(run_pipeline(database, csv_dir, RUN_ALERTS="false"))
+    window = {"LEDGER_WINDOW_START": "2023-01-07"}  # the pipeline's: the day after the last export built
+    hand = ["--exclude-resource-type", "unit_test"]
+    unmarked = {
+        "tests": (["test", *hand], {}),
+        "a table and views, rebuilt by every pipeline build": (["build", "-s", "dim_alert_routes+"], {}),
+        "the pipeline's own window": (["build", *hand], window),
+    }
+    for what, (command, env) in unmarked.items():
+        dbt_by_hand(database, csv_dir, PROJECT_ROOT, *command, **env)
+        assert not marked(database), what
+    recomputing = {
+        "every day (no window)": (["run", "-s", "fct_organization_daily_financials"], {}),
+        "an earlier window": (["run", "-s", "dim_invoices"], {"LEDGER_WINDOW_START": "2023-01-06"}),
+        "a full refresh": (["run", "--full-refresh", "-s", "dim_invoices"], window),
+    }
+    for what, (command, env) in recomputing.items():
+        dbt_by_hand(database, csv_dir, PROJECT_ROOT, *command, **env)
+        assert marked(database), what
+    # a record from before the mark existed: the hook drops it, so that the next build is full too
+    with database.connect("admin", autocommit=True) as conn:
+        conn.execute("alter table raw.build_state drop column full_build_started_at")
+    dbt_by_hand(database, csv_dir, PROJECT_ROOT, "run", "-s", "dim_invoices")
+    assert database.query("select count(*) from raw.build_state") == [(0,)]
+
+
 def test_a_hand_build_with_other_rules_then_undone_is_rebuilt_in_full_next_time(make_database, tmp_path):
     """A `dbt build` by hand recomputes every day with the rules in its files and records nothing: once those
     files are put back as the last successful build had them, the pipeline must not keep its days."""
@@ -433,14 +471,6 @@ def test_a_hand_build_with_other_rules_then_undone_is_rebuilt_in_full_next_time(
     database = make_database()
     assert_succeeded(run_pipeline(database, csv_dir, RUN_ALERTS="false"))
     built = snapshot(database)
-    # tests by hand, and a build of the days after the recorded ones (the pipeline's window), mark nothing
-    dbt_by_hand(database, csv_dir, PROJECT_ROOT, "test", "--exclude-resource-type", "unit_test")
-    dbt_by_hand(database, csv_dir, PROJECT_ROOT, "build", "--exclude-resource-type", "unit_test",
-                LEDGER_WINDOW_START="2023-01-07")  # fmt: skip
-    result = run_pipeline(database, csv_dir, RUN_ALERTS="false")
-    assert_succeeded(result)
-    assert "days from 2023-01-07" in result.stdout
-
     project = project_with_zero_rule(tmp_path / "project", "open")
     dbt_by_hand(database, csv_dir, project, "build", "--exclude-resource-type", "unit_test")
     assert database.query(

@@ -229,28 +229,29 @@ def test_the_base_export_is_not_loaded_again_under_a_later_date(conn, csv_dir):
     assert snapshot(conn) == before
 
 
-def test_an_earlier_exports_file_is_refused_whatever_file_it_comes_with(conn, csv_dir):
+def test_an_earlier_exports_file_that_would_undo_a_change_is_refused_beside_any_other(conn, csv_dir):
     """Each kind of file on its own: an earlier export's invoices without its organizations, or its
     organizations beside new invoices, would undo what the exports since changed."""
-    renamed = ORG_LINES[3].replace(",7,12,", ",8,12,")  # organization 42 moved to another country
-    write_export(csv_dir, "2024-01-02", [PAID], [renamed])
+    moved = ORG_LINES[3].replace(",7,12,", ",8,12,")  # organization 42 moves country
+    write_export(csv_dir, "2024-01-02", [PAID], [moved])
+    write_export(csv_dir, "2024-01-03", [invoice(7)], ORG_LINES[4:5])  # organization 43, unchanged
     load_exports(conn, csv_dir)
     before = snapshot(conn)
-    old_invoices = write_export(csv_dir, "2024-01-03", INVOICE_LINES[1:]) / "invoices.csv"
+    old_invoices = write_export(csv_dir, "2024-01-04", INVOICE_LINES[1:]) / "invoices.csv"
     with pytest.raises(LoadError, match=f"this file was already loaded as export {BASE_DATE} ") as raised:
-        load_exports(conn, csv_dir)
+        load_exports(conn, csv_dir)  # it would book invoice -2**63 open again
     assert raised.value.path == old_invoices
     assert snapshot(conn) == before
-    old_organizations = write_export(csv_dir, "2024-01-03", [invoice(7)], ORG_LINES[1:]) / "organizations.csv"
+    old_organizations = write_export(csv_dir, "2024-01-04", [invoice(8)], ORG_LINES[1:]) / "organizations.csv"
     with pytest.raises(LoadError, match=f"already loaded as export {BASE_DATE} ") as raised:
-        load_exports(conn, csv_dir)
+        load_exports(conn, csv_dir)  # it would move organization 42 back
     assert raised.value.path == old_organizations
     assert snapshot(conn) == before
-    # the latest export's organizations file beside new invoices changes nothing of theirs: loaded
-    write_export(csv_dir, "2024-01-03", [invoice(7)], [renamed])
+    # 2024-01-02's organizations again have nothing to undo (a day's unchanged organizations): loaded
+    write_export(csv_dir, "2024-01-04", [invoice(8)], [moved])
     (result,) = [r for r in load_exports(conn, csv_dir) if not r.skipped]
     assert (result.export_date, astuple(result.invoices), result.organizations_changed) == (
-        date(2024, 1, 3),
+        date(2024, 1, 4),
         (1, 0, 0),
         0,
     )

@@ -369,7 +369,11 @@ def test_the_dbt_unit_tests_pass(fixture_pipeline):
     result = dbt_test(fixture_pipeline, "test_type:unit")
     assert result.returncode == 0, result.stdout
     assert declared >= 7
-    assert re.search(rf"Done\. PASS={declared} WARN=0 ERROR=0 SKIP=0", result.stdout), result.stdout[-2000:]
+    # the project's on-run-start hook is a result too
+    results = json.loads((fixture_pipeline[2] / "run_results.json").read_text())["results"]
+    unit = [r["status"] for r in results if r["unique_id"].startswith("unit_test.")]
+    assert unit == ["pass"] * declared, result.stdout[-2000:]
+    assert re.search(r"Done\. PASS=\d+ WARN=0 ERROR=0 SKIP=0", result.stdout), result.stdout[-2000:]
     assert "unit_test" not in fixture_pipeline[1].stdout
 
 

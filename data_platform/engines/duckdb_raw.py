@@ -212,9 +212,7 @@ def load_export(
             export_date,
             checksums,
             _logged(conn),
-            invoice_rows=invoice_rows,
             today=today,
-            sources=_sources(conn),
         ):
             conn.execute("rollback")
             return None
@@ -227,16 +225,24 @@ def load_export(
             with unchanged.reading():
                 organization_rows = _read(conn, ORGANIZATIONS, export.organizations, "incoming_organizations")
             refuse_empty(export.organizations, organization_rows, ORGANIZATIONS.name, allow_empty=allow_empty)
+            organizations = _apply_organizations(conn, export_date)
             refuse_reloaded(
                 export.organizations,
                 checksums.organizations,
-                organization_rows,
+                organizations[1],
                 export_date,
-                {day: logged.organizations for day, logged in _logged(conn).items()},
+                {earlier: logged.organizations for earlier, logged in _logged(conn).items()},
                 _sources(conn),
             )
-            organizations = _apply_organizations(conn, export_date)
         new, changed = _apply_invoices(conn, export_date)
+        refuse_reloaded(
+            export.invoices,
+            checksums.invoices,
+            changed,
+            export_date,
+            {earlier: logged.invoices for earlier, logged in _logged(conn).items()},
+            _sources(conn),
+        )
         log = log_row(
             export,
             export_date,

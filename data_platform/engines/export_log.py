@@ -2,11 +2,10 @@
 
 An export is loaded once: the same date with the same files again is a no-op, the same date with other
 files is refused, and so is an export dated after today (UTC), an export older than the newest one
-loaded (its changes would land before days already booked), and a file already loaded by an earlier export
-when a later one loaded another file of its kind (loaded again it would undo the exports since; header-only
-files are alike whatever their day). A file that changes while it is read, a header-only file (unless
-allowed) and invoices created after their export's date are refused as by the Postgres loader
-(data_platform/loader.py), which applies refuse_reloaded too.
+loaded (its changes would land before days already booked), and a file an earlier export loaded that would
+change rows if loaded again (it would undo what the exports since changed). A file that changes while it is
+read, a header-only file (unless allowed) and invoices created after their export's date are refused as by
+the Postgres loader (data_platform/loader.py), which applies refuse_reloaded too.
 """
 
 from __future__ import annotations
@@ -52,12 +51,10 @@ def needs_load(
     checksums: Checksums,
     logged: dict[date, Checksums],
     *,
-    invoice_rows: int,
     today: date,
-    sources: dict[date, str] | None = None,
 ) -> bool:
     """True when the export is new; False when it was loaded with these files; LoadError otherwise.
-    `today`: the UTC date no export may be after; `sources`: each logged export's source, for the messages."""
+    `today`: the UTC date no export may be after."""
     if export_date in logged:
         if logged[export_date] == checksums:
             return False
@@ -75,36 +72,27 @@ def needs_load(
             f"export {export_date} is older than the newest loaded export {newest}: exports load in "
             "date order; rebuild the raw layer from scratch to insert it",
         )
-    refuse_reloaded(
-        export.invoices,
-        checksums.invoices,
-        invoice_rows,
-        export_date,
-        {day: logged_checksums.invoices for day, logged_checksums in logged.items()},
-        sources or {},
-    )
     return True
 
 
 def refuse_reloaded(
     path: Path,
     checksum: str | None,
-    rows: int,
+    changed: int,
     export_date: date,
     loaded: dict[date, str | None],
     sources: dict[date, str],
 ) -> None:
-    """Refuse a file an earlier export loaded when a later export loaded another file of its kind: loaded
-    again, its rows would become the current state again and undo that export's changes. Each kind of file
-    on its own: an old invoices file beside a new organizations file undoes as much. Loaded after the latest
-    file of its kind it changes nothing, and header-only files are alike whatever their day.
-    loaded: each logged export's checksum of its file of this kind (None: it had none)."""
-    if rows == 0 or checksum is None:
+    """Refuse a file an earlier export loaded when loading it again changes rows of the current state: a
+    later export changed them, and this would undo it. Each kind of file on its own: an old invoices file
+    beside a new organizations file undoes as much. Loaded again without changing anything (the latest
+    export's file, an organizations file that did not change), it loads.
+    changed: the rows it changes; loaded: each logged export's checksum of its file of this kind (None: it
+    had none); sources: each logged export's source, for the message."""
+    if not changed or checksum is None:
         return
     earlier = max((day for day, logged in loaded.items() if logged == checksum), default=None)
-    if earlier is None:
-        return
-    if any(day > earlier and logged not in (None, checksum) for day, logged in loaded.items()):
+    if earlier is not None:
         raise reloaded(path, earlier, sources.get(earlier), export_date)
 
 

@@ -161,9 +161,7 @@ class SparkLedger:
             export_date,
             checksums,
             self.logged,
-            invoice_rows=invoice_rows,
             today=today,
-            sources=self.sources,
         ):
             return None
         refuse_empty(export.invoices, invoice_rows, INVOICES.name, allow_empty=allow_empty)
@@ -194,6 +192,14 @@ class SparkLedger:
             F.count(F.when(F.col("current_invoice_id").isNull(), 1)),
             F.count(F.when(F.col("current_invoice_id").isNotNull(), 1)),
         ).first()
+        refuse_reloaded(
+            export.invoices,
+            checksums.invoices,
+            changed,
+            export_date,
+            {earlier: logged.invoices for earlier, logged in self.logged.items()},
+            self.sources,
+        )
 
         organization_rows, organizations_new, organizations_changed = 0, 0, 0
         if export.organizations:
@@ -201,19 +207,19 @@ class SparkLedger:
                 incoming_organizations = _read(self.spark, ORGANIZATIONS, export.organizations)
             organization_rows = incoming_organizations.count()
             refuse_empty(export.organizations, organization_rows, ORGANIZATIONS.name, allow_empty=allow_empty)
-            refuse_reloaded(
-                export.organizations,
-                checksums.organizations,
-                organization_rows,
-                export_date,
-                {day: logged.organizations for day, logged in self.logged.items()},
-                self.sources,
-            )
             org_changes = _changes(incoming_organizations, self.organizations, ORGANIZATIONS)
             organizations_new, organizations_changed = org_changes.select(
                 F.count(F.when(F.col("current_organization_id").isNull(), 1)),
                 F.count(F.when(F.col("current_organization_id").isNotNull(), 1)),
             ).first()
+            refuse_reloaded(
+                export.organizations,
+                checksums.organizations,
+                organizations_changed,
+                export_date,
+                {earlier: logged.organizations for earlier, logged in self.logged.items()},
+                self.sources,
+            )
             org_names = [column.name for column in ORGANIZATIONS.columns]
             kept = self.organizations.join(
                 org_changes.select("organization_id"), "organization_id", "left_anti"

@@ -1,11 +1,15 @@
 {#
-    A `dbt run` or `dbt build` that recomputes days the pipeline's last successful build covered (by hand,
-    without LEDGER_WINDOW_START or with an earlier one) marks the pipeline's build record, raw.build_state
-    (data_platform/refresh.py), as a full rebuild that has not succeeded. Its tables may now hold other
-    rules' or SQL's numbers, and the files may be put back as the record has them before the next pipeline
-    run, which must then rebuild in full; until then the alerter reads nothing. The pipeline's incremental
-    builds start after those days and mark nothing; its full rebuilds are marked anyway, and their success
-    clears the mark.
+    A `dbt run` or `dbt build` by hand may recompute days the pipeline's last successful build covered, with
+    other rules or SQL than that build's, and records nothing: the files may be put back as the record has
+    them before the next pipeline run, which would then keep those days. So such a build marks the
+    pipeline's build record, raw.build_state (data_platform/refresh.py), as a full rebuild that has not
+    succeeded: the pipeline's next build is a full one, and until it succeeds the alerter reads nothing.
+
+    It recomputes stored days when it selects an incremental model (tables and views are rebuilt by every
+    pipeline build anyway) and either fully refreshes or starts its window (LEDGER_WINDOW_START; unset, as by
+    hand, before every day) on or before the newest export the record covers. The pipeline's incremental
+    builds start after it and mark nothing; its full rebuilds are marked already (an earlier mark is kept),
+    and their success clears the mark.
 #}
 {% macro mark_unrecorded_rebuild() -%}
     {{ return(adapter.dispatch('mark_unrecorded_rebuild', 'data_platform')()) }}
@@ -16,14 +20,37 @@
 {%- endmacro %}
 
 {% macro postgres__mark_unrecorded_rebuild() -%}
-    {%- if flags.WHICH in ('run', 'build') %}
+    {%- if execute and flags.WHICH in ('run', 'build') and selects_incremental_model() %}
+        {%- set recomputed = 'true' if flags.FULL_REFRESH else 'last_export_date >= ' ~ ledger_window_start() %}
     do $$
     begin
-        if to_regclass('raw.build_state') is not null then
-            update raw.build_state set full_build_started_at = now()
-            where last_export_date >= {{ ledger_window_start() }};
+        if to_regclass('raw.build_state') is null
+            or not has_table_privilege('raw.build_state', 'update, delete') then
+            return;  -- no pipeline build recorded here, or not this role's record to mark
+        end if;
+        if exists (
+            select from information_schema.columns
+            where table_schema = 'raw' and table_name = 'build_state' and column_name = 'full_build_started_at'
+        ) then
+            update raw.build_state set full_build_started_at = coalesce(full_build_started_at, now())
+            where {{ recomputed }};
+        else
+            -- a record from before the mark existed: with none, the next build is a full one too
+            delete from raw.build_state where {{ recomputed }};
         end if;
     end
     $$
     {%- endif %}
+{%- endmacro %}
+
+
+{#- Whether the invocation's selection holds an incremental model (a model that keeps stored days). -#}
+{% macro selects_incremental_model() -%}
+    {%- for unique_id in selected_resources -%}
+        {%- set node = graph.nodes.get(unique_id) -%}
+        {%- if node is not none and node.resource_type == 'model' and node.config.materialized == 'incremental' -%}
+            {{- return(true) -}}
+        {%- endif -%}
+    {%- endfor -%}
+    {{- return(false) -}}
 {%- endmacro %}
