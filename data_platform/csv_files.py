@@ -102,24 +102,16 @@ def check_header(spec: TableSpec, path: Path) -> int:
     empty file and for any header other than the exact expected one.
     """
     try:
-        # non-blocking: opening a named pipe would wait for a writer, holding the loader's lock meanwhile
-        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        descriptor = open_regular(path)
     except FileNotFoundError:
         raise LoadError(path, f"file not found (expected the {spec.name} CSV file here)") from None
     except OSError as error:
         raise LoadError(path, f"cannot read file: {error.strerror}") from None
     try:
-        mode = os.fstat(descriptor).st_mode
-        if stat.S_ISDIR(mode):
-            raise LoadError(path, "is a directory, expected a CSV file")
-        if not stat.S_ISREG(mode):
-            raise LoadError(path, "not a regular file (a named pipe, a socket, a device), expected CSV")
-        with os.fdopen(descriptor, "rb", closefd=False) as file:
+        with os.fdopen(descriptor, "rb") as file:
             raw = file.readline(MAX_HEADER_BYTES)
     except OSError as error:
         raise LoadError(path, f"cannot read file: {error.strerror}") from None
-    finally:
-        os.close(descriptor)
 
     expected = spec.csv_header
     if not raw:
@@ -158,9 +150,25 @@ def _header_error(path: Path, expected: tuple[str, ...], found: str) -> LoadErro
     return LoadError(path, f"wrong header: {must_be}", line=1, value=found)
 
 
+def open_regular(path: Path) -> int:
+    """A read-only file descriptor of the file; LoadError for a directory or anything else that is not a
+    regular file. Opened non-blocking: a named pipe would wait for a writer, holding the load's lock."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        mode = os.fstat(descriptor).st_mode
+        if stat.S_ISDIR(mode):
+            raise LoadError(path, "is a directory, expected a CSV file")
+        if not stat.S_ISREG(mode):
+            raise LoadError(path, "not a regular file (a named pipe, a socket, a device), expected CSV")
+    except BaseException:
+        os.close(descriptor)
+        raise
+    return descriptor
+
+
 def sha256_of(path: Path, block_size: int = BLOCK_SIZE) -> str:
     digest = hashlib.sha256()
-    with path.open("rb", buffering=0) as file:
+    with os.fdopen(open_regular(path), "rb", buffering=0) as file:
         buffer = bytearray(block_size)
         view = memoryview(buffer)
         while count := file.readinto(buffer):

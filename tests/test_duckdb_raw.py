@@ -6,7 +6,9 @@ payments, a cancellation, an invoice moving organization and an invoice repeated
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 from datetime import date
 
 import pytest
@@ -172,6 +174,29 @@ def test_an_earlier_exports_organizations_are_refused_only_when_they_would_undo_
     # 2023-01-09's file again has nothing to undo (a day's unchanged organizations): it loads
     (again / "organizations.csv").write_text(files["2023-01-09"])
     assert build_raw(database, copied) == [date(2023, 1, 11)]
+
+
+def test_a_named_pipe_in_a_files_place_is_refused_not_waited_on(exports, tmp_path):
+    """Its checksum is read before its header is checked: opening a pipe there waited for a writer."""
+    copied = tmp_path / "copied"
+    shutil.copytree(exports, copied)
+    folder = copied / "exports" / "2023-01-09"
+    folder.mkdir()
+    shutil.copy(copied / "exports" / DAY_3 / "invoices.csv", folder / "invoices.csv")
+    os.mkfifo(folder / "organizations.csv")
+
+    def waited(*_):
+        raise TimeoutError("the build waited for a writer to the pipe")
+
+    previous = signal.signal(signal.SIGALRM, waited)
+    signal.alarm(30)
+    try:
+        with pytest.raises(LoadError, match="not a regular file") as refused:
+            build_raw(tmp_path / "warehouse.duckdb", copied)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert refused.value.path == folder / "organizations.csv"
 
 
 def test_an_invoice_created_after_its_exports_date_is_refused(exports, tmp_path):

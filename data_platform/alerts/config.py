@@ -150,10 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=(
             "Exit codes: 0 all alerts delivered (or nothing to send); 1 some delivery failed or went "
             "unanswered (retried on the next run), or alerts wait undelivered for a destination no route "
-            "names any more; 2 configuration or database error, or an unexpected error; 3 an alert given up "
-            f"after {MAX_UNCONFIRMED_ATTEMPTS} unanswered attempts (not sent again: check the channel; wins "
-            "over 1); 130 interrupted. Connection from PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE "
-            "(and PGCONNECT_TIMEOUT, default 10 s)."
+            "names any more, or, in a console run, for a route's webhook; 2 configuration or database "
+            "error, or an unexpected error; 3 an alert given up after "
+            f"{MAX_UNCONFIRMED_ATTEMPTS} unanswered attempts (not sent again: check the channel; wins over "
+            "1); 130 interrupted. Connection from PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE (and "
+            "PGCONNECT_TIMEOUT, default 10 s)."
         ),
     )
     parser.add_argument(

@@ -42,7 +42,7 @@ class BoundedRetry(Retry):
             except Exception:  # unreadable Retry-After: nothing says when to come back
                 wait = self.max_retry_after + 1
             if wait is not None and wait > self.max_retry_after:
-                # with raise_on_status=False the caller gets the 429 answer back
+                # with raise_on_status=False the caller gets that answer back
                 raise MaxRetryError(_pool, url, ResponseError(f"Retry-After {wait:g} s is too long"))
         return super().increment(method, url, response, error, _pool, _stacktrace)
 
@@ -121,8 +121,9 @@ def _describe(error: requests.RequestException, timeout: float) -> tuple[str, bo
         return f"{type(error).__name__}: {error}", False
     cause = error.args[0] if error.args else None
     if isinstance(error, requests.ConnectionError) and isinstance(cause, MaxRetryError):
-        # connecting (or the TLS handshake, or the proxy) failed on every attempt: nothing was sent;
-        # read errors are never wrapped in MaxRetryError (read=False re-raises them)
+        # connecting (the TLS handshake, the proxy) failed on every attempt: nothing was sent. Read errors
+        # are re-raised unwrapped (read=False), except a TLS error while reading the answer, taken for a
+        # failed handshake too: rare, while a broken certificate must keep its alerts retried, not given up
         return f"cannot reach the webhook: {cause.reason}", False
     if isinstance(error, requests.ConnectionError):
         return f"no answer: {cause or error} (the message may have arrived)", True
