@@ -13,6 +13,7 @@ its physical line.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import stat
@@ -152,27 +153,43 @@ def _header_error(path: Path, expected: tuple[str, ...], found: str) -> LoadErro
 
 def open_regular(path: Path) -> int:
     """A read-only file descriptor of the file; LoadError for a directory or anything else that is not a
-    regular file. Opened non-blocking: a named pipe would wait for a writer, holding the load's lock."""
-    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    regular file, OSError as os.open raises it (a missing or unreadable file). Opened non-blocking: a named
+    pipe would wait for a writer, holding the load's lock."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as error:
+        if error.errno == errno.ENXIO:  # a socket cannot be opened at all
+            raise _not_regular(path) from None
+        raise
     try:
         mode = os.fstat(descriptor).st_mode
         if stat.S_ISDIR(mode):
             raise LoadError(path, "is a directory, expected a CSV file")
         if not stat.S_ISREG(mode):
-            raise LoadError(path, "not a regular file (a named pipe, a socket, a device), expected CSV")
+            raise _not_regular(path)
     except BaseException:
         os.close(descriptor)
         raise
     return descriptor
 
 
+def _not_regular(path: Path) -> LoadError:
+    return LoadError(path, "not a regular file (a named pipe, a socket, a device), expected CSV")
+
+
 def sha256_of(path: Path, block_size: int = BLOCK_SIZE) -> str:
+    """The file's sha256, read in blocks; LoadError for a file that cannot be read."""
     digest = hashlib.sha256()
-    with os.fdopen(open_regular(path), "rb", buffering=0) as file:
-        buffer = bytearray(block_size)
-        view = memoryview(buffer)
-        while count := file.readinto(buffer):
-            digest.update(view[:count])
+    try:
+        with os.fdopen(open_regular(path), "rb", buffering=0) as file:
+            buffer = bytearray(block_size)
+            view = memoryview(buffer)
+            while count := file.readinto(buffer):
+                digest.update(view[:count])
+    except FileNotFoundError:
+        raise LoadError(path, "file not found") from None
+    except OSError as error:
+        raise LoadError(path, f"cannot read file: {error.strerror}") from None
     return digest.hexdigest()
 
 

@@ -129,8 +129,8 @@ def future_export(source: Path, export_date: date, today: date) -> LoadError:
 
 
 def reloaded(path: Path, earlier: date, earlier_source: str | None, export_date: date) -> LoadError:
-    """A file already loaded by an earlier export, after which another file of its kind was loaded: loaded
-    again under a new date, its rows would become the current state again, undoing the exports since."""
+    """A file an earlier export loaded that changes rows loaded again: they are rows the exports since
+    changed, and it would undo that."""
     where = f" (from {earlier_source})" if earlier_source else ""
     return LoadError(
         path,

@@ -579,28 +579,30 @@ def build(build_plan: refresh.BuildPlan, warm: WarmDbt, settings: Settings, lock
         step(f"dbt build: rules, models and tests, rebuilt from scratch ({build_plan.reason})")
     else:
         step(f"dbt build: rules, models and tests, days from {build_plan.window_start} ({build_plan.reason})")
-    started_at = mark_build_started(build_plan, settings, lock)
+    own_mark = mark_build_started(build_plan, settings, lock)
     code = warm.run("build", *build_plan.dbt_args(), env=build_plan.dbt_environment())
     if code:
         show_failed_tests(_target_dir())
         raise PipelineError(f"dbt build failed; {build_plan.after_failure()}", code)
-    record_build(build_plan, settings, lock, started_at)
+    record_build(build_plan, settings, lock, own_mark)
 
 
-def mark_build_started(build_plan: refresh.BuildPlan, settings: Settings, lock: PipelineLock) -> dt.datetime:
+def mark_build_started(
+    build_plan: refresh.BuildPlan, settings: Settings, lock: PipelineLock
+) -> dt.datetime | None:
     """Call it just before the plan's `dbt build`, under `lock` (a full rebuild must be redone if it does
-    not finish; meanwhile the alerter reads no day); when the build started, for record_build."""
+    not finish; meanwhile the alerter reads no day); the build's own mark, for record_build."""
     lock.check()
     with connect() as conn:
         return refresh.mark_build_started(conn, build_plan, reader=settings.alerter_user)
 
 
 def record_build(
-    build_plan: refresh.BuildPlan, settings: Settings, lock: PipelineLock, started_at: dt.datetime
+    build_plan: refresh.BuildPlan, settings: Settings, lock: PipelineLock, own_mark: dt.datetime | None
 ) -> None:
-    """Remember the plan's state; call it only after its `dbt build`, started at `started_at`, succeeded,
-    under `lock` (the alerter reads the days up to its newest export from then on). A build that lost the
-    lock meanwhile may have run beside another one: it is not recorded, and the next build is a full one."""
+    """Remember the plan's state; call it only after its `dbt build` succeeded, under `lock`, with the mark
+    it set (the alerter reads the days up to its newest export from then on). A build that lost the lock
+    meanwhile may have run beside another one: it is not recorded, and the next build is a full one."""
     try:
         lock.check()
     except PipelineError as error:
@@ -609,7 +611,7 @@ def record_build(
         message = f"{error}; its build is not recorded, and the next run rebuilds from scratch"
         raise PipelineError(message) from None
     with connect() as conn:
-        refresh.record_build(conn, build_plan.current, reader=settings.alerter_user, started_at=started_at)
+        refresh.record_build(conn, build_plan.current, reader=settings.alerter_user, own_mark=own_mark)
 
 
 def generate_docs(build_plan: refresh.BuildPlan) -> None:

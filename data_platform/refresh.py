@@ -44,6 +44,9 @@ from data_platform.raw_tables import RAW_SCHEMA
 DBT_PROJECT_DIR = Path(__file__).resolve().parents[1] / "dbt"
 BUILD_STATE = "raw.build_state"
 WINDOW_VARIABLE = "LEDGER_WINDOW_START"
+# Set for the pipeline's own builds: it marks and records them itself, so dbt's on-run-start hook, which marks
+# the record for a build by hand (dbt/macros/build_state.sql), leaves them alone.
+PIPELINE_BUILD_VARIABLE = "BUILD_RECORDED_BY_PIPELINE"
 LOAD_LOG = f"{RAW_SCHEMA}.load_log"
 # What the stored days are computed by: a change here changes history, so it forces a full rebuild.
 PROJECT_FILES = ("models/**/*.sql", "macros/**/*.sql", "dbt_project.yml")
@@ -115,6 +118,7 @@ class BuildPlan:
     def dbt_environment(self) -> dict[str, str]:
         """os.environ for dbt: LEDGER_WINDOW_START set for an incremental build, unset for a full one."""
         env = {name: value for name, value in os.environ.items() if name != WINDOW_VARIABLE}
+        env[PIPELINE_BUILD_VARIABLE] = "true"
         if not self.full_refresh:
             env[WINDOW_VARIABLE] = self.window_start.isoformat()
         return env
@@ -232,13 +236,14 @@ def _ensure_build_state(conn: psycopg.Connection, reader: str) -> None:
     conn.execute(sql.SQL("grant select on {} to {}").format(sql.SQL(BUILD_STATE), role))
 
 
-def mark_build_started(conn: psycopg.Connection, plan: BuildPlan, reader: str) -> dt.datetime:
-    """Just before a build; when it started, by the database's clock (record_build keeps a mark set after
-    it). A full rebuild marks the record. Before the first build there is no record: the table is created
+def mark_build_started(conn: psycopg.Connection, plan: BuildPlan, reader: str) -> dt.datetime | None:
+    """Just before a build: a full rebuild marks the record; the build's own mark (None: it set none), which
+    its success clears (record_build). Before the first build there is no record: the table is created
     empty, which readers take as "no build has succeeded yet"."""
-    if plan.full_refresh:
-        _ensure_build_state(conn, reader)
-        conn.execute(f"update {BUILD_STATE} set full_build_started_at = now()")
+    if not plan.full_refresh:
+        return None
+    _ensure_build_state(conn, reader)
+    conn.execute(f"update {BUILD_STATE} set full_build_started_at = now()")
     return conn.execute("select now()").fetchone()[0]
 
 
@@ -249,11 +254,12 @@ def mark_rebuild_needed(conn: psycopg.Connection) -> None:
 
 
 def record_build(
-    conn: psycopg.Connection, state: BuildState, reader: str, started_at: dt.datetime | None = None
+    conn: psycopg.Connection, state: BuildState, reader: str, own_mark: dt.datetime | None = None
 ) -> None:
     """Remember what a successful build was computed from (the plan's state, taken before the build);
-    `reader`: the role that reads the record (the alerter). A mark set after `started_at` (a build by hand
-    meanwhile, a run that lost the pipeline lock) stays: this build may not have covered what it changed."""
+    `reader`: the role that reads the record (the alerter); `own_mark`: the mark the build set itself
+    (mark_build_started), which it clears. A mark set since (a build by hand meanwhile, a run that lost the
+    pipeline lock) stays: this build may not have covered what that one changed."""
     _ensure_build_state(conn, reader)
     conn.execute(
         f"""
@@ -267,7 +273,7 @@ def record_build(
             last_export_date = excluded.last_export_date,
             built_at = now(),
             full_build_started_at = case
-                when state.full_build_started_at > %s then state.full_build_started_at
+                when state.full_build_started_at <= %s then null else state.full_build_started_at
             end
         """,
         (
@@ -275,6 +281,6 @@ def record_build(
             state.project_fingerprint,
             state.exports_fingerprint,
             state.last_export_date,
-            started_at,
+            own_mark,
         ),
     )

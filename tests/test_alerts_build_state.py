@@ -35,16 +35,17 @@ def record(db):  # noqa: F811
     with db.connect("transformer", autocommit=True) as conn:
         conn.execute(f"drop table if exists {refresh.BUILD_STATE}")
 
-    def write(through) -> None:
+    def write(through, own_mark=None) -> None:
         with db.connect("transformer", autocommit=True) as conn:
-            refresh.record_build(conn, build_plan(False, through).current, reader=ALERTER)
+            refresh.record_build(conn, build_plan(False, through).current, reader=ALERTER, own_mark=own_mark)
 
     return write
 
 
-def mark_full_build(db) -> None:  # noqa: F811
+def mark_full_build(db):  # noqa: F811
+    """The mark of a full rebuild that started; its own, which its success clears."""
     with db.connect("transformer", autocommit=True) as conn:
-        refresh.mark_build_started(conn, build_plan(True), reader=ALERTER)
+        return refresh.mark_build_started(conn, build_plan(True), reader=ALERTER)
 
 
 def test_days_after_the_last_successful_build_wait_for_the_next_one(db, slack, record):  # noqa: F811
@@ -84,7 +85,7 @@ def test_a_requested_day_after_the_last_successful_build_is_a_clear_error(db, sl
 def test_an_unfinished_full_rebuild_stops_the_run_before_anything_is_read(db, slack, record):  # noqa: F811
     add_moves(db, (1, DAY[1], "100", "300"))
     record(DAY[1])
-    mark_full_build(db)  # started, and not (yet) succeeded: any table may hold other rules' numbers
+    own_mark = mark_full_build(db)  # started, not (yet) succeeded: any table may hold other rules' numbers
 
     result = run_alerts(db, webhook=slack.url)
     assert result.returncode == 2
@@ -96,7 +97,7 @@ def test_an_unfinished_full_rebuild_stops_the_run_before_anything_is_read(db, sl
     assert slack.requests == []
     assert ops_tables(db) == set()  # nothing recorded
 
-    record(DAY[1])  # the rebuild succeeded
+    record(DAY[1], own_mark)  # the rebuild succeeded
     assert run_alerts(db, webhook=slack.url).returncode == 0
     assert history(db) == {(1, DAY[1]): ("sent", 1)}
 

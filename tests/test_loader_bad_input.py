@@ -8,6 +8,7 @@ import lzma
 import os
 import shutil
 import signal
+import socket
 import tempfile
 from dataclasses import dataclass
 from datetime import date
@@ -26,12 +27,12 @@ from loader_files import (
     write_export,
 )
 
-from data_platform.csv_files import Line
+from data_platform.csv_files import Line, check_header, sha256_of
 from data_platform.exports import discover
 from data_platform.ledger import ensure_tables
 from data_platform.load_errors import MAX_VALUE_CHARS, printable, shape_error
 from data_platform.loader import LoadError, load_exports
-from data_platform.raw_tables import INVOICES
+from data_platform.raw_tables import INVOICES, ORGANIZATIONS
 
 
 def replace(lines: list[str], line: int, old: str, new: str) -> list[str]:
@@ -397,6 +398,19 @@ def test_a_named_pipe_in_a_dated_export_is_refused_not_waited_on(conn, tmp_path,
         "not a regular file (a named pipe, a socket, a device), expected CSV",
     )
     assert snapshot(conn) == baseline
+
+
+def test_a_socket_or_a_missing_file_is_a_load_error_when_hashed_too(tmp_path):
+    """The DuckDB and Spark builds hash a file before they check its header."""
+    path = tmp_path / "organizations.csv"
+    with socket.socket(socket.AF_UNIX) as listening:
+        listening.bind(str(path))
+        for read in (sha256_of, lambda p: check_header(ORGANIZATIONS, p)):
+            with pytest.raises(LoadError, match="not a regular file"):
+                read(path)
+    path.unlink()
+    with pytest.raises(LoadError, match="file not found"):
+        sha256_of(path)
 
 
 def test_broken_links_for_the_single_file_export_are_named_not_taken_for_no_export(conn, tmp_path, baseline):

@@ -42,14 +42,14 @@ def test_a_build_that_lost_the_lock_is_not_recorded_and_the_next_one_is_full(dat
         load_exports(conn, write_dir(tmp_path / "csv"))
     with pipeline.PipelineLock(timeout=0) as lock:
         first = pipeline.plan(settings)
-        started_at = pipeline.mark_build_started(first, settings, lock)
-        pipeline.record_build(first, settings, lock, started_at)  # a successful build, recorded
+        own_mark = pipeline.mark_build_started(first, settings, lock)
+        pipeline.record_build(first, settings, lock, own_mark)  # a successful build, recorded
         build_plan = pipeline.plan(settings)
         assert not build_plan.full_refresh
         database.query(LOCK_SESSIONS)  # an admin's pg_terminate_backend, or a dropped connection
         with pytest.raises(pipeline.PipelineError, match="this run lost the pipeline lock"):
             pipeline.mark_build_started(build_plan, settings, lock)  # never starts beside another run
         with pytest.raises(pipeline.PipelineError, match="its build is not recorded"):
-            pipeline.record_build(build_plan, settings, lock, started_at)
+            pipeline.record_build(build_plan, settings, lock, None)
     again = pipeline.plan(settings)
     assert (again.full_refresh, again.reason.split(",")[0]) == (True, "the last full rebuild did not finish")

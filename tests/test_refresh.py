@@ -74,19 +74,28 @@ def test_a_macro_edit_or_a_renamed_model_changes_the_project_fingerprint(tmp_pat
     assert refresh.project_fingerprint(project) != edited
 
 
-def test_a_mark_set_while_a_build_ran_outlives_its_record_and_its_own_is_cleared(conn, loaded):
+def test_a_builds_success_clears_its_own_mark_only(conn, loaded):
     """A build by hand (or a run that lost the pipeline lock) marks the record while the pipeline's build
     runs: that build may not cover what it changed, so its success must not clear the mark."""
     build(conn)
     full = refresh.plan_build(conn, force_full=True)
-    started_at = refresh.mark_build_started(conn, full, reader=READER)
-    assert refresh.full_build_unfinished(conn)
-    refresh.record_build(conn, full.current, reader=READER, started_at=started_at)
-    assert not refresh.full_build_unfinished(conn)  # its own mark
+    own_mark = refresh.mark_build_started(conn, full, reader=READER)
+    refresh.record_build(conn, full.current, reader=READER, own_mark=own_mark)
+    assert not refresh.full_build_unfinished(conn)
 
-    incremental = refresh.plan_build(conn)
-    started_at = refresh.mark_build_started(conn, incremental, reader=READER)
-    conn.execute(f"update {refresh.BUILD_STATE} set full_build_started_at = clock_timestamp()")
-    refresh.record_build(conn, incremental.current, reader=READER, started_at=started_at)
+    def mark_meanwhile() -> None:
+        conn.execute(f"update {refresh.BUILD_STATE} set full_build_started_at = clock_timestamp()")
+
+    own_mark = refresh.mark_build_started(conn, full, reader=READER)
+    mark_meanwhile()
+    refresh.record_build(conn, full.current, reader=READER, own_mark=own_mark)
     assert refresh.full_build_unfinished(conn)
+    refresh.record_build(conn, full.current, reader=READER)  # a mark of its own or not: none to clear
+    assert refresh.full_build_unfinished(conn)
+
+    conn.execute(f"update {refresh.BUILD_STATE} set full_build_started_at = null")
+    incremental = refresh.plan_build(conn)
+    assert refresh.mark_build_started(conn, incremental, reader=READER) is None  # it sets none
+    mark_meanwhile()
+    refresh.record_build(conn, incremental.current, reader=READER)
     assert refresh.plan_build(conn).full_refresh

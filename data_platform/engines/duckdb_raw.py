@@ -226,23 +226,14 @@ def load_export(
                 organization_rows = _read(conn, ORGANIZATIONS, export.organizations, "incoming_organizations")
             refuse_empty(export.organizations, organization_rows, ORGANIZATIONS.name, allow_empty=allow_empty)
             organizations = _apply_organizations(conn, export_date)
-            refuse_reloaded(
-                export.organizations,
-                checksums.organizations,
-                organizations[1],
-                export_date,
-                {earlier: logged.organizations for earlier, logged in _logged(conn).items()},
-                _sources(conn),
-            )
         new, changed = _apply_invoices(conn, export_date)
-        refuse_reloaded(
-            export.invoices,
-            checksums.invoices,
-            changed,
-            export_date,
-            {earlier: logged.invoices for earlier, logged in _logged(conn).items()},
-            _sources(conn),
-        )
+        logged, sources = _logged(conn), _sources(conn)
+        for path, checksum, rows_changed, of_its_kind in (
+            (export.invoices, checksums.invoices, changed, {day: c.invoices for day, c in logged.items()}),
+            (export.organizations, checksums.organizations, organizations[1],
+             {day: c.organizations for day, c in logged.items()}),
+        ):  # fmt: skip
+            refuse_reloaded(path, checksum, rows_changed, export_date, of_its_kind, sources)
         log = log_row(
             export,
             export_date,

@@ -171,6 +171,18 @@ class SparkLedger:
         names = [column.name for column in INVOICES.columns]
 
         changes = _changes(incoming, self.invoices, INVOICES)
+        new, changed = changes.select(
+            F.count(F.when(F.col("current_invoice_id").isNull(), 1)),
+            F.count(F.when(F.col("current_invoice_id").isNotNull(), 1)),
+        ).first()
+        refuse_reloaded(
+            export.invoices,
+            checksums.invoices,
+            changed,
+            export_date,
+            {earlier: logged.invoices for earlier, logged in self.logged.items()},
+            self.sources,
+        )
         version = (F.coalesce(F.col("current_version"), F.lit(0)) + 1).cast("int")
         self.new_versions.append(
             changes.select(
@@ -188,18 +200,6 @@ class SparkLedger:
         )
         kept = self.invoices.join(changes.select("invoice_id"), "invoice_id", "left_anti")
         self.invoices = kept.unionByName(replaced).localCheckpoint()
-        new, changed = changes.select(
-            F.count(F.when(F.col("current_invoice_id").isNull(), 1)),
-            F.count(F.when(F.col("current_invoice_id").isNotNull(), 1)),
-        ).first()
-        refuse_reloaded(
-            export.invoices,
-            checksums.invoices,
-            changed,
-            export_date,
-            {earlier: logged.invoices for earlier, logged in self.logged.items()},
-            self.sources,
-        )
 
         organization_rows, organizations_new, organizations_changed = 0, 0, 0
         if export.organizations:

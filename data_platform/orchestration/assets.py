@@ -85,7 +85,7 @@ def dbt_models(context: AssetExecutionContext, dbt: DbtCliResource):
                 if build_plan.full_refresh
                 else f"incremental build from {build_plan.window_start}: {build_plan.reason}"
             )
-            started_at = pipeline.mark_build_started(build_plan, settings, lock)
+            own_mark = pipeline.mark_build_started(build_plan, settings, lock)
             with process_environment(build_plan.dbt_environment()):
                 invocation = dbt.cli(
                     ["build", *build_plan.dbt_args()],
@@ -102,7 +102,7 @@ def dbt_models(context: AssetExecutionContext, dbt: DbtCliResource):
                 )
             # a partial build must not move the incremental window of the models it skipped
             if not context.is_subset:
-                pipeline.record_build(build_plan, settings, lock, started_at)
+                pipeline.record_build(build_plan, settings, lock, own_mark)
 
 
 RAW_TABLE_KEYS = get_asset_keys_by_output_name_for_source([dbt_models], RAW_SOURCE)

@@ -7,9 +7,9 @@
 
     It recomputes stored days when it selects an incremental model (tables and views are rebuilt by every
     pipeline build anyway) and either fully refreshes or starts its window (LEDGER_WINDOW_START; unset, as by
-    hand, before every day) on or before the newest export the record covers. The pipeline's incremental
-    builds start after it and mark nothing; its full rebuilds are marked already (an earlier mark is kept),
-    and their success clears the mark.
+    hand, before every day) on or before the newest export the record covers. The pipeline's own builds
+    (BUILD_RECORDED_BY_PIPELINE set: data_platform/refresh.py) are left alone: it marks and records them
+    itself, and a pipeline build's success clears only its own mark, not one a build by hand set meanwhile.
 #}
 {% macro mark_unrecorded_rebuild() -%}
     {{ return(adapter.dispatch('mark_unrecorded_rebuild', 'data_platform')()) }}
@@ -20,20 +20,25 @@
 {%- endmacro %}
 
 {% macro postgres__mark_unrecorded_rebuild() -%}
-    {%- if execute and flags.WHICH in ('run', 'build') and selects_incremental_model() %}
-        {%- set recomputed = 'true' if flags.FULL_REFRESH else 'last_export_date >= ' ~ ledger_window_start() %}
+    {%- if execute and flags.WHICH in ('run', 'build') and env_var('BUILD_RECORDED_BY_PIPELINE', '') == ''
+        and selects_incremental_model() %}
+        {%- set window_condition = 'last_export_date >= ' ~ ledger_window_start() %}
+        {%- set recomputed = 'true' if flags.FULL_REFRESH else window_condition %}
     do $$
     begin
-        if to_regclass('raw.build_state') is null
-            or not has_table_privilege('raw.build_state', 'update, delete') then
-            return;  -- no pipeline build recorded here, or not this role's record to mark
+        if to_regclass('raw.build_state') is null then
+            return;  -- no pipeline build recorded here
+        end if;
+        if not has_table_privilege('raw.build_state', 'select')
+            or not has_table_privilege('raw.build_state', 'update')
+            or not has_table_privilege('raw.build_state', 'delete') then
+            return;  -- not this role's record to mark
         end if;
         if exists (
             select from information_schema.columns
             where table_schema = 'raw' and table_name = 'build_state' and column_name = 'full_build_started_at'
         ) then
-            update raw.build_state set full_build_started_at = coalesce(full_build_started_at, now())
-            where {{ recomputed }};
+            update raw.build_state set full_build_started_at = now() where {{ recomputed }};
         else
             -- a record from before the mark existed: with none, the next build is a full one too
             delete from raw.build_state where {{ recomputed }};
@@ -48,7 +53,8 @@
 {% macro selects_incremental_model() -%}
     {%- for unique_id in selected_resources -%}
         {%- set node = graph.nodes.get(unique_id) -%}
-        {%- if node is not none and node.resource_type == 'model' and node.config.materialized == 'incremental' -%}
+        {%- if node is not none and node.resource_type == 'model'
+            and node.config.materialized == 'incremental' -%}
             {{- return(true) -}}
         {%- endif -%}
     {%- endfor -%}
