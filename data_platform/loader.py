@@ -395,6 +395,10 @@ def _as_of(text: str) -> date:
     return day
 
 
+# true whether the error came before any export (a missing folder) or in one, which rolled back
+NOTHING_MORE_LOADED = "nothing more was loaded (an export loads whole or not at all)"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="data-platform-load",
@@ -455,12 +459,12 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BUSY
     except LoadError as error:
         print(f"{ERROR_PREFIX}{error}", file=sys.stderr)
-        print("this export was not loaded: the raw tables are as before it", file=sys.stderr)
+        print(NOTHING_MORE_LOADED, file=sys.stderr)
         return 1
     except psycopg.Error as error:
         message = f"the load failed in the database: {printable(str(error).strip())}"
         print(f"{ERROR_PREFIX}{message}", file=sys.stderr)
-        print("this export was not loaded: the raw tables are as before it", file=sys.stderr)
+        print(NOTHING_MORE_LOADED, file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted: the export being loaded was rolled back", file=sys.stderr)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
+import sys
 from datetime import date
+from pathlib import Path
 
 import pytest
 from conftest import PROJECT_ROOT
@@ -20,6 +23,24 @@ def test_an_engine_build_writes_dbt_output_beside_the_postgres_builds(monkeypatc
         assert build.environment(engine)["DBT_TARGET_PATH"] == str(PROJECT_ROOT / "dbt" / f"target-{engine}")
     monkeypatch.setenv("DBT_TARGET_PATH", "/elsewhere")
     assert build.environment("duckdb")["DBT_TARGET_PATH"] == "/elsewhere"
+
+
+def test_the_lint_leaves_an_engine_builds_dbt_output_alone(tmp_path, monkeypatch):
+    """scripts/lint.sh lints dbt/: an engine build's compiled SQL in dbt/target-<engine>/ failed it."""
+    monkeypatch.delenv("DBT_TARGET_PATH", raising=False)
+    for name in (".sqlfluff", ".sqlfluffignore"):
+        shutil.copy(PROJECT_ROOT / name, tmp_path / name)
+    for folder in ("dbt/macros", "scripts/sqlfluff_libs"):
+        shutil.copytree(PROJECT_ROOT / folder, tmp_path / folder)
+    for engine in build.ENGINES:
+        target = Path(build.environment(engine)["DBT_TARGET_PATH"]).relative_to(PROJECT_ROOT)
+        (tmp_path / target / "compiled").mkdir(parents=True)
+        (tmp_path / target / "compiled" / "model.sql").write_text("SELECT  a FROM b\n")  # fails the rules
+    sqlfluff = Path(sys.executable).parent / "sqlfluff"
+    linted = subprocess.run(
+        [str(sqlfluff), "lint", "dbt", "--disable-progress-bar"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert linted.returncode == 0, linted.stdout + linted.stderr
 
 
 def test_allow_empty_builds_a_header_only_export(monkeypatch, tmp_path, capfd):
