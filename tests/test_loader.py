@@ -357,8 +357,14 @@ def test_cli_bad_input_exits_1_with_the_location(database, conn, tmp_path):
         in result.stderr
     )
     assert "expected a decimal with exactly 2 places" in result.stderr
-    assert "raw tables are as before it" in result.stderr
+    assert result.stderr.endswith("\nnothing more was loaded (an export loads whole or not at all)\n")
     assert result.stdout == ""
+    # a folder that is not there: no export had started, and the note stays true
+    missing = run_cli(database.env("transformer"), "--csv-dir", str(tmp_path / "nowhere"))
+    assert (missing.returncode, missing.stderr.splitlines()[-1]) == (
+        1,
+        "nothing more was loaded (an export loads whole or not at all)",
+    )
 
 
 def test_cli_cannot_connect_exits_2(database, tmp_path):
