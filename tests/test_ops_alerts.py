@@ -22,6 +22,7 @@ from dagster import (
     DagsterRun,
     DagsterRunStatus,
     Failure,
+    RetryPolicy,
     build_sensor_context,
     job,
     op,
@@ -56,6 +57,16 @@ def failing_daily_job():
 @job(name="scratch_job")
 def failing_other_job():
     load_step()
+
+
+@op(retry_policy=RetryPolicy(max_retries=1))
+def alert_step():
+    raise Failure(description="some balance alerts could not be delivered (see the step's log)")
+
+
+@job(name="daily_pipeline")
+def failing_retried_job():
+    alert_step()
 
 
 def tick(defs, instance, name: str, cursor: str | None):
@@ -108,6 +119,14 @@ def test_a_failure_alert_that_could_not_be_delivered_is_logged_and_sent_on_a_lat
     assert text.startswith("Pipeline run failed: daily_pipeline, step load_step\n")
     assert "\nexport 2024-07-02 is older than the newest loaded export\nsee the loader\n" in text
     assert text.endswith(f"http://dagster.test/runs/{run_id}")
+
+
+def test_a_step_that_failed_after_its_retries_is_alerted_with_its_own_error(defs, instance):
+    # once retries run out, Dagster's error says only "Exceeded max_retries of 1"
+    run_id = fail(instance, failing_retried_job)
+    message = ops_alerts.failure_message(instance, instance.get_run_by_id(run_id), "http://dagster.test")
+    assert message.title == "Pipeline run failed: daily_pipeline, step alert_step (Exceeded max_retries of 1)"
+    assert message.details == ("some balance alerts could not be delivered (see the step's log)",)
 
 
 def test_runs_that_failed_before_the_first_tick_or_in_other_jobs_are_not_alerted(defs, instance):

@@ -38,7 +38,7 @@ MARTS = ("dim_invoices", "dim_organizations", DAILY_FACT)
 # again), so a retry is always safe: it sends what the last attempt could not deliver. Not after an
 # attempt gave up on an alert: see balance_alerts.
 ALERT_RETRY_POLICY = RetryPolicy(max_retries=3, delay=60, backoff=Backoff.EXPONENTIAL)
-# the same retries, by the step itself, after an attempt that gave up (the first one at once: usually
+# as many retries, by the step itself, after an attempt that gave up (the first one at once: usually
 # nothing else is waiting)
 GIVEN_UP_RETRY_DELAYS_SECONDS = (0, 60, 120, 240)
 

@@ -83,8 +83,13 @@ def failure_message(instance: DagsterInstance, run: DagsterRun, base_url: str) -
     ]
     failures = [e.dagster_event for e in entries if e.dagster_event_type == DagsterEventType.STEP_FAILURE]
     steps = ", ".join(sorted({event.step_key for event in failures if event.step_key})) or "the run itself"
+    retried = ""
     if failures and failures[0].step_failure_data.error is not None:
         error_info = failures[0].step_failure_data.error
+        if error_info.message.startswith("Exceeded max_retries") and error_info.cause is not None:
+            # Dagster's words once a step's retries ran out: what failed is the last attempt's error
+            retried = f" ({error_info.message.strip()})"
+            error_info = error_info.cause
         # "dagster._core.definitions.events.Failure: <description>": the description is what helps
         qualified_class = re.match(rf"[\w.]*\b{re.escape(error_info.cls_name or '?')}: ", error_info.message)
         error = error_info.message[qualified_class.end() if qualified_class else 0 :]
@@ -92,7 +97,7 @@ def failure_message(instance: DagsterInstance, run: DagsterRun, base_url: str) -
         run_failure = [e.message for e in entries if e.dagster_event_type == DagsterEventType.RUN_FAILURE]
         error = next(filter(None, run_failure), "no error message")
     return OpsMessage(
-        title=f"Pipeline run failed: {run.job_name}, step {steps}",
+        title=f"Pipeline run failed: {run.job_name}, step {steps}{retried}",
         details=first_lines(error),
         link=f"{base_url}/runs/{run.run_id}",
     )
