@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -50,6 +53,23 @@ def write(path: Path, lines: list[str], *, newline: str = "\n", final_newline: b
         (newline.join(lines) + (newline if final_newline else "")).encode("utf-8", "surrogateescape")
     )
     return path
+
+
+@contextlib.contextmanager
+def not_waiting_on_a_pipe(seconds: int = 30) -> Iterator[None]:
+    """Fail with TimeoutError instead of hanging when the code inside opens a named pipe and waits for a
+    writer (SIGALRM interrupts the open)."""
+
+    def waited(*_):
+        raise TimeoutError("it waited for a writer to the named pipe")
+
+    previous = signal.signal(signal.SIGALRM, waited)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def settle(*paths: Path) -> None:

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 from datetime import date
 
 import pytest
+from loader_files import not_waiting_on_a_pipe
 from test_ledger import BASE_ROWS, DAY_2, DAY_2_ROWS, DAY_3, DAY_3_ROWS, write_export
 from test_pipeline import write_fixture
 
@@ -184,18 +184,8 @@ def test_a_named_pipe_in_a_files_place_is_refused_not_waited_on(exports, tmp_pat
     folder.mkdir()
     shutil.copy(copied / "exports" / DAY_3 / "invoices.csv", folder / "invoices.csv")
     os.mkfifo(folder / "organizations.csv")
-
-    def waited(*_):
-        raise TimeoutError("the build waited for a writer to the pipe")
-
-    previous = signal.signal(signal.SIGALRM, waited)
-    signal.alarm(30)
-    try:
-        with pytest.raises(LoadError, match="not a regular file") as refused:
-            build_raw(tmp_path / "warehouse.duckdb", copied)
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
+    with not_waiting_on_a_pipe(), pytest.raises(LoadError, match="not a regular file") as refused:
+        build_raw(tmp_path / "warehouse.duckdb", copied)
     assert refused.value.path == folder / "organizations.csv"
 
 

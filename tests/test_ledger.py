@@ -350,6 +350,23 @@ def hold_the_build_after(project: Path, model: str) -> None:
     )
 
 
+def assert_held_until_rebuilt_in_full(database, csv_dir: Path, built: dict, alert_says: str) -> None:
+    """After a build with the `open` rule at 0,0 that the pipeline did not record, and with the rules put back
+    as its last successful build had them: dim_invoices holds the edited rules' numbers (the 40.00 open
+    invoice counts 0), an alert run by hand reads nothing of marts that mix both rules' numbers (its error
+    says `alert_says`), and the next run rebuilds in full, back to `built`."""
+    assert database.query(
+        "select balance_contribution_usd from marts.dim_invoices where invoice_id = 11"
+    ) == [(D(0),)]
+    hand_run = run_alerts(database)
+    assert hand_run.returncode == 2, hand_run.stdout
+    assert alert_says in hand_run.stderr
+    result = run_pipeline(database, csv_dir, RUN_ALERTS="false")
+    assert_succeeded(result)
+    assert "rebuilt from scratch (the last full rebuild did not finish, or a build by hand" in result.stdout
+    assert snapshot(database) == built
+
+
 def test_an_interrupted_rules_change_is_rebuilt_in_full_next_time(make_database, tmp_path):
     csv_dir = write_fixture(tmp_path / "csv", BASE_ROWS)
     database = make_database()
@@ -394,20 +411,8 @@ def test_a_stopped_rules_change_then_undone_is_rebuilt_in_full_next_time(make_da
         "where query like '%pg_sleep(600)%' and datname = current_database() and pid <> pg_backend_pid()"
     )
     assert "rebuilt from scratch (the balance rules changed" in output
-    # dim_invoices holds the edited rules' numbers now (the 40.00 open invoice counts 0)
-    assert database.query(
-        "select balance_contribution_usd from marts.dim_invoices where invoice_id = 11"
-    ) == [(D(0),)]
-    # an alert run by hand now reads nothing of marts that mix both rules' numbers
-    hand_run = run_alerts(database)
-    assert hand_run.returncode == 2, hand_run.stdout
-    assert "a full rebuild of the marts started at" in hand_run.stderr
-
     # the edit is undone: the files are as the last successful build recorded them
-    result = run_pipeline(database, csv_dir, RUN_ALERTS="false")
-    assert_succeeded(result)
-    assert "rebuilt from scratch (the last full rebuild did not finish, or a build by hand" in result.stdout
-    assert snapshot(database) == built
+    assert_held_until_rebuilt_in_full(database, csv_dir, built, "a full rebuild of the marts started at")
     # and the build after it is incremental again
     again = run_pipeline(database, csv_dir, RUN_ALERTS="false")
     assert_succeeded(again)
@@ -473,15 +478,5 @@ def test_a_hand_build_with_other_rules_then_undone_is_rebuilt_in_full_next_time(
     built = snapshot(database)
     project = project_with_zero_rule(tmp_path / "project", "open")
     dbt_by_hand(database, csv_dir, project, "build", "--exclude-resource-type", "unit_test")
-    assert database.query(
-        "select balance_contribution_usd from marts.dim_invoices where invoice_id = 11"
-    ) == [(D(0),)]
-    hand_run = run_alerts(database)
-    assert hand_run.returncode == 2, hand_run.stdout
-    assert "or it was a build by hand" in hand_run.stderr
-
     # the rules as the last successful build recorded them: the files alone would say "incremental"
-    result = run_pipeline(database, csv_dir, RUN_ALERTS="false")
-    assert_succeeded(result)
-    assert "rebuilt from scratch (the last full rebuild did not finish, or a build by hand" in result.stdout
-    assert snapshot(database) == built
+    assert_held_until_rebuilt_in_full(database, csv_dir, built, "or it was a build by hand")

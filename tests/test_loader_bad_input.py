@@ -7,7 +7,6 @@ import gzip
 import lzma
 import os
 import shutil
-import signal
 import socket
 import tempfile
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from loader_files import (
     ORG_LINES,
     drop_ledger,
     invoice,
+    not_waiting_on_a_pipe,
     snapshot,
     write,
     write_dir,
@@ -381,18 +381,8 @@ def test_a_named_pipe_in_a_dated_export_is_refused_not_waited_on(conn, tmp_path,
     """Opening a pipe waits for a writer: the loader would hang, holding the lock every run waits for."""
     folder = write_export(tmp_path / "csv", "2024-01-02", [invoice(1)])
     os.mkfifo(folder / "organizations.csv")
-
-    def waited(*_):
-        raise TimeoutError("the loader waited for a writer to the pipe")
-
-    previous = signal.signal(signal.SIGALRM, waited)
-    signal.alarm(30)
-    try:
-        with pytest.raises(LoadError) as raised:
-            load_exports(conn, tmp_path / "csv")
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
+    with not_waiting_on_a_pipe(), pytest.raises(LoadError) as raised:
+        load_exports(conn, tmp_path / "csv")
     assert (raised.value.path, raised.value.reason) == (
         folder / "organizations.csv",
         "not a regular file (a named pipe, a socket, a device), expected CSV",
