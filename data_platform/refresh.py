@@ -243,14 +243,21 @@ def mark_build_started(conn: psycopg.Connection, plan: BuildPlan, reader: str) -
     if not plan.full_refresh:
         return None
     _ensure_build_state(conn, reader)
-    conn.execute(f"update {BUILD_STATE} set full_build_started_at = now()")
-    return conn.execute("select now()").fetchone()[0]
+    return _mark(conn)
 
 
 def mark_rebuild_needed(conn: psycopg.Connection) -> None:
     """A build that may have run beside another one (it lost the pipeline lock): the next build is full."""
     if _exists(conn, BUILD_STATE):
-        conn.execute(f"update {BUILD_STATE} set full_build_started_at = now()")
+        _mark(conn)
+
+
+def _mark(conn: psycopg.Connection) -> dt.datetime | None:
+    """Mark the record as a full rebuild that has not succeeded; the mark (None: no build recorded yet)."""
+    row = conn.execute(
+        f"update {BUILD_STATE} set full_build_started_at = now() returning full_build_started_at"
+    ).fetchone()
+    return row[0] if row else None
 
 
 def record_build(
