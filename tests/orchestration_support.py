@@ -8,11 +8,14 @@ the block, like a daemon's process.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
+from unittest import mock
 
 from data_platform.orchestration.environment import process_environment as environment
 
@@ -48,3 +51,14 @@ def load_definitions():
     with environment(dagster_env()):
         from data_platform.orchestration.definitions import defs
     return defs
+
+
+@contextmanager
+def freshness_clock_ahead(hours: float) -> Iterator[None]:
+    """The freshness sensor's clock `hours` ahead, so that export folders made before landed that long
+    ago (the sensor reads a folder's change time, which cannot be set back)."""
+    from data_platform.orchestration import ops_alerts
+
+    later = ops_alerts.utc_now() + dt.timedelta(hours=hours)
+    with mock.patch.object(ops_alerts, "utc_now", lambda: later):
+        yield

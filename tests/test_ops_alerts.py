@@ -28,7 +28,13 @@ from dagster import (
     op,
 )
 from dagster._core.definitions.run_status_sensor_definition import RunStatusSensorCursor
-from orchestration_support import UNUSABLE_PIPELINE_SETTINGS, dagster_env, environment, load_definitions
+from orchestration_support import (
+    UNUSABLE_PIPELINE_SETTINGS,
+    dagster_env,
+    environment,
+    freshness_clock_ahead,
+    load_definitions,
+)
 from slack_stub import OK, SECRET, Reply, SlackStub, hang, rate_limited, redirect, server_error
 
 from data_platform import ledger, pipeline, refresh
@@ -515,6 +521,16 @@ def test_the_fact_is_fresh_while_the_last_build_covered_every_loaded_export(
     )
 
 
+def test_an_export_folder_copied_with_its_times_kept_landed_when_it_was_copied(tmp_path):
+    # cp -rp and rsync -a give a folder that lands today the modification time it had days ago
+    fresh_export_folder(tmp_path)
+    days_ago = (dt.datetime.now(dt.UTC) - dt.timedelta(days=3)).timestamp()
+    os.utime(tmp_path / "exports" / EXPORTS[-1].isoformat(), (days_ago, days_ago))
+    with environment(dagster_env(CSV_DIR=str(tmp_path))):
+        freshness = check_freshness(dt.datetime.now(dt.UTC), max_age_hours=26, fact=())
+    assert freshness.problems == ()
+
+
 def test_loaded_exports_without_a_successful_build_are_stale(make_database, tmp_path):
     database = loaded_warehouse(make_database)
     fresh_export_folder(tmp_path)
@@ -554,11 +570,8 @@ def test_an_unusable_export_max_age_is_reported_stale_and_the_default_stands_in(
     # nan and inf never compare greater, so they switched the check off; "abc" made every tick raise,
     # seen only in the tick list; a wait of years means nothing
     database = loaded_warehouse(make_database, covered=EXPORTS[-1])
-    old = tmp_path / "exports" / EXPORTS[-1].isoformat()
-    old.mkdir(parents=True)
-    landed = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=30)).timestamp()
-    os.utime(old, (landed, landed))
-    with ops_slack(database, tmp_path, EXPORT_MAX_AGE_HOURS=value) as slack:
+    fresh_export_folder(tmp_path)
+    with ops_slack(database, tmp_path, EXPORT_MAX_AGE_HOURS=value) as slack, freshness_clock_ahead(hours=30):
         tick(defs, instance, "freshness_alerts", None)
     (message,) = [m["text"].splitlines() for m in slack.delivered]
     assert message[:2] == [
@@ -630,14 +643,12 @@ def test_a_fact_gone_stale_after_the_stale_alert_still_counts_while_a_run_is_in_
     defs, instance, make_database, tmp_path
 ):
     database = loaded_warehouse(make_database, covered=EXPORTS[-1])
-    old = tmp_path / "exports" / EXPORTS[-1].isoformat()
-    old.mkdir(parents=True)
-    landed = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=30)).timestamp()
-    os.utime(old, (landed, landed))
+    fresh_export_folder(tmp_path)
     with ops_slack(database, tmp_path) as slack:
-        cursor = tick(defs, instance, "freshness_alerts", None).cursor  # stale: no new export
-        cover(database, EXPORTS[1])  # then a build fails: still stale, nothing new to say
-        cursor = tick(defs, instance, "freshness_alerts", cursor).cursor
+        with freshness_clock_ahead(hours=30):
+            cursor = tick(defs, instance, "freshness_alerts", None).cursor  # stale: no new export
+            cover(database, EXPORTS[1])  # then a build fails: still stale, nothing new to say
+            cursor = tick(defs, instance, "freshness_alerts", cursor).cursor
         in_progress(instance, "daily_pipeline")
         (tmp_path / "exports" / "2024-07-04").mkdir()  # a new export: its run is in progress
         tick(defs, instance, "freshness_alerts", cursor)

@@ -4,7 +4,6 @@ here (tests/test_orchestration_run.py runs one)."""
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import subprocess
@@ -21,6 +20,7 @@ from orchestration_support import (
     UNUSABLE_PIPELINE_SETTINGS,
     dagster_env,
     environment,
+    freshness_clock_ahead,
     load_definitions,
 )
 from slack_stub import SlackStub
@@ -191,10 +191,7 @@ def test_a_new_export_folder_starts_exactly_one_run(defs, instance, tmp_path):
 def test_freshness_alerts_once_when_stale_and_once_when_it_recovers(defs, instance, make_database, tmp_path):
     sensor = defs.get_sensor_def("freshness_alerts")
     database = make_database()
-    old = tmp_path / "exports" / "2024-06-29"
-    old.mkdir(parents=True)
-    landed = dt.datetime.now(dt.UTC) - dt.timedelta(hours=30)
-    os.utime(old, (landed.timestamp(), landed.timestamp()))
+    (tmp_path / "exports" / "2024-06-29").mkdir(parents=True)
     with SlackStub() as slack:
         env = dagster_env(database.env(), CSV_DIR=str(tmp_path), SLACK_WEBHOOK_URL=slack.url)
 
@@ -204,12 +201,13 @@ def test_freshness_alerts_once_when_stale_and_once_when_it_recovers(defs, instan
                     build_sensor_context(instance=instance, cursor=cursor, definitions=defs)
                 )
 
-        stale = tick(None)
-        assert len(slack.delivered) == 1
-        assert slack.delivered[0]["text"].startswith("Data is stale\nno new export for 30.0 h")
-        assert "EXPORT_MAX_AGE_HOURS=26" in slack.delivered[0]["text"]
-        still_stale = tick(stale.cursor)
-        assert len(slack.delivered) == 1
+        with freshness_clock_ahead(hours=30):
+            stale = tick(None)
+            assert len(slack.delivered) == 1
+            assert slack.delivered[0]["text"].startswith("Data is stale\nno new export for 30.0 h")
+            assert "EXPORT_MAX_AGE_HOURS=26" in slack.delivered[0]["text"]
+            still_stale = tick(stale.cursor)
+            assert len(slack.delivered) == 1
         (tmp_path / "exports" / "2024-06-30").mkdir()
         fresh = tick(still_stale.cursor or stale.cursor)
         assert len(slack.delivered) == 2

@@ -234,7 +234,10 @@ def _export_problems(now: dt.datetime, max_age_hours: float) -> tuple[str, ...]:
     if not folders:
         return (f"no export folder (YYYY-MM-DD) in {directory}",)
     newest = folders[-1]
-    landed = dt.datetime.fromtimestamp(newest.stat().st_mtime, dt.UTC)
+    stat = newest.stat()
+    # the change time: a folder copied with its times kept (cp -rp, rsync -a) landed when it was copied,
+    # and only its change time says so (it cannot be set back)
+    landed = dt.datetime.fromtimestamp(max(stat.st_mtime, stat.st_ctime), dt.UTC)
     age_hours = (now - landed).total_seconds() / 3600
     if age_hours > max_age_hours:
         return (
@@ -259,6 +262,11 @@ def _fact_problems() -> tuple[str, ...]:
         else "but no successful build is recorded"
     )
     return (f"{FACT} is behind: exports up to {newest} are loaded, {built}",)
+
+
+def utc_now() -> dt.datetime:
+    """The freshness sensor's clock (tests move it forward: a folder's change time cannot be set back)."""
+    return dt.datetime.now(dt.UTC)
 
 
 def run_in_progress(instance: DagsterInstance) -> bool:
@@ -310,8 +318,7 @@ def freshness_alerts(context: SensorEvaluationContext):
     # while a run is in progress, the fact lags the exports it is loading: keep the last verdict about
     # it (stale stays stale, fresh stays fresh) until a tick after the run judges it again
     running = run_in_progress(context.instance)
-    now = dt.datetime.now(dt.UTC)
-    current = check_freshness(now, fact=last.fact if running else None)
+    current = check_freshness(utc_now(), fact=last.fact if running else None)
     if current.stale == said_stale:
         context.update_cursor(_cursor(said_stale, current))  # for the next tick during a run
         return SkipReason("stale: " + "; ".join(current.problems) if current.stale else "fresh")
