@@ -65,3 +65,14 @@ def test_allow_empty_builds_a_header_only_export(monkeypatch, tmp_path, capfd):
     with duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True) as conn:
         days = [day for (day,) in conn.execute("select export_date from raw.load_log order by 1").fetchall()]
     assert days == [date(2023, 1, 6), date(2023, 1, 7)]
+
+
+@pytest.mark.parametrize("engine", build.ENGINES)
+def test_no_exports_leave_no_warehouse_behind(engine, monkeypatch, tmp_path, capfd):
+    """A missing CSV folder made an empty warehouse.duckdb (and started Spark to make its metastore)."""
+    locations = {"DUCKDB_PATH": "warehouse.duckdb", "SPARK_WAREHOUSE_DIR": "sw", "SPARK_METASTORE_DIR": "sm"}
+    for name, path in locations.items():
+        monkeypatch.setenv(name, str(tmp_path / path))
+    assert build.main([engine, "--csv-dir", str(tmp_path / "missing")]) == 1
+    assert f"error: {tmp_path / 'missing'}: CSV directory not found" in capfd.readouterr().err
+    assert sorted(path.name for path in tmp_path.iterdir()) == []

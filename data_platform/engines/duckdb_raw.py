@@ -277,12 +277,13 @@ def build_raw(
     header-only files (else refused, as by the Postgres loader); today: as in load_export."""
     import duckdb
 
+    exports = export_discovery.discover(csv_dir)  # before the file is made: no exports, no warehouse
     with duckdb.connect(str(database)) as conn:
         # the UTC day of a timestamp, as in Postgres's load
         conn.execute("set timezone = 'UTC'")
         _create_tables(conn)
         loaded = []
-        for export in export_discovery.discover(csv_dir):
+        for export in exports:
             export_date = load_export(conn, export, allow_empty=allow_empty, today=today)
             if export_date is not None:
                 loaded.append(export_date)

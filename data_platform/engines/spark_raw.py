@@ -271,13 +271,12 @@ def _refuse_future_invoices(incoming, export: Export, export_date: date) -> None
 def build_raw(csv_dir: Path | str, *, allow_empty: bool = False, today: date | None = None) -> list[date]:
     """Load every pending export under csv_dir into the Spark raw tables; the dates loaded. allow_empty:
     load header-only files (else refused, as by the Postgres loader); today: as in SparkLedger.apply."""
+    exports = export_discovery.discover(csv_dir)  # before the session: no exports, no metastore
     spark = session()
     try:
         ledger = SparkLedger(spark)
         loaded = [
-            day
-            for export in export_discovery.discover(csv_dir)
-            if (day := ledger.apply(export, allow_empty=allow_empty, today=today))
+            day for export in exports if (day := ledger.apply(export, allow_empty=allow_empty, today=today))
         ]
         if loaded:
             ledger.write()
