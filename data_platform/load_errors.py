@@ -94,6 +94,19 @@ def _fields(line: LineLike) -> int:
 # The refusals of a whole export that the Postgres loader and the other engines' raw builders share.
 
 
+# why a value is refused, in the Postgres loader's and the other engines' words
+REQUIRED_VALUE_EMPTY = "empty value, but this column is required"
+NUL_BYTE = "a NUL byte (0x00): no CSV value may hold one (is the file binary, or UTF-16?)"
+
+
+def quoted_empty_text(expected: str) -> str:
+    # CSV reads "" as an empty text, an empty field as no value
+    return (
+        'a quoted empty value ("") is an empty text, not a missing one: leave the field empty, without '
+        f"quotes, for no value (a value is {expected})"
+    )
+
+
 def changed_while_read(path: Path) -> LoadError:
     return LoadError(
         path, "changed while it was read: land an export in one step (copy into a dot-named folder, then mv)"

@@ -38,7 +38,7 @@ import socketserver
 import subprocess
 import sys
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -211,6 +211,19 @@ def step(title: str) -> None:
 
 def _raise_stopped(signum: int, _frame) -> None:
     raise Stopped(signum)
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """Within it SIGTERM and SIGINT raise Stopped, so that the step running (wait_child) is stopped and
+    waited for; the previous handlers after it (a caller in the same process, such as a test, keeps its
+    own Ctrl-C)."""
+    previous = {signum: signal.signal(signum, _raise_stopped) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 # Linux's prctl(PR_SET_PDEATHSIG): a signal the kernel sends a process when its parent dies
@@ -709,8 +722,11 @@ def main(argv: list[str] | None = None) -> int:
     if argv:
         print(f"usage: python -m data_platform.pipeline (settings come from the environment)\n{__doc__}")
         return EXIT_CONFIG
-    signal.signal(signal.SIGTERM, _raise_stopped)
-    signal.signal(signal.SIGINT, _raise_stopped)
+    with stop_on_signals():
+        return _main()
+
+
+def _main() -> int:
     try:
         settings = Settings.from_environment()
         if settings.serve_docs:

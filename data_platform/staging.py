@@ -31,7 +31,14 @@ from data_platform.csv_files import (
     unterminated_quote_line,
 )
 from data_platform.file_checksums import KnownFile
-from data_platform.load_errors import MAX_VALUE_CHARS, LoadError, printable
+from data_platform.load_errors import (
+    MAX_VALUE_CHARS,
+    NUL_BYTE,
+    REQUIRED_VALUE_EMPTY,
+    LoadError,
+    printable,
+    quoted_empty_text,
+)
 from data_platform.raw_tables import RAW_SCHEMA, TableSpec
 from data_platform.snapshot_diff import NotAlike, send_differences
 
@@ -253,11 +260,7 @@ def _copy_error(error: psycopg.Error, spec: TableSpec, stream: FileStream) -> Lo
             return shape_error
     if isinstance(error, psycopg.errors.CharacterNotInRepertoire):
         if message.endswith(": 0x00"):  # valid UTF-8, but no text value may hold it
-            return LoadError(
-                path,
-                "a NUL byte (0x00): no CSV value may hold one (is the file binary, or UTF-16?)",
-                line=line,
-            )
+            return LoadError(path, NUL_BYTE, line=line)
         return LoadError(path, f"{message} (the file must be UTF-8)", line=line)
     column = spec.column(match.group(2)) if match.group(2) else None
     return LoadError(path, message, line=line, column=column.header if column else None)
@@ -335,17 +338,10 @@ def _invalid_value(conn: psycopg.Connection, staged: Staged) -> LoadError | None
     ).fetchone()
     line = staged.line_of(record)
     if value is None or (value == "" and column.not_null):
+        return LoadError(staged.path, REQUIRED_VALUE_EMPTY, line=line, column=column.header, value="")
+    if value == "":
         return LoadError(
-            staged.path, "empty value, but this column is required", line=line, column=column.header, value=""
-        )
-    if value == "":  # CSV reads "" as an empty text, an empty field as no value
-        return LoadError(
-            staged.path,
-            f'a quoted empty value ("") is an empty text, not a missing one: leave the field empty, without '
-            f"quotes, for no value (a value is {column.expected})",
-            line=line,
-            column=column.header,
-            value="",
+            staged.path, quoted_empty_text(column.expected), line=line, column=column.header, value=""
         )
     return LoadError(
         staged.path,

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date
 
 import pytest
@@ -15,9 +17,9 @@ from loader_files import not_waiting_on_a_pipe
 from test_ledger import BASE_ROWS, DAY_2, DAY_2_ROWS, DAY_3, DAY_3_ROWS, write_export
 from test_pipeline import write_fixture
 
-from data_platform.load_errors import LoadError
+from data_platform.load_errors import NUL_BYTE, REQUIRED_VALUE_EMPTY, LoadError, quoted_empty_text
 from data_platform.loader import load_exports
-from data_platform.raw_tables import INVOICES, ORGANIZATIONS
+from data_platform.raw_tables import INVOICES, ORGANIZATIONS, TEXT
 
 duckdb = pytest.importorskip("duckdb")
 from data_platform.engines.duckdb_raw import build_raw  # noqa: E402
@@ -47,10 +49,15 @@ def exports(tmp_path_factory):
     return write_export(csv_dir, DAY_3, DAY_3_ROWS)
 
 
+@contextmanager
+def database_connection(make_database) -> Iterator:
+    with make_database().connect("transformer", autocommit=True) as conn:
+        yield conn
+
+
 @pytest.fixture(scope="module")
 def postgres_tables(make_database, exports):
-    database = make_database()
-    with database.connect("transformer", autocommit=True) as conn:
+    with database_connection(make_database) as conn:
         load_exports(conn, exports)
         return {table: conn.execute(query).fetchall() for table, query in QUERIES.items()}
 
@@ -262,3 +269,38 @@ def test_a_base_export_dated_by_invoices_after_today_is_refused(tmp_path):
     with pytest.raises(LoadError, match=FROM_THE_FUTURE.format("2023-01-06", "2023-01-05")):
         build_raw(tmp_path / "warehouse.duckdb", csv_dir, today=date(2023, 1, 5))
     assert all(rows == [] for rows in duckdb_tables(tmp_path / "warehouse.duckdb").values())
+
+
+LATE_INVOICE = "601,{s},{s},4,-7,open,USD,,,5.00,,1.00000000,,2023-01-08T00:00:00.000Z"
+
+
+@pytest.mark.parametrize(
+    ("row", "column", "reason"),
+    [
+        (LATE_INVOICE.replace("601", "", 1), "INVOICE_ID", REQUIRED_VALUE_EMPTY),
+        (LATE_INVOICE.replace("open", ""), "STATUS", REQUIRED_VALUE_EMPTY),
+        (LATE_INVOICE.replace("open", '""'), "STATUS", REQUIRED_VALUE_EMPTY),
+        (LATE_INVOICE.replace("2023-01-08T00:00:00.000Z", ""), "CREATED_AT", REQUIRED_VALUE_EMPTY),
+        (LATE_INVOICE.replace("USD,,,", 'USD,,"",'), "PAYMENT_METHOD", quoted_empty_text(TEXT.expected)),
+        (LATE_INVOICE.replace("USD,,,", "USD,,ca\0rd,"), "PAYMENT_METHOD", NUL_BYTE),
+    ],
+    ids=["no id", "no status", "quoted empty status", "no created_at", "quoted empty text", "nul byte"],
+)
+def test_values_the_loader_refuses_are_refused_though_duckdb_reads_them(
+    make_database, exports, tmp_path, row, column, reason
+):
+    """DuckDB read them as null or as an empty text: a null INVOICE_ID, never matched to a current row,
+    came back as one more row with every export, and the dbt build failed far from the file."""
+    bad = tmp_path / "bad"
+    shutil.copytree(exports, bad)
+    write_export(bad, "2023-01-09", [row])
+    with database_connection(make_database) as conn, pytest.raises(LoadError) as by_loader:
+        load_exports(conn, bad)
+    assert by_loader.value.reason == reason
+    database = tmp_path / "warehouse.duckdb"
+    with pytest.raises(LoadError) as refused:
+        build_raw(database, bad)
+    assert refused.value.path == bad / "exports" / "2023-01-09" / "invoices.csv" == by_loader.value.path
+    assert refused.value.column == column
+    assert refused.value.reason.startswith(f"{reason} (1 row(s)")
+    assert [row[0] for row in duckdb_tables(database)["load_log"]][-1] == date(2023, 1, 8)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from datetime import date
 from pathlib import Path
 
@@ -48,15 +52,15 @@ def test_allow_empty_builds_a_header_only_export(monkeypatch, tmp_path, capfd):
     duckdb = pytest.importorskip("duckdb")
     csv_dir = write_export(write_fixture(tmp_path / "csv", BASE_ROWS), DAY_2, [])
     monkeypatch.setenv("DUCKDB_PATH", str(tmp_path / "warehouse.duckdb"))
-    call, dbt_commands = subprocess.call, []
+    run_child, dbt_commands = build.run_child, []
 
-    def raw_builder_only(command, **kwargs):
+    def raw_builder_only(command, env):
         if "data_platform.engines.duckdb_raw" in command:
-            return call(command, **kwargs)
+            return run_child(command, env)
         dbt_commands.append(command[1])
         return 0
 
-    monkeypatch.setattr(subprocess, "call", raw_builder_only)
+    monkeypatch.setattr(build, "run_child", raw_builder_only)
     assert build.main(["duckdb", "--csv-dir", str(csv_dir)]) == 1
     assert "no data rows, only the header (pass --allow-empty" in capfd.readouterr().err
     assert dbt_commands == []
@@ -76,3 +80,55 @@ def test_no_exports_leave_no_warehouse_behind(engine, monkeypatch, tmp_path, cap
     assert build.main([engine, "--csv-dir", str(tmp_path / "missing")]) == 1
     assert f"error: {tmp_path / 'missing'}: CSV directory not found" in capfd.readouterr().err
     assert sorted(path.name for path in tmp_path.iterdir()) == []
+
+
+def test_a_stopped_build_stops_its_running_step(tmp_path):
+    """SIGTERM ended the build and left its dbt running, still writing to the warehouse."""
+    fake_dbt = tmp_path / "bin" / "dbt"
+    fake_dbt.parent.mkdir()
+    fake_dbt.write_text(
+        f"#!{sys.executable}\nimport os, time\n"
+        "open(os.environ['FAKE_DBT_PID'], 'w').write(str(os.getpid()))\ntime.sleep(300)\n"
+    )
+    fake_dbt.chmod(0o755)
+    pid_file = tmp_path / "dbt.pid"
+    env = {
+        **os.environ,
+        "PATH": f"{fake_dbt.parent}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONPATH": str(PROJECT_ROOT),
+        "DUCKDB_PATH": str(tmp_path / "warehouse.duckdb"),
+        "DBT_TARGET_PATH": str(tmp_path / "target"),
+        "FAKE_DBT_PID": str(pid_file),
+    }
+    csv_dir = write_fixture(tmp_path / "csv", BASE_ROWS)
+    command = [sys.executable, "-m", "data_platform.engines.build", "duckdb", "--csv-dir", str(csv_dir)]
+    building = subprocess.Popen(command, env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not pid_file.exists() or not pid_file.read_text():  # the raw ledger is built, dbt runs
+            assert building.poll() is None and time.monotonic() < deadline, building.stderr.read()
+            time.sleep(0.1)
+        dbt_pid = int(pid_file.read_text())
+        building.send_signal(signal.SIGTERM)
+        assert building.wait(timeout=60) == 128 + signal.SIGTERM
+        assert "duckdb build: stopped by SIGTERM" in building.stderr.read()
+        with pytest.raises(ProcessLookupError):  # stopped and waited for: gone
+            os.kill(dbt_pid, 0)
+    finally:
+        building.kill()
+        with contextlib.suppress(ProcessLookupError, ValueError, FileNotFoundError):
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+
+def test_a_duckdb_file_held_by_another_process_is_an_error_not_a_traceback(tmp_path):
+    duckdb = pytest.importorskip("duckdb")
+    csv_dir = write_fixture(tmp_path / "csv", BASE_ROWS)
+    database = tmp_path / "warehouse.duckdb"
+    command = [sys.executable, "-m", "data_platform.engines.duckdb_raw", "--csv-dir", str(csv_dir)]
+    with duckdb.connect(str(database)):  # a dbt run or a notebook on the file
+        held = subprocess.run(
+            [*command, "--database", str(database)], capture_output=True, text=True, cwd=PROJECT_ROOT
+        )
+    assert held.returncode == 1
+    assert held.stderr.startswith(f"error: cannot open the DuckDB file {database}: ")
+    assert "Traceback" not in held.stderr

@@ -19,7 +19,12 @@ from conftest import PROJECT_ROOT
 from test_ledger import BASE_ROWS, DAY_2, DAY_2_ROWS, DAY_3, DAY_3_ROWS, write_export
 from test_pipeline import write_fixture
 
-from data_platform.load_errors import future_export, utc_today
+from data_platform.load_errors import (
+    NUL_BYTE,
+    REQUIRED_VALUE_EMPTY,
+    future_export,
+    utc_today,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.spark]
 
@@ -75,8 +80,9 @@ from datetime import date
 from data_platform.engines.spark_raw import build_raw, session
 from data_platform.load_errors import LoadError
 
-future_invoices, dated_2999, base = sys.argv[1:]
-for csv_dir, today in ((future_invoices, None), (dated_2999, None), (base, date(2023, 1, 5))):
+future_invoices, dated_2999, base, *bad_values = sys.argv[1:]
+builds = [(future_invoices, None), (dated_2999, None), (base, date(2023, 1, 5))]
+for csv_dir, today in builds + [(csv_dir, None) for csv_dir in bad_values]:
     try:
         print("loaded:", build_raw(csv_dir, **({"today": today} if today else {})))
     except LoadError as error:
@@ -95,6 +101,16 @@ def test_exports_from_the_future_and_invoices_after_their_exports_date_are_refus
         write_export(future_invoices, day, rows)
     dated_2999 = write_export(write_fixture(tmp_path / "dated_2999", BASE_ROWS), "2999-01-01", late_invoice)
     base = write_fixture(tmp_path / "base", BASE_ROWS)  # dated 2023-01-06 by its invoices
+    # values Spark's reader takes (as null, or an empty text) and the loader refuses
+    valid = late_invoice[0].replace("2023-01-10", DAY_2)
+    bad_values = {
+        name: write_export(write_fixture(tmp_path / name, BASE_ROWS), DAY_2, [row])
+        for name, row in (
+            ("no_id", valid.replace("601", "", 1)),
+            ("quoted_empty", valid.replace("open", '""')),  # in an optional text: read as no value
+            ("nul_byte", valid.replace("USD,,,", "USD,,ca\0rd,")),
+        )
+    }
     started_on = utc_today()
     env = {
         **os.environ,
@@ -103,7 +119,12 @@ def test_exports_from_the_future_and_invoices_after_their_exports_date_are_refus
         "PYTHONPATH": str(PROJECT_ROOT),
     }
     result = subprocess.run(
-        [sys.executable, "-c", REFUSALS_SCRIPT, str(future_invoices), str(dated_2999), str(base)],
+        [
+            sys.executable,
+            "-c",
+            REFUSALS_SCRIPT,
+            *map(str, [future_invoices, dated_2999, base, *bad_values.values()]),
+        ],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -114,7 +135,7 @@ def test_exports_from_the_future_and_invoices_after_their_exports_date_are_refus
     lines = [
         line for line in result.stdout.splitlines() if line.startswith(("loaded:", "refused:", "written:"))
     ]
-    assert len(lines) == 4, result.stdout[-3000:]
+    assert len(lines) == 7, result.stdout[-3000:]
     # the messages of the Postgres loader and the DuckDB builder (test_duckdb_raw.py)
     late = future_invoices / "exports" / "2023-01-09" / "invoices.csv"
     assert lines[0].startswith(f'refused: {late}, column CREATED_AT, value "2023-01-10 00:00:00')
@@ -130,4 +151,16 @@ def test_exports_from_the_future_and_invoices_after_their_exports_date_are_refus
         == f"refused: {future_export(dated_2999 / 'exports' / '2999-01-01', date(2999, 1, 1), today)}"
     )
     assert lines[2] == f"refused: {future_export(base, date(2023, 1, 6), date(2023, 1, 5))}"
-    assert lines[3] == "written: False"
+    for line, (name, column, reason) in zip(
+        lines[3:6],
+        [
+            ("no_id", "INVOICE_ID", 'value "": ' + REQUIRED_VALUE_EMPTY),
+            ("quoted_empty", "STATUS", 'value "": ' + REQUIRED_VALUE_EMPTY),
+            ("nul_byte", "PAYMENT_METHOD", NUL_BYTE),  # no value shown
+        ],
+        strict=True,
+    ):
+        invoices = bad_values[name] / "exports" / DAY_2 / "invoices.csv"
+        where = f"column {column}, {reason}" if reason.startswith("value") else f"column {column}: {reason}"
+        assert line.startswith(f"refused: {invoices}, {where} (1 row(s)"), line
+    assert lines[6] == "written: False"

@@ -14,12 +14,11 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 from data_platform.load_errors import ALLOW_EMPTY_HELP
-from data_platform.pipeline import step
+from data_platform.pipeline import Stopped, run_child, step, stop_on_signals
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DBT_ARGS = ("--project-dir", str(PROJECT_ROOT / "dbt"), "--profiles-dir", str(PROJECT_ROOT / ".dbt"))
@@ -46,26 +45,33 @@ def environment(engine: str) -> dict[str, str]:
 
 
 def run(engine: str, csv_dir: str, unit_tests: bool = True, allow_empty: bool = False) -> int:
+    """Each step a child as the pipeline's are (pipeline.run_child): a stop request is passed on to the
+    step running and waited for, so no dbt is left writing to the warehouse after the build ended."""
+    try:
+        return _steps(engine, csv_dir, unit_tests, allow_empty)
+    except Stopped as stop:
+        print(f"{engine} build: stopped by {stop}", file=sys.stderr)
+        return 128 + stop.signum
+
+
+def _steps(engine: str, csv_dir: str, unit_tests: bool, allow_empty: bool) -> int:
     env = environment(engine)
     # the raw builder in its own process: Spark's metastore is an embedded Derby database that one JVM
-    # holds at a time, and dbt's session is another JVM
+    # holds at a time, and dbt's session is another JVM. Steps run from the project's folder.
+    csv_dir = str(Path(csv_dir).absolute())
     raw = [sys.executable, "-m", f"data_platform.engines.{engine}_raw", "--csv-dir", csv_dir]
     if allow_empty:
         raw.append("--allow-empty")
     # the same step lines as the pipeline's, so a caller (bench/engines.py) can time each step
     step(f"raw ledger: {engine} from {csv_dir}")
-    code = subprocess.call(raw, env=env)
+    code = run_child(raw, env)
     if code != 0:
         print(f"error: the {engine} raw ledger was not built (exit {code})", file=sys.stderr)
         return code
     dbt = shutil.which("dbt") or str(Path(sys.executable).parent / "dbt")
     for command, *options in (("seed",), ("build", *([] if unit_tests else UNIT_TESTS_EXCLUDED))):
         step(f"dbt {command}: {engine}, full refresh")
-        code = subprocess.call(
-            [dbt, command, "--full-refresh", *options, *DBT_ARGS, "--target", engine],
-            cwd=PROJECT_ROOT,
-            env=env,
-        )
+        code = run_child([dbt, command, "--full-refresh", *options, *DBT_ARGS, "--target", engine], env)
         if code != 0:
             print(f"error: dbt {command} on {engine} failed (exit {code})", file=sys.stderr)
             return code
@@ -83,7 +89,9 @@ def main(argv: list[str] | None = None) -> int:
         help="build as the daily pipeline does: models and data tests, no dbt unit tests",
     )
     parser.add_argument("--allow-empty", action="store_true", help=ALLOW_EMPTY_HELP)
-    return run(**vars(parser.parse_args(argv)))
+    arguments = parser.parse_args(argv)
+    with stop_on_signals():
+        return run(**vars(arguments))
 
 
 if __name__ == "__main__":

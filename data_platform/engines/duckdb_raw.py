@@ -27,7 +27,13 @@ from data_platform.engines.export_log import (
     refuse_reloaded,
     refuse_undated,
 )
-from data_platform.engines.raw_types import DUCKDB, DUCKDB_LOG_TYPES, column_types
+from data_platform.engines.raw_types import (
+    DUCKDB,
+    DUCKDB_LOG_TYPES,
+    column_types,
+    refuse_values,
+    value_check_columns,
+)
 from data_platform.exports import Export
 from data_platform.load_errors import ALLOW_EMPTY_HELP, LoadError, future_invoices, utc_today
 from data_platform.raw_tables import (
@@ -107,11 +113,13 @@ def _read(conn: Connection, spec: TableSpec, path: Path, table: str) -> int:
         conn.execute(
             f"""create or replace temp table {table} as
             select * from read_csv(?, header = true, auto_detect = false, delim = ',', quote = '"',
-                                   escape = '"', columns = {{{types}}})""",
+                                   escape = '"', allow_quoted_nulls = false, columns = {{{types}}})""",
             [str(path)],
         )
     except duckdb.Error as error:
         raise LoadError(path, f"DuckDB cannot read it with the raw column types: {error}") from None
+    checks = ", ".join(value_check_columns(spec))
+    refuse_values(path, spec, conn.execute(f"select {checks} from {table}").fetchone())
     duplicate = conn.execute(
         f"select {spec.key.name}, count(*) from {table} group by all having count(*) > 1 limit 1"
     ).fetchone()
@@ -300,10 +308,15 @@ def main(argv: list[str] | None = None) -> int:
         help=ALLOW_EMPTY_HELP,
     )
     args = parser.parse_args(argv)
+    import duckdb
+
     try:
         loaded = build_raw(args.database, args.csv_dir, allow_empty=args.allow_empty)
     except LoadError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 1
+    except duckdb.IOException as error:  # another process holds the file, or its folder is missing
+        print(f"error: cannot open the DuckDB file {args.database}: {error}", file=sys.stderr)
         return 1
     days = ", ".join(day.isoformat() for day in loaded) or "none (all loaded already)"
     print(f"{args.database}: exports loaded: {days}")

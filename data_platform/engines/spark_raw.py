@@ -31,7 +31,13 @@ from data_platform.engines.export_log import (
     refuse_reloaded,
     refuse_undated,
 )
-from data_platform.engines.raw_types import SPARK, SPARK_LOG_TYPES, column_types
+from data_platform.engines.raw_types import (
+    SPARK,
+    SPARK_LOG_TYPES,
+    column_types,
+    refuse_values,
+    value_check_columns,
+)
 from data_platform.exports import Export
 from data_platform.load_errors import ALLOW_EMPTY_HELP, LoadError, future_invoices, utc_today
 from data_platform.raw_tables import INVOICES, ORGANIZATIONS, RAW_SCHEMA, TableSpec, load_log_columns
@@ -75,6 +81,7 @@ def _read(spark, spec: TableSpec, path: Path):
     except Exception as error:  # py4j or pyspark errors: the reader's message says which value
         first_line = str(error).strip().splitlines()[0]
         raise LoadError(path, f"Spark cannot read it with the raw column types: {first_line}") from None
+    refuse_values(path, spec, frame.selectExpr(*value_check_columns(spec)).first())
     from pyspark.sql import functions as F
 
     duplicate = frame.groupBy(spec.key.name).count().where(F.col("count") > 1).first()
