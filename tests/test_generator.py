@@ -429,6 +429,56 @@ def test_a_failed_append_leaves_the_file_as_it_was(tmp_path: Path, monkeypatch) 
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
+@pytest.mark.parametrize("failure", [OSError, KeyboardInterrupt])
+@pytest.mark.parametrize("existed", [True, False])
+def test_a_failed_rename_puts_back_the_base_files_already_replaced(
+    tmp_path: Path, monkeypatch, failure, existed
+) -> None:
+    # organizations.csv is renamed into place first: when invoices.csv's rename then fails (or Ctrl-C
+    # comes between them), the new organizations.csv must not stay beside the old invoices.csv
+    out = small(tmp_path / "out") if existed else tmp_path / "out"
+
+    def contents() -> dict[str, bytes | bool]:
+        return {str(p.relative_to(tmp_path)): p.is_file() and p.read_bytes() for p in tmp_path.rglob("*")}
+
+    before = contents()
+    replace = os.replace
+
+    def failing(source, destination):
+        if Path(destination).name == "invoices.csv":
+            raise failure("the second rename fails")
+        replace(source, destination)
+
+    monkeypatch.setattr(generator.files.os, "replace", failing)
+    with pytest.raises(failure, match="the second rename fails"):
+        small(out, seed=8)
+    monkeypatch.undo()
+    # the old pair, byte for byte, no temporary nor kept-aside file; no folder the run made
+    assert contents() == before
+
+
+def test_a_directory_in_a_base_files_place_is_refused_before_anything_is_replaced(
+    tmp_path: Path, capsys
+) -> None:
+    # os.replace cannot put a file over a directory: found only at the second rename, organizations.csv
+    # was already the new one
+    out = small(tmp_path / "out")
+    (out / "invoices.csv").unlink()
+    (out / "invoices.csv").mkdir()
+    (out / "invoices.csv" / "keep").write_text("kept")
+    before = (out / "organizations.csv").read_bytes()
+    cli = ["--out", str(out), "--invoices", "3000", "--organizations", "60", "--seed", "8"]
+    assert main([*cli, "--end-date", "2023-03-31", "--days", "120"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"data-platform-generate: {out / 'invoices.csv'} is a directory, which the new file cannot replace: "
+        "nothing was written; move it away first\n"
+    )
+    assert (out / "organizations.csv").read_bytes() == before
+    assert sorted(p.name for p in out.iterdir()) == ["invoices.csv", "organizations.csv"]
+    assert (out / "invoices.csv" / "keep").read_text() == "kept"
+
+
 @pytest.mark.parametrize(
     "dates",
     [

@@ -352,6 +352,30 @@ def test_base_files_that_no_longer_match_their_exports_are_refused(
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
 
 
+def test_append_day_is_refused_while_dated_exports_follow_the_base(tmp_path: Path, capsys) -> None:
+    # a day appended to the base file dates it (by its latest CREATED_AT) to the day of the export that
+    # follows it: the loader then refuses the set, so nothing may be appended
+    cli = ["--out", str(tmp_path), "--invoices", "3000", "--organizations", "60", "--seed", "7"]
+    cli += ["--end-date", "2023-03-31", "--days", "120"]
+    assert main(cli) == 0
+    assert main([*cli, "--next-days", "1"]) == 0
+    exports = tmp_path / "exports"
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    capsys.readouterr()
+    assert main([*cli, "--append-day"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"data-platform-generate: {exports} holds dated exports") and "Traceback" not in err
+    assert "Nothing was written" in err
+    # the base byte for byte, and no temporary beside it
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+    # dot entries only (a temporary, a .DS_Store) are no export: the day is appended
+    shutil.rmtree(exports / "2023-04-01")
+    (exports / ".2023-04-01.partial").mkdir()
+    (exports / ".DS_Store").write_bytes(b"")
+    assert main([*cli, "--append-day"]) == 0
+    assert (tmp_path / "invoices.csv").read_bytes().startswith(before["invoices.csv"])
+
+
 @pytest.mark.parametrize("existed", [False, True])
 def test_a_dated_export_appears_only_once_complete(tmp_path: Path, monkeypatch, existed) -> None:
     options = small_base(tmp_path / "base")

@@ -43,7 +43,8 @@ def _parser() -> argparse.ArgumentParser:
         const=1,
         metavar="K",
         help="instead: append --invoices rows dated K days (default 1) after --end-date to OUT/invoices.csv; "
-        "give the other options as for the original run",
+        "give the other options as for the original run. Refused while OUT/exports holds dated exports, "
+        "which follow the file as it is",
     )
     exports = parser.add_argument_group(
         "dated exports",

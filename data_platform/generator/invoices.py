@@ -375,9 +375,14 @@ def generate(
     return GenerationStats(invoices, org_count, time.perf_counter() - started)
 
 
+def _holds_dated_exports(exports: Path) -> bool:
+    """Whether `exports` is a folder with an entry other than dot names (temporaries, .DS_Store)."""
+    return exports.is_dir() and any(not entry.name.startswith(".") for entry in exports.iterdir())
+
+
 def _check_exports_still_match(exports: Path, out_dir: Path, finals: list[Path], written: list[Path]) -> None:
     """Refuse new base files while `exports` holds dated exports written after other ones (another --seed)."""
-    if not exports.is_dir() or not any(not entry.name.startswith(".") for entry in exports.iterdir()):
+    if not _holds_dated_exports(exports):
         return
     for final, new in zip(finals, written, strict=True):
         if not final.is_file() or not filecmp.cmp(final, new, shallow=False):
@@ -430,12 +435,24 @@ def append_day(
     The rows go to a copy of the file (.invoices.csv.partial, beside it), renamed over it once complete:
     a failed or interrupted run leaves the file byte for byte as it was. The copy needs as much free disk
     as the file; other hard links to the old file keep the old contents.
+
+    Refused while out_dir/exports holds dated exports (entries other than dot names): they follow the file
+    as it is, and the loader dates the file by its latest day, which the appended day would make one of
+    theirs or a later one.
     """
     if not 1 <= day_offset < 1 << 20:
         raise ValueError("day_offset must be between 1 and 2**20 - 1")
     check_sizes(invoices, organizations, days, scenario=False)
     check_dates(end_date, days, later_days=day_offset)
     path = out_dir / "invoices.csv"
+    exports = out_dir / EXPORTS_FOLDER
+    if _holds_dated_exports(exports):
+        raise ValueError(
+            f"{exports} holds dated exports that follow {path}; a day appended to it would date it (by its "
+            f"latest day, as the loader does) to one of theirs or after them, and the set would no longer "
+            f"load. Nothing was written: write later days as dated exports (--next-days), or remove "
+            f"{exports} (or append in another --out) first"
+        )
     with open(path, "rb") as existing:
         if existing.readline().rstrip(b"\r\n").decode() != INVOICES_HEADER:
             raise ValueError(f"{path} does not start with the invoices.csv header")
