@@ -376,6 +376,22 @@ def test_append_day_is_refused_while_dated_exports_follow_the_base(tmp_path: Pat
     assert (tmp_path / "invoices.csv").read_bytes().startswith(before["invoices.csv"])
 
 
+def test_next_days_are_refused_after_a_day_appended_to_the_base(tmp_path: Path, capsys) -> None:
+    # the appended day's invoices are in the base file: the first export would hold them again
+    cli = ["--out", str(tmp_path), "--invoices", "3000", "--organizations", "60", "--seed", "7"]
+    cli += ["--end-date", "2023-03-31", "--days", "120"]
+    assert main(cli) == 0
+    assert main([*cli, "--append-day"]) == 0
+    capsys.readouterr()
+    assert main([*cli, "--next-days", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(
+        f"data-platform-generate: {tmp_path / 'invoices.csv'} holds invoices created on 2023-04-01, after "
+        "--end-date 2023-03-31"
+    )
+    assert not (tmp_path / "exports").exists()
+
+
 @pytest.mark.parametrize("existed", [False, True])
 def test_a_dated_export_appears_only_once_complete(tmp_path: Path, monkeypatch, existed) -> None:
     options = small_base(tmp_path / "base")

@@ -83,6 +83,19 @@ def _base_lines(path: Path) -> Iterator[bytes]:
                 yield line
 
 
+def _last_created_day(path: Path) -> date | None:
+    """The CREATED_AT day of the file's last line: the generator writes the base file in day order, and
+    --append-day adds its day at the end. None for a file without data lines or with another last field."""
+    with open(path, "rb") as base:
+        size = base.seek(0, 2)
+        base.seek(max(0, size - 4096))
+        lines = base.read().rstrip(b"\r\n").splitlines()
+    try:
+        return date.fromisoformat(lines[-1].rsplit(b",", 1)[1][:10].decode())
+    except (IndexError, ValueError, UnicodeDecodeError):
+        return None
+
+
 class _ChangeSampler:
     """The `size` eligible invoices with the smallest keyed hash of their id (a bottom-k sample)."""
 
@@ -211,6 +224,12 @@ def write_exports(
             )
     if not base.is_file():
         raise ValueError(f"{base} not found: --next-days writes the exports that follow a base invoices.csv")
+    last_day = _last_created_day(base)
+    if last_day is not None and last_day > end_date:
+        raise ValueError(
+            f"{base} holds invoices created on {last_day}, after --end-date {end_date} (a day appended with "
+            "--append-day?): the exports of the days after --end-date would repeat them. Nothing was written"
+        )
     orgs = build_organizations(seed, organizations, days)
     ids = IdMaker(seed)
     scenario_orgs = {str(org_id).encode() for org_id in scenario_organization_ids(seed).values()}
