@@ -304,3 +304,16 @@ def test_values_the_loader_refuses_are_refused_though_duckdb_reads_them(
     assert refused.value.column == column
     assert refused.value.reason.startswith(f"{reason} (1 row(s)")
     assert [row[0] for row in duckdb_tables(database)["load_log"]][-1] == date(2023, 1, 8)
+
+
+def test_a_record_duckdb_cannot_read_is_named_in_a_short_message(exports, tmp_path):
+    """DuckDB's error quoted the whole record (a 3 MB value: a 10 kB message) and its reader's options."""
+    long_method = LATE_INVOICE.replace("USD,,,", f"USD,,{'x' * 3_000_000},")
+    bad = tmp_path / "bad"
+    shutil.copytree(exports, bad)
+    write_export(bad, "2023-01-09", [long_method])
+    with pytest.raises(LoadError, match="DuckDB cannot read it") as refused:
+        build_raw(tmp_path / "warehouse.duckdb", bad)
+    message = str(refused.value)
+    assert "Maximum line size" in message and "Line: 2" in message
+    assert len(message) < 1000 and "delimiter" not in message

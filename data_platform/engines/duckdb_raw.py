@@ -35,7 +35,7 @@ from data_platform.engines.raw_types import (
     value_check_columns,
 )
 from data_platform.exports import Export
-from data_platform.load_errors import ALLOW_EMPTY_HELP, LoadError, future_invoices, utc_today
+from data_platform.load_errors import ALLOW_EMPTY_HELP, MAX_VALUE_CHARS, LoadError, future_invoices, utc_today
 from data_platform.raw_tables import (
     FILL_PREVIOUS_SEEN_ON,
     INVOICES,
@@ -117,7 +117,9 @@ def _read(conn: Connection, spec: TableSpec, path: Path, table: str) -> int:
             [str(path)],
         )
     except duckdb.Error as error:
-        raise LoadError(path, f"DuckDB cannot read it with the raw column types: {error}") from None
+        raise LoadError(
+            path, f"DuckDB cannot read it with the raw column types: {_reader_error(error)}"
+        ) from None
     checks = ", ".join(value_check_columns(spec))
     refuse_values(path, spec, conn.execute(f"select {checks} from {table}").fetchone())
     duplicate = conn.execute(
@@ -130,6 +132,17 @@ def _read(conn: Connection, spec: TableSpec, path: Path, table: str) -> int:
             column=spec.key.header,
         )
     return conn.execute(f"select count(*) from {table}").fetchone()[0]
+
+
+def _reader_error(error: Exception) -> str:
+    """DuckDB's CSV error in one line, its lines cut (one quotes the whole record, of any length), without
+    its dump of the reader's options and its advice to change them."""
+    lines = [
+        line if len(line) <= MAX_VALUE_CHARS else line[:MAX_VALUE_CHARS] + "..."
+        for line in str(error).splitlines()
+        if line.strip() and not line.startswith(("  ", "Possible Solution"))
+    ]
+    return "; ".join(lines)
 
 
 def _differs(spec: TableSpec, left: str, right: str) -> str:
