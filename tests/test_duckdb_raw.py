@@ -317,3 +317,15 @@ def test_a_record_duckdb_cannot_read_is_named_in_a_short_message(exports, tmp_pa
     message = str(refused.value)
     assert "Maximum line size" in message and "Line: 2" in message
     assert len(message) < 1000 and "delimiter" not in message
+
+
+def test_an_interrupted_build_says_what_it_kept(monkeypatch, capsys):
+    """Ctrl-C (or engines.build passing its stop on) printed a traceback."""
+    from data_platform.engines import duckdb_raw
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(duckdb_raw, "build_raw", interrupted)
+    assert duckdb_raw.main(["--csv-dir", "anywhere"]) == 130
+    assert capsys.readouterr().err.startswith("interrupted: the export being loaded was rolled back")

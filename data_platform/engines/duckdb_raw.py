@@ -331,6 +331,12 @@ def main(argv: list[str] | None = None) -> int:
     except duckdb.IOException as error:  # another process holds the file, or its folder is missing
         print(f"error: cannot open the DuckDB file {args.database}: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C, or engines.build passing on its stop request
+        print(
+            "interrupted: the export being loaded was rolled back (each export loads whole or not at all)",
+            file=sys.stderr,
+        )
+        return 130
     days = ", ".join(day.isoformat() for day in loaded) or "none (all loaded already)"
     print(f"{args.database}: exports loaded: {days}")
     return 0
