@@ -8,17 +8,23 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date
 
 import pytest
+from conftest import PROJECT_ROOT
 from loader_files import not_waiting_on_a_pipe
 from test_ledger import BASE_ROWS, DAY_2, DAY_2_ROWS, DAY_3, DAY_3_ROWS, write_export
 from test_pipeline import write_fixture
 
 from data_platform.load_errors import NUL_BYTE, REQUIRED_VALUE_EMPTY, LoadError, quoted_empty_text
 from data_platform.loader import load_exports
+from data_platform.pipeline import default_sigint
 from data_platform.raw_tables import INVOICES, ORGANIZATIONS, TEXT
 
 duckdb = pytest.importorskip("duckdb")
@@ -316,7 +322,69 @@ def test_a_record_duckdb_cannot_read_is_named_in_a_short_message(exports, tmp_pa
         build_raw(tmp_path / "warehouse.duckdb", bad)
     message = str(refused.value)
     assert "Maximum line size" in message and "Line: 2" in message
-    assert len(message) < 1000 and "delimiter" not in message
+    assert len(message) < 1000 and "delimiter" not in message and "max_line_size" not in message
+    # a value the cast refuses: DuckDB's advice to change the reader's options (skip the row, read the
+    # column as text), and its claim that the type was auto-detected, are left out
+    write_export(bad, "2023-01-09", [LATE_INVOICE.replace("5.00", "five")])
+    with pytest.raises(LoadError, match="DuckDB cannot read it") as refused:
+        build_raw(tmp_path / "warehouse.duckdb", bad)
+    message = str(refused.value)
+    assert 'Could not convert string "five"' in message
+    assert not {"Possible", "ignore_errors", "auto-detected", "types="} & set(message.split())
+
+
+def test_an_export_loaded_before_the_value_checks_existed_is_not_checked_again(
+    monkeypatch, exports, tmp_path
+):
+    """The checks ran on every export read, loaded ones too: an export an earlier release took with a
+    quoted empty text (as no value) stopped every later load, and an export once loaded never changes."""
+    from data_platform.engines import duckdb_raw
+
+    old = tmp_path / "old"
+    shutil.copytree(exports, old)
+    write_export(old, "2023-01-09", [LATE_INVOICE.replace("USD,,,", 'USD,,"",')])
+    database = tmp_path / "warehouse.duckdb"
+    with monkeypatch.context() as earlier_release:
+        earlier_release.setattr(duckdb_raw, "_refuse_values", lambda *args: None)
+        build_raw(database, old)
+    write_export(old, "2023-01-10", [LATE_INVOICE.replace("601", "602", 1)])
+    assert build_raw(database, old) == [date(2023, 1, 10)]
+
+
+# One process that duckdb_raw.main runs in, with a query that runs until Ctrl-C in place of the load.
+INTERRUPTED_SCRIPT = """
+import sys
+import duckdb
+from data_platform.engines import duckdb_raw
+
+def endless_query(*args, **kwargs):
+    print("querying", flush=True)
+    duckdb.connect().execute("select sum(i) from range(10000000000000) as t (i)").fetchall()
+
+duckdb_raw.build_raw = endless_query
+sys.exit(duckdb_raw.main(["--csv-dir", "anywhere"]))
+"""
+
+
+def test_ctrl_c_during_a_query_says_what_was_kept():
+    """DuckDB turns Ctrl-C during a query into a RuntimeError: a traceback and exit 1."""
+    interrupted = subprocess.Popen(
+        [sys.executable, "-c", INTERRUPTED_SCRIPT],
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=default_sigint,  # as a terminal's job gets it (a test runner may ignore it)
+    )
+    try:
+        assert interrupted.stdout.readline() == "querying\n"
+        time.sleep(0.5)
+        interrupted.send_signal(signal.SIGINT)
+        _, err = interrupted.communicate(timeout=60)
+    finally:
+        interrupted.kill()
+    assert interrupted.returncode == 130, err
+    assert err.startswith("interrupted: the export being loaded was rolled back"), err
 
 
 def test_an_interrupted_build_says_what_it_kept(monkeypatch, capsys):

@@ -130,5 +130,5 @@ def test_a_duckdb_file_held_by_another_process_is_an_error_not_a_traceback(tmp_p
             [*command, "--database", str(database)], capture_output=True, text=True, cwd=PROJECT_ROOT
         )
     assert held.returncode == 1
-    assert held.stderr.startswith(f"error: cannot open the DuckDB file {database}: ")
+    assert held.stderr.startswith(f"error: the DuckDB file {database}: IO Error: Could not set lock")
     assert "Traceback" not in held.stderr

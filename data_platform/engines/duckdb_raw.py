@@ -10,9 +10,12 @@ with seen_on and previous_seen_on), raw.organizations (upserted) and raw.load_lo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
 import time
+from collections.abc import Iterator
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -120,8 +123,6 @@ def _read(conn: Connection, spec: TableSpec, path: Path, table: str) -> int:
         raise LoadError(
             path, f"DuckDB cannot read it with the raw column types: {_reader_error(error)}"
         ) from None
-    checks = ", ".join(value_check_columns(spec))
-    refuse_values(path, spec, conn.execute(f"select {checks} from {table}").fetchone())
     duplicate = conn.execute(
         f"select {spec.key.name}, count(*) from {table} group by all having count(*) > 1 limit 1"
     ).fetchone()
@@ -134,15 +135,21 @@ def _read(conn: Connection, spec: TableSpec, path: Path, table: str) -> int:
     return conn.execute(f"select count(*) from {table}").fetchone()[0]
 
 
+def _refuse_values(conn: Connection, spec: TableSpec, path: Path, table: str) -> None:
+    """What the loader refuses and the typed read took (raw_types.value_checks), in an export to load."""
+    checks = ", ".join(value_check_columns(spec))
+    refuse_values(path, spec, conn.execute(f"select {checks} from {table}").fetchone())
+
+
 def _reader_error(error: Exception) -> str:
-    """DuckDB's CSV error in one line, its lines cut (one quotes the whole record, of any length), without
-    its dump of the reader's options and its advice to change them."""
-    lines = [
+    """DuckDB's CSV error in one line: its first paragraph (where, the record, why), each line cut (the
+    record's may be of any length); what follows is advice on the reader's options, which are not the
+    user's to change, and their dump."""
+    first_paragraph = str(error).split("\n\n", 1)[0]
+    return "; ".join(
         line if len(line) <= MAX_VALUE_CHARS else line[:MAX_VALUE_CHARS] + "..."
-        for line in str(error).splitlines()
-        if line.strip() and not line.startswith(("  ", "Possible Solution"))
-    ]
-    return "; ".join(lines)
+        for line in first_paragraph.splitlines()
+    )
 
 
 def _differs(spec: TableSpec, left: str, right: str) -> str:
@@ -238,6 +245,7 @@ def load_export(
             conn.execute("rollback")
             return None
         refuse_empty(export.invoices, invoice_rows, INVOICES.name, allow_empty=allow_empty)
+        _refuse_values(conn, INVOICES, export.invoices, "incoming_invoices")
         export_date = refuse_undated(export, export_date)
         _refuse_future_invoices(conn, export, export_date)
         organization_rows = 0
@@ -246,6 +254,7 @@ def load_export(
             with unchanged.reading():
                 organization_rows = _read(conn, ORGANIZATIONS, export.organizations, "incoming_organizations")
             refuse_empty(export.organizations, organization_rows, ORGANIZATIONS.name, allow_empty=allow_empty)
+            _refuse_values(conn, ORGANIZATIONS, export.organizations, "incoming_organizations")
             organizations = _apply_organizations(conn, export_date)
         new, changed = _apply_invoices(conn, export_date)
         logged, sources = _logged(conn), _sources(conn)
@@ -311,6 +320,27 @@ def build_raw(
         return loaded
 
 
+@contextlib.contextmanager
+def _noting_sigint() -> Iterator[list[int]]:
+    """Within it Ctrl-C (or engines.build passing on its stop) raises KeyboardInterrupt as by default, and is
+    noted in the list given: during a query DuckDB turns it into a RuntimeError("Query interrupted")."""
+    seen: list[int] = []
+
+    def interrupt(signum: int, _frame) -> None:
+        seen.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is not signal.default_int_handler:  # ignored (nohup), or a caller's own
+        yield seen
+        return
+    signal.signal(signal.SIGINT, interrupt)
+    try:
+        yield seen
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--csv-dir", default=os.environ.get("CSV_DIR") or "csv_data")
@@ -324,14 +354,17 @@ def main(argv: list[str] | None = None) -> int:
     import duckdb
 
     try:
-        loaded = build_raw(args.database, args.csv_dir, allow_empty=args.allow_empty)
+        with _noting_sigint() as interrupted:
+            loaded = build_raw(args.database, args.csv_dir, allow_empty=args.allow_empty)
     except LoadError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    except duckdb.IOException as error:  # another process holds the file, or its folder is missing
-        print(f"error: cannot open the DuckDB file {args.database}: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:  # Ctrl-C, or engines.build passing on its stop request
+    except BaseException as error:
+        if not (interrupted or isinstance(error, KeyboardInterrupt)):
+            if isinstance(error, duckdb.IOException):  # the file: another process holds it, a full disk...
+                print(f"error: the DuckDB file {args.database}: {error}", file=sys.stderr)
+                return 1
+            raise
         print(
             "interrupted: the export being loaded was rolled back (each export loads whole or not at all)",
             file=sys.stderr,

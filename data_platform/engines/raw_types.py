@@ -98,7 +98,7 @@ def value_checks(spec: TableSpec) -> list[ValueCheck]:
 
 
 def value_check_columns(spec: TableSpec) -> list[str]:
-    """SQL expressions over the read rows: per check, how many values it refuses and the least key of
+    """SQL expressions over the read rows: per check, how many values it refuses and the lowest key of
     their rows (what refuse_values reads, in this order)."""
     return [
         expression
@@ -114,7 +114,7 @@ def refuse_values(path: Path, spec: TableSpec, found: Sequence) -> None:
     """LoadError for the first check that refused a value, from the row of value_check_columns."""
     for check, count, key in zip(value_checks(spec), found[0::2], found[1::2], strict=True):
         if count:
-            first = f", the first of {spec.key.header} {key}" if key is not None else ""
+            first = f", the lowest {spec.key.header} {key}" if key is not None else ""
             value = None if check.reason == NUL_BYTE else ""
             raise LoadError(
                 path, f"{check.reason} ({count} row(s){first})", column=check.column.header, value=value

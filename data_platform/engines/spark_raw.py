@@ -81,7 +81,6 @@ def _read(spark, spec: TableSpec, path: Path):
     except Exception as error:  # py4j or pyspark errors: the reader's message says which value
         first_line = str(error).strip().splitlines()[0]
         raise LoadError(path, f"Spark cannot read it with the raw column types: {first_line}") from None
-    refuse_values(path, spec, frame.selectExpr(*value_check_columns(spec)).first())
     from pyspark.sql import functions as F
 
     duplicate = frame.groupBy(spec.key.name).count().where(F.col("count") > 1).first()
@@ -92,6 +91,11 @@ def _read(spark, spec: TableSpec, path: Path):
             column=spec.key.header,
         )
     return frame
+
+
+def _refuse_values(frame, spec: TableSpec, path: Path) -> None:
+    """What the loader refuses and the typed read took (raw_types.value_checks), in an export to load."""
+    refuse_values(path, spec, frame.selectExpr(*value_check_columns(spec)).first())
 
 
 def _changes(incoming, current, spec: TableSpec):
@@ -172,6 +176,7 @@ class SparkLedger:
         ):
             return None
         refuse_empty(export.invoices, invoice_rows, INVOICES.name, allow_empty=allow_empty)
+        _refuse_values(incoming, INVOICES, export.invoices)
         export_date = refuse_undated(export, export_date)
         _refuse_future_invoices(incoming, export, export_date)
         day = F.lit(export_date)
@@ -214,6 +219,7 @@ class SparkLedger:
                 incoming_organizations = _read(self.spark, ORGANIZATIONS, export.organizations)
             organization_rows = incoming_organizations.count()
             refuse_empty(export.organizations, organization_rows, ORGANIZATIONS.name, allow_empty=allow_empty)
+            _refuse_values(incoming_organizations, ORGANIZATIONS, export.organizations)
             org_changes = _changes(incoming_organizations, self.organizations, ORGANIZATIONS)
             organizations_new, organizations_changed = org_changes.select(
                 F.count(F.when(F.col("current_organization_id").isNull(), 1)),
