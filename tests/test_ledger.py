@@ -190,6 +190,16 @@ def test_an_invoice_moving_organization_leaves_one_and_joins_the_other(ledger):
     assert current == [(3, 2, "open")]
 
 
+def test_a_day_s_invoiced_and_paid_amounts_are_net_changes(ledger):
+    database = ledger["database"]
+    # org 2 on DAY_3: 402 paid (invoiced 100 - 100, paid +100) and 206 moved away (invoiced -30)
+    assert database.query(
+        "select invoiced_amount_usd, paid_amount_usd from marts.fct_organization_daily_financials "
+        "where organization_id = 2 and balance_date = %s",
+        (DAY_3,),
+    ) == [(D(-30), D(100))]
+
+
 def test_amounts_that_cancel_out_in_their_currency_leave_a_zero_balance(ledger):
     database = ledger["database"]
     amounts = database.query(

@@ -347,6 +347,19 @@ def test_every_generic_test_on_an_incremental_model_checks_only_the_ledger_windo
     assert unwindowed == []
 
 
+def test_the_daily_amounts_are_documented_as_net_changes_of_the_day_s_entries(fixture_pipeline):
+    """A day's invoiced and paid amounts are bookings minus reversals, not sums over invoices: an invoice
+    that moved away or was reopened makes them negative (tests/test_ledger.py shows one)."""
+    _, _, target = fixture_pipeline
+    nodes = json.loads((target / "manifest.json").read_text())["nodes"]
+    for model in ("fct_organization_daily_financials", "int_organization_daily_status_totals"):
+        columns = nodes[f"model.data_platform.{model}"]["columns"]
+        for column in ("invoiced_amount_usd", "paid_amount_usd"):
+            description = columns[column]["description"]
+            assert "net of the row's ledger entries" in description, (model, column, description)
+            assert "summed over the row's invoices" not in description, (model, column)
+
+
 def dbt_test(fixture_pipeline, select: str) -> subprocess.CompletedProcess:
     database, _, target = fixture_pipeline
     env = pipeline_env(database, PROJECT_ROOT / "csv_data", DBT_TARGET_PATH=str(target))
