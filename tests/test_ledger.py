@@ -9,6 +9,7 @@ number below is computed by hand in the comments.
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import time
@@ -317,6 +318,36 @@ def test_the_balance_check_fails_when_an_organization_disagrees_with_its_days(le
         result = dbt_test(database, "assert_balance_changes_sum_to_final_balance", **window)
         assert result.returncode == 1, result.stdout
         assert "Got 1 result" in result.stdout, result.stdout
+
+
+def test_an_invoice_that_moved_away_is_not_shown_as_a_booking_of_its_old_status(ledger):
+    """In the organization it left, a moved invoice has only the reversal of its previous version: no
+    status was booked there that day."""
+    database = ledger["database"]
+    drivers = database.query(
+        "select driver_kind, invoice_count, balance_change_usd, top_invoices::text "
+        "from marts.fct_organization_daily_drivers where organization_id = 2 and balance_date = %s "
+        "order by driver_kind",
+        (DAY_3,),
+    )
+    assert [(kind, count, change, json.loads(top)) for kind, count, change, top in drivers] == [
+        (
+            "other_changes",
+            1,
+            D(-30),
+            [{"invoice_id": 206, "status": "moved_away", "balance_change_usd": -30}],
+        ),
+        ("payments", 1, D(-100), [{"invoice_id": 402, "status": "paid", "balance_change_usd": -100}]),
+    ]
+    alert = run_alerts(database, "--date", DAY_3, "--dry-run")
+    assert alert.returncode == 0, alert.stdout + alert.stderr
+    [line] = [
+        line for line in alert.stdout.splitlines() if f"[balance alert] {DAY_3} organization 2:" in line
+    ]
+    assert line.endswith(
+        "why: 1 payment -$100.00, 1 other change -$30.00; "
+        "top invoices: 402 paid -$100.00, 206 moved_away -$30.00"
+    )
 
 
 def stop_the_pipeline(database, csv_dir: Path, project: Path, when: str) -> str:
