@@ -9,6 +9,7 @@ number below is computed by hand in the comments.
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import time
@@ -190,6 +191,16 @@ def test_an_invoice_moving_organization_leaves_one_and_joins_the_other(ledger):
     assert current == [(3, 2, "open")]
 
 
+def test_a_day_s_invoiced_and_paid_amounts_are_net_changes(ledger):
+    database = ledger["database"]
+    # org 2 on DAY_3: 402 paid (invoiced 100 - 100, paid +100) and 206 moved away (invoiced -30)
+    assert database.query(
+        "select invoiced_amount_usd, paid_amount_usd from marts.fct_organization_daily_financials "
+        "where organization_id = 2 and balance_date = %s",
+        (DAY_3,),
+    ) == [(D(-30), D(100))]
+
+
 def test_amounts_that_cancel_out_in_their_currency_leave_a_zero_balance(ledger):
     database = ledger["database"]
     amounts = database.query(
@@ -307,6 +318,118 @@ def test_the_balance_check_fails_when_an_organization_disagrees_with_its_days(le
         result = dbt_test(database, "assert_balance_changes_sum_to_final_balance", **window)
         assert result.returncode == 1, result.stdout
         assert "Got 1 result" in result.stdout, result.stdout
+
+
+def test_the_drivers_check_fails_when_a_day_s_drivers_do_not_sum_to_its_change(ledger, corrupted):
+    database = ledger["database"]
+    corrupted(
+        "marts.fct_organization_daily_drivers",
+        "balance_change_usd",
+        f"organization_id = 2 and balance_date = '{DAY_3}' and driver_kind = 'payments'",
+    )
+    check = "assert_drivers_sum_to_daily_balance_change"
+    for window in ({"LEDGER_WINDOW_START": DAY_3}, {}):
+        result = dbt_test(database, check, **window)
+        assert result.returncode == 1, result.stdout
+        assert "Got 1 result" in result.stdout, result.stdout
+    # an incremental build checks its window's days only
+    late = dbt_test(database, check, LEDGER_WINDOW_START="2023-01-09")
+    assert late.returncode == 0, late.stdout
+
+
+def test_the_status_totals_check_fails_on_a_total_without_a_rule(ledger):
+    """A status without a balance rule sums to a null total, which dim_organizations' sum over the
+    statuses would skip: the not-null check sits on the totals, where the null can appear."""
+    database = ledger["database"]
+    table = "intermediate.int_organization_status_totals"
+    where = "organization_id = 3 and status = 'open'"
+    [(kept,)] = database.query(f"select balance_usd from {table} where {where}")
+    database.query(f"update {table} set balance_usd = null where {where} returning 1")
+    try:
+        # the row was written by the build of DAY_3 (summed through it)
+        for window in ({"LEDGER_WINDOW_START": DAY_3}, {}):
+            result = dbt_test(database, "int_organization_status_totals,test_type:generic", **window)
+            assert result.returncode == 1, result.stdout
+            assert "FAIL 1 not_null_int_organization_status_totals_balance_usd" in result.stdout, (
+                result.stdout
+            )
+        late = dbt_test(
+            database, "int_organization_status_totals,test_type:generic", LEDGER_WINDOW_START="2023-01-09"
+        )
+        assert late.returncode == 0, late.stdout
+    finally:
+        database.query(f"update {table} set balance_usd = %s where {where} returning 1", (kept,))
+
+
+def test_the_balance_check_fails_when_an_incremental_run_resumes_from_a_wrong_stored_balance(ledger):
+    """The fact's own arithmetic (balance = previous balance + change) holds over a window whatever
+    balance it resumed from; dim_organizations, summed through the other incremental path, does not."""
+    database = ledger["database"]
+    fact = "marts.fct_organization_daily_financials"
+    stored = f"organization_id = 2 and balance_date = '{DAY_2}'"
+    window = {"LEDGER_WINDOW_START": DAY_3, "BUILD_RECORDED_BY_PIPELINE": "true"}
+
+    def rebuild_the_window() -> None:
+        run = subprocess.run(
+            [
+                "dbt",
+                "run",
+                "--select",
+                "fct_organization_daily_financials",
+                "--project-dir",
+                "dbt",
+                "--profiles-dir",
+                ".dbt",
+            ],
+            cwd=PROJECT_ROOT,
+            env=pipeline_env(database, PROJECT_ROOT / "csv_data", **window),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert run.returncode == 0, run.stdout
+
+    database.query(f"update {fact} set balance_usd = balance_usd + 1 where {stored} returning 1")
+    try:
+        rebuild_the_window()
+        assert fact_row(database, 2, DAY_3)[4:6] == (D(131), D(1))
+        result = dbt_test(database, "assert_balance_changes_sum_to_final_balance", **window)
+        assert result.returncode == 1, result.stdout
+        assert "Got 1 result" in result.stdout, result.stdout
+    finally:
+        database.query(f"update {fact} set balance_usd = balance_usd - 1 where {stored} returning 1")
+        rebuild_the_window()
+    assert fact_row(database, 2, DAY_3)[4:6] == (D(130), D(0))
+
+
+def test_an_invoice_that_moved_away_is_not_shown_as_a_booking_of_its_old_status(ledger):
+    """In the organization it left, a moved invoice has only the reversal of its previous version: no
+    status was booked there that day."""
+    database = ledger["database"]
+    drivers = database.query(
+        "select driver_kind, invoice_count, balance_change_usd, top_invoices::text "
+        "from marts.fct_organization_daily_drivers where organization_id = 2 and balance_date = %s "
+        "order by driver_kind",
+        (DAY_3,),
+    )
+    assert [(kind, count, change, json.loads(top)) for kind, count, change, top in drivers] == [
+        (
+            "other_changes",
+            1,
+            D(-30),
+            [{"invoice_id": 206, "status": "moved_away", "balance_change_usd": -30}],
+        ),
+        ("payments", 1, D(-100), [{"invoice_id": 402, "status": "paid", "balance_change_usd": -100}]),
+    ]
+    alert = run_alerts(database, "--date", DAY_3, "--dry-run")
+    assert alert.returncode == 0, alert.stdout + alert.stderr
+    [line] = [
+        line for line in alert.stdout.splitlines() if f"[balance alert] {DAY_3} organization 2:" in line
+    ]
+    assert line.endswith(
+        "why: 1 payment -$100.00, 1 other change -$30.00; "
+        "top invoices: 402 paid -$100.00, 206 moved_away -$30.00"
+    )
 
 
 def stop_the_pipeline(database, csv_dir: Path, project: Path, when: str) -> str:

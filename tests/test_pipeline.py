@@ -347,6 +347,43 @@ def test_every_generic_test_on_an_incremental_model_checks_only_the_ledger_windo
     assert unwindowed == []
 
 
+def test_the_daily_amounts_are_documented_as_net_changes_of_the_day_s_entries(fixture_pipeline):
+    """A day's invoiced and paid amounts are bookings minus reversals, not sums over invoices: an invoice
+    that moved away or was reopened makes them negative (tests/test_ledger.py shows one)."""
+    _, _, target = fixture_pipeline
+    nodes = json.loads((target / "manifest.json").read_text())["nodes"]
+    for model in ("fct_organization_daily_financials", "int_organization_daily_status_totals"):
+        columns = nodes[f"model.data_platform.{model}"]["columns"]
+        for column in ("invoiced_amount_usd", "paid_amount_usd"):
+            description = columns[column]["description"]
+            assert "net of the row's ledger entries" in description, (model, column, description)
+            assert "summed over the row's invoices" not in description, (model, column)
+
+
+def test_no_data_test_checks_what_its_model_makes_true_by_itself(fixture_pipeline):
+    """A test that cannot fail reads as coverage: a not_null on a coalesce, unique on a key no join can
+    repeat, accepted_values on a CASE's own literals, a sum compared with the window sum that made it.
+    The checks that can fail sit where the fault would appear (tests/test_ledger.py makes each fail)."""
+    _, _, target = fixture_pipeline
+    nodes = json.loads((target / "manifest.json").read_text())["nodes"]
+    tests = {
+        (node["test_metadata"]["name"], node["attached_node"].split(".")[-1], node.get("column_name"))
+        for node in nodes.values()
+        if node["resource_type"] == "test" and node.get("test_metadata")
+    }
+    restating = {
+        ("usd_amounts_agree", "fct_organization_daily_financials", None),
+        ("not_null", "fct_organization_daily_financials", "previous_balance_usd"),
+        ("accepted_values", "fct_organization_daily_drivers", "driver_kind"),
+    }
+    # dim_organizations: its key and counts come from primary keys, unique indexes and coalesces
+    cannot_fail = [test for test in tests if test in restating or test[1] == "dim_organizations"]
+    assert cannot_fail == []
+    assert ("not_null", "int_organization_status_totals", "balance_usd") in tests
+    singular = {node["name"] for node in nodes.values() if node["resource_type"] == "test"}
+    assert "assert_drivers_sum_to_daily_balance_change" in singular
+
+
 def dbt_test(fixture_pipeline, select: str) -> subprocess.CompletedProcess:
     database, _, target = fixture_pipeline
     env = pipeline_env(database, PROJECT_ROOT / "csv_data", DBT_TARGET_PATH=str(target))

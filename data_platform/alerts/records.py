@@ -89,7 +89,7 @@ class Driver:
 @dataclass(frozen=True)
 class TopInvoice:
     invoice_id: int
-    status: str
+    status: str  # booked that day; moved_away in the organization an invoice left
     balance_change_usd: Decimal
 
 

@@ -4,7 +4,9 @@
 -- A driver is classified by the invoice's version booked that day and its status's rule: a first
 -- version is a new invoice (a credit note when it credits); a later version is a payment (paid_coefficient
 -- 1), a credit (invoiced_coefficient -1), a cancellation (invoiced_coefficient 0) or another change to an
--- older invoice. So an old invoice paid today is today's payment driver.
+-- older invoice. So an old invoice paid today is today's payment driver. An invoice that moved to another
+-- organization books nothing in the one it left, only the reversal: there it is another change, with the
+-- status `moved_away`, not a booking of the status it left with.
 -- Incremental like the fact: a run recomputes the days from the ledger window start only.
 {{
     config(
@@ -78,10 +80,7 @@ invoice_days as (
         booking_date as balance_date,
         invoice_id,
         false as is_new_invoice,
-        coalesce(
-            max(status) filter (where entry_kind = 'booking'),
-            max(status)
-        ) as status,
+        coalesce(max(status) filter (where entry_kind = 'booking'), 'moved_away') as status,
         sum(invoiced_amount_usd) as invoiced_amount_usd,
         sum(paid_amount_usd) as paid_amount_usd,
         sum(balance_change_usd) as balance_change_usd
@@ -98,6 +97,7 @@ classified as (
         case
             when invoice_days.is_new_invoice and rules.invoiced_coefficient < 0 then 'credits'
             when invoice_days.is_new_invoice then 'new_invoices'
+            when invoice_days.status = 'moved_away' then 'other_changes'
             when rules.paid_coefficient > 0 then 'payments'
             when rules.invoiced_coefficient < 0 then 'credits'
             when rules.invoiced_coefficient = 0 then 'cancellations'
