@@ -326,6 +326,19 @@ def test_every_model_and_column_in_the_catalog_is_documented(fixture_pipeline):
     assert missing == []
 
 
+def test_every_singular_data_test_is_documented(fixture_pipeline):
+    """The docs site showed "This test is not currently documented" for each (dbt/tests/_tests.yml)."""
+    _, _, target = fixture_pipeline
+    nodes = json.loads((target / "manifest.json").read_text())["nodes"]
+    singular = {
+        key: node["description"]
+        for key, node in nodes.items()
+        if node["resource_type"] == "test" and not node.get("test_metadata")
+    }
+    assert len(singular) == len(list((PROJECT_ROOT / "dbt" / "tests").glob("*.sql")))
+    assert [key for key, description in singular.items() if not description.strip()] == []
+
+
 def test_every_generic_test_on_an_incremental_model_checks_only_the_ledger_window(fixture_pipeline):
     """A test over the whole history of an incremental table reads every day on every next day: at 12.7M
     invoices that is most of a day's build. Generic tests on incremental models say `where:` with the
