@@ -256,6 +256,18 @@ def dbt_test(database, select: str, **env: str) -> subprocess.CompletedProcess:
     )
 
 
+def assert_caught_in_its_window_only(database, select: str, failure: str) -> None:
+    """The checks of `select` fail, their output holding `failure`, on an incremental build whose window
+    holds the fault (DAY_3) and on a full build; an incremental build whose window starts after it does
+    not read that day again, and passes."""
+    for window in ({"LEDGER_WINDOW_START": DAY_3}, {}):
+        result = dbt_test(database, select, **window)
+        assert result.returncode == 1, result.stdout
+        assert failure in result.stdout, result.stdout
+    late = dbt_test(database, select, LEDGER_WINDOW_START="2023-01-09")
+    assert late.returncode == 0, late.stdout
+
+
 @pytest.fixture
 def corrupted(ledger):
     """Change one stored value for a test, then put it back."""
@@ -279,17 +291,8 @@ def test_the_ledger_check_fails_when_a_window_day_was_booked_wrong(ledger, corru
         "balance_change_usd",
         f"organization_id = 3 and balance_date = '{DAY_3}' and status = 'open'",
     )
-    for window in ({"LEDGER_WINDOW_START": DAY_3}, {}):  # an incremental build's window, and a full one
-        result = dbt_test(database, "assert_ledger_matches_current_invoices", **window)
-        assert result.returncode == 1, result.stdout
-        assert "Failure in test assert_ledger_matches_current_invoices" in result.stdout
-    # an incremental build checks its window only: a day it did not rebuild is not read again
-    assert (
-        dbt_test(
-            database, "assert_ledger_matches_current_invoices", LEDGER_WINDOW_START="2023-01-09"
-        ).returncode
-        == 0
-    )
+    check = "assert_ledger_matches_current_invoices"
+    assert_caught_in_its_window_only(database, check, f"Failure in test {check}")
 
 
 def test_the_version_chain_check_fails_when_a_version_does_not_follow_its_predecessor(ledger, corrupted):
@@ -301,23 +304,15 @@ def test_the_version_chain_check_fails_when_a_version_does_not_follow_its_predec
     assert changed_on_day_3 is not None
     # the predecessor found is not the previous version
     corrupted(versions, "previous_version", f"seen_on = '{DAY_3}' and invoice_id = {changed_on_day_3}")
-    check = "assert_invoice_versions_follow_their_predecessor"
-    for window in ({"LEDGER_WINDOW_START": DAY_3}, {}):
-        result = dbt_test(database, check, **window)
-        assert result.returncode == 1, result.stdout
-        assert "Got 1 result" in result.stdout, result.stdout
-    # an incremental build checks its window's versions only
-    late = dbt_test(database, check, LEDGER_WINDOW_START="2023-01-09")
-    assert late.returncode == 0, late.stdout
+    assert_caught_in_its_window_only(
+        database, "assert_invoice_versions_follow_their_predecessor", "Got 1 result"
+    )
 
 
 def test_the_balance_check_fails_when_an_organization_disagrees_with_its_days(ledger, corrupted):
     database = ledger["database"]
     corrupted("marts.dim_organizations", "balance_usd", "organization_id = 3")
-    for window in ({"LEDGER_WINDOW_START": DAY_3}, {}):
-        result = dbt_test(database, "assert_balance_changes_sum_to_final_balance", **window)
-        assert result.returncode == 1, result.stdout
-        assert "Got 1 result" in result.stdout, result.stdout
+    assert_caught_in_its_window_only(database, "assert_balance_changes_sum_to_final_balance", "Got 1 result")
 
 
 def test_the_drivers_check_fails_when_a_day_s_drivers_do_not_sum_to_its_change(ledger, corrupted):
@@ -327,14 +322,7 @@ def test_the_drivers_check_fails_when_a_day_s_drivers_do_not_sum_to_its_change(l
         "balance_change_usd",
         f"organization_id = 2 and balance_date = '{DAY_3}' and driver_kind = 'payments'",
     )
-    check = "assert_drivers_sum_to_daily_balance_change"
-    for window in ({"LEDGER_WINDOW_START": DAY_3}, {}):
-        result = dbt_test(database, check, **window)
-        assert result.returncode == 1, result.stdout
-        assert "Got 1 result" in result.stdout, result.stdout
-    # an incremental build checks its window's days only
-    late = dbt_test(database, check, LEDGER_WINDOW_START="2023-01-09")
-    assert late.returncode == 0, late.stdout
+    assert_caught_in_its_window_only(database, "assert_drivers_sum_to_daily_balance_change", "Got 1 result")
 
 
 def test_the_status_totals_check_fails_on_a_total_without_a_rule(ledger):
@@ -347,16 +335,11 @@ def test_the_status_totals_check_fails_on_a_total_without_a_rule(ledger):
     database.query(f"update {table} set balance_usd = null where {where} returning 1")
     try:
         # the row was written by the build of DAY_3 (summed through it)
-        for window in ({"LEDGER_WINDOW_START": DAY_3}, {}):
-            result = dbt_test(database, "int_organization_status_totals,test_type:generic", **window)
-            assert result.returncode == 1, result.stdout
-            assert "FAIL 1 not_null_int_organization_status_totals_balance_usd" in result.stdout, (
-                result.stdout
-            )
-        late = dbt_test(
-            database, "int_organization_status_totals,test_type:generic", LEDGER_WINDOW_START="2023-01-09"
+        assert_caught_in_its_window_only(
+            database,
+            "int_organization_status_totals,test_type:generic",
+            "FAIL 1 not_null_int_organization_status_totals_balance_usd",
         )
-        assert late.returncode == 0, late.stdout
     finally:
         database.query(f"update {table} set balance_usd = %s where {where} returning 1", (kept,))
 
