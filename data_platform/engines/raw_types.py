@@ -78,6 +78,7 @@ class ValueCheck:
     column: Column
     refused: str  # SQL, in DuckDB's and Spark's dialect alike: true for a value the loader refuses
     reason: str
+    shown: str | None  # the value the message shows: "" for an empty one; a NUL byte's is not shown
 
 
 def value_checks(spec: TableSpec) -> list[ValueCheck]:
@@ -89,11 +90,11 @@ def value_checks(spec: TableSpec) -> list[ValueCheck]:
         name, text = column.name, column.sql_type == "text"
         if column.not_null:
             empty = f"{name} is null or {name} = ''" if text else f"{name} is null"
-            checks.append(ValueCheck(column, empty, REQUIRED_VALUE_EMPTY))
+            checks.append(ValueCheck(column, empty, REQUIRED_VALUE_EMPTY, ""))
         elif text:
-            checks.append(ValueCheck(column, f"{name} = ''", quoted_empty_text(column.expected)))
+            checks.append(ValueCheck(column, f"{name} = ''", quoted_empty_text(column.expected), ""))
         if text:
-            checks.append(ValueCheck(column, f"instr({name}, chr(0)) > 0", NUL_BYTE))
+            checks.append(ValueCheck(column, f"instr({name}, chr(0)) > 0", NUL_BYTE, None))
     return checks
 
 
@@ -115,7 +116,6 @@ def refuse_values(path: Path, spec: TableSpec, found: Sequence) -> None:
     for check, count, key in zip(value_checks(spec), found[0::2], found[1::2], strict=True):
         if count:
             first = f", the lowest {spec.key.header} {key}" if key is not None else ""
-            value = None if check.reason == NUL_BYTE else ""
             raise LoadError(
-                path, f"{check.reason} ({count} row(s){first})", column=check.column.header, value=value
+                path, f"{check.reason} ({count} row(s){first})", column=check.column.header, value=check.shown
             )
