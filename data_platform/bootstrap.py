@@ -20,7 +20,8 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+from data_platform.paths import PROJECT_ROOT
+
 INIT_SQL = PROJECT_ROOT / "init.sql"
 
 

@@ -13,7 +13,7 @@ init.sh execs it. A run that went to its end exits 0, or 4 (5) when the alert ru
 
 One run at a time: the run holds a Postgres advisory lock for its whole length, so a second run waits
 (PIPELINE_LOCK_TIMEOUT seconds) and then stops with a clear message instead of dropping tables under a
-running build. Each step runs as a child process in its own process group; SIGTERM or SIGINT to the
+running build. Each step runs as a child process in its own process group (steps.py); SIGTERM or SIGINT to the
 pipeline is passed on to the running step as SIGINT (dbt then cancels its queries, the loader rolls back),
 waited for, and the run ends with 128 + the signal number. The build is recorded in the warehouse only
 after `dbt build` succeeded, so the next run builds again what an interrupted run left unfinished (the
@@ -22,13 +22,10 @@ same window, or in full when the rules or the project changed; refresh.py).
 
 from __future__ import annotations
 
-import collections
 import contextlib
-import ctypes
 import datetime as dt
 import enum
 import errno
-import io
 import json
 import math
 import os
@@ -37,11 +34,9 @@ import signal
 import socketserver
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 import psycopg
 
@@ -57,18 +52,23 @@ from data_platform.db import (
 from data_platform.load_errors import ERROR_PREFIX as LOADER_ERROR_PREFIX
 from data_platform.load_errors import EXIT_BUSY as EXIT_LOADER_BUSY
 from data_platform.load_errors import EXIT_DATABASE_UNAVAILABLE as EXIT_LOADER_UNAVAILABLE
+from data_platform.paths import DBT_DIR_ARGS, PROJECT_ROOT, dbt_target_dir
+from data_platform.steps import (
+    Stopped,
+    run_child,
+    run_child_quoting_stderr,
+    start_child,
+    step,
+    stop_on_signals,
+    wait_child,
+    wait_or_kill,
+)
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # the pipeline loads and builds Postgres whatever DBT_TARGET says (the other engines' raw layer comes
 # from data_platform.engines, see the README's "Other engines"); Dagster's dbt resource uses it too
 DBT_PROFILE_TARGET = "dev"
-DBT_ARGS = (
-    *("--project-dir", str(PROJECT_ROOT / "dbt"), "--profiles-dir", str(PROJECT_ROOT / ".dbt")),
-    *("--target", DBT_PROFILE_TARGET),
-)
+DBT_ARGS = (*DBT_DIR_ARGS, "--target", DBT_PROFILE_TARGET)
 LOCK_KEY = "data_platform.pipeline"
-# How long a step may take to stop after the pipeline was asked to stop, before it is killed.
-STOP_GRACE_SECONDS = 60
 FAILED_ROWS_SHOWN = 5
 EXIT_CONFIG = 2
 # The run went to its end and the warehouse is built, but not every alert was delivered: a run from cron
@@ -76,12 +76,8 @@ EXIT_CONFIG = 2
 EXIT_ALERTS_UNDELIVERED = 4  # they wait for the next alert run
 EXIT_ALERTS_GIVEN_UP = 5  # some were given up on: check the channel
 # A failed load's error quotes the loader's stderr from its last error line on, or else its last lines:
-# at most this many lines, each shortened to MAX_QUOTED_LINE_CHARS, its start and end kept (a line may
-# hold a value from a file, or be anything a crash printed).
+# at most this many lines, each shortened (steps.MAX_QUOTED_LINE_CHARS).
 LOADER_LINES_KEPT = 20
-MAX_QUOTED_LINE_CHARS = 1000
-# How long a step's last output is waited for once it ended (something it started may hold the pipe).
-STDERR_DRAIN_SECONDS = 5
 
 
 class PipelineError(Exception):
@@ -102,14 +98,6 @@ class AlertRun(enum.Enum):
         "some balance alerts got no answer for the last allowed time and are not sent again (status "
         "'unknown' in ops.alert_history): check the channel they go to"
     )
-
-
-class Stopped(Exception):
-    """SIGTERM or SIGINT arrived."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
 
 
 DEFAULT_CSV_DIR = PROJECT_ROOT / "csv_data"
@@ -203,168 +191,6 @@ class Settings:
             # read only by the docs server: a run that serves none does not fail on it
             docs_port=_port(env, "DOCS_PORT", cls.docs_port) if serve_docs else cls.docs_port,
         )
-
-
-def step(title: str) -> None:
-    print(f"\n==> {title}", flush=True)
-
-
-def _raise_stopped(signum: int, _frame) -> None:
-    raise Stopped(signum)
-
-
-@contextlib.contextmanager
-def stop_on_signals() -> Iterator[None]:
-    """Within it SIGTERM and SIGINT raise Stopped, so that the step running (wait_child) is stopped and
-    waited for; the previous handlers after it (a caller in the same process, such as a test, keeps its
-    own Ctrl-C)."""
-    previous = {signum: signal.signal(signum, _raise_stopped) for signum in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-
-
-# Linux's prctl(PR_SET_PDEATHSIG): a signal the kernel sends a process when its parent dies
-_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
-PR_SET_PDEATHSIG = 1
-
-
-def default_sigint() -> None:
-    """Ctrl-C (SIGINT) at its default, for a child. A process started with SIGINT ignored (`nohup ... &`,
-    some supervisors) passes that on through exec: a step would then ignore the stop request below and
-    only be killed after the grace period."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-def _child_setup(parent: int) -> None:
-    """A step's preexec_fn: SIGINT at its default, and killed when the pipeline dies. The pipeline lock is
-    held by the pipeline's own session, so a step left running after a `kill -9` (or the OOM killer) would
-    go on writing while the next run, which got the lock, loads and builds. Its open transaction rolls
-    back, as for any killed step."""
-    default_sigint()
-    if _LIBC is not None:
-        _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != parent:  # it died before prctl took effect
-            os._exit(1)
-
-
-def start_child(argv: Sequence[str], env: dict[str, str] | None = None, **popen) -> subprocess.Popen:
-    """A step in its own process group, so that Ctrl-C reaches it only through `wait_child`, and bound to
-    this process's life. Wait for it in the thread that started it (the kernel ties it to that thread)."""
-    parent = os.getpid()
-    return subprocess.Popen(
-        list(argv),
-        cwd=PROJECT_ROOT,
-        env=env,
-        start_new_session=True,
-        preexec_fn=lambda: _child_setup(parent),
-        **popen,
-    )
-
-
-def run_child(argv: Sequence[str], env: dict[str, str] | None = None) -> int:
-    """Run one step and return its exit code; a stop request is passed on to it as SIGINT."""
-    return wait_child(start_child(argv, env))
-
-
-def _shortened(head: str, end: str) -> str:
-    """A line read as its first chunk and the last characters after it, at most MAX_QUOTED_LINE_CHARS
-    long: its start and its end kept (an error message ends with its reason)."""
-    line = (head + end).rstrip("\r\n")
-    if not end or len(line) <= MAX_QUOTED_LINE_CHARS:
-        return line
-    half = (MAX_QUOTED_LINE_CHARS - 3) // 2
-    return line[:half] + "..." + line[-(MAX_QUOTED_LINE_CHARS - 3 - half) :]
-
-
-def _echo_to_stderr(chunk: str) -> None:
-    # neither a closed nor a missing stderr may stop the reading: the step would block on a full pipe
-    stream = sys.stderr
-    if stream is not None:
-        with contextlib.suppress(Exception):
-            stream.write(chunk)
-            stream.flush()
-
-
-class StderrTail:
-    """A step's stderr (a pipe) passed on to this process's stderr line by line as it comes, keeping its
-    lines from the last one starting with `mark` (at most `keep`), or else its last `keep` lines, each
-    shortened: memory stays bounded whatever the step prints. A daemon thread reads the pipe until the
-    step (and anything it started) closes it, so it never holds up this process's exit."""
-
-    def __init__(self, pipe: IO[bytes], keep: int, mark: str):
-        self._keep, self._mark = keep, mark
-        self._last: collections.deque[str] = collections.deque(maxlen=keep)
-        self._marked: list[str] | None = None
-        self._thread = threading.Thread(target=self._read, args=(pipe,), name="step stderr", daemon=True)
-        self._thread.start()
-
-    def _read(self, pipe: IO[bytes]) -> None:
-        head: str | None = None  # the first chunk of the line being read, and what came after it
-        end = ""
-        with io.TextIOWrapper(pipe, errors="backslashreplace", newline="\n") as text:
-            while chunk := text.readline(MAX_QUOTED_LINE_CHARS):
-                _echo_to_stderr(chunk)
-                if head is None:
-                    head, end = chunk, ""
-                else:
-                    end = (end + chunk)[-MAX_QUOTED_LINE_CHARS:]
-                if chunk.endswith("\n"):
-                    self._add(_shortened(head, end))
-                    head = None
-            if head is not None:
-                self._add(_shortened(head, end))
-
-    def _add(self, line: str) -> None:
-        self._last.append(line)
-        if line.startswith(self._mark):
-            self._marked = [line]
-        elif self._marked is not None and len(self._marked) < self._keep:
-            self._marked.append(line)
-
-    def quoted(self) -> list[str]:
-        """Once the step ended (after waiting a moment for what is still in the pipe): its lines from the
-        last one starting with `mark`, or else its last lines."""
-        self._thread.join(STDERR_DRAIN_SECONDS)
-        return list(self._marked if self._marked is not None else self._last)
-
-
-def run_child_quoting_stderr(
-    argv: Sequence[str], keep: int, mark: str, env: dict[str, str] | None = None
-) -> tuple[int, list[str]]:
-    """As `run_child`, its stderr still shown as it comes: (its exit code, what StderrTail quotes)."""
-    child = start_child(argv, env, stderr=subprocess.PIPE)
-    tail = StderrTail(child.stderr, keep, mark)
-    try:
-        code = wait_child(child)
-    finally:
-        lines = tail.quoted()  # on a stop request too: its last words are shown before the run's
-    return code, lines
-
-
-def wait_child(child: subprocess.Popen) -> int:
-    """The step's exit code; a stop request meanwhile is passed on to it as SIGINT.
-
-    Any interruption counts, not only the pipeline's own signals: Dagster stops a step with
-    KeyboardInterrupt or DagsterExecutionInterruptedError (a BaseException), and the child, in its own
-    session, would otherwise go on writing after the step (and its lock) ended."""
-    try:
-        return child.wait()
-    except BaseException:
-        child.send_signal(signal.SIGINT)
-        wait_or_kill(child)
-        raise
-
-
-def wait_or_kill(child: subprocess.Popen) -> None:
-    """Give the child STOP_GRACE_SECONDS to end, then kill it; so does a second stop request."""
-    try:
-        child.wait(timeout=STOP_GRACE_SECONDS)
-    except BaseException:
-        child.kill()
-        child.wait()
 
 
 def _dbt() -> str:
@@ -531,10 +357,6 @@ def show_failed_tests(target_dir: Path, limit: int = FAILED_ROWS_SHOWN) -> None:
         print(("" if line.startswith(" ") else "\n") + line)
 
 
-def _target_dir() -> Path:
-    return Path(os.environ.get("DBT_TARGET_PATH") or PROJECT_ROOT / "dbt" / "target")
-
-
 def wait_for_database(settings: Settings) -> None:
     step(f"waiting for the database (up to {settings.db_wait_seconds:g}s)")
     wait_until_ready(settings.db_wait_seconds)
@@ -595,7 +417,7 @@ def build(build_plan: refresh.BuildPlan, warm: WarmDbt, settings: Settings, lock
     own_mark = mark_build_started(build_plan, settings, lock)
     code = warm.run("build", *build_plan.dbt_args(), env=build_plan.dbt_environment())
     if code:
-        show_failed_tests(_target_dir())
+        show_failed_tests(dbt_target_dir())
         raise PipelineError(f"dbt build failed; {build_plan.after_failure()}", code)
     record_build(build_plan, settings, lock, own_mark)
 

@@ -39,9 +39,9 @@ import psycopg
 from psycopg import sql
 
 from data_platform import ledger
+from data_platform.paths import DBT_PROJECT_DIR
 from data_platform.raw_tables import RAW_SCHEMA
 
-DBT_PROJECT_DIR = Path(__file__).resolve().parents[1] / "dbt"
 BUILD_STATE = "raw.build_state"
 WINDOW_VARIABLE = "LEDGER_WINDOW_START"
 # Set for the pipeline's own builds: it marks and records them itself, so dbt's on-run-start hook, which marks

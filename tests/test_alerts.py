@@ -36,7 +36,7 @@ from slack_stub import (
 )
 
 from data_platform.alerts import cli, detect, store
-from data_platform.pipeline import default_sigint
+from data_platform.steps import default_sigint
 
 FACT_DDL = """
 create table marts.fct_organization_daily_financials (

@@ -41,7 +41,7 @@ from data_platform.alerts import payload
 from data_platform.alerts.config import HttpSettings
 from data_platform.alerts.json_sink import JsonWebhookChannel
 from data_platform.alerts.records import BALANCE_CHANGE, CRITICAL, Alert, Batch, Organization
-from data_platform.pipeline import default_sigint
+from data_platform.steps import default_sigint
 
 NO_FLOOR = {"ALERT_MIN_CHANGE_USD": "0"}
 

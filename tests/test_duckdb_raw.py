@@ -22,8 +22,8 @@ from test_pipeline import write_fixture
 
 from data_platform.load_errors import NUL_BYTE, REQUIRED_VALUE_EMPTY, LoadError, quoted_empty_text
 from data_platform.loader import load_exports
-from data_platform.pipeline import default_sigint
 from data_platform.raw_tables import INVOICES, ORGANIZATIONS, TEXT
+from data_platform.steps import default_sigint
 
 duckdb = pytest.importorskip("duckdb")
 from data_platform.engines.duckdb_raw import build_raw  # noqa: E402

@@ -29,7 +29,7 @@ from loader_files import (
 )
 
 from data_platform.loader import LoaderBusy, LoadError, ProgressReporter, load_exports
-from data_platform.pipeline import default_sigint
+from data_platform.steps import default_sigint
 
 # --- the schema -------------------------------------------------------------------------------
 

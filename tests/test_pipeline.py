@@ -12,12 +12,10 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from decimal import Decimal
 from pathlib import Path
 
-import psutil
 import psycopg
 import pytest
 import yaml
@@ -589,92 +587,6 @@ def test_demo_data_builds_every_model(make_database):
     assert paid_only == [(4,)]
 
 
-def test_a_step_gets_the_stop_request_even_when_the_pipeline_was_started_ignoring_ctrl_c():
-    """Started with SIGINT ignored (`nohup init.sh &`), the steps would inherit that and ignore the
-    SIGINT the pipeline passes on to stop them."""
-    from data_platform import pipeline
-
-    python_default = (
-        "import signal, sys; sys.exit(signal.getsignal(signal.SIGINT) is not signal.default_int_handler)"
-    )
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        assert pipeline.run_child([sys.executable, "-c", python_default]) == 0
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-def test_a_step_dies_with_a_pipeline_killed_outright(tmp_path):
-    """SIGKILL (or the OOM killer) gives the pipeline no chance to stop its steps, and releases its lock:
-    a step left running would write beside the next run."""
-    step_pid = tmp_path / "step.pid"
-    pipeline_like = (
-        "import sys, time; from data_platform import pipeline; "
-        "child = pipeline.start_child([sys.executable, '-c', 'import time; time.sleep(120)']); "
-        f"open({str(step_pid)!r}, 'w').write(str(child.pid)); child.wait()"
-    )
-    parent = subprocess.Popen([sys.executable, "-c", pipeline_like], cwd=PROJECT_ROOT)
-    deadline = time.monotonic() + 30
-    while not (step_pid.exists() and step_pid.read_text()):
-        assert time.monotonic() < deadline and parent.poll() is None, "the step did not start"
-        time.sleep(0.05)
-    step = psutil.Process(int(step_pid.read_text()))
-    parent.kill()
-    parent.wait()
-    try:
-        step.wait(timeout=10)
-    except psutil.TimeoutExpired:
-        step.kill()
-        pytest.fail("the step outlived the pipeline that was killed")
-
-
-def test_a_steps_stderr_passes_through_whole_and_only_its_last_lines_are_kept_shortened(capfd):
-    """A failed load quotes the loader's last lines; whatever a step prints, that tail stays small, and a
-    long line keeps its start and its end (where an error's reason is)."""
-    from data_platform import pipeline
-
-    noisy = (
-        "import sys; [print(f'line {n}', file=sys.stderr) for n in range(10_000)]; "
-        "print('a' * 600 + 'x' * 1_000_000 + 'z' * 600, file=sys.stderr); "
-        "print('last', file=sys.stderr, end='')"
-    )
-    code, lines = pipeline.run_child_quoting_stderr([sys.executable, "-c", noisy], keep=3, mark="error: ")
-    assert code == 0
-    limit = pipeline.MAX_QUOTED_LINE_CHARS
-    half = (limit - 3) // 2
-    assert lines == ["line 9999", "a" * half + "..." + "z" * (limit - 3 - half), "last"]
-    passed_on = "".join(f"line {n}\n" for n in range(10_000)) + "a" * 600 + "x" * 1_000_000 + "z" * 600
-    assert capfd.readouterr().err == passed_on + "\nlast"
-    # a step that prints nothing ends as any other
-    assert pipeline.run_child_quoting_stderr([sys.executable, "-c", "exit(4)"], 3, "error: ") == (4, [])
-
-
-def test_the_quote_starts_at_the_last_error_line_however_many_lines_follow_it():
-    """A connection error lists every host tried: its first line must not scroll out of the quote."""
-    from data_platform import pipeline
-
-    loud = (
-        "import sys; print('error: an earlier one', file=sys.stderr); print('noise', file=sys.stderr); "
-        "print('error: cannot connect', file=sys.stderr); "
-        "[print(f'  host {n}', file=sys.stderr) for n in range(30)]; exit(2)"
-    )
-    code, lines = pipeline.run_child_quoting_stderr([sys.executable, "-c", loud], keep=5, mark="error: ")
-    assert (code, lines) == (2, ["error: cannot connect", "  host 0", "  host 1", "  host 2", "  host 3"])
-    assert pipeline.loader_error(lines).startswith("cannot connect\n  host 0\n")
-
-
-def test_a_step_whose_stderr_cannot_be_shown_still_runs_to_its_end():
-    """With the pipeline's stderr closed (2>&-), the step's lines are still read, so it never meets a
-    broken pipe: a load that would succeed succeeds."""
-    step = "import sys; [print(f'progress {n}', file=sys.stderr) for n in range(100_000)]"
-    script = (
-        "import sys; sys.stderr = None; from data_platform import pipeline; "
-        f"print(pipeline.run_child_quoting_stderr([sys.executable, '-c', {step!r}], 2, 'error: '))"
-    )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    assert result.stdout.strip() == "(0, ['progress 99998', 'progress 99999'])", result.stdout + result.stderr
-
-
 def test_a_load_that_cannot_reach_the_database_says_so_not_to_fix_an_export(tmp_path, monkeypatch):
     from data_platform import pipeline
 
@@ -691,36 +603,6 @@ def test_a_load_that_cannot_reach_the_database_says_so_not_to_fix_an_export(tmp_
         "Check PGHOST, PGPORT, PGUSER, PGPASSWORD and PGDATABASE.\nnothing was loaded or built"
     )
     assert "fix or remove" not in message
-
-
-@pytest.mark.parametrize("interruption", [KeyboardInterrupt, "DagsterExecutionInterruptedError"])
-def test_a_step_interrupted_by_anything_stops_its_child_before_it_ends(interruption):
-    """Dagster stops a step with KeyboardInterrupt or its own BaseException, not the pipeline's signals;
-    the child runs in its own session and would go on writing after its step and lock ended."""
-    from data_platform import pipeline
-
-    if isinstance(interruption, str):
-        from dagster._core.errors import DagsterExecutionInterruptedError as interruption
-    child = pipeline.start_child([sys.executable, "-c", "import time; time.sleep(60)"])
-    wait = child.wait
-    interrupted = []
-
-    def interrupted_once(timeout=None):
-        if not interrupted:
-            interrupted.append(True)
-            raise interruption()
-        return wait(timeout=timeout)
-
-    child.wait = interrupted_once
-    try:
-        with pytest.raises(interruption):
-            pipeline.wait_child(child)
-        assert child.poll() is not None, "the step's child outlived it"
-        assert child.returncode != 0
-    finally:
-        if child.poll() is None:
-            child.kill()
-            wait()
 
 
 def test_warm_dbt_runs_its_command_in_the_environment_sent_after_it_parsed(make_database, tmp_path, capfd):
@@ -764,13 +646,13 @@ def test_warm_dbt_left_without_a_command_exits_having_run_nothing(tmp_path):
 def test_warm_dbt_left_by_a_failed_load_or_a_stop_request_stops_parsing(tmp_path):
     """Nothing will be built, so the parse is not waited for (a stop request has seconds, not minutes),
     whenever the stop comes: the process's first milliseconds, in Python's start-up, included."""
-    from data_platform import pipeline
+    from data_platform import pipeline, steps
 
     for attempt, delay in enumerate(i * 0.0025 for i in range(20)):
         output = tmp_path / f"attempt-{attempt}"
-        with pytest.raises(pipeline.Stopped), pipeline.WarmDbt(dbt_output_in(output)) as warm:
+        with pytest.raises(steps.Stopped), pipeline.WarmDbt(dbt_output_in(output)) as warm:
             time.sleep(delay)
-            raise pipeline.Stopped(signal.SIGTERM)
+            raise steps.Stopped(signal.SIGTERM)
         assert warm.child.returncode == -signal.SIGTERM, f"after {delay * 1000:g} ms"
         assert not (output / "manifest.json").exists(), f"the parse ended (stop at {delay * 1000:g} ms)"
 

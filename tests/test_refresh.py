@@ -14,6 +14,7 @@ from loader_files import BASE_DATE, invoice, write_dir, write_export
 
 from data_platform import refresh
 from data_platform.loader import load_exports
+from data_platform.paths import DBT_PROJECT_DIR
 
 READER = "alerter"
 
@@ -56,8 +57,8 @@ def test_exports_after_the_last_build_are_built_incrementally_and_a_changed_cove
 
 def copy_project(target: Path) -> Path:
     for folder in ("models", "macros"):
-        shutil.copytree(refresh.DBT_PROJECT_DIR / folder, target / folder)
-    shutil.copy(refresh.DBT_PROJECT_DIR / "dbt_project.yml", target / "dbt_project.yml")
+        shutil.copytree(DBT_PROJECT_DIR / folder, target / folder)
+    shutil.copy(DBT_PROJECT_DIR / "dbt_project.yml", target / "dbt_project.yml")
     return target
 
 

@@ -18,10 +18,9 @@ import sys
 from pathlib import Path
 
 from data_platform.load_errors import ALLOW_EMPTY_HELP
-from data_platform.pipeline import Stopped, run_child, step, stop_on_signals
+from data_platform.paths import DBT_DIR_ARGS, DBT_PROJECT_DIR
+from data_platform.steps import Stopped, run_child, step, stop_on_signals
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-DBT_ARGS = ("--project-dir", str(PROJECT_ROOT / "dbt"), "--profiles-dir", str(PROJECT_ROOT / ".dbt"))
 ENGINES = ("duckdb", "spark")
 # what the daily Postgres build leaves out (refresh.BuildPlan.dbt_args): unit tests check the SQL, not
 # the data, so a build that should do the pipeline's work (a benchmark) can leave them out too
@@ -40,12 +39,12 @@ def environment(engine: str) -> dict[str, str]:
         env[name] = str(Path(env.get(name) or default).resolve())
     # dbt's output in a folder of the engine's own: dbt/target holds the Postgres build's manifest and the
     # docs site the pipeline serves, which another engine's build would replace
-    env.setdefault("DBT_TARGET_PATH", str(PROJECT_ROOT / "dbt" / f"target-{engine}"))
+    env.setdefault("DBT_TARGET_PATH", str(DBT_PROJECT_DIR / f"target-{engine}"))
     return env
 
 
 def run(engine: str, csv_dir: str, unit_tests: bool = True, allow_empty: bool = False) -> int:
-    """Each step a child as the pipeline's are (pipeline.run_child): a stop request is passed on to the
+    """Each step a child as the pipeline's are (steps.py): a stop request is passed on to the
     step running and waited for, so no dbt is left writing to the warehouse after the build ended."""
     try:
         return _steps(engine, csv_dir, unit_tests, allow_empty)
@@ -71,7 +70,7 @@ def _steps(engine: str, csv_dir: str, unit_tests: bool, allow_empty: bool) -> in
     dbt = shutil.which("dbt") or str(Path(sys.executable).parent / "dbt")
     for command, *options in (("seed",), ("build", *([] if unit_tests else UNIT_TESTS_EXCLUDED))):
         step(f"dbt {command}: {engine}, full refresh")
-        code = run_child([dbt, command, "--full-refresh", *options, *DBT_ARGS, "--target", engine], env)
+        code = run_child([dbt, command, "--full-refresh", *options, *DBT_DIR_ARGS, "--target", engine], env)
         if code != 0:
             print(f"error: dbt {command} on {engine} failed (exit {code})", file=sys.stderr)
             return code

@@ -18,10 +18,9 @@ from pathlib import Path
 
 from dagster_dbt import DbtCliResource, DbtProject
 
-from data_platform.pipeline import DBT_PROFILE_TARGET, PROJECT_ROOT
+from data_platform.paths import DBT_PROFILES_DIR, DBT_PROJECT_DIR, dbt_target_dir
+from data_platform.pipeline import DBT_PROFILE_TARGET
 
-DBT_PROJECT_DIR = PROJECT_ROOT / "dbt"
-DBT_PROFILES_DIR = PROJECT_ROOT / ".dbt"
 # the build step's dbt, killed with the step's process (see the script)
 BOUND_DBT = Path(__file__).with_name("bound-dbt")
 # what the manifest is parsed from: a newer file means the manifest is stale
@@ -41,14 +40,10 @@ def _put_interpreter_scripts_on_path() -> None:
 _put_interpreter_scripts_on_path()
 
 
-def _target_path() -> Path:
-    return Path(os.environ.get("DBT_TARGET_PATH") or DBT_PROJECT_DIR / "target")
-
-
 # the folders under the target folder that only Dagster writes: the code location's parse, and the
 # daily job's builds (one set of artifacts, and dbt's partial parse, reused by every run)
-DEFINITIONS_TARGET_PATH = _target_path() / "dagster-definitions"
-BUILD_TARGET_PATH = _target_path() / "dagster-build"
+DEFINITIONS_TARGET_PATH = dbt_target_dir() / "dagster-definitions"
+BUILD_TARGET_PATH = dbt_target_dir() / "dagster-build"
 
 
 def _manifest_is_stale(project: DbtProject) -> bool:

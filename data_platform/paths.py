@@ -1,0 +1,19 @@
+"""Where the project's own files are, for every module that runs dbt or reads what it writes."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DBT_PROJECT_DIR = PROJECT_ROOT / "dbt"
+DBT_PROFILES_DIR = PROJECT_ROOT / ".dbt"
+# on every dbt command line: dbt runs from the project root, not from its project folder
+DBT_DIR_ARGS = ("--project-dir", str(DBT_PROJECT_DIR), "--profiles-dir", str(DBT_PROFILES_DIR))
+
+
+def dbt_target_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """dbt's output folder (manifest, run results, the docs site): DBT_TARGET_PATH, as dbt reads it."""
+    environ = os.environ if environ is None else environ
+    return Path(environ.get("DBT_TARGET_PATH") or DBT_PROJECT_DIR / "target")
