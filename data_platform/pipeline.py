@@ -55,6 +55,8 @@ from data_platform.load_errors import EXIT_DATABASE_UNAVAILABLE as EXIT_LOADER_U
 from data_platform.paths import DBT_DIR_ARGS, PROJECT_ROOT, dbt_target_dir
 from data_platform.steps import (
     Stopped,
+    exit_status,
+    failed,
     run_child,
     run_child_quoting_stderr,
     start_child,
@@ -85,7 +87,7 @@ class PipelineError(Exception):
 
     def __init__(self, message: str, exit_code: int = 1):
         super().__init__(message)
-        self.exit_code = exit_code
+        self.exit_code = exit_status(exit_code)
 
 
 class AlertRun(enum.Enum):
@@ -384,6 +386,12 @@ def load_exports(settings: Settings, through: str | None = None) -> None:
     )
     if not code:
         return
+    if code < 0:
+        raise PipelineError(
+            f"the loader {failed(code)}: the export it was loading was rolled back, the ones it reported "
+            "loaded stay loaded; nothing was built: run again",
+            code,
+        )
     said = loader_error(stderr) or f"the loader exited with {code} and printed no error"
     if code == EXIT_LOADER_UNAVAILABLE:
         raise PipelineError(f"the load could not start: {said}\nnothing was loaded or built", code)
@@ -418,7 +426,7 @@ def build(build_plan: refresh.BuildPlan, warm: WarmDbt, settings: Settings, lock
     code = warm.run("build", *build_plan.dbt_args(), env=build_plan.dbt_environment())
     if code:
         show_failed_tests(dbt_target_dir())
-        raise PipelineError(f"dbt build failed; {build_plan.after_failure()}", code)
+        raise PipelineError(f"dbt build {failed(code)}; {build_plan.after_failure()}", code)
     record_build(build_plan, settings, lock, own_mark)
 
 
@@ -454,7 +462,7 @@ def generate_docs(build_plan: refresh.BuildPlan) -> None:
     # the build's environment, so dbt reuses the build's parse instead of parsing again
     code = dbt("docs", "generate", env=build_plan.dbt_environment())
     if code:
-        raise PipelineError("dbt docs generate failed", code)
+        raise PipelineError(f"dbt docs generate {failed(code)}", code)
 
 
 def run_alerts(settings: Settings) -> AlertRun:
@@ -469,7 +477,7 @@ def run_alerts(settings: Settings) -> AlertRun:
         alert_exit_codes.GIVEN_UP: AlertRun.GIVEN_UP,
     }
     if code not in outcomes:
-        raise PipelineError(f"the alert run failed (exit {code})", code)
+        raise PipelineError(f"the alert run {failed(code)}" + (f" (exit {code})" if code > 0 else ""), code)
     if outcomes[code] is not AlertRun.DELIVERED:
         print(f"pipeline: {outcomes[code].value}.", file=sys.stderr)
     return outcomes[code]

@@ -44,6 +44,24 @@ class Stopped(Exception):
         self.signum = signum
 
 
+def exit_status(code: int) -> int:
+    """A step's exit code as a shell reports it: 128 + the signal for a step a signal ended (Popen's
+    negative code, which `sys.exit` would turn into 256 minus the signal)."""
+    return 128 - code if code < 0 else code
+
+
+def failed(code: int) -> str:
+    """How a step that did not succeed ended, in words: 'failed', or the signal that ended it."""
+    if code >= 0:
+        return "failed"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = f"signal {-code}"
+    # SIGKILL comes from outside: the OOM killer, `kill -9`, a supervisor's timeout
+    return f"was killed by {name}" + (" (out of memory?)" if -code == signal.SIGKILL else "")
+
+
 def _raise_stopped(signum: int, _frame) -> None:
     raise Stopped(signum)
 

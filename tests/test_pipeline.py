@@ -605,6 +605,25 @@ def test_a_load_that_cannot_reach_the_database_says_so_not_to_fix_an_export(tmp_
     assert "fix or remove" not in message
 
 
+@pytest.mark.parametrize("step", ["load_exports", "run_alerts"])
+def test_a_step_killed_by_a_signal_is_said_so_and_exits_as_a_shell_would(step, tmp_path, monkeypatch):
+    """The OOM killer's SIGKILL: the load's error said to fix or remove a sound export, and the run exited
+    with Popen's -9, which the shell turns into 247."""
+    from data_platform import pipeline
+
+    killed_at_start = tmp_path / "python"
+    killed_at_start.write_text("#!/bin/sh\nkill -KILL $$\n")
+    killed_at_start.chmod(0o755)
+    monkeypatch.setattr(pipeline.sys, "executable", str(killed_at_start))
+    settings = pipeline.Settings(csv_dir=write_fixture(tmp_path / "csv"), lock_timeout_seconds=0)
+    with pytest.raises(pipeline.PipelineError) as failed:
+        getattr(pipeline, step)(settings)
+    assert failed.value.exit_code == 128 + signal.SIGKILL
+    message = str(failed.value)
+    assert "was killed by SIGKILL" in message, message
+    assert "fix or remove" not in message
+
+
 def test_warm_dbt_runs_its_command_in_the_environment_sent_after_it_parsed(make_database, tmp_path, capfd):
     """The build's window is known only after the load, while dbt parsed the project during it."""
     from data_platform import pipeline
