@@ -243,6 +243,29 @@ def test_every_variable_the_pipeline_reads_is_provided_by_compose(config):
     assert needed - provided == set()
 
 
+def test_compose_leaves_the_settings_defaults_to_the_code(daily_config):
+    """Compose passes a setting that .env leaves out as a blank value: each reader takes its own default
+    then, so a default changed in the code reaches the containers (compose restated each one before)."""
+    from data_platform import pipeline
+    from data_platform.alerts import config as alert_config
+    from data_platform.orchestration import ops_alerts, schedules
+
+    environment = daily_config["services"]["dagster-daemon"]["environment"]
+    blank = {name for name, value in environment.items() if value == ""}
+    assert {"ALERT_MIN_CHANGE_USD", "PIPELINE_LOCK_TIMEOUT", "DBT_THREADS", "EXPORT_MAX_AGE_HOURS"} <= blank
+    without = {name: value for name, value in environment.items() if name not in blank}
+    assert pipeline.Settings.from_environment(environment) == pipeline.Settings.from_environment(without)
+    settings, defaults = alert_config.load([], environment), alert_config.load([], without)
+    assert (settings.http, settings.noise, settings.lock_timeout, settings.digest_over) == (
+        defaults.http,
+        defaults.noise,
+        defaults.lock_timeout,
+        defaults.digest_over,
+    )
+    assert ops_alerts.export_max_age_hours(environment) == ops_alerts.DEFAULT_EXPORT_MAX_AGE_HOURS
+    assert schedules.pipeline_schedule(environment) == schedules.DEFAULT_SCHEDULE
+
+
 def test_the_daily_services_get_every_variable_their_steps_read(daily_config):
     # Dagster runs the pipeline's steps without init.sh: each setting must reach its services directly
     # (DAGSTER_HOME is the image's; serving the docs is the dbt service's job)
