@@ -6,11 +6,19 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+import yaml
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DBT_PROJECT_DIR = PROJECT_ROOT / "dbt"
 DBT_PROFILES_DIR = PROJECT_ROOT / ".dbt"
 # on every dbt command line: dbt runs from the project root, not from its project folder
 DBT_DIR_ARGS = ("--project-dir", str(DBT_PROJECT_DIR), "--profiles-dir", str(DBT_PROFILES_DIR))
+
+
+def dbt_project_var(name: str):
+    """A variable of dbt_project.yml, for Python that must agree with the models."""
+    with (DBT_PROJECT_DIR / "dbt_project.yml").open(encoding="utf-8") as project:
+        return yaml.safe_load(project)["vars"][name]
 
 
 def dbt_target_dir(environ: Mapping[str, str] | None = None) -> Path:

@@ -51,6 +51,7 @@ from data_platform.alerts.records import (
     TopInvoice,
     Why,
 )
+from data_platform.paths import dbt_project_var
 from data_platform.refresh import BUILD_STATE, BUILD_STATUS_SQL
 
 marts = MetaData(schema="marts")
@@ -107,7 +108,7 @@ REQUIRED_TABLES = (
     "marts.fct_organization_daily_drivers",
     "marts.dim_alert_routes",
 )
-TOP_INVOICES = 3  # invoices shown per alert
+TOP_INVOICES = dbt_project_var("top_invoices")  # invoices shown per alert
 
 
 def missing_tables(conn: Connection) -> list[str]:

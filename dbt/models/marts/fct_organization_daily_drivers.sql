@@ -135,7 +135,7 @@ drivers as (
         sum(balance_change_usd) as balance_change_usd,
         -- invoices that did not move the balance (a new invoice paid the same day) explain nothing
         {{ top_invoices_array('invoice_id', 'status', 'balance_change_usd', 'impact_rank',
-            'impact_rank <= 3 and balance_change_usd <> 0') }} as top_invoices
+            'impact_rank <= ' ~ var('top_invoices') ~ ' and balance_change_usd <> 0') }} as top_invoices
 
     from ranked
     group by organization_id, balance_date, driver_kind
