@@ -10,7 +10,6 @@ import json
 import shutil
 import statistics
 import time
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +20,12 @@ from sqlalchemy import create_engine
 from sqlalchemy.pool import NullPool
 from workspace import FLOOR_SCHEMA, Bench, progress
 
+from data_platform.alerts.config import DEFAULT_THRESHOLD
 from data_platform.alerts.detect import alerts_query, latest_day
 
 FLOOR_SQL = Path(__file__).with_name("floor_daily_fact.sql")
 HEAD_FRACTION = 0.1
-ALERT_THRESHOLD = Decimal("0.5")
+ALERT_THRESHOLD = DEFAULT_THRESHOLD  # the alerter's own
 # A full-snapshot export may cost this much more than `\copy` of it, plus the fixed allowance below.
 SNAPSHOT_COPY_FACTOR = 1.5
 SNAPSHOT_ALLOWANCE_SECONDS = 15.0

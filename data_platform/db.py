@@ -18,8 +18,6 @@ import psycopg
 from psycopg import pq
 from psycopg.conninfo import make_conninfo
 
-LIBPQ_VARIABLES = ("PGHOST", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE")
-
 
 class DatabaseUnavailable(RuntimeError):
     """The database named by the PG* variables could not be reached."""

@@ -43,6 +43,9 @@ from data_platform.paths import DBT_PROJECT_DIR
 from data_platform.raw_tables import RAW_SCHEMA
 
 BUILD_STATE = "raw.build_state"
+# Unit tests check the SQL, not the data: they run in the test suite (CI), not in every daily build (nor
+# in another engine's build that should do the pipeline's work, such as a benchmark's)
+UNIT_TESTS_EXCLUDED = ("--exclude-resource-type", "unit_test")
 WINDOW_VARIABLE = "LEDGER_WINDOW_START"
 # Set for the pipeline's own builds: it marks and records them itself, so dbt's on-run-start hook, which marks
 # the record for a build by hand (dbt/macros/build_state.sql), leaves them alone.
@@ -105,9 +108,8 @@ class BuildPlan:
     current: BuildState
 
     def dbt_args(self) -> list[str]:
-        """`dbt build`'s arguments. Unit tests check the SQL, not the data: they run in the test suite
-        (CI), not in every daily build."""
-        return ["--exclude-resource-type", "unit_test", *(["--full-refresh"] if self.full_refresh else [])]
+        """`dbt build`'s arguments."""
+        return [*UNIT_TESTS_EXCLUDED, *(["--full-refresh"] if self.full_refresh else [])]
 
     def after_failure(self) -> str:
         """What the next run does when this build fails."""

@@ -108,16 +108,14 @@ def apply_to_environ(environ: MutableMapping[str, str] | None = None) -> list[Se
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m data_platform.secrets", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    exports = commands.add_parser(
-        "shell-exports", help="print `export NAME=...` for every NAME whose NAME_FILE is set"
+    commands.add_parser(
+        "shell-exports",
+        help=f"print `export NAME=...` for each of {', '.join(SECRET_VARIABLES)} whose NAME_FILE is set",
     )
-    exports.add_argument(
-        "names", nargs="*", default=list(SECRET_VARIABLES), help=f"default: {' '.join(SECRET_VARIABLES)}"
-    )
-    args = parser.parse_args(argv)
+    parser.parse_args(argv)
 
     try:
-        values = resolve(os.environ, args.names)
+        values = resolve(os.environ, list(SECRET_VARIABLES))
     except SecretError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

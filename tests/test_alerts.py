@@ -1,6 +1,6 @@
 """alert_script.py end to end: a real Postgres, the real command, a real HTTP server for Slack.
 
-The marts tables are created here by hand (as the transformer, with the contract's columns) so the
+The marts tables are created here by hand (as the transformer, with the columns the alerter reads) so the
 alert behaviour is tested independently of the dbt project; the pipeline's end-to-end test runs the
 script on real dbt output.
 

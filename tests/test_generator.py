@@ -1,7 +1,8 @@
 """The demo data generator: exact file format, determinism, the latest-day scenario, append-day, streaming.
 
-Balances are recomputed here in plain Python (csv + Decimal) from the default rules of issue 2, so the
-committed demo is checked independently of the warehouse that will later compute the same numbers.
+Balances are recomputed here in plain Python (csv + Decimal) from the default rules
+(dbt/seeds/invoice_enrichment.csv), so the committed demo is checked independently of the warehouse that
+will later compute the same numbers.
 """
 
 from __future__ import annotations

@@ -49,7 +49,7 @@ CSV_INVOICE_COLUMNS = [
     ("fx_rate_payment", "numeric", "YES"),
     ("created_at", "timestamp with time zone", "NO"),
 ]
-CONTRACT_COLUMNS = {  # the shared contract, written out (not derived from the specs)
+CONTRACT_COLUMNS = {  # the raw tables dbt's sources read, written out (not derived from the specs)
     "invoices": [
         *CSV_INVOICE_COLUMNS,
         ("version", "integer", "NO"),

@@ -21,6 +21,8 @@ MAX_THRESHOLD_DECIMALS = 12
 MAX_USD = Decimal(10) ** 15
 MAX_SUPPRESS_DAYS = 366
 MAX_DIGEST_OVER = 100_000
+# more alerts than this for one destination in a run: one digest message instead
+DEFAULT_DIGEST_OVER = 20
 
 
 class ConfigError(ValueError):
@@ -49,7 +51,7 @@ class Settings:
     http: HttpSettings = HttpSettings()
     lock_timeout: float = 30.0  # seconds to wait for another run to finish
     noise: NoiseSettings = field(default_factory=NoiseSettings)
-    digest_over: int = 20  # more alerts than this for one destination in a run: one digest instead
+    digest_over: int = DEFAULT_DIGEST_OVER
     # the environment the routes' webhook variables are read from (routing.destinations); never shown
     environment: Mapping[str, str] = field(default_factory=dict, repr=False)
 
@@ -108,17 +110,18 @@ NOISE_OPTIONS = {
     "--critical-threshold": ("ALERT_CRITICAL_THRESHOLD", _threshold, NoiseSettings.critical_threshold),
     "--critical-usd": ("ALERT_CRITICAL_USD", _usd, NoiseSettings.critical_usd),
     "--suppress-days": ("ALERT_SUPPRESS_DAYS", _whole(MAX_SUPPRESS_DAYS), NoiseSettings.suppress_days),
-    "--digest-over": ("ALERT_DIGEST_OVER", _whole(MAX_DIGEST_OVER), 20),
+    "--digest-over": ("ALERT_DIGEST_OVER", _whole(MAX_DIGEST_OVER), DEFAULT_DIGEST_OVER),
 }
+# each followed by its default (NOISE_OPTIONS)
 NOISE_HELP = {
-    "--min-change-usd": "alert only when abs(balance - previous) is at least this many USD (default 1000)",
-    "--critical-threshold": "severity critical when abs(balance change ratio) >= this (default 1 = 100%%)",
-    "--critical-usd": "severity critical when abs(balance - previous) is above this in USD (default 100000)",
+    "--min-change-usd": "alert only when abs(balance - previous) is at least this many USD",
+    "--critical-threshold": "severity critical when abs(balance change ratio) >= this, 1 = 100%%",
+    "--critical-usd": "severity critical when abs(balance - previous) is above this in USD",
     "--suppress-days": (
-        "do not alert an organization alerted in the last N days again unless its severity rises "
-        "(default 0 = off); suppressed alerts are recorded"
+        "do not alert an organization alerted in the last N days again unless its severity rises; "
+        "suppressed alerts are recorded; 0 = off"
     ),
-    "--digest-over": "more alerts than this for one destination in a run: one digest message (default 20)",
+    "--digest-over": "more alerts than this for one destination in a run: one digest message",
 }
 
 
@@ -181,16 +184,18 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print what would be sent; change nothing (no history rows, no watermark move, no HTTP)",
     )
-    for flag, (name, parse, _) in NOISE_OPTIONS.items():
-        parser.add_argument(flag, type=parse, help=f"{NOISE_HELP[flag]}; environment {name}")
+    for flag, (name, parse, default) in NOISE_OPTIONS.items():
+        parser.add_argument(
+            flag, type=parse, help=f"{NOISE_HELP[flag]} (default {default}); environment {name}"
+        )
     return parser
 
 
 def _env_number(
     env: Mapping[str, str], name: str, default: float, *, minimum: float, maximum: float
 ) -> float:
-    # bounded above too: a huge timeout or backoff overflows the socket / sleep call mid-run, and
-    # the issue wants delivery retries bounded
+    # bounded above too: a huge timeout or backoff overflows the socket / sleep call mid-run, and a
+    # run's delivery retries must end in bounded time
     raw = env.get(name, "").strip()
     if not raw:
         return default

@@ -172,11 +172,6 @@ def run_lock(conn: Connection, timeout: float, poll: float = 0.2) -> Iterator[No
             pass  # connection broken: closing it releases the lock anyway; keep the original error
 
 
-def pin_search_path(conn: Connection) -> None:
-    """Only pg_catalog resolves unqualified names in this transaction: every ops name is qualified."""
-    conn.execute(text("set local search_path = pg_catalog, pg_temp"))
-
-
 def read_watermark(conn: Connection, destination: str) -> date | None:
     return conn.execute(
         select(watermark.c.last_processed_date).where(
@@ -301,26 +296,6 @@ def recent_alerts(
     for row in rows:
         found.setdefault(row.organization_id, []).append((row.balance_date, row.severity))
     return found
-
-
-def suppressed_count(conn: Connection, destination: str, start: date, end: date) -> int:
-    return conn.execute(
-        select(func.count()).where(
-            history.c.destination == destination,
-            history.c.status == SUPPRESSED,
-            history.c.balance_date.between(start, end),
-        )
-    ).scalar_one()
-
-
-def undelivered_organizations(conn: Connection, destination: str) -> set[int]:
-    return set(
-        conn.execute(
-            select(history.c.organization_id)
-            .distinct()
-            .where(history.c.destination == destination, _deliverable)
-        ).scalars()
-    )
 
 
 def undelivered_elsewhere(conn: Connection, destinations: Sequence[str]) -> dict[str, int]:

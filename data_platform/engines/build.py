@@ -19,12 +19,10 @@ from pathlib import Path
 
 from data_platform.load_errors import ALLOW_EMPTY_HELP
 from data_platform.paths import DBT_DIR_ARGS, DBT_PROJECT_DIR
+from data_platform.refresh import UNIT_TESTS_EXCLUDED
 from data_platform.steps import Stopped, run_child, step, stop_on_signals
 
 ENGINES = ("duckdb", "spark")
-# what the daily Postgres build leaves out (refresh.BuildPlan.dbt_args): unit tests check the SQL, not
-# the data, so a build that should do the pipeline's work (a benchmark) can leave them out too
-UNIT_TESTS_EXCLUDED = ("--exclude-resource-type", "unit_test")
 # where each engine keeps its warehouse (the dbt profile reads the same variables), made absolute so
 # that the raw builder and dbt, which runs from the project root, open the same files
 LOCATIONS = {

@@ -36,9 +36,8 @@ from data_platform.generator.values import (
     payment_method,
 )
 
-# `is_final` in dbt/seeds/invoice_enrichment.csv: these never change again (a paid invoice is not paid twice).
-FINAL_STATUSES = frozenset({"paid", "unpayable", "cancelled", "refunded", "credited"})
-# Next status of a changing invoice, by its current status: mostly paid, some cancelled or credited.
+# Next status of a changing invoice, by its current status: mostly paid, some cancelled or credited. Only
+# the statuses that are not `is_final` in dbt/seeds/invoice_enrichment.csv change (a test checks it).
 TRANSITIONS: dict[str, dict[str, float]] = {
     "open": {"paid": 70, "processing": 8, "cancelled": 10, "credited": 5, "failed": 4, "unpayable": 3},
     "pending": {"paid": 70, "processing": 10, "cancelled": 10, "credited": 5, "failed": 5},
