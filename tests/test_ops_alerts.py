@@ -35,7 +35,7 @@ from orchestration_support import (
     freshness_clock_ahead,
     load_definitions,
 )
-from slack_stub import OK, SECRET, Reply, SlackStub, hang, rate_limited, redirect, server_error
+from slack_stub import OK, SECRET, Reply, SlackStub, hang, rate_limited, redirect, server_error, slow
 
 from data_platform import ledger, pipeline, refresh
 from data_platform.orchestration import notify, ops_alerts
@@ -275,8 +275,32 @@ def test_an_ops_send_answered_byte_by_byte_is_given_up_after_its_timeout_in_all(
     took = time.monotonic() - began
     server.close()
     assert took < 4, took
-    assert not outcome.delivered and outcome.service_unavailable
+    assert not outcome.delivered and outcome.service_unavailable and outcome.unanswered
     assert outcome.error == "no answer within 2 s (the message may have arrived)"
+
+
+@pytest.mark.parametrize(
+    ("reply", "unanswered"),
+    [(slow(seconds=3), True), (server_error(), False), (rate_limited(retry_after=30), False)],
+    ids=["answered late", "500", "429"],
+)
+def test_an_ops_alert_outcome_says_whether_the_message_may_have_arrived(reply, unanswered):
+    # a sensor counts the attempts that may have arrived; a refused one is retried freely
+    with SlackStub() as slack:
+        slack.always(reply)
+        channel = notify.channel_from_environment({"SLACK_WEBHOOK_URL": slack.url, "ALERT_HTTP_TIMEOUT": "1"})
+        outcome = channel.send(notify.OpsMessage("Pipeline run failed: daily_pipeline"))
+    assert not outcome.delivered and outcome.unanswered is unanswered
+    assert ("may have arrived" in outcome.error) is unanswered
+
+
+def test_an_ops_alert_to_a_webhook_that_refuses_connections_is_not_counted_as_maybe_arrived():
+    server = socket.create_server(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{server.getsockname()[1]}/services/T000/B000/{SECRET}"
+    server.close()  # nothing listens there now: the connection is refused
+    outcome = notify.channel_from_environment({"SLACK_WEBHOOK_URL": url}).send(notify.OpsMessage("x"))
+    assert not outcome.delivered and not outcome.unanswered
+    assert outcome.error.startswith("cannot reach Slack: ") and SECRET not in outcome.error
 
 
 def test_an_undelivered_alert_holds_back_the_rest_of_the_tick_in_order(defs, instance):
@@ -653,3 +677,4 @@ def test_a_fact_gone_stale_after_the_stale_alert_still_counts_while_a_run_is_in_
         (tmp_path / "exports" / "2024-07-04").mkdir()  # a new export: its run is in progress
         tick(defs, instance, "freshness_alerts", cursor)
     assert [m["text"].splitlines()[0] for m in slack.delivered] == ["Data is stale"]
+
