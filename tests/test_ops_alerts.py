@@ -38,6 +38,7 @@ from orchestration_support import (
 from slack_stub import OK, SECRET, Reply, SlackStub, hang, rate_limited, redirect, server_error, slow
 
 from data_platform import ledger, pipeline, refresh
+from data_platform.alerts.records import MAX_UNCONFIRMED_ATTEMPTS
 from data_platform.orchestration import notify, ops_alerts
 from data_platform.orchestration.ops_alerts import FACT, check_freshness
 from data_platform.raw_tables import LoadLogRow
@@ -277,6 +278,42 @@ def test_an_ops_send_answered_byte_by_byte_is_given_up_after_its_timeout_in_all(
     assert took < 4, took
     assert not outcome.delivered and outcome.service_unavailable and outcome.unanswered
     assert outcome.error == "no answer within 2 s (the message may have arrived)"
+
+
+def test_a_failure_alert_slack_takes_but_answers_late_is_sent_twice_at_most_then_logged(
+    defs, instance, capfd
+):
+    # Slack took each copy and answered after the timeout: counted as undelivered, it went again every
+    # 30 s without end. A refused attempt (HTTP 500) did not arrive, so it does not count.
+    assert MAX_UNCONFIRMED_ATTEMPTS == 2
+    with SlackStub() as slack:
+        with environment(dagster_env(SLACK_WEBHOOK_URL=slack.url, ALERT_HTTP_TIMEOUT="1")):
+            started = tick(defs, instance, "run_failure_alerts", None)
+            run_id, other = fail(instance), fail(instance)
+            # the previous release's cursor: a plain list of pending runs, no count of attempts
+            cursor = json.dumps({"after": json.loads(started.cursor)["after"], "pending": []})
+            slack.answer(slow(seconds=3), server_error(), slow(seconds=3), then=OK)
+            capfd.readouterr()
+            for _ in range(2):
+                cursor = tick(defs, instance, "run_failure_alerts", cursor).cursor
+                assert pending_runs(cursor) == [run_id, other]  # still readable by that release
+            log = capfd.readouterr().err
+            assert f"the failure alert of run {run_id} (daily_pipeline) got no answer: no answer" in log
+            assert "HTTP 500: internal_error; retried next tick" in log
+            given_up = tick(defs, instance, "run_failure_alerts", cursor)
+            # the give-up is reported in the same words as the balance alerts'
+            log = capfd.readouterr().err
+            assert (
+                f"the failure alert of run {run_id} (daily_pipeline) never confirmed after 2 unanswered "
+                "attempts: not sent again; check the channel, where it may have arrived" in log
+            )
+            assert "never confirmed after 2 unanswered attempts" in given_up.skip_message
+            assert pending_runs(given_up.cursor) == [other]
+            after = tick(defs, instance, "run_failure_alerts", given_up.cursor)
+            tick(defs, instance, "run_failure_alerts", after.cursor)
+        # each slow copy reached the channel: two of them, then the other run's alert, once
+        assert alerted_runs(slack) == [run_id, run_id, other]
+        assert [r.status for r in slack.requests][:3] == [200, 500, 200]
 
 
 @pytest.mark.parametrize(
@@ -677,4 +714,3 @@ def test_a_fact_gone_stale_after_the_stale_alert_still_counts_while_a_run_is_in_
         (tmp_path / "exports" / "2024-07-04").mkdir()  # a new export: its run is in progress
         tick(defs, instance, "freshness_alerts", cursor)
     assert [m["text"].splitlines()[0] for m in slack.delivered] == ["Data is stale"]
-
