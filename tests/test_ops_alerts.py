@@ -714,3 +714,44 @@ def test_a_fact_gone_stale_after_the_stale_alert_still_counts_while_a_run_is_in_
         (tmp_path / "exports" / "2024-07-04").mkdir()  # a new export: its run is in progress
         tick(defs, instance, "freshness_alerts", cursor)
     assert [m["text"].splitlines()[0] for m in slack.delivered] == ["Data is stale"]
+
+
+def test_a_freshness_alert_slack_takes_but_answers_late_is_sent_twice_at_most_then_logged(
+    defs, instance, make_database, tmp_path, capfd
+):
+    # as a failure alert: each late answer may hide a delivered copy, resent every 5 min without end
+    database = loaded_warehouse(make_database, covered=EXPORTS[1])
+    fresh_export_folder(tmp_path)
+    with ops_slack(database, tmp_path, ALERT_HTTP_TIMEOUT="1") as slack:
+        slack.always(slow(seconds=3))
+        capfd.readouterr()
+        cursor = None
+        for _ in range(3):
+            result = tick(defs, instance, "freshness_alerts", cursor)
+            cursor = result.cursor
+        assert (
+            "the freshness alert (Data is stale) never confirmed after 2 unanswered attempts: not sent "
+            "again; check the channel, where it may have arrived" in capfd.readouterr().err
+        )
+        assert [m["text"].splitlines()[0] for m in slack.delivered] == ["Data is stale"] * 2
+        slack.always(OK)
+        cover(database, EXPORTS[-1])  # counted as said: the recovery is alerted as usual
+        tick(defs, instance, "freshness_alerts", cursor)
+    assert [m["text"].splitlines()[0] for m in slack.delivered] == ["Data is stale"] * 2 + [
+        "Data is fresh again"
+    ]
+
+
+def test_a_refused_freshness_alert_is_retried_until_delivered(defs, instance, make_database, tmp_path):
+    # nothing arrived: no limit, unlike an unanswered one
+    database = loaded_warehouse(make_database, covered=EXPORTS[1])
+    fresh_export_folder(tmp_path)
+    with ops_slack(database, tmp_path, ALERT_HTTP_RETRIES="0") as slack:
+        slack.always(server_error())
+        cursor = None
+        for _ in range(MAX_UNCONFIRMED_ATTEMPTS + 1):
+            cursor = tick(defs, instance, "freshness_alerts", cursor).cursor
+        assert len(slack.requests) == MAX_UNCONFIRMED_ATTEMPTS + 1 and slack.delivered == []
+        slack.always(OK)
+        tick(defs, instance, "freshness_alerts", cursor)
+    assert [m["text"].splitlines()[0] for m in slack.delivered] == ["Data is stale"]

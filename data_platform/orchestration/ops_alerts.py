@@ -17,7 +17,8 @@ An alert whose delivery failed is sent again on a later tick:
   read.
 - Freshness (stale: no new export folder for EXPORT_MAX_AGE_HOURS, or exports loaded that no successful
   build covered): the cursor records whether the last alert said stale or fresh, and a tick sends only
-  when that changes (and moves that record only once the message was delivered). It also keeps what the
+  when that changes (and moves that record only once the message was delivered, or after
+  MAX_UNCONFIRMED_ATTEMPTS unanswered attempts, logged as for a failed run). It also keeps what the
   last tick found, so that while a run is in progress (a Dagster run of any job, or init.sh's run, which
   holds the pipeline lock), when the fact lags the exports it is loading, the last verdict about the fact
   stands instead of a new one.
@@ -329,31 +330,42 @@ def check_freshness(
     return Freshness(exports, _fact_problems() if fact is None else fact)
 
 
-def _recorded(cursor: str | None) -> tuple[bool, Freshness]:
-    """(whether the last alert said stale, the problems the last tick found)."""
+def _recorded(cursor: str | None) -> tuple[bool, Freshness, int]:
+    """(whether the last alert said stale, the problems the last tick found, the unanswered attempts of
+    the message saying the opposite; earlier releases' cursors have none)."""
     if not cursor:
-        return False, Freshness()  # nothing said yet: assume fresh, so the first stale tick alerts
+        return False, Freshness(), 0  # nothing said yet: assume fresh, so the first stale tick alerts
     state = json.loads(cursor)
+    unanswered = int(state.get("unanswered", 0))
     if "problems" in state:
         # an earlier release's cursor, before the fact's verdict was kept apart: its problems stand for
         # that verdict, so a tick during a run keeps them and "fresh again" names them as resolved
-        return state["stale"], Freshness(fact=tuple(state["problems"]))
-    return state["stale"], Freshness(tuple(state.get("exports", ())), tuple(state.get("fact", ())))
+        return state["stale"], Freshness(fact=tuple(state["problems"])), unanswered
+    found = Freshness(tuple(state.get("exports", ())), tuple(state.get("fact", ())))
+    return state["stale"], found, unanswered
 
 
-def _cursor(said_stale: bool, found: Freshness) -> str:
-    return json.dumps({"stale": said_stale, "exports": list(found.exports), "fact": list(found.fact)})
+def _cursor(said_stale: bool, found: Freshness, unanswered: int = 0) -> str:
+    return json.dumps(
+        {
+            "stale": said_stale,
+            "exports": list(found.exports),
+            "fact": list(found.fact),
+            "unanswered": unanswered,
+        }
+    )
 
 
 @sensor(name="freshness_alerts", minimum_interval_seconds=300, default_status=DefaultSensorStatus.RUNNING)
 def freshness_alerts(context: SensorEvaluationContext):
-    said_stale, last = _recorded(context.cursor)
+    said_stale, last, unanswered = _recorded(context.cursor)
     # while a run is in progress, the fact lags the exports it is loading: keep the last verdict about
     # it (stale stays stale, fresh stays fresh) until a tick after the run judges it again
     running = run_in_progress(context.instance)
     current = check_freshness(utc_now(), fact=last.fact if running else None)
     if current.stale == said_stale:
-        context.update_cursor(_cursor(said_stale, current))  # for the next tick during a run
+        # for the next tick during a run; a change that went unanswered is moot now: its count goes
+        context.update_cursor(_cursor(said_stale, current))
         return SkipReason("stale: " + "; ".join(current.problems) if current.stale else "fresh")
     if current.stale:
         message = OpsMessage("Data is stale", details=current.problems, link=f"{dagster_base_url()}/assets")
@@ -361,6 +373,18 @@ def freshness_alerts(context: SensorEvaluationContext):
         message = OpsMessage("Data is fresh again", details=tuple(f"resolved: {p}" for p in last.problems))
     outcome = channel_from_environment().send(message)
     if not outcome.delivered:
-        return SkipReason(f"the freshness alert could not be delivered ({outcome.error}); next tick retries")
+        if outcome.unanswered:
+            # it may have arrived: resent every tick, a slow Slack would get a copy each time
+            unanswered += 1
+        if unanswered < MAX_UNCONFIRMED_ATTEMPTS:
+            context.update_cursor(_cursor(said_stale, last, unanswered))
+            return SkipReason(
+                f"the freshness alert could not be delivered ({outcome.error}); next tick retries"
+            )
+        # counted as said, so that the next change is alerted as usual
+        problem = given_up(f"the freshness alert ({message.title})", outcome.error)
+        context.log.error(problem)
+        context.update_cursor(_cursor(current.stale, current))
+        return SkipReason(problem)
     context.update_cursor(_cursor(current.stale, current))
     return SkipReason(f"sent: {message.title}")
