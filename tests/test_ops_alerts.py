@@ -35,9 +35,10 @@ from orchestration_support import (
     freshness_clock_ahead,
     load_definitions,
 )
-from slack_stub import OK, SECRET, Reply, SlackStub, hang, rate_limited, redirect, server_error
+from slack_stub import OK, SECRET, Reply, SlackStub, hang, rate_limited, redirect, server_error, slow
 
 from data_platform import ledger, pipeline, refresh
+from data_platform.alerts.records import MAX_UNCONFIRMED_ATTEMPTS
 from data_platform.orchestration import notify, ops_alerts
 from data_platform.orchestration.ops_alerts import FACT, check_freshness
 from data_platform.raw_tables import LoadLogRow
@@ -275,8 +276,68 @@ def test_an_ops_send_answered_byte_by_byte_is_given_up_after_its_timeout_in_all(
     took = time.monotonic() - began
     server.close()
     assert took < 4, took
-    assert not outcome.delivered and outcome.service_unavailable
+    assert not outcome.delivered and outcome.service_unavailable and outcome.unanswered
     assert outcome.error == "no answer within 2 s (the message may have arrived)"
+
+
+def test_a_failure_alert_slack_takes_but_answers_late_is_sent_twice_at_most_then_logged(
+    defs, instance, capfd
+):
+    # Slack took each copy and answered after the timeout: counted as undelivered, it went again every
+    # 30 s without end. A refused attempt (HTTP 500) did not arrive, so it does not count.
+    assert MAX_UNCONFIRMED_ATTEMPTS == 2
+    with SlackStub() as slack:
+        with environment(dagster_env(SLACK_WEBHOOK_URL=slack.url, ALERT_HTTP_TIMEOUT="1")):
+            started = tick(defs, instance, "run_failure_alerts", None)
+            run_id, other = fail(instance), fail(instance)
+            # the previous release's cursor: a plain list of pending runs, no count of attempts
+            cursor = json.dumps({"after": json.loads(started.cursor)["after"], "pending": []})
+            slack.answer(slow(seconds=3), server_error(), slow(seconds=3), then=OK)
+            capfd.readouterr()
+            for _ in range(2):
+                cursor = tick(defs, instance, "run_failure_alerts", cursor).cursor
+                assert pending_runs(cursor) == [run_id, other]  # still readable by that release
+            log = capfd.readouterr().err
+            assert f"the failure alert of run {run_id} (daily_pipeline) got no answer: no answer" in log
+            assert "HTTP 500: internal_error; retried next tick" in log
+            given_up = tick(defs, instance, "run_failure_alerts", cursor)
+            # the give-up is reported in the same words as the balance alerts'
+            log = capfd.readouterr().err
+            assert (
+                f"the failure alert of run {run_id} (daily_pipeline) never confirmed after 2 unanswered "
+                "attempts: not sent again; check the channel, where it may have arrived" in log
+            )
+            assert "never confirmed after 2 unanswered attempts" in given_up.skip_message
+            assert pending_runs(given_up.cursor) == [other]
+            after = tick(defs, instance, "run_failure_alerts", given_up.cursor)
+            tick(defs, instance, "run_failure_alerts", after.cursor)
+        # each slow copy reached the channel: two of them, then the other run's alert, once
+        assert alerted_runs(slack) == [run_id, run_id, other]
+        assert [r.status for r in slack.requests][:3] == [200, 500, 200]
+
+
+@pytest.mark.parametrize(
+    ("reply", "unanswered"),
+    [(slow(seconds=3), True), (server_error(), False), (rate_limited(retry_after=30), False)],
+    ids=["answered late", "500", "429"],
+)
+def test_an_ops_alert_outcome_says_whether_the_message_may_have_arrived(reply, unanswered):
+    # a sensor counts the attempts that may have arrived; a refused one is retried freely
+    with SlackStub() as slack:
+        slack.always(reply)
+        channel = notify.channel_from_environment({"SLACK_WEBHOOK_URL": slack.url, "ALERT_HTTP_TIMEOUT": "1"})
+        outcome = channel.send(notify.OpsMessage("Pipeline run failed: daily_pipeline"))
+    assert not outcome.delivered and outcome.unanswered is unanswered
+    assert ("may have arrived" in outcome.error) is unanswered
+
+
+def test_an_ops_alert_to_a_webhook_that_refuses_connections_is_not_counted_as_maybe_arrived():
+    server = socket.create_server(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{server.getsockname()[1]}/services/T000/B000/{SECRET}"
+    server.close()  # nothing listens there now: the connection is refused
+    outcome = notify.channel_from_environment({"SLACK_WEBHOOK_URL": url}).send(notify.OpsMessage("x"))
+    assert not outcome.delivered and not outcome.unanswered
+    assert outcome.error.startswith("cannot reach Slack: ") and SECRET not in outcome.error
 
 
 def test_an_undelivered_alert_holds_back_the_rest_of_the_tick_in_order(defs, instance):
@@ -651,5 +712,46 @@ def test_a_fact_gone_stale_after_the_stale_alert_still_counts_while_a_run_is_in_
             cursor = tick(defs, instance, "freshness_alerts", cursor).cursor
         in_progress(instance, "daily_pipeline")
         (tmp_path / "exports" / "2024-07-04").mkdir()  # a new export: its run is in progress
+        tick(defs, instance, "freshness_alerts", cursor)
+    assert [m["text"].splitlines()[0] for m in slack.delivered] == ["Data is stale"]
+
+
+def test_a_freshness_alert_slack_takes_but_answers_late_is_sent_twice_at_most_then_logged(
+    defs, instance, make_database, tmp_path, capfd
+):
+    # as a failure alert: each late answer may hide a delivered copy, resent every 5 min without end
+    database = loaded_warehouse(make_database, covered=EXPORTS[1])
+    fresh_export_folder(tmp_path)
+    with ops_slack(database, tmp_path, ALERT_HTTP_TIMEOUT="1") as slack:
+        slack.always(slow(seconds=3))
+        capfd.readouterr()
+        cursor = None
+        for _ in range(3):
+            result = tick(defs, instance, "freshness_alerts", cursor)
+            cursor = result.cursor
+        assert (
+            "the freshness alert (Data is stale) never confirmed after 2 unanswered attempts: not sent "
+            "again; check the channel, where it may have arrived" in capfd.readouterr().err
+        )
+        assert [m["text"].splitlines()[0] for m in slack.delivered] == ["Data is stale"] * 2
+        slack.always(OK)
+        cover(database, EXPORTS[-1])  # counted as said: the recovery is alerted as usual
+        tick(defs, instance, "freshness_alerts", cursor)
+    assert [m["text"].splitlines()[0] for m in slack.delivered] == ["Data is stale"] * 2 + [
+        "Data is fresh again"
+    ]
+
+
+def test_a_refused_freshness_alert_is_retried_until_delivered(defs, instance, make_database, tmp_path):
+    # nothing arrived: no limit, unlike an unanswered one
+    database = loaded_warehouse(make_database, covered=EXPORTS[1])
+    fresh_export_folder(tmp_path)
+    with ops_slack(database, tmp_path, ALERT_HTTP_RETRIES="0") as slack:
+        slack.always(server_error())
+        cursor = None
+        for _ in range(MAX_UNCONFIRMED_ATTEMPTS + 1):
+            cursor = tick(defs, instance, "freshness_alerts", cursor).cursor
+        assert len(slack.requests) == MAX_UNCONFIRMED_ATTEMPTS + 1 and slack.delivered == []
+        slack.always(OK)
         tick(defs, instance, "freshness_alerts", cursor)
     assert [m["text"].splitlines()[0] for m in slack.delivered] == ["Data is stale"]

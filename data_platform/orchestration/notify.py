@@ -102,6 +102,7 @@ class SlackOpsChannel:
 
     def __init__(self, url: str, http: config.HttpSettings) -> None:
         self._url = url
+        self._timeout = http.timeout
         # the timeout bounds each socket operation, and a send makes a few: twice it is plenty
         self._deadline = 2 * http.timeout
         self._client = delivery.UnredirectedWebhookClient(
@@ -127,13 +128,18 @@ class SlackOpsChannel:
         sender = threading.Thread(target=post, name="ops-alert-send", daemon=True)
         sender.start()
         sender.join(self._deadline)
+        # `unanswered`: the request went out and may have been accepted, so the caller counts it
+        # towards the at-most-twice limit instead of resending it every tick
         if not done:
             why = f"no answer within {self._deadline:g} s (the message may have arrived)"
-            return delivery.Outcome(False, why, service_unavailable=True)
+            return delivery.Outcome(False, why, service_unavailable=True, unanswered=True)
         response = done[0]
         if isinstance(response, Exception):
-            text = delivery.redact(f"{type(response).__name__}: {response}", self._url)
-            return delivery.Outcome(False, text, service_unavailable=True)
+            # the balance alerts' rule: a failed connection sent nothing, a read timeout or dropped
+            # answer may have been accepted
+            why, unanswered = delivery._describe(response, self._timeout)
+            text = delivery.redact(why, self._url)
+            return delivery.Outcome(False, text, service_unavailable=True, unanswered=unanswered)
         if 200 <= response.status_code < 300:
             return delivery.Outcome(delivered=True)
         body = " ".join(str(response.body or "").split())[:200]

@@ -4,17 +4,21 @@ An alert whose delivery failed is sent again on a later tick:
 
 - A failed run: each tick reads the instance's run failure events after the last one its cursor
   records, and the cursor keeps the runs whose alert is not delivered yet; a run leaves it once its alert
-  was delivered. The cursor is saved even when a run's alert could not be built (that run waits for the
-  next tick), and a tick starts no send after FAILURE_TICK_BUDGET_SECONDS, so that a tick Dagster gives
-  up on does not leave sent alerts out of the cursor. A run counts by its job's name: the jobs of this
-  code location (the daily job, or assets materialized alone), however it was started: by the schedule
-  or a sensor, in the UI, or by hand (`dagster job execute`, `dagster asset materialize`); a job of the
-  same name in another code location of the instance would count too. The first tick starts from the
-  newest failure, so runs that failed before the sensor ever ran are not alerted; the cursor of the
-  run failure sensor this one replaced is carried on from the last event it read.
+  was delivered, or once MAX_UNCONFIRMED_ATTEMPTS attempts went unanswered (a timeout: Slack may have
+  taken it), which is logged as an error saying to check the channel; an alert refused, or not sent at
+  all, is retried without limit. The cursor is saved even when a run's alert could not be built (that
+  run waits for the next tick), and a tick starts no send after FAILURE_TICK_BUDGET_SECONDS, so that a
+  tick Dagster gives up on does not leave sent alerts out of the cursor. A run counts by its job's name:
+  the jobs of this code location (the daily job, or assets materialized alone), however it was started:
+  by the schedule or a sensor, in the UI, or by hand (`dagster job execute`, `dagster asset
+  materialize`); a job of the same name in another code location of the instance would count too. The
+  first tick starts from the newest failure, so runs that failed before the sensor ever ran are not
+  alerted; the cursor of the run failure sensor this one replaced is carried on from the last event it
+  read.
 - Freshness (stale: no new export folder for EXPORT_MAX_AGE_HOURS, or exports loaded that no successful
   build covered): the cursor records whether the last alert said stale or fresh, and a tick sends only
-  when that changes (and moves that record only once the message was delivered). It also keeps what the
+  when that changes (and moves that record only once the message was delivered, or after
+  MAX_UNCONFIRMED_ATTEMPTS unanswered attempts, logged as for a failed run). It also keeps what the
   last tick found, so that while a run is in progress (a Dagster run of any job, or init.sh's run, which
   holds the pipeline lock), when the fact lags the exports it is loading, the last verdict about the fact
   stands instead of a new one.
@@ -43,6 +47,7 @@ from dagster import (
 )
 
 from data_platform import refresh
+from data_platform.alerts.records import MAX_UNCONFIRMED_ATTEMPTS
 from data_platform.db import connect
 from data_platform.load_errors import LoadError
 from data_platform.orchestration.notify import (
@@ -103,18 +108,36 @@ def failure_message(instance: DagsterInstance, run: DagsterRun, base_url: str) -
     )
 
 
-def _failure_cursor(cursor: str | None) -> tuple[int, list[str]] | None:
-    """(the storage id of the last failure event read, the runs whose alert is not delivered yet), or
-    None before the first tick (or from a cursor of another kind). The run failure sensor this one
-    replaced recorded the storage id of the last run status event it handled (`record_id`, the ids
-    fetch_run_status_changes reads after): it goes on from there, so no failure is lost on the upgrade."""
+def given_up(what: str, error: str | None) -> str:
+    """The error once an alert is not sent again: the balance alerts' words for it."""
+    return (
+        f"{what} never confirmed after {MAX_UNCONFIRMED_ATTEMPTS} unanswered attempts: not sent again; "
+        f"check the channel, where it may have arrived (last attempt: {error})"
+    )
+
+
+def _failure_cursor(cursor: str | None) -> tuple[int, list[str], dict[str, int]] | None:
+    """(the storage id of the last failure event read, the runs whose alert is not delivered yet, the
+    unanswered attempts of those that had any), or None before the first tick (or from a cursor of
+    another kind). The run failure sensor this one replaced recorded the storage id of the last run
+    status event it handled (`record_id`, the ids fetch_run_status_changes reads after): it goes on from
+    there, so no failure is lost on the upgrade. A cursor of the release before the unanswered attempts
+    were counted has none: its pending runs start from zero."""
     try:
         state = json.loads(cursor or "")
         if state.get("__class__") in RUN_STATUS_SENSOR_CURSORS:
-            return int(state["record_id"]), []
-        return int(state["after"]), [str(run_id) for run_id in state["pending"]]
+            return int(state["record_id"]), [], {}
+        pending = [str(run_id) for run_id in state["pending"]]
+        unanswered = {str(run_id): int(count) for run_id, count in state.get("unanswered", {}).items()}
+        return int(state["after"]), pending, unanswered
     except (ValueError, TypeError, KeyError, AttributeError):
         return None
+
+
+def _failure_cursor_text(after: int, pending: list[str], unanswered: dict[str, int]) -> str:
+    # "pending" stays a plain list of runs, so that the previous release still reads this cursor
+    counts = {run_id: unanswered[run_id] for run_id in pending if unanswered.get(run_id)}
+    return json.dumps({"after": after, "pending": pending, "unanswered": counts})
 
 
 def alert_failed_runs(
@@ -131,9 +154,9 @@ def alert_failed_runs(
     if recorded is None:
         newest = instance.fetch_run_status_changes(DagsterEventType.RUN_FAILURE, limit=1).records
         after = newest[0].storage_id if newest else -1
-        context.update_cursor(json.dumps({"after": after, "pending": []}))
+        context.update_cursor(_failure_cursor_text(after, [], {}))
         return SkipReason("started: runs that fail from now on are alerted")
-    after, pending = recorded
+    after, pending, unanswered = recorded
     # a run's alert is queued once, from its failure event: storage ids only grow
     events = instance.fetch_run_status_changes(
         RunStatusChangeRecordsFilter(DagsterEventType.RUN_FAILURE, after_storage_id=after),
@@ -172,15 +195,26 @@ def alert_failed_runs(
             break
         if outcome is not None:
             if not outcome.delivered:
-                context.log.error(
-                    f"the failure alert of run {run_id} ({run.job_name}) could not be delivered: "
-                    f"{outcome.error}; retried next tick"
-                )
+                what = f"the failure alert of run {run_id} ({run.job_name})"
                 problem = f"a run failure alert could not be delivered ({outcome.error})"
+                if outcome.unanswered:
+                    # it may have arrived: resent every tick, a slow Slack would get a copy each time
+                    unanswered[run_id] = unanswered.get(run_id, 0) + 1
+                if unanswered.get(run_id, 0) >= MAX_UNCONFIRMED_ATTEMPTS:
+                    problem = given_up(what, outcome.error)
+                    context.log.error(problem)
+                    pending.remove(run_id)
+                elif outcome.unanswered:
+                    context.log.error(
+                        f"{what} got no answer: {outcome.error}; sent again next tick, at most "
+                        f"{MAX_UNCONFIRMED_ATTEMPTS} times in all"
+                    )
+                else:  # refused, or never sent: nothing arrived, so it is retried without limit
+                    context.log.error(f"{what} could not be delivered: {outcome.error}; retried next tick")
                 break  # the destination fails: the rest wait with this one
             sent += 1
         pending.remove(run_id)
-    context.update_cursor(json.dumps({"after": after, "pending": pending}))
+    context.update_cursor(_failure_cursor_text(after, pending, unanswered))
     if problem:
         return SkipReason(
             f"sent {sent} run failure alert(s); {problem}; {len(pending)} wait for the next tick"
@@ -296,31 +330,42 @@ def check_freshness(
     return Freshness(exports, _fact_problems() if fact is None else fact)
 
 
-def _recorded(cursor: str | None) -> tuple[bool, Freshness]:
-    """(whether the last alert said stale, the problems the last tick found)."""
+def _recorded(cursor: str | None) -> tuple[bool, Freshness, int]:
+    """(whether the last alert said stale, the problems the last tick found, the unanswered attempts of
+    the message saying the opposite; earlier releases' cursors have none)."""
     if not cursor:
-        return False, Freshness()  # nothing said yet: assume fresh, so the first stale tick alerts
+        return False, Freshness(), 0  # nothing said yet: assume fresh, so the first stale tick alerts
     state = json.loads(cursor)
+    unanswered = int(state.get("unanswered", 0))
     if "problems" in state:
         # an earlier release's cursor, before the fact's verdict was kept apart: its problems stand for
         # that verdict, so a tick during a run keeps them and "fresh again" names them as resolved
-        return state["stale"], Freshness(fact=tuple(state["problems"]))
-    return state["stale"], Freshness(tuple(state.get("exports", ())), tuple(state.get("fact", ())))
+        return state["stale"], Freshness(fact=tuple(state["problems"])), unanswered
+    found = Freshness(tuple(state.get("exports", ())), tuple(state.get("fact", ())))
+    return state["stale"], found, unanswered
 
 
-def _cursor(said_stale: bool, found: Freshness) -> str:
-    return json.dumps({"stale": said_stale, "exports": list(found.exports), "fact": list(found.fact)})
+def _cursor(said_stale: bool, found: Freshness, unanswered: int = 0) -> str:
+    return json.dumps(
+        {
+            "stale": said_stale,
+            "exports": list(found.exports),
+            "fact": list(found.fact),
+            "unanswered": unanswered,
+        }
+    )
 
 
 @sensor(name="freshness_alerts", minimum_interval_seconds=300, default_status=DefaultSensorStatus.RUNNING)
 def freshness_alerts(context: SensorEvaluationContext):
-    said_stale, last = _recorded(context.cursor)
+    said_stale, last, unanswered = _recorded(context.cursor)
     # while a run is in progress, the fact lags the exports it is loading: keep the last verdict about
     # it (stale stays stale, fresh stays fresh) until a tick after the run judges it again
     running = run_in_progress(context.instance)
     current = check_freshness(utc_now(), fact=last.fact if running else None)
     if current.stale == said_stale:
-        context.update_cursor(_cursor(said_stale, current))  # for the next tick during a run
+        # for the next tick during a run; a change that went unanswered is moot now: its count goes
+        context.update_cursor(_cursor(said_stale, current))
         return SkipReason("stale: " + "; ".join(current.problems) if current.stale else "fresh")
     if current.stale:
         message = OpsMessage("Data is stale", details=current.problems, link=f"{dagster_base_url()}/assets")
@@ -328,6 +373,18 @@ def freshness_alerts(context: SensorEvaluationContext):
         message = OpsMessage("Data is fresh again", details=tuple(f"resolved: {p}" for p in last.problems))
     outcome = channel_from_environment().send(message)
     if not outcome.delivered:
-        return SkipReason(f"the freshness alert could not be delivered ({outcome.error}); next tick retries")
+        if outcome.unanswered:
+            # it may have arrived: resent every tick, a slow Slack would get a copy each time
+            unanswered += 1
+        if unanswered < MAX_UNCONFIRMED_ATTEMPTS:
+            context.update_cursor(_cursor(said_stale, last, unanswered))
+            return SkipReason(
+                f"the freshness alert could not be delivered ({outcome.error}); next tick retries"
+            )
+        # counted as said, so that the next change is alerted as usual
+        problem = given_up(f"the freshness alert ({message.title})", outcome.error)
+        context.log.error(problem)
+        context.update_cursor(_cursor(current.stale, current))
+        return SkipReason(problem)
     context.update_cursor(_cursor(current.stale, current))
     return SkipReason(f"sent: {message.title}")
