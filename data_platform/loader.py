@@ -12,10 +12,11 @@ only ever written, never dropped: readers and running dbt builds keep working.
 
 Already loaded (same date, same checksums) -> skipped. Same date with other content, a date before
 the latest loaded export, a date after today (UTC), invoices created after their export's date, or
-the same INVOICE_ID twice -> refused. A file an earlier export loaded that changes rows loaded again ->
-refused: the base export again under a new --as-of, an old folder copied to a new date, or an old
-invoices.csv beside a new organizations.csv would undo what the exports since changed (loaded again
-without changing anything, as the latest export's files, it loads). A file that
+the same INVOICE_ID twice -> refused. An invoices file an earlier export loaded that changes rows loaded
+again -> refused: the base export again under a new --as-of, an old folder copied to a new date, or an
+old invoices.csv beside a new organizations.csv would undo what the exports since changed (loaded again
+without changing anything, as the latest export's file, it loads; an organizations.csv equal to an
+earlier one loads: an organization's state can return). A file that
 changes while it is read (appended to, replaced) -> refused, so the next run loads it whole. An export
 with a header but no rows is refused unless --allow-empty; once loaded, it is skipped like any other
 (later runs need no --allow-empty). A server older than PostgreSQL 16 -> refused before anything is
@@ -184,16 +185,16 @@ def _altered(export: Export, export_date: date, logged: ledger.LoggedExport, inv
     )
 
 
-def _refuse_reloaded(conn: psycopg.Connection, export_date: date, file: Staged, changed: int) -> None:
-    """Refuse a file an earlier export loaded that changes rows loaded again: it would undo what the exports
-    since changed (export_log.refuse_reloaded: the engines' builders apply the same rule)."""
+def _refuse_reloaded(conn: psycopg.Connection, export_date: date, invoices: Staged, changed: int) -> None:
+    """Refuse an invoices file an earlier export loaded that changes rows loaded again: it would undo what
+    the exports since changed (export_log.refuse_reloaded, which the engines' builders apply too, says why
+    an organizations file is not judged so)."""
     if not changed:
         return
     logged = ledger.logged_exports(conn)
-    column = "invoices_sha256" if file.spec is INVOICES else "organizations_sha256"
-    loaded = {export.export_date: getattr(export, column) for export in logged}
+    loaded = {export.export_date: export.invoices_sha256 for export in logged}
     sources = {export.export_date: export.source for export in logged}
-    refuse_reloaded(file.path, file.sha256, changed, export_date, loaded, sources)
+    refuse_reloaded(invoices.path, invoices.sha256, changed, export_date, loaded, sources)
 
 
 def load_export(
@@ -258,8 +259,6 @@ def load_export(
         counts = ledger.apply_invoices(conn, invoices, export_date, new_tables=new_tables)
         _refuse_reloaded(conn, export_date, invoices, counts.changed)
         org_new, org_changed = ledger.apply_organizations(conn, export_date) if organizations else (0, 0)
-        if organizations:
-            _refuse_reloaded(conn, export_date, organizations, org_changed)
         for file in files:
             discard(conn, file.spec)
         ledger.refresh_statistics(conn, counts.new + counts.changed)
