@@ -168,10 +168,20 @@ def _already_loaded(
     invoices, organizations = _checksums(conn, export)
     if (invoices, organizations) == (logged.invoices_sha256, logged.organizations_sha256):
         return True
-    raise _altered(export, export_date, logged, invoices)
+    raise _altered(export, export_date, logged, invoices, organizations)
 
 
-def _altered(export: Export, export_date: date, logged: ledger.LoggedExport, invoices: str) -> LoadError:
+def _altered(
+    export: Export, export_date: date, logged: ledger.LoggedExport, invoices: str, organizations: str | None
+) -> LoadError:
+    if invoices == logged.invoices_sha256 and organizations is None and logged.organizations_sha256:
+        # a clean-up of old days' files: "a different file" would send its reader looking for an edit
+        return LoadError(
+            export.source / ORGANIZATIONS.file_name,
+            f"file not found, but export {export_date} was loaded with it (organizations checksum "
+            f"{logged.organizations_sha256}, from {logged.source}): put it back as it was; an export's files "
+            "are the record of what was loaded, so a loaded export's files stay in place, unchanged",
+        )
     if invoices != logged.invoices_sha256:
         was = f"invoices checksum {logged.invoices_sha256}"
     elif logged.organizations_sha256 is None:
@@ -246,12 +256,18 @@ def load_export(
         export_date = export.date or ledger.latest_day(conn)
         if export_date is None:
             raise undatable(export.invoices)
+        organizations = staged.get(ORGANIZATIONS.name)
         if export.date is None:
             logged = ledger.logged(conn, export_date)
             if logged:
-                raise _altered(export, export_date, logged, invoices.sha256)
+                raise _altered(
+                    export,
+                    export_date,
+                    logged,
+                    invoices.sha256,
+                    organizations.sha256 if organizations else None,
+                )
             _refuse_date(conn, export, export_date, today)
-        organizations = staged.get(ORGANIZATIONS.name)
         ledger.refuse_future_invoices(conn, invoices, export_date)
         if organizations:
             ledger.refuse_duplicates(conn, organizations)

@@ -189,6 +189,27 @@ def test_an_export_with_only_its_organizations_file_altered_is_refused(conn, csv
     assert snapshot(conn) == before
 
 
+def test_an_export_whose_organizations_file_is_gone_is_refused_saying_so(conn, csv_dir):
+    """A loaded export's organizations.csv removed (a clean-up of old days) is named as missing, not as a
+    different file: the folder's files are the record of what was loaded."""
+    folder = write_export(csv_dir, "2024-01-02", [invoice(1)], [ORG_LINES[3]])
+    load_exports(conn, csv_dir)
+    logged = conn.execute(
+        "select organizations_sha256 from raw.load_log where export_date = '2024-01-02'"
+    ).fetchone()[0]
+    (folder / "organizations.csv").unlink()
+    write_export(csv_dir, "2024-01-03", [invoice(2, "2024-01-03T10:00:00Z")])
+    before = snapshot(conn)
+    with pytest.raises(LoadError) as raised:
+        load_exports(conn, csv_dir)
+    assert str(raised.value) == (
+        f"{folder / 'organizations.csv'}: file not found, but export 2024-01-02 was loaded with it "
+        f"(organizations checksum {logged}, from {folder}): put it back as it was; an export's files are "
+        "the record of what was loaded, so a loaded export's files stay in place, unchanged"
+    )
+    assert snapshot(conn) == before
+
+
 def test_an_organization_repeated_unchanged_is_neither_counted_changed_nor_seen_again(conn, csv_dir):
     seen = conn.execute("select seen_on from raw.organizations where organization_id = 42").fetchone()
     write_export(csv_dir, "2024-01-02", [invoice(1)], [ORG_LINES[3]])  # organization 42 as the base has it
