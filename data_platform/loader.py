@@ -23,13 +23,15 @@ with a header but no rows is refused unless --allow-empty; once loaded, it is sk
 read.
 
 Exit codes: 0 loaded (or nothing new), 1 bad input or load failure, 2 database unreachable,
-3 another loader run held the lock past --wait (nothing was loaded), 130 interrupted.
+3 another loader run held the lock past --wait (nothing was loaded), 130 interrupted (Ctrl-C), 143
+stopped by SIGTERM (rolled back as on Ctrl-C).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -410,6 +412,20 @@ def _as_of(text: str) -> date:
     return day
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, `timeout`, a supervisor) arrived. A KeyboardInterrupt, as Ctrl-C is: psycopg then
+    cancels the running statement, so the server rolls back at once instead of finishing it for a client
+    that is gone (its session would hold the loader's lock meanwhile)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_terminated(signum: int, _frame) -> None:
+    raise Terminated(signum)
+
+
 # true whether the error came before any export (a missing folder) or in one, which rolled back
 NOTHING_MORE_LOADED = "nothing more was loaded (an export loads whole or not at all)"
 
@@ -454,6 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     def report(result: ExportResult) -> None:
         print(result.summary(), flush=True)
 
+    previous_sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         with connect(autocommit=True) as conn:
             load_exports(
@@ -481,9 +498,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{ERROR_PREFIX}{message}", file=sys.stderr)
         print(NOTHING_MORE_LOADED, file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         print("interrupted: the export being loaded was rolled back", file=sys.stderr)
-        return 130
+        return 128 + (interrupt.signum if isinstance(interrupt, Terminated) else signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGTERM, previous_sigterm)  # a caller in this process (a test) keeps its own
     return 0
 
 
