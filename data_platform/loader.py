@@ -31,7 +31,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -342,6 +344,8 @@ def load_exports(
         )
     exports = discover(csv_dir, as_of, through)
     _take_lock(conn, wait)
+    named = conn.execute("select current_setting('application_name')").fetchone()[0]
+    conn.execute("select set_config('application_name', %s, false)", [_session_name(os.getpid())])
     try:
         results = []
         for export in exports:
@@ -355,6 +359,13 @@ def load_exports(
     finally:
         if not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
             conn.execute("select pg_advisory_unlock(hashtext(%s))", [ADVISORY_LOCK_KEY])
+            conn.execute("select set_config('application_name', %s, false)", [named])
+
+
+def _session_name(pid: int) -> str:
+    """The application_name of a loader session holding the lock: the next run, refused the lock, can tell
+    whether the process holding it still exists (Postgres truncates it to 63 bytes)."""
+    return f"{ADVISORY_LOCK_KEY} {pid}@{socket.gethostname()}"[:63]
 
 
 def _take_lock(conn: psycopg.Connection, wait: float) -> None:
@@ -363,9 +374,47 @@ def _take_lock(conn: psycopg.Connection, wait: float) -> None:
 
     if not take_advisory_lock(conn, ADVISORY_LOCK_KEY, wait, say):
         raise LoaderBusy(
-            f"another loader run is in progress on this database (waited {wait:g}s): nothing was "
+            _orphaned_holder(conn)
+            or f"another loader run is in progress on this database (waited {wait:g}s): nothing was "
             "loaded; run again when it has finished"
         )
+
+
+def _orphaned_holder(conn: psycopg.Connection) -> str | None:
+    """Why the lock is held when its loader process has ended (kill -9, the OOM killer) while its session
+    still runs a statement: the server notices the client is gone only when it next writes to it, and rolls
+    back then. None when the holder is alive, elsewhere (another host or container) or unknown."""
+    # a bigint advisory key is held as classid (high 32 bits), objid (low 32 bits), objsubid 1
+    holder = conn.execute(
+        """
+        select a.pid, a.application_name, a.state, extract(epoch from now() - a.query_start)
+        from pg_locks l join pg_stat_activity a on a.pid = l.pid
+        where l.locktype = 'advisory' and l.granted and l.objsubid = 1
+          and l.database = (select oid from pg_database where datname = current_database())
+          and (l.classid::bigint << 32 | l.objid::bigint) = hashtext(%s)::bigint
+        """,
+        [ADVISORY_LOCK_KEY],
+    ).fetchone()
+    if holder is None:
+        return None
+    backend, name, state, seconds = holder
+    found = re.match(rf"{re.escape(ADVISORY_LOCK_KEY)} (\d+)@", name or "")
+    if not found or state != "active" or name != _session_name(int(found[1])):  # not this host's
+        return None
+    pid = int(found[1])
+    try:
+        os.kill(pid, 0)
+        return None  # alive (or its number reused: then the usual message)
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        return None  # alive, another user's
+    return (
+        f"the loader run holding the lock (process {pid}) has ended, but its database session (backend "
+        f"{backend}) is still running its statement, started {seconds:.0f}s ago, and rolls its export back "
+        "when that ends (tens of seconds on a large export): nothing was loaded; run again in a moment, or "
+        "with --wait SECONDS"
+    )
 
 
 # --- command line -----------------------------------------------------------------------------
