@@ -12,23 +12,28 @@ only ever written, never dropped: readers and running dbt builds keep working.
 
 Already loaded (same date, same checksums) -> skipped. Same date with other content, a date before
 the latest loaded export, a date after today (UTC), invoices created after their export's date, or
-the same INVOICE_ID twice -> refused. A file an earlier export loaded that changes rows loaded again ->
-refused: the base export again under a new --as-of, an old folder copied to a new date, or an old
-invoices.csv beside a new organizations.csv would undo what the exports since changed (loaded again
-without changing anything, as the latest export's files, it loads). A file that
+the same INVOICE_ID twice -> refused. An invoices file an earlier export loaded that changes rows loaded
+again -> refused: the base export again under a new --as-of, an old folder copied to a new date, or an
+old invoices.csv beside a new organizations.csv would undo what the exports since changed (loaded again
+without changing anything, as the latest export's file, it loads; an organizations.csv equal to an
+earlier one loads: an organization's state can return). A file that
 changes while it is read (appended to, replaced) -> refused, so the next run loads it whole. An export
 with a header but no rows is refused unless --allow-empty; once loaded, it is skipped like any other
 (later runs need no --allow-empty). A server older than PostgreSQL 16 -> refused before anything is
 read.
 
 Exit codes: 0 loaded (or nothing new), 1 bad input or load failure, 2 database unreachable,
-3 another loader run held the lock past --wait (nothing was loaded), 130 interrupted.
+3 another loader run held the lock past --wait (nothing was loaded), 130 interrupted (Ctrl-C), 143
+stopped by SIGTERM (rolled back as on Ctrl-C).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
+import signal
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -167,10 +172,20 @@ def _already_loaded(
     invoices, organizations = _checksums(conn, export)
     if (invoices, organizations) == (logged.invoices_sha256, logged.organizations_sha256):
         return True
-    raise _altered(export, export_date, logged, invoices)
+    raise _altered(export, export_date, logged, invoices, organizations)
 
 
-def _altered(export: Export, export_date: date, logged: ledger.LoggedExport, invoices: str) -> LoadError:
+def _altered(
+    export: Export, export_date: date, logged: ledger.LoggedExport, invoices: str, organizations: str | None
+) -> LoadError:
+    if invoices == logged.invoices_sha256 and organizations is None and logged.organizations_sha256:
+        # a clean-up of old days' files: "a different file" would send its reader looking for an edit
+        return LoadError(
+            export.source / ORGANIZATIONS.file_name,
+            f"file not found, but export {export_date} was loaded with it (organizations checksum "
+            f"{logged.organizations_sha256}, from {logged.source}): put it back as it was; an export's files "
+            "are the record of what was loaded, so a loaded export's files stay in place, unchanged",
+        )
     if invoices != logged.invoices_sha256:
         was = f"invoices checksum {logged.invoices_sha256}"
     elif logged.organizations_sha256 is None:
@@ -184,16 +199,16 @@ def _altered(export: Export, export_date: date, logged: ledger.LoggedExport, inv
     )
 
 
-def _refuse_reloaded(conn: psycopg.Connection, export_date: date, file: Staged, changed: int) -> None:
-    """Refuse a file an earlier export loaded that changes rows loaded again: it would undo what the exports
-    since changed (export_log.refuse_reloaded: the engines' builders apply the same rule)."""
+def _refuse_reloaded(conn: psycopg.Connection, export_date: date, invoices: Staged, changed: int) -> None:
+    """Refuse an invoices file an earlier export loaded that changes rows loaded again: it would undo what
+    the exports since changed (export_log.refuse_reloaded, which the engines' builders apply too, says why
+    an organizations file is not judged so)."""
     if not changed:
         return
     logged = ledger.logged_exports(conn)
-    column = "invoices_sha256" if file.spec is INVOICES else "organizations_sha256"
-    loaded = {export.export_date: getattr(export, column) for export in logged}
+    loaded = {export.export_date: export.invoices_sha256 for export in logged}
     sources = {export.export_date: export.source for export in logged}
-    refuse_reloaded(file.path, file.sha256, changed, export_date, loaded, sources)
+    refuse_reloaded(invoices.path, invoices.sha256, changed, export_date, loaded, sources)
 
 
 def load_export(
@@ -245,12 +260,18 @@ def load_export(
         export_date = export.date or ledger.latest_day(conn)
         if export_date is None:
             raise undatable(export.invoices)
+        organizations = staged.get(ORGANIZATIONS.name)
         if export.date is None:
             logged = ledger.logged(conn, export_date)
             if logged:
-                raise _altered(export, export_date, logged, invoices.sha256)
+                raise _altered(
+                    export,
+                    export_date,
+                    logged,
+                    invoices.sha256,
+                    organizations.sha256 if organizations else None,
+                )
             _refuse_date(conn, export, export_date, today)
-        organizations = staged.get(ORGANIZATIONS.name)
         ledger.refuse_future_invoices(conn, invoices, export_date)
         if organizations:
             ledger.refuse_duplicates(conn, organizations)
@@ -258,8 +279,6 @@ def load_export(
         counts = ledger.apply_invoices(conn, invoices, export_date, new_tables=new_tables)
         _refuse_reloaded(conn, export_date, invoices, counts.changed)
         org_new, org_changed = ledger.apply_organizations(conn, export_date) if organizations else (0, 0)
-        if organizations:
-            _refuse_reloaded(conn, export_date, organizations, org_changed)
         for file in files:
             discard(conn, file.spec)
         ledger.refresh_statistics(conn, counts.new + counts.changed)
@@ -325,6 +344,8 @@ def load_exports(
         )
     exports = discover(csv_dir, as_of, through)
     _take_lock(conn, wait)
+    named = conn.execute("select current_setting('application_name')").fetchone()[0]
+    conn.execute("select set_config('application_name', %s, false)", [_session_name(os.getpid())])
     try:
         results = []
         for export in exports:
@@ -338,6 +359,13 @@ def load_exports(
     finally:
         if not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
             conn.execute("select pg_advisory_unlock(hashtext(%s))", [ADVISORY_LOCK_KEY])
+            conn.execute("select set_config('application_name', %s, false)", [named])
+
+
+def _session_name(pid: int) -> str:
+    """The application_name of a loader session holding the lock: the next run, refused the lock, can tell
+    whether the process holding it still exists (Postgres truncates it to 63 bytes)."""
+    return f"{ADVISORY_LOCK_KEY} {pid}@{socket.gethostname()}"[:63]
 
 
 def _take_lock(conn: psycopg.Connection, wait: float) -> None:
@@ -346,9 +374,47 @@ def _take_lock(conn: psycopg.Connection, wait: float) -> None:
 
     if not take_advisory_lock(conn, ADVISORY_LOCK_KEY, wait, say):
         raise LoaderBusy(
-            f"another loader run is in progress on this database (waited {wait:g}s): nothing was "
+            _orphaned_holder(conn)
+            or f"another loader run is in progress on this database (waited {wait:g}s): nothing was "
             "loaded; run again when it has finished"
         )
+
+
+def _orphaned_holder(conn: psycopg.Connection) -> str | None:
+    """Why the lock is held when its loader process has ended (kill -9, the OOM killer) while its session
+    still runs a statement: the server notices the client is gone only when it next writes to it, and rolls
+    back then. None when the holder is alive, elsewhere (another host or container) or unknown."""
+    # a bigint advisory key is held as classid (high 32 bits), objid (low 32 bits), objsubid 1
+    holder = conn.execute(
+        """
+        select a.pid, a.application_name, a.state, extract(epoch from now() - a.query_start)
+        from pg_locks l join pg_stat_activity a on a.pid = l.pid
+        where l.locktype = 'advisory' and l.granted and l.objsubid = 1
+          and l.database = (select oid from pg_database where datname = current_database())
+          and (l.classid::bigint << 32 | l.objid::bigint) = hashtext(%s)::bigint
+        """,
+        [ADVISORY_LOCK_KEY],
+    ).fetchone()
+    if holder is None:
+        return None
+    backend, name, state, seconds = holder
+    found = re.match(rf"{re.escape(ADVISORY_LOCK_KEY)} (\d+)@", name or "")
+    if not found or state != "active" or name != _session_name(int(found[1])):  # not this host's
+        return None
+    pid = int(found[1])
+    try:
+        os.kill(pid, 0)
+        return None  # alive (or its number reused: then the usual message)
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        return None  # alive, another user's
+    return (
+        f"the loader run holding the lock (process {pid}) has ended, but its database session (backend "
+        f"{backend}) is still running its statement, started {seconds:.0f}s ago, and rolls its export back "
+        "when that ends (tens of seconds on a large export): nothing was loaded; run again in a moment, or "
+        "with --wait SECONDS"
+    )
 
 
 # --- command line -----------------------------------------------------------------------------
@@ -395,6 +461,20 @@ def _as_of(text: str) -> date:
     return day
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, `timeout`, a supervisor) arrived. A KeyboardInterrupt, as Ctrl-C is: psycopg then
+    cancels the running statement, so the server rolls back at once instead of finishing it for a client
+    that is gone (its session would hold the loader's lock meanwhile)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_terminated(signum: int, _frame) -> None:
+    raise Terminated(signum)
+
+
 # true whether the error came before any export (a missing folder) or in one, which rolled back
 NOTHING_MORE_LOADED = "nothing more was loaded (an export loads whole or not at all)"
 
@@ -439,6 +519,7 @@ def main(argv: list[str] | None = None) -> int:
     def report(result: ExportResult) -> None:
         print(result.summary(), flush=True)
 
+    previous_sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         with connect(autocommit=True) as conn:
             load_exports(
@@ -466,9 +547,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{ERROR_PREFIX}{message}", file=sys.stderr)
         print(NOTHING_MORE_LOADED, file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         print("interrupted: the export being loaded was rolled back", file=sys.stderr)
-        return 130
+        return 128 + (interrupt.signum if isinstance(interrupt, Terminated) else signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGTERM, previous_sigterm)  # a caller in this process (a test) keeps its own
     return 0
 
 

@@ -158,33 +158,38 @@ def test_files_loaded_as_an_earlier_export_are_refused_unless_it_is_the_latest(e
     assert build_raw(database, copied) == [date(2023, 1, 9)]
 
 
-def test_an_earlier_exports_organizations_are_refused_only_when_they_would_undo_a_change(exports, tmp_path):
+def test_an_earlier_exports_organizations_load_where_its_invoices_file_is_refused(exports, tmp_path):
+    """The Postgres loader's rule (export_log.refuse_reloaded): an organizations file equal to an earlier
+    export's is a state that came back, not a copy; that export's invoices file again is refused."""
     database = tmp_path / "warehouse.duckdb"
     copied = tmp_path / "copied"
     shutil.copytree(exports, copied)
     latest_invoices = copied / "exports" / DAY_3 / "invoices.csv"
-    header, first, second = (copied / "organizations.csv").read_text().splitlines(keepends=True)
-    files = {
-        "2023-01-09": header + second.replace(",12345,", ",54321,"),  # organization 2 moves country
-        "2023-01-10": header + first,  # organization 1, unchanged
-    }
-    for day, text in files.items():
-        (copied / "exports" / day).mkdir()
-        shutil.copy(latest_invoices, copied / "exports" / day / "invoices.csv")
-        (copied / "exports" / day / "organizations.csv").write_text(text)
-    assert build_raw(database, copied)[-2:] == [date(2023, 1, 9), date(2023, 1, 10)]
-    before = duckdb_tables(database)
-    again = copied / "exports" / "2023-01-11"
+    header, _first, second = (copied / "organizations.csv").read_text().splitlines(keepends=True)
+    moved = header + second.replace(",12345,", ",54321,")  # organization 2 moves country
+    (copied / "exports" / "2023-01-09").mkdir()
+    shutil.copy(latest_invoices, copied / "exports" / "2023-01-09" / "invoices.csv")
+    (copied / "exports" / "2023-01-09" / "organizations.csv").write_text(moved)
+    assert build_raw(database, copied)[-1] == date(2023, 1, 9)
+    again = copied / "exports" / "2023-01-10"
     again.mkdir()
     shutil.copy(latest_invoices, again / "invoices.csv")
     shutil.copy(copied / "organizations.csv", again / "organizations.csv")  # organization 2 back
+    assert build_raw(database, copied) == [date(2023, 1, 10)]
+    organizations = duckdb_tables(database)["organizations"]
+    assert [(row[3], row[-1]) for row in organizations if row[3] in (12345, 54321)] == [
+        (12345, date(2023, 1, 10))
+    ]
+    # the base export's invoices again would undo the exports since: refused, beside any organizations
+    before = duckdb_tables(database)
+    again = copied / "exports" / "2023-01-11"
+    again.mkdir()
+    shutil.copy(copied / "invoices.csv", again / "invoices.csv")
+    (again / "organizations.csv").write_text(moved)
     with pytest.raises(LoadError, match="already loaded as export 2023-01-06") as refused:
         build_raw(database, copied)
-    assert refused.value.path == again / "organizations.csv"
+    assert refused.value.path == again / "invoices.csv"
     assert duckdb_tables(database) == before
-    # 2023-01-09's file again has nothing to undo (a day's unchanged organizations): it loads
-    (again / "organizations.csv").write_text(files["2023-01-09"])
-    assert build_raw(database, copied) == [date(2023, 1, 11)]
 
 
 def test_a_named_pipe_in_a_files_place_is_refused_not_waited_on(exports, tmp_path):

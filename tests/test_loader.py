@@ -283,6 +283,52 @@ def test_a_second_loader_is_refused_while_one_runs(database, conn, tmp_path):
     assert snapshot(conn) == before
 
 
+def test_a_loader_killed_while_its_statement_runs_is_named_as_gone(database, conn, tmp_path):
+    """kill -9 leaves the loader's database session running its statement (the server notices the client is
+    gone only when it next writes to it), holding the lock: the next run says so, rather than that another
+    run is in progress. The statement is held here on a lock, so the session outlives the process."""
+    csv_dir = write_dir(tmp_path / "csv")
+    load_exports(conn, csv_dir)
+    write_export(csv_dir, "2024-01-02", [invoice(1)])
+    before = snapshot(conn)
+    with database.connect("admin") as admin:
+        admin.execute("lock table raw.load_log in access exclusive mode")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "data_platform.loader", "--csv-dir", str(csv_dir)],
+            cwd=PROJECT_ROOT,
+            env=database.env("transformer"),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        waiting = (
+            "select pid from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'"
+            " and query like '%load_log%'"
+        )
+        deadline = time.monotonic() + 60
+        while not database.query(waiting):
+            assert process.poll() is None and time.monotonic() < deadline, "the loader did not wait"
+            time.sleep(0.02)
+        (backend,) = database.query(waiting)[0]
+        process.kill()
+        process.wait(timeout=60)
+        with pytest.raises(LoaderBusy) as busy:
+            load_exports(conn, csv_dir)
+        assert str(busy.value).startswith(
+            f"the loader run holding the lock (process {process.pid}) has ended, but its database session "
+            f"(backend {backend}) is still running its statement, started "
+        )
+        assert str(busy.value).endswith(
+            "s ago, and rolls its export back when that ends (tens of seconds on a large export): nothing "
+            "was loaded; run again in a moment, or with --wait SECONDS"
+        )
+        admin.rollback()
+    while database.query(f"select 1 from pg_stat_activity where pid = {backend}"):
+        assert time.monotonic() < deadline, "the killed loader's session did not end"
+        time.sleep(0.05)
+    assert snapshot(conn) == before
+    assert [r.skipped for r in load_exports(conn, csv_dir)] == [True, False]
+
+
 def test_a_loader_told_to_wait_loads_once_the_other_run_ends(database, conn, tmp_path, capsys):
     other = database.connect("transformer", autocommit=True)
     other.execute("select pg_advisory_lock(hashtext('data_platform.loader'))")
@@ -380,9 +426,13 @@ def big_export(tmp_path_factory) -> Path:
     return generate(tmp_path_factory.mktemp("big"), 400_000)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "killed"])
+@pytest.mark.parametrize(
+    "signum", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=["ctrl-c", "terminated", "killed"]
+)
 def test_cli_interrupted_or_killed_mid_copy_changes_nothing(database, conn, tmp_path, big_export, signum):
-    """A real signal while COPY streams: every raw table and the load log exactly as before.
+    """A real signal while COPY streams: every raw table and the load log exactly as before. SIGTERM
+    (`kill`, `timeout`) is taken as Ctrl-C is: the statement is cancelled, the message says so, and the
+    exit code is 128 + 15.
 
     A killed loader runs no cleanup at all: the server rolls the transaction back when the
     connection drops, and the next run loads normally.
@@ -411,9 +461,9 @@ def test_cli_interrupted_or_killed_mid_copy_changes_nothing(database, conn, tmp_
         time.sleep(0.01)
     process.send_signal(signum)
     _, stderr = process.communicate(timeout=60)
-    if signum == signal.SIGINT:
-        assert process.returncode == 130, stderr
-        assert "interrupted" in stderr
+    if signum != signal.SIGKILL:
+        assert process.returncode == 128 + signum, stderr
+        assert "interrupted: the export being loaded was rolled back" in stderr
     else:
         assert process.returncode == -signal.SIGKILL
     while database.query(copying) != [(0,)] and time.monotonic() < deadline:

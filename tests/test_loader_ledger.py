@@ -189,6 +189,27 @@ def test_an_export_with_only_its_organizations_file_altered_is_refused(conn, csv
     assert snapshot(conn) == before
 
 
+def test_an_export_whose_organizations_file_is_gone_is_refused_saying_so(conn, csv_dir):
+    """A loaded export's organizations.csv removed (a clean-up of old days) is named as missing, not as a
+    different file: the folder's files are the record of what was loaded."""
+    folder = write_export(csv_dir, "2024-01-02", [invoice(1)], [ORG_LINES[3]])
+    load_exports(conn, csv_dir)
+    logged = conn.execute(
+        "select organizations_sha256 from raw.load_log where export_date = '2024-01-02'"
+    ).fetchone()[0]
+    (folder / "organizations.csv").unlink()
+    write_export(csv_dir, "2024-01-03", [invoice(2, "2024-01-03T10:00:00Z")])
+    before = snapshot(conn)
+    with pytest.raises(LoadError) as raised:
+        load_exports(conn, csv_dir)
+    assert str(raised.value) == (
+        f"{folder / 'organizations.csv'}: file not found, but export 2024-01-02 was loaded with it "
+        f"(organizations checksum {logged}, from {folder}): put it back as it was; an export's files are "
+        "the record of what was loaded, so a loaded export's files stay in place, unchanged"
+    )
+    assert snapshot(conn) == before
+
+
 def test_an_organization_repeated_unchanged_is_neither_counted_changed_nor_seen_again(conn, csv_dir):
     seen = conn.execute("select seen_on from raw.organizations where organization_id = 42").fetchone()
     write_export(csv_dir, "2024-01-02", [invoice(1)], [ORG_LINES[3]])  # organization 42 as the base has it
@@ -229,9 +250,9 @@ def test_the_base_export_is_not_loaded_again_under_a_later_date(conn, csv_dir):
     assert snapshot(conn) == before
 
 
-def test_an_earlier_exports_file_that_would_undo_a_change_is_refused_beside_any_other(conn, csv_dir):
-    """Each kind of file on its own: an earlier export's invoices without its organizations, or its
-    organizations beside new invoices, would undo what the exports since changed."""
+def test_an_earlier_exports_invoices_file_that_would_undo_a_change_is_refused(conn, csv_dir):
+    """An invoices file byte for byte an earlier export's is that export landed again (a real day's file
+    holds that day's invoices): re-applied, it would undo what the exports since changed."""
     moved = ORG_LINES[3].replace(",7,12,", ",8,12,")  # organization 42 moves country
     write_export(csv_dir, "2024-01-02", [PAID], [moved])
     write_export(csv_dir, "2024-01-03", [invoice(7)], ORG_LINES[4:5])  # organization 43, unchanged
@@ -242,19 +263,33 @@ def test_an_earlier_exports_file_that_would_undo_a_change_is_refused_beside_any_
         load_exports(conn, csv_dir)  # it would book invoice -2**63 open again
     assert raised.value.path == old_invoices
     assert snapshot(conn) == before
-    old_organizations = write_export(csv_dir, "2024-01-04", [invoice(8)], ORG_LINES[1:]) / "organizations.csv"
-    with pytest.raises(LoadError, match=f"already loaded as export {BASE_DATE} ") as raised:
-        load_exports(conn, csv_dir)  # it would move organization 42 back
-    assert raised.value.path == old_organizations
+    # beside new organizations too
+    write(old_invoices.parent / "organizations.csv", [ORG_LINES[0], ORG_LINES[5]])
+    with pytest.raises(LoadError, match=f"this file was already loaded as export {BASE_DATE} ") as raised:
+        load_exports(conn, csv_dir)
+    assert raised.value.path == old_invoices
     assert snapshot(conn) == before
-    # 2024-01-02's organizations again have nothing to undo (a day's unchanged organizations): loaded
-    write_export(csv_dir, "2024-01-04", [invoice(8)], [moved])
-    (result,) = [r for r in load_exports(conn, csv_dir) if not r.skipped]
-    assert (result.export_date, astuple(result.invoices), result.organizations_changed) == (
-        date(2024, 1, 4),
-        (1, 0, 0),
-        0,
-    )
+
+
+def test_organizations_that_return_to_an_earlier_state_load(conn, csv_dir):
+    """An organizations file equal to an earlier export's is not taken for that export landed again: it is a
+    small snapshot whose state can come back (an organization's contracts 12 -> 13 -> 12), and the new
+    invoices beside it say the export is new. It loads, and so do the exports after it."""
+    thirteen = [line.replace(",7,12,", ",7,13,") for line in ORG_LINES[1:]]
+    write_export(csv_dir, "2024-01-02", [invoice(1)], ORG_LINES[1:])  # as the base export has them
+    write_export(csv_dir, "2024-01-03", [invoice(2, "2024-01-03T10:00:00Z")], thirteen)
+    write_export(csv_dir, "2024-01-04", [invoice(3, "2024-01-04T10:00:00Z")], ORG_LINES[1:])  # back to 12
+    write_export(csv_dir, "2024-01-05", [invoice(4, "2024-01-05T10:00:00Z")], ORG_LINES[1:])
+    loaded = [r for r in load_exports(conn, csv_dir) if not r.skipped]
+    assert [(r.export_date, r.organizations_changed) for r in loaded] == [
+        (date(2024, 1, 2), 0),
+        (date(2024, 1, 3), 1),
+        (date(2024, 1, 4), 1),
+        (date(2024, 1, 5), 0),
+    ]
+    assert conn.execute(
+        "select count_total_contracts_active, seen_on::text from raw.organizations where organization_id = 42"
+    ).fetchone() == (12, "2024-01-04")
 
 
 def test_a_copy_of_the_latest_export_or_a_header_only_export_loads_under_a_later_date(conn, csv_dir):
