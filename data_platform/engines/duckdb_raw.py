@@ -258,12 +258,8 @@ def load_export(
             organizations = _apply_organizations(conn, export_date)
         new, changed = _apply_invoices(conn, export_date)
         logged, sources = _logged(conn), _sources(conn)
-        for path, checksum, rows_changed, of_its_kind in (
-            (export.invoices, checksums.invoices, changed, {day: c.invoices for day, c in logged.items()}),
-            (export.organizations, checksums.organizations, organizations[1],
-             {day: c.organizations for day, c in logged.items()}),
-        ):  # fmt: skip
-            refuse_reloaded(path, checksum, rows_changed, export_date, of_its_kind, sources)
+        earlier = {day: c.invoices for day, c in logged.items()}
+        refuse_reloaded(export.invoices, checksums.invoices, changed, export_date, earlier, sources)
         log = log_row(
             export,
             export_date,

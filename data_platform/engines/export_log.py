@@ -18,7 +18,7 @@ from pathlib import Path
 from data_platform.csv_files import sha256_of
 from data_platform.exports import EXPORTS_FOLDER, Export
 from data_platform.load_errors import LoadError, future_export, header_only, reloaded, undatable
-from data_platform.raw_tables import ORGANIZATIONS, LoadLogRow
+from data_platform.raw_tables import LoadLogRow
 
 
 @dataclass(frozen=True)
@@ -80,23 +80,22 @@ def refuse_reloaded(
     checksum: str | None,
     changed: int,
     export_date: date,
-    loaded: dict[date, str | None],
+    loaded: dict[date, str],
     sources: dict[date, str],
 ) -> None:
     """Refuse an invoices file an earlier export loaded when loading it again changes rows of the current
     state: a later export changed them, and this would undo it (an old export folder copied under a new
     date, or its invoices.csv beside new organizations). Loaded again without changing anything (the latest
-    export's file), it loads. An organizations file is never refused here (it loads).
-    changed: the rows it changes; loaded: each logged export's checksum of its file of this kind (None: it
-    had none); sources: each logged export's source, for the message."""
+    export's file), it loads. Organizations files are not judged so (below).
+    changed: the rows it changes; loaded: each logged export's invoices checksum; sources: each logged
+    export's source, for the message."""
     # Only the invoices file tells a copy from a new export. A day's invoices file holds that day's new
     # invoices and changes, so one byte for byte an earlier day's is that day's file again (the records carry
     # no change time: a copy and a genuine revert look alike, and a copy would silently undo payments). An
     # organizations file is a small snapshot of a state that can genuinely come back (contracts 12 -> 13 ->
     # 12): refusing it as a copy blocked that export and every later one. A copied folder is caught by its
     # invoices file whenever those change rows.
-    # (the engines pass each export file by its path, which exports.py finds by its exact name)
-    if not changed or checksum is None or path.name == ORGANIZATIONS.file_name:
+    if not changed or checksum is None:
         return
     earlier = max((day for day, logged in loaded.items() if logged == checksum), default=None)
     if earlier is not None:

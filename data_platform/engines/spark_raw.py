@@ -225,14 +225,6 @@ class SparkLedger:
                 F.count(F.when(F.col("current_organization_id").isNull(), 1)),
                 F.count(F.when(F.col("current_organization_id").isNotNull(), 1)),
             ).first()
-            refuse_reloaded(
-                export.organizations,
-                checksums.organizations,
-                organizations_changed,
-                export_date,
-                {earlier: logged.organizations for earlier, logged in self.logged.items()},
-                self.sources,
-            )
             org_names = [column.name for column in ORGANIZATIONS.columns]
             kept = self.organizations.join(
                 org_changes.select("organization_id"), "organization_id", "left_anti"
