@@ -24,7 +24,7 @@ from pathlib import Path
 
 import psycopg
 
-from data_platform.load_errors import LoadError, changed_while_read, shape_error
+from data_platform.load_errors import CR_ALONE, LoadError, changed_while_read, shape_error
 from data_platform.raw_tables import TableSpec
 
 BLOCK_SIZE = 1024 * 1024
@@ -100,7 +100,7 @@ def check_header(spec: TableSpec, path: Path) -> int:
     """Validate the file's first line against the spec; return the header's length in bytes.
 
     Tolerates a UTF-8 byte order mark and CRLF. Raises LoadError for a missing, unreadable or
-    empty file and for any header other than the exact expected one.
+    empty file, for any header other than the exact expected one, and for a file that looks cut off.
     """
     try:
         descriptor = open_regular(path)
@@ -111,6 +111,8 @@ def check_header(spec: TableSpec, path: Path) -> int:
     try:
         with os.fdopen(descriptor, "rb") as file:
             raw = file.readline(MAX_HEADER_BYTES)
+            size = os.fstat(file.fileno()).st_size
+            last_byte = os.pread(file.fileno(), 1, size - 1) if size else b""
     except OSError as error:
         raise LoadError(path, f"cannot read file: {error.strerror}") from None
 
@@ -129,13 +131,22 @@ def check_header(spec: TableSpec, path: Path) -> int:
         )
     text = raw.removeprefix(UTF8_BOM).removesuffix(b"\n").removesuffix(b"\r")
     if b"\r" in text:  # the first LF is far away, or absent: the whole start of the file looks like a header
-        raise LoadError(path, "lines end with CR alone (old Mac style): the file must use LF or CRLF", line=1)
+        raise LoadError(path, CR_ALONE, line=1)
     try:
         found = text.decode("utf-8")
     except UnicodeDecodeError:
         raise LoadError(path, "header is not valid UTF-8", line=1) from None
     if found != expected:
         raise _header_error(path, spec.header, found)
+    if last_byte == b",":
+        # What a copy cut short looks like: a record whose last field is empty. An optional last column
+        # would load it as null, over the value a whole file holds; a record that is whole says so with a
+        # line break.
+        raise LoadError(
+            path,
+            "the file ends right after a comma, with no line break: it looks cut off, and its last record "
+            "would load with an empty last field; if that record is whole, end the file with a line break",
+        )
     return len(raw)
 
 
@@ -314,6 +325,25 @@ def unterminated_quote_line(path: Path, header_bytes: int) -> int | None:
             opened = line
         in_quotes ^= odd
     return opened if in_quotes else None
+
+
+def lone_cr_line(path: Path, header_bytes: int, block_size: int = BLOCK_SIZE) -> int | None:
+    """The first line (lines counted by LF) holding a CR that no LF follows, or None: COPY ends a record
+    there, the loader's count does not."""
+    line, ends_in_cr = 2, False  # ends_in_cr: the block read ended with a CR, the next block decides
+    with path.open("rb") as file:
+        file.seek(header_bytes)
+        while block := file.read(block_size):
+            if ends_in_cr and not block.startswith(b"\n"):
+                return line
+            at = block.find(b"\r")
+            while 0 <= at < len(block) - 1:
+                if block[at + 1] != ord("\n"):
+                    return line + block.count(b"\n", 0, at)
+                at = block.find(b"\r", at + 1)
+            ends_in_cr = block.endswith(b"\r")
+            line += block.count(b"\n")
+    return line if ends_in_cr else None
 
 
 @dataclass(frozen=True)

@@ -96,6 +96,7 @@ def _fields(line: LineLike) -> int:
 
 # why a value is refused, in the Postgres loader's and the other engines' words
 REQUIRED_VALUE_EMPTY = "empty value, but this column is required"
+CR_ALONE = "lines end with CR alone (old Mac style): the file must use LF or CRLF"
 NUL_BYTE = "a NUL byte (0x00): no CSV value may hold one (is the file binary, or UTF-16?)"
 
 

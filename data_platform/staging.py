@@ -28,10 +28,12 @@ from data_platform.csv_files import (
     check_header,
     diagnose_shape,
     find_record,
+    lone_cr_line,
     unterminated_quote_line,
 )
 from data_platform.file_checksums import KnownFile
 from data_platform.load_errors import (
+    CR_ALONE,
     MAX_VALUE_CHARS,
     NUL_BYTE,
     REQUIRED_VALUE_EMPTY,
@@ -227,6 +229,9 @@ def _lost_rows(staged: Staged, records: int) -> LoadError:
             line=stopped.line,
             value="\\.",
         )
+    cr_line = lone_cr_line(path, staged.header_bytes) if rows > records else None
+    if cr_line is not None:  # Postgres ended records where the loader saw none end
+        return LoadError(path, CR_ALONE, line=cr_line)
     return LoadError(
         path,
         f"Postgres read {rows:,} rows but the file holds {records:,} CSV records; nothing was loaded",

@@ -205,6 +205,20 @@ def test_a_named_pipe_in_a_files_place_is_refused_not_waited_on(exports, tmp_pat
     assert refused.value.path == folder / "organizations.csv"
 
 
+def test_a_file_cut_off_right_after_a_comma_is_refused(exports, tmp_path):
+    """As by the loader: the cut record's empty last field would load as a null CREATED_DATE."""
+    copied = tmp_path / "copied"
+    shutil.copytree(exports, copied)
+    folder = copied / "exports" / "2023-01-09"
+    folder.mkdir()
+    shutil.copy(copied / "exports" / DAY_3 / "invoices.csv", folder / "invoices.csv")
+    organizations = (copied / "organizations.csv").read_bytes().rstrip(b"\n")
+    (folder / "organizations.csv").write_bytes(organizations[: organizations.rfind(b",") + 1])
+    with pytest.raises(LoadError, match="ends right after a comma") as refused:
+        build_raw(tmp_path / "warehouse.duckdb", copied)
+    assert refused.value.path == folder / "organizations.csv"
+
+
 def test_an_invoice_created_after_its_exports_date_is_refused(exports, tmp_path):
     database = tmp_path / "warehouse.duckdb"
     future = tmp_path / "future"

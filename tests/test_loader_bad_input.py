@@ -27,7 +27,7 @@ from loader_files import (
     write_export,
 )
 
-from data_platform.csv_files import Line, check_header, sha256_of
+from data_platform.csv_files import Line, check_header, lone_cr_line, sha256_of
 from data_platform.exports import discover
 from data_platform.ledger import ensure_tables
 from data_platform.load_errors import MAX_VALUE_CHARS, printable, shape_error
@@ -264,6 +264,24 @@ def test_a_last_line_without_a_final_newline_is_not_a_mixed_line_ending():
     crlf = Line(b",".join([b"x"] * fields), "CRLF", fields - 1, True)
     error = shape_error(INVOICES, Path("invoices.csv"), 3, crlf, "LF", "bad value")
     assert "mixed line endings" in str(error)
+
+
+def test_a_file_cut_off_right_after_a_comma_is_refused_not_loaded_with_an_empty_last_field(conn, tmp_path):
+    """A copy cut short just after a comma is a whole record whose last field is empty: CREATED_DATE is
+    optional, so the organization's date was overwritten with null and the load ended green."""
+    csv_dir = write_dir(tmp_path / "csv")
+    load_exports(conn, csv_dir)
+    before = snapshot(conn)
+    folder = write_export(csv_dir, "2024-01-02", [invoice(1)], ORG_LINES[1:])
+    path = folder / "organizations.csv"
+    whole = path.read_bytes()
+    path.write_bytes(whole[: whole.rstrip(b"\n").rfind(b",") + 1])
+    with pytest.raises(LoadError, match=r"organizations\.csv: .*ends right after a comma") as raised:
+        load_exports(conn, csv_dir)
+    assert "end the file with a line break" in str(raised.value)
+    assert snapshot(conn) == before
+    path.write_bytes(whole[: whole.rstrip(b"\n").rfind(b",") + 1] + b"\n")  # said to be whole: it loads
+    assert [result.export_date for result in load_exports(conn, csv_dir)][-1] == date(2024, 1, 2)
 
 
 def test_error_on_a_very_long_line_is_shortened(conn, tmp_path, baseline):
@@ -635,6 +653,11 @@ def test_cr_only_line_endings_are_named_not_taken_for_a_wrong_header(conn, tmp_p
     with pytest.raises(LoadError, match=r"line 1: lines end with CR alone \(old Mac style\)"):
         load_exports(conn, path.parent)
     assert snapshot(conn) == baseline
+    # under a header that ends with LF (a file put together from two sources)
+    path.write_bytes(INVOICE_LINES[0].encode() + b"\n" + "\r".join(INVOICE_LINES[1:]).encode() + b"\r")
+    with pytest.raises(LoadError, match=r"line 2: lines end with CR alone \(old Mac style\)"):
+        load_exports(conn, path.parent)
+    assert snapshot(conn) == baseline
 
 
 ENCODED = {
@@ -706,3 +729,17 @@ def test_a_server_older_than_the_loader_needs_is_refused_by_name(conn, tmp_path,
     with pytest.raises(LoadError, match=r"the loader needs PostgreSQL \d+ or later; this server runs \d"):
         load_exports(conn, write_dir(tmp_path / "files"))
     assert snapshot(conn) == baseline
+
+
+@pytest.mark.parametrize("block_size", [1, 2, 3, 5, 64])
+def test_a_cr_that_no_lf_follows_is_found_on_its_line_whatever_the_blocks(tmp_path, block_size):
+    path = tmp_path / "invoices.csv"
+    cases = {
+        b"h\na\r\nb\r\n": None,  # CRLF throughout, a block may end between its CR and LF
+        b"h\na\nb\rc\n": 3,
+        b"h\na\r\nb\r\nc\r": 4,  # a last line ending in CR alone
+        b"h\n\rx\n": 2,
+    }
+    for data, line in cases.items():
+        path.write_bytes(data)
+        assert lone_cr_line(path, 2, block_size) == line, data
