@@ -1,6 +1,7 @@
 """The assets: the raw tables (the loader), every dbt model and seed (tests as asset checks), the docs
 and the balance alerts. Each one calls the step of `data_platform.pipeline` that init.sh runs."""
 
+import json
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -34,6 +35,8 @@ from data_platform.orchestration.sensors import EXPORT_DAY_TAG
 RAW_SOURCE = "payments"
 DAILY_FACT = "fct_organization_daily_financials"
 MARTS = ("dim_invoices", "dim_organizations", DAILY_FACT)
+# the dbt exposure that documents what the alert run reads (dbt/models/marts/_marts__exposures.yml)
+ALERTS_EXPOSURE = "exposure.data_platform.balance_change_alerts"
 # the alert run only reads the warehouse and keeps its own state (a delivered alert is never sent
 # again), so a retry is always safe: it sends what the last attempt could not deliver. Not after an
 # attempt gave up on an alert: see balance_alerts.
@@ -144,11 +147,21 @@ def _alert_run(settings: pipeline.Settings) -> pipeline.AlertRun:
         return pipeline.run_alerts(settings)
 
 
+def _read_by_the_alerts() -> list[str]:
+    """The models the alert run reads, as its dbt exposure lists them."""
+    manifest = json.loads(dbt_project.manifest_path.read_text(encoding="utf-8"))
+    nodes = manifest["exposures"][ALERTS_EXPOSURE]["depends_on"]["nodes"]
+    return sorted(manifest["nodes"][node]["name"] for node in nodes)
+
+
 @asset(
     group_name="alerts",
-    deps=[get_asset_key_for_model([dbt_models], DAILY_FACT)],
+    deps=[get_asset_key_for_model([dbt_models], model) for model in _read_by_the_alerts()],
     retry_policy=ALERT_RETRY_POLICY,
-    description="One run of alert_script.py over the daily fact (RUN_ALERTS=false skips it).",
+    description=(
+        "One run of alert_script.py over the daily fact, with the drivers, organizations and routes marts "
+        "(RUN_ALERTS=false skips it)."
+    ),
 )
 def balance_alerts(context: AssetExecutionContext) -> None:
     with pipeline_step():
