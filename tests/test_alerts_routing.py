@@ -36,6 +36,7 @@ from test_alerts import (  # noqa: F401  (db, warehouse are fixtures)
     run_alerts,
     warehouse,
 )
+from test_alerts_delivery import RawAnswers, answer
 
 from data_platform.alerts import payload
 from data_platform.alerts.config import HttpSettings
@@ -510,6 +511,16 @@ def test_a_json_answer_cut_short_every_time_is_sent_at_most_twice(db):  # noqa: 
     assert len(vip.requests) == 2  # each arrived: a third copy would be one too many
     assert history(db, "VIP_WEBHOOK") == {(1, DAY[0]): ("unknown", 2)}
     assert "never confirmed after 2 unanswered attempts: not sent again" in runs[2].stdout
+
+
+def test_a_slack_answer_accepted_with_a_body_that_does_not_decode_is_sent_once(db):  # noqa: F811
+    # it was recorded failed ("nothing accepted"), and every later run sent it again
+    add_moves(db, (1, DAY[0], "1000", "5000"))
+    with RawAnswers(answer(200, "text/plain; charset=binary", b"ok")) as webhook:
+        runs = [run_alerts(db, webhook=webhook.url) for _ in range(2)]
+    assert [run.returncode for run in runs] == [0, 0], runs[0].stdout + runs[0].stderr
+    assert len(webhook.received) == 1
+    assert history(db) == {(1, DAY[0]): ("sent", 1)}
 
 
 # --- ops tables from before routing ------------------------------------------------------------------

@@ -20,9 +20,10 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from http.client import HTTPException
+from http.client import HTTPException, HTTPMessage
+from io import BytesIO
 from typing import Protocol, TextIO
-from urllib.error import URLError
+from urllib.error import HTTPError, URLError
 from urllib.parse import parse_qsl, urlsplit
 from urllib.request import (
     BaseHandler,
@@ -33,6 +34,7 @@ from urllib.request import (
     build_opener,
 )
 
+from slack_sdk.errors import SlackRequestError
 from slack_sdk.http_retry import (
     BackoffRetryIntervalCalculator,
     ConnectionErrorRetryHandler,
@@ -201,13 +203,39 @@ class UnredirectedWebhookClient(WebhookClient):
 
     def _perform_http_request_internal(self, url: str, req: Request) -> WebhookResponse:
         if not url.lower().startswith("http"):
-            raise ValueError("the webhook URL must be http(s)")  # as slack-sdk's: no file:// and the like
+            # as slack-sdk does: no file:// and the like
+            raise SlackRequestError("the webhook URL must be http(s)")
         handlers: list[BaseHandler] = [_AnswerRedirects(), HTTPSHandler(context=self.ssl)]
         if self.proxy:
             handlers.append(ProxyHandler({"http": self.proxy, "https": self.proxy}))
-        with build_opener(*handlers).open(req, timeout=self.timeout) as answer:
-            body = answer.read().decode(answer.headers.get_content_charset() or "utf-8")
+        try:
+            with build_opener(*handlers).open(req, timeout=self.timeout) as answer:
+                body = answer_text(answer.read(), answer.headers.get_content_charset())
+        except HTTPError as error:
+            # slack-sdk decodes an error answer's body strictly: hand it one that decodes
+            raise _decodable(error) from None
         return WebhookResponse(url=url, status_code=answer.status, body=body, headers=answer.headers)
+
+
+def answer_text(body: bytes, charset: str | None) -> str:
+    """An answer's body as text, whatever its charset says: the status is the answer, and a body that does
+    not decode must not turn an accepted message into an error."""
+    try:
+        return body.decode(charset or "utf-8", errors="replace")
+    except (LookupError, ValueError):  # an unknown charset, or one without "replace" (idna)
+        return body.decode("utf-8", errors="replace")
+
+
+def _decodable(error: HTTPError) -> HTTPError:
+    """The same error answer with its body re-encoded as utf-8, and said so."""
+    with error:
+        body = answer_text(error.read(), error.headers.get_content_charset())
+    headers = HTTPMessage()
+    for name, value in error.headers.items():
+        headers[name] = value
+    if headers.get_content_charset() is not None:
+        headers.set_param("charset", "utf-8")
+    return HTTPError(error.url, error.code, error.msg, headers, BytesIO(body.encode()))
 
 
 def _silent_logger() -> logging.Logger:
@@ -256,9 +284,13 @@ def _describe(error: Exception, timeout: float) -> tuple[str, bool]:
         return f"cannot reach Slack: {error.reason}", False
     if isinstance(error, TimeoutError):
         return f"no answer within {timeout:g} s (the message may have arrived)", True
+    if isinstance(error, SlackRequestError):  # refused before sending (the URL, the proxy)
+        return f"{type(error).__name__}: {error}", False
     if isinstance(error, (OSError, HTTPException)):  # dropped or garbled while waiting for the answer
         return f"no answer: {type(error).__name__}: {error} (the message may have arrived)", True
-    return f"{type(error).__name__}: {error}", False
+    # any other error may follow an accepted message: taken for "nothing accepted", it would be sent
+    # again by every run instead of counting towards its two attempts
+    return f"{type(error).__name__}: {error} (the message may have arrived)", True
 
 
 class SlackChannel:

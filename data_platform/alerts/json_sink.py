@@ -16,7 +16,7 @@ from urllib3.util.retry import Retry
 
 from data_platform.alerts import payload
 from data_platform.alerts.config import HttpSettings
-from data_platform.alerts.delivery import Outcome, redact
+from data_platform.alerts.delivery import Outcome, answer_text, redact
 from data_platform.alerts.records import Message
 
 RETRY_STATUSES = frozenset({429, *range(500, 600)})
@@ -88,7 +88,8 @@ class JsonWebhookChannel:
             return Outcome(False, self._redact(description), service_unavailable=True, unanswered=unanswered)
         if 200 <= response.status_code < 300:
             return Outcome(delivered=True)
-        body = " ".join(response.text.split())[:200]
+        # not response.text: a charset without "replace" (idna) raises there, and would crash the run
+        body = " ".join(answer_text(response.content, response.encoding).split())[:200]
         unavailable = response.status_code == 429 or response.status_code >= 500
         return Outcome(False, self._redact(f"HTTP {response.status_code}: {body}"), unavailable)
 
