@@ -272,6 +272,25 @@ def test_each_routes_errors_and_notes_name_that_route_not_slack(db):  # noqa: F8
     assert SECRET not in result.stdout + result.stderr
 
 
+def test_a_not_a_number_balance_matches_no_balance_band_and_takes_the_default_route(db):  # noqa: F811
+    # `balance >= min` on a NaN raised InvalidOperation: exit 2 on every run, nothing sent anywhere
+    set_routes(db, (20, "big", None, None, 100000, None, "BIG_WEBHOOK", "slack", None), DEFAULT)
+    add_moves(db, (1, DAY[0], "100000", "200000"))
+    execute(
+        db,
+        "insert into marts.fct_organization_daily_financials "
+        "values (2, %s, 1, 0, 0, 'NaN', 'NaN', 100, 'NaN')",
+        (DAY[0],),
+        role="transformer",
+    )
+    with SlackStub() as big, SlackStub() as default:
+        result = run_alerts(db, webhook=default.url, BIG_WEBHOOK=big.url, ALERT_SLACK_MIN_INTERVAL="0")
+
+    assert result.returncode == 0, result.stderr
+    assert organizations_in(big.delivered) == [1]
+    assert organizations_in(default.delivered) == [2]
+
+
 # --- routes added while days wait to be processed ----------------------------------------------------
 
 VIP = (10, "vip", 1, None, None, None, "VIP_WEBHOOK", "json", None)
