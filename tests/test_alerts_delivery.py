@@ -254,7 +254,10 @@ class RawAnswers:
 
 
 def answer(status: int, content_type: str, body: bytes) -> bytes:
-    head = f"HTTP/1.1 {status} X\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n"
+    head = (
+        f"HTTP/1.1 {status} X\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n"
+    )
     return head.encode() + body
 
 
@@ -311,3 +314,39 @@ def test_an_error_of_unknown_kind_may_follow_an_accepted_message():
     # "nothing accepted" would have it sent again by every run, never counted towards its two attempts
     description, unanswered = _describe(UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid"), 10)
     assert unanswered and description.endswith("(the message may have arrived)")
+
+
+TRICKLED = answer(200, "text/plain", b"ok" + b" " * 20)  # about 80 bytes
+
+
+@pytest.mark.parametrize("channel", [SlackChannel, JsonWebhookChannel])
+def test_an_answer_trickled_byte_by_byte_is_given_up_after_twice_the_timeout(channel):
+    # the timeout bounds each socket read only: 80 bytes 0.3 s apart held one attempt (and the run's
+    # locks) for 24 s with a timeout of 0.5 s
+    with RawAnswers(TRICKLED, pause=0.3) as webhook:
+        started = time.monotonic()
+        outcome = channel(webhook.url, FAST).send(BATCH)
+        took = time.monotonic() - started
+    assert took < 2 * FAST.timeout + 0.5, took
+    assert not outcome.delivered and outcome.unanswered and outcome.service_unavailable
+    assert outcome.error == "no answer within 1 s (the message may have arrived)"
+    assert len(webhook.received) == 1
+
+
+@pytest.mark.parametrize("channel", [SlackChannel, JsonWebhookChannel])
+def test_an_attempt_given_up_on_is_not_retried_in_the_background(channel):
+    # its answer, a 503, comes after the deadline: the send going on in the background must not retry
+    trickled_503 = answer(503, "text/plain", b"busy" + b" " * 20)
+    with RawAnswers(trickled_503, answer(200, "text/plain", b"ok"), pause=0.02) as webhook:
+        outcome = channel(webhook.url, FAST).send(BATCH)
+        time.sleep(len(trickled_503) * 0.02 + 1)  # the 503 in full, and more than the backoff
+        assert outcome.unanswered and len(webhook.received) == 1
+
+
+@pytest.mark.parametrize("channel", [SlackChannel, JsonWebhookChannel])
+def test_waiting_out_a_retry_after_is_no_part_of_an_attempt(channel):
+    with RawAnswers(
+        answer(429, "text/plain\r\nRetry-After: 2", b"slow down"), answer(200, "text/plain", b"ok")
+    ) as webhook:
+        assert channel(webhook.url, FAST).send(BATCH).delivered
+        assert len(webhook.received) == 2
