@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import threading
 import time
 from datetime import date
 from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from slack_stub import (
@@ -23,8 +26,10 @@ from slack_stub import (
 )
 
 from data_platform.alerts.config import HttpSettings
-from data_platform.alerts.delivery import SlackChannel, redact
+from data_platform.alerts.delivery import SlackChannel, _describe, redact
+from data_platform.alerts.json_sink import JsonWebhookChannel
 from data_platform.alerts.records import Alert, Batch, Organization
+from data_platform.orchestration import notify
 
 FAST = HttpSettings(timeout=0.5, retries=2, backoff=0.01, max_retry_after=5)
 BATCH = Batch(
@@ -202,3 +207,146 @@ def test_redact():
         redacted = redact(leak, url)
         assert SECRET not in redacted and QUERY_SECRET not in redacted, redacted
     assert redact("HTTP 500: internal_error", url) == "HTTP 500: internal_error"
+
+
+# --- answers SlackStub cannot give: bodies that do not decode, answers trickled byte by byte ------------
+
+
+class RawAnswers:
+    """A local server answering each POST with raw bytes, the next of `answers` (the last repeated),
+    `pause` seconds between bytes."""
+
+    def __init__(self, *answers: bytes, pause: float = 0.0) -> None:
+        self.received: list[dict] = []
+        self._answers = list(answers)
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                server.received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                answer = server._answers.pop(0) if len(server._answers) > 1 else server._answers[0]
+                try:
+                    for at in range(0, len(answer), 1 if pause else len(answer)):
+                        self.wfile.write(answer[at : at + (1 if pause else len(answer))])
+                        self.wfile.flush()
+                        time.sleep(pause)
+                except OSError:
+                    pass  # the client gave up
+                self.close_connection = True
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}/services/T0/B0/{SECRET}"
+
+    def __enter__(self) -> RawAnswers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def answer(status: int, content_type: str, body: bytes) -> bytes:
+    head = (
+        f"HTTP/1.1 {status} X\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+UNDECODABLE = {
+    "charset=binary": ("text/plain; charset=binary", b"ok"),
+    "unknown charset": ("text/plain; charset=x-no-such-charset", b"ok"),
+    "not utf-8": ("text/html; charset=utf-8", b"<html>\xff ok</html>"),
+    "idna": ("text/plain; charset=idna", b"\xff"),
+}
+
+
+@pytest.mark.parametrize(("content_type", "body"), UNDECODABLE.values(), ids=UNDECODABLE.keys())
+def test_a_2xx_whose_body_does_not_decode_is_delivered(content_type, body):
+    # the message was accepted: taken for "nothing accepted", every run sent it again
+    with RawAnswers(answer(200, content_type, body)) as webhook:
+        outcome = SlackChannel(webhook.url, FAST).send(BATCH)
+    assert outcome.delivered, outcome
+    assert len(webhook.received) == 1
+
+
+@pytest.mark.parametrize(("content_type", "body"), UNDECODABLE.values(), ids=UNDECODABLE.keys())
+def test_an_error_answer_whose_body_does_not_decode_is_still_an_answer(content_type, body):
+    # slack-sdk decodes an error answer's body too: the 503 must still be retried, the 400 reported
+    with RawAnswers(answer(503, content_type, body), answer(200, "text/plain", b"ok")) as webhook:
+        assert SlackChannel(webhook.url, FAST).send(BATCH).delivered
+        assert len(webhook.received) == 2
+    with RawAnswers(answer(400, content_type, body)) as webhook:
+        outcome = SlackChannel(webhook.url, FAST).send(BATCH)
+    assert not outcome.delivered and not outcome.unanswered and not outcome.service_unavailable
+    assert (outcome.error or "").startswith("HTTP 400: ")
+
+
+@pytest.mark.parametrize(("content_type", "body"), UNDECODABLE.values(), ids=UNDECODABLE.keys())
+def test_the_ops_channel_takes_a_2xx_whose_body_does_not_decode_as_delivered(content_type, body):
+    # it sends through the same client: the sensor would send the message again on every tick
+    with RawAnswers(answer(200, content_type, body)) as webhook:
+        channel = notify.channel_from_environment({"SLACK_WEBHOOK_URL": webhook.url})
+        assert channel.send(notify.OpsMessage("Pipeline run failed")).delivered
+        assert len(webhook.received) == 1
+
+
+@pytest.mark.parametrize(("content_type", "body"), UNDECODABLE.values(), ids=UNDECODABLE.keys())
+def test_the_json_sink_takes_a_2xx_whose_body_does_not_decode_as_delivered(content_type, body):
+    # requests decodes with errors="replace" (and utf-8 for an unknown charset), and only an error's body
+    with RawAnswers(answer(200, content_type, body)) as webhook:
+        assert JsonWebhookChannel(webhook.url, FAST).send(BATCH).delivered
+    with RawAnswers(answer(400, content_type, body)) as webhook:
+        outcome = JsonWebhookChannel(webhook.url, FAST).send(BATCH)
+    assert not outcome.delivered and not outcome.unanswered
+    assert (outcome.error or "").startswith("HTTP 400: ")
+
+
+def test_an_error_of_unknown_kind_may_follow_an_accepted_message():
+    # "nothing accepted" would have it sent again by every run, never counted towards its two attempts
+    description, unanswered = _describe(UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid"), 10)
+    assert unanswered and description.endswith("(the message may have arrived)")
+
+
+TRICKLED = answer(200, "text/plain", b"ok" + b" " * 20)  # about 80 bytes
+
+
+@pytest.mark.parametrize("channel", [SlackChannel, JsonWebhookChannel])
+def test_an_answer_trickled_byte_by_byte_is_given_up_after_twice_the_timeout(channel):
+    # the timeout bounds each socket read only: 80 bytes 0.3 s apart held one attempt (and the run's
+    # locks) for 24 s with a timeout of 0.5 s
+    with RawAnswers(TRICKLED, pause=0.3) as webhook:
+        started = time.monotonic()
+        outcome = channel(webhook.url, FAST).send(BATCH)
+        took = time.monotonic() - started
+    assert took < 2 * FAST.timeout + 0.5, took
+    assert not outcome.delivered and outcome.unanswered and outcome.service_unavailable
+    assert outcome.error == "no answer within 1 s (the message may have arrived)"
+    assert len(webhook.received) == 1
+
+
+@pytest.mark.parametrize("channel", [SlackChannel, JsonWebhookChannel])
+def test_an_attempt_given_up_on_is_not_retried_in_the_background(channel):
+    # its answer, a 503, comes after the deadline: the send going on in the background must not retry
+    trickled_503 = answer(503, "text/plain", b"busy" + b" " * 20)
+    with RawAnswers(trickled_503, answer(200, "text/plain", b"ok"), pause=0.02) as webhook:
+        outcome = channel(webhook.url, FAST).send(BATCH)
+        time.sleep(len(trickled_503) * 0.02 + 1)  # the 503 in full, and more than the backoff
+        assert outcome.unanswered and len(webhook.received) == 1
+
+
+@pytest.mark.parametrize("channel", [SlackChannel, JsonWebhookChannel])
+def test_waiting_out_a_retry_after_is_no_part_of_an_attempt(channel):
+    with RawAnswers(
+        answer(429, "text/plain\r\nRetry-After: 2", b"slow down"), answer(200, "text/plain", b"ok")
+    ) as webhook:
+        assert channel(webhook.url, FAST).send(BATCH).delivered
+        assert len(webhook.received) == 2

@@ -263,6 +263,26 @@ def test_a_digests_query_lists_exactly_its_alerts(db, run_inline):  # noqa: F811
     assert sorted(row[0] for row in listed) == [2, 3, 4]
 
 
+def test_a_not_a_number_in_a_digest_comes_first_as_in_its_query(db, run_inline):  # noqa: F811
+    # ranking by abs(change) compared NaN with numbers: InvalidOperation, exit 2 on every run
+    add_moves(db, *[(i, DAY[0], "10000", "16000") for i in (1, 2, 3)])
+    execute(
+        db,
+        "insert into marts.fct_organization_daily_financials "
+        "values (4, %s, 1, 0, 0, 'NaN', 'NaN', 100, 'NaN')",
+        (DAY[0],),
+        role="transformer",
+    )
+
+    result = run_inline(db, "--digest-over", "2")
+
+    assert result.returncode == 0, result.stderr
+    shown = [line.split("organization ")[1].split(":")[0] for line in alert_lines(result.stdout)]
+    assert shown == ["4", "1", "2", "3"]
+    query = result.stdout.splitlines()[5].removeprefix("[balance digest] all 4: ")
+    assert [row[0] for row in db.query(query, role="alerter")] == [4, 1, 2, 3]  # Postgres: NaN above all
+
+
 def test_digest_threshold_is_a_flag(db, run_inline):  # noqa: F811
     add_moves(db, *[(i, DAY[0], "10000", "16000") for i in range(1, 4)])
     result = run_inline(db, "--digest-over", "2")

@@ -36,6 +36,7 @@ from test_alerts import (  # noqa: F401  (db, warehouse are fixtures)
     run_alerts,
     warehouse,
 )
+from test_alerts_delivery import RawAnswers, answer
 
 from data_platform.alerts import payload
 from data_platform.alerts.config import HttpSettings
@@ -269,6 +270,25 @@ def test_each_routes_errors_and_notes_name_that_route_not_slack(db):  # noqa: F8
     }
     assert f"organization 2: {refused}" in result.stderr
     assert SECRET not in result.stdout + result.stderr
+
+
+def test_a_not_a_number_balance_matches_no_balance_band_and_takes_the_default_route(db):  # noqa: F811
+    # `balance >= min` on a NaN raised InvalidOperation: exit 2 on every run, nothing sent anywhere
+    set_routes(db, (20, "big", None, None, 100000, None, "BIG_WEBHOOK", "slack", None), DEFAULT)
+    add_moves(db, (1, DAY[0], "100000", "200000"))
+    execute(
+        db,
+        "insert into marts.fct_organization_daily_financials "
+        "values (2, %s, 1, 0, 0, 'NaN', 'NaN', 100, 'NaN')",
+        (DAY[0],),
+        role="transformer",
+    )
+    with SlackStub() as big, SlackStub() as default:
+        result = run_alerts(db, webhook=default.url, BIG_WEBHOOK=big.url, ALERT_SLACK_MIN_INTERVAL="0")
+
+    assert result.returncode == 0, result.stderr
+    assert organizations_in(big.delivered) == [1]
+    assert organizations_in(default.delivered) == [2]
 
 
 # --- routes added while days wait to be processed ----------------------------------------------------
@@ -510,6 +530,16 @@ def test_a_json_answer_cut_short_every_time_is_sent_at_most_twice(db):  # noqa: 
     assert len(vip.requests) == 2  # each arrived: a third copy would be one too many
     assert history(db, "VIP_WEBHOOK") == {(1, DAY[0]): ("unknown", 2)}
     assert "never confirmed after 2 unanswered attempts: not sent again" in runs[2].stdout
+
+
+def test_a_slack_answer_accepted_with_a_body_that_does_not_decode_is_sent_once(db):  # noqa: F811
+    # it was recorded failed ("nothing accepted"), and every later run sent it again
+    add_moves(db, (1, DAY[0], "1000", "5000"))
+    with RawAnswers(answer(200, "text/plain; charset=binary", b"ok")) as webhook:
+        runs = [run_alerts(db, webhook=webhook.url) for _ in range(2)]
+    assert [run.returncode for run in runs] == [0, 0], runs[0].stdout + runs[0].stderr
+    assert len(webhook.received) == 1
+    assert history(db) == {(1, DAY[0]): ("sent", 1)}
 
 
 # --- ops tables from before routing ------------------------------------------------------------------

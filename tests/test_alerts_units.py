@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import re
+from dataclasses import replace
 from datetime import date, timedelta
 from decimal import Decimal
 
@@ -399,6 +400,28 @@ def test_routes_match_in_priority_order():
     assert route_for(routes, Organization(9, False), alert("1", "1000")).name == "band"
     assert route_for(routes, Organization(9, False), alert("1", "5000")).name == "default"  # max excluded
     assert routes[3].destination == "slack" and routes[0].destination == "VIP"
+
+
+def test_a_balance_that_is_not_finite_matches_no_band():
+    from data_platform.alerts.records import Route, route_for
+
+    routes = [
+        Route(10, "from", "FROM", min_balance_usd=Decimal(1000)),
+        Route(20, "below", "BELOW", max_balance_usd=Decimal(5000)),
+        Route(100, "default", "SLACK_WEBHOOK_URL"),
+    ]
+    for balance in ("NaN", "Infinity", "-Infinity"):
+        assert route_for(routes, Organization(9, False), alert("1", balance)).name == "default", balance
+
+
+def test_a_digest_shows_a_change_that_is_not_a_number_first():
+    # as its query lists them: Postgres sorts NaN above every number, `order by abs(...) desc` first
+    from data_platform.alerts.records import Digest
+
+    alerts = [
+        replace(alert("10", balance), organization_id=i) for i, balance in enumerate(["20", "NaN", "5"])
+    ]
+    assert [a.organization_id for a in Digest("console", tuple(alerts), {}).top] == [1, 0, 2]
 
 
 def test_pacer_spaces_messages():

@@ -5,8 +5,9 @@ Messages to one Slack webhook are spaced `ALERT_SLACK_MIN_INTERVAL` seconds apar
 
 Retries are slack-sdk's retry handlers, bounded, and only where Slack accepted nothing: 429
 honours Retry-After (up to a cap), 5xx answers and connection errors back off exponentially. A
-request that went out and got no answer (a read timeout, a dropped connection) may have been
-accepted: it is never retried within the run, and reported as unanswered instead.
+request that went out and got no answer (a read timeout, a dropped connection, an attempt still
+unfinished after twice ALERT_HTTP_TIMEOUT) may have been accepted: it is never retried within the
+run, and reported as unanswered instead.
 
 The webhook URL is a secret: it is never logged, printed or stored, and error texts are scrubbed
 of it (and of each of its parts) before anyone sees them.
@@ -17,12 +18,14 @@ from __future__ import annotations
 import logging
 import random
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from http.client import HTTPException
-from typing import Protocol, TextIO
-from urllib.error import URLError
+from http.client import HTTPException, HTTPMessage
+from io import BytesIO
+from typing import Any, Protocol, TextIO, TypeVar
+from urllib.error import HTTPError, URLError
 from urllib.parse import parse_qsl, urlsplit
 from urllib.request import (
     BaseHandler,
@@ -33,6 +36,7 @@ from urllib.request import (
     build_opener,
 )
 
+from slack_sdk.errors import SlackRequestError
 from slack_sdk.http_retry import (
     BackoffRetryIntervalCalculator,
     ConnectionErrorRetryHandler,
@@ -49,6 +53,8 @@ from slack_sdk.webhook import WebhookClient, WebhookResponse
 from data_platform.alerts import messages
 from data_platform.alerts.config import HttpSettings
 from data_platform.alerts.records import CONSOLE, DEFAULT_WEBHOOK_ENV, Digest, Message
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -195,19 +201,132 @@ class _AnswerRedirects(HTTPRedirectHandler):
         return None  # urllib then raises the 3xx, which slack-sdk turns into the answer
 
 
+class AttemptOverdue(Exception):
+    """An HTTP attempt ran past its deadline: given up on, its message may still arrive."""
+
+
+def attempt_deadline(http: HttpSettings) -> float:
+    # the timeout bounds each connect, send and read; an attempt makes a few: twice it is plenty
+    return 2 * http.timeout
+
+
+class _WatchedSend:
+    """One message's send, running in a worker thread, watched by the thread waiting for it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._attempt_began: float | None = time.monotonic()
+        self._given_up = False
+
+    def attempt_begins(self) -> None:
+        with self._lock:
+            if self._given_up:  # a retry after the deadline would be a second copy
+                raise AttemptOverdue("the send was given up on: no further attempt")
+            self._attempt_began = time.monotonic()
+
+    def attempt_ends(self) -> None:
+        with self._lock:
+            self._attempt_began = None
+
+    def time_left(self, deadline: float) -> float | None:
+        """Seconds the attempt under way has left (None between attempts); at 0 the send is given up."""
+        with self._lock:
+            if self._attempt_began is None:
+                return None
+            left = self._attempt_began + deadline - time.monotonic()
+            if left <= 0:
+                self._given_up = True
+            return left
+
+
+_sending = threading.local()
+
+
+def attempt_begins() -> None:
+    """The HTTP clients' hook as each attempt starts (nothing outside send_within)."""
+    watched = getattr(_sending, "send", None)
+    if watched is not None:
+        watched.attempt_begins()
+
+
+def attempt_ends() -> None:
+    """The HTTP clients' hook as an attempt ends: waiting out a backoff or Retry-After is no attempt."""
+    watched = getattr(_sending, "send", None)
+    if watched is not None:
+        watched.attempt_ends()
+
+
+def send_within(send: Callable[[], T], deadline: float) -> T:
+    """`send()`, raising AttemptOverdue once one of its HTTP attempts has run `deadline` seconds.
+
+    A socket timeout bounds each read only: an answer trickled a byte at a time would hold the run, and
+    its locks, for as long as the server likes. The attempt given up on goes on in a daemon thread and
+    may arrive (so it counts as unanswered); no further attempt starts."""
+    watched = _WatchedSend()
+    result: list[tuple[bool, Any]] = []
+
+    def work() -> None:
+        _sending.send = watched
+        try:
+            result.append((True, send()))
+        except BaseException as error:
+            result.append((False, error))
+
+    worker = threading.Thread(target=work, name="alert-send", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        left = watched.time_left(deadline)
+        if left is not None and left <= 0 and not result:
+            raise AttemptOverdue(f"no answer within {deadline:g} s (the message may have arrived)")
+        worker.join(deadline if left is None else max(left, 0))
+    sent, value = result[0]
+    if not sent:
+        raise value
+    return value
+
+
 class UnredirectedWebhookClient(WebhookClient):
     """slack-sdk's client, except that a redirect is the answer: urllib would follow it with a GET that
     drops the message, and the 200 of whatever page it lands on would count as delivered."""
 
     def _perform_http_request_internal(self, url: str, req: Request) -> WebhookResponse:
         if not url.lower().startswith("http"):
-            raise ValueError("the webhook URL must be http(s)")  # as slack-sdk's: no file:// and the like
+            # as slack-sdk does: no file:// and the like
+            raise SlackRequestError("the webhook URL must be http(s)")
         handlers: list[BaseHandler] = [_AnswerRedirects(), HTTPSHandler(context=self.ssl)]
         if self.proxy:
             handlers.append(ProxyHandler({"http": self.proxy, "https": self.proxy}))
-        with build_opener(*handlers).open(req, timeout=self.timeout) as answer:
-            body = answer.read().decode(answer.headers.get_content_charset() or "utf-8")
+        attempt_begins()  # one attempt: slack-sdk's retry handlers wait between two calls
+        try:
+            with build_opener(*handlers).open(req, timeout=self.timeout) as answer:
+                body = answer_text(answer.read(), answer.headers.get_content_charset())
+        except HTTPError as error:
+            # slack-sdk decodes an error answer's body strictly: hand it one that decodes
+            raise _decodable(error) from None
+        finally:
+            attempt_ends()
         return WebhookResponse(url=url, status_code=answer.status, body=body, headers=answer.headers)
+
+
+def answer_text(body: bytes, charset: str | None) -> str:
+    """An answer's body as text, whatever its charset says: the status is the answer, and a body that does
+    not decode must not turn an accepted message into an error."""
+    try:
+        return body.decode(charset or "utf-8", errors="replace")
+    except (LookupError, ValueError):  # an unknown charset, or one without "replace" (idna)
+        return body.decode("utf-8", errors="replace")
+
+
+def _decodable(error: HTTPError) -> HTTPError:
+    """The same error answer with its body re-encoded as utf-8, and said so."""
+    with error:
+        body = answer_text(error.read(), error.headers.get_content_charset())
+    headers = HTTPMessage()
+    for name, value in error.headers.items():
+        headers[name] = value
+    if headers.get_content_charset() is not None:
+        headers.set_param("charset", "utf-8")
+    return HTTPError(error.url, error.code, error.msg, headers, BytesIO(body.encode()))
 
 
 def _silent_logger() -> logging.Logger:
@@ -256,9 +375,13 @@ def _describe(error: Exception, timeout: float) -> tuple[str, bool]:
         return f"cannot reach Slack: {error.reason}", False
     if isinstance(error, TimeoutError):
         return f"no answer within {timeout:g} s (the message may have arrived)", True
+    if isinstance(error, SlackRequestError):  # refused before sending (the URL, the proxy)
+        return f"{type(error).__name__}: {error}", False
     if isinstance(error, (OSError, HTTPException)):  # dropped or garbled while waiting for the answer
         return f"no answer: {type(error).__name__}: {error} (the message may have arrived)", True
-    return f"{type(error).__name__}: {error}", False
+    # any other error may follow an accepted message: taken for "nothing accepted", it would be sent
+    # again by every run instead of counting towards its two attempts
+    return f"{type(error).__name__}: {error} (the message may have arrived)", True
 
 
 class SlackChannel:
@@ -270,6 +393,7 @@ class SlackChannel:
         self.name = name
         self._url = url
         self._timeout = http.timeout
+        self._deadline = attempt_deadline(http)
         self._pacer = Pacer(http.slack_min_interval)
         self._client = UnredirectedWebhookClient(
             url, timeout=http.timeout, logger=_silent_logger(), retry_handlers=retry_handlers(http)
@@ -279,7 +403,12 @@ class SlackChannel:
         text, blocks = messages.slack_message(message)
         self._pacer.wait()
         try:
-            response = self._client.send(text=text, blocks=blocks, unfurl_links=False, unfurl_media=False)
+            response = send_within(
+                lambda: self._client.send(text=text, blocks=blocks, unfurl_links=False, unfurl_media=False),
+                self._deadline,
+            )
+        except AttemptOverdue as overdue:
+            return Outcome(False, str(overdue), service_unavailable=True, unanswered=True)
         except Exception as error:  # network errors once retries are spent; never let one kill the run
             description, unanswered = _describe(error, self._timeout)
             return Outcome(False, self._redact(description), service_unavailable=True, unanswered=unanswered)

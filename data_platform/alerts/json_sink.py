@@ -2,9 +2,9 @@
 
 Retries are urllib3's Retry, bounded, and only where the receiver accepted nothing: 429 and 5xx
 answers (any Retry-After honoured up to ALERT_HTTP_MAX_RETRY_AFTER) and failed connections. A request
-that went out and got no full answer (a read timeout, a dropped connection, an answer cut short) may
-have been accepted: it is never retried within the run (read=False re-raises it) and reported as
-unanswered.
+that went out and got no full answer (a read timeout, a dropped connection, an answer cut short, an
+attempt still unfinished after twice the timeout: delivery.send_within) may have been accepted: it is
+never retried within the run (read=False re-raises it) and reported as unanswered.
 """
 
 from __future__ import annotations
@@ -16,7 +16,16 @@ from urllib3.util.retry import Retry
 
 from data_platform.alerts import payload
 from data_platform.alerts.config import HttpSettings
-from data_platform.alerts.delivery import Outcome, redact
+from data_platform.alerts.delivery import (
+    AttemptOverdue,
+    Outcome,
+    answer_text,
+    attempt_begins,
+    attempt_deadline,
+    attempt_ends,
+    redact,
+    send_within,
+)
 from data_platform.alerts.records import Message
 
 RETRY_STATUSES = frozenset({429, *range(500, 600)})
@@ -46,6 +55,11 @@ class BoundedRetry(Retry):
                 raise MaxRetryError(_pool, url, ResponseError(f"Retry-After {wait:g} s is too long"))
         return super().increment(method, url, response, error, _pool, _stacktrace)
 
+    def sleep(self, response=None) -> None:
+        attempt_ends()  # waiting out a backoff or Retry-After is no part of an attempt
+        super().sleep(response)
+        attempt_begins()
+
 
 def retry_policy(http: HttpSettings) -> Retry:
     retry = BoundedRetry(
@@ -74,21 +88,29 @@ class JsonWebhookChannel:
         self.name = name
         self._url = url
         self._timeout = http.timeout
+        self._deadline = attempt_deadline(http)
         self._session = requests.Session()
         self._session.mount("http://", HTTPAdapter(max_retries=retry_policy(http)))
         self._session.mount("https://", HTTPAdapter(max_retries=retry_policy(http)))
 
     def send(self, message: Message) -> Outcome:
+        document = payload.json_payload(message)
         try:
-            response = self._session.post(
-                self._url, json=payload.json_payload(message), timeout=self._timeout, allow_redirects=False
+            response = send_within(
+                lambda: self._session.post(
+                    self._url, json=document, timeout=self._timeout, allow_redirects=False
+                ),
+                self._deadline,
             )
+        except AttemptOverdue as overdue:
+            return Outcome(False, str(overdue), service_unavailable=True, unanswered=True)
         except requests.RequestException as error:
             description, unanswered = _describe(error, self._timeout)
             return Outcome(False, self._redact(description), service_unavailable=True, unanswered=unanswered)
         if 200 <= response.status_code < 300:
             return Outcome(delivered=True)
-        body = " ".join(response.text.split())[:200]
+        # not response.text: a charset without "replace" (idna) raises there, and would crash the run
+        body = " ".join(answer_text(response.content, response.encoding).split())[:200]
         unavailable = response.status_code == 429 or response.status_code >= 500
         return Outcome(False, self._redact(f"HTTP {response.status_code}: {body}"), unavailable)
 

@@ -155,6 +155,9 @@ class Route:
             and organization.legal_entity_country_code != self.legal_entity_country_code
         ):
             return False
+        banded = self.min_balance_usd is not None or self.max_balance_usd is not None
+        if banded and not alert.balance_usd.is_finite():
+            return False  # no band holds a NaN (which cannot be compared) or an infinity: the default route
         if self.min_balance_usd is not None and not alert.balance_usd >= self.min_balance_usd:
             return False
         return self.max_balance_usd is None or alert.balance_usd < self.max_balance_usd
@@ -193,9 +196,15 @@ class Digest:
 
     @property
     def top(self) -> tuple[Alert, ...]:
-        """The DIGEST_TOP alerts with the largest absolute USD change."""
-        ranked = sorted(self.alerts, key=lambda a: (-abs(a.change_usd), a.organization_id, a.balance_date))
-        return tuple(ranked[:DIGEST_TOP])
+        """The DIGEST_TOP alerts with the largest absolute USD change, a NaN first: its query (ordered
+        by the change, descending) lists it first, Postgres sorting NaN above every number."""
+
+        def largest_first(alert: Alert) -> tuple[bool, Decimal, int, date]:
+            change = alert.change_usd
+            size = Decimal(0) if change.is_nan() else -abs(change)  # a NaN cannot be compared
+            return (not change.is_nan(), size, alert.organization_id, alert.balance_date)
+
+        return tuple(sorted(self.alerts, key=largest_first)[:DIGEST_TOP])
 
     @property
     def first_day(self) -> date:
