@@ -26,7 +26,7 @@ from slack_stub import (
 )
 
 from data_platform.alerts.config import HttpSettings
-from data_platform.alerts.delivery import SlackChannel, _describe, redact
+from data_platform.alerts.delivery import SlackChannel, describe_send_error, redact
 from data_platform.alerts.json_sink import JsonWebhookChannel
 from data_platform.alerts.records import Alert, Batch, Organization
 from data_platform.orchestration import notify
@@ -312,7 +312,7 @@ def test_the_json_sink_takes_a_2xx_whose_body_does_not_decode_as_delivered(conte
 
 def test_an_error_of_unknown_kind_may_follow_an_accepted_message():
     # "nothing accepted" would have it sent again by every run, never counted towards its two attempts
-    description, unanswered = _describe(UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid"), 10)
+    description, unanswered = describe_send_error(UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid"), 10)
     assert unanswered and description.endswith("(the message may have arrived)")
 
 

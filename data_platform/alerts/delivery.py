@@ -367,7 +367,7 @@ def redact(message: str, url: str, placeholder: str = REDACTED) -> str:
     return message
 
 
-def _describe(error: Exception, timeout: float) -> tuple[str, bool]:
+def describe_send_error(error: Exception, timeout: float) -> tuple[str, bool]:
     """(what happened, whether the request may have been accepted)."""
     if isinstance(error, URLError):  # failed while connecting or sending: nothing accepted
         if isinstance(error.reason, TimeoutError):
@@ -410,7 +410,7 @@ class SlackChannel:
         except AttemptOverdue as overdue:
             return Outcome(False, str(overdue), service_unavailable=True, unanswered=True)
         except Exception as error:  # network errors once retries are spent; never let one kill the run
-            description, unanswered = _describe(error, self._timeout)
+            description, unanswered = describe_send_error(error, self._timeout)
             return Outcome(False, self._redact(description), service_unavailable=True, unanswered=unanswered)
         finally:
             self._pacer.sent()

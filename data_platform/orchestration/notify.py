@@ -18,7 +18,6 @@ import dataclasses
 import logging
 import os
 import sys
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, TextIO
@@ -103,41 +102,28 @@ class SlackOpsChannel:
     def __init__(self, url: str, http: config.HttpSettings) -> None:
         self._url = url
         self._timeout = http.timeout
-        # the timeout bounds each socket operation, and a send makes a few: twice it is plenty
-        self._deadline = 2 * http.timeout
+        self._deadline = delivery.attempt_deadline(http)
         self._client = delivery.UnredirectedWebhookClient(
             url, timeout=http.timeout, logger=_quiet_logger(), retry_handlers=delivery.retry_handlers(http)
         )  # type: ignore[arg-type]  # slack-sdk annotates timeout as int; urllib takes a float
 
     def send(self, message: OpsMessage) -> delivery.Outcome:
-        """The send, given up after twice the HTTP timeout in all: the client's timeout bounds each
-        socket operation only, and a server that answers byte by byte would hold the tick past its
-        minute. A send given up on goes on in the background; it may arrive, as a lost answer's may."""
-        done: list[Any] = []
-
-        def post() -> None:
-            try:
-                done.append(
-                    self._client.send(
-                        text=message.text(), blocks=message.blocks(), unfurl_links=False, unfurl_media=False
-                    )
-                )
-            except Exception as error:  # network errors: report, never crash a tick
-                done.append(error)
-
-        sender = threading.Thread(target=post, name="ops-alert-send", daemon=True)
-        sender.start()
-        sender.join(self._deadline)
-        # `unanswered`: the request went out and may have been accepted, so the caller counts it
-        # towards the at-most-twice limit instead of resending it every tick
-        if not done:
-            why = f"no answer within {self._deadline:g} s (the message may have arrived)"
-            return delivery.Outcome(False, why, service_unavailable=True, unanswered=True)
-        response = done[0]
-        if isinstance(response, Exception):
-            # the balance alerts' rule: a failed connection sent nothing, a read timeout or dropped
-            # answer may have been accepted
-            why, unanswered = delivery._describe(response, self._timeout)
+        """One attempt, given up after delivery.attempt_deadline: the client's timeout bounds each socket
+        operation only, and a server that answers byte by byte would hold the tick past its minute. A send
+        given up on goes on in the background; it may arrive, as a lost answer's may."""
+        try:
+            response = delivery.send_within(
+                lambda: self._client.send(
+                    text=message.text(), blocks=message.blocks(), unfurl_links=False, unfurl_media=False
+                ),
+                self._deadline,
+            )
+        # `unanswered`: the request went out and may have been accepted, so the caller counts it towards
+        # the at-most-twice limit instead of resending it every tick
+        except delivery.AttemptOverdue as overdue:
+            return delivery.Outcome(False, str(overdue), service_unavailable=True, unanswered=True)
+        except Exception as error:  # network errors: report, never crash a tick
+            why, unanswered = delivery.describe_send_error(error, self._timeout)
             text = delivery.redact(why, self._url)
             return delivery.Outcome(False, text, service_unavailable=True, unanswered=unanswered)
         if 200 <= response.status_code < 300:
