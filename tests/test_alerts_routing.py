@@ -48,13 +48,14 @@ NO_FLOOR = {"ALERT_MIN_CHANGE_USD": "0"}
 
 
 def set_routes(db, *rows) -> None:  # noqa: F811
-    """Replace the routes: (priority, name, organization_id, country, min, max, env, sink, mention)."""
+    """Replace the routes: (priority, name, organization_id, country, min, max, env, sink, mention); a
+    route without criteria is the default, as dim_alert_routes marks it."""
     execute(db, "truncate marts.dim_alert_routes", role="transformer")
     for row in rows:
         execute(
             db,
-            "insert into marts.dim_alert_routes values (%s, %s, %s, %s, %s, %s, %s, %s, %s, false)",
-            row,
+            "insert into marts.dim_alert_routes values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            (*row, all(criterion is None for criterion in row[2:6])),
             role="transformer",
         )
 

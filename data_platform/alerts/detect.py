@@ -100,6 +100,7 @@ routes = Table(
     Column("webhook_env", Text),
     Column("sink", Text),
     Column("mention", Text),
+    Column("is_default", Boolean),
 )
 
 REQUIRED_TABLES = (
@@ -349,6 +350,7 @@ def alert_routes(conn: Connection) -> list[Route]:
             legal_entity_country_code=row.legal_entity_country_code,
             min_balance_usd=row.min_balance_usd,
             max_balance_usd=row.max_balance_usd,
+            is_default=row.is_default,
         )
         for row in rows
     ]

@@ -132,16 +132,7 @@ class Route:
     legal_entity_country_code: int | None = None
     min_balance_usd: Decimal | None = None
     max_balance_usd: Decimal | None = None
-
-    @property
-    def is_default(self) -> bool:
-        criteria = (
-            self.organization_id,
-            self.legal_entity_country_code,
-            self.min_balance_usd,
-            self.max_balance_usd,
-        )
-        return all(value is None for value in criteria)
+    is_default: bool = False  # the mart's: no criteria, it takes every organization
 
     @property
     def destination(self) -> str:
