@@ -100,7 +100,7 @@ def check_header(spec: TableSpec, path: Path) -> int:
     """Validate the file's first line against the spec; return the header's length in bytes.
 
     Tolerates a UTF-8 byte order mark and CRLF. Raises LoadError for a missing, unreadable or
-    empty file, for any header other than the exact expected one, and for a file that looks cut off.
+    empty file and for any header other than the exact expected one.
     """
     try:
         descriptor = open_regular(path)
@@ -111,8 +111,6 @@ def check_header(spec: TableSpec, path: Path) -> int:
     try:
         with os.fdopen(descriptor, "rb") as file:
             raw = file.readline(MAX_HEADER_BYTES)
-            size = os.fstat(file.fileno()).st_size
-            last_byte = os.pread(file.fileno(), 1, size - 1) if size else b""
     except OSError as error:
         raise LoadError(path, f"cannot read file: {error.strerror}") from None
 
@@ -138,16 +136,26 @@ def check_header(spec: TableSpec, path: Path) -> int:
         raise LoadError(path, "header is not valid UTF-8", line=1) from None
     if found != expected:
         raise _header_error(path, spec.header, found)
+    return len(raw)
+
+
+def refuse_cut_off(path: Path) -> None:
+    """Refuse a file whose last byte is a comma: what a copy cut short looks like, a record whose last
+    field is empty. An optional last column would load it as null, over the value a whole file holds; a
+    record that is whole says so with a line break. Only for a file to load: one an earlier release
+    loaded stays as it was, as every loaded export's files do."""
+    try:
+        with path.open("rb") as file:
+            size = os.fstat(file.fileno()).st_size
+            last_byte = os.pread(file.fileno(), 1, size - 1) if size else b""
+    except OSError as error:
+        raise LoadError(path, f"cannot read file: {error.strerror}") from None
     if last_byte == b",":
-        # What a copy cut short looks like: a record whose last field is empty. An optional last column
-        # would load it as null, over the value a whole file holds; a record that is whole says so with a
-        # line break.
         raise LoadError(
             path,
             "the file ends right after a comma, with no line break: it looks cut off, and its last record "
             "would load with an empty last field; if that record is whole, end the file with a line break",
         )
-    return len(raw)
 
 
 def _header_error(path: Path, expected: tuple[str, ...], found: str) -> LoadError:

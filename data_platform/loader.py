@@ -43,7 +43,14 @@ from pathlib import Path
 import psycopg
 
 from data_platform import file_checksums, ledger
-from data_platform.csv_files import BLOCK_SIZE, Progress, Unchanged, check_header, identity
+from data_platform.csv_files import (
+    BLOCK_SIZE,
+    Progress,
+    Unchanged,
+    check_header,
+    identity,
+    refuse_cut_off,
+)
 from data_platform.db import DatabaseUnavailable, connect, take_advisory_lock
 from data_platform.engines.export_log import refuse_reloaded
 from data_platform.exports import Export, discover, parse_date
@@ -242,6 +249,8 @@ def load_export(
         # the runs after it, which never pass it
         if not allow_empty:
             _refuse_empty(files)
+        for file in files:
+            refuse_cut_off(file.path)
 
         # a dated snapshot is read against the latest export's file (an undated one is dated by all of
         # its records, so every one is staged)

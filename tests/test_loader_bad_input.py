@@ -284,6 +284,24 @@ def test_a_file_cut_off_right_after_a_comma_is_refused_not_loaded_with_an_empty_
     assert [result.export_date for result in load_exports(conn, csv_dir)][-1] == date(2024, 1, 2)
 
 
+def test_an_export_loaded_before_the_cut_off_check_existed_does_not_stop_later_loads(
+    conn, tmp_path, monkeypatch
+):
+    """A file that ends with a comma loaded under the previous release stays as it was (an export's files are
+    the record of what was loaded); checked again on every run, it stopped every later export."""
+    from data_platform import loader
+
+    csv_dir = write_dir(tmp_path / "csv")
+    folder = write_export(csv_dir, "2024-01-02", [invoice(1)], ORG_LINES[1:])
+    whole = (folder / "organizations.csv").read_bytes()
+    (folder / "organizations.csv").write_bytes(whole[: whole.rstrip(b"\n").rfind(b",") + 1])
+    with monkeypatch.context() as previous_release:
+        previous_release.setattr(loader, "refuse_cut_off", lambda path: None)
+        load_exports(conn, csv_dir)
+    write_export(csv_dir, "2024-01-03", [invoice(2)])
+    assert [result.export_date for result in load_exports(conn, csv_dir)][-1] == date(2024, 1, 3)
+
+
 def test_error_on_a_very_long_line_is_shortened(conn, tmp_path, baseline):
     path = write_dir(tmp_path / "files") / "invoices.csv"
     path.write_bytes(encode(replace(INVOICE_LINES, 3, "USDC,,,", "USDC," + "x" * 100_000 + ",")))

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from data_platform import exports as export_discovery
-from data_platform.csv_files import Unchanged, check_header
+from data_platform.csv_files import Unchanged, check_header, refuse_cut_off
 from data_platform.engines.export_log import (
     Checksums,
     log_row,
@@ -245,6 +245,7 @@ def load_export(
             conn.execute("rollback")
             return None
         refuse_empty(export.invoices, invoice_rows, INVOICES.name, allow_empty=allow_empty)
+        refuse_cut_off(export.invoices)
         _refuse_values(conn, INVOICES, export.invoices, "incoming_invoices")
         export_date = refuse_undated(export, export_date)
         _refuse_future_invoices(conn, export, export_date)
@@ -254,6 +255,7 @@ def load_export(
             with unchanged.reading():
                 organization_rows = _read(conn, ORGANIZATIONS, export.organizations, "incoming_organizations")
             refuse_empty(export.organizations, organization_rows, ORGANIZATIONS.name, allow_empty=allow_empty)
+            refuse_cut_off(export.organizations)
             _refuse_values(conn, ORGANIZATIONS, export.organizations, "incoming_organizations")
             organizations = _apply_organizations(conn, export_date)
         new, changed = _apply_invoices(conn, export_date)

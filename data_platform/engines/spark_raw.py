@@ -22,7 +22,7 @@ from datetime import date, timedelta
 from pathlib import Path
 
 from data_platform import exports as export_discovery
-from data_platform.csv_files import Unchanged, check_header
+from data_platform.csv_files import Unchanged, check_header, refuse_cut_off
 from data_platform.engines.export_log import (
     Checksums,
     log_row,
@@ -176,6 +176,7 @@ class SparkLedger:
         ):
             return None
         refuse_empty(export.invoices, invoice_rows, INVOICES.name, allow_empty=allow_empty)
+        refuse_cut_off(export.invoices)
         _refuse_values(incoming, INVOICES, export.invoices)
         export_date = refuse_undated(export, export_date)
         _refuse_future_invoices(incoming, export, export_date)
@@ -219,6 +220,7 @@ class SparkLedger:
                 incoming_organizations = _read(self.spark, ORGANIZATIONS, export.organizations)
             organization_rows = incoming_organizations.count()
             refuse_empty(export.organizations, organization_rows, ORGANIZATIONS.name, allow_empty=allow_empty)
+            refuse_cut_off(export.organizations)
             _refuse_values(incoming_organizations, ORGANIZATIONS, export.organizations)
             org_changes = _changes(incoming_organizations, self.organizations, ORGANIZATIONS)
             organizations_new, organizations_changed = org_changes.select(
