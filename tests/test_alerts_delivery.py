@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
 import time
 from datetime import date
@@ -350,3 +351,38 @@ def test_waiting_out_a_retry_after_is_no_part_of_an_attempt(channel):
     ) as webhook:
         assert channel(webhook.url, FAST).send(BATCH).delivered
         assert len(webhook.received) == 2
+
+
+def ops_channel(url: str, http: HttpSettings) -> notify.SlackOpsChannel:
+    return notify.SlackOpsChannel(url, http)
+
+
+def send_one(channel, url: str, http: HttpSettings):
+    message = notify.OpsMessage("Data is stale") if channel is ops_channel else BATCH
+    return channel(url, http).send(message)
+
+
+@pytest.mark.parametrize("channel", [SlackChannel, JsonWebhookChannel, ops_channel])
+def test_a_name_lookup_that_hangs_past_the_deadline_sent_nothing(channel, monkeypatch):
+    """Dead name servers hang the lookup, which no socket timeout bounds: given up on at the deadline, the
+    send was counted as a message that may have arrived, and given up for good after two of them."""
+    resolve = socket.getaddrinfo
+
+    def hung_then_resolved(*args, **kwargs):
+        time.sleep(3 * FAST.timeout)
+        return resolve(*args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", hung_then_resolved)
+    with SlackStub() as webhook:
+        outcome = send_one(channel, webhook.url.replace("127.0.0.1", "localhost"), FAST)
+        time.sleep(3 * FAST.timeout)  # the lookup ends in the background: nothing may go out then
+        assert webhook.delivered == []
+    assert not outcome.delivered and not outcome.unanswered
+    assert outcome.error == "cannot reach the webhook: no connection within 1 s (nothing was sent)"
+
+
+@pytest.mark.parametrize("channel", [SlackChannel, JsonWebhookChannel, ops_channel])
+def test_a_webhook_url_that_fails_before_its_request_goes_out_sent_nothing(channel):
+    # a host name label over 63 characters: IDNA refuses it while the request is being made
+    outcome = send_one(channel, f"http://{'x' * 64}.invalid/hook", FAST)
+    assert not outcome.delivered and not outcome.unanswered, outcome.error

@@ -202,7 +202,25 @@ class _AnswerRedirects(HTTPRedirectHandler):
 
 
 class AttemptOverdue(Exception):
-    """An HTTP attempt ran past its deadline: given up on, its message may still arrive."""
+    """An HTTP attempt ran past its deadline and was given up on. `request_sent`: its request had gone
+    out, so the message may still arrive; else nothing was sent, and nothing will be."""
+
+    def __init__(self, deadline: float, request_sent: bool):
+        if request_sent:
+            said = f"no answer within {deadline:g} s (the message may have arrived)"
+        else:  # a name lookup, connection or TLS handshake that hung
+            said = f"cannot reach the webhook: no connection within {deadline:g} s (nothing was sent)"
+        super().__init__(said)
+        self.request_sent = request_sent
+
+
+class SendFailed(Exception):
+    """The send raised `error`; `request_sent`: whether the request of its last attempt had gone out."""
+
+    def __init__(self, error: Exception, request_sent: bool):
+        super().__init__(str(error))
+        self.error = error
+        self.request_sent = request_sent
 
 
 def attempt_deadline(http: HttpSettings) -> float:
@@ -217,19 +235,28 @@ class _WatchedSend:
         self._lock = threading.Lock()
         self._attempt_began: float | None = time.monotonic()
         self._given_up = False
+        self.request_sent = False  # by the attempt under way, or the last one
 
     def attempt_begins(self) -> None:
         with self._lock:
             if self._given_up:  # a retry after the deadline would be a second copy
-                raise AttemptOverdue("the send was given up on: no further attempt")
+                raise AttemptOverdue(0, request_sent=False)
             self._attempt_began = time.monotonic()
+            self.request_sent = False
 
     def attempt_ends(self) -> None:
         with self._lock:
             self._attempt_began = None
 
+    def request_goes_out(self) -> None:
+        with self._lock:
+            if self._given_up:  # reported as not sent: it must not go out now
+                raise AttemptOverdue(0, request_sent=False)
+            self.request_sent = True
+
     def time_left(self, deadline: float) -> float | None:
-        """Seconds the attempt under way has left (None between attempts); at 0 the send is given up."""
+        """Seconds the attempt under way has left (None between attempts); at 0 the send is given up, and
+        whether its request went out is settled."""
         with self._lock:
             if self._attempt_began is None:
                 return None
@@ -256,12 +283,26 @@ def attempt_ends() -> None:
         watched.attempt_ends()
 
 
+def _note_request_sent(event: str, _args: tuple) -> None:
+    # http.client raises this audit event as it writes a request's bytes: urllib's connections (Slack's
+    # client) and urllib3's (requests) are both http.client's. Until then a failed send sent nothing: a
+    # name lookup, a connection, a TLS handshake or a URL that cannot be used.
+    if event == "http.client.send":
+        watched = getattr(_sending, "send", None)
+        if watched is not None:
+            watched.request_goes_out()
+
+
+sys.addaudithook(_note_request_sent)
+
+
 def send_within(send: Callable[[], T], deadline: float) -> T:
-    """`send()`, raising AttemptOverdue once one of its HTTP attempts has run `deadline` seconds.
+    """`send()`, raising AttemptOverdue once one of its HTTP attempts has run `deadline` seconds, and
+    SendFailed for any error it raises.
 
     A socket timeout bounds each read only: an answer trickled a byte at a time would hold the run, and
-    its locks, for as long as the server likes. The attempt given up on goes on in a daemon thread and
-    may arrive (so it counts as unanswered); no further attempt starts."""
+    its locks, for as long as the server likes. The attempt given up on goes on in a daemon thread and,
+    if its request had gone out, may arrive (so it counts as unanswered); no further request goes out."""
     watched = _WatchedSend()
     result: list[tuple[bool, Any]] = []
 
@@ -277,12 +318,14 @@ def send_within(send: Callable[[], T], deadline: float) -> T:
     while worker.is_alive():
         left = watched.time_left(deadline)
         if left is not None and left <= 0 and not result:
-            raise AttemptOverdue(f"no answer within {deadline:g} s (the message may have arrived)")
+            raise AttemptOverdue(deadline, watched.request_sent)
         worker.join(deadline if left is None else max(left, 0))
-    sent, value = result[0]
-    if not sent:
-        raise value
-    return value
+    succeeded, value = result[0]
+    if succeeded:
+        return value
+    if isinstance(value, Exception):
+        raise SendFailed(value, watched.request_sent) from value
+    raise value
 
 
 class UnredirectedWebhookClient(WebhookClient):
@@ -367,12 +410,15 @@ def redact(message: str, url: str, placeholder: str = REDACTED) -> str:
     return message
 
 
-def describe_send_error(error: Exception, timeout: float) -> tuple[str, bool]:
-    """(what happened, whether the request may have been accepted)."""
+def describe_send_error(error: Exception, timeout: float, request_sent: bool = True) -> tuple[str, bool]:
+    """(what happened, whether the request may have been accepted); request_sent: whether the request had
+    gone out (SendFailed)."""
     if isinstance(error, URLError):  # failed while connecting or sending: nothing accepted
         if isinstance(error.reason, TimeoutError):
             return f"cannot reach Slack: no connection within {timeout:g} s", False
         return f"cannot reach Slack: {error.reason}", False
+    if not request_sent:  # a URL or proxy that cannot be used, say
+        return f"{type(error).__name__}: {error} (nothing was sent)", False
     if isinstance(error, TimeoutError):
         return f"no answer within {timeout:g} s (the message may have arrived)", True
     if isinstance(error, SlackRequestError):  # refused before sending (the URL, the proxy)
@@ -408,9 +454,9 @@ class SlackChannel:
                 self._deadline,
             )
         except AttemptOverdue as overdue:
-            return Outcome(False, str(overdue), service_unavailable=True, unanswered=True)
-        except Exception as error:  # network errors once retries are spent; never let one kill the run
-            description, unanswered = describe_send_error(error, self._timeout)
+            return Outcome(False, str(overdue), service_unavailable=True, unanswered=overdue.request_sent)
+        except SendFailed as failed:  # network errors once retries are spent; never let one kill the run
+            description, unanswered = describe_send_error(failed.error, self._timeout, failed.request_sent)
             return Outcome(False, self._redact(description), service_unavailable=True, unanswered=unanswered)
         finally:
             self._pacer.sent()

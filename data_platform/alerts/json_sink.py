@@ -19,6 +19,7 @@ from data_platform.alerts.config import HttpSettings
 from data_platform.alerts.delivery import (
     AttemptOverdue,
     Outcome,
+    SendFailed,
     answer_text,
     attempt_begins,
     attempt_deadline,
@@ -103,9 +104,9 @@ class JsonWebhookChannel:
                 self._deadline,
             )
         except AttemptOverdue as overdue:
-            return Outcome(False, str(overdue), service_unavailable=True, unanswered=True)
-        except requests.RequestException as error:
-            description, unanswered = _describe(error, self._timeout)
+            return Outcome(False, str(overdue), service_unavailable=True, unanswered=overdue.request_sent)
+        except SendFailed as failed:
+            description, unanswered = _describe(failed.error, self._timeout, failed.request_sent)
             return Outcome(False, self._redact(description), service_unavailable=True, unanswered=unanswered)
         if 200 <= response.status_code < 300:
             return Outcome(delivered=True)
@@ -129,8 +130,9 @@ _REFUSED_BEFORE_SENDING = (
 )
 
 
-def _describe(error: requests.RequestException, timeout: float) -> tuple[str, bool]:
-    """(what happened, whether the request may have been accepted).
+def _describe(error: Exception, timeout: float, request_sent: bool = True) -> tuple[str, bool]:
+    """(what happened, whether the request may have been accepted); request_sent: whether the request had
+    gone out (SendFailed).
 
     Only errors known to come before the request went out mean nothing was accepted; any other (an
     answer cut short, a body that cannot be decoded, ...) may follow an accepted message, which must
@@ -147,6 +149,8 @@ def _describe(error: requests.RequestException, timeout: float) -> tuple[str, bo
         # are re-raised unwrapped (read=False), except a TLS error while reading the answer, taken for a
         # failed handshake too: rare, while a broken certificate must keep its alerts retried, not given up
         return f"cannot reach the webhook: {cause.reason}", False
+    if not request_sent:
+        return f"{type(error).__name__}: {error} (nothing was sent)", False
     if isinstance(error, requests.ConnectionError):
         return f"no answer: {cause or error} (the message may have arrived)", True
     return f"{type(error).__name__}: {error} (the message may have arrived)", True

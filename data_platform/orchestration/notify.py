@@ -121,9 +121,11 @@ class SlackOpsChannel:
         # `unanswered`: the request went out and may have been accepted, so the caller counts it towards
         # the at-most-twice limit instead of resending it every tick
         except delivery.AttemptOverdue as overdue:
-            return delivery.Outcome(False, str(overdue), service_unavailable=True, unanswered=True)
-        except Exception as error:  # network errors: report, never crash a tick
-            why, unanswered = delivery.describe_send_error(error, self._timeout)
+            return delivery.Outcome(
+                False, str(overdue), service_unavailable=True, unanswered=overdue.request_sent
+            )
+        except delivery.SendFailed as failed:  # network errors: report, never crash a tick
+            why, unanswered = delivery.describe_send_error(failed.error, self._timeout, failed.request_sent)
             text = delivery.redact(why, self._url)
             return delivery.Outcome(False, text, service_unavailable=True, unanswered=unanswered)
         if 200 <= response.status_code < 300:
