@@ -80,6 +80,8 @@ EXIT_ALERTS_GIVEN_UP = 5  # some were given up on: check the channel
 # A failed load's error quotes the loader's stderr from its last error line on, or else its last lines:
 # at most this many lines, each shortened (steps.MAX_QUOTED_LINE_CHARS).
 LOADER_LINES_KEPT = 20
+# the loader's exit codes after Ctrl-C or SIGTERM sent to it (it rolls back the export it was loading)
+LOADER_STOPPED = (128 + signal.SIGINT, 128 + signal.SIGTERM)
 
 
 class PipelineError(Exception):
@@ -386,21 +388,18 @@ def load_exports(settings: Settings, through: str | None = None) -> None:
     )
     if not code:
         return
-    if code < 0:
+    if code < 0 or code in LOADER_STOPPED:  # killed, or stopped by a signal sent to it, not to the run
+        how = failed(code) if code < 0 else f"was stopped by {signal.Signals(code - 128).name}"
         raise PipelineError(
-            f"the loader {failed(code)}: the export it was loading was rolled back, the ones it reported "
-            "loaded stay loaded; nothing was built: run again",
+            f"the loader {how}: the export it was loading was rolled back, the ones it reported loaded "
+            "stay loaded; nothing was built: run again",
             code,
         )
     said = loader_error(stderr) or f"the loader exited with {code} and printed no error"
     if code == EXIT_LOADER_UNAVAILABLE:
         raise PipelineError(f"the load could not start: {said}\nnothing was loaded or built", code)
-    if code == EXIT_LOADER_BUSY:
-        raise PipelineError(
-            "another loader run (one started by hand?) held the loader's lock for longer than "
-            "PIPELINE_LOCK_TIMEOUT: nothing was loaded or built; run again when it has finished",
-            code,
-        )
+    if code == EXIT_LOADER_BUSY:  # the loader says who holds its lock (a loader run by hand, say)
+        raise PipelineError(f"the load could not start: {said}\nnothing was built", code)
     # each export commits on its own: the ones before the failing export stay loaded
     raise PipelineError(
         f"the load failed: {said}\nnothing was built: exports the loader reported loaded stay loaded; "

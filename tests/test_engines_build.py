@@ -82,6 +82,18 @@ def test_no_exports_leave_no_warehouse_behind(engine, monkeypatch, tmp_path, cap
     assert sorted(path.name for path in tmp_path.iterdir()) == []
 
 
+def test_a_step_killed_by_a_signal_is_said_so_and_exits_as_a_shell_would(monkeypatch, tmp_path, capfd):
+    """The OOM killer's SIGKILL: the build said "exit -9" and exited with it (247 in the shell)."""
+    killed_at_start = tmp_path / "python"
+    killed_at_start.write_text("#!/bin/sh\nkill -KILL $$\n")
+    killed_at_start.chmod(0o755)
+    monkeypatch.setattr(build.sys, "executable", str(killed_at_start))
+    monkeypatch.setenv("DUCKDB_PATH", str(tmp_path / "warehouse.duckdb"))
+    assert build.run("duckdb", str(write_fixture(tmp_path / "csv"))) == 128 + signal.SIGKILL
+    said = capfd.readouterr().err
+    assert "error: the duckdb raw ledger was not built: it was killed by SIGKILL (out of memory?)" in said
+
+
 def test_a_stopped_build_stops_its_running_step(tmp_path):
     """SIGTERM ended the build and left its dbt running, still writing to the warehouse."""
     fake_dbt = tmp_path / "bin" / "dbt"

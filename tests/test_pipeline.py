@@ -500,7 +500,7 @@ def test_a_loader_run_by_hand_is_waited_for_then_named(make_database, tmp_path):
         result = run_pipeline(database, write_fixture(tmp_path), PIPELINE_LOCK_TIMEOUT="1")
     assert result.returncode == 3
     assert "another loader run is in progress: waiting up to 1s" in result.stderr
-    assert "another loader run (one started by hand?) held the loader's lock" in result.stderr
+    assert "the load could not start: another loader run is in progress on this database" in result.stderr
     assert "fix or remove" not in result.stderr  # the export is fine
     assert "==> dbt build" not in result.stdout
 
@@ -622,6 +622,23 @@ def test_a_step_killed_by_a_signal_is_said_so_and_exits_as_a_shell_would(step, t
     message = str(failed.value)
     assert "was killed by SIGKILL" in message, message
     assert "fix or remove" not in message
+
+
+def test_a_loader_stopped_by_a_signal_sent_to_it_is_not_taken_for_a_bad_export(tmp_path, monkeypatch):
+    """`kill <the loader>` by hand: its error said to fix or remove a sound export."""
+    from data_platform import pipeline
+
+    stopped = tmp_path / "python"
+    stopped.write_text(
+        "#!/bin/sh\necho 'interrupted: the export being loaded was rolled back' >&2\nexit 143\n"
+    )
+    stopped.chmod(0o755)
+    monkeypatch.setattr(pipeline.sys, "executable", str(stopped))
+    settings = pipeline.Settings(csv_dir=write_fixture(tmp_path / "csv"), lock_timeout_seconds=0)
+    with pytest.raises(pipeline.PipelineError) as failed:
+        pipeline.load_exports(settings)
+    assert failed.value.exit_code == 143
+    assert str(failed.value).startswith("the loader was stopped by SIGTERM: the export it was loading")
 
 
 def test_warm_dbt_runs_its_command_in_the_environment_sent_after_it_parsed(make_database, tmp_path, capfd):

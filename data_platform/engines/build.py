@@ -20,7 +20,7 @@ from pathlib import Path
 from data_platform.load_errors import ALLOW_EMPTY_HELP
 from data_platform.paths import DBT_DIR_ARGS, DBT_PROJECT_DIR
 from data_platform.refresh import UNIT_TESTS_EXCLUDED
-from data_platform.steps import Stopped, run_child, step, stop_on_signals
+from data_platform.steps import Stopped, exit_status, failed, run_child, step, stop_on_signals
 
 ENGINES = ("duckdb", "spark")
 # where each engine keeps its warehouse (the dbt profile reads the same variables), made absolute so
@@ -63,16 +63,20 @@ def _steps(engine: str, csv_dir: str, unit_tests: bool, allow_empty: bool) -> in
     step(f"raw ledger: {engine} from {csv_dir}")
     code = run_child(raw, env)
     if code != 0:
-        print(f"error: the {engine} raw ledger was not built (exit {code})", file=sys.stderr)
-        return code
+        print(f"error: the {engine} raw ledger was not built: it {_ended(code)}", file=sys.stderr)
+        return exit_status(code)
     dbt = shutil.which("dbt") or str(Path(sys.executable).parent / "dbt")
     for command, *options in (("seed",), ("build", *([] if unit_tests else UNIT_TESTS_EXCLUDED))):
         step(f"dbt {command}: {engine}, full refresh")
         code = run_child([dbt, command, "--full-refresh", *options, *DBT_DIR_ARGS, "--target", engine], env)
         if code != 0:
-            print(f"error: dbt {command} on {engine} failed (exit {code})", file=sys.stderr)
-            return code
+            print(f"error: dbt {command} on {engine} {_ended(code)}", file=sys.stderr)
+            return exit_status(code)
     return 0
+
+
+def _ended(code: int) -> str:
+    return f"failed (exit {code})" if code > 0 else failed(code)
 
 
 def main(argv: list[str] | None = None) -> int:
