@@ -589,3 +589,35 @@ def test_every_service_the_daily_profile_needs_comes_back_after_a_restart():
     # a one-shot step must not run again on every restart; the demo run (and its docs server) neither
     for name in one_shots | {"dbt"}:
         assert services[name].get("restart") == "no", name
+
+
+def test_a_file_with_a_future_modification_time_settles_once_landed(exports, tick, monkeypatch):
+    """Copied with its times (`cp -p`) from a host whose clock runs ahead: its modification time was never
+    long enough ago, and it held back that export and every later one for hours."""
+    from data_platform.orchestration import sensors
+
+    write(exports / "2024-07-01" / "invoices.csv", "ID\n1\n", age_seconds=-3 * 3600)
+    write(exports / "2024-07-02" / "invoices.csv", "ID\n2\n")
+    first = tick(None)
+    assert run_keys(first) == []
+    landed = time.time_ns()
+    monkeypatch.setattr(sensors, "now_ns", lambda: landed + (sensors.SETTLE_SECONDS + 1) * 1_000_000_000)
+    assert run_keys(tick(first.cursor)) == ["export-2024-07-02"]
+
+
+def test_an_export_folder_it_may_not_read_is_a_skip_reason_not_a_failed_tick(exports, tick, monkeypatch):
+    from data_platform.orchestration import sensors
+
+    write(exports / "2024-07-02" / "invoices.csv", "ID\n1\n")
+    scandir = os.scandir
+
+    def landed_by_another_user(path):
+        if Path(path).name == "2024-07-02":
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(sensors.os, "scandir", landed_by_another_user)
+    result = tick(None)
+    assert result.skip_message == (
+        f"cannot look into {exports / '2024-07-02'}: Permission denied; checked again next tick"
+    )

@@ -56,6 +56,11 @@ def exports_dir() -> Path:
     return csv_dir_from_environment() / EXPORTS_FOLDER
 
 
+def now_ns() -> int:
+    """The sensor's clock (a seam for the tests)."""
+    return time.time_ns()
+
+
 def export_folders(directory: Path) -> list[Path]:
     """The dated export folders, oldest first, exactly as the loader takes them; LoadError with the
     loader's words for a landing folder it would refuse (a file or a dangling link in place of the folder,
@@ -125,6 +130,10 @@ def new_export_sensor(context: SensorEvaluationContext):
         folders = export_folders(directory)
     except LoadError as error:  # the scheduled run fails on it and the freshness check reports it
         return SkipReason(f"{error}; checked again next tick")
+    except OSError as error:  # a folder it may not read: the run would fail on it too
+        return SkipReason(
+            f"cannot look into {error.filename or directory}: {error.strerror}; checked again next tick"
+        )
     if not folders:
         return SkipReason(f"no export folder (YYYY-MM-DD) in {directory}")
     cursor = _Cursor.read(context.cursor)
@@ -137,6 +146,8 @@ def new_export_sensor(context: SensorEvaluationContext):
         files = _files(folders)
     except FileNotFoundError:  # an entry went away while listed: a copy or a rename is under way
         return SkipReason(f"the exports up to {newest} are changing; checked again next tick")
+    except OSError as error:  # a folder landed by another user, say: the run would fail on it too
+        return SkipReason(f"cannot look into {error.filename}: {error.strerror}; checked again next tick")
     digest = _digest(files)
     # what the run loads: the loader ignores dotfiles, so one appearing (.DS_Store, a swap file) in a
     # loaded folder is no change to it, while the wait below still counts a copy's temporary ones
@@ -159,7 +170,11 @@ def new_export_sensor(context: SensorEvaluationContext):
         return _waiting(f"no {INVOICES.file_name} yet in {', '.join(without_invoices)}", seen)
     if digest != cursor.pending:
         return _waiting(f"the exports up to {newest} changed since the last tick", seen)
-    if time.time_ns() - max(mtime for _, _, _, mtime, _ in files) < SETTLE_SECONDS * 1_000_000_000:
+    now = now_ns()
+    # a modification time in the future (kept by `cp -p` from a host whose clock is ahead) would never be
+    # long enough ago: such a file was written when it landed, its change time
+    written = max(mtime if mtime <= now else ctime for _, _, _, mtime, ctime in files)
+    if now - written < SETTLE_SECONDS * 1_000_000_000:
         return _waiting(f"the exports up to {newest} were written to in the last seconds", seen)
     renewals = cursor.renewals + 1 if renewed else cursor.renewals
     run_key = f"export-{newest}-{loaded[:12]}-{renewals}" if renewed else f"export-{newest}"
