@@ -476,7 +476,7 @@ def run_alerts(settings: Settings) -> AlertRun:
         alert_exit_codes.GIVEN_UP: AlertRun.GIVEN_UP,
     }
     if code not in outcomes:
-        raise PipelineError(f"the alert run {failed(code)}" + (f" (exit {code})" if code > 0 else ""), code)
+        raise PipelineError(f"the alert run {failed(code, show_code=True)}", code)
     if outcomes[code] is not AlertRun.DELIVERED:
         print(f"pipeline: {outcomes[code].value}.", file=sys.stderr)
     return outcomes[code]

@@ -50,10 +50,11 @@ def exit_status(code: int) -> int:
     return 128 - code if code < 0 else code
 
 
-def failed(code: int) -> str:
-    """How a step that did not succeed ended, in words: 'failed', or the signal that ended it."""
+def failed(code: int, *, show_code: bool = False) -> str:
+    """How a step that did not succeed ended, in words: 'failed' (with its exit code: 'failed (exit 2)'),
+    or the signal that ended it."""
     if code >= 0:
-        return "failed"
+        return f"failed (exit {code})" if show_code else "failed"
     try:
         name = signal.Signals(-code).name
     except ValueError:

@@ -63,20 +63,19 @@ def _steps(engine: str, csv_dir: str, unit_tests: bool, allow_empty: bool) -> in
     step(f"raw ledger: {engine} from {csv_dir}")
     code = run_child(raw, env)
     if code != 0:
-        print(f"error: the {engine} raw ledger was not built: it {_ended(code)}", file=sys.stderr)
+        print(
+            f"error: the {engine} raw ledger was not built: it {failed(code, show_code=True)}",
+            file=sys.stderr,
+        )
         return exit_status(code)
     dbt = shutil.which("dbt") or str(Path(sys.executable).parent / "dbt")
     for command, *options in (("seed",), ("build", *([] if unit_tests else UNIT_TESTS_EXCLUDED))):
         step(f"dbt {command}: {engine}, full refresh")
         code = run_child([dbt, command, "--full-refresh", *options, *DBT_DIR_ARGS, "--target", engine], env)
         if code != 0:
-            print(f"error: dbt {command} on {engine} {_ended(code)}", file=sys.stderr)
+            print(f"error: dbt {command} on {engine} {failed(code, show_code=True)}", file=sys.stderr)
             return exit_status(code)
     return 0
-
-
-def _ended(code: int) -> str:
-    return f"failed (exit {code})" if code > 0 else failed(code)
 
 
 def main(argv: list[str] | None = None) -> int:
