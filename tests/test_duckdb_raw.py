@@ -13,6 +13,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date
+from pathlib import Path
 
 import pytest
 from conftest import PROJECT_ROOT
@@ -158,18 +159,26 @@ def test_files_loaded_as_an_earlier_export_are_refused_unless_it_is_the_latest(e
     assert build_raw(database, copied) == [date(2023, 1, 9)]
 
 
+def with_a_next_export(exports: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """A copy of the exports and, in it, an export for the day after the last holding DAY_3's invoices:
+    (the copy, the new export's folder)."""
+    copied = tmp_path / "copied"
+    shutil.copytree(exports, copied)
+    folder = copied / "exports" / "2023-01-09"
+    folder.mkdir()
+    shutil.copy(copied / "exports" / DAY_3 / "invoices.csv", folder / "invoices.csv")
+    return copied, folder
+
+
 def test_an_earlier_exports_organizations_load_where_its_invoices_file_is_refused(exports, tmp_path):
     """The Postgres loader's rule (export_log.refuse_reloaded): an organizations file equal to an earlier
     export's is a state that came back, not a copy; that export's invoices file again is refused."""
     database = tmp_path / "warehouse.duckdb"
-    copied = tmp_path / "copied"
-    shutil.copytree(exports, copied)
+    copied, folder = with_a_next_export(exports, tmp_path)
     latest_invoices = copied / "exports" / DAY_3 / "invoices.csv"
     header, _first, second = (copied / "organizations.csv").read_text().splitlines(keepends=True)
     moved = header + second.replace(",12345,", ",54321,")  # organization 2 moves country
-    (copied / "exports" / "2023-01-09").mkdir()
-    shutil.copy(latest_invoices, copied / "exports" / "2023-01-09" / "invoices.csv")
-    (copied / "exports" / "2023-01-09" / "organizations.csv").write_text(moved)
+    (folder / "organizations.csv").write_text(moved)
     assert build_raw(database, copied)[-1] == date(2023, 1, 9)
     again = copied / "exports" / "2023-01-10"
     again.mkdir()
@@ -194,11 +203,7 @@ def test_an_earlier_exports_organizations_load_where_its_invoices_file_is_refuse
 
 def test_a_named_pipe_in_a_files_place_is_refused_not_waited_on(exports, tmp_path):
     """Its checksum is read before its header is checked: opening a pipe there waited for a writer."""
-    copied = tmp_path / "copied"
-    shutil.copytree(exports, copied)
-    folder = copied / "exports" / "2023-01-09"
-    folder.mkdir()
-    shutil.copy(copied / "exports" / DAY_3 / "invoices.csv", folder / "invoices.csv")
+    copied, folder = with_a_next_export(exports, tmp_path)
     os.mkfifo(folder / "organizations.csv")
     with not_waiting_on_a_pipe(), pytest.raises(LoadError, match="not a regular file") as refused:
         build_raw(tmp_path / "warehouse.duckdb", copied)
@@ -207,11 +212,7 @@ def test_a_named_pipe_in_a_files_place_is_refused_not_waited_on(exports, tmp_pat
 
 def test_a_file_cut_off_right_after_a_comma_is_refused(exports, tmp_path):
     """As by the loader: the cut record's empty last field would load as a null CREATED_DATE."""
-    copied = tmp_path / "copied"
-    shutil.copytree(exports, copied)
-    folder = copied / "exports" / "2023-01-09"
-    folder.mkdir()
-    shutil.copy(copied / "exports" / DAY_3 / "invoices.csv", folder / "invoices.csv")
+    copied, folder = with_a_next_export(exports, tmp_path)
     organizations = (copied / "organizations.csv").read_bytes().rstrip(b"\n")
     (folder / "organizations.csv").write_bytes(organizations[: organizations.rfind(b",") + 1])
     with pytest.raises(LoadError, match="ends right after a comma") as refused:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import PROJECT_ROOT
+from process_support import KILLED_AT_START, fake_python
 from test_ledger import BASE_ROWS, DAY_2, write_export
 from test_pipeline import write_fixture
 
@@ -84,10 +85,7 @@ def test_no_exports_leave_no_warehouse_behind(engine, monkeypatch, tmp_path, cap
 
 def test_a_step_killed_by_a_signal_is_said_so_and_exits_as_a_shell_would(monkeypatch, tmp_path, capfd):
     """The OOM killer's SIGKILL: the build said "exit -9" and exited with it (247 in the shell)."""
-    killed_at_start = tmp_path / "python"
-    killed_at_start.write_text("#!/bin/sh\nkill -KILL $$\n")
-    killed_at_start.chmod(0o755)
-    monkeypatch.setattr(build.sys, "executable", str(killed_at_start))
+    monkeypatch.setattr(build.sys, "executable", fake_python(tmp_path, KILLED_AT_START))
     monkeypatch.setenv("DUCKDB_PATH", str(tmp_path / "warehouse.duckdb"))
     assert build.run("duckdb", str(write_fixture(tmp_path / "csv"))) == 128 + signal.SIGKILL
     said = capfd.readouterr().err

@@ -293,13 +293,7 @@ def test_a_loader_killed_while_its_statement_runs_is_named_as_gone(database, con
     before = snapshot(conn)
     with database.connect("admin") as admin:
         admin.execute("lock table raw.load_log in access exclusive mode")
-        process = subprocess.Popen(
-            [sys.executable, "-m", "data_platform.loader", "--csv-dir", str(csv_dir)],
-            cwd=PROJECT_ROOT,
-            env=database.env("transformer"),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        process = start_loader(database, csv_dir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         waiting = (
             "select pid from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'"
             " and query like '%load_log%'"
@@ -346,9 +340,19 @@ def test_a_loader_told_to_wait_loads_once_the_other_run_ends(database, conn, tmp
 # --- the command line ------------------------------------------------------------------------
 
 
+LOADER = (sys.executable, "-m", "data_platform.loader")
+
+
+def start_loader(database, csv_dir: Path, **popen) -> subprocess.Popen:
+    """The loader command on `csv_dir` in a process of its own, as the transformer."""
+    return subprocess.Popen(
+        [*LOADER, "--csv-dir", str(csv_dir)], cwd=PROJECT_ROOT, env=database.env("transformer"), **popen
+    )
+
+
 def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "data_platform.loader", *args],
+        [*LOADER, *args],
         cwd=PROJECT_ROOT,
         env=env,
         capture_output=True,
@@ -446,10 +450,9 @@ def test_cli_interrupted_or_killed_mid_copy_changes_nothing(database, conn, tmp_
     folder = csv_dir / "exports" / "2024-06-28"
     folder.mkdir(parents=True)
     (folder / "invoices.csv").symlink_to(big_export / "invoices.csv")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "data_platform.loader", "--csv-dir", str(csv_dir)],
-        cwd=PROJECT_ROOT,
-        env=database.env("transformer"),
+    process = start_loader(
+        database,
+        csv_dir,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

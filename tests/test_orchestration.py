@@ -11,7 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
 import psycopg
 import pytest
 from dagster import AssetKey, build_sensor_context
@@ -23,6 +22,7 @@ from orchestration_support import (
     freshness_clock_ahead,
     load_definitions,
 )
+from process_support import assert_dies_with
 from slack_stub import SlackStub
 from test_compose import PROJECT_ROOT, compose_binary
 from test_secrets import run_dagster_process
@@ -94,19 +94,7 @@ def test_the_build_steps_dbt_dies_with_the_step_killed_outright(defs, tmp_path):
     env = {**os.environ, "PATH": f"{fake.parent}{os.pathsep}{os.environ['PATH']}"}
     step_like = f"import subprocess; subprocess.Popen([{str(BOUND_DBT)!r}, 'build']).wait()"
     step = subprocess.Popen([sys.executable, "-c", step_like], env=env)
-    pid_file = tmp_path / "dbt.pid"
-    deadline = time.monotonic() + 30
-    while not (pid_file.exists() and pid_file.read_text().strip()):
-        assert time.monotonic() < deadline and step.poll() is None, "dbt did not start"
-        time.sleep(0.05)
-    dbt = psutil.Process(int(pid_file.read_text()))
-    step.kill()
-    step.wait()
-    try:
-        dbt.wait(timeout=10)
-    except psutil.TimeoutExpired:
-        dbt.kill()
-        pytest.fail("dbt outlived the step that was killed")
+    assert_dies_with(step, tmp_path / "dbt.pid", "dbt")
 
 
 def test_the_daily_schedule_defaults_to_six_utc_and_reads_pipeline_schedule(defs):

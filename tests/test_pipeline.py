@@ -20,6 +20,7 @@ import psycopg
 import pytest
 import yaml
 from conftest import PROJECT_ROOT, copy_project, pipeline_env, run_pipeline
+from process_support import KILLED_AT_START, fake_python
 from slack_stub import SlackStub, server_error
 
 pytestmark = pytest.mark.slow
@@ -611,10 +612,7 @@ def test_a_step_killed_by_a_signal_is_said_so_and_exits_as_a_shell_would(step, t
     with Popen's -9, which the shell turns into 247."""
     from data_platform import pipeline
 
-    killed_at_start = tmp_path / "python"
-    killed_at_start.write_text("#!/bin/sh\nkill -KILL $$\n")
-    killed_at_start.chmod(0o755)
-    monkeypatch.setattr(pipeline.sys, "executable", str(killed_at_start))
+    monkeypatch.setattr(pipeline.sys, "executable", fake_python(tmp_path, KILLED_AT_START))
     settings = pipeline.Settings(csv_dir=write_fixture(tmp_path / "csv"), lock_timeout_seconds=0)
     with pytest.raises(pipeline.PipelineError) as failed:
         getattr(pipeline, step)(settings)
@@ -628,12 +626,8 @@ def test_a_loader_stopped_by_a_signal_sent_to_it_is_not_taken_for_a_bad_export(t
     """`kill <the loader>` by hand: its error said to fix or remove a sound export."""
     from data_platform import pipeline
 
-    stopped = tmp_path / "python"
-    stopped.write_text(
-        "#!/bin/sh\necho 'interrupted: the export being loaded was rolled back' >&2\nexit 143\n"
-    )
-    stopped.chmod(0o755)
-    monkeypatch.setattr(pipeline.sys, "executable", str(stopped))
+    stopped = "echo 'interrupted: the export being loaded was rolled back' >&2; exit 143"
+    monkeypatch.setattr(pipeline.sys, "executable", fake_python(tmp_path, stopped))
     settings = pipeline.Settings(csv_dir=write_fixture(tmp_path / "csv"), lock_timeout_seconds=0)
     with pytest.raises(pipeline.PipelineError) as failed:
         pipeline.load_exports(settings)

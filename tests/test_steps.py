@@ -6,11 +6,10 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 
-import psutil
 import pytest
 from conftest import PROJECT_ROOT
+from process_support import assert_dies_with
 
 from data_platform import pipeline, steps
 
@@ -38,18 +37,7 @@ def test_a_step_dies_with_a_pipeline_killed_outright(tmp_path):
         f"open({str(step_pid)!r}, 'w').write(str(child.pid)); child.wait()"
     )
     parent = subprocess.Popen([sys.executable, "-c", pipeline_like], cwd=PROJECT_ROOT)
-    deadline = time.monotonic() + 30
-    while not (step_pid.exists() and step_pid.read_text()):
-        assert time.monotonic() < deadline and parent.poll() is None, "the step did not start"
-        time.sleep(0.05)
-    step = psutil.Process(int(step_pid.read_text()))
-    parent.kill()
-    parent.wait()
-    try:
-        step.wait(timeout=10)
-    except psutil.TimeoutExpired:
-        step.kill()
-        pytest.fail("the step outlived the pipeline that was killed")
+    assert_dies_with(parent, step_pid, "the step")
 
 
 def test_a_steps_stderr_passes_through_whole_and_only_its_last_lines_are_kept_shortened(capfd):

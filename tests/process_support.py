@@ -1,0 +1,38 @@
+"""Helpers for tests of child processes: a stand-in interpreter, and a child that must die with its parent."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+# a stand-in for the Python interpreter that the kernel kills at once, as the OOM killer would
+KILLED_AT_START = "kill -KILL $$"
+
+
+def fake_python(directory: Path, script: str) -> str:
+    """An executable shell script to put in place of sys.executable: its steps run `script` instead."""
+    path = directory / "python"
+    path.write_text(f"#!/bin/sh\n{script}\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+def assert_dies_with(parent: subprocess.Popen, pid_file: Path, child: str) -> None:
+    """Wait for `child` to write its pid to `pid_file`, kill `parent` outright, and fail unless the child
+    dies with it."""
+    deadline = time.monotonic() + 30
+    while not (pid_file.exists() and pid_file.read_text().strip()):
+        assert time.monotonic() < deadline and parent.poll() is None, f"{child} did not start"
+        time.sleep(0.05)
+    started = psutil.Process(int(pid_file.read_text()))
+    parent.kill()
+    parent.wait()
+    try:
+        started.wait(timeout=10)
+    except psutil.TimeoutExpired:
+        started.kill()
+        pytest.fail(f"{child} outlived the process that was killed")
