@@ -372,6 +372,13 @@ def _decodable(error: HTTPError) -> HTTPError:
     return HTTPError(error.url, error.code, error.msg, headers, BytesIO(body.encode()))
 
 
+def webhook_client(url: str, http: HttpSettings) -> UnredirectedWebhookClient:
+    """slack-sdk's client for one webhook: `http`'s timeout and retries, no log that could show the URL."""
+    return UnredirectedWebhookClient(
+        url, timeout=http.timeout, logger=_silent_logger(), retry_handlers=retry_handlers(http)
+    )  # type: ignore[arg-type]  # slack-sdk annotates timeout as int; urllib takes a float
+
+
 def _silent_logger() -> logging.Logger:
     # slack-sdk logs request URLs at debug/info level: keep its records away from any handler
     logger = logging.getLogger("data_platform.alerts.slack_sdk")
@@ -441,9 +448,7 @@ class SlackChannel:
         self._timeout = http.timeout
         self._deadline = attempt_deadline(http)
         self._pacer = Pacer(http.slack_min_interval)
-        self._client = UnredirectedWebhookClient(
-            url, timeout=http.timeout, logger=_silent_logger(), retry_handlers=retry_handlers(http)
-        )  # type: ignore[arg-type]  # slack-sdk annotates timeout as int; urllib takes a float
+        self._client = webhook_client(url, http)
 
     def send(self, message: Message) -> Outcome:
         text, blocks = messages.slack_message(message)

@@ -15,7 +15,6 @@ two channels of the same shape (`name`, `send() -> Outcome`).
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import sys
 from collections.abc import Mapping
@@ -86,14 +85,6 @@ class ConsoleOpsChannel:
         return delivery.Outcome(delivered=True)
 
 
-def _quiet_logger() -> logging.Logger:
-    # slack-sdk logs request URLs, and the URL is a secret
-    logger = logging.getLogger("data_platform.orchestration.slack_sdk")
-    logger.setLevel(logging.CRITICAL)
-    logger.propagate = False
-    return logger
-
-
 class SlackOpsChannel:
     """One Block Kit message (with its text fallback) through the incoming webhook."""
 
@@ -103,9 +94,7 @@ class SlackOpsChannel:
         self._url = url
         self._timeout = http.timeout
         self._deadline = delivery.attempt_deadline(http)
-        self._client = delivery.UnredirectedWebhookClient(
-            url, timeout=http.timeout, logger=_quiet_logger(), retry_handlers=delivery.retry_handlers(http)
-        )  # type: ignore[arg-type]  # slack-sdk annotates timeout as int; urllib takes a float
+        self._client = delivery.webhook_client(url, http)
 
     def send(self, message: OpsMessage) -> delivery.Outcome:
         """One attempt, given up after delivery.attempt_deadline: the client's timeout bounds each socket

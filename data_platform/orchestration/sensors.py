@@ -123,6 +123,13 @@ def _stat(entry: os.DirEntry) -> os.stat_result:
         return entry.stat(follow_symlinks=False)
 
 
+def _unreadable(error: OSError, directory: Path) -> SkipReason:
+    # a folder it may not read (landed by another user, say): the run would fail on it too
+    return SkipReason(
+        f"cannot look into {error.filename or directory}: {error.strerror}; checked again next tick"
+    )
+
+
 @sensor(job=daily_job, minimum_interval_seconds=60, default_status=DefaultSensorStatus.RUNNING)
 def new_export_sensor(context: SensorEvaluationContext):
     directory = exports_dir()
@@ -130,10 +137,8 @@ def new_export_sensor(context: SensorEvaluationContext):
         folders = export_folders(directory)
     except LoadError as error:  # the scheduled run fails on it and the freshness check reports it
         return SkipReason(f"{error}; checked again next tick")
-    except OSError as error:  # a folder it may not read: the run would fail on it too
-        return SkipReason(
-            f"cannot look into {error.filename or directory}: {error.strerror}; checked again next tick"
-        )
+    except OSError as error:
+        return _unreadable(error, directory)
     if not folders:
         return SkipReason(f"no export folder (YYYY-MM-DD) in {directory}")
     cursor = _Cursor.read(context.cursor)
@@ -146,8 +151,8 @@ def new_export_sensor(context: SensorEvaluationContext):
         files = _files(folders)
     except FileNotFoundError:  # an entry went away while listed: a copy or a rename is under way
         return SkipReason(f"the exports up to {newest} are changing; checked again next tick")
-    except OSError as error:  # a folder landed by another user, say: the run would fail on it too
-        return SkipReason(f"cannot look into {error.filename}: {error.strerror}; checked again next tick")
+    except OSError as error:
+        return _unreadable(error, directory)
     digest = _digest(files)
     # what the run loads: the loader ignores dotfiles, so one appearing (.DS_Store, a swap file) in a
     # loaded folder is no change to it, while the wait below still counts a copy's temporary ones
