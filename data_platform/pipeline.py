@@ -355,6 +355,12 @@ def failed_tests_report(target_dir: Path, limit: int = FAILED_ROWS_SHOWN) -> lis
     return lines
 
 
+def forget_run_results(target_dir: Path) -> None:
+    """Call it before a build: one that dies writes no run results, and the previous command's would be
+    reported as its failed tests."""
+    (target_dir / "run_results.json").unlink(missing_ok=True)
+
+
 def show_failed_tests(target_dir: Path, limit: int = FAILED_ROWS_SHOWN) -> None:
     """Print, for each failed dbt test, the first rows it stored in the audit schema."""
     for line in failed_tests_report(target_dir, limit):
@@ -422,6 +428,7 @@ def build(build_plan: refresh.BuildPlan, warm: WarmDbt, settings: Settings, lock
     else:
         step(f"dbt build: rules, models and tests, days from {build_plan.window_start} ({build_plan.reason})")
     own_mark = mark_build_started(build_plan, settings, lock)
+    forget_run_results(dbt_target_dir())
     code = warm.run("build", *build_plan.dbt_args(), env=build_plan.dbt_environment())
     if code:
         show_failed_tests(dbt_target_dir())
@@ -444,9 +451,13 @@ def record_build(
 ) -> None:
     """Remember the plan's state; call it only after its `dbt build` succeeded, under `lock`, with the mark
     it set (the alerter reads the days up to its newest export from then on). A build that lost the lock
-    meanwhile may have run beside another one: it is not recorded, and the next build is a full one."""
+    meanwhile may have run beside another one, and one whose rules or SQL changed while dbt read them may
+    have built either version: neither is recorded, and the next build is a full one."""
     try:
         lock.check()
+        changed = refresh.changed_since_plan(build_plan)
+        if changed:
+            raise PipelineError(f"{changed} changed while dbt built, so which version it built is unknown")
     except PipelineError as error:
         with connect() as conn:
             refresh.mark_rebuild_needed(conn)

@@ -17,7 +17,9 @@ build leaves the previous record, so the next run sees the difference and rebuil
 change can never be half applied. A full rebuild also marks the record before it starts, and only its
 success clears the mark: one that did not finish may have replaced tables with other rules' or SQL's
 numbers, so the next build is full even when the files are back as the record says (an edit undone after
-a stopped run). A failed incremental build needs no mark: it changed only days its retry recomputes. A
+a stopped run). The files are fingerprinted before dbt reads them and again after the build: a build
+during which they changed may have run either version, so it is not recorded and marks the record
+instead. A failed incremental build needs no mark: it changed only days its retry recomputes. A
 `dbt run` or `dbt build` by hand that recomputes days the record covers sets the mark itself (the project's
 on-run-start hook, dbt/macros/build_state.sql): it records nothing, and may have run other rules or SQL.
 
@@ -106,6 +108,7 @@ class BuildPlan:
     reason: str
     window_start: dt.date | None
     current: BuildState
+    project_dir: Path = DBT_PROJECT_DIR  # the files `current` was taken from
 
     def dbt_args(self) -> list[str]:
         """`dbt build`'s arguments."""
@@ -201,7 +204,7 @@ def plan_build(
     last = recorded_state(conn)
 
     def full(reason: str) -> BuildPlan:
-        return BuildPlan(True, reason, None, current)
+        return BuildPlan(True, reason, None, current, project_dir)
 
     if force_full:
         return full("FULL_REFRESH is on")
@@ -213,13 +216,24 @@ def plan_build(
         return full("the dbt project's SQL changed since the last successful build")
     if full_build_unfinished(conn):
         return full(
-            "the last full rebuild did not finish, or a build by hand recomputed built days: either may "
-            "have left tables computed otherwise"
+            "the last full rebuild did not finish, a build by hand recomputed built days, or the rules or "
+            "SQL changed during a build: any of these may have left tables computed otherwise"
         )
     if _exports(conn, last.last_export_date) != last.exports_fingerprint:
         return full("the exports the last successful build covered were reloaded or changed")
     window_start = last.last_export_date + dt.timedelta(days=1)
-    return BuildPlan(False, f"exports after {last.last_export_date}", window_start, current)
+    return BuildPlan(False, f"exports after {last.last_export_date}", window_start, current, project_dir)
+
+
+def changed_since_plan(plan: BuildPlan) -> str | None:
+    """Which of the files the plan's state was taken from differ now (None: neither). dbt reads them after
+    the plan, so a build during which they changed may have run either version."""
+    changed = []
+    if files_fingerprint(plan.project_dir, RULES_FILES) != plan.current.rules_fingerprint:
+        changed.append("the balance rules")
+    if project_fingerprint(plan.project_dir) != plan.current.project_fingerprint:
+        changed.append("the dbt project's SQL")
+    return " and ".join(changed) or None
 
 
 def _ensure_build_state(conn: psycopg.Connection, reader: str) -> None:

@@ -245,6 +245,39 @@ def test_a_failing_dbt_test_sends_one_failure_alert_naming_the_step(defs, instan
     assert f"http://dagster.test/runs/{run_id}" in text
 
 
+def test_a_build_step_whose_dbt_dies_shows_no_failed_test_of_an_earlier_build(
+    defs, instance, daily_run, tmp_path
+):
+    """A dbt that dies writes no run results: the step's failure quoted the previous build's failed tests."""
+    from data_platform.orchestration.project import BUILD_TARGET_PATH
+
+    database, csv_dir, _ = daily_run
+    earlier = {
+        "unique_id": "test.data_platform.an_earlier_failure",
+        "status": "fail",
+        "message": "Got 1 result",
+    }
+    BUILD_TARGET_PATH.mkdir(parents=True, exist_ok=True)
+    (BUILD_TARGET_PATH / "run_results.json").write_text(json.dumps({"results": [earlier]}))
+    dying = tmp_path / "bin"
+    dying.mkdir()
+    real_dbt = Path(sys.executable).parent / "dbt"  # dagster-dbt asks for its version first
+    # the build is killed, as the OOM killer would
+    (dying / "dbt").write_text(f'#!/bin/sh\n[ "$1" = --version ] && exec {real_dbt} "$@"\nkill -KILL $$\n')
+    (dying / "dbt").chmod(0o755)
+    env = run_env(database, csv_dir)
+    env["PATH"] = f"{dying}{os.pathsep}{env['PATH']}"
+    with environment(env):
+        result = defs.resolve_job_def("daily_pipeline").execute_in_process(
+            instance=instance, raise_on_error=False
+        )
+    failures = [event for event in result.all_events if event.is_step_failure]
+    assert [event.step_key for event in failures] == ["dbt_build"]
+    message = failures[0].step_failure_data.error.message
+    assert "dbt build failed" in message
+    assert "an_earlier_failure" not in message
+
+
 def test_a_bad_export_sends_a_failure_alert_with_the_loaders_error(defs, instance, make_database, tmp_path):
     # the alert says what is wrong with which file, line, column and value, without opening the run's logs
     csv_dir = write_fixture(tmp_path / "csv")

@@ -622,6 +622,36 @@ def test_a_step_killed_by_a_signal_is_said_so_and_exits_as_a_shell_would(step, t
     assert "fix or remove" not in message
 
 
+def test_a_build_that_dies_shows_no_failed_test_of_an_earlier_build(
+    make_database, tmp_path, monkeypatch, capsys
+):
+    """A dbt that dies writes no run results: the previous build's were shown as its failed tests, so the
+    fix of a failing test looked as if it had not worked."""
+    from data_platform import pipeline
+
+    for name, value in make_database().env("transformer").items():
+        monkeypatch.setenv(name, value)
+    target = tmp_path / "target"
+    target.mkdir()
+    monkeypatch.setenv("DBT_TARGET_PATH", str(target))
+    earlier = {
+        "unique_id": "test.data_platform.an_earlier_failure",
+        "status": "fail",
+        "message": "Got 1 result",
+    }
+    (target / "run_results.json").write_text(json.dumps({"results": [earlier]}))
+    monkeypatch.setattr(pipeline.sys, "executable", fake_python(tmp_path, KILLED_AT_START))
+    settings = pipeline.Settings(csv_dir=tmp_path, lock_timeout_seconds=0)
+    with (
+        pipeline.PipelineLock(timeout=0) as lock,
+        pipeline.WarmDbt() as warm,
+        pytest.raises(pipeline.PipelineError) as failed,
+    ):
+        pipeline.build(pipeline.plan(settings), warm, settings, lock)
+    assert str(failed.value).startswith("dbt build was killed by SIGKILL"), failed.value
+    assert "an_earlier_failure" not in capsys.readouterr().out
+
+
 def test_a_loader_stopped_by_a_signal_sent_to_it_is_not_taken_for_a_bad_export(tmp_path, monkeypatch):
     """`kill <the loader>` by hand: its error said to fix or remove a sound export."""
     from data_platform import pipeline

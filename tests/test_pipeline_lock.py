@@ -1,14 +1,16 @@
 """The pipeline lock (data_platform/pipeline.py): one run at a time, held for the whole run whatever ends idle
-sessions, and a run that lost it anyway neither starts nor records a build."""
+sessions, and a run that lost it anyway neither starts nor records a build; nor does one whose rules or
+SQL changed while dbt read them."""
 
 from __future__ import annotations
 
 import time
 
 import pytest
+from conftest import copy_project
 from loader_files import write_dir
 
-from data_platform import pipeline
+from data_platform import pipeline, refresh
 from data_platform.loader import load_exports
 
 LOCK_SESSIONS = (
@@ -53,3 +55,48 @@ def test_a_build_that_lost_the_lock_is_not_recorded_and_the_next_one_is_full(dat
             pipeline.record_build(build_plan, settings, lock, None)
     again = pipeline.plan(settings)
     assert (again.full_refresh, again.reason.split(",")[0]) == (True, "the last full rebuild did not finish")
+
+
+@pytest.mark.parametrize(
+    ("edited", "what"),
+    [
+        ("seeds/invoice_enrichment.csv", "the balance rules"),
+        ("models/marts/dim_invoices.sql", "the dbt project's SQL"),
+    ],
+)
+def test_a_build_during_which_its_files_changed_is_not_recorded_and_the_next_one_is_full(
+    database, tmp_path, edited, what
+):
+    """dbt reads the rules and the SQL after the plan fingerprinted them: a build that ran an edit made in
+    between was recorded under the plan's files, so once the edit was undone every later build was
+    incremental, and the days it built kept the edited numbers."""
+    project_dir = copy_project(tmp_path / "project") / "dbt"
+    settings = pipeline.Settings.from_environment()
+
+    def plan() -> refresh.BuildPlan:
+        with database.connect(autocommit=True) as conn:
+            return refresh.plan_build(conn, project_dir=project_dir)
+
+    with database.connect(autocommit=True) as conn:
+        load_exports(conn, write_dir(tmp_path / "csv"))
+    with pipeline.PipelineLock(timeout=0) as lock:
+        first = plan()
+        pipeline.record_build(first, settings, lock, pipeline.mark_build_started(first, settings, lock))
+        build_plan = plan()
+        assert not build_plan.full_refresh
+        own_mark = pipeline.mark_build_started(build_plan, settings, lock)
+        file = project_dir / edited
+        as_planned = file.read_text()
+        file.write_text(as_planned + "\n")  # what dbt then read
+        with pytest.raises(pipeline.PipelineError) as failed:
+            pipeline.record_build(build_plan, settings, lock, own_mark)
+        assert str(failed.value) == (
+            f"{what} changed while dbt built, so which version it built is unknown; its build is not "
+            "recorded, and the next run rebuilds from scratch"
+        )
+        file.write_text(as_planned)  # the edit undone: the files are as the record has them
+    again = plan()
+    assert again.full_refresh
+    assert again.reason.endswith(
+        "or the rules or SQL changed during a build: any of these may have left tables computed otherwise"
+    )

@@ -89,6 +89,7 @@ def dbt_models(context: AssetExecutionContext, dbt: DbtCliResource):
                 else f"incremental build from {build_plan.window_start}: {build_plan.reason}"
             )
             own_mark = pipeline.mark_build_started(build_plan, settings, lock)
+            pipeline.forget_run_results(BUILD_TARGET_PATH)
             with process_environment(build_plan.dbt_environment()):
                 invocation = dbt.cli(
                     ["build", *build_plan.dbt_args()],
