@@ -283,6 +283,14 @@ def test_a_second_loader_is_refused_while_one_runs(database, conn, tmp_path):
     assert snapshot(conn) == before
 
 
+def test_a_load_gives_the_connection_its_application_name_back(conn, tmp_path):
+    """A caller's connection kept after the load would otherwise go on under the loader's session name,
+    which says a loader process holds the lock: pg_stat_activity would show a loader that is not running."""
+    conn.execute("set application_name to 'my tool'")
+    load_exports(conn, write_dir(tmp_path / "files"))
+    assert conn.execute("select current_setting('application_name')").fetchone() == ("my tool",)
+
+
 def test_a_loader_killed_while_its_statement_runs_is_named_as_gone(database, conn, tmp_path):
     """kill -9 leaves the loader's database session running its statement (the server notices the client is
     gone only when it next writes to it), holding the lock: the next run says so, rather than that another

@@ -284,6 +284,22 @@ def test_a_file_cut_off_right_after_a_comma_is_refused_not_loaded_with_an_empty_
     assert [result.export_date for result in load_exports(conn, csv_dir)][-1] == date(2024, 1, 2)
 
 
+def test_an_invoices_file_cut_off_right_after_a_comma_beside_organizations_is_named_cut_off(conn, tmp_path):
+    """Every file of an export is checked, not only the first: an invoices.csv cut off beside a whole
+    organizations.csv would be refused for its empty CREATED_AT instead of as a copy cut short."""
+    csv_dir = write_dir(tmp_path / "csv")
+    load_exports(conn, csv_dir)
+    before = snapshot(conn)
+    folder = write_export(csv_dir, "2024-01-02", [invoice(1), invoice(2)], ORG_LINES[1:])
+    path = folder / "invoices.csv"
+    whole = path.read_bytes()
+    path.write_bytes(whole[: whole.rstrip(b"\n").rfind(b",") + 1])
+    with pytest.raises(LoadError, match=r"invoices\.csv: .*ends right after a comma") as raised:
+        load_exports(conn, csv_dir)
+    assert raised.value.path == path
+    assert snapshot(conn) == before
+
+
 def test_an_export_loaded_before_the_cut_off_check_existed_does_not_stop_later_loads(
     conn, tmp_path, monkeypatch
 ):

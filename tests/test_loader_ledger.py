@@ -37,6 +37,22 @@ from data_platform import file_checksums, ledger
 from data_platform.csv_files import Unchanged
 from data_platform.load_errors import changed_while_read
 from data_platform.loader import LoadError, load_exports
+from data_platform.raw_tables import (
+    AMOUNT,
+    CURRENCY,
+    DATE,
+    INT32,
+    INT64,
+    INVOICES,
+    ORGANIZATIONS,
+    PAYMENT_AMOUNT,
+    RATE,
+    STATUS,
+    TEXT,
+    TIMESTAMP,
+    Column,
+    TableSpec,
+)
 
 
 @pytest.fixture
@@ -127,6 +143,60 @@ def test_changes_over_several_exports_build_the_version_history(conn, csv_dir):
         (-(2**63), 2, "paid", "2024-01-02"),
         (-(2**63), 3, "refunded", "2024-01-05"),
     ]
+
+
+# A valid value of each format, unlike any of the lines changed below: a column of a new format needs one.
+OTHER_VALUE = {
+    INT64: "-5",
+    INT32: "13",
+    AMOUNT: "0.02",
+    PAYMENT_AMOUNT: "0.2",
+    RATE: "0.91234568",
+    DATE: "2022-01-15",
+    TIMESTAMP: "2023-12-31T23:59:59.999998Z",
+    CURRENCY: "GBP",
+    STATUS: "refunded",
+    TEXT: "card",
+}
+
+
+def with_other_value(spec: TableSpec, line: str, column: Column) -> list[str]:
+    """The fields of `line` with only `column`'s value replaced by another of its format."""
+    fields = line.split(",")
+    at = spec.columns.index(column)
+    assert fields[at] != OTHER_VALUE[column.format]
+    fields[at] = OTHER_VALUE[column.format]
+    return fields
+
+
+@pytest.mark.parametrize("column", INVOICES.columns[1:], ids=lambda column: column.name)
+def test_a_change_in_any_one_invoice_column_alone_is_a_new_version(conn, csv_dir, column):
+    """A column left out of the comparison would count a change of only that column as unchanged: the
+    ledger would keep the old value, with no new version and a green load."""
+    fields = with_other_value(INVOICES, INVOICE_LINES[3], column)
+    write_export(csv_dir, "2024-01-02", [",".join(fields)])
+    (_, result) = load_exports(conn, csv_dir)
+    assert astuple(result.invoices) == (0, 1, 0)
+    stored = conn.execute(
+        f"select version, {column.name} = %s::{column.sql_type} from raw.invoices where invoice_id = %s",
+        [OTHER_VALUE[column.format], 2**63 - 1],
+    ).fetchone()
+    assert stored == (2, True)
+
+
+@pytest.mark.parametrize("column", ORGANIZATIONS.columns[1:], ids=lambda column: column.name)
+def test_a_change_in_any_one_organization_column_alone_is_stored(conn, csv_dir, column):
+    """A column missing from the upsert would count the organization changed and date it seen on the export
+    while keeping the old value: a green load with stale data."""
+    fields = with_other_value(ORGANIZATIONS, ORG_LINES[3], column)  # organization 42
+    write_export(csv_dir, "2024-01-02", [invoice(1)], [",".join(fields)])
+    (_, result) = load_exports(conn, csv_dir)
+    assert (result.organizations_new, result.organizations_changed) == (0, 1)
+    names = ", ".join(c.name for c in ORGANIZATIONS.columns)
+    typed = ", ".join(f"%s::{c.sql_type}" for c in ORGANIZATIONS.columns)
+    stored = conn.execute(f"select {names}, seen_on from raw.organizations where organization_id = 42")
+    expected = conn.execute(f"select {typed}, '2024-01-02'::date", fields)
+    assert stored.fetchone() == expected.fetchone()
 
 
 def test_a_small_export_looked_up_by_key_writes_what_a_large_one_hashed_writes(conn, csv_dir, monkeypatch):
@@ -766,6 +836,32 @@ def test_a_daily_export_leaves_statistics_that_know_its_day(conn, tmp_path):
         "select reltuples from pg_class where oid = 'raw.invoice_versions'::regclass"
     ).fetchone()
     assert estimated == (205,)
+
+
+def status_values_most_common(conn) -> list[str]:
+    (values,) = conn.execute(
+        "select most_common_vals::text::text[] from pg_stats"
+        " where schemaname = 'raw' and tablename = 'invoices' and attname = 'status'"
+    ).fetchone()
+    return values
+
+
+def test_an_export_changing_a_large_share_of_the_ledger_leaves_statistics_that_know_its_statuses(
+    conn, tmp_path
+):
+    """An export that changes a tenth of the ledger or more, even with no new invoice, changes the ledger's
+    distributions: statistics that still see a status as rare would plan the build's queries for a few
+    rows where there are many."""
+    csv_dir = generate(tmp_path / "csv", 200)
+    load_exports(conn, csv_dir)
+    assert "credited" not in status_values_most_common(conn)  # once in the generated export
+    records = (csv_dir / "invoices.csv").read_text().splitlines()[1:]
+    credited = [record.replace(",open,", ",credited,") for record in records if ",open," in record]
+    credited += [record.replace(",paid,", ",credited,") for record in records if ",paid," in record]
+    write_export(csv_dir, "2024-06-29", credited[:25])
+    (_, result) = load_exports(conn, csv_dir)
+    assert astuple(result.invoices) == (0, 25, 0)
+    assert "credited" in status_values_most_common(conn)
 
 
 def test_through_loads_the_folders_up_to_that_day_and_leaves_later_ones_for_a_later_run(conn, csv_dir):

@@ -55,6 +55,35 @@ def test_exports_after_the_last_build_are_built_incrementally_and_a_changed_cove
     )
 
 
+def test_a_covered_exports_organizations_file_reloaded_from_another_forces_a_full_build(conn, loaded):
+    """Organizations reloaded from other files change the organizations every stored day was computed
+    with: an incremental build would keep those days as the earlier files had them."""
+    build(conn)
+    assert not refresh.plan_build(conn).full_refresh
+    conn.execute("update raw.load_log set organizations_sha256 = md5(organizations_sha256)")
+    plan = refresh.plan_build(conn)
+    assert (plan.full_refresh, plan.reason) == (
+        True,
+        "the exports the last successful build covered were reloaded or changed",
+    )
+
+
+def test_a_window_left_in_the_environment_is_dropped_for_a_full_build_and_replaced_for_an_incremental_one(
+    conn, loaded, monkeypatch
+):
+    """LEDGER_WINDOW_START left in the pipeline's environment (from a dbt run by hand) would reach a full
+    rebuild, whose data tests would then check only the days from it: none, and a wrong build passes."""
+    monkeypatch.setenv(refresh.WINDOW_VARIABLE, "2030-01-01")
+    full = build(conn)
+    assert full.full_refresh
+    assert refresh.WINDOW_VARIABLE not in full.dbt_environment()
+    write_export(loaded, "2024-01-02", [invoice(1)])
+    load_exports(conn, loaded)
+    incremental = refresh.plan_build(conn)
+    assert not incremental.full_refresh
+    assert incremental.dbt_environment()[refresh.WINDOW_VARIABLE] == incremental.window_start.isoformat()
+
+
 def copy_project(target: Path) -> Path:
     for folder in ("models", "macros"):
         shutil.copytree(DBT_PROJECT_DIR / folder, target / folder)
@@ -73,6 +102,16 @@ def test_a_macro_edit_or_a_renamed_model_changes_the_project_fingerprint(tmp_pat
     model = project / "models" / "marts" / "dim_invoices.sql"
     model.rename(model.with_name("dim_invoices_v2.sql"))
     assert refresh.project_fingerprint(project) != edited
+
+
+def test_an_edit_of_dbt_project_yml_changes_the_project_fingerprint(tmp_path):
+    """dbt_project.yml sets how the models are built (materializations, variables): an edit there left
+    unseen would keep the stored days as the earlier settings computed them, under an incremental build."""
+    project = copy_project(tmp_path / "dbt")
+    before = refresh.project_fingerprint(project)
+    settings = project / "dbt_project.yml"
+    settings.write_text(settings.read_text() + "# edited\n")
+    assert refresh.project_fingerprint(project) != before
 
 
 def test_a_builds_success_clears_its_own_mark_only(conn, loaded):

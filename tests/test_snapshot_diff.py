@@ -396,6 +396,28 @@ def test_a_previous_file_changed_or_gone_since_its_load_is_not_taken(
     assert (result.invoices.new, result.invoices.changed) == (2, 40)
 
 
+def test_a_snapshot_is_read_against_the_latest_exports_file_so_a_change_undone_since_is_loaded(
+    conn, tmp_path, base_dir, staged_by_difference
+):
+    """A snapshot that undoes the latest export's changes holds those records as an older file has them:
+    read against that older file, they would not differ, and the ledger would keep the undone changes
+    after a load that ended green."""
+    base = base_records(base_dir)
+    opened = [n for n, record in enumerate(base) if ",open," in record]
+    cancelled = list(base)
+    for n in opened[:40]:
+        cancelled[n] = cancelled[n].replace(",open,", ",cancelled,")
+    directory = landing(tmp_path / "csv", base_dir, cancelled)
+    load_exports(conn, directory)
+    undone = list(base)  # the 40 cancellations undone, and another invoice cancelled
+    undone[opened[40]] = undone[opened[40]].replace(",open,", ",cancelled,")
+    settle(write(directory / "exports" / "2024-06-30" / "invoices.csv", [INVOICE_LINES[0], *undone]))
+    (*_, result) = load_exports(conn, directory)
+    (stored,) = conn.execute("select count(*) from raw.invoices where status = 'cancelled'").fetchone()
+    assert stored == sum(",cancelled," in record for record in undone)
+    assert result.note == f"read against {directory / 'exports' / DAY / 'invoices.csv'}: 41 records differ"
+
+
 def test_a_snapshot_the_diff_gives_up_on_is_staged_whole_and_says_why(
     conn, tmp_path, base_dir, staged_by_difference
 ):
@@ -458,4 +480,19 @@ def test_only_a_big_file_near_the_previous_ones_size_is_read_against_it(
     with new.open("wb") as file:
         file.truncate(new_mib * 1024 * 1024)  # sparse: no disk written
     previous = KnownFile(tmp_path / "old.csv", previous_mib * 1024 * 1024, 0, 0, "")
+    assert snapshot_diff.worth_reading(new, previous) is worth
+
+
+@pytest.mark.parametrize(
+    ("new_under", "previous_under", "worth"), [(0, 0, True), (1, 0, False), (0, 1, False)]
+)
+def test_a_file_a_byte_under_the_minimum_size_on_either_side_is_not_read_against_the_other(
+    tmp_path, new_under, previous_under, worth
+):
+    """Under the minimum size a file stages whole in seconds: with either of the two a byte under it, a
+    load reading both files would spend more than it saves."""
+    new = tmp_path / "new.csv"
+    with new.open("wb") as file:
+        file.truncate(snapshot_diff.MIN_SNAPSHOT_BYTES - new_under)  # sparse: no disk written
+    previous = KnownFile(tmp_path / "old.csv", snapshot_diff.MIN_SNAPSHOT_BYTES - previous_under, 0, 0, "")
     assert snapshot_diff.worth_reading(new, previous) is worth
