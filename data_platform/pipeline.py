@@ -2,6 +2,7 @@
 
     wait for the database -> load the pending exports -> plan the build (refresh.py)
     -> dbt build (the rules seed, models, tests) -> record the build -> dbt docs generate -> one alert run
+    (which runs even when the docs failed: the run then fails with the docs' error)
 
 dbt imports itself and parses the project while the loader runs (WarmDbt, warm_dbt.py): on a day's
 export that start-up would otherwise be a quarter of the run.
@@ -41,6 +42,7 @@ from pathlib import Path
 import psycopg
 
 from data_platform import refresh, warm_dbt
+from data_platform.alerts import config as alert_config
 from data_platform.alerts import exit_codes as alert_exit_codes
 from data_platform.db import (
     DatabaseUnavailable,
@@ -479,7 +481,13 @@ def run_alerts(settings: Settings) -> AlertRun:
     """One alert run; undelivered or given-up alerts are reported here and returned, so the caller
     decides whether that fails its step. Any other failure raises PipelineError."""
     step("alerts")
-    env = {**os.environ, "PGUSER": settings.alerter_user, "PGPASSWORD": settings.alerter_password}
+    env = {
+        **os.environ,
+        "PGUSER": settings.alerter_user,
+        "PGPASSWORD": settings.alerter_password,
+        # an alert run by hand or from cron is waited for as another pipeline run is
+        "ALERT_LOCK_TIMEOUT": f"{min(settings.lock_timeout_seconds, alert_config.LOCK_TIMEOUT_MAX):g}",
+    }
     code = run_child([sys.executable, str(PROJECT_ROOT / "alert_script.py")], env=env)
     outcomes = {
         alert_exit_codes.OK: AlertRun.DELIVERED,
@@ -487,7 +495,11 @@ def run_alerts(settings: Settings) -> AlertRun:
         alert_exit_codes.GIVEN_UP: AlertRun.GIVEN_UP,
     }
     if code not in outcomes:
-        raise PipelineError(f"the alert run {failed(code, show_code=True)}", code)
+        raise PipelineError(
+            f"the alert run {failed(code, show_code=True)}; the build is recorded: the next alert run "
+            "(alert_script.py, or the next pipeline run) alerts its days",
+            code,
+        )
     if outcomes[code] is not AlertRun.DELIVERED:
         print(f"pipeline: {outcomes[code].value}.", file=sys.stderr)
     return outcomes[code]
@@ -502,10 +514,16 @@ def run(settings: Settings) -> AlertRun | None:
             load_exports(settings)
             build_plan = plan(settings, project)
             build(build_plan, warm, settings, lock)
-        generate_docs(build_plan)
+        try:
+            generate_docs(build_plan)
+            docs_failed = None
+        except PipelineError as error:  # the warehouse is built: its alerts matter more than its docs
+            docs_failed = error
         # the warehouse is fine whatever the alerts' fate: undelivered ones wait for the next alert run, a
         # given-up one was reported by the alert run and here
         alerts = run_alerts(settings) if settings.run_alerts else None
+        if docs_failed:
+            raise docs_failed
     step("pipeline finished")
     return alerts
 

@@ -506,6 +506,57 @@ def test_a_loader_run_by_hand_is_waited_for_then_named(make_database, tmp_path):
     assert "==> dbt build" not in result.stdout
 
 
+def test_an_alert_run_by_hand_is_waited_for_as_another_pipeline_run_is(fixture_pipeline, tmp_path):
+    """A cron alert run still sending when the pipeline reached its alerts made the pipeline fail after
+    ALERT_LOCK_TIMEOUT (30 s), and the day's alerts waited for the next run."""
+    from data_platform.alerts.store import LOCK_KEY
+
+    database, _, _ = fixture_pipeline
+    env = pipeline_env(
+        database, write_fixture(tmp_path / "csv"), ALERT_LOCK_TIMEOUT="1", PIPELINE_LOCK_TIMEOUT="60"
+    )
+    with database.connect("transformer", autocommit=True) as by_hand:
+        by_hand.execute("select pg_advisory_lock(%s)", (LOCK_KEY,))
+        run = subprocess.Popen(
+            ["bash", str(PROJECT_ROOT / "init.sh")],
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        output = []
+        for line in run.stdout:
+            output.append(line)
+            if line.startswith("==> alerts"):
+                break
+        time.sleep(3)  # longer than ALERT_LOCK_TIMEOUT
+    stdout, stderr = run.communicate(timeout=300)
+    # 0, or 4 when an earlier test left an alert undelivered: the run went to its end either way
+    assert run.returncode in (0, 4), "".join(output) + stdout + stderr
+    assert "another alert run still holds the lock" not in stderr
+    assert "pipeline finished" in stdout
+
+
+def test_failed_docs_do_not_hold_back_the_alerts(fixture_pipeline, tmp_path):
+    """The docs are generated after the build is recorded: their failure (a full disk, say) skipped the
+    alert run, and the day's alerts waited for the next run."""
+    database, _, _ = fixture_pipeline
+    env = pipeline_env(database, write_fixture(tmp_path / "csv"))
+    catalog = Path(env["DBT_TARGET_PATH"]) / "catalog.json"
+    catalog.mkdir(parents=True)  # dbt docs generate cannot write it
+    try:
+        result = subprocess.run(
+            ["bash", str(PROJECT_ROOT / "init.sh")], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True
+        )
+    finally:
+        catalog.rmdir()
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "pipeline: dbt docs generate failed" in result.stderr
+    assert "==> alerts" in result.stdout
+    assert "pipeline finished" not in result.stdout
+
+
 def write_bad_export(csv_dir: Path) -> str:
     """A dated export after the fixture whose second invoice's AMOUNT has 3 places; the loader's error."""
     rows = [

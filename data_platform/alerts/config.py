@@ -40,6 +40,9 @@ class HttpSettings:
     slack_min_interval: float = 1.0  # seconds between two messages to one Slack webhook (its rate limit)
 
 
+LOCK_TIMEOUT_MAX = 86_400  # ALERT_LOCK_TIMEOUT's largest value: a day
+
+
 @dataclass(frozen=True)
 class Settings:
     threshold: Decimal = DEFAULT_THRESHOLD
@@ -298,7 +301,9 @@ def load(argv: Sequence[str] | None, env: Mapping[str, str]) -> Settings:
         dry_run=args.dry_run,
         webhook_url=webhook_url(env),
         http=http,
-        lock_timeout=_env_number(env, "ALERT_LOCK_TIMEOUT", Settings.lock_timeout, minimum=0, maximum=86_400),
+        lock_timeout=_env_number(
+            env, "ALERT_LOCK_TIMEOUT", Settings.lock_timeout, minimum=0, maximum=LOCK_TIMEOUT_MAX
+        ),
         noise=noise,
         digest_over=args.digest_over,
         environment=dict(env),
