@@ -93,6 +93,11 @@ def wait_until_ready(timeout_seconds: float, interval_seconds: float = 1.0) -> N
             time.sleep(interval_seconds)
 
 
+# the application_name of the session that holds a pipeline run's lock (pipeline.PipelineLock); a loader run
+# by hand refused the loader's lock tells from it that a pipeline build holds that lock
+PIPELINE_LOCK_SESSION = "data_platform pipeline lock"
+
+
 def take_advisory_lock(
     conn: psycopg.Connection, key: str, timeout: float, on_wait: Callable[[], None]
 ) -> bool:

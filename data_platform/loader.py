@@ -51,7 +51,7 @@ from data_platform.csv_files import (
     identity,
     refuse_cut_off,
 )
-from data_platform.db import DatabaseUnavailable, connect, take_advisory_lock
+from data_platform.db import PIPELINE_LOCK_SESSION, DatabaseUnavailable, connect, take_advisory_lock
 from data_platform.engines.export_log import refuse_reloaded
 from data_platform.exports import Export, discover, parse_date
 from data_platform.load_errors import (
@@ -382,21 +382,29 @@ def _take_lock(conn: psycopg.Connection, wait: float) -> None:
         print(f"another loader run is in progress: waiting up to {wait:g}s", file=sys.stderr, flush=True)
 
     if not take_advisory_lock(conn, ADVISORY_LOCK_KEY, wait, say):
+        holder = _lock_holder(conn)
         raise LoaderBusy(
-            _orphaned_holder(conn)
+            (holder and (_orphaned(holder) or _building(holder, wait)))
             or f"another loader run is in progress on this database (waited {wait:g}s): nothing was "
             "loaded; run again when it has finished"
         )
 
 
-def _orphaned_holder(conn: psycopg.Connection) -> str | None:
-    """Why the lock is held when its loader process has ended (kill -9, the OOM killer) while its session
-    still runs a statement: the server notices the client is gone only when it next writes to it, and rolls
-    back then. None when the holder is alive, elsewhere (another host or container) or unknown."""
+@dataclass(frozen=True)
+class _Holder:
+    backend: int
+    application_name: str
+    state: str
+    seconds: float  # since its statement started
+
+
+def _lock_holder(conn: psycopg.Connection) -> _Holder | None:
+    """The session holding the loader's lock, if it is still there."""
     # a bigint advisory key is held as classid (high 32 bits), objid (low 32 bits), objsubid 1
-    holder = conn.execute(
+    row = conn.execute(
         """
-        select a.pid, a.application_name, a.state, extract(epoch from now() - a.query_start)
+        select a.pid, coalesce(a.application_name, ''), a.state,
+            coalesce(extract(epoch from now() - a.query_start), 0)
         from pg_locks l join pg_stat_activity a on a.pid = l.pid
         where l.locktype = 'advisory' and l.granted and l.objsubid = 1
           and l.database = (select oid from pg_database where datname = current_database())
@@ -404,11 +412,16 @@ def _orphaned_holder(conn: psycopg.Connection) -> str | None:
         """,
         [ADVISORY_LOCK_KEY],
     ).fetchone()
-    if holder is None:
-        return None
-    backend, name, state, seconds = holder
-    found = re.match(rf"{re.escape(ADVISORY_LOCK_KEY)} (\d+)@", name or "")
-    if not found or state != "active" or name != _session_name(int(found[1])):  # not this host's
+    return _Holder(*row) if row else None
+
+
+def _orphaned(holder: _Holder) -> str | None:
+    """Why the lock is held when its loader process has ended (kill -9, the OOM killer) while its session
+    still runs a statement: the server notices the client is gone only when it next writes to it, and rolls
+    back then. None when the holder is alive, elsewhere (another host or container) or unknown."""
+    name = holder.application_name
+    found = re.match(rf"{re.escape(ADVISORY_LOCK_KEY)} (\d+)@", name)
+    if not found or holder.state != "active" or name != _session_name(int(found[1])):  # not this host's
         return None
     pid = int(found[1])
     try:
@@ -420,9 +433,19 @@ def _orphaned_holder(conn: psycopg.Connection) -> str | None:
         return None  # alive, another user's
     return (
         f"the loader run holding the lock (process {pid}) has ended, but its database session (backend "
-        f"{backend}) is still running its statement, started {seconds:.0f}s ago, and rolls its export back "
-        "when that ends (tens of seconds on a large export): nothing was loaded; run again in a moment, or "
-        "with --wait SECONDS"
+        f"{holder.backend}) is still running its statement, started {holder.seconds:.0f}s ago, and rolls its "
+        "export back when that ends (tens of seconds on a large export): nothing was loaded; run again in a "
+        "moment, or with --wait SECONDS"
+    )
+
+
+def _building(holder: _Holder, wait: float) -> str | None:
+    """Why the lock is held when a pipeline build holds it (PipelineLock.loads_held), else None."""
+    if holder.application_name != PIPELINE_LOCK_SESSION:
+        return None
+    return (
+        f"a pipeline run is building from the loaded exports (waited {wait:g}s): a load now would change "
+        "its input under it. Nothing was loaded; run again when it has finished, or with --wait SECONDS"
     )
 
 

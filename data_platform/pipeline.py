@@ -35,7 +35,7 @@ import signal
 import socketserver
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +45,7 @@ from data_platform import refresh, warm_dbt
 from data_platform.alerts import config as alert_config
 from data_platform.alerts import exit_codes as alert_exit_codes
 from data_platform.db import (
+    PIPELINE_LOCK_SESSION,
     DatabaseUnavailable,
     connect,
     describe_target,
@@ -54,6 +55,7 @@ from data_platform.db import (
 from data_platform.load_errors import ERROR_PREFIX as LOADER_ERROR_PREFIX
 from data_platform.load_errors import EXIT_BUSY as EXIT_LOADER_BUSY
 from data_platform.load_errors import EXIT_DATABASE_UNAVAILABLE as EXIT_LOADER_UNAVAILABLE
+from data_platform.loader import ADVISORY_LOCK_KEY as LOADER_LOCK_KEY
 from data_platform.paths import DBT_DIR_ARGS, PROJECT_ROOT, dbt_target_dir
 from data_platform.steps import (
     Stopped,
@@ -277,7 +279,7 @@ class PipelineLock:
     def __enter__(self) -> PipelineLock:
         self.conn = connect(
             autocommit=True,
-            application_name="data_platform pipeline lock",
+            application_name=PIPELINE_LOCK_SESSION,
             keepalives=1,
             keepalives_idle=60,
             keepalives_interval=10,
@@ -301,6 +303,26 @@ class PipelineLock:
     def __exit__(self, *exc_info) -> None:
         if self.conn is not None:
             self.conn.close()  # ends the session, which releases the lock
+
+    @contextlib.contextmanager
+    def loads_held(self) -> Iterator[None]:
+        """Hold the loader's lock too, from the plan to the build's record: an export a loader run by hand
+        committed during the build would reach some of its models and tests and not others."""
+
+        def say() -> None:
+            print(f"a loader run by hand is in progress: waiting up to {self.timeout:g}s", flush=True)
+
+        if not take_advisory_lock(self.conn, LOADER_LOCK_KEY, self.timeout, say):
+            raise PipelineError(
+                f"a loader run by hand still holds the loader's lock (waited {self.timeout:g}s; "
+                "PIPELINE_LOCK_TIMEOUT sets how long): nothing was built; run again when it has finished",
+                EXIT_LOADER_BUSY,
+            )
+        try:
+            yield
+        finally:
+            with contextlib.suppress(psycopg.Error):  # a session that ended released it
+                self.conn.execute("select pg_advisory_unlock(hashtext(%s))", (LOADER_LOCK_KEY,))
 
     def check(self) -> None:
         """PipelineError when this run no longer holds the lock: its session ended."""
@@ -512,8 +534,9 @@ def run(settings: Settings) -> AlertRun | None:
         project = refresh.project_fingerprint()  # before the warm process parses the project
         with WarmDbt() as warm:
             load_exports(settings)
-            build_plan = plan(settings, project)
-            build(build_plan, warm, settings, lock)
+            with lock.loads_held():
+                build_plan = plan(settings, project)
+                build(build_plan, warm, settings, lock)
         try:
             generate_docs(build_plan)
             docs_failed = None

@@ -4,6 +4,9 @@ SQL changed while dbt read them."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -100,3 +103,25 @@ def test_a_build_during_which_its_files_changed_is_not_recorded_and_the_next_one
     assert again.reason.endswith(
         "or the rules or SQL changed during a build: any of these may have left tables computed otherwise"
     )
+
+
+def test_a_loader_run_by_hand_waits_for_a_pipeline_build_and_is_told_why(database, tmp_path):
+    """A load committed during a build reached some of its models and tests and not others: the build failed
+    a data test (the ledger against the current invoices) that said nothing of the load."""
+    csv_dir = write_dir(tmp_path / "csv")
+    loader = [sys.executable, "-m", "data_platform.loader", "--csv-dir", str(csv_dir)]
+    with pipeline.PipelineLock(timeout=0) as lock, lock.loads_held():
+        by_hand = subprocess.run(loader, capture_output=True, text=True, env=os.environ, timeout=120)
+        assert database.query("select to_regclass('raw.load_log') is null") == [(True,)]  # nothing loaded
+    assert by_hand.returncode == 3, by_hand.stderr
+    assert "a pipeline run is building from the loaded exports (waited 0s)" in by_hand.stderr
+    assert subprocess.run(loader, capture_output=True, text=True, env=os.environ).returncode == 0
+
+
+def test_a_pipeline_build_waits_for_a_loader_run_by_hand(database, tmp_path):
+    with database.connect(autocommit=True) as by_hand, pipeline.PipelineLock(timeout=0) as lock:
+        by_hand.execute("select pg_advisory_lock(hashtext('data_platform.loader'))")
+        with pytest.raises(pipeline.PipelineError) as failed:
+            lock.loads_held().__enter__()
+    assert failed.value.exit_code == 3
+    assert str(failed.value).startswith("a loader run by hand still holds the loader's lock (waited 0s;")

@@ -81,7 +81,7 @@ def dbt_models(context: AssetExecutionContext, dbt: DbtCliResource):
     """Plan (full or incremental), then dbt build: rules seed, models, every test; recorded on success."""
     with pipeline_step():
         settings = pipeline.Settings.from_environment()
-        with pipeline.PipelineLock(settings.lock_timeout_seconds) as lock:
+        with pipeline.PipelineLock(settings.lock_timeout_seconds) as lock, lock.loads_held():
             build_plan = pipeline.plan(settings)
             context.log.info(
                 "full rebuild: " + build_plan.reason
