@@ -55,11 +55,27 @@ def apply_init_sql(conninfo: str, env: dict[str, str] | None = None) -> None:
         raise RuntimeError(f"init.sql failed (it needs a superuser connection):\n{result.stderr.strip()}")
 
 
+# pgserver hands the data folder to a shell unquoted: a path holding one of these fails with its traceback
+SHELL_SPECIAL = set("'\"$\\;&()`|<>")
+
+
+def _refuse_unusable(data_dir: Path) -> None:
+    path = str(data_dir.resolve())
+    found = sorted({char for char in path if char.isspace() or char in SHELL_SPECIAL})
+    if found:
+        raise RuntimeError(
+            f"the embedded Postgres cannot run in {path!r}: its path holds "
+            f"{', '.join(repr(char) for char in found)}, which pgserver passes on to a shell unquoted. "
+            "Choose a folder without them (scripts/demo.sh: DEMO_PGDATA=/path/to/folder)"
+        )
+
+
 def start_embedded_server(data_dir: Path, database: str) -> dict[str, str]:
     """Start (or reuse) a pgserver Postgres in `data_dir`; create `database`; return its PG* variables.
 
     The server keeps running after this process exits, so the pipeline and the docs server can use it.
     """
+    _refuse_unusable(data_dir)
     pgserver = _pgserver()
     data_dir.mkdir(parents=True, exist_ok=True)
     server = pgserver.get_server(data_dir, cleanup_mode=None)

@@ -83,3 +83,18 @@ def test_the_embedded_server_commands_say_nothing_about_an_unset_xdg_runtime_dir
     result = subprocess.run(stop, env=env, capture_output=True, text=True, timeout=60)
     expected = (f"no embedded Postgres runs in {tmp_path / 'none'}", "")
     assert (result.stdout.strip(), result.stderr) == expected, result
+
+
+def test_an_embedded_server_in_a_folder_whose_path_a_shell_would_split_is_refused_with_a_reason(
+    tmp_path, capsys
+):
+    """A clone under a folder with a space (scripts/demo.sh's default data folder is inside the clone) failed
+    with a 60-line pgserver traceback."""
+    data_dir = tmp_path / "my projects" / ".pgdata"
+    assert bootstrap.main(["embedded", "--data-dir", str(data_dir)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(
+        f"error: the embedded Postgres cannot run in {str(data_dir)!r}: its path holds ' '"
+    )
+    assert "DEMO_PGDATA" in error
+    assert not data_dir.exists()
