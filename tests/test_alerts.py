@@ -20,6 +20,7 @@ import time
 from datetime import date, timedelta
 from decimal import Decimal
 
+import psycopg
 import pytest
 from conftest import PROJECT_ROOT, Database
 from slack_stub import (
@@ -36,6 +37,7 @@ from slack_stub import (
 )
 
 from data_platform.alerts import cli, detect, store
+from data_platform.alerts.delivery import ConsoleChannel
 from data_platform.steps import default_sigint
 
 FACT_DDL = """
@@ -1077,3 +1079,53 @@ def test_full_refresh_swapping_the_fact_mid_run_is_seen_whole(db):
     # the new table whole, not the empty table an older snapshot would see
     assert "1 day processed (2024-03-02), 1 alert sent" in stdout
     assert history(db) == {(2, DAY[1]): ("sent", 1)}
+
+
+def swap_in_a_rebuilt_dim_organizations(db: Database) -> bool:
+    """dbt's table materialization of dim_organizations, whole: True when it committed, False when it had
+    to wait for a lock (it gives up at once rather than hang the test)."""
+    with db.connect("transformer") as build:
+        build.execute("set lock_timeout = '200ms'")
+        try:
+            build.execute(
+                "create table marts.dim_organizations__dbt_tmp as select * from marts.dim_organizations"
+            )
+            build.execute("alter table marts.dim_organizations rename to dim_organizations__dbt_backup")
+            build.execute("alter table marts.dim_organizations__dbt_tmp rename to dim_organizations")
+            build.execute("drop table marts.dim_organizations__dbt_backup")
+        except psycopg.errors.LockNotAvailable:
+            build.rollback()
+            return False
+        build.commit()
+    return True
+
+
+def test_a_rebuilt_dim_organizations_is_swapped_in_after_the_marts_are_read_not_during(
+    db, run_inline, monkeypatch
+):
+    # read after a swap that committed since the snapshot began, the new table's rows are invisible to
+    # it: every organization was "not in dim_organizations", and a route on its country missed it
+    add_organization(db, 1)
+    add_moves(db, (1, DAY[0], "100", "300"))
+    swapped: list[bool] = []
+    latest_day, send = detect.latest_day, ConsoleChannel.send
+
+    def latest_day_then_a_build_swaps_the_organizations(conn, up_to=None):
+        latest = latest_day(conn, up_to)  # the snapshot is taken; the organizations are read later
+        swapped.append(swap_in_a_rebuilt_dim_organizations(db))
+        return latest
+
+    def swap_then_send(self, *args, **kwargs):
+        swapped.append(swap_in_a_rebuilt_dim_organizations(db))  # delivery holds no lock on the marts
+        return send(self, *args, **kwargs)
+
+    monkeypatch.setattr(detect, "latest_day", latest_day_then_a_build_swaps_the_organizations)
+    monkeypatch.setattr(ConsoleChannel, "send", swap_then_send)
+    result = run_inline(db)
+
+    assert result.returncode == 0, result.stderr
+    assert alert_lines(result.stdout) == [
+        "[balance alert] 2024-03-01 organization 1: $100.00 -> $300.00 (+200.00%), critical; "
+        "3 active contracts, first payment 2023-01-02, last payment 2024-02-28"
+    ]
+    assert swapped == [False, True]  # the swap waits for the reading, never for the delivery

@@ -371,9 +371,9 @@ def _check_requested_day(settings: Settings, latest: date | None, today: date, b
             "covered: later days wait for a build to succeed."
         )
     if latest is None:
-        raise AlertError(f"{flag} {requested}: {detect.REQUIRED_TABLES[0]} has no rows yet: {PIPELINE_HINT}.")
+        raise AlertError(f"{flag} {requested}: {detect.fact.fullname} has no rows yet: {PIPELINE_HINT}.")
     raise AlertError(
-        f"{flag} {requested} is after the latest day in {detect.REQUIRED_TABLES[0]} ({latest}): "
+        f"{flag} {requested} is after the latest day in {detect.fact.fullname} ({latest}): "
         "nothing to process. Load and build newer data first, or pick an earlier day."
     )
 
