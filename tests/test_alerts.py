@@ -980,6 +980,98 @@ def test_interrupt_exits_130_and_keeps_what_was_committed(db, slack):
     assert {status for status, _ in history(db).values()} == {"sent"}
 
 
+def delivery_state(db: Database) -> dict[int, tuple[str, int, int]]:
+    """(status, attempts, unanswered_attempts) per organization (one day, one destination)."""
+    rows = db.query("select organization_id, status, attempts, unanswered_attempts from ops.alert_history")
+    return {organization: (status, tried, unanswered) for organization, status, tried, unanswered in rows}
+
+
+def start_alerts(db: Database, webhook: str, **extra: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        command(),
+        cwd=PROJECT_ROOT,
+        env=alerter_env(db, webhook, **extra),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=default_sigint,
+    )
+
+
+def stop(run: subprocess.Popen, signum: int) -> str:
+    """Send `signum`, wait for the run to end; its stderr."""
+    try:
+        run.send_signal(signum)
+        return run.communicate(timeout=30)[1]
+    finally:
+        run.kill()
+        run.wait()
+
+
+def test_a_run_stopped_while_the_pacer_waits_leaves_the_next_alert_untried(db, slack):
+    # the attempt was recorded before the pacer's wait: stopped there, an alert never sent was `unknown`
+    # with an unanswered attempt, and one real timeout later given up for good
+    add_moves(db, (1, DAY[0], "100", "300"), (2, DAY[0], "100", "10"))
+    run = start_alerts(db, slack.url, ALERT_SLACK_MIN_INTERVAL="4")
+    try:
+        wait_until(lambda: len(slack.requests) == 1, "organization 1's message")
+        wait_until(lambda: delivery_state(db)[1][0] == "sent", "organization 1 recorded sent")
+    except AssertionError:
+        run.kill()
+        raise
+    time.sleep(1)  # in the pacer's 4 s before organization 2's message
+    stderr = stop(run, signal.SIGINT)
+
+    assert run.returncode == 130, stderr
+    assert len(slack.requests) == 1
+    assert delivery_state(db) == {1: ("sent", 1, 0), 2: ("pending", 0, 0)}
+
+    again = run_alerts(db, webhook=slack.url)
+    assert again.returncode == 0, again.stderr
+    assert organizations_in(slack.delivered) == [1, 2]
+    assert delivery_state(db) == {1: ("sent", 1, 0), 2: ("sent", 1, 0)}
+
+
+def test_sigterm_while_waiting_out_a_retry_after_leaves_the_alert_failed_not_unknown(db, slack):
+    # the 429 was an answer: nothing was accepted, and nothing was in flight when the run stopped
+    add_moves(db, (1, DAY[0], "100", "300"))
+    slack.answer(rate_limited(retry_after=5))
+    run = start_alerts(db, slack.url)
+    try:
+        wait_until(lambda: len(slack.requests) == 1, "the message answered 429")
+    except AssertionError:
+        run.kill()
+        raise
+    time.sleep(1)  # in the 5 s Retry-After
+    stderr = stop(run, signal.SIGTERM)
+
+    assert run.returncode == 143, stderr
+    assert stderr == (
+        "alert_script.py: stopped by SIGTERM. Alerts recorded as sent stay sent; "
+        "the rest are retried on the next run.\n"
+    )
+    assert len(slack.requests) == 1
+    assert delivery_state(db) == {1: ("failed", 1, 0)}
+    assert db.query("select last_error from ops.alert_history") == [("HTTP 429 (retrying)",)]
+
+    again = run_alerts(db, webhook=slack.url)
+    assert again.returncode == 0, again.stderr
+    assert "1 alert sent (1 retried from earlier runs)" in again.stdout
+    assert organizations_in(slack.delivered) == [1]
+    assert delivery_state(db) == {1: ("sent", 2, 0)}
+
+
+def test_a_retry_after_a_429_that_gets_no_answer_counts_one_unanswered_attempt(db, slack):
+    slack.answer(rate_limited(retry_after=1), then=hang())
+    add_moves(db, (1, DAY[0], "100", "300"))
+
+    result = run_alerts(db, webhook=slack.url, ALERT_HTTP_TIMEOUT="0.3")
+
+    assert result.returncode == 1, result.stderr
+    assert [r.status for r in slack.requests] == [429, 200]  # the second one hangs
+    assert delivery_state(db) == {1: ("unknown", 1, 1)}
+
+
 def test_closed_stdout_in_console_mode_is_not_a_crash(db):
     add_moves(db, (1, DAY[0], "100", "300"), (2, DAY[0], "100", "10"))
 
