@@ -20,6 +20,7 @@ import time
 from datetime import date, timedelta
 from decimal import Decimal
 
+import psycopg
 import pytest
 from conftest import PROJECT_ROOT, Database
 from slack_stub import (
@@ -36,6 +37,7 @@ from slack_stub import (
 )
 
 from data_platform.alerts import cli, detect, store
+from data_platform.alerts.delivery import ConsoleChannel
 from data_platform.steps import default_sigint
 
 FACT_DDL = """
@@ -978,6 +980,98 @@ def test_interrupt_exits_130_and_keeps_what_was_committed(db, slack):
     assert {status for status, _ in history(db).values()} == {"sent"}
 
 
+def delivery_state(db: Database) -> dict[int, tuple[str, int, int]]:
+    """(status, attempts, unanswered_attempts) per organization (one day, one destination)."""
+    rows = db.query("select organization_id, status, attempts, unanswered_attempts from ops.alert_history")
+    return {organization: (status, tried, unanswered) for organization, status, tried, unanswered in rows}
+
+
+def start_alerts(db: Database, webhook: str, **extra: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        command(),
+        cwd=PROJECT_ROOT,
+        env=alerter_env(db, webhook, **extra),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=default_sigint,
+    )
+
+
+def stop(run: subprocess.Popen, signum: int) -> str:
+    """Send `signum`, wait for the run to end; its stderr."""
+    try:
+        run.send_signal(signum)
+        return run.communicate(timeout=30)[1]
+    finally:
+        run.kill()
+        run.wait()
+
+
+def test_a_run_stopped_while_the_pacer_waits_leaves_the_next_alert_untried(db, slack):
+    # the attempt was recorded before the pacer's wait: stopped there, an alert never sent was `unknown`
+    # with an unanswered attempt, and one real timeout later given up for good
+    add_moves(db, (1, DAY[0], "100", "300"), (2, DAY[0], "100", "10"))
+    run = start_alerts(db, slack.url, ALERT_SLACK_MIN_INTERVAL="4")
+    try:
+        wait_until(lambda: len(slack.requests) == 1, "organization 1's message")
+        wait_until(lambda: delivery_state(db)[1][0] == "sent", "organization 1 recorded sent")
+    except AssertionError:
+        run.kill()
+        raise
+    time.sleep(1)  # in the pacer's 4 s before organization 2's message
+    stderr = stop(run, signal.SIGINT)
+
+    assert run.returncode == 130, stderr
+    assert len(slack.requests) == 1
+    assert delivery_state(db) == {1: ("sent", 1, 0), 2: ("pending", 0, 0)}
+
+    again = run_alerts(db, webhook=slack.url)
+    assert again.returncode == 0, again.stderr
+    assert organizations_in(slack.delivered) == [1, 2]
+    assert delivery_state(db) == {1: ("sent", 1, 0), 2: ("sent", 1, 0)}
+
+
+def test_sigterm_while_waiting_out_a_retry_after_leaves_the_alert_failed_not_unknown(db, slack):
+    # the 429 was an answer: nothing was accepted, and nothing was in flight when the run stopped
+    add_moves(db, (1, DAY[0], "100", "300"))
+    slack.answer(rate_limited(retry_after=5))
+    run = start_alerts(db, slack.url)
+    try:
+        wait_until(lambda: len(slack.requests) == 1, "the message answered 429")
+    except AssertionError:
+        run.kill()
+        raise
+    time.sleep(1)  # in the 5 s Retry-After
+    stderr = stop(run, signal.SIGTERM)
+
+    assert run.returncode == 143, stderr
+    assert stderr == (
+        "alert_script.py: stopped by SIGTERM. Alerts recorded as sent stay sent; "
+        "the rest are retried on the next run.\n"
+    )
+    assert len(slack.requests) == 1
+    assert delivery_state(db) == {1: ("failed", 1, 0)}
+    assert db.query("select last_error from ops.alert_history") == [("HTTP 429 (retrying)",)]
+
+    again = run_alerts(db, webhook=slack.url)
+    assert again.returncode == 0, again.stderr
+    assert "1 alert sent (1 retried from earlier runs)" in again.stdout
+    assert organizations_in(slack.delivered) == [1]
+    assert delivery_state(db) == {1: ("sent", 2, 0)}
+
+
+def test_a_retry_after_a_429_that_gets_no_answer_counts_one_unanswered_attempt(db, slack):
+    slack.answer(rate_limited(retry_after=1), then=hang())
+    add_moves(db, (1, DAY[0], "100", "300"))
+
+    result = run_alerts(db, webhook=slack.url, ALERT_HTTP_TIMEOUT="0.3")
+
+    assert result.returncode == 1, result.stderr
+    assert [r.status for r in slack.requests] == [429, 200]  # the second one hangs
+    assert delivery_state(db) == {1: ("unknown", 1, 1)}
+
+
 def test_closed_stdout_in_console_mode_is_not_a_crash(db):
     add_moves(db, (1, DAY[0], "100", "300"), (2, DAY[0], "100", "10"))
 
@@ -1077,3 +1171,53 @@ def test_full_refresh_swapping_the_fact_mid_run_is_seen_whole(db):
     # the new table whole, not the empty table an older snapshot would see
     assert "1 day processed (2024-03-02), 1 alert sent" in stdout
     assert history(db) == {(2, DAY[1]): ("sent", 1)}
+
+
+def swap_in_a_rebuilt_dim_organizations(db: Database) -> bool:
+    """dbt's table materialization of dim_organizations, whole: True when it committed, False when it had
+    to wait for a lock (it gives up at once rather than hang the test)."""
+    with db.connect("transformer") as build:
+        build.execute("set lock_timeout = '200ms'")
+        try:
+            build.execute(
+                "create table marts.dim_organizations__dbt_tmp as select * from marts.dim_organizations"
+            )
+            build.execute("alter table marts.dim_organizations rename to dim_organizations__dbt_backup")
+            build.execute("alter table marts.dim_organizations__dbt_tmp rename to dim_organizations")
+            build.execute("drop table marts.dim_organizations__dbt_backup")
+        except psycopg.errors.LockNotAvailable:
+            build.rollback()
+            return False
+        build.commit()
+    return True
+
+
+def test_a_rebuilt_dim_organizations_is_swapped_in_after_the_marts_are_read_not_during(
+    db, run_inline, monkeypatch
+):
+    # read after a swap that committed since the snapshot began, the new table's rows are invisible to
+    # it: every organization was "not in dim_organizations", and a route on its country missed it
+    add_organization(db, 1)
+    add_moves(db, (1, DAY[0], "100", "300"))
+    swapped: list[bool] = []
+    latest_day, send = detect.latest_day, ConsoleChannel.send
+
+    def latest_day_then_a_build_swaps_the_organizations(conn, up_to=None):
+        latest = latest_day(conn, up_to)  # the snapshot is taken; the organizations are read later
+        swapped.append(swap_in_a_rebuilt_dim_organizations(db))
+        return latest
+
+    def swap_then_send(self, *args, **kwargs):
+        swapped.append(swap_in_a_rebuilt_dim_organizations(db))  # delivery holds no lock on the marts
+        return send(self, *args, **kwargs)
+
+    monkeypatch.setattr(detect, "latest_day", latest_day_then_a_build_swaps_the_organizations)
+    monkeypatch.setattr(ConsoleChannel, "send", swap_then_send)
+    result = run_inline(db)
+
+    assert result.returncode == 0, result.stderr
+    assert alert_lines(result.stdout) == [
+        "[balance alert] 2024-03-01 organization 1: $100.00 -> $300.00 (+200.00%), critical; "
+        "3 active contracts, first payment 2023-01-02, last payment 2024-02-28"
+    ]
+    assert swapped == [False, True]  # the swap waits for the reading, never for the delivery

@@ -386,3 +386,56 @@ def test_a_webhook_url_that_fails_before_its_request_goes_out_sent_nothing(chann
     # a host name label over 63 characters: IDNA refuses it while the request is being made
     outcome = send_one(channel, f"http://{'x' * 64}.invalid/hook", FAST)
     assert not outcome.delivered and not outcome.unanswered, outcome.error
+
+
+class AttemptsSeen:
+    """An AttemptLog noting each record: what, when, the requests the webhook had by then, and in which
+    thread (the run's database connection is its main thread's)."""
+
+    def __init__(self, webhook: SlackStub) -> None:
+        self._webhook = webhook
+        self.seen: list[tuple[str, int]] = []
+        self.at: list[float] = []
+        self.threads: set[threading.Thread] = set()
+
+    def _note(self, what: str) -> None:
+        self.seen.append((what, len(self._webhook.requests)))
+        self.at.append(time.monotonic())
+        self.threads.add(threading.current_thread())
+
+    def request_may_go_out(self) -> None:
+        self._note("request may go out")
+
+    def refused(self, error: str) -> None:
+        self._note(error)
+
+
+@pytest.mark.parametrize("channel", [SlackChannel, JsonWebhookChannel])
+def test_each_attempt_is_recorded_before_its_request_and_a_refusal_before_the_wait(channel, slack):
+    slack.answer(rate_limited(retry_after=1), server_error(503))
+    attempts = AttemptsSeen(slack)
+
+    assert channel(slack.url, FAST).send(BATCH, attempts).delivered
+
+    assert attempts.seen == [
+        ("request may go out", 0),
+        ("HTTP 429 (retrying)", 1),
+        ("request may go out", 1),
+        ("HTTP 503 (retrying)", 2),
+        ("request may go out", 2),
+    ]
+    assert slack.requests[1].at - attempts.at[1] >= 0.9  # the 429 recorded before its Retry-After
+    assert attempts.threads == {threading.main_thread()}
+
+
+@pytest.mark.parametrize("channel", [SlackChannel, JsonWebhookChannel])
+def test_a_retry_whose_record_did_not_happen_never_goes_out(channel, slack):
+    class StoppedWhileRecording(AttemptsSeen):
+        def refused(self, error: str) -> None:
+            raise KeyboardInterrupt
+
+    slack.answer(server_error(503))
+    with pytest.raises(KeyboardInterrupt):
+        channel(slack.url, FAST).send(BATCH, StoppedWhileRecording(slack))
+    time.sleep(0.5)  # many times the backoff
+    assert len(slack.requests) == 1

@@ -34,6 +34,9 @@ from test_alerts import (  # noqa: F401  (db, warehouse are fixtures)
     ops_tables,
     organizations_in,
     run_alerts,
+    start_alerts,
+    stop,
+    wait_until,
     warehouse,
 )
 from test_alerts_delivery import RawAnswers, answer
@@ -531,6 +534,31 @@ def test_a_json_answer_cut_short_every_time_is_sent_at_most_twice(db):  # noqa: 
     assert len(vip.requests) == 2  # each arrived: a third copy would be one too many
     assert history(db, "VIP_WEBHOOK") == {(1, DAY[0]): ("unknown", 2)}
     assert "never confirmed after 2 unanswered attempts: not sent again" in runs[2].stdout
+
+
+def test_a_run_stopped_while_urllib3_waits_out_a_retry_after_leaves_the_json_alert_failed(db):  # noqa: F811
+    # the 429 was an answer: nothing was accepted, and nothing was in flight when the run stopped
+    set_routes(db, VIP, DEFAULT)
+    add_moves(db, (1, DAY[0], "100", "300"))
+    with SlackStub() as vip, SlackStub() as default:
+        vip.answer(rate_limited(retry_after=5))
+        run = start_alerts(db, default.url, VIP_WEBHOOK=vip.url, **NO_FLOOR)
+        try:
+            wait_until(lambda: len(vip.requests) == 1, "the message answered 429")
+        except AssertionError:
+            run.kill()
+            raise
+        time.sleep(1)  # in the 5 s Retry-After
+        stderr = stop(run, signal.SIGINT)
+        assert run.returncode == 130, stderr
+        assert len(vip.requests) == 1
+        state = "select status, attempts, unanswered_attempts, last_error from ops.alert_history"
+        assert db.query(state) == [("failed", 1, 0, "HTTP 429 (retrying)")]
+
+        again = run_alerts(db, webhook=default.url, VIP_WEBHOOK=vip.url, **NO_FLOOR)
+    assert again.returncode == 0, again.stderr
+    assert len(vip.delivered) == 1
+    assert db.query(state) == [("sent", 2, 0, None)]
 
 
 def test_a_slack_answer_accepted_with_a_body_that_does_not_decode_is_sent_once(db):  # noqa: F811

@@ -349,6 +349,7 @@ def test_help_names_every_exit_code_the_command_returns(capsys):
         exit_codes.ERROR,
         exit_codes.GIVEN_UP,
         exit_codes.INTERRUPTED,
+        exit_codes.TERMINATED,
     }
     assert named == sorted(exits)
     assert "no route names" in documented  # exit 1 for alerts stranded by a route change too

@@ -18,11 +18,15 @@ Exit codes:
          sent stay sent and the rest are retried on the next run; the one message in flight was
          recorded `unknown` before it left, so it is sent at most once more.
     130  interrupted (Ctrl-C): as for a database error, what was committed stays, the rest is retried.
+         An alert whose send was waiting (the pacer, a Retry-After, a backoff) had nothing in flight:
+         it is left as it was, or `failed` after an answer that refused it, never `unknown`.
+    143  stopped by SIGTERM (`kill`, `timeout`, a supervisor): as for Ctrl-C.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Callable, Iterable, Sequence
@@ -371,9 +375,9 @@ def _check_requested_day(settings: Settings, latest: date | None, today: date, b
             "covered: later days wait for a build to succeed."
         )
     if latest is None:
-        raise AlertError(f"{flag} {requested}: {detect.REQUIRED_TABLES[0]} has no rows yet: {PIPELINE_HINT}.")
+        raise AlertError(f"{flag} {requested}: {detect.fact.fullname} has no rows yet: {PIPELINE_HINT}.")
     raise AlertError(
-        f"{flag} {requested} is after the latest day in {detect.REQUIRED_TABLES[0]} ({latest}): "
+        f"{flag} {requested} is after the latest day in {detect.fact.fullname} ({latest}): "
         "nothing to process. Load and build newer data first, or pick an earlier day."
     )
 
@@ -400,18 +404,15 @@ def _deliver(
             commit()
             summary.failed += count
             continue
-        recorded = channel.may_go_unanswered
-        if recorded:
-            store.record_attempt(ops, destination, alerts)
-            commit()  # before the request: a run that dies in flight still counts it
-        outcome = channel.send(message)
+        attempts = RecordedAttempts(ops, destination, alerts, commit)
+        outcome = channel.send(message, attempts)
         if outcome.delivered:
-            store.record_delivered(ops, destination, alerts, attempt_recorded=recorded)
+            store.record_delivered(ops, destination, alerts, attempt_recorded=attempts.in_flight)
         elif outcome.unanswered:
             store.record_unanswered(ops, destination, alerts, outcome.error or "no answer")
         else:
             store.record_failed(
-                ops, destination, alerts, outcome.error or "failed", attempt_recorded=recorded
+                ops, destination, alerts, outcome.error or "failed", attempt_recorded=attempts.in_flight
             )
         commit()  # commit per message: a crash can at worst resend the one message in flight
         if outcome.delivered:
@@ -429,6 +430,30 @@ def _deliver(
         print(
             f"alert_script.py: delivery to {destination} failed for {what}: {outcome.error}", file=sys.stderr
         )
+
+
+class RecordedAttempts:
+    """One message's HTTP attempts in ops.alert_history (delivery.AttemptLog), each committed right before
+    its request may go out: a run that dies with one in flight leaves the alerts `unknown` (they may have
+    arrived), one stopped while the send waits (the pacer, a Retry-After, a backoff) leaves them as they
+    were, or `failed` after an answer that refused them."""
+
+    def __init__(
+        self, ops: Connection, destination: str, alerts: Sequence[Alert], commit: Callable[[], None]
+    ) -> None:
+        self._ops, self._destination, self._alerts, self._commit = ops, destination, alerts, commit
+        self._counted = False  # the send is counted in `attempts` by its first request, not by a retry
+        self.in_flight = False  # an attempt is counted unanswered and no answer settled it yet
+
+    def request_may_go_out(self) -> None:
+        store.record_attempt(self._ops, self._destination, self._alerts, retry=self._counted)
+        self._commit()
+        self._counted = self.in_flight = True
+
+    def refused(self, error: str) -> None:
+        store.record_failed(self._ops, self._destination, self._alerts, error, attempt_recorded=True)
+        self._commit()
+        self.in_flight = False
 
 
 def _tell_undelivered(summary: Summary) -> None:
@@ -467,7 +492,24 @@ def _discard_stdout() -> None:
         os.close(devnull)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived. A KeyboardInterrupt, as Ctrl-C is: psycopg cancels the running statement and the
+    run stops the same way, saying what it left."""
+
+
+def _raise_terminated(_signum: int, _frame) -> None:
+    raise Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    previous_sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        return _run_and_report(argv)
+    finally:
+        signal.signal(signal.SIGTERM, previous_sigterm)  # a caller in this process (a test) keeps its own
+
+
+def _run_and_report(argv: Sequence[str] | None) -> int:
     summary: Summary | None = None
     try:
         settings = load(argv, os.environ)
@@ -479,10 +521,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DBAPIError as error:
         _tell(f"error: {database_error(error)}")
         return exit_codes.ERROR
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         # open transactions were rolled back on the way out; what was committed stays
-        _tell("interrupted. Alerts recorded as sent stay sent; the rest are retried on the next run.")
-        return exit_codes.INTERRUPTED
+        terminated = isinstance(interrupt, Terminated)
+        stopped = "stopped by SIGTERM" if terminated else "interrupted"
+        _tell(f"{stopped}. Alerts recorded as sent stay sent; the rest are retried on the next run.")
+        return exit_codes.TERMINATED if terminated else exit_codes.INTERRUPTED
     except BrokenPipeError:  # stdout closed early, e.g. `alert_script.py | head -1`
         _discard_stdout()
         if summary is None:  # an alert line could not be printed: that alert was not delivered

@@ -9,6 +9,9 @@ request that went out and got no answer (a read timeout, a dropped connection, a
 unfinished after twice ALERT_HTTP_TIMEOUT) may have been accepted: it is never retried within the
 run, and reported as unanswered instead.
 
+Each HTTP attempt is recorded (AttemptLog) right before its request may go out, after the pacer's wait
+and any retry's; an attempt answered no is recorded so before the wait for its retry.
+
 The webhook URL is a secret: it is never logged, printed or stored, and error texts are scrubbed
 of it (and of each of its parts) before anyone sees them.
 """
@@ -16,6 +19,7 @@ of it (and of each of its parts) before anyone sees them.
 from __future__ import annotations
 
 import logging
+import queue
 import random
 import sys
 import threading
@@ -67,29 +71,39 @@ class Outcome:
     unanswered: bool = False
 
 
+class AttemptLog(Protocol):
+    """Where one message's HTTP attempts are recorded. send_within calls it in its caller's thread (whose
+    database connection records them), the sending thread waiting until each record is made."""
+
+    def request_may_go_out(self) -> None:
+        """Before each attempt, after any wait: its request may be accepted and never answered."""
+
+    def refused(self, error: str) -> None:
+        """The attempt was answered no, or never reached the webhook, and a retry's wait follows."""
+
+
 class Channel(Protocol):
     # what errors and notes call it: the route's webhook variable (or `console`). Only a label: the
     # run keeps each destination's delivery state under the destination's own name
     name: str
-    # True when a send can end without knowing whether it arrived (a network request): the run
-    # records the attempt before sending, so a crash in flight is counted too
-    may_go_unanswered: bool
 
-    def send(self, message: Message) -> Outcome: ...
+    def send(self, message: Message, attempts: AttemptLog | None = None) -> Outcome:
+        """Deliver `message`; a channel whose request may go unanswered records each one in `attempts`."""
+        ...
 
 
 class ConsoleChannel:
     """One readable line per alert on stdout (no webhook configured, or --dry-run)."""
 
     name = CONSOLE
-    may_go_unanswered = False
 
     def __init__(self, out: TextIO | None = None, prefix: str = "", dry_run: bool = False) -> None:
         self._out = out
         self._prefix = prefix
         self._dry_run = dry_run
 
-    def send(self, message: Message) -> Outcome:
+    def send(self, message: Message, attempts: AttemptLog | None = None) -> Outcome:
+        # a line printed is never in doubt: no attempt to record before it
         out = self._out or sys.stdout
         if isinstance(message, Digest):
             lines = messages.digest_lines(message, recorded=not self._dry_run)
@@ -132,7 +146,24 @@ class EqualJitter(Jitter):
         return duration / 2 + random.uniform(0, duration / 2)
 
 
-class BoundedRateLimitRetryHandler(RateLimitErrorRetryHandler):
+class RefusalRecordedBeforeTheWait(RetryHandler):
+    """A retry handler that has the attempt it retries recorded as refused before its wait: stopped then,
+    the run leaves the alert failed, not in doubt. The handlers of retry_handlers retry only what nothing
+    accepted: an answer that refused it, or a connection that failed."""
+
+    def prepare_for_next_attempt(
+        self,
+        *,
+        state: RetryState,
+        request: HttpRequest,
+        response: HttpResponse | None = None,
+        error: Exception | None = None,
+    ) -> None:
+        retry_wait_begins(None if response is None else response.status_code)
+        super().prepare_for_next_attempt(state=state, request=request, response=response, error=error)
+
+
+class BoundedRateLimitRetryHandler(RefusalRecordedBeforeTheWait, RateLimitErrorRetryHandler):
     """429: slack-sdk sleeps for Retry-After; we only let it when the wait is within `max_wait`.
 
     A longer (or unreadable) Retry-After leaves the message failed for the next run instead of
@@ -164,7 +195,7 @@ class BoundedRateLimitRetryHandler(RateLimitErrorRetryHandler):
         return 0 <= seconds <= self.max_wait
 
 
-class AnyServerErrorRetryHandler(ServerErrorRetryHandler):
+class AnyServerErrorRetryHandler(RefusalRecordedBeforeTheWait, ServerErrorRetryHandler):
     """slack-sdk's handler retries 500 and 503 only; proxies answer 502 and 504 as well."""
 
     def _can_retry(
@@ -178,6 +209,10 @@ class AnyServerErrorRetryHandler(ServerErrorRetryHandler):
         return response is not None and 500 <= response.status_code <= 599
 
 
+class UnreachedRetryHandler(RefusalRecordedBeforeTheWait, ConnectionErrorRetryHandler):
+    """Connection errors, retried after a backoff (the error types say which)."""
+
+
 def retry_handlers(http: HttpSettings) -> list[RetryHandler]:
     """The bounded retry policy. slack-sdk counts attempts in one shared state, so `retries` is the
     total number of retries per message whatever mix of errors caused them."""
@@ -185,7 +220,7 @@ def retry_handlers(http: HttpSettings) -> list[RetryHandler]:
     return [
         BoundedRateLimitRetryHandler(max_retry_count=http.retries, max_wait=http.max_retry_after),
         AnyServerErrorRetryHandler(max_retry_count=http.retries, interval_calculator=backoff),
-        ConnectionErrorRetryHandler(
+        UnreachedRetryHandler(
             max_retry_count=http.retries,
             interval_calculator=backoff,
             # urllib wraps what fails while connecting and sending in URLError; what fails while
@@ -229,24 +264,41 @@ def attempt_deadline(http: HttpSettings) -> float:
 
 
 class _WatchedSend:
-    """One message's send, running in a worker thread, watched by the thread waiting for it."""
+    """One message's send, running in a worker thread, watched by the thread waiting for it, which also
+    records its attempts (AttemptLog): the worker waits for each record before it goes on."""
 
-    def __init__(self) -> None:
+    def __init__(self, attempts: AttemptLog | None) -> None:
         self._lock = threading.Lock()
         self._attempt_began: float | None = time.monotonic()
         self._given_up = False
         self.request_sent = False  # by the attempt under way, or the last one
+        self._attempts = attempts
+        # (record, done) for the waiting thread to run; None: the worker has ended
+        self.records: queue.SimpleQueue[tuple[Callable[[], None], threading.Event] | None] = (
+            queue.SimpleQueue()
+        )
+        self._record_waited_for: threading.Event | None = None
 
     def attempt_begins(self) -> None:
         with self._lock:
             if self._given_up:  # a retry after the deadline would be a second copy
                 raise AttemptOverdue(0, request_sent=False)
+            after_a_wait = self._attempt_began is None  # the first attempt was recorded before the worker
+        if after_a_wait and self._attempts is not None:
+            self._recorded(self._attempts.request_may_go_out)
+        with self._lock:
             self._attempt_began = time.monotonic()
             self.request_sent = False
 
     def attempt_ends(self) -> None:
         with self._lock:
             self._attempt_began = None
+
+    def retry_wait_begins(self, status: int | None) -> None:
+        if self._attempts is not None:
+            refused = f"HTTP {status}" if status is not None else "cannot reach the webhook"
+            attempts = self._attempts
+            self._recorded(lambda: attempts.refused(f"{refused} (retrying)"))
 
     def request_goes_out(self) -> None:
         with self._lock:
@@ -264,6 +316,28 @@ class _WatchedSend:
             if left <= 0:
                 self._given_up = True
             return left
+
+    def _recorded(self, record: Callable[[], None]) -> None:
+        """In the worker: have the waiting thread run `record`, and go on once it has."""
+        done = threading.Event()
+        with self._lock:
+            if self._given_up:
+                raise AttemptOverdue(0, request_sent=False)
+            self._record_waited_for = done
+        self.records.put((record, done))
+        done.wait()
+        with self._lock:
+            if self._given_up:  # the waiting thread left without the record: nothing may go out
+                raise AttemptOverdue(0, request_sent=False)
+
+    def abandon(self) -> None:
+        """The waiting thread leaves (an answer, the deadline, an error or a stop): the worker, if it goes
+        on, records and sends nothing more."""
+        with self._lock:
+            self._given_up = True
+            waiting = self._record_waited_for
+        if waiting is not None:
+            waiting.set()
 
 
 _sending = threading.local()
@@ -283,6 +357,14 @@ def attempt_ends() -> None:
         watched.attempt_ends()
 
 
+def retry_wait_begins(status: int | None) -> None:
+    """The retry policies' hook before a retry's wait: the attempt was answered `status`, or (None) never
+    reached the webhook; the policies retry nothing that may have been accepted."""
+    watched = getattr(_sending, "send", None)
+    if watched is not None:
+        watched.retry_wait_begins(status)
+
+
 def _note_request_sent(event: str, _args: tuple) -> None:
     # http.client raises this audit event as it writes a request's bytes: urllib's connections (Slack's
     # client) and urllib3's (requests) are both http.client's. Until then a failed send sent nothing: a
@@ -296,14 +378,17 @@ def _note_request_sent(event: str, _args: tuple) -> None:
 sys.addaudithook(_note_request_sent)
 
 
-def send_within(send: Callable[[], T], deadline: float) -> T:
+def send_within(send: Callable[[], T], deadline: float, attempts: AttemptLog | None = None) -> T:
     """`send()`, raising AttemptOverdue once one of its HTTP attempts has run `deadline` seconds, and
-    SendFailed for any error it raises.
+    SendFailed for any error it raises. Each attempt is recorded in `attempts`, in this thread, before its
+    request may go out: the first one here, a retry after its wait (the HTTP clients' hooks).
 
     A socket timeout bounds each read only: an answer trickled a byte at a time would hold the run, and
     its locks, for as long as the server likes. The attempt given up on goes on in a daemon thread and,
     if its request had gone out, may arrive (so it counts as unanswered); no further request goes out."""
-    watched = _WatchedSend()
+    if attempts is not None:
+        attempts.request_may_go_out()
+    watched = _WatchedSend(attempts)  # the first attempt's time starts once it is recorded
     result: list[tuple[bool, Any]] = []
 
     def work() -> None:
@@ -312,14 +397,27 @@ def send_within(send: Callable[[], T], deadline: float) -> T:
             result.append((True, send()))
         except BaseException as error:
             result.append((False, error))
+        finally:
+            watched.records.put(None)
 
     worker = threading.Thread(target=work, name="alert-send", daemon=True)
-    worker.start()
-    while worker.is_alive():
-        left = watched.time_left(deadline)
-        if left is not None and left <= 0 and not result:
-            raise AttemptOverdue(deadline, watched.request_sent)
-        worker.join(deadline if left is None else max(left, 0))
+    try:
+        worker.start()
+        while True:
+            left = watched.time_left(deadline)
+            if left is not None and left <= 0 and not result:
+                raise AttemptOverdue(deadline, watched.request_sent)
+            try:
+                asked = watched.records.get(timeout=deadline if left is None else max(left, 0))
+            except queue.Empty:
+                continue
+            if asked is None:
+                break
+            record, done = asked
+            record()
+            done.set()
+    finally:
+        watched.abandon()
     succeeded, value = result[0]
     if succeeded:
         return value
@@ -440,8 +538,6 @@ def describe_send_error(error: Exception, timeout: float, request_sent: bool = T
 class SlackChannel:
     """One Block Kit message (with a text fallback) per organization via the incoming webhook."""
 
-    may_go_unanswered = True
-
     def __init__(self, url: str, http: HttpSettings, name: str = DEFAULT_WEBHOOK_ENV) -> None:
         self.name = name
         self._url = url
@@ -450,13 +546,14 @@ class SlackChannel:
         self._pacer = Pacer(http.slack_min_interval)
         self._client = webhook_client(url, http)
 
-    def send(self, message: Message) -> Outcome:
+    def send(self, message: Message, attempts: AttemptLog | None = None) -> Outcome:
         text, blocks = messages.slack_message(message)
         self._pacer.wait()
         try:
             response = send_within(
                 lambda: self._client.send(text=text, blocks=blocks, unfurl_links=False, unfurl_media=False),
                 self._deadline,
+                attempts,
             )
         except AttemptOverdue as overdue:
             return Outcome(False, str(overdue), service_unavailable=True, unanswered=overdue.request_sent)

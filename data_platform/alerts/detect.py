@@ -103,19 +103,17 @@ routes = Table(
     Column("is_default", Boolean),
 )
 
-REQUIRED_TABLES = (
-    "marts.fct_organization_daily_financials",
-    "marts.dim_organizations",
-    "marts.fct_organization_daily_drivers",
-    "marts.dim_alert_routes",
-)
+# every marts table the alert run reads: a run stops when one is missing, and locks them all before its
+# snapshot (read_only_snapshot)
+REQUIRED_TABLES = (fact, organizations, drivers, routes)
 TOP_INVOICES = dbt_project_var("top_invoices")  # invoices shown per alert
 
 
 def missing_tables(conn: Connection) -> list[str]:
     """The marts tables the alerts need that do not exist (yet)."""
-    found = conn.execute(select(*(func.to_regclass(name) for name in REQUIRED_TABLES))).one()
-    return [name for name, oid in zip(REQUIRED_TABLES, found, strict=True) if oid is None]
+    names = [table.fullname for table in REQUIRED_TABLES]
+    found = conn.execute(select(*(func.to_regclass(name) for name in names))).one()
+    return [name for name, oid in zip(names, found, strict=True) if oid is None]
 
 
 class MartsNotReady(RuntimeError):
@@ -174,18 +172,20 @@ def read_only(conn: Connection, isolation: str = "read committed") -> None:
 
 
 def read_only_snapshot(conn: Connection) -> None:
-    """Start a read_only() REPEATABLE READ transaction that sees one committed version of the fact.
+    """Start a read_only() REPEATABLE READ transaction that sees one committed version of the marts.
 
-    dbt may rebuild the fact during a run: an incremental run deletes and re-inserts a window of
-    days, a full refresh swaps in a new table. Planning (the latest day) and recording the alerts
-    must not straddle such a commit, so they share one snapshot. The table is locked first because
-    LOCK TABLE takes no snapshot: a swap committed after the snapshot but before our first read
-    would leave us a new table whose rows that snapshot cannot see (an empty fact). The lock is the
-    ACCESS SHARE any select takes: it only makes a swap wait until we commit.
+    dbt may rebuild them during a run: an incremental run deletes and re-inserts a window of days, a
+    table model (dim_organizations, dim_alert_routes, a full refresh of the fact) swaps in a new table.
+    Planning, recording the alerts and reading their organizations and drivers must not straddle such a
+    commit, so they share one snapshot. Every table the run reads is locked first, in one statement,
+    because LOCK TABLE takes no snapshot: a swap committed after the snapshot but before our first read
+    of that table would leave us a new table whose rows the snapshot cannot see (an empty fact, or no
+    organization's context, which routes match on). The lock is the ACCESS SHARE any select takes: it
+    only makes a swap wait until the transaction ends, before anything is sent (cli._read_marts).
     """
     read_only(conn, "repeatable read")
-    table = conn.dialect.identifier_preparer.format_table(fact)
-    conn.execute(text(f"lock table {table} in access share mode"))
+    tables = ", ".join(conn.dialect.identifier_preparer.format_table(table) for table in REQUIRED_TABLES)
+    conn.execute(text(f"lock table {tables} in access share mode"))
 
 
 def latest_day(conn: Connection, up_to: date | None = None) -> date | None:

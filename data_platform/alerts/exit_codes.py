@@ -4,4 +4,5 @@ OK = 0
 DELIVERY_FAILED = 1  # some alerts are still undelivered (or unrouted): the next run retries them
 ERROR = 2  # bad settings, a database error or an unexpected one: the run stopped
 GIVEN_UP = 3  # the run gave up on an alert after its retries (reported)
-INTERRUPTED = 130
+INTERRUPTED = 130  # Ctrl-C
+TERMINATED = 143  # SIGTERM

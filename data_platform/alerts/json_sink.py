@@ -17,6 +17,7 @@ from urllib3.util.retry import Retry
 from data_platform.alerts import payload
 from data_platform.alerts.config import HttpSettings
 from data_platform.alerts.delivery import (
+    AttemptLog,
     AttemptOverdue,
     Outcome,
     SendFailed,
@@ -25,6 +26,7 @@ from data_platform.alerts.delivery import (
     attempt_deadline,
     attempt_ends,
     redact,
+    retry_wait_begins,
     send_within,
 )
 from data_platform.alerts.records import Message
@@ -58,6 +60,8 @@ class BoundedRetry(Retry):
 
     def sleep(self, response=None) -> None:
         attempt_ends()  # waiting out a backoff or Retry-After is no part of an attempt
+        # only what nothing accepted is retried (a refusing answer, or no connection): recorded so first
+        retry_wait_begins(None if response is None else response.status)
         super().sleep(response)
         attempt_begins()
 
@@ -83,8 +87,6 @@ def retry_policy(http: HttpSettings) -> Retry:
 class JsonWebhookChannel:
     """One JSON document (payload version 1) per message, POSTed to the route's webhook."""
 
-    may_go_unanswered = True
-
     def __init__(self, url: str, http: HttpSettings, name: str = "JSON webhook") -> None:
         self.name = name
         self._url = url
@@ -94,7 +96,7 @@ class JsonWebhookChannel:
         self._session.mount("http://", HTTPAdapter(max_retries=retry_policy(http)))
         self._session.mount("https://", HTTPAdapter(max_retries=retry_policy(http)))
 
-    def send(self, message: Message) -> Outcome:
+    def send(self, message: Message, attempts: AttemptLog | None = None) -> Outcome:
         document = payload.json_payload(message)
         try:
             response = send_within(
@@ -102,6 +104,7 @@ class JsonWebhookChannel:
                     self._url, json=document, timeout=self._timeout, allow_redirects=False
                 ),
                 self._deadline,
+                attempts,
             )
         except AttemptOverdue as overdue:
             return Outcome(False, str(overdue), service_unavailable=True, unanswered=overdue.request_sent)

@@ -366,22 +366,24 @@ def record_superseded(conn: Connection, destination: str, alerts: Sequence[Alert
     )
 
 
-def record_attempt(conn: Connection, destination: str, alerts: Sequence[Alert]) -> None:
+def record_attempt(
+    conn: Connection, destination: str, alerts: Sequence[Alert], *, retry: bool = False
+) -> None:
     """Before a request that may be accepted without an answer: count it as unanswered until it is.
 
-    Committed before the request, so a run that dies in flight leaves the alert `unknown` and a
-    later run knows it may already have arrived.
+    Committed right before the request may go out, after any wait (the pacer, a Retry-After, a backoff):
+    a run that dies in flight leaves the alert `unknown`, and a later run knows it may already have
+    arrived; a run stopped while waiting leaves it as it was. `retry`: another request of the same send,
+    after an answer that refused the message; `attempts` counts the sends.
     """
-    conn.execute(
-        update(history)
-        .where(*_rows(destination, alerts))
-        .values(
-            status=UNKNOWN,
-            attempts=history.c.attempts + 1,
-            unanswered_attempts=history.c.unanswered_attempts + 1,
-            last_attempt_at=func.clock_timestamp(),
-        )
-    )
+    values: dict[str, object] = {
+        "status": UNKNOWN,
+        "unanswered_attempts": history.c.unanswered_attempts + 1,
+        "last_attempt_at": func.clock_timestamp(),
+    }
+    if not retry:
+        values["attempts"] = history.c.attempts + 1
+    conn.execute(update(history).where(*_rows(destination, alerts)).values(**values))
 
 
 def record_delivered(
@@ -395,7 +397,8 @@ def record_delivered(
 def record_failed(
     conn: Connection, destination: str, alerts: Sequence[Alert], error: str, *, attempt_recorded: bool
 ) -> None:
-    """The destination answered no (or was never reached): nothing was accepted, retry next run."""
+    """The destination answered no (or was never reached): nothing was accepted, retry next run (or,
+    before a retry's wait, within this one)."""
     values: dict[str, object] = {"status": FAILED, "last_error": error}
     values.update(_answered(attempt_recorded))
     conn.execute(update(history).where(*_rows(destination, alerts)).values(**values))
