@@ -84,8 +84,9 @@ EXIT_ALERTS_GIVEN_UP = 5  # some were given up on: check the channel
 # A failed load's error quotes the loader's stderr from its last error line on, or else its last lines:
 # at most this many lines, each shortened (steps.MAX_QUOTED_LINE_CHARS).
 LOADER_LINES_KEPT = 20
-# the loader's exit codes after Ctrl-C or SIGTERM sent to it (it rolls back the export it was loading)
-LOADER_STOPPED = (128 + signal.SIGINT, 128 + signal.SIGTERM)
+# a step's exit codes after Ctrl-C or SIGTERM sent to it (the loader rolls back the export it was loading,
+# the alert run keeps what it committed)
+STOPPED = (128 + signal.SIGINT, 128 + signal.SIGTERM)
 
 
 class PipelineError(Exception):
@@ -397,6 +398,11 @@ def wait_for_database(settings: Settings) -> None:
     print(f"database {describe_target()} is ready")
 
 
+def _ended(code: int) -> str:
+    """How a step that was killed, or stopped by a signal sent to it (STOPPED), ended."""
+    return failed(code) if code < 0 else f"was stopped by {signal.Signals(code - 128).name}"
+
+
 def loader_error(quoted: Sequence[str]) -> str:
     """Why the loader stopped: its quoted stderr, the error line without its prefix."""
     return "\n".join(
@@ -418,8 +424,8 @@ def load_exports(settings: Settings, through: str | None = None) -> None:
     )
     if not code:
         return
-    if code < 0 or code in LOADER_STOPPED:  # killed, or stopped by a signal sent to it, not to the run
-        how = failed(code) if code < 0 else f"was stopped by {signal.Signals(code - 128).name}"
+    if code < 0 or code in STOPPED:  # killed, or stopped by a signal sent to it, not to the run
+        how = _ended(code)
         raise PipelineError(
             f"the loader {how}: the export it was loading was rolled back, the ones it reported loaded "
             "stay loaded; nothing was built: run again",
@@ -517,8 +523,9 @@ def run_alerts(settings: Settings) -> AlertRun:
         alert_exit_codes.GIVEN_UP: AlertRun.GIVEN_UP,
     }
     if code not in outcomes:
+        how = _ended(code) if code in STOPPED else failed(code, show_code=True)
         raise PipelineError(
-            f"the alert run {failed(code, show_code=True)}; the build is recorded: the next alert run "
+            f"the alert run {how}; the build is recorded: the next alert run "
             "(alert_script.py, or the next pipeline run) alerts its days",
             code,
         )

@@ -674,6 +674,17 @@ def test_a_step_killed_by_a_signal_is_said_so_and_exits_as_a_shell_would(step, t
     assert "fix or remove" not in message
 
 
+def test_an_alert_run_stopped_by_a_signal_sent_to_it_says_so(tmp_path, monkeypatch):
+    """`kill <the alert run>`: it exits 143 having kept what it committed; the run said it "failed"."""
+    from data_platform import pipeline
+
+    monkeypatch.setattr(pipeline.sys, "executable", fake_python(tmp_path, "exit 143"))
+    with pytest.raises(pipeline.PipelineError) as failed:
+        pipeline.run_alerts(pipeline.Settings(csv_dir=tmp_path))
+    assert failed.value.exit_code == 143
+    assert str(failed.value).startswith("the alert run was stopped by SIGTERM; the build is recorded")
+
+
 def test_a_build_that_dies_shows_no_failed_test_of_an_earlier_build(
     make_database, tmp_path, monkeypatch, capsys
 ):
@@ -803,7 +814,9 @@ def test_a_model_edited_during_the_load_makes_the_next_run_rebuild(make_database
     model = project / "dbt" / "models" / "marts" / "dim_organizations.sql"
     edited_once = tmp_path / "edited"
     loader = project / "data_platform" / "loader.py"
-    # this copy's loader edits the model once, as it starts (a comment: the SQL stays the same)
+    # this copy's loader edits the model once, as its command starts (not on import: the pipeline imports
+    # the loader's module too); a comment: the SQL stays the same
+    main = "\ndef main(argv: list[str] | None = None) -> int:\n"
     edit_once = f"""
 def _edit_the_model_once():
     import pathlib
@@ -813,12 +826,10 @@ def _edit_the_model_once():
         model = pathlib.Path({str(model)!r})
         model.write_text(model.read_text() + "\\n-- edited during the load\\n")
 
-
-_edit_the_model_once()
-
-
-def main("""
-    loader.write_text(loader.read_text().replace("\ndef main(", edit_once, 1))
+{main}    _edit_the_model_once()
+"""
+    assert main in loader.read_text()
+    loader.write_text(loader.read_text().replace(main, edit_once, 1))
     database, csv_dir = make_database(), write_fixture(tmp_path / "csv")
     first = run_pipeline(database, csv_dir, project_root=project)
     assert edited_once.exists() and "edited during the load" in model.read_text()
