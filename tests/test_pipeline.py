@@ -21,6 +21,7 @@ import pytest
 import yaml
 from conftest import PROJECT_ROOT, copy_project, pipeline_env, run_pipeline
 from process_support import KILLED_AT_START, fake_python
+from psycopg import sql
 from slack_stub import SlackStub, server_error
 
 pytestmark = pytest.mark.slow
@@ -122,6 +123,21 @@ def test_fixture_pipeline_succeeds(fixture_pipeline):
 
 def test_daily_financials_match_hand_computed_balances(fixture_pipeline):
     database, _, _ = fixture_pipeline
+    assert fact_rows(database) == EXPECTED_FACT
+
+
+def test_balances_book_on_the_utc_day_whatever_the_server_s_time_zone(make_database, tmp_path):
+    """Invoice 105 is created at 2023-01-05T00:00Z, still Jan 4 in New York: a server whose time zone is
+    not UTC must not move it (or any invoice) to another day."""
+    database = make_database()
+    with database.connect("admin", autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("alter database {} set timezone to 'America/New_York'").format(
+                sql.Identifier(database.name)
+            )
+        )
+    assert database.query("show timezone", role="transformer") == [("America/New_York",)]
+    assert_succeeded(run_pipeline(database, write_fixture(tmp_path / "csv"), RUN_ALERTS="false"))
     assert fact_rows(database) == EXPECTED_FACT
 
 
