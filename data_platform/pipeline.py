@@ -13,13 +13,13 @@ init.sh execs it. A run that went to its end exits 0, or 4 (5) when the alert ru
 `Settings`), connections from the libpq variables (the transformer role).
 
 One run at a time: the run holds a Postgres advisory lock for its whole length, so a second run waits
-(PIPELINE_LOCK_TIMEOUT seconds) and then stops with a clear message instead of dropping tables under a
-running build; from the plan to the build's record it holds the loader's lock too, so a loader run by hand
-cannot change the build's input under it. Each step runs as a child process in its own process group (steps.py); SIGTERM or SIGINT to the
-pipeline is passed on to the running step as SIGINT (dbt then cancels its queries, the loader rolls back),
-waited for, and the run ends with 128 + the signal number. The build is recorded in the warehouse only
-after `dbt build` succeeded, so the next run builds again what an interrupted run left unfinished (the
-same window, or in full when the rules or the project changed; refresh.py).
+(PIPELINE_LOCK_TIMEOUT seconds) and then stops with a clear message instead of dropping tables under a running
+build; from the plan to the build's record it holds the loader's lock too, so a loader run by hand cannot
+change the build's input under it. Each step runs as a child process in its own process group (steps.py);
+SIGTERM or SIGINT to the pipeline is passed on to the running step as SIGINT (dbt then cancels its queries,
+the loader rolls back), waited for, and the run ends with 128 + the signal number. The build is recorded in
+the warehouse only after `dbt build` succeeded, so the next run builds again what an interrupted run left
+unfinished (the same window, or in full when the rules or the project changed; refresh.py).
 """
 
 from __future__ import annotations
