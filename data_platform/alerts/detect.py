@@ -4,8 +4,9 @@ Reads the marts with SQLAlchemy Core (bound parameters only). The tables are dec
 just the columns the alerts use; dbt owns them, so nothing here creates or reflects them.
 
 The marts belong to the transformer, who could put a view or function there that writes as
-whoever reads it. Everything here runs inside read_only_snapshot(): a READ ONLY transaction with
-search_path pinned to pg_catalog, separate from the alerter's own writes to ops.
+whoever reads it. Everything here runs inside a READ ONLY transaction with search_path pinned to
+pg_catalog (read_only()), separate from the alerter's own writes to ops: which tables exist and the
+routes first, before the run lock, then the rest in one snapshot (read_only_snapshot()).
 """
 
 from __future__ import annotations
