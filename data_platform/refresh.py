@@ -34,7 +34,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import psycopg
@@ -210,10 +210,9 @@ def plan_build(
         return full("FULL_REFRESH is on")
     if last is None or last.last_export_date is None:
         return full("no successful build is recorded yet")
-    if last.rules_fingerprint != current.rules_fingerprint:
-        return full("the balance rules changed since the last successful build")
-    if last.project_fingerprint != current.project_fingerprint:
-        return full("the dbt project's SQL changed since the last successful build")
+    differing = _differing_files(last, current)
+    if differing:
+        return full(f"{differing[0]} changed since the last successful build")
     if full_build_unfinished(conn):
         return full(
             "the last full rebuild did not finish, a build by hand recomputed built days, or the rules or "
@@ -225,15 +224,24 @@ def plan_build(
     return BuildPlan(False, f"exports after {last.last_export_date}", window_start, current, project_dir)
 
 
+def _differing_files(then: BuildState, now: BuildState) -> list[str]:
+    """Which of the files a build is computed from differ between two states, in words."""
+    differing = {
+        "the balance rules": then.rules_fingerprint != now.rules_fingerprint,
+        "the dbt project's SQL": then.project_fingerprint != now.project_fingerprint,
+    }
+    return [files for files, differs in differing.items() if differs]
+
+
 def changed_since_plan(plan: BuildPlan) -> str | None:
     """Which of the files the plan's state was taken from differ now (None: neither). dbt reads them after
     the plan, so a build during which they changed may have run either version."""
-    changed = []
-    if files_fingerprint(plan.project_dir, RULES_FILES) != plan.current.rules_fingerprint:
-        changed.append("the balance rules")
-    if project_fingerprint(plan.project_dir) != plan.current.project_fingerprint:
-        changed.append("the dbt project's SQL")
-    return " and ".join(changed) or None
+    now = replace(
+        plan.current,
+        rules_fingerprint=files_fingerprint(plan.project_dir, RULES_FILES),
+        project_fingerprint=project_fingerprint(plan.project_dir),
+    )
+    return " and ".join(_differing_files(plan.current, now)) or None
 
 
 def _ensure_build_state(conn: psycopg.Connection, reader: str) -> None:
