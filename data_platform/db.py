@@ -115,6 +115,11 @@ def take_advisory_lock(
     return True
 
 
+def release_advisory_lock(conn: psycopg.Connection, key: str) -> None:
+    """Release the session advisory lock take_advisory_lock took on hashtext(key)."""
+    conn.execute("select pg_advisory_unlock(hashtext(%s))", (key,))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m data_platform.db", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)

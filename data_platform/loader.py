@@ -51,7 +51,13 @@ from data_platform.csv_files import (
     identity,
     refuse_cut_off,
 )
-from data_platform.db import PIPELINE_LOCK_SESSION, DatabaseUnavailable, connect, take_advisory_lock
+from data_platform.db import (
+    PIPELINE_LOCK_SESSION,
+    DatabaseUnavailable,
+    connect,
+    release_advisory_lock,
+    take_advisory_lock,
+)
 from data_platform.engines.export_log import refuse_reloaded
 from data_platform.exports import Export, discover, parse_date
 from data_platform.load_errors import (
@@ -367,7 +373,7 @@ def load_exports(
         return results
     finally:
         if not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
-            conn.execute("select pg_advisory_unlock(hashtext(%s))", [ADVISORY_LOCK_KEY])
+            release_advisory_lock(conn, ADVISORY_LOCK_KEY)
             conn.execute("select set_config('application_name', %s, false)", [named])
 
 

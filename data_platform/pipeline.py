@@ -50,6 +50,7 @@ from data_platform.db import (
     DatabaseUnavailable,
     connect,
     describe_target,
+    release_advisory_lock,
     take_advisory_lock,
     wait_until_ready,
 )
@@ -324,7 +325,7 @@ class PipelineLock:
             yield
         finally:
             with contextlib.suppress(psycopg.Error):  # a session that ended released it
-                self.conn.execute("select pg_advisory_unlock(hashtext(%s))", (LOADER_LOCK_KEY,))
+                release_advisory_lock(self.conn, LOADER_LOCK_KEY)
 
     def check(self) -> None:
         """PipelineError when this run no longer holds the lock: its session ended."""
