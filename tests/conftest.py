@@ -300,6 +300,28 @@ def run_pipeline(
     )
 
 
+def start_pipeline(env: dict[str, str], project_root: Path = PROJECT_ROOT, **popen) -> subprocess.Popen:
+    """init.sh started in the background in `env` (pipeline_env), its stdout a text pipe."""
+    return subprocess.Popen(
+        ["bash", str(project_root / "init.sh")],
+        cwd=project_root,
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+        **popen,
+    )
+
+
+def lines_until(process: subprocess.Popen, marker: str) -> list[str]:
+    """The process's output lines up to the first one holding `marker`, which ends them."""
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if marker in line:
+            break
+    return lines
+
+
 _BUILD_DIRS: dict[str, Path] = {}
 
 

@@ -998,9 +998,12 @@ def start_alerts(db: Database, webhook: str, **extra: str) -> subprocess.Popen:
     )
 
 
-def stop(run: subprocess.Popen, signum: int) -> str:
-    """Send `signum`, wait for the run to end; its stderr."""
+def stop_in_the_wait(run: subprocess.Popen, ready, what: str, signum: int) -> str:
+    """Once `ready()` (what: the wait that follows it), stop the run with `signum` a second into that wait,
+    and wait for it to end; its stderr."""
     try:
+        wait_until(ready, what)
+        time.sleep(1)
         run.send_signal(signum)
         return run.communicate(timeout=30)[1]
     finally:
@@ -1013,14 +1016,12 @@ def test_a_run_stopped_while_the_pacer_waits_leaves_the_next_alert_untried(db, s
     # with an unanswered attempt, and one real timeout later given up for good
     add_moves(db, (1, DAY[0], "100", "300"), (2, DAY[0], "100", "10"))
     run = start_alerts(db, slack.url, ALERT_SLACK_MIN_INTERVAL="4")
-    try:
-        wait_until(lambda: len(slack.requests) == 1, "organization 1's message")
-        wait_until(lambda: delivery_state(db)[1][0] == "sent", "organization 1 recorded sent")
-    except AssertionError:
-        run.kill()
-        raise
-    time.sleep(1)  # in the pacer's 4 s before organization 2's message
-    stderr = stop(run, signal.SIGINT)
+    stderr = stop_in_the_wait(
+        run,
+        lambda: len(slack.requests) == 1 and delivery_state(db)[1][0] == "sent",
+        "organization 1 sent and recorded, then the pacer's 4 s before organization 2's message",
+        signal.SIGINT,
+    )
 
     assert run.returncode == 130, stderr
     assert len(slack.requests) == 1
@@ -1037,13 +1038,12 @@ def test_sigterm_while_waiting_out_a_retry_after_leaves_the_alert_failed_not_unk
     add_moves(db, (1, DAY[0], "100", "300"))
     slack.answer(rate_limited(retry_after=5))
     run = start_alerts(db, slack.url)
-    try:
-        wait_until(lambda: len(slack.requests) == 1, "the message answered 429")
-    except AssertionError:
-        run.kill()
-        raise
-    time.sleep(1)  # in the 5 s Retry-After
-    stderr = stop(run, signal.SIGTERM)
+    stderr = stop_in_the_wait(
+        run,
+        lambda: len(slack.requests) == 1,
+        "the message answered 429, then its 5 s Retry-After",
+        signal.SIGTERM,
+    )
 
     assert run.returncode == 143, stderr
     assert stderr == (

@@ -35,7 +35,7 @@ from test_alerts import (  # noqa: F401  (db, warehouse are fixtures)
     organizations_in,
     run_alerts,
     start_alerts,
-    stop,
+    stop_in_the_wait,
     wait_until,
     warehouse,
 )
@@ -543,13 +543,12 @@ def test_a_run_stopped_while_urllib3_waits_out_a_retry_after_leaves_the_json_ale
     with SlackStub() as vip, SlackStub() as default:
         vip.answer(rate_limited(retry_after=5))
         run = start_alerts(db, default.url, VIP_WEBHOOK=vip.url, **NO_FLOOR)
-        try:
-            wait_until(lambda: len(vip.requests) == 1, "the message answered 429")
-        except AssertionError:
-            run.kill()
-            raise
-        time.sleep(1)  # in the 5 s Retry-After
-        stderr = stop(run, signal.SIGINT)
+        stderr = stop_in_the_wait(
+            run,
+            lambda: len(vip.requests) == 1,
+            "the message answered 429, then its 5 s Retry-After",
+            signal.SIGINT,
+        )
         assert run.returncode == 130, stderr
         assert len(vip.requests) == 1
         state = "select status, attempts, unanswered_attempts, last_error from ops.alert_history"

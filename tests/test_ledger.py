@@ -19,7 +19,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import PROJECT_ROOT, pipeline_env, run_pipeline
+from conftest import PROJECT_ROOT, lines_until, pipeline_env, run_pipeline, start_pipeline
 from test_alerts import run_alerts
 from test_pipeline import (
     HEADER,
@@ -419,19 +419,8 @@ def stop_the_pipeline(database, csv_dir: Path, project: Path, when: str) -> str:
     """Run the project's init.sh and stop it with SIGTERM after the first output line holding `when`;
     its output. Checks that it stopped, and that no step outlived it."""
     env = pipeline_env(database, csv_dir, project, RUN_ALERTS="false")
-    process = subprocess.Popen(
-        ["bash", str(project / "init.sh")],
-        cwd=project,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    output = []
-    for line in process.stdout:
-        output.append(line)
-        if when in line:
-            break
+    process = start_pipeline(env, project, stderr=subprocess.STDOUT)
+    output = lines_until(process, when)
     time.sleep(1)  # dbt is parsing the project or building: its children exist now
     steps = psutil.Process(process.pid).children(recursive=True)
     assert steps, "no running step to forward the signal to"

@@ -19,7 +19,7 @@ from pathlib import Path
 import psycopg
 import pytest
 import yaml
-from conftest import PROJECT_ROOT, copy_project, pipeline_env, run_pipeline
+from conftest import PROJECT_ROOT, copy_project, lines_until, pipeline_env, run_pipeline, start_pipeline
 from process_support import KILLED_AT_START, fake_python
 from psycopg import sql
 from slack_stub import SlackStub, server_error
@@ -537,19 +537,8 @@ def test_an_alert_run_by_hand_is_waited_for_as_another_pipeline_run_is(make_data
     )
     with database.connect("transformer", autocommit=True) as by_hand:
         by_hand.execute("select pg_advisory_lock(%s)", (LOCK_KEY,))
-        run = subprocess.Popen(
-            ["bash", str(PROJECT_ROOT / "init.sh")],
-            cwd=PROJECT_ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        output = []
-        for line in run.stdout:
-            output.append(line)
-            if line.startswith("==> alerts"):
-                break
+        run = start_pipeline(env, stderr=subprocess.PIPE)
+        output = lines_until(run, "==> alerts")
         time.sleep(3)  # longer than ALERT_LOCK_TIMEOUT
     stdout, stderr = run.communicate(timeout=300)
     assert run.returncode == 0, "".join(output) + stdout + stderr
@@ -559,13 +548,11 @@ def test_an_alert_run_by_hand_is_waited_for_as_another_pipeline_run_is(make_data
 def test_failed_docs_do_not_hold_back_the_alerts(make_database, tmp_path):
     """The docs are generated after the build is recorded: their failure (a full disk, say) skipped the
     alert run, and the day's alerts waited for the next run."""
-    env = pipeline_env(make_database(), write_fixture(tmp_path / "csv"), ALERT_MIN_CHANGE_USD="0")
-    catalog = Path(env["DBT_TARGET_PATH"]) / "catalog.json"
+    database, csv_dir = make_database(), write_fixture(tmp_path / "csv")
+    catalog = Path(pipeline_env(database, csv_dir)["DBT_TARGET_PATH"]) / "catalog.json"
     catalog.mkdir(parents=True)  # dbt docs generate cannot write it
     try:
-        result = subprocess.run(
-            ["bash", str(PROJECT_ROOT / "init.sh")], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True
-        )
+        result = run_pipeline(database, csv_dir, ALERT_MIN_CHANGE_USD="0")
     finally:
         catalog.rmdir()
     assert result.returncode == 2, result.stdout + result.stderr
