@@ -93,6 +93,9 @@ def wait_until_ready(timeout_seconds: float, interval_seconds: float = 1.0) -> N
             time.sleep(interval_seconds)
 
 
+# Serialises loader runs (held for the whole run, on the loader's session; loader.py). A pipeline build holds
+# it too, from its plan to its record (pipeline.PipelineLock.loads_held): no load changes its input under it.
+LOADER_LOCK_KEY = "data_platform.loader"
 # the application_name of the session that holds a pipeline run's lock (pipeline.PipelineLock); a loader run
 # by hand refused the loader's lock tells from it that a pipeline build holds that lock
 PIPELINE_LOCK_SESSION = "data_platform pipeline lock"

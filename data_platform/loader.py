@@ -52,6 +52,7 @@ from data_platform.csv_files import (
     refuse_cut_off,
 )
 from data_platform.db import (
+    LOADER_LOCK_KEY,
     PIPELINE_LOCK_SESSION,
     DatabaseUnavailable,
     connect,
@@ -81,8 +82,6 @@ from data_platform.staging import Staged, discard, stage
 PROGRESS_INTERVAL_SECONDS = 5.0
 # pg_input_is_valid (PostgreSQL 16) lets the checks name a bad value's line and column
 MINIMUM_SERVER_VERSION = 160000
-# Serialises concurrent loader runs (held for the whole run, on the loader's session).
-ADVISORY_LOCK_KEY = "data_platform.loader"
 
 
 NO_INVOICES = ledger.InvoiceCounts(0, 0, 0)
@@ -373,21 +372,21 @@ def load_exports(
         return results
     finally:
         if not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
-            release_advisory_lock(conn, ADVISORY_LOCK_KEY)
+            release_advisory_lock(conn, LOADER_LOCK_KEY)
             conn.execute("select set_config('application_name', %s, false)", [named])
 
 
 def _session_name(pid: int) -> str:
     """The application_name of a loader session holding the lock: the next run, refused the lock, can tell
     whether the process holding it still exists (Postgres truncates it to 63 bytes)."""
-    return f"{ADVISORY_LOCK_KEY} {pid}@{socket.gethostname()}"[:63]
+    return f"{LOADER_LOCK_KEY} {pid}@{socket.gethostname()}"[:63]
 
 
 def _take_lock(conn: psycopg.Connection, wait: float) -> None:
     def say() -> None:
         print(f"another loader run is in progress: waiting up to {wait:g}s", file=sys.stderr, flush=True)
 
-    if not take_advisory_lock(conn, ADVISORY_LOCK_KEY, wait, say):
+    if not take_advisory_lock(conn, LOADER_LOCK_KEY, wait, say):
         holder = _lock_holder(conn)
         raise LoaderBusy(
             (holder and (_orphaned(holder) or _building(holder, wait)))
@@ -416,7 +415,7 @@ def _lock_holder(conn: psycopg.Connection) -> _Holder | None:
           and l.database = (select oid from pg_database where datname = current_database())
           and (l.classid::bigint << 32 | l.objid::bigint) = hashtext(%s)::bigint
         """,
-        [ADVISORY_LOCK_KEY],
+        [LOADER_LOCK_KEY],
     ).fetchone()
     return _Holder(*row) if row else None
 
@@ -426,7 +425,7 @@ def _orphaned(holder: _Holder) -> str | None:
     still runs a statement: the server notices the client is gone only when it next writes to it, and rolls
     back then. None when the holder is alive, elsewhere (another host or container) or unknown."""
     name = holder.application_name
-    found = re.match(rf"{re.escape(ADVISORY_LOCK_KEY)} (\d+)@", name)
+    found = re.match(rf"{re.escape(LOADER_LOCK_KEY)} (\d+)@", name)
     if not found or holder.state != "active" or name != _session_name(int(found[1])):  # not this host's
         return None
     pid = int(found[1])

@@ -46,6 +46,7 @@ from data_platform import refresh, warm_dbt
 from data_platform.alerts import config as alert_config
 from data_platform.alerts import exit_codes as alert_exit_codes
 from data_platform.db import (
+    LOADER_LOCK_KEY,
     PIPELINE_LOCK_SESSION,
     DatabaseUnavailable,
     connect,
@@ -57,7 +58,6 @@ from data_platform.db import (
 from data_platform.load_errors import ERROR_PREFIX as LOADER_ERROR_PREFIX
 from data_platform.load_errors import EXIT_BUSY as EXIT_LOADER_BUSY
 from data_platform.load_errors import EXIT_DATABASE_UNAVAILABLE as EXIT_LOADER_UNAVAILABLE
-from data_platform.loader import ADVISORY_LOCK_KEY as LOADER_LOCK_KEY
 from data_platform.paths import DBT_DIR_ARGS, PROJECT_ROOT, dbt_target_dir
 from data_platform.steps import (
     Stopped,

@@ -817,8 +817,7 @@ def test_a_model_edited_during_the_load_makes_the_next_run_rebuild(make_database
     model = project / "dbt" / "models" / "marts" / "dim_organizations.sql"
     edited_once = tmp_path / "edited"
     loader = project / "data_platform" / "loader.py"
-    # this copy's loader edits the model once, as its command starts (not on import: the pipeline imports
-    # the loader's module too); a comment: the SQL stays the same
+    # this copy's loader edits the model once, as its command starts (a comment: the SQL stays the same)
     main = "\ndef main(argv: list[str] | None = None) -> int:\n"
     edit_once = f"""
 def _edit_the_model_once():
