@@ -13,6 +13,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import psycopg
 from psycopg import pq
@@ -121,6 +122,34 @@ def take_advisory_lock(
 def release_advisory_lock(conn: psycopg.Connection, key: str) -> None:
     """Release the session advisory lock take_advisory_lock took on hashtext(key)."""
     conn.execute("select pg_advisory_unlock(hashtext(%s))", (key,))
+
+
+@dataclass(frozen=True)
+class LockHolder:
+    """The session holding an advisory lock, as pg_stat_activity shows it."""
+
+    backend: int
+    application_name: str
+    state: str | None  # None: another role's session, whose state only superusers see
+    seconds: float  # since its statement started
+
+
+def advisory_lock_holder(conn: psycopg.Connection, key: str) -> LockHolder | None:
+    """The session holding the session advisory lock on hashtext(key) in this database, if any."""
+    # pg_locks shows a lock on a bigint key (hashtext's int4, widened) as classid (its high 32 bits), objid
+    # (its low 32 bits) and objsubid 1
+    row = conn.execute(
+        """
+        select a.pid, coalesce(a.application_name, ''), a.state,
+            coalesce(extract(epoch from now() - a.query_start), 0)::float8
+        from pg_locks l join pg_stat_activity a on a.pid = l.pid
+        where l.locktype = 'advisory' and l.granted and l.objsubid = 1
+          and l.database = (select oid from pg_database where datname = current_database())
+          and (l.classid::bigint << 32 | l.objid::bigint) = hashtext(%s)::bigint
+        """,
+        [key],
+    ).fetchone()
+    return LockHolder(*row) if row else None
 
 
 def main(argv: list[str] | None = None) -> int:

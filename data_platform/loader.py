@@ -55,6 +55,8 @@ from data_platform.db import (
     LOADER_LOCK_KEY,
     PIPELINE_LOCK_SESSION,
     DatabaseUnavailable,
+    LockHolder,
+    advisory_lock_holder,
     connect,
     release_advisory_lock,
     take_advisory_lock,
@@ -387,7 +389,7 @@ def _take_lock(conn: psycopg.Connection, wait: float) -> None:
         print(f"another loader run is in progress: waiting up to {wait:g}s", file=sys.stderr, flush=True)
 
     if not take_advisory_lock(conn, LOADER_LOCK_KEY, wait, say):
-        holder = _lock_holder(conn)
+        holder = advisory_lock_holder(conn, LOADER_LOCK_KEY)
         raise LoaderBusy(
             (holder and (_orphaned(holder) or _building(holder, wait)))
             or f"another loader run is in progress on this database (waited {wait:g}s): nothing was "
@@ -395,32 +397,7 @@ def _take_lock(conn: psycopg.Connection, wait: float) -> None:
         )
 
 
-@dataclass(frozen=True)
-class _Holder:
-    backend: int
-    application_name: str
-    state: str
-    seconds: float  # since its statement started
-
-
-def _lock_holder(conn: psycopg.Connection) -> _Holder | None:
-    """The session holding the loader's lock, if it is still there."""
-    # a bigint advisory key is held as classid (high 32 bits), objid (low 32 bits), objsubid 1
-    row = conn.execute(
-        """
-        select a.pid, coalesce(a.application_name, ''), a.state,
-            coalesce(extract(epoch from now() - a.query_start), 0)
-        from pg_locks l join pg_stat_activity a on a.pid = l.pid
-        where l.locktype = 'advisory' and l.granted and l.objsubid = 1
-          and l.database = (select oid from pg_database where datname = current_database())
-          and (l.classid::bigint << 32 | l.objid::bigint) = hashtext(%s)::bigint
-        """,
-        [LOADER_LOCK_KEY],
-    ).fetchone()
-    return _Holder(*row) if row else None
-
-
-def _orphaned(holder: _Holder) -> str | None:
+def _orphaned(holder: LockHolder) -> str | None:
     """Why the lock is held when its loader process has ended (kill -9, the OOM killer) while its session
     still runs a statement: the server notices the client is gone only when it next writes to it, and rolls
     back then. None when the holder is alive, elsewhere (another host or container) or unknown."""
@@ -444,7 +421,7 @@ def _orphaned(holder: _Holder) -> str | None:
     )
 
 
-def _building(holder: _Holder, wait: float) -> str | None:
+def _building(holder: LockHolder, wait: float) -> str | None:
     """Why the lock is held when a pipeline build holds it (PipelineLock.loads_held), else None."""
     if holder.application_name != PIPELINE_LOCK_SESSION:
         return None

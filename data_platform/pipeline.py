@@ -49,6 +49,7 @@ from data_platform.db import (
     LOADER_LOCK_KEY,
     PIPELINE_LOCK_SESSION,
     DatabaseUnavailable,
+    advisory_lock_holder,
     connect,
     describe_target,
     release_advisory_lock,
@@ -263,18 +264,6 @@ class PipelineLock:
     dropped connection) before it starts or records a build, when another run may be building beside it.
     """
 
-    # pg_locks shows a session's lock on a bigint key (hashtext's int4, widened) as classid (its high
-    # 32 bits), objid (its low 32 bits) and objsubid 1
-    HELD_SQL = """
-        select exists (
-            select from pg_locks
-            where locktype = 'advisory' and granted and objsubid = 1
-                and database = (select oid from pg_database where datname = current_database())
-                and ((classid::bigint << 32) | objid::bigint) = hashtext(%s)::bigint
-                and (pid = pg_backend_pid() or not %s)
-        )
-    """
-
     def __init__(self, timeout: float):
         self.timeout = timeout
         self.conn: psycopg.Connection | None = None
@@ -330,7 +319,8 @@ class PipelineLock:
     def check(self) -> None:
         """PipelineError when this run no longer holds the lock: its session ended."""
         try:
-            held = self.conn is not None and self.conn.execute(self.HELD_SQL, (LOCK_KEY, True)).fetchone()[0]
+            holder = advisory_lock_holder(self.conn, LOCK_KEY) if self.conn is not None else None
+            held = holder is not None and holder.backend == self.conn.info.backend_pid
         except psycopg.Error:
             held = False
         if not held:
@@ -342,7 +332,7 @@ class PipelineLock:
     @staticmethod
     def held(conn: psycopg.Connection) -> bool:
         """Whether some session holds the lock (init.sh's run, or a Dagster step), seen from `conn`."""
-        return conn.execute(PipelineLock.HELD_SQL, (LOCK_KEY, False)).fetchone()[0]
+        return advisory_lock_holder(conn, LOCK_KEY) is not None
 
 
 def failed_tests_report(target_dir: Path, limit: int = FAILED_ROWS_SHOWN) -> list[str]:
