@@ -12,6 +12,8 @@
 -- An empty variable counts as unset. A password given is (re)applied; without one, a new role gets the
 -- demo default and an existing role keeps its password. psql (15+) runs `backticks` in a shell and
 -- removes one trailing newline from their output; a failing one would go unnoticed, hence the checks.
+-- A file's one trailing line end goes, \n or \r\n, as init.sh's secrets.py removes it: sed turns a final
+-- \r\n into the \n psql removes (-z: the whole file is one record, so only its end can match).
 \set transformer_password_given `[ -n "$TRANSFORMER_PASSWORD" ] && echo true || echo false`
 \set transformer_password_file_given `[ -n "$TRANSFORMER_PASSWORD_FILE" ] && echo true || echo false`
 \if :transformer_password_file_given
@@ -29,7 +31,7 @@
   \else
     do $$ begin raise exception 'TRANSFORMER_PASSWORD_FILE: the file is empty; put the password in it or unset the variable'; end $$;
   \endif
-  \set transformer_password `cat -- "$TRANSFORMER_PASSWORD_FILE"`
+  \set transformer_password `sed -z -e 's/\r\n$/\n/' -- "$TRANSFORMER_PASSWORD_FILE"`
   \set transformer_password_given true
 \elif :transformer_password_given
   \getenv transformer_password TRANSFORMER_PASSWORD
@@ -54,7 +56,7 @@
   \else
     do $$ begin raise exception 'ALERTER_PASSWORD_FILE: the file is empty; put the password in it or unset the variable'; end $$;
   \endif
-  \set alerter_password `cat -- "$ALERTER_PASSWORD_FILE"`
+  \set alerter_password `sed -z -e 's/\r\n$/\n/' -- "$ALERTER_PASSWORD_FILE"`
   \set alerter_password_given true
 \elif :alerter_password_given
   \getenv alerter_password ALERTER_PASSWORD

@@ -38,7 +38,7 @@ def file_variable(name: str) -> str:
 
 
 def read_secret_file(name: str, path: str) -> str:
-    """The value of `name` stored in `path`, without one trailing newline."""
+    """The value of `name` stored in `path`, without one trailing line end (\n or \r\n, as init.sql)."""
     source = f"{file_variable(name)}={path}"
     try:
         data = Path(path).read_bytes()

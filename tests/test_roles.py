@@ -9,7 +9,7 @@ from conftest import ROLE_PASSWORD_ENV, ROLE_PASSWORDS, apply_init_sql
 from pg_auth import scram_password_matches
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from data_platform import bootstrap
+from data_platform import bootstrap, secrets
 from data_platform.pipeline import Settings
 
 
@@ -180,6 +180,24 @@ def test_passwords_can_come_from_files(database, tmp_path):
     finally:
         apply_init_sql(database.conninfo("admin"))
     assert role_password_matches(database, "transformer", ROLE_PASSWORDS["transformer"])
+
+
+@pytest.mark.server_wide
+@pytest.mark.parametrize(
+    "content",
+    [b"s3cret\r\n", b"s3cret\n\n", b"s3cret\r", b"s3cret\r\n\r\n", b"two\r\nlines\r\n"],
+    ids=["crlf", "two-newlines", "lone-cr", "two-crlf", "crlf-lines"],
+)
+def test_init_sql_sets_the_password_the_pipeline_logs_in_with(database, tmp_path, content):
+    # the same secret file is the role's password (init.sql) and the pipeline's login (secrets.py)
+    (tmp_path / "alerter").write_bytes(content)
+    env = init_sql_env(ALERTER_PASSWORD="", ALERTER_PASSWORD_FILE=str(tmp_path / "alerter"))
+    login = secrets.read_secret_file("ALERTER_PASSWORD", str(tmp_path / "alerter"))
+    try:
+        bootstrap.apply_init_sql(database.conninfo("admin"), env)
+        assert role_password_matches(database, "alerter", login)
+    finally:
+        apply_init_sql(database.conninfo("admin"))
 
 
 @pytest.mark.server_wide
