@@ -405,7 +405,7 @@ def test_every_file_variable_is_read_by_the_container(config):
     assert "python -m data_platform.secrets shell-exports" in (PROJECT_ROOT / "init.sh").read_text()
     init_sql = (PROJECT_ROOT / "init.sql").read_text()
     for name in PLAIN_SECRETS["postgres"] - {"POSTGRES_PASSWORD"}:
-        assert f'cat -- "${name}_FILE"' in init_sql
+        assert f'-- "${name}_FILE"`' in init_sql  # the backtick command that reads the value
     # and the plain compose file works without any of them
     for service in config["services"].values():
         assert not [key for key in service.get("environment", {}) if key.endswith("_FILE")]

@@ -164,7 +164,7 @@ def init_sql_env(**variables: str) -> dict[str, str]:
 
 @pytest.mark.server_wide
 def test_passwords_can_come_from_files(database, tmp_path):
-    # Docker secrets: one trailing newline removed, an empty plain variable gives way to the file
+    # Docker secrets: one trailing line end removed, an empty plain variable gives way to the file
     (tmp_path / "transformer").write_text("from-a-file\n")
     (tmp_path / "alerter").write_text("alerter-file")
     env = init_sql_env(
