@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
 scripts/lint.sh
 if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
-    echo "WARNING: chromium is not installed: the docs-site browser tests will be SKIPPED." >&2
+    echo "WARNING: chromium is not installed: the browser tests (the docs site, the Dagster UI) will be SKIPPED." >&2
     echo "         Install it (apt-get install chromium) to run them; CI installs it and requires them." >&2
 fi
 echo "==> pytest"
