@@ -27,6 +27,7 @@ from slack_stub import SlackStub
 from test_compose import PROJECT_ROOT, compose_binary
 from test_secrets import run_dagster_process
 
+from data_platform.alerts import detect
 from data_platform.orchestration import configuration, schedules
 
 
@@ -63,15 +64,10 @@ def test_the_loader_alerts_and_docs_sit_around_the_dbt_graph(defs):
         AssetKey(["payments", "invoices"])
     }
     fact = AssetKey(["marts", "fct_organization_daily_financials"])
-    # what the alert run reads (its dbt exposure): it runs after each of them is built
+    # what the alert run reads, as its dbt exposure lists it, is what the alert code reads and locks: the
+    # step runs after each of them is built
     assert graph.get(AssetKey("balance_alerts")).parent_keys == {
-        AssetKey(["marts", model])
-        for model in (
-            "fct_organization_daily_financials",
-            "fct_organization_daily_drivers",
-            "dim_organizations",
-            "dim_alert_routes",
-        )
+        AssetKey([table.schema, table.name]) for table in detect.REQUIRED_TABLES
     }
     assert fact in graph.get(AssetKey("dbt_docs")).parent_keys
     retry = defs.get_assets_def(AssetKey("balance_alerts")).op.retry_policy
