@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from slack_stub import SlackStub
+from slack_stub import OK, SlackStub, server_error
 from test_alerts import (  # noqa: F401  (db, slack, warehouse and run_inline are fixtures)
     DAY,
     add_moves,
@@ -87,6 +87,22 @@ def test_drivers_in_the_slack_message(db, slack):  # noqa: F811
         "*Top invoices*\n`501` open +$2,500.00\n`-77` paid -$1,500.00\n`502` open +$500.00",
     ]
     assert "why: 2 new invoices +$3,000.00, 1 payment -$1,500.00, 1 credit -$200.00" in body["text"]
+
+
+def test_an_alert_retried_by_a_later_run_still_says_why_it_moved(db, slack):  # noqa: F811
+    # the drivers are read for every alert sent, not only for the run's new ones: a retry carries them too
+    a_day_with_new_invoices_a_payment_and_a_credit(db)
+    slack.always(server_error(500))
+    assert run_alerts(db, webhook=slack.url, ALERT_HTTP_RETRIES="0", **NO_FLOOR).returncode == 1
+    slack.always(OK)
+
+    retry = run_alerts(db, webhook=slack.url, **NO_FLOOR)
+
+    assert retry.returncode == 0, retry.stderr
+    assert "0 days processed, 1 alert sent (1 retried from earlier runs)" in retry.stdout
+    (body,) = slack.delivered
+    assert "why: 2 new invoices +$3,000.00, 1 payment -$1,500.00, 1 credit -$200.00" in body["text"]
+    assert body["blocks"][2]["text"]["text"] == "*Why it moved on 2024-03-02*"
 
 
 # --- noise controls, each on its own --------------------------------------------------------------
@@ -198,6 +214,22 @@ def test_suppression_across_runs_uses_the_history(db, run_inline):  # noqa: F811
     assert history(db)[(1, DAY[3])] == ("suppressed", 0)
 
 
+def test_an_alert_suppressed_by_an_earlier_run_does_not_hold_back_a_later_one(db, run_inline):  # noqa: F811
+    # suppression counts the alerts that went out (or wait to): a suppressed one, sent to nobody, must
+    # not extend the quiet period, across runs as within one
+    add_moves(db, (1, DAY[0], "2000", "3000"), (1, DAY[1], "3000", "4500"))
+    assert run_inline(db, "--since", DAY[0].isoformat(), ALERT_SUPPRESS_DAYS="2").returncode == 0
+    assert history(db) == {(1, DAY[0]): ("sent", 1), (1, DAY[1]): ("suppressed", 0)}
+    add_moves(db, (1, DAY[3], "4500", "6750"))  # 3 days after the last alert sent, 2 after the suppressed
+
+    later = run_inline(db, ALERT_SUPPRESS_DAYS="2")
+
+    assert [line.split(":")[0] for line in alert_lines(later.stdout)] == [
+        "[balance alert] 2024-03-04 organization 1"
+    ]
+    assert history(db)[(1, DAY[3])] == ("sent", 1)
+
+
 def test_a_rerun_counts_only_the_alerts_it_suppressed(db, run_inline):  # noqa: F811
     add_moves(db, (1, DAY[0], "2000", "3000"), (1, DAY[1], "3000", "4500"))
     assert run_inline(db, "--since", DAY[0].isoformat()).returncode == 0
@@ -223,6 +255,9 @@ def test_suppressed_pure_rule():
     alerts = [alert(1, WARNING), alert(2, CRITICAL), alert(4, WARNING)]
     assert noise.suppressed(alerts, {1: [(DAY[0], WARNING)]}, 1) == {(1, DAY[1])}
     assert noise.suppressed(alerts, {}, 0) == set()
+    # a critical is held back by a critical in the window, even when a warning is there too
+    rising = [alert(0, WARNING), alert(1, CRITICAL), alert(2, CRITICAL)]
+    assert noise.suppressed(rising, {}, 2) == {(1, DAY[2])}
 
 
 # --- digest --------------------------------------------------------------------------------------
@@ -290,6 +325,16 @@ def test_digest_threshold_is_a_flag(db, run_inline):  # noqa: F811
         "[balance digest] 3 alerts (0 critical, 3 warning), 2024-03-01; the 3 largest by USD change:"
     )
     assert len(alert_lines(result.stdout)) == 3
+
+
+def test_exactly_digest_over_alerts_are_sent_one_by_one(db, run_inline):  # noqa: F811
+    # a digest is for more than --digest-over alerts: as many as it are still each their own message
+    add_moves(db, *[(i, DAY[0], "10000", "16000") for i in range(1, 3)])
+    result = run_inline(db, "--digest-over", "2")
+    assert result.returncode == 0, result.stderr
+    assert "[balance digest]" not in result.stdout
+    assert len(alert_lines(result.stdout)) == 2
+    assert "2 alerts sent," in result.stdout
 
 
 def test_a_dry_run_names_no_rows_it_did_not_record(db, run_inline):  # noqa: F811
