@@ -7,6 +7,7 @@ import logging
 import socket
 import threading
 import time
+from dataclasses import replace
 from datetime import date
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -83,6 +84,15 @@ def test_retry_after_beyond_the_cap_is_left_for_the_next_run(slack):
     assert outcome.error == "HTTP 429: rate_limited"
     assert len(slack.requests) == 1
     assert time.monotonic() - started < 1
+
+
+@pytest.mark.parametrize("channel", [SlackChannel, JsonWebhookChannel])
+def test_a_retry_after_of_exactly_the_cap_is_waited_out(slack, channel):
+    # ALERT_HTTP_MAX_RETRY_AFTER is the longest wait honoured: that wait itself is still honoured
+    slack.answer(rate_limited(retry_after=1))
+    outcome = channel(slack.url, replace(FAST, max_retry_after=1)).send(BATCH)
+    assert outcome.delivered
+    assert [r.status for r in slack.requests] == [429, 200]
 
 
 @pytest.mark.parametrize("status", [500, 502, 503, 504])

@@ -297,6 +297,8 @@ def test_future_days_are_never_planned():
     assert plan_days(watermark=None, latest=D[9], today=today) == Plan(D[4], D[4], D[4])
     assert plan_days(watermark=D[2], latest=D[9], since=D[3], today=today) == Plan(D[3], D[4], D[4])
     assert plan_days(watermark=D[2], latest=D[9], only_date=D[6], today=today).is_empty
+    # the day right after today is no nearer to being news
+    assert plan_days(watermark=D[2], latest=D[5], today=today) == Plan(D[3], D[4], D[4])
 
 
 # --- noise settings, routes, pacing -----------------------------------------------------------------
