@@ -499,6 +499,8 @@ def test_down_server_fails_then_next_run_delivers_without_duplicates(db, slack):
     assert "0 days processed, 3 alerts sent (3 retried from earlier runs), 0 failed" in recovered.stdout
     assert organizations_in(slack.delivered) == [1, 2, 3]
     assert {status for status, _ in history(db).values()} == {"sent"}
+    # delivered: the error of the failed attempt is no longer what the row says
+    assert db.query("select last_error from ops.alert_history") == [(None,)] * 3
 
     third = run_alerts(db, webhook=slack.url)
     assert third.returncode == 0 and "0 alerts sent" in third.stdout
@@ -532,6 +534,23 @@ def test_a_waiting_alert_whose_day_was_rebuilt_is_sent_as_the_fact_is_now_or_sup
     assert stored == [(1, Decimal("1000")), (2, Decimal("400")), (3, Decimal("10"))]
     assert run_alerts(db, webhook=slack.url).returncode == 0
     assert organizations_in(slack.delivered) == [2, 3]
+
+
+def test_a_rebuilt_waiting_new_balance_is_judged_by_this_runs_include_from_zero(db, slack):
+    # a rebuilt day is judged as a new alert of that day would be: without --include-from-zero, a move
+    # from zero does not alert, so the waiting new balance, its numbers changed, is superseded
+    add_moves(db, (1, DAY[0], "0", "250"))
+    slack.always(server_error(500))
+    assert run_alerts(db, "--include-from-zero", webhook=slack.url, ALERT_HTTP_RETRIES="0").returncode == 1
+    execute(db, "update marts.fct_organization_daily_financials set balance_usd = 400")
+    slack.always(OK)
+
+    retry = run_alerts(db, webhook=slack.url)
+
+    assert retry.returncode == 0, retry.stderr
+    assert "1 waiting alert superseded" in retry.stdout
+    assert slack.delivered == []
+    assert history(db) == {(1, DAY[0]): ("superseded", 1)}
 
 
 def test_a_dry_run_says_a_waiting_alert_would_be_superseded(db, slack):
@@ -616,6 +635,25 @@ def test_hanging_server_times_out_then_the_next_run_delivers_each_once(db, slack
     assert run_alerts(db, webhook=slack.url).returncode == 0
     assert organizations_in(slack.delivered) == [1, 2]
     assert_no_secret(hung.stdout, hung.stderr, retry.stdout, retry.stderr)
+
+
+def test_an_unanswered_alert_left_untried_after_a_failure_stays_unknown(db, slack):
+    # `unknown` says the message may have arrived; a run that gives up on the webhook before trying it
+    # again learned nothing new about it: it must not turn into `failed` (nothing accepted)
+    add_moves(db, (1, DAY[0], "100", "300"), (2, DAY[0], "100", "10"))
+    slack.answer(Reply(400, "invalid_payload"), then=hang())  # 1 refused, 2 lost without an answer
+    first = run_alerts(db, webhook=slack.url, ALERT_HTTP_TIMEOUT="0.3")
+    assert first.returncode == 1
+    assert history(db) == {(1, DAY[0]): ("failed", 1), (2, DAY[0]): ("unknown", 1)}
+    slack.always(server_error(500))
+
+    down = run_alerts(db, webhook=slack.url, ALERT_HTTP_RETRIES="0")
+
+    assert down.returncode == 1
+    assert len(slack.requests) == 3  # organization 2 was not tried again
+    assert history(db) == {(1, DAY[0]): ("failed", 2), (2, DAY[0]): ("unknown", 1)}
+    error = db.query("select last_error from ops.alert_history where organization_id = 2")[0][0]
+    assert error.startswith("not attempted: the SLACK_WEBHOOK_URL webhook failed earlier in the run")
 
 
 def test_slow_slack_that_accepts_gets_a_message_at_most_twice(db, slack):
@@ -1072,27 +1110,28 @@ def test_a_retry_after_a_429_that_gets_no_answer_counts_one_unanswered_attempt(d
     assert delivery_state(db) == {1: ("unknown", 1, 1)}
 
 
+def run_with_closed_stdout(db: Database) -> subprocess.CompletedProcess:
+    # like `alert_script.py | head -0`: the reader is gone before the first line is written
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        return subprocess.run(
+            command(),
+            cwd=PROJECT_ROOT,
+            env=alerter_env(db),
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(write_end)
+
+
 def test_closed_stdout_in_console_mode_is_not_a_crash(db):
     add_moves(db, (1, DAY[0], "100", "300"), (2, DAY[0], "100", "10"))
 
-    def run_with_closed_stdout() -> subprocess.CompletedProcess:
-        # like `alert_script.py | head -0`: the reader is gone before the first line is written
-        read_end, write_end = os.pipe()
-        os.close(read_end)
-        try:
-            return subprocess.run(
-                command(),
-                cwd=PROJECT_ROOT,
-                env=alerter_env(db),
-                stdout=write_end,
-                stderr=subprocess.PIPE,
-                text=True,
-                timeout=60,
-            )
-        finally:
-            os.close(write_end)
-
-    closed = run_with_closed_stdout()
+    closed = run_with_closed_stdout(db)
     assert closed.returncode == 1
     assert closed.stderr == (
         "alert_script.py: stdout was closed before every alert was printed; "
@@ -1103,8 +1142,22 @@ def test_closed_stdout_in_console_mode_is_not_a_crash(db):
     printed = run_alerts(db)
     assert printed.returncode == 0 and len(alert_lines(printed.stdout)) == 2
 
-    nothing_to_print = run_with_closed_stdout()  # only the summary line is lost: all was delivered
+    nothing_to_print = run_with_closed_stdout(db)  # only the summary line is lost: all was delivered
     assert (nothing_to_print.returncode, nothing_to_print.stderr) == (0, "")
+
+
+def test_lines_left_unprinted_by_a_console_run_do_not_fail_a_webhook_run(db, slack):
+    # printing is a view, not a delivery: console rows still waiting are no route's lost alerts, and a
+    # run with the webhook set neither reports them nor exits 1 for them
+    add_moves(db, (1, DAY[0], "100", "300"))
+    assert run_with_closed_stdout(db).returncode == 1
+    assert history(db, "console") == {(1, DAY[0]): ("pending", 0)}
+
+    sent = run_alerts(db, webhook=slack.url)
+
+    assert sent.returncode == 0, sent.stderr
+    assert "no route names" not in sent.stdout + sent.stderr
+    assert organizations_in(slack.delivered) == [1]
 
 
 def test_plan_and_record_see_one_version_of_the_fact(db, run_inline, monkeypatch):
