@@ -230,6 +230,19 @@ def test_an_alert_suppressed_by_an_earlier_run_does_not_hold_back_a_later_one(db
     assert history(db)[(1, DAY[3])] == ("sent", 1)
 
 
+def test_an_alert_to_another_destination_suppresses_nothing(db, slack, run_inline):  # noqa: F811
+    # suppression is per destination: a line printed to the console does not stand for a Slack alert
+    add_moves(db, (1, DAY[0], "2000", "3000"))
+    assert run_inline(db, ALERT_SUPPRESS_DAYS="3").returncode == 0  # printed: the console's row
+    add_moves(db, (1, DAY[1], "3000", "4500"))
+
+    first_to_slack = run_inline(db, webhook=slack.url, ALERT_SUPPRESS_DAYS="3")
+
+    assert first_to_slack.returncode == 0, first_to_slack.stderr
+    assert len(slack.delivered) == 1 and "2024-03-02" in slack.delivered[0]["text"]
+    assert history(db, "slack") == {(1, DAY[1]): ("sent", 1)}
+
+
 def test_a_rerun_counts_only_the_alerts_it_suppressed(db, run_inline):  # noqa: F811
     add_moves(db, (1, DAY[0], "2000", "3000"), (1, DAY[1], "3000", "4500"))
     assert run_inline(db, "--since", DAY[0].isoformat()).returncode == 0

@@ -451,6 +451,15 @@ def test_json_sink_retries_429_and_5xx_with_urllib3(receiver):
     assert receiver.requests[1].at - receiver.requests[0].at >= 1
 
 
+def test_json_sink_retries_a_429_without_retry_after(receiver):
+    # urllib3 retries a 429 that says when to come back by itself; one that does not is retried only
+    # because the policy lists 429 (with its backoff), as slack-sdk's handler does for Slack
+    receiver.answer(Reply(429, "rate_limited"))
+    outcome = JsonWebhookChannel(receiver.url, FAST).send(BATCH)
+    assert outcome.delivered
+    assert [r.status for r in receiver.requests] == [429, 200]
+
+
 @pytest.mark.parametrize(
     ("reply", "delivered"),
     [(Reply(204, ""), True), (redirect(), False), (Reply(404, "no such hook"), False)],

@@ -173,6 +173,27 @@ def test_ops_tables_of_the_older_layout_are_upgraded_in_place(db, slack):  # noq
     assert ("delivered_via",) not in columns and ("destination",) in columns and ("severity",) in columns
 
 
+def test_an_older_alert_slack_tried_without_an_error_stays_slacks_alone(db, slack):  # noqa: F811
+    # attempts alone say Slack tried it (a run that died in flight records no error): it was meant for
+    # Slack, and the console must not get a copy of it to print
+    add_moves(db, *[(org, DAY[0], "100", "300") for org in (1, 2, 3)], (4, DAY[1], "100", "300"))
+    add_moves(db, (5, DAY[1], "100", "300"))
+    execute(db, OLD_OPS_DDL, role="alerter")
+    execute(
+        db,
+        "insert into ops.alert_history (organization_id, balance_date, alert_kind, previous_balance_usd, "
+        "balance_usd, balance_change_ratio, status, attempts) "
+        "values (5, '2024-03-02', 'balance_change', 100, 300, 2, 'pending', 1)",
+        role="alerter",
+    )
+
+    upgraded = run_alerts(db, webhook=slack.url)
+
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert history(db, "slack")[(5, DAY[1])] == ("sent", 2)
+    assert (5, DAY[1]) not in history(db, "console")
+
+
 def test_ops_tables_from_before_superseded_alerts_allow_them(db, slack):  # noqa: F811
     add_moves(db, (1, DAY[0], "100", "300"))
     slack.always(server_error(500))

@@ -134,11 +134,12 @@ def test_numbers_that_are_not_finite_are_shown_not_raised():
 
 
 def test_slack_message_blocks_and_fallback():
-    batch = Batch(Organization(7, True, True), (alert("100", "300", D[0]), alert("300", "30", D[1])))
+    critical = replace(alert("300", "30", D[1]), severity="critical")
+    batch = Batch(Organization(7, True, True), (alert("100", "300", D[0]), critical))
     text, blocks = messages.slack_message(batch)
     assert text == (
         "Balance alert for organization 7: 2024-03-01 $100.00 -> $300.00 (+200.00%), warning; "
-        "2024-03-02 $300.00 -> $30.00 (-90.00%), warning. missing from organizations.csv."
+        "2024-03-02 $300.00 -> $30.00 (-90.00%), critical. missing from organizations.csv."
     )
     assert blocks[0] == {
         "type": "header",
@@ -146,7 +147,7 @@ def test_slack_message_blocks_and_fallback():
     }
     assert blocks[1]["text"]["text"].splitlines() == [
         ":chart_with_upwards_trend: *2024-03-01*  $100.00 → $300.00  *+200.00%*  warning",
-        ":chart_with_downwards_trend: *2024-03-02*  $300.00 → $30.00  *-90.00%*  warning",
+        ":chart_with_downwards_trend: *2024-03-02*  $300.00 → $30.00  *-90.00%*  :rotating_light: critical",
     ]
     assert blocks[2] == {
         "type": "context",
