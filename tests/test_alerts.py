@@ -443,6 +443,18 @@ def test_slack_message_content_one_per_organization(db, slack, run_inline):
     assert alert_lines(result.stdout) == []  # Slack replaces the console lines
 
 
+def test_a_backfill_sends_each_organization_one_message_for_all_its_days(db, slack):
+    # the alerts go out by organization, not by day: days interleaved with another organization's
+    # still make one message
+    add_moves(db, *[(org, day, "100", "300") for day in DAY[:2] for org in (1, 2)])
+
+    result = run_alerts(db, "--since", DAY[0].isoformat(), webhook=slack.url)
+
+    assert result.returncode == 0, result.stderr
+    assert organizations_in(slack.delivered) == [1, 2]
+    assert all("2024-03-01" in body["text"] and "2024-03-02" in body["text"] for body in slack.delivered)
+
+
 def test_console_lines_without_webhook(db):
     add_organization(db, 1)
     add_organization(db, 2, missing=True)
@@ -831,6 +843,14 @@ def test_dry_run_changes_nothing(db, slack, run_inline):
     )
     assert (history(db), watermark(db), db.query("select * from ops.alert_history")) == before
     assert len(slack.requests) == requests_before
+
+    slack.always(OK)
+    assert run_inline(db, webhook=slack.url).returncode == 0
+    nothing_new = run_inline(db, "--dry-run", webhook=slack.url)
+    assert nothing_new.stdout.splitlines()[-1] == (
+        "Summary (dry run, nothing changed): 0 days processed, 0 alerts would be sent, 0 failed, "
+        "0 skipped-from-zero; watermark 2024-03-02."
+    )
 
 
 def test_concurrent_runs_never_double_send(db, slack):

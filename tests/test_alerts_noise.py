@@ -103,6 +103,8 @@ def test_an_alert_retried_by_a_later_run_still_says_why_it_moved(db, slack):  # 
     (body,) = slack.delivered
     assert "why: 2 new invoices +$3,000.00, 1 payment -$1,500.00, 1 credit -$200.00" in body["text"]
     assert body["blocks"][2]["text"]["text"] == "*Why it moved on 2024-03-02*"
+    # and its organization's context, read for it as for a new alert
+    assert body["text"].endswith("4 active contracts, first payment 2023-01-02, last payment 2024-02-28.")
 
 
 # --- noise controls, each on its own --------------------------------------------------------------
@@ -376,7 +378,7 @@ def test_digest_json_payload_and_console_lines():
     alerts = tuple(
         Alert(
             i,
-            date(2024, 3, 1),
+            date(2024, 3, 1 + i % 3),  # a backfill's digest spans days
             BALANCE_CHANGE,
             Decimal(1000),
             Decimal(1000 + 100 * i),
@@ -395,5 +397,7 @@ def test_digest_json_payload_and_console_lines():
     assert [item["organization_id"] for item in document["top"]] == [str(i) for i in range(12, 2, -1)]
     assert document["top"][0]["organization"]["context"] == "not in dim_organizations"
     assert "where destination = 'OPS_WEBHOOK'" in document["list_the_rest"]
+    assert (document["first_day"], document["last_day"]) == ("2024-03-01", "2024-03-03")
     lines = messages.digest_lines(digest)
+    assert lines[0].startswith("[balance digest] 12 alerts (3 critical, 9 warning), 2024-03-01..2024-03-03;")
     assert len(lines) == 12 and lines[-1].startswith("[balance digest] all 12: select ")

@@ -276,6 +276,26 @@ def test_each_routes_errors_and_notes_name_that_route_not_slack(db):  # noqa: F8
     assert SECRET not in result.stdout + result.stderr
 
 
+def test_unanswered_and_given_up_alerts_are_told_for_every_destination(db):  # noqa: F811
+    # the notes and the give-up report cover each destination's alerts, not only the first route's
+    set_routes(db, ROUTES[0], ROUTES[3])  # VIP (priority 10) before the default route
+    add_moves(db, (1, DAY[0], "100", "300"), (3, DAY[0], "100", "300"))
+    with SlackStub() as vip, SlackStub() as default:
+        vip.always(slow(5))  # both arrive, answered too late
+        default.always(slow(5))
+        env = {"VIP_WEBHOOK": vip.url, "ALERT_HTTP_TIMEOUT": "0.3", **NO_FLOOR}
+        first = run_alerts(db, webhook=default.url, **env)
+        second = run_alerts(db, webhook=default.url, **env)
+
+    assert first.returncode == 1, first.stderr
+    assert (
+        "2 alerts got no answer from their webhooks (SLACK_WEBHOOK_URL 1, VIP_WEBHOOK 1) and may have arrived"
+        in first.stdout
+    )
+    assert second.returncode == 3, second.stderr
+    assert "alert_script.py: 2 alert(s) never confirmed after 2 unanswered attempts" in second.stderr
+
+
 def test_a_not_a_number_balance_matches_no_balance_band_and_takes_the_default_route(db):  # noqa: F811
     # `balance >= min` on a NaN raised InvalidOperation: exit 2 on every run, nothing sent anywhere
     set_routes(db, (20, "big", None, None, 100000, None, "BIG_WEBHOOK", "slack", None), DEFAULT)
