@@ -225,6 +225,19 @@ def test_no_default_route_is_a_configuration_error(db):  # noqa: F811
     assert "marts.dim_alert_routes has no default route" in result.stderr
 
 
+def test_an_unknown_sink_is_a_configuration_error_before_anything_is_sent(db):  # noqa: F811
+    # a sink the alerter cannot write (a typo) would otherwise post Slack's Block Kit to that receiver
+    set_routes(db, (100, "default", None, None, None, None, "SLACK_WEBHOOK_URL", "teams", None))
+    add_moves(db, (1, DAY[0], "100", "300"))
+    with SlackStub() as default:
+        result = run_alerts(db, webhook=default.url, **NO_FLOOR)
+    assert result.returncode == 2
+    assert (
+        "route 'default' (priority 100) in dbt/seeds/alert_routing.csv: sink must be one of" in result.stderr
+    )
+    assert default.requests == [] and ops_tables(db) == set()
+
+
 def test_a_url_in_the_routes_is_refused_without_echoing_it(db):  # noqa: F811
     set_routes(
         db, (100, "default", None, None, None, None, "https://hooks.example/T/B/secret-x", "slack", None)
