@@ -147,6 +147,24 @@ def test_an_edit_of_dbt_project_yml_changes_the_project_fingerprint(tmp_path):
     assert refresh.project_fingerprint(project) != before
 
 
+def test_each_successful_build_replaces_every_field_of_the_record(conn, loaded, tmp_path):
+    """The record is one row that every later build updates: a field left as the first build wrote it would
+    make every build after a rules or SQL change, or after a new export, rebuild in full, or resume from
+    an old window."""
+    project = copy_project(tmp_path / "dbt")
+    shutil.copytree(DBT_PROJECT_DIR / "seeds", project / "seeds")
+    refresh.record_build(conn, refresh.plan_build(conn, project_dir=project).current, reader=READER)
+    write_export(loaded, "2024-01-02", [invoice(1)])
+    load_exports(conn, loaded)
+    for edited in ("seeds/invoice_enrichment.csv", "models/marts/dim_invoices.sql"):
+        (project / edited).write_text((project / edited).read_text() + "\n")
+    changed = refresh.plan_build(conn, project_dir=project)
+    assert changed.full_refresh
+    refresh.record_build(conn, changed.current, reader=READER)
+    after = refresh.plan_build(conn, project_dir=project)
+    assert (after.full_refresh, after.window_start) == (False, date(2024, 1, 3)), after.reason
+
+
 def test_a_builds_success_clears_its_own_mark_only(conn, loaded):
     """A build by hand (or a run that lost the pipeline lock) marks the record while the pipeline's build
     runs: that build may not cover what it changed, so its success must not clear the mark."""
