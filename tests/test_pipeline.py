@@ -482,6 +482,9 @@ def test_the_accepted_values_test_fails_on_a_fractional_rule(fixture_pipeline):
 def test_unknown_status_fails_the_build_and_names_it(fixture_pipeline, tmp_path):
     database, _, _ = fixture_pipeline
     before = fact_rows(database)
+    recorded = "select rules_fingerprint, project_fingerprint, exports_fingerprint, last_export_date::text"
+    recorded += " from raw.build_state"
+    built = database.query(recorded)
     unknown = f"999,{SENTINEL},{SENTINEL},1,-7,disputed,USD,,,5.00,,1.00000000,,2023-01-07T10:00:00.000Z"
     result = run_pipeline(database, write_fixture(tmp_path, [*INVOICE_ROWS, unknown]))
     assert result.returncode == 1
@@ -493,8 +496,11 @@ def test_unknown_status_fails_the_build_and_names_it(fixture_pipeline, tmp_path)
     )
     assert "from_field='disputed'" in output
     assert "pipeline finished" not in result.stdout
-    # the marts still hold the last good build
+    # the marts still hold the last good build, and the record still says so: the next run builds the
+    # failed build's days again
     assert fact_rows(database) == before
+    assert database.query(recorded) == built
+    assert built[0][3] == "2023-01-06"
 
 
 def test_a_second_run_waits_for_the_first_then_says_why_it_stops(make_database, tmp_path):
