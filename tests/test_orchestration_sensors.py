@@ -340,6 +340,19 @@ def test_a_file_written_seconds_ago_holds_back_its_folder_however_old_the_others
     assert "in the last seconds" in second.skip_message
 
 
+def test_the_newest_file_must_have_been_written_ten_seconds_before_the_run_starts(exports, tick, monkeypatch):
+    # the README's settling time, at its default, on the sensor's clock (the tests above change it)
+    invoices = exports / "2024-07-02" / "invoices.csv"
+    write(invoices, "ID\n1\n")
+    written = invoices.stat().st_mtime_ns
+    monkeypatch.setattr(sensors, "now_ns", lambda: written + 9 * 1_000_000_000)
+    unsettled = tick(tick(None).cursor)
+    assert run_keys(unsettled) == []
+    assert "in the last seconds" in unsettled.skip_message
+    monkeypatch.setattr(sensors, "now_ns", lambda: written + 11 * 1_000_000_000)
+    assert run_keys(tick(unsettled.cursor)) == ["export-2024-07-02"]
+
+
 def test_a_partly_copied_older_folder_holds_the_run_back(exports, tick):
     # the run loads every pending folder, not only the newest
     write(exports / "2024-07-02" / "invoices.csv", "ID\n1\n")
