@@ -28,6 +28,7 @@ from dagster import (
     op,
 )
 from dagster._core.definitions.run_status_sensor_definition import RunStatusSensorCursor
+from dagster._core.remote_origin import RegisteredCodeLocationOrigin, RemoteRepositoryOrigin
 from orchestration_support import (
     UNUSABLE_PIPELINE_SETTINGS,
     dagster_env,
@@ -148,6 +149,21 @@ def test_runs_that_failed_before_the_first_tick_or_in_other_jobs_are_not_alerted
             after = tick(defs, instance, "run_failure_alerts", started.cursor)
             tick(defs, instance, "run_failure_alerts", after.cursor)
         assert alerted_runs(slack) == [first, second]
+
+
+def test_a_run_whose_failure_is_reported_twice_between_ticks_is_alerted_once(defs, instance):
+    # run monitoring, or the daemon's start-up sweep, can report failed a run that its own process reports
+    # failed too: two failure events of one run, read by one tick
+    with SlackStub() as slack:
+        with environment(dagster_env(SLACK_WEBHOOK_URL=slack.url)):
+            started = tick(defs, instance, "run_failure_alerts", None)
+            run_id = fail(instance)
+            instance.report_run_failed(instance.get_run_by_id(run_id), "reported again")
+            failures = instance.get_records_for_run(run_id, of_type=DagsterEventType.RUN_FAILURE).records
+            assert len(failures) == 2
+            after = tick(defs, instance, "run_failure_alerts", started.cursor)
+            tick(defs, instance, "run_failure_alerts", after.cursor)
+        assert alerted_runs(slack) == [run_id]
 
 
 @pytest.mark.parametrize("broken", ["message", "run lookup"])
@@ -558,8 +574,11 @@ def ops_slack(database, csv_dir, **extra: str) -> Iterator[SlackStub]:
         yield slack
 
 
-def in_progress(instance, job_name: str) -> DagsterRun:
-    run = DagsterRun(job_name=job_name, run_id=str(uuid.uuid4()), status=DagsterRunStatus.STARTED)
+def in_progress(instance, job_name: str, status: DagsterRunStatus = DagsterRunStatus.STARTED) -> DagsterRun:
+    # a queued run must name its code location (the daemon launches it from there)
+    location = RegisteredCodeLocationOrigin("data_platform.orchestration.definitions")
+    origin = RemoteRepositoryOrigin(location, "__repository__").get_job_origin(job_name)
+    run = DagsterRun(job_name=job_name, run_id=str(uuid.uuid4()), status=status, remote_job_origin=origin)
     instance.add_run(run)
     return run
 
@@ -665,6 +684,25 @@ def test_a_run_starting_while_the_fact_is_stale_sends_no_recovery_until_a_build_
     assert slack.delivered[1]["text"].startswith(f"Data is fresh again\nresolved: {FACT} is behind")
 
 
+@pytest.mark.parametrize("status", [DagsterRunStatus.QUEUED, DagsterRunStatus.STARTING])
+def test_a_run_queued_or_starting_keeps_the_facts_last_verdict_as_a_started_one_does(
+    defs, instance, make_database, tmp_path, status
+):
+    # a queued run waits for the one loading now, and a starting one is about to load: either way the
+    # fact's lag is the runs' work in progress, not a stale warehouse
+    database = loaded_warehouse(make_database, covered=EXPORTS[-1])
+    fresh_export_folder(tmp_path)
+    with ops_slack(database, tmp_path) as slack:
+        cursor = tick(defs, instance, "freshness_alerts", None).cursor
+        run = in_progress(instance, "daily_pipeline", status)
+        load(database, dt.date(2024, 7, 4))  # loaded, not built yet
+        cursor = tick(defs, instance, "freshness_alerts", cursor).cursor
+        assert slack.requests == []
+        instance.delete_run(run.run_id)
+        tick(defs, instance, "freshness_alerts", cursor)  # no run left: now it counts
+    assert [m["text"].splitlines()[0] for m in slack.delivered] == ["Data is stale"]
+
+
 def test_while_init_sh_holds_the_pipeline_lock_a_lagging_fact_keeps_the_last_verdict(
     defs, instance, make_database, tmp_path
 ):
@@ -755,3 +793,27 @@ def test_a_refused_freshness_alert_is_retried_until_delivered(defs, instance, ma
         slack.always(OK)
         tick(defs, instance, "freshness_alerts", cursor)
     assert [m["text"].splitlines()[0] for m in slack.delivered] == ["Data is stale"]
+
+
+def test_a_refused_recovery_alert_still_names_what_was_resolved_when_it_is_sent_again(
+    defs, instance, make_database, tmp_path
+):
+    # the retry of "fresh again" must say what it resolves: the problems the stale alert named, not the
+    # (none) the failed attempt's tick found
+    database = loaded_warehouse(make_database, covered=EXPORTS[1])
+    fresh_export_folder(tmp_path)
+    with ops_slack(database, tmp_path, ALERT_HTTP_RETRIES="0") as slack:
+        cursor = tick(defs, instance, "freshness_alerts", None).cursor
+        cover(database, EXPORTS[-1])  # the next build succeeded
+        slack.always(server_error())
+        cursor = tick(defs, instance, "freshness_alerts", cursor).cursor
+        slack.always(OK)
+        tick(defs, instance, "freshness_alerts", cursor)
+    behind = (
+        f"{FACT} is behind: exports up to 2024-07-03 are loaded, "
+        "the last successful build covered up to 2024-07-02"
+    )
+    assert [m["text"].splitlines()[:2] for m in slack.delivered] == [
+        ["Data is stale", behind],
+        ["Data is fresh again", f"resolved: {behind}"],
+    ]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from dagster import AssetKey, build_sensor_context
+from dagster import AssetKey, Backoff, DefaultScheduleStatus, build_sensor_context
 from orchestration_support import (
     TARGET,
     UNUSABLE_PIPELINE_SETTINGS,
@@ -71,7 +71,10 @@ def test_the_loader_alerts_and_docs_sit_around_the_dbt_graph(defs):
     }
     assert fact in graph.get(AssetKey("dbt_docs")).parent_keys
     retry = defs.get_assets_def(AssetKey("balance_alerts")).op.retry_policy
-    assert retry is not None and retry.max_retries >= 1
+    # the README's "retried 3 times (1 min, then longer)": fewer, and a run fails with alerts that a
+    # minute later could have gone
+    assert retry is not None
+    assert (retry.max_retries, retry.delay, retry.backoff) == (3, 60, Backoff.EXPONENTIAL)
     job = defs.resolve_job_def("daily_pipeline")
     assert set(job.asset_layer.executable_asset_keys) == set(graph.get_all_asset_keys())
 
@@ -96,6 +99,10 @@ def test_the_build_steps_dbt_dies_with_the_step_killed_outright(defs, tmp_path):
 def test_the_daily_schedule_defaults_to_six_utc_and_reads_pipeline_schedule(defs):
     schedule = defs.get_schedule_def("daily_pipeline_schedule")
     assert (schedule.cron_schedule, schedule.execution_timezone) == ("0 6 * * *", "UTC")
+    # running from the daemon's first start: no one has to switch it on in the UI
+    assert schedule.default_status == DefaultScheduleStatus.RUNNING
+    fallback = schedules.daily_schedule({"PIPELINE_SCHEDULE": "x"})  # an invalid value's default schedule
+    assert fallback.default_status == DefaultScheduleStatus.RUNNING
     assert schedules.daily_schedule({"PIPELINE_SCHEDULE": "30 5 * * 1-5"}).cron_schedule == "30 5 * * 1-5"
     # compose's ${PIPELINE_SCHEDULE:-...} replaces only an empty value: whitespace counts as unset here
     assert schedules.daily_schedule({"PIPELINE_SCHEDULE": " \t"}).cron_schedule == "0 6 * * *"

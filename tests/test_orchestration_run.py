@@ -119,6 +119,35 @@ def test_the_run_records_the_build_and_alerts_like_init_sh(daily_run):
     assert database.query("select count(*) from ops.alert_history")[0][0] >= 1
 
 
+def test_a_selection_of_some_models_records_nothing_and_a_full_one_leaves_the_next_build_full(
+    defs, instance, daily_run
+):
+    """A build of some models only must not move the window of the models it skipped (README: "a selection
+    of some models records nothing"); rebuilt from scratch, it replaced their tables with whatever the
+    files now say, so the next build is full, as after a full rebuild that did not finish."""
+    database, csv_dir, _ = daily_run
+    recorded = "select last_export_date, built_at, full_build_started_at from raw.build_state"
+    [before] = database.query(recorded)
+    assert before[2] is None
+    routes = AssetKey(["marts", "dim_alert_routes"])
+    try:
+        with environment(run_env(database, csv_dir, FULL_REFRESH="true")):
+            result = defs.resolve_job_def("daily_pipeline").execute_in_process(
+                instance=instance, asset_selection=[routes], raise_on_error=False
+            )
+        assert result.success, [e.message for e in result.all_events if e.is_failure]
+        assert {e.asset_key for e in result.get_asset_materialization_events()} == {routes}
+        [after] = database.query(recorded)
+        assert after[:2] == before[:2], "the selection was recorded as a build"
+        assert after[2] is not None, "the full rebuild of a selection left no mark"
+        with environment(run_env(database, csv_dir)):
+            assert pipeline.plan(pipeline.Settings.from_environment()).reason.startswith(
+                "the last full rebuild did not finish"
+            )
+    finally:  # the other tests of the module expect the next build to be incremental
+        database.query("update raw.build_state set full_build_started_at = null returning 1")
+
+
 def graphql(url: str, query: str) -> dict:
     request = urllib.request.Request(
         f"{url}graphql",
@@ -207,6 +236,22 @@ def test_the_docs_step_waits_for_a_pipeline_run_like_the_other_steps(defs, insta
     failures = [event for event in result.all_events if event.is_step_failure]
     assert [event.step_key for event in failures] == ["dbt_docs"]
     assert "another pipeline run holds the lock" in failures[0].step_failure_data.error.message
+
+
+def test_the_build_step_waits_for_a_loader_run_by_hand_like_init_sh(defs, instance, daily_run):
+    # an export a loader run by hand committed during the build would reach some models and not others
+    database, csv_dir, _ = daily_run
+    with database.connect("transformer", autocommit=True) as by_hand:
+        by_hand.execute("select pg_advisory_lock(hashtext('data_platform.loader'))")
+        with environment(run_env(database, csv_dir, PIPELINE_LOCK_TIMEOUT="1")):
+            result = defs.resolve_job_def("daily_pipeline").execute_in_process(
+                instance=instance,
+                asset_selection=[AssetKey(["marts", "dim_alert_routes"])],
+                raise_on_error=False,
+            )
+    failures = [event for event in result.all_events if event.is_step_failure]
+    assert [event.step_key for event in failures] == ["dbt_build"]
+    assert "a loader run by hand still holds the loader's lock" in failures[0].step_failure_data.error.message
 
 
 def failed_daily_run_alert(defs, instance, database, csv_dir: Path) -> tuple[str, str]:
@@ -306,6 +351,34 @@ def test_undelivered_balance_alerts_fail_their_step_so_it_is_retried(daily_run):
             slack.always(OK)
             balance_alerts(build_asset_context())  # the retry
         assert slack.delivered, "the retry sent nothing"
+
+
+def test_run_alerts_off_leaves_the_slack_channel_untouched(daily_run):
+    # RUN_ALERTS=false skips the alert run in the daily job as it does in init.sh: the step succeeds
+    # without sending anything, whatever waits to be sent
+    from dagster import build_asset_context
+
+    from data_platform.orchestration.assets import balance_alerts
+
+    database, csv_dir, _ = daily_run
+
+    def forget_slack() -> None:
+        with database.connect("admin", autocommit=True) as conn:
+            conn.execute("delete from ops.alert_history where destination = 'slack'")
+            conn.execute("delete from ops.alert_watermark where destination = 'slack'")
+
+    forget_slack()  # Slack's first run would send the latest day's alerts
+    try:
+        with SlackStub() as slack:
+            slack.always(server_error(500))
+            env = run_env(
+                database, csv_dir, SLACK_WEBHOOK_URL=slack.url, ALERT_HTTP_RETRIES="0", RUN_ALERTS="false"
+            )
+            with environment(env):
+                balance_alerts(build_asset_context())
+            assert slack.requests == []
+    finally:
+        forget_slack()
 
 
 def test_a_balance_alert_given_up_fails_the_step_without_a_retry_that_would_end_green(daily_run):

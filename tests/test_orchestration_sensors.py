@@ -289,6 +289,22 @@ def test_an_older_folder_of_the_requested_run_fixed_starts_a_new_run(exports, ti
     assert again.run_requests[0].tags[EXPORT_DAY_TAG] == "2024-07-02"
 
 
+def test_the_requested_folder_removed_then_landed_again_starts_a_new_run_for_its_day(exports, tick):
+    # the README's fix of a failed export: remove the failed folder, then mv the fixed copy into place; a
+    # tick in between sees the folders without it, and the fixed folder must still get a run of its own
+    write(exports / "2024-07-01" / "invoices.csv", "ID\n1\n")
+    write(exports / "2024-07-02" / "invoices.csv", "ID\n1\n")
+    first = settled_request(tick)
+    shutil.rmtree(exports / "2024-07-02")
+    removed = settled_request(tick, first.cursor)
+    assert removed.run_requests[0].tags[EXPORT_DAY_TAG] == "2024-07-02"
+    write(exports / "2024-07-02" / "invoices.csv", "ID\n1\n2\n")
+    fixed = settled_request(tick, removed.cursor)
+    assert fixed.run_requests[0].tags[EXPORT_DAY_TAG] == "2024-07-02"
+    keys = run_keys(first) + run_keys(removed) + run_keys(fixed)
+    assert len(set(keys)) == 3, f"Dagster launches a run key once: {keys}"
+
+
 @pytest.mark.parametrize(
     "cursor",
     [
@@ -322,6 +338,19 @@ def test_a_file_written_seconds_ago_holds_back_its_folder_however_old_the_others
     second = tick(first.cursor)
     assert run_keys(first) == run_keys(second) == []
     assert "in the last seconds" in second.skip_message
+
+
+def test_the_newest_file_must_have_been_written_ten_seconds_before_the_run_starts(exports, tick, monkeypatch):
+    # the README's settling time, at its default, on the sensor's clock (the tests above change it)
+    invoices = exports / "2024-07-02" / "invoices.csv"
+    write(invoices, "ID\n1\n")
+    written = invoices.stat().st_mtime_ns
+    monkeypatch.setattr(sensors, "now_ns", lambda: written + 9 * 1_000_000_000)
+    unsettled = tick(tick(None).cursor)
+    assert run_keys(unsettled) == []
+    assert "in the last seconds" in unsettled.skip_message
+    monkeypatch.setattr(sensors, "now_ns", lambda: written + 11 * 1_000_000_000)
+    assert run_keys(tick(unsettled.cursor)) == ["export-2024-07-02"]
 
 
 def test_a_partly_copied_older_folder_holds_the_run_back(exports, tick):

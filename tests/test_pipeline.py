@@ -482,6 +482,9 @@ def test_the_accepted_values_test_fails_on_a_fractional_rule(fixture_pipeline):
 def test_unknown_status_fails_the_build_and_names_it(fixture_pipeline, tmp_path):
     database, _, _ = fixture_pipeline
     before = fact_rows(database)
+    recorded = "select rules_fingerprint, project_fingerprint, exports_fingerprint, last_export_date::text"
+    recorded += " from raw.build_state"
+    built = database.query(recorded)
     unknown = f"999,{SENTINEL},{SENTINEL},1,-7,disputed,USD,,,5.00,,1.00000000,,2023-01-07T10:00:00.000Z"
     result = run_pipeline(database, write_fixture(tmp_path, [*INVOICE_ROWS, unknown]))
     assert result.returncode == 1
@@ -493,8 +496,11 @@ def test_unknown_status_fails_the_build_and_names_it(fixture_pipeline, tmp_path)
     )
     assert "from_field='disputed'" in output
     assert "pipeline finished" not in result.stdout
-    # the marts still hold the last good build
+    # the marts still hold the last good build, and the record still says so: the next run builds the
+    # failed build's days again
     assert fact_rows(database) == before
+    assert database.query(recorded) == built
+    assert built[0][3] == "2023-01-06"
 
 
 def test_a_second_run_waits_for_the_first_then_says_why_it_stops(make_database, tmp_path):
@@ -673,7 +679,8 @@ def test_a_step_killed_by_a_signal_is_said_so_and_exits_as_a_shell_would(step, t
         getattr(pipeline, step)(settings)
     assert failed.value.exit_code == 128 + signal.SIGKILL
     message = str(failed.value)
-    assert "was killed by SIGKILL" in message, message
+    # SIGKILL is what the OOM killer sends: the message points at memory first
+    assert "was killed by SIGKILL (out of memory?)" in message, message
     assert "fix or remove" not in message
 
 
@@ -686,6 +693,16 @@ def test_an_alert_run_stopped_by_a_signal_sent_to_it_says_so(tmp_path, monkeypat
         pipeline.run_alerts(pipeline.Settings(csv_dir=tmp_path))
     assert failed.value.exit_code == 143
     assert str(failed.value).startswith("the alert run was stopped by SIGTERM; the build is recorded")
+
+
+@pytest.mark.parametrize(("exit_code", "outcome"), [(0, "DELIVERED"), (1, "UNDELIVERED"), (3, "GIVEN_UP")])
+def test_the_alert_runs_exit_code_is_how_it_left_the_alerts(exit_code, outcome, tmp_path, monkeypatch):
+    """alert_script.py's exit code read as its outcome: a give-up (3) read as undelivered would end the run
+    with 4, whose retry finds nothing left to send, and nobody is told to check the channel."""
+    from data_platform import pipeline
+
+    monkeypatch.setattr(pipeline.sys, "executable", fake_python(tmp_path, f"exit {exit_code}"))
+    assert pipeline.run_alerts(pipeline.Settings(csv_dir=tmp_path)) is pipeline.AlertRun[outcome]
 
 
 def test_a_build_that_dies_shows_no_failed_test_of_an_earlier_build(
@@ -716,6 +733,25 @@ def test_a_build_that_dies_shows_no_failed_test_of_an_earlier_build(
         pipeline.build(pipeline.plan(settings), warm, settings, lock)
     assert str(failed.value).startswith("dbt build was killed by SIGKILL"), failed.value
     assert "an_earlier_failure" not in capsys.readouterr().out
+
+
+def test_a_test_that_errors_is_reported_as_a_failure_is(make_database, tmp_path, monkeypatch):
+    """A data test whose query errors (a column renamed under it) fails the build as a failing test does: the
+    build's error, and a Dagster step's failure alert, must name it too, with dbt's message."""
+    from data_platform import pipeline
+
+    for name, value in make_database().env("transformer").items():
+        monkeypatch.setenv(name, value)
+    results = [
+        {"unique_id": "test.data_platform.a_failing_test", "status": "fail", "message": "Got 1 result"},
+        {"unique_id": "test.data_platform.an_erroring_test", "status": "error", "message": "no column x"},
+        {"unique_id": "test.data_platform.a_passing_test", "status": "pass", "message": None},
+    ]
+    (tmp_path / "run_results.json").write_text(json.dumps({"results": results}))
+    assert pipeline.failed_tests_report(tmp_path) == [
+        "failed test a_failing_test: Got 1 result",
+        "failed test an_erroring_test: no column x",
+    ]
 
 
 def test_a_loader_stopped_by_a_signal_sent_to_it_is_not_taken_for_a_bad_export(tmp_path, monkeypatch):

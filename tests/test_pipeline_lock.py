@@ -4,6 +4,7 @@ SQL changed while dbt read them."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -125,3 +126,42 @@ def test_a_pipeline_build_waits_for_a_loader_run_by_hand(database, tmp_path):
             lock.loads_held().__enter__()
     assert failed.value.exit_code == 3
     assert str(failed.value).startswith("a loader run by hand still holds the loader's lock (waited 0s;")
+
+
+def test_the_loaders_lock_is_let_go_once_the_build_is_recorded(database):
+    """The run holds the loader's lock from the plan to the build's record only: the docs and the alert
+    run that follow read nothing a load changes, and a loader run by hand must not wait for them."""
+    loader_lock = "select pg_try_advisory_lock(hashtext('data_platform.loader'))"
+    with database.connect(autocommit=True) as by_hand, pipeline.PipelineLock(timeout=0) as lock:
+        with lock.loads_held():
+            assert by_hand.execute(loader_lock).fetchone() == (False,)
+        assert by_hand.execute(loader_lock).fetchone() == (True,)
+
+
+LOADER_LOCK = "select {}(hashtext('data_platform.loader'))"
+
+
+def test_a_run_holds_the_loaders_lock_from_its_plan_to_its_record_only(database, monkeypatch):
+    """pipeline.run's order, its steps replaced by a look at the loader's lock from another session: taken
+    for the plan and the build (a load by hand committed between them would reach some models and not
+    others), not for the load (the loader takes it itself) nor the docs; and RUN_ALERTS off runs no alert
+    run."""
+    seen: dict[str, bool] = {}
+    with database.connect(autocommit=True) as by_hand:
+
+        def held_by_the_run() -> bool:
+            [(taken,)] = by_hand.execute(LOADER_LOCK.format("pg_try_advisory_lock")).fetchall()
+            if taken:
+                by_hand.execute(LOADER_LOCK.format("pg_advisory_unlock"))
+            return not taken
+
+        def during(name: str):
+            return lambda *args, **kwargs: seen.setdefault(name, held_by_the_run())
+
+        monkeypatch.setattr(pipeline, "WarmDbt", contextlib.nullcontext)
+        for name, step in [("load", "load_exports"), ("plan", "plan"), ("build", "build")]:
+            monkeypatch.setattr(pipeline, step, during(name))
+        monkeypatch.setattr(pipeline, "generate_docs", during("docs"))
+        monkeypatch.setattr(pipeline, "run_alerts", during("alerts"))
+        assert pipeline.run(pipeline.Settings(run_alerts=False, lock_timeout_seconds=0)) is None
+    assert seen == {"load": False, "plan": True, "build": True, "docs": False}

@@ -55,6 +55,17 @@ def test_exports_after_the_last_build_are_built_incrementally_and_a_changed_cove
     )
 
 
+def test_a_build_recorded_before_any_export_was_loaded_leaves_the_next_build_full(conn):
+    """A build can succeed on an empty raw layer (the build step materialized alone after a reset): its
+    record covers no export, so there is no window to resume from and the next build is a full one."""
+    conn.execute(f"drop table if exists {refresh.BUILD_STATE}")
+    assert refresh.latest_export(conn) is None
+    build(conn)
+    assert refresh.recorded_state(conn).last_export_date is None
+    plan = refresh.plan_build(conn)
+    assert (plan.full_refresh, plan.reason) == (True, "no successful build is recorded yet")
+
+
 def test_a_covered_exports_organizations_file_reloaded_from_another_forces_a_full_build(conn, loaded):
     """Organizations reloaded from other files change the organizations every stored day was computed
     with: an incremental build would keep those days as the earlier files had them."""
@@ -84,6 +95,18 @@ def test_a_window_left_in_the_environment_is_dropped_for_a_full_build_and_replac
     assert incremental.dbt_environment()[refresh.WINDOW_VARIABLE] == incremental.window_start.isoformat()
 
 
+def test_a_full_build_recreates_the_incremental_models_and_an_incremental_one_keeps_them(conn, loaded):
+    """Without --full-refresh a "full" build only widens the window to every day: the incremental models
+    keep their tables, so a SQL change to their columns fails the build (on_schema_change: fail) instead
+    of being rebuilt from scratch. The unit tests stay out of both."""
+    full = build(conn)
+    assert full.full_refresh
+    assert full.dbt_args() == [*refresh.UNIT_TESTS_EXCLUDED, "--full-refresh"]
+    incremental = refresh.plan_build(conn)
+    assert not incremental.full_refresh
+    assert incremental.dbt_args() == list(refresh.UNIT_TESTS_EXCLUDED)
+
+
 def copy_project(target: Path) -> Path:
     for folder in ("models", "macros"):
         shutil.copytree(DBT_PROJECT_DIR / folder, target / folder)
@@ -104,6 +127,16 @@ def test_a_macro_edit_or_a_renamed_model_changes_the_project_fingerprint(tmp_pat
     assert refresh.project_fingerprint(project) != edited
 
 
+def test_an_edit_of_a_macro_in_a_subfolder_changes_the_project_fingerprint(tmp_path):
+    """The ledger window and the engines' SQL live in macros/engines/: an edit there changes how every
+    incremental model computes its days, as an edit of a top-level macro does."""
+    project = copy_project(tmp_path / "dbt")
+    before = refresh.project_fingerprint(project)
+    macro = project / "macros" / "engines" / "incremental_window.sql"
+    macro.write_text(macro.read_text() + "\n{# edited #}\n")
+    assert refresh.project_fingerprint(project) != before
+
+
 def test_an_edit_of_dbt_project_yml_changes_the_project_fingerprint(tmp_path):
     """dbt_project.yml sets how the models are built (materializations, variables): an edit there left
     unseen would keep the stored days as the earlier settings computed them, under an incremental build."""
@@ -112,6 +145,24 @@ def test_an_edit_of_dbt_project_yml_changes_the_project_fingerprint(tmp_path):
     settings = project / "dbt_project.yml"
     settings.write_text(settings.read_text() + "# edited\n")
     assert refresh.project_fingerprint(project) != before
+
+
+def test_each_successful_build_replaces_every_field_of_the_record(conn, loaded, tmp_path):
+    """The record is one row that every later build updates: a field left as the first build wrote it would
+    make every build after a rules or SQL change, or after a new export, rebuild in full, or resume from
+    an old window."""
+    project = copy_project(tmp_path / "dbt")
+    shutil.copytree(DBT_PROJECT_DIR / "seeds", project / "seeds")
+    refresh.record_build(conn, refresh.plan_build(conn, project_dir=project).current, reader=READER)
+    write_export(loaded, "2024-01-02", [invoice(1)])
+    load_exports(conn, loaded)
+    for edited in ("seeds/invoice_enrichment.csv", "models/marts/dim_invoices.sql"):
+        (project / edited).write_text((project / edited).read_text() + "\n")
+    changed = refresh.plan_build(conn, project_dir=project)
+    assert changed.full_refresh
+    refresh.record_build(conn, changed.current, reader=READER)
+    after = refresh.plan_build(conn, project_dir=project)
+    assert (after.full_refresh, after.window_start) == (False, date(2024, 1, 3)), after.reason
 
 
 def test_a_builds_success_clears_its_own_mark_only(conn, loaded):

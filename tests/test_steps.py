@@ -27,6 +27,21 @@ def test_a_step_gets_the_stop_request_even_when_the_pipeline_was_started_ignorin
         signal.signal(signal.SIGINT, previous)
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "docker-stop"])
+def test_ctrl_c_and_a_stop_request_both_stop_the_run_and_the_previous_handlers_come_back(signum):
+    """Ctrl-C is a stop request as SIGTERM is: Python's own KeyboardInterrupt would end the pipeline with a
+    traceback instead of its "stopped by SIGINT" and 130."""
+    previous = signal.getsignal(signum)
+    try:
+        with steps.stop_on_signals():
+            signal.raise_signal(signum)
+    except BaseException as error:  # a KeyboardInterrupt must fail this test, not end the test session
+        raised = error
+    assert isinstance(raised, steps.Stopped), repr(raised)
+    assert raised.signum == signum
+    assert signal.getsignal(signum) is previous
+
+
 def test_a_step_dies_with_a_pipeline_killed_outright(tmp_path):
     """SIGKILL (or the OOM killer) gives the pipeline no chance to stop its steps, and releases its lock:
     a step left running would write beside the next run."""
