@@ -38,6 +38,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from data_platform import bootstrap
+from data_platform.db import LOADER_LOCK_KEY
 from data_platform.loader import load_exports
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -399,3 +400,16 @@ def baseline(conn: psycopg.Connection, tmp_path: Path) -> dict:
 
     load_exports(conn, write_dir(tmp_path / "baseline"))
     return snapshot(conn)
+
+
+def hold_the_loaders_lock(conn: psycopg.Connection) -> None:
+    """Take the loader's lock on `conn`'s session and keep it, as a loader run by hand does."""
+    conn.execute("select pg_advisory_lock(hashtext(%s))", [LOADER_LOCK_KEY])
+
+
+def loaders_lock_free(conn: psycopg.Connection) -> bool:
+    """Whether `conn`'s session can take the loader's lock now (it is let go again at once)."""
+    [(taken,)] = conn.execute("select pg_try_advisory_lock(hashtext(%s))", [LOADER_LOCK_KEY]).fetchall()
+    if taken:
+        conn.execute("select pg_advisory_unlock(hashtext(%s))", [LOADER_LOCK_KEY])
+    return taken

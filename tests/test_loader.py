@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import PROJECT_ROOT
+from conftest import PROJECT_ROOT, hold_the_loaders_lock
 from loader_files import (
     BASE_DATE,
     BIG,
@@ -276,7 +276,7 @@ def test_missing_raw_schema_tells_to_apply_init_sql(database, conn, tmp_path):
 def test_a_second_loader_is_refused_while_one_runs(database, conn, tmp_path):
     before = snapshot(conn)  # whether or not an earlier test created the ledger's tables
     with database.connect("transformer", autocommit=True) as other:
-        other.execute("select pg_advisory_lock(hashtext('data_platform.loader'))")
+        hold_the_loaders_lock(other)
         busy = r"another loader run is in progress on this database \(waited 0s\)"
         with pytest.raises(LoaderBusy, match=busy):
             load_exports(conn, write_dir(tmp_path / "files"))
@@ -333,7 +333,7 @@ def test_a_loader_killed_while_its_statement_runs_is_named_as_gone(database, con
 
 def test_a_loader_told_to_wait_loads_once_the_other_run_ends(database, conn, tmp_path, capsys):
     other = database.connect("transformer", autocommit=True)
-    other.execute("select pg_advisory_lock(hashtext('data_platform.loader'))")
+    hold_the_loaders_lock(other)
     release = threading.Timer(1.0, other.close)  # the other run ends: its session, and lock, go
     release.start()
     try:

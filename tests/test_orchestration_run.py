@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 import psycopg
 import pytest
-from conftest import PROJECT_ROOT, pipeline_env
+from conftest import PROJECT_ROOT, hold_the_loaders_lock, pipeline_env
 from dagster import AssetCheckSeverity, AssetKey, DagsterInstance, build_sensor_context
 from orchestration_support import TARGET, dagster_env, environment, load_definitions
 from slack_stub import OK, SlackStub, server_error, slow
@@ -242,7 +242,7 @@ def test_the_build_step_waits_for_a_loader_run_by_hand_like_init_sh(defs, instan
     # an export a loader run by hand committed during the build would reach some models and not others
     database, csv_dir, _ = daily_run
     with database.connect("transformer", autocommit=True) as by_hand:
-        by_hand.execute("select pg_advisory_lock(hashtext('data_platform.loader'))")
+        hold_the_loaders_lock(by_hand)
         with environment(run_env(database, csv_dir, PIPELINE_LOCK_TIMEOUT="1")):
             result = defs.resolve_job_def("daily_pipeline").execute_in_process(
                 instance=instance,

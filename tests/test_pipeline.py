@@ -19,7 +19,15 @@ from pathlib import Path
 import psycopg
 import pytest
 import yaml
-from conftest import PROJECT_ROOT, copy_project, lines_until, pipeline_env, run_pipeline, start_pipeline
+from conftest import (
+    PROJECT_ROOT,
+    copy_project,
+    hold_the_loaders_lock,
+    lines_until,
+    pipeline_env,
+    run_pipeline,
+    start_pipeline,
+)
 from process_support import KILLED_AT_START, fake_python
 from psycopg import sql
 from slack_stub import SlackStub, server_error
@@ -519,7 +527,7 @@ def test_a_second_run_waits_for_the_first_then_says_why_it_stops(make_database, 
 def test_a_loader_run_by_hand_is_waited_for_then_named(make_database, tmp_path):
     database = make_database()
     with database.connect("transformer", autocommit=True) as by_hand:
-        by_hand.execute("select pg_advisory_lock(hashtext('data_platform.loader'))")
+        hold_the_loaders_lock(by_hand)
         result = run_pipeline(database, write_fixture(tmp_path), PIPELINE_LOCK_TIMEOUT="1")
     assert result.returncode == 3
     assert "another loader run is in progress: waiting up to 1s" in result.stderr

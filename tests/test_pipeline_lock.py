@@ -11,7 +11,7 @@ import sys
 import time
 
 import pytest
-from conftest import copy_project
+from conftest import copy_project, hold_the_loaders_lock, loaders_lock_free
 from loader_files import write_dir
 
 from data_platform import pipeline, refresh
@@ -121,7 +121,7 @@ def test_a_loader_run_by_hand_waits_for_a_pipeline_build_and_is_told_why(databas
 
 def test_a_pipeline_build_waits_for_a_loader_run_by_hand(database, tmp_path):
     with database.connect(autocommit=True) as by_hand, pipeline.PipelineLock(timeout=0) as lock:
-        by_hand.execute("select pg_advisory_lock(hashtext('data_platform.loader'))")
+        hold_the_loaders_lock(by_hand)
         with pytest.raises(pipeline.PipelineError) as failed:
             lock.loads_held().__enter__()
     assert failed.value.exit_code == 3
@@ -131,14 +131,10 @@ def test_a_pipeline_build_waits_for_a_loader_run_by_hand(database, tmp_path):
 def test_the_loaders_lock_is_let_go_once_the_build_is_recorded(database):
     """The run holds the loader's lock from the plan to the build's record only: the docs and the alert
     run that follow read nothing a load changes, and a loader run by hand must not wait for them."""
-    loader_lock = "select pg_try_advisory_lock(hashtext('data_platform.loader'))"
     with database.connect(autocommit=True) as by_hand, pipeline.PipelineLock(timeout=0) as lock:
         with lock.loads_held():
-            assert by_hand.execute(loader_lock).fetchone() == (False,)
-        assert by_hand.execute(loader_lock).fetchone() == (True,)
-
-
-LOADER_LOCK = "select {}(hashtext('data_platform.loader'))"
+            assert not loaders_lock_free(by_hand)
+        assert loaders_lock_free(by_hand)
 
 
 def test_a_run_holds_the_loaders_lock_from_its_plan_to_its_record_only(database, monkeypatch):
@@ -149,14 +145,8 @@ def test_a_run_holds_the_loaders_lock_from_its_plan_to_its_record_only(database,
     seen: dict[str, bool] = {}
     with database.connect(autocommit=True) as by_hand:
 
-        def held_by_the_run() -> bool:
-            [(taken,)] = by_hand.execute(LOADER_LOCK.format("pg_try_advisory_lock")).fetchall()
-            if taken:
-                by_hand.execute(LOADER_LOCK.format("pg_advisory_unlock"))
-            return not taken
-
         def during(name: str):
-            return lambda *args, **kwargs: seen.setdefault(name, held_by_the_run())
+            return lambda *args, **kwargs: seen.setdefault(name, not loaders_lock_free(by_hand))
 
         monkeypatch.setattr(pipeline, "WarmDbt", contextlib.nullcontext)
         for name, step in [("load", "load_exports"), ("plan", "plan"), ("build", "build")]:
