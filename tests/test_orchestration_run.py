@@ -225,16 +225,21 @@ def test_the_dagster_ui_shows_the_asset_graph_of_the_run(daily_run, dagster_home
             assert png_distinct_bytes(ARTIFACTS / name) > 50
 
 
-def test_the_docs_step_waits_for_a_pipeline_run_like_the_other_steps(defs, instance, daily_run):
-    # the docs are generated into the target folder a pipeline run (init.sh) parses and builds into
+@pytest.mark.parametrize("step", ["dbt_docs", "raw_tables"])
+def test_the_docs_and_load_steps_wait_for_a_pipeline_run_like_the_others(defs, instance, daily_run, step):
+    # the docs are generated into the target folder a pipeline run (init.sh) parses and builds into; a load
+    # beside its build would reach some of its models and not others
+    from data_platform.orchestration.assets import RAW_TABLE_KEYS
+
     database, csv_dir, _ = daily_run
+    selection = [AssetKey("dbt_docs")] if step == "dbt_docs" else list(RAW_TABLE_KEYS.values())
     with environment(run_env(database, csv_dir, PIPELINE_LOCK_TIMEOUT="1")), pipeline.PipelineLock(timeout=0):
         result = defs.resolve_job_def("daily_pipeline").execute_in_process(
-            instance=instance, asset_selection=[AssetKey("dbt_docs")], raise_on_error=False
+            instance=instance, asset_selection=selection, raise_on_error=False
         )
     assert not result.success
     failures = [event for event in result.all_events if event.is_step_failure]
-    assert [event.step_key for event in failures] == ["dbt_docs"]
+    assert [event.step_key for event in failures] == [step]
     assert "another pipeline run holds the lock" in failures[0].step_failure_data.error.message
 
 
