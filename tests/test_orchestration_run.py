@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import sys
 import time
 import urllib.request
@@ -241,6 +242,24 @@ def test_the_docs_and_load_steps_wait_for_a_pipeline_run_like_the_others(defs, i
     failures = [event for event in result.all_events if event.is_step_failure]
     assert [event.step_key for event in failures] == [step]
     assert "another pipeline run holds the lock" in failures[0].step_failure_data.error.message
+
+
+def test_the_load_step_waits_for_the_database_like_init_sh(defs, instance, daily_run):
+    # the daily job's first step after a server restart: wait DB_WAIT_SECONDS, then say what was waited for
+    from data_platform.orchestration.assets import RAW_TABLE_KEYS
+
+    database, csv_dir, _ = daily_run
+    with socket.socket() as probe:  # a port nothing listens on once the probe is closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = run_env(database, csv_dir, PGHOST="127.0.0.1", PGPORT=str(port), DB_WAIT_SECONDS="1")
+    with environment(env):
+        result = defs.resolve_job_def("daily_pipeline").execute_in_process(
+            instance=instance, asset_selection=list(RAW_TABLE_KEYS.values()), raise_on_error=False
+        )
+    failures = [event for event in result.all_events if event.is_step_failure]
+    assert [event.step_key for event in failures] == ["raw_tables"]
+    assert "the database did not accept connections within 1s" in failures[0].step_failure_data.error.message
 
 
 def test_the_build_step_waits_for_a_loader_run_by_hand_like_init_sh(defs, instance, daily_run):
