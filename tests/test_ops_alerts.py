@@ -621,6 +621,22 @@ def test_loaded_exports_without_a_successful_build_are_stale(make_database, tmp_
     )
 
 
+def test_the_exports_are_as_fresh_as_the_newest_folder(tmp_path, monkeypatch):
+    # a landing folder keeps every day's export: the oldest landed long ago, the newest says whether one came
+    monkeypatch.setenv("CSV_DIR", str(tmp_path))
+    landed = []
+    for day in EXPORTS[:2]:
+        folder = tmp_path / "exports" / day.isoformat()
+        folder.mkdir(parents=True)
+        landed.append(folder.stat().st_ctime)
+        time.sleep(0.05)  # the two folders' change times differ
+    older, newer = (dt.datetime.fromtimestamp(seconds, dt.UTC) for seconds in landed)
+    max_age_hours = (newer - older).total_seconds() / 3600
+    assert ops_alerts.check_freshness(newer + (newer - older) / 2, max_age_hours, fact=()).exports == ()
+    (stale,) = ops_alerts.check_freshness(newer + (newer - older) * 2, max_age_hours, fact=()).exports
+    assert f"the newest, {EXPORTS[1].isoformat()}, landed" in stale
+
+
 def test_an_exports_entry_that_is_not_a_folder_is_reported_stale_in_the_loaders_words(
     defs, instance, make_database, tmp_path
 ):
