@@ -38,7 +38,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from data_platform import bootstrap
-from data_platform.db import LOADER_LOCK_KEY
+from data_platform.db import LOADER_LOCK_KEY, release_advisory_lock, take_advisory_lock
 from data_platform.loader import load_exports
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -409,7 +409,7 @@ def hold_the_loaders_lock(conn: psycopg.Connection) -> None:
 
 def loaders_lock_free(conn: psycopg.Connection) -> bool:
     """Whether `conn`'s session can take the loader's lock now (it is let go again at once)."""
-    [(taken,)] = conn.execute("select pg_try_advisory_lock(hashtext(%s))", [LOADER_LOCK_KEY]).fetchall()
+    taken = take_advisory_lock(conn, LOADER_LOCK_KEY, 0, lambda: None)
     if taken:
-        conn.execute("select pg_advisory_unlock(hashtext(%s))", [LOADER_LOCK_KEY])
+        release_advisory_lock(conn, LOADER_LOCK_KEY)
     return taken

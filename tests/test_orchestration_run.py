@@ -357,6 +357,14 @@ def test_a_bad_export_sends_a_failure_alert_with_the_loaders_error(defs, instanc
     assert "nothing was built" in text
 
 
+def forget_slack(database) -> None:
+    """Slack's alert history and watermark gone: its next run starts afresh (its first run sends the
+    latest day's alerts)."""
+    with database.connect("admin", autocommit=True) as conn:
+        conn.execute("delete from ops.alert_history where destination = 'slack'")
+        conn.execute("delete from ops.alert_watermark where destination = 'slack'")
+
+
 def test_undelivered_balance_alerts_fail_their_step_so_it_is_retried(daily_run):
     # a run that could not deliver its alerts must not end green: the step fails, so its retry policy
     # sends them again, and a run that still cannot is reported as failed
@@ -386,12 +394,7 @@ def test_run_alerts_off_leaves_the_slack_channel_untouched(daily_run):
 
     database, csv_dir, _ = daily_run
 
-    def forget_slack() -> None:
-        with database.connect("admin", autocommit=True) as conn:
-            conn.execute("delete from ops.alert_history where destination = 'slack'")
-            conn.execute("delete from ops.alert_watermark where destination = 'slack'")
-
-    forget_slack()  # Slack's first run would send the latest day's alerts
+    forget_slack(database)  # Slack's first run would send the latest day's alerts
     try:
         with SlackStub() as slack:
             slack.always(server_error(500))
@@ -402,7 +405,7 @@ def test_run_alerts_off_leaves_the_slack_channel_untouched(daily_run):
                 balance_alerts(build_asset_context())
             assert slack.requests == []
     finally:
-        forget_slack()
+        forget_slack(database)
 
 
 def test_a_balance_alert_given_up_fails_the_step_without_a_retry_that_would_end_green(daily_run):
@@ -414,12 +417,7 @@ def test_a_balance_alert_given_up_fails_the_step_without_a_retry_that_would_end_
 
     database, csv_dir, _ = daily_run
 
-    def forget_slack() -> None:
-        with database.connect("admin", autocommit=True) as conn:
-            conn.execute("delete from ops.alert_history where destination = 'slack'")
-            conn.execute("delete from ops.alert_watermark where destination = 'slack'")
-
-    forget_slack()  # Slack's first run: the latest day's alerts
+    forget_slack(database)  # Slack's first run: the latest day's alerts
     try:
         with SlackStub() as slack:
             slack.always(slow())  # each message arrives, its answer after the client gave up
@@ -434,7 +432,7 @@ def test_a_balance_alert_given_up_fails_the_step_without_a_retry_that_would_end_
             assert "check the channel" in retry.value.description
             assert len(slack.requests) == 2  # one alert, sent twice, never confirmed
     finally:
-        forget_slack()  # the other tests' Slack starts afresh too
+        forget_slack(database)  # the other tests' Slack starts afresh too
 
 
 def test_after_giving_up_on_an_alert_the_step_still_retries_the_others_then_fails(daily_run, monkeypatch):
