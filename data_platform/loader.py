@@ -80,6 +80,7 @@ from data_platform.load_errors import (
 from data_platform.raw_tables import INVOICES, ORGANIZATIONS, LoadLogRow, TableSpec
 from data_platform.snapshot_diff import worth_reading
 from data_platform.staging import Staged, discard, stage
+from data_platform.wording import plural
 
 PROGRESS_INTERVAL_SECONDS = 5.0
 # pg_input_is_valid (PostgreSQL 16) lets the checks name a bad value's line and column
@@ -109,7 +110,7 @@ class ExportResult:
         rows = self.invoice_rows + self.organization_rows
         rate = rows / self.seconds if self.seconds > 0 else 0.0
         organizations = (
-            f", {self.organization_rows:,} organizations ({self.organizations_new:,} new, "
+            f", {plural(self.organization_rows, 'organization')} ({self.organizations_new:,} new, "
             f"{self.organizations_changed:,} changed)"
             if self.export.organizations
             else ""
@@ -117,9 +118,9 @@ class ExportResult:
         counts = self.invoices
         note = f"; invoices {self.note}" if self.note else ""
         return (
-            f"{head}: {self.invoice_rows:,} invoices ({counts.new:,} new, {counts.changed:,} changed, "
-            f"{counts.unchanged:,} unchanged){organizations} in {self.seconds:.1f} s ({rate:,.0f} rows/s)"
-            f"{note}"
+            f"{head}: {plural(self.invoice_rows, 'invoice')} ({counts.new:,} new, "
+            f"{counts.changed:,} changed, {counts.unchanged:,} unchanged){organizations} "
+            f"in {self.seconds:.1f} s ({rate:,.0f} rows/s){note}"
         )
 
 

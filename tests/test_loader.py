@@ -28,7 +28,9 @@ from loader_files import (
     write_export,
 )
 
-from data_platform.loader import LoaderBusy, LoadError, ProgressReporter, load_exports
+from data_platform.exports import Export
+from data_platform.ledger import InvoiceCounts
+from data_platform.loader import ExportResult, LoaderBusy, LoadError, ProgressReporter, load_exports
 from data_platform.steps import default_sigint
 
 # --- the schema -------------------------------------------------------------------------------
@@ -366,6 +368,35 @@ def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
         capture_output=True,
         text=True,
         timeout=120,
+    )
+
+
+def test_summary_counts_one_invoice_and_one_organization_in_the_singular(tmp_path):
+    export = Export(tmp_path, tmp_path / "invoices.csv", tmp_path / "organizations.csv", date(2024, 1, 2))
+    one = ExportResult(
+        export,
+        date(2024, 1, 2),
+        invoice_rows=1,
+        invoices=InvoiceCounts(1, 0, 0),
+        organization_rows=1,
+        organizations_new=1,
+        seconds=0.5,
+    )
+    assert one.summary() == (
+        f"export 2024-01-02 ({tmp_path}): 1 invoice (1 new, 0 changed, 0 unchanged), "
+        "1 organization (1 new, 0 changed) in 0.5 s (4 rows/s)"
+    )
+    many = ExportResult(
+        export,
+        date(2024, 1, 2),
+        invoice_rows=1234,
+        invoices=InvoiceCounts(1000, 200, 34),
+        organization_rows=0,
+        seconds=2.0,
+    )
+    assert many.summary().startswith(
+        f"export 2024-01-02 ({tmp_path}): 1,234 invoices (1,000 new, 200 changed, 34 unchanged), "
+        "0 organizations (0 new, 0 changed) in 2.0 s"
     )
 
 

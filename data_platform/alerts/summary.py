@@ -6,10 +6,7 @@ from dataclasses import dataclass, field
 from datetime import date
 
 from data_platform.alerts.records import MAX_UNCONFIRMED_ATTEMPTS, webhook_env_of
-
-
-def _plural(count: int, word: str) -> str:
-    return f"{count} {word}{'' if count == 1 else 's'}"
+from data_platform.wording import plural
 
 
 def _by_variable(counts: dict[str, int]) -> str:
@@ -61,11 +58,11 @@ class Summary:
                 span += f"..{self.last_day.isoformat()}"
             days += f" ({span})"
         verb = "would be sent" if self.dry_run else "sent"
-        sent = f"{_plural(self.sent, 'alert')} {verb}"
+        sent = f"{plural(self.sent, 'alert')} {verb}"
         if self.retried:
             sent += f" ({self.retried} retried from earlier runs)"
         if self.digests:
-            sent += f" (in {_plural(self.digests, 'digest')})"
+            sent += f" (in {plural(self.digests, 'digest')})"
         skipped = f"{self.skipped_from_zero} skipped-from-zero"
         if self.skipped_from_zero:
             skipped += " (--include-from-zero alerts them)"
@@ -94,14 +91,14 @@ class Summary:
         variables = "that variable" if len(waiting) == 1 else "those variables"
         them, rows = ("it", "its row") if total == 1 else ("them", "their rows")
         return (
-            f"{_plural(total, 'alert')} still undelivered ({_by_variable(waiting)}): printing is not "
+            f"{plural(total, 'alert')} still undelivered ({_by_variable(waiting)}): printing is not "
             f"delivering; a run with {variables} set sends {them} (or delete {rows} from "
             f"ops.alert_history to drop {them})."
         )
 
     def unrouted_note(self) -> str:
         return (
-            f"{_plural(sum(self.unrouted.values()), 'alert')} undelivered for destinations no route names "
+            f"{plural(sum(self.unrouted.values()), 'alert')} undelivered for destinations no route names "
             f"any more ({_by_variable(self.unrouted)}): never sent until a route names that variable again "
             "(or the rows are deleted from ops.alert_history)."
         )
@@ -111,12 +108,12 @@ class Summary:
         notes = []
         if self.future_days:
             notes.append(
-                f"{_plural(self.future_days, 'day')} after today ({self.today}) in the fact "
+                f"{plural(self.future_days, 'day')} after today ({self.today}) in the fact "
                 f"(up to {self.last_future_day}) not processed: check the export's dates."
             )
         if self.unbuilt_days:
             notes.append(
-                f"{_plural(self.unbuilt_days, 'day')} after {self.built_through} in the fact (up to "
+                f"{plural(self.unbuilt_days, 'day')} after {self.built_through} in the fact (up to "
                 f"{self.last_unbuilt_day}) not processed: no successful pipeline build covers them yet (one "
                 "is running, or the last one failed); the alert run after the next successful build sends "
                 "their alerts."
@@ -127,18 +124,18 @@ class Summary:
             else:
                 where = f"their webhooks ({_by_variable(self.unanswered)})"
             notes.append(
-                f"{_plural(sum(self.unanswered.values()), 'alert')} got no answer from {where} and may have "
+                f"{plural(sum(self.unanswered.values()), 'alert')} got no answer from {where} and may have "
                 f"arrived: a later run sends it again, as long as it was sent fewer than "
                 f"{MAX_UNCONFIRMED_ATTEMPTS} times."
             )
         if self.given_up:
             notes.append(
-                f"{_plural(self.given_up, 'alert')} never confirmed after {MAX_UNCONFIRMED_ATTEMPTS} "
+                f"{plural(self.given_up, 'alert')} never confirmed after {MAX_UNCONFIRMED_ATTEMPTS} "
                 "unanswered attempts: not sent again; check the channel (status 'unknown' in "
                 "ops.alert_history)."
             )
         if self.superseded:
-            waiting = _plural(self.superseded, "waiting alert")
+            waiting = plural(self.superseded, "waiting alert")
             why = "the fact changed since they were recorded and their day no longer alerts"
             if self.dry_run:  # records nothing: the rows keep their status
                 notes.append(f"{waiting} would be superseded: {why}.")
