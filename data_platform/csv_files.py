@@ -361,7 +361,6 @@ class Line:
     head: bytes  # the start of the line (at most LINE_HEAD_BYTES), without its ending
     ending: str  # LF, CRLF, CR or none (a last line without final newline)
     commas: int  # in the whole line
-    complete: bool  # head is the whole line
 
     @property
     def text(self) -> str:
@@ -406,7 +405,7 @@ def read_line(path: Path, number: int) -> Line | None:
                 break
             commas += chunk.count(b",")
             last = chunk
-    return Line(head.rstrip(b"\r\n"), _line_ending(last), commas, complete=last is head)
+    return Line(head.rstrip(b"\r\n"), _line_ending(last), commas)
 
 
 def diagnose_shape(spec: TableSpec, path: Path, line_number: int, message: str) -> LoadError | None:

@@ -80,7 +80,6 @@ class LineLike(Protocol):
     head: bytes
     ending: str
     commas: int
-    complete: bool
 
     @property
     def text(self) -> str: ...

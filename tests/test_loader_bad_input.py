@@ -259,9 +259,9 @@ def test_mixed_line_endings_are_named(conn, tmp_path, baseline):
 def test_a_last_line_without_a_final_newline_is_not_a_mixed_line_ending():
     # a last line cut short ends with nothing: its error is the value's, not a line ending
     fields = len(INVOICES.columns)
-    last = Line(b",".join([b"x"] * fields), "none", fields - 1, True)
+    last = Line(b",".join([b"x"] * fields), "none", fields - 1)
     assert shape_error(INVOICES, Path("invoices.csv"), 3, last, "LF", "bad value") is None
-    crlf = Line(b",".join([b"x"] * fields), "CRLF", fields - 1, True)
+    crlf = Line(b",".join([b"x"] * fields), "CRLF", fields - 1)
     error = shape_error(INVOICES, Path("invoices.csv"), 3, crlf, "LF", "bad value")
     assert "mixed line endings" in str(error)
 

@@ -269,14 +269,6 @@ def project_with_zero_rule(destination: Path, status: str) -> Path:
     return project
 
 
-def balance_on(database, organization_id: int, day: str) -> list[tuple]:
-    return database.query(
-        "select balance_usd from marts.fct_organization_daily_financials "
-        "where organization_id = %s and balance_date = %s",
-        (organization_id, day),
-    )
-
-
 def test_undelivered_alerts_let_the_pipeline_finish_but_a_broken_alert_setup_stops_it(
     fixture_pipeline, tmp_path
 ):

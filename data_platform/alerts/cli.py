@@ -185,9 +185,7 @@ def _locked_run(
         _as_the_fact_is_now(ops, name, store.undelivered(ops, name), view, settings, summary)
     for name, alerts in _by_destination(view, routing_).items():
         held = noise.suppressed(alerts, _recent(ops, name, alerts, settings), settings.noise.suppress_days)
-        recorded = store.record_alerts(ops, name, alerts, suppressed=held)
-        summary.new_alerts += recorded.new
-        summary.suppressed += recorded.suppressed
+        summary.suppressed += store.record_alerts(ops, name, alerts, suppressed=held)
     for name, plan in view.plans.items():
         if plan.new_watermark is not None and plan.new_watermark != watermarks[name]:
             store.write_watermark(ops, name, plan.new_watermark)

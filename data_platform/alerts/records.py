@@ -37,7 +37,6 @@ SEVERITIES = (WARNING, CRITICAL)  # in rising order
 # before routing existed, so its state carries over.
 SLACK = "slack"
 CONSOLE = "console"
-DESTINATIONS = (SLACK, CONSOLE)
 DEFAULT_WEBHOOK_ENV = "SLACK_WEBHOOK_URL"
 DESTINATION_PATTERN = "^(console|slack|[A-Z_][A-Z0-9_]*)$"  # what ops accepts as a destination
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import date
 
 from sqlalchemy import (
@@ -201,27 +200,20 @@ def _numbers(alert: Alert) -> dict[str, object]:
     return {column: getattr(alert, column) for column in _NUMBERS}
 
 
-@dataclass
-class Recorded:
-    """What record_alerts wrote: rows new or reopened, and how many of them are suppressed (an alert
-    recorded before keeps its status, whatever the suppression rule says now)."""
-
-    new: int = 0
-    suppressed: int = 0
-
-
 def record_alerts(
     conn: Connection,
     destination: str,
     alerts: Sequence[Alert],
     chunk: int = 1000,
     suppressed: frozenset[tuple[int, date]] | set[tuple[int, date]] = frozenset(),
-) -> Recorded:
+) -> int:
     """Insert the detected alerts as pending for `destination` (`suppressed` for the organization-days
     given); ones already recorded are left alone, so a rebuilt fact never re-sends a day, except a
     `superseded` one, which was never sent: its day alerts again, so it is reopened with the new
-    numbers (its attempts kept, so it is still sent at most twice). Counts the rows new or reopened."""
-    recorded = Recorded()
+    numbers (its attempts kept, so it is still sent at most twice). Returns how many of the rows new or
+    reopened are suppressed (an alert recorded before keeps its status, whatever the suppression rule
+    says now)."""
+    suppressed_rows = 0
     for offset in range(0, len(alerts), chunk):
         rows = [
             {
@@ -243,9 +235,8 @@ def record_alerts(
             where=history.c.status == SUPERSEDED,
         ).returning(history.c.status)
         statuses = conn.execute(statement).scalars().all()
-        recorded.new += len(statuses)
-        recorded.suppressed += statuses.count(SUPPRESSED)
-    return recorded
+        suppressed_rows += statuses.count(SUPPRESSED)
+    return suppressed_rows
 
 
 def undelivered(conn: Connection, destination: str) -> list[Alert]:

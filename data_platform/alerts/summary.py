@@ -21,7 +21,6 @@ class Summary:
     days_processed: int = 0
     first_day: date | None = None
     last_day: date | None = None
-    new_alerts: int = 0
     retried: int = 0  # alerts attempted on an earlier run and attempted again
     sent: int = 0
     failed: int = 0  # not confirmed this run, unanswered ones included
