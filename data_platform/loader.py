@@ -1,6 +1,7 @@
 """Load the exports under the CSV directory into the raw ledger, each export once, atomically.
 
-    python -m data_platform.loader [--csv-dir DIR] [--as-of YYYY-MM-DD] [--allow-empty]
+    python -m data_platform.loader [--csv-dir DIR] [--as-of YYYY-MM-DD] [--through YYYY-MM-DD]
+                                   [--allow-empty] [--wait SECONDS]
 
 Exports (exports.py) load in export-date order, each in its own transaction: stream the files into
 staging tables (unlogged, created and dropped inside that transaction, so no other session sees
