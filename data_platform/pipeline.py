@@ -57,7 +57,7 @@ from data_platform.db import (
     wait_until_ready,
 )
 from data_platform.load_errors import ERROR_PREFIX as LOADER_ERROR_PREFIX
-from data_platform.load_errors import EXIT_BUSY as EXIT_LOADER_BUSY
+from data_platform.load_errors import EXIT_BUSY
 from data_platform.load_errors import EXIT_DATABASE_UNAVAILABLE as EXIT_LOADER_UNAVAILABLE
 from data_platform.paths import DBT_DIR_ARGS, PROJECT_ROOT, dbt_target_dir
 from data_platform.steps import (
@@ -80,6 +80,8 @@ DBT_ARGS = (*DBT_DIR_ARGS, "--target", DBT_PROFILE_TARGET)
 LOCK_KEY = "data_platform.pipeline"
 FAILED_ROWS_SHOWN = 5
 EXIT_CONFIG = 2
+# EXIT_BUSY (3, the loader's own when its lock is busy): another pipeline run, or a loader run by hand,
+# held its lock past PIPELINE_LOCK_TIMEOUT; nothing is wrong, run again later
 # The run went to its end and the warehouse is built, but not every alert was delivered: a run from cron
 # must not end green then. Not used while the docs are served: the server runs on, the message is printed.
 EXIT_ALERTS_UNDELIVERED = 4  # they wait for the next alert run
@@ -288,7 +290,7 @@ class PipelineLock:
                 f"another pipeline run holds the lock on {describe_target()} "
                 f"(waited {self.timeout:g}s; PIPELINE_LOCK_TIMEOUT sets how long). "
                 "Let it finish, then run again.",
-                EXIT_CONFIG,
+                EXIT_BUSY,
             )
         return self
 
@@ -308,7 +310,7 @@ class PipelineLock:
             raise PipelineError(
                 f"a loader run by hand still holds the loader's lock (waited {self.timeout:g}s; "
                 "PIPELINE_LOCK_TIMEOUT sets how long): nothing was built; run again when it has finished",
-                EXIT_LOADER_BUSY,
+                EXIT_BUSY,
             )
         try:
             yield
@@ -426,7 +428,7 @@ def load_exports(settings: Settings, through: str | None = None) -> None:
     said = loader_error(stderr) or f"the loader exited with {code} and printed no error"
     if code == EXIT_LOADER_UNAVAILABLE:
         raise PipelineError(f"the load could not start: {said}\nnothing was loaded or built", code)
-    if code == EXIT_LOADER_BUSY:  # the loader says who holds its lock (a loader run by hand, say)
+    if code == EXIT_BUSY:  # the loader says who holds its lock (a loader run by hand, say)
         raise PipelineError(f"the load could not start: {said}\nnothing was built", code)
     # each export commits on its own: the ones before the failing export stay loaded
     raise PipelineError(
@@ -449,13 +451,31 @@ def build(build_plan: refresh.BuildPlan, warm: WarmDbt, settings: Settings, lock
         step(f"dbt build: rules, models and tests, rebuilt from scratch ({build_plan.reason})")
     else:
         step(f"dbt build: rules, models and tests, days from {build_plan.window_start} ({build_plan.reason})")
+    with recorded_build(build_plan, settings, lock, dbt_target_dir()):
+        code = warm.run("build", *build_plan.dbt_args(), env=build_plan.dbt_environment())
+        if code:
+            show_failed_tests(dbt_target_dir())
+            raise PipelineError(f"dbt build {failed(code)}; {build_plan.after_failure()}", code)
+
+
+@contextlib.contextmanager
+def recorded_build(
+    build_plan: refresh.BuildPlan,
+    settings: Settings,
+    lock: PipelineLock,
+    target_dir: Path,
+    *,
+    record: bool = True,
+) -> Iterator[None]:
+    """What surrounds the plan's `dbt build`, for both runners (init.sh's and Dagster's build step): mark
+    the record (mark_build_started) and forget the previous run's results, then the body runs the build
+    into `target_dir` and raises if it failed; a body that returns is recorded (record_build), unless
+    `record` is false (a build of some models only)."""
     own_mark = mark_build_started(build_plan, settings, lock)
-    forget_run_results(dbt_target_dir())
-    code = warm.run("build", *build_plan.dbt_args(), env=build_plan.dbt_environment())
-    if code:
-        show_failed_tests(dbt_target_dir())
-        raise PipelineError(f"dbt build {failed(code)}; {build_plan.after_failure()}", code)
-    record_build(build_plan, settings, lock, own_mark)
+    forget_run_results(target_dir)
+    yield
+    if record:
+        record_build(build_plan, settings, lock, own_mark)
 
 
 def mark_build_started(

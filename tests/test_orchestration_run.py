@@ -446,7 +446,7 @@ def test_after_giving_up_on_an_alert_the_step_still_retries_the_others_then_fail
     database, csv_dir, _ = daily_run
     # an error in the step's own retries (say the pipeline lock is busy) must not end it retryable either:
     # Dagster's retry would find the give-up reported and end green
-    busy = pipeline.PipelineError("another pipeline run holds the lock", pipeline.EXIT_CONFIG)
+    busy = pipeline.PipelineError("another pipeline run holds the lock", pipeline.EXIT_BUSY)
     outcomes = [pipeline.AlertRun.GIVEN_UP, busy, pipeline.AlertRun.UNDELIVERED, pipeline.AlertRun.DELIVERED]
     runs = []
 

@@ -88,25 +88,23 @@ def dbt_models(context: AssetExecutionContext, dbt: DbtCliResource):
                 if build_plan.full_refresh
                 else f"incremental build from {build_plan.window_start}: {build_plan.reason}"
             )
-            own_mark = pipeline.mark_build_started(build_plan, settings, lock)
-            pipeline.forget_run_results(BUILD_TARGET_PATH)
-            with process_environment(build_plan.dbt_environment()):
-                invocation = dbt.cli(
-                    ["build", *build_plan.dbt_args()],
-                    context=context,
-                    raise_on_error=False,
-                    target_path=BUILD_TARGET_PATH,
-                )
-            yield from invocation.stream()
-            if not invocation.is_successful():
-                report = pipeline.failed_tests_report(invocation.target_path)
-                raise Failure(
-                    description="\n".join([f"dbt build failed; {build_plan.after_failure()}", *report]),
-                    metadata={"failed tests": MetadataValue.text("\n".join(report) or "none")},
-                )
             # a partial build must not move the incremental window of the models it skipped
-            if not context.is_subset:
-                pipeline.record_build(build_plan, settings, lock, own_mark)
+            record = not context.is_subset
+            with pipeline.recorded_build(build_plan, settings, lock, BUILD_TARGET_PATH, record=record):
+                with process_environment(build_plan.dbt_environment()):
+                    invocation = dbt.cli(
+                        ["build", *build_plan.dbt_args()],
+                        context=context,
+                        raise_on_error=False,
+                        target_path=BUILD_TARGET_PATH,
+                    )
+                yield from invocation.stream()
+                if not invocation.is_successful():
+                    report = pipeline.failed_tests_report(invocation.target_path)
+                    raise Failure(
+                        description="\n".join([f"dbt build failed; {build_plan.after_failure()}", *report]),
+                        metadata={"failed tests": MetadataValue.text("\n".join(report) or "none")},
+                    )
 
 
 RAW_TABLE_KEYS = get_asset_keys_by_output_name_for_source([dbt_models], RAW_SOURCE)
