@@ -33,8 +33,6 @@ from data_platform.orchestration.project import BUILD_TARGET_PATH, dbt_project
 from data_platform.orchestration.sensors import EXPORT_DAY_TAG
 
 RAW_SOURCE = "payments"
-DAILY_FACT = "fct_organization_daily_financials"
-MARTS = ("dim_invoices", "dim_organizations", DAILY_FACT)
 # the dbt exposure that documents what the alert run reads (dbt/models/marts/_marts__exposures.yml)
 ALERTS_EXPOSURE = "exposure.data_platform.balance_change_alerts"
 # the alert run only reads the warehouse and keeps its own state (a delivered alert is never sent
@@ -129,7 +127,8 @@ def raw_tables(context: AssetExecutionContext):
 
 @asset(
     group_name="docs",
-    deps=[get_asset_key_for_model([dbt_models], model) for model in MARTS],
+    # the docs describe every model: they follow every mart, the last layer built
+    deps=[key for key, group in dbt_models.group_names_by_key.items() if group == "marts"],
     description="The dbt docs site (dbt docs generate into the dbt target folder).",
 )
 def dbt_docs() -> None:
