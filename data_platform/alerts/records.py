@@ -38,7 +38,8 @@ SEVERITIES = (WARNING, CRITICAL)  # in rising order
 SLACK = "slack"
 CONSOLE = "console"
 DEFAULT_WEBHOOK_ENV = "SLACK_WEBHOOK_URL"
-DESTINATION_PATTERN = "^(console|slack|[A-Z_][A-Z0-9_]*)$"  # what ops accepts as a destination
+WEBHOOK_ENV_PATTERN = "[A-Z_][A-Z0-9_]*"  # the name of a route's webhook variable
+DESTINATION_PATTERN = f"^(console|slack|{WEBHOOK_ENV_PATTERN})$"  # what ops accepts as a destination
 
 
 def destination_for(webhook_env: str) -> str:

@@ -17,6 +17,7 @@ from data_platform.alerts.config import ConfigError, webhook_url
 from data_platform.alerts.records import (
     CONSOLE,
     SINKS,
+    WEBHOOK_ENV_PATTERN,
     Alert,
     Organization,
     Route,
@@ -25,7 +26,7 @@ from data_platform.alerts.records import (
 )
 
 SEED = "dbt/seeds/alert_routing.csv"
-_VARIABLE = re.compile(r"[A-Z_][A-Z0-9_]*")
+_VARIABLE = re.compile(WEBHOOK_ENV_PATTERN)
 
 
 @dataclass(frozen=True)

@@ -10,12 +10,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, timedelta
 
+from data_platform.paths import dbt_project_var
 from data_platform.raw_tables import INVOICES, ORGANIZATIONS
 
 # The headers the loader checks, from the one place that defines the raw columns.
 INVOICES_HEADER = INVOICES.csv_header
 ORGANIZATIONS_HEADER = ORGANIZATIONS.csv_header
-SENTINEL = "8817975702393619368"  # hash of the empty value: null parent / transaction
+# the hash of an empty value, written for a null parent or transaction (staging turns it into null)
+SENTINEL = str(dbt_project_var("empty_hash_sentinel"))
 
 DEFAULT_END_DATE = date(2024, 6, 28)
 DEFAULT_DAYS = 1096  # three years
