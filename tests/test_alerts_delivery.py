@@ -220,6 +220,40 @@ def test_redact():
     assert redact("HTTP 500: internal_error", url) == "HTTP 500: internal_error"
 
 
+def test_redact_replaces_each_quoted_part_whole_and_every_time():
+    # one placeholder for the path or the query a text quotes, not the secret cut out of what is around it
+    url = f"https://hooks.slack.com/services/T0/B0/{SECRET}?token={QUERY_SECRET}&v=1"
+    assert redact(f"POST /services/T0/B0/{SECRET} failed", url) == "POST <SLACK_WEBHOOK_URL> failed"
+    assert redact(f"bad query token={QUERY_SECRET}&v=1", url) == "bad query <SLACK_WEBHOOK_URL>"
+    assert redact(f"bad query token={QUERY_SECRET}", url) == "bad query <SLACK_WEBHOOK_URL>"
+    assert (
+        redact(f"hook {SECRET}, again {SECRET}", url) == "hook <SLACK_WEBHOOK_URL>, again <SLACK_WEBHOOK_URL>"
+    )
+
+
+def test_redact_hides_a_password_and_a_fragment():
+    url = f"https://hook-user:pw-{SECRET}@hooks.example.invalid/T0/B0/x#frag-{QUERY_SECRET}"
+    redacted = redact(
+        f"login hook-user:pw-{SECRET}@hooks.example.invalid refused, anchor frag-{QUERY_SECRET}", url
+    )
+    assert (
+        redacted
+        == "login hook-user:<SLACK_WEBHOOK_URL>@hooks.example.invalid refused, anchor <SLACK_WEBHOOK_URL>"
+    )
+
+
+def test_redact_hides_a_url_that_does_not_parse():
+    # a client's error quotes such a URL whole: its parts cannot be told apart, the whole is hidden
+    url = f"https://[hooks.example.invalid/T0/B0/{SECRET}"
+    assert redact(f"Invalid URL {url}: bad host", url) == "Invalid URL <SLACK_WEBHOOK_URL>: bad host"
+
+
+def test_redact_hides_parts_of_four_characters_and_leaves_shorter_ones():
+    # a 4-character path segment or query value may be the secret; "T0" or "v=1" would mangle texts
+    url = "https://hooks.example.invalid/T0/abcd/xyz?v=1&k=wxyz"
+    assert redact("abcd xyz v=1 T0 wxyz", url) == "<SLACK_WEBHOOK_URL> xyz v=1 T0 <SLACK_WEBHOOK_URL>"
+
+
 # --- answers SlackStub cannot give: bodies that do not decode, answers trickled byte by byte ------------
 
 
@@ -370,6 +404,40 @@ def ops_channel(url: str, http: HttpSettings) -> notify.SlackOpsChannel:
 def send_one(channel, url: str, http: HttpSettings):
     message = notify.OpsMessage("Data is stale") if channel is ops_channel else BATCH
     return channel(url, http).send(message)
+
+
+@pytest.mark.parametrize(
+    ("channel", "placeholder"),
+    [
+        (SlackChannel, "<SLACK_WEBHOOK_URL>"),
+        (JsonWebhookChannel, "<JSON webhook>"),
+        (ops_channel, "<SLACK_WEBHOOK_URL>"),
+    ],
+)
+def test_every_channel_redacts_an_error_page_quoting_its_url(channel, placeholder):
+    with SlackStub(query=f"token={QUERY_SECRET}") as webhook:
+        webhook.always(echoing_path(404))
+        outcome = send_one(channel, webhook.url, FAST)
+    assert outcome.error == f"HTTP 404: no such hook: {placeholder}"
+
+
+# what each client says of a URL it cannot use, quoting it: a space in its path, no scheme
+UNUSABLE_URLS = {
+    "slack": (SlackChannel, f"http://127.0.0.1:9/services/T0/B0/{SECRET} x", "<SLACK_WEBHOOK_URL>"),
+    "json": (
+        lambda url, http: JsonWebhookChannel(url, http, name="VIP_WEBHOOK"),
+        f"hooks.example.invalid/services/T0/B0/{SECRET}",
+        "<VIP_WEBHOOK>",
+    ),
+    "ops": (ops_channel, f"http://127.0.0.1:9/services/T0/B0/{SECRET} x", "<SLACK_WEBHOOK_URL>"),
+}
+
+
+@pytest.mark.parametrize(("channel", "url", "placeholder"), UNUSABLE_URLS.values(), ids=UNUSABLE_URLS.keys())
+def test_an_error_quoting_the_webhook_url_before_sending_is_reported_without_it(channel, url, placeholder):
+    outcome = send_one(channel, url, FAST)
+    assert not outcome.delivered and not outcome.unanswered
+    assert placeholder in outcome.error and SECRET not in outcome.error, outcome.error
 
 
 @pytest.mark.parametrize("channel", [SlackChannel, JsonWebhookChannel, ops_channel])
