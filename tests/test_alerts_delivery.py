@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import replace
@@ -13,6 +15,7 @@ from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from conftest import PROJECT_ROOT
 from slack_stub import (
     OK,
     QUERY_SECRET,
@@ -220,14 +223,48 @@ def test_redact():
     assert redact("HTTP 500: internal_error", url) == "HTTP 500: internal_error"
 
 
+def test_redact_replaces_each_quoted_part_whole_and_every_time():
+    # one placeholder for the path or the query a text quotes, not the secret cut out of what is around it
+    url = f"https://hooks.slack.com/services/T0/B0/{SECRET}?token={QUERY_SECRET}&v=1"
+    assert redact(f"POST /services/T0/B0/{SECRET} failed", url) == "POST <SLACK_WEBHOOK_URL> failed"
+    assert redact(f"bad query token={QUERY_SECRET}&v=1", url) == "bad query <SLACK_WEBHOOK_URL>"
+    assert redact(f"bad query token={QUERY_SECRET}", url) == "bad query <SLACK_WEBHOOK_URL>"
+    assert (
+        redact(f"hook {SECRET}, again {SECRET}", url) == "hook <SLACK_WEBHOOK_URL>, again <SLACK_WEBHOOK_URL>"
+    )
+
+
+def test_redact_hides_a_password_and_a_fragment():
+    url = f"https://hook-user:pw-{SECRET}@hooks.example.invalid/T0/B0/x#frag-{QUERY_SECRET}"
+    redacted = redact(
+        f"login hook-user:pw-{SECRET}@hooks.example.invalid refused, anchor frag-{QUERY_SECRET}", url
+    )
+    assert (
+        redacted
+        == "login hook-user:<SLACK_WEBHOOK_URL>@hooks.example.invalid refused, anchor <SLACK_WEBHOOK_URL>"
+    )
+
+
+def test_redact_hides_a_url_that_does_not_parse():
+    # a client's error quotes such a URL whole: its parts cannot be told apart, the whole is hidden
+    url = f"https://[hooks.example.invalid/T0/B0/{SECRET}"
+    assert redact(f"Invalid URL {url}: bad host", url) == "Invalid URL <SLACK_WEBHOOK_URL>: bad host"
+
+
+def test_redact_hides_parts_of_four_characters_and_leaves_shorter_ones():
+    # a 4-character path segment or query value may be the secret; "T0" or "v=1" would mangle texts
+    url = "https://hooks.example.invalid/T0/abcd/xyz?v=1&k=wxyz"
+    assert redact("abcd xyz v=1 T0 wxyz", url) == "<SLACK_WEBHOOK_URL> xyz v=1 T0 <SLACK_WEBHOOK_URL>"
+
+
 # --- answers SlackStub cannot give: bodies that do not decode, answers trickled byte by byte ------------
 
 
 class RawAnswers:
     """A local server answering each POST with raw bytes, the next of `answers` (the last repeated),
-    `pause` seconds between bytes."""
+    `pause` seconds between bytes from the answer `trickle_from` on (the ones before sent whole)."""
 
-    def __init__(self, *answers: bytes, pause: float = 0.0) -> None:
+    def __init__(self, *answers: bytes, pause: float = 0.0, trickle_from: int = 0) -> None:
         self.received: list[dict] = []
         self._answers = list(answers)
         server = self
@@ -236,11 +273,12 @@ class RawAnswers:
             def do_POST(self) -> None:
                 server.received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
                 answer = server._answers.pop(0) if len(server._answers) > 1 else server._answers[0]
+                step = 1 if pause and len(server.received) > trickle_from else len(answer)
                 try:
-                    for at in range(0, len(answer), 1 if pause else len(answer)):
-                        self.wfile.write(answer[at : at + (1 if pause else len(answer))])
+                    for at in range(0, len(answer), step):
+                        self.wfile.write(answer[at : at + step])
                         self.wfile.flush()
-                        time.sleep(pause)
+                        time.sleep(pause if step == 1 else 0)
                 except OSError:
                     pass  # the client gave up
                 self.close_connection = True
@@ -355,6 +393,16 @@ def test_an_attempt_given_up_on_is_not_retried_in_the_background(channel):
 
 
 @pytest.mark.parametrize("channel", [SlackChannel, JsonWebhookChannel])
+def test_a_retry_trickled_byte_by_byte_is_given_up_at_its_own_deadline(channel):
+    # each attempt has its deadline, the retries too: not only the first one
+    with RawAnswers(answer(503, "text/plain", b"busy"), TRICKLED, pause=0.3, trickle_from=1) as webhook:
+        outcome = channel(webhook.url, FAST).send(BATCH)
+        assert len(webhook.received) == 2
+    assert not outcome.delivered and outcome.unanswered
+    assert outcome.error == "no answer within 1 s (the message may have arrived)"
+
+
+@pytest.mark.parametrize("channel", [SlackChannel, JsonWebhookChannel])
 def test_waiting_out_a_retry_after_is_no_part_of_an_attempt(channel):
     with RawAnswers(
         answer(429, "text/plain\r\nRetry-After: 2", b"slow down"), answer(200, "text/plain", b"ok")
@@ -370,6 +418,40 @@ def ops_channel(url: str, http: HttpSettings) -> notify.SlackOpsChannel:
 def send_one(channel, url: str, http: HttpSettings):
     message = notify.OpsMessage("Data is stale") if channel is ops_channel else BATCH
     return channel(url, http).send(message)
+
+
+@pytest.mark.parametrize(
+    ("channel", "placeholder"),
+    [
+        (SlackChannel, "<SLACK_WEBHOOK_URL>"),
+        (JsonWebhookChannel, "<JSON webhook>"),
+        (ops_channel, "<SLACK_WEBHOOK_URL>"),
+    ],
+)
+def test_every_channel_redacts_an_error_page_quoting_its_url(channel, placeholder):
+    with SlackStub(query=f"token={QUERY_SECRET}") as webhook:
+        webhook.always(echoing_path(404))
+        outcome = send_one(channel, webhook.url, FAST)
+    assert outcome.error == f"HTTP 404: no such hook: {placeholder}"
+
+
+# what each client says of a URL it cannot use, quoting it: a space in its path, no scheme
+UNUSABLE_URLS = {
+    "slack": (SlackChannel, f"http://127.0.0.1:9/services/T0/B0/{SECRET} x", "<SLACK_WEBHOOK_URL>"),
+    "json": (
+        lambda url, http: JsonWebhookChannel(url, http, name="VIP_WEBHOOK"),
+        f"hooks.example.invalid/services/T0/B0/{SECRET}",
+        "<VIP_WEBHOOK>",
+    ),
+    "ops": (ops_channel, f"http://127.0.0.1:9/services/T0/B0/{SECRET} x", "<SLACK_WEBHOOK_URL>"),
+}
+
+
+@pytest.mark.parametrize(("channel", "url", "placeholder"), UNUSABLE_URLS.values(), ids=UNUSABLE_URLS.keys())
+def test_an_error_quoting_the_webhook_url_before_sending_is_reported_without_it(channel, url, placeholder):
+    outcome = send_one(channel, url, FAST)
+    assert not outcome.delivered and not outcome.unanswered
+    assert placeholder in outcome.error and SECRET not in outcome.error, outcome.error
 
 
 @pytest.mark.parametrize("channel", [SlackChannel, JsonWebhookChannel, ops_channel])
@@ -449,3 +531,130 @@ def test_a_retry_whose_record_did_not_happen_never_goes_out(channel, slack):
         channel(slack.url, FAST).send(BATCH, StoppedWhileRecording(slack))
     time.sleep(0.5)  # many times the backoff
     assert len(slack.requests) == 1
+
+
+@pytest.mark.parametrize("channel", [SlackChannel, JsonWebhookChannel])
+def test_a_connection_refused_is_recorded_as_unreached_before_each_retry(channel):
+    with SlackStub() as gone:
+        url = gone.url  # nothing listens here any more
+    attempts = AttemptsSeen(gone)
+
+    outcome = channel(url, FAST).send(BATCH, attempts)
+
+    assert not outcome.delivered and not outcome.unanswered
+    assert [what for what, _ in attempts.seen] == [
+        "request may go out",
+        "cannot reach the webhook (retrying)",
+        "request may go out",
+        "cannot reach the webhook (retrying)",
+        "request may go out",
+    ]
+
+
+@pytest.mark.parametrize("channel", [SlackChannel, JsonWebhookChannel])
+def test_a_retry_goes_out_only_once_its_attempt_is_recorded(channel, slack):
+    # the record is the run's promise that the message may be in flight: it must come first, however long
+    # the database takes to make it
+    class SlowToRecord(AttemptsSeen):
+        def request_may_go_out(self) -> None:
+            before = len(slack.requests)
+            time.sleep(0.5)
+            self.seen.append(("requests while recording", len(slack.requests) - before))
+
+    slack.answer(server_error(503))
+    attempts = SlowToRecord(slack)
+
+    assert channel(slack.url, FAST).send(BATCH, attempts).delivered
+
+    while_recording = [requests for what, requests in attempts.seen if what == "requests while recording"]
+    assert while_recording == [0, 0]
+    assert len(slack.requests) == 2
+
+
+@pytest.mark.parametrize("channel", [SlackChannel, ops_channel])
+def test_a_retry_whose_connection_hangs_after_a_refused_attempt_sent_nothing(channel, monkeypatch):
+    # the first attempt's request went out (answered 503); the retry's never did: not "may have arrived"
+    resolve = socket.getaddrinfo
+    lookups = []
+
+    def second_lookup_hangs(*args, **kwargs):
+        lookups.append(args[0])
+        if len(lookups) > 1:
+            time.sleep(3 * FAST.timeout)
+        return resolve(*args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", second_lookup_hangs)
+    with SlackStub() as webhook:
+        webhook.answer(server_error(503))
+        outcome = send_one(channel, webhook.url.replace("127.0.0.1", "localhost"), replace(FAST, retries=1))
+        assert len(webhook.requests) == 1
+    assert not outcome.delivered and not outcome.unanswered
+    assert outcome.error == "cannot reach the webhook: no connection within 1 s (nothing was sent)"
+
+
+def test_a_send_given_up_on_does_not_keep_the_process_alive():
+    # a hung send goes on in the background: the run must still exit once it is done
+    code = (
+        "import threading\n"
+        "from data_platform.alerts.delivery import AttemptOverdue, send_within\n"
+        "try:\n"
+        "    send_within(threading.Event().wait, 0.2)\n"
+        "except AttemptOverdue as overdue:\n"
+        "    print(overdue)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "cannot reach the webhook: no connection within 0.2 s (nothing was sent)\n"
+
+
+class NothingNoted:
+    """An AttemptLog that lets each attempt go on, noting nothing."""
+
+    def request_may_go_out(self) -> None:
+        pass
+
+    def refused(self, error: str) -> None:
+        pass
+
+
+def workers_started(during) -> list[threading.Thread]:
+    before = set(threading.enumerate())
+    during()
+    return [
+        thread for thread in threading.enumerate() if thread.name == "alert-send" and thread not in before
+    ]
+
+
+@pytest.mark.parametrize("channel", [SlackChannel, JsonWebhookChannel])
+def test_a_send_stopped_while_recording_leaves_no_worker_waiting(channel, slack):
+    # a daemon's every tick would leave one more thread blocked for good
+    class StoppedWhileRecording(AttemptsSeen):
+        def refused(self, error: str) -> None:
+            raise KeyboardInterrupt
+
+    def stopped() -> None:
+        with pytest.raises(KeyboardInterrupt):
+            channel(slack.url, FAST).send(BATCH, StoppedWhileRecording(slack))
+
+    slack.answer(server_error(503))
+    for worker in workers_started(stopped):
+        worker.join(timeout=10)
+        assert not worker.is_alive()
+
+
+@pytest.mark.parametrize("channel", [SlackChannel, JsonWebhookChannel])
+def test_a_send_given_up_on_leaves_no_worker_waiting_once_its_late_answer_comes(channel):
+    # the late 503 would be retried: its refusal is no longer recorded, and the worker ends there
+    trickled_503 = answer(503, "text/plain", b"busy" + b" " * 20)
+    with RawAnswers(trickled_503, answer(200, "text/plain", b"ok"), pause=0.02) as webhook:
+
+        def given_up() -> None:
+            outcome = channel(webhook.url, FAST).send(BATCH, NothingNoted())
+            assert outcome.unanswered
+
+        for worker in workers_started(given_up):
+            worker.join(timeout=len(trickled_503) * 0.02 + 10)
+            assert not worker.is_alive()
+        assert len(webhook.received) == 1

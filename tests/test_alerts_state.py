@@ -6,6 +6,8 @@ from __future__ import annotations
 from datetime import date, timedelta
 
 from slack_stub import OK, server_error
+from sqlalchemy import create_engine, select
+from sqlalchemy.pool import NullPool
 from test_alerts import (  # noqa: F401  (db, slack, warehouse and run_inline are fixtures)
     DAY,
     add_moves,
@@ -23,7 +25,8 @@ from test_alerts import (  # noqa: F401  (db, slack, warehouse and run_inline ar
     watermark,
 )
 
-from data_platform.alerts import cli
+from data_platform.alerts import cli, detect
+from data_platform.alerts.keys import organization_days_in, organization_ids_in
 
 WAITING_FOR_SLACK = (
     "1 alert still undelivered (SLACK_WEBHOOK_URL 1): printing is not delivering; a run with that variable "
@@ -364,6 +367,28 @@ def test_sent_alerts_are_not_sent_again_after_the_fact_is_rebuilt(db, slack):  #
     stored = db.query("select organization_id, balance_usd from ops.alert_history order by 1")
     assert stored == [(1, 300), (2, 330)]  # what was sent, as it was sent
     assert ops_tables(db) == {"alert_history", "alert_watermark"}
+
+
+def test_the_key_arrays_match_exactly_the_keys_asked_for(db):  # noqa: F811
+    # each day paired with its own organization, not with every organization asked for; ids beyond int4
+    big = 2**40
+    add_moves(db, *((organization, day, "100", "300") for organization in (1, 2, big) for day in DAY[:2]))
+    engine = create_engine("postgresql+psycopg://", creator=lambda: db.connect("alerter"), poolclass=NullPool)
+    fact = detect.fact
+    asked = [(1, DAY[0]), (2, DAY[1]), (big, DAY[1]), (1, DAY[0])]
+    with engine.connect() as conn:
+        by_day = conn.execute(
+            select(fact.c.organization_id, fact.c.balance_date).where(
+                organization_days_in(fact.c.organization_id, fact.c.balance_date, iter(asked))
+            )
+        )
+        by_organization = conn.execute(
+            select(fact.c.organization_id, fact.c.balance_date).where(
+                organization_ids_in(fact.c.organization_id, iter([big, 2, big]))
+            )
+        )
+        assert sorted(by_day) == sorted(set(asked))
+        assert sorted(by_organization) == [(2, DAY[0]), (2, DAY[1]), (big, DAY[0]), (big, DAY[1])]
 
 
 def test_a_digest_of_more_alerts_than_a_statement_takes_parameters_is_delivered(db, run_inline):  # noqa: F811

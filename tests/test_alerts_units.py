@@ -1,4 +1,5 @@
-"""Alert pieces without a database: day planning (the watermark rule), message text, settings."""
+"""Alert pieces without a database: day planning (the watermark rule), message text, settings, database
+errors in words."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ from dataclasses import replace
 from datetime import date, timedelta
 from decimal import Decimal
 
+import psycopg
 import pytest
+from sqlalchemy.exc import DBAPIError, ProgrammingError
 
 from data_platform.alerts import config, messages, payload
+from data_platform.alerts.errors import database_error, db_message
 from data_platform.alerts.plan import Plan, plan_days
 from data_platform.alerts.records import BALANCE_CHANGE, NEW_BALANCE, Alert, Batch, Organization
 
@@ -454,3 +458,53 @@ def test_a_balance_beyond_28_digits_formats_in_every_message():
         "$0.01 -> $1,000,000,000,000,000,000,000,000.01 (+10,000,000,000,000,000,000,000,000,000.00%)" in text
     )
     assert document["alerts"][0]["change_ratio"] == "100000000000000000000000000.000000"
+
+
+# --- database errors in words ----------------------------------------------------------------------
+
+
+def driver_error(kind: type[psycopg.Error], message: str) -> DBAPIError:
+    # as SQLAlchemy raises it: its own text appends the statement and the parameters
+    return ProgrammingError("select balance from marts.x where id = %(id)s", {"id": 424242}, kind(message))
+
+
+@pytest.fixture
+def alerter_target(monkeypatch):
+    for name, value in {"PGUSER": "alerter", "PGHOST": "db", "PGPORT": "5432", "PGDATABASE": "wh"}.items():
+        monkeypatch.setenv(name, value)
+
+
+def test_a_database_error_gives_the_drivers_message_on_one_line_never_the_statement(alerter_target):
+    error = driver_error(psycopg.errors.DivisionByZero, "division by zero\nCONTEXT:  a view\n  line 2")
+    said = database_error(error)
+    assert said == "database error on alerter@db:5432/wh: division by zero CONTEXT: a view line 2"
+    assert db_message(DBAPIError("select 1", None, None)) == "DBAPIError"  # no driver error to quote
+
+
+def test_a_table_dropped_while_the_run_reads_it_says_to_run_the_pipeline(alerter_target):
+    # the run checks the marts exist first: a table gone after that check fails only its query
+    said = database_error(driver_error(psycopg.errors.UndefinedTable, 'relation "marts.x" does not exist'))
+    assert said == (
+        'database error on alerter@db:5432/wh: relation "marts.x" does not exist: '
+        "run the pipeline first (init.sh)."
+    )
+
+
+OPS_STATE = "Role alerter may not write the alerts' state: run as the role that owns the ops schema"
+MARTS = "Role alerter may not read the marts: dbt grants select on them to ALERTER_USER"
+LACKING = "Role alerter lacks a privilege the alert run needs."
+DENIED = {
+    "schema ops": ("permission denied for schema ops", OPS_STATE),
+    "an ops table": ("permission denied for table alert_history", OPS_STATE),
+    "schema marts": ("permission denied for schema marts", MARTS),
+    "a marts table": ("permission denied for table fct_organization_daily_financials", MARTS),
+    "a marts view": ("permission denied for view dim_alert_routes", MARTS),
+    "anything else": ("permission denied for function pg_sleep", LACKING),
+}
+
+
+@pytest.mark.parametrize(("denied", "hint"), DENIED.values(), ids=DENIED.keys())
+def test_a_missing_privilege_says_which_side_lacks_it_and_for_which_role(alerter_target, denied, hint):
+    said = database_error(driver_error(psycopg.errors.InsufficientPrivilege, denied))
+    assert said.startswith(f"database error on alerter@db:5432/wh: {denied}. {hint}"), said
+    assert [known for known in (OPS_STATE, MARTS, LACKING) if known in said] == [hint]

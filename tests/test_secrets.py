@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import traceback
 
 import pytest
 from conftest import PROJECT_ROOT
@@ -27,6 +28,7 @@ def write(tmp_path, content: bytes, name: str = "secret"):
         (b"s3cret", "s3cret"),
         (b"s3cret\r\n", "s3cret"),
         (b"s3cret\n\n", "s3cret\n"),  # one newline only: the rest is part of the value
+        (b"s3cret\n\r\n", "s3cret\n"),  # one line end, of either kind, not one of each
         (b"  spaced pass \n", "  spaced pass "),
         ("pässwörd\n".encode(), "pässwörd"),
     ],
@@ -86,6 +88,16 @@ def test_content_no_variable_can_hold_is_refused_without_showing_it(tmp_path, co
     message = str(raised.value)
     assert problem in message
     assert "s3c" not in message and "\\xff" not in message and "0xff" not in message
+
+
+def test_an_undecodable_file_shows_none_of_its_bytes_in_the_traceback_either(tmp_path):
+    # the decoding error quotes the byte it stopped at: chained, a printed traceback would show it
+    path = write(tmp_path, b"s3c\xd7ret")
+    with pytest.raises(secrets.SecretError) as raised:
+        secrets.resolve({"SLACK_WEBHOOK_URL_FILE": path})
+    shown = "".join(traceback.format_exception(raised.value))
+    assert "is not UTF-8 text" in shown
+    assert "0xd7" not in shown and "s3c" not in shown
 
 
 @pytest.mark.parametrize("content", [b"", b"\n", b"\r\n", b"  \n", b"\t"])
@@ -173,6 +185,17 @@ def test_apply_to_environ_resolves_the_usable_files_and_returns_the_errors_of_th
     assert environ == {"PGPASSWORD": "fine", **broken}
     with pytest.raises(secrets.SecretError, match="ALERTER_PASSWORD_FILE"):
         secrets.resolve(environ)
+
+
+def test_apply_to_environ_goes_on_past_an_unusable_first_variable(tmp_path):
+    # the first name's error leaves nothing resolved for it: the next names are still resolved
+    environ = {
+        "PGPASSWORD_FILE": str(tmp_path / "missing"),
+        "ALERTER_PASSWORD_FILE": write(tmp_path, b"alerter-pw\n"),
+    }
+    errors = secrets.apply_to_environ(environ)
+    assert [str(error).split(":")[0] for error in errors] == [f"PGPASSWORD_FILE={tmp_path / 'missing'}"]
+    assert environ == {"PGPASSWORD_FILE": str(tmp_path / "missing"), "ALERTER_PASSWORD": "alerter-pw"}
 
 
 def run_dagster_process(tmp_path, code: str, **extra: str) -> subprocess.CompletedProcess:
