@@ -79,9 +79,10 @@ DBT_PROFILE_TARGET = "dev"
 DBT_ARGS = (*DBT_DIR_ARGS, "--target", DBT_PROFILE_TARGET)
 LOCK_KEY = "data_platform.pipeline"
 FAILED_ROWS_SHOWN = 5
-EXIT_CONFIG = 2
-# EXIT_BUSY (3, the loader's own when its lock is busy): another pipeline run, or a loader run by hand,
-# held its lock past PIPELINE_LOCK_TIMEOUT; nothing is wrong, run again later
+EXIT_CONFIG = 2  # a setting to fix, or no database
+# EXIT_BUSY (3) is the loader's exit code when its lock is busy, and the pipeline's when another pipeline
+# run or a loader run by hand holds its lock past PIPELINE_LOCK_TIMEOUT: nothing is wrong, run again later
+
 # The run went to its end and the warehouse is built, but not every alert was delivered: a run from cron
 # must not end green then. Not used while the docs are served: the server runs on, the message is printed.
 EXIT_ALERTS_UNDELIVERED = 4  # they wait for the next alert run
