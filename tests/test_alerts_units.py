@@ -17,6 +17,7 @@ from data_platform.alerts import config, messages, payload
 from data_platform.alerts.errors import database_error, db_message
 from data_platform.alerts.plan import Plan, plan_days
 from data_platform.alerts.records import BALANCE_CHANGE, NEW_BALANCE, Alert, Batch, Organization
+from data_platform.alerts.summary import Summary
 
 D = [date(2024, 3, 1) + timedelta(days=i) for i in range(10)]  # D[0] .. D[9]
 MAX = date.max  # a garbage 9999-12-31 in the data must not overflow the planning
@@ -157,6 +158,34 @@ def test_slack_message_blocks_and_fallback():
         "type": "context",
         "elements": [{"type": "mrkdwn", "text": ":warning: missing from organizations.csv"}],
     }
+
+
+def test_the_run_summary_writes_every_count_alike():
+    # plural() writes "1,500 alerts": the counts beside it in the same line and notes read the same way
+    summary = Summary(
+        days_processed=1096,
+        first_day=date(2021, 7, 1),
+        last_day=date(2024, 6, 30),
+        sent=1500,
+        retried=1200,
+        failed=2001,
+        unanswered={"slack": 1001, "VIP_WEBHOOK": 1000},
+        skipped_from_zero=3000,
+        held_back=4000,
+        suppressed=5000,
+        watermark=date(2024, 6, 30),
+        waiting_for_webhook={"slack": 6000},
+        unrouted={"OLD_WEBHOOK": 7000},
+    )
+    line = summary.line()
+    assert line.startswith(
+        "Summary: 1,096 days processed (2021-07-01..2024-06-30), 1,500 alerts sent (1,200 retried from "
+        "earlier runs), 2,001 failed, 3,000 skipped-from-zero (--include-from-zero alerts them), 4,000 "
+        "below --min-change-usd, 5,000 suppressed (--suppress-days; recorded in ops.alert_history); "
+    ), line
+    assert "(SLACK_WEBHOOK_URL 1,001, VIP_WEBHOOK 1,000)" in line
+    assert "(SLACK_WEBHOOK_URL 6,000)" in line and "(OLD_WEBHOOK 7,000)" in line
+    assert not re.search(r"\d{4}", re.sub(r"\d{4}-\d{2}-\d{2}", "", line)), line
 
 
 # --- settings ------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from data_platform.wording import plural
 def _by_variable(counts: dict[str, int]) -> str:
     """Alerts per destination, each by its webhook variable: `KEY_ACCOUNTS_WEBHOOK 1, SLACK_WEBHOOK_URL 2`."""
     by_variable = {webhook_env_of(destination): count for destination, count in counts.items()}
-    return ", ".join(f"{variable} {count}" for variable, count in sorted(by_variable.items()))
+    return ", ".join(f"{variable} {count:,}" for variable, count in sorted(by_variable.items()))
 
 
 @dataclass
@@ -50,7 +50,7 @@ class Summary:
     digests: int = 0  # digest messages sent in place of one message per organization
 
     def line(self) -> str:
-        days = f"{self.days_processed} day{'' if self.days_processed == 1 else 's'} processed"
+        days = f"{plural(self.days_processed, 'day')} processed"
         if self.first_day and self.last_day:
             span = self.first_day.isoformat()
             if self.last_day != self.first_day:
@@ -59,24 +59,24 @@ class Summary:
         verb = "would be sent" if self.dry_run else "sent"
         sent = f"{plural(self.sent, 'alert')} {verb}"
         if self.retried:
-            sent += f" ({self.retried} retried from earlier runs)"
+            sent += f" ({self.retried:,} retried from earlier runs)"
         if self.digests:
             sent += f" (in {plural(self.digests, 'digest')})"
-        skipped = f"{self.skipped_from_zero} skipped-from-zero"
+        skipped = f"{self.skipped_from_zero:,} skipped-from-zero"
         if self.skipped_from_zero:
             skipped += " (--include-from-zero alerts them)"
         # the noise controls say what they held back only when they did
         if self.held_back:
-            skipped += f", {self.held_back} below --min-change-usd"
+            skipped += f", {self.held_back:,} below --min-change-usd"
         if self.suppressed and self.dry_run:  # records nothing
-            skipped += f", {self.suppressed} would be suppressed (--suppress-days)"
+            skipped += f", {self.suppressed:,} would be suppressed (--suppress-days)"
         elif self.suppressed:
-            skipped += f", {self.suppressed} suppressed (--suppress-days; recorded in ops.alert_history)"
+            skipped += f", {self.suppressed:,} suppressed (--suppress-days; recorded in ops.alert_history)"
         watermark = f"watermark {self.watermark.isoformat() if self.watermark else 'not set'}"
         if self.dry_run and self.watermark != self.watermark_before:
             watermark = f"watermark would move to {self.watermark}"
         prefix = "Summary (dry run, nothing changed)" if self.dry_run else "Summary"
-        line = f"{prefix}: {days}, {sent}, {self.failed} failed, {skipped}; {watermark}."
+        line = f"{prefix}: {days}, {sent}, {self.failed:,} failed, {skipped}; {watermark}."
         return " ".join([line, *self.notes()])
 
     @property
