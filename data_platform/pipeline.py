@@ -81,7 +81,8 @@ LOCK_KEY = "data_platform.pipeline"
 FAILED_ROWS_SHOWN = 5
 EXIT_CONFIG = 2  # a setting to fix, or no database
 # EXIT_BUSY (3) is the loader's exit code when its lock is busy, and the pipeline's when another pipeline
-# run or a loader run by hand holds its lock past PIPELINE_LOCK_TIMEOUT: nothing is wrong, run again later
+# run, a loader run by hand or an alert run by hand holds its lock past PIPELINE_LOCK_TIMEOUT: nothing is
+# wrong, run again later
 
 # The run went to its end and the warehouse is built, but not every alert was delivered: a run from cron
 # must not end green then. Not used while the docs are served: the server runs on, the message is printed.
@@ -535,6 +536,12 @@ def run_alerts(settings: Settings) -> AlertRun:
         alert_exit_codes.DELIVERY_FAILED: AlertRun.UNDELIVERED,
         alert_exit_codes.GIVEN_UP: AlertRun.GIVEN_UP,
     }
+    if code == alert_exit_codes.BUSY:  # it said so: an alert run by hand or from cron
+        raise PipelineError(
+            "the alert run found another alert run still running; the build is recorded: the next alert "
+            "run (alert_script.py, or the next pipeline run) alerts its days",
+            EXIT_BUSY,
+        )
     if code not in outcomes:
         how = _ended(code) if code in STOPPED else failed(code, show_code=True)
         raise PipelineError(

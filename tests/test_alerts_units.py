@@ -384,6 +384,7 @@ def test_help_names_every_exit_code_the_command_returns(capsys):
         exit_codes.DELIVERY_FAILED,
         exit_codes.ERROR,
         exit_codes.GIVEN_UP,
+        exit_codes.BUSY,
         exit_codes.INTERRUPTED,
         exit_codes.TERMINATED,
     }

@@ -68,6 +68,10 @@ class AlertError(RuntimeError):
     """A configuration or database problem: the message tells the user what to do."""
 
 
+class AlertRunBusy(AlertError):
+    """Another alert run held the lock too long: nothing is wrong, nothing was sent."""
+
+
 def make_engine() -> Engine:
     """SQLAlchemy Core on psycopg 3; an empty URL lets libpq read PGHOST, PGPORT, PGUSER, ...
 
@@ -143,7 +147,7 @@ def run(
                         reader, ops, settings, Routing(routes, found, channels), today or today_utc()
                     )
             except store.LockBusy as error:
-                raise AlertError(f"{error}; nothing was sent. Try again when it has finished.") from error
+                raise AlertRunBusy(f"{error}; nothing was sent. Try again when it has finished.") from error
 
 
 @dataclass(frozen=True)
@@ -513,6 +517,9 @@ def _run_and_report(argv: Sequence[str] | None) -> int:
         settings = load(argv, os.environ)
         summary = run(settings)
         print(summary.line(), flush=True)
+    except AlertRunBusy as error:
+        _tell(f"error: {error}")
+        return exit_codes.BUSY
     except (ConfigError, AlertError) as error:
         _tell(f"error: {error}")
         return exit_codes.ERROR

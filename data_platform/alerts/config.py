@@ -159,7 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
             "names any more, or, in a console run, for a route's webhook; 2 configuration or database "
             "error, or an unexpected error; 3 an alert given up after "
             f"{MAX_UNCONFIRMED_ATTEMPTS} unanswered attempts (not sent again: check the channel; wins over "
-            "1); 130 interrupted; 143 stopped by SIGTERM. Connection from PGHOST, PGPORT, PGUSER, "
+            "1); 4 another alert run still held the lock after ALERT_LOCK_TIMEOUT (nothing was sent: run "
+            "again later); 130 interrupted; 143 stopped by SIGTERM. Connection from PGHOST, PGPORT, PGUSER, "
             "PGPASSWORD, PGDATABASE (and PGCONNECT_TIMEOUT, default 10 s)."
         ),
     )

@@ -4,5 +4,6 @@ OK = 0
 DELIVERY_FAILED = 1  # some alerts are still undelivered (or unrouted): the next run retries them
 ERROR = 2  # bad settings, a database error or an unexpected one: the run stopped
 GIVEN_UP = 3  # the run gave up on an alert after its retries (reported)
+BUSY = 4  # another alert run held the lock past ALERT_LOCK_TIMEOUT: nothing was sent, run again later
 INTERRUPTED = 130  # Ctrl-C
 TERMINATED = 143  # SIGTERM
