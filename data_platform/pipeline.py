@@ -536,14 +536,11 @@ def run_alerts(settings: Settings) -> AlertRun:
         alert_exit_codes.DELIVERY_FAILED: AlertRun.UNDELIVERED,
         alert_exit_codes.GIVEN_UP: AlertRun.GIVEN_UP,
     }
-    if code == alert_exit_codes.BUSY:  # it said so: an alert run by hand or from cron
-        raise PipelineError(
-            "the alert run found another alert run still running; the build is recorded: the next alert "
-            "run (alert_script.py, or the next pipeline run) alerts its days",
-            EXIT_BUSY,
-        )
     if code not in outcomes:
-        how = _ended(code) if code in STOPPED else failed(code, show_code=True)
+        if code == alert_exit_codes.BUSY:  # it said who: an alert run by hand or from cron
+            how, code = "found another alert run still running", EXIT_BUSY
+        else:
+            how = _ended(code) if code in STOPPED else failed(code, show_code=True)
         raise PipelineError(
             f"the alert run {how}; the build is recorded: the next alert run "
             "(alert_script.py, or the next pipeline run) alerts its days",
