@@ -9,6 +9,7 @@ import threading
 import time
 from datetime import UTC, date, datetime
 from decimal import Decimal
+from functools import partial
 from pathlib import Path
 
 import psycopg
@@ -373,9 +374,8 @@ def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
 
 def test_summary_counts_one_invoice_and_one_organization_in_the_singular(tmp_path):
     export = Export(tmp_path, tmp_path / "invoices.csv", tmp_path / "organizations.csv", date(2024, 1, 2))
-    one = ExportResult(
-        export,
-        date(2024, 1, 2),
+    result = partial(ExportResult, export, date(2024, 1, 2))
+    one = result(
         invoice_rows=1,
         invoices=InvoiceCounts(1, 0, 0),
         organization_rows=1,
@@ -386,9 +386,7 @@ def test_summary_counts_one_invoice_and_one_organization_in_the_singular(tmp_pat
         f"export 2024-01-02 ({tmp_path}): 1 invoice (1 new, 0 changed, 0 unchanged), "
         "1 organization (1 new, 0 changed) in 0.5 s (4 rows/s)"
     )
-    many = ExportResult(
-        export,
-        date(2024, 1, 2),
+    many = result(
         invoice_rows=1234,
         invoices=InvoiceCounts(1000, 200, 34),
         organization_rows=0,
