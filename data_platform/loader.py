@@ -37,7 +37,7 @@ import signal
 import socket
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -245,51 +245,19 @@ def load_export(
         conn.execute("set local timezone to 'UTC'")
         conn.execute("set local datestyle to 'ISO, YMD'")
         new_tables = ledger.ensure_tables(conn)
-        if export.date is not None:
-            logged = ledger.logged(conn, export.date)
-            if logged and _already_loaded(conn, export, export.date, logged):
-                return ExportResult(export, export.date, skipped=True)
-            _refuse_date(conn, export, export.date, today)
-        elif ledger.latest_export(conn) is not None:  # the base export, dated by its content
-            logged = ledger.logged_by_checksums(conn, *_checksums(conn, export))
-            if logged:  # this very file was loaded before
-                return ExportResult(export, logged.export_date, skipped=True)
+        loaded_as = _loaded_as(conn, export, today)
+        if loaded_as is not None:
+            return ExportResult(export, loaded_as, skipped=True)
         # only once it is known not to be loaded yet: an export loaded with --allow-empty is skipped by
         # the runs after it, which never pass it
         if not allow_empty:
             _refuse_empty(files)
         for file in files:
             refuse_cut_off(file.path)
-
-        # a dated snapshot is read against the latest export's file (an undated one is dated by all of
-        # its records, so every one is staged)
-        previous = ledger.latest_invoices_file(conn) if export.date is not None else None
-        staged = {}
-        for file in files:
-            spec, path, header = file.spec, file.path, file.header_bytes
-            against = previous if spec is INVOICES and previous and worth_reading(path, previous) else None
-            with file.unchanged.reading():
-                staged[spec.name] = stage(
-                    conn, spec, path, header, block_size=block_size, progress=progress, previous=against
-                )
-            # the next run asks whether this export was loaded: it need not read the file again
-            file_checksums.remember(conn, path, file.before, staged[spec.name].sha256)
+        staged = _stage_files(conn, export, files, block_size, progress)
         invoices = staged[INVOICES.name]
-        export_date = export.date or ledger.latest_day(conn)
-        if export_date is None:
-            raise undatable(export.invoices)
         organizations = staged.get(ORGANIZATIONS.name)
-        if export.date is None:
-            logged = ledger.logged(conn, export_date)
-            if logged:
-                raise _altered(
-                    export,
-                    export_date,
-                    logged,
-                    invoices.sha256,
-                    organizations.sha256 if organizations else None,
-                )
-            _refuse_date(conn, export, export_date, today)
+        export_date = export.date or _dated_by_content(conn, export, invoices, organizations, today)
         ledger.refuse_future_invoices(conn, invoices, export_date)
         if organizations:
             ledger.refuse_duplicates(conn, organizations)
@@ -300,36 +268,99 @@ def load_export(
         for file in files:
             discard(conn, file.spec)
         ledger.refresh_statistics(conn, counts.new + counts.changed)
-        # the logged time covers all of the load's work; only the commit comes after it
-        seconds = time.perf_counter() - started
-        ledger.log_export(
-            conn,
-            LoadLogRow(
-                export_date=export_date,
-                source=str(export.source),
-                invoices_sha256=invoices.sha256,
-                organizations_sha256=organizations.sha256 if organizations else None,
-                invoice_rows=invoices.rows,
-                invoices_new=counts.new,
-                invoices_changed=counts.changed,
-                invoices_unchanged=counts.unchanged,
-                organization_rows=organizations.rows if organizations else 0,
-                organizations_new=org_new,
-                organizations_changed=org_changed,
-                loaded_at=datetime.now(UTC),
-                duration_seconds=round(seconds, 3),
-            ),
+        result = ExportResult(
+            export,
+            export_date,
+            invoice_rows=invoices.rows,
+            invoices=counts,
+            organization_rows=organizations.rows if organizations else 0,
+            organizations_new=org_new,
+            organizations_changed=org_changed,
+            note=invoices.note,
         )
-    return ExportResult(
-        export,
-        export_date,
-        invoice_rows=invoices.rows,
-        invoices=counts,
-        organization_rows=organizations.rows if organizations else 0,
-        organizations_new=org_new,
-        organizations_changed=org_changed,
-        seconds=time.perf_counter() - started,
-        note=invoices.note,
+        # the logged time covers all of the load's work; only the commit comes after it
+        _log(conn, result, invoices, organizations, time.perf_counter() - started)
+    return replace(result, seconds=time.perf_counter() - started)
+
+
+def _loaded_as(conn: psycopg.Connection, export: Export, today: date) -> date | None:
+    """The date `export` was loaded as, if it was (skip it); a LoadError when it was loaded with other
+    files, or when its folder's date cannot be loaded (an undated export's date is known only once its
+    records are read: _dated_by_content)."""
+    if export.date is not None:
+        logged = ledger.logged(conn, export.date)
+        if logged and _already_loaded(conn, export, export.date, logged):
+            return export.date
+        _refuse_date(conn, export, export.date, today)
+    elif ledger.latest_export(conn) is not None:  # the base export, dated by its content
+        logged = ledger.logged_by_checksums(conn, *_checksums(conn, export))
+        if logged:  # this very file was loaded before
+            return logged.export_date
+    return None
+
+
+def _stage_files(
+    conn: psycopg.Connection, export: Export, files: list[_File], block_size: int, progress: Progress | None
+) -> dict[str, Staged]:
+    """Each file staged and checked, by its table's name; its checksum remembered."""
+    # a dated snapshot is read against the latest export's file (an undated one is dated by all of its
+    # records, so every one is staged)
+    previous = ledger.latest_invoices_file(conn) if export.date is not None else None
+    staged = {}
+    for file in files:
+        spec, path, header = file.spec, file.path, file.header_bytes
+        against = previous if spec is INVOICES and previous and worth_reading(path, previous) else None
+        with file.unchanged.reading():
+            staged[spec.name] = stage(
+                conn, spec, path, header, block_size=block_size, progress=progress, previous=against
+            )
+        # the next run asks whether this export was loaded: it need not read the file again
+        file_checksums.remember(conn, path, file.before, staged[spec.name].sha256)
+    return staged
+
+
+def _dated_by_content(
+    conn: psycopg.Connection, export: Export, invoices: Staged, organizations: Staged | None, today: date
+) -> date:
+    """An undated export's date, its latest invoice's created day, refused as a dated export's would be:
+    the date of another loaded export, or before the latest one."""
+    export_date = ledger.latest_day(conn)
+    if export_date is None:
+        raise undatable(export.invoices)
+    logged = ledger.logged(conn, export_date)
+    if logged:
+        raise _altered(
+            export, export_date, logged, invoices.sha256, organizations.sha256 if organizations else None
+        )
+    _refuse_date(conn, export, export_date, today)
+    return export_date
+
+
+def _log(
+    conn: psycopg.Connection,
+    result: ExportResult,
+    invoices: Staged,
+    organizations: Staged | None,
+    seconds: float,
+) -> None:
+    """The export's row in the load log."""
+    ledger.log_export(
+        conn,
+        LoadLogRow(
+            export_date=result.export_date,
+            source=str(result.export.source),
+            invoices_sha256=invoices.sha256,
+            organizations_sha256=organizations.sha256 if organizations else None,
+            invoice_rows=result.invoice_rows,
+            invoices_new=result.invoices.new,
+            invoices_changed=result.invoices.changed,
+            invoices_unchanged=result.invoices.unchanged,
+            organization_rows=result.organization_rows,
+            organizations_new=result.organizations_new,
+            organizations_changed=result.organizations_changed,
+            loaded_at=datetime.now(UTC),
+            duration_seconds=round(seconds, 3),
+        ),
     )
 
 
