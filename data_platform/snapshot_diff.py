@@ -245,8 +245,6 @@ def send_differences(
             progress(new_path, done, total)
 
     unmatched = _Unmatched()
-    batch = bytearray()
-    differing = differing_bytes = 0
     with ExitStack() as files:
         try:
             previous_file = files.enter_context(previous.path.open("rb", buffering=0))
@@ -261,77 +259,9 @@ def send_differences(
         ending = _ending(new.line() or b"\n") or b"\n"
         if _ending(earlier.line() or ending) not in (ending, b""):
             raise NotAlike("the files end their lines differently")
-        searched = 0
-
-        def send(line: bytes) -> None:
-            nonlocal differing, differing_bytes
-            if _ending(line) not in (ending, b"") or line.endswith(b"\r"):
-                raise NotAlike("mixed line endings")  # which the whole file's load names
-            differing += 1
-            differing_bytes += len(line)
-            batch.extend(b"%d," % (new.newlines + 1))
-            batch.extend(line if _ending(line) else line + ending)
-            if len(batch) >= SEND_BYTES:
-                write(bytes(batch))
-                batch.clear()
-            if differing_bytes > MAX_DIFFERING_SHARE * total:
-                raise NotAlike(f"{differing:,} records of the first {new.newlines + 1:,} differ")
-
-        def search(line: bytes, old: bytes) -> tuple[int | None, int | None]:
-            """(bytes of previous records gone before `line`, bytes of new records before `old`):
-            whichever is found first, nearest first."""
-            nonlocal searched
-            for within in SEARCH_BYTES:
-                if searched > MAX_SEARCHED_SHARE * total:
-                    raise NotAlike("the records are too far out of step")
-                gone = earlier.find(line, within)
-                searched += within if gone is None else gone
-                if gone is not None:
-                    return gone, None
-                added = new.find(old, within)
-                searched += within if added is None else added
-                if added is not None:
-                    return None, added
-            return None, None
-
-        while (line := new.line()) is not None:
-            if unmatched.match(line):  # a record further back in the previous file
-                new.advance(len(line))
-                continue
-            if _skip_equal(new, earlier):
-                continue  # the next line is looked at afresh
-            old = earlier.line()
-            if old == line:  # equal but not skipped: longer than a chunk, or the last one
-                new.advance(len(line))
-                earlier.advance(len(old))
-                continue
-            if old is None:  # the previous file has ended: new records
-                send(line)
-                new.advance(len(line))
-                continue
-            if _key(old) == _key(line):  # changed where it stood
-                unmatched.add(old)
-                earlier.advance(len(old))
-                send(line)
-                new.advance(len(line))
-                continue
-            gone, added = search(line, old)
-            if gone is not None:  # previous records gone from here (or further on)
-                for passed in earlier.lines_within(gone):
-                    unmatched.add(passed)
-                continue  # the record now stands in step
-            if added is not None:  # new records here (or moved from further on)
-                for inserted in new.lines_within(added):
-                    if not unmatched.match(inserted):
-                        send(inserted)
-                continue
-            # neither is near: this record replaces that one
-            unmatched.add(old)
-            earlier.advance(len(old))
-            send(line)
-            new.advance(len(line))
-        if batch:
-            write(bytes(batch))
+        sent = _Batches(write, new, ending, total)
+        _compare(new, earlier, unmatched, sent, _Search(new, earlier, total))
+        sent.flush()
         ends_open = new.buffer[-1:] not in (b"", b"\n")
         records = new.newlines + (1 if ends_open else 0)
         while (old := earlier.line()) is not None:  # the previous file's records after the last match
@@ -339,4 +269,103 @@ def send_differences(
             earlier.advance(len(old))
     if previous_digest.hexdigest() != previous.sha256:
         raise NotAlike("the previous file is no longer the file that was loaded")
-    return Differences(records, differing, digest.hexdigest(), unmatched.ids())
+    return Differences(records, sent.records, digest.hexdigest(), unmatched.ids())
+
+
+class _Batches:
+    """The new file's differing records, each prefixed with its record number, written in batches."""
+
+    def __init__(self, write: Callable[[bytes], None], new: _Side, ending: bytes, total: int):
+        self.write = write
+        self.new = new
+        self.ending = ending
+        self.total = total  # the new file's bytes
+        self.batch = bytearray()
+        self.records = 0
+        self.bytes = 0
+
+    def send(self, line: bytes) -> None:
+        """Send `line`, the new file's record at its position."""
+        if _ending(line) not in (self.ending, b"") or line.endswith(b"\r"):
+            raise NotAlike("mixed line endings")  # which the whole file's load names
+        self.records += 1
+        self.bytes += len(line)
+        self.batch.extend(b"%d," % (self.new.newlines + 1))
+        self.batch.extend(line if _ending(line) else line + self.ending)
+        if len(self.batch) >= SEND_BYTES:
+            self.flush()
+        if self.bytes > MAX_DIFFERING_SHARE * self.total:
+            raise NotAlike(f"{self.records:,} records of the first {self.new.newlines + 1:,} differ")
+
+    def flush(self) -> None:
+        if self.batch:
+            self.write(bytes(self.batch))
+            self.batch.clear()
+
+
+class _Search:
+    """Where the files fell out of step, the nearest place each side's record stands in the other, over
+    ever wider reaches (SEARCH_BYTES), and in all no further than MAX_SEARCHED_SHARE of the new file."""
+
+    def __init__(self, new: _Side, earlier: _Side, total: int):
+        self.new = new
+        self.earlier = earlier
+        self.limit = MAX_SEARCHED_SHARE * total
+        self.searched = 0
+
+    def __call__(self, line: bytes, old: bytes) -> tuple[int | None, int | None]:
+        """(bytes of previous records gone before `line`, bytes of new records before `old`): whichever
+        is found first, nearest first."""
+        for within in SEARCH_BYTES:
+            if self.searched > self.limit:
+                raise NotAlike("the records are too far out of step")
+            gone = self.earlier.find(line, within)
+            self.searched += within if gone is None else gone
+            if gone is not None:
+                return gone, None
+            added = self.new.find(old, within)
+            self.searched += within if added is None else added
+            if added is not None:
+                return None, added
+        return None, None
+
+
+def _compare(new: _Side, earlier: _Side, unmatched: _Unmatched, sent: _Batches, search: _Search) -> None:
+    """Walk both files to the new one's end: send its records that differ, keep the previous one's that
+    were passed without a match in `unmatched` (a later record may still match one)."""
+    while (line := new.line()) is not None:
+        if unmatched.match(line):  # a record further back in the previous file
+            new.advance(len(line))
+            continue
+        if _skip_equal(new, earlier):
+            continue  # the next line is looked at afresh
+        old = earlier.line()
+        if old == line:  # equal but not skipped: longer than a chunk, or the last one
+            new.advance(len(line))
+            earlier.advance(len(old))
+            continue
+        if old is None:  # the previous file has ended: new records
+            sent.send(line)
+            new.advance(len(line))
+            continue
+        if _key(old) == _key(line):  # changed where it stood
+            unmatched.add(old)
+            earlier.advance(len(old))
+            sent.send(line)
+            new.advance(len(line))
+            continue
+        gone, added = search(line, old)
+        if gone is not None:  # previous records gone from here (or further on)
+            for passed in earlier.lines_within(gone):
+                unmatched.add(passed)
+            continue  # the record now stands in step
+        if added is not None:  # new records here (or moved from further on)
+            for inserted in new.lines_within(added):
+                if not unmatched.match(inserted):
+                    sent.send(inserted)
+            continue
+        # neither is near: this record replaces that one
+        unmatched.add(old)
+        earlier.advance(len(old))
+        sent.send(line)
+        new.advance(len(line))
