@@ -181,8 +181,6 @@ class SparkLedger:
         export_date = refuse_undated(export, export_date)
         _refuse_future_invoices(incoming, export, export_date)
         day = F.lit(export_date)
-        names = [column.name for column in INVOICES.columns]
-
         changes = _changes(incoming, self.invoices, INVOICES)
         new, changed = changes.select(
             F.count(F.when(F.col("current_invoice_id").isNull(), 1)),
@@ -196,6 +194,33 @@ class SparkLedger:
             {earlier: logged.invoices for earlier, logged in self.logged.items()},
             self.sources,
         )
+        self._apply_invoices(changes, day)
+        organization_rows, organizations_new, organizations_changed = (
+            self._apply_organizations(export, unchanged, day, allow_empty)
+            if export.organizations
+            else (0, 0, 0)
+        )
+
+        self.logged[export_date] = checksums
+        self.sources[export_date] = str(export.source)
+        self.log_rows.append(
+            log_row(
+                export,
+                export_date,
+                checksums,
+                invoice_rows=invoice_rows,
+                invoices=(new, changed),
+                organization_rows=organization_rows,
+                organizations=(organizations_new, organizations_changed),
+                started=started,
+            ).values()
+        )
+        return export_date
+
+    def _apply_invoices(self, changes, day) -> None:
+        """Each new or changed invoice: a new version, and its current state."""
+        F = self.F
+        names = [column.name for column in INVOICES.columns]
         version = (F.coalesce(F.col("current_version"), F.lit(0)) + 1).cast("int")
         self.new_versions.append(
             changes.select(
@@ -214,42 +239,26 @@ class SparkLedger:
         kept = self.invoices.join(changes.select("invoice_id"), "invoice_id", "left_anti")
         self.invoices = kept.unionByName(replaced).localCheckpoint()
 
-        organization_rows, organizations_new, organizations_changed = 0, 0, 0
-        if export.organizations:
-            with unchanged.reading():
-                incoming_organizations = _read(self.spark, ORGANIZATIONS, export.organizations)
-            organization_rows = incoming_organizations.count()
-            refuse_empty(export.organizations, organization_rows, ORGANIZATIONS.name, allow_empty=allow_empty)
-            refuse_cut_off(export.organizations)
-            _refuse_values(incoming_organizations, ORGANIZATIONS, export.organizations)
-            org_changes = _changes(incoming_organizations, self.organizations, ORGANIZATIONS)
-            organizations_new, organizations_changed = org_changes.select(
-                F.count(F.when(F.col("current_organization_id").isNull(), 1)),
-                F.count(F.when(F.col("current_organization_id").isNotNull(), 1)),
-            ).first()
-            org_names = [column.name for column in ORGANIZATIONS.columns]
-            kept = self.organizations.join(
-                org_changes.select("organization_id"), "organization_id", "left_anti"
-            )
-            self.organizations = kept.unionByName(
-                org_changes.select(*org_names, day.alias("seen_on"))
-            ).localCheckpoint()
-
-        self.logged[export_date] = checksums
-        self.sources[export_date] = str(export.source)
-        self.log_rows.append(
-            log_row(
-                export,
-                export_date,
-                checksums,
-                invoice_rows=invoice_rows,
-                invoices=(new, changed),
-                organization_rows=organization_rows,
-                organizations=(organizations_new, organizations_changed),
-                started=started,
-            ).values()
-        )
-        return export_date
+    def _apply_organizations(
+        self, export: Export, unchanged: Unchanged, day, allow_empty: bool
+    ) -> tuple[int, int, int]:
+        """The export's organizations file read, checked and applied: (rows, new, changed)."""
+        F = self.F
+        with unchanged.reading():
+            incoming = _read(self.spark, ORGANIZATIONS, export.organizations)
+        rows = incoming.count()
+        refuse_empty(export.organizations, rows, ORGANIZATIONS.name, allow_empty=allow_empty)
+        refuse_cut_off(export.organizations)
+        _refuse_values(incoming, ORGANIZATIONS, export.organizations)
+        changes = _changes(incoming, self.organizations, ORGANIZATIONS)
+        new, changed = changes.select(
+            F.count(F.when(F.col("current_organization_id").isNull(), 1)),
+            F.count(F.when(F.col("current_organization_id").isNotNull(), 1)),
+        ).first()
+        names = [column.name for column in ORGANIZATIONS.columns]
+        kept = self.organizations.join(changes.select("organization_id"), "organization_id", "left_anti")
+        self.organizations = kept.unionByName(changes.select(*names, day.alias("seen_on"))).localCheckpoint()
+        return rows, new, changed
 
     def write(self) -> None:
         """Append the new versions and log rows; rewrite the current state (held in checkpoints)."""
