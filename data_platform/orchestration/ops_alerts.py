@@ -47,6 +47,7 @@ from dagster import (
 )
 
 from data_platform import refresh
+from data_platform.alerts.delivery import Outcome
 from data_platform.alerts.records import MAX_UNCONFIRMED_ATTEMPTS
 from data_platform.db import connect
 from data_platform.load_errors import LoadError
@@ -149,16 +150,32 @@ def alert_failed_runs(
 ) -> SkipReason:
     """One tick of run_failure_alerts; the cursor is saved however the sends went."""
     started = clock()
-    instance = context.instance
     recorded = _failure_cursor(context.cursor)
     if recorded is None:
-        newest = instance.fetch_run_status_changes(DagsterEventType.RUN_FAILURE, limit=1).records
+        newest = context.instance.fetch_run_status_changes(DagsterEventType.RUN_FAILURE, limit=1).records
         after = newest[0].storage_id if newest else -1
         context.update_cursor(_failure_cursor_text(after, [], {}))
         return SkipReason("started: runs that fail from now on are alerted")
     after, pending, unanswered = recorded
+    after, pending = _queue_failures(context, after, pending, max_pending)
+    sent, problem = _send_pending(context, pending, unanswered, lambda: clock() - started, budget_seconds)
+    context.update_cursor(_failure_cursor_text(after, pending, unanswered))
+    if problem:
+        return SkipReason(
+            f"sent {sent} run failure alert(s); {problem}; {len(pending)} wait for the next tick"
+        )
+    if not sent and not pending:
+        return SkipReason("no failed run to alert about")
+    return SkipReason(f"sent {sent} run failure alert(s)" + (f"; {len(pending)} wait" if pending else ""))
+
+
+def _queue_failures(
+    context: SensorEvaluationContext, after: int, pending: list[str], max_pending: int
+) -> tuple[int, list[str]]:
+    """The daily job's runs that failed since event `after` queued behind `pending`, of which the newest
+    `max_pending` are kept (the others are dropped, said in the log); the newest event read and the queue."""
     # a run's alert is queued once, from its failure event: storage ids only grow
-    events = instance.fetch_run_status_changes(
+    events = context.instance.fetch_run_status_changes(
         RunStatusChangeRecordsFilter(DagsterEventType.RUN_FAILURE, after_storage_id=after),
         limit=FAILURE_EVENTS_READ,
         ascending=True,
@@ -176,12 +193,22 @@ def alert_failed_runs(
             f"{len(dropped)} run failure alert(s) dropped undelivered, more than {max_pending} were "
             f"waiting; runs: {', '.join(dropped)}"
         )
+    return after, pending
 
-    channel, base_url, sent, problem = channel_from_environment(), dagster_base_url(), 0, None
+
+def _send_pending(
+    context: SensorEvaluationContext,
+    pending: list[str],
+    unanswered: dict[str, int],
+    seconds_used: Callable[[], float],
+    budget_seconds: float,
+) -> tuple[int, str | None]:
+    """Send the queue's alerts in order, taking each delivered (or given up) one off `pending`, until one
+    fails (the rest wait with it) or the tick's time is spent; how many were sent, and what stopped it."""
+    instance, channel, base_url, sent = context.instance, channel_from_environment(), dagster_base_url(), 0
     for run_id in pending[:FAILURE_ALERTS_PER_TICK]:
-        if clock() - started >= budget_seconds:
-            problem = f"this tick's {budget_seconds:g} s are spent"
-            break
+        if seconds_used() >= budget_seconds:
+            return sent, f"this tick's {budget_seconds:g} s are spent"
         try:
             run = instance.get_run_by_id(run_id)
             # None: deleted since, nothing left to alert about
@@ -191,37 +218,42 @@ def alert_failed_runs(
             # last in line, so that a run whose alert cannot be built does not hold back the others
             pending.remove(run_id)
             pending.append(run_id)
-            problem = f"the failure alert of run {run_id} could not be sent ({type(error).__name__})"
-            break
+            return sent, f"the failure alert of run {run_id} could not be sent ({type(error).__name__})"
         if outcome is not None:
             if not outcome.delivered:
-                what = f"the failure alert of run {run_id} ({run.job_name})"
-                problem = f"a run failure alert could not be delivered ({outcome.error})"
-                if outcome.unanswered:
-                    # it may have arrived: resent every tick, a slow Slack would get a copy each time
-                    unanswered[run_id] = unanswered.get(run_id, 0) + 1
-                if unanswered.get(run_id, 0) >= MAX_UNCONFIRMED_ATTEMPTS:
-                    problem = given_up(what, outcome.error)
-                    context.log.error(problem)
-                    pending.remove(run_id)
-                elif outcome.unanswered:
-                    context.log.error(
-                        f"{what} got no answer: {outcome.error}; sent again next tick, at most "
-                        f"{MAX_UNCONFIRMED_ATTEMPTS} times in all"
-                    )
-                else:  # refused, or never sent: nothing arrived, so it is retried without limit
-                    context.log.error(f"{what} could not be delivered: {outcome.error}; retried next tick")
-                break  # the destination fails: the rest wait with this one
+                return sent, _undelivered(context, run_id, run.job_name, outcome, pending, unanswered)
             sent += 1
         pending.remove(run_id)
-    context.update_cursor(_failure_cursor_text(after, pending, unanswered))
-    if problem:
-        return SkipReason(
-            f"sent {sent} run failure alert(s); {problem}; {len(pending)} wait for the next tick"
+    return sent, None
+
+
+def _undelivered(
+    context: SensorEvaluationContext,
+    run_id: str,
+    job_name: str,
+    outcome: Outcome,
+    pending: list[str],
+    unanswered: dict[str, int],
+) -> str:
+    """Log a failure alert that was not delivered, give it up (off `pending`) after its last unanswered
+    attempt; the tick's problem."""
+    what = f"the failure alert of run {run_id} ({job_name})"
+    problem = f"a run failure alert could not be delivered ({outcome.error})"
+    if outcome.unanswered:
+        # it may have arrived: resent every tick, a slow Slack would get a copy each time
+        unanswered[run_id] = unanswered.get(run_id, 0) + 1
+    if unanswered.get(run_id, 0) >= MAX_UNCONFIRMED_ATTEMPTS:
+        problem = given_up(what, outcome.error)
+        context.log.error(problem)
+        pending.remove(run_id)
+    elif outcome.unanswered:
+        context.log.error(
+            f"{what} got no answer: {outcome.error}; sent again next tick, at most "
+            f"{MAX_UNCONFIRMED_ATTEMPTS} times in all"
         )
-    if not sent and not pending:
-        return SkipReason("no failed run to alert about")
-    return SkipReason(f"sent {sent} run failure alert(s)" + (f"; {len(pending)} wait" if pending else ""))
+    else:  # refused, or never sent: nothing arrived, so it is retried without limit
+        context.log.error(f"{what} could not be delivered: {outcome.error}; retried next tick")
+    return problem
 
 
 @sensor(name="run_failure_alerts", minimum_interval_seconds=30, default_status=DefaultSensorStatus.RUNNING)
