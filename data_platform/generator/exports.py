@@ -215,20 +215,7 @@ def write_exports(
     day_folders = [
         exports_dir / (end_date + timedelta(days=offset)).isoformat() for offset in range(1, next_days + 1)
     ]
-    for folder in day_folders:
-        if folder.exists() or folder.is_symlink():
-            raise ValueError(
-                f"{folder} already exists: nothing was written. A dated export is written once; remove "
-                "the folder to write it again (if it was loaded, the loader will refuse the changed file)"
-            )
-    if not base.is_file():
-        raise ValueError(f"{base} not found: --next-days writes the exports that follow a base invoices.csv")
-    last_day = _last_created_day(base)
-    if last_day is not None and last_day > end_date:
-        raise ValueError(
-            f"{base} holds invoices created on {last_day}, after --end-date {end_date} (a day appended with "
-            "--append-day?): the exports of the days after --end-date would repeat them. Nothing was written"
-        )
+    _refuse_to_overwrite(day_folders, base, end_date)
     orgs = build_organizations(seed, organizations, days)
     ids = IdMaker(seed)
     scenario_orgs = {str(org_id).encode() for org_id in scenario_organization_ids(seed).values()}
@@ -250,19 +237,9 @@ def write_exports(
                     f"{base} has no scenario invoice for {missing}: was it generated with --no-scenario or "
                     "with other options? Give the options of the original run, or pass --no-scenario"
                 )
-            rng = random.Random(f"change-rows:{seed}:{day}")
-            rates = all_rates[days - 1 + offset]
             first_transaction = NS_TRANSACTION | offset << APPEND_DAY_SHIFT | _CHANGE_TRANSACTIONS
             transactions = ids.strings(first_transaction, len(picked))
-            changed = []
-            for transaction, (fields, change) in zip(transactions, picked, strict=True):
-                if change is None:
-                    options = TRANSITIONS[fields[_STATUS]]
-                    new_status = rng.choices(list(options), list(options.values()))[0]
-                    with_payment = new_status in WITH_PAYMENT
-                else:
-                    new_status, with_payment = change.new_status, change.with_payment_amount
-                changed.append(_changed_line(fields, new_status, with_payment, rates, rng, transaction))
+            changed = _changed_lines(picked, transactions, all_rates[days - 1 + offset], seed, day)
             new_chunks = later_day_chunks(seed, orgs, new_invoices, end_date, days, offset)
             folder = temporary_folders[offset - 1]
             folder.mkdir()
@@ -275,6 +252,47 @@ def write_exports(
                 ExportStats(day, day_folders[offset - 1] / "invoices.csv", new_invoices, len(changed))
             )
     return results
+
+
+def _refuse_to_overwrite(day_folders: list[Path], base: Path, end_date: date) -> None:
+    """A ValueError, before anything is written, when a day folder exists or the base file cannot be
+    followed by the days after end_date."""
+    for folder in day_folders:
+        if folder.exists() or folder.is_symlink():
+            raise ValueError(
+                f"{folder} already exists: nothing was written. A dated export is written once; remove "
+                "the folder to write it again (if it was loaded, the loader will refuse the changed file)"
+            )
+    if not base.is_file():
+        raise ValueError(f"{base} not found: --next-days writes the exports that follow a base invoices.csv")
+    last_day = _last_created_day(base)
+    if last_day is not None and last_day > end_date:
+        raise ValueError(
+            f"{base} holds invoices created on {last_day}, after --end-date {end_date} (a day appended with "
+            "--append-day?): the exports of the days after --end-date would repeat them. Nothing was written"
+        )
+
+
+def _changed_lines(
+    picked: list[tuple[list[str], ScenarioChange | None]],
+    transactions: list[str],
+    rates: dict[str, str],
+    seed: int,
+    day: date,
+) -> list[str]:
+    """The day's new versions of the picked invoices: a scenario change as it is given, any other a
+    status drawn from TRANSITIONS (the same draws for the same seed and day)."""
+    rng = random.Random(f"change-rows:{seed}:{day}")
+    changed = []
+    for transaction, (fields, change) in zip(transactions, picked, strict=True):
+        if change is None:
+            options = TRANSITIONS[fields[_STATUS]]
+            new_status = rng.choices(list(options), list(options.values()))[0]
+            with_payment = new_status in WITH_PAYMENT
+        else:
+            new_status, with_payment = change.new_status, change.with_payment_amount
+        changed.append(_changed_line(fields, new_status, with_payment, rates, rng, transaction))
+    return changed
 
 
 def _pick_changes(
