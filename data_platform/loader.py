@@ -526,7 +526,7 @@ def _raise_terminated(signum: int, _frame) -> None:
 NOTHING_MORE_LOADED = "nothing more was loaded (an export loads whole or not at all)"
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="data-platform-load",
         description="Load the exports (invoices.csv + organizations.csv, and exports/<YYYY-MM-DD>/) "
@@ -561,7 +561,11 @@ def main(argv: list[str] | None = None) -> int:
         metavar="SECONDS",
         help=f"wait this long for another loader run to finish (default 0: exit {EXIT_BUSY} at once)",
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
 
     def report(result: ExportResult) -> None:
         print(result.summary(), flush=True)
