@@ -333,21 +333,7 @@ def _read_marts(
         view = MartsView(plans)
         planned = [plan for plan in plans.values() if not plan.is_empty]
         if planned:
-            start = min(plan.start for plan in planned)  # type: ignore[type-var]
-            end = max(plan.end for plan in planned)  # type: ignore[type-var]
-            stats = detect.range_stats(reader, start, end, settings.noise.min_change_usd)
-            summary.days_processed, summary.first_day, summary.last_day = (
-                stats.days_processed,
-                stats.first_day,
-                stats.last_day,
-            )
-            query = detect.alerts_query(start, end, settings.threshold, settings.include_from_zero)
-            filtered = noise.apply_floor_and_severity(detect.fetch_alerts(reader, query), settings.noise)
-            view.alerts, summary.held_back = filtered.alerts, filtered.held_back
-            if not settings.include_from_zero:
-                # counted as the flag would judge them: "skipped" are only those it would alert
-                summary.skipped_from_zero = stats.moves_from_zero
-                summary.held_back += stats.from_zero_below_floor
+            view.alerts = _alerts_between(reader, planned, settings, summary)
         waiting = set(waiting)
         wanted = {organization_id for organization_id, _ in waiting} | {
             a.organization_id for a in view.alerts
@@ -359,6 +345,29 @@ def _read_marts(
         return view
     finally:
         reader.rollback()  # read only: nothing to keep
+
+
+def _alerts_between(
+    reader: Connection, planned: list[Plan], settings: Settings, summary: Summary
+) -> list[Alert]:
+    """The alerts of the days from the earliest planned one to the latest, past the noise floor; the
+    days' counts go to `summary`."""
+    start = min(plan.start for plan in planned)  # type: ignore[type-var]
+    end = max(plan.end for plan in planned)  # type: ignore[type-var]
+    stats = detect.range_stats(reader, start, end, settings.noise.min_change_usd)
+    summary.days_processed, summary.first_day, summary.last_day = (
+        stats.days_processed,
+        stats.first_day,
+        stats.last_day,
+    )
+    query = detect.alerts_query(start, end, settings.threshold, settings.include_from_zero)
+    filtered = noise.apply_floor_and_severity(detect.fetch_alerts(reader, query), settings.noise)
+    summary.held_back = filtered.held_back
+    if not settings.include_from_zero:
+        # counted as the flag would judge them: "skipped" are only those it would alert
+        summary.skipped_from_zero = stats.moves_from_zero
+        summary.held_back += stats.from_zero_below_floor
+    return filtered.alerts
 
 
 def _check_requested_day(settings: Settings, latest: date | None, today: date, built: date | None) -> None:
