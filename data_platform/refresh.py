@@ -19,9 +19,10 @@ success clears the mark: one that did not finish may have replaced tables with o
 numbers, so the next build is full even when the files are back as the record says (an edit undone after
 a stopped run). The files are fingerprinted before dbt reads them and again after the build: a build
 during which they changed may have run either version, so it is not recorded and marks the record
-instead. A failed incremental build needs no mark: it changed only days its retry recomputes. A
-`dbt run` or `dbt build` by hand that recomputes days the record covers sets the mark itself (the project's
-on-run-start hook, dbt/macros/build_state.sql): it records nothing, and may have run other rules or SQL.
+instead. A failed incremental build needs no mark: it changed only days its retry recomputes (or, in the
+status totals, summed with the same rules and exports). A `dbt run` or `dbt build` by hand of an
+incremental model sets the mark itself, whatever its window (the project's on-run-start hook,
+dbt/macros/build_state.sql): it records nothing, and may have run other rules or SQL.
 
 The alerter reads the same record (BUILD_STATUS_SQL): an alert run, even one started by hand during a
 build or after a failed one, looks only at days up to the newest export the last successful build

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import sys
 import time
 from datetime import date
 from decimal import Decimal
@@ -329,20 +330,24 @@ def test_the_drivers_check_fails_when_a_day_s_drivers_do_not_sum_to_its_change(l
     assert_caught_in_its_window_only(database, "assert_drivers_sum_to_daily_balance_change", "Got 1 result")
 
 
-def test_the_status_totals_check_fails_on_a_total_without_a_rule(ledger):
-    """A status without a balance rule sums to a null total, which dim_organizations' sum over the
-    statuses would skip: the not-null check sits on the totals, where the null can appear."""
+@pytest.mark.parametrize(
+    ("model", "schema", "where"),
+    [
+        ("int_organization_status_totals", "intermediate", "organization_id = 3 and status = 'open'"),
+        ("fct_organization_daily_financials", "marts", f"organization_id = 4 and balance_date = '{DAY_3}'"),
+    ],
+)
+def test_a_null_balance_fails_its_not_null_check(ledger, model, schema, where):
+    """A status without a rule fails the build at staging, before these models; their not-null checks guard
+    the sums themselves (dim_organizations' sum over the status totals would skip a null silently). The
+    row was written by the build of DAY_3."""
     database = ledger["database"]
-    table = "intermediate.int_organization_status_totals"
-    where = "organization_id = 3 and status = 'open'"
+    table = f"{schema}.{model}"
     [(kept,)] = database.query(f"select balance_usd from {table} where {where}")
     database.query(f"update {table} set balance_usd = null where {where} returning 1")
     try:
-        # the row was written by the build of DAY_3 (summed through it)
         assert_caught_in_its_window_only(
-            database,
-            "int_organization_status_totals,test_type:generic",
-            "FAIL 1 not_null_int_organization_status_totals_balance_usd",
+            database, f"{model},test_type:generic", f"FAIL 1 not_null_{model}_balance_usd"
         )
     finally:
         database.query(f"update {table} set balance_usd = %s where {where} returning 1", (kept,))
@@ -539,7 +544,7 @@ def marked(database) -> bool:
     return mark[0]
 
 
-def test_a_hand_build_marks_the_record_only_when_it_recomputes_recorded_days(make_database, tmp_path):
+def test_a_hand_build_marks_the_record_whenever_it_builds_a_model_that_keeps_days(make_database, tmp_path):
     csv_dir = write_fixture(tmp_path / "csv", BASE_ROWS)
     database = make_database()
     assert_succeeded(run_pipeline(database, csv_dir, RUN_ALERTS="false"))
@@ -548,7 +553,6 @@ def test_a_hand_build_marks_the_record_only_when_it_recomputes_recorded_days(mak
     unmarked = {
         "tests": (["test", *hand], {}),
         "a table and views, rebuilt by every pipeline build": (["build", "-s", "dim_alert_routes+"], {}),
-        "the pipeline's own window": (["build", *hand], window),
     }
     for what, (command, env) in unmarked.items():
         dbt_by_hand(database, csv_dir, PROJECT_ROOT, *command, **env)
@@ -557,6 +561,8 @@ def test_a_hand_build_marks_the_record_only_when_it_recomputes_recorded_days(mak
         "every day (no window)": (["run", "-s", "fct_organization_daily_financials"], {}),
         "an earlier window": (["run", "-s", "dim_invoices"], {"LEDGER_WINDOW_START": "2023-01-06"}),
         "a full refresh": (["run", "--full-refresh", "-s", "dim_invoices"], window),
+        # the status totals keep every day they summed: the pipeline's next build would not sum it again
+        "the pipeline's own window": (["build", *hand], window),
     }
     for what, (command, env) in recomputing.items():
         dbt_by_hand(database, csv_dir, PROJECT_ROOT, *command, **env)
@@ -579,3 +585,35 @@ def test_a_hand_build_with_other_rules_then_undone_is_rebuilt_in_full_next_time(
     dbt_by_hand(database, csv_dir, project, "build", "--exclude-resource-type", "unit_test")
     # the rules as the last successful build recorded them: the files alone would say "incremental"
     assert_held_until_rebuilt_in_full(database, csv_dir, built, "or it was a build by hand")
+
+
+def test_a_hand_build_of_the_next_days_with_other_rules_then_undone_is_rebuilt_in_full_next_time(
+    make_database, tmp_path
+):
+    """A hand build in the pipeline's own window (the days after the last export built) sums those days into
+    int_organization_status_totals, which keeps every day it summed: after one with other rules, put back
+    as the last successful build had them, the next run rebuilds in full, instead of building the same
+    window on every run and failing the balance check each time."""
+    csv_dir = write_fixture(tmp_path / "csv", BASE_ROWS)
+    database = make_database()
+    assert_succeeded(run_pipeline(database, csv_dir, RUN_ALERTS="false"))
+    write_export(csv_dir, DAY_2, DAY_2_ROWS)
+    loaded = subprocess.run(
+        [sys.executable, "-m", "data_platform.loader"],
+        cwd=PROJECT_ROOT,
+        env=pipeline_env(database, csv_dir),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert loaded.returncode == 0, loaded.stderr
+    project = project_with_zero_rule(tmp_path / "project", "open")
+    hand = ["build", "--exclude-resource-type", "unit_test"]
+    dbt_by_hand(database, csv_dir, project, *hand, LEDGER_WINDOW_START=DAY_2)
+
+    result = run_pipeline(database, csv_dir, RUN_ALERTS="false")
+    assert_succeeded(result)
+    assert "rebuilt from scratch (the last full rebuild did not finish, a build by hand" in result.stdout
+    rebuilt = snapshot(database)
+    assert_succeeded(run_pipeline(database, csv_dir, FULL_REFRESH="true", RUN_ALERTS="false"))
+    assert snapshot(database) == rebuilt

@@ -1,13 +1,14 @@
 {#
-    A `dbt run` or `dbt build` by hand may recompute days the pipeline's last successful build covered, with
-    other rules or SQL than that build's, and records nothing: the files may be put back as the record has
-    them before the next pipeline run, which would then keep those days. So such a build marks the
+    A `dbt run` or `dbt build` by hand may compute days with other rules or SQL than the pipeline's last
+    successful build, and records nothing: the files may be put back as the record has them before the
+    next pipeline run, which would then keep those days. So such a build marks the
     pipeline's build record, raw.build_state (data_platform/refresh.py), as a full rebuild that has not
     succeeded: the pipeline's next build is a full one, and until it succeeds the alerter reads nothing.
 
-    It recomputes stored days when it selects an incremental model (tables and views are rebuilt by every
-    pipeline build anyway) and either fully refreshes or starts its window (LEDGER_WINDOW_START; unset, as by
-    hand, before every day) on or before the newest export the record covers. The pipeline's own builds
+    It does when it selects an incremental model (tables and views are rebuilt by every pipeline build
+    anyway), whatever its window (LEDGER_WINDOW_START): one that starts after the newest export the record
+    covers still sums its days into int_organization_status_totals, which keeps every day it summed, so the
+    pipeline's next incremental build would not sum them again with its own rules. The pipeline's own builds
     (BUILD_RECORDED_BY_PIPELINE set: data_platform/refresh.py) are left alone: it marks and records them
     itself, and a pipeline build's success clears only its own mark, not one a build by hand set meanwhile.
 #}
@@ -22,8 +23,6 @@
 {% macro postgres__mark_unrecorded_rebuild() -%}
     {%- if execute and flags.WHICH in ('run', 'build') and env_var('BUILD_RECORDED_BY_PIPELINE', '') == ''
         and selects_incremental_model() %}
-        {%- set window_condition = 'last_export_date >= ' ~ ledger_window_start() %}
-        {%- set recomputed = 'true' if flags.FULL_REFRESH else window_condition %}
     do $$
     begin
         if to_regclass('raw.build_state') is null then
@@ -38,10 +37,10 @@
             select from information_schema.columns
             where table_schema = 'raw' and table_name = 'build_state' and column_name = 'full_build_started_at'
         ) then
-            update raw.build_state set full_build_started_at = now() where {{ recomputed }};
+            update raw.build_state set full_build_started_at = now();
         else
             -- a record from before the mark existed: with none, the next build is a full one too
-            delete from raw.build_state where {{ recomputed }};
+            delete from raw.build_state;
         end if;
     end
     $$
