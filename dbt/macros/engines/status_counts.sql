@@ -49,7 +49,8 @@
 {#-
     fct_organization_daily_drivers.top_invoices: a JSON array of {invoice_id, status, balance_change_usd}
     objects, in `order_by` order, over the rows where `condition` holds; `[]` when none does.
-    Postgres: jsonb; DuckDB: json; Spark: JSON text.
+    Postgres: jsonb; DuckDB: json; Spark: JSON text. There, USD sums are doubles (19.439999999999998):
+    rounded to the cent, the JSON reads as Postgres's does (19.44).
 -#}
 {% macro top_invoices_array(invoice_id, status, balance_change_usd, order_by, condition) -%}
     {{ return(adapter.dispatch('top_invoices_array', 'data_platform')(
@@ -76,7 +77,7 @@
         to_json(list({
             'invoice_id': {{ invoice_id }},
             'status': {{ status }},
-            'balance_change_usd': {{ balance_change_usd }}
+            'balance_change_usd': round({{ balance_change_usd }}, 2)
         } order by {{ order_by }}) filter (where {{ condition }})),
         '[]'::json
     )
@@ -89,7 +90,7 @@
             {{ order_by }} as sort_key,
             {{ invoice_id }} as invoice_id,
             {{ status }} as status,
-            {{ balance_change_usd }} as balance_change_usd
+            round({{ balance_change_usd }}, 2) as balance_change_usd
         ) end)),
         entry -> named_struct(
             'invoice_id', entry.invoice_id,

@@ -3,7 +3,9 @@
     macro, dbt picks `<adapter>__<name>` and falls back to `default__<name>`. Postgres keeps exact
     numerics; DuckDB and Spark cap decimals at 38 digits and round a decimal division to a few places
     (Spark: 6), so a USD amount computed by division is a double there: 15-16 significant digits, exact
-    to the cent far beyond any balance, and its ratios agree with Postgres's to 1e-9.
+    to the cent for amounts under $1 trillion (to_usd's nudge adds a cent to exact cents from $5 trillion
+    up; the loader takes 16 digits, which only Postgres converts exactly), and its ratios agree with
+    Postgres's to 1e-9.
 -#}
 
 {#- The UTC calendar date of a timestamp with time zone. -#}

@@ -1,5 +1,12 @@
 -- The alert routing rules from the alert_routing seed, in the marts so the alerter (which may read only
 -- the marts) can route each alert. A handful of rows: a table rebuilt on every build.
+{{
+    config(
+        indexes=postgres_indexes([
+            {'columns': ['priority'], 'unique': True},
+        ]),
+    )
+}}
 
 with
 

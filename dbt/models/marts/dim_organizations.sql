@@ -1,4 +1,11 @@
 -- One row per organization seen in either file: organizations.csv, the invoices, or both.
+{{
+    config(
+        indexes=postgres_indexes([
+            {'columns': ['organization_id'], 'unique': True},
+        ]),
+    )
+}}
 
 with
 
