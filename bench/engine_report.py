@@ -15,6 +15,10 @@ from typing import Any
 
 import report
 
+# the step lines (procs.step_name) that make up each part of a build
+RAW_STEPS = ("loading the exports", "raw ledger")
+DBT_STEPS = ("dbt build",)
+
 # How many dbt nodes each engine's table in the markdown shows (the JSON has them all).
 TOP_NODES = 10
 TITLES = {"postgres": "Postgres", "duckdb": "DuckDB", "spark": "Spark (local)"}
@@ -32,12 +36,12 @@ def method_notes() -> list[str]:
         "`dbt docs generate` step is not counted. The server was already running: its start is not "
         "counted, its memory is reported apart.",
         "DuckDB and Spark: `python -m data_platform.engines.build <engine> --no-unit-tests` (its raw "
-        "ledger from the CSVs, `dbt seed`, `dbt build --full-refresh` with every data test; without dbt's "
-        "unit tests, which the daily Postgres build leaves to the test suite too: every engine runs the "
-        "same models, seeds and tests). Spark's JVM start-ups (one for the raw ledger, one for dbt's "
-        "session) are part of its time; so is a second dbt start-up (seed and build are two commands).",
+        "ledger from the CSVs, then `dbt build --full-refresh` with the seeds and every data test; "
+        "without dbt's unit tests, which the daily Postgres build leaves to the test suite too: every "
+        "engine runs the same models, seeds and tests). Spark's JVM start-ups (one for the raw ledger, "
+        "one for dbt's session) are part of its time.",
         "Times: wall time between the builders' `==> ` step lines. Raw layer = the loader or the raw "
-        "ledger step; dbt = seed + build; other = interpreter start-up, waiting for the database, planning.",
+        "ledger step; dbt = the build; other = interpreter start-up, waiting for the database, planning.",
         "Memory: the peak over the build of the summed PSS (proportional set size: shared pages divided "
         "among the processes sharing them) of the command's process tree, polled every 0.2 s; for "
         "Postgres also of the server's processes (postmaster and backends), whose idle value is given.",
@@ -113,8 +117,8 @@ def _side_by_side(results: dict[str, Any]) -> list[str]:
 
     def per_step_peak(r: dict[str, Any]) -> str:
         peaks = r.get("peak_pss_mb_by_step", {})
-        raw = max((v for k, v in peaks.items() if k in ("loading the exports", "raw ledger")), default=None)
-        dbt = max((v for k, v in peaks.items() if k in ("dbt seed", "dbt build")), default=None)
+        raw = max((v for k, v in peaks.items() if k in RAW_STEPS), default=None)
+        dbt = max((v for k, v in peaks.items() if k in DBT_STEPS), default=None)
         return f"{_mb(r.get('peak_pss_mb'))} (raw layer {_mb(raw)}, dbt {_mb(dbt)})"
 
     def server(r: dict[str, Any]) -> str:
@@ -156,7 +160,7 @@ def _side_by_side(results: dict[str, Any]) -> list[str]:
             "**full build** (raw layer + dbt + other)", cells(finished(lambda r: f"**{_s(r['seconds'])}**"))
         ),
         _row("raw layer (Postgres: the loader)", cells(lambda r: _s(r.get("raw_layer_seconds")))),
-        _row("dbt seed + build with tests", cells(lambda r: _s(r.get("dbt_seconds")))),
+        _row("dbt build with seeds and tests", cells(lambda r: _s(r.get("dbt_seconds")))),
         _row("other (start-up, waiting, planning)", cells(lambda r: _s(r.get("other_seconds")))),
         _row(
             "invoices per second, full build",

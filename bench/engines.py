@@ -13,10 +13,10 @@ Each engine builds it from scratch, one after the other:
 - duckdb: `python -m data_platform.engines.build duckdb` on a fresh DuckDB file;
 - spark: `python -m data_platform.engines.build spark` on fresh warehouse, metastore and scratch folders.
 
-Per engine: wall time of the raw layer and of dbt (seed + build with tests), peak memory of the process
-tree (and of the Postgres server), the slowest dbt nodes, the result's size on disk, and a summary of its
-marts (the fact's rows, the latest day's rows and sum of balance_usd, the dimensions' rows) which must
-equal the reference engine's (Postgres when it ran): a broken build is never timed as a result.
+Per engine: wall time of the raw layer and of dbt (its build: seeds, models and tests), peak memory of the
+process tree (and of the Postgres server), the slowest dbt nodes, the result's size on disk, and a summary
+of its marts (the fact's rows, the latest day's rows and sum of balance_usd, the dimensions' rows) which
+must equal the reference engine's (Postgres when it ran): a broken build is never timed as a result.
 
 Writes <results-dir>/<date>-<invoices>-invoices-engines.json and .md and prints the markdown. Exit code
 0 when every engine finished and the marts agree; 1 otherwise (a timeout or failure is in the results).
@@ -57,9 +57,6 @@ from data_platform import bootstrap
 ENGINES = ("postgres", "duckdb", "spark")
 BUILD_COMMAND = (PYTHON, "-m", "data_platform.engines.build")
 DEFAULT_TIMEOUT_SECONDS = 3600.0
-# the step lines (procs.step_name) that make up each part of a build
-RAW_STEPS = ("loading the exports", "raw ledger")
-DBT_STEPS = ("dbt seed", "dbt build")
 DOCS_STEP = "dbt docs generate"
 FACT, DIM_ORGANIZATIONS, DIM_INVOICES = (
     "fct_organization_daily_financials",
@@ -195,8 +192,8 @@ def _measure(run: TreeRun, end: float | None, nodes: list[dict[str, Any]]) -> di
     """The timings and memory of a build, up to `end` (Postgres: the start of its docs step)."""
     steps = run.step_seconds(end)
     counted = set(steps)
-    raw = sum(seconds for name, seconds in steps.items() if name in RAW_STEPS)
-    dbt = sum(seconds for name, seconds in steps.items() if name in DBT_STEPS)
+    raw = sum(seconds for name, seconds in steps.items() if name in engine_report.RAW_STEPS)
+    dbt = sum(seconds for name, seconds in steps.items() if name in engine_report.DBT_STEPS)
     total = round(sum(steps.values()), 3)
     peaks = {name: _mb(peak) for name, peak in run.peak_pss_bytes.items() if name in counted}
     server = {name: _mb(peak) for name, peak in run.server_peak_pss_bytes.items() if name in counted}

@@ -66,7 +66,7 @@ def test_allow_empty_builds_a_header_only_export(monkeypatch, tmp_path, capfd):
     assert "no data rows, only the header (pass --allow-empty" in capfd.readouterr().err
     assert dbt_commands == []
     assert build.main(["duckdb", "--csv-dir", str(csv_dir), "--allow-empty"]) == 0
-    assert dbt_commands == ["seed", "build"]
+    assert dbt_commands == ["build"]
     with duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True) as conn:
         days = [day for (day,) in conn.execute("select export_date from raw.load_log order by 1").fetchall()]
     assert days == [date(2023, 1, 6), date(2023, 1, 7)]

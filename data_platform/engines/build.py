@@ -1,12 +1,14 @@
-"""Build the warehouse on another engine: its raw ledger, the rules seed, then every model and test.
+"""Build the warehouse on another engine: its raw ledger, then `dbt build` (the seeds, every model and test).
 
     python -m data_platform.engines.build duckdb        # or spark; --csv-dir (default $CSV_DIR, csv_data)
         [--no-unit-tests]                               # the daily pipeline's build: data tests only
         [--allow-empty]                                 # header-only files, as the loader's --allow-empty
 
 The Postgres pipeline (init.sh) decides between incremental and full builds from its build record;
-here every `dbt build` is a full refresh, which is exact. A hand-run incremental build is
-`LEDGER_WINDOW_START=<first day to recompute> dbt build --target <engine>` after loading new exports.
+here every `dbt build` is a full refresh, which is exact. A hand-run incremental build, after loading new
+exports (`python -m data_platform.engines.<engine>_raw`), is `DBT_TARGET_PATH=dbt/target-<engine>
+LEDGER_WINDOW_START=<first day to recompute> dbt build --target <engine> --project-dir dbt --profiles-dir
+.dbt` (dbt/target is the Postgres build's, whose docs the pipeline serves).
 """
 
 from __future__ import annotations
@@ -69,12 +71,13 @@ def _steps(engine: str, csv_dir: str, unit_tests: bool, allow_empty: bool) -> in
         )
         return exit_status(code)
     dbt = shutil.which("dbt") or str(Path(sys.executable).parent / "dbt")
-    for command, *options in (("seed",), ("build", *([] if unit_tests else UNIT_TESTS_EXCLUDED))):
-        step(f"dbt {command}: {engine}, full refresh")
-        code = run_child([dbt, command, "--full-refresh", *options, *DBT_DIR_ARGS, "--target", engine], env)
-        if code != 0:
-            print(f"error: dbt {command} on {engine} {failed(code, show_code=True)}", file=sys.stderr)
-            return exit_status(code)
+    # `dbt build` loads the seeds before the models that read them, as the pipeline's build does
+    options = [] if unit_tests else UNIT_TESTS_EXCLUDED
+    step(f"dbt build: {engine}, full refresh")
+    code = run_child([dbt, "build", "--full-refresh", *options, *DBT_DIR_ARGS, "--target", engine], env)
+    if code != 0:
+        print(f"error: dbt build on {engine} {failed(code, show_code=True)}", file=sys.stderr)
+        return exit_status(code)
     return 0
 
 
