@@ -68,12 +68,17 @@ class Format:
         )
 
 
-def _decimal(places: str, scale_test: str, integer_digits: int, example: str) -> Format:
+def _decimal(
+    places: str, scale_test: str, integer_digits: int, example: str, positive: bool = False
+) -> Format:
+    """positive: over 0, as the models' `positive` tests require: a version stored with 0 or less would fail
+    every later build's test, and an export once loaded cannot be corrected in place."""
     return Format(
         "numeric",
-        f"a decimal with {places} such as {example}, at most {integer_digits} digits before the point",
+        f"a decimal{' over 0' if positive else ''} with {places} such as {example}, at most {integer_digits} "
+        "digits before the point",
         f"{{v}}::numeric::text = {{v}} and scale({{v}}::numeric) {scale_test} "
-        f"and abs({{v}}::numeric) < 1e{integer_digits}",
+        f"and abs({{v}}::numeric) < 1e{integer_digits}" + (" and {v}::numeric > 0" if positive else ""),
         "numeric",
     )
 
@@ -86,8 +91,9 @@ INT64 = Format(
 )
 INT32 = Format("integer", "an integer in plain digits, such as 12", "{v}::integer::text = {v}", "integer")
 # numeric(18,2)-sized amounts and numeric(18,8)-sized rates: refused, never rounded
-AMOUNT = _decimal("exactly 2 places", "= 2", 16, "12.50")
+AMOUNT = _decimal("exactly 2 places", "= 2", 16, "12.50", positive=True)
 PAYMENT_AMOUNT = _decimal("0 to 2 places", "<= 2", 16, "100, 100.5 or 100.25")
+FX_RATE = _decimal("exactly 8 places", "= 8", 10, "1.00000000", positive=True)
 RATE = _decimal("exactly 8 places", "= 8", 10, "1.00000000")
 DATE = Format("date", "a date YYYY-MM-DD", "length({v}) = 10 and {v}::date::text = {v}", "date")
 # the text up to the seconds must be the timestamp's own UTC rendering (the load sets timezone UTC
@@ -178,7 +184,7 @@ INVOICES = TableSpec(
         Column("payment_method", TEXT),
         Column("amount", AMOUNT, not_null=True),
         Column("payment_amount", PAYMENT_AMOUNT),
-        Column("fx_rate", RATE, not_null=True),
+        Column("fx_rate", FX_RATE, not_null=True),
         Column("fx_rate_payment", RATE),
         Column("created_at", TIMESTAMP, not_null=True),
     ),

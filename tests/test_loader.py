@@ -443,7 +443,7 @@ def test_cli_bad_input_exits_1_with_the_location(database, conn, tmp_path):
         f'error: {directory / "invoices.csv"}, line 3, column AMOUNT, value "abc": not in the export'
         in result.stderr
     )
-    assert "expected a decimal with exactly 2 places" in result.stderr
+    assert "expected a decimal over 0 with exactly 2 places" in result.stderr
     assert result.stderr.endswith("\nnothing more was loaded (an export loads whole or not at all)\n")
     assert result.stdout == ""
     # a folder that is not there: no export had started, and the note stays true

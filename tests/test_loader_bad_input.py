@@ -87,6 +87,11 @@ BAD_INVOICES = {
     "amount with 3 places (never rounded)": _value("AMOUNT", "12.34", "12.345"),
     "amount with a plus": _value("AMOUNT", "12.34", "+12.34"),
     "amount with 1 place": _value("AMOUNT", "12.34", "12.3"),
+    # the models' `positive` tests would fail on the stored version in every later build
+    "zero amount": _value("AMOUNT", "12.34", "0.00"),
+    "negative amount": _value("AMOUNT", "12.34", "-12.34"),
+    "zero rate": _value("FX_RATE", "1.00010000", "0.00000000"),
+    "negative rate": _value("FX_RATE", "1.00010000", "-1.00010000"),
     "NaN amount": _value("AMOUNT", "12.34", "NaN"),
     "Infinity amount": _value("AMOUNT", "12.34", "Infinity"),
     "nan payment amount": _value("PAYMENT_AMOUNT", ",100,", ",nan,", line=2),

@@ -595,7 +595,7 @@ def write_bad_export(csv_dir: Path) -> str:
     invoices.write_text("\n".join([HEADER, *rows]) + "\n")
     return (
         f'{invoices}, line 3, column AMOUNT, value "175.505": not in the export\'s format: expected a '
-        "decimal with exactly 2 places such as 12.50, at most 16 digits before the point"
+        "decimal over 0 with exactly 2 places such as 12.50, at most 16 digits before the point"
     )
 
 
