@@ -495,6 +495,7 @@ def test_unknown_status_fails_the_build_and_names_it(fixture_pipeline, tmp_path)
         in output
     )
     assert "from_field='disputed'" in output
+    assert "add its row to dbt/seeds/invoice_enrichment.csv" in output  # no run ends the failure alone
     assert "pipeline finished" not in result.stdout
     # the marts still hold the last good build, and the record still says so: the next run builds the
     # failed build's days again
@@ -752,22 +753,39 @@ def test_a_build_that_dies_shows_no_failed_test_of_an_earlier_build(
     assert "an_earlier_failure" not in capsys.readouterr().out
 
 
-def test_a_test_that_errors_is_reported_as_a_failure_is(make_database, tmp_path, monkeypatch):
-    """A data test whose query errors (a column renamed under it) fails the build as a failing test does: the
-    build's error, and a Dagster step's failure alert, must name it too, with dbt's message."""
+def test_every_failed_node_is_reported_with_dbt_s_message(make_database, tmp_path, monkeypatch):
+    """A data test whose query errors (a column renamed under it) fails the build as a failing test does,
+    and a model that errors (a grant to a role that does not exist) fails it too: the build's error, and a
+    Dagster step's failure alert, must name each, with dbt's message (a model's first lines, where the
+    database's reason is). A status without a rule says how to end the failure, which no run ends alone."""
     from data_platform import pipeline
 
     for name, value in make_database().env("transformer").items():
         monkeypatch.setenv(name, value)
+    model_error = (
+        "Database Error in model dim_organizations (models/marts/dim_organizations.sql)\n"
+        '  role "nobody" does not exist\n\n'
+        "  compiled code at target/run/dim_organizations.sql\n  more\n  and more"
+    )
+    status_test = "relationships_stg_payments__invoice_versions_status__status__ref_invoice_enrichment_"
     results = [
+        {"unique_id": "model.data_platform.dim_organizations", "status": "error", "message": model_error},
+        {"unique_id": "model.data_platform.fct_x", "status": "success", "message": "SELECT 1"},
         {"unique_id": "test.data_platform.a_failing_test", "status": "fail", "message": "Got 1 result"},
         {"unique_id": "test.data_platform.an_erroring_test", "status": "error", "message": "no column x"},
         {"unique_id": "test.data_platform.a_passing_test", "status": "pass", "message": None},
+        {"unique_id": f"test.data_platform.{status_test}", "status": "fail", "message": "Got 1 result"},
     ]
     (tmp_path / "run_results.json").write_text(json.dumps({"results": results}))
-    assert pipeline.failed_tests_report(tmp_path) == [
+    assert pipeline.build_failures_report(tmp_path) == [
+        "failed model dim_organizations: Database Error in model dim_organizations "
+        '(models/marts/dim_organizations.sql) / role "nobody" does not exist / '
+        "compiled code at target/run/dim_organizations.sql / more",
         "failed test a_failing_test: Got 1 result",
         "failed test an_erroring_test: no column x",
+        f"failed test {status_test}: Got 1 result",
+        "  a status without a balance rule: add its row to dbt/seeds/invoice_enrichment.csv; the next run "
+        "then rebuilds in full (the rules changed)",
     ]
 
 

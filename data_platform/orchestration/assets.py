@@ -98,10 +98,10 @@ def dbt_models(context: AssetExecutionContext, dbt: DbtCliResource):
                     )
                 yield from invocation.stream()
                 if not invocation.is_successful():
-                    report = pipeline.failed_tests_report(invocation.target_path)
+                    report = pipeline.build_failures_report(invocation.target_path)
                     raise Failure(
                         description="\n".join([f"dbt build failed; {build_plan.after_failure()}", *report]),
-                        metadata={"failed tests": MetadataValue.text("\n".join(report) or "none")},
+                        metadata={"failures": MetadataValue.text("\n".join(report) or "none")},
                     )
 
 
