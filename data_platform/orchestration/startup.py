@@ -1,4 +1,5 @@
-"""Before the daemon starts: fail every run that a previous daemon container left in progress.
+"""Before the daemon starts: fail every run that a previous daemon (its container, or `dagster dev`) left
+in progress.
 
 Runs execute in processes of the dagster-daemon container (the default run launcher starts them from
 the daemon's code server), so a restart, recreate or kill of that container ends them too, but their
@@ -8,7 +9,8 @@ process is gone with this run launcher; it would fail the run only after max_run
 outlives the container, so at start-up every one still in progress is reported failed, which the
 run-failure alert then reports like any failed run.
 
-compose.yaml's daemon runs `python -m data_platform.orchestration.startup` before `dagster-daemon run`.
+compose.yaml's daemon runs `python -m data_platform.orchestration.startup` before `dagster-daemon run`;
+without Docker, the README runs it before `dagster dev`, whose runs end with it too.
 Not imported by the definitions: it must not need the dbt project.
 """
 
@@ -20,9 +22,9 @@ from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
 INTERRUPTED = [DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]
 MESSAGE = (
-    "The run was cut off: the dagster-daemon container stopped (restart, recreate or kill) while it ran, "
-    "and its run process with it. Exports it loaded stay loaded and a build counts only once complete: "
-    "run the job again, or let the next scheduled run catch up."
+    "The run was cut off: the dagster-daemon stopped while it ran (its container restarted, recreated or "
+    "killed, or `dagster dev` ended), and its run process with it. Exports it loaded stay loaded and a "
+    "build counts only once complete: run the job again, or let the next scheduled run catch up."
 )
 
 
