@@ -683,6 +683,12 @@ def test_slow_slack_that_accepts_gets_a_message_at_most_twice(db, slack):
     assert "1 alert sent (1 retried" not in second.stdout
     assert len(slack.delivered) == 2  # retried once by a later run
     assert "1 alert never confirmed after 2 unanswered attempts: not sent again" in second.stdout
+    # the same alert's "no answer" note does not promise another send
+    assert (
+        "1 alert got no answer from the SLACK_WEBHOOK_URL webhook and may have arrived: that was the last "
+        "allowed attempt (below)." in second.stdout
+    )
+    assert "a later run sends it again" not in second.stdout
     assert "retried on the next run" not in second.stderr
     assert (
         "alert_script.py: 1 alert(s) never confirmed after 2 unanswered attempts: not sent again; check "

@@ -538,3 +538,16 @@ def test_a_missing_privilege_says_which_side_lacks_it_and_for_which_role(alerter
     said = database_error(driver_error(psycopg.errors.InsufficientPrivilege, denied))
     assert said.startswith(f"database error on alerter@db:5432/wh: {denied}. {hint}"), said
     assert [known for known in (OPS_STATE, MARTS, LACKING) if known in said] == [hint]
+
+
+def test_the_no_answer_note_promises_another_send_only_to_the_alerts_not_given_up():
+    # this run's last allowed attempts got no answer too: a later run never sends those again
+    summary = Summary(failed=3, unanswered={"slack": 3}, given_up=1, gave_up=1)
+    assert (
+        "3 alerts got no answer from the SLACK_WEBHOOK_URL webhook and may have arrived: a later run sends 2 "
+        "of them again; for the other 1 that was the last allowed attempt (below)." in summary.notes()
+    )
+    assert (
+        "1 alert never confirmed after 2 unanswered attempts: not sent again; check the channel (status "
+        "'unknown' in ops.alert_history)." in summary.notes()
+    )

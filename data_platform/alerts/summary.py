@@ -122,11 +122,20 @@ class Summary:
                 where = f"the {webhook_env_of(next(iter(self.unanswered)))} webhook"
             else:
                 where = f"their webhooks ({_by_variable(self.unanswered)})"
-            notes.append(
-                f"{plural(sum(self.unanswered.values()), 'alert')} got no answer from {where} and may have "
-                f"arrived: a later run sends it again, as long as it was sent fewer than "
-                f"{MAX_UNCONFIRMED_ATTEMPTS} times."
-            )
+            unanswered = sum(self.unanswered.values())
+            arrived = f"{plural(unanswered, 'alert')} got no answer from {where} and may have arrived"
+            # those given up in this run got no answer for the last allowed time: never sent again
+            if not self.gave_up:
+                then = "a later run sends it again, as long as it was sent fewer than "
+                then += f"{MAX_UNCONFIRMED_ATTEMPTS} times"
+            elif self.gave_up >= unanswered:
+                then = "that was the last allowed attempt (below)"
+            else:
+                then = (
+                    f"a later run sends {unanswered - self.gave_up:,} of them again; for the other "
+                    f"{self.gave_up:,} that was the last allowed attempt (below)"
+                )
+            notes.append(f"{arrived}: {then}.")
         if self.given_up:
             notes.append(
                 f"{plural(self.given_up, 'alert')} never confirmed after {MAX_UNCONFIRMED_ATTEMPTS} "
