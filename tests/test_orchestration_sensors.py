@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import time
+from datetime import date
 from pathlib import Path
 
 import pytest
@@ -649,4 +650,30 @@ def test_an_export_folder_it_may_not_read_is_a_skip_reason_not_a_failed_tick(exp
     result = tick(None)
     assert result.skip_message == (
         f"cannot look into {exports / '2024-07-02'}: Permission denied; checked again next tick"
+    )
+
+
+def test_an_export_landed_before_its_utc_day_starts_its_run_when_the_day_begins(exports, tick, monkeypatch):
+    """Named in local time ahead of UTC, an export lands before its day: the loader would refuse it as from
+    the future, and once refused its folder never changes again, so no later tick would start its run."""
+    write(exports / "2024-07-01" / "invoices.csv", "ID\n1\n")
+    write(exports / "2024-07-02" / "invoices.csv", "ID\n2\n")
+    monkeypatch.setattr(sensors, "today_utc", lambda: date(2024, 7, 1))
+    seen = tick(None)
+    settled = tick(seen.cursor)
+    assert run_keys(settled) == ["export-2024-07-01"]  # up to today's: the run leaves 07-02 alone
+    waiting = tick(settled.cursor)
+    assert run_keys(waiting) == []
+    monkeypatch.setattr(sensors, "today_utc", lambda: date(2024, 7, 2))
+    seen = tick(waiting.cursor)
+    assert run_keys(tick(seen.cursor)) == ["export-2024-07-02"]
+
+
+def test_only_folders_dated_after_today_say_so(exports, tick, monkeypatch):
+    write(exports / "2024-07-02" / "invoices.csv", "ID\n2\n")
+    monkeypatch.setattr(sensors, "today_utc", lambda: date(2024, 7, 1))
+    result = tick(None)
+    assert run_keys(result) == []
+    assert "dated after today (2024-07-01, UTC): 2024-07-02; each is loaded once its day begins" in (
+        result.skip_message or ""
     )

@@ -12,6 +12,9 @@ place is complete when it appears. A link to a missing file (an unmounted share)
 the loader takes it: not waited for, as that would hold back every export after it, but left to the runs,
 which fail naming it until it is fixed.
 
+A folder dated after today (UTC), which the loader refuses, is left out until its day begins: it is then new
+to the sensor, and starts a run as any landing does.
+
 With no folder newer than the requested day, every folder is one that run read (the loader looks into each
 folder up to its day, loading the new ones and checking the loaded ones are unchanged). When their files other
 than dotfiles, which the loader ignores (a .DS_Store, an editor's swap file), differ from when it was
@@ -32,12 +35,13 @@ import json
 import os
 import time
 from dataclasses import asdict, dataclass, replace
+from datetime import date
 from pathlib import Path
 
 from dagster import DefaultSensorStatus, RunRequest, SensorEvaluationContext, SensorResult, SkipReason, sensor
 
 from data_platform.exports import EXPORTS_FOLDER, day_folders, present
-from data_platform.load_errors import LoadError
+from data_platform.load_errors import LoadError, utc_today
 from data_platform.orchestration.schedules import daily_job
 from data_platform.pipeline import csv_dir_from_environment
 from data_platform.raw_tables import INVOICES
@@ -59,6 +63,11 @@ def exports_dir() -> Path:
 def now_ns() -> int:
     """The sensor's clock (a seam for the tests)."""
     return time.time_ns()
+
+
+def today_utc() -> date:
+    """The sensor's calendar, the loader's (a seam for the tests)."""
+    return utc_today()
 
 
 def export_folders(directory: Path) -> list[Path]:
@@ -141,6 +150,18 @@ def new_export_sensor(context: SensorEvaluationContext):
         return _unreadable(error, directory)
     if not folders:
         return SkipReason(f"no export folder (YYYY-MM-DD) in {directory}")
+    # an export dated after today (UTC) is refused by the loader: it waits for its day, when it is new
+    # to this sensor (named in local time ahead of UTC, it lands before its UTC day)
+    today = today_utc().isoformat()
+    early = [folder.name for folder in folders if folder.name > today]
+    folders = [folder for folder in folders if folder.name <= today]
+    if early:
+        context.log.info(f"waiting for their day (UTC): {', '.join(early)}")
+    if not folders:
+        return SkipReason(
+            f"the export folders in {directory} are dated after today ({today}, UTC): {', '.join(early)}; "
+            "each is loaded once its day begins"
+        )
     cursor = _Cursor.read(context.cursor)
     requested, requested_files = cursor.requested, cursor.requested_files
     # Every folder counts, not only the pending ones: the run loads up to its day reading each folder
