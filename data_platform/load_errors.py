@@ -120,7 +120,8 @@ ALLOW_EMPTY_HELP = "load an export whose files have a header but no data rows (e
 def header_only(path: Path, table_name: str) -> LoadError:
     return LoadError(
         path,
-        f"no data rows, only the header (pass --allow-empty if an export without {table_name} is intended)",
+        f"no data rows, only the header (pass --allow-empty if an export without {table_name} is intended: "
+        "the README's loader section says how for the pipeline)",
     )
 
 
