@@ -506,13 +506,21 @@ def test_the_link_in_failure_alerts_follows_dagster_port_unless_dagster_base_url
     ],
 )
 def test_an_unusable_webhook_setting_prints_the_ops_alert_and_says_why(setting, why, capsys):
+    details = ("the load failed:", "x.csv line 3")
+    message = notify.OpsMessage("Pipeline run failed: daily_pipeline", details, "L")
     with SlackStub() as slack:
         channel = notify.channel_from_environment({"SLACK_WEBHOOK_URL": slack.url, **setting})
-        assert channel.send(notify.OpsMessage("Pipeline run failed: daily_pipeline")).delivered
+        assert channel.send(message).delivered
         assert slack.requests == []
     out = capsys.readouterr().out
     assert why in out and "not sent to Slack" in out
-    assert "[ops alert] Pipeline run failed: daily_pipeline" in out
+    # every line of it found by the tag the README says to search the logs for
+    assert out.splitlines()[1:] == [
+        "[ops alert] Pipeline run failed: daily_pipeline",
+        "[ops alert] the load failed:",
+        "[ops alert] x.csv line 3",
+        "[ops alert] L",
+    ]
     assert SECRET not in out
 
 

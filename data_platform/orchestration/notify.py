@@ -81,7 +81,8 @@ class ConsoleOpsChannel:
         out = self._out or sys.stdout
         if self._why:
             print(f"[ops alert] not sent to Slack: {self._why}", file=out)
-        print(f"[ops alert] {message.text()}", file=out, flush=True)
+        # every line tagged: a search of the logs for the tag finds the error and the link too
+        print("\n".join(f"[ops alert] {line}" for line in message.text().splitlines()), file=out, flush=True)
         return delivery.Outcome(delivered=True)
 
 
