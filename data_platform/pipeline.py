@@ -426,6 +426,12 @@ def load_exports(settings: Settings, through: str | None = None) -> None:
     A failed load's PipelineError quotes the loader's error: a Dagster step's failure alert quotes that
     error, and has no "above" to point to."""
     step(f"loading the exports in {settings.csv_dir}" + (f" up to {through}" if through else ""))
+    if not settings.csv_dir.is_dir():  # a setting to fix, not an export: the loader's advice would not fit
+        raise PipelineError(
+            f"CSV_DIR {settings.csv_dir} is not a folder: set it to the folder of the exports; nothing was "
+            "loaded or built",
+            EXIT_CONFIG,
+        )
     command = [sys.executable, "-m", "data_platform.loader", "--csv-dir", str(settings.csv_dir)]
     # a loader started by hand is waited for as another pipeline run is
     command += ["--wait", f"{settings.lock_timeout_seconds:g}"]

@@ -176,6 +176,7 @@ def test_a_wrong_password_fails_at_once(tmp_path, login):
 @pytest.mark.parametrize(("content", "accepted"), [(PROBE_PASSWORD + "\n", True), ("wrong\n", False)])
 def test_the_password_can_come_from_a_file(tmp_path, login, content, accepted):
     (tmp_path / "password").write_text(content)
+    (tmp_path / "no-csv-here").mkdir()
     result = run_init_sh(
         tmp_path,
         **login,
@@ -206,8 +207,10 @@ def test_relative_paths_are_taken_from_the_callers_directory(tmp_path, login):
         DB_WAIT_SECONDS="60",
     )
     assert "is ready" in result.stdout, result.stderr
-    # no export there: the load stops, naming the folder it looked in
-    assert f"{caller / 'mydata'}: CSV directory not found" in result.stderr
+    # no such folder there: a setting to fix (2), named as the run took it, not an export to fix or remove
+    assert result.returncode == 2
+    assert f"CSV_DIR {caller / 'mydata'} is not a folder" in result.stderr
+    assert "fix or remove it" not in result.stderr
 
 
 def test_a_secret_file_problem_stops_before_anything_runs(tmp_path):
