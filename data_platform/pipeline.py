@@ -357,17 +357,17 @@ def build_failures_report(target_dir: Path, limit: int = FAILED_ROWS_SHOWN) -> l
     failed = [result for result in results if result.get("status") in ("fail", "error")]
     lines: list[str] = []
     for result in failed:
-        kind, _, name = result.get("unique_id", "..").split(".", 2)
+        kind, name = _kind_and_name(result)
         if kind != "test":
             message = [line.strip() for line in (result.get("message") or "").splitlines() if line.strip()]
             lines.append(f"failed {kind} {name}: " + " / ".join(message[:ERROR_LINES_SHOWN] or ["error"]))
-    tests = [result for result in failed if result.get("unique_id", "").startswith("test.")]
+    tests = [result for result in failed if _kind_and_name(result)[0] == "test"]
     if not tests:
         return lines
     with connect() as conn:
         for result in tests:
             relation = result.get("relation_name")
-            name = result["unique_id"].split(".")[2]
+            name = _kind_and_name(result)[1]
             lines.append(f"failed test {name}: {result.get('message') or result.get('status')}")
             if name.startswith(STATUS_RULE_TEST):
                 lines.append(f"  {STATUS_RULE_HINT}")
@@ -387,6 +387,12 @@ def build_failures_report(target_dir: Path, limit: int = FAILED_ROWS_SHOWN) -> l
                     + ", ".join(f"{column}={value!r}" for column, value in zip(columns, row, strict=True))
                 )
     return lines
+
+
+def _kind_and_name(result: dict) -> tuple[str, str]:
+    """("model", "dim_organizations") from a result's unique id, model.data_platform.dim_organizations."""
+    kind, _, rest = str(result.get("unique_id", "")).partition(".")
+    return kind, rest.partition(".")[2] or rest
 
 
 def forget_run_results(target_dir: Path) -> None:
