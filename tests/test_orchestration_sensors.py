@@ -658,20 +658,20 @@ def test_an_export_landed_before_its_utc_day_starts_its_run_when_the_day_begins(
     the future, and once refused its folder never changes again, so no later tick would start its run."""
     write(exports / "2024-07-01" / "invoices.csv", "ID\n1\n")
     write(exports / "2024-07-02" / "invoices.csv", "ID\n2\n")
-    monkeypatch.setattr(sensors, "today_utc", lambda: date(2024, 7, 1))
+    monkeypatch.setattr(sensors, "utc_today", lambda: date(2024, 7, 1))
     seen = tick(None)
     settled = tick(seen.cursor)
     assert run_keys(settled) == ["export-2024-07-01"]  # up to today's: the run leaves 07-02 alone
     waiting = tick(settled.cursor)
     assert run_keys(waiting) == []
-    monkeypatch.setattr(sensors, "today_utc", lambda: date(2024, 7, 2))
+    monkeypatch.setattr(sensors, "utc_today", lambda: date(2024, 7, 2))
     seen = tick(waiting.cursor)
     assert run_keys(tick(seen.cursor)) == ["export-2024-07-02"]
 
 
 def test_only_folders_dated_after_today_say_so(exports, tick, monkeypatch):
     write(exports / "2024-07-02" / "invoices.csv", "ID\n2\n")
-    monkeypatch.setattr(sensors, "today_utc", lambda: date(2024, 7, 1))
+    monkeypatch.setattr(sensors, "utc_today", lambda: date(2024, 7, 1))
     result = tick(None)
     assert run_keys(result) == []
     assert "dated after today (2024-07-01, UTC): 2024-07-02; each is loaded once its day begins" in (

@@ -35,7 +35,6 @@ import json
 import os
 import time
 from dataclasses import asdict, dataclass, replace
-from datetime import date
 from pathlib import Path
 
 from dagster import DefaultSensorStatus, RunRequest, SensorEvaluationContext, SensorResult, SkipReason, sensor
@@ -63,11 +62,6 @@ def exports_dir() -> Path:
 def now_ns() -> int:
     """The sensor's clock (a seam for the tests)."""
     return time.time_ns()
-
-
-def today_utc() -> date:
-    """The sensor's calendar, the loader's (a seam for the tests)."""
-    return utc_today()
 
 
 def export_folders(directory: Path) -> list[Path]:
@@ -152,7 +146,7 @@ def new_export_sensor(context: SensorEvaluationContext):
         return SkipReason(f"no export folder (YYYY-MM-DD) in {directory}")
     # an export dated after today (UTC) is refused by the loader: it waits for its day, when it is new
     # to this sensor (named in local time ahead of UTC, it lands before its UTC day)
-    today = today_utc().isoformat()
+    today = utc_today().isoformat()
     early = [folder.name for folder in folders if folder.name > today]
     folders = [folder for folder in folders if folder.name <= today]
     if early:
