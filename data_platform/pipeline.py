@@ -80,13 +80,6 @@ DBT_ARGS = (*DBT_DIR_ARGS, "--target", DBT_PROFILE_TARGET)
 LOCK_KEY = "data_platform.pipeline"
 FAILED_ROWS_SHOWN = 5
 ERROR_LINES_SHOWN = 4  # of a failed model's or seed's error: dbt's heading, the database's reason, ...
-# A status without a balance rule fails this test on every build until the rule exists: the version that
-# holds it is stored for good, and the next build's window holds it again.
-STATUS_RULE_TEST = "relationships_stg_payments__invoice_versions_status"
-STATUS_RULE_HINT = (
-    "a status without a balance rule: add its row to dbt/seeds/invoice_enrichment.csv; the next run then "
-    "rebuilds in full (the rules changed)"
-)
 EXIT_CONFIG = 2  # a setting to fix, or no database
 # EXIT_BUSY (3) is the loader's exit code when its lock is busy, and the pipeline's when another pipeline
 # run, a loader run by hand or an alert run by hand holds its lock past PIPELINE_LOCK_TIMEOUT: nothing is
@@ -349,28 +342,30 @@ class PipelineLock:
 
 def build_failures_report(target_dir: Path, limit: int = FAILED_ROWS_SHOWN) -> list[str]:
     """Each node that failed in the last run's results: a model's or seed's error (its first lines, the
-    database's reason among them), then each test's message and the first rows it stored."""
+    database's reason among them), then each test's message, what to do about it when its YAML says (its
+    `meta` `hint`), and the first rows it stored."""
     try:
         results = json.loads((target_dir / "run_results.json").read_text())["results"]
     except (OSError, ValueError, KeyError):
         return []
-    failed = [result for result in results if result.get("status") in ("fail", "error")]
+    failed = [
+        (result, *_kind_and_name(result)) for result in results if result.get("status") in ("fail", "error")
+    ]
     lines: list[str] = []
-    for result in failed:
-        kind, name = _kind_and_name(result)
+    for result, kind, name in failed:
         if kind != "test":
             message = [line.strip() for line in (result.get("message") or "").splitlines() if line.strip()]
             lines.append(f"failed {kind} {name}: " + " / ".join(message[:ERROR_LINES_SHOWN] or ["error"]))
-    tests = [result for result in failed if _kind_and_name(result)[0] == "test"]
+    tests = [(result, name) for result, kind, name in failed if kind == "test"]
     if not tests:
         return lines
+    hints = _hints(target_dir)
     with connect() as conn:
-        for result in tests:
+        for result, name in tests:
             relation = result.get("relation_name")
-            name = _kind_and_name(result)[1]
             lines.append(f"failed test {name}: {result.get('message') or result.get('status')}")
-            if name.startswith(STATUS_RULE_TEST):
-                lines.append(f"  {STATUS_RULE_HINT}")
+            if result.get("unique_id") in hints:
+                lines.append(f"  {hints[result['unique_id']]}")
             if not relation:
                 continue
             try:
@@ -390,9 +385,23 @@ def build_failures_report(target_dir: Path, limit: int = FAILED_ROWS_SHOWN) -> l
 
 
 def _kind_and_name(result: dict) -> tuple[str, str]:
-    """("model", "dim_organizations") from a result's unique id, model.data_platform.dim_organizations."""
-    kind, _, rest = str(result.get("unique_id", "")).partition(".")
-    return kind, rest.partition(".")[2] or rest
+    """("test", "not_null_dim_invoices_invoice_id") from a result's unique id, kind.project.name[.hash]."""
+    parts = str(result.get("unique_id", "")).split(".")
+    return parts[0], parts[2] if len(parts) > 2 else parts[-1]
+
+
+def _hints(target_dir: Path) -> dict[str, str]:
+    """What to do when a test fails, by unique id: its YAML's `meta: {hint: ...}`, read from the build's
+    manifest."""
+    try:
+        nodes = json.loads((target_dir / "manifest.json").read_text())["nodes"]
+    except (OSError, ValueError, KeyError):
+        return {}
+    return {
+        unique_id: node["config"]["meta"]["hint"]
+        for unique_id, node in nodes.items()
+        if isinstance(node.get("config", {}).get("meta", {}).get("hint"), str)
+    }
 
 
 def forget_run_results(target_dir: Path) -> None:

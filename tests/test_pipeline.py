@@ -757,7 +757,8 @@ def test_every_failed_node_is_reported_with_dbt_s_message(make_database, tmp_pat
     """A data test whose query errors (a column renamed under it) fails the build as a failing test does,
     and a model that errors (a grant to a role that does not exist) fails it too: the build's error, and a
     Dagster step's failure alert, must name each, with dbt's message (a model's first lines, where the
-    database's reason is). A status without a rule says how to end the failure, which no run ends alone."""
+    database's reason is). A test whose YAML gives a hint (a status without a rule: no run ends that failure
+    alone) has it printed under it. A generic test's id ends in a hash, which its name leaves out."""
     from data_platform import pipeline
 
     for name, value in make_database().env("transformer").items():
@@ -774,9 +775,22 @@ def test_every_failed_node_is_reported_with_dbt_s_message(make_database, tmp_pat
         {"unique_id": "test.data_platform.a_failing_test", "status": "fail", "message": "Got 1 result"},
         {"unique_id": "test.data_platform.an_erroring_test", "status": "error", "message": "no column x"},
         {"unique_id": "test.data_platform.a_passing_test", "status": "pass", "message": None},
-        {"unique_id": f"test.data_platform.{status_test}", "status": "fail", "message": "Got 1 result"},
+        {
+            "unique_id": f"test.data_platform.{status_test}.2a41a0dc42",
+            "status": "fail",
+            "message": "Got 1 result",
+        },
     ]
     (tmp_path / "run_results.json").write_text(json.dumps({"results": results}))
+    hint = (
+        "a status without a balance rule: add its row to dbt/seeds/invoice_enrichment.csv; the next run "
+        "then rebuilds in full (the rules changed)"
+    )
+    nodes = {
+        f"test.data_platform.{status_test}.2a41a0dc42": {"config": {"meta": {"hint": hint}}},
+        "test.data_platform.a_failing_test": {"config": {"meta": {}}},
+    }
+    (tmp_path / "manifest.json").write_text(json.dumps({"nodes": nodes}))
     assert pipeline.build_failures_report(tmp_path) == [
         "failed model dim_organizations: Database Error in model dim_organizations "
         '(models/marts/dim_organizations.sql) / role "nobody" does not exist / '
