@@ -92,6 +92,9 @@ EXIT_ALERTS_GIVEN_UP = 5  # some were given up on: check the channel
 # A failed load's error quotes the loader's stderr from its last error line on, or else its last lines:
 # at most this many lines, each shortened (steps.MAX_QUOTED_LINE_CHARS).
 LOADER_LINES_KEPT = 20
+# An alert run that could not deliver every alert is quoted from its last failed delivery on: that line
+# and the run's notes after it.
+ALERT_LINES_KEPT = 8
 # a step's exit codes after Ctrl-C or SIGTERM sent to it (the loader rolls back the export it was loading,
 # the alert run keeps what it committed)
 STOPPED = (128 + signal.SIGINT, 128 + signal.SIGTERM)
@@ -115,6 +118,15 @@ class AlertRun(enum.Enum):
         "some balance alerts got no answer for the last allowed time and are not sent again (status "
         "'unknown' in ops.alert_history): check the channel they go to"
     )
+
+
+@dataclass(frozen=True)
+class AlertRunEnd:
+    """An alert run that went to its end: how it left the alerts, and what it said on stderr from its last
+    failed delivery on (where to, why, its notes), which a failure alert quotes."""
+
+    outcome: AlertRun
+    said: tuple[str, ...] = ()
 
 
 DEFAULT_CSV_DIR = PROJECT_ROOT / "csv_data"
@@ -554,7 +566,7 @@ def generate_docs(build_plan: refresh.BuildPlan) -> None:
         raise PipelineError(f"dbt docs generate {failed(code)}", code)
 
 
-def run_alerts(settings: Settings) -> AlertRun:
+def run_alerts(settings: Settings) -> AlertRunEnd:
     """One alert run; undelivered or given-up alerts are reported here and returned, so the caller
     decides whether that fails its step. Any other failure raises PipelineError."""
     step("alerts")
@@ -565,7 +577,12 @@ def run_alerts(settings: Settings) -> AlertRun:
         # an alert run by hand or from cron is waited for as another pipeline run is
         "ALERT_LOCK_TIMEOUT": f"{min(settings.lock_timeout_seconds, alert_config.LOCK_TIMEOUT_MAX):g}",
     }
-    code = run_child([sys.executable, str(PROJECT_ROOT / "alert_script.py")], env=env)
+    code, said = run_child_quoting_stderr(
+        [sys.executable, str(PROJECT_ROOT / "alert_script.py")],
+        ALERT_LINES_KEPT,
+        alert_exit_codes.DELIVERY_FAILED_LINE,
+        env=env,
+    )
     outcomes = {
         alert_exit_codes.OK: AlertRun.DELIVERED,
         alert_exit_codes.DELIVERY_FAILED: AlertRun.UNDELIVERED,
@@ -581,12 +598,13 @@ def run_alerts(settings: Settings) -> AlertRun:
             "(alert_script.py, or the next pipeline run) alerts its days",
             code,
         )
-    if outcomes[code] is not AlertRun.DELIVERED:
-        print(f"pipeline: {outcomes[code].value}.", file=sys.stderr)
-    return outcomes[code]
+    if outcomes[code] is AlertRun.DELIVERED:
+        return AlertRunEnd(AlertRun.DELIVERED)
+    print(f"pipeline: {outcomes[code].value}.", file=sys.stderr)
+    return AlertRunEnd(outcomes[code], tuple(said))
 
 
-def run(settings: Settings) -> AlertRun | None:
+def run(settings: Settings) -> AlertRunEnd | None:
     """Every step, in order, under the pipeline lock; how the alert run left the alerts (None: none ran)."""
     wait_for_database(settings)
     with PipelineLock(settings.lock_timeout_seconds) as lock:
@@ -674,9 +692,9 @@ def _main() -> int:
         alerts = run(settings)
         if settings.serve_docs:
             serve_docs(settings)
-        if alerts is AlertRun.UNDELIVERED:
+        if alerts and alerts.outcome is AlertRun.UNDELIVERED:
             return EXIT_ALERTS_UNDELIVERED
-        if alerts is AlertRun.GIVEN_UP:
+        if alerts and alerts.outcome is AlertRun.GIVEN_UP:
             return EXIT_ALERTS_GIVEN_UP
     except PipelineError as error:
         print(f"pipeline: {error}", file=sys.stderr)

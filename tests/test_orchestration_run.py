@@ -377,9 +377,14 @@ def test_undelivered_balance_alerts_fail_their_step_so_it_is_retried(daily_run):
         slack.always(server_error(500))
         env = run_env(database, csv_dir, SLACK_WEBHOOK_URL=slack.url, ALERT_HTTP_RETRIES="0")
         with environment(env):
-            with pytest.raises(Failure, match="could not be delivered"):
+            with pytest.raises(Failure, match="could not be delivered") as failed:
                 balance_alerts(build_asset_context())
             assert slack.requests and not slack.delivered
+            # the run's failure alert quotes why, with where to: no "above" in a Slack message
+            description = failed.value.description
+            assert "alert_script.py: delivery to slack failed for organization " in description, description
+            assert "HTTP 500" in description, description
+            assert "retried on the next run" in description, description
             slack.always(OK)
             balance_alerts(build_asset_context())  # the retry
         assert slack.delivered, "the retry sent nothing"
@@ -430,6 +435,7 @@ def test_a_balance_alert_given_up_fails_the_step_without_a_retry_that_would_end_
                     balance_alerts(build_asset_context())
             assert not retry.value.allow_retries, "the step would be retried into green"
             assert "check the channel" in retry.value.description
+            assert "never confirmed after" in retry.value.description, "the alert run's own words"
             assert len(slack.requests) == 2  # one alert, sent twice, never confirmed
     finally:
         forget_slack(database)  # the other tests' Slack starts afresh too
@@ -447,7 +453,10 @@ def test_after_giving_up_on_an_alert_the_step_still_retries_the_others_then_fail
     # an error in the step's own retries (say the pipeline lock is busy) must not end it retryable either:
     # Dagster's retry would find the give-up reported and end green
     busy = pipeline.PipelineError("another pipeline run holds the lock", pipeline.EXIT_BUSY)
-    outcomes = [pipeline.AlertRun.GIVEN_UP, busy, pipeline.AlertRun.UNDELIVERED, pipeline.AlertRun.DELIVERED]
+    ends = [
+        pipeline.AlertRunEnd(pipeline.AlertRun[name]) for name in ("GIVEN_UP", "UNDELIVERED", "DELIVERED")
+    ]
+    outcomes = [ends[0], busy, *ends[1:]]
     runs = []
 
     def scripted_alert_run(settings):

@@ -305,7 +305,9 @@ def test_a_finished_run_exits_with_how_its_alert_run_left_the_alerts(monkeypatch
 
     monkeypatch.setenv("SERVE_DOCS", "false")
     monkeypatch.setattr(pipeline.signal, "signal", lambda signum, handler: None)  # keep pytest's handlers
-    monkeypatch.setattr(pipeline, "run", lambda settings: alerts and pipeline.AlertRun[alerts])
+    monkeypatch.setattr(
+        pipeline, "run", lambda settings: alerts and pipeline.AlertRunEnd(pipeline.AlertRun[alerts])
+    )
     assert pipeline.main([]) == code
 
 
@@ -720,7 +722,7 @@ def test_the_alert_runs_exit_code_is_how_it_left_the_alerts(exit_code, outcome, 
     from data_platform import pipeline
 
     monkeypatch.setattr(pipeline.sys, "executable", fake_python(tmp_path, f"exit {exit_code}"))
-    assert pipeline.run_alerts(pipeline.Settings(csv_dir=tmp_path)) is pipeline.AlertRun[outcome]
+    assert pipeline.run_alerts(pipeline.Settings(csv_dir=tmp_path)).outcome is pipeline.AlertRun[outcome]
 
 
 def test_a_build_that_dies_shows_no_failed_test_of_an_earlier_build(

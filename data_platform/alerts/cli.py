@@ -439,7 +439,8 @@ def _deliver(
             else f"organization {message.organization.organization_id}"
         )
         print(
-            f"alert_script.py: delivery to {destination} failed for {what}: {outcome.error}", file=sys.stderr
+            f"{exit_codes.DELIVERY_FAILED_LINE}{destination} failed for {what}: {outcome.error}",
+            file=sys.stderr,
         )
 
 

@@ -139,7 +139,7 @@ def dbt_docs() -> None:
             pipeline.generate_docs(pipeline.plan(settings))
 
 
-def _alert_run(settings: pipeline.Settings) -> pipeline.AlertRun:
+def _alert_run(settings: pipeline.Settings) -> pipeline.AlertRunEnd:
     # under the lock, as in init.sh: a pipeline run may be rebuilding the marts it reads
     with pipeline.PipelineLock(settings.lock_timeout_seconds):
         return pipeline.run_alerts(settings)
@@ -167,8 +167,8 @@ def balance_alerts(context: AssetExecutionContext) -> None:
         if not settings.run_alerts:
             context.log.info("RUN_ALERTS is off: no alert run")
             return
-        outcome = _alert_run(settings)
-        if outcome is pipeline.AlertRun.GIVEN_UP:
+        first = _alert_run(settings)
+        if first.outcome is pipeline.AlertRun.GIVEN_UP:
             # The run must fail, so that its failure alert tells the operators to check the channel: a
             # retry of the step would find that alert given up, and end green once the rest is sent.
             # The step gives the run's other undelivered alerts their retries itself instead.
@@ -177,12 +177,20 @@ def balance_alerts(context: AssetExecutionContext) -> None:
             for delay in GIVEN_UP_RETRY_DELAYS_SECONDS:
                 time.sleep(delay)
                 try:
-                    if _alert_run(settings) is pipeline.AlertRun.DELIVERED:
+                    if _alert_run(settings).outcome is pipeline.AlertRun.DELIVERED:
                         break
                 except (pipeline.PipelineError, DatabaseUnavailable) as error:
                     context.log.error(f"retrying the other undelivered alerts failed: {error}")
-            raise Failure(description=f"{outcome.value} (see the step's log)", allow_retries=False)
-        if outcome is pipeline.AlertRun.UNDELIVERED:
+            raise Failure(description=_quoting(first.outcome.value, first), allow_retries=False)
+        if first.outcome is pipeline.AlertRun.UNDELIVERED:
             # a failure, so the retry policy sends them again soon, and a run that still cannot
             # deliver them fails and is reported instead of ending green
-            raise Failure(description="some balance alerts could not be delivered (see the step's log)")
+            raise Failure(description=_quoting("some balance alerts could not be delivered", first))
+
+
+def _quoting(what: str, end: pipeline.AlertRunEnd) -> str:
+    """A failure's description: what happened, then the alert run's own words (where to, why), which the
+    run's failure alert carries to a channel where the step's log is not at hand."""
+    if not end.said:
+        return f"{what} (see the step's log)"
+    return "\n".join([f"{what}; the alert run said:", *end.said])
