@@ -433,6 +433,21 @@ def wait_for_database(settings: Settings) -> None:
     step(f"waiting for the database (up to {settings.db_wait_seconds:g}s)")
     wait_until_ready(settings.db_wait_seconds)
     print(f"database {describe_target()} is ready")
+    check_alerter_role(settings)
+
+
+def check_alerter_role(settings: Settings) -> None:
+    """The build grants ALERTER_USER select on the marts and the alert run logs in as it: a role that does
+    not exist is a setting to fix, said before anything is loaded, not a model's error after the load."""
+    with connect() as conn:
+        found = conn.execute("select from pg_roles where rolname = %s", (settings.alerter_user,)).fetchone()
+    if found is None:
+        raise PipelineError(
+            f"ALERTER_USER={settings.alerter_user} is not a role on {describe_target()}: the build grants "
+            "it the marts and the alert run logs in as it. Create it (init.sql creates alerter) or set "
+            "ALERTER_USER to a role that exists; nothing was loaded or built",
+            EXIT_CONFIG,
+        )
 
 
 def _ended(code: int) -> str:

@@ -932,6 +932,17 @@ def _edit_the_model_once():
     assert "rebuilt from scratch" in second.stdout
 
 
+def test_an_alerter_user_that_is_not_a_role_stops_the_run_before_the_load(make_database, tmp_path):
+    """The build grants ALERTER_USER the marts and the alert run logs in as it: a role that does not exist
+    is a setting to fix (2), said before the load, not a failed model (1) found after it."""
+    database = make_database()
+    result = run_pipeline(database, write_fixture(tmp_path / "csv"), ALERTER_USER="no_such_alerter")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "ALERTER_USER=no_such_alerter is not a role on " in result.stderr
+    assert "loading the exports" not in result.stdout
+    assert database.query("select to_regclass('raw.load_log')") == [(None,)], "an export was loaded"
+
+
 def test_a_project_that_does_not_parse_fails_the_build_with_dbts_error_once(make_database, tmp_path):
     """dbt parses while the loader runs, silently: the error is the build's, reported after the load."""
     project = copy_project(tmp_path / "project")
