@@ -240,6 +240,36 @@ def test_a_tick_starts_no_send_once_its_time_is_spent(defs, instance):
         assert alerted_runs(slack) == runs
 
 
+def test_a_ticks_failure_alerts_are_spaced_as_slack_asks(defs, instance):
+    # Slack answers a burst to one webhook with 429: a tick's alerts keep ALERT_SLACK_MIN_INTERVAL apart,
+    # as the balance alerts do, instead of leaving all but the first to later ticks
+    with SlackStub() as slack:
+        slack.limit_rate(0.4, retry_after=1)
+        with environment(dagster_env(SLACK_WEBHOOK_URL=slack.url, ALERT_SLACK_MIN_INTERVAL="0.5")):
+            started = tick(defs, instance, "run_failure_alerts", None)
+            runs = [fail(instance) for _ in range(3)]
+            sent = tick(defs, instance, "run_failure_alerts", started.cursor)
+        assert alerted_runs(slack) == runs, sent.skip_message
+        assert len(slack.requests) == 3
+    assert pending_runs(sent.cursor) == []
+
+
+def test_an_ops_alerts_pace_is_capped_so_a_tick_ends_within_dagsters_limit():
+    from data_platform.orchestration import notify
+
+    with environment(
+        dagster_env(SLACK_WEBHOOK_URL="https://hooks.example.invalid/x", ALERT_SLACK_MIN_INTERVAL="60")
+    ):
+        channel = notify.channel_from_environment()
+    assert channel.pace_seconds == notify.OPS_MAX_PACE_SECONDS
+    budget = (
+        ops_alerts.FAILURE_TICK_BUDGET_SECONDS
+        + notify.OPS_MAX_PACE_SECONDS
+        + 2 * notify.OPS_HTTP_TIMEOUT_SECONDS
+    )
+    assert budget < 60  # DAGSTER_SENSOR_GRPC_TIMEOUT_SECONDS' default
+
+
 def test_a_slow_failing_send_keeps_the_tick_well_within_dagsters_limit(defs, instance):
     # the budget only stops new sends: a send with long retries (ALERT_HTTP_TIMEOUT up to 300 s, 5xx
     # retried) outlived Dagster's 60 s, which then kept the old cursor and the sent alert went again

@@ -6,7 +6,8 @@ alert_script.py. Only those: a typo in one of the balance alerts' other settings
 fails their run, and the alert about that failure must still go out; an invalid webhook or HTTP setting
 sends the message to stdout, with why. A Slack message is one attempt whose socket operations time out
 after at most OPS_HTTP_TIMEOUT_SECONDS, and the whole send after twice that (no retries: a sensor's next
-tick is the retry), with every error text scrubbed by `alerts.delivery.redact`; the result is an
+tick is the retry), a tick's messages spaced as the balance alerts' are (at most OPS_MAX_PACE_SECONDS),
+with every error text scrubbed by `alerts.delivery.redact`; the result is an
 `alerts.delivery.Outcome`.
 The balance alert channels format an organization's balance alerts, so an operations message has its own
 two channels of the same shape (`name`, `send() -> Outcome`).
@@ -30,6 +31,9 @@ ERROR_LINES_SHOWN = 8
 # most this many seconds (less when ALERT_HTTP_TIMEOUT says so) and the send of twice that, never
 # retried within the tick (no 429 Retry-After or 5xx backoff waited out): the next tick sends it again.
 OPS_HTTP_TIMEOUT_SECONDS = 10.0
+# A tick's messages to Slack are spaced ALERT_SLACK_MIN_INTERVAL apart, as the balance alerts are (Slack
+# answers a burst with 429), but by at most this much: the wait comes within the tick's minute too.
+OPS_MAX_PACE_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -96,11 +100,14 @@ class SlackOpsChannel:
         self._timeout = http.timeout
         self._deadline = delivery.attempt_deadline(http)
         self._client = delivery.webhook_client(url, http)
+        self.pace_seconds = min(http.slack_min_interval, OPS_MAX_PACE_SECONDS)
+        self._pacer = delivery.Pacer(self.pace_seconds)
 
     def send(self, message: OpsMessage) -> delivery.Outcome:
         """One attempt, given up after delivery.attempt_deadline: the client's timeout bounds each socket
         operation only, and a server that answers byte by byte would hold the tick past its minute. A send
         given up on goes on in the background; it may arrive, as a lost answer's may."""
+        self._pacer.wait()
         try:
             response = delivery.send_within(
                 lambda: self._client.send(
@@ -118,6 +125,8 @@ class SlackOpsChannel:
             why, unanswered = delivery.describe_send_error(failed.error, self._timeout, failed.request_sent)
             text = delivery.redact(why, self._url)
             return delivery.Outcome(False, text, service_unavailable=True, unanswered=unanswered)
+        finally:
+            self._pacer.sent()
         if 200 <= response.status_code < 300:
             return delivery.Outcome(delivered=True)
         body = " ".join(str(response.body or "").split())[:200]

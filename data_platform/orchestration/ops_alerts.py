@@ -71,8 +71,9 @@ FAILURE_EVENTS_READ = 100  # a tick reads up to this many new failures; the next
 FAILURE_ALERTS_PER_TICK = 5
 # Dagster gives up on a tick after DAGSTER_SENSOR_GRPC_TIMEOUT_SECONDS (60 by default) and keeps its old
 # cursor while the code server goes on sending, so the next tick would send those alerts again: a tick
-# starts no send after this many seconds, leaving the rest of the minute to the send under way (one
-# attempt of at most twice notify.OPS_HTTP_TIMEOUT_SECONDS, never retried within the tick).
+# starts no send after this many seconds, leaving the rest of the minute to the send under way (its
+# pacing, at most notify.OPS_MAX_PACE_SECONDS, then one attempt of at most twice
+# notify.OPS_HTTP_TIMEOUT_SECONDS, never retried within the tick).
 FAILURE_TICK_BUDGET_SECONDS = 20.0
 # a destination down for days must not grow the cursor without end: beyond this, the oldest are dropped
 MAX_PENDING_FAILURE_ALERTS = 300
