@@ -93,8 +93,9 @@ EXIT_ALERTS_GIVEN_UP = 5  # some were given up on: check the channel
 # at most this many lines, each shortened (steps.MAX_QUOTED_LINE_CHARS).
 LOADER_LINES_KEPT = 20
 # An alert run that could not deliver every alert is quoted from its last failed delivery on: that line
-# and the run's notes after it.
-ALERT_LINES_KEPT = 8
+# and the run's notes after it (at most 4), which with the step's own line fit the 8 lines a failure alert
+# shows (orchestration.notify.ERROR_LINES_SHOWN).
+ALERT_LINES_KEPT = 6
 # a step's exit codes after Ctrl-C or SIGTERM sent to it (the loader rolls back the export it was loading,
 # the alert run keeps what it committed)
 STOPPED = (128 + signal.SIGINT, 128 + signal.SIGTERM)
