@@ -82,6 +82,18 @@ def test_the_loader_alerts_and_docs_sit_around_the_dbt_graph(defs):
     assert set(job.asset_layer.executable_asset_keys) == set(graph.get_all_asset_keys())
 
 
+def test_a_project_without_the_alerts_exposure_is_refused_in_words(tmp_path):
+    # the asset graph is read when the code location loads: a KeyError there was all the UI showed
+    from data_platform.orchestration import assets
+
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"exposures": {}, "nodes": {}}))
+    with pytest.raises(
+        ValueError, match=r"no exposure balance_change_alerts \(dbt/models/marts/_marts__exposures"
+    ):
+        assets._read_by_the_alerts(manifest)
+
+
 def test_the_build_steps_dbt_dies_with_the_step_killed_outright(defs, tmp_path):
     """dagster-dbt starts dbt with a plain Popen: without the bound-dbt wrapper, a step killed outright
     (kill -9, the OOM killer) released the pipeline lock and left dbt building beside the next run."""

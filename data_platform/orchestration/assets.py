@@ -5,6 +5,7 @@ import json
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from dagster import (
@@ -145,11 +146,17 @@ def _alert_run(settings: pipeline.Settings) -> pipeline.AlertRunEnd:
         return pipeline.run_alerts(settings)
 
 
-def _read_by_the_alerts() -> list[str]:
+def _read_by_the_alerts(manifest_path: Path = dbt_project.manifest_path) -> list[str]:
     """The models the alert run reads, as its dbt exposure lists them."""
-    manifest = json.loads(dbt_project.manifest_path.read_text(encoding="utf-8"))
-    nodes = manifest["exposures"][ALERTS_EXPOSURE]["depends_on"]["nodes"]
-    return sorted(manifest["nodes"][node]["name"] for node in nodes)
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    exposure = manifest["exposures"].get(ALERTS_EXPOSURE)
+    if exposure is None:  # said in words: it stops the code location from loading
+        raise ValueError(
+            f"the dbt project has no exposure {ALERTS_EXPOSURE.rsplit('.', 1)[-1]} "
+            "(dbt/models/marts/_marts__exposures.yml): the balance_alerts asset runs after the models it "
+            "lists"
+        )
+    return sorted(manifest["nodes"][node]["name"] for node in exposure["depends_on"]["nodes"])
 
 
 @asset(
