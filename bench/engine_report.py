@@ -192,10 +192,11 @@ def _marts(results: dict[str, Any]) -> list[str]:
         if name == reference:
             return "(reference)"
         engine = comparison["engines"][name]
-        if not engine["equal"]:
-            return f"**no**: {', '.join(engine['differing'])}"
-        differences = engine["sum_differences_usd"]
-        return "yes (sums differ by " + ", ".join(f"${float(v):+,.2f}" for v in differences.values()) + ")"
+        if engine["equal"]:
+            return "yes"
+        differences = engine.get("sum_differences_usd") or {}
+        by = ", ".join(f"{key} by ${float(v):+,.2f}" for key, v in differences.items())
+        return f"**no**: {', '.join(engine['differing'])}" + (f" ({by})" if by else "")
 
     return [
         "| | " + " | ".join(TITLES.get(name, name) for name in names) + " |",

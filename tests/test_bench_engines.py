@@ -84,12 +84,12 @@ def _summary(**changes):
     return summary | changes
 
 
-def test_marts_comparison_allows_half_a_cent_per_row_and_no_count_difference():
+def test_marts_comparison_wants_every_count_and_sum_equal_to_the_cent():
     comparison = engines.compare_marts(
         {
             "postgres": _summary(),
-            "duckdb": _summary(latest_day_balance_usd="1000.05", all_days_balance_usd="49995.00"),
-            "spark": _summary(latest_day_balance_usd="1000.06"),
+            "duckdb": _summary(),
+            "spark": _summary(latest_day_balance_usd="1000.01"),
             "other": _summary(dim_invoices_rows=99),
         },
         "postgres",
@@ -97,6 +97,7 @@ def test_marts_comparison_allows_half_a_cent_per_row_and_no_count_difference():
     verdicts = {name: result["equal"] for name, result in comparison["engines"].items()}
     assert verdicts == {"postgres": True, "duckdb": True, "spark": False, "other": False}
     assert comparison["engines"]["spark"]["differing"] == ["latest_day_balance_usd"]
+    assert comparison["engines"]["spark"]["sum_differences_usd"] == {"latest_day_balance_usd": "0.01"}
     assert comparison["engines"]["other"]["differing"] == ["dim_invoices_rows"]
     assert comparison["all_equal"] is False
 

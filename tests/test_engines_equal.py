@@ -2,8 +2,9 @@
 
 Postgres is built by init.sh (tests/conftest.py), the other engine by data_platform.engines.build: its
 own raw ledger from the same CSV exports, the same seed, `dbt build` with every test. Compared: the daily
-fact, the drivers mart and dim_organizations, money to the cent, ratios to 1e-9, the status counts and
-the top invoices as JSON values (exactly: the JSON is what an alert shows), every other column exactly.
+fact, the drivers mart and dim_organizations, money exactly (decimals of cents on every engine), ratios
+(doubles outside Postgres) to 1e-12 of their size, the status counts and the top invoices as JSON values
+(exactly: the JSON is what an alert shows), every other column exactly.
 DuckDB's cases: the demo data (a single-file export, then the 2024-06-29 export that changes older
 invoices), the rules edit (open -> 0,0) on it, and an incremental build: the base export first, then the
 next one with only its days recomputed, which must equal Postgres's full build.
@@ -16,27 +17,28 @@ process). Spark in local mode takes minutes here: those tests are also marked `s
 from __future__ import annotations
 
 import json
+import math
 import os
 import shlex
 import shutil
 import subprocess
 import sys
 from datetime import UTC, date, datetime
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal, localcontext
 from pathlib import Path
 
 import pytest
 from conftest import PROJECT_ROOT, run_pipeline
 from test_ledger import BASE_ROWS, DAY_2, write_export
-from test_pipeline import assert_succeeded, project_with_zero_rule, write_fixture
+from test_pipeline import SENTINEL, assert_succeeded, project_with_zero_rule, write_fixture
 
 duckdb = pytest.importorskip("duckdb")
 
 pytestmark = pytest.mark.slow
 
 DEMO_CSV = PROJECT_ROOT / "csv_data"
-CENT = Decimal("0.005")
-RATIO_TOLERANCE = 1e-9
+# a double's quotient of the exact amounts is within 1e-16 of it, Postgres's numeric one within 1e-16 too
+RATIO_TOLERANCE = 1e-12
 MARTS = {
     "fct_organization_daily_financials": "organization_id, balance_date",
     "fct_organization_daily_drivers": "organization_id, balance_date, driver_kind",
@@ -107,12 +109,11 @@ def same_value(column: str, expected, actual) -> bool:
     if column == "invoice_count_by_status":
         return as_json(expected) == as_json(actual)
     if column == "top_invoices":
-        # in the JSON the other engines write too: unrounded doubles would read 19.439999999999998
         return as_json(expected) == as_json(actual)
     if column.endswith("_usd"):
-        return abs(Decimal(expected) - Decimal(str(actual))) < CENT
+        return Decimal(expected) == Decimal(actual)
     if column.endswith("_ratio"):
-        return abs(float(expected) - float(actual)) <= RATIO_TOLERANCE
+        return math.isclose(float(expected), float(actual), rel_tol=RATIO_TOLERANCE)
     if isinstance(expected, datetime):
         # Spark's Parquet timestamps are UTC instants without a zone
         return expected == (actual if actual.tzinfo else actual.replace(tzinfo=UTC))
@@ -155,27 +156,34 @@ def rules_edit(make_database, tmp_path_factory):
     return database, project
 
 
-def test_duckdb_rounds_an_exact_half_cent_away_from_zero_as_postgres_does(tmp_path):
+# amount, fx rate: each converted to USD as Postgres does, exactly to the cent (half away from zero)
+TO_USD_CASES = {
     # in doubles 0.09 / 0.4 is 0.22499999999999998: rounded as it is, 0.22 where Postgres says 0.23
-    amounts = {
-        "up": ("0.09", "0.23"),
-        "down": ("-0.09", "-0.23"),
-        "tie": ("0.07", "0.18"),
-        "plain": ("0.10", "0.25"),
-    }
+    "half_up": ("0.09", "0.40000000"),
+    "half_down": ("-0.09", "0.40000000"),
+    "tie": ("0.07", "0.40000000"),
+    "plain": ("0.10", "0.40000000"),
+    # just below a half cent (82395.69499999999...), which doubles nudged up to one would round to .70
+    "below_half": ("77350.82", "0.93877259"),
+    "below_half_2": ("107652.42", "0.90028379"),
+    "below_half_3": ("180728.23", "150.15826053"),
+    # the loader's largest amount at its smallest rate: 27 digits of cents
+    "largest": ("9999999999999999.99", "0.00000001"),
+}
+
+
+def to_usd_as_shown(engine: str, work: Path) -> dict[str, Decimal]:
+    """Each TO_USD_CASES amount through the to_usd macro on the engine, as text (no float on the way)."""
     select = ", ".join(
-        f"{{{{ to_usd('cast({amount} as decimal(18, 2))', 'cast(0.4 as decimal(18, 8))') }}}} as {name}"
-        for name, (amount, _) in amounts.items()
+        f"cast({{{{ to_usd('cast({amount} as decimal(18, 2))', 'cast({rate} as decimal(18, 8))') }}}}"
+        f" as string) as {name}"
+        for name, (amount, rate) in TO_USD_CASES.items()
     )
     command = [str(Path(sys.executable).parent / "dbt"), "show", "--inline", f"select {select}"]
     command += ["--project-dir", str(PROJECT_ROOT / "dbt"), "--profiles-dir", str(PROJECT_ROOT / ".dbt")]
-    command += ["--target", "duckdb", "--output", "json", "--log-format", "json"]
+    command += ["--target", engine, "--output", "json", "--log-format", "json"]
     result = subprocess.run(
-        command,
-        env=engine_env("duckdb", tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=300,
+        command, env=engine_env(engine, work), capture_output=True, text=True, timeout=600
     )
     assert result.returncode == 0, result.stdout[-3000:]
     shown = next(
@@ -183,9 +191,21 @@ def test_duckdb_rounds_an_exact_half_cent_away_from_zero_as_postgres_does(tmp_pa
         for line in result.stdout.splitlines()
         if '"preview"' in line
     )
-    assert {name: Decimal(str(value)) for name, value in shown[0].items()} == {
-        name: Decimal(usd) for name, (_, usd) in amounts.items()
-    }
+    return {name: Decimal(value) for name, value in shown[0].items()}
+
+
+@pytest.mark.parametrize("engine", ["duckdb", pytest.param("spark", marks=pytest.mark.spark)])
+def test_to_usd_books_the_cent_postgres_books(engine, tmp_path, request):
+    if engine == "spark":
+        request.getfixturevalue("spark_available")
+    with localcontext(prec=60):  # the quotient exact well past the cent, so its rounding is too
+        expected = {
+            name: (Decimal(amount) / Decimal(rate)).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
+            for name, (amount, rate) in TO_USD_CASES.items()
+        }
+    assert expected["below_half"] == Decimal("82395.69")
+    assert expected["largest"] == Decimal("999999999999999999000000.00")
+    assert to_usd_as_shown(engine, tmp_path) == expected
 
 
 def test_every_table_the_models_write_has_its_key_enforced_in_postgres(demo_postgres):
@@ -235,6 +255,77 @@ def test_duckdb_equals_postgres_when_an_invoice_s_amount_changes(make_database, 
     assert_succeeded(run_pipeline(database, csv_dir, RUN_ALERTS="false"))
     build_on("duckdb", PROJECT_ROOT, csv_dir, tmp_path)
     assert_same_marts(database, lambda table: duckdb_rows(tmp_path, table))
+
+
+# Amounts whose doubles drift in their last bits (DAY_ROWS below, exported on 2024-03-11):
+#   org 1: 1 paid 0.30 with 0.20 received (+0.10: 0.09999999999999998 in doubles), 2-5 open 0.10 each:
+#          the new invoices' top three tie at 0.10, so by id: 1, 2, 3
+#   org 2: 10 open 99,999,999,999.99 USD, then touched (a payment method, no balance change) beside ten
+#          small new invoices: its booking and reversal summed with them lost cents in doubles
+#   org 2: 20 open 77,350.82 EUR at 0.93877259, USD 82,395.6949999999947: $82,395.69
+CENTS_ROWS = [
+    f"1,{SENTINEL},{SENTINEL},1,-7,paid,USD,USD,card,0.30,0.20,1.00000000,1.00000000,2024-03-10T12:00:00.000Z",
+    *(
+        f"{i},{SENTINEL},{SENTINEL},1,-7,open,USD,,,0.10,,1.00000000,,2024-03-10T12:00:00.000Z"
+        for i in range(2, 6)
+    ),
+    f"10,{SENTINEL},{SENTINEL},2,-7,open,USD,,,99999999999.99,,1.00000000,,2024-03-10T12:00:00.000Z",
+    f"20,{SENTINEL},{SENTINEL},2,-7,open,EUR,,,77350.82,,0.93877259,,2024-03-10T13:00:00.000Z",
+]
+#   org 1: 1 and 2 paid in full (-0.10 each: a tie the payments list by id, 1 first); 5 processing 0.30
+#          with 0.20 received: still +0.10, a change of exactly 0, in no list of top invoices
+CENTS_DAY = "2024-03-11"
+CENTS_DAY_ROWS = [
+    "1,{s},{s},1,-7,paid,USD,USD,card,0.30,0.30,1.00000000,1.00000000,2024-03-10T12:00:00.000Z",
+    "2,{s},{s},1,-7,paid,USD,USD,card,0.10,0.10,1.00000000,1.00000000,2024-03-10T12:00:00.000Z",
+    "5,{s},{s},1,-7,processing,USD,USD,card,0.30,0.20,1.00000000,1.00000000,2024-03-10T12:00:00.000Z",
+    "10,{s},{s},2,-7,open,USD,,card,99999999999.99,,1.00000000,,2024-03-10T12:00:00.000Z",
+    *(
+        f"{30 + i},{{s}},{{s}},2,-7,open,USD,,,0.{i + 2:02d},,1.00000000,,2024-03-11T0{i % 10}:00:00.000Z"
+        for i in range(10)
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def cents(make_database, tmp_path_factory):
+    """Postgres built from the CENTS exports; their CSV folder."""
+    csv_dir = write_export(
+        write_fixture(tmp_path_factory.mktemp("cents"), CENTS_ROWS), CENTS_DAY, CENTS_DAY_ROWS
+    )
+    database = make_database()
+    assert_succeeded(run_pipeline(database, csv_dir, RUN_ALERTS="false"))
+    return database, csv_dir
+
+
+def test_the_cents_case_is_what_its_comments_say(cents):
+    database, _ = cents
+    [top] = database.query(
+        "select top_invoices from marts.fct_organization_daily_drivers "
+        "where organization_id = 1 and balance_date = '2024-03-10' and driver_kind = 'new_invoices'"
+    )
+    assert [entry["invoice_id"] for entry in top[0]] == [1, 2, 3]
+    payments = database.query(
+        "select invoice_count, top_invoices from marts.fct_organization_daily_drivers "
+        "where organization_id = 1 and balance_date = %s and driver_kind = 'payments'",
+        (CENTS_DAY,),
+    )
+    assert [(count, [entry["invoice_id"] for entry in top]) for count, top in payments] == [(3, [1, 2])]
+    assert database.query("select amount_usd from marts.dim_invoices where invoice_id = 20") == [
+        (Decimal("82395.69"),)
+    ]
+
+
+@pytest.mark.parametrize("engine", ["duckdb", pytest.param("spark", marks=pytest.mark.spark)])
+def test_an_engine_books_every_cent_as_postgres_does(cents, engine, tmp_path, request):
+    """Ties, a change of exactly 0 and a large balance beside small ones: the same to the last digit."""
+    if engine == "spark":
+        request.getfixturevalue("spark_available")
+    database, csv_dir = cents
+    build_on(engine, PROJECT_ROOT, csv_dir, tmp_path)
+    assert_same_marts(
+        database, lambda table: (duckdb_rows if engine == "duckdb" else spark_rows)(tmp_path, table)
+    )
 
 
 def test_duckdb_equals_postgres_after_an_incremental_build(demo_postgres, tmp_path):

@@ -63,4 +63,4 @@ compared as (
 )
 
 select * from compared
-where {{ usd_differs('dim_balance_usd', 'final_balance_usd') }}
+where dim_balance_usd is distinct from final_balance_usd

@@ -43,4 +43,4 @@ full outer join driver_sums
         daily_changes.organization_id = driver_sums.organization_id
         and daily_changes.balance_date = driver_sums.balance_date
 -- nulls compare as values: a day only one side has differs
-where {{ usd_differs('daily_changes.balance_change_usd', 'driver_sums.drivers_change_usd') }}
+where daily_changes.balance_change_usd is distinct from driver_sums.drivers_change_usd

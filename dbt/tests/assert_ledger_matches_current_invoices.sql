@@ -101,4 +101,4 @@ full outer join current_changes
         and booked.status = current_changes.status
 where
     coalesce(booked.invoice_count, 0) <> coalesce(current_changes.invoice_count, 0)
-    or {{ usd_differs('coalesce(booked.balance_usd, 0)', 'coalesce(current_changes.balance_usd, 0)') }}
+    or coalesce(booked.balance_usd, 0) <> coalesce(current_changes.balance_usd, 0)

@@ -49,8 +49,9 @@
 {#-
     fct_organization_daily_drivers.top_invoices: a JSON array of {invoice_id, status, balance_change_usd}
     objects, in `order_by` order, over the rows where `condition` holds; `[]` when none does.
-    Postgres: jsonb; DuckDB: json; Spark: JSON text. There, USD sums are doubles (19.439999999999998):
-    rounded to the cent, the JSON reads as Postgres's does (19.44).
+    Postgres: jsonb; DuckDB: json; Spark: JSON text. There, a sum's decimal places follow the rules'
+    coefficients (DuckDB 19.44000, Spark 19.440000): rounded to the cent, the JSON reads as Postgres's
+    does (19.44).
 -#}
 {% macro top_invoices_array(invoice_id, status, balance_change_usd, order_by, condition) -%}
     {{ return(adapter.dispatch('top_invoices_array', 'data_platform')(

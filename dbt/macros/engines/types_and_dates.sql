@@ -1,11 +1,8 @@
 {#-
     Engine-specific SQL for dates, ids and numbers, behind adapter.dispatch: models call the plain
-    macro, dbt picks `<adapter>__<name>` and falls back to `default__<name>`. Postgres keeps exact
-    numerics; DuckDB and Spark cap decimals at 38 digits and round a decimal division to a few places
-    (Spark: 6), so a USD amount computed by division is a double there: 15-16 significant digits, exact
-    to the cent for amounts under $1 trillion (to_usd's nudge adds a cent to exact cents from $5 trillion
-    up; the loader takes 16 digits, which only Postgres converts exactly), and its ratios agree with
-    Postgres's to 1e-9.
+    macro, dbt picks `<adapter>__<name>` and falls back to `default__<name>`. USD amounts are exact
+    decimals of cents on every engine (Postgres numeric, DECIMAL(38, 2) elsewhere), so every sum and
+    balance is the same to the last digit on Postgres, DuckDB and Spark; only ratios are doubles there.
 -#}
 
 {#- The UTC calendar date of a timestamp with time zone. -#}
@@ -53,13 +50,35 @@
     {{ return(adapter.dispatch('to_usd', 'data_platform')(amount, fx_rate)) }}
 {%- endmacro %}
 
-{#- In doubles an exact half cent (0.09 / 0.4 = 0.225) comes out just below it (0.22499999999999998)
-    and would round down where Postgres rounds up: the quotient's rounding error is below 4e-16 of it,
-    so a nudge of 1e-15 of it away from zero puts every exact half cent above, and moves no other
-    amount across one unless it lies within 1e-15 of it. -#}
+{#- DuckDB and Spark divide decimals into doubles (DuckDB) or round the quotient to 6 places (Spark),
+    and a double is off by up to 1e-16 of the quotient: 77350.82 / 0.93877259 = 82395.69499999995 in
+    doubles would round to .70, where the exact quotient (82395.6949999999...) rounds to .69. So the
+    cents are computed in integers: with a = the amount in cents and f = the rate in units of 1e-8,
+    the amount in cents is a * 1e8 / f, rounded half away from zero = floor((2 |a| 1e8 + f) / 2f) with
+    the amount's sign. The floor is exact as (n - n % d) / d, an exact division. Up to 16 digits of
+    amount and a rate down to 0.00000001 that is at most 27 digits of cents, within DECIMAL(38, 0). -#}
 {% macro default__to_usd(amount, fx_rate) -%}
-    round(
-        cast({{ amount }} as {{ usd_type() }}) / cast({{ fx_rate }} as {{ usd_type() }}) * 1.000000000000001, 2
+    {%- set cents = 'cast(abs(cast(' ~ amount ~ ' as decimal(38, 2))) * 100 as decimal(38, 0))' -%}
+    {%- set rate = 'cast(cast(' ~ fx_rate ~ ' as decimal(38, 8)) * 100000000 as decimal(38, 0))' -%}
+    {%- set numerator = '(2 * ' ~ cents ~ ' * 100000000 + ' ~ rate ~ ')' -%}
+    {%- set denominator = '(2 * ' ~ rate ~ ')' -%}
+    cast(
+        case when {{ amount }} < 0 then -1 else 1 end
+        * cast(({{ numerator }} - {{ numerator }} % {{ denominator }}) / {{ denominator }} as decimal(38, 0))
+        * 0.01
+        as decimal(38, 2)
+    )
+{%- endmacro %}
+
+{#- DuckDB's `/` always returns a double: its integer division `//` on 128-bit integers is exact. -#}
+{% macro duckdb__to_usd(amount, fx_rate) -%}
+    {%- set cents = 'cast(abs(cast(' ~ amount ~ ' as decimal(38, 2))) * 100 as hugeint)' -%}
+    {%- set rate = 'cast(cast(' ~ fx_rate ~ ' as decimal(38, 8)) * 100000000 as hugeint)' -%}
+    cast(
+        case when {{ amount }} < 0 then -1 else 1 end
+        * ((2 * {{ cents }} * 100000000 + {{ rate }}) // (2 * {{ rate }}))
+        * 0.01
+        as decimal(38, 2)
     )
 {%- endmacro %}
 
@@ -68,35 +87,19 @@
 {%- endmacro %}
 
 
-{#- The type of USD amounts computed by the models (to_usd and the sums of it). -#}
-{% macro usd_type() -%}
-    {{ return(adapter.dispatch('usd_type', 'data_platform')()) }}
+{#- The ratio of two USD amounts (null when the denominator is). Postgres divides numerics; Spark's
+    decimal division would keep 6 places (a ratio of 0.0000004 read as 0), so elsewhere it is a double,
+    correctly rounded from the exact amounts. -#}
+{% macro usd_ratio(numerator, denominator) -%}
+    {{ return(adapter.dispatch('usd_ratio', 'data_platform')(numerator, denominator)) }}
 {%- endmacro %}
 
-{% macro default__usd_type() -%}
-    double
+{% macro default__usd_ratio(numerator, denominator) -%}
+    cast({{ numerator }} as double) / cast({{ denominator }} as double)
 {%- endmacro %}
 
-{% macro postgres__usd_type() -%}
-    numeric
-{%- endmacro %}
-
-
-
-{#- A running sum of USD amounts, to the cent. Every amount is in cents (to_usd), so Postgres's exact
-    numeric sum needs nothing; the other engines' double sums drift in their last bits, and a balance
-    that should be zero (or a few cents) must be exactly that before the day-over-day ratio divides by
-    it: 1e-13 instead of 0 is a ratio of 10^15, not "no ratio from zero". -#}
-{% macro usd_balance(running_sum) -%}
-    {{ return(adapter.dispatch('usd_balance', 'data_platform')(running_sum)) }}
-{%- endmacro %}
-
-{% macro default__usd_balance(running_sum) -%}
-    round({{ running_sum }}, 2)
-{%- endmacro %}
-
-{% macro postgres__usd_balance(running_sum) -%}
-    {{ running_sum }}
+{% macro postgres__usd_ratio(numerator, denominator) -%}
+    ({{ numerator }}) / ({{ denominator }})
 {%- endmacro %}
 
 
@@ -112,26 +115,4 @@
 
 {% macro postgres__is_positive_number(column_name) -%}
     {{ column_name }} > 0 and {{ column_name }} < 'Infinity'
-{%- endmacro %}
-
-
-{#- True when two USD amounts differ (nulls compare as values). Postgres sums numerics exactly; the
-    other engines sum doubles, whose last bits depend on the order of the sum, and whose rounding grows
-    with the amount: a millionth of a dollar apart, or 1e-11 of the amount for sums above $100,000 (a
-    cent on a billion dollars), is the same amount there. (A $61.6M sum of 932,249 invoices differed by
-    $0.0000016 between two orders at 12.7M invoices.) -#}
-{% macro usd_differs(left, right) -%}
-    {{ return(adapter.dispatch('usd_differs', 'data_platform')(left, right)) }}
-{%- endmacro %}
-
-{% macro default__usd_differs(left, right) -%}
-    coalesce(
-        abs(({{ left }}) - ({{ right }}))
-        > greatest(0.000001, 0.00000000001 * greatest(abs({{ left }}), abs({{ right }}))),
-        (({{ left }}) is null) <> (({{ right }}) is null)
-    )
-{%- endmacro %}
-
-{% macro postgres__usd_differs(left, right) -%}
-    ({{ left }}) is distinct from ({{ right }})
 {%- endmacro %}

@@ -53,10 +53,11 @@ opening_balances as (
         -- each organization's balance at the end of its last stored day before the window
         {{ opening_balances(this, 'daily_totals') }}
     {% else %}
-        -- a full build starts every organization from zero
+        -- a full build starts every organization from zero, of the daily sums' type: the stored balances an
+        -- incremental build resumes from have it (DuckDB and Spark decimals take the rules' places)
         select
             organization_id,
-            cast(0 as {{ usd_type() }}) as opening_balance_usd
+            0 * balance_change_usd as opening_balance_usd
         from daily_totals
         where false
     {% endif %}
@@ -68,13 +69,11 @@ running_balances as (
     select
         daily_totals.*,
         coalesce(opening_balances.opening_balance_usd, 0) as opening_balance_usd,
-        {{ usd_balance(
-            'coalesce(opening_balances.opening_balance_usd, 0) + sum(daily_totals.balance_change_usd) over (
-                partition by daily_totals.organization_id
-                order by daily_totals.balance_date
-                rows between unbounded preceding and current row
-            )'
-        ) }} as balance_usd
+        coalesce(opening_balances.opening_balance_usd, 0) + sum(daily_totals.balance_change_usd) over (
+            partition by daily_totals.organization_id
+            order by daily_totals.balance_date
+            rows between unbounded preceding and current row
+        ) as balance_usd
 
     from daily_totals
     left join opening_balances
@@ -111,7 +110,8 @@ final as (
         balance_usd,
         previous_balance_usd,
         -- relative to the size of the previous balance, whatever its sign; undefined from zero
-        (balance_usd - previous_balance_usd) / nullif(abs(previous_balance_usd), 0) as balance_change_ratio
+        {{ usd_ratio('balance_usd - previous_balance_usd', 'nullif(abs(previous_balance_usd), 0)') }}
+            as balance_change_ratio
 
     from with_previous_balances
 
