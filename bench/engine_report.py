@@ -53,7 +53,7 @@ def method_notes() -> list[str]:
         "Marts: the fact's rows, its latest day, that day's rows and sum of balance_usd, the sum over "
         "every day, and the rows of dim_organizations and dim_invoices (Spark's read back from its "
         "Parquet files with DuckDB). Each engine must match the reference (Postgres when it ran): "
-        "counts exactly, sums within half a cent per summed row (doubles against numeric).",
+        "counts and sums exactly (USD amounts are exact decimals of cents on every engine).",
     ]
 
 

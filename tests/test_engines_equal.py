@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import shlex
 import shutil
 import subprocess
@@ -29,6 +30,7 @@ from pathlib import Path
 
 import pytest
 from conftest import PROJECT_ROOT, run_pipeline
+from psycopg.types.json import set_json_loads
 from test_ledger import BASE_ROWS, DAY_2, write_export
 from test_pipeline import SENTINEL, assert_succeeded, project_with_zero_rule, write_fixture
 
@@ -78,6 +80,7 @@ def build_on(engine: str, project: Path, csv_dir: Path, work: Path) -> None:
 
 def postgres_rows(database, table: str) -> tuple[list[str], list[tuple]]:
     with database.connect("admin") as conn:
+        set_json_loads(parse_json, conn)  # the JSON's amounts as decimals, as every engine's are compared
         cursor = conn.execute(f"select * from marts.{table} order by {MARTS[table]}")
         return [column.name for column in cursor.description], cursor.fetchall()
 
@@ -98,9 +101,14 @@ def spark_rows(work: Path, table: str) -> tuple[list[str], list[tuple]]:
         return [column[0] for column in cursor.description], cursor.fetchall()
 
 
+def parse_json(text: str):
+    """JSON with its numbers as decimals: a float cannot tell cents apart from about $1e14."""
+    return json.loads(text, parse_float=Decimal)
+
+
 def as_json(value):
-    """Postgres's jsonb comes back parsed; DuckDB's json and Spark's JSON text as text."""
-    return json.loads(value) if isinstance(value, str) else value
+    """Postgres's jsonb comes back parsed (by parse_json); DuckDB's json and Spark's JSON text as text."""
+    return parse_json(value) if isinstance(value, str) else value
 
 
 def same_value(column: str, expected, actual) -> bool:
@@ -111,7 +119,8 @@ def same_value(column: str, expected, actual) -> bool:
     if column == "top_invoices":
         return as_json(expected) == as_json(actual)
     if column.endswith("_usd"):
-        return Decimal(expected) == Decimal(actual)
+        # a float equal to the decimal (0.5, 250) would still be a double where a decimal belongs
+        return isinstance(actual, Decimal) and expected == actual
     if column.endswith("_ratio"):
         return math.isclose(float(expected), float(actual), rel_tol=RATIO_TOLERANCE)
     if isinstance(expected, datetime):
@@ -156,7 +165,8 @@ def rules_edit(make_database, tmp_path_factory):
     return database, project
 
 
-# amount, fx rate: each converted to USD as Postgres does, exactly to the cent (half away from zero)
+# amount, fx rate: each converted to USD as Postgres's round(amount / fx_rate, 2) does, the exact quotient
+# rounded to the cent half away from zero; no amount (a payment's) is none in USD
 TO_USD_CASES = {
     # in doubles 0.09 / 0.4 is 0.22499999999999998: rounded as it is, 0.22 where Postgres says 0.23
     "half_up": ("0.09", "0.40000000"),
@@ -167,16 +177,21 @@ TO_USD_CASES = {
     "below_half": ("77350.82", "0.93877259"),
     "below_half_2": ("107652.42", "0.90028379"),
     "below_half_3": ("180728.23", "150.15826053"),
+    "negative_below_half": ("-77350.82", "0.93877259"),
     # the loader's largest amount at its smallest rate: 27 digits of cents
     "largest": ("9999999999999999.99", "0.00000001"),
+    "negative_largest": ("-9999999999999999.99", "0.00000001"),
+    "largest_rate": ("0.01", "9999999999.99999999"),
+    "zero": ("0.00", "0.93877259"),
+    "none": (None, "0.40000000"),
 }
 
 
-def to_usd_as_shown(engine: str, work: Path) -> dict[str, Decimal]:
+def to_usd_as_shown(engine: str, work: Path) -> dict[str, Decimal | None]:
     """Each TO_USD_CASES amount through the to_usd macro on the engine, as text (no float on the way)."""
     select = ", ".join(
-        f"cast({{{{ to_usd('cast({amount} as decimal(18, 2))', 'cast({rate} as decimal(18, 8))') }}}}"
-        f" as string) as {name}"
+        f"cast({{{{ to_usd('cast({amount or 'null'} as decimal(18, 2))', "
+        f"'cast({rate} as decimal(18, 8))') }}}} as string) as {name}"
         for name, (amount, rate) in TO_USD_CASES.items()
     )
     command = [str(Path(sys.executable).parent / "dbt"), "show", "--inline", f"select {select}"]
@@ -191,21 +206,57 @@ def to_usd_as_shown(engine: str, work: Path) -> dict[str, Decimal]:
         for line in result.stdout.splitlines()
         if '"preview"' in line
     )
-    return {name: Decimal(value) for name, value in shown[0].items()}
+    return {name: None if value is None else Decimal(value) for name, value in shown[0].items()}
 
 
 @pytest.mark.parametrize("engine", ["duckdb", pytest.param("spark", marks=pytest.mark.spark)])
-def test_to_usd_books_the_cent_postgres_books(engine, tmp_path, request):
+def test_to_usd_rounds_the_exact_quotient_half_away_from_zero(engine, tmp_path, request):
     if engine == "spark":
         request.getfixturevalue("spark_available")
-    with localcontext(prec=60):  # the quotient exact well past the cent, so its rounding is too
-        expected = {
-            name: (Decimal(amount) / Decimal(rate)).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
-            for name, (amount, rate) in TO_USD_CASES.items()
-        }
-    assert expected["below_half"] == Decimal("82395.69")
-    assert expected["largest"] == Decimal("999999999999999999000000.00")
+    expected = {
+        name: None if amount is None else exact_usd(Decimal(amount), Decimal(rate))
+        for name, (amount, rate) in TO_USD_CASES.items()
+    }
     assert to_usd_as_shown(engine, tmp_path) == expected
+
+
+def exact_usd(amount: Decimal, rate: Decimal) -> Decimal:
+    with localcontext(prec=60):  # the quotient exact well past the cent, so its rounding is too
+        return (amount / rate).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
+
+
+def test_duckdb_s_fast_to_usd_equals_the_exact_one_on_random_and_near_half_cent_amounts(tmp_path):
+    """DuckDB rounds the doubles' quotient unless a half cent is near it: amounts of every size at every
+    rate, and amounts a cent around an exact half cent, agree with the exact quotient rounded."""
+    command = [str(Path(sys.executable).parent / "dbt"), "compile", "--quiet", "--inline"]
+    command += ["select a, f, {{ to_usd('a', 'f') }} as usd from amounts"]
+    command += ["--project-dir", str(PROJECT_ROOT / "dbt"), "--profiles-dir", str(PROJECT_ROOT / ".dbt")]
+    command += ["--target", "duckdb"]
+    result = subprocess.run(
+        command, env=engine_env("duckdb", tmp_path), capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stdout[-3000:]
+    generator = random.Random(5)
+    rows = []
+    for _ in range(60000):
+        digits = generator.choice([2, 4, 6, 10, 14, 18])
+        amount = Decimal(generator.randint(-(10**digits) + 1, 10**digits - 1)).scaleb(-2)
+        rows.append(
+            (amount, Decimal(generator.randint(1, 10 ** generator.choice([8, 10, 12, 18]) - 1)).scaleb(-8))
+        )
+    for _ in range(20000):
+        rate = Decimal(generator.randint(1, 10 ** generator.choice([8, 10, 12, 18]) - 1)).scaleb(-8)
+        half_cent = Decimal(generator.randint(0, 10 ** generator.choice([3, 6, 10, 14]))) + Decimal("0.005")
+        amount = (half_cent * rate).quantize(Decimal("0.01")) + Decimal(generator.choice([-1, 0, 1])) / 100
+        if abs(amount) < Decimal("1e16"):
+            rows.append((generator.choice([-1, 1]) * amount, rate))
+    with duckdb.connect() as conn:
+        conn.execute("create table amounts (a decimal(18, 2), f decimal(18, 8))")
+        conn.executemany("insert into amounts values (?, ?)", rows)
+        converted = conn.execute(result.stdout).fetchall()
+    assert len(converted) == len(rows)
+    wrong = [(a, f, usd) for a, f, usd in converted if usd != exact_usd(a, f)]
+    assert wrong == []
 
 
 def test_every_table_the_models_write_has_its_key_enforced_in_postgres(demo_postgres):
@@ -246,8 +297,8 @@ def test_duckdb_equals_postgres_on_the_demo_data(demo_postgres, tmp_path):
 
 
 def test_duckdb_equals_postgres_when_an_invoice_s_amount_changes(make_database, tmp_path):
-    """A changed invoice moves the balance by the difference of two USD amounts, which doubles leave
-    unrounded (55.56 - 40.00 = 15.560000000000002): the drivers' top invoices still read as Postgres's."""
+    """A changed invoice moves the balance by the difference of two USD amounts (55.56 - 40.00, which
+    doubles made 15.560000000000002): the drivers' top invoices read as Postgres's."""
     # invoice 11 (open 40.00 USD) is now 50.00 EUR at 0.9 EUR per USD: 55.56
     amount_change = "11,{s},{s},1,-7,open,EUR,,,50.00,,0.90000000,,2022-11-01T10:00:00.000Z"
     csv_dir = write_export(write_fixture(tmp_path / "csv", BASE_ROWS), DAY_2, [amount_change])
@@ -257,7 +308,7 @@ def test_duckdb_equals_postgres_when_an_invoice_s_amount_changes(make_database, 
     assert_same_marts(database, lambda table: duckdb_rows(tmp_path, table))
 
 
-# Amounts whose doubles drift in their last bits (DAY_ROWS below, exported on 2024-03-11):
+# Amounts whose doubles drift in their last bits (CENTS_DAY_ROWS below, exported on 2024-03-11):
 #   org 1: 1 paid 0.30 with 0.20 received (+0.10: 0.09999999999999998 in doubles), 2-5 open 0.10 each:
 #          the new invoices' top three tie at 0.10, so by id: 1, 2, 3
 #   org 2: 10 open 99,999,999,999.99 USD, then touched (a payment method, no balance change) beside ten

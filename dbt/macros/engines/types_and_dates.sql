@@ -1,8 +1,9 @@
 {#-
     Engine-specific SQL for dates, ids and numbers, behind adapter.dispatch: models call the plain
     macro, dbt picks `<adapter>__<name>` and falls back to `default__<name>`. USD amounts are exact
-    decimals of cents on every engine (Postgres numeric, DECIMAL(38, 2) elsewhere), so every sum and
-    balance is the same to the last digit on Postgres, DuckDB and Spark; only ratios are doubles there.
+    decimals of cents on every engine (Postgres numeric; elsewhere to_usd's DECIMAL(38, 2), and sums in
+    as many places as the rules' coefficients add), so every sum and balance is the same to the last
+    digit on Postgres, DuckDB and Spark; only ratios are doubles outside Postgres.
 -#}
 
 {#- The UTC calendar date of a timestamp with time zone. -#}
@@ -50,13 +51,15 @@
     {{ return(adapter.dispatch('to_usd', 'data_platform')(amount, fx_rate)) }}
 {%- endmacro %}
 
-{#- DuckDB and Spark divide decimals into doubles (DuckDB) or round the quotient to 6 places (Spark),
-    and a double is off by up to 1e-16 of the quotient: 77350.82 / 0.93877259 = 82395.69499999995 in
-    doubles would round to .70, where the exact quotient (82395.6949999999...) rounds to .69. So the
+{#- DuckDB divides decimals into doubles and Spark rounds a decimal quotient to a fixed number of
+    places; a double is off by up to 1e-16 of the quotient: 77350.82 / 0.93877259 = 82395.69499999995
+    in doubles would round to .70, where the exact quotient (82395.6949999999...) rounds to .69. So the
     cents are computed in integers: with a = the amount in cents and f = the rate in units of 1e-8,
     the amount in cents is a * 1e8 / f, rounded half away from zero = floor((2 |a| 1e8 + f) / 2f) with
-    the amount's sign. The floor is exact as (n - n % d) / d, an exact division. Up to 16 digits of
-    amount and a rate down to 0.00000001 that is at most 27 digits of cents, within DECIMAL(38, 0). -#}
+    the amount's sign. Up to 16 digits of amount and a rate down to 0.00000001 that is at most 27
+    digits of cents, within DECIMAL(38, 0). The floor is (n - n % d) / d, a division with no remainder:
+    exact on an engine whose decimal division is exact when the quotient is a whole number (Spark,
+    Postgres), not on DuckDB, whose `/` returns a double (its own version below). -#}
 {% macro default__to_usd(amount, fx_rate) -%}
     {%- set cents = 'cast(abs(cast(' ~ amount ~ ' as decimal(38, 2))) * 100 as decimal(38, 0))' -%}
     {%- set rate = 'cast(cast(' ~ fx_rate ~ ' as decimal(38, 8)) * 100000000 as decimal(38, 0))' -%}
@@ -70,13 +73,24 @@
     )
 {%- endmacro %}
 
-{#- DuckDB's `/` always returns a double: its integer division `//` on 128-bit integers is exact. -#}
+{#- DuckDB's `/` always returns a double: its integer division `//` on 128-bit integers is exact, but
+    twenty times slower than doubles. So the cents are the double quotient's, rounded, unless a half
+    cent lies within 1e-15 of it: the quotient is four roundings (the two casts, the division and the
+    product) of 2^-53 away from the exact one, under 4.5e-16 of it, so no half cent lies between them,
+    and both round to the same cent. Below 1e15 cents a double tells the quotient's fraction exactly. -#}
 {% macro duckdb__to_usd(amount, fx_rate) -%}
+    {%- set quotient = '(abs(cast(' ~ amount ~ ' as double)) / cast(' ~ fx_rate ~ ' as double) * 100)' -%}
     {%- set cents = 'cast(abs(cast(' ~ amount ~ ' as decimal(38, 2))) * 100 as hugeint)' -%}
     {%- set rate = 'cast(cast(' ~ fx_rate ~ ' as decimal(38, 8)) * 100000000 as hugeint)' -%}
     cast(
         case when {{ amount }} < 0 then -1 else 1 end
-        * ((2 * {{ cents }} * 100000000 + {{ rate }}) // (2 * {{ rate }}))
+        * case
+            when
+                {{ quotient }} < 1e15
+                and abs({{ quotient }} - floor({{ quotient }}) - 0.5) > 1e-15 * {{ quotient }}
+                then cast(round({{ quotient }}) as bigint)
+            else (2 * {{ cents }} * 100000000 + {{ rate }}) // (2 * {{ rate }})
+        end
         * 0.01
         as decimal(38, 2)
     )
@@ -88,8 +102,8 @@
 
 
 {#- The ratio of two USD amounts (null when the denominator is). Postgres divides numerics; Spark's
-    decimal division would keep 6 places (a ratio of 0.0000004 read as 0), so elsewhere it is a double,
-    correctly rounded from the exact amounts. -#}
+    decimal division of two sums would keep 6 places (a ratio of 0.0000004 read as 0), so elsewhere it
+    is the quotient of the two amounts as doubles, within 1e-15 of the exact ratio, relatively. -#}
 {% macro usd_ratio(numerator, denominator) -%}
     {{ return(adapter.dispatch('usd_ratio', 'data_platform')(numerator, denominator)) }}
 {%- endmacro %}
