@@ -77,7 +77,8 @@
     twenty times slower than doubles. So the cents are the double quotient's, rounded, unless a half
     cent lies within 1e-15 of it: the quotient is four roundings (the two casts, the division and the
     product) of 2^-53 away from the exact one, under 4.5e-16 of it, so no half cent lies between them,
-    and both round to the same cent. Below 1e15 cents a double tells the quotient's fraction exactly. -#}
+    and both round to the same cent (its fraction and rounding are exact on a double). From 1e15 cents,
+    where the margin passes half a cent, every amount takes the exact path. -#}
 {% macro duckdb__to_usd(amount, fx_rate) -%}
     {%- set quotient = '(abs(cast(' ~ amount ~ ' as double)) / cast(' ~ fx_rate ~ ' as double) * 100)' -%}
     {%- set cents = 'cast(abs(cast(' ~ amount ~ ' as decimal(38, 2))) * 100 as hugeint)' -%}
