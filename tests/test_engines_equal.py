@@ -78,6 +78,18 @@ def build_on(engine: str, project: Path, csv_dir: Path, work: Path) -> None:
     assert result.returncode == 0, f"{engine} build failed\n{result.stdout[-6000:]}\n{result.stderr[-4000:]}"
 
 
+def dbt_on(engine: str, work: Path, *arguments: str, **extra_env: str) -> str:
+    """`dbt <arguments>` on the engine's target of the project, its files in `work`; its stdout (a failed
+    command fails the test)."""
+    command = [str(Path(sys.executable).parent / "dbt"), *arguments, "--target", engine]
+    command += ["--project-dir", str(PROJECT_ROOT / "dbt"), "--profiles-dir", str(PROJECT_ROOT / ".dbt")]
+    result = subprocess.run(
+        command, env=engine_env(engine, work, **extra_env), capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stdout[-6000:]
+    return result.stdout
+
+
 def postgres_rows(database, table: str) -> tuple[list[str], list[tuple]]:
     with database.connect("admin") as conn:
         set_json_loads(parse_json, conn)  # the JSON's amounts as decimals, as every engine's are compared
@@ -194,17 +206,11 @@ def to_usd_as_shown(engine: str, work: Path) -> dict[str, Decimal | None]:
         f"'cast({rate} as decimal(18, 8))') }}}} as string) as {name}"
         for name, (amount, rate) in TO_USD_CASES.items()
     )
-    command = [str(Path(sys.executable).parent / "dbt"), "show", "--inline", f"select {select}"]
-    command += ["--project-dir", str(PROJECT_ROOT / "dbt"), "--profiles-dir", str(PROJECT_ROOT / ".dbt")]
-    command += ["--target", engine, "--output", "json", "--log-format", "json"]
-    result = subprocess.run(
-        command, env=engine_env(engine, work), capture_output=True, text=True, timeout=600
+    output = dbt_on(
+        engine, work, "show", "--inline", f"select {select}", "--output", "json", "--log-format", "json"
     )
-    assert result.returncode == 0, result.stdout[-3000:]
     shown = next(
-        json.loads(json.loads(line)["data"]["preview"])
-        for line in result.stdout.splitlines()
-        if '"preview"' in line
+        json.loads(json.loads(line)["data"]["preview"]) for line in output.splitlines() if '"preview"' in line
     )
     return {name: None if value is None else Decimal(value) for name, value in shown[0].items()}
 
@@ -228,24 +234,25 @@ def exact_usd(amount: Decimal, rate: Decimal) -> Decimal:
 def test_duckdb_s_fast_to_usd_equals_the_exact_one_on_random_and_near_half_cent_amounts(tmp_path):
     """DuckDB rounds the doubles' quotient unless a half cent is near it: amounts of every size at every
     rate, and amounts a cent around an exact half cent, agree with the exact quotient rounded."""
-    command = [str(Path(sys.executable).parent / "dbt"), "compile", "--quiet", "--inline"]
-    command += ["select a, f, {{ to_usd('a', 'f') }} as usd from amounts"]
-    command += ["--project-dir", str(PROJECT_ROOT / "dbt"), "--profiles-dir", str(PROJECT_ROOT / ".dbt")]
-    command += ["--target", "duckdb"]
-    result = subprocess.run(
-        command, env=engine_env("duckdb", tmp_path), capture_output=True, text=True, timeout=600
+    compiled = dbt_on(
+        "duckdb",
+        tmp_path,
+        "compile",
+        "--quiet",
+        "--inline",
+        "select a, f, {{ to_usd('a', 'f') }} as usd from amounts",
     )
-    assert result.returncode == 0, result.stdout[-3000:]
     generator = random.Random(5)
+
+    def any_rate() -> Decimal:
+        return Decimal(generator.randint(1, 10 ** generator.choice([8, 10, 12, 18]) - 1)).scaleb(-8)
+
     rows = []
     for _ in range(60000):
         digits = generator.choice([2, 4, 6, 10, 14, 18])
-        amount = Decimal(generator.randint(-(10**digits) + 1, 10**digits - 1)).scaleb(-2)
-        rows.append(
-            (amount, Decimal(generator.randint(1, 10 ** generator.choice([8, 10, 12, 18]) - 1)).scaleb(-8))
-        )
+        rows.append((Decimal(generator.randint(-(10**digits) + 1, 10**digits - 1)).scaleb(-2), any_rate()))
     for _ in range(20000):
-        rate = Decimal(generator.randint(1, 10 ** generator.choice([8, 10, 12, 18]) - 1)).scaleb(-8)
+        rate = any_rate()
         half_cent = Decimal(generator.randint(0, 10 ** generator.choice([3, 6, 10, 14]))) + Decimal("0.005")
         amount = (half_cent * rate).quantize(Decimal("0.01")) + Decimal(generator.choice([-1, 0, 1])) / 100
         if abs(amount) < Decimal("1e16"):
@@ -253,7 +260,7 @@ def test_duckdb_s_fast_to_usd_equals_the_exact_one_on_random_and_near_half_cent_
     with duckdb.connect() as conn:
         conn.execute("create table amounts (a decimal(18, 2), f decimal(18, 8))")
         conn.executemany("insert into amounts values (?, ?)", rows)
-        converted = conn.execute(result.stdout).fetchall()
+        converted = conn.execute(compiled).fetchall()
     assert len(converted) == len(rows)
     wrong = [(a, f, usd) for a, f, usd in converted if usd != exact_usd(a, f)]
     assert wrong == []
@@ -390,23 +397,8 @@ def test_duckdb_equals_postgres_after_an_incremental_build(demo_postgres, tmp_pa
     from data_platform.engines.duckdb_raw import build_raw
 
     assert build_raw(tmp_path / "warehouse.duckdb", csv_dir) == [date(2024, 6, 29)]
-    dbt = shutil.which("dbt", path=str(Path(sys.executable).parent)) or "dbt"
-    result = subprocess.run(
-        [
-            dbt,
-            "build",
-            "--project-dir",
-            str(PROJECT_ROOT / "dbt"),
-            "--profiles-dir",
-            str(PROJECT_ROOT / ".dbt"),
-        ],
-        env=engine_env("duckdb", tmp_path, LEDGER_WINDOW_START="2024-06-29"),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stdout[-6000:]
-    assert "incremental model marts.fct_organization_daily_financials" in result.stdout
+    output = dbt_on("duckdb", tmp_path, "build", LEDGER_WINDOW_START="2024-06-29")
+    assert "incremental model marts.fct_organization_daily_financials" in output
     assert_same_marts(demo_postgres, lambda table: duckdb_rows(tmp_path, table))
 
 
