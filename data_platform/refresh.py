@@ -54,6 +54,12 @@ WINDOW_VARIABLE = "LEDGER_WINDOW_START"
 # the record for a build by hand (dbt/macros/build_state.sql), leaves them alone.
 PIPELINE_BUILD_VARIABLE = "BUILD_RECORDED_BY_PIPELINE"
 LOAD_LOG = f"{RAW_SCHEMA}.load_log"
+# A dbt killed outright (the OOM killer, a Dagster step ended by Terminate, a container gone) leaves its
+# running statement behind: the server notices only when it next talks to the client, so the statement
+# went on, holding its locks, beside the next run. dbt's sessions have the server check the client every
+# 2 s while a statement runs, and end it once the client is gone (PostgreSQL 14+; the loader refuses
+# servers older than 16 before any build).
+DEAD_CLIENT_CHECK = "-c client_connection_check_interval=2000"
 # What the stored days are computed by: a change here changes history, so it forces a full rebuild.
 PROJECT_FILES = ("models/**/*.sql", "macros/**/*.sql", "dbt_project.yml")
 RULES_FILES = ("seeds/invoice_enrichment.csv",)
@@ -122,9 +128,11 @@ class BuildPlan:
         return f"the next run builds the days from {self.window_start} again"
 
     def dbt_environment(self) -> dict[str, str]:
-        """os.environ for dbt: LEDGER_WINDOW_START set for an incremental build, unset for a full one."""
+        """os.environ for dbt: LEDGER_WINDOW_START set for an incremental build, unset for a full one, and
+        the server's dead-client check on its sessions (a dbt killed outright leaves no statement behind)."""
         env = {name: value for name, value in os.environ.items() if name != WINDOW_VARIABLE}
         env[PIPELINE_BUILD_VARIABLE] = "true"
+        env["PGOPTIONS"] = " ".join(filter(None, [env.get("PGOPTIONS", "").strip(), DEAD_CLIENT_CHECK]))
         if not self.full_refresh:
             env[WINDOW_VARIABLE] = self.window_start.isoformat()
         return env

@@ -413,3 +413,13 @@ def loaders_lock_free(conn: psycopg.Connection) -> bool:
     if taken:
         release_advisory_lock(conn, LOADER_LOCK_KEY)
     return taken
+
+
+def sessions_blocked_by(database: Database, holder: psycopg.Connection) -> list[str]:
+    """The application of every session waiting for a lock that `holder`'s session holds (read on a
+    connection of its own: a transaction sees the activity of its start)."""
+    blocked = database.query(
+        "select application_name from pg_stat_activity where %s = any(pg_blocking_pids(pid))",
+        (holder.info.backend_pid,),
+    )
+    return [application for (application,) in blocked]

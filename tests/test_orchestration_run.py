@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import signal
 import socket
+import subprocess
 import sys
 import time
 import urllib.request
@@ -17,8 +20,8 @@ from urllib.parse import quote
 
 import psycopg
 import pytest
-from conftest import PROJECT_ROOT, hold_the_loaders_lock, pipeline_env
-from dagster import AssetCheckSeverity, AssetKey, DagsterInstance, build_sensor_context
+from conftest import PROJECT_ROOT, hold_the_loaders_lock, pipeline_env, sessions_blocked_by
+from dagster import AssetCheckSeverity, AssetKey, DagsterInstance, DagsterRunStatus, build_sensor_context
 from orchestration_support import TARGET, dagster_env, environment, load_definitions
 from slack_stub import OK, SlackStub, server_error, slow
 from test_docs_site import ARTIFACTS, free_port, needs_chromium, png_distinct_bytes, run_chromium, serving
@@ -32,7 +35,7 @@ from test_pipeline import (
     write_fixture,
 )
 
-from data_platform import pipeline
+from data_platform import pipeline, refresh
 
 pytestmark = pytest.mark.slow
 LAYERS = ("raw", "seeds", "staging", "intermediate", "marts")
@@ -345,6 +348,79 @@ def test_a_build_step_whose_dbt_dies_shows_no_failed_test_of_an_earlier_build(
     message = failures[0].step_failure_data.error.message
     assert "dbt build failed" in message
     assert "an_earlier_failure" not in message
+
+
+def process_group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_terminating_a_run_stops_its_dbt_build_and_records_nothing(
+    instance, dagster_home, make_database, tmp_path
+):
+    """Dagster terminates a run (Terminate in the UI, or run monitoring's limit) by interrupting its
+    process, which interrupts its steps: the build's dbt must stop, its queries cancelled, and nothing be
+    recorded, rather than go on building beside the next run."""
+    database = make_database()
+    csv_dir = write_fixture(tmp_path / "csv")
+    env = run_env(
+        database,
+        csv_dir,
+        DAGSTER_HOME=str(dagster_home),
+        DAGSTER_PG_URL=dagster_storage_url(database),
+        PYTHONUNBUFFERED="1",  # its log is read as it is written
+    )
+    log = tmp_path / "run.log"
+    with database.connect("admin") as holder:
+        with log.open("w") as out:
+            # its own process group: the run's process, its steps' processes and dbt
+            run = subprocess.Popen(
+                [
+                    *(str(Path(sys.executable).parent / "dagster"), "job", "execute"),
+                    *("-m", "data_platform.orchestration.definitions", "-j", "daily_pipeline"),
+                ],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            # once the load is done, hold a lock that the build waits for at its first use of
+            # raw.organizations: dbt is then stopped in the middle of its build, whatever the machine's speed
+            deadline = time.monotonic() + 300
+            while "raw_tables - STEP_SUCCESS" not in log.read_text():
+                assert run.poll() is None and time.monotonic() < deadline, log.read_text()[-5000:]
+                time.sleep(0.2)
+            holder.execute("lock table raw.organizations in access exclusive mode")
+            while not sessions_blocked_by(database, holder):
+                assert run.poll() is None and time.monotonic() < deadline, log.read_text()[-5000:]
+                time.sleep(0.2)
+            assert sessions_blocked_by(database, holder) == ["dbt"]
+            run.send_signal(signal.SIGINT)  # what Dagster's termination does to the run's process
+            run.wait(timeout=120)
+        finally:
+            if run.poll() is None:
+                os.killpg(run.pid, signal.SIGKILL)
+        output = log.read_text()
+        # nothing of the run is left running: no process, and no statement of dbt's (cancelled by dbt
+        # when the interrupt reached it, else ended by the server once dbt died with its step)
+        deadline = time.monotonic() + 30
+        while process_group_alive(run.pid):
+            assert time.monotonic() < deadline, f"a process of the run outlived it\n{output[-5000:]}"
+            time.sleep(0.2)
+        while sessions_blocked_by(database, holder):
+            assert time.monotonic() < deadline, f"dbt's statement still waits for the lock\n{output[-5000:]}"
+            time.sleep(0.2)
+        holder.rollback()
+    run_id = re.search(r" - daily_pipeline - ([0-9a-f-]{36}) - ", output).group(1)
+    assert instance.get_run_by_id(run_id).status == DagsterRunStatus.FAILURE
+    assert "dbt_build - STEP_FAILURE" in output and "balance_alerts - STEP_START" not in output
+    assert database.query(f"select * from {refresh.BUILD_STATE}") == []
+    with environment(env), pipeline.PipelineLock(timeout=0):
+        pass  # free for the next run
 
 
 def test_a_bad_export_sends_a_failure_alert_with_the_loaders_error(defs, instance, make_database, tmp_path):

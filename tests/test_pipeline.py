@@ -16,6 +16,7 @@ import time
 from decimal import Decimal
 from pathlib import Path
 
+import psutil
 import psycopg
 import pytest
 import yaml
@@ -26,6 +27,7 @@ from conftest import (
     lines_until,
     pipeline_env,
     run_pipeline,
+    sessions_blocked_by,
     start_pipeline,
 )
 from process_support import KILLED_AT_START, fake_python
@@ -723,6 +725,41 @@ def test_the_alert_runs_exit_code_is_how_it_left_the_alerts(exit_code, outcome, 
 
     monkeypatch.setattr(pipeline.sys, "executable", fake_python(tmp_path, f"exit {exit_code}"))
     assert pipeline.run_alerts(pipeline.Settings(csv_dir=tmp_path)).outcome is pipeline.AlertRun[outcome]
+
+
+def test_a_build_whose_dbt_is_killed_outright_leaves_no_statement_running(make_database, tmp_path):
+    """A dbt killed outright (the OOM killer; Dagster's Terminate ends a step's process, which kills its dbt)
+    cannot cancel its statement: the server went on running it, holding its locks, beside the next run."""
+    database = make_database()
+    csv_dir = write_fixture(tmp_path / "csv")
+    assert_succeeded(run_pipeline(database, csv_dir))
+    with database.connect("admin") as holder:
+        # the full rebuild waits for this lock: dbt is then killed in the middle of a statement
+        holder.execute("lock table marts.dim_organizations in access exclusive mode")
+        run = start_pipeline(pipeline_env(database, csv_dir, FULL_REFRESH="true"), start_new_session=True)
+        try:
+            deadline = time.monotonic() + 120
+            while not sessions_blocked_by(database, holder):
+                assert run.poll() is None, run.stdout.read()
+                assert time.monotonic() < deadline, "the build never waited for the lock"
+                time.sleep(0.2)
+            assert sessions_blocked_by(database, holder) == ["dbt"]
+            dbt = [
+                process
+                for process in psutil.Process(run.pid).children(recursive=True)
+                if "data_platform.warm_dbt" in process.cmdline()
+            ]
+            assert len(dbt) == 1, dbt
+            dbt[0].kill()
+            assert run.wait(timeout=120) != 0
+            deadline = time.monotonic() + 30
+            while sessions_blocked_by(database, holder):
+                assert time.monotonic() < deadline, "the killed dbt's statement still waits for the lock"
+                time.sleep(0.2)
+        finally:
+            if run.poll() is None:
+                os.killpg(run.pid, signal.SIGKILL)
+            run.stdout.close()
 
 
 def test_a_build_that_dies_shows_no_failed_test_of_an_earlier_build(

@@ -95,6 +95,15 @@ def test_a_window_left_in_the_environment_is_dropped_for_a_full_build_and_replac
     assert incremental.dbt_environment()[refresh.WINDOW_VARIABLE] == incremental.window_start.isoformat()
 
 
+def test_dbt_keeps_the_server_options_it_was_given_and_gets_the_dead_client_check(conn, loaded, monkeypatch):
+    """PGOPTIONS set for the pipeline (a statement_timeout, say) still reaches dbt, beside the check."""
+    monkeypatch.setenv("PGOPTIONS", " -c statement_timeout=600000 ")
+    options = build(conn).dbt_environment()["PGOPTIONS"]
+    assert options == "-c statement_timeout=600000 -c client_connection_check_interval=2000"
+    monkeypatch.delenv("PGOPTIONS")
+    assert build(conn).dbt_environment()["PGOPTIONS"] == "-c client_connection_check_interval=2000"
+
+
 def test_a_full_build_recreates_the_incremental_models_and_an_incremental_one_keeps_them(conn, loaded):
     """Without --full-refresh a "full" build only widens the window to every day: the incremental models
     keep their tables, so a SQL change to their columns fails the build (on_schema_change: fail) instead
