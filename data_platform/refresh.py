@@ -57,8 +57,9 @@ LOAD_LOG = f"{RAW_SCHEMA}.load_log"
 # A dbt killed outright (the OOM killer, a Dagster step ended by Terminate, a container gone) leaves its
 # running statement behind: the server notices only when it next talks to the client, so the statement
 # went on, holding its locks, beside the next run. dbt's sessions have the server check the client every
-# 2 s while a statement runs, and end it once the client is gone (PostgreSQL 14+; the loader refuses
-# servers older than 16 before any build).
+# 2 s while a statement runs, and end it once the client is gone (PostgreSQL 14+, on Linux, macOS and the
+# BSDs). It comes before the PGOPTIONS the pipeline was given: the last -c wins, so
+# `-c client_connection_check_interval=0` there turns it off (a Windows server, a pooler that refuses it).
 DEAD_CLIENT_CHECK = "-c client_connection_check_interval=2000"
 # What the stored days are computed by: a change here changes history, so it forces a full rebuild.
 PROJECT_FILES = ("models/**/*.sql", "macros/**/*.sql", "dbt_project.yml")
@@ -132,7 +133,10 @@ class BuildPlan:
         the server's dead-client check on its sessions (a dbt killed outright leaves no statement behind)."""
         env = {name: value for name, value in os.environ.items() if name != WINDOW_VARIABLE}
         env[PIPELINE_BUILD_VARIABLE] = "true"
-        env["PGOPTIONS"] = " ".join(filter(None, [env.get("PGOPTIONS", "").strip(), DEAD_CLIENT_CHECK]))
+        # appended as given: a trailing backslash-escaped space belongs to the user's last option
+        env["PGOPTIONS"] = (
+            f"{DEAD_CLIENT_CHECK} {env['PGOPTIONS']}" if env.get("PGOPTIONS") else DEAD_CLIENT_CHECK
+        )
         if not self.full_refresh:
             env[WINDOW_VARIABLE] = self.window_start.isoformat()
         return env

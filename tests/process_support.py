@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -36,3 +39,26 @@ def assert_dies_with(parent: subprocess.Popen, pid_file: Path, child: str) -> No
     except psutil.TimeoutExpired:
         started.kill()
         pytest.fail(f"{child} outlived the process that was killed")
+
+
+def kill_group(started: subprocess.Popen) -> None:
+    """Kill whatever is left of a process started in a session of its own."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(started.pid, signal.SIGKILL)
+    started.wait()
+
+
+def process_group_alive(group: int) -> bool:
+    """Whether a process of `group` still runs (a zombie does not: it waits for whoever reaps it)."""
+    return any(
+        process.info["status"] != psutil.STATUS_ZOMBIE
+        for process in psutil.process_iter(["status"])
+        if _group_of(process.pid) == group
+    )
+
+
+def _group_of(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None

@@ -30,7 +30,7 @@ from conftest import (
     sessions_blocked_by,
     start_pipeline,
 )
-from process_support import KILLED_AT_START, fake_python
+from process_support import KILLED_AT_START, fake_python, kill_group
 from psycopg import sql
 from slack_stub import SlackStub, server_error
 
@@ -733,17 +733,26 @@ def test_a_build_whose_dbt_is_killed_outright_leaves_no_statement_running(make_d
     database = make_database()
     csv_dir = write_fixture(tmp_path / "csv")
     assert_succeeded(run_pipeline(database, csv_dir))
+    log = tmp_path / "run.log"
     with database.connect("admin") as holder:
         # the full rebuild waits for this lock: dbt is then killed in the middle of a statement
         holder.execute("lock table marts.dim_organizations in access exclusive mode")
-        run = start_pipeline(pipeline_env(database, csv_dir, FULL_REFRESH="true"), start_new_session=True)
+        with log.open("w") as out:
+            run = subprocess.Popen(
+                ["bash", str(PROJECT_ROOT / "init.sh")],
+                cwd=PROJECT_ROOT,
+                env=pipeline_env(database, csv_dir, FULL_REFRESH="true"),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         try:
             deadline = time.monotonic() + 120
             while not sessions_blocked_by(database, holder):
-                assert run.poll() is None, run.stdout.read()
+                assert run.poll() is None, log.read_text(errors="replace")
                 assert time.monotonic() < deadline, "the build never waited for the lock"
                 time.sleep(0.2)
-            assert sessions_blocked_by(database, holder) == ["dbt"]
+            assert set(sessions_blocked_by(database, holder)) == {"dbt"}
             dbt = [
                 process
                 for process in psutil.Process(run.pid).children(recursive=True)
@@ -757,9 +766,7 @@ def test_a_build_whose_dbt_is_killed_outright_leaves_no_statement_running(make_d
                 assert time.monotonic() < deadline, "the killed dbt's statement still waits for the lock"
                 time.sleep(0.2)
         finally:
-            if run.poll() is None:
-                os.killpg(run.pid, signal.SIGKILL)
-            run.stdout.close()
+            kill_group(run)
 
 
 def test_a_build_that_dies_shows_no_failed_test_of_an_earlier_build(

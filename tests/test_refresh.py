@@ -95,13 +95,19 @@ def test_a_window_left_in_the_environment_is_dropped_for_a_full_build_and_replac
     assert incremental.dbt_environment()[refresh.WINDOW_VARIABLE] == incremental.window_start.isoformat()
 
 
-def test_dbt_keeps_the_server_options_it_was_given_and_gets_the_dead_client_check(conn, loaded, monkeypatch):
-    """PGOPTIONS set for the pipeline (a statement_timeout, say) still reaches dbt, beside the check."""
-    monkeypatch.setenv("PGOPTIONS", " -c statement_timeout=600000 ")
-    options = build(conn).dbt_environment()["PGOPTIONS"]
-    assert options == "-c statement_timeout=600000 -c client_connection_check_interval=2000"
-    monkeypatch.delenv("PGOPTIONS")
+def test_dbt_gets_the_dead_client_check_and_the_server_options_it_was_given_win(
+    database, conn, loaded, monkeypatch
+):
+    """PGOPTIONS set for the pipeline still reaches dbt, as given (a trailing escaped space is part of its
+    last value), after the check: the server takes the last -c, so `=0` there turns the check off."""
     assert build(conn).dbt_environment()["PGOPTIONS"] == "-c client_connection_check_interval=2000"
+    given = "-c client_connection_check_interval=0 -c DateStyle=ISO,\\ DMY\\ "
+    monkeypatch.setenv("PGOPTIONS", given)
+    options = build(conn).dbt_environment()["PGOPTIONS"]
+    assert options == f"-c client_connection_check_interval=2000 {given}"
+    with database.connect("transformer", options=options) as dbt_session:
+        assert dbt_session.execute("show client_connection_check_interval").fetchone() == ("0",)
+        assert dbt_session.execute("show DateStyle").fetchone() == ("ISO, DMY",)
 
 
 def test_a_full_build_recreates_the_incremental_models_and_an_incremental_one_keeps_them(conn, loaded):
