@@ -401,15 +401,15 @@ def test_terminating_a_run_stops_its_dbt_build_and_records_nothing(
             assert set(sessions_blocked_by(database, holder)) == {"dbt"}
             run.send_signal(signal.SIGINT)  # what Dagster's termination does to the run's process
             run.wait(timeout=120)
+            # nothing of the run is left running: no process, and no statement of dbt's (cancelled by dbt
+            # when the interrupt reached it, else ended by the server once dbt died with its step)
+            deadline = time.monotonic() + 30
+            while process_group_alive(run.pid):
+                assert time.monotonic() < deadline, f"a process of the run outlived it\n{read(log)[-5000:]}"
+                time.sleep(0.2)
         finally:
-            kill_group(run)
+            kill_group(run)  # only what a failed assertion left
         output = read(log)
-        # nothing of the run is left running: no process, and no statement of dbt's (cancelled by dbt
-        # when the interrupt reached it, else ended by the server once dbt died with its step)
-        deadline = time.monotonic() + 30
-        while process_group_alive(run.pid):
-            assert time.monotonic() < deadline, f"a process of the run outlived it\n{output[-5000:]}"
-            time.sleep(0.2)
         while sessions_blocked_by(database, holder):
             assert time.monotonic() < deadline, f"dbt's statement still waits for the lock\n{output[-5000:]}"
             time.sleep(0.2)
