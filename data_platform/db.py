@@ -41,6 +41,33 @@ def describe_target() -> str:
     return f"{user}@{host}:{port}/{database}"
 
 
+# A client killed outright (the OOM killer, kill -9, a Dagster step ended by Terminate, a container gone)
+# cannot cancel its statement, and the server notices only when it next writes to the client: the
+# statement ran on, holding its locks, beside the next run. The loader's and dbt's sessions have the
+# server check every 2 s while a statement runs, and end it once the client is gone (PostgreSQL 14+, on
+# Linux, macOS and the BSDs). `-c client_connection_check_interval=0` in PGOPTIONS turns it off (a Windows
+# server, a connection pooler that refuses the option).
+DEAD_CLIENT_CHECK = "client_connection_check_interval"
+DEAD_CLIENT_CHECK_INTERVAL = "2s"
+
+
+def with_dead_client_check(options: str | None) -> str:
+    """PGOPTIONS for a client the pipeline starts (dbt): the check, then `options` as given, whose own
+    value of it wins (the server takes the last -c; a trailing escaped space stays the user's)."""
+    check = f"-c {DEAD_CLIENT_CHECK}={DEAD_CLIENT_CHECK_INTERVAL}"
+    return f"{check} {options}" if options else check
+
+
+def check_for_dead_client(conn: psycopg.Connection) -> bool:
+    """Turn the check on for `conn`'s session, unless a value was set for it (PGOPTIONS, the role, the
+    database); whether it did, so that the caller can `reset` it."""
+    turned_on = conn.execute(
+        "select set_config(name, %s, false) from pg_settings where name = %s and source = 'default'",
+        (DEAD_CLIENT_CHECK_INTERVAL, DEAD_CLIENT_CHECK),
+    ).fetchone()
+    return turned_on is not None
+
+
 def connect(**kwargs) -> psycopg.Connection:
     """Open a psycopg connection from the PG* environment variables."""
     try:

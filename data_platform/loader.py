@@ -53,11 +53,13 @@ from data_platform.csv_files import (
     refuse_cut_off,
 )
 from data_platform.db import (
+    DEAD_CLIENT_CHECK,
     LOADER_LOCK_KEY,
     PIPELINE_LOCK_SESSION,
     DatabaseUnavailable,
     LockHolder,
     advisory_lock_holder,
+    check_for_dead_client,
     connect,
     release_advisory_lock,
     take_advisory_lock,
@@ -395,6 +397,7 @@ def load_exports(
     _take_lock(conn, wait)
     named = conn.execute("select current_setting('application_name')").fetchone()[0]
     conn.execute("select set_config('application_name', %s, false)", [_session_name(os.getpid())])
+    checking = check_for_dead_client(conn)
     try:
         results = []
         for export in exports:
@@ -409,6 +412,8 @@ def load_exports(
         if not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
             release_advisory_lock(conn, LOADER_LOCK_KEY)
             conn.execute("select set_config('application_name', %s, false)", [named])
+            if checking:
+                conn.execute(f"reset {DEAD_CLIENT_CHECK}")
 
 
 def _session_name(pid: int) -> str:
@@ -432,8 +437,9 @@ def _take_lock(conn: psycopg.Connection, wait: float) -> None:
 
 def _orphaned(holder: LockHolder) -> str | None:
     """Why the lock is held when its loader process has ended (kill -9, the OOM killer) while its session
-    still runs a statement: the server notices the client is gone only when it next writes to it, and rolls
-    back then. None when the holder is alive, elsewhere (another host or container) or unknown."""
+    still runs a statement: for the seconds before the server's check of a dead client ends it, or until it
+    ends when that check is off. None when the holder is alive, elsewhere (another host or container) or
+    unknown."""
     name = holder.application_name
     found = re.match(rf"{re.escape(LOADER_LOCK_KEY)} (\d+)@", name)
     if not found or holder.state != "active" or name != _session_name(int(found[1])):  # not this host's

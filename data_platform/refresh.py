@@ -41,7 +41,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from data_platform import ledger
+from data_platform import db, ledger
 from data_platform.paths import DBT_PROJECT_DIR
 from data_platform.raw_tables import RAW_SCHEMA
 
@@ -54,13 +54,6 @@ WINDOW_VARIABLE = "LEDGER_WINDOW_START"
 # the record for a build by hand (dbt/macros/build_state.sql), leaves them alone.
 PIPELINE_BUILD_VARIABLE = "BUILD_RECORDED_BY_PIPELINE"
 LOAD_LOG = f"{RAW_SCHEMA}.load_log"
-# A dbt killed outright (the OOM killer, a Dagster step ended by Terminate, a container gone) leaves its
-# running statement behind: the server notices only when it next talks to the client, so the statement
-# went on, holding its locks, beside the next run. dbt's sessions have the server check the client every
-# 2 s while a statement runs, and end it once the client is gone (PostgreSQL 14+, on Linux, macOS and the
-# BSDs). It comes before the PGOPTIONS the pipeline was given: the last -c wins, so
-# `-c client_connection_check_interval=0` there turns it off (a Windows server, a pooler that refuses it).
-DEAD_CLIENT_CHECK = "-c client_connection_check_interval=2000"
 # What the stored days are computed by: a change here changes history, so it forces a full rebuild.
 PROJECT_FILES = ("models/**/*.sql", "macros/**/*.sql", "dbt_project.yml")
 RULES_FILES = ("seeds/invoice_enrichment.csv",)
@@ -133,10 +126,7 @@ class BuildPlan:
         the server's dead-client check on its sessions (a dbt killed outright leaves no statement behind)."""
         env = {name: value for name, value in os.environ.items() if name != WINDOW_VARIABLE}
         env[PIPELINE_BUILD_VARIABLE] = "true"
-        # appended as given: a trailing backslash-escaped space belongs to the user's last option
-        env["PGOPTIONS"] = (
-            f"{DEAD_CLIENT_CHECK} {env['PGOPTIONS']}" if env.get("PGOPTIONS") else DEAD_CLIENT_CHECK
-        )
+        env["PGOPTIONS"] = db.with_dead_client_check(env.get("PGOPTIONS"))
         if not self.full_refresh:
             env[WINDOW_VARIABLE] = self.window_start.isoformat()
         return env

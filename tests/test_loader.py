@@ -286,40 +286,72 @@ def test_a_second_loader_is_refused_while_one_runs(database, conn, tmp_path):
     assert snapshot(conn) == before
 
 
-def test_a_load_gives_the_connection_its_application_name_back(conn, tmp_path):
+def test_a_load_gives_the_connection_its_application_name_and_client_check_back(conn, tmp_path):
     """A caller's connection kept after the load would otherwise go on under the loader's session name,
-    which says a loader process holds the lock: pg_stat_activity would show a loader that is not running."""
+    which says a loader process holds the lock: pg_stat_activity would show a loader that is not running.
+    The server's check of a dead client, which the load turns on, goes back to what it was too."""
     conn.execute("set application_name to 'my tool'")
     load_exports(conn, write_dir(tmp_path / "files"))
     assert conn.execute("select current_setting('application_name')").fetchone() == ("my tool",)
+    assert conn.execute("show client_connection_check_interval").fetchone() == ("0",)
+
+
+WAITING_LOADER = (
+    "select pid from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'"
+    " and query like '%load_log%'"
+)
+
+
+def kill_a_loader_waiting_on_its_log(database, csv_dir: Path, **env: str) -> tuple[int, int]:
+    """Start the loader on `csv_dir` while the caller holds a lock on raw.load_log, and kill it outright
+    once its statement waits for that lock: (its pid, its backend's pid)."""
+    process = start_loader(database, csv_dir, env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not database.query(WAITING_LOADER):
+        assert process.poll() is None and time.monotonic() < deadline, "the loader did not wait"
+        time.sleep(0.02)
+    (backend,) = database.query(WAITING_LOADER)[0]
+    process.kill()
+    process.wait(timeout=60)
+    return process.pid, backend
+
+
+def test_a_loader_killed_while_its_statement_runs_leaves_no_statement_behind(database, conn, tmp_path):
+    """kill -9 (the OOM killer) cannot cancel the loader's statement, and the server notices a dead client
+    only when it next writes to it: the statement went on, holding the loader's lock, and the next run was
+    refused. The server's check of its client ends it within seconds, here while it still waits."""
+    csv_dir = write_dir(tmp_path / "csv")
+    load_exports(conn, csv_dir)
+    write_export(csv_dir, "2024-01-02", [invoice(1)])
+    with database.connect("admin") as admin:
+        admin.execute("lock table raw.load_log in access exclusive mode")
+        _, backend = kill_a_loader_waiting_on_its_log(database, csv_dir)
+        deadline = time.monotonic() + 30
+        while database.query(f"select 1 from pg_stat_activity where pid = {backend}"):
+            assert time.monotonic() < deadline, "the killed loader's statement is still running"
+            time.sleep(0.05)
+        admin.rollback()
+    assert [r.skipped for r in load_exports(conn, csv_dir)] == [True, False]
 
 
 def test_a_loader_killed_while_its_statement_runs_is_named_as_gone(database, conn, tmp_path):
-    """kill -9 leaves the loader's database session running its statement (the server notices the client is
-    gone only when it next writes to it), holding the lock: the next run says so, rather than that another
-    run is in progress. The statement is held here on a lock, so the session outlives the process."""
+    """With the server's check of a dead client turned off (PGOPTIONS), kill -9 leaves the loader's session
+    running its statement, holding the lock: the next run says so, rather than that another run is in
+    progress. The statement is held here on a lock, so the session outlives the process."""
     csv_dir = write_dir(tmp_path / "csv")
     load_exports(conn, csv_dir)
     write_export(csv_dir, "2024-01-02", [invoice(1)])
     before = snapshot(conn)
     with database.connect("admin") as admin:
         admin.execute("lock table raw.load_log in access exclusive mode")
-        process = start_loader(database, csv_dir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        waiting = (
-            "select pid from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'"
-            " and query like '%load_log%'"
+        pid, backend = kill_a_loader_waiting_on_its_log(
+            database, csv_dir, PGOPTIONS="-c client_connection_check_interval=0"
         )
         deadline = time.monotonic() + 60
-        while not database.query(waiting):
-            assert process.poll() is None and time.monotonic() < deadline, "the loader did not wait"
-            time.sleep(0.02)
-        (backend,) = database.query(waiting)[0]
-        process.kill()
-        process.wait(timeout=60)
         with pytest.raises(LoaderBusy) as busy:
             load_exports(conn, csv_dir)
         assert str(busy.value).startswith(
-            f"the loader run holding the lock (process {process.pid}) has ended, but its database session "
+            f"the loader run holding the lock (process {pid}) has ended, but its database session "
             f"(backend {backend}) is still running its statement, started "
         )
         assert str(busy.value).endswith(
@@ -354,10 +386,13 @@ def test_a_loader_told_to_wait_loads_once_the_other_run_ends(database, conn, tmp
 LOADER = (sys.executable, "-m", "data_platform.loader")
 
 
-def start_loader(database, csv_dir: Path, **popen) -> subprocess.Popen:
-    """The loader command on `csv_dir` in a process of its own, as the transformer."""
+def start_loader(database, csv_dir: Path, env: dict[str, str] | None = None, **popen) -> subprocess.Popen:
+    """The loader command on `csv_dir` in a process of its own, as the transformer (with `env` added)."""
     return subprocess.Popen(
-        [*LOADER, "--csv-dir", str(csv_dir)], cwd=PROJECT_ROOT, env=database.env("transformer"), **popen
+        [*LOADER, "--csv-dir", str(csv_dir)],
+        cwd=PROJECT_ROOT,
+        env={**database.env("transformer"), **(env or {})},
+        **popen,
     )
 
 

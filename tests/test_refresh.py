@@ -100,11 +100,11 @@ def test_dbt_gets_the_dead_client_check_and_the_server_options_it_was_given_win(
 ):
     """PGOPTIONS set for the pipeline still reaches dbt, as given (a trailing escaped space is part of its
     last value), after the check: the server takes the last -c, so `=0` there turns the check off."""
-    assert build(conn).dbt_environment()["PGOPTIONS"] == "-c client_connection_check_interval=2000"
+    assert build(conn).dbt_environment()["PGOPTIONS"] == "-c client_connection_check_interval=2s"
     given = "-c client_connection_check_interval=0 -c DateStyle=ISO,\\ DMY\\ "
     monkeypatch.setenv("PGOPTIONS", given)
     options = build(conn).dbt_environment()["PGOPTIONS"]
-    assert options == f"-c client_connection_check_interval=2000 {given}"
+    assert options == f"-c client_connection_check_interval=2s {given}"
     with database.connect("transformer", options=options) as dbt_session:
         assert dbt_session.execute("show client_connection_check_interval").fetchone() == ("0",)
         assert dbt_session.execute("show DateStyle").fetchone() == ("ISO, DMY",)
