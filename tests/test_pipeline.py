@@ -976,6 +976,41 @@ def _edit_the_model_once():
     assert "rebuilt from scratch" in second.stdout
 
 
+VIEWS = ("staging.stg_payments__exports", "intermediate.int_invoice_ledger_entries")
+
+
+def view_oids(database) -> dict[str, int]:
+    return {view: database.query("select %s::regclass::oid", (view,))[0][0] for view in VIEWS}
+
+
+def test_a_rebuilt_view_keeps_the_views_built_on_it_and_a_reordered_one_still_builds(make_database, tmp_path):
+    """dbt's default view materialization renames the old view away and drops it with cascade, taking the
+    views built on it along (int_invoice_ledger_entries, on stg_payments__exports) until the build reaches
+    them, and for good when it stops before. The daily build replaces both views in place; a view whose
+    columns changed order, which Postgres cannot replace in place, still builds."""
+    database, csv_dir = make_database(), write_fixture(tmp_path / "csv")
+    assert_succeeded(run_pipeline(database, csv_dir))
+    before = view_oids(database)
+    second = run_pipeline(database, csv_dir)
+    assert_succeeded(second)
+    assert "==> dbt build: rules, models and tests, days from " in second.stdout, second.stdout
+    assert view_oids(database) == before
+    project = copy_project(tmp_path / "project")
+    model = project / "dbt" / "models" / "staging" / "payments" / "stg_payments__exports.sql"
+    swapped = model.read_text().replace(
+        "        invoice_rows,\n        invoices_new,\n", "        invoices_new,\n        invoice_rows,\n"
+    )
+    assert swapped != model.read_text()
+    model.write_text(swapped)
+    assert_succeeded(run_pipeline(database, csv_dir, project_root=project))
+    columns = database.query(
+        "select column_name from information_schema.columns"
+        " where table_schema = 'staging' and table_name = 'stg_payments__exports' order by ordinal_position"
+    )
+    assert [name for (name,) in columns][3:5] == ["invoices_new", "invoice_rows"]
+    assert database.query("select count(*) > 0 from intermediate.int_invoice_ledger_entries") == [(True,)]
+
+
 def test_an_alerter_user_that_is_not_a_role_stops_the_run_before_the_load(make_database, tmp_path):
     """The build grants ALERTER_USER the marts and the alert run logs in as it: a role that does not exist
     is a setting to fix (2), said before the load, not a failed model (1) found after it."""
