@@ -600,6 +600,33 @@ def test_a_superseded_waiting_alert_does_not_hold_back_the_alert_that_replaces_i
     assert history(db) == {(1, DAY[0]): ("superseded", 1), (1, DAY[1]): ("sent", 1)}
 
 
+def test_a_superseded_day_that_alerts_again_is_sent_by_the_next_plain_run(db, slack):
+    # a rules change superseded the waiting alert, and undoing it makes its day alert again: the daily
+    # run, which does not process that day again, must still send it, not leave it superseded for good
+    add_moves(db, (1, DAY[0], "100", "300"))
+    slack.always(server_error(500))
+    assert run_alerts(db, webhook=slack.url, ALERT_HTTP_RETRIES="0").returncode == 1
+    moved = "update marts.fct_organization_daily_financials set balance_usd = {}, balance_change_ratio = {}"
+    execute(db, moved.format(110, 0.1))
+    slack.always(OK)
+    assert run_alerts(db, webhook=slack.url).returncode == 0
+    assert history(db) == {(1, DAY[0]): ("superseded", 1)} and slack.delivered == []
+    execute(db, moved.format(400, 3))
+    dry = run_alerts(db, "--dry-run", webhook=slack.url)
+    assert "1 superseded alert would be reopened: a later rebuild made their day alert again." in dry.stdout
+
+    rerun = run_alerts(db, webhook=slack.url)
+
+    assert rerun.returncode == 0, rerun.stderr
+    assert "1 alert sent" in rerun.stdout
+    assert "1 superseded alert reopened, to be sent as the fact is now" in rerun.stdout
+    assert organizations_in(slack.delivered) == [1]
+    assert "$100.00 -> $400.00 (+300.00%)" in slack.delivered[0]["text"]
+    assert history(db) == {(1, DAY[0]): ("sent", 2)}
+    assert run_alerts(db, webhook=slack.url).returncode == 0
+    assert organizations_in(slack.delivered) == [1]
+
+
 def test_a_superseded_day_that_alerts_again_is_reopened_and_sent(db, slack):
     # superseded means never sent: when a corrected rebuild makes the day alert again, a run that
     # processes it (here --date) sends it, and its attempts still count toward the at-most-twice bound

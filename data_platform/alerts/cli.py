@@ -180,13 +180,14 @@ def _locked_run(
     store.ensure_tables(ops)
     watermarks = {name: store.read_watermark(ops, name) for name in names}
     summary.watermark_before = _earliest(watermarks.values())
-    waiting = store.undelivered_organization_days(ops, names)
+    waiting = store.rechecked_organization_days(ops, names)
     # every marts read happens here, before anything is committed to ops
     view = _read_marts(reader, settings, summary, watermarks, waiting, today)
     # the waiting alerts take the fact as it is now first: one superseded must not hold back (through
     # --suppress-days) the alert that replaces it, recorded below
     for name in names:
         _as_the_fact_is_now(ops, name, store.undelivered(ops, name), view, settings, summary)
+        _reopened_if_alerting_again(ops, name, store.superseded(ops, name), view, settings, summary)
     for name, alerts in _by_destination(view, routing_).items():
         held = noise.suppressed(alerts, _recent(ops, name, alerts, settings), settings.noise.suppress_days)
         summary.suppressed += store.record_alerts(ops, name, alerts, suppressed=held)
@@ -272,17 +273,42 @@ def _as_the_fact_is_now(
     when the day no longer alerts, is superseded and not sent. An unchanged day is sent as recorded."""
     superseded = []
     for alert in alerts:
-        row, alerts_now = view.fact_now.get((alert.organization_id, alert.balance_date), (None, False))
+        row, _ = view.fact_now.get((alert.organization_id, alert.balance_date), (None, False))
         if row is not None and _numbers(row) == _numbers(alert):
             continue
-        current = noise.apply_floor_and_severity([row] if alerts_now else [], settings.noise).alerts
+        current = _alert_now(alert, view, settings)
         if current:
-            store.record_current_numbers(ops, destination, current[0])
+            store.record_current_numbers(ops, destination, current)
         else:
             superseded.append(alert)
     if superseded:
         store.record_superseded(ops, destination, superseded)
         summary.superseded += len(superseded)
+
+
+def _reopened_if_alerting_again(
+    ops: Connection,
+    destination: str,
+    alerts: list[Alert],
+    view: MartsView,
+    settings: Settings,
+    summary: Summary,
+) -> None:
+    """A superseded alert was never sent: when a later rebuild makes its day alert again (a rules change
+    undone, say), it is reopened with the day's numbers and sent, its attempts kept (store.record_alerts),
+    by any run, not only one that processes its day again."""
+    again = [current for current in (_alert_now(alert, view, settings) for alert in alerts) if current]
+    if again:
+        store.record_alerts(ops, destination, again)
+        summary.reopened += len(again)
+
+
+def _alert_now(alert: Alert, view: MartsView, settings: Settings) -> Alert | None:
+    """The alert the fact gives the alert's organization and day now, with this run's noise settings,
+    or None when the day no longer alerts (or its row is gone)."""
+    row, alerts_now = view.fact_now.get((alert.organization_id, alert.balance_date), (None, False))
+    current = noise.apply_floor_and_severity([row] if alerts_now else [], settings.noise).alerts
+    return current[0] if current else None
 
 
 def _messages(

@@ -29,6 +29,7 @@ from sqlalchemy import (
     Text,
     and_,
     func,
+    or_,
     select,
     text,
     update,
@@ -129,6 +130,8 @@ _CLOSED = (SENT, SUPPRESSED, SUPERSEDED)  # never sent (again)
 _deliverable = and_(
     history.c.status.not_in(_CLOSED), history.c.unanswered_attempts < MAX_UNCONFIRMED_ATTEMPTS
 )
+# a superseded alert was never sent: reopened when its day alerts again
+_revivable = and_(history.c.status == SUPERSEDED, history.c.unanswered_attempts < MAX_UNCONFIRMED_ATTEMPTS)
 
 
 def ensure_tables(conn: Connection) -> None:
@@ -241,6 +244,15 @@ def record_alerts(
 
 def undelivered(conn: Connection, destination: str) -> list[Alert]:
     """Every alert the destination may still be sent, by organization and day."""
+    return _alerts(conn, destination, _deliverable)
+
+
+def superseded(conn: Connection, destination: str) -> list[Alert]:
+    """The destination's superseded alerts, never sent, that could still be (their day may alert again)."""
+    return _alerts(conn, destination, _revivable)
+
+
+def _alerts(conn: Connection, destination: str, condition) -> list[Alert]:
     rows = conn.execute(
         select(
             history.c.organization_id,
@@ -253,20 +265,21 @@ def undelivered(conn: Connection, destination: str) -> list[Alert]:
             history.c.attempts,
             history.c.severity,
         )
-        .where(history.c.destination == destination, _deliverable)
+        .where(history.c.destination == destination, condition)
         .order_by(history.c.organization_id, history.c.balance_date)
     )
     return [Alert(**row._mapping) for row in rows]
 
 
-def undelivered_organization_days(conn: Connection, destinations: Sequence[str]) -> set[tuple[int, date]]:
-    """The organization-days still waiting for any of `destinations`."""
+def rechecked_organization_days(conn: Connection, destinations: Sequence[str]) -> set[tuple[int, date]]:
+    """The organization-days whose alert for any of `destinations` is still waiting, or superseded: each
+    run reads the fact of those days as it is now."""
     return {
         (row.organization_id, row.balance_date)
         for row in conn.execute(
             select(history.c.organization_id, history.c.balance_date)
             .distinct()
-            .where(history.c.destination.in_(destinations), _deliverable)
+            .where(history.c.destination.in_(destinations), or_(_deliverable, _revivable))
         )
     }
 

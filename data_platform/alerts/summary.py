@@ -47,6 +47,7 @@ class Summary:
     held_back: int = 0  # passed the ratio rule, below --min-change-usd: not recorded
     suppressed: int = 0  # recorded as suppressed (--suppress-days), never sent
     superseded: int = 0  # waiting alerts whose day a rebuild changed so that it no longer alerts
+    reopened: int = 0  # superseded alerts whose day alerts again after a later rebuild
     digests: int = 0  # digest messages sent in place of one message per organization
 
     def line(self) -> str:
@@ -151,6 +152,13 @@ class Summary:
                 notes.append(
                     f"{waiting} superseded: {why}; not sent (status 'superseded' in ops.alert_history)."
                 )
+        if self.reopened:
+            reopened = plural(self.reopened, "superseded alert")
+            why = "a later rebuild made their day alert again"
+            if self.dry_run:
+                notes.append(f"{reopened} would be reopened: {why}.")
+            else:
+                notes.append(f"{reopened} reopened, to be sent as the fact is now: {why}.")
         if self.waiting_for_webhook:
             notes.append(self.waiting_for_webhook_note())
         if self.unrouted:
