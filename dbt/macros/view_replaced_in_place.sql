@@ -64,18 +64,21 @@
 
 
 {#- Whether `candidate`'s columns are `existing`'s, in order, with any new ones after them: what
-    `create or replace view` accepts. -#}
+    `create or replace view` accepts. Compared as Postgres compares them (name, type, type modifier,
+    collation), from the catalog: information_schema's type names leave out some differences Postgres
+    refuses (timestamp(0) against timestamp, integer[] against bigint[], a collation), and a refused
+    replace would fail the model on every run. -#}
 {% macro view_columns_extend(existing, candidate) -%}
-    {%- set old_columns = adapter.get_columns_in_relation(existing) -%}
-    {%- set new_columns = adapter.get_columns_in_relation(candidate) -%}
-    {%- if new_columns | length < old_columns | length -%}
-        {{ return(false) }}
-    {%- endif -%}
-    {%- for column in old_columns -%}
-        {%- set new_column = new_columns[loop.index0] -%}
-        {%- if column.name != new_column.name or column.data_type != new_column.data_type -%}
-            {{ return(false) }}
-        {%- endif -%}
-    {%- endfor -%}
-    {{ return(true) }}
+    {%- set old_columns = view_column_identities(existing) -%}
+    {%- set new_columns = view_column_identities(candidate) -%}
+    {{ return(new_columns[:(old_columns | length)] == old_columns) }}
+{%- endmacro %}
+
+{% macro view_column_identities(relation) -%}
+    {%- set columns = run_query(
+        "select attname, atttypid::bigint, atttypmod, attcollation::bigint from pg_catalog.pg_attribute"
+        ~ " where attrelid = '" ~ relation ~ "'::regclass and attnum > 0 and not attisdropped"
+        ~ " order by attnum"
+    ) -%}
+    {{ return(columns.rows | map('list') | list) }}
 {%- endmacro %}
