@@ -603,9 +603,11 @@ def test_a_superseded_waiting_alert_does_not_hold_back_the_alert_that_replaces_i
 def test_a_superseded_day_that_alerts_again_is_sent_by_the_next_plain_run(db, slack):
     # a rules change superseded the waiting alert, and undoing it makes its day alert again: the daily
     # run, which does not process that day again, must still send it, not leave it superseded for good
+    # (first tried in a digest: the reopened row is no longer listed as that digest's)
     add_moves(db, (1, DAY[0], "100", "300"))
     slack.always(server_error(500))
-    assert run_alerts(db, webhook=slack.url, ALERT_HTTP_RETRIES="0").returncode == 1
+    assert run_alerts(db, webhook=slack.url, ALERT_HTTP_RETRIES="0", ALERT_DIGEST_OVER="0").returncode == 1
+    assert db.query("select digest_id is not null from ops.alert_history") == [(True,)]
     moved = "update marts.fct_organization_daily_financials set balance_usd = {}, balance_change_ratio = {}"
     execute(db, moved.format(110, 0.1))
     slack.always(OK)
@@ -613,7 +615,7 @@ def test_a_superseded_day_that_alerts_again_is_sent_by_the_next_plain_run(db, sl
     assert history(db) == {(1, DAY[0]): ("superseded", 1)} and slack.delivered == []
     execute(db, moved.format(400, 3))
     dry = run_alerts(db, "--dry-run", webhook=slack.url)
-    assert "1 superseded alert would be reopened: a later rebuild made their day alert again." in dry.stdout
+    assert "1 superseded alert would be reopened: its day alerts again." in dry.stdout
 
     rerun = run_alerts(db, webhook=slack.url)
 
@@ -623,8 +625,31 @@ def test_a_superseded_day_that_alerts_again_is_sent_by_the_next_plain_run(db, sl
     assert organizations_in(slack.delivered) == [1]
     assert "$100.00 -> $400.00 (+300.00%)" in slack.delivered[0]["text"]
     assert history(db) == {(1, DAY[0]): ("sent", 2)}
+    assert db.query("select digest_id from ops.alert_history") == [(None,)]
     assert run_alerts(db, webhook=slack.url).returncode == 0
     assert organizations_in(slack.delivered) == [1]
+
+
+def test_a_reopened_alert_is_held_back_by_suppress_days_as_a_new_one_would_be(db, slack):
+    # the organization was alerted the day before: with --suppress-days, its next day's alert, reopened
+    # after a rebuild, is suppressed as it would have been when first recorded, not sent
+    add_moves(db, (1, DAY[0], "100", "300"))
+    assert run_alerts(db, webhook=slack.url).returncode == 0
+    add_moves(db, (1, DAY[1], "300", "900"))
+    slack.always(server_error(500))
+    assert run_alerts(db, webhook=slack.url, ALERT_HTTP_RETRIES="0").returncode == 1
+    moved = "update marts.fct_organization_daily_financials set balance_usd = {}, balance_change_ratio = {}"
+    execute(db, moved.format(310, 0.0333) + f" where balance_date = '{DAY[1]}'")
+    slack.always(OK)
+    assert run_alerts(db, webhook=slack.url).returncode == 0
+    assert history(db)[(1, DAY[1])] == ("superseded", 1)
+    execute(db, moved.format(900, 2) + f" where balance_date = '{DAY[1]}'")
+
+    rerun = run_alerts(db, webhook=slack.url, ALERT_SUPPRESS_DAYS="3")
+
+    assert rerun.returncode == 0, rerun.stderr
+    assert history(db) == {(1, DAY[0]): ("sent", 1), (1, DAY[1]): ("suppressed", 1)}
+    assert organizations_in(slack.delivered) == [1]  # the first day's, only
 
 
 def test_a_superseded_day_that_alerts_again_is_reopened_and_sent(db, slack):

@@ -294,12 +294,14 @@ def _reopened_if_alerting_again(
     settings: Settings,
     summary: Summary,
 ) -> None:
-    """A superseded alert was never sent: when a later rebuild makes its day alert again (a rules change
-    undone, say), it is reopened with the day's numbers and sent, its attempts kept (store.record_alerts),
-    by any run, not only one that processes its day again."""
+    """A superseded alert was never sent: when its day alerts again (a later rebuild, a rules change undone
+    say), it is reopened with the day's numbers and sent, its attempts kept (store.record_alerts), by any
+    run, not only one that processes its day again; --suppress-days holds it back as it would a new one."""
     again = [current for current in (_alert_now(alert, view, settings) for alert in alerts) if current]
     if again:
-        store.record_alerts(ops, destination, again)
+        recent = _recent(ops, destination, again, settings)
+        held = noise.suppressed(again, recent, settings.noise.suppress_days)
+        summary.suppressed += store.record_alerts(ops, destination, again, suppressed=held)
         summary.reopened += len(again)
 
 

@@ -234,7 +234,7 @@ def record_alerts(
         reopen = {column: insert.excluded[column] for column in (*_NUMBERS, "status", "detected_at")}
         statement = insert.on_conflict_do_update(
             constraint="alert_history_pkey",
-            set_={**reopen, "last_error": None},
+            set_={**reopen, "last_error": None, "digest_id": None},
             where=history.c.status == SUPERSEDED,
         ).returning(history.c.status)
         statuses = conn.execute(statement).scalars().all()

@@ -154,7 +154,7 @@ class Summary:
                 )
         if self.reopened:
             reopened = plural(self.reopened, "superseded alert")
-            why = "a later rebuild made their day alert again"
+            why = "its day alerts again" if self.reopened == 1 else "their days alert again"
             if self.dry_run:
                 notes.append(f"{reopened} would be reopened: {why}.")
             else:
