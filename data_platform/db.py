@@ -59,12 +59,16 @@ def with_dead_client_check(options: str | None) -> str:
 
 
 def check_for_dead_client(conn: psycopg.Connection) -> bool:
-    """Turn the check on for `conn`'s session, unless a value was set for it (PGOPTIONS, the role, the
-    database); whether it did, so that the caller can `reset` it."""
-    turned_on = conn.execute(
-        "select set_config(name, %s, false) from pg_settings where name = %s and source = 'default'",
-        (DEAD_CLIENT_CHECK_INTERVAL, DEAD_CLIENT_CHECK),
-    ).fetchone()
+    """Turn the check on for the session of `conn` (in autocommit mode), unless a value was set for it
+    (PGOPTIONS, the role, the database) or the server cannot check (Windows: the session goes on without
+    it); whether it did, so that the caller can `reset` it."""
+    try:
+        turned_on = conn.execute(
+            "select set_config(name, %s, false) from pg_settings where name = %s and source = 'default'",
+            (DEAD_CLIENT_CHECK_INTERVAL, DEAD_CLIENT_CHECK),
+        ).fetchone()
+    except psycopg.errors.InvalidParameterValue:
+        return False
     return turned_on is not None
 
 

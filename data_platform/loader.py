@@ -395,10 +395,11 @@ def load_exports(
         )
     exports = discover(csv_dir, as_of, through)
     _take_lock(conn, wait)
-    named = conn.execute("select current_setting('application_name')").fetchone()[0]
-    conn.execute("select set_config('application_name', %s, false)", [_session_name(os.getpid())])
-    checking = check_for_dead_client(conn)
+    named, checking = None, False
     try:
+        named = conn.execute("select current_setting('application_name')").fetchone()[0]
+        conn.execute("select set_config('application_name', %s, false)", [_session_name(os.getpid())])
+        checking = check_for_dead_client(conn)
         results = []
         for export in exports:
             result = load_export(
@@ -411,7 +412,8 @@ def load_exports(
     finally:
         if not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
             release_advisory_lock(conn, LOADER_LOCK_KEY)
-            conn.execute("select set_config('application_name', %s, false)", [named])
+            if named is not None:
+                conn.execute("select set_config('application_name', %s, false)", [named])
             if checking:
                 conn.execute(f"reset {DEAD_CLIENT_CHECK}")
 
