@@ -520,6 +520,28 @@ def test_down_server_fails_then_next_run_delivers_without_duplicates(db, slack):
     assert_no_secret(failed.stdout, failed.stderr, recovered.stdout, recovered.stderr, *errors)
 
 
+def rebuild_day(db: Database, day: date, balance: object, ratio: object) -> None:
+    """A rebuild (a rules change, or its undo) that moves the fact's balance on `day`."""
+    execute(
+        db,
+        "update marts.fct_organization_daily_financials set balance_usd = %s, balance_change_ratio = %s"
+        " where balance_date = %s",
+        (balance, ratio, day),
+    )
+
+
+def supersede_an_undelivered_alert(
+    db: Database, slack, day: date, balance: object, ratio: object, **failing: str
+) -> None:
+    """The day's alert cannot be delivered; then a rebuild moves the day to `balance`, which does not
+    alert, and the next run supersedes the alert."""
+    slack.always(server_error(500))
+    assert run_alerts(db, webhook=slack.url, ALERT_HTTP_RETRIES="0", **failing).returncode == 1
+    rebuild_day(db, day, balance, ratio)
+    slack.always(OK)
+    assert run_alerts(db, webhook=slack.url).returncode == 0
+
+
 def test_a_waiting_alert_whose_day_was_rebuilt_is_sent_as_the_fact_is_now_or_superseded(db, slack):
     # the drivers come from the marts as they are now: sending the recorded numbers with them would
     # explain a -$2,000 move with a -$500 payment
@@ -569,10 +591,7 @@ def test_a_dry_run_says_a_waiting_alert_would_be_superseded(db, slack):
     add_moves(db, (1, DAY[0], "100", "300"))
     slack.always(server_error(500))
     assert run_alerts(db, webhook=slack.url, ALERT_HTTP_RETRIES="0").returncode == 1
-    # a rebuild: the day no longer alerts
-    execute(
-        db, "update marts.fct_organization_daily_financials set balance_usd = 110, balance_change_ratio = .1"
-    )
+    rebuild_day(db, DAY[0], 110, 0.1)  # the day no longer alerts
 
     dry = run_alerts(db, "--dry-run", webhook=slack.url)
 
@@ -605,15 +624,10 @@ def test_a_superseded_day_that_alerts_again_is_sent_by_the_next_plain_run(db, sl
     # run, which does not process that day again, must still send it, not leave it superseded for good
     # (first tried in a digest: the reopened row is no longer listed as that digest's)
     add_moves(db, (1, DAY[0], "100", "300"))
-    slack.always(server_error(500))
-    assert run_alerts(db, webhook=slack.url, ALERT_HTTP_RETRIES="0", ALERT_DIGEST_OVER="0").returncode == 1
+    supersede_an_undelivered_alert(db, slack, DAY[0], 110, 0.1, ALERT_DIGEST_OVER="0")
     assert db.query("select digest_id is not null from ops.alert_history") == [(True,)]
-    moved = "update marts.fct_organization_daily_financials set balance_usd = {}, balance_change_ratio = {}"
-    execute(db, moved.format(110, 0.1))
-    slack.always(OK)
-    assert run_alerts(db, webhook=slack.url).returncode == 0
     assert history(db) == {(1, DAY[0]): ("superseded", 1)} and slack.delivered == []
-    execute(db, moved.format(400, 3))
+    rebuild_day(db, DAY[0], 400, 3)
     dry = run_alerts(db, "--dry-run", webhook=slack.url)
     assert "1 superseded alert would be reopened: its day alerts again." in dry.stdout
 
@@ -636,14 +650,9 @@ def test_a_reopened_alert_is_held_back_by_suppress_days_as_a_new_one_would_be(db
     add_moves(db, (1, DAY[0], "100", "300"))
     assert run_alerts(db, webhook=slack.url).returncode == 0
     add_moves(db, (1, DAY[1], "300", "900"))
-    slack.always(server_error(500))
-    assert run_alerts(db, webhook=slack.url, ALERT_HTTP_RETRIES="0").returncode == 1
-    moved = "update marts.fct_organization_daily_financials set balance_usd = {}, balance_change_ratio = {}"
-    execute(db, moved.format(310, 0.0333) + f" where balance_date = '{DAY[1]}'")
-    slack.always(OK)
-    assert run_alerts(db, webhook=slack.url).returncode == 0
+    supersede_an_undelivered_alert(db, slack, DAY[1], 310, 0.0333)
     assert history(db)[(1, DAY[1])] == ("superseded", 1)
-    execute(db, moved.format(900, 2) + f" where balance_date = '{DAY[1]}'")
+    rebuild_day(db, DAY[1], 900, 2)
 
     rerun = run_alerts(db, webhook=slack.url, ALERT_SUPPRESS_DAYS="3")
 
@@ -656,14 +665,9 @@ def test_a_superseded_day_that_alerts_again_is_reopened_and_sent(db, slack):
     # superseded means never sent: when a corrected rebuild makes the day alert again, a run that
     # processes it (here --date) sends it, and its attempts still count toward the at-most-twice bound
     add_moves(db, (1, DAY[0], "100", "300"))
-    slack.always(server_error(500))
-    assert run_alerts(db, webhook=slack.url, ALERT_HTTP_RETRIES="0").returncode == 1
-    moved = "update marts.fct_organization_daily_financials set balance_usd = {}, balance_change_ratio = {}"
-    execute(db, moved.format(110, 0.1))
-    slack.always(OK)
-    assert run_alerts(db, webhook=slack.url).returncode == 0
+    supersede_an_undelivered_alert(db, slack, DAY[0], 110, 0.1)
     assert history(db) == {(1, DAY[0]): ("superseded", 1)} and slack.delivered == []
-    execute(db, moved.format(300, 2))
+    rebuild_day(db, DAY[0], 300, 2)
 
     rerun = run_alerts(db, "--date", DAY[0].isoformat(), webhook=slack.url)
 

@@ -189,8 +189,7 @@ def _locked_run(
         _as_the_fact_is_now(ops, name, store.undelivered(ops, name), view, settings, summary)
         _reopened_if_alerting_again(ops, name, store.superseded(ops, name), view, settings, summary)
     for name, alerts in _by_destination(view, routing_).items():
-        held = noise.suppressed(alerts, _recent(ops, name, alerts, settings), settings.noise.suppress_days)
-        summary.suppressed += store.record_alerts(ops, name, alerts, suppressed=held)
+        _record(ops, name, alerts, settings, summary)
     for name, plan in view.plans.items():
         if plan.new_watermark is not None and plan.new_watermark != watermarks[name]:
             store.write_watermark(ops, name, plan.new_watermark)
@@ -248,6 +247,15 @@ def _by_destination(view: MartsView, routing_: Routing) -> dict[str, list[Alert]
     return grouped
 
 
+def _record(
+    ops: Connection, destination: str, alerts: list[Alert], settings: Settings, summary: Summary
+) -> None:
+    """Record `alerts` for `destination` as pending, or as suppressed where --suppress-days holds them back
+    (a superseded one is reopened: store.record_alerts)."""
+    held = noise.suppressed(alerts, _recent(ops, destination, alerts, settings), settings.noise.suppress_days)
+    summary.suppressed += store.record_alerts(ops, destination, alerts, suppressed=held)
+
+
 def _recent(ops: Connection, destination: str, alerts: list[Alert], settings: Settings):
     days = settings.noise.suppress_days
     if not days or not alerts:
@@ -299,9 +307,7 @@ def _reopened_if_alerting_again(
     run, not only one that processes its day again; --suppress-days holds it back as it would a new one."""
     again = [current for current in (_alert_now(alert, view, settings) for alert in alerts) if current]
     if again:
-        recent = _recent(ops, destination, again, settings)
-        held = noise.suppressed(again, recent, settings.noise.suppress_days)
-        summary.suppressed += store.record_alerts(ops, destination, again, suppressed=held)
+        _record(ops, destination, again, settings, summary)
         summary.reopened += len(again)
 
 
