@@ -61,16 +61,12 @@
     exact on an engine whose decimal division is exact when the quotient is a whole number (Spark,
     Postgres), not on DuckDB, whose `/` returns a double (its own version below). -#}
 {% macro default__to_usd(amount, fx_rate) -%}
-    {%- set cents = 'cast(abs(cast(' ~ amount ~ ' as decimal(38, 2))) * 100 as decimal(38, 0))' -%}
-    {%- set rate = 'cast(cast(' ~ fx_rate ~ ' as decimal(38, 8)) * 100000000 as decimal(38, 0))' -%}
-    {%- set numerator = '(2 * ' ~ cents ~ ' * 100000000 + ' ~ rate ~ ')' -%}
-    {%- set denominator = '(2 * ' ~ rate ~ ')' -%}
-    cast(
-        case when {{ amount }} < 0 then -1 else 1 end
-        * cast(({{ numerator }} - {{ numerator }} % {{ denominator }}) / {{ denominator }} as decimal(38, 0))
-        * 0.01
-        as decimal(38, 2)
-    )
+    {%- set numerator, denominator = usd_cents_division(amount, fx_rate, 'decimal(38, 0)') -%}
+    {{ signed_usd(
+        amount,
+        'cast((' ~ numerator ~ ' - ' ~ numerator ~ ' % ' ~ denominator ~ ') / ' ~ denominator
+        ~ ' as decimal(38, 0))'
+    ) }}
 {%- endmacro %}
 
 {#- DuckDB's `/` always returns a double: its integer division `//` on 128-bit integers is exact, but
@@ -81,20 +77,26 @@
     where the margin passes half a cent, every amount takes the exact path. -#}
 {% macro duckdb__to_usd(amount, fx_rate) -%}
     {%- set quotient = '(abs(cast(' ~ amount ~ ' as double)) / cast(' ~ fx_rate ~ ' as double) * 100)' -%}
-    {%- set cents = 'cast(abs(cast(' ~ amount ~ ' as decimal(38, 2))) * 100 as hugeint)' -%}
-    {%- set rate = 'cast(cast(' ~ fx_rate ~ ' as decimal(38, 8)) * 100000000 as hugeint)' -%}
-    cast(
-        case when {{ amount }} < 0 then -1 else 1 end
-        * case
-            when
-                {{ quotient }} < 1e15
-                and abs({{ quotient }} - floor({{ quotient }}) - 0.5) > 1e-15 * {{ quotient }}
-                then cast(round({{ quotient }}) as bigint)
-            else (2 * {{ cents }} * 100000000 + {{ rate }}) // (2 * {{ rate }})
-        end
-        * 0.01
-        as decimal(38, 2)
-    )
+    {%- set numerator, denominator = usd_cents_division(amount, fx_rate, 'hugeint') -%}
+    {{ signed_usd(
+        amount,
+        'case when ' ~ quotient ~ ' < 1e15 and abs(' ~ quotient ~ ' - floor(' ~ quotient ~ ') - 0.5) > 1e-15 * '
+        ~ quotient ~ ' then cast(round(' ~ quotient ~ ') as bigint) else ' ~ numerator ~ ' // ' ~ denominator
+        ~ ' end'
+    ) }}
+{%- endmacro %}
+
+{#- The exact rounding of default__to_usd, as [numerator, denominator] in `integer_type`: the floor of
+    their quotient is the amount's absolute value in cents, rounded half away from zero. -#}
+{% macro usd_cents_division(amount, fx_rate, integer_type) -%}
+    {%- set cents = 'cast(abs(cast(' ~ amount ~ ' as decimal(38, 2))) * 100 as ' ~ integer_type ~ ')' -%}
+    {%- set rate = 'cast(cast(' ~ fx_rate ~ ' as decimal(38, 8)) * 100000000 as ' ~ integer_type ~ ')' -%}
+    {{ return(['(2 * ' ~ cents ~ ' * 100000000 + ' ~ rate ~ ')', '(2 * ' ~ rate ~ ')']) }}
+{%- endmacro %}
+
+{#- A whole number of cents, the amount's absolute value in USD, as the USD amount with its sign. -#}
+{% macro signed_usd(amount, absolute_cents) -%}
+    cast(case when {{ amount }} < 0 then -1 else 1 end * {{ absolute_cents }} * 0.01 as decimal(38, 2))
 {%- endmacro %}
 
 {% macro postgres__to_usd(amount, fx_rate) -%}
