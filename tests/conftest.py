@@ -26,6 +26,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -423,3 +424,11 @@ def sessions_blocked_by(database: Database, holder: psycopg.Connection) -> list[
         (holder.info.backend_pid,),
     )
     return [application for (application,) in blocked]
+
+
+def wait_until(condition, what: str, timeout: float = 30) -> None:
+    """Poll `condition` until it holds; fail, naming `what` was waited for, after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)

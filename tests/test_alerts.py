@@ -22,7 +22,7 @@ from decimal import Decimal
 
 import psycopg
 import pytest
-from conftest import PROJECT_ROOT, Database
+from conftest import PROJECT_ROOT, Database, wait_until
 from slack_stub import (
     OK,
     QUERY_SECRET,
@@ -273,13 +273,6 @@ def watermark(db: Database, destination: str | None = None) -> date | None:
 
 def ops_tables(db: Database) -> set[str]:
     return {r[0] for r in db.query("select tablename from pg_tables where schemaname = 'ops'")}
-
-
-def wait_until(condition, what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def alert_lines(stdout: str) -> list[str]:

@@ -36,7 +36,6 @@ from test_alerts import (  # noqa: F401  (db, warehouse are fixtures)
     run_alerts,
     start_alerts,
     stop_in_the_wait,
-    wait_until,
     warehouse,
 )
 from test_alerts_delivery import RawAnswers, answer

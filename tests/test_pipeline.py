@@ -29,6 +29,7 @@ from conftest import (
     run_pipeline,
     sessions_blocked_by,
     start_pipeline,
+    wait_until,
 )
 from process_support import KILLED_AT_START, fake_python, kill_group
 from psycopg import sql
@@ -761,10 +762,7 @@ def test_a_build_whose_dbt_is_killed_outright_leaves_no_statement_running(make_d
             assert len(dbt) == 1, dbt
             dbt[0].kill()
             assert run.wait(timeout=120) != 0
-            deadline = time.monotonic() + 30
-            while sessions_blocked_by(database, holder):
-                assert time.monotonic() < deadline, "the killed dbt's statement still waits for the lock"
-                time.sleep(0.2)
+            wait_until(lambda: not sessions_blocked_by(database, holder), "the killed dbt's statement to end")
         finally:
             kill_group(run)
 
