@@ -7,60 +7,52 @@
     cascade. The views built on it follow the rename and are dropped with it: intermediate's
     int_invoice_ledger_entries, built on staging's stg_payments__exports, was missing from the first node
     of every build to its own, and for good when the build stopped in between. Replaced in place, a view
-    keeps its dependants, its grants and its comments. A view whose columns changed otherwise (Postgres
-    refuses to replace it) goes dbt's default way.
+    keeps its dependants, its grants and its comments. Any other model (a new view, a view whose columns
+    changed otherwise, which Postgres refuses to replace) is built by dbt's default materialization
+    itself (materialization_view_default).
 #}
 {%- materialization view, adapter='postgres' -%}
 
     {%- set existing_relation = load_cached_relation(this) -%}
+    {%- if not view_replaceable_in_place(existing_relation, sql) -%}
+        {{ return(materialization_view_default()) }}
+    {%- endif -%}
     {%- set target_relation = this.incorporate(type='view') -%}
-    {%- set intermediate_relation = make_intermediate_relation(target_relation) -%}
-    {%- set preexisting_intermediate_relation = load_cached_relation(intermediate_relation) -%}
-    {%- set backup_relation_type = 'view' if existing_relation is none else existing_relation.type -%}
-    {%- set backup_relation = make_backup_relation(target_relation, backup_relation_type) -%}
-    {%- set preexisting_backup_relation = load_cached_relation(backup_relation) -%}
     {%- set grant_config = config.get('grants') -%}
 
     {{ run_hooks(pre_hooks, inside_transaction=False) }}
-    {{ drop_relation_if_exists(preexisting_intermediate_relation) }}
-    {{ drop_relation_if_exists(preexisting_backup_relation) }}
     {{ run_hooks(pre_hooks, inside_transaction=True) }}
-
     {% call statement('main') -%}
-        {{ get_create_view_as_sql(intermediate_relation, sql) }}
+        {{ get_replace_view_sql(target_relation, sql) }}
     {%- endcall %}
-
-    {%- set in_place = existing_relation is not none and existing_relation.is_view
-        and view_columns_extend(existing_relation, intermediate_relation) -%}
-    {% if in_place %}
-        {% call statement('replace_in_place') -%}
-            {{ get_replace_view_sql(target_relation, sql) }}
-        {%- endcall %}
-        {{ drop_relation_if_exists(intermediate_relation) }}
-    {% else %}
-        {% if existing_relation is not none %}
-            {% set existing_relation = load_cached_relation(existing_relation) %}
-            {% if existing_relation is not none %}
-                {{ adapter.rename_relation(existing_relation, backup_relation) }}
-            {% endif %}
-        {% endif %}
-        {{ adapter.rename_relation(intermediate_relation, target_relation) }}
-    {% endif %}
-
-    {% set should_revoke = should_revoke(existing_relation, full_refresh_mode=True) %}
-    {% do apply_grants(target_relation, grant_config, should_revoke=should_revoke) %}
+    {% do apply_grants(target_relation, grant_config, should_revoke=should_revoke(existing_relation, True)) %}
     {% do persist_docs(target_relation, model) %}
     {{ run_hooks(post_hooks, inside_transaction=True) }}
     {{ adapter.commit() }}
-
-    {% if not in_place %}
-        {{ drop_relation_if_exists(backup_relation) }}
-    {% endif %}
     {{ run_hooks(post_hooks, inside_transaction=False) }}
 
     {{ return({'relations': [target_relation]}) }}
 
 {%- endmaterialization -%}
+
+
+{#- Whether the existing relation is a view that `sql` can replace in place: the new query's columns, built
+    into a probe view that is dropped again, keep the view's (view_columns_extend). -#}
+{% macro view_replaceable_in_place(existing_relation, sql) -%}
+    {%- if existing_relation is none or not existing_relation.is_view -%}
+        {{ return(false) }}
+    {%- endif -%}
+    {%- set probe = make_intermediate_relation(existing_relation, '__dbt_probe') -%}
+    {% call statement('probe') -%}
+        drop view if exists {{ probe }};
+        {{ get_create_view_as_sql(probe, sql) }}
+    {%- endcall %}
+    {%- set replaceable = view_columns_extend(existing_relation, probe) -%}
+    {% call statement('drop_probe') -%}
+        drop view {{ probe }}
+    {%- endcall %}
+    {{ return(replaceable) }}
+{%- endmacro %}
 
 
 {#- Whether `candidate`'s columns are `existing`'s, in order, with any new ones after them: what
