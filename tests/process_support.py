@@ -62,3 +62,8 @@ def _group_of(pid: int) -> int | None:
         return os.getpgid(pid)
     except ProcessLookupError:
         return None
+
+
+def read_log(log: Path) -> str:
+    """A log another process is writing (its last character may be cut)."""
+    return log.read_text(errors="replace")

@@ -23,7 +23,7 @@ import pytest
 from conftest import PROJECT_ROOT, hold_the_loaders_lock, pipeline_env, sessions_blocked_by
 from dagster import AssetCheckSeverity, AssetKey, DagsterInstance, DagsterRunStatus, build_sensor_context
 from orchestration_support import TARGET, dagster_env, environment, load_definitions
-from process_support import kill_group, process_group_alive
+from process_support import kill_group, process_group_alive, read_log
 from slack_stub import OK, SlackStub, server_error, slow
 from test_docs_site import ARTIFACTS, free_port, needs_chromium, png_distinct_bytes, run_chromium, serving
 from test_pipeline import (
@@ -351,11 +351,6 @@ def test_a_build_step_whose_dbt_dies_shows_no_failed_test_of_an_earlier_build(
     assert "an_earlier_failure" not in message
 
 
-def read(log: Path) -> str:
-    """A log another process is writing (its last character may be cut)."""
-    return log.read_text(errors="replace")
-
-
 def test_terminating_a_run_stops_its_dbt_build_and_records_nothing(
     instance, dagster_home, make_database, tmp_path
 ):
@@ -391,12 +386,12 @@ def test_terminating_a_run_stops_its_dbt_build_and_records_nothing(
             # once the load is done, hold a lock that the build waits for at its first use of
             # raw.organizations: dbt is then stopped in the middle of its build, whatever the machine's speed
             deadline = time.monotonic() + 300
-            while "raw_tables - STEP_SUCCESS" not in read(log):
-                assert run.poll() is None and time.monotonic() < deadline, read(log)[-5000:]
+            while "raw_tables - STEP_SUCCESS" not in read_log(log):
+                assert run.poll() is None and time.monotonic() < deadline, read_log(log)[-5000:]
                 time.sleep(0.2)
             holder.execute("lock table raw.organizations in access exclusive mode")
             while not sessions_blocked_by(database, holder):
-                assert run.poll() is None and time.monotonic() < deadline, read(log)[-5000:]
+                assert run.poll() is None and time.monotonic() < deadline, read_log(log)[-5000:]
                 time.sleep(0.2)
             assert set(sessions_blocked_by(database, holder)) == {"dbt"}
             run.send_signal(signal.SIGINT)  # what Dagster's termination does to the run's process
@@ -405,11 +400,13 @@ def test_terminating_a_run_stops_its_dbt_build_and_records_nothing(
             # when the interrupt reached it, else ended by the server once dbt died with its step)
             deadline = time.monotonic() + 30
             while process_group_alive(run.pid):
-                assert time.monotonic() < deadline, f"a process of the run outlived it\n{read(log)[-5000:]}"
+                assert time.monotonic() < deadline, (
+                    "a process of the run outlived it\n" + read_log(log)[-5000:]
+                )
                 time.sleep(0.2)
         finally:
             kill_group(run)  # only what a failed assertion left
-        output = read(log)
+        output = read_log(log)
         while sessions_blocked_by(database, holder):
             assert time.monotonic() < deadline, f"dbt's statement still waits for the lock\n{output[-5000:]}"
             time.sleep(0.2)

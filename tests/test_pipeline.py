@@ -31,7 +31,7 @@ from conftest import (
     start_pipeline,
     wait_until,
 )
-from process_support import KILLED_AT_START, fake_python, kill_group
+from process_support import KILLED_AT_START, fake_python, kill_group, read_log
 from psycopg import sql
 from slack_stub import SlackStub, server_error
 
@@ -750,7 +750,7 @@ def test_a_build_whose_dbt_is_killed_outright_leaves_no_statement_running(make_d
         try:
             deadline = time.monotonic() + 120
             while not sessions_blocked_by(database, holder):
-                assert run.poll() is None, log.read_text(errors="replace")
+                assert run.poll() is None, read_log(log)
                 assert time.monotonic() < deadline, "the build never waited for the lock"
                 time.sleep(0.2)
             assert set(sessions_blocked_by(database, holder)) == {"dbt"}
