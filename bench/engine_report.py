@@ -51,7 +51,7 @@ def method_notes() -> list[str]:
         "Disk: the result's size after the build: Postgres's `pg_database_size` (raw, audit, staging, "
         "marts, with indexes), the DuckDB file (and its WAL), Spark's warehouse folder (Parquet).",
         "Marts: the fact's rows, its latest day, that day's rows and sum of balance_usd, the sum over "
-        "every day, and the rows of dim_organizations and dim_invoices (Spark's read back from its "
+        "every day, and the rows of dim_organizations and fct_invoices (Spark's read back from its "
         "Parquet files with DuckDB). Each engine must match the reference (Postgres when it ran): "
         "counts and sums exactly (USD amounts are exact decimals of cents on every engine).",
     ]
@@ -207,7 +207,7 @@ def _marts(results: dict[str, Any]) -> list[str]:
         _row("sum of balance_usd on the latest day", cells("latest_day_balance_usd", _usd)),
         _row("sum of balance_usd, every day", cells("all_days_balance_usd", _usd)),
         _row("dim_organizations rows", cells("dim_organizations_rows", _count)),
-        _row("dim_invoices rows", cells("dim_invoices_rows", _count)),
+        _row("fct_invoices rows", cells("fct_invoices_rows", _count)),
         _row(f"equal to {TITLES.get(reference, reference)}'s?", [verdict(name) for name in names]),
     ]
 

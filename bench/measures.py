@@ -36,7 +36,7 @@ FACT_COLUMNS = (
     "balance_change_ratio"
 )
 # the marts an incremental next day must leave exactly as a full rebuild computes them
-COMPARED_MARTS = ("fct_organization_daily_financials", "dim_invoices", "dim_organizations")
+COMPARED_MARTS = ("fct_organization_daily_financials", "fct_invoices", "dim_organizations")
 DOCS_STEP = "dbt docs generate"
 BUILD_STEP = "dbt build"
 

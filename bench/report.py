@@ -224,7 +224,7 @@ def _summary_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str
             "",
         ),
         (
-            "Next day's marts == a full rebuild's (fact, dim_invoices, dim_organizations)",
+            "Next day's marts == a full rebuild's (fact, fct_invoices, dim_organizations)",
             ", ".join(f"{mart}: {_yes(not any(pair))}" for mart, pair in day["rows_differing"].items()),
             "must match",
             "",

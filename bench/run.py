@@ -115,7 +115,7 @@ def method_notes(results: dict[str, Any]) -> list[str]:
         "decides incremental; alerts to the console), "
         "without its docs step; before it, an untimed `vacuum (analyze)` and `checkpoint` stand for the "
         "day between (autovacuum's work on the freshly built tables, the timed checkpoints' writes). "
-        "The fact, dim_invoices and dim_organizations are then compared with `dbt run --full-refresh` "
+        "The fact, fct_invoices and dim_organizations are then compared with `dbt run --full-refresh` "
         "over the same raw tables (EXCEPT ALL both ways). The export's load: its `duration_seconds` in "
         "raw.load_log (the loader's time for it up to the commit).",
         f"Alert query: `alerts_query(latest, latest, 0.5)` executed and fetched through SQLAlchemy as the "

@@ -398,7 +398,7 @@ def build_failures_report(target_dir: Path, limit: int = FAILED_ROWS_SHOWN) -> l
 
 
 def _kind_and_name(result: dict) -> tuple[str, str]:
-    """("test", "not_null_dim_invoices_invoice_id") from a result's unique id, kind.project.name[.hash]."""
+    """("test", "not_null_fct_invoices_invoice_id") from a result's unique id, kind.project.name[.hash]."""
     parts = str(result.get("unique_id", "")).split(".")
     return parts[0], parts[2] if len(parts) > 2 else parts[-1]
 

@@ -40,8 +40,8 @@ def test_marts_built_by_a_superuser_are_readable_by_the_alerter(make_database, t
     )
     assert grants == [
         ("dim_alert_routes",),
-        ("dim_invoices",),
         ("dim_organizations",),
+        ("fct_invoices",),
         ("fct_organization_daily_drivers",),
         ("fct_organization_daily_financials",),
     ]

@@ -61,7 +61,7 @@ def test_duckdb_build_is_timed_in_parts_and_its_marts_summarised(duckdb_run):
     assert duckdb["dbt_nodes_by_type"]["model"] > 0 and duckdb["dbt_nodes_by_type"]["test"] > 0
     assert "unit_test" not in duckdb["dbt_nodes_by_type"]
     marts = duckdb["marts"]
-    assert marts["dim_invoices_rows"] == INVOICES
+    assert marts["fct_invoices_rows"] == INVOICES
     assert marts["fact_rows"] >= marts["latest_day_rows"] > 0
     assert results["checks"] == {"every_engine_finished": True, "marts_equal": True}
     assert results["machine"]["cpu_count"] >= 1 and results["versions"]["duckdb"]
@@ -79,7 +79,7 @@ def _summary(**changes):
         "latest_day_balance_usd": "1000.00",
         "all_days_balance_usd": "50000.00",
         "dim_organizations_rows": 10,
-        "dim_invoices_rows": 100,
+        "fct_invoices_rows": 100,
     }
     return summary | changes
 
@@ -90,7 +90,7 @@ def test_marts_comparison_wants_every_count_and_sum_equal_to_the_cent():
             "postgres": _summary(),
             "duckdb": _summary(),
             "spark": _summary(latest_day_balance_usd="1000.01"),
-            "other": _summary(dim_invoices_rows=99),
+            "other": _summary(fct_invoices_rows=99),
         },
         "postgres",
     )
@@ -98,7 +98,7 @@ def test_marts_comparison_wants_every_count_and_sum_equal_to_the_cent():
     assert verdicts == {"postgres": True, "duckdb": True, "spark": False, "other": False}
     assert comparison["engines"]["spark"]["differing"] == ["latest_day_balance_usd"]
     assert comparison["engines"]["spark"]["sum_differences_usd"] == {"latest_day_balance_usd": "0.01"}
-    assert comparison["engines"]["other"]["differing"] == ["dim_invoices_rows"]
+    assert comparison["engines"]["other"]["differing"] == ["fct_invoices_rows"]
     assert comparison["all_equal"] is False
 
 

@@ -167,7 +167,7 @@ def test_next_day_is_incremental_and_equals_a_full_rebuild(bench_run):
     assert day["files_read_again"] == 0
     assert day["rows_differing"] == {
         "fct_organization_daily_financials": [0, 0],
-        "dim_invoices": [0, 0],
+        "fct_invoices": [0, 0],
         "dim_organizations": [0, 0],
     }
     assert results["checks"] == {

@@ -369,7 +369,7 @@ def test_the_cents_case_is_what_its_comments_say(cents):
         (CENTS_DAY,),
     )
     assert [(count, [entry["invoice_id"] for entry in top]) for count, top in payments] == [(3, [1, 2])]
-    assert database.query("select amount_usd from marts.dim_invoices where invoice_id = 20") == [
+    assert database.query("select amount_usd from marts.fct_invoices where invoice_id = 20") == [
         (Decimal("82395.69"),)
     ]
 

@@ -76,7 +76,7 @@ DAY_3_ROWS = [
 # differs between incremental runs and one full build by design
 TABLES = {
     "marts.fct_organization_daily_financials": ("*", "organization_id, balance_date"),
-    "marts.dim_invoices": ("*", "invoice_id"),
+    "marts.fct_invoices": ("*", "invoice_id"),
     "marts.dim_organizations": ("*", "organization_id"),
     "marts.fct_organization_daily_drivers": ("*", "organization_id, balance_date, driver_kind"),
     "intermediate.int_organization_daily_status_totals": ("*", "organization_id, balance_date, status"),
@@ -188,7 +188,7 @@ def test_an_invoice_moving_organization_leaves_one_and_joins_the_other(ledger):
     assert fact_row(database, 2, DAY_3)[1:6] == (2, D(-130), D(-130), D(130), D(0))
     assert fact_row(database, 3, DAY_3)[1:6] == (1, D(30), D(30), D(5), D(35))
     current = database.query(
-        "select organization_id, version, status from marts.dim_invoices where invoice_id = 206"
+        "select organization_id, version, status from marts.fct_invoices where invoice_id = 206"
     )
     assert current == [(3, 2, "open")]
 
@@ -206,7 +206,7 @@ def test_a_day_s_invoiced_and_paid_amounts_are_net_changes(ledger):
 def test_amounts_that_cancel_out_in_their_currency_leave_a_zero_balance(ledger):
     database = ledger["database"]
     amounts = database.query(
-        "select amount_usd from marts.dim_invoices where invoice_id in (501, 502, 503) order by invoice_id"
+        "select amount_usd from marts.fct_invoices where invoice_id in (501, 502, 503) order by invoice_id"
     )
     assert amounts == [(D("54.35"),), (D("54.35"),), (D("108.70"),)]
     # a remainder like -1e-16 would make the next day's move a 10^19 % alert, not one from zero
@@ -456,11 +456,11 @@ def hold_the_build_after(project: Path, model: str) -> None:
 
 def assert_held_until_rebuilt_in_full(database, csv_dir: Path, built: dict, alert_says: str) -> None:
     """After a build with the `open` rule at 0,0 that the pipeline did not record, and with the rules put back
-    as its last successful build had them: dim_invoices holds the edited rules' numbers (the 40.00 open
+    as its last successful build had them: fct_invoices holds the edited rules' numbers (the 40.00 open
     invoice counts 0), an alert run by hand reads nothing of marts that mix both rules' numbers (its error
     says `alert_says`), and the next run rebuilds in full, back to `built`."""
     assert database.query(
-        "select balance_contribution_usd from marts.dim_invoices where invoice_id = 11"
+        "select balance_contribution_usd from marts.fct_invoices where invoice_id = 11"
     ) == [(D(0),)]
     hand_run = run_alerts(database)
     assert hand_run.returncode == 2, hand_run.stdout
@@ -505,11 +505,11 @@ def test_a_stopped_rules_change_then_undone_is_rebuilt_in_full_next_time(make_da
     built = snapshot(database)
 
     project = project_with_zero_rule(tmp_path / "project", "open")
-    hold_the_build_after(project, "dim_invoices")
+    hold_the_build_after(project, "fct_invoices")
     output = stop_the_pipeline(
-        database, csv_dir, project, when="OK created sql incremental model marts.dim_invoices"
+        database, csv_dir, project, when="OK created sql incremental model marts.fct_invoices"
     )
-    # the held model's query outlives its client until its sleep ends; it would hold dim_invoices
+    # the held model's query outlives its client until its sleep ends; it would hold fct_invoices
     database.query(
         "select pg_terminate_backend(pid) from pg_stat_activity "
         "where query like '%pg_sleep(600)%' and datname = current_database() and pid <> pg_backend_pid()"
@@ -559,8 +559,8 @@ def test_a_hand_build_marks_the_record_whenever_it_builds_a_model_that_keeps_day
         assert not marked(database), what
     recomputing = {
         "every day (no window)": (["run", "-s", "fct_organization_daily_financials"], {}),
-        "an earlier window": (["run", "-s", "dim_invoices"], {"LEDGER_WINDOW_START": "2023-01-06"}),
-        "a full refresh": (["run", "--full-refresh", "-s", "dim_invoices"], window),
+        "an earlier window": (["run", "-s", "fct_invoices"], {"LEDGER_WINDOW_START": "2023-01-06"}),
+        "a full refresh": (["run", "--full-refresh", "-s", "fct_invoices"], window),
         # the status totals keep every day they summed: the pipeline's next build would not sum it again
         "the pipeline's own window": (["build", *hand], window),
     }
@@ -570,7 +570,7 @@ def test_a_hand_build_marks_the_record_whenever_it_builds_a_model_that_keeps_day
     # a record from before the mark existed: the hook drops it, so that the next build is full too
     with database.connect("admin", autocommit=True) as conn:
         conn.execute("alter table raw.build_state drop column full_build_started_at")
-    dbt_by_hand(database, csv_dir, PROJECT_ROOT, "run", "-s", "dim_invoices")
+    dbt_by_hand(database, csv_dir, PROJECT_ROOT, "run", "-s", "fct_invoices")
     assert database.query("select count(*) from raw.build_state") == [(0,)]
 
 

@@ -152,21 +152,21 @@ def test_balances_book_on_the_utc_day_whatever_the_server_s_time_zone(make_datab
     assert fact_rows(database) == EXPECTED_FACT
 
 
-def test_dim_invoices_keeps_ids_exact_and_nulls_the_sentinel(fixture_pipeline):
+def test_fct_invoices_keeps_ids_exact_and_nulls_the_sentinel(fixture_pipeline):
     database, _, _ = fixture_pipeline
     row = database.query(
         """
         select invoice_id, parent_invoice_id, transaction_id, amount_usd, payment_amount_usd,
                balance_contribution_usd
-        from marts.dim_invoices where invoice_id = 9007199254740993
+        from marts.fct_invoices where invoice_id = 9007199254740993
         """
     )
     assert row == [(9007199254740993, 101, 555, D(100), D(100), D(0))]
     sentinel_rows = database.query(
-        "select parent_invoice_id, transaction_id from marts.dim_invoices where invoice_id = 101"
+        "select parent_invoice_id, transaction_id from marts.fct_invoices where invoice_id = 101"
     )
     assert sentinel_rows == [(None, None)]
-    assert database.query("select count(*) from marts.dim_invoices")[0][0] == len(INVOICE_ROWS)
+    assert database.query("select count(*) from marts.fct_invoices")[0][0] == len(INVOICE_ROWS)
 
 
 def lookup_plan(database, query: str) -> str:
@@ -202,7 +202,7 @@ def test_a_join_looks_a_version_up_by_key_through_the_staging_view(fixture_pipel
 
 
 def test_a_join_looks_a_current_invoice_up_by_key_through_the_staging_view(fixture_pipeline):
-    """dim_invoices' incremental join: a day's versions look their current rows up by the current state's
+    """fct_invoices' incremental join: a day's versions look their current rows up by the current state's
     primary key. With a WITH clause in stg_payments__invoices the join scanned all 12.7M current rows for
     a day's 30,000 versions (5.8 s). Hash and merge joins are off so that only a lookup can serve it."""
     plan = lookup_plan(
@@ -368,7 +368,7 @@ def test_every_generic_test_on_an_incremental_model_checks_only_the_ledger_windo
     nodes = manifest["nodes"]
     incremental = {key for key, node in nodes.items() if node["config"].get("materialized") == "incremental"}
     names = {key.split(".")[-1] for key in incremental}
-    assert names >= {"fct_organization_daily_financials", "dim_invoices"}
+    assert names >= {"fct_organization_daily_financials", "fct_invoices"}
     unwindowed = [
         key.split(".")[2]
         for key, node in nodes.items()
@@ -411,9 +411,9 @@ def test_no_data_test_checks_what_its_model_makes_true_by_itself(fixture_pipelin
         # on not-null raw columns, or (balance_date) filtered by a window on itself
         ("not_null", "fct_organization_daily_financials", "organization_id"),
         ("not_null", "fct_organization_daily_financials", "balance_date"),
-        ("not_null", "dim_invoices", "organization_id"),
+        ("not_null", "fct_invoices", "organization_id"),
         # dim_organizations holds every organization the invoices name
-        ("relationships", "dim_invoices", "organization_id"),
+        ("relationships", "fct_invoices", "organization_id"),
     }
     # dim_organizations: its key and counts come from primary keys, unique indexes and coalesces
     cannot_fail = [test for test in tests if test in restating or test[1] == "dim_organizations"]
@@ -445,7 +445,7 @@ def test_the_dbt_unit_tests_pass(fixture_pipeline):
     result = dbt_test(fixture_pipeline, "test_type:unit")
     assert result.returncode == 0, result.stdout
     assert declared >= 7
-    # the project's on-run-start hook is a result too
+    # the project's on-run-start hooks are results too
     results = json.loads((fixture_pipeline[2] / "run_results.json").read_text())["results"]
     unit = [r["status"] for r in results if r["unique_id"].startswith("unit_test.")]
     assert unit == ["pass"] * declared, result.stdout[-2000:]
@@ -629,14 +629,14 @@ def test_demo_data_builds_every_model(make_database):
     counts = dict(
         database.query(
             """
-            select 'dim_invoices', count(*) from marts.dim_invoices
+            select 'fct_invoices', count(*) from marts.fct_invoices
             union all select 'raw_invoices', count(*) from raw.invoices
             union all select 'dim_organizations', count(*) from marts.dim_organizations
             union all select 'fct', count(*) from marts.fct_organization_daily_financials
             """
         )
     )
-    assert counts["dim_invoices"] == counts["raw_invoices"] > 1000
+    assert counts["fct_invoices"] == counts["raw_invoices"] > 1000
     assert counts["dim_organizations"] > 100 and counts["fct"] > 1000
     # every fact row reconciles: balance = previous + change
     mismatches = database.query(
@@ -1015,6 +1015,25 @@ def test_a_rebuilt_view_keeps_the_views_built_on_it_and_a_reordered_one_still_bu
     )
     assert [name for (name,) in columns][3:5] == ["invoices_new", "invoice_rows"]
     assert database.query("select count(*) > 0 from intermediate.int_invoice_ledger_entries") == [(True,)]
+
+
+def test_a_build_drops_the_table_a_renamed_model_left_behind(make_database, tmp_path):
+    """fct_invoices was dim_invoices: dbt leaves a renamed model's old table as it was, and whoever still
+    read it would get numbers that are no longer updated. The next build drops it, and what was built on
+    it, so that they fail instead."""
+    database, csv_dir = make_database(), write_fixture(tmp_path / "csv")
+    assert_succeeded(run_pipeline(database, csv_dir))
+    # the table as an older version of the project built it, and a reader's view on it
+    with database.connect("transformer", autocommit=True) as conn:
+        conn.execute("create table marts.dim_invoices as select * from marts.fct_invoices")
+        conn.execute("create view marts.readers_invoices as select * from marts.dim_invoices where amount > 0")
+    result = run_pipeline(database, csv_dir)
+    assert_succeeded(result)
+    assert "dropping " in result.stdout and "dim_invoices" in result.stdout, result.stdout
+    assert database.query(
+        "select to_regclass('marts.dim_invoices'), to_regclass('marts.readers_invoices'),"
+        " to_regclass('marts.fct_invoices') is not null"
+    ) == [(None, None, True)]
 
 
 def test_an_alerter_user_that_is_not_a_role_stops_the_run_before_the_load(make_database, tmp_path):

@@ -137,8 +137,8 @@ def test_a_macro_edit_or_a_renamed_model_changes_the_project_fingerprint(tmp_pat
     macro.write_text(macro.read_text().replace("- {{ rules }}.paid", "+ {{ rules }}.paid"))
     edited = refresh.project_fingerprint(project)
     assert edited != before
-    model = project / "models" / "marts" / "dim_invoices.sql"
-    model.rename(model.with_name("dim_invoices_v2.sql"))
+    model = project / "models" / "marts" / "fct_invoices.sql"
+    model.rename(model.with_name("fct_invoices_v2.sql"))
     assert refresh.project_fingerprint(project) != edited
 
 
@@ -171,7 +171,7 @@ def test_each_successful_build_replaces_every_field_of_the_record(conn, loaded, 
     refresh.record_build(conn, refresh.plan_build(conn, project_dir=project).current, reader=READER)
     write_export(loaded, "2024-01-02", [invoice(1)])
     load_exports(conn, loaded)
-    for edited in ("seeds/invoice_enrichment.csv", "models/marts/dim_invoices.sql"):
+    for edited in ("seeds/invoice_enrichment.csv", "models/marts/fct_invoices.sql"):
         (project / edited).write_text((project / edited).read_text() + "\n")
     changed = refresh.plan_build(conn, project_dir=project)
     assert changed.full_refresh

@@ -1,6 +1,6 @@
 -- The ledger adds up to the current state: per organization and status, the invoice count and balance
 -- booked on the window's days (int_organization_daily_status_totals) equal what the window changed in the
--- invoices' current versions: the current versions first seen in the window (dim_invoices), minus, for
+-- invoices' current versions: the current versions first seen in the window (fct_invoices), minus, for
 -- invoices that existed before it, the version that was current then. A full build's window holds every
 -- day, so it compares the whole ledger with every current invoice; an incremental build reads only the
 -- window's rows. A mismatch means a version was lost or booked twice. Returns the differing groups.
@@ -29,7 +29,7 @@ changed_invoices as (
         status,
         balance_contribution_usd
 
-    from {{ ref('dim_invoices') }}
+    from {{ ref('fct_invoices') }}
     where version_seen_on >= {{ ledger_window_start() }}
 
 ),

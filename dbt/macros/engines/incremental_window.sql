@@ -89,7 +89,7 @@ from {{ new_rows }};
 
 
 {#-
-    dim_invoices replaces the invoices a newer export changed (by invoice_id, keyed_replace_strategy
+    fct_invoices replaces the invoices a newer export changed (by invoice_id, keyed_replace_strategy
     below), int_organization_status_totals the organizations and statuses a run touched. Spark's Parquet
     tables cannot replace single rows (merge needs Delta or Iceberg), so there they are tables rebuilt on
     each run: a scan, which is what Spark is for.
