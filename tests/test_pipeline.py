@@ -1026,12 +1026,12 @@ def test_a_build_drops_the_table_a_renamed_model_left_behind(make_database, tmp_
     # the table as an older version of the project built it, and a reader's view on it
     with database.connect("transformer", autocommit=True) as conn:
         conn.execute("create table marts.dim_invoices as select * from marts.fct_invoices")
-        conn.execute("create view marts.readers_invoices as select * from marts.dim_invoices where amount > 0")
+        conn.execute("create view marts.readers_view as select * from marts.dim_invoices where amount > 0")
     result = run_pipeline(database, csv_dir)
     assert_succeeded(result)
     assert "dropping " in result.stdout and "dim_invoices" in result.stdout, result.stdout
     assert database.query(
-        "select to_regclass('marts.dim_invoices'), to_regclass('marts.readers_invoices'),"
+        "select to_regclass('marts.dim_invoices'), to_regclass('marts.readers_view'),"
         " to_regclass('marts.fct_invoices') is not null"
     ) == [(None, None, True)]
 
