@@ -399,6 +399,35 @@ def test_a_destination_ahead_of_the_catch_up_gets_only_what_it_never_got(db):  #
     assert watermarks == [("VIP_WEBHOOK", DAY[2]), ("slack", DAY[2])]
 
 
+def test_a_route_put_back_is_not_sent_what_another_destination_got_meanwhile(db):  # noqa: F811
+    # VIP's route is removed for a day, then put back: its watermark is still that of its last run, so
+    # the next run reads the day in between, whose alert the default destination already delivered
+    set_routes(db, VIP, DEFAULT)
+    add_moves(db, (1, DAY[0], "100", "300"))
+    with SlackStub() as vip, SlackStub() as default:
+        assert run_alerts(db, webhook=default.url, VIP_WEBHOOK=vip.url).returncode == 0
+        set_routes(db, DEFAULT)
+        add_moves(db, (1, DAY[1], "300", "900"))
+        assert run_alerts(db, webhook=default.url).returncode == 0
+        set_routes(db, VIP, DEFAULT)
+        add_moves(db, (1, DAY[2], "900", "100"))
+
+        back = run_alerts(db, webhook=default.url, VIP_WEBHOOK=vip.url)
+
+    assert back.returncode == 0, back.stderr
+    assert alerted_days(vip.delivered) == [("1", "2024-03-01"), ("1", "2024-03-03")]
+    assert [body["blocks"][0]["text"]["text"] for body in default.delivered] == [
+        "Balance alert: organization 1"
+    ]
+    assert history(db, "VIP_WEBHOOK") == {(1, DAY[0]): ("sent", 1), (1, DAY[2]): ("sent", 1)}
+    assert history(db, "slack") == {(1, DAY[1]): ("sent", 1)}
+    assert "2 days processed (2024-03-02..2024-03-03), 1 alert sent" in back.stdout
+    assert (
+        "1 alert already recorded for another destination before the routes changed: not sent again."
+        in back.stdout
+    )
+
+
 # --- Slack's rate limit ------------------------------------------------------------------------------
 
 

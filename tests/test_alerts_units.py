@@ -345,6 +345,8 @@ def test_noise_defaults_environment_and_flags():
     env = {"ALERT_MIN_CHANGE_USD": "250", "ALERT_SUPPRESS_DAYS": "3", "ALERT_CRITICAL_USD": "5,000"}
     settings = config.load(["--suppress-days", "0", "--critical-threshold", "2"], env)
     assert settings.noise == NoiseSettings(Decimal(250), Decimal(2), Decimal(5000), 0)  # the flag wins
+    grouped = config.load(["--min-change-usd", "1,234,567.5", "--critical-usd", "10_000"], {})
+    assert (grouped.noise.min_change_usd, grouped.noise.critical_usd) == (Decimal("1234567.5"), 10000)
     assert "environment" not in repr(settings)  # the webhooks in it are secrets
 
 
@@ -352,6 +354,11 @@ def test_noise_defaults_environment_and_flags():
     ("env", "message"),
     [
         ({"ALERT_MIN_CHANGE_USD": "a lot"}, "ALERT_MIN_CHANGE_USD: expected an amount in USD"),
+        # a comma or an underscore only between groups of three digits: 1,5 is not 15
+        ({"ALERT_MIN_CHANGE_USD": "1,5"}, "ALERT_MIN_CHANGE_USD: expected an amount in USD"),
+        ({"ALERT_CRITICAL_USD": "1,0,0,0"}, "ALERT_CRITICAL_USD: expected an amount in USD"),
+        ({"ALERT_MIN_CHANGE_USD": "10,00.5"}, "ALERT_MIN_CHANGE_USD: expected an amount in USD"),
+        ({"ALERT_MIN_CHANGE_USD": "1_0"}, "ALERT_MIN_CHANGE_USD: expected an amount in USD"),
         ({"ALERT_DIGEST_OVER": "-1"}, "ALERT_DIGEST_OVER: expected a whole number from 0"),
         ({"ALERT_CRITICAL_THRESHOLD": "0"}, "ALERT_CRITICAL_THRESHOLD: the threshold must be a positive"),
     ],

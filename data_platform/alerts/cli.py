@@ -189,6 +189,12 @@ def _locked_run(
         _as_the_fact_is_now(ops, name, store.undelivered(ops, name), view, settings, summary)
         _reopened_if_alerting_again(ops, name, store.superseded(ops, name), view, settings, summary)
     for name, alerts in _by_destination(view, routing_).items():
+        if name != CONSOLE:  # printing is a view: a day another destination was sent is printed too
+            elsewhere = store.recorded_elsewhere(ops, name, alerts)
+            summary.recorded_elsewhere += len(elsewhere)
+            alerts = [
+                alert for alert in alerts if (alert.organization_id, alert.balance_date) not in elsewhere
+            ]
         _record(ops, name, alerts, settings, summary)
     for name, plan in view.plans.items():
         if plan.new_watermark is not None and plan.new_watermark != watermarks[name]:
@@ -239,7 +245,9 @@ def _by_destination(view: MartsView, routing_: Routing) -> dict[str, list[Alert]
     later (a route added during a catch-up: a first run plans the latest day only) would be recorded
     nowhere while the catching-up destination's watermark moves past its day: lost. An alert its
     destination already has is not recorded again (ops.alert_history's key; store.record_alerts), so a
-    destination whose watermark is past the day is not sent it twice."""
+    destination whose watermark is past the day is not sent it twice; nor is one another destination has
+    (store.recorded_elsewhere: a route removed, then put back, would otherwise be sent again what the
+    default route was sent meanwhile)."""
     grouped: dict[str, list[Alert]] = {}
     for alert in view.alerts:
         name = routing.destination_of(alert, routing_.routes, view.organizations, routing_.destinations)
@@ -440,7 +448,8 @@ def _deliver(
         alerts, count = message.alerts, len(message.alerts)
         if isinstance(message, records.Digest):
             summary.digests += 1
-        summary.retried += sum(1 for alert in alerts if alert.status in (FAILED, UNKNOWN))
+        # a `failed` alert may never have been attempted (left when the webhook was down): not a retry
+        summary.retried += sum(1 for alert in alerts if alert.status in (FAILED, UNKNOWN) and alert.attempts)
         if service_down:
             # the webhook is rate limiting or down even after retries: leave the rest for the next run
             # rather than spending the whole retry budget on every message

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
@@ -84,11 +85,22 @@ def _threshold(value: str) -> Decimal:
     return parsed
 
 
+# 1,000 or 1_000 read as 1000; a separator anywhere else (a decimal comma: 1,5) is an error, not 15
+_GROUPED = re.compile(r"\s*[+-]?\d{1,3}(?:([,_])\d{3})(?:\1\d{3})*(?:\.\d*)?\s*")
+
+
 def _usd(value: str) -> Decimal:
     try:
-        parsed = Decimal(value.replace(",", "").replace("_", ""))
+        if _GROUPED.fullmatch(value):
+            parsed = Decimal(value.replace(",", "").replace("_", ""))
+        elif "," in value or "_" in value:  # Decimal itself reads 1_0 as 10
+            raise InvalidOperation
+        else:
+            parsed = Decimal(value)
     except InvalidOperation:
-        raise argparse.ArgumentTypeError(f"expected an amount in USD such as 1000, got {value!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected an amount in USD such as 1000 or 1,000.50, got {value!r}"
+        ) from None
     if not parsed.is_finite() or not 0 <= parsed <= MAX_USD:
         raise argparse.ArgumentTypeError(f"expected an amount in USD from 0 to {MAX_USD:,}, got {value!r}")
     return parsed

@@ -242,6 +242,23 @@ def record_alerts(
     return suppressed_rows
 
 
+def recorded_elsewhere(conn: Connection, destination: str, alerts: Sequence[Alert]) -> set[tuple[int, date]]:
+    """The organization-days of `alerts` that another destination has and `destination` has not: the
+    routes sent them there when they were recorded (a route removed, then put back), and an alert stays
+    with the destination it was recorded for. Console rows aside: printing is a view, not a delivery."""
+    if not alerts:
+        return set()
+    keys = {(alert.organization_id, alert.balance_date) for alert in alerts}
+    rows = conn.execute(
+        select(history.c.destination, history.c.organization_id, history.c.balance_date).where(
+            history.c.destination != CONSOLE,
+            organization_days_in(history.c.organization_id, history.c.balance_date, keys),
+        )
+    ).all()
+    own = {(row.organization_id, row.balance_date) for row in rows if row.destination == destination}
+    return {(row.organization_id, row.balance_date) for row in rows if row.destination != destination} - own
+
+
 def undelivered(conn: Connection, destination: str) -> list[Alert]:
     """Every alert the destination may still be sent, by organization and day."""
     return _alerts(conn, destination, _deliverable)

@@ -48,6 +48,8 @@ class Summary:
     suppressed: int = 0  # recorded as suppressed (--suppress-days), never sent
     superseded: int = 0  # waiting alerts whose day a rebuild changed so that it no longer alerts
     reopened: int = 0  # superseded alerts whose day alerts again after a later rebuild
+    # alerts whose organization and day another destination already has (the routes changed since)
+    recorded_elsewhere: int = 0
     digests: int = 0  # digest messages sent in place of one message per organization
 
     def line(self) -> str:
@@ -159,6 +161,11 @@ class Summary:
                 notes.append(f"{reopened} would be reopened: {why}.")
             else:
                 notes.append(f"{reopened} reopened, to be sent as the fact is now: {why}.")
+        if self.recorded_elsewhere:
+            notes.append(
+                f"{plural(self.recorded_elsewhere, 'alert')} already recorded for another destination before "
+                "the routes changed: not sent again."
+            )
         if self.waiting_for_webhook:
             notes.append(self.waiting_for_webhook_note())
         if self.unrouted:
