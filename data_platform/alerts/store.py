@@ -387,6 +387,11 @@ def record_superseded(conn: Connection, destination: str, alerts: Sequence[Alert
     )
 
 
+NO_ANSWER_RECORDED = (
+    "no answer recorded: the run ended while the request waited for it (the message may have arrived)"
+)
+
+
 def record_attempt(
     conn: Connection, destination: str, alerts: Sequence[Alert], *, retry: bool = False
 ) -> None:
@@ -401,6 +406,8 @@ def record_attempt(
         "status": UNKNOWN,
         "unanswered_attempts": history.c.unanswered_attempts + 1,
         "last_attempt_at": func.clock_timestamp(),
+        # what the row says if no answer replaces it: the run ended with the request in flight
+        "last_error": NO_ANSWER_RECORDED,
     }
     if not retry:
         values["attempts"] = history.c.attempts + 1
