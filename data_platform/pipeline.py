@@ -42,7 +42,7 @@ from pathlib import Path
 
 import psycopg
 
-from data_platform import refresh, warm_dbt
+from data_platform import build_failures, refresh, warm_dbt
 from data_platform.alerts import config as alert_config
 from data_platform.alerts import exit_codes as alert_exit_codes
 from data_platform.db import (
@@ -78,8 +78,6 @@ from data_platform.steps import (
 DBT_PROFILE_TARGET = "dev"
 DBT_ARGS = (*DBT_DIR_ARGS, "--target", DBT_PROFILE_TARGET)
 LOCK_KEY = "data_platform.pipeline"
-FAILED_ROWS_SHOWN = 5
-ERROR_LINES_SHOWN = 4  # of a failed model's or seed's error: dbt's heading, the database's reason, ...
 EXIT_CONFIG = 2  # a setting to fix, or no database
 # EXIT_BUSY (3) is the loader's exit code when its lock is busy, and the pipeline's when another pipeline
 # run, a loader run by hand or an alert run by hand holds its lock past PIPELINE_LOCK_TIMEOUT: nothing is
@@ -353,83 +351,6 @@ class PipelineLock:
         return advisory_lock_holder(conn, LOCK_KEY) is not None
 
 
-def build_failures_report(target_dir: Path, limit: int = FAILED_ROWS_SHOWN) -> list[str]:
-    """Each node that failed in the last run's results: a model's or seed's error (its first lines, the
-    database's reason among them), then each test's message, what to do about it when its YAML says (its
-    `meta` `hint`), and the first rows it stored."""
-    try:
-        results = json.loads((target_dir / "run_results.json").read_text())["results"]
-    except (OSError, ValueError, KeyError):
-        return []
-    failed = [
-        (result, *_kind_and_name(result)) for result in results if result.get("status") in ("fail", "error")
-    ]
-    lines: list[str] = []
-    for result, kind, name in failed:
-        if kind != "test":
-            message = [line.strip() for line in (result.get("message") or "").splitlines() if line.strip()]
-            lines.append(f"failed {kind} {name}: " + " / ".join(message[:ERROR_LINES_SHOWN] or ["error"]))
-    tests = [(result, name) for result, kind, name in failed if kind == "test"]
-    if not tests:
-        return lines
-    hints = _hints(target_dir)
-    with connect() as conn:
-        for result, name in tests:
-            relation = result.get("relation_name")
-            lines.append(f"failed test {name}: {result.get('message') or result.get('status')}")
-            if result.get("unique_id") in hints:
-                lines.append(f"  {hints[result['unique_id']]}")
-            if not relation:
-                continue
-            try:
-                cursor = conn.execute(f"select * from {relation} limit {int(limit)}")
-            except psycopg.Error as error:
-                conn.rollback()
-                lines.append(f"  (its failing rows could not be read: {str(error).strip()})")
-                continue
-            columns = [column.name for column in cursor.description]
-            lines.append(f"  first failing rows (all of them: select * from {relation}):")
-            for row in cursor.fetchall():
-                lines.append(
-                    "  "
-                    + ", ".join(f"{column}={value!r}" for column, value in zip(columns, row, strict=True))
-                )
-    return lines
-
-
-def _kind_and_name(result: dict) -> tuple[str, str]:
-    """("test", "not_null_fct_invoices_invoice_id") from a result's unique id, kind.project.name[.hash]."""
-    parts = str(result.get("unique_id", "")).split(".")
-    return parts[0], parts[2] if len(parts) > 2 else parts[-1]
-
-
-def _hints(target_dir: Path) -> dict[str, str]:
-    """What to do when a test fails, by unique id: its YAML's `meta: {hint: ...}`, read from the build's
-    manifest."""
-    try:
-        nodes = json.loads((target_dir / "manifest.json").read_text())["nodes"]
-    except (OSError, ValueError, KeyError):
-        return {}
-    return {
-        unique_id: node["config"]["meta"]["hint"]
-        for unique_id, node in nodes.items()
-        if isinstance(node.get("config", {}).get("meta", {}).get("hint"), str)
-    }
-
-
-def forget_run_results(target_dir: Path) -> None:
-    """Call it before a build: one that dies writes no run results, and the previous command's would be
-    reported as its failed tests."""
-    (target_dir / "run_results.json").unlink(missing_ok=True)
-
-
-def show_build_failures(target_dir: Path, limit: int = FAILED_ROWS_SHOWN) -> None:
-    """Print each failed node's error, and for each failed dbt test the first rows it stored in the audit
-    schema."""
-    for line in build_failures_report(target_dir, limit):
-        print(("" if line.startswith(" ") else "\n") + line)
-
-
 def wait_for_database(settings: Settings) -> None:
     step(f"waiting for the database (up to {settings.db_wait_seconds:g}s)")
     wait_until_ready(settings.db_wait_seconds)
@@ -519,7 +440,7 @@ def build(build_plan: refresh.BuildPlan, warm: WarmDbt, settings: Settings, lock
     with recorded_build(build_plan, settings, lock, dbt_target_dir()):
         code = warm.run("build", *build_plan.dbt_args(), env=build_plan.dbt_environment())
         if code:
-            show_build_failures(dbt_target_dir())
+            build_failures.show(dbt_target_dir())
             raise PipelineError(f"dbt build {failed(code)}; {build_plan.after_failure()}", code)
 
 
@@ -537,7 +458,7 @@ def recorded_build(
     into `target_dir` and raises if it failed; a body that returns is recorded (record_build), unless
     `record` is false (a build of some models only)."""
     own_mark = mark_build_started(build_plan, settings, lock)
-    forget_run_results(target_dir)
+    build_failures.forget_run_results(target_dir)
     yield
     if record:
         record_build(build_plan, settings, lock, own_mark)

@@ -803,7 +803,7 @@ def test_every_failed_node_is_reported_with_dbt_s_message(make_database, tmp_pat
     Dagster step's failure alert, must name each, with dbt's message (a model's first lines, where the
     database's reason is). A test whose YAML gives a hint (a status without a rule: no run ends that failure
     alone) has it printed under it. A generic test's id ends in a hash, which its name leaves out."""
-    from data_platform import pipeline
+    from data_platform import build_failures
 
     for name, value in make_database().env("transformer").items():
         monkeypatch.setenv(name, value)
@@ -835,7 +835,7 @@ def test_every_failed_node_is_reported_with_dbt_s_message(make_database, tmp_pat
         "test.data_platform.a_failing_test": {"config": {"meta": {}}},
     }
     (tmp_path / "manifest.json").write_text(json.dumps({"nodes": nodes}))
-    assert pipeline.build_failures_report(tmp_path) == [
+    assert build_failures.report(tmp_path) == [
         "failed model dim_organizations: Database Error in model dim_organizations "
         '(models/marts/dim_organizations.sql) / role "nobody" does not exist / '
         "compiled code at target/run/dim_organizations.sql / more",

@@ -26,7 +26,7 @@ from dagster_dbt import (
     get_asset_keys_by_output_name_for_source,
 )
 
-from data_platform import pipeline
+from data_platform import build_failures, pipeline
 from data_platform.db import DatabaseUnavailable
 from data_platform.orchestration import configuration
 from data_platform.orchestration.environment import process_environment
@@ -99,7 +99,7 @@ def dbt_models(context: AssetExecutionContext, dbt: DbtCliResource):
                     )
                 yield from invocation.stream()
                 if not invocation.is_successful():
-                    report = pipeline.build_failures_report(invocation.target_path)
+                    report = build_failures.report(invocation.target_path)
                     raise Failure(
                         description="\n".join([f"dbt build failed; {build_plan.after_failure()}", *report]),
                         metadata={"failures": MetadataValue.text("\n".join(report) or "none")},
