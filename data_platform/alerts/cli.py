@@ -31,19 +31,18 @@ import sys
 import traceback
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import suppress
-from dataclasses import dataclass, field, replace
-from datetime import UTC, date, datetime, timedelta
+from dataclasses import dataclass, replace
+from datetime import UTC, date, datetime
 
 from sqlalchemy import Connection, Engine, create_engine, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
-from data_platform.alerts import detect, exit_codes, noise, records, routing, store
+from data_platform.alerts import detect, exit_codes, marts_view, recording, records, routing, store
 from data_platform.alerts.config import ConfigError, Settings, load
 from data_platform.alerts.delivery import Channel, ConsoleChannel, SlackChannel
-from data_platform.alerts.errors import PIPELINE_HINT, database_error, db_message
+from data_platform.alerts.errors import PIPELINE_HINT, AlertError, AlertRunBusy, database_error, db_message
 from data_platform.alerts.json_sink import JsonWebhookChannel
-from data_platform.alerts.plan import Plan, plan_days
 from data_platform.alerts.records import (
     CONSOLE,
     DEFAULT_WEBHOOK_ENV,
@@ -53,7 +52,6 @@ from data_platform.alerts.records import (
     SLACK,
     UNKNOWN,
     Alert,
-    Organization,
     Route,
     Why,
 )
@@ -62,14 +60,6 @@ from data_platform.alerts.summary import Summary
 from data_platform.db import describe_target
 
 DEFAULT_CONNECT_TIMEOUT = 10  # seconds; psycopg's own default is over two minutes
-
-
-class AlertError(RuntimeError):
-    """A configuration or database problem: the message tells the user what to do."""
-
-
-class AlertRunBusy(AlertError):
-    """Another alert run held the lock too long: nothing is wrong, nothing was sent."""
 
 
 def make_engine() -> Engine:
@@ -157,18 +147,6 @@ class Routing:
     channels: dict[str, Channel]
 
 
-@dataclass
-class MartsView:
-    """What one read-only snapshot of the marts says about this run."""
-
-    plans: dict[str, Plan]  # per destination
-    alerts: list[Alert] = field(default_factory=list)
-    organizations: dict[int, Organization] = field(default_factory=dict)
-    why: dict[tuple[int, date], Why] = field(default_factory=dict)
-    # every waiting or new alert's fact row as it is now, and whether it meets the rule
-    fact_now: dict[tuple[int, date], tuple[Alert, bool]] = field(default_factory=dict)
-
-
 def _locked_run(
     reader: Connection, ops: Connection, settings: Settings, routing_: Routing, today: date
 ) -> Summary:
@@ -182,20 +160,10 @@ def _locked_run(
     summary.watermark_before = _earliest(watermarks.values())
     waiting = store.rechecked_organization_days(ops, names)
     # every marts read happens here, before anything is committed to ops
-    view = _read_marts(reader, settings, summary, watermarks, waiting, today)
-    # the waiting alerts take the fact as it is now first: one superseded must not hold back (through
-    # --suppress-days) the alert that replaces it, recorded below
+    view = marts_view.read_marts(reader, settings, summary, watermarks, waiting, today)
     for name in names:
-        _as_the_fact_is_now(ops, name, store.undelivered(ops, name), view, settings, summary)
-        _reopened_if_alerting_again(ops, name, store.superseded(ops, name), view, settings, summary)
-    for name, alerts in _by_destination(view, routing_).items():
-        if name != CONSOLE:  # printing is a view: a day another destination was sent is printed too
-            elsewhere = store.recorded_elsewhere(ops, name, alerts)
-            summary.recorded_elsewhere += len(elsewhere)
-            alerts = [
-                alert for alert in alerts if (alert.organization_id, alert.balance_date) not in elsewhere
-            ]
-        _record(ops, name, alerts, settings, summary)
+        recording.judge_waiting(ops, name, view, settings, summary)
+    recording.record_new(ops, view, routing_.routes, routing_.destinations, settings, summary)
     for name, plan in view.plans.items():
         if plan.new_watermark is not None and plan.new_watermark != watermarks[name]:
             store.write_watermark(ops, name, plan.new_watermark)
@@ -235,100 +203,8 @@ def _earliest(days: Iterable[date | None]) -> date | None:
     return min(known) if known else None
 
 
-def _by_destination(view: MartsView, routing_: Routing) -> dict[str, list[Alert]]:
-    """Each new alert under the destination its route names now, even on a day before that
-    destination's own plan starts.
-
-    The run reads the alerts of the union of the plans (each a run of days, all ending on the same
-    day), so every alert is on a day some destination's plan covers. Kept only where its own
-    destination's plan covers it, an alert the routes now send to a destination whose plan starts
-    later (a route added during a catch-up: a first run plans the latest day only) would be recorded
-    nowhere while the catching-up destination's watermark moves past its day: lost. An alert its
-    destination already has is not recorded again (ops.alert_history's key; store.record_alerts), so a
-    destination whose watermark is past the day is not sent it twice; nor is one another destination has
-    (store.recorded_elsewhere: a route removed, then put back, would otherwise be sent again what the
-    default route was sent meanwhile)."""
-    grouped: dict[str, list[Alert]] = {}
-    for alert in view.alerts:
-        name = routing.destination_of(alert, routing_.routes, view.organizations, routing_.destinations)
-        grouped.setdefault(name, []).append(alert)
-    return grouped
-
-
-def _record(
-    ops: Connection, destination: str, alerts: list[Alert], settings: Settings, summary: Summary
-) -> None:
-    """Record `alerts` for `destination` as pending, or as suppressed where --suppress-days holds them back
-    (a superseded one is reopened: store.record_alerts)."""
-    held = noise.suppressed(alerts, _recent(ops, destination, alerts, settings), settings.noise.suppress_days)
-    summary.suppressed += store.record_alerts(ops, destination, alerts, suppressed=held)
-
-
-def _recent(ops: Connection, destination: str, alerts: list[Alert], settings: Settings):
-    days = settings.noise.suppress_days
-    if not days or not alerts:
-        return {}
-    since = min(alert.balance_date for alert in alerts) - timedelta(days=days)
-    return store.recent_alerts(ops, destination, [alert.organization_id for alert in alerts], since)
-
-
-def _numbers(alert: Alert) -> tuple:
-    return alert.alert_kind, alert.previous_balance_usd, alert.balance_usd, alert.balance_change_ratio
-
-
-def _as_the_fact_is_now(
-    ops: Connection,
-    destination: str,
-    alerts: list[Alert],
-    view: MartsView,
-    settings: Settings,
-    summary: Summary,
-) -> None:
-    """The destination's undelivered alerts are sent with the drivers the fact has now: one whose day a
-    rebuild changed since it was recorded takes the current numbers, which those drivers explain, or,
-    when the day no longer alerts, is superseded and not sent. An unchanged day is sent as recorded."""
-    superseded = []
-    for alert in alerts:
-        row, _ = view.fact_now.get((alert.organization_id, alert.balance_date), (None, False))
-        if row is not None and _numbers(row) == _numbers(alert):
-            continue
-        current = _alert_now(alert, view, settings)
-        if current:
-            store.record_current_numbers(ops, destination, current)
-        else:
-            superseded.append(alert)
-    if superseded:
-        store.record_superseded(ops, destination, superseded)
-        summary.superseded += len(superseded)
-
-
-def _reopened_if_alerting_again(
-    ops: Connection,
-    destination: str,
-    alerts: list[Alert],
-    view: MartsView,
-    settings: Settings,
-    summary: Summary,
-) -> None:
-    """A superseded alert was never sent: when its day alerts again (a later rebuild, a rules change undone
-    say), it is reopened with the day's numbers and sent, its attempts kept (store.record_alerts), by any
-    run, not only one that processes its day again; --suppress-days holds it back as it would a new one."""
-    again = [current for current in (_alert_now(alert, view, settings) for alert in alerts) if current]
-    if again:
-        _record(ops, destination, again, settings, summary)
-        summary.reopened += len(again)
-
-
-def _alert_now(alert: Alert, view: MartsView, settings: Settings) -> Alert | None:
-    """The alert the fact gives the alert's organization and day now, with this run's noise settings,
-    or None when the day no longer alerts (or its row is gone)."""
-    row, alerts_now = view.fact_now.get((alert.organization_id, alert.balance_date), (None, False))
-    current = noise.apply_floor_and_severity([row] if alerts_now else [], settings.noise).alerts
-    return current[0] if current else None
-
-
 def _messages(
-    alerts: list[Alert], view: MartsView, destination: Destination, digest_over: int
+    alerts: list[Alert], view: marts_view.MartsView, destination: Destination, digest_over: int
 ) -> list[records.Message]:
     """One message per organization, or one digest when the destination has more than `digest_over`."""
     alerts = [
@@ -339,100 +215,6 @@ def _messages(
     if len(alerts) > digest_over:
         return [records.Digest(destination.name, tuple(alerts), view.organizations, mention)]
     return list(records.batches(alerts, view.organizations, mention=mention))
-
-
-def _read_marts(
-    reader: Connection,
-    settings: Settings,
-    summary: Summary,
-    watermarks: dict[str, date | None],
-    waiting: Iterable[tuple[int, date]],
-    today: date,
-) -> MartsView:
-    """One read-only snapshot: plan each destination's days, find their alerts, every organization's
-    context and every alert's drivers."""
-    detect.read_only_snapshot(reader)
-    try:
-        try:
-            built = detect.built_through(reader)
-        except detect.MartsNotReady as error:
-            raise AlertError(
-                f"{error}; nothing was read or sent. Alerts run after a build succeeds."
-            ) from None
-        up_to = today if built is None else min(today, built)
-        latest = detect.latest_day(reader, up_to=up_to)
-        summary.future_days, summary.last_future_day = detect.days_after(reader, today)
-        if up_to < today:
-            summary.built_through = up_to
-            summary.unbuilt_days, summary.last_unbuilt_day = detect.days_after(reader, up_to, through=today)
-        _check_requested_day(settings, latest, today, built)
-        plans = {
-            name: plan_days(
-                watermark=watermark, latest=latest, only_date=settings.date, since=settings.since, today=today
-            )
-            for name, watermark in watermarks.items()
-        }
-        view = MartsView(plans)
-        planned = [plan for plan in plans.values() if not plan.is_empty]
-        if planned:
-            view.alerts = _alerts_between(reader, planned, settings, summary)
-        waiting = set(waiting)
-        wanted = {organization_id for organization_id, _ in waiting} | {
-            a.organization_id for a in view.alerts
-        }
-        view.organizations = detect.organization_context(reader, wanted)
-        keys = waiting | {(a.organization_id, a.balance_date) for a in view.alerts}
-        view.why = detect.why(reader, keys)
-        view.fact_now = detect.fact_now(reader, keys, settings.threshold, settings.include_from_zero)
-        return view
-    finally:
-        reader.rollback()  # read only: nothing to keep
-
-
-def _alerts_between(
-    reader: Connection, planned: list[Plan], settings: Settings, summary: Summary
-) -> list[Alert]:
-    """The alerts of the days from the earliest planned one to the latest, past the noise floor; the
-    days' counts go to `summary`."""
-    start = min(plan.start for plan in planned)  # type: ignore[type-var]
-    end = max(plan.end for plan in planned)  # type: ignore[type-var]
-    stats = detect.range_stats(reader, start, end, settings.noise.min_change_usd)
-    summary.days_processed, summary.first_day, summary.last_day = (
-        stats.days_processed,
-        stats.first_day,
-        stats.last_day,
-    )
-    query = detect.alerts_query(start, end, settings.threshold, settings.include_from_zero)
-    filtered = noise.apply_floor_and_severity(detect.fetch_alerts(reader, query), settings.noise)
-    summary.held_back = filtered.held_back
-    if not settings.include_from_zero:
-        # counted as the flag would judge them: "skipped" are only those it would alert
-        summary.skipped_from_zero = stats.moves_from_zero
-        summary.held_back += stats.from_zero_below_floor
-    return filtered.alerts
-
-
-def _check_requested_day(settings: Settings, latest: date | None, today: date, built: date | None) -> None:
-    """--date / --since after the data's latest day is a mistake (or data not loaded yet), not a no-op."""
-    requested = settings.date or settings.since
-    if requested is None or (latest is not None and requested <= latest):
-        return
-    flag = "--date" if settings.date else "--since"
-    if requested > today:
-        raise AlertError(
-            f"{flag} {requested} is after today ({today}, UTC): future days are never processed."
-        )
-    if built is not None and requested > built:
-        raise AlertError(
-            f"{flag} {requested} is after {built}, the newest export the last successful pipeline build "
-            "covered: later days wait for a build to succeed."
-        )
-    if latest is None:
-        raise AlertError(f"{flag} {requested}: {detect.fact.fullname} has no rows yet: {PIPELINE_HINT}.")
-    raise AlertError(
-        f"{flag} {requested} is after the latest day in {detect.fact.fullname} ({latest}): "
-        "nothing to process. Load and build newer data first, or pick an earlier day."
-    )
 
 
 def _deliver(

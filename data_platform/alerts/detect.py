@@ -182,7 +182,7 @@ def read_only_snapshot(conn: Connection) -> None:
     because LOCK TABLE takes no snapshot: a swap committed after the snapshot but before our first read
     of that table would leave us a new table whose rows the snapshot cannot see (an empty fact, or no
     organization's context, which routes match on). The lock is the ACCESS SHARE any select takes: it
-    only makes a swap wait until the transaction ends, before anything is sent (cli._read_marts).
+    only makes a swap wait until the transaction ends, before anything is sent (marts_view.read_marts).
     """
     read_only(conn, "repeatable read")
     tables = ", ".join(conn.dialect.identifier_preparer.format_table(table) for table in REQUIRED_TABLES)

@@ -10,6 +10,14 @@ from data_platform.db import describe_target
 PIPELINE_HINT = "run the pipeline first (init.sh)"
 
 
+class AlertError(RuntimeError):
+    """A configuration or database problem: the message tells the user what to do."""
+
+
+class AlertRunBusy(AlertError):
+    """Another alert run held the lock too long: nothing is wrong, nothing was sent."""
+
+
 def db_message(error: DBAPIError) -> str:
     # the driver's own message (never the SQL or parameters SQLAlchemy would append)
     return " ".join(str(error.orig).split()) if error.orig is not None else type(error).__name__

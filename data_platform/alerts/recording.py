@@ -1,0 +1,140 @@
+"""What an alert run records in ops.alert_history, per destination, before anything is sent: the waiting
+alerts judged against the fact as it is now (new numbers, superseded, or reopened), then the run's new
+alerts under the destination their route names, as pending, or suppressed where --suppress-days holds them
+back."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import Connection
+
+from data_platform.alerts import noise, routing, store
+from data_platform.alerts.config import Settings
+from data_platform.alerts.marts_view import MartsView
+from data_platform.alerts.records import CONSOLE, Alert, Route
+from data_platform.alerts.routing import Destination
+from data_platform.alerts.summary import Summary
+
+
+def judge_waiting(
+    ops: Connection, destination: str, view: MartsView, settings: Settings, summary: Summary
+) -> None:
+    """The destination's waiting alerts as the fact is now: run before the new alerts are recorded, so that
+    one superseded does not hold back (through --suppress-days) the alert that replaces it."""
+    _as_the_fact_is_now(ops, destination, store.undelivered(ops, destination), view, settings, summary)
+    _reopened_if_alerting_again(ops, destination, store.superseded(ops, destination), view, settings, summary)
+
+
+def record_new(
+    ops: Connection,
+    view: MartsView,
+    routes: list[Route],
+    destinations: dict[str, Destination],
+    settings: Settings,
+    summary: Summary,
+) -> None:
+    """The run's new alerts, each under the destination its route names now (_by_destination), except
+    those another destination already has."""
+    for name, alerts in _by_destination(view, routes, destinations).items():
+        if name != CONSOLE:  # printing is a view: a day another destination was sent is printed too
+            elsewhere = store.recorded_elsewhere(ops, name, alerts)
+            summary.recorded_elsewhere += len(elsewhere)
+            alerts = [
+                alert for alert in alerts if (alert.organization_id, alert.balance_date) not in elsewhere
+            ]
+        _record(ops, name, alerts, settings, summary)
+
+
+def _by_destination(
+    view: MartsView, routes: list[Route], destinations: dict[str, Destination]
+) -> dict[str, list[Alert]]:
+    """Each new alert under the destination its route names now, even on a day before that
+    destination's own plan starts.
+
+    The run reads the alerts of the union of the plans (each a run of days, all ending on the same
+    day), so every alert is on a day some destination's plan covers. Kept only where its own
+    destination's plan covers it, an alert the routes now send to a destination whose plan starts
+    later (a route added during a catch-up: a first run plans the latest day only) would be recorded
+    nowhere while the catching-up destination's watermark moves past its day: lost. An alert its
+    destination already has is not recorded again (ops.alert_history's key; store.record_alerts), so a
+    destination whose watermark is past the day is not sent it twice; nor is one another destination has
+    (store.recorded_elsewhere: a route removed, then put back, would otherwise be sent again what the
+    default route was sent meanwhile)."""
+    grouped: dict[str, list[Alert]] = {}
+    for alert in view.alerts:
+        name = routing.destination_of(alert, routes, view.organizations, destinations)
+        grouped.setdefault(name, []).append(alert)
+    return grouped
+
+
+def _record(
+    ops: Connection, destination: str, alerts: list[Alert], settings: Settings, summary: Summary
+) -> None:
+    """Record `alerts` for `destination` as pending, or as suppressed where --suppress-days holds them back
+    (a superseded one is reopened: store.record_alerts)."""
+    held = noise.suppressed(alerts, _recent(ops, destination, alerts, settings), settings.noise.suppress_days)
+    summary.suppressed += store.record_alerts(ops, destination, alerts, suppressed=held)
+
+
+def _recent(ops: Connection, destination: str, alerts: list[Alert], settings: Settings):
+    days = settings.noise.suppress_days
+    if not days or not alerts:
+        return {}
+    since = min(alert.balance_date for alert in alerts) - timedelta(days=days)
+    return store.recent_alerts(ops, destination, [alert.organization_id for alert in alerts], since)
+
+
+def _numbers(alert: Alert) -> tuple:
+    return alert.alert_kind, alert.previous_balance_usd, alert.balance_usd, alert.balance_change_ratio
+
+
+def _as_the_fact_is_now(
+    ops: Connection,
+    destination: str,
+    alerts: list[Alert],
+    view: MartsView,
+    settings: Settings,
+    summary: Summary,
+) -> None:
+    """The destination's undelivered alerts are sent with the drivers the fact has now: one whose day a
+    rebuild changed since it was recorded takes the current numbers, which those drivers explain, or,
+    when the day no longer alerts, is superseded and not sent. An unchanged day is sent as recorded."""
+    superseded = []
+    for alert in alerts:
+        row, _ = view.fact_now.get((alert.organization_id, alert.balance_date), (None, False))
+        if row is not None and _numbers(row) == _numbers(alert):
+            continue
+        current = _alert_now(alert, view, settings)
+        if current:
+            store.record_current_numbers(ops, destination, current)
+        else:
+            superseded.append(alert)
+    if superseded:
+        store.record_superseded(ops, destination, superseded)
+        summary.superseded += len(superseded)
+
+
+def _reopened_if_alerting_again(
+    ops: Connection,
+    destination: str,
+    alerts: list[Alert],
+    view: MartsView,
+    settings: Settings,
+    summary: Summary,
+) -> None:
+    """A superseded alert was never sent: when its day alerts again (a later rebuild, a rules change undone
+    say), it is reopened with the day's numbers and sent, its attempts kept (store.record_alerts), by any
+    run, not only one that processes its day again; --suppress-days holds it back as it would a new one."""
+    again = [current for current in (_alert_now(alert, view, settings) for alert in alerts) if current]
+    if again:
+        _record(ops, destination, again, settings, summary)
+        summary.reopened += len(again)
+
+
+def _alert_now(alert: Alert, view: MartsView, settings: Settings) -> Alert | None:
+    """The alert the fact gives the alert's organization and day now, with this run's noise settings,
+    or None when the day no longer alerts (or its row is gone)."""
+    row, alerts_now = view.fact_now.get((alert.organization_id, alert.balance_date), (None, False))
+    current = noise.apply_floor_and_severity([row] if alerts_now else [], settings.noise).alerts
+    return current[0] if current else None
