@@ -45,6 +45,7 @@ MARTS = {
     "fct_organization_daily_financials": "organization_id, balance_date",
     "fct_organization_daily_drivers": "organization_id, balance_date, driver_kind",
     "dim_organizations": "organization_id",
+    "fct_invoices": "invoice_id",
 }
 
 
@@ -329,6 +330,12 @@ CENTS_ROWS = [
     ),
     f"10,{SENTINEL},{SENTINEL},2,-7,open,USD,,,99999999999.99,,1.00000000,,2024-03-10T12:00:00.000Z",
     f"20,{SENTINEL},{SENTINEL},2,-7,open,EUR,,,77350.82,,0.93877259,,2024-03-10T13:00:00.000Z",
+    # org 3: payment methods a CSV quotes, read as the loader's COPY reads them: a doubled quote is one
+    # quote (here before a comma), a line break stays in the value, a backslash is a plain character
+    *(
+        f"{40 + i},{SENTINEL},{SENTINEL},3,-7,open,USD,,{method},1.00,,1.00000000,,2024-03-10T14:00:00.000Z"
+        for i, method in enumerate(['"a ""quoted"", comma"', '"two\nlines"', '"ends\\"', '"""lead"'])
+    ),
 ]
 #   org 1: 1 and 2 paid in full (-0.10 each: a tie the payments list by id, 1 first); 5 processing 0.30
 #          with 0.20 received: still +0.10, a change of exactly 0, in no list of top invoices
@@ -372,6 +379,12 @@ def test_the_cents_case_is_what_its_comments_say(cents):
     assert database.query("select amount_usd from marts.fct_invoices where invoice_id = 20") == [
         (Decimal("82395.69"),)
     ]
+    methods = database.query(
+        "select payment_method from marts.fct_invoices where organization_id = 3 order by 1"
+    )
+    assert sorted(method for (method,) in methods) == sorted(
+        ['a "quoted", comma', "two\nlines", "ends\\", '"lead']
+    )
 
 
 @pytest.mark.parametrize("engine", ["duckdb", pytest.param("spark", marks=pytest.mark.spark)])

@@ -110,6 +110,8 @@ def test_exports_from_the_future_and_invoices_after_their_exports_date_are_refus
             # in a required text (in an optional one Spark reads it as no value, which the loader refuses)
             ("quoted_empty", valid.replace("open", '""')),
             ("nul_byte", valid.replace("USD,,,", "USD,,ca\0rd,")),
+            # a value its type cannot hold: Spark's reader says which record
+            ("not_a_number", valid.replace("601", "6o1", 1)),
         )
     }
     started_on = utc_today()
@@ -136,7 +138,7 @@ def test_exports_from_the_future_and_invoices_after_their_exports_date_are_refus
     lines = [
         line for line in result.stdout.splitlines() if line.startswith(("loaded:", "refused:", "written:"))
     ]
-    assert len(lines) == 7, result.stdout[-3000:]
+    assert len(lines) == 8, result.stdout[-3000:]
     # the messages of the Postgres loader and the DuckDB builder (test_duckdb_raw.py)
     late = future_invoices / "exports" / "2023-01-09" / "invoices.csv"
     assert lines[0].startswith(f'refused: {late}, column CREATED_AT, value "2023-01-10 00:00:00')
@@ -164,4 +166,9 @@ def test_exports_from_the_future_and_invoices_after_their_exports_date_are_refus
         invoices = bad_values[name] / "exports" / DAY_2 / "invoices.csv"
         where = f"column {column}, {reason}" if reason.startswith("value") else f"column {column}: {reason}"
         assert line.startswith(f"refused: {invoices}, {where} (1 row(s)"), line
-    assert lines[6] == "written: False"
+    not_a_number = bad_values["not_a_number"] / "exports" / DAY_2 / "invoices.csv"
+    assert lines[6].startswith(
+        f"refused: {not_a_number}: Spark cannot read it with the raw column types: a record it cannot parse, "
+        "read as [null,"
+    ), lines[6]
+    assert lines[7] == "written: False"

@@ -1,7 +1,8 @@
 """The raw ledger as Spark (Parquet) tables from the CSV exports: `python -m data_platform.engines.spark_raw`.
 
 Spark's CSV reader reads each file with the raw layer's column types (raw_types.SPARK, FAILFAST: a value
-the type cannot hold stops the load). The pending exports are applied in date order to the current
+the type cannot hold stops the load), quoted as the loader's COPY reads it; a file whose quoted values hold
+line breaks is read again whole, in one task. The pending exports are applied in date order to the current
 state in memory, as the Postgres loader applies them in SQL, and the four raw tables are then written:
 raw.invoice_versions and raw.load_log appended, raw.invoices and raw.organizations rewritten. Parquet
 tables have no transactions: a failed write can leave a partial ledger, to be rebuilt from scratch
@@ -75,12 +76,24 @@ def _table(name: str) -> str:
 def _read(spark, spec: TableSpec, path: Path):
     check_header(spec, path)
     schema = ", ".join(f"{name} {sql_type}" for name, sql_type in column_types(spec, SPARK).items())
-    frame = spark.read.csv(str(path), schema=schema, header=True, mode="FAILFAST", nullValue="")
+
+    def typed(**options):
+        # CSV as the loader's COPY reads it: a doubled quote is one quote, a backslash a plain character
+        # (Spark's default escape is the backslash)
+        return spark.read.csv(
+            str(path), schema=schema, header=True, mode="FAILFAST", nullValue="", escape='"', **options
+        ).localCheckpoint()
+
     try:
-        frame = frame.localCheckpoint()
-    except Exception as error:  # py4j or pyspark errors: the reader's message says which value
-        first_line = str(error).strip().splitlines()[0]
-        raise LoadError(path, f"Spark cannot read it with the raw column types: {first_line}") from None
+        frame = typed()
+    except Exception:  # py4j or pyspark errors
+        # a quoted value may hold a line break, which only a whole-file read (one task: slower) can take
+        try:
+            frame = typed(multiLine=True)
+        except Exception as error:
+            raise LoadError(
+                path, f"Spark cannot read it with the raw column types: {_reason(error)}"
+            ) from None
     from pyspark.sql import functions as F
 
     duplicate = frame.groupBy(spec.key.name).count().where(F.col("count") > 1).first()
@@ -91,6 +104,19 @@ def _read(spark, spec: TableSpec, path: Path):
             column=spec.key.header,
         )
     return frame
+
+
+def _reason(error: Exception) -> str:
+    """The reader's own words from a Java stack: the record it refused, as far as it parsed it."""
+    text = str(error)
+    for line in text.splitlines():
+        _, found, reason = line.partition("Malformed records are detected in record parsing: ")
+        if found:
+            return (
+                f"a record it cannot parse, read as {reason.rstrip('.')} (a null where the file has a value "
+                "is a value its column's type cannot hold; else a record cut short or a quote never closed)"
+            )
+    return text.strip().splitlines()[0] if text.strip() else type(error).__name__
 
 
 def _refuse_values(frame, spec: TableSpec, path: Path) -> None:
