@@ -29,7 +29,7 @@ from decimal import ROUND_HALF_UP, Decimal, localcontext
 from pathlib import Path
 
 import pytest
-from conftest import PROJECT_ROOT, run_pipeline
+from conftest import PROJECT_ROOT, copy_project, run_pipeline
 from psycopg.types.json import set_json_loads
 from test_ledger import BASE_ROWS, DAY_2, write_export
 from test_pipeline import SENTINEL, assert_succeeded, project_with_zero_rule, write_fixture
@@ -421,6 +421,37 @@ def test_duckdb_equals_postgres_after_a_rules_edit(rules_edit, demo_postgres, tm
     assert postgres_rows(database, "dim_organizations") != postgres_rows(demo_postgres, "dim_organizations")
     build_on("duckdb", project, DEMO_CSV, tmp_path)
     assert_same_marts(database, lambda table: duckdb_rows(tmp_path, table))
+
+
+def project_with_fractional_rules(destination: Path) -> Path:
+    """A copy of the project whose rules count a quarter of paid invoices' payments as still owed and an
+    eighth of open invoices' amounts, its coefficients' tests widened to take them."""
+    project = copy_project(destination)
+    seed = project / "dbt" / "seeds" / "invoice_enrichment.csv"
+    rules = seed.read_text()
+    edited = rules.replace(",true,1,1\n", ",true,1,0.75\n", 1).replace(",false,1,0\n", ",false,0.125,0\n", 1)
+    assert edited.count("0.75") == 1 and edited.count("0.125") == 1, edited
+    seed.write_text(edited)
+    tests = project / "dbt" / "seeds" / "_seeds.yml"
+    assert tests.read_text().count("values: [-1, 0, 1]") == 2
+    tests.write_text(tests.read_text().replace("values: [-1, 0, 1]", "values: [-1, 0, 1, 0.75, 0.125]"))
+    return project
+
+
+def test_duckdb_equals_postgres_with_fractional_rules(make_database, tmp_path):
+    """A fractional coefficient's amounts have more than two decimal places: exact on every engine, in the
+    top invoices' JSON too."""
+    project = project_with_fractional_rules(tmp_path / "project")
+    database = make_database()
+    assert_succeeded(run_pipeline(database, DEMO_CSV, project_root=project, RUN_ALERTS="false"))
+    finer = database.query(
+        "select count(*) from marts.fct_organization_daily_drivers, jsonb_array_elements(top_invoices) top"
+        " where (top ->> 'balance_change_usd')::numeric <> round((top ->> 'balance_change_usd')::numeric, 2)"
+    )
+    assert finer[0][0] > 0, "no top invoice's amount has more than two decimal places"
+    (tmp_path / "duckdb").mkdir()
+    build_on("duckdb", project, DEMO_CSV, tmp_path / "duckdb")
+    assert_same_marts(database, lambda table: duckdb_rows(tmp_path / "duckdb", table))
 
 
 @pytest.fixture(scope="module")

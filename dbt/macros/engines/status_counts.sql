@@ -49,9 +49,10 @@
 {#-
     fct_organization_daily_drivers.top_invoices: a JSON array of {invoice_id, status, balance_change_usd}
     objects, in `order_by` order, over the rows where `condition` holds; `[]` when none does.
-    Postgres: jsonb; DuckDB: json; Spark: JSON text. There, a sum's decimal places follow the rules'
-    coefficients (DuckDB 19.44000, Spark 19.440000): rounded to the cent, the JSON reads as Postgres's
-    does (19.44).
+    Postgres: jsonb; DuckDB: json; Spark: JSON text. There, an amount's decimal places follow the rules'
+    coefficients' type (DuckDB 19.44000, Spark 19.440000): its zeros past the cents are dropped from the
+    JSON text, so that it reads as Postgres's does (19.44), and a fractional rule's exact amount (27.8175)
+    is kept, which rounding to the cent would lose.
 -#}
 {% macro top_invoices_array(invoice_id, status, balance_change_usd, order_by, condition) -%}
     {{ return(adapter.dispatch('top_invoices_array', 'data_platform')(
@@ -75,28 +76,40 @@
 
 {% macro duckdb__top_invoices_array(invoice_id, status, balance_change_usd, order_by, condition) -%}
     coalesce(
-        to_json(list({
-            'invoice_id': {{ invoice_id }},
-            'status': {{ status }},
-            'balance_change_usd': round({{ balance_change_usd }}, 2)
-        } order by {{ order_by }}) filter (where {{ condition }})),
+        regexp_replace(
+            to_json(list({
+                'invoice_id': {{ invoice_id }},
+                'status': {{ status }},
+                'balance_change_usd': {{ balance_change_usd }}
+            } order by {{ order_by }}) filter (where {{ condition }}))::varchar,
+            '{{ zeros_past_the_cents() }}', '\1\2', 'g'
+        )::json,
         '[]'::json
     )
 {%- endmacro %}
 
 {#- collect_list skips the case's nulls; sorting the structs by their first field keeps `order_by` order -#}
 {% macro spark__top_invoices_array(invoice_id, status, balance_change_usd, order_by, condition) -%}
-    to_json(transform(
-        array_sort(collect_list(case when {{ condition }} then struct(
-            {{ order_by }} as sort_key,
-            {{ invoice_id }} as invoice_id,
-            {{ status }} as status,
-            round({{ balance_change_usd }}, 2) as balance_change_usd
-        ) end)),
-        entry -> named_struct(
-            'invoice_id', entry.invoice_id,
-            'status', entry.status,
-            'balance_change_usd', entry.balance_change_usd
-        )
-    ))
+    regexp_replace(
+        to_json(transform(
+            array_sort(collect_list(case when {{ condition }} then struct(
+                {{ order_by }} as sort_key,
+                {{ invoice_id }} as invoice_id,
+                {{ status }} as status,
+                {{ balance_change_usd }} as balance_change_usd
+            ) end)),
+            entry -> named_struct(
+                'invoice_id', entry.invoice_id,
+                'status', entry.status,
+                'balance_change_usd', entry.balance_change_usd
+            )
+        )),
+        '{{ zeros_past_the_cents() }}', '$1$2'
+    )
+{%- endmacro %}
+
+{#- In a JSON text of top invoices: an amount's zeros after its first two decimal places, between the
+    amount (group 1) and what follows it (group 2). -#}
+{% macro zeros_past_the_cents() -%}
+    ("balance_change_usd":-?[0-9]+[.][0-9]{2}[0-9]*?)0+([,}])
 {%- endmacro %}
