@@ -346,6 +346,27 @@ def test_every_model_and_column_in_the_catalog_is_documented(fixture_pipeline):
     assert missing == []
 
 
+def test_every_macro_is_documented():
+    """dbt's docs site lists the project's macros with their descriptions from macros/_macros.yml: those of
+    macros/, the materializations and the generic tests (dbt names them materialization_<name>_<adapter>
+    and test_<name>); an engine's version (postgres__...) is documented by its dispatching macro."""
+    dbt_dir = PROJECT_ROOT / "dbt"
+    texts = [path.read_text() for folder in ("macros", "tests") for path in (dbt_dir / folder).rglob("*.sql")]
+    defined = {
+        name for text in texts for name in re.findall(r"{%-?\s*macro\s+(\w+)", text) if "__" not in name
+    }
+    defined |= {f"test_{name}" for text in texts for name in re.findall(r"{%-?\s*test\s+(\w+)", text)}
+    defined |= {
+        f"materialization_{name}_{adapter}"
+        for text in texts
+        for name, adapter in re.findall(r"{%-?\s*materialization\s+(\w+),\s*adapter\s*=\s*'(\w+)'", text)
+    }
+    macros = dbt_dir / "macros"
+    documented = {entry["name"] for entry in yaml.safe_load((macros / "_macros.yml").read_text())["macros"]}
+    assert defined - documented == set()
+    assert documented - defined == set()
+
+
 def test_every_singular_data_test_is_documented(fixture_pipeline):
     """The docs site showed "This test is not currently documented" for each (dbt/tests/_tests.yml)."""
     _, _, target = fixture_pipeline
