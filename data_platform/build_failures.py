@@ -16,9 +16,9 @@ ERROR_LINES_SHOWN = 4  # of a failed model's or seed's error: dbt's heading, the
 
 
 def report(target_dir: Path, limit: int = FAILED_ROWS_SHOWN) -> list[str]:
-    """Each node that failed in the last run's results: a model's or seed's error (its first lines, the
-    database's reason among them), then each test's message, what to do about it when its YAML says (its
-    `meta` `hint`), and the first rows it stored."""
+    """Each node that failed in the last run's results: a model's or seed's error, or a test's that could
+    not run (their first lines, the database's reason among them), then each failing test's message, what
+    to do about it when its YAML says (its `meta` `hint`), and the first rows it stored."""
     try:
         results = json.loads((target_dir / "run_results.json").read_text())["results"]
     except (OSError, ValueError, KeyError):
@@ -29,9 +29,13 @@ def report(target_dir: Path, limit: int = FAILED_ROWS_SHOWN) -> list[str]:
     lines: list[str] = []
     for result, kind, name in failed:
         if kind != "test":
-            message = [line.strip() for line in (result.get("message") or "").splitlines() if line.strip()]
-            lines.append(f"failed {kind} {name}: " + " / ".join(message[:ERROR_LINES_SHOWN] or ["error"]))
-    tests = [(result, name) for result, kind, name in failed if kind == "test"]
+            lines.append(f"failed {kind} {name}: {_first_lines(result)}")
+        elif result.get("status") == "error":
+            # its query did not finish: it found no rows, and its audit view may be an earlier build's
+            lines.append(f"test {name} could not run: {_first_lines(result)}")
+    tests = [
+        (result, name) for result, kind, name in failed if kind == "test" and result.get("status") == "fail"
+    ]
     if not tests:
         return lines
     hints = _hints(target_dir)
@@ -57,6 +61,12 @@ def report(target_dir: Path, limit: int = FAILED_ROWS_SHOWN) -> list[str]:
                     + ", ".join(f"{column}={value!r}" for column, value in zip(columns, row, strict=True))
                 )
     return lines
+
+
+def _first_lines(result: dict) -> str:
+    """A failed node's message in one line: its first lines (dbt's heading, the database's reason)."""
+    message = [line.strip() for line in (result.get("message") or "").splitlines() if line.strip()]
+    return " / ".join(message[:ERROR_LINES_SHOWN] or ["error"])
 
 
 def _kind_and_name(result: dict) -> tuple[str, str]:

@@ -819,8 +819,9 @@ def test_a_build_that_dies_shows_no_failed_test_of_an_earlier_build(
 
 
 def test_every_failed_node_is_reported_with_dbt_s_message(make_database, tmp_path, monkeypatch):
-    """A data test whose query errors (a column renamed under it) fails the build as a failing test does,
-    and a model that errors (a grant to a role that does not exist) fails it too: the build's error, and a
+    """A data test whose query errors (a column renamed under it, its session ended) fails the build too,
+    said to have not run (no failing rows: an audit view of its name is an earlier build's), and a model
+    that errors (a grant to a role that does not exist) fails it too: the build's error, and a
     Dagster step's failure alert, must name each, with dbt's message (a model's first lines, where the
     database's reason is). A test whose YAML gives a hint (a status without a rule: no run ends that failure
     alone) has it printed under it. A generic test's id ends in a hash, which its name leaves out."""
@@ -838,7 +839,14 @@ def test_every_failed_node_is_reported_with_dbt_s_message(make_database, tmp_pat
         {"unique_id": "model.data_platform.dim_organizations", "status": "error", "message": model_error},
         {"unique_id": "model.data_platform.fct_x", "status": "success", "message": "SELECT 1"},
         {"unique_id": "test.data_platform.a_failing_test", "status": "fail", "message": "Got 1 result"},
-        {"unique_id": "test.data_platform.an_erroring_test", "status": "error", "message": "no column x"},
+        # its query failed: no failing rows to show, even where a relation of its name holds rows (an
+        # earlier build's audit view)
+        {
+            "unique_id": "test.data_platform.an_erroring_test",
+            "status": "error",
+            "message": "Database Error in test an_erroring_test\n  no column x\n",
+            "relation_name": "pg_catalog.pg_am",
+        },
         {"unique_id": "test.data_platform.a_passing_test", "status": "pass", "message": None},
         {
             "unique_id": f"test.data_platform.{status_test}.2a41a0dc42",
@@ -860,8 +868,8 @@ def test_every_failed_node_is_reported_with_dbt_s_message(make_database, tmp_pat
         "failed model dim_organizations: Database Error in model dim_organizations "
         '(models/marts/dim_organizations.sql) / role "nobody" does not exist / '
         "compiled code at target/run/dim_organizations.sql / more",
+        "test an_erroring_test could not run: Database Error in test an_erroring_test / no column x",
         "failed test a_failing_test: Got 1 result",
-        "failed test an_erroring_test: no column x",
         f"failed test {status_test}: Got 1 result",
         "  a status without a balance rule: add its row to dbt/seeds/invoice_enrichment.csv; the next run "
         "then rebuilds in full (the rules changed)",
