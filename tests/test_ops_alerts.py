@@ -137,6 +137,43 @@ def test_a_step_that_failed_after_its_retries_is_alerted_with_its_own_error(defs
     assert message.details == ("some balance alerts could not be delivered (see the step's log)",)
 
 
+def test_a_run_that_failed_outside_its_steps_is_alerted_with_the_runs_error_and_its_unfinished_step(instance):
+    """The run's process died under a step (the Dagster storage went away, say): no step failed, and the
+    run's failure message says only that an exception was thrown; the exception is in the event."""
+    from dagster import DagsterEvent
+    from dagster._core.events import JobFailureData
+    from dagster._utils.error import SerializableErrorInfo
+
+    run = instance.create_run_for_job(job_def=failing_daily_job)
+    for kind in (DagsterEventType.RUN_START, DagsterEventType.STEP_START):
+        event = DagsterEvent(
+            kind.value, job_name=run.job_name, step_key=None if kind.name == "RUN_START" else "load_step"
+        )
+        instance.report_dagster_event(event, run_id=run.run_id)
+    cause = SerializableErrorInfo(
+        "dagster._core.errors.DagsterSubprocessError: During multiprocess execution errors occurred in child "
+        "processes:\nIn process 23559: dagster_postgres.utils.DagsterPostgresException: too many retries for "
+        "DB connection\n",
+        stack=[],
+        cls_name="DagsterSubprocessError",
+    )
+    instance.report_run_failed(
+        run,
+        'Execution of run for "daily_pipeline" failed. An exception was thrown during execution.',
+        JobFailureData(error=cause, failure_reason=None),
+    )
+
+    message = ops_alerts.failure_message(instance, instance.get_run_by_id(run.run_id), "http://dagster.test")
+
+    assert message.title == "Pipeline run failed: daily_pipeline, step load_step, which did not finish"
+    assert message.details == (
+        'Execution of run for "daily_pipeline" failed. An exception was thrown during execution.',
+        "During multiprocess execution errors occurred in child processes:",
+        "In process 23559: dagster_postgres.utils.DagsterPostgresException: too many retries for DB "
+        "connection",
+    )
+
+
 def test_runs_that_failed_before_the_first_tick_or_in_other_jobs_are_not_alerted(defs, instance):
     fail(instance)  # before the sensor ever ran: not a flood of old failures on its first tick
     with SlackStub() as slack:

@@ -52,7 +52,8 @@ def pipeline_step() -> Iterator[None]:
     one of the pipeline's own such as FULL_REFRESH) fails every step: configuration.problems."""
     unusable = configuration.problems()
     if unusable:
-        raise Failure(description="\n".join(str(error) for error in unusable))
+        # no retry: a setting does not fix itself, and a retried step holds the one-run queue meanwhile
+        raise Failure(description="\n".join(str(error) for error in unusable), allow_retries=False)
     try:
         yield
     except (pipeline.PipelineError, DatabaseUnavailable) as error:

@@ -32,6 +32,7 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from dagster import (
     DagsterEventType,
@@ -61,6 +62,9 @@ from data_platform.orchestration.schedules import daily_job
 from data_platform.orchestration.sensors import export_folders, exports_dir
 from data_platform.pipeline import PipelineLock
 
+if TYPE_CHECKING:
+    from dagster._utils.error import SerializableErrorInfo
+
 DEFAULT_EXPORT_MAX_AGE_HOURS = 26.0
 # a longer wait means nothing (and nan or inf would switch the check off): such a value is an error
 MAX_EXPORT_MAX_AGE_HOURS = 24 * 366
@@ -82,14 +86,28 @@ RUN_STATUS_SENSOR_CURSORS = ("RunStatusSensorCursor", "PipelineSensorCursor")
 
 
 def failure_message(instance: DagsterInstance, run: DagsterRun, base_url: str) -> OpsMessage:
+    """The failed step and its error; for a run that failed outside its steps (its process died, the
+    Dagster storage went away), the steps it left unfinished and the run's error."""
+    kinds = {
+        DagsterEventType.STEP_START,
+        DagsterEventType.STEP_SUCCESS,
+        DagsterEventType.STEP_FAILURE,
+        DagsterEventType.RUN_FAILURE,
+    }
     entries = [
-        record.event_log_entry
-        for record in instance.get_records_for_run(
-            run.run_id, of_type={DagsterEventType.STEP_FAILURE, DagsterEventType.RUN_FAILURE}
-        ).records
+        record.event_log_entry for record in instance.get_records_for_run(run.run_id, of_type=kinds).records
     ]
+
+    def steps_of(kind: DagsterEventType) -> set[str]:
+        return {
+            e.dagster_event.step_key
+            for e in entries
+            if e.dagster_event_type == kind and e.dagster_event.step_key
+        }
+
     failures = [e.dagster_event for e in entries if e.dagster_event_type == DagsterEventType.STEP_FAILURE]
-    steps = ", ".join(sorted({event.step_key for event in failures if event.step_key})) or "the run itself"
+    unfinished = steps_of(DagsterEventType.STEP_START) - steps_of(DagsterEventType.STEP_SUCCESS)
+    steps = ", ".join(sorted(steps_of(DagsterEventType.STEP_FAILURE)))
     retried = ""
     if failures and failures[0].step_failure_data.error is not None:
         error_info = failures[0].step_failure_data.error
@@ -97,17 +115,27 @@ def failure_message(instance: DagsterInstance, run: DagsterRun, base_url: str) -
             # Dagster's words once a step's retries ran out: what failed is the last attempt's error
             retried = f" ({error_info.message.strip()})"
             error_info = error_info.cause
-        # "dagster._core.definitions.events.Failure: <description>": the description is what helps
-        qualified_class = re.match(rf"[\w.]*\b{re.escape(error_info.cls_name or '?')}: ", error_info.message)
-        error = error_info.message[qualified_class.end() if qualified_class else 0 :]
+        error = _without_class_name(error_info)
     else:
-        run_failure = [e.message for e in entries if e.dagster_event_type == DagsterEventType.RUN_FAILURE]
-        error = next(filter(None, run_failure), "no error message")
+        run_failures = [e for e in entries if e.dagster_event_type == DagsterEventType.RUN_FAILURE]
+        error = next(filter(None, (e.message for e in run_failures)), "no error message")
+        # "An exception was thrown during execution." says nothing of the exception: it is in the event
+        data = run_failures[0].dagster_event.event_specific_data if run_failures else None
+        if getattr(data, "error", None) is not None:
+            error = f"{error}\n{_without_class_name(data.error)}"
+    if not steps:
+        steps = f"{', '.join(sorted(unfinished))}, which did not finish" if unfinished else "the run itself"
     return OpsMessage(
         title=f"Pipeline run failed: {run.job_name}, step {steps}{retried}",
         details=first_lines(error),
         link=f"{base_url}/runs/{run.run_id}",
     )
+
+
+def _without_class_name(error_info: "SerializableErrorInfo") -> str:
+    """ "dagster._core.definitions.events.Failure: <description>": the description is what helps."""
+    qualified_class = re.match(rf"[\w.]*\b{re.escape(error_info.cls_name or '?')}: ", error_info.message)
+    return error_info.message[qualified_class.end() if qualified_class else 0 :]
 
 
 def given_up(what: str, error: str | None) -> str:
