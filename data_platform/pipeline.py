@@ -177,6 +177,18 @@ def _check_threads(environ: Mapping[str, str]) -> None:
         raise PipelineError(f"DBT_THREADS must be a whole number from 1, got {raw!r}", EXIT_CONFIG)
 
 
+def _check_alert_settings(environ: Mapping[str, str]) -> None:
+    """The alert run's own settings (ALERT_*, the webhook), as it reads them at the run's end: a setting to
+    fix is said before the load and the build, not after them, and a Dagster step does not retry it.
+    ALERT_LOCK_TIMEOUT is the pipeline's to set (run_alerts)."""
+    try:
+        alert_config.load(
+            [], {name: value for name, value in environ.items() if name != "ALERT_LOCK_TIMEOUT"}
+        )
+    except alert_config.ConfigError as error:
+        raise PipelineError(f"the alert run's settings: {error}", EXIT_CONFIG) from None
+
+
 def csv_dir_from_environment(environ: Mapping[str, str] | None = None) -> Path:
     """CSV_DIR, the exports' folder, absolute. The export sensor and the freshness check read it here, not
     through Settings: another setting that cannot be used must fail the runs, not stop them watching the
@@ -206,12 +218,15 @@ class Settings:
         env = dict(os.environ if environ is None else environ)
         serve_docs = _boolean(env, "SERVE_DOCS", cls.serve_docs)
         _check_threads(env)
+        run_alerts = _boolean(env, "RUN_ALERTS", cls.run_alerts)
+        if run_alerts:
+            _check_alert_settings(env)
         return cls(
             csv_dir=csv_dir_from_environment(env),
             db_wait_seconds=_number(env, "DB_WAIT_SECONDS", cls.db_wait_seconds),
             lock_timeout_seconds=_number(env, "PIPELINE_LOCK_TIMEOUT", cls.lock_timeout_seconds),
             full_refresh=_boolean(env, "FULL_REFRESH", cls.full_refresh),
-            run_alerts=_boolean(env, "RUN_ALERTS", cls.run_alerts),
+            run_alerts=run_alerts,
             alerter_user=env.get("ALERTER_USER", "").strip() or cls.alerter_user,
             alerter_password=env.get("ALERTER_PASSWORD") or cls.alerter_password,
             serve_docs=serve_docs,

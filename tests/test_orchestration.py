@@ -141,6 +141,14 @@ def test_an_unusable_pipeline_setting_is_a_configuration_problem(setting):
     assert str(problem).startswith(f"{name} must be ") and str(problem).endswith(f"got {value!r}")
 
 
+def test_an_unusable_alert_setting_is_a_configuration_problem_unless_the_alerts_are_off():
+    (problem,) = configuration.problems({"ALERT_MIN_CHANGE_USD": "a lot"})
+    assert str(problem).startswith(
+        "the alert run's settings: ALERT_MIN_CHANGE_USD: expected an amount in USD"
+    )
+    assert configuration.problems({"ALERT_MIN_CHANGE_USD": "a lot", "RUN_ALERTS": "false"}) == []
+
+
 @pytest.mark.slow  # imports Dagster and parses the dbt project (about 10 s)
 def test_an_invalid_pipeline_schedule_fails_every_step_but_not_the_definitions(tmp_path):
     # the definitions hold the sensors, the failure alerts among them: they must load, and the runs the

@@ -291,11 +291,13 @@ def test_undelivered_alerts_let_the_pipeline_finish_but_a_broken_alert_setup_sto
     assert "pipeline finished" in undelivered.stdout
     assert database.query("select count(*) from ops.alert_history where status = 'failed'") != [(0,)]
 
-    # exit 2 (a configuration error): the pipeline fails with it
+    # a configuration error of the alert run: the pipeline stops with it (2), before the load
     broken = run_pipeline(database, csv_dir, SLACK_WEBHOOK_URL="https://[hooks.example/x")
     assert broken.returncode == 2
-    assert "the alert run failed (exit 2)" in broken.stderr
-    assert "pipeline finished" not in broken.stdout
+    assert (
+        "the alert run's settings: SLACK_WEBHOOK_URL is set but is not a valid webhook URL" in broken.stderr
+    )
+    assert "loading the exports" not in broken.stdout
 
 
 @pytest.mark.parametrize(
@@ -1100,6 +1102,23 @@ def test_an_alerter_user_that_is_not_a_role_stops_the_run_before_the_load(make_d
     assert "ALERTER_USER=no_such_alerter is not a role on " in result.stderr
     assert "loading the exports" not in result.stdout
     assert database.query("select to_regclass('raw.load_log')") == [(None,)], "an export was loaded"
+
+
+def test_an_unusable_alert_setting_stops_the_run_before_the_load(make_database, tmp_path):
+    """The alert run reads its settings at the run's end: one it refuses is a setting to fix (2), said
+    before the load and the build, not after them."""
+    database = make_database()
+    result = run_pipeline(database, write_fixture(tmp_path / "csv"), ALERT_CRITICAL_USD="1,5")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert (
+        "ALERT_CRITICAL_USD: expected an amount in USD such as 1000 or 1,000.50, got '1,5'" in result.stderr
+    )
+    assert "loading the exports" not in result.stdout
+    assert database.query("select to_regclass('raw.load_log')") == [(None,)], "an export was loaded"
+    # the alert run skipped: its settings are not read
+    assert_succeeded(
+        run_pipeline(database, write_fixture(tmp_path / "csv"), ALERT_CRITICAL_USD="1,5", RUN_ALERTS="0")
+    )
 
 
 def test_a_project_that_does_not_parse_fails_the_build_with_dbts_error_once(make_database, tmp_path):
