@@ -59,7 +59,7 @@ ENGINES = ("postgres", "duckdb", "spark")
 BUILD_COMMAND = (PYTHON, "-m", "data_platform.engines.build")
 DEFAULT_TIMEOUT_SECONDS = 3600.0
 DOCS_STEP = "dbt docs generate"
-FACT, DIM_ORGANIZATIONS, DIM_INVOICES = (
+FACT, DIM_ORGANIZATIONS, FCT_INVOICES = (
     "fct_organization_daily_financials",
     "dim_organizations",
     "fct_invoices",
@@ -304,7 +304,7 @@ def build_postgres(context: Run) -> dict[str, Any]:
             result["docs_generate_seconds"] = round(run.seconds - docs_at, 3)
         if run.status == "ok":
             fact, organizations, invoices = (
-                f"marts.{name}" for name in (FACT, DIM_ORGANIZATIONS, DIM_INVOICES)
+                f"marts.{name}" for name in (FACT, DIM_ORGANIZATIONS, FCT_INVOICES)
             )
             [row] = bench.query(marts_summary_sql(fact, organizations, invoices), role="admin")
             result["marts"] = _summary(row)
@@ -359,7 +359,7 @@ def build_duckdb(context: Run) -> dict[str, Any]:
     if run.status == "ok":
         with duckdb.connect(str(path), read_only=True) as conn:
             row = conn.execute(
-                marts_summary_sql(*(f"marts.{name}" for name in (FACT, DIM_ORGANIZATIONS, DIM_INVOICES)))
+                marts_summary_sql(*(f"marts.{name}" for name in (FACT, DIM_ORGANIZATIONS, FCT_INVOICES)))
             ).fetchone()
         result["marts"] = _summary(row)
         wal = path.with_name(path.name + ".wal")
@@ -395,7 +395,7 @@ def build_spark(context: Run) -> dict[str, Any]:
         with duckdb.connect() as conn:
             conn.execute("set timezone = 'UTC'")
             row = conn.execute(
-                marts_summary_sql(table(FACT), table(DIM_ORGANIZATIONS), table(DIM_INVOICES))
+                marts_summary_sql(table(FACT), table(DIM_ORGANIZATIONS), table(FCT_INVOICES))
             ).fetchone()
         result["marts"] = _summary(row)
         result["disk_bytes"] = directory_bytes(warehouse)

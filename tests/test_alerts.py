@@ -1086,7 +1086,10 @@ def test_interrupt_exits_130_and_keeps_what_was_committed(db, slack):
     # organization 2's message left before the interrupt: it may have arrived, and is counted so
     assert history(db) == {(1, DAY[0]): ("sent", 1), (2, DAY[0]): ("unknown", 1)}
     assert db.query("select last_error from ops.alert_history where organization_id = 2") == [
-        ("no answer recorded: the run ended while the request waited for it (the message may have arrived)",)
+        (
+            "no answer recorded yet: the request went out, and if the run ended before its answer, the "
+            "message may have arrived",
+        )
     ]
     assert watermark(db) == DAY[0]
 

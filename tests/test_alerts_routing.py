@@ -423,9 +423,33 @@ def test_a_route_put_back_is_not_sent_what_another_destination_got_meanwhile(db)
     assert history(db, "slack") == {(1, DAY[1]): ("sent", 1)}
     assert "2 days processed (2024-03-02..2024-03-03), 1 alert sent" in back.stdout
     assert (
-        "1 alert already recorded for another destination before the routes changed: not sent again."
+        "1 alert already sent, or waiting, to another destination before the routes changed: not sent again."
         in back.stdout
     )
+
+
+def test_only_an_alert_sent_or_waiting_elsewhere_keeps_a_route_from_recording_it(db):  # noqa: F811
+    # one held back by --suppress-days or superseded was sent to no one, and printing is not sending:
+    # the route that names the organization now may still send it
+    from dataclasses import replace
+
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool
+
+    from data_platform.alerts import store
+    from data_platform.alerts.records import CONSOLE
+
+    engine = create_engine("postgresql+psycopg://", creator=lambda: db.connect("alerter"), poolclass=NullPool)
+    pending, held, superseded, printed = (replace(ALERT, organization_id=n) for n in (1, 2, 3, 4))
+    with engine.connect() as conn:
+        store.ensure_tables(conn)
+        store.record_alerts(conn, "slack", [pending, superseded])
+        store.record_alerts(conn, "slack", [held], suppressed={(2, DAY[0])})
+        store.record_superseded(conn, "slack", [superseded])
+        store.record_alerts(conn, CONSOLE, [printed])
+        alerts = [pending, held, superseded, printed]
+        assert store.recorded_elsewhere(conn, "VIP_WEBHOOK", alerts) == {(1, DAY[0])}
+        assert store.recorded_elsewhere(conn, "slack", alerts) == set()
 
 
 # --- Slack's rate limit ------------------------------------------------------------------------------

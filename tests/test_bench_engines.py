@@ -121,3 +121,20 @@ def test_a_build_past_its_deadline_is_killed_with_its_children(tmp_path):
     time.sleep(0.5)
     assert not psutil.pid_exists(child) or psutil.Process(child).status() == psutil.STATUS_ZOMBIE
     assert "killed after the 2 s timeout" in run.tail()
+
+
+def test_the_report_renders_results_written_before_the_invoices_mart_was_renamed(tmp_path):
+    """The report is rewritten from a results file by hand (engine_report.py RESULTS.json): the committed
+    results name the invoices mart's rows dim_invoices_rows."""
+    committed = PROJECT_ROOT / "bench" / "results" / "2026-12-06-50000-invoices-engines.json"
+    assert "dim_invoices_rows" in committed.read_text()
+    results = tmp_path / committed.name
+    results.write_text(committed.read_text())
+    rendered = subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "bench" / "engine_report.py"), str(results)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert rendered.returncode == 0, rendered.stderr
+    assert "| fct_invoices rows | 50,000 | 50,000 | 50,000 |" in results.with_suffix(".md").read_text()

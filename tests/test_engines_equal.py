@@ -20,6 +20,7 @@ import json
 import math
 import os
 import random
+import re
 import shlex
 import shutil
 import subprocess
@@ -452,6 +453,13 @@ def test_duckdb_equals_postgres_with_fractional_rules(make_database, tmp_path):
     (tmp_path / "duckdb").mkdir()
     build_on("duckdb", project, DEMO_CSV, tmp_path / "duckdb")
     assert_same_marts(database, lambda table: duckdb_rows(tmp_path / "duckdb", table))
+    # the JSON text as an analyst reads it: cents as Postgres shows them, a finer amount exact, no zeros
+    # of the decimal type past them (equal as numbers either way)
+    columns, rows = duckdb_rows(tmp_path / "duckdb", "fct_organization_daily_drivers")
+    texts = " ".join(str(row[columns.index("top_invoices")]) for row in rows)
+    amounts = re.findall(r'"balance_change_usd":(-?[0-9.]+)', texts)
+    assert amounts and all(re.fullmatch(r"-?[0-9]+\.[0-9]{2}([0-9]*[1-9])?", amount) for amount in amounts)
+    assert any(len(amount.split(".")[1]) > 2 for amount in amounts)
 
 
 @pytest.fixture(scope="module")

@@ -243,15 +243,17 @@ def record_alerts(
 
 
 def recorded_elsewhere(conn: Connection, destination: str, alerts: Sequence[Alert]) -> set[tuple[int, date]]:
-    """The organization-days of `alerts` that another destination has and `destination` has not: the
-    routes sent them there when they were recorded (a route removed, then put back), and an alert stays
-    with the destination it was recorded for. Console rows aside: printing is a view, not a delivery."""
+    """The organization-days of `alerts` that another destination was sent or may still send and
+    `destination` has not: the routes sent them there when they were recorded (a route removed, then put
+    back), and an alert stays with the destination it was recorded for. Not one that was sent to no one
+    (suppressed, superseded) or only printed (console rows: printing is a view, not a delivery)."""
     if not alerts:
         return set()
     keys = {(alert.organization_id, alert.balance_date) for alert in alerts}
     rows = conn.execute(
         select(history.c.destination, history.c.organization_id, history.c.balance_date).where(
             history.c.destination != CONSOLE,
+            history.c.status.not_in([SUPPRESSED, SUPERSEDED]),
             organization_days_in(history.c.organization_id, history.c.balance_date, keys),
         )
     ).all()
@@ -388,7 +390,8 @@ def record_superseded(conn: Connection, destination: str, alerts: Sequence[Alert
 
 
 NO_ANSWER_RECORDED = (
-    "no answer recorded: the run ended while the request waited for it (the message may have arrived)"
+    "no answer recorded yet: the request went out, and if the run ended before its answer, the message may "
+    "have arrived"
 )
 
 

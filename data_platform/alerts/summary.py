@@ -163,8 +163,8 @@ class Summary:
                 notes.append(f"{reopened} reopened, to be sent as the fact is now: {why}.")
         if self.recorded_elsewhere:
             notes.append(
-                f"{plural(self.recorded_elsewhere, 'alert')} already recorded for another destination before "
-                "the routes changed: not sent again."
+                f"{plural(self.recorded_elsewhere, 'alert')} already sent, or waiting, to another "
+                "destination before the routes changed: not sent again."
             )
         if self.waiting_for_webhook:
             notes.append(self.waiting_for_webhook_note())

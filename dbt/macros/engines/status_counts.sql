@@ -51,8 +51,9 @@
     objects, in `order_by` order, over the rows where `condition` holds; `[]` when none does.
     Postgres: jsonb; DuckDB: json; Spark: JSON text. There, an amount's decimal places follow the rules'
     coefficients' type (DuckDB 19.44000, Spark 19.440000): its zeros past the cents are dropped from the
-    JSON text, so that it reads as Postgres's does (19.44), and a fractional rule's exact amount (27.8175)
-    is kept, which rounding to the cent would lose.
+    JSON text, so that with whole-number rules (the shipped ones) it reads as Postgres's does (19.44), and
+    a fractional rule's exact amount (27.8175) is kept, which rounding to the cent would lose. Equal, not
+    the same text: Postgres keeps the product's scale (27.8250 where these show 27.825).
 -#}
 {% macro top_invoices_array(invoice_id, status, balance_change_usd, order_by, condition) -%}
     {{ return(adapter.dispatch('top_invoices_array', 'data_platform')(
