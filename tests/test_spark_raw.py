@@ -169,6 +169,6 @@ def test_exports_from_the_future_and_invoices_after_their_exports_date_are_refus
     not_a_number = bad_values["not_a_number"] / "exports" / DAY_2 / "invoices.csv"
     assert lines[6].startswith(
         f"refused: {not_a_number}: Spark cannot read it with the raw column types: a record it cannot parse, "
-        "read as [null,"
+        "read as '[null,"
     ), lines[6]
     assert lines[7] == "written: False"

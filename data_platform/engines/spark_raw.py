@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from datetime import date, timedelta
@@ -86,7 +87,9 @@ def _read(spark, spec: TableSpec, path: Path):
 
     try:
         frame = typed()
-    except Exception:  # py4j or pyspark errors
+    except Exception as error:  # py4j or pyspark errors
+        if _malformed_record(error) is None:
+            raise LoadError(path, f"Spark cannot read it: {_first_line(error)}") from None
         # a quoted value may hold a line break, which only a whole-file read (one task: slower) can take
         try:
             frame = typed(multiLine=True)
@@ -106,17 +109,31 @@ def _read(spark, spec: TableSpec, path: Path):
     return frame
 
 
+_MALFORMED_RECORD = re.compile(
+    r"Malformed records are detected in record parsing: (.*?)\.?\s*Parse Mode", re.S
+)
+
+
+def _malformed_record(error: Exception) -> str | None:
+    """The record the reader refused, as far as it parsed it, from the Java stack's message; None for
+    another error."""
+    found = _MALFORMED_RECORD.search(str(error))
+    return found.group(1) if found else None
+
+
 def _reason(error: Exception) -> str:
-    """The reader's own words from a Java stack: the record it refused, as far as it parsed it."""
-    text = str(error)
-    for line in text.splitlines():
-        _, found, reason = line.partition("Malformed records are detected in record parsing: ")
-        if found:
-            return (
-                f"a record it cannot parse, read as {reason.rstrip('.')} (a null where the file has a value "
-                "is a value its column's type cannot hold; else a record cut short or a quote never closed)"
-            )
-    return text.strip().splitlines()[0] if text.strip() else type(error).__name__
+    record = _malformed_record(error)
+    if record is None:
+        return _first_line(error)
+    return (
+        f"a record it cannot parse, read as {record!r} (a null where the file has a value is a value its "
+        "column's type cannot hold; else a record cut short or a quote never closed)"
+    )
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _refuse_values(frame, spec: TableSpec, path: Path) -> None:
