@@ -149,6 +149,12 @@ def test_an_unusable_alert_setting_is_a_configuration_problem_unless_the_alerts_
     assert configuration.problems({"ALERT_MIN_CHANGE_USD": "a lot", "RUN_ALERTS": "false"}) == []
 
 
+def test_an_unreadable_webhook_file_is_one_problem_not_two(tmp_path):
+    # the alert run's settings would quote the secret file's error again
+    (problem,) = configuration.problems({"SLACK_WEBHOOK_URL_FILE": str(tmp_path / "missing")})
+    assert "SLACK_WEBHOOK_URL_FILE=" in str(problem) and "cannot read the file" in str(problem)
+
+
 @pytest.mark.slow  # imports Dagster and parses the dbt project (about 10 s)
 def test_an_invalid_pipeline_schedule_fails_every_step_but_not_the_definitions(tmp_path):
     # the definitions hold the sensors, the failure alerts among them: they must load, and the runs the

@@ -1053,14 +1053,19 @@ def test_a_build_drops_the_table_a_renamed_model_left_behind_but_not_what_others
 ):
     """fct_invoices was dim_invoices: dbt leaves a renamed model's old table as it was, and whoever still
     read it would get numbers that are no longer updated. The next build drops it, so that they fail,
-    unless views read it (someone's work: the build warns, naming them, and leaves it) or a session holds
-    it (the next build tries again); a view of the old name (a compatibility view) is not the old table."""
+    unless others built on it (a view, a function: someone's work; the build warns, naming them, and leaves
+    it) or a session holds it (the next build tries again); a view of the old name (a compatibility view)
+    is not the old table."""
     database, csv_dir = make_database(), write_fixture(tmp_path / "csv")
     assert_succeeded(run_pipeline(database, csv_dir))
     # the table as an older version of the project built it, and a reader's view on it
     with database.connect("transformer", autocommit=True) as conn:
         conn.execute("create table marts.dim_invoices as select * from marts.fct_invoices")
         conn.execute("create view marts.readers_view as select * from marts.dim_invoices where amount > 0")
+        conn.execute(
+            "create function marts.open_invoices() returns setof marts.dim_invoices language sql"
+            " as $$ select * from marts.dim_invoices where status = 'open' $$"
+        )
 
     def present() -> tuple:
         return database.query("select to_regclass('marts.dim_invoices'), to_regclass('marts.readers_view')")[
@@ -1070,12 +1075,13 @@ def test_a_build_drops_the_table_a_renamed_model_left_behind_but_not_what_others
     read = run_pipeline(database, csv_dir)
     assert_succeeded(read)
     assert present() == ("marts.dim_invoices", "marts.readers_view")
-    assert (
-        "is no longer updated (its model is now fct_invoices) and is not dropped: marts.readers_view read it."
-        in " ".join(read.stdout.split())
-    ), read.stdout
+    said = " ".join(read.stdout.split())
+    assert "is no longer updated (its model is now fct_invoices) and is not dropped: " in said, read.stdout
+    assert "view marts.readers_view depends on table marts.dim_invoices" in said, read.stdout
+    assert "function marts.open_invoices() depends on type marts.dim_invoices" in said, read.stdout
     with database.connect("transformer", autocommit=True) as conn:
         conn.execute("drop view marts.readers_view")
+        conn.execute("drop function marts.open_invoices()")
     with database.connect("admin") as holder:
         holder.execute("select count(*) from marts.dim_invoices")  # its transaction holds the table
         held = run_pipeline(database, csv_dir)

@@ -172,3 +172,17 @@ def test_exports_from_the_future_and_invoices_after_their_exports_date_are_refus
         "read as '[null,"
     ), lines[6]
     assert lines[7] == "written: False"
+
+
+def test_a_java_error_is_told_by_its_java_exception_not_by_py4js_call():
+    from data_platform.engines.spark_raw import _first_line
+
+    py4j = (
+        "An error occurred while calling o38.localCheckpoint.\n"
+        ": org.apache.spark.SparkException: Job aborted due to stage failure: disk full\n"
+        "\tat org.apache.spark.scheduler.DAGScheduler.failJobAndIndependentStages(DAGScheduler.scala:2898)\n"
+    )
+    assert _first_line(Exception(py4j)) == (
+        "org.apache.spark.SparkException: Job aborted due to stage failure: disk full"
+    )
+    assert _first_line(Exception("plain\nmore")) == "plain"

@@ -132,7 +132,11 @@ def _reason(error: Exception) -> str:
 
 
 def _first_line(error: Exception) -> str:
+    """The error's first line; from a Java stack (Py4J), the Java exception's, not "An error occurred while
+    calling o38.localCheckpoint."."""
     text = str(error).strip()
+    _, java, thrown = text.partition("\n: ")
+    text = thrown.strip() if java and thrown.strip() else text
     return text.splitlines()[0] if text else type(error).__name__
 
 

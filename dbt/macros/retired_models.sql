@@ -3,8 +3,9 @@
     renamed model's old table in place, where readers would go on reading numbers that are no longer
     updated; a `dbt run` or `dbt build` drops it, in the schema of its replacement, so that they fail
     instead. Only a table is dropped (what the old model left; a view of that name is someone's
-    compatibility view), and never what others built on it: on Postgres a table that views still read is
-    left, with a warning naming them, as is one a reader holds (it waits 5 s for its lock at most).
+    compatibility view), and never what others built on it: on Postgres a table that others' objects
+    depend on (views, foreign keys, functions) is left, with a warning naming them, as is one a session
+    holds (it waits 5 s for its lock at most).
 #}
 {% macro retired_models() -%}
     {{ return({
@@ -34,33 +35,34 @@
     {%- do adapter.drop_relation(relation) -%}
 {%- endmacro %}
 
+{#- The drop restricts: what others built on the table (views, foreign keys, functions) keeps it, and the
+    warning quotes Postgres's list of them; the outcome comes back through a transaction-local setting,
+    as a DO block returns nothing. -#}
 {% macro postgres__drop_retired_table(relation, replacement) -%}
-    {%- set readers = run_query(
-        "select distinct reader.oid::regclass::text from pg_depend as dependency"
-        ~ " inner join pg_rewrite as rule on dependency.classid = 'pg_rewrite'::regclass"
-        ~ " and rule.oid = dependency.objid"
-        ~ " inner join pg_class as reader on rule.ev_class = reader.oid"
-        ~ " where dependency.refobjid = '" ~ relation ~ "'::regclass and reader.oid <> dependency.refobjid"
-        ~ " order by 1"
-    ).columns[0].values() -%}
-    {%- set left = relation ~ " is no longer updated (its model is now " ~ replacement ~ ")"
-        ~ " and is not dropped" -%}
-    {%- if readers | length > 0 -%}
-        {%- do exceptions.warn(
-            left ~ ": " ~ readers | join(', ') ~ " read it. Point them at " ~ replacement
-            ~ ", then drop it (or drop it with them: drop table " ~ relation ~ " cascade)."
-        ) -%}
-        {%- do return(none) -%}
-    {%- endif -%}
-    {%- do log('dropping ' ~ relation ~ ', now ' ~ replacement, info=true) -%}
-    {%- set still_there = run_query(
-        "do $$ declare previous text := current_setting('lock_timeout'); begin"
+    {%- set kept = run_query(
+        "do $$ declare previous text := current_setting('lock_timeout'); dependents text; begin"
         ~ " perform set_config('lock_timeout', '5s', true); drop table " ~ relation ~ ";"
         ~ " perform set_config('lock_timeout', previous, true);"
-        ~ " exception when lock_not_available then null; end $$;"
-        ~ " select to_regclass('" ~ relation ~ "') is not null"
+        ~ " perform set_config('data_platform.retired_table_kept', '', true);"
+        ~ " exception"
+        ~ " when lock_not_available then"
+        ~ " perform set_config('data_platform.retired_table_kept', 'held', true);"
+        ~ " when dependent_objects_still_exist then"
+        ~ " get stacked diagnostics dependents = pg_exception_detail;"
+        ~ " perform set_config('data_platform.retired_table_kept', dependents, true);"
+        ~ " end $$;"
+        ~ " select current_setting('data_platform.retired_table_kept', true)"
     ).columns[0].values()[0] -%}
-    {%- if still_there -%}
+    {%- set left = relation ~ " is no longer updated (its model is now " ~ replacement ~ ")"
+        ~ " and is not dropped" -%}
+    {%- if not kept -%}
+        {%- do log('dropped ' ~ relation ~ ', now ' ~ replacement, info=true) -%}
+    {%- elif kept == 'held' -%}
         {%- do exceptions.warn(left ~ " yet: a session holds it. The next run tries again.") -%}
+    {%- elif kept -%}
+        {%- do exceptions.warn(
+            left ~ ": " ~ kept.splitlines() | join('; ') ~ ". Point them at " ~ replacement
+            ~ ", then drop it (or drop it with them: drop table " ~ relation ~ " cascade)."
+        ) -%}
     {%- endif -%}
 {%- endmacro %}
