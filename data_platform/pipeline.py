@@ -45,6 +45,8 @@ import psycopg
 from data_platform import build_failures, refresh, warm_dbt
 from data_platform.alerts import config as alert_config
 from data_platform.alerts import exit_codes as alert_exit_codes
+from data_platform.alerts import routing
+from data_platform.alerts.records import DEFAULT_WEBHOOK_ENV
 from data_platform.db import (
     LOADER_LOCK_KEY,
     PIPELINE_LOCK_SESSION,
@@ -177,14 +179,21 @@ def _check_threads(environ: Mapping[str, str]) -> None:
         raise PipelineError(f"DBT_THREADS must be a whole number from 1, got {raw!r}", EXIT_CONFIG)
 
 
+ROUTING_SEED = PROJECT_ROOT / routing.SEED
+
+
 def _check_alert_settings(environ: Mapping[str, str]) -> None:
-    """The alert run's own settings (ALERT_*, the webhook), as it reads them at the run's end: a setting to
-    fix is said before the load and the build, not after them, and a Dagster step does not retry it.
-    ALERT_LOCK_TIMEOUT is the pipeline's to set (run_alerts)."""
+    """The alert run's own settings (ALERT_*, the webhook, each route's webhook), as it reads them at the
+    run's end: a setting to fix is said before the load and the build, not after them, and a Dagster step
+    does not retry it. ALERT_LOCK_TIMEOUT is the pipeline's to set (run_alerts). The routes are the seed
+    file's, which the build is about to put in the marts; one the build would refuse is left to it."""
     try:
-        alert_config.load(
+        settings = alert_config.load(
             [], {name: value for name, value in environ.items() if name != "ALERT_LOCK_TIMEOUT"}
         )
+        routes = routing.routes_in_seed(ROUTING_SEED)
+        if routes is not None:
+            routing.destinations(routes, settings.environment, {DEFAULT_WEBHOOK_ENV: settings.webhook_url})
     except alert_config.ConfigError as error:
         raise PipelineError(f"the alert run's settings: {error}", EXIT_CONFIG) from None
 

@@ -17,7 +17,8 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import IO
 
 from data_platform.paths import PROJECT_ROOT
@@ -104,6 +105,18 @@ def _child_setup(parent: int) -> None:
             os._exit(1)
 
 
+def files_from_callers_folder(env: Mapping[str, str]) -> dict[str, str]:
+    """`env` with each relative NAME_FILE path made absolute from the current folder: a step runs in the
+    project's folder, and a secret file given relative to the caller's must be the same file for the
+    step as it was for the checks made before it (as CSV_DIR is, csv_dir_from_environment)."""
+    return {
+        name: str(Path(value.strip()).absolute())
+        if name.endswith("_FILE") and value.strip() and not Path(value.strip()).is_absolute()
+        else value
+        for name, value in env.items()
+    }
+
+
 def start_child(argv: Sequence[str], env: dict[str, str] | None = None, **popen) -> subprocess.Popen:
     """A step in its own process group, so that Ctrl-C reaches it only through `wait_child`, and bound to
     this process's life. Wait for it in the thread that started it (the kernel ties it to that thread)."""
@@ -111,7 +124,7 @@ def start_child(argv: Sequence[str], env: dict[str, str] | None = None, **popen)
     return subprocess.Popen(
         list(argv),
         cwd=PROJECT_ROOT,
-        env=env,
+        env=files_from_callers_folder(os.environ if env is None else env),
         start_new_session=True,
         preexec_fn=lambda: _child_setup(parent),
         **popen,

@@ -33,6 +33,7 @@ from test_alerts import (  # noqa: F401  (db, warehouse are fixtures)
     history,
     ops_tables,
     organizations_in,
+    rebuild_day,
     run_alerts,
     start_alerts,
     stop_in_the_wait,
@@ -422,6 +423,39 @@ def test_a_route_put_back_is_not_sent_what_another_destination_got_meanwhile(db)
     assert history(db, "VIP_WEBHOOK") == {(1, DAY[0]): ("sent", 1), (1, DAY[2]): ("sent", 1)}
     assert history(db, "slack") == {(1, DAY[1]): ("sent", 1)}
     assert "2 days processed (2024-03-02..2024-03-03), 1 alert sent" in back.stdout
+    assert (
+        "1 alert already sent, or waiting, to another destination before the routes changed: not sent again."
+        in back.stdout
+    )
+
+
+def test_a_superseded_alert_is_not_reopened_where_its_day_was_sent_elsewhere_meanwhile(db):  # noqa: F811
+    # VIP's alert could not be sent, then a rebuild superseded it; with VIP's route removed, a --date
+    # run sent the day, alerting again, to the default destination. VIP's route put back must not reopen
+    # its superseded row and send the same day a second time.
+    set_routes(db, VIP, DEFAULT)
+    add_moves(db, (1, DAY[0], "100", "300"))
+    with SlackStub() as vip, SlackStub() as default:
+        vip.always(server_error(500))
+        env = {"webhook": default.url, "VIP_WEBHOOK": vip.url, "ALERT_HTTP_RETRIES": "0"}
+        assert run_alerts(db, **env).returncode == 1
+        rebuild_day(db, DAY[0], 110, 0.1)
+        vip.always(OK)
+        assert run_alerts(db, **env).returncode == 0
+        assert history(db, "VIP_WEBHOOK") == {(1, DAY[0]): ("superseded", 1)}
+        set_routes(db, DEFAULT)
+        rebuild_day(db, DAY[0], 300, 2)
+        assert run_alerts(db, "--date", DAY[0].isoformat(), webhook=default.url).returncode == 0
+        assert organizations_in(default.delivered) == [1]
+        set_routes(db, VIP, DEFAULT)
+
+        back = run_alerts(db, **env)
+
+    assert back.returncode == 0, back.stderr
+    assert vip.delivered == []
+    assert history(db, "VIP_WEBHOOK") == {(1, DAY[0]): ("superseded", 1)}
+    assert history(db, "slack") == {(1, DAY[0]): ("sent", 1)}
+    assert "reopened" not in back.stdout
     assert (
         "1 alert already sent, or waiting, to another destination before the routes changed: not sent again."
         in back.stdout

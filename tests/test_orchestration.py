@@ -149,6 +149,49 @@ def test_an_unusable_alert_setting_is_a_configuration_problem_unless_the_alerts_
     assert configuration.problems({"ALERT_MIN_CHANGE_USD": "a lot", "RUN_ALERTS": "false"}) == []
 
 
+ROUTES_HEADER = (
+    "priority,route_name,organization_id,legal_entity_country_code,min_balance_usd,max_balance_usd,"
+    "webhook_env,sink,mention\n"
+)
+DEFAULT_ROUTE = "100,default,,,,,SLACK_WEBHOOK_URL,slack,\n"
+A_WEBHOOK = "https://hooks.example.com/services/T0/B0/x"
+
+
+def test_a_route_without_its_webhook_is_a_configuration_problem(tmp_path, monkeypatch):
+    # found in the seed file before the load, not by the alert run after the build (which a Dagster step
+    # would retry, holding the run queue)
+    from data_platform import pipeline
+
+    seed = tmp_path / "alert_routing.csv"
+    seed.write_text(ROUTES_HEADER + "10,vip,1,,,,VIP_WEBHOOK,json,<!here>\n" + DEFAULT_ROUTE)
+    monkeypatch.setattr(pipeline, "ROUTING_SEED", seed)
+
+    (problem,) = configuration.problems({"SLACK_WEBHOOK_URL": A_WEBHOOK})
+    assert str(problem) == (
+        "the alert run's settings: route 'vip' needs VIP_WEBHOOK (or VIP_WEBHOOK_FILE): not set, so its "
+        "alerts could not be delivered. Set it, or remove the route from dbt/seeds/alert_routing.csv. "
+        "Nothing was sent."
+    )
+    assert configuration.problems({"SLACK_WEBHOOK_URL": A_WEBHOOK, "VIP_WEBHOOK": A_WEBHOOK}) == []
+    assert configuration.problems({}) == []  # no webhook at all: every alert is printed
+    assert configuration.problems({"SLACK_WEBHOOK_URL": A_WEBHOOK, "RUN_ALERTS": "false"}) == []
+    seed.write_text(ROUTES_HEADER + "10,vip,1,,,,VIP_WEBHOOK,teams,\n" + DEFAULT_ROUTE)
+    (problem,) = configuration.problems({"SLACK_WEBHOOK_URL": A_WEBHOOK, "VIP_WEBHOOK": A_WEBHOOK})
+    assert "route 'vip' (priority 10) in dbt/seeds/alert_routing.csv: sink must be one of" in str(problem)
+    # a row that dbt seed will refuse is left to it, which says why in its own words
+    seed.write_text(ROUTES_HEADER + "first,vip,1,,,,VIP_WEBHOOK,json,\n" + DEFAULT_ROUTE)
+    assert configuration.problems({"SLACK_WEBHOOK_URL": A_WEBHOOK}) == []
+
+
+def test_the_shipped_routes_need_no_webhook_but_the_default_one():
+    from data_platform import pipeline
+    from data_platform.alerts import routing
+
+    assert pipeline.ROUTING_SEED.is_file()
+    (route,) = routing.routes_in_seed(pipeline.ROUTING_SEED)
+    assert (route.webhook_env, route.sink, route.is_default) == ("SLACK_WEBHOOK_URL", "slack", True)
+
+
 def test_an_unreadable_webhook_file_is_one_problem_not_two(tmp_path):
     # the alert run's settings would quote the secret file's error again
     (problem,) = configuration.problems({"SLACK_WEBHOOK_URL_FILE": str(tmp_path / "missing")})

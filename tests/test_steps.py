@@ -124,3 +124,30 @@ def test_a_step_interrupted_by_anything_stops_its_child_before_it_ends(interrupt
         if child.poll() is None:
             child.kill()
             wait()
+
+
+def test_a_step_reads_a_relative_secret_file_from_the_callers_folder_not_the_projects(tmp_path, monkeypatch):
+    # the pipeline checks the alert run's webhook file before its load, from the folder it was started
+    # in; the alert run, a step, runs in the project's folder and must read that same file
+    (tmp_path / "webhook").write_text("from the caller's folder")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SLACK_WEBHOOK_URL_FILE", "webhook")
+    read = "import os; print(open(os.environ['SLACK_WEBHOOK_URL_FILE']).read())"
+
+    inherited = steps.start_child([sys.executable, "-c", read], stdout=subprocess.PIPE, text=True)
+    given = steps.start_child(
+        [sys.executable, "-c", read],
+        {"SLACK_WEBHOOK_URL_FILE": " webhook "},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+    for child in (inherited, given):
+        out, _ = child.communicate(timeout=60)
+        assert child.returncode == 0
+        assert out == "from the caller's folder\n"
+    assert steps.files_from_callers_folder({"PGHOST": "db", "X_FILE": "/run/secrets/x", "Y_FILE": ""}) == {
+        "PGHOST": "db",
+        "X_FILE": "/run/secrets/x",
+        "Y_FILE": "",
+    }

@@ -37,13 +37,7 @@ def record_new(
     """The run's new alerts, each under the destination its route names now (_by_destination), except
     those another destination already has."""
     for name, alerts in _by_destination(view, routes, destinations).items():
-        if name != CONSOLE:  # printing is a view: a day another destination was sent is printed too
-            elsewhere = store.recorded_elsewhere(ops, name, alerts)
-            summary.recorded_elsewhere += len(elsewhere)
-            alerts = [
-                alert for alert in alerts if (alert.organization_id, alert.balance_date) not in elsewhere
-            ]
-        _record(ops, name, alerts, settings, summary)
+        _record(ops, name, _not_recorded_elsewhere(ops, name, alerts, summary), settings, summary)
 
 
 def _by_destination(
@@ -66,6 +60,17 @@ def _by_destination(
         name = routing.destination_of(alert, routes, view.organizations, destinations)
         grouped.setdefault(name, []).append(alert)
     return grouped
+
+
+def _not_recorded_elsewhere(
+    ops: Connection, destination: str, alerts: list[Alert], summary: Summary
+) -> list[Alert]:
+    """`alerts` but those another destination was sent or may still send (store.recorded_elsewhere)."""
+    if destination == CONSOLE:  # printing is a view: a day another destination was sent is printed too
+        return alerts
+    elsewhere = store.recorded_elsewhere(ops, destination, alerts)
+    summary.recorded_elsewhere += len(elsewhere)
+    return [alert for alert in alerts if (alert.organization_id, alert.balance_date) not in elsewhere]
 
 
 def _record(
@@ -125,8 +130,11 @@ def _reopened_if_alerting_again(
 ) -> None:
     """A superseded alert was never sent: when its day alerts again (a later rebuild, a rules change undone
     say), it is reopened with the day's numbers and sent, its attempts kept (store.record_alerts), by any
-    run, not only one that processes its day again; --suppress-days holds it back as it would a new one."""
+    run, not only one that processes its day again; --suppress-days holds it back as it would a new one.
+    Not where another destination was sent the day, or may still send it, meanwhile (the routes changed
+    while it was superseded): it stays superseded."""
     again = [current for current in (_alert_now(alert, view, settings) for alert in alerts) if current]
+    again = _not_recorded_elsewhere(ops, destination, again, summary)
     if again:
         _record(ops, destination, again, settings, summary)
         summary.reopened += len(again)

@@ -9,14 +9,18 @@ sent or recorded, never a silently lost alert.
 
 from __future__ import annotations
 
+import csv
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
 
 from data_platform.alerts.config import ConfigError, webhook_url
 from data_platform.alerts.records import (
     CONSOLE,
     SINKS,
+    SLACK_SINK,
     WEBHOOK_ENV_PATTERN,
     Alert,
     Organization,
@@ -40,6 +44,39 @@ class Destination:
     @property
     def label(self) -> str:
         return self.route.webhook_env if self.route else "stdout"
+
+
+def routes_in_seed(path: Path) -> list[Route] | None:
+    """The routes the seed file at `path` will give marts.dim_alert_routes once built, so that the pipeline
+    can check them before its load and build; None when a row cannot be read as the seed's column types
+    (dbt seed then refuses it, in its own words)."""
+    try:
+        with path.open(newline="", encoding="utf-8") as file:
+            return [_seed_route(row) for row in csv.DictReader(file)]
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError, InvalidOperation):
+        return None
+
+
+def _seed_route(row: Mapping[str, str | None]) -> Route:
+    def value(column: str, kind=str):
+        text = row[column]
+        return kind(text) if text else None  # dbt seeds an empty field as null
+
+    criteria = {
+        "organization_id": value("organization_id", int),
+        "legal_entity_country_code": value("legal_entity_country_code", int),
+        "min_balance_usd": value("min_balance_usd", Decimal),
+        "max_balance_usd": value("max_balance_usd", Decimal),
+    }
+    return Route(
+        priority=int(row["priority"] or ""),
+        name=row["route_name"] or "",
+        webhook_env=row["webhook_env"] or "",
+        sink=value("sink") or SLACK_SINK,  # as dim_alert_routes: no sink is Slack's
+        mention=value("mention"),
+        is_default=all(criterion is None for criterion in criteria.values()),
+        **criteria,
+    )
 
 
 def check_routes(routes: Sequence[Route]) -> None:
