@@ -455,11 +455,7 @@ def test_a_superseded_alert_is_not_reopened_where_its_day_was_sent_elsewhere_mea
     assert vip.delivered == []
     assert history(db, "VIP_WEBHOOK") == {(1, DAY[0]): ("superseded", 1)}
     assert history(db, "slack") == {(1, DAY[0]): ("sent", 1)}
-    assert "reopened" not in back.stdout
-    assert (
-        "1 alert already sent, or waiting, to another destination before the routes changed: not sent again."
-        in back.stdout
-    )
+    assert "reopened" not in back.stdout and "1 alert sent" not in back.stdout
 
 
 def test_only_an_alert_sent_or_waiting_elsewhere_keeps_a_route_from_recording_it(db):  # noqa: F811

@@ -37,7 +37,9 @@ def record_new(
     """The run's new alerts, each under the destination its route names now (_by_destination), except
     those another destination already has."""
     for name, alerts in _by_destination(view, routes, destinations).items():
-        _record(ops, name, _not_recorded_elsewhere(ops, name, alerts, summary), settings, summary)
+        kept = _not_recorded_elsewhere(ops, name, alerts)
+        summary.recorded_elsewhere += len(alerts) - len(kept)
+        _record(ops, name, kept, settings, summary)
 
 
 def _by_destination(
@@ -62,14 +64,11 @@ def _by_destination(
     return grouped
 
 
-def _not_recorded_elsewhere(
-    ops: Connection, destination: str, alerts: list[Alert], summary: Summary
-) -> list[Alert]:
+def _not_recorded_elsewhere(ops: Connection, destination: str, alerts: list[Alert]) -> list[Alert]:
     """`alerts` but those another destination was sent or may still send (store.recorded_elsewhere)."""
     if destination == CONSOLE:  # printing is a view: a day another destination was sent is printed too
         return alerts
     elsewhere = store.recorded_elsewhere(ops, destination, alerts)
-    summary.recorded_elsewhere += len(elsewhere)
     return [alert for alert in alerts if (alert.organization_id, alert.balance_date) not in elsewhere]
 
 
@@ -134,7 +133,8 @@ def _reopened_if_alerting_again(
     Not where another destination was sent the day, or may still send it, meanwhile (the routes changed
     while it was superseded): it stays superseded."""
     again = [current for current in (_alert_now(alert, view, settings) for alert in alerts) if current]
-    again = _not_recorded_elsewhere(ops, destination, again, summary)
+    # not counted in the summary: the row stays superseded, and every run would say it again
+    again = _not_recorded_elsewhere(ops, destination, again)
     if again:
         _record(ops, destination, again, settings, summary)
         summary.reopened += len(again)
