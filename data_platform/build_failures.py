@@ -10,6 +10,7 @@ from pathlib import Path
 import psycopg
 
 from data_platform.db import connect
+from data_platform.load_errors import MAX_VALUE_CHARS
 
 FAILED_ROWS_SHOWN = 5
 ERROR_LINES_SHOWN = 4  # of a failed model's or seed's error: dbt's heading, the database's reason, ...
@@ -58,9 +59,18 @@ def report(target_dir: Path, limit: int = FAILED_ROWS_SHOWN) -> list[str]:
             for row in cursor.fetchall():
                 lines.append(
                     "  "
-                    + ", ".join(f"{column}={value!r}" for column, value in zip(columns, row, strict=True))
+                    + ", ".join(
+                        f"{column}={_shortened(repr(value))}"
+                        for column, value in zip(columns, row, strict=True)
+                    )
                 )
     return lines
+
+
+def _shortened(shown: str) -> str:
+    """A failing row's value as the loader shows one: a whole 500,000-character status is no help in a log
+    line, nor in a Dagster failure alert."""
+    return shown if len(shown) <= MAX_VALUE_CHARS else shown[: MAX_VALUE_CHARS - 3] + "..."
 
 
 def _first_lines(result: dict) -> str:

@@ -5,6 +5,8 @@ Two layouts, usable together:
   export date is --as-of, or else the latest UTC day of CREATED_AT in the file (known only once the
   file is read, so without --as-of the base export is loaded first);
 - dated exports: exports/<YYYY-MM-DD>/invoices.csv and, optionally, organizations.csv.
+The single-file export is the base: it loads before the dated exports, so its date must be before
+theirs (refuse_after_dated).
 Any other entry in exports/ or in a dated folder is an error naming it (dotfiles are ignored), and so
 is an `exports` that is not a folder (a file, a link to a share that is not mounted); no `exports` at all
 is the single-file layout. A link to a missing file (an unmounted share) counts as the file, which the
@@ -32,11 +34,19 @@ class Export:
     invoices: Path
     organizations: Path | None
     date: date | None  # None: the base export without --as-of, dated by its content
+    # the base export only: the first dated export (its day and folder), which it must be dated before
+    first_dated: tuple[date, Path] | None = None
 
     @property
     def files(self) -> list[Path]:
         """Its files: organizations.csv (when there is one), then invoices.csv."""
         return [path for path in (self.organizations, self.invoices) if path is not None]
+
+    @property
+    def logged_source(self) -> str:
+        """Its folder as the load log keeps it: absolute, so that the messages quoting it later name the same
+        folder whichever folder they run from."""
+        return str(self.source.absolute())
 
     @property
     def label(self) -> str:
@@ -59,7 +69,7 @@ def present(path: Path) -> bool:
     return os.path.lexists(path)
 
 
-def _base_export(csv_dir: Path, as_of: date | None) -> Export | None:
+def _base_export(csv_dir: Path, as_of: date | None, first_dated: tuple[date, Path] | None) -> Export | None:
     invoices, organizations = csv_dir / INVOICES.file_name, csv_dir / ORGANIZATIONS.file_name
     if not present(invoices) and not present(organizations):
         return None
@@ -67,7 +77,32 @@ def _base_export(csv_dir: Path, as_of: date | None) -> Export | None:
         if not present(path):
             other = organizations if path == invoices else invoices
             raise LoadError(path, f"file not found: the single-file export needs it beside {other.name}")
-    return Export(csv_dir, invoices, organizations, as_of)
+    return Export(csv_dir, invoices, organizations, as_of, first_dated)
+
+
+def refuse_after_dated(export: Export, export_date: date) -> None:
+    """Refuse the base export dated on or after a dated export. It loads before them, and holds each of its
+    invoices as of its own date: dated after them, its rows would undo what they changed (a line appended to
+    a loaded single-file export, an --as-of later than a dated folder), and dated on the day of one, it
+    would be taken for that export's other file. Applied before anything is loaded wherever the date is
+    known then (--as-of), else once the file's newest invoice dates it."""
+    if export.first_dated is None or export_date < export.first_dated[0]:
+        return
+    day, folder = export.first_dated
+    if export.date is not None:
+        raise LoadError(
+            export.source,
+            f"--as-of {export_date} dates the single-file export on or after the dated export {day} "
+            f"({folder}): the single-file export is the base, loaded before every dated export; date it "
+            f"before {day}",
+        )
+    raise LoadError(
+        export.invoices,
+        f"the single-file export is dated {export_date} by its newest invoice, on or after the dated export "
+        f"{day} ({folder}): it is the base, loaded before every dated export, and its rows would undo what "
+        f"they changed. New days go in {EXPORTS_FOLDER}/<YYYY-MM-DD>/; a single-file export edited after "
+        "it was loaded must be put back as it was",
+    )
 
 
 def day_folders(folder: Path) -> list[tuple[date, Path]]:
@@ -96,9 +131,9 @@ def day_folders(folder: Path) -> list[tuple[date, Path]]:
     return found
 
 
-def _dated_exports(csv_dir: Path, through: date | None) -> list[Export]:
+def _dated_exports(folders: list[tuple[date, Path]], through: date | None) -> list[Export]:
     found = []
-    for day, entry in day_folders(csv_dir / EXPORTS_FOLDER):
+    for day, entry in folders:
         if through is not None and day > through:
             continue  # left for a later run, which may find it complete
         _refuse_other_files(entry)  # first: it also names a folder this process may not read
@@ -137,11 +172,14 @@ def discover(csv_dir: Path | str, as_of: date | None = None, through: date | Non
 
 def _discover(csv_dir: Path, as_of: date | None, through: date | None) -> list[Export]:
     if not csv_dir.is_dir():
-        raise LoadError(csv_dir, "CSV directory not found (set --csv-dir or CSV_DIR)")
-    base = _base_export(csv_dir, as_of)
+        what = "not a directory" if present(csv_dir) else "CSV directory not found"
+        raise LoadError(csv_dir, f"{what} (set --csv-dir or CSV_DIR to the folder holding the exports)")
+    # every dated folder, those after `through` too: the base export must come before all of them
+    folders = day_folders(csv_dir / EXPORTS_FOLDER)
+    base = _base_export(csv_dir, as_of, folders[0] if folders else None)
     if as_of is not None and base is None:
         raise LoadError(csv_dir, "--as-of dates the single-file export, but there is no invoices.csv here")
-    dated = _dated_exports(csv_dir, through)
+    dated = _dated_exports(folders, through)
     if base is None and not dated:
         raise LoadError(
             csv_dir,
@@ -149,11 +187,7 @@ def _discover(csv_dir: Path, as_of: date | None, through: date | None) -> list[E
             f"or {EXPORTS_FOLDER}/<YYYY-MM-DD>/{INVOICES.file_name}",
         )
     if base is not None and base.date is not None:
-        clash = next((export for export in dated if export.date == base.date), None)
-        if clash:
-            raise LoadError(
-                clash.source, f"two exports for {base.date}: this folder and --as-of for {csv_dir}"
-            )
+        refuse_after_dated(base, base.date)  # before any export loads
     exports = [base] if base else []
     exports += dated
     return sorted(exports, key=lambda export: (export.date is not None, export.date or date.min))

@@ -65,7 +65,7 @@ from data_platform.db import (
     take_advisory_lock,
 )
 from data_platform.engines.export_log import refuse_reloaded
-from data_platform.exports import Export, discover, parse_date
+from data_platform.exports import Export, discover, parse_date, refuse_after_dated
 from data_platform.load_errors import (
     ALLOW_EMPTY_HELP,
     ERROR_PREFIX,
@@ -325,10 +325,12 @@ def _dated_by_content(
     conn: psycopg.Connection, export: Export, invoices: Staged, organizations: Staged | None, today: date
 ) -> date:
     """An undated export's date, its latest invoice's created day, refused as a dated export's would be:
-    the date of another loaded export, or before the latest one."""
+    the date of another loaded export, or before the latest one; and not before the dated exports
+    (exports.refuse_after_dated)."""
     export_date = ledger.latest_day(conn)
     if export_date is None:
         raise undatable(export.invoices)
+    refuse_after_dated(export, export_date)
     logged = ledger.logged(conn, export_date)
     if logged:
         raise _altered(
@@ -350,7 +352,7 @@ def _log(
         conn,
         LoadLogRow(
             export_date=result.export_date,
-            source=str(result.export.source),
+            source=result.export.logged_source,
             invoices_sha256=invoices.sha256,
             organizations_sha256=organizations.sha256 if organizations else None,
             invoice_rows=result.invoice_rows,
@@ -426,7 +428,14 @@ def _session_name(pid: int) -> str:
 
 def _take_lock(conn: psycopg.Connection, wait: float) -> None:
     def say() -> None:
-        print(f"another loader run is in progress: waiting up to {wait:g}s", file=sys.stderr, flush=True)
+        holder = advisory_lock_holder(conn, LOADER_LOCK_KEY)
+        building = holder is not None and holder.application_name == PIPELINE_LOCK_SESSION
+        who = (
+            "a pipeline run is building from the loaded exports"
+            if building
+            else "another loader run is in progress"
+        )
+        print(f"{who}: waiting up to {wait:g}s", file=sys.stderr, flush=True)
 
     if not take_advisory_lock(conn, LOADER_LOCK_KEY, wait, say):
         holder = advisory_lock_holder(conn, LOADER_LOCK_KEY)

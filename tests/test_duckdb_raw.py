@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from conftest import PROJECT_ROOT
 from loader_files import not_waiting_on_a_pipe
-from test_ledger import BASE_ROWS, DAY_2, DAY_2_ROWS, DAY_3, DAY_3_ROWS, write_export
+from test_ledger import BASE_ROWS, DAY_2, DAY_2_ROWS, DAY_3, DAY_3_ROWS, SENTINEL, write_export
 from test_pipeline import write_fixture
 
 from data_platform.load_errors import NUL_BYTE, REQUIRED_VALUE_EMPTY, LoadError, quoted_empty_text
@@ -293,6 +293,20 @@ def test_a_base_export_dated_by_invoices_after_today_is_refused(tmp_path):
     with pytest.raises(LoadError, match=FROM_THE_FUTURE.format("2023-01-06", "2023-01-05")):
         build_raw(tmp_path / "warehouse.duckdb", csv_dir, today=date(2023, 1, 5))
     assert all(rows == [] for rows in duckdb_tables(tmp_path / "warehouse.duckdb").values())
+
+
+def test_a_single_file_export_edited_to_come_after_a_dated_export_is_refused(tmp_path):
+    # as by the loader: loaded after the dated export, its rows would undo what that export changed
+    csv_dir = write_fixture(tmp_path / "exports", BASE_ROWS)
+    write_export(csv_dir, DAY_2, DAY_2_ROWS)
+    database = tmp_path / "warehouse.duckdb"
+    build_raw(database, csv_dir)
+    before = duckdb_tables(database)
+    with (csv_dir / "invoices.csv").open("a") as invoices:
+        invoices.write(LATE_INVOICE.format(s=SENTINEL) + "\n")  # created 2023-01-08, after the dated export
+    with pytest.raises(LoadError, match=f"on or after the dated export {DAY_2} .*before every dated export"):
+        build_raw(database, csv_dir)
+    assert duckdb_tables(database) == before
 
 
 LATE_INVOICE = "601,{s},{s},4,-7,open,USD,,,5.00,,1.00000000,,2023-01-08T00:00:00.000Z"

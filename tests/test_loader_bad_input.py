@@ -388,6 +388,8 @@ def test_empty_file_and_missing_files(conn, tmp_path, baseline):
         load_exports(conn, directory)
     with pytest.raises(LoadError, match="CSV directory not found"):
         load_exports(conn, tmp_path / "nowhere")
+    with pytest.raises(LoadError, match=r"invoices\.csv: not a directory \(set --csv-dir or CSV_DIR to the"):
+        load_exports(conn, directory / "invoices.csv")  # the file for its folder
     with pytest.raises(
         LoadError, match=r"no export found: expected invoices\.csv and organizations\.csv here"
     ):
@@ -509,8 +511,10 @@ def test_as_of_naming_the_day_of_a_dated_export_is_refused(conn, tmp_path, basel
     folder = write_export(directory, "2024-01-02", [invoice(1)])
     with pytest.raises(LoadError) as raised:
         load_exports(conn, directory, as_of=date(2024, 1, 2))
-    assert (
-        str(raised.value) == f"{folder}: two exports for 2024-01-02: this folder and --as-of for {directory}"
+    assert str(raised.value) == (
+        f"{directory}: --as-of 2024-01-02 dates the single-file export on or after the dated export "
+        f"2024-01-02 ({folder}): the single-file export is the base, loaded before every dated export; date "
+        "it before 2024-01-02"
     )
     assert snapshot(conn) == baseline
     # another day is fine: the base export first

@@ -307,11 +307,24 @@ def test_the_base_export_is_not_loaded_again_under_a_later_date(conn, csv_dir):
     with pytest.raises(LoadError) as raised:
         load_exports(conn, csv_dir, as_of=date(2024, 1, 5))
     assert str(raised.value) == (
+        f"{csv_dir}: --as-of 2024-01-05 dates the single-file export on or after the dated export 2024-01-02 "
+        f"({csv_dir / 'exports' / '2024-01-02'}): the single-file export is the base, loaded before every "
+        "dated export; date it before 2024-01-02"
+    )
+    assert snapshot(conn) == before
+    # without dated exports, the file loaded again is refused for what it would undo
+    (csv_dir / "exports" / "2024-01-02" / "invoices.csv").rename(csv_dir / "moved.csv")
+    (csv_dir / "exports" / "2024-01-02").rmdir()
+    with pytest.raises(LoadError) as raised:
+        load_exports(conn, csv_dir, as_of=date(2024, 1, 5))
+    assert str(raised.value) == (
         f"{csv_dir / 'invoices.csv'}: this file was already loaded as export {BASE_DATE} (from {csv_dir}): "
         "loaded again as export 2024-01-05 it would undo what the exports since changed; an export loads "
         "once (put corrections in a new dated export)"
     )
     assert snapshot(conn) == before
+    (csv_dir / "exports" / "2024-01-02").mkdir()
+    (csv_dir / "moved.csv").rename(csv_dir / "exports" / "2024-01-02" / "invoices.csv")
     # nor a copy of them in a dated folder
     copy = csv_dir / "exports" / "2024-01-05"
     copy.mkdir()
@@ -320,6 +333,53 @@ def test_the_base_export_is_not_loaded_again_under_a_later_date(conn, csv_dir):
     with pytest.raises(LoadError, match=f"already loaded as export {BASE_DATE} "):
         load_exports(conn, csv_dir)
     assert snapshot(conn) == before
+
+
+def test_a_single_file_export_edited_to_come_after_a_dated_export_is_refused(conn, csv_dir):
+    """The single-file export holds each invoice as of its own date: a line of a later day appended to it
+    after a dated export paid one of its invoices made it a new export that put the invoice back to open."""
+    write_export(csv_dir, "2024-01-02", [PAID])
+    load_exports(conn, csv_dir)
+    before = snapshot(conn)
+    write(csv_dir / "invoices.csv", [*INVOICE_LINES, invoice(9, "2024-01-03T08:00:00Z")])
+
+    with pytest.raises(LoadError) as raised:
+        load_exports(conn, csv_dir)
+
+    assert str(raised.value) == (
+        f"{csv_dir / 'invoices.csv'}: the single-file export is dated 2024-01-03 by its newest invoice, on "
+        f"or after the dated export 2024-01-02 ({csv_dir / 'exports' / '2024-01-02'}): it is the base, "
+        "loaded before every dated export, and its rows would undo what they changed. New days go in "
+        "exports/<YYYY-MM-DD>/; a single-file export edited after it was loaded must be put back as it was"
+    )
+    assert snapshot(conn) == before
+
+
+@pytest.mark.parametrize(
+    ("newest", "as_of"),
+    [
+        ("2024-01-03T08:00:00Z", None),  # dated by its content after the folder
+        ("2024-01-02T08:00:00Z", None),  # on the folder's day
+        (None, date(2024, 1, 5)),  # dated by --as-of after the folder
+        (None, date(2042, 1, 5)),  # a typo for 2024: the folder must not load first, then the base never
+    ],
+)
+def test_a_single_file_export_not_before_the_dated_ones_loads_nothing(conn, tmp_path, newest, as_of):
+    """Loaded first, its date after a dated export's made that export "older than the latest" for good;
+    loaded after it, it undid its changes. Refused before any export commits."""
+    lines = [*INVOICE_LINES, invoice(9, newest)] if newest else INVOICE_LINES
+    directory = write_dir(tmp_path / "csv", lines)
+    write_export(directory, "2024-01-02", [PAID])
+    reset_raw(conn)
+    before = snapshot(conn)
+
+    with pytest.raises(LoadError, match="before every dated export"):
+        load_exports(conn, directory, as_of=as_of)
+
+    assert snapshot(conn) == before
+    if as_of:  # nothing was loaded: the right date loads both
+        loaded = load_exports(conn, directory, as_of=date(2024, 1, 1))
+        assert [result.export_date for result in loaded] == [date(2024, 1, 1), date(2024, 1, 2)]
 
 
 def test_an_earlier_exports_invoices_file_that_would_undo_a_change_is_refused(conn, csv_dir):
@@ -880,3 +940,14 @@ def test_through_loads_the_folders_up_to_that_day_and_leaves_later_ones_for_a_la
         load_exports(conn, csv_dir)
     write(being_copied / "invoices.csv", [INVOICE_LINES[0], invoice(1)])
     assert [r.export_date for r in load_exports(conn, csv_dir) if not r.skipped] == [date(2024, 1, 3)]
+
+
+def test_the_load_log_keeps_an_exports_folder_absolute(conn, tmp_path, monkeypatch):
+    # a later run's messages quote it ("already loaded as export ... (from <source>)") from elsewhere
+    write_dir(tmp_path / "csv")
+    write_export(tmp_path / "csv", "2024-01-02", [PAID])
+    reset_raw(conn)
+    monkeypatch.chdir(tmp_path)
+    load_exports(conn, "csv")
+    sources = conn.execute("select source from raw.load_log order by export_date").fetchall()
+    assert sources == [(str(tmp_path / "csv"),), (str(tmp_path / "csv" / "exports" / "2024-01-02"),)]

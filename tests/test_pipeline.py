@@ -820,6 +820,25 @@ def test_a_build_that_dies_shows_no_failed_test_of_an_earlier_build(
     assert "an_earlier_failure" not in capsys.readouterr().out
 
 
+def test_a_failing_rows_long_value_is_shown_shortened(make_database, tmp_path, monkeypatch):
+    # a 500,000-character status in an export fails the staged status's test: its row was printed whole
+    from data_platform import build_failures
+
+    database = make_database()
+    for name, value in database.env("transformer").items():
+        monkeypatch.setenv(name, value)
+    with database.connect("transformer", autocommit=True) as conn:
+        conn.execute("create view audit.long_status as select repeat('x', 500000) as from_field, 7 as n")
+    results = [{"unique_id": "test.data_platform.t", "status": "fail", "message": "Got 1 result"}]
+    results[0]["relation_name"] = '"audit"."long_status"'
+    (tmp_path / "run_results.json").write_text(json.dumps({"results": results}))
+    (tmp_path / "manifest.json").write_text(json.dumps({"nodes": {}}))
+
+    *_, row = build_failures.report(tmp_path)
+
+    assert row == "  from_field='" + "x" * 196 + "..., n=7"
+
+
 def test_every_failed_node_is_reported_with_dbt_s_message(make_database, tmp_path, monkeypatch):
     """A data test whose query errors (a column renamed under it, its session ended) fails the build too,
     said to have not run (no failing rows: an audit view of its name is an earlier build's), and a model

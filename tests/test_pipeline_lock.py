@@ -116,6 +116,11 @@ def test_a_loader_run_by_hand_waits_for_a_pipeline_build_and_is_told_why(databas
         assert database.query("select to_regclass('raw.load_log') is null") == [(True,)]  # nothing loaded
     assert by_hand.returncode == 3, by_hand.stderr
     assert "a pipeline run is building from the loaded exports (waited 0s)" in by_hand.stderr
+    with pipeline.PipelineLock(timeout=0) as lock, lock.loads_held():
+        waited = subprocess.run([*loader, "--wait", "1"], capture_output=True, text=True, env=os.environ)
+    assert waited.returncode == 3, waited.stderr
+    # said while it waits too, not "another loader run"
+    assert waited.stderr.startswith("a pipeline run is building from the loaded exports: waiting up to 1s\n")
     assert subprocess.run(loader, capture_output=True, text=True, env=os.environ).returncode == 0
 
 

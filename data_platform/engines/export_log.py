@@ -2,7 +2,8 @@
 
 An export is loaded once: the same date with the same files again is a no-op, the same date with other
 files is refused, and so is an export dated after today (UTC), an export older than the newest one
-loaded (its changes would land before days already booked), and an invoices file an earlier export
+loaded (its changes would land before days already booked), a single-file export dated on or after a
+dated export (exports.refuse_after_dated), and an invoices file an earlier export
 loaded that would change rows if loaded again (it would undo what the exports since changed). A file that
 changes while it is read, a header-only file (unless allowed) and invoices created after their export's
 date are refused as by the Postgres loader (data_platform/loader.py), which applies refuse_reloaded too.
@@ -16,7 +17,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 from data_platform.csv_files import sha256_of
-from data_platform.exports import EXPORTS_FOLDER, Export
+from data_platform.exports import EXPORTS_FOLDER, Export, refuse_after_dated
 from data_platform.load_errors import LoadError, future_export, header_only, reloaded, undatable
 from data_platform.raw_tables import LoadLogRow
 
@@ -63,6 +64,7 @@ def needs_load(
             f"export {export_date} was loaded before from other files (checksums differ): "
             "a loaded export never changes; rebuild the raw layer from scratch to replace it",
         )
+    refuse_after_dated(export, export_date)
     if export_date > today:
         raise future_export(export.source, export_date, today)
     newest = max(logged, default=None)
@@ -118,7 +120,7 @@ def log_row(
     new, changed = invoices
     return LoadLogRow(
         export_date=export_date,
-        source=str(export.source),
+        source=export.logged_source,
         invoices_sha256=checksums.invoices,
         organizations_sha256=checksums.organizations,
         invoice_rows=invoice_rows,

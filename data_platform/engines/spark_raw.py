@@ -249,7 +249,7 @@ class SparkLedger:
         )
 
         self.logged[export_date] = checksums
-        self.sources[export_date] = str(export.source)
+        self.sources[export_date] = export.logged_source
         self.log_rows.append(
             log_row(
                 export,
