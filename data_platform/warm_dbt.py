@@ -58,6 +58,28 @@ class CtrlC:
         raise KeyboardInterrupt
 
 
+def quiet_after_ctrl_c() -> None:
+    """dbt reports any exception out of its command, a KeyboardInterrupt too, as "Encountered an error:"
+    with its stack trace (dbt.cli.requires.postflight): after a stop request, which the pipeline reports
+    in words, that reads as a crash. Those two events are left out once a SIGINT came; dbt's own lines
+    about it (the queries it cancelled) stay. Without them (another dbt release), nothing changes."""
+    try:
+        from dbt.cli import requires
+        from dbt.events.types import MainEncounteredError, MainStackTrace
+    except ImportError:
+        return
+    fire = getattr(requires, "fire_event", None)
+    if fire is None:
+        return
+
+    def fire_unless_stopped(event, *args, **kwargs):
+        if CtrlC.seen and isinstance(event, (MainEncounteredError, MainStackTrace)):
+            return None
+        return fire(event, *args, **kwargs)
+
+    requires.fire_event = fire_unless_stopped
+
+
 def invoke(runner, args: list[str]):
     """runner.invoke(args), with a Ctrl-C during it raised again when it is over."""
     result = runner.invoke(args)
@@ -74,6 +96,7 @@ def main(project_args: list[str]) -> int:
         except ImportError as error:
             print(f"warm_dbt: dbt is not installed ({error}); run scripts/bootstrap.sh", file=sys.stderr)
             return EXIT_ERROR
+        quiet_after_ctrl_c()
         # nothing on the console while the loader reports (a parse error is reported by the command,
         # which parses again); the log file keeps everything
         silent = ["--log-level", "none", "--log-level-file", "debug"]

@@ -988,6 +988,36 @@ def test_warm_dbt_stopped_while_parsing_does_not_run_the_command_it_was_sent(tmp
     pytest.fail("in each of 3 attempts the parse ended before the SIGINT: nothing was tested")
 
 
+def test_a_dbt_command_stopped_by_ctrl_c_ends_without_dbt_s_traceback(make_database, tmp_path):
+    """dbt reports a KeyboardInterrupt out of its command as "Encountered an error:" and its stack trace:
+    after a stop request (Ctrl-C, docker compose stop), which the pipeline reports in words, that reads
+    as a crash."""
+    from data_platform import pipeline, warm_dbt
+
+    database = make_database()
+    env = {**dbt_output_in(tmp_path), **database.env("transformer")}
+    child = subprocess.Popen(
+        warm_dbt.command(list(pipeline.DBT_ARGS)),
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    request = {"args": ["show", "--inline", "select pg_sleep(60) as slept", *pipeline.DBT_ARGS], "env": env}
+    child.stdin.write(json.dumps(request) + "\n")
+    child.stdin.close()
+    running = "select count(*) from pg_stat_activity where query like '%%pg_sleep(60) as slept%%'"
+    wait_until(lambda: database.query(running) == [(2,)], "the query (and this one)", timeout=120)
+
+    child.send_signal(signal.SIGINT)
+    output = child.stdout.read()
+
+    assert child.wait(timeout=60) == 130, output
+    assert "Encountered an error" not in output and "Traceback" not in output, output
+
+
 def test_a_model_edited_during_the_load_makes_the_next_run_rebuild(make_database, tmp_path):
     """dbt parses the project while the loader runs: the plan must name the files as they were before the
     parse, or an edit during the load would be recorded as built and never rebuilt. Either version may
