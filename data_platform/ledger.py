@@ -197,8 +197,11 @@ def latest_day(conn: psycopg.Connection) -> date | None:
     ).fetchone()[0]
 
 
-def refuse_future_invoices(conn: psycopg.Connection, staged: Staged, export_date: date) -> None:
-    """Invoices created after their export's date would move every watermark into the future."""
+def refuse_future_invoices(
+    conn: psycopg.Connection, staged: Staged, export_date: date, *, dated_by_content: bool = False
+) -> None:
+    """Invoices created after their export's date would move every watermark into the future
+    (dated_by_content: load_errors.future_invoices)."""
     count, first = conn.execute(
         sql.SQL("select count(*), min(record) from {} where created_at >= %s").format(typed_table(INVOICES)),
         [export_date + timedelta(days=1)],
@@ -208,7 +211,14 @@ def refuse_future_invoices(conn: psycopg.Connection, staged: Staged, export_date
     (value,) = conn.execute(
         sql.SQL("select created_at from {} where record = %s").format(text_table(INVOICES)), [first]
     ).fetchone()
-    raise future_invoices(staged.path, count, export_date, value=value, line=staged.line_of(first))
+    raise future_invoices(
+        staged.path,
+        count,
+        export_date,
+        value=value,
+        line=staged.line_of(first),
+        dated_by_content=dated_by_content,
+    )
 
 
 def refuse_duplicates(conn: psycopg.Connection, staged: Staged) -> None:

@@ -162,10 +162,23 @@ def future_invoices(
     value: str | None,
     line: int | None = None,
     invoice_id: int | None = None,
+    dated_by_content: bool = False,
 ) -> LoadError:
     """Invoices created after their export's date would move every watermark into the future; `value`
-    (and `line` or `invoice_id`): the first one's CREATED_AT."""
+    (and `line` or `invoice_id`): the first one's CREATED_AT. dated_by_content: the single-file export
+    without --as-of, which its newest invoice dates: `export_date` is then today, the latest date it may
+    have."""
     shown = "the first is shown" + (f", INVOICE_ID {invoice_id}" if invoice_id is not None else "")
+    if dated_by_content:
+        return LoadError(
+            invoices,
+            f"{count:,} invoice(s) created after today ({export_date}, UTC) ({shown}): the single-file "
+            "export is dated by its newest invoice, and an export cannot come from the future; fix the "
+            "export",
+            line=line,
+            column="CREATED_AT",
+            value=value,
+        )
     return LoadError(
         invoices,
         f"{count:,} invoice(s) created after the export date {export_date} ({shown}): an export cannot hold "

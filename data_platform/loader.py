@@ -330,6 +330,8 @@ def _dated_by_content(
     export_date = ledger.latest_day(conn)
     if export_date is None:
         raise undatable(export.invoices)
+    if export_date > today:  # named by its line, not by a date the user never gave
+        ledger.refuse_future_invoices(conn, invoices, today, dated_by_content=True)
     refuse_after_dated(export, export_date)
     logged = ledger.logged(conn, export_date)
     if logged:

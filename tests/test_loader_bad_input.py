@@ -655,6 +655,20 @@ def test_an_export_from_the_future_is_refused(conn, tmp_path, baseline):
     assert snapshot(conn) == baseline
 
 
+def test_a_single_file_export_with_an_invoice_from_the_future_names_it(conn, tmp_path, baseline):
+    # dated by its newest invoice, it said only "export date 2027-03-01 is after today", naming no line
+    directory = write_dir(tmp_path / "csv", [*INVOICE_LINES, invoice(9, "2027-03-01T08:00:00Z")])
+    with pytest.raises(LoadError) as raised:
+        load_exports(conn, directory, today=date(2026, 12, 6))
+    assert str(raised.value) == (
+        f"{directory / 'invoices.csv'}, line {len(INVOICE_LINES) + 1}, column CREATED_AT, value "
+        '"2027-03-01T08:00:00Z": 1 invoice(s) created after today (2026-12-06, UTC) (the first is shown): '
+        "the single-file export is dated by its newest invoice, and an export cannot come from the future; "
+        "fix the export"
+    )
+    assert snapshot(conn) == baseline
+
+
 def test_an_export_dated_tomorrow_is_refused_and_one_dated_today_loads(conn, tmp_path, baseline):
     write_export(tmp_path / "csv", "2024-01-03", [invoice(1)])
     with pytest.raises(LoadError, match=r"export date 2024-01-03 is after today \(2024-01-02, UTC\)"):
