@@ -68,8 +68,8 @@ def report(target_dir: Path, limit: int = FAILED_ROWS_SHOWN) -> list[str]:
 
 
 def _shortened(shown: str) -> str:
-    """A failing row's value as the loader shows one: a whole 500,000-character status is no help in a log
-    line, nor in a Dagster failure alert."""
+    """A failing row's value cut to the loader's length for a value it shows: a whole 500,000-character
+    status is no help in a log line, nor in a Dagster failure alert."""
     return shown if len(shown) <= MAX_VALUE_CHARS else shown[: MAX_VALUE_CHARS - 3] + "..."
 
 

@@ -94,14 +94,15 @@ def refuse_after_dated(export: Export, export_date: date) -> None:
             export.source,
             f"--as-of {export_date} dates the single-file export on or after the dated export {day} "
             f"({folder}): the single-file export is the base, loaded before every dated export; date it "
-            f"before {day}",
+            f"before {day}, or check that folder's date",
         )
     raise LoadError(
         export.invoices,
         f"the single-file export is dated {export_date} by its newest invoice, on or after the dated export "
-        f"{day} ({folder}): it is the base, loaded before every dated export, and its rows would undo what "
-        f"they changed. New days go in {EXPORTS_FOLDER}/<YYYY-MM-DD>/; a single-file export edited after "
-        "it was loaded must be put back as it was",
+        f"{day} ({folder}): the single-file export is the base, loaded before every dated export, and loaded "
+        "after one, its rows would undo what that export changed unless it held every change since. Check "
+        f"that folder's date; a new day, or a full dump of every invoice, goes in {EXPORTS_FOLDER}/"
+        "<YYYY-MM-DD>/; a single-file export edited after it was loaded must be put back as it was",
     )
 
 
@@ -172,8 +173,9 @@ def discover(csv_dir: Path | str, as_of: date | None = None, through: date | Non
 
 def _discover(csv_dir: Path, as_of: date | None, through: date | None) -> list[Export]:
     if not csv_dir.is_dir():
-        what = "not a directory" if present(csv_dir) else "CSV directory not found"
-        raise LoadError(csv_dir, f"{what} (set --csv-dir or CSV_DIR to the folder holding the exports)")
+        # a link to a missing folder: a share that is not mounted, said as for exports/ (day_folders)
+        what = "not a folder (or a link to a missing one)" if present(csv_dir) else "CSV directory not found"
+        raise LoadError(csv_dir, f"{what}: set --csv-dir or CSV_DIR to the folder holding the exports")
     # every dated folder, those after `through` too: the base export must come before all of them
     folders = day_folders(csv_dir / EXPORTS_FOLDER)
     base = _base_export(csv_dir, as_of, folders[0] if folders else None)

@@ -31,7 +31,6 @@ import errno
 import json
 import math
 import os
-import shutil
 import signal
 import socketserver
 import subprocess
@@ -66,7 +65,6 @@ from data_platform.steps import (
     Stopped,
     exit_status,
     failed,
-    run_child,
     run_child_quoting_stderr,
     start_child,
     step,
@@ -193,7 +191,9 @@ def _check_alert_settings(environ: Mapping[str, str]) -> None:
         )
         routes = routing.routes_in_seed(ROUTING_SEED)
         if routes is not None:
-            routing.destinations(routes, settings.environment, {DEFAULT_WEBHOOK_ENV: settings.webhook_url})
+            routing.destinations(
+                routes, settings.environment, {DEFAULT_WEBHOOK_ENV: settings.webhook_url}, routing.SEED
+            )
     except alert_config.ConfigError as error:
         raise PipelineError(f"the alert run's settings: {error}", EXIT_CONFIG) from None
 
@@ -245,15 +245,11 @@ class Settings:
         )
 
 
-def _dbt() -> str:
-    dbt = shutil.which("dbt")
-    if dbt is None:
-        raise PipelineError("the dbt command is not on PATH (run scripts/bootstrap.sh)", EXIT_CONFIG)
-    return dbt
-
-
 def dbt(*args: str, env: dict[str, str] | None = None) -> int:
-    return run_child([_dbt(), *args, *DBT_ARGS], env=env)
+    """`dbt <args>` in a process of its own, as the build runs (warm_dbt.py): a stop request ends it as
+    quietly. Its exit code."""
+    with WarmDbt(env) as warm:
+        return warm.run(*args, env=dict(os.environ) if env is None else env)
 
 
 class WarmDbt:

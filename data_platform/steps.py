@@ -110,8 +110,8 @@ def files_from_callers_folder(env: Mapping[str, str]) -> dict[str, str]:
     project's folder, and a secret file given relative to the caller's must be the same file for the
     step as it was for the checks made before it (as CSV_DIR is, csv_dir_from_environment)."""
     return {
-        name: str(Path(value.strip()).absolute())
-        if name.endswith("_FILE") and value.strip() and not Path(value.strip()).is_absolute()
+        name: str(Path(value).absolute())
+        if name.endswith("_FILE") and value and not Path(value).is_absolute()
         else value
         for name, value in env.items()
     }

@@ -61,23 +61,25 @@ class CtrlC:
 def quiet_after_ctrl_c() -> None:
     """dbt reports any exception out of its command, a KeyboardInterrupt too, as "Encountered an error:"
     with its stack trace (dbt.cli.requires.postflight): after a stop request, which the pipeline reports
-    in words, that reads as a crash. Those two events are left out once a SIGINT came; dbt's own lines
-    about it (the queries it cancelled) stay. Without them (another dbt release), nothing changes."""
+    in words, that reads as a crash. Once a SIGINT came, those two events go to the log file only (at
+    debug level); dbt's own lines about it (the queries it cancelled) stay on the console. Without them
+    (another dbt release), nothing changes."""
     try:
         from dbt.cli import requires
         from dbt.events.types import MainEncounteredError, MainStackTrace
+        from dbt_common.events.base_types import EventLevel
     except ImportError:
         return
     fire = getattr(requires, "fire_event", None)
     if fire is None:
         return
 
-    def fire_unless_stopped(event, *args, **kwargs):
+    def fire_quietly_once_stopped(event, *args, **kwargs):
         if CtrlC.seen and isinstance(event, (MainEncounteredError, MainStackTrace)):
-            return None
+            kwargs["level"] = EventLevel.DEBUG
         return fire(event, *args, **kwargs)
 
-    requires.fire_event = fire_unless_stopped
+    requires.fire_event = fire_quietly_once_stopped
 
 
 def invoke(runner, args: list[str]):

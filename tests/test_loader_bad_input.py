@@ -388,8 +388,12 @@ def test_empty_file_and_missing_files(conn, tmp_path, baseline):
         load_exports(conn, directory)
     with pytest.raises(LoadError, match="CSV directory not found"):
         load_exports(conn, tmp_path / "nowhere")
-    with pytest.raises(LoadError, match=r"invoices\.csv: not a directory \(set --csv-dir or CSV_DIR to the"):
+    not_a_folder = r"not a folder \(or a link to a missing one\): set --csv-dir or CSV_DIR to the folder"
+    with pytest.raises(LoadError, match=rf"invoices\.csv: {not_a_folder}"):
         load_exports(conn, directory / "invoices.csv")  # the file for its folder
+    (tmp_path / "unmounted").symlink_to(tmp_path / "share")
+    with pytest.raises(LoadError, match=rf"unmounted: {not_a_folder}"):
+        load_exports(conn, tmp_path / "unmounted")
     with pytest.raises(
         LoadError, match=r"no export found: expected invoices\.csv and organizations\.csv here"
     ):
@@ -514,7 +518,7 @@ def test_as_of_naming_the_day_of_a_dated_export_is_refused(conn, tmp_path, basel
     assert str(raised.value) == (
         f"{directory}: --as-of 2024-01-02 dates the single-file export on or after the dated export "
         f"2024-01-02 ({folder}): the single-file export is the base, loaded before every dated export; date "
-        "it before 2024-01-02"
+        "it before 2024-01-02, or check that folder's date"
     )
     assert snapshot(conn) == baseline
     # another day is fine: the base export first

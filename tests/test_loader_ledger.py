@@ -309,7 +309,7 @@ def test_the_base_export_is_not_loaded_again_under_a_later_date(conn, csv_dir):
     assert str(raised.value) == (
         f"{csv_dir}: --as-of 2024-01-05 dates the single-file export on or after the dated export 2024-01-02 "
         f"({csv_dir / 'exports' / '2024-01-02'}): the single-file export is the base, loaded before every "
-        "dated export; date it before 2024-01-02"
+        "dated export; date it before 2024-01-02, or check that folder's date"
     )
     assert snapshot(conn) == before
     # without dated exports, the file loaded again is refused for what it would undo
@@ -348,11 +348,29 @@ def test_a_single_file_export_edited_to_come_after_a_dated_export_is_refused(con
 
     assert str(raised.value) == (
         f"{csv_dir / 'invoices.csv'}: the single-file export is dated 2024-01-03 by its newest invoice, on "
-        f"or after the dated export 2024-01-02 ({csv_dir / 'exports' / '2024-01-02'}): it is the base, "
-        "loaded before every dated export, and its rows would undo what they changed. New days go in "
-        "exports/<YYYY-MM-DD>/; a single-file export edited after it was loaded must be put back as it was"
+        f"or after the dated export 2024-01-02 ({csv_dir / 'exports' / '2024-01-02'}): the single-file "
+        "export is the base, loaded before every dated export, and loaded after one, its rows would undo "
+        "what that export changed unless it held every change since. Check that folder's date; a new day, "
+        "or a full dump of every invoice, goes in exports/<YYYY-MM-DD>/; a single-file export edited after "
+        "it was loaded must be put back as it was"
     )
     assert snapshot(conn) == before
+
+
+def test_a_dated_folder_named_before_the_single_file_export_is_refused_naming_it(conn, tmp_path):
+    # a typo, 2014 for 2024: before, the base loaded and the folder was refused for good as older
+    directory = write_dir(tmp_path / "csv")
+    folder = write_export(directory, "2014-01-02", [PAID])
+    reset_raw(conn)
+    before = snapshot(conn)
+    with pytest.raises(
+        LoadError, match=f"on or after the dated export 2014-01-02 \\({folder}\\).*Check that"
+    ):
+        load_exports(conn, directory)
+    assert snapshot(conn) == before
+    folder.rename(folder.with_name("2024-01-02"))
+    loaded = load_exports(conn, directory)
+    assert [result.export_date.isoformat() for result in loaded] == [BASE_DATE, "2024-01-02"]
 
 
 @pytest.mark.parametrize(

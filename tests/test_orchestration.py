@@ -181,6 +181,34 @@ def test_a_route_without_its_webhook_is_a_configuration_problem(tmp_path, monkey
     # a row that dbt seed will refuse is left to it, which says why in its own words
     seed.write_text(ROUTES_HEADER + "first,vip,1,,,,VIP_WEBHOOK,json,\n" + DEFAULT_ROUTE)
     assert configuration.problems({"SLACK_WEBHOOK_URL": A_WEBHOOK}) == []
+    seed.write_text(ROUTES_HEADER + "10,vip,1,,,,VIP_WEBHOOK,json,\n")
+    (problem,) = configuration.problems({"SLACK_WEBHOOK_URL": A_WEBHOOK, "VIP_WEBHOOK": A_WEBHOOK})
+    assert str(problem).startswith(
+        "the alert run's settings: dbt/seeds/alert_routing.csv has no default route: add a row"
+    )
+
+
+@pytest.mark.parametrize(
+    ("rows", "encoding"),
+    [
+        (
+            "10,vip,1,,,,VIP_WEBHOOK,json,\n" + DEFAULT_ROUTE,
+            "utf-8-sig",
+        ),  # a byte order mark, which dbt reads
+        ("10,vip, NULL ,,,,VIP_WEBHOOK,json,\n" + DEFAULT_ROUTE, "utf-8"),  # dbt seeds `null` as null
+        ("10,vip,1,,,,VIP_WEBHOOK,null,\n100,default,,,,,SLACK_WEBHOOK_URL,Null,\n", "utf-8"),
+    ],
+    ids=["byte order mark", "null criterion", "null sink"],
+)
+def test_the_routes_are_read_from_the_seed_file_as_dbt_seeds_them(tmp_path, monkeypatch, rows, encoding):
+    from data_platform import pipeline
+
+    seed = tmp_path / "alert_routing.csv"
+    seed.write_text(ROUTES_HEADER + rows, encoding=encoding)
+    monkeypatch.setattr(pipeline, "ROUTING_SEED", seed)
+    (problem,) = configuration.problems({"SLACK_WEBHOOK_URL": A_WEBHOOK})
+    assert "route 'vip' needs VIP_WEBHOOK (or VIP_WEBHOOK_FILE): not set" in str(problem)
+    assert configuration.problems({"SLACK_WEBHOOK_URL": A_WEBHOOK, "VIP_WEBHOOK": A_WEBHOOK}) == []
 
 
 def test_the_shipped_routes_need_no_webhook_but_the_default_one():

@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -988,16 +989,27 @@ def test_warm_dbt_stopped_while_parsing_does_not_run_the_command_it_was_sent(tmp
     pytest.fail("in each of 3 attempts the parse ended before the SIGINT: nothing was tested")
 
 
-def test_a_dbt_command_stopped_by_ctrl_c_ends_without_dbt_s_traceback(make_database, tmp_path):
+@pytest.mark.parametrize("command", ["sent to warm_dbt", "pipeline.dbt"], ids=["build", "docs"])
+def test_a_dbt_command_stopped_by_ctrl_c_ends_without_dbt_s_traceback(make_database, tmp_path, command):
     """dbt reports a KeyboardInterrupt out of its command as "Encountered an error:" and its stack trace:
     after a stop request (Ctrl-C, docker compose stop), which the pipeline reports in words, that reads
-    as a crash."""
+    as a crash. The build's command and the docs' (pipeline.dbt) alike; dbt's log file keeps them."""
     from data_platform import pipeline, warm_dbt
 
     database = make_database()
     env = {**dbt_output_in(tmp_path), **database.env("transformer")}
+    query = ["show", "--inline", "select pg_sleep(60) as slept"]
+    if command == "pipeline.dbt":
+        argv = [
+            sys.executable,
+            "-c",
+            "import sys; from data_platform import pipeline\n"
+            f"try: sys.exit(pipeline.dbt(*{query!r}))\nexcept KeyboardInterrupt: sys.exit(130)",
+        ]
+    else:
+        argv = warm_dbt.command(list(pipeline.DBT_ARGS))
     child = subprocess.Popen(
-        warm_dbt.command(list(pipeline.DBT_ARGS)),
+        argv,
         cwd=PROJECT_ROOT,
         env=env,
         stdin=subprocess.PIPE,
@@ -1005,8 +1017,8 @@ def test_a_dbt_command_stopped_by_ctrl_c_ends_without_dbt_s_traceback(make_datab
         stderr=subprocess.STDOUT,
         text=True,
     )
-    request = {"args": ["show", "--inline", "select pg_sleep(60) as slept", *pipeline.DBT_ARGS], "env": env}
-    child.stdin.write(json.dumps(request) + "\n")
+    if command != "pipeline.dbt":
+        child.stdin.write(json.dumps({"args": [*query, *pipeline.DBT_ARGS], "env": env}) + "\n")
     child.stdin.close()
     running = "select count(*) from pg_stat_activity where query like '%%pg_sleep(60) as slept%%'"
     wait_until(lambda: database.query(running) == [(2,)], "the query (and this one)", timeout=120)
@@ -1015,7 +1027,10 @@ def test_a_dbt_command_stopped_by_ctrl_c_ends_without_dbt_s_traceback(make_datab
     output = child.stdout.read()
 
     assert child.wait(timeout=60) == 130, output
+    assert "Exited because of keyboard interrupt" in output
     assert "Encountered an error" not in output and "Traceback" not in output, output
+    log = (tmp_path / "logs" / "dbt.log").read_text()
+    assert "Encountered an error" in log and "KeyboardInterrupt" in log
 
 
 def test_a_model_edited_during_the_load_makes_the_next_run_rebuild(make_database, tmp_path):

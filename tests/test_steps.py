@@ -137,7 +137,7 @@ def test_a_step_reads_a_relative_secret_file_from_the_callers_folder_not_the_pro
     inherited = steps.start_child([sys.executable, "-c", read], stdout=subprocess.PIPE, text=True)
     given = steps.start_child(
         [sys.executable, "-c", read],
-        {"SLACK_WEBHOOK_URL_FILE": " webhook "},
+        {"SLACK_WEBHOOK_URL_FILE": "webhook"},
         stdout=subprocess.PIPE,
         text=True,
     )

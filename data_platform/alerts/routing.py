@@ -51,7 +51,8 @@ def routes_in_seed(path: Path) -> list[Route] | None:
     can check them before its load and build; None when a row cannot be read as the seed's column types
     (dbt seed then refuses it, in its own words)."""
     try:
-        with path.open(newline="", encoding="utf-8") as file:
+        # utf-8-sig: dbt reads a seed starting with a byte order mark
+        with path.open(newline="", encoding="utf-8-sig") as file:
             return [_seed_route(row) for row in csv.DictReader(file)]
     except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError, InvalidOperation):
         return None
@@ -60,7 +61,8 @@ def routes_in_seed(path: Path) -> list[Route] | None:
 def _seed_route(row: Mapping[str, str | None]) -> Route:
     def value(column: str, kind=str):
         text = row[column]
-        return kind(text) if text else None  # dbt seeds an empty field as null
+        # dbt seeds an empty field, and `null` in any case and padding, as null
+        return None if text is None or text.strip().lower() in ("", "null") else kind(text)
 
     criteria = {
         "organization_id": value("organization_id", int),
@@ -70,8 +72,8 @@ def _seed_route(row: Mapping[str, str | None]) -> Route:
     }
     return Route(
         priority=int(row["priority"] or ""),
-        name=row["route_name"] or "",
-        webhook_env=row["webhook_env"] or "",
+        name=value("route_name") or "",
+        webhook_env=value("webhook_env") or "",
         sink=value("sink") or SLACK_SINK,  # as dim_alert_routes: no sink is Slack's
         mention=value("mention"),
         is_default=all(criterion is None for criterion in criteria.values()),
@@ -79,11 +81,12 @@ def _seed_route(row: Mapping[str, str | None]) -> Route:
     )
 
 
-def check_routes(routes: Sequence[Route]) -> None:
-    """The seed's rows can work: a default route, known sinks, variable names (never URLs)."""
+def check_routes(routes: Sequence[Route], source: str = "marts.dim_alert_routes") -> None:
+    """The seed's rows can work: a default route, known sinks, variable names (never URLs). `source`:
+    where the routes were read, for the message (the seed file itself, before a build)."""
     if not any(route.is_default for route in routes):
         raise ConfigError(
-            f"marts.dim_alert_routes has no default route: add a row with no organization_id, "
+            f"{source} has no default route: add a row with no organization_id, "
             f"legal_entity_country_code or balance band to {SEED} and rerun init.sh"
         )
     for route in routes:
@@ -98,11 +101,14 @@ def check_routes(routes: Sequence[Route]) -> None:
 
 
 def destinations(
-    routes: Sequence[Route], env: Mapping[str, str], known: Mapping[str, str | None] | None = None
+    routes: Sequence[Route],
+    env: Mapping[str, str],
+    known: Mapping[str, str | None] | None = None,
+    source: str = "marts.dim_alert_routes",
 ) -> dict[str, Destination]:
     """One destination per webhook variable, in priority order; only the console when none is set.
-    `known`: URLs already read and checked (SLACK_WEBHOOK_URL, by config.load)."""
-    check_routes(routes)
+    `known`: URLs already read and checked (SLACK_WEBHOOK_URL, by config.load); `source`: check_routes."""
+    check_routes(routes, source)
     ordered = sorted(routes, key=lambda route: route.priority)
     known = known or {}
     urls = {
