@@ -263,6 +263,7 @@ class WarmDbt:
         self.child = start_child(
             warm_dbt.command(list(DBT_ARGS)),
             env=self.env,
+            block_sigint=True,
             stdin=subprocess.PIPE,
             text=True,
         )
@@ -283,8 +284,7 @@ class WarmDbt:
         if exc_type is not None:
             # The load failed or a stop request came before any command: no parse is worth waiting for,
             # and nothing it holds needs cleaning up (it has no database connection). SIGTERM ends it at
-            # any point; a SIGINT in its first milliseconds is swallowed by Python's start-up (its -W
-            # option's `import warnings`), and the parse would then run to its end.
+            # any point, before it handles SIGINT too.
             self.child.terminate()
         with contextlib.suppress(BrokenPipeError):  # a command left in the buffer, for a stopped process
             self.child.stdin.close()

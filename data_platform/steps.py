@@ -93,12 +93,14 @@ def default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def _child_setup(parent: int) -> None:
+def _child_setup(parent: int, block_sigint: bool) -> None:
     """A step's preexec_fn: SIGINT at its default, and killed when its runner dies. The pipeline lock is
     held by the pipeline's own session, so a step left running after a `kill -9` (or the OOM killer) would
     go on writing while the next run, which got the lock, loads and builds. Its open transaction rolls
-    back, as for any killed step."""
+    back, as for any killed step. block_sigint: SIGINT waits, blocked, until the child unblocks it."""
     default_sigint()
+    if block_sigint:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     if _LIBC is not None:
         _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != parent:  # it died before prctl took effect
@@ -117,16 +119,20 @@ def files_from_callers_folder(env: Mapping[str, str]) -> dict[str, str]:
     }
 
 
-def start_child(argv: Sequence[str], env: dict[str, str] | None = None, **popen) -> subprocess.Popen:
+def start_child(
+    argv: Sequence[str], env: dict[str, str] | None = None, *, block_sigint: bool = False, **popen
+) -> subprocess.Popen:
     """A step in its own process group, so that Ctrl-C reaches it only through `wait_child`, and bound to
-    this process's life. Wait for it in the thread that started it (the kernel ties it to that thread)."""
+    this process's life. Wait for it in the thread that started it (the kernel ties it to that thread).
+    block_sigint: for a Python child that unblocks SIGINT once it handles it (warm_dbt): a stop request in
+    its first milliseconds is otherwise lost in Python's start-up, which then runs on."""
     parent = os.getpid()
     return subprocess.Popen(
         list(argv),
         cwd=PROJECT_ROOT,
         env=files_from_callers_folder(os.environ if env is None else env),
         start_new_session=True,
-        preexec_fn=lambda: _child_setup(parent),
+        preexec_fn=lambda: _child_setup(parent, block_sigint),
         **popen,
     )
 

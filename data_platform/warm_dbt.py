@@ -93,6 +93,9 @@ def invoke(runner, args: list[str]):
 def main(project_args: list[str]) -> int:
     signal.signal(signal.SIGINT, CtrlC.handle)
     try:
+        # started with SIGINT blocked (pipeline.WarmDbt), so that a stop request sent during Python's
+        # start-up waits for this handler: it arrives here, if it came
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         try:
             from dbt.cli.main import dbtRunner
         except ImportError as error:

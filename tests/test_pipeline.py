@@ -1033,6 +1033,24 @@ def test_a_dbt_command_stopped_by_ctrl_c_ends_without_dbt_s_traceback(make_datab
     assert "Encountered an error" in log and "KeyboardInterrupt" in log
 
 
+def test_warm_dbt_sent_a_command_and_a_stop_at_once_never_runs_the_command(tmp_path):
+    """dbt docs generate starts warm_dbt and sends its command at once: a stop request in the child's first
+    milliseconds, before it handles SIGINT, was swallowed by Python's start-up (site's .pth files), and the
+    command then ran to its end while the stop waited."""
+    from data_platform import pipeline
+
+    request = {"args": ["compile", "--no-such-option", *pipeline.DBT_ARGS], "env": dict(os.environ)}
+    codes = []
+    for attempt, delay in enumerate(i * 0.0015 for i in range(16)):
+        with pipeline.WarmDbt(dbt_output_in(tmp_path / f"attempt-{attempt}")) as warm:
+            warm.child.stdin.write(json.dumps(request) + "\n")
+            warm.child.stdin.close()
+            time.sleep(delay)
+            warm.child.send_signal(signal.SIGINT)
+            codes.append(warm.child.wait(timeout=60))  # 2: the command ran
+    assert codes == [130] * len(codes)
+
+
 def test_a_model_edited_during_the_load_makes_the_next_run_rebuild(make_database, tmp_path):
     """dbt parses the project while the loader runs: the plan must name the files as they were before the
     parse, or an edit during the load would be recorded as built and never rebuilt. Either version may
