@@ -67,16 +67,16 @@ def quiet_after_ctrl_c() -> None:
     try:
         from dbt.cli import requires
         from dbt.events.types import MainEncounteredError, MainStackTrace
-        from dbt_common.events.base_types import EventLevel
     except ImportError:
         return
-    fire = getattr(requires, "fire_event", None)
-    if fire is None:
+    # both as dbt's module has them (EventLevel is dbt-common's, which this project does not depend on)
+    fire, levels = getattr(requires, "fire_event", None), getattr(requires, "EventLevel", None)
+    if fire is None or levels is None:
         return
 
     def fire_quietly_once_stopped(event, *args, **kwargs):
         if CtrlC.seen and isinstance(event, (MainEncounteredError, MainStackTrace)):
-            kwargs["level"] = EventLevel.DEBUG
+            kwargs["level"] = levels.DEBUG
         return fire(event, *args, **kwargs)
 
     requires.fire_event = fire_quietly_once_stopped
