@@ -170,19 +170,19 @@ def future_invoices(
     have."""
     shown = "the first is shown" + (f", INVOICE_ID {invoice_id}" if invoice_id is not None else "")
     if dated_by_content:
-        return LoadError(
-            invoices,
+        message = (
             f"{count:,} invoice(s) created after today ({export_date}, UTC) ({shown}): the single-file "
             "export is dated by its newest invoice, and an export cannot come from the future; fix the "
-            "export",
-            line=line,
-            column="CREATED_AT",
-            value=value,
+            "export"
+        )
+    else:
+        message = (
+            f"{count:,} invoice(s) created after the export date {export_date} ({shown}): an export cannot "
+            "hold invoices from its future; fix the export or its date"
         )
     return LoadError(
         invoices,
-        f"{count:,} invoice(s) created after the export date {export_date} ({shown}): an export cannot hold "
-        "invoices from its future; fix the export or its date",
+        message,
         line=line,
         column="CREATED_AT",
         value=value,

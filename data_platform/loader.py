@@ -430,11 +430,9 @@ def _session_name(pid: int) -> str:
 
 def _take_lock(conn: psycopg.Connection, wait: float) -> None:
     def say() -> None:
-        holder = advisory_lock_holder(conn, LOADER_LOCK_KEY)
-        building = holder is not None and holder.application_name == PIPELINE_LOCK_SESSION
         who = (
             "a pipeline run is building from the loaded exports"
-            if building
+            if _held_by_a_build(advisory_lock_holder(conn, LOADER_LOCK_KEY))
             else "another loader run is in progress"
         )
         print(f"{who}: waiting up to {wait:g}s", file=sys.stderr, flush=True)
@@ -473,9 +471,14 @@ def _orphaned(holder: LockHolder) -> str | None:
     )
 
 
+def _held_by_a_build(holder: LockHolder | None) -> bool:
+    """Whether a pipeline build holds the loaders' lock (PipelineLock.loads_held)."""
+    return holder is not None and holder.application_name == PIPELINE_LOCK_SESSION
+
+
 def _building(holder: LockHolder, wait: float) -> str | None:
-    """Why the lock is held when a pipeline build holds it (PipelineLock.loads_held), else None."""
-    if holder.application_name != PIPELINE_LOCK_SESSION:
+    """Why the lock is held when a pipeline build holds it, else None."""
+    if not _held_by_a_build(holder):
         return None
     return (
         f"a pipeline run is building from the loaded exports (waited {wait:g}s): a load now would change "

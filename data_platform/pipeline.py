@@ -45,7 +45,6 @@ from data_platform import build_failures, refresh, warm_dbt
 from data_platform.alerts import config as alert_config
 from data_platform.alerts import exit_codes as alert_exit_codes
 from data_platform.alerts import routing
-from data_platform.alerts.records import DEFAULT_WEBHOOK_ENV
 from data_platform.db import (
     LOADER_LOCK_KEY,
     PIPELINE_LOCK_SESSION,
@@ -191,9 +190,7 @@ def _check_alert_settings(environ: Mapping[str, str]) -> None:
         )
         routes = routing.routes_in_seed(ROUTING_SEED)
         if routes is not None:
-            routing.destinations(
-                routes, settings.environment, {DEFAULT_WEBHOOK_ENV: settings.webhook_url}, routing.SEED
-            )
+            routing.destinations(routes, settings, routing.SEED)
     except alert_config.ConfigError as error:
         raise PipelineError(f"the alert run's settings: {error}", EXIT_CONFIG) from None
 

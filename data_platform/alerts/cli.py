@@ -45,7 +45,6 @@ from data_platform.alerts.errors import PIPELINE_HINT, AlertError, AlertRunBusy,
 from data_platform.alerts.json_sink import JsonWebhookChannel
 from data_platform.alerts.records import (
     CONSOLE,
-    DEFAULT_WEBHOOK_ENV,
     FAILED,
     JSON_SINK,
     MAX_UNCONFIRMED_ATTEMPTS,
@@ -126,9 +125,7 @@ def run(
         if missing:
             raise AlertError(f"{', '.join(missing)} does not exist in {describe_target()}: {PIPELINE_HINT}.")
         # a route without its webhook stops the run here, before anything is recorded or sent
-        found = routing.destinations(
-            routes, settings.environment, {DEFAULT_WEBHOOK_ENV: settings.webhook_url}
-        )
+        found = routing.destinations(routes, settings)
         channels = {name: channel or choose_channel(settings, dest) for name, dest in found.items()}
         with _connect(engine) as ops:
             try:

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
-from data_platform.alerts.config import ConfigError, webhook_url
+from data_platform.alerts.config import ConfigError, Settings, webhook_url
 from data_platform.alerts.records import (
     CONSOLE,
+    DEFAULT_WEBHOOK_ENV,
     SINKS,
     SLACK_SINK,
     WEBHOOK_ENV_PATTERN,
@@ -101,18 +102,17 @@ def check_routes(routes: Sequence[Route], source: str = "marts.dim_alert_routes"
 
 
 def destinations(
-    routes: Sequence[Route],
-    env: Mapping[str, str],
-    known: Mapping[str, str | None] | None = None,
-    source: str = "marts.dim_alert_routes",
+    routes: Sequence[Route], settings: Settings, source: str = "marts.dim_alert_routes"
 ) -> dict[str, Destination]:
-    """One destination per webhook variable, in priority order; only the console when none is set.
-    `known`: URLs already read and checked (SLACK_WEBHOOK_URL, by config.load); `source`: check_routes."""
+    """One destination per webhook variable, in priority order; only the console when none is set. Each
+    variable is read from the run's environment, SLACK_WEBHOOK_URL as config.load read and checked it;
+    `source`: check_routes."""
     check_routes(routes, source)
     ordered = sorted(routes, key=lambda route: route.priority)
-    known = known or {}
+    known = {DEFAULT_WEBHOOK_ENV: settings.webhook_url}
     urls = {
-        route.webhook_env: known.get(route.webhook_env) or webhook_url(env, route.webhook_env)
+        route.webhook_env: known.get(route.webhook_env)
+        or webhook_url(settings.environment, route.webhook_env)
         for route in ordered
     }
     if not any(urls.values()):
