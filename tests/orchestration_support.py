@@ -57,8 +57,8 @@ def load_definitions():
 def freshness_clock_ahead(hours: float) -> Iterator[None]:
     """The freshness sensor's clock `hours` ahead, so that export folders made before landed that long
     ago (the sensor reads a folder's change time, which cannot be set back)."""
-    from data_platform.orchestration import ops_alerts
+    from data_platform.orchestration import freshness
 
-    later = ops_alerts.utc_now() + dt.timedelta(hours=hours)
-    with mock.patch.object(ops_alerts, "utc_now", lambda: later):
+    later = freshness.utc_now() + dt.timedelta(hours=hours)
+    with mock.patch.object(freshness, "utc_now", lambda: later):
         yield

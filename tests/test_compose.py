@@ -248,7 +248,7 @@ def test_compose_leaves_the_settings_defaults_to_the_code(daily_config):
     then, so a default changed in the code reaches the containers (compose restated each one before)."""
     from data_platform import pipeline
     from data_platform.alerts import config as alert_config
-    from data_platform.orchestration import ops_alerts, schedules
+    from data_platform.orchestration import freshness, schedules
 
     environment = daily_config["services"]["dagster-daemon"]["environment"]
     blank = {name for name, value in environment.items() if value == ""}
@@ -262,7 +262,7 @@ def test_compose_leaves_the_settings_defaults_to_the_code(daily_config):
         defaults.lock_timeout,
         defaults.digest_over,
     )
-    assert ops_alerts.export_max_age_hours(environment) == ops_alerts.DEFAULT_EXPORT_MAX_AGE_HOURS
+    assert freshness.export_max_age_hours(environment) == freshness.DEFAULT_EXPORT_MAX_AGE_HOURS
     assert schedules.pipeline_schedule(environment) == schedules.DEFAULT_SCHEDULE
 
 

@@ -1,8 +1,8 @@
-"""The operations alerts (data_platform/orchestration/ops_alerts.py, notify.py): a failed run is alerted
-once, retried until delivered, and what a tick sent stays sent whatever happens later in that tick; a
-typo in a balance alert setting does not silence them; the freshness alerts judge the fact by what the
-last successful build covered, and keep that verdict while a run is in progress. Sensor ticks are
-evaluated directly, as the daemon would, against a temporary instance."""
+"""The operations alerts (data_platform/orchestration/failure_alerts.py, freshness.py, notify.py): a
+failed run is alerted once, retried until delivered, and what a tick sent stays sent whatever happens
+later in that tick; a typo in a balance alert setting does not silence them; the freshness alerts judge
+the fact by what the last successful build covered, and keep that verdict while a run is in progress.
+Sensor ticks are evaluated directly, as the daemon would, against a temporary instance."""
 
 from __future__ import annotations
 
@@ -40,8 +40,8 @@ from slack_stub import OK, SECRET, Reply, SlackStub, hang, rate_limited, redirec
 
 from data_platform import ledger, pipeline, refresh
 from data_platform.alerts.records import MAX_UNCONFIRMED_ATTEMPTS
-from data_platform.orchestration import notify, ops_alerts
-from data_platform.orchestration.ops_alerts import FACT, check_freshness
+from data_platform.orchestration import failure_alerts, freshness, notify
+from data_platform.orchestration.freshness import FACT, check_freshness
 from data_platform.raw_tables import LoadLogRow
 
 EXPORTS = [dt.date(2024, 7, 1), dt.date(2024, 7, 2), dt.date(2024, 7, 3)]
@@ -132,7 +132,7 @@ def test_a_failure_alert_that_could_not_be_delivered_is_logged_and_sent_on_a_lat
 def test_a_step_that_failed_after_its_retries_is_alerted_with_its_own_error(defs, instance):
     # once retries run out, Dagster's error says only "Exceeded max_retries of 1"
     run_id = fail(instance, failing_retried_job)
-    message = ops_alerts.failure_message(instance, instance.get_run_by_id(run_id), "http://dagster.test")
+    message = failure_alerts.failure_message(instance, instance.get_run_by_id(run_id), "http://dagster.test")
     assert message.title == "Pipeline run failed: daily_pipeline, step alert_step (Exceeded max_retries of 1)"
     assert message.details == ("some balance alerts could not be delivered (see the step's log)",)
 
@@ -163,7 +163,9 @@ def test_a_run_that_failed_outside_its_steps_is_alerted_with_the_runs_error_and_
         JobFailureData(error=cause, failure_reason=None),
     )
 
-    message = ops_alerts.failure_message(instance, instance.get_run_by_id(run.run_id), "http://dagster.test")
+    message = failure_alerts.failure_message(
+        instance, instance.get_run_by_id(run.run_id), "http://dagster.test"
+    )
 
     assert message.title == "Pipeline run failed: daily_pipeline, step load_step, which did not finish"
     assert message.details == (
@@ -214,14 +216,14 @@ def test_an_error_on_the_second_alert_of_a_tick_keeps_the_first_sent(
             first, second = fail(instance), fail(instance)
             with monkeypatch.context() as patch:
                 if broken == "message":
-                    build = ops_alerts.failure_message
+                    build = failure_alerts.failure_message
 
                     def failing_message(instance, run, base_url):
                         if run.run_id == second:
                             raise KeyError("step_failure_data")
                         return build(instance, run, base_url)
 
-                    patch.setattr(ops_alerts, "failure_message", failing_message)
+                    patch.setattr(failure_alerts, "failure_message", failing_message)
                 else:
                     lookup = instance.get_run_by_id
 
@@ -245,14 +247,14 @@ def test_a_run_whose_alert_cannot_be_built_does_not_hold_back_the_others(defs, i
         with environment(dagster_env(SLACK_WEBHOOK_URL=slack.url)):
             started = tick(defs, instance, "run_failure_alerts", None)
             unbuildable, other = fail(instance), fail(instance)
-            build = ops_alerts.failure_message
+            build = failure_alerts.failure_message
 
             def failing_message(instance, run, base_url):
                 if run.run_id == unbuildable:
                     raise KeyError("step_failure_data")
                 return build(instance, run, base_url)
 
-            monkeypatch.setattr(ops_alerts, "failure_message", failing_message)
+            monkeypatch.setattr(failure_alerts, "failure_message", failing_message)
             first = tick(defs, instance, "run_failure_alerts", started.cursor)
             second = tick(defs, instance, "run_failure_alerts", first.cursor)
         assert alerted_runs(slack) == [other]
@@ -267,7 +269,7 @@ def test_a_tick_starts_no_send_once_its_time_is_spent(defs, instance):
             runs = [fail(instance) for _ in range(3)]
             context = build_sensor_context(instance=instance, cursor=started.cursor, definitions=defs)
             # each message takes 15 s of this clock: the second starts at 15 s, the third would at 30 s
-            result = ops_alerts.alert_failed_runs(
+            result = failure_alerts.alert_failed_runs(
                 context, budget_seconds=20, clock=lambda: 15.0 * len(slack.requests)
             )
             assert alerted_runs(slack) == runs[:2]
@@ -300,7 +302,7 @@ def test_an_ops_alerts_pace_is_capped_so_a_tick_ends_within_dagsters_limit():
         channel = notify.channel_from_environment()
     assert channel.pace_seconds == notify.OPS_MAX_PACE_SECONDS
     budget = (
-        ops_alerts.FAILURE_TICK_BUDGET_SECONDS
+        failure_alerts.FAILURE_TICK_BUDGET_SECONDS
         + notify.OPS_MAX_PACE_SECONDS
         + 2 * notify.OPS_HTTP_TIMEOUT_SECONDS
     )
@@ -324,13 +326,13 @@ def test_a_slow_failing_send_keeps_the_tick_well_within_dagsters_limit(defs, ins
             slack.answer(OK, slow_error, hang(seconds=40))
             context = build_sensor_context(instance=instance, cursor=started.cursor, definitions=defs)
             began = time.monotonic()
-            ops_alerts.alert_failed_runs(context)
+            failure_alerts.alert_failed_runs(context)
             failing = time.monotonic() - began
             assert alerted_runs(slack) == runs[:1]
             assert len(slack.requests) == 2  # one attempt for the failing one: its next try is the next tick
             assert pending_runs(context.cursor) == runs[1:]
             began = time.monotonic()
-            ops_alerts.alert_failed_runs(context)  # no answer at all: the attempt gives up early
+            failure_alerts.alert_failed_runs(context)  # no answer at all: the attempt gives up early
             hanging = time.monotonic() - began
     assert failing < 10, failing
     assert hanging < notify.OPS_HTTP_TIMEOUT_SECONDS + 5, hanging
@@ -431,7 +433,7 @@ def test_an_undelivered_alert_holds_back_the_rest_of_the_tick_in_order(defs, ins
             started = tick(defs, instance, "run_failure_alerts", None)
             runs = [fail(instance) for _ in range(3)]
             context = build_sensor_context(instance=instance, cursor=started.cursor, definitions=defs)
-            ops_alerts.alert_failed_runs(context)
+            failure_alerts.alert_failed_runs(context)
         assert len(slack.requests) == 1
     assert pending_runs(context.cursor) == runs
 
@@ -444,7 +446,7 @@ def test_undelivered_alerts_beyond_the_limit_are_dropped_oldest_first_and_logged
             runs = [fail(instance) for _ in range(3)]
             context = build_sensor_context(instance=instance, cursor=started.cursor, definitions=defs)
             capfd.readouterr()
-            ops_alerts.alert_failed_runs(context, max_pending=2)
+            failure_alerts.alert_failed_runs(context, max_pending=2)
     assert pending_runs(context.cursor) == runs[1:]
     log = capfd.readouterr().err
     assert f"1 run failure alert(s) dropped undelivered, more than 2 were waiting; runs: {runs[0]}" in log
@@ -682,16 +684,16 @@ def test_an_export_folder_copied_with_its_times_kept_landed_when_it_was_copied(t
     days_ago = (dt.datetime.now(dt.UTC) - dt.timedelta(days=3)).timestamp()
     os.utime(tmp_path / "exports" / EXPORTS[-1].isoformat(), (days_ago, days_ago))
     with environment(dagster_env(CSV_DIR=str(tmp_path))):
-        freshness = check_freshness(dt.datetime.now(dt.UTC), max_age_hours=26, fact=())
-    assert freshness.problems == ()
+        verdict = check_freshness(dt.datetime.now(dt.UTC), max_age_hours=26, fact=())
+    assert verdict.problems == ()
 
 
 def test_loaded_exports_without_a_successful_build_are_stale(make_database, tmp_path):
     database = loaded_warehouse(make_database)
     fresh_export_folder(tmp_path)
     with environment(dagster_env(database.env(), CSV_DIR=str(tmp_path))):
-        freshness = check_freshness(dt.datetime.now(dt.UTC), max_age_hours=26)
-    assert freshness.problems == (
+        verdict = check_freshness(dt.datetime.now(dt.UTC), max_age_hours=26)
+    assert verdict.problems == (
         f"{FACT} is behind: exports up to 2024-07-03 are loaded, but no successful build is recorded",
     )
 
@@ -707,8 +709,8 @@ def test_the_exports_are_as_fresh_as_the_newest_folder(tmp_path, monkeypatch):
         time.sleep(0.05)  # the two folders' change times differ
     older, newer = (dt.datetime.fromtimestamp(seconds, dt.UTC) for seconds in landed)
     max_age_hours = (newer - older).total_seconds() / 3600
-    assert ops_alerts.check_freshness(newer + (newer - older) / 2, max_age_hours, fact=()).exports == ()
-    (stale,) = ops_alerts.check_freshness(newer + (newer - older) * 2, max_age_hours, fact=()).exports
+    assert freshness.check_freshness(newer + (newer - older) / 2, max_age_hours, fact=()).exports == ()
+    (stale,) = freshness.check_freshness(newer + (newer - older) * 2, max_age_hours, fact=()).exports
     assert f"the newest, {EXPORTS[1].isoformat()}, landed" in stale
 
 
@@ -730,8 +732,8 @@ def test_an_export_max_age_of_zero_or_less_is_refused_and_a_year_is_allowed(valu
     with pytest.raises(
         ValueError, match=rf"EXPORT_MAX_AGE_HOURS must be a number of hours > 0 .* got '{value}'"
     ):
-        ops_alerts.export_max_age_hours({"EXPORT_MAX_AGE_HOURS": value})
-    assert ops_alerts.export_max_age_hours({"EXPORT_MAX_AGE_HOURS": " 8784 "}) == 8784
+        freshness.export_max_age_hours({"EXPORT_MAX_AGE_HOURS": value})
+    assert freshness.export_max_age_hours({"EXPORT_MAX_AGE_HOURS": " 8784 "}) == 8784
 
 
 @pytest.mark.parametrize("value", ["nan", "1e309", "100000", "abc"])

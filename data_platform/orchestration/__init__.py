@@ -8,7 +8,8 @@ Modules, one job each:
     configuration  the settings the Dagster processes read that cannot be used: reported, never fatal
     sensors      a new export folder, once complete and unchanged, starts one run, and so does a fixed one
     notify       operations messages through the balance alerts' destinations (Slack webhook or stdout)
-    ops_alerts   run failure and freshness alerts, each kept in the sensor's cursor until delivered
+    failure_alerts  a failed run is told, kept in the sensor's cursor until delivered
+    freshness    no new export for too long, or a fact behind the loaded exports, is told (and its end)
     definitions  the one `Definitions` object (`dagster dev -m data_platform.orchestration.definitions`)
     startup      before the daemon starts: fail the runs a previous daemon container left in progress
 

@@ -8,7 +8,8 @@ from dagster import Definitions
 
 from data_platform.orchestration import configuration
 from data_platform.orchestration.assets import balance_alerts, dbt_docs, dbt_models, raw_tables
-from data_platform.orchestration.ops_alerts import freshness_alerts, run_failure_alerts
+from data_platform.orchestration.failure_alerts import run_failure_alerts
+from data_platform.orchestration.freshness import freshness_alerts
 from data_platform.orchestration.project import dbt_resource
 from data_platform.orchestration.schedules import daily_job, daily_schedule
 from data_platform.orchestration.sensors import new_export_sensor

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TextIO
 
 from data_platform.alerts import config, delivery
+from data_platform.alerts.records import MAX_UNCONFIRMED_ATTEMPTS
 
 # first lines of an error shown in a message: enough to act on, short enough for Slack
 ERROR_LINES_SHOWN = 8
@@ -154,3 +155,11 @@ def dagster_base_url(environ: Mapping[str, str] | None = None) -> str:
     env = os.environ if environ is None else environ
     port = (env.get("DAGSTER_PORT") or "").strip() or "3000"
     return ((env.get("DAGSTER_BASE_URL") or "").strip() or f"http://localhost:{port}").rstrip("/")
+
+
+def given_up(what: str, error: str | None) -> str:
+    """The error once an alert is not sent again: the balance alerts' words for it."""
+    return (
+        f"{what} never confirmed after {MAX_UNCONFIRMED_ATTEMPTS} unanswered attempts: not sent again; "
+        f"check the channel, where it may have arrived (last attempt: {error})"
+    )

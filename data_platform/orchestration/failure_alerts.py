@@ -1,75 +1,50 @@
-"""Operations alerts: a run failed, or the data went stale (and recovered).
+"""Run failure alerts: a failed run is told once, and kept in the sensor's cursor until delivered.
 
-An alert whose delivery failed is sent again on a later tick:
-
-- A failed run: each tick reads the instance's run failure events after the last one its cursor
-  records, and the cursor keeps the runs whose alert is not delivered yet; a run leaves it once its alert
-  was delivered, or once MAX_UNCONFIRMED_ATTEMPTS attempts went unanswered (a timeout: Slack may have
-  taken it), which is logged as an error saying to check the channel; an alert refused, or not sent at
-  all, is retried without limit. The cursor is saved even when a run's alert could not be built (that
-  run waits for the next tick), and a tick starts no send after FAILURE_TICK_BUDGET_SECONDS, so that a
-  tick Dagster gives up on does not leave sent alerts out of the cursor. A run counts by its job's name:
-  the jobs of this code location (the daily job, or assets materialized alone), however it was started:
-  by the schedule or a sensor, in the UI, or by hand (`dagster job execute`, `dagster asset
-  materialize`); a job of the same name in another code location of the instance would count too. The
-  first tick starts from the newest failure, so runs that failed before the sensor ever ran are not
-  alerted; the cursor of the run failure sensor this one replaced is carried on from the last event it
-  read.
-- Freshness (stale: no new export folder for EXPORT_MAX_AGE_HOURS, or exports loaded that no successful
-  build covered): the cursor records whether the last alert said stale or fresh, and a tick sends only
-  when that changes (and moves that record only once the message was delivered, or after
-  MAX_UNCONFIRMED_ATTEMPTS unanswered attempts, logged as for a failed run). It also keeps what the
-  last tick found, so that while a run is in progress (a Dagster run of any job, or init.sh's run, which
-  holds the pipeline lock), when the fact lags the exports it is loading, the last verdict about the fact
-  stands instead of a new one.
+Each tick reads the instance's run failure events after the last one its cursor records, and the cursor
+keeps the runs whose alert is not delivered yet; a run leaves it once its alert was delivered, or once
+MAX_UNCONFIRMED_ATTEMPTS attempts went unanswered (a timeout: Slack may have taken it), which is logged as
+an error saying to check the channel; an alert refused, or not sent at all, is retried without limit. The
+cursor is saved even when a run's alert could not be built (that run waits for the next tick), and a tick
+starts no send after FAILURE_TICK_BUDGET_SECONDS, so that a tick Dagster gives up on does not leave sent
+alerts out of the cursor. A run counts by its job's name: the jobs of this code location (the daily job,
+or assets materialized alone), however it was started: by the schedule or a sensor, in the UI, or by hand
+(`dagster job execute`, `dagster asset materialize`); a job of the same name in another code location of
+the instance would count too. The first tick starts from the newest failure, so runs that failed before
+the sensor ever ran are not alerted; the cursor of the run failure sensor this one replaced is carried on
+from the last event it read.
 """
 
-import datetime as dt
 import json
-import math
-import os
 import re
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from dagster import (
     DagsterEventType,
     DagsterInstance,
     DagsterRun,
-    DagsterRunStatus,
     DefaultSensorStatus,
-    RunsFilter,
     RunStatusChangeRecordsFilter,
     SensorEvaluationContext,
     SkipReason,
     sensor,
 )
 
-from data_platform import refresh
 from data_platform.alerts.delivery import Outcome
 from data_platform.alerts.records import MAX_UNCONFIRMED_ATTEMPTS
-from data_platform.db import connect
-from data_platform.load_errors import LoadError
 from data_platform.orchestration.notify import (
     OpsMessage,
     channel_from_environment,
     dagster_base_url,
     first_lines,
+    given_up,
 )
 from data_platform.orchestration.schedules import daily_job
-from data_platform.orchestration.sensors import export_folders, exports_dir
-from data_platform.pipeline import PipelineLock
 
 if TYPE_CHECKING:
     from dagster._utils.error import SerializableErrorInfo
 
-DEFAULT_EXPORT_MAX_AGE_HOURS = 26.0
-# a longer wait means nothing (and nan or inf would switch the check off): such a value is an error
-MAX_EXPORT_MAX_AGE_HOURS = 24 * 366
-FACT = "marts.fct_organization_daily_financials"
-IN_PROGRESS = [DagsterRunStatus.QUEUED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]
 FAILURE_EVENTS_READ = 100  # a tick reads up to this many new failures; the next tick the rest
 # a backlog is sent a few messages a tick, so that a tick ends well within the daemon's time limit
 FAILURE_ALERTS_PER_TICK = 5
@@ -136,14 +111,6 @@ def _without_class_name(error_info: "SerializableErrorInfo") -> str:
     """ "dagster._core.definitions.events.Failure: <description>": the description is what helps."""
     qualified_class = re.match(rf"[\w.]*\b{re.escape(error_info.cls_name or '?')}: ", error_info.message)
     return error_info.message[qualified_class.end() if qualified_class else 0 :]
-
-
-def given_up(what: str, error: str | None) -> str:
-    """The error once an alert is not sent again: the balance alerts' words for it."""
-    return (
-        f"{what} never confirmed after {MAX_UNCONFIRMED_ATTEMPTS} unanswered attempts: not sent again; "
-        f"check the channel, where it may have arrived (last attempt: {error})"
-    )
 
 
 def _failure_cursor(cursor: str | None) -> tuple[int, list[str], dict[str, int]] | None:
@@ -288,164 +255,3 @@ def _undelivered(
 @sensor(name="run_failure_alerts", minimum_interval_seconds=30, default_status=DefaultSensorStatus.RUNNING)
 def run_failure_alerts(context: SensorEvaluationContext):
     return alert_failed_runs(context)
-
-
-@dataclass(frozen=True)
-class Freshness:
-    exports: tuple[str, ...] = ()  # about the export folders
-    fact: tuple[str, ...] = ()  # about the daily fact: loaded exports no successful build covered
-
-    @property
-    def problems(self) -> tuple[str, ...]:
-        return self.exports + self.fact
-
-    @property
-    def stale(self) -> bool:
-        return bool(self.problems)
-
-
-def export_max_age_hours(environ: Mapping[str, str] | None = None) -> float:
-    raw = (os.environ if environ is None else environ).get("EXPORT_MAX_AGE_HOURS", "").strip()
-    if not raw:
-        return DEFAULT_EXPORT_MAX_AGE_HOURS
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
-    if not 0 < value <= MAX_EXPORT_MAX_AGE_HOURS:  # nan compares false
-        raise ValueError(
-            f"EXPORT_MAX_AGE_HOURS must be a number of hours > 0 and at most {MAX_EXPORT_MAX_AGE_HOURS} "
-            f"(a year), got {raw!r}"
-        )
-    return value
-
-
-def _export_problems(now: dt.datetime, max_age_hours: float) -> tuple[str, ...]:
-    directory = exports_dir()
-    try:
-        folders = export_folders(directory)
-    except LoadError as error:
-        return (str(error),)
-    if not folders:
-        return (f"no export folder (YYYY-MM-DD) in {directory}",)
-    newest = folders[-1]
-    stat = newest.stat()
-    # the change time: a folder copied with its times kept (cp -rp, rsync -a) landed when it was copied,
-    # and only its change time says so (it cannot be set back)
-    landed = dt.datetime.fromtimestamp(max(stat.st_mtime, stat.st_ctime), dt.UTC)
-    age_hours = (now - landed).total_seconds() / 3600
-    if age_hours > max_age_hours:
-        return (
-            f"no new export for {age_hours:.1f} h: the newest, {newest.name}, landed "
-            f"{landed:%Y-%m-%d %H:%M} UTC (EXPORT_MAX_AGE_HOURS={max_age_hours:g})",
-        )
-    return ()
-
-
-def _fact_problems() -> tuple[str, ...]:
-    """Loaded exports that no successful build has covered. Not the fact's last day: the fact has rows
-    only for days with ledger entries, so exports without new or changed invoices add none."""
-    with connect() as conn:
-        newest = refresh.latest_export(conn)
-        build = refresh.recorded_state(conn) if newest else None
-    covered = build.last_export_date if build else None
-    if newest is None or (covered is not None and covered >= newest):
-        return ()
-    built = (
-        f"the last successful build covered up to {covered}"
-        if covered
-        else "but no successful build is recorded"
-    )
-    return (f"{FACT} is behind: exports up to {newest} are loaded, {built}",)
-
-
-def utc_now() -> dt.datetime:
-    """The freshness sensor's clock (tests move it forward: a folder's change time cannot be set back)."""
-    return dt.datetime.now(dt.UTC)
-
-
-def run_in_progress(instance: DagsterInstance) -> bool:
-    """A Dagster run of any job (the daily job, "Materialize all", `dagster asset materialize`...) or
-    init.sh's run (the dbt container, outside Dagster: it holds the pipeline lock)."""
-    if instance.get_run_records(filters=RunsFilter(statuses=IN_PROGRESS), limit=1):
-        return True
-    with connect() as conn:
-        return PipelineLock.held(conn)
-
-
-def check_freshness(
-    now: dt.datetime, max_age_hours: float | None = None, fact: tuple[str, ...] | None = None
-) -> Freshness:
-    """The export folders judged at `now` against `max_age_hours` (default: EXPORT_MAX_AGE_HOURS); the
-    fact judged too, unless `fact` gives the verdict to keep. An EXPORT_MAX_AGE_HOURS that cannot be used
-    is a problem of its own, reported like the others, and the default stands in for it meanwhile: a
-    sensor that raised on every tick would tell nobody."""
-    setting: tuple[str, ...] = ()
-    if max_age_hours is None:
-        try:
-            max_age_hours = export_max_age_hours()
-        except ValueError as error:
-            max_age_hours = DEFAULT_EXPORT_MAX_AGE_HOURS
-            setting = (f"{error}; the exports are checked against the default, {max_age_hours:g} h",)
-    exports = setting + _export_problems(now, max_age_hours)
-    return Freshness(exports, _fact_problems() if fact is None else fact)
-
-
-def _recorded(cursor: str | None) -> tuple[bool, Freshness, int]:
-    """(whether the last alert said stale, the problems the last tick found, the unanswered attempts of
-    the message saying the opposite; earlier releases' cursors have none)."""
-    if not cursor:
-        return False, Freshness(), 0  # nothing said yet: assume fresh, so the first stale tick alerts
-    state = json.loads(cursor)
-    unanswered = int(state.get("unanswered", 0))
-    if "problems" in state:
-        # an earlier release's cursor, before the fact's verdict was kept apart: its problems stand for
-        # that verdict, so a tick during a run keeps them and "fresh again" names them as resolved
-        return state["stale"], Freshness(fact=tuple(state["problems"])), unanswered
-    found = Freshness(tuple(state.get("exports", ())), tuple(state.get("fact", ())))
-    return state["stale"], found, unanswered
-
-
-def _cursor(said_stale: bool, found: Freshness, unanswered: int = 0) -> str:
-    return json.dumps(
-        {
-            "stale": said_stale,
-            "exports": list(found.exports),
-            "fact": list(found.fact),
-            "unanswered": unanswered,
-        }
-    )
-
-
-@sensor(name="freshness_alerts", minimum_interval_seconds=300, default_status=DefaultSensorStatus.RUNNING)
-def freshness_alerts(context: SensorEvaluationContext):
-    said_stale, last, unanswered = _recorded(context.cursor)
-    # while a run is in progress, the fact lags the exports it is loading: keep the last verdict about
-    # it (stale stays stale, fresh stays fresh) until a tick after the run judges it again
-    running = run_in_progress(context.instance)
-    current = check_freshness(utc_now(), fact=last.fact if running else None)
-    if current.stale == said_stale:
-        # for the next tick during a run; a change that went unanswered is moot now: its count goes
-        context.update_cursor(_cursor(said_stale, current))
-        return SkipReason("stale: " + "; ".join(current.problems) if current.stale else "fresh")
-    if current.stale:
-        message = OpsMessage("Data is stale", details=current.problems, link=f"{dagster_base_url()}/assets")
-    else:
-        message = OpsMessage("Data is fresh again", details=tuple(f"resolved: {p}" for p in last.problems))
-    outcome = channel_from_environment().send(message)
-    if not outcome.delivered:
-        if outcome.unanswered:
-            # it may have arrived: resent every tick, a slow Slack would get a copy each time
-            unanswered += 1
-        if unanswered < MAX_UNCONFIRMED_ATTEMPTS:
-            context.update_cursor(_cursor(said_stale, last, unanswered))
-            return SkipReason(
-                f"the freshness alert could not be delivered ({outcome.error}); next tick retries"
-            )
-        # counted as said, so that the next change is alerted as usual
-        problem = given_up(f"the freshness alert ({message.title})", outcome.error)
-        context.log.error(problem)
-        context.update_cursor(_cursor(current.stale, current))
-        return SkipReason(problem)
-    context.update_cursor(_cursor(current.stale, current))
-    return SkipReason(f"sent: {message.title}")
