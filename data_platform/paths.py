@@ -13,6 +13,10 @@ DBT_PROJECT_DIR = PROJECT_ROOT / "dbt"
 DBT_PROFILES_DIR = PROJECT_ROOT / ".dbt"
 # on every dbt command line: dbt runs from the project root, not from its project folder
 DBT_DIR_ARGS = ("--project-dir", str(DBT_PROJECT_DIR), "--profiles-dir", str(DBT_PROFILES_DIR))
+# the pipeline loads and builds Postgres whatever DBT_TARGET says (the other engines' raw layer comes
+# from data_platform.engines, see the README's "Other engines"); Dagster's dbt resource uses it too
+DBT_PROFILE_TARGET = "dev"
+DBT_ARGS = (*DBT_DIR_ARGS, "--target", DBT_PROFILE_TARGET)
 
 
 def dbt_project_var(name: str):

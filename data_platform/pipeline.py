@@ -9,17 +9,18 @@ export that start-up would otherwise be a quarter of the run.
 
 `python -m data_platform.pipeline` runs them in order and stops at the first failure with its exit code;
 init.sh execs it. A run that went to its end exits 0, or 4 (5) when the alert run left alerts undelivered
-(gave up on some), unless the docs are then served. Settings come from the environment (see
-`Settings`), connections from the libpq variables (the transformer role).
+(gave up on some), unless the docs are then served (docs_server.py). Settings come from the environment
+(pipeline_settings.py), connections from the libpq variables (the transformer role).
 
-One run at a time: the run holds a Postgres advisory lock for its whole length, so a second run waits
-(PIPELINE_LOCK_TIMEOUT seconds) and then stops with a clear message instead of dropping tables under a running
-build; from the plan to the build's record it holds the loader's lock too, so a loader run by hand cannot
-change the build's input under it. Each step runs as a child process in its own process group (steps.py);
-SIGTERM or SIGINT to the pipeline is passed on to the running step as SIGINT (dbt then cancels its queries,
-the loader rolls back), waited for, and the run ends with 128 + the signal number. The build is recorded in
-the warehouse only after `dbt build` succeeded, so the next run builds again what an interrupted run left
-unfinished (the same window, or in full when the rules or the project changed; refresh.py).
+One run at a time: the run holds a Postgres advisory lock for its whole length (pipeline_lock.py), so a
+second run waits (PIPELINE_LOCK_TIMEOUT seconds) and then stops with a clear message instead of dropping
+tables under a running build; from the plan to the build's record it holds the loader's lock too, so a
+loader run by hand cannot change the build's input under it. Each step runs as a child process in its own
+process group (steps.py); SIGTERM or SIGINT to the pipeline is passed on to the running step as SIGINT (dbt
+then cancels its queries, the loader rolls back), waited for, and the run ends with 128 + the signal number.
+The build is recorded in the warehouse only after `dbt build` succeeded, so the next run builds again what
+an interrupted run left unfinished (the same window, or in full when the rules or the project changed;
+refresh.py).
 """
 
 from __future__ import annotations
@@ -27,42 +28,34 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import enum
-import errno
 import json
-import math
 import os
 import signal
-import socketserver
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-import psycopg
 
 from data_platform import build_failures, refresh, warm_dbt
 from data_platform.alerts import config as alert_config
 from data_platform.alerts import exit_codes as alert_exit_codes
-from data_platform.alerts import routing
-from data_platform.db import (
-    LOADER_LOCK_KEY,
-    PIPELINE_LOCK_SESSION,
-    DatabaseUnavailable,
-    advisory_lock_holder,
-    connect,
-    describe_target,
-    release_advisory_lock,
-    take_advisory_lock,
-    wait_until_ready,
-)
+from data_platform.db import DatabaseUnavailable, connect, describe_target, wait_until_ready
+from data_platform.docs_server import check_docs_address, serve_docs
 from data_platform.load_errors import ERROR_PREFIX as LOADER_ERROR_PREFIX
 from data_platform.load_errors import EXIT_BUSY
 from data_platform.load_errors import EXIT_DATABASE_UNAVAILABLE as EXIT_LOADER_UNAVAILABLE
-from data_platform.paths import DBT_DIR_ARGS, PROJECT_ROOT, dbt_target_dir
+from data_platform.paths import DBT_ARGS, PROJECT_ROOT, dbt_target_dir
+from data_platform.pipeline_errors import (
+    EXIT_ALERTS_GIVEN_UP,
+    EXIT_ALERTS_UNDELIVERED,
+    EXIT_CONFIG,
+    PipelineError,
+)
+from data_platform.pipeline_lock import PipelineLock
+from data_platform.pipeline_settings import Settings
 from data_platform.steps import (
     Stopped,
-    exit_status,
     failed,
     run_child_quoting_stderr,
     start_child,
@@ -72,20 +65,6 @@ from data_platform.steps import (
     wait_or_kill,
 )
 
-# the pipeline loads and builds Postgres whatever DBT_TARGET says (the other engines' raw layer comes
-# from data_platform.engines, see the README's "Other engines"); Dagster's dbt resource uses it too
-DBT_PROFILE_TARGET = "dev"
-DBT_ARGS = (*DBT_DIR_ARGS, "--target", DBT_PROFILE_TARGET)
-LOCK_KEY = "data_platform.pipeline"
-EXIT_CONFIG = 2  # a setting to fix, or no database
-# EXIT_BUSY (3) is the loader's exit code when its lock is busy, and the pipeline's when another pipeline
-# run, a loader run by hand or an alert run by hand holds its lock past PIPELINE_LOCK_TIMEOUT: nothing is
-# wrong, run again later
-
-# The run went to its end and the warehouse is built, but not every alert was delivered: a run from cron
-# must not end green then. Not used while the docs are served: the server runs on, the message is printed.
-EXIT_ALERTS_UNDELIVERED = 4  # they wait for the next alert run
-EXIT_ALERTS_GIVEN_UP = 5  # some were given up on: check the channel
 # A failed load's error quotes the loader's stderr from its last error line on, or else its last lines:
 # at most this many lines, each shortened (steps.MAX_QUOTED_LINE_CHARS).
 LOADER_LINES_KEPT = 20
@@ -96,14 +75,6 @@ ALERT_LINES_KEPT = 6
 # a step's exit codes after Ctrl-C or SIGTERM sent to it (the loader rolls back the export it was loading,
 # the alert run keeps what it committed)
 STOPPED = (128 + signal.SIGINT, 128 + signal.SIGTERM)
-
-
-class PipelineError(Exception):
-    """A step failed or the run could not start; `exit_code` is what the pipeline exits with."""
-
-    def __init__(self, message: str, exit_code: int = 1):
-        super().__init__(message)
-        self.exit_code = exit_status(exit_code)
 
 
 class AlertRun(enum.Enum):
@@ -125,121 +96,6 @@ class AlertRunEnd:
 
     outcome: AlertRun
     said: tuple[str, ...] = ()
-
-
-DEFAULT_CSV_DIR = PROJECT_ROOT / "csv_data"
-BOOLEAN_WORDS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False}
-BOOLEAN_WORDS |= {"no": False, "off": False}
-
-
-def _boolean(environ: dict[str, str], name: str, default: bool) -> bool:
-    """An empty or blank value is unset, as for every other setting (and compose's ${NAME:-default})."""
-    raw = environ.get(name, "")
-    if not raw.strip():
-        return default
-    try:
-        return BOOLEAN_WORDS[raw.strip().lower()]
-    except KeyError:
-        raise PipelineError(f"{name} must be true or false, got {raw!r}", EXIT_CONFIG) from None
-
-
-def _number(environ: dict[str, str], name: str, default: float) -> float:
-    raw = environ.get(name, "")
-    if not raw.strip():
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if value < 0:
-        raise PipelineError(f"{name} must be a number of seconds >= 0, got {raw!r}", EXIT_CONFIG)
-    if not math.isfinite(value):  # nan or inf: the wait would never end
-        raise PipelineError(f"{name} must be a finite number of seconds, got {raw!r}", EXIT_CONFIG)
-    return value
-
-
-def _port(environ: Mapping[str, str], name: str, default: int) -> int:
-    raw = environ.get(name, "").strip()
-    if not raw:
-        return default
-    value = int(raw) if raw.isascii() and raw.isdigit() else 0
-    if not 1 <= value <= 65535:
-        raise PipelineError(f"{name} must be a port number from 1 to 65535, got {raw!r}", EXIT_CONFIG)
-    return value
-
-
-def _check_threads(environ: Mapping[str, str]) -> None:
-    """DBT_THREADS, which dbt's profiles read (blank: their default), is a whole number from 1: checked
-    before the load, not found by dbt after it (0 was a traceback, a word a compilation error)."""
-    raw = environ.get("DBT_THREADS", "").strip()
-    if raw and not (raw.isascii() and raw.isdigit() and int(raw) >= 1):
-        raise PipelineError(f"DBT_THREADS must be a whole number from 1, got {raw!r}", EXIT_CONFIG)
-
-
-ROUTING_SEED = PROJECT_ROOT / routing.SEED
-
-
-def _check_alert_settings(environ: Mapping[str, str]) -> None:
-    """The alert run's own settings (ALERT_*, the webhook, each route's webhook), as it reads them at the
-    run's end: a setting to fix is said before the load and the build, not after them, and a Dagster step
-    does not retry it. ALERT_LOCK_TIMEOUT is the pipeline's to set (run_alerts). The routes are the seed
-    file's, which the build is about to put in the marts; one the build would refuse is left to it."""
-    try:
-        settings = alert_config.load(
-            [], {name: value for name, value in environ.items() if name != "ALERT_LOCK_TIMEOUT"}
-        )
-        routes = routing.routes_in_seed(ROUTING_SEED)
-        if routes is not None:
-            routing.destinations(routes, settings, routing.SEED)
-    except alert_config.ConfigError as error:
-        raise PipelineError(f"the alert run's settings: {error}", EXIT_CONFIG) from None
-
-
-def csv_dir_from_environment(environ: Mapping[str, str] | None = None) -> Path:
-    """CSV_DIR, the exports' folder, absolute. The export sensor and the freshness check read it here, not
-    through Settings: another setting that cannot be used must fail the runs, not stop them watching the
-    exports. A relative one is taken from the working directory, as the loader's --csv-dir is: the steps
-    run in the project's folder."""
-    raw = (os.environ if environ is None else environ).get("CSV_DIR")
-    return Path(raw).absolute() if raw else DEFAULT_CSV_DIR
-
-
-@dataclass(frozen=True)
-class Settings:
-    """The pipeline's switches (environment variables), with their defaults."""
-
-    csv_dir: Path = DEFAULT_CSV_DIR
-    db_wait_seconds: float = 60
-    lock_timeout_seconds: float = 600
-    full_refresh: bool = False
-    run_alerts: bool = True
-    alerter_user: str = "alerter"
-    alerter_password: str = "alerter"
-    serve_docs: bool = False
-    docs_host: str = "0.0.0.0"
-    docs_port: int = 8080
-
-    @classmethod
-    def from_environment(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        env = dict(os.environ if environ is None else environ)
-        serve_docs = _boolean(env, "SERVE_DOCS", cls.serve_docs)
-        _check_threads(env)
-        run_alerts = _boolean(env, "RUN_ALERTS", cls.run_alerts)
-        if run_alerts:
-            _check_alert_settings(env)
-        return cls(
-            csv_dir=csv_dir_from_environment(env),
-            db_wait_seconds=_number(env, "DB_WAIT_SECONDS", cls.db_wait_seconds),
-            lock_timeout_seconds=_number(env, "PIPELINE_LOCK_TIMEOUT", cls.lock_timeout_seconds),
-            full_refresh=_boolean(env, "FULL_REFRESH", cls.full_refresh),
-            run_alerts=run_alerts,
-            alerter_user=env.get("ALERTER_USER", "").strip() or cls.alerter_user,
-            alerter_password=env.get("ALERTER_PASSWORD") or cls.alerter_password,
-            serve_docs=serve_docs,
-            docs_host=env.get("DOCS_HOST") or cls.docs_host,
-            # read only by the docs server: a run that serves none does not fail on it
-            docs_port=_port(env, "DOCS_PORT", cls.docs_port) if serve_docs else cls.docs_port,
-        )
 
 
 def dbt(*args: str, env: dict[str, str] | None = None) -> int:
@@ -286,86 +142,6 @@ class WarmDbt:
         with contextlib.suppress(BrokenPipeError):  # a command left in the buffer, for a stopped process
             self.child.stdin.close()
         wait_or_kill(self.child)
-
-
-class PipelineLock:
-    """A session advisory lock held for the run; a second run waits up to `timeout` seconds.
-
-    The lock lives as long as its session, which sits idle for the whole run: nothing may end it
-    unnoticed. The session turns off idle_session_timeout and keeps its TCP connection alive (a NAT or
-    proxy drops a silent one), and `check` tells a run whose session ended anyway (pg_terminate_backend, a
-    dropped connection) before it starts or records a build, when another run may be building beside it.
-    """
-
-    def __init__(self, timeout: float):
-        self.timeout = timeout
-        self.conn: psycopg.Connection | None = None
-
-    def __enter__(self) -> PipelineLock:
-        self.conn = connect(
-            autocommit=True,
-            application_name=PIPELINE_LOCK_SESSION,
-            keepalives=1,
-            keepalives_idle=60,
-            keepalives_interval=10,
-            keepalives_count=6,
-        )
-        self.conn.execute("set idle_session_timeout = 0")
-
-        def say() -> None:
-            print(f"another pipeline run is in progress: waiting up to {self.timeout:g}s", flush=True)
-
-        if not take_advisory_lock(self.conn, LOCK_KEY, self.timeout, say):
-            self.conn.close()
-            raise PipelineError(
-                f"another pipeline run holds the lock on {describe_target()} "
-                f"(waited {self.timeout:g}s; PIPELINE_LOCK_TIMEOUT sets how long). "
-                "Let it finish, then run again.",
-                EXIT_BUSY,
-            )
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        if self.conn is not None:
-            self.conn.close()  # ends the session, which releases the lock
-
-    @contextlib.contextmanager
-    def loads_held(self) -> Iterator[None]:
-        """Hold the loader's lock too, from the plan to the build's record: an export a loader run by hand
-        committed during the build would reach some of its models and tests and not others."""
-
-        def say() -> None:
-            print(f"a loader run by hand is in progress: waiting up to {self.timeout:g}s", flush=True)
-
-        if not take_advisory_lock(self.conn, LOADER_LOCK_KEY, self.timeout, say):
-            raise PipelineError(
-                f"a loader run by hand still holds the loader's lock (waited {self.timeout:g}s; "
-                "PIPELINE_LOCK_TIMEOUT sets how long): nothing was built; run again when it has finished",
-                EXIT_BUSY,
-            )
-        try:
-            yield
-        finally:
-            with contextlib.suppress(psycopg.Error):  # a session that ended released it
-                release_advisory_lock(self.conn, LOADER_LOCK_KEY)
-
-    def check(self) -> None:
-        """PipelineError when this run no longer holds the lock: its session ended."""
-        try:
-            holder = advisory_lock_holder(self.conn, LOCK_KEY) if self.conn is not None else None
-            held = holder is not None and holder.backend == self.conn.info.backend_pid
-        except psycopg.Error:
-            held = False
-        if not held:
-            raise PipelineError(
-                "this run lost the pipeline lock: its database session ended (terminated, or its connection "
-                "dropped), so another run may have started beside it"
-            )
-
-    @staticmethod
-    def held(conn: psycopg.Connection) -> bool:
-        """Whether some session holds the lock (init.sh's run, or a Dagster step), seen from `conn`."""
-        return advisory_lock_holder(conn, LOCK_KEY) is not None
 
 
 def wait_for_database(settings: Settings) -> None:
@@ -580,54 +356,6 @@ def run(settings: Settings) -> AlertRunEnd | None:
             raise docs_failed
     step("pipeline finished")
     return alerts
-
-
-def check_docs_address(settings: Settings) -> None:
-    """Bind DOCS_HOST and DOCS_PORT as `dbt docs serve` does, and let go: a port in use (or a host that
-    is not this machine's) is a PipelineError naming them, not dbt's traceback."""
-    try:
-        with socketserver.TCPServer(
-            (settings.docs_host, settings.docs_port), socketserver.BaseRequestHandler
-        ):
-            pass
-    except OSError as error:
-        raise _unservable(settings, error) from None
-
-
-def _unservable(settings: Settings, error: OSError) -> PipelineError:
-    return PipelineError(
-        f"the docs cannot be served on DOCS_HOST={settings.docs_host} DOCS_PORT={settings.docs_port}: "
-        f"{error.strerror or error}",
-        EXIT_CONFIG,
-    )
-
-
-def serve_docs(settings: Settings) -> None:
-    """Serve the docs in this process until SIGINT or SIGTERM (the container's signals) ends it."""
-    # again: the port may have been taken while the pipeline ran (dbt binds it a moment after this check)
-    check_docs_address(settings)
-    step(f"serving the dbt docs on http://{settings.docs_host}:{settings.docs_port}")
-    # dbt turns Ctrl-C into a traceback and exit 2: stopping the server is its normal end, said in words
-    # (set before dbt's import, which takes seconds)
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, _stop_serving)
-    from dbt.cli.main import dbtRunner
-
-    args = ["docs", "serve", *DBT_ARGS, "--host", settings.docs_host, "--port", str(settings.docs_port)]
-    error = dbtRunner().invoke([*args, "--no-browser"]).exception
-    if isinstance(error, OSError) and error.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL):
-        raise _unservable(settings, error)  # taken between the check and dbt's bind
-    raise PipelineError(f"dbt docs serve ended: {error or 'see its output above'}")
-
-
-def _stop_serving(signum: int, _frame: object) -> None:
-    # os.write, not print: a print interrupted here, or to a closed pipe, would raise and keep it serving
-    try:
-        os.write(2, f"pipeline: the docs server stopped ({signal.Signals(signum).name}).\n".encode())
-    except OSError:
-        pass
-    finally:
-        os._exit(128 + signum)  # nothing to clean up: the run's work is committed, the server keeps no state
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,7 @@ import pytest
 from conftest import PROJECT_ROOT
 from pg_auth import PROBE_PASSWORD, password_checked_login
 
-from data_platform.pipeline import Settings
+from data_platform.pipeline_settings import Settings
 
 
 def run_init_sh(tmp_path: Path, cwd: Path | None = None, **env_vars: str) -> subprocess.CompletedProcess:
@@ -116,13 +116,13 @@ def test_a_docs_port_taken_while_the_pipeline_ran_ends_it_with_one_line(tmp_path
     # socket kept open while the docs server starts (or, the check passed, just before dbt binds it)
     code = f"""
 import socket, sys
-from data_platform import pipeline
+from data_platform import docs_server, pipeline
 
 def run(settings):
     global taken
     taken = socket.create_server(("127.0.0.1", int(settings.docs_port)))
     if {when == "between the check and the bind"}:
-        pipeline.check_docs_address = lambda settings: None
+        docs_server.check_docs_address = lambda settings: None
 
 pipeline.run = run
 sys.exit(pipeline.main([]))

@@ -160,11 +160,11 @@ A_WEBHOOK = "https://hooks.example.com/services/T0/B0/x"
 def test_a_route_without_its_webhook_is_a_configuration_problem(tmp_path, monkeypatch):
     # found in the seed file before the load, not by the alert run after the build (which a Dagster step
     # would retry, holding the run queue)
-    from data_platform import pipeline
+    from data_platform import pipeline_settings
 
     seed = tmp_path / "alert_routing.csv"
     seed.write_text(ROUTES_HEADER + "10,vip,1,,,,VIP_WEBHOOK,json,<!here>\n" + DEFAULT_ROUTE)
-    monkeypatch.setattr(pipeline, "ROUTING_SEED", seed)
+    monkeypatch.setattr(pipeline_settings, "ROUTING_SEED", seed)
 
     (problem,) = configuration.problems({"SLACK_WEBHOOK_URL": A_WEBHOOK})
     assert str(problem) == (
@@ -201,22 +201,22 @@ def test_a_route_without_its_webhook_is_a_configuration_problem(tmp_path, monkey
     ids=["byte order mark", "null criterion", "null sink"],
 )
 def test_the_routes_are_read_from_the_seed_file_as_dbt_seeds_them(tmp_path, monkeypatch, rows, encoding):
-    from data_platform import pipeline
+    from data_platform import pipeline_settings
 
     seed = tmp_path / "alert_routing.csv"
     seed.write_text(ROUTES_HEADER + rows, encoding=encoding)
-    monkeypatch.setattr(pipeline, "ROUTING_SEED", seed)
+    monkeypatch.setattr(pipeline_settings, "ROUTING_SEED", seed)
     (problem,) = configuration.problems({"SLACK_WEBHOOK_URL": A_WEBHOOK})
     assert "route 'vip' needs VIP_WEBHOOK (or VIP_WEBHOOK_FILE): not set" in str(problem)
     assert configuration.problems({"SLACK_WEBHOOK_URL": A_WEBHOOK, "VIP_WEBHOOK": A_WEBHOOK}) == []
 
 
 def test_the_shipped_routes_need_no_webhook_but_the_default_one():
-    from data_platform import pipeline
+    from data_platform import pipeline_settings
     from data_platform.alerts import routing
 
-    assert pipeline.ROUTING_SEED.is_file()
-    (route,) = routing.routes_in_seed(pipeline.ROUTING_SEED)
+    assert pipeline_settings.ROUTING_SEED.is_file()
+    (route,) = routing.routes_in_seed(pipeline_settings.ROUTING_SEED)
     assert (route.webhook_env, route.sink, route.is_default) == ("SLACK_WEBHOOK_URL", "slack", True)
 
 

@@ -1,6 +1,6 @@
-"""The pipeline lock (data_platform/pipeline.py): one run at a time, held for the whole run whatever ends idle
-sessions, and a run that lost it anyway neither starts nor records a build; nor does one whose rules or
-SQL changed while dbt read them."""
+"""The pipeline lock (data_platform/pipeline_lock.py): one run at a time, held for the whole run whatever
+ends idle sessions, and a run that lost it anyway neither starts nor records a build; nor does one whose
+rules or SQL changed while dbt read them."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ from pg_auth import scram_password_matches
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from data_platform import bootstrap, secrets
-from data_platform.pipeline import Settings
+from data_platform.pipeline_settings import Settings
 
 
 @pytest.fixture(scope="module")

@@ -37,7 +37,7 @@ from data_platform.orchestration.notify import (
     given_up,
 )
 from data_platform.orchestration.sensors import export_folders, exports_dir
-from data_platform.pipeline import PipelineLock
+from data_platform.pipeline_lock import PipelineLock
 
 DEFAULT_EXPORT_MAX_AGE_HOURS = 26.0
 # a longer wait means nothing (and nan or inf would switch the check off): such a value is an error

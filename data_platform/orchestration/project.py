@@ -18,8 +18,7 @@ from pathlib import Path
 
 from dagster_dbt import DbtCliResource, DbtProject
 
-from data_platform.paths import DBT_PROFILES_DIR, DBT_PROJECT_DIR, dbt_target_dir
-from data_platform.pipeline import DBT_PROFILE_TARGET
+from data_platform.paths import DBT_PROFILE_TARGET, DBT_PROFILES_DIR, DBT_PROJECT_DIR, dbt_target_dir
 
 # the build step's dbt, killed with the step's process (see the script)
 BOUND_DBT = Path(__file__).with_name("bound-dbt")

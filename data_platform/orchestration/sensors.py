@@ -42,7 +42,7 @@ from dagster import DefaultSensorStatus, RunRequest, SensorEvaluationContext, Se
 from data_platform.exports import EXPORTS_FOLDER, day_folders, present
 from data_platform.load_errors import LoadError, utc_today
 from data_platform.orchestration.schedules import daily_job
-from data_platform.pipeline import csv_dir_from_environment
+from data_platform.pipeline_settings import csv_dir_from_environment
 from data_platform.raw_tables import INVOICES
 
 # a file written this recently may still be written to, even if the previous tick saw it the same

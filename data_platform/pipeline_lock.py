@@ -1,0 +1,102 @@
+"""One pipeline run at a time: the advisory lock a run holds for its whole length."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import psycopg
+
+from data_platform.db import (
+    LOADER_LOCK_KEY,
+    PIPELINE_LOCK_SESSION,
+    advisory_lock_holder,
+    connect,
+    describe_target,
+    release_advisory_lock,
+    take_advisory_lock,
+)
+from data_platform.load_errors import EXIT_BUSY
+from data_platform.pipeline_errors import PipelineError
+
+LOCK_KEY = "data_platform.pipeline"
+
+
+class PipelineLock:
+    """A session advisory lock held for the run; a second run waits up to `timeout` seconds.
+
+    The lock lives as long as its session, which sits idle for the whole run: nothing may end it
+    unnoticed. The session turns off idle_session_timeout and keeps its TCP connection alive (a NAT or
+    proxy drops a silent one), and `check` tells a run whose session ended anyway (pg_terminate_backend, a
+    dropped connection) before it starts or records a build, when another run may be building beside it.
+    """
+
+    def __init__(self, timeout: float):
+        self.timeout = timeout
+        self.conn: psycopg.Connection | None = None
+
+    def __enter__(self) -> PipelineLock:
+        self.conn = connect(
+            autocommit=True,
+            application_name=PIPELINE_LOCK_SESSION,
+            keepalives=1,
+            keepalives_idle=60,
+            keepalives_interval=10,
+            keepalives_count=6,
+        )
+        self.conn.execute("set idle_session_timeout = 0")
+
+        def say() -> None:
+            print(f"another pipeline run is in progress: waiting up to {self.timeout:g}s", flush=True)
+
+        if not take_advisory_lock(self.conn, LOCK_KEY, self.timeout, say):
+            self.conn.close()
+            raise PipelineError(
+                f"another pipeline run holds the lock on {describe_target()} "
+                f"(waited {self.timeout:g}s; PIPELINE_LOCK_TIMEOUT sets how long). "
+                "Let it finish, then run again.",
+                EXIT_BUSY,
+            )
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self.conn is not None:
+            self.conn.close()  # ends the session, which releases the lock
+
+    @contextlib.contextmanager
+    def loads_held(self) -> Iterator[None]:
+        """Hold the loader's lock too, from the plan to the build's record: an export a loader run by hand
+        committed during the build would reach some of its models and tests and not others."""
+
+        def say() -> None:
+            print(f"a loader run by hand is in progress: waiting up to {self.timeout:g}s", flush=True)
+
+        if not take_advisory_lock(self.conn, LOADER_LOCK_KEY, self.timeout, say):
+            raise PipelineError(
+                f"a loader run by hand still holds the loader's lock (waited {self.timeout:g}s; "
+                "PIPELINE_LOCK_TIMEOUT sets how long): nothing was built; run again when it has finished",
+                EXIT_BUSY,
+            )
+        try:
+            yield
+        finally:
+            with contextlib.suppress(psycopg.Error):  # a session that ended released it
+                release_advisory_lock(self.conn, LOADER_LOCK_KEY)
+
+    def check(self) -> None:
+        """PipelineError when this run no longer holds the lock: its session ended."""
+        try:
+            holder = advisory_lock_holder(self.conn, LOCK_KEY) if self.conn is not None else None
+            held = holder is not None and holder.backend == self.conn.info.backend_pid
+        except psycopg.Error:
+            held = False
+        if not held:
+            raise PipelineError(
+                "this run lost the pipeline lock: its database session ended (terminated, or its connection "
+                "dropped), so another run may have started beside it"
+            )
+
+    @staticmethod
+    def held(conn: psycopg.Connection) -> bool:
+        """Whether some session holds the lock (init.sh's run, or a Dagster step), seen from `conn`."""
+        return advisory_lock_holder(conn, LOCK_KEY) is not None
