@@ -267,7 +267,7 @@ def _deliver(
 
 
 class RecordedAttempts:
-    """One message's HTTP attempts in ops.alert_history (delivery.AttemptLog), each committed right before
+    """One message's HTTP attempts in ops.alert_history (attempts.AttemptLog), each committed right before
     its request may go out: a run that dies with one in flight leaves the alerts `unknown` (they may have
     arrived), one stopped while the send waits (the pacer, a Retry-After, a backoff) leaves them as they
     were, or `failed` after an answer that refused them."""

@@ -3,7 +3,7 @@
 Retries are urllib3's Retry, bounded, and only where the receiver accepted nothing: 429 and 5xx
 answers (any Retry-After honoured up to ALERT_HTTP_MAX_RETRY_AFTER) and failed connections. A request
 that went out and got no full answer (a read timeout, a dropped connection, an answer cut short, an
-attempt still unfinished after twice the timeout: delivery.send_within) may have been accepted: it is
+attempt still unfinished after twice the timeout: attempts.send_within) may have been accepted: it is
 never retried within the run (read=False re-raises it) and reported as unanswered.
 """
 
@@ -15,20 +15,18 @@ from urllib3.exceptions import MaxRetryError, ResponseError
 from urllib3.util.retry import Retry
 
 from data_platform.alerts import payload
-from data_platform.alerts.config import HttpSettings
-from data_platform.alerts.delivery import (
+from data_platform.alerts.attempts import (
     AttemptLog,
     AttemptOverdue,
-    Outcome,
     SendFailed,
-    answer_text,
     attempt_begins,
     attempt_deadline,
     attempt_ends,
-    redact,
     retry_wait_begins,
     send_within,
 )
+from data_platform.alerts.config import HttpSettings
+from data_platform.alerts.delivery import Outcome, answer_text, redact
 from data_platform.alerts.records import Message
 
 RETRY_STATUSES = frozenset({429, *range(500, 600)})

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, TextIO
 
-from data_platform.alerts import config, delivery
+from data_platform.alerts import attempts, config, delivery
 from data_platform.alerts.records import MAX_UNCONFIRMED_ATTEMPTS
 
 # first lines of an error shown in a message: enough to act on, short enough for Slack
@@ -99,18 +99,18 @@ class SlackOpsChannel:
     def __init__(self, url: str, http: config.HttpSettings) -> None:
         self._url = url
         self._timeout = http.timeout
-        self._deadline = delivery.attempt_deadline(http)
+        self._deadline = attempts.attempt_deadline(http)
         self._client = delivery.webhook_client(url, http)
         self.pace_seconds = min(http.slack_min_interval, OPS_MAX_PACE_SECONDS)
         self._pacer = delivery.Pacer(self.pace_seconds)
 
     def send(self, message: OpsMessage) -> delivery.Outcome:
-        """One attempt, given up after delivery.attempt_deadline: the client's timeout bounds each socket
+        """One attempt, given up after attempts.attempt_deadline: the client's timeout bounds each socket
         operation only, and a server that answers byte by byte would hold the tick past its minute. A send
         given up on goes on in the background; it may arrive, as a lost answer's may."""
         self._pacer.wait()
         try:
-            response = delivery.send_within(
+            response = attempts.send_within(
                 lambda: self._client.send(
                     text=message.text(), blocks=message.blocks(), unfurl_links=False, unfurl_media=False
                 ),
@@ -118,11 +118,11 @@ class SlackOpsChannel:
             )
         # `unanswered`: the request went out and may have been accepted, so the caller counts it towards
         # the at-most-twice limit instead of resending it every tick
-        except delivery.AttemptOverdue as overdue:
+        except attempts.AttemptOverdue as overdue:
             return delivery.Outcome(
                 False, str(overdue), service_unavailable=True, unanswered=overdue.request_sent
             )
-        except delivery.SendFailed as failed:  # network errors: report, never crash a tick
+        except attempts.SendFailed as failed:  # network errors: report, never crash a tick
             why, unanswered = delivery.describe_send_error(failed.error, self._timeout, failed.request_sent)
             text = delivery.redact(why, self._url)
             return delivery.Outcome(False, text, service_unavailable=True, unanswered=unanswered)
