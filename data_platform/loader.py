@@ -41,7 +41,7 @@ from pathlib import Path
 
 import psycopg
 
-from data_platform import file_checksums, ledger
+from data_platform import file_checksums, ledger, ledger_tables
 from data_platform.csv_files import (
     BLOCK_SIZE,
     Progress,
@@ -239,7 +239,7 @@ def load_export(
         # Timestamps without an offset do not pass the format checks anyway; UTC makes days UTC days.
         conn.execute("set local timezone to 'UTC'")
         conn.execute("set local datestyle to 'ISO, YMD'")
-        new_tables = ledger.ensure_tables(conn)
+        new_tables = ledger_tables.ensure_tables(conn)
         loaded_as = _loaded_as(conn, export, today)
         if loaded_as is not None:
             return ExportResult(export, loaded_as, skipped=True)

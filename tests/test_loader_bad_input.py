@@ -29,7 +29,7 @@ from loader_files import (
 
 from data_platform.csv_files import Line, check_header, lone_cr_line, sha256_of
 from data_platform.exports import discover
-from data_platform.ledger import ensure_tables
+from data_platform.ledger_tables import ensure_tables
 from data_platform.load_errors import MAX_VALUE_CHARS, printable, shape_error
 from data_platform.loader import LoadError, load_exports
 from data_platform.raw_tables import INVOICES, ORGANIZATIONS

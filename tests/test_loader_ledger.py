@@ -33,7 +33,7 @@ from loader_files import (
     write_export,
 )
 
-from data_platform import file_checksums, ledger
+from data_platform import file_checksums, ledger, ledger_tables
 from data_platform.csv_files import Unchanged
 from data_platform.load_errors import changed_while_read
 from data_platform.loader import LoadError, load_exports
@@ -674,7 +674,7 @@ def index_oids(conn) -> list[tuple]:
 def test_a_first_load_into_new_tables_builds_their_indexes_and_keys_after_the_rows(conn, tmp_path):
     with conn.transaction(force_rollback=True):
         drop_ledger(conn)
-        ledger.ensure_tables(conn)
+        ledger_tables.ensure_tables(conn)
         created = ledger_indexes(conn)
     assert [
         (table, name) for table, name, _ in created if table in ("raw.invoices", "raw.invoice_versions")
@@ -701,7 +701,7 @@ def test_a_first_load_into_new_tables_builds_their_indexes_and_keys_after_the_ro
 def test_a_first_load_into_existing_empty_tables_keeps_their_indexes_and_waits_for_no_reader(
     database, conn, tmp_path
 ):
-    ledger.ensure_tables(conn)
+    ledger_tables.ensure_tables(conn)
     before, oids = ledger_indexes(conn), index_oids(conn)
     conn.execute("set statement_timeout to '20s'")  # waiting for the reader would fail the load
     with database.connect("transformer") as reader:
