@@ -11,17 +11,16 @@ state, upsert the organizations and log the export (ledger.py). A failure, Ctrl-
 process rolls the export back: the raw tables stay exactly as they were. The ledger's tables are
 only ever written, never dropped: readers and running dbt builds keep working.
 
-Already loaded (same date, same checksums) -> skipped. Same date with other content, a date before
-the latest loaded export, a date after today (UTC), invoices created after their export's date, or
-the same INVOICE_ID twice -> refused. An invoices file an earlier export loaded that changes rows loaded
-again -> refused: the base export again under a new --as-of, an old folder copied to a new date, or an
-old invoices.csv beside a new organizations.csv would undo what the exports since changed (loaded again
-without changing anything, as the latest export's file, it loads; an organizations.csv equal to an
-earlier one loads: an organization's state can return). A file that
-changes while it is read (appended to, replaced) -> refused, so the next run loads it whole. An export
-with a header but no rows is refused unless --allow-empty; once loaded, it is skipped like any other
-(later runs need no --allow-empty). A server older than PostgreSQL 16 -> refused before anything is
-read.
+Already loaded (same date, same checksums) -> skipped (export_dates.py). Same date with other content, a
+date before the latest loaded export, a date after today (UTC), invoices created after their export's
+date, or the same INVOICE_ID twice -> refused. An invoices file an earlier export loaded that changes
+rows loaded again -> refused: the base export again under a new --as-of, an old folder copied to a new
+date, or an old invoices.csv beside a new organizations.csv would undo what the exports since changed
+(loaded again without changing anything, as the latest export's file, it loads; an organizations.csv
+equal to an earlier one loads: an organization's state can return). A file that changes while it is read
+(appended to, replaced) -> refused, so the next run loads it whole. An export with a header but no rows
+is refused unless --allow-empty; once loaded, it is skipped like any other (later runs need no
+--allow-empty). A server older than PostgreSQL 16 -> refused before anything is read.
 
 Exit codes: 0 loaded (or nothing new), 1 bad input or load failure, 2 database unreachable,
 3 another loader run held the lock past --wait (nothing was loaded), 130 interrupted (Ctrl-C), 143
@@ -41,7 +40,7 @@ from pathlib import Path
 
 import psycopg
 
-from data_platform import file_checksums, ledger, ledger_tables
+from data_platform import export_dates, file_checksums, ledger, ledger_tables
 from data_platform.csv_files import (
     BLOCK_SIZE,
     Progress,
@@ -56,8 +55,7 @@ from data_platform.db import (
     check_for_dead_client,
     connect,
 )
-from data_platform.engines.export_log import refuse_reloaded
-from data_platform.exports import Export, discover, parse_date, refuse_after_dated
+from data_platform.exports import Export, discover, parse_date
 from data_platform.load_errors import (
     ALLOW_EMPTY_HELP,
     ERROR_PREFIX,
@@ -66,10 +64,8 @@ from data_platform.load_errors import (
     LoaderBusy,
     LoadError,
     changed_while_read,
-    future_export,
     header_only,
     printable,
-    undatable,
     utc_today,
 )
 from data_platform.loader_lock import release_loader_lock, session_name, take_loader_lock
@@ -157,71 +153,6 @@ def _refuse_empty(files: list[_File]) -> None:
             raise header_only(file.path, file.spec.name)
 
 
-def _refuse_date(conn: psycopg.Connection, export: Export, export_date: date, today: date) -> None:
-    """Refuse an export from the future or older than the latest loaded one."""
-    if export_date > today:
-        raise future_export(export.source, export_date, today)
-    latest = ledger.latest_export(conn)
-    if latest is not None and export_date < latest:
-        raise LoadError(
-            export.source,
-            f"export {export_date} is older than the latest loaded export {latest}: exports load in "
-            "date order; put corrections in a new dated export",
-        )
-
-
-def _checksums(conn: psycopg.Connection, export: Export) -> tuple[str, str | None]:
-    """The sha256 of the export's invoices and organizations files (None: no organizations file)."""
-    organizations = file_checksums.checksum(conn, export.organizations) if export.organizations else None
-    return file_checksums.checksum(conn, export.invoices), organizations
-
-
-def _already_loaded(
-    conn: psycopg.Connection, export: Export, export_date: date, logged: ledger.LoggedExport
-) -> bool:
-    """True if the logged export has the same content; a LoadError if it differs."""
-    invoices, organizations = _checksums(conn, export)
-    if (invoices, organizations) == (logged.invoices_sha256, logged.organizations_sha256):
-        return True
-    raise _altered(export, export_date, logged, invoices, organizations)
-
-
-def _altered(
-    export: Export, export_date: date, logged: ledger.LoggedExport, invoices: str, organizations: str | None
-) -> LoadError:
-    if invoices == logged.invoices_sha256 and organizations is None and logged.organizations_sha256:
-        # a clean-up of old days' files: "a different file" would send its reader looking for an edit
-        return LoadError(
-            export.source / ORGANIZATIONS.file_name,
-            f"file not found, but export {export_date} was loaded with it (organizations checksum "
-            f"{logged.organizations_sha256}, from {logged.source}): put it back as it was; an export's files "
-            "are the record of what was loaded, so a loaded export's files stay in place, unchanged",
-        )
-    if invoices != logged.invoices_sha256:
-        was = f"invoices checksum {logged.invoices_sha256}"
-    elif logged.organizations_sha256 is None:
-        was = "it had no organizations file"
-    else:
-        was = f"organizations checksum {logged.organizations_sha256}"
-    return LoadError(
-        export.source,
-        f"export {export_date} was already loaded from a different file ({was}, from {logged.source}); "
-        "exports are immutable: put corrections in a new dated export",
-    )
-
-
-def _refuse_reloaded(conn: psycopg.Connection, export_date: date, invoices: Staged, changed: int) -> None:
-    """Refuse an invoices file an earlier export loaded that changes rows loaded again: it would undo what
-    the exports since changed (export_log.refuse_reloaded, which the engines' builders apply too, says why
-    an organizations file is not judged so)."""
-    if not changed:
-        return
-    logged = ledger.logged_exports(conn)
-    loaded = {export.export_date: export.invoices_sha256 for export in logged}
-    sources = {export.export_date: export.source for export in logged}
-    refuse_reloaded(invoices.path, invoices.sha256, changed, export_date, loaded, sources)
-
-
 def load_export(
     conn: psycopg.Connection,
     export: Export,
@@ -240,7 +171,7 @@ def load_export(
         conn.execute("set local timezone to 'UTC'")
         conn.execute("set local datestyle to 'ISO, YMD'")
         new_tables = ledger_tables.ensure_tables(conn)
-        loaded_as = _loaded_as(conn, export, today)
+        loaded_as = export_dates.loaded_as(conn, export, today)
         if loaded_as is not None:
             return ExportResult(export, loaded_as, skipped=True)
         # only once it is known not to be loaded yet: an export loaded with --allow-empty is skipped by
@@ -252,13 +183,15 @@ def load_export(
         staged = _stage_files(conn, export, files, block_size, progress)
         invoices = staged[INVOICES.name]
         organizations = staged.get(ORGANIZATIONS.name)
-        export_date = export.date or _dated_by_content(conn, export, invoices, organizations, today)
+        export_date = export.date or export_dates.dated_by_content(
+            conn, export, invoices, organizations, today
+        )
         ledger.refuse_future_invoices(conn, invoices, export_date)
         if organizations:
             ledger.refuse_duplicates(conn, organizations)
 
         counts = ledger.apply_invoices(conn, invoices, export_date, new_tables=new_tables)
-        _refuse_reloaded(conn, export_date, invoices, counts.changed)
+        export_dates.refuse_reloaded_file(conn, export_date, invoices, counts.changed)
         org_new, org_changed = ledger.apply_organizations(conn, export_date) if organizations else (0, 0)
         for file in files:
             discard(conn, file.spec)
@@ -276,22 +209,6 @@ def load_export(
         # the logged time covers all of the load's work; only the commit comes after it
         _log(conn, result, invoices, organizations, time.perf_counter() - started)
     return replace(result, seconds=time.perf_counter() - started)
-
-
-def _loaded_as(conn: psycopg.Connection, export: Export, today: date) -> date | None:
-    """The date `export` was loaded as, if it was (skip it); a LoadError when it was loaded with other
-    files, or when its folder's date cannot be loaded (an undated export's date is known only once its
-    records are read: _dated_by_content)."""
-    if export.date is not None:
-        logged = ledger.logged(conn, export.date)
-        if logged and _already_loaded(conn, export, export.date, logged):
-            return export.date
-        _refuse_date(conn, export, export.date, today)
-    elif ledger.latest_export(conn) is not None:  # the base export, dated by its content
-        logged = ledger.logged_by_checksums(conn, *_checksums(conn, export))
-        if logged:  # this very file was loaded before
-            return logged.export_date
-    return None
 
 
 def _stage_files(
@@ -312,27 +229,6 @@ def _stage_files(
         # the next run asks whether this export was loaded: it need not read the file again
         file_checksums.remember(conn, path, file.before, staged[spec.name].sha256)
     return staged
-
-
-def _dated_by_content(
-    conn: psycopg.Connection, export: Export, invoices: Staged, organizations: Staged | None, today: date
-) -> date:
-    """An undated export's date, its latest invoice's created day, refused as a dated export's would be:
-    the date of another loaded export, or before the latest one; and not before the dated exports
-    (exports.refuse_after_dated)."""
-    export_date = ledger.latest_day(conn)
-    if export_date is None:
-        raise undatable(export.invoices)
-    if export_date > today:  # named by its line, not by a date the user never gave
-        ledger.refuse_future_invoices(conn, invoices, today, dated_by_content=True)
-    refuse_after_dated(export, export_date)
-    logged = ledger.logged(conn, export_date)
-    if logged:
-        raise _altered(
-            export, export_date, logged, invoices.sha256, organizations.sha256 if organizations else None
-        )
-    _refuse_date(conn, export, export_date, today)
-    return export_date
 
 
 def _log(

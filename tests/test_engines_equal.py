@@ -192,6 +192,9 @@ TO_USD_CASES = {
     "below_half_2": ("107652.42", "0.90028379"),
     "below_half_3": ("180728.23", "150.15826053"),
     "negative_below_half": ("-77350.82", "0.93877259"),
+    # a hair below a half cent (99447.52499999999981...): Postgres's numeric quotient rounded up to it
+    "hair_below_half": ("137998787.78", "1387.65432101"),
+    "hair_below_half_2": ("833612277.20", "12345.67891237"),
     # the loader's largest amount at its smallest rate: 27 digits of cents
     "largest": ("9999999999999999.99", "0.00000001"),
     "negative_largest": ("-9999999999999999.99", "0.00000001"),

@@ -9,11 +9,14 @@ Modules, one job each:
     detect    the marts queries, run in read-only transactions (SQLAlchemy Core), and how far the
               pipeline's last successful build lets them read
     keys      many keys in one statement, bound as arrays (the server's bind-parameter limit)
-    store     the alerter's own state in the ops schema, per destination; the advisory lock
+    ops_tables  the alerter's tables in the ops schema, created on the first run
     ops_migration  upgrades ops tables created by an older alerter
+    store     what a run reads and writes in those tables, per destination; the advisory lock
     messages  Slack Block Kit, plain-text fallback and console lines (records only)
     payload   the versioned JSON webhook payload (records only)
-    delivery  Slack incoming webhook (slack-sdk retry handlers, paced) or stdout (records only)
+    delivery  Slack incoming webhook (paced) or stdout (records only)
+    attempts  each HTTP attempt recorded before its request goes out, and bounded by a deadline
+    retries   the Slack client's bounded retry policy (slack-sdk retry handlers)
     json_sink the JSON webhook (requests + urllib3 Retry)
     errors    database errors in words a person can act on
     summary   the run's closing line

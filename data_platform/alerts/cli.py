@@ -38,7 +38,16 @@ from sqlalchemy import Connection, Engine, create_engine, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
-from data_platform.alerts import detect, exit_codes, marts_view, recording, records, routing, store
+from data_platform.alerts import (
+    detect,
+    exit_codes,
+    marts_view,
+    ops_tables,
+    recording,
+    records,
+    routing,
+    store,
+)
 from data_platform.alerts.config import ConfigError, Settings, load
 from data_platform.alerts.delivery import Channel, ConsoleChannel, SlackChannel
 from data_platform.alerts.errors import PIPELINE_HINT, AlertError, AlertRunBusy, database_error, db_message
@@ -152,7 +161,7 @@ def _locked_run(
     commit: Callable[[], None] = (lambda: None) if settings.dry_run else ops.commit
     summary = Summary(dry_run=settings.dry_run, today=today)
 
-    store.ensure_tables(ops)
+    ops_tables.ensure_tables(ops)
     watermarks = {name: store.read_watermark(ops, name) for name in names}
     summary.watermark_before = _earliest(watermarks.values())
     waiting = store.rechecked_organization_days(ops, names)

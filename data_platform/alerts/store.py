@@ -1,9 +1,9 @@
 """The alerter's own state in the ops schema: watermark and delivery history per destination, and
 the run lock.
 
-The ops schema exists from init.sql and belongs to the alerter role; the tables are created on the
-first run (create table if not exists), under the advisory lock so two first runs cannot race.
-Nothing here reads the marts: the marts are read in a separate read-only transaction (detect).
+The ops schema exists from init.sql and belongs to the alerter role; the tables (ops_tables) are created
+on the first run, under the advisory lock so two first runs cannot race. Nothing here reads the marts:
+the marts are read in a separate read-only transaction (detect).
 """
 
 from __future__ import annotations
@@ -14,47 +14,27 @@ from contextlib import contextmanager
 from datetime import date
 
 from sqlalchemy import (
-    BigInteger,
-    CheckConstraint,
-    Column,
     Connection,
-    Date,
-    DateTime,
-    Index,
-    Integer,
-    MetaData,
-    Numeric,
-    PrimaryKeyConstraint,
-    Table,
-    Text,
     and_,
     func,
     or_,
     select,
-    text,
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.schema import CreateIndex, CreateTable
 
-from data_platform.alerts import ops_migration
 from data_platform.alerts.keys import organization_days_in, organization_ids_in
+from data_platform.alerts.ops_tables import CLOSED, history, watermark
 from data_platform.alerts.records import (
-    BALANCE_CHANGE,
     CONSOLE,
-    DESTINATION_PATTERN,
     FAILED,
     MAX_UNCONFIRMED_ATTEMPTS,
-    NEW_BALANCE,
     PENDING,
     SENT,
-    SEVERITIES,
-    STATUSES,
     SUPERSEDED,
     SUPPRESSED,
     UNKNOWN,
-    WARNING,
     Alert,
     Digest,
 )
@@ -63,85 +43,10 @@ from data_platform.alerts.records import (
 LOCK_KEY = 0x64705F616C657274
 WATERMARK_NAME = "organization_balance_change"
 
-ops = MetaData(schema="ops")
-
-
-def _one_of(column: str, values: Sequence[str]) -> str:
-    return f"{column} in ({', '.join(repr(value) for value in values)})"
-
-
-# a destination is `console`, `slack` or a route's webhook variable (records.destination_for)
-DESTINATION_CHECK = f"destination ~ '{DESTINATION_PATTERN}'"
-
-
-# per alert and destination: the last day of data processed (the data's dates, capped at today)
-watermark = Table(
-    "alert_watermark",
-    ops,
-    Column("alert_name", Text, nullable=False),
-    Column("destination", Text, nullable=False),
-    Column("last_processed_date", Date, nullable=False),  # last balance_date fully processed
-    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-    PrimaryKeyConstraint("alert_name", "destination", name="alert_watermark_pkey"),
-    CheckConstraint(DESTINATION_CHECK, name="alert_watermark_destination_check"),
-)
-
-# one row per destination, alerting organization and day; a sent row is never sent again
-history = Table(
-    "alert_history",
-    ops,
-    Column("destination", Text, nullable=False),
-    Column("organization_id", BigInteger, nullable=False),
-    Column("balance_date", Date, nullable=False),
-    Column("alert_kind", Text, nullable=False),
-    Column("previous_balance_usd", Numeric, nullable=False),
-    Column("balance_usd", Numeric, nullable=False),
-    Column("balance_change_ratio", Numeric),
-    Column("status", Text, nullable=False, server_default=PENDING),
-    Column("severity", Text, nullable=False, server_default=WARNING),
-    Column("attempts", Integer, nullable=False, server_default=text("0")),
-    # attempts that got no answer (timeout, crash in flight): each may have been accepted
-    Column("unanswered_attempts", Integer, nullable=False, server_default=text("0")),
-    Column("detected_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-    Column("last_attempt_at", DateTime(timezone=True)),
-    Column("sent_at", DateTime(timezone=True)),
-    Column("last_error", Text),
-    # when a run reported that this alert was given up (its exit code 3); null while not yet reported
-    Column("given_up_reported_at", DateTime(timezone=True)),
-    # the digest message it was last sent in (records.Digest.digest_id); null: its organization's own
-    Column("digest_id", Text),
-    PrimaryKeyConstraint("destination", "organization_id", "balance_date", name="alert_history_pkey"),
-    CheckConstraint(DESTINATION_CHECK, name="alert_history_destination_check"),
-    CheckConstraint(_one_of("status", STATUSES), name="alert_history_status_check"),
-    CheckConstraint(_one_of("severity", SEVERITIES), name="alert_history_severity_check"),
-    CheckConstraint(_one_of("alert_kind", (BALANCE_CHANGE, NEW_BALANCE)), name="alert_history_kind_check"),
-)
-
-# the undelivered rows are the ones each run reads; sent history only grows
-undelivered_index = Index(
-    "alert_history_undelivered_idx",
-    history.c.destination,
-    history.c.status,
-    postgresql_where=history.c.status.not_in([SENT, SUPPRESSED]),
-)
-
-_CLOSED = (SENT, SUPPRESSED, SUPERSEDED)  # never sent (again)
 # may still be sent: never sent, and fewer unanswered attempts than the at-most-twice promise allows
-_deliverable = and_(
-    history.c.status.not_in(_CLOSED), history.c.unanswered_attempts < MAX_UNCONFIRMED_ATTEMPTS
-)
+_deliverable = and_(history.c.status.not_in(CLOSED), history.c.unanswered_attempts < MAX_UNCONFIRMED_ATTEMPTS)
 # a superseded alert was never sent: reopened when its day alerts again
 _revivable = and_(history.c.status == SUPERSEDED, history.c.unanswered_attempts < MAX_UNCONFIRMED_ATTEMPTS)
-
-
-def ensure_tables(conn: Connection) -> None:
-    """Create the tables on the first run; bring tables of an older layout up to date."""
-    conn.execute(CreateTable(watermark, if_not_exists=True))
-    conn.execute(CreateTable(history, if_not_exists=True))
-    ops_migration.upgrade(
-        conn, _one_of("status", STATUSES), DESTINATION_CHECK, STATUSES, _CLOSED, MAX_UNCONFIRMED_ATTEMPTS
-    )
-    conn.execute(CreateIndex(undelivered_index, if_not_exists=True))
 
 
 class LockBusy(RuntimeError):
@@ -333,7 +238,7 @@ def undelivered_elsewhere(conn: Connection, destinations: Sequence[str]) -> dict
     return {destination: count for destination, count in rows}
 
 
-_given_up = and_(history.c.status.not_in(_CLOSED), history.c.unanswered_attempts >= MAX_UNCONFIRMED_ATTEMPTS)
+_given_up = and_(history.c.status.not_in(CLOSED), history.c.unanswered_attempts >= MAX_UNCONFIRMED_ATTEMPTS)
 
 
 def given_up_count(conn: Connection, destination: str) -> int:
@@ -366,7 +271,7 @@ def _rows(destination: str, alerts: Sequence[Alert]):
             history.c.balance_date,
             ((alert.organization_id, alert.balance_date) for alert in alerts),
         ),
-        history.c.status.not_in(_CLOSED),
+        history.c.status.not_in(CLOSED),
     )
 
 

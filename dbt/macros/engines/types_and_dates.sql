@@ -99,8 +99,14 @@
     cast(case when {{ amount }} < 0 then -1 else 1 end * {{ absolute_cents }} * 0.01 as decimal(38, 2))
 {%- endmacro %}
 
+{#- Postgres divides numerics exactly, but rounds the quotient to a scale of its own (16 significant
+    digits, or the operands' scale if larger) before round() rounds it to the cent: 137998787.78 /
+    1387.65432101 = 99447.52499999999981... became 99447.525000000000, then .53. At the dividend's 22
+    places that first rounding cannot reach a half cent: with a = the amount in cents and f = the rate in
+    units of 1e-8 (f < 1e18), the quotient a * 1e6 / f is a half cent or at least 1 / (200 f) > 5e-21 from
+    one, and a rounding at 22 places moves it by at most 5e-23. -#}
 {% macro postgres__to_usd(amount, fx_rate) -%}
-    round({{ amount }} / {{ fx_rate }}, 2)
+    round({{ amount }}::numeric(40, 22) / {{ fx_rate }}, 2)
 {%- endmacro %}
 
 

@@ -1,0 +1,115 @@
+"""The alerter's tables in the ops schema: a watermark per alert and destination, and the delivery history
+of every alert per destination; created on the first run, an older layout brought up to date
+(ops_migration)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    Connection,
+    Date,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    PrimaryKeyConstraint,
+    Table,
+    Text,
+    func,
+    text,
+)
+from sqlalchemy.schema import CreateIndex, CreateTable
+
+from data_platform.alerts import ops_migration
+from data_platform.alerts.records import (
+    BALANCE_CHANGE,
+    DESTINATION_PATTERN,
+    MAX_UNCONFIRMED_ATTEMPTS,
+    NEW_BALANCE,
+    PENDING,
+    SENT,
+    SEVERITIES,
+    STATUSES,
+    SUPERSEDED,
+    SUPPRESSED,
+    WARNING,
+)
+
+ops = MetaData(schema="ops")
+
+
+def _one_of(column: str, values: Sequence[str]) -> str:
+    return f"{column} in ({', '.join(repr(value) for value in values)})"
+
+
+# a destination is `console`, `slack` or a route's webhook variable (records.destination_for)
+DESTINATION_CHECK = f"destination ~ '{DESTINATION_PATTERN}'"
+
+
+# per alert and destination: the last day of data processed (the data's dates, capped at today)
+watermark = Table(
+    "alert_watermark",
+    ops,
+    Column("alert_name", Text, nullable=False),
+    Column("destination", Text, nullable=False),
+    Column("last_processed_date", Date, nullable=False),  # last balance_date fully processed
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("alert_name", "destination", name="alert_watermark_pkey"),
+    CheckConstraint(DESTINATION_CHECK, name="alert_watermark_destination_check"),
+)
+
+# one row per destination, alerting organization and day; a sent row is never sent again
+history = Table(
+    "alert_history",
+    ops,
+    Column("destination", Text, nullable=False),
+    Column("organization_id", BigInteger, nullable=False),
+    Column("balance_date", Date, nullable=False),
+    Column("alert_kind", Text, nullable=False),
+    Column("previous_balance_usd", Numeric, nullable=False),
+    Column("balance_usd", Numeric, nullable=False),
+    Column("balance_change_ratio", Numeric),
+    Column("status", Text, nullable=False, server_default=PENDING),
+    Column("severity", Text, nullable=False, server_default=WARNING),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    # attempts that got no answer (timeout, crash in flight): each may have been accepted
+    Column("unanswered_attempts", Integer, nullable=False, server_default=text("0")),
+    Column("detected_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("last_attempt_at", DateTime(timezone=True)),
+    Column("sent_at", DateTime(timezone=True)),
+    Column("last_error", Text),
+    # when a run reported that this alert was given up (its exit code 3); null while not yet reported
+    Column("given_up_reported_at", DateTime(timezone=True)),
+    # the digest message it was last sent in (records.Digest.digest_id); null: its organization's own
+    Column("digest_id", Text),
+    PrimaryKeyConstraint("destination", "organization_id", "balance_date", name="alert_history_pkey"),
+    CheckConstraint(DESTINATION_CHECK, name="alert_history_destination_check"),
+    CheckConstraint(_one_of("status", STATUSES), name="alert_history_status_check"),
+    CheckConstraint(_one_of("severity", SEVERITIES), name="alert_history_severity_check"),
+    CheckConstraint(_one_of("alert_kind", (BALANCE_CHANGE, NEW_BALANCE)), name="alert_history_kind_check"),
+)
+
+# the undelivered rows are the ones each run reads; sent history only grows
+undelivered_index = Index(
+    "alert_history_undelivered_idx",
+    history.c.destination,
+    history.c.status,
+    postgresql_where=history.c.status.not_in([SENT, SUPPRESSED]),
+)
+
+CLOSED = (SENT, SUPPRESSED, SUPERSEDED)  # never sent (again)
+
+
+def ensure_tables(conn: Connection) -> None:
+    """Create the tables on the first run; bring tables of an older layout up to date."""
+    conn.execute(CreateTable(watermark, if_not_exists=True))
+    conn.execute(CreateTable(history, if_not_exists=True))
+    ops_migration.upgrade(
+        conn, _one_of("status", STATUSES), DESTINATION_CHECK, STATUSES, CLOSED, MAX_UNCONFIRMED_ATTEMPTS
+    )
+    conn.execute(CreateIndex(undelivered_index, if_not_exists=True))
