@@ -99,6 +99,10 @@ CR_ALONE = "lines end with CR alone (old Mac style): the file must use LF or CRL
 NUL_BYTE = "a NUL byte (0x00): no CSV value may hold one (is the file binary, or UTF-16?)"
 
 
+def not_in_format(expected: str) -> str:
+    return f"not in the export's format: expected {expected}"
+
+
 def quoted_empty_text(expected: str) -> str:
     # CSV reads "" as an empty text, an empty field as no value
     return (

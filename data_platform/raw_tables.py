@@ -45,6 +45,7 @@ class Format:
     expected: str  # for error messages: what a value must look like
     check: str  # true when {v} is in the export's exact format; may raise on garbage
     cast_type: str | None = None  # the type `check` casts to (None: it never raises)
+    positive: bool = False  # over 0 (a decimal the models' `positive` tests check): part of `check` too
 
     def check_sql(self, value: sql.Composable) -> sql.Composable:
         # joined, not sql.SQL.format: the regular expressions hold braces
@@ -80,6 +81,7 @@ def _decimal(
         f"{{v}}::numeric::text = {{v}} and scale({{v}}::numeric) {scale_test} "
         f"and abs({{v}}::numeric) < 1e{integer_digits}" + (" and {v}::numeric > 0" if positive else ""),
         "numeric",
+        positive,
     )
 
 

@@ -38,6 +38,7 @@ from data_platform.load_errors import (
     NUL_BYTE,
     REQUIRED_VALUE_EMPTY,
     LoadError,
+    not_in_format,
     printable,
     quoted_empty_text,
 )
@@ -350,7 +351,7 @@ def _invalid_value(conn: psycopg.Connection, staged: Staged) -> LoadError | None
         )
     return LoadError(
         staged.path,
-        f"not in the export's format: expected {column.expected}",
+        not_in_format(column.expected),
         line=line,
         column=column.header,
         value=value,

@@ -596,7 +596,7 @@ def test_a_send_given_up_on_does_not_keep_the_process_alive():
     # a hung send goes on in the background: the run must still exit once it is done
     code = (
         "import threading\n"
-        "from data_platform.alerts.delivery import AttemptOverdue, send_within\n"
+        "from data_platform.alerts.attempts import AttemptOverdue, send_within\n"
         "try:\n"
         "    send_within(threading.Event().wait, 0.2)\n"
         "except AttemptOverdue as overdue:\n"

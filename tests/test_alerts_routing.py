@@ -466,13 +466,13 @@ def test_only_an_alert_sent_or_waiting_elsewhere_keeps_a_route_from_recording_it
     from sqlalchemy import create_engine
     from sqlalchemy.pool import NullPool
 
-    from data_platform.alerts import store
+    from data_platform.alerts import ops_tables, store
     from data_platform.alerts.records import CONSOLE
 
     engine = create_engine("postgresql+psycopg://", creator=lambda: db.connect("alerter"), poolclass=NullPool)
     pending, held, superseded, printed = (replace(ALERT, organization_id=n) for n in (1, 2, 3, 4))
     with engine.connect() as conn:
-        store.ensure_tables(conn)
+        ops_tables.ensure_tables(conn)
         store.record_alerts(conn, "slack", [pending, superseded])
         store.record_alerts(conn, "slack", [held], suppressed={(2, DAY[0])})
         store.record_superseded(conn, "slack", [superseded])

@@ -21,9 +21,15 @@ from loader_files import not_waiting_on_a_pipe
 from test_ledger import BASE_ROWS, DAY_2, DAY_2_ROWS, DAY_3, DAY_3_ROWS, SENTINEL, write_export
 from test_pipeline import write_fixture
 
-from data_platform.load_errors import NUL_BYTE, REQUIRED_VALUE_EMPTY, LoadError, quoted_empty_text
+from data_platform.load_errors import (
+    NUL_BYTE,
+    REQUIRED_VALUE_EMPTY,
+    LoadError,
+    not_in_format,
+    quoted_empty_text,
+)
 from data_platform.loader import load_exports
-from data_platform.raw_tables import INVOICES, ORGANIZATIONS, TEXT
+from data_platform.raw_tables import AMOUNT, FX_RATE, INVOICES, ORGANIZATIONS, TEXT
 from data_platform.steps import default_sigint
 
 duckdb = pytest.importorskip("duckdb")
@@ -321,8 +327,20 @@ LATE_INVOICE = "601,{s},{s},4,-7,open,USD,,,5.00,,1.00000000,,2023-01-08T00:00:0
         (LATE_INVOICE.replace("2023-01-08T00:00:00.000Z", ""), "CREATED_AT", REQUIRED_VALUE_EMPTY),
         (LATE_INVOICE.replace("USD,,,", 'USD,,"",'), "PAYMENT_METHOD", quoted_empty_text(TEXT.expected)),
         (LATE_INVOICE.replace("USD,,,", "USD,,ca\0rd,"), "PAYMENT_METHOD", NUL_BYTE),
+        # stored, 0 or less would fail the models' positive tests in every later build
+        (LATE_INVOICE.replace(",5.00,", ",0.00,"), "AMOUNT", not_in_format(AMOUNT.expected)),
+        (LATE_INVOICE.replace(",1.00000000,", ",-1.00000000,"), "FX_RATE", not_in_format(FX_RATE.expected)),
     ],
-    ids=["no id", "no status", "quoted empty status", "no created_at", "quoted empty text", "nul byte"],
+    ids=[
+        "no id",
+        "no status",
+        "quoted empty status",
+        "no created_at",
+        "quoted empty text",
+        "nul byte",
+        "zero amount",
+        "negative rate",
+    ],
 )
 def test_values_the_loader_refuses_are_refused_though_duckdb_reads_them(
     make_database, exports, tmp_path, row, column, reason

@@ -38,7 +38,7 @@ from orchestration_support import (
 )
 from slack_stub import OK, SECRET, Reply, SlackStub, hang, rate_limited, redirect, server_error, slow
 
-from data_platform import ledger, pipeline, refresh
+from data_platform import ledger, ledger_tables, pipeline, refresh
 from data_platform.alerts.records import MAX_UNCONFIRMED_ATTEMPTS
 from data_platform.orchestration import failure_alerts, freshness, notify
 from data_platform.orchestration.freshness import FACT, check_freshness
@@ -599,7 +599,7 @@ def test_an_unusable_webhook_setting_prints_the_ops_alert_and_says_why(setting, 
 def load(database, *exports: dt.date) -> None:
     """Log `exports` as loaded, in the loader's own tables (created as the loader creates them)."""
     with database.connect("transformer", autocommit=True) as conn:
-        ledger.ensure_tables(conn)
+        ledger_tables.ensure_tables(conn)
         for day in exports:
             ledger.log_export(
                 conn,

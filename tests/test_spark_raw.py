@@ -23,8 +23,10 @@ from data_platform.load_errors import (
     NUL_BYTE,
     REQUIRED_VALUE_EMPTY,
     future_export,
+    not_in_format,
     utc_today,
 )
+from data_platform.raw_tables import AMOUNT
 
 pytestmark = [pytest.mark.slow, pytest.mark.spark]
 
@@ -110,6 +112,8 @@ def test_exports_from_the_future_and_invoices_after_their_exports_date_are_refus
             # in a required text (in an optional one Spark reads it as no value, which the loader refuses)
             ("quoted_empty", valid.replace("open", '""')),
             ("nul_byte", valid.replace("USD,,,", "USD,,ca\0rd,")),
+            # stored, it would fail the models' positive tests in every later build
+            ("zero_amount", valid.replace(",5.00,", ",0.00,")),
             # a value its type cannot hold: Spark's reader says which record
             ("not_a_number", valid.replace("601", "6o1", 1)),
         )
@@ -138,7 +142,7 @@ def test_exports_from_the_future_and_invoices_after_their_exports_date_are_refus
     lines = [
         line for line in result.stdout.splitlines() if line.startswith(("loaded:", "refused:", "written:"))
     ]
-    assert len(lines) == 8, result.stdout[-3000:]
+    assert len(lines) == 9, result.stdout[-3000:]
     # the messages of the Postgres loader and the DuckDB builder (test_duckdb_raw.py)
     late = future_invoices / "exports" / "2023-01-09" / "invoices.csv"
     assert lines[0].startswith(f'refused: {late}, column CREATED_AT, value "2023-01-10 00:00:00')
@@ -155,11 +159,12 @@ def test_exports_from_the_future_and_invoices_after_their_exports_date_are_refus
     )
     assert lines[2] == f"refused: {future_export(base, date(2023, 1, 6), date(2023, 1, 5))}"
     for line, (name, column, reason) in zip(
-        lines[3:6],
+        lines[3:7],
         [
             ("no_id", "INVOICE_ID", 'value "": ' + REQUIRED_VALUE_EMPTY),
             ("quoted_empty", "STATUS", 'value "": ' + REQUIRED_VALUE_EMPTY),
             ("nul_byte", "PAYMENT_METHOD", NUL_BYTE),  # no value shown
+            ("zero_amount", "AMOUNT", not_in_format(AMOUNT.expected)),
         ],
         strict=True,
     ):
@@ -167,11 +172,11 @@ def test_exports_from_the_future_and_invoices_after_their_exports_date_are_refus
         where = f"column {column}, {reason}" if reason.startswith("value") else f"column {column}: {reason}"
         assert line.startswith(f"refused: {invoices}, {where} (1 row(s)"), line
     not_a_number = bad_values["not_a_number"] / "exports" / DAY_2 / "invoices.csv"
-    assert lines[6].startswith(
+    assert lines[7].startswith(
         f"refused: {not_a_number}: Spark cannot read it with the raw column types: a record it cannot parse, "
         "read as '[null,"
-    ), lines[6]
-    assert lines[7] == "written: False"
+    ), lines[7]
+    assert lines[8] == "written: False"
 
 
 def test_a_java_error_is_told_by_its_java_exception_not_by_py4js_call():

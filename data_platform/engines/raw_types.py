@@ -9,7 +9,8 @@ extra decimal places (12.345 -> 12.35, 1.000000005 -> 1.00000001), reads `1e3` a
 cut-off or time-less CREATED_AT (`2024-06-2`) as midnight UTC of that day, and converts other offsets
 (`-02:00`) to UTC; Spark's reader is lenient in its own ways (not catalogued here; it reads a quoted
 empty text, "", as no value). What no cast refuses but the loader does is checked after the read, in
-both engines (value_checks): an empty required value, a quoted empty text (DuckDB), a NUL byte.
+both engines (value_checks): an empty required value, a quoted empty text (DuckDB), a NUL byte, an
+amount or rate of 0 or less.
 """
 
 from __future__ import annotations
@@ -19,7 +20,13 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
 
-from data_platform.load_errors import NUL_BYTE, REQUIRED_VALUE_EMPTY, LoadError, quoted_empty_text
+from data_platform.load_errors import (
+    NUL_BYTE,
+    REQUIRED_VALUE_EMPTY,
+    LoadError,
+    not_in_format,
+    quoted_empty_text,
+)
 from data_platform.raw_tables import (
     AMOUNT,
     CURRENCY,
@@ -87,7 +94,7 @@ class ValueCheck:
 def value_checks(spec: TableSpec) -> list[ValueCheck]:
     """The loader's refusals that a typed CSV read lets through: a required value left empty (read as
     null: an INVOICE_ID null would never match its current row, and be added again by every export), a
-    quoted empty text, a NUL byte in a text."""
+    quoted empty text, a NUL byte in a text, an amount or rate of 0 or less."""
     checks = []
     for column in spec.columns:
         name, text = column.name, column.sql_type == "text"
@@ -98,6 +105,9 @@ def value_checks(spec: TableSpec) -> list[ValueCheck]:
             checks.append(ValueCheck(column, f"{name} = ''", quoted_empty_text(column.expected), ""))
         if text:
             checks.append(ValueCheck(column, f"instr({name}, chr(0)) > 0", NUL_BYTE, None))
+        if column.format.positive:
+            # stored, it would fail every later build's test, and a loaded export is never corrected
+            checks.append(ValueCheck(column, f"{name} <= 0", not_in_format(column.expected), None))
     return checks
 
 
