@@ -613,6 +613,84 @@ def test_a_superseded_waiting_alert_does_not_hold_back_the_alert_that_replaces_i
     assert history(db) == {(1, DAY[0]): ("superseded", 1), (1, DAY[1]): ("sent", 1)}
 
 
+def test_only_the_alerts_attempted_again_count_as_retried(db, slack):
+    # both were refused (HTTP 400) by the first run; the second run's webhook is down after the first
+    # message: the other is not attempted, so it is not counted as retried
+    add_moves(db, (1, DAY[0], "100", "300"), (2, DAY[0], "100", "300"))
+    slack.always(Reply(400, "invalid_payload"))
+    assert run_alerts(db, webhook=slack.url).returncode == 1
+    slack.always(server_error(500))
+
+    again = run_alerts(db, webhook=slack.url, ALERT_HTTP_RETRIES="0")
+
+    assert again.returncode == 1
+    assert "0 alerts sent (1 retried from earlier runs), 2 failed" in again.stdout
+    assert history(db) == {(1, DAY[0]): ("failed", 2), (2, DAY[0]): ("failed", 1)}
+
+
+def test_an_alert_held_back_by_one_since_superseded_is_judged_again_and_sent(db, slack):
+    # DAY[1]'s alert was suppressed by DAY[0]'s, which waited; a rebuild supersedes DAY[0]'s: it holds
+    # back nothing now, and DAY[1]'s move, which still alerts, must be sent with the day's numbers
+    add_moves(db, (1, DAY[0], "100", "300"))
+    slack.always(server_error(500))
+    assert run_alerts(db, webhook=slack.url, ALERT_HTTP_RETRIES="0", ALERT_SUPPRESS_DAYS="3").returncode == 1
+    add_moves(db, (1, DAY[1], "300", "900"))
+    assert run_alerts(db, webhook=slack.url, ALERT_HTTP_RETRIES="0", ALERT_SUPPRESS_DAYS="3").returncode == 1
+    assert history(db)[(1, DAY[1])] == ("suppressed", 0)
+    execute(db, "delete from marts.fct_organization_daily_financials")
+    add_moves(db, (1, DAY[0], "100", "100"), (1, DAY[1], "100", "300"))
+    slack.always(OK)
+
+    retry = run_alerts(db, webhook=slack.url, ALERT_SUPPRESS_DAYS="3")
+
+    assert retry.returncode == 0, retry.stderr
+    assert organizations_in(slack.delivered) == [1]
+    assert "2024-03-02 $100.00 -> $300.00" in slack.delivered[0]["text"]
+    assert history(db) == {(1, DAY[0]): ("superseded", 2), (1, DAY[1]): ("sent", 1)}
+    assert "1 alert held back (--suppress-days) by an alert since superseded judged again" in retry.stdout
+
+
+def test_an_alert_still_held_back_by_another_stays_suppressed_when_one_holder_is_superseded(db, slack):
+    # DAY[0]'s alert was sent and DAY[1]'s waits; DAY[2]'s was held back by both. DAY[1]'s is superseded:
+    # DAY[0]'s still holds DAY[2]'s back (within 3 days), so it is judged again and stays suppressed
+    add_moves(db, (1, DAY[0], "100", "300"))
+    assert run_alerts(db, webhook=slack.url).returncode == 0
+    add_moves(db, (1, DAY[1], "300", "900"))
+    slack.always(server_error(500))
+    assert run_alerts(db, webhook=slack.url, ALERT_HTTP_RETRIES="0").returncode == 1
+    add_moves(db, (1, DAY[2], "900", "2700"))
+    assert run_alerts(db, webhook=slack.url, ALERT_HTTP_RETRIES="0", ALERT_SUPPRESS_DAYS="3").returncode == 1
+    execute(db, f"delete from marts.fct_organization_daily_financials where balance_date > '{DAY[0]}'")
+    add_moves(db, (1, DAY[1], "300", "300"), (1, DAY[2], "300", "900"))
+    slack.always(OK)
+
+    retry = run_alerts(db, webhook=slack.url, ALERT_SUPPRESS_DAYS="3")
+
+    assert retry.returncode == 0, retry.stderr
+    assert organizations_in(slack.delivered) == [1]  # DAY[0]'s, sent before
+    assert history(db) == {
+        (1, DAY[0]): ("sent", 1),
+        (1, DAY[1]): ("superseded", 2),
+        (1, DAY[2]): ("suppressed", 0),
+    }
+
+
+def test_an_alert_given_up_on_holds_back_no_later_one(db, slack):
+    # never confirmed, it may never have reached the channel: the next move is the only word of it
+    add_moves(db, (1, DAY[0], "100", "300"))
+    slack.always(hang(10))
+    for _ in range(2):
+        run_alerts(db, webhook=slack.url, ALERT_HTTP_TIMEOUT="0.3", ALERT_SUPPRESS_DAYS="3")
+    assert history(db)[(1, DAY[0])] == ("unknown", 2)
+    add_moves(db, (1, DAY[1], "300", "900"))
+    slack.always(OK)
+
+    later = run_alerts(db, webhook=slack.url, ALERT_SUPPRESS_DAYS="3")
+
+    assert organizations_in(slack.delivered) == [1], later.stdout
+    assert history(db)[(1, DAY[1])] == ("sent", 1)
+
+
 def test_a_superseded_day_that_alerts_again_is_sent_by_the_next_plain_run(db, slack):
     # a rules change superseded the waiting alert, and undoing it makes its day alert again: the daily
     # run, which does not process that day again, must still send it, not leave it superseded for good

@@ -296,6 +296,18 @@ def test_digest_replaces_25_messages_with_one(db):  # noqa: F811
     assert set(history(db).values()) == {("sent", 1)} and len(history(db)) == 25
 
 
+def test_a_digest_that_failed_is_not_counted_as_sent_in_one(db):  # noqa: F811
+    add_moves(db, (1, DAY[0], "10000", "20000"), (2, DAY[0], "10000", "20000"))
+
+    with SlackStub() as stub:
+        stub.always(server_error(500))
+        result = run_alerts(db, webhook=stub.url, ALERT_DIGEST_OVER="1", ALERT_HTTP_RETRIES="0", **NO_FLOOR)
+
+    assert result.returncode == 1
+    assert "0 alerts sent, 2 failed" in result.stdout
+    assert "failed for the digest of 2 alerts: HTTP 500" in result.stderr
+
+
 def test_a_digests_query_lists_exactly_its_alerts(db, run_inline):  # noqa: F811
     # organization 1's alert of DAY[0] went out on its own first; a later run sends three others of the
     # same day in a digest: its query must not list organization 1 (nor any other destination's rows)

@@ -66,6 +66,7 @@ from data_platform.alerts.records import (
 from data_platform.alerts.routing import Destination
 from data_platform.alerts.summary import Summary
 from data_platform.db import describe_target
+from data_platform.wording import plural
 
 DEFAULT_CONNECT_TIMEOUT = 10  # seconds; psycopg's own default is over two minutes
 
@@ -234,10 +235,6 @@ def _deliver(
     service_down: str | None = None
     for message in outgoing:
         alerts, count = message.alerts, len(message.alerts)
-        if isinstance(message, records.Digest):
-            summary.digests += 1
-        # a `failed` alert may never have been attempted (left when the webhook was down): not a retry
-        summary.retried += sum(1 for alert in alerts if alert.status in (FAILED, UNKNOWN) and alert.attempts)
         if service_down:
             # the webhook is rate limiting or down even after retries: leave the rest for the next run
             # rather than spending the whole retry budget on every message
@@ -246,6 +243,8 @@ def _deliver(
             commit()
             summary.failed += count
             continue
+        # a `failed` alert may never have been attempted (left when the webhook was down): not a retry
+        summary.retried += sum(1 for alert in alerts if alert.status in (FAILED, UNKNOWN) and alert.attempts)
         attempts = RecordedAttempts(ops, destination, alerts, commit)
         outcome = channel.send(message, attempts)
         if outcome.delivered:
@@ -259,13 +258,14 @@ def _deliver(
         commit()  # commit per message: a crash can at worst resend the one message in flight
         if outcome.delivered:
             summary.sent += count
+            summary.digests += isinstance(message, records.Digest)
             continue
         summary.failed += count
         if outcome.unanswered:
             summary.unanswered[destination] = summary.unanswered.get(destination, 0) + count
         service_down = outcome.error if outcome.service_unavailable else None
         what = (
-            f"the digest of {count} alerts"
+            f"the digest of {plural(count, 'alert')}"
             if isinstance(message, records.Digest)
             else f"organization {message.organization.organization_id}"
         )

@@ -5,7 +5,7 @@ back."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import date, timedelta
 
 from sqlalchemy import Connection
 
@@ -21,9 +21,13 @@ def judge_waiting(
     ops: Connection, destination: str, view: MartsView, settings: Settings, summary: Summary
 ) -> None:
     """The destination's waiting alerts as the fact is now: run before the new alerts are recorded, so that
-    one superseded does not hold back (through --suppress-days) the alert that replaces it."""
-    _as_the_fact_is_now(ops, destination, store.undelivered(ops, destination), view, settings, summary)
-    _reopened_if_alerting_again(ops, destination, store.superseded(ops, destination), view, settings, summary)
+    one superseded does not hold back (through --suppress-days) the alert that replaces it, nor the ones
+    it held back already."""
+    released = _as_the_fact_is_now(
+        ops, destination, store.undelivered(ops, destination), view, settings, summary
+    )
+    superseded = store.superseded(ops, destination)
+    _reopened_if_alerting_again(ops, destination, superseded, view, settings, summary, released)
 
 
 def record_new(
@@ -100,10 +104,11 @@ def _as_the_fact_is_now(
     view: MartsView,
     settings: Settings,
     summary: Summary,
-) -> None:
+) -> set[tuple[int, date]]:
     """The destination's undelivered alerts are sent with the drivers the fact has now: one whose day a
     rebuild changed since it was recorded takes the current numbers, which those drivers explain, or,
-    when the day no longer alerts, is superseded and not sent. An unchanged day is sent as recorded."""
+    when the day no longer alerts, is superseded and not sent. An unchanged day is sent as recorded. The
+    later alerts a superseded one may have held back are released to be judged again (their keys)."""
     superseded = []
     for alert in alerts:
         row, _ = view.fact_now.get((alert.organization_id, alert.balance_date), (None, False))
@@ -114,9 +119,11 @@ def _as_the_fact_is_now(
             store.record_current_numbers(ops, destination, current)
         else:
             superseded.append(alert)
-    if superseded:
-        store.record_superseded(ops, destination, superseded)
-        summary.superseded += len(superseded)
+    if not superseded:
+        return set()
+    store.record_superseded(ops, destination, superseded)
+    summary.superseded += len(superseded)
+    return store.release_held_back(ops, destination, superseded)
 
 
 def _reopened_if_alerting_again(
@@ -126,18 +133,22 @@ def _reopened_if_alerting_again(
     view: MartsView,
     settings: Settings,
     summary: Summary,
+    released: set[tuple[int, date]],
 ) -> None:
     """A superseded alert was never sent: when its day alerts again (a later rebuild, a rules change undone
     say), it is reopened with the day's numbers and sent, its attempts kept (store.record_alerts), by any
     run, not only one that processes its day again; --suppress-days holds it back as it would a new one.
     Not where another destination was sent the day, or may still send it, meanwhile (the routes changed
-    while it was superseded): it stays superseded."""
+    while it was superseded): it stays superseded. `released`: the alerts that were held back by one
+    superseded in this run, counted apart."""
     again = [current for current in (_alert_now(alert, view, settings) for alert in alerts) if current]
     # not counted in the summary: the row stays superseded, and every run would say it again
     again = _not_recorded_elsewhere(ops, destination, again)
     if again:
         _record(ops, destination, again, settings, summary)
-        summary.reopened += len(again)
+        freed = sum((alert.organization_id, alert.balance_date) in released for alert in again)
+        summary.released += freed
+        summary.reopened += len(again) - freed
 
 
 def _alert_now(alert: Alert, view: MartsView, settings: Settings) -> Alert | None:

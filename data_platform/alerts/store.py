@@ -197,13 +197,28 @@ def _alerts(conn: Connection, destination: str, condition) -> list[Alert]:
 
 def rechecked_organization_days(conn: Connection, destinations: Sequence[str]) -> set[tuple[int, date]]:
     """The organization-days whose alert for any of `destinations` is still waiting, or superseded: each
-    run reads the fact of those days as it is now."""
+    run reads the fact of those days as it is now. And the suppressed ones of a later day than a waiting
+    alert of their organization, which they may be held back by: if it is superseded, they are judged
+    again in the same run (held_back_by)."""
+    waiting = history.alias("waiting")
+    held_back = and_(
+        history.c.status == SUPPRESSED,
+        select(waiting.c.organization_id)
+        .where(
+            waiting.c.destination == history.c.destination,
+            waiting.c.organization_id == history.c.organization_id,
+            waiting.c.balance_date < history.c.balance_date,
+            waiting.c.status.not_in(CLOSED),
+            waiting.c.unanswered_attempts < MAX_UNCONFIRMED_ATTEMPTS,
+        )
+        .exists(),
+    )
     return {
         (row.organization_id, row.balance_date)
         for row in conn.execute(
             select(history.c.organization_id, history.c.balance_date)
             .distinct()
-            .where(history.c.destination.in_(destinations), or_(_deliverable, _revivable))
+            .where(history.c.destination.in_(destinations), or_(_deliverable, _revivable, held_back))
         )
     }
 
@@ -211,14 +226,15 @@ def rechecked_organization_days(conn: Connection, destinations: Sequence[str]) -
 def recent_alerts(
     conn: Connection, destination: str, organization_ids: Sequence[int], since: date
 ) -> dict[int, list[tuple[date, str]]]:
-    """(day, severity) of each organization's alerts from `since` on that were not suppressed."""
+    """(day, severity) of each organization's alerts from `since` on that were sent or may still be: not
+    one held back, superseded, or given up (never confirmed: the channel may never have had it)."""
     found: dict[int, list[tuple[date, str]]] = {}
     rows = conn.execute(
         select(history.c.organization_id, history.c.balance_date, history.c.severity).where(
             history.c.destination == destination,
             organization_ids_in(history.c.organization_id, organization_ids),
             history.c.balance_date >= since,
-            history.c.status.not_in([SUPPRESSED, SUPERSEDED]),
+            or_(history.c.status == SENT, _deliverable),
         )
     )
     for row in rows:
@@ -292,6 +308,38 @@ def record_superseded(conn: Connection, destination: str, alerts: Sequence[Alert
     conn.execute(
         update(history).where(*_rows(destination, alerts)).values(status=SUPERSEDED, last_error=reason)
     )
+
+
+def release_held_back(
+    conn: Connection, destination: str, superseded: Sequence[Alert]
+) -> set[tuple[int, date]]:
+    """The suppressed alerts of the superseded alerts' organizations, of a later day: one may have been held
+    back by an alert now superseded, which holds back nothing. Marked superseded, so that the run judges
+    them again as the fact is now (recording._reopened_if_alerting_again: sent, or held back again by
+    another alert); their organization-days."""
+    first_superseded: dict[int, date] = {}
+    for alert in superseded:
+        day = first_superseded.get(alert.organization_id, alert.balance_date)
+        first_superseded[alert.organization_id] = min(day, alert.balance_date)
+    if not first_superseded:
+        return set()
+    reason = "held back by an alert since superseded: judged again as the fact is now"
+    released = conn.execute(
+        update(history)
+        .where(
+            history.c.destination == destination,
+            history.c.status == SUPPRESSED,
+            or_(
+                *(
+                    and_(history.c.organization_id == organization_id, history.c.balance_date > day)
+                    for organization_id, day in first_superseded.items()
+                )
+            ),
+        )
+        .values(status=SUPERSEDED, last_error=reason)
+        .returning(history.c.organization_id, history.c.balance_date)
+    )
+    return {(row.organization_id, row.balance_date) for row in released}
 
 
 NO_ANSWER_RECORDED = (
