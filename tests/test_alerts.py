@@ -425,12 +425,12 @@ def test_slack_message_content_one_per_organization(db, slack, run_inline):
     assert organizations_in(slack.delivered) == [1, 2]
     first, second = slack.delivered
     assert first["text"] == (
-        "Balance alert for organization 1: 2024-03-01 $1,234,567.89 -> $2,469,135.78 (+100.00%), critical. "
+        "Balance alert for organization 1: 2024-03-01 $1,234,567.89 -> $2,469,135.78 (+99.99%), critical. "
         "12 active contracts, first payment 2023-01-02, last payment 2024-02-28."
     )
     assert [block["type"] for block in first["blocks"]] == ["header", "section", "context"]
     assert "$1,234,567.89 → $2,469,135.78" in first["blocks"][1]["text"]["text"]
-    assert "*+100.00%*" in first["blocks"][1]["text"]["text"]
+    assert "*+99.99%*" in first["blocks"][1]["text"]["text"]
     assert "-$5,000.00 -> -$1,000.00 (+80.00%)" in second["text"]
     assert second["blocks"][2]["elements"][0]["text"] == ":warning: missing from organizations.csv"
     assert alert_lines(result.stdout) == []  # Slack replaces the console lines

@@ -6,7 +6,7 @@ Slack, on stdout and in --dry-run.
 
 from __future__ import annotations
 
-from decimal import ROUND_HALF_UP, Context, Decimal
+from decimal import ROUND_DOWN, ROUND_HALF_UP, Context, Decimal
 from typing import Any
 
 from data_platform.alerts.records import (
@@ -25,15 +25,16 @@ from data_platform.alerts.records import (
 CENT = Decimal("0.01")
 
 
-def half_up(value: Decimal, step: Decimal, *, scale: int = 0) -> Decimal:
-    """value x 10**scale rounded to step, half up, exactly whatever its size: the default context keeps 28
-    digits, and a quantize that needs more raises (a balance may be ~1e24 USD, its ratio larger still)."""
+def half_up(value: Decimal, step: Decimal, *, scale: int = 0, rounding: str = ROUND_HALF_UP) -> Decimal:
+    """value x 10**scale rounded to step, half up (or by `rounding`), exactly whatever its size: the default
+    context keeps 28 digits, and a quantize that needs more raises (a balance may be ~1e24 USD, its ratio
+    larger still)."""
     value = Decimal(value)
     kept = len(value.as_tuple().digits)  # scaleb keeps every digit of the value
     # the result's digits: before the point, the step's places, one more for a carry (999.995 -> 1000.00)
     result = value.adjusted() + scale + 1 - step.as_tuple().exponent + 1
     wide = Context(prec=max(kept, result, 28))
-    return value.scaleb(scale, context=wide).quantize(step, rounding=ROUND_HALF_UP, context=wide)
+    return value.scaleb(scale, context=wide).quantize(step, rounding=rounding, context=wide)
 
 
 def _not_finite(value: Decimal) -> str:
@@ -52,10 +53,14 @@ def usd(amount: Decimal) -> str:
 
 
 def signed_percent(ratio: Decimal) -> str:
-    """0.5 -> '+50.00%', -0.75 -> '-75.00%'."""
+    """0.5 -> '+50.00%', -0.75 -> '-75.00%', 2/3 -> '+66.67%': rounded half up, except onto a whole percent
+    the change has not reached, which is cut instead: a change short of a threshold (the 100% of
+    `critical`, the 50% of an alert) never reads as reaching it (0.9999996 is +99.99%, not +100.00%)."""
     if not Decimal(ratio).is_finite():
         return f"{_not_finite(ratio)}%"
     percent = half_up(ratio, CENT, scale=2)
+    if percent == percent.to_integral_value() and abs(percent) > abs(Decimal(ratio).scaleb(2)):
+        percent = half_up(ratio, CENT, scale=2, rounding=ROUND_DOWN)
     return f"{percent:+,.2f}%"
 
 
