@@ -76,7 +76,8 @@ def set_country(db, organization_id: int, country: int) -> None:  # noqa: F811
 ROUTES = (
     (10, "vip", 1, None, None, None, "VIP_WEBHOOK", "json", "<!here>"),
     (20, "uk", None, 44, None, None, "UK_WEBHOOK", "slack", "<!subteam^S0UK>"),
-    (30, "big", None, None, 50000, None, "UK_WEBHOOK", "slack", None),  # same webhook, another rule
+    # the same webhook by another rule: the same sink and mention (one webhook takes one kind of message)
+    (30, "big", None, None, 50000, None, "UK_WEBHOOK", "slack", "<!subteam^S0UK>"),
     (100, "default", None, None, None, None, "SLACK_WEBHOOK_URL", "slack", None),
 )
 
@@ -111,7 +112,7 @@ def test_each_route_receives_exactly_its_organizations(db):  # noqa: F811
     assert document["type"] == "alerts" and document["mention"] == "<!here>"
     assert document["organization"]["organization_id"] == "1"
     assert organizations_in(uk.delivered) == [2, 4]
-    assert uk.delivered[0]["blocks"][1]["text"]["text"] == "<!subteam^S0UK>"
+    assert [body["blocks"][1]["text"]["text"] for body in uk.delivered] == ["<!subteam^S0UK>"] * 2
     assert organizations_in(default.delivered) == [3, 5]
     # delivery state per route: the default keeps the name `slack`, the others their variable
     rows = db.query("select destination, organization_id, status from ops.alert_history order by 2")

@@ -454,6 +454,26 @@ def test_routes_match_in_priority_order():
     assert routes[3].destination == "slack" and routes[0].destination == "VIP"
 
 
+@pytest.mark.parametrize(
+    ("sink", "mention"), [("json", "<!subteam^S0123ABC>"), ("slack", None)], ids=["sink", "mention"]
+)
+def test_routes_sharing_a_webhook_must_send_the_same_kind_of_message(sink, mention):
+    # one destination per variable: vip's alerts would have gone as big-balances' Slack Block Kit, with
+    # its mention, whatever vip's row said
+    from data_platform.alerts.records import Route
+    from data_platform.alerts.routing import check_routes
+
+    big = Route(10, "big-balances", "FIN", "slack", "<!subteam^S0123ABC>", min_balance_usd=Decimal(10**6))
+    routes = [
+        big,
+        Route(20, "vip", "FIN", sink, mention, organization_id=7),
+        Route(100, "all", "SLACK_WEBHOOK_URL", is_default=True),
+    ]
+    with pytest.raises(config.ConfigError, match=r"routes 'big-balances' and 'vip' in .* both send to FIN"):
+        check_routes(routes)
+    check_routes([big, replace(big, priority=20, name="vip", organization_id=7), routes[2]])
+
+
 def test_a_balance_that_is_not_finite_matches_no_band():
     from data_platform.alerts.records import Route, route_for
 

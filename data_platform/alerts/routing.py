@@ -83,8 +83,9 @@ def _seed_route(row: Mapping[str, str | None]) -> Route:
 
 
 def check_routes(routes: Sequence[Route], source: str = "marts.dim_alert_routes") -> None:
-    """The seed's rows can work: a default route, known sinks, variable names (never URLs). `source`:
-    where the routes were read, for the message (the seed file itself, before a build)."""
+    """The seed's rows can work: a default route, known sinks, variable names (never URLs), and one kind of
+    message per webhook. `source`: where the routes were read, for the message (the seed file itself,
+    before a build)."""
     if not any(route.is_default for route in routes):
         raise ConfigError(
             f"{source} has no default route: add a row with no organization_id, "
@@ -99,6 +100,22 @@ def check_routes(routes: Sequence[Route], source: str = "marts.dim_alert_routes"
             )
         if route.sink not in SINKS:
             raise ConfigError(f"{where}: sink must be one of {', '.join(SINKS)}, got {route.sink!r}")
+    _refuse_shared_webhooks_that_differ(routes)
+
+
+def _refuse_shared_webhooks_that_differ(routes: Sequence[Route]) -> None:
+    """Routes naming the same variable share one destination, which sends one kind of message: the same
+    sink and mention, or a route's alerts would go in another route's format, with its mention."""
+    first: dict[str, Route] = {}
+    for route in sorted(routes, key=lambda route: route.priority):
+        other = first.setdefault(route.webhook_env, route)
+        if (route.sink, route.mention) != (other.sink, other.mention):
+            raise ConfigError(
+                f"routes {other.name!r} and {route.name!r} in {SEED} both send to {route.webhook_env} but "
+                f"with another sink or mention ({other.sink} {other.mention or 'no mention'}; {route.sink} "
+                f"{route.mention or 'no mention'}): one webhook takes one kind of message. Give them the "
+                "same sink and mention, or each its own webhook variable"
+            )
 
 
 def destinations(
@@ -125,7 +142,7 @@ def destinations(
             f"{SEED}. Nothing was sent."
         )
     found: dict[str, Destination] = {}
-    for route in ordered:  # the first route naming a variable decides its sink and mention
+    for route in ordered:  # routes naming the same variable have the same sink and mention (check_routes)
         found.setdefault(route.destination, Destination(route.destination, route, urls[route.webhook_env]))
     return found
 
