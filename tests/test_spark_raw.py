@@ -114,10 +114,14 @@ def test_exports_from_the_future_and_invoices_after_their_exports_date_are_refus
             ("nul_byte", valid.replace("USD,,,", "USD,,ca\0rd,")),
             # stored, it would fail the models' positive tests in every later build
             ("zero_amount", valid.replace(",5.00,", ",0.00,")),
+            # a quoted line break in a CRLF file: Spark's whole-file reader would store it as LF
+            ("crlf_inside", valid.replace("USD,,,", 'USD,,"ca\nrd",')),
             # a value its type cannot hold: Spark's reader says which record
             ("not_a_number", valid.replace("601", "6o1", 1)),
         )
     }
+    crlf_invoices = bad_values["crlf_inside"] / "exports" / DAY_2 / "invoices.csv"
+    crlf_invoices.write_bytes(crlf_invoices.read_bytes().replace(b"\n", b"\r\n"))
     started_on = utc_today()
     env = {
         **os.environ,
@@ -142,7 +146,7 @@ def test_exports_from_the_future_and_invoices_after_their_exports_date_are_refus
     lines = [
         line for line in result.stdout.splitlines() if line.startswith(("loaded:", "refused:", "written:"))
     ]
-    assert len(lines) == 9, result.stdout[-3000:]
+    assert len(lines) == 10, result.stdout[-3000:]
     # the messages of the Postgres loader and the DuckDB builder (test_duckdb_raw.py)
     late = future_invoices / "exports" / "2023-01-09" / "invoices.csv"
     assert lines[0].startswith(f'refused: {late}, column CREATED_AT, value "2023-01-10 00:00:00')
@@ -171,12 +175,17 @@ def test_exports_from_the_future_and_invoices_after_their_exports_date_are_refus
         invoices = bad_values[name] / "exports" / DAY_2 / "invoices.csv"
         where = f"column {column}, {reason}" if reason.startswith("value") else f"column {column}: {reason}"
         assert line.startswith(f"refused: {invoices}, {where} (1 row(s)"), line
+    assert lines[7] == (
+        f"refused: {crlf_invoices}: its lines end in CRLF and a quoted value holds a line break, which "
+        "Spark's reader would store as LF (Postgres and DuckDB keep CRLF): give the file LF line endings, "
+        "or load it on Postgres or DuckDB"
+    )
     not_a_number = bad_values["not_a_number"] / "exports" / DAY_2 / "invoices.csv"
-    assert lines[7].startswith(
+    assert lines[8].startswith(
         f"refused: {not_a_number}: Spark cannot read it with the raw column types: a record it cannot parse, "
         "read as '[null,"
-    ), lines[7]
-    assert lines[8] == "written: False"
+    ), lines[8]
+    assert lines[9] == "written: False"
 
 
 def test_a_java_error_is_told_by_its_java_exception_not_by_py4js_call():
@@ -191,3 +200,20 @@ def test_a_java_error_is_told_by_its_java_exception_not_by_py4js_call():
         "org.apache.spark.SparkException: Job aborted due to stage failure: disk full"
     )
     assert _first_line(Exception("plain\nmore")) == "plain"
+
+
+def test_a_second_load_is_refused_at_once_while_one_holds_the_metastore(tmp_path, monkeypatch):
+    # Derby's own lock made the second load retry for minutes and end in a Java stack trace
+    from data_platform.engines.spark_raw import build_raw, one_load_at_a_time
+    from data_platform.load_errors import LoadError
+
+    monkeypatch.setenv("SPARK_METASTORE_DIR", str(tmp_path / "spark-metastore"))
+    monkeypatch.setenv("SPARK_WAREHOUSE_DIR", str(tmp_path / "spark-warehouse"))
+    csv_dir = write_fixture(tmp_path / "csv", BASE_ROWS)
+    with one_load_at_a_time(), pytest.raises(LoadError) as refused:
+        build_raw(csv_dir)
+    assert str(refused.value) == (
+        f"{tmp_path / 'spark-metastore'}: another Spark raw load is using this metastore "
+        "(SPARK_METASTORE_DIR): run again when it has finished"
+    )
+    assert not (tmp_path / "spark-warehouse").exists()  # no session was started

@@ -10,16 +10,19 @@ tables have no transactions: a failed write can leave a partial ledger, to be re
 
 The session matches the `spark` target of .dbt/profiles.yml (local mode, UTC, the same warehouse and
 metastore directories), so dbt sees these tables. One process at a time: the metastore is an embedded
-Derby database.
+Derby database, and a second load is refused at once (one_load_at_a_time).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import os
 import re
 import sys
 import time
+from collections.abc import Iterator
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -45,6 +48,7 @@ from data_platform.load_errors import ALLOW_EMPTY_HELP, LoadError, future_invoic
 from data_platform.raw_tables import INVOICES, ORGANIZATIONS, RAW_SCHEMA, TableSpec, load_log_columns
 
 LOAD_LOG_SCHEMA = ", ".join(load_log_columns(SPARK_LOG_TYPES, not_null=False))
+LOCK_FILE = "data_platform-load.lock"
 
 
 def directories() -> tuple[Path, Path]:
@@ -91,6 +95,7 @@ def _read(spark, spec: TableSpec, path: Path):
         if _malformed_record(error) is None:
             raise LoadError(path, f"Spark cannot read it: {_first_line(error)}") from None
         # a quoted value may hold a line break, which only a whole-file read (one task: slower) can take
+        _refuse_crlf_inside_values(path)
         try:
             frame = typed(multiLine=True)
         except Exception as error:
@@ -107,6 +112,21 @@ def _read(spark, spec: TableSpec, path: Path):
             column=spec.key.header,
         )
     return frame
+
+
+def _refuse_crlf_inside_values(path: Path) -> None:
+    """A file whose lines end in CRLF, and whose quoted values hold line breaks (so CRLFs too): Spark's
+    whole-file reader stores each as LF, where Postgres and DuckDB keep CRLF, and an export read again later
+    would seem to change those invoices."""
+    with path.open("rb") as file:
+        header = file.readline(1 << 16)
+    if header.endswith(b"\r\n"):
+        raise LoadError(
+            path,
+            "its lines end in CRLF and a quoted value holds a line break, which Spark's reader would store "
+            "as LF (Postgres and DuckDB keep CRLF): give the file LF line endings, or load it on Postgres or "
+            "DuckDB",
+        )
 
 
 _MALFORMED_RECORD = re.compile(
@@ -335,17 +355,38 @@ def build_raw(csv_dir: Path | str, *, allow_empty: bool = False, today: date | N
     """Load every pending export under csv_dir into the Spark raw tables; the dates loaded. allow_empty:
     load header-only files (else refused, as by the Postgres loader); today: as in SparkLedger.apply."""
     exports = export_discovery.discover(csv_dir)  # before the session: no exports, no metastore
-    spark = session()
-    try:
-        ledger = SparkLedger(spark)
-        loaded = [
-            day for export in exports if (day := ledger.apply(export, allow_empty=allow_empty, today=today))
-        ]
-        if loaded:
-            ledger.write()
-        return loaded
-    finally:
-        spark.stop()
+    with one_load_at_a_time():
+        spark = session()
+        try:
+            ledger = SparkLedger(spark)
+            loaded = [
+                day
+                for export in exports
+                if (day := ledger.apply(export, allow_empty=allow_empty, today=today))
+            ]
+            if loaded:
+                ledger.write()
+            return loaded
+        finally:
+            spark.stop()
+
+
+@contextlib.contextmanager
+def one_load_at_a_time() -> Iterator[None]:
+    """Hold a lock beside the metastore for the load: a second load is refused at once, where Derby's own
+    lock made it retry for minutes and end in a Java stack trace (the lock dies with the process)."""
+    _, metastore = directories()
+    metastore.mkdir(parents=True, exist_ok=True)
+    with (metastore / LOCK_FILE).open("a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LoadError(
+                metastore,
+                "another Spark raw load is using this metastore (SPARK_METASTORE_DIR): run again when it has "
+                "finished",
+            ) from None
+        yield
 
 
 def main(argv: list[str] | None = None) -> int:
