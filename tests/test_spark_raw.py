@@ -116,12 +116,16 @@ def test_exports_from_the_future_and_invoices_after_their_exports_date_are_refus
             ("zero_amount", valid.replace(",5.00,", ",0.00,")),
             # a quoted line break in a CRLF file: Spark's whole-file reader would store it as LF
             ("crlf_inside", valid.replace("USD,,,", 'USD,,"ca\nrd",')),
+            # Latin-1, read by Spark as U+FFFD: the loader refuses the bytes
+            ("not_utf8", valid.replace("USD,,,", "USD,,caf\u00e9,")),
             # a value its type cannot hold: Spark's reader says which record
             ("not_a_number", valid.replace("601", "6o1", 1)),
         )
     }
     crlf_invoices = bad_values["crlf_inside"] / "exports" / DAY_2 / "invoices.csv"
     crlf_invoices.write_bytes(crlf_invoices.read_bytes().replace(b"\n", b"\r\n"))
+    latin1_invoices = bad_values["not_utf8"] / "exports" / DAY_2 / "invoices.csv"
+    latin1_invoices.write_bytes(latin1_invoices.read_bytes().replace("é".encode(), "é".encode("latin-1")))
     started_on = utc_today()
     env = {
         **os.environ,
@@ -146,7 +150,7 @@ def test_exports_from_the_future_and_invoices_after_their_exports_date_are_refus
     lines = [
         line for line in result.stdout.splitlines() if line.startswith(("loaded:", "refused:", "written:"))
     ]
-    assert len(lines) == 10, result.stdout[-3000:]
+    assert len(lines) == 11, result.stdout[-3000:]
     # the messages of the Postgres loader and the DuckDB builder (test_duckdb_raw.py)
     late = future_invoices / "exports" / "2023-01-09" / "invoices.csv"
     assert lines[0].startswith(f'refused: {late}, column CREATED_AT, value "2023-01-10 00:00:00')
@@ -180,12 +184,17 @@ def test_exports_from_the_future_and_invoices_after_their_exports_date_are_refus
         "Spark's reader would store as LF (Postgres and DuckDB keep CRLF): give the file LF line endings, "
         "or load it on Postgres or DuckDB"
     )
+    assert lines[8] == (
+        f"refused: {latin1_invoices}, column PAYMENT_METHOD: bytes that are not UTF-8, or U+FFFD (the "
+        "lowest INVOICE_ID 601): the file must be UTF-8, and Spark's reader would store U+FFFD in place of "
+        "such bytes"
+    )
     not_a_number = bad_values["not_a_number"] / "exports" / DAY_2 / "invoices.csv"
-    assert lines[8].startswith(
+    assert lines[9].startswith(
         f"refused: {not_a_number}: Spark cannot read it with the raw column types: a record it cannot parse, "
         "read as '[null,"
-    ), lines[8]
-    assert lines[9] == "written: False"
+    ), lines[9]
+    assert lines[10] == "written: False"
 
 
 def test_a_java_error_is_told_by_its_java_exception_not_by_py4js_call():

@@ -49,6 +49,7 @@ from data_platform.raw_tables import INVOICES, ORGANIZATIONS, RAW_SCHEMA, TableS
 
 LOAD_LOG_SCHEMA = ", ".join(load_log_columns(SPARK_LOG_TYPES, not_null=False))
 LOCK_FILE = "data_platform-load.lock"
+REPLACEMENT_CHARACTER = "\ufffd"  # what Spark's reader puts in place of bytes that are not UTF-8
 
 
 def directories() -> tuple[Path, Path]:
@@ -161,8 +162,25 @@ def _first_line(error: Exception) -> str:
 
 
 def _refuse_values(frame, spec: TableSpec, path: Path) -> None:
-    """What the loader refuses and the typed read took (raw_types.value_checks), in an export to load."""
+    """What the loader refuses and the typed read took (raw_types.value_checks), in an export to load; and
+    text Spark's reader decoded with U+FFFD in place of bytes that are not UTF-8, which the loader refuses
+    (stored, the text would be changed for good)."""
     refuse_values(path, spec, frame.selectExpr(*value_check_columns(spec)).first())
+    texts = [column for column in spec.columns if column.sql_type == "text"]
+    found = frame.selectExpr(
+        *(
+            f"min(case when instr({column.name}, '{REPLACEMENT_CHARACTER}') > 0 then {spec.key.name} end)"
+            for column in texts
+        )
+    ).first()
+    for column, key in zip(texts, found or (), strict=False):
+        if key is not None:
+            raise LoadError(
+                path,
+                f"bytes that are not UTF-8, or U+FFFD (the lowest {spec.key.header} {key}): the file must be "
+                "UTF-8, and Spark's reader would store U+FFFD in place of such bytes",
+                column=column.header,
+            )
 
 
 def _changes(incoming, current, spec: TableSpec):
