@@ -137,6 +137,36 @@ def test_a_step_that_failed_after_its_retries_is_alerted_with_its_own_error(defs
     assert message.details == ("some balance alerts could not be delivered (see the step's log)",)
 
 
+def test_a_run_whose_job_could_not_load_is_alerted_with_the_reason_dagster_logged(instance):
+    """A dbt model that no longer compiles: the run's process cannot load the job, Dagster logs why in an
+    engine event, and marks the run failed "from outside the execution context", which says nothing."""
+    from dagster._core.events import EngineEventData
+    from dagster._utils.error import SerializableErrorInfo
+
+    run = instance.create_run_for_job(job_def=failing_daily_job)
+    instance.report_engine_event("Started process for run (pid 7).", run)
+    cause = SerializableErrorInfo(
+        "dagster_dbt.errors.DagsterDbtCliRuntimeError: The dbt CLI process failed with exit code 2.\n"
+        "Compilation Error in model dim_organizations\n",
+        stack=[],
+        cls_name="DagsterDbtCliRuntimeError",
+    )
+    instance.report_engine_event("Could not load job definition.", run, EngineEventData(error=cause))
+    instance.report_run_failed(run, "This run has been marked as failed from outside the execution context.")
+
+    message = failure_alerts.failure_message(
+        instance, instance.get_run_by_id(run.run_id), "http://dagster.test"
+    )
+
+    assert message.title == "Pipeline run failed: daily_pipeline, step the run itself"
+    assert message.details == (
+        "This run has been marked as failed from outside the execution context.",
+        "Could not load job definition.",
+        "The dbt CLI process failed with exit code 2.",
+        "Compilation Error in model dim_organizations",
+    )
+
+
 def test_a_run_that_failed_outside_its_steps_is_alerted_with_the_runs_error_and_its_unfinished_step(instance):
     """The run's process died under a step (the Dagster storage went away, say): no step failed, and the
     run's failure message says only that an exception was thrown; the exception is in the event."""

@@ -62,12 +62,14 @@ RUN_STATUS_SENSOR_CURSORS = ("RunStatusSensorCursor", "PipelineSensorCursor")
 
 def failure_message(instance: DagsterInstance, run: DagsterRun, base_url: str) -> OpsMessage:
     """The failed step and its error; for a run that failed outside its steps (its process died, the
-    Dagster storage went away), the steps it left unfinished and the run's error."""
+    Dagster storage went away, its job's definitions could not load), the steps it left unfinished and the
+    run's error, or the error of Dagster's own event that holds one."""
     kinds = {
         DagsterEventType.STEP_START,
         DagsterEventType.STEP_SUCCESS,
         DagsterEventType.STEP_FAILURE,
         DagsterEventType.RUN_FAILURE,
+        DagsterEventType.ENGINE_EVENT,
     }
     entries = [
         record.event_log_entry for record in instance.get_records_for_run(run.run_id, of_type=kinds).records
@@ -98,6 +100,18 @@ def failure_message(instance: DagsterInstance, run: DagsterRun, base_url: str) -
         data = run_failures[0].dagster_event.event_specific_data if run_failures else None
         if getattr(data, "error", None) is not None:
             error = f"{error}\n{_without_class_name(data.error)}"
+        else:
+            # "marked as failed from outside the execution context": the cause is in an engine event (the
+            # job's definitions could not load, say), the run's failure has none
+            engine = [e for e in entries if e.dagster_event_type == DagsterEventType.ENGINE_EVENT]
+            cause = next(
+                (e for e in engine if getattr(e.dagster_event.event_specific_data, "error", None)), None
+            )
+            if cause is not None:
+                said = cause.dagster_event.message or cause.message
+                error = (
+                    f"{error}\n{said}\n{_without_class_name(cause.dagster_event.event_specific_data.error)}"
+                )
     if not steps:
         steps = f"{', '.join(sorted(unfinished))}, which did not finish" if unfinished else "the run itself"
     return OpsMessage(
