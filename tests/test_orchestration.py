@@ -13,6 +13,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from conftest import copy_project
 from dagster import AssetKey, Backoff, DefaultScheduleStatus, build_sensor_context
 from orchestration_support import (
     TARGET,
@@ -466,3 +467,37 @@ def test_without_a_path_the_definitions_search_the_interpreters_scripts_then_the
     monkeypatch.delenv("PATH")
     project._put_interpreter_scripts_on_path()
     assert os.environ["PATH"] == f"{Path(sys.executable).parent}{os.pathsep}{os.defpath}"
+
+
+@pytest.mark.slow
+def test_a_dbt_project_that_no_longer_parses_keeps_the_definitions_of_the_last_that_did(tmp_path):
+    """Without definitions the code location has no schedule, sensor or failure alert, while the daemon
+    reports healthy: a model edited wrong must instead fail each run's build, which is alerted."""
+    project = copy_project(tmp_path / "project")
+    target = tmp_path / "target"
+    env = dagster_env(DAGSTER_HOME="", DBT_TARGET_PATH=str(target), DBT_LOG_PATH=str(tmp_path / "logs"))
+    env.pop("DAGSTER_HOME")
+    env["PYTHONPATH"] = str(project)  # the copy's package, whose project folder is the copy's
+
+    def validate() -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [
+                os.path.join(os.path.dirname(sys.executable), "dagster"),
+                *("definitions", "validate", "-m", "data_platform.orchestration.definitions"),
+            ],
+            cwd=project,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    assert validate().returncode == 0
+    model = project / "dbt" / "models" / "marts" / "dim_organizations.sql"
+    model.write_text("{{ config( }}\n" + model.read_text())
+
+    broken = validate()
+
+    assert broken.returncode == 0, broken.stdout + broken.stderr
+    assert "data_platform: the dbt project does not parse (" in broken.stderr
+    assert f"last manifest that parsed ({target / 'dagster-definitions' / 'manifest.json'})" in broken.stderr

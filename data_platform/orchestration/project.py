@@ -59,7 +59,11 @@ def _manifest_is_stale(project: DbtProject) -> bool:
 
 
 def load_project() -> DbtProject:
-    """The dbt project with an up-to-date manifest.json (runs `dbt parse` when it is missing or stale)."""
+    """The dbt project with an up-to-date manifest.json (runs `dbt parse` when it is missing or stale).
+
+    A project that no longer parses (a model or a seed's YAML edited wrong) keeps the last manifest that
+    did, said on stderr: without definitions the code location loads no schedule, sensor or failure alert,
+    while the daemon reports healthy; with them, each run's build fails on dbt's error and is alerted."""
     project = DbtProject(
         project_dir=DBT_PROJECT_DIR,
         profiles_dir=DBT_PROFILES_DIR,
@@ -67,7 +71,17 @@ def load_project() -> DbtProject:
         target_path=DEFINITIONS_TARGET_PATH,
     )
     if _manifest_is_stale(project):
-        project.preparer.prepare(project)
+        try:
+            project.preparer.prepare(project)
+        except Exception as error:
+            if not project.manifest_path.exists():
+                raise
+            print(
+                f"data_platform: the dbt project does not parse ({str(error).strip().splitlines()[0]}): the "
+                f"definitions load from the last manifest that parsed ({project.manifest_path}); every run's "
+                "dbt build fails, naming the error, until it is fixed",
+                file=sys.stderr,
+            )
     return project
 
 
