@@ -650,9 +650,13 @@ def test_an_alert_held_back_by_one_since_superseded_is_judged_again_and_sent(db,
     assert "1 alert held back (--suppress-days) by an alert since superseded judged again" in retry.stdout
 
 
-def test_an_alert_still_held_back_by_another_stays_suppressed_when_one_holder_is_superseded(db, slack):
-    # DAY[0]'s alert was sent and DAY[1]'s waits; DAY[2]'s was held back by both. DAY[1]'s is superseded:
-    # DAY[0]'s still holds DAY[2]'s back (within 3 days), so it is judged again and stays suppressed
+@pytest.mark.parametrize("suppress_days", ["3", "0"], ids=["same window", "no suppression now"])
+def test_an_alert_still_held_back_by_another_stays_suppressed_when_one_holder_is_superseded(
+    db, slack, suppress_days
+):
+    # DAY[0]'s alert was sent and DAY[1]'s waits; DAY[2]'s was held back by both, within 3 days. DAY[1]'s
+    # is superseded: DAY[0]'s still holds DAY[2]'s back in the window it was held back under, whatever
+    # the later run's --suppress-days, so it stays suppressed
     add_moves(db, (1, DAY[0], "100", "300"))
     assert run_alerts(db, webhook=slack.url).returncode == 0
     add_moves(db, (1, DAY[1], "300", "900"))
@@ -664,15 +668,34 @@ def test_an_alert_still_held_back_by_another_stays_suppressed_when_one_holder_is
     add_moves(db, (1, DAY[1], "300", "300"), (1, DAY[2], "300", "900"))
     slack.always(OK)
 
-    retry = run_alerts(db, webhook=slack.url, ALERT_SUPPRESS_DAYS="3")
+    retry = run_alerts(db, webhook=slack.url, ALERT_SUPPRESS_DAYS=suppress_days)
 
     assert retry.returncode == 0, retry.stderr
     assert organizations_in(slack.delivered) == [1]  # DAY[0]'s, sent before
+    assert "suppressed" not in retry.stdout and "judged again" not in retry.stdout
     assert history(db) == {
         (1, DAY[0]): ("sent", 1),
         (1, DAY[1]): ("superseded", 2),
         (1, DAY[2]): ("suppressed", 0),
     }
+
+
+def test_an_alert_held_back_by_one_given_up_later_is_sent_by_the_next_run(db, slack):
+    # DAY[1]'s alert is held back by DAY[0]'s, still waiting; that run's attempt at DAY[0]'s goes
+    # unanswered for the second time: given up, it holds back nothing, and DAY[1]'s move must go out
+    add_moves(db, (1, DAY[0], "100", "300"))
+    slack.always(hang(10))
+    run_alerts(db, webhook=slack.url, ALERT_HTTP_TIMEOUT="0.3", ALERT_SUPPRESS_DAYS="3")
+    add_moves(db, (1, DAY[1], "300", "900"))
+    run_alerts(db, webhook=slack.url, ALERT_HTTP_TIMEOUT="0.3", ALERT_SUPPRESS_DAYS="3")
+    assert history(db) == {(1, DAY[0]): ("unknown", 2), (1, DAY[1]): ("superseded", 0)}
+    slack.always(OK)
+
+    later = run_alerts(db, webhook=slack.url, ALERT_SUPPRESS_DAYS="3")
+
+    assert organizations_in(slack.delivered) == [1], later.stdout
+    assert "2024-03-02 $300.00 -> $900.00" in slack.delivered[0]["text"]
+    assert history(db) == {(1, DAY[0]): ("unknown", 2), (1, DAY[1]): ("sent", 1)}
 
 
 def test_an_alert_given_up_on_holds_back_no_later_one(db, slack):

@@ -12,7 +12,8 @@ becomes the watermark of both destinations, so neither replays days the old aler
 Then routing: destinations become any route's webhook variable, alerts may be `suppressed`, and
 every alert gets a severity (`warning` for the older rows: there was no other). Then a status added
 later (`superseded`) is allowed by the status check, and given-up alerts get the time a run reported
-them (the older ones count as reported), and alerts get the digest they were sent in.
+them (the older ones count as reported), and alerts get the digest they were sent in, and suppressed
+alerts the window they were held back under.
 """
 
 from __future__ import annotations
@@ -132,6 +133,17 @@ select exists (
 _UPGRADE_DIGEST_ID = "alter table ops.alert_history add column digest_id text"
 
 
+# A suppressed alert keeps the window it was held back under (the older ones have none: never released).
+_HAS_SUPPRESS_DAYS = """
+select exists (
+    select from information_schema.columns
+    where table_schema = 'ops' and table_name = 'alert_history' and column_name = 'suppress_days'
+)
+"""
+
+_UPGRADE_SUPPRESS_DAYS = "alter table ops.alert_history add column suppress_days integer"
+
+
 def _run(conn: Connection, script: str) -> None:
     for statement in script.split(";"):
         if statement.strip():
@@ -164,3 +176,5 @@ def upgrade(
         _run(conn, _UPGRADE_GIVEN_UP_REPORTED.format(closed=closed_list, max_unanswered=max_unanswered))
     if not conn.execute(text(_HAS_DIGEST_ID)).scalar_one():
         _run(conn, _UPGRADE_DIGEST_ID)
+    if not conn.execute(text(_HAS_SUPPRESS_DAYS)).scalar_one():
+        _run(conn, _UPGRADE_SUPPRESS_DAYS)

@@ -87,6 +87,9 @@ history = Table(
     Column("given_up_reported_at", DateTime(timezone=True)),
     # the digest message it was last sent in (records.Digest.digest_id); null: its organization's own
     Column("digest_id", Text),
+    # a suppressed alert's --suppress-days window when it was held back (null: recorded before it was
+    # kept): an alert in it that is superseded or given up may be all that held it back
+    Column("suppress_days", Integer),
     PrimaryKeyConstraint("destination", "organization_id", "balance_date", name="alert_history_pkey"),
     CheckConstraint(DESTINATION_CHECK, name="alert_history_destination_check"),
     CheckConstraint(_one_of("status", STATUSES), name="alert_history_status_check"),

@@ -78,11 +78,13 @@ def _not_recorded_elsewhere(ops: Connection, destination: str, alerts: list[Aler
 
 def _record(
     ops: Connection, destination: str, alerts: list[Alert], settings: Settings, summary: Summary
-) -> None:
+) -> set[tuple[int, date]]:
     """Record `alerts` for `destination` as pending, or as suppressed where --suppress-days holds them back
-    (a superseded one is reopened: store.record_alerts)."""
-    held = noise.suppressed(alerts, _recent(ops, destination, alerts, settings), settings.noise.suppress_days)
-    summary.suppressed += store.record_alerts(ops, destination, alerts, suppressed=held)
+    (a superseded one is reopened: store.record_alerts); the ones held back."""
+    days = settings.noise.suppress_days
+    held = noise.suppressed(alerts, _recent(ops, destination, alerts, settings), days)
+    summary.suppressed += store.record_alerts(ops, destination, alerts, suppressed=held, suppress_days=days)
+    return held
 
 
 def _recent(ops: Connection, destination: str, alerts: list[Alert], settings: Settings):
@@ -123,7 +125,9 @@ def _as_the_fact_is_now(
         return set()
     store.record_superseded(ops, destination, superseded)
     summary.superseded += len(superseded)
-    return store.release_held_back(ops, destination, superseded)
+    return store.release_held_back(
+        ops, destination, [(a.organization_id, a.balance_date) for a in superseded]
+    )
 
 
 def _reopened_if_alerting_again(
@@ -145,10 +149,11 @@ def _reopened_if_alerting_again(
     # not counted in the summary: the row stays superseded, and every run would say it again
     again = _not_recorded_elsewhere(ops, destination, again)
     if again:
-        _record(ops, destination, again, settings, summary)
+        held = _record(ops, destination, again, settings, summary)
         freed = sum((alert.organization_id, alert.balance_date) in released for alert in again)
         summary.released += freed
         summary.reopened += len(again) - freed
+        summary.suppressed -= len(held & released)  # suppressed before: not this run's
 
 
 def _alert_now(alert: Alert, view: MartsView, settings: Settings) -> Alert | None:

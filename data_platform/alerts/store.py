@@ -28,6 +28,7 @@ from data_platform.alerts.keys import organization_days_in, organization_ids_in
 from data_platform.alerts.ops_tables import CLOSED, history, watermark
 from data_platform.alerts.records import (
     CONSOLE,
+    CRITICAL,
     FAILED,
     MAX_UNCONFIRMED_ATTEMPTS,
     PENDING,
@@ -108,19 +109,26 @@ def _numbers(alert: Alert) -> dict[str, object]:
     return {column: getattr(alert, column) for column in _NUMBERS}
 
 
+def _held_back_or_pending(held_back: bool, suppress_days: int) -> dict[str, object]:
+    if held_back:
+        return {"status": SUPPRESSED, "suppress_days": suppress_days}
+    return {"status": PENDING, "suppress_days": None}
+
+
 def record_alerts(
     conn: Connection,
     destination: str,
     alerts: Sequence[Alert],
     chunk: int = 1000,
     suppressed: frozenset[tuple[int, date]] | set[tuple[int, date]] = frozenset(),
+    suppress_days: int = 0,
 ) -> int:
     """Insert the detected alerts as pending for `destination` (`suppressed` for the organization-days
     given); ones already recorded are left alone, so a rebuilt fact never re-sends a day, except a
     `superseded` one, which was never sent: its day alerts again, so it is reopened with the new
-    numbers (its attempts kept, so it is still sent at most twice). Returns how many of the rows new or
-    reopened are suppressed (an alert recorded before keeps its status, whatever the suppression rule
-    says now)."""
+    numbers (its attempts kept, so it is still sent at most twice). A suppressed one keeps the window,
+    `suppress_days`, it was held back under. Returns how many of the rows new or reopened are suppressed
+    (an alert recorded before keeps its status, whatever the suppression rule says now)."""
     suppressed_rows = 0
     for offset in range(0, len(alerts), chunk):
         rows = [
@@ -129,14 +137,15 @@ def record_alerts(
                 "organization_id": alert.organization_id,
                 "balance_date": alert.balance_date,
                 **_numbers(alert),
-                "status": SUPPRESSED
-                if (alert.organization_id, alert.balance_date) in suppressed
-                else PENDING,
+                **_held_back_or_pending(
+                    (alert.organization_id, alert.balance_date) in suppressed, suppress_days
+                ),
             }
             for alert in alerts[offset : offset + chunk]
         ]
         insert = pg_insert(history).values(rows)
-        reopen = {column: insert.excluded[column] for column in (*_NUMBERS, "status", "detected_at")}
+        reopened = (*_NUMBERS, "status", "suppress_days", "detected_at")
+        reopen = {column: insert.excluded[column] for column in reopened}
         statement = insert.on_conflict_do_update(
             constraint="alert_history_pkey",
             set_={**reopen, "last_error": None, "digest_id": None},
@@ -265,17 +274,18 @@ def given_up_count(conn: Connection, destination: str) -> int:
 
 
 def report_given_up(conn: Connection, destination: str) -> int:
-    """Mark the given-up alerts no run has reported yet as reported now; how many. The run that
+    """Mark the given-up alerts no run has reported yet as reported now, and release the alerts they
+    held back (release_held_back: the next run judges them again); how many were reported. The run that
     commits this says so with its exit code, so a run that died during an alert's last attempt leaves
     the report to the next run."""
-    return len(
-        conn.execute(
-            update(history)
-            .where(history.c.destination == destination, _given_up, history.c.given_up_reported_at.is_(None))
-            .values(given_up_reported_at=func.now())
-            .returning(history.c.organization_id)
-        ).all()
-    )
+    reported = conn.execute(
+        update(history)
+        .where(history.c.destination == destination, _given_up, history.c.given_up_reported_at.is_(None))
+        .values(given_up_reported_at=func.now())
+        .returning(history.c.organization_id, history.c.balance_date)
+    ).all()
+    release_held_back(conn, destination, [(row.organization_id, row.balance_date) for row in reported])
+    return len(reported)
 
 
 def _rows(destination: str, alerts: Sequence[Alert]):
@@ -311,33 +321,50 @@ def record_superseded(conn: Connection, destination: str, alerts: Sequence[Alert
 
 
 def release_held_back(
-    conn: Connection, destination: str, superseded: Sequence[Alert]
+    conn: Connection, destination: str, gone: Sequence[tuple[int, date]]
 ) -> set[tuple[int, date]]:
-    """The suppressed alerts of the superseded alerts' organizations, of a later day: one may have been held
-    back by an alert now superseded, which holds back nothing. Marked superseded, so that the run judges
-    them again as the fact is now (recording._reopened_if_alerting_again: sent, or held back again by
-    another alert); their organization-days."""
-    first_superseded: dict[int, date] = {}
-    for alert in superseded:
-        day = first_superseded.get(alert.organization_id, alert.balance_date)
-        first_superseded[alert.organization_id] = min(day, alert.balance_date)
-    if not first_superseded:
+    """The suppressed alerts that `gone` (organization-days whose alert was superseded or given up: they
+    hold back nothing now) may have been all that held back: in their window, with no other alert that
+    was sent or may still be, at the same or a higher severity. Marked superseded, so that a run judges
+    them again as the fact is now (recording._reopened_if_alerting_again: sent, or held back again); their
+    organization-days. One suppressed before its window was kept is left as it is."""
+    if not gone:
         return set()
-    reason = "held back by an alert since superseded: judged again as the fact is now"
-    released = conn.execute(
-        update(history)
+    held, holder = history, history.alias("holder")
+    window_start = held.c.balance_date - held.c.suppress_days
+    still_held = (
+        select(holder.c.organization_id)
         .where(
-            history.c.destination == destination,
-            history.c.status == SUPPRESSED,
+            holder.c.destination == held.c.destination,
+            holder.c.organization_id == held.c.organization_id,
+            holder.c.balance_date < held.c.balance_date,
+            holder.c.balance_date >= window_start,
             or_(
-                *(
-                    and_(history.c.organization_id == organization_id, history.c.balance_date > day)
-                    for organization_id, day in first_superseded.items()
-                )
+                holder.c.status == SENT,
+                and_(holder.c.status.not_in(CLOSED), holder.c.unanswered_attempts < MAX_UNCONFIRMED_ATTEMPTS),
             ),
+            or_(holder.c.severity == held.c.severity, holder.c.severity == CRITICAL),
+        )
+        .exists()
+    )
+    in_a_window = or_(
+        *(
+            and_(held.c.organization_id == organization_id, held.c.balance_date > day, window_start <= day)
+            for organization_id, day in set(gone)
+        )
+    )
+    reason = "held back by an alert since superseded or given up: judged again as the fact is now"
+    released = conn.execute(
+        update(held)
+        .where(
+            held.c.destination == destination,
+            held.c.status == SUPPRESSED,
+            held.c.suppress_days.is_not(None),
+            in_a_window,
+            ~still_held,
         )
         .values(status=SUPERSEDED, last_error=reason)
-        .returning(history.c.organization_id, history.c.balance_date)
+        .returning(held.c.organization_id, held.c.balance_date)
     )
     return {(row.organization_id, row.balance_date) for row in released}
 
