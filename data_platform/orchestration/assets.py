@@ -28,6 +28,7 @@ from dagster_dbt import (
 
 from data_platform import build_failures, pipeline
 from data_platform.db import DatabaseUnavailable
+from data_platform.load_errors import utc_today
 from data_platform.orchestration import configuration
 from data_platform.orchestration.environment import process_environment
 from data_platform.orchestration.project import BUILD_TARGET_PATH, dbt_project
@@ -119,12 +120,15 @@ RAW_TABLE_KEYS = get_asset_keys_by_output_name_for_source([dbt_models], RAW_SOUR
 )
 def raw_tables(context: AssetExecutionContext):
     """Wait for the database, then load every pending export in CSV_DIR (data_platform.loader): up to
-    the export day of the sensor's run, else all."""
+    the export day of the sensor's run, else up to today (UTC). A folder dated later (named in a time zone
+    ahead of UTC) waits for its day, as the sensor makes it wait: loaded, it would be refused, and fail
+    the schedule's run and one started by hand."""
     with pipeline_step():
         settings = pipeline.Settings.from_environment()
         pipeline.wait_for_database(settings)
+        through = context.run.tags.get(EXPORT_DAY_TAG) or utc_today().isoformat()
         with pipeline.PipelineLock(settings.lock_timeout_seconds):
-            pipeline.load_exports(settings, through=context.run.tags.get(EXPORT_DAY_TAG))
+            pipeline.load_exports(settings, through=through)
 
 
 @asset(
@@ -182,14 +186,19 @@ def balance_alerts(context: AssetExecutionContext) -> None:
             # The step gives the run's other undelivered alerts their retries itself instead.
             # An error in these retries must not fail the step with a retryable error either: Dagster's
             # retry would find the give-up reported and end green.
+            # The failure quotes the first run, which said the others were not delivered: it says how the
+            # retries left them, too.
+            retried = "the step's retries could not deliver the run's other alerts: the next run retries them"
             for delay in GIVEN_UP_RETRY_DELAYS_SECONDS:
                 time.sleep(delay)
                 try:
                     if _alert_run(settings).outcome is pipeline.AlertRun.DELIVERED:
+                        retried = "the step's retries then delivered the run's other alerts"
                         break
                 except (pipeline.PipelineError, DatabaseUnavailable) as error:
                     context.log.error(f"retrying the other undelivered alerts failed: {error}")
-            raise Failure(description=_quoting(first.outcome.value, first), allow_retries=False)
+            description = f"{_quoting(first.outcome.value, first)}\n{retried}"
+            raise Failure(description=description, allow_retries=False)
         if first.outcome is pipeline.AlertRun.UNDELIVERED:
             # a failure, so the retry policy sends them again soon, and a run that still cannot
             # deliver them fails and is reported instead of ending green

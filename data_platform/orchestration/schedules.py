@@ -42,7 +42,7 @@ def pipeline_schedule(environ: Mapping[str, str] | None = None) -> str:
     except DagsterInvalidDefinitionError:
         raise ValueError(
             f"PIPELINE_SCHEDULE must be a cron expression such as {DEFAULT_SCHEDULE!r} (UTC), got {raw!r}; "
-            f"the daily run keeps the default schedule, {DEFAULT_SCHEDULE!r}, until it is fixed"
+            f"until it is fixed, runs start at the default, {DEFAULT_SCHEDULE!r}, and fail on this error"
         ) from None
     return cron
 
