@@ -96,13 +96,13 @@ def _read(spark, spec: TableSpec, path: Path):
         if _malformed_record(error) is None:
             raise LoadError(path, f"Spark cannot read it: {_first_line(error)}") from None
         # a quoted value may hold a line break, which only a whole-file read (one task: slower) can take
-        _refuse_crlf_inside_values(path)
         try:
             frame = typed(multiLine=True)
         except Exception as error:
             raise LoadError(
                 path, f"Spark cannot read it with the raw column types: {_reason(error)}"
             ) from None
+        _refuse_crlf_inside_values(frame, spec, path)
     from pyspark.sql import functions as F
 
     duplicate = frame.groupBy(spec.key.name).count().where(F.col("count") > 1).first()
@@ -115,13 +115,17 @@ def _read(spark, spec: TableSpec, path: Path):
     return frame
 
 
-def _refuse_crlf_inside_values(path: Path) -> None:
+def _refuse_crlf_inside_values(frame, spec: TableSpec, path: Path) -> None:
     """A file whose lines end in CRLF, and whose quoted values hold line breaks (so CRLFs too): Spark's
     whole-file reader stores each as LF, where Postgres and DuckDB keep CRLF, and an export read again later
     would seem to change those invoices."""
     with path.open("rb") as file:
         header = file.readline(1 << 16)
-    if header.endswith(b"\r\n"):
+    texts = [column.name for column in spec.columns if column.sql_type == "text"]
+    if not header.endswith(b"\r\n") or not texts:
+        return
+    broken = " or ".join(f"instr({name}, '\\n') > 0" for name in texts)
+    if frame.where(broken).limit(1).count():
         raise LoadError(
             path,
             "its lines end in CRLF and a quoted value holds a line break, which Spark's reader would store "
