@@ -230,7 +230,26 @@ def test_a_second_load_is_refused_at_once_while_one_holds_the_metastore(tmp_path
     with one_load_at_a_time(), pytest.raises(LoadError) as refused:
         build_raw(csv_dir)
     assert str(refused.value) == (
-        f"{tmp_path / 'spark-metastore'}: another Spark raw load is using this metastore "
+        f"{tmp_path / 'spark-metastore'}: another Spark load or build is using this metastore "
         "(SPARK_METASTORE_DIR): run again when it has finished"
     )
     assert not (tmp_path / "spark-warehouse").exists()  # no session was started
+
+
+def test_a_spark_build_holds_the_metastore_for_its_dbt_build_too(tmp_path, monkeypatch, capsys):
+    # dbt's session is another JVM on the same Derby metastore: a second build, or a load during the
+    # first's dbt build, is refused at once, not after minutes of Derby's retries
+    from data_platform.engines import build
+    from data_platform.engines.spark_raw import one_load_at_a_time
+
+    monkeypatch.setenv("SPARK_METASTORE_DIR", str(tmp_path / "spark-metastore"))
+    monkeypatch.setenv("SPARK_WAREHOUSE_DIR", str(tmp_path / "spark-warehouse"))
+    csv_dir = write_fixture(tmp_path / "csv", BASE_ROWS)
+    with one_load_at_a_time():
+        assert build.run("spark", str(csv_dir)) == 1
+    assert "another Spark load or build is using this metastore" in capsys.readouterr().err
+    steps = []
+    monkeypatch.setattr(build, "run_child", lambda command, env: steps.append(env) or 0)
+    assert build.run("spark", str(csv_dir)) == 0
+    # the steps are told the lock is held for them: each would else be refused by its own build
+    assert [env.get("DATA_PLATFORM_SPARK_LOCK_HELD") for env in steps] == ["1", "1"]

@@ -19,7 +19,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from data_platform.load_errors import ALLOW_EMPTY_HELP
+from data_platform.load_errors import ALLOW_EMPTY_HELP, LoadError
 from data_platform.paths import DBT_DIR_ARGS, DBT_PROJECT_DIR
 from data_platform.refresh import UNIT_TESTS_EXCLUDED
 from data_platform.steps import Stopped, exit_status, failed, run_child, step, stop_on_signals
@@ -55,6 +55,21 @@ def run(engine: str, csv_dir: str, unit_tests: bool = True, allow_empty: bool = 
 
 def _steps(engine: str, csv_dir: str, unit_tests: bool, allow_empty: bool) -> int:
     env = environment(engine)
+    if engine != "spark":
+        return _raw_then_dbt(engine, env, csv_dir, unit_tests, allow_empty)
+    from data_platform.engines.spark_raw import LOCK_HELD, one_load_at_a_time
+
+    # both steps' JVMs open the metastore, which Derby lets one at a time: another Spark load or build is
+    # refused at once, for the whole build
+    try:
+        with one_load_at_a_time(env):
+            return _raw_then_dbt(engine, {**env, LOCK_HELD: "1"}, csv_dir, unit_tests, allow_empty)
+    except LoadError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
+def _raw_then_dbt(engine: str, env: dict[str, str], csv_dir: str, unit_tests: bool, allow_empty: bool) -> int:
     # the raw builder in its own process: Spark's metastore is an embedded Derby database that one JVM
     # holds at a time, and dbt's session is another JVM. Steps run from the project's folder.
     csv_dir = str(Path(csv_dir).absolute())

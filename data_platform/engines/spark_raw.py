@@ -22,7 +22,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -49,13 +49,15 @@ from data_platform.raw_tables import INVOICES, ORGANIZATIONS, RAW_SCHEMA, TableS
 
 LOAD_LOG_SCHEMA = ", ".join(load_log_columns(SPARK_LOG_TYPES, not_null=False))
 LOCK_FILE = "data_platform-load.lock"
+LOCK_HELD = "DATA_PLATFORM_SPARK_LOCK_HELD"  # set by engines.build, which holds the lock for its steps
 REPLACEMENT_CHARACTER = "\ufffd"  # what Spark's reader puts in place of bytes that are not UTF-8
 
 
-def directories() -> tuple[Path, Path]:
+def directories(environ: Mapping[str, str] | None = None) -> tuple[Path, Path]:
     """The warehouse and metastore directories, as the dbt profile's spark target reads them."""
-    warehouse = Path(os.environ.get("SPARK_WAREHOUSE_DIR") or "spark-warehouse").resolve()
-    metastore = Path(os.environ.get("SPARK_METASTORE_DIR") or "spark-metastore").resolve()
+    environ = os.environ if environ is None else environ
+    warehouse = Path(environ.get("SPARK_WAREHOUSE_DIR") or "spark-warehouse").resolve()
+    metastore = Path(environ.get("SPARK_METASTORE_DIR") or "spark-metastore").resolve()
     return warehouse, metastore
 
 
@@ -394,10 +396,15 @@ def build_raw(csv_dir: Path | str, *, allow_empty: bool = False, today: date | N
 
 
 @contextlib.contextmanager
-def one_load_at_a_time() -> Iterator[None]:
-    """Hold a lock beside the metastore for the load: a second load is refused at once, where Derby's own
-    lock made it retry for minutes and end in a Java stack trace (the lock dies with the process)."""
-    _, metastore = directories()
+def one_load_at_a_time(environ: Mapping[str, str] | None = None) -> Iterator[None]:
+    """Hold a lock beside the metastore for the load (engines.build: for the load and dbt's build, and
+    says so to the load with LOCK_HELD): a second one is refused at once, where Derby's own lock made it
+    retry for minutes and end in a Java stack trace (the lock dies with the process)."""
+    environ = os.environ if environ is None else environ
+    if environ.get(LOCK_HELD) == "1":
+        yield
+        return
+    _, metastore = directories(environ)
     metastore.mkdir(parents=True, exist_ok=True)
     with (metastore / LOCK_FILE).open("a+") as lock:
         try:
@@ -405,8 +412,8 @@ def one_load_at_a_time() -> Iterator[None]:
         except BlockingIOError:
             raise LoadError(
                 metastore,
-                "another Spark raw load is using this metastore (SPARK_METASTORE_DIR): run again when it has "
-                "finished",
+                "another Spark load or build is using this metastore (SPARK_METASTORE_DIR): run again when "
+                "it has finished",
             ) from None
         yield
 
