@@ -88,7 +88,7 @@ def refuse_reloaded_file(conn: psycopg.Connection, export_date: date, invoices: 
 def loaded_as(conn: psycopg.Connection, export: Export, today: date) -> date | None:
     """The date `export` was loaded as, if it was (skip it); a LoadError when it was loaded with other
     files, or when its folder's date cannot be loaded (an undated export's date is known only once its
-    records are read: _dated_by_content)."""
+    records are read: dated_by_content)."""
     if export.date is not None:
         logged = ledger.logged(conn, export.date)
         if logged and _already_loaded(conn, export, export.date, logged):

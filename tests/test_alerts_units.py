@@ -96,6 +96,7 @@ def test_usd(amount, text):
         ("0.9999996", "+99.99%"),
         ("-0.999998", "-99.99%"),
         ("0.49999", "+49.99%"),
+        ("0.49999999999999999999999999999", "+49.99%"),  # past Decimal's default 28 digits
         ("1.9999999", "+199.99%"),
         ("1E+25", "+1,000,000,000,000,000,000,000,000,000.00%"),
         ("1234567890123456789012345678.12345", "+123,456,789,012,345,678,901,234,567,812.35%"),
@@ -508,6 +509,15 @@ def test_pacer_spaces_messages():
     now[0] += 0.25
     pacer.wait()
     assert slept == [0.75]
+
+
+def test_the_json_ratio_is_not_rounded_onto_a_whole_percent_it_has_not_reached():
+    # "1.000000" beside severity warning read as the 100% that makes an alert critical
+    short = replace(alert("25000", "49999.99"), balance_change_ratio=Decimal("0.9999996"))
+    document = payload.json_payload(Batch(KNOWN, (short,)))
+    assert document["alerts"][0]["change_ratio"] == "0.999999"
+    half = replace(short, balance_change_ratio=Decimal("0.6666666666"))
+    assert payload.json_payload(Batch(KNOWN, (half,)))["alerts"][0]["change_ratio"] == "0.666667"
 
 
 def test_a_balance_beyond_28_digits_formats_in_every_message():

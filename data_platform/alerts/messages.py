@@ -52,16 +52,24 @@ def usd(amount: Decimal) -> str:
     return f"{sign}${rounded.copy_abs():,.2f}"
 
 
+def ratio_shown(ratio: Decimal, step: Decimal, *, scale: int = 0) -> Decimal:
+    """ratio x 10**scale rounded half up to `step`, except onto a whole percent the change has not
+    reached, which is cut instead: a change short of a threshold (the 100% of `critical`, the 50% of an
+    alert) never reads as reaching it beside the severity it was given (0.9999996 is 99.99%, not 100.00%)."""
+    shown = half_up(ratio, step, scale=scale)
+    # scaleb only moves the point: a context as wide as the digits keeps it exact
+    percent = shown.scaleb(2 - scale, context=Context(prec=len(shown.as_tuple().digits) + 1))
+    exact = Decimal(ratio).scaleb(scale, context=Context(prec=len(Decimal(ratio).as_tuple().digits) + 1))
+    if percent == percent.to_integral_value() and shown.copy_abs() > exact.copy_abs():  # abs() rounds to 28
+        shown = half_up(ratio, step, scale=scale, rounding=ROUND_DOWN)
+    return shown
+
+
 def signed_percent(ratio: Decimal) -> str:
-    """0.5 -> '+50.00%', -0.75 -> '-75.00%', 2/3 -> '+66.67%': rounded half up, except onto a whole percent
-    the change has not reached, which is cut instead: a change short of a threshold (the 100% of
-    `critical`, the 50% of an alert) never reads as reaching it (0.9999996 is +99.99%, not +100.00%)."""
+    """0.5 -> '+50.00%', -0.75 -> '-75.00%', 2/3 -> '+66.67%', 0.9999996 -> '+99.99%' (ratio_shown)."""
     if not Decimal(ratio).is_finite():
         return f"{_not_finite(ratio)}%"
-    percent = half_up(ratio, CENT, scale=2)
-    if percent == percent.to_integral_value() and abs(percent) > abs(Decimal(ratio).scaleb(2)):
-        percent = half_up(ratio, CENT, scale=2, rounding=ROUND_DOWN)
-    return f"{percent:+,.2f}%"
+    return f"{ratio_shown(ratio, CENT, scale=2):+,.2f}%"
 
 
 def change(alert: Alert) -> str:

@@ -35,6 +35,13 @@ def _decimal(value: Decimal | None, step: Decimal = messages.CENT) -> str | None
     return str(messages.half_up(value, step))
 
 
+def _ratio(value: Decimal | None) -> str | None:
+    """To 6 places, not rounded onto a whole percent it has not reached, as the messages show it."""
+    if value is None or not Decimal(value).is_finite():
+        return _decimal(value)
+    return str(messages.ratio_shown(value, _RATIO))
+
+
 def _organization(organization: Organization) -> dict[str, Any]:
     return {
         "organization_id": str(organization.organization_id),
@@ -60,7 +67,7 @@ def _alert(alert: Alert) -> dict[str, Any]:
         "previous_balance_usd": _decimal(alert.previous_balance_usd),
         "balance_usd": _decimal(alert.balance_usd),
         "change_usd": _decimal(alert.change_usd),
-        "change_ratio": _decimal(alert.balance_change_ratio, _RATIO),
+        "change_ratio": _ratio(alert.balance_change_ratio),
         "drivers": [
             {
                 "kind": d.kind,
