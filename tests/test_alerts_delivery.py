@@ -348,6 +348,22 @@ def test_the_ops_channel_takes_a_2xx_whose_body_does_not_decode_as_delivered(con
         assert len(webhook.received) == 1
 
 
+def test_an_ops_message_shows_what_it_quotes_as_written_never_as_a_mention(slack):
+    # a failed load quotes the export's value: `<!channel>` in a CSV must not notify a whole channel
+    channel = notify.channel_from_environment({"SLACK_WEBHOOK_URL": slack.url})
+    message = notify.OpsMessage(
+        "Pipeline run failed: daily_pipeline, step raw_tables",
+        details=('line 2, column PAYMENT_METHOD, value "<!channel> a&b"',),
+        link="http://dagster.test/runs/1",
+    )
+    assert channel.send(message).delivered
+    (body,) = slack.delivered
+    quoted = 'value "&lt;!channel&gt; a&amp;b"'
+    assert body["text"].splitlines()[1].endswith(quoted)
+    assert body["blocks"][1]["text"]["text"] == f"```line 2, column PAYMENT_METHOD, {quoted}```"
+    assert body["text"].endswith("\nhttp://dagster.test/runs/1")
+
+
 @pytest.mark.parametrize(("content_type", "body"), UNDECODABLE.values(), ids=UNDECODABLE.keys())
 def test_the_json_sink_takes_a_2xx_whose_body_does_not_decode_as_delivered(content_type, body):
     # requests decodes with errors="replace" (and utf-8 for an unknown charset), and only an error's body

@@ -7,6 +7,7 @@ Sensor ticks are evaluated directly, as the daemon would, against a temporary in
 from __future__ import annotations
 
 import datetime as dt
+import html
 import json
 import os
 import socket
@@ -776,7 +777,8 @@ def test_an_unusable_export_max_age_is_reported_stale_and_the_default_stands_in(
     fresh_export_folder(tmp_path)
     with ops_slack(database, tmp_path, EXPORT_MAX_AGE_HOURS=value) as slack, freshness_clock_ahead(hours=30):
         tick(defs, instance, "freshness_alerts", None)
-    (message,) = [m["text"].splitlines() for m in slack.delivered]
+    # as Slack shows it: the message escapes > (notify.slack_escaped)
+    (message,) = [html.unescape(m["text"]).splitlines() for m in slack.delivered]
     assert message[:2] == [
         "Data is stale",
         f"EXPORT_MAX_AGE_HOURS must be a number of hours > 0 and at most 8784 (a year), got {value!r}; "

@@ -48,18 +48,31 @@ class OpsMessage:
     def text(self) -> str:
         return "\n".join([self.title, *self.details, *([self.link] if self.link else [])])
 
+    def slack_text(self) -> str:
+        """text() as Slack's fallback reads it: the title and details escaped (slack_escaped)."""
+        lines = [slack_escaped(line) for line in (self.title, *self.details)]
+        return "\n".join([*lines, *([self.link] if self.link else [])])
+
     def blocks(self) -> list[dict[str, Any]]:
         blocks: list[dict[str, Any]] = [
             {"type": "header", "text": {"type": "plain_text", "text": self.title[:150]}}
         ]
         if self.details:
-            body = "\n".join(self.details)[:2900]
+            body = slack_escaped("\n".join(self.details))[:2900]
+            if body.rfind("&") > body.rfind(";"):  # an entity cut in two
+                body = body[: body.rfind("&")]
             blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": f"```{body}```"}})
         if self.link:
             blocks.append(
                 {"type": "section", "text": {"type": "mrkdwn", "text": f"<{self.link}|Open in Dagster>"}}
             )
         return blocks
+
+
+def slack_escaped(text: str) -> str:
+    """Slack reads <...> in a message as a link or a mention (<!channel>), and & as an entity: an error
+    quotes an export's values and whatever a step printed, which must show as written, never notify."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def first_lines(text: str, limit: int = ERROR_LINES_SHOWN) -> tuple[str, ...]:
@@ -112,7 +125,10 @@ class SlackOpsChannel:
         try:
             response = attempts.send_within(
                 lambda: self._client.send(
-                    text=message.text(), blocks=message.blocks(), unfurl_links=False, unfurl_media=False
+                    text=message.slack_text(),
+                    blocks=message.blocks(),
+                    unfurl_links=False,
+                    unfurl_media=False,
                 ),
                 self._deadline,
             )
