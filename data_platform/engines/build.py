@@ -19,6 +19,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from data_platform.exports import discover
 from data_platform.load_errors import ALLOW_EMPTY_HELP, LoadError
 from data_platform.paths import DBT_DIR_ARGS, DBT_PROJECT_DIR
 from data_platform.refresh import UNIT_TESTS_EXCLUDED
@@ -60,8 +61,9 @@ def _steps(engine: str, csv_dir: str, unit_tests: bool, allow_empty: bool) -> in
     from data_platform.engines.spark_raw import LOCK_HELD, one_load_at_a_time
 
     # both steps' JVMs open the metastore, which Derby lets one at a time: another Spark load or build is
-    # refused at once, for the whole build
+    # refused at once, for the whole build. The exports first: a missing folder leaves no metastore behind
     try:
+        discover(csv_dir)
         with one_load_at_a_time(env):
             return _raw_then_dbt(engine, {**env, LOCK_HELD: "1"}, csv_dir, unit_tests, allow_empty)
     except LoadError as error:
