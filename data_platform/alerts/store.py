@@ -14,7 +14,9 @@ from contextlib import contextmanager
 from datetime import date
 
 from sqlalchemy import (
+    ColumnElement,
     Connection,
+    FromClause,
     and_,
     func,
     or_,
@@ -44,8 +46,19 @@ from data_platform.alerts.records import (
 LOCK_KEY = 0x64705F616C657274
 WATERMARK_NAME = "organization_balance_change"
 
-# may still be sent: never sent, and fewer unanswered attempts than the at-most-twice promise allows
-_deliverable = and_(history.c.status.not_in(CLOSED), history.c.unanswered_attempts < MAX_UNCONFIRMED_ATTEMPTS)
+
+def _may_still_be_sent(table: FromClause) -> ColumnElement[bool]:
+    """Never sent, and fewer unanswered attempts than the at-most-twice promise allows; `table`: the
+    history table or an alias of it."""
+    return and_(table.c.status.not_in(CLOSED), table.c.unanswered_attempts < MAX_UNCONFIRMED_ATTEMPTS)
+
+
+def _alerted(table: FromClause) -> ColumnElement[bool]:
+    """Sent, or may still be: what holds a later alert back (--suppress-days)."""
+    return or_(table.c.status == SENT, _may_still_be_sent(table))
+
+
+_deliverable = _may_still_be_sent(history)
 # a superseded alert was never sent: reopened when its day alerts again
 _revivable = and_(history.c.status == SUPERSEDED, history.c.unanswered_attempts < MAX_UNCONFIRMED_ATTEMPTS)
 
@@ -208,7 +221,7 @@ def rechecked_organization_days(conn: Connection, destinations: Sequence[str]) -
     """The organization-days whose alert for any of `destinations` is still waiting, or superseded: each
     run reads the fact of those days as it is now. And the suppressed ones of a later day than a waiting
     alert of their organization, which they may be held back by: if it is superseded, they are judged
-    again in the same run (held_back_by)."""
+    again in the same run (release_held_back)."""
     waiting = history.alias("waiting")
     held_back = and_(
         history.c.status == SUPPRESSED,
@@ -217,8 +230,7 @@ def rechecked_organization_days(conn: Connection, destinations: Sequence[str]) -
             waiting.c.destination == history.c.destination,
             waiting.c.organization_id == history.c.organization_id,
             waiting.c.balance_date < history.c.balance_date,
-            waiting.c.status.not_in(CLOSED),
-            waiting.c.unanswered_attempts < MAX_UNCONFIRMED_ATTEMPTS,
+            _may_still_be_sent(waiting),
         )
         .exists(),
     )
@@ -243,7 +255,7 @@ def recent_alerts(
             history.c.destination == destination,
             organization_ids_in(history.c.organization_id, organization_ids),
             history.c.balance_date >= since,
-            or_(history.c.status == SENT, _deliverable),
+            _alerted(history),
         )
     )
     for row in rows:
@@ -339,10 +351,7 @@ def release_held_back(
             holder.c.organization_id == held.c.organization_id,
             holder.c.balance_date < held.c.balance_date,
             holder.c.balance_date >= window_start,
-            or_(
-                holder.c.status == SENT,
-                and_(holder.c.status.not_in(CLOSED), holder.c.unanswered_attempts < MAX_UNCONFIRMED_ATTEMPTS),
-            ),
+            _alerted(holder),
             or_(holder.c.severity == held.c.severity, holder.c.severity == CRITICAL),
         )
         .exists()
