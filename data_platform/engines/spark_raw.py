@@ -171,15 +171,15 @@ def _refuse_values(frame, spec: TableSpec, path: Path) -> None:
     """What the loader refuses and the typed read took (raw_types.value_checks), in an export to load; and
     text Spark's reader decoded with U+FFFD in place of bytes that are not UTF-8, which the loader refuses
     (stored, the text would be changed for good)."""
-    refuse_values(path, spec, frame.selectExpr(*value_check_columns(spec)).first())
+    checks = value_check_columns(spec)
     texts = [column for column in spec.columns if column.sql_type == "text"]
-    found = frame.selectExpr(
-        *(
-            f"min(case when instr({column.name}, '{REPLACEMENT_CHARACTER}') > 0 then {spec.key.name} end)"
-            for column in texts
-        )
-    ).first()
-    for column, key in zip(texts, found or (), strict=False):
+    replaced = [
+        f"min(case when instr({column.name}, '{REPLACEMENT_CHARACTER}') > 0 then {spec.key.name} end)"
+        for column in texts
+    ]
+    found = frame.selectExpr(*checks, *replaced).first()  # one pass over the file's rows for both
+    refuse_values(path, spec, found[: len(checks)])
+    for column, key in zip(texts, found[len(checks) :], strict=True):
         if key is not None:
             raise LoadError(
                 path,
