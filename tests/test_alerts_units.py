@@ -18,6 +18,7 @@ from data_platform.alerts.errors import database_error, db_message
 from data_platform.alerts.plan import Plan, plan_days
 from data_platform.alerts.records import BALANCE_CHANGE, NEW_BALANCE, Alert, Batch, Organization
 from data_platform.alerts.summary import Summary
+from data_platform.paths import DBT_PROJECT_DIR
 
 D = [date(2024, 3, 1) + timedelta(days=i) for i in range(10)]  # D[0] .. D[9]
 MAX = date.max  # a garbage 9999-12-31 in the data must not overflow the planning
@@ -595,3 +596,10 @@ def test_the_no_answer_note_promises_another_send_only_to_the_alerts_not_given_u
         "1 alert never confirmed after 2 unanswered attempts: not sent again; check the channel (status "
         "'unknown' in ops.alert_history)." in summary.notes()
     )
+
+
+def test_every_driver_kind_the_drivers_mart_gives_has_its_words_in_messages():
+    # the kinds are the model's CASE: a kind added there and not here would read "1 new_kind" in Slack
+    model = (DBT_PROJECT_DIR / "models" / "marts" / "fct_organization_daily_drivers.sql").read_text()
+    case = model[model.index("case", model.index("classified as")) : model.index("end as driver_kind")]
+    assert set(re.findall(r"then '(\w+)'", case)) == set(messages.DRIVER_NOUNS)

@@ -39,7 +39,7 @@ SLACK = "slack"
 CONSOLE = "console"
 DEFAULT_WEBHOOK_ENV = "SLACK_WEBHOOK_URL"
 WEBHOOK_ENV_PATTERN = "[A-Z_][A-Z0-9_]*"  # the name of a route's webhook variable
-DESTINATION_PATTERN = f"^(console|slack|{WEBHOOK_ENV_PATTERN})$"  # what ops accepts as a destination
+DESTINATION_PATTERN = f"^({CONSOLE}|{SLACK}|{WEBHOOK_ENV_PATTERN})$"  # what ops accepts as a destination
 
 
 def destination_for(webhook_env: str) -> str:

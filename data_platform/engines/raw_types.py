@@ -1,7 +1,8 @@
 """The raw columns' types in each engine, keyed by the column formats of data_platform.raw_tables.
 
-Decimals have the places of the Postgres raw columns (numeric(18,2) amounts, numeric(18,8) rates: the
-formats allow 16 and 10 integer digits), ids are 64-bit integers, timestamps are instants in UTC.
+Decimals hold what the Postgres loader's formats allow (amounts 2 places and at most 16 integer digits:
+decimal(18,2); rates 8 places and at most 10: decimal(18,8)), ids are 64-bit integers, timestamps are
+instants in UTC.
 
 These are only the types the engines' CSV readers cast to, not the loader's format checks (raw_tables'
 Format.check): a value the cast accepts is loaded even where the Postgres loader refuses it. DuckDB rounds

@@ -35,7 +35,6 @@ from data_platform.generator.values import (
     INVOICES_HEADER,
     ORGANIZATIONS_HEADER,
     SENTINEL,
-    STATUSES,
 )
 
 __all__ = [
@@ -48,7 +47,6 @@ __all__ = [
     "SCENARIO",
     "SCENARIO_ROWS",
     "SENTINEL",
-    "STATUSES",
     "GenerationStats",
     "Organization",
     "append_day",

@@ -57,7 +57,6 @@ STATUS_MIX: dict[str, float] = {
     "refunded": 0.02,
     "credited": 0.03,
 }
-STATUSES = tuple(STATUS_MIX)
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from dagster import (
 )
 
 from data_platform import refresh
+from data_platform.alerts.detect import fact
 from data_platform.alerts.records import MAX_UNCONFIRMED_ATTEMPTS
 from data_platform.db import connect
 from data_platform.load_errors import LoadError
@@ -42,7 +43,7 @@ from data_platform.pipeline_lock import PipelineLock
 DEFAULT_EXPORT_MAX_AGE_HOURS = 26.0
 # a longer wait means nothing (and nan or inf would switch the check off): such a value is an error
 MAX_EXPORT_MAX_AGE_HOURS = 24 * 366
-FACT = "marts.fct_organization_daily_financials"
+FACT = fact.fullname
 IN_PROGRESS = [DagsterRunStatus.QUEUED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]
 
 

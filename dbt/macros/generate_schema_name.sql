@@ -1,5 +1,5 @@
 {#-
-    Use a model's custom schema as the real schema name (staging, intermediate, marts, seeds),
+    Use a model's custom schema as the real schema name (staging, intermediate, marts, seeds, audit),
     instead of dbt's default "<target schema>_<custom schema>". Nodes without a custom schema fall
     back to the target's schema.
 -#}
