@@ -19,6 +19,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from data_platform.engines import duckdb_raw, spark_raw
 from data_platform.exports import discover
 from data_platform.load_errors import ALLOW_EMPTY_HELP, LoadError
 from data_platform.paths import DBT_DIR_ARGS, DBT_PROJECT_DIR
@@ -29,8 +30,11 @@ ENGINES = ("duckdb", "spark")
 # where each engine keeps its warehouse (the dbt profile reads the same variables), made absolute so
 # that the raw builder and dbt, which runs from the project root, open the same files
 LOCATIONS = {
-    "duckdb": {"DUCKDB_PATH": "warehouse.duckdb"},
-    "spark": {"SPARK_WAREHOUSE_DIR": "spark-warehouse", "SPARK_METASTORE_DIR": "spark-metastore"},
+    "duckdb": {duckdb_raw.DATABASE_VARIABLE: duckdb_raw.DEFAULT_DATABASE},
+    "spark": {
+        spark_raw.WAREHOUSE_VARIABLE: spark_raw.DEFAULT_WAREHOUSE_DIR,
+        spark_raw.METASTORE_VARIABLE: spark_raw.DEFAULT_METASTORE_DIR,
+    },
 }
 
 
@@ -58,14 +62,13 @@ def _steps(engine: str, csv_dir: str, unit_tests: bool, allow_empty: bool) -> in
     env = environment(engine)
     if engine != "spark":
         return _raw_then_dbt(engine, env, csv_dir, unit_tests, allow_empty)
-    from data_platform.engines.spark_raw import LOCK_HELD, one_load_at_a_time
 
     # both steps' JVMs open the metastore, which Derby lets one at a time: another Spark load or build is
     # refused at once, for the whole build. The exports first: a missing folder leaves no metastore behind
     try:
         discover(csv_dir)
-        with one_load_at_a_time(env):
-            return _raw_then_dbt(engine, {**env, LOCK_HELD: "1"}, csv_dir, unit_tests, allow_empty)
+        with spark_raw.one_load_at_a_time(env):
+            return _raw_then_dbt(engine, {**env, spark_raw.LOCK_HELD: "1"}, csv_dir, unit_tests, allow_empty)
     except LoadError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -51,7 +51,8 @@ from data_platform.raw_tables import (
 # duckdb.DuckDBPyConnection; duckdb is imported where used: an optional dependency (the `engines` group)
 Connection = Any
 
-DEFAULT_DATABASE = "warehouse.duckdb"
+# the database file: its variable and default, as the dbt profile's duckdb target has them
+DATABASE_VARIABLE, DEFAULT_DATABASE = "DUCKDB_PATH", "warehouse.duckdb"
 
 
 def _definitions(spec: TableSpec, *extra: str) -> str:
@@ -342,7 +343,7 @@ def _noting_sigint() -> Iterator[list[int]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--csv-dir", default=os.environ.get("CSV_DIR") or "csv_data")
-    parser.add_argument("--database", default=os.environ.get("DUCKDB_PATH") or DEFAULT_DATABASE)
+    parser.add_argument("--database", default=os.environ.get(DATABASE_VARIABLE) or DEFAULT_DATABASE)
     parser.add_argument(
         "--allow-empty",
         action="store_true",

@@ -48,6 +48,9 @@ from data_platform.load_errors import ALLOW_EMPTY_HELP, LoadError, future_invoic
 from data_platform.raw_tables import INVOICES, ORGANIZATIONS, RAW_SCHEMA, TableSpec, load_log_columns
 
 LOAD_LOG_SCHEMA = ", ".join(load_log_columns(SPARK_LOG_TYPES, not_null=False))
+# the folders' variables and defaults, as the dbt profile's spark target has them
+WAREHOUSE_VARIABLE, DEFAULT_WAREHOUSE_DIR = "SPARK_WAREHOUSE_DIR", "spark-warehouse"
+METASTORE_VARIABLE, DEFAULT_METASTORE_DIR = "SPARK_METASTORE_DIR", "spark-metastore"
 LOCK_FILE = "data_platform-load.lock"
 LOCK_HELD = "DATA_PLATFORM_SPARK_LOCK_HELD"  # set by engines.build, which holds the lock for its steps
 REPLACEMENT_CHARACTER = "\ufffd"  # what Spark's reader puts in place of bytes that are not UTF-8
@@ -56,8 +59,8 @@ REPLACEMENT_CHARACTER = "\ufffd"  # what Spark's reader puts in place of bytes t
 def directories(environ: Mapping[str, str] | None = None) -> tuple[Path, Path]:
     """The warehouse and metastore directories, as the dbt profile's spark target reads them."""
     environ = os.environ if environ is None else environ
-    warehouse = Path(environ.get("SPARK_WAREHOUSE_DIR") or "spark-warehouse").resolve()
-    metastore = Path(environ.get("SPARK_METASTORE_DIR") or "spark-metastore").resolve()
+    warehouse = Path(environ.get(WAREHOUSE_VARIABLE) or DEFAULT_WAREHOUSE_DIR).resolve()
+    metastore = Path(environ.get(METASTORE_VARIABLE) or DEFAULT_METASTORE_DIR).resolve()
     return warehouse, metastore
 
 
