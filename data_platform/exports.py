@@ -15,6 +15,7 @@ loader then names as not found: an export is never loaded as if it had no organi
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from data_platform.load_errors import LoadError
 from data_platform.raw_tables import INVOICES, ORGANIZATIONS
 
 EXPORTS_FOLDER = "exports"
-_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,15 @@ def parse_date(text: str) -> date | None:
         return date.fromisoformat(text)
     except ValueError:
         return None
+
+
+def date_argument(text: str) -> date:
+    """argparse's type for a date option: YYYY-MM-DD only, not the other forms fromisoformat reads
+    (20240628, 2024-W26-5), which an operator's typo can land on."""
+    day = parse_date(text)
+    if day is None:
+        raise argparse.ArgumentTypeError(f"expected a date as YYYY-MM-DD, got {text!r}")
+    return day
 
 
 def present(path: Path) -> bool:

@@ -55,7 +55,7 @@ from data_platform.db import (
     check_for_dead_client,
     connect,
 )
-from data_platform.exports import Export, discover, parse_date
+from data_platform.exports import Export, date_argument, discover
 from data_platform.load_errors import (
     ALLOW_EMPTY_HELP,
     ERROR_PREFIX,
@@ -348,13 +348,6 @@ def _seconds(text: str) -> float:
     return value
 
 
-def _as_of(text: str) -> date:
-    day = parse_date(text)
-    if day is None:
-        raise argparse.ArgumentTypeError(f"expected a date YYYY-MM-DD, got {text!r}")
-    return day
-
-
 class Terminated(KeyboardInterrupt):
     """SIGTERM (`kill`, `timeout`, a supervisor) arrived. A KeyboardInterrupt, as Ctrl-C is: psycopg then
     cancels the running statement, so the server rolls back at once instead of finishing it for a client
@@ -387,12 +380,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--as-of",
-        type=_as_of,
+        type=date_argument,
         help="export date of the single-file export (default: the latest CREATED_AT day in it)",
     )
     parser.add_argument(
         "--through",
-        type=_as_of,
+        type=date_argument,
         help="load the dated export folders up to this day only, leaving later ones for a later run "
         "(the daily profile's export sensor judged the folders up to this day complete)",
     )

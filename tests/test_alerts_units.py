@@ -239,6 +239,9 @@ def test_flags_and_environment():
         (["--date", "2024-02-30"], "expected a date as YYYY-MM-DD"),
         (["--since", "+002024-03-01"], "expected a date as YYYY-MM-DD"),
         (["--date", "10000-01-01"], "expected a date as YYYY-MM-DD"),
+        # forms fromisoformat reads, which a typo can land on
+        (["--date", "20240628"], "expected a date as YYYY-MM-DD"),
+        (["--since", "2024-W26-5"], "expected a date as YYYY-MM-DD"),
     ],
 )
 def test_bad_flags_exit_2(argv, message, capsys):

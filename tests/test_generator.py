@@ -530,3 +530,13 @@ def test_a_second_run_into_the_same_folder_is_refused_and_leaves_the_first_ones_
     assert sorted(p.name for p in out.iterdir()) == [".invoices.csv.partial"]
     # once it ended, a run goes ahead
     assert main([*cli, "--no-scenario"]) == 0
+
+
+@pytest.mark.parametrize("end_date", ["20240628", "2024-W26-5", "2024-06-2"])
+def test_an_end_date_not_written_yyyy_mm_dd_is_a_usage_error(tmp_path: Path, capsys, end_date) -> None:
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--out", str(out), "--invoices", "100", "--end-date", end_date])
+    assert exit_info.value.code == 2
+    assert f"expected a date as YYYY-MM-DD, got '{end_date}'" in capsys.readouterr().err
+    assert not out.exists()

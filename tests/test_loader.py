@@ -464,7 +464,7 @@ def test_cli_as_of_dates_the_single_file_export(database, conn, tmp_path):
     assert result.returncode == 0, result.stderr
     assert database.query("select export_date::text from raw.load_log") == [("2024-02-01",)]
     bad = run_cli(database.env("transformer"), "--csv-dir", str(directory), "--as-of", "2024-2-1")
-    assert bad.returncode == 2 and "expected a date YYYY-MM-DD" in bad.stderr  # argparse usage error
+    assert bad.returncode == 2 and "expected a date as YYYY-MM-DD" in bad.stderr  # argparse usage error
 
 
 def test_cli_bad_input_exits_1_with_the_location(database, conn, tmp_path):

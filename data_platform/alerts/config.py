@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 from data_platform import secrets
 from data_platform.alerts.noise import NoiseSettings
 from data_platform.alerts.records import MAX_UNCONFIRMED_ATTEMPTS
+from data_platform.exports import date_argument
 
 DEFAULT_THRESHOLD = Decimal("0.5")
 # Postgres numeric overflows long before Decimal does; no useful threshold comes near these bounds
@@ -58,13 +59,6 @@ class Settings:
     digest_over: int = DEFAULT_DIGEST_OVER
     # the environment the routes' webhook variables are read from (routing.destinations); never shown
     environment: Mapping[str, str] = field(default_factory=dict, repr=False)
-
-
-def _iso_date(value: str) -> date:
-    try:
-        return date.fromisoformat(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a date as YYYY-MM-DD, got {value!r}") from None
 
 
 def _threshold(value: str) -> Decimal:
@@ -188,10 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="also alert when the previous balance was 0 ('new balance' alerts); otherwise only counted",
     )
     days = parser.add_mutually_exclusive_group()
-    days.add_argument("--date", type=_iso_date, metavar="YYYY-MM-DD", help="process exactly this day")
+    days.add_argument("--date", type=date_argument, metavar="YYYY-MM-DD", help="process exactly this day")
     days.add_argument(
         "--since",
-        type=_iso_date,
+        type=date_argument,
         metavar="YYYY-MM-DD",
         help="backfill: process this day up to the latest day",
     )

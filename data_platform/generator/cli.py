@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from datetime import date, timedelta
+from datetime import timedelta
 from pathlib import Path
 
-from data_platform.exports import EXPORTS_FOLDER
+from data_platform.exports import EXPORTS_FOLDER, date_argument
 from data_platform.generator.exports import write_exports
 from data_platform.generator.invoices import append_day, generate
 from data_platform.generator.values import DEFAULT_DAYS, DEFAULT_END_DATE
@@ -27,7 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument(
-        "--end-date", type=date.fromisoformat, default=DEFAULT_END_DATE, help="latest day, YYYY-MM-DD"
+        "--end-date", type=date_argument, default=DEFAULT_END_DATE, help="latest day, YYYY-MM-DD"
     )
     parser.add_argument("--days", type=int, default=DEFAULT_DAYS, help="days of history ending at --end-date")
     parser.add_argument(
