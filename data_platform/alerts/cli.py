@@ -39,6 +39,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
 from data_platform.alerts import (
+    config,
     detect,
     exit_codes,
     marts_view,
@@ -68,8 +69,6 @@ from data_platform.alerts.summary import Summary
 from data_platform.db import describe_target
 from data_platform.wording import plural
 
-DEFAULT_CONNECT_TIMEOUT = 10  # seconds; psycopg's own default is over two minutes
-
 
 def make_engine() -> Engine:
     """SQLAlchemy Core on psycopg 3; an empty URL lets libpq read PGHOST, PGPORT, PGUSER, ...
@@ -80,7 +79,7 @@ def make_engine() -> Engine:
     """
     connect_args: dict[str, object] = {"application_name": "data_platform alerts"}
     if not os.environ.get("PGCONNECT_TIMEOUT", "").strip():
-        connect_args["connect_timeout"] = DEFAULT_CONNECT_TIMEOUT
+        connect_args["connect_timeout"] = config.DEFAULT_CONNECT_TIMEOUT
     return create_engine("postgresql+psycopg://", poolclass=NullPool, connect_args=connect_args)
 
 

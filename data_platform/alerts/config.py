@@ -12,11 +12,13 @@ from decimal import Decimal, InvalidOperation
 from urllib.parse import urlsplit
 
 from data_platform import secrets
+from data_platform.alerts import exit_codes
 from data_platform.alerts.noise import NoiseSettings
 from data_platform.alerts.records import MAX_UNCONFIRMED_ATTEMPTS
 from data_platform.exports import date_argument
 
 DEFAULT_THRESHOLD = Decimal("0.5")
+DEFAULT_CONNECT_TIMEOUT = 10  # seconds (PGCONNECT_TIMEOUT unset); psycopg's own default is over two minutes
 # Postgres numeric overflows long before Decimal does; no useful threshold comes near these bounds
 MAX_THRESHOLD = Decimal(1_000_000)  # a 100,000,000% move
 MAX_THRESHOLD_DECIMALS = 12
@@ -160,21 +162,24 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         # the exit codes as data_platform/alerts/cli.py returns them (its docstring has the detail)
         epilog=(
-            "Exit codes: 0 all alerts delivered (or nothing to send); 1 some delivery failed or went "
-            "unanswered (retried on the next run), or alerts wait undelivered for a destination no route "
-            "names any more, or, in a console run, for a route's webhook; 2 configuration or database "
-            "error, or an unexpected error; 3 an alert given up after "
-            f"{MAX_UNCONFIRMED_ATTEMPTS} unanswered attempts (not sent again: check the channel; wins over "
-            "1); 4 another alert run still held the lock after ALERT_LOCK_TIMEOUT (nothing was sent: run "
-            "again later); 130 interrupted; 143 stopped by SIGTERM. Connection from PGHOST, PGPORT, PGUSER, "
-            "PGPASSWORD, PGDATABASE (and PGCONNECT_TIMEOUT, default 10 s)."
+            f"Exit codes: {exit_codes.OK} all alerts delivered (or nothing to send); "
+            f"{exit_codes.DELIVERY_FAILED} some delivery failed or went unanswered (retried on the next "
+            "run), or alerts wait undelivered for a destination no route names any more, or, in a console "
+            f"run, for a route's webhook; {exit_codes.ERROR} configuration or database error, or an "
+            f"unexpected error; {exit_codes.GIVEN_UP} an alert given up after {MAX_UNCONFIRMED_ATTEMPTS} "
+            "unanswered attempts (not sent again: check the channel; wins over "
+            f"{exit_codes.DELIVERY_FAILED}); {exit_codes.BUSY} another alert run still held the lock after "
+            f"ALERT_LOCK_TIMEOUT (nothing was sent: run again later); {exit_codes.INTERRUPTED} interrupted; "
+            f"{exit_codes.TERMINATED} stopped by SIGTERM. Connection from PGHOST, PGPORT, PGUSER, "
+            f"PGPASSWORD, PGDATABASE (and PGCONNECT_TIMEOUT, default {DEFAULT_CONNECT_TIMEOUT} s)."
         ),
     )
     parser.add_argument(
         "--threshold",
         type=_threshold,
         default=DEFAULT_THRESHOLD,
-        help="alert when abs(balance change ratio) >= this (default 0.5 = 50%%)",
+        help=f"alert when abs(balance change ratio) >= this (default {DEFAULT_THRESHOLD} = "
+        f"{(DEFAULT_THRESHOLD * 100).normalize():f}%%)",
     )
     parser.add_argument(
         "--include-from-zero",
