@@ -9,7 +9,7 @@ import time
 from decimal import Decimal
 
 import pytest
-from conftest import PROJECT_ROOT
+from conftest import PROJECT_ROOT, copy_project, pipeline_env
 from slack_stub import (
     OK,
     SECRET,
@@ -22,6 +22,7 @@ from slack_stub import (
     server_error,
     slow,
 )
+from sqlalchemy import create_engine
 from test_alerts import (  # noqa: F401  (db, warehouse are fixtures)
     DAY,
     add_moves,
@@ -41,7 +42,7 @@ from test_alerts import (  # noqa: F401  (db, warehouse are fixtures)
 )
 from test_alerts_delivery import RawAnswers, answer
 
-from data_platform.alerts import payload
+from data_platform.alerts import detect, payload, routing
 from data_platform.alerts.config import HttpSettings
 from data_platform.alerts.json_sink import JsonWebhookChannel
 from data_platform.alerts.records import BALANCE_CHANGE, CRITICAL, Alert, Batch, Organization
@@ -767,3 +768,42 @@ def test_a_give_up_is_reported_by_a_run_that_ends_not_by_one_that_dies_on_a_late
         after = run_alerts(db, webhook=default.url, VIP_WEBHOOK=vip.url)
     assert after.returncode == 3, after.stderr
     assert "1 alert(s) never confirmed after 2 unanswered attempts" in after.stderr
+
+
+def test_the_pipeline_reads_the_seed_as_the_built_routes_mart_gives_it(make_database, tmp_path):
+    # the pipeline checks the seed file's routes before its build (routing.routes_in_seed), the alert run
+    # reads them from marts.dim_alert_routes: a row must mean the same to both (an empty sink is Slack's,
+    # an empty mention none, a route with no criterion the default)
+    project = copy_project(tmp_path / "project")
+    seed = project / "dbt" / "seeds" / "alert_routing.csv"
+    seed.write_text(
+        "priority,route_name,organization_id,legal_entity_country_code,min_balance_usd,max_balance_usd,"
+        "webhook_env,sink,mention\n"
+        "10,large,,,100000.5,,LARGE_WEBHOOK,json,\n"
+        "20,one,42,,,,ONE_WEBHOOK,,<!here>\n"
+        "30,country,,7,,1000,COUNTRY_WEBHOOK,slack,\n"
+        "100,default,,,,,SLACK_WEBHOOK_URL,,\n"
+    )
+    database = make_database()
+    env = pipeline_env(database, project / "csv_data", project)
+    for dbt_command in (["seed", "-s", "alert_routing"], ["run", "-s", "dim_alert_routes"]):
+        ran = subprocess.run(
+            ["dbt", *dbt_command, "--project-dir", "dbt", "--profiles-dir", ".dbt"],
+            cwd=project,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert ran.returncode == 0, ran.stdout + ran.stderr
+    engine = create_engine("postgresql+psycopg://", creator=lambda: database.connect("alerter"))
+    with engine.connect() as conn:
+        built = detect.alert_routes(conn)
+    engine.dispose()
+    assert routing.routes_in_seed(seed) == built
+    assert [(route.sink, route.mention, route.is_default) for route in built] == [
+        ("json", None, False),
+        ("slack", "<!here>", False),
+        ("slack", None, False),
+        ("slack", None, True),
+    ]

@@ -11,12 +11,13 @@ from decimal import Decimal
 
 import psycopg
 import pytest
+import yaml
 from sqlalchemy.exc import DBAPIError, ProgrammingError
 
 from data_platform.alerts import config, messages, payload
 from data_platform.alerts.errors import database_error, db_message
 from data_platform.alerts.plan import Plan, plan_days
-from data_platform.alerts.records import BALANCE_CHANGE, NEW_BALANCE, Alert, Batch, Organization
+from data_platform.alerts.records import BALANCE_CHANGE, NEW_BALANCE, SINKS, Alert, Batch, Organization
 from data_platform.alerts.summary import Summary
 from data_platform.paths import DBT_PROJECT_DIR
 
@@ -606,3 +607,11 @@ def test_every_driver_kind_the_drivers_mart_gives_has_its_words_in_messages():
     model = (DBT_PROJECT_DIR / "models" / "marts" / "fct_organization_daily_drivers.sql").read_text()
     case = model[model.index("case", model.index("classified as")) : model.index("end as driver_kind")]
     assert set(re.findall(r"then '(\w+)'", case)) == set(messages.DRIVER_NOUNS)
+
+
+def test_the_seed_accepts_exactly_the_sinks_the_alerts_can_write():
+    seeds = yaml.safe_load((DBT_PROJECT_DIR / "seeds" / "_seeds.yml").read_text())
+    (routing_seed,) = (seed for seed in seeds["seeds"] if seed["name"] == "alert_routing")
+    (sink,) = (column for column in routing_seed["columns"] if column["name"] == "sink")
+    (accepted,) = (test["accepted_values"] for test in sink["data_tests"] if "accepted_values" in test)
+    assert tuple(accepted["arguments"]["values"]) == SINKS
