@@ -26,6 +26,9 @@ from data_platform.load_errors import LoadError
 from data_platform.raw_tables import INVOICES, ORGANIZATIONS
 
 EXPORTS_FOLDER = "exports"
+# the exports' folder: the pipeline's default is the project's own, the command-line tools' the current
+# folder's (csv_dir_default)
+CSV_DIR_VARIABLE, CSV_DIR_NAME = "CSV_DIR", "csv_data"
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
@@ -71,6 +74,11 @@ def date_argument(text: str) -> date:
     if day is None:
         raise argparse.ArgumentTypeError(f"expected a date as YYYY-MM-DD, got {text!r}")
     return day
+
+
+def csv_dir_default() -> str:
+    """--csv-dir's default in the command-line tools: $CSV_DIR, else csv_data in the current folder."""
+    return os.environ.get(CSV_DIR_VARIABLE) or CSV_DIR_NAME
 
 
 def present(path: Path) -> bool:

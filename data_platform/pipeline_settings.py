@@ -11,10 +11,11 @@ from pathlib import Path
 
 from data_platform.alerts import config as alert_config
 from data_platform.alerts import routing
+from data_platform.exports import CSV_DIR_NAME, CSV_DIR_VARIABLE
 from data_platform.paths import PROJECT_ROOT
 from data_platform.pipeline_errors import EXIT_CONFIG, PipelineError
 
-DEFAULT_CSV_DIR = PROJECT_ROOT / "csv_data"
+DEFAULT_CSV_DIR = PROJECT_ROOT / CSV_DIR_NAME
 BOOLEAN_WORDS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False}
 BOOLEAN_WORDS |= {"no": False, "off": False}
 
@@ -87,7 +88,7 @@ def csv_dir_from_environment(environ: Mapping[str, str] | None = None) -> Path:
     through Settings: another setting that cannot be used must fail the runs, not stop them watching the
     exports. A relative one is taken from the working directory, as the loader's --csv-dir is: the steps
     run in the project's folder."""
-    raw = (os.environ if environ is None else environ).get("CSV_DIR")
+    raw = (os.environ if environ is None else environ).get(CSV_DIR_VARIABLE)
     return Path(raw).absolute() if raw else DEFAULT_CSV_DIR
 
 

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from data_platform.engines import duckdb_raw, spark_raw
-from data_platform.exports import discover
+from data_platform.exports import csv_dir_default, discover
 from data_platform.load_errors import ALLOW_EMPTY_HELP, LoadError
 from data_platform.paths import DBT_DIR_ARGS, DBT_PROJECT_DIR
 from data_platform.refresh import UNIT_TESTS_EXCLUDED
@@ -104,7 +104,7 @@ def _raw_then_dbt(engine: str, env: dict[str, str], csv_dir: str, unit_tests: bo
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("engine", choices=ENGINES)
-    parser.add_argument("--csv-dir", default=os.environ.get("CSV_DIR") or "csv_data")
+    parser.add_argument("--csv-dir", default=csv_dir_default())
     parser.add_argument(
         "--no-unit-tests",
         dest="unit_tests",

@@ -423,7 +423,7 @@ def one_load_at_a_time(environ: Mapping[str, str] | None = None) -> Iterator[Non
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--csv-dir", default=os.environ.get("CSV_DIR") or "csv_data")
+    parser.add_argument("--csv-dir", default=export_discovery.csv_dir_default())
     parser.add_argument(
         "--allow-empty",
         action="store_true",
