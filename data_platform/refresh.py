@@ -42,17 +42,18 @@ import psycopg
 from psycopg import sql
 
 from data_platform import db, ledger
-from data_platform.paths import DBT_PROJECT_DIR
+from data_platform.paths import DBT_PROJECT_DIR, dbt_project_var
 from data_platform.raw_tables import RAW_SCHEMA
 
-BUILD_STATE = "raw.build_state"
+# Names dbt's macros use too, written once in dbt_project.yml's vars.
+BUILD_STATE = dbt_project_var("build_record")
+WINDOW_VARIABLE = dbt_project_var("ledger_window_variable")
+# Set for the pipeline's own builds: it marks and records them itself, so dbt's on-run-start hook, which marks
+# the record for a build by hand (dbt/macros/build_state.sql), leaves them alone.
+PIPELINE_BUILD_VARIABLE = dbt_project_var("pipeline_build_variable")
 # Unit tests check the SQL, not the data: they run in the test suite (CI), not in every daily build (nor
 # in another engine's build that should do the pipeline's work, such as a benchmark's)
 UNIT_TESTS_EXCLUDED = ("--exclude-resource-type", "unit_test")
-WINDOW_VARIABLE = "LEDGER_WINDOW_START"
-# Set for the pipeline's own builds: it marks and records them itself, so dbt's on-run-start hook, which marks
-# the record for a build by hand (dbt/macros/build_state.sql), leaves them alone.
-PIPELINE_BUILD_VARIABLE = "BUILD_RECORDED_BY_PIPELINE"
 LOAD_LOG = f"{RAW_SCHEMA}.load_log"
 # What the stored days are computed by: a change here changes history, so it forces a full rebuild.
 PROJECT_FILES = ("models/**/*.sql", "macros/**/*.sql", "dbt_project.yml")

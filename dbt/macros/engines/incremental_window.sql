@@ -3,11 +3,12 @@
     or after the window start is replaced by the rows recomputed from the ledger. Unlike delete+insert on
     a unique key, this also removes rows that no longer exist, so an incremental run equals a full refresh.
 
-    The window start is the LEDGER_WINDOW_START environment variable: the pipeline (data_platform/refresh.py)
-    sets it to the day after the newest export the last successful build covered. The ledger books nothing
-    from a newer export before that day, so the days before it are final. Unset (a hand-run `dbt build`),
-    the window starts before every date: everything is recomputed, slower but always exact. An environment
-    variable rather than a dbt var: a changed var makes dbt re-parse the whole project on every run.
+    The window start is the LEDGER_WINDOW_START environment variable (its name is the var
+    ledger_window_variable): the pipeline (data_platform/refresh.py) sets it to the day after the newest
+    export the last successful build covered. The ledger books nothing from a newer export before that
+    day, so the days before it are final. Unset (a hand-run `dbt build`), the window starts before every
+    date: everything is recomputed, slower but always exact. An environment variable rather than a dbt
+    var: a changed var makes dbt re-parse the whole project on every run.
 #}
 
 {#- SQL date literal of the window start; unset, a day before every date the ledger can hold. -#}
@@ -16,11 +17,11 @@
 {%- endmacro %}
 
 {% macro default__ledger_window_start() -%}
-    cast('{{ env_var("LEDGER_WINDOW_START", "0001-01-01") }}' as date)
+    cast('{{ env_var(var("ledger_window_variable"), "0001-01-01") }}' as date)
 {%- endmacro %}
 
 {% macro postgres__ledger_window_start() -%}
-    '{{ env_var("LEDGER_WINDOW_START", "-infinity") }}'::date
+    '{{ env_var(var("ledger_window_variable"), "-infinity") }}'::date
 {%- endmacro %}
 
 
@@ -151,5 +152,5 @@ from {{ new_rows }};
 {#- Whether the pipeline set a ledger window; unset (a hand-run `dbt build`), incremental models recompute
     everything. -#}
 {% macro ledger_window_is_set() -%}
-    {{ return(env_var('LEDGER_WINDOW_START', '') != '') }}
+    {{ return(env_var(var('ledger_window_variable'), '') != '') }}
 {%- endmacro %}
