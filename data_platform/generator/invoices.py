@@ -44,6 +44,7 @@ from data_platform.generator.values import (
     NS_SCENARIO_TRANSACTION,
     NS_TRANSACTION,
     ORGANIZATIONS_HEADER,
+    PAYMENT_ATTEMPTED,
     SENTINEL,
     STATUS_MIX,
     Currency,
@@ -100,7 +101,7 @@ def _profile(rng: random.Random, status: str) -> _Profile:
         invoice_type = "adjustment"
     payment_currency = method = ""
     has_payment_amount = has_transaction = False
-    if status in ("paid", "processing", "refunded", "failed"):
+    if status in PAYMENT_ATTEMPTED:
         payment_currency = currency if rng.random() < 0.85 else "USD"
         method = payment_method(rng, payment_currency)
         has_transaction = True
@@ -243,7 +244,7 @@ class InvoiceRows:
         amount, payment = amount_strings(int(units) * 100 + int(cents))
         if not invoice.with_payment_amount:
             payment = ""
-        if invoice.status in ("paid", "processing", "refunded", "failed"):
+        if invoice.status in PAYMENT_ATTEMPTED:
             transaction = str(self.ids.one(NS_SCENARIO_TRANSACTION | counter))
             pay_currency, method, pay_fx = invoice.currency, "card", fx
         else:

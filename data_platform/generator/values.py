@@ -57,6 +57,8 @@ STATUS_MIX: dict[str, float] = {
     "refunded": 0.02,
     "credited": 0.03,
 }
+# statuses of an invoice whose payment was attempted: it has a transaction, a payment currency and method
+PAYMENT_ATTEMPTED = frozenset({"paid", "processing", "refunded", "failed"})
 
 
 @dataclass(frozen=True)
