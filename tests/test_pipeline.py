@@ -1148,15 +1148,25 @@ def test_a_build_drops_the_table_a_renamed_model_left_behind_but_not_what_others
             "create function marts.open_invoices() returns setof marts.dim_invoices language sql"
             " as $$ select * from marts.dim_invoices where status = 'open' $$"
         )
+        # the stored failures of a test the old model had: dbt never drops a test's view once the test is gone
+        conn.execute(
+            "create view audit.not_null_dim_invoices_organization_id as"
+            " select * from marts.dim_invoices where organization_id is null"
+        )
 
     def present() -> tuple:
-        return database.query("select to_regclass('marts.dim_invoices'), to_regclass('marts.readers_view')")[
-            0
-        ]
+        return database.query(
+            "select to_regclass('marts.dim_invoices'), to_regclass('marts.readers_view'),"
+            " to_regclass('audit.not_null_dim_invoices_organization_id')"
+        )[0]
 
     read = run_pipeline(database, csv_dir)
     assert_succeeded(read)
-    assert present() == ("marts.dim_invoices", "marts.readers_view")
+    assert present() == (
+        "marts.dim_invoices",
+        "marts.readers_view",
+        "audit.not_null_dim_invoices_organization_id",
+    )
     said = " ".join(read.stdout.split())
     assert "is no longer updated (its model is now fct_invoices) and is not dropped: " in said, read.stdout
     assert "view marts.readers_view depends on table marts.dim_invoices" in said, read.stdout
@@ -1172,7 +1182,8 @@ def test_a_build_drops_the_table_a_renamed_model_left_behind_but_not_what_others
         assert "a session holds it. The next run tries again." in " ".join(held.stdout.split()), held.stdout
     dropped = run_pipeline(database, csv_dir)
     assert_succeeded(dropped)
-    assert present() == (None, None)
+    assert present() == (None, None, None)
+    assert "depends on" not in dropped.stdout
     assert database.query("select to_regclass('marts.fct_invoices') is not null") == [(True,)]
     # a view of the old name is left alone
     with database.connect("transformer", autocommit=True) as conn:
