@@ -18,6 +18,7 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import zlib
@@ -228,7 +229,10 @@ def test_the_docs_server_stops_in_words_with_128_plus_the_signal(make_database, 
 @needs_chromium
 def test_demo_command_starts_an_embedded_database_and_serves_the_docs(tmp_path):
     port = free_port()
-    data_dir = tmp_path / "pgdata"
+    # run as root, pgserver's server runs as a user of its own: its folder is not under pytest's, which
+    # another pytest session on the machine makes root's only again (as conftest's servers)
+    workdir = Path(tempfile.mkdtemp(prefix="data_platform_demo_"))
+    data_dir = workdir / "pgdata"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
     env.update(
         DEMO_PGDATA="pgdata",  # relative: the caller's folder, as for `bootstrap stop --data-dir` below
@@ -237,14 +241,15 @@ def test_demo_command_starts_an_embedded_database_and_serves_the_docs(tmp_path):
         DBT_LOG_PATH=str(tmp_path / "logs"),
     )
     try:
-        with serving(["bash", str(PROJECT_ROOT / "scripts" / "demo.sh")], env, port, cwd=tmp_path) as served:
+        with serving(["bash", str(PROJECT_ROOT / "scripts" / "demo.sh")], env, port, cwd=workdir) as served:
             assert_docs_render_the_fact(served.url, tmp_path, "docs-demo.png", tmp_path / "target")
     finally:
         # the demo leaves its server running on purpose; the README's command stops it
         stop = [sys.executable, "-m", "data_platform.bootstrap", "stop", "--data-dir", "pgdata"]
-        stopped = subprocess.run(stop, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        stopped = subprocess.run(stop, capture_output=True, text=True, timeout=60, cwd=workdir)
     assert stopped.stdout.strip() == "stopped pgdata", stopped.stderr
     assert not (data_dir / "postmaster.pid").exists()
     assert not [
         p for p in psutil.process_iter(["cmdline"]) if str(data_dir) in " ".join(p.info["cmdline"] or [])
     ]
+    shutil.rmtree(workdir)
