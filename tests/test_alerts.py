@@ -680,6 +680,47 @@ def test_an_alert_still_held_back_by_another_stays_suppressed_when_one_holder_is
     }
 
 
+@pytest.mark.parametrize(
+    ("first", "second_run_suppress_days"),
+    [
+        # a warning sent exactly --suppress-days (2) before: the first day of the window still holds
+        ("16000", "2"),
+        # a critical sent: it holds a later warning back (a higher severity), not only a critical; the
+        # second day's alert, run without suppression, waits beside it
+        ("30000", "0"),
+    ],
+    ids=["holder on the window's first day", "critical holder of a warning"],
+)
+def test_a_held_back_alert_stays_suppressed_while_a_holder_is_left_when_another_is_superseded(
+    db, slack, first, second_run_suppress_days
+):
+    add_moves(db, (1, DAY[0], "10000", first))
+    assert run_alerts(db, webhook=slack.url).returncode == 0
+    slack.always(server_error(500))
+    add_moves(db, (1, DAY[1], first, "100000"))  # critical, waiting
+    failing = {"webhook": slack.url, "ALERT_HTTP_RETRIES": "0"}
+    assert run_alerts(db, **failing, ALERT_SUPPRESS_DAYS=second_run_suppress_days).returncode == 1
+    add_moves(db, (1, DAY[2], "100000", "160000"))  # a warning, held back by both
+    assert run_alerts(db, **failing, ALERT_SUPPRESS_DAYS="2").returncode == 1
+    assert history(db)[(1, DAY[2])] == ("suppressed", 0)
+    # a rebuild: DAY[1] no longer moves, DAY[2] still moves as a warning
+    execute(db, f"delete from marts.fct_organization_daily_financials where balance_date > '{DAY[0]}'")
+    add_moves(db, (1, DAY[1], first, first), (1, DAY[2], first, str(Decimal(first) * Decimal("1.6"))))
+    slack.always(OK)
+
+    # judged in the window it was held back under, not by this run's (none): released, it would be sent
+    retry = run_alerts(db, webhook=slack.url)
+
+    assert retry.returncode == 0, retry.stderr
+    assert organizations_in(slack.delivered) == [1]  # DAY[0]'s, sent before
+    assert "judged again" not in retry.stdout
+    assert history(db) == {
+        (1, DAY[0]): ("sent", 1),
+        (1, DAY[1]): ("superseded", 2),
+        (1, DAY[2]): ("suppressed", 0),
+    }
+
+
 def test_an_alert_held_back_by_one_given_up_later_is_sent_by_the_next_run(db, slack):
     # DAY[1]'s alert is held back by DAY[0]'s, still waiting; that run's attempt at DAY[0]'s goes
     # unanswered for the second time: given up, it holds back nothing, and DAY[1]'s move must go out

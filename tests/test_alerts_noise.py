@@ -159,19 +159,30 @@ def test_severity_warning_critical_by_ratio_and_by_usd(db, run_inline):  # noqa:
         (3, DAY[0], "200000", "320000"),  # +60%, $120,000: critical (above --critical-usd 100,000)
         (4, DAY[0], "-2000", "-1000"),  # +50%: warning
         (5, DAY[0], "200000", "300000"),  # +50%, exactly $100,000: warning (not above --critical-usd)
+        # falls count as rises do
+        (6, DAY[0], "2000", "0"),  # -100%: critical
+        (7, DAY[0], "300000", "140000"),  # -53%, -$160,000: critical
     )
 
     result = run_inline(db)
 
     severities = [line.split("), ")[1].split(";")[0] for line in alert_lines(result.stdout)]
-    assert severities == [WARNING, CRITICAL, CRITICAL, WARNING, WARNING]
+    assert severities == [WARNING, CRITICAL, CRITICAL, WARNING, WARNING, CRITICAL, CRITICAL]
 
     again = run_inline(
         db, "--date", DAY[0].isoformat(), "--critical-threshold", "3", ALERT_CRITICAL_USD="1000000"
     )
     assert alert_lines(again.stdout) == []  # already sent to the console: the rows keep their severity
     rows = db.query("select organization_id, severity from ops.alert_history order by 1")
-    assert rows == [(1, WARNING), (2, CRITICAL), (3, CRITICAL), (4, WARNING), (5, WARNING)]
+    assert rows == [
+        (1, WARNING),
+        (2, CRITICAL),
+        (3, CRITICAL),
+        (4, WARNING),
+        (5, WARNING),
+        (6, CRITICAL),
+        (7, CRITICAL),
+    ]
 
 
 def test_suppression_holds_back_repeats_and_lets_a_higher_severity_through(db, run_inline):  # noqa: F811

@@ -240,10 +240,16 @@ def test_an_unknown_sink_is_a_configuration_error_before_anything_is_sent(db):  
     assert default.requests == [] and ops_tables(db) == set()
 
 
-def test_a_url_in_the_routes_is_refused_without_echoing_it(db):  # noqa: F811
-    set_routes(
-        db, (100, "default", None, None, None, None, "https://hooks.example/T/B/secret-x", "slack", None)
-    )
+@pytest.mark.parametrize(
+    "webhook_env",
+    [
+        "https://hooks.example/T/B/secret-x",
+        # the .env line pasted whole: it starts as a variable's name would
+        "SLACK_WEBHOOK_URL=https://hooks.example/T/B/secret-x",
+    ],
+)
+def test_a_url_in_the_routes_is_refused_without_echoing_it(db, webhook_env):  # noqa: F811
+    set_routes(db, (100, "default", None, None, None, None, webhook_env, "slack", None))
     result = run_alerts(db, **NO_FLOOR)
     assert result.returncode == 2
     assert "must name an environment variable" in result.stderr and "secret-x" not in result.stderr

@@ -44,6 +44,8 @@ PLANS = {
     "--date past a gap": ((D[2], D[5], D[4], None), (D[4], D[4], D[2])),
     "--date already covered": ((D[4], D[5], D[1], None), (D[1], D[1], D[4])),
     "--date beyond the data": ((D[2], D[5], D[9], None), (D[9], D[9], D[2])),
+    # a day with no data yet: the watermark stays, or that day would be skipped once it arrives
+    "--date right after the watermark, beyond the data": ((D[5], D[5], D[6], None), (D[6], D[6], D[5])),
     "--since, no watermark": ((None, D[5], None, D[1]), (D[1], D[5], D[5])),
     "--since before watermark": ((D[3], D[5], None, D[1]), (D[1], D[5], D[5])),
     "--since right after watermark": ((D[3], D[5], None, D[4]), (D[4], D[5], D[5])),
@@ -144,6 +146,9 @@ def test_numbers_that_are_not_finite_are_shown_not_raised():
     )
     _, blocks = messages.slack_message(Batch(KNOWN, (nan,)))
     assert blocks[1]["text"]["text"] == ":warning: *2024-03-01*  $100.00 → NaN  *NaN%*  warning"
+    nan_before = Alert(7, D[0], BALANCE_CHANGE, Decimal("NaN"), Decimal("100"), Decimal("NaN"))
+    _, blocks = messages.slack_message(Batch(KNOWN, (nan_before,)))
+    assert blocks[1]["text"]["text"] == ":warning: *2024-03-01*  NaN → $100.00  *NaN%*  warning"
     assert messages.usd(Decimal("-Infinity")) == "-Infinity"
     assert messages.signed_percent(Decimal("Infinity")) == "+Infinity%"
 
@@ -168,6 +173,10 @@ def test_slack_message_blocks_and_fallback():
         "type": "context",
         "elements": [{"type": "mrkdwn", "text": ":warning: missing from organizations.csv"}],
     }
+    _, blocks = messages.slack_message(Batch(Organization(7, False), (alert("100", "300", D[0]),)))
+    assert blocks[-1]["elements"][0]["text"] == ":warning: not in dim_organizations"
+    _, blocks = messages.slack_message(Batch(KNOWN, (alert("100", "300", D[0]),)))
+    assert not blocks[-1]["elements"][0]["text"].startswith(":warning:")
 
 
 def test_the_run_summary_writes_every_count_alike():
@@ -346,6 +355,8 @@ def test_future_days_are_never_planned():
     assert plan_days(watermark=D[2], latest=D[9], only_date=D[6], today=today).is_empty
     # the day right after today is no nearer to being news
     assert plan_days(watermark=D[2], latest=D[5], today=today) == Plan(D[3], D[4], D[4])
+    # today itself is a day like the others
+    assert plan_days(watermark=D[3], latest=D[9], only_date=today, today=today) == Plan(D[4], D[4], D[4])
 
 
 # --- noise settings, routes, pacing -----------------------------------------------------------------

@@ -708,6 +708,29 @@ def test_the_same_invoice_twice_is_refused_naming_id_and_lines(conn, tmp_path, r
     assert snapshot(conn) == before
 
 
+@pytest.mark.parametrize(
+    ("times", "listed"), [(5, "3, 4, 5, 6, 7: "), (8, "3, 4, 5, 6, 7 and 3 more: ")], ids=["5", "8"]
+)
+@pytest.mark.parametrize("ledger", ["new", "holding the base export"])
+def test_an_invoice_many_times_is_refused_naming_its_first_five_lines(
+    conn, tmp_path, request, ledger, times, listed
+):
+    if ledger == "new":
+        drop_ledger(conn)
+    else:
+        request.getfixturevalue("baseline")
+    before = snapshot(conn)
+    rows = _numbered(9)
+    for position in range(2, times + 1):
+        rows[position] = invoice(1001, status="paid")  # 1001 is on lines 3 on
+    write_export(tmp_path / "csv", "2024-01-02", rows)
+    with pytest.raises(
+        LoadError, match=f"INVOICE_ID 1001 appears {times} times in this export, on lines {listed}"
+    ):
+        load_exports(conn, tmp_path / "csv")
+    assert snapshot(conn) == before
+
+
 def test_cr_only_line_endings_are_named_not_taken_for_a_wrong_header(conn, tmp_path, baseline):
     path = write_dir(tmp_path / "files") / "invoices.csv"
     path.write_bytes("\r".join(INVOICE_LINES).encode() + b"\r")

@@ -261,6 +261,18 @@ def test_an_export_with_only_its_organizations_file_altered_is_refused(conn, csv
     assert snapshot(conn) == before
 
 
+def test_an_organizations_file_added_to_a_loaded_export_is_refused_saying_it_had_none(conn, csv_dir):
+    folder = write_export(csv_dir, "2024-01-02", [invoice(1)])
+    load_exports(conn, csv_dir)
+    before = snapshot(conn)
+    write(folder / "organizations.csv", [ORG_LINES[0], ORG_LINES[3]])
+    with pytest.raises(
+        LoadError, match=r"already loaded from a different file \(it had no organizations file, from "
+    ):
+        load_exports(conn, csv_dir)
+    assert snapshot(conn) == before
+
+
 def test_an_export_whose_organizations_file_is_gone_is_refused_saying_so(conn, csv_dir):
     """A loaded export's organizations.csv removed (a clean-up of old days) is named as missing, not as a
     different file: the folder's files are the record of what was loaded."""
