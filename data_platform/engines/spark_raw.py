@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import os
 import re
 import sys
@@ -403,6 +402,8 @@ def one_load_at_a_time(environ: Mapping[str, str] | None = None) -> Iterator[Non
     """Hold a lock beside the metastore for the load (engines.build: for the load and dbt's build, and
     says so to the load with LOCK_HELD): a second one is refused at once, where Derby's own lock made it
     retry for minutes and end in a Java stack trace (the lock dies with the process)."""
+    import fcntl  # POSIX only: here, so that engines.build imports on any system for DuckDB
+
     environ = os.environ if environ is None else environ
     if environ.get(LOCK_HELD) == "1":
         yield

@@ -37,12 +37,16 @@
 
 {#- The drop restricts: what others built on the table (views, foreign keys, functions) keeps it, and the
     warning quotes Postgres's list of them; the outcome comes back through a transaction-local setting,
-    as a DO block returns nothing. The project's own views on it go with it: the stored failures, in the
-    tests' schema, of the tests the old model had (dbt never drops the view of a test that is gone); kept
+    as a DO block returns nothing. The project's own views on it go with it: the stored failures, in its
+    tests' schemas, of the tests the old model had (dbt never drops the view of a test that is gone); kept
     when the table is. -#}
 {% macro postgres__drop_retired_table(relation, replacement) -%}
-    {%- set tests_schema = graph.nodes.values() | selectattr('resource_type', 'equalto', 'test')
-        | map(attribute='schema') | first -%}
+    {%- set tests_schemas = graph.nodes.values() | selectattr('resource_type', 'equalto', 'test')
+        | selectattr('package_name', 'equalto', project_name) | map(attribute='schema') | unique | list -%}
+    {%- set quoted_schemas = [] -%}
+    {%- for schema in tests_schemas -%}
+        {%- do quoted_schemas.append("'" ~ schema | replace("'", "''") ~ "'") -%}
+    {%- endfor -%}
     {%- set kept = run_query(
         "do $$ declare previous text := current_setting('lock_timeout'); dependents text;"
         ~ " stored_failures regclass; begin"
@@ -52,10 +56,10 @@
         ~ " join pg_rewrite as rewrite on rewrite.oid = dependency.objid"
         ~ " join pg_class as dependent on dependent.oid = rewrite.ev_class"
         ~ " join pg_namespace as namespace on namespace.oid = dependent.relnamespace"
-        ~ " where dependency.classid = 'pg_rewrite'::regclass"
+        ~ " where dependency.classid = 'pg_rewrite'::regclass and dependency.refclassid = 'pg_class'::regclass"
         ~ " and dependency.refobjid = '" ~ relation.include(database=false) ~ "'::regclass"
         ~ " and dependent.oid <> dependency.refobjid and dependent.relkind = 'v'"
-        ~ " and namespace.nspname = '" ~ tests_schema ~ "'"
+        ~ " and namespace.nspname = any(array[" ~ quoted_schemas | join(', ') ~ "]::text[])"
         ~ " loop execute format('drop view %s', stored_failures); end loop;"
         ~ " drop table " ~ relation ~ ";"
         ~ " perform set_config('lock_timeout', previous, true);"
