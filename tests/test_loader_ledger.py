@@ -981,3 +981,14 @@ def test_the_load_log_keeps_an_exports_folder_absolute(conn, tmp_path, monkeypat
     load_exports(conn, "csv")
     sources = conn.execute("select source from raw.load_log order by export_date").fetchall()
     assert sources == [(str(tmp_path / "csv"),), (str(tmp_path / "csv" / "exports" / "2024-01-02"),)]
+
+
+def test_the_base_export_loaded_again_unchanged_under_a_later_date_is_then_skipped_as_that_date(
+    conn, csv_dir
+):
+    # nothing since to undo: it loads, as a day without changes; a run without --as-of then finds the
+    # file by its checksums and names the latest date it was loaded as
+    later = load_exports(conn, csv_dir, as_of=date(2024, 1, 5))
+    assert [(result.export_date, result.skipped) for result in later] == [(date(2024, 1, 5), False)]
+    again = load_exports(conn, csv_dir)
+    assert [(result.export_date, result.skipped) for result in again] == [(date(2024, 1, 5), True)]
