@@ -161,6 +161,10 @@ class TableSpec:
     def key(self) -> Column:
         return self.columns[0]
 
+    @property
+    def text_columns(self) -> tuple[Column, ...]:
+        return tuple(column for column in self.columns if column.sql_type == "text")
+
     def column(self, name: str) -> Column | None:
         return next((column for column in self.columns if column.name == name), None)
 

@@ -351,6 +351,20 @@ def pipeline_env(
     return env
 
 
+def dbt_by_hand(database: Database, csv_dir: Path, project: Path, *command: str, **env: str) -> None:
+    """A dbt command run by hand in `project`, as the pipeline's role, with init.sh's environment; it must
+    succeed."""
+    ran = subprocess.run(
+        ["dbt", *command, "--project-dir", "dbt", "--profiles-dir", ".dbt"],
+        cwd=project,
+        env=pipeline_env(database, csv_dir, project, **env),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+
+
 def copy_project(destination: Path) -> Path:
     """A private copy of the pipeline (code, dbt project, scripts) that a test may edit."""
     destination.mkdir(parents=True, exist_ok=True)

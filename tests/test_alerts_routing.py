@@ -9,7 +9,7 @@ import time
 from decimal import Decimal
 
 import pytest
-from conftest import PROJECT_ROOT, copy_project, pipeline_env
+from conftest import PROJECT_ROOT, copy_project, dbt_by_hand
 from slack_stub import (
     OK,
     SECRET,
@@ -791,17 +791,8 @@ def test_the_pipeline_reads_the_seed_as_the_built_routes_mart_gives_it(make_data
         "100,default,,,,,SLACK_WEBHOOK_URL,,\n"
     )
     database = make_database()
-    env = pipeline_env(database, project / "csv_data", project)
-    for dbt_command in (["seed", "-s", "alert_routing"], ["run", "-s", "dim_alert_routes"]):
-        ran = subprocess.run(
-            ["dbt", *dbt_command, "--project-dir", "dbt", "--profiles-dir", ".dbt"],
-            cwd=project,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert ran.returncode == 0, ran.stdout + ran.stderr
+    dbt_by_hand(database, project / "csv_data", project, "seed", "-s", "alert_routing")
+    dbt_by_hand(database, project / "csv_data", project, "run", "-s", "dim_alert_routes")
     engine = create_engine("postgresql+psycopg://", creator=lambda: database.connect("alerter"))
     with engine.connect() as conn:
         built = detect.alert_routes(conn)

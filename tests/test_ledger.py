@@ -20,7 +20,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import PROJECT_ROOT, lines_until, pipeline_env, run_pipeline, start_pipeline
+from conftest import PROJECT_ROOT, dbt_by_hand, lines_until, pipeline_env, run_pipeline, start_pipeline
 from test_alerts import run_alerts
 from test_pipeline import (
     HEADER,
@@ -521,18 +521,6 @@ def test_a_stopped_rules_change_then_undone_is_rebuilt_in_full_next_time(make_da
     again = run_pipeline(database, csv_dir, RUN_ALERTS="false")
     assert_succeeded(again)
     assert "days from 2023-01-07" in again.stdout
-
-
-def dbt_by_hand(database, csv_dir: Path, project: Path, *command: str, **env: str) -> None:
-    ran = subprocess.run(
-        ["dbt", *command, "--project-dir", "dbt", "--profiles-dir", ".dbt"],
-        cwd=project,
-        env=pipeline_env(database, csv_dir, project, **env),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert ran.returncode == 0, ran.stdout + ran.stderr
 
 
 def marked(database) -> bool:

@@ -125,10 +125,9 @@ def _refuse_crlf_inside_values(frame, spec: TableSpec, path: Path) -> None:
     would seem to change those invoices."""
     with path.open("rb") as file:
         header = file.readline(1 << 16)
-    texts = [column.name for column in spec.columns if column.sql_type == "text"]
-    if not header.endswith(b"\r\n") or not texts:
+    if not header.endswith(b"\r\n") or not spec.text_columns:
         return
-    broken = " or ".join(f"instr({name}, '\\n') > 0" for name in texts)
+    broken = " or ".join(f"instr({column.name}, '\\n') > 0" for column in spec.text_columns)
     if frame.where(broken).limit(1).count():
         raise LoadError(
             path,
@@ -174,14 +173,13 @@ def _refuse_values(frame, spec: TableSpec, path: Path) -> None:
     text Spark's reader decoded with U+FFFD in place of bytes that are not UTF-8, which the loader refuses
     (stored, the text would be changed for good)."""
     checks = value_check_columns(spec)
-    texts = [column for column in spec.columns if column.sql_type == "text"]
     replaced = [
         f"min(case when instr({column.name}, '{REPLACEMENT_CHARACTER}') > 0 then {spec.key.name} end)"
-        for column in texts
+        for column in spec.text_columns
     ]
     found = frame.selectExpr(*checks, *replaced).first()  # one pass over the file's rows for both
     refuse_values(path, spec, found[: len(checks)])
-    for column, key in zip(texts, found[len(checks) :], strict=True):
+    for column, key in zip(spec.text_columns, found[len(checks) :], strict=True):
         if key is not None:
             raise LoadError(
                 path,

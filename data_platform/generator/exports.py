@@ -35,6 +35,7 @@ from data_platform.generator.values import (
     fx_rates,
     payment_method,
 )
+from data_platform.raw_tables import INVOICES
 
 # Next status of a changing invoice, by its current status: mostly paid, some cancelled or credited. Only
 # the statuses that are not `is_final` in dbt/seeds/invoice_enrichment.csv change (a test checks it).
@@ -53,7 +54,7 @@ _MASK64 = (1 << 64) - 1
 
 # column positions in an invoices.csv line
 (_ID, _PARENT, _TRANSACTION, _ORGANIZATION, _TYPE, _STATUS, _CURRENCY, _PAYMENT_CURRENCY, _METHOD, _AMOUNT,
- _PAYMENT_AMOUNT, _FX_RATE, _FX_RATE_PAYMENT, _CREATED_AT) = map(INVOICES_HEADER.split(",").index, (
+ _PAYMENT_AMOUNT, _FX_RATE, _FX_RATE_PAYMENT, _CREATED_AT) = map(INVOICES.header.index, (
     "INVOICE_ID", "PARENT_INVOICE_ID", "TRANSACTION_ID", "ORGANIZATION_ID", "TYPE", "STATUS", "CURRENCY",
     "PAYMENT_CURRENCY", "PAYMENT_METHOD", "AMOUNT", "PAYMENT_AMOUNT", "FX_RATE", "FX_RATE_PAYMENT",
     "CREATED_AT",
