@@ -78,6 +78,11 @@ def failing_retried_job():
     alert_step()
 
 
+@job(name="__ASSET_JOB")  # Dagster's own job for assets materialized alone, from the UI
+def failing_asset_job():
+    load_step()
+
+
 def tick(defs, instance, name: str, cursor: str | None):
     sensor = defs.get_sensor_def(name)
     return sensor.evaluate_tick(build_sensor_context(instance=instance, cursor=cursor, definitions=defs))
@@ -205,6 +210,50 @@ def test_a_run_that_failed_outside_its_steps_is_alerted_with_the_runs_error_and_
         "In process 23559: dagster_postgres.utils.DagsterPostgresException: too many retries for DB "
         "connection",
     )
+
+
+def test_a_step_that_finished_is_not_named_among_those_that_did_not(instance):
+    from dagster import DagsterEvent
+    from dagster._core.events import JobFailureData
+    from dagster._core.execution.plan.objects import StepSuccessData
+
+    run = instance.create_run_for_job(job_def=failing_daily_job)
+    for kind, step, data in (
+        (DagsterEventType.STEP_START, "raw_tables", None),
+        (DagsterEventType.STEP_SUCCESS, "raw_tables", StepSuccessData(duration_ms=1.0)),
+        (DagsterEventType.STEP_START, "dbt_build", None),
+    ):
+        event = DagsterEvent(kind.value, job_name=run.job_name, step_key=step, event_specific_data=data)
+        instance.report_dagster_event(event, run_id=run.run_id)
+    instance.report_run_failed(run, "the run's process died", JobFailureData(error=None, failure_reason=None))
+
+    message = failure_alerts.failure_message(instance, instance.get_run_by_id(run.run_id), "http://d")
+
+    assert message.title == "Pipeline run failed: daily_pipeline, step dbt_build, which did not finish"
+
+
+def test_a_failed_materialization_of_an_asset_alone_is_alerted(defs, instance):
+    # Materialize in the UI runs Dagster's asset job, not the daily one
+    with SlackStub() as slack:
+        with environment(dagster_env(SLACK_WEBHOOK_URL=slack.url)):
+            started = tick(defs, instance, "run_failure_alerts", None)
+            run_id = fail(instance, failing_asset_job)
+            tick(defs, instance, "run_failure_alerts", started.cursor)
+        assert alerted_runs(slack) == [run_id]
+        assert slack.delivered[0]["text"].startswith("Pipeline run failed: __ASSET_JOB, step load_step\n")
+
+
+def test_a_tick_sends_at_most_its_share_of_a_backlog_and_keeps_the_rest_in_order(defs, instance):
+    # a backlog (Slack down for a day) goes out a few per tick, so that a tick ends well within its limit
+    with SlackStub() as slack:
+        with environment(dagster_env(SLACK_WEBHOOK_URL=slack.url, ALERT_SLACK_MIN_INTERVAL="0")):
+            started = tick(defs, instance, "run_failure_alerts", None)
+            runs = [fail(instance) for _ in range(failure_alerts.FAILURE_ALERTS_PER_TICK + 1)]
+            first = tick(defs, instance, "run_failure_alerts", started.cursor)
+            assert alerted_runs(slack) == runs[: failure_alerts.FAILURE_ALERTS_PER_TICK]
+            assert pending_runs(first.cursor) == runs[failure_alerts.FAILURE_ALERTS_PER_TICK :]
+            tick(defs, instance, "run_failure_alerts", first.cursor)
+        assert alerted_runs(slack) == runs
 
 
 def test_runs_that_failed_before_the_first_tick_or_in_other_jobs_are_not_alerted(defs, instance):
@@ -557,6 +606,23 @@ def test_an_error_of_exactly_the_shown_lines_gets_no_ellipsis():
     assert notify.first_lines("\n".join(lines)) == (*shown, "...")
 
 
+def test_blank_lines_of_an_error_do_not_take_the_places_of_its_shown_lines():
+    assert notify.first_lines("a\n\n  \nb") == ("a", "b")
+
+
+def test_an_ops_alert_shows_quoted_text_as_written_and_never_mentions_anyone():
+    # an error quotes an export's values and what a step printed: <!channel> there must not ping a channel
+    message = notify.OpsMessage("Pipeline run failed: <x>", details=("value <!channel> & co",))
+    assert message.slack_text() == "Pipeline run failed: &lt;x&gt;\nvalue &lt;!channel&gt; &amp; co"
+    assert message.blocks()[1]["text"]["text"] == "```value &lt;!channel&gt; &amp; co```"
+
+
+def test_long_details_are_not_cut_inside_an_escaped_character():
+    message = notify.OpsMessage("t", details=("x" * 2898 + "&",))
+    body = message.blocks()[1]["text"]["text"]
+    assert body == "```" + "x" * 2898 + "```"
+
+
 def test_a_long_title_and_long_details_fit_slacks_block_limits():
     # Slack refuses a header over 150 characters and a section over 3000: a long job and step list or
     # error would make the alert undeliverable
@@ -696,7 +762,7 @@ def test_the_fact_is_fresh_while_the_last_build_covered_every_loaded_export(
 ):
     database = loaded_warehouse(make_database, covered=EXPORTS[-1])
     fresh_export_folder(tmp_path)
-    with ops_slack(database, tmp_path) as slack:
+    with ops_slack(database, tmp_path, DAGSTER_BASE_URL="http://dagster.test") as slack:
         cursor = tick(defs, instance, "freshness_alerts", None).cursor
         assert slack.requests == []
         cover(database, EXPORTS[1])  # the build of the newest export failed
@@ -707,6 +773,8 @@ def test_the_fact_is_fresh_while_the_last_build_covered_every_loaded_export(
         f"{FACT} is behind: exports up to 2024-07-03 are loaded, "
         "the last successful build covered up to 2024-07-02"
     )
+    # where to look: the assets page of the Dagster UI
+    assert slack.delivered[0]["text"].endswith("\nhttp://dagster.test/assets")
 
 
 def test_an_export_folder_copied_with_its_times_kept_landed_when_it_was_copied(tmp_path):

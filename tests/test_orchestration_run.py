@@ -559,8 +559,12 @@ def test_after_giving_up_on_an_alert_the_step_still_retries_the_others_then_fail
         assets.balance_alerts(build_asset_context())
     assert len(runs) == 4, "the alerts still waiting were not retried until delivered"
     assert not failed.value.allow_retries
-    # the first run said the others were not delivered: the failure alert must not leave it at that
-    assert failed.value.description.endswith("\nthe step's retries then delivered the run's other alerts")
+    # the first run said the others were not delivered: the failure alert must not leave it at that; and
+    # as that run said nothing to quote, the alert points at the step's log
+    assert failed.value.description == (
+        f"{pipeline.AlertRun.GIVEN_UP.value} (see the step's log)\n"
+        "the step's retries then delivered the run's other alerts"
+    )
 
 
 def test_the_alert_step_waits_for_a_pipeline_run_like_the_other_steps(daily_run):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -244,6 +245,29 @@ def test_a_dot_file_appearing_in_a_requested_folder_starts_no_run(exports, tick)
     # a real change still starts one
     write(day / "invoices.csv", "ID\n1\n2\n")
     assert run_keys(settled_request(tick, cursor))[0].startswith("export-2024-07-02-")
+
+
+def test_a_dot_file_already_there_when_the_run_was_requested_starts_no_more_runs(exports, tick):
+    # what a run loaded is recorded without dotfiles, as the unchanged check reads it: with them, every
+    # later tick would take the folder for one fixed after its run, and start a run every other tick
+    day = exports / "2024-07-02"
+    write(day / "invoices.csv", "ID\n1\n")
+    write(day / ".DS_Store", "x")
+    cursor = settled_request(tick).cursor
+    for _ in range(4):
+        later = tick(cursor)
+        assert run_keys(later) == [], later.skip_message
+        cursor = later.cursor or cursor
+
+
+def test_a_fixed_folders_run_key_names_its_files_as_well_as_the_count(exports, tick):
+    # Dagster launches a run key once: the count alone would repeat a key already launched whenever it
+    # starts over (a cursor reset, or restored from a backup), and the fix would start no run
+    write(exports / "2024-07-02" / "invoices.csv", "ID\n1\n")
+    first = settled_request(tick)
+    write(exports / "2024-07-02" / "invoices.csv", "ID\n1\n2\n")
+    [key] = run_keys(settled_request(tick, first.cursor))
+    assert re.fullmatch(r"export-2024-07-02-[0-9a-f]{12}-1", key), key
 
 
 def test_a_temporary_file_still_growing_holds_a_fix_back(exports, tick):
@@ -650,6 +674,18 @@ def test_an_export_folder_it_may_not_read_is_a_skip_reason_not_a_failed_tick(exp
     result = tick(None)
     assert result.skip_message == (
         f"cannot look into {exports / '2024-07-02'}: Permission denied; checked again next tick"
+    )
+
+
+def test_a_landing_folder_it_may_not_read_is_a_skip_reason_not_a_failed_tick(exports, tick, monkeypatch):
+    exports.mkdir(parents=True)
+
+    def landed_by_another_user(directory):
+        raise PermissionError(13, "Permission denied", str(directory))
+
+    monkeypatch.setattr(sensors, "export_folders", landed_by_another_user)
+    assert (
+        tick(None).skip_message == f"cannot look into {exports}: Permission denied; checked again next tick"
     )
 
 

@@ -581,6 +581,25 @@ def test_an_alert_run_by_hand_is_waited_for_as_another_pipeline_run_is(make_data
     assert "[balance alert] 2023-01-06 organization 2: " in stdout
 
 
+def test_a_pipeline_lock_timeout_beyond_a_day_gives_the_alert_run_a_wait_it_accepts(monkeypatch):
+    # the alert run refuses ALERT_LOCK_TIMEOUT above a day, while PIPELINE_LOCK_TIMEOUT takes any wait:
+    # passed on as it is, every run's alert step would fail on its setting
+    from data_platform import pipeline
+    from data_platform.alerts import config as alert_config
+    from data_platform.alerts import exit_codes as alert_exit_codes
+
+    passed: dict[str, str] = {}
+
+    def alert_run(argv, keep, mark, env):
+        passed.update(env)
+        return alert_exit_codes.OK, []
+
+    monkeypatch.setattr(pipeline, "run_child_quoting_stderr", alert_run)
+    settings = pipeline.Settings(lock_timeout_seconds=alert_config.LOCK_TIMEOUT_MAX * 2)
+    assert pipeline.run_alerts(settings) == pipeline.AlertRunEnd(pipeline.AlertRun.DELIVERED)
+    assert alert_config.load([], passed).lock_timeout == alert_config.LOCK_TIMEOUT_MAX
+
+
 def test_an_alert_run_by_hand_still_running_after_the_wait_ends_the_pipeline_busy(make_database, tmp_path):
     # busy (3), as another pipeline run or a loader run by hand is: not 2, a setting to fix
     from data_platform.alerts.store import LOCK_KEY
@@ -838,6 +857,39 @@ def test_a_failing_rows_long_value_is_shown_shortened(make_database, tmp_path, m
     *_, row = build_failures.report(tmp_path)
 
     assert row == "  from_field='" + "x" * 196 + "..., n=7"
+
+
+def test_a_failed_tests_rows_that_cannot_be_read_do_not_hide_the_next_tests(
+    make_database, tmp_path, monkeypatch
+):
+    # the failed read aborts the session's transaction: every later test's rows would say so instead
+    from data_platform import build_failures
+
+    database = make_database()
+    for name, value in database.env("transformer").items():
+        monkeypatch.setenv(name, value)
+    with database.connect("transformer", autocommit=True) as conn:
+        conn.execute("create view audit.second_test as select 7 as n")
+    results = [
+        # its audit view dropped since (a build in between, say)
+        {"unique_id": "test.data_platform.first_test", "status": "fail", "relation_name": '"audit"."gone"'},
+        {
+            "unique_id": "test.data_platform.second_test",
+            "status": "fail",
+            "relation_name": '"audit"."second_test"',
+        },
+    ]
+    (tmp_path / "run_results.json").write_text(json.dumps({"results": results}))
+    (tmp_path / "manifest.json").write_text(json.dumps({"nodes": {}}))
+
+    first, unread, second, heading, row = build_failures.report(tmp_path)
+
+    assert (first, second) == ("failed test first_test: fail", "failed test second_test: fail")
+    assert unread.startswith('  (its failing rows could not be read: relation "audit.gone" does not exist')
+    assert (heading, row) == (
+        '  first failing rows (all of them: select * from "audit"."second_test"):',
+        "  n=7",
+    )
 
 
 def test_every_failed_node_is_reported_with_dbt_s_message(make_database, tmp_path, monkeypatch):

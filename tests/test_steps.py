@@ -86,6 +86,16 @@ def test_the_quote_starts_at_the_last_error_line_however_many_lines_follow_it():
     assert pipeline.loader_error(lines).startswith("cannot connect\n  host 0\n")
 
 
+def test_only_a_line_starting_with_the_mark_starts_the_quote():
+    # a later line that only mentions "error: " (a hint quoting another message) must not push out the error
+    said = (
+        "import sys; print('error: cannot connect', file=sys.stderr); "
+        "print('hint: the server said error: refused', file=sys.stderr); exit(2)"
+    )
+    code, lines = steps.run_child_quoting_stderr([sys.executable, "-c", said], keep=5, mark="error: ")
+    assert (code, lines) == (2, ["error: cannot connect", "hint: the server said error: refused"])
+
+
 def test_a_step_whose_stderr_cannot_be_shown_still_runs_to_its_end():
     """With the pipeline's stderr closed (2>&-), the step's lines are still read, so it never meets a
     broken pipe: a load that would succeed succeeds."""
