@@ -394,6 +394,41 @@ def test_the_balance_check_fails_when_an_incremental_run_resumes_from_a_wrong_st
     assert fact_row(database, 2, DAY_3)[4:6] == (D(130), D(0))
 
 
+def test_a_hand_build_from_an_earlier_window_start_changes_nothing(ledger):
+    """A window starting before the newest export (the last days rebuilt by hand, or a build retried after
+    one that wrote its days and failed) replaces its days, the first one too, and holds entries seen in it
+    but booked before it (the base export's invoices, booked on their created days): the days before the
+    window are kept as stored, not added to again (a duplicate key), nor left out."""
+    database = ledger["database"]
+    before = snapshot(database)
+    window = {"LEDGER_WINDOW_START": "2023-01-05", "BUILD_RECORDED_BY_PIPELINE": "true"}
+    incremental = "config.materialized:incremental"
+    dbt_by_hand(database, PROJECT_ROOT / "csv_data", PROJECT_ROOT, "run", "--select", incremental, **window)
+    assert snapshot(database) == before
+
+
+def test_a_warehouse_whose_first_export_was_empty_sums_the_days_after_it(make_database, tmp_path):
+    """A header-only first export (loaded by hand with --allow-empty) builds a warehouse with no totals
+    at all: the next day's totals must still be summed from the start, not from a date nothing recorded."""
+    database, csv_dir = make_database(), write_export(tmp_path / "csv", "2023-01-06", [])
+    loaded = subprocess.run(
+        [sys.executable, "-m", "data_platform.loader", "--allow-empty"],
+        cwd=PROJECT_ROOT,
+        env=pipeline_env(database, csv_dir),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert loaded.returncode == 0, loaded.stderr
+    assert_succeeded(run_pipeline(database, csv_dir, RUN_ALERTS="false"))
+    day = ["701,{s},{s},1,-7,open,USD,,,40.00,,1.00000000,,2023-01-07T10:00:00.000Z"]
+    next_day = run_pipeline(database, write_export(csv_dir, "2023-01-07", day), RUN_ALERTS="false")
+    assert_succeeded(next_day)
+    assert "days from 2023-01-07" in next_day.stdout, next_day.stdout
+    organization = "select balance_usd from marts.dim_organizations where organization_id = 1"
+    assert database.query(organization) == [(Decimal("40.00"),)]
+
+
 def test_an_invoice_that_moved_away_is_not_shown_as_a_booking_of_its_old_status(ledger):
     """In the organization it left, a moved invoice has only the reversal of its previous version: no
     status was booked there that day."""

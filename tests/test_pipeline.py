@@ -477,20 +477,27 @@ def test_the_dbt_unit_tests_pass(fixture_pipeline):
     assert "unit_test" not in fixture_pipeline[1].stdout
 
 
-def test_the_positive_test_fails_on_a_zero_amount(fixture_pipeline):
+def test_the_positive_test_fails_on_a_zero_or_nan_amount(fixture_pipeline):
     database, _, _ = fixture_pipeline
-    database.query(
-        "update raw.invoice_versions set amount = 0 where invoice_id = 105 returning 1", role="transformer"
-    )
+    # and on a NaN, which is greater than every number in Postgres (the loader refuses one; raw written
+    # by other means may hold it)
+    for invoice_id, amount in ((105, "0"), (104, "NaN")):
+        database.query(
+            "update raw.invoice_versions set amount = %s where invoice_id = %s returning 1",
+            (amount, invoice_id),
+            role="transformer",
+        )
     try:
         result = dbt_test(fixture_pipeline, "test_name:positive,stg_payments__invoice_versions")
     finally:
-        database.query(
-            "update raw.invoice_versions set amount = 165 where invoice_id = 105 returning 1",
-            role="transformer",
-        )
+        for invoice_id, amount in ((105, 165), (104, 30)):
+            database.query(
+                "update raw.invoice_versions set amount = %s where invoice_id = %s returning 1",
+                (amount, invoice_id),
+                role="transformer",
+            )
     assert result.returncode == 1, result.stdout
-    assert re.search(r"FAIL 1 positive_stg_payments__invoice_versions_amount", result.stdout), result.stdout
+    assert re.search(r"FAIL 2 positive_stg_payments__invoice_versions_amount", result.stdout), result.stdout
     assert "PASS positive_stg_payments__invoice_versions_fx_rate" in result.stdout
 
 
@@ -1164,10 +1171,17 @@ def test_a_rebuilt_view_keeps_the_views_built_on_it_and_a_reordered_one_still_bu
     assert view_oids(database) == before
     project = copy_project(tmp_path / "project")
     model = project / "dbt" / "models" / "staging" / "payments" / "stg_payments__exports.sql"
+    # a column added at the end is what Postgres replaces in place
+    extended = model.read_text().replace("        loaded_at\n", "        loaded_at,\n        1 as added\n")
+    assert extended != model.read_text()
+    model.write_text(extended)
+    assert_succeeded(run_pipeline(database, csv_dir, project_root=project))
+    exports_view = "staging.stg_payments__exports"
+    assert view_oids(database)[exports_view] == before[exports_view]
     # only the type modifier changes, which information_schema's type name does not show: Postgres
     # refuses to replace that in place
     retyped = model.read_text().replace(
-        "        loaded_at\n", "        loaded_at::timestamptz(0) as loaded_at\n"
+        "        loaded_at,\n", "        loaded_at::timestamptz(0) as loaded_at,\n"
     )
     assert retyped != model.read_text()
     model.write_text(retyped)
