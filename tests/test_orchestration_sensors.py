@@ -619,6 +619,10 @@ def test_the_daemon_container_runs_the_sweep_before_the_daemon(tmp_path):
         after = statuses(instance, runs)
     assert after[DagsterRunStatus.STARTED] == after[DagsterRunStatus.STARTING] == DagsterRunStatus.FAILURE
     assert after[DagsterRunStatus.QUEUED] == DagsterRunStatus.QUEUED
+    # the container's log says which runs it failed
+    swept = [runs[DagsterRunStatus.STARTING], runs[DagsterRunStatus.STARTED]]
+    said = [f"run {run_id} was in progress when the daemon stopped: marked failed" for run_id in swept]
+    assert sorted(done.stdout.splitlines()) == sorted(said), done.stdout
 
 
 # --- restarts ----------------------------------------------------------------------------------------
