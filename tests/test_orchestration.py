@@ -519,3 +519,9 @@ def test_a_dbt_project_that_no_longer_parses_keeps_the_definitions_of_the_last_t
     assert broken.returncode == 0, broken.stdout + broken.stderr
     assert "data_platform: the dbt project does not parse (" in broken.stderr
     assert f"last manifest that parsed ({target / 'dagster-definitions' / 'manifest.json'})" in broken.stderr
+    # with no manifest to fall back on (a first start), dbt's error stops the definitions from loading
+    (target / "dagster-definitions" / "manifest.json").unlink()
+    first_start = validate()
+    assert first_start.returncode != 0
+    assert "last manifest that parsed" not in first_start.stderr
+    assert "dim_organizations" in first_start.stdout + first_start.stderr, first_start.stderr
