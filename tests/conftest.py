@@ -351,9 +351,9 @@ def pipeline_env(
     return env
 
 
-def dbt_by_hand(database: Database, csv_dir: Path, project: Path, *command: str, **env: str) -> None:
+def dbt_by_hand(database: Database, csv_dir: Path, project: Path, *command: str, **env: str) -> str:
     """A dbt command run by hand in `project`, as the pipeline's role, with init.sh's environment; it must
-    succeed."""
+    succeed. Its output (a selection that matches nothing succeeds too)."""
     ran = subprocess.run(
         ["dbt", *command, "--project-dir", "dbt", "--profiles-dir", ".dbt"],
         cwd=project,
@@ -363,6 +363,7 @@ def dbt_by_hand(database: Database, csv_dir: Path, project: Path, *command: str,
         timeout=600,
     )
     assert ran.returncode == 0, ran.stdout + ran.stderr
+    return ran.stdout
 
 
 def copy_project(destination: Path) -> Path:

@@ -96,6 +96,7 @@ def test_a_retry_after_of_exactly_the_cap_is_waited_out(slack, channel):
     outcome = channel(slack.url, replace(FAST, max_retry_after=1)).send(BATCH)
     assert outcome.delivered
     assert [r.status for r in slack.requests] == [429, 200]
+    assert slack.requests[1].at - slack.requests[0].at >= 1
 
 
 @pytest.mark.parametrize("status", [500, 502, 503, 504])

@@ -32,6 +32,7 @@ def test_demo_next_day_alerts_show_their_drivers_and_the_mart_is_incremental(mak
     next_day = run_pipeline(database, csv)
 
     assert_succeeded(next_day)
+    assert "days from 2024-06-29 (exports after 2024-06-28)" in next_day.stdout, next_day.stdout
     alerts = [line for line in next_day.stdout.splitlines() if line.startswith("[balance alert] 2024-06-29 ")]
     by_organization = {re.search(r"organization (-?\d+)", line).group(1): line for line in alerts}
     assert sorted(by_organization) == sorted(

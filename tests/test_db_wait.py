@@ -19,7 +19,7 @@ from pg_auth import PROBE_PASSWORD, password_checked_login
 
 from data_platform import db
 
-WAIT_SECONDS = "60"  # longer than any of these calls may take: a call that waited fails its assertions
+WAIT_SECONDS = "60"  # longer than any of these calls may take: run_wait fails a call that waited
 
 
 @pytest.fixture(scope="module")
@@ -29,13 +29,17 @@ def login(admin_conninfo):
 
 
 def run_wait(env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run(
+    started = time.monotonic()
+    result = subprocess.run(
         [sys.executable, "-m", "data_platform.db", "wait", "--timeout", WAIT_SECONDS],
         env=env,
         capture_output=True,
         text=True,
         timeout=3 * int(WAIT_SECONDS),
     )
+    # none of these calls may wait: one that retried until the timeout, then said the right thing, failed
+    assert time.monotonic() - started < int(WAIT_SECONDS) / 2, result.stderr
+    return result
 
 
 def env_with(variables: dict[str, str]) -> dict[str, str]:

@@ -10,6 +10,7 @@ number below is computed by hand in the comments.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -243,6 +244,8 @@ def test_each_build_says_what_it_rebuilds(ledger):
     runs = ledger["runs"]
     assert "rebuilt from scratch (no successful build is recorded yet)" in runs["base"].stdout
     assert f"days from {DAY_2} (exports after 2023-01-06)" in runs["day2"].stdout
+    # the run whose results test_incremental_builds_equal_a_full_rebuild compares was incremental too
+    assert f"days from {DAY_3} (exports after {DAY_2})" in runs["day3"].stdout
     assert "rebuilt from scratch (FULL_REFRESH is on)" in runs["full"].stdout
     # and its success cleared the mark it set: dbt's on-run-start hook, which marks a build by hand, leaves
     # the pipeline's own builds alone (a mark left would make every next build full and hold back the alerts)
@@ -403,7 +406,17 @@ def test_a_hand_build_from_an_earlier_window_start_changes_nothing(ledger):
     before = snapshot(database)
     window = {"LEDGER_WINDOW_START": "2023-01-05", "BUILD_RECORDED_BY_PIPELINE": "true"}
     incremental = "config.materialized:incremental"
-    dbt_by_hand(database, PROJECT_ROOT / "csv_data", PROJECT_ROOT, "run", "--select", incremental, **window)
+    said = dbt_by_hand(
+        database, PROJECT_ROOT / "csv_data", PROJECT_ROOT, "run", "--select", incremental, **window
+    )
+    assert sorted(re.findall(r"OK created sql incremental model (\S+)", said)) == [
+        "intermediate.int_invoice_versions_enriched",
+        "intermediate.int_organization_daily_status_totals",
+        "intermediate.int_organization_status_totals",
+        "marts.fct_invoices",
+        "marts.fct_organization_daily_drivers",
+        "marts.fct_organization_daily_financials",
+    ]
     assert snapshot(database) == before
 
 
