@@ -366,6 +366,20 @@ def dbt_by_hand(database: Database, csv_dir: Path, project: Path, *command: str,
     return ran.stdout
 
 
+def loader_by_hand(database: Database, csv_dir: Path, *options: str) -> None:
+    """`python -m data_platform.loader <options>` run by hand, as the pipeline's role, with init.sh's
+    environment; it must succeed."""
+    loaded = subprocess.run(
+        [sys.executable, "-m", "data_platform.loader", *options],
+        cwd=PROJECT_ROOT,
+        env=pipeline_env(database, csv_dir),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert loaded.returncode == 0, loaded.stderr
+
+
 def copy_project(destination: Path) -> Path:
     """A private copy of the pipeline (code, dbt project, scripts) that a test may edit."""
     destination.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,6 @@ import json
 import re
 import signal
 import subprocess
-import sys
 import time
 from datetime import date
 from decimal import Decimal
@@ -21,7 +20,15 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import PROJECT_ROOT, dbt_by_hand, lines_until, pipeline_env, run_pipeline, start_pipeline
+from conftest import (
+    PROJECT_ROOT,
+    dbt_by_hand,
+    lines_until,
+    loader_by_hand,
+    pipeline_env,
+    run_pipeline,
+    start_pipeline,
+)
 from test_alerts import run_alerts
 from test_pipeline import (
     HEADER,
@@ -424,15 +431,7 @@ def test_a_warehouse_whose_first_export_was_empty_sums_the_days_after_it(make_da
     """A header-only first export (loaded by hand with --allow-empty) builds a warehouse with no totals
     at all: the next day's totals must still be summed from the start, not from a date nothing recorded."""
     database, csv_dir = make_database(), write_export(tmp_path / "csv", "2023-01-06", [])
-    loaded = subprocess.run(
-        [sys.executable, "-m", "data_platform.loader", "--allow-empty"],
-        cwd=PROJECT_ROOT,
-        env=pipeline_env(database, csv_dir),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert loaded.returncode == 0, loaded.stderr
+    loader_by_hand(database, csv_dir, "--allow-empty")
     assert_succeeded(run_pipeline(database, csv_dir, RUN_ALERTS="false"))
     day = ["701,{s},{s},1,-7,open,USD,,,40.00,,1.00000000,,2023-01-07T10:00:00.000Z"]
     next_day = run_pipeline(database, write_export(csv_dir, "2023-01-07", day), RUN_ALERTS="false")
@@ -634,15 +633,7 @@ def test_a_hand_build_of_the_next_days_with_other_rules_then_undone_is_rebuilt_i
     database = make_database()
     assert_succeeded(run_pipeline(database, csv_dir, RUN_ALERTS="false"))
     write_export(csv_dir, DAY_2, DAY_2_ROWS)
-    loaded = subprocess.run(
-        [sys.executable, "-m", "data_platform.loader"],
-        cwd=PROJECT_ROOT,
-        env=pipeline_env(database, csv_dir),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert loaded.returncode == 0, loaded.stderr
+    loader_by_hand(database, csv_dir)
     project = project_with_zero_rule(tmp_path / "project", "open")
     hand = ["build", "--exclude-resource-type", "unit_test"]
     dbt_by_hand(database, csv_dir, project, *hand, LEDGER_WINDOW_START=DAY_2)
