@@ -647,7 +647,9 @@ def test_an_alert_held_back_by_one_since_superseded_is_judged_again_and_sent(db,
     assert organizations_in(slack.delivered) == [1]
     assert "2024-03-02 $100.00 -> $300.00" in slack.delivered[0]["text"]
     assert history(db) == {(1, DAY[0]): ("superseded", 2), (1, DAY[1]): ("sent", 1)}
-    assert "1 alert held back (--suppress-days) by an alert since superseded judged again" in retry.stdout
+    assert (
+        "1 alert suppressed (--suppress-days) that nothing holds back any more judged again" in retry.stdout
+    )
 
 
 @pytest.mark.parametrize("suppress_days", ["3", "0"], ids=["same window", "no suppression now"])
@@ -721,6 +723,79 @@ def test_a_held_back_alert_stays_suppressed_while_a_holder_is_left_when_another_
     }
 
 
+def test_a_held_back_warning_a_rebuild_makes_critical_is_sent_past_its_warning_holder(db, slack):
+    # a sent warning holds back warnings only: when a rebuild grows the held-back day's move to a
+    # critical one, nothing holds it back any more, and the critical move must go out
+    add_moves(db, (1, DAY[0], "10000", "16000"))
+    assert run_alerts(db, webhook=slack.url).returncode == 0
+    add_moves(db, (1, DAY[1], "16000", "25600"))
+    assert run_alerts(db, webhook=slack.url, ALERT_SUPPRESS_DAYS="3").returncode == 0
+    assert history(db)[(1, DAY[1])] == ("suppressed", 0)
+    rebuild_day(db, DAY[1], 40000, 1.5)
+    dry = run_alerts(db, "--dry-run", webhook=slack.url, ALERT_SUPPRESS_DAYS="3")
+    assert (
+        "1 alert suppressed (--suppress-days) that nothing holds back any more would be judged again"
+        in dry.stdout
+    )
+    assert history(db)[(1, DAY[1])] == ("suppressed", 0) and len(slack.delivered) == 1
+
+    rerun = run_alerts(db, webhook=slack.url, ALERT_SUPPRESS_DAYS="3")
+
+    assert rerun.returncode == 0, rerun.stderr
+    assert organizations_in(slack.delivered) == [1, 1]
+    assert "2024-03-02 $16,000.00 -> $40,000.00 (+150.00%)" in slack.delivered[1]["text"]
+    assert history(db) == {(1, DAY[0]): ("sent", 1), (1, DAY[1]): ("sent", 1)}
+    assert db.query(f"select severity from ops.alert_history where balance_date = '{DAY[1]}'") == [
+        ("critical",)
+    ]
+    assert (
+        "1 alert suppressed (--suppress-days) that nothing holds back any more judged again" in rerun.stdout
+    )
+    # judged once: the next run has nothing more to say
+    again = run_alerts(db, webhook=slack.url, ALERT_SUPPRESS_DAYS="3")
+    assert "judged again" not in again.stdout and len(slack.delivered) == 2
+
+
+def test_a_held_back_critical_is_sent_when_a_rebuild_makes_its_waiting_holder_a_warning(db, slack):
+    add_moves(db, (1, DAY[0], "10000", "30000"))  # critical, waiting
+    slack.always(server_error(500))
+    failing = {"webhook": slack.url, "ALERT_HTTP_RETRIES": "0", "ALERT_SUPPRESS_DAYS": "3"}
+    assert run_alerts(db, **failing).returncode == 1
+    add_moves(db, (1, DAY[1], "30000", "90000"))  # critical, held back by the waiting critical
+    assert run_alerts(db, **failing).returncode == 1
+    assert history(db)[(1, DAY[1])] == ("suppressed", 0)
+    rebuild_day(db, DAY[0], 16000, 0.6)  # a warning now: it still waits, and holds back warnings only
+    slack.always(OK)
+
+    rerun = run_alerts(db, webhook=slack.url, ALERT_SUPPRESS_DAYS="3")
+
+    assert rerun.returncode == 0, rerun.stderr
+    assert "$10,000.00 -> $16,000.00 (+60.00%)" in slack.delivered[0]["text"]
+    assert "$30,000.00 -> $90,000.00 (+200.00%)" in slack.delivered[0]["text"]
+    assert history(db) == {(1, DAY[0]): ("sent", 3), (1, DAY[1]): ("sent", 1)}
+
+
+def test_a_held_back_alert_whose_day_no_longer_alerts_stays_suppressed_when_its_holder_goes(db, slack):
+    # a rebuild supersedes the waiting holder and flattens the held-back day too: nothing to send, so
+    # the row keeps the status it was held back with, and no run says it was judged again
+    add_moves(db, (1, DAY[0], "100", "300"))
+    slack.always(server_error(500))
+    failing = {"webhook": slack.url, "ALERT_HTTP_RETRIES": "0", "ALERT_SUPPRESS_DAYS": "3"}
+    assert run_alerts(db, **failing).returncode == 1
+    add_moves(db, (1, DAY[1], "300", "900"))
+    assert run_alerts(db, **failing).returncode == 1
+    execute(db, "delete from marts.fct_organization_daily_financials")
+    add_moves(db, (1, DAY[0], "100", "100"), (1, DAY[1], "100", "105"))
+    slack.always(OK)
+
+    rerun = run_alerts(db, webhook=slack.url, ALERT_SUPPRESS_DAYS="3")
+
+    assert rerun.returncode == 0, rerun.stderr
+    assert "1 waiting alert superseded" in rerun.stdout and "judged again" not in rerun.stdout
+    assert history(db) == {(1, DAY[0]): ("superseded", 2), (1, DAY[1]): ("suppressed", 0)}
+    assert slack.delivered == []
+
+
 def test_an_alert_held_back_by_one_given_up_later_is_sent_by_the_next_run(db, slack):
     # DAY[1]'s alert is held back by DAY[0]'s, still waiting; that run's attempt at DAY[0]'s goes
     # unanswered for the second time: given up, it holds back nothing, and DAY[1]'s move must go out
@@ -729,12 +804,16 @@ def test_an_alert_held_back_by_one_given_up_later_is_sent_by_the_next_run(db, sl
     run_alerts(db, webhook=slack.url, ALERT_HTTP_TIMEOUT="0.3", ALERT_SUPPRESS_DAYS="3")
     add_moves(db, (1, DAY[1], "300", "900"))
     run_alerts(db, webhook=slack.url, ALERT_HTTP_TIMEOUT="0.3", ALERT_SUPPRESS_DAYS="3")
-    assert history(db) == {(1, DAY[0]): ("unknown", 2), (1, DAY[1]): ("superseded", 0)}
+    # given up after the run judged what it holds back: the next run judges DAY[1]'s again
+    assert history(db) == {(1, DAY[0]): ("unknown", 2), (1, DAY[1]): ("suppressed", 0)}
     slack.always(OK)
 
     later = run_alerts(db, webhook=slack.url, ALERT_SUPPRESS_DAYS="3")
 
     assert organizations_in(slack.delivered) == [1], later.stdout
+    assert (
+        "1 alert suppressed (--suppress-days) that nothing holds back any more judged again" in later.stdout
+    )
     assert "2024-03-02 $300.00 -> $900.00" in slack.delivered[0]["text"]
     assert history(db) == {(1, DAY[0]): ("unknown", 2), (1, DAY[1]): ("sent", 1)}
 

@@ -23,9 +23,8 @@ def judge_waiting(
     """The destination's waiting alerts as the fact is now: run before the new alerts are recorded, so that
     one superseded does not hold back (through --suppress-days) the alert that replaces it, nor the ones
     it held back already."""
-    released = _as_the_fact_is_now(
-        ops, destination, store.undelivered(ops, destination), view, settings, summary
-    )
+    _as_the_fact_is_now(ops, destination, store.undelivered(ops, destination), view, settings, summary)
+    released = _released(ops, destination, view, settings)
     superseded = store.superseded(ops, destination)
     _reopened_if_alerting_again(ops, destination, superseded, view, settings, summary, released)
 
@@ -106,11 +105,10 @@ def _as_the_fact_is_now(
     view: MartsView,
     settings: Settings,
     summary: Summary,
-) -> set[tuple[int, date]]:
+) -> None:
     """The destination's undelivered alerts are sent with the drivers the fact has now: one whose day a
     rebuild changed since it was recorded takes the current numbers, which those drivers explain, or,
-    when the day no longer alerts, is superseded and not sent. An unchanged day is sent as recorded. The
-    later alerts a superseded one may have held back are released to be judged again (their keys)."""
+    when the day no longer alerts, is superseded and not sent. An unchanged day is sent as recorded."""
     superseded = []
     for alert in alerts:
         row, _ = view.fact_now.get((alert.organization_id, alert.balance_date), (None, False))
@@ -121,13 +119,33 @@ def _as_the_fact_is_now(
             store.record_current_numbers(ops, destination, current)
         else:
             superseded.append(alert)
-    if not superseded:
+    if superseded:
+        store.record_superseded(ops, destination, superseded)
+        summary.superseded += len(superseded)
+
+
+def _released(
+    ops: Connection, destination: str, view: MartsView, settings: Settings
+) -> set[tuple[int, date]]:
+    """The destination's held-back alerts that nothing holds back now, judged by the --suppress-days rule
+    (noise.suppressed) in the window each was held back under, against the alerts sent or waiting as
+    they are now: a holder superseded or given up, or a rebuild that raised the held-back day's severity
+    above its holders' (or lowered a waiting holder's). Marked to be judged again as the fact is now
+    (_reopened_if_alerting_again); their keys. One whose day no longer alerts stays as it is."""
+    held = store.held_back(ops, destination)
+    if not held:
         return set()
-    store.record_superseded(ops, destination, superseded)
-    summary.superseded += len(superseded)
-    return store.release_held_back(
-        ops, destination, [(a.organization_id, a.balance_date) for a in superseded]
+    since = min(alert.balance_date - timedelta(days=window) for alert, window in held)
+    recent = store.recent_alerts(
+        ops, destination, sorted({alert.organization_id for alert, _ in held}), since
     )
+    free = [
+        current
+        for current, window in ((_alert_now(alert, view, settings), window) for alert, window in held)
+        if current and not noise.suppressed([current], recent, window)
+    ]
+    store.record_released(ops, destination, free)
+    return {(alert.organization_id, alert.balance_date) for alert in free}
 
 
 def _reopened_if_alerting_again(

@@ -30,7 +30,6 @@ from data_platform.alerts.keys import organization_days_in, organization_ids_in
 from data_platform.alerts.ops_tables import CLOSED, history, watermark
 from data_platform.alerts.records import (
     CONSOLE,
-    CRITICAL,
     FAILED,
     MAX_UNCONFIRMED_ATTEMPTS,
     PENDING,
@@ -61,6 +60,8 @@ def _alerted(table: FromClause) -> ColumnElement[bool]:
 _deliverable = _may_still_be_sent(history)
 # a superseded alert was never sent: reopened when its day alerts again
 _revivable = and_(history.c.status == SUPERSEDED, history.c.unanswered_attempts < MAX_UNCONFIRMED_ATTEMPTS)
+# held back by --suppress-days in a window it keeps (those recorded before windows were kept have none)
+_held_back = and_(history.c.status == SUPPRESSED, history.c.suppress_days.is_not(None))
 
 
 class LockBusy(RuntimeError):
@@ -198,8 +199,23 @@ def superseded(conn: Connection, destination: str) -> list[Alert]:
     return _alerts(conn, destination, _revivable)
 
 
+def held_back(conn: Connection, destination: str) -> list[tuple[Alert, int]]:
+    """The destination's alerts held back by --suppress-days, each with the window (days) it was held
+    back under."""
+    found = []
+    for row in conn.execute(_select_alerts(destination, _held_back).add_columns(history.c.suppress_days)):
+        fields = dict(row._mapping)
+        window = fields.pop("suppress_days")
+        found.append((Alert(**fields), window))
+    return found
+
+
 def _alerts(conn: Connection, destination: str, condition) -> list[Alert]:
-    rows = conn.execute(
+    return [Alert(**row._mapping) for row in conn.execute(_select_alerts(destination, condition))]
+
+
+def _select_alerts(destination: str, condition):
+    return (
         select(
             history.c.organization_id,
             history.c.balance_date,
@@ -214,32 +230,18 @@ def _alerts(conn: Connection, destination: str, condition) -> list[Alert]:
         .where(history.c.destination == destination, condition)
         .order_by(history.c.organization_id, history.c.balance_date)
     )
-    return [Alert(**row._mapping) for row in rows]
 
 
 def rechecked_organization_days(conn: Connection, destinations: Sequence[str]) -> set[tuple[int, date]]:
-    """The organization-days whose alert for any of `destinations` is still waiting, or superseded: each
-    run reads the fact of those days as it is now. And the suppressed ones of a later day than a waiting
-    alert of their organization, which they may be held back by: if it is superseded, they are judged
-    again in the same run (release_held_back)."""
-    waiting = history.alias("waiting")
-    held_back = and_(
-        history.c.status == SUPPRESSED,
-        select(waiting.c.organization_id)
-        .where(
-            waiting.c.destination == history.c.destination,
-            waiting.c.organization_id == history.c.organization_id,
-            waiting.c.balance_date < history.c.balance_date,
-            _may_still_be_sent(waiting),
-        )
-        .exists(),
-    )
+    """The organization-days whose alert for any of `destinations` is still waiting, superseded, or held
+    back in a window it keeps: each run reads the fact of those days as it is now (a rebuild may have
+    changed them, or what holds them back)."""
     return {
         (row.organization_id, row.balance_date)
         for row in conn.execute(
             select(history.c.organization_id, history.c.balance_date)
             .distinct()
-            .where(history.c.destination.in_(destinations), or_(_deliverable, _revivable, held_back))
+            .where(history.c.destination.in_(destinations), or_(_deliverable, _revivable, _held_back))
         )
     }
 
@@ -286,18 +288,15 @@ def given_up_count(conn: Connection, destination: str) -> int:
 
 
 def report_given_up(conn: Connection, destination: str) -> int:
-    """Mark the given-up alerts no run has reported yet as reported now, and release the alerts they
-    held back (release_held_back: the next run judges them again); how many were reported. The run that
-    commits this says so with its exit code, so a run that died during an alert's last attempt leaves
-    the report to the next run."""
-    reported = conn.execute(
+    """Mark the given-up alerts no run has reported yet as reported now; how many were reported. The run
+    that commits this says so with its exit code, so a run that died during an alert's last attempt
+    leaves the report to the next run. A given-up alert holds nothing back (_alerted): the next run
+    judges the alerts it held back again (recording._released)."""
+    return conn.execute(
         update(history)
         .where(history.c.destination == destination, _given_up, history.c.given_up_reported_at.is_(None))
         .values(given_up_reported_at=func.now())
-        .returning(history.c.organization_id, history.c.balance_date)
-    ).all()
-    release_held_back(conn, destination, [(row.organization_id, row.balance_date) for row in reported])
-    return len(reported)
+    ).rowcount
 
 
 def _rows(destination: str, alerts: Sequence[Alert]):
@@ -332,50 +331,25 @@ def record_superseded(conn: Connection, destination: str, alerts: Sequence[Alert
     )
 
 
-def release_held_back(
-    conn: Connection, destination: str, gone: Sequence[tuple[int, date]]
-) -> set[tuple[int, date]]:
-    """The suppressed alerts that `gone` (organization-days whose alert was superseded or given up: they
-    hold back nothing now) may have been all that held back: in their window, with no other alert that
-    was sent or may still be, at the same or a higher severity. Marked superseded, so that a run judges
-    them again as the fact is now (recording._reopened_if_alerting_again: sent, or held back again); their
-    organization-days. One suppressed before its window was kept is left as it is."""
-    if not gone:
-        return set()
-    held, holder = history, history.alias("holder")
-    window_start = held.c.balance_date - held.c.suppress_days
-    still_held = (
-        select(holder.c.organization_id)
+def record_released(conn: Connection, destination: str, alerts: Sequence[Alert]) -> None:
+    """Held-back alerts that nothing holds back now: marked superseded, never sent, so that the run judges
+    them again as the fact is now (recording._reopened_if_alerting_again: sent, or held back again)."""
+    if not alerts:
+        return
+    reason = "held back, then nothing in its window held it back as the fact is now: judged again"
+    conn.execute(
+        update(history)
         .where(
-            holder.c.destination == held.c.destination,
-            holder.c.organization_id == held.c.organization_id,
-            holder.c.balance_date < held.c.balance_date,
-            holder.c.balance_date >= window_start,
-            _alerted(holder),
-            or_(holder.c.severity == held.c.severity, holder.c.severity == CRITICAL),
-        )
-        .exists()
-    )
-    in_a_window = or_(
-        *(
-            and_(held.c.organization_id == organization_id, held.c.balance_date > day, window_start <= day)
-            for organization_id, day in set(gone)
-        )
-    )
-    reason = "held back by an alert since superseded or given up: judged again as the fact is now"
-    released = conn.execute(
-        update(held)
-        .where(
-            held.c.destination == destination,
-            held.c.status == SUPPRESSED,
-            held.c.suppress_days.is_not(None),
-            in_a_window,
-            ~still_held,
+            history.c.destination == destination,
+            history.c.status == SUPPRESSED,
+            organization_days_in(
+                history.c.organization_id,
+                history.c.balance_date,
+                ((alert.organization_id, alert.balance_date) for alert in alerts),
+            ),
         )
         .values(status=SUPERSEDED, last_error=reason)
-        .returning(held.c.organization_id, held.c.balance_date)
     )
-    return {(row.organization_id, row.balance_date) for row in released}
 
 
 NO_ANSWER_RECORDED = (

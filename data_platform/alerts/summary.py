@@ -48,7 +48,7 @@ class Summary:
     suppressed: int = 0  # recorded as suppressed (--suppress-days), never sent
     superseded: int = 0  # waiting alerts whose day a rebuild changed so that it no longer alerts
     reopened: int = 0  # superseded alerts whose day alerts again after a later rebuild
-    # suppressed alerts whose holder was superseded, judged again: recorded to be sent (or held back again)
+    # suppressed alerts nothing holds back any more, judged again: recorded to be sent (or held back again)
     released: int = 0
     # alerts whose organization and day another destination already has (the routes changed since)
     recorded_elsewhere: int = 0
@@ -165,7 +165,7 @@ class Summary:
                 notes.append(f"{reopened} reopened, to be sent as the fact is now: {why}.")
         if self.released:
             released = plural(self.released, "alert")
-            why = "held back (--suppress-days) by an alert since superseded"
+            why = "suppressed (--suppress-days) that nothing holds back any more"
             if self.dry_run:
                 notes.append(f"{released} {why} would be judged again as the fact is now.")
             else:
