@@ -414,9 +414,42 @@ def test_duckdb_equals_postgres_after_an_incremental_build(demo_postgres, tmp_pa
     from data_platform.engines.duckdb_raw import build_raw
 
     assert build_raw(tmp_path / "warehouse.duckdb", csv_dir) == [date(2024, 6, 29)]
-    output = dbt_on("duckdb", tmp_path, "build", LEDGER_WINDOW_START="2024-06-29")
-    assert "incremental model marts.fct_organization_daily_financials" in output
+    dbt_on("duckdb", tmp_path, "build", LEDGER_WINDOW_START="2024-06-29")
+    # dbt's "incremental model" line names the configured materialization only; the SQL the build ran
+    # shows each incremental model's rows replaced in the table the first build left, not a new table
+    ran = sql_ran_for_incremental_models(tmp_path)
+    assert sorted(ran) == sorted(INCREMENTAL_DELETES)
+    for model, delete in INCREMENTAL_DELETES.items():
+        assert ran[model].startswith(f"delete from {model} {delete}"), ran[model][:400]
     assert_same_marts(demo_postgres, lambda table: duckdb_rows(tmp_path, table))
+
+
+# What an incremental run of each incremental model deletes before it inserts the recomputed rows (a full
+# build creates the table anew instead): a window model its days from the window start, a keyed model the
+# rows of the keys it recomputed.
+WINDOW_DELETE = "where {} >= cast('2024-06-29' as date);"
+INCREMENTAL_DELETES = {
+    "intermediate.int_invoice_versions_enriched": WINDOW_DELETE.format("seen_on"),
+    "intermediate.int_organization_daily_status_totals": WINDOW_DELETE.format("balance_date"),
+    "marts.fct_organization_daily_financials": WINDOW_DELETE.format("balance_date"),
+    "marts.fct_organization_daily_drivers": WINDOW_DELETE.format("balance_date"),
+    "intermediate.int_organization_status_totals": "as dbt_incremental_target using",
+    "marts.fct_invoices": "where ( invoice_id) in (",
+}
+
+
+def sql_ran_for_incremental_models(work: Path) -> dict[str, str]:
+    """{schema.model: the SQL dbt last ran for it (target/run)} for the models dbt's manifest in `work` says
+    are incremental; lowercased, runs of spaces made one, the model's table named schema.model."""
+    target = work / "target"
+    ran = {}
+    for node in json.loads((target / "manifest.json").read_text())["nodes"].values():
+        if node["resource_type"] == "model" and node["config"]["materialized"] == "incremental":
+            model = f"{node['schema']}.{node['name']}"
+            sql = (target / "run" / "data_platform" / node["original_file_path"]).read_text()
+            table = f'"warehouse"."{node["schema"]}"."{node["name"]}"'
+            ran[model] = " ".join(sql.split()).lower().replace(table, model)
+    return ran
 
 
 def test_duckdb_equals_postgres_after_a_rules_edit(rules_edit, demo_postgres, tmp_path):
