@@ -127,9 +127,16 @@ def test_the_fact_equals_what_init_sh_builds(daily_run):
 
 def test_the_run_records_the_build_and_alerts_like_init_sh(daily_run):
     database, _, _ = daily_run
-    # the build state is written only after a successful build: the next plan is incremental
-    assert database.query("select last_export_date from raw.build_state") != []
-    assert database.query("select count(*) from ops.alert_history")[0][0] >= 1
+    # the build state is written only after a successful build, with the newest export it covered (the
+    # fixture's one export, dated by its newest invoice): the next plan's window starts the day after it
+    assert database.query("select last_export_date from raw.build_state") == [(dt.date(2023, 1, 6),)]
+    # init.sh's one alert of the fixture (test_pipeline.py's test_pipeline_alerts_on_the_latest_day): org 2
+    # on its latest day, -60 -> -30 (+50%); the orphan's move from zero is skipped
+    alerts = database.query(
+        "select organization_id, balance_date, previous_balance_usd, balance_usd from ops.alert_history "
+        "order by organization_id, balance_date"
+    )
+    assert alerts == [(2, dt.date(2023, 1, 6), -60, -30)]
 
 
 def test_a_selection_of_some_models_records_nothing_and_a_full_one_leaves_the_next_build_full(
