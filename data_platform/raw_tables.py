@@ -46,6 +46,8 @@ class Format:
     check: str  # true when {v} is in the export's exact format; may raise on garbage
     cast_type: str | None = None  # the type `check` casts to (None: it never raises)
     positive: bool = False  # over 0 (a decimal the models' `positive` tests check): part of `check` too
+    # (shortest, longest) characters (a code the models' `length_between` tests check): part of `check` too
+    lengths: tuple[int, int] | None = None
 
     def check_sql(self, value: sql.Composable) -> sql.Composable:
         # joined, not sql.SQL.format: the regular expressions hold braces
@@ -112,7 +114,13 @@ TIMESTAMP = Format(
     "and left({v}::timestamptz::text, 19) = replace(left({v}, 19), 'T', ' ')",
     "timestamptz",
 )
-CURRENCY = Format("text", "3 or 4 capital letters such as USD or USDC", "{v} ~ '^[A-Z]{3,4}$'")
+_SHORTEST_CODE, _LONGEST_CODE = 3, 4  # as the models' length_between tests on currency codes say
+CURRENCY = Format(
+    "text",
+    f"{_SHORTEST_CODE} or {_LONGEST_CODE} capital letters such as USD or USDC",
+    "{v} ~ '^[A-Z]{" + f"{_SHORTEST_CODE},{_LONGEST_CODE}" + "}$'",
+    lengths=(_SHORTEST_CODE, _LONGEST_CODE),
+)
 STATUS = Format("text", "a lowercase status such as paid or open", "{v} ~ '^[a-z][a-z_]*$'")
 # "" is an empty text to CSV, no value an empty field: a quoted empty value would be a version of its own
 TEXT = Format("text", "text that is not empty", "{v} <> ''")

@@ -29,7 +29,7 @@ from data_platform.load_errors import (
     quoted_empty_text,
 )
 from data_platform.loader import load_exports
-from data_platform.raw_tables import AMOUNT, FX_RATE, INVOICES, ORGANIZATIONS, TEXT
+from data_platform.raw_tables import AMOUNT, CURRENCY, FX_RATE, INVOICES, ORGANIZATIONS, TEXT
 from data_platform.steps import default_sigint
 
 duckdb = pytest.importorskip("duckdb")
@@ -330,6 +330,9 @@ LATE_INVOICE = "601,{s},{s},4,-7,open,USD,,,5.00,,1.00000000,,2023-01-08T00:00:0
         # stored, 0 or less would fail the models' positive tests in every later build
         (LATE_INVOICE.replace(",5.00,", ",0.00,"), "AMOUNT", not_in_format(AMOUNT.expected)),
         (LATE_INVOICE.replace(",1.00000000,", ",-1.00000000,"), "FX_RATE", not_in_format(FX_RATE.expected)),
+        # stored, a code of the wrong length would fail the models' length_between tests in every later build
+        (LATE_INVOICE.replace("USD,,,", "EURO1,,,"), "CURRENCY", not_in_format(CURRENCY.expected)),
+        (LATE_INVOICE.replace("USD,,,", "USD,US,,"), "PAYMENT_CURRENCY", not_in_format(CURRENCY.expected)),
     ],
     ids=[
         "no id",
@@ -340,6 +343,8 @@ LATE_INVOICE = "601,{s},{s},4,-7,open,USD,,,5.00,,1.00000000,,2023-01-08T00:00:0
         "nul byte",
         "zero amount",
         "negative rate",
+        "currency too long",
+        "payment currency too short",
     ],
 )
 def test_values_the_loader_refuses_are_refused_though_duckdb_reads_them(

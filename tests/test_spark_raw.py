@@ -26,7 +26,7 @@ from data_platform.load_errors import (
     not_in_format,
     utc_today,
 )
-from data_platform.raw_tables import AMOUNT
+from data_platform.raw_tables import AMOUNT, CURRENCY
 
 pytestmark = [pytest.mark.slow, pytest.mark.spark]
 
@@ -114,6 +114,8 @@ def test_exports_from_the_future_and_invoices_after_their_exports_date_are_refus
             ("nul_byte", valid.replace("USD,,,", "USD,,ca\0rd,")),
             # stored, it would fail the models' positive tests in every later build
             ("zero_amount", valid.replace(",5.00,", ",0.00,")),
+            # stored, it would fail the models' length_between tests in every later build
+            ("short_payment_currency", valid.replace("USD,,,", "USD,US,,")),
             # a quoted line break in a CRLF file: Spark's whole-file reader would store it as LF
             ("crlf_inside", valid.replace("USD,,,", 'USD,,"ca\nrd",')),
             # Latin-1, read by Spark as U+FFFD: the loader refuses the bytes
@@ -154,7 +156,7 @@ def test_exports_from_the_future_and_invoices_after_their_exports_date_are_refus
     lines = [
         line for line in result.stdout.splitlines() if line.startswith(("loaded:", "refused:", "written:"))
     ]
-    assert len(lines) == 12, result.stdout[-3000:]
+    assert len(lines) == 13, result.stdout[-3000:]
     # the messages of the Postgres loader and the DuckDB builder (test_duckdb_raw.py)
     late = future_invoices / "exports" / "2023-01-09" / "invoices.csv"
     assert lines[0].startswith(f'refused: {late}, column CREATED_AT, value "2023-01-10 00:00:00')
@@ -171,38 +173,39 @@ def test_exports_from_the_future_and_invoices_after_their_exports_date_are_refus
     )
     assert lines[2] == f"refused: {future_export(base, date(2023, 1, 6), date(2023, 1, 5))}"
     for line, (name, column, reason) in zip(
-        lines[3:7],
+        lines[3:8],
         [
             ("no_id", "INVOICE_ID", 'value "": ' + REQUIRED_VALUE_EMPTY),
             ("quoted_empty", "STATUS", 'value "": ' + REQUIRED_VALUE_EMPTY),
             ("nul_byte", "PAYMENT_METHOD", NUL_BYTE),  # no value shown
             ("zero_amount", "AMOUNT", not_in_format(AMOUNT.expected)),
+            ("short_payment_currency", "PAYMENT_CURRENCY", not_in_format(CURRENCY.expected)),
         ],
         strict=True,
     ):
         invoices = bad_values[name] / "exports" / DAY_2 / "invoices.csv"
         where = f"column {column}, {reason}" if reason.startswith("value") else f"column {column}: {reason}"
         assert line.startswith(f"refused: {invoices}, {where} (1 row(s)"), line
-    assert lines[7] == (
+    assert lines[8] == (
         f"refused: {crlf_invoices}: its lines end in CRLF and a quoted value holds a line break, which "
         "Spark's reader would store as LF (Postgres and DuckDB keep CRLF): give the file LF line endings, "
         "or load it on Postgres or DuckDB"
     )
-    assert lines[8] == (
+    assert lines[9] == (
         f"refused: {latin1_invoices}, column PAYMENT_METHOD: bytes that are not UTF-8, or U+FFFD (the "
         "lowest INVOICE_ID 601): the file must be UTF-8, and Spark's reader would store U+FFFD in place of "
         "such bytes"
     )
     not_a_number = bad_values["not_a_number"] / "exports" / DAY_2 / "invoices.csv"
-    assert lines[9].startswith(
+    assert lines[10].startswith(
         f"refused: {not_a_number}: Spark cannot read it with the raw column types: a record it cannot parse, "
         "read as '[null,"
-    ), lines[9]
-    assert lines[10].startswith(
+    ), lines[10]
+    assert lines[11].startswith(
         f"refused: {crlf_not_a_number}: Spark cannot read it with the raw column types: a record it cannot "
         "parse, read as '[null,"
-    ), lines[10]
-    assert lines[11] == "written: False"
+    ), lines[11]
+    assert lines[12] == "written: False"
 
 
 def test_a_java_error_is_told_by_its_java_exception_not_by_py4js_call():

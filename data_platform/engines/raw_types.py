@@ -11,7 +11,7 @@ cut-off or time-less CREATED_AT (`2024-06-2`) as midnight UTC of that day, and c
 (`-02:00`) to UTC; Spark's reader is lenient in its own ways (not catalogued here; it reads a quoted
 empty text, "", as no value). What no cast refuses but the loader does is checked after the read, in
 both engines (value_checks): an empty required value, a quoted empty text (DuckDB), a NUL byte, an
-amount or rate of 0 or less.
+amount or rate of 0 or less, a currency code of a length the models' tests refuse.
 """
 
 from __future__ import annotations
@@ -95,7 +95,8 @@ class ValueCheck:
 def value_checks(spec: TableSpec) -> list[ValueCheck]:
     """The loader's refusals that a typed CSV read lets through: a required value left empty (read as
     null: an INVOICE_ID null would never match its current row, and be added again by every export), a
-    quoted empty text, a NUL byte in a text, an amount or rate of 0 or less."""
+    quoted empty text, a NUL byte in a text, an amount or rate of 0 or less, a currency code shorter or
+    longer than the models' tests allow."""
     checks = []
     for column in spec.columns:
         name, text = column.name, column.sql_type == "text"
@@ -106,9 +107,13 @@ def value_checks(spec: TableSpec) -> list[ValueCheck]:
             checks.append(ValueCheck(column, f"{name} = ''", quoted_empty_text(column.expected), ""))
         if text:
             checks.append(ValueCheck(column, f"instr({name}, chr(0)) > 0", NUL_BYTE, None))
+        # stored, these would fail every later build's test, and a loaded export is never corrected
         if column.format.positive:
-            # stored, it would fail every later build's test, and a loaded export is never corrected
             checks.append(ValueCheck(column, f"{name} <= 0", not_in_format(column.expected), None))
+        if column.format.lengths:
+            shortest, longest = column.format.lengths
+            wrong_length = f"length({name}) not between {shortest} and {longest}"
+            checks.append(ValueCheck(column, wrong_length, not_in_format(column.expected), None))
     return checks
 
 
