@@ -756,6 +756,22 @@ def test_a_held_back_warning_a_rebuild_makes_critical_is_sent_past_its_warning_h
     assert "judged again" not in again.stdout and len(slack.delivered) == 2
 
 
+def test_a_changed_severity_setting_alone_releases_no_held_back_alert(db, slack):
+    # the sent holder keeps the severity it was sent with, so the held-back day keeps its own: rated again
+    # by a lower --critical-threshold, it would pass its warning holder as a critical, on every old day
+    add_moves(db, (1, DAY[0], "10000", "16000"))
+    assert run_alerts(db, webhook=slack.url, ALERT_SUPPRESS_DAYS="3").returncode == 0
+    add_moves(db, (1, DAY[1], "16000", "25600"))
+    assert run_alerts(db, webhook=slack.url, ALERT_SUPPRESS_DAYS="3").returncode == 0
+
+    rerun = run_alerts(db, webhook=slack.url, ALERT_SUPPRESS_DAYS="3", ALERT_CRITICAL_THRESHOLD="0.5")
+
+    assert rerun.returncode == 0, rerun.stderr
+    assert "judged again" not in rerun.stdout
+    assert history(db) == {(1, DAY[0]): ("sent", 1), (1, DAY[1]): ("suppressed", 0)}
+    assert len(slack.delivered) == 1
+
+
 def test_a_held_back_critical_is_sent_when_a_rebuild_makes_its_waiting_holder_a_warning(db, slack):
     add_moves(db, (1, DAY[0], "10000", "30000"))  # critical, waiting
     slack.always(server_error(500))

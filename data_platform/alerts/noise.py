@@ -76,12 +76,16 @@ def suppressed(
         alerted[organization_id].extend(days)
     held: set[tuple[int, date]] = set()
     for alert in sorted(alerts, key=lambda a: (a.balance_date, a.organization_id)):
-        since = alert.balance_date - timedelta(days=suppress_days)
-        before = [
-            rank(level) for day, level in alerted[alert.organization_id] if since <= day < alert.balance_date
-        ]
-        if before and rank(alert.severity) <= max(before):
+        if held_back_by(alert, alerted[alert.organization_id], suppress_days):
             held.add((alert.organization_id, alert.balance_date))
         else:
             alerted[alert.organization_id].append((alert.balance_date, alert.severity))
     return held
+
+
+def held_back_by(alert: Alert, alerted: Iterable[tuple[date, str]], suppress_days: int) -> bool:
+    """`alerted`, the (day, severity) of the organization's alerts sent or waiting, holds the alert back:
+    one of them is in the `suppress_days` days before its day, at the same or a higher severity."""
+    since = alert.balance_date - timedelta(days=suppress_days)
+    before = [rank(level) for day, level in alerted if since <= day < alert.balance_date]
+    return bool(before) and rank(alert.severity) <= max(before)

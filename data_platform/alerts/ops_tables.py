@@ -87,8 +87,8 @@ history = Table(
     Column("given_up_reported_at", DateTime(timezone=True)),
     # the digest message it was last sent in (records.Digest.digest_id); null: its organization's own
     Column("digest_id", Text),
-    # a suppressed alert's --suppress-days window when it was held back (null: recorded before it was
-    # kept): an alert in it that is superseded or given up may be all that held it back
+    # a suppressed alert's --suppress-days window when it was held back, in which every run judges it
+    # again (null: recorded before it was kept; never judged again)
     Column("suppress_days", Integer),
     PrimaryKeyConstraint("destination", "organization_id", "balance_date", name="alert_history_pkey"),
     CheckConstraint(DESTINATION_CHECK, name="alert_history_destination_check"),

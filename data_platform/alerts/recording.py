@@ -128,10 +128,12 @@ def _released(
     ops: Connection, destination: str, view: MartsView, settings: Settings
 ) -> set[tuple[int, date]]:
     """The destination's held-back alerts that nothing holds back now, judged by the --suppress-days rule
-    (noise.suppressed) in the window each was held back under, against the alerts sent or waiting as
-    they are now: a holder superseded or given up, or a rebuild that raised the held-back day's severity
-    above its holders' (or lowered a waiting holder's). Marked to be judged again as the fact is now
-    (_reopened_if_alerting_again); their keys. One whose day no longer alerts stays as it is."""
+    (noise.held_back_by) in the window each was held back under, against the alerts sent or waiting as
+    they are now: a holder superseded or given up, a waiting holder a rebuild made a `warning`, or a
+    held-back day a rebuild changed into a `critical` one. A day no rebuild changed keeps the severity it
+    was held back with, as a sent holder keeps its own: a changed severity setting alone releases nothing.
+    Marked to be judged again as the fact is now (_reopened_if_alerting_again); their keys. One whose day
+    no longer alerts stays as it is."""
     held = store.held_back(ops, destination)
     if not held:
         return set()
@@ -139,11 +141,13 @@ def _released(
     recent = store.recent_alerts(
         ops, destination, sorted({alert.organization_id for alert, _ in held}), since
     )
-    free = [
-        current
-        for current, window in ((_alert_now(alert, view, settings), window) for alert, window in held)
-        if current and not noise.suppressed([current], recent, window)
-    ]
+    free = []
+    for alert, window in held:
+        row, _ = view.fact_now.get((alert.organization_id, alert.balance_date), (None, False))
+        unchanged = row is not None and _numbers(row) == _numbers(alert)
+        judged = alert if unchanged else _alert_now(alert, view, settings)
+        if judged and not noise.held_back_by(judged, recent.get(alert.organization_id, ()), window):
+            free.append(judged)
     store.record_released(ops, destination, free)
     return {(alert.organization_id, alert.balance_date) for alert in free}
 
@@ -161,8 +165,8 @@ def _reopened_if_alerting_again(
     say), it is reopened with the day's numbers and sent, its attempts kept (store.record_alerts), by any
     run, not only one that processes its day again; --suppress-days holds it back as it would a new one.
     Not where another destination was sent the day, or may still send it, meanwhile (the routes changed
-    while it was superseded): it stays superseded. `released`: the alerts that were held back by one
-    superseded in this run, counted apart."""
+    while it was superseded): it stays superseded. `released`: the held-back alerts this run found
+    nothing holds back any more (_released), counted apart."""
     again = [current for current in (_alert_now(alert, view, settings) for alert in alerts) if current]
     # not counted in the summary: the row stays superseded, and every run would say it again
     again = _not_recorded_elsewhere(ops, destination, again)
