@@ -13,13 +13,14 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
 from conftest import PROJECT_ROOT
 from loader_files import not_waiting_on_a_pipe
 from test_ledger import BASE_ROWS, DAY_2, DAY_2_ROWS, DAY_3, DAY_3_ROWS, SENTINEL, write_export
-from test_pipeline import write_fixture
+from test_pipeline import ORGANIZATIONS_CSV, write_fixture
 
 from data_platform.load_errors import (
     NUL_BYTE,
@@ -119,6 +120,21 @@ def test_an_altered_or_older_export_is_refused(exports, tmp_path):
         build_raw(database, older)
 
 
+def test_an_export_whose_organizations_file_changed_since_its_load_is_refused(exports, tmp_path):
+    """The same invoices file beside another organizations file is another export, not the one loaded:
+    skipped, the change would never reach the ledger."""
+    database = tmp_path / "warehouse.duckdb"
+    altered = tmp_path / "altered"
+    shutil.copytree(exports, altered)
+    build_raw(database, altered)
+    before = duckdb_tables(database)
+    organizations = altered / "organizations.csv"
+    organizations.write_text(organizations.read_text().replace(",12345,", ",54321,"))
+    with pytest.raises(LoadError, match="export 2023-01-06 was loaded before from other files"):
+        build_raw(database, altered)
+    assert duckdb_tables(database) == before
+
+
 def test_a_file_that_changes_while_it_is_read_is_refused_and_nothing_of_it_kept(monkeypatch, tmp_path):
     """A copy finishing while DuckDB reads the file: loaded in part, it would be skipped ever after."""
     from data_platform.engines import duckdb_raw
@@ -163,6 +179,24 @@ def test_files_loaded_as_an_earlier_export_are_refused_unless_it_is_the_latest(e
     (again / "organizations.csv").unlink()
     shutil.copy(copied / "exports" / DAY_3 / "invoices.csv", again / "invoices.csv")
     assert build_raw(database, copied) == [date(2023, 1, 9)]
+
+
+def test_files_loaded_under_several_dates_are_told_by_the_latest(exports, tmp_path):
+    # the latest export that loaded them is the one whose changes since would be undone
+    database = tmp_path / "warehouse.duckdb"
+    copied = tmp_path / "copied"
+    shutil.copytree(exports, copied)
+    day_3_invoices = copied / "exports" / DAY_3 / "invoices.csv"
+    for day in ("2023-01-09", "2023-01-11"):
+        (copied / "exports" / day).mkdir()
+        shutil.copy(day_3_invoices, copied / "exports" / day / "invoices.csv")
+    paid_402 = DAY_3_ROWS[0]
+    write_export(copied, "2023-01-10", [paid_402.replace(",paid,", ",refunded,")])
+    with pytest.raises(
+        LoadError, match=r"already loaded as export 2023-01-09 .*: loaded again as export 2023-01-11"
+    ):
+        build_raw(database, copied)
+    assert [row[0] for row in duckdb_tables(database)["load_log"]][-1] == date(2023, 1, 10)
 
 
 def with_a_next_export(exports: Path, tmp_path: Path) -> tuple[Path, Path]:
@@ -216,14 +250,17 @@ def test_a_named_pipe_in_a_files_place_is_refused_not_waited_on(exports, tmp_pat
     assert refused.value.path == folder / "organizations.csv"
 
 
-def test_a_file_cut_off_right_after_a_comma_is_refused(exports, tmp_path):
-    """As by the loader: the cut record's empty last field would load as a null CREATED_DATE."""
+@pytest.mark.parametrize("name", ["organizations.csv", "invoices.csv"])
+def test_a_file_cut_off_right_after_a_comma_is_refused(exports, tmp_path, name):
+    """As by the loader: the cut record's empty last field would load as a null CREATED_DATE (or be
+    refused as an empty CREATED_AT, which hides that the copy was cut short)."""
     copied, folder = with_a_next_export(exports, tmp_path)
-    organizations = (copied / "organizations.csv").read_bytes().rstrip(b"\n")
-    (folder / "organizations.csv").write_bytes(organizations[: organizations.rfind(b",") + 1])
+    whole = (copied / "exports" / DAY_3 / name if name == "invoices.csv" else copied / name).read_bytes()
+    whole = whole.rstrip(b"\n")
+    (folder / name).write_bytes(whole[: whole.rfind(b",") + 1])
     with pytest.raises(LoadError, match="ends right after a comma") as refused:
         build_raw(tmp_path / "warehouse.duckdb", copied)
-    assert refused.value.path == folder / "organizations.csv"
+    assert refused.value.path == folder / name
 
 
 def test_an_invoice_created_after_its_exports_date_is_refused(exports, tmp_path):
@@ -365,6 +402,120 @@ def test_values_the_loader_refuses_are_refused_though_duckdb_reads_them(
     assert refused.value.column == column
     assert refused.value.reason.startswith(f"{reason} (1 row(s)")
     assert [row[0] for row in duckdb_tables(database)["load_log"]][-1] == date(2023, 1, 8)
+
+
+def test_a_refused_value_is_told_by_the_lowest_key_of_its_rows(exports, tmp_path):
+    # the key the message names is the first row to look at, whatever the file's order
+    bad = tmp_path / "bad"
+    shutil.copytree(exports, bad)
+    zero = LATE_INVOICE.replace(",5.00,", ",0.00,")
+    write_export(bad, "2023-01-09", [zero.replace("601", "603", 1), zero, zero.replace("601", "602", 1)])
+    with pytest.raises(LoadError) as refused:
+        build_raw(tmp_path / "warehouse.duckdb", bad)
+    assert refused.value.reason == f"{not_in_format(AMOUNT.expected)} (3 row(s), the lowest INVOICE_ID 601)"
+
+
+def test_an_invoice_twice_in_one_export_is_refused(exports, tmp_path):
+    """Both rows would become versions of one day, and the current state would hold the invoice twice."""
+    bad = tmp_path / "bad"
+    shutil.copytree(exports, bad)
+    write_export(bad, "2023-01-09", [LATE_INVOICE, LATE_INVOICE.replace("open", "paid")])
+    database = tmp_path / "warehouse.duckdb"
+    with pytest.raises(LoadError, match="INVOICE_ID 601 appears 2 times: an export holds each one once"):
+        build_raw(database, bad)
+    assert [row[0] for row in duckdb_tables(database)["load_log"]][-1] == date(2023, 1, 8)
+
+
+def test_the_widest_values_the_loader_takes_load_as_the_loader_stores_them(make_database, exports, tmp_path):
+    """Amounts of 16 integer digits and rates of 10 integer digits with all 8 places: a narrower type
+    refuses the first and rounds the second."""
+    wide = tmp_path / "wide"
+    shutil.copytree(exports, wide)
+    row = LATE_INVOICE.replace(",USD,,,5.00,,1.00000000,", ",EUR,,,9999999999999999.99,,9999999999.12345678,")
+    write_export(wide, "2023-01-09", [row])
+    with database_connection(make_database) as conn:
+        load_exports(conn, wide)
+        expected = conn.execute(QUERIES["invoices"]).fetchall()
+    build_raw(tmp_path / "warehouse.duckdb", wide)
+    assert duckdb_tables(tmp_path / "warehouse.duckdb")["invoices"] == expected
+    assert [row[9:12:2] for row in expected if row[0] == 601] == [
+        (Decimal("9999999999999999.99"), Decimal("9999999999.12345678"))
+    ]
+
+
+def test_later_versions_are_kept_as_the_postgres_loader_keeps_them(make_database, exports, tmp_path):
+    """402 gets a third version (its previous_seen_on is the second's day, not the first's); 403 only gains
+    a payment method where it had none (null to a value is a change)."""
+    later = tmp_path / "later"
+    shutil.copytree(exports, later)
+    write_export(
+        later,
+        "2023-01-09",
+        [
+            "402,{s},{s},2,-7,refunded,EUR,EUR,card,90.00,90,0.90000000,0.90000000,2023-01-07T10:00:00.000Z",
+            "403,{s},{s},3,-7,pending,USD,,card,5.00,,1.00000000,,2023-01-07T11:00:00.000Z",
+        ],
+    )
+    with database_connection(make_database) as conn:
+        load_exports(conn, later)
+        expected = {table: conn.execute(query).fetchall() for table, query in QUERIES.items()}
+    build_raw(tmp_path / "warehouse.duckdb", later)
+    tables = duckdb_tables(tmp_path / "warehouse.duckdb")
+    for table, rows in expected.items():
+        assert tables[table] == rows, table
+    days = {(row[0], row[14]): (row[15], row[16]) for row in tables["invoice_versions"]}
+    assert days[(402, 3)] == (date(2023, 1, 9), date(2023, 1, 8))
+    assert days[(403, 2)] == (date(2023, 1, 9), date(2023, 1, 7))
+
+
+def test_a_header_only_organizations_file_in_an_export_is_refused_unless_allowed(exports, tmp_path):
+    copied, folder = with_a_next_export(exports, tmp_path)
+    (folder / "organizations.csv").write_text(ORGANIZATIONS_CSV.splitlines(keepends=True)[0])
+    database = tmp_path / "warehouse.duckdb"
+    with pytest.raises(LoadError, match="no data rows, only the header") as refused:
+        build_raw(database, copied)
+    assert refused.value.path == folder / "organizations.csv"
+    assert build_raw(database, copied, allow_empty=True)[-1] == date(2023, 1, 9)
+
+
+def test_an_organization_without_an_id_is_refused(make_database, exports, tmp_path):
+    """A null ORGANIZATION_ID never matches its current row: it would be added again by every export."""
+    bad, folder = with_a_next_export(exports, tmp_path)
+    (folder / "organizations.csv").write_text(ORGANIZATIONS_CSV.replace("\n2,", "\n,"))
+    with database_connection(make_database) as conn, pytest.raises(LoadError) as by_loader:
+        load_exports(conn, bad)
+    assert (by_loader.value.column, by_loader.value.reason) == ("ORGANIZATION_ID", REQUIRED_VALUE_EMPTY)
+    database = tmp_path / "warehouse.duckdb"
+    with pytest.raises(LoadError) as refused:
+        build_raw(database, bad)
+    assert refused.value.path == folder / "organizations.csv" == by_loader.value.path
+    assert refused.value.column == "ORGANIZATION_ID"
+    assert refused.value.reason.startswith(f"{REQUIRED_VALUE_EMPTY} (1 row(s)")
+    assert [row[0] for row in duckdb_tables(database)["load_log"]][-1] == date(2023, 1, 8)
+
+
+def test_exports_are_dated_by_utc_days_whatever_the_machines_time_zone(exports, tmp_path):
+    """In New York the base export's last invoice (2023-01-06 03:00 UTC) falls on 2023-01-05: dated so,
+    the export would be refused for holding invoices after its date. DuckDB takes its session's time
+    zone from the machine's, once per process: hence a process of its own."""
+    database = tmp_path / "warehouse.duckdb"
+    script = (
+        "import sys\nfrom data_platform.engines.duckdb_raw import build_raw\nprint(build_raw(*sys.argv[1:]))"
+    )
+    built = subprocess.run(
+        [sys.executable, "-c", script, str(database), str(exports)],
+        env={**os.environ, "TZ": "America/New_York", "PYTHONPATH": str(PROJECT_ROOT)},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert built.returncode == 0, built.stderr[-3000:]
+    assert [row[0] for row in duckdb_tables(database)["load_log"]] == [
+        date(2023, 1, 6),
+        date(2023, 1, 7),
+        date(2023, 1, 8),
+    ]
 
 
 def test_a_record_duckdb_cannot_read_is_named_in_a_short_message(exports, tmp_path):

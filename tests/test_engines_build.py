@@ -21,6 +21,7 @@ from test_ledger import BASE_ROWS, DAY_2, write_export
 from test_pipeline import write_fixture
 
 from data_platform.engines import build
+from data_platform.refresh import UNIT_TESTS_EXCLUDED
 
 
 def test_an_engine_build_writes_dbt_output_beside_the_postgres_builds(monkeypatch):
@@ -72,6 +73,37 @@ def test_allow_empty_builds_a_header_only_export(monkeypatch, tmp_path, capfd):
     with duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True) as conn:
         days = [day for (day,) in conn.execute("select export_date from raw.load_log order by 1").fetchall()]
     assert days == [date(2023, 1, 6), date(2023, 1, 7)]
+
+
+def steps_of(monkeypatch, *arguments: str) -> list[tuple[list[str], dict[str, str]]]:
+    """(command, environment) of each step build.main would run, none of them run."""
+    steps = []
+    monkeypatch.setattr(build, "run_child", lambda command, env: steps.append((command, env)) or 0)
+    assert build.main(list(arguments)) == 0
+    return steps
+
+
+def test_the_dbt_step_rebuilds_everything_on_the_engines_own_target(monkeypatch, tmp_path):
+    # the warehouse's state is not tracked here as the Postgres pipeline's is: only a full refresh is exact
+    monkeypatch.setenv("DUCKDB_PATH", str(tmp_path / "warehouse.duckdb"))
+    csv_dir = str(write_fixture(tmp_path / "csv", BASE_ROWS))
+    (_, _), (dbt, _) = steps_of(monkeypatch, "duckdb", "--csv-dir", csv_dir)
+    assert dbt[1:3] == ["build", "--full-refresh"]
+    assert dbt[-2:] == ["--target", "duckdb"]
+    assert "unit_test" not in dbt  # by default the unit tests run too
+    (_, _), (daily, _) = steps_of(monkeypatch, "duckdb", "--csv-dir", csv_dir, "--no-unit-tests")
+    assert daily == [*dbt[:3], *UNIT_TESTS_EXCLUDED, *dbt[3:]]
+
+
+def test_relative_paths_are_the_callers_not_the_project_folders(monkeypatch, tmp_path):
+    """The steps run from the project folder: a relative --csv-dir or DUCKDB_PATH, given from elsewhere,
+    would name other files there."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DUCKDB_PATH", "warehouse.duckdb")
+    write_fixture(tmp_path / "csv", BASE_ROWS)
+    (raw, raw_env), (_, dbt_env) = steps_of(monkeypatch, "duckdb", "--csv-dir", "csv")
+    assert raw[raw.index("--csv-dir") + 1] == str(tmp_path / "csv")
+    assert raw_env["DUCKDB_PATH"] == dbt_env["DUCKDB_PATH"] == str(tmp_path / "warehouse.duckdb")
 
 
 @pytest.mark.parametrize("engine", build.ENGINES)
