@@ -363,6 +363,74 @@ def test_scenario_needs_room_and_can_be_switched_off(tmp_path: Path, capsys) -> 
     assert "rows/s" in capsys.readouterr().err
 
 
+def test_the_scenario_fits_the_least_room_it_asks_for_and_no_less(tmp_path: Path, capsys) -> None:
+    least = ["--organizations", "5", "--invoices", str(generator.SCENARIO_ROWS), "--days", "2"]
+    assert main(["--out", str(tmp_path / "least"), *least]) == 0
+    assert len(read_table(tmp_path / "least" / "invoices.csv")[1]) == generator.SCENARIO_ROWS
+    # one day holds no previous balance to move from, and fewer rows cannot hold the scenario's
+    for short in (["--invoices", str(generator.SCENARIO_ROWS - 1)], ["--days", "1"]):
+        assert main(["--out", str(tmp_path / "short"), *least, *short]) == 2
+        assert (
+            f"scenario needs --invoices >= {generator.SCENARIO_ROWS} and --days >= 2"
+            in capsys.readouterr().err
+        )
+        assert not (tmp_path / "short").exists()
+
+
+def test_a_short_history_holds_every_scenario_invoice_on_its_days(tmp_path: Path) -> None:
+    # scenario invoices older than the history move to its first day: none is lost or dated before it
+    out = small(tmp_path, invoices=200, days=5)
+    _, invoices = read_table(out / "invoices.csv")
+    assert len(invoices) == 200
+    days = {(date(2023, 3, 27) + timedelta(days=offset)).isoformat() for offset in range(5)}
+    assert {row["CREATED_AT"][:10] for row in invoices} == days
+    scenario = {str(value) for value in scenario_organization_ids(7).values()}
+    first_invoice = {}
+    for row in invoices:
+        if row["ORGANIZATION_ID"] in scenario:
+            first_invoice.setdefault(row["ORGANIZATION_ID"], row["CREATED_AT"][:10])
+    # a scenario organization's first payment date is the day of its first invoice
+    organizations = [
+        row for row in read_table(out / "organizations.csv")[1] if row["ORGANIZATION_ID"] in scenario
+    ]
+    assert len(organizations) == sum(org.in_file for org in generator.SCENARIO)
+    for row in organizations:
+        assert row["FIRST_PAYMENT_DATE"] == first_invoice[row["ORGANIZATION_ID"]], row
+
+
+@pytest.mark.parametrize("size", [["--invoices", "-1"], ["--organizations", "0"], ["--days", "0"]])
+def test_sizes_below_their_least_are_refused_and_write_nothing(tmp_path: Path, capsys, size) -> None:
+    cli = ["--invoices", "0", "--organizations", "1", "--days", "1", "--no-scenario"]
+    assert main(["--out", str(tmp_path / "least"), *cli]) == 0
+    assert read_table(tmp_path / "least" / "invoices.csv")[1] == []
+    assert main(["--out", str(tmp_path / "out"), *cli, *size]) == 2
+    assert capsys.readouterr().err.endswith(
+        "data-platform-generate: need --invoices >= 0, --organizations >= 1 and --days >= 1\n"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_append_day_refuses_day_zero_and_leaves_the_file(tmp_path: Path) -> None:
+    # day 0 is the file's own last day, and its rows would take the ids of the file's first rows
+    out = small(tmp_path, scenario=False)
+    before = (out / "invoices.csv").read_bytes()
+    options = {"invoices": 10, "organizations": 60, "seed": 7, "end_date": date(2023, 3, 31), "days": 120}
+    with pytest.raises(ValueError, match="day_offset must be between 1 and 2\\*\\*20 - 1"):
+        append_day(out, day_offset=0, **options)
+    assert (out / "invoices.csv").read_bytes() == before
+
+
+def test_append_day_refuses_a_file_without_the_invoices_header(tmp_path: Path, capsys) -> None:
+    # an organizations.csv (or any other file) in invoices.csv's place gets no invoice rows
+    out = small(tmp_path, scenario=False)
+    organizations = (out / "organizations.csv").read_bytes()
+    (out / "invoices.csv").write_bytes(organizations)
+    cli = ["--out", str(out), "--append-day", "--invoices", "10", "--organizations", "60", "--seed", "7"]
+    assert main([*cli, "--end-date", "2023-03-31", "--days", "120"]) == 2
+    assert "invoices.csv does not start with the invoices.csv header" in capsys.readouterr().err
+    assert (out / "invoices.csv").read_bytes() == organizations
+
+
 def _peak_bytes(invoices: int) -> int:
     tracemalloc.start()
     try:
@@ -497,6 +565,16 @@ def test_dates_out_of_range_are_a_clear_error_and_write_nothing(tmp_path: Path, 
     assert err.startswith("data-platform-generate: ") and "Traceback" not in err
     assert "between 0002-02-05 and 9998-11-26" in err
     assert not out.exists()
+
+
+def test_the_first_and_last_dates_the_error_names_can_be_written(tmp_path: Path) -> None:
+    # the range the error gives is inclusive at both ends
+    first, last = generator.values.FIRST_DAY_MIN, generator.values.LAST_DAY_MAX
+    cli = ["--invoices", "10", "--organizations", "2", "--no-scenario", "--days", "10"]
+    assert main(["--out", str(tmp_path / "first"), *cli, "--end-date", str(first + timedelta(days=9))]) == 0
+    assert main(["--out", str(tmp_path / "last"), *cli, "--end-date", str(last)]) == 0
+    assert main(["--out", str(tmp_path / "before"), *cli, "--end-date", str(first + timedelta(days=8))]) == 2
+    assert main(["--out", str(tmp_path / "after"), *cli, "--end-date", str(last + timedelta(days=1))]) == 2
 
 
 def test_an_output_folder_that_cannot_be_made_is_a_clear_error(tmp_path: Path, capsys) -> None:

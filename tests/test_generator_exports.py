@@ -24,6 +24,7 @@ from data_platform import generator
 from data_platform.exports import day_folders
 from data_platform.generator import INVOICES_HEADER, append_day, generate, main, scenario_organization_ids
 from data_platform.generator.exports import TRANSITIONS, write_exports
+from data_platform.generator.scenario import NEXT_DAY_SCENARIO
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEMO_DAY = date(2024, 6, 29)
@@ -275,10 +276,11 @@ def test_export_options_are_checked(tmp_path: Path, capsys) -> None:
         main(["--out", str(tmp_path), "--next-days", "1", "--append-day", "1"])
     assert refused.value.code == 2
     assert "not both" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as refused:
-        main(["--out", str(tmp_path), "--new-invoices", "5"])
-    assert refused.value.code == 2
-    assert "go with --next-days" in capsys.readouterr().err
+    for option in ("--new-invoices", "--changed-invoices"):  # else silently ignored
+        with pytest.raises(SystemExit) as refused:
+            main(["--out", str(tmp_path), option, "5"])
+        assert refused.value.code == 2
+        assert "--new-invoices and --changed-invoices go with --next-days" in capsys.readouterr().err
     with pytest.raises(SystemExit) as refused:
         main(["--out", str(tmp_path), "--append-day", "1", "--exports-dir", str(tmp_path / "x")])
     assert refused.value.code == 2
@@ -294,6 +296,30 @@ def test_export_options_are_checked(tmp_path: Path, capsys) -> None:
     (tmp_path / "invoices.csv").write_text(f"{INVOICES_HEADER}\n1,2,3\n")
     assert main(["--out", str(tmp_path), "--next-days", "1", "--no-scenario"]) == 2
     assert "invoice row 1 has fewer than 14 fields: b'1,2,3'" in capsys.readouterr().err
+    (tmp_path / "invoices.csv").write_text(f"{INVOICES_HEADER}\n1,2,3,4,5,open,USD\nx1,2,3,4,5,open,USD\n")
+    assert main(["--out", str(tmp_path), "--next-days", "1", "--no-scenario"]) == 2
+    assert "invoice row 2: INVOICE_ID is not an integer: b'x1,2,3,4,5,open,USD'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("counts", [{"next_days": 0}, {"new_invoices": -1}, {"changed_invoices": -1}])
+def test_export_counts_below_their_least_are_refused_and_write_nothing(tmp_path: Path, counts) -> None:
+    options = small_base(tmp_path)
+    written = {"next_days": 1, "new_invoices": 40, "changed_invoices": 60, **counts}
+    with pytest.raises(
+        ValueError, match="need --next-days >= 1, --new-invoices >= 0 and --changed-invoices >= 0"
+    ):
+        write_exports(tmp_path, tmp_path / "exports", **written, **options)
+    assert not (tmp_path / "exports").exists()
+
+
+def test_the_scenario_changes_apply_to_a_history_shorter_than_their_invoices_age(tmp_path: Path) -> None:
+    # the base files move invoices older than the history to its first day: the changes find them there
+    options = {"organizations": 60, "seed": 7, "end_date": date(2023, 3, 31), "days": 5}
+    generate(tmp_path, invoices=500, **options)
+    (export,) = write_exports(
+        tmp_path, tmp_path / "exports", next_days=1, new_invoices=10, changed_invoices=20, **options
+    )
+    assert export.changed == 20 + len(NEXT_DAY_SCENARIO)
 
 
 def _export_peak_bytes(base_dir: Path, exports_dir: Path) -> int:
