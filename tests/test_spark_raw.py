@@ -17,7 +17,7 @@ from datetime import date
 import pytest
 from conftest import PROJECT_ROOT
 from test_ledger import BASE_ROWS, DAY_2, DAY_2_ROWS, DAY_3, DAY_3_ROWS, write_export
-from test_pipeline import write_fixture
+from test_pipeline import ORGANIZATIONS_CSV, write_fixture
 
 from data_platform.load_errors import (
     NUL_BYTE,
@@ -124,8 +124,19 @@ def test_exports_from_the_future_and_invoices_after_their_exports_date_are_refus
             ("not_a_number", valid.replace("601", "6o1", 1)),
             # the same in a CRLF file, with no line break in a value: not blamed on one
             ("crlf_not_a_number", valid.replace("601", "6o1", 1)),
+            # both rows would become versions of one day, and the invoice would be current twice
+            ("twice", f"{valid}\n{valid.replace('open', 'paid')}"),
+            # with an organization whose id is empty: never matched, it would come back with every export
+            ("organization_without_id", valid),
         )
     }
+    organizations_without_id = bad_values["organization_without_id"] / "exports" / DAY_2 / "organizations.csv"
+    organizations_without_id.write_text(ORGANIZATIONS_CSV.replace("\n2,", "\n,"))
+    # the base export's invoices again, as the next export of the same build: it would undo DAY_2's changes
+    copied_base = write_export(write_fixture(tmp_path / "copied_base", BASE_ROWS), DAY_2, DAY_2_ROWS)
+    (copied_base / "exports" / DAY_3).mkdir()
+    shutil.copy(copied_base / "invoices.csv", copied_base / "exports" / DAY_3 / "invoices.csv")
+    bad_values["copied_base"] = copied_base
     crlf_invoices = bad_values["crlf_inside"] / "exports" / DAY_2 / "invoices.csv"
     crlf_invoices.write_bytes(crlf_invoices.read_bytes().replace(b"\n", b"\r\n"))
     crlf_not_a_number = bad_values["crlf_not_a_number"] / "exports" / DAY_2 / "invoices.csv"
@@ -156,7 +167,7 @@ def test_exports_from_the_future_and_invoices_after_their_exports_date_are_refus
     lines = [
         line for line in result.stdout.splitlines() if line.startswith(("loaded:", "refused:", "written:"))
     ]
-    assert len(lines) == 13, result.stdout[-3000:]
+    assert len(lines) == 16, result.stdout[-3000:]
     # the messages of the Postgres loader and the DuckDB builder (test_duckdb_raw.py)
     late = future_invoices / "exports" / "2023-01-09" / "invoices.csv"
     assert lines[0].startswith(f'refused: {late}, column CREATED_AT, value "2023-01-10 00:00:00')
@@ -205,7 +216,19 @@ def test_exports_from_the_future_and_invoices_after_their_exports_date_are_refus
         f"refused: {crlf_not_a_number}: Spark cannot read it with the raw column types: a record it cannot "
         "parse, read as '[null,"
     ), lines[11]
-    assert lines[12] == "written: False"
+    twice = bad_values["twice"] / "exports" / DAY_2 / "invoices.csv"
+    assert lines[12] == (
+        f"refused: {twice}, column INVOICE_ID: INVOICE_ID 601 appears 2 times: an export holds each one once"
+    )
+    assert lines[13].startswith(
+        f'refused: {organizations_without_id}, column ORGANIZATION_ID, value "": '
+        f"{REQUIRED_VALUE_EMPTY} (1 row(s)"
+    ), lines[13]
+    copied = copied_base / "exports" / DAY_3 / "invoices.csv"
+    assert lines[14].startswith(f"refused: {copied}: this file was already loaded as export 2023-01-06"), (
+        lines[14]
+    )
+    assert lines[15] == "written: False"
 
 
 def test_a_java_error_is_told_by_its_java_exception_not_by_py4js_call():
