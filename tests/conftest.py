@@ -351,6 +351,16 @@ def pipeline_env(
     return env
 
 
+def require_java() -> None:
+    """Spark needs a Java runtime: without one its tests skip, except in CI (CI set, as .ci/run does),
+    where every test must run and a missing runtime fails them."""
+    if shutil.which("java") is not None:
+        return
+    if os.environ.get("CI"):
+        pytest.fail("Spark needs a Java runtime (java on PATH): .ci/run installs one")
+    pytest.skip("Spark needs a Java runtime (java on PATH)")
+
+
 def dbt_by_hand(database: Database, csv_dir: Path, project: Path, *command: str, **env: str) -> str:
     """A dbt command run by hand in `project`, as the pipeline's role, with init.sh's environment; it must
     succeed. Its output (a selection that matches nothing succeeds too)."""

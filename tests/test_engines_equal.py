@@ -30,7 +30,7 @@ from decimal import ROUND_HALF_UP, Decimal, localcontext
 from pathlib import Path
 
 import pytest
-from conftest import PROJECT_ROOT, copy_project, run_pipeline
+from conftest import PROJECT_ROOT, copy_project, require_java, run_pipeline
 from psycopg.types.json import set_json_loads
 from test_ledger import BASE_ROWS, DAY_2, write_export
 from test_pipeline import SENTINEL, assert_succeeded, project_with_zero_rule, write_fixture
@@ -523,10 +523,10 @@ def test_duckdb_equals_postgres_with_fractional_rules(make_database, tmp_path):
 
 @pytest.fixture(scope="module")
 def spark_available() -> None:
-    """Skips without pyspark or Java; module-wide, so that it runs before short_history's build."""
+    """Skips without pyspark or Java (fails without Java in CI); module-wide, so that it runs before
+    short_history's build."""
     pytest.importorskip("pyspark")
-    if shutil.which("java") is None:
-        pytest.skip("Spark needs a Java runtime (java on PATH)")
+    require_java()
 
 
 # The generator's exports, as the demo's, over 60 days instead of 1,096: Spark writes a partition per day
