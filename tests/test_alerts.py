@@ -772,6 +772,35 @@ def test_a_changed_severity_setting_alone_releases_no_held_back_alert(db, slack)
     assert len(slack.delivered) == 1
 
 
+def test_an_alert_held_back_before_windows_were_kept_is_judged_in_the_widest_window(db, slack):
+    # organization 1's holder waits, then is superseded: nothing holds its later day back any more, and the
+    # move must go out; organization 2's holder was sent: it may still hold, so it stays held back
+    add_moves(db, (2, DAY[0], "100", "300"))
+    assert run_alerts(db, webhook=slack.url).returncode == 0
+    add_moves(db, (1, DAY[1], "100", "300"))
+    slack.always(server_error(500))
+    failing = {"webhook": slack.url, "ALERT_HTTP_RETRIES": "0", "ALERT_SUPPRESS_DAYS": "3"}
+    assert run_alerts(db, **failing).returncode == 1
+    add_moves(db, (1, DAY[2], "300", "900"), (2, DAY[2], "300", "900"))
+    assert run_alerts(db, **failing).returncode == 1
+    assert history(db)[(1, DAY[2])] == history(db)[(2, DAY[2])] == ("suppressed", 0)
+    # as an older release recorded them
+    execute(db, "update ops.alert_history set suppress_days = null", role="alerter")
+    rebuild_day(db, DAY[1], 110, 0.1)  # organization 1's holder no longer alerts
+    slack.always(OK)
+
+    rerun = run_alerts(db, webhook=slack.url)
+
+    assert rerun.returncode == 0, rerun.stderr
+    assert history(db) == {
+        (1, DAY[1]): ("superseded", 2),
+        (1, DAY[2]): ("sent", 1),
+        (2, DAY[0]): ("sent", 1),
+        (2, DAY[2]): ("suppressed", 0),
+    }
+    assert "2024-03-03 $300.00 -> $900.00" in slack.delivered[-1]["text"]
+
+
 def test_a_held_back_critical_is_sent_when_a_rebuild_makes_its_waiting_holder_a_warning(db, slack):
     add_moves(db, (1, DAY[0], "10000", "30000"))  # critical, waiting
     slack.always(server_error(500))

@@ -133,7 +133,7 @@ select exists (
 _UPGRADE_DIGEST_ID = "alter table ops.alert_history add column digest_id text"
 
 
-# A suppressed alert keeps the window it was held back under (the older ones have none: never released).
+# A suppressed alert keeps the window it was held back under (the older ones have none: judged in the widest).
 _HAS_SUPPRESS_DAYS = """
 select exists (
     select from information_schema.columns

@@ -88,7 +88,7 @@ history = Table(
     # the digest message it was last sent in (records.Digest.digest_id); null: its organization's own
     Column("digest_id", Text),
     # a suppressed alert's --suppress-days window when it was held back, in which every run judges it
-    # again (null: recorded before it was kept; never judged again)
+    # again (null: recorded before it was kept; judged in the widest window a run can use)
     Column("suppress_days", Integer),
     PrimaryKeyConstraint("destination", "organization_id", "balance_date", name="alert_history_pkey"),
     CheckConstraint(DESTINATION_CHECK, name="alert_history_destination_check"),

@@ -10,7 +10,7 @@ from datetime import date, timedelta
 from sqlalchemy import Connection
 
 from data_platform.alerts import noise, routing, store
-from data_platform.alerts.config import Settings
+from data_platform.alerts.config import MAX_SUPPRESS_DAYS, Settings
 from data_platform.alerts.marts_view import MartsView
 from data_platform.alerts.records import CONSOLE, Alert, Route
 from data_platform.alerts.routing import Destination
@@ -134,7 +134,11 @@ def _released(
     was held back with, as a sent holder keeps its own: a changed severity setting alone releases nothing.
     Marked to be judged again as the fact is now (_reopened_if_alerting_again); their keys. One whose day
     no longer alerts stays as it is."""
-    held = store.held_back(ops, destination)
+    # one held back before windows were kept: in the widest a run can use, so never released while held
+    held = [
+        (alert, MAX_SUPPRESS_DAYS if window is None else window)
+        for alert, window in store.held_back(ops, destination)
+    ]
     if not held:
         return set()
     since = min(alert.balance_date - timedelta(days=window) for alert, window in held)

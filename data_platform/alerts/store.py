@@ -60,8 +60,8 @@ def _alerted(table: FromClause) -> ColumnElement[bool]:
 _deliverable = _may_still_be_sent(history)
 # a superseded alert was never sent: reopened when its day alerts again
 _revivable = and_(history.c.status == SUPERSEDED, history.c.unanswered_attempts < MAX_UNCONFIRMED_ATTEMPTS)
-# held back by --suppress-days in a window it keeps (those recorded before windows were kept have none)
-_held_back = and_(history.c.status == SUPPRESSED, history.c.suppress_days.is_not(None))
+# held back by --suppress-days
+_held_back = history.c.status == SUPPRESSED
 
 
 class LockBusy(RuntimeError):
@@ -199,9 +199,9 @@ def superseded(conn: Connection, destination: str) -> list[Alert]:
     return _alerts(conn, destination, _revivable)
 
 
-def held_back(conn: Connection, destination: str) -> list[tuple[Alert, int]]:
+def held_back(conn: Connection, destination: str) -> list[tuple[Alert, int | None]]:
     """The destination's alerts held back by --suppress-days, each with the window (days) it was held
-    back under."""
+    back under (None: held back before windows were kept)."""
     found = []
     for row in conn.execute(_select_alerts(destination, _held_back).add_columns(history.c.suppress_days)):
         fields = dict(row._mapping)
@@ -234,8 +234,8 @@ def _select_alerts(destination: str, condition):
 
 def rechecked_organization_days(conn: Connection, destinations: Sequence[str]) -> set[tuple[int, date]]:
     """The organization-days whose alert for any of `destinations` is still waiting, superseded, or held
-    back in a window it keeps: each run reads the fact of those days as it is now (a rebuild may have
-    changed them, or what holds them back)."""
+    back: each run reads the fact of those days as it is now (a rebuild may have changed them, or what
+    holds them back)."""
     return {
         (row.organization_id, row.balance_date)
         for row in conn.execute(
