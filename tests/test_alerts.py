@@ -581,6 +581,21 @@ def test_a_rebuilt_waiting_new_balance_is_judged_by_this_runs_include_from_zero(
     assert history(db) == {(1, DAY[0]): ("superseded", 1)}
 
 
+def test_a_waiting_alert_whose_day_left_the_fact_is_superseded(db, slack):
+    # a rebuild drops the waiting alert's row (its organization's data corrected away): no move to send
+    add_moves(db, (1, DAY[0], "100", "300"), (2, DAY[0], "100", "105"))
+    slack.always(server_error(500))
+    assert run_alerts(db, webhook=slack.url, ALERT_HTTP_RETRIES="0").returncode == 1
+    execute(db, "delete from marts.fct_organization_daily_financials where organization_id = 1")
+    slack.always(OK)
+
+    retry = run_alerts(db, webhook=slack.url)
+
+    assert retry.returncode == 0, retry.stderr
+    assert "1 waiting alert superseded" in retry.stdout
+    assert history(db) == {(1, DAY[0]): ("superseded", 1)} and slack.delivered == []
+
+
 def test_a_dry_run_says_a_waiting_alert_would_be_superseded(db, slack):
     add_moves(db, (1, DAY[0], "100", "300"))
     slack.always(server_error(500))
@@ -841,6 +856,78 @@ def test_a_held_back_alert_whose_day_no_longer_alerts_stays_suppressed_when_its_
     assert slack.delivered == []
 
 
+def test_each_held_back_alert_is_judged_by_the_holders_of_its_own_window(db, slack):
+    # DAY[1]'s alert is held back by DAY[0]'s, DAY[5]'s by DAY[4]'s: both holders sent. DAY[0] is before
+    # DAY[5]'s window, but in DAY[1]'s: a later run must still find it, and send neither held-back day
+    add_moves(
+        db,
+        (1, DAY[0], "100", "300"),
+        (1, DAY[1], "300", "900"),
+        (1, DAY[4], "900", "2700"),
+        (1, DAY[5], "2700", "8100"),
+    )
+    suppressing = {"webhook": slack.url, "ALERT_SUPPRESS_DAYS": "3"}
+    assert run_alerts(db, "--since", DAY[0].isoformat(), **suppressing).returncode == 0
+    held = {(1, DAY[0]): ("sent", 1), (1, DAY[1]): ("suppressed", 0)}
+    held |= {(1, DAY[4]): ("sent", 1), (1, DAY[5]): ("suppressed", 0)}
+    assert history(db) == held
+
+    rerun = run_alerts(db, **suppressing)
+
+    assert rerun.returncode == 0, rerun.stderr
+    assert "judged again" not in rerun.stdout
+    assert history(db) == held
+    assert len(slack.delivered) == 1  # the first run's one message for DAY[0] and DAY[4]
+
+
+def test_an_alert_nothing_holds_back_in_its_window_is_held_back_again_under_the_runs_wider_one(db, slack):
+    # DAY[3]'s alert was held back by DAY[2]'s, waiting, in a 1-day window; a rebuild supersedes DAY[2]'s.
+    # In that window nothing holds DAY[3]'s back now: released, it is judged as a new alert, under this
+    # run's 3 days, where DAY[0]'s sent alert holds it back again. Suppressed by an earlier run, it is not
+    # this run's to count as suppressed, nor a reopened superseded alert
+    add_moves(db, (1, DAY[0], "100", "300"))
+    assert run_alerts(db, webhook=slack.url).returncode == 0
+    slack.always(server_error(500))
+    failing = {"webhook": slack.url, "ALERT_HTTP_RETRIES": "0", "ALERT_SUPPRESS_DAYS": "1"}
+    add_moves(db, (1, DAY[2], "300", "900"))
+    assert run_alerts(db, **failing).returncode == 1
+    add_moves(db, (1, DAY[3], "900", "2700"))
+    assert run_alerts(db, **failing).returncode == 1
+    assert history(db)[(1, DAY[3])] == ("suppressed", 0)
+    rebuild_day(db, DAY[2], 300, 0)  # DAY[2] no longer moves
+    slack.always(OK)
+
+    rerun = run_alerts(db, webhook=slack.url, ALERT_SUPPRESS_DAYS="3")
+
+    assert rerun.returncode == 0, rerun.stderr
+    assert (
+        "1 alert suppressed (--suppress-days) that nothing holds back any more judged again" in rerun.stdout
+    )
+    assert "suppressed (--suppress-days;" not in rerun.stdout and "reopened" not in rerun.stdout
+    assert history(db) == {
+        (1, DAY[0]): ("sent", 1),
+        (1, DAY[2]): ("superseded", 2),
+        (1, DAY[3]): ("suppressed", 0),
+    }
+    assert db.query(f"select suppress_days from ops.alert_history where balance_date = '{DAY[3]}'") == [(3,)]
+    assert len(slack.delivered) == 1
+
+
+def test_a_held_back_alert_whose_day_left_the_fact_stays_suppressed(db, slack):
+    # a rebuild drops the held-back day's row (its organization's data corrected away): nothing to judge
+    add_moves(db, (1, DAY[0], "100", "300"))
+    assert run_alerts(db, webhook=slack.url).returncode == 0
+    add_moves(db, (1, DAY[1], "300", "900"))
+    assert run_alerts(db, webhook=slack.url, ALERT_SUPPRESS_DAYS="3").returncode == 0
+    execute(db, f"delete from marts.fct_organization_daily_financials where balance_date = '{DAY[1]}'")
+
+    rerun = run_alerts(db, webhook=slack.url, ALERT_SUPPRESS_DAYS="3")
+
+    assert rerun.returncode == 0, rerun.stderr
+    assert "judged again" not in rerun.stdout
+    assert history(db) == {(1, DAY[0]): ("sent", 1), (1, DAY[1]): ("suppressed", 0)}
+
+
 def test_an_alert_held_back_by_one_given_up_later_is_sent_by_the_next_run(db, slack):
     # DAY[1]'s alert is held back by DAY[0]'s, still waiting; that run's attempt at DAY[0]'s goes
     # unanswered for the second time: given up, it holds back nothing, and DAY[1]'s move must go out
@@ -919,6 +1006,8 @@ def test_a_reopened_alert_is_held_back_by_suppress_days_as_a_new_one_would_be(db
     assert rerun.returncode == 0, rerun.stderr
     assert history(db) == {(1, DAY[0]): ("sent", 1), (1, DAY[1]): ("suppressed", 1)}
     assert organizations_in(slack.delivered) == [1]  # the first day's, only
+    # held back by this run: counted as this run's
+    assert "1 suppressed (--suppress-days; recorded in ops.alert_history)" in rerun.stdout
 
 
 def test_a_superseded_day_that_alerts_again_is_reopened_and_sent(db, slack):

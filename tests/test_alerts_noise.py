@@ -281,6 +281,8 @@ def test_suppressed_pure_rule():
     alerts = [alert(1, WARNING), alert(2, CRITICAL), alert(4, WARNING)]
     assert noise.suppressed(alerts, {1: [(DAY[0], WARNING)]}, 1) == {(1, DAY[1])}
     assert noise.suppressed(alerts, {}, 0) == set()
+    # the earlier alerts of the batch hold back the later ones, in whatever order they come
+    assert noise.suppressed([alert(2, WARNING), alert(1, WARNING)], {}, 1) == {(1, DAY[2])}
     # a critical is held back by a critical in the window, even when a warning is there too
     rising = [alert(0, WARNING), alert(1, CRITICAL), alert(2, CRITICAL)]
     assert noise.suppressed(rising, {}, 2) == {(1, DAY[2])}
