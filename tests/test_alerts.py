@@ -1006,8 +1006,9 @@ def test_a_reopened_alert_is_held_back_by_suppress_days_as_a_new_one_would_be(db
     assert rerun.returncode == 0, rerun.stderr
     assert history(db) == {(1, DAY[0]): ("sent", 1), (1, DAY[1]): ("suppressed", 1)}
     assert organizations_in(slack.delivered) == [1]  # the first day's, only
-    # held back by this run: counted as this run's
+    # held back by this run: counted as this run's, and not said to be sent
     assert "1 suppressed (--suppress-days; recorded in ops.alert_history)" in rerun.stdout
+    assert "reopened" not in rerun.stdout
 
 
 def test_a_superseded_day_that_alerts_again_is_reopened_and_sent(db, slack):

@@ -176,9 +176,10 @@ def _reopened_if_alerting_again(
     again = _not_recorded_elsewhere(ops, destination, again)
     if again:
         held = _record(ops, destination, again, settings, summary)
-        freed = sum((alert.organization_id, alert.balance_date) in released for alert in again)
-        summary.released += freed
-        summary.reopened += len(again) - freed
+        keys = {(alert.organization_id, alert.balance_date) for alert in again}
+        summary.released += len(keys & released)
+        # one held back again is counted as suppressed: it is not to be sent
+        summary.reopened += len(keys - released - held)
         summary.suppressed -= len(held & released)  # suppressed before: not this run's
 
 

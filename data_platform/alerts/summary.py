@@ -47,7 +47,7 @@ class Summary:
     held_back: int = 0  # passed the ratio rule, below --min-change-usd: not recorded
     suppressed: int = 0  # recorded as suppressed (--suppress-days), never sent
     superseded: int = 0  # waiting alerts whose day a rebuild changed so that it no longer alerts
-    reopened: int = 0  # superseded alerts whose day alerts again after a later rebuild
+    reopened: int = 0  # superseded alerts whose day alerts again after a later rebuild, to be sent
     # suppressed alerts nothing holds back any more, judged again: recorded to be sent (or held back again)
     released: int = 0
     # alerts whose organization and day another destination already has (the routes changed since)
