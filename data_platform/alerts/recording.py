@@ -98,6 +98,12 @@ def _numbers(alert: Alert) -> tuple:
     return alert.alert_kind, alert.previous_balance_usd, alert.balance_usd, alert.balance_change_ratio
 
 
+def _unchanged(alert: Alert, view: MartsView) -> bool:
+    """No rebuild changed the recorded alert's day: the fact's row has the numbers it was recorded with."""
+    row, _ = view.fact_now.get((alert.organization_id, alert.balance_date), (None, False))
+    return row is not None and _numbers(row) == _numbers(alert)
+
+
 def _as_the_fact_is_now(
     ops: Connection,
     destination: str,
@@ -111,8 +117,7 @@ def _as_the_fact_is_now(
     when the day no longer alerts, is superseded and not sent. An unchanged day is sent as recorded."""
     superseded = []
     for alert in alerts:
-        row, _ = view.fact_now.get((alert.organization_id, alert.balance_date), (None, False))
-        if row is not None and _numbers(row) == _numbers(alert):
+        if _unchanged(alert, view):
             continue
         current = _alert_now(alert, view, settings)
         if current:
@@ -147,9 +152,7 @@ def _released(
     )
     free = []
     for alert, window in held:
-        row, _ = view.fact_now.get((alert.organization_id, alert.balance_date), (None, False))
-        unchanged = row is not None and _numbers(row) == _numbers(alert)
-        judged = alert if unchanged else _alert_now(alert, view, settings)
+        judged = alert if _unchanged(alert, view) else _alert_now(alert, view, settings)
         if judged and not noise.held_back_by(judged, recent.get(alert.organization_id, ()), window):
             free.append(judged)
     store.record_released(ops, destination, free)

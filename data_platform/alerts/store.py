@@ -299,17 +299,18 @@ def report_given_up(conn: Connection, destination: str) -> int:
     ).rowcount
 
 
+def _days_of(alerts: Sequence[Alert]) -> ColumnElement[bool]:
+    """The history rows of the alerts' organization-days."""
+    return organization_days_in(
+        history.c.organization_id,
+        history.c.balance_date,
+        ((alert.organization_id, alert.balance_date) for alert in alerts),
+    )
+
+
 def _rows(destination: str, alerts: Sequence[Alert]):
     """The alerts' rows (one message's: one organization's days, or a digest's many organizations)."""
-    return (
-        history.c.destination == destination,
-        organization_days_in(
-            history.c.organization_id,
-            history.c.balance_date,
-            ((alert.organization_id, alert.balance_date) for alert in alerts),
-        ),
-        history.c.status.not_in(CLOSED),
-    )
+    return history.c.destination == destination, _days_of(alerts), history.c.status.not_in(CLOSED)
 
 
 def record_digest(conn: Connection, destination: str, digest: Digest) -> None:
@@ -339,15 +340,7 @@ def record_released(conn: Connection, destination: str, alerts: Sequence[Alert])
     reason = "held back, then nothing in its window held it back as the fact is now: judged again"
     conn.execute(
         update(history)
-        .where(
-            history.c.destination == destination,
-            history.c.status == SUPPRESSED,
-            organization_days_in(
-                history.c.organization_id,
-                history.c.balance_date,
-                ((alert.organization_id, alert.balance_date) for alert in alerts),
-            ),
-        )
+        .where(history.c.destination == destination, _held_back, _days_of(alerts))
         .values(status=SUPERSEDED, last_error=reason)
     )
 
