@@ -237,6 +237,34 @@ def describe_send_error(error: Exception, timeout: float, request_sent: bool = T
     return f"{type(error).__name__}: {error} (the message may have arrived)", True
 
 
+def webhook_outcome(
+    post: Callable[[], tuple[int, str]],
+    *,
+    deadline: float,
+    attempts: AttemptLog | None,
+    describe: Callable[[Exception, bool], tuple[str, bool]],
+    scrub: Callable[[str], str],
+) -> Outcome:
+    """One message through a webhook, whichever client: `post` sends it and returns the answer's status and
+    body; `describe` says what a failed send means, (what happened, whether it may have been accepted),
+    given whether the request had gone out; `scrub` removes the URL from any text shown."""
+    try:
+        status, body = send_within(post, deadline, attempts)
+    except AttemptOverdue as overdue:
+        return Outcome(False, str(overdue), service_unavailable=True, unanswered=overdue.request_sent)
+    except SendFailed as failed:  # network errors once retries are spent; never let one kill the run
+        description, unanswered = describe(failed.error, failed.request_sent)
+        return Outcome(False, scrub(description), service_unavailable=True, unanswered=unanswered)
+    if 200 <= status < 300:
+        return Outcome(delivered=True)
+    body = " ".join(body.split())[:200]
+    return Outcome(False, scrub(f"HTTP {status}: {body}"), service_unavailable=status == 429 or status >= 500)
+
+
+def slack_answer(response: WebhookResponse) -> tuple[int, str]:
+    return response.status_code, str(response.body or "")
+
+
 class SlackChannel:
     """One Block Kit message (with a text fallback) per organization via the incoming webhook."""
 
@@ -252,23 +280,17 @@ class SlackChannel:
         text, blocks = messages.slack_message(message)
         self._pacer.wait()
         try:
-            response = send_within(
-                lambda: self._client.send(text=text, blocks=blocks, unfurl_links=False, unfurl_media=False),
-                self._deadline,
-                attempts,
+            return webhook_outcome(
+                lambda: slack_answer(
+                    self._client.send(text=text, blocks=blocks, unfurl_links=False, unfurl_media=False)
+                ),
+                deadline=self._deadline,
+                attempts=attempts,
+                describe=lambda error, request_sent: describe_send_error(error, self._timeout, request_sent),
+                scrub=self._redact,
             )
-        except AttemptOverdue as overdue:
-            return Outcome(False, str(overdue), service_unavailable=True, unanswered=overdue.request_sent)
-        except SendFailed as failed:  # network errors once retries are spent; never let one kill the run
-            description, unanswered = describe_send_error(failed.error, self._timeout, failed.request_sent)
-            return Outcome(False, self._redact(description), service_unavailable=True, unanswered=unanswered)
         finally:
             self._pacer.sent()
-        if 200 <= response.status_code < 300:
-            return Outcome(delivered=True)
-        body = " ".join(str(response.body or "").split())[:200]
-        unavailable = response.status_code == 429 or response.status_code >= 500
-        return Outcome(False, self._redact(f"HTTP {response.status_code}: {body}"), unavailable)
 
     def _redact(self, text: str) -> str:
         return redact(text, self._url, f"<{self.name}>")

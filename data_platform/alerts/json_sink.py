@@ -17,16 +17,13 @@ from urllib3.util.retry import Retry
 from data_platform.alerts import payload
 from data_platform.alerts.attempts import (
     AttemptLog,
-    AttemptOverdue,
-    SendFailed,
     attempt_begins,
     attempt_deadline,
     attempt_ends,
     retry_wait_begins,
-    send_within,
 )
 from data_platform.alerts.config import HttpSettings
-from data_platform.alerts.delivery import Outcome, answer_text, redact
+from data_platform.alerts.delivery import Outcome, answer_text, redact, webhook_outcome
 from data_platform.alerts.records import Message
 
 RETRY_STATUSES = frozenset({429, *range(500, 600)})
@@ -96,28 +93,23 @@ class JsonWebhookChannel:
 
     def send(self, message: Message, attempts: AttemptLog | None = None) -> Outcome:
         document = payload.json_payload(message)
-        try:
-            response = send_within(
-                lambda: self._session.post(
-                    self._url, json=document, timeout=self._timeout, allow_redirects=False
-                ),
-                self._deadline,
-                attempts,
-            )
-        except AttemptOverdue as overdue:
-            return Outcome(False, str(overdue), service_unavailable=True, unanswered=overdue.request_sent)
-        except SendFailed as failed:
-            description, unanswered = _describe(failed.error, self._timeout, failed.request_sent)
-            return Outcome(False, self._redact(description), service_unavailable=True, unanswered=unanswered)
-        if 200 <= response.status_code < 300:
-            return Outcome(delivered=True)
-        # not response.text: a charset without "replace" (idna) raises there, and would crash the run
-        body = " ".join(answer_text(response.content, response.encoding).split())[:200]
-        unavailable = response.status_code == 429 or response.status_code >= 500
-        return Outcome(False, self._redact(f"HTTP {response.status_code}: {body}"), unavailable)
+        return webhook_outcome(
+            lambda: _answer(
+                self._session.post(self._url, json=document, timeout=self._timeout, allow_redirects=False)
+            ),
+            deadline=self._deadline,
+            attempts=attempts,
+            describe=lambda error, request_sent: _describe(error, self._timeout, request_sent),
+            scrub=self._redact,
+        )
 
     def _redact(self, text: str) -> str:
         return redact(text, self._url, f"<{self.name}>")
+
+
+def _answer(response: requests.Response) -> tuple[int, str]:
+    # not response.text: a charset without "replace" (idna) raises there, and would crash the run
+    return response.status_code, answer_text(response.content, response.encoding)
 
 
 # requests raises these while preparing the request, before anything goes out

@@ -123,31 +123,24 @@ class SlackOpsChannel:
         given up on goes on in the background; it may arrive, as a lost answer's may."""
         self._pacer.wait()
         try:
-            response = attempts.send_within(
-                lambda: self._client.send(
-                    text=message.slack_text(),
-                    blocks=message.blocks(),
-                    unfurl_links=False,
-                    unfurl_media=False,
+            # `unanswered`: the request went out and may have been accepted, so the caller counts it
+            # towards the at-most-twice limit instead of resending it every tick
+            return delivery.webhook_outcome(
+                lambda: delivery.slack_answer(
+                    self._client.send(
+                        text=message.slack_text(),
+                        blocks=message.blocks(),
+                        unfurl_links=False,
+                        unfurl_media=False,
+                    )
                 ),
-                self._deadline,
+                deadline=self._deadline,
+                attempts=None,
+                describe=lambda error, sent: delivery.describe_send_error(error, self._timeout, sent),
+                scrub=lambda text: delivery.redact(text, self._url),
             )
-        # `unanswered`: the request went out and may have been accepted, so the caller counts it towards
-        # the at-most-twice limit instead of resending it every tick
-        except attempts.AttemptOverdue as overdue:
-            return delivery.Outcome(
-                False, str(overdue), service_unavailable=True, unanswered=overdue.request_sent
-            )
-        except attempts.SendFailed as failed:  # network errors: report, never crash a tick
-            why, unanswered = delivery.describe_send_error(failed.error, self._timeout, failed.request_sent)
-            text = delivery.redact(why, self._url)
-            return delivery.Outcome(False, text, service_unavailable=True, unanswered=unanswered)
         finally:
             self._pacer.sent()
-        if 200 <= response.status_code < 300:
-            return delivery.Outcome(delivered=True)
-        body = " ".join(str(response.body or "").split())[:200]
-        return delivery.Outcome(False, delivery.redact(f"HTTP {response.status_code}: {body}", self._url))
 
 
 def channel_from_environment(environ: Mapping[str, str] | None = None) -> OpsChannel:
