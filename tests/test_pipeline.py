@@ -817,6 +817,19 @@ def test_a_build_whose_dbt_is_killed_outright_leaves_no_statement_running(make_d
             kill_group(run)
 
 
+def _as_transformer(database, monkeypatch):
+    """`database`, its transformer's connection settings in the environment (as the build step has them)."""
+    for name, value in database.env("transformer").items():
+        monkeypatch.setenv(name, value)
+    return database
+
+
+def _write_build_results(target: Path, results: list[dict], nodes: dict | None = None) -> None:
+    """What dbt leaves in its target folder for build_failures to read: the results and the manifest."""
+    (target / "run_results.json").write_text(json.dumps({"results": results}))
+    (target / "manifest.json").write_text(json.dumps({"nodes": nodes or {}}))
+
+
 def test_a_build_that_dies_shows_no_failed_test_of_an_earlier_build(
     make_database, tmp_path, monkeypatch, capsys
 ):
@@ -824,8 +837,7 @@ def test_a_build_that_dies_shows_no_failed_test_of_an_earlier_build(
     fix of a failing test looked as if it had not worked."""
     from data_platform import pipeline
 
-    for name, value in make_database().env("transformer").items():
-        monkeypatch.setenv(name, value)
+    _as_transformer(make_database(), monkeypatch)
     target = tmp_path / "target"
     target.mkdir()
     monkeypatch.setenv("DBT_TARGET_PATH", str(target))
@@ -851,15 +863,12 @@ def test_a_failing_rows_long_value_is_shown_shortened(make_database, tmp_path, m
     # a 500,000-character status in an export fails the staged status's test: its row was printed whole
     from data_platform import build_failures
 
-    database = make_database()
-    for name, value in database.env("transformer").items():
-        monkeypatch.setenv(name, value)
+    database = _as_transformer(make_database(), monkeypatch)
     with database.connect("transformer", autocommit=True) as conn:
         conn.execute("create view audit.long_status as select repeat('x', 500000) as from_field, 7 as n")
     results = [{"unique_id": "test.data_platform.t", "status": "fail", "message": "Got 1 result"}]
     results[0]["relation_name"] = '"audit"."long_status"'
-    (tmp_path / "run_results.json").write_text(json.dumps({"results": results}))
-    (tmp_path / "manifest.json").write_text(json.dumps({"nodes": {}}))
+    _write_build_results(tmp_path, results)
 
     *_, row = build_failures.report(tmp_path)
 
@@ -872,9 +881,7 @@ def test_a_failed_tests_rows_that_cannot_be_read_do_not_hide_the_next_tests(
     # the failed read aborts the session's transaction: every later test's rows would say so instead
     from data_platform import build_failures
 
-    database = make_database()
-    for name, value in database.env("transformer").items():
-        monkeypatch.setenv(name, value)
+    database = _as_transformer(make_database(), monkeypatch)
     with database.connect("transformer", autocommit=True) as conn:
         conn.execute("create view audit.second_test as select 7 as n")
     results = [
@@ -886,8 +893,7 @@ def test_a_failed_tests_rows_that_cannot_be_read_do_not_hide_the_next_tests(
             "relation_name": '"audit"."second_test"',
         },
     ]
-    (tmp_path / "run_results.json").write_text(json.dumps({"results": results}))
-    (tmp_path / "manifest.json").write_text(json.dumps({"nodes": {}}))
+    _write_build_results(tmp_path, results)
 
     first, unread, second, heading, row = build_failures.report(tmp_path)
 
@@ -908,8 +914,7 @@ def test_every_failed_node_is_reported_with_dbt_s_message(make_database, tmp_pat
     alone) has it printed under it. A generic test's id ends in a hash, which its name leaves out."""
     from data_platform import build_failures
 
-    for name, value in make_database().env("transformer").items():
-        monkeypatch.setenv(name, value)
+    _as_transformer(make_database(), monkeypatch)
     model_error = (
         "Database Error in model dim_organizations (models/marts/dim_organizations.sql)\n"
         '  role "nobody" does not exist\n\n'
@@ -935,7 +940,6 @@ def test_every_failed_node_is_reported_with_dbt_s_message(make_database, tmp_pat
             "message": "Got 1 result",
         },
     ]
-    (tmp_path / "run_results.json").write_text(json.dumps({"results": results}))
     hint = (
         "a status without a balance rule: add its row to dbt/seeds/invoice_enrichment.csv; the next run "
         "then rebuilds in full (the rules changed)"
@@ -944,7 +948,7 @@ def test_every_failed_node_is_reported_with_dbt_s_message(make_database, tmp_pat
         f"test.data_platform.{status_test}.2a41a0dc42": {"config": {"meta": {"hint": hint}}},
         "test.data_platform.a_failing_test": {"config": {"meta": {}}},
     }
-    (tmp_path / "manifest.json").write_text(json.dumps({"nodes": nodes}))
+    _write_build_results(tmp_path, results, nodes)
     assert build_failures.report(tmp_path) == [
         "failed model dim_organizations: Database Error in model dim_organizations "
         '(models/marts/dim_organizations.sql) / role "nobody" does not exist / '
