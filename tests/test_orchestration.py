@@ -49,9 +49,12 @@ def test_every_dbt_model_and_seed_is_an_asset_with_its_tests_as_checks(defs, man
     assert {node["name"] for node in nodes} <= names
     tests = [n for n in manifest["nodes"].values() if n["resource_type"] == "test"]
     check_names = {check.name for check in graph.asset_check_keys}
-    # every test attached to one model becomes a check on that model
-    attached = {t["name"] for t in tests if t.get("attached_node")}
-    assert attached and attached <= check_names
+    # every test becomes a check: one attached to a model, or reading one, on that model; one reading
+    # several on the model its meta.dagster.ref names (otherwise dagster-dbt logs an observation only)
+    assert tests and {t["name"] for t in tests} <= check_names
+    checked = {check.name: check.asset_key.path[-1] for check in graph.asset_check_keys}
+    assert checked["assert_balance_changes_sum_to_final_balance"] == "fct_organization_daily_financials"
+    assert checked["assert_ledger_matches_current_invoices"] == "int_organization_daily_status_totals"
 
 
 def test_the_loader_alerts_and_docs_sit_around_the_dbt_graph(defs):
