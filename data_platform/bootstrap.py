@@ -52,7 +52,29 @@ def apply_init_sql(conninfo: str, env: dict[str, str] | None = None) -> None:
         text=True,
     )
     if result.returncode != 0:
-        raise RuntimeError(f"init.sql failed (it needs a superuser connection):\n{result.stderr.strip()}")
+        raise RuntimeError(
+            f"init.sql failed (it needs a superuser connection{_not_a_superuser(conninfo)}):\n"
+            f"{result.stderr.strip()}"
+        )
+
+
+def _not_a_superuser(conninfo: str) -> str:
+    """Why a failed init.sql may have failed, when its connection's role is no superuser: most often the
+    PG* variables that the alert or Dagster commands export for the demo's database, still set in the shell
+    that runs the demo again (which then takes that database for the user's own server)."""
+    try:
+        with psycopg.connect(conninfo, connect_timeout=10) as conn:
+            row = conn.execute(
+                "select current_user, rolsuper from pg_roles where rolname = current_user"
+            ).fetchone()
+    except psycopg.Error:
+        return ""  # psql's own message says why it could not connect
+    if row is None or row[1]:
+        return ""
+    return (
+        f", and {row[0]} is not one; PG* variables left set by the alert or Dagster commands? "
+        "`unset PGHOST PGPORT PGUSER PGPASSWORD PGDATABASE`; scripts/demo.sh then starts its own database"
+    )
 
 
 # pgserver hands the data folder to a shell unquoted: a path holding one of these fails with its traceback

@@ -109,6 +109,18 @@ def test_other_roles_cannot_connect(database):
         psycopg.connect(make_conninfo(**params)).close()
 
 
+def test_init_sql_run_as_a_role_that_is_no_superuser_says_which_and_what_to_unset(database):
+    # the demo run again from a shell that still holds the alert commands' PGUSER=alerter: psql's bare
+    # "permission denied" did not say that the demo took the variables for the user's own server
+    with pytest.raises(RuntimeError) as failed:
+        bootstrap.apply_init_sql(database.conninfo("alerter"), {**os.environ, **ROLE_PASSWORD_ENV})
+    assert "it needs a superuser connection, and alerter is not one; PG* variables left set" in str(
+        failed.value
+    )
+    assert "`unset PGHOST PGPORT PGUSER PGPASSWORD PGDATABASE`" in str(failed.value)
+    assert "permission denied" in str(failed.value)  # psql's own reason follows
+
+
 # server_wide: these run init.sql with other passwords, or none, on the cluster-wide roles
 @pytest.mark.server_wide
 def test_reapplying_without_passwords_keeps_existing_ones(database):
