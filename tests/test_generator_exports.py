@@ -358,12 +358,38 @@ def test_an_existing_export_folder_is_refused_and_kept(tmp_path: Path, capsys) -
     day = tmp_path / "exports" / "2023-04-01"
     written = (day / "invoices.csv").read_bytes()
     capsys.readouterr()
-    # another run over the same day (a loaded export would then be refused as changed) writes nothing
+    # another run over the same day with other options (a loaded export would then be refused as changed)
+    # writes nothing, not even the day after it
     assert main([*cli, "--next-days", "2", "--changed-invoices", "5"]) == 2
     err = capsys.readouterr().err
-    assert f"{day} already exists" in err and "Traceback" not in err
+    assert f"{day} already exists and does not hold the export these options write" in err
+    assert "Traceback" not in err
     assert (day / "invoices.csv").read_bytes() == written
     assert [p.name for p in (tmp_path / "exports").iterdir()] == ["2023-04-01"]
+
+
+def test_a_longer_run_with_the_same_options_keeps_the_days_written_and_adds_the_next(
+    tmp_path: Path, capsys
+) -> None:
+    # the day after the demo's export: refused as "already exists", there was no way to write it there
+    cli = ["--out", str(tmp_path), "--invoices", "3000", "--organizations", "60", "--seed", "7"]
+    cli += ["--end-date", "2023-03-31", "--days", "120"]
+    assert main(cli) == 0
+    assert main([*cli, "--next-days", "1"]) == 0
+    first = tmp_path / "exports" / "2023-04-01" / "invoices.csv"
+    written = first.stat()
+    capsys.readouterr()
+
+    assert main([*cli, "--next-days", "2"]) == 0
+
+    assert f"kept {first}: " in capsys.readouterr().err
+    assert (first.stat().st_ino, first.stat().st_mtime_ns) == (written.st_ino, written.st_mtime_ns)
+    # the second day is the one a single two-day run writes: it follows the first day's versions
+    assert main([*cli, "--next-days", "2", "--exports-dir", str(tmp_path / "at_once")]) == 0
+    for day in ("2023-04-01", "2023-04-02"):
+        kept_or_added = (tmp_path / "exports" / day / "invoices.csv").read_bytes()
+        assert kept_or_added == (tmp_path / "at_once" / day / "invoices.csv").read_bytes(), day
+    assert sorted(p.name for p in (tmp_path / "exports").iterdir()) == ["2023-04-01", "2023-04-02"]
 
 
 @pytest.mark.parametrize("exports_dir", [None, "landing/exports"])

@@ -52,7 +52,9 @@ def _parser() -> argparse.ArgumentParser:
         "wrote it) and writes EXPORTS_DIR/<YYYY-MM-DD>/invoices.csv for the N days after --end-date: "
         "each day's new invoices plus status changes of older invoices (open -> paid, cancelled, "
         "credited, ...): only new and changed rows. With the scenario, the first day also pays and "
-        "cancels invoices of scenario organizations.",
+        "cancels invoices of scenario organizations. A day folder already there is kept when it holds "
+        "what these options write for its day (so --next-days 2 after --next-days 1 adds the second "
+        "day), and refused otherwise.",
     )
     exports.add_argument("--next-days", type=int, metavar="N", help="instead: write N dated exports")
     exports.add_argument(
@@ -89,7 +91,11 @@ def _write_exports(args: argparse.Namespace) -> str:
         days=args.days,
         scenario=args.scenario,
     )
-    lines = [f"wrote {e.path}: {e.new:,} new and {e.changed:,} changed invoices" for e in written]
+    lines = [
+        f"{'kept' if e.kept else 'wrote'} {e.path}: {e.new:,} new and {e.changed:,} changed invoices"
+        + (" (already as these options write it)" if e.kept else "")
+        for e in written
+    ]
     return "\n".join(lines) + f"\nin {time.perf_counter() - started:.1f}s"
 
 

@@ -13,8 +13,10 @@ the base file. Scenario organizations (SCENARIO) change only as NEXT_DAY_SCENARI
 
 from __future__ import annotations
 
+import filecmp
 import heapq
 import random
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -67,6 +69,7 @@ class ExportStats:
     path: Path
     new: int
     changed: int
+    kept: bool = False  # already there, exactly as this run would write it
 
 
 def _sample_key(seed: int, day: date) -> int:
@@ -208,10 +211,12 @@ def write_exports(
     go to the same organizations and continue the FX history. Each export lists the changed older
     invoices first (in the order of the base file), then the day's new invoices.
 
-    A day folder that already exists is refused (it may have been loaded: the loader refuses an export
-    that changed). The days are written into dot-named folders, which the loader and the export sensor
-    ignore, and renamed into place once all are complete: a failed run leaves no day folder behind, nor
-    an exports_dir (or parent) that it made.
+    A day folder that already exists is kept when its invoices.csv is exactly what this run writes for
+    that day (the same options: so a longer run adds the days after it), and refused otherwise, with
+    nothing written (it may have been loaded: the loader refuses an export that changed). The days are
+    written into dot-named folders, which the loader and the export sensor ignore, and renamed into place
+    once all are complete: a failed run leaves no day folder behind, nor an exports_dir (or parent) that it
+    made.
     """
     if next_days < 1 or new_invoices < 0 or changed_invoices < 0:
         raise ValueError("need --next-days >= 1, --new-invoices >= 0 and --changed-invoices >= 0")
@@ -221,13 +226,16 @@ def write_exports(
         exports_dir / (end_date + timedelta(days=offset)).isoformat() for offset in range(1, next_days + 1)
     ]
     _refuse_to_overwrite(day_folders, base, end_date)
+    existing = {folder for folder in day_folders if folder.exists()}
     orgs = build_organizations(seed, organizations, days)
     ids = IdMaker(seed)
     scenario_orgs = {str(org_id).encode() for org_id in scenario_organization_ids(seed).values()}
     all_rates = list(fx_rates(seed, days + next_days))
     later: dict[bytes, bytes] = {}  # id -> line, of the rows of the exports written so far
     results = []
-    with staged(day_folders) as temporary_folders:
+    new_folders = [folder for folder in day_folders if folder not in existing]
+    with staged(new_folders) as temporary_folders, tempfile.TemporaryDirectory() as scratch:
+        staged_folder = dict(zip(new_folders, temporary_folders, strict=True))
         for offset in range(1, next_days + 1):
             day = end_date + timedelta(days=offset)
             targets = _scenario_targets(seed, end_date, days) if scenario and offset == 1 else {}
@@ -246,24 +254,38 @@ def write_exports(
             transactions = ids.strings(first_transaction, len(picked))
             changed = _changed_lines(picked, transactions, all_rates[days - 1 + offset], seed, day)
             new_chunks = later_day_chunks(seed, orgs, new_invoices, end_date, days, offset)
-            folder = temporary_folders[offset - 1]
+            final = day_folders[offset - 1]
+            folder = staged_folder.get(final) or Path(scratch) / day.isoformat()
             folder.mkdir()
             more_days = offset < next_days
             new_lines = _write_export(folder / "invoices.csv", changed, new_chunks, keep=more_days)
+            if final in existing:
+                _refuse_another_export(final / "invoices.csv", folder / "invoices.csv")
             if more_days:  # the next day must see these versions
                 for line in (*changed, *new_lines):
                     later[line[: line.index(",")].encode()] = line.encode()
             results.append(
-                ExportStats(day, day_folders[offset - 1] / "invoices.csv", new_invoices, len(changed))
+                ExportStats(day, final / "invoices.csv", new_invoices, len(changed), kept=final in existing)
             )
     return results
 
 
+def _refuse_another_export(path: Path, written: Path) -> None:
+    """A ValueError unless the existing export `path` is byte for byte the one this run wrote at `written`."""
+    if not path.is_file() or not filecmp.cmp(path, written, shallow=False):
+        raise ValueError(
+            f"{path.parent} already exists and does not hold the export these options write for its day: "
+            "nothing was written. A dated export is written once: give the options of the run that wrote "
+            "it, or remove the folder to write it again (if it was loaded, the loader will refuse the "
+            "changed file)"
+        )
+
+
 def _refuse_to_overwrite(day_folders: list[Path], base: Path, end_date: date) -> None:
-    """A ValueError, before anything is written, when a day folder exists or the base file cannot be
-    followed by the days after end_date."""
+    """A ValueError, before anything is written, when a day folder's place holds a link or a file, or the
+    base file cannot be followed by the days after end_date."""
     for folder in day_folders:
-        if folder.exists() or folder.is_symlink():
+        if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
             raise ValueError(
                 f"{folder} already exists: nothing was written. A dated export is written once; remove "
                 "the folder to write it again (if it was loaded, the loader will refuse the changed file)"
