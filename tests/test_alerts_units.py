@@ -451,6 +451,37 @@ def test_alerts_that_could_not_be_printed_are_undelivered_not_a_bug(monkeypatch,
     )
 
 
+def test_a_misspelt_setting_is_said_to_change_nothing_before_the_run(monkeypatch, capsys):
+    # ALERT_MIN_CHANGE=5 was silently ignored: the run alerted with the $1,000 default and exited 0
+    from data_platform.alerts import cli
+    from data_platform.alerts.errors import AlertError
+
+    def run(settings):
+        assert settings.noise.min_change_usd == Decimal(1000)  # the default, as the warning says
+        raise AlertError("the run itself")
+
+    monkeypatch.setattr(cli, "run", run)
+    monkeypatch.setenv("ALERT_MIN_CHANGE", "5")
+    monkeypatch.setenv("ALERT_SUPRESS_DAYS", "7")
+    monkeypatch.setenv("ALERT_OPS_WEBHOOK", "a route's variable, not a setting")
+    cli.main([])
+    assert capsys.readouterr().err.splitlines() == [
+        "alert_script.py: warning: ALERT_MIN_CHANGE is not a setting of the alert run and changes nothing; "
+        "did you mean ALERT_MIN_CHANGE_USD?",
+        "alert_script.py: warning: ALERT_SUPRESS_DAYS is not a setting of the alert run and changes nothing; "
+        "did you mean ALERT_SUPPRESS_DAYS?",
+        "alert_script.py: error: the run itself",
+    ]
+
+
+def test_the_settings_known_are_those_the_readme_documents():
+    readme = (DBT_PROJECT_DIR.parent / "README.md").read_text()
+    documented = set(re.findall(r"^\| `(ALERT_[A-Z_]+)` \|", readme, re.M))
+    flagged = {name for name, _, _ in config.NOISE_OPTIONS.values()}  # documented beside their flags
+    assert config.setting_names() == documented | flagged
+    assert not config.misspelt_settings({name: "1" for name in documented | flagged})
+
+
 def test_routes_match_in_priority_order():
     from data_platform.alerts.records import Route, route_for
 

@@ -49,7 +49,7 @@ from data_platform.alerts import (
     routing,
     store,
 )
-from data_platform.alerts.config import ConfigError, Settings, load
+from data_platform.alerts.config import ConfigError, Settings, load, misspelt_settings
 from data_platform.alerts.delivery import Channel, ConsoleChannel, SlackChannel
 from data_platform.alerts.errors import PIPELINE_HINT, AlertError, AlertRunBusy, database_error, db_message
 from data_platform.alerts.json_sink import JsonWebhookChannel
@@ -355,6 +355,8 @@ def _run_and_report(argv: Sequence[str] | None) -> int:
     summary: Summary | None = None
     try:
         settings = load(argv, os.environ)
+        for warning in misspelt_settings(os.environ):
+            _tell(f"warning: {warning}")
         summary = run(settings)
         print(summary.line(), flush=True)
     except AlertRunBusy as error:

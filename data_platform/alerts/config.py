@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal, InvalidOperation
@@ -320,3 +321,44 @@ def load(argv: Sequence[str] | None, env: Mapping[str, str]) -> Settings:
         digest_over=args.digest_over,
         environment=dict(env),
     )
+
+
+class _NamesRead(Mapping[str, str]):
+    """An environment that remembers each name looked up in it."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+        self.names: set[str] = set()
+
+    def __getitem__(self, name: str) -> str:
+        self.names.add(name)
+        return self._env[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._env)
+
+    def __len__(self) -> int:
+        return len(self._env)
+
+
+def setting_names() -> frozenset[str]:
+    """The ALERT_* variables load() reads, as it looks them up in an empty environment: a new setting is
+    known here without a second list to keep."""
+    names = _NamesRead({})
+    load([], names)
+    return frozenset(name for name in names.names if name.startswith("ALERT_"))
+
+
+def misspelt_settings(env: Mapping[str, str]) -> list[str]:
+    """A warning for each ALERT_* variable that no setting reads but that is close to one that does: set,
+    a typo would change nothing (other ALERT_* names, a route's webhook variable say, are left alone)."""
+    known = setting_names()
+    warnings = []
+    for name in sorted(env):
+        if name.startswith("ALERT_") and name not in known:
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
+            if close:
+                warnings.append(
+                    f"{name} is not a setting of the alert run and changes nothing; did you mean {close[0]}?"
+                )
+    return warnings
