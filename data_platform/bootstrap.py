@@ -140,10 +140,13 @@ def main(argv: list[str] | None = None) -> int:
     embedded = commands.add_parser(
         "embedded", help="start an embedded Postgres and print its PG* variables as shell exports"
     )
-    embedded.add_argument("--data-dir", type=Path, default=PROJECT_ROOT / ".pgdata")
-    embedded.add_argument("--database", default="warehouse")
+    data_dir_help = "the embedded Postgres's data folder (default: the project's .pgdata)"
+    embedded.add_argument("--data-dir", type=Path, default=PROJECT_ROOT / ".pgdata", help=data_dir_help)
+    embedded.add_argument(
+        "--database", default="warehouse", help="the database to create if missing (default: warehouse)"
+    )
     stop = commands.add_parser("stop", help="stop the embedded Postgres (its data stays)")
-    stop.add_argument("--data-dir", type=Path, default=PROJECT_ROOT / ".pgdata")
+    stop.add_argument("--data-dir", type=Path, default=PROJECT_ROOT / ".pgdata", help=data_dir_help)
     commands.add_parser("init-sql", help="apply init.sql to the database named by the PG* variables")
     args = parser.parse_args(argv)
 

@@ -76,6 +76,9 @@ def date_argument(text: str) -> date:
     return day
 
 
+CSV_DIR_HELP = f"directory holding the exports (default: ${CSV_DIR_VARIABLE} or {CSV_DIR_NAME})"
+
+
 def csv_dir_default() -> str:
     """--csv-dir's default in the command-line tools: $CSV_DIR, else csv_data in the current folder."""
     return os.environ.get(CSV_DIR_VARIABLE) or CSV_DIR_NAME

@@ -55,7 +55,7 @@ from data_platform.db import (
     check_for_dead_client,
     connect,
 )
-from data_platform.exports import Export, csv_dir_default, date_argument, discover
+from data_platform.exports import CSV_DIR_HELP, Export, csv_dir_default, date_argument, discover
 from data_platform.load_errors import (
     ALLOW_EMPTY_HELP,
     ERROR_PREFIX,
@@ -376,7 +376,7 @@ def _parser() -> argparse.ArgumentParser:
         "--csv-dir",
         type=Path,
         default=Path(csv_dir_default()),
-        help="directory holding the exports (default: $CSV_DIR or csv_data)",
+        help=CSV_DIR_HELP,
     )
     parser.add_argument(
         "--as-of",

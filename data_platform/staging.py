@@ -225,8 +225,9 @@ def _lost_rows(staged: Staged, records: int) -> LoadError:
     if stopped is not None and stopped.text == END_OF_DATA_MARKER:
         return LoadError(
             path,
-            f"a line holding only \\. ends the data for Postgres (its end-of-data marker): {rows:,} of "
-            f"{records:,} rows would have loaded; remove the line",
+            # no backslash in the words: a message shows each one doubled, as in its value
+            "a line holding only a backslash and a period ends the data for Postgres (its end-of-data "
+            f"marker): {rows:,} of {records:,} rows would have loaded; remove the line",
             line=stopped.line,
             value="\\.",
         )

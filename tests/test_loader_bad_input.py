@@ -143,7 +143,11 @@ BAD_INVOICES = {
     ),
     "blank line": Bad([*INVOICE_LINES[:3], "", INVOICE_LINES[3]], 4, None, None, "blank line"),
     "end-of-data marker": Bad(
-        [*INVOICE_LINES[:3], "\\.", INVOICE_LINES[3]], 4, None, "\\.", "end-of-data marker"
+        [*INVOICE_LINES[:3], "\\.", INVOICE_LINES[3]],
+        4,
+        None,
+        "\\.",
+        "a line holding only a backslash and a period ends the data for Postgres (its end-of-data marker)",
     ),
     "invalid utf-8": Bad(replace(INVOICE_LINES, 3, "open", "op\udcffen"), 3, None, None, "UTF8"),
     "NUL byte": Bad(replace(INVOICE_LINES, 3, "open", "op\x00en"), 3, None, None, "a NUL byte (0x00)"),

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from data_platform.engines import duckdb_raw, spark_raw
-from data_platform.exports import csv_dir_default, discover
+from data_platform.exports import CSV_DIR_HELP, csv_dir_default, discover
 from data_platform.load_errors import ALLOW_EMPTY_HELP, LoadError
 from data_platform.paths import DBT_DIR_ARGS, DBT_PROJECT_DIR
 from data_platform.refresh import UNIT_TESTS_EXCLUDED
@@ -102,9 +102,11 @@ def _raw_then_dbt(engine: str, env: dict[str, str], csv_dir: str, unit_tests: bo
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("engine", choices=ENGINES)
-    parser.add_argument("--csv-dir", default=csv_dir_default())
+    parser = argparse.ArgumentParser(
+        prog="python -m data_platform.engines.build", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("engine", choices=ENGINES, help="the engine whose warehouse to build")
+    parser.add_argument("--csv-dir", default=csv_dir_default(), help=CSV_DIR_HELP)
     parser.add_argument(
         "--no-unit-tests",
         dest="unit_tests",

@@ -37,7 +37,7 @@ from data_platform.engines.raw_types import (
     refuse_values,
     value_check_columns,
 )
-from data_platform.exports import Export, csv_dir_default
+from data_platform.exports import CSV_DIR_HELP, Export, csv_dir_default
 from data_platform.load_errors import ALLOW_EMPTY_HELP, MAX_VALUE_CHARS, LoadError, future_invoices, utc_today
 from data_platform.raw_tables import (
     FILL_PREVIOUS_SEEN_ON,
@@ -341,9 +341,15 @@ def _noting_sigint() -> Iterator[list[int]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--csv-dir", default=csv_dir_default())
-    parser.add_argument("--database", default=os.environ.get(DATABASE_VARIABLE) or DEFAULT_DATABASE)
+    parser = argparse.ArgumentParser(
+        prog="python -m data_platform.engines.duckdb_raw", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--csv-dir", default=csv_dir_default(), help=CSV_DIR_HELP)
+    parser.add_argument(
+        "--database",
+        default=os.environ.get(DATABASE_VARIABLE) or DEFAULT_DATABASE,
+        help=f"the DuckDB file (default: ${DATABASE_VARIABLE} or {DEFAULT_DATABASE})",
+    )
     parser.add_argument(
         "--allow-empty",
         action="store_true",

@@ -421,8 +421,12 @@ def one_load_at_a_time(environ: Mapping[str, str] | None = None) -> Iterator[Non
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--csv-dir", default=export_discovery.csv_dir_default())
+    parser = argparse.ArgumentParser(
+        prog="python -m data_platform.engines.spark_raw", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--csv-dir", default=export_discovery.csv_dir_default(), help=export_discovery.CSV_DIR_HELP
+    )
     parser.add_argument(
         "--allow-empty",
         action="store_true",

@@ -18,7 +18,10 @@ DEFAULT_SCHEDULE = "0 6 * * *"
 daily_job = define_asset_job(
     "daily_pipeline",
     selection=AssetSelection.all(),
-    description="load the pending exports -> dbt build (rules, models, tests) -> docs -> balance alerts",
+    description=(
+        "load the pending exports -> dbt build (rules, models, tests) -> the docs and the balance alerts "
+        "(either first)"
+    ),
 )
 
 
