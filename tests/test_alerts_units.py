@@ -188,6 +188,7 @@ def test_the_run_summary_writes_every_count_alike():
         sent=1500,
         retried=1200,
         failed=2001,
+        not_attempted=1999,
         unanswered={"slack": 1001, "VIP_WEBHOOK": 1000},
         skipped_from_zero=3000,
         held_back=4000,
@@ -199,8 +200,9 @@ def test_the_run_summary_writes_every_count_alike():
     line = summary.line()
     assert line.startswith(
         "Summary: 1,096 days processed (2021-07-01..2024-06-30), 1,500 alerts sent (1,200 retried from "
-        "earlier runs), 2,001 failed, 3,000 skipped-from-zero (--include-from-zero alerts them), 4,000 "
-        "below --min-change-usd, 5,000 suppressed (--suppress-days; recorded in ops.alert_history); "
+        "earlier runs), 2,001 failed (1,999 not attempted once their webhook had failed), 3,000 "
+        "skipped-from-zero (--include-from-zero alerts them), 4,000 below --min-change-usd, 5,000 suppressed "
+        "(--suppress-days; recorded in ops.alert_history); "
     ), line
     assert "(SLACK_WEBHOOK_URL 1,001, VIP_WEBHOOK 1,000)" in line
     assert "(SLACK_WEBHOOK_URL 6,000)" in line and "(OLD_WEBHOOK 7,000)" in line

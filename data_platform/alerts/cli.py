@@ -241,6 +241,7 @@ def _deliver(
             store.record_not_attempted(ops, destination, alerts, reason)
             commit()
             summary.failed += count
+            summary.not_attempted += count
             continue
         # a `failed` alert may never have been attempted (left when the webhook was down): not a retry
         summary.retried += sum(1 for alert in alerts if alert.status in (FAILED, UNKNOWN) and alert.attempts)

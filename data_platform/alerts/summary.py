@@ -53,6 +53,8 @@ class Summary:
     # alerts whose organization and day another destination already has (the routes changed since)
     recorded_elsewhere: int = 0
     digests: int = 0  # digest messages sent in place of one message per organization
+    # of the failed, those left unattempted once their webhook had failed in this run
+    not_attempted: int = 0
 
     def line(self) -> str:
         days = f"{plural(self.days_processed, 'day')} processed"
@@ -81,7 +83,10 @@ class Summary:
         if self.dry_run and self.watermark != self.watermark_before:
             watermark = f"watermark would move to {self.watermark}"
         prefix = "Summary (dry run, nothing changed)" if self.dry_run else "Summary"
-        line = f"{prefix}: {days}, {sent}, {self.failed:,} failed, {skipped}; {watermark}."
+        failed = f"{self.failed:,} failed"
+        if self.not_attempted:
+            failed += f" ({self.not_attempted:,} not attempted once their webhook had failed)"
+        line = f"{prefix}: {days}, {sent}, {failed}, {skipped}; {watermark}."
         return " ".join([line, *self.notes()])
 
     @property
