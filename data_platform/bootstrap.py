@@ -45,34 +45,40 @@ def psql_binary() -> str:
 
 def apply_init_sql(conninfo: str, env: dict[str, str] | None = None) -> None:
     """Run init.sql with psql (it uses psql meta-commands) as a superuser; raise with psql's message."""
-    result = subprocess.run(
-        [psql_binary(), "--no-psqlrc", "--quiet", "-d", conninfo, "-f", str(INIT_SQL)],
-        env=env if env is not None else dict(os.environ),
-        capture_output=True,
-        text=True,
-    )
+    env = env if env is not None else dict(os.environ)
+    result = _psql(conninfo, env, "-f", str(INIT_SQL))
     if result.returncode != 0:
         raise RuntimeError(
-            f"init.sql failed (it needs a superuser connection{_not_a_superuser(conninfo)}):\n"
+            f"init.sql failed (it needs a superuser connection{_not_a_superuser(conninfo, env)}):\n"
             f"{result.stderr.strip()}"
         )
 
 
-def _not_a_superuser(conninfo: str) -> str:
+def _psql(conninfo: str, env: dict[str, str], *args: str, timeout: float | None = None):
+    return subprocess.run(
+        [psql_binary(), "--no-psqlrc", "--quiet", "-d", conninfo, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _not_a_superuser(conninfo: str, env: dict[str, str]) -> str:
     """Why a failed init.sql may have failed, when its connection's role is no superuser: most often the
     PG* variables that the alert or Dagster commands export for the demo's database, still set in the shell
-    that runs the demo again (which then takes that database for the user's own server)."""
+    that runs the demo again (which then takes that database for the user's own server). Asked the way
+    init.sql was run, so of the same server and role."""
+    query = "select current_user, rolsuper from pg_roles where rolname = current_user"
     try:
-        with psycopg.connect(conninfo, connect_timeout=10) as conn:
-            row = conn.execute(
-                "select current_user, rolsuper from pg_roles where rolname = current_user"
-            ).fetchone()
-    except psycopg.Error:
-        return ""  # psql's own message says why it could not connect
-    if row is None or row[1]:
+        asked = _psql(conninfo, {"PGCONNECT_TIMEOUT": "10", **env}, "-AtF,", "-c", query, timeout=30)
+    except subprocess.TimeoutExpired:
         return ""
+    role, _, superuser = asked.stdout.strip().rpartition(",")
+    if asked.returncode != 0 or not role or superuser != "f":
+        return ""  # psql's own message says why init.sql failed
     return (
-        f", and {row[0]} is not one; PG* variables left set by the alert or Dagster commands? "
+        f", and {role} is not one; PG* variables left set by the alert or Dagster commands? "
         "`unset PGHOST PGPORT PGUSER PGPASSWORD PGDATABASE`; scripts/demo.sh then starts its own database"
     )
 

@@ -83,6 +83,22 @@ ROUTES = (
 )
 
 
+def test_a_misspelt_setting_is_said_to_change_nothing_and_a_routes_variable_is_not(db):  # noqa: F811
+    # ALERT_MIN_CHANGE=5 was ignored without a word
+    set_routes(db, (100, "default", None, None, None, None, "ALERT_CRITICAL", "slack", None))
+    add_moves(db, (1, DAY[0], "100", "300"))
+
+    with SlackStub() as slack:
+        result = run_alerts(db, ALERT_CRITICAL=slack.url, ALERT_MIN_CHANGE="5")
+
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        "alert_script.py: warning: ALERT_MIN_CHANGE is not a setting of the alert run and changes nothing; "
+        "did you mean ALERT_MIN_CHANGE_USD?"
+    ]
+    assert "1 alert sent" in result.stdout and organizations_in(slack.delivered) == [1]
+
+
 def test_each_route_receives_exactly_its_organizations(db):  # noqa: F811
     set_routes(db, *ROUTES)
     set_country(db, 1, 44)  # organization 1 is in the UK too: its own route comes first

@@ -453,27 +453,31 @@ def test_alerts_that_could_not_be_printed_are_undelivered_not_a_bug(monkeypatch,
     )
 
 
-def test_a_misspelt_setting_is_said_to_change_nothing_before_the_run(monkeypatch, capsys):
-    # ALERT_MIN_CHANGE=5 was silently ignored: the run alerted with the $1,000 default and exited 0
-    from data_platform.alerts import cli
-    from data_platform.alerts.errors import AlertError
-
-    def run(settings):
-        assert settings.noise.min_change_usd == Decimal(1000)  # the default, as the warning says
-        raise AlertError("the run itself")
-
-    monkeypatch.setattr(cli, "run", run)
-    monkeypatch.setenv("ALERT_MIN_CHANGE", "5")
-    monkeypatch.setenv("ALERT_SUPRESS_DAYS", "7")
-    monkeypatch.setenv("ALERT_OPS_WEBHOOK", "a route's variable, not a setting")
-    cli.main([])
-    assert capsys.readouterr().err.splitlines() == [
-        "alert_script.py: warning: ALERT_MIN_CHANGE is not a setting of the alert run and changes nothing; "
-        "did you mean ALERT_MIN_CHANGE_USD?",
-        "alert_script.py: warning: ALERT_SUPRESS_DAYS is not a setting of the alert run and changes nothing; "
-        "did you mean ALERT_SUPPRESS_DAYS?",
-        "alert_script.py: error: the run itself",
+def test_only_what_looks_like_a_typo_of_a_setting_is_said_to_change_nothing():
+    env = dict.fromkeys(
+        [
+            "ALERT_MIN_CHANGE",  # cut short
+            "ALERT_SUPRESS_DAYS",  # a letter off
+            "ALERT_LOCK_TIMOUT",
+            "ALERT_HTTP_TIMEOUT",  # a setting
+            "ALERT_CRITICAL",  # a route's webhook variable, though ALERT_CRITICAL_USD cut short
+            "ALERT_CRITICAL_FILE",  # and its file
+            "ALERT_CRITICAL_URL",  # two letters off ALERT_CRITICAL_USD: no typo
+            "ALERT_TIMEOUT",  # another tool's: no typo of ALERT_LOCK_TIMEOUT
+            "ALERT_THRESHOLD",
+            "ALERT_LOCK_FILE",
+            "SUPRESS_DAYS",
+        ],
+        "1",
+    )
+    said = "is not a setting of the alert run and changes nothing; did you mean"
+    assert config.misspelt_settings(env, ["ALERT_CRITICAL"]) == [
+        f"ALERT_LOCK_TIMOUT {said} ALERT_LOCK_TIMEOUT?",
+        f"ALERT_MIN_CHANGE {said} ALERT_MIN_CHANGE_USD?",
+        f"ALERT_SUPRESS_DAYS {said} ALERT_SUPPRESS_DAYS?",
     ]
+    # without the route, its variable looks like a typo too
+    assert f"ALERT_CRITICAL {said} ALERT_CRITICAL_THRESHOLD?" in config.misspelt_settings(env)
 
 
 def test_the_settings_known_are_those_the_readme_documents():

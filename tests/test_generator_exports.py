@@ -362,7 +362,7 @@ def test_an_existing_export_folder_is_refused_and_kept(tmp_path: Path, capsys) -
     # writes nothing, not even the day after it
     assert main([*cli, "--next-days", "2", "--changed-invoices", "5"]) == 2
     err = capsys.readouterr().err
-    assert f"{day} already exists and does not hold the export these options write" in err
+    assert f"{day} already exists and its invoices.csv is not the export these options write" in err
     assert "Traceback" not in err
     assert (day / "invoices.csv").read_bytes() == written
     assert [p.name for p in (tmp_path / "exports").iterdir()] == ["2023-04-01"]
@@ -390,6 +390,20 @@ def test_a_longer_run_with_the_same_options_keeps_the_days_written_and_adds_the_
         kept_or_added = (tmp_path / "exports" / day / "invoices.csv").read_bytes()
         assert kept_or_added == (tmp_path / "at_once" / day / "invoices.csv").read_bytes(), day
     assert sorted(p.name for p in (tmp_path / "exports").iterdir()) == ["2023-04-01", "2023-04-02"]
+
+    # only the missing days are written, wherever they are; a kept day is the whole file, not its start
+    shutil.rmtree(tmp_path / "exports" / "2023-04-01")
+    with (tmp_path / "exports" / "2023-04-02" / "invoices.csv").open("a") as kept:
+        kept.write("\n")
+    assert main([*cli, "--next-days", "2"]) == 2
+    assert "2023-04-02 already exists and its invoices.csv is not the export" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "exports").iterdir()) == ["2023-04-02"]
+    shutil.copy(tmp_path / "at_once" / "2023-04-02" / "invoices.csv", tmp_path / "exports" / "2023-04-02")
+    assert main([*cli, "--next-days", "2"]) == 0
+    assert sorted(p.name for p in (tmp_path / "exports").iterdir()) == ["2023-04-01", "2023-04-02"]
+    for day in ("2023-04-01", "2023-04-02"):
+        rewritten = (tmp_path / "exports" / day / "invoices.csv").read_bytes()
+        assert rewritten == (tmp_path / "at_once" / day / "invoices.csv").read_bytes(), day
 
 
 @pytest.mark.parametrize("exports_dir", [None, "landing/exports"])

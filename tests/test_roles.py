@@ -112,13 +112,16 @@ def test_other_roles_cannot_connect(database):
 def test_init_sql_run_as_a_role_that_is_no_superuser_says_which_and_what_to_unset(database):
     # the demo run again from a shell that still holds the alert commands' PGUSER=alerter: psql's bare
     # "permission denied" did not say that the demo took the variables for the user's own server
-    with pytest.raises(RuntimeError) as failed:
-        bootstrap.apply_init_sql(database.conninfo("alerter"), {**os.environ, **ROLE_PASSWORD_ENV})
-    assert "it needs a superuser connection, and alerter is not one; PG* variables left set" in str(
-        failed.value
-    )
-    assert "`unset PGHOST PGPORT PGUSER PGPASSWORD PGDATABASE`" in str(failed.value)
-    assert "permission denied" in str(failed.value)  # psql's own reason follows
+    shell = {name: value for name, value in os.environ.items() if not name.startswith("PG")}
+    as_the_demo_runs_it = ("", {**shell, **database.env("alerter"), **ROLE_PASSWORD_ENV})
+    given_a_connection = (database.conninfo("alerter"), {**os.environ, **ROLE_PASSWORD_ENV})
+    for conninfo, env in (as_the_demo_runs_it, given_a_connection):
+        with pytest.raises(RuntimeError) as failed:
+            bootstrap.apply_init_sql(conninfo, env)
+        said = str(failed.value)
+        assert "it needs a superuser connection, and alerter is not one; PG* variables left set" in said
+        assert "`unset PGHOST PGPORT PGUSER PGPASSWORD PGDATABASE`" in said
+        assert "permission denied" in said  # psql's own reason follows
 
 
 # server_wide: these run init.sql with other passwords, or none, on the cluster-wide roles

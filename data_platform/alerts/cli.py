@@ -135,6 +135,8 @@ def run(
             raise AlertError(f"{', '.join(missing)} does not exist in {describe_target()}: {PIPELINE_HINT}.")
         # a route without its webhook stops the run here, before anything is recorded or sent
         found = routing.destinations(routes, settings)
+        for warning in misspelt_settings(settings.environment, {route.webhook_env for route in routes}):
+            _tell(f"warning: {warning}")
         channels = {name: channel or choose_channel(settings, dest) for name, dest in found.items()}
         with _connect(engine) as ops:
             try:
@@ -356,8 +358,6 @@ def _run_and_report(argv: Sequence[str] | None) -> int:
     summary: Summary | None = None
     try:
         settings = load(argv, os.environ)
-        for warning in misspelt_settings(os.environ):
-            _tell(f"warning: {warning}")
         summary = run(settings)
         print(summary.line(), flush=True)
     except AlertRunBusy as error:

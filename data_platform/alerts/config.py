@@ -6,7 +6,7 @@ import argparse
 import difflib
 import math
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal, InvalidOperation
@@ -349,16 +349,20 @@ def setting_names() -> frozenset[str]:
     return frozenset(name for name in names.names if name.startswith("ALERT_"))
 
 
-def misspelt_settings(env: Mapping[str, str]) -> list[str]:
-    """A warning for each ALERT_* variable that no setting reads but that is close to one that does: set,
-    a typo would change nothing (other ALERT_* names, a route's webhook variable say, are left alone)."""
+def misspelt_settings(env: Mapping[str, str], route_variables: Iterable[str] = ()) -> list[str]:
+    """A warning for each ALERT_* variable that no setting reads but that looks like a typo of one that
+    does (a letter off, or its name cut short): set, it changes nothing. A route's webhook variable
+    (`route_variables`, and its _FILE) is read, and any other ALERT_* name (another tool's) is left alone."""
     known = setting_names()
+    read = {*route_variables, *(f"{name}_FILE" for name in route_variables)}
     warnings = []
     for name in sorted(env):
-        if name.startswith("ALERT_") and name not in known:
-            close = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
-            if close:
-                warnings.append(
-                    f"{name} is not a setting of the alert run and changes nothing; did you mean {close[0]}?"
-                )
+        if not name.startswith("ALERT_") or name in known or name in read:
+            continue
+        cut_short = sorted(setting for setting in known if setting.startswith(f"{name}_"))
+        close = cut_short or difflib.get_close_matches(name, known, n=1, cutoff=0.9)
+        if close:
+            warnings.append(
+                f"{name} is not a setting of the alert run and changes nothing; did you mean {close[0]}?"
+            )
     return warnings

@@ -13,16 +13,14 @@ the base file. Scenario organizations (SCENARIO) change only as NEXT_DAY_SCENARI
 
 from __future__ import annotations
 
-import filecmp
 import heapq
 import random
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 
-from data_platform.generator.files import staged, write_chunks
+from data_platform.generator.files import holds_chunks, staged, write_chunks
 from data_platform.generator.invoices import later_day_chunks
 from data_platform.generator.organizations import build_organizations
 from data_platform.generator.scenario import NEXT_DAY_SCENARIO, ScenarioChange, scenario_organization_ids
@@ -177,8 +175,11 @@ def _current_lines(base: Path, later: dict[bytes, bytes]) -> Iterator[bytes]:
     yield from later.values()
 
 
-def _write_export(path: Path, changed: list[str], new_chunks: Iterator[str], keep: bool) -> list[str]:
-    """Write one day's invoices.csv; returns its new lines if `keep`."""
+def _export(
+    path: Path, changed: list[str], new_chunks: Iterator[str], keep: bool, compare: bool = False
+) -> list[str]:
+    """Write one day's invoices.csv, or with `compare`, check that the existing file is that export (a
+    ValueError if not); returns its new lines if `keep`."""
     new_lines: list[str] = []
 
     def chunks() -> Iterator[str]:
@@ -188,7 +189,15 @@ def _write_export(path: Path, changed: list[str], new_chunks: Iterator[str], kee
                 new_lines.extend(chunk.splitlines())
             yield chunk
 
-    write_chunks(path, INVOICES_HEADER, chunks())
+    if not compare:
+        write_chunks(path, INVOICES_HEADER, chunks())
+    elif not path.is_file() or not holds_chunks(path, INVOICES_HEADER, chunks()):
+        raise ValueError(
+            f"{path.parent} already exists and its invoices.csv is not the export these options write for "
+            "its day: nothing was written. A dated export is written once: give the options of the run "
+            "that wrote it, or remove the folder to write it again (if it was loaded, the loader will "
+            "refuse the changed file)"
+        )
     return new_lines
 
 
@@ -212,11 +221,11 @@ def write_exports(
     invoices first (in the order of the base file), then the day's new invoices.
 
     A day folder that already exists is kept when its invoices.csv is exactly what this run writes for
-    that day (the same options: so a longer run adds the days after it), and refused otherwise, with
-    nothing written (it may have been loaded: the loader refuses an export that changed). The days are
-    written into dot-named folders, which the loader and the export sensor ignore, and renamed into place
-    once all are complete: a failed run leaves no day folder behind, nor an exports_dir (or parent) that it
-    made.
+    that day (the same options: so a longer run adds the days after it; only the missing days are
+    written), and refused otherwise, with nothing written (it may have been loaded: the loader refuses an
+    export that changed). The days are written into dot-named folders, which the loader and the export
+    sensor ignore, and renamed into place once all are complete: a failed run leaves no day folder behind,
+    nor an exports_dir (or parent) that it made.
     """
     if next_days < 1 or new_invoices < 0 or changed_invoices < 0:
         raise ValueError("need --next-days >= 1, --new-invoices >= 0 and --changed-invoices >= 0")
@@ -234,7 +243,7 @@ def write_exports(
     later: dict[bytes, bytes] = {}  # id -> line, of the rows of the exports written so far
     results = []
     new_folders = [folder for folder in day_folders if folder not in existing]
-    with staged(new_folders) as temporary_folders, tempfile.TemporaryDirectory() as scratch:
+    with staged(new_folders) as temporary_folders:
         staged_folder = dict(zip(new_folders, temporary_folders, strict=True))
         for offset in range(1, next_days + 1):
             day = end_date + timedelta(days=offset)
@@ -255,12 +264,14 @@ def write_exports(
             changed = _changed_lines(picked, transactions, all_rates[days - 1 + offset], seed, day)
             new_chunks = later_day_chunks(seed, orgs, new_invoices, end_date, days, offset)
             final = day_folders[offset - 1]
-            folder = staged_folder.get(final) or Path(scratch) / day.isoformat()
-            folder.mkdir()
             more_days = offset < next_days
-            new_lines = _write_export(folder / "invoices.csv", changed, new_chunks, keep=more_days)
             if final in existing:
-                _refuse_another_export(final / "invoices.csv", folder / "invoices.csv")
+                new_lines = _export(final / "invoices.csv", changed, new_chunks, keep=more_days, compare=True)
+            else:
+                staged_folder[final].mkdir()
+                new_lines = _export(
+                    staged_folder[final] / "invoices.csv", changed, new_chunks, keep=more_days
+                )
             if more_days:  # the next day must see these versions
                 for line in (*changed, *new_lines):
                     later[line[: line.index(",")].encode()] = line.encode()
@@ -268,17 +279,6 @@ def write_exports(
                 ExportStats(day, final / "invoices.csv", new_invoices, len(changed), kept=final in existing)
             )
     return results
-
-
-def _refuse_another_export(path: Path, written: Path) -> None:
-    """A ValueError unless the existing export `path` is byte for byte the one this run wrote at `written`."""
-    if not path.is_file() or not filecmp.cmp(path, written, shallow=False):
-        raise ValueError(
-            f"{path.parent} already exists and does not hold the export these options write for its day: "
-            "nothing was written. A dated export is written once: give the options of the run that wrote "
-            "it, or remove the folder to write it again (if it was loaded, the loader will refuse the "
-            "changed file)"
-        )
 
 
 def _refuse_to_overwrite(day_folders: list[Path], base: Path, end_date: date) -> None:

@@ -21,6 +21,7 @@ import os
 import shutil
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, suppress
+from itertools import chain
 from pathlib import Path
 
 
@@ -176,6 +177,17 @@ def _remove_empty(made: list[Path]) -> None:
     for folder in reversed(made):
         with suppress(OSError):
             folder.rmdir()
+
+
+def holds_chunks(path: Path, header: str, chunks: Iterable[str]) -> bool:
+    """Whether the file at `path` is byte for byte what write_chunks(path, header, chunks) would write:
+    compared as the chunks come, so nothing is written and nothing needs cleaning up after a kill."""
+    with open(path, "rb", buffering=1 << 20) as existing:
+        for text in chain([header + "\n"], chunks):
+            data = text.encode()
+            if existing.read(len(data)) != data:
+                return False
+        return existing.read(1) == b""
 
 
 def write_chunks(path: Path, header: str, chunks: Iterable[str]) -> None:

@@ -2,7 +2,7 @@
 
 The destination and the HTTP policy are the balance alerts' own: SLACK_WEBHOOK_URL (or the file
 SLACK_WEBHOOK_URL_FILE names) and ALERT_HTTP_*, read by the same `alerts.config` functions as
-alert_script.py. Only those: a typo in one of the balance alerts' other settings (ALERT_MIN_CHANGE_USD...)
+alert_script.py. Only those: a bad value of the balance alerts' other settings (ALERT_MIN_CHANGE_USD...)
 fails their run, and the alert about that failure must still go out; an invalid webhook or HTTP setting
 sends the message to stdout, with why. A Slack message is one attempt whose socket operations time out
 after at most OPS_HTTP_TIMEOUT_SECONDS, and the whole send after twice that (no retries: a sensor's next
