@@ -18,7 +18,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import ROLE_PASSWORD_ENV, libpq_env
+from conftest import ROLE_PASSWORD_ENV, ROLE_PASSWORDS, libpq_env
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT / "bench"))
@@ -124,6 +124,9 @@ def test_every_measure_and_target_is_reported(bench_run):
         assert any(node["unique_id"].startswith("model.") for node in timings[build]), build
     # the builds' own tests ran and were timed (the pipeline's run results, not the docs step's)
     assert any(node["unique_id"].startswith("test.") for node in timings["next_day_build"])
+    # the alert query's warm-up run is not one of its timed runs
+    alert = results["measures"]["alert_query"]
+    assert len(alert["runs_ms"]) == alert["repeat"] == 3
 
 
 @pytest.mark.slow
@@ -313,3 +316,22 @@ def test_settings_are_applied_to_the_server_and_a_restart_only_or_unknown_one_is
         assert current("max_wal_size") == other
     finally:
         reset("max_wal_size")
+
+
+def test_differences_count_the_rows_each_side_has_more_of(make_database, tmp_path):
+    """The floor's and the next day's checks: a row the mart holds twice and its match once is a
+    difference."""
+    import workspace
+    from procs import Server
+
+    database = make_database()
+    env = libpq_env(database.admin_conninfo)
+    server = Server(
+        {name: env[name] for name in ("PGHOST", "PGPORT", "PGUSER", "PGPASSWORD")}, ROLE_PASSWORDS
+    )
+    bench = workspace.Bench(server, database.name, tmp_path, "psql")
+    with database.connect("transformer", autocommit=True) as conn:
+        conn.execute("create table marts.left_rows as select * from (values (1), (1), (2), (2)) as t(n)")
+        conn.execute("create table marts.right_rows as select * from (values (1), (2), (3)) as t(n)")
+    # left has one more 1 and one more 2, right has a 3
+    assert bench.differences("marts.left_rows", "marts.right_rows") == [2, 1]
