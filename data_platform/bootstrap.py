@@ -10,10 +10,12 @@ import argparse
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import types
 import warnings
+from contextlib import suppress
 from pathlib import Path
 
 import psycopg
@@ -132,12 +134,32 @@ def stop_embedded_server(data_dir: Path) -> bool:
     # gone, or a zombie nobody reaped (its pid still answers), and get_server would then fail to stop it
     # with a traceback, or start the server only to stop it
     running = PostmasterInfo.read_from_pgdata(data_dir)
-    if running is None or not running.is_running() or running.process.status() == psutil.STATUS_ZOMBIE:
+    if running is None:
+        return _stop_unlisted(data_dir, psutil)
+    if not running.is_running() or running.process.status() == psutil.STATUS_ZOMBIE:
         return False
 
     # a handle that stops the server when it closes, and is the only one: `embedded` keeps none open
     pgserver.get_server(data_dir, cleanup_mode="stop").cleanup()
     return True
+
+
+def _stop_unlisted(data_dir: Path, psutil: types.ModuleType) -> bool:
+    """Stop a postmaster serving `data_dir` whose postmaster.pid is gone (seen after a demo stopped with
+    Ctrl-C, cause unknown): found by its command line, as pgserver starts it (`postgres -D <data_dir>`),
+    and asked to shut down fast, as `pg_ctl stop` does. False when none runs there."""
+    target = data_dir.resolve()
+    for process in psutil.process_iter(["name", "cmdline"]):
+        arguments = process.info["cmdline"] or []
+        if process.info["name"] != "postgres" or "-D" not in arguments[:-1]:
+            continue
+        if Path(arguments[arguments.index("-D") + 1]).resolve() != target:
+            continue
+        with suppress(psutil.NoSuchProcess):
+            process.send_signal(signal.SIGINT)
+            process.wait(timeout=60)
+        return True
+    return False
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,8 +1,10 @@
 """data_platform.db: how a connection target is described in error messages; waiting for an advisory
 lock; bootstrap's stop of the embedded server."""
 
+import contextlib
 import getpass
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -74,6 +76,29 @@ def test_stopping_an_embedded_server_killed_but_not_reaped_starts_nothing(tmp_pa
         assert sorted(path.name for path in tmp_path.iterdir()) == ["postmaster.pid"]
     finally:
         killed.wait()
+
+
+def test_stopping_an_embedded_server_whose_pid_file_is_gone_stops_it(tmp_path):
+    # seen after a demo stopped with Ctrl-C: the server ran on without its postmaster.pid, and `stop` said
+    # that none ran in its folder
+    data_dir = tmp_path / "pgdata"
+    bootstrap.start_embedded_server(data_dir, "warehouse")
+    (data_dir / "postmaster.pid").unlink()
+    postmasters = [
+        process
+        for process in psutil.process_iter(["cmdline"])
+        if str(data_dir) in (process.info["cmdline"] or [])
+    ]
+    assert len(postmasters) == 1
+    try:
+        assert bootstrap.stop_embedded_server(data_dir) is True
+
+        assert not postmasters[0].is_running()
+        assert bootstrap.stop_embedded_server(data_dir) is False
+    finally:  # no server left running when the stop failed
+        with contextlib.suppress(psutil.NoSuchProcess):
+            postmasters[0].send_signal(signal.SIGINT)
+            postmasters[0].wait(timeout=60)
 
 
 def test_the_embedded_server_commands_say_nothing_about_an_unset_xdg_runtime_dir(tmp_path):
