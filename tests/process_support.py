@@ -6,6 +6,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -67,3 +68,18 @@ def _group_of(pid: int) -> int | None:
 def read_log(log: Path) -> str:
     """A log another process is writing (its last character may be cut)."""
     return log.read_text(errors="replace")
+
+
+@contextlib.contextmanager
+def python_waiting(script: str, ready: str):
+    """A Python child that runs `script` until it prints the line `ready`, then waits until it is let go
+    (its stdin closed) when the block ends: a process whose past (CPU, memory) a test measures."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout.readline() == f"{ready}\n"
+        yield child
+    finally:
+        child.stdin.close()
+        child.wait(timeout=30)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from process_support import python_waiting
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT / "bench"))
@@ -182,19 +183,22 @@ def test_the_marts_summary_counts_the_latest_day_and_sums_balances():
     }
 
 
+# the pipeline's step lines of a Postgres build, as engine_run times them (seconds from its start)
+POSTGRES_BUILD_STEPS = [
+    (2.0, "loading the exports in /csv"),
+    (6.0, "dbt build: rules, models and tests, rebuilt from scratch (first run)"),
+    (16.0, "dbt docs generate"),
+    (19.0, "pipeline finished"),
+]
+
+
 def test_a_build_is_measured_up_to_its_cut_in_raw_layer_dbt_and_other():
     # Postgres's build: cut where its docs step starts, so neither the docs' time nor their memory counts
     run = engine_run.TreeRun(
         status="ok",
         seconds=20.0,
         returncode=0,
-        markers=[
-            (1.0, "waiting for the database (up to 60s)"),
-            (2.0, "loading the exports in /csv"),
-            (6.0, "dbt build: rules, models and tests, rebuilt from scratch (first run)"),
-            (16.0, "dbt docs generate"),
-            (19.0, "pipeline finished"),
-        ],
+        markers=[(1.0, "waiting for the database (up to 60s)"), *POSTGRES_BUILD_STEPS],
         peak_pss_bytes={
             "start-up": 50 * MIB,
             "loading the exports": 100 * MIB,
@@ -261,11 +265,7 @@ def test_server_cpu_spent_before_the_build_is_not_counted(tmp_path):
         "import sys, time\nend = time.process_time() + 0.5\nwhile time.process_time() < end:\n    pass\n"
         "print('busy before', flush=True)\nsys.stdin.read()\n"
     )
-    server = subprocess.Popen(
-        [sys.executable, "-c", burn], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert server.stdout.readline() == "busy before\n"
+    with python_waiting(burn, "busy before") as server:
         run = engine_run.run_tree(
             [sys.executable, "-c", "import time; time.sleep(0.5)"],
             env={},
@@ -274,9 +274,6 @@ def test_server_cpu_spent_before_the_build_is_not_counted(tmp_path):
             timeout=None,
             server_pid=server.pid,
         )
-    finally:
-        server.stdin.close()
-        server.wait(timeout=30)
     assert run.status == "ok"
     assert run.server_cpu_seconds < 0.25
 
@@ -287,12 +284,7 @@ def test_postgres_is_measured_up_to_its_docs_step_and_the_docs_timed_apart(tmp_p
         status="ok",
         seconds=20.0,
         returncode=0,
-        markers=[
-            (2.0, "loading the exports in /csv"),
-            (6.0, "dbt build: rules, models and tests, rebuilt from scratch (first run)"),
-            (16.0, "dbt docs generate"),
-            (19.0, "pipeline finished"),
-        ],
+        markers=POSTGRES_BUILD_STEPS,
     )
     answers = {
         "server_version": [("16.2",)],

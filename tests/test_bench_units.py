@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import json
-import subprocess
 import sys
 import time
 from contextlib import contextmanager
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from process_support import python_waiting
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT / "bench"))
@@ -61,11 +61,7 @@ def test_the_memory_sampler_keeps_a_peak_it_never_polled():
         "import sys\nblock = b'x' * (200 * 1024 * 1024)\ndel block\n"
         "print('freed', flush=True)\nsys.stdin.read()\n"
     )
-    child = subprocess.Popen(
-        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert child.stdout.readline() == "freed\n"
+    with python_waiting(script, "freed") as child:
         sampler = procs._RssSampler(child.pid)
         sampler.start()
         while sampler.peak == 0 and sampler.is_alive():  # until its first poll
@@ -73,9 +69,6 @@ def test_the_memory_sampler_keeps_a_peak_it_never_polled():
         sampler.stopped.set()
         sampler.join()
         assert sampler.process.memory_info().rss < 100 * MIB
-    finally:
-        child.stdin.close()
-        child.wait(timeout=30)
     assert sampler.peak >= 200 * MIB
 
 
