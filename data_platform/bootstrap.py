@@ -135,7 +135,7 @@ def stop_embedded_server(data_dir: Path) -> bool:
     # with a traceback, or start the server only to stop it
     running = PostmasterInfo.read_from_pgdata(data_dir)
     if running is None:
-        return _stop_unlisted(data_dir, psutil)
+        return _stop_unlisted(data_dir)
     if not running.is_running() or running.process.status() == psutil.STATUS_ZOMBIE:
         return False
 
@@ -144,10 +144,12 @@ def stop_embedded_server(data_dir: Path) -> bool:
     return True
 
 
-def _stop_unlisted(data_dir: Path, psutil: types.ModuleType) -> bool:
+def _stop_unlisted(data_dir: Path) -> bool:
     """Stop a postmaster serving `data_dir` whose postmaster.pid is gone (seen after a demo stopped with
     Ctrl-C, cause unknown): found by its command line, as pgserver starts it (`postgres -D <data_dir>`),
     and asked to shut down fast, as `pg_ctl stop` does. False when none runs there."""
+    import psutil  # pgserver's own dependency
+
     target = data_dir.resolve()
     for process in psutil.process_iter(["name", "cmdline"]):
         arguments = process.info["cmdline"] or []

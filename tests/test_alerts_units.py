@@ -19,7 +19,7 @@ from data_platform.alerts.errors import database_error, db_message
 from data_platform.alerts.plan import Plan, plan_days
 from data_platform.alerts.records import BALANCE_CHANGE, NEW_BALANCE, SINKS, Alert, Batch, Organization
 from data_platform.alerts.summary import Summary
-from data_platform.paths import DBT_PROJECT_DIR
+from data_platform.paths import DBT_PROJECT_DIR, PROJECT_ROOT
 
 D = [date(2024, 3, 1) + timedelta(days=i) for i in range(10)]  # D[0] .. D[9]
 MAX = date.max  # a garbage 9999-12-31 in the data must not overflow the planning
@@ -481,7 +481,7 @@ def test_only_what_looks_like_a_typo_of_a_setting_is_said_to_change_nothing():
 
 
 def test_the_settings_known_are_those_the_readme_documents():
-    readme = (DBT_PROJECT_DIR.parent / "README.md").read_text()
+    readme = (PROJECT_ROOT / "README.md").read_text()
     documented = set(re.findall(r"^\| `(ALERT_[A-Z_]+)` \|", readme, re.M))
     flagged = {name for name, _, _ in config.NOISE_OPTIONS.values()}  # documented beside their flags
     assert config.setting_names() == documented | flagged

@@ -52,9 +52,9 @@ def _parser() -> argparse.ArgumentParser:
         "wrote it) and writes EXPORTS_DIR/<YYYY-MM-DD>/invoices.csv for the N days after --end-date: "
         "each day's new invoices plus status changes of older invoices (open -> paid, cancelled, "
         "credited, ...): only new and changed rows. With the scenario, the first day also pays and "
-        "cancels invoices of scenario organizations. A day folder already there is kept when it holds "
-        "what these options write for its day (so --next-days 2 after --next-days 1 adds the second "
-        "day), and refused otherwise.",
+        "cancels invoices of scenario organizations. A day folder already there is kept when its "
+        "invoices.csv is what these options write for that day (so --next-days 2 after --next-days 1 "
+        "adds the second day; only missing days are written), and refused otherwise.",
     )
     exports.add_argument("--next-days", type=int, metavar="N", help="instead: write N dated exports")
     exports.add_argument(
