@@ -15,7 +15,13 @@ from data_platform.steps import step
 
 def check_docs_address(settings: Settings) -> None:
     """Bind DOCS_HOST and DOCS_PORT as `dbt docs serve` does, and let go: a port in use (or a host that
-    is not this machine's) is a PipelineError naming them, not dbt's traceback."""
+    is not this machine's) is a PipelineError naming them, not dbt's traceback.
+
+    Both binds may take a port whose last server stopped moments ago (a demo run again right after its
+    Ctrl-C: the old connections linger in TIME_WAIT for a minute), as http.server's own server may; dbt
+    binds with socketserver's class default, which refuses it. A port a server listens on stays refused.
+    """
+    socketserver.TCPServer.allow_reuse_address = True
     try:
         with socketserver.TCPServer(
             (settings.docs_host, settings.docs_port), socketserver.BaseRequestHandler

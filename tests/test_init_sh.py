@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -110,6 +112,21 @@ def test_rejects_a_docs_port_that_is_not_one(tmp_path, value):
     assert "waiting for the database" in without_docs.stdout
 
 
+def docs_only_env(tmp_path: Path, port: int) -> dict[str, str]:
+    """The environment of a pipeline whose run is replaced by the test's code: it only serves the docs."""
+    (tmp_path / "target").mkdir()
+    return {
+        **os.environ,
+        **{"PGHOST": "localhost", "PGUSER": "docs", "PGPASSWORD": "docs", "PGDATABASE": "docs"},
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "DBT_TARGET_PATH": str(tmp_path / "target"),
+        "DBT_LOG_PATH": str(tmp_path / "logs"),
+        "SERVE_DOCS": "true",
+        "DOCS_HOST": "127.0.0.1",
+        "DOCS_PORT": str(port),
+    }
+
+
 @pytest.mark.parametrize("when", ["before the check", "between the check and the bind"])
 def test_a_docs_port_taken_while_the_pipeline_ran_ends_it_with_one_line(tmp_path, when):
     # the port is free when the run starts; the pipeline's work is replaced by something taking it, a
@@ -129,19 +146,13 @@ sys.exit(pipeline.main([]))
 """
     with socket.create_server(("127.0.0.1", 0)) as probe:
         port = probe.getsockname()[1]
-    (tmp_path / "target").mkdir()
-    env = {
-        **os.environ,
-        **{"PGHOST": "localhost", "PGUSER": "docs", "PGPASSWORD": "docs", "PGDATABASE": "docs"},
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        "DBT_TARGET_PATH": str(tmp_path / "target"),
-        "DBT_LOG_PATH": str(tmp_path / "logs"),
-        "SERVE_DOCS": "true",
-        "DOCS_HOST": "127.0.0.1",
-        "DOCS_PORT": str(port),
-    }
     result = subprocess.run(
-        [sys.executable, "-c", code], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", code],
+        cwd=PROJECT_ROOT,
+        env=docs_only_env(tmp_path, port),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 2
     where = f"DOCS_HOST=127.0.0.1 DOCS_PORT={port}"
@@ -229,3 +240,46 @@ def test_a_secret_file_problem_stops_before_anything_runs(tmp_path):
     assert "SLACK_WEBHOOK_URL and SLACK_WEBHOOK_URL_FILE are both set: set only one" in result.stderr
     assert "token" not in result.stdout + result.stderr
     assert "waiting for the database" not in result.stdout
+
+
+def port_in_time_wait() -> int:
+    """A port whose server has stopped, its last connection closed by the server side first, as after a
+    docs server's answer: the port lingers in TIME_WAIT for a minute, refused to a plain bind."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            answered, _ = server.accept()
+            answered.close()
+            client.recv(1)  # the server's close reached the client before it closes in turn
+    return port
+
+
+def test_the_docs_are_served_again_on_the_port_a_stopped_server_left_in_time_wait(tmp_path):
+    # the demo run again right after its Ctrl-C: both the check at the start and dbt's own bind take it
+    port = port_in_time_wait()
+    with pytest.raises(OSError, match="Address already in use"), socket.socket() as plain:
+        plain.bind(("127.0.0.1", port))  # else the test would prove nothing
+    code = "import sys\nfrom data_platform import pipeline\npipeline.run = lambda settings: None\n"
+    code += "sys.exit(pipeline.main([]))\n"
+    server = subprocess.Popen(
+        [sys.executable, "-c", code],
+        cwd=PROJECT_ROOT,
+        env=docs_only_env(tmp_path, port),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while server.poll() is None and time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as page:
+                    assert page.status == 200
+                break
+            except OSError:
+                time.sleep(0.5)
+    finally:
+        server.send_signal(signal.SIGINT)
+        output, _ = server.communicate(timeout=60)
+    assert "pipeline: the docs server stopped (SIGINT)." in output, output
+    assert server.returncode == 128 + signal.SIGINT, output
