@@ -127,12 +127,13 @@ def refuse_after_dated(export: Export, export_date: date) -> None:
     )
 
 
-def day_folders(folder: Path) -> list[tuple[date, Path]]:
+def day_folders(folder: Path, skip_unexpected: bool = False) -> list[tuple[date, Path]]:
     """The dated export folders in `folder` (csv_dir/exports), oldest first, as the loader takes them; none
     when it does not exist. Dot names (a copy renamed into place when complete) are skipped. LoadError
-    for a `folder` that is not one and for any other entry: never silently "no exports"."""
+    for a `folder` that is not one and for any other entry: never silently "no exports" (with
+    `skip_unexpected`, other entries are left out instead, for a check that has reported them already)."""
     if not folder.is_dir():
-        if present(folder):  # a file, or a link to a share that is not mounted
+        if present(folder) and not skip_unexpected:  # a file, or a link to a share that is not mounted
             raise LoadError(
                 folder,
                 f"not a folder (or a link to a missing one): the dated exports go in "
@@ -145,6 +146,8 @@ def day_folders(folder: Path) -> list[tuple[date, Path]]:
             continue
         day = parse_date(entry.name)
         if not entry.is_dir() or day is None:
+            if skip_unexpected:
+                continue
             raise LoadError(
                 entry,
                 f"unexpected entry in {folder}: expected only folders named YYYY-MM-DD holding invoices.csv",

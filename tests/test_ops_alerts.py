@@ -29,6 +29,7 @@ from dagster import (
     op,
 )
 from dagster._core.definitions.run_status_sensor_definition import RunStatusSensorCursor
+from dagster._core.errors import DagsterExecutionInterruptedError
 from dagster._core.remote_origin import RegisteredCodeLocationOrigin, RemoteRepositoryOrigin
 from orchestration_support import (
     UNUSABLE_PIPELINE_SETTINGS,
@@ -41,7 +42,7 @@ from slack_stub import OK, SECRET, Reply, SlackStub, hang, rate_limited, redirec
 
 from data_platform import ledger, ledger_tables, pipeline, refresh
 from data_platform.alerts.records import MAX_UNCONFIRMED_ATTEMPTS
-from data_platform.orchestration import failure_alerts, freshness, notify
+from data_platform.orchestration import failure_alerts, freshness, notify, startup
 from data_platform.orchestration.freshness import FACT, check_freshness
 from data_platform.raw_tables import LoadLogRow
 
@@ -81,6 +82,17 @@ def failing_retried_job():
 @job(name="__ASSET_JOB")  # Dagster's own job for assets materialized alone, from the UI
 def failing_asset_job():
     load_step()
+
+
+@op
+def interrupted_step():
+    # what Dagster raises in a step when its run process is told to stop (Ctrl-C, Terminate, a shutdown)
+    raise DagsterExecutionInterruptedError()
+
+
+@job(name="daily_pipeline")
+def interrupted_daily_job():
+    interrupted_step()
 
 
 def tick(defs, instance, name: str, cursor: str | None):
@@ -209,6 +221,7 @@ def test_a_run_that_failed_outside_its_steps_is_alerted_with_the_runs_error_and_
         "During multiprocess execution errors occurred in child processes:",
         "In process 23559: dagster_postgres.utils.DagsterPostgresException: too many retries for DB "
         "connection",
+        startup.CATCH_UP,  # the database came back: nothing else runs the job again before the schedule
     )
 
 
@@ -240,7 +253,30 @@ def test_a_failed_materialization_of_an_asset_alone_is_alerted(defs, instance):
             run_id = fail(instance, failing_asset_job)
             tick(defs, instance, "run_failure_alerts", started.cursor)
         assert alerted_runs(slack) == [run_id]
-        assert slack.delivered[0]["text"].startswith("Pipeline run failed: __ASSET_JOB, step load_step\n")
+        # not Dagster's name for it, __ASSET_JOB
+        assert slack.delivered[0]["text"].startswith(
+            "Pipeline run failed: assets materialized alone, step load_step\n"
+        )
+
+
+def test_an_interrupted_run_is_alerted_in_words_with_what_to_do(instance):
+    # Dagster's own error is the bare class name; nothing starts the run again before the next export
+    # lands or the schedule comes
+    run_id = fail(instance, interrupted_daily_job)
+    message = failure_alerts.failure_message(instance, instance.get_run_by_id(run_id), "http://dagster.test")
+    assert message.title == "Pipeline run failed: daily_pipeline, step interrupted_step"
+    assert message.details == (
+        "the run was interrupted: its process was stopped while the step ran (Ctrl-C of `dagster dev`, "
+        "Terminate in the UI, or a shutdown)",
+        startup.CATCH_UP,
+    )
+
+
+def test_a_step_that_failed_on_its_own_error_gets_no_advice_to_run_again(instance):
+    # a bad export fails again until it is fixed: the error says what to fix
+    run_id = fail(instance)
+    message = failure_alerts.failure_message(instance, instance.get_run_by_id(run_id), "http://dagster.test")
+    assert startup.CATCH_UP not in message.details
 
 
 def test_a_tick_sends_at_most_its_share_of_a_backlog_and_keeps_the_rest_in_order(defs, instance):
@@ -939,12 +975,12 @@ def test_a_fact_gone_stale_after_the_stale_alert_still_counts_while_a_run_is_in_
     with ops_slack(database, tmp_path) as slack:
         with freshness_clock_ahead(hours=30):
             cursor = tick(defs, instance, "freshness_alerts", None).cursor  # stale: no new export
-            cover(database, EXPORTS[1])  # then a build fails: still stale, nothing new to say
+            cover(database, EXPORTS[1])  # then a build fails: a cause of its own, told
             cursor = tick(defs, instance, "freshness_alerts", cursor).cursor
         in_progress(instance, "daily_pipeline")
         (tmp_path / "exports" / "2024-07-04").mkdir()  # a new export: its run is in progress
         tick(defs, instance, "freshness_alerts", cursor)
-    assert [m["text"].splitlines()[0] for m in slack.delivered] == ["Data is stale"]
+    assert [m["text"].splitlines()[0] for m in slack.delivered] == ["Data is stale", "Data is still stale"]
 
 
 def test_a_freshness_alert_slack_takes_but_answers_late_is_sent_twice_at_most_then_logged(
@@ -1010,3 +1046,70 @@ def test_a_refused_recovery_alert_still_names_what_was_resolved_when_it_is_sent_
         ["Data is stale", behind],
         ["Data is fresh again", f"resolved: {behind}"],
     ]
+
+
+def test_a_stale_alert_names_a_late_export_beside_a_landing_folder_the_loader_refuses(
+    defs, instance, make_database, tmp_path
+):
+    # the refusal used to hide the age: fixing it left the operator thinking the exports arrive
+    database = loaded_warehouse(make_database, covered=EXPORTS[-1])
+    fresh_export_folder(tmp_path)
+    stray = tmp_path / "exports" / "incoming"
+    stray.mkdir()
+    with ops_slack(database, tmp_path) as slack, freshness_clock_ahead(hours=30):
+        cursor = tick(defs, instance, "freshness_alerts", None).cursor
+        stray.rmdir()  # the refusal is fixed; the late export was told
+        cursor = tick(defs, instance, "freshness_alerts", cursor).cursor
+    (stale,) = [html.unescape(m["text"]).splitlines() for m in slack.delivered]
+    assert stale[0] == "Data is stale"
+    assert "unexpected entry in" in stale[1] and stale[2].startswith("no new export for 30.0 h")
+
+
+def test_stale_for_another_cause_is_said_once_and_the_same_causes_in_new_words_are_not(
+    defs, instance, make_database, tmp_path
+):
+    database = loaded_warehouse(make_database, covered=EXPORTS[-1])
+    fresh_export_folder(tmp_path)
+    with ops_slack(database, tmp_path) as slack:
+        with freshness_clock_ahead(hours=30):
+            cursor = tick(defs, instance, "freshness_alerts", None).cursor  # stale: no new export
+        with freshness_clock_ahead(hours=31):  # an hour later: the same cause, its age grown
+            cursor = tick(defs, instance, "freshness_alerts", cursor).cursor
+            assert len(slack.delivered) == 1
+            cover(database, EXPORTS[1])  # then a build fails: a cause of its own
+            cursor = tick(defs, instance, "freshness_alerts", cursor).cursor
+            cursor = tick(defs, instance, "freshness_alerts", cursor).cursor  # nothing new
+        (tmp_path / "exports" / "2024-07-04").mkdir()  # an export lands: only the build lags now
+        cursor = tick(defs, instance, "freshness_alerts", cursor).cursor  # a cause fixed: no news
+        assert len(slack.delivered) == 2
+        with freshness_clock_ahead(hours=29):  # and then, no export for a day: told again
+            cursor = tick(defs, instance, "freshness_alerts", cursor).cursor
+        cover(database, EXPORTS[-1])
+        (tmp_path / "exports" / "2024-07-05").mkdir()
+        tick(defs, instance, "freshness_alerts", cursor)
+    titles = [m["text"].splitlines()[0] for m in slack.delivered]
+    assert titles == ["Data is stale", "Data is still stale", "Data is still stale", "Data is fresh again"]
+    behind = slack.delivered[1]["text"].splitlines()
+    assert behind[1].startswith("no new export for 31.0 h") and behind[2].startswith(f"{FACT} is behind")
+    late_again = slack.delivered[2]["text"].splitlines()
+    assert late_again[1].startswith("no new export for 29.0 h: the newest, 2024-07-04")
+    assert late_again[2].startswith(f"{FACT} is behind")
+    assert [line.split(":")[0] for line in slack.delivered[3]["text"].splitlines()[1:]] == ["resolved"] * 2
+
+
+def test_the_previous_releases_stale_cursor_says_nothing_again_for_the_same_causes(
+    defs, instance, make_database, tmp_path
+):
+    # written before the causes were kept: an upgrade alone must not repeat "stale"
+    database = loaded_warehouse(make_database, covered=EXPORTS[1])
+    fresh_export_folder(tmp_path)
+    behind = (
+        f"{FACT} is behind: exports up to 2024-07-03 are loaded, "
+        "the last successful build covered up to 2024-07-02"
+    )
+    with ops_slack(database, tmp_path) as slack, freshness_clock_ahead(hours=30):
+        late = check_freshness(freshness.utc_now(), max_age_hours=26, fact=()).exports
+        previous_cursor = json.dumps({"stale": True, "exports": late, "fact": [behind], "unanswered": 0})
+        tick(defs, instance, "freshness_alerts", previous_cursor)
+    assert late[0].startswith("no new export for 30.0 h")
+    assert slack.requests == []

@@ -30,6 +30,7 @@ from dagster import (
     SkipReason,
     sensor,
 )
+from dagster._core.remote_representation.code_location import is_implicit_asset_job_name
 
 from data_platform.alerts.delivery import Outcome
 from data_platform.alerts.records import MAX_UNCONFIRMED_ATTEMPTS
@@ -41,10 +42,15 @@ from data_platform.orchestration.notify import (
     given_up,
 )
 from data_platform.orchestration.schedules import daily_job
+from data_platform.orchestration.startup import CATCH_UP
 
 if TYPE_CHECKING:
     from dagster._utils.error import SerializableErrorInfo
 
+INTERRUPTED = (
+    "the run was interrupted: its process was stopped while the step ran (Ctrl-C of `dagster dev`, "
+    "Terminate in the UI, or a shutdown)"
+)
 FAILURE_EVENTS_READ = 100  # a tick reads up to this many new failures; the next tick the rest
 # a backlog is sent a few messages a tick, so that a tick ends well within the daemon's time limit
 FAILURE_ALERTS_PER_TICK = 5
@@ -63,7 +69,9 @@ RUN_STATUS_SENSOR_CURSORS = ("RunStatusSensorCursor", "PipelineSensorCursor")
 def failure_message(instance: DagsterInstance, run: DagsterRun, base_url: str) -> OpsMessage:
     """The failed step and its error; for a run that failed outside its steps (its process died, the
     Dagster storage went away, its job's definitions could not load), the steps it left unfinished and the
-    run's error, or the error of Dagster's own event that holds one."""
+    run's error, or the error of Dagster's own event that holds one. A run that ended under a step that
+    way, or was interrupted, also says what to do: nothing starts it again before the next export or
+    schedule."""
     kinds = {
         DagsterEventType.STEP_START,
         DagsterEventType.STEP_SUCCESS,
@@ -86,13 +94,17 @@ def failure_message(instance: DagsterInstance, run: DagsterRun, base_url: str) -
     unfinished = steps_of(DagsterEventType.STEP_START) - steps_of(DagsterEventType.STEP_SUCCESS)
     steps = ", ".join(sorted(steps_of(DagsterEventType.STEP_FAILURE)))
     retried = ""
+    # the run ended under a step (its process died, the database went away) or was stopped
+    cut_off = bool(unfinished)
     if failures and failures[0].step_failure_data.error is not None:
         error_info = failures[0].step_failure_data.error
         if error_info.message.startswith("Exceeded max_retries") and error_info.cause is not None:
             # Dagster's words once a step's retries ran out: what failed is the last attempt's error
             retried = f" ({error_info.message.strip()})"
             error_info = error_info.cause
-        error = _without_class_name(error_info)
+        cut_off = error_info.cls_name == "DagsterExecutionInterruptedError"
+        # its message is its class's name only
+        error = INTERRUPTED if cut_off else _without_class_name(error_info)
     else:
         run_failures = [e for e in entries if e.dagster_event_type == DagsterEventType.RUN_FAILURE]
         error = next(filter(None, (e.message for e in run_failures)), "no error message")
@@ -114,11 +126,20 @@ def failure_message(instance: DagsterInstance, run: DagsterRun, base_url: str) -
                 )
     if not steps:
         steps = f"{', '.join(sorted(unfinished))}, which did not finish" if unfinished else "the run itself"
+    details = first_lines(error)
+    if cut_off and CATCH_UP not in error:  # startup's own words say it already
+        details += (CATCH_UP,)
     return OpsMessage(
-        title=f"Pipeline run failed: {run.job_name}, step {steps}{retried}",
-        details=first_lines(error),
+        title=f"Pipeline run failed: {_job_label(run.job_name)}, step {steps}{retried}",
+        details=details,
         link=f"{base_url}/runs/{run.run_id}",
     )
+
+
+def _job_label(job_name: str) -> str:
+    """Dagster's own job for assets materialized alone (the UI's Materialize, `dagster asset materialize`)
+    is named `__ASSET_JOB`, which says nothing to the reader."""
+    return "assets materialized alone" if is_implicit_asset_job_name(job_name) else job_name
 
 
 def _without_class_name(error_info: "SerializableErrorInfo") -> str:

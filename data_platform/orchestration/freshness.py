@@ -1,12 +1,13 @@
 """Freshness alerts: the data went stale (and recovered).
 
 Stale: no new export folder for EXPORT_MAX_AGE_HOURS, or exports loaded that no successful build covered.
-The sensor's cursor records whether the last alert said stale or fresh, and a tick sends only when that
-changes (and moves that record only once the message was delivered, or after MAX_UNCONFIRMED_ATTEMPTS
-unanswered attempts, logged as an error saying to check the channel). It also keeps what the last tick
-found, so that while a run is in progress (a Dagster run of any job, or init.sh's run, which holds the
-pipeline lock), when the fact lags the exports it is loading, the last verdict about the fact stands
-instead of a new one.
+The sensor's cursor records whether the last alert said stale or fresh, and the causes it told that still
+stand, and a tick sends only when there is news: stale, fresh again, or still stale for a cause not told
+(a build failing while no export arrives, say); a cause fixed while another stands is not news. It moves
+that record only once the message was delivered, or after MAX_UNCONFIRMED_ATTEMPTS unanswered attempts,
+logged as an error saying to check the channel. It also keeps what the last tick found, so that while a
+run is in progress (a Dagster run of any job, or init.sh's run, which holds the pipeline lock), when the
+fact lags the exports it is loading, the last verdict about the fact stands instead of a new one.
 """
 
 import datetime as dt
@@ -15,6 +16,7 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from dagster import (
     DagsterInstance,
@@ -49,8 +51,11 @@ IN_PROGRESS = [DagsterRunStatus.QUEUED, DagsterRunStatus.STARTING, DagsterRunSta
 
 @dataclass(frozen=True)
 class Freshness:
-    exports: tuple[str, ...] = ()  # about the export folders
+    exports: tuple[str, ...] = ()  # about the export folders: a setting, the landing folder, their age
     fact: tuple[str, ...] = ()  # about the daily fact: loaded exports no successful build covered
+    # what each problem is about, in the order of `problems`: one said again in other words (an age grown
+    # by an hour, a newer export loaded and still not built) is no news, a cause fixed or found is
+    causes: tuple[str, ...] = ()
 
     @property
     def problems(self) -> tuple[str, ...]:
@@ -77,14 +82,26 @@ def export_max_age_hours(environ: Mapping[str, str] | None = None) -> float:
     return value
 
 
-def _export_problems(now: dt.datetime, max_age_hours: float) -> tuple[str, ...]:
+def _export_problems(now: dt.datetime, max_age_hours: float) -> tuple[tuple[str, str], ...]:
+    """(cause, problem) pairs: a landing folder the loader would refuse, then, from the dated folders it
+    holds all the same, how long ago the newest landed (an operator who fixes the one must not be left
+    thinking the exports arrive)."""
     directory = exports_dir()
     try:
-        folders = export_folders(directory)
+        return _age_problems(now, max_age_hours, directory, export_folders(directory))
     except LoadError as error:
-        return (str(error),)
+        dated = export_folders(directory, skip_unexpected=True)
+        return (
+            ("landing folder", str(error)),
+            *(_age_problems(now, max_age_hours, directory, dated) if dated else ()),
+        )
+
+
+def _age_problems(
+    now: dt.datetime, max_age_hours: float, directory: Path, folders: list[Path]
+) -> tuple[tuple[str, str], ...]:
     if not folders:
-        return (f"no export folder (YYYY-MM-DD) in {directory}",)
+        return (("no export", f"no export folder (YYYY-MM-DD) in {directory}"),)
     newest = folders[-1]
     stat = newest.stat()
     # the change time: a folder copied with its times kept (cp -rp, rsync -a) landed when it was copied,
@@ -92,10 +109,11 @@ def _export_problems(now: dt.datetime, max_age_hours: float) -> tuple[str, ...]:
     landed = dt.datetime.fromtimestamp(max(stat.st_mtime, stat.st_ctime), dt.UTC)
     age_hours = (now - landed).total_seconds() / 3600
     if age_hours > max_age_hours:
-        return (
+        late = (
             f"no new export for {age_hours:.1f} h: the newest, {newest.name}, landed "
-            f"{landed:%Y-%m-%d %H:%M} UTC (EXPORT_MAX_AGE_HOURS={max_age_hours:g})",
+            f"{landed:%Y-%m-%d %H:%M} UTC (EXPORT_MAX_AGE_HOURS={max_age_hours:g})"
         )
+        return (("no new export", late),)
     return ()
 
 
@@ -137,38 +155,75 @@ def check_freshness(
     fact judged too, unless `fact` gives the verdict to keep. An EXPORT_MAX_AGE_HOURS that cannot be used
     is a problem of its own, reported like the others, and the default stands in for it meanwhile: a
     sensor that raised on every tick would tell nobody."""
-    setting: tuple[str, ...] = ()
+    exports: tuple[tuple[str, str], ...] = ()
     if max_age_hours is None:
         try:
             max_age_hours = export_max_age_hours()
         except ValueError as error:
             max_age_hours = DEFAULT_EXPORT_MAX_AGE_HOURS
-            setting = (f"{error}; the exports are checked against the default, {max_age_hours:g} h",)
-    exports = setting + _export_problems(now, max_age_hours)
-    return Freshness(exports, _fact_problems() if fact is None else fact)
+            default = f"{error}; the exports are checked against the default, {max_age_hours:g} h"
+            exports = (("EXPORT_MAX_AGE_HOURS", default),)
+    exports += _export_problems(now, max_age_hours)
+    fact = _fact_problems() if fact is None else fact
+    return Freshness(
+        tuple(problem for _, problem in exports),
+        fact,
+        tuple(cause for cause, _ in exports) + (FACT,) * len(fact),
+    )
 
 
-def _recorded(cursor: str | None) -> tuple[bool, Freshness, int]:
-    """(whether the last alert said stale, the problems the last tick found, the unanswered attempts of
-    the message saying the opposite; earlier releases' cursors have none)."""
+@dataclass(frozen=True)
+class _Said:
+    """What the alerts said: stale or not, and the causes told that still stand (none when fresh)."""
+
+    stale: bool = False
+    causes: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, verdict: Freshness) -> "_Said":
+        return cls(verdict.stale, frozenset(verdict.causes))
+
+
+def _recorded(cursor: str | None) -> tuple[_Said, Freshness, int]:
+    """(what the last alert said, the problems the last tick found, the unanswered attempts of the message
+    saying otherwise; earlier releases' cursors have none, nor the causes)."""
     if not cursor:
-        return False, Freshness(), 0  # nothing said yet: assume fresh, so the first stale tick alerts
+        return _Said(), Freshness(), 0  # nothing said yet: assume fresh, so the first stale tick alerts
     state = json.loads(cursor)
     unanswered = int(state.get("unanswered", 0))
     if "problems" in state:
         # an earlier release's cursor, before the fact's verdict was kept apart: its problems stand for
         # that verdict, so a tick during a run keeps them and "fresh again" names them as resolved
-        return state["stale"], Freshness(fact=tuple(state["problems"])), unanswered
-    found = Freshness(tuple(state.get("exports", ())), tuple(state.get("fact", ())))
-    return state["stale"], found, unanswered
+        found = Freshness(fact=tuple(state["problems"]), causes=(FACT,) * len(state["problems"]))
+    else:
+        exports, fact = tuple(state.get("exports", ())), tuple(state.get("fact", ()))
+        causes = state.get("causes", [_cause_in_words(problem) for problem in exports] + [FACT] * len(fact))
+        found = Freshness(exports, fact, tuple(causes))
+    # a cursor written before what was said was kept: the last tick's causes, so nothing is said again
+    said = state.get("said", sorted(set(found.causes)) if state["stale"] else [])
+    return _Said(state["stale"], frozenset(said)), found, unanswered
 
 
-def _cursor(said_stale: bool, found: Freshness, unanswered: int = 0) -> str:
+def _cause_in_words(problem: str) -> str:
+    """The cause of an export problem in a cursor written before the causes were kept, from its words."""
+    for opening, cause in (
+        ("no new export for ", "no new export"),
+        ("no export folder ", "no export"),
+        ("EXPORT_MAX_AGE_HOURS ", "EXPORT_MAX_AGE_HOURS"),
+    ):
+        if problem.startswith(opening):
+            return cause
+    return "landing folder"
+
+
+def _cursor(said: _Said, found: Freshness, unanswered: int = 0) -> str:
     return json.dumps(
         {
-            "stale": said_stale,
+            "stale": said.stale,
+            "said": sorted(said.causes),
             "exports": list(found.exports),
             "fact": list(found.fact),
+            "causes": list(found.causes),
             "unanswered": unanswered,
         }
     )
@@ -176,33 +231,42 @@ def _cursor(said_stale: bool, found: Freshness, unanswered: int = 0) -> str:
 
 @sensor(name="freshness_alerts", minimum_interval_seconds=300, default_status=DefaultSensorStatus.RUNNING)
 def freshness_alerts(context: SensorEvaluationContext):
-    said_stale, last, unanswered = _recorded(context.cursor)
+    said, last, unanswered = _recorded(context.cursor)
     # while a run is in progress, the fact lags the exports it is loading: keep the last verdict about
     # it (stale stays stale, fresh stays fresh) until a tick after the run judges it again
     running = run_in_progress(context.instance)
     current = check_freshness(utc_now(), fact=last.fact if running else None)
-    if current.stale == said_stale:
-        # for the next tick during a run; a change that went unanswered is moot now: its count goes
-        context.update_cursor(_cursor(said_stale, current))
+    if current.stale == said.stale and said.causes.issuperset(current.causes):
+        # nothing untold: a cause fixed while others stand waits for "fresh again" (and, no longer
+        # counted as told, is news if it comes back); the cursor keeps the problems for the next tick
+        # during a run; a change that went unanswered is moot now: its count goes
+        context.update_cursor(_cursor(_Said.of(current), current))
         return SkipReason("stale: " + "; ".join(current.problems) if current.stale else "fresh")
+    resolved = tuple(
+        f"resolved: {problem}"
+        for cause, problem in zip(last.causes, last.problems, strict=True)
+        if cause not in current.causes
+    )
     if current.stale:
-        message = OpsMessage("Data is stale", details=current.problems, link=f"{dagster_base_url()}/assets")
+        title = "Data is still stale" if said.stale else "Data is stale"
+        details = current.problems + (resolved if said.stale else ())
+        message = OpsMessage(title, details=details, link=f"{dagster_base_url()}/assets")
     else:
-        message = OpsMessage("Data is fresh again", details=tuple(f"resolved: {p}" for p in last.problems))
+        message = OpsMessage("Data is fresh again", details=resolved)
     outcome = channel_from_environment().send(message)
     if not outcome.delivered:
         if outcome.unanswered:
             # it may have arrived: resent every tick, a slow Slack would get a copy each time
             unanswered += 1
         if unanswered < MAX_UNCONFIRMED_ATTEMPTS:
-            context.update_cursor(_cursor(said_stale, last, unanswered))
+            context.update_cursor(_cursor(said, last, unanswered))
             return SkipReason(
                 f"the freshness alert could not be delivered ({outcome.error}); next tick retries"
             )
         # counted as said, so that the next change is alerted as usual
         problem = given_up(f"the freshness alert ({message.title})", outcome.error)
         context.log.error(problem)
-        context.update_cursor(_cursor(current.stale, current))
+        context.update_cursor(_cursor(_Said.of(current), current))
         return SkipReason(problem)
-    context.update_cursor(_cursor(current.stale, current))
+    context.update_cursor(_cursor(_Said.of(current), current))
     return SkipReason(f"sent: {message.title}")

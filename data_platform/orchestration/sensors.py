@@ -64,11 +64,11 @@ def now_ns() -> int:
     return time.time_ns()
 
 
-def export_folders(directory: Path) -> list[Path]:
+def export_folders(directory: Path, skip_unexpected: bool = False) -> list[Path]:
     """The dated export folders, oldest first, exactly as the loader takes them; LoadError with the
     loader's words for a landing folder it would refuse (a file or a dangling link in place of the folder,
-    an entry that is not a YYYY-MM-DD folder)."""
-    return [folder for _, folder in day_folders(directory)]
+    an entry that is not a YYYY-MM-DD folder), unless `skip_unexpected` leaves those out."""
+    return [folder for _, folder in day_folders(directory, skip_unexpected)]
 
 
 @dataclass(frozen=True)

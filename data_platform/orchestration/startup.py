@@ -21,10 +21,15 @@ import sys
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
 INTERRUPTED = [DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]
+# what to do about a run that ended before its work did: nothing else starts it again before the next
+# export lands or the schedule comes (the failure alerts say it too)
+CATCH_UP = (
+    "Exports it loaded stay loaded and a build counts only once complete: run the job again, or let the "
+    "next scheduled run catch up."
+)
 MESSAGE = (
     "The run was cut off: the dagster-daemon stopped while it ran (its container restarted, recreated or "
-    "killed, or `dagster dev` ended), and its run process with it. Exports it loaded stay loaded and a "
-    "build counts only once complete: run the job again, or let the next scheduled run catch up."
+    f"killed, or `dagster dev` ended), and its run process with it. {CATCH_UP}"
 )
 
 
