@@ -6,6 +6,7 @@ import errno
 import os
 import signal
 import socketserver
+import sys
 
 from data_platform.paths import DBT_ARGS
 from data_platform.pipeline_errors import EXIT_CONFIG, PipelineError
@@ -17,11 +18,13 @@ def check_docs_address(settings: Settings) -> None:
     """Bind DOCS_HOST and DOCS_PORT as `dbt docs serve` does, and let go: a port in use (or a host that
     is not this machine's) is a PipelineError naming them, not dbt's traceback.
 
-    Both binds may take a port whose last server stopped moments ago (a demo run again right after its
-    Ctrl-C: the old connections linger in TIME_WAIT for a minute), as http.server's own server may; dbt
-    binds with socketserver's class default, which refuses it. A port a server listens on stays refused.
+    On Linux, both binds may take a port whose last server stopped moments ago (a demo run again right
+    after its Ctrl-C: the old connections linger in TIME_WAIT for a minute), as http.server's own server
+    may; dbt binds with socketserver's class default, which refuses it. A port a server listens on stays
+    refused there; not on macOS or Windows, where the same flag lets a bind share a port in use.
     """
-    socketserver.TCPServer.allow_reuse_address = True
+    if sys.platform == "linux":
+        socketserver.TCPServer.allow_reuse_address = True
     try:
         with socketserver.TCPServer(
             (settings.docs_host, settings.docs_port), socketserver.BaseRequestHandler

@@ -86,7 +86,7 @@ def failing_asset_job():
 
 @op
 def interrupted_step():
-    # what Dagster raises in a step when its run process is told to stop (Ctrl-C, Terminate, a shutdown)
+    # what Dagster raises in a step when its run process is told to stop (Ctrl-C, a shutdown)
     raise DagsterExecutionInterruptedError()
 
 
@@ -266,10 +266,37 @@ def test_an_interrupted_run_is_alerted_in_words_with_what_to_do(instance):
     message = failure_alerts.failure_message(instance, instance.get_run_by_id(run_id), "http://dagster.test")
     assert message.title == "Pipeline run failed: daily_pipeline, step interrupted_step"
     assert message.details == (
-        "the run was interrupted: its process was stopped while the step ran (Ctrl-C of `dagster dev`, "
-        "Terminate in the UI, or a shutdown)",
+        "the run was stopped while the step ran: its process was told to stop (Ctrl-C of `dagster dev`, a "
+        "shutdown, or run monitoring's time limit)",
+        'Execution of run for "daily_pipeline" failed. Execution was interrupted unexpectedly. No user '
+        "initiated termination request was found, treating as failure.",
         startup.CATCH_UP,
     )
+
+
+@pytest.mark.parametrize("error_class", ["DagsterExecutionInterruptedError", "KeyboardInterrupt"])
+def test_a_run_stopped_by_run_monitorings_time_limit_says_so(instance, error_class):
+    # the step is interrupted either way; the run's own failure names the limit
+    from dagster import DagsterEvent
+    from dagster._core.execution.plan.objects import ErrorSource, StepFailureData
+    from dagster._utils.error import SerializableErrorInfo
+
+    run = instance.create_run_for_job(job_def=failing_daily_job)
+    interrupted = SerializableErrorInfo(f"{error_class}\n", stack=[], cls_name=error_class)
+    for kind, data in (
+        (DagsterEventType.STEP_START, None),
+        (DagsterEventType.STEP_FAILURE, StepFailureData(interrupted, None, ErrorSource.INTERRUPT)),
+    ):
+        event = DagsterEvent(
+            kind.value, job_name=run.job_name, step_key="dbt_build", event_specific_data=data
+        )
+        instance.report_dagster_event(event, run_id=run.run_id)
+    instance.report_run_failed(run, "Exceeded maximum runtime of 14400 seconds.")
+
+    message = failure_alerts.failure_message(instance, instance.get_run_by_id(run.run_id), "http://d")
+
+    assert message.title == "Pipeline run failed: daily_pipeline, step dbt_build"
+    assert message.details[1:] == ("Exceeded maximum runtime of 14400 seconds.", startup.CATCH_UP)
 
 
 def test_a_step_that_failed_on_its_own_error_gets_no_advice_to_run_again(instance):
@@ -277,6 +304,27 @@ def test_a_step_that_failed_on_its_own_error_gets_no_advice_to_run_again(instanc
     run_id = fail(instance)
     message = failure_alerts.failure_message(instance, instance.get_run_by_id(run_id), "http://dagster.test")
     assert startup.CATCH_UP not in message.details
+
+
+def test_a_step_that_failed_without_an_error_is_not_taken_for_one_cut_off(instance):
+    from dagster import DagsterEvent
+    from dagster._core.execution.plan.objects import StepFailureData
+
+    run = instance.create_run_for_job(job_def=failing_daily_job)
+    for kind, data in (
+        (DagsterEventType.STEP_START, None),
+        (DagsterEventType.STEP_FAILURE, StepFailureData(None, None)),
+    ):
+        event = DagsterEvent(
+            kind.value, job_name=run.job_name, step_key="load_step", event_specific_data=data
+        )
+        instance.report_dagster_event(event, run_id=run.run_id)
+    instance.report_run_failed(run, "Steps failed: ['load_step'].")
+
+    message = failure_alerts.failure_message(instance, instance.get_run_by_id(run.run_id), "http://d")
+
+    assert message.title == "Pipeline run failed: daily_pipeline, step load_step"
+    assert message.details == ("Steps failed: ['load_step'].",)
 
 
 def test_a_tick_sends_at_most_its_share_of_a_backlog_and_keeps_the_rest_in_order(defs, instance):
@@ -1097,8 +1145,9 @@ def test_stale_for_another_cause_is_said_once_and_the_same_causes_in_new_words_a
     assert [line.split(":")[0] for line in slack.delivered[3]["text"].splitlines()[1:]] == ["resolved"] * 2
 
 
+@pytest.mark.parametrize("release", ["fact kept apart", "one list of problems"])
 def test_the_previous_releases_stale_cursor_says_nothing_again_for_the_same_causes(
-    defs, instance, make_database, tmp_path
+    defs, instance, make_database, tmp_path, release
 ):
     # written before the causes were kept: an upgrade alone must not repeat "stale"
     database = loaded_warehouse(make_database, covered=EXPORTS[1])
@@ -1109,7 +1158,29 @@ def test_the_previous_releases_stale_cursor_says_nothing_again_for_the_same_caus
     )
     with ops_slack(database, tmp_path) as slack, freshness_clock_ahead(hours=30):
         late = check_freshness(freshness.utc_now(), max_age_hours=26, fact=()).exports
-        previous_cursor = json.dumps({"stale": True, "exports": late, "fact": [behind], "unanswered": 0})
-        tick(defs, instance, "freshness_alerts", previous_cursor)
+        if release == "fact kept apart":
+            state = {"stale": True, "exports": late, "fact": [behind], "unanswered": 0}
+        else:  # the release before: the export problems and the fact's in one list
+            state = {"stale": True, "problems": [*late, behind]}
+        tick(defs, instance, "freshness_alerts", json.dumps(state))
     assert late[0].startswith("no new export for 30.0 h")
     assert slack.requests == []
+
+
+def test_a_cursor_whose_causes_do_not_match_its_problems_is_read_from_their_words(
+    defs, instance, make_database, tmp_path
+):
+    # set by hand (`dagster sensor cursor --set`): every tick must not fail on it, telling nobody
+    database = loaded_warehouse(make_database, covered=EXPORTS[1])
+    fresh_export_folder(tmp_path)
+    behind = (
+        f"{FACT} is behind: exports up to 2024-07-03 are loaded, "
+        "the last successful build covered up to 2024-07-02"
+    )
+    state = {"stale": True, "exports": [], "fact": [behind], "causes": [], "unanswered": 0}
+    with ops_slack(database, tmp_path) as slack:
+        cursor = tick(defs, instance, "freshness_alerts", json.dumps(state)).cursor
+        assert slack.requests == []  # the same cause: told already
+        cover(database, EXPORTS[-1])
+        tick(defs, instance, "freshness_alerts", cursor)
+    assert [m["text"] for m in slack.delivered] == [f"Data is fresh again\nresolved: {behind}"]

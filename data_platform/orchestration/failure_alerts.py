@@ -30,6 +30,7 @@ from dagster import (
     SkipReason,
     sensor,
 )
+from dagster._core.execution.plan.objects import ErrorSource  # where a step's error came from
 from dagster._core.remote_representation.code_location import is_implicit_asset_job_name
 
 from data_platform.alerts.delivery import Outcome
@@ -47,9 +48,11 @@ from data_platform.orchestration.startup import CATCH_UP
 if TYPE_CHECKING:
     from dagster._utils.error import SerializableErrorInfo
 
-INTERRUPTED = (
-    "the run was interrupted: its process was stopped while the step ran (Ctrl-C of `dagster dev`, "
-    "Terminate in the UI, or a shutdown)"
+# a step's error when its run process was told to stop is a bare class name (Terminate in the UI cancels
+# the run instead: no failure, no alert)
+INTERRUPTED_IN_WORDS = (
+    "the run was stopped while the step ran: its process was told to stop (Ctrl-C of `dagster dev`, a "
+    "shutdown, or run monitoring's time limit)"
 )
 FAILURE_EVENTS_READ = 100  # a tick reads up to this many new failures; the next tick the rest
 # a backlog is sent a few messages a tick, so that a tick ends well within the daemon's time limit
@@ -91,22 +94,26 @@ def failure_message(instance: DagsterInstance, run: DagsterRun, base_url: str) -
         }
 
     failures = [e.dagster_event for e in entries if e.dagster_event_type == DagsterEventType.STEP_FAILURE]
+    failed = steps_of(DagsterEventType.STEP_FAILURE)
     unfinished = steps_of(DagsterEventType.STEP_START) - steps_of(DagsterEventType.STEP_SUCCESS)
-    steps = ", ".join(sorted(steps_of(DagsterEventType.STEP_FAILURE)))
+    steps = ", ".join(sorted(failed))
+    run_failures = [e for e in entries if e.dagster_event_type == DagsterEventType.RUN_FAILURE]
     retried = ""
-    # the run ended under a step (its process died, the database went away) or was stopped
-    cut_off = bool(unfinished)
+    # the run ended under a step (its process died, the database went away) or was stopped: nothing in the
+    # data to fix, and nothing starts it again before the next export or schedule
+    cut_off = bool(unfinished - failed)
     if failures and failures[0].step_failure_data.error is not None:
         error_info = failures[0].step_failure_data.error
         if error_info.message.startswith("Exceeded max_retries") and error_info.cause is not None:
             # Dagster's words once a step's retries ran out: what failed is the last attempt's error
             retried = f" ({error_info.message.strip()})"
             error_info = error_info.cause
-        cut_off = error_info.cls_name == "DagsterExecutionInterruptedError"
-        # its message is its class's name only
-        error = INTERRUPTED if cut_off else _without_class_name(error_info)
+        error = _without_class_name(error_info)
+        if failures[0].step_failure_data.error_source == ErrorSource.INTERRUPT:
+            cut_off = True
+            # the run's own failure says why when run monitoring stopped it (its time limit)
+            error = "\n".join([INTERRUPTED_IN_WORDS, *filter(None, (e.message for e in run_failures))])
     else:
-        run_failures = [e for e in entries if e.dagster_event_type == DagsterEventType.RUN_FAILURE]
         error = next(filter(None, (e.message for e in run_failures)), "no error message")
         # "An exception was thrown during execution." says nothing of the exception: it is in the event
         data = run_failures[0].dagster_event.event_specific_data if run_failures else None

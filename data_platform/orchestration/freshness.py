@@ -174,7 +174,8 @@ def check_freshness(
 
 @dataclass(frozen=True)
 class _Said:
-    """What the alerts said: stale or not, and the causes told that still stand (none when fresh)."""
+    """What the alerts said: stale or not, and the causes told that still stand (none when fresh): the
+    cursor's `stale` and the causes of the problems it keeps."""
 
     stale: bool = False
     causes: frozenset[str] = frozenset()
@@ -192,21 +193,27 @@ def _recorded(cursor: str | None) -> tuple[_Said, Freshness, int]:
     state = json.loads(cursor)
     unanswered = int(state.get("unanswered", 0))
     if "problems" in state:
-        # an earlier release's cursor, before the fact's verdict was kept apart: its problems stand for
-        # that verdict, so a tick during a run keeps them and "fresh again" names them as resolved
-        found = Freshness(fact=tuple(state["problems"]), causes=(FACT,) * len(state["problems"]))
+        # an earlier release's cursor, before the fact's verdict was kept apart: told apart by their words
+        problems = state["problems"]
+        exports = tuple(problem for problem in problems if _cause_in_words(problem) != FACT)
+        fact = tuple(problem for problem in problems if _cause_in_words(problem) == FACT)
+        causes = None
     else:
         exports, fact = tuple(state.get("exports", ())), tuple(state.get("fact", ()))
-        causes = state.get("causes", [_cause_in_words(problem) for problem in exports] + [FACT] * len(fact))
-        found = Freshness(exports, fact, tuple(causes))
-    # a cursor written before what was said was kept: the last tick's causes, so nothing is said again
-    said = state.get("said", sorted(set(found.causes)) if state["stale"] else [])
-    return _Said(state["stale"], frozenset(said)), found, unanswered
+        causes = state.get("causes")
+    if causes is None or len(causes) != len(exports) + len(fact):  # before they were kept, or set by hand
+        causes = [_cause_in_words(problem) for problem in exports + fact]
+    found = Freshness(exports, fact, tuple(causes))
+    # an alert sent records what the tick found, and a failed one keeps the tick before's: the causes told
+    # are always the last found's
+    said = _Said(state["stale"], frozenset(found.causes) if state["stale"] else frozenset())
+    return said, found, unanswered
 
 
 def _cause_in_words(problem: str) -> str:
-    """The cause of an export problem in a cursor written before the causes were kept, from its words."""
+    """The cause of a problem in a cursor written before the causes were kept, from its words."""
     for opening, cause in (
+        (f"{FACT} is behind", FACT),
         ("no new export for ", "no new export"),
         ("no export folder ", "no export"),
         ("EXPORT_MAX_AGE_HOURS ", "EXPORT_MAX_AGE_HOURS"),
@@ -220,7 +227,6 @@ def _cursor(said: _Said, found: Freshness, unanswered: int = 0) -> str:
     return json.dumps(
         {
             "stale": said.stale,
-            "said": sorted(said.causes),
             "exports": list(found.exports),
             "fact": list(found.fact),
             "causes": list(found.causes),
@@ -237,9 +243,9 @@ def freshness_alerts(context: SensorEvaluationContext):
     running = run_in_progress(context.instance)
     current = check_freshness(utc_now(), fact=last.fact if running else None)
     if current.stale == said.stale and said.causes.issuperset(current.causes):
-        # nothing untold: a cause fixed while others stand waits for "fresh again" (and, no longer
-        # counted as told, is news if it comes back); the cursor keeps the problems for the next tick
-        # during a run; a change that went unanswered is moot now: its count goes
+        # nothing untold: a cause fixed while others stand is no news (and, no longer counted as told, is
+        # news if it comes back); the cursor keeps the problems for the next tick during a run; a change
+        # that went unanswered is moot now: its count goes
         context.update_cursor(_cursor(_Said.of(current), current))
         return SkipReason("stale: " + "; ".join(current.problems) if current.stale else "fresh")
     resolved = tuple(

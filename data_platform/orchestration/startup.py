@@ -11,7 +11,7 @@ run-failure alert then reports like any failed run.
 
 compose.yaml's daemon runs `python -m data_platform.orchestration.startup` before `dagster-daemon run`;
 without Docker, the README runs it before `dagster dev`, whose runs end with it too.
-Not imported by the definitions: it must not need the dbt project.
+It imports only Dagster, so it needs no dbt project (the failure alerts import its words).
 """
 
 from __future__ import annotations
