@@ -1184,3 +1184,36 @@ def test_a_cursor_whose_causes_do_not_match_its_problems_is_read_from_their_word
         cover(database, EXPORTS[-1])
         tick(defs, instance, "freshness_alerts", cursor)
     assert [m["text"] for m in slack.delivered] == [f"Data is fresh again\nresolved: {behind}"]
+
+
+def test_still_stale_names_a_told_cause_gone_in_the_same_tick_as_resolved(
+    defs, instance, make_database, tmp_path
+):
+    database = loaded_warehouse(make_database, covered=EXPORTS[-1])
+    fresh_export_folder(tmp_path)
+    with ops_slack(database, tmp_path) as slack:
+        with freshness_clock_ahead(hours=30):
+            cursor = tick(defs, instance, "freshness_alerts", None).cursor  # stale: no new export
+        (tmp_path / "exports" / "2024-07-04").mkdir()  # it lands, and is loaded, but its build fails
+        load(database, dt.date(2024, 7, 4))
+        tick(defs, instance, "freshness_alerts", cursor)
+    (stale, still) = [m["text"].splitlines() for m in slack.delivered]
+    assert still[0] == "Data is still stale"
+    assert still[1].startswith(f"{FACT} is behind: exports up to 2024-07-04 are loaded")
+    assert still[2] == f"resolved: {stale[1]}" and stale[1].startswith("no new export for 30.0 h")
+
+
+def test_a_run_startup_failed_under_a_step_says_what_to_do_once(instance):
+    # startup's own words say it already: the alert does not add it again
+    from dagster import DagsterEvent
+
+    run = instance.create_run_for_job(job_def=failing_daily_job)
+    for kind, step in ((DagsterEventType.RUN_START, None), (DagsterEventType.STEP_START, "dbt_build")):
+        event = DagsterEvent(kind.value, job_name=run.job_name, step_key=step)
+        instance.report_dagster_event(event, run_id=run.run_id)
+    assert startup.fail_interrupted_runs(instance) == [run.run_id]  # the daemon stopped meanwhile
+
+    message = failure_alerts.failure_message(instance, instance.get_run_by_id(run.run_id), "http://d")
+
+    assert message.title == "Pipeline run failed: daily_pipeline, step dbt_build, which did not finish"
+    assert message.details == (startup.MESSAGE,)
