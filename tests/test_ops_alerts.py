@@ -809,6 +809,13 @@ def cover(database, covered: dt.date) -> None:
         refresh.record_build(conn, state, reader="alerter")
 
 
+# the fact's verdict once EXPORTS are loaded and a build covered all but the last
+BEHIND = (
+    f"{FACT} is behind: exports up to 2024-07-03 are loaded, "
+    "the last successful build covered up to 2024-07-02"
+)
+
+
 def fresh_export_folder(tmp_path, day: dt.date = EXPORTS[-1]) -> None:
     (tmp_path / "exports" / day.isoformat()).mkdir(parents=True)
 
@@ -852,11 +859,7 @@ def test_the_fact_is_fresh_while_the_last_build_covered_every_loaded_export(
         cover(database, EXPORTS[1])  # the build of the newest export failed
         tick(defs, instance, "freshness_alerts", cursor)
     assert len(slack.delivered) == 1
-    assert slack.delivered[0]["text"].startswith(
-        "Data is stale\n"
-        f"{FACT} is behind: exports up to 2024-07-03 are loaded, "
-        "the last successful build covered up to 2024-07-02"
-    )
+    assert slack.delivered[0]["text"].startswith(f"Data is stale\n{BEHIND}")
     # where to look: the assets page of the Dagster UI
     assert slack.delivered[0]["text"].endswith("\nhttp://dagster.test/assets")
 
@@ -1000,11 +1003,7 @@ def test_the_previous_releases_cursor_keeps_its_problems_as_the_facts_verdict(
 ):
     database = loaded_warehouse(make_database, covered=EXPORTS[1])
     fresh_export_folder(tmp_path)
-    behind = (
-        f"{FACT} is behind: exports up to 2024-07-03 are loaded, "
-        "the last successful build covered up to 2024-07-02"
-    )
-    previous_cursor = json.dumps({"stale": True, "problems": [behind]})
+    previous_cursor = json.dumps({"stale": True, "problems": [BEHIND]})
     with ops_slack(database, tmp_path) as slack:
         run = in_progress(instance, "daily_pipeline")
         cover(database, EXPORTS[-1])  # the run has built, and is still running
@@ -1012,7 +1011,7 @@ def test_the_previous_releases_cursor_keeps_its_problems_as_the_facts_verdict(
         assert slack.requests == []  # still stale until the run is over
         instance.delete_run(run.run_id)
         tick(defs, instance, "freshness_alerts", cursor)
-    assert [m["text"] for m in slack.delivered] == [f"Data is fresh again\nresolved: {behind}"]
+    assert [m["text"] for m in slack.delivered] == [f"Data is fresh again\nresolved: {BEHIND}"]
 
 
 def test_a_fact_gone_stale_after_the_stale_alert_still_counts_while_a_run_is_in_progress(
@@ -1086,13 +1085,9 @@ def test_a_refused_recovery_alert_still_names_what_was_resolved_when_it_is_sent_
         cursor = tick(defs, instance, "freshness_alerts", cursor).cursor
         slack.always(OK)
         tick(defs, instance, "freshness_alerts", cursor)
-    behind = (
-        f"{FACT} is behind: exports up to 2024-07-03 are loaded, "
-        "the last successful build covered up to 2024-07-02"
-    )
     assert [m["text"].splitlines()[:2] for m in slack.delivered] == [
-        ["Data is stale", behind],
-        ["Data is fresh again", f"resolved: {behind}"],
+        ["Data is stale", BEHIND],
+        ["Data is fresh again", f"resolved: {BEHIND}"],
     ]
 
 
@@ -1152,16 +1147,12 @@ def test_the_previous_releases_stale_cursor_says_nothing_again_for_the_same_caus
     # written before the causes were kept: an upgrade alone must not repeat "stale"
     database = loaded_warehouse(make_database, covered=EXPORTS[1])
     fresh_export_folder(tmp_path)
-    behind = (
-        f"{FACT} is behind: exports up to 2024-07-03 are loaded, "
-        "the last successful build covered up to 2024-07-02"
-    )
     with ops_slack(database, tmp_path) as slack, freshness_clock_ahead(hours=30):
         late = check_freshness(freshness.utc_now(), max_age_hours=26, fact=()).exports
         if release == "fact kept apart":
-            state = {"stale": True, "exports": late, "fact": [behind], "unanswered": 0}
+            state = {"stale": True, "exports": late, "fact": [BEHIND], "unanswered": 0}
         else:  # the release before: the export problems and the fact's in one list
-            state = {"stale": True, "problems": [*late, behind]}
+            state = {"stale": True, "problems": [*late, BEHIND]}
         tick(defs, instance, "freshness_alerts", json.dumps(state))
     assert late[0].startswith("no new export for 30.0 h")
     assert slack.requests == []
@@ -1173,17 +1164,13 @@ def test_a_cursor_whose_causes_do_not_match_its_problems_is_read_from_their_word
     # set by hand (`dagster sensor cursor --set`): every tick must not fail on it, telling nobody
     database = loaded_warehouse(make_database, covered=EXPORTS[1])
     fresh_export_folder(tmp_path)
-    behind = (
-        f"{FACT} is behind: exports up to 2024-07-03 are loaded, "
-        "the last successful build covered up to 2024-07-02"
-    )
-    state = {"stale": True, "exports": [], "fact": [behind], "causes": [], "unanswered": 0}
+    state = {"stale": True, "exports": [], "fact": [BEHIND], "causes": [], "unanswered": 0}
     with ops_slack(database, tmp_path) as slack:
         cursor = tick(defs, instance, "freshness_alerts", json.dumps(state)).cursor
         assert slack.requests == []  # the same cause: told already
         cover(database, EXPORTS[-1])
         tick(defs, instance, "freshness_alerts", cursor)
-    assert [m["text"] for m in slack.delivered] == [f"Data is fresh again\nresolved: {behind}"]
+    assert [m["text"] for m in slack.delivered] == [f"Data is fresh again\nresolved: {BEHIND}"]
 
 
 def test_still_stale_names_a_told_cause_gone_in_the_same_tick_as_resolved(

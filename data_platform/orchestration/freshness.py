@@ -46,6 +46,11 @@ DEFAULT_EXPORT_MAX_AGE_HOURS = 26.0
 # a longer wait means nothing (and nan or inf would switch the check off): such a value is an error
 MAX_EXPORT_MAX_AGE_HOURS = 24 * 366
 FACT = fact.fullname
+# the causes of staleness besides FACT: the same cause in new words (an age grown by an hour) is no news
+SETTING = "EXPORT_MAX_AGE_HOURS"
+LANDING_FOLDER = "landing folder"
+NO_EXPORT = "no export"
+LATE_EXPORT = "no new export"
 IN_PROGRESS = [DagsterRunStatus.QUEUED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]
 
 
@@ -92,7 +97,7 @@ def _export_problems(now: dt.datetime, max_age_hours: float) -> tuple[tuple[str,
     except LoadError as error:
         dated = export_folders(directory, skip_unexpected=True)
         return (
-            ("landing folder", str(error)),
+            (LANDING_FOLDER, str(error)),
             *(_age_problems(now, max_age_hours, directory, dated) if dated else ()),
         )
 
@@ -101,7 +106,7 @@ def _age_problems(
     now: dt.datetime, max_age_hours: float, directory: Path, folders: list[Path]
 ) -> tuple[tuple[str, str], ...]:
     if not folders:
-        return (("no export", f"no export folder (YYYY-MM-DD) in {directory}"),)
+        return ((NO_EXPORT, f"no export folder (YYYY-MM-DD) in {directory}"),)
     newest = folders[-1]
     stat = newest.stat()
     # the change time: a folder copied with its times kept (cp -rp, rsync -a) landed when it was copied,
@@ -113,7 +118,7 @@ def _age_problems(
             f"no new export for {age_hours:.1f} h: the newest, {newest.name}, landed "
             f"{landed:%Y-%m-%d %H:%M} UTC (EXPORT_MAX_AGE_HOURS={max_age_hours:g})"
         )
-        return (("no new export", late),)
+        return ((LATE_EXPORT, late),)
     return ()
 
 
@@ -162,7 +167,7 @@ def check_freshness(
         except ValueError as error:
             max_age_hours = DEFAULT_EXPORT_MAX_AGE_HOURS
             default = f"{error}; the exports are checked against the default, {max_age_hours:g} h"
-            exports = (("EXPORT_MAX_AGE_HOURS", default),)
+            exports = ((SETTING, default),)
     exports += _export_problems(now, max_age_hours)
     fact = _fact_problems() if fact is None else fact
     return Freshness(
@@ -172,24 +177,11 @@ def check_freshness(
     )
 
 
-@dataclass(frozen=True)
-class _Said:
-    """What the alerts said: stale or not, and the causes told that still stand (none when fresh): the
-    cursor's `stale` and the causes of the problems it keeps."""
-
-    stale: bool = False
-    causes: frozenset[str] = frozenset()
-
-    @classmethod
-    def of(cls, verdict: Freshness) -> "_Said":
-        return cls(verdict.stale, frozenset(verdict.causes))
-
-
-def _recorded(cursor: str | None) -> tuple[_Said, Freshness, int]:
-    """(what the last alert said, the problems the last tick found, the unanswered attempts of the message
-    saying otherwise; earlier releases' cursors have none, nor the causes)."""
+def _recorded(cursor: str | None) -> tuple[bool, Freshness, int]:
+    """(whether the last alert said stale, the problems the last tick found, the unanswered attempts of
+    the message saying otherwise; earlier releases' cursors have none, nor the causes)."""
     if not cursor:
-        return _Said(), Freshness(), 0  # nothing said yet: assume fresh, so the first stale tick alerts
+        return False, Freshness(), 0  # nothing said yet: assume fresh, so the first stale tick alerts
     state = json.loads(cursor)
     unanswered = int(state.get("unanswered", 0))
     if "problems" in state:
@@ -203,30 +195,26 @@ def _recorded(cursor: str | None) -> tuple[_Said, Freshness, int]:
         causes = state.get("causes")
     if causes is None or len(causes) != len(exports) + len(fact):  # before they were kept, or set by hand
         causes = [_cause_in_words(problem) for problem in exports + fact]
-    found = Freshness(exports, fact, tuple(causes))
-    # an alert sent records what the tick found, and a failed one keeps the tick before's: the causes told
-    # are always the last found's
-    said = _Said(state["stale"], frozenset(found.causes) if state["stale"] else frozenset())
-    return said, found, unanswered
+    return state["stale"], Freshness(exports, fact, tuple(causes)), unanswered
 
 
 def _cause_in_words(problem: str) -> str:
     """The cause of a problem in a cursor written before the causes were kept, from its words."""
     for opening, cause in (
         (f"{FACT} is behind", FACT),
-        ("no new export for ", "no new export"),
-        ("no export folder ", "no export"),
-        ("EXPORT_MAX_AGE_HOURS ", "EXPORT_MAX_AGE_HOURS"),
+        ("no new export for ", LATE_EXPORT),
+        ("no export folder ", NO_EXPORT),
+        ("EXPORT_MAX_AGE_HOURS ", SETTING),
     ):
         if problem.startswith(opening):
             return cause
-    return "landing folder"
+    return LANDING_FOLDER
 
 
-def _cursor(said: _Said, found: Freshness, unanswered: int = 0) -> str:
+def _cursor(said_stale: bool, found: Freshness, unanswered: int = 0) -> str:
     return json.dumps(
         {
-            "stale": said.stale,
+            "stale": said_stale,
             "exports": list(found.exports),
             "fact": list(found.fact),
             "causes": list(found.causes),
@@ -237,16 +225,19 @@ def _cursor(said: _Said, found: Freshness, unanswered: int = 0) -> str:
 
 @sensor(name="freshness_alerts", minimum_interval_seconds=300, default_status=DefaultSensorStatus.RUNNING)
 def freshness_alerts(context: SensorEvaluationContext):
-    said, last, unanswered = _recorded(context.cursor)
+    said_stale, last, unanswered = _recorded(context.cursor)
+    # an alert sent records what its tick found, and a failed one keeps the tick before's: the causes told
+    # (and still standing) are the last tick's
+    told = frozenset(last.causes) if said_stale else frozenset()
     # while a run is in progress, the fact lags the exports it is loading: keep the last verdict about
     # it (stale stays stale, fresh stays fresh) until a tick after the run judges it again
     running = run_in_progress(context.instance)
     current = check_freshness(utc_now(), fact=last.fact if running else None)
-    if current.stale == said.stale and said.causes.issuperset(current.causes):
+    if current.stale == said_stale and told.issuperset(current.causes):
         # nothing untold: a cause fixed while others stand is no news (and, no longer counted as told, is
         # news if it comes back); the cursor keeps the problems for the next tick during a run; a change
         # that went unanswered is moot now: its count goes
-        context.update_cursor(_cursor(_Said.of(current), current))
+        context.update_cursor(_cursor(current.stale, current))
         return SkipReason("stale: " + "; ".join(current.problems) if current.stale else "fresh")
     resolved = tuple(
         f"resolved: {problem}"
@@ -254,8 +245,8 @@ def freshness_alerts(context: SensorEvaluationContext):
         if cause not in current.causes
     )
     if current.stale:
-        title = "Data is still stale" if said.stale else "Data is stale"
-        details = current.problems + (resolved if said.stale else ())
+        title = "Data is still stale" if said_stale else "Data is stale"
+        details = current.problems + (resolved if said_stale else ())
         message = OpsMessage(title, details=details, link=f"{dagster_base_url()}/assets")
     else:
         message = OpsMessage("Data is fresh again", details=resolved)
@@ -265,14 +256,14 @@ def freshness_alerts(context: SensorEvaluationContext):
             # it may have arrived: resent every tick, a slow Slack would get a copy each time
             unanswered += 1
         if unanswered < MAX_UNCONFIRMED_ATTEMPTS:
-            context.update_cursor(_cursor(said, last, unanswered))
+            context.update_cursor(_cursor(said_stale, last, unanswered))
             return SkipReason(
                 f"the freshness alert could not be delivered ({outcome.error}); next tick retries"
             )
         # counted as said, so that the next change is alerted as usual
         problem = given_up(f"the freshness alert ({message.title})", outcome.error)
         context.log.error(problem)
-        context.update_cursor(_cursor(_Said.of(current), current))
+        context.update_cursor(_cursor(current.stale, current))
         return SkipReason(problem)
-    context.update_cursor(_cursor(_Said.of(current), current))
+    context.update_cursor(_cursor(current.stale, current))
     return SkipReason(f"sent: {message.title}")
