@@ -416,6 +416,17 @@ def instance(tmp_path):
         yield instance
 
 
+@pytest.fixture
+def daily_instance(tmp_path):
+    """A Dagster instance as dagster_home/dagster.yaml configures the daily profile (its queue, run
+    monitoring and run retries), with its storage in a temporary folder."""
+    from dagster import DagsterInstance
+    from orchestration_support import daily_home
+
+    with DagsterInstance.from_config(str(daily_home(tmp_path))) as instance:
+        yield instance
+
+
 @pytest.fixture(scope="module")
 def database(make_database) -> Database:
     """A fresh database for the test module (a module with its own set-up defines its own)."""

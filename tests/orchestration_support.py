@@ -17,8 +17,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from unittest import mock
 
+import yaml
+
 from data_platform.orchestration.environment import process_environment as environment
 
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 TARGET = Path(tempfile.gettempdir()) / f"dp_dagster_target_{os.getpid()}"
 # the profile's env_var() calls must resolve to parse; nothing connects at parse time
 PARSE_ENV = {"PGHOST": "localhost", "PGUSER": "parse", "PGPASSWORD": "parse", "PGDATABASE": "parse"}
@@ -62,3 +65,22 @@ def freshness_clock_ahead(hours: float) -> Iterator[None]:
     later = freshness.utc_now() + dt.timedelta(hours=hours)
     with mock.patch.object(freshness, "utc_now", lambda: later):
         yield
+
+
+def daily_home(tmp_path: Path) -> Path:
+    """dagster_home/dagster.yaml as the daily profile reads it, with its storage a temporary sqlite."""
+    config = yaml.safe_load((PROJECT_ROOT / "dagster_home" / "dagster.yaml").read_text())
+    config["storage"] = {"sqlite": {"base_dir": str(tmp_path / "storage")}}
+    home = tmp_path / "daily_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text(yaml.safe_dump(config))
+    return home
+
+
+def daemons_origin(job_name: str):
+    """Where a run the daemon launched says its job comes from: the daemon launches (and retries) a run
+    from its code location."""
+    from dagster._core.remote_origin import RegisteredCodeLocationOrigin, RemoteRepositoryOrigin
+
+    location = RegisteredCodeLocationOrigin("data_platform.orchestration.definitions")
+    return RemoteRepositoryOrigin(location, "__repository__").get_job_origin(job_name)

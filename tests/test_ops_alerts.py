@@ -30,9 +30,9 @@ from dagster import (
 )
 from dagster._core.definitions.run_status_sensor_definition import RunStatusSensorCursor
 from dagster._core.errors import DagsterExecutionInterruptedError
-from dagster._core.remote_origin import RegisteredCodeLocationOrigin, RemoteRepositoryOrigin
 from orchestration_support import (
     UNUSABLE_PIPELINE_SETTINGS,
+    daemons_origin,
     dagster_env,
     environment,
     freshness_clock_ahead,
@@ -221,7 +221,8 @@ def test_a_run_that_failed_outside_its_steps_is_alerted_with_the_runs_error_and_
         "During multiprocess execution errors occurred in child processes:",
         "In process 23559: dagster_postgres.utils.DagsterPostgresException: too many retries for DB "
         "connection",
-        startup.CATCH_UP,  # the database came back: nothing else runs the job again before the schedule
+        # the database came back: nothing else runs the job again before the schedule
+        failure_alerts.CATCH_UP,
     )
 
 
@@ -270,7 +271,7 @@ def test_an_interrupted_run_is_alerted_in_words_with_what_to_do(instance):
         "shutdown, or run monitoring's time limit)",
         'Execution of run for "daily_pipeline" failed. Execution was interrupted unexpectedly. No user '
         "initiated termination request was found, treating as failure.",
-        startup.CATCH_UP,
+        failure_alerts.CATCH_UP,
     )
 
 
@@ -296,14 +297,14 @@ def test_a_run_stopped_by_run_monitorings_time_limit_says_so(instance, error_cla
     message = failure_alerts.failure_message(instance, instance.get_run_by_id(run.run_id), "http://d")
 
     assert message.title == "Pipeline run failed: daily_pipeline, step dbt_build"
-    assert message.details[1:] == ("Exceeded maximum runtime of 14400 seconds.", startup.CATCH_UP)
+    assert message.details[1:] == ("Exceeded maximum runtime of 14400 seconds.", failure_alerts.CATCH_UP)
 
 
 def test_a_step_that_failed_on_its_own_error_gets_no_advice_to_run_again(instance):
     # a bad export fails again until it is fixed: the error says what to fix
     run_id = fail(instance)
     message = failure_alerts.failure_message(instance, instance.get_run_by_id(run_id), "http://dagster.test")
-    assert startup.CATCH_UP not in message.details
+    assert failure_alerts.CATCH_UP not in message.details
 
 
 def test_a_step_that_failed_without_an_error_is_not_taken_for_one_cut_off(instance):
@@ -839,11 +840,16 @@ def ops_slack(database, csv_dir, **extra: str) -> Iterator[SlackStub]:
         yield slack
 
 
-def in_progress(instance, job_name: str, status: DagsterRunStatus = DagsterRunStatus.STARTED) -> DagsterRun:
-    # a queued run must name its code location (the daemon launches it from there)
-    location = RegisteredCodeLocationOrigin("data_platform.orchestration.definitions")
-    origin = RemoteRepositoryOrigin(location, "__repository__").get_job_origin(job_name)
-    run = DagsterRun(job_name=job_name, run_id=str(uuid.uuid4()), status=status, remote_job_origin=origin)
+def in_progress(
+    instance, job_name: str, status: DagsterRunStatus = DagsterRunStatus.STARTED, **run_fields
+) -> DagsterRun:
+    run = DagsterRun(
+        job_name=job_name,
+        run_id=str(uuid.uuid4()),
+        status=status,
+        remote_job_origin=daemons_origin(job_name),
+        **run_fields,
+    )
     instance.add_run(run)
     return run
 
@@ -1190,17 +1196,86 @@ def test_still_stale_names_a_told_cause_gone_in_the_same_tick_as_resolved(
     assert still[2] == f"resolved: {stale[1]}" and stale[1].startswith("no new export for 30.0 h")
 
 
-def test_a_run_startup_failed_under_a_step_says_what_to_do_once(instance):
-    # startup's own words say it already: the alert does not add it again
+def as_launched(instance, run_id: str) -> DagsterRun:
+    """The run executed in this process as the daemon would have launched it, from the code location."""
+    run = instance.get_run_by_id(run_id)
+    return run._replace(remote_job_origin=daemons_origin(run.job_name))
+
+
+def cut_off_by_startup(instance, run: DagsterRun) -> DagsterRun:
+    """`run` started its build step, then the daemon stopped and its next start failed the run."""
     from dagster import DagsterEvent
 
-    run = instance.create_run_for_job(job_def=failing_daily_job)
     for kind, step in ((DagsterEventType.RUN_START, None), (DagsterEventType.STEP_START, "dbt_build")):
         event = DagsterEvent(kind.value, job_name=run.job_name, step_key=step)
         instance.report_dagster_event(event, run_id=run.run_id)
-    assert startup.fail_interrupted_runs(instance) == [run.run_id]  # the daemon stopped meanwhile
+    assert startup.fail_interrupted_runs(instance) == [run.run_id]
+    return instance.get_run_by_id(run.run_id)
 
-    message = failure_alerts.failure_message(instance, instance.get_run_by_id(run.run_id), "http://d")
+
+def test_a_run_startup_failed_under_a_step_says_what_to_do_without_run_retries(instance):
+    # an instance whose dagster.yaml has no run retries: nothing starts the run again
+    run = cut_off_by_startup(instance, in_progress(instance, "daily_pipeline"))
+
+    message = failure_alerts.failure_message(instance, run, "http://d")
 
     assert message.title == "Pipeline run failed: daily_pipeline, step dbt_build, which did not finish"
-    assert message.details == (startup.MESSAGE,)
+    assert message.details == (startup.MESSAGE, failure_alerts.CATCH_UP)
+
+
+def test_a_run_startup_failed_is_retried_by_dagster_and_its_alert_says_so(daily_instance):
+    run = cut_off_by_startup(daily_instance, in_progress(daily_instance, "daily_pipeline"))
+
+    message = failure_alerts.failure_message(daily_instance, run, "http://d")
+
+    assert message.details == (startup.MESSAGE, failure_alerts.RETRIED)
+
+
+def test_a_run_stopped_under_a_step_is_retried_by_dagster_and_its_alert_says_so(daily_instance):
+    # the step's own error is the interrupt; the run did not fail on an error of its steps
+    run = as_launched(daily_instance, fail(daily_instance, interrupted_daily_job))
+
+    message = failure_alerts.failure_message(daily_instance, run, "http://d")
+
+    assert message.details[0] == failure_alerts.INTERRUPTED_IN_WORDS
+    assert message.details[-1] == failure_alerts.RETRIED
+
+
+def test_a_run_that_failed_on_its_steps_error_is_not_retried_by_dagster(daily_instance):
+    # it would fail the same way: the error says what to fix
+    run = as_launched(daily_instance, fail(daily_instance))
+
+    message = failure_alerts.failure_message(daily_instance, run, "http://d")
+
+    assert failure_alerts.RETRIED not in message.details
+    assert failure_alerts.CATCH_UP not in message.details
+
+
+def test_a_run_started_by_hand_and_cut_off_is_not_said_to_be_retried(daily_instance):
+    # `dagster job execute` names no code location: Dagster cannot start it again
+    run = cut_off_by_startup(daily_instance, daily_instance.create_run_for_job(job_def=failing_daily_job))
+
+    message = failure_alerts.failure_message(daily_instance, run, "http://d")
+
+    assert message.details == (startup.MESSAGE, failure_alerts.CATCH_UP)
+
+
+def test_a_retry_cut_off_in_turn_names_the_run_it_retried_and_says_what_to_do(daily_instance):
+    from dagster._core.storage.tags import PARENT_RUN_ID_TAG, RETRY_NUMBER_TAG, ROOT_RUN_ID_TAG
+
+    first = cut_off_by_startup(daily_instance, in_progress(daily_instance, "daily_pipeline"))
+    # as Dagster's run retries create it
+    tags = {PARENT_RUN_ID_TAG: first.run_id, ROOT_RUN_ID_TAG: first.run_id, RETRY_NUMBER_TAG: "1"}
+    retry = in_progress(
+        daily_instance, "daily_pipeline", parent_run_id=first.run_id, root_run_id=first.run_id, tags=tags
+    )
+    retry = cut_off_by_startup(daily_instance, retry)
+
+    message = failure_alerts.failure_message(daily_instance, retry, "http://d")
+
+    # one retry only: the second cut-off is left to the operator
+    assert message.details == (
+        startup.MESSAGE,
+        f"It was Dagster's own retry of run {first.run_id}.",
+        failure_alerts.CATCH_UP,
+    )

@@ -15,11 +15,15 @@ from datetime import date
 from pathlib import Path
 
 import pytest
-import yaml
 from dagster import DagsterInstance, DagsterRunStatus, build_sensor_context
-from dagster._core.remote_origin import RegisteredCodeLocationOrigin, RemoteRepositoryOrigin
 from dagster._core.test_utils import create_run_for_test
-from orchestration_support import UNUSABLE_PIPELINE_SETTINGS, dagster_env, environment
+from orchestration_support import (
+    UNUSABLE_PIPELINE_SETTINGS,
+    daemons_origin,
+    dagster_env,
+    daily_home,
+    environment,
+)
 from test_compose import PROJECT_ROOT, run_compose_config
 
 from data_platform.csv_files import check_header
@@ -509,22 +513,6 @@ def test_an_unusable_pipeline_setting_does_not_stop_the_sensor(exports, tick, se
 # --- runs cut off by a restart of the daemon container ----------------------------------------------
 
 
-def daily_home(tmp_path: Path) -> Path:
-    """dagster_home/dagster.yaml as the daily profile reads it, with its storage a temporary sqlite."""
-    config = yaml.safe_load((PROJECT_ROOT / "dagster_home" / "dagster.yaml").read_text())
-    config["storage"] = {"sqlite": {"base_dir": str(tmp_path / "storage")}}
-    home = tmp_path / "daily_home"
-    home.mkdir()
-    (home / "dagster.yaml").write_text(yaml.safe_dump(config))
-    return home
-
-
-@pytest.fixture
-def daily_instance(tmp_path):
-    with DagsterInstance.from_config(str(daily_home(tmp_path))) as instance:
-        yield instance
-
-
 def test_the_daily_instance_monitors_runs_that_never_start_or_never_end(daily_instance):
     # the settings only: Dagster's monitoring daemon then fails such a run (a run failure event, which
     # run_failure_alerts reads), also past its max runtime (it cancels, then marks the run failed)
@@ -542,9 +530,7 @@ def test_the_daily_instance_monitors_runs_that_never_start_or_never_end(daily_in
 
 def make_runs(instance: DagsterInstance) -> dict[DagsterRunStatus, str]:
     """One run of the daily job in each status the sweep must tell apart."""
-    # a queued run must name its code location (the daemon launches it from there)
-    location = RegisteredCodeLocationOrigin("data_platform.orchestration.definitions")
-    origin = RemoteRepositoryOrigin(location, "__repository__").get_job_origin(daily_job.name)
+    origin = daemons_origin(daily_job.name)  # a queued run is launched by the daemon
     statuses = [
         DagsterRunStatus.STARTING,
         DagsterRunStatus.STARTED,
@@ -585,6 +571,58 @@ def test_the_start_up_sweep_fails_the_runs_a_previous_container_left_in_progress
     assert failure.dagster_event.event_type_value == "PIPELINE_FAILURE"
     assert "dagster-daemon" in failure.dagster_event.message
     assert fail_interrupted_runs(daily_instance) == []
+
+
+@pytest.mark.slow
+def test_dagsters_run_retries_queue_again_a_run_the_sweep_failed_and_not_one_failed_on_its_step(
+    daily_instance,
+):
+    """Dagster's daemon that retries runs, on its very first start (an upgrade): it would start after the
+    newest event, past the runs the sweep failed just before, had the sweep not set its place."""
+    from dagster import DagsterEvent, DagsterEventType
+    from dagster._core.events import JobFailureData, RunFailureReason
+    from dagster._core.execution.plan.handle import StepHandle
+    from dagster._core.execution.plan.objects import StepFailureData, StepSuccessData
+    from dagster._core.test_utils import create_test_daemon_workspace_context
+    from dagster._core.workspace.load_target import ModuleTarget
+    from dagster._daemon.auto_run_reexecution.event_log_consumer import EventLogConsumerDaemon
+    from orchestration_support import load_definitions
+
+    from data_platform.orchestration.startup import fail_interrupted_runs
+
+    instance, job = daily_instance, load_definitions().resolve_job_def(daily_job.name)
+    origin = daemons_origin(job.name)
+
+    def run_that_failed(*events: tuple[DagsterEventType, str, object]):
+        run = instance.create_run_for_job(job, status=DagsterRunStatus.STARTED, remote_job_origin=origin)
+        for kind, step, data in events:
+            handle = StepHandle.parse_from_key(step)
+            event = DagsterEvent(
+                kind.value, job.name, step_handle=handle, step_key=step, event_specific_data=data
+            )
+            instance.report_dagster_event(event, run_id=run.run_id)
+        return run.run_id
+
+    start, success = DagsterEventType.STEP_START, DagsterEventType.STEP_SUCCESS
+    loaded = (start, "raw_tables", None), (success, "raw_tables", StepSuccessData(duration_ms=1.0))
+    cut_off = run_that_failed(*loaded, (start, "dbt_build", None))
+    assert fail_interrupted_runs(instance) == [cut_off]
+    # then, the daemon running, a run refuses an export
+    refused = run_that_failed(
+        (start, "raw_tables", None),
+        (DagsterEventType.STEP_FAILURE, "raw_tables", StepFailureData(None, None)),
+    )
+    why = JobFailureData(None, RunFailureReason.STEP_FAILURE)
+    instance.report_run_failed(instance.get_run_by_id(refused), "Steps failed: ['raw_tables'].", why)
+    target = ModuleTarget("data_platform.orchestration.definitions", None, str(PROJECT_ROOT), None)
+
+    with environment(dagster_env()), create_test_daemon_workspace_context(target, instance) as workspace:
+        list(EventLogConsumerDaemon().run_iteration(workspace))
+
+    retries = [run for run in instance.get_runs() if run.parent_run_id]
+    # queued behind the one run at a time, from the step it did not finish: the exports stay loaded
+    assert [(run.parent_run_id, run.status) for run in retries] == [(cut_off, DagsterRunStatus.QUEUED)]
+    assert sorted(retries[0].step_keys_to_execute) == ["balance_alerts", "dbt_build", "dbt_docs"]
 
 
 def test_the_daemon_container_runs_the_sweep_before_the_daemon(tmp_path):

@@ -7,11 +7,11 @@ status stays STARTING or STARTED. With one run at a time the queue would then wa
 would fail, and no alert would say so. Run monitoring (dagster.yaml) cannot tell that such a run's
 process is gone with this run launcher; it would fail the run only after max_runtime_seconds. No run
 outlives the container, so at start-up every one still in progress is reported failed, which the
-run-failure alert then reports like any failed run.
+run-failure alert then reports like any failed run, and Dagster's run retries (dagster.yaml) run again.
 
 compose.yaml's daemon runs `python -m data_platform.orchestration.startup` before `dagster-daemon run`;
 without Docker, the README runs it before `dagster dev`, whose runs end with it too.
-It imports only Dagster, so it needs no dbt project (the failure alerts import its words).
+It imports only Dagster, so it needs no dbt project.
 """
 
 from __future__ import annotations
@@ -20,21 +20,33 @@ import sys
 
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
+# where the run retries' daemon keeps its place in the event log (Dagster's own names)
+from dagster._daemon.auto_run_reexecution.event_log_consumer import DAGSTER_EVENT_TYPES, _create_cursor_key
+
 INTERRUPTED = [DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]
-# what to do about a run that ended before its work did: nothing else starts it again before the next
-# export lands or the schedule comes (the failure alerts say it too)
-CATCH_UP = (
-    "Exports it loaded stay loaded and a build counts only once complete: run the job again, or let the "
-    "next scheduled run catch up."
-)
 MESSAGE = (
     "The run was cut off: the dagster-daemon stopped while it ran (its container restarted, recreated or "
-    f"killed, or `dagster dev` ended), and its run process with it. {CATCH_UP}"
+    "killed, or `dagster dev` ended), and its run process with it."
 )
+
+
+def keep_failures_for_run_retries(instance: DagsterInstance) -> None:
+    """The daemon that re-runs failed runs starts, when it has never run, after the newest event, so that
+    old failures are not re-run: on the first start with run retries, it would skip the runs failed next.
+    Its place is set here first, before them."""
+    if not instance.run_retries_enabled:
+        return
+    keys = {_create_cursor_key(kind) for kind in DAGSTER_EVENT_TYPES}
+    known = instance.daemon_cursor_storage.get_cursor_values(keys)
+    newest = str(instance.event_log_storage.get_maximum_record_id() or 0)
+    missing = {key: newest for key in keys if key not in known}
+    if missing:
+        instance.daemon_cursor_storage.set_cursor_values(missing)
 
 
 def fail_interrupted_runs(instance: DagsterInstance) -> list[str]:
     """Report every STARTING or STARTED run failed; returns their run ids."""
+    keep_failures_for_run_retries(instance)
     runs = instance.get_runs(filters=RunsFilter(statuses=INTERRUPTED))
     for run in runs:
         instance.report_run_failed(run, MESSAGE)
