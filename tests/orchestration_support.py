@@ -18,10 +18,10 @@ from pathlib import Path
 from unittest import mock
 
 import yaml
+from conftest import PROJECT_ROOT
 
 from data_platform.orchestration.environment import process_environment as environment
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 TARGET = Path(tempfile.gettempdir()) / f"dp_dagster_target_{os.getpid()}"
 # the profile's env_var() calls must resolve to parse; nothing connects at parse time
 PARSE_ENV = {"PGHOST": "localhost", "PGUSER": "parse", "PGPASSWORD": "parse", "PGDATABASE": "parse"}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import html
 import json
+import logging
 import os
 import socket
 import threading
@@ -42,7 +43,7 @@ from slack_stub import OK, SECRET, Reply, SlackStub, hang, rate_limited, redirec
 
 from data_platform import ledger, ledger_tables, pipeline, refresh
 from data_platform.alerts.records import MAX_UNCONFIRMED_ATTEMPTS
-from data_platform.orchestration import failure_alerts, freshness, notify, startup
+from data_platform.orchestration import failure_alerts, freshness, notify, run_retries, startup
 from data_platform.orchestration.freshness import FACT, check_freshness
 from data_platform.raw_tables import LoadLogRow
 
@@ -182,6 +183,7 @@ def test_a_run_whose_job_could_not_load_is_alerted_with_the_reason_dagster_logge
         "Could not load job definition.",
         "The dbt CLI process failed with exit code 2.",
         "Compilation Error in model dim_organizations",
+        failure_alerts.CATCH_UP,  # once fixed: not a step's error, so no step would fail it again
     )
 
 
@@ -1213,6 +1215,29 @@ def cut_off_by_startup(instance, run: DagsterRun) -> DagsterRun:
     return instance.get_run_by_id(run.run_id)
 
 
+def retry_of(instance, first: DagsterRun) -> DagsterRun:
+    """A run in progress as Dagster's run retries start it for `first`."""
+    from dagster._core.storage.tags import PARENT_RUN_ID_TAG, RETRY_NUMBER_TAG, ROOT_RUN_ID_TAG
+
+    tags = {PARENT_RUN_ID_TAG: first.run_id, ROOT_RUN_ID_TAG: first.run_id, RETRY_NUMBER_TAG: "1"}
+    return in_progress(
+        instance, "daily_pipeline", parent_run_id=first.run_id, root_run_id=first.run_id, tags=tags
+    )
+
+
+def daemon_read_up_to_now(instance) -> None:
+    """Dagster's run retries' daemon read every event so far (its cursor), starting nothing."""
+    from dagster._daemon.auto_run_reexecution.event_log_consumer import (
+        DAGSTER_EVENT_TYPES,
+        _create_cursor_key,
+    )
+
+    newest = str(instance.event_log_storage.get_maximum_record_id())
+    instance.daemon_cursor_storage.set_cursor_values(
+        {_create_cursor_key(k): newest for k in DAGSTER_EVENT_TYPES}
+    )
+
+
 def test_a_run_startup_failed_under_a_step_says_what_to_do_without_run_retries(instance):
     # an instance whose dagster.yaml has no run retries: nothing starts the run again
     run = cut_off_by_startup(instance, in_progress(instance, "daily_pipeline"))
@@ -1221,6 +1246,11 @@ def test_a_run_startup_failed_under_a_step_says_what_to_do_without_run_retries(i
 
     assert message.title == "Pipeline run failed: daily_pipeline, step dbt_build, which did not finish"
     assert message.details == (startup.MESSAGE, failure_alerts.CATCH_UP)
+    # nor does the sweep give the retries' daemon a place: enabled later, it would retry every failure since
+    from dagster._daemon.auto_run_reexecution.event_log_consumer import _create_cursor_key
+
+    key = _create_cursor_key(DagsterEventType.RUN_FAILURE)
+    assert instance.daemon_cursor_storage.get_cursor_values({key}) == {}
 
 
 def test_a_run_startup_failed_is_retried_by_dagster_and_its_alert_says_so(daily_instance):
@@ -1228,26 +1258,92 @@ def test_a_run_startup_failed_is_retried_by_dagster_and_its_alert_says_so(daily_
 
     message = failure_alerts.failure_message(daily_instance, run, "http://d")
 
-    assert message.details == (startup.MESSAGE, failure_alerts.RETRIED)
+    assert message.details == (startup.MESSAGE, failure_alerts.RUN_AGAIN_BY_DAGSTER)
 
 
 def test_a_run_stopped_under_a_step_is_retried_by_dagster_and_its_alert_says_so(daily_instance):
     # the step's own error is the interrupt; the run did not fail on an error of its steps
+    run_retries.keep_failures_from_here(daily_instance)  # the daemon runs
     run = as_launched(daily_instance, fail(daily_instance, interrupted_daily_job))
 
     message = failure_alerts.failure_message(daily_instance, run, "http://d")
 
     assert message.details[0] == failure_alerts.INTERRUPTED_IN_WORDS
-    assert message.details[-1] == failure_alerts.RETRIED
+    assert message.details[-1] == failure_alerts.RUN_AGAIN_BY_DAGSTER
+
+
+def test_a_failure_before_the_daemons_first_start_is_not_said_to_be_retried(daily_instance):
+    # `dagster dev` started without startup: its first start takes a place past every failure there is
+    run = as_launched(daily_instance, fail(daily_instance, interrupted_daily_job))
+
+    message = failure_alerts.failure_message(daily_instance, run, "http://d")
+
+    assert message.details[-1] == failure_alerts.CATCH_UP
+
+
+def test_a_failure_read_before_dagster_tags_the_run_is_judged_as_dagster_will(daily_instance):
+    """The event is stored first, the run's status and verdict follow: a tick may read in between."""
+    from dagster import DagsterEvent
+    from dagster._core.events import JobFailureData, RunFailureReason
+    from dagster._core.events.log import EventLogEntry
+
+    run_retries.keep_failures_from_here(daily_instance)
+    run = in_progress(daily_instance, "daily_pipeline")
+    why = JobFailureData(None, RunFailureReason.UNEXPECTED_TERMINATION)
+    event = DagsterEvent(DagsterEventType.RUN_FAILURE.value, run.job_name, event_specific_data=why)
+    entry = EventLogEntry(None, logging.ERROR, "", run.run_id, time.time(), dagster_event=event)
+    daily_instance.event_log_storage.store_event(entry)
+    assert daily_instance.get_run_by_id(run.run_id).status == DagsterRunStatus.STARTED
+
+    message = failure_alerts.failure_message(daily_instance, daily_instance.get_run_by_id(run.run_id), "d")
+
+    assert message.details[-1] == failure_alerts.RUN_AGAIN_BY_DAGSTER
+
+
+def test_a_failure_the_daemon_passed_without_a_retry_is_not_said_to_be_retried(daily_instance):
+    # failed before the daemon first ran with run retries (an upgrade), it was passed over as old
+    run = cut_off_by_startup(daily_instance, in_progress(daily_instance, "daily_pipeline"))
+    daemon_read_up_to_now(daily_instance)
+
+    message = failure_alerts.failure_message(daily_instance, run, "http://d")
+
+    assert message.details == (startup.MESSAGE, failure_alerts.CATCH_UP)
+
+
+def test_a_run_dagster_retried_is_said_to_be_whatever_its_verdict_says_since(daily_instance):
+    # Dagster works the verdict out again on a second failure event, false once the retry exists
+    from dagster._core.storage.tags import AUTO_RETRY_RUN_ID_TAG, WILL_RETRY_TAG
+
+    first = cut_off_by_startup(daily_instance, in_progress(daily_instance, "daily_pipeline"))
+    retry = retry_of(daily_instance, first)
+    daily_instance.add_run_tags(first.run_id, {AUTO_RETRY_RUN_ID_TAG: retry.run_id, WILL_RETRY_TAG: "false"})
+    daemon_read_up_to_now(daily_instance)
+
+    message = failure_alerts.failure_message(daily_instance, daily_instance.get_run_by_id(first.run_id), "d")
+
+    assert message.details == (startup.MESSAGE, failure_alerts.RUN_AGAIN_BY_DAGSTER)
+
+
+def test_a_run_whose_verdict_dagster_set_to_no_retry_is_not_said_to_be_retried(daily_instance):
+    # the daemon sets it so when it cannot start the retry (its job renamed, say)
+    from dagster._core.storage.tags import WILL_RETRY_TAG
+
+    run = cut_off_by_startup(daily_instance, in_progress(daily_instance, "daily_pipeline"))
+    daily_instance.add_run_tags(run.run_id, {WILL_RETRY_TAG: "false"})
+
+    message = failure_alerts.failure_message(daily_instance, daily_instance.get_run_by_id(run.run_id), "d")
+
+    assert message.details == (startup.MESSAGE, failure_alerts.CATCH_UP)
 
 
 def test_a_run_that_failed_on_its_steps_error_is_not_retried_by_dagster(daily_instance):
     # it would fail the same way: the error says what to fix
+    run_retries.keep_failures_from_here(daily_instance)
     run = as_launched(daily_instance, fail(daily_instance))
 
     message = failure_alerts.failure_message(daily_instance, run, "http://d")
 
-    assert failure_alerts.RETRIED not in message.details
+    assert failure_alerts.RUN_AGAIN_BY_DAGSTER not in message.details
     assert failure_alerts.CATCH_UP not in message.details
 
 
@@ -1261,21 +1357,34 @@ def test_a_run_started_by_hand_and_cut_off_is_not_said_to_be_retried(daily_insta
 
 
 def test_a_retry_cut_off_in_turn_names_the_run_it_retried_and_says_what_to_do(daily_instance):
-    from dagster._core.storage.tags import PARENT_RUN_ID_TAG, RETRY_NUMBER_TAG, ROOT_RUN_ID_TAG
-
     first = cut_off_by_startup(daily_instance, in_progress(daily_instance, "daily_pipeline"))
-    # as Dagster's run retries create it
-    tags = {PARENT_RUN_ID_TAG: first.run_id, ROOT_RUN_ID_TAG: first.run_id, RETRY_NUMBER_TAG: "1"}
-    retry = in_progress(
-        daily_instance, "daily_pipeline", parent_run_id=first.run_id, root_run_id=first.run_id, tags=tags
-    )
-    retry = cut_off_by_startup(daily_instance, retry)
+    retry = cut_off_by_startup(daily_instance, retry_of(daily_instance, first))
 
     message = failure_alerts.failure_message(daily_instance, retry, "http://d")
 
     # one retry only: the second cut-off is left to the operator
     assert message.details == (
         startup.MESSAGE,
-        f"It was Dagster's own retry of run {first.run_id}.",
+        failure_alerts.RETRY_OF.format(first.run_id),
         failure_alerts.CATCH_UP,
     )
+    assert (
+        failure_alerts.RETRY_OF.format(first.run_id) == f"It was Dagster's own retry of run {first.run_id}."
+    )
+
+
+def test_a_retry_that_never_started_says_what_to_do(daily_instance):
+    # run monitoring's start timeout: no step ran, so none was cut off, yet nothing in the data to fix
+    from dagster._core.events import JobFailureData, RunFailureReason
+
+    first = cut_off_by_startup(daily_instance, in_progress(daily_instance, "daily_pipeline"))
+    retry = retry_of(daily_instance, first)
+    why = JobFailureData(None, RunFailureReason.START_TIMEOUT)
+    daily_instance.report_run_failed(
+        retry, "Run timed out due to taking longer than 300 seconds to start.", why
+    )
+
+    message = failure_alerts.failure_message(daily_instance, daily_instance.get_run_by_id(retry.run_id), "d")
+
+    assert message.title == "Pipeline run failed: daily_pipeline, step the run itself"
+    assert message.details[-1] == failure_alerts.CATCH_UP

@@ -573,12 +573,12 @@ def test_the_start_up_sweep_fails_the_runs_a_previous_container_left_in_progress
     assert fail_interrupted_runs(daily_instance) == []
 
 
-@pytest.mark.slow
 def test_dagsters_run_retries_queue_again_a_run_the_sweep_failed_and_not_one_failed_on_its_step(
     daily_instance,
 ):
     """Dagster's daemon that retries runs, on its very first start (an upgrade): it would start after the
-    newest event, past the runs the sweep failed just before, had the sweep not set its place."""
+    newest event, past the runs the sweep failed just before, had the sweep not set its place; a run failed
+    before the sweep is history. The failure alerts say of each what the daemon did."""
     from dagster import DagsterEvent, DagsterEventType
     from dagster._core.events import JobFailureData, RunFailureReason
     from dagster._core.execution.plan.handle import StepHandle
@@ -588,6 +588,7 @@ def test_dagsters_run_retries_queue_again_a_run_the_sweep_failed_and_not_one_fai
     from dagster._daemon.auto_run_reexecution.event_log_consumer import EventLogConsumerDaemon
     from orchestration_support import load_definitions
 
+    from data_platform.orchestration.failure_alerts import RUN_AGAIN_BY_DAGSTER, failure_message
     from data_platform.orchestration.startup import fail_interrupted_runs
 
     instance, job = daily_instance, load_definitions().resolve_job_def(daily_job.name)
@@ -605,6 +606,8 @@ def test_dagsters_run_retries_queue_again_a_run_the_sweep_failed_and_not_one_fai
 
     start, success = DagsterEventType.STEP_START, DagsterEventType.STEP_SUCCESS
     loaded = (start, "raw_tables", None), (success, "raw_tables", StepSuccessData(duration_ms=1.0))
+    earlier = run_that_failed(*loaded)
+    instance.report_run_failed(instance.get_run_by_id(earlier), "failed before this release")
     cut_off = run_that_failed(*loaded, (start, "dbt_build", None))
     assert fail_interrupted_runs(instance) == [cut_off]
     # then, the daemon running, a run refuses an export
@@ -623,6 +626,11 @@ def test_dagsters_run_retries_queue_again_a_run_the_sweep_failed_and_not_one_fai
     # queued behind the one run at a time, from the step it did not finish: the exports stay loaded
     assert [(run.parent_run_id, run.status) for run in retries] == [(cut_off, DagsterRunStatus.QUEUED)]
     assert sorted(retries[0].step_keys_to_execute) == ["balance_alerts", "dbt_build", "dbt_docs"]
+    said = {
+        run_id: RUN_AGAIN_BY_DAGSTER in failure_message(instance, instance.get_run_by_id(run_id), "d").details
+        for run_id in (earlier, cut_off, refused)
+    }
+    assert said == {earlier: False, cut_off: True, refused: False}
 
 
 def test_the_daemon_container_runs_the_sweep_before_the_daemon(tmp_path):

@@ -12,6 +12,7 @@ Modules, one job each:
     freshness    no new export for too long, or a fact behind the loaded exports, is told (and its end)
     definitions  the one `Definitions` object (`dagster dev -m data_platform.orchestration.definitions`)
     startup      before the daemon starts: fail the runs a previous daemon container left in progress
+    run_retries  which failed runs Dagster's run retries start again, and where their daemon starts reading
 
 Every step calls `data_platform.pipeline`; nothing here implements a step a second time.
 """

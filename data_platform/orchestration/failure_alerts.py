@@ -30,11 +30,9 @@ from dagster import (
     SkipReason,
     sensor,
 )
-from dagster._core.events import RunFailureReason
 from dagster._core.execution.plan.objects import ErrorSource  # where a step's error came from
-from dagster._core.execution.retries import auto_reexecution_should_retry_run
 from dagster._core.remote_representation.code_location import is_implicit_asset_job_name
-from dagster._core.storage.tags import RETRY_NUMBER_TAG, RUN_FAILURE_REASON_TAG, WILL_RETRY_TAG
+from dagster._core.storage.tags import RETRY_NUMBER_TAG
 
 from data_platform.alerts.delivery import Outcome
 from data_platform.alerts.records import MAX_UNCONFIRMED_ATTEMPTS
@@ -45,6 +43,7 @@ from data_platform.orchestration.notify import (
     first_lines,
     given_up,
 )
+from data_platform.orchestration.run_retries import started_again
 from data_platform.orchestration.schedules import daily_job
 
 if TYPE_CHECKING:
@@ -56,16 +55,17 @@ INTERRUPTED_IN_WORDS = (
     "the run was stopped while the step ran: its process was told to stop (Ctrl-C of `dagster dev`, a "
     "shutdown, or run monitoring's time limit)"
 )
-# a run that ended before its work did, and that Dagster does not run again (dagster.yaml's run retries:
-# once, and never a run started by hand): nothing else starts it before the next export or schedule
+# a run that did not fail on a step's own error, and that Dagster does not run again (dagster.yaml's run
+# retries: once, and never a run started by hand): nothing else starts it before the next export or schedule
 CATCH_UP = (
     "Exports it loaded stay loaded and a build counts only once complete: run the job again, or let the "
     "next scheduled run catch up."
 )
-RETRIED = (
+RUN_AGAIN_BY_DAGSTER = (
     "Dagster runs it again once, by itself, from the steps it did not finish: nothing to do unless that "
     "run fails too, which is alerted."
 )
+RETRY_OF = "It was Dagster's own retry of run {}."
 FAILURE_EVENTS_READ = 100  # a tick reads up to this many new failures; the next tick the rest
 # a backlog is sent a few messages a tick, so that a tick ends well within the daemon's time limit
 FAILURE_ALERTS_PER_TICK = 5
@@ -85,8 +85,8 @@ def failure_message(instance: DagsterInstance, run: DagsterRun, base_url: str) -
     """The failed step and its error; for a run that failed outside its steps (its process died, the
     Dagster storage went away, its job's definitions could not load), the steps it left unfinished and the
     run's error, or the error of Dagster's own event that holds one. A run Dagster's run retries start
-    again says so; one they do not, that ended under a step that way or was interrupted, also says what to
-    do: nothing starts it again before the next export or schedule. A retry says whose it was."""
+    again says so; one they do not, unless it failed on a step's own error, says what to do: nothing
+    starts it again before the next export or schedule. A retry says whose it was."""
     kinds = {
         DagsterEventType.STEP_START,
         DagsterEventType.STEP_SUCCESS,
@@ -110,7 +110,7 @@ def failure_message(instance: DagsterInstance, run: DagsterRun, base_url: str) -
     unfinished = steps_of(DagsterEventType.STEP_START) - steps_of(DagsterEventType.STEP_SUCCESS)
     steps = ", ".join(sorted(failed))
     run_failures = [e for e in entries if e.dagster_event_type == DagsterEventType.RUN_FAILURE]
-    retried = ""
+    retries_ran_out = ""
     # the run ended under a step (its process died, the database went away) or was stopped: nothing in the
     # data to fix, and unless Dagster retries it, nothing starts it again before the next export or schedule
     cut_off = bool(unfinished - failed)
@@ -118,7 +118,7 @@ def failure_message(instance: DagsterInstance, run: DagsterRun, base_url: str) -
         error_info = failures[0].step_failure_data.error
         if error_info.message.startswith("Exceeded max_retries") and error_info.cause is not None:
             # Dagster's words once a step's retries ran out: what failed is the last attempt's error
-            retried = f" ({error_info.message.strip()})"
+            retries_ran_out = f" ({error_info.message.strip()})"
             error_info = error_info.cause
         error = _without_class_name(error_info)
         if failures[0].step_failure_data.error_source == ErrorSource.INTERRUPT:
@@ -146,32 +146,19 @@ def failure_message(instance: DagsterInstance, run: DagsterRun, base_url: str) -
     if not steps:
         steps = f"{', '.join(sorted(unfinished))}, which did not finish" if unfinished else "the run itself"
     details = first_lines(error)
+    # only the retries' daemon numbers a run it starts (a re-execution from the UI has a parent, no number)
     if run.tags.get(RETRY_NUMBER_TAG) and run.parent_run_id:
-        details += (f"It was Dagster's own retry of run {run.parent_run_id}.",)
-    if _retried_by_dagster(instance, run):
-        details += (RETRIED,)
-    elif cut_off:
+        details += (RETRY_OF.format(run.parent_run_id),)
+    # the daemon acts on the run's first failure event (run monitoring may add a second)
+    if run_failures and started_again(instance, run, run_failures[0]):
+        details += (RUN_AGAIN_BY_DAGSTER,)
+    elif cut_off or not failures:  # not a step's own error: nothing in the data to fix
         details += (CATCH_UP,)
     return OpsMessage(
-        title=f"Pipeline run failed: {_job_label(run.job_name)}, step {steps}{retried}",
+        title=f"Pipeline run failed: {_job_label(run.job_name)}, step {steps}{retries_ran_out}",
         details=details,
         link=f"{base_url}/runs/{run.run_id}",
     )
-
-
-def _retried_by_dagster(instance: DagsterInstance, run: DagsterRun) -> bool:
-    """Whether Dagster's run retries start this run again: its verdict, tagged on the run as its failure is
-    stored (or, when read before the tag is, the same verdict worked out again). A run started by hand, in
-    the shell, names no code location to start it from."""
-    if run.remote_job_origin is None:
-        return False
-    verdict = run.tags.get(WILL_RETRY_TAG)
-    if verdict is not None:
-        return verdict == "true"
-    if not instance.run_retries_enabled:
-        return False
-    reason = run.tags.get(RUN_FAILURE_REASON_TAG)
-    return auto_reexecution_should_retry_run(instance, run, RunFailureReason(reason) if reason else None)
 
 
 def _job_label(job_name: str) -> str:

@@ -11,7 +11,7 @@ run-failure alert then reports like any failed run, and Dagster's run retries (d
 
 compose.yaml's daemon runs `python -m data_platform.orchestration.startup` before `dagster-daemon run`;
 without Docker, the README runs it before `dagster dev`, whose runs end with it too.
-It imports only Dagster, so it needs no dbt project.
+It imports only Dagster (and run_retries, which does too), so it needs no dbt project.
 """
 
 from __future__ import annotations
@@ -20,8 +20,7 @@ import sys
 
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
-# where the run retries' daemon keeps its place in the event log (Dagster's own names)
-from dagster._daemon.auto_run_reexecution.event_log_consumer import DAGSTER_EVENT_TYPES, _create_cursor_key
+from data_platform.orchestration.run_retries import keep_failures_from_here
 
 INTERRUPTED = [DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]
 MESSAGE = (
@@ -30,23 +29,9 @@ MESSAGE = (
 )
 
 
-def keep_failures_for_run_retries(instance: DagsterInstance) -> None:
-    """The daemon that re-runs failed runs starts, when it has never run, after the newest event, so that
-    old failures are not re-run: on the first start with run retries, it would skip the runs failed next.
-    Its place is set here first, before them."""
-    if not instance.run_retries_enabled:
-        return
-    keys = {_create_cursor_key(kind) for kind in DAGSTER_EVENT_TYPES}
-    known = instance.daemon_cursor_storage.get_cursor_values(keys)
-    newest = str(instance.event_log_storage.get_maximum_record_id() or 0)
-    missing = {key: newest for key in keys if key not in known}
-    if missing:
-        instance.daemon_cursor_storage.set_cursor_values(missing)
-
-
 def fail_interrupted_runs(instance: DagsterInstance) -> list[str]:
     """Report every STARTING or STARTED run failed; returns their run ids."""
-    keep_failures_for_run_retries(instance)
+    keep_failures_from_here(instance)  # before the failures, so that Dagster's run retries read them
     runs = instance.get_runs(filters=RunsFilter(statuses=INTERRUPTED))
     for run in runs:
         instance.report_run_failed(run, MESSAGE)
