@@ -269,8 +269,8 @@ def test_an_interrupted_run_is_alerted_in_words_with_what_to_do(instance):
     message = failure_alerts.failure_message(instance, instance.get_run_by_id(run_id), "http://dagster.test")
     assert message.title == "Pipeline run failed: daily_pipeline, step interrupted_step"
     assert message.details == (
-        "the run was stopped while the step ran: its process was told to stop (Ctrl-C of `dagster dev`, a "
-        "shutdown, or run monitoring's time limit)",
+        "the run was stopped while the step ran: its process was told to stop (Ctrl-C of `dagster dev` or of "
+        "a run started by hand, a shutdown, or run monitoring's time limit)",
         'Execution of run for "daily_pipeline" failed. Execution was interrupted unexpectedly. No user '
         "initiated termination request was found, treating as failure.",
         failure_alerts.CATCH_UP,
@@ -988,6 +988,23 @@ def test_a_run_queued_or_starting_keeps_the_facts_last_verdict_as_a_started_one_
         assert slack.requests == []
         instance.delete_run(run.run_id)
         tick(defs, instance, "freshness_alerts", cursor)  # no run left: now it counts
+    assert [m["text"].splitlines()[0] for m in slack.delivered] == ["Data is stale"]
+
+
+def test_a_run_cut_off_and_about_to_be_retried_keeps_the_facts_last_verdict_until_the_daemon_reads_it(
+    defs, daily_instance, make_database, tmp_path
+):
+    # `dagster dev` restarted under a run that had loaded an export: its retry will build it
+    database = loaded_warehouse(make_database, covered=EXPORTS[-1])
+    fresh_export_folder(tmp_path)
+    with ops_slack(database, tmp_path) as slack:
+        cursor = tick(defs, daily_instance, "freshness_alerts", None).cursor
+        load(database, dt.date(2024, 7, 4))  # loaded, not built
+        cut_off_by_startup(daily_instance, in_progress(daily_instance, "daily_pipeline"))
+        cursor = tick(defs, daily_instance, "freshness_alerts", cursor).cursor
+        assert slack.requests == []
+        daemon_read_up_to_now(daily_instance)  # and started nothing: no retry is coming
+        tick(defs, daily_instance, "freshness_alerts", cursor)
     assert [m["text"].splitlines()[0] for m in slack.delivered] == ["Data is stale"]
 
 

@@ -52,14 +52,14 @@ if TYPE_CHECKING:
 # a step's error when its run process was told to stop is a bare class name (Terminate in the UI cancels
 # the run instead: no failure, no alert)
 INTERRUPTED_IN_WORDS = (
-    "the run was stopped while the step ran: its process was told to stop (Ctrl-C of `dagster dev`, a "
-    "shutdown, or run monitoring's time limit)"
+    "the run was stopped while the step ran: its process was told to stop (Ctrl-C of `dagster dev` or of "
+    "a run started by hand, a shutdown, or run monitoring's time limit)"
 )
 # a run that did not fail on a step's own error, and that Dagster does not run again (dagster.yaml's run
 # retries: once, and never a run started by hand): nothing else starts it before the next export or schedule
 CATCH_UP = (
-    "Exports it loaded stay loaded and a build counts only once complete: run the job again, or let the "
-    "next scheduled run catch up."
+    "Exports already loaded stay loaded and a build counts only once complete: run the job again, or let "
+    "the next scheduled run catch up."
 )
 RUN_AGAIN_BY_DAGSTER = (
     "Dagster runs it again once, by itself, from the steps it did not finish: nothing to do unless that "

@@ -39,6 +39,7 @@ from data_platform.orchestration.notify import (
     dagster_base_url,
     given_up,
 )
+from data_platform.orchestration.run_retries import waiting_to_run_again
 from data_platform.orchestration.sensors import export_folders, exports_dir
 from data_platform.pipeline_lock import PipelineLock
 
@@ -145,9 +146,12 @@ def utc_now() -> dt.datetime:
 
 
 def run_in_progress(instance: DagsterInstance) -> bool:
-    """A Dagster run of any job (the daily job, "Materialize all", `dagster asset materialize`...) or
-    init.sh's run (the dbt container, outside Dagster: it holds the pipeline lock)."""
+    """A Dagster run of any job (the daily job, "Materialize all", `dagster asset materialize`...), one
+    failed that Dagster's run retries are about to start again, or init.sh's run (the dbt container,
+    outside Dagster: it holds the pipeline lock)."""
     if instance.get_run_records(filters=RunsFilter(statuses=IN_PROGRESS), limit=1):
+        return True
+    if waiting_to_run_again(instance):
         return True
     with connect() as conn:
         return PipelineLock.held(conn)

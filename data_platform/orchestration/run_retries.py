@@ -1,5 +1,6 @@
 """Dagster's run retries (dagster_home/dagster.yaml's run_retries): which failed runs its daemon starts
-again, as the failure alerts tell it, and where that daemon starts reading failures.
+again, as the failure alerts tell it and the freshness alerts wait for, and where that daemon starts
+reading failures.
 
 The daemon reads run failure events after its place in the event log (a cursor it keeps), and for each
 one starts a retry when the run's `will_retry` tag, which Dagster sets as the failure is stored, says so
@@ -9,7 +10,7 @@ its place, so that old failures are not re-run.
 
 from __future__ import annotations
 
-from dagster import DagsterEventType, DagsterInstance, DagsterRun, DagsterRunStatus
+from dagster import DagsterEventType, DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
 from dagster._core.events.log import EventLogEntry
 from dagster._core.execution.retries import auto_reexecution_should_retry_run
 from dagster._core.storage.tags import AUTO_RETRY_RUN_ID_TAG, WILL_RETRY_TAG
@@ -68,3 +69,24 @@ def started_again(instance: DagsterInstance, run: DagsterRun, failure: EventLogE
     # read between the event's storing and the run's update: judged as the run will be
     reason = getattr(failure.dagster_event.event_specific_data, "failure_reason", None)
     return auto_reexecution_should_retry_run(instance, run.with_status(DagsterRunStatus.FAILURE), reason)
+
+
+# the newest failed runs a retry may still be owed to: the daemon reads failures within seconds
+RECENT_FAILURES = 20
+
+
+def waiting_to_run_again(instance: DagsterInstance) -> bool:
+    """Whether a failed run is yet to be started again: its failure not yet read by a daemon that will
+    start it (between a `dagster dev` restart and its daemon's first reading, say)."""
+    if not instance.run_retries_enabled:
+        return False
+    failed = instance.get_runs(
+        filters=RunsFilter(statuses=[DagsterRunStatus.FAILURE], tags={WILL_RETRY_TAG: "true"}),
+        limit=RECENT_FAILURES,
+    )
+    return any(
+        run.remote_job_origin is not None
+        and not run.tags.get(AUTO_RETRY_RUN_ID_TAG)
+        and _still_to_read(instance, run.run_id)
+        for run in failed
+    )
