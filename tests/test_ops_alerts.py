@@ -991,19 +991,26 @@ def test_a_run_queued_or_starting_keeps_the_facts_last_verdict_as_a_started_one_
     assert [m["text"].splitlines()[0] for m in slack.delivered] == ["Data is stale"]
 
 
+@pytest.mark.parametrize("retry_created", [False, True])
 def test_a_run_cut_off_and_about_to_be_retried_keeps_the_facts_last_verdict_until_the_daemon_reads_it(
-    defs, daily_instance, make_database, tmp_path
+    defs, daily_instance, make_database, tmp_path, retry_created
 ):
     # `dagster dev` restarted under a run that had loaded an export: its retry will build it
+    from dagster._core.storage.tags import AUTO_RETRY_RUN_ID_TAG
+
     database = loaded_warehouse(make_database, covered=EXPORTS[-1])
     fresh_export_folder(tmp_path)
     with ops_slack(database, tmp_path) as slack:
         cursor = tick(defs, daily_instance, "freshness_alerts", None).cursor
         load(database, dt.date(2024, 7, 4))  # loaded, not built
-        cut_off_by_startup(daily_instance, in_progress(daily_instance, "daily_pipeline"))
+        first = cut_off_by_startup(daily_instance, in_progress(daily_instance, "daily_pipeline"))
+        if retry_created:  # the daemon created the retry and tagged the run, and has yet to queue it
+            retry = retry_of(daily_instance, first, DagsterRunStatus.NOT_STARTED)
+            daily_instance.add_run_tags(first.run_id, {AUTO_RETRY_RUN_ID_TAG: retry.run_id})
         cursor = tick(defs, daily_instance, "freshness_alerts", cursor).cursor
         assert slack.requests == []
-        daemon_read_up_to_now(daily_instance)  # and started nothing: no retry is coming
+        # the daemon read past it: a retry is queued by then and counts as any run; none was queued here
+        daemon_read_up_to_now(daily_instance)
         tick(defs, daily_instance, "freshness_alerts", cursor)
     assert [m["text"].splitlines()[0] for m in slack.delivered] == ["Data is stale"]
 
@@ -1232,13 +1239,13 @@ def cut_off_by_startup(instance, run: DagsterRun) -> DagsterRun:
     return instance.get_run_by_id(run.run_id)
 
 
-def retry_of(instance, first: DagsterRun) -> DagsterRun:
-    """A run in progress as Dagster's run retries start it for `first`."""
+def retry_of(instance, first: DagsterRun, status: DagsterRunStatus = DagsterRunStatus.STARTED) -> DagsterRun:
+    """A run as Dagster's run retries start it for `first` (in progress, unless `status` says otherwise)."""
     from dagster._core.storage.tags import PARENT_RUN_ID_TAG, RETRY_NUMBER_TAG, ROOT_RUN_ID_TAG
 
     tags = {PARENT_RUN_ID_TAG: first.run_id, ROOT_RUN_ID_TAG: first.run_id, RETRY_NUMBER_TAG: "1"}
     return in_progress(
-        instance, "daily_pipeline", parent_run_id=first.run_id, root_run_id=first.run_id, tags=tags
+        instance, "daily_pipeline", status, parent_run_id=first.run_id, root_run_id=first.run_id, tags=tags
     )
 
 

@@ -149,9 +149,10 @@ def run_in_progress(instance: DagsterInstance) -> bool:
     """A Dagster run of any job (the daily job, "Materialize all", `dagster asset materialize`...), one
     failed that Dagster's run retries are about to start again, or init.sh's run (the dbt container,
     outside Dagster: it holds the pipeline lock)."""
-    if instance.get_run_records(filters=RunsFilter(statuses=IN_PROGRESS), limit=1):
-        return True
+    # the retry is queued before the daemon moves past its failure: asked first, no moment is missed
     if waiting_to_run_again(instance):
+        return True
+    if instance.get_run_records(filters=RunsFilter(statuses=IN_PROGRESS), limit=1):
         return True
     with connect() as conn:
         return PipelineLock.held(conn)

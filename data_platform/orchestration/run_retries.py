@@ -76,17 +76,14 @@ RECENT_FAILURES = 20
 
 
 def waiting_to_run_again(instance: DagsterInstance) -> bool:
-    """Whether a failed run is yet to be started again: its failure not yet read by a daemon that will
-    start it (between a `dagster dev` restart and its daemon's first reading, say)."""
+    """Whether a failed run is yet to be started again: its failure not yet read through by a daemon that
+    will start it (between a `dagster dev` restart and its daemon's first reading, say). The daemon creates
+    the retry, tags the failed run, queues the retry, and only then moves its place: until then the retry
+    is not queued yet, so the failure counts until the daemon has moved past it."""
     if not instance.run_retries_enabled:
         return False
     failed = instance.get_runs(
         filters=RunsFilter(statuses=[DagsterRunStatus.FAILURE], tags={WILL_RETRY_TAG: "true"}),
         limit=RECENT_FAILURES,
     )
-    return any(
-        run.remote_job_origin is not None
-        and not run.tags.get(AUTO_RETRY_RUN_ID_TAG)
-        and _still_to_read(instance, run.run_id)
-        for run in failed
-    )
+    return any(run.remote_job_origin is not None and _still_to_read(instance, run.run_id) for run in failed)
