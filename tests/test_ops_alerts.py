@@ -183,8 +183,7 @@ def test_a_run_whose_job_could_not_load_is_alerted_with_the_reason_dagster_logge
         "Could not load job definition.",
         "The dbt CLI process failed with exit code 2.",
         "Compilation Error in model dim_organizations",
-        failure_alerts.CATCH_UP,  # once fixed: not a step's error, so no step would fail it again
-    )
+    )  # no advice to run it again: every run fails the same way until the model is fixed
 
 
 def test_a_run_that_failed_outside_its_steps_is_alerted_with_the_runs_error_and_its_unfinished_step(instance):
@@ -1015,6 +1014,29 @@ def test_a_run_cut_off_and_about_to_be_retried_keeps_the_facts_last_verdict_unti
     assert [m["text"].splitlines()[0] for m in slack.delivered] == ["Data is stale"]
 
 
+@pytest.mark.parametrize("why", ["started by hand", "the daemon beats without reading it"])
+def test_a_failed_run_no_retry_comes_for_does_not_hold_the_facts_verdict(
+    defs, daily_instance, make_database, tmp_path, why
+):
+    from dagster._daemon.auto_run_reexecution.event_log_consumer import EventLogConsumerDaemon
+    from dagster._daemon.types import DaemonHeartbeat
+
+    database = loaded_warehouse(make_database, covered=EXPORTS[-1])
+    fresh_export_folder(tmp_path)
+    with ops_slack(database, tmp_path) as slack:
+        cursor = tick(defs, daily_instance, "freshness_alerts", None).cursor
+        load(database, dt.date(2024, 7, 4))  # loaded, not built
+        if why == "started by hand":
+            cut_off_by_startup(daily_instance, daily_instance.create_run_for_job(job_def=failing_daily_job))
+        else:  # failing before it moves its place, say
+            cut_off_by_startup(daily_instance, in_progress(daily_instance, "daily_pipeline"))
+            later = time.time() + run_retries.UNREAD_WAIT_SECONDS + 1
+            beat = DaemonHeartbeat(later, EventLogConsumerDaemon.daemon_type(), "daemon", None)
+            daily_instance.add_daemon_heartbeat(beat)
+        tick(defs, daily_instance, "freshness_alerts", cursor)
+    assert [m["text"].splitlines()[0] for m in slack.delivered] == ["Data is stale"]
+
+
 def test_while_init_sh_holds_the_pipeline_lock_a_lagging_fact_keeps_the_last_verdict(
     defs, instance, make_database, tmp_path
 ):
@@ -1305,7 +1327,8 @@ def test_a_failure_before_the_daemons_first_start_is_not_said_to_be_retried(dail
     assert message.details[-1] == failure_alerts.CATCH_UP
 
 
-def test_a_failure_read_before_dagster_tags_the_run_is_judged_as_dagster_will(daily_instance):
+@pytest.mark.parametrize("reason", ["UNEXPECTED_TERMINATION", "STEP_FAILURE"])
+def test_a_failure_read_before_dagster_tags_the_run_is_judged_as_dagster_will(daily_instance, reason):
     """The event is stored first, the run's status and verdict follow: a tick may read in between."""
     from dagster import DagsterEvent
     from dagster._core.events import JobFailureData, RunFailureReason
@@ -1313,7 +1336,7 @@ def test_a_failure_read_before_dagster_tags_the_run_is_judged_as_dagster_will(da
 
     run_retries.keep_failures_from_here(daily_instance)
     run = in_progress(daily_instance, "daily_pipeline")
-    why = JobFailureData(None, RunFailureReason.UNEXPECTED_TERMINATION)
+    why = JobFailureData(None, RunFailureReason[reason])
     event = DagsterEvent(DagsterEventType.RUN_FAILURE.value, run.job_name, event_specific_data=why)
     entry = EventLogEntry(None, logging.ERROR, "", run.run_id, time.time(), dagster_event=event)
     daily_instance.event_log_storage.store_event(entry)
@@ -1321,7 +1344,59 @@ def test_a_failure_read_before_dagster_tags_the_run_is_judged_as_dagster_will(da
 
     message = failure_alerts.failure_message(daily_instance, daily_instance.get_run_by_id(run.run_id), "d")
 
+    # a step's own error is not retried (dagster.yaml)
+    assert (failure_alerts.RUN_AGAIN_BY_DAGSTER in message.details) == (reason != "STEP_FAILURE")
+
+
+def test_a_failure_the_daemon_has_yet_to_read_when_startup_runs_is_still_retried(daily_instance):
+    # stopped with `dagster dev`, the run failed after its daemon had stopped: the next start reads it
+    run_retries.keep_failures_from_here(daily_instance)  # the daemon ran before
+    run = as_launched(daily_instance, fail(daily_instance, interrupted_daily_job))
+    assert startup.fail_interrupted_runs(daily_instance) == []
+
+    message = failure_alerts.failure_message(daily_instance, run, "http://d")
+
     assert message.details[-1] == failure_alerts.RUN_AGAIN_BY_DAGSTER
+
+
+def test_failures_while_run_retries_were_off_are_not_retried_once_they_are_back_on(daily_instance):
+    # the daemon kept its place from before; reading on from there, it would retry runs alerted as runs
+    # to start again by hand
+    from dagster import DagsterEvent
+    from dagster._core.events import JobFailureData, RunFailureReason
+    from dagster._core.events.log import EventLogEntry
+    from dagster._core.storage.tags import WILL_RETRY_TAG
+
+    run_retries.keep_failures_from_here(daily_instance)  # the daemon ran, with run retries
+    run = in_progress(daily_instance, "daily_pipeline")
+    # then, with run retries off, the run failed: stored, and failed, without a verdict
+    why = JobFailureData(None, RunFailureReason.UNEXPECTED_TERMINATION)
+    event = DagsterEvent(DagsterEventType.RUN_FAILURE.value, run.job_name, event_specific_data=why)
+    entry = EventLogEntry(None, logging.ERROR, "", run.run_id, time.time(), dagster_event=event)
+    daily_instance.event_log_storage.store_event(entry)
+    daily_instance.run_storage.handle_run_event(run.run_id, event)
+    assert WILL_RETRY_TAG not in daily_instance.get_run_by_id(run.run_id).tags
+
+    assert startup.fail_interrupted_runs(daily_instance) == []  # run retries back on: the next start
+
+    failed = daily_instance.get_run_by_id(run.run_id)
+    assert failed.tags[WILL_RETRY_TAG] == "false"  # what Dagster's daemon goes by
+    assert failure_alerts.failure_message(daily_instance, failed, "d").details[-1] == failure_alerts.CATCH_UP
+
+
+def test_a_re_execution_from_the_ui_is_not_called_dagsters_own_retry(daily_instance):
+    from dagster._core.storage.tags import PARENT_RUN_ID_TAG, ROOT_RUN_ID_TAG
+
+    first = cut_off_by_startup(daily_instance, in_progress(daily_instance, "daily_pipeline"))
+    tags = {PARENT_RUN_ID_TAG: first.run_id, ROOT_RUN_ID_TAG: first.run_id}  # no retry number
+    again = in_progress(
+        daily_instance, "daily_pipeline", parent_run_id=first.run_id, root_run_id=first.run_id, tags=tags
+    )
+    again = cut_off_by_startup(daily_instance, again)
+
+    message = failure_alerts.failure_message(daily_instance, again, "http://d")
+
+    assert failure_alerts.RETRY_OF.format(first.run_id) not in message.details
 
 
 def test_a_failure_the_daemon_passed_without_a_retry_is_not_said_to_be_retried(daily_instance):
@@ -1349,7 +1424,7 @@ def test_a_run_dagster_retried_is_said_to_be_whatever_its_verdict_says_since(dai
 
 
 def test_a_run_whose_verdict_dagster_set_to_no_retry_is_not_said_to_be_retried(daily_instance):
-    # the daemon sets it so when it cannot start the retry (its job renamed, say)
+    # the daemon sets it so when starting the retry raised
     from dagster._core.storage.tags import WILL_RETRY_TAG
 
     run = cut_off_by_startup(daily_instance, in_progress(daily_instance, "daily_pipeline"))
@@ -1389,11 +1464,8 @@ def test_a_retry_cut_off_in_turn_names_the_run_it_retried_and_says_what_to_do(da
     # one retry only: the second cut-off is left to the operator
     assert message.details == (
         startup.MESSAGE,
-        failure_alerts.RETRY_OF.format(first.run_id),
+        f"It was Dagster's own retry of run {first.run_id}.",
         failure_alerts.CATCH_UP,
-    )
-    assert (
-        failure_alerts.RETRY_OF.format(first.run_id) == f"It was Dagster's own retry of run {first.run_id}."
     )
 
 

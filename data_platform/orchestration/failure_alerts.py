@@ -85,8 +85,9 @@ def failure_message(instance: DagsterInstance, run: DagsterRun, base_url: str) -
     """The failed step and its error; for a run that failed outside its steps (its process died, the
     Dagster storage went away, its job's definitions could not load), the steps it left unfinished and the
     run's error, or the error of Dagster's own event that holds one. A run Dagster's run retries start
-    again says so; one they do not, unless it failed on a step's own error, says what to do: nothing
-    starts it again before the next export or schedule. A retry says whose it was."""
+    again says so; one they do not, unless it failed on a step's own error or its code could not load,
+    says what to do: nothing starts it again before the next export or schedule. A retry says whose it
+    was."""
     kinds = {
         DagsterEventType.STEP_START,
         DagsterEventType.STEP_SUCCESS,
@@ -111,6 +112,7 @@ def failure_message(instance: DagsterInstance, run: DagsterRun, base_url: str) -
     steps = ", ".join(sorted(failed))
     run_failures = [e for e in entries if e.dagster_event_type == DagsterEventType.RUN_FAILURE]
     retries_ran_out = ""
+    job_did_not_load = False  # its code fails every run until fixed: running it again is not the advice
     # the run ended under a step (its process died, the database went away) or was stopped: nothing in the
     # data to fix, and unless Dagster retries it, nothing starts it again before the next export or schedule
     cut_off = bool(unfinished - failed)
@@ -139,6 +141,7 @@ def failure_message(instance: DagsterInstance, run: DagsterRun, base_url: str) -
                 (e for e in engine if getattr(e.dagster_event.event_specific_data, "error", None)), None
             )
             if cause is not None:
+                job_did_not_load = True
                 said = cause.dagster_event.message or cause.message
                 error = (
                     f"{error}\n{said}\n{_without_class_name(cause.dagster_event.event_specific_data.error)}"
@@ -152,7 +155,7 @@ def failure_message(instance: DagsterInstance, run: DagsterRun, base_url: str) -
     # the daemon acts on the run's first failure event (run monitoring may add a second)
     if run_failures and started_again(instance, run, run_failures[0]):
         details += (RUN_AGAIN_BY_DAGSTER,)
-    elif cut_off or not failures:  # not a step's own error: nothing in the data to fix
+    elif (cut_off or not failures) and not job_did_not_load:  # nothing in the data or code to fix
         details += (CATCH_UP,)
     return OpsMessage(
         title=f"Pipeline run failed: {_job_label(run.job_name)}, step {steps}{retries_ran_out}",
