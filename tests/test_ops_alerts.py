@@ -990,6 +990,23 @@ def test_a_run_queued_or_starting_keeps_the_facts_last_verdict_as_a_started_one_
     assert [m["text"].splitlines()[0] for m in slack.delivered] == ["Data is stale"]
 
 
+@contextmanager
+def export_loaded_not_built(defs, instance, make_database, tmp_path):
+    """A fact judged fresh, then an export loaded that no build covered yet: the Slack stub, and a tick of
+    the freshness sensor going on from the last."""
+    database = loaded_warehouse(make_database, covered=EXPORTS[-1])
+    fresh_export_folder(tmp_path)
+    with ops_slack(database, tmp_path) as slack:
+        cursor = tick(defs, instance, "freshness_alerts", None).cursor
+        load(database, dt.date(2024, 7, 4))
+
+        def next_tick() -> None:
+            nonlocal cursor
+            cursor = tick(defs, instance, "freshness_alerts", cursor).cursor
+
+        yield slack, next_tick
+
+
 @pytest.mark.parametrize("retry_created", [False, True])
 def test_a_run_cut_off_and_about_to_be_retried_keeps_the_facts_last_verdict_until_the_daemon_reads_it(
     defs, daily_instance, make_database, tmp_path, retry_created
@@ -997,20 +1014,16 @@ def test_a_run_cut_off_and_about_to_be_retried_keeps_the_facts_last_verdict_unti
     # `dagster dev` restarted under a run that had loaded an export: its retry will build it
     from dagster._core.storage.tags import AUTO_RETRY_RUN_ID_TAG
 
-    database = loaded_warehouse(make_database, covered=EXPORTS[-1])
-    fresh_export_folder(tmp_path)
-    with ops_slack(database, tmp_path) as slack:
-        cursor = tick(defs, daily_instance, "freshness_alerts", None).cursor
-        load(database, dt.date(2024, 7, 4))  # loaded, not built
+    with export_loaded_not_built(defs, daily_instance, make_database, tmp_path) as (slack, next_tick):
         first = cut_off_by_startup(daily_instance, in_progress(daily_instance, "daily_pipeline"))
         if retry_created:  # the daemon created the retry and tagged the run, and has yet to queue it
             retry = retry_of(daily_instance, first, DagsterRunStatus.NOT_STARTED)
             daily_instance.add_run_tags(first.run_id, {AUTO_RETRY_RUN_ID_TAG: retry.run_id})
-        cursor = tick(defs, daily_instance, "freshness_alerts", cursor).cursor
+        next_tick()
         assert slack.requests == []
         # the daemon read past it: a retry is queued by then and counts as any run; none was queued here
         daemon_read_up_to_now(daily_instance)
-        tick(defs, daily_instance, "freshness_alerts", cursor)
+        next_tick()
     assert [m["text"].splitlines()[0] for m in slack.delivered] == ["Data is stale"]
 
 
@@ -1021,11 +1034,7 @@ def test_a_failed_run_no_retry_comes_for_does_not_hold_the_facts_verdict(
     from dagster._daemon.auto_run_reexecution.event_log_consumer import EventLogConsumerDaemon
     from dagster._daemon.types import DaemonHeartbeat
 
-    database = loaded_warehouse(make_database, covered=EXPORTS[-1])
-    fresh_export_folder(tmp_path)
-    with ops_slack(database, tmp_path) as slack:
-        cursor = tick(defs, daily_instance, "freshness_alerts", None).cursor
-        load(database, dt.date(2024, 7, 4))  # loaded, not built
+    with export_loaded_not_built(defs, daily_instance, make_database, tmp_path) as (slack, next_tick):
         if why == "started by hand":
             cut_off_by_startup(daily_instance, daily_instance.create_run_for_job(job_def=failing_daily_job))
         else:  # failing before it moves its place, say
@@ -1033,7 +1042,7 @@ def test_a_failed_run_no_retry_comes_for_does_not_hold_the_facts_verdict(
             later = time.time() + run_retries.UNREAD_WAIT_SECONDS + 1
             beat = DaemonHeartbeat(later, EventLogConsumerDaemon.daemon_type(), "daemon", None)
             daily_instance.add_daemon_heartbeat(beat)
-        tick(defs, daily_instance, "freshness_alerts", cursor)
+        next_tick()
     assert [m["text"].splitlines()[0] for m in slack.delivered] == ["Data is stale"]
 
 
