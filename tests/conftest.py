@@ -417,6 +417,27 @@ def instance(tmp_path):
 
 
 @pytest.fixture
+def postgres_instance(tmp_path, make_database):
+    """A Dagster instance on Postgres, where the daily profile keeps its runs and events (a database of
+    its own on the test server): what only Postgres does, such as ids handed out before their commit."""
+    from dagster import DagsterInstance
+    from orchestration_support import daily_home
+    from sqlalchemy.engine import URL
+
+    params = conninfo_to_dict(make_database().conninfo("admin"))
+    url = URL.create(
+        "postgresql+psycopg2",
+        username=str(params.get("user", "postgres")),
+        password=str(params.get("password") or "") or None,
+        database=str(params["dbname"]),
+        query={"host": str(params.get("host", "localhost")), "port": str(params.get("port", "5432"))},
+    )
+    storage = {"postgres": {"postgres_url": url.render_as_string(hide_password=False)}}
+    with DagsterInstance.from_config(str(daily_home(tmp_path, storage))) as instance:
+        yield instance
+
+
+@pytest.fixture
 def daily_instance(tmp_path):
     """A Dagster instance as dagster_home/dagster.yaml configures the daily profile (its queue, run
     monitoring and run retries), with its storage in a temporary folder."""

@@ -67,10 +67,11 @@ def freshness_clock_ahead(hours: float) -> Iterator[None]:
         yield
 
 
-def daily_home(tmp_path: Path) -> Path:
-    """dagster_home/dagster.yaml as the daily profile reads it, with its storage a temporary sqlite."""
+def daily_home(tmp_path: Path, storage: dict | None = None) -> Path:
+    """dagster_home/dagster.yaml as the daily profile reads it, with its storage `storage` (Dagster's
+    storage settings), by default a temporary sqlite."""
     config = yaml.safe_load((PROJECT_ROOT / "dagster_home" / "dagster.yaml").read_text())
-    config["storage"] = {"sqlite": {"base_dir": str(tmp_path / "storage")}}
+    config["storage"] = storage or {"sqlite": {"base_dir": str(tmp_path / "storage")}}
     home = tmp_path / "daily_home"
     home.mkdir()
     (home / "dagster.yaml").write_text(yaml.safe_dump(config))

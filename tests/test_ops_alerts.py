@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
+import sqlalchemy
 from dagster import (
     DagsterEventType,
     DagsterRun,
@@ -369,6 +370,71 @@ def test_a_run_whose_failure_is_reported_twice_between_ticks_is_alerted_once(def
             after = tick(defs, instance, "run_failure_alerts", started.cursor)
             tick(defs, instance, "run_failure_alerts", after.cursor)
         assert alerted_runs(slack) == [run_id]
+
+
+def test_a_failure_committed_after_a_later_failure_was_read_is_alerted_on_the_next_tick(
+    defs, postgres_instance
+):
+    # Postgres numbers an event when it is written, and a writer can commit after one numbered later was
+    # read: two runs failing at once, the earlier number committed last
+    instance = postgres_instance
+    columns = "run_id, event, dagster_event_type, timestamp, step_key, asset_key, partition"
+    events = sqlalchemy.create_engine(instance.event_log_storage.postgres_url)
+    with SlackStub() as slack, events.connect() as writer:
+        with environment(dagster_env(SLACK_WEBHOOK_URL=slack.url)):
+            started = tick(defs, instance, "run_failure_alerts", None)
+            late = fail(instance)
+            # its failure event as it was written, taken out to be written again, committed last
+            taken = writer.execute(
+                sqlalchemy.text(
+                    f"delete from event_logs where run_id = :run and dagster_event_type = :failure "
+                    f"returning {columns}"
+                ),
+                {"run": late, "failure": DagsterEventType.RUN_FAILURE.value},
+            ).one()
+            writer.commit()
+            writer.execute(
+                sqlalchemy.text(
+                    f"insert into event_logs ({columns}) values "
+                    "(:run_id, :event, :dagster_event_type, :timestamp, :step_key, :asset_key, :partition)"
+                ),
+                taken._asdict(),
+            )
+            early = fail(instance)
+            first = tick(defs, instance, "run_failure_alerts", started.cursor)
+            assert alerted_runs(slack) == [early]
+            writer.commit()
+            later = tick(defs, instance, "run_failure_alerts", first.cursor)
+            tick(defs, instance, "run_failure_alerts", later.cursor)
+        assert alerted_runs(slack) == [early, late]
+
+
+def test_the_previous_releases_cursor_goes_on_after_the_last_failure_it_read(defs, instance):
+    with SlackStub() as slack:
+        with environment(dagster_env(SLACK_WEBHOOK_URL=slack.url)):
+            started = tick(defs, instance, "run_failure_alerts", None)
+            fail(instance)  # alerted by the previous release, whose cursor has read it
+            newest = instance.fetch_run_status_changes(DagsterEventType.RUN_FAILURE, limit=1).records[0]
+            previous = json.dumps({"after": newest.storage_id, "pending": [], "unanswered": {}})
+            failed_since = fail(instance)
+            upgraded = tick(defs, instance, "run_failure_alerts", previous)
+            tick(defs, instance, "run_failure_alerts", upgraded.cursor)
+        assert json.loads(started.cursor)["after"] < newest.storage_id
+        assert alerted_runs(slack) == [failed_since]
+
+
+def test_the_cursor_keeps_only_the_failures_its_last_tick_read(defs, instance):
+    # so that it does not grow with every failure ever read
+    with SlackStub() as slack:
+        with environment(dagster_env(SLACK_WEBHOOK_URL=slack.url)):
+            cursor = tick(defs, instance, "run_failure_alerts", None).cursor
+            for _ in range(3):
+                fail(instance)
+                fail(instance)
+                cursor = tick(defs, instance, "run_failure_alerts", cursor).cursor
+        assert len(slack.delivered) == 6
+        last_two = instance.fetch_run_status_changes(DagsterEventType.RUN_FAILURE, limit=2).records
+        assert json.loads(cursor)["read"] == sorted(record.storage_id for record in last_two)
 
 
 @pytest.mark.parametrize("broken", ["message", "run lookup"])

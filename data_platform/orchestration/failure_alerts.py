@@ -1,7 +1,9 @@
 """Run failure alerts: a failed run is told once, and kept in the sensor's cursor until delivered.
 
-Each tick reads the instance's run failure events after the last one its cursor records, and the cursor
-keeps the runs whose alert is not delivered yet; a run leaves it once its alert was delivered, or once
+Each tick reads the instance's run failure events after where the previous tick started, leaving out
+those it read already (Postgres numbers an event as it is written, so of two runs failing at once the
+failure numbered first can be committed after the other was read), and the cursor keeps the runs whose
+alert is not delivered yet; a run leaves it once its alert was delivered, or once
 MAX_UNCONFIRMED_ATTEMPTS attempts went unanswered (a timeout: Slack may have taken it), which is logged as
 an error saying to check the channel; an alert refused, or not sent at all, is retried without limit. The
 cursor is saved even when a run's alert could not be built (that run waits for the next tick), and a tick
@@ -18,6 +20,7 @@ import json
 import re
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from dagster import (
@@ -176,28 +179,51 @@ def _without_class_name(error_info: "SerializableErrorInfo") -> str:
     return error_info.message[qualified_class.end() if qualified_class else 0 :]
 
 
-def _failure_cursor(cursor: str | None) -> tuple[int, list[str], dict[str, int]] | None:
-    """(the storage id of the last failure event read, the runs whose alert is not delivered yet, the
-    unanswered attempts of those that had any), or None before the first tick (or from a cursor of
-    another kind). The run failure sensor this one replaced recorded the storage id of the last run
-    status event it handled (`record_id`, the ids fetch_run_status_changes reads after): it goes on from
-    there, so no failure is lost on the upgrade. A cursor of the release before the unanswered attempts
-    were counted has none: its pending runs start from zero."""
+@dataclass
+class FailureCursor:
+    """What the sensor keeps between ticks (storage ids are the event log's numbers of events)."""
+
+    after: int  # the newest failure event read
+    since: int  # the next tick reads the failures after this one: where this tick started
+    read: list[int]  # the failures after `since` read already
+    pending: list[str]  # the runs whose alert is not delivered yet, oldest first
+    unanswered: dict[str, int]  # of those, the unanswered attempts of those that had any
+
+
+def _failure_cursor(cursor: str | None) -> FailureCursor | None:
+    """The cursor, or None before the first tick (or from a cursor of another kind). The run failure
+    sensor this one replaced recorded the storage id of the last run status event it handled (`record_id`,
+    the ids fetch_run_status_changes reads after): it goes on from there, so no failure is lost on the
+    upgrade. A cursor of an older release has no `since` (it goes on after its `after`) nor unanswered
+    attempts (its pending runs start from zero)."""
     try:
         state = json.loads(cursor or "")
         if state.get("__class__") in RUN_STATUS_SENSOR_CURSORS:
-            return int(state["record_id"]), [], {}
-        pending = [str(run_id) for run_id in state["pending"]]
-        unanswered = {str(run_id): int(count) for run_id, count in state.get("unanswered", {}).items()}
-        return int(state["after"]), pending, unanswered
+            return FailureCursor(int(state["record_id"]), int(state["record_id"]), [], [], {})
+        after = int(state["after"])
+        return FailureCursor(
+            after=after,
+            since=int(state.get("since", after)),
+            read=[int(storage_id) for storage_id in state.get("read", [])],
+            pending=[str(run_id) for run_id in state["pending"]],
+            unanswered={str(run_id): int(count) for run_id, count in state.get("unanswered", {}).items()},
+        )
     except (ValueError, TypeError, KeyError, AttributeError):
         return None
 
 
-def _failure_cursor_text(after: int, pending: list[str], unanswered: dict[str, int]) -> str:
-    # "pending" stays a plain list of runs, so that the previous release still reads this cursor
-    counts = {run_id: unanswered[run_id] for run_id in pending if unanswered.get(run_id)}
-    return json.dumps({"after": after, "pending": pending, "unanswered": counts})
+def _failure_cursor_text(cursor: FailureCursor) -> str:
+    # "after" and "pending" keep their meaning, so that an earlier release still reads this cursor
+    counts = {run_id: cursor.unanswered[run_id] for run_id in cursor.pending if cursor.unanswered.get(run_id)}
+    return json.dumps(
+        {
+            "after": cursor.after,
+            "since": cursor.since,
+            "read": cursor.read,
+            "pending": cursor.pending,
+            "unanswered": counts,
+        }
+    )
 
 
 def alert_failed_runs(
@@ -209,16 +235,18 @@ def alert_failed_runs(
 ) -> SkipReason:
     """One tick of run_failure_alerts; the cursor is saved however the sends went."""
     started = clock()
-    recorded = _failure_cursor(context.cursor)
-    if recorded is None:
+    cursor = _failure_cursor(context.cursor)
+    if cursor is None:
         newest = context.instance.fetch_run_status_changes(DagsterEventType.RUN_FAILURE, limit=1).records
         after = newest[0].storage_id if newest else -1
-        context.update_cursor(_failure_cursor_text(after, [], {}))
+        context.update_cursor(_failure_cursor_text(FailureCursor(after, after, [], [], {})))
         return SkipReason("started: runs that fail from now on are alerted")
-    after, pending, unanswered = recorded
-    after, pending = _queue_failures(context, after, pending, max_pending)
-    sent, problem = _send_pending(context, pending, unanswered, lambda: clock() - started, budget_seconds)
-    context.update_cursor(_failure_cursor_text(after, pending, unanswered))
+    _queue_failures(context, cursor, max_pending)
+    pending = cursor.pending  # _send_pending takes off it what it delivered
+    sent, problem = _send_pending(
+        context, pending, cursor.unanswered, lambda: clock() - started, budget_seconds
+    )
+    context.update_cursor(_failure_cursor_text(cursor))
     if problem:
         return SkipReason(
             f"sent {sent} run failure alert(s); {problem}; {len(pending)} wait for the next tick"
@@ -228,31 +256,33 @@ def alert_failed_runs(
     return SkipReason(f"sent {sent} run failure alert(s)" + (f"; {len(pending)} wait" if pending else ""))
 
 
-def _queue_failures(
-    context: SensorEvaluationContext, after: int, pending: list[str], max_pending: int
-) -> tuple[int, list[str]]:
-    """The daily job's runs that failed since event `after` queued behind `pending`, of which the newest
-    `max_pending` are kept (the others are dropped, said in the log); the newest event read and the queue."""
-    # a run's alert is queued once, from its failure event: storage ids only grow
+def _queue_failures(context: SensorEvaluationContext, cursor: FailureCursor, max_pending: int) -> None:
+    """Queue the daily job's runs whose failure the cursor has not read behind its pending ones, of which
+    the newest `max_pending` are kept (the others are dropped, said in the log), and move the cursor on."""
+    # a run's alert is queued once, from its failure event, read once: a failure numbered before the
+    # newest one read may not have been committed yet, so the next tick reads again after where this one
+    # started (a whole tick later: an event's commit follows its numbering within milliseconds)
+    read = set(cursor.read)
     events = context.instance.fetch_run_status_changes(
-        RunStatusChangeRecordsFilter(DagsterEventType.RUN_FAILURE, after_storage_id=after),
-        limit=FAILURE_EVENTS_READ,
+        RunStatusChangeRecordsFilter(DagsterEventType.RUN_FAILURE, after_storage_id=cursor.since),
+        limit=FAILURE_EVENTS_READ + len(read),
         ascending=True,
     ).records
     # the code location's jobs: the daily job, and Dagster's own for assets materialized alone
     jobs = set(context.repository_def.job_names) if context.repository_def else {daily_job.name}
     for record in events:
         entry = record.event_log_entry
-        if entry.job_name in jobs and entry.run_id not in pending:
-            pending.append(entry.run_id)
-    after = events[-1].storage_id if events else after
-    if len(pending) > max_pending:
-        dropped, pending = pending[:-max_pending], pending[-max_pending:]
+        if record.storage_id not in read and entry.job_name in jobs and entry.run_id not in cursor.pending:
+            cursor.pending.append(entry.run_id)
+    read |= {record.storage_id for record in events}
+    cursor.since, cursor.after = cursor.after, max([cursor.after, *read])
+    cursor.read = sorted(storage_id for storage_id in read if storage_id > cursor.since)
+    if len(cursor.pending) > max_pending:
+        dropped, cursor.pending = cursor.pending[:-max_pending], cursor.pending[-max_pending:]
         context.log.error(
             f"{len(dropped)} run failure alert(s) dropped undelivered, more than {max_pending} were "
             f"waiting; runs: {', '.join(dropped)}"
         )
-    return after, pending
 
 
 def _send_pending(
