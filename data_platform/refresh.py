@@ -136,7 +136,7 @@ class BuildPlan:
 def files_fingerprint(project_dir: Path, patterns: tuple[str, ...]) -> str:
     """sha256 over the files matching `patterns` under the dbt project, by relative path."""
     digest = hashlib.sha256()
-    paths = sorted({path for pattern in patterns for path in project_dir.glob(pattern)})
+    paths = sorted({path for pattern in patterns for path in project_dir.glob(pattern) if path.is_file()})
     for path in paths:
         digest.update(str(path.relative_to(project_dir)).encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()

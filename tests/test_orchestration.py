@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
@@ -490,10 +492,9 @@ def test_without_a_path_the_definitions_search_the_interpreters_scripts_then_the
     assert os.environ["PATH"] == f"{Path(sys.executable).parent}{os.pathsep}{os.defpath}"
 
 
-@pytest.mark.slow
-def test_a_dbt_project_that_no_longer_parses_keeps_the_definitions_of_the_last_that_did(tmp_path):
-    """Without definitions the code location has no schedule, sensor or failure alert, while the daemon
-    reports healthy: a model edited wrong must instead fail each run's build, which is alerted."""
+def definitions_validator(tmp_path: Path) -> tuple[Path, Path, Callable[[], subprocess.CompletedProcess]]:
+    """A copy of the project, the target folder its definitions parse into, and `dagster definitions
+    validate` of the copy's definitions (its code location loading, as each Dagster process does)."""
     project = copy_project(tmp_path / "project")
     target = tmp_path / "target"
     env = dagster_env(DAGSTER_HOME="", DBT_TARGET_PATH=str(target), DBT_LOG_PATH=str(tmp_path / "logs"))
@@ -513,6 +514,49 @@ def test_a_dbt_project_that_no_longer_parses_keeps_the_definitions_of_the_last_t
             timeout=300,
         )
 
+    return project, target, validate
+
+
+@pytest.mark.slow
+def test_a_dbt_file_removed_is_gone_from_the_definitions_the_next_time_they_load(tmp_path):
+    # the manifest outlives an image's upgrade (a compose volume): a file's time cannot tell one removed
+    project, target, validate = definitions_validator(tmp_path)
+    removed = project / "dbt" / "tests" / "assert_drivers_sum_to_daily_balance_change.sql"
+
+    def singular_tests() -> set[str]:
+        manifest = json.loads((target / "dagster-definitions" / "manifest.json").read_text())
+        return {node["name"] for node in manifest["nodes"].values() if node["resource_type"] == "test"}
+
+    assert validate().returncode == 0
+    assert removed.stem in singular_tests()
+    removed.unlink()
+    assert validate().returncode == 0
+    assert removed.stem not in singular_tests()
+
+
+def test_the_manifest_is_parsed_again_for_another_dbt_or_a_file_changed_with_its_old_time(tmp_path):
+    from data_platform.orchestration import project
+
+    dbt_dir = tmp_path / "dbt"
+    shutil.copytree(PROJECT_ROOT / "dbt", dbt_dir, ignore=shutil.ignore_patterns("target", "logs"))
+    manifest = tmp_path / "definitions" / "manifest.json"
+    manifest.parent.mkdir()
+    manifest.write_text("{}")
+    project._record_sources(manifest, project.sources_fingerprint(dbt_dir))
+    assert not project.manifest_is_stale(manifest, project.sources_fingerprint(dbt_dir))
+    assert project.manifest_is_stale(manifest, project.sources_fingerprint(dbt_dir, dbt_version="1.10.0"))
+    model = dbt_dir / "models" / "marts" / "dim_organizations.sql"
+    times = model.stat()
+    model.write_text(model.read_text() + "\n")
+    os.utime(model, ns=(times.st_atime_ns, times.st_mtime_ns))  # copied with its times kept (cp -p)
+    assert project.manifest_is_stale(manifest, project.sources_fingerprint(dbt_dir))
+
+
+@pytest.mark.slow
+def test_a_dbt_project_that_no_longer_parses_keeps_the_definitions_of_the_last_that_did(tmp_path):
+    """Without definitions the code location has no schedule, sensor or failure alert, while the daemon
+    reports healthy: a model edited wrong must instead fail each run's build, which is alerted."""
+    project, target, validate = definitions_validator(tmp_path)
     assert validate().returncode == 0
     model = project / "dbt" / "models" / "marts" / "dim_organizations.sql"
     model.write_text("{{ config( }}\n" + model.read_text())

@@ -1,29 +1,34 @@
 """The dbt project as Dagster sees it: its manifest, parsed when the code location loads.
 
 The manifest is written by `dbt parse` into a folder of its own under the pipeline's target folder
-(DBT_TARGET_PATH, default dbt/target), and parsed again only when a file of the dbt project is newer
-than it, so every run's step processes (which load the code location again) reuse it instead of
-parsing each time. Its own folder, because the code location loads whenever a Dagster process starts,
-without the pipeline lock: a parse into the target folder itself could rewrite the files a pipeline
-run (init.sh, in the dbt service) is parsing into at that moment (dagster-dbt only copies the pipeline's
-partial-parse file from there as a head start; dbt parses in full if the copy is unreadable). Dagster's
-own processes parse one at a time (a file lock of dagster-dbt's).
+(DBT_TARGET_PATH, default dbt/target), and parsed again only when the dbt project's files (by path and
+content) or dbt's version differ from those it was parsed from, so every run's step processes (which load the
+code location again) reuse it instead of parsing each time. The target folder outlives an image's upgrade (a
+compose volume): a file's time alone would miss a file removed, or a new dbt. Its own folder, because the code
+location loads whenever a Dagster process starts, without the pipeline lock: a parse into the target folder
+itself could rewrite the files a pipeline run (init.sh, in the dbt service) is parsing into at that moment
+(dagster-dbt only copies the pipeline's partial-parse file from there as a head start; dbt parses in full if
+the copy is unreadable). Dagster's own processes parse one at a time (a file lock of dagster-dbt's).
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 from dagster_dbt import DbtCliResource, DbtProject
 
 from data_platform.paths import DBT_PROFILE_TARGET, DBT_PROFILES_DIR, DBT_PROJECT_DIR, dbt_target_dir
+from data_platform.refresh import files_fingerprint
 
 # the build step's dbt, killed with the step's process (see the script)
 BOUND_DBT = Path(__file__).with_name("bound-dbt")
-# what the manifest is parsed from: a newer file means the manifest is stale
+# what the manifest is parsed from
 PROJECT_SOURCES = ("dbt_project.yml", "models/**/*", "macros/**/*", "seeds/**/*", "tests/**/*")
+# beside the manifest: the fingerprint of what it was parsed from
+MANIFEST_SOURCES_FILE = "manifest.sources"
 
 
 def _put_interpreter_scripts_on_path() -> None:
@@ -45,17 +50,22 @@ DEFINITIONS_TARGET_PATH = dbt_target_dir() / "dagster-definitions"
 BUILD_TARGET_PATH = dbt_target_dir() / "dagster-build"
 
 
-def _manifest_is_stale(project: DbtProject) -> bool:
-    manifest = project.manifest_path
-    if not manifest.exists():
-        return True
-    built = manifest.stat().st_mtime
-    return any(
-        path.stat().st_mtime > built
-        for pattern in PROJECT_SOURCES
-        for path in DBT_PROJECT_DIR.glob(pattern)
-        if path.is_file()
-    )
+def sources_fingerprint(project_dir: Path = DBT_PROJECT_DIR, dbt_version: str | None = None) -> str:
+    """What a manifest parsed now would be parsed from: the project's files and the dbt that parses them."""
+    return f"dbt-core {dbt_version or version('dbt-core')} {files_fingerprint(project_dir, PROJECT_SOURCES)}"
+
+
+def manifest_is_stale(manifest: Path, sources: str) -> bool:
+    """Whether `manifest` is missing, or was parsed from other sources than `sources` (a fingerprint)."""
+    recorded = manifest.with_name(MANIFEST_SOURCES_FILE)
+    return not (manifest.exists() and recorded.exists() and recorded.read_text() == sources)
+
+
+def _record_sources(manifest: Path, sources: str) -> None:
+    # whole or not at all: code locations start in several processes at once
+    part = manifest.with_name(f"{MANIFEST_SOURCES_FILE}.{os.getpid()}")
+    part.write_text(sources)
+    part.replace(manifest.with_name(MANIFEST_SOURCES_FILE))
 
 
 def load_project() -> DbtProject:
@@ -70,9 +80,12 @@ def load_project() -> DbtProject:
         target=DBT_PROFILE_TARGET,
         target_path=DEFINITIONS_TARGET_PATH,
     )
-    if _manifest_is_stale(project):
+    # taken before the parse: a file edited during it makes the next load parse again
+    sources = sources_fingerprint()
+    if manifest_is_stale(project.manifest_path, sources):
         try:
             project.preparer.prepare(project)
+            _record_sources(project.manifest_path, sources)
         except Exception as error:
             if not project.manifest_path.exists():
                 raise
