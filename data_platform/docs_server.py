@@ -7,6 +7,8 @@ import os
 import signal
 import socketserver
 import sys
+from http import HTTPStatus
+from http.server import SimpleHTTPRequestHandler
 
 from data_platform.paths import DBT_ARGS
 from data_platform.pipeline_errors import EXIT_CONFIG, PipelineError
@@ -51,13 +53,25 @@ def serve_docs(settings: Settings) -> None:
     # (set before dbt's import, which takes seconds)
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _stop_serving)
+    import dbt.task.docs.serve
     from dbt.cli.main import dbtRunner
 
+    dbt.task.docs.serve.SimpleHTTPRequestHandler = _FailedRequestsLogged
     args = ["docs", "serve", *DBT_ARGS, "--host", settings.docs_host, "--port", str(settings.docs_port)]
     error = dbtRunner().invoke([*args, "--no-browser"]).exception
     if isinstance(error, OSError) and error.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL):
         raise _unservable(settings, error)  # taken between the check and dbt's bind
     raise PipelineError(f"dbt docs serve ended: {error or 'see its output above'}")
+
+
+class _FailedRequestsLogged(SimpleHTTPRequestHandler):
+    """dbt's request handler, logging a request only when it failed: the container's health check asks
+    for the page every 10 s, and a line each would bury the alert lines in `docker compose logs dbt`."""
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        if isinstance(code, int) and code < HTTPStatus.BAD_REQUEST:
+            return
+        super().log_request(code, size)
 
 
 def _stop_serving(signum: int, _frame: object) -> None:
