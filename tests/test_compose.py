@@ -76,6 +76,32 @@ def test_compose_config_validates():
     assert run_compose_config("--quiet").returncode == 0
 
 
+def seconds(duration: str) -> float:
+    """A duration as compose's config prints it (Go's form: 1m15s)."""
+    parts = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s)?", duration)
+    assert parts and duration, duration
+    hours, minutes, secs = (float(part or 0) for part in parts.groups())
+    return hours * 3600 + minutes * 60 + secs
+
+
+def test_compose_waits_for_the_pipeline_and_the_daemon_to_stop_before_killing_them(daily_config):
+    from data_platform import steps
+
+    services = daily_config["services"]
+    assert seconds("1m15s") == 75
+    # the pipeline gives a step STOP_GRACE_SECONDS to stop (dbt cancels its queries) before it kills it
+    assert seconds(services["dbt"]["stop_grace_period"]) > steps.STOP_GRACE_SECONDS
+    # dagster-daemon waits up to 30 s for each daemon's thread (a sensor tick sending its alerts)
+    assert seconds(services["dagster-daemon"]["stop_grace_period"]) > 30
+
+
+def test_the_postgres_image_names_its_debian_release_and_has_room_for_parallel_queries(daily_config):
+    services = daily_config["services"]
+    images = {services[name]["image"] for name in ("postgres", "dagster-db-init")}
+    assert len(images) == 1 and re.fullmatch(r"postgres:\d+-[a-z]+", images.pop())
+    assert int(services["postgres"]["shm_size"]) > 64 * 2**20  # Docker's default
+
+
 def test_compose_config_rejects_a_broken_file(tmp_path):
     # proves the validation above can fail: same binary, a file with an unknown key
     broken = tmp_path / "compose.yaml"
@@ -361,6 +387,28 @@ def test_every_file_the_images_copy_is_in_the_build_context():
                         dockerfile,
                         source,
                     )
+
+
+def test_scripts_and_csvs_are_checked_out_as_committed_on_every_platform():
+    if not (PROJECT_ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    tracked = subprocess.run(
+        ["git", "ls-files", "-s"], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    executables = [line.split("\t", 1)[1] for line in tracked if line.startswith("100755")]
+    csvs = [line.split("\t", 1)[1] for line in tracked if line.endswith(".csv")]
+    assert "init.sh" in executables and "csv_data/invoices.csv" in csvs
+    attributes = subprocess.run(
+        ["git", "check-attr", "eol", "text", "--", *executables, *csvs],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    for path in executables:
+        assert f"{path}: eol: lf" in attributes, path
+    for path in csvs:
+        assert f"{path}: text: unset" in attributes, path
 
 
 def test_dockerfile_is_slim_pinned_and_non_root():
