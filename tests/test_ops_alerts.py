@@ -1359,6 +1359,43 @@ def daemon_read_up_to_now(instance) -> None:
     )
 
 
+def test_a_run_cut_off_after_its_alert_step_gave_up_on_alerts_says_what_the_step_said(instance):
+    # the step retries the run's other alerts for minutes after a give-up, then fails saying it: a run
+    # cut off meanwhile failed without those words, and its retry found the give-up reported, ending green
+    from dagster import AssetKey, AssetObservation, DagsterEvent
+    from dagster._core.events import AssetObservationData
+
+    run = in_progress(instance, "daily_pipeline")
+    given_up = "some balance alerts got no answer; the alert run said:\nslack: 1 alert never confirmed"
+    for kind, data in (
+        (DagsterEventType.STEP_START, None),
+        (
+            DagsterEventType.ASSET_OBSERVATION,
+            AssetObservationData(
+                AssetObservation(
+                    AssetKey("balance_alerts"), metadata={failure_alerts.GIVEN_UP_METADATA: given_up}
+                )
+            ),
+        ),
+    ):
+        event = DagsterEvent(
+            kind.value, "daily_pipeline", step_key="balance_alerts", event_specific_data=data
+        )
+        instance.report_dagster_event(event, run_id=run.run_id)
+    assert startup.fail_interrupted_runs(instance) == [run.run_id]
+
+    message = failure_alerts.failure_message(instance, instance.get_run_by_id(run.run_id), "http://d")
+
+    assert message.title == "Pipeline run failed: daily_pipeline, step balance_alerts, which did not finish"
+    assert message.details == (
+        startup.MESSAGE,
+        failure_alerts.GIVEN_UP_BEFORE_CUT_OFF,
+        "some balance alerts got no answer; the alert run said:",
+        "slack: 1 alert never confirmed",
+        failure_alerts.CATCH_UP,
+    )
+
+
 def test_a_run_startup_failed_under_a_step_says_what_to_do_without_run_retries(instance):
     # an instance whose dagster.yaml has no run retries: nothing starts the run again
     run = cut_off_by_startup(instance, in_progress(instance, "daily_pipeline"))

@@ -574,6 +574,37 @@ def test_after_giving_up_on_an_alert_the_step_still_retries_the_others_then_fail
     )
 
 
+def test_an_alert_step_that_gave_up_records_it_in_the_run_and_its_failure_says_it_once(
+    daily_run, instance, monkeypatch
+):
+    # recorded before the step retries the run's other alerts, for minutes: a run cut off meanwhile has
+    # no failure of the step to say it (test_ops_alerts: the failure alert of such a run)
+    from dagster import materialize
+
+    from data_platform.orchestration import assets, failure_alerts
+
+    database, csv_dir, _ = daily_run
+    said = ("slack: 1 alert never confirmed after 2 unanswered attempts",)
+    outcomes = [pipeline.AlertRun.GIVEN_UP, *[pipeline.AlertRun.UNDELIVERED] * 4]
+    monkeypatch.setattr(assets, "_alert_run", lambda settings: pipeline.AlertRunEnd(outcomes.pop(0), said))
+    monkeypatch.setattr(assets, "GIVEN_UP_RETRY_DELAYS_SECONDS", (0, 0, 0, 0))
+    with environment(run_env(database, csv_dir)):
+        result = materialize([assets.balance_alerts], instance=instance, raise_on_error=False)
+    assert not result.success and outcomes == []
+    observations = instance.get_records_for_run(result.run_id, of_type=DagsterEventType.ASSET_OBSERVATION)
+    recorded = [
+        record.event_log_entry.dagster_event.event_specific_data.asset_observation.metadata
+        for record in observations.records
+    ]
+    assert [metadata[failure_alerts.GIVEN_UP_METADATA].value for metadata in recorded] == [
+        f"{pipeline.AlertRun.GIVEN_UP.value}; the alert run said:\n{said[0]}"
+    ]
+    run = instance.get_run_by_id(result.run_id)
+    text = failure_alerts.failure_message(instance, run, "http://dagster.test").text()
+    assert text.count("check the channel they go to") == 1, text
+    assert text.count(said[0]) == 1, text
+
+
 def test_the_alert_step_waits_for_a_pipeline_run_like_the_other_steps(daily_run):
     # init.sh alerts under the lock; a pipeline run may be rebuilding the marts the alerter reads
     from dagster import Failure, build_asset_context

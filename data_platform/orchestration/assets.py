@@ -10,6 +10,7 @@ from typing import Any
 
 from dagster import (
     AssetExecutionContext,
+    AssetObservation,
     AssetSpec,
     Backoff,
     Failure,
@@ -31,6 +32,7 @@ from data_platform.db import DatabaseUnavailable
 from data_platform.load_errors import utc_today
 from data_platform.orchestration import configuration
 from data_platform.orchestration.environment import process_environment
+from data_platform.orchestration.failure_alerts import GIVEN_UP_METADATA
 from data_platform.orchestration.project import BUILD_TARGET_PATH, dbt_project
 from data_platform.orchestration.sensors import EXPORT_DAY_TAG
 
@@ -188,6 +190,9 @@ def balance_alerts(context: AssetExecutionContext) -> None:
             # retry would find the give-up reported and end green.
             # The failure quotes the first run, which said the others were not delivered: it says how the
             # retries left them, too.
+            given_up = _quoting(first.outcome.value, first)
+            # the run's failure alert says it if the run is cut off before the step's own failure
+            context.log_event(AssetObservation(context.asset_key, metadata={GIVEN_UP_METADATA: given_up}))
             retried = "the step's retries could not deliver the run's other alerts: the next run retries them"
             for delay in GIVEN_UP_RETRY_DELAYS_SECONDS:
                 time.sleep(delay)
@@ -197,7 +202,7 @@ def balance_alerts(context: AssetExecutionContext) -> None:
                         break
                 except (pipeline.PipelineError, DatabaseUnavailable) as error:
                     context.log.error(f"retrying the other undelivered alerts failed: {error}")
-            description = f"{_quoting(first.outcome.value, first)}\n{retried}"
+            description = f"{given_up}\n{retried}"
             raise Failure(description=description, allow_retries=False)
         if first.outcome is pipeline.AlertRun.UNDELIVERED:
             # a failure, so the retry policy sends them again soon, and a run that still cannot

@@ -69,6 +69,13 @@ RUN_AGAIN_BY_DAGSTER = (
     "run fails too, which is alerted."
 )
 RETRY_OF = "It was Dagster's own retry of run {}."
+# The balance alerts step records a give-up (an alert that may not have arrived) in the run before it
+# retries the run's other alerts, for minutes: a run cut off meanwhile has no failure of the step to say
+# it, and its retry, finding the give-up reported, can end green; the run's failure alert says it instead.
+GIVEN_UP_METADATA = "given_up_alerts"
+GIVEN_UP_BEFORE_CUT_OFF = (
+    "Before the run was cut off, its balance alerts step had given up on alerts; it said:"
+)
 FAILURE_EVENTS_READ = 100  # a tick reads up to this many new failures; the next tick the rest
 # a backlog is sent a few messages a tick, so that a tick ends well within the daemon's time limit
 FAILURE_ALERTS_PER_TICK = 5
@@ -90,13 +97,14 @@ def failure_message(instance: DagsterInstance, run: DagsterRun, base_url: str) -
     run's error, or the error of Dagster's own event that holds one. A run Dagster's run retries start
     again says so; one they do not, unless it failed on a step's own error or its code could not load,
     says what to do: nothing starts it again before the next export or schedule. A retry says whose it
-    was."""
+    was. A run cut off after its balance alerts step gave up on alerts says what the step said of them."""
     kinds = {
         DagsterEventType.STEP_START,
         DagsterEventType.STEP_SUCCESS,
         DagsterEventType.STEP_FAILURE,
         DagsterEventType.RUN_FAILURE,
         DagsterEventType.ENGINE_EVENT,
+        DagsterEventType.ASSET_OBSERVATION,
     }
     entries = [
         record.event_log_entry for record in instance.get_records_for_run(run.run_id, of_type=kinds).records
@@ -152,6 +160,8 @@ def failure_message(instance: DagsterInstance, run: DagsterRun, base_url: str) -
     if not steps:
         steps = f"{', '.join(sorted(unfinished))}, which did not finish" if unfinished else "the run itself"
     details = first_lines(error)
+    if cut_off:  # else the step's own failure said it
+        details += next(((GIVEN_UP_BEFORE_CUT_OFF, *first_lines(said)) for said in _given_up(entries)), ())
     # only the retries' daemon numbers a run it starts (a re-execution from the UI has a parent, no number)
     if run.tags.get(RETRY_NUMBER_TAG) and run.parent_run_id:
         details += (RETRY_OF.format(run.parent_run_id),)
@@ -165,6 +175,13 @@ def failure_message(instance: DagsterInstance, run: DagsterRun, base_url: str) -
         details=details,
         link=f"{base_url}/runs/{run.run_id}",
     )
+
+
+def _given_up(entries: list) -> list[str]:
+    """What the run's balance alerts step said of the alerts it gave up on, if it gave up on any."""
+    observations = [e for e in entries if e.dagster_event_type == DagsterEventType.ASSET_OBSERVATION]
+    metadata = [e.dagster_event.event_specific_data.asset_observation.metadata for e in observations]
+    return [str(values[GIVEN_UP_METADATA].value) for values in metadata if GIVEN_UP_METADATA in values]
 
 
 def _job_label(job_name: str) -> str:
