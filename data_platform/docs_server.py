@@ -65,8 +65,9 @@ def serve_docs(settings: Settings) -> None:
 
 
 class _FailedRequestsLogged(SimpleHTTPRequestHandler):
-    """dbt's request handler, logging a request only when it failed: the container's health check asks
-    for the page every 10 s, and a line each would bury the alert lines in `docker compose logs dbt`."""
+    """The standard library's handler that dbt serves with, logging a request only when it failed: the
+    container's health check asks for the page every 10 s, and a line each would bury the alert lines in
+    `docker compose logs dbt`."""
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         if isinstance(code, int) and code < HTTPStatus.BAD_REQUEST:

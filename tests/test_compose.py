@@ -88,7 +88,6 @@ def test_compose_waits_for_the_pipeline_and_the_daemon_to_stop_before_killing_th
     from data_platform import steps
 
     services = daily_config["services"]
-    assert seconds("1m15s") == 75
     # the pipeline gives a step STOP_GRACE_SECONDS to stop (dbt cancels its queries) before it kills it
     assert seconds(services["dbt"]["stop_grace_period"]) > steps.STOP_GRACE_SECONDS
     # dagster-daemon waits up to 30 s for each daemon's thread (a sensor tick sending its alerts)
@@ -98,7 +97,8 @@ def test_compose_waits_for_the_pipeline_and_the_daemon_to_stop_before_killing_th
 def test_the_postgres_image_names_its_debian_release_and_has_room_for_parallel_queries(daily_config):
     services = daily_config["services"]
     images = {services[name]["image"] for name in ("postgres", "dagster-db-init")}
-    assert len(images) == 1 and re.fullmatch(r"postgres:\d+-[a-z]+", images.pop())
+    debian_releases = "bookworm|trixie|forky|duke"  # not alpine: another C library, another collation
+    assert len(images) == 1 and re.fullmatch(rf"postgres:\d+-({debian_releases})", images.pop())
     assert int(services["postgres"]["shm_size"]) > 64 * 2**20  # Docker's default
 
 

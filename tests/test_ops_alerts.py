@@ -380,6 +380,7 @@ def test_a_failure_committed_after_a_later_failure_was_read_is_alerted_on_the_ne
     instance = postgres_instance
     columns = "run_id, event, dagster_event_type, timestamp, step_key, asset_key, partition"
     events = sqlalchemy.create_engine(instance.event_log_storage.postgres_url)
+    fail(instance)  # before the sensor ran: the cursor starts after it
     with SlackStub() as slack, events.connect() as writer:
         with environment(dagster_env(SLACK_WEBHOOK_URL=slack.url)):
             started = tick(defs, instance, "run_failure_alerts", None)
@@ -407,6 +408,18 @@ def test_a_failure_committed_after_a_later_failure_was_read_is_alerted_on_the_ne
             later = tick(defs, instance, "run_failure_alerts", first.cursor)
             tick(defs, instance, "run_failure_alerts", later.cursor)
         assert alerted_runs(slack) == [early, late]
+
+
+def test_a_tick_reads_its_share_of_new_failures_besides_those_it_reads_again(defs, instance, monkeypatch):
+    monkeypatch.setattr(failure_alerts, "FAILURE_EVENTS_READ", 2)
+    with SlackStub() as slack:
+        with environment(dagster_env(SLACK_WEBHOOK_URL=slack.url)):
+            cursor = tick(defs, instance, "run_failure_alerts", None).cursor
+            first = [fail(instance), fail(instance)]
+            cursor = tick(defs, instance, "run_failure_alerts", cursor).cursor
+            second = [fail(instance), fail(instance)]
+            tick(defs, instance, "run_failure_alerts", cursor)
+        assert alerted_runs(slack) == first + second
 
 
 def test_the_previous_releases_cursor_goes_on_after_the_last_failure_it_read(defs, instance):

@@ -20,7 +20,7 @@ import json
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from dagster import (
@@ -196,51 +196,54 @@ def _without_class_name(error_info: "SerializableErrorInfo") -> str:
     return error_info.message[qualified_class.end() if qualified_class else 0 :]
 
 
-@dataclass
-class FailureCursor:
-    """What the sensor keeps between ticks (storage ids are the event log's numbers of events)."""
+@dataclass(frozen=True)
+class _FailureCursor:
+    """What the sensor keeps between ticks (storage ids: the event log's numbers of its events)."""
 
     after: int  # the newest failure event read
-    since: int  # the next tick reads the failures after this one: where this tick started
-    read: list[int]  # the failures after `since` read already
-    pending: list[str]  # the runs whose alert is not delivered yet, oldest first
+    since: int  # the next tick reads the failures after this one: where the last tick started
+    read: tuple[int, ...]  # the failures after `since` read already
+    pending: list[str]  # the runs whose alert is not delivered yet, oldest first (sends take them off)
     unanswered: dict[str, int]  # of those, the unanswered attempts of those that had any
 
+    @classmethod
+    def first(cls, after: int) -> "_FailureCursor":
+        return cls(after, after, (), [], {})
 
-def _failure_cursor(cursor: str | None) -> FailureCursor | None:
-    """The cursor, or None before the first tick (or from a cursor of another kind). The run failure
-    sensor this one replaced recorded the storage id of the last run status event it handled (`record_id`,
-    the ids fetch_run_status_changes reads after): it goes on from there, so no failure is lost on the
-    upgrade. A cursor of an older release has no `since` (it goes on after its `after`) nor unanswered
-    attempts (its pending runs start from zero)."""
-    try:
-        state = json.loads(cursor or "")
-        if state.get("__class__") in RUN_STATUS_SENSOR_CURSORS:
-            return FailureCursor(int(state["record_id"]), int(state["record_id"]), [], [], {})
-        after = int(state["after"])
-        return FailureCursor(
-            after=after,
-            since=int(state.get("since", after)),
-            read=[int(storage_id) for storage_id in state.get("read", [])],
-            pending=[str(run_id) for run_id in state["pending"]],
-            unanswered={str(run_id): int(count) for run_id, count in state.get("unanswered", {}).items()},
+    @classmethod
+    def read_from(cls, cursor: str | None) -> "_FailureCursor | None":
+        """The cursor, or None before the first tick (or from a cursor of another kind). The run failure
+        sensor this one replaced recorded the storage id of the last run status event it handled
+        (`record_id`, the ids fetch_run_status_changes reads after): it goes on from there, so no failure
+        is lost on the upgrade. A cursor of an older release has no `since` (it goes on after its `after`)
+        nor unanswered attempts (its pending runs start from zero)."""
+        try:
+            state = json.loads(cursor or "")
+            if state.get("__class__") in RUN_STATUS_SENSOR_CURSORS:
+                return cls.first(int(state["record_id"]))
+            after = int(state["after"])
+            return cls(
+                after=after,
+                since=int(state.get("since", after)),
+                read=tuple(int(storage_id) for storage_id in state.get("read", [])),
+                pending=[str(run_id) for run_id in state["pending"]],
+                unanswered={str(run_id): int(count) for run_id, count in state.get("unanswered", {}).items()},
+            )
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return None
+
+    def write(self) -> str:
+        # "after" and "pending" keep their meaning, so that an earlier release still reads this cursor
+        counts = {run_id: self.unanswered[run_id] for run_id in self.pending if self.unanswered.get(run_id)}
+        return json.dumps(
+            {
+                "after": self.after,
+                "since": self.since,
+                "read": list(self.read),
+                "pending": self.pending,
+                "unanswered": counts,
+            }
         )
-    except (ValueError, TypeError, KeyError, AttributeError):
-        return None
-
-
-def _failure_cursor_text(cursor: FailureCursor) -> str:
-    # "after" and "pending" keep their meaning, so that an earlier release still reads this cursor
-    counts = {run_id: cursor.unanswered[run_id] for run_id in cursor.pending if cursor.unanswered.get(run_id)}
-    return json.dumps(
-        {
-            "after": cursor.after,
-            "since": cursor.since,
-            "read": cursor.read,
-            "pending": cursor.pending,
-            "unanswered": counts,
-        }
-    )
 
 
 def alert_failed_runs(
@@ -252,18 +255,17 @@ def alert_failed_runs(
 ) -> SkipReason:
     """One tick of run_failure_alerts; the cursor is saved however the sends went."""
     started = clock()
-    cursor = _failure_cursor(context.cursor)
+    cursor = _FailureCursor.read_from(context.cursor)
     if cursor is None:
         newest = context.instance.fetch_run_status_changes(DagsterEventType.RUN_FAILURE, limit=1).records
-        after = newest[0].storage_id if newest else -1
-        context.update_cursor(_failure_cursor_text(FailureCursor(after, after, [], [], {})))
+        context.update_cursor(_FailureCursor.first(newest[0].storage_id if newest else -1).write())
         return SkipReason("started: runs that fail from now on are alerted")
-    _queue_failures(context, cursor, max_pending)
-    pending = cursor.pending  # _send_pending takes off it what it delivered
+    cursor = _queue_failures(context, cursor, max_pending)
+    pending = cursor.pending
     sent, problem = _send_pending(
         context, pending, cursor.unanswered, lambda: clock() - started, budget_seconds
     )
-    context.update_cursor(_failure_cursor_text(cursor))
+    context.update_cursor(cursor.write())
     if problem:
         return SkipReason(
             f"sent {sent} run failure alert(s); {problem}; {len(pending)} wait for the next tick"
@@ -273,13 +275,15 @@ def alert_failed_runs(
     return SkipReason(f"sent {sent} run failure alert(s)" + (f"; {len(pending)} wait" if pending else ""))
 
 
-def _queue_failures(context: SensorEvaluationContext, cursor: FailureCursor, max_pending: int) -> None:
-    """Queue the daily job's runs whose failure the cursor has not read behind its pending ones, of which
-    the newest `max_pending` are kept (the others are dropped, said in the log), and move the cursor on."""
-    # a run's alert is queued once, from its failure event, read once: a failure numbered before the
-    # newest one read may not have been committed yet, so the next tick reads again after where this one
-    # started (a whole tick later: an event's commit follows its numbering within milliseconds)
-    read = set(cursor.read)
+def _queue_failures(
+    context: SensorEvaluationContext, cursor: _FailureCursor, max_pending: int
+) -> _FailureCursor:
+    """The cursor moved on: the daily job's runs whose failure it had not read queued behind its pending
+    ones, of which the newest `max_pending` are kept (the others are dropped, said in the log)."""
+    # a run's alert is queued from its failure event, read once: a failure numbered before the newest one
+    # read may not have been committed yet, so the next tick reads again after where this one started (a
+    # whole tick later: an event's commit follows its numbering within milliseconds)
+    read, pending = set(cursor.read), list(cursor.pending)
     events = context.instance.fetch_run_status_changes(
         RunStatusChangeRecordsFilter(DagsterEventType.RUN_FAILURE, after_storage_id=cursor.since),
         limit=FAILURE_EVENTS_READ + len(read),
@@ -289,17 +293,22 @@ def _queue_failures(context: SensorEvaluationContext, cursor: FailureCursor, max
     jobs = set(context.repository_def.job_names) if context.repository_def else {daily_job.name}
     for record in events:
         entry = record.event_log_entry
-        if record.storage_id not in read and entry.job_name in jobs and entry.run_id not in cursor.pending:
-            cursor.pending.append(entry.run_id)
+        if record.storage_id not in read and entry.job_name in jobs and entry.run_id not in pending:
+            pending.append(entry.run_id)
     read |= {record.storage_id for record in events}
-    cursor.since, cursor.after = cursor.after, max([cursor.after, *read])
-    cursor.read = sorted(storage_id for storage_id in read if storage_id > cursor.since)
-    if len(cursor.pending) > max_pending:
-        dropped, cursor.pending = cursor.pending[:-max_pending], cursor.pending[-max_pending:]
+    if len(pending) > max_pending:
+        dropped, pending = pending[:-max_pending], pending[-max_pending:]
         context.log.error(
             f"{len(dropped)} run failure alert(s) dropped undelivered, more than {max_pending} were "
             f"waiting; runs: {', '.join(dropped)}"
         )
+    return replace(
+        cursor,
+        after=max([cursor.after, *read]),
+        since=cursor.after,
+        read=tuple(sorted(storage_id for storage_id in read if storage_id > cursor.after)),
+        pending=pending,
+    )
 
 
 def _send_pending(

@@ -8,13 +8,17 @@ compose volume): a file's time alone would miss a file removed, or a new dbt. It
 location loads whenever a Dagster process starts, without the pipeline lock: a parse into the target folder
 itself could rewrite the files a pipeline run (init.sh, in the dbt service) is parsing into at that moment
 (dagster-dbt only copies the pipeline's partial-parse file from there as a head start; dbt parses in full if
-the copy is unreadable). Dagster's own processes parse one at a time (a file lock of dagster-dbt's).
+the copy is unreadable). Dagster's processes parse one at a time, under a lock of this module's.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib.metadata import version
 from pathlib import Path
 
@@ -27,8 +31,9 @@ from data_platform.refresh import files_fingerprint
 BOUND_DBT = Path(__file__).with_name("bound-dbt")
 # what the manifest is parsed from
 PROJECT_SOURCES = ("dbt_project.yml", "models/**/*", "macros/**/*", "seeds/**/*", "tests/**/*")
-# beside the manifest: the fingerprint of what it was parsed from
+# beside the manifest: the fingerprint of what it was parsed from, and the lock its processes parse under
 MANIFEST_SOURCES_FILE = "manifest.sources"
+PARSE_LOCK_FILE = "manifest.sources.lock"
 
 
 def _put_interpreter_scripts_on_path() -> None:
@@ -62,10 +67,23 @@ def manifest_is_stale(manifest: Path, sources: str) -> bool:
 
 
 def _record_sources(manifest: Path, sources: str) -> None:
-    # whole or not at all: code locations start in several processes at once
-    part = manifest.with_name(f"{MANIFEST_SOURCES_FILE}.{os.getpid()}")
-    part.write_text(sources)
-    part.replace(manifest.with_name(MANIFEST_SOURCES_FILE))
+    # whole or not at all: a process killed while writing leaves no half fingerprint
+    handle, part = tempfile.mkstemp(dir=manifest.parent, prefix=f"{MANIFEST_SOURCES_FILE}.")
+    with os.fdopen(handle, "w") as out:
+        out.write(sources)
+    os.replace(part, manifest.with_name(MANIFEST_SOURCES_FILE))
+
+
+@contextmanager
+def _parsing_alone(manifest: Path) -> Iterator[None]:
+    """One process at a time from its fingerprint to its record (every container of the daily profile
+    loads the code location at its start, on one volume): Dagster's own lock around the parse skips it,
+    without a word, when another process wrote the manifest meanwhile, from files that may be older than
+    this process's fingerprint, which would then be recorded for it."""
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+    with open(manifest.with_name(PARSE_LOCK_FILE), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def load_project() -> DbtProject:
@@ -80,12 +98,13 @@ def load_project() -> DbtProject:
         target=DBT_PROFILE_TARGET,
         target_path=DEFINITIONS_TARGET_PATH,
     )
-    # taken before the parse: a file edited during it makes the next load parse again
-    sources = sources_fingerprint()
-    if manifest_is_stale(project.manifest_path, sources):
+    with _parsing_alone(project.manifest_path):
+        # taken before the parse: a file edited during it makes the next load parse again
+        sources = sources_fingerprint()
+        if not manifest_is_stale(project.manifest_path, sources):
+            return project
         try:
             project.preparer.prepare(project)
-            _record_sources(project.manifest_path, sources)
         except Exception as error:
             if not project.manifest_path.exists():
                 raise
@@ -95,6 +114,8 @@ def load_project() -> DbtProject:
                 "dbt build fails, naming the error, until it is fixed",
                 file=sys.stderr,
             )
+            return project
+        _record_sources(project.manifest_path, sources)
     return project
 
 
