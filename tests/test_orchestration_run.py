@@ -19,6 +19,7 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import quote
 
+import psutil
 import psycopg
 import pytest
 from conftest import PROJECT_ROOT, hold_the_loaders_lock, pipeline_env, sessions_blocked_by
@@ -316,7 +317,7 @@ def failed_daily_run_alert(defs, instance, database, csv_dir: Path) -> tuple[str
             third = sensor.evaluate_tick(
                 build_sensor_context(instance=instance, definitions=defs, cursor=second.cursor)
             )
-        assert third.cursor == second.cursor
+        assert json.loads(third.cursor)["pending"] == []  # nothing left to send
         assert len(slack.delivered) == 1, slack.requests
         return slack.delivered[0]["text"], result.run_id
 
@@ -439,6 +440,61 @@ def test_terminating_a_run_stops_its_dbt_build_and_records_nothing(
     assert database.query(f"select * from {refresh.BUILD_STATE}") == []
     with environment(env), pipeline.PipelineLock(timeout=0):
         pass  # free for the next run
+
+
+def test_a_step_whose_run_process_was_killed_outright_stops_instead_of_building_unseen(
+    dagster_home, make_database, tmp_path
+):
+    """The run's process killed outright (kill -9, the OOM killer) leaves its step's process without a
+    parent: it must stop, its dbt's statement end and its pipeline lock go, rather than build on unseen,
+    holding the lock that the run's retry waits for."""
+    database = make_database()
+    csv_dir = write_fixture(tmp_path / "csv")
+    env = run_env(
+        database,
+        csv_dir,
+        DAGSTER_HOME=str(dagster_home),
+        DAGSTER_PG_URL=dagster_storage_url(database),
+        PYTHONUNBUFFERED="1",
+    )
+    log = tmp_path / "run.log"
+    with database.connect("admin") as holder:
+        with log.open("w") as out:
+            run = subprocess.Popen(
+                [
+                    *(str(Path(sys.executable).parent / "dagster"), "job", "execute"),
+                    *("-m", "data_platform.orchestration.definitions", "-j", "daily_pipeline"),
+                ],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            deadline = time.monotonic() + 300
+            while "raw_tables - STEP_SUCCESS" not in read_log(log):
+                assert run.poll() is None and time.monotonic() < deadline, read_log(log)[-5000:]
+                time.sleep(0.2)
+            holder.execute("lock table raw.organizations in access exclusive mode")
+            while not sessions_blocked_by(database, holder):
+                assert run.poll() is None and time.monotonic() < deadline, read_log(log)[-5000:]
+                time.sleep(0.2)
+            left = psutil.Process(run.pid).children(recursive=True)  # the build step's process, its dbt
+            assert left
+            run.kill()  # the run's process alone, as the OOM killer would
+            run.wait()
+            _, alive = psutil.wait_procs(left, timeout=60)
+            assert alive == [], f"{alive} outlived the run's process\n{read_log(log)[-5000:]}"
+            deadline = time.monotonic() + 30
+            while sessions_blocked_by(database, holder):
+                assert time.monotonic() < deadline, f"dbt's statement still waits\n{read_log(log)[-5000:]}"
+                time.sleep(0.2)
+        finally:
+            kill_group(run)  # only what a failed assertion left
+        holder.rollback()
+    assert database.query(f"select * from {refresh.BUILD_STATE}") == []
+    with environment(env), pipeline.PipelineLock(timeout=0):
+        pass  # free for the retry
 
 
 def test_a_bad_export_sends_a_failure_alert_with_the_loaders_error(defs, instance, make_database, tmp_path):

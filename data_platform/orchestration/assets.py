@@ -2,6 +2,9 @@
 and the balance alerts. Each one calls the step of `data_platform.pipeline` that init.sh runs."""
 
 import json
+import os
+import signal
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -27,7 +30,7 @@ from dagster_dbt import (
     get_asset_keys_by_output_name_for_source,
 )
 
-from data_platform import build_failures, pipeline
+from data_platform import build_failures, pipeline, steps
 from data_platform.db import DatabaseUnavailable
 from data_platform.load_errors import utc_today
 from data_platform.orchestration import configuration
@@ -46,6 +49,10 @@ ALERT_RETRY_POLICY = RetryPolicy(max_retries=3, delay=60, backoff=Backoff.EXPONE
 # as many retries, by the step itself, after an attempt that gave up (the first one at once: usually
 # nothing else is waiting)
 GIVEN_UP_RETRY_DELAYS_SECONDS = (0, 60, 120, 240)
+# how often a step looks for the run's process, its parent
+PARENT_CHECK_SECONDS = 1.0
+# a step told to stop since its run's process is gone is given this long to stop and exit, then ended
+ORPHAN_EXIT_SECONDS = steps.STOP_GRACE_SECONDS + 30
 
 
 @contextmanager
@@ -58,9 +65,33 @@ def pipeline_step() -> Iterator[None]:
         # no retry: a setting does not fix itself, and a retried step holds the one-run queue meanwhile
         raise Failure(description="\n".join(str(error) for error in unusable), allow_retries=False)
     try:
-        yield
+        with _stopped_with_its_run():
+            yield
     except (pipeline.PipelineError, DatabaseUnavailable) as error:
         raise Failure(description=str(error)) from error
+
+
+@contextmanager
+def _stopped_with_its_run() -> Iterator[None]:
+    """A step runs in a process of its own under the run's process. That process killed outright (kill -9,
+    the OOM killer) would leave the step running unseen, holding the pipeline lock the run's retry waits
+    for and writing into a run already failed. Once its parent is gone, the step is told to stop as Dagster
+    tells it (SIGINT: dbt cancels its queries, the loader rolls back), then ended after
+    ORPHAN_EXIT_SECONDS, whatever it is doing: its exit can wait for ever on a pipe to the dead parent."""
+    parent, done = os.getppid(), threading.Event()
+
+    def watch() -> None:
+        while not done.wait(PARENT_CHECK_SECONDS):
+            if os.getppid() != parent:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(ORPHAN_EXIT_SECONDS)
+                os._exit(128 + signal.SIGINT)
+
+    threading.Thread(target=watch, name="stopped-with-its-run", daemon=True).start()
+    try:
+        yield
+    finally:
+        done.set()
 
 
 class LayerGroups(DagsterDbtTranslator):
