@@ -11,6 +11,7 @@ import html
 import json
 import logging
 import os
+import signal
 import socket
 import threading
 import time
@@ -226,6 +227,21 @@ def test_a_run_that_failed_outside_its_steps_is_alerted_with_the_runs_error_and_
         # the database came back: nothing else runs the job again before the schedule
         failure_alerts.CATCH_UP,
     )
+
+
+def test_a_run_whose_process_died_is_alerted_with_dagsters_explanation_of_how(instance):
+    # the code server finds the run's process gone and reports how it ended (the OOM killer's SIGKILL),
+    # then fails the run "from outside the execution context", which says nothing of it
+    from dagster._utils import get_run_crash_explanation
+
+    run = in_progress(instance, "daily_pipeline")
+    explanation = get_run_crash_explanation(f"Run execution process for {run.run_id}", -signal.SIGKILL)
+    instance.report_engine_event(explanation, run)
+    instance.report_run_failed(run)
+
+    message = failure_alerts.failure_message(instance, instance.get_run_by_id(run.run_id), "http://d")
+
+    assert "was terminated by signal 9 (SIGKILL). This usually indicates" in "\n".join(message.details)
 
 
 def test_a_step_that_finished_is_not_named_among_those_that_did_not(instance):

@@ -46,6 +46,7 @@ from test_pipeline import (
 )
 
 from data_platform import pipeline, refresh
+from data_platform.orchestration import failure_alerts
 
 pytestmark = pytest.mark.slow
 LAYERS = ("raw", "seeds", "staging", "intermediate", "marts")
@@ -363,8 +364,29 @@ def test_a_build_step_whose_dbt_dies_shows_no_failed_test_of_an_earlier_build(
     failures = [event for event in result.all_events if event.is_step_failure]
     assert [event.step_key for event in failures] == ["dbt_build"]
     message = failures[0].step_failure_data.error.message
-    assert "dbt build failed" in message
+    assert "dbt build was killed by SIGKILL (out of memory?)" in message  # as init.sh says it
     assert "an_earlier_failure" not in message
+    # nothing in the data to fix, and no retry of a step's failure: nothing else starts the build again
+    run = instance.get_run_by_id(result.run_id)
+    assert failure_alerts.failure_message(instance, run, "http://d").details[-1] == failure_alerts.CATCH_UP
+
+
+def test_a_load_step_whose_loader_is_killed_says_so_and_what_to_do(
+    instance, daily_run, tmp_path, monkeypatch
+):
+    from dagster import materialize
+    from process_support import KILLED_AT_START, fake_python
+
+    from data_platform.orchestration import assets
+
+    database, csv_dir, _ = daily_run
+    monkeypatch.setattr(pipeline.sys, "executable", fake_python(tmp_path, KILLED_AT_START))
+    with environment(run_env(database, csv_dir)):
+        result = materialize([assets.raw_tables], instance=instance, raise_on_error=False)
+    assert not result.success
+    message = failure_alerts.failure_message(instance, instance.get_run_by_id(result.run_id), "http://d")
+    assert message.details[0].startswith("the loader was killed by SIGKILL (out of memory?)")
+    assert message.details[-1] == failure_alerts.CATCH_UP
 
 
 def test_terminating_a_run_stops_its_dbt_build_and_records_nothing(

@@ -35,7 +35,7 @@ from data_platform.db import DatabaseUnavailable
 from data_platform.load_errors import utc_today
 from data_platform.orchestration import configuration
 from data_platform.orchestration.environment import process_environment
-from data_platform.orchestration.failure_alerts import GIVEN_UP_METADATA
+from data_platform.orchestration.failure_alerts import GIVEN_UP_METADATA, KILLED_METADATA
 from data_platform.orchestration.project import BUILD_TARGET_PATH, dbt_project
 from data_platform.orchestration.sensors import EXPORT_DAY_TAG
 
@@ -68,7 +68,17 @@ def pipeline_step() -> Iterator[None]:
         with _stopped_with_its_run():
             yield
     except (pipeline.PipelineError, DatabaseUnavailable) as error:
-        raise Failure(description=str(error)) from error
+        metadata = _ended_by_signal(getattr(error, "exit_code", 0))
+        raise Failure(description=str(error), metadata=metadata) from error
+
+
+def _ended_by_signal(exit_code: int) -> dict[str, str]:
+    """A failure's metadata when a signal ended the step's own process (the loader, dbt): Popen's negative
+    code, or 128 + the signal as the pipeline exits with it."""
+    try:
+        return {KILLED_METADATA: signal.Signals(steps.exit_status(exit_code) - 128).name}
+    except ValueError:  # a program's own exit status
+        return {}
 
 
 @contextmanager
@@ -135,9 +145,16 @@ def dbt_models(context: AssetExecutionContext, dbt: DbtCliResource):
                 yield from invocation.stream()
                 if not invocation.is_successful():
                     report = build_failures.report(invocation.target_path)
+                    # as init.sh says it: `bound-dbt` becomes dbt, whose end (a SIGKILL) is the process's
+                    code = invocation.process.returncode
                     raise Failure(
-                        description="\n".join([f"dbt build failed; {build_plan.after_failure()}", *report]),
-                        metadata={"failures": MetadataValue.text("\n".join(report) or "none")},
+                        description="\n".join(
+                            [f"dbt build {steps.failed(code)}; {build_plan.after_failure()}", *report]
+                        ),
+                        metadata={
+                            "failures": MetadataValue.text("\n".join(report) or "none"),
+                            **_ended_by_signal(code),
+                        },
                     )
 
 

@@ -73,6 +73,9 @@ RETRY_OF = "It was Dagster's own retry of run {}."
 # retries the run's other alerts, for minutes: a run cut off meanwhile has no failure of the step to say
 # it, and its retry, finding the give-up reported, can end green; the run's failure alert says it instead.
 GIVEN_UP_METADATA = "given_up_alerts"
+# A step whose own process (the loader, dbt) a signal ended (the OOM killer, kill -9) records the signal:
+# nothing in the data to fix, and Dagster retries no step's failure, so it gets the advice of a run cut off
+KILLED_METADATA = "ended_by_signal"
 GIVEN_UP_BEFORE_CUT_OFF = (
     "Before the run was cut off, its balance alerts step had given up on alerts; it said:"
 )
@@ -127,6 +130,8 @@ def failure_message(instance: DagsterInstance, run: DagsterRun, base_url: str) -
     # the run ended under a step (its process died, the database went away) or was stopped: nothing in the
     # data to fix, and unless Dagster retries it, nothing starts it again before the next export or schedule
     cut_off = bool(unfinished - failed)
+    if failures and failures[0].step_failure_data.user_failure_data is not None:
+        cut_off |= KILLED_METADATA in failures[0].step_failure_data.user_failure_data.metadata
     if failures and failures[0].step_failure_data.error is not None:
         error_info = failures[0].step_failure_data.error
         if error_info.message.startswith("Exceeded max_retries") and error_info.cause is not None:
@@ -157,6 +162,11 @@ def failure_message(instance: DagsterInstance, run: DagsterRun, base_url: str) -
                 error = (
                     f"{error}\n{said}\n{_without_class_name(cause.dagster_event.event_specific_data.error)}"
                 )
+            # the run's process gone, its code server says how it ended (a SIGKILL: out of memory?)
+            crashed = f"Run execution process for {run.run_id} "
+            error = "\n".join(
+                [error, *(e.message for e in engine if e.message and e.message.startswith(crashed))]
+            )
     if not steps:
         steps = f"{', '.join(sorted(unfinished))}, which did not finish" if unfinished else "the run itself"
     details = first_lines(error)
