@@ -45,7 +45,7 @@ from slack_stub import OK, SECRET, Reply, SlackStub, hang, rate_limited, redirec
 
 from data_platform import ledger, ledger_tables, pipeline, refresh
 from data_platform.alerts.records import MAX_UNCONFIRMED_ATTEMPTS
-from data_platform.orchestration import failure_alerts, freshness, notify, run_retries, startup
+from data_platform.orchestration import failure_alerts, freshness, notify, run_records, run_retries, startup
 from data_platform.orchestration.freshness import FACT, check_freshness
 from data_platform.raw_tables import LoadLogRow
 
@@ -234,14 +234,34 @@ def test_a_run_whose_process_died_is_alerted_with_dagsters_explanation_of_how(in
     # then fails the run "from outside the execution context", which says nothing of it
     from dagster._utils import get_run_crash_explanation
 
-    run = in_progress(instance, "daily_pipeline")
-    explanation = get_run_crash_explanation(f"Run execution process for {run.run_id}", -signal.SIGKILL)
-    instance.report_engine_event(explanation, run)
+    crashed_by = signal.SIGKILL
+    run, other = in_progress(instance, "daily_pipeline"), in_progress(instance, "daily_pipeline")
+    for crashed in (run, other):
+        explanation = get_run_crash_explanation(f"Run execution process for {crashed.run_id}", -crashed_by)
+        instance.report_engine_event(explanation, crashed)
     instance.report_run_failed(run)
 
     message = failure_alerts.failure_message(instance, instance.get_run_by_id(run.run_id), "http://d")
 
-    assert "was terminated by signal 9 (SIGKILL). This usually indicates" in "\n".join(message.details)
+    assert message.details[:2] == (
+        "This run has been marked as failed from outside the execution context.",
+        get_run_crash_explanation(f"Run execution process for {run.run_id}", -crashed_by),
+    )
+    assert "terminated by signal 9 (SIGKILL). This usually indicates" in message.details[1]
+
+
+def test_a_step_stopped_as_its_run_process_was_killed_says_how_that_process_ended(instance):
+    # the step's process, left without a parent, stops itself as if told to: not Ctrl-C nor a shutdown
+    from dagster._utils import get_run_crash_explanation
+
+    run_id = fail(instance, interrupted_daily_job)
+    explanation = get_run_crash_explanation(f"Run execution process for {run_id}", -signal.SIGKILL)
+    instance.report_engine_event(explanation, instance.get_run_by_id(run_id))
+
+    message = failure_alerts.failure_message(instance, instance.get_run_by_id(run_id), "http://d")
+
+    assert message.details[0] == explanation
+    assert failure_alerts.INTERRUPTED_IN_WORDS not in message.details
 
 
 def test_a_step_that_finished_is_not_named_among_those_that_did_not(instance):
@@ -1402,7 +1422,7 @@ def test_a_run_cut_off_after_its_alert_step_gave_up_on_alerts_says_what_the_step
             DagsterEventType.ASSET_OBSERVATION,
             AssetObservationData(
                 AssetObservation(
-                    AssetKey("balance_alerts"), metadata={failure_alerts.GIVEN_UP_METADATA: given_up}
+                    AssetKey("balance_alerts"), metadata={run_records.GIVEN_UP_METADATA: given_up}
                 )
             ),
         ),
@@ -1423,6 +1443,36 @@ def test_a_run_cut_off_after_its_alert_step_gave_up_on_alerts_says_what_the_step
         "slack: 1 alert never confirmed",
         failure_alerts.CATCH_UP,
     )
+
+
+def test_a_give_up_its_step_failure_said_is_not_said_again_when_another_step_was_cut_off(instance):
+    from dagster import AssetKey, AssetObservation, DagsterEvent
+    from dagster._core.events import AssetObservationData
+    from dagster._core.execution.plan.objects import StepFailureData
+    from dagster._utils.error import SerializableErrorInfo
+
+    run = in_progress(instance, "daily_pipeline")
+    given_up = "some balance alerts got no answer; the alert run said:\nslack: 1 alert never confirmed"
+    observed = AssetObservationData(
+        AssetObservation(AssetKey("balance_alerts"), metadata={run_records.GIVEN_UP_METADATA: given_up})
+    )
+    failed = StepFailureData(
+        SerializableErrorInfo(f"{given_up}\nthe step's retries then delivered", [], "Failure"), None
+    )
+    for kind, step, data in (
+        (DagsterEventType.STEP_START, "balance_alerts", None),
+        (DagsterEventType.ASSET_OBSERVATION, "balance_alerts", observed),
+        (DagsterEventType.STEP_FAILURE, "balance_alerts", failed),
+        (DagsterEventType.STEP_START, "dbt_docs", None),  # cut off
+    ):
+        event = DagsterEvent(kind.value, "daily_pipeline", step_key=step, event_specific_data=data)
+        instance.report_dagster_event(event, run_id=run.run_id)
+    assert startup.fail_interrupted_runs(instance) == [run.run_id]
+
+    message = failure_alerts.failure_message(instance, instance.get_run_by_id(run.run_id), "http://d")
+
+    assert message.text().count("slack: 1 alert never confirmed") == 1, message.text()
+    assert failure_alerts.GIVEN_UP_BEFORE_CUT_OFF not in message.details
 
 
 def test_a_run_startup_failed_under_a_step_says_what_to_do_without_run_retries(instance):

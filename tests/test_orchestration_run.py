@@ -46,7 +46,7 @@ from test_pipeline import (
 )
 
 from data_platform import pipeline, refresh
-from data_platform.orchestration import failure_alerts
+from data_platform.orchestration import failure_alerts, run_records
 
 pytestmark = pytest.mark.slow
 LAYERS = ("raw", "seeds", "staging", "intermediate", "marts")
@@ -464,12 +464,15 @@ def test_terminating_a_run_stops_its_dbt_build_and_records_nothing(
         pass  # free for the next run
 
 
+@pytest.mark.parametrize("when", ["under its dbt build", "while its process starts"])
 def test_a_step_whose_run_process_was_killed_outright_stops_instead_of_building_unseen(
-    dagster_home, make_database, tmp_path
+    dagster_home, make_database, tmp_path, when
 ):
     """The run's process killed outright (kill -9, the OOM killer) leaves its step's process without a
     parent: it must stop, its dbt's statement end and its pipeline lock go, rather than build on unseen,
-    holding the lock that the run's retry waits for."""
+    holding the lock that the run's retry waits for; a step whose process was still starting too."""
+    from data_platform.orchestration.assets import ORPHAN_EXIT_SECONDS
+
     database = make_database()
     csv_dir = write_fixture(tmp_path / "csv")
     env = run_env(
@@ -496,16 +499,28 @@ def test_a_step_whose_run_process_was_killed_outright_stops_instead_of_building_
             deadline = time.monotonic() + 300
             while "raw_tables - STEP_SUCCESS" not in read_log(log):
                 assert run.poll() is None and time.monotonic() < deadline, read_log(log)[-5000:]
-                time.sleep(0.2)
-            holder.execute("lock table raw.organizations in access exclusive mode")
-            while not sessions_blocked_by(database, holder):
-                assert run.poll() is None and time.monotonic() < deadline, read_log(log)[-5000:]
-                time.sleep(0.2)
+                time.sleep(0.05 if when == "while its process starts" else 0.2)
+            if when == "under its dbt build":
+                holder.execute("lock table raw.organizations in access exclusive mode")
+                while not sessions_blocked_by(database, holder):
+                    assert run.poll() is None and time.monotonic() < deadline, read_log(log)[-5000:]
+                    time.sleep(0.2)
+            else:  # the build step's process is being started: it imports Dagster and the definitions
+
+                def step_processes() -> list[psutil.Process]:
+                    children = psutil.Process(run.pid).children()
+                    return [child for child in children if "spawn_main" in " ".join(child.cmdline())]
+
+                while not step_processes():
+                    assert run.poll() is None and time.monotonic() < deadline, read_log(log)[-5000:]
+                    time.sleep(0.05)
+                time.sleep(1.5)  # past its start-up data, still importing (seconds)
+                assert "dbt_build - STEP_START" not in read_log(log)
             left = psutil.Process(run.pid).children(recursive=True)  # the build step's process, its dbt
-            assert left
             run.kill()  # the run's process alone, as the OOM killer would
             run.wait()
-            _, alive = psutil.wait_procs(left, timeout=60)
+            # within the time the step has to stop before it is ended, whatever it was doing
+            _, alive = psutil.wait_procs(left, timeout=ORPHAN_EXIT_SECONDS + 30)
             assert alive == [], f"{alive} outlived the run's process\n{read_log(log)[-5000:]}"
             deadline = time.monotonic() + 30
             while sessions_blocked_by(database, holder):
@@ -514,7 +529,9 @@ def test_a_step_whose_run_process_was_killed_outright_stops_instead_of_building_
         finally:
             kill_group(run)  # only what a failed assertion left
         holder.rollback()
-    assert database.query(f"select * from {refresh.BUILD_STATE}") == []
+    # no build recorded (a step stopped before its build started made no record table)
+    if database.query(f"select to_regclass('{refresh.BUILD_STATE}')")[0][0] is not None:
+        assert database.query(f"select * from {refresh.BUILD_STATE}") == []
     with environment(env), pipeline.PipelineLock(timeout=0):
         pass  # free for the retry
 
@@ -674,7 +691,7 @@ def test_an_alert_step_that_gave_up_records_it_in_the_run_and_its_failure_says_i
         record.event_log_entry.dagster_event.event_specific_data.asset_observation.metadata
         for record in observations.records
     ]
-    assert [metadata[failure_alerts.GIVEN_UP_METADATA].value for metadata in recorded] == [
+    assert [metadata[run_records.GIVEN_UP_METADATA].value for metadata in recorded] == [
         f"{pipeline.AlertRun.GIVEN_UP.value}; the alert run said:\n{said[0]}"
     ]
     run = instance.get_run_by_id(result.run_id)

@@ -2,6 +2,8 @@
 and the balance alerts. Each one calls the step of `data_platform.pipeline` that init.sh runs."""
 
 import json
+import multiprocessing
+import multiprocessing.connection
 import os
 import signal
 import threading
@@ -35,8 +37,8 @@ from data_platform.db import DatabaseUnavailable
 from data_platform.load_errors import utc_today
 from data_platform.orchestration import configuration
 from data_platform.orchestration.environment import process_environment
-from data_platform.orchestration.failure_alerts import GIVEN_UP_METADATA, KILLED_METADATA
 from data_platform.orchestration.project import BUILD_TARGET_PATH, dbt_project
+from data_platform.orchestration.run_records import GIVEN_UP_METADATA, KILLED_METADATA
 from data_platform.orchestration.sensors import EXPORT_DAY_TAG
 
 RAW_SOURCE = "payments"
@@ -49,7 +51,7 @@ ALERT_RETRY_POLICY = RetryPolicy(max_retries=3, delay=60, backoff=Backoff.EXPONE
 # as many retries, by the step itself, after an attempt that gave up (the first one at once: usually
 # nothing else is waiting)
 GIVEN_UP_RETRY_DELAYS_SECONDS = (0, 60, 120, 240)
-# how often a step looks for the run's process, its parent
+# how often a step's watch of the run's process, its parent, looks whether the step has ended
 PARENT_CHECK_SECONDS = 1.0
 # a step told to stop since its run's process is gone is given this long to stop and exit, then ended
 ORPHAN_EXIT_SECONDS = steps.STOP_GRACE_SECONDS + 30
@@ -83,16 +85,23 @@ def _ended_by_signal(exit_code: int) -> dict[str, str]:
 
 @contextmanager
 def _stopped_with_its_run() -> Iterator[None]:
-    """A step runs in a process of its own under the run's process. That process killed outright (kill -9,
-    the OOM killer) would leave the step running unseen, holding the pipeline lock the run's retry waits
-    for and writing into a run already failed. Once its parent is gone, the step is told to stop as Dagster
-    tells it (SIGINT: dbt cancels its queries, the loader rolls back), then ended after
-    ORPHAN_EXIT_SECONDS, whatever it is doing: its exit can wait for ever on a pipe to the dead parent."""
-    parent, done = os.getppid(), threading.Event()
+    """A step runs in a process that the run's process started (Dagster's multiprocess executor). That
+    process killed outright (kill -9, the OOM killer) would leave the step running unseen, holding the
+    pipeline lock the run's retry waits for and writing into a run already failed. Its end, even before the
+    step began, wakes a watch that tells the step to stop as Dagster's Terminate tells it (SIGINT: dbt
+    cancels its queries, the loader rolls back), then ends the process ORPHAN_EXIT_SECONDS later, whatever
+    it is doing: the interrupt may reach Dagster's code rather than the step's, and the exit can wait for
+    ever on a pipe to the dead parent. The step's loader and dbt die with it. A step run in the run's own
+    process (in-process execution) has no parent to watch."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        yield
+        return
+    done = threading.Event()
 
     def watch() -> None:
-        while not done.wait(PARENT_CHECK_SECONDS):
-            if os.getppid() != parent:
+        while not done.is_set():
+            if multiprocessing.connection.wait([parent.sentinel], timeout=PARENT_CHECK_SECONDS):
                 os.kill(os.getpid(), signal.SIGINT)
                 time.sleep(ORPHAN_EXIT_SECONDS)
                 os._exit(128 + signal.SIGINT)

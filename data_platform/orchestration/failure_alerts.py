@@ -46,6 +46,7 @@ from data_platform.orchestration.notify import (
     first_lines,
     given_up,
 )
+from data_platform.orchestration.run_records import GIVEN_UP_METADATA, KILLED_METADATA
 from data_platform.orchestration.run_retries import started_again
 from data_platform.orchestration.schedules import daily_job
 
@@ -69,13 +70,6 @@ RUN_AGAIN_BY_DAGSTER = (
     "run fails too, which is alerted."
 )
 RETRY_OF = "It was Dagster's own retry of run {}."
-# The balance alerts step records a give-up (an alert that may not have arrived) in the run before it
-# retries the run's other alerts, for minutes: a run cut off meanwhile has no failure of the step to say
-# it, and its retry, finding the give-up reported, can end green; the run's failure alert says it instead.
-GIVEN_UP_METADATA = "given_up_alerts"
-# A step whose own process (the loader, dbt) a signal ended (the OOM killer, kill -9) records the signal:
-# nothing in the data to fix, and Dagster retries no step's failure, so it gets the advice of a run cut off
-KILLED_METADATA = "ended_by_signal"
 GIVEN_UP_BEFORE_CUT_OFF = (
     "Before the run was cut off, its balance alerts step had given up on alerts; it said:"
 )
@@ -130,6 +124,10 @@ def failure_message(instance: DagsterInstance, run: DagsterRun, base_url: str) -
     # the run ended under a step (its process died, the database went away) or was stopped: nothing in the
     # data to fix, and unless Dagster retries it, nothing starts it again before the next export or schedule
     cut_off = bool(unfinished - failed)
+    engine = [e for e in entries if e.dagster_event_type == DagsterEventType.ENGINE_EVENT]
+    # the run's process gone, its code server says how it ended (a SIGKILL: out of memory?)
+    crash = f"Run execution process for {run.run_id} "
+    crashed = [e.message for e in engine if e.message and e.message.startswith(crash)]
     if failures and failures[0].step_failure_data.user_failure_data is not None:
         cut_off |= KILLED_METADATA in failures[0].step_failure_data.user_failure_data.metadata
     if failures and failures[0].step_failure_data.error is not None:
@@ -141,8 +139,10 @@ def failure_message(instance: DagsterInstance, run: DagsterRun, base_url: str) -
         error = _without_class_name(error_info)
         if failures[0].step_failure_data.error_source == ErrorSource.INTERRUPT:
             cut_off = True
-            # the run's own failure says why when run monitoring stopped it (its time limit)
-            error = "\n".join([INTERRUPTED_IN_WORDS, *filter(None, (e.message for e in run_failures))])
+            # the run's own failure says why when run monitoring stopped it (its time limit); a step whose
+            # run's process was killed stops itself as if told to: how that process ended says why
+            said = crashed or [INTERRUPTED_IN_WORDS]
+            error = "\n".join([*said, *filter(None, (e.message for e in run_failures))])
     else:
         error = next(filter(None, (e.message for e in run_failures)), "no error message")
         # "An exception was thrown during execution." says nothing of the exception: it is in the event
@@ -152,7 +152,6 @@ def failure_message(instance: DagsterInstance, run: DagsterRun, base_url: str) -
         else:
             # "marked as failed from outside the execution context": the cause is in an engine event (the
             # job's definitions could not load, say), the run's failure has none
-            engine = [e for e in entries if e.dagster_event_type == DagsterEventType.ENGINE_EVENT]
             cause = next(
                 (e for e in engine if getattr(e.dagster_event.event_specific_data, "error", None)), None
             )
@@ -162,16 +161,14 @@ def failure_message(instance: DagsterInstance, run: DagsterRun, base_url: str) -
                 error = (
                     f"{error}\n{said}\n{_without_class_name(cause.dagster_event.event_specific_data.error)}"
                 )
-            # the run's process gone, its code server says how it ended (a SIGKILL: out of memory?)
-            crashed = f"Run execution process for {run.run_id} "
-            error = "\n".join(
-                [error, *(e.message for e in engine if e.message and e.message.startswith(crashed))]
-            )
+            error = "\n".join([error, *crashed])
     if not steps:
         steps = f"{', '.join(sorted(unfinished))}, which did not finish" if unfinished else "the run itself"
     details = first_lines(error)
-    if cut_off:  # else the step's own failure said it
-        details += next(((GIVEN_UP_BEFORE_CUT_OFF, *first_lines(said)) for said in _given_up(entries)), ())
+    # unless the step's own failure said it (a step stopped by an interrupt says nothing of its own)
+    own_failures = {e.step_key for e in failures if e.step_failure_data.error_source != ErrorSource.INTERRUPT}
+    untold = [said for step, said in _given_up(entries) if step not in own_failures]
+    details += (GIVEN_UP_BEFORE_CUT_OFF, *first_lines(untold[-1])) if untold else ()
     # only the retries' daemon numbers a run it starts (a re-execution from the UI has a parent, no number)
     if run.tags.get(RETRY_NUMBER_TAG) and run.parent_run_id:
         details += (RETRY_OF.format(run.parent_run_id),)
@@ -187,11 +184,17 @@ def failure_message(instance: DagsterInstance, run: DagsterRun, base_url: str) -
     )
 
 
-def _given_up(entries: list) -> list[str]:
-    """What the run's balance alerts step said of the alerts it gave up on, if it gave up on any."""
+def _given_up(entries: list) -> list[tuple[str, str]]:
+    """(step, what it said) of each give-up of balance alerts a step recorded in the run, oldest first."""
     observations = [e for e in entries if e.dagster_event_type == DagsterEventType.ASSET_OBSERVATION]
-    metadata = [e.dagster_event.event_specific_data.asset_observation.metadata for e in observations]
-    return [str(values[GIVEN_UP_METADATA].value) for values in metadata if GIVEN_UP_METADATA in values]
+    recorded = [
+        (e.step_key, e.dagster_event.event_specific_data.asset_observation.metadata) for e in observations
+    ]
+    return [
+        (step, str(values[GIVEN_UP_METADATA].value))
+        for step, values in recorded
+        if GIVEN_UP_METADATA in values
+    ]
 
 
 def _job_label(job_name: str) -> str:
