@@ -681,11 +681,21 @@ def test_an_alert_step_that_gave_up_records_it_in_the_run_and_its_failure_says_i
     database, csv_dir, _ = daily_run
     said = ("slack: 1 alert never confirmed after 2 unanswered attempts",)
     outcomes = [pipeline.AlertRun.GIVEN_UP, *[pipeline.AlertRun.UNDELIVERED] * 4]
-    monkeypatch.setattr(assets, "_alert_run", lambda settings: pipeline.AlertRunEnd(outcomes.pop(0), said))
+    recorded_by_then = []
+
+    def scripted_alert_run(settings):
+        # what a run cut off now would hold: the record must come before the step's retries
+        run_id = instance.get_runs(limit=1)[0].run_id
+        observed = instance.get_records_for_run(run_id, of_type=DagsterEventType.ASSET_OBSERVATION).records
+        recorded_by_then.append(len(observed))
+        return pipeline.AlertRunEnd(outcomes.pop(0), said)
+
+    monkeypatch.setattr(assets, "_alert_run", scripted_alert_run)
     monkeypatch.setattr(assets, "GIVEN_UP_RETRY_DELAYS_SECONDS", (0, 0, 0, 0))
     with environment(run_env(database, csv_dir)):
         result = materialize([assets.balance_alerts], instance=instance, raise_on_error=False)
     assert not result.success and outcomes == []
+    assert recorded_by_then == [0, 1, 1, 1, 1]
     observations = instance.get_records_for_run(result.run_id, of_type=DagsterEventType.ASSET_OBSERVATION)
     recorded = [
         record.event_log_entry.dagster_event.event_specific_data.asset_observation.metadata
