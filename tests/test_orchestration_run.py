@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
 
@@ -389,6 +390,39 @@ def test_a_load_step_whose_loader_is_killed_says_so_and_what_to_do(
     assert message.details[-1] == failure_alerts.CATCH_UP
 
 
+def start_daily_job(database, csv_dir: Path, dagster_home: Path, log: Path) -> tuple[subprocess.Popen, dict]:
+    """`dagster job execute` of the daily job on a database of its own, in its own process group (the run's
+    process, its steps' processes and dbt), its output in `log`: the run, and its environment."""
+    env = run_env(
+        database,
+        csv_dir,
+        DAGSTER_HOME=str(dagster_home),
+        DAGSTER_PG_URL=dagster_storage_url(database),
+        PYTHONUNBUFFERED="1",  # its log is read as it is written
+    )
+    with log.open("w") as out:
+        run = subprocess.Popen(
+            [
+                *(str(Path(sys.executable).parent / "dagster"), "job", "execute"),
+                *("-m", "data_platform.orchestration.definitions", "-j", "daily_pipeline"),
+            ],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return run, env
+
+
+def wait_while_running(
+    run: subprocess.Popen, log: Path, done: Callable[[], object], deadline: float, pause: float = 0.2
+) -> None:
+    """Wait until `done()`; fail, with the run's log, should the run end or `deadline` pass first."""
+    while not done():
+        assert run.poll() is None and time.monotonic() < deadline, read_log(log)[-5000:]
+        time.sleep(pause)
+
+
 def test_terminating_a_run_stops_its_dbt_build_and_records_nothing(
     instance, dagster_home, make_database, tmp_path
 ):
@@ -398,39 +432,16 @@ def test_terminating_a_run_stops_its_dbt_build_and_records_nothing(
     two of dbt's events, before dbt sees it: dbt then dies with its step, and only the server's check of
     its client ends its statement."""
     database = make_database()
-    csv_dir = write_fixture(tmp_path / "csv")
-    env = run_env(
-        database,
-        csv_dir,
-        DAGSTER_HOME=str(dagster_home),
-        DAGSTER_PG_URL=dagster_storage_url(database),
-        PYTHONUNBUFFERED="1",  # its log is read as it is written
-    )
     log = tmp_path / "run.log"
     with database.connect("admin") as holder:
-        with log.open("w") as out:
-            # its own process group: the run's process, its steps' processes and dbt
-            run = subprocess.Popen(
-                [
-                    *(str(Path(sys.executable).parent / "dagster"), "job", "execute"),
-                    *("-m", "data_platform.orchestration.definitions", "-j", "daily_pipeline"),
-                ],
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        run, env = start_daily_job(database, write_fixture(tmp_path / "csv"), dagster_home, log)
         try:
             # once the load is done, hold a lock that the build waits for at its first use of
             # raw.organizations: dbt is then stopped in the middle of its build, whatever the machine's speed
             deadline = time.monotonic() + 300
-            while "raw_tables - STEP_SUCCESS" not in read_log(log):
-                assert run.poll() is None and time.monotonic() < deadline, read_log(log)[-5000:]
-                time.sleep(0.2)
+            wait_while_running(run, log, lambda: "raw_tables - STEP_SUCCESS" in read_log(log), deadline)
             holder.execute("lock table raw.organizations in access exclusive mode")
-            while not sessions_blocked_by(database, holder):
-                assert run.poll() is None and time.monotonic() < deadline, read_log(log)[-5000:]
-                time.sleep(0.2)
+            wait_while_running(run, log, lambda: sessions_blocked_by(database, holder), deadline)
             assert set(sessions_blocked_by(database, holder)) == {"dbt"}
             run.send_signal(signal.SIGINT)  # what Dagster's termination does to the run's process
             run.wait(timeout=120)
@@ -474,46 +485,25 @@ def test_a_step_whose_run_process_was_killed_outright_stops_instead_of_building_
     from data_platform.orchestration.assets import ORPHAN_EXIT_SECONDS
 
     database = make_database()
-    csv_dir = write_fixture(tmp_path / "csv")
-    env = run_env(
-        database,
-        csv_dir,
-        DAGSTER_HOME=str(dagster_home),
-        DAGSTER_PG_URL=dagster_storage_url(database),
-        PYTHONUNBUFFERED="1",
-    )
     log = tmp_path / "run.log"
     with database.connect("admin") as holder:
-        with log.open("w") as out:
-            run = subprocess.Popen(
-                [
-                    *(str(Path(sys.executable).parent / "dagster"), "job", "execute"),
-                    *("-m", "data_platform.orchestration.definitions", "-j", "daily_pipeline"),
-                ],
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        run, env = start_daily_job(database, write_fixture(tmp_path / "csv"), dagster_home, log)
         try:
             deadline = time.monotonic() + 300
-            while "raw_tables - STEP_SUCCESS" not in read_log(log):
-                assert run.poll() is None and time.monotonic() < deadline, read_log(log)[-5000:]
-                time.sleep(0.05 if when == "while its process starts" else 0.2)
+            pause = 0.05 if when == "while its process starts" else 0.2
+            wait_while_running(
+                run, log, lambda: "raw_tables - STEP_SUCCESS" in read_log(log), deadline, pause
+            )
             if when == "under its dbt build":
                 holder.execute("lock table raw.organizations in access exclusive mode")
-                while not sessions_blocked_by(database, holder):
-                    assert run.poll() is None and time.monotonic() < deadline, read_log(log)[-5000:]
-                    time.sleep(0.2)
+                wait_while_running(run, log, lambda: sessions_blocked_by(database, holder), deadline)
             else:  # the build step's process is being started: it imports Dagster and the definitions
 
                 def step_processes() -> list[psutil.Process]:
                     children = psutil.Process(run.pid).children()
                     return [child for child in children if "spawn_main" in " ".join(child.cmdline())]
 
-                while not step_processes():
-                    assert run.poll() is None and time.monotonic() < deadline, read_log(log)[-5000:]
-                    time.sleep(0.05)
+                wait_while_running(run, log, step_processes, deadline, pause)
                 time.sleep(1.5)  # past its start-up data, still importing (seconds)
                 assert "dbt_build - STEP_START" not in read_log(log)
             left = psutil.Process(run.pid).children(recursive=True)  # the build step's process, its dbt
