@@ -421,18 +421,9 @@ def postgres_instance(tmp_path, make_database):
     """A Dagster instance on Postgres, where the daily profile keeps its runs and events (a database of
     its own on the test server): what only Postgres does, such as ids handed out before their commit."""
     from dagster import DagsterInstance
-    from orchestration_support import daily_home
-    from sqlalchemy.engine import URL
+    from orchestration_support import dagster_pg_url, daily_home
 
-    params = conninfo_to_dict(make_database().conninfo("admin"))
-    url = URL.create(
-        "postgresql+psycopg2",
-        username=str(params.get("user", "postgres")),
-        password=str(params.get("password") or "") or None,
-        database=str(params["dbname"]),
-        query={"host": str(params.get("host", "localhost")), "port": str(params.get("port", "5432"))},
-    )
-    storage = {"postgres": {"postgres_url": url.render_as_string(hide_password=False)}}
+    storage = {"postgres": {"postgres_url": dagster_pg_url(make_database().conninfo("admin"))}}
     with DagsterInstance.from_config(str(daily_home(tmp_path, storage))) as instance:
         yield instance
 

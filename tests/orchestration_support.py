@@ -67,6 +67,23 @@ def freshness_clock_ahead(hours: float) -> Iterator[None]:
         yield
 
 
+def dagster_pg_url(conninfo: str, **replaced: str) -> str:
+    """A libpq conninfo, with `replaced` parameters, as Dagster's Postgres storage takes it (DAGSTER_PG_URL;
+    its host may be a socket folder)."""
+    from psycopg.conninfo import conninfo_to_dict
+    from sqlalchemy.engine import URL
+
+    params = {**conninfo_to_dict(conninfo), **replaced}
+    url = URL.create(
+        "postgresql+psycopg2",
+        username=str(params.get("user", "postgres")),
+        password=str(params.get("password") or "") or None,
+        database=str(params["dbname"]),
+        query={"host": str(params.get("host", "localhost")), "port": str(params.get("port", "5432"))},
+    )
+    return url.render_as_string(hide_password=False)
+
+
 def daily_home(tmp_path: Path, storage: dict | None = None) -> Path:
     """dagster_home/dagster.yaml as the daily profile reads it, with its storage `storage` (Dagster's
     storage settings), by default a temporary sqlite."""

@@ -18,10 +18,8 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import quote
 
 import psutil
-import psycopg
 import pytest
 from conftest import PROJECT_ROOT, hold_the_loaders_lock, pipeline_env, sessions_blocked_by
 from dagster import (
@@ -32,7 +30,7 @@ from dagster import (
     DagsterRunStatus,
     build_sensor_context,
 )
-from orchestration_support import TARGET, dagster_env, environment, load_definitions
+from orchestration_support import TARGET, dagster_env, dagster_pg_url, environment, load_definitions
 from process_support import kill_group, process_group_alive, read_log
 from slack_stub import OK, SlackStub, server_error, slow
 from test_docs_site import ARTIFACTS, free_port, needs_chromium, png_distinct_bytes, run_chromium, serving
@@ -67,10 +65,8 @@ def defs():
 
 
 def dagster_storage_url(database) -> str:
-    """DAGSTER_PG_URL for the dagster role's database on the test server (host may be a socket folder)."""
-    params = psycopg.conninfo.conninfo_to_dict(database.conninfo("admin"))
-    host, port = params.get("host", "localhost"), params.get("port", "5432")
-    return f"postgresql+psycopg2://dagster:dagster@/dagster?host={quote(str(host), safe='')}&port={port}"
+    """DAGSTER_PG_URL for the dagster role's database on the test server (init.sql's role and password)."""
+    return dagster_pg_url(database.conninfo("admin"), user="dagster", password="dagster", dbname="dagster")
 
 
 @pytest.fixture(scope="module")
