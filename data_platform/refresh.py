@@ -9,7 +9,8 @@ reads (dbt/macros/engines/incremental_window.sql).
 That holds only while nothing the stored days were computed from has changed since that build:
 
 - the balance rules (dbt/seeds/invoice_enrichment.csv, which `dbt build` seeds first);
-- the dbt project's SQL (models, macros, dbt_project.yml);
+- the dbt project's SQL and settings (models, macros, dbt_project.yml, and what the YAML beside the models
+  and seeds says about building them: configs, sources, the seeds' column types; not descriptions or tests);
 - the exports that build covered (`raw.load_log`: a reset or reloaded warehouse).
 
 `raw.build_state` records them, written only after a `dbt build` succeeded. A failed, stopped or killed
@@ -34,11 +35,14 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import psycopg
+import yaml
 from psycopg import sql
 
 from data_platform import db, ledger
@@ -57,6 +61,12 @@ UNIT_TESTS_EXCLUDED = ("--exclude-resource-type", "unit_test")
 LOAD_LOG = f"{RAW_SCHEMA}.load_log"
 # What the stored days are computed by: a change here changes history, so it forces a full rebuild.
 PROJECT_FILES = ("models/**/*.sql", "macros/**/*.sql", "dbt_project.yml")
+# The YAML beside the models and seeds says how they are built and read as well (configs, a source's schema,
+# the seeds' column types); only what documents or tests them is left out, so that a description edit, or a
+# new data test, does not rebuild every day.
+PROPERTY_FILES = ("models/**/*.yml", "models/**/*.yaml", "seeds/**/*.yml", "seeds/**/*.yaml")
+SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's, when PyYAML was built with it
+NOT_BUILT_FROM = frozenset({"description", "docs", "data_tests", "tests", "unit_tests", "exposures"})
 RULES_FILES = ("seeds/invoice_enrichment.csv",)
 
 CREATE_BUILD_STATE = f"""
@@ -133,13 +143,45 @@ class BuildPlan:
         return env
 
 
-def files_fingerprint(project_dir: Path, patterns: tuple[str, ...]) -> str:
-    """sha256 over the files matching `patterns` under the dbt project, by relative path."""
+def files_fingerprint(
+    project_dir: Path, patterns: tuple[str, ...], content: Callable[[Path], bytes] = Path.read_bytes
+) -> str:
+    """sha256 over the `content` of the files matching `patterns` under the dbt project, by relative path."""
     digest = hashlib.sha256()
     paths = sorted({path for pattern in patterns for path in project_dir.glob(pattern) if path.is_file()})
     for path in paths:
-        digest.update(str(path.relative_to(project_dir)).encode() + b"\0" + path.read_bytes() + b"\0")
+        digest.update(str(path.relative_to(project_dir)).encode() + b"\0" + content(path) + b"\0")
     return digest.hexdigest()
+
+
+def _what_builds(properties: object) -> object:
+    """A YAML document without what documents or tests; a column that then says nothing but its name goes."""
+    if isinstance(properties, dict):
+        # keys as text: YAML reads `on:` or `1:` as other types, which json cannot sort among strings
+        kept = {
+            str(key): _what_builds(value) for key, value in properties.items() if key not in NOT_BUILT_FROM
+        }
+        if "columns" in kept and isinstance(kept["columns"], list):
+            kept["columns"] = [column for column in kept["columns"] if not _names_only(column)]
+        return kept
+    if isinstance(properties, list):
+        return [_what_builds(item) for item in properties]
+    return properties
+
+
+def _names_only(column: object) -> bool:
+    return isinstance(column, dict) and set(column) <= {"name"}
+
+
+def _build_settings(path: Path) -> bytes:
+    """What a YAML file beside the models or seeds says about building them, as canonical JSON; a file that
+    is not valid YAML counts as its bytes (dbt refuses it anyway)."""
+    text = path.read_bytes()
+    try:
+        document = yaml.load(text, Loader=SAFE_LOADER)
+        return json.dumps(_what_builds(document), sort_keys=True, default=str).encode()
+    except yaml.YAMLError:
+        return text
 
 
 def _exists(conn: psycopg.Connection, table: str) -> bool:
@@ -157,9 +199,12 @@ def latest_export(conn: psycopg.Connection) -> dt.date | None:
 
 
 def project_fingerprint(project_dir: Path = DBT_PROJECT_DIR) -> str:
-    """The fingerprint of the project's SQL; take it before dbt parses, so that a file edited in between
-    makes the next run rebuild (the other order would record SQL the build never ran)."""
-    return files_fingerprint(project_dir, PROJECT_FILES)
+    """The fingerprint of the project's SQL and settings; take it before dbt parses, so that a file edited in
+    between makes the next run rebuild (the other order would record SQL the build never ran)."""
+    return hashlib.sha256(
+        f"{files_fingerprint(project_dir, PROJECT_FILES)} "
+        f"{files_fingerprint(project_dir, PROPERTY_FILES, _build_settings)}".encode()
+    ).hexdigest()
 
 
 def current_state(
@@ -232,7 +277,7 @@ def _differing_files(then: BuildState, now: BuildState) -> list[str]:
     """Which of the files a build is computed from differ between two states, in words."""
     differing = {
         "the balance rules": then.rules_fingerprint != now.rules_fingerprint,
-        "the dbt project's SQL": then.project_fingerprint != now.project_fingerprint,
+        "the dbt project's SQL or settings": then.project_fingerprint != now.project_fingerprint,
     }
     return [files for files, differs in differing.items() if differs]
 

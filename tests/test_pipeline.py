@@ -1146,8 +1146,8 @@ def _edit_the_model_once():
     assert edited_once.exists() and "edited during the load" in model.read_text()
     assert first.returncode == 1, first.stdout + first.stderr
     assert (
-        "pipeline: the dbt project's SQL changed while dbt built, so which version it built is unknown; "
-        "its build is not recorded, and the next run rebuilds from scratch"
+        "pipeline: the dbt project's SQL or settings changed while dbt built, so which version it built is "
+        "unknown; its build is not recorded, and the next run rebuilds from scratch"
     ) in first.stderr
     second = run_pipeline(database, csv_dir, project_root=project)
     assert second.returncode == 0, second.stdout + second.stderr

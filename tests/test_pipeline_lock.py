@@ -65,7 +65,7 @@ def test_a_build_that_lost_the_lock_is_not_recorded_and_the_next_one_is_full(dat
     ("edited", "what"),
     [
         ("seeds/invoice_enrichment.csv", "the balance rules"),
-        ("models/marts/fct_invoices.sql", "the dbt project's SQL"),
+        ("models/marts/fct_invoices.sql", "the dbt project's SQL or settings"),
     ],
 )
 def test_a_build_during_which_its_files_changed_is_not_recorded_and_the_next_one_is_full(

@@ -123,7 +123,7 @@ def test_a_full_build_recreates_the_incremental_models_and_an_incremental_one_ke
 
 
 def copy_project(target: Path) -> Path:
-    for folder in ("models", "macros"):
+    for folder in ("models", "macros", "seeds"):
         shutil.copytree(DBT_PROJECT_DIR / folder, target / folder)
     shutil.copy(DBT_PROJECT_DIR / "dbt_project.yml", target / "dbt_project.yml")
     return target
@@ -162,12 +162,78 @@ def test_an_edit_of_dbt_project_yml_changes_the_project_fingerprint(tmp_path):
     assert refresh.project_fingerprint(project) != before
 
 
+def edit(file: Path, old: str, new: str) -> None:
+    assert file.read_text().count(old) == 1, old
+    file.write_text(file.read_text().replace(old, new))
+
+
+# What the YAML beside the models and seeds says about building them: how a model is materialized, which
+# schema a source is read from, the type a seed column is loaded as.
+BUILD_SETTINGS_EDITS = {
+    "a model's config": (
+        "models/marts/_marts__models.yml",
+        "  - name: fct_invoices\n",
+        "  - name: fct_invoices\n    config:\n      materialized: view\n",
+    ),
+    "a source's schema": (
+        "models/staging/payments/_payments__sources.yml",
+        "schema: raw\n",
+        "schema: raw_v2\n",
+    ),
+    "a seed's column type": (
+        "seeds/_seeds.yml",
+        "invoiced_coefficient: \"{{ 'decimal(10,4)' if target.type == 'spark' else 'numeric' }}\"",
+        "invoiced_coefficient: \"{{ 'decimal(10,4)' if target.type == 'spark' else 'integer' }}\"",
+    ),
+}
+
+
+@pytest.mark.parametrize("setting", BUILD_SETTINGS_EDITS)
+def test_an_edit_of_how_the_yaml_builds_a_model_forces_a_full_build(conn, loaded, tmp_path, setting):
+    """Such an edit changes what the next build computes as surely as one of the SQL: left unseen, the days
+    before the next export would keep what the earlier settings computed under an incremental build."""
+    project = copy_project(tmp_path / "dbt")
+    refresh.record_build(conn, refresh.plan_build(conn, project_dir=project).current, reader=READER)
+    assert not refresh.plan_build(conn, project_dir=project).full_refresh
+    edit(project / BUILD_SETTINGS_EDITS[setting][0], *BUILD_SETTINGS_EDITS[setting][1:])
+    after = refresh.plan_build(conn, project_dir=project)
+    assert (after.full_refresh, after.reason) == (
+        True,
+        "the dbt project's SQL or settings changed since the last successful build",
+    )
+
+
+def test_descriptions_and_data_tests_in_the_yaml_leave_the_project_fingerprint_alone(tmp_path):
+    """They change no stored number: a documentation edit must not cost a full rebuild (minutes at 12.7M
+    invoices)."""
+    project = copy_project(tmp_path / "dbt")
+    before = refresh.project_fingerprint(project)
+    models = project / "models" / "marts" / "_marts__models.yml"
+    edit(
+        models,
+        "  - name: fct_invoices\n    description: >\n",
+        "  - name: fct_invoices\n    description: >\n      Edited.\n",
+    )
+    edit(  # a test's filter
+        project / "models" / "staging" / "payments" / "_payments__models.yml",
+        "severity: warn\n",
+        "severity: error\n",
+    )
+    edit(  # a column documented that was not, with a test
+        models,
+        "    columns:\n      - name: invoice_id\n",
+        "    columns:\n      - name: undocumented\n        description: Now it is.\n"
+        "        data_tests: [not_null]\n      - name: invoice_id\n",
+    )
+    edit(project / "seeds" / "_seeds.yml", "The balance rules:", "The balance rules, edited:")
+    assert refresh.project_fingerprint(project) == before
+
+
 def test_each_successful_build_replaces_every_field_of_the_record(conn, loaded, tmp_path):
     """The record is one row that every later build updates: a field left as the first build wrote it would
     make every build after a rules or SQL change, or after a new export, rebuild in full, or resume from
     an old window."""
     project = copy_project(tmp_path / "dbt")
-    shutil.copytree(DBT_PROJECT_DIR / "seeds", project / "seeds")
     refresh.record_build(conn, refresh.plan_build(conn, project_dir=project).current, reader=READER)
     write_export(loaded, "2024-01-02", [invoice(1)])
     load_exports(conn, loaded)
