@@ -13,13 +13,13 @@ import psycopg
 
 from data_platform.db import (
     LOADER_LOCK_KEY,
-    PIPELINE_LOCK_SESSION,
     LockHolder,
     advisory_lock_holder,
     release_advisory_lock,
     take_advisory_lock,
 )
 from data_platform.load_errors import LoaderBusy
+from data_platform.pipeline_lock import held_by_a_pipeline_run, who_holds
 
 
 def session_name(pid: int) -> str:
@@ -30,9 +30,10 @@ def session_name(pid: int) -> str:
 
 def take_loader_lock(conn: psycopg.Connection, wait: float) -> None:
     def say() -> None:
+        holder = advisory_lock_holder(conn, LOADER_LOCK_KEY)
         who = (
-            "a pipeline run is building from the loaded exports"
-            if _held_by_a_build(advisory_lock_holder(conn, LOADER_LOCK_KEY))
+            f"a pipeline run is building from the loaded exports{who_holds(holder)}"
+            if held_by_a_pipeline_run(holder)
             else "another loader run is in progress"
         )
         print(f"{who}: waiting up to {wait:g}s", file=sys.stderr, flush=True)
@@ -75,16 +76,12 @@ def _orphaned(holder: LockHolder) -> str | None:
     )
 
 
-def _held_by_a_build(holder: LockHolder | None) -> bool:
-    """Whether a pipeline build holds the loaders' lock (PipelineLock.loads_held)."""
-    return holder is not None and holder.application_name == PIPELINE_LOCK_SESSION
-
-
 def _building(holder: LockHolder, wait: float) -> str | None:
     """Why the lock is held when a pipeline build holds it, else None."""
-    if not _held_by_a_build(holder):
+    if not held_by_a_pipeline_run(holder):  # PipelineLock.loads_held
         return None
     return (
-        f"a pipeline run is building from the loaded exports (waited {wait:g}s): a load now would change "
-        "its input under it. Nothing was loaded; run again when it has finished, or with --wait SECONDS"
+        f"a pipeline run is building from the loaded exports{who_holds(holder)} (waited {wait:g}s): a load "
+        "now would change its input under it. Nothing was loaded; run again when it has finished, or with "
+        "--wait SECONDS"
     )

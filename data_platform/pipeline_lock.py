@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
+import os
+import re
+import socket
 from collections.abc import Iterator
 
 import psycopg
@@ -10,6 +14,7 @@ import psycopg
 from data_platform.db import (
     LOADER_LOCK_KEY,
     PIPELINE_LOCK_SESSION,
+    LockHolder,
     advisory_lock_holder,
     connect,
     describe_target,
@@ -20,6 +25,41 @@ from data_platform.load_errors import EXIT_BUSY
 from data_platform.pipeline_errors import PipelineError
 
 LOCK_KEY = "data_platform.pipeline"
+TAKEN_AT_FORMAT = "%Y%m%dT%H%M%SZ"
+
+
+def session_name(taken_at: dt.datetime) -> str:
+    """The lock session's application_name once it holds the lock: since when, and which process on which
+    host (a Dagster step's log names its process), so that a run refused the lock can say who holds it.
+    Postgres keeps 63 bytes: a long host name is cut, never the rest."""
+    return f"{PIPELINE_LOCK_SESSION} {taken_at:{TAKEN_AT_FORMAT}} {os.getpid()}@{socket.gethostname()}"[:63]
+
+
+def held_by_a_pipeline_run(holder: LockHolder | None) -> bool:
+    """Whether `holder` is a pipeline run's lock session (it may hold the loader's lock too)."""
+    return holder is not None and (
+        holder.application_name == PIPELINE_LOCK_SESSION
+        or holder.application_name.startswith(PIPELINE_LOCK_SESSION + " ")
+    )
+
+
+def who_holds(holder: LockHolder | None) -> str:
+    """The pipeline run holding a lock, as its session names it, to follow what says it is held: ", process
+    123 on host abc, since 2024-07-01 10:02:11 UTC (5 min)"; "" for a session not named so (a run of an
+    earlier release, or one that has just taken the lock)."""
+    found = holder and re.fullmatch(
+        rf"{re.escape(PIPELINE_LOCK_SESSION)} (\S+) (\d+)@(.*)", holder.application_name, flags=re.S
+    )
+    if not found:
+        return ""
+    try:
+        taken_at = dt.datetime.strptime(found[1], TAKEN_AT_FORMAT).replace(tzinfo=dt.UTC)
+    except ValueError:
+        return ""
+    minutes = (dt.datetime.now(dt.UTC) - taken_at).total_seconds() // 60
+    return (
+        f", process {found[2]} on host {found[3]}, since {taken_at:%Y-%m-%d %H:%M:%S} UTC ({minutes:.0f} min)"
+    )
 
 
 class PipelineLock:
@@ -47,16 +87,20 @@ class PipelineLock:
         self.conn.execute("set idle_session_timeout = 0")
 
         def say() -> None:
-            print(f"another pipeline run is in progress: waiting up to {self.timeout:g}s", flush=True)
+            who = who_holds(advisory_lock_holder(self.conn, LOCK_KEY))
+            print(f"another pipeline run is in progress{who}: waiting up to {self.timeout:g}s", flush=True)
 
         if not take_advisory_lock(self.conn, LOCK_KEY, self.timeout, say):
+            who = who_holds(advisory_lock_holder(self.conn, LOCK_KEY))
             self.conn.close()
             raise PipelineError(
-                f"another pipeline run holds the lock on {describe_target()} "
+                f"another pipeline run holds the lock on {describe_target()}{who} "
                 f"(waited {self.timeout:g}s; PIPELINE_LOCK_TIMEOUT sets how long). "
                 "Let it finish, then run again.",
                 EXIT_BUSY,
             )
+        taken_at = self.conn.execute("select now()").fetchone()[0]
+        self.conn.execute("select set_config('application_name', %s, false)", [session_name(taken_at)])
         return self
 
     def __exit__(self, *exc_info) -> None:

@@ -5,7 +5,10 @@ rules or SQL changed while dbt read them."""
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import os
+import re
+import socket
 import subprocess
 import sys
 import time
@@ -19,7 +22,7 @@ from data_platform.loader import load_exports
 
 LOCK_SESSIONS = (
     "select pg_terminate_backend(pid) from pg_stat_activity "
-    "where application_name = 'data_platform pipeline lock' and datname = current_database()"
+    "where application_name like 'data_platform pipeline lock%' and datname = current_database()"
 )
 
 
@@ -40,6 +43,28 @@ def test_the_lock_outlives_an_idle_session_timeout(database, monkeypatch):
         lock.check()
         with pytest.raises(pipeline.PipelineError, match="another pipeline run holds the lock"):
             pipeline.PipelineLock(timeout=0).__enter__()
+
+
+def holder_named(message: str) -> dt.datetime:
+    """When the lock was taken, by this process on this host as `message` says (it fails when not said)."""
+    host = re.escape(socket.gethostname()[:10])  # a long host name is cut
+    found = re.search(rf", process {os.getpid()} on host {host}\S*, since (\S+ \S+) UTC \(0 min\)", message)
+    assert found, message
+    return dt.datetime.fromisoformat(found[1]).replace(tzinfo=dt.UTC)
+
+
+def test_a_run_refused_the_lock_is_told_which_process_holds_it_and_since_when(database, capsys):
+    """ "Another pipeline run holds the lock" alone left the operator to find that run: a Dagster step
+    (whose log names its process), an init.sh by hand, or one in another container."""
+    before = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    with pipeline.PipelineLock(timeout=0), pytest.raises(pipeline.PipelineError) as refused:
+        pipeline.PipelineLock(timeout=1.5).__enter__()
+    assert refused.value.exit_code == pipeline.EXIT_BUSY
+    assert before <= holder_named(str(refused.value)) <= dt.datetime.now(dt.UTC)
+    assert str(refused.value).startswith("another pipeline run holds the lock on ")
+    waiting = capsys.readouterr().out
+    assert waiting.startswith("another pipeline run is in progress, process ")
+    holder_named(waiting)
 
 
 def test_a_build_that_lost_the_lock_is_not_recorded_and_the_next_one_is_full(database, tmp_path):
@@ -115,12 +140,15 @@ def test_a_loader_run_by_hand_waits_for_a_pipeline_build_and_is_told_why(databas
         by_hand = subprocess.run(loader, capture_output=True, text=True, env=os.environ, timeout=120)
         assert database.query("select to_regclass('raw.load_log') is null") == [(True,)]  # nothing loaded
     assert by_hand.returncode == 3, by_hand.stderr
-    assert "a pipeline run is building from the loaded exports (waited 0s)" in by_hand.stderr
+    assert "a pipeline run is building from the loaded exports, process " in by_hand.stderr
+    assert holder_named(by_hand.stderr)
+    assert " (waited 0s): a load now would change its input under it." in by_hand.stderr
     with pipeline.PipelineLock(timeout=0) as lock, lock.loads_held():
         waited = subprocess.run([*loader, "--wait", "1"], capture_output=True, text=True, env=os.environ)
     assert waited.returncode == 3, waited.stderr
     # said while it waits too, not "another loader run"
-    assert waited.stderr.startswith("a pipeline run is building from the loaded exports: waiting up to 1s\n")
+    assert waited.stderr.startswith("a pipeline run is building from the loaded exports, process ")
+    assert ": waiting up to 1s\n" in waited.stderr
     assert subprocess.run(loader, capture_output=True, text=True, env=os.environ).returncode == 0
 
 
