@@ -18,8 +18,13 @@ import threading
 from pathlib import Path
 from typing import ClassVar
 
+import psycopg
 import pytest
 import yaml
+from loader_files import write_dir
+from psycopg.conninfo import conninfo_to_dict
+
+from data_platform.loader import load_exports
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -100,6 +105,15 @@ def test_the_postgres_image_names_its_debian_release_and_has_room_for_parallel_q
     debian_releases = "bookworm|trixie|forky|duke"  # not alpine: another C library, another collation
     assert len(images) == 1 and re.fullmatch(rf"postgres:\d+-({debian_releases})", images.pop())
     assert int(services["postgres"]["shm_size"]) > 64 * 2**20  # Docker's default
+
+
+def test_every_service_rotates_its_log(daily_config):
+    """Docker keeps a container's whole output unless told otherwise: the daily profile's services, restarted
+    with the host, would fill its disk over months."""
+    for name, service in daily_config["services"].items():
+        logging = service.get("logging", {})
+        assert logging.get("driver") == "json-file", name  # `docker compose logs` reads it
+        assert logging["options"]["max-size"] == "10m" and int(logging["options"]["max-file"]) >= 2, name
 
 
 def test_compose_config_rejects_a_broken_file(tmp_path):
@@ -533,3 +547,76 @@ def test_the_daily_init_sql_step_takes_the_superuser_password_from_its_file(
     else:
         assert result.returncode == 0, result.stderr
         assert (tmp_path / "out").read_text() == expected
+
+
+# The README's backup and restore commands, as `docker compose exec -T postgres` runs them: in the server
+# container, whose environment names its superuser and database.
+IN_THE_SERVER = "docker compose exec -T postgres "
+
+
+def backup_commands() -> list[str]:
+    """The lines of the README's backups section that run in the server container, in order."""
+    section = (PROJECT_ROOT / "README.md").read_text().split("### Upgrades, backups and going back\n", 1)[1]
+    section = section.split("\n### ", 1)[0]
+    blocks = re.findall(r"```bash\n(.*?)```", section, re.S)
+    lines = [line for block in blocks for line in block.splitlines() if line.startswith(IN_THE_SERVER)]
+    return [re.sub(r"\s+# .*$", "", line) for line in lines]  # without their comments
+
+
+def test_the_readme_backs_up_and_restores_whatever_the_superuser_and_database_are_named(
+    config, make_database, admin_conninfo, tmp_path
+):
+    """Run against a superuser and a database named otherwise than the demo's `postgres` and `warehouse`
+    (POSTGRES_USER and PGDATABASE in .env): commands naming those failed for such an installation. The
+    restore goes into a database init.sql has just set up, as a new volume's first start does."""
+    import pgserver
+
+    server_environment = config["services"]["postgres"]["environment"]
+    assert {"POSTGRES_USER", "POSTGRES_DB"} <= set(server_environment)
+    commands = backup_commands()
+    warehouse = [line for line in commands if "dagster" not in line]
+    assert len(warehouse) == 2  # a dump, then a restore
+    # as the container's superuser: a test server may let any role in without a password (pgserver does)
+    assert all('-U "$POSTGRES_USER"' in line for line in commands), commands
+    # the daily profile's own database, dumped and restored the same way
+    assert [line for line in commands if "dagster" in line] == [
+        line.replace('"$POSTGRES_DB"', "dagster").replace("warehouse.dump", "dagster.dump")
+        for line in warehouse
+    ]
+
+    source, restored = make_database(), make_database()
+    with source.connect(autocommit=True) as conn:
+        load_exports(conn, write_dir(tmp_path / "csv"))
+    superuser, password = f"backup_admin_{source.name}", "backup-password"
+    with psycopg.connect(admin_conninfo, autocommit=True) as admin:
+        admin.execute(f"create role {superuser} superuser login password '{password}'")
+    server = conninfo_to_dict(admin_conninfo)
+    pg_bin = Path(pgserver.__file__).parent / "pginstall" / "bin"  # a client as new as any test server
+    env = {
+        "PATH": f"{pg_bin}:{os.environ['PATH']}",
+        "PGHOST": str(server.get("host", "localhost")),
+        "PGPORT": str(server.get("port", "5432")),
+        "PGPASSWORD": password,
+        "POSTGRES_USER": superuser,
+    }
+    contents = (
+        "select (select count(*) from raw.invoices), (select count(*) from raw.invoice_versions), "
+        "(select string_agg(export_date::text, ',' order by export_date) from raw.load_log)"
+    )
+    try:
+        for line, database in zip(warehouse, (source, restored), strict=True):
+            command = line.removeprefix(IN_THE_SERVER)
+            ran = subprocess.run(
+                ["sh", "-c", command],
+                cwd=tmp_path,
+                env={**env, "POSTGRES_DB": database.name},
+                capture_output=True,
+                text=True,
+            )
+            assert ran.returncode == 0, f"{command}\n{ran.stderr}"
+        assert restored.query(contents, role="transformer") == source.query(contents)
+        assert restored.query(contents)[0][0] > 0
+    finally:
+        with psycopg.connect(admin_conninfo, autocommit=True) as admin:
+            admin.execute(f"drop owned by {superuser}")
+            admin.execute(f"drop role {superuser}")
