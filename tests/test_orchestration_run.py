@@ -696,6 +696,41 @@ def test_an_alert_step_that_gave_up_records_it_in_the_run_and_its_failure_says_i
     assert text.count(said[0]) == 1, text
 
 
+def test_a_give_up_recorded_by_an_attempt_that_then_ended_fails_the_steps_retry(
+    daily_run, instance, monkeypatch
+):
+    """An attempt whose process is killed during its retries of the run's other alerts is retried by Dagster
+    within the run. That retry found the give-up reported (its alert run says it once) and ended green:
+    nothing told anyone to check the channel."""
+    from dagster import RetryRequested, materialize
+
+    from data_platform.orchestration import assets, failure_alerts
+
+    database, csv_dir, _ = daily_run
+    said = ("slack: 1 alert never confirmed after 2 unanswered attempts",)
+
+    def killed(settings):
+        # what Dagster does with a step whose process died: retry it (here at once, not after its policy's
+        # minute)
+        raise RetryRequested(max_retries=1, seconds_to_wait=0)
+
+    outcomes = [lambda settings: pipeline.AlertRunEnd(pipeline.AlertRun.GIVEN_UP, said), killed]
+    outcomes.append(lambda settings: pipeline.AlertRunEnd(pipeline.AlertRun.DELIVERED))
+    monkeypatch.setattr(assets, "_alert_run", lambda settings: outcomes.pop(0)(settings))
+    monkeypatch.setattr(assets, "GIVEN_UP_RETRY_DELAYS_SECONDS", (0, 0, 0, 0))
+    with environment(run_env(database, csv_dir)):
+        result = materialize([assets.balance_alerts], instance=instance, raise_on_error=False)
+    assert outcomes == [] and not result.success
+    failure = result.failure_data_for_node("balance_alerts")
+    assert failure.user_failure_data.description == (
+        f"{pipeline.AlertRun.GIVEN_UP.value}; the alert run said:\n{said[0]}\n"
+        f"{assets.EARLIER_ATTEMPT_ENDED}\nthis attempt delivered the run's other alerts"
+    )
+    run = instance.get_run_by_id(result.run_id)
+    text = failure_alerts.failure_message(instance, run, "http://dagster.test").text()
+    assert text.count("check the channel they go to") == 1, text
+
+
 def test_the_alert_step_waits_for_a_pipeline_run_like_the_other_steps(daily_run):
     # init.sh alerts under the lock; a pipeline run may be rebuilding the marts the alerter reads
     from dagster import Failure, build_asset_context

@@ -18,6 +18,7 @@ from dagster import (
     AssetObservation,
     AssetSpec,
     Backoff,
+    DagsterEventType,
     Failure,
     MetadataValue,
     RetryPolicy,
@@ -38,7 +39,7 @@ from data_platform.load_errors import utc_today
 from data_platform.orchestration import configuration
 from data_platform.orchestration.environment import process_environment
 from data_platform.orchestration.project import BUILD_TARGET_PATH, dbt_project
-from data_platform.orchestration.run_records import GIVEN_UP_METADATA, KILLED_METADATA
+from data_platform.orchestration.run_records import GIVEN_UP_METADATA, KILLED_METADATA, recorded_give_ups
 from data_platform.orchestration.sensors import EXPORT_DAY_TAG
 
 RAW_SOURCE = "payments"
@@ -238,6 +239,9 @@ def balance_alerts(context: AssetExecutionContext) -> None:
         if not settings.run_alerts:
             context.log.info("RUN_ALERTS is off: no alert run")
             return
+        # a give-up an earlier attempt recorded, whose process was then killed before its failure said it
+        earlier = _given_up_by_an_earlier_attempt(context)
+        before = f"{earlier}\n{EARLIER_ATTEMPT_ENDED}\n" if earlier else ""
         first = _alert_run(settings)
         if first.outcome is pipeline.AlertRun.GIVEN_UP:
             # The run must fail, so that its failure alert tells the operators to check the channel: a
@@ -259,12 +263,38 @@ def balance_alerts(context: AssetExecutionContext) -> None:
                         break
                 except (pipeline.PipelineError, DatabaseUnavailable) as error:
                     context.log.error(f"retrying the other undelivered alerts failed: {error}")
-            description = f"{given_up}\n{retried}"
+            description = f"{before}{given_up}\n{retried}"
             raise Failure(description=description, allow_retries=False)
         if first.outcome is pipeline.AlertRun.UNDELIVERED:
             # a failure, so the retry policy sends them again soon, and a run that still cannot
-            # deliver them fails and is reported instead of ending green
-            raise Failure(description=_quoting("some balance alerts could not be delivered", first))
+            # deliver them fails and is reported instead of ending green (with the earlier give-up: each
+            # retry finds it recorded too)
+            raise Failure(description=before + _quoting("some balance alerts could not be delivered", first))
+        if earlier:
+            # the give-up fails the run, as it would have failed the attempt that gave up
+            raise Failure(
+                description=f"{before}this attempt delivered the run's other alerts", allow_retries=False
+            )
+
+
+EARLIER_ATTEMPT_ENDED = (
+    "(an earlier attempt of this step recorded this give-up, then ended before its own failure said it: "
+    "its process was killed, or an error stopped it, while it retried the run's other alerts)"
+)
+
+
+def _given_up_by_an_earlier_attempt(context: AssetExecutionContext) -> str | None:
+    """The latest give-up an earlier attempt of the step recorded in this run (None: none). Dagster retries
+    an attempt whose process was killed, within the run, and the give-up is reported by then: without this,
+    the retry would end green, and the run's failure alert never tell anyone to check the channel."""
+    # (a context built outside a run, build_asset_context's, has no retry number: no attempt came before)
+    if getattr(context, "retry_number", 0) == 0:
+        return None
+    records = context.instance.get_records_for_run(
+        context.run_id, of_type=DagsterEventType.ASSET_OBSERVATION
+    ).records
+    recorded = recorded_give_ups([record.event_log_entry for record in records])
+    return recorded[-1][1] if recorded else None
 
 
 def _quoting(what: str, end: pipeline.AlertRunEnd) -> str:

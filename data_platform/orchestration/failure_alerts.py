@@ -46,7 +46,7 @@ from data_platform.orchestration.notify import (
     first_lines,
     given_up,
 )
-from data_platform.orchestration.run_records import GIVEN_UP_METADATA, KILLED_METADATA
+from data_platform.orchestration.run_records import KILLED_METADATA, recorded_give_ups
 from data_platform.orchestration.run_retries import started_again
 from data_platform.orchestration.schedules import daily_job
 
@@ -167,7 +167,7 @@ def failure_message(instance: DagsterInstance, run: DagsterRun, base_url: str) -
     details = first_lines(error)
     # unless the step's own failure said it (a step stopped by an interrupt says nothing of its own)
     own_failures = {e.step_key for e in failures if e.step_failure_data.error_source != ErrorSource.INTERRUPT}
-    untold = [said for step, said in _given_up(entries) if step not in own_failures]
+    untold = [said for step, said in recorded_give_ups(entries) if step not in own_failures]
     details += (GIVEN_UP_BEFORE_CUT_OFF, *first_lines(untold[-1])) if untold else ()
     # only the retries' daemon numbers a run it starts (a re-execution from the UI has a parent, no number)
     if run.tags.get(RETRY_NUMBER_TAG) and run.parent_run_id:
@@ -182,19 +182,6 @@ def failure_message(instance: DagsterInstance, run: DagsterRun, base_url: str) -
         details=details,
         link=f"{base_url}/runs/{run.run_id}",
     )
-
-
-def _given_up(entries: list) -> list[tuple[str, str]]:
-    """(step, what it said) of each give-up of balance alerts a step recorded in the run, oldest first."""
-    observations = [e for e in entries if e.dagster_event_type == DagsterEventType.ASSET_OBSERVATION]
-    recorded = [
-        (e.step_key, e.dagster_event.event_specific_data.asset_observation.metadata) for e in observations
-    ]
-    return [
-        (step, str(values[GIVEN_UP_METADATA].value))
-        for step, values in recorded
-        if GIVEN_UP_METADATA in values
-    ]
 
 
 def _job_label(job_name: str) -> str:

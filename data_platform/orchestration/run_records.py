@@ -1,10 +1,27 @@
-"""What a pipeline step records in its run for the run's failure alert (failure_alerts.py) to read."""
+"""What a pipeline step records in its run for the run's failure alert (failure_alerts.py), or a later
+attempt of the step, to read."""
+
+from dagster import DagsterEventType, EventLogEntry
 
 # The balance alerts step records a give-up (an alert that may not have arrived) in the run before it
 # retries the run's other alerts, for minutes: a run cut off meanwhile has no failure of the step to say
 # it, and its retry, finding the give-up reported, can end green; the run's failure alert says it instead.
+# An attempt whose own process is killed meanwhile is retried within the run: that attempt says it.
 GIVEN_UP_METADATA = "given_up_alerts"
 # A step whose own process (the loader, dbt) a signal ended (the OOM killer, kill -9) records the signal:
 # nothing in the data to fix, and Dagster's run retries pass over a step's failure, so its failure alert
 # gives the advice of a run cut off.
 KILLED_METADATA = "ended_by_signal"
+
+
+def recorded_give_ups(entries: list[EventLogEntry]) -> list[tuple[str, str]]:
+    """(step, what it said) of each give-up of balance alerts a step recorded in the run, oldest first."""
+    observations = [e for e in entries if e.dagster_event_type == DagsterEventType.ASSET_OBSERVATION]
+    recorded = [
+        (e.step_key, e.dagster_event.event_specific_data.asset_observation.metadata) for e in observations
+    ]
+    return [
+        (step, str(values[GIVEN_UP_METADATA].value))
+        for step, values in recorded
+        if GIVEN_UP_METADATA in values
+    ]
