@@ -1445,6 +1445,65 @@ def test_a_run_cut_off_after_its_alert_step_gave_up_on_alerts_says_what_the_step
     )
 
 
+def canceled_after_a_give_up(instance, given_up: str | None) -> str:
+    """A daily run canceled (Terminate) while its balance alerts step ran, after it recorded `given_up`."""
+    from dagster import AssetKey, AssetObservation, DagsterEvent
+    from dagster._core.events import AssetObservationData
+
+    run = in_progress(instance, "daily_pipeline")
+    events = [(DagsterEventType.STEP_START, None)]
+    if given_up is not None:
+        observed = AssetObservation(
+            AssetKey("balance_alerts"), metadata={run_records.GIVEN_UP_METADATA: given_up}
+        )
+        events.append((DagsterEventType.ASSET_OBSERVATION, AssetObservationData(observed)))
+    for kind, data in events:
+        event = DagsterEvent(
+            kind.value, "daily_pipeline", step_key="balance_alerts", event_specific_data=data
+        )
+        instance.report_dagster_event(event, run_id=run.run_id)
+    instance.report_run_canceled(instance.get_run_by_id(run.run_id))
+    return run.run_id
+
+
+def test_a_run_canceled_after_its_alert_step_gave_up_is_alerted_with_what_the_step_said(defs, instance):
+    """The step retries the run's other alerts for minutes after a give-up, and only its failure said it:
+    a run canceled meanwhile (Terminate) left no one told to check the channel. A run canceled without a
+    give-up is someone's decision, and not alerted."""
+    given_up = "some balance alerts got no answer; the alert run said:\nslack: 1 alert never confirmed"
+    with (
+        SlackStub() as slack,
+        environment(dagster_env(SLACK_WEBHOOK_URL=slack.url, DAGSTER_BASE_URL="http://d")),
+    ):
+        started = tick(defs, instance, "run_failure_alerts", None)
+        quietly = canceled_after_a_give_up(instance, None)
+        run_id = canceled_after_a_give_up(instance, given_up)
+        cursor = tick(defs, instance, "run_failure_alerts", started.cursor).cursor
+        tick(defs, instance, "run_failure_alerts", cursor)
+        assert alerted_runs(slack) == [run_id]
+        assert quietly not in pending_runs(cursor)
+    assert slack.delivered[0]["text"].splitlines() == [
+        "Pipeline run canceled: daily_pipeline, after its balance alerts step gave up on alerts",
+        "some balance alerts got no answer; the alert run said:",
+        "slack: 1 alert never confirmed",
+        failure_alerts.CANCELED_DURING_RETRIES,
+        f"http://d/runs/{run_id}",
+    ]
+
+
+def test_failures_and_cancellations_beyond_a_ticks_reading_are_all_alerted(defs, instance, monkeypatch):
+    """A tick reads a page of each kind: a page that ends early must not let the other kind's carry the
+    cursor past failures it did not read."""
+    monkeypatch.setattr(failure_alerts, "FAILURE_EVENTS_READ", 1)
+    with SlackStub() as slack, environment(dagster_env(SLACK_WEBHOOK_URL=slack.url)):
+        cursor = tick(defs, instance, "run_failure_alerts", None).cursor
+        failed = [fail(instance) for _ in range(4)]
+        canceled = canceled_after_a_give_up(instance, "some balance alerts got no answer")
+        for _ in range(8):
+            cursor = tick(defs, instance, "run_failure_alerts", cursor).cursor
+        assert sorted(alerted_runs(slack)) == sorted([*failed, canceled])
+
+
 def test_a_give_up_its_step_failure_said_is_not_said_again_when_another_step_was_cut_off(instance):
     from dagster import AssetKey, AssetObservation, DagsterEvent
     from dagster._core.events import AssetObservationData

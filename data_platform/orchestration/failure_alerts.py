@@ -14,6 +14,11 @@ or assets materialized alone), however it was started: by the schedule or a sens
 the instance would count too. The first tick starts from the newest failure, so runs that failed before
 the sensor ever ran are not alerted; the cursor of the run failure sensor this one replaced is carried on
 from the last event it read.
+
+A canceled run (Terminate in the UI) is someone's decision, and not alerted, unless its balance alerts step
+had given up on alerts before: the step retries the run's other alerts for minutes after a give-up, and a
+run canceled meanwhile would leave it untold (the step's failure, which says it, never comes). Those runs
+are read with the failures, and queued the same way.
 """
 
 import json
@@ -27,6 +32,7 @@ from dagster import (
     DagsterEventType,
     DagsterInstance,
     DagsterRun,
+    DagsterRunStatus,
     DefaultSensorStatus,
     RunStatusChangeRecordsFilter,
     SensorEvaluationContext,
@@ -54,7 +60,7 @@ if TYPE_CHECKING:
     from dagster._utils.error import SerializableErrorInfo
 
 # a step's error when its run process was told to stop is a bare class name (Terminate in the UI cancels
-# the run instead: no failure, no alert)
+# the run instead: no failure, and no alert unless its balance alerts step had given up, canceled_message)
 INTERRUPTED_IN_WORDS = (
     "the run was stopped while the step ran: its process was told to stop (Ctrl-C of `dagster dev` or of "
     "a run started by hand, a shutdown, or run monitoring's time limit)"
@@ -73,7 +79,15 @@ RETRY_OF = "It was Dagster's own retry of run {}."
 GIVEN_UP_BEFORE_CUT_OFF = (
     "Before the run was cut off, its balance alerts step had given up on alerts; it said:"
 )
-FAILURE_EVENTS_READ = 100  # a tick reads up to this many new failures; the next tick the rest
+CANCELED_DURING_RETRIES = (
+    "It was canceled while the step retried the run's other alerts: any still undelivered go with the next "
+    "run."
+)
+# the run status events a tick reads: a run failure, and a cancellation, alerted after a give-up only
+RUN_ENDS_READ = (DagsterEventType.RUN_FAILURE, DagsterEventType.RUN_CANCELED)
+FAILURE_EVENTS_READ = (
+    100  # a tick reads up to this many new failures (and cancellations); the next tick the rest
+)
 # a backlog is sent a few messages a tick, so that a tick ends well within the daemon's time limit
 FAILURE_ALERTS_PER_TICK = 5
 # Dagster gives up on a tick after DAGSTER_SENSOR_GRPC_TIMEOUT_SECONDS (60 by default) and keeps its old
@@ -86,6 +100,31 @@ FAILURE_TICK_BUDGET_SECONDS = 20.0
 MAX_PENDING_FAILURE_ALERTS = 300
 # what Dagster's run status sensors (run_failure_sensor) name their cursor in its serialized form
 RUN_STATUS_SENSOR_CURSORS = ("RunStatusSensorCursor", "PipelineSensorCursor")
+
+
+def run_message(instance: DagsterInstance, run: DagsterRun, base_url: str) -> OpsMessage:
+    """The alert of a run the sensor queued: failed, or canceled after its step gave up on alerts."""
+    if run.status == DagsterRunStatus.CANCELED:
+        return canceled_message(instance, run, base_url)
+    return failure_message(instance, run, base_url)
+
+
+def _give_ups(instance: DagsterInstance, run_id: str) -> list[tuple[str, str]]:
+    records = instance.get_records_for_run(run_id, of_type=DagsterEventType.ASSET_OBSERVATION).records
+    return recorded_give_ups([record.event_log_entry for record in records])
+
+
+def canceled_message(instance: DagsterInstance, run: DagsterRun, base_url: str) -> OpsMessage:
+    """A run canceled after its balance alerts step gave up on alerts: what the step said of them."""
+    said = _give_ups(instance, run.run_id)
+    return OpsMessage(
+        title=(
+            f"Pipeline run canceled: {_job_label(run.job_name)}, after its balance alerts step gave up on "
+            "alerts"
+        ),
+        details=(*first_lines(said[-1][1] if said else "no give-up recorded"), CANCELED_DURING_RETRIES),
+        link=f"{base_url}/runs/{run.run_id}",
+    )
 
 
 def failure_message(instance: DagsterInstance, run: DagsterRun, base_url: str) -> OpsMessage:
@@ -284,16 +323,28 @@ def _queue_failures(
     # read may not have been committed yet, so the next tick reads again after where this one started (a
     # whole tick later: an event's commit follows its numbering within milliseconds)
     read, pending = set(cursor.read), list(cursor.pending)
-    events = context.instance.fetch_run_status_changes(
-        RunStatusChangeRecordsFilter(DagsterEventType.RUN_FAILURE, after_storage_id=cursor.since),
-        limit=FAILURE_EVENTS_READ + len(read),
-        ascending=True,
-    ).records
+    limit = FAILURE_EVENTS_READ + len(read)
+    pages = [
+        context.instance.fetch_run_status_changes(
+            RunStatusChangeRecordsFilter(kind, after_storage_id=cursor.since), limit=limit, ascending=True
+        ).records
+        for kind in RUN_ENDS_READ
+    ]
+    # one kind's full page may end before the other's: read no further than the first to end, so that
+    # none is passed over (the rest come next tick)
+    full = [page[-1].storage_id for page in pages if len(page) >= limit]
+    events = sorted(
+        (record for page in pages for record in page if not full or record.storage_id <= min(full)),
+        key=lambda record: record.storage_id,
+    )
     # the code location's jobs: the daily job, and Dagster's own for assets materialized alone
     jobs = set(context.repository_def.job_names) if context.repository_def else {daily_job.name}
     for record in events:
         entry = record.event_log_entry
-        if record.storage_id not in read and entry.job_name in jobs and entry.run_id not in pending:
+        if record.storage_id in read or entry.job_name not in jobs or entry.run_id in pending:
+            continue
+        canceled = entry.dagster_event_type == DagsterEventType.RUN_CANCELED
+        if not canceled or _give_ups(context.instance, entry.run_id):
             pending.append(entry.run_id)
     read |= {record.storage_id for record in events}
     if len(pending) > max_pending:
@@ -327,7 +378,7 @@ def _send_pending(
         try:
             run = instance.get_run_by_id(run_id)
             # None: deleted since, nothing left to alert about
-            outcome = channel.send(failure_message(instance, run, base_url)) if run is not None else None
+            outcome = channel.send(run_message(instance, run, base_url)) if run is not None else None
         except Exception as error:
             context.log.exception(f"the failure alert of run {run_id} could not be sent; retried next tick")
             # last in line, so that a run whose alert cannot be built does not hold back the others
