@@ -32,7 +32,8 @@ def session_name(taken_at: dt.datetime) -> str:
     """The lock session's application_name once it holds the lock: since when, and which process on which
     host (a Dagster step's log names its process), so that a run refused the lock can say who holds it.
     Postgres keeps 63 bytes: a long host name is cut, never the rest."""
-    return f"{PIPELINE_LOCK_SESSION} {taken_at:{TAKEN_AT_FORMAT}} {os.getpid()}@{socket.gethostname()}"[:63]
+    utc = taken_at.astimezone(dt.UTC)  # the server gives it in the session's time zone
+    return f"{PIPELINE_LOCK_SESSION} {utc:{TAKEN_AT_FORMAT}} {os.getpid()}@{socket.gethostname()}"[:63]
 
 
 def held_by_a_pipeline_run(holder: LockHolder | None) -> bool:

@@ -53,9 +53,11 @@ def holder_named(message: str) -> dt.datetime:
     return dt.datetime.fromisoformat(found[1]).replace(tzinfo=dt.UTC)
 
 
-def test_a_run_refused_the_lock_is_told_which_process_holds_it_and_since_when(database, capsys):
-    """ "Another pipeline run holds the lock" alone left the operator to find that run: a Dagster step
-    (whose log names its process), an init.sh by hand, or one in another container."""
+def test_a_run_refused_the_lock_is_told_which_process_holds_it_and_since_when(database, capsys, monkeypatch):
+    """'Another pipeline run holds the lock' alone left the operator to find that run: a Dagster step
+    (whose log names its process), an init.sh by hand, or one in another container. The time is UTC,
+    whatever the sessions' time zone."""
+    monkeypatch.setenv("PGTZ", "America/New_York")
     before = dt.datetime.now(dt.UTC).replace(microsecond=0)
     with pipeline.PipelineLock(timeout=0), pytest.raises(pipeline.PipelineError) as refused:
         pipeline.PipelineLock(timeout=1.5).__enter__()
