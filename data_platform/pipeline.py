@@ -272,8 +272,8 @@ def record_build(
 ) -> None:
     """Remember the plan's state; call it only after its `dbt build` succeeded, under `lock`, with the mark
     it set (the alerter reads the days up to its newest export from then on). A build that lost the lock
-    meanwhile may have run beside another one, and one whose rules or SQL changed while dbt read them may
-    have built either version: neither is recorded, and the next build is a full one."""
+    meanwhile may have run beside another one, and one whose rules, SQL or settings changed while dbt read
+    them may have built either version: neither is recorded, and the next build is a full one."""
     try:
         lock.check()
         changed = refresh.changed_since_plan(build_plan)

@@ -23,7 +23,7 @@ during which they changed may have run either version, so it is not recorded and
 instead. A failed incremental build needs no mark: it changed only days its retry recomputes (or, in the
 status totals, summed with the same rules and exports). A `dbt run` or `dbt build` by hand of an
 incremental model sets the mark itself, whatever its window (the project's on-run-start hook,
-dbt/macros/build_state.sql): it records nothing, and may have run other rules or SQL.
+dbt/macros/build_state.sql): it records nothing, and may have run other rules, SQL or settings.
 
 The alerter reads the same record (BUILD_STATUS_SQL): an alert run, even one started by hand during a
 build or after a failed one, looks only at days up to the newest export the last successful build
@@ -67,6 +67,7 @@ PROJECT_FILES = ("models/**/*.sql", "macros/**/*.sql", "dbt_project.yml")
 PROPERTY_FILES = ("models/**/*.yml", "models/**/*.yaml", "seeds/**/*.yml", "seeds/**/*.yaml")
 SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's, when PyYAML was built with it
 NOT_BUILT_FROM = frozenset({"description", "docs", "data_tests", "tests", "unit_tests", "exposures"})
+KEPT_WHOLE = frozenset({"config", "meta"})
 RULES_FILES = ("seeds/invoice_enrichment.csv",)
 
 CREATE_BUILD_STATE = f"""
@@ -155,11 +156,15 @@ def files_fingerprint(
 
 
 def _what_builds(properties: object) -> object:
-    """A YAML document without what documents or tests; a column that then says nothing but its name goes."""
+    """A YAML document without what documents or tests; a column that then says nothing but its name goes.
+    A `config` or `meta` block is kept whole: its keys are settings and names (a seed's column called
+    `description` has its type under `column_types`), not documentation."""
     if isinstance(properties, dict):
         # keys as text: YAML reads `on:` or `1:` as other types, which json cannot sort among strings
         kept = {
-            str(key): _what_builds(value) for key, value in properties.items() if key not in NOT_BUILT_FROM
+            str(key): value if key in KEPT_WHOLE else _what_builds(value)
+            for key, value in properties.items()
+            if key not in NOT_BUILT_FROM
         }
         if "columns" in kept and isinstance(kept["columns"], list):
             kept["columns"] = [column for column in kept["columns"] if not _names_only(column)]
@@ -173,14 +178,19 @@ def _names_only(column: object) -> bool:
     return isinstance(column, dict) and set(column) <= {"name"}
 
 
+def _as_json(value: object) -> object:
+    # YAML's other types: a set in a stable order (its own depends on the process's hash seed), dates as text
+    return sorted(map(str, value)) if isinstance(value, set | frozenset) else str(value)
+
+
 def _build_settings(path: Path) -> bytes:
     """What a YAML file beside the models or seeds says about building them, as canonical JSON; a file that
     is not valid YAML counts as its bytes (dbt refuses it anyway)."""
     text = path.read_bytes()
     try:
         document = yaml.load(text, Loader=SAFE_LOADER)
-        return json.dumps(_what_builds(document), sort_keys=True, default=str).encode()
-    except yaml.YAMLError:
+        return json.dumps(_what_builds(document), sort_keys=True, default=_as_json).encode()
+    except (yaml.YAMLError, RecursionError, TypeError):  # RecursionError: an anchor that holds itself
         return text
 
 
@@ -264,8 +274,8 @@ def plan_build(
         return full(f"{differing[0]} changed since the last successful build")
     if full_build_unfinished(conn):
         return full(
-            "the last full rebuild did not finish, a build by hand recomputed built days, or the rules or "
-            "SQL changed during a build: any of these may have left tables computed otherwise"
+            "the last full rebuild did not finish, a build by hand recomputed built days, or the rules, SQL "
+            "or settings changed during a build: any of these may have left tables computed otherwise"
         )
     if _exports(conn, last.last_export_date) != last.exports_fingerprint:
         return full("the exports the last successful build covered were reloaded or changed")

@@ -1,6 +1,6 @@
 """The pipeline lock (data_platform/pipeline_lock.py): one run at a time, held for the whole run whatever
 ends idle sessions, and a run that lost it anyway neither starts nor records a build; nor does one whose
-rules or SQL changed while dbt read them."""
+rules, SQL or settings changed while dbt read them."""
 
 from __future__ import annotations
 
@@ -129,7 +129,8 @@ def test_a_build_during_which_its_files_changed_is_not_recorded_and_the_next_one
     again = plan()
     assert again.full_refresh
     assert again.reason.endswith(
-        "or the rules or SQL changed during a build: any of these may have left tables computed otherwise"
+        "or the rules, SQL or settings changed during a build: any of these may have left tables computed "
+        "otherwise"
     )
 
 

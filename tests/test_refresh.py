@@ -4,7 +4,10 @@ decisions through real builds (test_ledger.py, test_pipeline.py)."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -185,6 +188,12 @@ BUILD_SETTINGS_EDITS = {
         "invoiced_coefficient: \"{{ 'decimal(10,4)' if target.type == 'spark' else 'numeric' }}\"",
         "invoiced_coefficient: \"{{ 'decimal(10,4)' if target.type == 'spark' else 'integer' }}\"",
     ),
+    # a column named like a documentation key
+    "the type of a seed's column called description": (
+        "seeds/_seeds.yml",
+        "description: \"{{ 'string' if target.type == 'spark' else 'text' }}\"",
+        "description: \"{{ 'string' if target.type == 'spark' else 'varchar(5)' }}\"",
+    ),
 }
 
 
@@ -227,6 +236,28 @@ def test_descriptions_and_data_tests_in_the_yaml_leave_the_project_fingerprint_a
     )
     edit(project / "seeds" / "_seeds.yml", "The balance rules:", "The balance rules, edited:")
     assert refresh.project_fingerprint(project) == before
+
+
+def test_odd_yaml_gives_one_fingerprint_in_every_process_and_never_stops_the_plan(tmp_path):
+    """A set's order depends on the process's hash seed: a fingerprint that followed it would differ from
+    run to run, and every build be a full one. An anchor that holds itself cannot be walked: the file
+    counts as its bytes, as one that is not YAML does."""
+    project = copy_project(tmp_path / "dbt")
+    odd = project / "models" / "odd.yml"
+    odd.write_text("models:\n  - name: odd\n    config:\n      tags: !!set {a, b, c, d, e, f, g, h}\n")
+    script = (
+        "import sys, pathlib; from data_platform import refresh; "
+        "print(refresh.project_fingerprint(pathlib.Path(sys.argv[1])))"
+    )
+
+    def fingerprint(seed: str) -> str:
+        run = [sys.executable, "-c", script, str(project)]
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        return subprocess.run(run, env=env, capture_output=True, text=True, check=True).stdout
+
+    assert len({fingerprint(seed) for seed in ("1", "2", "3", "4")}) == 1
+    odd.write_text("models: &models\n  - *models\n")
+    assert refresh.project_fingerprint(project)
 
 
 def test_each_successful_build_replaces_every_field_of_the_record(conn, loaded, tmp_path):
