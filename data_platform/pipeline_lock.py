@@ -57,7 +57,8 @@ def who_holds(holder: LockHolder | None) -> str:
         taken_at = dt.datetime.strptime(found[1], TAKEN_AT_FORMAT).replace(tzinfo=dt.UTC)
     except ValueError:
         return ""
-    minutes = (dt.datetime.now(dt.UTC) - taken_at).total_seconds() // 60
+    # never below 0: the database server's clock may be ahead of this one
+    minutes = max(0, (dt.datetime.now(dt.UTC) - taken_at).total_seconds() // 60)
     return (
         f", process {found[2]} on host {found[3]}, since {taken_at:%Y-%m-%d %H:%M:%S} UTC ({minutes:.0f} min)"
     )

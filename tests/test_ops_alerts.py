@@ -1438,30 +1438,41 @@ def test_a_run_cut_off_after_its_alert_step_gave_up_on_alerts_says_what_the_step
     assert message.title == "Pipeline run failed: daily_pipeline, step balance_alerts, which did not finish"
     assert message.details == (
         startup.MESSAGE,
-        failure_alerts.GIVEN_UP_BEFORE_CUT_OFF,
+        failure_alerts.GIVEN_UP_UNTOLD,
         "some balance alerts got no answer; the alert run said:",
         "slack: 1 alert never confirmed",
         failure_alerts.CATCH_UP,
     )
 
 
-def canceled_after_a_give_up(instance, given_up: str | None) -> str:
-    """A daily run canceled (Terminate) while its balance alerts step ran, after it recorded `given_up`."""
+def balance_step_events(instance, run_id: str, given_up: str | None, failed: str | None = None) -> None:
+    """The balance alerts step's events in a run: its start, the give-up it recorded, its failure."""
     from dagster import AssetKey, AssetObservation, DagsterEvent
     from dagster._core.events import AssetObservationData
+    from dagster._core.execution.plan.objects import StepFailureData
+    from dagster._utils.error import SerializableErrorInfo
 
-    run = in_progress(instance, "daily_pipeline")
     events = [(DagsterEventType.STEP_START, None)]
     if given_up is not None:
         observed = AssetObservation(
             AssetKey("balance_alerts"), metadata={run_records.GIVEN_UP_METADATA: given_up}
         )
         events.append((DagsterEventType.ASSET_OBSERVATION, AssetObservationData(observed)))
+    if failed is not None:
+        error = SerializableErrorInfo(f"dagster._core.definitions.events.Failure: {failed}", [], "Failure")
+        events.append((DagsterEventType.STEP_FAILURE, StepFailureData(error, None)))
     for kind, data in events:
         event = DagsterEvent(
             kind.value, "daily_pipeline", step_key="balance_alerts", event_specific_data=data
         )
-        instance.report_dagster_event(event, run_id=run.run_id)
+        instance.report_dagster_event(event, run_id=run_id)
+
+
+def canceled_after_a_give_up(instance, given_up: str | None, failed: str | None = None) -> str:
+    """A daily run canceled (Terminate) while its balance alerts step ran, after it recorded `given_up`;
+    or during a later step, after the balance alerts step `failed`."""
+    run = in_progress(instance, "daily_pipeline")
+    balance_step_events(instance, run.run_id, given_up, failed)
     instance.report_run_canceled(instance.get_run_by_id(run.run_id))
     return run.run_id
 
@@ -1489,6 +1500,61 @@ def test_a_run_canceled_after_its_alert_step_gave_up_is_alerted_with_what_the_st
         failure_alerts.CANCELED_DURING_RETRIES,
         f"http://d/runs/{run_id}",
     ]
+
+
+def test_a_run_canceled_after_its_alert_step_failed_is_alerted_with_that_failure(instance):
+    """The alert step had failed saying the give-up and what its retries delivered, and the run was
+    canceled during a later step: its failure, never alerted, is what the alert says."""
+    given_up = "some balance alerts got no answer; the alert run said:\nslack: 1 alert never confirmed"
+    failed = f"{given_up}\nthe step's retries then delivered the run's other alerts"
+    run_id = canceled_after_a_give_up(instance, given_up, failed)
+
+    message = failure_alerts.run_message(instance, instance.get_run_by_id(run_id), "http://d")
+
+    assert message.details == (
+        "some balance alerts got no answer; the alert run said:",
+        "slack: 1 alert never confirmed",
+        "the step's retries then delivered the run's other alerts",
+        failure_alerts.CANCELED_AFTER_THE_STEP_FAILED,
+    )
+
+
+def test_a_give_up_the_steps_last_failure_does_not_quote_is_said_by_the_failure_alert(instance):
+    """A retry of the step that failed on an error of its own (the pipeline lock busy) said nothing of the
+    give-up an earlier attempt recorded: the alert quoted that error alone, and no one checked the channel."""
+    run = in_progress(instance, "daily_pipeline")
+    given_up = "some balance alerts got no answer; the alert run said:\nslack: 1 alert never confirmed"
+    balance_step_events(instance, run.run_id, given_up, failed="another pipeline run holds the lock")
+    instance.report_run_failed(instance.get_run_by_id(run.run_id))
+
+    message = failure_alerts.failure_message(instance, instance.get_run_by_id(run.run_id), "http://d")
+
+    assert message.details[:4] == (
+        "another pipeline run holds the lock",
+        failure_alerts.GIVEN_UP_UNTOLD,
+        "some balance alerts got no answer; the alert run said:",
+        "slack: 1 alert never confirmed",
+    )
+
+
+def test_runs_canceled_before_the_sensor_read_any_are_not_alerted(defs, instance):
+    """As runs that failed before its first tick are not; nor, after an upgrade from a cursor that read no
+    cancellations, those from before it."""
+    given_up = "some balance alerts got no answer"
+    with SlackStub() as slack, environment(dagster_env(SLACK_WEBHOOK_URL=slack.url)):
+        canceled_after_a_give_up(instance, given_up)
+        first = tick(defs, instance, "run_failure_alerts", None).cursor
+        tick(defs, instance, "run_failure_alerts", first)
+        assert slack.delivered == []
+        older = json.loads(first)
+        del older["cancels_after"]
+        older["after"] = older["since"] = -1  # read from the start: the upgrade's cursor
+        canceled_after_a_give_up(instance, given_up)
+        cursor = tick(defs, instance, "run_failure_alerts", json.dumps(older)).cursor
+        assert slack.delivered == []
+        later = canceled_after_a_give_up(instance, given_up)
+        tick(defs, instance, "run_failure_alerts", cursor)
+        assert alerted_runs(slack) == [later]
 
 
 def test_failures_and_cancellations_beyond_a_ticks_reading_are_all_alerted(defs, instance, monkeypatch):
@@ -1531,7 +1597,7 @@ def test_a_give_up_its_step_failure_said_is_not_said_again_when_another_step_was
     message = failure_alerts.failure_message(instance, instance.get_run_by_id(run.run_id), "http://d")
 
     assert message.text().count("slack: 1 alert never confirmed") == 1, message.text()
-    assert failure_alerts.GIVEN_UP_BEFORE_CUT_OFF not in message.details
+    assert failure_alerts.GIVEN_UP_UNTOLD not in message.details
 
 
 def test_a_run_startup_failed_under_a_step_says_what_to_do_without_run_retries(instance):

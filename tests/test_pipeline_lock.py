@@ -18,7 +18,9 @@ from conftest import copy_project, hold_the_loaders_lock, loaders_lock_free
 from loader_files import write_dir
 
 from data_platform import pipeline, refresh
+from data_platform.db import LockHolder
 from data_platform.loader import load_exports
+from data_platform.pipeline_lock import session_name, who_holds
 
 LOCK_SESSIONS = (
     "select pg_terminate_backend(pid) from pg_stat_activity "
@@ -67,6 +69,11 @@ def test_a_run_refused_the_lock_is_told_which_process_holds_it_and_since_when(da
     waiting = capsys.readouterr().out
     assert waiting.startswith("another pipeline run is in progress, process ")
     holder_named(waiting)
+
+
+def test_a_holder_whose_server_clock_runs_ahead_is_said_to_hold_the_lock_for_0_minutes():
+    ahead = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=5)
+    assert who_holds(LockHolder(1, session_name(ahead), "idle", 0.0)).endswith(" UTC (0 min)")
 
 
 def test_a_build_that_lost_the_lock_is_not_recorded_and_the_next_one_is_full(database, tmp_path):

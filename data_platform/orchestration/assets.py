@@ -18,7 +18,6 @@ from dagster import (
     AssetObservation,
     AssetSpec,
     Backoff,
-    DagsterEventType,
     Failure,
     MetadataValue,
     RetryPolicy,
@@ -39,7 +38,7 @@ from data_platform.load_errors import utc_today
 from data_platform.orchestration import configuration
 from data_platform.orchestration.environment import process_environment
 from data_platform.orchestration.project import BUILD_TARGET_PATH, dbt_project
-from data_platform.orchestration.run_records import GIVEN_UP_METADATA, KILLED_METADATA, recorded_give_ups
+from data_platform.orchestration.run_records import GIVEN_UP_METADATA, KILLED_METADATA, give_ups_in_run
 from data_platform.orchestration.sensors import EXPORT_DAY_TAG
 
 RAW_SOURCE = "payments"
@@ -290,10 +289,7 @@ def _given_up_by_an_earlier_attempt(context: AssetExecutionContext) -> str | Non
     # (a context built outside a run, build_asset_context's, has no retry number: no attempt came before)
     if getattr(context, "retry_number", 0) == 0:
         return None
-    records = context.instance.get_records_for_run(
-        context.run_id, of_type=DagsterEventType.ASSET_OBSERVATION
-    ).records
-    recorded = recorded_give_ups([record.event_log_entry for record in records])
+    recorded = give_ups_in_run(context.instance, context.run_id)
     return recorded[-1][1] if recorded else None
 
 

@@ -17,8 +17,10 @@ from the last event it read.
 
 A canceled run (Terminate in the UI) is someone's decision, and not alerted, unless its balance alerts step
 had given up on alerts before: the step retries the run's other alerts for minutes after a give-up, and a
-run canceled meanwhile would leave it untold (the step's failure, which says it, never comes). Those runs
-are read with the failures, and queued the same way.
+run canceled meanwhile would leave it untold (the step's failure, which says it, never comes), and so would
+one canceled during a later step after the step had failed (its failure was never alerted). Those runs are
+read with the failures, and queued the same way; as with failures, not those canceled before the sensor
+read any cancellation (its first tick, or its first after an upgrade from a release that read none).
 """
 
 import json
@@ -52,7 +54,7 @@ from data_platform.orchestration.notify import (
     first_lines,
     given_up,
 )
-from data_platform.orchestration.run_records import KILLED_METADATA, recorded_give_ups
+from data_platform.orchestration.run_records import KILLED_METADATA, give_ups_in_run, recorded_give_ups
 from data_platform.orchestration.run_retries import started_again
 from data_platform.orchestration.schedules import daily_job
 
@@ -76,13 +78,14 @@ RUN_AGAIN_BY_DAGSTER = (
     "run fails too, which is alerted."
 )
 RETRY_OF = "It was Dagster's own retry of run {}."
-GIVEN_UP_BEFORE_CUT_OFF = (
-    "Before the run was cut off, its balance alerts step had given up on alerts; it said:"
-)
+# said when no failure of the step says it (the run cut off during the step's retries of the run's other
+# alerts, or a retry of the step failed on an error of its own)
+GIVEN_UP_UNTOLD = "Before the run ended, its balance alerts step had given up on alerts; it said:"
 CANCELED_DURING_RETRIES = (
     "It was canceled while the step retried the run's other alerts: any still undelivered go with the next "
     "run."
 )
+CANCELED_AFTER_THE_STEP_FAILED = "It was canceled after the step failed, so that failure was not alerted."
 # the run status events a tick reads: a run failure, and a cancellation, alerted after a give-up only
 RUN_ENDS_READ = (DagsterEventType.RUN_FAILURE, DagsterEventType.RUN_CANCELED)
 FAILURE_EVENTS_READ = (
@@ -109,22 +112,54 @@ def run_message(instance: DagsterInstance, run: DagsterRun, base_url: str) -> Op
     return failure_message(instance, run, base_url)
 
 
-def _give_ups(instance: DagsterInstance, run_id: str) -> list[tuple[str, str]]:
-    records = instance.get_records_for_run(run_id, of_type=DagsterEventType.ASSET_OBSERVATION).records
-    return recorded_give_ups([record.event_log_entry for record in records])
-
-
 def canceled_message(instance: DagsterInstance, run: DagsterRun, base_url: str) -> OpsMessage:
-    """A run canceled after its balance alerts step gave up on alerts: what the step said of them."""
-    said = _give_ups(instance, run.run_id)
+    """A run canceled after its balance alerts step gave up on alerts: what the step said of them, in its
+    failure when it had failed by then (the run canceled during a later step), else in its record."""
+    kinds = {DagsterEventType.STEP_FAILURE, DagsterEventType.ASSET_OBSERVATION}
+    entries = [
+        record.event_log_entry for record in instance.get_records_for_run(run.run_id, of_type=kinds).records
+    ]
+    failures = [e.dagster_event for e in entries if e.dagster_event_type == DagsterEventType.STEP_FAILURE]
+    said = [text for _, text in recorded_give_ups(entries)]
+    own = _own_failure_texts(failures)
+    if own:
+        untold = _untold(said, own)
+        details = (
+            *first_lines(own[-1]),
+            *((GIVEN_UP_UNTOLD, *first_lines(untold)) if untold else ()),
+            CANCELED_AFTER_THE_STEP_FAILED,
+        )
+    else:
+        details = (*first_lines(said[-1] if said else "no give-up recorded"), CANCELED_DURING_RETRIES)
     return OpsMessage(
         title=(
             f"Pipeline run canceled: {_job_label(run.job_name)}, after its balance alerts step gave up on "
             "alerts"
         ),
-        details=(*first_lines(said[-1][1] if said else "no give-up recorded"), CANCELED_DURING_RETRIES),
+        details=details,
         link=f"{base_url}/runs/{run.run_id}",
     )
+
+
+def _own_failure_texts(failures: list) -> list[str]:
+    """What each step failure said of its own (its error, and the errors that caused it), in order; not a
+    step's stop on an interrupt, which says nothing of its own."""
+    texts = []
+    for failure in failures:
+        if failure.step_failure_data.error_source == ErrorSource.INTERRUPT:
+            continue
+        error, said = failure.step_failure_data.error, []
+        while error is not None:
+            said.append(_without_class_name(error))
+            error = error.cause
+        texts.append("\n".join(said))
+    return texts
+
+
+def _untold(given_up: list[str], own_failures: list[str]) -> str | None:
+    """The latest give-up that no failure of the run's steps quotes."""
+    untold = [said for said in given_up if not any(said in text for text in own_failures)]
+    return untold[-1] if untold else None
 
 
 def failure_message(instance: DagsterInstance, run: DagsterRun, base_url: str) -> OpsMessage:
@@ -204,10 +239,9 @@ def failure_message(instance: DagsterInstance, run: DagsterRun, base_url: str) -
     if not steps:
         steps = f"{', '.join(sorted(unfinished))}, which did not finish" if unfinished else "the run itself"
     details = first_lines(error)
-    # unless the step's own failure said it (a step stopped by an interrupt says nothing of its own)
-    own_failures = {e.step_key for e in failures if e.step_failure_data.error_source != ErrorSource.INTERRUPT}
-    untold = [said for step, said in recorded_give_ups(entries) if step not in own_failures]
-    details += (GIVEN_UP_BEFORE_CUT_OFF, *first_lines(untold[-1])) if untold else ()
+    # unless a step's own failure quotes it
+    untold = _untold([said for _, said in recorded_give_ups(entries)], _own_failure_texts(failures))
+    details += (GIVEN_UP_UNTOLD, *first_lines(untold)) if untold else ()
     # only the retries' daemon numbers a run it starts (a re-execution from the UI has a parent, no number)
     if run.tags.get(RETRY_NUMBER_TAG) and run.parent_run_id:
         details += (RETRY_OF.format(run.parent_run_id),)
@@ -244,10 +278,13 @@ class _FailureCursor:
     read: tuple[int, ...]  # the failures after `since` read already
     pending: list[str]  # the runs whose alert is not delivered yet, oldest first (sends take them off)
     unanswered: dict[str, int]  # of those, the unanswered attempts of those that had any
+    # cancellations up to this one came before the sensor read any (None: not known yet, from an older
+    # cursor): not alerted, as failures before its first tick are not
+    cancels_after: int | None
 
     @classmethod
     def first(cls, after: int) -> "_FailureCursor":
-        return cls(after, after, (), [], {})
+        return cls(after, after, (), [], {}, after)
 
     @classmethod
     def read_from(cls, cursor: str | None) -> "_FailureCursor | None":
@@ -259,7 +296,7 @@ class _FailureCursor:
         try:
             state = json.loads(cursor or "")
             if state.get("__class__") in RUN_STATUS_SENSOR_CURSORS:
-                return cls.first(int(state["record_id"]))
+                return replace(cls.first(int(state["record_id"])), cancels_after=None)
             after = int(state["after"])
             return cls(
                 after=after,
@@ -267,6 +304,7 @@ class _FailureCursor:
                 read=tuple(int(storage_id) for storage_id in state.get("read", [])),
                 pending=[str(run_id) for run_id in state["pending"]],
                 unanswered={str(run_id): int(count) for run_id, count in state.get("unanswered", {}).items()},
+                cancels_after=int(state["cancels_after"]) if "cancels_after" in state else None,
             )
         except (ValueError, TypeError, KeyError, AttributeError):
             return None
@@ -281,6 +319,7 @@ class _FailureCursor:
                 "read": list(self.read),
                 "pending": self.pending,
                 "unanswered": counts,
+                "cancels_after": self.cancels_after,
             }
         )
 
@@ -296,9 +335,10 @@ def alert_failed_runs(
     started = clock()
     cursor = _FailureCursor.read_from(context.cursor)
     if cursor is None:
-        newest = context.instance.fetch_run_status_changes(DagsterEventType.RUN_FAILURE, limit=1).records
-        context.update_cursor(_FailureCursor.first(newest[0].storage_id if newest else -1).write())
+        context.update_cursor(_FailureCursor.first(_newest_run_end(context.instance)).write())
         return SkipReason("started: runs that fail from now on are alerted")
+    if cursor.cancels_after is None:
+        cursor = replace(cursor, cancels_after=_newest_run_end(context.instance))
     cursor = _queue_failures(context, cursor, max_pending)
     pending = cursor.pending
     sent, problem = _send_pending(
@@ -312,6 +352,12 @@ def alert_failed_runs(
     if not sent and not pending:
         return SkipReason("no failed run to alert about")
     return SkipReason(f"sent {sent} run failure alert(s)" + (f"; {len(pending)} wait" if pending else ""))
+
+
+def _newest_run_end(instance: DagsterInstance) -> int:
+    """The storage id of the newest run failure or cancellation (-1: none yet)."""
+    newest = [instance.fetch_run_status_changes(kind, limit=1).records for kind in RUN_ENDS_READ]
+    return max((records[0].storage_id for records in newest if records), default=-1)
 
 
 def _queue_failures(
@@ -344,7 +390,9 @@ def _queue_failures(
         if record.storage_id in read or entry.job_name not in jobs or entry.run_id in pending:
             continue
         canceled = entry.dagster_event_type == DagsterEventType.RUN_CANCELED
-        if not canceled or _give_ups(context.instance, entry.run_id):
+        if not canceled or (
+            record.storage_id > cursor.cancels_after and give_ups_in_run(context.instance, entry.run_id)
+        ):
             pending.append(entry.run_id)
     read |= {record.storage_id for record in events}
     if len(pending) > max_pending:

@@ -1,7 +1,7 @@
 """What a pipeline step records in its run for the run's failure alert (failure_alerts.py), or a later
 attempt of the step, to read."""
 
-from dagster import DagsterEventType, EventLogEntry
+from dagster import DagsterEventType, DagsterInstance, EventLogEntry
 
 # The balance alerts step records a give-up (an alert that may not have arrived) in the run before it
 # retries the run's other alerts, for minutes: a run cut off meanwhile has no failure of the step to say
@@ -25,3 +25,9 @@ def recorded_give_ups(entries: list[EventLogEntry]) -> list[tuple[str, str]]:
         for step, values in recorded
         if GIVEN_UP_METADATA in values
     ]
+
+
+def give_ups_in_run(instance: DagsterInstance, run_id: str) -> list[tuple[str, str]]:
+    """recorded_give_ups of a run, read from the instance."""
+    records = instance.get_records_for_run(run_id, of_type=DagsterEventType.ASSET_OBSERVATION).records
+    return recorded_give_ups([record.event_log_entry for record in records])
