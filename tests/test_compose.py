@@ -425,16 +425,32 @@ def test_scripts_and_csvs_are_checked_out_as_committed_on_every_platform():
         assert f"{path}: text: unset" in attributes, path
 
 
-def test_dockerfile_is_slim_pinned_and_non_root():
-    dockerfile = (PROJECT_ROOT / "Dockerfile").read_text()
-    assert re.search(r"^FROM python:3\.\d+-slim", dockerfile, re.M)
-    assert "pip install -r requirements.lock" in dockerfile
-    users = re.findall(r"^USER (\S+)", dockerfile, re.M)
+@pytest.mark.parametrize(
+    ("dockerfile", "lock"),
+    [("Dockerfile", "requirements.lock"), ("Dockerfile.daily", "requirements-daily.lock")],
+)
+def test_each_image_is_slim_pinned_and_non_root(dockerfile, lock):
+    """The daily image runs the same pipeline steps as the pipeline image, from the same base and as a user
+    of its own, with every package at its locked version."""
+    text = (PROJECT_ROOT / dockerfile).read_text()
+    base = re.search(r"^FROM (python:3\.\d+-slim\S*)", text, re.M)
+    assert base, dockerfile
+    assert base[1] == re.search(r"^FROM (\S+)", (PROJECT_ROOT / "Dockerfile").read_text(), re.M)[1]
+    assert f"pip install -r {lock}" in text
+    users = re.findall(r"^USER (\S+)", text, re.M)
     assert users and users[-1] not in ("root", "0")
-    assert re.search(r'^ENTRYPOINT \["\./init\.sh"\]', dockerfile, re.M)
-    for line in (PROJECT_ROOT / "requirements.lock").read_text().splitlines():
-        if line and not line.startswith("#"):
+    lines = [
+        line for line in (PROJECT_ROOT / lock).read_text().splitlines() if line and not line.startswith("#")
+    ]
+    for line in lines:
+        if line.startswith("-r "):  # the daily lock includes the runtime lock, which the image copies too
+            assert re.search(rf"^COPY [^\n]*\b{re.escape(line[3:])}\b", text, re.M), line
+        else:
             assert "==" in line, f"unpinned requirement: {line}"
+
+
+def test_the_pipeline_image_runs_init_sh():
+    assert re.search(r'^ENTRYPOINT \["\./init\.sh"\]', (PROJECT_ROOT / "Dockerfile").read_text(), re.M)
 
 
 def readme_secrets_override() -> str:
