@@ -88,9 +88,8 @@ CANCELED_DURING_RETRIES = (
 CANCELED_AFTER_THE_STEP_FAILED = "It was canceled after the step failed, so that failure was not alerted."
 # the run status events a tick reads: a run failure, and a cancellation, alerted after a give-up only
 RUN_ENDS_READ = (DagsterEventType.RUN_FAILURE, DagsterEventType.RUN_CANCELED)
-FAILURE_EVENTS_READ = (
-    100  # a tick reads up to this many new failures (and cancellations); the next tick the rest
-)
+# a tick reads up to this many new failures (and as many cancellations); the next tick the rest
+FAILURE_EVENTS_READ = 100
 # a backlog is sent a few messages a tick, so that a tick ends well within the daemon's time limit
 FAILURE_ALERTS_PER_TICK = 5
 # Dagster gives up on a tick after DAGSTER_SENSOR_GRPC_TIMEOUT_SECONDS (60 by default) and keeps its old
@@ -120,7 +119,7 @@ def canceled_message(instance: DagsterInstance, run: DagsterRun, base_url: str) 
         record.event_log_entry for record in instance.get_records_for_run(run.run_id, of_type=kinds).records
     ]
     failures = [e.dagster_event for e in entries if e.dagster_event_type == DagsterEventType.STEP_FAILURE]
-    said = [text for _, text in recorded_give_ups(entries)]
+    said = recorded_give_ups(entries)
     own = _own_failure_texts(failures)
     if own:
         untold = _untold(said, own)
@@ -156,9 +155,9 @@ def _own_failure_texts(failures: list) -> list[str]:
     return texts
 
 
-def _untold(given_up: list[str], own_failures: list[str]) -> str | None:
+def _untold(give_ups: list[str], own_failures: list[str]) -> str | None:
     """The latest give-up that no failure of the run's steps quotes."""
-    untold = [said for said in given_up if not any(said in text for text in own_failures)]
+    untold = [said for said in give_ups if not any(said in text for text in own_failures)]
     return untold[-1] if untold else None
 
 
@@ -240,7 +239,7 @@ def failure_message(instance: DagsterInstance, run: DagsterRun, base_url: str) -
         steps = f"{', '.join(sorted(unfinished))}, which did not finish" if unfinished else "the run itself"
     details = first_lines(error)
     # unless a step's own failure quotes it
-    untold = _untold([said for _, said in recorded_give_ups(entries)], _own_failure_texts(failures))
+    untold = _untold(recorded_give_ups(entries), _own_failure_texts(failures))
     details += (GIVEN_UP_UNTOLD, *first_lines(untold)) if untold else ()
     # only the retries' daemon numbers a run it starts (a re-execution from the UI has a parent, no number)
     if run.tags.get(RETRY_NUMBER_TAG) and run.parent_run_id:
