@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
-from data_platform.load_errors import LoadError
+from data_platform.load_errors import LoadError, path_text
 from data_platform.raw_tables import INVOICES, ORGANIZATIONS
 
 EXPORTS_FOLDER = "exports"
@@ -50,7 +50,7 @@ class Export:
     def logged_source(self) -> str:
         """Its folder as the load log keeps it: absolute, so that the messages quoting it later name the same
         folder whichever folder they run from."""
-        return str(self.source.absolute())
+        return path_text(self.source.absolute())
 
     @property
     def label(self) -> str:
@@ -93,12 +93,29 @@ def present(path: Path) -> bool:
 def _base_export(csv_dir: Path, as_of: date | None, first_dated: tuple[date, Path] | None) -> Export | None:
     invoices, organizations = csv_dir / INVOICES.file_name, csv_dir / ORGANIZATIONS.file_name
     if not present(invoices) and not present(organizations):
+        _refuse_near_misses(csv_dir)
         return None
     for path in (invoices, organizations):
         if not present(path):
             other = organizations if path == invoices else invoices
             raise LoadError(path, f"file not found: the single-file export needs it beside {other.name}")
     return Export(csv_dir, invoices, organizations, as_of, first_dated)
+
+
+def _refuse_near_misses(csv_dir: Path) -> None:
+    """A single-file export whose files are named otherwise (INVOICES.CSV, invoices.csv.gz) would be passed
+    over while the dated exports load, and could never load before them afterwards: its history lost."""
+    names = (INVOICES.file_name, ORGANIZATIONS.file_name, "organisations.csv")
+    for entry in sorted(csv_dir.iterdir()):
+        folded = entry.name.casefold()
+        near = next((name for name in names if folded == name or folded.startswith(f"{name}.")), None)
+        if near is not None and not entry.name.startswith("."):
+            raise LoadError(
+                entry,
+                f"looks like the single-file export's {near} named otherwise: the single-file export is "
+                f"exactly {INVOICES.file_name} and {ORGANIZATIONS.file_name} (uncompressed); rename it, or "
+                "move it out of this folder",
+            )
 
 
 def refuse_after_dated(export: Export, export_date: date) -> None:
@@ -148,6 +165,10 @@ def day_folders(folder: Path, skip_unexpected: bool = False) -> list[tuple[date,
         if not entry.is_dir() or day is None:
             if skip_unexpected:
                 continue
+            if entry.is_dir() and _DATE.fullmatch(entry.name):
+                raise LoadError(
+                    entry, f"{entry.name} is not a calendar date: name the folder by its export's day"
+                )
             raise LoadError(
                 entry,
                 f"unexpected entry in {folder}: expected only folders named YYYY-MM-DD holding invoices.csv",

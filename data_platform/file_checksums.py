@@ -26,7 +26,7 @@ import psycopg
 from psycopg import sql
 
 from data_platform.csv_files import sha256_of
-from data_platform.load_errors import printable
+from data_platform.load_errors import path_text, printable
 from data_platform.raw_tables import RAW_SCHEMA
 
 SETTLED_SECONDS = 2
@@ -34,7 +34,7 @@ TABLE = sql.Identifier(RAW_SCHEMA, "file_checksums")
 
 
 def _key(path: Path) -> str:
-    return str(path.resolve())
+    return path_text(path.resolve())
 
 
 def _identity(path: Path, stat: os.stat_result) -> tuple[str, int, int, int]:

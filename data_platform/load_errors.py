@@ -7,6 +7,7 @@ escaped the way Python's repr escapes them, so a file cannot rewrite a log or a 
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Protocol
@@ -22,6 +23,12 @@ def printable(text: str) -> str:
     if text.isprintable() and "\\" not in text:
         return text
     return "".join(ch if ch.isprintable() and ch != "\\" else repr(ch)[1:-1] for ch in text)
+
+
+def path_text(path: Path) -> str:
+    """A path as text the database takes: the bytes of a name that is not UTF-8 (which Python keeps as
+    surrogates, and Postgres refuses) escaped as \\xe9, the same way every time."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 # the loader's exit code when another loader run holds its lock past --wait (the pipeline tells it apart)

@@ -259,6 +259,10 @@ def _log(
     )
 
 
+WAITED_FOR_THE_LOCK = "interrupted while it waited for the loader's lock"
+ROLLED_BACK = "the export being loaded was rolled back"
+
+
 def load_exports(
     conn: psycopg.Connection,
     csv_dir: Path | str,
@@ -287,7 +291,11 @@ def load_exports(
             f"this server runs {conn.execute('show server_version').fetchone()[0]}",
         )
     exports = discover(csv_dir, as_of, through)
-    take_loader_lock(conn, wait)
+    try:
+        take_loader_lock(conn, wait)
+    except KeyboardInterrupt as interrupt:
+        interrupt.add_note(WAITED_FOR_THE_LOCK)  # nothing was loading: main says so
+        raise
     named, checking = None, False
     try:
         named = conn.execute("select current_setting('application_name')").fetchone()[0]
@@ -439,7 +447,9 @@ def main(argv: list[str] | None = None) -> int:
         print(NOTHING_MORE_LOADED, file=sys.stderr)
         return 1
     except KeyboardInterrupt as interrupt:
-        print("interrupted: the export being loaded was rolled back", file=sys.stderr)
+        waited = WAITED_FOR_THE_LOCK in getattr(interrupt, "__notes__", ())
+        what = "nothing was loaded (it was waiting for another loader run)" if waited else ROLLED_BACK
+        print(f"interrupted: {what}", file=sys.stderr)
         return 128 + (interrupt.signum if isinstance(interrupt, Terminated) else signal.SIGINT)
     finally:
         signal.signal(signal.SIGTERM, previous_sigterm)  # a caller in this process (a test) keeps its own

@@ -382,6 +382,25 @@ def test_a_loader_told_to_wait_loads_once_the_other_run_ends(database, conn, tmp
 # --- the command line ------------------------------------------------------------------------
 
 
+def test_a_loader_interrupted_while_it_waits_for_the_lock_says_nothing_was_loading(database, tmp_path):
+    """It said the export being loaded was rolled back, while it had loaded nothing."""
+    with database.connect("transformer", autocommit=True) as other:
+        hold_the_loaders_lock(other)
+        process = subprocess.Popen(
+            [*LOADER, "--csv-dir", str(write_dir(tmp_path / "files")), "--wait", "60"],
+            cwd=PROJECT_ROOT,
+            env=database.env("transformer"),
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=default_sigint,
+        )
+        assert process.stderr.readline() == "another loader run is in progress: waiting up to 60s\n"
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 130, stderr
+    assert stderr == "interrupted: nothing was loaded (it was waiting for another loader run)\n"
+
+
 LOADER = (sys.executable, "-m", "data_platform.loader")
 
 

@@ -21,6 +21,7 @@ from loader_files import (
     drop_ledger,
     invoice,
     not_waiting_on_a_pipe,
+    settle,
     snapshot,
     write,
     write_dir,
@@ -495,15 +496,23 @@ def test_an_exports_entry_that_is_not_a_folder_is_named(conn, tmp_path, baseline
     assert snapshot(conn) == baseline
 
 
-@pytest.mark.parametrize("entry", ["2024-13-01", "latest", "2024-01-02.zip", "20240102"])
-def test_unexpected_entries_in_exports_are_named(conn, tmp_path, baseline, entry):
+@pytest.mark.parametrize(
+    ("entry", "said"),
+    [
+        ("latest", r"unexpected entry in .*: expected only folders named YYYY-MM-DD"),
+        ("2024-01-02.zip", r"unexpected entry in .*: expected only folders named YYYY-MM-DD"),
+        ("20240102", r"unexpected entry in .*: expected only folders named YYYY-MM-DD"),
+        # in the expected form: what is wrong is the date
+        ("2024-13-01", r"2024-13-01 is not a calendar date: name the folder by its export's day"),
+        ("2024-02-30", r"2024-02-30 is not a calendar date"),
+    ],
+)
+def test_unexpected_entries_in_exports_are_named(conn, tmp_path, baseline, entry, said):
     write_export(tmp_path / "csv", "2024-01-02", [invoice(1)])
     odd = tmp_path / "csv" / "exports" / entry
     odd.mkdir() if entry != "2024-01-02.zip" else odd.write_bytes(b"")
     (tmp_path / "csv" / "exports" / ".DS_Store").write_bytes(b"")  # dotfiles are ignored
-    with pytest.raises(
-        LoadError, match=r"unexpected entry in .*: expected only folders named YYYY-MM-DD"
-    ) as raised:
+    with pytest.raises(LoadError, match=said) as raised:
         load_exports(conn, tmp_path / "csv")
     assert raised.value.path == odd
     odd.rmdir() if odd.is_dir() else odd.unlink()
@@ -831,3 +840,56 @@ def test_a_cr_that_no_lf_follows_is_found_on_its_line_whatever_the_blocks(tmp_pa
     for data, line in cases.items():
         path.write_bytes(data)
         assert lone_cr_line(path, 2, block_size) == line, data
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        ("INVOICES.CSV", "Organizations.csv"),
+        ("invoices.csv.gz", "organizations.csv.gz"),
+        ("x", "organisations.csv"),
+    ],
+)
+def test_a_single_file_export_named_otherwise_beside_dated_exports_is_refused(
+    conn, tmp_path, baseline, names
+):
+    """It was passed over while the dated exports loaded, and could never load before them afterwards:
+    the history it holds was lost without a word."""
+    csv_dir = tmp_path / "csv"
+    write_export(csv_dir, "2024-01-02", [invoice(1)])
+    for written, name in zip(write_dir(tmp_path / "named").iterdir(), sorted(names), strict=True):
+        shutil.copy(written, csv_dir / name)
+    near = sorted(name for name in names if name != "x")[0]
+    with pytest.raises(LoadError, match=r"looks like the single-file export's \S+ named otherwise") as raised:
+        load_exports(conn, csv_dir)
+    assert raised.value.path == csv_dir / near
+    assert snapshot(conn) == baseline
+
+
+def test_an_export_with_every_value_quoted_header_included_loads_as_the_unquoted_one(conn, tmp_path):
+    """A CSV writer told to quote every value (Spark's quoteAll, for one) quotes the header too; a missing
+    value stays empty and unquoted ("" is an empty text, refused above)."""
+    import csv
+
+    def quoted(line: str) -> str:
+        return ",".join(f'"{field}"' if field else "" for field in next(csv.reader([line])))
+
+    written = tmp_path / "quoted"
+    write_dir(written, [quoted(line) for line in INVOICE_LINES], [quoted(line) for line in ORG_LINES])
+    assert (written / "invoices.csv").read_text().startswith('"INVOICE_ID","PARENT_INVOICE_ID",')
+    rows = "select * from raw.invoices order by invoice_id"
+    load_exports(conn, written)
+    loaded = conn.execute(rows).fetchall()
+    drop_ledger(conn)
+    load_exports(conn, write_dir(tmp_path / "plain"))
+    assert loaded == conn.execute(rows).fetchall() and loaded
+
+
+def test_an_export_folder_named_in_another_encoding_than_utf8_loads_once(conn, tmp_path):
+    """Its name went into the load log and the checksums' cache as text Postgres refuses: a traceback, and
+    the export could never load."""
+    folder = Path(os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9"))  # latin-1 \xe9, not UTF-8
+    settle(*write_dir(folder).iterdir())  # old enough for their checksums to be kept, by path
+    assert [result.skipped for result in load_exports(conn, folder)] == [False]
+    assert [result.skipped for result in load_exports(conn, folder)] == [True]
+    assert conn.execute("select source from raw.load_log").fetchone()[0].endswith("/caf\\xe9")
