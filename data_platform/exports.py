@@ -93,7 +93,6 @@ def present(path: Path) -> bool:
 def _base_export(csv_dir: Path, as_of: date | None, first_dated: tuple[date, Path] | None) -> Export | None:
     invoices, organizations = csv_dir / INVOICES.file_name, csv_dir / ORGANIZATIONS.file_name
     if not present(invoices) and not present(organizations):
-        _refuse_near_misses(csv_dir)
         return None
     for path in (invoices, organizations):
         if not present(path):
@@ -102,9 +101,18 @@ def _base_export(csv_dir: Path, as_of: date | None, first_dated: tuple[date, Pat
     return Export(csv_dir, invoices, organizations, as_of, first_dated)
 
 
-def _refuse_near_misses(csv_dir: Path) -> None:
-    """A single-file export whose files are named otherwise (INVOICES.CSV, invoices.csv.gz) would be passed
-    over while the dated exports load, and could never load before them afterwards: its history lost."""
+def refuse_misnamed_base(csv_dir: Path | str) -> None:
+    """Before the first export loads: a single-file export whose files are named otherwise (INVOICES.CSV,
+    invoices.csv.gz) would be passed over while the dated exports load, and could never load before them
+    afterwards, its history lost. (Once an export is loaded, such files are a loaded base archived, or
+    too late to load anyway.)"""
+    csv_dir = Path(csv_dir)
+    if (
+        not csv_dir.is_dir()
+        or present(csv_dir / INVOICES.file_name)
+        or present(csv_dir / ORGANIZATIONS.file_name)
+    ):
+        return
     names = (INVOICES.file_name, ORGANIZATIONS.file_name, "organisations.csv")
     for entry in sorted(csv_dir.iterdir()):
         folded = entry.name.casefold()

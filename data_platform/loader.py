@@ -40,7 +40,7 @@ from pathlib import Path
 
 import psycopg
 
-from data_platform import export_dates, file_checksums, ledger, ledger_tables
+from data_platform import export_dates, file_checksums, ledger, ledger_tables, refresh
 from data_platform.csv_files import (
     BLOCK_SIZE,
     Progress,
@@ -55,7 +55,14 @@ from data_platform.db import (
     check_for_dead_client,
     connect,
 )
-from data_platform.exports import CSV_DIR_HELP, Export, csv_dir_default, date_argument, discover
+from data_platform.exports import (
+    CSV_DIR_HELP,
+    Export,
+    csv_dir_default,
+    date_argument,
+    discover,
+    refuse_misnamed_base,
+)
 from data_platform.load_errors import (
     ALLOW_EMPTY_HELP,
     ERROR_PREFIX,
@@ -301,6 +308,8 @@ def load_exports(
         named = conn.execute("select current_setting('application_name')").fetchone()[0]
         conn.execute("select set_config('application_name', %s, false)", [session_name(os.getpid())])
         checking = check_for_dead_client(conn)
+        if refresh.latest_export(conn) is None:
+            refuse_misnamed_base(csv_dir)
         results = []
         for export in exports:
             result = load_export(

@@ -850,8 +850,8 @@ def test_a_cr_that_no_lf_follows_is_found_on_its_line_whatever_the_blocks(tmp_pa
         ("x", "organisations.csv"),
     ],
 )
-def test_a_single_file_export_named_otherwise_beside_dated_exports_is_refused(
-    conn, tmp_path, baseline, names
+def test_a_single_file_export_named_otherwise_beside_dated_exports_is_refused_before_any_load(
+    conn, tmp_path, names
 ):
     """It was passed over while the dated exports loaded, and could never load before them afterwards:
     the history it holds was lost without a word."""
@@ -863,7 +863,20 @@ def test_a_single_file_export_named_otherwise_beside_dated_exports_is_refused(
     with pytest.raises(LoadError, match=r"looks like the single-file export's \S+ named otherwise") as raised:
         load_exports(conn, csv_dir)
     assert raised.value.path == csv_dir / near
-    assert snapshot(conn) == baseline
+    assert conn.execute("select to_regclass('raw.load_log')").fetchone()[0] is None  # nothing loaded
+
+
+@pytest.mark.parametrize("archived", ["invoices.csv.gz", "invoices.csv.bak"])
+def test_a_loaded_single_file_export_archived_under_another_name_leaves_the_next_loads_alone(
+    conn, tmp_path, archived
+):
+    """Compressed or renamed once loaded, it is no base waiting to load: refusing it stopped every load."""
+    csv_dir = write_dir(tmp_path / "csv")
+    load_exports(conn, csv_dir)
+    (csv_dir / "invoices.csv").rename(csv_dir / archived)
+    (csv_dir / "organizations.csv").rename(csv_dir / f"organizations{archived.removeprefix('invoices')}")
+    write_export(csv_dir, "2024-01-02", [invoice(1)])
+    assert [result.skipped for result in load_exports(conn, csv_dir)] == [False]
 
 
 def test_an_export_with_every_value_quoted_header_included_loads_as_the_unquoted_one(conn, tmp_path):
