@@ -1468,6 +1468,23 @@ def balance_step_events(instance, run_id: str, given_up: str | None, failed: str
         instance.report_dagster_event(event, run_id=run_id)
 
 
+def docs_step_failed(instance, run_id: str) -> None:
+    """The docs step failed in the run (it follows the build, as the balance alerts step does)."""
+    from dagster import DagsterEvent
+    from dagster._core.execution.plan.objects import StepFailureData
+    from dagster._utils.error import SerializableErrorInfo
+
+    error = SerializableErrorInfo(
+        "dagster._core.definitions.events.Failure: dbt docs generate failed", [], "Failure"
+    )
+    for kind, data in (
+        (DagsterEventType.STEP_START, None),
+        (DagsterEventType.STEP_FAILURE, StepFailureData(error, None)),
+    ):
+        event = DagsterEvent(kind.value, "daily_pipeline", step_key="dbt_docs", event_specific_data=data)
+        instance.report_dagster_event(event, run_id=run_id)
+
+
 def canceled_after_a_give_up(instance, given_up: str | None, failed: str | None = None) -> str:
     """A daily run canceled (Terminate) while its balance alerts step ran, after it recorded `given_up`;
     or during a later step, after the balance alerts step `failed`."""
@@ -1535,6 +1552,41 @@ def test_a_give_up_the_steps_last_failure_does_not_quote_is_said_by_the_failure_
         "some balance alerts got no answer; the alert run said:",
         "slack: 1 alert never confirmed",
     )
+
+
+def test_a_give_up_quoted_by_a_failure_the_alert_does_not_show_is_said(instance):
+    """The docs step failed first, and the alert shows its error; the balance alerts step's failure, which
+    quoted the give-up, came after it and is not shown: no one was told to check the channel."""
+    run = in_progress(instance, "daily_pipeline")
+    given_up = "some balance alerts got no answer; the alert run said:\nslack: 1 alert never confirmed"
+    docs_step_failed(instance, run.run_id)
+    balance_step_events(
+        instance, run.run_id, given_up, failed=f"{given_up}\nthe step's retries then delivered"
+    )
+    instance.report_run_failed(instance.get_run_by_id(run.run_id))
+
+    message = failure_alerts.failure_message(instance, instance.get_run_by_id(run.run_id), "http://d")
+
+    assert message.details[:4] == (
+        "dbt docs generate failed",
+        failure_alerts.GIVEN_UP_UNTOLD,
+        "some balance alerts got no answer; the alert run said:",
+        "slack: 1 alert never confirmed",
+    )
+
+
+def test_a_run_canceled_during_the_give_up_retries_after_another_step_failed_says_so(instance):
+    """Another step's failure is not the balance alerts step's: the alert said the run was canceled after
+    the step failed, with the docs' error, while the step was still retrying the run's other alerts."""
+    run = in_progress(instance, "daily_pipeline")
+    given_up = "some balance alerts got no answer"
+    docs_step_failed(instance, run.run_id)
+    balance_step_events(instance, run.run_id, given_up)
+    instance.report_run_canceled(instance.get_run_by_id(run.run_id))
+
+    message = failure_alerts.run_message(instance, instance.get_run_by_id(run.run_id), "http://d")
+
+    assert message.details == (given_up, failure_alerts.CANCELED_DURING_RETRIES)
 
 
 def test_runs_canceled_before_the_sensor_read_any_are_not_alerted(defs, instance):

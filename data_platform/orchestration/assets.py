@@ -290,7 +290,7 @@ def _given_up_by_an_earlier_attempt(context: AssetExecutionContext) -> str | Non
     if getattr(context, "retry_number", 0) == 0:
         return None
     recorded = give_ups_in_run(context.instance, context.run_id)
-    return recorded[-1] if recorded else None
+    return recorded[-1][1] if recorded else None
 
 
 def _quoting(what: str, end: pipeline.AlertRunEnd) -> str:

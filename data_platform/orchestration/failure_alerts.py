@@ -113,23 +113,32 @@ def run_message(instance: DagsterInstance, run: DagsterRun, base_url: str) -> Op
 
 def canceled_message(instance: DagsterInstance, run: DagsterRun, base_url: str) -> OpsMessage:
     """A run canceled after its balance alerts step gave up on alerts: what the step said of them, in its
-    failure when it had failed by then (the run canceled during a later step), else in its record."""
+    own failure when it had failed by then (the run canceled during a later step), else in its record."""
     kinds = {DagsterEventType.STEP_FAILURE, DagsterEventType.ASSET_OBSERVATION}
     entries = [
         record.event_log_entry for record in instance.get_records_for_run(run.run_id, of_type=kinds).records
     ]
-    failures = [e.dagster_event for e in entries if e.dagster_event_type == DagsterEventType.STEP_FAILURE]
-    said = recorded_give_ups(entries)
-    own = _own_failure_texts(failures)
-    if own:
-        untold = _untold(said, own)
-        details = (
-            *first_lines(own[-1]),
+    give_ups = recorded_give_ups(entries)
+    steps = {step for step, _ in give_ups}
+    failed = [
+        e.dagster_event
+        for e in entries
+        if e.dagster_event_type == DagsterEventType.STEP_FAILURE
+        and e.dagster_event.step_key in steps
+        and e.dagster_event.step_failure_data.error_source != ErrorSource.INTERRUPT
+    ]
+    if failed:
+        details = first_lines(_step_error(failed[-1]))
+        untold = _untold(give_ups, details)
+        details += (
             *((GIVEN_UP_UNTOLD, *first_lines(untold)) if untold else ()),
             CANCELED_AFTER_THE_STEP_FAILED,
         )
     else:
-        details = (*first_lines(said[-1] if said else "no give-up recorded"), CANCELED_DURING_RETRIES)
+        details = (
+            *first_lines(give_ups[-1][1] if give_ups else "no give-up recorded"),
+            CANCELED_DURING_RETRIES,
+        )
     return OpsMessage(
         title=(
             f"Pipeline run canceled: {_job_label(run.job_name)}, after its balance alerts step gave up on "
@@ -140,24 +149,19 @@ def canceled_message(instance: DagsterInstance, run: DagsterRun, base_url: str) 
     )
 
 
-def _own_failure_texts(failures: list) -> list[str]:
-    """What each step failure said of its own (its error, and the errors that caused it), in order; not a
-    step's stop on an interrupt, which says nothing of its own."""
-    texts = []
-    for failure in failures:
-        if failure.step_failure_data.error_source == ErrorSource.INTERRUPT:
-            continue
-        error, said = failure.step_failure_data.error, []
-        while error is not None:
-            said.append(_without_class_name(error))
-            error = error.cause
-        texts.append("\n".join(said))
-    return texts
+def _step_error(failure) -> str:
+    """A step failure's error; once its retries ran out, the last attempt's (Dagster's own says only
+    "Exceeded max_retries")."""
+    error_info = failure.step_failure_data.error
+    if error_info.message.startswith("Exceeded max_retries") and error_info.cause is not None:
+        error_info = error_info.cause
+    return _without_class_name(error_info)
 
 
-def _untold(give_ups: list[str], own_failures: list[str]) -> str | None:
-    """The latest give-up that no failure of the run's steps quotes."""
-    untold = [said for said in give_ups if not any(said in text for text in own_failures)]
+def _untold(give_ups: list[tuple[str, str]], shown: tuple[str, ...]) -> str | None:
+    """The latest give-up whose first line is not among the lines an alert shows (a failure of the step
+    that quotes it may be another step's, shown instead, or cut short)."""
+    untold = [said for _, said in give_ups if not set(first_lines(said)[:1]) <= set(shown)]
     return untold[-1] if untold else None
 
 
@@ -238,8 +242,8 @@ def failure_message(instance: DagsterInstance, run: DagsterRun, base_url: str) -
     if not steps:
         steps = f"{', '.join(sorted(unfinished))}, which did not finish" if unfinished else "the run itself"
     details = first_lines(error)
-    # unless a step's own failure quotes it
-    untold = _untold(recorded_give_ups(entries), _own_failure_texts(failures))
+    # unless the error shown already says it (the step's own failure, quoting it)
+    untold = _untold(recorded_give_ups(entries), details)
     details += (GIVEN_UP_UNTOLD, *first_lines(untold)) if untold else ()
     # only the retries' daemon numbers a run it starts (a re-execution from the UI has a parent, no number)
     if run.tags.get(RETRY_NUMBER_TAG) and run.parent_run_id:

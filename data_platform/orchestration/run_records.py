@@ -14,14 +14,20 @@ GIVEN_UP_METADATA = "given_up_alerts"
 KILLED_METADATA = "ended_by_signal"
 
 
-def recorded_give_ups(entries: list[EventLogEntry]) -> list[str]:
-    """What each give-up of balance alerts recorded in the run said, oldest first."""
+def recorded_give_ups(entries: list[EventLogEntry]) -> list[tuple[str, str]]:
+    """(step, what it said) of each give-up of balance alerts recorded in the run, oldest first."""
     observations = [e for e in entries if e.dagster_event_type == DagsterEventType.ASSET_OBSERVATION]
-    recorded = [e.dagster_event.event_specific_data.asset_observation.metadata for e in observations]
-    return [str(values[GIVEN_UP_METADATA].value) for values in recorded if GIVEN_UP_METADATA in values]
+    recorded = [
+        (e.step_key, e.dagster_event.event_specific_data.asset_observation.metadata) for e in observations
+    ]
+    return [
+        (step, str(values[GIVEN_UP_METADATA].value))
+        for step, values in recorded
+        if GIVEN_UP_METADATA in values
+    ]
 
 
-def give_ups_in_run(instance: DagsterInstance, run_id: str) -> list[str]:
+def give_ups_in_run(instance: DagsterInstance, run_id: str) -> list[tuple[str, str]]:
     """recorded_give_ups of a run, read from the instance."""
     records = instance.get_records_for_run(run_id, of_type=DagsterEventType.ASSET_OBSERVATION).records
     return recorded_give_ups([record.event_log_entry for record in records])
