@@ -26,7 +26,7 @@ import psycopg
 from psycopg import sql
 
 from data_platform.csv_files import sha256_of
-from data_platform.load_errors import path_text, printable
+from data_platform.load_errors import path_text, printable, text_path
 from data_platform.raw_tables import RAW_SCHEMA
 
 SETTLED_SECONDS = 2
@@ -95,7 +95,7 @@ def file_with(conn: psycopg.Connection, digest: str) -> KnownFile | None:
         ).format(TABLE),
         [digest],
     ).fetchall():
-        known = KnownFile(Path(path), size, modified, changed, digest)
+        known = KnownFile(text_path(path), size, modified, changed, digest)
         if known.unchanged():
             return known
     return None

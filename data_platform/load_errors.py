@@ -8,6 +8,7 @@ escaped the way Python's repr escapes them, so a file cannot rewrite a log or a 
 from __future__ import annotations
 
 import os
+import re
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Protocol
@@ -27,8 +28,18 @@ def printable(text: str) -> str:
 
 def path_text(path: Path) -> str:
     """A path as text the database takes: the bytes of a name that is not UTF-8 (which Python keeps as
-    surrogates, and Postgres refuses) escaped as \\xe9, the same way every time."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
+    surrogates, and Postgres refuses) escaped as \\xe9, and a backslash doubled, so that two paths never
+    give the same text and text_path gives the path back."""
+    return os.fsencode(path).replace(b"\\", b"\\\\").decode("utf-8", "backslashreplace")
+
+
+def text_path(text: str) -> Path:
+    """The path path_text gave `text` for."""
+
+    def byte(escape: re.Match[bytes]) -> bytes:
+        return b"\\" if escape[1] == b"\\" else bytes([int(escape[1][1:], 16)])
+
+    return Path(os.fsdecode(re.sub(rb"\\(\\|x[0-9a-f]{2})", byte, text.encode())))
 
 
 # the loader's exit code when another loader run holds its lock past --wait (the pipeline tells it apart)

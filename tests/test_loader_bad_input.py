@@ -28,6 +28,7 @@ from loader_files import (
     write_export,
 )
 
+from data_platform import file_checksums
 from data_platform.csv_files import Line, check_header, lone_cr_line, sha256_of
 from data_platform.exports import discover
 from data_platform.ledger_tables import ensure_tables
@@ -855,7 +856,7 @@ def test_a_single_file_export_named_otherwise_beside_dated_exports_is_refused_be
 ):
     """It was passed over while the dated exports loaded, and could never load before them afterwards:
     the history it holds was lost without a word."""
-    csv_dir = tmp_path / "csv"
+    csv_dir, before = tmp_path / "csv", snapshot(conn)
     write_export(csv_dir, "2024-01-02", [invoice(1)])
     for written, name in zip(write_dir(tmp_path / "named").iterdir(), sorted(names), strict=True):
         shutil.copy(written, csv_dir / name)
@@ -863,7 +864,7 @@ def test_a_single_file_export_named_otherwise_beside_dated_exports_is_refused_be
     with pytest.raises(LoadError, match=r"looks like the single-file export's \S+ named otherwise") as raised:
         load_exports(conn, csv_dir)
     assert raised.value.path == csv_dir / near
-    assert conn.execute("select to_regclass('raw.load_log')").fetchone()[0] is None  # nothing loaded
+    assert snapshot(conn) == before
 
 
 @pytest.mark.parametrize("archived", ["invoices.csv.gz", "invoices.csv.bak"])
@@ -906,3 +907,19 @@ def test_an_export_folder_named_in_another_encoding_than_utf8_loads_once(conn, t
     assert [result.skipped for result in load_exports(conn, folder)] == [False]
     assert [result.skipped for result in load_exports(conn, folder)] == [True]
     assert conn.execute("select source from raw.load_log").fetchone()[0].endswith("/caf\\xe9")
+    # the file is found again by its checksum (the next snapshot's fast path), by the name it has
+    known = file_checksums.file_with(conn, sha256_of(folder / "invoices.csv"))
+    assert known is not None and known.path == folder / "invoices.csv"
+
+
+def test_a_folder_named_with_a_backslash_is_not_taken_for_one_in_another_encoding(conn, tmp_path):
+    """Its name is the text the other's was escaped to: the two shared a load log source and a row of the
+    checksums' cache."""
+    latin1 = Path(os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9"))
+    backslash = tmp_path / "caf\\xe9"
+    settle(*write_dir(latin1).iterdir())
+    shutil.copytree(latin1, backslash)
+    load_exports(conn, latin1)
+    load_exports(conn, backslash)  # the same export again: skipped, once its files' checksums are known
+    paths = conn.execute("select path from raw.file_checksums order by path").fetchall()
+    assert len(paths) == 4, paths
