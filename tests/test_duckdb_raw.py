@@ -599,3 +599,17 @@ def test_an_interrupted_build_says_what_it_kept(monkeypatch, capsys):
     monkeypatch.setattr(duckdb_raw, "build_raw", interrupted)
     assert duckdb_raw.main(["--csv-dir", "anywhere"]) == 130
     assert capsys.readouterr().err.startswith("interrupted: the export being loaded was rolled back")
+
+
+def test_a_misnamed_single_file_export_is_refused_before_the_first_load(exports, tmp_path):
+    """As by the Postgres loader: passed over while the dated exports load, it could never load before
+    them."""
+    csv_dir = tmp_path / "csv"
+    shutil.copytree(exports, csv_dir)
+    (csv_dir / "invoices.csv").rename(csv_dir / "INVOICES.CSV")
+    (csv_dir / "organizations.csv").rename(csv_dir / "ORGANIZATIONS.CSV")
+    database = tmp_path / "warehouse.duckdb"
+    with pytest.raises(LoadError, match=r"looks like the single-file export's invoices\.csv named otherwise"):
+        build_raw(database, csv_dir)
+    build_raw(database, exports)  # once the base is loaded, such files are an archive of it
+    assert build_raw(database, csv_dir) == []

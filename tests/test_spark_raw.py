@@ -288,3 +288,44 @@ def test_a_spark_build_holds_the_metastore_for_its_dbt_build_too(tmp_path, monke
     assert build.run("spark", str(csv_dir)) == 0
     # the steps are told the lock is held for them: each would else be refused by its own build
     assert [env.get("DATA_PLATFORM_SPARK_LOCK_HELD") for env in steps] == ["1", "1"]
+
+
+MISNAMED_SCRIPT = """
+import sys
+from data_platform.engines.spark_raw import build_raw
+from data_platform.load_errors import LoadError
+
+try:
+    print("loaded:", build_raw(sys.argv[1]))
+except LoadError as error:
+    print("refused:", error)
+"""
+
+
+def test_a_misnamed_single_file_export_is_refused_before_the_first_load(tmp_path):
+    """As by the Postgres loader: passed over while the dated exports load, it could never load before
+    them."""
+    pytest.importorskip("pyspark")
+    require_java()
+    csv_dir = write_export(write_fixture(tmp_path / "csv", BASE_ROWS), DAY_2, DAY_2_ROWS)
+    (csv_dir / "invoices.csv").rename(csv_dir / "INVOICES.CSV")
+    (csv_dir / "organizations.csv").rename(csv_dir / "ORGANIZATIONS.CSV")
+    env = {
+        **os.environ,
+        "SPARK_WAREHOUSE_DIR": str(tmp_path / "spark-warehouse"),
+        "SPARK_METASTORE_DIR": str(tmp_path / "spark-metastore"),
+        "PYTHONPATH": str(PROJECT_ROOT),
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", MISNAMED_SCRIPT, str(csv_dir)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (
+        f"refused: {csv_dir / 'INVOICES.CSV'}: looks like the single-file export's invoices.csv named "
+        "otherwise" in result.stdout
+    ), result.stdout[-3000:]

@@ -311,6 +311,8 @@ def build_raw(
         # the UTC day of a timestamp, as in Postgres's load
         conn.execute("set timezone = 'UTC'")
         _create_tables(conn)
+        if not _logged(conn):  # as the Postgres loader: a misnamed base can load only first
+            export_discovery.refuse_misnamed_base(csv_dir)
         loaded = []
         for export in exports:
             export_date = load_export(conn, export, allow_empty=allow_empty, today=today)

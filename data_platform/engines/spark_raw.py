@@ -383,6 +383,8 @@ def build_raw(csv_dir: Path | str, *, allow_empty: bool = False, today: date | N
         spark = session()
         try:
             ledger = SparkLedger(spark)
+            if not ledger.logged:  # as the Postgres loader: a misnamed base can load only first
+                export_discovery.refuse_misnamed_base(csv_dir)
             loaded = [
                 day
                 for export in exports
