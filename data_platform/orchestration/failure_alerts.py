@@ -149,13 +149,16 @@ def canceled_message(instance: DagsterInstance, run: DagsterRun, base_url: str) 
     )
 
 
+def _retries_ran_out(error_info: "SerializableErrorInfo") -> bool:
+    """Whether a step failure's error is Dagster's words once its retries ran out ("Exceeded max_retries"),
+    whose cause is the last attempt's error: what failed."""
+    return error_info.message.startswith("Exceeded max_retries") and error_info.cause is not None
+
+
 def _step_error(failure) -> str:
-    """A step failure's error; once its retries ran out, the last attempt's (Dagster's own says only
-    "Exceeded max_retries")."""
+    """A step failure's error; once its retries ran out, the last attempt's."""
     error_info = failure.step_failure_data.error
-    if error_info.message.startswith("Exceeded max_retries") and error_info.cause is not None:
-        error_info = error_info.cause
-    return _without_class_name(error_info)
+    return _without_class_name(error_info.cause if _retries_ran_out(error_info) else error_info)
 
 
 def _untold(give_ups: list[tuple[str, str]], shown: tuple[str, ...]) -> str | None:
@@ -209,11 +212,9 @@ def failure_message(instance: DagsterInstance, run: DagsterRun, base_url: str) -
         cut_off |= KILLED_METADATA in failures[0].step_failure_data.user_failure_data.metadata
     if failures and failures[0].step_failure_data.error is not None:
         error_info = failures[0].step_failure_data.error
-        if error_info.message.startswith("Exceeded max_retries") and error_info.cause is not None:
-            # Dagster's words once a step's retries ran out: what failed is the last attempt's error
+        if _retries_ran_out(error_info):
             retries_ran_out = f" ({error_info.message.strip()})"
-            error_info = error_info.cause
-        error = _without_class_name(error_info)
+        error = _step_error(failures[0])
         if failures[0].step_failure_data.error_source == ErrorSource.INTERRUPT:
             cut_off = True
             # the run's own failure says why when run monitoring stopped it (its time limit); a step whose
