@@ -1411,26 +1411,9 @@ def daemon_read_up_to_now(instance) -> None:
 def test_a_run_cut_off_after_its_alert_step_gave_up_on_alerts_says_what_the_step_said(instance):
     # the step retries the run's other alerts for minutes after a give-up, then fails saying it: a run
     # cut off meanwhile failed without those words, and its retry found the give-up reported, ending green
-    from dagster import AssetKey, AssetObservation, DagsterEvent
-    from dagster._core.events import AssetObservationData
-
     run = in_progress(instance, "daily_pipeline")
     given_up = "some balance alerts got no answer; the alert run said:\nslack: 1 alert never confirmed"
-    for kind, data in (
-        (DagsterEventType.STEP_START, None),
-        (
-            DagsterEventType.ASSET_OBSERVATION,
-            AssetObservationData(
-                AssetObservation(
-                    AssetKey("balance_alerts"), metadata={run_records.GIVEN_UP_METADATA: given_up}
-                )
-            ),
-        ),
-    ):
-        event = DagsterEvent(
-            kind.value, "daily_pipeline", step_key="balance_alerts", event_specific_data=data
-        )
-        instance.report_dagster_event(event, run_id=run.run_id)
+    step_events(instance, run.run_id, given_up=given_up)
     assert startup.fail_interrupted_runs(instance) == [run.run_id]
 
     message = failure_alerts.failure_message(instance, instance.get_run_by_id(run.run_id), "http://d")
@@ -1445,8 +1428,15 @@ def test_a_run_cut_off_after_its_alert_step_gave_up_on_alerts_says_what_the_step
     )
 
 
-def balance_step_events(instance, run_id: str, given_up: str | None, failed: str | None = None) -> None:
-    """The balance alerts step's events in a run: its start, the give-up it recorded, its failure."""
+def step_events(
+    instance,
+    run_id: str,
+    step: str = "balance_alerts",
+    given_up: str | None = None,
+    failed: str | None = None,
+) -> None:
+    """A step's events in a daily run: its start, the give-up it recorded (`given_up`), its failure
+    (`failed`); a step with neither is cut off."""
     from dagster import AssetKey, AssetObservation, DagsterEvent
     from dagster._core.events import AssetObservationData
     from dagster._core.execution.plan.objects import StepFailureData
@@ -1454,34 +1444,13 @@ def balance_step_events(instance, run_id: str, given_up: str | None, failed: str
 
     events = [(DagsterEventType.STEP_START, None)]
     if given_up is not None:
-        observed = AssetObservation(
-            AssetKey("balance_alerts"), metadata={run_records.GIVEN_UP_METADATA: given_up}
-        )
+        observed = AssetObservation(AssetKey(step), metadata={run_records.GIVEN_UP_METADATA: given_up})
         events.append((DagsterEventType.ASSET_OBSERVATION, AssetObservationData(observed)))
     if failed is not None:
         error = SerializableErrorInfo(f"dagster._core.definitions.events.Failure: {failed}", [], "Failure")
         events.append((DagsterEventType.STEP_FAILURE, StepFailureData(error, None)))
     for kind, data in events:
-        event = DagsterEvent(
-            kind.value, "daily_pipeline", step_key="balance_alerts", event_specific_data=data
-        )
-        instance.report_dagster_event(event, run_id=run_id)
-
-
-def docs_step_failed(instance, run_id: str) -> None:
-    """The docs step failed in the run (it follows the build, as the balance alerts step does)."""
-    from dagster import DagsterEvent
-    from dagster._core.execution.plan.objects import StepFailureData
-    from dagster._utils.error import SerializableErrorInfo
-
-    error = SerializableErrorInfo(
-        "dagster._core.definitions.events.Failure: dbt docs generate failed", [], "Failure"
-    )
-    for kind, data in (
-        (DagsterEventType.STEP_START, None),
-        (DagsterEventType.STEP_FAILURE, StepFailureData(error, None)),
-    ):
-        event = DagsterEvent(kind.value, "daily_pipeline", step_key="dbt_docs", event_specific_data=data)
+        event = DagsterEvent(kind.value, "daily_pipeline", step_key=step, event_specific_data=data)
         instance.report_dagster_event(event, run_id=run_id)
 
 
@@ -1489,7 +1458,7 @@ def canceled_after_a_give_up(instance, given_up: str | None, failed: str | None 
     """A daily run canceled (Terminate) while its balance alerts step ran, after it recorded `given_up`;
     or during a later step, after the balance alerts step `failed`."""
     run = in_progress(instance, "daily_pipeline")
-    balance_step_events(instance, run.run_id, given_up, failed)
+    step_events(instance, run.run_id, given_up=given_up, failed=failed)
     instance.report_run_canceled(instance.get_run_by_id(run.run_id))
     return run.run_id
 
@@ -1536,39 +1505,27 @@ def test_a_run_canceled_after_its_alert_step_failed_is_alerted_with_that_failure
     )
 
 
-def test_a_give_up_the_steps_last_failure_does_not_quote_is_said_by_the_failure_alert(instance):
+@pytest.mark.parametrize("shown", ["another pipeline run holds the lock", "dbt docs generate failed"])
+def test_a_give_up_the_error_shown_does_not_quote_is_said_by_the_failure_alert(instance, shown):
     """A retry of the step that failed on an error of its own (the pipeline lock busy) said nothing of the
-    give-up an earlier attempt recorded: the alert quoted that error alone, and no one checked the channel."""
+    give-up an earlier attempt recorded; and when the docs step failed first, the alert shows its error,
+    not the balance alerts step's failure that quoted the give-up. Either way the alert showed that error
+    alone, and no one was told to check the channel."""
     run = in_progress(instance, "daily_pipeline")
     given_up = "some balance alerts got no answer; the alert run said:\nslack: 1 alert never confirmed"
-    balance_step_events(instance, run.run_id, given_up, failed="another pipeline run holds the lock")
+    if shown == "dbt docs generate failed":
+        step_events(instance, run.run_id, "dbt_docs", failed=shown)
+        step_events(
+            instance, run.run_id, given_up=given_up, failed=f"{given_up}\nthe step's retries then delivered"
+        )
+    else:
+        step_events(instance, run.run_id, given_up=given_up, failed=shown)
     instance.report_run_failed(instance.get_run_by_id(run.run_id))
 
     message = failure_alerts.failure_message(instance, instance.get_run_by_id(run.run_id), "http://d")
 
     assert message.details[:4] == (
-        "another pipeline run holds the lock",
-        failure_alerts.GIVEN_UP_UNTOLD,
-        "some balance alerts got no answer; the alert run said:",
-        "slack: 1 alert never confirmed",
-    )
-
-
-def test_a_give_up_quoted_by_a_failure_the_alert_does_not_show_is_said(instance):
-    """The docs step failed first, and the alert shows its error; the balance alerts step's failure, which
-    quoted the give-up, came after it and is not shown: no one was told to check the channel."""
-    run = in_progress(instance, "daily_pipeline")
-    given_up = "some balance alerts got no answer; the alert run said:\nslack: 1 alert never confirmed"
-    docs_step_failed(instance, run.run_id)
-    balance_step_events(
-        instance, run.run_id, given_up, failed=f"{given_up}\nthe step's retries then delivered"
-    )
-    instance.report_run_failed(instance.get_run_by_id(run.run_id))
-
-    message = failure_alerts.failure_message(instance, instance.get_run_by_id(run.run_id), "http://d")
-
-    assert message.details[:4] == (
-        "dbt docs generate failed",
+        shown,
         failure_alerts.GIVEN_UP_UNTOLD,
         "some balance alerts got no answer; the alert run said:",
         "slack: 1 alert never confirmed",
@@ -1580,8 +1537,8 @@ def test_a_run_canceled_during_the_give_up_retries_after_another_step_failed_say
     the step failed, with the docs' error, while the step was still retrying the run's other alerts."""
     run = in_progress(instance, "daily_pipeline")
     given_up = "some balance alerts got no answer"
-    docs_step_failed(instance, run.run_id)
-    balance_step_events(instance, run.run_id, given_up)
+    step_events(instance, run.run_id, "dbt_docs", failed="dbt docs generate failed")
+    step_events(instance, run.run_id, given_up=given_up)
     instance.report_run_canceled(instance.get_run_by_id(run.run_id))
 
     message = failure_alerts.run_message(instance, instance.get_run_by_id(run.run_id), "http://d")
@@ -1623,27 +1580,12 @@ def test_failures_and_cancellations_beyond_a_ticks_reading_are_all_alerted(defs,
 
 
 def test_a_give_up_its_step_failure_said_is_not_said_again_when_another_step_was_cut_off(instance):
-    from dagster import AssetKey, AssetObservation, DagsterEvent
-    from dagster._core.events import AssetObservationData
-    from dagster._core.execution.plan.objects import StepFailureData
-    from dagster._utils.error import SerializableErrorInfo
-
     run = in_progress(instance, "daily_pipeline")
     given_up = "some balance alerts got no answer; the alert run said:\nslack: 1 alert never confirmed"
-    observed = AssetObservationData(
-        AssetObservation(AssetKey("balance_alerts"), metadata={run_records.GIVEN_UP_METADATA: given_up})
+    step_events(
+        instance, run.run_id, given_up=given_up, failed=f"{given_up}\nthe step's retries then delivered"
     )
-    failed = StepFailureData(
-        SerializableErrorInfo(f"{given_up}\nthe step's retries then delivered", [], "Failure"), None
-    )
-    for kind, step, data in (
-        (DagsterEventType.STEP_START, "balance_alerts", None),
-        (DagsterEventType.ASSET_OBSERVATION, "balance_alerts", observed),
-        (DagsterEventType.STEP_FAILURE, "balance_alerts", failed),
-        (DagsterEventType.STEP_START, "dbt_docs", None),  # cut off
-    ):
-        event = DagsterEvent(kind.value, "daily_pipeline", step_key=step, event_specific_data=data)
-        instance.report_dagster_event(event, run_id=run.run_id)
+    step_events(instance, run.run_id, "dbt_docs")  # cut off
     assert startup.fail_interrupted_runs(instance) == [run.run_id]
 
     message = failure_alerts.failure_message(instance, instance.get_run_by_id(run.run_id), "http://d")
