@@ -18,7 +18,8 @@ select
     status,
     currency,
     payment_currency,
-    payment_method,
+    -- free text: a value of spaces only is no value, and surrounding spaces would split one method in two
+    nullif(trim(payment_method), '') as payment_method,
 
     ---------- numerics
     amount,
