@@ -429,6 +429,52 @@ def test_the_daily_services_are_wired_to_postgres_and_dagster_storage():
     assert services["dagster-db-init"]["depends_on"]["postgres"]["condition"] == "service_healthy"
 
 
+def test_the_schedule_does_not_wait_for_the_ui():
+    """The daemon runs the schedule and the sensors: a webserver that cannot start (its port taken on the
+    host, say) must not stop the daily runs and their alerts."""
+    services = compose_config("--profile", "daily")["services"]
+    assert set(services["dagster-daemon"]["depends_on"]) == {"dagster-db-init"}
+
+
+# each process imports Dagster, then waits for the others before it opens the storage
+OPEN_THE_STORAGE_AT_ONCE = """
+import pathlib, sys, time
+from dagster import DagsterInstance
+ready, go = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+ready.touch()
+while not go.exists():
+    time.sleep(0.01)
+with DagsterInstance.get() as instance:
+    instance.get_runs(limit=1)
+"""
+
+
+def test_the_webserver_and_the_daemon_may_create_dagsters_storage_at_once(tmp_path, make_database):
+    """On a first start they open the empty storage database together, neither waiting for the other (the
+    test above): Dagster's Postgres storage retries a table another process created first."""
+    from orchestration_support import dagster_pg_url, daily_home
+
+    storage = {"postgres": {"postgres_url": dagster_pg_url(make_database().conninfo("admin"))}}
+    env = {**os.environ, "DAGSTER_HOME": str(daily_home(tmp_path, storage))}
+    go = tmp_path / "go"
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", OPEN_THE_STORAGE_AT_ONCE, str(tmp_path / f"ready{n}"), str(go)],
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(3)
+    ]
+    deadline = time.monotonic() + 120
+    while not all((tmp_path / f"ready{n}").exists() for n in range(3)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    go.touch()
+    for process in processes:
+        _, stderr = process.communicate(timeout=120)
+        assert process.returncode == 0, stderr[-3000:]
+
+
 def test_the_daily_image_shares_the_pipeline_image_base():
     base = (PROJECT_ROOT / "Dockerfile").read_text().splitlines()
     daily = (PROJECT_ROOT / "Dockerfile.daily").read_text()
