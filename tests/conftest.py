@@ -325,6 +325,21 @@ def lines_until(process: subprocess.Popen, marker: str) -> list[str]:
 
 
 _BUILD_DIRS: dict[str, Path] = {}
+_SCRATCH: Path | None = None
+
+
+def scratch_dir() -> Path:
+    """This test process's folder for what outlives one test (dbt output that a module's tests share),
+    removed when its session ends: a whole run makes hundreds of dbt output folders of megabytes each."""
+    global _SCRATCH
+    if _SCRATCH is None:
+        _SCRATCH = Path(tempfile.mkdtemp(prefix="data_platform_tests_"))
+    return _SCRATCH
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    if _SCRATCH is not None:
+        shutil.rmtree(_SCRATCH, ignore_errors=True)
 
 
 def pipeline_env(
@@ -336,7 +351,7 @@ def pipeline_env(
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     # one dbt output folder per database and project: dbt's partial parsing carries over between runs
     key = f"{database.name}:{project_root}"
-    build_dir = _BUILD_DIRS.setdefault(key, Path(tempfile.mkdtemp(prefix="dbt_build_")))
+    build_dir = _BUILD_DIRS.setdefault(key, Path(tempfile.mkdtemp(prefix="dbt_build_", dir=scratch_dir())))
     env.update(
         CSV_DIR=str(csv_dir),
         SERVE_DOCS="false",

@@ -11,18 +11,17 @@ from __future__ import annotations
 import datetime as dt
 import os
 import sys
-import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from unittest import mock
 
 import yaml
-from conftest import PROJECT_ROOT
+from conftest import PROJECT_ROOT, scratch_dir
 
 from data_platform.orchestration.environment import process_environment as environment
 
-TARGET = Path(tempfile.gettempdir()) / f"dp_dagster_target_{os.getpid()}"
+TARGET = scratch_dir() / "dagster_target"
 # the profile's env_var() calls must resolve to parse; nothing connects at parse time
 PARSE_ENV = {"PGHOST": "localhost", "PGUSER": "parse", "PGPASSWORD": "parse", "PGDATABASE": "parse"}
 # Settings only the pipeline's steps use: a value they cannot use fails the runs, naming it
