@@ -87,6 +87,7 @@ MINIMUM_SERVER_VERSION = 160000
 
 
 NO_INVOICES = ledger.InvoiceCounts(0, 0, 0)
+SKIPPED = "already loaded (same checksums), skipped"
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,7 @@ class ExportResult:
     def summary(self) -> str:
         head = f"export {self.export_date} ({printable(str(self.export.source))})"
         if self.skipped:
-            return f"{head}: already loaded (same checksums), skipped"
+            return f"{head}: {SKIPPED}"
         rows = self.invoice_rows + self.organization_rows
         rate = rows / self.seconds if self.seconds > 0 else 0.0
         organizations = (
@@ -421,25 +422,48 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+class Reporter:
+    """Prints each export's line as it is done, the exports already loaded one line for each run of them:
+    a daily run skips every export of the months before, and those lines would bury the day's."""
 
-    def report(result: ExportResult) -> None:
+    def __init__(self):
+        self.skipped: list[ExportResult] = []
+
+    def __call__(self, result: ExportResult) -> None:
+        if result.skipped:
+            self.skipped.append(result)
+            return
+        self.flush()
         print(result.summary(), flush=True)
 
+    def flush(self) -> None:
+        if len(self.skipped) == 1:
+            print(self.skipped[0].summary(), flush=True)
+        elif self.skipped:
+            first, last = self.skipped[0].export_date, self.skipped[-1].export_date
+            print(f"{len(self.skipped):,} exports {first} to {last}: {SKIPPED}", flush=True)
+        self.skipped = []
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    report = Reporter()
     previous_sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         with connect(autocommit=True) as conn:
-            load_exports(
-                conn,
-                args.csv_dir,
-                as_of=args.as_of,
-                through=args.through,
-                allow_empty=args.allow_empty,
-                progress=ProgressReporter(),
-                report=report,
-                wait=args.wait,
-            )
+            try:
+                load_exports(
+                    conn,
+                    args.csv_dir,
+                    as_of=args.as_of,
+                    through=args.through,
+                    allow_empty=args.allow_empty,
+                    progress=ProgressReporter(),
+                    report=report,
+                    wait=args.wait,
+                )
+            finally:
+                report.flush()  # before an error's lines, which a caller reads last
     except DatabaseUnavailable as error:
         print(f"{ERROR_PREFIX}{error}", file=sys.stderr)
         return EXIT_DATABASE_UNAVAILABLE

@@ -468,13 +468,17 @@ def test_cli_prints_one_line_per_export_and_already_loaded(database, conn, tmp_p
     assert len(result.stdout.splitlines()) == 2 and result.stdout.count("rows/s") == 2
     assert "MiB" not in result.stderr  # no progress lines for a small file
 
+    # the exports already loaded say so in one line: a daily run skips those of every day before
+    write_export(directory, "2024-01-03", [invoice(2)])
     again = run_cli(database.env("transformer"), "--csv-dir", str(directory))
     assert again.returncode == 0, again.stderr
-    assert again.stdout.splitlines() == [
-        f"export {BASE_DATE} ({directory}): already loaded (same checksums), skipped",
-        f"export 2024-01-02 ({directory / 'exports' / '2024-01-02'}): "
-        "already loaded (same checksums), skipped",
-    ]
+    skipped, loaded = again.stdout.splitlines()
+    assert skipped == f"2 exports {BASE_DATE} to 2024-01-02: already loaded (same checksums), skipped"
+    assert loaded.startswith(f"export 2024-01-03 ({directory / 'exports' / '2024-01-03'}): 1 invoice ")
+    # one alone is named with its folder
+    only = run_cli(database.env("transformer"), "--csv-dir", str(directory), "--through", BASE_DATE)
+    assert only.returncode == 0, only.stderr
+    assert only.stdout == f"export {BASE_DATE} ({directory}): already loaded (same checksums), skipped\n"
 
 
 def test_cli_as_of_dates_the_single_file_export(database, conn, tmp_path):
