@@ -72,15 +72,34 @@ def check_for_dead_client(conn: psycopg.Connection) -> bool:
     return turned_on is not None
 
 
+# What every session of the pipeline and the alerts takes, whatever a role or database sets (ALTER ROLE ...
+# SET, postgresql.conf):
+# - DateStyle ISO: psycopg reads dates and timestamps in no other style;
+# - no idle_session_timeout: a session holds its advisory lock between statements (the pipeline's for the
+#   whole run, the alerts' while a webhook answers): ended, the lock would go with it;
+# - synchronous_commit not off: an alert is recorded as possibly gone before its request leaves; such a
+#   commit lost to a server crash would let the alert go again, with no trace of the first.
+SESSION_SETTINGS = (
+    "select pg_catalog.set_config('datestyle', 'ISO, YMD', false), "
+    "pg_catalog.set_config('idle_session_timeout', '0', false), "
+    "pg_catalog.set_config('synchronous_commit', case pg_catalog.current_setting('synchronous_commit') "
+    "when 'off' then 'on' else pg_catalog.current_setting('synchronous_commit') end, false)"
+)
+
+
 def connect(**kwargs) -> psycopg.Connection:
     """Open a psycopg connection from the PG* environment variables."""
     try:
-        return psycopg.connect("", **kwargs)
+        conn = psycopg.connect("", **kwargs)
     except psycopg.OperationalError as error:
         raise DatabaseUnavailable(
             f"cannot connect to {describe_target()}: {str(error).strip()}\n"
             "Check PGHOST, PGPORT, PGUSER, PGPASSWORD and PGDATABASE."
         ) from error
+    conn.execute(SESSION_SETTINGS)
+    if not conn.autocommit:
+        conn.commit()  # a setting made in a transaction rolled back would be undone with it
+    return conn
 
 
 class DatabaseRefused(DatabaseUnavailable):

@@ -68,9 +68,10 @@ class PipelineLock:
     """A session advisory lock held for the run; a second run waits up to `timeout` seconds.
 
     The lock lives as long as its session, which sits idle for the whole run: nothing may end it
-    unnoticed. The session turns off idle_session_timeout and keeps its TCP connection alive (a NAT or
-    proxy drops a silent one), and `check` tells a run whose session ended anyway (pg_terminate_backend, a
-    dropped connection) before it starts or records a build, when another run may be building beside it.
+    unnoticed. The session has no idle_session_timeout (db.connect) and keeps its TCP connection alive (a
+    NAT or proxy drops a silent one), and `check` tells a run whose session ended anyway
+    (pg_terminate_backend, a dropped connection) before it starts or records a build, when another run may
+    be building beside it.
     """
 
     def __init__(self, timeout: float):
@@ -86,7 +87,6 @@ class PipelineLock:
             keepalives_interval=10,
             keepalives_count=6,
         )
-        self.conn.execute("set idle_session_timeout = 0")
 
         def say() -> None:
             who = who_holds(advisory_lock_holder(self.conn, LOCK_KEY))

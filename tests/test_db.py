@@ -123,3 +123,45 @@ def test_an_embedded_server_in_a_folder_whose_path_a_shell_would_split_is_refuse
     )
     assert "DEMO_PGDATA" in error
     assert not data_dir.exists()
+
+
+def test_every_session_overrides_what_a_role_sets_against_it(make_database, monkeypatch):
+    """psycopg reads no other date style, an idle session holds an advisory lock, and a commit of an alert's
+    record lost to a server crash would let the alert go again with no trace of the first."""
+    from psycopg import sql
+    from sqlalchemy import text
+
+    from data_platform.alerts import cli
+
+    database = make_database()
+    set_by_role = {"datestyle": "SQL, DMY", "idle_session_timeout": "1s", "synchronous_commit": "off"}
+    wanted = {"datestyle": "ISO, YMD", "idle_session_timeout": "0", "synchronous_commit": "on"}
+
+    def role_sets(role: str, name: str, value: str) -> None:
+        with database.connect("admin", autocommit=True) as admin:
+            admin.execute(
+                sql.SQL("alter role {} in database {} set {} to {}").format(
+                    sql.Identifier(role),
+                    sql.Identifier(database.name),
+                    sql.Identifier(name),
+                    sql.Literal(value),
+                )
+            )
+
+    for role in ("transformer", "alerter"):
+        for name, value in set_by_role.items():
+            role_sets(role, name, value)
+    assert database.query("show synchronous_commit", role="alerter") == [("off",)]
+    settings = "select " + ", ".join(f"current_setting('{name}')" for name in wanted)
+    for name, value in database.env("transformer").items():
+        monkeypatch.setenv(name, value)
+    with db.connect() as conn:
+        assert conn.execute(settings).fetchone() == tuple(wanted.values())
+    for name, value in database.env("alerter").items():
+        monkeypatch.setenv(name, value)
+    with cli._connect(cli.make_engine()) as conn:
+        assert tuple(conn.execute(text(settings)).one()) == tuple(wanted.values())
+    # a commit setting stronger than off stays
+    role_sets("alerter", "synchronous_commit", "remote_apply")
+    with cli._connect(cli.make_engine()) as conn:
+        assert conn.execute(text("show synchronous_commit")).scalar() == "remote_apply"

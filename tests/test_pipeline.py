@@ -153,6 +153,27 @@ def test_balances_book_on_the_utc_day_whatever_the_server_s_time_zone(make_datab
     assert fact_rows(database) == EXPECTED_FACT
 
 
+def test_the_pipeline_and_its_alerts_take_no_session_setting_from_the_database(make_database, tmp_path):
+    """What a DBA may set for a database or a role: a date style psycopg cannot read, idle sessions ended
+    (a lock is held by an idle session), commits that a server crash may lose (an alert recorded as gone)."""
+    database = make_database()
+    settings = {"datestyle": "SQL, DMY", "idle_session_timeout": "1s", "synchronous_commit": "off"}
+    with database.connect("admin", autocommit=True) as conn:
+        for name, value in settings.items():
+            conn.execute(
+                sql.SQL("alter database {} set {} to {}").format(
+                    sql.Identifier(database.name), sql.Identifier(name), sql.Literal(value)
+                )
+            )
+    assert database.query("show datestyle", role="alerter") == [("SQL, DMY",)]
+    result = run_pipeline(database, write_fixture(tmp_path / "csv"), ALERT_MIN_CHANGE_USD="0")
+    assert_succeeded(result)
+    with database.connect("admin", autocommit=True) as conn:  # this test's own sessions read ISO dates
+        conn.execute(sql.SQL("alter database {} reset all").format(sql.Identifier(database.name)))
+    assert fact_rows(database) == EXPECTED_FACT
+    assert "1 alert sent, 0 failed" in result.stdout  # its first run alerts its latest day
+
+
 def test_fct_invoices_keeps_ids_exact_and_nulls_the_sentinel(fixture_pipeline):
     database, _, _ = fixture_pipeline
     row = database.query(

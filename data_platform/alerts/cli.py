@@ -66,7 +66,7 @@ from data_platform.alerts.records import (
 )
 from data_platform.alerts.routing import Destination
 from data_platform.alerts.summary import Summary
-from data_platform.db import describe_target
+from data_platform.db import SESSION_SETTINGS, describe_target
 from data_platform.wording import plural
 
 
@@ -93,6 +93,7 @@ def _connect(engine: Engine) -> Connection:
         ) from error
     # for the whole session: no unqualified name may resolve to an object someone else created
     conn.execute(text("select pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', false)"))
+    conn.execute(text(SESSION_SETTINGS))
     conn.commit()
     return conn
 
