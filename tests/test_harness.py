@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 from conftest import PROJECT_ROOT
 
@@ -19,20 +22,27 @@ LEAVING_DBT_OUTPUT = (
 def test_a_session_leaves_nothing_in_the_temporary_folder_but_pytests_own(tmp_path):
     """A whole run makes hundreds of dbt output folders (megabytes each): left behind, run after run they
     would fill the machine's temporary folder."""
-    temporary = tmp_path / "tmp"
-    temporary.mkdir()
-    # platformdirs' runtime folder falls back to one named after the user in the temporary folder
-    env = {**os.environ, "TMPDIR": str(temporary), "XDG_RUNTIME_DIR": str(tmp_path / "runtime")}
-    # pytest's own folders (tmp_path) stay, in one place it prunes, under the run's --basetemp
-    args = ["-q", "-n", "0", "-p", "no:cacheprovider", "--basetemp", str(tmp_path / "basetemp")]
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", *args, *LEAVING_DBT_OUTPUT],
-        cwd=PROJECT_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "2 passed" in result.stdout
-    assert sorted(path.name for path in temporary.iterdir()) == []
+    # short: an embedded server's socket goes in its data folder, under TMPDIR, or in the runtime folder
+    short = Path(tempfile.mkdtemp(prefix="dp_"))
+    try:
+        temporary, runtime = short / "t", short / "r"
+        temporary.mkdir()
+        # a session of its own (not a worker of this one's); platformdirs' runtime folder would otherwise
+        # fall back to one named after the user in the temporary folder
+        env = {name: value for name, value in os.environ.items() if not name.startswith("PYTEST_")}
+        env.update(TMPDIR=str(temporary), XDG_RUNTIME_DIR=str(runtime))
+        # pytest's own folders (tmp_path) stay, in one place it prunes, under the run's --basetemp
+        args = ["-q", "-n", "0", "-p", "no:cacheprovider", "--basetemp", str(tmp_path / "basetemp")]
+        result = subprocess.run(
+            [sys.executable, "-m", "pytest", *args, *LEAVING_DBT_OUTPUT],
+            cwd=PROJECT_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        assert "2 passed" in result.stdout
+        assert sorted(path.name for path in temporary.iterdir()) == []
+    finally:
+        shutil.rmtree(short, ignore_errors=True)
