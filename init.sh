@@ -19,8 +19,9 @@
 #   SERVE_DOCS=false            serve the dbt docs site after the build (the container turns it on)
 #   DOCS_HOST=0.0.0.0 DOCS_PORT=8080
 # Any failure stops the pipeline with a non-zero exit code (2 for a setting; 3, busy: another pipeline run,
-# or a loader or alert run by hand, held its lock past PIPELINE_LOCK_TIMEOUT; 130/143: stopped; 128 + N: a
-# step killed by signal N, such as 137 for the OOM killer's SIGKILL). A run that
+# or a loader or alert run by hand, held its lock past PIPELINE_LOCK_TIMEOUT; 6: the database failed during
+# the load, run again once it is back; 130/143: stopped; 128 + N: a step killed by signal N, such as 137 for
+# the OOM killer's SIGKILL). A run that
 # built the warehouse but could not deliver every alert exits 4 (5: some were given up on), unless the
 # docs are served afterwards.
 set -euo pipefail

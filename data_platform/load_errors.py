@@ -46,6 +46,10 @@ def text_path(text: str) -> Path:
 EXIT_BUSY = 3
 # and when it could not connect: nothing was tried
 EXIT_DATABASE_UNAVAILABLE = 2
+# and when the database failed during the load (a lost connection, a read-only or full disk, a timeout): the
+# export it was loading rolled back, through no fault of its own, so it is not to be removed but loaded again
+# (4 and 5 are the pipeline's own exit codes, which passes this one on)
+EXIT_DATABASE_FAILED = 6
 # how the loader's command line starts the line saying why it stopped: a failed load's pipeline error
 # quotes its output from there on
 ERROR_PREFIX = "error: "

@@ -22,9 +22,10 @@ equal to an earlier one loads: an organization's state can return). A file that 
 is refused unless --allow-empty; once loaded, it is skipped like any other (later runs need no
 --allow-empty). A server older than PostgreSQL 16 -> refused before anything is read.
 
-Exit codes: 0 loaded (or nothing new), 1 bad input or load failure, 2 database unreachable,
-3 another loader run held the lock past --wait (nothing was loaded), 130 interrupted (Ctrl-C), 143
-stopped by SIGTERM (rolled back as on Ctrl-C).
+Exit codes: 0 loaded (or nothing new), 1 bad input or a refused export, 2 database unreachable,
+3 another loader run held the lock past --wait (nothing was loaded), 6 the database failed during the load
+(the export being loaded rolled back, not at fault: run again once the database is back), 130
+interrupted (Ctrl-C), 143 stopped by SIGTERM (rolled back as on Ctrl-C).
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ from data_platform.load_errors import (
     ALLOW_EMPTY_HELP,
     ERROR_PREFIX,
     EXIT_BUSY,
+    EXIT_DATABASE_FAILED,
     EXIT_DATABASE_UNAVAILABLE,
     LoaderBusy,
     LoadError,
@@ -269,6 +271,8 @@ def _log(
 
 WAITED_FOR_THE_LOCK = "interrupted while it waited for the loader's lock"
 ROLLED_BACK = "the export being loaded was rolled back"
+# the start of the note a database error raised during an export gets, followed by the export's label
+WHILE_LOADING = "while loading "
 
 
 def load_exports(
@@ -313,9 +317,18 @@ def load_exports(
             refuse_misnamed_base(csv_dir)
         results = []
         for export in exports:
-            result = load_export(
-                conn, export, allow_empty=allow_empty, block_size=block_size, progress=progress, today=today
-            )
+            try:
+                result = load_export(
+                    conn,
+                    export,
+                    allow_empty=allow_empty,
+                    block_size=block_size,
+                    progress=progress,
+                    today=today,
+                )
+            except psycopg.Error as error:
+                error.add_note(f"{WHILE_LOADING}{export.label}")  # main names the export that rolled back
+                raise
             results.append(result)
             if report:
                 report(result)
@@ -382,6 +395,34 @@ def _raise_terminated(signum: int, _frame) -> None:
 
 # true whether the error came before any export (a missing folder) or in one, which rolled back
 NOTHING_MORE_LOADED = "nothing more was loaded (an export loads whole or not at all)"
+# the database's failure is no export's: removing the export it was loading would have the next run load
+# the later ones, and refuse that one for ever as older than the latest loaded export
+RUN_AGAIN = "run again once the database is back or fixed"
+
+
+def database_failed(error: psycopg.Error) -> str:
+    """Why the load stopped when the database failed: its error, and the export that rolled back."""
+    # the server's message without the statement's position; a lost connection's (libpq's) spans lines
+    said = printable(error.diag.message_primary or " ".join(str(error).split()))
+    notes = getattr(error, "__notes__", ())
+    loading = [note.removeprefix(WHILE_LOADING) for note in notes if note.startswith(WHILE_LOADING)]
+    if not loading:  # before the first export: taking the lock, say
+        return f"the database failed: {said}\n{NOTHING_MORE_LOADED}; no export is at fault: {RUN_AGAIN}"
+    return (
+        f"the database failed while loading {printable(loading[-1])}: {said}\n"
+        "nothing of that export or the later ones was loaded (it rolled back); the export is not at fault: "
+        f"do not remove it; {RUN_AGAIN}"
+    )
+
+
+def _interrupted(error: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C or SIGTERM a database error was raised in the handling of (a rollback after it, say):
+    the load was interrupted, not failed by the database."""
+    while error is not None:
+        if isinstance(error, KeyboardInterrupt):
+            return error
+        error = error.__context__
+    return None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -475,18 +516,23 @@ def main(argv: list[str] | None = None) -> int:
         print(NOTHING_MORE_LOADED, file=sys.stderr)
         return 1
     except psycopg.Error as error:
-        message = f"the load failed in the database: {printable(str(error).strip())}"
-        print(f"{ERROR_PREFIX}{message}", file=sys.stderr)
-        print(NOTHING_MORE_LOADED, file=sys.stderr)
-        return 1
+        interrupt = _interrupted(error)
+        if interrupt is not None:
+            return _stopped(interrupt)
+        print(f"{ERROR_PREFIX}{database_failed(error)}", file=sys.stderr)
+        return EXIT_DATABASE_FAILED
     except KeyboardInterrupt as interrupt:
-        waited = WAITED_FOR_THE_LOCK in getattr(interrupt, "__notes__", ())
-        what = "nothing was loaded (it was waiting for another loader run)" if waited else ROLLED_BACK
-        print(f"interrupted: {what}", file=sys.stderr)
-        return 128 + (interrupt.signum if isinstance(interrupt, Terminated) else signal.SIGINT)
+        return _stopped(interrupt)
     finally:
         signal.signal(signal.SIGTERM, previous_sigterm)  # a caller in this process (a test) keeps its own
     return 0
+
+
+def _stopped(interrupt: KeyboardInterrupt) -> int:
+    waited = WAITED_FOR_THE_LOCK in getattr(interrupt, "__notes__", ())
+    what = "nothing was loaded (it was waiting for another loader run)" if waited else ROLLED_BACK
+    print(f"interrupted: {what}", file=sys.stderr)
+    return 128 + (interrupt.signum if isinstance(interrupt, Terminated) else signal.SIGINT)
 
 
 if __name__ == "__main__":

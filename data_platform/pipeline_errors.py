@@ -8,6 +8,8 @@ EXIT_CONFIG = 2  # a setting to fix, or no database
 # EXIT_BUSY (3) is the loader's exit code when its lock is busy, and the pipeline's when another pipeline
 # run, a loader run by hand or an alert run by hand holds its lock past PIPELINE_LOCK_TIMEOUT: nothing is
 # wrong, run again later
+# EXIT_DATABASE_FAILED (6) is the loader's, and so the pipeline's, when the database failed during the load:
+# the export being loaded rolled back through no fault of its own, run again once the database is back
 
 # The run went to its end and the warehouse is built, but not every alert was delivered: a run from cron
 # must not end green then. Not used while the docs are served: the server runs on, the message is printed.

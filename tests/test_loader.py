@@ -32,6 +32,7 @@ from loader_files import (
 from data_platform.exports import Export
 from data_platform.ledger import InvoiceCounts
 from data_platform.loader import ExportResult, LoaderBusy, LoadError, ProgressReporter, load_exports
+from data_platform.loader_lock import session_name
 from data_platform.steps import default_sigint
 
 # --- the schema -------------------------------------------------------------------------------
@@ -522,6 +523,64 @@ def test_cli_cannot_connect_exits_2(database, tmp_path):
 def big_export(tmp_path_factory) -> Path:
     """A generated export big enough that COPY is still running when a signal lands."""
     return generate(tmp_path_factory.mktemp("big"), 400_000)
+
+
+def fail_the_database_under_a_loader(database, csv_dir: Path, how: str) -> subprocess.CompletedProcess:
+    """The loader run on `csv_dir` while the database fails under its first export to write raw.invoices:
+    its session ended (a server restart, pg_terminate_backend: the connection is lost) or every new
+    transaction of the transformer read-only (the server refusing the writes)."""
+    if how == "read-only":
+        role = f"alter role transformer in database {database.name}"
+        with database.connect("admin", autocommit=True) as admin:
+            admin.execute(f"{role} set default_transaction_read_only = on")
+            try:
+                return run_cli(database.env("transformer"), "--csv-dir", str(csv_dir))
+            finally:
+                admin.execute(f"{role} reset default_transaction_read_only")
+    with database.connect("admin") as admin:
+        admin.execute("lock table raw.invoices in access exclusive mode")
+        process = start_loader(database, csv_dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        waiting = "select pid from pg_stat_activity where wait_event_type = 'Lock' and application_name = %s"
+        name = session_name(process.pid)
+        wait_until(
+            lambda: process.poll() is not None or database.query(waiting, [name]), "the loader to wait"
+        )
+        database.query(
+            "select pg_terminate_backend(pid) from pg_stat_activity where application_name = %s", [name]
+        )
+        stdout, stderr = process.communicate(timeout=60)
+        admin.rollback()
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+@pytest.mark.parametrize("how", ["terminated", "read-only"])
+def test_cli_a_database_failing_mid_load_exits_6_and_says_the_export_is_not_at_fault(
+    database, conn, tmp_path, how
+):
+    """A database failing under a load exited 1 with "the load failed in the database", as a refused
+    export does, and the pipeline then said to fix or remove the export: removed, the next run loaded the
+    later ones and refused it for ever as older than the latest loaded export. Nothing of it was loaded
+    and it is sound: it is to be loaded again."""
+    csv_dir = write_dir(tmp_path / "csv")
+    load_exports(conn, csv_dir)
+    folder = write_export(csv_dir, "2024-01-02", [invoice(1)])
+    write_export(csv_dir, "2024-01-03", [invoice(2)])
+    before = snapshot(conn)
+    result = fail_the_database_under_a_loader(database, csv_dir, how)
+    assert result.returncode == 6, result.stderr
+    said = {
+        "terminated": "terminating connection due to administrator command",
+        "read-only": "cannot execute CREATE TABLE in a read-only transaction",
+    }[how]
+    assert result.stderr.splitlines()[-2:] == [
+        f"error: the database failed while loading export 2024-01-02 ({folder}): {said}",
+        "nothing of that export or the later ones was loaded (it rolled back); the export is not at fault: "
+        "do not remove it; run again once the database is back or fixed",
+    ], result.stderr
+    assert result.stdout == f"export {BASE_DATE} ({csv_dir}): already loaded (same checksums), skipped\n"
+    assert snapshot(conn) == before
+    # run again once the database is back: both load
+    assert [r.skipped for r in load_exports(conn, csv_dir)] == [True, False, False]
 
 
 @pytest.mark.parametrize(

@@ -761,6 +761,38 @@ def test_a_load_that_cannot_reach_the_database_says_so_not_to_fix_an_export(tmp_
     assert "fix or remove" not in message
 
 
+def test_a_load_the_database_failed_says_to_run_again_not_to_remove_the_export(
+    make_database, tmp_path, monkeypatch
+):
+    """The database failing under the load (a lost connection, a full disk; here the transformer's
+    transactions read-only) was taken for a bad export: "fix or remove it". Removed, the sound export was
+    lost: the next run loaded the later ones and refused it for ever as older than the latest loaded."""
+    from data_platform import pipeline
+
+    csv_dir = write_fixture(tmp_path / "csv")
+    database = make_database()
+    for name, value in database.env("transformer").items():
+        monkeypatch.setenv(name, value)
+    role = f"alter role transformer in database {database.name}"
+    with database.connect("admin", autocommit=True) as admin:
+        admin.execute(f"{role} set default_transaction_read_only = on")
+        with pytest.raises(pipeline.PipelineError) as failed:
+            pipeline.load_exports(pipeline.Settings(csv_dir=csv_dir, lock_timeout_seconds=0))
+        admin.execute(f"{role} reset default_transaction_read_only")
+    assert failed.value.exit_code == 6
+    assert str(failed.value) == (
+        f"the load failed: the database failed while loading export (dated by its content) ({csv_dir}): "
+        "cannot execute CREATE TABLE in a read-only transaction\n"
+        "nothing of that export or the later ones was loaded (it rolled back); the export is not at fault: "
+        "do not remove it; run again once the database is back or fixed\n"
+        "nothing was built: exports the loader reported loaded stay loaded; the export being loaded was "
+        "rolled back because the database failed, not the export: do not remove it; run again once the "
+        "database is back or fixed"
+    )
+    # run again: it loads
+    pipeline.load_exports(pipeline.Settings(csv_dir=csv_dir, lock_timeout_seconds=0))
+
+
 @pytest.mark.parametrize("step", ["load_exports", "run_alerts"])
 def test_a_step_killed_by_a_signal_is_said_so_and_exits_as_a_shell_would(step, tmp_path, monkeypatch):
     """The OOM killer's SIGKILL: the load's error said to fix or remove a sound export, and the run exited
