@@ -398,6 +398,9 @@ NOTHING_MORE_LOADED = "nothing more was loaded (an export loads whole or not at 
 # the database's failure is no export's: removing the export it was loading would have the next run load
 # the later ones, and refuse that one for ever as older than the latest loaded export
 RUN_AGAIN = "run again once the database is back or fixed"
+# errors of the data, not of the database (a constraint a DBA added, a value the format checks let through):
+# the same export would fail again, so it is refused like bad input
+REFUSED_DATA = (psycopg.DataError, psycopg.IntegrityError)
 
 
 def database_failed(error: psycopg.Error) -> str:
@@ -519,6 +522,13 @@ def main(argv: list[str] | None = None) -> int:
         interrupt = _interrupted(error)
         if interrupt is not None:
             return _stopped(interrupt)
+        if isinstance(error, REFUSED_DATA):  # the export's values, refused by a rule of the database's
+            print(
+                f"{ERROR_PREFIX}the load failed in the database: {printable(str(error).strip())}",
+                file=sys.stderr,
+            )
+            print(NOTHING_MORE_LOADED, file=sys.stderr)
+            return 1
         print(f"{ERROR_PREFIX}{database_failed(error)}", file=sys.stderr)
         return EXIT_DATABASE_FAILED
     except KeyboardInterrupt as interrupt:

@@ -583,6 +583,24 @@ def test_cli_a_database_failing_mid_load_exits_6_and_says_the_export_is_not_at_f
     assert [r.skipped for r in load_exports(conn, csv_dir)] == [True, False, False]
 
 
+def test_cli_values_a_database_rule_refuses_are_the_export_s_to_fix(database, conn, tmp_path):
+    """Not a failure of the database: loaded again, the export would be refused again."""
+    csv_dir = write_dir(tmp_path / "csv")
+    load_exports(conn, csv_dir)
+    write_export(csv_dir, "2024-01-02", [invoice(1, amount="5000.00")])
+    with database.connect("admin", autocommit=True) as admin:
+        admin.execute("alter table raw.invoice_versions add constraint below_1000 check (amount < 1000)")
+    try:
+        result = run_cli(database.env("transformer"), "--csv-dir", str(csv_dir))
+    finally:
+        with database.connect("admin", autocommit=True) as admin:
+            admin.execute("alter table raw.invoice_versions drop constraint below_1000")
+    assert result.returncode == 1, result.stderr
+    assert "error: the load failed in the database: new row for relation" in result.stderr
+    assert 'violates check constraint "below_1000"' in result.stderr
+    assert result.stderr.splitlines()[-1] == "nothing more was loaded (an export loads whole or not at all)"
+
+
 @pytest.mark.parametrize(
     "signum", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=["ctrl-c", "terminated", "killed"]
 )
