@@ -11,7 +11,8 @@
 # (the transformer role). Settings, with defaults:
 #   CSV_DIR=csv_data            folder holding the exports (invoices.csv + organizations.csv, exports/<day>/);
 #                               unset: the project's csv_data, relative: from the caller's directory
-#   DB_WAIT_SECONDS=60          how long to wait for the database to accept connections
+#   DB_WAIT_SECONDS=60          how long to wait for the database to accept connections (to start, or
+#                               to free a connection slot)
 #   PIPELINE_LOCK_TIMEOUT=600   how long to wait for another pipeline run to finish
 #   FULL_REFRESH=false          rebuild the incremental models from scratch
 #   RUN_ALERTS=true             run alert_script.py once after a successful build

@@ -106,12 +106,31 @@ class DatabaseRefused(DatabaseUnavailable):
     """The server answers but refuses the connection (password, role, database, pg_hba): never retried."""
 
 
+# What the server says when it has no connection slot for a login (SQLSTATE 53300, too_many_connections):
+# max_connections is taken, the rest are reserved (for superusers, or pg_use_reserved_connections), or the
+# role's or the database's CONNECTION LIMIT is reached. Sessions end, so it may pass: it is waited for like
+# a server that starts. libpq gives no SQLSTATE for a failed login, only its text: a server whose
+# lc_messages is not English is taken at its word, as refusing the login.
+NO_FREE_SLOT = (
+    "too many clients already",
+    "remaining connection slots are reserved",
+    "too many connections for role",
+    "too many connections for database",
+)
+
+
+def no_free_slot(error: Exception) -> bool:
+    """Whether a failed login was refused for want of a connection slot (NO_FREE_SLOT)."""
+    return any(words in str(error) for words in NO_FREE_SLOT)
+
+
 def ping(connect_timeout: int) -> pq.Ping:
     """The server's state as pg_isready sees it (libpq's PQping), without logging in.
 
     OK once the server answers a login attempt with anything but "not now", so a wrong password or a
-    missing database still counts as up; REJECT while it starts, stops or recovers; NO_RESPONSE while
-    nothing listens; NO_ATTEMPT when the connection settings cannot be parsed.
+    missing database still counts as up, and so does a server with no connection slot free; REJECT while
+    it starts, stops or recovers; NO_RESPONSE while nothing listens; NO_ATTEMPT when the connection
+    settings cannot be parsed.
     """
     return pq.Ping(pq.PGconn.ping(make_conninfo("", connect_timeout=connect_timeout).encode()))
 
@@ -119,8 +138,9 @@ def ping(connect_timeout: int) -> pq.Ping:
 def wait_until_ready(timeout_seconds: float, interval_seconds: float = 1.0) -> None:
     """Block until the database accepts connections; raise DatabaseUnavailable after the timeout.
 
-    Waits only while the server is unreachable or not ready yet. A server that is up and refuses the
-    login (wrong password, missing role or database) raises DatabaseRefused at once: waiting cannot fix it.
+    Waits while the server is unreachable, not ready yet, or has no connection slot free for the login
+    (NO_FREE_SLOT). A server that is up and refuses the login otherwise (wrong password, missing role or
+    database) raises DatabaseRefused at once: waiting cannot fix it.
     """
     deadline = time.monotonic() + timeout_seconds
     connect_timeout = max(1, int(interval_seconds * 3))
@@ -130,14 +150,25 @@ def wait_until_ready(timeout_seconds: float, interval_seconds: float = 1.0) -> N
                 conn.execute("select 1")
             return
         except DatabaseUnavailable as error:
+            full = no_free_slot(error)
             # ask the server itself: the login may also have failed because it went away meanwhile
-            status = ping(connect_timeout)
+            status = None if full else ping(connect_timeout)
             if status in (pq.Ping.OK, pq.Ping.NO_ATTEMPT):
                 reason = "The server is up and refused this login"
                 if status == pq.Ping.NO_ATTEMPT:
                     reason = "The connection settings are invalid"
                 raise DatabaseRefused(f"{error}\n{reason}: waiting cannot help.") from error
             if time.monotonic() >= deadline:
+                if full:
+                    # the server's words without connect()'s advice to check the settings: they are right
+                    said = str(error.__cause__ or error).strip()
+                    raise DatabaseUnavailable(
+                        f"the database did not accept connections within {timeout_seconds:g}s: the server "
+                        "had no connection slot free for this login (its max_connections taken by other "
+                        "sessions, or the role's or the database's connection limit reached). Run again "
+                        "once other sessions end, or raise the limit.\n"
+                        f"cannot connect to {describe_target()}: {said}"
+                    ) from error
                 raise DatabaseUnavailable(
                     f"the database did not accept connections within {timeout_seconds:g}s.\n{error}"
                 ) from error
