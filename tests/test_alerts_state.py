@@ -1,10 +1,12 @@
 """alert_script.py's state end to end: per-destination delivery, the ops upgrade, what the marts may
-do to the alerter, the clock, backfill splitting and rebuilt facts. Same harness as test_alerts.py."""
+do to the alerter, a session that may not write ops, the clock, backfill splitting and rebuilt facts.
+Same harness as test_alerts.py."""
 
 from __future__ import annotations
 
 from datetime import date, timedelta
 
+import pytest
 from slack_stub import OK, server_error
 from sqlalchemy import create_engine, select
 from sqlalchemy.pool import NullPool
@@ -26,6 +28,7 @@ from test_alerts import (  # noqa: F401  (db, slack, warehouse and run_inline ar
 )
 
 from data_platform.alerts import cli, detect
+from data_platform.alerts import ops_tables as ops_tables_module
 from data_platform.alerts.keys import organization_days_in, organization_ids_in
 
 WAITING_FOR_SLACK = (
@@ -290,6 +293,55 @@ def _attack_is_stopped(db, slack) -> None:  # noqa: F811
     assert watermark(db) == DAY[0]  # neither 2999-12-31 nor moved by the run
     assert history(db) == {(1, DAY[0]): ("sent", 1)}  # nothing recorded from that snapshot
     assert organizations_in(slack.delivered) == [1]
+
+
+# --- a session that may not write ops ------------------------------------------------------------
+
+READ_ONLY = "default_transaction_read_only"
+
+
+@pytest.mark.parametrize(
+    ("where", "fix"),
+    [
+        ("role in database", f"ALTER ROLE alerter IN DATABASE {{db}} RESET {READ_ONLY}"),
+        ("database", f"ALTER DATABASE {{db}} RESET {READ_ONLY}"),
+        ("PGOPTIONS", "PGOPTIONS"),
+    ],
+)
+def test_a_read_only_session_says_it_cannot_record_and_blames_nothing_in_marts(db, slack, where, fix):  # noqa: F811
+    add_moves(db, (1, DAY[0], "100", "300"))
+    extra = {"PGOPTIONS": f"-c {READ_ONLY}=on"} if where == "PGOPTIONS" else {}
+    target = {"role in database": f"role alerter in database {db.name}", "database": f"database {db.name}"}
+    if where in target:
+        execute(db, f"alter {target[where]} set {READ_ONLY} = on")
+    try:
+        result = run_alerts(db, webhook=slack.url, **extra)
+    finally:
+        if where in target:  # the database's setting makes this session read-only too
+            with db.connect("admin", autocommit=True, options=f"-c {READ_ONLY}=off") as conn:
+                conn.execute(f"alter {target[where]} reset {READ_ONLY}")
+
+    assert result.returncode == 2
+    assert "session is read-only" in result.stderr
+    assert "cannot record alerts" in result.stderr
+    assert "Nothing was recorded or sent" in result.stderr
+    assert fix.format(db=db.name) in result.stderr
+    assert "something in marts" not in result.stderr
+    assert "FULL_REFRESH" not in result.stderr
+    assert slack.delivered == []
+    assert ops_tables(db) == set()
+    # writable again, the same run sends the alert
+    assert run_alerts(db, webhook=slack.url).returncode == 0
+    assert organizations_in(slack.delivered) == [1]
+
+
+def test_a_standby_is_named_as_the_reason_and_the_primary_as_the_fix():
+    # no standby to run against here: the words for one, and for a name that needs quoting
+    why, fix = ops_tables_module.read_only_reason(True, "default", "alerter", "warehouse")
+    assert "standby" in why
+    assert fix.startswith("Point PGHOST and PGPORT at the primary")
+    why, fix = ops_tables_module.read_only_reason(False, "user", "Alerter", "warehouse")
+    assert fix == 'Turn it off: ALTER ROLE "Alerter" RESET default_transaction_read_only'
 
 
 # --- the clock -----------------------------------------------------------------------------------

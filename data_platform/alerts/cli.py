@@ -140,6 +140,7 @@ def run(
             _tell(f"warning: {warning}")
         channels = {name: channel or choose_channel(settings, dest) for name, dest in found.items()}
         with _connect(engine) as ops:
+            ops_tables.check_writable(ops)
             try:
                 with store.run_lock(ops, settings.lock_timeout):
                     return _locked_run(

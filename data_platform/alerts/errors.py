@@ -46,7 +46,9 @@ def database_error(error: DBAPIError) -> str:
                 "run as the role they were granted to."
             )
         return f"{message}. Role {role} lacks a privilege the alert run needs."
-    if sqlstate == "25006":  # a write inside the read-only marts transaction
+    # a write inside the reader's READ ONLY marts transaction: the ops session, the only one that writes,
+    # was found writable before the run (ops_tables.check_writable)
+    if sqlstate == "25006":
         return (
             f"{message}: something in marts tried to write while the alerter read it, and was stopped; "
             "nothing was recorded. The marts are not what dbt built: check who changed them, then "

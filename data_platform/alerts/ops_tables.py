@@ -26,6 +26,7 @@ from sqlalchemy import (
 from sqlalchemy.schema import CreateIndex, CreateTable
 
 from data_platform.alerts import ops_migration
+from data_platform.alerts.errors import AlertError
 from data_platform.alerts.records import (
     BALANCE_CHANGE,
     DESTINATION_PATTERN,
@@ -39,6 +40,7 @@ from data_platform.alerts.records import (
     SUPPRESSED,
     WARNING,
 )
+from data_platform.db import describe_target
 
 ops = MetaData(schema="ops")
 
@@ -116,3 +118,66 @@ def ensure_tables(conn: Connection) -> None:
         conn, _one_of("status", STATUSES), DESTINATION_CHECK, STATUSES, CLOSED, MAX_UNCONFIRMED_ATTEMPTS
     )
     conn.execute(CreateIndex(undelivered_index, if_not_exists=True))
+
+
+READ_ONLY = "default_transaction_read_only"
+
+
+def _quoted(name: str) -> str:
+    return name if name.isidentifier() and name == name.lower() else '"' + name.replace('"', '""') + '"'
+
+
+def check_writable(conn: Connection) -> None:
+    """Refuse a session that may not write, before anything is recorded or sent.
+
+    A read-only role or database (default_transaction_read_only) or a standby server makes the first write
+    to ops fail with the very error a marts view that writes in the reader's READ ONLY transaction raises
+    (25006): said here, it is not taken for a changed marts.
+    """
+    read_only, standby, source, role, database = conn.execute(
+        text(
+            "select current_setting('transaction_read_only') = 'on', pg_is_in_recovery(), "
+            "(select source from pg_settings where name = :name), current_user, current_database()"
+        ),
+        {"name": READ_ONLY},
+    ).one()
+    conn.rollback()
+    if not read_only:
+        return
+    why, fix = read_only_reason(standby, source, role, database)
+    raise AlertError(
+        f"the alerter cannot record alerts on {describe_target()}: its session is read-only ({why}). "
+        f"Nothing was recorded or sent; the marts are not at fault. {fix}, then run it again."
+    )
+
+
+def read_only_reason(standby: bool, source: str, role: str, database: str) -> tuple[str, str]:
+    """Why a session is read-only, and what to do: a standby, or where default_transaction_read_only
+    was set (pg_settings.source)."""
+    role, database = _quoted(role), _quoted(database)
+    if standby:
+        return (
+            "the server is a standby (in recovery), which takes no writes",
+            "Point PGHOST and PGPORT at the primary (after a failover, the promoted server)",
+        )
+    return {
+        "database user": (
+            f"{READ_ONLY} is on for role {role} in database {database}",
+            f"Turn it off: ALTER ROLE {role} IN DATABASE {database} RESET {READ_ONLY}",
+        ),
+        "user": (
+            f"{READ_ONLY} is on for role {role}",
+            f"Turn it off: ALTER ROLE {role} RESET {READ_ONLY}",
+        ),
+        "database": (
+            f"{READ_ONLY} is on for database {database}",
+            f"Turn it off: ALTER DATABASE {database} RESET {READ_ONLY}",
+        ),
+        "client": (f"{READ_ONLY} is on in PGOPTIONS", "Remove it from PGOPTIONS"),
+    }.get(
+        source,
+        (
+            f"{READ_ONLY} is on (set in the server's {source})",
+            f"Turn it off for the alerter: ALTER ROLE {role} SET {READ_ONLY} = off",
+        ),
+    )
