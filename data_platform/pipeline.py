@@ -37,6 +37,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg
+
 from data_platform import build_failures, refresh, warm_dbt
 from data_platform.alerts import config as alert_config
 from data_platform.alerts import exit_codes as alert_exit_codes
@@ -288,12 +290,32 @@ def record_build(
         if changed:
             raise PipelineError(f"{changed} changed while dbt built, so which version it built is unknown")
     except PipelineError as error:
-        with connect() as conn:
-            refresh.mark_rebuild_needed(conn)
+        try:
+            with connect() as conn:
+                refresh.mark_rebuild_needed(conn)
+        except (DatabaseUnavailable, psycopg.Error) as failed:
+            raise PipelineError(
+                f"{error}; its build is not recorded, and the database failed before the next build could be "
+                f"marked a full one ({_first_line(failed)}): run it with FULL_REFRESH=true",
+                EXIT_CONFIG,
+            ) from None
         message = f"{error}; its build is not recorded, and the next run rebuilds from scratch"
         raise PipelineError(message) from None
-    with connect() as conn:
-        refresh.record_build(conn, build_plan.current, reader=settings.alerter_user, own_mark=own_mark)
+    try:
+        with connect() as conn:
+            refresh.record_build(conn, build_plan.current, reader=settings.alerter_user, own_mark=own_mark)
+    except (DatabaseUnavailable, psycopg.Error) as failed:
+        # a build not recorded is redone (the plan compares with the last record), so nothing is lost
+        raise PipelineError(
+            f"dbt build succeeded, but the database failed before it was recorded ({_first_line(failed)}): "
+            f"{build_plan.after_failure()}",
+            EXIT_CONFIG,
+        ) from None
+
+
+def _first_line(error: Exception) -> str:
+    """The error's first line: a connection's error goes on with advice on the settings, which are right."""
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def generate_docs(build_plan: refresh.BuildPlan) -> None:
@@ -391,6 +413,13 @@ def _main() -> int:
         return error.exit_code
     except DatabaseUnavailable as error:
         print(f"error: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    except psycopg.Error as error:  # a step's own query (the plan, the record): it failed or was refused
+        said = " ".join(str(error).split())
+        print(
+            f"pipeline: the database stopped the run: {said}; the warehouse keeps its last committed state.",
+            file=sys.stderr,
+        )
         return EXIT_CONFIG
     except Stopped as stop:
         print(f"pipeline: stopped by {stop}; the warehouse keeps its last committed state.", file=sys.stderr)

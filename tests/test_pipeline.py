@@ -174,6 +174,21 @@ def test_the_pipeline_and_its_alerts_take_no_session_setting_from_the_database(m
     assert "1 alert sent, 0 failed" in result.stdout  # its first run alerts its latest day
 
 
+def test_a_query_of_the_pipeline_s_own_the_database_refuses_ends_the_run_in_words(make_database, tmp_path):
+    """The plan's and the record's queries raised a psycopg traceback."""
+    database = make_database()
+    csv_dir = write_fixture(tmp_path / "csv")
+    assert_succeeded(run_pipeline(database, csv_dir, RUN_ALERTS="false"))
+    with database.connect("admin", autocommit=True) as conn:
+        conn.execute("revoke select on raw.build_state from transformer")
+    result = run_pipeline(database, csv_dir, RUN_ALERTS="false")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        "pipeline: the database stopped the run: permission denied for table build_state; the warehouse "
+        "keeps its last committed state."
+    )
+
+
 def test_fct_invoices_keeps_ids_exact_and_nulls_the_sentinel(fixture_pipeline):
     database, _, _ = fixture_pipeline
     row = database.query(

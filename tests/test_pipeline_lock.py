@@ -15,7 +15,7 @@ import time
 
 import pytest
 from conftest import copy_project, hold_the_loaders_lock, loaders_lock_free
-from loader_files import write_dir
+from loader_files import invoice, write_dir, write_export
 
 from data_platform import pipeline, refresh
 from data_platform.db import LockHolder
@@ -93,6 +93,64 @@ def test_a_build_that_lost_the_lock_is_not_recorded_and_the_next_one_is_full(dat
             pipeline.record_build(build_plan, settings, lock, None)
     again = pipeline.plan(settings)
     assert (again.full_refresh, again.reason.split(",")[0]) == (True, "the last full rebuild did not finish")
+
+
+@contextlib.contextmanager
+def no_new_session(database):
+    """The server refusing every new session of the pipeline's (a restart, a database full): the database's
+    connection limit, which its superuser is spared, at the sessions it has."""
+    with database.connect("admin", autocommit=True) as admin:
+        admin.execute(f"alter database {database.name} connection limit 0")
+        try:
+            yield
+        finally:
+            admin.execute(f"alter database {database.name} connection limit -1")
+
+
+def test_a_build_the_database_failed_to_record_says_so_and_what_the_next_run_does(database, tmp_path):
+    """It said only "cannot connect to ...", as though nothing had been built."""
+    settings = pipeline.Settings.from_environment()
+    with database.connect(autocommit=True) as conn:
+        load_exports(conn, write_dir(tmp_path / "csv"))
+    with pipeline.PipelineLock(timeout=0) as lock:
+        first = pipeline.plan(settings)
+        pipeline.record_build(first, settings, lock, pipeline.mark_build_started(first, settings, lock))
+        write_export(tmp_path / "csv", "2024-01-02", [invoice(1)])
+        with database.connect(autocommit=True) as conn:
+            load_exports(conn, tmp_path / "csv")
+        build_plan = pipeline.plan(settings)
+        assert not build_plan.full_refresh
+        with no_new_session(database), pytest.raises(pipeline.PipelineError) as failed:
+            pipeline.record_build(build_plan, settings, lock, None)
+        assert failed.value.exit_code == pipeline.EXIT_CONFIG
+        said = str(failed.value)
+        assert said.startswith("dbt build succeeded, but the database failed before it was recorded (cannot ")
+        assert said.endswith(
+            f'too many connections for database "{database.name}"): the next run builds '
+            f"the days from {build_plan.window_start} again"
+        )
+
+
+def test_a_run_that_lost_the_lock_and_cannot_mark_the_record_says_to_rebuild_from_scratch(database, tmp_path):
+    settings = pipeline.Settings.from_environment()
+    with database.connect(autocommit=True) as conn:
+        load_exports(conn, write_dir(tmp_path / "csv"))
+    with pipeline.PipelineLock(timeout=0) as lock:
+        first = pipeline.plan(settings)
+        pipeline.record_build(first, settings, lock, pipeline.mark_build_started(first, settings, lock))
+        database.query(LOCK_SESSIONS)  # the server restarted, say
+        with no_new_session(database), pytest.raises(pipeline.PipelineError) as failed:
+            pipeline.record_build(first, settings, lock, None)
+    assert str(failed.value).startswith("this run lost the pipeline lock")
+    said = str(failed.value)
+    assert failed.value.exit_code == pipeline.EXIT_CONFIG
+    assert (
+        "; its build is not recorded, and the database failed before the next build could be marked a full "
+        "one (cannot connect to " in said
+    )
+    assert said.endswith(
+        f'too many connections for database "{database.name}"): run it with FULL_REFRESH=true'
+    )
 
 
 @pytest.mark.parametrize(
