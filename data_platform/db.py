@@ -74,21 +74,27 @@ def check_for_dead_client(conn: psycopg.Connection) -> bool:
 
 # What every session of the pipeline and the alerts takes, whatever a role or database sets (ALTER ROLE ...
 # SET, postgresql.conf):
-# - DateStyle ISO: psycopg reads dates and timestamps in no other style;
+# - DateStyle ISO: psycopg reads a timestamp with time zone in no other style;
 # - no idle_session_timeout: a session holds its advisory lock between statements (the pipeline's for the
 #   whole run, the alerts' while a webhook answers): ended, the lock would go with it;
-# - synchronous_commit not off: an alert is recorded as possibly gone before its request leaves; such a
-#   commit lost to a server crash would let the alert go again, with no trace of the first.
-SESSION_SETTINGS = (
-    "select pg_catalog.set_config('datestyle', 'ISO, YMD', false), "
-    "pg_catalog.set_config('idle_session_timeout', '0', false), "
-    "pg_catalog.set_config('synchronous_commit', case pg_catalog.current_setting('synchronous_commit') "
-    "when 'off' then 'on' else pg_catalog.current_setting('synchronous_commit') end, false)"
-)
+# - synchronous_commit `local` where it is off: an alert is recorded as possibly gone before its request
+#   leaves; that commit lost to a server crash would let the alert go again, with no trace of the first.
+#   Not `on`: with a synchronous standby down, every commit would wait for it.
+# Read from pg_settings: a server without one of them (idle_session_timeout is PostgreSQL 14's) sets the rest.
+SESSION_SETTINGS = """
+select pg_catalog.set_config(name, case name
+    when 'DateStyle' then 'ISO, YMD'
+    when 'idle_session_timeout' then '0'
+    when 'synchronous_commit' then case setting when 'off' then 'local' else setting end
+end, false)
+from pg_catalog.pg_settings
+where name in ('DateStyle', 'idle_session_timeout', 'synchronous_commit')
+"""
 
 
 def connect(**kwargs) -> psycopg.Connection:
-    """Open a psycopg connection from the PG* environment variables."""
+    """Open a psycopg connection from the PG* environment variables, with SESSION_SETTINGS made (and
+    committed: a setting made in a transaction rolled back would be undone with it)."""
     try:
         conn = psycopg.connect("", **kwargs)
     except psycopg.OperationalError as error:
@@ -96,9 +102,15 @@ def connect(**kwargs) -> psycopg.Connection:
             f"cannot connect to {describe_target()}: {str(error).strip()}\n"
             "Check PGHOST, PGPORT, PGUSER, PGPASSWORD and PGDATABASE."
         ) from error
-    conn.execute(SESSION_SETTINGS)
-    if not conn.autocommit:
-        conn.commit()  # a setting made in a transaction rolled back would be undone with it
+    try:
+        conn.execute(SESSION_SETTINGS)
+        if not conn.autocommit:
+            conn.commit()
+    except psycopg.OperationalError as error:  # the server went away just after the login
+        conn.close()
+        raise DatabaseUnavailable(
+            f"lost the connection to {describe_target()}: {str(error).strip()}"
+        ) from error
     return conn
 
 

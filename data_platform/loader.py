@@ -398,9 +398,9 @@ NOTHING_MORE_LOADED = "nothing more was loaded (an export loads whole or not at 
 # the database's failure is no export's: removing the export it was loading would have the next run load
 # the later ones, and refuse that one for ever as older than the latest loaded export
 RUN_AGAIN = "run again once the database is back or fixed"
-# errors of the data, not of the database (a constraint a DBA added, a value the format checks let through):
-# the same export would fail again, so it is refused like bad input
-REFUSED_DATA = (psycopg.DataError, psycopg.IntegrityError)
+# errors of the data, not of the database (a constraint a DBA added, a value the format checks let through,
+# a field past the server's limits): the same export would fail again, so it is refused like bad input
+REFUSED_DATA = (psycopg.DataError, psycopg.IntegrityError, psycopg.errors.ProgramLimitExceeded)
 
 
 def database_failed(error: psycopg.Error) -> str:
@@ -466,12 +466,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-class Reporter:
+class ExportReporter:
     """Prints each export's line as it is done, the exports already loaded one line for each run of them:
-    a daily run skips every export of the months before, and those lines would bury the day's."""
+    a daily run skips every export of the months before, and those lines would bury the day's. That line
+    comes once the next export starts to load (its first progress), or at the end."""
 
-    def __init__(self):
+    def __init__(self, progress: Progress):
         self.skipped: list[ExportResult] = []
+        self._progress = progress
 
     def __call__(self, result: ExportResult) -> None:
         if result.skipped:
@@ -479,6 +481,10 @@ class Reporter:
             return
         self.flush()
         print(result.summary(), flush=True)
+
+    def progress(self, path: Path, done: int, total: int) -> None:
+        self.flush()
+        self._progress(path, done, total)
 
     def flush(self) -> None:
         if len(self.skipped) == 1:
@@ -491,7 +497,7 @@ class Reporter:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    report = Reporter()
+    report = ExportReporter(ProgressReporter())
     previous_sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         with connect(autocommit=True) as conn:
@@ -502,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
                     as_of=args.as_of,
                     through=args.through,
                     allow_empty=args.allow_empty,
-                    progress=ProgressReporter(),
+                    progress=report.progress,
                     report=report,
                     wait=args.wait,
                 )

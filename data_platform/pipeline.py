@@ -46,7 +46,7 @@ from data_platform.db import DatabaseUnavailable, connect, describe_target, wait
 from data_platform.docs_server import check_docs_address, serve_docs
 from data_platform.load_errors import ERROR_PREFIX as LOADER_ERROR_PREFIX
 from data_platform.load_errors import EXIT_BUSY
-from data_platform.load_errors import EXIT_DATABASE_FAILED as EXIT_LOAD_DATABASE_FAILED
+from data_platform.load_errors import EXIT_DATABASE_FAILED as EXIT_LOADER_DATABASE_FAILED
 from data_platform.load_errors import EXIT_DATABASE_UNAVAILABLE as EXIT_LOADER_UNAVAILABLE
 from data_platform.paths import DBT_ARGS, PROJECT_ROOT, dbt_target_dir
 from data_platform.pipeline_errors import (
@@ -212,11 +212,9 @@ def load_exports(settings: Settings, through: str | None = None) -> None:
         raise PipelineError(f"the load could not start: {said}\nnothing was loaded or built", code)
     if code == EXIT_BUSY:  # the loader says who holds its lock (a loader run by hand, say)
         raise PipelineError(f"the load could not start: {said}\nnothing was built", code)
-    if code == EXIT_LOAD_DATABASE_FAILED:  # removing a sound export would lose it for good: see the loader
+    if code == EXIT_LOADER_DATABASE_FAILED:  # the loader said what rolled back and to run again
         raise PipelineError(
-            f"the load failed: {said}\nnothing was built: exports the loader reported loaded stay loaded; "
-            "the export being loaded was rolled back because the database failed, not the export: do not "
-            "remove it; run again once the database is back or fixed",
+            f"the load failed: {said}\nnothing was built: exports the loader reported loaded stay loaded",
             code,
         )
     # each export commits on its own: the ones before the failing export stay loaded

@@ -305,7 +305,7 @@ READ_ONLY = "default_transaction_read_only"
     [
         ("role in database", f"ALTER ROLE alerter IN DATABASE {{db}} RESET {READ_ONLY}"),
         ("database", f"ALTER DATABASE {{db}} RESET {READ_ONLY}"),
-        ("PGOPTIONS", "PGOPTIONS"),
+        ("PGOPTIONS", "Remove it from PGOPTIONS"),
     ],
 )
 def test_a_read_only_session_says_it_cannot_record_and_blames_nothing_in_marts(db, slack, where, fix):  # noqa: F811
@@ -336,11 +336,11 @@ def test_a_read_only_session_says_it_cannot_record_and_blames_nothing_in_marts(d
 
 
 def test_a_standby_is_named_as_the_reason_and_the_primary_as_the_fix():
-    # no standby to run against here: the words for one, and for a name that needs quoting
+    # no standby to run against here: the words for one, and for a name the server quoted
     why, fix = ops_tables_module.read_only_reason(True, "default", "alerter", "warehouse")
     assert "standby" in why
     assert fix.startswith("Point PGHOST and PGPORT at the primary")
-    why, fix = ops_tables_module.read_only_reason(False, "user", "Alerter", "warehouse")
+    why, fix = ops_tables_module.read_only_reason(False, "user", '"Alerter"', "warehouse")
     assert fix == 'Turn it off: ALTER ROLE "Alerter" RESET default_transaction_read_only'
 
 

@@ -135,7 +135,7 @@ def test_every_session_overrides_what_a_role_sets_against_it(make_database, monk
 
     database = make_database()
     set_by_role = {"datestyle": "SQL, DMY", "idle_session_timeout": "1s", "synchronous_commit": "off"}
-    wanted = {"datestyle": "ISO, YMD", "idle_session_timeout": "0", "synchronous_commit": "on"}
+    wanted = {"datestyle": "ISO, YMD", "idle_session_timeout": "0", "synchronous_commit": "local"}
 
     def role_sets(role: str, name: str, value: str) -> None:
         with database.connect("admin", autocommit=True) as admin:

@@ -9,6 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pytest
 from conftest import PROJECT_ROOT
 
 # one test that writes dbt output for a module's tests (pipeline_env), one that parses the project for
@@ -19,6 +20,7 @@ LEAVING_DBT_OUTPUT = (
 )
 
 
+@pytest.mark.slow  # a session of its own, a server and two dbt parses
 def test_a_session_leaves_nothing_in_the_temporary_folder_but_pytests_own(tmp_path):
     """A whole run makes hundreds of dbt output folders (megabytes each): left behind, run after run they
     would fill the machine's temporary folder."""
@@ -29,7 +31,9 @@ def test_a_session_leaves_nothing_in_the_temporary_folder_but_pytests_own(tmp_pa
         temporary.mkdir()
         # a session of its own (not a worker of this one's); platformdirs' runtime folder would otherwise
         # fall back to one named after the user in the temporary folder
-        env = {name: value for name, value in os.environ.items() if not name.startswith("PYTEST_")}
+        # and a server of its own: one named by TEST_DATABASE_URL is shared under this session's locks
+        ignored = ("PYTEST_", "TEST_DATABASE_URL")
+        env = {name: value for name, value in os.environ.items() if not name.startswith(ignored)}
         env.update(TMPDIR=str(temporary), XDG_RUNTIME_DIR=str(runtime))
         # pytest's own folders (tmp_path) stay, in one place it prunes, under the run's --basetemp
         args = ["-q", "-n", "0", "-p", "no:cacheprovider", "--basetemp", str(tmp_path / "basetemp")]

@@ -31,7 +31,14 @@ from loader_files import (
 
 from data_platform.exports import Export
 from data_platform.ledger import InvoiceCounts
-from data_platform.loader import ExportResult, LoaderBusy, LoadError, ProgressReporter, load_exports
+from data_platform.loader import (
+    ExportReporter,
+    ExportResult,
+    LoaderBusy,
+    LoadError,
+    ProgressReporter,
+    load_exports,
+)
 from data_platform.loader_lock import session_name
 from data_platform.steps import default_sigint
 
@@ -426,6 +433,20 @@ def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     )
 
 
+def test_the_exports_already_loaded_are_said_before_the_next_one_starts_to_load(tmp_path, capsys):
+    """Not after it: its progress would come first, and a loader killed during it would never say them."""
+    said = []
+    report = ExportReporter(lambda path, done, total: said.append(capsys.readouterr().out))
+    for day in (1, 2):
+        export = Export(tmp_path, tmp_path / "invoices.csv", None, date(2024, 1, day))
+        report(ExportResult(export, date(2024, 1, day), skipped=True))
+    assert capsys.readouterr().out == ""
+    report.progress(tmp_path / "exports" / "2024-01-03" / "invoices.csv", 1, 2)
+    assert said == ["2 exports 2024-01-01 to 2024-01-02: already loaded (same checksums), skipped\n"]
+    report.flush()
+    assert capsys.readouterr().out == ""  # once
+
+
 def test_summary_counts_one_invoice_and_one_organization_in_the_singular(tmp_path):
     export = Export(tmp_path, tmp_path / "invoices.csv", tmp_path / "organizations.csv", date(2024, 1, 2))
     result = partial(ExportResult, export, date(2024, 1, 2))
@@ -540,16 +561,21 @@ def fail_the_database_under_a_loader(database, csv_dir: Path, how: str) -> subpr
     with database.connect("admin") as admin:
         admin.execute("lock table raw.invoices in access exclusive mode")
         process = start_loader(database, csv_dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        waiting = "select pid from pg_stat_activity where wait_event_type = 'Lock' and application_name = %s"
-        name = session_name(process.pid)
-        wait_until(
-            lambda: process.poll() is not None or database.query(waiting, [name]), "the loader to wait"
-        )
-        database.query(
-            "select pg_terminate_backend(pid) from pg_stat_activity where application_name = %s", [name]
-        )
-        stdout, stderr = process.communicate(timeout=60)
-        admin.rollback()
+        try:
+            waiting = (
+                "select pid from pg_stat_activity where wait_event_type = 'Lock' and application_name = %s"
+            )
+            name = session_name(process.pid)
+            wait_until(
+                lambda: process.poll() is not None or database.query(waiting, [name]), "the loader to wait"
+            )
+            database.query(
+                "select pg_terminate_backend(pid) from pg_stat_activity where application_name = %s", [name]
+            )
+            stdout, stderr = process.communicate(timeout=60)
+        finally:
+            process.kill()  # not left to load into the module's database once the lock goes
+            admin.rollback()
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 

@@ -449,6 +449,7 @@ with DagsterInstance.get() as instance:
 """
 
 
+@pytest.mark.slow  # three processes import Dagster
 def test_the_webserver_and_the_daemon_may_create_dagsters_storage_at_once(tmp_path, make_database):
     """On a first start they open the empty storage database together, neither waiting for the other (the
     test above): Dagster's Postgres storage retries a table another process created first."""

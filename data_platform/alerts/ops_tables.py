@@ -123,10 +123,6 @@ def ensure_tables(conn: Connection) -> None:
 READ_ONLY = "default_transaction_read_only"
 
 
-def _quoted(name: str) -> str:
-    return name if name.isidentifier() and name == name.lower() else '"' + name.replace('"', '""') + '"'
-
-
 def check_writable(conn: Connection) -> None:
     """Refuse a session that may not write, before anything is recorded or sent.
 
@@ -137,7 +133,8 @@ def check_writable(conn: Connection) -> None:
     read_only, standby, source, role, database = conn.execute(
         text(
             "select current_setting('transaction_read_only') = 'on', pg_is_in_recovery(), "
-            "(select source from pg_settings where name = :name), current_user, current_database()"
+            "(select source from pg_settings where name = :name), quote_ident(current_user), "
+            "quote_ident(current_database())"
         ),
         {"name": READ_ONLY},
     ).one()
@@ -153,8 +150,8 @@ def check_writable(conn: Connection) -> None:
 
 def read_only_reason(standby: bool, source: str, role: str, database: str) -> tuple[str, str]:
     """Why a session is read-only, and what to do: a standby, or where default_transaction_read_only
-    was set (pg_settings.source)."""
-    role, database = _quoted(role), _quoted(database)
+    was set (pg_settings.source); `role` and `database` quoted as SQL identifiers (the server's quote_ident:
+    a reserved word such as `user` is quoted too)."""
     if standby:
         return (
             "the server is a standby (in recovery), which takes no writes",
@@ -177,7 +174,7 @@ def read_only_reason(standby: bool, source: str, role: str, database: str) -> tu
     }.get(
         source,
         (
-            f"{READ_ONLY} is on (set in the server's {source})",
+            f"{READ_ONLY} is on (pg_settings names its source: {source})",
             f"Turn it off for the alerter: ALTER ROLE {role} SET {READ_ONLY} = off",
         ),
     )

@@ -18,8 +18,9 @@ select
     status,
     currency,
     payment_currency,
-    -- free text: a value of spaces only is no value, and surrounding spaces would split one method in two
-    nullif(trim(payment_method), '') as payment_method,
+    -- free text: a value of spaces only is no value, and surrounding spaces would split one method in two;
+    -- the space alone, as Postgres's trim() takes it (DuckDB's takes no-break spaces too)
+    nullif(trim(both ' ' from payment_method), '') as payment_method,
 
     ---------- numerics
     amount,
