@@ -4,10 +4,12 @@ Same harness as test_alerts.py."""
 
 from __future__ import annotations
 
+import subprocess
 from datetime import date, timedelta
 
 import pytest
-from slack_stub import OK, server_error
+from conftest import PROJECT_ROOT, wait_until
+from slack_stub import OK, server_error, slow
 from sqlalchemy import create_engine, select
 from sqlalchemy.pool import NullPool
 from test_alerts import (  # noqa: F401  (db, slack, warehouse and run_inline are fixtures)
@@ -15,6 +17,8 @@ from test_alerts import (  # noqa: F401  (db, slack, warehouse and run_inline ar
     add_moves,
     add_organization,
     alert_lines,
+    alerter_env,
+    command,
     db,
     execute,
     history,
@@ -332,6 +336,36 @@ def test_a_read_only_session_says_it_cannot_record_and_blames_nothing_in_marts(d
     assert ops_tables(db) == set()
     # writable again, the same run sends the alert
     assert run_alerts(db, webhook=slack.url).returncode == 0
+    assert organizations_in(slack.delivered) == [1]
+
+
+@pytest.mark.server_wide  # ALTER SYSTEM: every session of the server
+def test_a_server_that_turns_read_only_during_the_run_is_said_so(db, slack):  # noqa: F811
+    """A managed server whose disk fills turns read-only this way: the run's next write to ops failed with
+    the error a marts view writing in the reader's transaction raises, and the marts were blamed."""
+    add_moves(db, (1, DAY[0], "100", "300"))
+    slack.answer(slow(3))  # answered within the client's timeout, once the server went read-only
+    process = subprocess.Popen(
+        command(),
+        cwd=PROJECT_ROOT,
+        env=alerter_env(db, slack.url),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    with db.connect("admin", autocommit=True, options=f"-c {READ_ONLY}=off") as admin:
+        try:
+            wait_until(lambda: slack.requests or process.poll() is not None, "the alert to go out")
+            admin.execute(f"alter system set {READ_ONLY} = on")
+            admin.execute("select pg_reload_conf()")
+            _, stderr = process.communicate(timeout=60)
+        finally:
+            process.kill()
+            admin.execute(f"alter system reset {READ_ONLY}")
+            admin.execute("select pg_reload_conf()")
+    assert process.returncode == 2, stderr
+    assert "its session turned read-only during the run" in stderr
+    assert "something in marts" not in stderr and "FULL_REFRESH" not in stderr
     assert organizations_in(slack.delivered) == [1]
 
 

@@ -148,6 +148,12 @@ def run(
                     )
             except store.LockBusy as error:
                 raise AlertRunBusy(f"{error}; nothing was sent. Try again when it has finished.") from error
+            except DBAPIError as error:
+                # a write refused in a read-only transaction: the marts reader's (a view that writes), or
+                # ops', when the server turned read-only during the run (a managed one whose disk filled)
+                if getattr(error.orig, "sqlstate", None) == ops_tables.READ_ONLY_TRANSACTION:
+                    ops_tables.check_still_writable(ops, error)
+                raise
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from sqlalchemy import (
     func,
     text,
 )
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.schema import CreateIndex, CreateTable
 
 from data_platform.alerts import ops_migration
@@ -130,6 +131,40 @@ def check_writable(conn: Connection) -> None:
     to ops fail with the very error a marts view that writes in the reader's READ ONLY transaction raises
     (25006): said here, it is not taken for a changed marts.
     """
+    found = _read_only(conn)
+    if found is None:
+        return
+    why, fix = found
+    raise AlertError(
+        f"the alerter cannot record alerts on {describe_target()}: its session is read-only ({why}). "
+        f"Nothing was recorded or sent; the marts are not at fault. {fix}, then run it again."
+    )
+
+
+READ_ONLY_TRANSACTION = "25006"  # the SQLSTATE of a write refused in a read-only transaction
+
+
+def check_still_writable(conn: Connection, error: Exception) -> None:
+    """After a write was refused as read-only during the run: when the session itself turned read-only
+    (the server's setting changed under it), say so instead of `error`, which is taken for a marts view
+    that writes."""
+    try:
+        conn.rollback()
+        found = _read_only(conn)
+    except DBAPIError:
+        return  # the session is gone too: the caller reports `error`
+    if found is None:
+        return
+    why, fix = found
+    raise AlertError(
+        f"the alerter stopped recording alerts on {describe_target()}: its session turned read-only during "
+        f"the run ({why}). What it recorded stands, and the next run goes on from there, as after a run "
+        f"stopped midway; the marts are not at fault. {fix}, then run it again."
+    ) from error
+
+
+def _read_only(conn: Connection) -> tuple[str, str] | None:
+    """Why the session may not write and what to do (read_only_reason), or None when it may."""
     read_only, standby, source, role, database = conn.execute(
         text(
             "select current_setting('transaction_read_only') = 'on', pg_is_in_recovery(), "
@@ -139,13 +174,7 @@ def check_writable(conn: Connection) -> None:
         {"name": READ_ONLY},
     ).one()
     conn.rollback()
-    if not read_only:
-        return
-    why, fix = read_only_reason(standby, source, role, database)
-    raise AlertError(
-        f"the alerter cannot record alerts on {describe_target()}: its session is read-only ({why}). "
-        f"Nothing was recorded or sent; the marts are not at fault. {fix}, then run it again."
-    )
+    return read_only_reason(standby, source, role, database) if read_only else None
 
 
 def read_only_reason(standby: bool, source: str, role: str, database: str) -> tuple[str, str]:
