@@ -242,7 +242,20 @@ def build(build_plan: refresh.BuildPlan, warm: WarmDbt, settings: Settings, lock
         code = warm.run("build", *build_plan.dbt_args(), env=build_plan.dbt_environment())
         if code:
             build_failures.show(dbt_target_dir())
-            raise PipelineError(f"dbt build {failed(code)}; {build_plan.after_failure()}", code)
+            raise PipelineError(f"dbt build {failed(code)}; {after_failure(build_plan)}", code)
+
+
+def after_failure(build_plan: refresh.BuildPlan) -> str:
+    """What the next run does when this build failed: a rebuild from scratch whatever this plan was when
+    the record was marked meanwhile (by a run that lost the pipeline lock while this one built, say)."""
+    if not build_plan.full_refresh:
+        try:
+            with connect() as conn:
+                if refresh.full_build_unfinished(conn):
+                    return refresh.REBUILT_FROM_SCRATCH
+        except (DatabaseUnavailable, psycopg.Error):
+            pass  # unread: the plan's own words
+    return build_plan.after_failure()
 
 
 @contextlib.contextmanager
@@ -297,7 +310,7 @@ def record_build(
                 f"marked a full one ({_first_line(failed)}): run it with FULL_REFRESH=true",
                 EXIT_CONFIG,
             ) from None
-        message = f"{error}; its build is not recorded, and the next run rebuilds from scratch"
+        message = f"{error}; its build is not recorded, and {refresh.REBUILT_FROM_SCRATCH}"
         raise PipelineError(message) from None
     try:
         with connect() as conn:
@@ -306,7 +319,7 @@ def record_build(
         # a build not recorded is redone (the plan compares with the last record), so nothing is lost
         raise PipelineError(
             f"dbt build succeeded, but the database failed before it was recorded ({_first_line(failed)}): "
-            f"{build_plan.after_failure()}",
+            f"{after_failure(build_plan)}",
             EXIT_CONFIG,
         ) from None
 

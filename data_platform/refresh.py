@@ -113,6 +113,9 @@ class BuildState:
     last_export_date: dt.date | None
 
 
+REBUILT_FROM_SCRATCH = "the next run rebuilds from scratch"
+
+
 @dataclass(frozen=True)
 class BuildPlan:
     """The next build: full, or incremental from `window_start`; `current` is recorded after success."""
@@ -128,9 +131,10 @@ class BuildPlan:
         return [*UNIT_TESTS_EXCLUDED, *(["--full-refresh"] if self.full_refresh else [])]
 
     def after_failure(self) -> str:
-        """What the next run does when this build fails."""
+        """What the next run does when this build fails, as planned (pipeline.after_failure reads the record
+        too)."""
         if self.full_refresh:
-            return "the next run rebuilds from scratch"
+            return REBUILT_FROM_SCRATCH
         return f"the next run builds the days from {self.window_start} again"
 
     def dbt_environment(self) -> dict[str, str]:

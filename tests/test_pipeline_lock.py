@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
 import pytest
 from conftest import copy_project, hold_the_loaders_lock, loaders_lock_free
@@ -107,14 +108,38 @@ def no_new_session(database):
             admin.execute(f"alter database {database.name} connection limit -1")
 
 
-def test_a_build_the_database_failed_to_record_says_so_and_what_the_next_run_does(database, tmp_path):
-    """It said only "cannot connect to ...", as though nothing had been built."""
+@contextlib.contextmanager
+def after_a_recorded_build(database, csv_dir) -> Iterator[tuple[pipeline.Settings, pipeline.PipelineLock]]:
+    """Under the pipeline lock, once the base export in `csv_dir` is loaded and its build recorded."""
     settings = pipeline.Settings.from_environment()
     with database.connect(autocommit=True) as conn:
-        load_exports(conn, write_dir(tmp_path / "csv"))
+        load_exports(conn, write_dir(csv_dir))
     with pipeline.PipelineLock(timeout=0) as lock:
         first = pipeline.plan(settings)
         pipeline.record_build(first, settings, lock, pipeline.mark_build_started(first, settings, lock))
+        yield settings, lock
+
+
+def test_a_failed_build_says_the_next_run_rebuilds_from_scratch_once_another_run_marked_the_record(
+    database, tmp_path
+):
+    """Two runs built at once, one of them having lost the lock: that one marked the record, and the other's
+    failure said the next run would build only the days from its window."""
+    with after_a_recorded_build(database, tmp_path / "csv") as (settings, _):
+        build_plan = pipeline.plan(settings)
+        assert (
+            pipeline.after_failure(build_plan)
+            == f"the next run builds the days from {build_plan.window_start} again"
+        )
+        with database.connect(autocommit=True) as conn:
+            refresh.mark_rebuild_needed(conn)  # as the run that lost the lock does
+        assert pipeline.after_failure(build_plan) == "the next run rebuilds from scratch"
+    assert pipeline.plan(settings).full_refresh
+
+
+def test_a_build_the_database_failed_to_record_says_so_and_what_the_next_run_does(database, tmp_path):
+    """It said only "cannot connect to ...", as though nothing had been built."""
+    with after_a_recorded_build(database, tmp_path / "csv") as (settings, lock):
         write_export(tmp_path / "csv", "2024-01-02", [invoice(1)])
         with database.connect(autocommit=True) as conn:
             load_exports(conn, tmp_path / "csv")
@@ -132,17 +157,13 @@ def test_a_build_the_database_failed_to_record_says_so_and_what_the_next_run_doe
 
 
 def test_a_run_that_lost_the_lock_and_cannot_mark_the_record_says_to_rebuild_from_scratch(database, tmp_path):
-    settings = pipeline.Settings.from_environment()
-    with database.connect(autocommit=True) as conn:
-        load_exports(conn, write_dir(tmp_path / "csv"))
-    with pipeline.PipelineLock(timeout=0) as lock:
-        first = pipeline.plan(settings)
-        pipeline.record_build(first, settings, lock, pipeline.mark_build_started(first, settings, lock))
+    with after_a_recorded_build(database, tmp_path / "csv") as (settings, lock):
+        build_plan = pipeline.plan(settings)
         database.query(LOCK_SESSIONS)  # the server restarted, say
         with no_new_session(database), pytest.raises(pipeline.PipelineError) as failed:
-            pipeline.record_build(first, settings, lock, None)
-    assert str(failed.value).startswith("this run lost the pipeline lock")
+            pipeline.record_build(build_plan, settings, lock, None)
     said = str(failed.value)
+    assert said.startswith("this run lost the pipeline lock")
     assert failed.value.exit_code == pipeline.EXIT_CONFIG
     assert (
         "; its build is not recorded, and the database failed before the next build could be marked a full "

@@ -158,7 +158,7 @@ def dbt_models(context: AssetExecutionContext, dbt: DbtCliResource):
                     code = invocation.process.returncode
                     raise Failure(
                         description="\n".join(
-                            [f"dbt build {steps.failed(code)}; {build_plan.after_failure()}", *report]
+                            [f"dbt build {steps.failed(code)}; {pipeline.after_failure(build_plan)}", *report]
                         ),
                         metadata={
                             "failures": MetadataValue.text("\n".join(report) or "none"),
