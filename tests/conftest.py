@@ -240,6 +240,21 @@ class Database:
             return conn.execute(statement, params).fetchall()
 
 
+@contextmanager
+def role_setting(database: Database, role: str, name: str, value: str) -> Iterator[None]:
+    """Within the block, `role`'s new sessions in `database` take `value` for the setting `name`, as a DBA
+    may set it (ALTER ROLE ... IN DATABASE ... SET)."""
+    target = sql.SQL("alter role {} in database {}").format(
+        sql.Identifier(role), sql.Identifier(database.name)
+    )
+    with database.connect("admin", autocommit=True) as admin:
+        admin.execute(sql.SQL("{} set {} to {}").format(target, sql.Identifier(name), sql.Literal(value)))
+        try:
+            yield
+        finally:
+            admin.execute(sql.SQL("{} reset {}").format(target, sql.Identifier(name)))
+
+
 def libpq_env(conninfo: str) -> dict[str, str]:
     """os.environ without its PG* variables, plus those that name `conninfo`'s connection."""
     params = conninfo_to_dict(conninfo)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import PROJECT_ROOT, hold_the_loaders_lock, wait_until
+from conftest import PROJECT_ROOT, hold_the_loaders_lock, role_setting, wait_until
 from loader_files import (
     BASE_DATE,
     BIG,
@@ -551,13 +551,8 @@ def fail_the_database_under_a_loader(database, csv_dir: Path, how: str) -> subpr
     its session ended (a server restart, pg_terminate_backend: the connection is lost) or every new
     transaction of the transformer read-only (the server refusing the writes)."""
     if how == "read-only":
-        role = f"alter role transformer in database {database.name}"
-        with database.connect("admin", autocommit=True) as admin:
-            admin.execute(f"{role} set default_transaction_read_only = on")
-            try:
-                return run_cli(database.env("transformer"), "--csv-dir", str(csv_dir))
-            finally:
-                admin.execute(f"{role} reset default_transaction_read_only")
+        with role_setting(database, "transformer", "default_transaction_read_only", "on"):
+            return run_cli(database.env("transformer"), "--csv-dir", str(csv_dir))
     with database.connect("admin") as admin:
         admin.execute("lock table raw.invoices in access exclusive mode")
         process = start_loader(database, csv_dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -27,6 +27,7 @@ from conftest import (
     hold_the_loaders_lock,
     lines_until,
     pipeline_env,
+    role_setting,
     run_pipeline,
     sessions_blocked_by,
     start_pipeline,
@@ -788,14 +789,11 @@ def test_a_load_the_database_failed_says_to_run_again_not_to_remove_the_export(
     database = make_database()
     for name, value in database.env("transformer").items():
         monkeypatch.setenv(name, value)
-    role = f"alter role transformer in database {database.name}"
-    with database.connect("admin", autocommit=True) as admin:
-        admin.execute(f"{role} set default_transaction_read_only = on")
-        try:
-            with pytest.raises(pipeline.PipelineError) as failed:
-                pipeline.load_exports(pipeline.Settings(csv_dir=csv_dir, lock_timeout_seconds=0))
-        finally:
-            admin.execute(f"{role} reset default_transaction_read_only")
+    with (
+        role_setting(database, "transformer", "default_transaction_read_only", "on"),
+        pytest.raises(pipeline.PipelineError) as failed,
+    ):
+        pipeline.load_exports(pipeline.Settings(csv_dir=csv_dir, lock_timeout_seconds=0))
     assert failed.value.exit_code == 6
     assert str(failed.value) == (
         f"the load failed: the database failed while loading export (dated by its content) ({csv_dir}): "
