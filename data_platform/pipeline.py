@@ -245,6 +245,10 @@ def build(build_plan: refresh.BuildPlan, warm: WarmDbt, settings: Settings, lock
             raise PipelineError(f"dbt build {failed(code)}; {after_failure(build_plan)}", code)
 
 
+# the database unreachable, or failing (or refusing) one of the pipeline's own queries
+DATABASE_FAILED = (DatabaseUnavailable, psycopg.Error)
+
+
 def after_failure(build_plan: refresh.BuildPlan) -> str:
     """What the next run does when this build failed: a rebuild from scratch whatever this plan was when
     the record was marked meanwhile (by a run that lost the pipeline lock while this one built, say)."""
@@ -253,7 +257,7 @@ def after_failure(build_plan: refresh.BuildPlan) -> str:
             with connect() as conn:
                 if refresh.full_build_unfinished(conn):
                     return refresh.REBUILT_FROM_SCRATCH
-        except (DatabaseUnavailable, psycopg.Error):
+        except DATABASE_FAILED:
             pass  # unread: the plan's own words
     return build_plan.after_failure()
 
@@ -304,7 +308,7 @@ def record_build(
         try:
             with connect() as conn:
                 refresh.mark_rebuild_needed(conn)
-        except (DatabaseUnavailable, psycopg.Error) as failed:
+        except DATABASE_FAILED as failed:
             raise PipelineError(
                 f"{error}; its build is not recorded, and the database failed before the next build could be "
                 f"marked a full one ({_first_line(failed)}): run it with FULL_REFRESH=true",
@@ -315,7 +319,7 @@ def record_build(
     try:
         with connect() as conn:
             refresh.record_build(conn, build_plan.current, reader=settings.alerter_user, own_mark=own_mark)
-    except (DatabaseUnavailable, psycopg.Error) as failed:
+    except DATABASE_FAILED as failed:
         # a build not recorded is redone (the plan compares with the last record), so nothing is lost
         raise PipelineError(
             f"dbt build succeeded, but the database failed before it was recorded ({_first_line(failed)}): "

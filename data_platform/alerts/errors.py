@@ -47,7 +47,8 @@ def database_error(error: DBAPIError) -> str:
             )
         return f"{message}. Role {role} lacks a privilege the alert run needs."
     # a write inside the reader's READ ONLY marts transaction: the ops session, the only one that writes,
-    # was found writable before the run (ops_tables.check_writable)
+    # was found writable before the run and after such an error (ops_tables.check_writable and
+    # check_still_writable)
     if sqlstate == "25006":
         return (
             f"{message}: something in marts tried to write while the alerter read it, and was stopped; "
