@@ -21,12 +21,13 @@ import stat
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from difflib import SequenceMatcher
 from pathlib import Path
 
 import psycopg
 
 from data_platform.load_errors import CR_ALONE, LoadError, changed_while_read, shape_error
-from data_platform.raw_tables import TableSpec
+from data_platform.raw_tables import INVOICES, ORGANIZATIONS, TableSpec
 
 BLOCK_SIZE = 1024 * 1024
 # Longest header we accept; read with a limit so a file without newlines is never slurped.
@@ -34,6 +35,7 @@ MAX_HEADER_BYTES = 64 * 1024
 # How much of a line the error path keeps.
 LINE_HEAD_BYTES = 4096
 UTF8_BOM = b"\xef\xbb\xbf"
+EXPORT_COLUMN_NAMES = frozenset((*INVOICES.header, *ORGANIZATIONS.header))
 # Files in another form than UTF-8 text, by their first bytes, named as such rather than as a header that
 # is not UTF-8 (the first match counts: UTF-32's marks start like UTF-16's)
 _SAVE_AS_UTF8 = "byte order mark): save it as UTF-8"
@@ -166,10 +168,26 @@ def _header_error(path: Path, expected: tuple[str, ...], found: str) -> LoadErro
     must_be = f"the header must be exactly {','.join(expected)} ({len(expected)} columns, found {len(names)})"
     for want, got in zip(expected, names, strict=False):
         if want != got:
+            if not _reads_as_column_name(got, want):
+                return LoadError(
+                    path,
+                    f"wrong header: expected {want} here, found {len(got)} characters that name no "
+                    f"column of an export (not shown: the file may be no export at all); {must_be}",
+                    line=1,
+                    column=want,
+                )
             return LoadError(
                 path, f"wrong header: expected {want} here; {must_be}", line=1, column=want, value=got
             )
     return LoadError(path, f"wrong header: {must_be}", line=1, value=found)
+
+
+def _reads_as_column_name(found: str, expected: str) -> bool:
+    """Whether a header field that differs is shown: a column name of any export, in any case, or one
+    close to the expected name (a typo). The first line of any other file is not: the files are opened
+    wherever their links point, and a link to a secret would print it (in the failure alerts too)."""
+    name = found.strip().upper()
+    return name in EXPORT_COLUMN_NAMES or SequenceMatcher(None, name, expected).ratio() >= 0.6
 
 
 def open_regular(path: Path) -> int:

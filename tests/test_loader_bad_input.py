@@ -422,6 +422,43 @@ def test_a_broken_organizations_link_is_named_not_taken_for_no_file(conn, tmp_pa
 
 
 @pytest.mark.parametrize(
+    "secret",
+    ["https://hooks.slack.com/services/T0SECRET/B0SECRET/xyzSECRET", "root:x:0:0:root:/root:/bin/bash"],
+)
+@pytest.mark.parametrize("name", ["invoices.csv", "organizations.csv"])
+def test_a_link_to_a_file_that_is_no_export_never_shows_its_first_line(
+    conn, tmp_path, baseline, name, secret
+):
+    """Export files are read wherever their links point (shares are linked in), and a header error shows
+    the field that differs: from a link to a secret (a webhook URL, a password file) that would be the
+    secret, in the loader's output and in the failure alerts that quote it."""
+    folder = write_export(tmp_path / "csv", "2024-01-02", [invoice(1)], ORG_LINES[1:2])
+    (tmp_path / "secret").write_text(f"{secret}\n")
+    (folder / name).unlink()
+    (folder / name).symlink_to(tmp_path / "secret")
+    with pytest.raises(LoadError) as raised:
+        load_exports(conn, tmp_path / "csv")
+    message = str(raised.value)
+    assert (raised.value.path, raised.value.value) == (folder / name, None), message
+    assert secret[-9:] not in message, message
+    assert f"found {len(secret)} characters that name no column of an export" in message
+    assert snapshot(conn) == baseline
+
+
+@pytest.mark.parametrize(
+    ("header", "shown"), [("ORGANIZATION_ID,NAME", "ORGANIZATION_ID"), ("INVOCE_ID,X", "INVOCE_ID")]
+)
+def test_a_header_field_that_names_a_column_or_nearly_is_still_shown(conn, tmp_path, baseline, header, shown):
+    """Another export's header (the files swapped) or a typo is shown, as it names what went wrong."""
+    folder = write_export(tmp_path / "csv", "2024-01-02", [invoice(1)], ORG_LINES[1:2])
+    (folder / "invoices.csv").write_text(f"{header}\n")
+    with pytest.raises(LoadError) as raised:
+        load_exports(conn, tmp_path / "csv")
+    assert (raised.value.column, raised.value.value) == ("INVOICE_ID", shown), str(raised.value)
+    assert snapshot(conn) == baseline
+
+
+@pytest.mark.parametrize(
     "name", ["Organizations.csv", "organisations.csv", "organizations.csv.txt", "organizations (1).csv"]
 )
 def test_another_file_in_a_dated_export_is_named_not_left_out(conn, tmp_path, baseline, name):
