@@ -235,15 +235,30 @@ def test_redact_replaces_each_quoted_part_whole_and_every_time():
     )
 
 
-def test_redact_hides_a_password_and_a_fragment():
-    url = f"https://hook-user:pw-{SECRET}@hooks.example.invalid/T0/B0/x#frag-{QUERY_SECRET}"
+def test_redact_hides_a_password_a_user_name_and_a_fragment():
+    url = f"https://key-{SECRET}:pw-{SECRET}@hooks.example.invalid/T0/B0/x#frag-{QUERY_SECRET}"
     redacted = redact(
-        f"login hook-user:pw-{SECRET}@hooks.example.invalid refused, anchor frag-{QUERY_SECRET}", url
+        f"login key-{SECRET}:pw-{SECRET}@hooks.example.invalid refused, user key-{SECRET}, "
+        f"anchor frag-{QUERY_SECRET}",
+        url,
     )
     assert (
-        redacted
-        == "login hook-user:<SLACK_WEBHOOK_URL>@hooks.example.invalid refused, anchor <SLACK_WEBHOOK_URL>"
+        redacted == "login <SLACK_WEBHOOK_URL> refused, user <SLACK_WEBHOOK_URL>, anchor <SLACK_WEBHOOK_URL>"
     )
+
+
+def test_redact_hides_a_host_that_carries_the_secret_as_a_client_lowercases_it():
+    # services such as Pipedream name each webhook by a host of its own
+    url = f"https://eo{SECRET}.m.pipedream.invalid/"
+    redacted = redact(f"Failed to resolve 'eo{SECRET.lower()}.m.pipedream.invalid'", url)
+    assert redacted == "Failed to resolve '<SLACK_WEBHOOK_URL>'"
+
+
+def test_redact_hides_parts_in_any_case_and_never_inside_its_placeholder():
+    url = f"https://hooks.example.invalid/services/hook/{SECRET}"
+    assert redact(f"error at /SERVICES/HOOK/{SECRET.upper()}", url) == "error at <SLACK_WEBHOOK_URL>"
+    # "hook" is a part, and the placeholder's name holds it in another case
+    assert redact(f"hook {SECRET}", url) == "<SLACK_WEBHOOK_URL> <SLACK_WEBHOOK_URL>"
 
 
 def test_redact_hides_a_url_that_does_not_parse():

@@ -20,6 +20,7 @@ of it (and of each of its parts) before anyone sees them.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -194,14 +195,17 @@ _SHORTEST_SECRET_PART = 4  # shorter path segments or query values ("T0", "v1") 
 
 
 def _secret_parts(url: str) -> list[str]:
-    """The whole URL and every part of it that could carry its secret, longest first."""
+    """The whole URL and every part of it that could carry its secret, longest first. The host and user
+    name too: some services put the secret in the host (`<token>.m.pipedream.net`), others take an API key
+    as the user name."""
     try:
         parts = urlsplit(url)
-        password = parts.password
+        password, username, hostname = parts.password, parts.username, parts.hostname
     except ValueError:
         return [url]
     after_host = url.split(parts.netloc, 1)[-1] if parts.netloc else url
-    candidates = {url, after_host, parts.path, parts.query, parts.fragment, password or ""}
+    candidates = {url, after_host, parts.path, parts.query, parts.fragment}
+    candidates.update(part or "" for part in (password, username, hostname, parts.netloc))
     candidates.update(segment for segment in parts.path.split("/"))
     for name, value in parse_qsl(parts.query, keep_blank_values=True):
         candidates.update((f"{name}={value}", value))
@@ -211,10 +215,10 @@ def _secret_parts(url: str) -> list[str]:
 
 def redact(message: str, url: str, placeholder: str = REDACTED) -> str:
     """Remove the webhook URL, and each part of it that could carry the secret, from any text;
-    `placeholder` (the variable it came from, say) takes its place."""
-    for secret in _secret_parts(url):
-        message = message.replace(secret, placeholder)
-    return message
+    `placeholder` (the variable it came from, say) takes its place. In any case (a client lowercases the
+    host, an error page may shout the path), and in one pass, so no part is found inside a placeholder."""
+    secrets = re.compile("|".join(map(re.escape, _secret_parts(url))), re.IGNORECASE)
+    return secrets.sub(lambda _: placeholder, message)
 
 
 def describe_send_error(error: Exception, timeout: float, request_sent: bool = True) -> tuple[str, bool]:
