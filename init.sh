@@ -18,7 +18,7 @@
 #   RUN_ALERTS=true             run alert_script.py once after a successful build
 #   ALERTER_USER=alerter        role the alert script connects as (password: ALERTER_PASSWORD)
 #   SERVE_DOCS=false            serve the dbt docs site after the build (the container turns it on)
-#   DOCS_HOST=0.0.0.0 DOCS_PORT=8080
+#   DOCS_HOST=127.0.0.1 DOCS_PORT=8080  (this machine only; the container sets DOCS_HOST=0.0.0.0)
 # Any failure stops the pipeline with a non-zero exit code (2 for a setting; 3, busy: another pipeline run,
 # or a loader or alert run by hand, held its lock past PIPELINE_LOCK_TIMEOUT; 6: the database failed during
 # the load, run again once it is back; 130/143: stopped; 128 + N: a step killed by signal N, such as 137 for

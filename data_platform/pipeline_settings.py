@@ -104,7 +104,7 @@ class Settings:
     alerter_user: str = "alerter"
     alerter_password: str = "alerter"
     serve_docs: bool = False
-    docs_host: str = "0.0.0.0"
+    docs_host: str = "127.0.0.1"  # this machine only: the container sets 0.0.0.0 itself
     docs_port: int = 8080
 
     @classmethod

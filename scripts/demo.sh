@@ -32,6 +32,5 @@ echo "==> applying init.sql to ${PGUSER:-$USER}@${PGHOST:-localhost}/${PGDATABAS
 export PGUSER=transformer
 export PGPASSWORD="${TRANSFORMER_PASSWORD:-transformer}"
 export SERVE_DOCS="${SERVE_DOCS:-true}"
-export DOCS_HOST="${DOCS_HOST:-127.0.0.1}"
 cd "$caller"
 exec "$project/init.sh"
