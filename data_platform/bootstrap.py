@@ -108,12 +108,13 @@ def start_embedded_server(data_dir: Path, database: str) -> dict[str, str]:
     _refuse_unusable(data_dir)
     pgserver = _pgserver()
     data_dir.mkdir(parents=True, exist_ok=True)
-    server = pgserver.get_server(data_dir, cleanup_mode=None)
+    try:
+        server = pgserver.get_server(data_dir, cleanup_mode=None)
+    except subprocess.CalledProcessError as error:  # pgserver has logged the command's output
+        raise RuntimeError(_not_started(data_dir, error)) from None
     admin_uri = server.get_uri()
     with psycopg.connect(admin_uri, autocommit=True) as conn:
-        exists = conn.execute("select 1 from pg_database where datname = %s", (database,)).fetchone()
-        if not exists:
-            conn.execute(sql.SQL("create database {}").format(sql.Identifier(database)))
+        create_database(conn, database)
     params = conninfo_to_dict(admin_uri)
     return {
         "PGHOST": str(params["host"]),
@@ -121,6 +122,29 @@ def start_embedded_server(data_dir: Path, database: str) -> dict[str, str]:
         "PGUSER": str(params.get("user", "postgres")),
         "PGDATABASE": database,
     }
+
+
+def create_database(conn: psycopg.Connection, name: str) -> None:
+    """Create the database unless it exists; two demos started at once both find it missing, and the
+    second's create fails (a unique violation, or duplicate database) once the first's has committed."""
+    if conn.execute("select 1 from pg_database where datname = %s", (name,)).fetchone():
+        return
+    with suppress(psycopg.errors.DuplicateDatabase, psycopg.errors.UniqueViolation):
+        conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+
+
+def _not_started(data_dir: Path, error: subprocess.CalledProcessError) -> str:
+    command = Path(str(error.cmd[0])).name if error.cmd else "Postgres"
+    message = (
+        f"the embedded Postgres did not start in {data_dir}: {command} exited {error.returncode} (above)"
+    )
+    if os.geteuid() == 0:
+        message += (
+            ". As root, pgserver runs Postgres as its own user, pgserver, which must be able to read .venv"
+            " (a clone made under umask 077 cannot be read: chmod -R go+rX .venv, remove the data folder,"
+            " and run again)"
+        )
+    return message
 
 
 def stop_embedded_server(data_dir: Path) -> bool:

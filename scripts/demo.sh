@@ -25,7 +25,7 @@ if [ -z "${PGHOST:-}" ] && [ -z "${PGDATABASE:-}" ]; then
     eval "$exports"
 fi
 
-echo "==> applying init.sql to ${PGUSER:-$USER}@${PGHOST:-localhost}/${PGDATABASE:-}"
+echo "==> applying init.sql to ${PGUSER:-${USER:-$(id -un)}}@${PGHOST:-localhost}/${PGDATABASE:-}"
 .venv/bin/python -m data_platform.bootstrap init-sql
 
 # From here on the pipeline runs as the transformer role, exactly as in the container.

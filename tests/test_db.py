@@ -7,10 +7,14 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+import uuid
 from pathlib import Path
 
 import psutil
+import psycopg
+from psycopg import sql
 
 from data_platform import bootstrap, db
 
@@ -123,6 +127,43 @@ def test_an_embedded_server_in_a_folder_whose_path_a_shell_would_split_is_refuse
     )
     assert "DEMO_PGDATA" in error
     assert not data_dir.exists()
+
+
+def test_an_embedded_server_that_cannot_start_is_an_error_in_words_not_a_traceback(tmp_path, capsys):
+    data_dir = tmp_path / "pgdata"
+    data_dir.mkdir()
+    (data_dir / "stray").write_text("not a database\n")  # initdb refuses a folder that is not empty
+    assert bootstrap.main(["embedded", "--data-dir", str(data_dir)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: the embedded Postgres did not start in {data_dir}: initdb exited 1")
+
+
+def test_creating_the_demo_database_twice_at_once_creates_it_once(admin_conninfo):
+    """Two demos started at once on a new data folder: both found the database missing, and the second's
+    create failed with a unique violation once the first had committed."""
+    name = f"demo_{uuid.uuid4().hex}"
+    admin = admin_conninfo
+    barrier = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def create() -> None:
+        try:
+            with psycopg.connect(admin, autocommit=True) as conn:
+                barrier.wait()
+                bootstrap.create_database(conn, name)
+        except BaseException as error:  # reported by the assertion below
+            errors.append(error)
+
+    threads = [threading.Thread(target=create) for _ in range(2)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert errors == []
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(sql.SQL("drop database if exists {}").format(sql.Identifier(name)))
 
 
 def test_every_session_overrides_what_a_role_sets_against_it(make_database, monkeypatch):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import getpass
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -285,3 +287,24 @@ def test_the_docs_are_served_again_on_the_port_a_stopped_server_left_in_time_wai
     assert served, output
     assert "pipeline: the docs server stopped (SIGINT)." in output, output
     assert server.returncode == 128 + signal.SIGINT, output
+
+
+def test_the_demo_runs_from_a_shell_without_user_or_pguser(tmp_path):
+    """cron and systemd give no USER: the demo's first line about the database stopped it, under set -u.
+    The real demo.sh, with the steps it calls stubbed (the step after that line fails on purpose)."""
+    shutil.copytree(PROJECT_ROOT / "scripts", tmp_path / "scripts")
+    (tmp_path / "scripts" / "bootstrap.sh").write_text("exit 0\n")
+    stub = tmp_path / ".venv" / "bin" / "python"
+    stub.parent.mkdir(parents=True)
+    stub.write_text('#!/bin/sh\necho "python $*"\nexit 7\n')
+    stub.chmod(0o755)
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "PGHOST": "db.invalid", "PGDATABASE": "w"}
+    result = subprocess.run(
+        ["bash", str(tmp_path / "scripts" / "demo.sh")], env=env, capture_output=True, text=True, timeout=60
+    )
+    user = getpass.getuser()
+    assert (result.returncode, result.stderr) == (7, ""), result
+    assert (
+        f"==> applying init.sql to {user}@db.invalid/w\npython -m data_platform.bootstrap init-sql"
+        in result.stdout
+    )
