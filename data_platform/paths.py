@@ -21,8 +21,19 @@ DBT_ARGS = (*DBT_DIR_ARGS, "--target", DBT_PROFILE_TARGET)
 
 def dbt_project_var(name: str):
     """A variable of dbt_project.yml, for Python that must agree with the models."""
+    return _dbt_project()["vars"][name]
+
+
+def dbt_models_schema(folder: str) -> str:
+    """The schema dbt builds a models folder into: its `+schema` in dbt_project.yml, taken as it is
+    (macros/generate_schema_name.sql)."""
+    project = _dbt_project()
+    return project["models"][project["name"]][folder]["+schema"]
+
+
+def _dbt_project() -> dict:
     with (DBT_PROJECT_DIR / "dbt_project.yml").open(encoding="utf-8") as project:
-        return yaml.safe_load(project)["vars"][name]
+        return yaml.safe_load(project)
 
 
 def dbt_target_dir(environ: Mapping[str, str] | None = None) -> Path:

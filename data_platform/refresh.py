@@ -46,12 +46,13 @@ import yaml
 from psycopg import sql
 
 from data_platform import db, ledger
-from data_platform.paths import DBT_PROJECT_DIR, dbt_project_var
+from data_platform.paths import DBT_PROJECT_DIR, dbt_models_schema, dbt_project_var
 from data_platform.raw_tables import RAW_SCHEMA
 
 # Names dbt's macros use too, written once in dbt_project.yml's vars.
 BUILD_STATE = dbt_project_var("build_record")
 WINDOW_VARIABLE = dbt_project_var("ledger_window_variable")
+MARTS_SCHEMA = dbt_models_schema("marts")  # what the alerts read
 # Set for the pipeline's own builds: it marks and records them itself, so dbt's on-run-start hook, which marks
 # the record for a build by hand (dbt/macros/build_state.sql), leaves them alone.
 PIPELINE_BUILD_VARIABLE = dbt_project_var("pipeline_build_variable")
@@ -308,19 +309,25 @@ def changed_since_plan(plan: BuildPlan) -> str | None:
 
 
 def _ensure_build_state(conn: psycopg.Connection, reader: str) -> None:
-    """The record's table, readable by `reader` (the alerter's role, when it exists)."""
+    """The record's table, readable by `reader` (the alerter's role, when it exists), and the marts'
+    schema once a build has made it: dbt grants select on the marts' tables, not usage on their schema,
+    which init.sql grants only the alerter it creates (another ALERTER_USER could read no mart)."""
     conn.execute(CREATE_BUILD_STATE)
     conn.execute(ADD_FULL_BUILD_MARK)
     granted = conn.execute(
-        "select has_schema_privilege(rolname, %s, 'usage') and has_table_privilege(rolname, %s, 'select') "
-        "from pg_roles where rolname = %s",
-        (RAW_SCHEMA, BUILD_STATE, reader),
+        "select has_schema_privilege(rolname, %(raw)s, 'usage') and has_table_privilege(rolname, %(record)s, "
+        "'select'), to_regnamespace(%(marts)s) is null or has_schema_privilege(rolname, %(marts)s, 'usage') "
+        "from pg_roles where rolname = %(reader)s",
+        {"raw": RAW_SCHEMA, "record": BUILD_STATE, "marts": MARTS_SCHEMA, "reader": reader},
     ).fetchone()
-    if granted is None or granted[0]:  # no such role, or nothing to do (a grant writes the catalog)
+    if granted is None:  # no such role (nothing to do otherwise: a grant writes the catalog)
         return
     role = sql.Identifier(reader)
-    conn.execute(sql.SQL("grant usage on schema {} to {}").format(sql.Identifier(RAW_SCHEMA), role))
-    conn.execute(sql.SQL("grant select on {} to {}").format(sql.SQL(BUILD_STATE), role))
+    if not granted[0]:
+        conn.execute(sql.SQL("grant usage on schema {} to {}").format(sql.Identifier(RAW_SCHEMA), role))
+        conn.execute(sql.SQL("grant select on {} to {}").format(sql.SQL(BUILD_STATE), role))
+    if not granted[1]:
+        conn.execute(sql.SQL("grant usage on schema {} to {}").format(sql.Identifier(MARTS_SCHEMA), role))
 
 
 def mark_build_started(conn: psycopg.Connection, plan: BuildPlan, reader: str) -> dt.datetime | None:

@@ -302,3 +302,20 @@ def test_a_builds_success_clears_its_own_mark_only(conn, loaded):
     mark_meanwhile()
     refresh.record_build(conn, incremental.current, reader=READER)
     assert refresh.plan_build(conn).full_refresh
+
+
+def test_a_build_lets_another_alerter_role_use_the_marts_schema(conn, loaded, database):
+    """dbt grants ALERTER_USER select on the marts' tables; only init.sql's alerter could use their schema,
+    so an alert run as another role failed on every build with advice to rebuild."""
+    role = f"alerter_{database.name}"
+    with database.connect("admin", autocommit=True) as admin:
+        admin.execute(f"create role {role}")
+    try:
+        uses = f"select has_schema_privilege('{role}', '{refresh.MARTS_SCHEMA}', 'usage')"
+        assert database.query(uses) == [(False,)]
+        refresh.record_build(conn, refresh.plan_build(conn).current, reader=role)
+        assert database.query(uses) == [(True,)]
+    finally:
+        with database.connect("admin", autocommit=True) as admin:
+            admin.execute(f"drop owned by {role}")
+            admin.execute(f"drop role {role}")

@@ -53,9 +53,9 @@ from data_platform.alerts.records import (
     Why,
 )
 from data_platform.paths import dbt_project_var
-from data_platform.refresh import BUILD_STATE, BUILD_STATUS_SQL
+from data_platform.refresh import BUILD_STATE, BUILD_STATUS_SQL, MARTS_SCHEMA
 
-marts = MetaData(schema="marts")
+marts = MetaData(schema=MARTS_SCHEMA)
 
 fact = Table(
     "fct_organization_daily_financials",
