@@ -1111,6 +1111,14 @@ def test_slow_slack_that_accepts_gets_a_message_at_most_twice(db, slack):
     stored = db.query("select last_error, unanswered_attempts from ops.alert_history")
     assert stored == [("no answer within 0.3 s (the message may have arrived)", 2)]
 
+    # it never arrived: what the message says to do sends it once more, and only it
+    assert "to send one again, delete its row there, then run alert_script.py --since its day" in third.stdout
+    db.query("delete from ops.alert_history where organization_id = 1 returning 1")
+    resent = run_alerts(db, "--since", DAY[0].isoformat(), webhook=slack.url)
+    assert resent.returncode == 0, resent.stderr
+    assert len(slack.delivered) == 3
+    assert history(db) == {(1, DAY[0]): ("sent", 1)}
+
 
 def test_a_run_that_dies_during_an_alerts_last_attempt_leaves_exit_3_to_the_next_run(db, slack):
     # the give-up is counted before the request: a run stopped while it waits never reports it, and a

@@ -646,7 +646,8 @@ def test_the_no_answer_note_promises_another_send_only_to_the_alerts_not_given_u
     )
     assert (
         "1 alert never confirmed after 2 unanswered attempts: not sent again; check the channel (status "
-        "'unknown' in ops.alert_history)." in summary.notes()
+        "'unknown' in ops.alert_history): to send one again, delete its row there, then run alert_script.py "
+        "--since its day." in summary.notes()
     )
 
 

@@ -65,7 +65,7 @@ from data_platform.alerts.records import (
     Why,
 )
 from data_platform.alerts.routing import Destination
-from data_platform.alerts.summary import Summary
+from data_platform.alerts.summary import GIVEN_UP_ADVICE, Summary
 from data_platform.db import SESSION_SETTINGS, describe_target
 from data_platform.wording import plural
 
@@ -325,8 +325,7 @@ def _tell_undelivered(summary: Summary) -> None:
     if summary.given_up_reported:
         print(
             f"alert_script.py: {summary.given_up_reported} alert(s) never confirmed after "
-            f"{MAX_UNCONFIRMED_ATTEMPTS} unanswered attempts: not sent again; check the channel (status "
-            "'unknown' in ops.alert_history).",
+            f"{MAX_UNCONFIRMED_ATTEMPTS} unanswered attempts: {GIVEN_UP_ADVICE}.",
             file=sys.stderr,
         )
 

@@ -15,6 +15,13 @@ def _by_variable(counts: dict[str, int]) -> str:
     return ", ".join(f"{variable} {count:,}" for variable, count in sorted(by_variable.items()))
 
 
+# what to do about an alert given up on: it may have arrived, or not
+GIVEN_UP_ADVICE = (
+    "not sent again; check the channel (status 'unknown' in ops.alert_history): to send one again, delete "
+    "its row there, then run alert_script.py --since its day"
+)
+
+
 @dataclass
 class Summary:
     dry_run: bool = False
@@ -149,8 +156,7 @@ class Summary:
         if self.given_up:
             notes.append(
                 f"{plural(self.given_up, 'alert')} never confirmed after {MAX_UNCONFIRMED_ATTEMPTS} "
-                "unanswered attempts: not sent again; check the channel (status 'unknown' in "
-                "ops.alert_history)."
+                f"unanswered attempts: {GIVEN_UP_ADVICE}."
             )
         if self.superseded:
             waiting = plural(self.superseded, "waiting alert")
