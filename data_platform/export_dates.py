@@ -26,10 +26,17 @@ def _refuse_date(conn: psycopg.Connection, export: Export, export_date: date, to
         raise future_export(export.source, export_date, today)
     latest = ledger.latest_export(conn)
     if latest is not None and export_date < latest:
+        older = f"export {export_date} is older than the latest loaded export {latest}"
+        older += ": exports load in date order"
+        if export.date is None:  # the single-file export, dated by its newest invoice
+            raise LoadError(export.source, f"{older}; put corrections in a new dated export")
+        # a day that arrived late: removed, its rows would be lost; renamed to a later day, that folder
+        # would take the place of that day's real export
         raise LoadError(
             export.source,
-            f"export {export_date} is older than the latest loaded export {latest}: exports load in "
-            "date order; put corrections in a new dated export",
+            f"{older}, so it can no longer load. To keep its rows, add them to the next export before that "
+            "one loads (booked on its day; for an invoice or organization in both, keep the next export's "
+            f"row), then remove this folder; or restore a backup taken before {latest} loaded",
         )
 
 
@@ -69,7 +76,9 @@ def _altered(
     return LoadError(
         export.source,
         f"export {export_date} was already loaded from a different file ({was}, from {logged.source}); "
-        "exports are immutable: put corrections in a new dated export",
+        "exports are immutable: put its files back as they were loaded (or, if those are lost, move them "
+        "out of the landing folder: the ledger keeps what they loaded), and corrections in a new dated "
+        "export",
     )
 
 

@@ -209,7 +209,8 @@ def _refuse_other_files(folder: Path) -> None:
             raise LoadError(
                 entry,
                 f"unexpected entry in {folder}: a dated export folder holds only {INVOICES.file_name} and, "
-                f"optionally, {ORGANIZATIONS.file_name}; rename or remove it",
+                f"optionally, {ORGANIZATIONS.file_name}; remove it (a misspelt {ORGANIZATIONS.file_name} may "
+                "be renamed while its export is not loaded yet; a loaded export's files stay as they were)",
             )
 
 

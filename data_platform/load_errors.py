@@ -143,10 +143,13 @@ def changed_while_read(path: Path) -> LoadError:
 ALLOW_EMPTY_HELP = "load an export whose files have a header but no data rows (else an error)"
 
 
-def header_only(path: Path, table_name: str) -> LoadError:
+def header_only(path: Path, table_name: str, export_date: date | None = None) -> LoadError:
+    """`export_date`: the dated export's day, which bounds the run that allows it (--allow-empty allows
+    every export the run loads: a later day's truncated file would load as empty too, for good)."""
+    allow = f"--allow-empty --through {export_date}" if export_date else "--allow-empty"
     return LoadError(
         path,
-        f"no data rows, only the header (pass --allow-empty if an export without {table_name} is intended: "
+        f"no data rows, only the header (pass {allow} if an export without {table_name} is intended: "
         "the README's loader section says how for the pipeline)",
     )
 

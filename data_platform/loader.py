@@ -156,11 +156,11 @@ def _checked_files(export: Export) -> list[_File]:
     return checked
 
 
-def _refuse_empty(files: list[_File]) -> None:
+def _refuse_empty(files: list[_File], export_date: date | None) -> None:
     """Refuse a file with a header but no data rows (unless --allow-empty)."""
     for file in files:
         if file.before.st_size == file.header_bytes:
-            raise header_only(file.path, file.spec.name)
+            raise header_only(file.path, file.spec.name, export_date)
 
 
 def load_export(
@@ -187,7 +187,7 @@ def load_export(
         # only once it is known not to be loaded yet: an export loaded with --allow-empty is skipped by
         # the runs after it, which never pass it
         if not allow_empty:
-            _refuse_empty(files)
+            _refuse_empty(files, export.date)
         for file in files:
             refuse_cut_off(file.path)
         staged = _stage_files(conn, export, files, block_size, progress)

@@ -234,8 +234,22 @@ def test_header_only_file_is_refused_and_loads_nothing(conn, tmp_path, baseline,
     with pytest.raises(LoadError) as raised:
         load_exports(conn, tmp_path / "csv")
     assert raised.value.path == path
-    assert "no data rows, only the header (pass --allow-empty" in str(raised.value)
+    assert "no data rows, only the header (pass --allow-empty --through 2024-01-02 if" in str(raised.value)
     assert snapshot(conn) == baseline
+
+
+def test_the_advice_for_an_export_meant_empty_loads_no_later_truncated_one(conn, tmp_path):
+    """--allow-empty alone allows every export of the run: a later day's invoices file cut to its header
+    loaded as an empty export, and its real file was then refused for good (a loaded export is immutable)."""
+    csv = write_export(tmp_path / "csv", "2024-01-02", [invoice(7, "2024-01-02T10:00:00Z")], []).parent.parent
+    write_export(csv, "2024-01-03", [])  # truncated in transit: its header only
+    with pytest.raises(LoadError, match=r"pass --allow-empty --through 2024-01-02 if") as refused:
+        load_exports(conn, csv)
+    assert refused.value.path == csv / "exports" / "2024-01-02" / "organizations.csv"
+    loaded = load_exports(conn, csv, allow_empty=True, through=date(2024, 1, 2))  # as it says
+    assert [result.export_date for result in loaded] == [date(2024, 1, 2)]
+    with pytest.raises(LoadError, match=r"only the header \(pass --allow-empty --through 2024-01-03 if"):
+        load_exports(conn, csv)  # the truncated day is still refused, and can still be fixed
 
 
 def test_header_only_export_loads_with_allow_empty(conn, tmp_path, baseline):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -225,13 +226,21 @@ def test_an_older_export_is_refused(conn, csv_dir):
     write_export(csv_dir, "2024-01-05", [invoice(1)])
     load_exports(conn, csv_dir)
     before = snapshot(conn)
-    write_export(csv_dir, "2024-01-03", [invoice(2)])
+    late = write_export(csv_dir, "2024-01-03", [invoice(2)])
     with pytest.raises(
         LoadError,
         match="export 2024-01-03 is older than the latest loaded export 2024-01-05: exports load in date",
-    ):
+    ) as refused:
         load_exports(conn, csv_dir)
     assert snapshot(conn) == before
+    # as it says (removed, or renamed to a later day, the day was lost or took that day's place): its rows
+    # go into the next export, and are booked on that day
+    assert "add them to the next export before that one loads" in str(refused.value)
+    write_export(csv_dir, "2024-01-06", [invoice(2), invoice(3)])
+    shutil.rmtree(late)
+    load_exports(conn, csv_dir)
+    seen = "select invoice_id, seen_on::text from raw.invoice_versions where invoice_id in (2, 3) order by 1"
+    assert conn.execute(seen).fetchall() == [(2, "2024-01-06"), (3, "2024-01-06")]
 
 
 def test_an_altered_export_is_refused(conn, csv_dir):
@@ -246,9 +255,19 @@ def test_an_altered_export_is_refused(conn, csv_dir):
         load_exports(conn, csv_dir)
     assert str(raised.value) == (
         f"{folder}: export 2024-01-02 was already loaded from a different file (invoices checksum {logged}, "
-        f"from {folder}); exports are immutable: put corrections in a new dated export"
+        f"from {folder}); exports are immutable: put its files back as they were loaded (or, if those are "
+        "lost, move them out of the landing folder: the ledger keeps what they loaded), and corrections in a "
+        "new dated export"
     )
     assert snapshot(conn) == before
+    # as it says: either way, the next load goes on
+    write(folder / "invoices.csv", [INVOICE_LINES[0], invoice(1)])
+    assert [r.skipped for r in load_exports(conn, csv_dir)] == [True, True]
+    write(folder / "invoices.csv", [INVOICE_LINES[0], invoice(1, status="paid")])
+    (folder / "invoices.csv").rename(csv_dir / "kept-aside.csv")
+    folder.rmdir()
+    write_export(csv_dir, "2024-01-03", [invoice(1, status="paid")])
+    assert [r.skipped for r in load_exports(conn, csv_dir)] == [True, False]
 
 
 def test_an_export_with_only_its_organizations_file_altered_is_refused(conn, csv_dir):

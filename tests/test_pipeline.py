@@ -1371,3 +1371,25 @@ def test_a_project_that_does_not_parse_fails_the_build_with_dbts_error_once(make
     assert output.count("no_such_model") == 1, output
     assert output.index("==> dbt build") < output.index("no_such_model")
     assert "export 2023-01-06" in result.stdout  # the load ran first and committed
+
+
+def test_a_refused_export_with_later_ones_waiting_is_never_advised_removed(database, tmp_path, monkeypatch):
+    """The load failure said "fix or remove it, and the next run loads and builds the rest". Removed, the
+    next run loaded the later exports and the removed day could never load (older than the latest loaded
+    export): its invoices and changes were lost while every run ended green."""
+    from data_platform import pipeline
+
+    for name, value in database.env("transformer").items():
+        monkeypatch.setenv(name, value)
+    csv = write_fixture(tmp_path / "csv")
+    bad = csv / "exports" / "2023-01-07"
+    bad.mkdir(parents=True)
+    (bad / "invoices.csv").write_text(f"{HEADER}\n{INVOICE_ROWS[0].replace(',100.00,', ',100.0x,')}\n")
+    later = csv / "exports" / "2023-01-08"
+    later.mkdir()
+    (later / "invoices.csv").write_text(f"{HEADER}\n{INVOICE_ROWS[0].replace('open', 'paid')}\n")
+    with pytest.raises(pipeline.PipelineError) as failed:
+        pipeline.load_exports(pipeline.Settings(csv_dir=csv, lock_timeout_seconds=0))
+    advice = str(failed.value).splitlines()[-1]
+    assert "fix what the error names, and the next run loads and builds the rest" in advice, advice
+    assert "never remove a dated export to get past it" in advice and "or remove it" not in advice
