@@ -89,9 +89,14 @@ def _not_a_superuser(conninfo: str, env: dict[str, str]) -> str:
 SHELL_SPECIAL = set("'\"$\\;&()`|<>")
 
 
+def shell_unsafe(path: Path) -> list[str]:
+    """The characters of the path pgserver cannot start a server under."""
+    return sorted({char for char in str(path.resolve()) if char.isspace() or char in SHELL_SPECIAL})
+
+
 def _refuse_unusable(data_dir: Path) -> None:
     path = str(data_dir.resolve())
-    found = sorted({char for char in path if char.isspace() or char in SHELL_SPECIAL})
+    found = shell_unsafe(data_dir)
     if found:
         raise RuntimeError(
             f"the embedded Postgres cannot run in {path!r}: its path holds "

@@ -188,7 +188,9 @@ def admin_conninfo() -> Iterator[str]:
         return
     import pgserver
 
-    data_dir = Path(tempfile.mkdtemp(prefix="data_platform_pg_"))
+    # pgserver starts no server under a path a shell would split (a TMPDIR with a space, say)
+    parent = "/tmp" if bootstrap.shell_unsafe(Path(tempfile.gettempdir())) else None
+    data_dir = Path(tempfile.mkdtemp(prefix="data_platform_pg_", dir=parent))
     server = pgserver.get_server(data_dir, cleanup_mode="delete")
     try:
         yield server.get_uri()

@@ -27,7 +27,8 @@ def test_a_session_leaves_nothing_in_the_temporary_folder_but_pytests_own(tmp_pa
     # short: an embedded server's socket goes in its data folder, under TMPDIR, or in the runtime folder
     short = Path(tempfile.mkdtemp(prefix="dp_"))
     try:
-        temporary, runtime = short / "t", short / "r"
+        # with a space: pgserver starts no server under it, so the session puts its server elsewhere
+        temporary, runtime = short / "t m", short / "r"
         temporary.mkdir()
         # a session of its own (not a worker of this one's); platformdirs' runtime folder would otherwise
         # fall back to one named after the user in the temporary folder
