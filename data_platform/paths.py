@@ -40,3 +40,9 @@ def dbt_target_dir(environ: Mapping[str, str] | None = None) -> Path:
     """dbt's output folder (manifest, run results, the docs site): DBT_TARGET_PATH, as dbt reads it."""
     environ = os.environ if environ is None else environ
     return Path(environ.get("DBT_TARGET_PATH") or DBT_PROJECT_DIR / "target")
+
+
+def dbt_log_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """dbt's log folder: DBT_LOG_PATH, as dbt reads it."""
+    environ = os.environ if environ is None else environ
+    return Path(environ.get("DBT_LOG_PATH") or DBT_PROJECT_DIR / "logs")

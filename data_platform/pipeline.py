@@ -33,6 +33,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +49,7 @@ from data_platform.load_errors import ERROR_PREFIX as LOADER_ERROR_PREFIX
 from data_platform.load_errors import EXIT_BUSY
 from data_platform.load_errors import EXIT_DATABASE_FAILED as EXIT_LOADER_DATABASE_FAILED
 from data_platform.load_errors import EXIT_DATABASE_UNAVAILABLE as EXIT_LOADER_UNAVAILABLE
-from data_platform.paths import DBT_ARGS, PROJECT_ROOT, dbt_target_dir
+from data_platform.paths import DBT_ARGS, PROJECT_ROOT, dbt_log_dir, dbt_target_dir
 from data_platform.pipeline_errors import (
     EXIT_ALERTS_GIVEN_UP,
     EXIT_ALERTS_UNDELIVERED,
@@ -404,6 +405,22 @@ def run(settings: Settings) -> AlertRunEnd | None:
     return alerts
 
 
+def check_dbt_folders() -> None:
+    """Make dbt's folders and write in each: one it cannot write (a read-only checkout) failed the build
+    once the exports had loaded, with a traceback."""
+    for variable, folder in (("DBT_TARGET_PATH", dbt_target_dir()), ("DBT_LOG_PATH", dbt_log_dir())):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as error:
+            raise PipelineError(
+                f"dbt cannot write to {folder} ({variable}): {error.strerror or error}; set {variable} to a "
+                "folder this user may write to",
+                EXIT_CONFIG,
+            ) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     if argv:
         print(f"usage: python -m data_platform.pipeline (settings come from the environment)\n{__doc__}")
@@ -417,6 +434,7 @@ def _main() -> int:
         settings = Settings.from_environment()
         if settings.serve_docs:
             check_docs_address(settings)  # before any work, not after the whole run
+        check_dbt_folders()
         alerts = run(settings)
         if settings.serve_docs:
             serve_docs(settings)

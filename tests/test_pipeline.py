@@ -1393,3 +1393,18 @@ def test_a_refused_export_with_later_ones_waiting_is_never_advised_removed(datab
     advice = str(failed.value).splitlines()[-1]
     assert "fix what the error names, and the next run loads and builds the rest" in advice, advice
     assert "never remove a dated export to get past it" in advice and "or remove it" not in advice
+
+
+@pytest.mark.parametrize("variable", ["DBT_TARGET_PATH", "DBT_LOG_PATH"])
+def test_a_dbt_folder_that_cannot_be_made_stops_the_run_before_the_load(database, tmp_path, variable):
+    """A read-only checkout (or a folder a file blocks) failed only once the exports had loaded, with a
+    traceback, or with dbt's own error after it."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = run_pipeline(database, write_fixture(tmp_path / "csv"), **{variable: str(blocker / "dbt")})
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"pipeline: dbt cannot write to {blocker / 'dbt'} ({variable}): Not a directory; set {variable} "
+        "to a folder this user may write to"
+    ]
+    assert database.query("select to_regclass('raw.load_log') is null") == [(True,)]
