@@ -14,7 +14,7 @@ import psycopg
 
 from data_platform import file_checksums, ledger
 from data_platform.engines.export_log import refuse_reloaded
-from data_platform.exports import Export, refuse_after_dated
+from data_platform.exports import EXPORTS_FOLDER, Export, refuse_after_dated
 from data_platform.load_errors import LoadError, future_export, undatable
 from data_platform.raw_tables import ORGANIZATIONS
 from data_platform.staging import Staged
@@ -73,12 +73,20 @@ def _altered(
         was = "it had no organizations file"
     else:
         was = f"organizations checksum {logged.organizations_sha256}"
+    loaded = f"export {export_date} was already loaded from a different file ({was}, from {logged.source})"
+    if (
+        export.date is None
+    ):  # the single-file export: replaced by a later day's dump, dated by its newest invoice
+        return LoadError(
+            export.source,
+            f"{loaded}; exports are immutable: put the files it loaded back here, and a later day's full "
+            f"dump with no newer invoice in {EXPORTS_FOLDER}/YYYY-MM-DD/, named for the day it was exported",
+        )
     return LoadError(
         export.source,
-        f"export {export_date} was already loaded from a different file ({was}, from {logged.source}); "
-        "exports are immutable: put its files back as they were loaded (or, if those are lost, move them "
-        "out of the landing folder: the ledger keeps what they loaded), and corrections in a new dated "
-        "export",
+        f"{loaded}; exports are immutable: put its files back as they were loaded (or, if those are lost, "
+        "move them out of the landing folder: the ledger keeps what they loaded), and corrections in a new "
+        "dated export",
     )
 
 

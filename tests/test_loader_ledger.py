@@ -270,6 +270,28 @@ def test_an_altered_export_is_refused(conn, csv_dir):
     assert [r.skipped for r in load_exports(conn, csv_dir)] == [True, False]
 
 
+def test_a_later_days_dump_over_the_single_file_export_is_refused_and_the_advice_loads_it(conn, tmp_path):
+    """A daily full dump that replaces the single-file export, on a day with no new invoice, is dated like
+    the one loaded: the advice to put the loaded files back would leave the new day nowhere."""
+    csv = write_dir(tmp_path / "csv", [INVOICE_LINES[0], invoice(1), invoice(2)])
+    load_exports(conn, csv)
+    loaded = (csv / "invoices.csv").read_bytes()
+    write(csv / "invoices.csv", [INVOICE_LINES[0], invoice(1), invoice(2, status="paid")])
+    with pytest.raises(LoadError) as refused:
+        load_exports(conn, csv)
+    assert str(refused.value).endswith(
+        "exports are immutable: put the files it loaded back here, and a later day's full dump with no newer "
+        "invoice in exports/YYYY-MM-DD/, named for the day it was exported"
+    )
+    day = csv / "exports" / "2024-01-03"
+    day.mkdir(parents=True)
+    (csv / "invoices.csv").rename(day / "invoices.csv")
+    (csv / "invoices.csv").write_bytes(loaded)
+    assert [r.skipped for r in load_exports(conn, csv)] == [True, False]
+    paid = "select status, seen_on::text from raw.invoices where invoice_id = 2"
+    assert conn.execute(paid).fetchall() == [("paid", "2024-01-03")]
+
+
 def test_an_export_with_only_its_organizations_file_altered_is_refused(conn, csv_dir):
     folder = write_export(csv_dir, "2024-01-02", [invoice(1)], [ORG_LINES[3]])
     load_exports(conn, csv_dir)
