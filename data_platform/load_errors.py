@@ -179,7 +179,8 @@ def reloaded(path: Path, earlier: date, earlier_source: str | None, export_date:
         path,
         f"this file was already loaded as export {earlier}{where}: loaded again as export {export_date} it "
         "would undo what the exports since changed; an export loads once (put corrections in a new dated "
-        "export)",
+        "export; a genuine revert of those changes loads once its file differs from that one, with its rows "
+        "in another order or one more row of an invoice as it stands)",
     )
 
 

@@ -474,6 +474,20 @@ def test_an_earlier_exports_invoices_file_that_would_undo_a_change_is_refused(co
     assert snapshot(conn) == before
 
 
+def test_a_genuine_revert_refused_as_an_earlier_file_loads_as_the_refusal_says(conn, csv_dir):
+    """An invoice open, then paid, then open again: the third day's file is byte for byte the first's."""
+    first = write_export(csv_dir, "2024-01-02", [invoice(801)]) / "invoices.csv"
+    write_export(csv_dir, "2024-01-03", [invoice(801, status="paid")])
+    load_exports(conn, csv_dir)
+    revert = write_export(csv_dir, "2024-01-04", [invoice(801)]) / "invoices.csv"
+    with pytest.raises(LoadError, match="with its rows in another order or one more row of an invoice as it"):
+        load_exports(conn, csv_dir)
+    assert revert.read_bytes() == first.read_bytes()
+    write(revert, [INVOICE_LINES[0], invoice(801), INVOICE_LINES[1]])  # the base's first invoice, unchanged
+    assert [r.invoices.changed for r in load_exports(conn, csv_dir) if not r.skipped] == [1]
+    assert conn.execute("select status from raw.invoices where invoice_id = 801").fetchone() == ("open",)
+
+
 def test_organizations_that_return_to_an_earlier_state_load(conn, csv_dir):
     """An organizations file equal to an earlier export's is not taken for that export landed again: it is a
     small snapshot whose state can come back (an organization's contracts 12 -> 13 -> 12), and the new
