@@ -36,6 +36,8 @@ MAX_HEADER_BYTES = 64 * 1024
 LINE_HEAD_BYTES = 4096
 UTF8_BOM = b"\xef\xbb\xbf"
 EXPORT_COLUMN_NAMES = frozenset((*INVOICES.header, *ORGANIZATIONS.header))
+# a spreadsheet's other CSV dialects
+OTHER_SEPARATORS = {";": "semicolons", "\t": "tabs", "|": "vertical bars"}
 # Files in another form than UTF-8 text, by their first bytes, named as such rather than as a header that
 # is not UTF-8 (the first match counts: UTF-32's marks start like UTF-16's)
 _SAVE_AS_UTF8 = "byte order mark): save it as UTF-8"
@@ -166,6 +168,13 @@ def _header_error(path: Path, expected: tuple[str, ...], found: str) -> LoadErro
     """Point at the first header column that differs, and show the whole expected header."""
     names = found.split(",")
     must_be = f"the header must be exactly {','.join(expected)} ({len(expected)} columns, found {len(names)})"
+    for separator, name in OTHER_SEPARATORS.items():
+        if separator in found and all(
+            f.strip().upper() in EXPORT_COLUMN_NAMES for f in found.split(separator)
+        ):
+            return LoadError(
+                path, f"wrong header: its columns are separated by {name}, not commas; {must_be}", line=1
+            )
     for want, got in zip(expected, names, strict=False):
         if want != got:
             if not _reads_as_column_name(got, want):
@@ -187,7 +196,7 @@ def _reads_as_column_name(found: str, expected: str) -> bool:
     close to the expected name (a typo). The first line of any other file is not: the files are opened
     wherever their links point, and a link to a secret would print it (in the failure alerts too)."""
     name = found.strip().upper()
-    return name in EXPORT_COLUMN_NAMES or SequenceMatcher(None, name, expected).ratio() >= 0.6
+    return name in EXPORT_COLUMN_NAMES or SequenceMatcher(None, name, expected).ratio() >= 0.8
 
 
 def open_regular(path: Path) -> int:

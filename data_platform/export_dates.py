@@ -31,12 +31,15 @@ def _refuse_date(conn: psycopg.Connection, export: Export, export_date: date, to
         if export.date is None:  # the single-file export, dated by its newest invoice
             raise LoadError(export.source, f"{older}; put corrections in a new dated export")
         # a day that arrived late: removed, its rows would be lost; renamed to a later day, that folder
-        # would take the place of that day's real export
+        # would take the place of that day's real export; its rows of invoices or organizations an export
+        # since changed are older than what the warehouse holds, and would undo it
         raise LoadError(
             export.source,
-            f"{older}, so it can no longer load. To keep its rows, add them to the next export before that "
-            "one loads (booked on its day; for an invoice or organization in both, keep the next export's "
-            f"row), then remove this folder; or restore a backup taken before {latest} loaded",
+            f"{older}, so it can no longer load. To keep its rows, add to the next export, before that one "
+            f"loads, those whose invoice or organization no export since {export_date} changed (seen_on in "
+            "raw.invoices and raw.organizations, if any, before that day; for one also in the next export, "
+            "keep the next export's row): they are booked on that export's day. Then remove this folder. "
+            f"Or restore a backup taken before {latest} loaded",
         )
 
 

@@ -25,10 +25,10 @@ def dbt_project_var(name: str):
 
 
 def dbt_models_schema(folder: str) -> str:
-    """The schema dbt builds a models folder into: its `+schema` in dbt_project.yml, taken as it is
-    (macros/generate_schema_name.sql)."""
+    """The schema dbt builds a models folder into: its `+schema` in dbt_project.yml, trimmed, as
+    macros/generate_schema_name.sql takes it."""
     project = _dbt_project()
-    return project["models"][project["name"]][folder]["+schema"]
+    return project["models"][project["name"]][folder]["+schema"].strip()
 
 
 def _dbt_project() -> dict:
@@ -37,9 +37,10 @@ def _dbt_project() -> dict:
 
 
 def dbt_target_dir(environ: Mapping[str, str] | None = None) -> Path:
-    """dbt's output folder (manifest, run results, the docs site): DBT_TARGET_PATH, as dbt reads it."""
+    """dbt's output folder (manifest, run results, the docs site): DBT_TARGET_PATH, as dbt reads it (a
+    relative one is the project folder's)."""
     environ = os.environ if environ is None else environ
-    return Path(environ.get("DBT_TARGET_PATH") or DBT_PROJECT_DIR / "target")
+    return DBT_PROJECT_DIR / (environ.get("DBT_TARGET_PATH") or "target")
 
 
 def dbt_log_dir(environ: Mapping[str, str] | None = None) -> Path:

@@ -221,9 +221,9 @@ def load_exports(settings: Settings, through: str | None = None) -> None:
     # each export commits on its own: the ones before the failing export stay loaded
     raise PipelineError(
         f"the load failed: {said}\nnothing was built: exports the loader reported loaded stay loaded; "
-        "the failing export and the later ones were not: fix what the error names, and the next run loads "
-        "and builds the rest (never remove a dated export to get past it: once a later one loads, an earlier "
-        "one can no longer load)",
+        "the failing export and the later ones were not: do what its error says, or fix what it names, and "
+        "the next run loads and builds the rest (never remove a dated export to get past it unless its error "
+        "says so: once a later one loads, an earlier one can no longer load)",
         code,
     )
 

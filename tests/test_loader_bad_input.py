@@ -445,8 +445,20 @@ def test_a_link_to_a_file_that_is_no_export_never_shows_its_first_line(
     assert snapshot(conn) == baseline
 
 
+@pytest.mark.parametrize(("separator", "name"), [(";", "semicolons"), ("\t", "tabs"), ("|", "vertical bars")])
+def test_a_header_separated_by_another_character_is_named_so(conn, tmp_path, baseline, separator, name):
+    """A spreadsheet's export in another CSV dialect: its header is one field, which names no column."""
+    folder = write_export(tmp_path / "csv", "2024-01-02", [invoice(1)], ORG_LINES[1:2])
+    (folder / "invoices.csv").write_text(INVOICE_LINES[0].replace(",", separator) + "\n")
+    with pytest.raises(LoadError) as raised:
+        load_exports(conn, tmp_path / "csv")
+    assert f"wrong header: its columns are separated by {name}, not commas;" in str(raised.value)
+    assert snapshot(conn) == baseline
+
+
 @pytest.mark.parametrize(
-    ("header", "shown"), [("ORGANIZATION_ID,NAME", "ORGANIZATION_ID"), ("INVOCE_ID,X", "INVOCE_ID")]
+    ("header", "shown"),
+    [("ORGANIZATION_ID,NAME", "ORGANIZATION_ID"), ("INVOCE_ID,X", "INVOCE_ID"), ("invoice1,X", None)],
 )
 def test_a_header_field_that_names_a_column_or_nearly_is_still_shown(conn, tmp_path, baseline, header, shown):
     """Another export's header (the files swapped) or a typo is shown, as it names what went wrong."""

@@ -223,24 +223,40 @@ def test_a_small_export_looked_up_by_key_writes_what_a_large_one_hashed_writes(c
 
 
 def test_an_older_export_is_refused(conn, csv_dir):
-    write_export(csv_dir, "2024-01-05", [invoice(1)])
+    write_export(csv_dir, "2024-01-02", [invoice(4)])
+    write_export(csv_dir, "2024-01-05", [invoice(1), invoice(4, status="paid")])
     load_exports(conn, csv_dir)
     before = snapshot(conn)
-    late = write_export(csv_dir, "2024-01-03", [invoice(2)])
+    late_rows = [invoice(2), invoice(4)]  # 4 as it stood on the late day, before 01-05 paid it
+    late = write_export(csv_dir, "2024-01-03", late_rows)
     with pytest.raises(
         LoadError,
         match="export 2024-01-03 is older than the latest loaded export 2024-01-05: exports load in date",
     ) as refused:
         load_exports(conn, csv_dir)
     assert snapshot(conn) == before
-    # as it says (removed, or renamed to a later day, the day was lost or took that day's place): its rows
-    # go into the next export, and are booked on that day
-    assert "add them to the next export before that one loads" in str(refused.value)
-    write_export(csv_dir, "2024-01-06", [invoice(2), invoice(3)])
+    # as it says (removed, or renamed to a later day, the day was lost or took that day's place): the rows
+    # of invoices no export since changed go into the next export, and are booked on that day
+    assert (
+        "add to the next export, before that one loads, those whose invoice or organization no export "
+        "since 2024-01-03 changed (seen_on in raw.invoices"
+    ) in str(refused.value)
+    changed_since = {
+        invoice_id
+        for (invoice_id,) in conn.execute("select invoice_id from raw.invoices where seen_on >= '2024-01-03'")
+    }
+    kept = [row for row in late_rows if int(row.split(",")[0]) not in changed_since]
+    write_export(csv_dir, "2024-01-06", [*kept, invoice(3)])
     shutil.rmtree(late)
     load_exports(conn, csv_dir)
-    seen = "select invoice_id, seen_on::text from raw.invoice_versions where invoice_id in (2, 3) order by 1"
-    assert conn.execute(seen).fetchall() == [(2, "2024-01-06"), (3, "2024-01-06")]
+    seen = (
+        "select invoice_id, status, seen_on::text from raw.invoices where invoice_id in (2, 3, 4) order by 1"
+    )
+    assert conn.execute(seen).fetchall() == [
+        (2, "open", "2024-01-06"),
+        (3, "open", "2024-01-06"),
+        (4, "paid", "2024-01-05"),
+    ]
 
 
 def test_an_altered_export_is_refused(conn, csv_dir):

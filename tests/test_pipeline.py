@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -1373,12 +1374,15 @@ def test_a_project_that_does_not_parse_fails_the_build_with_dbts_error_once(make
     assert "export 2023-01-06" in result.stdout  # the load ran first and committed
 
 
-def test_a_refused_export_with_later_ones_waiting_is_never_advised_removed(database, tmp_path, monkeypatch):
+def test_a_refused_export_with_later_ones_waiting_is_never_advised_removed(
+    make_database, tmp_path, monkeypatch
+):
     """The load failure said "fix or remove it, and the next run loads and builds the rest". Removed, the
     next run loaded the later exports and the removed day could never load (older than the latest loaded
     export): its invoices and changes were lost while every run ended green."""
     from data_platform import pipeline
 
+    database = make_database()  # it loads: not the module's
     for name, value in database.env("transformer").items():
         monkeypatch.setenv(name, value)
     csv = write_fixture(tmp_path / "csv")
@@ -1391,14 +1395,16 @@ def test_a_refused_export_with_later_ones_waiting_is_never_advised_removed(datab
     with pytest.raises(pipeline.PipelineError) as failed:
         pipeline.load_exports(pipeline.Settings(csv_dir=csv, lock_timeout_seconds=0))
     advice = str(failed.value).splitlines()[-1]
-    assert "fix what the error names, and the next run loads and builds the rest" in advice, advice
-    assert "never remove a dated export to get past it" in advice and "or remove it" not in advice
+    assert "do what its error says, or fix what it names, and the next run loads and builds the" in advice
+    assert "never remove a dated export to get past it unless its error says so" in advice, advice
+    assert "or remove it" not in advice
 
 
 @pytest.mark.parametrize("variable", ["DBT_TARGET_PATH", "DBT_LOG_PATH"])
-def test_a_dbt_folder_that_cannot_be_made_stops_the_run_before_the_load(database, tmp_path, variable):
+def test_a_dbt_folder_that_cannot_be_made_stops_the_run_before_the_load(make_database, tmp_path, variable):
     """A read-only checkout (or a folder a file blocks) failed only once the exports had loaded, with a
     traceback, or with dbt's own error after it."""
+    database = make_database()  # nothing loaded in it yet
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     result = run_pipeline(database, write_fixture(tmp_path / "csv"), **{variable: str(blocker / "dbt")})
@@ -1408,3 +1414,21 @@ def test_a_dbt_folder_that_cannot_be_made_stops_the_run_before_the_load(database
         "to a folder this user may write to"
     ]
     assert database.query("select to_regclass('raw.load_log') is null") == [(True,)]
+
+
+def test_a_relative_dbt_target_path_is_read_where_dbt_writes_it(tmp_path):
+    """dbt puts a relative DBT_TARGET_PATH under its project folder: the pipeline read its run results (the
+    failed tests it shows) and checked the folder under its own working folder."""
+    from data_platform.paths import DBT_DIR_ARGS, DBT_PROJECT_DIR, dbt_target_dir
+
+    relative = f"target-relative-{tmp_path.name}"
+    env = {**os.environ, "DBT_TARGET_PATH": relative, "DBT_LOG_PATH": str(tmp_path / "logs")}
+    dbt_cli = Path(sys.executable).parent / "dbt"
+    try:
+        parsed = subprocess.run(
+            [str(dbt_cli), "parse", *DBT_DIR_ARGS], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True
+        )
+        assert parsed.returncode == 0, parsed.stdout[-2000:]
+        assert (dbt_target_dir(env) / "manifest.json").exists()
+    finally:
+        shutil.rmtree(DBT_PROJECT_DIR / relative, ignore_errors=True)
