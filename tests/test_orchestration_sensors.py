@@ -15,7 +15,7 @@ from datetime import date
 from pathlib import Path
 
 import pytest
-from dagster import DagsterInstance, DagsterRunStatus, build_sensor_context
+from dagster import DagsterInstance, DagsterRunStatus, RunsFilter, build_sensor_context
 from dagster._core.test_utils import create_run_for_test
 from orchestration_support import (
     UNUSABLE_PIPELINE_SETTINGS,
@@ -571,6 +571,58 @@ def test_the_start_up_sweep_fails_the_runs_a_previous_container_left_in_progress
     assert failure.dagster_event.event_type_value == "PIPELINE_FAILURE"
     assert "dagster-daemon" in failure.dagster_event.message
     assert fail_interrupted_runs(daily_instance) == []
+
+
+HAND_JOB = """
+import time
+from dagster import job, op
+
+@op
+def slow_step():
+    time.sleep(60)
+
+@job
+def hand_job():
+    slow_step()
+"""
+
+
+def test_the_start_up_sweep_leaves_a_run_started_by_hand_that_still_runs(tmp_path):
+    """`dagster job execute` or `dagster asset materialize` in another shell (the README's "Run one step by
+    hand") does not end with `dagster dev`: run again meanwhile, the sweep failed it while it went on, and
+    the failure alert said it was cut off. A run of a process that has ended is still failed."""
+    from data_platform.orchestration.startup import fail_interrupted_runs
+
+    home = daily_home(tmp_path)
+    (tmp_path / "hand_job.py").write_text(HAND_JOB)
+    execute = [
+        str(Path(sys.executable).parent / "dagster"),
+        "job",
+        "execute",
+        "-f",
+        str(tmp_path / "hand_job.py"),
+    ]
+    hand = subprocess.Popen(
+        execute,
+        env={**os.environ, "DAGSTER_HOME": str(home)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        with DagsterInstance.from_config(str(home)) as instance:
+            deadline = time.monotonic() + 120
+            while not instance.get_runs(filters=RunsFilter(statuses=[DagsterRunStatus.STARTED])):
+                assert hand.poll() is None and time.monotonic() < deadline, "the hand run never started"
+                time.sleep(0.2)
+            assert fail_interrupted_runs(instance) == []
+            [run] = instance.get_runs()
+            assert run.status == DagsterRunStatus.STARTED
+            hand.kill()  # as a reboot would: its run is left in progress
+            hand.wait(timeout=60)
+            assert fail_interrupted_runs(instance) == [run.run_id]
+    finally:
+        if hand.poll() is None:
+            hand.kill()
 
 
 def test_dagsters_run_retries_queue_again_a_run_the_sweep_failed_and_not_one_failed_on_its_step(

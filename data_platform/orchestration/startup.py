@@ -11,6 +11,8 @@ run-failure alert then reports like any failed run, and Dagster's run retries (d
 
 compose.yaml's daemon runs `python -m data_platform.orchestration.startup` before `dagster-daemon run`;
 without Docker, the README runs it before `dagster dev`, whose runs end with it too.
+A run started by hand in a process of its own (`dagster job execute`, `dagster asset materialize`: no code
+location launched it) ends with its own process, not with the daemon's: one still alive is left alone.
 It imports only Dagster (and run_retries, which does too), so it needs no dbt project.
 """
 
@@ -18,7 +20,8 @@ from __future__ import annotations
 
 import sys
 
-from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+import psutil
+from dagster import DagsterEventType, DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
 
 from data_platform.orchestration.run_retries import keep_failures_from_here
 
@@ -33,9 +36,25 @@ def fail_interrupted_runs(instance: DagsterInstance) -> list[str]:
     """Report every STARTING or STARTED run failed; returns their run ids."""
     keep_failures_from_here(instance)  # before the failures, so that Dagster's run retries read them
     runs = instance.get_runs(filters=RunsFilter(statuses=INTERRUPTED))
+    runs = [run for run in runs if not _running_by_hand(instance, run)]
     for run in runs:
         instance.report_run_failed(run, MESSAGE)
     return [run.run_id for run in runs]
+
+
+def _running_by_hand(instance: DagsterInstance, run: DagsterRun) -> bool:
+    """A run started by hand whose process still runs: the process that started it, older than the run
+    (a process of the same pid started since, in a container started again, is another one)."""
+    if run.remote_job_origin is not None:  # launched by the daemon or the UI: it ended with them
+        return False
+    started = instance.get_records_for_run(run.run_id, of_type=DagsterEventType.RUN_START, limit=1).records
+    event = started[0].event_log_entry.dagster_event if started else None
+    if event is None or event.pid is None:
+        return False
+    try:
+        return psutil.Process(event.pid).create_time() <= started[0].event_log_entry.timestamp
+    except psutil.Error:  # gone
+        return False
 
 
 def main() -> int:
