@@ -177,6 +177,12 @@ def day_folders(folder: Path, skip_unexpected: bool = False) -> list[tuple[date,
                 raise LoadError(
                     entry, f"{entry.name} is not a calendar date: name the folder by its export's day"
                 )
+            if day is not None and entry.is_symlink() and not entry.exists():  # removed, the day is lost
+                raise LoadError(
+                    entry,
+                    "a link to a missing folder: is the share it points to mounted? Do not remove it: once a "
+                    "later export loads, this one can no longer load",
+                )
             raise LoadError(
                 entry,
                 f"unexpected entry in {folder}: expected only folders named YYYY-MM-DD holding invoices.csv",

@@ -572,6 +572,23 @@ def test_unexpected_entries_in_exports_are_named(conn, tmp_path, baseline, entry
     assert snapshot(conn) == baseline
 
 
+def test_a_dated_export_that_is_a_link_to_a_missing_folder_is_named_as_one(conn, tmp_path, baseline):
+    """An export folder linked from a share that is not mounted was "an unexpected entry ... expected only
+    folders named YYYY-MM-DD" (in the sensor's skip reason and the freshness alert too): removed as that
+    invites, its day could never load once a later one had."""
+    write_export(tmp_path / "csv", "2024-01-02", [invoice(1)])
+    linked = tmp_path / "csv" / "exports" / "2024-01-03"
+    linked.symlink_to(tmp_path / "unmounted-share" / "2024-01-03")
+    with pytest.raises(LoadError) as raised:
+        load_exports(conn, tmp_path / "csv")
+    assert (raised.value.path, raised.value.reason) == (
+        linked,
+        "a link to a missing folder: is the share it points to mounted? Do not remove it: once a later "
+        "export loads, this one can no longer load",
+    )
+    assert snapshot(conn) == baseline
+
+
 def test_as_of_naming_the_day_of_a_dated_export_is_refused(conn, tmp_path, baseline):
     """Two exports for one day: one of them would be loaded as the other's correction."""
     directory = write_dir(tmp_path / "csv")
