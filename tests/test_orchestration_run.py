@@ -789,3 +789,29 @@ def test_a_run_of_the_export_sensor_loads_only_the_exports_it_judged_complete(de
         assert [day for (day,) in loaded] == ["2023-01-06", "2023-01-07"]
         # a run without the tag (the schedule, by hand) loads every folder: this one is not ready
         assert not materialize([raw_tables], raise_on_error=False).success
+
+
+def test_a_run_that_gave_up_waiting_for_the_database_says_to_run_the_job_again(daily_instance, tmp_path):
+    """Not retried by Dagster (a step's own error), and the sensor has asked for its export day already:
+    nothing starts a run before the next export or schedule, and its alert said only to check the
+    settings."""
+    from data_platform.orchestration.assets import RAW_TABLE_KEYS
+    from data_platform.orchestration.failure_alerts import CATCH_UP, failure_message
+
+    defs = load_definitions()
+    with socket.socket() as probe:  # a port nothing listens on once the probe is closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    (tmp_path / "csv" / "exports").mkdir(parents=True)
+    env = dagster_env(
+        PGHOST="127.0.0.1", PGPORT=str(port), DB_WAIT_SECONDS="1", CSV_DIR=str(tmp_path / "csv")
+    )
+    with environment(env):
+        result = defs.resolve_job_def("daily_pipeline").execute_in_process(
+            instance=daily_instance, asset_selection=list(RAW_TABLE_KEYS.values()), raise_on_error=False
+        )
+    assert not result.success
+    message = failure_message(daily_instance, daily_instance.get_run_by_id(result.run_id), "http://d")
+    text = "\n".join(message.details)
+    assert "did not accept connections" in text
+    assert text.endswith(CATCH_UP), text

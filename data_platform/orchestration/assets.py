@@ -38,7 +38,12 @@ from data_platform.load_errors import utc_today
 from data_platform.orchestration import configuration
 from data_platform.orchestration.environment import process_environment
 from data_platform.orchestration.project import BUILD_TARGET_PATH, dbt_project
-from data_platform.orchestration.run_records import GIVEN_UP_METADATA, KILLED_METADATA, give_ups_in_run
+from data_platform.orchestration.run_records import (
+    GIVEN_UP_METADATA,
+    KILLED_METADATA,
+    NO_DATABASE_METADATA,
+    give_ups_in_run,
+)
 from data_platform.orchestration.sensors import EXPORT_DAY_TAG
 
 RAW_SOURCE = "payments"
@@ -71,6 +76,8 @@ def pipeline_step() -> Iterator[None]:
             yield
     except (pipeline.PipelineError, DatabaseUnavailable) as error:
         metadata = _ended_by_signal(getattr(error, "exit_code", 0))
+        if isinstance(error, DatabaseUnavailable):
+            metadata[NO_DATABASE_METADATA] = "true"
         raise Failure(description=str(error), metadata=metadata) from error
 
 

@@ -54,7 +54,12 @@ from data_platform.orchestration.notify import (
     first_lines,
     given_up,
 )
-from data_platform.orchestration.run_records import KILLED_METADATA, give_ups_in_run, recorded_give_ups
+from data_platform.orchestration.run_records import (
+    KILLED_METADATA,
+    NO_DATABASE_METADATA,
+    give_ups_in_run,
+    recorded_give_ups,
+)
 from data_platform.orchestration.run_retries import started_again
 from data_platform.orchestration.schedules import daily_job
 
@@ -209,7 +214,8 @@ def failure_message(instance: DagsterInstance, run: DagsterRun, base_url: str) -
     crash = f"Run execution process for {run.run_id} "
     crashed = [e.message for e in engine if e.message and e.message.startswith(crash)]
     if failures and failures[0].step_failure_data.user_failure_data is not None:
-        cut_off |= KILLED_METADATA in failures[0].step_failure_data.user_failure_data.metadata
+        recorded = failures[0].step_failure_data.user_failure_data.metadata
+        cut_off |= KILLED_METADATA in recorded or NO_DATABASE_METADATA in recorded
     if failures and failures[0].step_failure_data.error is not None:
         error_info = failures[0].step_failure_data.error
         if _retries_ran_out(error_info):

@@ -12,6 +12,9 @@ GIVEN_UP_METADATA = "given_up_alerts"
 # nothing in the data to fix, and Dagster's run retries pass over a step's failure, so its failure alert
 # gives the advice of a run cut off.
 KILLED_METADATA = "ended_by_signal"
+# A step that gave up waiting for the database records it too: not retried by Dagster, and the sensor has
+# asked for its export day already, so nothing starts a run again before the next export or schedule.
+NO_DATABASE_METADATA = "database_unavailable"
 
 
 def recorded_give_ups(entries: list[EventLogEntry]) -> list[tuple[str, str]]:
