@@ -389,7 +389,8 @@ def test_the_base_export_is_not_loaded_again_under_a_later_date(conn, csv_dir):
     assert str(raised.value) == (
         f"{csv_dir / 'invoices.csv'}: this file was already loaded as export {BASE_DATE} (from {csv_dir}): "
         "loaded again as export 2024-01-05 it would undo what the exports since changed; an export loads "
-        "once (put corrections in a new dated export)"
+        "once (put corrections in a new dated export; a genuine revert of those changes loads once its file "
+        "differs from that one, with its rows in another order or one more row of an invoice as it stands)"
     )
     assert snapshot(conn) == before
     (csv_dir / "exports" / "2024-01-02").mkdir()
