@@ -95,9 +95,9 @@ def shell_unsafe(path: Path) -> list[str]:
 
 
 def _refuse_unusable(data_dir: Path) -> None:
-    path = str(data_dir.resolve())
     found = shell_unsafe(data_dir)
     if found:
+        path = str(data_dir.resolve())
         raise RuntimeError(
             f"the embedded Postgres cannot run in {path!r}: its path holds "
             f"{', '.join(repr(char) for char in found)}, which pgserver passes on to a shell unquoted. "

@@ -169,9 +169,7 @@ def _header_error(path: Path, expected: tuple[str, ...], found: str) -> LoadErro
     names = found.split(",")
     must_be = f"the header must be exactly {','.join(expected)} ({len(expected)} columns, found {len(names)})"
     for separator, name in OTHER_SEPARATORS.items():
-        if separator in found and all(
-            f.strip().upper() in EXPORT_COLUMN_NAMES for f in found.split(separator)
-        ):
+        if separator in found and all(_is_column_name(field) for field in found.split(separator)):
             return LoadError(
                 path, f"wrong header: its columns are separated by {name}, not commas; {must_be}", line=1
             )
@@ -195,8 +193,12 @@ def _reads_as_column_name(found: str, expected: str) -> bool:
     """Whether a header field that differs is shown: a column name of any export, in any case, or one
     close to the expected name (a typo). The first line of any other file is not: the files are opened
     wherever their links point, and a link to a secret would print it (in the failure alerts too)."""
-    name = found.strip().upper()
-    return name in EXPORT_COLUMN_NAMES or SequenceMatcher(None, name, expected).ratio() >= 0.8
+    return _is_column_name(found) or SequenceMatcher(None, found.strip().upper(), expected).ratio() >= 0.8
+
+
+def _is_column_name(field: str) -> bool:
+    """A column name of either export file, in any case and with spaces around it."""
+    return field.strip().upper() in EXPORT_COLUMN_NAMES
 
 
 def open_regular(path: Path) -> int:

@@ -26,8 +26,10 @@ def _refuse_date(conn: psycopg.Connection, export: Export, export_date: date, to
         raise future_export(export.source, export_date, today)
     latest = ledger.latest_export(conn)
     if latest is not None and export_date < latest:
-        older = f"export {export_date} is older than the latest loaded export {latest}"
-        older += ": exports load in date order"
+        older = (
+            f"export {export_date} is older than the latest loaded export {latest}: "
+            "exports load in date order"
+        )
         if export.date is None:  # the single-file export, dated by its newest invoice
             raise LoadError(export.source, f"{older}; put corrections in a new dated export")
         # a day that arrived late: removed, its rows would be lost; renamed to a later day, that folder
@@ -77,9 +79,8 @@ def _altered(
     else:
         was = f"organizations checksum {logged.organizations_sha256}"
     loaded = f"export {export_date} was already loaded from a different file ({was}, from {logged.source})"
-    if (
-        export.date is None
-    ):  # the single-file export: replaced by a later day's dump, dated by its newest invoice
+    # the single-file export, dated by its newest invoice: replaced by a later day's dump of every invoice
+    if export.date is None:
         return LoadError(
             export.source,
             f"{loaded}; exports are immutable: put the files it loaded back here, and a later day's full "

@@ -308,7 +308,7 @@ def changed_since_plan(plan: BuildPlan) -> str | None:
     return " and ".join(_differing_files(plan.current, now)) or None
 
 
-def _ensure_build_state(conn: psycopg.Connection, reader: str) -> None:
+def _ensure_readable_by(conn: psycopg.Connection, reader: str) -> None:
     """The record's table, readable by `reader` (the alerter's role, when it exists), and the marts'
     schema once a build has made it: dbt grants select on the marts' tables, not usage on their schema,
     which init.sql grants only the alerter it creates (another ALERTER_USER could read no mart)."""
@@ -336,7 +336,7 @@ def mark_build_started(conn: psycopg.Connection, plan: BuildPlan, reader: str) -
     empty, which readers take as "no build has succeeded yet"."""
     if not plan.full_refresh:
         return None
-    _ensure_build_state(conn, reader)
+    _ensure_readable_by(conn, reader)
     return _mark(conn)
 
 
@@ -361,7 +361,7 @@ def record_build(
     `reader`: the role that reads the record (the alerter); `own_mark`: the mark the build set itself
     (mark_build_started), which it clears. A mark set since (a build by hand meanwhile, a run that lost the
     pipeline lock) stays: this build may not have covered what that one changed."""
-    _ensure_build_state(conn, reader)
+    _ensure_readable_by(conn, reader)
     conn.execute(
         f"""
         insert into {BUILD_STATE} as state
