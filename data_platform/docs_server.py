@@ -9,6 +9,8 @@ import socketserver
 import sys
 from http import HTTPStatus
 from http.server import SimpleHTTPRequestHandler
+from typing import BinaryIO
+from urllib.parse import urlsplit
 
 from data_platform.paths import DBT_ARGS
 from data_platform.pipeline_errors import EXIT_CONFIG, PipelineError
@@ -56,7 +58,7 @@ def serve_docs(settings: Settings) -> None:
     import dbt.task.docs.serve
     from dbt.cli.main import dbtRunner
 
-    dbt.task.docs.serve.SimpleHTTPRequestHandler = _FailedRequestsLogged
+    dbt.task.docs.serve.SimpleHTTPRequestHandler = DocsSiteHandler
     args = ["docs", "serve", *DBT_ARGS, "--host", settings.docs_host, "--port", str(settings.docs_port)]
     error = dbtRunner().invoke([*args, "--no-browser"]).exception
     if isinstance(error, OSError) and error.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL):
@@ -64,10 +66,21 @@ def serve_docs(settings: Settings) -> None:
     raise PipelineError(f"dbt docs serve ended: {error or 'see its output above'}")
 
 
-class _FailedRequestsLogged(SimpleHTTPRequestHandler):
-    """The standard library's handler that dbt serves with, logging a request only when it failed: the
-    container's health check asks for the page every 10 s, and a line each would bury the alert lines in
-    `docker compose logs dbt`."""
+# what the docs page loads; dbt serves its whole target folder, which holds more than the site shows: the
+# run results with their error messages, the SQL each run ran, dbt's parse cache
+SITE_PATHS = frozenset({"/", "/index.html", "/manifest.json", "/catalog.json"})
+
+
+class DocsSiteHandler(SimpleHTTPRequestHandler):
+    """The standard library's handler that dbt serves with, answering only the site's own files, and
+    logging a request only when it failed: the container's health check asks for the page every 10 s, and
+    a line each would bury the alert lines in `docker compose logs dbt`."""
+
+    def send_head(self) -> BinaryIO | None:
+        if urlsplit(self.path).path not in SITE_PATHS:
+            self.send_error(HTTPStatus.NOT_FOUND)
+            return None
+        return super().send_head()
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         if isinstance(code, int) and code < HTTPStatus.BAD_REQUEST:

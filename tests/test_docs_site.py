@@ -8,7 +8,9 @@ HTML alone proves nothing) and a screenshot is kept in test-artifacts/ for peopl
 from __future__ import annotations
 
 import contextlib
+import functools
 import html
+import http.server
 import json
 import os
 import re
@@ -19,6 +21,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -31,6 +34,8 @@ import psutil
 import pytest
 from conftest import PROJECT_ROOT, pipeline_env
 from test_pipeline import write_fixture
+
+from data_platform import docs_server
 
 ARTIFACTS = PROJECT_ROOT / "test-artifacts"
 FACT = "fct_organization_daily_financials"
@@ -223,6 +228,11 @@ def test_the_docs_server_logs_only_failed_requests_and_stops_in_words_with_128_p
         page.close()
         with pytest.raises(urllib.error.HTTPError):
             urllib.request.urlopen(served.url + "no-such-page", timeout=10)
+        # the run's own results lie in the folder dbt serves, not on the site
+        assert (Path(env["DBT_TARGET_PATH"]) / "run_results.json").exists()
+        with pytest.raises(urllib.error.HTTPError, match="404"):
+            urllib.request.urlopen(served.url + "run_results.json", timeout=10)
+        urllib.request.urlopen(served.url + "manifest.json", timeout=10).close()
     output = server_log(port).read_text()
     # the container's health check asks for the page every 10 s: those lines would bury the alerts'
     assert '"GET / HTTP/1.1" 200' not in output
@@ -231,6 +241,44 @@ def test_the_docs_server_logs_only_failed_requests_and_stops_in_words_with_128_p
     # (a traceback of a request whose client hung up, such as the readiness probe's, is the server's own)
     assert "KeyboardInterrupt" not in output and "Encountered an error" not in output
     assert served.returncode == 128 + stop
+
+
+def test_the_docs_server_answers_only_the_files_of_the_site(tmp_path):
+    """dbt serves its whole target folder: beside the site's page, manifest and catalog lie the run
+    results (with error messages quoting rows), the SQL each run ran and dbt's parse cache."""
+    target = tmp_path / "target"
+    (target / "compiled" / "data_platform").mkdir(parents=True)
+    site = {"index.html": b"<html>dbt</html>", "manifest.json": b"{}", "catalog.json": b"{}"}
+    other = ["run_results.json", "partial_parse.msgpack", "compiled/data_platform/fct.sql", "graph.gpickle"]
+    for name, body in site.items():
+        (target / name).write_bytes(body)
+    for name in other:
+        (target / name).write_bytes(b"not for the site")
+    handler = functools.partial(docs_server.DocsSiteHandler, directory=str(target))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        base = f"http://127.0.0.1:{server.server_address[1]}/"
+        try:
+            # the page asks for its data with a cache-busting query
+            for path, body in [
+                ("", site["index.html"]),
+                ("manifest.json?cb=1", b"{}"),
+                ("catalog.json", b"{}"),
+            ]:
+                with urllib.request.urlopen(base + path, timeout=10) as answer:
+                    assert answer.read() == body, path
+            for path in [
+                *other,
+                "compiled/",
+                "compiled/data_platform/",
+                "./run_results.json",
+                "%72un_results.json",
+            ]:
+                with pytest.raises(urllib.error.HTTPError) as refused:
+                    urllib.request.urlopen(base + path, timeout=10)
+                assert refused.value.code == 404, path
+        finally:
+            server.shutdown()
 
 
 @pytest.mark.slow
