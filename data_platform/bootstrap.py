@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import types
 import warnings
 from contextlib import suppress
@@ -25,6 +26,8 @@ from psycopg.conninfo import conninfo_to_dict
 from data_platform.paths import PROJECT_ROOT
 
 INIT_SQL = PROJECT_ROOT / "init.sql"
+# how long an embedded server may take to start: crash recovery replays up to max_wal_size (1 GB) of WAL
+EMBEDDED_START_SECONDS = 600
 
 
 def _pgserver() -> types.ModuleType:
@@ -111,13 +114,8 @@ def start_embedded_server(data_dir: Path, database: str) -> dict[str, str]:
     The server keeps running after this process exits, so the pipeline and the docs server can use it.
     """
     _refuse_unusable(data_dir)
-    pgserver = _pgserver()
     data_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        server = pgserver.get_server(data_dir, cleanup_mode=None)
-    except subprocess.CalledProcessError as error:  # pgserver has logged the command's output
-        raise RuntimeError(_not_started(data_dir, error)) from None
-    admin_uri = server.get_uri()
+    admin_uri = _admin_uri(data_dir)
     with psycopg.connect(admin_uri, autocommit=True) as conn:
         create_database(conn, database)
     params = conninfo_to_dict(admin_uri)
@@ -136,6 +134,59 @@ def create_database(conn: psycopg.Connection, name: str) -> None:
         return
     with suppress(psycopg.errors.DuplicateDatabase, psycopg.errors.UniqueViolation):
         conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+
+
+def _admin_uri(data_dir: Path) -> str:
+    """The superuser's URI of pgserver's server in `data_dir`, once it takes connections. pgserver gives
+    `pg_ctl start` 10 s, and a server recovering after a crash (a machine that lost power, a killed demo)
+    or on a slow disk may take longer: pg_ctl is stopped, the server goes on starting."""
+    pgserver = _pgserver()
+    try:
+        server = pgserver.get_server(data_dir, cleanup_mode=None)
+    except subprocess.CalledProcessError as error:  # pgserver has logged the command's output
+        raise RuntimeError(_not_started(data_dir, error)) from None
+    except subprocess.TimeoutExpired:
+        server = None  # (pgserver keeps it as started, without its address: read from its pid file below)
+    postmaster = _postmaster(data_dir)
+    if server is not None and (postmaster is None or postmaster[1] == "ready"):
+        return server.get_uri()  # (no pid file: gone, as after some Ctrl-C; the connection will tell)
+    deadline = time.monotonic() + EMBEDDED_START_SECONDS
+    not_started = f"the embedded Postgres did not start in {data_dir}"
+    print(
+        f"the embedded Postgres in {data_dir} is still starting (after a crash it first recovers); waiting "
+        f"up to {EMBEDDED_START_SECONDS} s",
+        file=sys.stderr,
+    )
+    while True:
+        if postmaster is None or not _runs(postmaster[0]):
+            raise RuntimeError(f"{not_started}: see its log, {data_dir / 'log'}")
+        if postmaster[1] == "ready":
+            return pgserver.utils.PostmasterInfo.read_from_pgdata(data_dir.resolve()).get_uri()
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"{not_started} within {EMBEDDED_START_SECONDS} s: see its log, {data_dir / 'log'}"
+            )
+        time.sleep(1)
+        postmaster = _postmaster(data_dir)
+
+
+def _postmaster(data_dir: Path) -> tuple[int, str] | None:
+    """The server's pid and status (starting, ready, stopping) from its pid file; None without the file.
+    The server writes the file's lines in steps: before its status line, it is starting."""
+    try:
+        lines = (data_dir / "postmaster.pid").read_text().splitlines()
+    except FileNotFoundError:
+        return None
+    return int(lines[0]), lines[7].strip() if len(lines) > 7 else "starting"
+
+
+def _runs(pid: int) -> bool:
+    import psutil  # pgserver's own dependency
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def _not_started(data_dir: Path, error: subprocess.CalledProcessError) -> str:

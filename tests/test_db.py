@@ -206,3 +206,80 @@ def test_every_session_overrides_what_a_role_sets_against_it(make_database, monk
     role_sets("alerter", "synchronous_commit", "remote_apply")
     with cli._connect(cli.make_engine()) as conn:
         assert conn.execute(text("show synchronous_commit")).scalar() == "remote_apply"
+
+
+SLOW_PG_CTL = """
+import os, signal, subprocess, sys, time
+from data_platform import bootstrap
+import pgserver.postgres_server
+
+real_pg_ctl = pgserver.postgres_server.pg_ctl
+
+
+def pg_ctl_giving_up(args, pgdata, **kwargs):
+    # as pgserver's 10 s wait for a start that takes longer: pg_ctl is stopped, the server goes on starting
+    if args[-1] != "start":
+        return real_pg_ctl(args, pgdata=pgdata, **kwargs)
+    real_pg_ctl(["-W" if arg == "-w" else arg for arg in args], pgdata=pgdata, **kwargs)
+    pid_file = pgdata / "postmaster.pid"
+    while not pid_file.exists() or len(pid_file.read_text().splitlines()) < 8:
+        time.sleep(0.01)
+    if sys.argv[2] == "dies":  # its recovery failed
+        os.kill(int(pid_file.read_text().split()[0]), signal.SIGKILL)
+    raise subprocess.TimeoutExpired("pg_ctl", 10)
+
+
+pgserver.postgres_server.pg_ctl = pg_ctl_giving_up
+sys.exit(bootstrap.main(["embedded", "--data-dir", sys.argv[1], "--database", "warehouse"]))
+"""
+
+
+def test_an_embedded_server_slower_to_start_than_pgservers_wait_is_waited_for(tmp_path):
+    """A server recovering after a crash took longer than the 10 s pgserver gives `pg_ctl start`: the demo
+    ended in pgserver's TimeoutExpired traceback while the server went on starting."""
+    data_dir = tmp_path / "pgdata"
+    started = subprocess.run(
+        [sys.executable, "-c", SLOW_PG_CTL, str(data_dir), "starts"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    try:
+        assert started.returncode == 0, started.stderr
+        assert "Traceback" not in started.stderr
+        exported = dict(line.removeprefix("export ").split("=", 1) for line in started.stdout.splitlines())
+        with psycopg.connect(
+            **{
+                "host": exported["PGHOST"],
+                "port": exported["PGPORT"],
+                "user": exported["PGUSER"],
+                "dbname": exported["PGDATABASE"],
+            }
+        ) as conn:
+            assert conn.execute("select current_database()").fetchone() == ("warehouse",)
+    finally:
+        bootstrap.stop_embedded_server(data_dir)
+
+
+def test_an_embedded_servers_status_is_read_from_its_pid_file_as_the_server_writes_it(tmp_path):
+    assert bootstrap._postmaster(tmp_path) is None
+    write_postmaster_pid(tmp_path, os.getpid())
+    assert bootstrap._postmaster(tmp_path) == (os.getpid(), "ready")
+    # the lines come in steps, and the status line is padded: "starting" is overwritten in place
+    lines = (tmp_path / "postmaster.pid").read_text().splitlines()
+    (tmp_path / "postmaster.pid").write_text("\n".join(lines[:6]) + "\n")
+    assert bootstrap._postmaster(tmp_path) == (os.getpid(), "starting")
+    (tmp_path / "postmaster.pid").write_text("\n".join([*lines[:7], "starting"]) + "\n")
+    assert bootstrap._postmaster(tmp_path) == (os.getpid(), "starting")
+
+
+def test_an_embedded_server_that_dies_while_starting_slowly_is_an_error_in_words_at_once(tmp_path):
+    data_dir = tmp_path / "pgdata"
+    command = [sys.executable, "-c", SLOW_PG_CTL, str(data_dir), "dies"]
+    started = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    try:
+        assert started.returncode == 2, started.stderr
+        said = f"error: the embedded Postgres did not start in {data_dir}: see its log, {data_dir / 'log'}\n"
+        assert started.stderr.endswith(said), started.stderr
+    finally:
+        bootstrap.stop_embedded_server(data_dir)
