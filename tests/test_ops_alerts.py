@@ -345,6 +345,33 @@ def test_a_step_that_failed_on_its_own_error_gets_no_advice_to_run_again(instanc
     assert failure_alerts.CATCH_UP not in message.details
 
 
+@op
+def record_lost_step():
+    raise Failure(
+        description="dbt build succeeded, but the database failed before it was recorded (connection "
+        "refused): its build is not recorded, and the database failed before the next build could be marked "
+        "a full one (connection refused): run it with FULL_REFRESH=true"
+    )
+
+
+@job(name="daily_pipeline")
+def failing_record_job():
+    record_lost_step()
+
+
+def test_a_failure_that_asks_for_a_full_refresh_says_how_under_dagster(instance):
+    # the pipeline's words are init.sh's: a Dagster operator has no command line to set it on
+    run_id = fail(instance, failing_record_job)
+    message = failure_alerts.failure_message(instance, instance.get_run_by_id(run_id), "http://dagster.test")
+    assert message.details[-1] == failure_alerts.FULL_REFRESH_UNDER_DAGSTER
+    assert (
+        failure_alerts.FULL_REFRESH_UNDER_DAGSTER
+        not in failure_alerts.failure_message(
+            instance, instance.get_run_by_id(fail(instance)), "http://dagster.test"
+        ).details
+    )
+
+
 def test_a_step_that_failed_without_an_error_is_not_taken_for_one_cut_off(instance):
     from dagster import DagsterEvent
     from dagster._core.execution.plan.objects import StepFailureData

@@ -78,6 +78,13 @@ CATCH_UP = (
     "Exports already loaded stay loaded and a build counts only once complete: run the job again, or let "
     "the next scheduled run catch up."
 )
+# the pipeline's errors say FULL_REFRESH=true, as for init.sh: how a Dagster deployment does it
+FULL_REFRESH_ONCE = "FULL_REFRESH=true"
+FULL_REFRESH_UNDER_DAGSTER = (
+    "To rebuild in full once, run the job with FULL_REFRESH=true in its environment: `FULL_REFRESH=true "
+    "dagster job execute -m data_platform.orchestration.definitions -j daily_pipeline` (with Docker: "
+    "`docker compose --profile daily exec -e FULL_REFRESH=true dagster-daemon dagster job execute ...`)."
+)
 RUN_AGAIN_BY_DAGSTER = (
     "Dagster runs it again once, by itself, from the steps it did not finish: nothing to do unless that "
     "run fails too, which is alerted."
@@ -252,6 +259,8 @@ def failure_message(instance: DagsterInstance, run: DagsterRun, base_url: str) -
     # unless the error shown already says it (the step's own failure, quoting it)
     untold = _untold(recorded_give_ups(entries), details)
     details += (GIVEN_UP_UNTOLD, *first_lines(untold)) if untold else ()
+    if FULL_REFRESH_ONCE in error:
+        details += (FULL_REFRESH_UNDER_DAGSTER,)
     # only the retries' daemon numbers a run it starts (a re-execution from the UI has a parent, no number)
     if run.tags.get(RETRY_NUMBER_TAG) and run.parent_run_id:
         details += (RETRY_OF.format(run.parent_run_id),)
