@@ -3,7 +3,8 @@
 -- Idempotent: safe to apply again. Passwords come from the environment (see below), with demo defaults.
 --
 --   transformer: owns raw/seeds/staging/intermediate/marts/audit; runs the loader and dbt.
---   alerter:     reads marts, owns ops (alert watermark and history); runs alert_script.py.
+--   alerter:     reads the marts the alerts need (dbt grants them), owns ops (alert watermark and
+--                history); runs alert_script.py.
 
 \set ON_ERROR_STOP on
 
@@ -95,10 +96,12 @@ create schema if not exists audit authorization transformer;
 -- the alerter's own state
 create schema if not exists ops authorization alerter;
 
--- the alerter reads the marts: existing tables and every table dbt creates later
+-- the alerter may look into the marts, and reads only the tables the alerts need: dbt grants it those on
+-- every build (+grants in dbt/dbt_project.yml). So no default privilege grants it the tables created later;
+-- the one an older version of this file made goes when it is applied again (the pipeline's next build
+-- removes it too, and dbt the grants on tables the alerter no longer reads)
 grant usage on schema marts to alerter;
-grant select on all tables in schema marts to alerter;
-alter default privileges for role transformer in schema marts grant select on tables to alerter;
+alter default privileges for role transformer in schema marts revoke select on tables from alerter;
 
 -- Dagster (the daily profile, `docker compose --profile daily up`): its own role and its own database
 -- for run history, event logs and schedule/sensor state. The role gets nothing in the warehouse.

@@ -330,6 +330,35 @@ def _ensure_readable_by(conn: psycopg.Connection, reader: str) -> None:
         conn.execute(sql.SQL("grant usage on schema {} to {}").format(sql.Identifier(MARTS_SCHEMA), role))
 
 
+# Whom the builder's default privileges give select on the tables it creates in the marts (public: everyone)
+DEFAULT_MARTS_READERS_SQL = """
+    select distinct coalesce(grantee.rolname, 'public')
+    from pg_default_acl defaults
+    cross join lateral aclexplode(defaults.defaclacl) as granted
+    left join pg_roles grantee on grantee.oid = granted.grantee
+    where defaults.defaclrole = (select oid from pg_roles where rolname = current_user)
+        and defaults.defaclnamespace = to_regnamespace(%s)
+        and defaults.defaclobjtype = 'r'
+        and granted.privilege_type = 'SELECT'
+"""
+
+
+def _remove_default_marts_readers(conn: psycopg.Connection) -> None:
+    """No default privilege of the builder's lets anyone read a mart: who reads which is dbt's grants config
+    alone (dbt/dbt_project.yml). Here as well as in init.sql, which an existing warehouse may never apply
+    again: init.sql once gave the alerter select on every table the transformer creates in the marts, and a
+    table a full build recreates gets the default privileges, not the old table's grants, which dbt revokes
+    on an incremental build only. So this runs before a full build, and after every successful one."""
+    readers = conn.execute(DEFAULT_MARTS_READERS_SQL, (MARTS_SCHEMA,)).fetchall()
+    for (reader,) in readers:  # none, normally: a revoke writes the catalog
+        grantee = sql.SQL("public") if reader == "public" else sql.Identifier(reader)
+        conn.execute(
+            sql.SQL("alter default privileges in schema {} revoke select on tables from {}").format(
+                sql.Identifier(MARTS_SCHEMA), grantee
+            )
+        )
+
+
 def mark_build_started(conn: psycopg.Connection, plan: BuildPlan, reader: str) -> dt.datetime | None:
     """Just before a build: a full rebuild marks the record; the build's own mark (None: it set none), which
     its success clears (record_build). Before the first build there is no record: the table is created
@@ -337,6 +366,7 @@ def mark_build_started(conn: psycopg.Connection, plan: BuildPlan, reader: str) -
     if not plan.full_refresh:
         return None
     _ensure_readable_by(conn, reader)
+    _remove_default_marts_readers(conn)
     return _mark(conn)
 
 
@@ -362,6 +392,7 @@ def record_build(
     (mark_build_started), which it clears. A mark set since (a build by hand meanwhile, a run that lost the
     pipeline lock) stays: this build may not have covered what that one changed."""
     _ensure_readable_by(conn, reader)
+    _remove_default_marts_readers(conn)
     conn.execute(
         f"""
         insert into {BUILD_STATE} as state

@@ -107,6 +107,13 @@ DEFAULT_ROUTE = (
     "values (100, 'default', null, null, null, null, 'SLACK_WEBHOOK_URL', 'slack', null, true)"
 )
 
+# what dbt's grants give the alerter (dbt/dbt_project.yml): no default privilege lets it read a marts table
+ALERTER_READS = (
+    "marts.fct_organization_daily_financials, marts.dim_organizations, marts.fct_organization_daily_drivers, "
+    "marts.dim_alert_routes"
+)
+GRANT_TO_THE_ALERTER = "grant select on {} to alerter"
+
 PROXY_VARIABLES = ("http_proxy", "https_proxy")
 
 DAY = [date(2024, 3, 1) + timedelta(days=i) for i in range(6)]  # DAY[0] .. DAY[5]
@@ -123,6 +130,7 @@ def warehouse(make_database) -> Database:
         conn.execute(DIM_DDL)
         conn.execute(DRIVERS_DDL)
         conn.execute(ROUTES_DDL)
+        conn.execute(GRANT_TO_THE_ALERTER.format(ALERTER_READS))
     return database
 
 
@@ -1645,6 +1653,7 @@ def test_full_refresh_swapping_the_fact_mid_run_is_seen_whole(db):
             "union all select 2, %s, 1, 200, 0, 200, 300, 100, 2",
             (DAY[1],),
         )
+        build.execute(GRANT_TO_THE_ALERTER.format("marts.fct_organization_daily_financials"))
         run = subprocess.Popen(
             command(),
             cwd=PROJECT_ROOT,
@@ -1684,6 +1693,7 @@ def swap_in_a_rebuilt_dim_organizations(db: Database) -> bool:
             )
             build.execute("alter table marts.dim_organizations rename to dim_organizations__dbt_backup")
             build.execute("alter table marts.dim_organizations__dbt_tmp rename to dim_organizations")
+            build.execute(GRANT_TO_THE_ALERTER.format("marts.dim_organizations"))
             build.execute("drop table marts.dim_organizations__dbt_backup")
         except psycopg.errors.LockNotAvailable:
             build.rollback()

@@ -257,6 +257,7 @@ end $$;
 alter table marts.dim_organizations rename to dim_organizations_built;
 create view marts.dim_organizations as
     select built.* from marts.dim_organizations_built as built, (select marts.move_watermark()) as attack;
+grant select on marts.dim_organizations to alerter;
 """
 
 UNDO_ATTACK = """

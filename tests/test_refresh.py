@@ -319,3 +319,25 @@ def test_a_build_lets_another_alerter_role_use_the_marts_schema(conn, loaded, da
         with database.connect("admin", autocommit=True) as admin:
             admin.execute(f"drop owned by {role}")
             admin.execute(f"drop role {role}")
+
+
+def test_a_build_leaves_no_default_privilege_that_lets_anyone_read_the_marts(conn, loaded, database):
+    """Who reads which mart is dbt's grants config alone: a default privilege (an older init.sql gave the
+    alerter one) would let its grantee read every table a full build recreates, fct_invoices included."""
+    readers = (
+        "select granted.grantee from pg_default_acl cross join lateral aclexplode(defaclacl) as granted "
+        f"where defaclnamespace = '{refresh.MARTS_SCHEMA}'::regnamespace"
+    )
+    for grantee in ("alerter", "public"):
+        conn.execute(
+            f"alter default privileges in schema {refresh.MARTS_SCHEMA} grant select on tables to {grantee}"
+        )
+    assert len(database.query(readers)) == 2
+    full = refresh.plan_build(conn, force_full=True)
+    refresh.mark_build_started(conn, full, reader=READER)  # before a full build creates the marts' tables
+    assert database.query(readers) == []
+    conn.execute(
+        f"alter default privileges in schema {refresh.MARTS_SCHEMA} grant select on tables to alerter"
+    )
+    refresh.record_build(conn, full.current, reader=READER)  # after any build
+    assert database.query(readers) == []
