@@ -1601,6 +1601,29 @@ def test_closed_stdout_in_console_mode_is_not_a_crash(db):
     assert (nothing_to_print.returncode, nothing_to_print.stderr) == (0, "")
 
 
+def test_a_summary_line_lost_to_a_full_disk_does_not_fail_a_run_that_delivered_everything(db, slack):
+    # a log on a full disk: the run posted and recorded its alerts, then could not print its summary; exit 1
+    # ("undelivered") made the pipeline and Dagster retry a run that had nothing left to send
+    add_moves(db, (1, DAY[0], "100", "300"))
+    with open("/dev/full", "w") as full:
+        result = subprocess.run(
+            command(),
+            cwd=PROJECT_ROOT,
+            env={**alerter_env(db), "SLACK_WEBHOOK_URL": slack.url},
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == (
+        "alert_script.py: warning: the run's summary could not be written to stdout: [Errno 28] No space "
+        "left on device\n"
+    )
+    assert organizations_in(slack.delivered) == [1]
+    assert history(db) == {(1, DAY[0]): ("sent", 1)}
+
+
 def test_lines_left_unprinted_by_a_console_run_do_not_fail_a_webhook_run(db, slack):
     # printing is a view, not a delivery: console rows still waiting are no route's lost alerts, and a
     # run with the webhook set neither reports them nor exits 1 for them

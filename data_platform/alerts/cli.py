@@ -387,9 +387,12 @@ def _run_and_report(argv: Sequence[str] | None) -> int:
         if summary is None:  # an alert line could not be printed: that alert was not delivered
             _tell("stdout was closed before every alert was printed; the rest are retried on the next run.")
             return exit_codes.DELIVERY_FAILED
-    except OSError as error:  # stdout could not be written (a full disk, an I/O error): not printed
-        _tell(f"error: {error}; alerts not printed are retried on the next run.")
-        return exit_codes.DELIVERY_FAILED
+    except OSError as error:  # stdout could not be written (a full disk, an I/O error)
+        if summary is None:  # an alert line could not be printed: that alert was not delivered
+            _tell(f"error: {error}; alerts not printed are retried on the next run.")
+            return exit_codes.DELIVERY_FAILED
+        # only the summary line is lost: what the run delivered is recorded, and its exit code says it
+        _tell(f"warning: the run's summary could not be written to stdout: {error}")
     except Exception:  # a bug: Python would exit 1, which says "undelivered, retried", not "broken"
         with suppress(OSError):
             traceback.print_exc()
