@@ -28,6 +28,7 @@ from psycopg import sql
 from data_platform.csv_files import sha256_of
 from data_platform.load_errors import path_text, printable, text_path
 from data_platform.raw_tables import RAW_SCHEMA
+from data_platform.steps import say
 
 SETTLED_SECONDS = 2
 TABLE = sql.Identifier(RAW_SCHEMA, "file_checksums")
@@ -57,11 +58,10 @@ def checksum(conn: psycopg.Connection, path: Path) -> str:
         return row[3]
     if row and tuple(row[:2]) == _times(before)[:2]:
         # a large file read again every day would go unexplained: say why
-        print(
+        say(
             f"{printable(str(path))}: read again for its checksum: its change time moved since it was read "
             "(a chmod or chown, a hard link made or removed, or a copy that kept its size and times)",
-            file=sys.stderr,
-            flush=True,
+            sys.stderr,
         )
     digest = sha256_of(path)
     remember(conn, path, before, digest)

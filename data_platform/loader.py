@@ -81,6 +81,7 @@ from data_platform.loader_lock import release_loader_lock, session_name, take_lo
 from data_platform.raw_tables import INVOICES, ORGANIZATIONS, LoadLogRow, TableSpec
 from data_platform.snapshot_diff import worth_reading
 from data_platform.staging import Staged, discard, stage
+from data_platform.steps import say
 from data_platform.wording import plural
 
 PROGRESS_INTERVAL_SECONDS = 5.0
@@ -361,11 +362,10 @@ class ProgressReporter:
             return
         self.next_report = now + self.interval
         mib, elapsed = 1024 * 1024, max(now - self.started, 1e-6)
-        print(
+        say(
             f"  {printable(path.name)}: {done / mib:,.0f} / {total / mib:,.0f} MiB "
             f"({100 * done / max(total, 1):.0f}%), {done / mib / elapsed:,.0f} MiB/s",
-            file=sys.stderr,
-            flush=True,
+            sys.stderr,
         )
 
 
@@ -480,7 +480,7 @@ class ExportReporter:
             self.skipped.append(result)
             return
         self.flush()
-        print(result.summary(), flush=True)
+        say(result.summary())
 
     def progress(self, path: Path, done: int, total: int) -> None:
         self.flush()
@@ -488,10 +488,10 @@ class ExportReporter:
 
     def flush(self) -> None:
         if len(self.skipped) == 1:
-            print(self.skipped[0].summary(), flush=True)
+            say(self.skipped[0].summary())
         elif self.skipped:
             first, last = self.skipped[0].export_date, self.skipped[-1].export_date
-            print(f"{len(self.skipped):,} exports {first} to {last}: {SKIPPED}", flush=True)
+            say(f"{len(self.skipped):,} exports {first} to {last}: {SKIPPED}")
         self.skipped = []
 
 
@@ -515,27 +515,24 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 report.flush()  # before an error's lines, which a caller reads last
     except DatabaseUnavailable as error:
-        print(f"{ERROR_PREFIX}{error}", file=sys.stderr)
+        say(f"{ERROR_PREFIX}{error}", sys.stderr)
         return EXIT_DATABASE_UNAVAILABLE
     except LoaderBusy as error:
-        print(f"{ERROR_PREFIX}{error}", file=sys.stderr)
+        say(f"{ERROR_PREFIX}{error}", sys.stderr)
         return EXIT_BUSY
     except LoadError as error:
-        print(f"{ERROR_PREFIX}{error}", file=sys.stderr)
-        print(NOTHING_MORE_LOADED, file=sys.stderr)
+        say(f"{ERROR_PREFIX}{error}", sys.stderr)
+        say(NOTHING_MORE_LOADED, sys.stderr)
         return 1
     except psycopg.Error as error:
         interrupt = _interrupted(error)
         if interrupt is not None:
             return _stopped(interrupt)
         if isinstance(error, REFUSED_DATA):  # the export's values, refused by a rule of the database's
-            print(
-                f"{ERROR_PREFIX}the load failed in the database: {printable(str(error).strip())}",
-                file=sys.stderr,
-            )
-            print(NOTHING_MORE_LOADED, file=sys.stderr)
+            say(f"{ERROR_PREFIX}the load failed in the database: {printable(str(error).strip())}", sys.stderr)
+            say(NOTHING_MORE_LOADED, sys.stderr)
             return 1
-        print(f"{ERROR_PREFIX}{database_failed(error)}", file=sys.stderr)
+        say(f"{ERROR_PREFIX}{database_failed(error)}", sys.stderr)
         return EXIT_DATABASE_FAILED
     except KeyboardInterrupt as interrupt:
         return _stopped(interrupt)
@@ -547,7 +544,7 @@ def main(argv: list[str] | None = None) -> int:
 def _stopped(interrupt: KeyboardInterrupt) -> int:
     waited = WAITED_FOR_THE_LOCK in getattr(interrupt, "__notes__", ())
     what = "nothing was loaded (it was waiting for another loader run)" if waited else ROLLED_BACK
-    print(f"interrupted: {what}", file=sys.stderr)
+    say(f"interrupted: {what}", sys.stderr)
     return 128 + (interrupt.signum if isinstance(interrupt, Terminated) else signal.SIGINT)
 
 

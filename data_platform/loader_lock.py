@@ -20,6 +20,7 @@ from data_platform.db import (
 )
 from data_platform.load_errors import LoaderBusy
 from data_platform.pipeline_lock import held_by_a_pipeline_run, who_holds
+from data_platform.steps import say
 
 
 def session_name(pid: int) -> str:
@@ -29,16 +30,16 @@ def session_name(pid: int) -> str:
 
 
 def take_loader_lock(conn: psycopg.Connection, wait: float) -> None:
-    def say() -> None:
+    def say_waiting() -> None:
         holder = advisory_lock_holder(conn, LOADER_LOCK_KEY)
         who = (
             f"a pipeline run is building from the loaded exports{who_holds(holder)}"
             if held_by_a_pipeline_run(holder)
             else "another loader run is in progress"
         )
-        print(f"{who}: waiting up to {wait:g}s", file=sys.stderr, flush=True)
+        say(f"{who}: waiting up to {wait:g}s", sys.stderr)
 
-    if not take_advisory_lock(conn, LOADER_LOCK_KEY, wait, say):
+    if not take_advisory_lock(conn, LOADER_LOCK_KEY, wait, say_waiting):
         holder = advisory_lock_holder(conn, LOADER_LOCK_KEY)
         raise LoaderBusy(
             (holder and (_orphaned(holder) or _building(holder, wait)))

@@ -61,7 +61,9 @@ from data_platform.pipeline_settings import Settings
 from data_platform.steps import (
     Stopped,
     failed,
+    output_lost,
     run_child_quoting_stderr,
+    say,
     start_child,
     step,
     stop_on_signals,
@@ -122,6 +124,9 @@ class WarmDbt:
             env=self.env,
             block_sigint=True,
             stdin=subprocess.PIPE,
+            # the run's output cannot be written (a full disk): dbt would print a traceback for each of its
+            # log lines (the alert run keeps it: a console alert that cannot be printed is not delivered)
+            stdout=subprocess.DEVNULL if output_lost() else None,
             text=True,
         )
         return self
@@ -151,7 +156,7 @@ class WarmDbt:
 def wait_for_database(settings: Settings) -> None:
     step(f"waiting for the database (up to {settings.db_wait_seconds:g}s)")
     wait_until_ready(settings.db_wait_seconds)
-    print(f"database {describe_target()} is ready")
+    say(f"database {describe_target()} is ready")
     check_alerter_role(settings)
 
 
@@ -377,7 +382,7 @@ def run_alerts(settings: Settings) -> AlertRunEnd:
         )
     if outcomes[code] is AlertRun.DELIVERED:
         return AlertRunEnd(AlertRun.DELIVERED)
-    print(f"pipeline: {outcomes[code].value}.", file=sys.stderr)
+    say(f"pipeline: {outcomes[code].value}.", sys.stderr)
     return AlertRunEnd(outcomes[code], tuple(said))
 
 
@@ -443,20 +448,20 @@ def _main() -> int:
         if alerts and alerts.outcome is AlertRun.GIVEN_UP:
             return EXIT_ALERTS_GIVEN_UP
     except PipelineError as error:
-        print(f"pipeline: {error}", file=sys.stderr)
+        say(f"pipeline: {error}", sys.stderr)
         return error.exit_code
     except DatabaseUnavailable as error:
-        print(f"error: {error}", file=sys.stderr)
+        say(f"error: {error}", sys.stderr)
         return EXIT_CONFIG
     except psycopg.Error as error:  # a step's own query (the plan, the record): it failed or was refused
         said = " ".join(str(error).split())
-        print(
+        say(
             f"pipeline: the database stopped the run: {said}; the warehouse keeps its last committed state.",
-            file=sys.stderr,
+            sys.stderr,
         )
         return EXIT_CONFIG
     except Stopped as stop:
-        print(f"pipeline: stopped by {stop}; the warehouse keeps its last committed state.", file=sys.stderr)
+        say(f"pipeline: stopped by {stop}; the warehouse keeps its last committed state.", sys.stderr)
         return 128 + stop.signum
     return 0
 

@@ -23,6 +23,7 @@ from data_platform.db import (
 )
 from data_platform.load_errors import EXIT_BUSY
 from data_platform.pipeline_errors import PipelineError
+from data_platform.steps import say
 
 LOCK_KEY = "data_platform.pipeline"
 TAKEN_AT_FORMAT = "%Y%m%dT%H%M%SZ"
@@ -88,11 +89,11 @@ class PipelineLock:
             keepalives_count=6,
         )
 
-        def say() -> None:
+        def say_waiting() -> None:
             who = who_holds(advisory_lock_holder(self.conn, LOCK_KEY))
-            print(f"another pipeline run is in progress{who}: waiting up to {self.timeout:g}s", flush=True)
+            say(f"another pipeline run is in progress{who}: waiting up to {self.timeout:g}s")
 
-        if not take_advisory_lock(self.conn, LOCK_KEY, self.timeout, say):
+        if not take_advisory_lock(self.conn, LOCK_KEY, self.timeout, say_waiting):
             who = who_holds(advisory_lock_holder(self.conn, LOCK_KEY))
             self.conn.close()
             raise PipelineError(
@@ -114,10 +115,10 @@ class PipelineLock:
         """Hold the loader's lock too, from the plan to the build's record: an export a loader run by hand
         committed during the build would reach some of its models and tests and not others."""
 
-        def say() -> None:
-            print(f"a loader run by hand is in progress: waiting up to {self.timeout:g}s", flush=True)
+        def say_waiting() -> None:
+            say(f"a loader run by hand is in progress: waiting up to {self.timeout:g}s")
 
-        if not take_advisory_lock(self.conn, LOADER_LOCK_KEY, self.timeout, say):
+        if not take_advisory_lock(self.conn, LOADER_LOCK_KEY, self.timeout, say_waiting):
             raise PipelineError(
                 f"a loader run by hand still holds the loader's lock (waited {self.timeout:g}s; "
                 "PIPELINE_LOCK_TIMEOUT sets how long): nothing was built; run again when it has finished",

@@ -34,7 +34,37 @@ STDERR_DRAIN_SECONDS = 5
 
 def step(title: str) -> None:
     """Announce the step that starts, as every runner's output shows it."""
-    print(f"\n==> {title}", flush=True)
+    say(f"\n==> {title}")
+
+
+class _Output:
+    lost = False  # a line of this process's report could not be written: said once
+
+
+def output_lost() -> bool:
+    """Whether a line of this process's report could not be written (say)."""
+    return _Output.lost
+
+
+def say(line: str, stream: IO[str] | None = None) -> None:
+    """Print a line of a run's report (stdout, or `stream`). A line that cannot be written (its log on a
+    full disk, a closed pipe) does not stop the work it reports on, which the warehouse records and the exit
+    code says: a loader that died printing its line after an export committed said the export had failed,
+    and a pipeline that died printing a heading after its build skipped its alerts. Said once, on stderr,
+    if stderr can take it."""
+    try:
+        print(line, file=stream or sys.stdout, flush=True)
+    except OSError as error:
+        if _Output.lost:
+            return
+        _Output.lost = True
+        with contextlib.suppress(OSError, ValueError):
+            print(
+                f"warning: this run's output could not be written ({error}): it goes on, and its exit code "
+                "says how it ended",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 class Stopped(Exception):

@@ -339,6 +339,28 @@ def test_undelivered_alerts_let_the_pipeline_finish_but_a_broken_alert_setup_sto
     assert "loading the exports" not in broken.stdout
 
 
+def test_a_log_on_a_full_disk_neither_fails_the_load_nor_holds_back_the_alerts(make_database, tmp_path):
+    """The run's output on a full disk: the loader died printing its line after its export had committed
+    (exit 1, which the pipeline took for a refused export), and the pipeline died printing a heading after
+    its build was recorded, so its alerts waited for the next run."""
+    database = make_database()
+    csv_dir = write_fixture(tmp_path / "csv")
+    env = pipeline_env(database, csv_dir, ALERT_MIN_CHANGE_USD="0")
+    with SlackStub() as slack, open("/dev/full", "w") as full:
+        env["SLACK_WEBHOOK_URL"] = slack.url
+        ran = subprocess.run(
+            ["bash", "init.sh"], cwd=PROJECT_ROOT, env=env, stdout=full, stderr=subprocess.PIPE, text=True
+        )
+    assert ran.returncode == 0, ran.stderr
+    assert slack.delivered
+    assert database.query("select count(*) from raw.load_log") == [(1,)]
+    assert database.query("select count(*) from ops.alert_history where status <> 'sent'") == [(0,)]
+    # said once by each of the pipeline and its loader (the alert run says it its own way)
+    lost = "warning: this run's output could not be written ([Errno 28] No space left on device): it goes on"
+    assert ran.stderr.count(lost) == 2, ran.stderr
+    assert "Traceback" not in ran.stderr
+
+
 @pytest.mark.parametrize(
     ("alerts", "code"), [(None, 0), ("DELIVERED", 0), ("UNDELIVERED", 4), ("GIVEN_UP", 5)]
 )
