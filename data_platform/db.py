@@ -98,10 +98,9 @@ def connect(**kwargs) -> psycopg.Connection:
     try:
         conn = psycopg.connect("", **kwargs)
     except psycopg.OperationalError as error:
-        raise DatabaseUnavailable(
-            f"cannot connect to {describe_target()}: {str(error).strip()}\n"
-            "Check PGHOST, PGPORT, PGUSER, PGPASSWORD and PGDATABASE."
-        ) from error
+        said = str(error).strip()
+        advice = SERVER_FAILED_ADVICE if server_failed(said) else CHECK_SETTINGS
+        raise DatabaseUnavailable(f"cannot connect to {describe_target()}: {said}\n{advice}") from error
     try:
         conn.execute(SESSION_SETTINGS)
         if not conn.autocommit:
@@ -129,6 +128,21 @@ NO_FREE_SLOT = (
     "too many connections for role",
     "too many connections for database",
 )
+
+
+# What a server says when a login fails on its own side, not on the settings: its disk full (after a crash,
+# "could not write init file"), its memory or processes exhausted. English only, as NO_FREE_SLOT.
+SERVER_FAILED = ("could not write", "No space left on device", "out of memory", "could not fork")
+CHECK_SETTINGS = "Check PGHOST, PGPORT, PGUSER, PGPASSWORD and PGDATABASE."
+SERVER_FAILED_ADVICE = (
+    "The server failed on its own side, not on these settings (a full disk? out of memory?): its log says "
+    "what to free; then run again."
+)
+
+
+def server_failed(said: str) -> bool:
+    """Whether a failed login failed on the server's side (SERVER_FAILED), from what libpq said."""
+    return any(words in said for words in SERVER_FAILED)
 
 
 def no_free_slot(error: Exception) -> bool:
@@ -165,6 +179,8 @@ def wait_until_ready(timeout_seconds: float, interval_seconds: float = 1.0) -> N
             full = no_free_slot(error)
             # ask the server itself: the login may also have failed because it went away meanwhile
             status = None if full else ping(connect_timeout)
+            if status == pq.Ping.OK and server_failed(str(error.__cause__ or error)):
+                raise DatabaseRefused(str(error)) from error
             if status in (pq.Ping.OK, pq.Ping.NO_ATTEMPT):
                 reason = "The server is up and refused this login"
                 if status == pq.Ping.NO_ATTEMPT:

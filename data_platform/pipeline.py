@@ -71,6 +71,9 @@ from data_platform.steps import (
     wait_or_kill,
 )
 
+# What dbt's folders need free before a run: a build writes about 5 MiB in its target folder (the manifest,
+# the compiled SQL, the docs' catalog) and dbt's log keeps up to 60 MiB (10 MiB files, rotated 5 times)
+DBT_FOLDER_MIN_FREE_BYTES = 64 * 2**20
 # A failed load's error quotes the loader's stderr from its last error line on, or else its last lines:
 # at most this many lines, each shortened (steps.MAX_QUOTED_LINE_CHARS).
 LOADER_LINES_KEPT = 20
@@ -412,18 +415,28 @@ def run(settings: Settings) -> AlertRunEnd | None:
 
 def check_dbt_folders() -> None:
     """Make dbt's folders and write in each: one it cannot write (a read-only checkout) failed the build
-    once the exports had loaded, with a traceback."""
+    once the exports had loaded, with a traceback; one on a full disk failed it (the target folder) or
+    buried the run's lines under dbt's tracebacks (the log folder), and left a manifest cut short."""
     for variable, folder in (("DBT_TARGET_PATH", dbt_target_dir()), ("DBT_LOG_PATH", dbt_log_dir())):
         try:
             folder.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryFile(dir=folder):
                 pass
+            stats = os.statvfs(folder)
         except OSError as error:
             raise PipelineError(
                 f"dbt cannot write to {folder} ({variable}): {error.strerror or error}; set {variable} to a "
                 "folder this user may write to",
                 EXIT_CONFIG,
             ) from None
+        free = stats.f_bavail * stats.f_frsize
+        if free < DBT_FOLDER_MIN_FREE_BYTES:
+            raise PipelineError(
+                f"the disk of {folder} ({variable}) has {free / 2**20:,.1f} MiB free, and dbt needs "
+                f"{DBT_FOLDER_MIN_FREE_BYTES // 2**20} MiB there: free space on it, or set {variable} to a "
+                "folder on another disk",
+                EXIT_CONFIG,
+            )
 
 
 def main(argv: list[str] | None = None) -> int:

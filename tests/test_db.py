@@ -283,3 +283,22 @@ def test_an_embedded_server_that_dies_while_starting_slowly_is_an_error_in_words
         assert started.stderr.endswith(said), started.stderr
     finally:
         bootstrap.stop_embedded_server(data_dir)
+
+
+def test_a_login_the_server_failed_on_its_own_side_is_not_blamed_on_the_settings():
+    """A server whose disk filled, restarted: its logins failed with "could not write init file", which the
+    runs took for a refusal, saying to check PGHOST, PGPORT, PGUSER, PGPASSWORD and PGDATABASE."""
+    said = (
+        'connection failed: connection to server on socket "/tmp/.s.PGSQL.5432" failed: FATAL:  could not '
+        "write init file"
+    )
+    assert db.server_failed(said)
+    assert db.server_failed('FATAL:  could not write to file "pg_wal/xlogtemp.80": No space left on device')
+    refused = [
+        'FATAL:  password authentication failed for user "transformer"',
+        'FATAL:  role "transformer" does not exist',
+        'FATAL:  database "warehouse" does not exist',
+        'FATAL:  no pg_hba.conf entry for host "10.0.0.2", user "alerter", database "warehouse"',
+        "FATAL:  sorry, too many clients already",
+    ]
+    assert not any(db.server_failed(words) for words in refused)

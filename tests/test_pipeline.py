@@ -1438,6 +1438,24 @@ def test_a_dbt_folder_that_cannot_be_made_stops_the_run_before_the_load(make_dat
     assert database.query("select to_regclass('raw.load_log') is null") == [(True,)]
 
 
+def test_a_dbt_folder_on_a_nearly_full_disk_stops_the_run_before_it_starts(monkeypatch, tmp_path):
+    """On a full disk, dbt's target folder failed the build after the load (leaving a manifest cut short
+    that the docs site served), and its log folder made a green run print thousands of tracebacks."""
+    from data_platform import pipeline
+
+    for name in ("DBT_TARGET_PATH", "DBT_LOG_PATH"):
+        monkeypatch.setenv(name, str(tmp_path / name))
+    pipeline.check_dbt_folders()  # this disk has room
+    stats = os.statvfs(tmp_path)
+    monkeypatch.setattr(pipeline, "DBT_FOLDER_MIN_FREE_BYTES", stats.f_bavail * stats.f_frsize + 2**30)
+    with pytest.raises(pipeline.PipelineError) as refused:
+        pipeline.check_dbt_folders()
+    said = str(refused.value)
+    assert said.startswith(f"the disk of {tmp_path / 'DBT_TARGET_PATH'} (DBT_TARGET_PATH) has "), said
+    assert said.endswith("free space on it, or set DBT_TARGET_PATH to a folder on another disk"), said
+    assert refused.value.exit_code == 2
+
+
 def test_a_relative_dbt_target_path_is_read_where_dbt_writes_it(tmp_path):
     """dbt puts a relative DBT_TARGET_PATH under its project folder: the pipeline read its run results (the
     failed tests it shows) and checked the folder under its own working folder."""

@@ -66,7 +66,7 @@ from data_platform.alerts.records import (
 )
 from data_platform.alerts.routing import Destination
 from data_platform.alerts.summary import GIVEN_UP_ADVICE, Summary
-from data_platform.db import SESSION_SETTINGS, describe_target
+from data_platform.db import SERVER_FAILED_ADVICE, SESSION_SETTINGS, describe_target, server_failed
 from data_platform.wording import plural
 
 
@@ -87,10 +87,13 @@ def _connect(engine: Engine) -> Connection:
     try:
         conn = engine.connect()
     except DBAPIError as error:  # refused, bad password, or a bad PG* value (e.g. PGCONNECT_TIMEOUT=abc)
-        raise AlertError(
-            f"cannot connect to {describe_target()}: {db_message(error)}. "
-            "Check PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE and PGCONNECT_TIMEOUT."
-        ) from error
+        said = db_message(error)
+        advice = (
+            SERVER_FAILED_ADVICE
+            if server_failed(said)
+            else "Check PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE and PGCONNECT_TIMEOUT."
+        )
+        raise AlertError(f"cannot connect to {describe_target()}: {said}. {advice}") from error
     # for the whole session: no unqualified name may resolve to an object someone else created
     conn.execute(text("select pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', false)"))
     conn.execute(text(SESSION_SETTINGS))
