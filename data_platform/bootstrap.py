@@ -158,7 +158,7 @@ def _admin_uri(data_dir: Path) -> str:
         file=sys.stderr,
     )
     while True:
-        if postmaster is None or not _runs(postmaster[0]):
+        if postmaster is None or (postmaster[0] is not None and not _runs(postmaster[0])):
             raise RuntimeError(f"{not_started}: see its log, {data_dir / 'log'}")
         if postmaster[1] == "ready":
             return pgserver.utils.PostmasterInfo.read_from_pgdata(data_dir.resolve()).get_uri()
@@ -170,14 +170,16 @@ def _admin_uri(data_dir: Path) -> str:
         postmaster = _postmaster(data_dir)
 
 
-def _postmaster(data_dir: Path) -> tuple[int, str] | None:
+def _postmaster(data_dir: Path) -> tuple[int | None, str] | None:
     """The server's pid and status (starting, ready, stopping) from its pid file; None without the file.
-    The server writes the file's lines in steps: before its status line, it is starting."""
+    The server writes the file's lines in steps: before its status line, it is starting (and before its
+    first, its pid is not known yet)."""
     try:
         lines = (data_dir / "postmaster.pid").read_text().splitlines()
     except FileNotFoundError:
         return None
-    return int(lines[0]), lines[7].strip() if len(lines) > 7 else "starting"
+    pid = int(lines[0]) if lines and lines[0].strip().isdigit() else None
+    return pid, lines[7].strip() if len(lines) > 7 else "starting"
 
 
 def _runs(pid: int) -> bool:

@@ -271,6 +271,8 @@ def test_an_embedded_servers_status_is_read_from_its_pid_file_as_the_server_writ
     assert bootstrap._postmaster(tmp_path) == (os.getpid(), "starting")
     (tmp_path / "postmaster.pid").write_text("\n".join([*lines[:7], "starting"]) + "\n")
     assert bootstrap._postmaster(tmp_path) == (os.getpid(), "starting")
+    (tmp_path / "postmaster.pid").write_text("")  # created, not written yet
+    assert bootstrap._postmaster(tmp_path) == (None, "starting")
 
 
 def test_an_embedded_server_that_dies_while_starting_slowly_is_an_error_in_words_at_once(tmp_path):
