@@ -11,6 +11,7 @@ import psycopg
 
 from data_platform.db import connect
 from data_platform.load_errors import MAX_VALUE_CHARS
+from data_platform.steps import say
 
 FAILED_ROWS_SHOWN = 5
 ERROR_LINES_SHOWN = 4  # of a failed model's or seed's error: dbt's heading, the database's reason, ...
@@ -109,4 +110,4 @@ def show(target_dir: Path, limit: int = FAILED_ROWS_SHOWN) -> None:
     """Print each failed node's error, and for each failed dbt test the first rows it stored in the audit
     schema."""
     for line in report(target_dir, limit):
-        print(("" if line.startswith(" ") else "\n") + line)
+        say(("" if line.startswith(" ") else "\n") + line)

@@ -20,6 +20,7 @@ not the one sent: the pipeline starts it with its own, the one it then sends wit
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -82,6 +83,22 @@ def quiet_after_ctrl_c() -> None:
     requires.fire_event = fire_quietly_once_stopped
 
 
+def one_line_for_lost_log_lines() -> None:
+    """A log line of dbt's that cannot be written (the console's or the log file's disk full) printed a
+    traceback of its own ("--- Logging error ---"), thousands in one build: said once, then dropped."""
+    said = []
+
+    def handle_error(handler: logging.Handler, record: logging.LogRecord) -> None:
+        if said:
+            return
+        said.append(sys.exc_info()[1])
+        with contextlib.suppress(OSError):  # stderr on that disk too
+            message = f"warm_dbt: dbt's log lines cannot be written ({said[0]}): they are dropped\n"
+            os.write(2, message.encode())
+
+    logging.Handler.handleError = handle_error
+
+
 def invoke(runner, args: list[str]):
     """runner.invoke(args), with a Ctrl-C during it raised again when it is over."""
     result = runner.invoke(args)
@@ -102,6 +119,7 @@ def main(project_args: list[str]) -> int:
             print(f"warm_dbt: dbt is not installed ({error}); run scripts/bootstrap.sh", file=sys.stderr)
             return EXIT_ERROR
         quiet_after_ctrl_c()
+        one_line_for_lost_log_lines()
         # nothing on the console while the loader reports (a parse error is reported by the command,
         # which parses again); the log file keeps everything
         silent = ["--log-level", "none", "--log-level-file", "debug"]
@@ -122,9 +140,10 @@ def exit_now(code: int) -> None:
     """Exit without the interpreter's teardown: freeing dbt's parsed project object by object takes
     about 0.6 s, which the pipeline would wait for. The logs are flushed first; nothing else is left
     (dbt closed its connections when the command ended)."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    logging.shutdown()
+    with contextlib.suppress(OSError, ValueError):  # a console on a full disk: the exit code says the rest
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
     os._exit(code)
 
 

@@ -361,6 +361,24 @@ def test_a_log_on_a_full_disk_neither_fails_the_load_nor_holds_back_the_alerts(m
     assert "Traceback" not in ran.stderr
 
 
+def test_a_failed_build_with_its_log_on_a_full_disk_still_says_the_build_failed(make_database, tmp_path):
+    """Its failed tests could not be printed: the run ended in a traceback about the disk, exit 1, and
+    nothing said that the build had failed."""
+    database = make_database()
+    csv_dir = write_fixture(tmp_path / "csv")
+    assert run_pipeline(database, csv_dir, RUN_ALERTS="false").returncode == 0
+    # a value a staging test refuses, as a hand edit of the raw tables would leave
+    database.query("update raw.invoice_versions set payment_currency = 'US' returning 1")
+    env = pipeline_env(database, csv_dir, RUN_ALERTS="false", FULL_REFRESH="true")
+    with open("/dev/full", "w") as full:
+        ran = subprocess.run(
+            ["bash", "init.sh"], cwd=PROJECT_ROOT, env=env, stdout=full, stderr=subprocess.PIPE, text=True
+        )
+    assert ran.returncode == 1, ran.stderr
+    assert "pipeline: dbt build failed; the next run rebuilds from scratch" in ran.stderr
+    assert "Traceback" not in ran.stderr
+
+
 @pytest.mark.parametrize(
     ("alerts", "code"), [(None, 0), ("DELIVERED", 0), ("UNDELIVERED", 4), ("GIVEN_UP", 5)]
 )
@@ -1089,6 +1107,31 @@ def test_warm_dbt_exits_with_the_dbt_command_lines_code(tmp_path):
 
     with pipeline.WarmDbt(dbt_output_in(tmp_path)) as warm:
         assert warm.run("compile", "--no-such-option", env=dict(os.environ)) == 2
+
+
+def test_dbt_log_lines_lost_to_a_full_disk_are_said_once_not_a_traceback_each(tmp_path):
+    """A console (or log folder) whose disk filled during a run: each of dbt's log lines printed a
+    traceback of its own, thousands in a build, burying the run's lines."""
+    from data_platform import warm_dbt
+    from data_platform.paths import DBT_ARGS, PROJECT_ROOT
+
+    env = dbt_output_in(tmp_path)
+    with open("/dev/full", "w") as full:
+        ran = subprocess.run(
+            warm_dbt.command(list(DBT_ARGS)),
+            cwd=PROJECT_ROOT,
+            env=env,
+            input=json.dumps({"args": ["parse", *DBT_ARGS], "env": env}) + "\n",
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=300,
+        )
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    assert "Logging error" not in ran.stderr
+    assert ran.stderr.splitlines() == [
+        "warm_dbt: dbt's log lines cannot be written ([Errno 28] No space left on device): they are dropped"
+    ]
 
 
 def test_warm_dbt_left_without_a_command_exits_having_run_nothing(tmp_path):
