@@ -139,35 +139,47 @@ def create_database(conn: psycopg.Connection, name: str) -> None:
 def _admin_uri(data_dir: Path) -> str:
     """The superuser's URI of pgserver's server in `data_dir`, once it takes connections. pgserver gives
     `pg_ctl start` 10 s, and a server recovering after a crash (a machine that lost power, a killed demo)
-    or on a slow disk may take longer: pg_ctl is stopped, the server goes on starting."""
+    or on a slow disk may take longer: pg_ctl is stopped, the server goes on starting. pgserver takes a
+    server still starting for a failure of its own (an assertion), so that start is waited for first:
+    another demo's moments ago, or this command's own run before a Ctrl-C."""
     pgserver = _pgserver()
+    _wait_while_starting(data_dir)
     try:
         server = pgserver.get_server(data_dir, cleanup_mode=None)
     except subprocess.CalledProcessError as error:  # pgserver has logged the command's output
         raise RuntimeError(_not_started(data_dir, error)) from None
     except subprocess.TimeoutExpired:
-        server = None  # (pgserver keeps it as started, without its address: read from its pid file below)
-    postmaster = _postmaster(data_dir)
-    if server is not None and (postmaster is None or postmaster[1] == "ready"):
-        return server.get_uri()  # (no pid file: gone, as after some Ctrl-C; the connection will tell)
+        # pgserver keeps it as started, without its address: read from its pid file once it is ready
+        _wait_while_starting(data_dir)
+        postmaster = _postmaster(data_dir)
+        if postmaster is None or postmaster[1] != "ready" or not _runs(postmaster[0]):
+            raise RuntimeError(
+                f"the embedded Postgres did not start in {data_dir}: see its log, {data_dir / 'log'}"
+            ) from None
+        return pgserver.utils.PostmasterInfo.read_from_pgdata(data_dir.resolve()).get_uri()
+    return server.get_uri()
+
+
+def _wait_while_starting(data_dir: Path) -> None:
+    """Return once the server in `data_dir` is no longer starting: ready, or not running."""
     deadline = time.monotonic() + EMBEDDED_START_SECONDS
-    not_started = f"the embedded Postgres did not start in {data_dir}"
-    print(
-        f"the embedded Postgres in {data_dir} is still starting (after a crash it first recovers); waiting "
-        f"up to {EMBEDDED_START_SECONDS} s",
-        file=sys.stderr,
-    )
-    while True:
-        if postmaster is None or (postmaster[0] is not None and not _runs(postmaster[0])):
-            raise RuntimeError(f"{not_started}: see its log, {data_dir / 'log'}")
-        if postmaster[1] == "ready":
-            return pgserver.utils.PostmasterInfo.read_from_pgdata(data_dir.resolve()).get_uri()
+    said = False
+    while (postmaster := _postmaster(data_dir)) and postmaster[1] == "starting":
+        if postmaster[0] is not None and not _runs(postmaster[0]):
+            return  # the pid file of a server that stopped: pgserver starts it again, or says why not
         if time.monotonic() > deadline:
             raise RuntimeError(
-                f"{not_started} within {EMBEDDED_START_SECONDS} s: see its log, {data_dir / 'log'}"
+                f"the embedded Postgres did not start in {data_dir} within {EMBEDDED_START_SECONDS} s: see "
+                f"its log, {data_dir / 'log'}"
             )
+        if not said:
+            print(
+                f"the embedded Postgres in {data_dir} is still starting (after a crash it first recovers); "
+                f"waiting up to {EMBEDDED_START_SECONDS} s",
+                file=sys.stderr,
+            )
+            said = True
         time.sleep(1)
-        postmaster = _postmaster(data_dir)
 
 
 def _postmaster(data_dir: Path) -> tuple[int | None, str] | None:
@@ -182,9 +194,11 @@ def _postmaster(data_dir: Path) -> tuple[int | None, str] | None:
     return pid, lines[7].strip() if len(lines) > 7 else "starting"
 
 
-def _runs(pid: int) -> bool:
+def _runs(pid: int | None) -> bool:
     import psutil  # pgserver's own dependency
 
+    if pid is None:
+        return False
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
@@ -196,6 +210,10 @@ def _not_started(data_dir: Path, error: subprocess.CalledProcessError) -> str:
     message = (
         f"the embedded Postgres did not start in {data_dir}: {command} exited {error.returncode} (above)"
     )
+    log = data_dir / "log"
+    with suppress(OSError):
+        if "No space left on device" in log.read_text(errors="replace")[-20_000:]:
+            return f"{message}: its disk is full (its log, {log}, says No space left on device): free space"
     if os.geteuid() == 0:
         message += (
             ". As root, pgserver runs Postgres as its own user, pgserver, which must be able to read .venv"
@@ -215,9 +233,15 @@ def stop_embedded_server(data_dir: Path) -> bool:
     # pgserver's reading of postmaster.pid: one left by a reboot or a kill -9 names a process that is
     # gone, or a zombie nobody reaped (its pid still answers), and get_server would then fail to stop it
     # with a traceback, or start the server only to stop it
-    running = PostmasterInfo.read_from_pgdata(data_dir)
-    if running is None:
+    postmaster = _postmaster(data_dir)
+    if postmaster is None:
         return _stop_unlisted(data_dir)
+    if postmaster[1] != "ready":  # starting (pgserver would fail on it) or stopping
+        if not _runs(postmaster[0]):
+            return False
+        _shut_down_fast(psutil.Process(postmaster[0]))
+        return True
+    running = PostmasterInfo.read_from_pgdata(data_dir)
     if not running.is_running() or running.process.status() == psutil.STATUS_ZOMBIE:
         return False
 
@@ -239,11 +263,18 @@ def _stop_unlisted(data_dir: Path) -> bool:
             continue
         if Path(arguments[arguments.index("-D") + 1]).resolve() != target:
             continue
-        with suppress(psutil.NoSuchProcess):
-            process.send_signal(signal.SIGINT)
-            process.wait(timeout=60)
+        _shut_down_fast(process)
         return True
     return False
+
+
+def _shut_down_fast(postmaster) -> None:
+    """Ask the server to shut down fast (SIGINT), as `pg_ctl stop` does, and wait for it."""
+    import psutil  # pgserver's own dependency
+
+    with suppress(psutil.NoSuchProcess):
+        postmaster.send_signal(signal.SIGINT)
+        postmaster.wait(timeout=60)
 
 
 def main(argv: list[str] | None = None) -> int:

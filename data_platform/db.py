@@ -135,8 +135,8 @@ NO_FREE_SLOT = (
 SERVER_FAILED = ("could not write", "No space left on device", "out of memory", "could not fork")
 CHECK_SETTINGS = "Check PGHOST, PGPORT, PGUSER, PGPASSWORD and PGDATABASE."
 SERVER_FAILED_ADVICE = (
-    "The server failed on its own side, not on these settings (a full disk? out of memory?): its log says "
-    "what to free; then run again."
+    "The server failed on its own side, not on these settings: check the free space on its data disk (a "
+    "full disk fails every login after a crash) and its memory, and its log; then run again."
 )
 
 

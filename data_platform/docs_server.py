@@ -82,6 +82,9 @@ class DocsSiteHandler(SimpleHTTPRequestHandler):
             return None
         return super().send_head()
 
+    def list_directory(self, path: str) -> None:  # "/" without an index.html: the folder's names
+        self.send_error(HTTPStatus.NOT_FOUND)
+
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         if isinstance(code, int) and code < HTTPStatus.BAD_REQUEST:
             return

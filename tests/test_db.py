@@ -4,6 +4,7 @@ lock; bootstrap's stop of the embedded server."""
 import contextlib
 import getpass
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -209,7 +210,8 @@ def test_every_session_overrides_what_a_role_sets_against_it(make_database, monk
 
 
 SLOW_PG_CTL = """
-import os, signal, subprocess, sys, time
+import subprocess, sys, time
+import psutil
 from data_platform import bootstrap
 import pgserver.postgres_server
 
@@ -225,7 +227,10 @@ def pg_ctl_giving_up(args, pgdata, **kwargs):
     while not pid_file.exists() or len(pid_file.read_text().splitlines()) < 8:
         time.sleep(0.01)
     if sys.argv[2] == "dies":  # its recovery failed
-        os.kill(int(pid_file.read_text().split()[0]), signal.SIGKILL)
+        postmaster = psutil.Process(int(pid_file.read_text().split()[0]))
+        postmaster.kill()
+        while postmaster.is_running() and postmaster.status() != psutil.STATUS_ZOMBIE:
+            time.sleep(0.01)
     raise subprocess.TimeoutExpired("pg_ctl", 10)
 
 
@@ -304,3 +309,67 @@ def test_a_login_the_server_failed_on_its_own_side_is_not_blamed_on_the_settings
         "FATAL:  sorry, too many clients already",
     ]
     assert not any(db.server_failed(words) for words in refused)
+
+
+def hold_in_recovery(data_dir: Path, seconds: int) -> None:
+    """The server's next start recovers from an archive whose every fetch takes `seconds` and finds nothing:
+    it stays starting that long per file it asks for, as a server replaying a crash's writes does."""
+    with (data_dir / "postgresql.auto.conf").open("a") as conf:
+        conf.write(f"restore_command = 'sleep {seconds}; false'\n")
+    (data_dir / "recovery.signal").write_text("")
+    shutil.chown(data_dir / "recovery.signal", *owner_of(data_dir))
+
+
+def owner_of(path: Path) -> tuple[str, str]:
+    return path.owner(), path.group()
+
+
+def starting(data_dir: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while (bootstrap._postmaster(data_dir) or (0, ""))[1] != "starting":
+        assert time.monotonic() < deadline, "the server never said it was starting"
+        time.sleep(0.05)
+
+
+def test_a_server_still_starting_is_waited_for_by_a_second_start_and_stopped_by_stop(tmp_path):
+    """pgserver took a server still starting (recovering) for a failure: a second `embedded` (a demo run
+    again after a Ctrl-C) or a `stop` then ended in its AssertionError traceback."""
+    data_dir = tmp_path / "pgdata"
+    embedded = [sys.executable, "-m", "data_platform.bootstrap", "embedded", "--data-dir", str(data_dir)]
+    stop = [sys.executable, "-m", "data_platform.bootstrap", "stop", "--data-dir", str(data_dir)]
+    try:
+        assert subprocess.run(embedded, capture_output=True, timeout=120).returncode == 0
+        assert subprocess.run(stop, capture_output=True, timeout=120).returncode == 0
+
+        hold_in_recovery(data_dir, 10)
+        first = subprocess.Popen(embedded, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        starting(data_dir)
+        second = subprocess.run(embedded, capture_output=True, text=True, timeout=300)
+        assert second.returncode == 0, second.stderr
+        assert "is still starting" in second.stderr
+        assert first.wait(timeout=300) == 0, first.stderr.read()
+        assert bootstrap._postmaster(data_dir)[1] == "ready"
+
+        assert subprocess.run(stop, capture_output=True, timeout=120).returncode == 0
+        hold_in_recovery(data_dir, 10)
+        first = subprocess.Popen(embedded, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        starting(data_dir)
+        stopped = subprocess.run(stop, capture_output=True, text=True, timeout=120)
+        assert (stopped.returncode, stopped.stdout.strip()) == (0, f"stopped {data_dir}"), stopped.stderr
+        first.wait(timeout=300)
+        assert "Traceback" not in first.stderr.read()
+    finally:
+        bootstrap.stop_embedded_server(data_dir)
+
+
+def test_an_embedded_server_that_cannot_start_on_a_full_disk_is_said_to_need_space(tmp_path):
+    # as root, the message was the advice about pgserver's user reading .venv, beside a log that said why
+    (tmp_path / "log").write_text(
+        'PANIC:  could not write to file "pg_wal/xlogtemp.80": No space left on device\n'
+        "LOG:  startup process (PID 80) was terminated by signal 6: Aborted\n"
+    )
+    pg_ctl = subprocess.CalledProcessError(1, ["/venv/pgserver/pginstall/bin/pg_ctl", "start"])
+    assert bootstrap._not_started(tmp_path, pg_ctl) == (
+        f"the embedded Postgres did not start in {tmp_path}: pg_ctl exited 1 (above): its disk is full (its "
+        f"log, {tmp_path / 'log'}, says No space left on device): free space"
+    )

@@ -277,6 +277,11 @@ def test_the_docs_server_answers_only_the_files_of_the_site(tmp_path):
                 with pytest.raises(urllib.error.HTTPError) as refused:
                     urllib.request.urlopen(base + path, timeout=10)
                 assert refused.value.code == 404, path
+            # nor, without the page, the folder's names
+            (target / "index.html").unlink()
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(base, timeout=10)
+            assert refused.value.code == 404
         finally:
             server.shutdown()
 
