@@ -521,6 +521,35 @@ def test_down_server_fails_then_next_run_delivers_without_duplicates(db, slack):
     assert_no_secret(failed.stdout, failed.stderr, recovered.stdout, recovered.stderr, *errors)
 
 
+@pytest.mark.parametrize(
+    ("status", "body"), [(404, "no_service"), (410, "channel_is_archived"), (403, "invalid_token")]
+)
+def test_a_revoked_webhook_is_asked_once_a_run_and_said_so_and_a_working_one_gets_every_alert(
+    db, slack, status, body
+):
+    """A webhook revoked, or whose channel was archived, refuses every message: each alert was posted, and
+    refused, every run, and nothing said what to do."""
+    add_moves(db, (1, DAY[0], "100", "300"), (2, DAY[0], "100", "10"), (3, DAY[0], "100", "50"))
+    slack.always(Reply(status, body))
+
+    refused = run_alerts(db, webhook=slack.url)
+
+    assert refused.returncode == 1
+    assert [r.status for r in slack.requests] == [status]
+    assert history(db) == {(1, DAY[0]): ("failed", 1), (2, DAY[0]): ("failed", 0), (3, DAY[0]): ("failed", 0)}
+    assert (
+        f"the SLACK_WEBHOOK_URL webhook answered HTTP {status}: {body}: a webhook that was revoked, or whose "
+        "channel was archived, refuses every message, so the rest were not sent either; they wait in "
+        "ops.alert_history and go with the first run after SLACK_WEBHOOK_URL names a working webhook."
+    ) in refused.stdout
+
+    slack.always(OK)  # a working webhook in its place
+    delivered = run_alerts(db, webhook=slack.url)
+    assert delivered.returncode == 0, delivered.stderr
+    assert organizations_in(slack.delivered) == [1, 2, 3]
+    assert "webhook answered" not in delivered.stdout
+
+
 def rebuild_day(db: Database, day: date, balance: object, ratio: object) -> None:
     """A rebuild (a rules change, or its undo) that moves the fact's balance on `day`."""
     execute(

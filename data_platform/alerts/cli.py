@@ -276,7 +276,9 @@ def _deliver(
         summary.failed += count
         if outcome.unanswered:
             summary.unanswered[destination] = summary.unanswered.get(destination, 0) + count
-        service_down = outcome.error if outcome.service_unavailable else None
+        if outcome.webhook_gone:
+            summary.webhook_gone.setdefault(destination, outcome.error or "refused")
+        service_down = outcome.error if outcome.service_unavailable or outcome.webhook_gone else None
         what = (
             f"the digest of {plural(count, 'alert')}"
             if isinstance(message, records.Digest)

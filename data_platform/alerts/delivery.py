@@ -56,6 +56,10 @@ from data_platform.alerts.config import HttpSettings
 from data_platform.alerts.records import CONSOLE, DEFAULT_WEBHOOK_ENV, Digest, Message
 from data_platform.alerts.retries import retry_handlers
 
+# Answers that refuse every message to come, not only this one: the webhook revoked (404, Slack's
+# no_service), its token invalid or refused (403), its channel archived (410). A 400 is this message's.
+WEBHOOK_GONE = frozenset({403, 404, 410})
+
 
 @dataclass(frozen=True)
 class Outcome:
@@ -65,6 +69,8 @@ class Outcome:
     service_unavailable: bool = False
     # the request went out and no answer came back: it may have been accepted
     unanswered: bool = False
+    # the webhook refuses every message (WEBHOOK_GONE): nor are the rest sent before it is replaced
+    webhook_gone: bool = False
 
 
 class Channel(Protocol):
@@ -262,7 +268,12 @@ def webhook_outcome(
     if 200 <= status < 300:
         return Outcome(delivered=True)
     body = " ".join(body.split())[:200]
-    return Outcome(False, scrub(f"HTTP {status}: {body}"), service_unavailable=status == 429 or status >= 500)
+    return Outcome(
+        False,
+        scrub(f"HTTP {status}: {body}"),
+        service_unavailable=status == 429 or status >= 500,
+        webhook_gone=status in WEBHOOK_GONE,
+    )
 
 
 def slack_answer(response: WebhookResponse) -> tuple[int, str]:

@@ -33,6 +33,8 @@ class Summary:
     failed: int = 0  # not confirmed this run, unanswered ones included
     # sent, but no answer came back: they may have arrived; per destination
     unanswered: dict[str, int] = field(default_factory=dict)
+    # the answer of each destination whose webhook refuses every message (revoked, channel archived)
+    webhook_gone: dict[str, str] = field(default_factory=dict)
     skipped_from_zero: int = 0
     watermark_before: date | None = None
     watermark: date | None = None
@@ -153,6 +155,13 @@ class Summary:
                     f"{self.gave_up:,} that was the last allowed attempt (below)"
                 )
             notes.append(f"{arrived}: {then}.")
+        for destination, answer in self.webhook_gone.items():
+            variable = webhook_env_of(destination)
+            notes.append(
+                f"the {variable} webhook answered {answer}: a webhook that was revoked, or whose channel was "
+                "archived, refuses every message, so the rest were not sent either; they wait in "
+                f"ops.alert_history and go with the first run after {variable} names a working webhook."
+            )
         if self.given_up:
             notes.append(
                 f"{plural(self.given_up, 'alert')} never confirmed after {MAX_UNCONFIRMED_ATTEMPTS} "
