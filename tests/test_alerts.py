@@ -522,7 +522,8 @@ def test_down_server_fails_then_next_run_delivers_without_duplicates(db, slack):
 
 
 @pytest.mark.parametrize(
-    ("status", "body"), [(404, "no_service"), (410, "channel_is_archived"), (403, "invalid_token")]
+    ("status", "body"),
+    [(404, "no_service"), (410, "channel_is_archived"), (403, "invalid_token"), (401, "Unauthorized")],
 )
 def test_a_revoked_webhook_is_asked_once_a_run_and_said_so_and_a_working_one_gets_every_alert(
     db, slack, status, body

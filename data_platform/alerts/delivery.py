@@ -57,8 +57,9 @@ from data_platform.alerts.records import CONSOLE, DEFAULT_WEBHOOK_ENV, Digest, M
 from data_platform.alerts.retries import retry_handlers
 
 # Answers that refuse every message to come, not only this one: the webhook revoked (404, Slack's
-# no_service), its token invalid or refused (403), its channel archived (410). A 400 is this message's.
-WEBHOOK_GONE = frozenset({403, 404, 410})
+# no_service), its credentials or token invalid or refused (401, 403), its channel archived (410). A 400 is
+# this message's.
+WEBHOOK_GONE = frozenset({401, 403, 404, 410})
 
 
 @dataclass(frozen=True)
