@@ -538,11 +538,15 @@ def test_a_revoked_webhook_is_asked_once_a_run_and_said_so_and_a_working_one_get
     assert refused.returncode == 1
     assert [r.status for r in slack.requests] == [status]
     assert history(db) == {(1, DAY[0]): ("failed", 1), (2, DAY[0]): ("failed", 0), (3, DAY[0]): ("failed", 0)}
-    assert (
-        f"the SLACK_WEBHOOK_URL webhook answered HTTP {status}: {body}: a webhook that was revoked, or whose "
-        "channel was archived, refuses every message, so the rest were not sent either; they wait in "
-        "ops.alert_history and go with the first run after SLACK_WEBHOOK_URL names a working webhook."
-    ) in refused.stdout
+    said = (
+        f"the SLACK_WEBHOOK_URL webhook answered HTTP {status}: {body}, which Slack gives every message to a "
+        "webhook that was revoked, whose channel was archived or whose workspace restricts it: this run sent "
+        "it no more, its alerts wait in ops.alert_history, and the next run tries once more (set "
+        "SLACK_WEBHOOK_URL to a working webhook if it was revoked)."
+    )
+    assert said in refused.stdout
+    # beside the failure the pipeline and a Dagster step quote
+    assert f"alert_script.py: {said}" in refused.stderr.splitlines()
 
     slack.always(OK)  # a working webhook in its place
     delivered = run_alerts(db, webhook=slack.url)

@@ -820,3 +820,18 @@ def test_the_pipeline_reads_the_seed_as_the_built_routes_mart_gives_it(make_data
         ("slack", None, False),
         ("slack", None, True),
     ]
+
+
+def test_a_json_receivers_404_refuses_its_document_only(db):  # noqa: F811
+    """A receiver's 4xx may be about one document (an organization it does not know): the destination's
+    other alerts still go, as Slack's webhook-wide refusals (a revoked webhook) do not."""
+    set_routes(db, (100, "default", None, None, None, None, "SLACK_WEBHOOK_URL", "json", None))
+    add_moves(db, (1, DAY[0], "100", "300"), (2, DAY[0], "100", "10"), (3, DAY[0], "100", "50"))
+    with SlackStub() as receiver:
+        receiver.answer(Reply(404, "organization 1 not found"), then=OK)
+        result = run_alerts(db, webhook=receiver.url, **NO_FLOOR)
+
+    assert result.returncode == 1
+    assert [r.status for r in receiver.requests] == [404, 200, 200]
+    assert history(db) == {(1, DAY[0]): ("failed", 1), (2, DAY[0]): ("sent", 1), (3, DAY[0]): ("sent", 1)}
+    assert "webhook answered" not in result.stdout + result.stderr

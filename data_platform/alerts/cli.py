@@ -248,8 +248,8 @@ def _deliver(
     for message in outgoing:
         alerts, count = message.alerts, len(message.alerts)
         if service_down:
-            # the webhook is rate limiting or down even after retries: leave the rest for the next run
-            # rather than spending the whole retry budget on every message
+            # the webhook is rate limiting or down even after retries, or refuses every message: leave the
+            # rest for the next run rather than spending the whole retry budget on every message
             reason = f"not attempted: the {channel.name} webhook failed earlier in the run ({service_down})"
             store.record_not_attempted(ops, destination, alerts, reason)
             commit()
@@ -323,6 +323,8 @@ def _tell_undelivered(summary: Summary) -> None:
             "and are retried on the next run.",
             file=sys.stderr,
         )
+    for note in summary.webhook_gone_notes():  # what to do, beside the failure the pipeline quotes
+        print(f"alert_script.py: {note}", file=sys.stderr)
     if summary.waiting_for_webhook:
         print(f"alert_script.py: {summary.waiting_for_webhook_note()}", file=sys.stderr)
     if summary.unrouted:

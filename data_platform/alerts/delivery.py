@@ -56,10 +56,11 @@ from data_platform.alerts.config import HttpSettings
 from data_platform.alerts.records import CONSOLE, DEFAULT_WEBHOOK_ENV, Digest, Message
 from data_platform.alerts.retries import retry_handlers
 
-# Answers that refuse every message to come, not only this one: the webhook revoked (404, Slack's
-# no_service), its credentials or token invalid or refused (401, 403), its channel archived (410). A 400 is
-# this message's.
-WEBHOOK_GONE = frozenset({401, 403, 404, 410})
+# Slack's answers that refuse every message to come, not only this one (the messages name no channel of
+# their own): the webhook revoked (404 no_service, channel_not_found), its token refused or its workspace
+# restricting it (401, 403 invalid_token, action_prohibited), its channel archived (410). A 400 is this
+# message's. A JSON receiver's 4xx may be about one document: not taken so.
+SLACK_WEBHOOK_GONE = frozenset({401, 403, 404, 410})
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ class Outcome:
     service_unavailable: bool = False
     # the request went out and no answer came back: it may have been accepted
     unanswered: bool = False
-    # the webhook refuses every message (WEBHOOK_GONE): nor are the rest sent before it is replaced
+    # the webhook refuses every message (SLACK_WEBHOOK_GONE): the rest are not sent this run
     webhook_gone: bool = False
 
 
@@ -255,10 +256,12 @@ def webhook_outcome(
     attempts: AttemptLog | None,
     describe: Callable[[Exception, bool], tuple[str, bool]],
     scrub: Callable[[str], str],
+    gone: frozenset[int] = frozenset(),
 ) -> Outcome:
     """One message through a webhook, whichever client: `post` sends it and returns the answer's status and
     body; `describe` says what a failed send means, (what happened, whether it may have been accepted),
-    given whether the request had gone out; `scrub` removes the URL from any text shown."""
+    given whether the request had gone out; `scrub` removes the URL from any text shown; `gone`: the
+    answers that refuse every message to come (Outcome.webhook_gone)."""
     try:
         status, body = send_within(post, deadline, attempts)
     except AttemptOverdue as overdue:
@@ -273,7 +276,7 @@ def webhook_outcome(
         False,
         scrub(f"HTTP {status}: {body}"),
         service_unavailable=status == 429 or status >= 500,
-        webhook_gone=status in WEBHOOK_GONE,
+        webhook_gone=status in gone,
     )
 
 
@@ -303,6 +306,7 @@ class SlackChannel:
                 deadline=self._deadline,
                 attempts=attempts,
                 describe=lambda error, request_sent: describe_send_error(error, self._timeout, request_sent),
+                gone=SLACK_WEBHOOK_GONE,
                 scrub=self._redact,
             )
         finally:

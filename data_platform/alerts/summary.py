@@ -121,6 +121,19 @@ class Summary:
             "(or the rows are deleted from ops.alert_history)."
         )
 
+    def webhook_gone_notes(self) -> list[str]:
+        """What to do about each webhook that refused every message (Outcome.webhook_gone)."""
+        notes = []
+        for destination, answer in self.webhook_gone.items():
+            variable = webhook_env_of(destination)
+            notes.append(
+                f"the {variable} webhook answered {answer}, which Slack gives every message to a webhook "
+                "that was revoked, whose channel was archived or whose workspace restricts it: this run sent "
+                "it no more, its alerts wait in ops.alert_history, and the next run tries once more (set "
+                f"{variable} to a working webhook if it was revoked)."
+            )
+        return notes
+
     def notes(self) -> list[str]:
         """What needs a human's eye, one sentence each."""
         notes = []
@@ -155,13 +168,7 @@ class Summary:
                     f"{self.gave_up:,} that was the last allowed attempt (below)"
                 )
             notes.append(f"{arrived}: {then}.")
-        for destination, answer in self.webhook_gone.items():
-            variable = webhook_env_of(destination)
-            notes.append(
-                f"the {variable} webhook answered {answer}: a webhook that was revoked, or whose channel was "
-                "archived, refuses every message, so the rest were not sent either; they wait in "
-                f"ops.alert_history and go with the first run after {variable} names a working webhook."
-            )
+        notes.extend(self.webhook_gone_notes())
         if self.given_up:
             notes.append(
                 f"{plural(self.given_up, 'alert')} never confirmed after {MAX_UNCONFIRMED_ATTEMPTS} "
