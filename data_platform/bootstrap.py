@@ -228,23 +228,18 @@ def stop_embedded_server(data_dir: Path) -> bool:
     root); False when none runs there."""
     pgserver = _pgserver()
     import psutil  # pgserver's own dependency
-    from pgserver.utils import PostmasterInfo
 
-    # pgserver's reading of postmaster.pid: one left by a reboot or a kill -9 names a process that is
-    # gone, or a zombie nobody reaped (its pid still answers), and get_server would then fail to stop it
-    # with a traceback, or start the server only to stop it
     postmaster = _postmaster(data_dir)
     if postmaster is None:
         return _stop_unlisted(data_dir)
+    # a pid file left by a reboot or a kill -9 names a process that is gone, or a zombie nobody reaped
+    # (its pid still answers), and get_server would then fail to stop it with a traceback, or start the
+    # server only to stop it
+    if not _runs(postmaster[0]):
+        return False
     if postmaster[1] != "ready":  # starting (pgserver would fail on it) or stopping
-        if not _runs(postmaster[0]):
-            return False
         _shut_down_fast(psutil.Process(postmaster[0]))
         return True
-    running = PostmasterInfo.read_from_pgdata(data_dir)
-    if not running.is_running() or running.process.status() == psutil.STATUS_ZOMBIE:
-        return False
-
     # a handle that stops the server when it closes, and is the only one: `embedded` keeps none open
     pgserver.get_server(data_dir, cleanup_mode="stop").cleanup()
     return True

@@ -317,11 +317,7 @@ def hold_in_recovery(data_dir: Path, seconds: int) -> None:
     with (data_dir / "postgresql.auto.conf").open("a") as conf:
         conf.write(f"restore_command = 'sleep {seconds}; false'\n")
     (data_dir / "recovery.signal").write_text("")
-    shutil.chown(data_dir / "recovery.signal", *owner_of(data_dir))
-
-
-def owner_of(path: Path) -> tuple[str, str]:
-    return path.owner(), path.group()
+    shutil.chown(data_dir / "recovery.signal", data_dir.owner(), data_dir.group())
 
 
 def starting(data_dir: Path, timeout: float = 60) -> None:
