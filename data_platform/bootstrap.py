@@ -140,17 +140,18 @@ def _admin_uri(data_dir: Path) -> str:
     """The superuser's URI of pgserver's server in `data_dir`, once it takes connections. pgserver gives
     `pg_ctl start` 10 s, and a server recovering after a crash (a machine that lost power, a killed demo)
     or on a slow disk may take longer: pg_ctl is stopped, the server goes on starting. pgserver takes a
-    server still starting for a failure of its own (an assertion), so that start is waited for first:
-    another demo's moments ago, or this command's own run before a Ctrl-C."""
+    server still starting, or still stopping, for a failure of its own (an assertion), so that start or
+    stop is waited for first: another demo's moments ago, this command's own run before a Ctrl-C, or a
+    `bootstrap stop` (or a shutdown) still waiting for its sessions to end."""
     pgserver = _pgserver()
-    _wait_while_starting(data_dir)
+    _wait_while_starting_or_stopping(data_dir)
     try:
         server = pgserver.get_server(data_dir, cleanup_mode=None)
     except subprocess.CalledProcessError as error:  # pgserver has logged the command's output
         raise RuntimeError(_not_started(data_dir, error)) from None
     except subprocess.TimeoutExpired:
         # pgserver keeps it as started, without its address: read from its pid file once it is ready
-        _wait_while_starting(data_dir)
+        _wait_while_starting_or_stopping(data_dir)
         postmaster = _postmaster(data_dir)
         if postmaster is None or postmaster[1] != "ready" or not _runs(postmaster[0]):
             raise RuntimeError(
@@ -160,25 +161,36 @@ def _admin_uri(data_dir: Path) -> str:
     return server.get_uri()
 
 
-def _wait_while_starting(data_dir: Path) -> None:
-    """Return once the server in `data_dir` is no longer starting: ready, or not running."""
+def _wait_while_starting_or_stopping(data_dir: Path) -> None:
+    """Return once the server in `data_dir` is neither starting nor stopping: ready, or not running."""
     deadline = time.monotonic() + EMBEDDED_START_SECONDS
-    said = False
-    while (postmaster := _postmaster(data_dir)) and postmaster[1] == "starting":
-        if postmaster[0] is not None and not _runs(postmaster[0]):
+    said = None
+    while (postmaster := _postmaster(data_dir)) and postmaster[1] in ("starting", "stopping"):
+        pid, status = postmaster
+        if pid is not None and not _runs(pid):
             return  # the pid file of a server that stopped: pgserver starts it again, or says why not
         if time.monotonic() > deadline:
             raise RuntimeError(
-                f"the embedded Postgres did not start in {data_dir} within {EMBEDDED_START_SECONDS} s: see "
-                f"its log, {data_dir / 'log'}"
+                f"the embedded Postgres in {data_dir} was still {status} after {EMBEDDED_START_SECONDS} s: "
+                + (
+                    f"see its log, {data_dir / 'log'}"
+                    if status == "starting"
+                    else "a smart shutdown waits for its sessions to end (close them), or `python -m "
+                    "data_platform.bootstrap stop` shuts it down fast"
+                )
             )
-        if not said:
+        if said != status:
             print(
-                f"the embedded Postgres in {data_dir} is still starting (after a crash it first recovers); "
-                f"waiting up to {EMBEDDED_START_SECONDS} s",
+                f"the embedded Postgres in {data_dir} is still {status}"
+                + (
+                    " (after a crash it first recovers)"
+                    if status == "starting"
+                    else ": it is started again once it has stopped"
+                )
+                + f"; waiting up to {EMBEDDED_START_SECONDS} s",
                 file=sys.stderr,
             )
-            said = True
+            said = status
         time.sleep(1)
 
 

@@ -358,6 +358,34 @@ def test_a_server_still_starting_is_waited_for_by_a_second_start_and_stopped_by_
         bootstrap.stop_embedded_server(data_dir)
 
 
+def test_a_server_still_stopping_is_started_again_once_it_has_stopped(tmp_path):
+    """A demo run again while its server was still stopping (here a smart shutdown waiting for a session)
+    ended in pgserver's AssertionError traceback."""
+    data_dir = tmp_path / "pgdata"
+    embedded = [sys.executable, "-m", "data_platform.bootstrap", "embedded", "--data-dir", str(data_dir)]
+    try:
+        started = subprocess.run(embedded, capture_output=True, text=True, timeout=120)
+        assert started.returncode == 0, started.stderr
+        exported = dict(line.removeprefix("export ").split("=", 1) for line in started.stdout.splitlines())
+        session = psycopg.connect(
+            host=exported["PGHOST"], port=exported["PGPORT"], user=exported["PGUSER"], dbname="postgres"
+        )
+        stopping_server = psutil.Process(bootstrap._postmaster(data_dir)[0])
+        stopping_server.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while bootstrap._postmaster(data_dir)[1] != "stopping":
+            assert time.monotonic() < deadline, "the server never said it was stopping"
+            time.sleep(0.05)
+        threading.Timer(3, session.close).start()
+        again = subprocess.run(embedded, capture_output=True, text=True, timeout=300)
+        assert again.returncode == 0, again.stderr
+        assert "is still stopping: it is started again once it has stopped" in again.stderr
+        assert not bootstrap._runs(stopping_server.pid)
+        assert bootstrap._postmaster(data_dir)[1] == "ready"
+    finally:
+        bootstrap.stop_embedded_server(data_dir)
+
+
 def test_an_embedded_server_that_cannot_start_on_a_full_disk_is_said_to_need_space(tmp_path):
     # as root, the message was the advice about pgserver's user reading .venv, beside a log that said why
     (tmp_path / "log").write_text(
