@@ -4,6 +4,7 @@ Same harness as test_alerts.py."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from datetime import date, timedelta
 
@@ -30,6 +31,7 @@ from test_alerts import (  # noqa: F401  (db, slack, warehouse and run_inline ar
     warehouse,
     watermark,
 )
+from test_alerts_noise import add_drivers
 
 from data_platform.alerts import cli, detect
 from data_platform.alerts import ops_tables as ops_tables_module
@@ -181,6 +183,11 @@ def test_ops_tables_of_the_older_layout_are_upgraded_in_place(db, slack):  # noq
         "where table_schema = 'ops' and table_name = 'alert_history' order by ordinal_position"
     )
     assert ("delivered_via",) not in columns and ("destination",) in columns and ("severity",) in columns
+    # the alerts sent after the upgrade keep their words; those sent before it had none kept
+    texts = db.query(
+        "select organization_id, alert_text is not null from ops.alert_history where destination = 'slack'"
+    )
+    assert sorted(texts) == [(2, False), (3, True), (4, True)]
 
 
 def test_an_older_alert_slack_tried_without_an_error_stays_slacks_alone(db, slack):  # noqa: F811
@@ -454,6 +461,72 @@ def test_sent_alerts_are_not_sent_again_after_the_fact_is_rebuilt(db, slack):  #
     stored = db.query("select organization_id, balance_usd from ops.alert_history order by 1")
     assert stored == [(1, 300), (2, 330)]  # what was sent, as it was sent
     assert ops_tables(db) == {"alert_history", "alert_watermark"}
+
+
+def alert_texts(database) -> dict[tuple[str, int, date], str | None]:
+    rows = database.query(
+        "select destination, organization_id, balance_date, alert_text from ops.alert_history"
+    )
+    return {(destination, org, day): words for destination, org, day, words in rows}
+
+
+def test_an_alert_keeps_the_words_it_was_sent_with_when_a_rebuild_changes_its_explanation(db, slack):  # noqa: F811
+    """After a rules change rebuilt the marts, nothing in the warehouse said why a sent alert had moved:
+    the drivers now explained other numbers, or none."""
+    add_organization(db, 1)
+    add_moves(db, (1, DAY[0], "100", "300"))
+    add_drivers(db, 1, DAY[0], ("payments", 1, "200", [(77, "paid", "200")]))
+    slack.always(server_error(500))
+    assert run_alerts(db, webhook=slack.url, ALERT_HTTP_RETRIES="0").returncode == 1
+    tried = (
+        "[balance alert] 2024-03-01 organization 1: $100.00 -> $300.00 (+200.00%), critical; 3 active "
+        "contracts, first payment 2023-01-02, last payment 2024-02-28; why: 1 payment +$200.00; top "
+        "invoices: 77 paid +$200.00"
+    )
+    assert alert_texts(db) == {("slack", 1, DAY[0]): tried}  # the words of the message that failed
+
+    # a rebuild before the retry: the alert goes with the day's new numbers and drivers, and keeps them
+    execute(
+        db, "update marts.fct_organization_daily_financials set balance_usd = 400, balance_change_ratio = 3"
+    )
+    execute(db, "delete from marts.fct_organization_daily_drivers")
+    add_drivers(
+        db, 1, DAY[0], ("cancellations", 2, "300", [(78, "cancelled", "250"), (79, "cancelled", "50")])
+    )
+    slack.always(OK)
+    assert run_alerts(db, webhook=slack.url).returncode == 0
+    sent = (
+        "[balance alert] 2024-03-01 organization 1: $100.00 -> $400.00 (+300.00%), critical; 3 active "
+        "contracts, first payment 2023-01-02, last payment 2024-02-28; why: 2 cancellations +$300.00; top "
+        "invoices: 78 cancelled +$250.00, 79 cancelled +$50.00"
+    )
+    assert alert_texts(db) == {("slack", 1, DAY[0]): sent}
+    assert "78" in json.dumps(slack.delivered[-1])
+
+    # a rules change rebuilds the day again: the sent alert is not sent again, and its words stay
+    execute(
+        db, "update marts.fct_organization_daily_financials set balance_usd = 150, balance_change_ratio = 0.5"
+    )
+    execute(db, "delete from marts.fct_organization_daily_drivers")
+    assert run_alerts(db, "--date", "2024-03-01", webhook=slack.url).returncode == 0
+    assert alert_texts(db) == {("slack", 1, DAY[0]): sent}
+
+    # a console run keeps the very line it printed
+    printed = run_alerts(db, "--date", "2024-03-01")
+    assert printed.returncode == 0, printed.stderr
+    assert alert_texts(db)[("console", 1, DAY[0])] == alert_lines(printed.stdout)[0]
+
+
+def test_each_alert_of_a_digest_keeps_its_own_words(db, slack):  # noqa: F811
+    add_moves(db, *[(org, DAY[0], "100", str(150 + org)) for org in (1, 2, 3)])
+    result = run_alerts(db, "--digest-over", "2", webhook=slack.url)
+    assert result.returncode == 0, result.stderr
+    assert len(slack.delivered) == 1  # the digest
+    assert alert_texts(db) == {
+        ("slack", org, DAY[0]): f"[balance alert] 2024-03-01 organization {org}: $100.00 -> ${150 + org}.00 "
+        f"(+{50 + org}.00%), warning; not in dim_organizations"
+        for org in (1, 2, 3)
+    }
 
 
 def test_the_key_arrays_match_exactly_the_keys_asked_for(db):  # noqa: F811

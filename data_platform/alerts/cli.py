@@ -29,7 +29,7 @@ import os
 import signal
 import sys
 import traceback
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
@@ -43,6 +43,7 @@ from data_platform.alerts import (
     detect,
     exit_codes,
     marts_view,
+    messages,
     ops_tables,
     recording,
     records,
@@ -195,6 +196,7 @@ def _locked_run(
         outgoing = _messages(store.undelivered(ops, name), view, destination, settings.digest_over)
         for digest in (message for message in outgoing if isinstance(message, records.Digest)):
             store.record_digest(ops, name, digest)
+        store.record_texts(ops, name, _texts(outgoing, view.organizations))
         commit()
         given_up_before = store.given_up_count(ops, name)
         _deliver(ops, name, outgoing, routing_.channels[name], summary, commit)
@@ -234,6 +236,17 @@ def _messages(
     if len(alerts) > digest_over:
         return [records.Digest(destination.name, tuple(alerts), view.organizations, mention)]
     return list(records.batches(alerts, view.organizations, mention=mention))
+
+
+def _texts(
+    outgoing: list[records.Message], organizations: Mapping[int, records.Organization]
+) -> list[tuple[Alert, str]]:
+    """Each alert of the messages in words (its console line), as ops.alert_history keeps it."""
+    return [
+        (alert, messages.console_line(records.organization_of(organizations, alert.organization_id), alert))
+        for message in outgoing
+        for alert in message.alerts
+    ]
 
 
 def _deliver(

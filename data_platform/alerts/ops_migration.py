@@ -12,8 +12,9 @@ becomes the watermark of both destinations, so neither replays days the old aler
 Then routing: destinations become any route's webhook variable, alerts may be `suppressed`, and
 every alert gets a severity (`warning` for the older rows: there was no other). Then a status added
 later (`superseded`) is allowed by the status check, and given-up alerts get the time a run reported
-them (the older ones count as reported), and alerts get the digest they were sent in, and suppressed
-alerts the window they were held back under.
+them (the older ones count as reported), and alerts get the digest they were sent in, suppressed
+alerts the window they were held back under, and every alert the words it was sent with (none for the
+older ones: their runs did not keep them).
 """
 
 from __future__ import annotations
@@ -144,6 +145,17 @@ select exists (
 _UPGRADE_SUPPRESS_DAYS = "alter table ops.alert_history add column suppress_days integer"
 
 
+# An alert keeps the words it was sent with: a rebuild may change the marts that explained it.
+_HAS_ALERT_TEXT = """
+select exists (
+    select from information_schema.columns
+    where table_schema = 'ops' and table_name = 'alert_history' and column_name = 'alert_text'
+)
+"""
+
+_UPGRADE_ALERT_TEXT = "alter table ops.alert_history add column alert_text text"
+
+
 def _run(conn: Connection, script: str) -> None:
     for statement in script.split(";"):
         if statement.strip():
@@ -178,3 +190,5 @@ def upgrade(
         _run(conn, _UPGRADE_DIGEST_ID)
     if not conn.execute(text(_HAS_SUPPRESS_DAYS)).scalar_one():
         _run(conn, _UPGRADE_SUPPRESS_DAYS)
+    if not conn.execute(text(_HAS_ALERT_TEXT)).scalar_one():
+        _run(conn, _UPGRADE_ALERT_TEXT)

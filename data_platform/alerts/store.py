@@ -14,15 +14,20 @@ from contextlib import contextmanager
 from datetime import date
 
 from sqlalchemy import (
+    BigInteger,
     ColumnElement,
     Connection,
+    Date,
     FromClause,
+    Text,
     and_,
     func,
+    literal,
     or_,
     select,
     update,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import DBAPIError
 
@@ -316,6 +321,29 @@ def _rows(destination: str, alerts: Sequence[Alert]):
 def record_digest(conn: Connection, destination: str, digest: Digest) -> None:
     """Name the digest's alerts with its id before it is sent: the query in the message finds them."""
     conn.execute(update(history).where(*_rows(destination, digest.alerts)).values(digest_id=digest.digest_id))
+
+
+def record_texts(conn: Connection, destination: str, texts: Sequence[tuple[Alert, str]]) -> None:
+    """Each alert's words as this run sends them, before it does: the row of an alert once sent keeps the
+    words it went with (a closed row is never written again). One statement, the words bound as arrays
+    (keys.py), however many alerts a digest holds."""
+    if not texts:
+        return
+    given = select(
+        func.unnest(literal([alert.organization_id for alert, _ in texts], ARRAY(BigInteger))).label("org"),
+        func.unnest(literal([alert.balance_date for alert, _ in texts], ARRAY(Date))).label("day"),
+        func.unnest(literal([words for _, words in texts], ARRAY(Text))).label("words"),
+    ).subquery()
+    conn.execute(
+        update(history)
+        .where(
+            history.c.destination == destination,
+            history.c.organization_id == given.c.org,
+            history.c.balance_date == given.c.day,
+            history.c.status.not_in(CLOSED),
+        )
+        .values(alert_text=given.c.words)
+    )
 
 
 def record_current_numbers(conn: Connection, destination: str, alert: Alert) -> None:
