@@ -40,10 +40,14 @@ def test_demo_next_day_alerts_show_their_drivers_and_the_mart_is_incremental(mak
     )
     settled = by_organization["7712602226129735873"]
     assert "$2,000.00 -> $0.00 (-100.00%), critical;" in settled
-    assert settled.endswith("; why: 1 payment -$2,000.00; top invoices: 993340845701069171 paid -$2,000.00")
+    # the invoice's status before the day's change beside the one booked
+    assert settled.endswith(
+        "; why: 1 payment -$2,000.00; top invoices: 993340845701069171 paid (was open) -$2,000.00"
+    )
     cancelled = by_organization["-9212363505880321737"]
     assert (
-        "why: 1 cancellation -$2,000.00; top invoices: 4298782310373827783 cancelled -$2,000.00" in cancelled
+        "why: 1 cancellation -$2,000.00; top invoices: 4298782310373827783 cancelled (was pending) -$2,000.00"
+        in cancelled
     )
     assert "why: 1 payment -$18,733.33;" in by_organization["3559126079453424785"]
     assert "4 alerts sent, 0 failed" in next_day.stdout

@@ -573,6 +573,34 @@ def test_the_json_ratio_is_not_rounded_onto_a_whole_percent_it_has_not_reached()
     assert payload.json_payload(Batch(KNOWN, (half,)))["alerts"][0]["change_ratio"] == "0.666667"
 
 
+def test_a_top_invoice_shows_the_status_its_change_replaced_in_every_message():
+    """An invoice of $18,733.33 credited while it was owed moved the balance by -$37,466.66, its status
+    alone, credited, shown: the amount no longer owed was not."""
+    from data_platform.alerts.records import TopInvoice, Why
+
+    credited = TopInvoice(7, "credited", Decimal("-37466.66"), previous_status="skipped")
+    new = TopInvoice(8, "open", Decimal("500"))
+    moved = replace(alert("100000", "62000"), why=Why((), (credited, new)))
+    batch = Batch(KNOWN, (moved,))
+
+    _, blocks = messages.slack_message(batch)
+    document = payload.json_payload(batch)
+
+    expected = "top invoices: 7 credited (was skipped) -$37,466.66, 8 open +$500.00"
+    assert messages.console_line(KNOWN, moved).endswith(expected)
+    fields = [field["text"] for block in blocks for field in block.get("fields", [])]
+    assert "*Top invoices*\n`7` credited (was skipped) -$37,466.66\n`8` open +$500.00" in fields
+    assert document["alerts"][0]["top_invoices"] == [
+        {
+            "invoice_id": "7",
+            "status": "credited",
+            "previous_status": "skipped",
+            "balance_change_usd": "-37466.66",
+        },
+        {"invoice_id": "8", "status": "open", "previous_status": None, "balance_change_usd": "500.00"},
+    ]
+
+
 def test_a_balance_beyond_28_digits_formats_in_every_message():
     # amounts up to 1e16 at an FX rate of 1e-8 make ~1e24 USD; over a cent the ratio is far larger
     huge = alert("0.01", "1000000000000000000000000.01")

@@ -233,7 +233,8 @@ def test_the_alert_run_alerts_the_day_old_invoices_were_paid(ledger):
     assert alerts[0].endswith(
         "$315.00 -> -$12.50 (-103.97%), critical; 3 active contracts, first payment 2023-01-02, "
         "last payment 2023-01-05; why: 1 payment -$165.00, 1 cancellation -$100.00, 1 credit -$75.00, "
-        "1 new invoice +$12.50; top invoices: 105 paid -$165.00, 101 cancelled -$100.00, 401 credited -$75.00"
+        "1 new invoice +$12.50; top invoices: 105 paid (was pending) -$165.00, 101 cancelled (was open) "
+        "-$100.00, 401 credited -$75.00"
     )
 
 
@@ -456,9 +457,30 @@ def test_an_invoice_that_moved_away_is_not_shown_as_a_booking_of_its_old_status(
             "other_changes",
             1,
             D(-30),
-            [{"invoice_id": 206, "status": "moved_away", "balance_change_usd": -30}],
+            [
+                {
+                    "invoice_id": 206,
+                    "status": "moved_away",
+                    "previous_status": "open",
+                    "balance_change_usd": -30,
+                }
+            ],
         ),
-        ("payments", 1, D(-100), [{"invoice_id": 402, "status": "paid", "balance_change_usd": -100}]),
+        (
+            "payments",
+            1,
+            D(-100),
+            [{"invoice_id": 402, "status": "paid", "previous_status": "open", "balance_change_usd": -100}],
+        ),
+    ]
+    # in the organization it moved into, it replaced no status of that organization's
+    moved_in = database.query(
+        "select top_invoices from marts.fct_organization_daily_drivers where organization_id = 3 "
+        "and balance_date = %s and top_invoices @> '[{\"invoice_id\": 206}]'",
+        (DAY_3,),
+    )
+    assert moved_in == [
+        ([{"invoice_id": 206, "status": "open", "previous_status": None, "balance_change_usd": 30}],)
     ]
     alert = run_alerts(database, "--date", DAY_3, "--dry-run")
     assert alert.returncode == 0, alert.stdout + alert.stderr
@@ -467,7 +489,7 @@ def test_an_invoice_that_moved_away_is_not_shown_as_a_booking_of_its_old_status(
     ]
     assert line.endswith(
         "why: 1 payment -$100.00, 1 other change -$30.00; "
-        "top invoices: 402 paid -$100.00, 206 moved_away -$30.00"
+        "top invoices: 402 paid (was open) -$100.00, 206 moved_away (was open) -$30.00"
     )
 
 

@@ -385,7 +385,13 @@ def _why(rows: list) -> Why:
         key=lambda driver: (-abs(driver.balance_change_usd), driver.kind),
     )
     invoices = [
-        TopInvoice(int(item["invoice_id"]), str(item["status"]), item["balance_change_usd"])
+        TopInvoice(
+            int(item["invoice_id"]),
+            str(item["status"]),
+            item["balance_change_usd"],
+            # absent from a drivers mart built before the mart kept it
+            None if item.get("previous_status") is None else str(item["previous_status"]),
+        )
         for row in rows
         for item in json.loads(row.top_invoices or "[]", parse_float=Decimal, parse_int=Decimal)
     ]

@@ -18,6 +18,7 @@ from data_platform.alerts.records import (
     Driver,
     Message,
     Organization,
+    TopInvoice,
     Why,
     organization_of,
 )
@@ -127,10 +128,18 @@ def drivers_text(why: Why) -> str:
     return ", ".join(_driver_text(driver) for driver in why.drivers)
 
 
+def invoice_status(invoice: TopInvoice) -> str:
+    """'paid (was open)' for a change to an older invoice, 'open' for a new one: a credit of an invoice that
+    was owed moves the balance by both amounts, which its status alone does not explain."""
+    if invoice.previous_status is None:
+        return invoice.status
+    return f"{invoice.status} (was {invoice.previous_status})"
+
+
 def top_invoices_text(why: Why) -> str:
-    """'993340845701069171 paid -$2,000.00, ...'."""
+    """'993340845701069171 paid (was open) -$2,000.00, ...'."""
     return ", ".join(
-        f"{i.invoice_id} {i.status} {signed_usd(i.balance_change_usd)}" for i in why.top_invoices
+        f"{i.invoice_id} {invoice_status(i)} {signed_usd(i.balance_change_usd)}" for i in why.top_invoices
     )
 
 
@@ -212,7 +221,8 @@ def _why_block(alert: Alert) -> dict[str, Any] | None:
     ][: MAX_FIELDS - 1]
     if why.top_invoices:
         top = "\n".join(
-            f"`{i.invoice_id}` {i.status} {signed_usd(i.balance_change_usd)}" for i in why.top_invoices
+            f"`{i.invoice_id}` {invoice_status(i)} {signed_usd(i.balance_change_usd)}"
+            for i in why.top_invoices
         )
         fields.append({"type": "mrkdwn", "text": f"*Top invoices*\n{top}"})
     if not fields:

@@ -80,6 +80,7 @@ def _alert(alert: Alert) -> dict[str, Any]:
             {
                 "invoice_id": str(i.invoice_id),
                 "status": i.status,
+                "previous_status": i.previous_status,
                 "balance_change_usd": _decimal(i.balance_change_usd),
             }
             for i in alert.why.top_invoices

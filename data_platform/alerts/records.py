@@ -91,6 +91,8 @@ class TopInvoice:
     invoice_id: int
     status: str  # booked that day; moved_away in the organization an invoice left
     balance_change_usd: Decimal
+    # the status the day's change replaced (taken back in this organization); None for a new invoice
+    previous_status: str | None = None
 
 
 @dataclass(frozen=True)

@@ -65,6 +65,8 @@ invoice_days as (
         invoice_id,
         true as is_new_invoice,
         status,
+        -- a new invoice replaced nothing: null, typed as the status is on every engine
+        case when false then status end as previous_status,
         invoiced_amount_usd,
         paid_amount_usd,
         balance_change_usd
@@ -81,6 +83,8 @@ invoice_days as (
         invoice_id,
         false as is_new_invoice,
         coalesce(max(status) filter (where entry_kind = 'booking'), 'moved_away') as status,
+        -- the status the reversal took back here: what the invoice was before this day's change
+        max(status) filter (where entry_kind = 'reversal') as previous_status,
         sum(invoiced_amount_usd) as invoiced_amount_usd,
         sum(paid_amount_usd) as paid_amount_usd,
         sum(balance_change_usd) as balance_change_usd
@@ -134,8 +138,10 @@ drivers as (
         sum(paid_amount_usd) as paid_amount_usd,
         sum(balance_change_usd) as balance_change_usd,
         -- invoices that did not move the balance (a new invoice paid the same day) explain nothing
-        {{ top_invoices_array('invoice_id', 'status', 'balance_change_usd', 'impact_rank',
-            'impact_rank <= ' ~ var('top_invoices') ~ ' and balance_change_usd <> 0') }} as top_invoices
+        {{ top_invoices_array(
+            'invoice_id', 'status', 'previous_status', 'balance_change_usd', 'impact_rank',
+            'impact_rank <= ' ~ var('top_invoices') ~ ' and balance_change_usd <> 0'
+        ) }} as top_invoices
 
     from ranked
     group by organization_id, balance_date, driver_kind
