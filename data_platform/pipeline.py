@@ -328,7 +328,7 @@ def record_build(
         raise PipelineError(message) from None
     try:
         with connect() as conn:
-            refresh.record_build(conn, build_plan.current, reader=settings.alerter_user, own_mark=own_mark)
+            refresh.record_build(conn, build_plan, reader=settings.alerter_user, own_mark=own_mark)
     except DATABASE_FAILED as failed:
         # a build not recorded is redone (the plan compares with the last record), so nothing is lost
         raise PipelineError(

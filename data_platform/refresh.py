@@ -82,6 +82,21 @@ CREATE_BUILD_STATE = f"""
         full_build_started_at timestamptz
     )
 """
+# Every successful build, kept (the record above holds only the last): what it rebuilt, why, and the rules
+# it applied, so that a day's numbers can be traced to the rules of the build that computed them.
+BUILD_LOG = f"{RAW_SCHEMA}.build_log"
+CREATE_BUILD_LOG = f"""
+    create table if not exists {BUILD_LOG} (
+        build_id bigint generated always as identity primary key,
+        built_at timestamptz not null default now(),
+        full_refresh boolean not null,
+        reason text not null,
+        window_start date,
+        last_export_date date,
+        rules_fingerprint text not null,
+        rules text not null
+    )
+"""
 # a record written before that column existed
 ADD_FULL_BUILD_MARK = f"alter table {BUILD_STATE} add column if not exists full_build_started_at timestamptz"
 
@@ -385,14 +400,33 @@ def _mark(conn: psycopg.Connection) -> dt.datetime | None:
 
 
 def record_build(
-    conn: psycopg.Connection, state: BuildState, reader: str, own_mark: dt.datetime | None = None
+    conn: psycopg.Connection, plan: BuildPlan, reader: str, own_mark: dt.datetime | None = None
 ) -> None:
-    """Remember what a successful build was computed from (the plan's state, taken before the build);
-    `reader`: the role that reads the record (the alerter); `own_mark`: the mark the build set itself
-    (mark_build_started), which it clears. A mark set since (a build by hand meanwhile, a run that lost the
-    pipeline lock) stays: this build may not have covered what that one changed."""
+    """Remember what a successful build was computed from (the plan's state, taken before the build), and
+    log it (raw.build_log: full or from which day, why, and its rules, which its files still hold: a build
+    during which they changed is not recorded); `reader`: the role that reads the record (the alerter);
+    `own_mark`: the mark the build set itself (mark_build_started), which it clears. A mark set since (a
+    build by hand meanwhile, a run that lost the pipeline lock) stays: this build may not have covered what
+    that one changed."""
+    state = plan.current
     _ensure_readable_by(conn, reader)
     _remove_default_marts_readers(conn)
+    conn.execute(CREATE_BUILD_LOG)
+    conn.execute(
+        f"""
+        insert into {BUILD_LOG}
+            (full_refresh, reason, window_start, last_export_date, rules_fingerprint, rules)
+        values (%s, %s, %s, %s, %s, %s)
+        """,
+        (
+            plan.full_refresh,
+            plan.reason,
+            plan.window_start,
+            state.last_export_date,
+            state.rules_fingerprint,
+            "".join((plan.project_dir / name).read_text() for name in RULES_FILES),
+        ),
+    )
     conn.execute(
         f"""
         insert into {BUILD_STATE} as state

@@ -37,7 +37,7 @@ def record(db):  # noqa: F811
 
     def write(through, own_mark=None) -> None:
         with db.connect("transformer", autocommit=True) as conn:
-            refresh.record_build(conn, build_plan(False, through).current, reader=ALERTER, own_mark=own_mark)
+            refresh.record_build(conn, build_plan(False, through), reader=ALERTER, own_mark=own_mark)
 
     return write
 

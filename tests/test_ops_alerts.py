@@ -950,7 +950,7 @@ def cover(database, covered: dt.date) -> None:
     """Record a successful build covering the exports up to `covered`."""
     with database.connect("transformer", autocommit=True) as conn:
         state = refresh.BuildState("rules", "project", "exports", covered)
-        refresh.record_build(conn, state, reader="alerter")
+        refresh.record_build(conn, refresh.BuildPlan(False, "test", covered, state), reader="alerter")
 
 
 # the fact's verdict once EXPORTS are loaded and a build covered all but the last

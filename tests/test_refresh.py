@@ -34,7 +34,7 @@ def loaded(conn: psycopg.Connection, tmp_path: Path) -> Path:
 def build(conn: psycopg.Connection) -> refresh.BuildPlan:
     """Plan a build and record it as successful, as the pipeline does after dbt succeeded."""
     plan = refresh.plan_build(conn)
-    refresh.record_build(conn, plan.current, reader=READER)
+    refresh.record_build(conn, plan, reader=READER)
     return plan
 
 
@@ -202,7 +202,7 @@ def test_an_edit_of_how_the_yaml_builds_a_model_forces_a_full_build(conn, loaded
     """Such an edit changes what the next build computes as surely as one of the SQL: left unseen, the days
     before the next export would keep what the earlier settings computed under an incremental build."""
     project = copy_project(tmp_path / "dbt")
-    refresh.record_build(conn, refresh.plan_build(conn, project_dir=project).current, reader=READER)
+    refresh.record_build(conn, refresh.plan_build(conn, project_dir=project), reader=READER)
     assert not refresh.plan_build(conn, project_dir=project).full_refresh
     edit(project / BUILD_SETTINGS_EDITS[setting][0], *BUILD_SETTINGS_EDITS[setting][1:])
     after = refresh.plan_build(conn, project_dir=project)
@@ -265,16 +265,54 @@ def test_each_successful_build_replaces_every_field_of_the_record(conn, loaded, 
     make every build after a rules or SQL change, or after a new export, rebuild in full, or resume from
     an old window."""
     project = copy_project(tmp_path / "dbt")
-    refresh.record_build(conn, refresh.plan_build(conn, project_dir=project).current, reader=READER)
+    refresh.record_build(conn, refresh.plan_build(conn, project_dir=project), reader=READER)
     write_export(loaded, "2024-01-02", [invoice(1)])
     load_exports(conn, loaded)
     for edited in ("seeds/invoice_enrichment.csv", "models/marts/fct_invoices.sql"):
         (project / edited).write_text((project / edited).read_text() + "\n")
     changed = refresh.plan_build(conn, project_dir=project)
     assert changed.full_refresh
-    refresh.record_build(conn, changed.current, reader=READER)
+    refresh.record_build(conn, changed, reader=READER)
     after = refresh.plan_build(conn, project_dir=project)
     assert (after.full_refresh, after.window_start) == (False, date(2024, 1, 3)), after.reason
+
+
+def test_every_recorded_build_is_logged_with_what_it_rebuilt_why_and_the_rules_it_applied(
+    conn, loaded, tmp_path
+):
+    """The record keeps the last build only: which builds were full and why, and the rules that computed
+    the days an alert was sent for, were in the pipeline's output and nowhere in the warehouse."""
+    conn.execute(f"drop table if exists {refresh.BUILD_LOG}")
+    project = copy_project(tmp_path / "dbt")
+    rules = project / "seeds" / "invoice_enrichment.csv"
+    shipped = rules.read_text()
+    refresh.record_build(conn, refresh.plan_build(conn, project_dir=project), reader=READER)
+    write_export(loaded, "2024-01-02", [invoice(1)])
+    load_exports(conn, loaded)
+    refresh.record_build(conn, refresh.plan_build(conn, project_dir=project), reader=READER)
+    open_owed = "open,Issued and not yet paid: the full amount is owed,false,1,0"
+    open_nothing = open_owed.replace(",1,0", ",0,0")
+    edit(rules, open_owed, open_nothing)
+    # a build of the edited rules that fails: marked, never recorded, so not logged
+    refresh.mark_build_started(conn, refresh.plan_build(conn, project_dir=project), reader=READER)
+    refresh.record_build(conn, refresh.plan_build(conn, project_dir=project), reader=READER)
+
+    logged = conn.execute(
+        "select full_refresh, reason, window_start, last_export_date, rules from raw.build_log "
+        "order by build_id"
+    ).fetchall()
+    base_date = date.fromisoformat(BASE_DATE)
+    assert logged == [
+        (True, "no successful build is recorded yet", None, base_date, shipped),
+        (False, f"exports after {BASE_DATE}", base_date + timedelta(days=1), date(2024, 1, 2), shipped),
+        (
+            True,
+            "the balance rules changed since the last successful build",
+            None,
+            date(2024, 1, 2),
+            shipped.replace(open_owed, open_nothing),
+        ),
+    ]
 
 
 def test_a_builds_success_clears_its_own_mark_only(conn, loaded):
@@ -283,7 +321,7 @@ def test_a_builds_success_clears_its_own_mark_only(conn, loaded):
     build(conn)
     full = refresh.plan_build(conn, force_full=True)
     own_mark = refresh.mark_build_started(conn, full, reader=READER)
-    refresh.record_build(conn, full.current, reader=READER, own_mark=own_mark)
+    refresh.record_build(conn, full, reader=READER, own_mark=own_mark)
     assert not refresh.full_build_unfinished(conn)
 
     def mark_meanwhile() -> None:
@@ -291,16 +329,16 @@ def test_a_builds_success_clears_its_own_mark_only(conn, loaded):
 
     own_mark = refresh.mark_build_started(conn, full, reader=READER)
     mark_meanwhile()
-    refresh.record_build(conn, full.current, reader=READER, own_mark=own_mark)
+    refresh.record_build(conn, full, reader=READER, own_mark=own_mark)
     assert refresh.full_build_unfinished(conn)
-    refresh.record_build(conn, full.current, reader=READER)  # a mark of its own or not: none to clear
+    refresh.record_build(conn, full, reader=READER)  # a mark of its own or not: none to clear
     assert refresh.full_build_unfinished(conn)
 
     conn.execute(f"update {refresh.BUILD_STATE} set full_build_started_at = null")
     incremental = refresh.plan_build(conn)
     assert refresh.mark_build_started(conn, incremental, reader=READER) is None  # it sets none
     mark_meanwhile()
-    refresh.record_build(conn, incremental.current, reader=READER)
+    refresh.record_build(conn, incremental, reader=READER)
     assert refresh.plan_build(conn).full_refresh
 
 
@@ -313,7 +351,7 @@ def test_a_build_lets_another_alerter_role_use_the_marts_schema(conn, loaded, da
     try:
         uses = f"select has_schema_privilege('{role}', '{refresh.MARTS_SCHEMA}', 'usage')"
         assert database.query(uses) == [(False,)]
-        refresh.record_build(conn, refresh.plan_build(conn).current, reader=role)
+        refresh.record_build(conn, refresh.plan_build(conn), reader=role)
         assert database.query(uses) == [(True,)]
     finally:
         with database.connect("admin", autocommit=True) as admin:
@@ -339,5 +377,5 @@ def test_a_build_leaves_no_default_privilege_that_lets_anyone_read_the_marts(con
     conn.execute(
         f"alter default privileges in schema {refresh.MARTS_SCHEMA} grant select on tables to alerter"
     )
-    refresh.record_build(conn, full.current, reader=READER)  # after any build
+    refresh.record_build(conn, full, reader=READER)  # after any build
     assert database.query(readers) == []
