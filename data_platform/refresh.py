@@ -424,7 +424,8 @@ def record_build(
             plan.window_start,
             state.last_export_date,
             state.rules_fingerprint,
-            "".join((plan.project_dir / name).read_text() for name in RULES_FILES),
+            # what a person reads: bytes that are not UTF-8 are shown, never a reason to lose the record
+            "".join((plan.project_dir / name).read_text("utf-8", errors="replace") for name in RULES_FILES),
         ),
     )
     conn.execute(

@@ -315,6 +315,19 @@ def test_every_recorded_build_is_logged_with_what_it_rebuilt_why_and_the_rules_i
     ]
 
 
+def test_a_rules_file_that_is_not_utf8_is_logged_as_it_reads_and_the_build_still_recorded(
+    conn, loaded, tmp_path
+):
+    project = copy_project(tmp_path / "dbt")
+    rules = project / "seeds" / "invoice_enrichment.csv"
+    rules.write_bytes(rules.read_bytes().replace(b"Issued and not yet paid", b"Emis, non pay\xe9"))
+    plan = refresh.plan_build(conn, project_dir=project)
+    refresh.record_build(conn, plan, reader=READER)
+    assert refresh.recorded_state(conn) == plan.current
+    [(logged,)] = conn.execute("select rules from raw.build_log order by build_id desc limit 1").fetchall()
+    assert "Emis, non pay\ufffd" in logged
+
+
 def test_a_builds_success_clears_its_own_mark_only(conn, loaded):
     """A build by hand (or a run that lost the pipeline lock) marks the record while the pipeline's build
     runs: that build may not cover what it changed, so its success must not clear the mark."""
