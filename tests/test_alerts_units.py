@@ -580,16 +580,19 @@ def test_a_top_invoice_shows_the_status_its_change_replaced_in_every_message():
 
     credited = TopInvoice(7, "credited", Decimal("-37466.66"), previous_status="skipped")
     new = TopInvoice(8, "open", Decimal("500"))
-    moved = replace(alert("100000", "62000"), why=Why((), (credited, new)))
+    corrected = TopInvoice(9, "open", Decimal("5"), previous_status="open")  # an amount, not a status
+    moved = replace(alert("100000", "62000"), why=Why((), (credited, new, corrected)))
     batch = Batch(KNOWN, (moved,))
 
     _, blocks = messages.slack_message(batch)
     document = payload.json_payload(batch)
 
-    expected = "top invoices: 7 credited (was skipped) -$37,466.66, 8 open +$500.00"
+    expected = "top invoices: 7 credited (was skipped) -$37,466.66, 8 open +$500.00, 9 open +$5.00"
     assert messages.console_line(KNOWN, moved).endswith(expected)
     fields = [field["text"] for block in blocks for field in block.get("fields", [])]
-    assert "*Top invoices*\n`7` credited (was skipped) -$37,466.66\n`8` open +$500.00" in fields
+    assert (
+        "*Top invoices*\n`7` credited (was skipped) -$37,466.66\n`8` open +$500.00\n`9` open +$5.00" in fields
+    )
     assert document["alerts"][0]["top_invoices"] == [
         {
             "invoice_id": "7",
@@ -598,6 +601,7 @@ def test_a_top_invoice_shows_the_status_its_change_replaced_in_every_message():
             "balance_change_usd": "-37466.66",
         },
         {"invoice_id": "8", "status": "open", "previous_status": None, "balance_change_usd": "500.00"},
+        {"invoice_id": "9", "status": "open", "previous_status": "open", "balance_change_usd": "5.00"},
     ]
 
 

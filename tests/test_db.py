@@ -4,6 +4,7 @@ lock; bootstrap's stop of the embedded server."""
 import contextlib
 import getpass
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -377,6 +378,8 @@ def test_a_server_still_stopping_is_started_again_once_it_has_stopped(tmp_path):
             assert time.monotonic() < deadline, "the server never said it was stopping"
             time.sleep(0.05)
         again = subprocess.Popen(embedded, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # a start that hung without a word would hang the test: it fails instead
+        assert select.select([again.stderr], [], [], 120)[0], "the second start said nothing in 120 s"
         said = again.stderr.readline()
         assert "is still stopping: it is started again once it has stopped" in said, said
         assert bootstrap._runs(stopping_server.pid)

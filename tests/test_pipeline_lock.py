@@ -94,6 +94,23 @@ def test_a_build_that_lost_the_lock_is_not_recorded_and_the_next_one_is_full(dat
             pipeline.record_build(build_plan, settings, lock, None)
     again = pipeline.plan(settings)
     assert (again.full_refresh, again.reason.split(",")[0]) == (True, "the last full rebuild did not finish")
+    assert logged_builds(database) == [True]  # the first build's only
+
+
+def logged_builds(database) -> list[bool]:
+    """raw.build_log's builds, oldest first: whether each was full."""
+    return [full for (full,) in database.query("select full_refresh from raw.build_log order by build_id")]
+
+
+def test_only_a_build_whose_body_returned_is_logged(database, tmp_path):
+    with after_a_recorded_build(database, tmp_path / "csv") as (settings, lock):
+        build_plan = pipeline.plan(settings)
+        with pytest.raises(RuntimeError), pipeline.recorded_build(build_plan, settings, lock, tmp_path):
+            raise RuntimeError("dbt build failed")
+        assert logged_builds(database) == [True]
+        with pipeline.recorded_build(build_plan, settings, lock, tmp_path):
+            pass
+        assert logged_builds(database) == [True, False]
 
 
 @contextlib.contextmanager
@@ -212,6 +229,7 @@ def test_a_build_during_which_its_files_changed_is_not_recorded_and_the_next_one
             "recorded, and the next run rebuilds from scratch"
         )
         file.write_text(as_planned)  # the edit undone: the files are as the record has them
+    assert logged_builds(database) == [True]
     again = plan()
     assert again.full_refresh
     assert again.reason.endswith(

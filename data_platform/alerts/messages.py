@@ -129,9 +129,10 @@ def drivers_text(why: Why) -> str:
 
 
 def invoice_status(invoice: TopInvoice) -> str:
-    """'paid (was open)' for a change to an older invoice, 'open' for a new one: a credit of an invoice that
-    was owed moves the balance by both amounts, which its status alone does not explain."""
-    if invoice.previous_status is None:
+    """'paid (was open)' for a change to an older invoice, 'open' for a new one (or a change that kept its
+    status: an amount corrected): a credit of an invoice that was owed moves the balance by both amounts,
+    which its status alone does not explain."""
+    if invoice.previous_status in (None, invoice.status):
         return invoice.status
     return f"{invoice.status} (was {invoice.previous_status})"
 
@@ -172,8 +173,8 @@ def counts_text(digest: Digest) -> str:
 def list_the_rest(digest: Digest) -> str:
     """The query that lists every alert the digest stands for, and no other."""
     return (
-        "select organization_id, balance_date, severity, previous_balance_usd, balance_usd, status "
-        f"from ops.alert_history where destination = '{digest.destination}' and digest_id = "
+        "select organization_id, balance_date, severity, previous_balance_usd, balance_usd, status, "
+        f"alert_text from ops.alert_history where destination = '{digest.destination}' and digest_id = "
         f"'{digest.digest_id}' order by abs(balance_usd - previous_balance_usd) desc"
     )
 

@@ -93,9 +93,10 @@ history = Table(
     # a suppressed alert's --suppress-days window when it was held back, in which every run judges it
     # again (null: recorded before it was kept; judged in the widest window a run can use)
     Column("suppress_days", Integer),
-    # the alert in words as the run that last sent it, or tried to, put it (its console line: the move,
-    # severity, the organization, why it moved and its top invoices): a sent alert keeps the words it was
-    # sent with, whatever a later rebuild or rules change makes of the marts that explained it
+    # the alert explained in words (its console line: the move, severity, the organization, why it moved
+    # and its top invoices), written by each run that comes to send it: a sent alert keeps those of the run
+    # that sent it, whatever a later rebuild or rules change makes of the marts that explained it (a digest
+    # showed only its largest alerts' lines; each of its rows keeps its own)
     Column("alert_text", Text),
     PrimaryKeyConstraint("destination", "organization_id", "balance_date", name="alert_history_pkey"),
     CheckConstraint(DESTINATION_CHECK, name="alert_history_destination_check"),
